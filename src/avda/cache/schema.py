@@ -1,0 +1,81 @@
+"""The on-disk layout of an avda feature cache, as constants (documented in docs/cache_schema.md).
+
+A test parses ``docs/cache_schema.md`` and checks that it agrees with the names here.
+
+::
+
+    STORE.zarr/
+      zarr.json                      root attributes: {"avda_cache": PROVENANCE}
+      segments/<column>              1-D arrays (N,), one per segment-table column
+      features/<modality>            (N, K, D) float16, chunks (chunk_rows, K, D)
+      status/<modality>              (N,) int8: 0 pending, 1 done, 2 failed, 3 missing
+      errors/<modality>              (N,) string: failure message, "" when none
+      clusters/<modality>            (N,) int32 audio-cluster ids, -1 where none (written by avda cluster)
+"""
+
+from __future__ import annotations
+
+import enum
+
+SCHEMA_VERSION = 1
+SUPPORTED_SCHEMA_VERSIONS = (1,)
+ROOT_ATTRIBUTE = "avda_cache"
+
+SEGMENTS_GROUP = "segments"
+FEATURES_GROUP = "features"
+STATUS_GROUP = "status"
+ERRORS_GROUP = "errors"
+CLUSTERS_GROUP = "clusters"
+GROUPS = (SEGMENTS_GROUP, FEATURES_GROUP, STATUS_GROUP, ERRORS_GROUP, CLUSTERS_GROUP)
+
+FEATURE_DTYPE = "float16"
+DEFAULT_CHUNK_ROWS = 256
+MISSING_CLASS = -1
+
+# Segment-table columns stored in segments/: name -> kind ("str", "float", "int").
+SEGMENT_COLUMNS: dict[str, str] = {
+    "uid": "str",
+    "video_id": "str",
+    "domain": "str",
+    "split": "str",
+    "start_sec": "float",
+    "stop_sec": "float",
+    "participant_id": "str",
+    "narration": "str",
+    "verb": "str",
+    "verb_class": "int",
+    "noun": "str",
+    "noun_class": "int",
+    "labels": "str",
+}
+REQUIRED_SEGMENT_COLUMNS = ("uid", "video_id", "domain", "split", "start_sec", "stop_sec")
+
+# Keys of the provenance dictionary in the root attributes.
+PROVENANCE_KEYS = (
+    "schema_version",
+    "avda_version",
+    "created",
+    "manifest_sha256",
+    "num_segments",
+    "chunk_rows",
+    "recipe",
+    "modalities",
+)
+# Keys of each entry of provenance["modalities"].
+MODALITY_KEYS = (
+    "backbone",
+    "weights",
+    "weights_sha256",
+    "num_clips",
+    "num_features",
+    "input_spec",
+)
+
+
+class Status(enum.IntEnum):
+    """Per-segment, per-modality extraction state (status/<modality>)."""
+
+    PENDING = 0
+    DONE = 1
+    FAILED = 2
+    MISSING = 3  # the input does not exist (e.g. no audio track): features are zeros

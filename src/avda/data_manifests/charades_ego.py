@@ -1,0 +1,262 @@
+"""CharadesEgo: third-person -> first-person (egocentric) activity recognition.
+
+Files (``gsig/actor-observer``, "v0" of the dataset): ``CharadesEgo_v0_train.csv`` (9,597
+third-person videos), ``CharadesEgo_v0_test.csv`` (2,043 third-person videos),
+``CharadesEgo_v0_egocentric_test.csv`` (103 first-person videos), ``charades_v1_classes.txt``
+(157 classes, ``c000 Holding some clothes``). The v1 release (``CharadesEgo_v1_train.csv``,
+``CharadesEgo_v1_test.csv``, first- and third-person videos mixed) is read with
+``version=v1``.
+
+First-person videos are marked by the suffix ``EGO`` of their ``id`` (``BHP3HEGO`` is the
+egocentric recording of ``BHP3H``); the README does not say more, and the Charades authors'
+loaders (``PyVideoResearch``) use the same rule. Domains: ``third`` and ``first``.
+
+Each row's ``actions`` is ``cNNN start end;cNNN start end;...`` (seconds). Two units:
+
+* ``segments`` (default): one manifest row per action, ``verb_class`` = the class id,
+  ``verb`` = its name, uid ``<id>_<k>`` (k = position in ``actions``). Dropped and counted:
+  actions that end before they start (``stop before start``, 7 in v0 train), zero-length
+  actions (``shorter than one frame``), and videos with no actions (``video without actions``).
+* ``videos``: one row per video, 0 .. ``length`` seconds, ``labels`` = the ``';'``-joined sorted
+  class ids of all its actions (empty for a video without actions, which Charades' mAP leaves
+  out). Dropped and counted: videos without ``length`` (``video without length``; in v0 these
+  also have no actions).
+
+Action times are kept as annotated, also where they run past ``length`` (common in Charades).
+The videos have no fixed frame rate, so the manifest has no ``fps`` column.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+
+from avda.data_manifests.benchmarks import ManifestBuild, register
+from avda.data_manifests.epic_common import apply_video_path_template
+from avda.data_manifests.settings import CHARADES_EGO
+from avda.data_manifests.sources import (
+    SHORTER_THAN_ONE_FRAME,
+    Drops,
+    SourceProblems,
+    SourceTable,
+    check_annotations_folder,
+    drop_short_segments,
+    join_ids,
+    locate,
+    parse_numbers,
+    read_csv_table,
+    read_text_lines,
+)
+from avda.errors import ManifestError
+
+NAME = "charades-ego"
+NUM_CLASSES = 157
+EGO_SUFFIX = "EGO"
+NO_ACTIONS = "video without actions"
+NO_LENGTH = "video without length"
+FILES: dict[str, tuple[tuple[str, str], ...]] = {
+    "v0": (
+        ("CharadesEgo_v0_train.csv", "train"),
+        ("CharadesEgo_v0_test.csv", "test"),
+        ("CharadesEgo_v0_egocentric_test.csv", "test"),
+    ),
+    "v1": (("CharadesEgo_v1_train.csv", "train"), ("CharadesEgo_v1_test.csv", "test")),
+}
+CLASS_FILES = ("charades_v1_classes.txt", "Charades_v1_classes.txt")
+SUBFOLDERS = ("charadesego_v0", "CharadesEgo", "charadesego")
+REQUIRED_COLUMNS = ("id", "actions", "length")
+ACTION_PATTERN = re.compile(r"^c(\d{3})\s+(\S+)\s+(\S+)$")
+
+
+def read_classes(path: Path, problems: SourceProblems) -> tuple[str, ...]:
+    """``c000 Holding some clothes`` lines -> names indexed by id (c000..c156 in order)."""
+    lines = read_text_lines(path, problems)
+    if lines is None:
+        return ()
+    names: list[str] = []
+    for number, line in enumerate(lines, start=1):
+        line = line.strip()
+        if not line:
+            continue
+        code, _, name = line.partition(" ")
+        if code != f"c{len(names):03d}" or not name.strip():
+            problems.add(
+                path.name,
+                f"row {number}",
+                None,
+                f"expected 'c{len(names):03d} <name>', got {line!r}",
+            )
+            return ()
+        names.append(name.strip())
+    return tuple(names)
+
+
+def _parse_actions(
+    table: SourceTable, num_classes: int, problems: SourceProblems
+) -> list[list[tuple[int, float, float]]]:
+    """Every row's ``actions`` -> [(class id, start, stop), ...]; malformed ones are problems."""
+    parsed: list[list[tuple[int, float, float]]] = []
+    for position, cell in enumerate(table.frame["actions"]):
+        actions: list[tuple[int, float, float]] = []
+        for item in filter(None, (part.strip() for part in str(cell).split(";"))):
+            match = ACTION_PATTERN.match(item)
+            start = stop = float("nan")
+            if match:
+                try:
+                    start, stop = float(match.group(2)), float(match.group(3))
+                except ValueError:
+                    match = None
+            if not match or not (np.isfinite(start) and np.isfinite(stop)) or start < 0:
+                problems.add(
+                    table.name,
+                    table.row_label(position),
+                    "actions",
+                    f"action {item!r} is not 'cNNN start end' with times in seconds >= 0",
+                )
+                continue
+            class_id = int(match.group(1))
+            if class_id >= num_classes:
+                problems.add(
+                    table.name,
+                    table.row_label(position),
+                    "actions",
+                    f"unknown class c{class_id:03d} "
+                    f"(the class list has c000..c{num_classes - 1:03d})",
+                )
+                continue
+            actions.append((class_id, start, stop))
+        parsed.append(actions)
+    return parsed
+
+
+@register(NAME)
+def build(
+    annotations: Path,
+    *,
+    unit: Literal["segments", "videos"] = "segments",
+    version: Literal["v0", "v1"] = "v0",
+    video_path_template: str = "{video_id}.mp4",
+) -> ManifestBuild:
+    """Manifest of CharadesEgo action segments (or videos with multi-labels).
+
+    ``unit``: ``segments`` (one row per action) or ``videos`` (one row per video, ``labels``).
+    ``version``: ``v0`` (Actor-Observer files) or ``v1`` (CharadesEgo release).
+    ``video_path_template``: ``video_path`` of a row, formatted from its columns ("" = none).
+    """
+    check_annotations_folder(annotations, NAME)
+    problems = SourceProblems(NAME)
+    drops = Drops()
+    class_path = locate(annotations, CLASS_FILES, NAME, SUBFOLDERS)
+    classes = read_classes(class_path, problems)
+    problems.raise_if_any()
+    if len(classes) != NUM_CLASSES:
+        raise ManifestError(
+            f"{NAME}: {class_path} lists {len(classes)} classes; Charades has {NUM_CLASSES}"
+        )
+    frames: list[pd.DataFrame] = []
+    sources = [str(class_path)]
+    for file_name, split in FILES[version]:
+        path = locate(annotations, [file_name], NAME, SUBFOLDERS)
+        sources.append(str(path))
+        table = read_csv_table(path, REQUIRED_COLUMNS, problems)
+        if table is None:
+            continue
+        video_ids = table.frame["id"].str.strip()
+        problems.add_rows(table, video_ids == "", "id", lambda i: "empty video id")
+        actions = _parse_actions(table, len(classes), problems)
+        length, bad_length = parse_numbers(table.frame["length"])
+        empty_length = (table.frame["length"].str.strip() == "").to_numpy()
+        problems.add_rows(
+            table,
+            bad_length & ~empty_length,
+            "length",
+            lambda i, t=table: f"length {t.frame['length'].iloc[i]!r} is not a number",
+        )
+        domain = np.where(video_ids.str.endswith(EGO_SUFFIX), "first", "third")
+        if unit == "segments":
+            frames.append(_segments(video_ids, domain, split, actions, classes, drops))
+        else:
+            frames.append(_videos(video_ids, domain, split, actions, length, empty_length, drops))
+    problems.raise_if_any()
+    manifest = pd.concat(frames, ignore_index=True)
+    if unit == "segments":
+        manifest = drop_short_segments(manifest, drops, fps=None)
+    else:
+        short = (manifest["stop_sec"] <= 0).to_numpy()
+        drops.add(SHORTER_THAN_ONE_FRAME, int(short.sum()))
+        manifest = manifest[~short].reset_index(drop=True)
+    manifest = apply_video_path_template(manifest, video_path_template)
+    class_column = "verb_class" if unit == "segments" else "labels"
+    return ManifestBuild(
+        benchmark=NAME,
+        manifest=manifest,
+        classes={class_column: classes},
+        dropped=drops.as_dict(),
+        domains={"third": "third-person videos (Charades)", "first": "first-person videos (EGO)"},
+        settings={CHARADES_EGO.name: CHARADES_EGO},
+        options={"unit": unit, "version": version, "video_path_template": video_path_template},
+        sources=tuple(sources),
+    )
+
+
+def _segments(
+    video_ids: pd.Series,
+    domain: np.ndarray,
+    split: str,
+    actions: list[list[tuple[int, float, float]]],
+    classes: tuple[str, ...],
+    drops: Drops,
+) -> pd.DataFrame:
+    rows: dict[str, list] = {k: [] for k in ("uid", "video_id", "domain", "start", "stop", "cls")}
+    for position, video in enumerate(video_ids):
+        if not actions[position]:
+            drops.add(NO_ACTIONS)
+            continue
+        for index, (class_id, start, stop) in enumerate(actions[position]):
+            rows["uid"].append(f"{video}_{index}")
+            rows["video_id"].append(video)
+            rows["domain"].append(domain[position])
+            rows["start"].append(start)
+            rows["stop"].append(stop)
+            rows["cls"].append(class_id)
+    return pd.DataFrame(
+        {
+            "uid": rows["uid"],
+            "video_id": rows["video_id"],
+            "domain": rows["domain"],
+            "split": split,
+            "start_sec": np.asarray(rows["start"], dtype="float64"),
+            "stop_sec": np.asarray(rows["stop"], dtype="float64"),
+            "verb": [classes[c] for c in rows["cls"]],
+            "verb_class": np.asarray(rows["cls"], dtype="int64"),
+        }
+    )
+
+
+def _videos(
+    video_ids: pd.Series,
+    domain: np.ndarray,
+    split: str,
+    actions: list[list[tuple[int, float, float]]],
+    length: np.ndarray,
+    empty_length: np.ndarray,
+    drops: Drops,
+) -> pd.DataFrame:
+    keep = ~empty_length
+    drops.add(NO_LENGTH, int(empty_length.sum()))
+    labels = [join_ids(sorted({a[0] for a in row})) for row in actions]
+    return pd.DataFrame(
+        {
+            "uid": video_ids[keep].to_numpy(),
+            "video_id": video_ids[keep].to_numpy(),
+            "domain": domain[keep],
+            "split": split,
+            "start_sec": 0.0,
+            "stop_sec": length[keep],
+            "labels": [labels[i] for i in np.flatnonzero(keep)],
+        }
+    )

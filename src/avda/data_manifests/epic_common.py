@@ -1,0 +1,173 @@
+"""EPIC-KITCHENS rows -> manifest rows, shared by the EPIC-55, MM-SADA and EPIC-100 builders.
+
+EPIC annotation rows carry ``start_timestamp``/``stop_timestamp`` as ``HH:MM:SS.ff`` and
+``start_frame``/``stop_frame`` (1-based frame numbers of the released RGB frames). The manifest
+keeps both; times are what sampling uses, because frame rates differ between videos (59.94 fps
+for EPIC-55 videos, 50 fps for the EPIC-100 extension, a few EPIC-55 videos at 29.97, 47.95 or
+90 fps).
+"""
+
+from __future__ import annotations
+
+import string
+from collections.abc import Mapping
+
+import numpy as np
+import pandas as pd
+
+from avda.data_manifests.sources import (
+    SourceProblems,
+    SourceTable,
+    check_class_ids,
+    join_ids,
+    parse_integers,
+    parse_list_cells,
+    parse_timestamps,
+)
+from avda.errors import ConfigError
+
+EPIC55_FPS = 60000 / 1001
+"""59.94 fps, the frame rate of (almost all) EPIC-55 videos."""
+
+EPIC_VIDEO_PATH = "{participant_id}/videos/{video_id}.MP4"
+"""Where the official download scripts put a video, relative to the videos folder."""
+
+TIMESTAMP_COLUMNS = ("start_timestamp", "stop_timestamp")
+SEGMENT_COLUMNS = ("participant_id", "video_id", *TIMESTAMP_COLUMNS, "start_frame", "stop_frame")
+
+
+def epic_segments(
+    table: SourceTable,
+    problems: SourceProblems,
+    *,
+    uid_column: str,
+    domain: str | pd.Series,
+    split: str,
+    fps: float | Mapping[str, float],
+    video_info_name: str = "",
+    verb_classes: tuple[str, ...] | None = None,
+    verb_class_file: str = "",
+    noun_classes: tuple[str, ...] | None = None,
+    noun_class_file: str = "",
+    keep_all_nouns: bool = False,
+) -> pd.DataFrame:
+    """Convert one EPIC annotation table; malformed rows go to ``problems``.
+
+    ``fps``: one rate for every video, or a mapping video id -> fps (a video missing from it
+    is a malformed row). ``verb_classes``/``noun_classes``: the class tables the ids must index;
+    None when the file has no labels (``*_timestamps`` files).
+    """
+    raw = table.frame
+    uid = raw[uid_column].astype(str).str.strip()
+    problems.add_rows(table, uid == "", uid_column, lambda i: "empty id")
+    video_id = raw["video_id"].astype(str).str.strip()
+    problems.add_rows(table, video_id == "", "video_id", lambda i: "empty video_id")
+
+    start_sec, bad_start = parse_timestamps(raw["start_timestamp"])
+    stop_sec, bad_stop = parse_timestamps(raw["stop_timestamp"])
+    for column, bad in (("start_timestamp", bad_start), ("stop_timestamp", bad_stop)):
+        problems.add_rows(
+            table,
+            bad,
+            column,
+            lambda i, c=column: f"time {raw[c].iloc[i]!r} is not HH:MM:SS.ff",
+        )
+    start_frame, bad_start_frame = parse_integers(raw["start_frame"])
+    stop_frame, bad_stop_frame = parse_integers(raw["stop_frame"])
+    for column, bad in (("start_frame", bad_start_frame), ("stop_frame", bad_stop_frame)):
+        problems.add_rows(
+            table, bad, column, lambda i, c=column: f"frame {raw[c].iloc[i]!r} is not an integer"
+        )
+
+    if isinstance(fps, Mapping):
+        video_fps = video_id.map(fps).to_numpy(dtype="float64")
+        problems.add_rows(
+            table,
+            np.isnan(video_fps),
+            "video_id",
+            lambda i: (
+                f"video {video_id.iloc[i]!r} is not in {video_info_name}; "
+                "use the video info file released with these annotations"
+            ),
+        )
+    else:
+        video_fps = np.full(len(raw), float(fps))
+
+    out = pd.DataFrame(
+        {
+            "uid": uid,
+            "video_id": video_id,
+            "domain": domain if isinstance(domain, pd.Series) else [domain] * len(raw),
+            "split": [split] * len(raw),
+            "start_sec": start_sec,
+            "stop_sec": stop_sec,
+            "start_frame": start_frame,
+            "stop_frame": stop_frame,
+            "fps": video_fps,
+            "participant_id": raw["participant_id"].astype(str).str.strip(),
+        }
+    )
+    if "narration" in raw.columns:
+        out["narration"] = raw["narration"].astype(str)
+    if verb_classes is not None:
+        ids, bad = parse_integers(raw["verb_class"])
+        check_class_ids(table, "verb_class", ids, bad, len(verb_classes), verb_class_file, problems)
+        out["verb"] = raw["verb"].astype(str) if "verb" in raw.columns else None
+        out["verb_class"] = ids
+    if noun_classes is not None:
+        ids, bad = parse_integers(raw["noun_class"])
+        check_class_ids(table, "noun_class", ids, bad, len(noun_classes), noun_class_file, problems)
+        out["noun"] = raw["noun"].astype(str) if "noun" in raw.columns else None
+        out["noun_class"] = ids
+    if keep_all_nouns and "all_nouns" in raw.columns:
+        out["all_nouns"], out["all_noun_classes"] = _all_nouns(table, problems, noun_classes)
+    return out
+
+
+def _all_nouns(
+    table: SourceTable, problems: SourceProblems, noun_classes: tuple[str, ...] | None
+) -> tuple[list[str], list[str]]:
+    """``all_nouns``/``all_noun_classes`` lists -> ``';'``-joined strings (the manifest form).
+
+    The two lists are kept as released; they need not have the same length (232 EPIC-55 rows
+    list more class ids than nouns, e.g. ``['celery']`` with ``[185, 25]``).
+    """
+    raw = table.frame
+    nouns, bad_nouns = parse_list_cells(raw["all_nouns"])
+    classes, bad_classes = parse_list_cells(raw["all_noun_classes"])
+    problems.add_rows(table, bad_nouns, "all_nouns", lambda i: "not a list of nouns")
+    problems.add_rows(table, bad_classes, "all_noun_classes", lambda i: "not a list of class ids")
+    has_separator = np.array([any(";" in noun for noun in row) for row in nouns])
+    problems.add_rows(table, has_separator, "all_nouns", lambda i: "a noun contains ';'")
+    count = len(noun_classes) if noun_classes is not None else None
+    for position, row in enumerate(classes):
+        if bad_classes[position]:
+            continue
+        for value in row:
+            if not value.isdigit() or (count is not None and int(value) >= count):
+                problems.add(
+                    table.name,
+                    table.row_label(position),
+                    "all_noun_classes",
+                    f"unknown noun class id {value!r}",
+                )
+    return [join_ids(row) for row in nouns], [join_ids(row) for row in classes]
+
+
+def apply_video_path_template(frame: pd.DataFrame, template: str) -> pd.DataFrame:
+    """Fill ``video_path`` from a ``str.format`` template of the row's columns ("" = none)."""
+    if not template:
+        return frame
+    fields = [name for _, name, _, _ in string.Formatter().parse(template) if name]
+    unknown = [name for name in fields if name not in frame.columns]
+    if unknown:
+        raise ConfigError(
+            f"video_path_template {template!r} uses unknown field(s) {', '.join(unknown)}; "
+            f"available: {', '.join(map(str, frame.columns))}"
+        )
+    out = frame.copy()
+    columns = {name: out[name].astype(str).tolist() for name in fields}
+    out["video_path"] = [
+        template.format(**{name: columns[name][i] for name in fields}) for i in range(len(out))
+    ]
+    return out

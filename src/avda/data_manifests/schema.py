@@ -1,0 +1,233 @@
+"""The manifest: one row per action segment (DESIGN.md 3.1).
+
+Required columns: ``uid, video_id, domain, split, start_sec, stop_sec``. Optional columns are
+listed in :data:`OPTIONAL_COLUMNS`. Times are seconds, never frame indices, because source and
+target videos can have different frame rates (EPIC-100: 59.94 vs 50 fps).
+
+:func:`validate` reports every problem at once, each with its (1-based, header = row 1) file row
+number, and raises one :class:`ManifestError` listing them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from avda.errors import ManifestError
+
+REQUIRED_COLUMNS: tuple[str, ...] = ("uid", "video_id", "domain", "split", "start_sec", "stop_sec")
+OPTIONAL_COLUMNS: tuple[str, ...] = (
+    "start_frame",
+    "stop_frame",
+    "fps",
+    "participant_id",
+    "narration",
+    "verb",
+    "verb_class",
+    "noun",
+    "noun_class",
+    "labels",
+    "video_path",
+)
+SPLITS: tuple[str, ...] = ("train", "val", "test")
+CLASS_COLUMNS: tuple[str, ...] = ("verb_class", "noun_class")
+STRING_COLUMNS: tuple[str, ...] = (
+    "uid",
+    "video_id",
+    "domain",
+    "split",
+    "participant_id",
+    "narration",
+    "verb",
+    "noun",
+    "labels",
+    "video_path",
+)
+MAX_PROBLEMS_SHOWN = 50
+
+
+@dataclasses.dataclass(frozen=True)
+class Problem:
+    """One validation finding: ``row`` is the file row (header is row 1), None for the file."""
+
+    row: int | None
+    column: str | None
+    message: str
+
+    def __str__(self) -> str:
+        where = "file" if self.row is None else f"row {self.row}"
+        col = f" [{self.column}]" if self.column else ""
+        return f"{where}{col}: {self.message}"
+
+
+def read(path: str | Path, *, videos: str | Path | None = None, check: bool = True) -> pd.DataFrame:
+    """Read a CSV or Parquet manifest and (by default) validate it.
+
+    ``videos``: the folder videos are resolved against; when given, missing video files are
+    reported as problems too.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ManifestError(f"manifest {path} does not exist; build one with `avda manifest build`")
+    try:
+        if path.suffix.lower() in (".parquet", ".pq"):
+            frame = pd.read_parquet(path)
+        else:
+            frame = pd.read_csv(
+                path,
+                dtype={c: "string" for c in STRING_COLUMNS},
+                keep_default_na=False,
+                na_values={"start_frame": [""], "stop_frame": [""], "fps": [""]}
+                | {c: [""] for c in CLASS_COLUMNS},
+            )
+    except (OSError, ValueError, pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise ManifestError(f"manifest {path} cannot be read: {exc}") from exc
+    if check:
+        problems = find_problems(frame, videos=videos)
+        if problems:
+            raise ManifestError(format_problems(path, problems))
+    return normalise(frame)
+
+
+def normalise(frame: pd.DataFrame) -> pd.DataFrame:
+    """Canonical dtypes: strings for ids, float64 seconds, Int64 class ids."""
+    out = frame.copy()
+    for column in STRING_COLUMNS:
+        if column in out:
+            out[column] = out[column].astype("string")
+    for column in ("start_sec", "stop_sec", "fps"):
+        if column in out:
+            out[column] = pd.to_numeric(out[column], errors="coerce").astype("float64")
+    for column in (*CLASS_COLUMNS, "start_frame", "stop_frame"):
+        if column in out:
+            out[column] = pd.to_numeric(out[column], errors="coerce").astype("Int64")
+    return out.reset_index(drop=True)
+
+
+def find_problems(frame: pd.DataFrame, *, videos: str | Path | None = None) -> list[Problem]:
+    """Every problem in ``frame``, in row order (does not raise)."""
+    problems: list[Problem] = []
+    missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
+    for column in missing:
+        problems.append(Problem(None, column, f"required column {column!r} is missing"))
+    if frame.empty:
+        problems.append(Problem(None, None, "the manifest has no rows"))
+    if missing or frame.empty:
+        return problems
+
+    rows = np.arange(len(frame)) + 2  # header is file row 1
+
+    def add(mask: Iterable[bool], column: str, message_of) -> None:
+        for index in np.flatnonzero(np.asarray(mask, dtype=bool)):
+            problems.append(Problem(int(rows[index]), column, message_of(index)))
+
+    uid = frame["uid"].astype("string")
+    add(uid.isna() | (uid.str.strip() == ""), "uid", lambda i: "empty uid")
+    dup = uid.duplicated(keep="first") & uid.notna()
+    first_seen: dict[str, int] = {}
+    for i, u in enumerate(uid):
+        if pd.isna(u):
+            continue
+        first_seen.setdefault(u, int(rows[i]))
+    add(dup, "uid", lambda i: f"duplicate uid {uid.iloc[i]!r} (first at row {first_seen[uid.iloc[i]]})")
+
+    for column in ("video_id", "domain"):
+        values = frame[column].astype("string")
+        add(values.isna() | (values.str.strip() == ""), column, lambda i, c=column: f"empty {c}")
+
+    split = frame["split"].astype("string")
+    add(
+        ~split.isin(SPLITS).fillna(False),
+        "split",
+        lambda i: f"unknown split {split.iloc[i]!r}; expected one of {', '.join(SPLITS)}",
+    )
+
+    start = pd.to_numeric(frame["start_sec"], errors="coerce")
+    stop = pd.to_numeric(frame["stop_sec"], errors="coerce")
+    add(start.isna(), "start_sec", lambda i: f"not a number: {frame['start_sec'].iloc[i]!r}")
+    add(stop.isna(), "stop_sec", lambda i: f"not a number: {frame['stop_sec'].iloc[i]!r}")
+    add(start.notna() & (start < 0), "start_sec", lambda i: f"negative start {start.iloc[i]}")
+    add(
+        start.notna() & stop.notna() & (stop <= start),
+        "stop_sec",
+        lambda i: f"stop_sec {stop.iloc[i]} <= start_sec {start.iloc[i]}",
+    )
+
+    for column in (*CLASS_COLUMNS, "start_frame", "stop_frame"):
+        if column not in frame:
+            continue
+        raw = frame[column]
+        numeric = pd.to_numeric(raw, errors="coerce")
+        bad = (raw.notna() & numeric.isna()) | (numeric.notna() & (numeric % 1 != 0))
+        bad |= numeric.notna() & (numeric < 0)
+        add(bad, column, lambda i, c=column, r=raw: f"not a non-negative integer: {r.iloc[i]}")
+
+    if "fps" in frame:
+        fps = pd.to_numeric(frame["fps"], errors="coerce")
+        bad = (frame["fps"].notna() & fps.isna()) | (fps.notna() & (fps <= 0))
+        add(bad, "fps", lambda i: f"fps must be a positive number, got {frame['fps'].iloc[i]!r}")
+
+    if videos is not None:
+        root = Path(videos)
+        checked: dict[str, bool] = {}
+        paths = [video_path(row, root) for row in frame.itertuples(index=False)]
+        for i, p in enumerate(paths):
+            key = str(p)
+            if key not in checked:
+                checked[key] = p.exists()
+            if not checked[key]:
+                problems.append(
+                    Problem(int(rows[i]), "video_path", f"video file {p} not found under {root}")
+                )
+    problems.sort(key=lambda p: (p.row or 0))
+    return problems
+
+
+def video_path(row: object, root: str | Path) -> Path:
+    """Where the video of a manifest row lives: ``video_path`` if set, else ``<video_id>.mp4``."""
+    rel = getattr(row, "video_path", None)
+    if rel is None or pd.isna(rel) or str(rel) == "":
+        rel = f"{getattr(row, 'video_id')}.mp4"
+    return Path(root) / str(rel)
+
+
+def format_problems(path: str | Path, problems: list[Problem]) -> str:
+    shown = problems[:MAX_PROBLEMS_SHOWN]
+    more = len(problems) - len(shown)
+    lines = [f"manifest {path} has {len(problems)} problem(s):"]
+    lines += [f"  {p}" for p in shown]
+    if more:
+        lines.append(f"  ... and {more} more")
+    lines.append("fix these rows (or drop them) and run `avda manifest validate` again")
+    return "\n".join(lines)
+
+
+def write(frame: pd.DataFrame, path: str | Path) -> Path:
+    """Write a manifest as CSV or Parquet (by suffix), after validating it."""
+    path = Path(path)
+    problems = find_problems(frame)
+    if problems:
+        raise ManifestError(format_problems(path, problems))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix.lower() in (".parquet", ".pq"):
+        frame.to_parquet(path, index=False)
+    else:
+        frame.to_csv(path, index=False)
+    return path
+
+
+def fingerprint(frame: pd.DataFrame) -> str:
+    """sha256 of the canonical CSV of the manifest: recorded in cache provenance."""
+    cols = [c for c in (*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS) if c in frame.columns]
+    data = normalise(frame)[cols].to_csv(index=False).encode()
+    return hashlib.sha256(data).hexdigest()
+
+
+def num_classes(frame: pd.DataFrame, column: str = "verb_class") -> int:
+    values = pd.to_numeric(frame[column], errors="coerce").dropna()
+    return int(values.max()) + 1 if len(values) else 0

@@ -1,0 +1,1 @@
+"""Evaluation: metrics, tables and reports over run directories."""

@@ -1,0 +1,209 @@
+"""Classification metrics computed exactly as the papers and challenge servers compute them.
+
+Conventions shared by every function here:
+
+* ``scores`` is ``(N, C)`` (logits or probabilities: only their order matters), ``labels`` is
+  ``(N,)`` integer class ids; fractions are returned in [0, 1], not percent.
+* **Ties**: a ranking puts the lower class index first among equal scores, so ``argmax`` picks
+  the lowest index and top-k takes tied classes in index order (numpy's stable sort).
+* Classes absent from ``labels`` have no recall: they are left out of means and reported as NaN
+  per class; in mAP, classes without a positive are left out (as in Charades' official mAP).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from avda.errors import ConfigError
+
+
+def check_scores_and_labels(
+    scores: np.ndarray, labels: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Validated ``(N, C)`` scores and ``(N,)`` integer labels in ``0 .. C-1``."""
+    scores = np.asarray(scores)
+    labels = np.asarray(labels)
+    if scores.ndim != 2:
+        raise ConfigError(f"scores must be (N, C), got shape {scores.shape}")
+    if labels.ndim != 1 or len(labels) != len(scores):
+        raise ConfigError(
+            f"labels must be (N,) with N = {len(scores)} (one per row of scores), "
+            f"got shape {labels.shape}"
+        )
+    if len(labels) and not np.issubdtype(labels.dtype, np.integer):
+        if not np.all(np.mod(labels, 1) == 0):
+            raise ConfigError("labels must be integer class ids")
+        labels = labels.astype(np.int64)
+    if len(labels) and (labels.min() < 0 or labels.max() >= scores.shape[1]):
+        raise ConfigError(
+            f"labels must be class ids in 0..{scores.shape[1] - 1} (scores have "
+            f"{scores.shape[1]} columns), got {labels.min()}..{labels.max()}"
+        )
+    if np.issubdtype(scores.dtype, np.floating) and np.isnan(scores).any():
+        raise ConfigError("scores contain NaN; check the model outputs before evaluating")
+    return scores, labels
+
+
+def rank_classes(scores: np.ndarray, k: int | None = None) -> np.ndarray:
+    """Class indices per row by decreasing score, ties lowest index first: ``(N, k)``."""
+    scores = np.asarray(scores)
+    if scores.ndim != 2:
+        raise ConfigError(f"scores must be (N, C), got shape {scores.shape}")
+    order = np.argsort(-scores, axis=1, kind="stable")
+    return order if k is None else order[:, :k]
+
+
+def top1_accuracy(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Fraction of rows whose arg-max score equals the label. ``scores`` is (N, C)."""
+    scores = np.asarray(scores)
+    labels = np.asarray(labels)
+    if len(labels) == 0:
+        return float("nan")
+    return float(np.mean(scores.argmax(axis=1) == labels))
+
+
+def mean_class_accuracy(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Mean over the classes present in ``labels`` of the per-class recall.
+
+    Classes absent from ``labels`` are left out of the mean (they have no recall).
+    """
+    labels = np.asarray(labels)
+    if len(labels) == 0:
+        return float("nan")
+    predictions = np.asarray(scores).argmax(axis=1)
+    classes = np.unique(labels)
+    return float(np.mean([np.mean(predictions[labels == c] == c) for c in classes]))
+
+
+def top_k_correct(scores: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
+    """Per row: is the label among the ``k`` best-scored classes (ties lowest index first)?"""
+    scores, labels = check_scores_and_labels(scores, labels)
+    if k < 1:
+        raise ConfigError(f"k must be at least 1, got {k}")
+    return (rank_classes(scores, k) == labels[:, None]).any(axis=1)
+
+
+def top_k_accuracy(scores: np.ndarray, labels: np.ndarray, k: int = 5) -> float:
+    """Fraction of rows whose label is among the ``k`` best-scored classes; NaN when empty."""
+    correct = top_k_correct(scores, labels, k)
+    return float(correct.mean()) if len(correct) else float("nan")
+
+
+def per_class_accuracy(
+    scores: np.ndarray, labels: np.ndarray, num_classes: int | None = None
+) -> np.ndarray:
+    """Recall of each class ``(C,)``: NaN for classes with no row in ``labels``."""
+    scores, labels = check_scores_and_labels(scores, labels)
+    num_classes = scores.shape[1] if num_classes is None else int(num_classes)
+    predictions = scores.argmax(axis=1)
+    support = np.bincount(labels, minlength=num_classes).astype(np.float64)
+    hits = np.bincount(labels[predictions == labels], minlength=num_classes).astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(support > 0, hits / support, np.nan)
+
+
+def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> np.ndarray:
+    """``(C, C)`` counts: row = true class, column = predicted class."""
+    labels = np.asarray(labels, dtype=np.int64)
+    predictions = np.asarray(predictions, dtype=np.int64)
+    if labels.shape != predictions.shape or labels.ndim != 1:
+        raise ConfigError(
+            f"labels and predictions must be (N,) of the same length, got {labels.shape} "
+            f"and {predictions.shape}"
+        )
+    for name, values in (("labels", labels), ("predictions", predictions)):
+        if len(values) and (values.min() < 0 or values.max() >= num_classes):
+            raise ConfigError(f"{name} must be class ids in 0..{num_classes - 1}")
+    flat = labels * num_classes + predictions
+    return np.bincount(flat, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+
+
+def average_precision(scores: np.ndarray, positives: np.ndarray) -> float:
+    """AP of one class: mean over positives of the precision at their rank.
+
+    Rows are ranked by decreasing score, ties in row order (MATLAB's stable ``sort``, which
+    the official Charades script uses). NaN when there is no positive.
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    positives = np.asarray(positives).astype(bool)
+    count = int(positives.sum())
+    if count == 0:
+        return float("nan")
+    order = np.argsort(-scores, kind="stable")
+    hits = positives[order]
+    precision = np.cumsum(hits) / np.arange(1, len(hits) + 1)
+    return float(precision[hits].sum() / count)
+
+
+def average_precision_per_class(scores: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """AP of each class ``(C,)`` for multi-label ``targets`` (N, C) in {0, 1}.
+
+    As in Charades' evaluation, rows without any positive label are removed first; classes
+    without a positive get NaN.
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    targets = np.asarray(targets)
+    if scores.ndim != 2 or scores.shape != targets.shape:
+        raise ConfigError(
+            f"scores and targets must both be (N, C), got {scores.shape} and {targets.shape}"
+        )
+    if np.isnan(scores).any():
+        raise ConfigError("scores contain NaN; check the model outputs before evaluating")
+    keep = targets.sum(axis=1) > 0
+    scores, targets = scores[keep], targets[keep]
+    return np.array(
+        [average_precision(scores[:, c], targets[:, c]) for c in range(scores.shape[1])]
+    )
+
+
+def mean_average_precision(scores: np.ndarray, targets: np.ndarray) -> float:
+    """Charades-style mAP: mean AP over the classes that have a positive (NaN if none)."""
+    per_class = average_precision_per_class(scores, targets)
+    valid = per_class[~np.isnan(per_class)]
+    return float(valid.mean()) if len(valid) else float("nan")
+
+
+def softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Numerically stable softmax along ``axis`` (float64)."""
+    logits = np.asarray(logits, dtype=np.float64)
+    shifted = logits - logits.max(axis=axis, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=axis, keepdims=True)
+
+
+def average_scores(scores: np.ndarray | Sequence[np.ndarray], *, axis: int = 0) -> np.ndarray:
+    """Mean of several score arrays of one shape (checkpoints, test clips...).
+
+    ``scores``: a sequence of equally shaped arrays (averaged element-wise), or one array
+    averaged along ``axis``. Used by the MM-SADA protocol (5 test clips, last 9 checkpoints).
+    """
+    if isinstance(scores, np.ndarray):
+        if scores.ndim == 0 or scores.shape[axis] == 0:
+            raise ConfigError(f"nothing to average along axis {axis} of shape {scores.shape}")
+        return scores.mean(axis=axis)
+    arrays = [np.asarray(s) for s in scores]
+    if not arrays:
+        raise ConfigError("average_scores needs at least one score array")
+    shapes = {a.shape for a in arrays}
+    if len(shapes) != 1:
+        raise ConfigError(f"score arrays to average must share one shape, got {sorted(shapes)}")
+    return np.mean(np.stack(arrays), axis=0)
+
+
+def mean_std(values: Sequence[float] | np.ndarray, *, ddof: int = 1) -> tuple[float, float]:
+    """Mean and standard deviation over seeds (sample std, ``ddof=1``; NaN for one value)."""
+    array = np.asarray(values, dtype=np.float64)
+    if array.ndim != 1 or len(array) == 0:
+        raise ConfigError(f"mean_std needs a non-empty list of numbers, got shape {array.shape}")
+    std = float(array.std(ddof=ddof)) if len(array) > ddof else float("nan")
+    return float(array.mean()), std
+
+
+def format_mean_std(
+    values: Sequence[float] | np.ndarray, *, scale: float = 100.0, digits: int = 1
+) -> str:
+    """``"61.0 ± 1.2"`` (``scale`` 100 turns fractions into percent)."""
+    mean, std = mean_std(values)
+    return f"{mean * scale:.{digits}f} ± {std * scale:.{digits}f}"

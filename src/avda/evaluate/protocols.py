@@ -1,0 +1,342 @@
+"""Benchmark evaluation protocols: EPIC-100 (official C1 scorer and TA3N's), MM-SADA, Charades.
+
+EPIC-KITCHENS-100 (``epic-kitchens/C1-Action-Recognition``, ``utils/scoring.py``,
+``utils/metrics.py``, ``evaluate.py``):
+
+* verb and noun top-1/top-5 over the raw score arrays;
+* action scores: take each segment's top-100 verb and top-100 noun scores, apply
+  ``scipy.special.softmax`` to each (N, 100) array -- without ``axis``, i.e. over the whole
+  array; within a segment this only rescales, so ranks equal a per-row softmax unless ``exp``
+  underflows -- form the outer product of the two, rank the verb x noun pairs and keep the best
+  100 as actions ``verb * 1000 + noun``. Because the softmax is applied even when the inputs are
+  already probabilities (TA3N writes probabilities), the ranking is by ``p_verb + p_noun`` then,
+  not ``p_verb * p_noun``: this is what the server does, so we do it too;
+* top-1/top-5 of all three; top-1 on tail classes (action: verb or noun is tail) and on unseen
+  participants.
+
+TA3N's in-code "action" accuracy (``multitask_accuracy``) counts a top-k hit when the verb is in
+the top-k verbs **and** the noun in the top-k nouns. Top-1 agrees with the official one; top-5
+does not, so it is reported separately as ``ta3n_action_accuracy_at_k``.
+
+Ties: rankings put the lower index first among equal scores (the official code uses numpy's
+default, unstable, ``argsort`` reversed, whose tie order is unspecified); with float scores ties
+are rare.
+"""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy.special import softmax as scipy_softmax
+
+from avda.errors import ConfigError
+from avda.evaluate.metrics import (
+    average_scores,
+    check_scores_and_labels,
+    mean_average_precision,
+    mean_std,
+    rank_classes,
+    softmax,
+    top1_accuracy,
+    top_k_correct,
+)
+
+ACTION_VERB_MULTIPLIER = 1000
+EPIC100_NUM_VERBS = 97
+EPIC100_NUM_NOUNS = 300
+EPIC100_TOP_N = 100
+SUBMISSION_VERSION = "0.2"
+UDA_CHALLENGE = "domain_adaptation"
+
+
+def action_ids(verbs: np.ndarray | int, nouns: np.ndarray | int) -> np.ndarray | int:
+    """EPIC action id ``verb * 1000 + noun`` (``utils/actions.py``)."""
+    return verbs * ACTION_VERB_MULTIPLIER + nouns
+
+
+def epic100_action_scores(
+    verb_scores: np.ndarray, noun_scores: np.ndarray, top_n: int = EPIC100_TOP_N
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The official ``compute_action_scores``: ``(verbs, nouns, scores)``, each ``(N, top_n)``.
+
+    Row ``i`` lists segment ``i``'s ``top_n`` best (verb, noun) pairs, best first.
+    """
+    verb_scores = np.asarray(verb_scores)
+    noun_scores = np.asarray(noun_scores)
+    if verb_scores.ndim != 2 or noun_scores.ndim != 2 or len(verb_scores) != len(noun_scores):
+        raise ConfigError(
+            f"verb and noun scores must be (N, C) with the same N, got {verb_scores.shape} "
+            f"and {noun_scores.shape}"
+        )
+    rows = np.arange(len(verb_scores))[:, None]
+    top_verbs = rank_classes(verb_scores, top_n)
+    top_nouns = rank_classes(noun_scores, top_n)
+    # scipy's softmax without axis: normalised over the whole (N, top_n) array, as the server.
+    verb_probs = scipy_softmax(verb_scores[rows, top_verbs])
+    noun_probs = scipy_softmax(noun_scores[rows, top_nouns])
+    joint = (verb_probs[:, :, None] * noun_probs[:, None, :]).reshape(len(verb_scores), -1)
+    order = rank_classes(joint, top_n)  # (N, top_n) indices into the flattened pairs
+    verb_index, noun_index = np.unravel_index(order, (top_verbs.shape[1], top_nouns.shape[1]))
+    return top_verbs[rows, verb_index], top_nouns[rows, noun_index], joint[rows, order]
+
+
+def _action_top_k(
+    verb_scores: np.ndarray,
+    noun_scores: np.ndarray,
+    verb_labels: np.ndarray,
+    noun_labels: np.ndarray,
+    ks: Sequence[int],
+) -> list[np.ndarray]:
+    verbs, nouns, _ = epic100_action_scores(verb_scores, noun_scores)
+    hits = (verbs == verb_labels[:, None]) & (nouns == noun_labels[:, None])
+    return [hits[:, :k].any(axis=1) for k in ks]
+
+
+def ta3n_action_correct(
+    verb_scores: np.ndarray,
+    noun_scores: np.ndarray,
+    verb_labels: np.ndarray,
+    noun_labels: np.ndarray,
+    k: int,
+) -> np.ndarray:
+    """TA3N's ``multitask_accuracy``: verb in the top-k verbs and noun in the top-k nouns."""
+    return top_k_correct(verb_scores, verb_labels, k) & top_k_correct(noun_scores, noun_labels, k)
+
+
+def epic100_accuracies(
+    verb_scores: np.ndarray,
+    noun_scores: np.ndarray,
+    verb_labels: np.ndarray,
+    noun_labels: np.ndarray,
+    *,
+    participant_ids: Sequence[str] | None = None,
+    unseen_participants: Iterable[str] = (),
+    tail_verbs: Iterable[int] = (),
+    tail_nouns: Iterable[int] = (),
+) -> dict[str, float]:
+    """EPIC-100 accuracies (fractions) named as the official ``evaluate.py`` prints them.
+
+    ``all_{verb,noun,action}_accuracy_at_{1,5}`` (official), ``tail_*_accuracy_at_1`` when tail
+    classes are given, ``unseen_*_accuracy_at_1`` when participants and unseen participants are
+    given and some segment is unseen, and ``ta3n_action_accuracy_at_{1,5}`` (TA3N's in-code
+    definition, labelled apart from the official action accuracy).
+    """
+    verb_scores, verb_labels = check_scores_and_labels(verb_scores, verb_labels)
+    noun_scores, noun_labels = check_scores_and_labels(noun_scores, noun_labels)
+    if len(verb_labels) != len(noun_labels):
+        raise ConfigError(
+            f"verb and noun arrays describe {len(verb_labels)} and {len(noun_labels)} segments"
+        )
+    if len(verb_labels) == 0:
+        raise ConfigError("need at least one segment to evaluate")
+    hits = {
+        "verb": [top_k_correct(verb_scores, verb_labels, k) for k in (1, 5)],
+        "noun": [top_k_correct(noun_scores, noun_labels, k) for k in (1, 5)],
+        "action": _action_top_k(verb_scores, noun_scores, verb_labels, noun_labels, (1, 5)),
+    }
+    results: dict[str, float] = {}
+    for task, task_hits in hits.items():
+        for k, correct in zip((1, 5), task_hits, strict=True):
+            results[f"all_{task}_accuracy_at_{k}"] = float(correct.mean())
+    tail_verb_mask = np.isin(verb_labels, list(tail_verbs))
+    tail_noun_mask = np.isin(noun_labels, list(tail_nouns))
+    if tail_verb_mask.any() or tail_noun_mask.any():
+        masks = {
+            "verb": tail_verb_mask,
+            "noun": tail_noun_mask,
+            "action": tail_verb_mask | tail_noun_mask,
+        }
+        for task, mask in masks.items():
+            if mask.any():
+                results[f"tail_{task}_accuracy_at_1"] = float(hits[task][0][mask].mean())
+    if participant_ids is not None:
+        participants = np.asarray(participant_ids, dtype=str)
+        if len(participants) != len(verb_labels):
+            raise ConfigError(
+                f"participant_ids has {len(participants)} entries for {len(verb_labels)} segments"
+            )
+        unseen = np.isin(participants, [str(p) for p in unseen_participants])
+        if unseen.any():
+            for task in hits:
+                results[f"unseen_{task}_accuracy_at_1"] = float(hits[task][0][unseen].mean())
+    for k in (1, 5):
+        correct = ta3n_action_correct(verb_scores, noun_scores, verb_labels, noun_labels, k)
+        results[f"ta3n_action_accuracy_at_{k}"] = float(correct.mean())
+    return results
+
+
+def _scores_dict(row: np.ndarray) -> dict[str, float]:
+    return {str(index): float(value) for index, value in enumerate(row)}
+
+
+def _results(
+    verb_scores: np.ndarray, noun_scores: np.ndarray, narration_ids: Sequence[str], side: str
+) -> dict[str, dict[str, dict[str, float]]]:
+    verb_scores = np.asarray(verb_scores, dtype=np.float64)
+    noun_scores = np.asarray(noun_scores, dtype=np.float64)
+    ids = [str(i) for i in narration_ids]
+    if verb_scores.shape != (len(ids), EPIC100_NUM_VERBS):
+        raise ConfigError(
+            f"{side} verb scores must be ({len(ids)}, {EPIC100_NUM_VERBS}), got {verb_scores.shape}"
+        )
+    if noun_scores.shape != (len(ids), EPIC100_NUM_NOUNS):
+        raise ConfigError(
+            f"{side} noun scores must be ({len(ids)}, {EPIC100_NUM_NOUNS}), got {noun_scores.shape}"
+        )
+    if len(set(ids)) != len(ids):
+        raise ConfigError(f"{side} narration ids repeat; each segment needs exactly one entry")
+    if not (np.isfinite(verb_scores).all() and np.isfinite(noun_scores).all()):
+        raise ConfigError(f"{side} scores contain NaN or infinity; JSON cannot carry them")
+    return {
+        narration_id: {"verb": _scores_dict(verb_row), "noun": _scores_dict(noun_row)}
+        for narration_id, verb_row, noun_row in zip(ids, verb_scores, noun_scores, strict=True)
+    }
+
+
+def epic100_uda_submission(
+    verb_scores: np.ndarray,
+    noun_scores: np.ndarray,
+    narration_ids: Sequence[str],
+    *,
+    sls_pt: int,
+    sls_tl: int,
+    sls_td: int,
+    expected_narration_ids: Iterable[str] | None = None,
+    source_verb_scores: np.ndarray | None = None,
+    source_noun_scores: np.ndarray | None = None,
+    source_narration_ids: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """The EPIC-100 UDA challenge JSON for ``target_test`` (optionally ``source_test`` too).
+
+    Format (as ``EPIC-KITCHENS-100_UDA_TA3N/test_models.py`` writes it)::
+
+        {"version": "0.2", "challenge": "domain_adaptation",
+         "sls_pt": 2, "sls_tl": 3, "sls_td": 3,
+         "results_target": {"P01_101_0": {"verb": {"0": s, ..., "96": s},
+                                          "noun": {"0": s, ..., "299": s}}, ...},
+         "results_source": {...}}                               # only with source scores
+
+    ``sls_pt``/``sls_tl``/``sls_td`` are the supervision levels (0-5, see
+    ``github.com/epic-kitchens/sls``); they have no default because they must describe the
+    model. ``expected_narration_ids``: the target_test ids; when given, missing or extra ids
+    are an error.
+    """
+    levels = {"sls_pt": sls_pt, "sls_tl": sls_tl, "sls_td": sls_td}
+    for name, level in levels.items():
+        if (
+            isinstance(level, bool)
+            or not isinstance(level, int | np.integer)
+            or not 0 <= level <= 5
+        ):
+            raise ConfigError(f"{name} must be an integer supervision level 0..5, got {level!r}")
+    results = _results(verb_scores, noun_scores, narration_ids, "target")
+    if expected_narration_ids is not None:
+        expected = {str(i) for i in expected_narration_ids}
+        missing = sorted(expected - set(results))
+        extra = sorted(set(results) - expected)
+        if missing or extra:
+            raise ConfigError(
+                f"the submission must cover target_test exactly: {len(missing)} id(s) missing "
+                f"(e.g. {missing[:3]}), {len(extra)} unexpected (e.g. {extra[:3]})"
+            )
+    submission: dict[str, Any] = {
+        "version": SUBMISSION_VERSION,
+        "challenge": UDA_CHALLENGE,
+        **{name: int(level) for name, level in levels.items()},
+        "results_target": results,
+    }
+    source = (source_verb_scores, source_noun_scores, source_narration_ids)
+    if any(part is not None for part in source):
+        if any(part is None for part in source):
+            raise ConfigError(
+                "source results need source_verb_scores, source_noun_scores and "
+                "source_narration_ids together"
+            )
+        submission["results_source"] = _results(*source, "source")  # type: ignore[arg-type]
+    return submission
+
+
+def write_submission(submission: dict[str, Any], path: str | Path) -> Path:
+    """Write the submission as JSON, or as a zip holding ``test.json`` when ``path`` ends .zip."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(submission)
+    if path.suffix.lower() == ".zip":
+        with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=5) as zf:
+            zf.writestr("test.json", text)
+    else:
+        path.write_text(text, encoding="utf-8")
+    return path
+
+
+def mmsada_clip_scores(clip_logits: np.ndarray) -> np.ndarray:
+    """MM-SADA test: softmax of each clip's (fused) logits, averaged over clips.
+
+    ``clip_logits``: ``(N, clips, C)`` (5 clips centred at ``linspace(start, stop, 7)[1:-1]``).
+    """
+    clip_logits = np.asarray(clip_logits)
+    if clip_logits.ndim != 3:
+        raise ConfigError(f"clip logits must be (N, clips, C), got shape {clip_logits.shape}")
+    return average_scores(softmax(clip_logits, axis=-1), axis=1)
+
+
+def mmsada_checkpoint_accuracy(
+    checkpoint_clip_logits: Sequence[np.ndarray], labels: np.ndarray
+) -> dict[str, float]:
+    """MM-SADA's reported number over the last checkpoints (steps 5600..6000 every 50: 9).
+
+    ``top1_mean`` (what the paper reports: mean of each checkpoint's top-1, confirmed in
+    ``MM-SADA_Domain_Adaptation_Splits#3``) with ``top1_std``, and ``top1_of_mean_scores``
+    (top-1 of the checkpoint-averaged clip scores, an ensemble -- not the paper's number).
+    """
+    if not checkpoint_clip_logits:
+        raise ConfigError("need the clip logits of at least one checkpoint")
+    scores = [mmsada_clip_scores(logits) for logits in checkpoint_clip_logits]
+    labels = np.asarray(labels)
+    accuracies = [top1_accuracy(*check_scores_and_labels(s, labels)) for s in scores]
+    mean, std = mean_std(accuracies)
+    return {
+        "checkpoints": float(len(scores)),
+        "top1_mean": mean,
+        "top1_std": std,
+        "top1_of_mean_scores": top1_accuracy(average_scores(scores), labels),
+    }
+
+
+def multi_hot(labels: Sequence[str | None], num_classes: int) -> np.ndarray:
+    """Manifest ``labels`` cells (``"3;17"``, ``""`` for none) -> ``(N, num_classes)`` 0/1 array."""
+    targets = np.zeros((len(labels), num_classes), dtype=np.int8)
+    for row, cell in enumerate(labels):
+        if cell is None or (isinstance(cell, float) and np.isnan(cell)):
+            continue
+        for part in str(cell).split(";"):
+            part = part.strip()
+            if not part:
+                continue
+            if not part.isdigit() or int(part) >= num_classes:
+                raise ConfigError(
+                    f"labels row {row}: {part!r} is not a class id in 0..{num_classes - 1}"
+                )
+            targets[row, int(part)] = 1
+    return targets
+
+
+def charades_map(scores: np.ndarray, labels: Sequence[str | None] | np.ndarray) -> float:
+    """CharadesEgo video-level mAP (Charades' official protocol, see ``mean_average_precision``).
+
+    ``labels``: manifest ``labels`` strings, or an ``(N, C)`` multi-hot array.
+    """
+    scores = np.asarray(scores)
+    if scores.ndim != 2:
+        raise ConfigError(f"scores must be (N, C), got shape {scores.shape}")
+    targets = (
+        labels
+        if isinstance(labels, np.ndarray) and labels.ndim == 2
+        else multi_hot(list(labels), scores.shape[1])
+    )
+    return mean_average_precision(scores, targets)

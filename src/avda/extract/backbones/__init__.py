@@ -1,0 +1,62 @@
+"""Backbones built by name: ``create("i3d", modality="rgb", weights=None)``.
+
+Registered: see ``names()``. Each builder takes keyword-only arguments; an unknown name or
+keyword fails with the valid choices.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from pathlib import Path
+from typing import Any
+
+from avda.errors import ConfigError
+from avda.extract.backbones._base import MODALITIES, Backbone, InputSpec, init_random_features_
+from avda.registry import Registry, unknown_name_message
+
+log = logging.getLogger(__name__)
+
+BACKBONES: Registry = Registry("backbone")
+register = BACKBONES.register
+
+
+def create(
+    name: str, *, modality: str, weights: str | Path | None = None, **config: Any
+) -> Backbone:
+    """Build backbone ``name`` for ``modality``; load ``weights`` (a published checkpoint) if given.
+
+    Without weights the model is randomly initialised and a warning says the features carry no
+    meaning beyond the architecture.
+    """
+    builder = BACKBONES.get(name)
+    if modality not in MODALITIES:
+        raise ConfigError(unknown_name_message("modality", modality, MODALITIES))
+    params = inspect.signature(builder).parameters
+    valid = [p for p in params if p not in ("modality", "weights")]
+    for key in config:
+        if key not in valid:
+            raise ConfigError(unknown_name_message(f"keyword for backbone {name!r}", key, valid))
+    model = builder(modality=modality, weights=weights, **config)
+    if weights is None:
+        init_random_features_(model)
+        log.warning(
+            "%s (%s): no weights given, random initialisation: features are meaningless "
+            "beyond the architecture; pass weights=PATH to a published checkpoint",
+            name,
+            modality,
+        )
+    return model
+
+
+def names() -> list[str]:
+    return BACKBONES.names()
+
+
+# Registration happens here, by import, in one place.
+from avda.extract.backbones import audio_resnet as _audio_resnet  # noqa: E402,F401
+from avda.extract.backbones import i3d as _i3d  # noqa: E402,F401
+from avda.extract.backbones import slowfast as _slowfast  # noqa: E402,F401
+from avda.extract.backbones import tbn as _tbn  # noqa: E402,F401
+
+__all__ = ["BACKBONES", "Backbone", "InputSpec", "create", "names", "register"]

@@ -1,0 +1,323 @@
+"""Loading published checkpoints into avda backbones, unchanged.
+
+One path for every backbone:
+
+    file ──read_checkpoint──► object ──find_state_dict──► {key: tensor}
+         ──layout.detect / layout.convert──► native keys ──load_state_dict_checked──► model
+
+- :func:`read_checkpoint` uses ``torch.load(weights_only=True)`` (``.npz`` files through
+  ``numpy.load(allow_pickle=False)``); a file that holds numpy scalars (e.g. a ``best_prec1``
+  stored as ``numpy.float64``) is retried with only those numpy types allow-listed, never with
+  arbitrary pickles.
+- :func:`find_state_dict` unwraps the published containers (``{'state_dict': ...}``,
+  ``{'model_state': ...}``, ``{'model_state_dict': ...}``) down to the tensor dictionary.
+- Each backbone declares its accepted :class:`Layout` objects (how to recognise a layout from its
+  keys, and how to rename it to the native keys) next to its model code.
+- :func:`load_state_dict_checked` checks every key and shape against the model, reports the first
+  mismatch by name with the file and the layout expected, accepts a missing
+  ``num_batches_tracked`` and ignores an extra one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import pickle
+import re
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any, NoReturn
+
+import numpy as np
+import torch
+from torch import nn
+
+from avda.errors import CheckpointError
+
+log = logging.getLogger(__name__)
+
+StateDict = dict[str, torch.Tensor]
+
+# Containers used by the published files, tried in this order.
+CONTAINER_KEYS: tuple[str, ...] = ("state_dict", "model_state", "model_state_dict", "model")
+
+BATCHES_TRACKED = "num_batches_tracked"
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Layout:
+    """One checkpoint key layout that a backbone accepts.
+
+    ``detect`` says, from the file's keys alone, whether a state dict is in this layout;
+    ``convert`` renames (and, where needed, reshapes) it to the backbone's native keys.
+    """
+
+    name: str
+    description: str
+    detect: Callable[[Iterable[str]], bool]
+    convert: Callable[[StateDict], StateDict]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class PublishedWeights:
+    """A published checkpoint file and everything needed to use it (torchvision-style metadata).
+
+    ``manifest`` names the key/shape manifest in ``shared/data/checkpoint_keys/``;
+    ``wrapping`` says how the file stores the state dict; ``config`` are the builder keywords that
+    reproduce the model the file was trained with.
+    """
+
+    name: str
+    file_name: str
+    source: str
+    licence: str
+    modality: str
+    layout: str
+    wrapping: str
+    manifest: str
+    config: Mapping[str, Any]
+    notes: str = ""
+
+
+# A hint is asked for when a key mismatches: (native key, shape in file, shape expected) -> text.
+Hint = Callable[[str, tuple[int, ...], tuple[int, ...]], str | None]
+
+
+def read_checkpoint(path: str | Path) -> Any:
+    """Read a checkpoint file without running arbitrary pickled code."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(
+            f"weights file {str(path)!r} does not exist; pass weights=PATH to a downloaded "
+            "checkpoint (see docs/backbones.md for the published files)"
+        )
+    if path.suffix == ".npz":
+        try:
+            with np.load(path, allow_pickle=False) as archive:
+                return {name: archive[name] for name in archive.files}
+        except (ValueError, OSError) as error:
+            raise CheckpointError(f"{path}: cannot read as a numpy .npz archive: {error}") from None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        pass
+    except (RuntimeError, EOFError, OSError) as error:
+        raise CheckpointError(f"{path}: not a readable torch checkpoint: {error}") from None
+    with torch.serialization.safe_globals(_numpy_safe_globals()):
+        try:
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as error:
+            lines = str(error).splitlines()
+            reason = next((line for line in lines if "Unsupported global" in line), lines[0])
+            reason = reason.split(" was not an allowed")[0].replace("WeightsUnpickler error: ", "")
+            raise CheckpointError(
+                f"{path}: torch.load(weights_only=True) refuses this file ({reason.strip()}); "
+                "it holds Python objects beyond tensors and numbers. Re-save only the state "
+                "dict: torch.save(torch.load(PATH, weights_only=False)['state_dict'], NEW) "
+                "on a machine where you trust the file"
+            ) from None
+    log.info("%s: loaded with numpy data types allow-listed", path)
+    return checkpoint
+
+
+def _numpy_safe_globals() -> list[Any]:
+    """numpy types that a checkpoint may hold: metadata scalars (``best_prec1``, ``epoch``) and
+    arrays (e.g. TF variables dumped to a torch file). Only data types, no callables of note.
+
+    Files written with numpy 1.x name ``numpy.core.multiarray``; numpy 2 names it
+    ``numpy._core.multiarray``: both names are allowed.
+    """
+    multiarray = np._core.multiarray  # type: ignore[attr-defined]
+    allowed: list[Any] = [np.dtype, np.ndarray]
+    allowed += [
+        type(np.dtype(name)) for name in ("float64", "float32", "float16", "int64", "int32")
+    ]
+    for function in ("scalar", "_reconstruct"):
+        for module in ("numpy.core.multiarray", "numpy._core.multiarray"):
+            allowed.append((getattr(multiarray, function), f"{module}.{function}"))
+    return allowed
+
+
+def _is_tensor_like(value: Any) -> bool:
+    return isinstance(value, torch.Tensor | np.ndarray | np.generic)
+
+
+def find_state_dict(checkpoint: Any, *, source: str | Path) -> StateDict:
+    """Unwrap a published container down to ``{key: tensor}`` (numpy arrays become tensors).
+
+    Non-tensor entries next to the tensors (trainer metadata) are dropped.
+    """
+    if not isinstance(checkpoint, Mapping):
+        raise CheckpointError(
+            f"{source}: expected a state dict or a dict holding one, "
+            f"got {type(checkpoint).__name__}"
+        )
+    for key in CONTAINER_KEYS:
+        inner = checkpoint.get(key)
+        if isinstance(inner, Mapping) and any(_is_tensor_like(v) for v in inner.values()):
+            log.debug("%s: state dict found under %r", source, key)
+            checkpoint = inner
+            break
+    tensors = {str(k): v for k, v in checkpoint.items() if _is_tensor_like(v)}
+    if not tensors:
+        raise CheckpointError(
+            f"{source}: no tensors found; top-level keys are {sorted(map(str, checkpoint))[:10]}; "
+            f"expected a state dict, possibly under one of {list(CONTAINER_KEYS)}"
+        )
+    return {
+        k: torch.as_tensor(np.asarray(v)) if not isinstance(v, torch.Tensor) else v
+        for k, v in tensors.items()
+    }
+
+
+def strip_prefix(state_dict: StateDict, prefix: str) -> StateDict:
+    """Remove ``prefix`` from every key that has it; keys without it are kept unchanged."""
+    return {(k[len(prefix) :] if k.startswith(prefix) else k): v for k, v in state_dict.items()}
+
+
+def select_prefix(state_dict: StateDict, prefix: str) -> StateDict:
+    """Keep only the keys under ``prefix`` (e.g. one modality of a multi-stream model), stripped."""
+    return {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
+
+
+def common_prefix(keys: Iterable[str], prefix: str) -> bool:
+    """Whether every key starts with ``prefix`` (e.g. ``module.`` from ``nn.DataParallel``)."""
+    keys = list(keys)
+    return bool(keys) and all(k.startswith(prefix) for k in keys)
+
+
+def detect_layout(
+    state_dict: StateDict, layouts: Iterable[Layout], *, source: str | Path, model: str
+) -> Layout:
+    """The first layout whose ``detect`` accepts the keys, or an error listing what was tried."""
+    layouts = list(layouts)
+    for layout in layouts:
+        if layout.detect(state_dict.keys()):
+            log.info("%s: detected %s layout", source, layout.name)
+            return layout
+    sample = ", ".join(repr(k) for k in list(state_dict)[:4])
+    known = "; ".join(f"{layout.name} ({layout.description})" for layout in layouts)
+    raise CheckpointError(
+        f"{source}: the keys (first: {sample}) match no layout known for {model}; "
+        f"known layouts: {known}"
+    )
+
+
+def load_state_dict_checked(
+    model: nn.Module,
+    state_dict: StateDict,
+    *,
+    source: str | Path,
+    expected: str,
+    hints: Iterable[Hint] = (),
+) -> None:
+    """Load ``state_dict`` into ``model`` after checking every key and shape.
+
+    ``expected`` describes the layout the model expects (it goes into the error message);
+    ``hints`` may explain a mismatch (e.g. "this is a flow checkpoint").
+    Raises :class:`CheckpointError` naming the first mismatching key, in the model's key order.
+    """
+    target = model.state_dict()
+    hints = list(hints)
+
+    def fail(
+        key: str, problem: str, file_shape: tuple[int, ...], model_shape: tuple[int, ...]
+    ) -> NoReturn:
+        extra = [h(key, file_shape, model_shape) for h in hints]
+        advice = " ".join(text for text in extra if text)
+        raise CheckpointError(
+            f"{source}: key {key!r} {problem}; expected layout: {expected}"
+            + (f". {advice}" if advice else "")
+        )
+
+    for key, value in target.items():
+        if key not in state_dict:
+            if key.endswith(BATCHES_TRACKED):
+                continue
+            fail(key, "is missing from the file", (), tuple(value.shape))
+        file_shape = tuple(state_dict[key].shape)
+        if key.endswith(BATCHES_TRACKED):
+            continue
+        if file_shape != tuple(value.shape):
+            fail(
+                key,
+                f"has shape {list(file_shape)} in the file but the model expects "
+                f"{list(value.shape)}",
+                file_shape,
+                tuple(value.shape),
+            )
+    for key in state_dict:
+        if key not in target and not key.endswith(BATCHES_TRACKED):
+            fail(key, "is in the file but not in the model", tuple(state_dict[key].shape), ())
+    usable = {
+        k: v.to(target[k].dtype) if v.is_floating_point() else v
+        for k, v in state_dict.items()
+        if k in target
+    }
+    model.load_state_dict(usable, strict=False)
+
+
+def load_weights(
+    model: nn.Module,
+    weights: str | Path,
+    *,
+    layouts: Iterable[Layout],
+    expected: str,
+    hints: Iterable[Hint] = (),
+    model_name: str,
+) -> Layout:
+    """Read ``weights``, detect its layout, convert to native keys and load with full checks."""
+    checkpoint = read_checkpoint(weights)
+    state_dict = find_state_dict(checkpoint, source=weights)
+    if common_prefix(state_dict, "module."):
+        state_dict = strip_prefix(state_dict, "module.")
+    layout = detect_layout(state_dict, layouts, source=weights, model=model_name)
+    try:
+        converted = layout.convert(state_dict)
+    except CheckpointError as error:
+        raise CheckpointError(f"{weights}: {error}") from None
+    load_state_dict_checked(
+        model,
+        converted,
+        source=weights,
+        expected=f"{expected}, read as the {layout.name} layout ({layout.description})",
+        hints=hints,
+    )
+    log.info("%s: loaded %d tensors into %s", weights, len(converted), model_name)
+    return layout
+
+
+def input_channels_hint(key: str, channels_to_modality: Mapping[int, str]) -> Hint:
+    """A hint for the first conv: the file's input channels say which modality it was made for."""
+
+    def hint(name: str, file_shape: tuple[int, ...], model_shape: tuple[int, ...]) -> str | None:
+        if name != key or len(file_shape) < 2 or len(model_shape) < 2:
+            return None
+        file_modality = channels_to_modality.get(file_shape[1])
+        if file_modality is None or file_shape[1] == model_shape[1]:
+            return None
+        return (
+            f"The file's first conv takes {file_shape[1]} input channels: it is a "
+            f"{file_modality} checkpoint; create the backbone with modality={file_modality!r}"
+        )
+
+    return hint
+
+
+def num_classes_hint(key: str, *, keyword: str = "num_classes", axis: int = 0) -> Hint:
+    """A hint for the classifier: the file's class count, and the keyword that sets it."""
+
+    def hint(name: str, file_shape: tuple[int, ...], model_shape: tuple[int, ...]) -> str | None:
+        if name != key or not file_shape or not model_shape:
+            return None
+        count = file_shape[axis]
+        return f"The file's classifier has {count} classes: pass {keyword}={count}"
+
+    return hint
+
+
+def regex_rename(key: str, rules: Iterable[tuple[str, str]]) -> str:
+    """Apply ``re.sub`` rules in order (used to express key maps as a few readable rules)."""
+    for pattern, replacement in rules:
+        key = re.sub(pattern, replacement, key)
+    return key

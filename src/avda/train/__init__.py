@@ -1,0 +1,1 @@
+"""Stage 2: adaptation heads trained on cached features (never imports avda.extract)."""

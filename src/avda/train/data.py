@@ -1,0 +1,151 @@
+"""Cached features as in-memory tensors, selected by domain and split.
+
+Training draws mini-batches by indexing whole tensors with a permutation: no per-item Python,
+no DataLoader. Caches too large for memory stream through dask (``FeatureCache.to_dask``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from avda.cache import FeatureCache, Status
+from avda.errors import CacheError, ConfigError
+from avda.registry import unknown_name_message
+
+log = logging.getLogger(__name__)
+
+TASK_COLUMNS = {"verb": "verb_class", "noun": "noun_class", "labels": "labels"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """One prediction target: ``verb`` / ``noun`` (single-label) or ``labels`` (multi-label)."""
+
+    name: str
+    num_classes: int
+    multi_label: bool = False
+
+
+@dataclasses.dataclass
+class FeatureSet:
+    """Features of a selection of segments: ``inputs[modality]`` is ``(N, K, D)`` float32."""
+
+    name: str
+    rows: np.ndarray
+    uids: np.ndarray
+    inputs: dict[str, torch.Tensor]
+    labels: dict[str, torch.Tensor]
+    domains: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def batch(self, index: torch.Tensor, device: str | torch.device = "cpu"):
+        inputs = {m: x[index].to(device, non_blocking=True) for m, x in self.inputs.items()}
+        labels = {t: y[index].to(device, non_blocking=True) for t, y in self.labels.items()}
+        return inputs, labels
+
+    def batches(
+        self, batch_size: int, *, shuffle: bool, generator: torch.Generator | None = None
+    ) -> Iterator[torch.Tensor]:
+        order = (
+            torch.randperm(len(self), generator=generator) if shuffle else torch.arange(len(self))
+        )
+        for start in range(0, len(self), batch_size):
+            yield order[start : start + batch_size]
+
+
+def infer_tasks(segments: pd.DataFrame, rows: np.ndarray, requested: Sequence[str] | None) -> list[Task]:
+    """Tasks with labels in ``rows``; class counts from the whole cache (so splits agree)."""
+    names = list(requested) if requested else [
+        t for t, c in TASK_COLUMNS.items()
+        if c in segments and segments[c].iloc[rows].replace("", pd.NA).notna().any()
+    ]
+    if not names:
+        raise CacheError(
+            "the source training segments have no labels (no verb_class, noun_class or labels "
+            "column values): check the manifest the cache was built from"
+        )
+    tasks = []
+    for name in names:
+        if name not in TASK_COLUMNS:
+            raise ConfigError(unknown_name_message("task", name, TASK_COLUMNS))
+        column = TASK_COLUMNS[name]
+        if column not in segments:
+            raise CacheError(f"task {name!r} needs column {column!r}, which the cache does not have")
+        if name == "labels":
+            ids = [int(v) for s in segments[column].dropna() for v in str(s).split(";") if v != ""]
+            tasks.append(Task(name, (max(ids) + 1) if ids else 0, multi_label=True))
+        else:
+            values = pd.to_numeric(segments[column], errors="coerce").dropna()
+            tasks.append(Task(name, int(values.max()) + 1))
+    return tasks
+
+
+def _labels(segments: pd.DataFrame, rows: np.ndarray, tasks: list[Task]) -> dict[str, torch.Tensor]:
+    out = {}
+    for task in tasks:
+        column = segments[TASK_COLUMNS[task.name]].iloc[rows]
+        if task.multi_label:
+            target = torch.zeros(len(rows), task.num_classes)
+            for i, value in enumerate(column.fillna("")):
+                ids = [int(v) for v in str(value).split(";") if v != ""]
+                target[i, ids] = 1.0
+            out[task.name] = target
+        else:
+            values = pd.to_numeric(column, errors="coerce").fillna(-1).astype("int64").to_numpy()
+            out[task.name] = torch.from_numpy(values.copy())
+    return out
+
+
+def select_rows(
+    cache: FeatureCache, domains: Sequence[str], splits: Sequence[str], modalities: Sequence[str]
+) -> np.ndarray:
+    """Rows of ``domains`` x ``splits`` whose features are usable in every modality."""
+    segments = cache.segments
+    mask = segments["domain"].isin(list(domains)).to_numpy() & segments["split"].isin(
+        list(splits)
+    ).to_numpy()
+    usable = np.ones(len(segments), dtype=bool)
+    for modality in modalities:
+        status = cache.status(modality)
+        usable &= (status == Status.DONE) | (status == Status.MISSING)
+    skipped = int(np.sum(mask & ~usable))
+    if skipped:
+        log.warning("%d selected segments are not extracted (pending or failed): left out", skipped)
+    return np.flatnonzero(mask & usable)
+
+
+def check_domains(cache: FeatureCache, domains: Sequence[str], role: str) -> None:
+    known = sorted(cache.segments["domain"].dropna().unique())
+    for domain in domains:
+        if domain not in known:
+            raise CacheError(
+                unknown_name_message(f"{role} domain", domain, known)
+                + f" (domains in {cache.path})"
+            )
+
+
+def load_set(
+    cache: FeatureCache,
+    name: str,
+    rows: np.ndarray,
+    modalities: Sequence[str],
+    tasks: list[Task],
+) -> FeatureSet:
+    segments = cache.segments
+    inputs = {m: torch.from_numpy(cache.load(m, rows)) for m in modalities}
+    return FeatureSet(
+        name=name,
+        rows=rows,
+        uids=segments["uid"].iloc[rows].to_numpy(dtype=str),
+        inputs=inputs,
+        labels=_labels(segments, rows, tasks),
+        domains=segments["domain"].iloc[rows].to_numpy(dtype=str),
+    )

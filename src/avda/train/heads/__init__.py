@@ -1,0 +1,34 @@
+"""Adaptation heads built by name: ``create("dann", inputs=..., tasks=..., overrides={...})``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from avda.registry import Registry
+from avda.train.data import Task
+
+HEADS: Registry = Registry("head")
+register = HEADS.register
+
+
+def config_class(name: str):
+    return HEADS.get(name).Config
+
+
+def create(name: str, *, inputs: dict[str, tuple[int, int]], tasks: list[Task], config=None, overrides: dict[str, Any] | None = None):
+    """Build head ``name``; ``config`` (a HeadConfig) or ``overrides`` (validated dict)."""
+    cls = HEADS.get(name)
+    if config is None:
+        config = cls.Config.from_dict(overrides or {})
+    return cls(config, inputs=inputs, tasks=tasks)
+
+
+def names() -> list[str]:
+    return HEADS.names()
+
+
+# Registration by import, in one place.
+from avda.train.heads import dann as _dann  # noqa: E402,F401
+from avda.train.heads import source_only as _source_only  # noqa: E402,F401
+
+__all__ = ["HEADS", "create", "config_class", "names", "register"]

@@ -1,0 +1,127 @@
+"""What every head offers, and the fusion classifier most heads build on.
+
+A head is an ``nn.Module`` built from a frozen config (``HeadConfig`` subclass), the input
+shapes ``{modality: (K, D)}`` and the tasks. The training loop calls only:
+
+- ``training_step(source, source_labels, target, progress) -> {"loss": total, name: part...}``
+  where ``progress`` in [0, 1] drives schedules (GRL ramp);
+- ``forward(inputs) -> HeadOutput`` (logits per task, the fused embedding);
+- ``uses_target``: whether unlabelled target batches are needed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from avda.config import Config
+from avda.train.data import Task
+from avda.train.layers import mlp
+from avda.train.losses import classification_loss
+
+Batch = dict[str, torch.Tensor]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class HeadConfig(Config):
+    """Fields every head has: which inputs, and how to optimise (defaults per head)."""
+
+    modalities: tuple[str, ...] = ()  # empty: every modality in the cache
+    tasks: tuple[str, ...] = ()  # empty: every labelled task (verb, noun, labels)
+    epochs: int = 30
+    batch_size: int = 64
+    target_batch_size: int = 0  # 0: same as batch_size
+    optimizer: Literal["adam", "sgd"] = "adam"
+    lr: float = 1e-3
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 1e-4
+    lr_steps: tuple[int, ...] = ()  # epochs at which lr is multiplied by lr_gamma
+    lr_gamma: float = 0.1
+    grad_clip: float = 0.0  # max gradient norm; 0 disables
+    standardize: bool = False  # z-score features with source-train statistics
+    eval_every: int = 1
+
+
+@dataclasses.dataclass
+class HeadOutput:
+    logits: dict[str, torch.Tensor]
+    features: torch.Tensor  # (B, F) the embedding the domain losses act on
+    extras: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+class Head(nn.Module):
+    """Base class of all heads."""
+
+    Config: type[HeadConfig] = HeadConfig
+    uses_target: bool = False
+
+    def __init__(self, config: HeadConfig, *, inputs: dict[str, tuple[int, int]], tasks: list[Task]):
+        super().__init__()
+        self.config = config
+        self.input_shapes = dict(inputs)
+        self.tasks = list(tasks)
+
+    def classification(self, output: HeadOutput, labels: Batch) -> torch.Tensor:
+        return classification_loss(output.logits, labels, self.tasks)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class FusionConfig(HeadConfig):
+    fusion: Literal["late", "mid"] = "late"
+    hidden_dim: int = 512
+    dropout: float = 0.5
+
+
+class FusionClassifier(nn.Module):
+    """Clip-averaged features -> per-modality MLP -> classifiers, fused late or mid.
+
+    late:  x_m (B,K,D_m) -mean_K-> fc_m -> h_m (B,H) -> cls_m -> logits_m ; logits = sum_m logits_m
+    mid:   concat_m mean_K(x_m) (B, sum D_m) -> fc -> h (B,H) -> cls -> logits
+    The embedding is concat_m h_m (late) or h (mid).
+    """
+
+    def __init__(self, inputs: dict[str, tuple[int, int]], tasks: list[Task], config: FusionConfig):
+        super().__init__()
+        self.fusion = config.fusion
+        self.modalities = sorted(inputs)
+        hidden = config.hidden_dim
+        if self.fusion == "late":
+            self.encoders = nn.ModuleDict(
+                {m: mlp([inputs[m][1], hidden], dropout=config.dropout, final_activation=True)
+                 for m in self.modalities}
+            )
+            self.classifiers = nn.ModuleDict(
+                {m: nn.ModuleDict({t.name: nn.Linear(hidden, t.num_classes) for t in tasks})
+                 for m in self.modalities}
+            )
+            self.embedding_dim = hidden * len(self.modalities)
+        else:
+            total = sum(inputs[m][1] for m in self.modalities)
+            self.encoder = mlp([total, hidden], dropout=config.dropout, final_activation=True)
+            self.classifier = nn.ModuleDict({t.name: nn.Linear(hidden, t.num_classes) for t in tasks})
+            self.embedding_dim = hidden
+
+    def encode(self, inputs: Batch) -> dict[str, torch.Tensor]:
+        """Per-modality hidden features ``(B, H)`` (late) or ``{"fused": (B, H)}`` (mid)."""
+        pooled = {m: inputs[m].mean(dim=1) for m in self.modalities}  # (B, K, D) -> (B, D)
+        if self.fusion == "late":
+            return {m: self.encoders[m](pooled[m]) for m in self.modalities}
+        return {"fused": self.encoder(torch.cat([pooled[m] for m in self.modalities], dim=1))}
+
+    def classify(self, hidden: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        if self.fusion == "late":
+            names = next(iter(self.classifiers.values())).keys()
+            return {
+                t: torch.stack([self.classifiers[m][t](hidden[m]) for m in self.modalities]).sum(0)
+                for t in names
+            }
+        return {t: layer(hidden["fused"]) for t, layer in self.classifier.items()}
+
+    def forward(self, inputs: Batch) -> HeadOutput:
+        hidden = self.encode(inputs)
+        features = torch.cat([hidden[k] for k in sorted(hidden)], dim=1)
+        return HeadOutput(logits=self.classify(hidden), features=features, extras={"hidden": hidden})

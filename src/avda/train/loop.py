@@ -1,0 +1,297 @@
+"""The training loop: mixed source/target batches from in-memory cached features.
+
+Deterministic for a seed on CPU, resumable from the last finished epoch, and stops with a clear
+message when a loss diverges.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+import avda
+from avda import runs
+from avda.cache import FeatureCache, open_cache
+from avda.errors import CacheError, RunError, TrainingDiverged
+from avda.evaluate.metrics import mean_class_accuracy, top1_accuracy
+from avda.train import data as data_lib
+from avda.train import heads as heads_lib
+from avda.train.data import FeatureSet, Task
+from avda.train.heads._base import Head, HeadConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class TrainResult:
+    run: Path
+    metrics: dict[str, float]
+    skipped: bool = False
+
+
+def _eval_sets(cache: FeatureCache, source: Sequence[str], target: Sequence[str], modalities):
+    """``source_val``, ``source_test``, ``target_val``, ``target_test`` rows that exist."""
+    sets = {}
+    for role, domains in (("source", source), ("target", target)):
+        for split in ("val", "test"):
+            rows = data_lib.select_rows(cache, domains, [split], modalities)
+            if len(rows):
+                sets[f"{role}_{split}"] = rows
+    return sets
+
+
+def _standardizer(train: FeatureSet) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    stats = {}
+    for modality, x in train.inputs.items():
+        flat = x.reshape(-1, x.shape[-1])  # (N*K, D)
+        std = flat.std(0)
+        # Floor the scale at 10% of the median: a dimension (nearly) constant on the source
+        # (a dead ReLU unit) but active on the target must not be blown up by a tiny std.
+        floor = max(float(std.median()) * 0.1, 1e-6)
+        stats[modality] = (flat.mean(0), std.clamp_min(floor))
+    return stats
+
+
+def _apply_standardizer(feature_set: FeatureSet, stats) -> None:
+    for modality, (mean, std) in stats.items():
+        feature_set.inputs[modality] = (feature_set.inputs[modality] - mean) / std
+
+
+def _make_optimizer(head: Head, config: HeadConfig):
+    params = [p for p in head.parameters() if p.requires_grad]
+    if config.optimizer == "sgd":
+        optimizer = torch.optim.SGD(
+            params, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov,
+            weight_decay=config.weight_decay,
+        )
+    else:
+        optimizer = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(
+        optimizer, milestones=list(config.lr_steps), gamma=config.lr_gamma
+    )
+    return optimizer, scheduler
+
+
+@torch.no_grad()
+def predict(head: Head, feature_set: FeatureSet, device: str, batch_size: int = 1024):
+    """Scores per task (softmax, or sigmoid for multi-label) and embeddings."""
+    head.eval()
+    scores: dict[str, list[np.ndarray]] = {t.name: [] for t in head.tasks}
+    for index in feature_set.batches(batch_size, shuffle=False):
+        inputs, _ = feature_set.batch(index, device)
+        output = head(inputs)
+        for task in head.tasks:
+            logits = output.logits[task.name].float()
+            probs = logits.sigmoid() if task.multi_label else logits.softmax(dim=1)
+            scores[task.name].append(probs.cpu().numpy())
+    return {t: np.concatenate(v) if v else np.zeros((0, 0)) for t, v in scores.items()}
+
+
+def evaluate_sets(head: Head, sets: dict[str, FeatureSet], device: str):
+    metrics: dict[str, float] = {}
+    all_scores = {}
+    for name, feature_set in sets.items():
+        scores = predict(head, feature_set, device)
+        all_scores[name] = scores
+        for task in head.tasks:
+            labels = feature_set.labels[task.name].numpy()
+            if task.multi_label:
+                from avda.evaluate.metrics import mean_average_precision
+
+                metrics[f"{name}/{task.name}/mAP"] = mean_average_precision(scores[task.name], labels)
+                continue
+            known = labels >= 0
+            if not known.any():
+                continue
+            metrics[f"{name}/{task.name}/top1"] = top1_accuracy(scores[task.name][known], labels[known])
+            metrics[f"{name}/{task.name}/mca"] = mean_class_accuracy(
+                scores[task.name][known], labels[known]
+            )
+    return metrics, all_scores
+
+
+def train(
+    *,
+    cache: str | Path,
+    head: str,
+    source: Sequence[str],
+    target: Sequence[str],
+    out: str | Path,
+    seed: int = 0,
+    overrides: dict[str, Any] | None = None,
+    device: str | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """Train ``head`` on ``source`` (labelled) and ``target`` (unlabelled) features of ``cache``."""
+    out = Path(out)
+    store = open_cache(cache)
+    for role, domains in (("source", source), ("target", target)):
+        data_lib.check_domains(store, domains, role)
+    config = heads_lib.config_class(head).from_dict(overrides or {})
+    modalities = list(config.modalities) or store.modalities
+    for modality in modalities:
+        store.modality_info(modality)  # raises for a modality the cache lacks
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+
+    source_rows = data_lib.select_rows(store, source, ["train"], modalities)
+    target_rows = data_lib.select_rows(store, target, ["train"], modalities)
+    eval_rows = _eval_sets(store, source, target, modalities)
+    if len(source_rows) == 0:
+        raise CacheError(f"no extracted training segments for source domain(s) {list(source)} in {store.path}")
+    if not any(k.startswith("target") for k in eval_rows) and len(target_rows) == 0:
+        raise CacheError(
+            f"cache {store.path} has no segments of target domain(s) {list(target)}: "
+            "nothing to adapt to or evaluate on"
+        )
+    tasks = data_lib.infer_tasks(store.segments, source_rows, config.tasks or None)
+    cls = heads_lib.HEADS.get(head)
+    if cls.uses_target and len(target_rows) == 0:
+        raise CacheError(
+            f"head {head!r} needs unlabelled target training segments, but target domain(s) "
+            f"{list(target)} have no 'train' split segments in {store.path}"
+        )
+
+    resolved = {
+        "avda_version": avda.__version__,
+        "head": head,
+        "head_config": config.to_dict(),
+        "cache": str(Path(cache).resolve()),
+        "source": list(source),
+        "target": list(target),
+        "modalities": modalities,
+        "tasks": [dataclasses.asdict(t) for t in tasks],
+        "seed": seed,
+    }
+    if runs.is_complete(out):
+        previous = runs.read_config(out)
+        if previous != resolved:
+            raise RunError(f"{out} holds a finished run with another configuration; use another -o")
+        log.info("%s is complete: skipping", out)
+        return TrainResult(out, json.loads((out / runs.STATUS).read_text()).get("metrics", {}), True)
+    if (out / runs.CONFIG).exists() and runs.read_config(out) != resolved:
+        raise RunError(
+            f"{out} holds an unfinished run with another configuration; use another -o or remove it"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    runs.write_config(out, resolved)
+    runs.atomic_write_text(out / runs.PROVENANCE, json.dumps(store.provenance, indent=2))
+
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    train_set = data_lib.load_set(store, "source_train", source_rows, modalities, tasks)
+    target_set = data_lib.load_set(store, "target_train", target_rows, modalities, tasks)
+    eval_sets = {n: data_lib.load_set(store, n, r, modalities, tasks) for n, r in eval_rows.items()}
+    stats = _standardizer(train_set) if config.standardize else {}
+    for feature_set in (train_set, target_set, *eval_sets.values()):
+        _apply_standardizer(feature_set, stats)
+
+    inputs = {m: tuple(train_set.inputs[m].shape[1:]) for m in modalities}
+    model = heads_lib.create(head, inputs=inputs, tasks=tasks, config=config).to(device)
+    optimizer, scheduler = _make_optimizer(model, config)
+
+    start_epoch = 1
+    checkpoint_path = out / runs.CHECKPOINT
+    if checkpoint_path.exists():
+        state = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["torch_rng"])
+        generator.set_state(state["generator"])
+        start_epoch = state["epoch"] + 1
+        runs.truncate_metrics(out, state["epoch"])
+        log.info("resuming %s from epoch %d", out, start_epoch)
+    else:
+        runs.truncate_metrics(out, 0)
+
+    steps_per_epoch = max(1, math.ceil(len(train_set) / config.batch_size))
+    total_steps = config.epochs * steps_per_epoch
+    target_batch = config.target_batch_size or config.batch_size
+    metrics: dict[str, float] = {}
+    bar = tqdm(range(start_epoch, config.epochs + 1), desc=f"train {head}", unit="epoch",
+               disable=not progress, initial=start_epoch - 1, total=config.epochs)
+    for epoch in bar:
+        model.train()
+        began = time.perf_counter()
+        sums: dict[str, float] = {}
+        target_batches = _cycle(target_set, target_batch, generator) if cls.uses_target else None
+        for step, index in enumerate(train_set.batches(config.batch_size, shuffle=True, generator=generator)):
+            progress_fraction = ((epoch - 1) * steps_per_epoch + step) / total_steps
+            source_inputs, source_labels = train_set.batch(index, device)
+            target_inputs = None
+            if target_batches is not None:
+                target_inputs, _ = target_set.batch(next(target_batches), device)
+            losses = model.training_step(source_inputs, source_labels, target_inputs, progress_fraction)
+            loss = losses["loss"]
+            if not torch.isfinite(loss):
+                raise TrainingDiverged(
+                    f"{head}: loss became {loss.item()} at epoch {epoch}, step {step}; "
+                    "lower lr (--set lr=...) or enable standardize (--set standardize=true)"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if config.grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            optimizer.step()
+            for name, value in losses.items():
+                sums[name] = sums.get(name, 0.0) + float(value.detach())
+        scheduler.step()
+        record: dict[str, Any] = {
+            "epoch": epoch,
+            "lr": optimizer.param_groups[0]["lr"],
+            "seconds": round(time.perf_counter() - began, 3),
+            **{f"train/{k}": v / steps_per_epoch for k, v in sums.items()},
+        }
+        if epoch % config.eval_every == 0 or epoch == config.epochs:
+            metrics, _ = evaluate_sets(model, eval_sets, device)
+            record.update(metrics)
+        runs.append_metrics(out, record)
+        _save_checkpoint(checkpoint_path, model, optimizer, scheduler, generator, epoch, stats)
+        bar.set_postfix(loss=f"{record.get('train/loss', float('nan')):.3f}")
+    bar.close()
+
+    metrics, scores = evaluate_sets(model, eval_sets, device)
+    for name, feature_set in eval_sets.items():
+        runs.write_predictions(
+            out, name, feature_set.uids,
+            {t: y.numpy() for t, y in feature_set.labels.items()}, scores[name],
+        )
+    runs.mark_complete(out, {"metrics": metrics, "epochs": config.epochs})
+    return TrainResult(out, metrics)
+
+
+def _cycle(feature_set: FeatureSet, batch_size: int, generator: torch.Generator):
+    while True:
+        yield from feature_set.batches(batch_size, shuffle=True, generator=generator)
+
+
+def _save_checkpoint(path: Path, model, optimizer, scheduler, generator, epoch: int, stats) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(
+        {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "generator": generator.get_state(),
+            "epoch": epoch,
+            "standardize": stats,
+        },
+        tmp,
+    )
+    tmp.replace(path)
+
+
+__all__ = ["TrainResult", "Task", "predict", "train"]

@@ -1,0 +1,76 @@
+"""Shared fixtures: the path of the real data in ../shared/data, and small media files."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def shared_data_dir() -> Path:
+    """``$AVDA_SHARED_DATA``, else ``<repo>/../shared/data``."""
+    return Path(os.environ.get("AVDA_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    path = shared_data_dir()
+    if not path.exists():
+        pytest.fail(f"shared test data not found at {path}; set AVDA_SHARED_DATA")
+    return path
+
+
+@pytest.fixture(scope="session")
+def media(shared_data: Path) -> Path:
+    return shared_data / "media"
+
+
+@pytest.fixture(scope="session")
+def demo_dataset(tmp_path_factory) -> tuple[Path, pd.DataFrame]:
+    """A tiny demo dataset (2 videos per domain, 3 segments each): real mp4 files."""
+    from avda.data_manifests import demo
+
+    root = tmp_path_factory.mktemp("demo")
+    manifest = demo.generate(root, seed=0, videos_per_domain=2, test_videos_per_domain=1,
+                             progress=False)
+    return root, manifest
+
+
+def make_feature_cache(path: Path, *, seed: int = 0, per_class: int = 12, num_classes: int = 4,
+                       shift: float = 0.0, K: int = 2, D: int = 16, modalities=("rgb", "audio"),
+                       chunk_rows: int = 8):
+    """A cache of synthetic features: class clusters, target moved by ``shift`` (real Zarr)."""
+    from avda import cache as cache_lib
+    from avda.cache import Status
+
+    rng = np.random.default_rng(seed)
+    rows = []
+    for domain in ("source", "target"):
+        for split, count in (("train", per_class), ("test", per_class // 2)):
+            for c in range(num_classes):
+                for i in range(count):
+                    rows.append({"uid": f"{domain}-{split}-{c}-{i}", "video_id": f"v{c}",
+                                 "domain": domain, "split": split, "start_sec": 0.0,
+                                 "stop_sec": 1.0, "verb_class": c})
+    segments = pd.DataFrame(rows)
+    store = cache_lib.create(path, segments, manifest_sha256="0" * 64, recipe={"name": "synthetic"},
+                             chunk_rows=chunk_rows)
+    centres = {m: rng.normal(0, 1, (num_classes, D)) * 3 for m in modalities}
+    offset = {m: rng.normal(0, 1, D) * shift for m in modalities}
+    labels = segments["verb_class"].to_numpy()
+    is_target = (segments["domain"] == "target").to_numpy()
+    for m in modalities:
+        x = centres[m][labels][:, None, :] + rng.normal(0, 1, (len(segments), K, D))
+        x[is_target] += offset[m]
+        store.add_modality(m, num_clips=K, num_features=D, info={"backbone": "synthetic",
+                                                                 "weights": None,
+                                                                 "weights_sha256": None,
+                                                                 "input_spec": {}})
+        n = len(segments)
+        store.write(m, np.arange(n), x, np.full(n, int(Status.DONE)), [""] * n)
+    return store

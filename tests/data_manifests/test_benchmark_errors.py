@@ -1,0 +1,297 @@
+"""Malformed annotation rows are reported all at once; rows dropped on purpose are counted."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from avda.data_manifests import build, build_manifest, schema
+from avda.data_manifests.benchmarks import parse_options, read_build_info
+from avda.errors import ConfigError, ManifestError, UnknownNameError
+
+UDA_STEMS = (
+    "EPIC_100_uda_source_train",
+    "EPIC_100_uda_source_val",
+    "EPIC_100_uda_source_test_timestamps",
+    "EPIC_100_uda_target_train_timestamps",
+    "EPIC_100_uda_target_val",
+    "EPIC_100_uda_target_test_timestamps",
+)
+
+
+@pytest.fixture
+def small_epic100(shared_data, tmp_path) -> Path:
+    """The real EPIC-100 class and video-info files plus the first 3 rows of each UDA file."""
+    source = shared_data / "annotations" / "epic100"
+    root = tmp_path / "epic100"
+    (root / "UDA_annotations").mkdir(parents=True)
+    for name in (
+        "EPIC_100_verb_classes.csv",
+        "EPIC_100_noun_classes.csv",
+        "EPIC_100_video_info.csv",
+    ):
+        shutil.copy(source / name, root / name)
+    for stem in UDA_STEMS:
+        lines = (source / "UDA_annotations" / f"{stem}.csv").read_text().splitlines()[:4]
+        (root / "UDA_annotations" / f"{stem}.csv").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def _edit(path: Path, row: int, column: str, value: str) -> None:
+    """Set one cell (file row numbering: header = 1) of a CSV kept as text."""
+    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    frame.loc[row - 2, column] = value
+    frame.to_csv(path, index=False)
+
+
+def test_small_epic100_builds(small_epic100):
+    result = build("epic100-uda", small_epic100)
+    assert len(result.manifest) == 18
+    assert result.dropped == {}
+
+
+def test_every_malformed_row_is_reported_with_file_and_row(small_epic100):
+    uda = small_epic100 / "UDA_annotations"
+    _edit(uda / "EPIC_100_uda_source_train.csv", 2, "start_timestamp", "00:00:xx")
+    _edit(uda / "EPIC_100_uda_source_train.csv", 4, "verb_class", "97")
+    _edit(uda / "EPIC_100_uda_target_val.csv", 3, "noun_class", "tap")
+    _edit(uda / "EPIC_100_uda_target_test_timestamps.csv", 3, "video_id", "P99_999")
+    _edit(uda / "EPIC_100_uda_source_val.csv", 2, "all_noun_classes", "[3, 400]")
+    with pytest.raises(ManifestError) as caught:
+        build("epic100-uda", small_epic100)
+    message = str(caught.value)
+    assert "5 malformed row(s)" in message
+    expected = [
+        "EPIC_100_uda_source_train.csv row 2 [start_timestamp]: time '00:00:xx' is not HH:MM:SS.ff",
+        "EPIC_100_uda_source_train.csv row 4 [verb_class]: unknown class id 97 "
+        "(EPIC_100_verb_classes.csv has ids 0..96)",
+        "EPIC_100_uda_target_val.csv row 3 [noun_class]: class id 'tap' is not an integer",
+        "EPIC_100_uda_target_test_timestamps.csv row 3 [video_id]: video 'P99_999' is not in "
+        "EPIC_100_video_info.csv",
+        "EPIC_100_uda_source_val.csv row 2 [all_noun_classes]: unknown noun class id '400'",
+    ]
+    for line in expected:
+        assert line in message
+
+
+def test_missing_column_and_missing_file(small_epic100):
+    path = small_epic100 / "UDA_annotations" / "EPIC_100_uda_source_val.csv"
+    frame = pd.read_csv(path).drop(columns=["noun_class"])
+    frame.to_csv(path, index=False)
+    with pytest.raises(
+        ManifestError, match=r"EPIC_100_uda_source_val.csv: missing column\(s\) noun_class"
+    ):
+        build("epic100-uda", small_epic100)
+    path.unlink()
+    with pytest.raises(ManifestError, match="EPIC_100_uda_source_val.csv"):
+        build("epic100-uda", small_epic100)
+
+
+def test_mixed_encodings_are_reported_per_row(small_epic100):
+    path = small_epic100 / "UDA_annotations" / "EPIC_100_uda_target_val.csv"
+    lines = path.read_bytes().split(b"\n")
+    lines[1] = lines[1].replace(b"turn on tap", b"turn on t\xe9p")  # latin-1 in a UTF-8 file
+    path.write_bytes(b"\n".join(lines))
+    with pytest.raises(ManifestError) as caught:
+        build("epic100-uda", small_epic100)
+    assert "EPIC_100_uda_target_val.csv row 2: byte 0xe9 (byte 77 of the row)" in str(caught.value)
+    assert "re-save the file as UTF-8" in str(caught.value)
+
+
+def test_short_and_reversed_segments_are_dropped_and_counted(small_epic100):
+    uda = small_epic100 / "UDA_annotations"
+    # target video at 50 fps: 0.01 s is shorter than one frame (0.02 s)
+    _edit(uda / "EPIC_100_uda_target_val.csv", 2, "stop_timestamp", "00:00:02.61")
+    _edit(uda / "EPIC_100_uda_source_train.csv", 3, "stop_timestamp", "00:00:01.00")
+    result = build("epic100-uda", small_epic100)
+    assert result.dropped == {"shorter than one frame": 1, "stop before start": 1}
+    assert len(result.manifest) == 16
+    assert "P03_101_0" not in set(result.manifest["uid"])
+
+
+def test_unknown_benchmark_and_options_list_the_valid_ones(small_epic100):
+    with pytest.raises(UnknownNameError, match="did you mean 'epic100-uda'"):
+        build("epic100-udaa", small_epic100)
+    with pytest.raises(ConfigError, match="file_format"):
+        build("epic100-uda", small_epic100, file_fromat="csv")
+    with pytest.raises(ConfigError, match="expected one of auto, csv, pkl"):
+        parse_options("epic100-uda", ["file_format=xlsx"])
+    with pytest.raises(ConfigError, match="key=value"):
+        parse_options("charades-ego", ["videos"])
+
+
+def test_option_strings_are_converted_by_type():
+    assert parse_options("epic55", ["participants=P01, P08"]) == {"participants": ("P01", "P08")}
+    assert parse_options("ucf-hmdb", ["ucf_fps=29.97", "variant=small"]) == {
+        "ucf_fps": 29.97,
+        "variant": "small",
+    }
+    assert parse_options("generic", ["columns=uid=clip,video_id=vid"]) == {
+        "columns": {"uid": "clip", "video_id": "vid"}
+    }
+    with pytest.raises(ConfigError, match="expected a number"):
+        parse_options("ucf-hmdb", ["ucf_fps=fast"])
+
+
+def test_build_manifest_writes_manifest_and_build_info(shared_data, tmp_path):
+    output = tmp_path / "d1d2.csv"
+    result = build_manifest("epic55-mmsada", shared_data / "annotations", output, setting="D1-D2")
+    frame = schema.read(output)
+    assert sorted(frame["domain"].unique()) == ["D1", "D2"]
+    assert len(frame) == 1543 + 435 + 2495 + 750 == len(result.manifest)
+    info = read_build_info(output)
+    assert info["benchmark"] == "epic55-mmsada"
+    assert info["classes"]["verb_class"][7] == "pour"
+    assert info["options"]["setting"] == "D1-D2"
+    assert set(info["settings"]) == {"D1-D2", "D2-D1"}
+    assert info["fingerprint"] == schema.fingerprint(frame)
+
+
+def test_build_manifest_with_source_target_and_options(shared_data, tmp_path):
+    output = tmp_path / "ce.parquet"
+    build_manifest(
+        "charades-ego",
+        shared_data / "annotations",
+        output,
+        source="third",
+        target="first",
+        options=["unit=videos"],
+    )
+    frame = schema.read(output)
+    assert len(frame) == 7985 + 1863 + 103
+    assert read_build_info(output)["dropped"] == {"video without length": 1792}
+    with pytest.raises(ConfigError, match="unknown domain 'D9'"):
+        build_manifest(
+            "epic55-mmsada",
+            shared_data / "annotations",
+            tmp_path / "x.csv",
+            source="D1",
+            target="D9",
+        )
+
+
+# --- CharadesEgo and UCF/HMDB malformed rows ------------------------------------------------
+
+CHARADES_HEADER = (
+    "id,subject,scene,quality,relevance,verified,script,objects,descriptions,actions,length"
+)
+
+
+@pytest.fixture
+def small_charades(shared_data, tmp_path) -> Path:
+    root = tmp_path / "charades"
+    root.mkdir()
+    source = shared_data / "annotations" / "charadesego_v0"
+    shutil.copy(source / "charades_v1_classes.txt", root)
+    (root / "CharadesEgo_v0_train.csv").write_text(
+        f"{CHARADES_HEADER}\n"
+        "AAAAA,,,,,,,,,c001 0.0 2.0;c002 3.0 1.0,10.0\n"  # second action reversed: dropped
+        "BBBBB,,,,,,,,,,\n"  # no actions, no length
+        "CCCCC,,,,,,,,,c003 1.0 1.0,5.0\n"  # zero length: dropped
+    )
+    (root / "CharadesEgo_v0_test.csv").write_text(
+        f"{CHARADES_HEADER}\nDDDDD,,,,,,,,,c156 0.5 4.0,6.0\n"
+    )
+    (root / "CharadesEgo_v0_egocentric_test.csv").write_text(
+        f"{CHARADES_HEADER}\nDDDDDEGO,,,,,,,,,c156 0.5 4.0;c000 1 2,6.5\n"
+    )
+    return root
+
+
+def test_charades_drops_are_counted(small_charades):
+    segments = build("charades-ego", small_charades)
+    assert segments.dropped == {
+        "shorter than one frame": 1,
+        "stop before start": 1,
+        "video without actions": 1,
+    }
+    assert segments.manifest["uid"].tolist() == ["AAAAA_0", "DDDDD_0", "DDDDDEGO_0", "DDDDDEGO_1"]
+    assert segments.manifest["domain"].tolist() == ["third", "third", "first", "first"]
+    videos = build("charades-ego", small_charades, unit="videos")
+    assert videos.manifest["labels"].tolist() == ["1;2", "3", "156", "0;156"]
+    assert videos.dropped == {"video without length": 1}
+
+
+def test_charades_malformed_actions(small_charades):
+    path = small_charades / "CharadesEgo_v0_test.csv"
+    path.write_text(
+        f"{CHARADES_HEADER}\nDDDDD,,,,,,,,,c157 0.5 4.0;c001 a 2,6.0\nEEEEE,,,,,,,,,c001 1 2,long\n"
+    )
+    with pytest.raises(ManifestError) as caught:
+        build("charades-ego", small_charades)
+    message = str(caught.value)
+    assert "CharadesEgo_v0_test.csv row 2 [actions]: unknown class c157" in message
+    assert "CharadesEgo_v0_test.csv row 2 [actions]: action 'c001 a 2' is not" in message
+    assert "CharadesEgo_v0_test.csv row 3 [length]: length 'long' is not a number" in message
+
+
+def test_ucf_lists_with_bad_rows(shared_data, tmp_path):
+    source = shared_data / "annotations" / "ucf_hmdb_lists"
+    root = tmp_path / "ucf"
+    shutil.copytree(source, root)
+    path = root / "list_hmdb51_val_ucf101-feature.txt"
+    lines = path.read_text().splitlines()
+    lines[0] = lines[0].rsplit(" ", 1)[0] + " 12"  # class 12 of 0..11
+    lines[1] = lines[1].split(" ")[0] + " many 3"
+    lines[2] = "just_a_name"
+    path.write_text("\r\n".join(lines) + "\r\n")
+    ucf = root / "list_ucf101_val_hmdb51-feature.txt"
+    ucf_lines = ucf.read_text().splitlines()
+    ucf_lines[0] = "v_Fencing_g07_c01 147 2"  # Fencing is class 1
+    ucf.write_text("\n".join(ucf_lines) + "\n")
+    with pytest.raises(ManifestError) as caught:
+        build("ucf-hmdb", root)
+    message = str(caught.value)
+    assert "list_hmdb51_val_ucf101-feature.txt row 1 [label]: unknown class id 12" in message
+    assert "list_hmdb51_val_ucf101-feature.txt row 2 [num_frames]: 'many'" in message
+    assert "list_hmdb51_val_ucf101-feature.txt row 3: expected 'video num_frames label'" in message
+    assert (
+        "list_ucf101_val_hmdb51-feature.txt row 1 [label]: UCF class Fencing is class 1" in message
+    )
+
+
+def test_ucf_zero_frame_videos_are_dropped(shared_data, tmp_path):
+    root = tmp_path / "ucf"
+    shutil.copytree(shared_data / "annotations" / "ucf_hmdb_lists", root)
+    path = root / "list_olympic_val_ucf101-feature.txt"
+    lines = path.read_text().splitlines()
+    name, _, label = lines[0].split()
+    lines[0] = f"{name} 0 {label}"
+    path.write_text("\n".join(lines) + "\n")
+    result = build("ucf-hmdb", root, variant="olympic")
+    assert result.dropped == {"shorter than one frame": 1}
+    assert name not in set(result.manifest["uid"])
+
+
+def test_missing_annotations_folder_says_how_to_fix(tmp_path):
+    with pytest.raises(ManifestError, match="does not exist; pass --annotations"):
+        build("epic55-mmsada", tmp_path / "nowhere")
+    with pytest.raises(ManifestError, match=r"none of D1_train\.pkl found"):
+        build("epic55-mmsada", tmp_path)
+
+
+def test_mmsada_pickle_rows_are_named_by_uid(shared_data, tmp_path):
+    root = tmp_path / "splits"
+    shutil.copytree(shared_data / "annotations" / "epic55_mmsada_splits", root)
+    frame = pd.read_pickle(root / "D1_train.pkl")
+    frame.loc[0, "start_timestamp"] = "1:2"
+    frame.loc[1, "participant_id"] = "P01"
+    frame.loc[2, "verb_class"] = 8
+    frame.to_pickle(root / "D1_train.pkl")
+    first, second, third = frame["uid"].iloc[:3]
+    with pytest.raises(ManifestError) as caught:
+        build("epic55-mmsada", root)
+    message = str(caught.value)
+    assert f"D1_train.pkl record 1 (index {first}) [start_timestamp]: time '1:2'" in message
+    assert f"D1_train.pkl record 2 (index {second}) [participant_id]: participant 'P01' in D1" in (
+        message
+    )
+    assert f"D1_train.pkl record 3 (index {third}) [verb_class]: unknown class id 8" in message
+
+
+def test_epic55_unknown_participant_lists_the_known_ones(shared_data):
+    with pytest.raises(ConfigError, match=r"unknown participant 'P99'.*valid: P01, P02"):
+        build("epic55", shared_data / "annotations", participants=("P01", "P99"))

@@ -1,0 +1,138 @@
+"""The generic table loader (column renames, file-row errors) and the ActorShift builder."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from avda.data_manifests import build
+from avda.errors import ConfigError, ManifestError
+
+ACTORSHIFT_CSV = """clip,actor,subset,start,end,label
+k001,human,train,0,10,sleeping
+k002,human,train,0,9.5,Watching_TV
+y001,animal,train,0,8,eating
+y002,animal,test,1.5,7,opening a door
+y003,animal,test,0,6,
+"""
+
+
+def test_generic_renames_columns_and_values(tmp_path):
+    path = tmp_path / "table.csv"
+    path.write_text(
+        "clip,vid,dom,part,t0,t1,cls,name\n"
+        "a,v1,kitchen,training,0,1.5,0,open\n"
+        "b,v1,kitchen,testing,2,3,2,cut\n"
+        "c,v2,garden,training,0,2,,\n"
+    )
+    result = build(
+        "generic",
+        path,
+        columns={
+            "uid": "clip",
+            "video_id": "vid",
+            "domain": "dom",
+            "split": "part",
+            "start_sec": "t0",
+            "stop_sec": "t1",
+            "verb_class": "cls",
+            "verb": "name",
+        },
+        splits={"training": "train", "testing": "test"},
+    )
+    manifest = result.manifest
+    assert manifest["split"].tolist() == ["train", "test", "train"]
+    assert manifest["verb_class"].tolist()[:2] == [0, 2]
+    assert pd.isna(manifest["verb_class"].iloc[2])
+    assert result.classes == {"verb_class": ("open", "", "cut")}
+    assert set(result.domains) == {"kitchen", "garden"}
+
+
+def test_generic_reports_schema_problems_with_file_rows(tmp_path):
+    path = tmp_path / "bad.csv"
+    path.write_text(
+        "uid,video_id,domain,split,start_sec,stop_sec\n"
+        "a,v1,D1,train,0,1\n"
+        "a,v1,D1,train,2,1\n"
+        "b,v1,D1,holdout,x,1\n"
+    )
+    with pytest.raises(ManifestError) as caught:
+        build("generic", path)
+    message = str(caught.value)
+    assert "bad.csv row 3 [uid]: duplicate uid 'a' (first at row 2)" in message
+    assert "bad.csv row 3 [stop_sec]: stop_sec 1 <= start_sec 2.0" in message
+    assert "bad.csv row 4 [split]: unknown split 'holdout'" in message
+    assert "bad.csv row 4 [start_sec]: not a number: 'x'" in message
+
+
+def test_generic_mapping_errors(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_text("clip,video_id,domain,split,start_sec,stop_sec\na,v,D,train,0,1\n")
+    with pytest.raises(ConfigError, match="unknown manifest column"):
+        build("generic", path, columns={"clip_id": "clip"})
+    with pytest.raises(ManifestError, match="has no column"):
+        build("generic", path, columns={"uid": "identifier"})
+    with pytest.raises(ManifestError, match="required column 'uid' is missing"):
+        build("generic", path)
+
+
+def test_generic_reads_a_folder_of_parquet_and_csv(tmp_path):
+    pd.DataFrame(
+        {
+            "uid": ["p1"],
+            "video_id": ["v"],
+            "domain": ["D1"],
+            "split": ["train"],
+            "start_sec": [0.0],
+            "stop_sec": [1.0],
+        }
+    ).to_parquet(tmp_path / "a.parquet")
+    (tmp_path / "b.csv").write_text(
+        "uid,video_id,domain,split,start_sec,stop_sec\nc1,v,D2,test,0,2\n"
+    )
+    result = build("generic", tmp_path)
+    assert result.manifest["uid"].tolist() == ["p1", "c1"]
+    (tmp_path / "c.csv").write_text(
+        "uid,video_id,domain,split,start_sec,stop_sec\np1,v,D2,test,0,2\n"
+    )
+    with pytest.raises(ManifestError, match="uid.*more than one file"):
+        build("generic", tmp_path)
+
+
+def test_actorshift_maps_columns_and_class_names(tmp_path):
+    path = tmp_path / "actorshift.csv"
+    path.write_text(ACTORSHIFT_CSV)
+    columns = {
+        "uid": "clip",
+        "video_id": "clip",
+        "domain": "actor",
+        "split": "subset",
+        "start_sec": "start",
+        "stop_sec": "end",
+        "verb": "label",
+    }
+    result = build("actorshift", path, columns=columns)
+    manifest = result.manifest
+    assert manifest["verb_class"].tolist()[:4] == [0, 1, 2, 6]
+    assert pd.isna(manifest["verb_class"].iloc[4])
+    assert result.num_classes("verb_class") == 7
+    assert set(result.settings) == {"actorshift"}
+    assert result.settings["actorshift"].source_domains == ("human",)
+
+
+def test_actorshift_rejects_unknown_domains_and_classes(tmp_path):
+    path = tmp_path / "actorshift.csv"
+    path.write_text(ACTORSHIFT_CSV.replace("animal", "animals").replace("eating", "flying"))
+    columns = {
+        "uid": "clip",
+        "video_id": "clip",
+        "domain": "actor",
+        "split": "subset",
+        "start_sec": "start",
+        "stop_sec": "end",
+        "verb": "label",
+    }
+    with pytest.raises(ManifestError, match="neither human nor animal"):
+        build("actorshift", path, columns=columns)
+    with pytest.raises(ManifestError, match="flying"):
+        build("actorshift", path, columns=columns, domains={"animals": "animal"})

@@ -1,0 +1,68 @@
+"""Manifest schema validation: every problem reported at once, with file row numbers."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from avda.data_manifests import schema
+from avda.errors import ManifestError
+
+GOOD = """uid,video_id,domain,split,start_sec,stop_sec,verb_class
+a,v1,D1,train,0.0,1.5,0
+b,v1,D1,test,2.0,3.0,1
+"""
+
+
+def test_valid_manifest_reads_with_canonical_dtypes(tmp_path):
+    path = tmp_path / "m.csv"
+    path.write_text(GOOD)
+    frame = schema.read(path)
+    assert len(frame) == 2
+    assert str(frame["verb_class"].dtype) == "Int64"
+    assert frame["stop_sec"].tolist() == [1.5, 3.0]
+
+
+def test_every_problem_is_reported_with_its_row(tmp_path):
+    path = tmp_path / "m.csv"
+    path.write_text(
+        "uid,video_id,domain,split,start_sec,stop_sec,verb_class\n"
+        "a,v1,D1,train,0.0,1.5,0\n"  # row 2 ok
+        "a,v1,D1,train,0.0,1.5,0\n"  # row 3 duplicate uid
+        "c,v1,D1,training,0.0,1.5,0\n"  # row 4 unknown split
+        "d,v1,D1,test,3.0,2.0,0\n"  # row 5 stop <= start
+        "e,v1,D1,test,0.0,1.0,1.5\n"  # row 6 non-integer class
+        "f,v1,D1,test,abc,1.0,1\n"  # row 7 bad number
+    )
+    with pytest.raises(ManifestError) as info:
+        schema.read(path)
+    message = str(info.value)
+    assert "5 problem(s)" in message
+    assert "not a non-negative integer: 1.5" in message
+    for expected in ("row 3 [uid]: duplicate uid 'a' (first at row 2)", "row 4 [split]",
+                     "row 5 [stop_sec]", "row 6 [verb_class]", "row 7 [start_sec]"):
+        assert expected in message
+
+
+def test_missing_columns_and_missing_videos(tmp_path):
+    path = tmp_path / "m.csv"
+    path.write_text("uid,video_id,domain\na,v1,D1\n")
+    with pytest.raises(ManifestError, match="required column 'split' is missing"):
+        schema.read(path)
+    path.write_text(GOOD)
+    (tmp_path / "videos").mkdir()
+    with pytest.raises(ManifestError, match=r"row 2 \[video_path\]: video file .*v1.mp4 not found"):
+        schema.read(path, videos=tmp_path / "videos")
+
+
+def test_missing_file_message_names_the_fix(tmp_path):
+    with pytest.raises(ManifestError, match="avda manifest build"):
+        schema.read(tmp_path / "absent.csv")
+
+
+def test_fingerprint_is_stable_and_content_sensitive():
+    frame = pd.read_csv(pd.io.common.StringIO(GOOD))
+    other = frame.copy()
+    other.loc[0, "stop_sec"] = 1.6
+    assert schema.fingerprint(frame) == schema.fingerprint(frame.copy())
+    assert schema.fingerprint(frame) != schema.fingerprint(other)

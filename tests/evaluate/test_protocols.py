@@ -1,0 +1,223 @@
+"""EPIC-100 (official C1 scorer and TA3N), the challenge JSON, MM-SADA and Charades protocols."""
+
+from __future__ import annotations
+
+import json
+import math
+import zipfile
+
+import numpy as np
+import pytest
+from scipy.special import softmax as scipy_softmax
+
+from avda.errors import ConfigError
+from avda.evaluate.protocols import (
+    action_ids,
+    charades_map,
+    epic100_accuracies,
+    epic100_action_scores,
+    epic100_uda_submission,
+    mmsada_checkpoint_accuracy,
+    mmsada_clip_scores,
+    multi_hot,
+    ta3n_action_correct,
+    write_submission,
+)
+
+
+def official_compute_action_scores(verb_scores, noun_scores, top_n=100):
+    """``C1-Action-Recognition/utils/scoring.py::compute_action_scores``, transcribed."""
+
+    def top_scores(scores):
+        index = np.argsort(scores)[:, ::-1][:, :top_n]
+        return index, scores[np.arange(len(scores)).reshape(-1, 1), index]
+
+    top_verbs, top_verb_scores = top_scores(verb_scores)
+    top_nouns, top_noun_scores = top_scores(noun_scores)
+    verb_probs = scipy_softmax(top_verb_scores)
+    noun_probs = scipy_softmax(top_noun_scores)
+    matrix = verb_probs[:, :, np.newaxis] * noun_probs[:, np.newaxis, :]
+    count = matrix.shape[0]
+    ranks = matrix.reshape(count, -1).argsort(axis=-1)[:, ::-1]
+    verb_index, noun_index = np.unravel_index(ranks[:, :top_n], shape=matrix.shape[1:])
+    segments = np.arange(0, count).reshape(-1, 1)
+    return (
+        (top_verbs[segments, verb_index], top_nouns[segments, noun_index]),
+        matrix.reshape(count, -1)[segments, ranks[:, :top_n]],
+    )
+
+
+def official_action_accuracy(verb_scores, noun_scores, verb_labels, noun_labels, k):
+    (verbs, nouns), _ = official_compute_action_scores(verb_scores, noun_scores)
+    ranks = action_ids(verbs, nouns)
+    labels = action_ids(verb_labels, noun_labels)
+    return float((ranks[:, :k] == labels[:, None]).any(axis=1).mean())
+
+
+@pytest.fixture(scope="module")
+def epic_like():
+    rng = np.random.default_rng(0)
+    count = 40
+    verb_scores = rng.normal(size=(count, 97)).astype(np.float32)
+    noun_scores = rng.normal(size=(count, 300)).astype(np.float32)
+    verb_labels = rng.integers(0, 97, count)
+    noun_labels = rng.integers(0, 300, count)
+    # make some segments right so that the accuracies are not all zero
+    verb_scores[np.arange(10), verb_labels[:10]] += 4
+    noun_scores[np.arange(14), noun_labels[:14]] += 3
+    return verb_scores, noun_scores, verb_labels, noun_labels
+
+
+def test_action_scores_equal_the_official_scorer(epic_like):
+    verb_scores, noun_scores, _, _ = epic_like
+    (verbs, nouns), scores = official_compute_action_scores(verb_scores, noun_scores)
+    ours = epic100_action_scores(verb_scores, noun_scores)
+    np.testing.assert_array_equal(ours[0], verbs)
+    np.testing.assert_array_equal(ours[1], nouns)
+    np.testing.assert_allclose(ours[2], scores, rtol=1e-6)
+    assert ours[0].shape == (40, 100)
+
+
+def test_official_and_ta3n_accuracies(epic_like):
+    verb_scores, noun_scores, verb_labels, noun_labels = epic_like
+    results = epic100_accuracies(verb_scores, noun_scores, verb_labels, noun_labels)
+    for k in (1, 5):
+        assert results[f"all_action_accuracy_at_{k}"] == pytest.approx(
+            official_action_accuracy(verb_scores, noun_scores, verb_labels, noun_labels, k)
+        )
+    assert results["all_verb_accuracy_at_1"] == pytest.approx(
+        np.mean(verb_scores.argmax(1) == verb_labels)
+    )
+    assert results["ta3n_action_accuracy_at_1"] == results["all_action_accuracy_at_1"]
+    assert results["ta3n_action_accuracy_at_5"] >= results["all_action_accuracy_at_5"]
+
+
+def test_probabilities_are_ranked_by_their_sum_as_the_server_does():
+    # Already-softmaxed inputs: the server's second softmax ranks pairs by p_verb + p_noun.
+    verbs = np.array([[0.9, 0.1]])
+    nouns = np.array([[0.68, 0.3, 0.02]])
+    top_verbs, top_nouns, _ = epic100_action_scores(verbs, nouns)
+    pairs = list(zip(top_verbs[0].tolist(), top_nouns[0].tolist(), strict=True))
+    # product order would be (0,0) (0,1) (1,0) (1,1) (0,2) (1,2)
+    assert pairs == [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2)]
+
+
+def test_ta3n_action_at_5_differs_from_the_official_one():
+    logits = np.array([[5.0, 4.0, 3.0, 2.0, 1.0, 0.0]])
+    verb_labels = noun_labels = np.array([3])  # both 4th best: in the top 5 of each
+    assert ta3n_action_correct(logits, logits, verb_labels, noun_labels, 5).tolist() == [True]
+    results = epic100_accuracies(logits, logits, verb_labels, noun_labels)
+    assert results["ta3n_action_accuracy_at_5"] == 1.0
+    assert results["all_action_accuracy_at_5"] == 0.0  # pair (3, 3) ranks far below 5th
+    assert results["all_verb_accuracy_at_5"] == 1.0 and results["all_verb_accuracy_at_1"] == 0.0
+
+
+def test_tail_and_unseen_subsets():
+    verb_scores = np.eye(3)[[0, 1, 2]]  # predicts verb 0, 1, 2
+    noun_scores = np.eye(3)[[0, 0, 2]]  # predicts noun 0, 0, 2
+    verb_labels = np.array([0, 1, 1])
+    noun_labels = np.array([0, 1, 2])
+    results = epic100_accuracies(
+        verb_scores,
+        noun_scores,
+        verb_labels,
+        noun_labels,
+        participant_ids=["P01", "P33", "P33"],
+        unseen_participants=["P33"],
+        tail_verbs=[1],
+        tail_nouns=[2],
+    )
+    assert results["all_verb_accuracy_at_1"] == pytest.approx(2 / 3)
+    assert results["all_noun_accuracy_at_1"] == pytest.approx(2 / 3)
+    assert results["all_action_accuracy_at_1"] == pytest.approx(1 / 3)
+    assert results["tail_verb_accuracy_at_1"] == pytest.approx(1 / 2)  # segments 1, 2
+    assert results["tail_noun_accuracy_at_1"] == 1.0  # segment 2
+    assert results["tail_action_accuracy_at_1"] == 0.0  # segments 1, 2: both wrong actions
+    assert results["unseen_verb_accuracy_at_1"] == pytest.approx(1 / 2)
+    assert results["unseen_noun_accuracy_at_1"] == pytest.approx(1 / 2)
+    assert results["unseen_action_accuracy_at_1"] == 0.0
+    plain = epic100_accuracies(verb_scores, noun_scores, verb_labels, noun_labels)
+    assert not any(key.startswith(("tail", "unseen")) for key in plain)
+
+
+def test_submission_format_and_zip(tmp_path):
+    rng = np.random.default_rng(1)
+    ids = ["P01_101_0", "P01_101_1"]
+    verbs, nouns = rng.random((2, 97)), rng.random((2, 300))
+    submission = epic100_uda_submission(
+        verbs, nouns, ids, sls_pt=2, sls_tl=3, sls_td=3, expected_narration_ids=ids
+    )
+    assert list(submission) == [
+        "version",
+        "challenge",
+        "sls_pt",
+        "sls_tl",
+        "sls_td",
+        "results_target",
+    ]
+    assert submission["version"] == "0.2" and submission["challenge"] == "domain_adaptation"
+    entry = submission["results_target"]["P01_101_1"]
+    assert list(entry) == ["verb", "noun"]
+    assert list(entry["verb"])[:3] == ["0", "1", "2"] and len(entry["noun"]) == 300
+    assert entry["noun"]["299"] == pytest.approx(nouns[1, 299])
+    path = write_submission(submission, tmp_path / "submission.zip")
+    with zipfile.ZipFile(path) as archive:
+        assert archive.namelist() == ["test.json"]
+        assert json.loads(archive.read("test.json")) == json.loads(json.dumps(submission))
+    plain = write_submission(submission, tmp_path / "submission.json")
+    assert json.loads(plain.read_text())["sls_td"] == 3
+    with_source = epic100_uda_submission(
+        verbs,
+        nouns,
+        ids,
+        sls_pt=2,
+        sls_tl=3,
+        sls_td=3,
+        source_verb_scores=verbs[:1],
+        source_noun_scores=nouns[:1],
+        source_narration_ids=["P01_11_0"],
+    )
+    assert list(with_source["results_source"]) == ["P01_11_0"]
+
+
+def test_submission_errors():
+    verbs, nouns, ids = np.zeros((2, 97)), np.zeros((2, 300)), ["a", "b"]
+    levels = {"sls_pt": 2, "sls_tl": 3, "sls_td": 3}
+    with pytest.raises(ConfigError, match=r"verb scores must be \(2, 97\)"):
+        epic100_uda_submission(np.zeros((2, 96)), nouns, ids, **levels)
+    with pytest.raises(ConfigError, match="repeat"):
+        epic100_uda_submission(verbs, nouns, ["a", "a"], **levels)
+    with pytest.raises(ConfigError, match="sls_td must be an integer supervision level"):
+        epic100_uda_submission(verbs, nouns, ids, sls_pt=2, sls_tl=3, sls_td=6)
+    with pytest.raises(ConfigError, match="1 id"):
+        epic100_uda_submission(verbs, nouns, ids, expected_narration_ids=["a", "b", "c"], **levels)
+    with pytest.raises(ConfigError, match="together"):
+        epic100_uda_submission(verbs, nouns, ids, source_verb_scores=verbs, **levels)
+
+
+def test_mmsada_clip_average_and_last_checkpoints():
+    log3 = math.log(3.0)
+    clips = np.array([[[0.0, log3], [log3, 0.0]]])  # softmax: [.25, .75] and [.75, .25]
+    np.testing.assert_allclose(mmsada_clip_scores(clips), [[0.5, 0.5]])
+    good = np.array([[[2.0, 0.0]] * 5, [[0.0, 2.0]] * 5])  # (N=2, clips=5, C=2), both right
+    half = np.array([[[2.0, 0.0]] * 5, [[3.0, 0.0]] * 5])  # second segment wrong
+    result = mmsada_checkpoint_accuracy([good, half], np.array([0, 1]))
+    assert result["checkpoints"] == 2
+    assert result["top1_mean"] == pytest.approx(0.75)
+    assert result["top1_std"] == pytest.approx(math.sqrt(0.125))
+    # averaged scores of segment 1: (0.12 + 0.95) / 2 for class 0 > class 1 -> wrong
+    assert result["top1_of_mean_scores"] == pytest.approx(0.5)
+    with pytest.raises(ConfigError, match=r"\(N, clips, C\)"):
+        mmsada_clip_scores(np.zeros((2, 3)))
+
+
+def test_multi_hot_and_charades_map():
+    labels = ["0;2", "1", "", None]
+    targets = multi_hot(labels, 3)
+    np.testing.assert_array_equal(targets, [[1, 0, 1], [0, 1, 0], [0, 0, 0], [0, 0, 0]])
+    scores = np.array([[0.9, 0.1, 0.2], [0.3, 0.8, 0.7], [1.0, 1.0, 1.0], [1.0, 1.0, 1.0]])
+    # class 0: rows 0,1 -> AP 1; class 1: AP 1; class 2: row 1 (0.7) before row 0 (0.2): 1/2
+    assert charades_map(scores, labels) == pytest.approx((1 + 1 + 0.5) / 3)
+    assert charades_map(scores, targets) == pytest.approx((1 + 1 + 0.5) / 3)
+    with pytest.raises(ConfigError, match=r"'7' is not a class id in 0\.\.2"):
+        multi_hot(["7"], 3)
