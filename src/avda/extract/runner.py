@@ -38,6 +38,7 @@ from avda.extract.transforms import centre_crop, normalise_frames
 log = logging.getLogger(__name__)
 
 AUDIO_RECIPE_OF_BACKBONE = {"audio_resnet18": "vggsound", "tbn": "tbn"}
+RANDOM_INIT_SEED = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,6 +149,11 @@ def _collate(items: list) -> list:
     return items
 
 
+def _worker_init(_: int) -> None:
+    # Decoding workers do no heavy math; one thread each leaves the cores to the backbone.
+    torch.set_num_threads(1)
+
+
 # --------------------------------------------------------------------------- store handling
 def _recipe_dict(recipe: Recipe) -> dict[str, Any]:
     return recipe.to_dict()
@@ -158,6 +164,7 @@ def _modality_entry(spec: ModalitySpec, model: backbones.Backbone) -> dict[str, 
         "backbone": spec.backbone,
         "weights": str(spec.weights) if spec.weights else None,
         "weights_sha256": sha256_file(spec.weights),
+        "random_init_seed": None if spec.weights else RANDOM_INIT_SEED,
         "input_spec": model.input_spec.to_dict(),
     }
 
@@ -208,7 +215,7 @@ def _check_modality(store: FeatureCache, spec: ModalitySpec, entry: dict[str, An
     if spec.modality not in store.modalities:
         return False
     found = store.modality_info(spec.modality)
-    diffs = _differences(entry, found, ("backbone", "weights_sha256"))
+    diffs = _differences(entry, found, ("backbone", "weights_sha256", "random_init_seed"))
     if diffs and not force:
         raise CacheError(
             f"store {store.path} holds {spec.modality} features made differently: "
@@ -288,7 +295,11 @@ def _extract_modality(
     shard: tuple[int, int] | None,
     progress: bool,
 ) -> None:
-    model = backbones.create(spec.backbone, modality=spec.modality, weights=spec.weights)
+    with torch.random.fork_rng(devices=[]):
+        # Random init (no weights) is seeded, so a resumed or sharded run computes with the very
+        # same network as the rest of the store.
+        torch.manual_seed(RANDOM_INIT_SEED)
+        model = backbones.create(spec.backbone, modality=spec.modality, weights=spec.weights)
     model.eval().to(device)
     entry = _modality_entry(spec, model)
     num_clips = recipe.num_audio_windows if spec.modality == "audio" else recipe.num_clips
@@ -319,6 +330,7 @@ def _extract_modality(
         collate_fn=_collate,
         prefetch_factor=4 if workers else None,
         persistent_workers=False,
+        worker_init_fn=_worker_init if workers else None,
         pin_memory=device.startswith("cuda"),
     )
     writer = _ChunkWriter(store, spec.modality, rows, num_clips, model.num_features)

@@ -1,0 +1,127 @@
+"""Extraction end to end on real mp4 files: failures, missing audio, resume after SIGKILL."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from avda.cache import Status, open_cache
+from avda.errors import CacheError
+from avda.extract import runner, sampling
+
+RECIPE = sampling.get("demo")
+MODALITIES = [runner.ModalitySpec("rgb", "i3d"), runner.ModalitySpec("audio", "audio_resnet18")]
+
+
+def _extract(manifest, videos, out, **kwargs):
+    options = dict(recipe=RECIPE, modalities=MODALITIES, workers=0, chunk_rows=4, progress=False)
+    options.update(kwargs)
+    return runner.extract(manifest, videos=videos, out=out, **options)
+
+
+@pytest.fixture(scope="module")
+def reference_store(demo_dataset, tmp_path_factory):
+    """One uninterrupted extraction of the tiny demo dataset, shared by the tests."""
+    root, manifest = demo_dataset
+    out = tmp_path_factory.mktemp("ref") / "ref.zarr"
+    result = _extract(manifest, root, out)
+    assert result.ok and result.done == 2 * len(manifest)
+    return out
+
+
+def test_features_shapes_and_provenance(reference_store, demo_dataset):
+    _, manifest = demo_dataset
+    store = open_cache(reference_store)
+    assert store.features("rgb").shape == (len(manifest), RECIPE.num_clips, 1024)
+    assert store.features("audio").shape == (len(manifest), 1, 512)
+    assert np.all(store.status("rgb") == Status.DONE)
+    prov = store.provenance
+    assert prov["recipe"]["name"] == "demo"
+    assert prov["modalities"]["rgb"]["backbone"] == "i3d"
+    assert prov["modalities"]["rgb"]["input_spec"]["value_range"] == [-1.0, 1.0]
+    assert prov["modalities"]["audio"]["random_init_seed"] == 0
+    assert store.segments["uid"].tolist() == manifest["uid"].tolist()
+    # Different segments give different features (nothing constant or zero).
+    rgb = store.load("rgb")
+    assert np.abs(rgb).mean() > 0 and not np.allclose(rgb[0], rgb[1])
+
+
+def test_corrupt_video_fails_its_segments_only(demo_dataset, tmp_path, media):
+    root, manifest = demo_dataset
+    videos = tmp_path / "videos"
+    shutil.copytree(root / "videos", videos / "videos")
+    broken = manifest["video_path"].iloc[0]
+    (videos / broken).write_bytes(b"\x00\x00\x00\x18ftypmp42" + os.urandom(2000))
+    # Plus one real video without an audio track.
+    extra = manifest.iloc[[0]].copy()
+    extra["uid"], extra["video_id"], extra["video_path"] = "noaudio", "demo", "demo.mp4"
+    shutil.copy(media / "video" / "demo.mp4", videos / "demo.mp4")
+    frame = pd.concat([manifest, extra], ignore_index=True)
+
+    result = _extract(frame, videos, tmp_path / "c.zarr")
+    bad = manifest["video_path"] == broken
+    assert result.failed == 2 * int(bad.sum())  # rgb and audio of each segment of that video
+    assert result.missing == 1
+    store = open_cache(tmp_path / "c.zarr")
+    status = store.status("rgb")
+    assert np.all(status[: len(manifest)][bad.to_numpy()] == Status.FAILED)
+    assert np.all(status[: len(manifest)][~bad.to_numpy()] == Status.DONE)
+    assert store.status("audio")[-1] == Status.MISSING and status[-1] == Status.DONE
+    assert "cannot" in store.errors("rgb")[0]
+    assert set(result.failures["uid"]) == set(manifest["uid"][bad])
+
+
+def test_mismatching_store_is_refused(reference_store, demo_dataset, tmp_path):
+    root, manifest = demo_dataset
+    copy = tmp_path / "copy.zarr"
+    shutil.copytree(reference_store, copy)
+    other = sampling.Recipe.from_dict({**RECIPE.to_dict(), "num_clips": 3, "name": "other"})
+    with pytest.raises(CacheError, match="built differently.*num_clips"):
+        _extract(manifest, root, copy, recipe=other)
+    # --force moves the old store aside and starts a new one.
+    _extract(manifest, root, copy, recipe=other, force=True, modalities=MODALITIES[:1])
+    assert open_cache(copy).features("rgb").shape[1] == 3
+    assert list(tmp_path.glob("copy.zarr.replaced-*"))
+
+
+def test_sigkill_then_rerun_equals_an_uninterrupted_run(reference_store, demo_dataset, tmp_path):
+    root, manifest = demo_dataset
+    manifest_path = tmp_path / "manifest.csv"
+    manifest.to_csv(manifest_path, index=False)
+    out = tmp_path / "killed.zarr"
+    command = [
+        sys.executable, "-m", "avda.cli", "extract", "--manifest", str(manifest_path),
+        "--videos", str(root), "-o", str(out), "--recipe", "demo", "--modalities", "rgb,audio",
+        "--workers", "0", "--chunk-rows", "2", "--quiet",
+    ]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    killed_at = None
+    deadline = time.time() + 120
+    while time.time() < deadline and process.poll() is None:
+        try:
+            done = int(np.sum(open_cache(out).status("rgb") == Status.DONE))
+        except Exception:  # the store or modality is not created yet
+            done = 0
+        if 2 <= done < len(manifest):
+            process.send_signal(signal.SIGKILL)
+            process.wait()
+            killed_at = done
+            break
+        time.sleep(0.05)
+    assert killed_at is not None, "extraction finished before it could be killed"
+    assert open_cache(out).status("rgb").sum() < len(manifest)
+
+    rerun = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    resumed, reference = open_cache(out), open_cache(reference_store)
+    for modality in ("rgb", "audio"):
+        assert np.all(resumed.status(modality) == Status.DONE)
+        np.testing.assert_array_equal(resumed.load(modality), reference.load(modality))

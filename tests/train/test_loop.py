@@ -1,0 +1,120 @@
+"""The training loop on a real Zarr cache: determinism, resume, run directory, errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from avda import runs
+from avda.errors import CacheError, ConfigError, RunError
+from avda.train.loop import train
+from tests.conftest import make_feature_cache
+
+
+@pytest.fixture()
+def shifted_cache(tmp_path):
+    make_feature_cache(tmp_path / "c.zarr", shift=0.5, per_class=10)
+    return tmp_path / "c.zarr"
+
+
+def _train(cache, out, head="source-only", **overrides):
+    options = {"epochs": 4, "batch_size": 16, **overrides}
+    return train(cache=cache, head=head, source=["source"], target=["target"], out=out, seed=3,
+                 overrides=options, progress=False)
+
+
+def test_run_directory_contents(shifted_cache, tmp_path):
+    result = _train(shifted_cache, tmp_path / "run")
+    run = tmp_path / "run"
+    assert runs.is_complete(run)
+    config = runs.read_config(run)
+    assert config["head"] == "source-only" and config["seed"] == 3
+    assert config["head_config"]["epochs"] == 4
+    assert config["tasks"] == [{"name": "verb", "num_classes": 4, "multi_label": False}]
+    assert json.loads((run / runs.PROVENANCE).read_text())["recipe"] == {"name": "synthetic"}
+    metrics = runs.read_metrics(run)
+    assert [m["epoch"] for m in metrics] == [1, 2, 3, 4]
+    assert "target_test/verb/top1" in metrics[-1]
+    assert set(runs.prediction_sets(run)) == {"source_test", "target_test"}
+    pred = runs.read_predictions(run, "target_test")
+    assert pred["scores"]["verb"].shape == (20, 4)
+    np.testing.assert_allclose(pred["scores"]["verb"].sum(1), 1.0, rtol=1e-5)
+    assert result.metrics["source_test/verb/top1"] > 0.9  # clusters are separable
+
+
+def test_same_seed_same_numbers(shifted_cache, tmp_path):
+    first = _train(shifted_cache, tmp_path / "a", head="dann")
+    second = _train(shifted_cache, tmp_path / "b", head="dann")
+    assert first.metrics == second.metrics
+    a = runs.read_predictions(tmp_path / "a", "target_test")["scores"]["verb"]
+    b = runs.read_predictions(tmp_path / "b", "target_test")["scores"]["verb"]
+    np.testing.assert_array_equal(a, b)
+
+
+def test_resume_after_interruption_matches_uninterrupted(shifted_cache, tmp_path, monkeypatch):
+    from avda.train import loop
+
+    _train(shifted_cache, tmp_path / "full", head="dann")
+    save = loop._save_checkpoint
+
+    def save_then_die(path, *args):
+        save(path, *args)
+        if args[4] == 2:  # the epoch just saved
+            raise KeyboardInterrupt
+
+    partial = tmp_path / "partial"
+    monkeypatch.setattr(loop, "_save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        _train(shifted_cache, partial, head="dann")
+    monkeypatch.setattr(loop, "_save_checkpoint", save)
+    assert not runs.is_complete(partial)
+    assert torch.load(partial / runs.CHECKPOINT, weights_only=False)["epoch"] == 2
+
+    resumed = _train(shifted_cache, partial, head="dann")
+    full = runs.read_predictions(tmp_path / "full", "target_test")["scores"]["verb"]
+    again = runs.read_predictions(partial, "target_test")["scores"]["verb"]
+    assert [m["epoch"] for m in runs.read_metrics(partial)] == [1, 2, 3, 4]
+    np.testing.assert_array_equal(full, again)
+    assert resumed.metrics == _train(shifted_cache, tmp_path / "full", head="dann").metrics
+
+
+def test_complete_run_is_skipped_and_other_config_refused(shifted_cache, tmp_path):
+    _train(shifted_cache, tmp_path / "run")
+    assert _train(shifted_cache, tmp_path / "run").skipped
+    with pytest.raises(RunError, match="another configuration"):
+        _train(shifted_cache, tmp_path / "run", epochs=5)
+
+
+def test_errors_name_the_problem(shifted_cache, tmp_path):
+    with pytest.raises(CacheError, match="unknown target domain 'tagret'; did you mean 'target'"):
+        train(cache=shifted_cache, head="dann", source=["source"], target=["tagret"],
+              out=tmp_path / "r", progress=False)
+    with pytest.raises(ConfigError, match="unknown DannConfig field 'lr_rate'"):
+        _train(shifted_cache, tmp_path / "r", head="dann", lr_rate=1)
+    with pytest.raises(CacheError, match="no 'flow' features"):
+        _train(shifted_cache, tmp_path / "r", modalities=["flow"])
+
+
+def test_cache_without_target_segments(tmp_path):
+    from avda import cache as cache_lib
+
+    store = make_feature_cache(tmp_path / "c.zarr", per_class=4)
+    segments = store.segments.copy()
+    segments["domain"] = "source"
+    only_source = cache_lib.create(tmp_path / "s.zarr", segments, manifest_sha256="0", recipe={})
+    only_source.add_modality("rgb", num_clips=2, num_features=16, info={"backbone": "x"})
+    n = len(segments)
+    only_source.write("rgb", np.arange(n), store.load("rgb"), np.ones(n), [""] * n)
+    with pytest.raises(CacheError, match="unknown target domain 'target'"):
+        train(cache=tmp_path / "s.zarr", head="source-only", source=["source"],
+              target=["target"], out=tmp_path / "r", progress=False)
+
+
+def test_diverging_loss_stops_with_a_message(shifted_cache, tmp_path):
+    from avda.errors import TrainingDiverged
+
+    with pytest.raises(TrainingDiverged, match="lower lr"):
+        _train(shifted_cache, tmp_path / "r", lr=1e30, optimizer="sgd", weight_decay=0.0)
