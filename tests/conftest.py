@@ -36,14 +36,24 @@ def demo_dataset(tmp_path_factory) -> tuple[Path, pd.DataFrame]:
     from avda.data_manifests import demo
 
     root = tmp_path_factory.mktemp("demo")
-    manifest = demo.generate(root, seed=0, videos_per_domain=2, test_videos_per_domain=1,
-                             progress=False)
+    manifest = demo.generate(
+        root, seed=0, videos_per_domain=2, test_videos_per_domain=1, progress=False
+    )
     return root, manifest
 
 
-def make_feature_cache(path: Path, *, seed: int = 0, per_class: int = 12, num_classes: int = 4,
-                       shift: float = 0.0, K: int = 2, D: int = 16, modalities=("rgb", "audio"),
-                       chunk_rows: int = 8):
+def make_feature_cache(
+    path: Path,
+    *,
+    seed: int = 0,
+    per_class: int = 12,
+    num_classes: int = 4,
+    shift: float = 0.0,
+    K: int = 2,
+    D: int = 16,
+    modalities=("rgb", "audio"),
+    chunk_rows: int = 8,
+):
     """A cache of synthetic features: class clusters, target moved by ``shift`` (real Zarr)."""
     from avda import cache as cache_lib
     from avda.cache import Status
@@ -54,12 +64,25 @@ def make_feature_cache(path: Path, *, seed: int = 0, per_class: int = 12, num_cl
         for split, count in (("train", per_class), ("test", per_class // 2)):
             for c in range(num_classes):
                 for i in range(count):
-                    rows.append({"uid": f"{domain}-{split}-{c}-{i}", "video_id": f"v{c}",
-                                 "domain": domain, "split": split, "start_sec": 0.0,
-                                 "stop_sec": 1.0, "verb_class": c})
+                    rows.append(
+                        {
+                            "uid": f"{domain}-{split}-{c}-{i}",
+                            "video_id": f"v{c}",
+                            "domain": domain,
+                            "split": split,
+                            "start_sec": 0.0,
+                            "stop_sec": 1.0,
+                            "verb_class": c,
+                        }
+                    )
     segments = pd.DataFrame(rows)
-    store = cache_lib.create(path, segments, manifest_sha256="0" * 64, recipe={"name": "synthetic"},
-                             chunk_rows=chunk_rows)
+    store = cache_lib.create(
+        path,
+        segments,
+        manifest_sha256="0" * 64,
+        recipe={"name": "synthetic"},
+        chunk_rows=chunk_rows,
+    )
     centres = {m: rng.normal(0, 1, (num_classes, D)) * 3 for m in modalities}
     offset = {m: rng.normal(0, 1, D) * shift for m in modalities}
     labels = segments["verb_class"].to_numpy()
@@ -67,10 +90,17 @@ def make_feature_cache(path: Path, *, seed: int = 0, per_class: int = 12, num_cl
     for m in modalities:
         x = centres[m][labels][:, None, :] + rng.normal(0, 1, (len(segments), K, D))
         x[is_target] += offset[m]
-        store.add_modality(m, num_clips=K, num_features=D, info={"backbone": "synthetic",
-                                                                 "weights": None,
-                                                                 "weights_sha256": None,
-                                                                 "input_spec": {}})
+        store.add_modality(
+            m,
+            num_clips=K,
+            num_features=D,
+            info={
+                "backbone": "synthetic",
+                "weights": None,
+                "weights_sha256": None,
+                "input_spec": {},
+            },
+        )
         n = len(segments)
         store.write(m, np.arange(n), x, np.full(n, int(Status.DONE)), [""] * n)
     return store

@@ -29,21 +29,46 @@ def test_usage_error_exits_2(capsys):
 def test_avda_error_is_one_line_without_traceback(capsys, tmp_path, monkeypatch):
     monkeypatch.delenv("AVDA_DEBUG", raising=False)
     make_feature_cache(tmp_path / "c.zarr")
-    code, _, err = run(capsys, "train", "--head", "dan", "--cache", str(tmp_path / "c.zarr"),
-                       "--source", "source", "--target", "target", "-o", str(tmp_path / "r"))
+    code, _, err = run(
+        capsys,
+        "train",
+        "--head",
+        "dan",
+        "--cache",
+        str(tmp_path / "c.zarr"),
+        "--source",
+        "source",
+        "--target",
+        "target",
+        "-o",
+        str(tmp_path / "r"),
+    )
     assert code == 1
     assert "error: unknown head 'dan'; did you mean 'dann'?" in err
     assert "Traceback" not in err
     monkeypatch.setenv("AVDA_DEBUG", "1")
-    code, _, err = run(capsys, "train", "--head", "dan", "--cache", str(tmp_path / "c.zarr"),
-                       "--source", "source", "--target", "target", "-o", str(tmp_path / "r"))
+    code, _, err = run(
+        capsys,
+        "train",
+        "--head",
+        "dan",
+        "--cache",
+        str(tmp_path / "c.zarr"),
+        "--source",
+        "source",
+        "--target",
+        "target",
+        "-o",
+        str(tmp_path / "r"),
+    )
     assert code == 1 and "Traceback" in err
 
 
 def test_manifest_validate(capsys, tmp_path):
     path = tmp_path / "m.csv"
-    path.write_text("uid,video_id,domain,split,start_sec,stop_sec\na,v,D1,train,0,1\n"
-                    "a,v,D1,bogus,2,1\n")
+    path.write_text(
+        "uid,video_id,domain,split,start_sec,stop_sec\na,v,D1,train,0,1\na,v,D1,bogus,2,1\n"
+    )
     code, _, err = run(capsys, "manifest", "validate", str(path))
     assert code == 1
     assert "row 3 [uid]: duplicate uid" in err and "row 3 [split]" in err
@@ -55,14 +80,35 @@ def test_train_evaluate_and_cache_info(capsys, tmp_path):
     code, out, _ = run(capsys, "cache", "info", str(tmp_path / "c.zarr"))
     assert code == 0 and "rgb" in out and "done 144" in out
     for head in ("source-only", "dann"):
-        code, out, _ = run(capsys, "train", "--head", head, "--cache", str(tmp_path / "c.zarr"),
-                           "--source", "source", "--target", "target", "-o",
-                           str(tmp_path / head), "--epochs", "2", "--set", "batch_size=32",
-                           "--quiet")
+        code, out, _ = run(
+            capsys,
+            "train",
+            "--head",
+            head,
+            "--cache",
+            str(tmp_path / "c.zarr"),
+            "--source",
+            "source",
+            "--target",
+            "target",
+            "-o",
+            str(tmp_path / head),
+            "--epochs",
+            "2",
+            "--set",
+            "batch_size=32",
+            "--quiet",
+        )
         assert code == 0, out
         assert "target_test/verb/top1" in out
-    code, out, err = run(capsys, "evaluate", str(tmp_path / "source-only"), str(tmp_path / "dann"),
-                         "-o", str(tmp_path / "results"))
+    code, out, err = run(
+        capsys,
+        "evaluate",
+        str(tmp_path / "source-only"),
+        str(tmp_path / "dann"),
+        "-o",
+        str(tmp_path / "results"),
+    )
     assert code == 0
     assert "| source-only |" in out and "target_test/verb/top1" in out
     assert (tmp_path / "results.md").exists() and (tmp_path / "results.csv").exists()
@@ -75,18 +121,43 @@ def test_extract_with_a_corrupt_video_exits_3_with_failures_csv(capsys, tmp_path
     (tmp_path / first).write_bytes(b"not a video at all")
     manifest.to_csv(tmp_path / "m.csv", index=False)
     store = tmp_path / "c.zarr"
-    code, out, err = run(capsys, "extract", "--manifest", str(tmp_path / "m.csv"), "--videos",
-                         str(tmp_path), "-o", str(store), "--recipe", "demo", "--workers", "0",
-                         "--quiet")
+    code, out, err = run(
+        capsys,
+        "extract",
+        "--manifest",
+        str(tmp_path / "m.csv"),
+        "--videos",
+        str(tmp_path),
+        "-o",
+        str(store),
+        "--recipe",
+        "demo",
+        "--workers",
+        "0",
+        "--quiet",
+    )
     assert code == 3
     failures = tmp_path / "c.zarr.failures.csv"
     assert failures.exists() and "--retry-failed" in err
     assert "3 failed" in out
     # Fix the video and retry only the failed segments.
     shutil.copy(root / first, tmp_path / first)
-    code, out, _ = run(capsys, "extract", "--manifest", str(tmp_path / "m.csv"), "--videos",
-                       str(tmp_path), "-o", str(store), "--recipe", "demo", "--workers", "0",
-                       "--retry-failed", "--quiet")
+    code, out, _ = run(
+        capsys,
+        "extract",
+        "--manifest",
+        str(tmp_path / "m.csv"),
+        "--videos",
+        str(tmp_path),
+        "-o",
+        str(store),
+        "--recipe",
+        "demo",
+        "--workers",
+        "0",
+        "--retry-failed",
+        "--quiet",
+    )
     assert code == 0 and "0 failed" in out
 
 

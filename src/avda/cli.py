@@ -41,7 +41,9 @@ log = logging.getLogger("avda")
 
 # Shared option types.
 ManifestPath = Annotated[Path, typer.Option("--manifest", "-m", help="Manifest CSV or Parquet.")]
-VideosDir = Annotated[Path, typer.Option("--videos", help="Folder the manifest's videos are under.")]
+VideosDir = Annotated[
+    Path, typer.Option("--videos", help="Folder the manifest's videos are under.")
+]
 OutPath = Annotated[Path, typer.Option("--out", "-o", help="Output path.")]
 Seed = Annotated[int, typer.Option("--seed", help="Random seed.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
@@ -88,7 +90,9 @@ def demo(
     out: Annotated[Path, typer.Option("--out", "-o", help="Working folder.")] = Path("avda-demo"),
     seed: Seed = 0,
     epochs: Annotated[int, typer.Option(help="Training epochs per head.")] = 30,
-    weights: Annotated[Path | None, typer.Option(help="I3D RGB checkpoint (piergiaj rgb_imagenet.pt).")] = None,
+    weights: Annotated[
+        Path | None, typer.Option(help="I3D RGB checkpoint (piergiaj rgb_imagenet.pt).")
+    ] = None,
     audio_weights: Annotated[Path | None, typer.Option(help="VGGSound H.pth.tar.")] = None,
     workers: Annotated[int, typer.Option(help="Decoding worker processes.")] = 2,
     quiet: Quiet = False,
@@ -97,20 +101,29 @@ def demo(
     from avda.demo import run_demo
 
     result = run_demo(
-        out, seed=seed, epochs=epochs, weights=weights, audio_weights=audio_weights,
-        workers=workers, progress=not quiet,
+        out,
+        seed=seed,
+        epochs=epochs,
+        weights=weights,
+        audio_weights=audio_weights,
+        workers=workers,
+        progress=not quiet,
     )
     typer.echo(f"\navda demo: source -> target, 4 actions, seed {seed} ({result.weights_note})\n")
     typer.echo(result.markdown)
-    typer.echo(f"\nchance = 25.0%; written to {result.out / 'results.md'}; "
-               f"wall time {result.seconds:.0f} s")
+    typer.echo(
+        f"\nchance = 25.0%; written to {result.out / 'results.md'}; "
+        f"wall time {result.seconds:.0f} s"
+    )
 
 
 # ------------------------------------------------------------------------------ manifest
 @manifest_app.command("validate")
 def manifest_validate(
     file: Annotated[Path, typer.Argument(help="Manifest CSV or Parquet.")],
-    videos: Annotated[Path | None, typer.Option(help="Also check that every video exists here.")] = None,
+    videos: Annotated[
+        Path | None, typer.Option(help="Also check that every video exists here.")
+    ] = None,
 ) -> None:
     """Check a manifest; report every problem at once with row numbers."""
     from avda.data_manifests import schema
@@ -129,14 +142,22 @@ def manifest_build(
         ),
     ],
     annotations: Annotated[
-        Path, typer.Option("--annotations", "-a", help="Folder (or table file) of annotation files.")
+        Path,
+        typer.Option("--annotations", "-a", help="Folder (or table file) of annotation files."),
     ],
     out: OutPath,
-    source: Annotated[str | None, typer.Option(help="Keep these source domain(s), comma-separated.")] = None,
-    target: Annotated[str | None, typer.Option(help="Keep these target domain(s), comma-separated.")] = None,
-    setting: Annotated[str | None, typer.Option(help="Named setting: D1-D2, D1,D2-D3, epic100-uda...")] = None,
+    source: Annotated[
+        str | None, typer.Option(help="Keep these source domain(s), comma-separated.")
+    ] = None,
+    target: Annotated[
+        str | None, typer.Option(help="Keep these target domain(s), comma-separated.")
+    ] = None,
+    setting: Annotated[
+        str | None, typer.Option(help="Named setting: D1-D2, D1,D2-D3, epic100-uda...")
+    ] = None,
     option: Annotated[
-        list[str] | None, typer.Option("--option", "-O", help="Benchmark option key=value (repeatable).")
+        list[str] | None,
+        typer.Option("--option", "-O", help="Benchmark option key=value (repeatable)."),
     ] = None,
     unit: Annotated[str | None, typer.Option(help="charades-ego: segments or videos.")] = None,
     columns: Annotated[
@@ -176,12 +197,18 @@ def extract(
     weights: Annotated[Path | None, typer.Option(help="Visual backbone checkpoint.")] = None,
     audio_backbone: Annotated[str, typer.Option(help="Audio encoder.")] = "audio_resnet18",
     audio_weights: Annotated[Path | None, typer.Option(help="Audio encoder checkpoint.")] = None,
-    recipe: Annotated[str, typer.Option(help="Sampling recipe (see docs/extraction.md).")] = "mmsada",
+    recipe: Annotated[
+        str, typer.Option(help="Sampling recipe (see docs/extraction.md).")
+    ] = "mmsada",
     batch_size: Annotated[int, typer.Option(help="Clips per forward pass.")] = 16,
     workers: Annotated[int, typer.Option(help="Decoding worker processes.")] = 2,
-    device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 (default: cuda if present).")] = None,
+    device: Annotated[
+        str | None, typer.Option(help="cpu, cuda, cuda:1 (default: cuda if present).")
+    ] = None,
     chunk_rows: Annotated[int, typer.Option(help="Segments per Zarr chunk.")] = 256,
-    shard: Annotated[str | None, typer.Option(help="Process only shard i/n (chunk-aligned).")] = None,
+    shard: Annotated[
+        str | None, typer.Option(help="Process only shard i/n (chunk-aligned).")
+    ] = None,
     retry_failed: Annotated[bool, typer.Option(help="Retry segments that failed before.")] = False,
     force: Annotated[bool, typer.Option(help="Replace a store built differently.")] = False,
     quiet: Quiet = False,
@@ -198,9 +225,19 @@ def extract(
         else:
             specs.append(runner.ModalitySpec(modality, backbone, weights))
     result = runner.extract(
-        frame, videos=videos, out=out, recipe=sampling.get(recipe), modalities=specs,
-        batch_size=batch_size, workers=workers, device=device, chunk_rows=chunk_rows,
-        retry_failed=retry_failed, force=force, shard=_parse_shard(shard), progress=not quiet,
+        frame,
+        videos=videos,
+        out=out,
+        recipe=sampling.get(recipe),
+        modalities=specs,
+        batch_size=batch_size,
+        workers=workers,
+        device=device,
+        chunk_rows=chunk_rows,
+        retry_failed=retry_failed,
+        force=force,
+        shard=_parse_shard(shard),
+        progress=not quiet,
     )
     typer.echo(
         f"{out}: {result.done} done, {result.missing} missing input, {result.failed} failed "
@@ -209,8 +246,10 @@ def extract(
     if not result.ok:
         failures = out.parent / f"{out.name}.failures.csv"
         result.failures.to_csv(failures, index=False)
-        typer.echo(f"failed segments are listed in {failures}; fix them and re-run with --retry-failed",
-                   err=True)
+        typer.echo(
+            f"failed segments are listed in {failures}; fix them and re-run with --retry-failed",
+            err=True,
+        )
         raise typer.Exit(EXIT_FAILED_ITEMS)
 
 
@@ -233,7 +272,9 @@ def train_command(
     out: OutPath,
     seed: Seed = 0,
     epochs: Annotated[int | None, typer.Option(help="Override the head's epochs.")] = None,
-    set_: Annotated[list[str] | None, typer.Option("--set", help="Config override key=value.")] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Config override key=value.")
+    ] = None,
     device: Annotated[str | None, typer.Option(help="cpu or cuda.")] = None,
     quiet: Quiet = False,
 ) -> None:
@@ -251,8 +292,15 @@ def train_command(
     if epochs is not None:
         overrides["epochs"] = epochs
     result = train(
-        cache=cache, head=head, source=_split_list(source), target=_split_list(target), out=out,
-        seed=seed, overrides=overrides, device=device, progress=not quiet,
+        cache=cache,
+        head=head,
+        source=_split_list(source),
+        target=_split_list(target),
+        out=out,
+        seed=seed,
+        overrides=overrides,
+        device=device,
+        progress=not quiet,
     )
     state = "already complete" if result.skipped else "done"
     typer.echo(f"{out}: {state}")
@@ -264,7 +312,9 @@ def train_command(
 @app.command()
 def evaluate(
     runs: Annotated[list[Path], typer.Argument(help="Run directories.")],
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="Write OUT.md and OUT.csv.")] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Write OUT.md and OUT.csv.")
+    ] = None,
 ) -> None:
     """Metrics of finished runs as a table (top-1 and mean class accuracy per split)."""
     from avda.evaluate import tables

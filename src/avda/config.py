@@ -69,7 +69,7 @@ def _plain(value: Any) -> Any:
 
 
 def _coerce(owner: str, key: str, value: Any, hint: Any) -> Any:
-    """Check ``value`` against the field's type hint, converting lists to tuples and ints to floats."""
+    """Check ``value`` against the type hint; lists become tuples and ints become floats."""
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
     where = f"{owner}.{key}"

@@ -56,11 +56,19 @@ def run_demo(
     recipe = sampling.get("demo")
     modalities = [
         runner.ModalitySpec("rgb", "i3d", Path(weights) if weights else None),
-        runner.ModalitySpec("audio", "audio_resnet18", Path(audio_weights) if audio_weights else None),
+        runner.ModalitySpec(
+            "audio", "audio_resnet18", Path(audio_weights) if audio_weights else None
+        ),
     ]
     result = runner.extract(
-        manifest, videos=out, out=out / "cache.zarr", recipe=recipe, modalities=modalities,
-        batch_size=16, workers=workers, progress=progress,
+        manifest,
+        videos=out,
+        out=out / "cache.zarr",
+        recipe=recipe,
+        modalities=modalities,
+        batch_size=16,
+        workers=workers,
+        progress=progress,
     )
     if not result.ok:
         log.warning("%d segment(s) failed to extract: see `avda cache info`", result.failed)
@@ -69,8 +77,14 @@ def run_demo(
     for head in HEADS:
         run = out / "runs" / f"{head}-seed{seed}"
         train(
-            cache=out / "cache.zarr", head=head, source=["source"], target=["target"], out=run,
-            seed=seed, overrides={"epochs": epochs, "standardize": True}, progress=progress,
+            cache=out / "cache.zarr",
+            head=head,
+            source=["source"],
+            target=["target"],
+            out=run,
+            seed=seed,
+            overrides={"epochs": epochs, "standardize": True},
+            progress=progress,
         )
         run_dirs.append(run)
     table = tables.results_table(run_dirs)
@@ -79,12 +93,16 @@ def run_demo(
     ]
     table = table[columns].rename(columns=lambda c: c.replace("/verb/", " "))
     note = (
-        "weights: I3D " + (str(weights) if weights else "random init")
-        + ", audio ResNet-18 " + (str(audio_weights) if audio_weights else "random init")
+        "weights: I3D "
+        + (str(weights) if weights else "random init")
+        + ", audio ResNet-18 "
+        + (str(audio_weights) if audio_weights else "random init")
     )
     if not weights or not audio_weights:
-        note += (" (no published weights can be downloaded here; pass --weights/--audio-weights "
-                 "to use real checkpoints)")
+        note += (
+            " (no published weights can be downloaded here; pass --weights/--audio-weights "
+            "to use real checkpoints)"
+        )
     markdown = tables.to_markdown(table)
     tables.write_tables(table, out / "results")
     return DemoResult(table, markdown, time.perf_counter() - began, out, note)

@@ -49,7 +49,9 @@ def write_config(run: Path, config: dict[str, Any]) -> None:
 def read_config(run: Path) -> dict[str, Any]:
     path = Path(run) / CONFIG
     if not path.exists():
-        raise RunError(f"{run} is not an avda run directory (no {CONFIG}); pass a folder `avda train -o` wrote")
+        raise RunError(
+            f"{run} is not an avda run directory (no {CONFIG}); pass a folder `avda train -o` wrote"
+        )
     return yaml.safe_load(path.read_text())
 
 

@@ -13,18 +13,24 @@ from avda.errors import CacheError
 
 
 def _segments(n=10):
-    return pd.DataFrame({
-        "uid": [f"u{i}" for i in range(n)], "video_id": ["v"] * n,
-        "domain": ["a" if i < n // 2 else "b" for i in range(n)], "split": ["train"] * n,
-        "start_sec": np.arange(n, dtype=float), "stop_sec": np.arange(n) + 0.5,
-        "verb_class": [i % 3 for i in range(n)],
-    })
+    return pd.DataFrame(
+        {
+            "uid": [f"u{i}" for i in range(n)],
+            "video_id": ["v"] * n,
+            "domain": ["a" if i < n // 2 else "b" for i in range(n)],
+            "split": ["train"] * n,
+            "start_sec": np.arange(n, dtype=float),
+            "stop_sec": np.arange(n) + 0.5,
+            "verb_class": [i % 3 for i in range(n)],
+        }
+    )
 
 
 def test_round_trip_features_status_and_segments(tmp_path):
     segments = _segments()
-    store = cache_lib.create(tmp_path / "c.zarr", segments, manifest_sha256="ab" * 32,
-                             recipe={"name": "r"}, chunk_rows=4)
+    store = cache_lib.create(
+        tmp_path / "c.zarr", segments, manifest_sha256="ab" * 32, recipe={"name": "r"}, chunk_rows=4
+    )
     store.add_modality("rgb", num_clips=3, num_features=5, info={"backbone": "i3d"})
     features = np.random.default_rng(0).normal(size=(4, 3, 5)).astype(np.float32)
     store.write("rgb", np.arange(2, 6), features, np.full(4, int(Status.DONE)), [""] * 4)
@@ -34,8 +40,9 @@ def test_round_trip_features_status_and_segments(tmp_path):
     assert reopened.features("rgb").chunks == (4, 3, 5)
     np.testing.assert_allclose(reopened.load("rgb", np.arange(2, 6)), features, atol=2e-3)
     assert list(reopened.status("rgb")) == [0, 0, 1, 1, 1, 1, 0, 0, 0, 0]
-    pd.testing.assert_series_equal(reopened.segments["uid"], segments["uid"].astype("string"),
-                                   check_names=False)
+    pd.testing.assert_series_equal(
+        reopened.segments["uid"], segments["uid"].astype("string"), check_names=False
+    )
     assert reopened.segments["verb_class"].tolist() == segments["verb_class"].tolist()
     prov = reopened.provenance
     assert prov["schema_version"] == schema.SCHEMA_VERSION
@@ -44,11 +51,17 @@ def test_round_trip_features_status_and_segments(tmp_path):
 
 
 def test_failures_table_lists_failed_rows_with_reason(tmp_path):
-    store = cache_lib.create(tmp_path / "c.zarr", _segments(4), manifest_sha256="0",
-                             recipe={}, chunk_rows=2)
+    store = cache_lib.create(
+        tmp_path / "c.zarr", _segments(4), manifest_sha256="0", recipe={}, chunk_rows=2
+    )
     store.add_modality("audio", num_clips=1, num_features=2, info={"backbone": "x"})
-    store.write("audio", np.arange(4), np.zeros((4, 1, 2)),
-                np.array([1, 2, 1, 3]), ["", "bad file", "", "no audio"])
+    store.write(
+        "audio",
+        np.arange(4),
+        np.zeros((4, 1, 2)),
+        np.array([1, 2, 1, 3]),
+        ["", "bad file", "", "no audio"],
+    )
     failures = store.failures()
     assert failures["uid"].tolist() == ["u1"]
     assert failures["error"].tolist() == ["bad file"]
@@ -79,8 +92,9 @@ def test_missing_modality_names_the_fix(tmp_path):
 
 
 def test_dask_view_reads_the_same_values(tmp_path):
-    store = cache_lib.create(tmp_path / "c.zarr", _segments(), manifest_sha256="0", recipe={},
-                             chunk_rows=3)
+    store = cache_lib.create(
+        tmp_path / "c.zarr", _segments(), manifest_sha256="0", recipe={}, chunk_rows=3
+    )
     store.add_modality("rgb", num_clips=1, num_features=2, info={"backbone": "x"})
     values = np.arange(20, dtype=np.float32).reshape(10, 1, 2)
     store.write("rgb", np.arange(10), values, np.ones(10), [""] * 10)

@@ -39,8 +39,13 @@ def test_every_problem_is_reported_with_its_row(tmp_path):
     message = str(info.value)
     assert "5 problem(s)" in message
     assert "not a non-negative integer: 1.5" in message
-    for expected in ("row 3 [uid]: duplicate uid 'a' (first at row 2)", "row 4 [split]",
-                     "row 5 [stop_sec]", "row 6 [verb_class]", "row 7 [start_sec]"):
+    for expected in (
+        "row 3 [uid]: duplicate uid 'a' (first at row 2)",
+        "row 4 [split]",
+        "row 5 [stop_sec]",
+        "row 6 [verb_class]",
+        "row 7 [start_sec]",
+    ):
         assert expected in message
 
 

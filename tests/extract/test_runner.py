@@ -98,9 +98,25 @@ def test_sigkill_then_rerun_equals_an_uninterrupted_run(reference_store, demo_da
     manifest.to_csv(manifest_path, index=False)
     out = tmp_path / "killed.zarr"
     command = [
-        sys.executable, "-m", "avda.cli", "extract", "--manifest", str(manifest_path),
-        "--videos", str(root), "-o", str(out), "--recipe", "demo", "--modalities", "rgb,audio",
-        "--workers", "0", "--chunk-rows", "2", "--quiet",
+        sys.executable,
+        "-m",
+        "avda.cli",
+        "extract",
+        "--manifest",
+        str(manifest_path),
+        "--videos",
+        str(root),
+        "-o",
+        str(out),
+        "--recipe",
+        "demo",
+        "--modalities",
+        "rgb,audio",
+        "--workers",
+        "0",
+        "--chunk-rows",
+        "2",
+        "--quiet",
     ]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     killed_at = None

@@ -7,11 +7,11 @@ import json
 import numpy as np
 import pytest
 import torch
+from tests.conftest import make_feature_cache
 
 from avda import runs
 from avda.errors import CacheError, ConfigError, RunError
 from avda.train.loop import train
-from tests.conftest import make_feature_cache
 
 
 @pytest.fixture()
@@ -22,8 +22,16 @@ def shifted_cache(tmp_path):
 
 def _train(cache, out, head="source-only", **overrides):
     options = {"epochs": 4, "batch_size": 16, **overrides}
-    return train(cache=cache, head=head, source=["source"], target=["target"], out=out, seed=3,
-                 overrides=options, progress=False)
+    return train(
+        cache=cache,
+        head=head,
+        source=["source"],
+        target=["target"],
+        out=out,
+        seed=3,
+        overrides=options,
+        progress=False,
+    )
 
 
 def test_run_directory_contents(shifted_cache, tmp_path):
@@ -90,8 +98,14 @@ def test_complete_run_is_skipped_and_other_config_refused(shifted_cache, tmp_pat
 
 def test_errors_name_the_problem(shifted_cache, tmp_path):
     with pytest.raises(CacheError, match="unknown target domain 'tagret'; did you mean 'target'"):
-        train(cache=shifted_cache, head="dann", source=["source"], target=["tagret"],
-              out=tmp_path / "r", progress=False)
+        train(
+            cache=shifted_cache,
+            head="dann",
+            source=["source"],
+            target=["tagret"],
+            out=tmp_path / "r",
+            progress=False,
+        )
     with pytest.raises(ConfigError, match="unknown DannConfig field 'lr_rate'"):
         _train(shifted_cache, tmp_path / "r", head="dann", lr_rate=1)
     with pytest.raises(CacheError, match="no 'flow' features"):
@@ -109,8 +123,14 @@ def test_cache_without_target_segments(tmp_path):
     n = len(segments)
     only_source.write("rgb", np.arange(n), store.load("rgb"), np.ones(n), [""] * n)
     with pytest.raises(CacheError, match="unknown target domain 'target'"):
-        train(cache=tmp_path / "s.zarr", head="source-only", source=["source"],
-              target=["target"], out=tmp_path / "r", progress=False)
+        train(
+            cache=tmp_path / "s.zarr",
+            head="source-only",
+            source=["source"],
+            target=["target"],
+            out=tmp_path / "r",
+            progress=False,
+        )
 
 
 def test_diverging_loss_stops_with_a_message(shifted_cache, tmp_path):

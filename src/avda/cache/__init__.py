@@ -1,4 +1,7 @@
-"""The feature cache: a Zarr v3 store of per-segment features (DESIGN.md 3.3, docs/cache_schema.md)."""
+"""The feature cache: a Zarr v3 store of per-segment features (DESIGN.md 3.3).
+
+The format is specified in docs/cache_schema.md.
+"""
 
 from avda.cache.schema import SCHEMA_VERSION, Status
 from avda.cache.store import FeatureCache, create, open_cache

@@ -10,7 +10,7 @@ A test parses ``docs/cache_schema.md`` and checks that it agrees with the names 
       features/<modality>            (N, K, D) float16, chunks (chunk_rows, K, D)
       status/<modality>              (N,) int8: 0 pending, 1 done, 2 failed, 3 missing
       errors/<modality>              (N,) string: failure message, "" when none
-      clusters/<modality>            (N,) int32 audio-cluster ids, -1 where none (written by avda cluster)
+      clusters/<modality>            (N,) int32 audio-cluster ids, -1 where none (avda cluster)
 """
 
 from __future__ import annotations

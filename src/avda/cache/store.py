@@ -215,7 +215,9 @@ class FeatureCache:
             info = self.modality_info(modality)
             status = self.status(modality)
             state = ", ".join(
-                f"{s.name.lower()} {int(np.sum(status == s))}" for s in Status if np.any(status == s)
+                f"{s.name.lower()} {int(np.sum(status == s))}"
+                for s in Status
+                if np.any(status == s)
             )
             weights = info.get("weights") or "random init"
             lines.append(
@@ -282,10 +284,14 @@ def open_cache(path: str | Path, *, mode: str = "r") -> FeatureCache:
     try:
         group = zarr.open_group(str(path), mode=mode)
     except (FileNotFoundError, ValueError, zarr.errors.GroupNotFoundError) as exc:
-        raise CacheError(f"{path} is not a Zarr store ({exc}); point --cache at an avda cache") from exc
+        raise CacheError(
+            f"{path} is not a Zarr store ({exc}); point --cache at an avda cache"
+        ) from exc
     attrs = dict(group.attrs)
     if schema.ROOT_ATTRIBUTE not in attrs:
-        raise CacheError(f"{path} is a Zarr store but not an avda cache (no {schema.ROOT_ATTRIBUTE!r} attribute)")
+        raise CacheError(
+            f"{path} is a Zarr store but not an avda cache (no {schema.ROOT_ATTRIBUTE!r} attribute)"
+        )
     version = attrs[schema.ROOT_ATTRIBUTE].get("schema_version")
     if version not in schema.SUPPORTED_SCHEMA_VERSIONS:
         raise CacheError(

@@ -134,7 +134,11 @@ def find_problems(frame: pd.DataFrame, *, videos: str | Path | None = None) -> l
         if pd.isna(u):
             continue
         first_seen.setdefault(u, int(rows[i]))
-    add(dup, "uid", lambda i: f"duplicate uid {uid.iloc[i]!r} (first at row {first_seen[uid.iloc[i]]})")
+    add(
+        dup,
+        "uid",
+        lambda i: f"duplicate uid {uid.iloc[i]!r} (first at row {first_seen[uid.iloc[i]]})",
+    )
 
     for column in ("video_id", "domain"):
         values = frame[column].astype("string")
@@ -184,7 +188,7 @@ def find_problems(frame: pd.DataFrame, *, videos: str | Path | None = None) -> l
                 problems.append(
                     Problem(int(rows[i]), "video_path", f"video file {p} not found under {root}")
                 )
-    problems.sort(key=lambda p: (p.row or 0))
+    problems.sort(key=lambda p: p.row or 0)
     return problems
 
 
@@ -192,7 +196,7 @@ def video_path(row: object, root: str | Path) -> Path:
     """Where the video of a manifest row lives: ``video_path`` if set, else ``<video_id>.mp4``."""
     rel = getattr(row, "video_path", None)
     if rel is None or pd.isna(rel) or str(rel) == "":
-        rel = f"{getattr(row, 'video_id')}.mp4"
+        rel = f"{row.video_id}.mp4"
     return Path(root) / str(rel)
 
 

@@ -74,7 +74,9 @@ def _audio_rate(path: Path) -> int:
     return rate
 
 
-def window(samples: np.ndarray, sample_rate: int, start: float, stop: float, length: float) -> np.ndarray:
+def window(
+    samples: np.ndarray, sample_rate: int, start: float, stop: float, length: float
+) -> np.ndarray:
     """Samples of ``[start, stop)`` seconds, tiled (repeated) or cut to exactly ``length`` s.
 
     Tiling a short segment is the VGGSound / Audio-Adaptive reference behaviour

@@ -39,7 +39,9 @@ def probe(path: str | Path) -> VideoInfo:
 
     path = Path(path)
     if not path.exists():
-        raise MediaError(f"video file {path} not found; check --videos and the manifest's video_path")
+        raise MediaError(
+            f"video file {path} not found; check --videos and the manifest's video_path"
+        )
     try:
         with av.open(str(path)) as container:
             if not container.streams.video:

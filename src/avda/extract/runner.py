@@ -24,7 +24,6 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-import avda
 from avda import cache as cache_lib
 from avda.cache import FeatureCache, Status
 from avda.data_manifests import schema as manifest_schema
@@ -122,7 +121,9 @@ class _SegmentDataset(Dataset):
         return self._last[1]
 
     def _visual(self, path: Path, segment: pd.Series) -> torch.Tensor:
-        decoder = self._open(path, lambda p: VideoDecoder(p, shorter_side=self.recipe.resize_shorter))
+        decoder = self._open(
+            path, lambda p: VideoDecoder(p, shorter_side=self.recipe.resize_shorter)
+        )
         times = self.recipe.frame_times(float(segment["start_sec"]), float(segment["stop_sec"]))
         indices = decoder.indices_at(times.reshape(-1))
         frames = decoder.frames(indices)  # (K*T, H, W, 3)
@@ -199,18 +200,25 @@ def open_or_create_store(
             return store
         if not force:
             raise CacheError(
-                f"store {out} was built differently: " + "; ".join(diffs)
+                f"store {out} was built differently: "
+                + "; ".join(diffs)
                 + ". Use another -o, or --force to replace it with a new store"
             )
         backup = out.with_name(f"{out.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
         log.warning("--force: moving the old store %s to %s", out, backup)
         shutil.move(str(out), str(backup))
     return cache_lib.create(
-        out, segments, manifest_sha256=manifest_sha, recipe=_recipe_dict(recipe), chunk_rows=chunk_rows
+        out,
+        segments,
+        manifest_sha256=manifest_sha,
+        recipe=_recipe_dict(recipe),
+        chunk_rows=chunk_rows,
     )
 
 
-def _check_modality(store: FeatureCache, spec: ModalitySpec, entry: dict[str, Any], force: bool) -> bool:
+def _check_modality(
+    store: FeatureCache, spec: ModalitySpec, entry: dict[str, Any], force: bool
+) -> bool:
     """True when the modality exists and matches; raises when it exists and differs."""
     if spec.modality not in store.modalities:
         return False
@@ -259,13 +267,27 @@ def extract(
     out, videos = Path(out), Path(videos)
     segments = manifest_schema.normalise(manifest)
     store = open_or_create_store(
-        out, segments, manifest_schema.fingerprint(manifest), recipe, chunk_rows=chunk_rows, force=force
+        out,
+        segments,
+        manifest_schema.fingerprint(manifest),
+        recipe,
+        chunk_rows=chunk_rows,
+        force=force,
     )
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     for spec in modalities:
         _extract_modality(
-            store, segments, spec, videos=videos, recipe=recipe, batch_size=batch_size,
-            workers=workers, device=device, retry_failed=retry_failed, force=force, shard=shard,
+            store,
+            segments,
+            spec,
+            videos=videos,
+            recipe=recipe,
+            batch_size=batch_size,
+            workers=workers,
+            device=device,
+            retry_failed=retry_failed,
+            force=force,
+            shard=shard,
             progress=progress,
         )
     statuses = np.concatenate([store.status(m.modality) for m in modalities]) if modalities else []
@@ -319,7 +341,12 @@ def _extract_modality(
     log.info("%s: %d segments to extract with %s", spec.modality, len(rows), spec.backbone)
 
     dataset = _SegmentDataset(
-        segments, rows, videos, recipe, spec.modality, model.input_spec,
+        segments,
+        rows,
+        videos,
+        recipe,
+        spec.modality,
+        model.input_spec,
         AUDIO_RECIPE_OF_BACKBONE.get(spec.backbone),
     )
     per_batch = max(1, batch_size // max(num_clips, 1))
@@ -349,7 +376,9 @@ def _extract_modality(
 
 
 @torch.inference_mode()
-def _forward(model: backbones.Backbone, inputs: list[torch.Tensor], device: str) -> list[np.ndarray]:
+def _forward(
+    model: backbones.Backbone, inputs: list[torch.Tensor], device: str
+) -> list[np.ndarray]:
     """Run all clips of several segments as one batch; split the features back per segment."""
     counts = [x.shape[0] for x in inputs]
     batch = torch.cat(inputs).to(device, non_blocking=True)  # (sum K, ...)
@@ -407,7 +436,6 @@ def _contiguous_runs(rows: list[int]) -> Iterator[list[int]]:
         run.append(row)
     if run:
         yield run
-
 
 
 __all__ = ["ExtractResult", "ModalitySpec", "MediaError", "extract", "shard_rows"]

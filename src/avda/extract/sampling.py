@@ -72,8 +72,25 @@ def _add(recipe: Recipe) -> None:
 
 # MM-SADA test protocol: 5 uniformly spaced 16-frame I3D windows, every 2nd frame of 60 fps
 # video (30 fps), shorter side 256, centre crop 224. Audio: one 10 s window (VGGSound recipe).
-_add(Recipe(name="mmsada", num_clips=5, num_frames=16, frame_rate=30.0, resize_shorter=256,
-            crop_size=224))
+_add(
+    Recipe(
+        name="mmsada",
+        num_clips=5,
+        num_frames=16,
+        frame_rate=30.0,
+        resize_shorter=256,
+        crop_size=224,
+    )
+)
 # The built-in demo: 2 clips of 16 frames at 16 fps, 112 px crops, 2 s of audio per segment.
-_add(Recipe(name="demo", num_clips=2, num_frames=16, frame_rate=16.0, resize_shorter=128,
-            crop_size=112, audio_seconds=2.0))
+_add(
+    Recipe(
+        name="demo",
+        num_clips=2,
+        num_frames=16,
+        frame_rate=16.0,
+        resize_shorter=128,
+        crop_size=112,
+        audio_seconds=2.0,
+    )
+)

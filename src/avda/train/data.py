@@ -61,12 +61,19 @@ class FeatureSet:
             yield order[start : start + batch_size]
 
 
-def infer_tasks(segments: pd.DataFrame, rows: np.ndarray, requested: Sequence[str] | None) -> list[Task]:
+def infer_tasks(
+    segments: pd.DataFrame, rows: np.ndarray, requested: Sequence[str] | None
+) -> list[Task]:
     """Tasks with labels in ``rows``; class counts from the whole cache (so splits agree)."""
-    names = list(requested) if requested else [
-        t for t, c in TASK_COLUMNS.items()
-        if c in segments and segments[c].iloc[rows].replace("", pd.NA).notna().any()
-    ]
+    names = (
+        list(requested)
+        if requested
+        else [
+            t
+            for t, c in TASK_COLUMNS.items()
+            if c in segments and segments[c].iloc[rows].replace("", pd.NA).notna().any()
+        ]
+    )
     if not names:
         raise CacheError(
             "the source training segments have no labels (no verb_class, noun_class or labels "
@@ -78,7 +85,9 @@ def infer_tasks(segments: pd.DataFrame, rows: np.ndarray, requested: Sequence[st
             raise ConfigError(unknown_name_message("task", name, TASK_COLUMNS))
         column = TASK_COLUMNS[name]
         if column not in segments:
-            raise CacheError(f"task {name!r} needs column {column!r}, which the cache does not have")
+            raise CacheError(
+                f"task {name!r} needs column {column!r}, which the cache does not have"
+            )
         if name == "labels":
             ids = [int(v) for s in segments[column].dropna() for v in str(s).split(";") if v != ""]
             tasks.append(Task(name, (max(ids) + 1) if ids else 0, multi_label=True))
@@ -109,9 +118,10 @@ def select_rows(
 ) -> np.ndarray:
     """Rows of ``domains`` x ``splits`` whose features are usable in every modality."""
     segments = cache.segments
-    mask = segments["domain"].isin(list(domains)).to_numpy() & segments["split"].isin(
-        list(splits)
-    ).to_numpy()
+    mask = (
+        segments["domain"].isin(list(domains)).to_numpy()
+        & segments["split"].isin(list(splits)).to_numpy()
+    )
     usable = np.ones(len(segments), dtype=bool)
     for modality in modalities:
         status = cache.status(modality)

@@ -71,7 +71,10 @@ def _make_optimizer(head: Head, config: HeadConfig):
     params = [p for p in head.parameters() if p.requires_grad]
     if config.optimizer == "sgd":
         optimizer = torch.optim.SGD(
-            params, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov,
+            params,
+            lr=config.lr,
+            momentum=config.momentum,
+            nesterov=config.nesterov,
             weight_decay=config.weight_decay,
         )
     else:
@@ -108,12 +111,16 @@ def evaluate_sets(head: Head, sets: dict[str, FeatureSet], device: str):
             if task.multi_label:
                 from avda.evaluate.metrics import mean_average_precision
 
-                metrics[f"{name}/{task.name}/mAP"] = mean_average_precision(scores[task.name], labels)
+                metrics[f"{name}/{task.name}/mAP"] = mean_average_precision(
+                    scores[task.name], labels
+                )
                 continue
             known = labels >= 0
             if not known.any():
                 continue
-            metrics[f"{name}/{task.name}/top1"] = top1_accuracy(scores[task.name][known], labels[known])
+            metrics[f"{name}/{task.name}/top1"] = top1_accuracy(
+                scores[task.name][known], labels[known]
+            )
             metrics[f"{name}/{task.name}/mca"] = mean_class_accuracy(
                 scores[task.name][known], labels[known]
             )
@@ -147,7 +154,9 @@ def train(
     target_rows = data_lib.select_rows(store, target, ["train"], modalities)
     eval_rows = _eval_sets(store, source, target, modalities)
     if len(source_rows) == 0:
-        raise CacheError(f"no extracted training segments for source domain(s) {list(source)} in {store.path}")
+        raise CacheError(
+            f"no extracted training segments for source domain(s) {list(source)} in {store.path}"
+        )
     if not any(k.startswith("target") for k in eval_rows) and len(target_rows) == 0:
         raise CacheError(
             f"cache {store.path} has no segments of target domain(s) {list(target)}: "
@@ -177,7 +186,9 @@ def train(
         if previous != resolved:
             raise RunError(f"{out} holds a finished run with another configuration; use another -o")
         log.info("%s is complete: skipping", out)
-        return TrainResult(out, json.loads((out / runs.STATUS).read_text()).get("metrics", {}), True)
+        return TrainResult(
+            out, json.loads((out / runs.STATUS).read_text()).get("metrics", {}), True
+        )
     if (out / runs.CONFIG).exists() and runs.read_config(out) != resolved:
         raise RunError(
             f"{out} holds an unfinished run with another configuration; use another -o or remove it"
@@ -219,20 +230,30 @@ def train(
     total_steps = config.epochs * steps_per_epoch
     target_batch = config.target_batch_size or config.batch_size
     metrics: dict[str, float] = {}
-    bar = tqdm(range(start_epoch, config.epochs + 1), desc=f"train {head}", unit="epoch",
-               disable=not progress, initial=start_epoch - 1, total=config.epochs)
+    bar = tqdm(
+        range(start_epoch, config.epochs + 1),
+        desc=f"train {head}",
+        unit="epoch",
+        disable=not progress,
+        initial=start_epoch - 1,
+        total=config.epochs,
+    )
     for epoch in bar:
         model.train()
         began = time.perf_counter()
         sums: dict[str, float] = {}
         target_batches = _cycle(target_set, target_batch, generator) if cls.uses_target else None
-        for step, index in enumerate(train_set.batches(config.batch_size, shuffle=True, generator=generator)):
+        for step, index in enumerate(
+            train_set.batches(config.batch_size, shuffle=True, generator=generator)
+        ):
             progress_fraction = ((epoch - 1) * steps_per_epoch + step) / total_steps
             source_inputs, source_labels = train_set.batch(index, device)
             target_inputs = None
             if target_batches is not None:
                 target_inputs, _ = target_set.batch(next(target_batches), device)
-            losses = model.training_step(source_inputs, source_labels, target_inputs, progress_fraction)
+            losses = model.training_step(
+                source_inputs, source_labels, target_inputs, progress_fraction
+            )
             loss = losses["loss"]
             if not torch.isfinite(loss):
                 raise TrainingDiverged(
@@ -264,8 +285,11 @@ def train(
     metrics, scores = evaluate_sets(model, eval_sets, device)
     for name, feature_set in eval_sets.items():
         runs.write_predictions(
-            out, name, feature_set.uids,
-            {t: y.numpy() for t, y in feature_set.labels.items()}, scores[name],
+            out,
+            name,
+            feature_set.uids,
+            {t: y.numpy() for t, y in feature_set.labels.items()},
+            scores[name],
         )
     runs.mark_complete(out, {"metrics": metrics, "epochs": config.epochs})
     return TrainResult(out, metrics)

@@ -21,7 +21,9 @@ def classification_loss(
     return torch.stack(total).mean()
 
 
-def domain_adversarial_loss(source_logits: torch.Tensor, target_logits: torch.Tensor) -> torch.Tensor:
+def domain_adversarial_loss(
+    source_logits: torch.Tensor, target_logits: torch.Tensor
+) -> torch.Tensor:
     """Cross-entropy of a domain classifier: source = 0, target = 1 (DANN, eq. 9 of Ganin et al.).
 
     Logits of any leading shape ``(..., 2)`` are flattened, so frame- and video-level

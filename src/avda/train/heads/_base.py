@@ -59,7 +59,9 @@ class Head(nn.Module):
     Config: type[HeadConfig] = HeadConfig
     uses_target: bool = False
 
-    def __init__(self, config: HeadConfig, *, inputs: dict[str, tuple[int, int]], tasks: list[Task]):
+    def __init__(
+        self, config: HeadConfig, *, inputs: dict[str, tuple[int, int]], tasks: list[Task]
+    ):
         super().__init__()
         self.config = config
         self.input_shapes = dict(inputs)
@@ -91,18 +93,24 @@ class FusionClassifier(nn.Module):
         hidden = config.hidden_dim
         if self.fusion == "late":
             self.encoders = nn.ModuleDict(
-                {m: mlp([inputs[m][1], hidden], dropout=config.dropout, final_activation=True)
-                 for m in self.modalities}
+                {
+                    m: mlp([inputs[m][1], hidden], dropout=config.dropout, final_activation=True)
+                    for m in self.modalities
+                }
             )
             self.classifiers = nn.ModuleDict(
-                {m: nn.ModuleDict({t.name: nn.Linear(hidden, t.num_classes) for t in tasks})
-                 for m in self.modalities}
+                {
+                    m: nn.ModuleDict({t.name: nn.Linear(hidden, t.num_classes) for t in tasks})
+                    for m in self.modalities
+                }
             )
             self.embedding_dim = hidden * len(self.modalities)
         else:
             total = sum(inputs[m][1] for m in self.modalities)
             self.encoder = mlp([total, hidden], dropout=config.dropout, final_activation=True)
-            self.classifier = nn.ModuleDict({t.name: nn.Linear(hidden, t.num_classes) for t in tasks})
+            self.classifier = nn.ModuleDict(
+                {t.name: nn.Linear(hidden, t.num_classes) for t in tasks}
+            )
             self.embedding_dim = hidden
 
     def encode(self, inputs: Batch) -> dict[str, torch.Tensor]:
@@ -124,4 +132,6 @@ class FusionClassifier(nn.Module):
     def forward(self, inputs: Batch) -> HeadOutput:
         hidden = self.encode(inputs)
         features = torch.cat([hidden[k] for k in sorted(hidden)], dim=1)
-        return HeadOutput(logits=self.classify(hidden), features=features, extras={"hidden": hidden})
+        return HeadOutput(
+            logits=self.classify(hidden), features=features, extras={"hidden": hidden}
+        )

@@ -30,6 +30,8 @@ class SourceOnly(Head):
     def forward(self, inputs: Batch) -> HeadOutput:
         return self.net(inputs)
 
-    def training_step(self, source: Batch, source_labels: Batch, target: Batch | None, progress: float):
+    def training_step(
+        self, source: Batch, source_labels: Batch, target: Batch | None, progress: float
+    ):
         loss = self.classification(self(source), source_labels)
         return {"loss": loss, "classification": loss}
