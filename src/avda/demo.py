@@ -41,6 +41,8 @@ def run_demo(
     weights: str | Path | None = None,
     audio_weights: str | Path | None = None,
     workers: int = 2,
+    videos_per_domain: int = 16,
+    test_videos_per_domain: int = 6,
     progress: bool = True,
 ) -> DemoResult:
     began = time.perf_counter()
@@ -50,7 +52,13 @@ def run_demo(
     if manifest_path.exists() and (out / "videos").exists():
         log.info("reusing the generated dataset in %s", out)
     else:
-        demo_data.generate(out, seed=seed, progress=progress)
+        demo_data.generate(
+            out,
+            seed=seed,
+            videos_per_domain=videos_per_domain,
+            test_videos_per_domain=test_videos_per_domain,
+            progress=progress,
+        )
     manifest = manifest_schema.read(manifest_path, videos=out)
 
     recipe = sampling.get("demo")
