@@ -47,6 +47,26 @@ VideosDir = Annotated[
 OutPath = Annotated[Path, typer.Option("--out", "-o", help="Output path.")]
 Seed = Annotated[int, typer.Option("--seed", help="Random seed.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
+OptionalVideosDir = Annotated[
+    Path | None, typer.Option("--videos", help="Folder the manifest's videos are under.")
+]
+FramesDir = Annotated[
+    Path | None,
+    typer.Option(
+        "--frames",
+        help="RGB JPEG folders, one per video (EPIC frame_%010d.jpg or TSN img_%05d.jpg).",
+    ),
+]
+FlowDir = Annotated[
+    Path | None,
+    typer.Option(
+        "--flow", help="u/v flow JPEG folders, one per video (EPIC flow_frames, `avda flow`)."
+    ),
+]
+AudioDir = Annotated[
+    Path | None,
+    typer.Option("--audio", help="Audio files <video_id>.wav (default: the videos' tracks)."),
+]
 
 
 def _version(value: bool) -> None:
@@ -89,7 +109,7 @@ def _parse_shard(value: str | None) -> tuple[int, int] | None:
 def demo(
     out: Annotated[Path, typer.Option("--out", "-o", help="Working folder.")] = Path("avda-demo"),
     seed: Seed = 0,
-    epochs: Annotated[int, typer.Option(help="Training epochs per head.")] = 30,
+    epochs: Annotated[int, typer.Option(help="Training epochs per head.")] = 60,
     weights: Annotated[
         Path | None, typer.Option(help="I3D RGB checkpoint (piergiaj rgb_imagenet.pt).")
     ] = None,
@@ -190,8 +210,15 @@ def manifest_stats(file: Annotated[Path, typer.Argument(help="Manifest CSV or Pa
 @app.command()
 def extract(
     manifest: ManifestPath,
-    videos: VideosDir,
     out: OutPath,
+    videos: OptionalVideosDir = None,
+    frames: FramesDir = None,
+    flow: FlowDir = None,
+    audio: AudioDir = None,
+    flow_stride: Annotated[
+        int | None,
+        typer.Option(help="Flow frames every N RGB frames (default: flow.json or EPIC rule)."),
+    ] = None,
     backbone: Annotated[str, typer.Option(help="Visual backbone: i3d, tbn, slowfast.")] = "i3d",
     modalities: Annotated[str, typer.Option(help="Comma list of rgb, flow, audio.")] = "rgb",
     weights: Annotated[Path | None, typer.Option(help="Visual backbone checkpoint.")] = None,
@@ -205,18 +232,35 @@ def extract(
     device: Annotated[
         str | None, typer.Option(help="cpu, cuda, cuda:1 (default: cuda if present).")
     ] = None,
+    precision: Annotated[
+        str, typer.Option(help="auto (bf16 on CUDA, fp32 on CPU), float32 or bfloat16.")
+    ] = "auto",
     chunk_rows: Annotated[int, typer.Option(help="Segments per Zarr chunk.")] = 256,
     shard: Annotated[
         str | None, typer.Option(help="Process only shard i/n (chunk-aligned).")
     ] = None,
+    scheduler: Annotated[
+        str | None,
+        typer.Option(help="Run shards on Dask: local, local:N or tcp://host:8786."),
+    ] = None,
+    shards: Annotated[
+        int | None, typer.Option(help="With --scheduler: number of shard tasks.")
+    ] = None,
+    prepare_only: Annotated[
+        bool, typer.Option(help="Create the store and its arrays only (before --shard runs).")
+    ] = False,
     retry_failed: Annotated[bool, typer.Option(help="Retry segments that failed before.")] = False,
     force: Annotated[bool, typer.Option(help="Replace a store built differently.")] = False,
     quiet: Quiet = False,
 ) -> None:
-    """Decode videos, run backbones and write features into a Zarr cache (resumable)."""
+    """Decode videos / frame folders, run backbones and write features into a Zarr cache."""
     from avda.data_manifests import schema
-    from avda.extract import runner, sampling
+    from avda.extract import distributed, runner, sampling
 
+    if precision not in ("auto", "float32", "bfloat16"):
+        raise ConfigError(f"--precision {precision!r}: expected auto, float32 or bfloat16")
+    if scheduler is not None and (shard is not None or prepare_only):
+        raise ConfigError("--scheduler runs every shard itself: drop --shard / --prepare-only")
     frame = schema.read(manifest)
     specs = []
     for modality in _split_list(modalities):
@@ -224,21 +268,32 @@ def extract(
             specs.append(runner.ModalitySpec("audio", audio_backbone, audio_weights))
         else:
             specs.append(runner.ModalitySpec(modality, backbone, weights))
-    result = runner.extract(
-        frame,
+    options = dict(
         videos=videos,
+        frames=frames,
+        flow=flow,
+        audio=audio,
+        flow_stride=flow_stride,
         out=out,
         recipe=sampling.get(recipe),
         modalities=specs,
         batch_size=batch_size,
         workers=workers,
         device=device,
+        precision=precision,
         chunk_rows=chunk_rows,
         retry_failed=retry_failed,
         force=force,
-        shard=_parse_shard(shard),
         progress=not quiet,
     )
+    if scheduler is not None:
+        result = distributed.extract_distributed(
+            frame, scheduler=scheduler, num_shards=shards, **options
+        )
+    else:
+        result = runner.extract(
+            frame, shard=_parse_shard(shard), prepare_only=prepare_only, **options
+        )
     typer.echo(
         f"{out}: {result.done} done, {result.missing} missing input, {result.failed} failed "
         f"in {result.seconds:.1f} s"
@@ -253,13 +308,248 @@ def extract(
         raise typer.Exit(EXIT_FAILED_ITEMS)
 
 
+# ------------------------------------------------------------------------------ flow
+@app.command("flow")
+def flow_command(
+    manifest: ManifestPath,
+    out: OutPath,
+    videos: OptionalVideosDir = None,
+    frames: FramesDir = None,
+    method: Annotated[
+        str, typer.Option(help="tvl1 (OpenCV, CPU) or raft (torchvision, GPU when present).")
+    ] = "tvl1",
+    weights: Annotated[
+        Path | None, typer.Option(help="raft: torchvision raft_large / raft_small state dict.")
+    ] = None,
+    stride: Annotated[int, typer.Option(help="One flow frame every N frames (EPIC-55: 2).")] = 1,
+    dilation: Annotated[int, typer.Option(help="Flow from frame t to t + dilation.")] = 1,
+    bound: Annotated[
+        float, typer.Option(help="Clip to +-bound px before JPEG quantisation (EPIC-100: 8).")
+    ] = 20.0,
+    size: Annotated[
+        int, typer.Option(help="Shorter side of the frames flow is computed on.")
+    ] = 256,
+    batch_size: Annotated[int, typer.Option(help="Frame pairs per step (RAFT batch).")] = 8,
+    device: Annotated[
+        str | None, typer.Option(help="raft: cpu, cuda, cuda:1 (default: cuda if present).")
+    ] = None,
+    segments_only: Annotated[
+        bool, typer.Option(help="Only frames within --margin s of a segment.")
+    ] = False,
+    margin: Annotated[float, typer.Option(help="Seconds around segments.")] = 1.0,
+    force: Annotated[
+        bool, typer.Option(help="Recompute folders made with other settings.")
+    ] = False,
+    quiet: Quiet = False,
+) -> None:
+    """Optical flow as EPIC-style u/v JPEGs (resumable), the input of `avda extract --flow`."""
+    import pandas as pd
+
+    from avda.data_manifests import schema
+    from avda.extract import flow
+
+    options = flow.FlowOptions(
+        method=method,
+        stride=stride,
+        dilation=dilation,
+        bound=bound,
+        shorter_side=size,
+        weights=weights,
+    )
+    result = flow.compute_flow(
+        schema.read(manifest),
+        out=out,
+        videos=videos,
+        frames=frames,
+        options=options,
+        device=device,
+        batch_size=batch_size,
+        segments_only=segments_only,
+        margin=margin,
+        force=force,
+        progress=not quiet,
+    )
+    typer.echo(
+        f"{out}: {result.videos} videos, {result.computed} flow frames computed, "
+        f"{result.skipped} already there, {len(result.failures)} videos failed "
+        f"in {result.seconds:.1f} s"
+    )
+    if not result.ok:
+        failures = out / "flow.failures.csv"
+        pd.DataFrame(result.failures, columns=["video_id", "error"]).to_csv(failures, index=False)
+        typer.echo(f"failed videos are listed in {failures}", err=True)
+        raise typer.Exit(EXIT_FAILED_ITEMS)
+
+
+@app.command("finetune")
+def finetune_command(
+    backbone: Annotated[str, typer.Option(help="Backbone: i3d, tbn, slowfast, audio_resnet18.")],
+    modality: Annotated[str, typer.Option(help="rgb, flow or audio.")],
+    manifest: ManifestPath,
+    source: Annotated[str, typer.Option(help="Source domain(s), comma separated.")],
+    out: OutPath,
+    videos: OptionalVideosDir = None,
+    frames: FramesDir = None,
+    flow: FlowDir = None,
+    audio: AudioDir = None,
+    weights: Annotated[Path | None, typer.Option(help="Initial checkpoint (published).")] = None,
+    recipe: Annotated[
+        str, typer.Option(help="Sampling recipe for training clips.")
+    ] = "mmsada-train",
+    epochs: Annotated[int, typer.Option(help="Epochs.")] = 10,
+    batch_size: Annotated[int, typer.Option(help="Clips per forward pass.")] = 8,
+    accumulate: Annotated[int, typer.Option(help="Forward passes per optimiser step.")] = 1,
+    lr: Annotated[float, typer.Option(help="SGD learning rate.")] = 0.01,
+    workers: Annotated[int, typer.Option(help="Decoding worker processes.")] = 2,
+    device: Annotated[str | None, typer.Option(help="cpu or cuda.")] = None,
+    seed: Seed = 0,
+    quiet: Quiet = False,
+) -> None:
+    """Fine-tune a backbone + linear classifier on labelled source clips (resumable)."""
+    from avda.data_manifests import schema
+    from avda.extract import finetune, sampling
+    from avda.extract.inputs import InputPaths
+
+    config = finetune.FinetuneConfig(
+        epochs=epochs,
+        batch_size=batch_size,
+        accumulate=accumulate,
+        lr=lr,
+        workers=workers,
+        seed=seed,
+    )
+    result = finetune.finetune(
+        schema.read(manifest),
+        inputs=InputPaths(videos=videos, frames=frames, flow=flow, audio=audio),
+        backbone=backbone,
+        modality=modality,
+        source=_split_list(source),
+        recipe=sampling.get(recipe),
+        out=out,
+        weights=weights,
+        config=config,
+        device=device,
+        progress=not quiet,
+    )
+    last = result.history[-1] if result.history else {}
+    typer.echo(
+        f"{out}: {result.epochs} epochs, last loss {last.get('loss', float('nan')):.4f}, "
+        f"train accuracy {100 * last.get('accuracy', 0):.1f}%; use it with "
+        f"`avda extract --weights {out}`"
+    )
+
+
 # ------------------------------------------------------------------------------ cache
+@cache_app.command("import")
+def cache_import(
+    source: Annotated[
+        Path, typer.Argument(help="Feature file (.pkl, .h5) or a folder of <video_id>.npy.")
+    ],
+    out: OutPath,
+    annotations: Annotated[
+        Path | None,
+        typer.Option(
+            "--annotations", "-a", help="EPIC annotation file (CSV/pkl) or avda manifest."
+        ),
+    ] = None,
+    domain: Annotated[str | None, typer.Option(help="Domain of the imported rows.")] = None,
+    split: Annotated[str | None, typer.Option(help="Split: train, val or test.")] = None,
+    format_: Annotated[str, typer.Option("--format", help="auto, epic-pkl, h5 or npy.")] = "auto",
+    backbone: Annotated[
+        str | None, typer.Option(help="Backbone that made the features (epic-pkl: tbn).")
+    ] = None,
+    modality: Annotated[str, typer.Option(help="npy: the modality of the files.")] = "rgb",
+    feature_rate: Annotated[
+        float | None, typer.Option(help="npy: feature rows per second of video.")
+    ] = None,
+    num_clips: Annotated[int, typer.Option(help="npy: clips K per segment.")] = 25,
+    chunk_rows: Annotated[int, typer.Option(help="Segments per Zarr chunk (new store).")] = 256,
+) -> None:
+    """Append released / external features to a cache (EPIC-100 UDA pickles, HDF5, .npy)."""
+    from avda.cache import interop
+
+    result = interop.import_features(
+        source,
+        out=out,
+        annotations=annotations,
+        format=format_,
+        domain=domain,
+        split=split,
+        backbone=backbone,
+        modality=modality,
+        feature_rate=feature_rate,
+        num_clips=num_clips,
+        chunk_rows=chunk_rows,
+    )
+    if result.already_imported:
+        typer.echo(f"{out}: {source} was already imported (same sha256); nothing to do")
+    else:
+        typer.echo(f"{out}: appended {result.rows} segments ({', '.join(result.modalities)})")
+
+
+@cache_app.command("export")
+def cache_export(
+    store: Annotated[Path, typer.Argument(help="Feature cache (.zarr).")],
+    out: OutPath,
+    format_: Annotated[str, typer.Option("--format", help="h5 or epic-pkl.")] = "h5",
+    modalities: Annotated[str | None, typer.Option(help="h5: comma list (default: all).")] = None,
+    domain: Annotated[str | None, typer.Option(help="epic-pkl: rows of this domain.")] = None,
+    split: Annotated[str | None, typer.Option(help="epic-pkl: rows of this split.")] = None,
+) -> None:
+    """Write a cache as HDF5 (streamed chunk by chunk) or as a TA3N feature pickle."""
+    from avda.cache import interop
+
+    if format_ == "h5":
+        path = interop.export_h5(
+            store, out, modalities=_split_list(modalities) if modalities else None
+        )
+    elif format_ == "epic-pkl":
+        path = interop.export_epic_pickle(store, out, domain=domain, split=split)
+    else:
+        raise ConfigError(f"--format {format_!r}: expected h5 or epic-pkl")
+    typer.echo(f"wrote {path}")
+
+
 @cache_app.command("info")
 def cache_info(store: Annotated[Path, typer.Argument(help="Feature cache (.zarr).")]) -> None:
     """Summarise a feature cache: provenance, segments, modalities, extraction status."""
     from avda.cache import open_cache
 
     typer.echo(open_cache(store).summary())
+
+
+# ------------------------------------------------------------------------------ cluster
+@app.command()
+def cluster(
+    store: Annotated[Path, typer.Argument(help="Feature cache (.zarr).")],
+    modality: Annotated[str, typer.Option(help="Features to cluster.")] = "audio",
+    plot: Annotated[
+        Path | None, typer.Option(help="Save each class's elbow curve (PNG) in this folder.")
+    ] = None,
+    max_k: Annotated[int, typer.Option("--max-k", help="Largest k tried per class.")] = 20,
+    source: Annotated[
+        str | None,
+        typer.Option(
+            help="Source domain(s) clustered together, comma separated "
+            "(default: each domain on its own)."
+        ),
+    ] = None,
+    seed: Seed = 0,
+    quiet: Quiet = False,
+) -> None:
+    """K-means per class for k = 1..max-k, k by the Elbow; cluster ids written into STORE."""
+    from avda.train.clustering import cluster_store
+
+    result = cluster_store(
+        store,
+        modality=modality,
+        source=_split_list(source) if source else None,
+        max_clusters=max_k,
+        random_state=seed,
+        plot_dir=plot,
+        progress=not quiet,
+    )
+    typer.echo(result.summary())
 
 
 # ------------------------------------------------------------------------------ train
@@ -311,19 +601,116 @@ def train_command(
 # ------------------------------------------------------------------------------ evaluate
 @app.command()
 def evaluate(
-    runs: Annotated[list[Path], typer.Argument(help="Run directories.")],
+    runs: Annotated[
+        list[Path], typer.Argument(help="Run directories, or folders holding runs (a sweep's out).")
+    ],
     out: Annotated[
-        Path | None, typer.Option("--out", "-o", help="Write OUT.md and OUT.csv.")
+        Path | None,
+        typer.Option(
+            "--out", "-o", help="Write OUT.md and OUT.csv (and OUT.tex for paper layouts)."
+        ),
+    ] = None,
+    layout: Annotated[
+        str,
+        typer.Option(
+            help="runs: one row per run; auto, settings, epic100: the papers' tables "
+            "(methods x settings, mean ± std over seeds)."
+        ),
+    ] = "runs",
+    compare: Annotated[
+        str | None, typer.Option("--compare", help="Show each method's gain over this method.")
+    ] = None,
+    format_: Annotated[
+        str, typer.Option("--format", help="Printed format: markdown, latex, csv, html.")
+    ] = "markdown",
+    eval_set: Annotated[
+        str, typer.Option("--set", help="Evaluation set: auto (target_test, else target_val).")
+    ] = "auto",
+    task: Annotated[
+        str | None, typer.Option(help="settings layout: the task (default: first).")
+    ] = None,
+    metric: Annotated[
+        str | None,
+        typer.Option(help="settings layout: top1, top5, mca or mAP (default: top1/mAP)."),
     ] = None,
 ) -> None:
-    """Metrics of finished runs as a table (top-1 and mean class accuracy per split)."""
+    """Metrics of finished runs: one row per run, or the papers' tables over many runs."""
     from avda.evaluate import tables
 
-    table = tables.results_table(runs)
-    typer.echo(tables.to_markdown(table))
-    if out is not None:
-        for path in tables.write_tables(table, out):
-            typer.echo(f"wrote {path}", err=True)
+    text, written = tables.evaluate_runs(
+        runs,
+        layout=layout,
+        eval_set=eval_set,
+        task=task,
+        metric=metric,
+        baseline=compare,
+        fmt=format_,
+        out=out,
+    )
+    typer.echo(text)
+    for path in written:
+        typer.echo(f"wrote {path}", err=True)
+
+
+# ------------------------------------------------------------------------------ sweep
+@app.command("sweep")
+def sweep_command(
+    spec: Annotated[Path, typer.Argument(help="Sweep spec (YAML, see docs/sweep.md).")],
+    scheduler: Annotated[
+        str | None, typer.Option(help="A running Dask scheduler, e.g. tcp://host:8786.")
+    ] = None,
+    cluster: Annotated[
+        str | None, typer.Option(help="local, slurm or pbs (default: the spec's cluster.kind).")
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", "-o", help="Folder of the runs (default: the spec's out)."),
+    ] = None,
+    quiet: Quiet = False,
+) -> None:
+    """Train every (head, setting, seed) of a spec as Dask tasks; finished runs are skipped."""
+    from avda.evaluate import sweep
+
+    summary = sweep.run_sweep(
+        spec, out=out, scheduler=scheduler, cluster=cluster, progress=not quiet
+    )
+    typer.echo(summary.text())
+    if not summary.ok:
+        raise typer.Exit(EXIT_FAILED_ITEMS)
+
+
+# ------------------------------------------------------------------------------ report
+@app.command()
+def report(
+    runs: Annotated[
+        list[Path], typer.Argument(help="Run directories, or folders holding runs (a sweep's out).")
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="HTML file to write.")] = Path(
+        "report.html"
+    ),
+    title: Annotated[str, typer.Option(help="Page title.")] = "avda report",
+    layout: Annotated[str, typer.Option(help="Results table: auto, settings, epic100.")] = "auto",
+    compare: Annotated[
+        str | None, typer.Option("--compare", help="Show each method's gain over this method.")
+    ] = None,
+    max_points: Annotated[
+        int, typer.Option(help="Segments per embedding plot (t-SNE up to 800).")
+    ] = 500,
+    quiet: Quiet = False,
+) -> None:
+    """One self-contained HTML page: tables, curves, per-class accuracy, confusion, embeddings."""
+    from avda.evaluate.report import build_report
+
+    path = build_report(
+        runs,
+        out,
+        title=title,
+        layout=layout,
+        baseline=compare,
+        max_points=max_points,
+        progress=not quiet,
+    )
+    typer.echo(f"wrote {path}")
 
 
 # ------------------------------------------------------------------------------ entry point

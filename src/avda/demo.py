@@ -37,7 +37,7 @@ def run_demo(
     out: str | Path = "avda-demo",
     *,
     seed: int = 0,
-    epochs: int = 30,
+    epochs: int = 60,
     weights: str | Path | None = None,
     audio_weights: str | Path | None = None,
     workers: int = 2,
@@ -91,7 +91,7 @@ def run_demo(
             target=["target"],
             out=run,
             seed=seed,
-            overrides={"epochs": epochs, "standardize": True},
+            overrides={"epochs": epochs, "batch_size": 16, "standardize": True},
             progress=progress,
         )
         run_dirs.append(run)

@@ -116,6 +116,10 @@ def test_sigkill_then_rerun_equals_an_uninterrupted_run(reference_store, demo_da
         "0",
         "--chunk-rows",
         "2",
+        # One segment per forward pass: statuses advance chunk by chunk, so the kill lands
+        # mid-run even on a fast machine (and batches differ from the reference run's).
+        "--batch-size",
+        "2",
         "--quiet",
     ]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -140,4 +144,8 @@ def test_sigkill_then_rerun_equals_an_uninterrupted_run(reference_store, demo_da
     resumed, reference = open_cache(out), open_cache(reference_store)
     for modality in ("rgb", "audio"):
         assert np.all(resumed.status(modality) == Status.DONE)
-        np.testing.assert_array_equal(resumed.load(modality), reference.load(modality))
+        # Equal up to float16 rounding: a resumed run batches other segments together, and
+        # CPU convolution kernels may round differently for another batch composition.
+        np.testing.assert_allclose(
+            resumed.load(modality), reference.load(modality), rtol=2e-3, atol=2e-3
+        )

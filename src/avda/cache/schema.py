@@ -11,6 +11,10 @@ A test parses ``docs/cache_schema.md`` and checks that it agrees with the names 
       status/<modality>              (N,) int8: 0 pending, 1 done, 2 failed, 3 missing
       errors/<modality>              (N,) string: failure message, "" when none
       clusters/<modality>            (N,) int32 audio-cluster ids, -1 where none (avda cluster)
+      spatial/<modality>             (N, K, C, H, W) float16 maps before pooling (optional)
+
+Optional parts (``clusters/``, ``spatial/``, the optional provenance keys) were added without a
+version bump: a version-1 reader that does not know them ignores them.
 """
 
 from __future__ import annotations
@@ -20,15 +24,23 @@ import enum
 SCHEMA_VERSION = 1
 SUPPORTED_SCHEMA_VERSIONS = (1,)
 ROOT_ATTRIBUTE = "avda_cache"
+# Attribute of clusters/<modality>: how the clusters were made (written by avda cluster).
+CLUSTERS_ATTRIBUTE = "avda_clusters"
 
 SEGMENTS_GROUP = "segments"
 FEATURES_GROUP = "features"
 STATUS_GROUP = "status"
 ERRORS_GROUP = "errors"
 CLUSTERS_GROUP = "clusters"
-GROUPS = (SEGMENTS_GROUP, FEATURES_GROUP, STATUS_GROUP, ERRORS_GROUP, CLUSTERS_GROUP)
+SPATIAL_GROUP = "spatial"
+GROUPS = (SEGMENTS_GROUP, FEATURES_GROUP, STATUS_GROUP, ERRORS_GROUP, CLUSTERS_GROUP, SPATIAL_GROUP)
+# Groups every store has from its creation; clusters/ and spatial/ appear when written.
+REQUIRED_GROUPS = (SEGMENTS_GROUP, FEATURES_GROUP, STATUS_GROUP, ERRORS_GROUP)
 
 FEATURE_DTYPE = "float16"
+SPATIAL_DTYPE = "float16"
+STATUS_DTYPE = "int8"
+CLUSTER_DTYPE = "int32"
 DEFAULT_CHUNK_ROWS = 256
 MISSING_CLASS = -1
 
@@ -61,6 +73,10 @@ PROVENANCE_KEYS = (
     "recipe",
     "modalities",
 )
+# Keys written only by some writers: the feature files a store was imported from.
+OPTIONAL_PROVENANCE_KEYS = ("imports",)
+# Keys of each entry of provenance["imports"] (avda cache import).
+IMPORT_KEYS = ("file", "sha256", "format", "rows", "domain", "split", "imported")
 # Keys of each entry of provenance["modalities"].
 MODALITY_KEYS = (
     "backbone",
@@ -70,6 +86,9 @@ MODALITY_KEYS = (
     "num_features",
     "input_spec",
 )
+# Keys some writers add to a modality entry: the seed of a random-init backbone, what the
+# modality was read from, the shape (C, H, W) of its spatial maps.
+OPTIONAL_MODALITY_KEYS = ("random_init_seed", "input", "spatial_shape")
 
 
 class Status(enum.IntEnum):

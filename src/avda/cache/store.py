@@ -24,6 +24,10 @@ from avda.errors import CacheError
 
 log = logging.getLogger(__name__)
 
+# spatial/<modality>: (N, K, C, *S) maps before pooling, for heads that need them (CIA, the
+# faithful Audio-Adaptive encoder); written by `avda extract` with a recipe that has spatial=True.
+SPATIAL_GROUP = schema.SPATIAL_GROUP
+
 
 class FeatureCache:
     """An opened feature store. Use :func:`create` or :func:`open_cache` to get one."""
@@ -85,11 +89,36 @@ class FeatureCache:
 
     # ----------------------------------------------------------------- modalities
     def add_modality(
-        self, modality: str, *, num_clips: int, num_features: int, info: dict[str, Any]
+        self,
+        modality: str,
+        *,
+        num_clips: int,
+        num_features: int,
+        info: dict[str, Any],
+        spatial_shape: Sequence[int] | None = None,
     ) -> None:
-        """Create the arrays of a new modality (all rows pending)."""
+        """Create the arrays of a new modality (all rows pending).
+
+        ``spatial_shape`` (C, H, W): also create ``spatial/<modality>`` ``(N, K, C, H, W)``,
+        chunked by a divisor of ``chunk_rows`` that keeps a chunk under 64 MiB.
+        """
         N = self.num_segments
-        chunk = min(self.chunk_rows, max(N, 1))
+        chunk = self.chunk_rows  # min(chunk_rows, N) at creation, unless the store grows
+        if spatial_shape is not None:
+            spatial_shape = tuple(int(s) for s in spatial_shape)
+            clip_bytes = num_clips * int(np.prod(spatial_shape)) * 2
+            rows = _divisor_rows(chunk, clip_bytes)
+            self._group.require_group(schema.SPATIAL_GROUP).create_array(
+                modality,
+                shape=(N, num_clips, *spatial_shape),
+                chunks=(rows, num_clips, *spatial_shape),
+                dtype=schema.SPATIAL_DTYPE,
+                fill_value=0,
+                overwrite=True,
+            )
+            info = {**info, "spatial_shape": list(spatial_shape)}
+        elif self.has_spatial(modality):
+            del self._group[schema.SPATIAL_GROUP][modality]  # recomputed without maps
         self._group.require_group(schema.FEATURES_GROUP).create_array(
             modality,
             shape=(N, num_clips, num_features),
@@ -99,7 +128,12 @@ class FeatureCache:
             overwrite=True,
         )
         self._group.require_group(schema.STATUS_GROUP).create_array(
-            modality, shape=(N,), chunks=(chunk,), dtype="int8", fill_value=0, overwrite=True
+            modality,
+            shape=(N,),
+            chunks=(chunk,),
+            dtype=schema.STATUS_DTYPE,
+            fill_value=0,
+            overwrite=True,
         )
         errors = self._group.require_group(schema.ERRORS_GROUP).create_array(
             modality, shape=(N,), chunks=(chunk,), dtype=str, overwrite=True
@@ -113,6 +147,16 @@ class FeatureCache:
     def status(self, modality: str) -> np.ndarray:
         self.modality_info(modality)
         return self._group[schema.STATUS_GROUP][modality][:]
+
+    def status_array(self, modality: str) -> zarr.Array:
+        """The lazily read ``status/<modality>`` array (N,) int8."""
+        self.modality_info(modality)
+        return self._group[schema.STATUS_GROUP][modality]
+
+    def errors_array(self, modality: str) -> zarr.Array:
+        """The lazily read ``errors/<modality>`` array (N,) of strings."""
+        self.modality_info(modality)
+        return self._group[schema.ERRORS_GROUP][modality]
 
     def errors(self, modality: str) -> np.ndarray:
         return np.array(self._group[schema.ERRORS_GROUP][modality][:].tolist(), dtype=object)
@@ -158,19 +202,121 @@ class FeatureCache:
             schema.FEATURE_DTYPE
         )
         self._group[schema.ERRORS_GROUP][modality][start:stop] = np.asarray(errors, dtype=object)
-        self._group[schema.STATUS_GROUP][modality][start:stop] = np.asarray(statuses, dtype="int8")
+        self._group[schema.STATUS_GROUP][modality][start:stop] = np.asarray(
+            statuses, dtype=schema.STATUS_DTYPE
+        )
+
+    def write_spatial(self, modality: str, rows: np.ndarray, maps: np.ndarray) -> None:
+        """Write spatial maps ``(n, K, C, H, W)`` of a contiguous block of rows (before the
+        rows' status, like features)."""
+        rows = np.asarray(rows)
+        if len(rows) == 0:
+            return
+        start, stop = int(rows[0]), int(rows[-1]) + 1
+        if stop - start != len(rows):
+            raise CacheError(f"internal: rows to write must be contiguous, got {rows[:5]}...")
+        self.spatial(modality)[start:stop] = maps.astype(schema.SPATIAL_DTYPE)
+
+    def spatial_chunk_rows(self, modality: str) -> int:
+        """Rows per chunk of ``spatial/<modality>`` (a divisor of ``chunk_rows``)."""
+        return int(self.spatial(modality).chunks[0])
+
+    # ----------------------------------------------------------------- appending
+    def arrays(self) -> dict[str, zarr.Array]:
+        """Every per-segment array of the store by ``group/name`` (all have N rows)."""
+        found: dict[str, zarr.Array] = {}
+        for group_name in schema.GROUPS:
+            if group_name not in self._group:
+                continue
+            group = self._group[group_name]
+            for name, array in group.arrays():
+                found[f"{group_name}/{name}"] = array
+        return found
+
+    def repair_length(self) -> None:
+        """Cut arrays longer than ``num_segments`` back (an append killed before its commit)."""
+        N = self.num_segments
+        for name, array in self.arrays().items():
+            if array.shape[0] != N:
+                log.warning(
+                    "%s: %s has %d rows, the store %d: truncating",
+                    self.path,
+                    name,
+                    array.shape[0],
+                    N,
+                )
+                array.resize((N, *array.shape[1:]))
+
+    def append_segments(self, segments: pd.DataFrame) -> np.ndarray:
+        """Append segments (all modalities pending); returns their row numbers.
+
+        Every array is resized along N, its chunk shape unchanged: the last, partly filled chunk
+        fills up and new chunks follow. ``num_segments`` in the provenance is updated last, so
+        it is the commit point: :meth:`repair_length` undoes an append that did not reach it.
+        """
+        self.repair_length()
+        old = self.num_segments
+        new = old + len(segments)
+        uids = set(self.segments["uid"].astype(str))
+        clash = [u for u in segments["uid"].astype(str) if u in uids]
+        if clash:
+            raise CacheError(
+                f"cache {self.path} already has segments {clash[:5]} "
+                f"({len(clash)} in all); appended uids must be new"
+            )
+        seg_group = self._group[schema.SEGMENTS_GROUP]
+        for name, kind in schema.SEGMENT_COLUMNS.items():
+            present = name in seg_group
+            if not present and name not in segments.columns:
+                continue
+            if not present:  # a column the store did not have: earlier rows get the fill value
+                dtype = {"str": str, "int": "int64", "float": "float64"}[kind]
+                array = seg_group.create_array(
+                    name, shape=(old,), chunks=(self.chunk_rows,), dtype=dtype
+                )
+                array[:] = _segment_values(pd.DataFrame({name: [None] * old}), name, kind)
+            array = seg_group[name]
+            array.resize((new,))
+            source = (
+                segments
+                if name in segments.columns
+                else pd.DataFrame({name: [None] * len(segments)})
+            )
+            array[old:new] = _segment_values(source, name, kind)
+        for name, array in self.arrays().items():
+            group_name = name.split("/", 1)[0]
+            if group_name == schema.SEGMENTS_GROUP:
+                continue
+            array.resize((new, *array.shape[1:]))
+            if group_name == schema.ERRORS_GROUP:
+                array[old:new] = np.full(new - old, "", dtype=object)
+            elif group_name == schema.CLUSTERS_GROUP:
+                array[old:new] = -1
+            else:
+                array[old:new] = 0
+        provenance = self.provenance
+        provenance["num_segments"] = new
+        self._set_provenance(provenance)
+        self._segments = None
+        return np.arange(old, new)
+
+    def set_provenance_key(self, key: str, value: Any) -> None:
+        """Set one top-level provenance entry (e.g. ``imports``)."""
+        provenance = self.provenance
+        provenance[key] = value
+        self._set_provenance(provenance)
 
     def write_clusters(self, modality: str, clusters: np.ndarray, info: dict[str, Any]) -> None:
         array = self._group.require_group(schema.CLUSTERS_GROUP).create_array(
             modality,
             shape=(self.num_segments,),
             chunks=(min(self.chunk_rows, max(self.num_segments, 1)),),
-            dtype="int32",
+            dtype=schema.CLUSTER_DTYPE,
             fill_value=-1,
             overwrite=True,
         )
-        array[:] = clusters.astype("int32")
-        array.attrs["avda_clusters"] = info
+        array[:] = clusters.astype(schema.CLUSTER_DTYPE)
+        array.attrs[schema.CLUSTERS_ATTRIBUTE] = info
 
     # ----------------------------------------------------------------- reading
     def features(self, modality: str) -> zarr.Array:
@@ -196,6 +342,45 @@ class FeatureCache:
 
         return da.from_zarr(self.features(modality))
 
+    # ----------------------------------------------------------------- derived arrays (read)
+    def read_clusters(self, modality: str) -> tuple[np.ndarray, dict[str, Any]] | None:
+        """Cluster ids ``(N,)`` (-1 where none) and their provenance, or None if never clustered.
+
+        Written by ``avda cluster`` (:func:`avda.train.clustering.cluster_store`).
+        """
+        if schema.CLUSTERS_GROUP not in self._group:
+            return None
+        group = self._group[schema.CLUSTERS_GROUP]
+        if modality not in group:
+            return None
+        array = group[modality]
+        return array[:].astype(np.int64), dict(array.attrs.get(schema.CLUSTERS_ATTRIBUTE, {}))
+
+    def has_spatial(self, modality: str) -> bool:
+        """Whether spatial maps ``spatial/<modality>`` (N, K, C, *S) are stored."""
+        return SPATIAL_GROUP in self._group and modality in self._group[SPATIAL_GROUP]
+
+    def spatial(self, modality: str) -> zarr.Array:
+        """The lazily read spatial maps ``(N, K, C, *S)`` of ``modality`` (e.g. C x 7 x 7)."""
+        if not self.has_spatial(modality):
+            raise CacheError(
+                f"cache {self.path} has no spatial maps for {modality!r} "
+                f"({SPATIAL_GROUP}/{modality}); extract them with `avda extract --spatial`, "
+                "or use the head's pooled-feature mode"
+            )
+        return self._group[SPATIAL_GROUP][modality]
+
+    def load_spatial(self, modality: str, rows: np.ndarray | None = None) -> np.ndarray:
+        """Spatial maps of ``rows`` (all if None) in memory as float32 ``(n, K, C, *S)``."""
+        array = self.spatial(modality)
+        if rows is None:
+            return array[:].astype(np.float32)
+        rows = np.asarray(rows)
+        if len(rows) == 0:
+            return np.zeros((0, *array.shape[1:]), dtype=np.float32)
+        lo, hi = int(rows.min()), int(rows.max()) + 1
+        return array[lo:hi][rows - lo].astype(np.float32)
+
     def summary(self) -> str:
         """A human-readable description (``avda cache info``)."""
         prov = self.provenance
@@ -220,11 +405,22 @@ class FeatureCache:
                 if np.any(status == s)
             )
             weights = info.get("weights") or "random init"
+            source = info.get("input") or {}
+            if source.get("source") == "import":
+                weights = f"imported ({source.get('format')})"
             lines.append(
                 f"{modality:<6} {info['backbone']} K={info['num_clips']} D={info['num_features']} "
                 f"weights={weights}: {state}"
             )
         return "\n".join(lines)
+
+
+def _divisor_rows(chunk_rows: int, row_bytes: int, limit: int = 64 * 2**20) -> int:
+    """The largest divisor of ``chunk_rows`` whose chunk of ``row_bytes`` rows fits ``limit``."""
+    for rows in range(chunk_rows, 0, -1):
+        if chunk_rows % rows == 0 and rows * row_bytes <= limit:
+            return rows
+    return 1
 
 
 def _segment_values(frame: pd.DataFrame, name: str, kind: str) -> np.ndarray:
@@ -244,14 +440,21 @@ def create(
     manifest_sha256: str,
     recipe: dict[str, Any],
     chunk_rows: int = schema.DEFAULT_CHUNK_ROWS,
+    shrink_chunks: bool = True,
 ) -> FeatureCache:
-    """Create a new, empty store for ``segments`` (refuses to overwrite an existing path)."""
+    """Create a new, empty store for ``segments`` (refuses to overwrite an existing path).
+
+    ``shrink_chunks``: a store with fewer than ``chunk_rows`` segments uses chunks of N rows;
+    stores that will grow by appending (``avda cache import``) pass False.
+    """
     path = Path(path)
     if path.exists():
         raise CacheError(f"{path} already exists; open it, or remove it to start a new cache")
+    if chunk_rows < 1:
+        raise CacheError(f"chunk_rows must be >= 1, got {chunk_rows}")
     group = zarr.open_group(str(path), mode="w-", zarr_format=3)
     N = len(segments)
-    chunk = min(chunk_rows, max(N, 1))
+    chunk = min(chunk_rows, max(N, 1)) if shrink_chunks else chunk_rows
     seg_group = group.create_group(schema.SEGMENTS_GROUP)
     for name, kind in schema.SEGMENT_COLUMNS.items():
         if name not in segments.columns:

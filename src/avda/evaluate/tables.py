@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from avda import runs
-from avda.errors import RunError
+from avda.errors import ConfigError, RunError
 from avda.evaluate.metrics import mean_class_accuracy, top1_accuracy
 
 SET_ORDER = ("source_val", "source_test", "target_val", "target_test")
@@ -96,3 +96,202 @@ def write_tables(table: pd.DataFrame, out: str | Path) -> list[Path]:
     markdown.write_text(to_markdown(table) + "\n")
     table.to_csv(csv, index=False, float_format="%.4f")
     return [markdown, csv]
+
+
+# ------------------------------------------------------------------------------ paper layouts
+# Rendering of avda.evaluate.aggregate.AggregateTable (methods x settings, mean ± std over seeds):
+# Markdown, LaTeX (booktabs), HTML and CSV; the best mean per column in bold; with a baseline,
+# each cell also shows the gain over it in percentage points.
+
+FORMATS = ("markdown", "latex", "csv", "html")
+_SUFFIXES = {"markdown": ".md", "latex": ".tex", "csv": ".csv", "html": ".html"}
+
+
+def format_mean_std_cell(mean: float, std: float, *, digits: int = 1, plus_minus: str = "±") -> str:
+    """``"61.0 ± 1.2"``, ``"61.0"`` for one seed, ``"-"`` for an empty cell."""
+    if np.isnan(mean):
+        return "-"
+    if np.isnan(std):
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} {plus_minus} {std:.{digits}f}"
+
+
+def _gain_text(gain: float, digits: int) -> str:
+    # round first, then add 0.0: a gain of -0.001 prints as +0.0, not -0.0
+    return "" if np.isnan(gain) else f" ({round(gain, digits) + 0.0:+.{digits}f})"
+
+
+def _cells(
+    table, baseline: str | None, digits: int, plus_minus: str
+) -> list[list[tuple[str, bool]]]:
+    """Per method, per column: (text, is_best)."""
+    gains = table.gains(baseline) if baseline else {}
+    best = {column: table.best(column) for column in table.columns}
+    rows = []
+    for method in table.methods:
+        row = []
+        for column in table.columns:
+            mean, std, _ = table.cell(method, column)
+            text = format_mean_std_cell(mean, std, digits=digits, plus_minus=plus_minus)
+            if baseline and method != baseline and not np.isnan(mean):
+                text += _gain_text(gains[(method, column)], digits)
+            row.append((text, method in best[column]))
+        rows.append(row)
+    return rows
+
+
+def aggregate_markdown(table, *, baseline: str | None = None, digits: int = 1) -> str:
+    """The table in GitHub Markdown; best per column in **bold**."""
+    header = "| Method | " + " | ".join(table.columns) + " |"
+    rule = "|---|" + "|".join("---:" for _ in table.columns) + "|"
+    lines = [header, rule]
+    for method, row in zip(table.methods, _cells(table, baseline, digits, "±"), strict=True):
+        cells = [f"**{text}**" if best else text for text, best in row]
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    notes = [f"{table.title}; mean ± std over seeds; best per column in bold."]
+    if baseline:
+        notes.append(f"In parentheses: gain over {baseline} in percentage points.")
+    return "\n".join(lines) + "\n\n" + " ".join(notes)
+
+
+_LATEX_SPECIAL = {
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+}
+
+
+def latex_escape(text: str) -> str:
+    """Escape LaTeX's special characters; ``→`` becomes ``$\\rightarrow$``."""
+    escaped = "".join(_LATEX_SPECIAL.get(ch, ch) for ch in str(text))
+    return escaped.replace("→", r"$\rightarrow$").replace("±", r"$\pm$")
+
+
+def aggregate_latex(table, *, baseline: str | None = None, digits: int = 1) -> str:
+    """A booktabs ``tabular`` (needs ``\\usepackage{booktabs}``); best per column in bold."""
+    lines = [
+        "% " + table.title.replace("%", r"\%"),
+        r"\begin{tabular}{l" + "c" * len(table.columns) + "}",
+        r"\toprule",
+        "Method & " + " & ".join(latex_escape(c) for c in table.columns) + r" \\",
+        r"\midrule",
+    ]
+    for method, row in zip(table.methods, _cells(table, baseline, digits, "±"), strict=True):
+        cells = [
+            rf"\textbf{{{latex_escape(text)}}}" if best else latex_escape(text)
+            for text, best in row
+        ]
+        lines.append(latex_escape(method) + " & " + " & ".join(cells) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    return "\n".join(lines)
+
+
+def aggregate_html(table, *, baseline: str | None = None, digits: int = 1) -> str:
+    """An HTML ``<table>`` (class ``results``); best per column in ``<b>``."""
+    from html import escape
+
+    head = "".join(f"<th>{escape(c)}</th>" for c in table.columns)
+    body = []
+    for method, row in zip(table.methods, _cells(table, baseline, digits, "±"), strict=True):
+        cells = "".join(
+            f"<td><b>{escape(text)}</b></td>" if best else f"<td>{escape(text)}</td>"
+            for text, best in row
+        )
+        body.append(f"<tr><th>{escape(method)}</th>{cells}</tr>")
+    caption = escape(table.title + "; mean ± std over seeds; best in bold")
+    if baseline:
+        caption += escape(f"; in parentheses the gain over {baseline}")
+    return (
+        f'<table class="results"><caption>{caption}</caption><thead><tr><th>Method</th>'
+        f"{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+    )
+
+
+def aggregate_frame(table, *, baseline: str | None = None) -> pd.DataFrame:
+    """Numbers for a CSV: ``method``, then ``<column> mean``, ``std``, ``seeds`` (and ``gain``)."""
+    gains = table.gains(baseline) if baseline else {}
+    rows = []
+    for method in table.methods:
+        row: dict[str, object] = {"method": method}
+        for column in table.columns:
+            mean, std, count = table.cell(method, column)
+            row[f"{column} mean"] = mean
+            row[f"{column} std"] = std
+            row[f"{column} seeds"] = count
+            if baseline:
+                row[f"{column} gain"] = gains[(method, column)]
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def render_aggregate(table, fmt: str = "markdown", *, baseline: str | None = None) -> str:
+    """The table as text in ``fmt`` (markdown, latex, csv, html)."""
+    if fmt == "markdown":
+        return aggregate_markdown(table, baseline=baseline)
+    if fmt == "latex":
+        return aggregate_latex(table, baseline=baseline)
+    if fmt == "html":
+        return aggregate_html(table, baseline=baseline)
+    if fmt == "csv":
+        return aggregate_frame(table, baseline=baseline).to_csv(index=False, float_format="%.4f")
+    raise ConfigError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+
+
+def write_aggregate(
+    table,
+    out: str | Path,
+    *,
+    formats: Sequence[str] = ("markdown", "csv", "latex"),
+    baseline: str | None = None,
+) -> list[Path]:
+    """Write ``out.md``, ``out.csv``, ``out.tex`` (those in ``formats``); returns the paths."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    written = []
+    for fmt in formats:
+        if fmt not in _SUFFIXES:
+            raise ConfigError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+        path = out.with_suffix(_SUFFIXES[fmt])
+        path.write_text(render_aggregate(table, fmt, baseline=baseline).rstrip("\n") + "\n")
+        written.append(path)
+    return written
+
+
+def evaluate_runs(
+    paths: Sequence[str | Path],
+    *,
+    layout: str = "runs",
+    eval_set: str = "auto",
+    task: str | None = None,
+    metric: str | None = None,
+    baseline: str | None = None,
+    fmt: str = "markdown",
+    out: str | Path | None = None,
+) -> tuple[str, list[Path]]:
+    """What ``avda evaluate`` prints and writes: the per-run table (``layout="runs"``, as before)
+    or a paper layout (``auto``, ``settings``, ``epic100``) over the runs found under ``paths``."""
+    from avda.evaluate import aggregate as aggregate_lib
+
+    if layout == "runs":
+        if baseline:
+            raise ConfigError("--compare needs a paper layout: add --layout auto (or settings)")
+        if fmt not in ("markdown", "csv"):
+            raise ConfigError("--layout runs prints markdown or csv; use --layout auto for latex")
+        run_dirs = aggregate_lib.find_runs(paths, complete_only=False)
+        table = results_table(run_dirs)
+        text = to_markdown(table) if fmt == "markdown" else table.to_csv(index=False)
+        return text, write_tables(table, out) if out is not None else []
+    run_dirs = aggregate_lib.find_runs(paths)
+    paper = aggregate_lib.aggregate(
+        run_dirs, layout=layout, eval_set=eval_set, task=task, metric=metric
+    )
+    text = render_aggregate(paper, fmt, baseline=baseline)
+    written = write_aggregate(paper, out, baseline=baseline) if out is not None else []
+    return text, written

@@ -94,6 +94,73 @@ def window(
     return np.tile(piece, repeats)[:n]
 
 
+AUDIO_EXTENSIONS: tuple[str, ...] = (".wav", ".flac", ".mp3", ".m4a", ".aac", ".ogg", ".opus")
+
+
+def locate_audio_file(root: Path, video_id: str, participant: str | None = None) -> Path:
+    """``<root>/<video_id>.wav`` (or another audio extension, or under ``<participant>/``)."""
+    participant = participant or str(video_id).split("_")[0]
+    for folder in (root, root / participant):
+        for extension in AUDIO_EXTENSIONS:
+            candidate = folder / f"{video_id}{extension}"
+            if candidate.exists():
+                return candidate
+    raise MediaError(
+        f"no audio file for video {video_id!r} in {root} (looked for {video_id}.wav and "
+        f"{participant}/{video_id}.wav, also .flac/.mp3/.m4a); check --audio"
+    )
+
+
+def window_tile_round(
+    samples: np.ndarray, sample_rate: int, start: float, stop: float, length: float
+) -> np.ndarray:
+    """The VGGSound / Audio-Adaptive cut, exactly: ``x[round(start*sr):round(stop*sr)]``, the
+    first ``length`` seconds, tiled (``np.tile(x, 10)[:n]`` until long enough) when shorter."""
+    n = int(round(length * sample_rate))
+    lo = max(0, int(round(start * sample_rate)))
+    hi = min(len(samples), int(round(stop * sample_rate)))
+    piece = samples[lo:hi]
+    if len(piece) == 0:  # segment after the end of the audio (the reference loops forever)
+        piece = samples[-n:] if len(samples) else np.zeros(1, np.float32)
+    if len(piece) >= n:
+        return piece[:n]
+    return np.tile(piece, int(math.ceil(n / len(piece))))[:n]
+
+
+def window_tbn(
+    samples: np.ndarray, sample_rate: int, start: float, stop: float, length: float
+) -> np.ndarray:
+    """TBN's ``_extract_sound_feature``: ``[start, stop)`` (centre ± 0.639 s), shifted inside.
+
+    Left of the track start: the first ``round((length + 0.001) * sr)`` samples (1.279 s for the
+    1.278 s window); past its end: the last as many. A track shorter than that is zero padded.
+    """
+    edge = int(round((length + 0.001) * sample_rate))
+    duration = len(samples) / float(sample_rate)
+    if start < 0:
+        piece = samples[:edge]
+    elif stop > duration:
+        piece = samples[-edge:]
+    else:
+        piece = samples[int(round(start * sample_rate)) : int(round(stop * sample_rate))]
+    minimum = int(round(length * sample_rate))
+    if len(piece) < minimum:
+        piece = np.pad(piece, (0, minimum - len(piece)))
+    return piece
+
+
+WINDOW_CUTS = {"tile": window, "tile-round": window_tile_round, "tbn": window_tbn}
+
+
+def cut(
+    rule: str, samples: np.ndarray, sample_rate: int, start: float, stop: float, length: float
+) -> np.ndarray:
+    """Cut one window with ``rule`` ("tile", "tile-round" or "tbn"; see ``Recipe.audio_cut``)."""
+    if rule not in WINDOW_CUTS:
+        raise ConfigError(unknown_name_message("audio cut", rule, WINDOW_CUTS))
+    return WINDOW_CUTS[rule](samples, sample_rate, start, stop, length)
+
+
 def _tukey_periodic(length: int, alpha: float) -> torch.Tensor:
     """scipy.signal.get_window(('tukey', alpha), length) (fftbins=True: periodic)."""
     m = length + 1

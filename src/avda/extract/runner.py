@@ -1,18 +1,32 @@
 """Extraction: manifest rows -> decoded clips -> batched backbone -> Zarr cache.
 
-Decoding runs in DataLoader worker processes and overlaps with batched inference in the main
-process; every segment's clips are batched with other segments' clips. Each segment is
-independent: a bad video fails its own segments (status FAILED with the reason) and the run
-goes on. Results are written chunk by chunk, features first and status last, so a killed run
-resumes exactly at the first segment whose status is not DONE.
+::
+
+    DataLoader workers (processes)          main process                    writer thread
+    ─────────────────────────────           ────────────────────────        ─────────────────
+    segment row ─► SegmentFrames            uint8 clips of several           buffers rows per
+      ─► recipe plan (frame numbers/times)  segments ─► pinned ─► device     Zarr chunk; writes
+      ─► decord / JPEG / audio decode         ─► model_input (normalise,     features (+ spatial)
+      ─► centre crop ─► uint8 (K,T,H,W,C)      layout) ─► channels-last      then status once a
+         or spectrogram (K,1,F,T)              ─► bf16 autocast (GPU)        chunk is complete
+                                               ─► features (K, D)
+
+Each segment is independent: a bad video fails its own segments (status FAILED with the reason)
+and the run goes on. Results are written chunk by chunk, features first and status last, so a
+killed run resumes exactly at the first segment whose status is not DONE. Inputs: video files
+(decord), EPIC-style RGB frame folders (``frames``), u/v flow JPEG folders (``flow``) and audio
+files (``audio``; else the video's own track); see ``docs/extraction.md``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import logging
+import multiprocessing
 import shutil
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,23 +35,25 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from avda import cache as cache_lib
 from avda.cache import FeatureCache, Status
 from avda.data_manifests import schema as manifest_schema
-from avda.errors import AvdaError, CacheError, ConfigError, MediaError
-from avda.extract import audio as audio_lib
+from avda.errors import CacheError, ConfigError, MediaError
 from avda.extract import backbones
-from avda.extract.decode import VideoDecoder
+from avda.extract.inference import BatchRunner, Precision, features_and_spatial, memory_format
+from avda.extract.inputs import AUDIO_RECIPE_OF_BACKBONE, InputPaths, SegmentDataset, worker_init
 from avda.extract.sampling import Recipe
-from avda.extract.transforms import centre_crop, normalise_frames
+from avda.extract.transforms import check_clip_frames, model_input
+from avda.extract.writer import BackgroundWriter, ChunkWriter
 
 log = logging.getLogger(__name__)
 
-AUDIO_RECIPE_OF_BACKBONE = {"audio_resnet18": "vggsound", "tbn": "tbn"}
+SPATIAL_BACKBONES = ("i3d", "tbn")
 RANDOM_INIT_SEED = 0
+_MODEL_LOCK = threading.Lock()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,100 +89,31 @@ def sha256_file(path: Path | None) -> str | None:
     return digest.hexdigest()
 
 
-# --------------------------------------------------------------------------- datasets
-class _SegmentDataset(Dataset):
-    """Item = (row, input tensor or None, status, error) for one segment and one modality."""
-
-    def __init__(
-        self,
-        segments: pd.DataFrame,
-        rows: np.ndarray,
-        videos: Path,
-        recipe: Recipe,
-        modality: str,
-        spec: backbones.InputSpec,
-        audio_recipe: str | None,
-    ) -> None:
-        self.segments = segments
-        self.rows = rows
-        self.videos = videos
-        self.recipe = recipe
-        self.modality = modality
-        self.spec = spec
-        self.audio_recipe = audio_recipe
-        self._last: tuple[Path, Any] | None = None  # per-worker cache of the open video/audio
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, index: int) -> tuple[int, torch.Tensor | None, int, str]:
-        row = int(self.rows[index])
-        segment = self.segments.iloc[row]
-        path = manifest_schema.video_path(segment, self.videos)
-        try:
-            if self.modality == "audio":
-                x = self._audio(path, segment)
-            else:
-                x = self._visual(path, segment)
-            return row, x, int(Status.DONE), ""
-        except audio_lib.NoAudioTrack as exc:
-            return row, None, int(Status.MISSING), str(exc)
-        except (AvdaError, OSError, RuntimeError, ValueError) as exc:
-            return row, None, int(Status.FAILED), str(exc)
-
-    def _open(self, path: Path, make):
-        if self._last is None or self._last[0] != path:
-            self._last = None  # drop the previous reader before opening the next
-            self._last = (path, make(path))
-        return self._last[1]
-
-    def _visual(self, path: Path, segment: pd.Series) -> torch.Tensor:
-        decoder = self._open(
-            path, lambda p: VideoDecoder(p, shorter_side=self.recipe.resize_shorter)
-        )
-        times = self.recipe.frame_times(float(segment["start_sec"]), float(segment["stop_sec"]))
-        indices = decoder.indices_at(times.reshape(-1))
-        frames = decoder.frames(indices)  # (K*T, H, W, 3)
-        frames = centre_crop(frames, self.recipe.crop_size)
-        K, T = times.shape
-        frames = frames.reshape(K, T, *frames.shape[1:])  # (K, T, H, W, 3)
-        return normalise_frames(frames, self.spec)  # (K, C, T, H, W)
-
-    def _audio(self, path: Path, segment: pd.Series) -> torch.Tensor:
-        rate = int(self.spec.sample_rate or 16000)
-        samples = self._open(path, lambda p: audio_lib.load_audio(p, rate))
-        windows = [
-            audio_lib.window(samples, rate, start, stop, self.recipe.audio_seconds)
-            for start, stop in self.recipe.audio_spans(
-                float(segment["start_sec"]), float(segment["stop_sec"])
-            )
-        ]
-        waves = torch.from_numpy(np.stack(windows))  # (K, n)
-        spec = audio_lib.spectrogram(self.audio_recipe or "vggsound", waves, rate)
-        return spec.unsqueeze(1)  # (K, 1, F, T)
-
-
-def _collate(items: list) -> list:
-    return items
-
-
-def _worker_init(_: int) -> None:
-    # Decoding workers do no heavy math; one thread each leaves the cores to the backbone.
-    torch.set_num_threads(1)
-
-
 # --------------------------------------------------------------------------- store handling
-def _recipe_dict(recipe: Recipe) -> dict[str, Any]:
-    return recipe.to_dict()
+def recipe_differences(stored: dict[str, Any], recipe: Recipe) -> list[str]:
+    """What differs between a store's recipe provenance and ``recipe`` (defaults filled in)."""
+    try:
+        stored = Recipe.from_dict(stored).to_dict()
+    except (ConfigError, TypeError):
+        pass
+    wanted = recipe.to_dict()
+    return [
+        f"recipe.{key}: store has {stored.get(key)!r}, this run asks for {wanted.get(key)!r}"
+        for key in sorted(set(stored) | set(wanted))
+        if stored.get(key) != wanted.get(key)
+    ]
 
 
-def _modality_entry(spec: ModalitySpec, model: backbones.Backbone) -> dict[str, Any]:
+def _modality_entry(
+    spec: ModalitySpec, model: backbones.Backbone, inputs: InputPaths
+) -> dict[str, Any]:
     return {
         "backbone": spec.backbone,
         "weights": str(spec.weights) if spec.weights else None,
         "weights_sha256": sha256_file(spec.weights),
         "random_init_seed": None if spec.weights else RANDOM_INIT_SEED,
         "input_spec": model.input_spec.to_dict(),
+        "input": inputs.provenance(spec.modality),
     }
 
 
@@ -191,11 +138,8 @@ def open_or_create_store(
     if out.exists():
         store = cache_lib.open_cache(out, mode="a")
         prov = store.provenance
-        diffs = _differences(
-            {"manifest_sha256": manifest_sha, "recipe": _recipe_dict(recipe)},
-            prov,
-            ("manifest_sha256", "recipe"),
-        )
+        diffs = _differences({"manifest_sha256": manifest_sha}, prov, ("manifest_sha256",))
+        diffs += recipe_differences(prov.get("recipe") or {}, recipe)
         if not diffs:
             return store
         if not force:
@@ -208,11 +152,7 @@ def open_or_create_store(
         log.warning("--force: moving the old store %s to %s", out, backup)
         shutil.move(str(out), str(backup))
     return cache_lib.create(
-        out,
-        segments,
-        manifest_sha256=manifest_sha,
-        recipe=_recipe_dict(recipe),
-        chunk_rows=chunk_rows,
+        out, segments, manifest_sha256=manifest_sha, recipe=recipe.to_dict(), chunk_rows=chunk_rows
     )
 
 
@@ -223,7 +163,8 @@ def _check_modality(
     if spec.modality not in store.modalities:
         return False
     found = store.modality_info(spec.modality)
-    diffs = _differences(entry, found, ("backbone", "weights_sha256", "random_init_seed"))
+    found.setdefault("input", {"source": "video"})  # stores before the frames/flow inputs
+    diffs = _differences(entry, found, ("backbone", "weights_sha256", "random_init_seed", "input"))
     if diffs and not force:
         raise CacheError(
             f"store {store.path} holds {spec.modality} features made differently: "
@@ -245,11 +186,92 @@ def shard_rows(num_rows: int, chunk_rows: int, shard: tuple[int, int] | None) ->
     return rows[chunk_of_row % count == index]
 
 
+# --------------------------------------------------------------------------- models
+def _build_model(spec: ModalitySpec, recipe: Recipe) -> backbones.Backbone:
+    # Random init (no weights) is seeded, so a resumed or sharded run computes with the very
+    # same network as the rest of the store. The global RNG is shared by threads (Dask workers
+    # with several threads, shards run as threads): one model is built at a time.
+    with _MODEL_LOCK, torch.random.fork_rng(devices=[]):
+        torch.manual_seed(RANDOM_INIT_SEED)
+        model = backbones.create(spec.backbone, modality=spec.modality, weights=spec.weights)
+    model.eval()
+    audio_spec = model.input_spec
+    if spec.modality == "audio" and audio_spec.size and audio_spec.clip_seconds:
+        if abs(recipe.audio_seconds - audio_spec.clip_seconds) > 0.01:
+            raise ConfigError(
+                f"{spec.backbone} audio takes {audio_spec.clip_seconds} s windows "
+                f"({audio_spec.size[0]} x {audio_spec.size[1]} spectrograms); recipe "
+                f"{recipe.name!r} cuts {recipe.audio_seconds} s: use ta3n, rna-net or cia, or "
+                "--audio-backbone audio_resnet18"
+            )
+    if spec.modality != "audio":
+        frames = recipe.clip_frames[spec.modality]
+        check_clip_frames(model.input_spec, frames, recipe=recipe.name, backbone=spec.backbone)
+        if recipe.pixel_normalisation == "mmsada" and spec.backbone != "i3d":
+            raise ConfigError(
+                f"recipe {recipe.name!r} normalises pixels the MM-SADA way (x / 128 - 1), which "
+                f"is I3D's; {spec.backbone} needs its own input_spec: use another recipe"
+            )
+    if recipe.spatial and spec.modality != "audio" and spec.backbone not in SPATIAL_BACKBONES:
+        raise ConfigError(
+            f"recipe {recipe.name!r} stores spatial maps, which avda extracts for "
+            f"{', '.join(SPATIAL_BACKBONES)} only (not {spec.backbone})"
+        )
+    return model
+
+
+def _wants_spatial(recipe: Recipe, spec: ModalitySpec) -> bool:
+    return recipe.spatial and spec.modality != "audio"
+
+
+def _example_input(
+    model: backbones.Backbone, recipe: Recipe, modality: str
+) -> torch.Tensor | list[torch.Tensor]:
+    frames = recipe.clip_frames[modality]
+    channels = 2 if modality == "flow" else 3
+    clip = torch.zeros(1, frames, recipe.crop_size, recipe.crop_size, channels, dtype=torch.uint8)
+    return model_input(clip, model.input_spec, normalisation=recipe.pixel_normalisation)
+
+
+@torch.inference_mode()
+def _spatial_shape(model: backbones.Backbone, recipe: Recipe, modality: str) -> tuple[int, ...]:
+    _, maps = features_and_spatial(model, _example_input(model, recipe, modality), True)
+    return tuple(int(s) for s in maps.shape[1:])
+
+
+def prepare_modality(
+    store: FeatureCache,
+    spec: ModalitySpec,
+    recipe: Recipe,
+    inputs: InputPaths,
+    *,
+    force: bool,
+    model: backbones.Backbone | None = None,
+) -> backbones.Backbone:
+    """Build the model (unless given) and make sure ``store`` has matching arrays for
+    ``spec.modality``."""
+    model = model if model is not None else _build_model(spec, recipe)
+    entry = _modality_entry(spec, model, inputs)
+    num_clips = recipe.num_audio_windows if spec.modality == "audio" else recipe.num_clips
+    if not _check_modality(store, spec, entry, force):
+        spatial_shape = None
+        if _wants_spatial(recipe, spec):
+            spatial_shape = _spatial_shape(model, recipe, spec.modality)
+        store.add_modality(
+            spec.modality,
+            num_clips=num_clips,
+            num_features=model.num_features,
+            info=entry,
+            spatial_shape=spatial_shape,
+        )
+    return model
+
+
 # --------------------------------------------------------------------------- main entry
 def extract(
     manifest: pd.DataFrame,
     *,
-    videos: str | Path,
+    videos: str | Path | None = None,
     out: str | Path,
     recipe: Recipe,
     modalities: list[ModalitySpec],
@@ -261,44 +283,115 @@ def extract(
     force: bool = False,
     shard: tuple[int, int] | None = None,
     progress: bool = True,
+    frames: str | Path | None = None,
+    flow: str | Path | None = None,
+    audio: str | Path | None = None,
+    flow_stride: int | None = None,
+    precision: Precision = "auto",
+    prepare_only: bool = False,
 ) -> ExtractResult:
-    """Extract ``modalities`` for every manifest row into the store ``out`` (resuming)."""
+    """Extract ``modalities`` for every manifest row into the store ``out`` (resuming).
+
+    ``shard=(i, n)``: only the rows of chunks ``c`` with ``c % n == i``; shard processes started
+    together create the store once (a lock file ``<out>.lock`` next to it; on file systems
+    without working locks run ``prepare_only=True`` once first). ``prepare_only``: create the
+    store and every modality's arrays, extract nothing.
+
+    Inputs: ``videos`` (video files; RGB and the audio track), ``frames`` (EPIC-style RGB JPEG
+    folders), ``flow`` (u/v JPEG folders), ``audio`` (audio files per video). ``precision``
+    "auto" runs bfloat16 autocast on CUDA and float32 on CPU.
+    """
     began = time.perf_counter()
-    out, videos = Path(out), Path(videos)
-    segments = manifest_schema.normalise(manifest)
-    store = open_or_create_store(
-        out,
-        segments,
-        manifest_schema.fingerprint(manifest),
-        recipe,
-        chunk_rows=chunk_rows,
-        force=force,
+    out = Path(out)
+    inputs = InputPaths(
+        videos=Path(videos) if videos is not None else None,
+        frames=Path(frames) if frames is not None else None,
+        flow=Path(flow) if flow is not None else None,
+        audio=Path(audio) if audio is not None else None,
+        flow_stride=flow_stride,
     )
+    inputs.check([m.modality for m in modalities])
+    if batch_size < 1:
+        raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
+    if force and shard is not None:
+        raise ConfigError(
+            "--force with --shard would let every shard replace the store: replace it once "
+            "(--force --prepare-only, without --shard), then run the shards"
+        )
+    segments = manifest_schema.normalise(manifest)
+    # Models first: a recipe the backbone cannot take is refused before any store exists.
+    built = [_build_model(spec, recipe) for spec in modalities]
+    # Shards started together create the store and its arrays once, under a lock.
+    with _creation_lock(out) if shard is not None else contextlib.nullcontext():
+        store = open_or_create_store(
+            out,
+            segments,
+            manifest_schema.fingerprint(manifest),
+            recipe,
+            chunk_rows=chunk_rows,
+            force=force,
+        )
+        models = [
+            prepare_modality(store, spec, recipe, inputs, force=force, model=model)
+            for spec, model in zip(modalities, built, strict=True)
+        ]
+    if prepare_only:
+        return summarise(store, [m.modality for m in modalities], began, shard=shard)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    for spec in modalities:
+    for spec, model in zip(modalities, models, strict=True):
         _extract_modality(
             store,
             segments,
             spec,
-            videos=videos,
+            model,
+            inputs=inputs,
             recipe=recipe,
             batch_size=batch_size,
             workers=workers,
             device=device,
             retry_failed=retry_failed,
-            force=force,
             shard=shard,
             progress=progress,
+            precision=precision,
         )
-    statuses = np.concatenate([store.status(m.modality) for m in modalities]) if modalities else []
+    return summarise(store, [m.modality for m in modalities], began, shard=shard)
+
+
+@contextlib.contextmanager
+def _creation_lock(out: Path) -> Iterator[None]:
+    """An exclusive lock on ``<out>.lock`` (POSIX ``flock``), held while the store is set up."""
+    import fcntl
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out.with_name(f"{out.name}.lock"), "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def summarise(
+    store: FeatureCache,
+    modalities: list[str],
+    began: float,
+    *,
+    shard: tuple[int, int] | None = None,
+) -> ExtractResult:
+    """Counts of done / failed / missing (segment, modality) pairs of ``shard`` (all if None)."""
+    rows = shard_rows(store.num_segments, store.chunk_rows, shard)
+    statuses = [store.status(m)[rows] for m in modalities]
+    allstatus = np.concatenate(statuses) if statuses else np.zeros(0, dtype=np.int8)
     failures = store.failures()
+    if shard is not None and len(failures):
+        failures = failures[failures["uid"].isin(set(store.segments["uid"].iloc[rows]))]
     return ExtractResult(
-        store=out,
-        done=int(np.sum(np.asarray(statuses) == Status.DONE)),
-        failed=int(np.sum(np.asarray(statuses) == Status.FAILED)),
-        missing=int(np.sum(np.asarray(statuses) == Status.MISSING)),
+        store=store.path,
+        done=int(np.sum(allstatus == Status.DONE)),
+        failed=int(np.sum(allstatus == Status.FAILED)),
+        missing=int(np.sum(allstatus == Status.MISSING)),
         seconds=time.perf_counter() - began,
-        failures=failures,
+        failures=failures.reset_index(drop=True),
     )
 
 
@@ -306,29 +399,18 @@ def _extract_modality(
     store: FeatureCache,
     segments: pd.DataFrame,
     spec: ModalitySpec,
+    model: backbones.Backbone,
     *,
-    videos: Path,
+    inputs: InputPaths,
     recipe: Recipe,
     batch_size: int,
     workers: int,
     device: str,
     retry_failed: bool,
-    force: bool,
     shard: tuple[int, int] | None,
     progress: bool,
+    precision: Precision,
 ) -> None:
-    with torch.random.fork_rng(devices=[]):
-        # Random init (no weights) is seeded, so a resumed or sharded run computes with the very
-        # same network as the rest of the store.
-        torch.manual_seed(RANDOM_INIT_SEED)
-        model = backbones.create(spec.backbone, modality=spec.modality, weights=spec.weights)
-    model.eval().to(device)
-    entry = _modality_entry(spec, model)
-    num_clips = recipe.num_audio_windows if spec.modality == "audio" else recipe.num_clips
-    if not _check_modality(store, spec, entry, force):
-        store.add_modality(
-            spec.modality, num_clips=num_clips, num_features=model.num_features, info=entry
-        )
     status = store.status(spec.modality)
     todo = status == Status.PENDING
     if retry_failed:
@@ -339,103 +421,91 @@ def _extract_modality(
         log.info("%s: nothing to do (%d segments done)", spec.modality, int(np.sum(~todo)))
         return
     log.info("%s: %d segments to extract with %s", spec.modality, len(rows), spec.backbone)
+    cuda = device.startswith("cuda")
+    model.to(device)
+    if cuda:  # channels-last convolutions run faster on tensor cores
+        model.to(memory_format=memory_format(model.input_spec))
 
-    dataset = _SegmentDataset(
+    dataset = SegmentDataset(
         segments,
         rows,
-        videos,
+        inputs,
         recipe,
         spec.modality,
         model.input_spec,
         AUDIO_RECIPE_OF_BACKBONE.get(spec.backbone),
     )
-    per_batch = max(1, batch_size // max(num_clips, 1))
+    workers = _usable_workers(workers)
     loader = DataLoader(
         dataset,
-        batch_size=per_batch,
+        batch_size=None,  # one segment per item; clips of several segments are batched below
+        shuffle=False,
         num_workers=workers,
-        collate_fn=_collate,
         prefetch_factor=4 if workers else None,
         persistent_workers=False,
-        worker_init_fn=_worker_init if workers else None,
-        pin_memory=device.startswith("cuda"),
+        worker_init_fn=worker_init if workers else None,
+        pin_memory=cuda,
+        # Its own generator: iterating a DataLoader draws a seed, which from the global RNG
+        # would race with a model being built (seeded) in another thread.
+        generator=torch.Generator().manual_seed(RANDOM_INIT_SEED),
     )
-    writer = _ChunkWriter(store, spec.modality, rows, num_clips, model.num_features)
+    info = store.modality_info(spec.modality)
+    spatial_shape = info.get("spatial_shape")
+    writer = ChunkWriter(
+        store,
+        spec.modality,
+        rows,
+        int(info["num_clips"]),
+        model.num_features,
+        spatial_shape=tuple(spatial_shape) if spatial_shape else None,
+    )
+    background = BackgroundWriter(writer)
+    runner = BatchRunner(
+        model,
+        device=device,
+        batch_size=batch_size,
+        normalisation=recipe.pixel_normalisation,
+        visual=spec.modality != "audio",
+        spatial=spatial_shape is not None,
+        precision=precision,
+    )
     bar = tqdm(total=len(rows), desc=f"extract {spec.modality}", unit="seg", disable=not progress)
-    for items in loader:
-        ok = [item for item in items if item[1] is not None]
-        feats = _forward(model, [item[1] for item in ok], device) if ok else []
-        by_row = dict(zip((item[0] for item in ok), feats, strict=True))
-        for row, _, state, error in items:
-            if state == Status.FAILED:
-                log.warning("segment %s failed: %s", segments["uid"].iloc[row], error)
-            writer.add(row, by_row.get(row), state, error)
-        bar.update(len(items))
-    writer.close()
-    bar.close()
+    try:
+        for row, x, state, error in loader:
+            if x is None:
+                if state == Status.FAILED:
+                    log.warning("segment %s failed: %s", segments["uid"].iloc[row], error)
+                background.add(row, None, None, state, error)
+                bar.update(1)
+                continue
+            for done in runner.add(row, x):
+                background.add(*done)
+                bar.update(1)
+        for done in runner.flush():
+            background.add(*done)
+            bar.update(1)
+    finally:
+        bar.close()
+        background.close()
 
 
-@torch.inference_mode()
-def _forward(
-    model: backbones.Backbone, inputs: list[torch.Tensor], device: str
-) -> list[np.ndarray]:
-    """Run all clips of several segments as one batch; split the features back per segment."""
-    counts = [x.shape[0] for x in inputs]
-    batch = torch.cat(inputs).to(device, non_blocking=True)  # (sum K, ...)
-    if device.startswith("cuda"):
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            features = model.forward_features(batch)
-    else:
-        features = model.forward_features(batch)
-    features = features.float().cpu().numpy()  # (sum K, D)
-    return np.split(features, np.cumsum(counts)[:-1])
+def _usable_workers(workers: int) -> int:
+    """Daemonic processes (e.g. default Dask workers) cannot start DataLoader workers."""
+    if workers and multiprocessing.current_process().daemon:
+        log.info("running inside a daemonic process: decoding in-process (workers=0)")
+        return 0
+    return workers
 
 
-class _ChunkWriter:
-    """Buffers per-segment results and writes each Zarr chunk once all its rows are in."""
-
-    def __init__(self, store: FeatureCache, modality: str, rows: np.ndarray, K: int, D: int):
-        self.store, self.modality, self.K, self.D = store, modality, K, D
-        chunk = store.chunk_rows
-        self.expected: dict[int, set[int]] = {}
-        for row in rows:
-            self.expected.setdefault(int(row) // chunk, set()).add(int(row))
-        self.buffer: dict[int, dict[int, tuple]] = {}
-
-    def add(self, row: int, features: np.ndarray | None, state: int, error: str) -> None:
-        chunk = row // self.store.chunk_rows
-        if features is None:
-            features = np.zeros((self.K, self.D), dtype=np.float32)
-        self.buffer.setdefault(chunk, {})[row] = (features, state, error)
-        if len(self.buffer[chunk]) == len(self.expected[chunk]):
-            self._flush(chunk)
-
-    def _flush(self, chunk: int) -> None:
-        results = self.buffer.pop(chunk)
-        for run in _contiguous_runs(sorted(results)):
-            feats = np.stack([results[r][0] for r in run])
-            self.store.write(
-                self.modality,
-                np.asarray(run),
-                feats,
-                np.array([results[r][1] for r in run]),
-                [results[r][2] for r in run],
-            )
-
-    def close(self) -> None:
-        for chunk in list(self.buffer):
-            self._flush(chunk)
-
-
-def _contiguous_runs(rows: list[int]) -> Iterator[list[int]]:
-    run: list[int] = []
-    for row in rows:
-        if run and row != run[-1] + 1:
-            yield run
-            run = []
-        run.append(row)
-    if run:
-        yield run
-
-
-__all__ = ["ExtractResult", "ModalitySpec", "MediaError", "extract", "shard_rows"]
+__all__ = [
+    "AUDIO_RECIPE_OF_BACKBONE",
+    "ExtractResult",
+    "InputPaths",
+    "MediaError",
+    "ModalitySpec",
+    "extract",
+    "features_and_spatial",
+    "prepare_modality",
+    "recipe_differences",
+    "shard_rows",
+]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
@@ -40,3 +41,107 @@ def mlp(sizes: list[int], *, dropout: float = 0.0, final_activation: bool = Fals
             if dropout:
                 layers.append(nn.Dropout(dropout))
     return nn.Sequential(*layers)
+
+
+def dann_annealing(progress: float, alpha: float = 10.0, beta: float = 0.75) -> float:
+    """DANN's learning-rate factor ``1 / (1 + alpha * p) ** beta`` (Ganin et al. 2016, sec. 5.2.2).
+
+    The learning rate is ``lr * dann_annealing(p)`` with ``p`` the training progress in [0, 1]:
+    0.01 falls to 0.0017 at the end with the paper's ``alpha = 10``, ``beta = 0.75``.
+    """
+    return (1.0 + alpha * progress) ** -beta
+
+
+def relation_subsets(num_frames: int, scale: int, max_relations: int = 3) -> list[tuple[int, ...]]:
+    """The fixed frame combinations TRN-M uses at one scale (TA3N's ``RelationModuleMultiScale``).
+
+    All ``C = num_frames choose scale`` ordered combinations, of which ``k = min(max_relations,
+    C)`` are kept, at positions ``ceil(i * C / k)`` for ``i < k``; the largest scale keeps only
+    the first combination (all frames). For 5 frames: {(0,1,2,3,4)}, {(0,1,2,3), (0,1,3,4),
+    (1,2,3,4)}, {(0,1,2), (0,2,4), (1,2,4)}, {(0,1), (1,2), (2,3)}.
+    """
+    combinations = list(itertools.combinations(range(num_frames), scale))
+    if scale == num_frames:
+        return combinations[:1]
+    count = min(max_relations, len(combinations))
+    return [combinations[math.ceil(i * len(combinations) / count)] for i in range(count)]
+
+
+class MultiScaleTemporalRelation(nn.Module):
+    """TRN-M: multi-scale temporal relations over ``F`` ordered frame features (Zhou et al. 2018).
+
+    ::
+
+        x (B, F, D) --scale s in F..2--> for each fixed subset of s frames:
+            concat (B, s*D) -> ReLU -> Linear(s*D -> H) -> ReLU ; summed over the subsets
+        -> (B, F-1, H): one relation feature per scale, largest scale first
+
+    The subsets are deterministic (:func:`relation_subsets`), as in the TA3N code, so training
+    and evaluation see the same relations.
+    """
+
+    def __init__(self, num_frames: int, feature_dim: int, bottleneck: int = 256) -> None:
+        super().__init__()
+        self.num_frames = num_frames
+        self.scales = list(range(num_frames, 1, -1))
+        self.subsets = [relation_subsets(num_frames, s) for s in self.scales]
+        self.fusions = nn.ModuleList(
+            nn.Sequential(nn.ReLU(), nn.Linear(s * feature_dim, bottleneck), nn.ReLU())
+            for s in self.scales
+        )
+        self.output_dim = bottleneck
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B = x.shape[0]
+        per_scale = []
+        for subsets, fusion in zip(self.subsets, self.fusions, strict=True):
+            total = 0
+            for subset in subsets:
+                frames = x[:, list(subset)].reshape(B, -1)  # (B, s, D) -> (B, s*D)
+                total = total + fusion(frames)
+            per_scale.append(total)
+        return torch.stack(per_scale, dim=1)  # (B, F-1, H)
+
+
+class DomainBatchNorm1d(nn.BatchNorm1d):
+    """BatchNorm with a second set of statistics for the target domain (AdaBN, Li et al. 2016).
+
+    Training normalises with batch statistics and tracks the source running averages as usual.
+    In evaluation mode the layer normalises with ``target_mean``/``target_var`` when
+    ``domain == "target"`` (filled by :meth:`set_target_statistics`), else with the source
+    running averages. The affine parameters are shared by both domains.
+    """
+
+    def __init__(self, num_features: int, **kwargs) -> None:
+        super().__init__(num_features, **kwargs)
+        self.register_buffer("target_mean", torch.zeros(num_features))
+        self.register_buffer("target_var", torch.ones(num_features))
+        self.domain = "source"
+
+    def set_target_statistics(self, mean: torch.Tensor, var: torch.Tensor) -> None:
+        self.target_mean.copy_(mean)
+        self.target_var.copy_(var)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training or self.domain == "source":
+            return super().forward(x)
+        return torch.nn.functional.batch_norm(
+            x, self.target_mean, self.target_var, self.weight, self.bias, False, 0.0, self.eps
+        )
+
+
+def feature_embedding(fan_in: int, dim: int) -> nn.Sequential:
+    """A trainable ``Linear(fan_in -> dim) -> ReLU`` standing in for a fine-tuned backbone top.
+
+    Methods that train their backbone end to end (MM-SADA, RNA-Net) put their losses on the
+    backbone's output; on cached features this layer's output takes that role. With
+    ``fan_in == dim`` it starts as the identity (weights ``I``, bias 0), so training starts from
+    the cached (non-negative, post-ReLU pooled) features as fine-tuning starts from the
+    pre-trained backbone.
+    """
+    linear = nn.Linear(fan_in, dim)
+    if fan_in == dim:
+        with torch.no_grad():
+            linear.weight.copy_(torch.eye(dim))
+            linear.bias.zero_()
+    return nn.Sequential(linear, nn.ReLU())

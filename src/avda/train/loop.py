@@ -28,6 +28,8 @@ from avda.train import data as data_lib
 from avda.train import heads as heads_lib
 from avda.train.data import FeatureSet, Task
 from avda.train.heads._base import Head, HeadConfig
+from avda.train.layers import dann_annealing
+from avda.train.stages import TrainingContext
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +69,7 @@ def _apply_standardizer(feature_set: FeatureSet, stats) -> None:
         feature_set.inputs[modality] = (feature_set.inputs[modality] - mean) / std
 
 
-def _make_optimizer(head: Head, config: HeadConfig):
+def _make_optimizer(head: Head, config: HeadConfig, total_steps: int = 1):
     params = [p for p in head.parameters() if p.requires_grad]
     if config.optimizer == "sgd":
         optimizer = torch.optim.SGD(
@@ -79,6 +81,11 @@ def _make_optimizer(head: Head, config: HeadConfig):
         )
     else:
         optimizer = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+    if config.lr_schedule == "dann":  # stepped after every optimisation step
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: dann_annealing(step / max(total_steps, 1))
+        )
+        return optimizer, scheduler
     scheduler = torch.optim.lr_scheduler.MultiStepLR(
         optimizer, milestones=list(config.lr_steps), gamma=config.lr_gamma
     )
@@ -100,10 +107,13 @@ def predict(head: Head, feature_set: FeatureSet, device: str, batch_size: int = 
     return {t: np.concatenate(v) if v else np.zeros((0, 0)) for t, v in scores.items()}
 
 
-def evaluate_sets(head: Head, sets: dict[str, FeatureSet], device: str):
+def evaluate_sets(
+    head: Head, sets: dict[str, FeatureSet], device: str, adaptation_set: FeatureSet | None = None
+):
     metrics: dict[str, float] = {}
     all_scores = {}
     for name, feature_set in sets.items():
+        head.before_evaluation(feature_set, adaptation_set)
         scores = predict(head, feature_set, device)
         all_scores[name] = scores
         for task in head.tasks:
@@ -164,7 +174,8 @@ def train(
         )
     tasks = data_lib.infer_tasks(store.segments, source_rows, config.tasks or None)
     cls = heads_lib.HEADS.get(head)
-    if cls.uses_target and len(target_rows) == 0:
+    uses_target = cls.needs_target(config)
+    if uses_target and len(target_rows) == 0:
         raise CacheError(
             f"head {head!r} needs unlabelled target training segments, but target domain(s) "
             f"{list(target)} have no 'train' split segments in {store.path}"
@@ -200,16 +211,34 @@ def train(
     torch.manual_seed(seed)
     np.random.seed(seed)
     generator = torch.Generator().manual_seed(seed)
-    train_set = data_lib.load_set(store, "source_train", source_rows, modalities, tasks)
-    target_set = data_lib.load_set(store, "target_train", target_rows, modalities, tasks)
-    eval_sets = {n: data_lib.load_set(store, n, r, modalities, tasks) for n, r in eval_rows.items()}
+    clips = {m: cls.input_clips(config, store.modality_info(m)["num_clips"]) for m in modalities}
+    train_set = data_lib.load_set(store, "source_train", source_rows, modalities, tasks, clips)
+    target_set = data_lib.load_set(store, "target_train", target_rows, modalities, tasks, clips)
+    eval_sets = {
+        n: data_lib.load_set(store, n, r, modalities, tasks, clips) for n, r in eval_rows.items()
+    }
     stats = _standardizer(train_set) if config.standardize else {}
     for feature_set in (train_set, target_set, *eval_sets.values()):
         _apply_standardizer(feature_set, stats)
 
     inputs = {m: tuple(train_set.inputs[m].shape[1:]) for m in modalities}
     model = heads_lib.create(head, inputs=inputs, tasks=tasks, config=config).to(device)
-    optimizer, scheduler = _make_optimizer(model, config)
+    if hasattr(model, "prepare"):  # multi-stage heads run (or reload) their earlier stages
+        model.prepare(
+            TrainingContext(
+                run=out,
+                store=store,
+                train_set=train_set,
+                target_set=target_set,
+                eval_sets=eval_sets,
+                seed=seed,
+                device=device,
+                progress=progress,
+            )
+        )
+    steps_per_epoch = max(1, math.ceil(len(train_set) / config.batch_size))
+    total_steps = config.epochs * steps_per_epoch
+    optimizer, scheduler = _make_optimizer(model, config, total_steps)
 
     start_epoch = 1
     checkpoint_path = out / runs.CHECKPOINT
@@ -226,8 +255,6 @@ def train(
     else:
         runs.truncate_metrics(out, 0)
 
-    steps_per_epoch = max(1, math.ceil(len(train_set) / config.batch_size))
-    total_steps = config.epochs * steps_per_epoch
     target_batch = config.target_batch_size or config.batch_size
     metrics: dict[str, float] = {}
     bar = tqdm(
@@ -242,7 +269,7 @@ def train(
         model.train()
         began = time.perf_counter()
         sums: dict[str, float] = {}
-        target_batches = _cycle(target_set, target_batch, generator) if cls.uses_target else None
+        target_batches = _cycle(target_set, target_batch, generator) if uses_target else None
         for step, index in enumerate(
             train_set.batches(config.batch_size, shuffle=True, generator=generator)
         ):
@@ -265,24 +292,38 @@ def train(
             if config.grad_clip:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
             optimizer.step()
+            if config.lr_schedule == "dann":
+                scheduler.step()
             for name, value in losses.items():
                 sums[name] = sums.get(name, 0.0) + float(value.detach())
-        scheduler.step()
+        if config.lr_schedule != "dann":
+            scheduler.step()
         record: dict[str, Any] = {
             "epoch": epoch,
             "lr": optimizer.param_groups[0]["lr"],
             "seconds": round(time.perf_counter() - began, 3),
             **{f"train/{k}": v / steps_per_epoch for k, v in sums.items()},
         }
-        if epoch % config.eval_every == 0 or epoch == config.epochs:
-            metrics, _ = evaluate_sets(model, eval_sets, device)
+        keep = epoch > config.epochs - config.keep_last_predictions
+        if epoch % config.eval_every == 0 or epoch == config.epochs or keep:
+            metrics, epoch_scores = evaluate_sets(model, eval_sets, device, target_set)
             record.update(metrics)
+            if keep:  # RUN/epochs/<epoch>/predictions/<set>.npz
+                for name, feature_set in eval_sets.items():
+                    labels = {t: y.numpy() for t, y in feature_set.labels.items()}
+                    runs.write_predictions(
+                        out / "epochs" / f"{epoch:04d}",
+                        name,
+                        feature_set.uids,
+                        labels,
+                        epoch_scores[name],
+                    )
         runs.append_metrics(out, record)
         _save_checkpoint(checkpoint_path, model, optimizer, scheduler, generator, epoch, stats)
         bar.set_postfix(loss=f"{record.get('train/loss', float('nan')):.3f}")
     bar.close()
 
-    metrics, scores = evaluate_sets(model, eval_sets, device)
+    metrics, scores = evaluate_sets(model, eval_sets, device, target_set)
     for name, feature_set in eval_sets.items():
         runs.write_predictions(
             out,

@@ -7,6 +7,14 @@ shapes ``{modality: (K, D)}`` and the tasks. The training loop calls only:
   where ``progress`` in [0, 1] drives schedules (GRL ramp);
 - ``forward(inputs) -> HeadOutput`` (logits per task, the fused embedding);
 - ``uses_target``: whether unlabelled target batches are needed.
+
+Optional hooks with no-op defaults, for heads that need them:
+
+- ``needs_target(config)``: ``uses_target`` when a config decides it (RNA: DG or UDA);
+- ``input_clips(config, num_clips)``: the cached clips the head reads, so the loop loads only
+  those (TA3N: snippets 2, 7, 12, 17, 22 of 25);
+- ``before_evaluation(feature_set, adaptation_set)``: called before each evaluation set is
+  predicted, with the unlabelled target training set (AdaBN re-estimates BN statistics).
 """
 
 from __future__ import annotations
@@ -18,11 +26,21 @@ import torch
 from torch import nn
 
 from avda.config import Config
-from avda.train.data import Task
+from avda.train.data import FeatureSet, Task
 from avda.train.layers import mlp
 from avda.train.losses import classification_loss
 
 Batch = dict[str, torch.Tensor]
+
+# The order multi-modal heads concatenate or pair modalities in (TA3N's "ALL" features are
+# RGB, Flow, Audio); other modality names follow, sorted.
+MODALITY_ORDER = ("rgb", "flow", "audio")
+
+
+def ordered_modalities(names) -> list[str]:
+    """``names`` in the canonical order: rgb, flow, audio first, any others after, sorted."""
+    known = [m for m in MODALITY_ORDER if m in names]
+    return known + sorted(m for m in names if m not in MODALITY_ORDER)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -41,9 +59,15 @@ class HeadConfig(Config):
     weight_decay: float = 1e-4
     lr_steps: tuple[int, ...] = ()  # epochs at which lr is multiplied by lr_gamma
     lr_gamma: float = 0.1
+    # "step": lr * lr_gamma at each of lr_steps (epochs); "dann": lr / (1 + 10 p)^0.75 every step
+    # (Ganin et al. 2016), p the training progress
+    lr_schedule: Literal["step", "dann"] = "step"
     grad_clip: float = 0.0  # max gradient norm; 0 disables
     standardize: bool = False  # z-score features with source-train statistics
     eval_every: int = 1
+    # also write the evaluation predictions after each of the last N epochs to
+    # RUN/epochs/<epoch>/predictions/ (MM-SADA reports the mean over its last 9 checkpoints)
+    keep_last_predictions: int = 0
 
 
 @dataclasses.dataclass
@@ -69,6 +93,19 @@ class Head(nn.Module):
 
     def classification(self, output: HeadOutput, labels: Batch) -> torch.Tensor:
         return classification_loss(output.logits, labels, self.tasks)
+
+    @classmethod
+    def needs_target(cls, config: HeadConfig) -> bool:
+        """Whether training with ``config`` needs unlabelled target batches."""
+        return cls.uses_target
+
+    @classmethod
+    def input_clips(cls, config: HeadConfig, num_clips: int) -> list[int] | None:
+        """Indices of the cached clips the head reads (``None``: all ``num_clips``)."""
+        return None
+
+    def before_evaluation(self, feature_set: FeatureSet, adaptation_set: FeatureSet | None) -> None:
+        """Prepare to predict ``feature_set`` (``adaptation_set``: the target training set)."""
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -1,0 +1,285 @@
+"""Extraction throughput, side by side on the same videos and weights, and memory vs dataset size.
+
+Rows of the clips/s table (same manifest, recipe, backbone and random-init weights):
+
+- ``avda``: ``avda.extract.runner.extract`` — decoding workers overlapped with inference, only
+  the sampled frames decoded, resize in the decoder, clips of several segments batched, writes
+  on a background thread (bf16 autocast and channels-last on CUDA);
+- ``avda bf16``: the same with bfloat16 autocast on the CPU (when ``--bf16``);
+- ``naive``: what a first extraction script does: for every clip open the video, decode its
+  frames at full resolution, resize and crop them, run the backbone at batch 1 in float32;
+- ``decode only``: decord decoding of the sampled frames alone, resized in the decoder — the
+  ceiling of any extractor that reads these videos.
+
+Then the peak resident memory of ``avda extract`` for 100 and 1000 segments (a small clip
+configuration, so that 1000 segments take seconds): memory must not grow with the dataset.
+
+    python benchmarks/extract.py --quick          # a few segments, tens of seconds on a CPU
+    python benchmarks/extract.py                  # the mmsada recipe on 24 segments
+    python benchmarks/extract.py --device cuda --bf16
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+MEDIA = Path(os.environ.get("AVDA_SHARED_DATA", REPO.parent / "shared" / "data")) / "media"
+VIDEOS = ("v_ZNVhz7ctTq0.mp4", "v_GGSY1Qvo990.mp4", "test.avi", "bigbuckbunny.mp4")
+
+
+def make_manifest(videos: Path, count: int, length: float = 2.0) -> pd.DataFrame:
+    """``count`` segments of ``length`` s spread over the real test videos (copied to
+    ``videos``)."""
+    import decord
+
+    durations = {}
+    for name in VIDEOS:
+        shutil.copy(MEDIA / "video" / name, videos / name)
+        reader = decord.VideoReader(str(videos / name))
+        durations[name] = len(reader) / max(reader.get_avg_fps(), 1.0)
+    rows = []
+    for i in range(count):
+        name = VIDEOS[i % len(VIDEOS)]
+        span = max(durations[name] - length, 0.1)
+        start = (i // len(VIDEOS)) * 0.37 % span
+        rows.append(
+            {
+                "uid": f"seg{i:05d}",
+                "video_id": Path(name).stem,
+                "video_path": name,
+                "domain": "bench",
+                "split": "test",
+                "start_sec": round(start, 3),
+                "stop_sec": round(start + length, 3),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def run_avda(manifest, videos, recipe, backbone, device, workers, precision, batch_size) -> float:
+    from avda.extract import runner
+
+    with tempfile.TemporaryDirectory() as tmp:
+        began = time.perf_counter()
+        result = runner.extract(
+            manifest,
+            videos=videos,
+            out=Path(tmp) / "bench.zarr",
+            recipe=recipe,
+            modalities=[runner.ModalitySpec("rgb", backbone)],
+            workers=workers,
+            device=device,
+            batch_size=batch_size,
+            precision=precision,
+            progress=False,
+        )
+        seconds = time.perf_counter() - began
+        if not result.ok:
+            raise SystemExit(f"avda extraction failed: {result.failures.head()}")
+    return seconds
+
+
+def run_naive(manifest, videos, recipe, backbone, device) -> float:
+    """Open the video for every clip, decode full frames, resize, crop, forward at batch 1."""
+    import decord
+
+    from avda.extract import runner
+    from avda.extract.sampling import SegmentFrames
+    from avda.extract.transforms import model_input
+
+    model = runner._build_model(runner.ModalitySpec("rgb", backbone), recipe).to(device)
+    spec = model.input_spec
+    began = time.perf_counter()
+    for row in manifest.itertuples(index=False):
+        reader = decord.VideoReader(str(videos / row.video_path))
+        fps = reader.get_avg_fps()
+        segment = SegmentFrames.from_seconds(row.uid, row.start_sec, row.stop_sec, fps)
+        plan = recipe.rgb_plan(segment)
+        times = plan.times if plan.times is not None else segment.time_of(plan.numbers)
+        for clip_times in times:
+            reader = decord.VideoReader(str(videos / row.video_path))  # every clip reopens
+            stamps = reader.get_frame_timestamp(np.arange(len(reader)))[:, 0]
+            index = np.clip(
+                np.searchsorted(stamps, clip_times + 1e-6, side="right") - 1, 0, len(reader) - 1
+            )
+            frames = torch.from_numpy(reader.get_batch(index.tolist()).asnumpy())
+            x = frames.permute(0, 3, 1, 2).float()  # (T, H, W, 3) -> (T, 3, H, W)
+            height, width = x.shape[-2:]
+            scale = recipe.resize_shorter / min(height, width)
+            x = torch.nn.functional.interpolate(
+                x, size=(round(height * scale), round(width * scale)), mode="bilinear"
+            )
+            top = (x.shape[-2] - recipe.crop_size) // 2
+            left = (x.shape[-1] - recipe.crop_size) // 2
+            x = x[..., top : top + recipe.crop_size, left : left + recipe.crop_size]
+            clip = x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)[None]
+            batch = model_input(clip.to(device), spec)  # (1, C, T, H, W), float32
+            with torch.no_grad():
+                model.forward_features(batch)  # batch 1, float32
+    return time.perf_counter() - began
+
+
+def run_decode_only(manifest, videos, recipe) -> float:
+    from avda.extract.decode import VideoDecoder
+    from avda.extract.sampling import SegmentFrames
+
+    began = time.perf_counter()
+    decoders: dict[str, VideoDecoder] = {}
+    for row in manifest.itertuples(index=False):
+        if row.video_path not in decoders:
+            decoders.clear()
+            decoders[row.video_path] = VideoDecoder(
+                videos / row.video_path, shorter_side=recipe.resize_shorter
+            )
+        decoder = decoders[row.video_path]
+        segment = SegmentFrames.from_seconds(row.uid, row.start_sec, row.stop_sec, decoder.fps)
+        plan = recipe.rgb_plan(segment)
+        times = plan.times if plan.times is not None else segment.time_of(plan.numbers)
+        decoder.frames(decoder.indices_at(times.reshape(-1)))
+    return time.perf_counter() - began
+
+
+# --------------------------------------------------------------------------- memory
+def rss_child(count: int, workers: int) -> None:
+    """(subprocess) extract ``count`` segments with a small configuration; print peak RSS."""
+    from avda.extract import runner, sampling
+
+    recipe = sampling.Recipe(
+        name="rss", num_clips=2, num_frames=8, frame_rate=8.0, resize_shorter=64, crop_size=32
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        videos = Path(tmp) / "videos"
+        videos.mkdir()
+        manifest = make_manifest(videos, count, length=1.0)
+        runner.extract(
+            manifest,
+            videos=videos,
+            out=Path(tmp) / "rss.zarr",
+            recipe=recipe,
+            modalities=[runner.ModalitySpec("rgb", "i3d")],
+            workers=workers,
+            chunk_rows=64,
+            progress=False,
+        )
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"main_peak_mib": peak}))
+
+
+def measure_rss(count: int, workers: int) -> dict[str, float]:
+    import psutil
+
+    command = [sys.executable, __file__, "--rss-child", str(count), "--workers", str(workers)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    parent, tree_peak = psutil.Process(process.pid), 0.0
+    began = time.perf_counter()
+    while process.poll() is None:
+        try:
+            members = [parent, *parent.children(recursive=True)]
+            tree_peak = max(tree_peak, sum(p.memory_info().rss for p in members) / 2**20)
+        except psutil.Error:
+            pass
+        time.sleep(0.1)
+    output = process.stdout.read().decode().strip().splitlines()
+    result = json.loads(output[-1]) if output else {"main_peak_mib": float("nan")}
+    result["tree_peak_mib"] = tree_peak
+    result["seconds"] = time.perf_counter() - began
+    return result
+
+
+# --------------------------------------------------------------------------- main
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="few segments, small crops")
+    parser.add_argument("--segments", type=int, default=None)
+    parser.add_argument("--recipe", default=None, help="default: mmsada (--quick: demo)")
+    parser.add_argument("--backbone", default="i3d")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--bf16", action="store_true", help="add a bf16-autocast avda row")
+    parser.add_argument("--no-rss", action="store_true", help="skip the memory measurement")
+    parser.add_argument("--rss-segments", default="100,1000")
+    parser.add_argument("--rss-child", type=int, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.rss_child is not None:
+        rss_child(args.rss_child, args.workers)
+        return
+
+    from avda.extract import sampling
+
+    count = args.segments or (6 if args.quick else 24)
+    recipe = sampling.get(args.recipe or ("demo" if args.quick else "mmsada"))
+    clips = count * recipe.num_clips
+    print(
+        f"# {count} segments x {recipe.num_clips} clips ({recipe.name}: {recipe.num_frames} "
+        f"frames, crop {recipe.crop_size}), {args.backbone} rgb, random init, "
+        f"device {args.device}, torch threads {torch.get_num_threads()}, "
+        f"{os.cpu_count()} CPUs, {args.workers} decoding workers\n"
+    )
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        videos = Path(tmp)
+        manifest = make_manifest(videos, count)
+        run_avda(manifest.iloc[:1], videos, recipe, args.backbone, args.device, 0, "auto", 16)
+        seconds = run_decode_only(manifest, videos, recipe)
+        rows.append(("decode only (decord, ceiling)", seconds))
+        seconds = run_naive(manifest, videos, recipe, args.backbone, args.device)
+        rows.append(("naive (per clip, batch 1, float32)", seconds))
+        seconds = run_avda(
+            manifest,
+            videos,
+            recipe,
+            args.backbone,
+            args.device,
+            args.workers,
+            "auto",
+            args.batch_size,
+        )
+        rows.append(("avda", seconds))
+        if args.bf16:
+            seconds = run_avda(
+                manifest,
+                videos,
+                recipe,
+                args.backbone,
+                args.device,
+                args.workers,
+                "bfloat16",
+                args.batch_size,
+            )
+            rows.append(("avda bf16 autocast", seconds))
+    naive = dict(rows)["naive (per clip, batch 1, float32)"]
+    print("| run | clips | seconds | clips/s | vs naive |")
+    print("|---|---:|---:|---:|---:|")
+    for name, seconds in rows:
+        print(
+            f"| {name} | {clips} | {seconds:.1f} | {clips / seconds:.2f} | {naive / seconds:.2f}x |"
+        )
+    if args.no_rss:
+        return
+    print("\n| segments | peak RSS main process (MiB) | peak RSS incl. workers (MiB) | seconds |")
+    print("|---:|---:|---:|---:|")
+    for text in args.rss_segments.split(","):
+        result = measure_rss(int(text), args.workers)
+        print(
+            f"| {int(text)} | {result['main_peak_mib']:.0f} | {result['tree_peak_mib']:.0f} | "
+            f"{result['seconds']:.0f} |"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,139 @@
+"""Training throughput of TA3N with the reference hyper-parameters on an EPIC-100-size cache.
+
+Builds (once, reused) a synthetic feature cache the size of the EPIC-KITCHENS-100 UDA training
+data: 16,115 source and 26,115 target training segments, 25 snippets x 1024 features for each
+of rgb, flow and audio (TBN layout, float16 in Zarr, ~6.5 GB), plus 512 labelled target test
+segments; features are class clusters (97 verbs, 300 nouns) with a target shift. Then trains
+``avda train --head ta3n`` through the real loop (Zarr -> 5 of 25 snippets in memory -> SGD)
+with the EPIC-100 script's settings (batch 128 source + 207 target, SGD Nesterov 3e-3, clip 20)
+and prints source and total (source + target) segments per second of training, from the
+loop's per-epoch timings (evaluation and checkpointing excluded), and the time to load the
+cache.
+
+    python benchmarks/train.py --quick                 # 1,611 + 2,611 segments, 2 epochs
+    python benchmarks/train.py --epochs 3              # full size, first 3 of the 30 epochs
+    python benchmarks/train.py --device cuda --epochs 30
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from avda import cache as cache_lib
+from avda import runs
+from avda.cache import Status
+from avda.train.loop import train
+
+FULL = {"source": 16115, "target": 26115, "test": 512}
+QUICK = {"source": 1611, "target": 2611, "test": 128}
+SNIPPETS, FEATURES = 25, 1024
+MODALITIES = ("rgb", "flow", "audio")
+VERBS, NOUNS = 97, 300
+BLOCK = 2048  # rows generated and written at a time
+
+
+def build_cache(path: Path, sizes: dict[str, int], seed: int = 0) -> None:
+    rng = np.random.default_rng(seed)
+    rows = []
+    for domain, split, count in (
+        ("source", "train", sizes["source"]),
+        ("target", "train", sizes["target"]),
+        ("target", "test", sizes["test"]),
+    ):
+        verbs = rng.integers(0, VERBS, count)
+        nouns = rng.integers(0, NOUNS, count)
+        for i in range(count):
+            rows.append({"uid": f"{domain}-{split}-{i}", "video_id": f"{domain}-{i // 50}",
+                         "domain": domain, "split": split, "start_sec": 0.0, "stop_sec": 2.0,
+                         "verb_class": int(verbs[i]), "noun_class": int(nouns[i])})  # fmt: skip
+    segments = pd.DataFrame(rows)
+    store = cache_lib.create(
+        path, segments, manifest_sha256="0" * 64, recipe={"name": "benchmark-epic100"},
+        chunk_rows=256,
+    )  # fmt: skip
+    verbs = segments["verb_class"].to_numpy()
+    nouns = segments["noun_class"].to_numpy()
+    is_target = (segments["domain"] == "target").to_numpy()
+    for modality in MODALITIES:
+        store.add_modality(modality, num_clips=SNIPPETS, num_features=FEATURES,
+                           info={"backbone": "synthetic-tbn", "weights": None,
+                                 "weights_sha256": None, "input_spec": {}})  # fmt: skip
+        verb_centres = rng.normal(0, 1, (VERBS, FEATURES)).astype(np.float32)
+        noun_centres = rng.normal(0, 1, (NOUNS, FEATURES)).astype(np.float32)
+        offset = rng.normal(0, 0.5, FEATURES).astype(np.float32)
+        for start in range(0, len(segments), BLOCK):
+            stop = min(start + BLOCK, len(segments))
+            block = np.arange(start, stop)
+            base = verb_centres[verbs[block]] + noun_centres[nouns[block]]  # (n, D)
+            base[is_target[block]] += offset
+            noise = rng.standard_normal((len(block), SNIPPETS, FEATURES), dtype=np.float32)
+            features = np.maximum(base[:, None, :] + noise, 0.0)  # non-negative like TBN
+            store.write(modality, block, features, np.full(len(block), int(Status.DONE)),
+                        [""] * len(block))  # fmt: skip
+        print(f"  wrote {modality}", file=sys.stderr, flush=True)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="a tenth of the data, 2 epochs")
+    parser.add_argument("--epochs", type=int, default=None, help="default 30 (2 with --quick)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--cache-dir", type=Path, default=Path(tempfile.gettempdir()) / "avda-bench")
+    parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    sizes = QUICK if args.quick else FULL
+    epochs = args.epochs or (2 if args.quick else 30)
+    cache = args.cache_dir / ("epic100-quick.zarr" if args.quick else "epic100-full.zarr")
+    if not (cache / "zarr.json").exists():
+        shutil.rmtree(cache, ignore_errors=True)
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        began = time.perf_counter()
+        print(f"building {cache} ...", file=sys.stderr, flush=True)
+        build_cache(cache, sizes)
+        print(f"  built in {time.perf_counter() - began:.0f} s", file=sys.stderr)
+    run = Path(tempfile.mkdtemp(prefix="avda-bench-run-"))
+    began = time.perf_counter()
+    train(
+        cache=cache, head="ta3n", source=["source"], target=["target"], out=run, seed=0,
+        overrides={"epochs": epochs, "eval_every": epochs}, device=args.device, progress=True,
+    )  # fmt: skip
+    wall = time.perf_counter() - began
+    records = runs.read_metrics(run)
+    seconds = [r["seconds"] for r in records]
+    train_seconds = float(np.sum(seconds))
+    source_segments = sizes["source"] * len(records)
+    target_segments = min(sizes["target"], 207 * int(np.ceil(sizes["source"] / 128))) * len(records)
+    result = {
+        "device": args.device if args.device != "cpu" else f"cpu x{torch.get_num_threads()} threads",
+        "segments": {"source_train": sizes["source"], "target_train": sizes["target"]},
+        "epochs": len(records),
+        "epoch_seconds": seconds,
+        "source_segments_per_second": source_segments / train_seconds,
+        "total_segments_per_second": (source_segments + target_segments) / train_seconds,
+        "load_and_overhead_seconds": wall - train_seconds,
+        "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+        "final_loss": records[-1].get("train/loss"),
+    }
+    shutil.rmtree(run, ignore_errors=True)
+    print(json.dumps(result, indent=2))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,688 @@
+"""Feature files in and out of avda caches (``avda cache import`` / ``avda cache export``).
+
+Import (each appends to the store ``out``, creating it when absent):
+
+- **EPIC-100 UDA feature pickles** (the TA3N baseline's ``source_train.pkl`` ...):
+  ``{'features': {'RGB', 'Flow', 'Audio'}: [N, 25, 1024], 'narration_ids': [...]}``, one file
+  per split, joined by narration id with a UDA annotation file (CSV or pickle) for the segment
+  table. Read with the restricted unpickler (:mod:`avda.data_manifests.safe_pickle`): a file
+  that names any global outside numpy / pandas is refused before anything runs.
+- **HDF5**: files written by :func:`export_h5` (round trip, segments included), or any file
+  with a string id dataset (``uid``, ``narration_ids`` ...) and one ``(N, K, D)`` or ``(N, D)``
+  dataset per modality (at the root or under ``features/``), joined with an annotation table.
+- **per-video .npy**: ``<folder>/<video_id>.npy`` holding ``(T, D)`` features at
+  ``feature_rate`` rows per second (row i at ``(i + 0.5) / feature_rate`` s); each manifest
+  segment takes the rows nearest to K uniformly spaced times.
+
+Appending and the fixed-N layout: every array is resized along N (its chunk shape unchanged; the
+last partial chunk fills up), the new rows written, and ``num_segments`` in the provenance
+updated last as the commit point (:meth:`FeatureCache.append_segments`). Each imported file is
+recorded in ``provenance["imports"]`` with its sha256; importing the same file again does
+nothing, and an import killed half-way is finished by rerunning it.
+
+Export: :func:`export_h5` streams the store chunk by chunk (a cache larger than memory exports
+in bounded memory); :func:`export_epic_pickle` writes the TA3N pickle layout back.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import hashlib
+import json
+import logging
+import os
+import pickle
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+
+from avda.cache import schema
+from avda.cache.schema import Status
+from avda.cache.store import FeatureCache, create, open_cache
+from avda.errors import CacheError, ConfigError
+
+log = logging.getLogger(__name__)
+
+H5_FORMAT = "avda-h5"
+H5_FORMAT_VERSION = 1
+# EPIC-100 UDA feature dict keys <-> avda modalities (dict order = TA3N's concatenation order).
+RELEASED_MODALITIES: dict[str, str] = {"RGB": "rgb", "Flow": "flow", "Audio": "audio"}
+ID_DATASETS = ("uid", "uids", "narration_ids", "narration_id", "ids", "names")
+ImportFormat = Literal["auto", "epic-pkl", "h5", "npy"]
+
+
+@dataclasses.dataclass
+class ImportResult:
+    store: Path
+    file: Path
+    rows: int
+    modalities: list[str]
+    already_imported: bool = False
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# --------------------------------------------------------------------------- annotations
+def read_segment_table(
+    path: str | Path, *, domain: str | None = None, split: str | None = None
+) -> pd.DataFrame:
+    """Segments keyed by ``uid`` from an avda manifest or an EPIC annotation file.
+
+    An EPIC file (CSV or pickle; the UDA pickles are DataFrames indexed by ``narration_id``)
+    gives ``uid = narration_id`` and seconds from ``start_timestamp`` / ``stop_timestamp``;
+    ``domain`` and ``split`` label the rows (they override the manifest's when given).
+    """
+    from avda.data_manifests import safe_pickle
+
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"annotation file {path} does not exist; check --annotations")
+    if path.suffix.lower() in (".pkl", ".pickle"):
+        table = safe_pickle.load(path)
+        if not isinstance(table, pd.DataFrame):
+            raise ConfigError(f"{path} holds a {type(table).__name__}, not an annotation table")
+        if table.index.name is not None:
+            table = table.reset_index()
+    elif path.suffix.lower() in (".parquet", ".pq"):
+        table = pd.read_parquet(path)
+    else:
+        table = pd.read_csv(path, keep_default_na=False, na_values={"verb_class": [""]})
+    table = table.copy()
+    if "uid" not in table.columns:
+        if "narration_id" not in table.columns:
+            raise ConfigError(
+                f"{path} has neither a uid nor a narration_id column; pass an avda manifest or "
+                "an EPIC-KITCHENS annotation file"
+            )
+        table["uid"] = table["narration_id"].astype(str)
+    for column, source in (("start_sec", "start_timestamp"), ("stop_sec", "stop_timestamp")):
+        if column not in table.columns:
+            if source not in table.columns:
+                raise ConfigError(f"{path} has neither {column} nor {source}")
+            table[column] = pd.to_timedelta(table[source].astype(str)).dt.total_seconds()
+    if domain is not None:
+        table["domain"] = domain
+    if split is not None:
+        table["split"] = split
+    for column in ("domain", "split"):
+        if column not in table.columns:
+            raise ConfigError(f"{path} has no {column} column: pass --{column} NAME")
+    bad = sorted(set(table["split"].astype(str)) - {"train", "val", "test"})
+    if bad:
+        raise ConfigError(f"split {bad[0]!r} is not one of train, val, test; pass --split")
+    table["uid"] = table["uid"].astype(str)
+    if table["uid"].duplicated().any():
+        first = table["uid"][table["uid"].duplicated()].iloc[0]
+        raise ConfigError(f"{path}: uid {first!r} appears twice")
+    return table.set_index("uid", drop=False)
+
+
+def _join(ids: Sequence[str], table: pd.DataFrame, source: Path, annotations: Path) -> pd.DataFrame:
+    ids = [str(i) for i in ids]
+    missing = [i for i in ids if i not in table.index]
+    if missing:
+        raise CacheError(
+            f"{len(missing)} of {len(ids)} ids in {source} are not in {annotations} (first: "
+            f"{missing[:3]}); use the annotation file of the same split"
+        )
+    segments = table.loc[ids].reset_index(drop=True)
+    columns = [c for c in schema.SEGMENT_COLUMNS if c in segments.columns]
+    return segments[columns]
+
+
+# --------------------------------------------------------------------------- the store side
+def _open_or_create(out: Path, chunk_rows: int, fmt: str) -> FeatureCache:
+    if out.exists():
+        return open_cache(out, mode="a")
+    empty = pd.DataFrame({c: pd.Series(dtype=object) for c in schema.REQUIRED_SEGMENT_COLUMNS})
+    return create(
+        out,
+        empty,
+        manifest_sha256="",
+        recipe={"name": "imported", "format": fmt},
+        chunk_rows=chunk_rows,
+        shrink_chunks=False,
+    )
+
+
+def _rows_for(store: FeatureCache, segments: pd.DataFrame, source: Path) -> np.ndarray:
+    """Rows for ``segments``: appended, or (an interrupted import of the same file) reused."""
+    existing = pd.Index(store.segments["uid"].astype(str)) if store.num_segments else pd.Index([])
+    uids = segments["uid"].astype(str)
+    present = uids.isin(existing)
+    if not present.any():
+        return store.append_segments(segments)
+    rows = existing.get_indexer(uids)
+    committed = max((entry["rows"][1] for entry in store.provenance.get("imports", [])), default=0)
+    # Rows after the last recorded import, in file order: that import was killed before its
+    # record was written, so finish it.
+    imported = (store.provenance.get("recipe") or {}).get("name") == "imported"
+    if imported and present.all() and np.all(np.diff(rows) == 1) and rows[0] >= committed:
+        log.info("%s: resuming an interrupted import of %s", store.path, source)
+        return rows
+    raise CacheError(
+        f"{int(present.sum())} segments of {source} are already in {store.path} (first: "
+        f"{uids[present].iloc[0]!r}); each segment can be imported once"
+    )
+
+
+def _write_modality(
+    store: FeatureCache,
+    modality: str,
+    rows: np.ndarray,
+    features: np.ndarray,
+    info: dict[str, Any],
+    statuses: np.ndarray | None = None,
+    errors: Sequence[str] | None = None,
+) -> None:
+    """Write ``features`` (n, K, D) of ``rows`` chunk-wise; creates the modality if needed."""
+    if features.ndim == 2:
+        features = features[:, None, :]  # (N, D) -> (N, 1, D)
+    if features.ndim != 3:
+        raise CacheError(f"{modality} features have shape {features.shape}; expected (N, K, D)")
+    K, D = int(features.shape[1]), int(features.shape[2])
+    if modality in store.modalities:
+        found = store.modality_info(modality)
+        if (found["num_clips"], found["num_features"]) != (K, D):
+            raise CacheError(
+                f"{store.path} holds {modality} features of K={found['num_clips']}, "
+                f"D={found['num_features']}; this file has K={K}, D={D}: import into another store"
+            )
+    else:
+        store.add_modality(modality, num_clips=K, num_features=D, info=info)
+        other = np.ones(store.num_segments, dtype=bool)
+        other[rows] = False
+        _mark_missing(store, modality, np.flatnonzero(other), "not in the imported files")
+    statuses = np.full(len(rows), int(Status.DONE)) if statuses is None else statuses
+    errors = [""] * len(rows) if errors is None else list(errors)
+    step = store.chunk_rows
+    for start in range(0, len(rows), step):
+        block = rows[start : start + step]
+        for run in _runs(block):
+            index = np.searchsorted(rows, run)
+            store.write(modality, run, features[index], statuses[index], [errors[i] for i in index])
+
+
+def _mark_missing(store: FeatureCache, modality: str, rows: np.ndarray, reason: str) -> None:
+    info = store.modality_info(modality)
+    for run in _runs(rows):
+        zeros = np.zeros((len(run), info["num_clips"], info["num_features"]), dtype=np.float16)
+        store.write(
+            modality, run, zeros, np.full(len(run), int(Status.MISSING)), [reason] * len(run)
+        )
+
+
+def _runs(rows: np.ndarray) -> list[np.ndarray]:
+    rows = np.asarray(rows)
+    if len(rows) == 0:
+        return []
+    breaks = np.flatnonzero(np.diff(rows) != 1) + 1
+    return np.split(rows, breaks)
+
+
+def _record_import(
+    store: FeatureCache,
+    source: Path,
+    sha: str,
+    fmt: str,
+    rows: np.ndarray,
+    domain: str | None,
+    split: str | None,
+) -> None:
+    from avda.data_manifests import schema as manifest_schema
+
+    entry = {
+        "file": str(source),
+        "sha256": sha,
+        "format": fmt,
+        "rows": [int(rows.min()), int(rows.max()) + 1] if len(rows) else [0, 0],
+        "domain": domain,
+        "split": split,
+        "imported": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+    }
+    provenance = store.provenance
+    provenance["imports"] = [*provenance.get("imports", []), entry]
+    segments = store.segments
+    columns = [c for c in manifest_schema.REQUIRED_COLUMNS if c in segments.columns]
+    provenance["manifest_sha256"] = manifest_schema.fingerprint(segments[columns])
+    store._set_provenance(provenance)
+
+
+def _already_imported(store: FeatureCache, sha: str) -> bool:
+    return any(entry.get("sha256") == sha for entry in store.provenance.get("imports", []))
+
+
+def _import_info(backbone: str | None, fmt: str, source: Path) -> dict[str, Any]:
+    return {
+        "backbone": backbone or "unknown",
+        "weights": None,
+        "weights_sha256": None,
+        "input_spec": {},
+        "input": {"source": "import", "format": fmt, "file": source.name},
+    }
+
+
+# --------------------------------------------------------------------------- importers
+def import_features(
+    source: str | Path,
+    *,
+    out: str | Path,
+    annotations: str | Path | None = None,
+    format: ImportFormat = "auto",
+    domain: str | None = None,
+    split: str | None = None,
+    backbone: str | None = None,
+    modality: str = "rgb",
+    feature_rate: float | None = None,
+    num_clips: int = 25,
+    chunk_rows: int = schema.DEFAULT_CHUNK_ROWS,
+) -> ImportResult:
+    """Import one feature file (or .npy folder) into the store ``out``; see the module doc."""
+    source, out = Path(source), Path(out)
+    if not source.exists():
+        raise ConfigError(f"feature file {source} does not exist")
+    fmt = format if format != "auto" else _guess_format(source)
+    if annotations is None and fmt != "h5":
+        raise ConfigError(
+            f"importing {source} needs --annotations: the annotation file (EPIC CSV/pickle) or "
+            "avda manifest that gives its segments"
+        )
+    if fmt == "epic-pkl":
+        return import_epic_pickle(
+            source,
+            out=out,
+            annotations=annotations,
+            domain=domain,
+            split=split,
+            backbone=backbone or "tbn",
+            chunk_rows=chunk_rows,
+        )
+    if fmt == "h5":
+        return import_h5(
+            source,
+            out=out,
+            annotations=annotations,
+            domain=domain,
+            split=split,
+            backbone=backbone,
+            chunk_rows=chunk_rows,
+        )
+    if fmt == "npy":
+        if feature_rate is None:
+            raise ConfigError("per-video .npy import needs --feature-rate (rows per second)")
+        return import_npy(
+            source,
+            out=out,
+            annotations=annotations,
+            feature_rate=feature_rate,
+            num_clips=num_clips,
+            modality=modality,
+            domain=domain,
+            split=split,
+            backbone=backbone,
+            chunk_rows=chunk_rows,
+        )
+    raise ConfigError(f"unknown import format {format!r}; valid: auto, epic-pkl, h5, npy")
+
+
+def _guess_format(source: Path) -> str:
+    if source.is_dir():
+        return "npy"
+    suffix = source.suffix.lower()
+    if suffix in (".pkl", ".pickle"):
+        return "epic-pkl"
+    if suffix in (".h5", ".hdf5", ".hdf"):
+        return "h5"
+    raise ConfigError(
+        f"cannot tell the format of {source} from its name; pass --format epic-pkl, h5 or npy"
+    )
+
+
+def import_epic_pickle(
+    source: str | Path,
+    *,
+    out: str | Path,
+    annotations: str | Path,
+    domain: str | None = None,
+    split: str | None = None,
+    backbone: str = "tbn",
+    chunk_rows: int = schema.DEFAULT_CHUNK_ROWS,
+) -> ImportResult:
+    """Append an EPIC-100 UDA feature pickle, its segments taken from ``annotations``."""
+    from avda.data_manifests import safe_pickle
+
+    source, out, annotations = Path(source), Path(out), Path(annotations)
+    sha = sha256_file(source)
+    if out.exists() and _already_imported(open_cache(out), sha):
+        log.info("%s is already imported into %s", source, out)
+        return ImportResult(out, source, 0, [], already_imported=True)
+    data = safe_pickle.load(source)
+    if not isinstance(data, dict) or "features" not in data or "narration_ids" not in data:
+        raise CacheError(
+            f"{source} is not an EPIC-100 UDA feature pickle (expected a dict with 'features' "
+            "and 'narration_ids')"
+        )
+    features = data["features"]
+    ids = [str(i) for i in list(data["narration_ids"])]
+    if not isinstance(features, dict) or not features:
+        raise CacheError(f"{source}: 'features' must be a dict of modality -> [N, K, D] arrays")
+    arrays: dict[str, np.ndarray] = {}
+    for key, values in features.items():
+        modality = RELEASED_MODALITIES.get(str(key), str(key).lower())
+        array = np.asarray(values)
+        if array.shape[0] != len(ids):
+            raise CacheError(
+                f"{source}: {key} has {array.shape[0]} rows but there are {len(ids)} narration ids"
+            )
+        arrays[modality] = array
+    table = read_segment_table(annotations, domain=domain, split=split)
+    segments = _join(ids, table, source, annotations)
+    store = _open_or_create(out, chunk_rows, "epic-pkl")
+    rows = _rows_for(store, segments, source)
+    for modality, array in arrays.items():
+        _write_modality(store, modality, rows, array, _import_info(backbone, "epic-pkl", source))
+    _mark_absent(store, rows, set(arrays), source)
+    _record_import(store, source, sha, "epic-pkl", rows, domain, split)
+    return ImportResult(out, source, len(rows), sorted(arrays))
+
+
+def _mark_absent(store: FeatureCache, rows: np.ndarray, present: set[str], source: Path) -> None:
+    """Rows of this import get MISSING for the store's modalities the file does not have."""
+    for modality in store.modalities:
+        if modality not in present:
+            _mark_missing(store, modality, rows, f"not in {source.name}")
+
+
+def import_h5(
+    source: str | Path,
+    *,
+    out: str | Path,
+    annotations: str | Path | None = None,
+    domain: str | None = None,
+    split: str | None = None,
+    backbone: str | None = None,
+    chunk_rows: int = schema.DEFAULT_CHUNK_ROWS,
+) -> ImportResult:
+    """Append an HDF5 feature file: an :func:`export_h5` file, or ids + per-modality datasets."""
+    import h5py
+
+    source, out = Path(source), Path(out)
+    sha = sha256_file(source)
+    if out.exists() and _already_imported(open_cache(out), sha):
+        return ImportResult(out, source, 0, [], already_imported=True)
+    with h5py.File(source, "r") as handle:
+        if handle.attrs.get("format") == H5_FORMAT:
+            segments, arrays, statuses, errors, infos = _read_avda_h5(handle, source)
+            if domain is not None:
+                segments["domain"] = domain
+            if split is not None:
+                segments["split"] = split
+        else:
+            if annotations is None:
+                raise ConfigError(
+                    f"{source} is not an avda HDF5 export: pass --annotations (an avda manifest "
+                    "or EPIC annotation file) to give its segments"
+                )
+            ids, arrays = _read_generic_h5(handle, source)
+            table = read_segment_table(annotations, domain=domain, split=split)
+            segments = _join(ids, table, source, Path(annotations))
+            statuses, errors, infos = {}, {}, {}
+        store = _open_or_create(out, chunk_rows, "h5")
+        rows = _rows_for(store, segments, source)
+        for modality, dataset in arrays.items():
+            info = infos.get(modality) or _import_info(backbone, "h5", source)
+            _write_modality(
+                store,
+                modality,
+                rows,
+                np.asarray(dataset[:]),
+                info,
+                statuses.get(modality),
+                errors.get(modality),
+            )
+    _mark_absent(store, rows, set(arrays), source)
+    _record_import(store, source, sha, "h5", rows, domain, split)
+    return ImportResult(out, source, len(rows), sorted(arrays))
+
+
+def _read_avda_h5(handle, source: Path):
+    group = handle["segments"]
+    columns = {}
+    for name, kind in schema.SEGMENT_COLUMNS.items():
+        if name not in group:
+            continue
+        values = group[name][:]
+        if kind == "str":
+            columns[name] = [v.decode() if isinstance(v, bytes) else str(v) for v in values]
+        else:
+            columns[name] = values
+    segments = pd.DataFrame(columns)
+    if "int" in schema.SEGMENT_COLUMNS.values():
+        for name, kind in schema.SEGMENT_COLUMNS.items():
+            if kind == "int" and name in segments:
+                segments[name] = segments[name].where(segments[name] != schema.MISSING_CLASS)
+    provenance = json.loads(handle.attrs.get(schema.ROOT_ATTRIBUTE, "{}"))
+    arrays, statuses, errors, infos = {}, {}, {}, {}
+    for modality in handle.get(schema.FEATURES_GROUP, {}):
+        arrays[modality] = handle[schema.FEATURES_GROUP][modality]
+        statuses[modality] = handle[schema.STATUS_GROUP][modality][:].astype(np.int8)
+        raw = handle[schema.ERRORS_GROUP][modality][:]
+        errors[modality] = [v.decode() if isinstance(v, bytes) else str(v) for v in raw]
+        info = dict(provenance.get("modalities", {}).get(modality, {}))
+        info.pop("num_clips", None)
+        info.pop("num_features", None)
+        info.pop("spatial_shape", None)
+        infos[modality] = info or None
+    if not arrays:
+        raise CacheError(f"{source} (an avda HDF5 export) holds no features")
+    return segments, arrays, statuses, errors, infos
+
+
+def _read_generic_h5(handle, source: Path):
+    id_name = next((n for n in ID_DATASETS if n in handle), None)
+    if id_name is None:
+        raise CacheError(
+            f"{source} has no id dataset (one of {', '.join(ID_DATASETS)}) to join with the "
+            "annotations"
+        )
+    ids = [v.decode() if isinstance(v, bytes) else str(v) for v in handle[id_name][:]]
+    container = handle["features"] if "features" in handle else handle
+    arrays = {}
+    for name in container:
+        dataset = container[name]
+        if name in ID_DATASETS or not hasattr(dataset, "shape") or len(dataset.shape) not in (2, 3):
+            continue
+        if dataset.shape[0] != len(ids):
+            raise CacheError(f"{source}: {name} has {dataset.shape[0]} rows, {len(ids)} ids")
+        arrays[RELEASED_MODALITIES.get(name, name.lower())] = dataset
+    if not arrays:
+        raise CacheError(f"{source} holds no (N, K, D) or (N, D) feature datasets")
+    return ids, arrays
+
+
+def import_npy(
+    folder: str | Path,
+    *,
+    out: str | Path,
+    annotations: str | Path,
+    feature_rate: float,
+    num_clips: int = 25,
+    modality: str = "rgb",
+    domain: str | None = None,
+    split: str | None = None,
+    backbone: str | None = None,
+    chunk_rows: int = schema.DEFAULT_CHUNK_ROWS,
+) -> ImportResult:
+    """Append per-video ``<video_id>.npy`` features sampled at K times per segment.
+
+    Row ``i`` of a video's ``(T, D)`` array is taken to describe ``(i + 0.5) / feature_rate``
+    seconds; segment ``[start, stop]`` takes the rows nearest to ``start + (k + 0.5) * (stop -
+    start) / K`` (clamped to the array). A video without a file gets status MISSING.
+    """
+    folder, out = Path(folder), Path(out)
+    if feature_rate <= 0 or num_clips < 1:
+        raise ConfigError("--feature-rate must be positive and --num-clips >= 1")
+    table = read_segment_table(annotations, domain=domain, split=split)
+    files = sorted(folder.glob("*.npy"))
+    if not files:
+        raise CacheError(f"{folder} holds no .npy files")
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(path.name.encode())
+        digest.update(sha256_file(path).encode())
+    sha = digest.hexdigest()
+    if out.exists() and _already_imported(open_cache(out), sha):
+        return ImportResult(out, folder, 0, [], already_imported=True)
+    segments = table.reset_index(drop=True)
+    segments = segments[[c for c in schema.SEGMENT_COLUMNS if c in segments.columns]]
+    by_name = {p.stem: p for p in files}
+    dims = {np.load(p, mmap_mode="r").shape[-1] for p in files[:1]}
+    D = dims.pop()
+    features = np.zeros((len(segments), num_clips, D), dtype=np.float32)
+    statuses = np.full(len(segments), int(Status.DONE))
+    errors = [""] * len(segments)
+    for video_id, positions in segments.groupby("video_id", sort=False).groups.items():
+        path = by_name.get(str(video_id))
+        if path is None:
+            for i in positions:
+                statuses[i], errors[i] = int(Status.MISSING), f"no {video_id}.npy in {folder}"
+            continue
+        values = np.load(path, mmap_mode="r")  # (T, D), read row by row
+        if values.ndim != 2 or values.shape[1] != D:
+            raise CacheError(f"{path} has shape {values.shape}; expected (T, {D})")
+        for i in positions:
+            start, stop = float(segments.at[i, "start_sec"]), float(segments.at[i, "stop_sec"])
+            times = start + (np.arange(num_clips) + 0.5) * (stop - start) / num_clips
+            index = np.clip(np.round(times * feature_rate - 0.5).astype(int), 0, len(values) - 1)
+            features[i] = values[index]
+    store = _open_or_create(out, chunk_rows, "npy")
+    rows = _rows_for(store, segments, folder)
+    info = _import_info(backbone, "npy", folder)
+    info["input"]["feature_rate"] = feature_rate
+    _write_modality(store, modality, rows, features, info, statuses, errors)
+    _mark_absent(store, rows, {modality}, folder)
+    _record_import(store, folder, sha, "npy", rows, domain, split)
+    return ImportResult(out, folder, len(rows), [modality])
+
+
+# --------------------------------------------------------------------------- export
+def export_h5(
+    store_path: str | Path,
+    out: str | Path,
+    *,
+    modalities: Sequence[str] | None = None,
+    compression: str | None = "gzip",
+) -> Path:
+    """Write the store as HDF5, chunk by chunk (memory stays at one chunk per array).
+
+    Layout: ``segments/<column>``, ``features/<modality>`` ``(N, K, D)`` float16 chunked like
+    the store, ``status/<modality>``, ``errors/<modality>``, ``spatial/<modality>`` when present;
+    root attributes ``format = "avda-h5"``, ``format_version``, ``avda_cache`` (provenance JSON).
+    """
+    import h5py
+
+    store = open_cache(store_path)
+    out = Path(out)
+    chosen = list(modalities) if modalities else store.modalities
+    for modality in chosen:
+        store.modality_info(modality)
+    N, step = store.num_segments, store.chunk_rows
+    temporary = out.with_name(f".{out.name}.partial")
+    with h5py.File(temporary, "w") as handle:
+        handle.attrs["format"] = H5_FORMAT
+        handle.attrs["format_version"] = H5_FORMAT_VERSION
+        handle.attrs[schema.ROOT_ATTRIBUTE] = json.dumps(store.provenance)
+        segments = store.segments
+        group = handle.create_group(schema.SEGMENTS_GROUP)
+        for name, kind in schema.SEGMENT_COLUMNS.items():
+            if name not in segments.columns:
+                continue
+            column = segments[name]
+            if kind == "str":
+                values = column.fillna("").astype(str).to_numpy(dtype=object)
+                group.create_dataset(name, data=values, dtype=h5py.string_dtype())
+            elif kind == "int":
+                group.create_dataset(name, data=column.fillna(schema.MISSING_CLASS).astype("int64"))
+            else:
+                group.create_dataset(name, data=column.astype("float64").to_numpy())
+        for modality in chosen:
+            _copy_chunked(
+                handle, schema.FEATURES_GROUP, modality, store.features(modality), step, compression
+            )
+            status = store.status_array(modality)
+            _copy_chunked(handle, schema.STATUS_GROUP, modality, status, step, None)
+            errors = handle.require_group(schema.ERRORS_GROUP).create_dataset(
+                modality, shape=(N,), dtype=h5py.string_dtype()
+            )
+            source = store.errors_array(modality)
+            for start in range(0, N, step):
+                errors[start : start + step] = np.asarray(
+                    source[start : start + step].tolist(), dtype=object
+                )
+            if store.has_spatial(modality):
+                _copy_chunked(
+                    handle,
+                    schema.SPATIAL_GROUP,
+                    modality,
+                    store.spatial(modality),
+                    store.spatial_chunk_rows(modality),
+                    compression,
+                )
+    os.replace(temporary, out)
+    return out
+
+
+def _copy_chunked(handle, group: str, name: str, array, step: int, compression: str | None):
+    N = array.shape[0]
+    chunks = (max(1, min(step, N)), *array.shape[1:]) if N else None
+    dataset = handle.require_group(group).create_dataset(
+        name, shape=array.shape, dtype=array.dtype, chunks=chunks, compression=compression
+    )
+    for start in range(0, N, step):
+        dataset[start : start + step] = array[start : start + step]
+
+
+def export_epic_pickle(
+    store_path: str | Path,
+    out: str | Path,
+    *,
+    domain: str | None = None,
+    split: str | None = None,
+) -> Path:
+    """The TA3N feature pickle ``{'features': {'RGB', 'Flow', 'Audio'}: [n, K, D],
+    'narration_ids': [...]}`` of the rows of ``domain`` / ``split`` (all when None).
+
+    Pickle holds everything in memory: export one split at a time.
+    """
+    store = open_cache(store_path)
+    segments = store.segments
+    keep = np.ones(len(segments), dtype=bool)
+    if domain is not None:
+        keep &= (segments["domain"] == domain).to_numpy()
+    if split is not None:
+        keep &= (segments["split"] == split).to_numpy()
+    rows = np.flatnonzero(keep)
+    if len(rows) == 0:
+        raise CacheError(f"{store.path} has no segments of domain {domain!r}, split {split!r}")
+    names = {v: k for k, v in RELEASED_MODALITIES.items()}
+    features = {
+        names.get(m, m): store.load(m, rows)
+        for m in sorted(store.modalities, key=lambda m: list(names).index(m) if m in names else 9)
+    }
+    data = {"features": features, "narration_ids": segments["uid"].iloc[rows].astype(str).tolist()}
+    out = Path(out)
+    temporary = out.with_name(f".{out.name}.partial")
+    with open(temporary, "wb") as handle:
+        pickle.dump(data, handle, protocol=4)
+    os.replace(temporary, out)
+    return out

@@ -1,0 +1,368 @@
+"""Many run directories -> one paper-style table: methods x domain settings, mean ± std over seeds.
+
+Layouts (what the papers print):
+
+* ``settings`` -- MM-SADA / RNA-Net / CharadesEgo: one column per setting (``D1→D2`` ...
+  ``D3→D2``) and a ``Mean`` column; a cell is the mean ± std over seeds of one metric (top-1 of
+  the first task, or mAP for multi-label tasks) on the target evaluation set;
+* ``epic100`` -- EPIC-100 UDA: verb, noun and action top-1 and top-5 (the official scorer,
+  :func:`avda.evaluate.protocols.epic100_accuracies`).
+
+Numbers are recomputed from each run's stored predictions, never read from its logs. ``Mean``
+is, per seed, the average over the settings, then mean ± std over the seeds that have every
+setting. Std is the sample std (``ddof=1``): one seed gives a mean only.
+
+A run's *method* (its row) is the label a sweep gave it (``OUT/sweep.json``), else its head name;
+runs of one head with different configs are told apart by the fields that differ.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from avda import runs
+from avda.data_manifests.settings import NAMED_SETTINGS
+from avda.errors import ConfigError, RunError
+from avda.evaluate.metrics import (
+    mean_average_precision,
+    mean_class_accuracy,
+    mean_std,
+    top1_accuracy,
+    top_k_accuracy,
+)
+from avda.evaluate.protocols import epic100_accuracies
+
+log = logging.getLogger(__name__)
+
+LAYOUTS = ("auto", "settings", "epic100")
+METRICS = ("top1", "top5", "mca", "mAP")
+MEAN = "Mean"
+SWEEP_INDEX = "sweep.json"  # the same name avda.evaluate.sweep writes
+EPIC100_COLUMNS = (
+    ("verb", 1),
+    ("verb", 5),
+    ("noun", 1),
+    ("noun", 5),
+    ("action", 1),
+    ("action", 5),
+)
+_SETTING_ORDER = {
+    (setting.source_domains, setting.target_domains): position
+    for position, setting in enumerate(NAMED_SETTINGS.values())
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class RunInfo:
+    """What the table needs to know about one run directory."""
+
+    path: Path
+    method: str
+    head: str
+    setting: str
+    source: tuple[str, ...]
+    target: tuple[str, ...]
+    seed: int
+    tasks: tuple[dict[str, Any], ...]
+    head_config: dict[str, Any]
+
+
+def setting_label(source: Sequence[str], target: Sequence[str]) -> str:
+    """``D1→D2``, ``D1,D2→D3``: the column header of a setting."""
+    return f"{','.join(source)}→{','.join(target)}"
+
+
+def find_runs(paths: Iterable[str | Path], *, complete_only: bool = True) -> list[Path]:
+    """Run directories among ``paths``: a run folder itself, or every run below a folder.
+
+    Runs below a sweep's output folder come in the sweep's order. Incomplete runs are left out
+    (with a warning) when ``complete_only``; a path holding no run is an error.
+    """
+    found: list[Path] = []
+    for path in map(Path, paths):
+        if not path.exists():
+            raise RunError(f"{path} does not exist; pass run directories or a sweep's --out folder")
+        if (path / runs.CONFIG).exists():
+            candidates = [path]
+        else:
+            candidates = _sweep_order(path) or sorted(p.parent for p in path.rglob(runs.CONFIG))
+            if not candidates:
+                raise RunError(f"{path} holds no avda run (no {runs.CONFIG} below it)")
+        for run in candidates:
+            if complete_only and not runs.is_complete(run):
+                log.warning("%s is not complete: left out", run)
+                continue
+            if run not in found:
+                found.append(run)
+    if not found:
+        raise RunError("none of the given runs is complete; finish them with `avda train`")
+    return found
+
+
+def _sweep_order(folder: Path) -> list[Path]:
+    index = folder / SWEEP_INDEX
+    if not index.exists():
+        return []
+    entries = json.loads(index.read_text()).get("runs", [])
+    return [folder / e["run"] for e in entries if (folder / e["run"] / runs.CONFIG).exists()]
+
+
+def _index_labels(run: Path, cache: dict[Path, dict[str, str]]) -> str | None:
+    """The method label a sweep index in one of ``run``'s ancestors gives it."""
+    resolved = run.resolve()
+    for folder in list(resolved.parents)[:6]:
+        if folder not in cache:
+            index = folder / SWEEP_INDEX
+            labels: dict[str, str] = {}
+            if index.exists():
+                try:
+                    for entry in json.loads(index.read_text()).get("runs", []):
+                        labels[str((folder / entry["run"]).resolve())] = entry["method"]
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    log.warning("%s is not a readable sweep index: ignored", index)
+            cache[folder] = labels
+        if str(resolved) in cache[folder]:
+            return cache[folder][str(resolved)]
+    return None
+
+
+def describe_runs(run_dirs: Sequence[str | Path]) -> list[RunInfo]:
+    """Method, setting and seed of each run (methods labelled as the module docstring says)."""
+    configs = [(Path(run), runs.read_config(run)) for run in run_dirs]
+    index_cache: dict[Path, dict[str, str]] = {}
+    labels = {run: _index_labels(run, index_cache) for run, _ in configs}
+    by_head: dict[str, list[dict[str, Any]]] = {}
+    for run, config in configs:
+        if labels[run] is None:
+            by_head.setdefault(config["head"], []).append(config.get("head_config", {}))
+    infos = []
+    for run, config in configs:
+        method = labels[run] or _distinct_label(config["head"], config, by_head[config["head"]])
+        infos.append(
+            RunInfo(
+                path=run,
+                method=method,
+                head=config["head"],
+                setting=setting_label(config["source"], config["target"]),
+                source=tuple(config["source"]),
+                target=tuple(config["target"]),
+                seed=int(config["seed"]),
+                tasks=tuple(config.get("tasks", [])),
+                head_config=config.get("head_config", {}),
+            )
+        )
+    return infos
+
+
+def _distinct_label(head: str, config: dict[str, Any], group: list[dict[str, Any]]) -> str:
+    own = config.get("head_config", {})
+    keys = sorted({k for c in group for k in c if any(c.get(k) != o.get(k) for o in group)})
+    if not keys:
+        return head
+    return f"{head} ({', '.join(f'{k}={own.get(k)}' for k in keys)})"
+
+
+@dataclasses.dataclass
+class AggregateTable:
+    """Rows = methods, columns = settings (or metrics); per cell the per-seed values in %."""
+
+    title: str
+    methods: list[str]
+    columns: list[str]
+    values: dict[tuple[str, str], list[float]]
+    seeds: dict[tuple[str, str], list[int]]
+    higher_is_better: bool = True
+
+    def cell(self, method: str, column: str) -> tuple[float, float, int]:
+        """Mean, std (NaN for one seed) and number of seeds; NaNs when the cell is empty."""
+        values = [v for v in self.values.get((method, column), []) if not math.isnan(v)]
+        if not values:
+            return float("nan"), float("nan"), 0
+        mean, std = mean_std(values)
+        return mean, std, len(values)
+
+    def best(self, column: str) -> set[str]:
+        """Methods with the best mean in ``column`` (ties: all of them)."""
+        means = {m: self.cell(m, column)[0] for m in self.methods}
+        means = {m: v for m, v in means.items() if not math.isnan(v)}
+        if not means:
+            return set()
+        target = max(means.values()) if self.higher_is_better else min(means.values())
+        return {m for m, v in means.items() if round(v, 6) == round(target, 6)}
+
+    def gains(self, baseline: str) -> dict[tuple[str, str], float]:
+        """Each method's mean minus the baseline's mean, per column (percentage points)."""
+        if baseline not in self.methods:
+            raise ConfigError(
+                f"--compare {baseline!r} is not a method of this table; methods: "
+                + ", ".join(self.methods)
+            )
+        gains = {}
+        for column in self.columns:
+            reference = self.cell(baseline, column)[0]
+            for method in self.methods:
+                gains[(method, column)] = self.cell(method, column)[0] - reference
+        return gains
+
+
+def _choose_set(run: Path, eval_set: str) -> str:
+    available = runs.prediction_sets(run)
+    if eval_set != "auto":
+        if eval_set not in available:
+            raise RunError(
+                f"{run} has no predictions for {eval_set!r} (it has {', '.join(available)}); "
+                "choose another --set"
+            )
+        return eval_set
+    for name in ("target_test", "target_val"):
+        if name in available:
+            return name
+    raise RunError(f"{run} has no target predictions (it has {', '.join(available) or 'none'})")
+
+
+def _metric_value(scores: np.ndarray, labels: np.ndarray, metric: str) -> float:
+    if metric == "mAP":
+        return mean_average_precision(scores, labels)
+    known = labels >= 0
+    if not known.any():
+        return float("nan")
+    scores, labels = scores[known], labels[known]
+    if metric == "top1":
+        return top1_accuracy(scores, labels)
+    if metric == "top5":
+        return top_k_accuracy(scores, labels, 5)
+    return mean_class_accuracy(scores, labels)
+
+
+def _single_label(info: RunInfo) -> set[str]:
+    return {t["name"] for t in info.tasks if not t.get("multi_label")}
+
+
+def aggregate(
+    run_dirs: Sequence[str | Path],
+    *,
+    layout: str = "auto",
+    eval_set: str = "auto",
+    task: str | None = None,
+    metric: str | None = None,
+) -> AggregateTable:
+    """The paper-style table of ``run_dirs`` (complete runs; see :func:`find_runs`)."""
+    if layout not in LAYOUTS:
+        raise ConfigError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
+    if metric is not None and metric not in METRICS:
+        raise ConfigError(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
+    infos = describe_runs(run_dirs)
+    if not infos:
+        raise RunError("no runs to aggregate")
+    if layout == "auto":
+        epic = all({"verb", "noun"} <= _single_label(info) for info in infos)
+        layout = "epic100" if epic else "settings"
+    if layout == "epic100":
+        return _epic100_table(infos, eval_set)
+    return _settings_table(infos, eval_set, task, metric)
+
+
+def _settings_order(infos: Sequence[RunInfo]) -> list[str]:
+    first_seen = {}
+    for position, info in enumerate(infos):
+        key = _SETTING_ORDER.get((info.source, info.target), len(_SETTING_ORDER) + position)
+        first_seen.setdefault(info.setting, key)
+    return sorted(first_seen, key=first_seen.get)
+
+
+def _methods_order(infos: Sequence[RunInfo]) -> list[str]:
+    return list(dict.fromkeys(i.method for i in infos))
+
+
+def _add(table: AggregateTable, info: RunInfo, column: str, value: float) -> None:
+    key = (info.method, column)
+    if info.seed in table.seeds.setdefault(key, []):
+        log.warning("%s: a second run of %s / %s / seed %d", info.path, *key, info.seed)
+    table.seeds[key].append(info.seed)
+    table.values.setdefault(key, []).append(100.0 * value)
+
+
+def _settings_table(
+    infos: Sequence[RunInfo], eval_set: str, task: str | None, metric: str | None
+) -> AggregateTable:
+    settings = _settings_order(infos)
+    names_used: set[str] = set()
+    sets_used: set[str] = set()
+    table = AggregateTable("", _methods_order(infos), list(settings), {}, {})
+    for info in infos:
+        tasks = {t["name"]: t for t in info.tasks}
+        name = task or next(iter(tasks), None)
+        if name not in tasks:
+            raise RunError(
+                f"{info.path} has no task {name!r} (it has {', '.join(tasks) or 'none'}); "
+                "choose another --task"
+            )
+        chosen = metric or ("mAP" if tasks[name].get("multi_label") else "top1")
+        if (chosen == "mAP") != bool(tasks[name].get("multi_label")):
+            raise ConfigError(f"metric {chosen} does not apply to task {name!r} of {info.path}")
+        split = _choose_set(info.path, eval_set)
+        predictions = runs.read_predictions(info.path, split)
+        value = _metric_value(predictions["scores"][name], predictions["labels"][name], chosen)
+        _add(table, info, info.setting, value)
+        names_used.add(f"{name} {chosen}")
+        sets_used.add(split)
+    if len(settings) > 1:
+        table.columns.append(MEAN)
+        for method in table.methods:
+            _add_mean(table, method, settings)
+    table.title = f"{', '.join(sorted(sets_used))}: {', '.join(sorted(names_used))} (%)"
+    return table
+
+
+def _add_mean(table: AggregateTable, method: str, settings: list[str]) -> None:
+    per_setting = [
+        dict(zip(table.seeds.get((method, s), []), table.values.get((method, s), []), strict=True))
+        for s in settings
+    ]
+    common = set.intersection(*(set(p) for p in per_setting)) if per_setting else set()
+    for seed in sorted(common):
+        table.seeds.setdefault((method, MEAN), []).append(seed)
+        table.values.setdefault((method, MEAN), []).append(
+            float(np.mean([p[seed] for p in per_setting]))
+        )
+
+
+def _epic100_table(infos: Sequence[RunInfo], eval_set: str) -> AggregateTable:
+    settings = _settings_order(infos)
+    several = len(settings) > 1
+    columns = [
+        f"{setting} {task} top-{k}" if several else f"{task} top-{k}"
+        for setting in settings
+        for task, k in EPIC100_COLUMNS
+    ]
+    table = AggregateTable("", _methods_order(infos), columns, {}, {})
+    sets_used = set()
+    for info in infos:
+        if not {"verb", "noun"} <= _single_label(info):
+            raise RunError(f"{info.path} has no verb and noun tasks: the epic100 layout needs both")
+        split = _choose_set(info.path, eval_set)
+        sets_used.add(split)
+        predictions = runs.read_predictions(info.path, split)
+        verb, noun = predictions["labels"]["verb"], predictions["labels"]["noun"]
+        known = (verb >= 0) & (noun >= 0)
+        if not known.any():
+            raise RunError(f"{info.path}: {split} has no labelled segments to score")
+        accuracies = epic100_accuracies(
+            predictions["scores"]["verb"][known],
+            predictions["scores"]["noun"][known],
+            verb[known],
+            noun[known],
+        )
+        for task, k in EPIC100_COLUMNS:
+            column = f"{info.setting} {task} top-{k}" if several else f"{task} top-{k}"
+            _add(table, info, column, accuracies[f"all_{task}_accuracy_at_{k}"])
+    table.title = f"{', '.join(sorted(sets_used))}: EPIC-100 verb, noun and action accuracy (%)"
+    return table

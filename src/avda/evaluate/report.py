@@ -1,0 +1,538 @@
+"""``avda report RUNS... -o report.html``: one static, self-contained HTML page about many runs.
+
+Everything is inside the file (PNG figures as base64 ``data:`` URIs, inline CSS, no script), so
+the page can be mailed or attached to an issue. It holds:
+
+* the results table in the paper layout (:mod:`avda.evaluate.aggregate`) and one row per run;
+* per run: training curves from ``metrics.jsonl`` (losses; source/target accuracy or mAP per
+  epoch; the domain discriminator's loss/accuracy and the GRL coefficient when logged),
+  per-class target accuracy (AP for multi-label tasks), confusion matrices, a 2-D embedding of
+  source vs target features *before* (the cache's clip-averaged features) and *after*
+  adaptation (the head's embedding ``HeadOutput.features``, from ``checkpoints/last.pt``): PCA,
+  and t-SNE when there are few points. When the cache is gone or the head cannot be rebuilt,
+  "after" embeds the stored prediction scores instead, and the caption says so;
+* audio clusters (Audio-Adaptive), when the run's cache holds ``clusters/<modality>`` made by
+  ``avda cluster`` for the run's source domains: the cluster sizes per class and the Elbow
+  curves (k-means inertia per k, the chosen k circled) stored with them.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import datetime as _dt
+import html
+import io
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+import avda
+from avda import runs
+from avda.errors import AvdaError, RunError
+from avda.evaluate import aggregate as aggregate_lib
+from avda.evaluate import tables
+from avda.evaluate.metrics import average_precision_per_class, confusion_matrix, per_class_accuracy
+
+log = logging.getLogger(__name__)
+
+SOURCE_COLOR = "#1f77b4"
+TARGET_COLOR = "#ff7f0e"
+DOMAIN_KEYS = ("adversarial", "domain", "discriminator", "grl")
+CSS = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
+h1 { margin-bottom: 0.2em; } h2 { border-bottom: 1px solid #ccc; margin-top: 2em; }
+table { border-collapse: collapse; margin: 1em 0; font-size: 0.9em; }
+th, td { border: 1px solid #ddd; padding: 0.25em 0.6em; text-align: right; }
+th:first-child, caption { text-align: left; }
+caption { font-style: italic; margin-bottom: 0.4em; white-space: nowrap; }
+figure { margin: 1em 0; } figure img { max-width: 100%; }
+figcaption { color: #555; font-size: 0.9em; } .note { color: #a33; }
+"""
+
+
+@dataclasses.dataclass(frozen=True)
+class ReportFigure:
+    """One PNG of the page (base64) with its title (the image's alt text) and caption."""
+
+    title: str
+    png: str  # base64
+    caption: str = ""
+
+
+def _encode(figure: Figure) -> str:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+# ------------------------------------------------------------------------------ curves
+def curves_figure(records: list[dict[str, Any]]) -> ReportFigure | None:
+    """Losses, accuracies and domain-discriminator values per epoch (from ``metrics.jsonl``)."""
+    if not records:
+        return None
+    keys = sorted({k for r in records for k in r if isinstance(r.get(k), int | float)})
+    domain = [k for k in keys if k.startswith("train/") and any(d in k for d in DOMAIN_KEYS)]
+    losses = [k for k in keys if k.startswith("train/") and k not in domain]
+    scores = [
+        k for k in keys if k.startswith(("source_", "target_")) and k.endswith(("/top1", "/mAP"))
+    ]
+    panels = [(p, t) for p, t in ((losses, "training losses"), (scores, "accuracy (%)")) if p]
+    if domain:
+        panels.append((domain, "domain discriminator"))
+    if not panels:
+        return None
+    figure = Figure(figsize=(4.2 * len(panels), 3.2))
+    for index, (names, title) in enumerate(panels, start=1):
+        axes = figure.add_subplot(1, len(panels), index)
+        for name in names:
+            points = [(r["epoch"], r[name]) for r in records if name in r and "epoch" in r]
+            if not points:
+                continue
+            epochs, values = zip(*points, strict=True)
+            scale = 100.0 if names is scores else 1.0
+            color = TARGET_COLOR if name.startswith("target_") else None
+            color = SOURCE_COLOR if name.startswith("source_") else color
+            style = "--" if "grl" in name or "_val/" in name else "-"
+            axes.plot(
+                epochs, [scale * v for v in values], style, color=color, marker=".", label=name
+            )
+        axes.set_title(title)
+        axes.set_xlabel("epoch")
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axes.legend(fontsize=7)
+        axes.grid(alpha=0.3)
+    figure.tight_layout()
+    caption = "per epoch, from metrics.jsonl: " + ", ".join(title for _, title in panels)
+    return ReportFigure("training curves", _encode(figure), caption)
+
+
+# ------------------------------------------------------------------------------ predictions
+def _target_set(run: Path) -> str | None:
+    available = runs.prediction_sets(run)
+    return next((s for s in ("target_test", "target_val") if s in available), None)
+
+
+def per_class_figure(
+    scores: np.ndarray, labels: np.ndarray, task: str, multi_label: bool, split: str
+) -> ReportFigure:
+    """Per-class accuracy (AP for multi-label tasks) as bars, the mean as a line."""
+    if multi_label:
+        values = average_precision_per_class(scores, labels)
+        what = "AP"
+    else:
+        known = labels >= 0
+        values = per_class_accuracy(scores[known], labels[known])
+        what = "accuracy"
+    classes = np.flatnonzero(~np.isnan(values))
+    figure = Figure(figsize=(max(4.0, min(14.0, 0.3 * len(classes) + 2)), 3.0))
+    axes = figure.add_subplot(1, 1, 1)
+    axes.bar(np.arange(len(classes)), 100 * values[classes], color=TARGET_COLOR)
+    if len(classes):
+        axes.axhline(100 * np.nanmean(values), color="k", lw=1, ls="--", label="mean")
+        axes.legend(fontsize=7)
+    if len(classes) <= 40:
+        axes.set_xticks(np.arange(len(classes)), [str(c) for c in classes], fontsize=7)
+    axes.set_xlabel(f"{task} class")
+    axes.set_ylabel(f"{what} (%)")
+    axes.set_ylim(0, 100)
+    axes.set_title(f"{split}: per-class {what}, {task}")
+    figure.tight_layout()
+    caption = f"classes without a {split} example are left out"
+    return ReportFigure(f"per-class {what} ({task})", _encode(figure), caption)
+
+
+def confusion_figure(scores: np.ndarray, labels: np.ndarray, task: str, split: str) -> ReportFigure:
+    """Row-normalised confusion matrix (row = true class)."""
+    known = labels >= 0
+    num_classes = scores.shape[1]
+    counts = confusion_matrix(labels[known], scores[known].argmax(1), num_classes)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        normalised = counts / counts.sum(axis=1, keepdims=True)
+    size = min(8.0, 2.5 + 0.25 * num_classes)
+    figure = Figure(figsize=(size + 1, size))
+    axes = figure.add_subplot(1, 1, 1)
+    image = axes.imshow(np.nan_to_num(normalised), vmin=0, vmax=1, cmap="Blues")
+    figure.colorbar(image, ax=axes, fraction=0.046)
+    if num_classes <= 20:
+        ticks = np.arange(num_classes)
+        axes.set_xticks(ticks, [str(t) for t in ticks], fontsize=7)
+        axes.set_yticks(ticks, [str(t) for t in ticks], fontsize=7)
+        for (row, column), count in np.ndenumerate(counts):
+            if count:
+                axes.text(column, row, str(count), ha="center", va="center", fontsize=6)
+    axes.set_xlabel("predicted")
+    axes.set_ylabel("true")
+    axes.set_title(f"{split}: confusion, {task}")
+    figure.tight_layout()
+    return ReportFigure(
+        f"confusion matrix ({task})", _encode(figure), "rows normalised; counts shown"
+    )
+
+
+# ------------------------------------------------------------------------------ embeddings
+@dataclasses.dataclass
+class Embedding:
+    """Points to project: ``before``/``after`` ``(n, F)`` arrays and ``is_target`` ``(n,)``."""
+
+    before: np.ndarray | None
+    after: np.ndarray
+    is_target: np.ndarray
+    after_is_scores: bool = False
+    note: str = ""
+
+
+def _sample(rows: np.ndarray, limit: int, rng: np.random.Generator) -> np.ndarray:
+    return np.sort(rng.choice(rows, size=limit, replace=False)) if len(rows) > limit else rows
+
+
+def head_embedding(run: Path, *, max_points: int = 500, seed: int = 0) -> Embedding:
+    """Cache features and the trained head's embedding of source and target segments.
+
+    The head is rebuilt from ``config.yaml`` and ``checkpoints/last.pt`` and sees what the loop
+    showed it: the same clips, the same standardisation, and its ``before_evaluation`` hook per
+    side (AdaBN switches to target statistics). Multi-stage heads (a ``prepare`` hook that runs
+    earlier stages) are not rebuilt here: :func:`run_embedding` embeds their scores instead.
+    """
+    import torch
+
+    from avda.cache import open_cache
+    from avda.train import data as data_lib
+    from avda.train import heads as heads_lib
+    from avda.train.heads._base import Head
+
+    config = runs.read_config(run)
+    head_class = heads_lib.HEADS.get(config["head"])
+    if hasattr(head_class, "prepare"):
+        raise RunError(f"{config['head']} trains in stages; its embedding needs those stages")
+    store = open_cache(config["cache"])
+    modalities = list(config["modalities"])
+    tasks = [data_lib.Task(**t) for t in config["tasks"]]
+    config_object = heads_lib.config_class(config["head"]).from_dict(config["head_config"])
+    input_clips = getattr(head_class, "input_clips", None)
+    extra = []
+    if input_clips is not None:
+        extra = [
+            {m: input_clips(config_object, store.modality_info(m)["num_clips"]) for m in modalities}
+        ]
+    state = torch.load(run / runs.CHECKPOINT, map_location="cpu", weights_only=False)
+    statistics = state.get("standardize") or {}
+
+    def load(name: str, rows: np.ndarray):
+        feature_set = data_lib.load_set(store, name, rows, modalities, tasks, *extra)
+        for modality, (mean, std) in statistics.items():
+            feature_set.inputs[modality] = (feature_set.inputs[modality] - mean) / std
+        return feature_set
+
+    rng = np.random.default_rng(seed)
+    splits = ["train", "val", "test"]
+    sides = {}
+    for side in ("source", "target"):
+        rows = data_lib.select_rows(store, config[side], splits, modalities)
+        sides[side] = load(f"{side}_embedding", _sample(rows, max_points // 2, rng))
+    shapes = {m: tuple(sides["source"].inputs[m].shape[1:]) for m in modalities}
+    model = heads_lib.create(config["head"], inputs=shapes, tasks=tasks, config=config_object)
+    model.load_state_dict(state["model"])
+    model.eval()
+    adaptation = None
+    if type(model).before_evaluation is not Head.before_evaluation:
+        target_train = data_lib.select_rows(store, config["target"], ["train"], modalities)
+        adaptation = load("target_train", target_train)
+    before, after, is_target = [], [], []
+    with torch.no_grad():
+        for side, feature_set in sides.items():
+            model.before_evaluation(feature_set, adaptation)
+            for index in feature_set.batches(512, shuffle=False):
+                batch, _ = feature_set.batch(index)
+                after.append(model(batch).features.float().numpy())
+                pooled = [batch[m].mean(dim=1) for m in modalities]  # (B, K, D) -> (B, D)
+                before.append(torch.cat(pooled, dim=1).numpy())
+                is_target.append(np.full(len(index), side == "target"))
+    return Embedding(np.concatenate(before), np.concatenate(after), np.concatenate(is_target))
+
+
+def score_embedding(run: Path, *, max_points: int = 500, seed: int = 0) -> Embedding:
+    """Fallback: the stored prediction scores of the source and target evaluation sets."""
+    rng = np.random.default_rng(seed)
+    parts, sides = [], []
+    for name in runs.prediction_sets(run):
+        predictions = runs.read_predictions(run, name)
+        scores = np.concatenate(
+            [predictions["scores"][t] for t in sorted(predictions["scores"])], 1
+        )
+        parts.append(scores)
+        sides.append(np.full(len(scores), name.startswith("target")))
+    if not parts:
+        raise RunError(f"{run} has no predictions to embed")
+    points, is_target = np.concatenate(parts), np.concatenate(sides)
+    keep = _sample(np.arange(len(points)), max_points, rng)
+    return Embedding(None, points[keep], is_target[keep], after_is_scores=True)
+
+
+def run_embedding(run: Path, *, max_points: int = 500) -> Embedding:
+    try:
+        return head_embedding(run, max_points=max_points)
+    except (AvdaError, OSError, KeyError, RuntimeError) as error:
+        log.warning("%s: cannot rebuild the head's embedding (%s); embedding scores", run, error)
+        embedding = score_embedding(run, max_points=max_points)
+        embedding.note = f"the head's embedding could not be rebuilt ({error}): "
+        return embedding
+
+
+def _project(points: np.ndarray, method: str) -> np.ndarray:
+    from sklearn.decomposition import PCA
+    from sklearn.manifold import TSNE
+    from threadpoolctl import threadpool_limits
+
+    points = np.asarray(points, dtype=np.float64)
+    if method == "PCA":
+        components = min(2, points.shape[1], len(points))
+        projected = PCA(n_components=components, random_state=0).fit_transform(points)
+        return np.pad(projected, ((0, 0), (0, 2 - components)))
+    perplexity = float(min(30.0, max(2.0, (len(points) - 1) / 3)))
+    tsne = TSNE(n_components=2, perplexity=perplexity, init="pca", max_iter=500, random_state=0)
+    # One OpenMP thread: on a few hundred points the threads' synchronisation costs more than it
+    # saves (6x slower on a busy 2-core machine).
+    with threadpool_limits(limits=1, user_api="openmp"):
+        return tsne.fit_transform(points)
+
+
+def embedding_figure(embedding: Embedding, *, tsne_max_points: int = 800) -> ReportFigure:
+    """PCA (and t-SNE when small) of source vs target, before and after adaptation."""
+    methods = ["PCA"] + (["t-SNE"] if 5 <= len(embedding.after) <= tsne_max_points else [])
+    columns = (
+        [("before (cache features)", embedding.before)] if embedding.before is not None else []
+    )
+    after_name = (
+        "after (prediction scores)" if embedding.after_is_scores else "after (head embedding)"
+    )
+    columns.append((after_name, embedding.after))
+    figure = Figure(figsize=(3.6 * len(columns), 3.3 * len(methods)))
+    for row, method in enumerate(methods):
+        for column, (name, points) in enumerate(columns):
+            axes = figure.add_subplot(len(methods), len(columns), row * len(columns) + column + 1)
+            projected = _project(points, method)
+            for is_target, color, label in (
+                (False, SOURCE_COLOR, "source"),
+                (True, TARGET_COLOR, "target"),
+            ):
+                mask = embedding.is_target == is_target
+                axes.scatter(*projected[mask].T, s=6, alpha=0.6, color=color, label=label)
+            axes.set_title(f"{method}: {name}", fontsize=9)
+            axes.set_xticks([])
+            axes.set_yticks([])
+            if row == 0 and column == 0:
+                axes.legend(fontsize=7, markerscale=2)
+    figure.tight_layout()
+    caption = embedding.note + (
+        "source vs target prediction scores (no cache features here)"
+        if embedding.after_is_scores
+        else "source vs target segments: clip-averaged cache features and the head's embedding"
+    )
+    return ReportFigure("embedding", _encode(figure), f"{caption}; {len(embedding.after)} points")
+
+
+# ------------------------------------------------------------------------------ clusters
+def cluster_info(run: Path) -> list[dict[str, Any]]:
+    """Audio clusters the run's cache holds for the run's source domains (``avda cluster``).
+
+    One entry per clustered modality: cluster ids and classes of the group's segments, and per
+    class the candidate k, their inertia and the k chosen by the Elbow.
+    """
+    from avda.cache import open_cache
+    from avda.train.data import TASK_COLUMNS
+
+    config = runs.read_config(run)
+    try:
+        store = open_cache(config["cache"])
+    except AvdaError:
+        return []
+    wanted = ",".join(sorted(config["source"]))
+    found = []
+    for modality in store.modalities:
+        stored = store.read_clusters(modality)
+        if stored is None:
+            continue
+        ids, info = stored
+        groups = info.get("groups", {})
+        group = groups.get(wanted)
+        if group is None:
+            continue
+        task = group.get("settings", {}).get("task", "verb")
+        column = TASK_COLUMNS.get(task)
+        if column not in store.segments:
+            continue
+        rows = np.asarray(group.get("rows", []), dtype=np.int64)
+        classes = store.segments[column].iloc[rows].fillna(-1).astype("int64").to_numpy()
+        found.append(
+            {
+                "modality": modality,
+                "domains": wanted,
+                "task": task,
+                "ids": ids[rows],
+                "classes": classes,
+                "curves": group.get("classes", {}),
+            }
+        )
+    return found
+
+
+def cluster_figures(entry: dict[str, Any]) -> list[ReportFigure]:
+    """Cluster sizes per class (stacked bars) and the Elbow curves with the chosen k."""
+    ids, classes, curves = entry["ids"], entry["classes"], entry["curves"]
+    where = f"{entry['modality']}, source {entry['domains']}"
+    keep = (ids >= 0) & (classes >= 0)
+    figures = []
+    if keep.any():
+        class_ids = np.unique(classes[keep])
+        num_clusters = int(ids[keep].max()) + 1
+        counts = np.zeros((len(class_ids), num_clusters), dtype=np.int64)
+        for row, class_id in enumerate(class_ids):
+            counts[row] = np.bincount(ids[keep & (classes == class_id)], minlength=num_clusters)
+        figure = Figure(figsize=(max(4.0, min(14.0, 0.4 * len(class_ids) + 2)), 3.0))
+        axes = figure.add_subplot(1, 1, 1)
+        bottom = np.zeros(len(class_ids))
+        for cluster in range(num_clusters):
+            axes.bar(
+                np.arange(len(class_ids)), counts[:, cluster], bottom=bottom, label=str(cluster)
+            )
+            bottom += counts[:, cluster]
+        axes.set_xticks(np.arange(len(class_ids)), [str(c) for c in class_ids], fontsize=7)
+        axes.set_xlabel(f"{entry['task']} class")
+        axes.set_ylabel("segments")
+        axes.set_title(f"audio clusters per class ({where})")
+        if num_clusters <= 12:
+            axes.legend(title="cluster", fontsize=6, title_fontsize=7)
+        figure.tight_layout()
+        figures.append(ReportFigure(f"cluster sizes ({entry['modality']})", _encode(figure)))
+    if curves:
+        figure = Figure(figsize=(4.8, 3.3))
+        axes = figure.add_subplot(1, 1, 1)
+        for class_id, curve in sorted(curves.items(), key=lambda item: int(item[0])):
+            ks = np.asarray(curve.get("candidate_clusters", []))
+            inertias = np.asarray(curve.get("inertias", []), dtype=np.float64)
+            if len(ks) == 0 or len(ks) != len(inertias):
+                continue
+            (line,) = axes.plot(ks, inertias, marker=".", label=f"class {class_id}")
+            chosen = curve.get("n_clusters")
+            if chosen in ks.tolist():
+                point = inertias[ks.tolist().index(chosen)]
+                axes.plot([chosen], [point], "o", color=line.get_color(), ms=9, mfc="none")
+        axes.set_xlabel("k (clusters)")
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axes.set_ylabel("k-means inertia")
+        axes.set_title(f"Elbow curves ({where})")
+        if len(curves) <= 12:
+            axes.legend(fontsize=6)
+        figure.tight_layout()
+        caption = "circles: the k the Elbow chose per class"
+        figures.append(
+            ReportFigure(f"Elbow curves ({entry['modality']})", _encode(figure), caption)
+        )
+    return figures
+
+
+# ------------------------------------------------------------------------------ the page
+def run_figures(
+    run: Path, *, max_points: int = 500, tsne_max_points: int = 800
+) -> list[ReportFigure]:
+    """Every figure of one run's section."""
+    config = runs.read_config(run)
+    figures = []
+    curves = curves_figure(runs.read_metrics(run))
+    if curves:
+        figures.append(curves)
+    split = _target_set(run)
+    if split:
+        predictions = runs.read_predictions(run, split)
+        multi = {t["name"] for t in config.get("tasks", []) if t.get("multi_label")}
+        for task in sorted(predictions["scores"]):
+            scores, labels = predictions["scores"][task], predictions["labels"][task]
+            if task not in multi and not (labels >= 0).any():
+                continue
+            figures.append(per_class_figure(scores, labels, task, task in multi, split))
+            if task not in multi:
+                figures.append(confusion_figure(scores, labels, task, split))
+    embedding = run_embedding(run, max_points=max_points)
+    figures.append(embedding_figure(embedding, tsne_max_points=tsne_max_points))
+    for entry in cluster_info(run):
+        figures.extend(cluster_figures(entry))
+    return figures
+
+
+def _figure_html(figure: ReportFigure) -> str:
+    caption = html.escape(figure.title + (f": {figure.caption}" if figure.caption else ""))
+    return (
+        f'<figure><img alt="{html.escape(figure.title)}" '
+        f'src="data:image/png;base64,{figure.png}"><figcaption>{caption}</figcaption></figure>'
+    )
+
+
+def build_report(
+    paths: Sequence[str | Path],
+    out: str | Path,
+    *,
+    title: str = "avda report",
+    layout: str = "auto",
+    baseline: str | None = None,
+    max_points: int = 500,
+    tsne_max_points: int = 800,
+    max_detailed_runs: int = 60,
+    progress: bool = False,
+) -> Path:
+    """Write the report of the complete runs found under ``paths`` to ``out``; returns ``out``."""
+    from tqdm import tqdm
+
+    out = Path(out)
+    run_dirs = aggregate_lib.find_runs(paths)
+    infos = aggregate_lib.describe_runs(run_dirs)
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>{html.escape(title)}</title><style>{CSS}</style></head><body>",
+        f"<h1>{html.escape(title)}</h1>",
+        f"<p>{len(run_dirs)} runs; avda {html.escape(avda.__version__)}; generated "
+        f"{_dt.datetime.now(_dt.UTC).isoformat(timespec='seconds')}</p>",
+        "<h2>Results</h2>",
+    ]
+    try:
+        paper = aggregate_lib.aggregate(run_dirs, layout=layout)
+        parts.append(tables.aggregate_html(paper, baseline=baseline))
+    except AvdaError as error:
+        parts.append(f'<p class="note">no paper-style table: {html.escape(str(error))}</p>')
+    per_run = tables.results_table(run_dirs)
+    parts.append(
+        per_run.to_html(index=False, float_format=lambda v: f"{v:.1f}", classes="runs", border=0)
+    )
+    detailed = infos[:max_detailed_runs]
+    if len(infos) > len(detailed):
+        parts.append(
+            f'<p class="note">figures for the first {len(detailed)} of {len(infos)} runs only '
+            "(raise max_detailed_runs, or report fewer runs)</p>"
+        )
+    parts.append("<h2>Runs</h2><ul>")
+    for index, info in enumerate(detailed):
+        parts.append(f'<li><a href="#run-{index}">{html.escape(_run_title(info))}</a></li>')
+    parts.append("</ul>")
+    bar = tqdm(detailed, desc="report", unit="run", disable=not progress)
+    for index, info in enumerate(bar):
+        parts.append(f'<section id="run-{index}"><h2>{html.escape(_run_title(info))}</h2>')
+        parts.append(f"<p><code>{html.escape(str(info.path))}</code></p>")
+        for figure in run_figures(
+            info.path, max_points=max_points, tsne_max_points=tsne_max_points
+        ):
+            parts.append(_figure_html(figure))
+        parts.append("</section>")
+    parts.append("</body></html>")
+    runs.atomic_write_text(out, "\n".join(parts) + "\n")
+    log.info("wrote %s (%.1f MB)", out, out.stat().st_size / 1e6)
+    return out
+
+
+def _run_title(info: aggregate_lib.RunInfo) -> str:
+    return f"{info.method} · {info.setting} · seed {info.seed}"

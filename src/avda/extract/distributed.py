@@ -1,0 +1,224 @@
+"""Extraction on a Dask cluster: the manifest's chunk-aligned shards run as Dask tasks.
+
+::
+
+    client (this process)                         Dask workers (one task = one shard)
+    ─────────────────────                         ────────────────────────────────────
+    open / create the store  ── once ──►          extract(..., shard=(i, n)):
+    add every modality's arrays                     opens the existing store (compatible)
+    submit n shard tasks     ──────────────►        decodes + runs its rows only
+    wait, summarise          ◄──────────────        writes whole Zarr chunks (never shared)
+
+Store creation and every provenance write happen in the client before the first task starts,
+so the tasks only write chunk files, and :func:`avda.extract.runner.shard_rows` deals whole
+chunks round-robin, so no two tasks write the same chunk. A failed task leaves its rows
+pending: rerun the same command to resume them. ``scheduler``: ``None`` or ``"local"`` start a
+``LocalCluster`` (one worker per GPU when there are GPUs, else 2), ``"local:N"`` one with N
+workers, anything else is the address of a running scheduler (``tcp://host:8786``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from avda import cache as cache_lib
+from avda.data_manifests import schema as manifest_schema
+from avda.errors import AvdaError, ConfigError
+from avda.extract import runner
+from avda.extract.inference import Precision
+from avda.extract.inputs import InputPaths
+from avda.extract.runner import ExtractResult, ModalitySpec
+from avda.extract.sampling import Recipe
+
+log = logging.getLogger(__name__)
+
+
+def parse_scheduler(scheduler: str | None) -> tuple[str, int | None]:
+    """``("local", workers or None)`` or ``("address", None)``."""
+    if scheduler is None or scheduler == "local":
+        return "local", None
+    if scheduler.startswith("local:"):
+        try:
+            count = int(scheduler.split(":", 1)[1])
+        except ValueError:
+            count = 0
+        if count < 1:
+            raise ConfigError(f"--scheduler {scheduler!r}: expected local:N with N >= 1")
+        return "local", count
+    if "://" not in scheduler:
+        raise ConfigError(
+            f"--scheduler {scheduler!r}: expected local, local:N or a scheduler address "
+            "such as tcp://host:8786"
+        )
+    return "address", None
+
+
+def extract_distributed(
+    manifest: pd.DataFrame,
+    *,
+    out: str | Path,
+    recipe: Recipe,
+    modalities: list[ModalitySpec],
+    scheduler: str | None = None,
+    num_shards: int | None = None,
+    videos: str | Path | None = None,
+    frames: str | Path | None = None,
+    flow: str | Path | None = None,
+    audio: str | Path | None = None,
+    flow_stride: int | None = None,
+    batch_size: int = 16,
+    workers: int = 2,
+    device: str | None = None,
+    chunk_rows: int = cache_lib.schema.DEFAULT_CHUNK_ROWS,
+    retry_failed: bool = False,
+    force: bool = False,
+    progress: bool = True,
+    precision: Precision = "auto",
+    client: Any = None,
+) -> ExtractResult:
+    """Like :func:`avda.extract.runner.extract`, with the shards run as tasks on a Dask cluster.
+
+    ``num_shards`` defaults to the number of Zarr chunks (at most 4 per worker); ``device`` None
+    gives each worker its own GPU (``cuda:<worker index>``) when there are GPUs. ``client``: an
+    existing ``dask.distributed.Client`` to use instead of ``scheduler``.
+    """
+    from dask.distributed import Client, LocalCluster, as_completed
+
+    began = time.perf_counter()
+    kind, local_workers = parse_scheduler(scheduler)
+    paths = {
+        "videos": videos,
+        "frames": frames,
+        "flow": flow,
+        "audio": audio,
+    }
+    inputs = InputPaths(
+        **{k: Path(v) if v is not None else None for k, v in paths.items()},
+        flow_stride=flow_stride,
+    )
+    inputs.check([m.modality for m in modalities])
+    segments = manifest_schema.normalise(manifest)
+    built = [runner._build_model(spec, recipe) for spec in modalities]  # refuse misfits first
+    store = runner.open_or_create_store(
+        Path(out),
+        segments,
+        manifest_schema.fingerprint(manifest),
+        recipe,
+        chunk_rows=chunk_rows,
+        force=force,
+    )
+    for spec, model in zip(modalities, built, strict=True):
+        # Every array and provenance entry exists before any task starts.
+        runner.prepare_modality(store, spec, recipe, inputs, force=force, model=model)
+    del built
+
+    with ExitStack() as stack:
+        if client is not None:
+            count = max(1, len(client.scheduler_info().get("workers", {})))
+            threads = None
+        elif kind == "local":
+            import dask
+
+            gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+            count = local_workers or (gpus if gpus else 2)
+            # Non-daemonic workers may start DataLoader decoding processes.
+            stack.enter_context(dask.config.set({"distributed.worker.daemon": False}))
+            cluster = stack.enter_context(
+                LocalCluster(
+                    n_workers=count,
+                    threads_per_worker=1,
+                    processes=True,
+                    dashboard_address=None,
+                )
+            )
+            client = stack.enter_context(Client(cluster))
+            threads = max(1, (os.cpu_count() or 1) // count)
+        else:
+            client = stack.enter_context(Client(scheduler))
+            count = max(1, len(client.scheduler_info().get("workers", {})))
+            threads = None
+        chunks = max(1, math.ceil(store.num_segments / store.chunk_rows))
+        shards = num_shards or min(chunks, 4 * count)
+        if shards < 1:
+            raise ConfigError(f"--shards must be >= 1, got {shards}")
+        log.info(
+            "extracting %d segments as %d shards on %d Dask workers (%s)",
+            store.num_segments,
+            shards,
+            count,
+            scheduler or ("client" if client is not None else "local"),
+        )
+        options: dict[str, Any] = {
+            "out": str(out),
+            "recipe": recipe,
+            "modalities": modalities,
+            "batch_size": batch_size,
+            "workers": workers,
+            "device": device,
+            "chunk_rows": chunk_rows,
+            "retry_failed": retry_failed,
+            "precision": precision,
+            "threads": threads,
+            **{k: str(v) if v is not None else None for k, v in paths.items()},
+            "flow_stride": flow_stride,
+        }
+        shared = client.scatter(manifest, broadcast=True)
+        futures = [
+            client.submit(
+                _run_shard, shared, index, shards, options, key=f"avda-extract-{index}-of-{shards}"
+            )
+            for index in range(shards)
+        ]
+        errors: list[str] = []
+        bar = tqdm(total=shards, desc="extract shards", unit="shard", disable=not progress)
+        for future in as_completed(futures):
+            try:
+                done = future.result()
+                log.debug("shard %s done: %s", future.key, done)
+            except Exception as exc:  # a task's own error: its rows stay pending
+                errors.append(f"{future.key}: {type(exc).__name__}: {exc}")
+            bar.update(1)
+        bar.close()
+    if errors:
+        raise AvdaError(
+            f"{len(errors)} of {shards} extraction shard(s) stopped with an error "
+            f"({errors[0]}); their segments are still pending: fix the cause and rerun the "
+            "same command to resume them"
+        )
+    store = cache_lib.open_cache(Path(out))
+    return runner.summarise(store, [m.modality for m in modalities], began)
+
+
+def _run_shard(
+    manifest: pd.DataFrame, index: int, count: int, options: dict[str, Any]
+) -> dict[str, int]:
+    """One Dask task: extract shard ``index/count`` into the prepared store."""
+    options = dict(options)
+    threads = options.pop("threads")
+    if threads:
+        torch.set_num_threads(threads)
+    if options["device"] is None and torch.cuda.is_available():
+        options["device"] = f"cuda:{_worker_index() % torch.cuda.device_count()}"
+    result = runner.extract(manifest, shard=(index, count), force=False, progress=False, **options)
+    return {"done": result.done, "failed": result.failed, "missing": result.missing}
+
+
+def _worker_index() -> int:
+    """The index of this Dask worker (LocalCluster names workers 0, 1, ...), else 0."""
+    try:
+        from dask.distributed import get_worker
+
+        name = get_worker().name
+        return int(name) if str(name).isdigit() else 0
+    except (ImportError, ValueError):
+        return 0

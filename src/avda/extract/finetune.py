@@ -1,0 +1,328 @@
+"""``avda finetune``: train a backbone plus a linear classifier on labelled source clips.
+
+MM-SADA fine-tunes I3D end to end on the source domain, and TBN / SlowFast are trained on the
+source domain before features are extracted. This module does that for any registered backbone:
+
+    source segments -> SegmentDataset (decode, random clip placement per epoch) -> flip
+        -> model_input (the backbone's input contract) -> backbone.forward_features -> Linear
+        -> cross-entropy on verb_class
+
+Mixed precision (bf16 autocast) and channels-last on GPU, gradient accumulation for small GPUs,
+a resumable checkpoint after every epoch (``OUT.partial.pt``), and at the end ``OUT`` holds the
+backbone's plain state dict, which ``avda extract --weights OUT`` loads unchanged; the
+classifier and the run's metadata go to ``OUT.classifier.pt`` and ``OUT.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from avda.config import Config
+from avda.data_manifests import schema as manifest_schema
+from avda.errors import ConfigError, ManifestError
+from avda.extract import backbones
+from avda.extract.inference import memory_format
+from avda.extract.inputs import AUDIO_RECIPE_OF_BACKBONE, InputPaths, SegmentDataset, worker_init
+from avda.extract.sampling import Recipe
+from avda.extract.transforms import model_input
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class FinetuneConfig(Config):
+    """Optimisation of ``avda finetune`` (defaults: MM-SADA's SGD, momentum 0.9)."""
+
+    epochs: int = 10
+    batch_size: int = 8  # clips per forward pass
+    accumulate: int = 1  # forward passes per optimiser step (effective batch = product)
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 1e-7
+    flip: bool = True  # random horizontal flip (flow: u is inverted, 255 - u)
+    workers: int = 2
+    seed: int = 0
+    amp: bool = True  # bfloat16 autocast on CUDA (ignored on CPU)
+
+
+@dataclasses.dataclass
+class FinetuneResult:
+    weights: Path
+    epochs: int
+    history: list[dict[str, float]]
+    seconds: float
+
+
+def _source_rows(manifest: pd.DataFrame, source: list[str]) -> np.ndarray:
+    known = sorted(manifest["domain"].dropna().unique())
+    for domain in source:
+        if domain not in known:
+            raise ConfigError(f"unknown source domain {domain!r}; the manifest has: {known}")
+    labels = pd.to_numeric(manifest.get("verb_class"), errors="coerce")
+    mask = manifest["domain"].isin(source) & (manifest["split"] == "train") & labels.notna()
+    rows = np.flatnonzero(mask.to_numpy())
+    if len(rows) == 0:
+        raise ManifestError(
+            f"no labelled training segments (split train, verb_class set) in domain(s) {source}"
+        )
+    return rows
+
+
+def _flip(clips: torch.Tensor, modality: str, generator: torch.Generator) -> torch.Tensor:
+    """Random horizontal flip of uint8 clips ``(B, T, H, W, C)``; flow u becomes 255 - u."""
+    chosen = torch.rand(clips.shape[0], generator=generator) < 0.5
+    if not chosen.any():
+        return clips
+    flipped = clips[chosen].flip(3)
+    if modality == "flow":
+        flipped[..., 0] = 255 - flipped[..., 0]
+    clips = clips.clone()
+    clips[chosen] = flipped
+    return clips
+
+
+def _batches(items: list, batch_size: int):
+    """Flatten segments' clips into (clips, labels) chunks of at most ``batch_size``."""
+    clips, labels = [], []
+    for x, label in items:
+        for clip in x:
+            clips.append(clip)
+            labels.append(label)
+            if len(clips) == batch_size:
+                yield torch.stack(clips), torch.tensor(labels)
+                clips, labels = [], []
+    if clips:
+        yield torch.stack(clips), torch.tensor(labels)
+
+
+def finetune(
+    manifest: pd.DataFrame,
+    *,
+    inputs: InputPaths,
+    backbone: str,
+    modality: str,
+    source: list[str],
+    recipe: Recipe,
+    out: str | Path,
+    weights: str | Path | None = None,
+    config: FinetuneConfig | None = None,
+    device: str | None = None,
+    progress: bool = True,
+) -> FinetuneResult:
+    """Fine-tune ``backbone`` on the labelled ``source`` training segments of ``manifest``."""
+    began = time.perf_counter()
+    config = config or FinetuneConfig()
+    out = Path(out)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    cuda = device.startswith("cuda")
+    segments = manifest_schema.normalise(manifest)
+    rows = _source_rows(segments, source)
+    labels = pd.to_numeric(segments["verb_class"], errors="coerce").to_numpy()
+    num_classes = int(np.nanmax(labels)) + 1
+    inputs.check([modality])
+
+    torch.manual_seed(config.seed)
+    model = backbones.create(backbone, modality=modality, weights=weights)
+    classifier = nn.Linear(model.num_features, num_classes)
+    model.train().to(device)
+    classifier.to(device)
+    if cuda:
+        model.to(memory_format=memory_format(model.input_spec))
+    parameters = [*model.parameters(), *classifier.parameters()]
+    optimizer = torch.optim.SGD(
+        parameters, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+    )
+    generator = torch.Generator().manual_seed(config.seed)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_name(out.name + ".partial.pt")
+    history: list[dict[str, float]] = []
+    start_epoch = 1
+    if partial.exists():
+        state = torch.load(partial, map_location="cpu", weights_only=False)
+        model.load_state_dict(state["backbone"])
+        classifier.load_state_dict(state["classifier"])
+        optimizer.load_state_dict(state["optimizer"])
+        generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        history = state["history"]
+        start_epoch = state["epoch"] + 1
+        log.info("resuming fine-tuning from %s at epoch %d", partial, start_epoch)
+
+    audio_recipe = AUDIO_RECIPE_OF_BACKBONE.get(backbone)
+    visual = modality != "audio"
+    for epoch in range(start_epoch, config.epochs + 1):
+        # A new seed per epoch: random clip placements differ from epoch to epoch.
+        epoch_recipe = recipe.replace(seed=config.seed * 1000 + epoch)
+        order = rows[torch.randperm(len(rows), generator=generator).numpy()]
+        dataset = SegmentDataset(
+            segments, order, inputs, epoch_recipe, modality, model.input_spec, audio_recipe
+        )
+        loader = DataLoader(
+            dataset,
+            batch_size=None,
+            num_workers=config.workers,
+            worker_init_fn=worker_init if config.workers else None,
+            prefetch_factor=4 if config.workers else None,
+        )
+        totals = {"loss": 0.0, "correct": 0.0, "clips": 0.0}
+        failed = 0
+        pending: list[tuple[torch.Tensor, int]] = []
+        step = 0
+        bar = tqdm(loader, desc=f"finetune epoch {epoch}", unit="seg", disable=not progress)
+        optimizer.zero_grad(set_to_none=True)
+        for row, x, _, error in bar:
+            if x is None:
+                failed += 1
+                log.warning("segment %s skipped: %s", segments["uid"].iloc[row], error)
+                continue
+            pending.append((x, int(labels[row])))
+            if sum(len(p[0]) for p in pending) < config.batch_size:
+                continue
+            for clips, target in _batches(pending, config.batch_size):
+                step = _step(
+                    model,
+                    classifier,
+                    optimizer,
+                    clips,
+                    target,
+                    totals,
+                    step,
+                    config,
+                    modality,
+                    visual,
+                    device,
+                    generator,
+                    recipe,
+                )
+            pending = []
+        for clips, target in _batches(pending, config.batch_size):
+            step = _step(
+                model,
+                classifier,
+                optimizer,
+                clips,
+                target,
+                totals,
+                step,
+                config,
+                modality,
+                visual,
+                device,
+                generator,
+                recipe,
+            )
+        if step % config.accumulate:
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        clips_seen = max(totals["clips"], 1.0)
+        record = {
+            "epoch": epoch,
+            "loss": totals["loss"] / clips_seen,
+            "accuracy": totals["correct"] / clips_seen,
+            "failed_segments": failed,
+        }
+        if not math.isfinite(record["loss"]):
+            raise ConfigError(f"fine-tuning diverged at epoch {epoch}; lower --lr")
+        history.append(record)
+        log.info(
+            "finetune epoch %d: loss %.4f, accuracy %.3f", epoch, record["loss"], record["accuracy"]
+        )
+        _save_partial(partial, model, classifier, optimizer, generator, epoch, history)
+
+    model.eval()
+    _atomic_save({k: v.cpu() for k, v in model.state_dict().items()}, out)
+    _atomic_save(
+        {k: v.cpu() for k, v in classifier.state_dict().items()},
+        out.with_name(out.name + ".classifier.pt"),
+    )
+    meta: dict[str, Any] = {
+        "backbone": backbone,
+        "modality": modality,
+        "init_weights": str(weights) if weights else None,
+        "source": source,
+        "recipe": recipe.name,
+        "num_classes": num_classes,
+        "config": config.to_dict(),
+        "history": history,
+    }
+    out.with_name(out.name + ".json").write_text(json.dumps(meta, indent=2))
+    partial.unlink(missing_ok=True)
+    return FinetuneResult(out, config.epochs, history, time.perf_counter() - began)
+
+
+def _step(
+    model,
+    classifier,
+    optimizer,
+    clips,
+    target,
+    totals,
+    step,
+    config,
+    modality,
+    visual,
+    device,
+    generator,
+    recipe,
+) -> int:
+    if visual:
+        if config.flip:
+            clips = _flip(clips, modality, generator)
+        x = model_input(clips, model.input_spec, normalisation=recipe.pixel_normalisation)
+    else:
+        x = clips
+    if isinstance(x, list):
+        x = [pathway.to(device, non_blocking=True) for pathway in x]
+    else:
+        x = x.to(device, non_blocking=True)
+    target = target.to(device)
+    autocast = device.startswith("cuda") and config.amp
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
+        logits = classifier(model.forward_features(x))
+        loss = F.cross_entropy(logits.float(), target)
+    (loss / config.accumulate).backward()
+    step += 1
+    if step % config.accumulate == 0:
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    totals["loss"] += float(loss.detach()) * len(target)
+    totals["correct"] += float((logits.argmax(1) == target).sum())
+    totals["clips"] += len(target)
+    return step
+
+
+def _atomic_save(obj: Any, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _save_partial(path, model, classifier, optimizer, generator, epoch, history) -> None:
+    _atomic_save(
+        {
+            "backbone": model.state_dict(),
+            "classifier": classifier.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "generator": generator.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "epoch": epoch,
+            "history": history,
+        },
+        path,
+    )

@@ -1,0 +1,409 @@
+"""``avda flow``: optical flow as u/v JPEGs in the EPIC-KITCHENS layout, resumable.
+
+Output, per video (the layout ``avda extract --flow`` and the EPIC loaders read)::
+
+    <out>/<video_id>/flow.json                     method, stride, dilation, bound, size, weights
+    <out>/<video_id>/u/frame_0000000001.jpg ...    horizontal component (x)
+    <out>/<video_id>/v/frame_0000000001.jpg ...    vertical component (y)
+
+Frame pairs follow furnari-flow (the tool that made the EPIC flow) since its 2020 semantics:
+flow frame ``j`` (1-based) is the flow from RGB frame ``a = (j - 1) * stride + 1`` to frame
+``a + dilation``, computed on grayscale frames whose shorter side is resized to ``shorter_side``
+(furnari-flow: 256, even width and height). Each component is clipped to ``±bound`` pixels and
+quantised to ``round(255 * (v + bound) / (2 * bound))`` (0 = -bound, 255 = +bound, 127.5 = no
+motion; rounding half to even, like ``cvRound``), then saved as a grayscale JPEG of quality 95
+(OpenCV's default). EPIC-55 used bound 25 and stride 2, the EPIC-100 extension bound 8 and
+stride 1; avda's default, bound 20 and stride 1, is the DeepMind I3D convention.
+
+Methods:
+
+- ``tvl1``: OpenCV's ``cv2.optflow.DualTVL1OpticalFlow_create`` with its defaults (tau 0.25,
+  lambda 0.15, theta 0.3, 5 scales, 5 warps, epsilon 0.01) on the CPU, as the flow the I3D / TBN
+  flow streams were trained on (needs ``opencv-contrib-python-headless``).
+- ``raft``: torchvision RAFT (``raft_large`` or ``raft_small``, chosen from the ``--weights``
+  state dict), on the GPU when there is one; fast, but its flow statistics differ from TV-L1.
+
+Resuming: a flow frame whose u and v files both exist is skipped; files are written to a
+temporary name and renamed, so a killed run never leaves half a JPEG under the final name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+import avda
+from avda.data_manifests import schema as manifest_schema
+from avda.errors import AvdaError, CheckpointError, ConfigError
+from avda.extract import frames as frames_lib
+from avda.extract.decode import VideoDecoder, probe, resized_size
+
+log = logging.getLogger(__name__)
+
+FlowMethod = Literal["tvl1", "raft"]
+JPEG_QUALITY = 95
+FLOW_TEMPLATE = "frame_{:010d}.jpg"
+RAFT_MIN_SIDE = 128
+COMPARED_KEYS = ("method", "stride", "dilation", "bound", "shorter_side", "weights_sha256")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class FlowOptions:
+    """How flow is computed; written to each video's ``flow.json``."""
+
+    method: FlowMethod = "tvl1"
+    stride: int = 1
+    dilation: int = 1
+    bound: float = frames_lib.DEFAULT_FLOW_BOUND
+    shorter_side: int = 256
+    weights: Path | None = None
+    raft_updates: int = 12
+
+    def __post_init__(self) -> None:
+        if self.method not in ("tvl1", "raft"):
+            raise ConfigError(f"unknown flow method {self.method!r}; valid: tvl1, raft")
+        if self.stride < 1 or self.dilation < 1:
+            raise ConfigError(
+                f"--stride and --dilation must be >= 1, got {self.stride}, {self.dilation}"
+            )
+        if self.bound <= 0:
+            raise ConfigError(f"--bound must be positive, got {self.bound}")
+        if self.method == "raft" and self.weights is None:
+            raise ConfigError(
+                "raft needs --weights: a torchvision raft_large or raft_small state dict "
+                "(e.g. raft_large_C_T_SKHT_V2-ff5fadd5.pth); weights cannot be downloaded here"
+            )
+
+    def metadata(self) -> dict[str, Any]:
+        from avda.extract.runner import sha256_file
+
+        return {
+            "method": self.method,
+            "stride": self.stride,
+            "dilation": self.dilation,
+            "bound": self.bound,
+            "shorter_side": self.shorter_side,
+            "weights": str(self.weights) if self.weights else None,
+            "weights_sha256": sha256_file(self.weights) if self.weights else None,
+            "raft_updates": self.raft_updates if self.method == "raft" else None,
+            "quantisation": "round(255 * (clip(v, -bound, bound) + bound) / (2 * bound))",
+            "jpeg_quality": JPEG_QUALITY,
+            "pairs": "flow j: frame (j - 1) * stride + 1 -> that frame + dilation",
+            "avda_version": avda.__version__,
+        }
+
+
+@dataclasses.dataclass
+class FlowResult:
+    videos: int
+    computed: int
+    skipped: int
+    failures: list[tuple[str, str]]
+    seconds: float
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+
+def pair_frames(num_frames: int, stride: int, dilation: int) -> np.ndarray:
+    """``(M, 2)`` 1-based RGB frame numbers (a, b) of flow frames 1..M."""
+    if num_frames <= dilation:
+        return np.zeros((0, 2), dtype=np.int64)
+    first = np.arange(1, num_frames - dilation + 1, stride, dtype=np.int64)
+    return np.stack([first, first + dilation], axis=1)
+
+
+def compute_flow(
+    manifest: pd.DataFrame,
+    *,
+    out: str | Path,
+    videos: str | Path | None = None,
+    frames: str | Path | None = None,
+    options: FlowOptions | None = None,
+    device: str | None = None,
+    batch_size: int = 8,
+    segments_only: bool = False,
+    margin: float = 1.0,
+    force: bool = False,
+    progress: bool = True,
+) -> FlowResult:
+    """Compute flow for every video of ``manifest`` (decoded from ``videos`` or read from RGB
+    frame folders ``frames``) into ``out``; see the module docstring.
+
+    ``segments_only``: only flow frames within ``margin`` seconds of a segment (fast for sparse
+    annotations); otherwise whole videos, as the EPIC flow.
+    """
+    began = time.perf_counter()
+    options = options or FlowOptions()
+    if (videos is None) == (frames is None):
+        raise ConfigError("avda flow reads either --videos DIR or --frames DIR (one of them)")
+    root = Path(videos if videos is not None else frames)
+    if not root.is_dir():
+        raise ConfigError(
+            f"{'--videos' if videos is not None else '--frames'} {root}: no such folder"
+        )
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    estimator = _estimator(options, device)
+    metadata = options.metadata()
+    segments = manifest_schema.normalise(manifest)
+    result = FlowResult(videos=0, computed=0, skipped=0, failures=[], seconds=0.0)
+    groups = list(segments.groupby("video_id", sort=False))
+    bar = tqdm(total=0, desc="flow", unit="pair", disable=not progress)
+    for video_id, rows in groups:
+        video_id = str(video_id)
+        try:
+            source = _open_source(rows.iloc[0], root, videos is not None, options)
+            folder = out / video_id
+            _claim_folder(folder, metadata, force)
+            pairs = pair_frames(source.count, options.stride, options.dilation)
+            wanted = np.arange(1, len(pairs) + 1)
+            if segments_only:
+                wanted = _near_segments(wanted, pairs, rows, source.fps, margin)
+            todo = [j for j in wanted if not _done(folder, int(j))]
+            result.skipped += len(wanted) - len(todo)
+            bar.total += len(todo)
+            bar.refresh()
+            for start in range(0, len(todo), batch_size):
+                block = np.asarray(todo[start : start + batch_size], dtype=np.int64)
+                first, second = pairs[block - 1, 0], pairs[block - 1, 1]
+                images = source.read(np.concatenate([first, second]))  # (2n, H, W, 3)
+                flows = estimator(images[: len(block)], images[len(block) :])  # (n, H, W, 2)
+                for j, flow in zip(block, flows, strict=True):
+                    _write_pair(folder, int(j), flow, options.bound)
+                result.computed += len(block)
+                bar.update(len(block))
+            result.videos += 1
+        except (AvdaError, OSError, RuntimeError, ValueError) as exc:
+            log.warning("flow for video %s failed: %s", video_id, exc)
+            result.failures.append((video_id, str(exc)))
+    bar.close()
+    result.seconds = time.perf_counter() - began
+    return result
+
+
+# --------------------------------------------------------------------------- sources
+class _VideoSource:
+    """Frames of a video file, resized in the decoder to even sides (as furnari-flow)."""
+
+    def __init__(self, path: Path, shorter_side: int) -> None:
+        info = probe(path)
+        size = _even(*resized_size(info.width, info.height, shorter_side))
+        self.decoder = VideoDecoder(path, size=size)
+        self.count = self.decoder.num_frames
+        self.fps = self.decoder.fps
+
+    def read(self, numbers: np.ndarray) -> np.ndarray:
+        return self.decoder.frames(np.clip(numbers - 1, 0, self.count - 1))
+
+
+class _FolderSource:
+    def __init__(self, folder: Path, shorter_side: int, fps: float | None) -> None:
+        self.frames = frames_lib.RgbFrames(folder)
+        self.count = self.frames.count
+        self.fps = fps or 0.0
+        self.shorter_side = shorter_side
+
+    def read(self, numbers: np.ndarray) -> np.ndarray:
+        images = self.frames.read(numbers, shorter_side=self.shorter_side)
+        height, width = images.shape[1:3]
+        return images[:, : height - height % 2, : width - width % 2]  # even sides
+
+
+def _open_source(row: pd.Series, root: Path, is_video: bool, options: FlowOptions):
+    if is_video:
+        return _VideoSource(manifest_schema.video_path(row, root), options.shorter_side)
+    participant = row.get("participant_id") if "participant_id" in row.index else None
+    folder = frames_lib.locate(root, str(row["video_id"]), participant, "rgb")
+    fps = row.get("fps") if "fps" in row.index and not pd.isna(row.get("fps")) else None
+    return _FolderSource(folder, options.shorter_side, fps)
+
+
+def _even(width: int, height: int) -> tuple[int, int]:
+    return max(2, width - width % 2), max(2, height - height % 2)
+
+
+def _near_segments(
+    wanted: np.ndarray, pairs: np.ndarray, rows: pd.DataFrame, fps: float, margin: float
+) -> np.ndarray:
+    """Flow frames whose first RGB frame lies within ``margin`` s of a segment."""
+    if not fps:
+        given = pd.to_numeric(rows["fps"], errors="coerce").dropna() if "fps" in rows else []
+        if len(given) == 0:
+            raise ConfigError(
+                "--segments-only on frame folders needs the manifest's fps column (frame "
+                "folders have no timestamps)"
+            )
+        fps = float(given.iloc[0])
+    keep = np.zeros(len(wanted), dtype=bool)
+    first_seconds = (pairs[wanted - 1, 0] - 1) / fps
+    for start, stop in zip(rows["start_sec"], rows["stop_sec"], strict=True):
+        keep |= (first_seconds >= start - margin) & (first_seconds <= stop + margin)
+    return wanted[keep]
+
+
+# --------------------------------------------------------------------------- output
+def _claim_folder(folder: Path, metadata: dict[str, Any], force: bool) -> None:
+    """Create the video's folder and flow.json; refuse one made with other settings."""
+    path = folder / frames_lib.FLOW_METADATA
+    if path.exists():
+        found = json.loads(path.read_text())
+        diffs = [
+            f"{k}: folder has {found.get(k)!r}, this run asks for {metadata.get(k)!r}"
+            for k in COMPARED_KEYS
+            if found.get(k) != metadata.get(k)
+        ]
+        if diffs and not force:
+            raise ConfigError(
+                f"{folder} holds flow made differently ({'; '.join(diffs)}); use another "
+                "--out, or --force to recompute it"
+            )
+        if diffs:
+            for component in ("u", "v"):
+                for old in (folder / component).glob("*.jpg"):
+                    old.unlink()
+    for component in ("u", "v"):
+        (folder / component).mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(".json.partial")
+    temporary.write_text(json.dumps(metadata, indent=2))
+    os.replace(temporary, path)
+
+
+def _done(folder: Path, number: int) -> bool:
+    name = FLOW_TEMPLATE.format(number)
+    return (folder / "u" / name).exists() and (folder / "v" / name).exists()
+
+
+def _write_pair(folder: Path, number: int, flow: np.ndarray, bound: float) -> None:
+    """Quantise ``(H, W, 2)`` pixels and write u then v (each atomically)."""
+    from PIL import Image
+
+    name = FLOW_TEMPLATE.format(number)
+    for channel, component in enumerate(("u", "v")):
+        values = frames_lib.quantise(flow[..., channel], bound)
+        final = folder / component / name
+        temporary = final.with_name(f".{name}.partial")
+        Image.fromarray(values, mode="L").save(temporary, format="JPEG", quality=JPEG_QUALITY)
+        os.replace(temporary, final)
+
+
+# --------------------------------------------------------------------------- estimators
+def _estimator(options: FlowOptions, device: str):
+    """A function (first (n, H, W, 3) uint8, second (n, H, W, 3)) -> (n, H, W, 2) pixels."""
+    if options.method == "tvl1":
+        return _TVL1()
+    return _Raft(options.weights, device=device, updates=options.raft_updates)
+
+
+class _TVL1:
+    def __init__(self) -> None:
+        try:
+            import cv2
+        except ImportError as exc:
+            raise ConfigError(
+                "TV-L1 flow needs OpenCV with the contrib modules: "
+                "pip install opencv-contrib-python-headless"
+            ) from exc
+        if not hasattr(cv2, "optflow"):
+            raise ConfigError(
+                "this OpenCV has no cv2.optflow (the plain opencv-python wheel); install "
+                "opencv-contrib-python-headless instead"
+            )
+        self.cv2 = cv2
+        self.algorithm = cv2.optflow.DualTVL1OpticalFlow_create()
+
+    def __call__(self, first: np.ndarray, second: np.ndarray) -> np.ndarray:
+        flows = []
+        for a, b in zip(first, second, strict=True):
+            gray_a = self.cv2.cvtColor(np.ascontiguousarray(a), self.cv2.COLOR_RGB2GRAY)
+            gray_b = self.cv2.cvtColor(np.ascontiguousarray(b), self.cv2.COLOR_RGB2GRAY)
+            flows.append(self.algorithm.calc(gray_a, gray_b, None))  # (H, W, 2): x, y
+        return np.stack(flows)
+
+
+class _Raft:
+    def __init__(self, weights: Path, *, device: str, updates: int) -> None:
+        self.model = load_raft(weights).eval().to(device)
+        self.device, self.updates = device, updates
+
+    @torch.inference_mode()
+    def __call__(self, first: np.ndarray, second: np.ndarray) -> np.ndarray:
+        a, b = _raft_input(first, self.device), _raft_input(second, self.device)
+        height, width = first.shape[1:3]
+        # RAFT needs sides divisible by 8 and at least 128 (its correlation pyramid).
+        pad_h = max(RAFT_MIN_SIDE, height + (-height) % 8) - height
+        pad_w = max(RAFT_MIN_SIDE, width + (-width) % 8) - width
+        if pad_h or pad_w:
+            a = torch.nn.functional.pad(a, (0, pad_w, 0, pad_h), mode="replicate")
+            b = torch.nn.functional.pad(b, (0, pad_w, 0, pad_h), mode="replicate")
+        flow = self.model(a, b, num_flow_updates=self.updates)[-1]  # (n, 2, H', W')
+        flow = flow[:, :, :height, :width]
+        return flow.permute(0, 2, 3, 1).float().cpu().numpy()  # (n, 2, H, W) -> (n, H, W, 2)
+
+
+def _raft_input(images: np.ndarray, device: str) -> torch.Tensor:
+    x = torch.from_numpy(np.ascontiguousarray(images)).to(device)
+    x = x.permute(0, 3, 1, 2).float()  # (n, H, W, 3) -> (n, 3, H, W)
+    return x / 127.5 - 1.0  # RAFT takes RGB in [-1, 1]
+
+
+def load_raft(weights: str | Path) -> torch.nn.Module:
+    """torchvision ``raft_large`` or ``raft_small`` with the state dict in ``weights``.
+
+    Accepts a plain state dict (torchvision's published files) or one wrapped in
+    ``{'state_dict': ...}`` / ``{'model': ...}``; the architecture is chosen by the keys, and the
+    first missing, unexpected or mis-shaped key is reported by name.
+    """
+    from torchvision.models.optical_flow import raft_large, raft_small
+
+    path = Path(weights)
+    if not path.exists():
+        raise CheckpointError(f"RAFT weights {path} not found")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for bad files
+        raise CheckpointError(f"{path} cannot be loaded as a torch checkpoint: {exc}") from exc
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and key in state and isinstance(state[key], dict):
+            state = state[key]
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path} holds a {type(state).__name__}, not a state dict")
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    candidates = {"raft_large": raft_large, "raft_small": raft_small}
+    best_name, best_missing = "", None
+    for name, builder in candidates.items():
+        model = builder(weights=None)
+        expected = model.state_dict()
+        missing = [k for k in expected if k not in state]
+        if best_missing is None or len(missing) < len(best_missing):
+            best_name, best_missing = name, missing
+        if missing:
+            continue
+        extra = [k for k in state if k not in expected]
+        if extra:
+            raise CheckpointError(f"{path}: unexpected key {extra[0]!r} for torchvision {name}")
+        for key, value in expected.items():
+            if tuple(state[key].shape) != tuple(value.shape):
+                raise CheckpointError(
+                    f"{path}: {key} has shape {list(state[key].shape)}, torchvision {name} "
+                    f"expects {list(value.shape)}"
+                )
+        model.load_state_dict(state)
+        log.info("RAFT: loaded %s weights from %s", name, path)
+        return model
+    raise CheckpointError(
+        f"{path} is neither a torchvision raft_large nor raft_small state dict (closest: "
+        f"{best_name}, missing {best_missing[0]!r} and {len(best_missing) - 1} more)"
+    )

@@ -1,0 +1,271 @@
+"""Pre-extracted frame folders: EPIC-KITCHENS RGB JPEGs and TV-L1 u/v flow JPEGs.
+
+Layouts read (one folder per video, found under the root given with ``--frames`` / ``--flow``)::
+
+    <root>/<video_id>/                       or <root>/<participant>/<video_id>/
+    <root>/<participant>/rgb_frames/<video_id>/   (EPIC-100 download layout; flow_frames/ for flow)
+
+    RGB:   frame_0000000001.jpg ...          (EPIC)      img_00001.jpg ...        (TSN / mmaction2)
+    flow:  u/frame_0000000001.jpg, v/...     (EPIC)      x_00001.jpg, y_00001.jpg (TSN / mmaction2)
+                                                         flow_x_00001.jpg, flow_y_00001.jpg
+
+Frame numbers are 1-based (the first file of a folder is frame 1, whatever number its name
+starts at); a number beyond the folder repeats the first or last frame, as the video decoder does.
+
+Flow JPEGs hold ``round(255 * (v + b) / (2 b))`` of each component clipped to ``±b`` (128 = no
+motion). The *flow convention* of a folder (stride in RGB frames, bound b) is read, in order, from
+``flow.json`` (written by ``avda flow``), from the EPIC rule (video ids ``PXX_YY``: EPIC-55,
+stride 2, bound 25; ``PXX_YYY``: EPIC-100 extension, stride 1, bound 8), or from the
+``flow_stride`` option; otherwise stride 1, bound 20 (the DeepMind I3D convention).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from avda.errors import MediaError
+from avda.extract.decode import resized_size
+
+log = logging.getLogger(__name__)
+
+FLOW_METADATA = "flow.json"
+RGB_PATTERN = re.compile(r"^(frame_|img_|image_)(\d+)\.(jpe?g|png)$", re.IGNORECASE)
+FLOW_PATTERNS: dict[str, re.Pattern[str]] = {
+    "u": re.compile(r"^(flow_x_|x_)(\d+)\.(jpe?g|png)$", re.IGNORECASE),
+    "v": re.compile(r"^(flow_y_|y_)(\d+)\.(jpe?g|png)$", re.IGNORECASE),
+}
+EPIC_FLOW_PATTERN = re.compile(r"^(frame_)(\d+)\.(jpe?g|png)$", re.IGNORECASE)
+EPIC_VIDEO_ID = re.compile(r"^P\d+_(\d+)$")
+DEFAULT_FLOW_BOUND = 20.0
+
+
+@dataclasses.dataclass(frozen=True)
+class FlowConvention:
+    """How a flow folder was made: one flow frame every ``stride`` RGB frames, clipped to
+    ``±bound`` pixels, between frames ``dilation`` apart; ``source`` says where this came from."""
+
+    stride: int
+    bound: float
+    dilation: int = 1
+    source: str = "default"
+
+    @property
+    def ratio(self) -> float:
+        """Flow frames per RGB frame (EPIC-55: 0.5)."""
+        return 1.0 / self.stride
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def epic_convention(video_id: str) -> FlowConvention | None:
+    """EPIC-KITCHENS flow parameters from the video id, None for other ids."""
+    match = EPIC_VIDEO_ID.match(str(video_id))
+    if match is None:
+        return None
+    if len(match.group(1)) == 3:  # P01_101: EPIC-100 extension (2020), README erratum -s 1 -b 8
+        return FlowConvention(stride=1, bound=8.0, source="epic-100")
+    return FlowConvention(stride=2, bound=25.0, dilation=3, source="epic-55")
+
+
+def flow_convention(folder: Path, video_id: str, stride: int | None = None) -> FlowConvention:
+    """The convention of the flow folder of ``video_id`` (see the module docstring)."""
+    metadata = folder / FLOW_METADATA
+    if metadata.exists():
+        try:
+            info = json.loads(metadata.read_text())
+            return FlowConvention(
+                stride=int(info["stride"]),
+                bound=float(info["bound"]),
+                dilation=int(info.get("dilation", 1)),
+                source=FLOW_METADATA,
+            )
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise MediaError(
+                f"{metadata} cannot be read ({exc}); delete it or re-run `avda flow`"
+            ) from exc
+    if stride is not None:
+        epic = epic_convention(video_id)
+        bound = epic.bound if epic else DEFAULT_FLOW_BOUND
+        return FlowConvention(stride=stride, bound=bound, source="option")
+    epic = epic_convention(video_id)
+    if epic is not None:
+        return epic
+    return FlowConvention(stride=1, bound=DEFAULT_FLOW_BOUND, source="default")
+
+
+def candidate_folders(root: Path, video_id: str, participant: str | None, kind: str) -> list[Path]:
+    """Where the frames of ``video_id`` may live under ``root`` (first existing wins)."""
+    participant = participant or str(video_id).split("_")[0]
+    sub = "rgb_frames" if kind == "rgb" else "flow_frames"
+    return [
+        root / video_id,
+        root / participant / video_id,
+        root / participant / sub / video_id,
+        root / sub / video_id,
+    ]
+
+
+def locate(root: Path, video_id: str, participant: str | None, kind: str) -> Path:
+    """The frame folder of ``video_id``; MediaError listing the places looked at."""
+    candidates = candidate_folders(root, video_id, participant, kind)
+    for candidate in candidates:
+        if candidate.is_dir():
+            return candidate
+    tried = ", ".join(str(c) for c in candidates[:3])
+    option = "--frames" if kind == "rgb" else "--flow"
+    raise MediaError(
+        f"no {kind} frame folder for video {video_id!r} (looked at {tried}); check {option}"
+    )
+
+
+class ImageSequence:
+    """Numbered image files of one stream of one video (e.g. ``frame_%010d.jpg``)."""
+
+    def __init__(self, directory: Path, pattern: re.Pattern[str]) -> None:
+        self.directory = directory
+        numbers: list[int] = []
+        prefix = suffix = ""
+        digits = 0
+        try:
+            entries = list(os.scandir(directory))
+        except OSError as exc:
+            raise MediaError(f"frame folder {directory} cannot be listed: {exc}") from exc
+        for entry in entries:
+            match = pattern.match(entry.name)
+            if match:
+                numbers.append(int(match.group(2)))
+                if not prefix:
+                    prefix, digits, suffix = match.group(1), len(match.group(2)), match.group(3)
+        if not numbers:
+            raise MediaError(
+                f"{directory} holds no frame images (expected names like frame_0000000001.jpg "
+                "or img_00001.jpg)"
+            )
+        self.first = min(numbers)
+        self.count = max(numbers) - self.first + 1
+        if len(numbers) != self.count:
+            log.warning(
+                "%s: %d images numbered %d..%d (gaps); a missing frame fails its segment",
+                directory,
+                len(numbers),
+                self.first,
+                max(numbers),
+            )
+        self._prefix, self._digits, self._suffix = prefix, digits, suffix
+
+    def path(self, number: int) -> Path:
+        """File of 1-based frame ``number``."""
+        return (
+            self.directory
+            / f"{self._prefix}{number - 1 + self.first:0{self._digits}d}.{self._suffix}"
+        )
+
+    def clamp(self, numbers: np.ndarray) -> np.ndarray:
+        return np.clip(np.asarray(numbers, dtype=np.int64), 1, self.count)
+
+    def read(self, numbers: np.ndarray, *, shorter_side: int | None, mode: str) -> np.ndarray:
+        """uint8 images of ``numbers`` (any order, repeats decoded once): ``(n, H, W[, 3])``."""
+        numbers = self.clamp(numbers)
+        unique, inverse = np.unique(numbers, return_inverse=True)
+        images = [
+            read_image(self.path(int(n)), shorter_side=shorter_side, mode=mode) for n in unique
+        ]
+        shapes = {image.shape for image in images}
+        if len(shapes) > 1:
+            raise MediaError(f"{self.directory}: frames differ in size ({sorted(shapes)})")
+        return np.stack(images)[inverse.reshape(-1)]
+
+
+def read_image(path: Path, *, shorter_side: int | None, mode: str) -> np.ndarray:
+    """One JPEG/PNG as uint8, resized so that its shorter side is ``shorter_side``.
+
+    JPEGs are downscaled inside the decoder first (DCT scaling by 1/2, 1/4 or 1/8, never below
+    the target), then resized bilinearly to the exact size, as TSN's ``GroupScale`` does.
+    """
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            width, height = resized_size(image.width, image.height, shorter_side)
+            if (width, height) != image.size:
+                image.draft(mode, (width, height))
+            converted = image.convert(mode)
+            if converted.size != (width, height):
+                converted = converted.resize((width, height), Image.BILINEAR)
+            return np.asarray(converted)
+    except FileNotFoundError as exc:
+        raise MediaError(f"frame {path} not found (a gap in the frame folder?)") from exc
+    except OSError as exc:
+        raise MediaError(f"frame {path} cannot be decoded: {exc}") from exc
+
+
+class RgbFrames:
+    """The RGB JPEG folder of one video."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.images = ImageSequence(directory, RGB_PATTERN)
+
+    @property
+    def count(self) -> int:
+        return self.images.count
+
+    def read(self, numbers: np.ndarray, *, shorter_side: int | None) -> np.ndarray:
+        """``(n, H, W, 3)`` uint8 RGB."""
+        return self.images.read(numbers, shorter_side=shorter_side, mode="RGB")
+
+
+class FlowFrames:
+    """The u/v flow JPEG folder of one video (EPIC ``u/`` ``v/`` or TSN ``x_`` ``y_`` files)."""
+
+    def __init__(self, directory: Path, convention: FlowConvention) -> None:
+        self.directory = directory
+        self.convention = convention
+        if (directory / "u").is_dir() and (directory / "v").is_dir():
+            self.u = ImageSequence(directory / "u", EPIC_FLOW_PATTERN)
+            self.v = ImageSequence(directory / "v", EPIC_FLOW_PATTERN)
+        else:
+            self.u = ImageSequence(directory, FLOW_PATTERNS["u"])
+            self.v = ImageSequence(directory, FLOW_PATTERNS["v"])
+        if self.u.count != self.v.count:
+            log.warning(
+                "%s: %d u frames but %d v frames; using the first %d",
+                directory,
+                self.u.count,
+                self.v.count,
+                min(self.u.count, self.v.count),
+            )
+
+    @property
+    def count(self) -> int:
+        return min(self.u.count, self.v.count)
+
+    def read(self, numbers: np.ndarray, *, shorter_side: int | None) -> np.ndarray:
+        """``(n, H, W, 2)`` uint8 with channels (u, v), 128 = no motion."""
+        numbers = np.clip(np.asarray(numbers, dtype=np.int64), 1, self.count)
+        u = self.u.read(numbers, shorter_side=shorter_side, mode="L")
+        v = self.v.read(numbers, shorter_side=shorter_side, mode="L")
+        return np.stack([u, v], axis=-1)
+
+
+def dequantise(values: np.ndarray, bound: float) -> np.ndarray:
+    """Flow JPEG values 0..255 back to pixels: ``v / 255 * 2b - b``."""
+    return np.asarray(values, dtype=np.float32) / 255.0 * (2.0 * bound) - bound
+
+
+def quantise(flow: np.ndarray, bound: float) -> np.ndarray:
+    """Pixels to uint8: clip to ``±bound``, then ``round(255 * (v + b) / (2 b))``.
+
+    Rounding is half-to-even (``cvRound`` in furnari-flow / gpu_flow).
+    """
+    clipped = np.clip(np.asarray(flow, dtype=np.float32), -bound, bound)
+    return np.rint(255.0 * (clipped + bound) / (2.0 * bound)).astype(np.uint8)

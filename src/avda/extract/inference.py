@@ -1,0 +1,117 @@
+"""Batched backbone inference: segments' clips batched together, on the device, in the
+precision and memory format that device runs fastest.
+
+On CUDA: pinned host memory -> non-blocking copies, channels-last (3d) tensors and weights, and
+bfloat16 autocast; on CPU float32 by default (``precision="bfloat16"`` uses the CPU's bf16
+kernels where it has them).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from avda.cache import Status
+from avda.errors import ConfigError
+from avda.extract import backbones
+from avda.extract.transforms import model_input
+
+Precision = Literal["auto", "float32", "bfloat16"]
+
+
+def features_and_spatial(
+    model: backbones.Backbone, x: torch.Tensor | list[torch.Tensor], spatial: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Pooled features ``(B, D)`` and, when asked, the map before pooling ``(B, C, H, W)``
+    (I3D: Mixed_5c averaged over time) from one forward pass."""
+    if not spatial:
+        return model.forward_features(x), None
+    maps = model.forward_spatial(x)
+    if model.name == "i3d":
+        features = model.pooled(maps).mean(dim=(2, 3, 4))
+        return features, maps.mean(dim=2)  # (B, C, T', H, W) -> (B, C, H, W)
+    if model.name == "tbn":
+        kernel = [min(model.pool_kernel, size) for size in maps.shape[2:]]
+        pooled = F.avg_pool2d(maps, kernel, stride=1, ceil_mode=model.pool_ceil_mode)
+        return pooled.mean(dim=(2, 3)), maps
+    raise ConfigError(f"spatial maps are not available for {model.name}")
+
+
+def memory_format(spec: backbones.InputSpec) -> torch.memory_format:
+    """channels-last for 2D inputs (TBN, audio), channels-last-3d for clips (I3D, SlowFast)."""
+    five_d = spec.layout.replace(" ", "") == "BCTHW" or spec.layout.startswith("[")
+    return torch.channels_last_3d if five_d else torch.channels_last
+
+
+class BatchRunner:
+    """Accumulates segments until ``batch_size`` clips, then runs them as one batch."""
+
+    def __init__(
+        self,
+        model: backbones.Backbone,
+        *,
+        device: str,
+        batch_size: int,
+        normalisation: str,
+        visual: bool,
+        spatial: bool,
+        precision: Precision,
+    ) -> None:
+        self.model, self.device, self.batch_size = model, device, batch_size
+        self.normalisation, self.visual, self.spatial = normalisation, visual, spatial
+        self.cuda = device.startswith("cuda")
+        if precision == "auto":
+            precision = "bfloat16" if self.cuda else "float32"
+        self.dtype = torch.bfloat16 if precision == "bfloat16" else None
+        self.pending: list[tuple[int, torch.Tensor]] = []
+        self.clips = 0
+
+    def add(self, row: int, x: torch.Tensor) -> list[tuple]:
+        self.pending.append((row, x))
+        self.clips += x.shape[0]
+        return self.flush() if self.clips >= self.batch_size else []
+
+    def flush(self) -> list[tuple]:
+        if not self.pending:
+            return []
+        pending, self.pending, self.clips = self.pending, [], 0
+        counts = [x.shape[0] for _, x in pending]
+        # Pinned (DataLoader pin_memory) -> device without blocking, then one batch on device.
+        batch = torch.cat([x.to(self.device, non_blocking=True) for _, x in pending])
+        features, maps = [], []
+        for start in range(0, batch.shape[0], self.batch_size):
+            f, m = self._forward(batch[start : start + self.batch_size])
+            features.append(f)
+            if m is not None:
+                maps.append(m)
+        feats = np.split(torch.cat(features).numpy(), np.cumsum(counts)[:-1])
+        spatial = np.split(torch.cat(maps).numpy(), np.cumsum(counts)[:-1]) if maps else None
+        return [
+            (row, feats[i], spatial[i] if spatial is not None else None, int(Status.DONE), "")
+            for i, (row, _) in enumerate(pending)
+        ]
+
+    @torch.inference_mode()
+    def _forward(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if self.visual:
+            x = model_input(batch, self.model.input_spec, normalisation=self.normalisation)
+        else:
+            x = batch
+        if self.cuda:
+            form = memory_format(self.model.input_spec)
+            if isinstance(x, list):
+                x = [t.contiguous(memory_format=form) for t in x]
+            else:
+                x = x.contiguous(memory_format=form)
+        if self.dtype is not None:
+            with torch.autocast(self.device.split(":")[0], dtype=self.dtype):
+                features, maps = features_and_spatial(self.model, x, self.spatial)
+        else:
+            features, maps = features_and_spatial(self.model, x, self.spatial)
+        features = features.float().cpu()  # (B, D)
+        if maps is not None:
+            maps = maps.to(torch.float16).cpu()  # (B, C, H, W), stored as float16
+        return features, maps

@@ -1,0 +1,284 @@
+"""What extraction reads: inputs (video files, frame folders, flow folders, audio files) and
+the per-segment dataset that decodes them in DataLoader workers.
+
+A :class:`SegmentDataset` item is one segment of one modality: ``(row, x, status, error)`` with
+``x`` a uint8 clip tensor ``(K, T, H, W, C)`` (C = 3 RGB, 2 u/v flow), a float spectrogram
+``(K, 1, F, T)`` for audio, or None when the segment failed (status FAILED, the reason in
+``error``) or has no input (status MISSING, e.g. a video without an audio track).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+from avda.cache import Status
+from avda.data_manifests import schema as manifest_schema
+from avda.errors import AvdaError, ConfigError
+from avda.extract import audio as audio_lib
+from avda.extract import backbones
+from avda.extract import frames as frames_lib
+from avda.extract.decode import VideoDecoder, probe
+from avda.extract.sampling import Recipe, SegmentFrames
+from avda.extract.transforms import centre_crop
+
+# The spectrogram recipe of each audio backbone (avda.extract.audio.SPECTROGRAMS).
+AUDIO_RECIPE_OF_BACKBONE = {"audio_resnet18": "vggsound", "tbn": "tbn"}
+
+
+@dataclasses.dataclass(frozen=True)
+class InputPaths:
+    """Where the inputs are: video files, RGB frame folders, flow folders, audio files.
+
+    ``flow_stride`` overrides the flow-folder convention (flow frames every N RGB frames) for
+    folders without ``flow.json`` (see :mod:`avda.extract.frames`).
+    """
+
+    videos: Path | None = None
+    frames: Path | None = None
+    flow: Path | None = None
+    audio: Path | None = None
+    flow_stride: int | None = None
+
+    def source_of(self, modality: str) -> str:
+        """ "video", "frames", "flow-frames" or "audio-files": what ``modality`` is read from."""
+        if modality == "rgb":
+            if self.frames is not None:
+                return "frames"
+            if self.videos is None:
+                raise ConfigError("rgb features need --videos DIR or --frames DIR (RGB JPEGs)")
+            return "video"
+        if modality == "flow":
+            if self.flow is None:
+                raise ConfigError(
+                    "flow features need --flow DIR: u/v flow JPEG folders (EPIC flow_frames, "
+                    "or computed with `avda flow`)"
+                )
+            return "flow-frames"
+        if modality == "audio":
+            if self.audio is not None:
+                return "audio-files"
+            if self.videos is None:
+                raise ConfigError(
+                    "audio features need --videos DIR (their audio tracks) or --audio DIR (wavs)"
+                )
+            return "video"
+        raise ConfigError(f"unknown modality {modality!r}; valid: rgb, flow, audio")
+
+    def provenance(self, modality: str) -> dict[str, Any]:
+        """What the store records (and compares) about the input of ``modality``."""
+        entry: dict[str, Any] = {"source": self.source_of(modality)}
+        if modality == "flow":
+            entry["flow_stride"] = self.flow_stride if self.flow_stride is not None else "auto"
+        return entry
+
+    def check(self, modalities: list[str]) -> None:
+        """Every folder that is needed exists (one error before any work)."""
+        for option, path in (
+            ("--videos", self.videos),
+            ("--frames", self.frames),
+            ("--flow", self.flow),
+            ("--audio", self.audio),
+        ):
+            if path is not None and not Path(path).is_dir():
+                raise ConfigError(f"{option} {path}: no such folder")
+        for modality in modalities:
+            self.source_of(modality)
+
+
+class SegmentDataset(Dataset):
+    """Item = (row, input tensor or None, status, error) for one segment and one modality.
+
+    Visual items are uint8 clips ``(K, T, H, W, C)``; audio items float spectrograms
+    ``(K, 1, F, T)``.
+    """
+
+    def __init__(
+        self,
+        segments: pd.DataFrame,
+        rows: np.ndarray,
+        inputs: InputPaths,
+        recipe: Recipe,
+        modality: str,
+        spec: backbones.InputSpec,
+        audio_recipe: str | None,
+    ) -> None:
+        self.segments = segments
+        self.rows = rows
+        self.inputs = inputs
+        self.recipe = recipe
+        self.modality = modality
+        self.spec = spec
+        self.audio_recipe = audio_recipe
+        self.source = inputs.source_of(modality)
+        self._open_readers: dict[str, tuple[Any, Any]] = {}  # per worker: kind -> (key, reader)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> tuple[int, torch.Tensor | None, int, str]:
+        row = int(self.rows[index])
+        segment = self.segments.iloc[row]
+        try:
+            if self.modality == "audio":
+                x = self._audio(segment)
+            elif self.modality == "flow":
+                x = self._flow(segment)
+            elif self.source == "frames":
+                x = self._rgb_frames(segment)
+            else:
+                x = self._rgb_video(segment)
+            return row, x, int(Status.DONE), ""
+        except audio_lib.NoAudioTrack as exc:
+            return row, None, int(Status.MISSING), str(exc)
+        except (AvdaError, OSError, RuntimeError, ValueError) as exc:
+            return row, None, int(Status.FAILED), str(exc)
+
+    # ----------------------------------------------------------------- helpers
+    def _reader(self, kind: str, key: Any, make):
+        """One open reader per kind, kept while consecutive segments share the video."""
+        cached = self._open_readers.get(kind)
+        if cached is None or cached[0] != key:
+            self._open_readers.pop(kind, None)  # drop the previous reader before opening
+            self._open_readers[kind] = (key, make())
+        return self._open_readers[kind][1]
+
+    def _video_path(self, segment: pd.Series) -> Path:
+        if self.inputs.videos is None:
+            raise ConfigError("this input needs --videos DIR")
+        return manifest_schema.video_path(segment, self.inputs.videos)
+
+    def _segment_frames(self, segment: pd.Series, fallback_fps: float | None) -> SegmentFrames:
+        """The segment on its frame grid: the manifest's start/stop_frame and fps where given."""
+        uid = str(segment["uid"])
+        start, stop = float(segment["start_sec"]), float(segment["stop_sec"])
+        start_frame, stop_frame = _value(segment, "start_frame"), _value(segment, "stop_frame")
+        fps = _value(segment, "fps") or fallback_fps
+        if fps is None and start_frame is not None and stop_frame is not None and stop > start:
+            fps = (stop_frame - start_frame) / (stop - start)  # the frame columns' own rate
+        if fps is None or not fps > 0:
+            raise ConfigError(
+                f"segment {uid!r}: no frame rate; add an fps column (or start_frame and "
+                "stop_frame) to the manifest: frame folders have no timestamps of their own"
+            )
+        if start_frame is not None and stop_frame is not None:
+            return SegmentFrames(uid, start, stop, int(start_frame), int(stop_frame), float(fps))
+        return SegmentFrames.from_seconds(uid, start, stop, float(fps))
+
+    def _frames_fps(self, segment: pd.Series) -> float | None:
+        """The rate of a segment without a manifest fps: the video header, when there is one."""
+        if _value(segment, "fps") is not None or self.inputs.videos is None:
+            return None
+        path = self._video_path(segment)
+        return self._reader("probe", path, lambda: probe(path)).fps if path.exists() else None
+
+    def _crop(self, frames: np.ndarray, K: int) -> np.ndarray:
+        frames = centre_crop(frames, self.recipe.crop_size)
+        return frames.reshape(K, -1, *frames.shape[1:])  # (K*T, H, W, C) -> (K, T, H, W, C)
+
+    # ----------------------------------------------------------------- modalities
+    def _rgb_video(self, segment: pd.Series) -> torch.Tensor:
+        path = self._video_path(segment)
+        decoder = self._reader(
+            "video", path, lambda: VideoDecoder(path, shorter_side=self.recipe.resize_shorter)
+        )
+        frames_of = self._segment_frames(segment, decoder.fps)
+        plan = self.recipe.rgb_plan(frames_of)
+        times = plan.times if plan.times is not None else frames_of.time_of(plan.numbers)
+        K = times.shape[0]
+        frames = decoder.frames(decoder.indices_at(times.reshape(-1)))  # (K*T, H, W, 3)
+        return torch.from_numpy(np.ascontiguousarray(self._crop(frames, K)))
+
+    def _rgb_frames(self, segment: pd.Series) -> torch.Tensor:
+        video_id = str(segment["video_id"])
+        folder = frames_lib.locate(
+            self.inputs.frames, video_id, _text(segment, "participant_id"), "rgb"
+        )
+        reader = self._reader("rgb", folder, lambda: frames_lib.RgbFrames(folder))
+        numbers = self.recipe.rgb_numbers(self._segment_frames(segment, self._frames_fps(segment)))
+        frames = reader.read(numbers.reshape(-1), shorter_side=self.recipe.resize_shorter)
+        return torch.from_numpy(np.ascontiguousarray(self._crop(frames, numbers.shape[0])))
+
+    def _flow(self, segment: pd.Series) -> torch.Tensor:
+        video_id = str(segment["video_id"])
+        folder = frames_lib.locate(
+            self.inputs.flow, video_id, _text(segment, "participant_id"), "flow"
+        )
+
+        def make() -> frames_lib.FlowFrames:
+            convention = frames_lib.flow_convention(folder, video_id, self.inputs.flow_stride)
+            return frames_lib.FlowFrames(folder, convention)
+
+        reader = self._reader("flow", folder, make)
+        frames_of = self._segment_frames(segment, self._frames_fps(segment))
+        numbers = self.recipe.flow_numbers(frames_of, reader.convention.ratio)
+        frames = reader.read(numbers.reshape(-1), shorter_side=self.recipe.resize_shorter)
+        return torch.from_numpy(np.ascontiguousarray(self._crop(frames, numbers.shape[0])))
+
+    def _audio(self, segment: pd.Series) -> torch.Tensor:
+        rate = int(self.spec.sample_rate or 16000)
+        if self.inputs.audio is not None:
+            path = audio_lib.locate_audio_file(
+                self.inputs.audio, str(segment["video_id"]), _text(segment, "participant_id")
+            )
+        else:
+            path = self._video_path(segment)
+        samples = self._reader("audio", path, lambda: audio_lib.load_audio(path, rate))
+        recipe = self.recipe
+        if recipe.placement == "centres" and recipe.audio_windows != "snippets":
+            spans = recipe.audio_spans(float(segment["start_sec"]), float(segment["stop_sec"]))
+        else:
+            # Seconds of whole-segment windows need no frame rate; clip / snippet centres do.
+            fallback = 1.0 if recipe.audio_windows == "segment" else self._frames_fps(segment)
+            spans = recipe.audio_windows_of(self._segment_frames(segment, fallback))
+        waves = [
+            audio_lib.cut(recipe.audio_cut, samples, rate, start, stop, recipe.audio_seconds)
+            for start, stop in spans
+        ]
+        name = self.audio_recipe or "vggsound"
+        if len({len(w) for w in waves}) == 1:
+            spec = audio_lib.spectrogram(name, torch.from_numpy(np.stack(waves)), rate)
+        else:  # TBN windows may differ by a sample (rounding): one by one, cut to the shortest
+            specs = [audio_lib.spectrogram(name, torch.from_numpy(w), rate) for w in waves]
+            frames = min(s.shape[-1] for s in specs)
+            spec = torch.stack([s[..., :frames] for s in specs])
+        if self.spec.size is not None:
+            spec = _fit_size(spec, self.spec.size)
+        return spec.unsqueeze(1)  # (K, F, T) -> (K, 1, F, T)
+
+
+def _fit_size(spec: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Crop or pad (with the minimum, i.e. silence) a ``(K, F, T)`` spectrogram to ``size``."""
+    frequencies, frames = size
+    spec = spec[:, :frequencies, :frames]
+    pad_f, pad_t = frequencies - spec.shape[1], frames - spec.shape[2]
+    if pad_f > 0 or pad_t > 0:
+        spec = F.pad(spec, (0, max(pad_t, 0), 0, max(pad_f, 0)), value=float(spec.min()))
+    return spec
+
+
+def _value(segment: pd.Series, column: str) -> float | None:
+    if column not in segment.index:
+        return None
+    value = segment[column]
+    if value is None or pd.isna(value):
+        return None
+    return float(value)
+
+
+def _text(segment: pd.Series, column: str) -> str | None:
+    if column not in segment.index or pd.isna(segment[column]):
+        return None
+    return str(segment[column]) or None
+
+
+def worker_init(_: int) -> None:
+    # Decoding workers do no heavy math; one thread each leaves the cores to the backbone.
+    torch.set_num_threads(1)

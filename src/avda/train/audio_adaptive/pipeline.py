@@ -1,0 +1,538 @@
+"""The stages of Audio-Adaptive before the recognizer, resumable, each output stored.
+
+Order (the reference's ``bash.sh``), all under ``RUN/stages/`` (see :mod:`avda.train.stages`)::
+
+    1 audio-classifier       source audio -> classifier                    audio-classifier.pt
+    2 clusters               per-class k-means + Elbow on source audio     clusters.npz
+                             (reused from the cache's clusters/<audio> when ``avda cluster``
+                             made them for the same source domains and settings)
+    3 weights                audio-balanced sample weights                 weights.npz
+    4 absent-labels          r least likely classes per target segment     absent-labels.npz
+    5 encoder-<visual>       audio-adaptive encoder, one per visual stream encoder-<visual>.pt
+    6 pseudo-labels-<visual> hard pseudo labels on target                pseudo-labels-<visual>.npz
+
+Stage 6's recognizer (and stage 7's two-stream average) is the head the training loop trains.
+A stage's key holds its settings and the keys of the stages it depends on, so a finished stage
+is reused only for the same inputs and settings. :func:`run_stages` runs stages up to a given
+one on its own (without training the recognizer), e.g. to inspect clusters or pseudo labels.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from avda.errors import CacheError, ConfigError
+from avda.registry import unknown_name_message
+from avda.train.audio_adaptive.audio_classifier import PooledAudioClassifier, pseudo_absent_labels
+from avda.train.audio_adaptive.encoder import AudioAdaptiveEncoder, one_clip_per_segment
+from avda.train.audio_adaptive.losses import audio_balanced_weights, encoder_loss
+from avda.train.clustering import cluster_per_class, cluster_settings, stored_clusters
+from avda.train.data import FeatureSet
+from avda.train.stages import (
+    StageStore,
+    TrainingContext,
+    fingerprint,
+    fit_epochs,
+    stage_random_state,
+)
+
+if TYPE_CHECKING:
+    from avda.train.heads.audio_adaptive import AudioAdaptive
+
+log = logging.getLogger(__name__)
+
+STAGE_ORDER = (
+    "audio-classifier",
+    "clusters",
+    "weights",
+    "absent-labels",
+    "encoder",
+    "pseudo-labels",
+)
+CLUSTER_RANDOM_STATE = 0  # the authors' fixed random_state; also `avda cluster`'s default
+PSEUDO_LABEL_KEY = "_pseudo_label/{}"
+
+
+def _digest(key: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _accuracy(predictions: np.ndarray, labels: np.ndarray) -> float | None:
+    known = labels >= 0
+    if not known.any():
+        return None
+    return float(np.mean(predictions[known] == labels[known]))
+
+
+class AudioAdaptiveStages:
+    """Runs or reloads stages 1-6 for ``head`` on the data of ``context``."""
+
+    def __init__(self, head: AudioAdaptive, context: TrainingContext) -> None:
+        self.head = head
+        self.config = head.config
+        self.context = context
+        self.stages = StageStore(context.run)
+        self.device = context.device
+        self.task = head.task
+        self.num_classes = head.task.num_classes
+        self.source_labels = context.train_set.labels[self.task.name].numpy()
+        target_labels = context.target_set.labels.get(self.task.name)
+        self.target_labels = (
+            target_labels.numpy()
+            if target_labels is not None
+            else np.full(len(context.target_set), -1)
+        )
+        self.keys: dict[str, dict[str, Any]] = {}
+        self._done: dict[str, Any] = {}  # stage outputs already run or loaded in this process
+
+    # ------------------------------------------------------------------ orchestration
+    def run(self, until: str = "pseudo-labels") -> None:
+        """Stages 1..``until`` in order; attaches pseudo labels to the target set at the end."""
+        if until not in STAGE_ORDER:
+            raise ConfigError(unknown_name_message("audio-adaptive stage", until, STAGE_ORDER))
+        last = STAGE_ORDER.index(until)
+        self.audio_classifier()
+        if last >= STAGE_ORDER.index("clusters"):
+            self.clusters()
+        if last >= STAGE_ORDER.index("weights"):
+            self.sample_weights()
+        if last >= STAGE_ORDER.index("absent-labels"):
+            self.absent_labels()
+        for visual in self.head.visual_modalities:
+            if last >= STAGE_ORDER.index("encoder"):
+                self.encoder(visual)
+            if last >= STAGE_ORDER.index("pseudo-labels"):
+                labels = torch.from_numpy(self.pseudo_labels(visual))
+                self.context.target_set.inputs[PSEUDO_LABEL_KEY.format(visual)] = labels
+
+    def base_key(self) -> dict[str, Any]:
+        context = self.context
+        return {
+            "seed": context.seed,
+            "task": self.task.name,
+            "num_classes": self.num_classes,
+            "source_uids": fingerprint(context.train_set.uids),
+            "source_labels": fingerprint(self.source_labels),
+            "target_uids": fingerprint(context.target_set.uids),
+            "standardize": self.config.standardize,
+            "audio_modality": self.config.audio_modality,
+        }
+
+    def _settings(self, *names: str) -> dict[str, Any]:
+        values = self.config.to_dict()
+        return {name: values[name] for name in names}
+
+    def _upstream(self, *names: str) -> dict[str, str]:
+        return {name: _digest(self.keys[name]) for name in names}
+
+    def _batches(self, size: int, count: int, generator: torch.Generator):
+        order = torch.randperm(count, generator=generator)
+        for start in range(0, count, size):
+            yield order[start : start + size]
+
+    # ------------------------------------------------------------------ stage 1
+    def audio_classifier(self) -> PooledAudioClassifier:
+        name = "audio-classifier"
+        if name in self._done:
+            return self._done[name]
+        key = {
+            **self.base_key(),
+            **self._settings(
+                "audio_hidden_dim", "audio_epochs", "audio_lr", "audio_batch_size", "weight_decay"
+            ),
+        }
+        self.keys[name] = key
+        target = self.head.audio_classifier
+        if self.stages.is_done(name, key):
+            self._done[name] = self.stages.load_module(name, target)
+            return target
+        config = self.config
+        train = self.context.train_set
+        audio = config.audio_modality
+        labels = torch.from_numpy(self.source_labels)
+        with stage_random_state(self.context.seed + 1, self.device):
+            model = PooledAudioClassifier(
+                train.inputs[audio].shape[-1], self.num_classes, hidden_dim=config.audio_hidden_dim
+            ).to(self.device)
+            optimizer = torch.optim.Adam(
+                model.parameters(), lr=config.audio_lr, weight_decay=config.weight_decay
+            )
+            generator = torch.Generator().manual_seed(self.context.seed + 1)
+
+            def run_epoch(epoch: int) -> dict[str, float]:
+                total, steps = 0.0, 0
+                for index in self._batches(config.audio_batch_size, len(train), generator):
+                    inputs = train.inputs[audio][index].to(self.device)
+                    logits, _ = model(inputs)
+                    loss = torch.nn.functional.cross_entropy(logits, labels[index].to(self.device))
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                    total, steps = total + float(loss.detach()), steps + 1
+                return {"loss": total / max(steps, 1)}
+
+            history = fit_epochs(
+                name=name,
+                stages=self.stages,
+                key=key,
+                module=model,
+                optimizer=optimizer,
+                epochs=config.audio_epochs,
+                run_epoch=run_epoch,
+                generator=generator,
+                progress=self.context.progress,
+            )
+        probabilities = self._audio_probabilities(model, train)
+        summary = {
+            "history": history,
+            "source_train_accuracy": _accuracy(probabilities.argmax(1), self.source_labels),
+        }
+        log.info("audio classifier: source-train accuracy %s", summary["source_train_accuracy"])
+        self.stages.save_module(name, model, key, summary)
+        target.load_state_dict(model.state_dict())
+        self._done[name] = target
+        return target
+
+    @torch.no_grad()
+    def _audio_probabilities(self, model: PooledAudioClassifier, feature_set: FeatureSet):
+        model.eval()
+        audio = feature_set.inputs[self.config.audio_modality]
+        out = []
+        for start in range(0, len(feature_set), 1024):
+            logits, _ = model(audio[start : start + 1024].to(self.device))
+            out.append(logits.softmax(dim=-1).cpu())
+        return torch.cat(out).numpy() if out else np.zeros((0, self.num_classes))
+
+    # ------------------------------------------------------------------ stage 2
+    def clusters(self) -> np.ndarray:
+        """Per-class audio cluster id of every source training segment."""
+        name = "clusters"
+        if name in self._done:
+            return self._done[name]
+        config = self.config
+        domains = sorted(set(self.context.train_set.domains.tolist()))
+        settings = cluster_settings(
+            task=self.task.name,
+            split="train",
+            max_clusters=config.cluster_max_k,
+            knee=config.cluster_knee,
+            n_init=config.cluster_n_init,
+            random_state=CLUSTER_RANDOM_STATE,
+        )
+        key = {**self.base_key(), "domains": domains, "settings": settings}
+        self.keys[name] = key
+        if self.stages.is_done(name, key):
+            self._done[name] = self.stages.load_arrays(name)["clusters"]
+            return self._done[name]
+        store = self.context.store
+        audio = config.audio_modality
+        rows = self.context.train_set.rows
+        stored = stored_clusters(store, audio, domains, settings)
+        if stored is not None and np.all(stored[rows] >= 0):
+            clusters = stored[rows]
+            origin = f"cache {store.path} clusters/{audio}"
+        else:
+            features = store.load(audio, rows).mean(axis=1)  # raw cached (n, K, D) -> (n, D)
+            per_class = cluster_per_class(
+                features,
+                self.source_labels,
+                max_clusters=config.cluster_max_k,
+                knee=config.cluster_knee,
+                n_init=config.cluster_n_init,
+                random_state=CLUSTER_RANDOM_STATE,
+            )
+            clusters = np.full(len(rows), -1, dtype=np.int64)
+            for result in per_class.values():
+                clusters[result.rows] = result.labels
+            origin = "computed in this run (k-means + Elbow on the cached audio features)"
+        per_class_counts = {
+            str(c): int(clusters[self.source_labels == c].max()) + 1
+            for c in np.unique(self.source_labels)
+        }
+        log.info("audio clusters per class (%s): %s", origin, per_class_counts)
+        self.stages.save_arrays(
+            name,
+            {
+                "uids": self.context.train_set.uids,
+                "labels": self.source_labels,
+                "clusters": clusters,
+            },
+            key,
+            {"origin": origin, "clusters_per_class": per_class_counts},
+        )
+        self._done[name] = clusters
+        return clusters
+
+    # ------------------------------------------------------------------ stage 3
+    def sample_weights(self) -> np.ndarray:
+        """Audio-balanced weight of every source training segment (eq. 3)."""
+        name = "weights"
+        if name in self._done:
+            return self._done[name]
+        clusters = self.clusters()
+        key = {**self._settings("balance_beta"), "upstream": self._upstream("clusters")}
+        self.keys[name] = key
+        if self.stages.is_done(name, key):
+            self._done[name] = self.stages.load_arrays(name)["weights"]
+            return self._done[name]
+        weights, table = audio_balanced_weights(
+            self.source_labels, clusters, self.num_classes, self.config.balance_beta
+        )
+        summary = {"table": {str(c): {str(k): w for k, w in t.items()} for c, t in table.items()}}
+        self.stages.save_arrays(
+            name, {"uids": self.context.train_set.uids, "weights": weights}, key, summary
+        )
+        self._done[name] = weights
+        return weights
+
+    # ------------------------------------------------------------------ stage 4
+    def absent_labels(self) -> np.ndarray:
+        """Multi-hot pseudo-absent classes ``(N_target, C)`` from the audio classifier."""
+        name = "absent-labels"
+        if name in self._done:
+            return self._done[name]
+        self.audio_classifier()
+        key = {
+            **self._settings("absent_classes"),
+            "upstream": self._upstream("audio-classifier"),
+        }
+        self.keys[name] = key
+        if self.stages.is_done(name, key):
+            self._done[name] = self.stages.load_arrays(name)["absent"]
+            return self._done[name]
+        probabilities = self._audio_probabilities(
+            self.head.audio_classifier, self.context.target_set
+        )
+        absent = pseudo_absent_labels(probabilities, self.config.absent_classes)
+        known = self.target_labels >= 0
+        summary: dict[str, Any] = {"target_segments": len(absent)}
+        if known.any():  # diagnostic only: how often an "absent" class is the true one
+            wrong = absent[np.flatnonzero(known), self.target_labels[known]]
+            summary["true_class_marked_absent"] = float(wrong.mean())
+        self.stages.save_arrays(
+            name,
+            {
+                "uids": self.context.target_set.uids,
+                "probabilities": probabilities,
+                "absent": absent,
+            },
+            key,
+            summary,
+        )
+        self._done[name] = absent
+        return absent
+
+    # ------------------------------------------------------------------ stage 5
+    def _encoder_inputs(self, feature_set: FeatureSet, visual: str, index: torch.Tensor):
+        head = self.head
+        visual_input = feature_set.inputs[head.visual_key(visual)][index].to(self.device)
+        audio_input = feature_set.inputs[head.audio_token_key()][index].to(self.device)
+        return visual_input, audio_input
+
+    def encoder(self, visual: str) -> AudioAdaptiveEncoder:
+        name = f"encoder-{visual}"
+        if name in self._done:
+            return self._done[name]
+        weights = torch.from_numpy(self.sample_weights()).float()
+        absent = torch.from_numpy(self.absent_labels())
+        key = {
+            **self.base_key(),
+            "visual": visual,
+            **self._settings(
+                "encoder_input",
+                "encoder_epochs",
+                "encoder_lr",
+                "encoder_batch_size",
+                "weight_decay",
+                "absent_weight",
+                "attention_dim",
+                "attention_depth",
+                "attention_heads",
+                "attention_head_dim",
+                "attention_mlp_dim",
+                "attention_dropout",
+                "attention_embedding_dropout",
+                "encoder_bottleneck",
+                "encoder_dropout",
+            ),
+            "upstream": self._upstream("weights", "absent-labels"),
+        }
+        self.keys[name] = key
+        target_module = self.head.encoders[visual]
+        if self.stages.is_done(name, key):
+            self._done[name] = self.stages.load_module(name, target_module)
+            return target_module
+        config = self.config
+        train, target = self.context.train_set, self.context.target_set
+        labels = torch.from_numpy(self.source_labels)
+        offset = 2 + self.head.visual_modalities.index(visual)
+        with stage_random_state(self.context.seed + offset, self.device):
+            model = self.head.make_encoder(visual).to(self.device)
+            parameters = [p for p in model.parameters() if p.requires_grad]
+            optimizer = torch.optim.Adam(
+                parameters, lr=config.encoder_lr, weight_decay=config.weight_decay
+            )
+            generator = torch.Generator().manual_seed(self.context.seed + offset)
+            # Each source segment is paired with the next target segment of a list shuffled
+            # once and read cyclically (the reference dataloader's rotating target_idx_list);
+            # the position follows from the epoch, so a resumed stage pairs as an uninterrupted one.
+            target_cycle = torch.randperm(len(target), generator=generator)
+
+            def run_epoch(epoch: int) -> dict[str, float]:
+                sums: dict[str, float] = {}
+                steps = 0
+                seen = (epoch - 1) * len(train)
+                for index in self._batches(config.encoder_batch_size, len(train), generator):
+                    positions = torch.arange(seen, seen + len(index)) % len(target)
+                    target_index = target_cycle[positions]
+                    seen += len(index)
+                    source_visual, source_audio = self._encoder_inputs(train, visual, index)
+                    target_visual, target_audio = self._encoder_inputs(target, visual, target_index)
+                    source_out = model(one_clip_per_segment(source_visual, generator), source_audio)
+                    target_out = model(one_clip_per_segment(target_visual, generator), target_audio)
+                    losses = encoder_loss(
+                        source_out.logits[:, 0],
+                        labels[index].to(self.device),
+                        weights[index].to(self.device),
+                        target_out.logits[:, 0],
+                        absent[target_index].to(self.device),
+                        config.absent_weight,
+                    )
+                    optimizer.zero_grad(set_to_none=True)
+                    losses["loss"].backward()
+                    optimizer.step()
+                    for k, v in losses.items():
+                        sums[k] = sums.get(k, 0.0) + float(v.detach())
+                    steps += 1
+                return {k: v / max(steps, 1) for k, v in sums.items()}
+
+            history = fit_epochs(
+                name=name,
+                stages=self.stages,
+                key=key,
+                module=model,
+                optimizer=optimizer,
+                epochs=config.encoder_epochs,
+                run_epoch=run_epoch,
+                generator=generator,
+                progress=self.context.progress,
+            )
+        target_module.load_state_dict(model.state_dict())
+        self.stages.save_module(name, model, key, {"history": history})
+        self._done[name] = target_module
+        return target_module
+
+    # ------------------------------------------------------------------ stage 6 (labels)
+    @torch.no_grad()
+    def encoder_probabilities(self, visual: str, feature_set: FeatureSet) -> np.ndarray:
+        """Clip-averaged class probabilities of the stage-5 encoder ``(N, C)``."""
+        encoder = self.head.encoders[visual]
+        encoder.eval()
+        out = []
+        for start in range(0, len(feature_set), 1024):
+            index = torch.arange(start, min(start + 1024, len(feature_set)))
+            visual_input, audio_input = self._encoder_inputs(feature_set, visual, index)
+            out.append(encoder.predict(visual_input, audio_input).cpu())
+        return torch.cat(out).numpy() if out else np.zeros((0, self.num_classes))
+
+    def pseudo_labels(self, visual: str) -> np.ndarray:
+        """Hard pseudo label (argmax, no threshold) of every target training segment."""
+        name = f"pseudo-labels-{visual}"
+        if name in self._done:
+            return self._done[name]
+        self.encoder(visual)
+        key = {"upstream": self._upstream(f"encoder-{visual}")}
+        self.keys[name] = key
+        if self.stages.is_done(name, key):
+            self._done[name] = self.stages.load_arrays(name)["labels"]
+            return self._done[name]
+        probabilities = self.encoder_probabilities(visual, self.context.target_set)
+        labels = probabilities.argmax(axis=1).astype(np.int64)
+        accuracy = _accuracy(labels, self.target_labels)
+        if accuracy is not None:  # diagnostic: target labels are never used for training
+            log.info("pseudo labels (%s): accuracy on target train %.3f", visual, accuracy)
+        self.stages.save_arrays(
+            name,
+            {
+                "uids": self.context.target_set.uids,
+                "probabilities": probabilities,
+                "labels": labels,
+            },
+            key,
+            {"target_train_accuracy": accuracy, "class_counts": np.bincount(labels).tolist()},
+        )
+        self._done[name] = labels
+        return labels
+
+
+def run_stages(
+    *,
+    cache: str | Path,
+    source: Sequence[str],
+    target: Sequence[str],
+    out: str | Path,
+    seed: int = 0,
+    overrides: dict[str, Any] | None = None,
+    until: str = "pseudo-labels",
+    device: str | None = None,
+    progress: bool = True,
+) -> AudioAdaptiveStages:
+    """Run Audio-Adaptive stages 1..``until`` into ``out/stages`` without the recognizer.
+
+    The stages are the ones ``avda train --head audio-adaptive -o OUT`` runs first; with the same
+    cache, domains, seed and settings a later ``avda train`` reuses them.
+    """
+    from avda.cache import open_cache
+    from avda.train import data as data_lib
+    from avda.train.heads.audio_adaptive import AudioAdaptive, AudioAdaptiveConfig
+    from avda.train.loop import _apply_standardizer, _standardizer
+
+    store = open_cache(cache)
+    for role, domains in (("source", source), ("target", target)):
+        data_lib.check_domains(store, domains, role)
+    config = AudioAdaptiveConfig.from_dict(overrides or {})
+    modalities = list(config.modalities) or store.modalities
+    source_rows = data_lib.select_rows(store, source, ["train"], modalities)
+    target_rows = data_lib.select_rows(store, target, ["train"], modalities)
+    if len(source_rows) == 0 or len(target_rows) == 0:
+        raise CacheError(
+            f"audio-adaptive needs source and target 'train' segments in {store.path}; "
+            f"found {len(source_rows)} source and {len(target_rows)} target"
+        )
+    tasks = data_lib.infer_tasks(store.segments, source_rows, config.tasks or None)
+    train_set = data_lib.load_set(store, "source_train", source_rows, modalities, tasks)
+    target_set = data_lib.load_set(store, "target_train", target_rows, modalities, tasks)
+    if config.standardize:  # the loop's standardisation, so the stages match a full run
+        stats = _standardizer(train_set)
+        for feature_set in (train_set, target_set):
+            _apply_standardizer(feature_set, stats)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    inputs = {m: tuple(train_set.inputs[m].shape[1:]) for m in modalities}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        head = AudioAdaptive(config, inputs=inputs, tasks=tasks).to(device)
+    context = TrainingContext(
+        run=Path(out),
+        store=store,
+        train_set=train_set,
+        target_set=target_set,
+        eval_sets={},
+        seed=seed,
+        device=device,
+        progress=progress,
+    )
+    head.attach_inputs(context)
+    stages = AudioAdaptiveStages(head, context)
+    stages.run(until=until)
+    return stages
+
+
+__all__ = ["PSEUDO_LABEL_KEY", "STAGE_ORDER", "AudioAdaptiveStages", "run_stages"]

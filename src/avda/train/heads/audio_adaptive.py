@@ -1,0 +1,325 @@
+"""Audio-Adaptive activity recognition across domains (Zhang, Doughty, Shao, Snoek, CVPR 2022).
+
+``avda train --head audio-adaptive`` runs the whole pipeline: the loop calls :meth:`prepare`,
+which runs (or reloads, see :mod:`avda.train.audio_adaptive.pipeline`) stages 1-6a under
+``RUN/stages/``, then the loop trains the audio-infused recognizers (stage 6b) and evaluates
+the two-stream average (stage 7)::
+
+    source audio ─► [1] audio classifier (frozen after) ──► audio embedding a, probabilities
+    source audio ─► [2] per-class k-means + Elbow ─► clusters ─► [3] audio-balanced weights w
+    target audio ─► [1] ─► [4] pseudo-absent labels (r least likely classes)
+    per visual stream v (rgb, flow):
+      visual v, audio ─► [5] audio-adaptive encoder E_v (eq. 1-4; frozen after)
+      target ─► E_v ─► [6a] hard pseudo labels ŷ_v
+      E_v clip features, a ─► [6b] audio-infused recognizer R_v (eq. 7), loss eq. 8
+    [7] p(y) = mean_v softmax(R_v)      (the reference's calc_acc.py: RGB+audio and flow+audio)
+
+The head's logits are ``log mean_v softmax(R_v)``, so the loop's softmax gives the stage-7
+average. Defaults are the reference's (``train_*.py``; ``shared/reference/methods.md`` §5):
+recognizer Adam 7e-4, weight decay 1e-4, StepLR(3, 0.1) (``lr_steps`` 3, 6, ..., 27), 29 epochs,
+batch 8 + 8; encoder Adam 1e-4 for 15 epochs (presets for the EPIC-55 sources D1 2e-4, D2 9e-5);
+audio classifier Adam 1e-2 for 4 epochs. The deviations forced by cached features (pooled
+features in place of SlowFast ``layer3``/``layer4``, the MLP audio classifier) are listed in
+``docs/methods.md``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Literal
+
+import torch
+from torch import nn
+
+from avda.errors import CacheError, ConfigError
+from avda.train.audio_adaptive.audio_classifier import PooledAudioClassifier
+from avda.train.audio_adaptive.encoder import AudioAdaptiveEncoder, EncoderOutput
+from avda.train.audio_adaptive.losses import recognizer_loss
+from avda.train.audio_adaptive.pipeline import PSEUDO_LABEL_KEY, AudioAdaptiveStages
+from avda.train.audio_adaptive.recognizer import SOURCE, TARGET, AudioInfusedRecognizer
+from avda.train.heads import register
+from avda.train.heads._base import Batch, Head, HeadConfig, HeadOutput, ordered_modalities
+from avda.train.presets import with_preset
+from avda.train.stages import TrainingContext
+
+log = logging.getLogger(__name__)
+
+SPATIAL_KEY = "spatial/{}"
+
+# Stage-5 learning rates of the reference's config.py, by EPIC-55 source domain.
+PRESETS = {
+    "epic55-source-D1": {"encoder_lr": 2e-4},
+    "epic55-source-D2": {"encoder_lr": 9e-5},
+    "epic55-source-D3": {"encoder_lr": 1e-4},
+}
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class AudioAdaptiveConfig(HeadConfig):
+    """Stage settings; ``epochs``, ``lr``, ``lr_steps``, ``batch_size`` are the recognizer's."""
+
+    preset: Literal["epic55-source-D1", "epic55-source-D2", "epic55-source-D3"] | None = None
+    tasks: tuple[str, ...] = ("verb",)
+    audio_modality: str = "audio"
+    visual_modalities: tuple[str, ...] = ()  # empty: every other modality, one stream each
+    # stage 1: audio classifier
+    audio_hidden_dim: int = 512
+    audio_epochs: int = 4
+    audio_lr: float = 1e-2
+    audio_batch_size: int = 16
+    # stage 2-3: clusters and audio-balanced weights
+    cluster_max_k: int = 20
+    cluster_knee: Literal["kneedle", "chord"] = "kneedle"
+    cluster_n_init: int = 10
+    balance_beta: float = 0.999
+    # stage 4: pseudo-absent labels
+    absent_classes: int = 3
+    absent_weight: float = 0.01
+    # stage 5: audio-adaptive encoder
+    encoder_input: Literal["pooled", "spatial"] = "pooled"
+    encoder_epochs: int = 15
+    encoder_lr: float = 1e-4
+    encoder_batch_size: int = 16
+    attention_dim: int = 256
+    attention_depth: int = 8
+    attention_heads: int = 8
+    attention_head_dim: int = 64
+    attention_mlp_dim: int = 512
+    attention_dropout: float = 0.15
+    attention_embedding_dropout: float = 0.1
+    encoder_bottleneck: int = 512
+    encoder_dropout: float = 0.5
+    # stage 6: audio-infused recognizer (trained by the loop)
+    epochs: int = 29
+    batch_size: int = 8
+    lr: float = 7e-4
+    lr_steps: tuple[int, ...] = (3, 6, 9, 12, 15, 18, 21, 24, 27)
+    lr_gamma: float = 0.1
+    delegate_dim: int = 512
+    recognizer_dim: int = 256
+    recognizer_depth: int = 3
+    recognizer_heads: int = 8
+    recognizer_head_dim: int = 64
+    recognizer_mlp_dim: int = 512
+    recognizer_dropout: float = 0.15
+    recognizer_embedding_dropout: float = 0.1
+    auxiliary_weight: float = 0.1
+    audio_visual_weight: float = 0.2
+
+    @classmethod
+    def from_dict(cls, values=None):
+        return super().from_dict(with_preset(cls.__name__, PRESETS, values))
+
+
+def _freeze(module: nn.Module) -> None:
+    for parameter in module.parameters():
+        parameter.requires_grad_(False)
+
+
+@register("audio-adaptive")
+class AudioAdaptive(Head):
+    """Frozen stage-1 audio classifier and stage-5 encoders feeding trainable recognizers."""
+
+    Config = AudioAdaptiveConfig
+    uses_target = True
+
+    def __init__(self, config: AudioAdaptiveConfig, *, inputs, tasks):
+        super().__init__(config, inputs=inputs, tasks=tasks)
+        if len(tasks) != 1 or tasks[0].multi_label:
+            names = [t.name for t in tasks]
+            raise ConfigError(
+                f"audio-adaptive trains one single-label task, got {names}; "
+                "pass --set tasks=[verb] (or [noun])"
+            )
+        self.task = tasks[0]
+        audio = config.audio_modality
+        if audio not in inputs:
+            raise ConfigError(
+                f"audio-adaptive needs the {audio!r} modality, the inputs have {sorted(inputs)}; "
+                "extract audio features or set audio_modality"
+            )
+        others = [m for m in inputs if m != audio]
+        visual = list(config.visual_modalities) or ordered_modalities(others)
+        unknown = [m for m in visual if m not in inputs or m == audio]
+        if not visual or unknown:
+            raise ConfigError(
+                f"audio-adaptive needs visual modalities besides {audio!r}: got {visual} "
+                f"from inputs {sorted(inputs)}"
+            )
+        if config.absent_classes >= self.task.num_classes:
+            raise ConfigError(
+                f"absent_classes={config.absent_classes} must be below the number of classes "
+                f"({self.task.num_classes})"
+            )
+        self.visual_modalities = visual
+        self.visual_channels = {v: inputs[v][1] for v in visual}
+        self.audio_channels = inputs[audio][1]
+        self.spatial_audio = False
+        self.audio_classifier = PooledAudioClassifier(
+            inputs[audio][1], self.task.num_classes, hidden_dim=config.audio_hidden_dim
+        )
+        self.encoders = nn.ModuleDict({v: self.make_encoder(v) for v in visual})
+        self.recognizers = nn.ModuleDict({v: self.make_recognizer(v) for v in visual})
+        _freeze(self.audio_classifier)
+        _freeze(self.encoders)
+
+    # ------------------------------------------------------------------ building
+    def make_encoder(self, visual: str) -> AudioAdaptiveEncoder:
+        config = self.config
+        return AudioAdaptiveEncoder(
+            self.visual_channels[visual],
+            self.audio_channels,
+            self.task.num_classes,
+            spatial=config.encoder_input == "spatial",
+            attention_dim=config.attention_dim,
+            depth=config.attention_depth,
+            heads=config.attention_heads,
+            head_dim=config.attention_head_dim,
+            mlp_dim=config.attention_mlp_dim,
+            dropout=config.attention_dropout,
+            embedding_dropout=config.attention_embedding_dropout,
+            bottleneck=config.encoder_bottleneck,
+            classifier_dropout=config.encoder_dropout,
+        )
+
+    def make_recognizer(self, visual: str) -> AudioInfusedRecognizer:
+        config = self.config
+        return AudioInfusedRecognizer(
+            self.visual_channels[visual],
+            config.audio_hidden_dim,
+            self.task.num_classes,
+            delegate_dim=config.delegate_dim,
+            dim=config.recognizer_dim,
+            depth=config.recognizer_depth,
+            heads=config.recognizer_heads,
+            head_dim=config.recognizer_head_dim,
+            mlp_dim=config.recognizer_mlp_dim,
+            dropout=config.recognizer_dropout,
+            embedding_dropout=config.recognizer_embedding_dropout,
+        )
+
+    def visual_key(self, visual: str) -> str:
+        return SPATIAL_KEY.format(visual) if self.config.encoder_input == "spatial" else visual
+
+    def audio_token_key(self) -> str:
+        audio = self.config.audio_modality
+        return SPATIAL_KEY.format(audio) if self.spatial_audio else audio
+
+    def attach_inputs(self, context: TrainingContext) -> None:
+        """Faithful mode: load ``spatial/<visual>`` (and ``spatial/<audio>`` if cached) maps
+        into every feature set, and size the encoders and recognizers by their channels."""
+        if self.config.encoder_input != "spatial":
+            return
+        store = context.store
+        audio = self.config.audio_modality
+        for visual in self.visual_modalities:
+            maps = store.spatial(visual)  # raises with how to extract them
+            if maps.ndim < 4:
+                raise CacheError(
+                    f"{store.path} spatial/{visual} has shape {maps.shape}; expected "
+                    "(N, K, C, *S) maps"
+                )
+            self.visual_channels[visual] = int(maps.shape[2])
+        self.spatial_audio = store.has_spatial(audio)
+        wanted = [*self.visual_modalities, *([audio] if self.spatial_audio else [])]
+        for feature_set in context.all_sets():
+            for modality in wanted:
+                key = SPATIAL_KEY.format(modality)
+                if key not in feature_set.inputs:
+                    maps = store.load_spatial(modality, feature_set.rows)
+                    feature_set.inputs[key] = torch.from_numpy(maps)
+        if self.spatial_audio:
+            self.audio_channels = int(store.spatial(audio).shape[2])
+        device = next(self.recognizers.parameters()).device
+        self.encoders = nn.ModuleDict({v: self.make_encoder(v) for v in self.visual_modalities})
+        self.recognizers = nn.ModuleDict(
+            {v: self.make_recognizer(v) for v in self.visual_modalities}
+        )
+        self.encoders.to(device)
+        self.recognizers.to(device)
+        _freeze(self.encoders)
+        log.info(
+            "audio-adaptive: faithful (spatial) encoder on %s maps, channels %s",
+            wanted,
+            self.visual_channels,
+        )
+
+    def prepare(self, context: TrainingContext) -> None:
+        """Stages 1-6a (resumable, stored in ``RUN/stages``); pseudo labels join the target set."""
+        self.attach_inputs(context)
+        AudioAdaptiveStages(self, context).run()
+
+    def train(self, mode: bool = True) -> AudioAdaptive:
+        super().train(mode)
+        self.audio_classifier.eval()  # frozen stages stay deterministic (no dropout, fixed BN)
+        self.encoders.eval()
+        return self
+
+    # ------------------------------------------------------------------ forward
+    @torch.no_grad()
+    def _frozen(self, inputs: Batch, visual: str) -> EncoderOutput:
+        """The frozen stage-5 encoder of stream ``visual`` on a batch."""
+        return self.encoders[visual](
+            inputs[self.visual_key(visual)], inputs[self.audio_token_key()]
+        )
+
+    @torch.no_grad()
+    def _audio_embedding(self, inputs: Batch) -> torch.Tensor:
+        return self.audio_classifier(inputs[self.config.audio_modality])[1]
+
+    def forward(self, inputs: Batch) -> HeadOutput:
+        audio = self._audio_embedding(inputs)
+        probabilities = []
+        streams, tokens = {}, []
+        for visual in self.visual_modalities:
+            output = self.recognizers[visual](self._frozen(inputs, visual).features, audio, TARGET)
+            streams[visual] = output.logits
+            tokens.append(output.token)
+            probabilities.append(output.logits.softmax(dim=-1))
+        fused = torch.stack(probabilities).mean(dim=0)  # stage 7: average of stream softmaxes
+        logits = torch.log(fused.clamp_min(torch.finfo(fused.dtype).tiny))
+        return HeadOutput(
+            logits={self.task.name: logits},
+            features=torch.cat(tokens, dim=1),
+            extras={"streams": streams},
+        )
+
+    def training_step(
+        self, source: Batch, source_labels: Batch, target: Batch | None, progress: float
+    ) -> dict[str, torch.Tensor]:
+        if target is None:
+            raise ConfigError("audio-adaptive needs unlabelled target batches")
+        config = self.config
+        labels = source_labels[self.task.name]
+        source_audio = self._audio_embedding(source)
+        target_audio = self._audio_embedding(target)
+        total = torch.zeros((), device=labels.device)
+        record: dict[str, torch.Tensor] = {}
+        for visual in self.visual_modalities:
+            source_encoded = self._frozen(source, visual)
+            target_encoded = self._frozen(target, visual)
+            stored = target.get(PSEUDO_LABEL_KEY.format(visual))
+            # Without stored labels (the head used outside the loop) apply the stage-6a rule.
+            pseudo = (
+                stored
+                if stored is not None
+                else target_encoded.logits.softmax(dim=-1).mean(dim=1).argmax(dim=-1)
+            )
+            recognizer = self.recognizers[visual]
+            source_out = recognizer(source_encoded.features, source_audio, SOURCE)
+            target_out = recognizer(target_encoded.features, target_audio, TARGET)
+            parts = recognizer_loss(
+                source_out.logits,
+                labels,
+                target_out.logits,
+                pseudo,
+                source_out.audio_logits,
+                source_out.audio_visual_logits,
+                auxiliary_weight=config.auxiliary_weight,
+                audio_visual_weight=config.audio_visual_weight,
+            )
+            total = total + parts["loss"]
+            for name, value in parts.items():
+                record[f"{visual}/{name}"] = value.detach()
+        return {"loss": total, **record}

@@ -1,0 +1,300 @@
+"""MM-SADA: Multi-Modal Self-Supervised Adversarial Domain Adaptation (Munro & Damen, CVPR 2020).
+
+The heads of the authors' TF code (``jonmun/MM-SADA-code``, ``src/models/model.py``) on cached
+per-modality clip features (I3D: 5 clips x 1024 per modality)::
+
+    training: one random clip per modality and segment (RGB and Flow positions independent)
+    x_m (B, D_m) -> Linear(D_m -> 1024) -> ReLU = f_m (B, 1024)    stand-in for the I3D top
+      f_m -> Dropout(0.5) -> Linear(1024 -> C) -> logits_m ;  logits = sum_m logits_m    (eq. 1)
+      f_m --GRL(lambda)--> Linear(1024 -> 100) -> ReLU -> Linear(100 -> 2)   D^m       (eq. 2)
+      [f_1 ; f_2 ; ...] -> Linear(M*1024 -> 100) -> ReLU -> Linear(100 -> 2)  C        (eq. 3)
+    test: all K clips, softmax of the fused logits averaged over the clips (5-clip test)
+
+    per domain batch: first half corresponding (label 1); second half with the non-first
+    modalities rotated by one segment within the half (label 0, same domain)
+    stage 1 (pretrain_epochs):  L = 1.0 L_y + 5.0 L_c                              lr 0.01
+    stage 2 (the rest):         L = 0.2 L_y + 1.0 sum_m L_d^m + 1.0 L_c            lr 0.001
+    L_y on corresponding source samples only; L_c on source and target; lambda =
+    0.2 * (2 / (1 + exp(-10 p2)) - 1), p2 the progress within stage 2          (eq. 4)
+
+The weights are the code's (the paper states the 1:5 ratio as lambda_c = 5): stage 1 trains
+classification and self-supervision on source and target, stage 2 restarts the GRL ramp and
+adds the discriminators, which stay untouched during stage 1 (no gradient reaches them), so
+they start stage 2 freshly initialised as in the code. Optimiser: momentum SGD (0.9), weight
+decay 1e-7, batch 64 source + 64 target. The paper reports the mean target top-1 over the
+last 9 checkpoints: ``keep_last_predictions = 9`` writes each of the last 9 epochs'
+predictions and :func:`checkpoint_accuracy` averages them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from avda import runs
+from avda.errors import ConfigError, RunError
+from avda.evaluate.protocols import mmsada_checkpoint_accuracy
+from avda.train.heads import register
+from avda.train.heads._base import Batch, Head, HeadConfig, HeadOutput, ordered_modalities
+from avda.train.layers import feature_embedding, grl_ramp, reverse_gradient
+from avda.train.losses import classification_loss, correspondence_loss, domain_adversarial_loss
+from avda.train.presets import with_preset
+
+log = logging.getLogger(__name__)
+
+# The code's 3000 + 6000 steps of 64 source clips, in epochs of each EPIC-55 source domain
+# (D1: 1543, D2: 2495, D3: 3897 training segments -> 25, 39, 61 steps per epoch).
+PRESETS = {
+    "D1": {"pretrain_epochs": 120, "epochs": 360, "lr_steps": [120]},
+    "D2": {"pretrain_epochs": 77, "epochs": 231, "lr_steps": [77]},
+    "D3": {"pretrain_epochs": 49, "epochs": 147, "lr_steps": [49]},
+}
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class MmSadaConfig(HeadConfig):
+    preset: Literal["D1", "D2", "D3"] | None = None  # source domain: sets the epochs below
+    # optimisation (src/train/train.py and the README's corrections of the paper)
+    epochs: int = 231  # D2 source; see PRESETS
+    pretrain_epochs: int = 77  # stage 1 (3000 steps on D2)
+    batch_size: int = 64
+    target_batch_size: int = 64
+    optimizer: Literal["adam", "sgd"] = "sgd"
+    lr: float = 0.01  # stage 1; stage 2 is lr * lr_gamma = 0.001
+    momentum: float = 0.9
+    weight_decay: float = 1e-7
+    lr_steps: tuple[int, ...] = (77,)
+    lr_gamma: float = 0.1
+    keep_last_predictions: int = 9
+    # architecture
+    embedding_dim: int = 1024  # the I3D feature size the heads act on
+    dropout: float = 0.5
+    discriminator_hidden: int = 100
+    correspondence_hidden: int = 100
+    init_std: float = 0.1  # truncated normal (2 sigma) of the discriminator/correspondence layers
+    # losses
+    grl_weight: float = 0.2  # lambda_in
+    grl_gamma: float = 10.0
+    pretrain_classification_weight: float = 1.0
+    pretrain_correspondence_weight: float = 5.0
+    classification_weight: float = 0.2
+    correspondence_weight: float = 1.0
+    adversarial_weight: float = 1.0
+
+    @classmethod
+    def from_dict(cls, values=None):
+        return super().from_dict(with_preset(cls.__name__, PRESETS, values))
+
+
+def _truncated(layer: nn.Linear, std: float) -> nn.Linear:
+    nn.init.trunc_normal_(layer.weight, 0.0, std, -2 * std, 2 * std)
+    nn.init.zeros_(layer.bias)
+    return layer
+
+
+def _two_layer(fan_in: int, hidden: int, std: float) -> nn.Sequential:
+    return nn.Sequential(
+        _truncated(nn.Linear(fan_in, hidden), std), nn.ReLU(), _truncated(nn.Linear(hidden, 2), std)
+    )
+
+
+def correspondence_pairs(features: dict[str, torch.Tensor], order: list[str]):
+    """MM-SADA's within-domain sampling: ``(pairs, labels)`` for a batch of one domain.
+
+    The first ``B - B // 2`` samples keep their modalities together (label 1); in the last
+    ``B // 2`` the modalities after ``order[0]`` are rotated by one sample within that half, so
+    they come from another segment of the same domain (label 0). A negative half of one sample
+    takes them from sample 0.
+    """
+    B = next(iter(features.values())).shape[0]
+    negatives = B // 2
+    positives = B - negatives
+    index = torch.arange(B, device=next(iter(features.values())).device)
+    if negatives >= 2:
+        index[positives:] = torch.roll(index[positives:], shifts=-1)
+    elif negatives == 1:
+        index[positives:] = 0
+    parts = [features[order[0]]] + [features[m][index] for m in order[1:]]
+    labels = torch.cat(
+        [
+            torch.ones(positives, dtype=torch.long, device=index.device),
+            torch.zeros(negatives, dtype=torch.long, device=index.device),
+        ]
+    )
+    return torch.cat(parts, dim=1), labels
+
+
+@register("mm-sada")
+class MmSada(Head):
+    Config = MmSadaConfig
+    uses_target = True
+
+    def __init__(self, config: MmSadaConfig, *, inputs, tasks):
+        super().__init__(config, inputs=inputs, tasks=tasks)
+        self.modalities = ordered_modalities(inputs)
+        if len(self.modalities) < 2:
+            raise ConfigError(
+                f"mm-sada needs at least two modalities (its self-supervision tells whether they "
+                f"correspond), got {self.modalities}; select more with --set "
+                "modalities=[rgb,flow], or use dann with discriminator=per-modality"
+            )
+        if not 0 < config.pretrain_epochs < config.epochs:
+            raise ConfigError(
+                f"mm-sada: pretrain_epochs ({config.pretrain_epochs}) must be between 0 and "
+                f"epochs ({config.epochs}): stage 1 is followed by the adversarial stage 2"
+            )
+        if config.pretrain_epochs not in config.lr_steps:
+            log.warning(
+                "mm-sada: lr_steps %s do not include pretrain_epochs=%d; the authors lower the "
+                "lr 10x when stage 2 starts",
+                list(config.lr_steps),
+                config.pretrain_epochs,
+            )
+        dim, std = config.embedding_dim, config.init_std
+        self.embeddings = nn.ModuleDict(
+            {m: feature_embedding(inputs[m][1], dim) for m in self.modalities}
+        )
+        self.dropout = nn.Dropout(config.dropout)
+        self.classifiers = nn.ModuleDict(
+            {
+                m: nn.ModuleDict({t.name: nn.Linear(dim, t.num_classes) for t in tasks})
+                for m in self.modalities
+            }
+        )
+        self.discriminators = nn.ModuleDict(
+            {m: _two_layer(dim, config.discriminator_hidden, std) for m in self.modalities}
+        )
+        self.correspondence = _two_layer(
+            dim * len(self.modalities), config.correspondence_hidden, std
+        )
+
+    def embed(self, inputs: Batch) -> dict[str, torch.Tensor]:
+        """``(B, D_m)`` features: one random clip per modality in training, else ``(B, K, D_m)``."""
+        if not self.training:
+            return {m: self.embeddings[m](inputs[m]) for m in self.modalities}
+        chosen = {}
+        for m in self.modalities:
+            x = inputs[m]  # (B, K, D)
+            clip = torch.randint(0, x.shape[1], (x.shape[0],), device=x.device)
+            chosen[m] = self.embeddings[m](x[torch.arange(x.shape[0], device=x.device), clip])
+        return chosen
+
+    def fused_logits(self, features: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {
+            t.name: torch.stack(
+                [self.classifiers[m][t.name](self.dropout(features[m])) for m in self.modalities]
+            ).sum(0)
+            for t in self.tasks
+        }
+
+    def forward(self, inputs: Batch) -> HeadOutput:
+        features = self.embed(inputs)
+        logits = self.fused_logits(features)
+        if not self.training:  # (B, K, C): average the clips' probabilities (5-clip test)
+            logits = {
+                t.name: _mean_probability_logits(logits[t.name], t.multi_label) for t in self.tasks
+            }
+            features = {m: f.mean(dim=1) for m, f in features.items()}
+        embedding = torch.cat([features[m] for m in self.modalities], dim=1)
+        return HeadOutput(logits=logits, features=embedding, extras={"modality": features})
+
+    def stage(self, progress: float) -> tuple[int, float]:
+        """(1 or 2, progress within stage 2) at overall training progress ``p``."""
+        split = self.config.pretrain_epochs / self.config.epochs
+        if progress < split:
+            return 1, 0.0
+        return 2, (progress - split) / (1.0 - split)
+
+    def training_step(
+        self, source: Batch, source_labels: Batch, target: Batch | None, progress: float
+    ):
+        config = self.config
+        stage, stage_progress = self.stage(progress)
+        source_features, target_features = self.embed(source), self.embed(target)
+        pairs = [
+            correspondence_pairs(f, self.modalities) for f in (source_features, target_features)
+        ]
+        joint = torch.cat([p[0] for p in pairs])
+        corresponds = torch.cat([p[1] for p in pairs])
+        correspondence = correspondence_loss(self.correspondence(joint), corresponds)
+        keep = pairs[0][1].bool()  # classify corresponding source samples only
+        logits = self.fused_logits({m: f[keep] for m, f in source_features.items()})
+        labels = {t: y[keep] for t, y in source_labels.items()}
+        classification = classification_loss(logits, labels, self.tasks)
+        if stage == 1:
+            loss = (
+                config.pretrain_classification_weight * classification
+                + config.pretrain_correspondence_weight * correspondence
+            )
+            return {
+                "loss": loss,
+                "classification": classification,
+                "correspondence": correspondence,
+                "stage": torch.tensor(1.0),
+            }
+        scale = config.grl_weight * grl_ramp(stage_progress, config.grl_gamma)
+        adversarial = sum(
+            domain_adversarial_loss(
+                self.discriminators[m](reverse_gradient(source_features[m], scale)),
+                self.discriminators[m](reverse_gradient(target_features[m], scale)),
+            )
+            for m in self.modalities
+        )
+        loss = (
+            config.classification_weight * classification
+            + config.adversarial_weight * adversarial
+            + config.correspondence_weight * correspondence
+        )
+        return {
+            "loss": loss,
+            "classification": classification,
+            "correspondence": correspondence,
+            "adversarial": adversarial,
+            "grl_lambda": torch.tensor(scale),
+            "stage": torch.tensor(2.0),
+        }
+
+
+def _mean_probability_logits(clip_logits: torch.Tensor, multi_label: bool) -> torch.Tensor:
+    """Logits whose softmax (sigmoid) is the mean over clips of the clips' softmax (sigmoid)."""
+    if multi_label:
+        mean = clip_logits.sigmoid().mean(dim=1).clamp(1e-7, 1 - 1e-7)
+        return torch.log(mean) - torch.log1p(-mean)
+    return torch.logsumexp(clip_logits.log_softmax(dim=-1), dim=1) - np.log(clip_logits.shape[1])
+
+
+def checkpoint_accuracy(
+    run: str | Path, set_name: str = "target_test", task: str = "verb", last: int = 9
+) -> dict[str, float]:
+    """MM-SADA's reported number: mean top-1 over the last ``last`` epochs' predictions.
+
+    Reads ``RUN/epochs/<epoch>/predictions/<set_name>.npz`` (written with
+    ``keep_last_predictions``) and returns :func:`mmsada_checkpoint_accuracy`'s ``top1_mean``,
+    ``top1_std`` and ``top1_of_mean_scores`` (an ensemble, not the paper's number).
+    """
+    folder = Path(run) / "epochs"
+    epochs = sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.exists() else []
+    if len(epochs) < last:
+        raise RunError(
+            f"{run} has predictions of {len(epochs)} epoch(s) under {folder}, {last} needed; "
+            f"train with --set keep_last_predictions={last}"
+        )
+    scores, labels = [], None
+    for epoch in epochs[-last:]:
+        prediction = runs.read_predictions(folder / epoch, set_name)
+        if task not in prediction["scores"]:
+            raise RunError(f"{run}: epoch {epoch} has no {task!r} scores for {set_name!r}")
+        # Scores are already clip-averaged probabilities: one "clip" whose softmax they are.
+        probabilities = prediction["scores"][task].astype(np.float64)
+        scores.append(np.log(np.clip(probabilities, 1e-30, None))[:, None, :])
+        labels = prediction["labels"][task]
+    return mmsada_checkpoint_accuracy(scores, labels)
+
+
+__all__ = ["MmSada", "MmSadaConfig", "checkpoint_accuracy", "correspondence_pairs"]

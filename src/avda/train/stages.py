@@ -1,0 +1,240 @@
+"""Multi-stage heads: what the loop hands to ``prepare``, and resumable stage outputs.
+
+Some methods train in stages (Audio-Adaptive: audio classifier, clusters, pseudo-absent labels,
+encoder, pseudo labels, then the recognizer). The training loop builds the head, calls
+``head.prepare(context)`` once before it builds the optimiser, then trains the final stage like
+any other head. ``prepare`` runs or reloads each earlier stage; it may also attach per-row
+tensors to the training sets (keys starting with ``_``), which the loop batches with the
+features. A stage writes its output under ``RUN/stages/`` and *then* a JSON record, so a stage
+is finished exactly when its record exists, and an interrupted run resumes at the first
+unfinished stage (and inside it, at the last finished epoch)::
+
+    RUN/stages/<name>.json        record: stage settings (key), summary, avda version, created
+    RUN/stages/<name>.pt | .npz   the output (module weights or arrays)
+    RUN/stages/<name>.partial.pt  per-epoch checkpoint while the stage trains (removed when done)
+
+A record whose key differs from the settings asked for is refused (:class:`RunError`), as the
+loop refuses a run directory with another configuration.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+import avda
+from avda.cache import FeatureCache
+from avda.errors import RunError
+from avda.train.data import FeatureSet
+
+log = logging.getLogger(__name__)
+
+STAGES_FOLDER = "stages"
+
+
+@dataclasses.dataclass
+class TrainingContext:
+    """Everything a head's ``prepare`` hook may use; built by :func:`avda.train.loop.train`."""
+
+    run: Path
+    store: FeatureCache
+    train_set: FeatureSet
+    target_set: FeatureSet
+    eval_sets: dict[str, FeatureSet]
+    seed: int = 0
+    device: str = "cpu"
+    progress: bool = False
+
+    def all_sets(self) -> list[FeatureSet]:
+        return [self.train_set, self.target_set, *self.eval_sets.values()]
+
+
+def fingerprint(values: Sequence[Any] | np.ndarray) -> str:
+    """A short sha256 of a sequence of values (segment uids, labels) for stage keys."""
+    digest = hashlib.sha256()
+    for value in np.asarray(values).ravel().tolist():
+        digest.update(str(value).encode())
+        digest.update(b"\0")
+    return digest.hexdigest()[:16]
+
+
+def _atomic_save(path: Path, save: Callable[[Path], None]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    save(tmp)
+    os.replace(tmp, path)
+
+
+class StageStore:
+    """The ``RUN/stages/`` folder: finished outputs with their records, partial checkpoints."""
+
+    def __init__(self, run: str | Path) -> None:
+        self.folder = Path(run) / STAGES_FOLDER
+
+    def record_path(self, name: str) -> Path:
+        return self.folder / f"{name}.json"
+
+    def partial_path(self, name: str) -> Path:
+        return self.folder / f"{name}.partial.pt"
+
+    def record(self, name: str) -> dict[str, Any] | None:
+        path = self.record_path(name)
+        if not path.exists():
+            return None
+        return json.loads(path.read_text())
+
+    def is_done(self, name: str, key: dict[str, Any]) -> bool:
+        """True when ``name`` finished with ``key``; refuses a record made with another key."""
+        record = self.record(name)
+        if record is None:
+            return False
+        if record["key"] != json.loads(json.dumps(key)):
+            changed = sorted(
+                k
+                for k in set(record["key"]) | set(key)
+                if record["key"].get(k) != json.loads(json.dumps(key.get(k)))
+            )
+            raise RunError(
+                f"stage {name!r} in {self.folder} was made with other settings "
+                f"({', '.join(changed)}); use another run directory, or delete that stage's "
+                "files to recompute it"
+            )
+        return True
+
+    def _write_record(self, name: str, key: dict[str, Any], summary: dict[str, Any]) -> None:
+        record = {
+            "stage": name,
+            "key": key,
+            "summary": summary,
+            "avda_version": avda.__version__,
+            "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        }
+        text = json.dumps(record, indent=2, sort_keys=True)
+        _atomic_save(self.record_path(name), lambda tmp: tmp.write_text(text))
+        self.partial_path(name).unlink(missing_ok=True)
+
+    # ------------------------------------------------------------------ arrays
+    def save_arrays(
+        self,
+        name: str,
+        arrays: dict[str, np.ndarray],
+        key: dict[str, Any],
+        summary: dict[str, Any] | None = None,
+    ) -> None:
+        path = self.folder / f"{name}.npz"
+
+        def save(tmp: Path) -> None:
+            with open(tmp, "wb") as handle:
+                np.savez_compressed(handle, **arrays)
+
+        _atomic_save(path, save)
+        self._write_record(name, key, summary or {})
+
+    def load_arrays(self, name: str) -> dict[str, np.ndarray]:
+        with np.load(self.folder / f"{name}.npz") as data:
+            return {k: data[k] for k in data.files}
+
+    # ------------------------------------------------------------------ modules
+    def save_module(
+        self, name: str, module: nn.Module, key: dict[str, Any], summary: dict[str, Any] | None
+    ) -> None:
+        state = {k: v.detach().cpu() for k, v in module.state_dict().items()}
+        _atomic_save(self.folder / f"{name}.pt", lambda tmp: torch.save(state, tmp))
+        self._write_record(name, key, summary or {})
+
+    def load_module(self, name: str, module: nn.Module) -> nn.Module:
+        state = torch.load(self.folder / f"{name}.pt", map_location="cpu", weights_only=True)
+        module.load_state_dict(state)
+        return module
+
+
+@contextmanager
+def stage_random_state(seed: int, device: str) -> Iterator[None]:
+    """Seed torch for one stage and restore the caller's random state afterwards.
+
+    Each stage then gives the same result whether the stages before it were trained in this
+    process or reloaded from disk, and the loop's own random stream is left untouched.
+    """
+    target = torch.device(device)
+    devices = [target.index or 0] if target.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
+def fit_epochs(
+    *,
+    name: str,
+    stages: StageStore,
+    key: dict[str, Any],
+    module: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    epochs: int,
+    run_epoch: Callable[[int], dict[str, float]],
+    generator: torch.Generator,
+    progress: bool = False,
+) -> list[dict[str, float]]:
+    """Train ``module`` for ``epochs`` epochs, checkpointing after each one (resumable).
+
+    ``run_epoch(epoch)`` trains one epoch (drawing batch orders from ``generator``) and
+    returns its mean losses. A partial checkpoint made with the same ``key`` is resumed from;
+    one made with another key is discarded. Returns the per-epoch losses of this call.
+    """
+    from tqdm import tqdm
+
+    partial = stages.partial_path(name)
+    start = 1
+    history: list[dict[str, float]] = []
+    if partial.exists():
+        state = torch.load(partial, map_location="cpu", weights_only=False)
+        if state.get("key") == json.loads(json.dumps(key)):
+            module.load_state_dict(state["module"])
+            optimizer.load_state_dict(state["optimizer"])
+            generator.set_state(state["generator"])
+            torch.set_rng_state(state["torch_rng"])
+            start = state["epoch"] + 1
+            history = list(state.get("history", []))
+            log.info("stage %s: resuming from epoch %d", name, start)
+        else:
+            log.warning("stage %s: discarding a partial checkpoint made with other settings", name)
+    bar = tqdm(
+        range(start, epochs + 1),
+        desc=f"stage {name}",
+        unit="epoch",
+        disable=not progress,
+        initial=start - 1,
+        total=epochs,
+    )
+    for epoch in bar:
+        module.train()
+        losses = run_epoch(epoch)
+        history.append({"epoch": epoch, **losses})
+        state = {
+            "key": key,
+            "module": module.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "generator": generator.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "epoch": epoch,
+            "history": history,
+        }
+        _atomic_save(partial, lambda tmp, state=state: torch.save(state, tmp))
+        bar.set_postfix(loss=f"{losses.get('loss', float('nan')):.3f}")
+    bar.close()
+    module.eval()
+    return history
+
+
+__all__ = ["StageStore", "TrainingContext", "fingerprint", "fit_epochs", "stage_random_state"]

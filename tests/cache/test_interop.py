@@ -1,0 +1,261 @@
+"""avda cache import / export: EPIC-100 UDA pickles joined with the real UDA annotations,
+appending along N, refusing crafted pickles, HDF5 round trips, per-video .npy features."""
+
+from __future__ import annotations
+
+import os
+import pickle
+
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+
+from avda.cache import Status, interop, open_cache
+from avda.data_manifests import safe_pickle
+from avda.errors import CacheError
+
+K, D = 25, 8
+
+
+@pytest.fixture(scope="module")
+def uda(shared_data):
+    return shared_data / "annotations" / "epic100" / "UDA_annotations"
+
+
+def _feature_pickle(path, ids, modalities=("RGB", "Flow", "Audio"), seed=0):
+    rng = np.random.default_rng(seed)
+    features = {m: rng.normal(size=(len(ids), K, D)).astype(np.float32) for m in modalities}
+    with open(path, "wb") as handle:
+        pickle.dump({"features": features, "narration_ids": list(ids)}, handle, protocol=2)
+    return features
+
+
+def test_epic_pickles_are_joined_by_narration_id_and_appended(uda, tmp_path):
+    source = safe_pickle.load(uda / "EPIC_100_uda_source_train.pkl")
+    target = pd.read_csv(uda / "EPIC_100_uda_target_val.csv")
+    source_ids = list(source.index[[5, 0, 17, 3, 40, 11, 2, 9, 30, 21]])  # any order
+    target_ids = target["narration_id"].iloc[:7].tolist()
+    first = _feature_pickle(tmp_path / "source_train.pkl", source_ids)
+    second = _feature_pickle(tmp_path / "target_val.pkl", target_ids, ("RGB", "Flow"), seed=1)
+    out = tmp_path / "uda.zarr"
+    a = interop.import_features(
+        tmp_path / "source_train.pkl",
+        out=out,
+        chunk_rows=4,
+        annotations=uda / "EPIC_100_uda_source_train.pkl",
+        domain="source",
+        split="train",
+    )
+    b = interop.import_features(
+        tmp_path / "target_val.pkl",
+        out=out,
+        annotations=uda / "EPIC_100_uda_target_val.csv",
+        domain="target",
+        split="val",
+    )
+    assert (a.rows, b.rows) == (10, 7)
+    store = open_cache(out)
+    segments = store.segments
+    assert segments["uid"].tolist() == source_ids + target_ids
+    assert store.features("rgb").shape == (17, K, D) and store.features("rgb").chunks[0] == 4
+    row = source.loc[source_ids[1]]
+    assert segments["video_id"].iloc[1] == row["video_id"]
+    assert segments["verb_class"].iloc[1] == row["verb_class"]
+    assert segments["start_sec"].iloc[1] == pytest.approx(
+        pd.to_timedelta(row["start_timestamp"]).total_seconds()
+    )
+    assert segments["domain"].tolist() == ["source"] * 10 + ["target"] * 7
+    np.testing.assert_allclose(store.load("flow", np.arange(10, 17)), second["Flow"], atol=4e-3)
+    np.testing.assert_allclose(store.load("audio", np.arange(10)), first["Audio"], atol=4e-3)
+    # The target file has no audio: those rows are MISSING, not pending.
+    assert store.status("audio").tolist() == [Status.DONE] * 10 + [Status.MISSING] * 7
+    imports = store.provenance["imports"]
+    assert [i["rows"] for i in imports] == [[0, 10], [10, 17]]
+    assert imports[1]["sha256"] == interop.sha256_file(tmp_path / "target_val.pkl")
+    # Importing the same file again is a no-op; a new file with known ids is refused.
+    again = interop.import_features(
+        tmp_path / "target_val.pkl",
+        out=out,
+        annotations=uda / "EPIC_100_uda_target_val.csv",
+        domain="target",
+        split="val",
+    )
+    assert again.already_imported and open_cache(out).num_segments == 17
+    _feature_pickle(tmp_path / "overlap.pkl", target_ids[:2], seed=5)
+    with pytest.raises(CacheError, match="already in"):
+        interop.import_features(
+            tmp_path / "overlap.pkl",
+            out=out,
+            annotations=uda / "EPIC_100_uda_target_val.csv",
+            domain="target",
+            split="val",
+        )
+    # Unknown ids name the annotation file to use.
+    _feature_pickle(tmp_path / "wrong.pkl", ["P99_99_0"], seed=6)
+    with pytest.raises(CacheError, match="not in .*EPIC_100_uda_target_val.csv"):
+        interop.import_features(
+            tmp_path / "wrong.pkl",
+            out=tmp_path / "w.zarr",
+            annotations=uda / "EPIC_100_uda_target_val.csv",
+            domain="target",
+            split="val",
+        )
+
+
+class _Exploit:
+    def __reduce__(self):
+        return (os.system, ("touch pwned",))
+
+
+def test_a_crafted_pickle_is_refused_before_it_runs(uda, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with open(tmp_path / "evil.pkl", "wb") as handle:
+        pickle.dump({"features": {"RGB": _Exploit()}, "narration_ids": ["P01_101_0"]}, handle)
+    with pytest.raises(safe_pickle.UnsafePickleError, match="os.system|posix.system"):
+        interop.import_features(
+            tmp_path / "evil.pkl",
+            out=tmp_path / "x.zarr",
+            annotations=uda / "EPIC_100_uda_target_val.csv",
+            domain="target",
+            split="val",
+        )
+    assert not (tmp_path / "pwned").exists() and not (tmp_path / "x.zarr").exists()
+
+
+def test_an_append_killed_before_its_commit_is_undone(uda, tmp_path):
+    ids = safe_pickle.load(uda / "EPIC_100_uda_source_val.pkl").index[:6].tolist()
+    _feature_pickle(tmp_path / "val.pkl", ids)
+    out = tmp_path / "c.zarr"
+    interop.import_features(
+        tmp_path / "val.pkl",
+        out=out,
+        domain="source",
+        split="val",
+        annotations=uda / "EPIC_100_uda_source_val.pkl",
+        chunk_rows=4,
+    )
+    store = open_cache(out, mode="a")
+    # Simulate a crash after the arrays were resized but before num_segments was committed.
+    for array in store.arrays().values():
+        array.resize((9, *array.shape[1:]))
+    assert open_cache(out).num_segments == 6
+    store.repair_length()
+    assert all(a.shape[0] == 6 for a in open_cache(out).arrays().values())
+    # Killed after the commit but before the import was recorded: rerunning finishes it.
+    more = safe_pickle.load(uda / "EPIC_100_uda_source_val.pkl").index[6:9].tolist()
+    features = _feature_pickle(tmp_path / "more.pkl", more, seed=3)
+    table = interop.read_segment_table(
+        uda / "EPIC_100_uda_source_val.pkl", domain="source", split="val"
+    )
+    store.append_segments(
+        table.loc[more].reset_index(drop=True)[
+            ["uid", "video_id", "domain", "split", "start_sec", "stop_sec"]
+        ]
+    )
+    result = interop.import_features(
+        tmp_path / "more.pkl",
+        out=out,
+        domain="source",
+        split="val",
+        annotations=uda / "EPIC_100_uda_source_val.pkl",
+    )
+    assert result.rows == 3
+    store = open_cache(out)
+    assert store.num_segments == 9 and store.provenance["imports"][-1]["rows"] == [6, 9]
+    np.testing.assert_allclose(store.load("rgb", np.arange(6, 9)), features["RGB"], atol=4e-3)
+
+
+def test_h5_export_round_trip_and_generic_h5(uda, tmp_path):
+    ids = safe_pickle.load(uda / "EPIC_100_uda_source_val.pkl").index[:9].tolist()
+    features = _feature_pickle(tmp_path / "val.pkl", ids)
+    out = tmp_path / "c.zarr"
+    interop.import_features(
+        tmp_path / "val.pkl",
+        out=out,
+        domain="source",
+        split="val",
+        annotations=uda / "EPIC_100_uda_source_val.pkl",
+        chunk_rows=4,
+    )
+    exported = interop.export_h5(out, tmp_path / "c.h5")
+    with h5py.File(exported) as handle:
+        assert handle.attrs["format"] == "avda-h5"
+        assert handle["features/rgb"].shape == (9, K, D)
+        assert handle["features/rgb"].chunks == (4, K, D)  # streamed chunk by chunk
+    back = interop.import_features(exported, out=tmp_path / "back.zarr", annotations=None)
+    original, restored = open_cache(out), open_cache(back.store)
+    for modality in ("rgb", "flow", "audio"):
+        np.testing.assert_array_equal(restored.load(modality), original.load(modality))
+        np.testing.assert_array_equal(restored.status(modality), original.status(modality))
+    pd.testing.assert_frame_equal(restored.segments, original.segments)
+    # A generic file: an id dataset and one (N, D) dataset per modality.
+    with h5py.File(tmp_path / "generic.h5", "w") as handle:
+        handle["narration_ids"] = np.array(ids, dtype=object).astype("S")
+        handle["RGB"] = features["RGB"][:, 0]
+    generic = interop.import_features(
+        tmp_path / "generic.h5",
+        out=tmp_path / "g.zarr",
+        annotations=uda / "EPIC_100_uda_source_val.pkl",
+        domain="source",
+        split="val",
+    )
+    loaded = open_cache(generic.store).load("rgb")
+    assert loaded.shape == (9, 1, D)
+    np.testing.assert_allclose(loaded[:, 0], features["RGB"][:, 0], atol=4e-3)
+    # And back to the TA3N pickle layout, read by the restricted unpickler.
+    interop.export_epic_pickle(out, tmp_path / "ta3n.pkl", domain="source", split="val")
+    data = safe_pickle.load(tmp_path / "ta3n.pkl")
+    assert list(data["features"]) == ["RGB", "Flow", "Audio"]
+    assert data["narration_ids"] == ids
+    np.testing.assert_allclose(data["features"]["Flow"], features["Flow"], atol=4e-3)
+
+
+def test_per_video_npy_features(tmp_path):
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "npy"
+    folder.mkdir()
+    video = rng.normal(size=(20, D)).astype(np.float32)  # 2 rows per second, 10 s
+    np.save(folder / "vid1.npy", video)
+    manifest = pd.DataFrame(
+        {
+            "uid": ["a", "b"],
+            "video_id": ["vid1", "vid2"],
+            "domain": ["s", "s"],
+            "split": ["train", "train"],
+            "start_sec": [2.0, 0.0],
+            "stop_sec": [4.0, 1.0],
+        }
+    )
+    manifest.to_csv(tmp_path / "m.csv", index=False)
+    result = interop.import_features(
+        folder,
+        out=tmp_path / "n.zarr",
+        annotations=tmp_path / "m.csv",
+        feature_rate=2.0,
+        num_clips=4,
+        modality="rgb",
+    )
+    store = open_cache(result.store)
+    # Times 2.25, 2.75, 3.25, 3.75 s -> rows round(t * 2 - 0.5) = 4, 5, 6, 7.
+    np.testing.assert_allclose(store.load("rgb")[0], video[4:8], atol=4e-3)
+    assert store.status("rgb").tolist() == [Status.DONE, Status.MISSING]
+    assert "no vid2.npy" in store.errors("rgb")[1]
+
+
+def test_dask_reads_a_store_chunk_by_chunk(uda, tmp_path):
+    ids = safe_pickle.load(uda / "EPIC_100_uda_source_val.pkl").index[:10].tolist()
+    features = _feature_pickle(tmp_path / "val.pkl", ids, ("RGB",))
+    interop.import_features(
+        tmp_path / "val.pkl",
+        out=tmp_path / "c.zarr",
+        domain="source",
+        split="val",
+        annotations=uda / "EPIC_100_uda_source_val.pkl",
+        chunk_rows=3,
+    )
+    lazy = open_cache(tmp_path / "c.zarr").to_dask("rgb")
+    assert lazy.chunks[0] == (3, 3, 3, 1)
+    np.testing.assert_allclose(
+        lazy.mean(axis=(0, 1)).compute(), features["RGB"].mean(axis=(0, 1)), atol=1e-3
+    )

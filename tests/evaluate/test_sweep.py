@@ -1,0 +1,326 @@
+"""``avda sweep``: spec validation, planning, dask-jobqueue job scripts, and real sweeps on a
+LocalCluster of 2 worker processes (one of them killed mid-run)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from tests.conftest import make_feature_cache
+
+from avda import runs
+from avda.errors import ConfigError
+from avda.evaluate import sweep
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("sweep") / "features.zarr"
+    make_feature_cache(path, shift=1.0)
+    return path
+
+
+@pytest.fixture(scope="module")
+def three_domain_cache(tmp_path_factory) -> Path:
+    """A cache of domains D1, D2, D3 (segment table only: enough to validate and plan)."""
+    from avda import cache as cache_lib
+
+    path = tmp_path_factory.mktemp("mmsada") / "epic55.zarr"
+    segments = pd.DataFrame(
+        [
+            {
+                "uid": f"{d}-{i}",
+                "video_id": f"{d}v",
+                "domain": d,
+                "split": "train",
+                "start_sec": 0.0,
+                "stop_sec": 1.0,
+                "verb_class": i % 2,
+            }
+            for d in ("D1", "D2", "D3")
+            for i in range(4)
+        ]
+    )
+    cache_lib.create(path, segments, manifest_sha256="0" * 64, recipe={"name": "synthetic"})
+    return path
+
+
+def write_spec(folder: Path, spec: dict) -> Path:
+    path = folder / "sweep.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+# ------------------------------------------------------------------------------ the spec
+def test_spec_problems_are_reported_all_at_once_with_paths_and_lines(tmp_path, cache):
+    path = tmp_path / "sweep.yaml"
+    path.write_text(
+        f"cache: {cache}\n"
+        "heads:\n"
+        "  - source-only\n"
+        "  - name: dan\n"
+        "  - name: dann\n"
+        "    lr: fast\n"
+        "    hiden_dim: 3\n"
+        "settings: [source->target, source->D9]\n"
+        "seeds: [0, one]\n"
+        "sedes: 3\n"
+        "cluster: {kind: kubernetes, memory: lots, walltime: soon}\n"
+    )
+    with pytest.raises(ConfigError) as caught:
+        sweep.load_spec(path)
+    message = str(caught.value)
+    expected = [
+        f"{path}:4: heads[1].name: unknown head 'dan'; did you mean 'dann'?",
+        f"{path}:6: heads[2].lr: expected a number, got 'fast'",
+        f"{path}:7: heads[2].hiden_dim: unknown dann key 'hiden_dim'; did you mean 'hidden_dim'?",
+        f"{path}:8: settings[1]: unknown domain 'D9'",
+        f"{path}:9: seeds[1]: expected an integer, got 'one'",
+        f"{path}:10: sedes: unknown key 'sedes'; did you mean 'seeds'?",
+        f"{path}:11: cluster.kind: expected one of local, slurm, pbs, got 'kubernetes'",
+        f"{path}:11: cluster.memory: expected a size such as 16GB, got 'lots'",
+        f"{path}:11: cluster.walltime: expected HH:MM:SS",
+    ]
+    for line in expected:
+        assert line in message, f"missing {line!r} in:\n{message}"
+    assert "9 problems" in message
+
+
+def test_spec_missing_parts_and_bad_cache(tmp_path):
+    with pytest.raises(ConfigError) as caught:
+        sweep.parse_spec({"cache": str(tmp_path / "none.zarr")}, source="s.yaml")
+    message = str(caught.value)
+    assert "s.yaml: cache: cache" in message and "does not exist" in message
+    assert "s.yaml: heads: expected a list of heads" in message
+    assert "s.yaml: settings: expected a list of settings" in message
+    with pytest.raises(ConfigError, match="exactly one of cache"):
+        sweep.parse_spec({"cache": "a", "caches": {"b": "c"}, "heads": ["dann"]})
+
+
+def test_plan_expands_groups_heads_and_seeds(tmp_path, three_domain_cache):
+    spec = sweep.load_spec(
+        write_spec(
+            tmp_path,
+            {
+                "cache": str(three_domain_cache),
+                "heads": ["source-only", {"name": "dann", "label": "DANN", "lr": 0.0005}],
+                "settings": ["epic55-mmsada", "D1,D2->D3", {"source": "D3", "target": ["D1"]}],
+                "seeds": 3,
+                "out": "runs",
+            },
+        )
+    )
+    assert spec.out == tmp_path / "runs"
+    assert [s.name for s in spec.settings] == [
+        "D1-D2",
+        "D1-D3",
+        "D2-D1",
+        "D2-D3",
+        "D3-D1",
+        "D3-D2",
+        "D1,D2-D3",
+    ]
+    tasks = sweep.plan(spec, spec.out)
+    assert len(tasks) == 2 * 7 * 3
+    first, last = tasks[0], tasks[-1]
+    assert first.name == "source-only/D1-D2/seed0" and first.overrides == {}
+    assert last.name == "DANN/D1,D2-D3/seed2" and last.method == "DANN"
+    assert last.head == "dann" and last.overrides == {"lr": 0.0005}
+    assert last.source == ("D1", "D2") and last.target == ("D3",)
+    assert len({t.run for t in tasks}) == len(tasks)
+
+
+def test_usage_errors_come_before_any_work(tmp_path, three_domain_cache):
+    spec = sweep.parse_spec(
+        {"cache": str(three_domain_cache), "heads": ["dann"], "settings": ["D1-D2"]}
+    )
+    with pytest.raises(ConfigError, match="either --scheduler ADDRESS or --cluster KIND"):
+        sweep.run_sweep(spec, out=tmp_path, scheduler="tcp://127.0.0.1:1", cluster="local")
+    with pytest.raises(ConfigError, match="--cluster must be one of local, slurm, pbs"):
+        sweep.run_sweep(spec, out=tmp_path, cluster="kubernetes")
+    with pytest.raises(ConfigError, match="no output folder; give --out DIR"):
+        sweep.run_sweep(spec)
+    assert not any(tmp_path.iterdir())
+
+
+def test_duplicate_labels_are_rejected(three_domain_cache):
+    with pytest.raises(ConfigError, match=r"heads\[1\]\.label: label 'dann' is already used"):
+        sweep.parse_spec(
+            {"cache": str(three_domain_cache), "heads": ["dann", "dann"], "settings": ["D1-D2"]}
+        )
+
+
+def test_slurm_and_pbs_job_scripts_carry_the_spec_resources(tmp_path, three_domain_cache):
+    spec = sweep.load_spec(
+        write_spec(
+            tmp_path,
+            {
+                "cache": str(three_domain_cache),
+                "heads": ["dann"],
+                "settings": ["D1-D2"],
+                "cluster": {
+                    "kind": "slurm",
+                    "workers": 4,
+                    "cores": 8,
+                    "memory": "32GB",
+                    "processes": 2,
+                    "gpus": 2,
+                    "walltime": "02:00:00",
+                    "queue": "gpu",
+                    "account": "vision",
+                    "job_script_prologue": ["source /opt/avda/.venv/bin/activate"],
+                },
+            },
+        )
+    )
+    slurm = sweep.make_jobqueue_cluster(spec.cluster)
+    try:
+        script = slurm.job_script()
+    finally:
+        slurm.close()
+    for line in (
+        "#SBATCH -p gpu",
+        "#SBATCH -A vision",
+        "#SBATCH --cpus-per-task=8",
+        "#SBATCH --mem=30G",  # dask-jobqueue writes 32 GB as 30 GiB
+        "#SBATCH -t 02:00:00",
+        "#SBATCH --gres=gpu:2",
+        "source /opt/avda/.venv/bin/activate",
+        "--nworkers 2",
+        "--resources train=1",
+    ):
+        assert line in script, f"{line!r} not in\n{script}"
+    pbs = sweep.make_jobqueue_cluster(spec.cluster, "pbs")
+    try:
+        script = pbs.job_script()
+    finally:
+        pbs.close()
+    assert "#PBS -l select=1:ncpus=8:mem=32GB:ngpus=2" in script
+    assert "#PBS -l walltime=02:00:00" in script and "#PBS -q gpu" in script
+    with pytest.raises(ConfigError, match="needs cluster.cores and cluster.memory"):
+        sweep.make_jobqueue_cluster(sweep.ClusterSpec(kind="slurm"))
+
+
+# ------------------------------------------------------------------------------ real sweeps
+def _kill_a_worker_mid_run(cluster, out: Path, epochs: int, stop: threading.Event) -> dict:
+    """SIGKILL the worker process training a run that has a checkpoint but is far from done.
+
+    Reads the in-process scheduler's state (no second client): which worker each task is on.
+    """
+    killed: dict = {}
+    while not stop.is_set() and not killed:
+        pids = {
+            nanny.worker_address: nanny.process.pid
+            for nanny in cluster.workers.values()
+            if nanny.process is not None and nanny.process.pid
+        }
+        for key, state in list(cluster.scheduler.tasks.items()):
+            worker = state.processing_on
+            run = out / str(key).removeprefix("avda-train-")
+            if worker is None or worker.address not in pids:
+                continue
+            done = len(runs.read_metrics(run))
+            if (run / runs.CHECKPOINT).exists() and 1 <= done <= epochs - 4:
+                os.kill(pids[worker.address], signal.SIGKILL)
+                killed.update(pid=pids[worker.address], run=run, epochs_done=done)
+                break
+        time.sleep(0.02)
+    return killed
+
+
+def test_sweep_survives_a_killed_worker_and_resumes_its_run(tmp_path, cache):
+    from distributed import LocalCluster
+
+    epochs = 10
+    spec = sweep.parse_spec(
+        {
+            "cache": str(cache),
+            "heads": [
+                {"name": "source-only", "epochs": epochs, "hidden_dim": 32},
+                {"name": "dann", "epochs": epochs, "hidden_dim": 32},
+            ],
+            "settings": ["source->target"],
+            "seeds": [0, 1],
+            "retries": 1,
+        }
+    )
+    out = tmp_path / "runs"
+    with LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0"
+    ) as cluster:
+        killed: dict = {}
+        stop = threading.Event()
+        killer = threading.Thread(
+            target=lambda: killed.update(_kill_a_worker_mid_run(cluster, out, epochs, stop))
+        )
+        killer.start()
+        try:
+            summary = sweep.run_sweep(
+                spec, out=out, scheduler=cluster.scheduler_address, progress=False
+            )
+        finally:
+            stop.set()
+            killer.join()
+    assert killed, "no task was caught mid-run: the runs ended before a worker could be killed"
+    assert summary.ok, summary.text()
+    assert len(summary.completed) == 4 and not summary.failed
+    name = str(killed["run"].relative_to(out))
+    outcome = summary.outcomes[name]
+    assert outcome.resumed_from_epoch >= 1, summary.text()
+    assert f"resumed {name} from epoch" in summary.text()
+    for task in summary.tasks:
+        assert runs.is_complete(task.run)
+        assert [r["epoch"] for r in runs.read_metrics(task.run)] == list(range(1, epochs + 1))
+    index = json.loads((out / sweep.INDEX).read_text())
+    assert {e["status"] for e in index["runs"]} == {"complete"}
+    assert not (out / sweep.FAILURES).exists()
+
+
+def test_sweep_on_its_own_local_cluster_reports_failures_and_skips_finished_runs(tmp_path, cache):
+    spec_data = {
+        "cache": str(cache),
+        "heads": [
+            {"name": "source-only", "epochs": 2, "hidden_dim": 16},
+            # valid field by field, but the head refuses the combination when it is built
+            {
+                "name": "dann",
+                "label": "dann-mid",
+                "fusion": "mid",
+                "discriminator": "per-modality",
+                "epochs": 2,
+            },
+        ],
+        "settings": ["source->target"],
+        "seeds": [0],
+        "out": "runs",
+        "cluster": {"kind": "local", "workers": 2},
+    }
+    summary = sweep.run_sweep(sweep.load_spec(write_spec(tmp_path, spec_data)), progress=False)
+    assert not summary.ok
+    assert [o.name for o in summary.completed] == ["source-only/source-target/seed0"]
+    assert [o.name for o in summary.failed] == ["dann-mid/source-target/seed0"]
+    assert "per-modality needs fusion=late" in summary.failed[0].error
+    failures = pd.read_csv(tmp_path / "runs" / sweep.FAILURES)
+    assert failures["method"].tolist() == ["dann-mid"]
+    assert "ConfigError" in failures["error"][0]
+
+    # Again: the finished run is skipped without starting a cluster; a changed config is refused.
+    spec_data["heads"] = [spec_data["heads"][0]]
+    began = time.perf_counter()
+    again = sweep.run_sweep(sweep.load_spec(write_spec(tmp_path, spec_data)), progress=False)
+    assert again.ok and [o.status for o in again.outcomes.values()] == ["skipped"]
+    assert time.perf_counter() - began < 5
+    spec_data["heads"][0]["hidden_dim"] = 8
+    changed = sweep.run_sweep(sweep.load_spec(write_spec(tmp_path, spec_data)), progress=False)
+    assert "another head config" in changed.failed[0].error
+    metrics = json.loads((tmp_path / "runs/source-only/source-target/seed0/run.json").read_text())
+    assert set(metrics["metrics"]) >= {"target_test/verb/top1"}
+    assert np.isfinite(metrics["metrics"]["target_test/verb/top1"])

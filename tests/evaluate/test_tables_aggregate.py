@@ -1,0 +1,266 @@
+"""Paper-style tables over real run directories (trained by ``train()`` on tiny caches)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from tests.conftest import make_feature_cache
+
+from avda import runs
+from avda.errors import ConfigError, RunError
+from avda.evaluate import aggregate, tables
+from avda.evaluate.metrics import mean_average_precision
+from avda.evaluate.protocols import epic100_accuracies
+from avda.train.loop import train
+
+FAST = {"epochs": 3, "hidden_dim": 16}
+
+
+def synthetic_cache(path: Path, *, tasks: tuple[str, ...], per_class: int = 6, seed: int = 0):
+    """Domains source/target; labels for ``tasks`` among verb, noun, labels (multi-label)."""
+    from avda import cache as cache_lib
+    from avda.cache import Status
+
+    rng = np.random.default_rng(seed)
+    rows = []
+    for domain in ("source", "target"):
+        for split in ("train", "test"):
+            for c in range(4):
+                for i in range(per_class):
+                    row = {
+                        "uid": f"{domain}-{split}-{c}-{i}",
+                        "video_id": f"v{c}",
+                        "domain": domain,
+                        "split": split,
+                        "start_sec": 0.0,
+                        "stop_sec": 1.0,
+                    }
+                    if "verb" in tasks:
+                        row["verb_class"] = c
+                    if "noun" in tasks:
+                        row["noun_class"] = (c + i) % 3
+                    if "labels" in tasks:
+                        row["labels"] = f"{c};{(c + 1 + i % 2) % 5}"
+                    rows.append(row)
+    segments = pd.DataFrame(rows)
+    store = cache_lib.create(path, segments, manifest_sha256="0" * 64, recipe={"name": "synthetic"})
+    centres = rng.normal(0, 3, (4, 8))
+    classes = np.array([int(u.split("-")[2]) for u in segments["uid"]])
+    x = centres[classes][:, None, :] + rng.normal(0, 1, (len(segments), 2, 8))
+    store.add_modality(
+        "rgb",
+        num_clips=2,
+        num_features=8,
+        info={"backbone": "synthetic", "weights": None, "weights_sha256": None, "input_spec": {}},
+    )
+    n = len(segments)
+    store.write("rgb", np.arange(n), x, np.full(n, int(Status.DONE)), [""] * n)
+    return path
+
+
+@pytest.fixture(scope="module")
+def sweep_like(tmp_path_factory) -> Path:
+    """2 heads x 2 settings x 2 seeds, laid out and indexed as ``avda sweep`` does."""
+    root = tmp_path_factory.mktemp("tables")
+    cache = root / "features.zarr"
+    make_feature_cache(cache, shift=1.5)
+    out = root / "runs"
+    entries = []
+    for head, label in (("source-only", "Source-only"), ("dann", "DANN_v2")):
+        for source, target in (("source", "target"), ("target", "source")):
+            for seed in (0, 1):
+                name = f"{label}/{source}-{target}/seed{seed}"
+                train(
+                    cache=cache,
+                    head=head,
+                    source=[source],
+                    target=[target],
+                    out=out / name,
+                    seed=seed,
+                    overrides=FAST,
+                    progress=False,
+                )
+                entries.append({"run": name, "method": label, "seed": seed})
+    (out / aggregate.SWEEP_INDEX).write_text(json.dumps({"runs": entries}))
+    return out
+
+
+def target_top1(run: Path) -> float:
+    predictions = runs.read_predictions(run, "target_test")
+    scores, labels = predictions["scores"]["verb"], predictions["labels"]["verb"]
+    return 100.0 * float(np.mean(scores.argmax(1) == labels))
+
+
+def test_settings_layout_is_mean_std_over_seeds_with_a_mean_column(sweep_like):
+    run_dirs = aggregate.find_runs([sweep_like])
+    assert len(run_dirs) == 8
+    table = aggregate.aggregate(run_dirs)
+    assert table.methods == ["Source-only", "DANN_v2"]  # the sweep's order and labels
+    assert table.columns == ["source→target", "target→source", aggregate.MEAN]
+    assert table.title.startswith("target_test: verb top1")
+    for method in table.methods:
+        per_seed = {}
+        for pair, column in (
+            ("source-target", "source→target"),
+            ("target-source", "target→source"),
+        ):
+            values = [target_top1(sweep_like / method / pair / f"seed{s}") for s in (0, 1)]
+            per_seed[column] = values
+            mean, std, count = table.cell(method, column)
+            assert count == 2
+            assert mean == pytest.approx(np.mean(values))
+            assert std == pytest.approx(np.std(values, ddof=1))
+        seed_means = np.mean([per_seed["source→target"], per_seed["target→source"]], axis=0)
+        mean, std, _ = table.cell(method, aggregate.MEAN)
+        assert mean == pytest.approx(seed_means.mean())
+        assert std == pytest.approx(np.std(seed_means, ddof=1))
+
+
+def test_markdown_marks_the_best_and_compare_shows_gains(sweep_like):
+    table = aggregate.aggregate(aggregate.find_runs([sweep_like]))
+    markdown = tables.aggregate_markdown(table)
+    lines = markdown.splitlines()
+    assert lines[0] == "| Method | source→target | target→source | Mean |"
+    for position, column in enumerate(table.columns):
+        best = table.best(column)
+        assert best, column
+        for method, line in zip(table.methods, lines[2:4], strict=True):
+            cell = line.split(" | ")[position + 1].strip(" |")
+            assert cell.startswith("**") == (method in best), (column, method, cell)
+    compared = tables.aggregate_markdown(table, baseline="Source-only")
+    gains = table.gains("Source-only")
+    dann_line = next(line for line in compared.splitlines() if line.startswith("| DANN_v2"))
+    for column in table.columns:
+        assert f"({round(gains[('DANN_v2', column)], 1) + 0.0:+.1f})" in dann_line
+    assert "gain over Source-only" in compared
+    assert gains[("Source-only", "Mean")] == 0.0
+    with pytest.raises(ConfigError, match="'ADDA' is not a method of this table"):
+        tables.aggregate_markdown(table, baseline="ADDA")
+
+
+def test_latex_csv_and_files(sweep_like, tmp_path):
+    table = aggregate.aggregate(aggregate.find_runs([sweep_like]))
+    latex = tables.aggregate_latex(table, baseline="Source-only")
+    assert r"\begin{tabular}{lccc}" in latex and r"\toprule" in latex and r"\bottomrule" in latex
+    assert r"source$\rightarrow$target" in latex
+    assert r"DANN\_v2 & " in latex  # escaped
+    assert r"\textbf{" in latex and r"$\pm$" in latex
+    frame = tables.aggregate_frame(table, baseline="Source-only")
+    assert frame["method"].tolist() == table.methods
+    mean, std, count = table.cell("DANN_v2", "source→target")
+    row = frame.set_index("method").loc["DANN_v2"]
+    assert row["source→target mean"] == pytest.approx(mean)
+    assert row["source→target std"] == pytest.approx(std)
+    assert row["source→target seeds"] == count
+    assert row["Mean gain"] == pytest.approx(table.gains("Source-only")[("DANN_v2", "Mean")])
+    written = tables.write_aggregate(table, tmp_path / "epic55")
+    assert [p.name for p in written] == ["epic55.md", "epic55.csv", "epic55.tex"]
+    assert pd.read_csv(written[1])["method"].tolist() == table.methods
+    text, paths = tables.evaluate_runs([sweep_like], layout="auto", fmt="latex")
+    assert text == tables.aggregate_latex(table) and paths == []
+
+
+def test_runs_layout_keeps_the_per_run_table(sweep_like, tmp_path):
+    run_dirs = aggregate.find_runs([sweep_like])
+    table = tables.results_table(run_dirs)
+    assert len(table) == 8 and list(table.columns[:4]) == ["run", "head", "setting", "seed"]
+    text, paths = tables.evaluate_runs([sweep_like], layout="runs", out=tmp_path / "t")
+    assert text == tables.to_markdown(table)
+    assert [p.suffix for p in paths] == [".md", ".csv"]
+    with pytest.raises(ConfigError, match="--compare needs a paper layout"):
+        tables.evaluate_runs([sweep_like], baseline="Source-only")
+
+
+def test_find_runs_leaves_incomplete_runs_out(sweep_like, tmp_path, caplog):
+    unfinished = tmp_path / "unfinished"
+    runs.write_config(unfinished, {"head": "dann"})
+    with caplog.at_level(logging.WARNING):
+        found = aggregate.find_runs([sweep_like / "DANN_v2", unfinished])
+    assert len(found) == 4 and unfinished not in found
+    assert "is not complete" in caplog.text
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(RunError, match="holds no avda run"):
+        aggregate.find_runs([tmp_path / "empty"])
+
+
+def test_epic100_layout_scores_verb_noun_and_action(tmp_path):
+    cache = synthetic_cache(tmp_path / "epic.zarr", tasks=("verb", "noun"))
+    run_dirs = []
+    for seed in (0, 1):
+        run = tmp_path / f"ta3n-like-{seed}"
+        train(
+            cache=cache,
+            head="source-only",
+            source=["source"],
+            target=["target"],
+            out=run,
+            seed=seed,
+            overrides=FAST,
+            progress=False,
+        )
+        run_dirs.append(run)
+    table = aggregate.aggregate(run_dirs)  # auto: verb and noun -> epic100
+    assert table.columns == [
+        "verb top-1",
+        "verb top-5",
+        "noun top-1",
+        "noun top-5",
+        "action top-1",
+        "action top-5",
+    ]
+    expected = []
+    for run in run_dirs:
+        predictions = runs.read_predictions(run, "target_test")
+        expected.append(
+            epic100_accuracies(
+                predictions["scores"]["verb"],
+                predictions["scores"]["noun"],
+                predictions["labels"]["verb"],
+                predictions["labels"]["noun"],
+            )
+        )
+    for column in table.columns:
+        task, k = column.split(" top-")
+        values = [100 * e[f"all_{task}_accuracy_at_{k}"] for e in expected]
+        assert table.cell("source-only", column)[0] == pytest.approx(np.mean(values))
+    assert "EPIC-100" in table.title
+    settings = aggregate.aggregate(run_dirs, layout="settings", task="noun", metric="top5")
+    assert settings.columns == ["source→target"]
+    assert settings.cell("source-only", "source→target")[0] == pytest.approx(
+        np.mean([100 * e["all_noun_accuracy_at_5"] for e in expected])
+    )
+
+
+def test_multi_label_runs_report_map_and_configs_tell_methods_apart(tmp_path):
+    cache = synthetic_cache(tmp_path / "charades.zarr", tasks=("labels",))
+    run_dirs = []
+    for lr in (1e-3, 1e-2):
+        run = tmp_path / f"lr{lr}"
+        train(
+            cache=cache,
+            head="source-only",
+            source=["source"],
+            target=["target"],
+            out=run,
+            seed=0,
+            overrides={**FAST, "lr": lr},
+            progress=False,
+        )
+        run_dirs.append(run)
+    table = aggregate.aggregate(run_dirs)
+    assert table.methods == ["source-only (lr=0.001)", "source-only (lr=0.01)"]
+    assert "labels mAP" in table.title
+    predictions = runs.read_predictions(run_dirs[1], "target_test")
+    expected = 100 * mean_average_precision(
+        predictions["scores"]["labels"], predictions["labels"]["labels"]
+    )
+    mean, std, count = table.cell("source-only (lr=0.01)", "source→target")
+    assert mean == pytest.approx(expected) and count == 1 and np.isnan(std)
+    assert "| source-only (lr=0.01) | " in tables.aggregate_markdown(table)
+    with pytest.raises(ConfigError, match="metric top1 does not apply"):
+        aggregate.aggregate(run_dirs, metric="top1")

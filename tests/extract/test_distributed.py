@@ -1,0 +1,122 @@
+"""Sharded extraction: chunk-disjoint shards, and a Dask LocalCluster run equal to one process."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from avda.cache import Status, open_cache
+from avda.errors import ConfigError
+from avda.extract import distributed, runner, sampling
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+TINY = sampling.Recipe(
+    name="tiny",
+    num_clips=2,
+    num_frames=8,
+    frame_rate=8.0,
+    resize_shorter=32,
+    crop_size=32,
+    audio_seconds=1.0,
+)
+MODALITIES = [runner.ModalitySpec("rgb", "i3d")]
+
+
+@pytest.mark.parametrize("count", [1, 2, 3, 5])
+def test_shards_are_chunk_disjoint_and_cover_every_row(count):
+    chunk_rows, num_rows = 4, 23
+    shards = [runner.shard_rows(num_rows, chunk_rows, (i, count)) for i in range(count)]
+    np.testing.assert_array_equal(np.sort(np.concatenate(shards)), np.arange(num_rows))
+    chunks = [set((rows // chunk_rows).tolist()) for rows in shards]
+    for i in range(count):
+        for j in range(i + 1, count):
+            assert not chunks[i] & chunks[j]
+
+
+def test_scheduler_strings():
+    assert distributed.parse_scheduler(None) == ("local", None)
+    assert distributed.parse_scheduler("local:3") == ("local", 3)
+    assert distributed.parse_scheduler("tcp://10.0.0.1:8786") == ("address", None)
+    with pytest.raises(ConfigError, match="local:N"):
+        distributed.parse_scheduler("local:0")
+    with pytest.raises(ConfigError, match="tcp://host:8786"):
+        distributed.parse_scheduler("somehost")
+
+
+@pytest.fixture(scope="module")
+def local_client():
+    """One LocalCluster of 2 worker processes for the module (starting one costs ~10 s here)."""
+    import dask
+    from dask.distributed import Client, LocalCluster
+
+    with dask.config.set({"distributed.worker.daemon": False}):
+        with (
+            LocalCluster(
+                n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+            ) as cluster,
+            Client(cluster) as client,
+        ):
+            yield client
+
+
+def test_local_cluster_of_two_workers_equals_a_single_process(demo_dataset, tmp_path, local_client):
+    root, manifest = demo_dataset
+    # batch_size = K: every forward pass sees one segment, in both runs alike.
+    options = dict(
+        videos=root,
+        recipe=TINY,
+        modalities=MODALITIES,
+        workers=0,
+        chunk_rows=2,
+        batch_size=TINY.num_clips,
+        progress=False,
+    )
+    single = runner.extract(manifest, out=tmp_path / "single.zarr", **options)
+    assert single.ok
+    merged = distributed.extract_distributed(
+        manifest, out=tmp_path / "merged.zarr", client=local_client, num_shards=4, **options
+    )
+    assert merged.ok and merged.done == single.done == len(manifest)
+    one, many = open_cache(tmp_path / "single.zarr"), open_cache(tmp_path / "merged.zarr")
+    assert np.all(many.status("rgb") == Status.DONE)
+    np.testing.assert_array_equal(many.load("rgb"), one.load("rgb"))
+    assert many.provenance["modalities"] == one.provenance["modalities"]
+    assert many.provenance["recipe"] == one.provenance["recipe"]
+    # The merged store is an ordinary store: a single-process rerun finds nothing to do.
+    again = runner.extract(manifest, out=tmp_path / "merged.zarr", **options)
+    assert again.done == merged.done
+
+
+def test_shards_started_together_create_the_store_once(demo_dataset, tmp_path):
+    """Two --shard runs started at the same moment (threads here; processes alike)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    root, manifest = demo_dataset
+    options = dict(
+        videos=root,
+        recipe=TINY,
+        modalities=MODALITIES,
+        workers=0,
+        chunk_rows=2,
+        batch_size=TINY.num_clips,
+        progress=False,
+    )
+    out = tmp_path / "sharded.zarr"
+    prepared = runner.extract(
+        manifest, out=tmp_path / "prepared.zarr", prepare_only=True, **options
+    )
+    assert prepared.done == 0
+    assert np.all(open_cache(tmp_path / "prepared.zarr").status("rgb") == Status.PENDING)
+    with ThreadPoolExecutor(2) as pool:
+        results = list(
+            pool.map(lambda i: runner.extract(manifest, out=out, shard=(i, 2), **options), range(2))
+        )
+    assert sum(r.done for r in results) == len(manifest)
+    single = runner.extract(manifest, out=tmp_path / "single.zarr", **options)
+    assert single.ok
+    np.testing.assert_array_equal(
+        open_cache(out).load("rgb"), open_cache(tmp_path / "single.zarr").load("rgb")
+    )
+    with pytest.raises(ConfigError, match="--force with --shard"):
+        runner.extract(manifest, out=out, shard=(0, 2), force=True, **options)

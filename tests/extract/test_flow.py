@@ -1,0 +1,163 @@
+"""``avda flow``: TV-L1 and RAFT into EPIC u/v JPEGs, pair numbering, resuming, refusals."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from avda.data_manifests.demo import write_video
+from avda.errors import CheckpointError, ConfigError
+from avda.extract import flow
+from avda.extract import frames as frames_lib
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+SHIFT = (3, -2)  # (dx, dy) pixels per frame
+
+
+def _manifest(video_id: str, **extra) -> pd.DataFrame:
+    row = {
+        "uid": f"{video_id}_0",
+        "video_id": video_id,
+        "domain": "d",
+        "split": "train",
+        "start_sec": 0.0,
+        "stop_sec": 0.3,
+        **extra,
+    }
+    return pd.DataFrame([row])
+
+
+@pytest.fixture(scope="module")
+def shifted_video(tmp_path_factory, shared_data) -> Path:
+    """A lossless video of the Middlebury RubberWhale frame moving by SHIFT each frame."""
+    image = Image.open(shared_data / "media" / "flow_pairs" / "rubberwhale1.png")
+    image = np.asarray(image.convert("RGB").resize((144, 96), Image.BILINEAR))
+    frames = np.stack([np.roll(image, (SHIFT[1] * t, SHIFT[0] * t), axis=(0, 1)) for t in range(3)])
+    root = tmp_path_factory.mktemp("shifted")
+    write_video(root / "shifted.mkv", frames, fps=10, codec="libx264rgb", crf=0)
+    return root
+
+
+def test_pairs_follow_furnari_flow_stride_and_dilation():
+    np.testing.assert_array_equal(
+        flow.pair_frames(6, 1, 1), [[1, 2], [2, 3], [3, 4], [4, 5], [5, 6]]
+    )
+    np.testing.assert_array_equal(flow.pair_frames(10, 2, 3), [[1, 4], [3, 6], [5, 8], [7, 10]])
+    assert flow.pair_frames(1, 1, 1).shape == (0, 2)
+
+
+def test_tvl1_recovers_a_known_shift_and_resumes(shifted_video, tmp_path):
+    pytest.importorskip("cv2", reason="TV-L1 needs opencv-contrib-python-headless")
+    manifest = _manifest("shifted", video_path="shifted.mkv")
+    options = flow.FlowOptions(shorter_side=96, bound=20.0)
+    out = tmp_path / "flow"
+    result = flow.compute_flow(
+        manifest, out=out, videos=shifted_video, options=options, progress=False
+    )
+    assert result.ok and (result.computed, result.skipped) == (2, 0)
+    folder = out / "shifted"
+    for j in (1, 2):
+        u = np.asarray(Image.open(folder / "u" / f"frame_{j:010d}.jpg"))
+        v = np.asarray(Image.open(folder / "v" / f"frame_{j:010d}.jpg"))
+        assert u.shape == (96, 144)
+        inner = (slice(10, -10), slice(10, -10))
+        assert np.median(frames_lib.dequantise(u[inner], 20.0)) == pytest.approx(SHIFT[0], abs=0.3)
+        assert np.median(frames_lib.dequantise(v[inner], 20.0)) == pytest.approx(SHIFT[1], abs=0.3)
+    metadata = json.loads((folder / "flow.json").read_text())
+    assert (metadata["method"], metadata["stride"], metadata["bound"]) == ("tvl1", 1, 20.0)
+    # Resuming: finished flow frames are skipped; a lost one is recomputed.
+    (folder / "v" / "frame_0000000002.jpg").unlink()
+    again = flow.compute_flow(
+        manifest, out=out, videos=shifted_video, options=options, progress=False
+    )
+    assert (again.computed, again.skipped) == (1, 1)
+    # Other settings in the same folder are refused (unless --force).
+    other = flow.FlowOptions(shorter_side=96, bound=8.0)
+    refused = flow.compute_flow(
+        manifest, out=out, videos=shifted_video, options=other, progress=False
+    )
+    assert not refused.ok and "bound: folder has 20.0" in refused.failures[0][1]
+    # The folder is an input of `avda extract --flow`: stride and bound come from flow.json.
+    convention = frames_lib.flow_convention(folder, "shifted")
+    assert (convention.stride, convention.bound, convention.source) == (1, 20.0, "flow.json")
+
+
+def test_real_pair_from_a_frame_folder_with_stride(tmp_path, shared_data):
+    pytest.importorskip("cv2", reason="TV-L1 needs opencv-contrib-python-headless")
+    folder = tmp_path / "frames" / "whale"
+    folder.mkdir(parents=True)
+    for i in (1, 2, 3):  # whale1, whale2, whale1: two pairs, stride 2 keeps the first
+        name = "rubberwhale1.png" if i != 2 else "rubberwhale2.png"
+        shutil.copy(shared_data / "media" / "flow_pairs" / name, folder / f"frame_{i:010d}.png")
+    result = flow.compute_flow(
+        _manifest("whale"),
+        out=tmp_path / "flow",
+        frames=tmp_path / "frames",
+        options=flow.FlowOptions(shorter_side=96, stride=2),
+        progress=False,
+    )
+    assert result.ok and result.computed == 1
+    none = flow.compute_flow(
+        _manifest("whale", fps=10.0, start_sec=5.0, stop_sec=6.0),
+        out=tmp_path / "near",
+        frames=tmp_path / "frames",
+        options=flow.FlowOptions(shorter_side=96),
+        segments_only=True,
+        margin=0.5,
+        progress=False,
+    )
+    assert none.ok and none.computed == 0  # no flow frame within 0.5 s of [5, 6] s
+    u = np.asarray(Image.open(tmp_path / "flow" / "whale" / "u" / "frame_0000000001.jpg"))
+    assert u.shape == (96, 144)  # 584 x 388 -> shorter side 96, even sides
+    moving = np.abs(frames_lib.dequantise(u, 20.0)) > 0.5
+    assert 0.01 < moving.mean() < 0.9  # the RubberWhale scene has moving and static parts
+
+
+def test_raft_with_a_state_dict_in_the_published_layout(shifted_video, tmp_path, shared_data):
+    from torchvision.models.optical_flow import raft_small
+
+    torch.manual_seed(0)
+    model = raft_small(weights=None)
+    manifest = json.loads(
+        (shared_data / "checkpoint_keys" / "torchvision_raft_small.json").read_text()
+    )
+    state = model.state_dict()
+    assert {k: list(v.shape) for k, v in state.items()} == {
+        k: v["shape"] for k, v in manifest["keys"].items()
+    }
+    weights = tmp_path / "raft_small_C_T_V2.pth"
+    torch.save(state, weights)  # torchvision's published files are plain state dicts
+    options = flow.FlowOptions(method="raft", weights=weights, shorter_side=64, raft_updates=2)
+    result = flow.compute_flow(
+        _manifest("shifted", video_path="shifted.mkv"),
+        out=tmp_path / "r",
+        videos=shifted_video,
+        options=options,
+        batch_size=3,
+        progress=False,
+    )
+    assert result.ok and result.computed == 2
+    u = np.asarray(Image.open(tmp_path / "r" / "shifted" / "u" / "frame_0000000002.jpg"))
+    assert u.shape == (64, 96) and u.dtype == np.uint8
+    metadata = json.loads((tmp_path / "r" / "shifted" / "flow.json").read_text())
+    assert metadata["weights_sha256"] and metadata["method"] == "raft"
+    del state["update_block.flow_head.conv2.weight"]
+    torch.save(state, weights)
+    with pytest.raises(CheckpointError, match="missing 'update_block.flow_head.conv2.weight'"):
+        flow.load_raft(weights)
+
+
+def test_options_are_checked():
+    with pytest.raises(ConfigError, match="raft needs --weights"):
+        flow.FlowOptions(method="raft")
+    with pytest.raises(ConfigError, match="--bound must be positive"):
+        flow.FlowOptions(bound=0)
+    with pytest.raises(ConfigError, match="either --videos DIR or --frames DIR"):
+        flow.compute_flow(_manifest("x"), out="unused")

@@ -1,0 +1,159 @@
+"""EPIC-style frame and flow folders as inputs: layouts, index conversion, flow tensors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from tests.extract.conftest import tiny
+from tests.extract.test_sampling import reference_tbn_test
+
+from avda.cache import Status, open_cache
+from avda.errors import CacheError, ConfigError, MediaError
+from avda.extract import backbones, runner
+from avda.extract import frames as frames_lib
+from avda.extract.inputs import InputPaths, SegmentDataset
+from avda.extract.sampling import SegmentFrames
+from avda.extract.transforms import centre_crop, model_input
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _read(path, mode):
+    return frames_lib.read_image(path, shorter_side=64, mode=mode)
+
+
+def test_flow_conventions_of_epic_ids_and_flow_json(tmp_path):
+    assert frames_lib.epic_convention("P01_01") == frames_lib.FlowConvention(
+        stride=2, bound=25.0, dilation=3, source="epic-55"
+    )
+    assert frames_lib.epic_convention("P30_107").stride == 1
+    assert frames_lib.epic_convention("P30_107").bound == 8.0
+    assert frames_lib.epic_convention("v_GGSY1Qvo990") is None
+    assert frames_lib.flow_convention(tmp_path, "clip", None).ratio == 1.0
+    assert frames_lib.flow_convention(tmp_path, "P01_01", 1).stride == 1  # the option wins
+    (tmp_path / "flow.json").write_text(json.dumps({"stride": 3, "bound": 15, "dilation": 1}))
+    found = frames_lib.flow_convention(tmp_path, "P01_01", None)
+    assert (found.stride, found.bound, found.source) == (3, 15.0, "flow.json")
+
+
+def test_quantisation_follows_the_furnari_flow_convention():
+    bound = 8.0
+    values = np.array([-100.0, -8.0, 0.0, 8.0, 100.0, 1.0])
+    q = frames_lib.quantise(values, bound)
+    assert q.tolist() == [0, 0, 128, 255, 255, round(255 * 9 / 16)]
+    assert np.all(np.abs(frames_lib.dequantise(q[1:4], bound) - values[1:4]) <= bound / 255 + 1e-5)
+
+
+def test_real_tsn_named_folders_are_read(media):
+    folder = media / "frames" / "mmaction2_imgs"
+    rgb = frames_lib.RgbFrames(folder)
+    flow = frames_lib.FlowFrames(folder, frames_lib.FlowConvention(stride=2, bound=20))
+    assert (rgb.count, flow.count) == (10, 5)
+    x = flow.read(np.array([3, 99]), shorter_side=None)  # 99 clamps to the last frame
+    assert x.shape == (2, 240, 320, 2) and x.dtype == np.uint8
+    np.testing.assert_array_equal(x[0, ..., 0], _raw(folder / "x_00003.jpg"))
+    np.testing.assert_array_equal(x[1, ..., 1], _raw(folder / "y_00005.jpg"))
+    assert abs(float(x.mean()) - 128) < 10  # 128 = no motion
+
+
+def _raw(path):
+    from PIL import Image
+
+    return np.asarray(Image.open(path).convert("L"))
+
+
+def test_ta3n_items_read_the_frames_tbn_would(epic_folders):
+    """RGB snippet frames and 5-frame flow stacks (EPIC-55 half-rate flow) of a segment."""
+    rgb_root, flow_root, manifest = epic_folders
+    recipe = tiny("ta3n")
+    inputs = InputPaths(frames=rgb_root, flow=flow_root)
+    segments = manifest.iloc[[0]]
+    for modality in ("rgb", "flow"):
+        model_spec = backbones.create("tbn", modality=modality).input_spec
+        dataset = SegmentDataset(
+            segments, np.array([0]), inputs, recipe, modality, model_spec, None
+        )
+        row, x, status, error = dataset[0]
+        assert status == Status.DONE, error
+        if modality == "rgb":
+            numbers = reference_tbn_test(2, 10, new_length=1, ratio=1.0)
+            expected = [
+                _read(rgb_root / "P01" / "P01_01" / f"frame_{n:010d}.jpg", "RGB")
+                for n in numbers[:, 0]
+            ]
+            expected = centre_crop(np.stack(expected), 64)[:, None]
+        else:
+            numbers = np.clip(reference_tbn_test(2, 10, new_length=5, ratio=0.5), 1, 5)
+            u = [
+                _read(flow_root / "P01_01" / "u" / f"frame_{n:010d}.jpg", "L")
+                for n in numbers.reshape(-1)
+            ]
+            v = [
+                _read(flow_root / "P01_01" / "v" / f"frame_{n:010d}.jpg", "L")
+                for n in numbers.reshape(-1)
+            ]
+            expected = centre_crop(np.stack([np.stack(u), np.stack(v)], axis=-1), 64)
+            expected = expected.reshape(25, 5, 64, 64, 2)  # (K*T, H, W, 2) -> (K, T, H, W, 2)
+        np.testing.assert_array_equal(x.numpy(), expected)
+
+
+def test_flow_tensors_for_i3d_and_tbn():
+    clip = torch.arange(2 * 5 * 4 * 4 * 2, dtype=torch.int64).reshape(2, 5, 4, 4, 2) % 256
+    clip = clip.to(torch.uint8)  # (B, T, H, W, (u, v))
+    i3d = backbones.create("i3d", modality="flow").input_spec
+    x = model_input(clip, i3d, normalisation="mmsada")
+    assert x.shape == (2, 2, 5, 4, 4)  # (B, (u, v), T, H, W)
+    torch.testing.assert_close(x[:, 0], clip[..., 0].float() / 128 - 1)
+    tbn = backbones.create("tbn", modality="flow").input_spec
+    x = model_input(clip, tbn)
+    assert x.shape == (2, 10, 4, 4)  # TSN stack [u_t, v_t, u_t+1, v_t+1, ...] - 128
+    torch.testing.assert_close(x[:, 2], clip[:, 1, ..., 0].float() - 128)
+    torch.testing.assert_close(x[:, 3], clip[:, 1, ..., 1].float() - 128)
+
+
+def test_extract_from_frame_folders_and_refuse_other_inputs(epic_folders, tmp_path):
+    rgb_root, flow_root, manifest = epic_folders
+    recipe = tiny("ta3n")
+    out = tmp_path / "tbn.zarr"
+    specs = [runner.ModalitySpec("rgb", "tbn"), runner.ModalitySpec("flow", "tbn")]
+    options = dict(recipe=recipe, modalities=specs, workers=0, progress=False, batch_size=25)
+    result = runner.extract(manifest, out=out, frames=rgb_root, flow=flow_root, **options)
+    assert result.ok and result.done == 4, result.failures
+    store = open_cache(out)
+    assert store.features("flow").shape == (2, 25, 1024)
+    assert store.modality_info("rgb")["input"] == {"source": "frames"}
+    assert store.modality_info("flow")["input"] == {"source": "flow-frames", "flow_stride": "auto"}
+    assert not np.allclose(store.load("flow")[0], store.load("flow")[1])
+    # The same store asked to read RGB from videos (or flow with another stride) is refused.
+    with pytest.raises(CacheError, match="input: store has .*'frames'"):
+        runner.extract(manifest, out=out, videos=tmp_path, flow=flow_root, **options)
+    with pytest.raises(CacheError, match="flow_stride"):
+        runner.extract(manifest, out=out, frames=rgb_root, flow=flow_root, flow_stride=1, **options)
+
+
+def test_missing_folders_and_inputs_are_reported(epic_folders, tmp_path):
+    rgb_root, flow_root, manifest = epic_folders
+    with pytest.raises(ConfigError, match="--flow DIR"):
+        InputPaths(frames=rgb_root).check(["flow"])
+    with pytest.raises(ConfigError, match="--frames .*no such folder"):
+        InputPaths(frames=tmp_path / "nope").check(["rgb"])
+    with pytest.raises(MediaError, match="no rgb frame folder for video 'P02_03'"):
+        frames_lib.locate(rgb_root, "P02_03", None, "rgb")
+    shutil.rmtree(flow_root / "P01_01" / "v")
+    (flow_root / "P01_01" / "v").mkdir()
+    spec = backbones.create("tbn", modality="flow").input_spec
+    dataset = SegmentDataset(
+        manifest, np.array([0]), InputPaths(flow=flow_root), tiny("ta3n"), "flow", spec, None
+    )
+    _, x, status, error = dataset[0]
+    assert x is None and status == Status.FAILED and "holds no frame images" in error
+
+
+def test_segment_without_frame_columns_uses_seconds_and_fps():
+    segment = SegmentFrames.from_seconds("u", 0.5, 1.0, 30.0)
+    assert (segment.start_frame, segment.stop_frame) == (16, 31)
+    assert tiny("mmsada-test").rgb_numbers(segment).shape == (5, 16)

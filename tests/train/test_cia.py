@@ -1,0 +1,310 @@
+"""CIA / M3EM: gating and consensus against hand-computed values, both modes, losses, training."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+import zarr
+from tests.conftest import make_feature_cache
+
+from avda import runs
+from avda.errors import CacheError, ConfigError
+from avda.train import heads
+from avda.train.data import Task
+from avda.train.heads.cia import (
+    CiaConfig,
+    MutualComplementarity,
+    SpatialConsensus,
+    align_snippets,
+    correlation_map,
+)
+from avda.train.loop import train
+from avda.train.losses import domain_adversarial_loss
+
+torch.set_num_threads(1)
+
+TASKS = [Task("verb", 4)]
+SMALL = {"consensus_dim": 8, "reduction": 4, "discriminator_hidden": 6}
+
+
+def _head(inputs, **overrides):
+    return heads.create("cia", inputs=inputs, tasks=TASKS, overrides={**SMALL, **overrides})
+
+
+# ------------------------------------------------------------------------------ eq. 1-4
+def test_gates_by_hand():
+    smr = MutualComplementarity({"rgb": 4, "audio": 4}, reduction=2)
+    for gate in [*smr.self_gates.values(), *smr.cross_gates.values()]:
+        for layer in gate:
+            if isinstance(layer, torch.nn.Linear):
+                torch.nn.init.zeros_(layer.weight)
+                torch.nn.init.zeros_(layer.bias)
+    x = torch.randn(2, 3, 4, 5, 5)
+    audio = torch.randn(2, 3, 4)
+    out = smr({"rgb": x, "audio": audio}, {"rgb": x.mean(dim=(-2, -1)), "audio": audio})
+    # zero weights: sigmoid(0) = 0.5 for both gates -> [0.5 F ; 0.5 F] (eq. 2-4)
+    torch.testing.assert_close(out["rgb"], torch.cat([0.5 * x, 0.5 * x], dim=2))
+    torch.testing.assert_close(out["audio"], torch.cat([0.5 * audio, 0.5 * audio], dim=2))
+    # The cross gate of rgb reads the audio summary only.
+    gate = smr.cross_gates["rgb"]
+    torch.nn.init.constant_(gate[2].bias, 1.0)  # hidden is relu(0) = 0: t_c = sigmoid(1)
+    out = smr({"rgb": x, "audio": audio}, {"rgb": x.mean(dim=(-2, -1)), "audio": audio})
+    torch.testing.assert_close(out["rgb"][:, :, 4:], x / (1 + math.exp(-1.0)))
+    assert gate[0].in_features == 4 and gate[0].out_features == 2  # bottleneck c / r
+
+
+def test_align_snippets():
+    x = torch.arange(8.0).reshape(1, 4, 2)
+    torch.testing.assert_close(align_snippets(x, 2), torch.tensor([[[1.0, 2.0], [5.0, 6.0]]]))
+    assert align_snippets(x, 4) is x
+
+
+# ------------------------------------------------------------------------------ eq. 5
+def test_correlation_by_hand():
+    a = torch.tensor([[1.0, 0.0]]).T[None]  # (1, 2, 1): channels on axis 1
+    b = torch.tensor([[1.0, 1.0]]).T[None]
+    assert float(correlation_map(a, b)) == pytest.approx(1 / math.sqrt(2))
+    c = torch.tensor([[1.0, 2.0, 3.0]]).T[None]
+    d = torch.tensor([[3.0, 2.0, 1.0]]).T[None]
+    assert float(correlation_map(c, d)) == pytest.approx(10 / 14)  # cosine, as eq. 5 prints
+    assert float(correlation_map(c, d, "pearson")) == pytest.approx(-1.0)
+
+
+def _identity_consensus(channels, **kwargs):
+    consensus = SpatialConsensus(channels, dim=4, correlation="cosine", **kwargs)
+    for projection in consensus.projections.values():  # H = F (first 4 channels)
+        torch.nn.init.eye_(projection.weight)
+        torch.nn.init.zeros_(projection.bias)
+    return consensus
+
+
+def test_consensus_weights_by_hand():
+    consensus = _identity_consensus({"rgb": 4, "flow": 4}, scales=0, vector_modalities=set())
+    x = torch.rand(2, 3, 4, 3, 3) + 0.1
+    frames, map_ = consensus({"rgb": x, "flow": x}, spatial=True)
+    torch.testing.assert_close(map_, torch.ones(2, 3, 3, 3))  # identical modalities: C = 1
+    torch.testing.assert_close(frames["rgb"], 2 * x.mean(dim=(-2, -1)))  # (1 + C) weights
+    orthogonal = torch.zeros_like(x)
+    orthogonal[:, :, 0] = 1.0
+    other = torch.zeros_like(x)
+    other[:, :, 1] = 1.0
+    frames, map_ = consensus({"rgb": orthogonal, "flow": other}, spatial=True)
+    torch.testing.assert_close(map_, torch.zeros(2, 3, 3, 3))  # C = 0: plain average
+    torch.testing.assert_close(frames["rgb"], orthogonal.mean(dim=(-2, -1)))
+
+
+def test_multi_scale_consensus_by_hand():
+    # 2x2 maps, scales 0 and 1. rgb = flow except at cell (0, 0), where they are orthogonal:
+    # scale 0: C^0 = [[0, 1], [1, 1]]; scale 1 (1x1 average): cos(mean rgb, mean flow), upsampled.
+    consensus = _identity_consensus({"rgb": 2, "flow": 2}, scales=1, vector_modalities=set())
+    consensus.projections["rgb"] = torch.nn.Identity()
+    consensus.projections["flow"] = torch.nn.Identity()
+    rgb = torch.tensor([[1.0, 1.0], [1.0, 1.0]]).expand(2, 2, 2).clone()  # (C, H, W)
+    flow = rgb.clone()
+    rgb[:, 0, 0] = torch.tensor([1.0, 0.0])
+    flow[:, 0, 0] = torch.tensor([0.0, 1.0])
+    _, map_ = consensus({"rgb": rgb[None, None], "flow": flow[None, None]}, spatial=True)
+    mean_rgb = rgb.mean(dim=(1, 2))
+    mean_flow = flow.mean(dim=(1, 2))
+    coarse = float(F.cosine_similarity(mean_rgb, mean_flow, dim=0))
+    expected = (torch.tensor([[0.0, 1.0], [1.0, 1.0]]) + coarse) / 2
+    torch.testing.assert_close(map_[0, 0], expected)
+
+
+def test_audio_joins_the_consensus_as_a_vector():
+    consensus = _identity_consensus({"rgb": 4, "audio": 4}, scales=0, vector_modalities={"audio"})
+    rgb = torch.zeros(1, 2, 4, 2, 2)
+    rgb[..., 0, 0, 0] = 1.0  # cell (0, 0) points along channel 0, the others along channel 1
+    rgb[..., 1, 0, 1] = rgb[..., 1, 1, 0] = rgb[..., 1, 1, 1] = 1.0
+    audio = torch.zeros(1, 2, 4)
+    audio[..., 0] = 1.0  # audio agrees with cell (0, 0) only
+    frames, map_ = consensus({"rgb": rgb, "audio": audio}, spatial=True)
+    torch.testing.assert_close(map_[0, 0], torch.tensor([[1.0, 0.0], [0.0, 0.0]]))
+    torch.testing.assert_close(frames["audio"], audio)  # vectors are not re-weighted
+    torch.testing.assert_close(frames["rgb"], ((1 + map_[:, :, None]) * rgb).mean(dim=(-2, -1)))
+
+
+def test_pooled_mode_reweights_snippets():
+    consensus = _identity_consensus({"rgb": 4, "flow": 4}, scales=0, vector_modalities=set())
+    rgb = torch.eye(4)[None]  # 4 snippets, snippet k along channel k
+    flow = rgb.clone()
+    flow[0, 3] = torch.tensor([1.0, 0.0, 0.0, 0.0])  # the last snippet disagrees
+    frames, map_ = consensus({"rgb": rgb, "flow": flow}, spatial=False)
+    torch.testing.assert_close(map_, torch.tensor([[1.0, 1.0, 1.0, 0.0]]))
+    torch.testing.assert_close(frames["rgb"], (1 + map_[:, :, None]) * rgb)
+
+
+# ------------------------------------------------------------------------------ head
+def test_forward_modes_and_every_parameter_learns():
+    torch.manual_seed(0)
+    inputs = {"rgb": (3, 8), "flow": (3, 8), "audio": (3, 8)}
+    head = _head(inputs, dropout=0.0)
+    pooled = {m: torch.rand(4, 3, 8) for m in inputs}
+    out = head(pooled)
+    assert out.logits["verb"].shape == (4, 4) and out.features.shape == (4, 48)
+    assert out.extras["consensus"].shape == (4, 3)  # pooled mode: one weight per snippet
+    spatial = {
+        **pooled,
+        "spatial/rgb": torch.rand(4, 3, 8, 3, 3),
+        "spatial/flow": torch.rand(4, 3, 8, 3, 3),
+    }
+    out = head(spatial)
+    assert out.extras["consensus"].shape == (4, 3, 3, 3)
+    assert out.extras["frames"]["rgb"].shape == (4, 3, 16)
+    labels = {"verb": torch.tensor([0, 1, 2, 3])}
+    for batch in (pooled, spatial):
+        head.zero_grad()
+        losses = head.training_step(batch, labels, batch, progress=0.5)
+        losses["loss"].backward()
+        missing = [n for n, p in head.named_parameters() if p.grad is None]
+        assert not missing, missing
+
+
+def test_loss_is_the_weighted_sum_eq6():
+    torch.manual_seed(0)
+    inputs = {"rgb": (2, 6), "audio": (1, 6)}
+    head = _head(inputs, dropout=0.0, video_adversarial_weight=2.0, frame_adversarial_weight=0.25)
+    source = {m: torch.rand(5, *inputs[m]) for m in inputs}
+    target = {m: torch.rand(5, *inputs[m]) for m in inputs}
+    labels = {"verb": torch.tensor([0, 1, 2, 3, 0])}
+    losses = head.training_step(source, labels, target, progress=1.0)
+    expected = losses["classification"] + 2.0 * losses["video_adversarial"]
+    expected = expected + 0.25 * losses["frame_adversarial"]
+    torch.testing.assert_close(losses["loss"], expected)
+    s, t = head(source), head(target)
+    video = [
+        domain_adversarial_loss(
+            head.video_discriminators[m](s.extras["videos"][m]),
+            head.video_discriminators[m](t.extras["videos"][m]),
+        )
+        for m in ("audio", "rgb")
+    ]
+    torch.testing.assert_close(losses["video_adversarial"], torch.stack(video).mean())
+
+
+def test_gradient_reversal_on_the_features():
+    torch.manual_seed(0)
+    inputs = {"rgb": (2, 6), "audio": (1, 6)}
+    head = _head(inputs, dropout=0.0, classification_weight=0.0, frame_adversarial_weight=0.0)
+    source = {m: torch.rand(5, *inputs[m]) for m in inputs}
+    target = {m: torch.rand(5, *inputs[m]) for m in inputs}
+    labels = {"verb": torch.zeros(5, dtype=torch.long)}
+    head.training_step(source, labels, target, progress=1.0)["loss"].backward()
+    discriminator_grad = head.video_discriminators["rgb"][0].weight.grad.clone()
+    gate_grad = head.interaction.self_gates["rgb"][0].weight.grad.clone()
+    head.zero_grad()
+    # Same loss without reversal: the discriminator's gradient is unchanged, the features' flips.
+    s, t = head(source), head(target)
+    plain = torch.stack(
+        [
+            domain_adversarial_loss(
+                head.video_discriminators[m](s.extras["videos"][m]),
+                head.video_discriminators[m](t.extras["videos"][m]),
+            )
+            for m in ("audio", "rgb")
+        ]
+    ).mean()
+    plain.backward()
+    scale = 2.0 / (1.0 + math.exp(-10.0)) - 1.0
+    torch.testing.assert_close(head.video_discriminators["rgb"][0].weight.grad, discriminator_grad)
+    torch.testing.assert_close(
+        head.interaction.self_gates["rgb"][0].weight.grad * -scale, gate_grad, rtol=1e-4, atol=1e-7
+    )
+
+
+def test_trn_aggregation_on_tsn_snippets():
+    torch.manual_seed(0)
+    inputs = {"rgb": (7, 8), "audio": (7, 8)}
+    head = _head(inputs, temporal="trn", relation_dim=6, dropout=0.0)
+    assert head.snippets == {"rgb": [0, 2, 3, 4, 6], "audio": [0, 2, 3, 4, 6]}  # TSN, 5 of 7
+    batch = {m: torch.rand(3, 7, 8) for m in inputs}
+    out = head(batch)
+    assert out.extras["frames"]["rgb"].shape == (3, 5, 16)
+    assert out.extras["videos"]["rgb"].shape == (3, 6)  # TRN-M relations summed over scales
+    expected = head.relations["rgb"](out.extras["frames"]["rgb"]).sum(dim=1)
+    torch.testing.assert_close(out.extras["videos"]["rgb"], expected)
+    losses = head.training_step(batch, {"verb": torch.tensor([0, 1, 2])}, batch, progress=0.3)
+    losses["loss"].backward()
+    assert all(p.grad is not None for p in head.parameters())
+    assert heads.HEADS.get("cia").input_clips(CiaConfig(), 25) == [2, 7, 12, 17, 22]
+    assert heads.HEADS.get("cia").input_clips(CiaConfig(), 5) is None
+    with pytest.raises(ConfigError, match="num_segments must be >= 2"):
+        _head(inputs, temporal="trn", num_segments=1)
+
+
+def test_config_presets_and_errors():
+    assert CiaConfig.from_dict({"preset": "ucf-hmdb"}).lr == 3e-3
+    epic_trn = CiaConfig.from_dict({"preset": "epic-trn", "lr": 1e-2})
+    assert epic_trn.optimizer == "sgd" and epic_trn.lr == 1e-2  # explicit keys win
+    defaults = CiaConfig()
+    assert (defaults.lr, defaults.reduction, defaults.scales) == (1e-4, 16, 3)
+    assert (
+        defaults.classification_weight,
+        defaults.video_adversarial_weight,
+        defaults.frame_adversarial_weight,
+    ) == (1.0, 1.0, 0.5)
+    with pytest.raises(ConfigError, match="unknown CiaConfig preset 'epik'; did you mean 'epic'"):
+        CiaConfig.from_dict({"preset": "epik"})
+    with pytest.raises(ConfigError, match="two or more modalities"):
+        _head({"rgb": (2, 4)})
+    with pytest.raises(ConfigError, match="two or more modalities"):
+        _head({"audio": (2, 4), "rgb": (2, 4)}, vector_modalities=["audio", "rgb"])
+
+
+# ------------------------------------------------------------------------------ training
+def _add_spatial_maps(path, modalities, size=3):
+    """spatial/<m> (N, K, C, H, W) maps whose spatial average is the pooled feature."""
+    group = zarr.open_group(str(path), mode="r+")
+    spatial = group.require_group("spatial")
+    for m in modalities:
+        pooled = group["features"][m][:].astype(np.float32)
+        pattern = np.linspace(0.5, 1.5, size * size).reshape(size, size)
+        maps = pooled[..., None, None] * pattern
+        array = spatial.create_array(m, shape=maps.shape, dtype="float16")
+        array[:] = maps.astype(np.float16)
+
+
+@pytest.fixture(scope="module")
+def three_modality_cache(tmp_path_factory):
+    path = tmp_path_factory.mktemp("cia") / "c.zarr"
+    make_feature_cache(path, shift=1.0, per_class=8, modalities=("rgb", "flow", "audio"), D=8, K=3)
+    return path
+
+
+def _train(cache, out, **overrides):
+    return train(
+        cache=cache, head="cia", source=["source"], target=["target"], out=out, seed=0,
+        overrides={**SMALL, "epochs": 8, "batch_size": 8, "lr": 3e-3, **overrides},
+        progress=False,
+    )  # fmt: skip
+
+
+def test_trains_in_pooled_mode_and_refuses_missing_maps(three_modality_cache, tmp_path, caplog):
+    with caplog.at_level("INFO", logger="avda.train.heads.cia"):
+        result = _train(three_modality_cache, tmp_path / "pooled")
+    assert "pooled-feature mode" in caplog.text
+    assert result.metrics["source_test/verb/top1"] > 0.5
+    with pytest.raises(CacheError, match="no spatial maps for 'rgb'.*pooled-feature mode"):
+        _train(three_modality_cache, tmp_path / "on", spatial="on")
+
+
+def test_trains_in_spatial_mode(three_modality_cache, tmp_path, caplog):
+    import shutil
+
+    cache = tmp_path / "c.zarr"
+    shutil.copytree(three_modality_cache, cache)
+    _add_spatial_maps(cache, ["rgb", "flow"])
+    with caplog.at_level("INFO", logger="avda.train.heads.cia"):
+        result = _train(cache, tmp_path / "spatial")
+    assert "spatial consensus" in caplog.text
+    assert result.metrics["source_test/verb/top1"] > 0.5
+    trn = _train(cache, tmp_path / "trn", temporal="trn", num_segments=2, relation_dim=8)
+    assert "target_test/verb/top1" in trn.metrics  # maps cut to the TSN snippets [0, 2] of 3
+    _train(cache, tmp_path / "off", spatial="off")
+    spatial_scores = runs.read_predictions(tmp_path / "spatial", "target_test")["scores"]["verb"]
+    pooled_scores = runs.read_predictions(tmp_path / "off", "target_test")["scores"]["verb"]
+    assert not np.allclose(spatial_scores, pooled_scores)  # the maps were used

@@ -1,0 +1,187 @@
+"""Audio clusters: the Elbow rules, KMeansElbow against scikit-learn, `avda cluster` on a cache."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.base import clone
+from sklearn.cluster import KMeans
+from sklearn.datasets import make_blobs
+from tests.conftest import make_feature_cache
+
+from avda.errors import CacheError, ConfigError
+from avda.train.clustering import (
+    KMeansElbow,
+    choose_elbow,
+    chord_elbow,
+    cluster_per_class,
+    cluster_settings,
+    cluster_store,
+    kneedle_elbow,
+    stored_clusters,
+)
+
+# kneed 0.8.6's own test cases (tests/test_sample.py, kneed/data_generator.py), offline, S = 1,
+# interp1d: the values our re-implementation must reproduce.
+CONVEX_DECREASING = [100, 40, 20, 15, 10, 5, 4, 3, 2, 1]
+BUMPY = [7305.0, 6979.0, 6666.6, 6463.2, 6326.5, 6048.8, 6032.8, 5762.0, 5742.8, 5398.2, 5256.8,
+         5227.0, 5001.7, 4942.0, 4854.2, 4734.6, 4558.7, 4491.1, 4411.6, 4333.0, 4234.6, 4139.1,
+         4056.8, 4022.5, 3868.0, 3808.3, 3745.3, 3692.3, 3645.6, 3618.3, 3574.3, 3504.3, 3452.4,
+         3401.2, 3382.4, 3340.7, 3301.1, 3247.6, 3190.3, 3180.0, 3154.2, 3089.5, 3045.6, 2989.0,
+         2993.6, 2941.3, 2875.6, 2866.3, 2834.1, 2785.1, 2759.7, 2763.2, 2720.1, 2660.1, 2690.2,
+         2635.7, 2632.9, 2574.6, 2556.0, 2545.7, 2513.4, 2491.6, 2496.0, 2466.5, 2442.7, 2420.5,
+         2381.5, 2388.1, 2340.6, 2335.0, 2318.9, 2319.0, 2308.2, 2262.2, 2235.8, 2259.3, 2221.0,
+         2202.7, 2184.3, 2170.1, 2160.0, 2127.7, 2134.7, 2102.0, 2101.4, 2066.4, 2074.3, 2063.7,
+         2048.1, 2031.9]  # fmt: skip
+FLAT_MAXIMA = [1, 0.787701317715959, 0.7437774524158126, 0.6559297218155198, 0.5065885797950219,
+               0.36749633967789164, 0.2547584187408492, 0.16251830161054173, 0.10395314787701318,
+               0.06734992679355783, 0.043923865300146414, 0.027818448023426062,
+               0.01903367496339678, 0.013177159590043924, 0.010248901903367497,
+               0.007320644216691069, 0.005856515373352855, 0.004392386530014641]  # fmt: skip
+
+
+def _gamma_curve():
+    np.random.seed(23)
+    return np.arange(1, 1001), sorted(np.random.gamma(0.5, 1.0, 1000), reverse=True)
+
+
+@pytest.mark.parametrize(
+    "x, y, sensitivity, expected",
+    [
+        (np.arange(10), CONVEX_DECREASING, 1.0, 2.0),  # test_convex_decreasing
+        (np.arange(7) / 10, np.array(CONVEX_DECREASING[:-3]) / 10, 1.0, 0.2),  # ..._truncated
+        (np.arange(90), BUMPY, 1.0, 26.0),  # test_convex_decreasing_bumpy (interp1d)
+        (*_gamma_curve(), 1.0, 22.0),  # test_gamma_online_offline (offline)
+        (np.arange(18.0), FLAT_MAXIMA, 0.0, 1.0),  # test_flat_maxima, S = 0
+        (np.arange(18.0), FLAT_MAXIMA, 1.0, 8.0),  # test_flat_maxima, S = 1
+        ([1, 2, 3], [0.90483742, 0.81873075, 0.74081822], 1.0, None),  # test_y_no_knee
+    ],
+)
+def test_kneedle_reproduces_kneed(x, y, sensitivity, expected):
+    found = kneedle_elbow(np.asarray(x), np.asarray(y), sensitivity)
+    if expected is None:
+        assert found is None
+    else:
+        assert found == pytest.approx(expected)
+
+
+def test_chord_rule_by_hand():
+    # normalised x = [0, .25, .5, .75, 1], y = [1, .25, .125, .0625, 0];
+    # distance to the chord x + y = 1 is 1 - x - y = [0, .5, .375, .1875, 0] -> k = 2
+    assert chord_elbow(np.arange(1, 6), np.array([10.0, 4.0, 3.0, 2.5, 2.0])) == 2
+
+
+def test_choose_elbow_fallbacks():
+    ks = np.arange(1, 8)
+    straight = 10.0 - ks  # Kneedle finds no knee on a straight line; the chord gives k = 1
+    assert kneedle_elbow(ks, straight) is None
+    assert choose_elbow(ks, straight) == 1
+    assert choose_elbow(ks, np.full(7, 3.0)) == 1  # flat: one cluster
+    assert choose_elbow(np.array([1, 2]), np.array([5.0, 1.0])) == 1  # too short for a knee
+    with pytest.raises(ConfigError, match="knee rule"):
+        choose_elbow(ks, straight, knee="max")
+
+
+@pytest.mark.parametrize("centers", [2, 3, 4, 6])
+def test_elbow_finds_the_known_number_of_clusters(centers):
+    # Well separated centres (corners of a simplex, 10 apart), as the Elbow assumes.
+    X, _ = make_blobs(
+        n_samples=30 * centers, centers=np.eye(8)[:centers] * 10, cluster_std=1.0,
+        random_state=centers,
+    )  # fmt: skip
+    estimator = KMeansElbow(max_clusters=12, n_init=3).fit(X)
+    assert estimator.n_clusters_ == centers
+    assert estimator.labels_.max() + 1 == centers
+
+
+def test_kmeans_parity_with_scikit_learn():
+    X, _ = make_blobs(n_samples=90, centers=3, n_features=5, random_state=0)
+    estimator = KMeansElbow(max_clusters=6).fit(X)
+    for k, inertia in zip(estimator.candidate_clusters_, estimator.inertias_, strict=True):
+        plain = KMeans(n_clusters=int(k), init="k-means++", n_init=10, max_iter=300, random_state=0)
+        assert inertia == pytest.approx(plain.fit(X).inertia_, rel=1e-12)
+    plain = KMeans(
+        n_clusters=estimator.n_clusters_, init="k-means++", n_init=10, max_iter=300, random_state=0
+    ).fit(X)
+    np.testing.assert_array_equal(estimator.labels_, plain.labels_)
+    np.testing.assert_allclose(estimator.cluster_centers_, plain.cluster_centers_)
+    assert estimator.inertia_ == pytest.approx(plain.inertia_)
+    np.testing.assert_array_equal(estimator.predict(X[:7]), plain.predict(X[:7]))
+
+
+def test_estimator_conventions():
+    estimator = KMeansElbow(max_clusters=4, n_init=2, random_state=1)
+    assert estimator.get_params() == {
+        "max_clusters": 4, "knee": "kneedle", "sensitivity": 1.0, "n_init": 2,
+        "max_iter": 300, "random_state": 1,
+    }  # fmt: skip
+    assert not [name for name in vars(estimator) if name.endswith("_")]  # nothing learned yet
+    copy = clone(estimator)
+    assert copy.get_params() == estimator.get_params()
+    X = np.vstack([np.zeros((5, 2)), np.ones((5, 2))])  # two distinct points only
+    assert estimator.fit(X) is estimator
+    assert list(estimator.candidate_clusters_) == [1, 2]  # k capped at the distinct points
+    assert estimator.n_features_in_ == 2
+    np.testing.assert_array_equal(estimator.fit_predict(X), estimator.labels_)
+    with pytest.raises(ConfigError, match="non-empty"):
+        KMeansElbow().fit(np.zeros((0, 3)))
+    with pytest.raises(ConfigError, match="max_clusters"):
+        KMeansElbow(max_clusters=0).fit(X)
+
+
+def test_cluster_per_class_ids_are_per_class():
+    X, blob = make_blobs(n_samples=60, centers=4, n_features=3, cluster_std=0.3, random_state=2)
+    classes = blob // 2  # two blobs per class
+    result = cluster_per_class(X, classes, max_clusters=5, n_init=3)
+    assert sorted(result) == [0, 1]
+    for class_id, clusters in result.items():
+        np.testing.assert_array_equal(np.sort(clusters.rows), np.flatnonzero(classes == class_id))
+        assert clusters.n_clusters == 2
+        assert len(clusters.inertias) == 5
+
+
+def test_cluster_store_writes_clusters_with_provenance(tmp_path):
+    store = make_feature_cache(tmp_path / "c.zarr", per_class=8, D=4)
+    result = cluster_store(
+        tmp_path / "c.zarr", source=["source"], max_clusters=4, n_init=2, progress=False,
+        plot_dir=tmp_path / "plots",
+    )  # fmt: skip
+    ids, info = store.read_clusters("audio")
+    segments = store.segments
+    source_train = ((segments["domain"] == "source") & (segments["split"] == "train")).to_numpy()
+    assert (ids[source_train] >= 0).all() and (ids[~source_train] == -1).all()
+    group = info["groups"]["source"]
+    assert group["domains"] == ["source"]
+    assert group["settings"] == cluster_settings(
+        task="verb", split="train", max_clusters=4, knee="kneedle", n_init=2, random_state=0
+    )
+    assert sorted(group["classes"]) == ["0", "1", "2", "3"]
+    assert group["classes"]["0"]["count"] == 8 and len(group["classes"]["0"]["inertias"]) == 4
+    for class_id, entry in group["classes"].items():
+        members = source_train & (segments["verb_class"] == int(class_id)).to_numpy()
+        assert ids[members].max() + 1 == entry["n_clusters"]
+    assert len(result.plots) == 4 and all(p.stat().st_size > 0 for p in result.plots)
+    assert "clusters per class" in result.summary()
+
+    # A second source is added next to the first; a stored group is found by its settings.
+    cluster_store(tmp_path / "c.zarr", source=["target"], max_clusters=4, n_init=2, progress=False)
+    ids, info = store.read_clusters("audio")
+    assert sorted(info["groups"]) == ["source", "target"]
+    assert (ids[source_train] >= 0).all()
+    settings = group["settings"]
+    assert stored_clusters(store, "audio", ["source"], settings) is not None
+    assert stored_clusters(store, "audio", ["source"], {**settings, "max_clusters": 5}) is None
+
+
+def test_cluster_store_each_domain_and_errors(tmp_path):
+    make_feature_cache(tmp_path / "c.zarr", per_class=4, D=4)
+    result = cluster_store(tmp_path / "c.zarr", max_clusters=2, n_init=1, progress=False)
+    assert [g.key for g in result.groups] == ["source", "target"]
+    with pytest.raises(CacheError, match="no 'flow' features"):
+        cluster_store(tmp_path / "c.zarr", modality="flow", progress=False)
+    with pytest.raises(CacheError, match="unknown source domain 'sorce'"):
+        cluster_store(tmp_path / "c.zarr", source=["sorce"], progress=False)
+    with pytest.raises(ConfigError, match="--max-k"):
+        cluster_store(tmp_path / "c.zarr", max_clusters=0, progress=False)
+    with pytest.raises(ConfigError, match="single-label"):
+        cluster_store(tmp_path / "c.zarr", task="labels", progress=False)

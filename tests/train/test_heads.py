@@ -1,0 +1,177 @@
+"""Every registered head: built from its defaults, strict configs; and for the adaptation heads
+of this module (source-only, dann, adabn, mmd, mm-sada, ta3n, rna) a training step with a
+gradient for every parameter on the loss path, any modality subset, verb+noun and multi-label.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from avda.errors import ConfigError
+from avda.train import heads
+from avda.train.data import Task
+
+torch.set_num_threads(1)
+
+# The heads of "Adaptation heads I", with the overrides that make a training step in stage 2
+# (MM-SADA) and small embeddings; the defaults themselves are built in test_builds_from_defaults.
+ADAPTATION = {
+    "source-only": {},
+    "source-only-mid": {"fusion": "mid"},
+    "dann": {},
+    "dann-per-modality": {"discriminator": "per-modality"},
+    "adabn": {},
+    "adabn-mid": {"fusion": "mid"},
+    "mmd": {},
+    "mm-sada": {"embedding_dim": 32},
+    "ta3n": {},
+    "rna": {"embedding_dim": 32},
+    "rna-uda": {"embedding_dim": 32, "setting": "uda"},
+}
+NEEDS_TWO_MODALITIES = {"mm-sada", "rna", "rna-uda"}
+VERB = [Task("verb", 5)]
+VERB_NOUN = [Task("verb", 5), Task("noun", 7)]
+MULTI_LABEL = [Task("labels", 6, multi_label=True)]
+B, K, D = 6, 5, 12
+
+
+def _registered(variant: str) -> str:
+    """The registry name of a variant id (``dann-per-modality`` -> ``dann``)."""
+    return next(n for n in heads.names() if variant == n or variant.startswith(n + "-"))
+
+
+def _build(name: str, modalities, tasks, **overrides):
+    options = {**ADAPTATION[name], **overrides}
+    inputs = {m: (K, D + i) for i, m in enumerate(modalities)}  # different D per modality
+    return heads.create(_registered(name), inputs=inputs, tasks=tasks, overrides=options)
+
+
+def _batch(modalities, tasks, generator, size=B, shift=0.0):
+    inputs = {
+        m: torch.randn(size, K, D + i, generator=generator).abs() + shift
+        for i, m in enumerate(modalities)
+    }
+    labels = {}
+    for task in tasks:
+        if task.multi_label:
+            labels[task.name] = (torch.rand(size, task.num_classes, generator=generator) > 0.5).float()
+        else:
+            labels[task.name] = torch.randint(0, task.num_classes, (size,), generator=generator)
+    return inputs, labels
+
+
+def _step(head, modalities, tasks, progress=0.8):
+    generator = torch.Generator().manual_seed(0)
+    source, labels = _batch(modalities, tasks, generator)
+    target, _ = _batch(modalities, tasks, generator, shift=0.5)
+    uses_target = type(head).needs_target(head.config)
+    head.train()
+    losses = head.training_step(source, labels, target if uses_target else None, progress)
+    return losses
+
+
+@pytest.mark.parametrize("name", heads.names())
+def test_builds_from_defaults_and_rejects_unknown_keys(name):
+    config_class = heads.config_class(name)
+    config = config_class.from_dict({})
+    assert config.to_dict() == config_class.from_dict(config.to_dict()).to_dict()
+    with pytest.raises(ConfigError, match=rf"unknown {config_class.__name__} field 'bogus_key'") as e:
+        config_class.from_dict({"bogus_key": 1})
+    assert "valid:" in str(e.value) and "epochs" in str(e.value)  # the valid fields are listed
+    head = heads.create(
+        name, inputs={"rgb": (5, 16), "audio": (5, 16)}, tasks=[Task("verb", 4)], config=config
+    )
+    assert isinstance(head, torch.nn.Module) and sum(p.numel() for p in head.parameters()) > 0
+
+
+@pytest.mark.parametrize("name", sorted(ADAPTATION))
+@pytest.mark.parametrize(
+    "modalities", [("rgb",), ("rgb", "audio"), ("rgb", "flow", "audio")], ids=["1", "2", "3"]
+)
+def test_training_step_gives_every_parameter_a_gradient(name, modalities):
+    torch.manual_seed(0)
+    if name in NEEDS_TWO_MODALITIES and len(modalities) == 1:
+        with pytest.raises(ConfigError, match="at least two modalities"):
+            _build(name, modalities, VERB)
+        return
+    head = _build(name, modalities, VERB_NOUN)
+    losses = _step(head, modalities, VERB_NOUN)
+    assert torch.isfinite(losses["loss"]) and losses["loss"].requires_grad
+    head.zero_grad(set_to_none=True)
+    losses["loss"].backward()
+    missing = [n for n, p in head.named_parameters() if p.grad is None]
+    assert not missing, f"{name}: no gradient for {missing}"
+    for parameter_name, parameter in head.named_parameters():
+        assert torch.isfinite(parameter.grad).all(), parameter_name
+    assert any(p.grad.abs().sum() > 0 for p in head.parameters())
+
+    head.eval()
+    inputs, _ = _batch(modalities, VERB_NOUN, torch.Generator().manual_seed(1), size=3)
+    with torch.no_grad():
+        output = head(inputs)
+    assert output.logits["verb"].shape == (3, 5) and output.logits["noun"].shape == (3, 7)
+    assert output.features.shape[0] == 3 and output.features.ndim == 2
+
+
+@pytest.mark.parametrize("name", sorted(ADAPTATION))
+def test_multi_label_task(name):
+    torch.manual_seed(0)
+    modalities = ("rgb", "audio")
+    head = _build(name, modalities, MULTI_LABEL)
+    losses = _step(head, modalities, MULTI_LABEL)
+    assert torch.isfinite(losses["loss"])
+    losses["loss"].backward()
+    head.eval()
+    inputs, _ = _batch(modalities, MULTI_LABEL, torch.Generator().manual_seed(1), size=4)
+    with torch.no_grad():
+        logits = head(inputs).logits["labels"]
+    assert logits.shape == (4, 6) and torch.isfinite(logits).all()
+
+
+def test_mm_sada_stage_one_leaves_the_discriminators_alone():
+    head = _build("mm-sada", ("rgb", "flow"), VERB, epochs=10, pretrain_epochs=5, lr_steps=[5])
+    losses = _step(head, ("rgb", "flow"), VERB, progress=0.2)
+    assert float(losses["stage"]) == 1.0 and "adversarial" not in losses
+    losses["loss"].backward()
+    untouched = {n.split(".")[0] for n, p in head.named_parameters() if p.grad is None}
+    assert untouched == {"discriminators"}
+    assert head.stage(0.75) == (2, 0.5)
+
+
+def test_mm_sada_and_rna_schedules_and_targets():
+    assert heads.HEADS.get("rna").needs_target(heads.config_class("rna").from_dict({})) is False
+    uda = heads.config_class("rna").from_dict({"setting": "uda"})
+    assert heads.HEADS.get("rna").needs_target(uda) is True
+    config = heads.config_class("mm-sada").from_dict({"preset": "D1"})
+    assert (config.pretrain_epochs, config.epochs, config.lr_steps) == (120, 360, (120,))
+    defaults = heads.config_class("mm-sada").from_dict({})
+    assert (defaults.lr, defaults.lr_gamma, defaults.weight_decay) == (0.01, 0.1, 1e-7)
+    assert (defaults.grl_weight, defaults.classification_weight) == (0.2, 0.2)
+    with pytest.raises(ConfigError, match="pretrain_epochs"):
+        _build("mm-sada", ("rgb", "flow"), VERB, epochs=5, pretrain_epochs=5)
+
+
+def test_mm_sada_test_averages_clip_probabilities():
+    head = _build("mm-sada", ("rgb", "flow"), VERB).eval()
+    inputs, _ = _batch(("rgb", "flow"), VERB, torch.Generator().manual_seed(2), size=2)
+    with torch.no_grad():
+        features = {m: head.embeddings[m](inputs[m]) for m in head.modalities}  # (B, K, E)
+        clip_logits = head.fused_logits(features)["verb"]  # (B, K, C)
+        expected = clip_logits.softmax(-1).mean(1)
+        probabilities = head(inputs).logits["verb"].softmax(-1)
+    torch.testing.assert_close(probabilities, expected)
+
+
+def test_mm_sada_training_picks_one_random_clip_per_modality():
+    head = _build("mm-sada", ("rgb", "flow"), VERB).train()
+    clip_index = torch.arange(K, dtype=torch.float32)[None, :, None].expand(64, K, D)
+    linear = head.embeddings["rgb"][0]
+    with torch.no_grad():  # make the rgb embedding read the clip index back
+        linear.weight.zero_()
+        linear.weight[0, 0] = 1.0
+        linear.bias.zero_()
+        torch.manual_seed(0)
+        features = head.embed({"rgb": clip_index, "flow": torch.zeros(64, K, D + 1)})
+    assert features["rgb"].shape == (64, 32)
+    assert set(features["rgb"][:, 0].tolist()) == set(range(K))  # varies between samples
