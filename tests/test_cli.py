@@ -165,3 +165,43 @@ def test_extract_with_a_corrupt_video_exits_3_with_failures_csv(capsys, tmp_path
 def test_every_command_has_help(capsys, command):
     code, out, _ = run(capsys, command, "--help")
     assert code == 0 and "Usage" in out
+
+
+def test_evaluate_exports_the_epic100_submission(capsys, tmp_path):
+    import json
+
+    import numpy as np
+    import pandas as pd
+
+    from avda import cache as cache_lib
+    from avda.cache import Status
+
+    rng = np.random.default_rng(0)
+    rows = [
+        {"uid": f"{d}_{s}_{i}", "video_id": "P01_101", "domain": d, "split": s,
+         "start_sec": 0.0, "stop_sec": 1.0, "verb_class": (0, 1, 96)[i % 3],
+         "noun_class": (0, 1, 2, 3, 299)[i % 5]}
+        for d in ("source", "target") for s in ("train", "test") for i in range(12)
+    ]  # fmt: skip
+    segments = pd.DataFrame(rows)
+    store = cache_lib.create(tmp_path / "c.zarr", segments, manifest_sha256="0", recipe={})
+    store.add_modality("rgb", num_clips=2, num_features=8, info={"backbone": "x"})
+    n = len(segments)
+    store.write("rgb", np.arange(n), rng.normal(size=(n, 2, 8)), np.full(n, int(Status.DONE)),
+                [""] * n)  # fmt: skip
+    code, _, err = run(capsys, "train", "--head", "source-only", "--cache", str(tmp_path / "c.zarr"),
+                       "--source", "source", "--target", "target", "-o", str(tmp_path / "run"),
+                       "--epochs", "1", "--quiet")  # fmt: skip
+    assert code == 0, err
+    out = tmp_path / "test.json"
+    code, _, err = run(capsys, "evaluate", str(tmp_path / "run"), "--export-submission", str(out),
+                       "--sls", "2,3,3")  # fmt: skip
+    assert code == 0, err
+    submission = json.loads(out.read_text())
+    assert submission["challenge"] == "domain_adaptation" and submission["sls_pt"] == 2
+    assert len(submission["results_target"]) == 12
+    first = submission["results_target"]["target_test_0"]
+    assert len(first["verb"]) == 97 and len(first["noun"]) == 300  # EPIC-100 class counts
+    code, _, err = run(capsys, "evaluate", str(tmp_path / "run"), "--export-submission", str(out),
+                       "--sls", "2,x")  # fmt: skip
+    assert code == 1 and "--sls expects three integers" in err

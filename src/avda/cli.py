@@ -633,9 +633,26 @@ def evaluate(
         str | None,
         typer.Option(help="settings layout: top1, top5, mca or mAP (default: top1/mAP)."),
     ] = None,
+    export_submission: Annotated[
+        Path | None,
+        typer.Option(help="EPIC-100 UDA: write the challenge JSON (or .zip) of the first run."),
+    ] = None,
+    sls: Annotated[
+        str, typer.Option(help="Supervision levels pt,tl,td for --export-submission.")
+    ] = "2,3,3",
 ) -> None:
     """Metrics of finished runs: one row per run, or the papers' tables over many runs."""
-    from avda.evaluate import tables
+    from avda.evaluate import protocols, tables
+
+    if export_submission is not None:
+        try:
+            sls_pt, sls_tl, sls_td = (int(v) for v in sls.split(","))
+        except ValueError:
+            raise ConfigError(f"--sls expects three integers pt,tl,td, got {sls!r}") from None
+        path = protocols.export_run_submission(
+            runs[0], export_submission, sls_pt=sls_pt, sls_tl=sls_tl, sls_td=sls_td
+        )
+        typer.echo(f"wrote {path}", err=True)
 
     text, written = tables.evaluate_runs(
         runs,

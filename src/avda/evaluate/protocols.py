@@ -340,3 +340,43 @@ def charades_map(scores: np.ndarray, labels: Sequence[str | None] | np.ndarray) 
         else multi_hot(list(labels), scores.shape[1])
     )
     return mean_average_precision(scores, targets)
+
+
+def export_run_submission(
+    run: str | Path, path: str | Path, *, sls_pt: int, sls_tl: int, sls_td: int
+) -> Path:
+    """Write the EPIC-100 UDA challenge file of a finished run's ``target_test`` predictions
+    (and ``source_test`` when the run has them). The run must predict ``verb`` and ``noun``."""
+    from avda import runs
+
+    run = Path(run)
+    if "target_test" not in runs.prediction_sets(run):
+        raise ConfigError(
+            f"{run} has no target_test predictions: train with target test segments in the "
+            "cache (EPIC-100 UDA target_test timestamps) to export a submission"
+        )
+    target = runs.read_predictions(run, "target_test")
+    for task in ("verb", "noun"):
+        if task not in target["scores"]:
+            raise ConfigError(
+                f"{run} predicts {sorted(target['scores'])}; the EPIC-100 submission needs verb "
+                "and noun scores (train with --set tasks=[verb,noun])"
+            )
+    source: dict[str, Any] = {}
+    if "source_test" in runs.prediction_sets(run):
+        theirs = runs.read_predictions(run, "source_test")
+        source = {
+            "source_verb_scores": theirs["scores"]["verb"],
+            "source_noun_scores": theirs["scores"]["noun"],
+            "source_narration_ids": [str(u) for u in theirs["uids"]],
+        }
+    submission = epic100_uda_submission(
+        target["scores"]["verb"],
+        target["scores"]["noun"],
+        [str(u) for u in target["uids"]],
+        sls_pt=sls_pt,
+        sls_tl=sls_tl,
+        sls_td=sls_td,
+        **source,
+    )
+    return write_submission(submission, path)
