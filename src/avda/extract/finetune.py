@@ -181,6 +181,13 @@ def finetune(
             prefetch_factor=4 if config.workers else None,
         )
         totals = {"loss": 0.0, "correct": 0.0, "clips": 0.0}
+
+        def train_on(items: list, step: int, totals: dict[str, float] = totals) -> int:
+            for clips, target in _batches(items, config.batch_size):
+                step = _step(model, classifier, optimizer, clips, target, totals, step, config,
+                             modality, visual, device, generator, recipe)  # fmt: skip
+            return step
+
         failed = 0
         pending: list[tuple[torch.Tensor, int]] = []
         step = 0
@@ -194,39 +201,9 @@ def finetune(
             pending.append((x, int(labels[row])))
             if sum(len(p[0]) for p in pending) < config.batch_size:
                 continue
-            for clips, target in _batches(pending, config.batch_size):
-                step = _step(
-                    model,
-                    classifier,
-                    optimizer,
-                    clips,
-                    target,
-                    totals,
-                    step,
-                    config,
-                    modality,
-                    visual,
-                    device,
-                    generator,
-                    recipe,
-                )
+            step = train_on(pending, step)
             pending = []
-        for clips, target in _batches(pending, config.batch_size):
-            step = _step(
-                model,
-                classifier,
-                optimizer,
-                clips,
-                target,
-                totals,
-                step,
-                config,
-                modality,
-                visual,
-                device,
-                generator,
-                recipe,
-            )
+        step = train_on(pending, step)
         if step % config.accumulate:
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
