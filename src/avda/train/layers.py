@@ -44,7 +44,7 @@ def mlp(sizes: list[int], *, dropout: float = 0.0, final_activation: bool = Fals
 
 
 def dann_annealing(progress: float, alpha: float = 10.0, beta: float = 0.75) -> float:
-    """DANN's learning-rate factor ``1 / (1 + alpha * p) ** beta`` (Ganin et al. 2016, sec. 5.2.2).
+    """DANN's learning-rate factor ``1 / (1 + alpha * p) ** beta`` (Ganin et al. 2016).
 
     The learning rate is ``lr * dann_annealing(p)`` with ``p`` the training progress in [0, 1]:
     0.01 falls to 0.0017 at the end with the paper's ``alpha = 10``, ``beta = 0.75``.

@@ -25,7 +25,7 @@ def classification_loss(
 def domain_adversarial_loss(
     source_logits: torch.Tensor, target_logits: torch.Tensor
 ) -> torch.Tensor:
-    """Cross-entropy of a domain classifier: source = 0, target = 1 (DANN, eq. 9 of Ganin et al.).
+    """Cross-entropy of a domain classifier: source = 0, target = 1 (DANN, Ganin et al.).
 
     Logits of any leading shape ``(..., 2)`` are flattened, so frame- and video-level
     discriminators share this loss.
@@ -68,7 +68,7 @@ def domain_attention(domain_logits: torch.Tensor) -> torch.Tensor:
 def attentive_entropy(
     logits: torch.Tensor, domain_logits: torch.Tensor, multi_label: bool = False
 ) -> torch.Tensor:
-    """TA3N's attentive entropy (Chen et al. 2019, eq. 7): ``mean_j (1 + H(d_j)) H(y_j)``.
+    """TA3N's attentive entropy (Chen et al. 2019): ``mean_j (1 + H(d_j)) H(y_j)``.
 
     ``logits`` ``(B, C)`` are class predictions and ``domain_logits`` ``(B, 2)`` the video-level
     discriminator's, for the same (source and target) samples. Nothing is detached, as in the
@@ -94,7 +94,7 @@ def gaussian_bandwidth_exponents(
 def multi_kernel_mmd(
     source: torch.Tensor, target: torch.Tensor, exponents: tuple[float, ...]
 ) -> torch.Tensor:
-    """Squared multi-kernel MMD between two samples (DAN, Long et al. 2015, eq. 3 and 5).
+    """Squared multi-kernel MMD between two samples (DAN, Long et al. 2015).
 
     ``k(x, y) = mean_u exp(-||x - y||^2 / (2^e_u gamma))`` with ``gamma`` the mean squared
     distance between distinct points of the joint batch (detached, DAN's bandwidth heuristic)
@@ -116,7 +116,7 @@ def multi_kernel_mmd(
 def relative_norm_alignment(
     features_a: torch.Tensor, features_b: torch.Tensor, radius: float = 1.0
 ) -> torch.Tensor:
-    """RNA (Planamente et al. 2022, eq. 2): ``(E[||f_a||_2] / E[||f_b||_2] - radius)^2``.
+    """RNA (Planamente et al. 2022): ``(E[||f_a||_2] / E[||f_b||_2] - radius)^2``.
 
     The ratio of the batch means of the per-sample L2 norms, not the mean of per-sample ratios.
     """

@@ -8,7 +8,7 @@ target samples (Algorithm 1), and keep all weights::
            logits = sum_m cls_m(h_m)
     mid:   concat_m mean_K(x_m) -> Linear(sum D_m -> H) -> BN -> ReLU -> Dropout -> cls
 
-    BN_m(u) = gamma (u - mu_d) / sqrt(sigma_d^2 + eps) + beta,   d = source | target   (eq. 1)
+    BN_m(u) = gamma (u - mu_d) / sqrt(sigma_d^2 + eps) + beta,   d = source | target
     mu_t, sigma_t^2: mean and variance of u over all target training segments          (Alg. 1)
 
 Training is source-only (``L = L_y``); before each evaluation the loop calls

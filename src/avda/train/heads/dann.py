@@ -6,10 +6,10 @@
                                                    |
                                                    +-> GRL(lambda_p) -> D: F->100->2 -> L_d
 
-    L = L_y + L_d                                                                  (eq. 10)
+    L = L_y + L_d                                             (the saddle-point objective)
     the GRL multiplies the gradient reaching h by -lambda_p, the discriminator gets the full
-    gradient; lambda_p = 0.2 * (2 / (1 + exp(-10 p)) - 1)                         (eq. 14)
-    lr_p = 0.01 / (1 + 10 p)^0.75, momentum SGD (0.9)                              (sec. 5.2.2)
+    gradient; lambda_p = 0.2 * (2 / (1 + exp(-10 p)) - 1)          (the paper's schedule)
+    lr_p = 0.01 / (1 + 10 p)^0.75, momentum SGD (0.9)               (the paper's annealing)
 
 with ``p`` the training progress in [0, 1]. ``discriminator="joint"`` puts one discriminator on
 the fused embedding; "per-modality" one per modality (late fusion only), the adversarial

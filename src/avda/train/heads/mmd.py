@@ -6,9 +6,9 @@ DAN (Long, Cao, Wang, Jordan; ICML 2015) on cached features::
                                                     |
                                                     +-> MK-MMD^2(h_source, h_target)
 
-    L = L_y + lambda * MK-MMD^2                                                    (eq. 8)
-    MK-MMD^2 = || E_s[phi(h)] - E_t[phi(h)] ||^2_{H_k}                             (eq. 3)
-    k = sum_u beta_u k_u,  k_u(x, y) = exp(-||x - y||^2 / gamma_u)                 (eq. 5)
+    L = L_y + lambda * MK-MMD^2                                  (DAN's objective)
+    MK-MMD^2 = || E_s[phi(h)] - E_t[phi(h)] ||^2_{H_k}
+    k = sum_u beta_u k_u,  k_u(x, y) = exp(-||x - y||^2 / gamma_u)   (multi-kernel family)
     gamma_u = 2^e gamma, e in {-8, -7.5, ..., 8} (33 kernels), gamma = mean squared pairwise
     distance of the batch, beta_u = 1 / 33
 

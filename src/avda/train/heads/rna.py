@@ -4,9 +4,9 @@ Audio-visual domain generalisation by balancing the mean feature norms of the mo
 
     x_m (B, K, D_m) -mean_K-> Linear(D_m -> 1024) -> ReLU = f_m (B, 1024)   stand-in for F^m
       f_m -> Dropout(0.5) -> Linear(1024 -> C) -> logits_m ;  logits = sum_m logits_m
-      L_RNA = mean over pairs (a, b) of (E[||f_b||_2] / E[||f_a||_2] - 1)^2             (eq. 2)
+      L_RNA = mean over pairs (a, b) of (E[||f_b||_2] / E[||f_a||_2] - 1)^2
 
-    dg  (multi-source, no target):  L = L_y + lambda L_RNA^s                        (eq. 3)
+    dg  (multi-source, no target):  L = L_y + lambda L_RNA^s
     uda (unlabelled target):        L = L_y + lambda (L_RNA^s + L_RNA^t)            (supp. eq. 2)
                                         + w_adv sum_m L_d^m + w_im L_IM^t
 

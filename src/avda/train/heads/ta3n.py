@@ -14,18 +14,19 @@ The EPIC-KITCHENS-100 UDA baseline configuration of the authors' code
            v --GRL(beta_1)--> Linear(256->256) -> ReLU -> Linear(256->2)       video domain d_v
            v -> Linear(256 -> C_task) per task (verb 97, noun 300)              logits
 
-    L = L_y + (L_d^relation + L_d^video + L_d^frame) + gamma * L_ae              (paper eq. 8)
+    L = L_y + (L_d^relation + L_d^video + L_d^frame) + gamma * L_ae
     L_y   = mean over tasks of CE (0.5 (CE_verb + CE_noun)), source only
-    L_d   = CE of each discriminator, source = 0, target = 1, weight 1           (eq. 2-4)
-    L_ae  = mean over tasks of mean_j (1 + H(d_v,j)) H(y_j), source and target   (eq. 7)
+    L_d   = CE of each discriminator, source = 0, target = 1, weight 1
+    L_ae  = mean over tasks of mean_j (1 + H(d_v,j)) H(y_j), source and target
     beta  = (0.75, 0.75, 0.5) * (2 / (1 + exp(-1 * p')) - 1), p' = p + 1 / epochs
     gamma = 0.003
 
-Equation numbers are those of the ICCV 2019 paper (domain attention eq. 5-6). Every number
-above is the authors' EPIC-100 code (see ``docs/methods.md``, section ``ta3n``): the GRL only
-scales the gradient reaching the features (discriminators get full-strength gradients);
-nothing is detached, so the classification loss also trains the relation discriminators
-through the attention; ``p'`` is the authors' progress, which starts at ``1 / epochs`` because
+The ICCV 2019 paper is not in ``shared/papers``, so its equation numbers could not be checked;
+the terms keep its names (L_y, L_d, L_ae, domain attention). Every number above is the
+authors' EPIC-100 code (see ``docs/methods.md``, section ``ta3n``): the GRL only scales the
+gradient reaching the features (discriminators get full-strength gradients); nothing is
+detached, so the classification loss also trains the relation discriminators through the
+attention; ``p'`` is the authors' progress, which starts at ``1 / epochs`` because
 their epochs count from 1. Weights and biases of the shared, frame, video and classifier
 layers start at ``N(0, 0.001)`` and 0; TRN-M and relation discriminators use PyTorch's
 defaults. :func:`convert_authors_state_dict` loads the authors' ``checkpoint.pth.tar``.
