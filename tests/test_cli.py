@@ -205,3 +205,17 @@ def test_evaluate_exports_the_epic100_submission(capsys, tmp_path):
     code, _, err = run(capsys, "evaluate", str(tmp_path / "run"), "--export-submission", str(out),
                        "--sls", "2,x")  # fmt: skip
     assert code == 1 and "--sls expects three integers" in err
+
+
+def test_evaluate_checkpoint_average_protocol(capsys, tmp_path):
+    make_feature_cache(tmp_path / "c.zarr", per_class=4)
+    code, _, err = run(capsys, "train", "--head", "mm-sada", "--cache", str(tmp_path / "c.zarr"),
+                       "--source", "source", "--target", "target", "-o", str(tmp_path / "run"),
+                       "--epochs", "3", "--set", "keep_last_predictions=2",
+                       "--set", "pretrain_epochs=1", "--quiet")  # fmt: skip
+    assert code == 0, err
+    code, out, err = run(capsys, "evaluate", str(tmp_path / "run"), "--checkpoint-average", "2")
+    assert code == 0, err
+    assert "over the last 2 checkpoints" in out
+    code, _, err = run(capsys, "evaluate", str(tmp_path / "run"), "--checkpoint-average", "9")
+    assert code == 1 and "keep_last_predictions=9" in err

@@ -640,9 +640,26 @@ def evaluate(
     sls: Annotated[
         str, typer.Option(help="Supervision levels pt,tl,td for --export-submission.")
     ] = "2,3,3",
+    checkpoint_average: Annotated[
+        int,
+        typer.Option(
+            help="MM-SADA protocol: also print the mean target top-1 of the last N epochs "
+            "(runs trained with keep_last_predictions >= N; the paper uses 9)."
+        ),
+    ] = 0,
 ) -> None:
     """Metrics of finished runs: one row per run, or the papers' tables over many runs."""
     from avda.evaluate import protocols, tables
+
+    if checkpoint_average:
+        from avda.train.heads.mm_sada import checkpoint_accuracy
+
+        for run in runs:
+            result = checkpoint_accuracy(run, last=checkpoint_average)
+            typer.echo(
+                f"{run}: target_test verb top-1 over the last {checkpoint_average} checkpoints "
+                f"{100 * result['top1_mean']:.2f} +- {100 * result['top1_std']:.2f}"
+            )
 
     if export_submission is not None:
         try:
