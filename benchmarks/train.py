@@ -54,21 +54,41 @@ def build_cache(path: Path, sizes: dict[str, int], seed: int = 0) -> None:
         verbs = rng.integers(0, VERBS, count)
         nouns = rng.integers(0, NOUNS, count)
         for i in range(count):
-            rows.append({"uid": f"{domain}-{split}-{i}", "video_id": f"{domain}-{i // 50}",
-                         "domain": domain, "split": split, "start_sec": 0.0, "stop_sec": 2.0,
-                         "verb_class": int(verbs[i]), "noun_class": int(nouns[i])})  # fmt: skip
+            rows.append(
+                {
+                    "uid": f"{domain}-{split}-{i}",
+                    "video_id": f"{domain}-{i // 50}",
+                    "domain": domain,
+                    "split": split,
+                    "start_sec": 0.0,
+                    "stop_sec": 2.0,
+                    "verb_class": int(verbs[i]),
+                    "noun_class": int(nouns[i]),
+                }
+            )
     segments = pd.DataFrame(rows)
     store = cache_lib.create(
-        path, segments, manifest_sha256="0" * 64, recipe={"name": "benchmark-epic100"},
+        path,
+        segments,
+        manifest_sha256="0" * 64,
+        recipe={"name": "benchmark-epic100"},
         chunk_rows=256,
-    )  # fmt: skip
+    )
     verbs = segments["verb_class"].to_numpy()
     nouns = segments["noun_class"].to_numpy()
     is_target = (segments["domain"] == "target").to_numpy()
     for modality in MODALITIES:
-        store.add_modality(modality, num_clips=SNIPPETS, num_features=FEATURES,
-                           info={"backbone": "synthetic-tbn", "weights": None,
-                                 "weights_sha256": None, "input_spec": {}})  # fmt: skip
+        store.add_modality(
+            modality,
+            num_clips=SNIPPETS,
+            num_features=FEATURES,
+            info={
+                "backbone": "synthetic-tbn",
+                "weights": None,
+                "weights_sha256": None,
+                "input_spec": {},
+            },
+        )
         verb_centres = rng.normal(0, 1, (VERBS, FEATURES)).astype(np.float32)
         noun_centres = rng.normal(0, 1, (NOUNS, FEATURES)).astype(np.float32)
         offset = rng.normal(0, 0.5, FEATURES).astype(np.float32)
@@ -79,8 +99,9 @@ def build_cache(path: Path, sizes: dict[str, int], seed: int = 0) -> None:
             base[is_target[block]] += offset
             noise = rng.standard_normal((len(block), SNIPPETS, FEATURES), dtype=np.float32)
             features = np.maximum(base[:, None, :] + noise, 0.0)  # non-negative like TBN
-            store.write(modality, block, features, np.full(len(block), int(Status.DONE)),
-                        [""] * len(block))  # fmt: skip
+            store.write(
+                modality, block, features, np.full(len(block), int(Status.DONE)), [""] * len(block)
+            )
         print(f"  wrote {modality}", file=sys.stderr, flush=True)
 
 
@@ -110,9 +131,16 @@ def main(argv: list[str] | None = None) -> dict:
     run = Path(tempfile.mkdtemp(prefix="avda-bench-run-"))
     began = time.perf_counter()
     train(
-        cache=cache, head="ta3n", source=["source"], target=["target"], out=run, seed=0,
-        overrides={"epochs": epochs, "eval_every": epochs}, device=args.device, progress=True,
-    )  # fmt: skip
+        cache=cache,
+        head="ta3n",
+        source=["source"],
+        target=["target"],
+        out=run,
+        seed=0,
+        overrides={"epochs": epochs, "eval_every": epochs},
+        device=args.device,
+        progress=True,
+    )
     wall = time.perf_counter() - began
     records = runs.read_metrics(run)
     seconds = [r["seconds"] for r in records]

@@ -55,7 +55,9 @@ def _batch(modalities, tasks, generator, size=B, shift=0.0):
     labels = {}
     for task in tasks:
         if task.multi_label:
-            labels[task.name] = (torch.rand(size, task.num_classes, generator=generator) > 0.5).float()
+            labels[task.name] = (
+                torch.rand(size, task.num_classes, generator=generator) > 0.5
+            ).float()
         else:
             labels[task.name] = torch.randint(0, task.num_classes, (size,), generator=generator)
     return inputs, labels
@@ -76,7 +78,9 @@ def test_builds_from_defaults_and_rejects_unknown_keys(name):
     config_class = heads.config_class(name)
     config = config_class.from_dict({})
     assert config.to_dict() == config_class.from_dict(config.to_dict()).to_dict()
-    with pytest.raises(ConfigError, match=rf"unknown {config_class.__name__} field 'bogus_key'") as e:
+    with pytest.raises(
+        ConfigError, match=rf"unknown {config_class.__name__} field 'bogus_key'"
+    ) as e:
         config_class.from_dict({"bogus_key": 1})
     assert "valid:" in str(e.value) and "epochs" in str(e.value)  # the valid fields are listed
     head = heads.create(

@@ -42,7 +42,9 @@ def audio_shift_cache(path, **options):
     target, source = np.flatnonzero(domain == "target"), np.flatnonzero(domain == "source")
     rgb = store.load("rgb")
     rgb[target] -= rgb[target].mean((0, 1)) - rgb[source].mean((0, 1))
-    store.write("rgb", target, rgb[target], np.full(len(target), int(Status.DONE)), [""] * len(target))
+    store.write(
+        "rgb", target, rgb[target], np.full(len(target), int(Status.DONE)), [""] * len(target)
+    )
     return open_cache(path)
 
 
@@ -77,7 +79,9 @@ def fit(name: str, sets, tasks, overrides: dict, seed: int) -> float:
             for _ in range(steps * target_batch // max(len(target), 1) + 2)
             for index in target.batches(target_batch, shuffle=True, generator=generator)
         ]
-        for step, index in enumerate(source.batches(config.batch_size, shuffle=True, generator=generator)):
+        for step, index in enumerate(
+            source.batches(config.batch_size, shuffle=True, generator=generator)
+        ):
             x, y = source.batch(index)
             t = target.batch(target_order[step])[0] if uses_target else None
             loss = head.training_step(x, y, t, (epoch * steps + step) / (config.epochs * steps))
@@ -101,8 +105,13 @@ COMPARISON = {
     "dann": {"adversarial_loss": "confusion"},
     "adabn": {},
     "mmd": {},
-    "mm-sada": {"pretrain_epochs": 8, "lr_steps": [8], "lr": 0.003, "target_batch_size": 8,
-                "embedding_dim": 64},  # fmt: skip
+    "mm-sada": {
+        "pretrain_epochs": 8,
+        "lr_steps": [8],
+        "lr": 0.003,
+        "target_batch_size": 8,
+        "embedding_dim": 64,
+    },
     "ta3n": {"target_batch_size": 8, "lr_steps": [8, 16]},
     "rna": {"setting": "uda", "embedding_dim": 64},
 }
@@ -111,7 +120,12 @@ COMPARISON = {
 @pytest.fixture(scope="module")
 def shifted(tmp_path_factory):
     store = audio_shift_cache(
-        tmp_path_factory.mktemp("shift") / "c.zarr", per_class=12, num_classes=4, shift=8.0, D=8, K=3
+        tmp_path_factory.mktemp("shift") / "c.zarr",
+        per_class=12,
+        num_classes=4,
+        shift=8.0,
+        D=8,
+        K=3,
     )
     return load_sets(store)
 
@@ -150,11 +164,18 @@ def test_adaptation_beats_source_only_through_the_loop(name, tmp_path):
     means = {}
     for head, overrides in (("source-only", base), (name, options)):
         scores = [
-            train(cache=cache, head=head, source=["source"], target=["target"],
-                  out=tmp_path / f"{head}-{seed}", seed=seed, overrides=overrides,
-                  progress=False).metrics["target_test/verb/top1"]
+            train(
+                cache=cache,
+                head=head,
+                source=["source"],
+                target=["target"],
+                out=tmp_path / f"{head}-{seed}",
+                seed=seed,
+                overrides=overrides,
+                progress=False,
+            ).metrics["target_test/verb/top1"]
             for seed in SEEDS
-        ]  # fmt: skip
+        ]
         means[head] = float(np.mean(scores))
     assert means[name] > means["source-only"] + 0.1, means
 
@@ -163,9 +184,11 @@ def test_adaptation_beats_source_only_through_the_loop(name, tmp_path):
 def test_adabn_uses_exact_target_statistics(shifted):
     sets, tasks = shifted
     head = heads.create(
-        "adabn", inputs={m: tuple(x.shape[1:]) for m, x in sets["source_train"].inputs.items()},
-        tasks=tasks, overrides={"statistics_batch_size": 7},
-    )  # fmt: skip
+        "adabn",
+        inputs={m: tuple(x.shape[1:]) for m, x in sets["source_train"].inputs.items()},
+        tasks=tasks,
+        overrides={"statistics_batch_size": 7},
+    )
     target = sets["target_train"]
     head.before_evaluation(sets["target_test"], target)
     for modality in head.modalities:
@@ -218,19 +241,36 @@ def test_ta3n_loads_only_its_snippets(tmp_path):
     with pytest.raises(Exception, match="do not fit the 25 clips"):
         data_lib.load_set(store, "x", rows, ["rgb"], tasks, {"rgb": [30]})
     result = train(
-        cache=tmp_path / "c.zarr", head="ta3n", source=["source"], target=["target"],
-        out=tmp_path / "run", overrides={"epochs": 2, "batch_size": 8, "target_batch_size": 8},
+        cache=tmp_path / "c.zarr",
+        head="ta3n",
+        source=["source"],
+        target=["target"],
+        out=tmp_path / "run",
+        overrides={"epochs": 2, "batch_size": 8, "target_batch_size": 8},
         progress=False,
-    )  # fmt: skip
+    )
     assert 0.0 <= result.metrics["target_test/verb/top1"] <= 1.0
 
 
 def test_mm_sada_last_nine_checkpoint_average(tmp_path):
     make_feature_cache(tmp_path / "c.zarr", per_class=6, K=5, D=8, shift=1.0)
-    options = {"epochs": 12, "pretrain_epochs": 4, "lr_steps": [4], "embedding_dim": 16,
-               "batch_size": 8, "target_batch_size": 8}  # fmt: skip
-    train(cache=tmp_path / "c.zarr", head="mm-sada", source=["source"], target=["target"],
-          out=tmp_path / "run", overrides=options, progress=False)  # fmt: skip
+    options = {
+        "epochs": 12,
+        "pretrain_epochs": 4,
+        "lr_steps": [4],
+        "embedding_dim": 16,
+        "batch_size": 8,
+        "target_batch_size": 8,
+    }
+    train(
+        cache=tmp_path / "c.zarr",
+        head="mm-sada",
+        source=["source"],
+        target=["target"],
+        out=tmp_path / "run",
+        overrides=options,
+        progress=False,
+    )
     epochs = sorted(p.name for p in (tmp_path / "run" / "epochs").iterdir())
     assert epochs == [f"{e:04d}" for e in range(4, 13)]  # the last 9 of 12
     summary = checkpoint_accuracy(tmp_path / "run")
@@ -257,7 +297,13 @@ def test_rna_dg_trains_without_target_batches_and_uda_with(tmp_path, monkeypatch
 
     monkeypatch.setattr(heads.HEADS.get("rna"), "training_step", spy)
     for setting in ("dg", "uda"):
-        train(cache=tmp_path / "c.zarr", head="rna", source=["source"], target=["target"],
-              out=tmp_path / setting, progress=False,
-              overrides={"setting": setting, "epochs": 1, "batch_size": 8, "embedding_dim": 16})  # fmt: skip
+        train(
+            cache=tmp_path / "c.zarr",
+            head="rna",
+            source=["source"],
+            target=["target"],
+            out=tmp_path / setting,
+            progress=False,
+            overrides={"setting": setting, "epochs": 1, "batch_size": 8, "embedding_dim": 16},
+        )
     assert seen[0] is False and seen[-1] is True

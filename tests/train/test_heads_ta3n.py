@@ -45,7 +45,12 @@ GOLDEN = {
     "adversarial_frame": 0.6841862797737122,
     "attentive_entropy": 8.107558250427246,
 }
-GOLDEN_ATTENTION_ROW0 = [0.3075979948043823, 0.30772098898887634, 0.30758199095726013, 0.3076019883155823]
+GOLDEN_ATTENTION_ROW0 = [
+    0.3075979948043823,
+    0.30772098898887634,
+    0.30758199095726013,
+    0.3076019883155823,
+]
 GOLDEN_GRADIENT_SUMS = {  # sum |grad| per authors' parameter
     "fc_feature_shared_source.weight": 2501.3692288105335,
     "fc_classifier_video_verb_source.weight": 640.7794150591865,
@@ -54,7 +59,12 @@ GOLDEN_GRADIENT_SUMS = {  # sum |grad| per authors' parameter
     "fc_classifier_domain_video.bias": 0.09074582159519196,
     "TRN.fc_fusion_scales.0.1.weight": 177.58720749411003,
 }
-GOLDEN_EVAL_VERB_ROW0 = [1.152748703956604, 1.3927682638168335, 1.3307446241378784, 0.9789444804191589]
+GOLDEN_EVAL_VERB_ROW0 = [
+    1.152748703956604,
+    1.3927682638168335,
+    1.3307446241378784,
+    0.9789444804191589,
+]
 GOLDEN_EVAL_NOUN_SUM = 10.119155403226614
 AUTHORS_PARAMETERS = 4705574  # all of VideoModel's, unused modules included
 AUTHORS_LOSS_PATH_PARAMETERS = 4106649  # those that receive a gradient
@@ -122,7 +132,12 @@ def test_golden_loss_gradients_and_outputs():
 def test_defaults_are_the_epic100_scripts():
     config = heads.config_class("ta3n").from_dict({})
     assert (config.epochs, config.batch_size, config.target_batch_size) == (30, 128, 207)
-    assert (config.optimizer, config.lr, config.momentum, config.nesterov) == ("sgd", 3e-3, 0.9, True)
+    assert (config.optimizer, config.lr, config.momentum, config.nesterov) == (
+        "sgd",
+        3e-3,
+        0.9,
+        True,
+    )
     assert (config.weight_decay, config.grad_clip, config.lr_gamma) == (1e-4, 20.0, 0.1)
     assert (config.frame_dropout, config.video_dropout, config.shared_dim) == (0.5, 0.5, 512)
     assert config.beta == (0.75, 0.75, 0.5) and config.attentive_entropy_weight == 0.003
@@ -175,7 +190,8 @@ def test_snippet_selection():
     x = torch.randn(2, 25, 8)
     with torch.no_grad():
         torch.testing.assert_close(
-            full({"rgb": x}).logits["verb"], picked({"rgb": x[:, [2, 7, 12, 17, 22]]}).logits["verb"]
+            full({"rgb": x}).logits["verb"],
+            picked({"rgb": x[:, [2, 7, 12, 17, 22]]}).logits["verb"],
         )
 
 
@@ -187,18 +203,22 @@ def test_concatenation_order_and_errors():
     with pytest.raises(ConfigError, match="same number of clips"):
         heads.create("ta3n", inputs={"rgb": (5, 4), "audio": (1, 4)}, tasks=[Task("verb", 3)])
     with pytest.raises(ConfigError, match="num_segments must be >= 2"):
-        heads.create("ta3n", inputs={"rgb": (5, 4)}, tasks=[Task("verb", 3)],
-                     overrides={"num_segments": 1})  # fmt: skip
+        heads.create(
+            "ta3n", inputs={"rgb": (5, 4)}, tasks=[Task("verb", 3)], overrides={"num_segments": 1}
+        )
 
 
 def test_authors_checkpoint_conversion():
     head = _epic_head()
-    theirs = {f"module.{k}": _value(k, head.state_dict()[v].shape) for k, v in
-              authors_key_map(5, ["verb", "noun"]).items()}  # fmt: skip
+    theirs = {
+        f"module.{k}": _value(k, head.state_dict()[v].shape)
+        for k, v in authors_key_map(5, ["verb", "noun"]).items()
+    }
     theirs["module.fc_feature_source.weight"] = torch.zeros(512, 512)  # unused by TA3N: ignored
     head.load_state_dict(convert_authors_state_dict(theirs, head))
-    torch.testing.assert_close(head.shared.weight, _value("fc_feature_shared_source.weight",
-                                                          (512, 3072)))  # fmt: skip
+    torch.testing.assert_close(
+        head.shared.weight, _value("fc_feature_shared_source.weight", (512, 3072))
+    )
     missing = dict(theirs)
     del missing["module.fc_feature_domain.weight"]
     with pytest.raises(CheckpointError, match="fc_feature_domain.weight"):
@@ -231,11 +251,26 @@ def test_live_parity():
     finally:
         sys.path.remove(path)
     reference = models.VideoModel(
-        [97, 300], "video", "trn-m", "ALL", train_segments=5, val_segments=5, base_model="TBN",
-        add_fc=1, fc_dim=512, dropout_i=0.0, dropout_v=0.0, partial_bn=False, use_bn="none",
-        ens_DA="none", use_attn="TransAttn", n_attn=1, use_attn_frame="none", verbose=False,
+        [97, 300],
+        "video",
+        "trn-m",
+        "ALL",
+        train_segments=5,
+        val_segments=5,
+        base_model="TBN",
+        add_fc=1,
+        fc_dim=512,
+        dropout_i=0.0,
+        dropout_v=0.0,
+        partial_bn=False,
+        use_bn="none",
+        ens_DA="none",
+        use_attn="TransAttn",
+        n_attn=1,
+        use_attn_frame="none",
+        verbose=False,
         share_params="Y",
-    )  # fmt: skip
+    )
     generator = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for parameter in reference.parameters():

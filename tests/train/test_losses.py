@@ -135,9 +135,7 @@ def test_correspondence_labels_and_rotated_negatives():
     assert pairs[:, 0].tolist() == [0, 1, 2, 3, 4, 5]
     # negatives: flow rotated by one within the second half -> from another segment
     assert pairs[:, 1].tolist() == [100, 101, 102, 104, 105, 103]
-    pairs, labels = correspondence_pairs(
-        {m: f[:3] for m, f in features.items()}, ["rgb", "flow"]
-    )
+    pairs, labels = correspondence_pairs({m: f[:3] for m, f in features.items()}, ["rgb", "flow"])
     assert labels.tolist() == [1, 1, 0] and pairs[:, 1].tolist() == [100, 101, 100]
     logits = torch.tensor([[0.0, 0.0], [0.0, math.log(3.0)]])
     assert float(correspondence_loss(logits, torch.tensor([1, 1]))) == pytest.approx(
