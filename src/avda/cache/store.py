@@ -326,15 +326,7 @@ class FeatureCache:
 
     def load(self, modality: str, rows: np.ndarray | None = None) -> np.ndarray:
         """Features of ``rows`` (all rows if None) in memory as float32 ``(n, K, D)``."""
-        array = self.features(modality)
-        if rows is None:
-            return array[:].astype(np.float32)
-        rows = np.asarray(rows)
-        if len(rows) == 0:
-            return np.zeros((0, *array.shape[1:]), dtype=np.float32)
-        # Read the covering range chunk-wise, then select: far faster than point reads.
-        lo, hi = int(rows.min()), int(rows.max()) + 1
-        return array[lo:hi][rows - lo].astype(np.float32)
+        return _read_rows(self.features(modality), rows)
 
     def to_dask(self, modality: str):
         """A dask array over the Zarr chunks, for caches larger than memory."""
@@ -365,21 +357,15 @@ class FeatureCache:
         if not self.has_spatial(modality):
             raise CacheError(
                 f"cache {self.path} has no spatial maps for {modality!r} "
-                f"({SPATIAL_GROUP}/{modality}); extract them with `avda extract --spatial`, "
+                f"({SPATIAL_GROUP}/{modality}); extract them with a spatial recipe "
+                "(`avda extract --recipe cia`), "
                 "or use the head's pooled-feature mode"
             )
         return self._group[SPATIAL_GROUP][modality]
 
     def load_spatial(self, modality: str, rows: np.ndarray | None = None) -> np.ndarray:
         """Spatial maps of ``rows`` (all if None) in memory as float32 ``(n, K, C, *S)``."""
-        array = self.spatial(modality)
-        if rows is None:
-            return array[:].astype(np.float32)
-        rows = np.asarray(rows)
-        if len(rows) == 0:
-            return np.zeros((0, *array.shape[1:]), dtype=np.float32)
-        lo, hi = int(rows.min()), int(rows.max()) + 1
-        return array[lo:hi][rows - lo].astype(np.float32)
+        return _read_rows(self.spatial(modality), rows)
 
     def summary(self) -> str:
         """A human-readable description (``avda cache info``)."""
@@ -421,6 +407,20 @@ def _divisor_rows(chunk_rows: int, row_bytes: int, limit: int = 64 * 2**20) -> i
         if chunk_rows % rows == 0 and rows * row_bytes <= limit:
             return rows
     return 1
+
+
+def _read_rows(array: zarr.Array, rows: np.ndarray | None) -> np.ndarray:
+    """Rows of a row-chunked array (all if None) in memory as float32.
+
+    Reads the covering range chunk-wise, then selects: far faster than point reads.
+    """
+    if rows is None:
+        return array[:].astype(np.float32)
+    rows = np.asarray(rows)
+    if len(rows) == 0:
+        return np.zeros((0, *array.shape[1:]), dtype=np.float32)
+    lo, hi = int(rows.min()), int(rows.max()) + 1
+    return array[lo:hi][rows - lo].astype(np.float32)
 
 
 def _segment_values(frame: pd.DataFrame, name: str, kind: str) -> np.ndarray:
