@@ -112,6 +112,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument(
+        "--precision", choices=["fp32", "bf16"], default="fp32", help="the head's precision"
+    )
+    parser.add_argument(
         "--cache-dir", type=Path, default=Path(tempfile.gettempdir()) / "avda-bench"
     )
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
@@ -137,7 +140,7 @@ def main(argv: list[str] | None = None) -> dict:
         target=["target"],
         out=run,
         seed=0,
-        overrides={"epochs": epochs, "eval_every": epochs},
+        overrides={"epochs": epochs, "eval_every": epochs, "precision": args.precision},
         device=args.device,
         progress=True,
     )
@@ -151,6 +154,7 @@ def main(argv: list[str] | None = None) -> dict:
         "device": args.device
         if args.device != "cpu"
         else f"cpu x{torch.get_num_threads()} threads",
+        "precision": args.precision,
         "segments": {"source_train": sizes["source"], "target_train": sizes["target"]},
         "epochs": len(records),
         "epoch_seconds": seconds,

@@ -62,6 +62,30 @@ def test_same_seed_same_numbers(shifted_cache, tmp_path):
     np.testing.assert_array_equal(a, b)
 
 
+def test_bf16_precision_trains_like_fp32(shifted_cache, tmp_path, monkeypatch):
+    from avda.train import loop
+
+    seen = []
+    real = torch.autocast
+
+    def recording_autocast(device_type, dtype=None, enabled=True, **kwargs):
+        seen.append((device_type, dtype, enabled))
+        return real(device_type, dtype=dtype, enabled=enabled, **kwargs)
+
+    monkeypatch.setattr(loop.torch, "autocast", recording_autocast)
+    fp32 = _train(shifted_cache, tmp_path / "fp32", head="ta3n", epochs=6, batch_size=16)
+    bf16 = _train(
+        shifted_cache, tmp_path / "bf16", head="ta3n", epochs=6, batch_size=16, precision="bf16"
+    )
+    assert seen == [("cpu", torch.bfloat16, False), ("cpu", torch.bfloat16, True)]
+    assert runs.read_config(tmp_path / "bf16")["head_config"]["precision"] == "bf16"
+    losses = [[m["train/loss"] for m in runs.read_metrics(tmp_path / r)] for r in ("fp32", "bf16")]
+    assert losses[0] != losses[1]  # bf16 really ran
+    np.testing.assert_allclose(losses[1], losses[0], rtol=0.05)
+    top1 = "source_test/verb/top1"
+    assert abs(bf16.metrics[top1] - fp32.metrics[top1]) <= 0.1
+
+
 def test_resume_after_interruption_matches_uninterrupted(shifted_cache, tmp_path, monkeypatch):
     from avda.train import loop
 

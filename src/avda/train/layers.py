@@ -90,16 +90,18 @@ class MultiScaleTemporalRelation(nn.Module):
             for s in self.scales
         )
         self.output_dim = bottleneck
+        for scale, subsets in enumerate(self.subsets):  # not in the state dict
+            self.register_buffer(f"_subsets_{scale}", torch.tensor(subsets), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B = x.shape[0]
+        B, _, D = x.shape
         per_scale = []
-        for subsets, fusion in zip(self.subsets, self.fusions, strict=True):
-            total = 0
-            for subset in subsets:
-                frames = x[:, list(subset)].reshape(B, -1)  # (B, s, D) -> (B, s*D)
-                total = total + fusion(frames)
-            per_scale.append(total)
+        for scale, fusion in enumerate(self.fusions):
+            index = getattr(self, f"_subsets_{scale}")  # (n, s) frame indices
+            n, s = index.shape
+            # all n subsets of the scale in one matmul: (B, n, s*D) -> (B, n, H) -> sum
+            frames = x.index_select(1, index.flatten()).reshape(B, n, s * D)
+            per_scale.append(fusion(frames).sum(dim=1))
         return torch.stack(per_scale, dim=1)  # (B, F-1, H)
 
 

@@ -256,6 +256,9 @@ def train(
         runs.truncate_metrics(out, 0)
 
     target_batch = config.target_batch_size or config.batch_size
+    autocast = torch.autocast(
+        torch.device(device).type, dtype=torch.bfloat16, enabled=config.precision == "bf16"
+    )
     metrics: dict[str, float] = {}
     bar = tqdm(
         range(start_epoch, config.epochs + 1),
@@ -278,9 +281,10 @@ def train(
             target_inputs = None
             if target_batches is not None:
                 target_inputs, _ = target_set.batch(next(target_batches), device)
-            losses = model.training_step(
-                source_inputs, source_labels, target_inputs, progress_fraction
-            )
+            with autocast:
+                losses = model.training_step(
+                    source_inputs, source_labels, target_inputs, progress_fraction
+                )
             loss = losses["loss"]
             if not torch.isfinite(loss):
                 raise TrainingDiverged(

@@ -63,6 +63,10 @@ class HeadConfig(Config):
     # (Ganin et al. 2016), p the training progress
     lr_schedule: Literal["step", "dann"] = "step"
     grad_clip: float = 0.0  # max gradient norm; 0 disables
+    # "bf16": the training forward runs under torch.autocast in bfloat16 (weights, gradients
+    # and the optimiser stay float32); 1.7x faster for TA3N on a CPU with AVX512-BF16, and on
+    # GPUs. Evaluation always runs in float32.
+    precision: Literal["fp32", "bf16"] = "fp32"
     standardize: bool = False  # z-score features with source-train statistics
     eval_every: int = 1
     # also write the evaluation predictions after each of the last N epochs to
