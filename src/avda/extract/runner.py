@@ -43,7 +43,7 @@ from avda.cache import FeatureCache, Status
 from avda.data_manifests import schema as manifest_schema
 from avda.errors import CacheError, ConfigError, MediaError
 from avda.extract import backbones
-from avda.extract.inference import BatchRunner, Precision, features_and_spatial, memory_format
+from avda.extract.inference import BatchRunner, Precision, features_and_spatial, prepare_model
 from avda.extract.inputs import AUDIO_RECIPE_OF_BACKBONE, InputPaths, SegmentDataset, worker_init
 from avda.extract.sampling import Recipe
 from avda.extract.transforms import check_clip_frames, model_input
@@ -422,9 +422,7 @@ def _extract_modality(
         return
     log.info("%s: %d segments to extract with %s", spec.modality, len(rows), spec.backbone)
     cuda = device.startswith("cuda")
-    model.to(device)
-    if cuda:  # channels-last convolutions run faster on tensor cores
-        model.to(memory_format=memory_format(model.input_spec))
+    prepare_model(model, device)  # BN folded, channels-last
 
     dataset = SegmentDataset(
         segments,

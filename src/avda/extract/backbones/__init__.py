@@ -12,7 +12,13 @@ from pathlib import Path
 from typing import Any
 
 from avda.errors import ConfigError
-from avda.extract.backbones._base import MODALITIES, Backbone, InputSpec, init_random_features_
+from avda.extract.backbones._base import (
+    MODALITIES,
+    Backbone,
+    InputSpec,
+    fold_batch_norm_,
+    init_random_features_,
+)
 from avda.registry import Registry, unknown_name_message
 
 log = logging.getLogger(__name__)
@@ -59,4 +65,12 @@ from avda.extract.backbones import i3d as _i3d  # noqa: E402,F401
 from avda.extract.backbones import slowfast as _slowfast  # noqa: E402,F401
 from avda.extract.backbones import tbn as _tbn  # noqa: E402,F401
 
-__all__ = ["BACKBONES", "Backbone", "InputSpec", "create", "names", "register"]
+__all__ = [
+    "BACKBONES",
+    "Backbone",
+    "InputSpec",
+    "create",
+    "fold_batch_norm_",
+    "names",
+    "register",
+]

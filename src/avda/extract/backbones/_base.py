@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+from collections.abc import Iterator
 from typing import Any, Literal
 
 import torch
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 Modality = Literal["rgb", "flow", "audio"]
 MODALITIES: tuple[str, ...] = ("rgb", "flow", "audio")
@@ -60,6 +62,16 @@ class Backbone(nn.Module, abc.ABC):
     num_features: int = 0
     input_spec: InputSpec
 
+    def conv_bn_pairs(self) -> Iterator[tuple[nn.Module, str, str]]:
+        """``(parent, conv, bn)`` for every BatchNorm applied directly to a conv's output.
+
+        Submodules declare theirs in a ``CONV_BN`` class attribute of attribute-name pairs;
+        backbones built from modules they do not own (torchvision's) override this.
+        """
+        for module in self.modules():
+            for conv, bn in getattr(module, "CONV_BN", ()):
+                yield module, conv, bn
+
     @abc.abstractmethod
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Pooled features ``(B, num_features)`` for a preprocessed batch."""
@@ -91,3 +103,24 @@ def init_random_features_(module: nn.Module) -> nn.Module:
             if layer.bias is not None:
                 nn.init.zeros_(layer.bias)
     return module
+
+
+def fold_batch_norm_(model: Backbone) -> int:
+    """Fold each BatchNorm of ``model.conv_bn_pairs()`` into its conv, for inference.
+
+    ``conv -> BN`` with running statistics is one conv with scaled weights and a bias: the same
+    function (up to float rounding) with one pass over the activations less. The BN becomes an
+    ``nn.Identity``, so a folded model can no longer be trained; call on eval-mode models only.
+    Returns the number of layers folded (0 when already folded).
+    """
+    if model.training:
+        raise RuntimeError("fold_batch_norm_ needs a model in eval mode")
+    folded = 0
+    for parent, conv_name, bn_name in list(model.conv_bn_pairs()):
+        conv, bn = getattr(parent, conv_name), getattr(parent, bn_name)
+        if not isinstance(bn, nn.modules.batchnorm._BatchNorm):
+            continue  # folded before
+        setattr(parent, conv_name, fuse_conv_bn_eval(conv, bn))
+        setattr(parent, bn_name, nn.Identity())
+        folded += 1
+    return folded

@@ -113,6 +113,16 @@ class AudioResNet18(Backbone):
         self.avgpool = network.avgpool
         self.fc = network.fc
 
+    def conv_bn_pairs(self):
+        """The stem, each BasicBlock's two convs and its downsample (torchvision's modules)."""
+        yield self, "conv1", "bn1"
+        for layer in (self.layer1, self.layer2, self.layer3, self.layer4):
+            for block in layer:
+                yield block, "conv1", "bn1"
+                yield block, "conv2", "bn2"
+                if block.downsample is not None:
+                    yield block.downsample, "0", "1"
+
     def forward_spatial(self, x: torch.Tensor) -> torch.Tensor:
         """layer4 map ``(B, 512, ceil(F/32), ceil(T/32))``, e.g. (B, 512, 9, 32) for 257x1004."""
         if x.dim() != 4 or x.shape[1] != 1:

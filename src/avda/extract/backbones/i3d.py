@@ -235,6 +235,8 @@ def pad_same(x: torch.Tensor, kernel: Triple, stride: Triple) -> torch.Tensor:
 class Unit3D(nn.Module):
     """Conv3d (bias only in the logits layer) + BatchNorm (eps 1e-3) + ReLU, SAME padding."""
 
+    CONV_BN = (("conv3d", "bn"),)
+
     def __init__(
         self,
         in_channels: int,
@@ -250,7 +252,11 @@ class Unit3D(nn.Module):
         self.kernel = kernel
         self.stride = stride
         self.activation = activation
-        self.conv3d = nn.Conv3d(in_channels, out_channels, kernel, stride, padding=0, bias=bias)
+        # With stride 1 and odd kernels SAME padding is symmetric: the conv pads by itself
+        # (no padded copy of the input); otherwise pad_same pads before a VALID conv.
+        self.symmetric = all(s == 1 for s in stride) and all(k % 2 == 1 for k in kernel)
+        padding = tuple(k // 2 for k in kernel) if self.symmetric else 0
+        self.conv3d = nn.Conv3d(in_channels, out_channels, kernel, stride, padding, bias=bias)
         self.bn = (
             nn.BatchNorm3d(out_channels, eps=BATCH_NORM_EPS, momentum=BATCH_NORM_MOMENTUM)
             if batch_norm
@@ -258,7 +264,7 @@ class Unit3D(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.conv3d(pad_same(x, self.kernel, self.stride))
+        x = self.conv3d(x if self.symmetric else pad_same(x, self.kernel, self.stride))
         if self.bn is not None:
             x = self.bn(x)
         return F.relu(x) if self.activation else x

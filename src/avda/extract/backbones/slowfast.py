@@ -136,6 +136,8 @@ def _norm(channels: int) -> nn.BatchNorm3d:
 class Stem(nn.Module):
     """conv (kT, 7, 7) stride (1, 2, 2) ─► BN ─► ReLU ─► maxpool (1, 3, 3) stride (1, 2, 2)."""
 
+    CONV_BN = (("conv", "norm"),)
+
     def __init__(self, out_channels: int, temporal_kernel: int) -> None:
         super().__init__()
         self.conv = nn.Conv3d(
@@ -157,6 +159,8 @@ class Stem(nn.Module):
 class FuseFastToSlow(nn.Module):
     """Lateral connection: time-strided conv of the fast map, concatenated to the slow map."""
 
+    CONV_BN = (("conv_fast_to_slow", "norm"),)
+
     def __init__(self, fast_channels: int) -> None:
         super().__init__()
         self.conv_fast_to_slow = nn.Conv3d(
@@ -177,6 +181,8 @@ class FuseFastToSlow(nn.Module):
 
 class Bottleneck(nn.Module):
     """conv_a (kT, 1, 1) ─► conv_b (1, 3, 3) with the spatial stride ─► conv_c (1, 1, 1)."""
+
+    CONV_BN = (("conv_a", "norm_a"), ("conv_b", "norm_b"), ("conv_c", "norm_c"))
 
     def __init__(
         self, in_channels: int, inner: int, out_channels: int, temporal_kernel: int, stride: int
@@ -207,6 +213,8 @@ class Bottleneck(nn.Module):
 
 class ResBlock(nn.Module):
     """ReLU(branch2(x) + shortcut(x)); shortcut = strided 1x1 conv + BN when shapes change."""
+
+    CONV_BN = (("branch1_conv", "branch1_norm"),)
 
     def __init__(
         self, in_channels: int, out_channels: int, temporal_kernel: int, stride: int

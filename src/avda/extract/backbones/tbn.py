@@ -278,6 +278,12 @@ class BNInception(Backbone):
             out_channels += in_channels
         return out_channels
 
+    def conv_bn_pairs(self):
+        """Every conv ``name`` with its ``name_bn`` (:meth:`_unit` applies them in a row)."""
+        for name, module in self.named_children():
+            if isinstance(module, nn.Conv2d) and hasattr(self, f"{name}_bn"):
+                yield self, name, f"{name}_bn"
+
     def _unit(self, name: str, x: torch.Tensor) -> torch.Tensor:
         """conv -> BN -> ReLU of layer ``name``."""
         return torch.relu(getattr(self, f"{name}_bn")(getattr(self, name)(x)))
