@@ -189,7 +189,8 @@ def test_evaluate_exports_the_epic100_submission(capsys, tmp_path):
     n = len(segments)
     store.write("rgb", np.arange(n), rng.normal(size=(n, 2, 8)), np.full(n, int(Status.DONE)),
                 [""] * n)  # fmt: skip
-    code, _, err = run(capsys, "train", "--head", "source-only", "--cache", str(tmp_path / "c.zarr"),
+    code, _, err = run(capsys, "train", "--head", "source-only",
+                       "--cache", str(tmp_path / "c.zarr"),
                        "--source", "source", "--target", "target", "-o", str(tmp_path / "run"),
                        "--epochs", "1", "--quiet")  # fmt: skip
     assert code == 0, err
