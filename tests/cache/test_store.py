@@ -50,6 +50,24 @@ def test_round_trip_features_status_and_segments(tmp_path):
     assert "rgb" in reopened.summary() and "done 4" in reopened.summary()
 
 
+def test_load_selects_rows_and_clips(tmp_path):
+    store = cache_lib.create(
+        tmp_path / "c.zarr", _segments(), manifest_sha256="ab" * 32, recipe={}, chunk_rows=4
+    )
+    store.add_modality("rgb", num_clips=3, num_features=2, info={"backbone": "i3d"})
+    features = np.arange(10 * 3 * 2, dtype=np.float32).reshape(10, 3, 2)
+    store.write("rgb", np.arange(10), features, np.full(10, int(Status.DONE)), [""] * 10)
+    expected = features.astype(np.float16).astype(np.float32)
+    for rows in ([2, 3, 4, 5], [5, 2, 9], [3, 3, 4, 5], [7], np.arange(10)):
+        for clips in (None, [2, 0], [1]):
+            got = store.load("rgb", np.asarray(rows), None if clips is None else np.asarray(clips))
+            want = expected[rows] if clips is None else expected[rows][:, clips]
+            assert got.dtype == np.float32
+            np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(store.load("rgb", clips=np.array([1])), expected[:, [1]])
+    assert store.load("rgb", np.array([], dtype=int), np.array([0, 2])).shape == (0, 2, 2)
+
+
 def test_failures_table_lists_failed_rows_with_reason(tmp_path):
     store = cache_lib.create(
         tmp_path / "c.zarr", _segments(4), manifest_sha256="0", recipe={}, chunk_rows=2

@@ -324,9 +324,12 @@ class FeatureCache:
         self.modality_info(modality)
         return self._group[schema.FEATURES_GROUP][modality]
 
-    def load(self, modality: str, rows: np.ndarray | None = None) -> np.ndarray:
-        """Features of ``rows`` (all rows if None) in memory as float32 ``(n, K, D)``."""
-        return _read_rows(self.features(modality), rows)
+    def load(
+        self, modality: str, rows: np.ndarray | None = None, clips: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Features of ``rows`` (all rows if None) in memory as float32 ``(n, K, D)``;
+        ``clips`` keeps only those clips (selected before the float32 conversion)."""
+        return _read_rows(self.features(modality), rows, clips)
 
     def to_dask(self, modality: str):
         """A dask array over the Zarr chunks, for caches larger than memory."""
@@ -409,18 +412,31 @@ def _divisor_rows(chunk_rows: int, row_bytes: int, limit: int = 64 * 2**20) -> i
     return 1
 
 
-def _read_rows(array: zarr.Array, rows: np.ndarray | None) -> np.ndarray:
-    """Rows of a row-chunked array (all if None) in memory as float32.
+def _read_rows(
+    array: zarr.Array, rows: np.ndarray | None, clips: np.ndarray | None = None
+) -> np.ndarray:
+    """Rows of a row-chunked array (all if None) in memory as float32, keeping only ``clips``
+    along the second axis when given.
 
-    Reads the covering range chunk-wise, then selects: far faster than point reads.
+    Reads the covering range chunk-wise, then selects: far faster than point reads. The
+    selection runs on the stored dtype, so only what is kept is converted to float32.
     """
     if rows is None:
-        return array[:].astype(np.float32)
-    rows = np.asarray(rows)
-    if len(rows) == 0:
-        return np.zeros((0, *array.shape[1:]), dtype=np.float32)
-    lo, hi = int(rows.min()), int(rows.max()) + 1
-    return array[lo:hi][rows - lo].astype(np.float32)
+        block = array[:]
+    else:
+        rows = np.asarray(rows)
+        if len(rows) == 0:
+            shape = list(array.shape[1:])
+            if clips is not None:
+                shape[0] = len(clips)
+            return np.zeros((0, *shape), dtype=np.float32)
+        lo, hi = int(rows.min()), int(rows.max()) + 1
+        block = array[lo:hi]
+        if len(rows) != hi - lo or np.any(rows[1:] <= rows[:-1]):  # not exactly lo..hi-1
+            block = block[rows - lo]
+    if clips is not None:
+        block = block[:, np.asarray(clips)]
+    return block.astype(np.float32)
 
 
 def _segment_values(frame: pd.DataFrame, name: str, kind: str) -> np.ndarray:

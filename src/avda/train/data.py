@@ -184,7 +184,7 @@ def _load_clips(
         )
     rows = np.asarray(rows)
     blocks = [
-        cache.load(modality, rows[start : start + _CLIP_BLOCK_ROWS])[:, index]
+        cache.load(modality, rows[start : start + _CLIP_BLOCK_ROWS], index)
         for start in range(0, len(rows), _CLIP_BLOCK_ROWS)
     ]
     if not blocks:
