@@ -349,7 +349,8 @@ def test_configuration_errors():
 
 
 # ------------------------------------------------------------------------------ comparison
-COMPARISON = {
+# The one-seed check of the default suite: small networks, short schedules (a plumbing check).
+SMALL_COMPARISON = {
     **TINY,
     "audio_hidden_dim": 64,
     "audio_epochs": 4,
@@ -372,22 +373,37 @@ COMPARISON = {
     "recognizer_head_dim": 16,
     "recognizer_mlp_dim": 128,
 }
+# The 3-seed comparison: the head's defaults (the paper's networks, learning rates, clustering
+# settings); only the schedules are longer, as the synthetic source has 123 segments where the
+# reference's EPIC-55 sources have 1.5k-3.9k, so an epoch here is about a twelfth of the
+# reference's optimisation steps (docs/methods.md, audio-adaptive). The shrunk networks and the
+# 10x encoder lr of SMALL_COMPARISON reach 0.817 here against 0.947 with these settings.
+PAPER_COMPARISON = {
+    "audio_epochs": 48,  # 384 steps (the reference: 4 x 1543 / 16 = 386 on D1)
+    "encoder_epochs": 60,  # 480 steps (the reference: 15 x 1543 / 16 = 1447 on D1)
+    "epochs": 29,
+    "lr_steps": [20],  # 320 steps at 7e-4 (the reference: 3 x 1543 / 8 = 579 on D1), then 7e-5
+    "eval_every": 29,
+}
 BASELINE = {"epochs": 30, "batch_size": 32, "eval_every": 30}
 
 
-def _compare(tmp_path, seeds):
+def _compare(tmp_path, seeds, options):
+    """Target top-1 of source-only, DANN (both: late fusion of RGB and audio) and
+    audio-adaptive (RGB + audio) on the same synthetic caches."""
     scores: dict[str, list[float]] = {}
     for seed in seeds:
         cache = tmp_path / f"c{seed}.zarr"
         make_audio_visual_cache(cache, seed=seed)
-        for head, options in (
+        for head, head_options in (
             ("source-only", BASELINE),
             ("dann", BASELINE),
-            ("audio-adaptive", COMPARISON),
+            ("audio-adaptive", options),
         ):
             result = train(
                 cache=cache, head=head, source=["source"], target=["target"],
-                out=tmp_path / f"{head}-{seed}", seed=seed, overrides=options, progress=False,
+                out=tmp_path / f"{head}-{seed}", seed=seed, overrides=head_options,
+                progress=False,
             )  # fmt: skip
             scores.setdefault(head, []).append(result.metrics["target_test/verb/top1"])
     logging.getLogger(__name__).info("target top-1 per seed: %s", json.dumps(scores))
@@ -395,17 +411,14 @@ def _compare(tmp_path, seeds):
 
 
 def test_beats_source_only_on_one_seed(tmp_path):
-    means, _ = _compare(tmp_path, seeds=[1])
+    means, _ = _compare(tmp_path, seeds=[1], options=SMALL_COMPARISON)
     assert means["audio-adaptive"] > means["source-only"]
 
 
-@pytest.mark.slow
-@pytest.mark.xfail(
-    reason="open: with DANN's current defaults (SGD + annealing, lambda 0.2) DANN reaches 0.844 "
-    "here against audio-adaptive's 0.817; see docs/methods.md, audio-adaptive",
-    strict=False,
-)
 def test_beats_source_only_and_dann_over_three_seeds(tmp_path):
-    means, scores = _compare(tmp_path, seeds=[0, 1, 2])
+    # ~4 min on 2 cores; in the default suite because it is the issue's acceptance check.
+    # Measured (docs/methods.md): source-only 0.733 / 0.592 / 0.833, DANN 0.833 / 0.800 / 0.900,
+    # audio-adaptive 0.942 / 0.933 / 0.967.
+    means, scores = _compare(tmp_path, seeds=[0, 1, 2], options=PAPER_COMPARISON)
     assert means["audio-adaptive"] > means["source-only"] + 0.02, scores
     assert means["audio-adaptive"] > means["dann"] + 0.02, scores
