@@ -8,6 +8,7 @@ reference implementations are in ``tests/extract/data`` (see ``make_reference_va
 from __future__ import annotations
 
 import argparse
+import copy
 import importlib.util
 import json
 import zipfile
@@ -19,6 +20,7 @@ import numpy as np
 import pytest
 import torch
 
+from avda.cache import Status
 from avda.errors import CheckpointError, ConfigError, UnknownNameError
 from avda.extract import backbones
 from avda.extract.backbones import audio_resnet, i3d, slowfast, tbn
@@ -620,3 +622,28 @@ def test_matches_reference_implementation(path: Path) -> None:
     for key, expected in record["outputs"].items():
         error = (ours[key] - expected).abs().max() / expected.abs().max()
         assert error < 1e-4, f"{path.name} {key}: relative error {error:.2e}"
+
+
+@pytest.mark.parametrize(("name", "modality"), [("audio_resnet18", "audio"), ("i3d", "rgb")])
+def test_bfloat16_batch_runner_matches_float32(name: str, modality: str) -> None:
+    """The CPU bf16 path: weights cast once, features float32 and close to the fp32 path."""
+    from avda.extract.inference import BatchRunner, prepare_model
+
+    x = tiny_input(name, modality)
+    original = build(name, modality)
+    results = {}
+    for precision in ("float32", "bfloat16"):
+        model = prepare_model(copy.deepcopy(original), "cpu")
+        runner = BatchRunner(
+            model, device="cpu", batch_size=4, normalisation="", visual=False, spatial=False,
+            precision=precision,
+        )  # fmt: skip
+        weight = next(model.parameters())
+        assert weight.dtype == (torch.bfloat16 if precision == "bfloat16" else torch.float32)
+        out = runner.add(0, x) + runner.flush()
+        ((row, features, _, status, _),) = out
+        assert row == 0 and status == int(Status.DONE) and features.dtype == np.float32
+        results[precision] = features
+    reference = results["float32"]
+    error = np.abs(results["bfloat16"] - reference).max() / np.abs(reference).max()
+    assert 0 < error < 0.05
