@@ -3,11 +3,14 @@
 Rows of the clips/s table (same manifest, recipe, backbone and random-init weights):
 
 - ``avda``: ``avda.extract.runner.extract`` — decoding workers overlapped with inference, only
-  the sampled frames decoded, resize in the decoder, clips of several segments batched, writes
-  on a background thread (bf16 autocast and channels-last on CUDA);
-- ``avda bf16``: the same with bfloat16 autocast on the CPU (when ``--bf16``);
+  the sampled frames decoded, resize in the decoder, clips of several segments batched, BN
+  folded, channels-last, writes on a background thread; once in float32 and once at its
+  default precision (``auto``: bfloat16 where the device computes in it natively) when that
+  differs;
 - ``naive``: what a first extraction script does: for every clip open the video, decode its
   frames at full resolution, resize and crop them, run the backbone at batch 1 in float32;
+  for I3D with pytorch-i3d's forward pass (:func:`reference_style_i3d`: same weights, same
+  function, as the common scripts run it);
 - ``decode only``: decord decoding of the sampled frames alone, resized in the decoder — the
   ceiling of any extractor that reads these videos.
 
@@ -16,12 +19,13 @@ configuration, so that 1000 segments take seconds): memory must not grow with th
 
     python benchmarks/extract.py --quick          # a few segments, tens of seconds on a CPU
     python benchmarks/extract.py                  # the mmsada recipe on 24 segments
-    python benchmarks/extract.py --device cuda --bf16
+    python benchmarks/extract.py --device cuda
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import resource
@@ -93,6 +97,46 @@ def run_avda(manifest, videos, recipe, backbone, device, workers, precision, bat
     return seconds
 
 
+def reference_style_i3d(model):
+    """``model`` running pytorch-i3d's forward pass (piergiaj/pytorch-i3d, the I3D of the
+    common extraction scripts): every conv and max-pool pads its input to TF "SAME" with
+    ``F.pad`` and then runs VALID; BatchNorm and ReLU are separate ops. Same weights, same
+    function as avda's I3D (checked below), none of avda's changes to the module."""
+    from types import MethodType
+
+    import torch.nn.functional as F
+
+    from avda.extract.backbones import i3d
+
+    def unit_forward(self, x):
+        x = F.pad(x, same_pads(x, self.kernel, self.stride))
+        x = F.conv3d(x, self.conv3d.weight, self.conv3d.bias, self.stride)
+        x = self.bn(x) if self.bn is not None else x
+        return F.relu(x) if self.activation else x
+
+    def pool_forward(self, x):
+        x = F.pad(x, same_pads(x, self.kernel, self.stride))
+        return F.max_pool3d(x, self.kernel, self.stride)
+
+    def same_pads(x, kernel, stride):
+        pads = []
+        for size, k, s in zip(reversed(x.shape[2:]), reversed(kernel), reversed(stride)):
+            pads.extend(i3d.same_padding(size, k, s))
+        return pads
+
+    reference = copy.deepcopy(model)
+    for module in reference.modules():
+        if isinstance(module, i3d.Unit3D):
+            module.forward = MethodType(unit_forward, module)
+        elif isinstance(module, i3d.MaxPool3dSame):
+            module.forward = MethodType(pool_forward, module)
+    x = torch.rand(2, model.config.in_channels, 16, 64, 64) * 2 - 1
+    with torch.no_grad():
+        error = (reference.forward_features(x) - model.forward_features(x)).abs().max()
+    assert error < 1e-4, f"reference-style I3D differs from avda's: {error}"
+    return reference
+
+
 def run_naive(manifest, videos, recipe, backbone, device) -> float:
     """Open the video for every clip, decode full frames, resize, crop, forward at batch 1."""
     import decord
@@ -102,6 +146,8 @@ def run_naive(manifest, videos, recipe, backbone, device) -> float:
     from avda.extract.transforms import model_input
 
     model = runner._build_model(runner.ModalitySpec("rgb", backbone), recipe).to(device)
+    if backbone == "i3d":
+        model = reference_style_i3d(model)
     spec = model.input_spec
     began = time.perf_counter()
     for row in manifest.itertuples(index=False):
@@ -215,7 +261,6 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--bf16", action="store_true", help="add a bf16-autocast avda row")
     parser.add_argument("--no-rss", action="store_true", help="skip the memory measurement")
     parser.add_argument("--rss-segments", default="100,1000")
     parser.add_argument("--rss-child", type=int, default=None, help=argparse.SUPPRESS)
@@ -225,6 +270,7 @@ def main() -> None:
         return
 
     from avda.extract import sampling
+    from avda.extract.inference import resolve_precision
 
     count = args.segments or (6 if args.quick else 24)
     recipe = sampling.get(args.recipe or ("demo" if args.quick else "mmsada"))
@@ -244,18 +290,10 @@ def main() -> None:
         rows.append(("decode only (decord, ceiling)", seconds))
         seconds = run_naive(manifest, videos, recipe, args.backbone, args.device)
         rows.append(("naive (per clip, batch 1, float32)", seconds))
-        seconds = run_avda(
-            manifest,
-            videos,
-            recipe,
-            args.backbone,
-            args.device,
-            args.workers,
-            "auto",
-            args.batch_size,
-        )
-        rows.append(("avda", seconds))
-        if args.bf16:
+        precisions = ["float32"]
+        if resolve_precision("auto", args.device) != "float32":
+            precisions.append("auto")
+        for precision in precisions:
             seconds = run_avda(
                 manifest,
                 videos,
@@ -263,10 +301,13 @@ def main() -> None:
                 args.backbone,
                 args.device,
                 args.workers,
-                "bfloat16",
+                precision,
                 args.batch_size,
             )
-            rows.append(("avda bf16 autocast", seconds))
+            name = resolve_precision(precision, args.device)
+            rows.append(
+                (f"avda {name}" + (" (default: auto)" if precision == "auto" else ""), seconds)
+            )
     naive = dict(rows)["naive (per clip, batch 1, float32)"]
     print("| run | clips | seconds | clips/s | vs naive |")
     print("|---|---:|---:|---:|---:|")

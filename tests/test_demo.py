@@ -11,7 +11,11 @@ from avda.demo import HEADS, run_demo
 
 def test_small_demo_runs_every_stage(tmp_path):
     result = run_demo(
-        tmp_path / "demo", epochs=3, workers=0, videos_per_domain=3, test_videos_per_domain=1,
+        tmp_path / "demo",
+        epochs=3,
+        workers=0,
+        videos_per_domain=3,
+        test_videos_per_domain=1,
         progress=False,
     )
     out = tmp_path / "demo"

@@ -233,7 +233,10 @@ def extract(
         str | None, typer.Option(help="cpu, cuda, cuda:1 (default: cuda if present).")
     ] = None,
     precision: Annotated[
-        str, typer.Option(help="auto (bf16 on CUDA, fp32 on CPU), float32 or bfloat16.")
+        str,
+        typer.Option(
+            help="auto (bf16 where the GPU/CPU computes it natively, else fp32), float32, bfloat16."
+        ),
     ] = "auto",
     chunk_rows: Annotated[int, typer.Option(help="Segments per Zarr chunk.")] = 256,
     shard: Annotated[

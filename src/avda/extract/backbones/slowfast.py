@@ -40,7 +40,7 @@ from torch import nn
 
 from avda.errors import ConfigError
 from avda.extract.backbones import register
-from avda.extract.backbones._base import Backbone, InputSpec
+from avda.extract.backbones._base import Backbone, InputSpec, MaxPool3d
 from avda.extract.backbones.weights import (
     Layout,
     PublishedWeights,
@@ -150,7 +150,7 @@ class Stem(nn.Module):
         )
         self.norm = _norm(out_channels)
         self.activation = nn.ReLU()
-        self.pool = nn.MaxPool3d((1, 3, 3), stride=(1, 2, 2), padding=(0, 1, 1))
+        self.pool = MaxPool3d((1, 3, 3), stride=(1, 2, 2), padding=(0, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.pool(self.activation(self.norm(self.conv(x))))
