@@ -120,7 +120,9 @@ def reference_style_i3d(model):
 
     def same_pads(x, kernel, stride):
         pads = []
-        for size, k, s in zip(reversed(x.shape[2:]), reversed(kernel), reversed(stride)):
+        for size, k, s in zip(
+            reversed(x.shape[2:]), reversed(kernel), reversed(stride), strict=True
+        ):
             pads.extend(i3d.same_padding(size, k, s))
         return pads
 

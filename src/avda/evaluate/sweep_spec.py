@@ -1,0 +1,412 @@
+"""The ``avda sweep`` spec: YAML -> :class:`SweepSpec`, every problem reported at once with its
+line (``docs/sweep.md`` documents the keys). :mod:`avda.evaluate.sweep` plans and runs it."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from avda.data_manifests.settings import DG_SETTINGS, MMSADA_PAIRS, NAMED_SETTINGS, Setting
+from avda.errors import AvdaError, ConfigError
+from avda.registry import unknown_name_message
+
+CLUSTER_KINDS = ("local", "slurm", "pbs")
+SETTING_GROUPS: dict[str, tuple[Setting, ...]] = {
+    "epic55-mmsada": MMSADA_PAIRS,
+    "epic55-dg": DG_SETTINGS,
+}
+"""Names that stand for several settings: the 6 MM-SADA pairs, the 3 RNA-Net DG settings."""
+
+TOP_KEYS = ("cache", "caches", "heads", "settings", "seeds", "out", "device", "retries", "cluster")
+HEAD_KEYS = ("name", "label")
+CLUSTER_KEYS = (
+    "kind",
+    "workers",
+    "memory",
+    "cores",
+    "processes",
+    "gpus",
+    "walltime",
+    "queue",
+    "account",
+    "interface",
+    "local_directory",
+    "log_directory",
+    "job_extra_directives",
+    "job_script_prologue",
+)
+_WALLTIME = re.compile(r"^(\d+-)?\d+(:\d{2}){0,2}$")
+
+
+# ------------------------------------------------------------------------------ the spec
+@dataclasses.dataclass(frozen=True)
+class HeadSpec:
+    """One method of the sweep: a registered head, its table label and its config overrides."""
+
+    name: str
+    label: str
+    overrides: dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class ClusterSpec:
+    """Where the tasks run. ``workers``: local worker processes, or jobs on SLURM/PBS."""
+
+    kind: str = "local"
+    workers: int | None = None
+    memory: str | None = None
+    cores: int | None = None
+    processes: int = 1
+    gpus: int = 0
+    walltime: str | None = None
+    queue: str | None = None
+    account: str | None = None
+    interface: str | None = None
+    local_directory: str | None = None
+    log_directory: str | None = None
+    job_extra_directives: tuple[str, ...] = ()
+    job_script_prologue: tuple[str, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepSpec:
+    caches: dict[str, Path]
+    heads: tuple[HeadSpec, ...]
+    settings: tuple[Setting, ...]
+    seeds: tuple[int, ...]
+    out: Path | None = None
+    device: str = "auto"
+    retries: int = 2
+    cluster: ClusterSpec = ClusterSpec()
+    source: str = "<spec>"
+
+
+class _Problems:
+    """Collects every problem of a spec, each with its path in the file (and line when known)."""
+
+    def __init__(self, source: str, lines: dict[tuple, int]) -> None:
+        self.source = source
+        self.lines = lines
+        self.items: list[tuple[int, str]] = []
+
+    def add(self, path: tuple, message: str) -> None:
+        line = self.lines.get(path)
+        where = f"{self.source}:{line}" if line else self.source
+        self.items.append((line or 0, f"{where}: {_path_text(path) or '(top level)'}: {message}"))
+
+    def raise_if_any(self) -> None:
+        if self.items:
+            count = len(self.items)
+            ordered = [text for _, text in sorted(self.items, key=lambda item: item[0])]
+            raise ConfigError(
+                f"{self.source}: {count} problem{'s' if count > 1 else ''} in the sweep spec "
+                "(see docs/sweep.md):\n  " + "\n  ".join(ordered)
+            )
+
+
+def _path_text(path: tuple) -> str:
+    text = ""
+    for part in path:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text
+
+
+def _node_lines(node: yaml.Node | None, path: tuple = ()) -> dict[tuple, int]:
+    """1-based line of every key path in a composed YAML document."""
+    if node is None:
+        return {}
+    lines = {path: node.start_mark.line + 1}
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            lines.update(_node_lines(value_node, (*path, key_node.value)))
+            lines[(*path, key_node.value)] = key_node.start_mark.line + 1
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            lines.update(_node_lines(item, (*path, index)))
+    return lines
+
+
+def load_spec(path: str | Path) -> SweepSpec:
+    """Read and validate a sweep spec; every problem is reported at once, with its path."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"sweep spec {path} does not exist; see docs/sweep.md for the format")
+    text = path.read_text()
+    try:
+        data = yaml.safe_load(text)
+        lines = _node_lines(yaml.compose(text))
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path} is not valid YAML: {error}") from None
+    return parse_spec(data, source=str(path), base=path.parent, lines=lines)
+
+
+def parse_spec(
+    data: Any,
+    *,
+    source: str = "<spec>",
+    base: str | Path = ".",
+    lines: dict[tuple, int] | None = None,
+) -> SweepSpec:
+    """Validate a spec given as plain data (what YAML loads); relative paths are under ``base``."""
+    from avda.train import heads as heads_lib
+
+    problems = _Problems(source, lines or {})
+    base = Path(base)
+    if not isinstance(data, dict):
+        problems.add((), "expected a mapping with keys cache, heads, settings, seeds...")
+        problems.raise_if_any()
+    for key in data:
+        if key not in TOP_KEYS:
+            problems.add((key,), unknown_name_message("key", key, TOP_KEYS))
+
+    caches = _parse_caches(data, base, problems)
+    domains = _cache_domains(caches, problems)
+    heads = _parse_heads(data.get("heads"), heads_lib, problems)
+    settings = _parse_settings(data.get("settings"), domains, problems)
+    seeds = _parse_seeds(data.get("seeds", [0]), problems)
+    out = data.get("out")
+    if out is not None and not isinstance(out, str):
+        problems.add(("out",), f"expected a folder path, got {out!r}")
+    device = data.get("device", "auto")
+    if not isinstance(device, str) or not re.fullmatch(r"auto|cpu|cuda(:\d+)?", device):
+        problems.add(("device",), f"expected auto, cpu, cuda or cuda:N, got {device!r}")
+    retries = data.get("retries", 2)
+    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+        problems.add(("retries",), f"expected an integer >= 0, got {retries!r}")
+    cluster = _parse_cluster(data.get("cluster", {}), problems)
+    problems.raise_if_any()
+    return SweepSpec(
+        caches=caches,
+        heads=tuple(heads),
+        settings=tuple(settings),
+        seeds=tuple(seeds),
+        out=(base / out) if isinstance(out, str) else None,
+        device=device,
+        retries=retries,
+        cluster=cluster,
+        source=source,
+    )
+
+
+def _parse_caches(data: dict, base: Path, problems: _Problems) -> dict[str, Path]:
+    if ("cache" in data) == ("caches" in data):
+        problems.add(("cache",), "give exactly one of cache: PATH or caches: {name: PATH, ...}")
+        return {}
+    if "cache" in data:
+        raw = {"cache": data["cache"]}
+        paths = {"cache": ("cache",)}
+    else:
+        if not isinstance(data["caches"], dict) or not data["caches"]:
+            problems.add(("caches",), "expected a mapping of names to cache paths")
+            return {}
+        raw = data["caches"]
+        paths = {name: ("caches", name) for name in raw}
+    caches = {}
+    for name, value in raw.items():
+        if not isinstance(value, str):
+            problems.add(paths[name], f"expected the path of a .zarr cache, got {value!r}")
+        elif not re.fullmatch(r"[A-Za-z0-9_.+-]+", str(name)):
+            problems.add(paths[name], "cache names may use letters, digits and _.+- only")
+        else:
+            caches[str(name)] = base / value
+    return caches
+
+
+def _cache_domains(caches: dict[str, Path], problems: _Problems) -> dict[str, set[str]]:
+    from avda.cache import open_cache
+
+    domains = {}
+    for name, path in caches.items():
+        key = ("cache",) if name == "cache" else ("caches", name)
+        try:
+            store = open_cache(path)
+            domains[name] = set(store.segments["domain"].dropna().astype(str))
+        except AvdaError as error:
+            problems.add(key, str(error))
+        except (OSError, FileNotFoundError) as error:
+            problems.add(key, f"cannot open cache {path}: {error}; run `avda extract` first")
+    return domains
+
+
+def _parse_heads(value: Any, heads_lib: Any, problems: _Problems) -> list[HeadSpec]:
+    if not isinstance(value, list) or not value:
+        problems.add(("heads",), "expected a list of heads, e.g. [source-only, {name: dann}]")
+        return []
+    heads: list[HeadSpec] = []
+    labels: dict[str, int] = {}
+    for index, item in enumerate(value):
+        path = ("heads", index)
+        entry = {"name": item} if isinstance(item, str) else item
+        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+            problems.add(path, "expected a head name or a mapping with name: HEAD")
+            continue
+        name = entry["name"]
+        if name not in heads_lib.HEADS:
+            where = (*path, "name") if isinstance(item, dict) else path
+            problems.add(where, unknown_name_message("head", name, heads_lib.names()))
+            continue
+        config_class = heads_lib.config_class(name)
+        fields = config_class.field_names()
+        overrides = {}
+        for key, setting in entry.items():
+            if key in HEAD_KEYS:
+                continue
+            if key not in fields:
+                valid = [*HEAD_KEYS, *fields]
+                problems.add((*path, key), unknown_name_message(f"{name} key", key, valid))
+                continue
+            try:
+                config_class.from_dict({key: setting})
+            except ConfigError as error:
+                prefix = f"{config_class.__name__}.{key}: "
+                problems.add((*path, key), str(error).removeprefix(prefix))
+                continue
+            overrides[key] = setting
+        label = entry.get("label", name)
+        folder_name = isinstance(label, str) and re.fullmatch(r"[^/\\\x00]+", label)
+        if not folder_name or label in (".", ".."):
+            problems.add((*path, "label"), f"expected a name usable as a folder, got {label!r}")
+            continue
+        if label in labels:
+            problems.add(
+                (*path, "label"),
+                f"label {label!r} is already used by heads[{labels[label]}]; give each a label",
+            )
+            continue
+        labels[label] = index
+        heads.append(HeadSpec(name, label, overrides))
+    return heads
+
+
+def _parse_settings(value: Any, domains: dict[str, set[str]], problems: _Problems) -> list[Setting]:
+    if not isinstance(value, list) or not value:
+        problems.add(("settings",), "expected a list of settings, e.g. [epic55-mmsada]")
+        return []
+    settings: list[Setting] = []
+    seen: set[str] = set()
+    for index, item in enumerate(value):
+        path = ("settings", index)
+        try:
+            expanded = _expand_setting(item)
+        except ConfigError as error:
+            problems.add(path, str(error))
+            continue
+        for setting in expanded:
+            for cache, known in domains.items():
+                missing = [d for d in setting.domains if d not in known]
+                where = f"setting {setting.name}" + (f", cache {cache}" if len(domains) > 1 else "")
+                for domain in missing:
+                    message = unknown_name_message("domain", domain, known)
+                    problems.add(path, f"{message} ({where})")
+            if setting.name not in seen:
+                seen.add(setting.name)
+                settings.append(setting)
+    return settings
+
+
+def _expand_setting(item: Any) -> tuple[Setting, ...]:
+    if isinstance(item, str):
+        if item in SETTING_GROUPS:
+            return SETTING_GROUPS[item]
+        if item in NAMED_SETTINGS:
+            return (NAMED_SETTINGS[item],)
+        arrow = item.replace("→", "->")
+        if "->" in arrow:
+            left, right = arrow.split("->", 1)
+            return (Setting(_domain_list(left), _domain_list(right)),)
+        valid = [*SETTING_GROUPS, *NAMED_SETTINGS, "SOURCE->TARGET"]
+        raise ConfigError(unknown_name_message("setting", item, valid))
+    if isinstance(item, dict):
+        unknown = [k for k in item if k not in ("source", "target", "name")]
+        if unknown or "source" not in item or "target" not in item:
+            raise ConfigError("expected {source: D1, target: D2} (optionally name:)")
+        name = item.get("name", "")
+        if not isinstance(name, str) or "/" in name or name in (".", ".."):
+            raise ConfigError(f"name: expected a name usable as a folder, got {name!r}")
+        return (Setting(_domain_list(item["source"]), _domain_list(item["target"]), name),)
+    raise ConfigError(f"expected a setting name or {{source:, target:}}, got {item!r}")
+
+
+def _domain_list(value: Any) -> tuple[str, ...]:
+    parts = value if isinstance(value, list) else str(value).split(",")
+    names = tuple(str(part).strip() for part in parts)
+    if not names or any(not name for name in names):
+        raise ConfigError(f"expected domain names (a list or 'D1,D2'), got {value!r}")
+    return names
+
+
+def _parse_seeds(value: Any, problems: _Problems) -> list[int]:
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value < 1:
+            problems.add(("seeds",), f"a seed count must be at least 1, got {value}")
+            return []
+        return list(range(value))
+    if not isinstance(value, list) or not value:
+        problems.add(("seeds",), f"expected a list of integer seeds or a count, got {value!r}")
+        return []
+    seeds = []
+    for index, seed in enumerate(value):
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            problems.add(("seeds", index), f"expected an integer, got {seed!r}")
+        elif seed in seeds:
+            problems.add(("seeds", index), f"seed {seed} is listed twice")
+        else:
+            seeds.append(seed)
+    return seeds
+
+
+def _parse_cluster(value: Any, problems: _Problems) -> ClusterSpec:
+    if not isinstance(value, dict):
+        problems.add(("cluster",), "expected a mapping (kind, workers, cores, memory...)")
+        return ClusterSpec()
+    values: dict[str, Any] = {}
+    for key, item in value.items():
+        path = ("cluster", key)
+        if key not in CLUSTER_KEYS:
+            problems.add(path, unknown_name_message("cluster key", key, CLUSTER_KEYS))
+        elif key == "kind":
+            if item not in CLUSTER_KINDS:
+                problems.add(path, f"expected one of {', '.join(CLUSTER_KINDS)}, got {item!r}")
+            else:
+                values[key] = item
+        elif key in ("workers", "cores", "processes", "gpus"):
+            least = 0 if key == "gpus" else 1
+            if isinstance(item, bool) or not isinstance(item, int) or item < least:
+                problems.add(path, f"expected an integer >= {least}, got {item!r}")
+            else:
+                values[key] = item
+        elif key == "memory":
+            if not _is_size(item):
+                problems.add(path, f"expected a size such as 16GB, got {item!r}")
+            else:
+                values[key] = str(item)
+        elif key == "walltime":
+            if not isinstance(item, str) or not _WALLTIME.match(item):
+                problems.add(path, f"expected HH:MM:SS (or D-HH:MM:SS), got {item!r}")
+            else:
+                values[key] = item
+        elif key in ("job_extra_directives", "job_script_prologue"):
+            if not isinstance(item, list) or not all(isinstance(x, str) for x in item):
+                problems.add(path, "expected a list of strings")
+            else:
+                values[key] = tuple(item)
+        elif not isinstance(item, str):
+            problems.add(path, f"expected a string, got {item!r}")
+        else:
+            values[key] = item
+    return ClusterSpec(**values)
+
+
+def _is_size(value: Any) -> bool:
+    from dask.utils import parse_bytes
+
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        return False
+    try:
+        return parse_bytes(value) > 0
+    except ValueError:
+        return False
