@@ -92,6 +92,27 @@ def test_mismatching_store_is_refused(reference_store, demo_dataset, tmp_path):
     assert list(tmp_path.glob("copy.zarr.replaced-*"))
 
 
+def test_precision_is_recorded_and_never_mixed(reference_store, demo_dataset, tmp_path):
+    root, manifest = demo_dataset
+    store = tmp_path / "p.zarr"
+    rgb = MODALITIES[:1]
+    _extract(manifest, root, store, modalities=rgb, prepare_only=True)
+    assert "precision" not in open_cache(store).modality_info("rgb")  # set by who extracts
+    _extract(manifest, root, store, modalities=rgb, precision="float32")
+    assert open_cache(store).modality_info("rgb")["precision"] == "float32"
+    float32 = open_cache(store).load("rgb")
+    with pytest.raises(CacheError, match=r"extracted in float32.*--precision float32.*--force"):
+        _extract(manifest, root, store, modalities=rgb, precision="bfloat16")
+    assert np.array_equal(open_cache(store).load("rgb"), float32)  # nothing touched
+    result = _extract(manifest, root, store, modalities=rgb, precision="bfloat16", force=True)
+    assert result.ok and result.done == len(manifest)
+    cache = open_cache(store)
+    assert cache.modality_info("rgb")["precision"] == "bfloat16"
+    bfloat16 = cache.load("rgb")
+    assert not any(np.array_equal(b, f) for b, f in zip(bfloat16, float32, strict=True))
+    np.testing.assert_allclose(bfloat16, float32, rtol=0.1, atol=0.05 * np.abs(float32).max())
+
+
 def test_sigkill_then_rerun_equals_an_uninterrupted_run(reference_store, demo_dataset, tmp_path):
     root, manifest = demo_dataset
     manifest_path = tmp_path / "manifest.csv"

@@ -144,6 +144,13 @@ class FeatureCache:
         provenance["modalities"] = {**provenance["modalities"], modality: entry}
         self._set_provenance(provenance)
 
+    def update_modality_info(self, modality: str, **fields: Any) -> None:
+        """Add or change provenance fields of an existing modality."""
+        provenance = self.provenance
+        entry = {**self.modality_info(modality), **fields}
+        provenance["modalities"] = {**provenance["modalities"], modality: entry}
+        self._set_provenance(provenance)
+
     def status(self, modality: str) -> np.ndarray:
         self.modality_info(modality)
         return self._group[schema.STATUS_GROUP][modality][:]

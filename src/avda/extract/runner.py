@@ -43,7 +43,13 @@ from avda.cache import FeatureCache, Status
 from avda.data_manifests import schema as manifest_schema
 from avda.errors import CacheError, ConfigError, MediaError
 from avda.extract import backbones
-from avda.extract.inference import BatchRunner, Precision, features_and_spatial, prepare_model
+from avda.extract.inference import (
+    BatchRunner,
+    Precision,
+    features_and_spatial,
+    prepare_model,
+    resolve_precision,
+)
 from avda.extract.inputs import AUDIO_RECIPE_OF_BACKBONE, InputPaths, SegmentDataset, worker_init
 from avda.extract.sampling import Recipe
 from avda.extract.transforms import check_clip_frames, model_input
@@ -172,6 +178,37 @@ def _check_modality(
             + ". Use another -o, or --force to recompute this modality"
         )
     return not diffs
+
+
+def check_precision(
+    store: FeatureCache, modality: str, precision: str, *, device: str, force: bool
+) -> None:
+    """Record the precision ``modality`` is extracted in; refuse to mix precisions in a store.
+
+    A store resumed on another machine (a GPU, a CPU without native bf16) with ``auto`` would
+    otherwise hold features of two precisions (~0.3% apart). ``force`` recomputes the modality.
+    """
+    info = store.modality_info(modality)
+    found = info.get("precision")
+    if found == precision:
+        return
+    done = found is not None and bool(np.any(store.status(modality) == Status.DONE))
+    if done and not force:
+        raise CacheError(
+            f"store {store.path} holds {modality} features extracted in {found}; this run would "
+            f"compute {precision} on {device}. Pass --precision {found} to go on in {found}, "
+            f"or --force to recompute {modality} in {precision}"
+        )
+    if done:  # force: start the modality again, never mix
+        log.warning("%s: recomputing every segment in %s (was %s)", modality, precision, found)
+        store.add_modality(
+            modality,
+            num_clips=int(info.pop("num_clips")),
+            num_features=int(info.pop("num_features")),
+            info=info,
+            spatial_shape=info.pop("spatial_shape", None),
+        )
+    store.update_modality_info(modality, precision=precision)
 
 
 def shard_rows(num_rows: int, chunk_rows: int, shard: tuple[int, int] | None) -> np.ndarray:
@@ -320,6 +357,8 @@ def extract(
             "(--force --prepare-only, without --shard), then run the shards"
         )
     segments = manifest_schema.normalise(manifest)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    resolved = resolve_precision(precision, device)
     # Models first: a recipe the backbone cannot take is refused before any store exists.
     built = [_build_model(spec, recipe) for spec in modalities]
     # Shards started together create the store and its arrays once, under a lock.
@@ -332,13 +371,13 @@ def extract(
             chunk_rows=chunk_rows,
             force=force,
         )
-        models = [
-            prepare_modality(store, spec, recipe, inputs, force=force, model=model)
-            for spec, model in zip(modalities, built, strict=True)
-        ]
+        models = []
+        for spec, model in zip(modalities, built, strict=True):
+            models.append(prepare_modality(store, spec, recipe, inputs, force=force, model=model))
+            if not prepare_only:
+                check_precision(store, spec.modality, resolved, device=device, force=force)
     if prepare_only:
         return summarise(store, [m.modality for m in modalities], began, shard=shard)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     for spec, model in zip(modalities, models, strict=True):
         _extract_modality(
             store,
@@ -353,7 +392,7 @@ def extract(
             retry_failed=retry_failed,
             shard=shard,
             progress=progress,
-            precision=precision,
+            precision=resolved,
         )
     return summarise(store, [m.modality for m in modalities], began, shard=shard)
 
@@ -505,6 +544,7 @@ __all__ = [
     "extract",
     "features_and_spatial",
     "prepare_modality",
+    "check_precision",
     "recipe_differences",
     "shard_rows",
 ]
