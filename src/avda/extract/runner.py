@@ -49,6 +49,7 @@ from avda.extract.inference import (
     features_and_spatial,
     prepare_model,
     resolve_precision,
+    reuse_freed_memory,
 )
 from avda.extract.inputs import AUDIO_RECIPE_OF_BACKBONE, InputPaths, SegmentDataset, worker_init
 from avda.extract.sampling import Recipe
@@ -463,6 +464,7 @@ def _extract_modality(
     log.info("%s: %d segments to extract with %s", spec.modality, len(rows), spec.backbone)
     cuda = device.startswith("cuda")
     prepare_model(model, device)  # BN folded, channels-last
+    reuse_freed_memory()  # activations reuse freed pages instead of page-faulting in anew
 
     dataset = SegmentDataset(
         segments,

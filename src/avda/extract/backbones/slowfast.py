@@ -149,7 +149,7 @@ class Stem(nn.Module):
             bias=False,
         )
         self.norm = _norm(out_channels)
-        self.activation = nn.ReLU()
+        self.activation = nn.ReLU(inplace=True)
         self.pool = MaxPool3d((1, 3, 3), stride=(1, 2, 2), padding=(0, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -172,7 +172,7 @@ class FuseFastToSlow(nn.Module):
             bias=False,
         )
         self.norm = _norm(fast_channels * FUSION_RATIO)
-        self.activation = nn.ReLU()
+        self.activation = nn.ReLU(inplace=True)
 
     def forward(self, slow: torch.Tensor, fast: torch.Tensor) -> torch.Tensor:
         lateral = self.activation(self.norm(self.conv_fast_to_slow(fast)))
@@ -196,12 +196,12 @@ class Bottleneck(nn.Module):
             bias=False,
         )
         self.norm_a = _norm(inner)
-        self.act_a = nn.ReLU()
+        self.act_a = nn.ReLU(inplace=True)
         self.conv_b = nn.Conv3d(
             inner, inner, (1, 3, 3), stride=(1, stride, stride), padding=(0, 1, 1), bias=False
         )
         self.norm_b = _norm(inner)
-        self.act_b = nn.ReLU()
+        self.act_b = nn.ReLU(inplace=True)
         self.conv_c = nn.Conv3d(inner, out_channels, 1, bias=False)
         self.norm_c = _norm(out_channels)
 
@@ -235,13 +235,17 @@ class ResBlock(nn.Module):
             temporal_kernel,
             stride,
         )
-        self.activation = nn.ReLU()
+        self.activation = nn.ReLU(inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = x
         if self.branch1_conv is not None and self.branch1_norm is not None:
             shortcut = self.branch1_norm(self.branch1_conv(x))
-        return self.activation(self.branch2(x) + shortcut)
+        # In place, as torchvision's ResNet: no new activation-sized tensor per op (on a CPU
+        # the out-of-place add and ReLU took 20% of a bf16 forward).
+        out = self.branch2(x)
+        out += shortcut
+        return self.activation(out)
 
 
 class ResStage(nn.Module):
