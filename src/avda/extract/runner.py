@@ -461,7 +461,10 @@ def _extract_modality(
     if len(rows) == 0:
         log.info("%s: nothing to do (%d segments done)", spec.modality, int(np.sum(~todo)))
         return
-    log.info("%s: %d segments to extract with %s", spec.modality, len(rows), spec.backbone)
+    log.info(
+        "%s: %d segments to extract with %s on %s in %s",
+        *(spec.modality, len(rows), spec.backbone, device, precision),
+    )
     cuda = device.startswith("cuda")
     prepare_model(model, device)  # BN folded, channels-last
     reuse_freed_memory()  # activations reuse freed pages instead of page-faulting in anew
