@@ -100,6 +100,7 @@ def test_precision_is_recorded_and_never_mixed(reference_store, demo_dataset, tm
     assert "precision" not in open_cache(store).modality_info("rgb")  # set by who extracts
     _extract(manifest, root, store, modalities=rgb, precision="float32")
     assert open_cache(store).modality_info("rgb")["precision"] == "float32"
+    assert "weights=random init float32: done" in open_cache(store).summary()  # avda cache info
     float32 = open_cache(store).load("rgb")
     with pytest.raises(CacheError, match=r"extracted in float32.*--precision float32.*--force"):
         _extract(manifest, root, store, modalities=rgb, precision="bfloat16")

@@ -404,9 +404,10 @@ class FeatureCache:
             source = info.get("input") or {}
             if source.get("source") == "import":
                 weights = f"imported ({source.get('format')})"
+            precision = f" {info['precision']}" if info.get("precision") else ""
             lines.append(
                 f"{modality:<6} {info['backbone']} K={info['num_clips']} D={info['num_features']} "
-                f"weights={weights}: {state}"
+                f"weights={weights}{precision}: {state}"
             )
         return "\n".join(lines)
 
