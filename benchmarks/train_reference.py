@@ -274,6 +274,18 @@ class _ReferenceLoader(torch.utils.data.DataLoader):
             self.marks.append(time.perf_counter())
 
 
+def _timed(function, seconds: list[float]):
+    """``function``, appending the duration of each call to ``seconds`` (the data loading)."""
+
+    def timed(*positional, **keywords):
+        began = time.perf_counter()
+        result = function(*positional, **keywords)
+        seconds.append(time.perf_counter() - began)
+        return result
+
+    return timed
+
+
 def _topk_accuracy(output: torch.Tensor, target: torch.Tensor, topk=(1,)) -> list[torch.Tensor]:
     """``main.accuracy`` (top-k precision in %), with ``reshape`` where it calls ``view`` on a
     transposed tensor, which PyTorch >= 1.5 refuses."""
@@ -306,15 +318,7 @@ def run_reference(args, sizes: dict[str, int], inputs: ReferenceInputs) -> dict:
     authors.accuracy = _topk_accuracy
 
     loads: list[float] = []
-    dataset_class = authors.TSNDataSet
-
-    def timed_dataset(*positional, **keywords):
-        began = time.perf_counter()
-        dataset = dataset_class(*positional, **keywords)
-        loads.append(time.perf_counter() - began)
-        return dataset
-
-    authors.TSNDataSet = timed_dataset
+    timed_dataset = authors.TSNDataSet = _timed(authors.TSNDataSet, loads)
     meters: list = []
 
     class RecordedMeter(authors.AverageMeter):
@@ -419,15 +423,7 @@ def run_avda(args, sizes: dict[str, int], cache: Path) -> dict:
 
     torch.set_num_threads(args.threads)
     loads: list[float] = []
-    load_set = data_lib.load_set
-
-    def timed_load_set(*positional, **keywords):
-        began = time.perf_counter()
-        feature_set = load_set(*positional, **keywords)
-        loads.append(time.perf_counter() - began)
-        return feature_set
-
-    data_lib.load_set = timed_load_set
+    data_lib.load_set = _timed(data_lib.load_set, loads)
     run = Path(tempfile.mkdtemp(prefix="avda-bench-run-"))
     began = time.perf_counter()
     try:
