@@ -1,5 +1,9 @@
 """Audio: the video's own track (or a wav file) -> mono -> resampled -> spectrogram.
 
+Decoding is PyAV's (FFmpeg): every codec and channel layout, damaged packets skipped and
+replaced by silence at their place on the timeline (:func:`read_audio`). decord's
+``AudioReader`` is not used: it scrambles multichannel audio (see ``docs/extraction.md``).
+
 Spectrogram recipes, each exactly as its backbone's reference code computes it:
 
 - ``vggsound``: scipy.signal.spectrogram(x, 16000, nperseg=512, noverlap=353) (Tukey 0.25
@@ -12,6 +16,8 @@ Spectrogram recipes, each exactly as its backbone's reference code computes it:
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import math
 from pathlib import Path
 from typing import Any
@@ -24,54 +30,188 @@ from avda.errors import ConfigError, MediaError
 from avda.extract.decode import _short
 from avda.registry import unknown_name_message
 
+log = logging.getLogger(__name__)
+
 
 class NoAudioTrack(MediaError):
     """The file has no audio stream (features are stored as zeros with status MISSING)."""
 
 
-def load_audio(path: str | Path, sample_rate: int) -> np.ndarray:
-    """The whole audio track of ``path`` (a video or an audio file) as float32 mono at
-    ``sample_rate`` (1-D array).
+@dataclasses.dataclass(frozen=True)
+class AudioTrack:
+    """A decoded audio track: mono float32 samples and what decoding lost.
 
-    Multi-channel audio (stereo, 5.1) is mixed down by averaging the channels; resampling uses
-    torchaudio's band-limited sinc interpolation. The first audio stream is used.
+    ``lost`` lists the ``[start, stop)`` spans (seconds from the first sample) that damaged
+    packets took: they hold silence (zeros), so later audio keeps its place on the timeline.
     """
-    import decord
 
+    samples: np.ndarray
+    sample_rate: int
+    source_rate: int
+    channels: int
+    codec: str
+    lost: tuple[tuple[float, float], ...] = ()
+    damaged_packets: int = 0
+
+    @property
+    def duration(self) -> float:
+        return len(self.samples) / float(self.sample_rate)
+
+    @property
+    def lost_seconds(self) -> float:
+        return float(sum(stop - start for start, stop in self.lost))
+
+    def lost_between(self, start: float, stop: float) -> float:
+        """Seconds of ``[start, stop)`` that damaged packets took (0 when none)."""
+        return float(sum(max(0.0, min(stop, b) - max(start, a)) for a, b in self.lost))
+
+
+# A segment whose audio is more than this fraction silence-filled (damaged packets) fails.
+MAX_LOST_FRACTION = 0.5
+
+
+def load_audio(path: str | Path, sample_rate: int) -> np.ndarray:
+    """The whole audio track of ``path`` as float32 mono samples at ``sample_rate`` (1-D)."""
+    return read_audio(path, sample_rate).samples
+
+
+def read_audio(path: str | Path, sample_rate: int | None = None) -> AudioTrack:
+    """Decode the first audio stream of ``path`` (a video or an audio file) with PyAV.
+
+    Every sample format (float, 16/32-bit integer, planar or packed) becomes float32 in
+    [-1, 1] as FFmpeg defines it (``s16 / 32768``); the channels (stereo, 5.1, any layout) are
+    mixed to mono by their mean, as librosa's ``to_mono`` does; the result is resampled to
+    ``sample_rate`` (None: the track's own rate) with torchaudio's band-limited sinc
+    interpolation. A damaged packet is
+    skipped: its span becomes silence at its place on the timeline and is reported in
+    :attr:`AudioTrack.lost` (logged as a warning).
+    """
     path = Path(path)
-    native_rate = _audio_rate(path)
-    try:
-        reader = decord.AudioReader(str(path), sample_rate=-1, mono=False)
-        waveform = torch.from_numpy(reader[:].asnumpy())  # (channels, n)
-    except Exception as exc:
-        raise MediaError(f"{path}: audio cannot be decoded: {_short(exc)}") from exc
-    if waveform.numel() == 0:
-        raise MediaError(f"{path}: the audio track is empty")
-    mono = waveform.float().mean(dim=0)
+    mono, native_rate, channels, codec, lost, damaged = _decode_mono(path)
+    waveform = torch.from_numpy(mono)
+    sample_rate = sample_rate or native_rate
     if native_rate != sample_rate:
-        mono = torchaudio.functional.resample(mono, native_rate, sample_rate)
-    return mono.numpy().astype(np.float32)
+        waveform = torchaudio.functional.resample(waveform, native_rate, sample_rate)
+    samples = np.ascontiguousarray(waveform.numpy(), dtype=np.float32)
+    spans = tuple((a / native_rate, b / native_rate) for a, b in lost)
+    track = AudioTrack(samples, sample_rate, native_rate, channels, codec, spans, damaged)
+    if damaged or spans:
+        log.warning(
+            "%s: %d damaged audio packet(s); %.2f s of %.2f s filled with silence",
+            *(path, damaged, track.lost_seconds, track.duration),
+        )
+    return track
 
 
-def _audio_rate(path: Path) -> int:
-    """Sample rate of the first audio stream (PyAV header read); NoAudioTrack if none."""
+def _decode_mono(path: Path) -> tuple[np.ndarray, int, int, str, list[tuple[int, int]], int]:
+    """(mono samples at the native rate, rate, channels, codec, lost sample spans, damaged
+    packets). Frames are placed by their timestamps: a gap left by a skipped packet is zeros."""
     import av
 
     if not path.exists():
         raise MediaError(f"media file {path} not found; check --videos / the audio folder")
+    pieces: list[np.ndarray] = []
+    lost: list[tuple[int, int]] = []
+    damaged = 0
+    position = 0  # samples placed so far
+    origin: float | None = None  # time of the first decoded sample
+    damaged_until: float | None = None  # end time of the latest damaged packet
     try:
-        with av.open(str(path)) as container:
-            streams = container.streams.audio
-            if not streams:
-                raise NoAudioTrack(f"{path} has no audio track")
-            rate = int(streams[0].codec_context.sample_rate or 0)
-    except MediaError:
-        raise
-    except Exception as exc:
-        raise MediaError(f"{path} cannot be opened: {exc}") from exc
-    if rate <= 0:
-        raise MediaError(f"{path}: audio stream has no sample rate")
-    return rate
+        container = av.open(str(path))
+    except Exception as exc:  # PyAV raises many error types for damaged files
+        raise MediaError(f"{path} cannot be opened: {_short(exc)}") from exc
+    with container:
+        streams = container.streams.audio
+        if not streams:
+            raise NoAudioTrack(f"{path} has no audio track")
+        stream = streams[0]
+        rate = int(stream.codec_context.sample_rate or 0)
+        channels = int(stream.codec_context.channels or 0)
+        codec = str(stream.codec_context.name)
+        if rate <= 0:
+            raise MediaError(f"{path}: audio stream has no sample rate")
+        packets = container.demux(stream)
+        while True:
+            try:
+                packet = next(packets)
+            except StopIteration:
+                break
+            except av.error.FFmpegError as exc:  # the container itself is cut or damaged
+                log.warning("%s: audio demuxing stopped early: %s", path, _short(exc))
+                damaged += 1
+                break
+            try:
+                frames = packet.decode()
+            except av.error.FFmpegError:
+                damaged += 1
+                if packet.pts is not None and packet.duration:
+                    end = float((packet.pts + packet.duration) * packet.time_base)
+                    damaged_until = max(damaged_until or end, end)
+                continue
+            for frame in frames:
+                data = _frame_mono(frame)
+                if frame.sample_rate and int(frame.sample_rate) != rate:
+                    raise MediaError(
+                        f"{path}: the audio sample rate changes mid-stream ({rate} -> "
+                        f"{frame.sample_rate} Hz); re-encode the audio track"
+                    )
+                if frame.time is not None:
+                    if origin is None:
+                        origin = float(frame.time)
+                    at = int(round((float(frame.time) - origin) * rate))
+                    if at - position > max(1, frame.samples // 2):  # a skipped packet's gap
+                        lost.append((position, at))
+                        pieces.append(np.zeros(at - position, np.float32))
+                        position = at
+                bad = ~np.isfinite(data)
+                if bad.any():  # a decoder that returns NaN / inf: silence, counted as lost
+                    data = np.where(bad, np.float32(0), data)
+                    damaged += 1
+                    lost.append((position, position + len(data)))
+                pieces.append(data)
+                position += len(data)
+    if damaged_until is not None and origin is not None:
+        end = int(round((damaged_until - origin) * rate))
+        if end > position:  # the last packets were damaged: the track keeps its length
+            lost.append((position, end))
+            pieces.append(np.zeros(end - position, np.float32))
+            position = end
+    if position == 0:
+        detail = f" ({damaged} damaged packets)" if damaged else ""
+        raise MediaError(f"{path}: the audio track is empty or cannot be decoded{detail}")
+    return np.concatenate(pieces), rate, channels, codec, _merge(lost), damaged
+
+
+def _frame_mono(frame) -> np.ndarray:
+    """One decoded ``av.AudioFrame`` -> float32 mono (channel mean), FFmpeg's scaling."""
+    data = frame.to_ndarray()
+    count = int(frame.layout.nb_channels)
+    if not frame.format.is_planar:  # packed: (1, samples * channels), interleaved
+        data = data.reshape(-1, count).T
+    kind = data.dtype
+    if kind == np.uint8:
+        data = (data.astype(np.float32) - 128.0) / 128.0
+    elif kind == np.int16:
+        data = data.astype(np.float32) / 32768.0
+    elif kind == np.int32:
+        data = (data.astype(np.float64) / 2147483648.0).astype(np.float32)
+    elif kind == np.int64:
+        data = (data.astype(np.float64) / 9223372036854775808.0).astype(np.float32)
+    else:
+        data = data.astype(np.float32, copy=False)
+    if data.shape[0] == 1:
+        return np.ascontiguousarray(data[0])
+    return data.mean(axis=0, dtype=np.float32)
+
+
+def _merge(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    merged: list[tuple[int, int]] = []
+    for start, stop in sorted(spans):
+        if merged and start <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], stop))
+        else:
+            merged.append((start, stop))
+    return merged
 
 
 def window(

@@ -21,7 +21,7 @@ from torch.utils.data import Dataset
 
 from avda.cache import Status
 from avda.data_manifests import schema as manifest_schema
-from avda.errors import AvdaError, ConfigError
+from avda.errors import AvdaError, ConfigError, MediaError
 from avda.extract import audio as audio_lib
 from avda.extract import backbones
 from avda.extract import frames as frames_lib
@@ -119,6 +119,7 @@ class SegmentDataset(Dataset):
         self.audio_recipe = audio_recipe
         self.source = inputs.source_of(modality)
         self._open_readers: dict[str, tuple[Any, Any]] = {}  # per worker: kind -> (key, reader)
+        self._note = ""  # a done item's note (audio partly lost to damaged packets)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -126,6 +127,7 @@ class SegmentDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[int, torch.Tensor | None, int, str]:
         row = int(self.rows[index])
         segment = self.segments.iloc[row]
+        self._note = ""
         try:
             if self.modality == "audio":
                 x = self._audio(segment)
@@ -135,7 +137,7 @@ class SegmentDataset(Dataset):
                 x = self._rgb_frames(segment)
             else:
                 x = self._rgb_video(segment)
-            return row, x, int(Status.DONE), ""
+            return row, x, int(Status.DONE), self._note
         except audio_lib.NoAudioTrack as exc:
             return row, None, int(Status.MISSING), str(exc)
         except (AvdaError, OSError, RuntimeError, ValueError) as exc:
@@ -230,7 +232,8 @@ class SegmentDataset(Dataset):
             )
         else:
             path = self._video_path(segment)
-        samples = self._reader("audio", path, lambda: audio_lib.load_audio(path, rate))
+        track = self._reader("audio", path, lambda: audio_lib.read_audio(path, rate))
+        samples = track.samples
         recipe = self.recipe
         if recipe.placement == "centres" and recipe.audio_windows != "snippets":
             spans = recipe.audio_spans(float(segment["start_sec"]), float(segment["stop_sec"]))
@@ -242,6 +245,7 @@ class SegmentDataset(Dataset):
             audio_lib.cut(recipe.audio_cut, samples, rate, start, stop, recipe.audio_seconds)
             for start, stop in spans
         ]
+        self._note = _lost_note(track, segment, spans)
         name = self.audio_recipe or "vggsound"
         if len({len(w) for w in waves}) == 1:
             spec = audio_lib.spectrogram(name, torch.from_numpy(np.stack(waves)), rate)
@@ -252,6 +256,25 @@ class SegmentDataset(Dataset):
         if self.spec.size is not None:
             spec = _fit_size(spec, self.spec.size)
         return spec.unsqueeze(1)  # (K, F, T) -> (K, 1, F, T)
+
+
+def _lost_note(
+    track: audio_lib.AudioTrack, segment: pd.Series, spans: list[tuple[float, float]]
+) -> str:
+    """ "" when the segment's audio windows are intact; a note saying how much of them damaged
+    packets replaced by silence; a MediaError when that is more than half of them."""
+    if not track.lost:
+        return ""
+    wanted = sum(max(0.0, min(b, track.duration) - max(a, 0.0)) for a, b in spans)
+    lost = sum(track.lost_between(a, b) for a, b in spans)
+    if lost <= 0:
+        return ""
+    if wanted <= 0 or lost > audio_lib.MAX_LOST_FRACTION * wanted:
+        raise MediaError(
+            f"segment {segment['uid']!r}: {lost:.2f} s of its {wanted:.2f} s of audio are lost "
+            "to damaged packets; re-encode or re-download the file"
+        )
+    return f"note: {lost:.2f} s of {wanted:.2f} s of audio lost to damaged packets (silence)"
 
 
 def _fit_size(spec: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

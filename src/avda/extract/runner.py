@@ -452,11 +452,13 @@ def _extract_modality(
     progress: bool,
     precision: Precision,
 ) -> None:
+    rows = shard_rows(len(segments), store.chunk_rows, shard)
+    if retry_failed:  # done rows with NaN/inf (stored before avda refused them) are redone too
+        store.mark_nonfinite(spec.modality, rows)
     status = store.status(spec.modality)
     todo = status == Status.PENDING
     if retry_failed:
         todo |= status == Status.FAILED
-    rows = shard_rows(len(segments), store.chunk_rows, shard)
     rows = rows[todo[rows]]
     if len(rows) == 0:
         log.info("%s: nothing to do (%d segments done)", spec.modality, int(np.sum(~todo)))
@@ -513,20 +515,25 @@ def _extract_modality(
         precision=precision,
     )
     bar = tqdm(total=len(rows), desc=f"extract {spec.modality}", unit="seg", disable=not progress)
+    notes: dict[int, str] = {}  # a done segment's note (e.g. audio lost to damaged packets)
+
+    def finished(row: int, features, spatial, state: int, error: str) -> None:
+        background.add(row, features, spatial, state, notes.pop(row, error))
+        bar.update(1)
+
     try:
         for row, x, state, error in loader:
             if x is None:
                 if state == Status.FAILED:
                     log.warning("segment %s failed: %s", segments["uid"].iloc[row], error)
-                background.add(row, None, None, state, error)
-                bar.update(1)
+                finished(row, None, None, state, error)
                 continue
+            if error:
+                notes[row] = error
             for done in runner.add(row, x):
-                background.add(*done)
-                bar.update(1)
+                finished(*done)
         for done in runner.flush():
-            background.add(*done)
-            bar.update(1)
+            finished(*done)
     finally:
         bar.close()
         background.close()
