@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import av
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -22,6 +24,13 @@ def test_small_demo_runs_every_stage(tmp_path):
     manifest = pd.read_csv(out / "manifest.csv")
     assert set(manifest["domain"]) == {"source", "target"}
     assert len(list((out / "videos").glob("*.mp4"))) == 6
+    # The demo's audio is stereo with different channels, so it exercises the channel mix.
+    video = sorted((out / "videos").glob("*.mp4"))[0]
+    with av.open(str(video)) as container:
+        stream = container.streams.audio[0]
+        assert stream.codec_context.channels == 2
+        left, right = np.concatenate([f.to_ndarray() for f in container.decode(stream)], axis=1)
+    assert np.abs(left - right).mean() > 0.05
     assert (out / "cache.zarr").exists()
     for head in HEADS:
         assert runs.is_complete(out / "runs" / f"{head}-seed0")

@@ -14,7 +14,8 @@ Four actions, each with its own motion and its own sound:
 The domains differ the way kitchens do: ``source`` is bright and clean at 25 fps; ``target`` is
 dim, colour-tinted, with a moving textured background and background noise, at 20 fps (like
 EPIC-100's 59.94 vs 50 fps, so sampling by seconds matters). Each video holds 3 consecutive
-actions of 2 s. Everything is deterministic from ``seed``.
+actions of 2 s; the audio is stereo AAC, the action's sound panned off centre (left and right
+differ, so extraction exercises the channel mix). Everything is deterministic from ``seed``.
 """
 
 from __future__ import annotations
@@ -102,7 +103,8 @@ def write_video(
     codec: str = "libx264",
     crf: int = 18,
 ) -> Path:
-    """Encode ``frames`` (T, H, W, 3) uint8 RGB (+ mono float ``audio`` in [-1, 1]) with PyAV.
+    """Encode ``frames`` (T, H, W, 3) uint8 RGB (+ float ``audio`` in [-1, 1], mono ``(n,)``
+    or ``(channels, n)``: 2 channels are written as stereo AAC) with PyAV.
 
     ``codec="libx264rgb"`` with ``crf=0`` gives a lossless file whose decoded frames equal
     ``frames`` exactly (used by tests).
@@ -118,8 +120,11 @@ def write_video(
         stream.options = {"crf": str(crf), "preset": "veryfast"}
         audio_stream = None
         if audio is not None:
-            audio_stream = container.add_stream("aac", rate=sample_rate)
-            audio_stream.layout = "mono"
+            audio = np.atleast_2d(np.asarray(audio, dtype=np.float32))
+            if audio.shape[0] not in (1, 2):
+                raise ValueError(f"audio must be (n,) or (1|2, n), got {audio.shape}")
+            layout = "mono" if audio.shape[0] == 1 else "stereo"
+            audio_stream = container.add_stream("aac", rate=sample_rate, layout=layout)
         for image in frames:
             frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
             for packet in stream.encode(frame):
@@ -129,9 +134,9 @@ def write_video(
         if audio_stream is not None:
             samples = np.clip(audio, -1, 1).astype(np.float32)
             block = 1024
-            for offset in range(0, len(samples), block):
-                piece = samples[offset : offset + block][None, :]
-                frame = av.AudioFrame.from_ndarray(piece, format="fltp", layout="mono")
+            for offset in range(0, samples.shape[1], block):
+                piece = np.ascontiguousarray(samples[:, offset : offset + block])
+                frame = av.AudioFrame.from_ndarray(piece, format="fltp", layout=layout)
                 frame.sample_rate = sample_rate
                 frame.pts = offset
                 for packet in audio_stream.encode(frame):
@@ -191,10 +196,16 @@ def generate(
                     "video_path": f"videos/{video_id}.mp4",
                 }
             )
-        audio = np.concatenate(sound)
-        t = np.arange(len(audio)) / SAMPLE_RATE
-        hum = sum(np.sin(2 * np.pi * 100 * h * t) / h for h in (1, 2, 3))
-        audio = audio + style.hum * hum + rng.normal(0, style.noise, audio.shape)
+        # Stereo, left and right different (as in EPIC-Kitchens and VGGSound): the action's
+        # sound panned off centre by a per-video amount, independent noise per channel. The
+        # mono mix (channel mean) is the action plus the hum.
+        action = np.concatenate(sound)
+        t = np.arange(len(action)) / SAMPLE_RATE
+        hum = style.hum * sum(np.sin(2 * np.pi * 100 * h * t) / h for h in (1, 2, 3))
+        pan = rng.uniform(0.2, 0.35)
+        pan = 1 - pan if video % 2 else pan
+        audio = np.stack([2 * pan * action + hum, 2 * (1 - pan) * action + hum])
+        audio = audio + rng.normal(0, style.noise, audio.shape)
         write_video(root / "videos" / f"{video_id}.mp4", np.stack(frames), style.fps, audio)
     manifest = pd.DataFrame(rows)
     manifest.to_csv(root / "manifest.csv", index=False)
