@@ -257,6 +257,7 @@ def extract(
     quiet: Quiet = False,
 ) -> None:
     """Decode videos / frame folders, run backbones and write features into a Zarr cache."""
+    from avda.cache import open_cache
     from avda.data_manifests import schema
     from avda.extract import distributed, runner, sampling
 
@@ -301,8 +302,13 @@ def extract(
         f"{out}: {result.done} done, {result.missing} missing input, {result.failed} failed "
         f"in {result.seconds:.1f} s"
     )
-    if not result.ok:
-        failures = out.parent / f"{out.name}.failures.csv"
+    failures = out.parent / f"{out.name}.failures.csv"
+    if result.ok:
+        # A list left by an earlier run is stale once the store has no failed row at all
+        # (a clean shard keeps the list while other shards' rows are still failed).
+        if failures.exists() and open_cache(out).failures().empty:
+            failures.unlink()
+    else:
         result.failures.to_csv(failures, index=False)
         typer.echo(
             f"failed segments are listed in {failures}; fix them and re-run with --retry-failed",

@@ -1,27 +1,48 @@
-"""Video decoding with decord: only the sampled frames, resized inside the decoder.
+"""Video decoding: only the sampled frames, resized inside the decoder, with decord or PyAV.
 
-Frame positions come from the container's own timestamps, so seconds map to the right frame
-for fractional (29.97, 19.62) and variable frame rates alike.
+Two backends with one interface (:class:`VideoDecoder`): ``decord`` where it is installed (its
+wheels exist for Linux x86-64 and Windows x86-64 only) and ``pyav`` everywhere else (aarch64,
+macOS). ``VideoDecoder(path, ...)`` picks decord when it can be imported, else PyAV;
+``backend=`` or the environment variable ``AVDA_VIDEO_DECODER=pyav|decord`` forces one. Both
+give the same frame count, timestamps and pixels: PyAV resizes through the filter chain decord
+uses (``scale=W:H`` with bilinear flags, then rgb24), which reproduces decord's frames exactly.
 
-Corrupt packets: decord gives up on a whole batch when one packet cannot be decoded. The
-decoder then retries the frames one by one, and decodes those that still fail with PyAV, which
-skips the damaged packets (FFmpeg error concealment); a frame that no packet yields takes the
-nearest decodable frame within :data:`CONCEALMENT_SECONDS` (logged), else the segment fails.
+Frame positions come from the container's own timestamps (``(pts - stream start) *
+time_base`` of the video packets, sorted), so seconds map to the right frame for fractional
+(29.97, 19.62) and variable frame rates alike. A stream without packet timestamps falls back to
+``index / fps``.
+
+Corrupt packets: decord gives up on a whole batch when one packet cannot be decoded. The decord
+backend then retries the frames one by one, and decodes those that still fail with PyAV (the
+same code as the PyAV backend), which skips the damaged packets (FFmpeg error concealment); a
+frame that no packet yields takes the nearest decodable frame within
+:data:`CONCEALMENT_SECONDS` (logged), else the segment fails.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
+import heapq
 import logging
+import os
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from avda.errors import MediaError
+from avda.errors import ConfigError, MediaError
 
 log = logging.getLogger(__name__)
 
 CONCEALMENT_SECONDS = 0.5
+DECODER_ENV = "AVDA_VIDEO_DECODER"
+BACKENDS = ("decord", "pyav")
+# Output frames held back before their timestamps are assigned: some decoders (MPEG-4 part 2
+# with packed B-frames in AVI) emit frames in display order but with their packets' pts, so a
+# frame's own pts can belong to its neighbour; sorting the pts of a short window fixes that.
+_REORDER_FRAMES = 3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,8 +98,58 @@ def resized_size(width: int, height: int, shorter_side: int | None) -> tuple[int
     return max(1, round(width * shorter_side / height)), shorter_side
 
 
+# --------------------------------------------------------------------------- backend choice
+def decord_available() -> bool:
+    """Whether ``import decord`` works here (x86-64 Linux / Windows wheels only)."""
+    try:
+        import decord  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def video_backend(name: str | None = None) -> str:
+    """The video decoder to use: ``name``, else ``$AVDA_VIDEO_DECODER``, else decord when it
+    is installed, else PyAV. Raises :class:`ConfigError` (one line) for an unknown name or
+    decord requested where it is not installed."""
+    source = "backend" if name else DECODER_ENV
+    requested = (name or os.environ.get(DECODER_ENV, "") or "auto").strip().lower()
+    if requested not in ("auto", *BACKENDS):
+        raise ConfigError(
+            f"{source}={requested!r}: unknown video decoder; choose one of {', '.join(BACKENDS)}"
+        )
+    if requested == "pyav":
+        return "pyav"
+    if decord_available():
+        return "decord"
+    if requested == "decord":
+        raise ConfigError(
+            f"{source}=decord, but decord is not installed (it has wheels for x86-64 Linux and "
+            f"Windows only); use {DECODER_ENV}=pyav"
+        )
+    return "pyav"
+
+
+# --------------------------------------------------------------------------- the interface
 class VideoDecoder:
-    """A decord reader that resizes in the decoder and maps seconds to frame indices."""
+    """Frames of one video, resized in the decoder; maps seconds to frame indices.
+
+    ``VideoDecoder(path, ...)`` returns a :class:`DecordVideoDecoder` or a
+    :class:`PyAVVideoDecoder` (see :func:`video_backend`). Attributes: ``num_frames``,
+    ``timestamps`` (start time of every frame in seconds, display order), ``fps``, ``size``
+    ((width, height) of the decoded frames) and ``backend``.
+    """
+
+    backend: str = ""
+    num_frames: int
+    timestamps: np.ndarray
+    fps: float
+
+    def __new__(cls, *args: Any, backend: str | None = None, **kwargs: Any) -> VideoDecoder:
+        if cls is VideoDecoder:
+            chosen = video_backend(backend)
+            cls = DecordVideoDecoder if chosen == "decord" else PyAVVideoDecoder
+        return super().__new__(cls)
 
     def __init__(
         self,
@@ -87,26 +158,14 @@ class VideoDecoder:
         shorter_side: int | None = None,
         size: tuple[int, int] | None = None,
         threads: int = 1,
-    ):
+        backend: str | None = None,
+    ) -> None:
         """``shorter_side``: resize keeping the aspect ratio; ``size``: (width, height) exactly."""
-        import decord
-
         self.info = probe(path)
         self.path = Path(path)
         width, height = size or resized_size(self.info.width, self.info.height, shorter_side)
-        self.size = (width, height)
-        try:
-            self._reader = decord.VideoReader(
-                str(path), width=width, height=height, num_threads=threads
-            )
-            self.num_frames = len(self._reader)
-            # Start time of every frame, from the container's timestamps.
-            self.timestamps = self._reader.get_frame_timestamp(np.arange(self.num_frames))[:, 0]
-        except Exception as exc:  # decord raises DECORDError / RuntimeError
-            raise MediaError(f"{path} cannot be decoded: {_short(exc)}") from exc
-        if self.num_frames == 0:
-            raise MediaError(f"{path} has no decodable frames")
-        self.fps = float(self._reader.get_avg_fps())
+        self.size = (int(width), int(height))
+        self.threads = threads
 
     @property
     def duration(self) -> float:
@@ -119,16 +178,91 @@ class VideoDecoder:
 
     def frames(self, indices: np.ndarray) -> np.ndarray:
         """Decode ``indices`` (any order, repeats allowed) -> uint8 ``(n, H, W, 3)`` RGB."""
-        indices = np.asarray(indices, dtype=np.int64)
+        indices = np.asarray(indices, dtype=np.int64).reshape(-1)
+        if indices.size == 0:
+            width, height = self.size
+            return np.zeros((0, height, width, 3), np.uint8)
+        if indices.min() < 0 or indices.max() >= self.num_frames:
+            raise IndexError(
+                f"{self.path}: frame indices must lie in [0, {self.num_frames}), "
+                f"got {indices.min()}..{indices.max()}"
+            )
         unique, inverse = np.unique(indices, return_inverse=True)
+        return self._decode_unique(unique)[inverse.reshape(-1)]
+
+    def _decode_unique(self, unique: np.ndarray) -> np.ndarray:
+        """uint8 ``(len(unique), H, W, 3)`` for sorted, distinct, in-range indices."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release the open file (also done when the decoder is garbage collected)."""
+
+
+class DecordVideoDecoder(VideoDecoder):
+    """decord's ``VideoReader``; damaged batches fall back to PyAV frame by frame."""
+
+    backend = "decord"
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        shorter_side: int | None = None,
+        size: tuple[int, int] | None = None,
+        threads: int = 1,
+        backend: str | None = None,
+    ) -> None:
+        super().__init__(path, shorter_side=shorter_side, size=size, threads=threads)
         try:
-            batch = self._reader.get_batch(unique.tolist()).asnumpy()
+            import decord
+        except ImportError as exc:
+            raise ConfigError(
+                f"the decord video decoder is not installed; use {DECODER_ENV}=pyav"
+            ) from exc
+        width, height = self.size
+        try:
+            self._reader = decord.VideoReader(
+                str(path), width=width, height=height, num_threads=threads
+            )
+            self.num_frames = len(self._reader)
+            # Start time of every frame, from the container's timestamps.
+            self.timestamps = self._reader.get_frame_timestamp(np.arange(self.num_frames))[:, 0]
+        except Exception as exc:  # decord raises DECORDError / RuntimeError
+            raise MediaError(f"{path} cannot be decoded: {_short(exc)}") from exc
+        if self.num_frames == 0:
+            raise MediaError(f"{path} has no decodable frames")
+        self.fps = float(self._reader.get_avg_fps())
+        self._pyav: _PyAVStream | None = None
+        if not np.all(np.isfinite(self.timestamps)) or self.timestamps.min() < -1.0:
+            self.timestamps = self._repaired_timestamps()
+
+    def _repaired_timestamps(self) -> np.ndarray:
+        """decord gives packets without a pts (B-frames of MPEG-4 in AVI, as its FFmpeg 4
+        demuxes them) a timestamp of about -3.7e17 s; the packet index read with PyAV has them."""
+        stream = self._pyav_stream()
+        if stream.num_frames == self.num_frames:
+            log.info("%s: decord's frame timestamps are invalid; using PyAV's", self.path)
+            return stream.timestamps.copy()
+        log.warning(
+            "%s: decord's frame timestamps are invalid; assuming a constant %.3f fps",
+            self.path,
+            self.fps,
+        )
+        return np.arange(self.num_frames) / max(self.fps, 1e-6)
+
+    def _pyav_stream(self) -> _PyAVStream:
+        if self._pyav is None:
+            self._pyav = _PyAVStream(self.path, self.size, threads=self.threads)
+        return self._pyav
+
+    def _decode_unique(self, unique: np.ndarray) -> np.ndarray:
+        try:
+            return self._reader.get_batch(unique.tolist()).asnumpy()
         except Exception as exc:  # a corrupt packet: go frame by frame
             log.info(
                 "%s: batch decoding failed (%s); decoding frame by frame", self.path, _short(exc)
             )
-            batch = self._frames_tolerant(unique)
-        return batch[inverse.reshape(-1)]
+            return self._frames_tolerant(unique)
 
     def _frames_tolerant(self, unique: np.ndarray) -> np.ndarray:
         decoded: dict[int, np.ndarray] = {}
@@ -146,45 +280,169 @@ class VideoDecoder:
 
     def _decode_with_pyav(self, indices: np.ndarray) -> dict[int, np.ndarray]:
         """Frames ``indices`` decoded by PyAV, skipping undecodable packets (see module doc)."""
+        stream = self._pyav_stream()
+        if stream.num_frames != self.num_frames:
+            raise MediaError(
+                f"{self.path}: decord and PyAV count {self.num_frames} and {stream.num_frames} "
+                "frames; the damaged frames cannot be decoded"
+            )
+        return stream.decode(np.unique(indices))
+
+    def close(self) -> None:
+        if self._pyav is not None:
+            self._pyav.close()
+            self._pyav = None
+
+
+class PyAVVideoDecoder(VideoDecoder):
+    """PyAV (FFmpeg): seeks to the keyframe before the first wanted frame, decodes forward."""
+
+    backend = "pyav"
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        shorter_side: int | None = None,
+        size: tuple[int, int] | None = None,
+        threads: int = 1,
+        backend: str | None = None,
+    ) -> None:
+        super().__init__(path, shorter_side=shorter_side, size=size, threads=threads)
+        self._stream = _PyAVStream(self.path, self.size, threads=threads)
+        self.num_frames = self._stream.num_frames
+        self.timestamps = self._stream.timestamps
+        self.fps = self._stream.fps
+
+    def _decode_unique(self, unique: np.ndarray) -> np.ndarray:
+        got = self._stream.decode(unique)
+        return np.stack([got[i] for i in unique.tolist()])
+
+    def close(self) -> None:
+        self._stream.close()
+
+
+# --------------------------------------------------------------------------- PyAV machinery
+class _PyAVStream:
+    """The first video stream of a file opened with PyAV: its packet index (timestamps and
+    keyframes, read without decoding), and decoding of chosen frames, resized as decord does."""
+
+    def __init__(self, path: Path, size: tuple[int, int], *, threads: int = 1) -> None:
+        self.path = path
+        self.size = size
+        self.threads = threads
+        self._container: Any = None
+        self._graph: Any = None
+        self._graph_key: tuple[Any, ...] | None = None
+        try:
+            self._open()
+            self._index()
+        except MediaError:
+            self.close()
+            raise
+        except Exception as exc:  # av.error.FFmpegError and friends
+            self.close()
+            raise MediaError(f"{path} cannot be decoded: {exc}") from exc
+
+    # ----------------------------------------------------------------- opening, index
+    def _open(self) -> None:
         import av
 
-        width, height = self.size
-        times = self.timestamps[indices]
-        got: dict[int, np.ndarray] = {}
-        try:
-            with av.open(str(self.path)) as container:
-                stream = container.streams.video[0]
-                base = float(stream.time_base)
-                start = max(float(times.min()) - CONCEALMENT_SECONDS, 0.0)
-                container.seek(int(start / base), stream=stream, backward=True)
-                for packet in container.demux(stream):
-                    try:
-                        frames = packet.decode()
-                    except av.error.FFmpegError:
-                        continue  # a damaged packet
-                    for frame in frames:
-                        if frame.time is None:
-                            continue
-                        index = int(np.argmin(np.abs(self.timestamps - frame.time)))
-                        if abs(self.timestamps[index] - frame.time) > CONCEALMENT_SECONDS:
-                            continue
-                        got[index] = frame.to_ndarray(width=width, height=height, format="rgb24")
-                    if packet.pts is not None and packet.pts * base > times.max() + 1.0:
-                        break
-        except av.error.FFmpegError as exc:
-            raise MediaError(f"{self.path}: decoding frames failed: {exc}") from exc
-        result: dict[int, np.ndarray] = {}
-        for index in indices.tolist():
-            if index in got:
-                result[index] = got[index]
+        self.close()
+        self._container = av.open(str(self.path))
+        if not self._container.streams.video:
+            raise MediaError(f"{self.path} has no video stream")
+        self._stream = self._container.streams.video[0]
+        self._stream.codec_context.thread_count = max(int(self.threads), 0)
+
+    def _index(self) -> None:
+        """Timestamps of every frame from the packets' pts (sorted: B-frames come out of
+        order), keyframe positions; a stream where some packet has no pts: ``index / fps``."""
+        stream = self._stream
+        pts: list[int | None] = []
+        keys: list[bool] = []
+        for packet in self._container.demux(stream):
+            if packet.size == 0:  # the flush packet at the end
                 continue
-            nearest = min(got, key=lambda i: abs(i - index), default=None)
-            gap = (
-                abs(self.timestamps[nearest] - self.timestamps[index])
-                if nearest is not None
-                else None
-            )
-            if gap is None or gap > CONCEALMENT_SECONDS:
+            pts.append(packet.pts)
+            keys.append(bool(packet.is_keyframe))
+        if not pts:
+            raise MediaError(f"{self.path} has no decodable frames")
+        self.num_frames = len(pts)
+        rate = stream.average_rate or stream.guessed_rate
+        self.fps = float(rate) if rate else 0.0
+        if any(p is None for p in pts):
+            self.pts: np.ndarray | None = None
+            self.key_positions = np.zeros(1, np.int64)  # decoded from the start
+            if self.fps <= 0:
+                raise MediaError(f"{self.path}: video packets have no timestamps and no rate")
+            self.timestamps = np.arange(self.num_frames) / self.fps
+            log.info("%s: video packets without timestamps; frame i at i / fps", self.path)
+        else:
+            values = np.asarray(pts, dtype=np.int64)
+            order = np.argsort(values, kind="stable")
+            self.pts = values[order]
+            self.key_positions = np.flatnonzero(np.asarray(keys)[order])
+            if self.key_positions.size == 0 or self.key_positions[0] != 0:
+                self.key_positions = np.concatenate([[0], self.key_positions])
+            start = stream.start_time if stream.start_time is not None else 0
+            self.timestamps = (self.pts - start) * float(stream.time_base)
+            self._position = {int(p): i for i, p in enumerate(self.pts.tolist())}
+            if self.fps <= 0 and self.num_frames > 1:
+                span = self.timestamps[-1] - self.timestamps[0]
+                self.fps = (self.num_frames - 1) / span if span > 0 else 0.0
+        if self.fps <= 0:
+            self.fps = 25.0  # a single frame without a rate: any positive value
+
+    def close(self) -> None:
+        if self._container is not None:
+            try:
+                self._container.close()
+            except Exception:  # closing a damaged file
+                pass
+            self._container = None
+        self._graph, self._graph_key = None, None
+
+    def __del__(self) -> None:
+        self.close()
+
+    # ----------------------------------------------------------------- decoding
+    def decode(self, wanted: np.ndarray) -> dict[int, np.ndarray]:
+        """Frames ``wanted`` (sorted, distinct) as uint8 RGB; a frame no packet yields takes
+        the nearest decodable frame within :data:`CONCEALMENT_SECONDS`, else MediaError."""
+        import av
+
+        try:
+            got, seen = self._decode_pass(wanted)
+            missing = [i for i in wanted.tolist() if i not in got]
+            if not missing:
+                return got
+            substitutes = self._substitutes(missing, seen)
+            extra = sorted(set(substitutes.values()) - set(got))
+            if extra:
+                more, _ = self._decode_pass(np.asarray(extra, dtype=np.int64))
+                got.update(more)
+        except av.error.FFmpegError as exc:
+            self.close()
+            raise MediaError(f"{self.path}: decoding frames failed: {exc}") from exc
+        for index, nearest in substitutes.items():
+            if nearest not in got:
+                raise MediaError(f"{self.path}: frame {index} cannot be decoded")
+            got[index] = got[nearest]
+        return got
+
+    def _substitutes(self, missing: list[int], seen: set[int]) -> dict[int, int]:
+        candidates = np.asarray(sorted(seen), dtype=np.int64)
+        result: dict[int, int] = {}
+        for index in missing:
+            nearest, gap = None, None
+            if candidates.size:
+                position = int(
+                    np.argmin(np.abs(self.timestamps[candidates] - self.timestamps[index]))
+                )
+                nearest = int(candidates[position])
+                gap = abs(float(self.timestamps[nearest] - self.timestamps[index]))
+            if nearest is None or gap is None or gap > CONCEALMENT_SECONDS:
                 raise MediaError(
                     f"{self.path}: frame {index} ({self.timestamps[index]:.2f} s) cannot be "
                     "decoded (corrupt packets); re-encode or re-download the file"
@@ -196,8 +454,145 @@ class VideoDecoder:
                 nearest,
                 gap,
             )
-            result[index] = got[nearest]
+            result[index] = nearest
         return result
+
+    def _groups(self, wanted: np.ndarray) -> list[np.ndarray]:
+        """Runs of wanted frames decoded in one pass: a new seek where a keyframe lies between
+        two wanted frames (seeking there is cheaper than decoding through)."""
+        keys = self.key_positions
+        key_before = keys[np.searchsorted(keys, wanted, side="right") - 1]
+        starts = np.flatnonzero(key_before[1:] > wanted[:-1]) + 1
+        return np.split(wanted, starts)
+
+    def _decode_pass(self, wanted: np.ndarray) -> tuple[dict[int, np.ndarray], set[int]]:
+        got: dict[int, np.ndarray] = {}
+        seen: set[int] = set()
+        for group in self._groups(wanted):
+            if not self._decode_group(group, got, seen, from_start=False):
+                self._decode_group(group, got, seen, from_start=True)
+        return got, seen
+
+    def _decode_group(
+        self, group: np.ndarray, got: dict[int, np.ndarray], seen: set[int], *, from_start: bool
+    ) -> bool:
+        """Decode the frames of ``group`` into ``got``; False when the seek landed after the
+        first wanted frame (then the caller decodes from the start)."""
+        first, last = int(group[0]), int(group[-1])
+        wanted = set(group.tolist())
+        if self._container is None:
+            self._open()
+        key = int(self.key_positions[np.searchsorted(self.key_positions, first, "right") - 1])
+        if self.pts is None or from_start or key == 0:
+            self._open()  # from the first frame: no seek needed (nor trusted)
+            from_start = True
+        else:
+            self._container.seek(
+                int(self.pts[key]), stream=self._stream, backward=True, any_frame=False
+            )
+        started = False
+        for index, frame in self._frames_in_order(start=0 if from_start else None):
+            if not started:
+                started = True
+                if index > first and not from_start:
+                    return False
+            seen.add(index)
+            if index in wanted and index not in got:
+                got[index] = self._to_rgb(frame)
+            if index >= last:
+                break
+        return True
+
+    def _frames_in_order(self, start: int | None) -> Iterator[tuple[int, Any]]:
+        """(index, frame) in display order from the current position; damaged packets are
+        skipped. Frames are labelled by the sorted pts of a short window (see
+        ``_REORDER_FRAMES``); without pts, by counting from ``start``."""
+        import av
+
+        pending: collections.deque[Any] = collections.deque()
+        heap: list[int] = []
+        previous = -1 if start is None else start - 1
+
+        def label(frame: Any) -> int:
+            nonlocal previous
+            index = None
+            if frame.pts is not None and self.pts is not None:
+                pts = heapq.heappop(heap)
+                index = self._position.get(pts)
+                if index is None:  # a pts no packet had: the nearest frame time
+                    seconds = frame.time if frame.time is not None else 0.0
+                    nearest = int(np.argmin(np.abs(self.timestamps - seconds)))
+                    if abs(self.timestamps[nearest] - seconds) <= CONCEALMENT_SECONDS:
+                        index = nearest
+            if index is None:
+                index = previous + 1
+            previous = index
+            return index
+
+        for packet in self._container.demux(self._stream):
+            try:
+                frames = packet.decode()
+            except av.error.FFmpegError:
+                continue  # a damaged packet
+            for frame in frames:
+                pending.append(frame)
+                if frame.pts is not None and self.pts is not None:
+                    heapq.heappush(heap, frame.pts)
+                if len(pending) > _REORDER_FRAMES:
+                    frame_out = pending.popleft()
+                    yield label(frame_out), frame_out
+        while pending:
+            frame_out = pending.popleft()
+            yield label(frame_out), frame_out
+
+    def _to_rgb(self, frame: Any) -> np.ndarray:
+        """rgb24 at ``size`` through decord's filter chain (``[transpose,]scale=W:H`` with
+        bilinear flags, then rgb24): the same pixels as decord."""
+        import av
+
+        rotation = int(round(-(getattr(frame, "rotation", 0) or 0))) % 360
+        key = (frame.width, frame.height, frame.format.name, rotation)
+        if key != self._graph_key:
+            self._graph = self._build_graph(frame, rotation)
+            self._graph_key = key
+        width, height = self.size
+        if self._graph is not None:
+            try:
+                self._graph.push(frame)
+                return self._graph.pull().to_ndarray()
+            except (av.error.FFmpegError, ValueError) as exc:
+                log.info("%s: filter graph failed (%s); swscale directly", self.path, exc)
+                self._graph = None
+        return frame.to_ndarray(
+            width=width, height=height, format="rgb24", interpolation="BILINEAR"
+        )
+
+    def _build_graph(self, frame: Any, rotation: int) -> Any:
+        import av.filter
+
+        width, height = self.size
+        transpose = {90: ["1"], 180: ["1", "1"], 270: ["2"]}.get(rotation, [])
+        try:
+            graph = av.filter.Graph()
+            chain = [
+                graph.add_buffer(
+                    width=frame.width,
+                    height=frame.height,
+                    format=frame.format.name,
+                    time_base=self._stream.time_base,
+                )
+            ]
+            chain += [graph.add("transpose", value) for value in transpose]
+            chain.append(graph.add("scale", f"{width}:{height}:flags=bilinear"))
+            chain.append(graph.add("format", "rgb24"))
+            chain.append(graph.add("buffersink"))
+            for source, target in zip(chain[:-1], chain[1:], strict=True):
+                source.link_to(target)
+            graph.configure()
+        except Exception as exc:  # an unusual pixel format
+            log.info("%s: no filter graph (%s); swscale directly", self.path, exc)
+            return None
+        return graph
 
 
 def _short(exc: BaseException) -> str:
