@@ -198,20 +198,91 @@ class FeatureCache:
         statuses: np.ndarray,
         errors: Sequence[str],
     ) -> None:
-        """Write a contiguous block of rows: features first, then errors, then status."""
+        """Write a contiguous block of rows: features first, then errors, then status.
+
+        A DONE row whose features are not finite once cast to the stored float16 (NaN, inf, or
+        beyond ±65504) is written FAILED instead, with zero features and the reason as error.
+        """
         rows = np.asarray(rows)
         if len(rows) == 0:
             return
         start, stop = int(rows[0]), int(rows[-1]) + 1
         if stop - start != len(rows) or np.any(np.diff(rows) != 1):
             raise CacheError(f"internal: rows to write must be contiguous, got {rows[:5]}...")
-        self._group[schema.FEATURES_GROUP][modality][start:stop] = features.astype(
-            schema.FEATURE_DTYPE
-        )
+        features = np.asarray(features)
+        with np.errstate(over="ignore"):  # float16 overflow to inf: caught just below
+            stored = features.astype(schema.FEATURE_DTYPE)
+        statuses = np.array(statuses, dtype=schema.STATUS_DTYPE)  # a copy: failed rows change
+        errors = list(errors)
+        bad = (statuses == Status.DONE) & ~_finite_rows(stored)
+        if bad.any():
+            hint = self._nonfinite_hint(modality)
+            for i in np.flatnonzero(bad):
+                errors[i] = nonfinite_error("features", features[i], stored[i], hint)
+                log.warning(
+                    "segment %s (%s): %s", self.segments["uid"].iloc[start + i], modality, errors[i]
+                )
+            stored[bad] = 0
+            statuses[bad] = Status.FAILED
+        self._group[schema.FEATURES_GROUP][modality][start:stop] = stored
         self._group[schema.ERRORS_GROUP][modality][start:stop] = np.asarray(errors, dtype=object)
-        self._group[schema.STATUS_GROUP][modality][start:stop] = np.asarray(
-            statuses, dtype=schema.STATUS_DTYPE
+        self._group[schema.STATUS_GROUP][modality][start:stop] = statuses
+
+    def _nonfinite_hint(self, modality: str) -> str:
+        """How to fix non-finite rows of ``modality``: re-extract, or (imported) re-import."""
+        source = (self.modality_info(modality).get("input") or {}).get("source")
+        if source == "import":
+            return "fix the imported file and import it into a new store"
+        return NONFINITE_EXTRACT_HINT
+
+    def nonfinite_rows(
+        self, modality: str, rows: np.ndarray | None = None, *, spatial: bool = False
+    ) -> np.ndarray:
+        """DONE rows (of ``rows``, all if None) whose features (``spatial``: maps) are NaN/inf.
+
+        Reads the array chunk by chunk (one pass over the modality's stored values).
+        """
+        array = self.spatial(modality) if spatial else self.features(modality)
+        status = self.status(modality)
+        candidates = np.arange(len(status)) if rows is None else np.unique(np.asarray(rows))
+        candidates = candidates[status[candidates] == Status.DONE]
+        step = int(array.chunks[0])
+        found = []
+        for chunk in np.unique(candidates // step):
+            lo = int(chunk) * step
+            block = array[lo : min(lo + step, array.shape[0])]
+            wanted = candidates[(candidates >= lo) & (candidates < lo + step)]
+            found.append(wanted[~_finite_rows(block[wanted - lo])])
+        return np.concatenate(found) if found else np.zeros(0, dtype=np.int64)
+
+    def mark_nonfinite(self, modality: str, rows: np.ndarray | None = None) -> np.ndarray:
+        """Mark DONE rows whose features or spatial maps are NaN/inf FAILED (a cache written
+        before avda refused them); returns those rows. ``avda extract --retry-failed`` calls
+        this on the rows it owns, then recomputes them."""
+        bad = self.nonfinite_rows(modality, rows)
+        if self.has_spatial(modality):
+            bad = np.union1d(bad, self.nonfinite_rows(modality, rows, spatial=True))
+        if len(bad) == 0:
+            return bad
+        message = (
+            "non-finite features or maps (NaN/inf) found in the store (written by an older avda "
+            f"or imported); {self._nonfinite_hint(modality)}"
         )
+        uids = self.segments["uid"].iloc[bad[:5]].tolist()
+        log.warning(
+            "%s: %d done %s rows hold NaN/inf (first uids %s): marked failed",
+            *(self.path, len(bad), modality, ", ".join(uids)),
+        )
+        for run in _contiguous(bad):
+            start, stop = int(run[0]), int(run[-1]) + 1
+            self._group[schema.STATUS_GROUP][modality][start:stop] = int(Status.FAILED)
+            self._group[schema.ERRORS_GROUP][modality][start:stop] = np.full(
+                len(run), message, dtype=object
+            )
+            self._group[schema.FEATURES_GROUP][modality][start:stop] = 0
+            if self.has_spatial(modality):
+                self.spatial(modality)[start:stop] = 0
+        return bad
 
     def write_spatial(self, modality: str, rows: np.ndarray, maps: np.ndarray) -> None:
         """Write spatial maps ``(n, K, C, H, W)`` of a contiguous block of rows (before the
@@ -332,11 +403,47 @@ class FeatureCache:
         return self._group[schema.FEATURES_GROUP][modality]
 
     def load(
-        self, modality: str, rows: np.ndarray | None = None, clips: np.ndarray | None = None
+        self,
+        modality: str,
+        rows: np.ndarray | None = None,
+        clips: np.ndarray | None = None,
+        *,
+        check_finite: bool = True,
     ) -> np.ndarray:
         """Features of ``rows`` (all rows if None) in memory as float32 ``(n, K, D)``;
-        ``clips`` keeps only those clips (selected before the float32 conversion)."""
-        return _read_rows(self.features(modality), rows, clips)
+        ``clips`` keeps only those clips (selected before the float32 conversion).
+
+        ``check_finite``: raise :class:`CacheError` when a loaded value is NaN/inf (a store
+        written before avda refused them, or edited), naming the rows and the fix.
+        """
+        values = _read_rows(self.features(modality), rows, clips)
+        if check_finite:
+            self._refuse_nonfinite(modality, values, rows, spatial=False)
+        return values
+
+    def _refuse_nonfinite(
+        self, modality: str, values: np.ndarray, rows: np.ndarray | None, *, spatial: bool
+    ) -> None:
+        # Loaded values come from float16 (|x| <= 65504): their float64 sum overflows never,
+        # and is finite exactly when every value is; no (n, K, D) boolean temporary.
+        if np.isfinite(values.sum(dtype=np.float64)):
+            return
+        bad = self.nonfinite_rows(modality, spatial=spatial)  # every such row of the store
+        if len(bad) == 0:  # not DONE rows (they should hold zeros): name the loaded ones
+            loaded = np.arange(len(values)) if rows is None else np.asarray(rows)
+            bad = loaded[~_finite_rows(values)]
+        what = "spatial maps" if spatial else "features"
+        uids = ", ".join(self.segments["uid"].iloc[bad[:3]].astype(str))
+        hint = self._nonfinite_hint(modality)
+        if hint == NONFINITE_EXTRACT_HINT:
+            hint = (
+                "re-extract them with the same `avda extract ... --retry-failed`, which marks "
+                "such rows failed and recomputes them"
+            )
+        raise CacheError(
+            f"cache {self.path}: {len(bad)} rows of {modality} hold non-finite {what} "
+            f"(NaN/inf; first uids: {uids}), written by an older avda or imported; {hint}"
+        )
 
     def to_dask(self, modality: str):
         """A dask array over the Zarr chunks, for caches larger than memory."""
@@ -374,8 +481,11 @@ class FeatureCache:
         return self._group[SPATIAL_GROUP][modality]
 
     def load_spatial(self, modality: str, rows: np.ndarray | None = None) -> np.ndarray:
-        """Spatial maps of ``rows`` (all if None) in memory as float32 ``(n, K, C, *S)``."""
-        return _read_rows(self.spatial(modality), rows)
+        """Spatial maps of ``rows`` (all if None) in memory as float32 ``(n, K, C, *S)``;
+        NaN/inf raise :class:`CacheError` like :meth:`load`."""
+        maps = _read_rows(self.spatial(modality), rows)
+        self._refuse_nonfinite(modality, maps, rows, spatial=True)
+        return maps
 
     def summary(self) -> str:
         """A human-readable description (``avda cache info``)."""
@@ -400,6 +510,12 @@ class FeatureCache:
                 for s in Status
                 if np.any(status == s)
             )
+            failed = np.flatnonzero(status == Status.FAILED)
+            if len(failed):
+                errors = self.errors(modality)[failed]
+                nonfinite = sum(str(e).startswith(NONFINITE_PREFIX) for e in errors)
+                if nonfinite:
+                    state += f" ({nonfinite} of them NaN/inf)"
             weights = info.get("weights") or "random init"
             source = info.get("input") or {}
             if source.get("source") == "import":
@@ -410,6 +526,39 @@ class FeatureCache:
                 f"weights={weights}{precision}: {state}"
             )
         return "\n".join(lines)
+
+
+# Start of the error message of a row refused for NaN/inf values (see nonfinite_error).
+NONFINITE_PREFIX = "non-finite "
+NONFINITE_EXTRACT_HINT = "check the weights / input, then --retry-failed"
+
+
+def nonfinite_error(what: str, values: np.ndarray, stored: np.ndarray, hint: str) -> str:
+    """Why one row (``(K, ...)`` as computed, and as ``stored`` in float16) is refused."""
+    num_clips = len(stored)
+    finite = np.isfinite(stored.reshape(num_clips, -1))
+    clips = int(np.sum(~finite.all(axis=1)))
+    overflow = bool(
+        np.any(np.isfinite(np.asarray(values, dtype=np.float64)) & ~np.isfinite(stored))
+    )
+    cause = (
+        "values beyond ±65504 overflow float16 (the backbone's output is not unit scale)"
+        if overflow
+        else "the backbone or input produced NaN/inf"
+    )
+    return f"{NONFINITE_PREFIX}{what} (NaN/inf) in {clips} of {num_clips} clips; {cause}: {hint}"
+
+
+def _finite_rows(values: np.ndarray) -> np.ndarray:
+    """Per row (first axis): whether every value is finite."""
+    return np.isfinite(values.reshape(len(values), -1)).all(axis=1)
+
+
+def _contiguous(rows: np.ndarray) -> list[np.ndarray]:
+    rows = np.asarray(rows)
+    if len(rows) == 0:
+        return []
+    return np.split(rows, np.flatnonzero(np.diff(rows) != 1) + 1)
 
 
 def _divisor_rows(chunk_rows: int, row_bytes: int, limit: int = 64 * 2**20) -> int:

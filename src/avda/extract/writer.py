@@ -8,13 +8,17 @@ chunk file.
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 from collections.abc import Iterator
 
 import numpy as np
 
-from avda.cache import FeatureCache
+from avda.cache import FeatureCache, Status, schema
+from avda.cache.store import NONFINITE_EXTRACT_HINT, nonfinite_error
+
+log = logging.getLogger(__name__)
 
 
 class ChunkWriter:
@@ -55,6 +59,10 @@ class ChunkWriter:
         error: str,
     ) -> None:
         if self.spatial_shape:
+            if spatial is not None and state == Status.DONE:
+                spatial, features, state, error = self._refuse_nonfinite_maps(
+                    row, spatial, features, state, error
+                )
             if spatial is None:
                 spatial = np.zeros((self.K, *self.spatial_shape), dtype=np.float16)
             chunk = row // self.spatial_rows
@@ -67,6 +75,21 @@ class ChunkWriter:
         self.buffer.setdefault(chunk, {})[row] = (features, state, error)
         if len(self.buffer[chunk]) == len(self.expected[chunk]):
             self._flush(chunk)
+
+    def _refuse_nonfinite_maps(
+        self, row: int, spatial: np.ndarray, features, state: int, error: str
+    ) -> tuple[np.ndarray | None, np.ndarray | None, int, str]:
+        """Maps with NaN/inf once stored as float16 make the row FAILED (zero maps and
+        features); the features' status, written last, carries it."""
+        with np.errstate(over="ignore"):
+            stored = np.asarray(spatial).astype(schema.SPATIAL_DTYPE)
+        if np.isfinite(stored).all():
+            return spatial, features, state, error
+        error = nonfinite_error("spatial maps", spatial, stored, NONFINITE_EXTRACT_HINT)
+        log.warning(
+            "segment %s (%s): %s", self.store.segments["uid"].iloc[row], self.modality, error
+        )
+        return None, None, int(Status.FAILED), error
 
     def _flush_spatial(self, chunk: int) -> None:
         maps = self.spatial_buffer.pop(chunk)
