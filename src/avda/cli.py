@@ -6,6 +6,7 @@ Exit codes: 0 ok, 1 avda error (one line on stderr; ``AVDA_DEBUG=1`` shows the t
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import sys
@@ -44,7 +45,53 @@ ManifestPath = Annotated[Path, typer.Option("--manifest", "-m", help="Manifest C
 VideosDir = Annotated[
     Path, typer.Option("--videos", help="Folder the manifest's videos are under.")
 ]
-OutPath = Annotated[Path, typer.Option("--out", "-o", help="Output path.")]
+
+
+def _make_parent(path: Path, option: str) -> None:
+    """Create the folders ``path`` will be written in."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise ConfigError(
+            f"{option} {path}: cannot create its folder {path.parent}: a file of that name exists"
+        ) from None
+    except NotADirectoryError:
+        raise ConfigError(
+            f"{option} {path}: cannot create its folder {path.parent}: part of it is a file"
+        ) from None
+
+
+def output_file(path: Path | None, option: str = "-o") -> Path | None:
+    """An output that is one file: not an existing folder; its parent folders are created."""
+    if path is None:
+        return None
+    if path.is_dir():
+        raise ConfigError(f"{option} {path} is a folder; give the path of the file to write")
+    _make_parent(path, option)
+    return path
+
+
+def output_dir(path: Path | None, option: str = "-o") -> Path | None:
+    """An output that is a folder (a store, a run): not an existing file; parents are created."""
+    if path is None:
+        return None
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{option} {path} is a file; give a folder (it is created if missing)")
+    _make_parent(path, option)
+    return path
+
+
+def _output_dir_callback(ctx: typer.Context, param: typer.CallbackParam, value: Path | None):
+    if ctx.resilient_parsing:
+        return value
+    return output_dir(value, "-o" if "-o" in param.opts else param.opts[0])
+
+
+# A folder output (store, run, flow frames): checked and its parents created while parsing.
+OutPath = Annotated[
+    Path, typer.Option("--out", "-o", help="Output path.", callback=_output_dir_callback)
+]
+OutFile = Annotated[Path, typer.Option("--out", "-o", help="Output file.")]
 Seed = Annotated[int, typer.Option("--seed", help="Random seed.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
 OptionalVideosDir = Annotated[
@@ -120,6 +167,8 @@ def demo(
     """Run the whole pipeline on a built-in two-domain audio-visual dataset and print a table."""
     from avda.demo import run_demo
 
+    output_dir(out)
+
     result = run_demo(
         out,
         seed=seed,
@@ -165,7 +214,7 @@ def manifest_build(
         Path,
         typer.Option("--annotations", "-a", help="Folder (or table file) of annotation files."),
     ],
-    out: OutPath,
+    out: OutFile,
     source: Annotated[
         str | None, typer.Option(help="Keep these source domain(s), comma-separated.")
     ] = None,
@@ -187,6 +236,7 @@ def manifest_build(
     """Turn a benchmark's annotation files into a manifest (and FILE.build.json)."""
     from avda.data_manifests import build_manifest
 
+    output_file(out)
     options = list(option or [])
     if unit is not None:
         options.append(f"unit={unit}")
@@ -396,7 +446,7 @@ def finetune_command(
     modality: Annotated[str, typer.Option(help="rgb, flow or audio.")],
     manifest: ManifestPath,
     source: Annotated[str, typer.Option(help="Source domain(s), comma separated.")],
-    out: OutPath,
+    out: OutFile,
     videos: OptionalVideosDir = None,
     frames: FramesDir = None,
     flow: FlowDir = None,
@@ -419,6 +469,7 @@ def finetune_command(
     from avda.extract import finetune, sampling
     from avda.extract.inputs import InputPaths
 
+    output_file(out)
     config = finetune.FinetuneConfig(
         epochs=epochs,
         batch_size=batch_size,
@@ -499,7 +550,7 @@ def cache_import(
 @cache_app.command("export")
 def cache_export(
     store: Annotated[Path, typer.Argument(help="Feature cache (.zarr).")],
-    out: OutPath,
+    out: OutFile,
     format_: Annotated[str, typer.Option("--format", help="h5 or epic-pkl.")] = "h5",
     modalities: Annotated[str | None, typer.Option(help="h5: comma list (default: all).")] = None,
     domain: Annotated[str | None, typer.Option(help="epic-pkl: rows of this domain.")] = None,
@@ -508,6 +559,9 @@ def cache_export(
     """Write a cache as HDF5 (streamed chunk by chunk) or as a TA3N feature pickle."""
     from avda.cache import interop
 
+    if format_ not in ("h5", "epic-pkl"):
+        raise ConfigError(f"--format {format_!r}: expected h5 or epic-pkl")
+    output_file(out)
     if format_ == "h5":
         path = interop.export_h5(
             store, out, modalities=_split_list(modalities) if modalities else None
@@ -549,6 +603,7 @@ def cluster(
     """K-means per class for k = 1..max-k, k by the Elbow; cluster ids written into STORE."""
     from avda.train.clustering import cluster_store
 
+    output_dir(plot, "--plot")
     result = cluster_store(
         store,
         modality=modality,
@@ -660,6 +715,8 @@ def evaluate(
     """Metrics of finished runs: one row per run, or the papers' tables over many runs."""
     from avda.evaluate import protocols, tables
 
+    output_file(out)
+    output_file(export_submission, "--export-submission")
     if checkpoint_average:
         from avda.train.heads.mm_sada import checkpoint_accuracy
 
@@ -709,13 +766,36 @@ def sweep_command(
         Path | None,
         typer.Option("--out", "-o", help="Folder of the runs (default: the spec's out)."),
     ] = None,
+    worker_timeout: Annotated[
+        float | None,
+        typer.Option(
+            min=0.001,
+            help="Seconds to wait for the first Dask worker before giving up "
+            "(default: the spec's cluster.worker_timeout, 300).",
+        ),
+    ] = None,
+    job_script: Annotated[
+        bool,
+        typer.Option(
+            "--job-script", help="slurm/pbs: print the worker job script and exit (submit nothing)."
+        ),
+    ] = False,
     quiet: Quiet = False,
 ) -> None:
     """Train every (head, setting, seed) of a spec as Dask tasks; finished runs are skipped."""
     from avda.evaluate import sweep
 
+    if job_script:
+        typer.echo(sweep.job_script(sweep.load_spec(spec), cluster=cluster))
+        return
+    output_dir(out)
     summary = sweep.run_sweep(
-        spec, out=out, scheduler=scheduler, cluster=cluster, progress=not quiet
+        spec,
+        out=out,
+        scheduler=scheduler,
+        cluster=cluster,
+        progress=not quiet,
+        worker_timeout=worker_timeout,
     )
     typer.echo(summary.text())
     if not summary.ok:
@@ -744,6 +824,7 @@ def report(
     """One self-contained HTML page: tables, curves, per-class accuracy, confusion, embeddings."""
     from avda.evaluate.report import build_report
 
+    output_file(out)
     path = build_report(
         runs,
         out,
@@ -757,30 +838,106 @@ def report(
 
 
 # ------------------------------------------------------------------------------ entry point
+# Commands that pick up where an interrupted run stopped when run again.
+RESUMABLE = {"extract", "flow", "finetune", "train", "cluster", "sweep", "cache import"}
+
+
+def _command_name(argv: list[str]) -> str:
+    """``train``, ``cache import``...: the (sub)command named in ``argv`` ("" when none)."""
+    words = [a for a in argv if not a.startswith("-")]  # root options are flags only
+    if not words:
+        return ""
+    if words[0] in ("cache", "manifest") and len(words) > 1:
+        return f"{words[0]} {words[1]}"
+    return words[0]
+
+
+def _interrupted_message(argv: list[str]) -> str:
+    command = _command_name(argv)
+    if command in RESUMABLE:
+        return f"interrupted; avda {command} resumes where it stopped: run the same command again"
+    return "interrupted"
+
+
+def _one_line(text: str) -> str:
+    """A message as one line: a list of problems joins its header with ``: a; b; c``."""
+    parts = [line.strip() for line in str(text).splitlines() if line.strip()]
+    line = parts[0] if parts else ""
+    for part in parts[1:]:
+        line += (" " if line.endswith(":") else "; ") + part
+    return line
+
+
+def os_error_message(exc: OSError) -> str:
+    """One line for an OS-level error: what failed, on which path, and what to do."""
+    paths = " -> ".join(str(p) for p in (exc.filename, exc.filename2) if p is not None)
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    where = f": {paths}" if paths else ""
+    if exc.errno == errno.ENOSPC:
+        return f"no space left on device{where}; free some space and run the command again"
+    if exc.errno == errno.EDQUOT:
+        return f"disk quota exceeded{where}; free some space and run the command again"
+    if isinstance(exc, PermissionError):
+        return f"permission denied{where}; check the path's owner and permissions"
+    if isinstance(exc, IsADirectoryError):
+        return f"is a directory{where}; give a file path"
+    if isinstance(exc, NotADirectoryError):
+        return f"not a directory{where}; a part of the path is a file"
+    if isinstance(exc, FileNotFoundError):
+        return f"no such file or directory{where}"
+    return f"{reason[:1].lower()}{reason[1:]}{where}"
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Console entry point: maps errors to exit codes and one-line messages."""
+    """Console entry point: maps errors to exit codes and one-line messages.
+
+    Whatever goes wrong, stderr gets one line (``AVDA_DEBUG=1`` adds the traceback above it):
+    ``error: ...`` (exit 1) for avda's own errors and OS errors (missing file, permission,
+    disk full), ``internal error: ...`` (exit 1) for anything unexpected, ``usage error: ...``
+    (exit 2) and ``interrupted ...`` (exit 130).
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
     debug = os.environ.get("AVDA_DEBUG", "") not in ("", "0")
-    try:
-        code = app(args=argv, standalone_mode=False)
-        return int(code or 0)
-    except typer.Abort:
-        typer.echo("interrupted", err=True)
-        return EXIT_INTERRUPTED
-    except KeyboardInterrupt:
-        typer.echo("interrupted", err=True)
-        return EXIT_INTERRUPTED
-    except typer.Exit as exc:
-        return int(exc.exit_code)
-    except click_exceptions.ClickException as exc:
-        exc.show()
-        return EXIT_USAGE
-    except AvdaError as exc:
+
+    def fail(message: str) -> int:
         if debug:
             traceback.print_exc()
-        typer.echo(f"error: {exc}", err=True)
-        if not debug:
-            typer.echo("(set AVDA_DEBUG=1 for the traceback)", err=True)
+        typer.echo(_one_line(message), err=True)
         return EXIT_ERROR
+
+    try:
+        code = app(args=argv, standalone_mode=False)
+        code = int(code or 0)
+    except (typer.Abort, KeyboardInterrupt):
+        code = EXIT_INTERRUPTED
+    except typer.Exit as exc:
+        code = int(exc.exit_code)
+    except SystemExit as exc:  # click exits 1 itself on a broken pipe
+        code = exc.code if isinstance(exc.code, int) else EXIT_ERROR
+    except click_exceptions.NoArgsIsHelpError as exc:
+        exc.show()
+        return EXIT_USAGE
+    except click_exceptions.ClickException as exc:
+        message = exc.format_message()
+        ctx = getattr(exc, "ctx", None)
+        if ctx is not None:
+            message += f" (see `{ctx.command_path} --help`)"
+        typer.echo(f"usage error: {_one_line(message)}", err=True)
+        return exc.exit_code if isinstance(exc, click_exceptions.UsageError) else EXIT_USAGE
+    except AvdaError as exc:
+        return fail(f"error: {exc}")
+    except OSError as exc:
+        return fail(f"error: {os_error_message(exc)}")
+    except MemoryError:
+        return fail("error: out of memory; use a smaller --batch-size or fewer --workers")
+    except Exception as exc:  # noqa: BLE001 - the contract: one line, never a raw traceback
+        return fail(
+            f"internal error: {type(exc).__name__}: {exc}; please report it with the output "
+            "of the same command run with AVDA_DEBUG=1"
+        )
+    if code == EXIT_INTERRUPTED:  # typer turns KeyboardInterrupt into Exit(130)
+        typer.echo(_interrupted_message(argv), err=True)
+    return code
 
 
 def entry() -> None:

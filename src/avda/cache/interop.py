@@ -26,6 +26,7 @@ in bounded memory); :func:`export_epic_pickle` writes the TA3N pickle layout bac
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as _dt
 import hashlib
@@ -33,7 +34,7 @@ import json
 import logging
 import os
 import pickle
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -597,8 +598,8 @@ def export_h5(
     for modality in chosen:
         store.modality_info(modality)
     N, step = store.num_segments, store.chunk_rows
-    temporary = out.with_name(f".{out.name}.partial")
-    with h5py.File(temporary, "w") as handle:
+    temporary = _export_target(out)
+    with _removed_on_error(temporary), h5py.File(temporary, "w") as handle:
         handle.attrs["format"] = H5_FORMAT
         handle.attrs["format_version"] = H5_FORMAT_VERSION
         handle.attrs[schema.ROOT_ATTRIBUTE] = json.dumps(store.provenance)
@@ -681,8 +682,27 @@ def export_epic_pickle(
     }
     data = {"features": features, "narration_ids": segments["uid"].iloc[rows].astype(str).tolist()}
     out = Path(out)
-    temporary = out.with_name(f".{out.name}.partial")
-    with open(temporary, "wb") as handle:
+    temporary = _export_target(out)
+    with _removed_on_error(temporary), open(temporary, "wb") as handle:
         pickle.dump(data, handle, protocol=4)
     os.replace(temporary, out)
     return out
+
+
+def _export_target(out: Path) -> Path:
+    """The temporary file an export writes before renaming it to ``out`` (whose folders are
+    created here); ``out`` must not be a folder."""
+    if out.is_dir():
+        raise CacheError(f"export target {out} is a folder; give the path of the file to write")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return out.with_name(f".{out.name}.partial")
+
+
+@contextlib.contextmanager
+def _removed_on_error(path: Path) -> Iterator[None]:
+    """Delete the partial file ``path`` when the export fails (disk full, interrupted)."""
+    try:
+        yield
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise

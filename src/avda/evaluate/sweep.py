@@ -39,6 +39,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -50,6 +51,7 @@ from avda import runs
 from avda.errors import AvdaError, ConfigError
 from avda.evaluate.sweep_spec import (
     CLUSTER_KINDS,
+    DEFAULT_WORKER_TIMEOUT,
     ClusterSpec,
     HeadSpec,
     SweepSpec,
@@ -383,17 +385,136 @@ def make_jobqueue_cluster(spec: ClusterSpec, kind: str | None = None):
     return cluster_class(**options)
 
 
+SUBMIT_COMMANDS = {"slurm": "sbatch", "pbs": "qsub"}
+QUEUE_COMMANDS = {"slurm": "squeue -u $USER", "pbs": "qstat -u $USER"}
+
+
+def check_submit_command(kind: str) -> None:
+    """Refuse a SLURM / PBS cluster where its submit command (sbatch / qsub) is not on PATH."""
+    command = SUBMIT_COMMANDS[kind]
+    if shutil.which(command) is None:
+        raise ConfigError(
+            f"--cluster {kind} submits its workers with `{command}`, which is not on PATH here: "
+            f"run avda sweep on a {kind.upper()} login node, or use --cluster local or "
+            "--scheduler tcp://HOST:8786"
+        )
+
+
+def start_jobs(cluster: Any, jobs: int, kind: str) -> None:
+    """Submit ``jobs`` worker jobs now, so that a failing submit command raises here.
+
+    (``cluster.scale`` submits them in the background, where a failure is only logged and the
+    sweep would wait forever.)
+    """
+    while len(cluster.worker_spec) < jobs:
+        cluster.worker_spec.update(cluster.new_worker_spec())
+    try:
+        cluster.sync(cluster._correct_state)
+    except Exception as exc:  # the submit command failed or printed no job id
+        from distributed.core import Status
+
+        for name in list(cluster.worker_spec):  # jobs that never started: nothing to cancel
+            cluster.worker_spec.pop(name, None)
+            cluster.workers.pop(name, None)
+        for job in getattr(cluster, "_created", ()):  # else closing the cluster fails, and
+            if job.status == Status.created:  # retries for 10 s at exit
+                job.status = Status.failed
+        text = str(exc).strip()
+        first = text.splitlines()[0].rstrip(".") if text else type(exc).__name__
+        raise AvdaError(
+            f"could not submit the {kind.upper()} worker jobs with "
+            f"`{SUBMIT_COMMANDS[kind]}`: {first}; check the job script with "
+            f"`avda sweep SPEC --cluster {kind} --job-script`"
+        ) from exc
+
+
+def wait_for_worker(client: Any, timeout: float, *, where: str, hint: str) -> None:
+    """Wait until a first worker joins; give up with one line after ``timeout`` seconds."""
+    try:
+        client.wait_for_workers(1, timeout=timeout)
+    except TimeoutError:
+        raise AvdaError(
+            f"no Dask worker joined {where} within {timeout:g} s, giving up; {hint}"
+        ) from None
+
+
+def _no_worker_hint(kind: str) -> str:
+    return (
+        f"check that the jobs started (`{QUEUE_COMMANDS[kind]}`), their logs "
+        f"(cluster.log_directory) and the job script (`avda sweep SPEC --cluster {kind} "
+        "--job-script`); jobs waiting in the queue need a longer cluster.worker_timeout "
+        "(or --worker-timeout)"
+    )
+
+
+def _close_quietly(cluster: Any) -> None:
+    try:
+        cluster.close()
+    except Exception as exc:  # e.g. a job that never started: keep the error that matters
+        log.debug("could not stop the Dask cluster cleanly (%s: %s)", type(exc).__name__, exc)
+
+
+def quiet_dask_logs() -> None:
+    """Dask's INFO records (scheduler start, client connections) only with ``avda -v``."""
+    if not logging.getLogger().isEnabledFor(logging.DEBUG):
+        for name in ("distributed", "dask_jobqueue"):
+            logger = logging.getLogger(name)
+            logger.setLevel(max(logger.getEffectiveLevel(), logging.WARNING))
+
+
+def job_script(spec: SweepSpec, cluster: str | None = None) -> str:
+    """The SLURM / PBS job script ``avda sweep --cluster KIND`` would submit (nothing is run)."""
+    kind = _cluster_kind(spec, None, cluster)
+    if kind == "local":
+        raise ConfigError("--job-script needs --cluster slurm or pbs (or cluster.kind in the spec)")
+    jobqueue = make_jobqueue_cluster(spec.cluster, kind)
+    try:
+        return str(jobqueue.job_script())
+    finally:
+        _close_quietly(jobqueue)
+
+
+def _connect_scheduler(address: str) -> Any:
+    from distributed import Client
+
+    try:
+        return Client(address, timeout="30s")
+    except (OSError, TimeoutError) as exc:
+        raise ConfigError(
+            f"--scheduler {address}: cannot connect ({exc}); is a Dask scheduler running there "
+            "and reachable from this machine?"
+        ) from None
+    except ValueError as exc:
+        raise ConfigError(
+            f"--scheduler {address!r}: {exc}; expected an address such as tcp://host:8786"
+        ) from None
+
+
 @contextlib.contextmanager
 def connect(
-    spec: SweepSpec, *, scheduler: str | None = None, cluster: str | None = None
+    spec: SweepSpec,
+    *,
+    scheduler: str | None = None,
+    cluster: str | None = None,
+    worker_timeout: float | None = None,
 ) -> Iterator[tuple[Any, dict[str, Any]]]:
-    """A Dask client and the submit options for this spec; closes what it started."""
+    """A Dask client with at least one worker, and the submit options for this spec; closes
+    what it started. ``worker_timeout`` (default: the spec's ``cluster.worker_timeout``): the
+    seconds to wait for the first worker before giving up with an error."""
     from distributed import Client, LocalCluster
 
+    quiet_dask_logs()
     kind = _cluster_kind(spec, scheduler, cluster)
+    timeout = worker_timeout or spec.cluster.worker_timeout or DEFAULT_WORKER_TIMEOUT
     if scheduler is not None:
-        client = Client(scheduler, timeout="30s")
+        client = _connect_scheduler(scheduler)
         try:
+            wait_for_worker(
+                client,
+                timeout,
+                where=f"the scheduler at {scheduler}",
+                hint=f"start workers with `dask worker {scheduler}`",
+            )
             yield client, {"torch_threads": scheduler_torch_threads(client), "resources": None}
         finally:
             client.close()
@@ -411,18 +532,24 @@ def connect(
         )
         options = {"torch_threads": max(1, cores // workers), "resources": None}
     else:
+        check_submit_command(kind)
         local = make_jobqueue_cluster(spec.cluster, kind)
-        local.scale(jobs=spec.cluster.workers or 1)
         cores_per_worker = max(1, (spec.cluster.cores or 1) // spec.cluster.processes)
         options = {"torch_threads": cores_per_worker, "resources": {"train": 1}}
     try:
+        if kind != "local":
+            start_jobs(local, spec.cluster.workers or 1, kind)
         client = Client(local)
         try:
+            if kind != "local":
+                wait_for_worker(
+                    client, timeout, where=f"the {kind.upper()} cluster", hint=_no_worker_hint(kind)
+                )
             yield client, options
         finally:
             client.close()
     finally:
-        local.close()
+        _close_quietly(local)
 
 
 def _cluster_kind(spec: SweepSpec, scheduler: str | None, cluster: str | None) -> str:
@@ -468,8 +595,12 @@ def run_sweep(
     scheduler: str | None = None,
     cluster: str | None = None,
     progress: bool = True,
+    worker_timeout: float | None = None,
 ) -> SweepSummary:
-    """Run every task of ``spec`` that is not complete yet; the summary lists what failed."""
+    """Run every task of ``spec`` that is not complete yet; the summary lists what failed.
+
+    ``worker_timeout``: seconds to wait for the first Dask worker (default: the spec's
+    ``cluster.worker_timeout``, 300 s) before giving up with an :class:`AvdaError`."""
     from distributed import as_completed
     from tqdm import tqdm
 
@@ -501,7 +632,10 @@ def run_sweep(
     )
     _write_index(out_dir, spec, tasks, outcomes)
     if pending:
-        with connect(spec, scheduler=scheduler, cluster=cluster) as (client, options):
+        connection = connect(
+            spec, scheduler=scheduler, cluster=cluster, worker_timeout=worker_timeout
+        )
+        with connection as (client, options):
             link = dashboard_link(client)
             if link:
                 log.info("Dask dashboard: %s", link)
@@ -570,6 +704,7 @@ __all__ = [
     "SweepSummary",
     "SweepTask",
     "TaskOutcome",
+    "job_script",
     "load_spec",
     "parse_spec",
     "plan",

@@ -38,7 +38,10 @@ CLUSTER_KEYS = (
     "log_directory",
     "job_extra_directives",
     "job_script_prologue",
+    "worker_timeout",
 )
+DEFAULT_WORKER_TIMEOUT = 300.0
+"""Seconds ``avda sweep`` waits for the first Dask worker to join before it gives up."""
 _WALLTIME = re.compile(r"^(\d+-)?\d+(:\d{2}){0,2}$")
 
 
@@ -70,6 +73,7 @@ class ClusterSpec:
     log_directory: str | None = None
     job_extra_directives: tuple[str, ...] = ()
     job_script_prologue: tuple[str, ...] = ()
+    worker_timeout: float = DEFAULT_WORKER_TIMEOUT  # seconds until the first worker joins
 
 
 @dataclasses.dataclass(frozen=True)
@@ -379,6 +383,11 @@ def _parse_cluster(value: Any, problems: _Problems) -> ClusterSpec:
                 problems.add(path, f"expected an integer >= {least}, got {item!r}")
             else:
                 values[key] = item
+        elif key == "worker_timeout":
+            if isinstance(item, bool) or not isinstance(item, int | float) or item <= 0:
+                problems.add(path, f"expected a number of seconds > 0, got {item!r}")
+            else:
+                values[key] = float(item)
         elif key == "memory":
             if not _is_size(item):
                 problems.add(path, f"expected a size such as 16GB, got {item!r}")

@@ -42,6 +42,9 @@ from avda.extract.sampling import Recipe
 
 log = logging.getLogger(__name__)
 
+WORKER_TIMEOUT = 300.0
+"""Seconds to wait for a first worker on a running scheduler before giving up."""
+
 
 def parse_scheduler(scheduler: str | None) -> tuple[str, int | None]:
     """``("local", workers or None)`` or ``("address", None)``."""
@@ -85,12 +88,15 @@ def extract_distributed(
     progress: bool = True,
     precision: Precision = "auto",
     client: Any = None,
+    worker_timeout: float = WORKER_TIMEOUT,
 ) -> ExtractResult:
     """Like :func:`avda.extract.runner.extract`, with the shards run as tasks on a Dask cluster.
 
     ``num_shards`` defaults to the number of Zarr chunks (at most 4 per worker); ``device`` None
     gives each worker its own GPU (``cuda:<worker index>``) when there are GPUs. ``client``: an
-    existing ``dask.distributed.Client`` to use instead of ``scheduler``.
+    existing ``dask.distributed.Client`` to use instead of ``scheduler``. On a running scheduler
+    the shards start once a worker joins; after ``worker_timeout`` seconds without one, an
+    :class:`AvdaError` (nothing extracted, the store prepared: rerun to resume).
     """
     from dask.distributed import Client, LocalCluster, as_completed
 
@@ -144,7 +150,8 @@ def extract_distributed(
             client = stack.enter_context(Client(cluster))
             threads = max(1, (os.cpu_count() or 1) // count)
         else:
-            client = stack.enter_context(Client(scheduler))
+            client = stack.enter_context(_connect(scheduler))
+            _wait_for_worker(client, scheduler, worker_timeout)
             count = max(1, len(client.scheduler_info().get("workers", {})))
             threads = None
         chunks = max(1, math.ceil(store.num_segments / store.chunk_rows))
@@ -197,6 +204,34 @@ def extract_distributed(
         )
     store = cache_lib.open_cache(Path(out))
     return runner.summarise(store, [m.modality for m in modalities], began)
+
+
+def _connect(address: str) -> Any:
+    """A client of the scheduler at ``address``; one-line errors when it cannot be reached."""
+    from dask.distributed import Client
+
+    try:
+        return Client(address, timeout="30s")
+    except (OSError, TimeoutError) as exc:
+        raise ConfigError(
+            f"--scheduler {address}: cannot connect ({exc}); is a Dask scheduler running there "
+            "and reachable from this machine?"
+        ) from None
+    except ValueError as exc:
+        raise ConfigError(
+            f"--scheduler {address!r}: {exc}; expected an address such as tcp://host:8786"
+        ) from None
+
+
+def _wait_for_worker(client: Any, address: str, timeout: float) -> None:
+    try:
+        client.wait_for_workers(1, timeout=timeout)
+    except TimeoutError:
+        raise AvdaError(
+            f"no Dask worker joined the scheduler at {address} within {timeout:g} s, giving up; "
+            f"start workers with `dask worker {address}` and run the same command again "
+            "(the store is prepared: the run resumes)"
+        ) from None
 
 
 def _run_shard(
