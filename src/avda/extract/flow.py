@@ -46,7 +46,7 @@ import avda
 from avda.data_manifests import schema as manifest_schema
 from avda.errors import AvdaError, CheckpointError, ConfigError
 from avda.extract import frames as frames_lib
-from avda.extract.decode import VideoDecoder, probe, resized_size
+from avda.extract.decode import VideoDecoder, probe, resized_size, video_backend
 
 log = logging.getLogger(__name__)
 
@@ -153,6 +153,8 @@ def compute_flow(
         raise ConfigError(
             f"{'--videos' if videos is not None else '--frames'} {root}: no such folder"
         )
+    if videos is not None:
+        video_backend()  # one error for a bad AVDA_VIDEO_DECODER or decord asked but missing
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")

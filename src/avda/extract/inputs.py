@@ -25,7 +25,7 @@ from avda.errors import AvdaError, ConfigError, MediaError
 from avda.extract import audio as audio_lib
 from avda.extract import backbones
 from avda.extract import frames as frames_lib
-from avda.extract.decode import VideoDecoder, probe
+from avda.extract.decode import VideoDecoder, probe, video_backend
 from avda.extract.sampling import Recipe, SegmentFrames
 from avda.extract.transforms import centre_crop
 
@@ -91,6 +91,8 @@ class InputPaths:
                 raise ConfigError(f"{option} {path}: no such folder")
         for modality in modalities:
             self.source_of(modality)
+        if "rgb" in modalities and self.source_of("rgb") == "video":
+            video_backend()  # one error for a bad AVDA_VIDEO_DECODER or decord asked but missing
 
 
 class SegmentDataset(Dataset):

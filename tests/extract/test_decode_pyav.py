@@ -1,0 +1,325 @@
+"""The PyAV video decoder against decord on every real video file: frame count, timestamps,
+pixels (native size and resized), seconds -> frames, a whole extraction; and avda without
+decord (as on aarch64 / macOS, where decord has no wheels)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from tests.conftest import shared_data_dir
+from tests.extract.conftest import tiny
+
+from avda import cli
+from avda.cache import Status, open_cache
+from avda.errors import ConfigError
+from avda.extract import decode
+from avda.extract.decode import (
+    DecordVideoDecoder,
+    PyAVVideoDecoder,
+    VideoDecoder,
+    video_backend,
+)
+
+VIDEOS = sorted(p.name for p in (shared_data_dir() / "media" / "video").glob("*.*"))
+needs_decord = pytest.mark.skipif(not decode.decord_available(), reason="decord not installed")
+
+# Measured with PyAV 18 (FFmpeg 7) against decord 0.6.0 (its own FFmpeg 4) on these files:
+# every frame equal, at native size and resized (shorter side 64 and 224). The bound leaves
+# room for another FFmpeg's swscale rounding.
+RESIZED_MEAN_ABS_BOUND = 0.5
+
+
+def _indices(n: int, seed: int) -> np.ndarray:
+    """First, middle, last, random, repeated, unsorted."""
+    rng = np.random.default_rng(seed)
+    return np.array([n // 2, 0, n - 1, *rng.integers(0, n, 6), 3, 3, n - 1, 1, n // 2])
+
+
+@pytest.fixture
+def no_decord(monkeypatch):
+    """decord unimportable, as where it has no wheel."""
+    monkeypatch.delenv(decode.DECODER_ENV, raising=False)
+    monkeypatch.setitem(sys.modules, "decord", None)
+
+
+def test_every_real_video_is_tested():
+    assert len(VIDEOS) >= 5, VIDEOS
+
+
+# --------------------------------------------------------------------------- backend choice
+@needs_decord
+def test_selection_by_environment_and_keyword(monkeypatch, media):
+    path = media / "video" / "demo.mp4"
+    monkeypatch.delenv(decode.DECODER_ENV, raising=False)
+    assert video_backend() == "decord"
+    assert isinstance(VideoDecoder(path), DecordVideoDecoder)
+    monkeypatch.setenv(decode.DECODER_ENV, "pyav")
+    decoder = VideoDecoder(path)
+    assert isinstance(decoder, PyAVVideoDecoder) and decoder.backend == "pyav"
+    assert isinstance(VideoDecoder(path, backend="decord"), DecordVideoDecoder)  # keyword wins
+    monkeypatch.setenv(decode.DECODER_ENV, "opencv")
+    with pytest.raises(ConfigError, match="unknown video decoder"):
+        VideoDecoder(path)
+
+
+def test_decord_requested_but_not_installed_is_one_config_error(no_decord, monkeypatch, media):
+    assert video_backend() == "pyav"
+    monkeypatch.setenv(decode.DECODER_ENV, "decord")
+    with pytest.raises(ConfigError) as info:
+        VideoDecoder(media / "video" / "demo.mp4")
+    assert "decord is not installed" in str(info.value) and "\n" not in str(info.value)
+
+
+# --------------------------------------------------------------------------- against decord
+@needs_decord
+@pytest.mark.parametrize("name", VIDEOS)
+def test_count_timestamps_and_native_frames_equal_decord(media, name):
+    path = media / "video" / name
+    ours = VideoDecoder(path, backend="pyav")
+    theirs = VideoDecoder(path, backend="decord")
+    assert ours.num_frames == theirs.num_frames
+    assert ours.fps == pytest.approx(theirs.fps, rel=1e-6)
+    np.testing.assert_allclose(ours.timestamps, theirs.timestamps, atol=1e-3, rtol=0)
+    assert np.all(np.diff(ours.timestamps) > 0)
+    assert ours.duration == pytest.approx(theirs.duration, abs=1e-3)
+    indices = _indices(ours.num_frames, seed=len(name))
+    frames = ours.frames(indices)
+    assert frames.dtype == np.uint8 and frames.shape == (len(indices), *theirs.size[::-1], 3)
+    np.testing.assert_array_equal(frames, theirs.frames(indices))
+
+
+@needs_decord
+@pytest.mark.parametrize("name", VIDEOS)
+@pytest.mark.parametrize("shorter_side", [64, 224])
+def test_resized_frames_match_decord(media, name, shorter_side):
+    path = media / "video" / name
+    ours = VideoDecoder(path, shorter_side=shorter_side, backend="pyav")
+    theirs = VideoDecoder(path, shorter_side=shorter_side, backend="decord")
+    assert ours.size == theirs.size
+    indices = _indices(ours.num_frames, seed=shorter_side)
+    a, b = ours.frames(indices), theirs.frames(indices)
+    assert a.shape == b.shape
+    assert np.abs(a.astype(np.int16) - b.astype(np.int16)).mean() <= RESIZED_MEAN_ABS_BOUND
+
+
+@needs_decord
+def test_every_frame_of_the_avi_in_display_order(media):
+    """MPEG-4 part 2 with packed B-frames: the decoder hands frames out with their neighbours'
+    pts; and decord's own timestamps for its B-frames are invalid (repaired from PyAV's)."""
+    path = media / "video" / "test.avi"
+    ours, theirs = VideoDecoder(path, backend="pyav"), VideoDecoder(path, backend="decord")
+    everything = np.arange(ours.num_frames)
+    np.testing.assert_array_equal(ours.frames(everything), theirs.frames(everything))
+    np.testing.assert_allclose(theirs.timestamps, (everything + 1) / 25, atol=1e-6)
+    np.testing.assert_allclose(ours.timestamps, (everything + 1) / 25, atol=1e-9)
+
+
+@needs_decord
+def test_fractional_fps_maps_seconds_to_the_same_frames(media):
+    path = media / "video" / "v_GGSY1Qvo990.mp4"
+    ours = VideoDecoder(path, shorter_side=64, backend="pyav")
+    theirs = VideoDecoder(path, shorter_side=64, backend="decord")
+    assert ours.fps == pytest.approx(981 / 50, rel=1e-6)
+    seconds = np.concatenate([np.linspace(-1, ours.duration + 1, 997), np.arange(0, 18, 50 / 981)])
+    np.testing.assert_array_equal(ours.indices_at(seconds), theirs.indices_at(seconds))
+    inside = seconds[(seconds >= 0) & (seconds < 17.5)]
+    np.testing.assert_array_equal(
+        ours.indices_at(inside), np.floor(inside * 19.62 + 1e-6).astype(int)
+    )
+
+
+# --------------------------------------------------------------------------- PyAV alone
+def test_pyav_only_decodes_from_the_keyframe_before_the_first_wanted_frame(media, monkeypatch):
+    """Frames past the last wanted one are not decoded; a later run of frames seeks."""
+    decoder = VideoDecoder(media / "video" / "v_ZNVhz7ctTq0.mp4", backend="pyav")
+    keys = decoder._stream.key_positions
+    assert len(keys) > 2
+    seen: list[int] = []
+    original = decode._PyAVStream._frames_in_order
+
+    def spy(self, start):
+        for index, frame in original(self, start):
+            seen.append(index)
+            yield index, frame
+
+    monkeypatch.setattr(decode._PyAVStream, "_frames_in_order", spy)
+    wanted = np.array([keys[1] + 2, keys[1] + 5, keys[2] + 1])
+    decoder.frames(wanted)
+    assert min(seen) == keys[1] and max(seen) <= keys[2] + 1 + decode._REORDER_FRAMES
+    assert not set(range(keys[1] + 6, keys[2])) & set(seen)  # skipped by seeking
+
+
+def test_stream_without_timestamps_falls_back_to_index_over_fps(tmp_path):
+    """A raw H.264 elementary stream has no pts at all (decord refuses such a file)."""
+    import av
+
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 255, (20, 48, 64, 3), dtype=np.uint8)
+    path = tmp_path / "raw.h264"
+    with av.open(str(path), "w", format="h264") as container:
+        stream = container.add_stream("libx264rgb", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "rgb24"
+        stream.options = {"crf": "0", "bf": "2"}
+        for image in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, "rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    decoder = VideoDecoder(path, backend="pyav")
+    assert decoder.num_frames == 20 and decoder.fps > 0
+    np.testing.assert_allclose(decoder.timestamps, np.arange(20) / decoder.fps)
+    np.testing.assert_array_equal(decoder.frames(np.array([17, 3, 19, 3])), frames[[17, 3, 19, 3]])
+
+
+def test_pyav_conceals_corrupt_packets(tmp_path, media):
+    path = tmp_path / "corrupt.mp4"
+    shutil.copy(media / "video" / "v_ZNVhz7ctTq0.mp4", path)
+    size, rng = os.path.getsize(path), np.random.default_rng(0)
+    with open(path, "r+b") as handle:
+        for fraction in (0.3, 0.5, 0.7):
+            handle.seek(int(size * fraction))
+            handle.write(rng.integers(0, 256, 4000, dtype=np.uint8).tobytes())
+    clean = VideoDecoder(media / "video" / "v_ZNVhz7ctTq0.mp4", shorter_side=48, backend="pyav")
+    damaged = VideoDecoder(path, shorter_side=48, backend="pyav")
+    assert damaged.num_frames == clean.num_frames
+    indices = np.arange(0, damaged.num_frames, 7)
+    frames = damaged.frames(indices)
+    difference = np.abs(frames.astype(int) - clean.frames(indices).astype(int)).mean(axis=(1, 2, 3))
+    assert frames.shape == (len(indices), 48, 64, 3)
+    assert np.mean(difference == 0) > 0.7 and difference.max() < 40
+
+
+def test_without_decord_everything_goes_through_pyav(no_decord, media, tmp_path):
+    """decode, flow's video source, the dataset's clips and a whole extraction."""
+    from avda.extract import flow, runner, sampling
+
+    path = media / "video" / "v_GGSY1Qvo990.mp4"
+    decoder = VideoDecoder(path, shorter_side=64)
+    assert isinstance(decoder, PyAVVideoDecoder)
+    assert decoder.frames(np.array([5, 0, 5])).shape == (3, 64, 85, 3)
+    source = flow._VideoSource(path, 64)
+    assert isinstance(source.decoder, PyAVVideoDecoder)
+    assert source.read(np.array([1, 2])).shape == (2, 64, 84, 3)  # even sides
+    manifest = _real_manifest(media)
+    result = runner.extract(
+        manifest,
+        videos=media / "video",
+        out=tmp_path / "nodecord.zarr",
+        recipe=tiny("demo", resize_shorter=32, crop_size=32),
+        modalities=[runner.ModalitySpec("rgb", "i3d")],
+        workers=0,
+        chunk_rows=4,
+        progress=False,
+    )
+    assert result.ok
+    assert np.all(open_cache(tmp_path / "nodecord.zarr").status("rgb") == Status.DONE)
+    assert "decord" not in sys.modules or sys.modules["decord"] is None
+    assert sampling  # imported with decord blocked
+
+
+def test_no_avda_module_imports_decord_at_import_time():
+    """Every avda module imports with decord blocked (a fresh interpreter)."""
+    code = (
+        "import sys, pkgutil, importlib\n"
+        "sys.modules['decord'] = None\n"
+        "import avda\n"
+        "for info in pkgutil.walk_packages(avda.__path__, 'avda.'):\n"
+        "    importlib.import_module(info.name)\n"
+        "from avda.extract.decode import VideoDecoder, PyAVVideoDecoder\n"
+        "assert isinstance(VideoDecoder(sys.argv[1]), PyAVVideoDecoder)\n"
+    )
+    path = shared_data_dir() / "media" / "video" / "demo.mp4"
+    env = {k: v for k, v in os.environ.items() if k != decode.DECODER_ENV}
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(path)], capture_output=True, text=True, env=env
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+# --------------------------------------------------------------------------- extraction
+def _real_manifest(media: Path) -> pd.DataFrame:
+    rows = []
+    for i, name in enumerate(VIDEOS):
+        rows.append(
+            {
+                "uid": f"s{i}",
+                "video_id": Path(name).stem,
+                "domain": "d",
+                "split": "test",
+                "start_sec": 0.5 + 0.3 * i,
+                "stop_sec": 4.0 + 0.3 * i,
+                "video_path": name,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+@needs_decord
+def test_avda_extract_with_pyav_gives_decords_features(media, tmp_path, monkeypatch, capsys):
+    manifest = _real_manifest(media)
+    manifest.to_csv(tmp_path / "m.csv", index=False)
+    stores = {}
+    for backend in ("decord", "pyav"):
+        monkeypatch.setenv(decode.DECODER_ENV, backend)
+        stores[backend] = tmp_path / f"{backend}.zarr"
+        code = cli.main(
+            [
+                "extract",
+                "--manifest",
+                str(tmp_path / "m.csv"),
+                "--videos",
+                str(media / "video"),
+                "-o",
+                str(stores[backend]),
+                "--backbone",
+                "i3d",
+                "--modalities",
+                "rgb",
+                "--recipe",
+                "demo",
+                "--precision",
+                "float32",
+                "--workers",
+                "0",
+                "--quiet",
+            ]
+        )
+        assert code == 0, capsys.readouterr()
+    decord_store, pyav_store = open_cache(stores["decord"]), open_cache(stores["pyav"])
+    assert np.all(pyav_store.status("rgb") == Status.DONE)
+    reference = decord_store.load("rgb")
+    assert np.abs(reference).mean() > 0
+    # Same pixels in, same function: equal up to float32 kernel rounding.
+    np.testing.assert_allclose(pyav_store.load("rgb"), reference, rtol=1e-5, atol=1e-5)
+
+
+def test_bad_decoder_name_fails_extraction_before_any_work(media, tmp_path, monkeypatch, capsys):
+    manifest = _real_manifest(media).iloc[:1]
+    manifest.to_csv(tmp_path / "m.csv", index=False)
+    monkeypatch.setenv(decode.DECODER_ENV, "ffmpeg-cli")
+    code = cli.main(
+        [
+            "extract",
+            "--manifest",
+            str(tmp_path / "m.csv"),
+            "--videos",
+            str(media / "video"),
+            "-o",
+            str(tmp_path / "x.zarr"),
+            "--recipe",
+            "demo",
+            "--workers",
+            "0",
+            "--quiet",
+        ]
+    )
+    assert code == 1
+    assert "unknown video decoder" in capsys.readouterr().err
+    assert not (tmp_path / "x.zarr").exists()
