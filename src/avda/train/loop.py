@@ -27,7 +27,7 @@ from avda.evaluate.metrics import mean_class_accuracy, top1_accuracy
 from avda.train import data as data_lib
 from avda.train import heads as heads_lib
 from avda.train.data import FeatureSet, Task
-from avda.train.heads._base import Head, HeadConfig
+from avda.train.heads._base import Head, HeadConfig, shape_errors
 from avda.train.layers import dann_annealing
 from avda.train.stages import TrainingContext
 
@@ -236,6 +236,15 @@ def train(
                 progress=progress,
             )
         )
+    # One small batch of every evaluation set through the head now: a head that cannot run on
+    # this cache's layout (clips per modality, spatial maps) fails in seconds, not after training.
+    model.check_evaluation(eval_sets or {"source_train": train_set}, device)
+    shapes = {k: tuple(x.shape[1:]) for k, x in train_set.inputs.items()}
+
+    def evaluate() -> tuple[dict[str, float], dict[str, Any]]:
+        with shape_errors(head, shapes, "evaluate"):
+            return evaluate_sets(model, eval_sets, device, target_set)
+
     steps_per_epoch = max(1, math.ceil(len(train_set) / config.batch_size))
     total_steps = config.epochs * steps_per_epoch
     optimizer, scheduler = _make_optimizer(model, config, total_steps)
@@ -281,7 +290,7 @@ def train(
             target_inputs = None
             if target_batches is not None:
                 target_inputs, _ = target_set.batch(next(target_batches), device)
-            with autocast:
+            with autocast, shape_errors(head, shapes, "train"):
                 losses = model.training_step(
                     source_inputs, source_labels, target_inputs, progress_fraction
                 )
@@ -310,7 +319,7 @@ def train(
         }
         keep = epoch > config.epochs - config.keep_last_predictions
         if epoch % config.eval_every == 0 or epoch == config.epochs or keep:
-            metrics, epoch_scores = evaluate_sets(model, eval_sets, device, target_set)
+            metrics, epoch_scores = evaluate()
             record.update(metrics)
             if keep:  # RUN/epochs/<epoch>/predictions/<set>.npz
                 for name, feature_set in eval_sets.items():
@@ -327,7 +336,7 @@ def train(
         bar.set_postfix(loss=f"{record.get('train/loss', float('nan')):.3f}")
     bar.close()
 
-    metrics, scores = evaluate_sets(model, eval_sets, device, target_set)
+    metrics, scores = evaluate()
     for name, feature_set in eval_sets.items():
         runs.write_predictions(
             out,

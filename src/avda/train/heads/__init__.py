@@ -8,7 +8,16 @@ from avda.registry import Registry
 from avda.train.data import Task
 
 HEADS: Registry = Registry("head")
-register = HEADS.register
+
+
+def register(name: str):
+    """Class decorator: register a head under ``name`` and record it as ``cls.name``."""
+
+    def decorator(cls):
+        cls.name = name
+        return HEADS.register(name)(cls)
+
+    return decorator
 
 
 def config_class(name: str):

@@ -15,17 +15,28 @@ Optional hooks with no-op defaults, for heads that need them:
   those (TA3N: snippets 2, 7, 12, 17, 22 of 25);
 - ``before_evaluation(feature_set, adaptation_set)``: called before each evaluation set is
   predicted, with the unlabelled target training set (AdaBN re-estimates BN statistics).
+
+Modalities may have different numbers of clips K (one VGGSound audio window next to 5 I3D
+clips): a head either pools each modality over its own clips, aligns them by position in the
+segment (:func:`align_clips`), or refuses the layout in ``__init__``/``prepare`` with an avda
+error. The loop runs :meth:`Head.check_evaluation` on one small batch of every evaluation set
+before training, and :func:`shape_errors` turns a shape error that still escapes into a one-line
+:class:`CacheError` naming the head and the inputs' shapes.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any, Literal
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from avda.config import Config
+from avda.errors import AvdaError, CacheError
 from avda.train.data import FeatureSet, Task
 from avda.train.layers import mlp
 from avda.train.losses import classification_loss
@@ -41,6 +52,75 @@ def ordered_modalities(names) -> list[str]:
     """``names`` in the canonical order: rgb, flow, audio first, any others after, sorted."""
     known = [m for m in MODALITY_ORDER if m in names]
     return known + sorted(m for m in names if m not in MODALITY_ORDER)
+
+
+def align_clips(x: torch.Tensor, count: int) -> torch.Tensor:
+    """``(B, K', C)`` clip features resampled to ``(B, count, C)`` by position in the segment.
+
+    Every recipe spreads a modality's clips evenly over the segment, so clip ``k`` of ``count``
+    is matched with the clips of ``x`` that overlap it in time (adaptive average pooling): one
+    clip (a segment-long audio window) is broadcast to every position, ``count`` clips are
+    returned as they are, more clips are averaged, fewer repeated.
+    """
+    if x.shape[1] == count:
+        return x
+    if x.shape[1] == 1:
+        return x.expand(-1, count, *x.shape[2:])
+    pooled = F.adaptive_avg_pool1d(x.transpose(1, 2), count)  # (B, C, K') -> (B, C, count)
+    return pooled.transpose(1, 2)  # -> (B, count, C)
+
+
+_SHAPE_WORDS = (
+    "size",
+    "shape",
+    "dimension",
+    "mat1 and mat2",
+    "stack expects",
+    "must match",
+    "out of bounds",
+    "out of range",
+)
+
+
+def is_shape_error(error: BaseException) -> bool:
+    """Whether ``error`` is PyTorch's complaint about tensor shapes (not an avda error or OOM)."""
+    if isinstance(error, AvdaError | torch.OutOfMemoryError):
+        return False
+    if not isinstance(error, RuntimeError | IndexError | ValueError):
+        return False
+    message = str(error).lower()
+    return "out of memory" not in message and any(word in message for word in _SHAPE_WORDS)
+
+
+def describe_shapes(shapes: Mapping[str, tuple[int, ...]]) -> str:
+    """``rgb (K=5, D=1024), audio (K=1, D=512)``; maps as ``spatial/rgb (5, 1024, 7, 7)``."""
+    parts = []
+    for key in ordered_modalities(shapes):
+        shape = tuple(shapes[key])
+        if key.startswith("_"):  # pseudo labels and other per-row tensors the loop batches
+            continue
+        if len(shape) == 2:
+            parts.append(f"{key} (K={shape[0]}, D={shape[1]})")
+        else:
+            parts.append(f"{key} {shape}")
+    return ", ".join(parts)
+
+
+@contextmanager
+def shape_errors(head: str, shapes: Mapping[str, tuple[int, ...]], doing: str) -> Iterator[None]:
+    """Re-raise a PyTorch shape error inside the block as one line naming the head and shapes."""
+    try:
+        yield
+    except Exception as error:
+        if not is_shape_error(error):
+            raise
+        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise CacheError(
+            f"{head} cannot {doing} with the cache's inputs {describe_shapes(shapes)}: "
+            f"{type(error).__name__}: {first_line}; select modalities it supports with "
+            "--set modalities=[...] or use another head, and report this as a bug "
+            "(AVDA_DEBUG=1 shows the traceback)"
+        ) from error
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -85,6 +165,7 @@ class Head(nn.Module):
     """Base class of all heads."""
 
     Config: type[HeadConfig] = HeadConfig
+    name: str = "head"  # the registry name, set by ``heads.register``
     uses_target: bool = False
 
     def __init__(
@@ -110,6 +191,40 @@ class Head(nn.Module):
 
     def before_evaluation(self, feature_set: FeatureSet, adaptation_set: FeatureSet | None) -> None:
         """Prepare to predict ``feature_set`` (``adaptation_set``: the target training set)."""
+
+    @torch.no_grad()
+    def check_evaluation(
+        self, sets: Mapping[str, FeatureSet], device: str | torch.device, rows: int = 2
+    ) -> None:
+        """Predict the first ``rows`` segments of every set, so that a head that cannot run on
+        the cache's layout fails in seconds, before training, with a one-line :class:`CacheError`.
+        """
+        was_training = self.training
+        self.eval()
+        try:
+            with torch.random.fork_rng(devices=[]):  # training draws the same numbers
+                for set_name, feature_set in sets.items():
+                    if not len(feature_set):
+                        continue
+                    shapes = {k: tuple(x.shape[1:]) for k, x in feature_set.inputs.items()}
+                    index = torch.arange(min(rows, len(feature_set)))
+                    with shape_errors(self.name, shapes, f"predict {set_name}"):
+                        inputs, _ = feature_set.batch(index, device)
+                        output = self(inputs)
+                    for task in self.tasks:
+                        logits = output.logits.get(task.name)
+                        expected = (len(index), task.num_classes)
+                        if logits is None or tuple(logits.shape) != expected:
+                            got = None if logits is None else tuple(logits.shape)
+                            raise CacheError(
+                                f"{self.name} predicts {task.name} scores of shape {got} on "
+                                f"{set_name}, expected {expected}, with the cache's inputs "
+                                f"{describe_shapes(shapes)}; select other modalities with "
+                                "--set modalities=[...] or use another head, and report this "
+                                "as a bug"
+                            )
+        finally:
+            self.train(was_training)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

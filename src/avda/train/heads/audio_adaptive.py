@@ -39,7 +39,14 @@ from avda.train.audio_adaptive.losses import recognizer_loss
 from avda.train.audio_adaptive.pipeline import PSEUDO_LABEL_KEY, AudioAdaptiveStages
 from avda.train.audio_adaptive.recognizer import SOURCE, TARGET, AudioInfusedRecognizer
 from avda.train.heads import register
-from avda.train.heads._base import Batch, Head, HeadConfig, HeadOutput, ordered_modalities
+from avda.train.heads._base import (
+    Batch,
+    Head,
+    HeadConfig,
+    HeadOutput,
+    ordered_modalities,
+    shape_errors,
+)
 from avda.train.presets import with_preset
 from avda.train.stages import TrainingContext
 
@@ -214,7 +221,13 @@ class AudioAdaptive(Head):
         store = context.store
         audio = self.config.audio_modality
         for visual in self.visual_modalities:
-            maps = store.spatial(visual)  # raises with how to extract them
+            if not store.has_spatial(visual):
+                raise CacheError(
+                    f"audio-adaptive: encoder_input='spatial' but {store.path} has no spatial "
+                    f"maps for {visual!r} (spatial/{visual}); extract them with `avda extract` "
+                    "and a recipe with spatial=true, or use --set encoder_input=pooled"
+                )
+            maps = store.spatial(visual)
             if maps.ndim < 4:
                 raise CacheError(
                     f"{store.path} spatial/{visual} has shape {maps.shape}; expected "
@@ -246,9 +259,18 @@ class AudioAdaptive(Head):
         )
 
     def prepare(self, context: TrainingContext) -> None:
-        """Stages 1-6a (resumable, stored in ``RUN/stages``); pseudo labels join the target set."""
+        """Stages 1-6a (resumable, stored in ``RUN/stages``); pseudo labels join the target set.
+
+        One small batch of every evaluation set goes through the whole head (audio classifier,
+        encoders, recognizers) first, so a layout the head cannot run on fails before stage 1.
+        """
         self.attach_inputs(context)
-        AudioAdaptiveStages(self, context).run()
+        self.check_evaluation(
+            context.eval_sets or {"source_train": context.train_set}, context.device
+        )
+        shapes = {k: tuple(x.shape[1:]) for k, x in context.train_set.inputs.items()}
+        with shape_errors(self.name, shapes, "train its stages 1-6a"):
+            AudioAdaptiveStages(self, context).run()
 
     def train(self, mode: bool = True) -> AudioAdaptive:
         super().train(mode)

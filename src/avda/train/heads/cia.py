@@ -43,7 +43,14 @@ from torch import nn
 
 from avda.errors import CacheError, ConfigError
 from avda.train.heads import register
-from avda.train.heads._base import Batch, Head, HeadConfig, HeadOutput, ordered_modalities
+from avda.train.heads._base import (
+    Batch,
+    Head,
+    HeadConfig,
+    HeadOutput,
+    align_clips,
+    ordered_modalities,
+)
 from avda.train.heads.ta3n import snippet_indices
 from avda.train.layers import MultiScaleTemporalRelation, grl_ramp, mlp, reverse_gradient
 from avda.train.losses import domain_adversarial_loss
@@ -96,12 +103,9 @@ def _gate(fan_in: int, channels: int, reduction: int) -> nn.Sequential:
     )
 
 
-def align_snippets(x: torch.Tensor, count: int) -> torch.Tensor:
-    """``(B, K', C)`` resampled to ``(B, count, C)`` by adaptive averaging over snippets."""
-    if x.shape[1] == count:
-        return x
-    pooled = F.adaptive_avg_pool1d(x.transpose(1, 2), count)  # (B, C, K') -> (B, C, count)
-    return pooled.transpose(1, 2)  # -> (B, count, C)
+# ``(B, K', C)`` resampled to ``(B, count, C)`` by position in the segment (adaptive averaging;
+# one clip broadcast): other modalities' snippet summaries and latents are aligned with it.
+align_snippets = align_clips
 
 
 def _expand_channels(gate: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -355,7 +359,11 @@ class Cia(Head):
         missing = [m for m in visual if not store.has_spatial(m)]
         if missing:
             if config.spatial == "on":
-                store.spatial(missing[0])  # raises: names the array and how to extract it
+                raise CacheError(
+                    f"cia: spatial='on' but {store.path} has no spatial maps for {missing[0]!r} "
+                    f"(spatial/{missing[0]}); extract them with `avda extract --recipe cia`, or "
+                    "use --set spatial=auto (pooled-feature mode)"
+                )
             log.info("cia: no spatial maps for %s in %s; pooled-feature mode", missing, store.path)
             return
         for m in visual:

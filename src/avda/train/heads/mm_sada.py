@@ -8,7 +8,9 @@ per-modality clip features (I3D: 5 clips x 1024 per modality)::
       f_m -> Dropout(0.5) -> Linear(1024 -> C) -> logits_m ;  logits = sum_m logits_m    (eq. 1)
       f_m --GRL(lambda)--> Linear(1024 -> 100) -> ReLU -> Linear(100 -> 2)   D^m       (eq. 2)
       [f_1 ; f_2 ; ...] -> Linear(M*1024 -> 100) -> ReLU -> Linear(100 -> 2)  C        (eq. 3)
-    test: all K clips, softmax of the fused logits averaged over the clips (5-clip test)
+    test: all K clips, softmax of the fused logits averaged over the clips (5-clip test);
+          a modality with one clip (a segment-long audio window) is added to every clip's
+          logits, other clip counts are aligned by position in the segment
 
     per domain batch: first half corresponding (label 1); second half with the non-first
     modalities rotated by one segment within the half (label 0, same domain)
@@ -41,7 +43,14 @@ from avda import runs
 from avda.errors import ConfigError, RunError
 from avda.evaluate.protocols import mmsada_checkpoint_accuracy
 from avda.train.heads import register
-from avda.train.heads._base import Batch, Head, HeadConfig, HeadOutput, ordered_modalities
+from avda.train.heads._base import (
+    Batch,
+    Head,
+    HeadConfig,
+    HeadOutput,
+    align_clips,
+    ordered_modalities,
+)
 from avda.train.layers import feature_embedding, grl_ramp, reverse_gradient
 from avda.train.losses import classification_loss, correspondence_loss, domain_adversarial_loss
 from avda.train.presets import with_preset
@@ -186,12 +195,20 @@ class MmSada(Head):
         return chosen
 
     def fused_logits(self, features: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return {
-            t.name: torch.stack(
-                [self.classifiers[m][t.name](self.dropout(features[m])) for m in self.modalities]
-            ).sum(0)
-            for t in self.tasks
-        }
+        """Sum of the modalities' logits: ``(B, C)`` from ``(B, D)`` training clips, ``(B, K, C)``
+        per test clip from ``(B, K_m, D)``, every modality aligned to the largest ``K`` first
+        (:func:`align_clips`: a segment-long audio window is broadcast to every visual clip).
+        """
+        fused = {}
+        for t in self.tasks:
+            per_modality = [
+                self.classifiers[m][t.name](self.dropout(features[m])) for m in self.modalities
+            ]
+            if per_modality[0].dim() == 3:  # (B, K_m, C): test clips, K may differ by modality
+                count = max(x.shape[1] for x in per_modality)
+                per_modality = [align_clips(x, count) for x in per_modality]
+            fused[t.name] = torch.stack(per_modality).sum(0)
+        return fused
 
     def forward(self, inputs: Batch) -> HeadOutput:
         features = self.embed(inputs)
