@@ -1,7 +1,8 @@
 """The ``avda`` command line: wiring only (argument parsing -> library calls -> exit codes).
 
-Exit codes: 0 ok, 1 avda error (one line on stderr; ``AVDA_DEBUG=1`` shows the traceback),
-2 usage error, 3 finished with some failed items (listed in a failures file), 130 interrupted.
+Exit codes: 0 ok, 1 error (one line on stderr; ``AVDA_DEBUG=1`` shows the traceback),
+2 usage error (one line), 3 finished with some failed items (listed in a failures file),
+130 interrupted (one line; resumable commands say to run them again).
 """
 
 from __future__ import annotations
@@ -906,7 +907,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_ERROR
 
     try:
-        code = app(args=argv, standalone_mode=False)
+        code = app(args=argv, prog_name="avda", standalone_mode=False)
         code = int(code or 0)
     except (typer.Abort, KeyboardInterrupt):
         code = EXIT_INTERRUPTED

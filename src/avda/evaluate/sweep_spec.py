@@ -137,6 +137,8 @@ def _node_lines(node: yaml.Node | None, path: tuple = ()) -> dict[tuple, int]:
 def load_spec(path: str | Path) -> SweepSpec:
     """Read and validate a sweep spec; every problem is reported at once, with its path."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"sweep spec {path} is a folder; give the spec's YAML file")
     if not path.is_file():
         raise ConfigError(f"sweep spec {path} does not exist; see docs/sweep.md for the format")
     text = path.read_text()

@@ -1,0 +1,377 @@
+"""The one-line error contract: every command, driven into its failure paths, writes exactly one
+line on stderr (no traceback) and exits with the documented code (1 error, 2 usage, 130
+interrupted)."""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from avda import cli
+from tests.conftest import make_feature_cache
+
+# Log records (``avda -v`` style) may precede the error line; they are not error output.
+LOG_RECORD = re.compile(r"^(DEBUG|INFO|WARNING) [\w.]+: ")
+
+
+def run(capsys, *args: str) -> tuple[int, str, str]:
+    code = cli.main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def one_line(err: str, *, logs: bool = False) -> str:
+    """The single line of ``err`` (``logs``: log records before it are allowed)."""
+    assert "Traceback" not in err, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    if logs:
+        lines = [line for line in lines if not LOG_RECORD.match(line)]
+    assert len(lines) == 1, f"expected one line on stderr, got {len(lines)}:\n{err}"
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory) -> Path:
+    """A folder with a small cache, an empty, a corrupt and a bad manifest, a folder, a file and
+    a sweep spec; the tests chdir into it and name these by relative path."""
+    root = tmp_path_factory.mktemp("cli-errors")
+    make_feature_cache(root / "c.zarr", per_class=4)
+    (root / "empty.csv").write_text("uid,video_id,domain,split,start_sec,stop_sec\n")
+    (root / "corrupt.csv").write_text('uid,video_id\n"a,b\n\x00\x01garbage')
+    (root / "bad.csv").write_text(
+        "uid,video_id,domain,split,start_sec,stop_sec\na,v,D1,train,0,1\na,v,D1,bogus,2,1\n"
+    )
+    (root / "a-file.txt").write_text("not a folder\n")
+    (root / "folder").mkdir()
+    (root / "bad.yaml").write_text("{}\n")
+    spec = {
+        "cache": "c.zarr",
+        "heads": ["source-only"],
+        "settings": ["source->target"],
+        "seeds": [0],
+        "out": "runs",
+        "cluster": {"kind": "local", "workers": 1, "cores": 1, "memory": "1GB"},
+    }
+    (root / "sweep.yaml").write_text(yaml.safe_dump(spec))
+    return root
+
+
+@pytest.fixture
+def in_work(work: Path, monkeypatch) -> Path:
+    monkeypatch.chdir(work)
+    monkeypatch.delenv("AVDA_DEBUG", raising=False)
+    return work
+
+
+TRAIN = ["train", "--cache", "c.zarr", "--source", "source", "--target", "target"]
+FINETUNE = ["finetune", "--backbone", "i3d", "--modality", "rgb", "--source", "D1"]
+
+# (command line, exit code, a fragment of the error line)
+CASES = [
+    # manifest
+    ("manifest validate nope.csv", 1, "manifest nope.csv does not exist"),
+    ("manifest validate empty.csv", 1, "the manifest has no rows"),
+    ("manifest validate corrupt.csv", 1, "manifest corrupt.csv cannot be read"),
+    (
+        "manifest validate bad.csv",
+        1,
+        "problem(s): row 3 [uid]: duplicate uid 'a' (first at row 2); row 3 [split]: unknown",
+    ),
+    ("manifest validate folder", 1, "cannot be read"),
+    ("manifest stats nope.csv", 1, "does not exist"),
+    ("manifest build bogus -a folder -o new/m.csv", 1, "unknown benchmark 'bogus'"),
+    ("manifest build epic55-mmsada -a nope -o new/m.csv", 1, "annotations path nope"),
+    ("manifest build epic55-mmsada -a folder -o folder", 1, "-o folder is a folder"),
+    ("manifest build epic55-mmsada -o m.csv", 2, "Missing option '--annotations'"),
+    # extract
+    ("extract -m nope.csv -o s.zarr", 1, "manifest nope.csv does not exist"),
+    ("extract -m empty.csv -o s.zarr --videos folder", 1, "the manifest has no rows"),
+    ("extract -m corrupt.csv -o s.zarr", 1, "cannot be read"),
+    ("extract -m bad.csv -o s.zarr --precision fp8", 1, "--precision 'fp8'"),
+    ("extract -m bad.csv -o a-file.txt", 1, "-o a-file.txt is a file"),
+    ("extract -m bad.csv -o a-file.txt/s.zarr", 1, "a file of that name exists"),
+    ("extract -m bad.csv -o s.zarr --batch-size many", 2, "Invalid value for '--batch-size'"),
+    # flow
+    ("flow -m nope.csv -o fl", 1, "does not exist"),
+    ("flow -m empty.csv -o fl --method nope", 1, "unknown flow method 'nope'"),
+    ("flow -m empty.csv -o a-file.txt", 1, "-o a-file.txt is a file"),
+    # finetune
+    (" ".join(FINETUNE) + " -m nope.csv -o ft/x.pt", 1, "manifest nope.csv does not exist"),
+    (" ".join(FINETUNE) + " -m empty.csv -o folder", 1, "-o folder is a folder"),
+    (" ".join(FINETUNE) + " -m empty.csv -o ft/x.pt --epochs x", 2, "'--epochs'"),
+    # cache import / export / info
+    ("cache import nope.pkl -o imp.zarr", 1, "feature file nope.pkl does not exist"),
+    ("cache import corrupt.csv -o imp.zarr", 1, "cannot tell the format"),
+    ("cache import folder --format h5 -o imp.zarr", 1, "is a directory: folder"),
+    ("cache export nope.zarr -o x.h5", 1, "cache nope.zarr does not exist"),
+    ("cache export c.zarr -o folder", 1, "-o folder is a folder"),
+    ("cache export c.zarr -o x.h5 --modalities nope", 1, "has no 'nope' features"),
+    ("cache export c.zarr -o x.h5 --format csv", 1, "--format 'csv': expected h5 or epic-pkl"),
+    ("cache export c.zarr -o a-file.txt/x.h5", 1, "a file of that name exists"),
+    ("cache info nope.zarr", 1, "cache nope.zarr does not exist"),
+    ("cache info empty.csv", 1, "is not a Zarr store"),
+    ("cache infos c.zarr", 2, "No such command 'infos'"),
+    # cluster
+    ("cluster nope.zarr", 1, "cache nope.zarr does not exist"),
+    ("cluster c.zarr --modality nope", 1, "has no 'nope' features"),
+    ("cluster c.zarr --plot a-file.txt", 1, "--plot a-file.txt is a file"),
+    ("cluster c.zarr --max-k 0", 1, "--max-k must be >= 1"),
+    # train
+    (" ".join(TRAIN) + " --head nope -o r", 1, "unknown head 'nope'"),
+    (" ".join(TRAIN) + " --head dan -o r", 1, "did you mean 'dann'?"),
+    ("train --head dann --cache nope.zarr --source s --target t -o r", 1, "does not exist"),
+    ("train --head dann --cache c.zarr --source nope --target target -o r", 1, "domain 'nope'"),
+    (" ".join(TRAIN) + " --head dann -o r --set bogus=1", 1, "unknown DannConfig field"),
+    (" ".join(TRAIN) + " --head dann -o r --set bogus", 1, "--set expects key=value"),
+    (" ".join(TRAIN) + " --head dann -o a-file.txt", 1, "-o a-file.txt is a file"),
+    (" ".join(TRAIN) + " --head dann -o r --epochs x", 2, "Invalid value for '--epochs'"),
+    ("train --heat x", 2, "No such option: --heat"),
+    # evaluate / report
+    ("evaluate nope", 1, "nope does not exist"),
+    ("evaluate folder", 1, "holds no avda run"),
+    ("evaluate folder -o folder", 1, "-o folder is a folder"),
+    ("evaluate folder --export-submission folder", 1, "--export-submission folder is a folder"),
+    ("report nope -o r.html", 1, "nope does not exist"),
+    ("report folder -o folder", 1, "-o folder is a folder"),
+    ("report folder -o a-file.txt/r.html", 1, "a file of that name exists"),
+    # sweep
+    ("sweep nope.yaml", 1, "sweep spec nope.yaml does not exist"),
+    ("sweep folder", 1, "sweep spec folder is a folder"),
+    ("sweep bad.yaml", 1, "3 problems in the sweep spec (see docs/sweep.md): bad.yaml: cache"),
+    ("sweep sweep.yaml --cluster nope", 1, "--cluster must be one of local, slurm, pbs"),
+    ("sweep sweep.yaml --cluster slurm --scheduler tcp://x:1", 1, "not both"),
+    ("sweep sweep.yaml --worker-timeout -1", 2, "'--worker-timeout'"),
+    ("sweep sweep.yaml --job-script", 1, "--job-script needs --cluster slurm or pbs"),
+    # demo and the root
+    ("demo --epochs x", 2, "Invalid value for '--epochs'"),
+    ("demo -o a-file.txt", 1, "-o a-file.txt is a file"),
+    ("nope", 2, "No such command 'nope'"),
+]
+
+
+@pytest.mark.parametrize(("line", "code", "fragment"), CASES, ids=[c[0] for c in CASES])
+def test_each_failure_is_one_line_with_its_exit_code(capsys, in_work, line, code, fragment):
+    got, _, err = run(capsys, *line.split())
+    message = one_line(err)
+    assert got == code, err
+    assert message.startswith("usage error: " if code == 2 else "error: "), message
+    assert fragment in message, message
+
+
+def test_missing_parent_folders_of_outputs_are_created(capsys, in_work):
+    code, out, err = run(capsys, "cache", "export", "c.zarr", "-o", "new/deeper/x.h5")
+    assert code == 0, err
+    assert (in_work / "new" / "deeper" / "x.h5").is_file()
+    assert not list((in_work / "new" / "deeper").glob(".*partial"))
+    code, out, err = run(
+        capsys, "cache", "export", "c.zarr", "-o", "pkl/dir/x.pkl", "--format", "epic-pkl"
+    )
+    assert code == 0, err and (in_work / "pkl" / "dir" / "x.pkl").is_file()
+    code, _, err = run(capsys, *TRAIN, "--head", "source-only", "-o", "runs/a/b/so",
+                       "--epochs", "1", "--quiet")  # fmt: skip
+    assert code == 0, err
+    code, _, err = run(capsys, "evaluate", "runs/a/b/so", "-o", "tables/here/results")
+    assert code == 0, err
+    assert (in_work / "tables" / "here" / "results.md").is_file()
+
+
+# ------------------------------------------------------------------------------ OS errors
+@pytest.mark.parametrize(
+    ("error", "fragment"),
+    [
+        (OSError(errno.ENOSPC, "No space left on device", "x.h5"), "no space left on device: x.h5"),
+        (PermissionError(errno.EACCES, "Permission denied", "x.h5"), "permission denied: x.h5"),
+        (IsADirectoryError(errno.EISDIR, "Is a directory", "x.h5"), "is a directory: x.h5"),
+        (FileNotFoundError(errno.ENOENT, "No such file", "y.h5"), "no such file or directory: y"),
+        (OSError(errno.EIO, "Input/output error", "x.h5"), "input/output error: x.h5"),
+        (MemoryError(), "out of memory"),
+    ],
+)
+def test_os_errors_escaping_the_library_are_one_line(capsys, in_work, monkeypatch, error, fragment):
+    from avda.cache import interop
+
+    def fail(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(interop, "export_h5", fail)
+    code, _, err = run(capsys, "cache", "export", "c.zarr", "-o", "x.h5")
+    assert code == 1
+    message = one_line(err)
+    assert message.startswith("error: ") and fragment in message, message
+
+
+def test_an_unexpected_exception_is_an_internal_error_line(capsys, in_work, monkeypatch):
+    from avda.cache import interop
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("boom\nsecond line")
+
+    monkeypatch.setattr(interop, "export_h5", fail)
+    code, _, err = run(capsys, "cache", "export", "c.zarr", "-o", "x.h5")
+    assert code == 1
+    message = one_line(err)
+    assert message.startswith("internal error: RuntimeError: boom; second line; please report")
+    assert "AVDA_DEBUG=1" in message
+    monkeypatch.setenv("AVDA_DEBUG", "1")
+    code, _, err = run(capsys, "cache", "export", "c.zarr", "-o", "x.h5")
+    assert code == 1 and "Traceback" in err and err.rstrip().endswith("AVDA_DEBUG=1")
+
+
+def test_a_failed_export_leaves_no_partial_file(in_work, monkeypatch):
+    from avda.cache import interop
+
+    def fail(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(interop, "_copy_chunked", fail)
+    with pytest.raises(OSError):
+        interop.export_h5("c.zarr", "partial/x.h5")
+    assert list((in_work / "partial").iterdir()) == []
+
+
+# ------------------------------------------------------------------------------ interrupts
+@pytest.mark.parametrize(
+    ("argv", "resumable"),
+    [
+        ([*TRAIN, "--head", "dann", "-o", "r-int"], True),
+        (["cache", "import", "x.pkl", "-o", "i.zarr"], True),
+        (["evaluate", "folder"], False),
+    ],
+)
+def test_keyboard_interrupt_is_one_line_and_130(capsys, in_work, monkeypatch, argv, resumable):
+    import avda.cache.interop
+    import avda.evaluate.tables
+    import avda.train.loop
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(avda.train.loop, "train", interrupt)
+    monkeypatch.setattr(avda.cache.interop, "import_features", interrupt)
+    monkeypatch.setattr(avda.evaluate.tables, "evaluate_runs", interrupt)
+    code, _, err = run(capsys, *argv)
+    assert code == 130
+    message = one_line(err)
+    if resumable:
+        assert message.startswith("interrupted; avda ") and "run the same command again" in message
+    else:
+        assert message == "interrupted"
+
+
+def test_sigint_to_a_running_train_exits_130_with_the_resume_line(work, tmp_path):
+    """A real Ctrl-C: SIGINT to an ``avda train`` subprocess in the middle of its epochs."""
+    out = tmp_path / "run"
+    env = {**os.environ, "AVDA_DEBUG": ""}
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "avda.cli",
+            *TRAIN,
+            "--head",
+            "source-only",
+            "-o",
+            str(out),
+            "--epochs",
+            "100000",
+            "--quiet",
+        ],  # fmt: skip
+        cwd=work,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not (out / "config.yaml").exists():  # written once training starts
+            assert process.poll() is None, process.communicate()
+            assert time.monotonic() < deadline, "train did not start within 60 s"
+            time.sleep(0.1)
+        time.sleep(0.5)
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 130, err
+    message = one_line(err, logs=True)
+    assert message == (
+        "interrupted; avda train resumes where it stopped: run the same command again"
+    )
+
+
+# ------------------------------------------------------------------------------ SLURM / PBS
+def fake_bin(folder: Path, **scripts: str) -> Path:
+    folder.mkdir()
+    for name, body in scripts.items():
+        path = folder / name
+        path.write_text(f"#!/bin/sh\n{body}\n")
+        path.chmod(0o755)
+    return folder
+
+
+def test_sweep_on_slurm_without_sbatch_is_refused_at_once(capsys, in_work, monkeypatch, tmp_path):
+    monkeypatch.setenv("PATH", str(fake_bin(tmp_path / "bin")))  # no sbatch, no qsub
+    for kind, command in (("slurm", "sbatch"), ("pbs", "qsub")):
+        code, _, err = run(capsys, "sweep", "sweep.yaml", "--cluster", kind)
+        assert code == 1
+        message = one_line(err, logs=True)
+        assert f"submits its workers with `{command}`, which is not on PATH" in message
+
+
+def test_sweep_gives_up_when_no_worker_joins(capsys, in_work, monkeypatch, tmp_path):
+    """sbatch accepts the job, which never starts: no worker joins, one line after the timeout."""
+    folder = fake_bin(tmp_path / "bin", sbatch='echo "Submitted batch job 4242"', scancel="exit 0")
+    monkeypatch.setenv("PATH", f"{folder}{os.pathsep}{os.environ['PATH']}")
+    began = time.monotonic()
+    code, _, err = run(
+        capsys, "sweep", "sweep.yaml", "--cluster", "slurm", "--worker-timeout", "1.5"
+    )
+    assert code == 1
+    message = one_line(err, logs=True)
+    assert message.startswith("error: no Dask worker joined the SLURM cluster within 1.5 s")
+    assert "squeue -u $USER" in message and "--job-script" in message
+    assert time.monotonic() - began < 30
+
+
+def test_sweep_reports_a_submit_command_that_prints_no_job_id(
+    capsys, in_work, monkeypatch, tmp_path
+):
+    folder = fake_bin(tmp_path / "bin", sbatch="exit 0")
+    monkeypatch.setenv("PATH", f"{folder}{os.pathsep}{os.environ['PATH']}")
+    code, _, err = run(
+        capsys, "sweep", "sweep.yaml", "--cluster", "slurm", "--worker-timeout", "60"
+    )
+    assert code == 1
+    message = one_line(err, logs=True)
+    assert message.startswith("error: could not submit the SLURM worker jobs with `sbatch`")
+
+
+def test_sweep_job_script_needs_no_sbatch(capsys, in_work, monkeypatch, tmp_path):
+    monkeypatch.setenv("PATH", str(fake_bin(tmp_path / "bin")))
+    code, out, err = run(capsys, "sweep", "sweep.yaml", "--cluster", "slurm", "--job-script")
+    assert code == 0, err
+    assert out.startswith("#!/usr/bin/env bash") and "#SBATCH -J avda-sweep" in out
+
+
+def test_worker_timeout_in_the_spec_is_validated(tmp_path):
+    from avda.errors import ConfigError
+    from avda.evaluate import sweep
+
+    make_feature_cache(tmp_path / "c.zarr", per_class=2)
+    base = {"cache": str(tmp_path / "c.zarr"), "heads": ["dann"], "settings": ["source->target"]}
+    spec = sweep.parse_spec({**base, "cluster": {"worker_timeout": 12}}, source="s.yaml")
+    assert spec.cluster.worker_timeout == 12.0
+    assert sweep.parse_spec(base, source="s.yaml").cluster.worker_timeout == 300.0
+    with pytest.raises(ConfigError, match="worker_timeout: expected a number of seconds > 0"):
+        sweep.parse_spec({**base, "cluster": {"worker_timeout": "soon"}}, source="s.yaml")
