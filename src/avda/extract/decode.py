@@ -480,10 +480,8 @@ class _PyAVStream:
         first wanted frame (then the caller decodes from the start)."""
         first, last = int(group[0]), int(group[-1])
         wanted = set(group.tolist())
-        if self._container is None:
-            self._open()
         key = int(self.key_positions[np.searchsorted(self.key_positions, first, "right") - 1])
-        if self.pts is None or from_start or key == 0:
+        if self.pts is None or from_start or key == 0 or self._container is None:
             self._open()  # from the first frame: no seek needed (nor trusted)
             from_start = True
         else:
