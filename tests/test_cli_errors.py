@@ -5,6 +5,7 @@ interrupted)."""
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import re
 import signal
@@ -138,7 +139,7 @@ CASES = [
     # evaluate / report
     ("evaluate nope", 1, "nope does not exist"),
     ("evaluate folder", 1, "holds no avda run"),
-    ("evaluate folder -o folder", 1, "-o folder is a folder"),
+    ("evaluate folder -o a-file.txt/results", 1, "a file of that name exists"),
     ("evaluate folder --export-submission folder", 1, "--export-submission folder is a folder"),
     ("report nope -o r.html", 1, "nope does not exist"),
     ("report folder -o folder", 1, "-o folder is a folder"),
@@ -375,3 +376,34 @@ def test_worker_timeout_in_the_spec_is_validated(tmp_path):
     assert sweep.parse_spec(base, source="s.yaml").cluster.worker_timeout == 300.0
     with pytest.raises(ConfigError, match="worker_timeout: expected a number of seconds > 0"):
         sweep.parse_spec({**base, "cluster": {"worker_timeout": "soon"}}, source="s.yaml")
+
+
+def test_a_scheduler_without_workers_is_given_up_on(capsys, in_work):
+    """--scheduler ADDRESS with no worker connected: sweep and extract stop after the timeout."""
+    from distributed import Client, LocalCluster
+
+    from avda.errors import AvdaError
+    from avda.extract import distributed
+
+    # The root log handler may still write to an earlier test's closed capture stream.
+    logging.basicConfig(stream=sys.stderr, force=True)
+    with LocalCluster(
+        n_workers=0, processes=False, dashboard_address=None, silence_logs=logging.ERROR
+    ) as empty:
+        address = empty.scheduler_address
+        capsys.readouterr()  # the cluster's own start-up output
+        code, _, err = run(
+            capsys, "sweep", "sweep.yaml", "--scheduler", address, "--worker-timeout", "0.5"
+        )
+        assert code == 1
+        message = one_line(err, logs=True)
+        assert message.startswith(f"error: no Dask worker joined the scheduler at {address}")
+        assert f"`dask worker {address}`" in message
+        with Client(address) as client, pytest.raises(AvdaError, match="no Dask worker joined"):
+            distributed._wait_for_worker(client, address, 0.5)
+
+
+def test_a_bad_scheduler_address_is_one_line(capsys, in_work):
+    code, _, err = run(capsys, "sweep", "sweep.yaml", "--scheduler", "nonsense")
+    assert code == 1
+    assert "expected an address such as tcp://host:8786" in one_line(err, logs=True)

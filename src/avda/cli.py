@@ -716,7 +716,8 @@ def evaluate(
     """Metrics of finished runs: one row per run, or the papers' tables over many runs."""
     from avda.evaluate import protocols, tables
 
-    output_file(out)
+    if out is not None:  # OUT.md, OUT.csv: OUT itself may be a folder's name
+        _make_parent(out, "-o")
     output_file(export_submission, "--export-submission")
     if checkpoint_average:
         from avda.train.heads.mm_sada import checkpoint_accuracy
