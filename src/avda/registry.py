@@ -54,5 +54,5 @@ def unknown_name_message(kind: str, name: str, valid: object) -> str:
     """``unknown backbone 'i3dd'; did you mean 'i3d'? valid: i3d, tbn``."""
     choices = sorted(str(v) for v in valid)  # type: ignore[union-attr]
     close = difflib.get_close_matches(str(name), choices, n=1)
-    hint = f"; did you mean {close[0]!r}?" if close else ""
+    hint = f"; did you mean {close[0]!r}?" if close else ";"
     return f"unknown {kind} {name!r}{hint} valid: {', '.join(choices)}"

@@ -45,7 +45,7 @@ def test_resolve_source_target_forms():
 
 
 def test_resolve_errors_say_what_to_do():
-    with pytest.raises(ConfigError, match=r"unknown domain 'D4' valid: D1, D2 \(setting D1-D4\)"):
+    with pytest.raises(ConfigError, match=r"unknown domain 'D4'; valid: D1, D2 \(setting D1-D4\)"):
         resolve_setting(source="D1", target="D4", known_domains=["D1", "D2"])
     with pytest.raises(ConfigError, match="either --setting or --source/--target"):
         resolve_setting(source="D1", target="D2", setting="D1-D2")

@@ -6,7 +6,7 @@
     ─────────────────────────────           ────────────────────────        ─────────────────
     segment row ─► SegmentFrames            uint8 clips of several           buffers rows per
       ─► recipe plan (frame numbers/times)  segments ─► pinned ─► device     Zarr chunk; writes
-      ─► decord / JPEG / audio decode         ─► model_input (normalise,     features (+ spatial)
+      ─► decord|PyAV / JPEG / PyAV audio    ─► model_input (normalise,     features (+ spatial)
       ─► centre crop ─► uint8 (K,T,H,W,C)      layout) ─► channels-last      then status once a
          or spectrogram (K,1,F,T)              ─► bf16 autocast (GPU)        chunk is complete
                                                ─► features (K, D)
@@ -14,7 +14,7 @@
 Each segment is independent: a bad video fails its own segments (status FAILED with the reason)
 and the run goes on. Results are written chunk by chunk, features first and status last, so a
 killed run resumes exactly at the first segment whose status is not DONE. Inputs: video files
-(decord), EPIC-style RGB frame folders (``frames``), u/v flow JPEG folders (``flow``) and audio
+(decord, else PyAV), EPIC-style RGB frame folders (``frames``), u/v flow JPEG folders (``flow``) and audio
 files (``audio``; else the video's own track); see ``docs/extraction.md``.
 """
 
