@@ -14,8 +14,9 @@
 Each segment is independent: a bad video fails its own segments (status FAILED with the reason)
 and the run goes on. Results are written chunk by chunk, features first and status last, so a
 killed run resumes exactly at the first segment whose status is not DONE. Inputs: video files
-(decord, else PyAV), EPIC-style RGB frame folders (``frames``), u/v flow JPEG folders (``flow``) and audio
-files (``audio``; else the video's own track); see ``docs/extraction.md``.
+(decord, else PyAV), EPIC-style RGB frame folders (``frames``), u/v flow JPEG folders
+(``flow``) and audio files (``audio``; else the video's own track); see
+``docs/extraction.md``.
 """
 
 from __future__ import annotations
