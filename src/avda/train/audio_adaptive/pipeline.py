@@ -492,6 +492,7 @@ def run_stages(
     """
     from avda.cache import open_cache
     from avda.train import data as data_lib
+    from avda.train.heads._base import shape_errors
     from avda.train.heads.audio_adaptive import AudioAdaptive, AudioAdaptiveConfig
     from avda.train.loop import _apply_standardizer, _standardizer
 
@@ -530,8 +531,11 @@ def run_stages(
         progress=progress,
     )
     head.attach_inputs(context)
+    head.check_evaluation({"source_train": train_set}, device)  # fails here, not in stage 5
     stages = AudioAdaptiveStages(head, context)
-    stages.run(until=until)
+    shapes = {m: tuple(x.shape[1:]) for m, x in train_set.inputs.items()}
+    with shape_errors(head.name, shapes, f"train its stages up to {until!r}"):
+        stages.run(until=until)
     return stages
 
 

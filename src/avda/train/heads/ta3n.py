@@ -128,7 +128,9 @@ class Ta3n(Head):
         if len(clips) != 1:
             raise ConfigError(
                 "ta3n concatenates the modalities snippet by snippet, so every modality needs "
-                f"the same number of clips; got { ({m: inputs[m][0] for m in self.modalities}) }"
+                f"the same number of clips; got { ({m: inputs[m][0] for m in self.modalities}) }; "
+                "give it each modality's Ta3n.input_clips snippets, as avda train does (a "
+                "modality with fewer clips repeats its last)"
             )
         num_clips = clips.pop()
         # The loop loads the selected snippets already (input_clips); a head built on all K
