@@ -5,7 +5,13 @@ flow K = 5) with VGGSound audio (one window per segment, K = 1), the TA3N/TBN re
 and audio all K = 25 snippets), SlowFast (K = 5, 2304-d) with one audio window, and MM-SADA's
 training recipe (10 random windows). Each head trains briefly through :func:`avda.train.train`
 (the function ``avda train`` calls) on a real Zarr cache, and its target predictions must be
-finite class probabilities, one row per target test segment.
+finite class probabilities, one row per target test segment. Variants whose options take
+another path through the clips (mid fusion, per-modality discriminators, TRN-M) run too.
+
+Also: MM-SADA's test fuses a single audio window with every visual clip; a head that cannot run
+on a layout fails before its first training step (the loop's and the audio-adaptive pipeline's
+evaluation batch) with a one-line avda error naming the head and the shapes, also through the
+CLI; a shape error during training becomes such an error too.
 """
 
 from __future__ import annotations
@@ -97,6 +103,22 @@ HEADS: dict[str, dict] = {
 }
 
 
+# Options that take another code path through the layout (mid fusion concatenates the
+# clip-averaged modalities, TRN-M needs the same number of frames from every modality).
+VARIANTS: dict[str, tuple[str, dict]] = {
+    "source-only-mid": ("source-only", {"fusion": "mid"}),
+    "dann-per-modality": ("dann", {"discriminator": "per-modality"}),
+    "adabn-mid": ("adabn", {"fusion": "mid"}),
+    "rna-uda": ("rna", {"setting": "uda", "discriminator_hidden": 8}),
+    "cia-trn": ("cia", {"temporal": "trn", "relation_dim": 8}),
+    "cia-concat": ("cia", {"fusion": "concat"}),
+    "ta3n-no-attention": ("ta3n", {"domain_attention": False}),
+}
+RUNS = {name: (name, options) for name, options in HEADS.items()} | {
+    variant: (head, {**HEADS[head], **options}) for variant, (head, options) in VARIANTS.items()
+}
+
+
 def test_every_registered_head_is_covered():
     assert sorted(HEADS) == sorted(heads.names())
 
@@ -149,8 +171,9 @@ def layout_caches(tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.mark.parametrize("layout", list(LAYOUTS))
-@pytest.mark.parametrize("head", list(HEADS))
-def test_head_trains_and_predicts_on_layout(head, layout, layout_caches, tmp_path):
+@pytest.mark.parametrize("variant", list(RUNS))
+def test_head_trains_and_predicts_on_layout(variant, layout, layout_caches, tmp_path):
+    head, overrides = RUNS[variant]
     run = tmp_path / "run"
     result = train(
         cache=layout_caches[layout],
@@ -159,7 +182,7 @@ def test_head_trains_and_predicts_on_layout(head, layout, layout_caches, tmp_pat
         target=["target"],
         out=run,
         seed=0,
-        overrides=HEADS[head],
+        overrides=overrides,
         progress=False,
     )
     assert runs.is_complete(run)
