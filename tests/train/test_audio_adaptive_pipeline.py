@@ -337,10 +337,18 @@ def test_configuration_errors():
             inputs={"rgb": (2, 4), "audio": (1, 4)},
             tasks=[Task("verb", 4), Task("noun", 5)],
         )
-    with pytest.raises(ConfigError, match="absent_classes=3 must be below"):
+    with pytest.raises(ConfigError, match="absent_classes=4 must be below"):
         heads.create(
-            "audio-adaptive", inputs={"rgb": (2, 4), "audio": (1, 4)}, tasks=[Task("v", 3)]
+            "audio-adaptive",
+            inputs={"rgb": (2, 4), "audio": (1, 4)},
+            tasks=[Task("v", 3)],
+            config=heads.config_class("audio-adaptive").from_dict({"absent_classes": 4}),
         )
+    # The default (the paper's 3 of 8 classes) becomes C - 1 when there are fewer classes.
+    head = heads.create(
+        "audio-adaptive", inputs={"rgb": (2, 4), "audio": (1, 4)}, tasks=[Task("v", 3)]
+    )
+    assert head.config.absent_classes == 2
     config = heads.config_class("audio-adaptive").from_dict({"preset": "epic55-source-D2"})
     assert config.encoder_lr == 9e-5 and config.lr == 7e-4 and config.epochs == 29
     assert config.lr_steps == (3, 6, 9, 12, 15, 18, 21, 24, 27)

@@ -201,9 +201,13 @@ def train(
             out, json.loads((out / runs.STATUS).read_text()).get("metrics", {}), True
         )
     if (out / runs.CONFIG).exists() and runs.read_config(out) != resolved:
-        raise RunError(
-            f"{out} holds an unfinished run with another configuration; use another -o or remove it"
-        )
+        if (out / runs.CHECKPOINT).exists() or (out / runs.METRICS).exists():
+            raise RunError(
+                f"{out} holds an unfinished run with another configuration; use another -o or "
+                "remove it"
+            )
+        # A run refused before its first epoch (e.g. a bad setting): nothing trained, replace it.
+        log.info("%s: replacing the configuration of a run that never trained", out)
     out.mkdir(parents=True, exist_ok=True)
     runs.write_config(out, resolved)
     runs.atomic_write_text(out / runs.PROVENANCE, json.dumps(store.provenance, indent=2))

@@ -29,7 +29,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal, Self
 
 import torch
 import torch.nn.functional as F
@@ -40,6 +40,7 @@ from avda.errors import AvdaError, CacheError
 from avda.train.data import FeatureSet, Task
 from avda.train.layers import mlp
 from avda.train.losses import classification_loss
+from avda.train.presets import with_preset
 
 Batch = dict[str, torch.Tensor]
 
@@ -125,7 +126,19 @@ def shape_errors(head: str, shapes: Mapping[str, tuple[int, ...]], doing: str) -
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class HeadConfig(Config):
-    """Fields every head has: which inputs, and how to optimise (defaults per head)."""
+    """Fields every head has: which inputs, and how to optimise (defaults per head).
+
+    ``epochs`` is the length of the head's whole schedule. Setting it (``--epochs N``,
+    ``--set epochs=N``, a sweep's ``epochs``) scales every field of :attr:`stage_fields` that is
+    not set explicitly by ``N / default epochs`` (rounded, at least 1): a staged head keeps its
+    proportions (MM-SADA's stage 1, the Audio-Adaptive encoder stages, lr steps). A ``preset``
+    sets the defaults that are scaled.
+    """
+
+    # Fields counted in epochs of this head's schedule (stage lengths and lr steps).
+    stage_fields: ClassVar[tuple[str, ...]] = ("lr_steps",)
+    # Named settings of a paper (``preset``), applied under the explicit values.
+    presets: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
 
     modalities: tuple[str, ...] = ()  # empty: every modality in the cache
     tasks: tuple[str, ...] = ()  # empty: every labelled task (verb, noun, labels)
@@ -152,6 +165,38 @@ class HeadConfig(Config):
     # also write the evaluation predictions after each of the last N epochs to
     # RUN/epochs/<epoch>/predictions/ (MM-SADA reports the mean over its last 9 checkpoints)
     keep_last_predictions: int = 0
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any] | None = None) -> Self:
+        values = dict(values or {})
+        preset = {"preset": values["preset"]} if values.get("preset") is not None else {}
+        base = with_preset(cls.__name__, cls.presets, preset)
+        merged = {**base, **values}
+        if "epochs" in values:
+            merged.update(cls._scaled_stages(values["epochs"], base, values))
+        return super().from_dict(merged)
+
+    @classmethod
+    def _scaled_stages(
+        cls, epochs: Any, base: Mapping[str, Any], explicit: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        """The :attr:`stage_fields` not in ``explicit``, scaled to ``epochs`` total epochs."""
+        defaults = {f.name: f.default for f in dataclasses.fields(cls)}
+        default_epochs = base.get("epochs", defaults["epochs"])
+        if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 1:
+            return {}  # from_dict reports the bad value
+        ratio = epochs / default_epochs
+        scaled: dict[str, Any] = {}
+        for name in cls.stage_fields:
+            if name in explicit:
+                continue
+            value = base.get(name, defaults[name])
+            if isinstance(value, (tuple, list)):  # lr steps: those still inside the schedule
+                steps = sorted({max(1, round(v * ratio)) for v in value})
+                scaled[name] = tuple(v for v in steps if v < epochs)
+            elif isinstance(value, int) and value > 0:
+                scaled[name] = max(1, round(value * ratio))
+        return scaled
 
 
 @dataclasses.dataclass

@@ -27,7 +27,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Literal
+from collections.abc import Mapping
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import nn
@@ -47,7 +48,6 @@ from avda.train.heads._base import (
     ordered_modalities,
     shape_errors,
 )
-from avda.train.presets import with_preset
 from avda.train.stages import TrainingContext
 
 log = logging.getLogger(__name__)
@@ -114,9 +114,8 @@ class AudioAdaptiveConfig(HeadConfig):
     auxiliary_weight: float = 0.1
     audio_visual_weight: float = 0.2
 
-    @classmethod
-    def from_dict(cls, values=None):
-        return super().from_dict(with_preset(cls.__name__, PRESETS, values))
+    presets: ClassVar[Mapping[str, Mapping[str, Any]]] = PRESETS
+    stage_fields: ClassVar[tuple[str, ...]] = ("audio_epochs", "encoder_epochs", "lr_steps")
 
 
 def _freeze(module: nn.Module) -> None:
@@ -154,11 +153,21 @@ class AudioAdaptive(Head):
                 f"audio-adaptive needs visual modalities besides {audio!r}: got {visual} "
                 f"from inputs {sorted(inputs)}"
             )
-        if config.absent_classes >= self.task.num_classes:
-            raise ConfigError(
-                f"absent_classes={config.absent_classes} must be below the number of classes "
-                f"({self.task.num_classes})"
+        classes = self.task.num_classes
+        if config.absent_classes >= classes:
+            default = AudioAdaptiveConfig.__dataclass_fields__["absent_classes"].default
+            if config.absent_classes != default or classes < 2:
+                raise ConfigError(
+                    f"absent_classes={config.absent_classes} must be below the number of "
+                    f"classes ({classes}); set --set absent_classes=N with 1 <= N < {classes}"
+                )
+            # The paper's 3 (of 8 EPIC classes) cannot apply: mark all classes but one absent.
+            log.warning(
+                "audio-adaptive: %d classes, so absent_classes=%d (the default %d needs more)",
+                *(classes, classes - 1, default),
             )
+            config = config.replace(absent_classes=classes - 1)
+            self.config = config
         self.visual_modalities = visual
         self.visual_channels = {v: inputs[v][1] for v in visual}
         self.audio_channels = inputs[audio][1]

@@ -34,7 +34,8 @@ import dataclasses
 import itertools
 import logging
 import math
-from typing import Literal
+from collections.abc import Mapping
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -54,7 +55,6 @@ from avda.train.heads._base import (
 from avda.train.heads.ta3n import snippet_indices
 from avda.train.layers import MultiScaleTemporalRelation, grl_ramp, mlp, reverse_gradient
 from avda.train.losses import domain_adversarial_loss
-from avda.train.presets import with_preset
 from avda.train.stages import TrainingContext
 
 log = logging.getLogger(__name__)
@@ -91,9 +91,7 @@ class CiaConfig(HeadConfig):
     grl_weight: float = 1.0
     grl_gamma: float = 10.0
 
-    @classmethod
-    def from_dict(cls, values=None):
-        return super().from_dict(with_preset(cls.__name__, PRESETS, values))
+    presets: ClassVar[Mapping[str, Mapping[str, Any]]] = PRESETS
 
 
 def _gate(fan_in: int, channels: int, reduction: int) -> nn.Sequential:

@@ -32,8 +32,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -53,7 +54,6 @@ from avda.train.heads._base import (
 )
 from avda.train.layers import feature_embedding, grl_ramp, reverse_gradient
 from avda.train.losses import classification_loss, correspondence_loss, domain_adversarial_loss
-from avda.train.presets import with_preset
 
 log = logging.getLogger(__name__)
 
@@ -96,9 +96,8 @@ class MmSadaConfig(HeadConfig):
     correspondence_weight: float = 1.0
     adversarial_weight: float = 1.0
 
-    @classmethod
-    def from_dict(cls, values=None):
-        return super().from_dict(with_preset(cls.__name__, PRESETS, values))
+    presets: ClassVar[Mapping[str, Mapping[str, Any]]] = PRESETS
+    stage_fields: ClassVar[tuple[str, ...]] = ("pretrain_epochs", "lr_steps")
 
 
 def _truncated(layer: nn.Linear, std: float) -> nn.Linear:
@@ -152,6 +151,11 @@ class MmSada(Head):
                 f"mm-sada needs at least two modalities (its self-supervision tells whether they "
                 f"correspond), got {self.modalities}; select more with --set "
                 "modalities=[rgb,flow], or use dann with discriminator=per-modality"
+            )
+        if config.epochs < 2:
+            raise ConfigError(
+                f"mm-sada trains in two stages (stage 1, then the adversarial stage 2): it needs "
+                f"--epochs 2 or more, got {config.epochs}"
             )
         if not 0 < config.pretrain_epochs < config.epochs:
             raise ConfigError(
