@@ -626,7 +626,13 @@ def train_command(
     target: Annotated[str, typer.Option(help="Target domain(s), comma separated.")],
     out: OutPath,
     seed: Seed = 0,
-    epochs: Annotated[int | None, typer.Option(help="Override the head's epochs.")] = None,
+    epochs: Annotated[
+        int | None,
+        typer.Option(
+            help="Length of the head's whole schedule: its stages (mm-sada stage 1, "
+            "audio-adaptive stages 1 and 5) and lr steps scale in proportion unless set."
+        ),
+    ] = None,
     set_: Annotated[
         list[str] | None, typer.Option("--set", help="Config override key=value.")
     ] = None,
