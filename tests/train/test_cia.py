@@ -74,7 +74,7 @@ def test_correlation_by_hand():
     assert float(correlation_map(c, d, "pearson")) == pytest.approx(-1.0)
 
 
-def _identity_consensus(channels, **kwargs):
+def _identity_consensus(channels: dict[str, int], **kwargs) -> SpatialConsensus:
     consensus = SpatialConsensus(channels, dim=4, correlation="cosine", **kwargs)
     for projection in consensus.projections.values():  # H = F (first 4 channels)
         torch.nn.init.eye_(projection.weight)
@@ -83,7 +83,7 @@ def _identity_consensus(channels, **kwargs):
 
 
 def test_consensus_weights_by_hand():
-    consensus = _identity_consensus({"rgb": 4, "flow": 4}, scales=0, vector_modalities=set())
+    consensus = _identity_consensus({"rgb": 4, "flow": 4}, scales=0)
     x = torch.rand(2, 3, 4, 3, 3) + 0.1
     frames, map_ = consensus({"rgb": x, "flow": x}, spatial=True)
     torch.testing.assert_close(map_, torch.ones(2, 3, 3, 3))  # identical modalities: C = 1
@@ -100,7 +100,7 @@ def test_consensus_weights_by_hand():
 def test_multi_scale_consensus_by_hand():
     # 2x2 maps, scales 0 and 1. rgb = flow except at cell (0, 0), where they are orthogonal:
     # scale 0: C^0 = [[0, 1], [1, 1]]; scale 1 (1x1 average): cos(mean rgb, mean flow), upsampled.
-    consensus = _identity_consensus({"rgb": 2, "flow": 2}, scales=1, vector_modalities=set())
+    consensus = _identity_consensus({"rgb": 2, "flow": 2}, scales=1)
     consensus.projections["rgb"] = torch.nn.Identity()
     consensus.projections["flow"] = torch.nn.Identity()
     rgb = torch.tensor([[1.0, 1.0], [1.0, 1.0]]).expand(2, 2, 2).clone()  # (C, H, W)
@@ -115,21 +115,61 @@ def test_multi_scale_consensus_by_hand():
     torch.testing.assert_close(map_[0, 0], expected)
 
 
-def test_audio_joins_the_consensus_as_a_vector():
-    consensus = _identity_consensus({"rgb": 4, "audio": 4}, scales=0, vector_modalities={"audio"})
-    rgb = torch.zeros(1, 2, 4, 2, 2)
-    rgb[..., 0, 0, 0] = 1.0  # cell (0, 0) points along channel 0, the others along channel 1
-    rgb[..., 1, 0, 1] = rgb[..., 1, 1, 0] = rgb[..., 1, 1, 1] = 1.0
-    audio = torch.zeros(1, 2, 4)
-    audio[..., 0] = 1.0  # audio agrees with cell (0, 0) only
-    frames, map_ = consensus({"rgb": rgb, "audio": audio}, spatial=True)
-    torch.testing.assert_close(map_[0, 0], torch.tensor([[1.0, 0.0], [0.0, 0.0]]))
-    torch.testing.assert_close(frames["audio"], audio)  # vectors are not re-weighted
-    torch.testing.assert_close(frames["rgb"], ((1 + map_[:, :, None]) * rgb).mean(dim=(-2, -1)))
+def test_audio_never_joins_the_consensus_but_gates_the_visual_modalities():
+    """M3EM sec. 2.2: the consensus correlates F_rR with F_rF only; audio (a vector, supp. sec.
+    1) refines and is refined by the others through the gates (sec. 2.1), not re-weighted."""
+    torch.manual_seed(0)
+    inputs = {"rgb": (2, 4), "flow": (2, 4), "audio": (2, 4)}
+    head = _head(inputs, dropout=0.0, spatial="on")
+    assert head.consensus.pairs == [("flow", "rgb")]
+    assert sorted(head.consensus.projections) == ["flow", "rgb"]  # no audio projection
+    batch = {m: torch.rand(3, 2, 4) for m in inputs}
+    batch |= {f"spatial/{m}": torch.rand(3, 2, 4, 3, 3) for m in ("rgb", "flow")}
+    other = {**batch, "audio": 5 * torch.rand(3, 2, 4)}
+    out = head(batch)
+    # C is eq. 5 on the gated RGB and flow maps alone
+    features = {m: batch[f"spatial/{m}"] for m in ("rgb", "flow")} | {"audio": batch["audio"]}
+    summaries = {m: x.mean(dim=(-2, -1)) if x.dim() == 5 else x for m, x in features.items()}
+    refined = head.interaction(features, summaries)
+    frames, consensus = head.consensus({m: refined[m] for m in ("rgb", "flow")}, True)
+    torch.testing.assert_close(out.extras["consensus"], consensus)
+    torch.testing.assert_close(out.extras["frames"]["rgb"], frames["rgb"])
+    torch.testing.assert_close(out.extras["frames"]["audio"], refined["audio"])  # not re-weighted
+    # Audio gates the visual modalities: another audio changes rgb's cross-gated features.
+    assert not torch.allclose(head(other).extras["frames"]["rgb"], out.extras["frames"]["rgb"])
+    # With the visual cross gates made constant, audio has no other way into rgb, flow or C.
+    for m in ("rgb", "flow"):
+        torch.nn.init.zeros_(head.interaction.cross_gates[m][0].weight)
+    out, changed = head(batch), head(other)
+    torch.testing.assert_close(changed.extras["consensus"], out.extras["consensus"])
+    torch.testing.assert_close(changed.extras["frames"]["rgb"], out.extras["frames"]["rgb"])
+    assert not torch.allclose(changed.extras["frames"]["audio"], out.extras["frames"]["audio"])
+
+
+def test_audio_must_be_a_vector_modality():
+    with pytest.raises(ConfigError, match="audio must be in vector_modalities.*RGB and flow only"):
+        _head({"rgb": (2, 4), "flow": (2, 4), "audio": (2, 4)}, vector_modalities=[])
+
+
+def test_one_visual_modality_has_no_consensus(caplog):
+    torch.manual_seed(0)
+    inputs = {"rgb": (3, 4), "audio": (1, 4)}
+    with caplog.at_level("WARNING", logger="avda.train.heads.cia"):
+        head = _head(inputs, dropout=0.0)
+    assert "one visual modality (rgb): no consensus" in caplog.text
+    assert head.consensus.pairs == [] and len(head.consensus.projections) == 0
+    batch = {"rgb": torch.rand(2, 3, 4), "audio": torch.rand(2, 1, 4)}
+    out = head(batch)
+    torch.testing.assert_close(out.extras["consensus"], torch.zeros(2, 3))  # C = 0
+    refined = head.interaction(batch, batch)
+    torch.testing.assert_close(out.extras["frames"]["rgb"], refined["rgb"])  # plain average
+    maps = {**batch, "spatial/rgb": torch.rand(2, 3, 4, 2, 2)}
+    out = head(maps)
+    torch.testing.assert_close(out.extras["consensus"], torch.zeros(2, 3, 2, 2))
 
 
 def test_pooled_mode_reweights_snippets():
-    consensus = _identity_consensus({"rgb": 4, "flow": 4}, scales=0, vector_modalities=set())
+    consensus = _identity_consensus({"rgb": 4, "flow": 4}, scales=0)
     rgb = torch.eye(4)[None]  # 4 snippets, snippet k along channel k
     flow = rgb.clone()
     flow[0, 3] = torch.tensor([1.0, 0.0, 0.0, 0.0])  # the last snippet disagrees
@@ -283,13 +323,37 @@ def _train(cache, out, **overrides):
     )  # fmt: skip
 
 
-def test_trains_in_pooled_mode_and_refuses_missing_maps(three_modality_cache, tmp_path, caplog):
-    with caplog.at_level("INFO", logger="avda.train.heads.cia"):
+def test_auto_without_maps_warns_and_records_spatial_off(three_modality_cache, tmp_path, caplog):
+    with caplog.at_level("WARNING", logger="avda.train.heads.cia"):
         result = _train(three_modality_cache, tmp_path / "pooled")
-    assert "pooled-feature mode" in caplog.text
+    warnings = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "\n" not in warnings[0].getMessage()  # one line
+    assert "no spatial maps for rgb, flow, so spatial=auto runs as spatial=off" in caplog.text
+    assert runs.read_config(tmp_path / "pooled")["head_config"]["spatial"] == "off"
     assert result.metrics["source_test/verb/top1"] > 0.5
-    with pytest.raises(CacheError, match="no spatial maps for 'rgb'.*pooled-feature mode"):
+    # Choosing the pooled mode explicitly: no warning, the same run.
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="avda.train.heads.cia"):
+        _train(three_modality_cache, tmp_path / "off", spatial="off")
+    assert not caplog.records
+    pooled = runs.read_predictions(tmp_path / "pooled", "target_test")["scores"]["verb"]
+    off = runs.read_predictions(tmp_path / "off", "target_test")["scores"]["verb"]
+    np.testing.assert_allclose(pooled, off)
+    # spatial=on without maps: refused before anything is written
+    with pytest.raises(CacheError, match="no spatial maps for 'rgb'.*--set spatial=off"):
         _train(three_modality_cache, tmp_path / "on", spatial="on")
+    assert not (tmp_path / "on").exists()
+
+
+def test_spatial_setting_decides_the_mode_of_a_batch():
+    torch.manual_seed(0)
+    inputs = {"rgb": (2, 4), "flow": (2, 4)}
+    pooled = {m: torch.rand(3, 2, 4) for m in inputs}
+    maps = pooled | {f"spatial/{m}": torch.rand(3, 2, 4, 2, 2) for m in inputs}
+    assert _head(inputs, spatial="off")(maps).extras["consensus"].shape == (3, 2)  # maps ignored
+    assert _head(inputs, spatial="on")(maps).extras["consensus"].shape == (3, 2, 2, 2)
+    with pytest.raises(CacheError, match="spatial='on' but the batch has no spatial/rgb maps"):
+        _head(inputs, spatial="on")(pooled)
 
 
 def test_trains_in_spatial_mode(three_modality_cache, tmp_path, caplog):
@@ -300,7 +364,8 @@ def test_trains_in_spatial_mode(three_modality_cache, tmp_path, caplog):
     _add_spatial_maps(cache, ["rgb", "flow"])
     with caplog.at_level("INFO", logger="avda.train.heads.cia"):
         result = _train(cache, tmp_path / "spatial")
-    assert "spatial consensus" in caplog.text
+    assert "spatial consensus" in caplog.text and "WARNING" not in caplog.text
+    assert runs.read_config(tmp_path / "spatial")["head_config"]["spatial"] == "on"
     assert result.metrics["source_test/verb/top1"] > 0.5
     trn = _train(cache, tmp_path / "trn", temporal="trn", num_segments=2, relation_dim=8)
     assert "target_test/verb/top1" in trn.metrics  # maps cut to the TSN snippets [0, 2] of 3

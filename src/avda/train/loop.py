@@ -174,6 +174,7 @@ def train(
         )
     tasks = data_lib.infer_tasks(store.segments, source_rows, config.tasks or None)
     cls = heads_lib.HEADS.get(head)
+    config = cls.resolve_config(config, store, modalities)  # e.g. cia's spatial=auto
     uses_target = cls.needs_target(config)
     if uses_target and len(target_rows) == 0:
         raise CacheError(

@@ -11,6 +11,8 @@ shapes ``{modality: (K, D)}`` and the tasks. The training loop calls only:
 Optional hooks with no-op defaults, for heads that need them:
 
 - ``needs_target(config)``: ``uses_target`` when a config decides it (RNA: DG or UDA);
+- ``resolve_config(config, store, modalities)``: the config with the choices the cache
+  decides made explicit, before the loop records it in the run (CIA: ``spatial``);
 - ``input_clips(config, num_clips)``: the cached clips the head reads, so the loop loads only
   those (TA3N: snippets 2, 7, 12, 17, 22 of 25);
 - ``before_evaluation(feature_set, adaptation_set)``: called before each evaluation set is
@@ -228,6 +230,12 @@ class Head(nn.Module):
     def needs_target(cls, config: HeadConfig) -> bool:
         """Whether training with ``config`` needs unlabelled target batches."""
         return cls.uses_target
+
+    @classmethod
+    def resolve_config(cls, config: HeadConfig, store: Any, modalities: list[str]) -> HeadConfig:
+        """``config`` with the choices that depend on the cache ``store`` made explicit
+        (CIA's ``spatial="auto"``); the loop records the result in the run's config."""
+        return config
 
     @classmethod
     def input_clips(cls, config: HeadConfig, num_clips: int) -> list[int] | None:

@@ -10,22 +10,30 @@ Each modality is enhanced by the others before the domains are aligned::
       self gate   t_s = sigmoid(W2 relu(W1 f_m))             eq. 1, bottleneck c/r (r = 16)
       cross gate  t_c = sigmoid(W2' relu(W1' [f_n]_{n!=m}))  eq. 3
       F_r,m = [F_m * t_s ; F_m * t_c]                        eq. 2-4 (2c channels)
-    consensus over all modalities (eq. 5):
-      H_m = P_m F_r,m (1x1 conv to d); for scales s = 0..k pool H by 2^s, cosine of every
-      modality pair at each position (vectors broadcast over positions), upsample, sum:
-      C = mean_pairs sum_s C^s / (k + 1)   in [-1, 1]
+    consensus of the visual modalities only (eq. 5; RGB and flow, never audio):
+      H_m = P_m F_r,m (1x1 conv to d); for scales s = 0..k pool H by 2^s, cosine of the
+      rgb/flow pair at each position, upsample, sum:  C = sum_s C^s / (k + 1)   in [-1, 1]
       rgb, flow: f_m = mean_positions (1 + C) * F_r,m      (weighted average + residual)
-      audio:     f_m = F_r,m
+      audio:     f_m = F_r,m        (gated by and gating the others in eq. 1-4, not in eq. 5)
     frame features f_m,k --GRL--> D_fd^m                     frame-level discriminators
     video v_m = mean_k f_m,k --GRL--> D_vd^m                  video-level discriminators
     logits = mean_m classifier_m(v_m)                         late fusion (supp. Table 3, "◊")
     L = lambda_y L_y + lambda_vd mean_m L_vd + lambda_fd mean_m L_fd      eq. 6 (1, 1, 0.5)
 
-Spatial mode: with ``spatial/<modality>`` maps in the cache (RGB/flow 1024 x 7 x 7 per snippet in
-the paper) positions are the H x W cells of each snippet. Pooled mode (no maps cached, a
-deviation): positions are the K snippets of the segment, i.e. the consensus re-weights snippets
-in time instead of cells in space; the gating (SMR) is identical in both modes, since the pooled
-snippet vector is the map's global average.
+Audio is a vector (1024-d in the paper, supp. sec. 1): it takes part in the gating (its own
+self gate, a cross gate from the visual summaries, and its summary feeds their cross gates,
+M3EM sec. 2.1) and has its own classifier and discriminators, but the consensus correlates
+``F_rR`` with ``F_rF`` only (M3EM sec. 2.2, eq. 5); ``audio`` must be in ``vector_modalities``.
+With one visual modality there is no pair to correlate: C = 0, plain average pooling (the "Avg"
+row of supp. Table 2), with a warning.
+
+``spatial``: ``"on"`` positions are the H x W cells of each snippet's ``spatial/<modality>`` map
+(RGB/flow 1024 x 7 x 7 in the paper; refused when the cache has none). ``"off"`` (avda's pooled
+mode, a deviation): positions are the K snippets of the segment, the consensus re-weights
+snippets in time instead of cells in space; the gating is identical in both modes (a pooled
+snippet vector is the map's global average). ``"auto"`` (default) is resolved from the cache
+before training (:meth:`Cia.resolve_config`) to ``"on"`` or, with a one-line warning, ``"off"``,
+and the run's config.json records the resolved value.
 """
 
 from __future__ import annotations
@@ -77,7 +85,12 @@ class CiaConfig(HeadConfig):
     scales: int = 3  # k: consensus at 2^0 .. 2^k downsampling
     consensus_dim: int = 256  # channels of the 1x1 projection H_m
     correlation: Literal["cosine", "pearson"] = "cosine"
+    # "on": consensus over the H x W cells of cached spatial maps (the paper); "off": over the K
+    # snippets of pooled features (avda's pooled mode); "auto": "on" when the cache has the maps,
+    # else "off" with a warning, resolved before training and recorded in the run's config.json
     spatial: Literal["auto", "on", "off"] = "auto"
+    # modalities without spatial maps (audio: a 1024-d vector in the paper); gated, never in the
+    # consensus
     vector_modalities: tuple[str, ...] = ("audio",)
     num_segments: int = 5  # snippets used of K cached (TSN test indices, e.g. 5 of 25)
     temporal: Literal["mean", "trn"] = "mean"  # "trn": TA3N's TRN-M over the snippets
@@ -157,40 +170,29 @@ def correlation_map(a: torch.Tensor, b: torch.Tensor, kind: str = "cosine") -> t
 
 
 class SpatialConsensus(nn.Module):
-    """Eq. 5 (CMC / spatial consensus): a multi-scale correlation map of all modalities that
-    re-weights the positions of the spatial modalities (with a residual, ``1 + C``)."""
+    """Eq. 5 (CMC / spatial consensus): a multi-scale correlation map of the visual modalities
+    (``channels``: RGB and flow in the paper; never audio) that re-weights their positions (with
+    a residual, ``1 + C``). Pairs are averaged when there are more than two; with one modality
+    there is no pair, C = 0 and the positions are plainly averaged."""
 
     def __init__(
-        self,
-        channels: dict[str, int],
-        *,
-        dim: int,
-        scales: int,
-        correlation: str,
-        vector_modalities: set[str],
+        self, channels: dict[str, int], *, dim: int, scales: int, correlation: str
     ) -> None:
         super().__init__()
         self.modalities = sorted(channels)
         self.scales = scales
         self.correlation = correlation
-        self.vectors = set(vector_modalities)
-        self.projections = nn.ModuleDict({m: nn.Linear(channels[m], dim) for m in self.modalities})
-        self.pairs = [
-            (a, b)
-            for a, b in itertools.combinations(self.modalities, 2)
-            if not (a in self.vectors and b in self.vectors)
-        ]
+        self.pairs = list(itertools.combinations(self.modalities, 2))
+        self.projections = nn.ModuleDict(
+            {m: nn.Linear(channels[m], dim) for m in self.modalities} if self.pairs else {}
+        )
 
     def consensus_spatial(self, latent: dict[str, torch.Tensor], size: tuple[int, int]):
-        """``latent[m]``: (B*K, d, H, W) maps or (B*K, d, 1, 1) vectors -> C (B*K, H, W)."""
+        """``latent[m]``: (B*K, d, H, W) maps -> C (B*K, H, W)."""
         total = 0.0
         for s in range(self.scales + 1):
             scaled_size = (math.ceil(size[0] / 2**s), math.ceil(size[1] / 2**s))
-            scaled = {
-                m: x if m in self.vectors else F.adaptive_avg_pool2d(x, scaled_size)
-                for m, x in latent.items()
-            }
-            # A vector (B*K, d, 1, 1) broadcasts against a map (B*K, d, h_s, w_s).
+            scaled = {m: F.adaptive_avg_pool2d(x, scaled_size) for m, x in latent.items()}
             mean = torch.stack(
                 [correlation_map(scaled[a], scaled[b], self.correlation) for a, b in self.pairs]
             ).mean(0)  # (B*K, h_s, w_s)
@@ -217,41 +219,43 @@ class SpatialConsensus(nn.Module):
     def forward(
         self, refined: dict[str, torch.Tensor], spatial: bool
     ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        """Frame features ``(B, K, 2C)`` per modality and the consensus map."""
-        visual = [m for m in self.modalities if m not in self.vectors]
-        count = refined[visual[0]].shape[1]
+        """Frame features ``(B, K, 2C)`` of the visual modalities and the consensus map C
+        (``(B, K, H, W)`` spatial, ``(B, K)`` pooled)."""
+        first = refined[self.modalities[0]]
+        B, count = first.shape[:2]
         if spatial:
-            B = refined[visual[0]].shape[0]
-            size = tuple(refined[visual[0]].shape[-2:])
-            latent = {}
+            size = tuple(first.shape[-2:])
             for m in self.modalities:
-                x = refined[m]
-                if m in self.vectors:
-                    projected = self.projections[m](align_snippets(x, count))  # (B, K, d)
-                    latent[m] = projected.reshape(B * count, -1, 1, 1)  # (B*K, d, 1, 1)
-                else:
-                    if tuple(x.shape[-2:]) != size:
-                        raise ConfigError(
-                            f"cia: spatial maps of {m} are {tuple(x.shape[-2:])}, of "
-                            f"{visual[0]} {size}; the consensus needs equal map sizes"
-                        )
-                    projected = self.projections[m](x.movedim(2, -1))  # (B, K, H, W, d)
-                    latent[m] = projected.movedim(-1, 2).flatten(0, 1)  # (B*K, d, H, W)
-            consensus = self.consensus_spatial(latent, size).reshape(B, count, *size)  # (B,K,H,W)
+                if tuple(refined[m].shape[-2:]) != size or refined[m].shape[1] != count:
+                    raise ConfigError(
+                        f"cia: spatial maps of {m} are {tuple(refined[m].shape[1:])}, of "
+                        f"{self.modalities[0]} {tuple(first.shape[1:])}; the consensus needs "
+                        "the same snippets and map size"
+                    )
+            if self.pairs:
+                latent = {
+                    m: self.projections[m](refined[m].movedim(2, -1))  # (B, K, H, W, d)
+                    .movedim(-1, 2)
+                    .flatten(0, 1)  # (B*K, d, H, W)
+                    for m in self.modalities
+                }
+                consensus = self.consensus_spatial(latent, size).reshape(B, count, *size)
+            else:
+                consensus = first.new_zeros(B, count, *size)
             weights = 1.0 + consensus[:, :, None]  # (B, K, 1, H, W)
-            frames = {
-                m: refined[m] if m in self.vectors else (weights * refined[m]).mean(dim=(-2, -1))
-                for m in self.modalities
-            }
+            frames = {m: (weights * refined[m]).mean(dim=(-2, -1)) for m in self.modalities}
             return frames, consensus
-        latent = {
-            m: self.projections[m](align_snippets(refined[m], count)).transpose(1, 2)
-            for m in self.modalities
-        }  # (B, K, d) -> (B, d, K)
-        consensus = self.consensus_temporal(latent)  # (B, K)
+        if self.pairs:
+            latent = {
+                m: self.projections[m](align_snippets(refined[m], count)).transpose(1, 2)
+                for m in self.modalities
+            }  # (B, K, d) -> (B, d, K)
+            consensus = self.consensus_temporal(latent)  # (B, K)
+        else:
+            consensus = first.new_zeros(B, count)
+        weights = 1.0 + consensus[:, :, None]  # (B, K, 1), aligned to each modality's K
         frames = {
-            m: refined[m] if m in self.vectors else (1.0 + consensus[:, :, None]) * refined[m]
-            for m in self.modalities
+            m: align_snippets(weights, refined[m].shape[1]) * refined[m] for m in self.modalities
         }
         return frames, consensus
 
@@ -282,6 +286,20 @@ class Cia(Head):
                 f"cia needs two or more modalities, at least one of them visual (not in "
                 f"vector_modalities {list(config.vector_modalities)}); got {self.modalities}"
             )
+        if "audio" in self.modalities and "audio" not in vectors:
+            raise ConfigError(
+                "cia: audio must be in vector_modalities: it is gated with the others but never "
+                "joins the consensus, which correlates RGB and flow only (M3EM sec. 2.2, eq. 5); "
+                f"got vector_modalities={list(config.vector_modalities)}"
+            )
+        self.visual_modalities = [m for m in self.modalities if m not in vectors]
+        if len(self.visual_modalities) < 2:
+            log.warning(
+                "cia: one visual modality (%s): no consensus without a second one to correlate "
+                "(the paper's is RGB x flow), so C = 0 and its positions are plainly averaged "
+                "(supp. Table 2 'Avg'); add flow for the consensus",
+                self.visual_modalities[0],
+            )
         if config.num_segments < (2 if config.temporal == "trn" else 1):
             raise ConfigError(
                 f"cia: num_segments must be >= 2 with temporal='trn' (>= 1 otherwise), "
@@ -297,12 +315,12 @@ class Cia(Head):
         refined = {m: 2 * c for m, c in channels.items()}
         self.interaction = MutualComplementarity(channels, config.reduction)
         self.consensus = SpatialConsensus(
-            refined,
+            {m: refined[m] for m in self.visual_modalities},
             dim=config.consensus_dim,
             scales=config.scales,
             correlation=config.correlation,
-            vector_modalities=vectors,
         )
+        self._warned_pooled = False
         self.dropout = nn.Dropout(config.dropout)
         if config.temporal == "trn":
             self.relations = nn.ModuleDict(
@@ -347,23 +365,41 @@ class Cia(Head):
         indices = snippet_indices(num_clips, config.num_segments)
         return None if indices == list(range(num_clips)) else indices
 
-    def prepare(self, context: TrainingContext) -> None:
-        """Attach ``spatial/<modality>`` maps (spatial mode) to every feature set."""
-        config = self.config
+    @classmethod
+    def resolve_config(cls, config: CiaConfig, store: Any, modalities: list[str]) -> CiaConfig:
+        """``spatial="auto"`` made ``"on"`` when ``store`` has every visual modality's maps,
+        else ``"off"`` with a one-line warning (the loop records the result in config.json);
+        ``"on"`` without the maps is refused."""
         if config.spatial == "off":
-            return
-        store = context.store
-        visual = [m for m in self.modalities if m not in self.vector_modalities]
+            return config
+        visual = [m for m in ordered_modalities(modalities) if m not in config.vector_modalities]
         missing = [m for m in visual if not store.has_spatial(m)]
-        if missing:
-            if config.spatial == "on":
-                raise CacheError(
-                    f"cia: spatial='on' but {store.path} has no spatial maps for {missing[0]!r} "
-                    f"(spatial/{missing[0]}); extract them with `avda extract --recipe cia`, or "
-                    "use --set spatial=auto (pooled-feature mode)"
-                )
-            log.info("cia: no spatial maps for %s in %s; pooled-feature mode", missing, store.path)
+        if not missing:
+            return dataclasses.replace(config, spatial="on")
+        if config.spatial == "on":
+            raise CacheError(
+                f"cia: spatial='on' but {store.path} has no spatial maps for {missing[0]!r} "
+                f"(spatial/{missing[0]}); extract them with `avda extract --recipe cia`, or "
+                "use --set spatial=off (consensus over the snippets of pooled features)"
+            )
+        log.warning(
+            "cia: %s has no spatial maps for %s, so spatial=auto runs as spatial=off (recorded "
+            "in the run's config): the consensus re-weights the K snippets in time, not the "
+            "H x W cells of each snippet as in the paper; cache maps with `avda extract "
+            "--recipe cia`, or pass --set spatial=off to choose this mode",
+            store.path,
+            ", ".join(missing),
+        )
+        return dataclasses.replace(config, spatial="off")
+
+    def prepare(self, context: TrainingContext) -> None:
+        """Attach ``spatial/<modality>`` maps (``spatial="on"``) to every feature set."""
+        store = context.store
+        self.config = config = type(self).resolve_config(self.config, store, self.modalities)
+        if config.spatial == "off":
+            log.info("cia: consensus over snippets (spatial=off, pooled features)")
             return
+        visual = self.visual_modalities
         for m in visual:
             shape = store.spatial(m).shape
             if len(shape) != 5 or shape[2] != self.spatial_channels[m]:
@@ -375,16 +411,41 @@ class Cia(Head):
             for m in visual:
                 key = SPATIAL_KEY.format(m)
                 if key not in feature_set.inputs:
-                    clips = type(self).input_clips(config, shape[1])
+                    clips = type(self).input_clips(config, store.spatial(m).shape[1])
                     feature_set.inputs[key] = torch.from_numpy(
                         _load_maps(store, m, feature_set.rows, clips)
                     )
         log.info("cia: spatial consensus on the %s maps of %s", visual, store.path)
 
+    def uses_maps(self, inputs: Batch) -> bool:
+        """Whether this batch runs the spatial consensus (``config.spatial``; ``"auto"``, for a
+        head used outside the loop: whether the batch has the maps, warning once if not)."""
+        keys = [SPATIAL_KEY.format(m) for m in self.visual_modalities]
+        spatial = self.config.spatial
+        if spatial == "on":
+            absent = [k for k in keys if k not in inputs]
+            if absent:
+                raise CacheError(
+                    f"cia: spatial='on' but the batch has no {absent[0]} maps; load them with "
+                    "prepare() or use spatial='off'"
+                )
+            return True
+        if spatial == "off":
+            return False
+        present = all(k in inputs for k in keys)
+        if not present and not self._warned_pooled:
+            log.warning(
+                "cia: spatial=auto and no %s maps in the batch: consensus over snippets "
+                "(spatial=off), not over space as in the paper",
+                ", ".join(keys),
+            )
+            self._warned_pooled = True
+        return present
+
     # ------------------------------------------------------------------ forward
     def forward(self, inputs: Batch) -> HeadOutput:
-        visual = [m for m in self.modalities if m not in self.vector_modalities]
-        spatial = all(SPATIAL_KEY.format(m) in inputs for m in visual)
+        visual = self.visual_modalities
+        spatial = self.uses_maps(inputs)
         features, summaries = {}, {}
         for m in self.modalities:
             key = SPATIAL_KEY.format(m) if spatial and m in visual else m
@@ -393,8 +454,11 @@ class Cia(Head):
                 x = x[:, self.snippets[m]]  # (B, K, ...) -> (B, num_segments, ...)
             features[m] = x
             summaries[m] = x.mean(dim=(-2, -1)) if x.dim() == 5 else x  # GAP -> (B, K, C)
-        refined = self.interaction(features, summaries)
-        frames, consensus = self.consensus(refined, spatial)
+        refined = self.interaction(features, summaries)  # eq. 1-4, every modality
+        frames, consensus = self.consensus({m: refined[m] for m in visual}, spatial)  # eq. 5
+        for m in self.modalities:
+            if m in self.vector_modalities:
+                frames[m] = refined[m]  # audio: gated, not re-weighted
         if self.config.temporal == "trn":  # TRN-M relations summed over scales -> (B, R)
             videos = {m: self.relations[m](frames[m]).sum(dim=1) for m in self.modalities}
         else:
