@@ -343,13 +343,20 @@ class AudioAdaptiveStages:
             return self._done[name]
         weights = torch.from_numpy(self.sample_weights()).float()
         absent = torch.from_numpy(self.absent_labels())
+        schedule = self.head.stream_schedule(visual)  # the flow stream has its own lr, length
         key = {
             **self.base_key(),
             "visual": visual,
+            "encoder_epochs": schedule.encoder_epochs,
+            "encoder_lr": schedule.encoder_lr,
+            # only when set, so the keys of runs made before clipping existed still match
+            **(
+                {"encoder_grad_clip": schedule.encoder_grad_clip}
+                if schedule.encoder_grad_clip
+                else {}
+            ),
             **self._settings(
                 "encoder_input",
-                "encoder_epochs",
-                "encoder_lr",
                 "encoder_batch_size",
                 "weight_decay",
                 "absent_weight",
@@ -378,8 +385,13 @@ class AudioAdaptiveStages:
             model = self.head.make_encoder(visual).to(self.device)
             parameters = [p for p in model.parameters() if p.requires_grad]
             optimizer = torch.optim.Adam(
-                parameters, lr=config.encoder_lr, weight_decay=config.weight_decay
+                parameters, lr=schedule.encoder_lr, weight_decay=config.weight_decay
             )
+            # The reference's flow encoder clips psi, layer4 and fc each to norm 1.
+            clipped = [
+                [p for p in part.parameters() if p.requires_grad]
+                for part in (model.attention, model.block, model.classifier)
+            ]
             generator = torch.Generator().manual_seed(self.context.seed + offset)
             # Each source segment is paired with the next target segment of a list shuffled
             # once and read cyclically (the reference dataloader's rotating target_idx_list);
@@ -408,6 +420,9 @@ class AudioAdaptiveStages:
                     )
                     optimizer.zero_grad(set_to_none=True)
                     losses["loss"].backward()
+                    if schedule.encoder_grad_clip:
+                        for part in clipped:
+                            torch.nn.utils.clip_grad_norm_(part, schedule.encoder_grad_clip)
                     optimizer.step()
                     for k, v in losses.items():
                         sums[k] = sums.get(k, 0.0) + float(v.detach())
@@ -420,13 +435,14 @@ class AudioAdaptiveStages:
                 key=key,
                 module=model,
                 optimizer=optimizer,
-                epochs=config.encoder_epochs,
+                epochs=schedule.encoder_epochs,
                 run_epoch=run_epoch,
                 generator=generator,
                 progress=self.context.progress,
             )
         target_module.load_state_dict(model.state_dict())
-        self.stages.save_module(name, model, key, {"history": history})
+        summary = {"history": history, "lr": optimizer.param_groups[0]["lr"]}
+        self.stages.save_module(name, model, key, summary)
         self._done[name] = target_module
         return target_module
 

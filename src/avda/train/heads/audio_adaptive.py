@@ -15,12 +15,16 @@ the two-stream average (stage 7)::
     [7] p(y) = mean_v softmax(R_v)      (the reference's calc_acc.py: RGB+audio and flow+audio)
 
 The head's logits are ``log mean_v softmax(R_v)``, so the loop's softmax gives the stage-7
-average. Defaults are the reference's (``train_*.py``; ``shared/reference/methods.md`` §5):
-recognizer Adam 7e-4, weight decay 1e-4, StepLR(3, 0.1) (``lr_steps`` 3, 6, ..., 27), 29 epochs,
-batch 8 + 8; encoder Adam 1e-4 for 15 epochs (presets for the EPIC-55 sources D1 2e-4, D2 9e-5);
-audio classifier Adam 1e-2 for 4 epochs. The deviations forced by cached features (pooled
-features in place of SlowFast ``layer3``/``layer4``, the MLP audio classifier) are listed in
-``docs/methods.md``.
+average. Defaults are the reference's (``EPIC-rgb-audio/`` and ``EPIC-flow-audio/``
+``train_*.py``, ``config.py``): recognizer Adam 7e-4, weight decay 1e-4, batch 8 + 8, a constant
+lr (the reference builds ``StepLR(3, 0.1)`` but never steps it, so ``lr_steps`` is empty), 29
+epochs (RGB) and 24 (flow, ``flow_epochs``); encoder Adam 1e-4 for 15 epochs (RGB; presets for
+the EPIC-55 sources D1 2e-4, D2 9e-5) and 1e-4 for 17 epochs with gradients clipped to norm 1
+(flow: ``flow_encoder_lr``, ``flow_encoder_epochs``, ``flow_encoder_grad_clip``, every source);
+audio classifier Adam 1e-2 for 4 epochs. The stream named ``flow_modality`` takes the flow
+settings, every other visual stream the RGB ones (:meth:`AudioAdaptive.stream_schedule`). The
+deviations forced by cached features (pooled features in place of SlowFast
+``layer3``/``layer4``, the MLP audio classifier) are listed in ``docs/methods.md``.
 """
 
 from __future__ import annotations
@@ -87,6 +91,7 @@ class AudioAdaptiveConfig(HeadConfig):
     encoder_input: Literal["pooled", "spatial"] = "pooled"
     encoder_epochs: int = 15
     encoder_lr: float = 1e-4
+    encoder_grad_clip: float = 0.0  # max gradient norm per part (psi, block, fc); 0 disables
     encoder_batch_size: int = 16
     attention_dim: int = 256
     attention_depth: int = 8
@@ -101,7 +106,8 @@ class AudioAdaptiveConfig(HeadConfig):
     epochs: int = 29
     batch_size: int = 8
     lr: float = 7e-4
-    lr_steps: tuple[int, ...] = (3, 6, 9, 12, 15, 18, 21, 24, 27)
+    # The reference builds StepLR(3, 0.1) but never calls scheduler.step(): a constant lr.
+    lr_steps: tuple[int, ...] = ()
     lr_gamma: float = 0.1
     delegate_dim: int = 512
     recognizer_dim: int = 256
@@ -113,9 +119,34 @@ class AudioAdaptiveConfig(HeadConfig):
     recognizer_embedding_dropout: float = 0.1
     auxiliary_weight: float = 0.1
     audio_visual_weight: float = 0.2
+    # The flow stream (the reference's EPIC-flow-audio/): its own encoder lr, encoder length and
+    # gradient clipping (stage 5) and recognizer length (stage 6b, at most ``epochs``, the
+    # loop's length; its recognizer is left unchanged after ``flow_epochs``). Every other visual
+    # stream uses encoder_lr, encoder_epochs, encoder_grad_clip and epochs.
+    flow_modality: str = "flow"
+    flow_encoder_lr: float = 1e-4
+    flow_encoder_epochs: int = 17
+    flow_encoder_grad_clip: float = 1.0
+    flow_epochs: int = 24
 
     presets: ClassVar[Mapping[str, Mapping[str, Any]]] = PRESETS
-    stage_fields: ClassVar[tuple[str, ...]] = ("audio_epochs", "encoder_epochs", "lr_steps")
+    stage_fields: ClassVar[tuple[str, ...]] = (
+        "audio_epochs",
+        "encoder_epochs",
+        "flow_encoder_epochs",
+        "flow_epochs",
+        "lr_steps",
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class StreamSchedule:
+    """Stage-5 and stage-6b settings of one visual stream."""
+
+    encoder_lr: float
+    encoder_epochs: int
+    encoder_grad_clip: float
+    epochs: int  # recognizer epochs
 
 
 def _freeze(module: nn.Module) -> None:
@@ -153,6 +184,12 @@ class AudioAdaptive(Head):
                 f"audio-adaptive needs visual modalities besides {audio!r}: got {visual} "
                 f"from inputs {sorted(inputs)}"
             )
+        if config.flow_modality in visual and not 1 <= config.flow_epochs <= config.epochs:
+            raise ConfigError(
+                f"audio-adaptive: flow_epochs={config.flow_epochs} (the flow recognizer's "
+                f"epochs) must be between 1 and epochs={config.epochs} (the length of stage "
+                f"6b); set --set epochs={max(config.flow_epochs, 1)} or a smaller flow_epochs"
+            )
         classes = self.task.num_classes
         if config.absent_classes >= classes:
             default = AudioAdaptiveConfig.__dataclass_fields__["absent_classes"].default
@@ -181,6 +218,23 @@ class AudioAdaptive(Head):
         _freeze(self.encoders)
 
     # ------------------------------------------------------------------ building
+    def stream_schedule(self, visual: str) -> StreamSchedule:
+        """The flow settings for the ``flow_modality`` stream, the RGB ones for the others."""
+        config = self.config
+        if visual == config.flow_modality:
+            return StreamSchedule(
+                encoder_lr=config.flow_encoder_lr,
+                encoder_epochs=config.flow_encoder_epochs,
+                encoder_grad_clip=config.flow_encoder_grad_clip,
+                epochs=config.flow_epochs,
+            )
+        return StreamSchedule(
+            encoder_lr=config.encoder_lr,
+            encoder_epochs=config.encoder_epochs,
+            encoder_grad_clip=config.encoder_grad_clip,
+            epochs=config.epochs,
+        )
+
     def make_encoder(self, visual: str) -> AudioAdaptiveEncoder:
         config = self.config
         return AudioAdaptiveEncoder(
@@ -316,6 +370,11 @@ class AudioAdaptive(Head):
             extras={"streams": streams},
         )
 
+    def epoch_of(self, progress: float) -> int:
+        """The loop's epoch (1-based) at ``progress``: the loop passes ``((epoch - 1) *
+        steps_per_epoch + step) / (epochs * steps_per_epoch)``."""
+        return min(self.config.epochs, int(progress * self.config.epochs + 1e-6) + 1)
+
     def training_step(
         self, source: Batch, source_labels: Batch, target: Batch | None, progress: float
     ) -> dict[str, torch.Tensor]:
@@ -323,11 +382,17 @@ class AudioAdaptive(Head):
             raise ConfigError("audio-adaptive needs unlabelled target batches")
         config = self.config
         labels = source_labels[self.task.name]
+        epoch = self.epoch_of(progress)
+        # A stream past its recognizer epochs (flow: 24 of 29) takes no part: its parameters
+        # get no gradient, so Adam leaves them (and BatchNorm its statistics) unchanged.
+        streams = [v for v in self.visual_modalities if epoch <= self.stream_schedule(v).epochs]
+        if not streams:  # only streams that have finished: an epoch that changes nothing
+            return {"loss": torch.zeros((), device=labels.device, requires_grad=True)}
         source_audio = self._audio_embedding(source)
         target_audio = self._audio_embedding(target)
         total = torch.zeros((), device=labels.device)
         record: dict[str, torch.Tensor] = {}
-        for visual in self.visual_modalities:
+        for visual in streams:
             source_encoded = self._frozen(source, visual)
             target_encoded = self._frozen(target, visual)
             stored = target.get(PSEUDO_LABEL_KEY.format(visual))
