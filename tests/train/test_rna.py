@@ -128,6 +128,8 @@ def test_the_hybrid_is_only_active_under_its_own_name():
         + config.information_weight * losses["information"]
     )
     torch.testing.assert_close(losses["loss"], expected)
+    losses["loss"].backward()
+    assert all(p.grad is not None for p in hybrid.parameters())
     # The hybrid's weights change nothing in "uda".
     torch.manual_seed(0)
     reweighted = _head("uda", adversarial_weight=100.0, information_weight=100.0)
