@@ -357,3 +357,28 @@ def test_class_token_is_a_mixture_of_delegates():
     )
     expected = recognizer.head(recognizer.transformer(tokens)[:, 0])
     torch.testing.assert_close(out.logits, expected)
+
+
+def test_per_clip_class_tokens_are_the_flow_recognizer():
+    # EPIC-flow-audio/train_recognizer.py omits the mean over clips: K class tokens, then the
+    # K visual tokens; the output is token 0 (the first clip's class token).
+    torch.manual_seed(0)
+    recognizer = AudioInfusedRecognizer(
+        12, 7, 4, delegate_dim=8, dim=16, depth=1, heads=2, head_dim=8, mlp_dim=16,
+        class_tokens="per-clip",
+    ).eval()  # fmt: skip
+    visual, audio = torch.randn(2, 3, 12), torch.randn(2, 7)
+    out = recognizer(visual, audio, SOURCE)
+    per_clip = out.audio_visual_logits.softmax(-1) @ recognizer.delegates  # (2, 3, 8)
+    tokens = torch.cat(
+        [
+            recognizer.audio_token(per_clip),
+            recognizer.visual_token(visual) + recognizer.domain_embedding[SOURCE],
+        ],
+        dim=1,
+    )
+    assert tokens.shape == (2, 6, 16)
+    expected = recognizer.head(recognizer.transformer(tokens)[:, 0])
+    torch.testing.assert_close(out.logits, expected)
+    with pytest.raises(ValueError, match="class_tokens"):
+        AudioInfusedRecognizer(12, 7, 4, class_tokens="max")  # type: ignore[arg-type]

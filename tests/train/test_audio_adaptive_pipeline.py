@@ -386,13 +386,16 @@ def test_defaults_and_presets_are_the_reference_scripts(preset, rgb_encoder_lr):
         tasks=[Task("verb", 8)],
         config=config,
     )
-    rgb, flow = head.stream_schedule("rgb"), head.stream_schedule("flow")
+    rgb, flow = head.stream_settings("rgb"), head.stream_settings("flow")
     assert (rgb.encoder_lr, rgb.encoder_epochs, rgb.encoder_grad_clip, rgb.epochs) == (
         rgb_encoder_lr, 15, 0.0, 29,
     )  # fmt: skip
     assert (flow.encoder_lr, flow.encoder_epochs, flow.encoder_grad_clip, flow.epochs) == (
         1e-4, 17, 1.0, 24,
     )  # fmt: skip
+    assert (rgb.class_tokens, flow.class_tokens) == ("mean", "per-clip")
+    assert head.recognizers["rgb"].class_tokens == "mean"
+    assert head.recognizers["flow"].class_tokens == "per-clip"
 
 
 def test_flow_schedule_scales_with_epochs_and_names_its_stream():
@@ -408,8 +411,8 @@ def test_flow_schedule_scales_with_epochs_and_names_its_stream():
         tasks=[Task("verb", 4)],
         overrides={"flow_modality": "optical_flow", "encoder_lr": 3e-4},
     )
-    assert head.stream_schedule("optical_flow").encoder_lr == 1e-4
-    assert head.stream_schedule("rgb").encoder_lr == 3e-4
+    assert head.stream_settings("optical_flow").encoder_lr == 1e-4
+    assert head.stream_settings("rgb").encoder_lr == 3e-4
 
 
 @pytest.mark.parametrize("epochs, steps_per_epoch", [(29, 1), (29, 7), (24, 193), (3, 100_003)])

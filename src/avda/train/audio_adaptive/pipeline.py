@@ -343,18 +343,14 @@ class AudioAdaptiveStages:
             return self._done[name]
         weights = torch.from_numpy(self.sample_weights()).float()
         absent = torch.from_numpy(self.absent_labels())
-        schedule = self.head.stream_schedule(visual)  # the flow stream has its own lr, length
+        stream = self.head.stream_settings(visual)  # the flow stream has its own lr, length
         key = {
             **self.base_key(),
             "visual": visual,
-            "encoder_epochs": schedule.encoder_epochs,
-            "encoder_lr": schedule.encoder_lr,
+            "encoder_epochs": stream.encoder_epochs,
+            "encoder_lr": stream.encoder_lr,
             # only when set, so the keys of runs made before clipping existed still match
-            **(
-                {"encoder_grad_clip": schedule.encoder_grad_clip}
-                if schedule.encoder_grad_clip
-                else {}
-            ),
+            **({"encoder_grad_clip": stream.encoder_grad_clip} if stream.encoder_grad_clip else {}),
             **self._settings(
                 "encoder_input",
                 "encoder_batch_size",
@@ -385,7 +381,7 @@ class AudioAdaptiveStages:
             model = self.head.make_encoder(visual).to(self.device)
             parameters = [p for p in model.parameters() if p.requires_grad]
             optimizer = torch.optim.Adam(
-                parameters, lr=schedule.encoder_lr, weight_decay=config.weight_decay
+                parameters, lr=stream.encoder_lr, weight_decay=config.weight_decay
             )
             # The reference's flow encoder clips psi, layer4 and fc each to norm 1.
             clipped = [
@@ -420,9 +416,9 @@ class AudioAdaptiveStages:
                     )
                     optimizer.zero_grad(set_to_none=True)
                     losses["loss"].backward()
-                    if schedule.encoder_grad_clip:
+                    if stream.encoder_grad_clip:
                         for part in clipped:
-                            torch.nn.utils.clip_grad_norm_(part, schedule.encoder_grad_clip)
+                            torch.nn.utils.clip_grad_norm_(part, stream.encoder_grad_clip)
                     optimizer.step()
                     for k, v in losses.items():
                         sums[k] = sums.get(k, 0.0) + float(v.detach())
@@ -435,7 +431,7 @@ class AudioAdaptiveStages:
                 key=key,
                 module=model,
                 optimizer=optimizer,
-                epochs=schedule.encoder_epochs,
+                epochs=stream.encoder_epochs,
                 run_epoch=run_epoch,
                 generator=generator,
                 progress=self.context.progress,

@@ -13,13 +13,17 @@ As the reference code builds it (``train_recognizer.py`` ``Recognizer`` + ``acti
     token 0 --LayerNorm, Linear(256, C)--> logits p*
 
 Paper eq. (7) (the paper states D = 512 and two layers; the code has 256 and three, which we
-follow). The domain embedding ``E^d`` has one row per domain: index 0 source, 1 target; the
+follow). ``class_tokens="per-clip"`` is the flow stream's recognizer (``EPIC-flow-audio/
+train_recognizer.py`` omits the mean over clips): one class token ``softmax(h'_k) @ D`` per
+clip ahead of the visual tokens, and the output is read from the first clip's (token 0).
+The domain embedding ``E^d`` has one row per domain: index 0 source, 1 target; the
 reference evaluates target segments with the target row, and so does avda at inference.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from typing import Literal
 
 import torch
 from torch import nn
@@ -54,8 +58,12 @@ class AudioInfusedRecognizer(nn.Module):
         mlp_dim: int = 512,
         dropout: float = 0.15,
         embedding_dropout: float = 0.1,
+        class_tokens: Literal["mean", "per-clip"] = "mean",
     ) -> None:
         super().__init__()
+        if class_tokens not in ("mean", "per-clip"):
+            raise ValueError(f"class_tokens must be 'mean' or 'per-clip', got {class_tokens!r}")
+        self.class_tokens = class_tokens
         self.delegates = nn.Parameter(torch.randn(num_classes, delegate_dim))
         self.audio_fc = nn.Sequential(
             nn.Linear(audio_dim, fc_hidden),
@@ -90,9 +98,11 @@ class AudioInfusedRecognizer(nn.Module):
         pairs = torch.cat([initial[:, None, :].expand(B, K, -1), small], dim=-1)  # (B, K, 576)
         flat = self.audio_visual_fc(pairs.reshape(B * K, -1))  # (B * K, 576) -> (B * K, C)
         audio_visual_logits = flat.reshape(B, K, -1)  # h' (B, K, C)
-        token = (audio_visual_logits.softmax(dim=-1) @ self.delegates).mean(dim=1)  # z_cls (B, 512)
+        per_clip = audio_visual_logits.softmax(dim=-1) @ self.delegates  # (B, K, 512)
+        if self.class_tokens == "mean":
+            per_clip = per_clip.mean(dim=1, keepdim=True)  # z_cls (B, 1, 512)
         visual_tokens = self.visual_token(visual) + self.domain_embedding[domain]  # (B, K, dim)
-        tokens = torch.cat([self.audio_token(token)[:, None, :], visual_tokens], dim=1)
+        tokens = torch.cat([self.audio_token(per_clip), visual_tokens], dim=1)
         state = self.transformer(self.dropout(tokens))[:, 0]  # (B, dim)
         return RecognizerOutput(
             logits=self.head(state),

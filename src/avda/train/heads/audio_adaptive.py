@@ -22,7 +22,7 @@ epochs (RGB) and 24 (flow, ``flow_epochs``); encoder Adam 1e-4 for 15 epochs (RG
 the EPIC-55 sources D1 2e-4, D2 9e-5) and 1e-4 for 17 epochs with gradients clipped to norm 1
 (flow: ``flow_encoder_lr``, ``flow_encoder_epochs``, ``flow_encoder_grad_clip``, every source);
 audio classifier Adam 1e-2 for 4 epochs. The stream named ``flow_modality`` takes the flow
-settings, every other visual stream the RGB ones (:meth:`AudioAdaptive.stream_schedule`). The
+settings, every other visual stream the RGB ones (:meth:`AudioAdaptive.stream_settings`). The
 deviations forced by cached features (pooled features in place of SlowFast
 ``layer3``/``layer4``, the MLP audio classifier) are listed in ``docs/methods.md``.
 """
@@ -128,6 +128,8 @@ class AudioAdaptiveConfig(HeadConfig):
     flow_encoder_epochs: int = 17
     flow_encoder_grad_clip: float = 1.0
     flow_epochs: int = 24
+    # The reference's flow recognizer keeps one class token per clip (no mean over clips).
+    flow_class_tokens: Literal["mean", "per-clip"] = "per-clip"
 
     presets: ClassVar[Mapping[str, Mapping[str, Any]]] = PRESETS
     stage_fields: ClassVar[tuple[str, ...]] = (
@@ -140,13 +142,14 @@ class AudioAdaptiveConfig(HeadConfig):
 
 
 @dataclasses.dataclass(frozen=True)
-class StreamSchedule:
+class StreamSettings:
     """Stage-5 and stage-6b settings of one visual stream."""
 
     encoder_lr: float
     encoder_epochs: int
     encoder_grad_clip: float
     epochs: int  # recognizer epochs
+    class_tokens: Literal["mean", "per-clip"] = "mean"  # the recognizer's
 
 
 def _freeze(module: nn.Module) -> None:
@@ -218,17 +221,18 @@ class AudioAdaptive(Head):
         _freeze(self.encoders)
 
     # ------------------------------------------------------------------ building
-    def stream_schedule(self, visual: str) -> StreamSchedule:
+    def stream_settings(self, visual: str) -> StreamSettings:
         """The flow settings for the ``flow_modality`` stream, the RGB ones for the others."""
         config = self.config
         if visual == config.flow_modality:
-            return StreamSchedule(
+            return StreamSettings(
                 encoder_lr=config.flow_encoder_lr,
                 encoder_epochs=config.flow_encoder_epochs,
                 encoder_grad_clip=config.flow_encoder_grad_clip,
                 epochs=config.flow_epochs,
+                class_tokens=config.flow_class_tokens,
             )
-        return StreamSchedule(
+        return StreamSettings(
             encoder_lr=config.encoder_lr,
             encoder_epochs=config.encoder_epochs,
             encoder_grad_clip=config.encoder_grad_clip,
@@ -267,6 +271,7 @@ class AudioAdaptive(Head):
             mlp_dim=config.recognizer_mlp_dim,
             dropout=config.recognizer_dropout,
             embedding_dropout=config.recognizer_embedding_dropout,
+            class_tokens=self.stream_settings(visual).class_tokens,
         )
 
     def visual_key(self, visual: str) -> str:
@@ -385,7 +390,7 @@ class AudioAdaptive(Head):
         epoch = self.epoch_of(progress)
         # A stream past its recognizer epochs (flow: 24 of 29) takes no part: its parameters
         # get no gradient, so Adam leaves them (and BatchNorm its statistics) unchanged.
-        streams = [v for v in self.visual_modalities if epoch <= self.stream_schedule(v).epochs]
+        streams = [v for v in self.visual_modalities if epoch <= self.stream_settings(v).epochs]
         if not streams:  # only streams that have finished: an epoch that changes nothing
             return {"loss": torch.zeros((), device=labels.device, requires_grad=True)}
         source_audio = self._audio_embedding(source)
