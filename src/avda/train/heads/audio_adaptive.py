@@ -20,8 +20,9 @@ average. Defaults are the reference's (``EPIC-rgb-audio/`` and ``EPIC-flow-audio
 lr (the reference builds ``StepLR(3, 0.1)`` but never steps it, so ``lr_steps`` is empty), 29
 epochs (RGB) and 24 (flow, ``flow_epochs``); encoder Adam 1e-4 for 15 epochs (RGB; presets for
 the EPIC-55 sources D1 2e-4, D2 9e-5) and 1e-4 for 17 epochs with gradients clipped to norm 1
-(flow: ``flow_encoder_lr``, ``flow_encoder_epochs``, ``flow_encoder_grad_clip``, every source);
-audio classifier Adam 1e-2 for 4 epochs. The stream named ``flow_modality`` takes the flow
+(flow: ``flow_encoder_lr``, ``flow_encoder_epochs``, ``flow_encoder_grad_clip``, every source),
+and the flow recognizer keeps one class token per clip (``flow_class_tokens``); audio
+classifier Adam 1e-2 for 4 epochs. The stream named ``flow_modality`` takes the flow
 settings, every other visual stream the RGB ones (:meth:`AudioAdaptive.stream_settings`). The
 deviations forced by cached features (pooled features in place of SlowFast
 ``layer3``/``layer4``, the MLP audio classifier) are listed in ``docs/methods.md``.
