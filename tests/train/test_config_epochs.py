@@ -55,8 +55,10 @@ def test_mm_sada_with_one_epoch_is_refused_in_one_line(tmp_path, capsys):
             *("--target", "target", "-o", str(tmp_path / "run"), "--epochs", "1", "-q"),
         ]
     )
-    err = capsys.readouterr().err.strip().splitlines()
+    lines = capsys.readouterr().err.strip().splitlines()
+    err = [line for line in lines if not line.startswith(("WARNING ", "INFO "))]  # log lines
     assert code == 1 and len(err) == 1 and "--epochs 2 or more" in err[0]
+    assert any("its recipe makes 9009" in line for line in lines)  # a 1-epoch run warns
     # The corrected command is not blocked by the refused run's folder.
     result = train(
         cache=cache,
@@ -101,3 +103,51 @@ def test_audio_adaptive_default_absent_classes_adapts_to_few_classes(tmp_path, c
             overrides={**overrides, "absent_classes": 2},
             progress=False,
         )
+
+
+def test_schedule_in_steps_trains_the_recipes_amount_at_any_size(caplog):
+    ta3n = heads.config_class("ta3n").from_dict({})
+    assert ta3n.schedule == "steps" and ta3n.recipe_steps() == 30 * 126
+    # On EPIC-100's source_train the paper's schedule, unchanged (parity with the authors).
+    epic = ta3n.for_data(16115, "ta3n")
+    assert (epic.epochs, epic.lr_steps, epic.eval_every) == (30, (9, 19), 1)
+    assert epic.schedule == "epochs"
+    # On 480 segments: 4 steps per epoch, the same 3780 steps, lr steps and evaluations alike.
+    small = ta3n.for_data(480, "ta3n")
+    assert small.epochs == 945 and small.epochs * 4 == 3780
+    assert small.lr_steps == (284, 598) and small.eval_every == 32
+    # The resolved config is literal: resolving it again (a resumed run) changes nothing.
+    assert small.for_data(480) == small
+    assert heads.config_class("ta3n").from_dict(small.to_dict()) == small
+    # MM-SADA keeps its two stages in proportion; presets carry their own reference set.
+    mm = heads.config_class("mm-sada").from_dict({}).for_data(480)
+    assert (mm.epochs, mm.pretrain_epochs, mm.lr_steps) == (1126, 375, (375,))
+    d1 = heads.config_class("mm-sada").from_dict({"preset": "D1"}).for_data(1543)
+    assert (d1.epochs, d1.pretrain_epochs) == (360, 120)
+
+
+def test_explicit_epochs_are_literal_and_short_runs_warn(caplog):
+    config = heads.config_class("ta3n").from_dict({"epochs": 30})
+    assert config.schedule == "epochs"
+    with caplog.at_level("WARNING"):
+        assert config.for_data(480, "ta3n") == config
+    assert "120 optimiser steps" in caplog.text and "3780" in caplog.text
+    stage = heads.config_class("mm-sada").from_dict({"pretrain_epochs": 5})
+    assert stage.schedule == "epochs"  # a stage set explicitly: epochs are the user's
+
+
+def test_the_loop_runs_the_scaled_schedule(tmp_path):
+    cache = make_feature_cache(tmp_path / "c.zarr", per_class=4).path  # 16 source segments
+    result = train(
+        cache=cache,
+        head="source-only",
+        source=["source"],
+        target=["target"],
+        out=tmp_path / "run",
+        overrides={"batch_size": 8, "reference_segments": 80},  # 10 steps/epoch there, 2 here
+        progress=False,
+    )
+    config = runs.read_config(result.run)["head_config"]
+    assert config["epochs"] == 150 and config["schedule"] == "epochs"
+    lines = (result.run / runs.METRICS).read_text().splitlines()
+    assert len(lines) == 150

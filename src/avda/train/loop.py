@@ -172,6 +172,8 @@ def train(
             f"cache {store.path} has no segments of target domain(s) {list(target)}: "
             "nothing to adapt to or evaluate on"
         )
+    # A recipe's schedule is an amount of optimisation: epochs for this data size.
+    config = config.for_data(len(source_rows), head)
     tasks = data_lib.infer_tasks(store.segments, source_rows, config.tasks or None)
     cls = heads_lib.HEADS.get(head)
     config = cls.resolve_config(config, store, modalities)  # e.g. cia's spatial=auto
@@ -322,8 +324,11 @@ def train(
             "seconds": round(time.perf_counter() - began, 3),
             **{f"train/{k}": v / steps_per_epoch for k, v in sums.items()},
         }
-        keep = epoch > config.epochs - config.keep_last_predictions
-        if epoch % config.eval_every == 0 or epoch == config.epochs or keep:
+        evaluating = epoch % config.eval_every == 0 or epoch == config.epochs
+        # the last keep_last_predictions evaluations (MM-SADA's last 9 checkpoints)
+        window = config.keep_last_predictions * config.eval_every
+        keep = evaluating and epoch > config.epochs - window
+        if evaluating:
             metrics, epoch_scores = evaluate()
             record.update(metrics)
             if keep:  # RUN/epochs/<epoch>/predictions/<set>.npz

@@ -29,6 +29,8 @@ before training, and :func:`shape_errors` turns a shape error that still escapes
 from __future__ import annotations
 
 import dataclasses
+import logging
+import math
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, ClassVar, Literal, Self
@@ -126,6 +128,9 @@ def shape_errors(head: str, shapes: Mapping[str, tuple[int, ...]], doing: str) -
         ) from error
 
 
+log = logging.getLogger(__name__)
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class HeadConfig(Config):
     """Fields every head has: which inputs, and how to optimise (defaults per head).
@@ -135,6 +140,15 @@ class HeadConfig(Config):
     not set explicitly by ``N / default epochs`` (rounded, at least 1): a staged head keeps its
     proportions (MM-SADA's stage 1, the Audio-Adaptive encoder stages, lr steps). A ``preset``
     sets the defaults that are scaled.
+
+    A paper's schedule is an amount of optimisation, not a number of epochs of its dataset.
+    ``reference_segments`` is the size of the training set the default epochs were set for (the
+    paper's source training set; 0: epochs are literal). With ``schedule="steps"`` (the default
+    while no epoch count is set explicitly) a run on N segments trains
+    ``epochs * ceil(reference_segments / batch_size) / ceil(N / batch_size)`` epochs, with its
+    stages, lr steps and evaluation interval scaled alike (:meth:`for_data`): the recipe's number
+    of optimiser steps on a few hundred segments as on EPIC-100, and exactly the paper's epochs
+    on the paper's dataset.
     """
 
     # Fields counted in epochs of this head's schedule (stage lengths and lr steps).
@@ -164,9 +178,14 @@ class HeadConfig(Config):
     precision: Literal["fp32", "bf16"] = "fp32"
     standardize: bool = False  # z-score features with source-train statistics
     eval_every: int = 1
-    # also write the evaluation predictions after each of the last N epochs to
+    # also write the evaluation predictions of each of the last N evaluations to
     # RUN/epochs/<epoch>/predictions/ (MM-SADA reports the mean over its last 9 checkpoints)
     keep_last_predictions: int = 0
+    # the training-set size the default schedule is for (0: epochs are literal); see the class
+    reference_segments: int = 0
+    # "steps": epochs derived from the data size (reference_segments); "epochs": as given.
+    # Setting epochs or a stage field explicitly makes it "epochs".
+    schedule: Literal["steps", "epochs"] = "steps"
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any] | None = None) -> Self:
@@ -176,7 +195,51 @@ class HeadConfig(Config):
         merged = {**base, **values}
         if "epochs" in values:
             merged.update(cls._scaled_stages(values["epochs"], base, values))
+        if "schedule" not in values and any(k in values for k in ("epochs", *cls.stage_fields)):
+            merged["schedule"] = "epochs"
         return super().from_dict(merged)
+
+    def recipe_steps(self) -> int:
+        """Optimiser steps of the default schedule on its reference set (0: no reference)."""
+        if self.reference_segments <= 0:
+            return 0
+        preset = getattr(self, "preset", None)
+        default = type(self).from_dict({"preset": preset} if preset else {})
+        return default.epochs * math.ceil(default.reference_segments / default.batch_size)
+
+    def for_data(self, segments: int, head: str = "head") -> Self:
+        """This config for a run on ``segments`` labelled training segments: with
+        ``schedule="steps"`` the epochs (and stages, lr steps, evaluation interval) that make
+        the recipe's number of optimiser steps, returned with ``schedule="epochs"``; else itself
+        (with a warning when the run makes far fewer steps than the recipe)."""
+        steps_here = max(1, math.ceil(segments / self.batch_size))
+        recipe = self.recipe_steps()
+        if self.schedule == "epochs" or recipe <= 0 or segments <= 0:
+            if recipe and self.epochs * steps_here < recipe / 4:
+                log.warning(
+                    "%s: %d optimiser steps (%d epochs of %d), its recipe makes %d; expect it "
+                    "to stop before it converges (leave --epochs unset to train the recipe's "
+                    "amount)",
+                    *(head, self.epochs * steps_here, self.epochs, steps_here, recipe),
+                )
+            return self
+        steps_there = math.ceil(self.reference_segments / self.batch_size)
+        epochs = max(1, round(self.epochs * steps_there / steps_here))
+        if epochs == self.epochs:
+            return self.replace(schedule="epochs")
+        values = self.to_dict()
+        scaled = type(self)._scaled_stages(epochs, values, {})
+        ratio = epochs / self.epochs
+        eval_every = max(1, round(self.eval_every * ratio)) if ratio > 1 else self.eval_every
+        log.info(
+            "%s: the recipe's %d optimiser steps (%d epochs of %d on %d segments) are %d epochs "
+            "of %d on %d segments (--epochs N sets epochs)",
+            *(head, recipe, self.epochs, steps_there, self.reference_segments),
+            *(epochs, steps_here, segments),
+        )
+        return type(self).from_dict(
+            {**values, **scaled, "epochs": epochs, "eval_every": eval_every, "schedule": "epochs"}
+        )
 
     @classmethod
     def _scaled_stages(
@@ -282,6 +345,9 @@ class Head(nn.Module):
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class FusionConfig(HeadConfig):
+    # avda's baselines: 30 epochs of batch 64 on EPIC-55 D2 (2495 segments, MM-SADA's default
+    # source domain) = 1170 optimiser steps at any data size
+    reference_segments: int = 2495
     fusion: Literal["late", "mid"] = "late"
     hidden_dim: int = 512
     dropout: float = 0.5

@@ -60,9 +60,9 @@ log = logging.getLogger(__name__)
 # The code's 3000 + 6000 steps of 64 source clips, in epochs of each EPIC-55 source domain
 # (D1: 1543, D2: 2495, D3: 3897 training segments -> 25, 39, 61 steps per epoch).
 PRESETS = {
-    "D1": {"pretrain_epochs": 120, "epochs": 360, "lr_steps": [120]},
-    "D2": {"pretrain_epochs": 77, "epochs": 231, "lr_steps": [77]},
-    "D3": {"pretrain_epochs": 49, "epochs": 147, "lr_steps": [49]},
+    "D1": {"pretrain_epochs": 120, "epochs": 360, "lr_steps": [120], "reference_segments": 1543},
+    "D2": {"pretrain_epochs": 77, "epochs": 231, "lr_steps": [77], "reference_segments": 2495},
+    "D3": {"pretrain_epochs": 49, "epochs": 147, "lr_steps": [49], "reference_segments": 3897},
 }
 
 
@@ -72,6 +72,7 @@ class MmSadaConfig(HeadConfig):
     # optimisation (src/train/train.py and the README's corrections of the paper)
     epochs: int = 231  # D2 source; see PRESETS
     pretrain_epochs: int = 77  # stage 1 (3000 steps on D2)
+    reference_segments: int = 2495  # D2: the schedule is 9000 steps at any data size
     batch_size: int = 64
     target_batch_size: int = 64
     optimizer: Literal["adam", "sgd"] = "sgd"

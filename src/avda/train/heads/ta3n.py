@@ -56,6 +56,7 @@ class Ta3nConfig(HeadConfig):
     # optimisation: script_test_ta3n.sh of the EPIC-100 repository
     epochs: int = 30
     batch_size: int = 128
+    reference_segments: int = 16115  # EPIC-100 source_train: 30 x 126 = 3780 optimiser steps
     target_batch_size: int = 207  # 128 * 26115 / 16115 (target/source training segments)
     optimizer: Literal["adam", "sgd"] = "sgd"
     lr: float = 3e-3
