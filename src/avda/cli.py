@@ -157,7 +157,10 @@ def _parse_shard(value: str | None) -> tuple[int, int] | None:
 def demo(
     out: Annotated[Path, typer.Option("--out", "-o", help="Working folder.")] = Path("avda-demo"),
     seed: Seed = 0,
-    epochs: Annotated[int, typer.Option(help="Training epochs per head.")] = 60,
+    epochs: Annotated[
+        int | None,
+        typer.Option(help="Training epochs per head (default: each head's recipe of steps)."),
+    ] = None,
     weights: Annotated[
         Path | None, typer.Option(help="I3D RGB checkpoint (piergiaj rgb_imagenet.pt).")
     ] = None,
@@ -181,6 +184,8 @@ def demo(
     )
     typer.echo(f"\navda demo: source -> target, 4 actions, seed {seed} ({result.weights_note})\n")
     typer.echo(result.markdown)
+    if result.summary:
+        typer.echo(f"\n{result.summary}")
     typer.echo(
         f"\nchance = 25.0%; written to {result.out / 'results.md'}; "
         f"wall time {result.seconds:.0f} s"

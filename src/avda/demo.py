@@ -21,7 +21,7 @@ from avda.train.loop import train
 
 log = logging.getLogger(__name__)
 
-HEADS = ("source-only", "dann")
+HEADS = ("source-only", "dann", "adabn", "mmd")
 
 
 @dataclasses.dataclass
@@ -31,13 +31,14 @@ class DemoResult:
     seconds: float
     out: Path
     weights_note: str
+    summary: str = ""
 
 
 def run_demo(
     out: str | Path = "avda-demo",
     *,
     seed: int = 0,
-    epochs: int = 60,
+    epochs: int | None = None,
     weights: str | Path | None = None,
     audio_weights: str | Path | None = None,
     workers: int = 2,
@@ -91,7 +92,8 @@ def run_demo(
             target=["target"],
             out=run,
             seed=seed,
-            overrides={"epochs": epochs, "batch_size": 16, "standardize": True},
+            # Each head's recipe (its number of optimiser steps) unless epochs are given.
+            overrides={"standardize": True, **({"epochs": epochs} if epochs else {})},
             progress=progress,
         )
         run_dirs.append(run)
@@ -113,4 +115,24 @@ def run_demo(
         )
     markdown = tables.to_markdown(table)
     tables.write_tables(table, out / "results")
-    return DemoResult(table, markdown, time.perf_counter() - began, out, note)
+    return DemoResult(
+        table, markdown, time.perf_counter() - began, out, note, adaptation_summary(table)
+    )
+
+
+def adaptation_summary(table: pd.DataFrame, column: str = "target_test top1") -> str:
+    """One honest sentence: which heads beat source-only on the target, by how much."""
+    if column not in table.columns or "source-only" not in set(table["head"]):
+        return ""
+    scores = dict(zip(table["head"], table[column], strict=True))
+    baseline = scores.pop("source-only")
+    better = {h: v - baseline for h, v in scores.items() if v > baseline}
+    if not better:
+        return (
+            f"no adaptation head beats source-only ({baseline:.1f}%) on the target here: "
+            "adaptation did not help on this run"
+        )
+    gains = ", ".join(f"{h} +{d:.1f}" for h, d in sorted(better.items(), key=lambda i: -i[1]))
+    rest = [h for h in scores if h not in better]
+    tail = f"; {', '.join(rest)} did not" if rest else ""
+    return f"target top-1 over source-only ({baseline:.1f}%): {gains} points{tail}"

@@ -284,6 +284,7 @@ def train(
         initial=start_epoch - 1,
         total=config.epochs,
     )
+    saved = time.perf_counter()
     for epoch in bar:
         model.train()
         began = time.perf_counter()
@@ -342,7 +343,11 @@ def train(
                         epoch_scores[name],
                     )
         runs.append_metrics(out, record)
-        _save_checkpoint(checkpoint_path, model, optimizer, scheduler, generator, epoch, stats)
+        # At each evaluation, the last epoch, and at least every CHECKPOINT_SECONDS: a run of
+        # many short epochs (a recipe's steps on a small set) does not spend its time saving.
+        if evaluating or time.perf_counter() - saved >= CHECKPOINT_SECONDS:
+            _save_checkpoint(checkpoint_path, model, optimizer, scheduler, generator, epoch, stats)
+            saved = time.perf_counter()
         bar.set_postfix(loss=f"{record.get('train/loss', float('nan')):.3f}")
     bar.close()
 
@@ -357,6 +362,9 @@ def train(
         )
     runs.mark_complete(out, {"metrics": metrics, "epochs": config.epochs})
     return TrainResult(out, metrics)
+
+
+CHECKPOINT_SECONDS = 30.0
 
 
 def _cycle(feature_set: FeatureSet, batch_size: int, generator: torch.Generator):

@@ -55,6 +55,7 @@ class RnaConfig(HeadConfig):
     momentum: float = 0.9
     weight_decay: float = 1e-7
     lr_steps: tuple[int, ...] = (20,)
+    reference_segments: int = 2495  # EPIC-55 D2: the schedule's steps at any data size
     embedding_dim: int = 1024  # the I3D / BN-Inception feature size RNA acts on
     dropout: float = 0.5
     rna_weight: float = 1.0  # lambda
