@@ -86,9 +86,7 @@ def test_the_scene_shift_hurts_source_only(scores, scene_caches):
         ("mmd", {"mmd_weight": 0.0}, {"mmd_weight": -1.0}),
     ],
 )
-def test_adaptation_term_beats_source_only_and_breaking_it_does_not(
-    scores, head, off, inverted
-):
+def test_adaptation_term_beats_source_only_and_breaking_it_does_not(scores, head, off, inverted):
     baseline = scores("source-only")
     adapted = scores(head)
     assert adapted > baseline + 0.04, (head, adapted, baseline)
