@@ -29,6 +29,10 @@ SIZE = {
 }
 
 
+# Each head's own recipe (1170 optimiser steps): half of it leaves DANN's margin at +0.038.
+SCHEDULE: dict[str, int] = {}
+
+
 @pytest.fixture(scope="module")
 def scene_caches(tmp_path_factory):
     root = tmp_path_factory.mktemp("scene")
@@ -58,7 +62,7 @@ def scores(scene_caches, tmp_path_factory):
                         target=["target"],
                         out=root / f"{head}-{variant}-{seed}",
                         seed=seed,
-                        overrides=overrides,
+                        overrides={**SCHEDULE, **overrides},
                         progress=False,
                     ).metrics["target_test/verb/top1"]
                     for seed in SEEDS
@@ -89,6 +93,8 @@ def test_the_scene_shift_hurts_source_only(scores, scene_caches):
 def test_adaptation_term_beats_source_only_and_breaking_it_does_not(scores, head, off, inverted):
     baseline = scores("source-only")
     adapted = scores(head)
+    # Measured (2 seeds): source-only 0.444; dann 0.522 (off 0.469, inverted 0.466);
+    # mmd 0.550 (off 0.463, inverted 0.134).
     assert adapted > baseline + 0.04, (head, adapted, baseline)
     # Switched off: no better than source-only (the gain came from the term).
     assert scores(head, "off", **off) < adapted - 0.03
