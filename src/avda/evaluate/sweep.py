@@ -48,6 +48,7 @@ from typing import Any
 import pandas as pd
 
 from avda import runs
+from avda.dask_support import connect as connect_scheduler
 from avda.errors import AvdaError, ConfigError
 from avda.evaluate.sweep_spec import (
     CLUSTER_KINDS,
@@ -474,22 +475,6 @@ def job_script(spec: SweepSpec, cluster: str | None = None) -> str:
         _close_quietly(jobqueue)
 
 
-def _connect_scheduler(address: str) -> Any:
-    from distributed import Client
-
-    try:
-        return Client(address, timeout="30s")
-    except (OSError, TimeoutError) as exc:
-        raise ConfigError(
-            f"--scheduler {address}: cannot connect ({exc}); is a Dask scheduler running there "
-            "and reachable from this machine?"
-        ) from None
-    except ValueError as exc:
-        raise ConfigError(
-            f"--scheduler {address!r}: {exc}; expected an address such as tcp://host:8786"
-        ) from None
-
-
 @contextlib.contextmanager
 def connect(
     spec: SweepSpec,
@@ -507,7 +492,7 @@ def connect(
     kind = _cluster_kind(spec, scheduler, cluster)
     timeout = worker_timeout or spec.cluster.worker_timeout or DEFAULT_WORKER_TIMEOUT
     if scheduler is not None:
-        client = _connect_scheduler(scheduler)
+        client = connect_scheduler(scheduler)
         try:
             wait_for_worker(
                 client,

@@ -32,6 +32,7 @@ import torch
 from tqdm import tqdm
 
 from avda import cache as cache_lib
+from avda.dask_support import connect
 from avda.data_manifests import schema as manifest_schema
 from avda.errors import AvdaError, ConfigError
 from avda.extract import runner
@@ -150,7 +151,7 @@ def extract_distributed(
             client = stack.enter_context(Client(cluster))
             threads = max(1, (os.cpu_count() or 1) // count)
         else:
-            client = stack.enter_context(_connect(scheduler))
+            client = stack.enter_context(connect(scheduler))
             _wait_for_worker(client, scheduler, worker_timeout)
             count = max(1, len(client.scheduler_info().get("workers", {})))
             threads = None
@@ -204,23 +205,6 @@ def extract_distributed(
         )
     store = cache_lib.open_cache(Path(out))
     return runner.summarise(store, [m.modality for m in modalities], began)
-
-
-def _connect(address: str) -> Any:
-    """A client of the scheduler at ``address``; one-line errors when it cannot be reached."""
-    from dask.distributed import Client
-
-    try:
-        return Client(address, timeout="30s")
-    except (OSError, TimeoutError) as exc:
-        raise ConfigError(
-            f"--scheduler {address}: cannot connect ({exc}); is a Dask scheduler running there "
-            "and reachable from this machine?"
-        ) from None
-    except ValueError as exc:
-        raise ConfigError(
-            f"--scheduler {address!r}: {exc}; expected an address such as tcp://host:8786"
-        ) from None
 
 
 def _wait_for_worker(client: Any, address: str, timeout: float) -> None:
