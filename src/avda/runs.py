@@ -130,3 +130,21 @@ def is_complete(run: Path) -> bool:
         return json.loads(path.read_text()).get("status") == "complete"
     except json.JSONDecodeError:
         return False
+
+
+def load_checkpoint(path: Path) -> dict:
+    """A checkpoint written by avda (run, stage or fine-tuning), read with
+    ``weights_only=True``: tensors, numbers, strings and containers only, so a received run
+    folder cannot run code. Anything else is refused with one line."""
+    import pickle
+
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise RunError(
+            f"{path} is not a checkpoint avda wrote (or it is damaged): {first[:200]}; remove "
+            "it to start that run or stage again"
+        ) from None

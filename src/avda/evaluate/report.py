@@ -220,7 +220,7 @@ def head_embedding(run: Path, *, max_points: int = 500, seed: int = 0) -> Embedd
         extra = [
             {m: input_clips(config_object, store.modality_info(m)["num_clips"]) for m in modalities}
         ]
-    state = torch.load(run / runs.CHECKPOINT, map_location="cpu", weights_only=False)
+    state = runs.load_checkpoint(run / runs.CHECKPOINT)
     statistics = state.get("standardize") or {}
 
     def load(name: str, rows: np.ndarray):

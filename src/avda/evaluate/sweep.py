@@ -134,9 +134,8 @@ def _checkpoint_epoch(run: Path) -> int:
     path = run / runs.CHECKPOINT
     if not path.exists():
         return 0
-    import torch
 
-    return int(torch.load(path, map_location="cpu", weights_only=False).get("epoch", 0))
+    return int(runs.load_checkpoint(path).get("epoch", 0))
 
 
 def _worker_device(device: str | None) -> tuple[str | None, str]:

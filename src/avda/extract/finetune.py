@@ -32,6 +32,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from avda import runs
 from avda.config import Config
 from avda.data_manifests import schema as manifest_schema
 from avda.errors import ConfigError, ManifestError
@@ -154,7 +155,7 @@ def finetune(
     history: list[dict[str, float]] = []
     start_epoch = 1
     if partial.exists():
-        state = torch.load(partial, map_location="cpu", weights_only=False)
+        state = runs.load_checkpoint(partial)
         model.load_state_dict(state["backbone"])
         classifier.load_state_dict(state["classifier"])
         optimizer.load_state_dict(state["optimizer"])

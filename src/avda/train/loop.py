@@ -259,7 +259,7 @@ def train(
     start_epoch = 1
     checkpoint_path = out / runs.CHECKPOINT
     if checkpoint_path.exists():
-        state = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
+        state = runs.load_checkpoint(checkpoint_path)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])

@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 import avda
+from avda import runs
 from avda.cache import FeatureCache
 from avda.errors import RunError
 from avda.train.data import FeatureSet
@@ -198,7 +199,7 @@ def fit_epochs(
     start = 1
     history: list[dict[str, float]] = []
     if partial.exists():
-        state = torch.load(partial, map_location="cpu", weights_only=False)
+        state = runs.load_checkpoint(partial)
         if state.get("key") == json.loads(json.dumps(key)):
             module.load_state_dict(state["module"])
             optimizer.load_state_dict(state["optimizer"])
