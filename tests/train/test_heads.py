@@ -20,7 +20,7 @@ ADAPTATION = {
     "source-only": {},
     "source-only-mid": {"fusion": "mid"},
     "dann": {},
-    "dann-per-modality": {"discriminator": "per-modality"},
+    "dann-joint": {"discriminator": "joint"},
     "adabn": {},
     "adabn-mid": {"fusion": "mid"},
     "mmd": {},

@@ -107,7 +107,7 @@ HEADS: dict[str, dict] = {
 # clip-averaged modalities, TRN-M needs the same number of frames from every modality).
 VARIANTS: dict[str, tuple[str, dict]] = {
     "source-only-mid": ("source-only", {"fusion": "mid"}),
-    "dann-per-modality": ("dann", {"discriminator": "per-modality"}),
+    "dann-joint": ("dann", {"discriminator": "joint"}),
     "adabn-mid": ("adabn", {"fusion": "mid"}),
     "rna-uda": ("rna", {"setting": "uda", "discriminator_hidden": 8}),
     "cia-trn": ("cia", {"temporal": "trn", "relation_dim": 8}),

@@ -19,7 +19,11 @@ Defaults and why (measured; ``docs/methods.md``, section ``dann``): the paper's 
 with per-step lr annealing (Adam rescales every update to the lr, so once the source is fitted
 the reversed gradient alone drives the encoder at full speed whatever ``lambda`` is), and the
 paper's ``lambda`` = 1.0. The schedule is the recipe's number of optimiser steps at any data
-size (``HeadConfig.for_data``). The earlier default of 0.2 left the adversarial term without
+size (``HeadConfig.for_data``). One discriminator per modality (``discriminator=
+"per-modality"``, MM-SADA's eq. 2) is the default: on a per-dimension affine shift of RGB and
+flow the joint discriminator aligned the concatenated embedding with the target's classes
+permuted (target top-1 0.475 against source-only 0.66, mean of 2 seeds; per-modality 0.736).
+The earlier default of 0.2 left the adversarial term without
 effect (target accuracy equal with ``adversarial_weight=0`` and with the reversal's sign
 flipped), at 5x less than the MM-SADA setting it cited, which scales classification by 0.2 too.
 """
@@ -45,7 +49,8 @@ class DannConfig(FusionConfig):
     lr: float = 0.01  # mu_0
     momentum: float = 0.9
     lr_schedule: Literal["step", "dann"] = "dann"  # mu_0 / (1 + 10 p)^0.75 every step
-    discriminator: Literal["joint", "per-modality"] = "joint"
+    # one discriminator per modality (MM-SADA's eq. 2), measured more robust than the joint one
+    discriminator: Literal["joint", "per-modality"] = "per-modality"
     discriminator_hidden: int = 100
     discriminator_dropout: float = 0.5
     grl_weight: float = 1.0  # lambda_p's maximum, the paper's (see the module docstring)
@@ -66,7 +71,10 @@ class Dann(Head):
         self.net = FusionClassifier(inputs, tasks, config)
         if config.discriminator == "per-modality":
             if config.fusion != "late":
-                raise ConfigError("dann: discriminator=per-modality needs fusion=late")
+                raise ConfigError(
+                    "dann: discriminator=per-modality (the default) needs fusion=late; "
+                    "with fusion=mid set discriminator=joint"
+                )
             size = config.hidden_dim
             names = sorted(inputs)
         else:
