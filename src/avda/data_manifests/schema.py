@@ -48,7 +48,7 @@ STRING_COLUMNS: tuple[str, ...] = (
     "labels",
     "video_path",
 )
-MAX_PROBLEMS_SHOWN = 50
+MAX_PROBLEMS_SHOWN = 5  # the rest are counted: an error stays readable on one line
 
 
 @dataclasses.dataclass(frozen=True)

@@ -28,7 +28,7 @@ from avda.errors import ManifestError
 
 logger = logging.getLogger(__name__)
 
-MAX_PROBLEMS_SHOWN = 50
+MAX_PROBLEMS_SHOWN = 5  # the rest are counted: an error stays readable on one line
 TIMESTAMP_PATTERN = r"^(\d+):([0-5]\d):([0-5]\d(?:\.\d+)?)$"
 
 # Drop reasons shared by several builders.
