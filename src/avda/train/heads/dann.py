@@ -72,8 +72,8 @@ class Dann(Head):
         if config.discriminator == "per-modality":
             if config.fusion != "late":
                 raise ConfigError(
-                    "dann: discriminator=per-modality (the default) needs fusion=late; "
-                    "with fusion=mid set discriminator=joint"
+                    "dann: discriminator=per-modality needs fusion=late; with fusion=mid "
+                    "set discriminator=joint (per-modality is the default)"
                 )
             size = config.hidden_dim
             names = sorted(inputs)
