@@ -21,8 +21,8 @@ import argparse
 import numpy as np
 import pandas as pd
 
-from avda.cache.schema import Status
 from avda.cache.store import FeatureCache, create
+from avda.cache.synthetic import add_features
 
 SPLITS = (("source", "train"), ("target", "train"), ("target", "test"), ("source", "test"))
 
@@ -69,20 +69,7 @@ def make(
         scale = np.exp(rng.normal(size=D) * 0.4 * s)
         offset = rng.normal(size=D) * std * 1.5 * s
         x[target] = x[target] * scale + offset
-        store.add_modality(
-            modality,
-            num_clips=K,
-            num_features=D,
-            info={
-                "backbone": "synthetic",
-                "weights": None,
-                "weights_sha256": None,
-                "input_spec": {},
-            },
-        )
-        store.write(
-            modality, np.arange(n), x.astype(np.float32), np.full(n, int(Status.DONE)), [""] * n
-        )
+        add_features(store, modality, x)
     return store
 
 

@@ -145,22 +145,22 @@ def generate(path: str | Path, spec: ShiftSpec | None = None, **changes) -> Feat
             hears = 0.0 if spec.family == "audio-informative" and not visual else hears
             pre = pre + (scene @ scene_weights)[:, None, :] * hears
         x = np.maximum(pre, 0.0) + np.abs(rng.normal(size=(n, K, D))) * 0.1
-        x = _shift(x, target, spec, visual, shift_rng)
-        store.add_modality(
-            modality,
-            num_clips=K,
-            num_features=D,
-            info={
-                "backbone": "synthetic",
-                "weights": None,
-                "weights_sha256": None,
-                "input_spec": {},
-            },
-        )
-        store.write(
-            modality, np.arange(n), x.astype(np.float32), np.full(n, int(Status.DONE)), [""] * n
-        )
+        add_features(store, modality, _shift(x, target, spec, visual, shift_rng))
     return store
+
+
+def add_features(store: FeatureCache, modality: str, x: np.ndarray) -> None:
+    """Add ``modality`` to ``store`` with features ``x`` (N, K, D) for every row, all done."""
+    n, clips, features = x.shape
+    store.add_modality(
+        modality,
+        num_clips=clips,
+        num_features=features,
+        info={"backbone": "synthetic", "weights": None, "weights_sha256": None, "input_spec": {}},
+    )
+    store.write(
+        modality, np.arange(n), x.astype(np.float32), np.full(n, int(Status.DONE)), [""] * n
+    )
 
 
 def _shift(
@@ -188,4 +188,4 @@ def _shift(
     return y
 
 
-__all__ = ["FAMILIES", "ShiftSpec", "generate"]
+__all__ = ["FAMILIES", "ShiftSpec", "add_features", "generate"]
