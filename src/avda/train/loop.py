@@ -52,15 +52,33 @@ def _eval_sets(cache: FeatureCache, source: Sequence[str], target: Sequence[str]
     return sets
 
 
-def _standardizer(train: FeatureSet) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+def input_statistics(
+    train: FeatureSet, standardize: bool, feature_scale: float = 0.0
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Per modality ``(shift, scale)`` from the source-train set: ``x -> (x - shift) / scale``.
+
+    ``standardize``: per-dimension z-scores. ``feature_scale > 0``: then one scalar per modality
+    so that the source-train clips' root-mean-square L2 norm is ``feature_scale``: the features
+    keep their shape and sign (non-negative features stay non-negative), only their size
+    changes, so a recipe tuned for one backbone's feature scale (an SGD learning rate) meets the
+    same scale with any backbone. Empty when neither is asked for.
+    """
     stats = {}
     for modality, x in train.inputs.items():
-        flat = x.reshape(-1, x.shape[-1])  # (N*K, D)
-        std = flat.std(0)
-        # Floor the scale at 10% of the median: a dimension (nearly) constant on the source
-        # (a dead ReLU unit) but active on the target must not be blown up by a tiny std.
-        floor = max(float(std.median()) * 0.1, 1e-6)
-        stats[modality] = (flat.mean(0), std.clamp_min(floor))
+        flat = x.reshape(-1, x.shape[-1]).float()  # (N*K, D)
+        if standardize:
+            std = flat.std(0)
+            # Floor the scale at 10% of the median: a dimension (nearly) constant on the source
+            # (a dead ReLU unit) but active on the target must not be blown up by a tiny std.
+            floor = max(float(std.median()) * 0.1, 1e-6)
+            shift, scale = flat.mean(0), std.clamp_min(floor)
+        else:
+            shift, scale = torch.zeros(flat.shape[1]), torch.ones(flat.shape[1])
+        if feature_scale > 0:
+            norm = float(((flat - shift) / scale).pow(2).sum(1).mean().sqrt())
+            scale = scale * max(norm, 1e-12) / feature_scale
+        if standardize or feature_scale > 0:
+            stats[modality] = (shift, scale)
     return stats
 
 
@@ -224,7 +242,7 @@ def train(
     eval_sets = {
         n: data_lib.load_set(store, n, r, modalities, tasks, clips) for n, r in eval_rows.items()
     }
-    stats = _standardizer(train_set) if config.standardize else {}
+    stats = input_statistics(train_set, config.standardize, config.feature_scale)
     for feature_set in (train_set, target_set, *eval_sets.values()):
         _apply_standardizer(feature_set, stats)
 

@@ -123,6 +123,7 @@ class AudioAdaptiveStages:
             "source_labels": fingerprint(self.source_labels),
             "target_uids": fingerprint(context.target_set.uids),
             "standardize": self.config.standardize,
+            **({"feature_scale": self.config.feature_scale} if self.config.feature_scale else {}),
             "audio_modality": self.config.audio_modality,
         }
 
@@ -506,7 +507,7 @@ def run_stages(
     from avda.train import data as data_lib
     from avda.train.heads._base import shape_errors
     from avda.train.heads.audio_adaptive import AudioAdaptive, AudioAdaptiveConfig
-    from avda.train.loop import _apply_standardizer, _standardizer
+    from avda.train.loop import _apply_standardizer, input_statistics
 
     store = open_cache(cache)
     for role, domains in (("source", source), ("target", target)):
@@ -523,10 +524,10 @@ def run_stages(
     tasks = data_lib.infer_tasks(store.segments, source_rows, config.tasks or None)
     train_set = data_lib.load_set(store, "source_train", source_rows, modalities, tasks)
     target_set = data_lib.load_set(store, "target_train", target_rows, modalities, tasks)
-    if config.standardize:  # the loop's standardisation, so the stages match a full run
-        stats = _standardizer(train_set)
-        for feature_set in (train_set, target_set):
-            _apply_standardizer(feature_set, stats)
+    # the loop's input statistics, so the stages match a full run
+    stats = input_statistics(train_set, config.standardize, config.feature_scale)
+    for feature_set in (train_set, target_set):
+        _apply_standardizer(feature_set, stats)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     inputs = {m: tuple(train_set.inputs[m].shape[1:]) for m in modalities}
     with torch.random.fork_rng(devices=[]):

@@ -177,6 +177,9 @@ class HeadConfig(Config):
     # GPUs. Evaluation always runs in float32.
     precision: Literal["fp32", "bf16"] = "fp32"
     standardize: bool = False  # z-score features with source-train statistics
+    # > 0: scale each modality by one number so that the source-train clips' RMS L2 norm is
+    # this (after standardize); 0 keeps the cached scale. See loop.input_statistics.
+    feature_scale: float = 0.0
     eval_every: int = 1
     # also write the evaluation predictions of each of the last N evaluations to
     # RUN/epochs/<epoch>/predictions/ (MM-SADA reports the mean over its last 9 checkpoints)

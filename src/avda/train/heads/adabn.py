@@ -39,8 +39,10 @@ log = logging.getLogger(__name__)
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class AdaBNConfig(FusionConfig):
     # "target-train": statistics of the unlabelled target training set; "evaluation-set": of
-    # each target evaluation set itself (transductive, Algorithm 1 run on the test data)
-    statistics: Literal["target-train", "evaluation-set"] = "target-train"
+    # each target evaluation set itself (transductive, Algorithm 1 run on the test data);
+    # "source": the source running averages everywhere, i.e. no adaptation (the ablation: a
+    # source-only network with BN)
+    statistics: Literal["target-train", "evaluation-set", "source"] = "target-train"
     statistics_batch_size: int = 1024
 
 
@@ -101,7 +103,7 @@ class AdaBN(Head):
 
     def before_evaluation(self, feature_set: FeatureSet, adaptation_set: FeatureSet | None) -> None:
         is_target = feature_set.name.startswith("target")
-        if not is_target:
+        if not is_target or self.config.statistics == "source":
             self.set_domain("source")
             return
         statistics_set = adaptation_set

@@ -82,6 +82,10 @@ class MmSadaConfig(HeadConfig):
     lr_steps: tuple[int, ...] = (77,)
     lr_gamma: float = 0.1
     keep_last_predictions: int = 9
+    # Inputs scaled to an RMS norm of 8 per clip (one number per modality, signs kept): the
+    # code's SGD lr 0.01 with momentum 0.9 diverges on cached features of larger norm (1024-d
+    # features of norm ~30: every unit dead in epoch 1); see docs/methods.md. 0: as cached.
+    feature_scale: float = 8.0
     # architecture
     embedding_dim: int = 1024  # the I3D feature size the heads act on
     dropout: float = 0.5
