@@ -222,7 +222,9 @@ def test_two_imports_started_together_never_lose_rows(tmp_path):
         assert all(a.shape[0] == store.num_segments for a in store.arrays().values())
 
 
-def test_a_second_unsharded_extract_is_refused_in_one_line(tmp_path):
+def _extract_args(tmp_path: Path, out: Path) -> list:
+    """``avda extract`` of 2 segments' audio (random-init audio_resnet18, no files needed
+    before the store is set up)."""
     pd.DataFrame(
         {
             "uid": ["u0", "u1"],
@@ -233,10 +235,28 @@ def test_a_second_unsharded_extract_is_refused_in_one_line(tmp_path):
             "stop_sec": [1.0, 1.0],
         }
     ).to_csv(tmp_path / "m.csv", index=False)
-    (tmp_path / "audio").mkdir()
-    out = tmp_path / "e.zarr"
+    (tmp_path / "audio").mkdir(exist_ok=True)
     args = ["extract", "-m", tmp_path / "m.csv", "-o", out, "--audio", tmp_path / "audio"]
-    args += ["--modalities", "audio", "--device", "cpu", "--workers", "0", "-q"]
+    return [*args, "--modalities", "audio", "--device", "cpu", "--workers", "0", "-q"]
+
+
+def test_an_extraction_killed_while_creating_its_store_leaves_no_store(tmp_path):
+    out = tmp_path / "e.zarr"
+    args = [*_extract_args(tmp_path, out), "--prepare-only"]
+    killed = _avda(*args, AVDA_FAULT="exit:store-built")
+    assert killed.returncode == FAULT_EXIT, killed.stderr
+    assert not out.exists()  # absent, not half made (a reader would call it "not a cache")
+    done = _avda(*args)
+    assert done.returncode == 0, done.stderr
+    from avda.cache import open_cache
+
+    assert open_cache(out).num_segments == 2 and open_cache(out).modalities == ["audio"]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+def test_a_second_unsharded_extract_is_refused_in_one_line(tmp_path):
+    out = tmp_path / "e.zarr"
+    args = _extract_args(tmp_path, out)
     marker = tmp_path / "paused"
     first = subprocess.Popen(
         [sys.executable, "-m", "avda.cli", *map(str, args)],

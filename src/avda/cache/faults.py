@@ -2,8 +2,8 @@
 
 A writer calls :func:`checkpoint` at named moments (``avda cache import``: ``after-create``,
 ``after-segments``, ``after-features``, ``before-record``, ``after-record``; ``avda extract``:
-``extract-opened``). Nothing happens unless the environment variable ``AVDA_FAULT`` names the
-point:
+``extract-opened``; any new store: ``store-built``, before it is renamed into place). Nothing
+happens unless the environment variable ``AVDA_FAULT`` names the point:
 
 - ``AVDA_FAULT=exit:<point>``: the process ends at once with ``os._exit(75)`` (no cleanup, no
   ``finally``: as a ``kill -9`` would), so tests drive a kill to an exact phase, not a timing.

@@ -34,7 +34,6 @@ import json
 import logging
 import os
 import pickle
-import shutil
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -51,6 +50,7 @@ from avda.cache.store import (
     create,
     nonfinite_error,
     open_cache,
+    remove_partial_creations,
 )
 from avda.errors import CacheError, ConfigError
 
@@ -272,22 +272,16 @@ def _open_existing(out: Path) -> FeatureCache | None:
 
 
 def _create_store(out: Path, chunk_rows: int, fmt: str) -> FeatureCache:
-    """A new, empty store at ``out``, made under another name and renamed into place, so that
-    ``out`` is either absent or a whole store."""
-    partial = out.with_name(f".{out.name}.creating")
-    if partial.exists():  # a creation killed half-way (we hold the lock: nobody else's)
-        shutil.rmtree(partial)
+    """A new, empty store at ``out`` (built under another name and renamed into place)."""
     empty = pd.DataFrame({c: pd.Series(dtype=object) for c in schema.REQUIRED_SEGMENT_COLUMNS})
-    create(
-        partial,
+    return create(
+        out,
         empty,
         manifest_sha256="",
         recipe={"name": "imported", "format": fmt},
         chunk_rows=chunk_rows,
         shrink_chunks=False,
     )
-    os.rename(partial, out)
-    return open_cache(out, mode="a")
 
 
 def _commit_import(
@@ -312,6 +306,7 @@ def _commit_import(
     it was (the next writer's :meth:`FeatureCache.repair` removes the traces); after it, the
     import is complete.
     """
+    remove_partial_creations(out)
     if store is None:
         store = _create_store(out, chunk_rows, fmt)
         faults.checkpoint("after-create")

@@ -10,8 +10,12 @@ invisible until that commit, and :meth:`FeatureCache.repair` removes its traces.
 from __future__ import annotations
 
 import datetime as _dt
+import glob
 import json
 import logging
+import os
+import secrets
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -21,7 +25,7 @@ import pandas as pd
 import zarr
 
 import avda
-from avda.cache import schema
+from avda.cache import faults, schema
 from avda.cache.schema import Status
 from avda.errors import CacheError
 
@@ -668,12 +672,57 @@ def create(
 
     ``shrink_chunks``: a store with fewer than ``chunk_rows`` segments uses chunks of N rows;
     stores that will grow by appending (``avda cache import``) pass False.
+
+    The store is built under a hidden name next to ``path`` (``.<name>.creating-<pid>-<hex>``)
+    and renamed into place when complete, so ``path`` is either absent or a whole store: a
+    process killed while creating leaves only that hidden folder, which
+    :func:`remove_partial_creations` deletes (writers call it under the store's lock).
     """
     path = Path(path)
     if path.exists():
         raise CacheError(f"{path} already exists; open it, or remove it to start a new cache")
     if chunk_rows < 1:
         raise CacheError(f"chunk_rows must be >= 1, got {chunk_rows}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f"{_CREATING_PREFIX.format(name=path.name)}{os.getpid()}-")
+    partial = partial.with_name(partial.name + secrets.token_hex(4))
+    try:
+        _build(partial, segments, manifest_sha256, recipe, chunk_rows, shrink_chunks)
+        faults.checkpoint("store-built")
+        try:
+            os.rename(partial, path)
+        except OSError as exc:  # another process made ``path`` meanwhile
+            raise CacheError(
+                f"{path} already exists; open it, or remove it to start a new cache"
+            ) from exc
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    return FeatureCache(path, zarr.open_group(str(path), mode="r+"))
+
+
+_CREATING_PREFIX = ".{name}.creating-"
+
+
+def remove_partial_creations(path: str | Path) -> None:
+    """Delete what :func:`create` calls killed half-way left next to ``path``."""
+    path = Path(path)
+    prefix = _CREATING_PREFIX.format(name=path.name)
+    if not path.parent.is_dir():
+        return
+    for leftover in path.parent.glob(f"{glob.escape(prefix)}*"):
+        log.warning("removing %s (a store creation that was killed)", leftover)
+        shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _build(
+    path: Path,
+    segments: pd.DataFrame,
+    manifest_sha256: str,
+    recipe: dict[str, Any],
+    chunk_rows: int,
+    shrink_chunks: bool,
+) -> None:
     group = zarr.open_group(str(path), mode="w-", zarr_format=3)
     N = len(segments)
     chunk = min(chunk_rows, max(N, 1)) if shrink_chunks else chunk_rows
@@ -698,7 +747,6 @@ def create(
         "modalities": {},
     }
     group.attrs[schema.ROOT_ATTRIBUTE] = provenance
-    return FeatureCache(path, group)
 
 
 def open_cache(path: str | Path, *, mode: str = "r") -> FeatureCache:

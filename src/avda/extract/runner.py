@@ -42,6 +42,7 @@ from tqdm import tqdm
 from avda import cache as cache_lib
 from avda.cache import FeatureCache, Status, faults
 from avda.cache.lock import store_lock
+from avda.cache.store import remove_partial_creations
 from avda.data_manifests import schema as manifest_schema
 from avda.errors import CacheError, ConfigError, MediaError
 from avda.extract import backbones
@@ -144,6 +145,7 @@ def open_or_create_store(
     force: bool,
 ) -> FeatureCache:
     """Resume a compatible store, refuse an incompatible one (unless ``force``), or create."""
+    remove_partial_creations(out)  # the caller holds the store's lock
     if out.exists():
         store = cache_lib.open_cache(out, mode="a")
         prov = store.provenance
