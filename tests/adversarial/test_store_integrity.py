@@ -96,6 +96,9 @@ def test_an_import_killed_at_each_named_phase_reruns_to_a_clean_import(tmp_path,
     args = _import_args(files, "base" if first else "new", out)
     killed = _avda(*args, AVDA_FAULT=f"exit:{phase}")
     assert killed.returncode == FAULT_EXIT, killed.stderr  # the kill happened at that phase
+    # The killed import held the lock: its record (a dead pid) stays in the lock file, and the
+    # rerun is not refused: the kernel dropped the flock with the process (no stale lock).
+    assert '"command": "avda cache import"' in (tmp_path / "s.zarr.lock").read_text()
     for name in ("base", "new"):
         rerun = _avda(*_import_args(files, name, out))
         assert rerun.returncode == 0, rerun.stderr

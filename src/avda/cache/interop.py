@@ -14,11 +14,25 @@ Import (each appends to the store ``out``, creating it when absent):
   ``feature_rate`` rows per second (row i at ``(i + 0.5) / feature_rate`` s); each manifest
   segment takes the rows nearest to K uniformly spaced times.
 
-Appending and the fixed-N layout: every array is resized along N (its chunk shape unchanged; the
-last partial chunk fills up), the new rows written, and ``num_segments`` in the provenance
-updated last as the commit point (:meth:`FeatureCache.append_segments`). Each imported file is
-recorded in ``provenance["imports"]`` with its sha256; importing the same file again does
-nothing, and an import killed half-way is finished by rerunning it.
+An import, in this order, under the store's exclusive lock (:mod:`avda.cache.lock`; a second
+writer is refused in one line):
+
+1. **check** the whole file before the store is touched: dtype (numbers), shape (``(N, K, D)``
+   or ``(N, D)``, N = the ids), K and D against the store's modality, status codes, ids
+   repeated inside the file or already in the store. NaN/inf rows (once cast to float16) become
+   ``failed`` rows here, with zeros and the reason. A refused import leaves the store byte for
+   byte as it was (and creates no store).
+2. **write** past ``num_segments``: every array is resized along N (chunk shapes unchanged; the
+   last partial chunk fills up), the new rows written; a modality new to the store gets arrays
+   the provenance does not list yet (its earlier rows ``missing``). Readers read the first
+   ``num_segments`` rows of the modalities the provenance lists, so none of this is visible.
+3. **commit** with one write of the provenance (an atomic file replace): ``num_segments``, the
+   new modalities and the ``imports`` record (file, sha256, rows) together.
+
+Killed before 3, the store is as if the import never started (the next writer's
+:meth:`FeatureCache.repair` removes the traces), and rerunning imports it; killed after, it is
+complete, and rerunning says "already imported" (same sha256). A new store is built under a
+hidden name and renamed into place (:func:`avda.cache.store.create`).
 
 Export: :func:`export_h5` streams the store chunk by chunk (a cache larger than memory exports
 in bounded memory); :func:`export_epic_pickle` writes the TA3N pickle layout back.
