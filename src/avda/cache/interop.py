@@ -14,11 +14,25 @@ Import (each appends to the store ``out``, creating it when absent):
   ``feature_rate`` rows per second (row i at ``(i + 0.5) / feature_rate`` s); each manifest
   segment takes the rows nearest to K uniformly spaced times.
 
-Appending and the fixed-N layout: every array is resized along N (its chunk shape unchanged; the
-last partial chunk fills up), the new rows written, and ``num_segments`` in the provenance
-updated last as the commit point (:meth:`FeatureCache.append_segments`). Each imported file is
-recorded in ``provenance["imports"]`` with its sha256; importing the same file again does
-nothing, and an import killed half-way is finished by rerunning it.
+An import, in this order, under the store's exclusive lock (:mod:`avda.cache.lock`; a second
+writer is refused in one line):
+
+1. **check** the whole file before the store is touched: dtype (numbers), shape (``(N, K, D)``
+   or ``(N, D)``, N = the ids), K and D against the store's modality, status codes, ids
+   repeated inside the file or already in the store. NaN/inf rows (once cast to float16) become
+   ``failed`` rows here, with zeros and the reason. A refused import leaves the store byte for
+   byte as it was (and creates no store).
+2. **write** past ``num_segments``: every array is resized along N (chunk shapes unchanged; the
+   last partial chunk fills up), the new rows written; a modality new to the store gets arrays
+   the provenance does not list yet (its earlier rows ``missing``). Readers read the first
+   ``num_segments`` rows of the modalities the provenance lists, so none of this is visible.
+3. **commit** with one write of the provenance (an atomic file replace): ``num_segments``, the
+   new modalities and the ``imports`` record (file, sha256, rows) together.
+
+Killed before 3, the store is as if the import never started (the next writer's
+:meth:`FeatureCache.repair` removes the traces), and rerunning imports it; killed after, it is
+complete, and rerunning says "already imported" (same sha256). A new store is built under a
+hidden name and renamed into place (:func:`avda.cache.store.create`).
 
 Export: :func:`export_h5` streams the store chunk by chunk (a cache larger than memory exports
 in bounded memory); :func:`export_epic_pickle` writes the TA3N pickle layout back.
@@ -41,9 +55,17 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from avda.cache import schema
+from avda.cache import faults, schema
+from avda.cache.lock import store_lock
 from avda.cache.schema import Status
-from avda.cache.store import FeatureCache, create, open_cache
+from avda.cache.store import (
+    NONFINITE_IMPORT_HINT,
+    FeatureCache,
+    create,
+    nonfinite_error,
+    open_cache,
+    remove_partial_creations,
+)
 from avda.errors import CacheError, ConfigError
 
 log = logging.getLogger(__name__)
@@ -142,9 +164,129 @@ def _join(ids: Sequence[str], table: pd.DataFrame, source: Path, annotations: Pa
 
 
 # --------------------------------------------------------------------------- the store side
-def _open_or_create(out: Path, chunk_rows: int, fmt: str) -> FeatureCache:
-    if out.exists():
-        return open_cache(out, mode="a")
+IMPORT_LOCK = "avda cache import"
+EXPORT_LOCK = "avda cache export"
+
+
+@dataclasses.dataclass
+class _Block:
+    """One modality of a file to import, checked: (n, K, D) float16 features, statuses,
+    errors (non-finite DONE rows already turned FAILED with zeros)."""
+
+    features: np.ndarray
+    statuses: np.ndarray
+    errors: list[str]
+    info: dict[str, Any]
+
+
+def _block(
+    source: Path,
+    modality: str,
+    values: Any,
+    rows: int,
+    info: dict[str, Any],
+    statuses: Sequence[int] | None = None,
+    errors: Sequence[str] | None = None,
+) -> _Block:
+    """Check one modality's values (shape, dtype, row count, finiteness) before any write."""
+    array = np.asarray(values)
+    if array.dtype.kind not in "fiu":
+        raise CacheError(
+            f"{source}: {modality} features are of dtype {array.dtype}, not numbers; "
+            "write them as a float array"
+        )
+    if array.ndim == 2:
+        array = array[:, None, :]  # (N, D) -> (N, 1, D)
+    if array.ndim != 3:
+        raise CacheError(
+            f"{source}: {modality} features have shape {array.shape}; expected (N, K, D) or (N, D)"
+        )
+    if array.shape[0] != rows:
+        raise CacheError(f"{source}: {modality} has {array.shape[0]} rows but there are {rows} ids")
+    statuses = (
+        np.full(rows, int(Status.DONE), dtype=schema.STATUS_DTYPE)
+        if statuses is None
+        else np.array(statuses, dtype=schema.STATUS_DTYPE)
+    )
+    errors = [""] * rows if errors is None else [str(e) for e in errors]
+    if len(statuses) != rows or len(errors) != rows:
+        raise CacheError(f"{source}: status/errors of {modality} do not have {rows} rows")
+    unknown = sorted(set(statuses.tolist()) - {int(s) for s in Status})
+    if unknown:
+        raise CacheError(f"{source}: status codes {unknown} of {modality} are not avda's")
+    with np.errstate(over="ignore", invalid="ignore"):  # float16 overflow: caught just below
+        stored = array.astype(schema.FEATURE_DTYPE)
+    finite = np.isfinite(stored.reshape(rows, -1)).all(axis=1)
+    bad = (statuses == Status.DONE) & ~finite
+    for i in np.flatnonzero(bad):
+        errors[i] = nonfinite_error("features", array[i], stored[i], NONFINITE_IMPORT_HINT)
+    if bad.any():
+        log.warning(
+            "%s: %d rows of %s hold NaN/inf (or overflow float16): stored as failed",
+            *(source, int(bad.sum()), modality),
+        )
+        statuses[bad] = int(Status.FAILED)
+    stored[~finite] = 0
+    return _Block(stored, statuses, errors, info)
+
+
+def _check_import(
+    store: FeatureCache | None,
+    segments: pd.DataFrame,
+    blocks: dict[str, _Block],
+    source: Path,
+) -> np.ndarray | None:
+    """Refuse, before anything is written, an import that cannot go in whole; returns the
+    rows it fills (None: appended after the store's rows)."""
+    uids = segments["uid"].astype(str)
+    twice = uids[uids.duplicated()]
+    if len(twice):
+        raise CacheError(
+            f"{source}: id {twice.iloc[0]!r} appears twice ({len(twice)} repeated ids); each "
+            "segment can be imported once: remove the repeats from the file"
+        )
+    if store is None:
+        return None
+    for modality, block in blocks.items():
+        K, D = int(block.features.shape[1]), int(block.features.shape[2])
+        if modality in store.modalities:
+            found = store.modality_info(modality)
+            if (found["num_clips"], found["num_features"]) != (K, D):
+                raise CacheError(
+                    f"{store.path} holds {modality} features of K={found['num_clips']}, "
+                    f"D={found['num_features']}; {source} has K={K}, D={D}: import it into "
+                    "another store"
+                )
+    return _rows_for(store, segments, source)
+
+
+def _rows_for(store: FeatureCache, segments: pd.DataFrame, source: Path) -> np.ndarray | None:
+    """Rows for ``segments``: None (appended), or rows committed by an older avda whose
+    import was killed before its record (in file order, after the last recorded import)."""
+    existing = pd.Index(store.segments["uid"].astype(str)) if store.num_segments else pd.Index([])
+    uids = segments["uid"].astype(str)
+    present = uids.isin(existing)
+    if not present.any():
+        return None
+    rows = existing.get_indexer(uids)
+    committed = max((entry["rows"][1] for entry in store.provenance.get("imports", [])), default=0)
+    imported = (store.provenance.get("recipe") or {}).get("name") == "imported"
+    if imported and present.all() and np.all(np.diff(rows) == 1) and rows[0] >= committed:
+        log.info("%s: finishing an interrupted import of %s", store.path, source)
+        return rows
+    raise CacheError(
+        f"{int(present.sum())} segments of {source} are already in {store.path} (first: "
+        f"{uids[present].iloc[0]!r}); each segment can be imported once"
+    )
+
+
+def _open_existing(out: Path) -> FeatureCache | None:
+    """The store ``out`` opened for appending (the caller holds its lock), None if absent."""
+    return open_cache(out, mode="a") if out.exists() else None
+
+
+def _create_store(out: Path, chunk_rows: int, fmt: str) -> FeatureCache:
+    """A new, empty store at ``out`` (built under another name and renamed into place)."""
     empty = pd.DataFrame({c: pd.Series(dtype=object) for c in schema.REQUIRED_SEGMENT_COLUMNS})
     return create(
         out,
@@ -156,68 +298,79 @@ def _open_or_create(out: Path, chunk_rows: int, fmt: str) -> FeatureCache:
     )
 
 
-def _rows_for(store: FeatureCache, segments: pd.DataFrame, source: Path) -> np.ndarray:
-    """Rows for ``segments``: appended, or (an interrupted import of the same file) reused."""
-    existing = pd.Index(store.segments["uid"].astype(str)) if store.num_segments else pd.Index([])
-    uids = segments["uid"].astype(str)
-    present = uids.isin(existing)
-    if not present.any():
-        return store.append_segments(segments)
-    rows = existing.get_indexer(uids)
-    committed = max((entry["rows"][1] for entry in store.provenance.get("imports", [])), default=0)
-    # Rows after the last recorded import, in file order: that import was killed before its
-    # record was written, so finish it.
-    imported = (store.provenance.get("recipe") or {}).get("name") == "imported"
-    if imported and present.all() and np.all(np.diff(rows) == 1) and rows[0] >= committed:
-        log.info("%s: resuming an interrupted import of %s", store.path, source)
-        return rows
-    raise CacheError(
-        f"{int(present.sum())} segments of {source} are already in {store.path} (first: "
-        f"{uids[present].iloc[0]!r}); each segment can be imported once"
-    )
+def _commit_import(
+    out: Path,
+    store: FeatureCache | None,
+    rows: np.ndarray | None,
+    *,
+    source: Path,
+    sha: str,
+    fmt: str,
+    segments: pd.DataFrame,
+    blocks: dict[str, _Block],
+    domain: str | None,
+    split: str | None,
+    chunk_rows: int,
+) -> ImportResult:
+    """Write a checked import and commit it (the caller holds the store's lock).
 
-
-def _write_modality(
-    store: FeatureCache,
-    modality: str,
-    rows: np.ndarray,
-    features: np.ndarray,
-    info: dict[str, Any],
-    statuses: np.ndarray | None = None,
-    errors: Sequence[str] | None = None,
-) -> None:
-    """Write ``features`` (n, K, D) of ``rows`` chunk-wise; creates the modality if needed."""
-    if features.ndim == 2:
-        features = features[:, None, :]  # (N, D) -> (N, 1, D)
-    if features.ndim != 3:
-        raise CacheError(f"{modality} features have shape {features.shape}; expected (N, K, D)")
-    K, D = int(features.shape[1]), int(features.shape[2])
-    if modality in store.modalities:
-        found = store.modality_info(modality)
-        if (found["num_clips"], found["num_features"]) != (K, D):
-            raise CacheError(
-                f"{store.path} holds {modality} features of K={found['num_clips']}, "
-                f"D={found['num_features']}; this file has K={K}, D={D}: import into another store"
-            )
+    The rows go past ``num_segments`` (new modalities into arrays the provenance does not list
+    yet), invisible to readers; one write of the provenance then commits the rows, the new
+    modalities and the import record together. A kill before that write leaves the store as
+    it was (the next writer's :meth:`FeatureCache.repair` removes the traces); after it, the
+    import is complete.
+    """
+    remove_partial_creations(out)
+    if store is None:
+        store = _create_store(out, chunk_rows, fmt)
+        faults.checkpoint("after-create")
     else:
-        store.add_modality(modality, num_clips=K, num_features=D, info=info)
-        other = np.ones(store.num_segments, dtype=bool)
-        other[rows] = False
-        _mark_missing(store, modality, np.flatnonzero(other), "not in the imported files")
-    statuses = np.full(len(rows), int(Status.DONE)) if statuses is None else statuses
-    errors = [""] * len(rows) if errors is None else list(errors)
+        store.repair()
+    old = store.num_segments
+    if rows is None:
+        rows = store.append_segments(segments, commit=False)
+    total = max(old, int(rows.max()) + 1) if len(rows) else old
+    faults.checkpoint("after-segments")
+    new_entries: dict[str, dict[str, Any]] = {}
+    for modality, block in blocks.items():
+        K, D = int(block.features.shape[1]), int(block.features.shape[2])
+        if modality not in store.modalities:
+            new_entries[modality] = store.add_modality(
+                modality, num_clips=K, num_features=D, info=block.info, register=False, rows=total
+            )
+            other = np.ones(total, dtype=bool)
+            other[rows] = False
+            _mark_missing(store, modality, np.flatnonzero(other), K, D, "not in the imported files")
+        _write_rows(store, modality, rows, block)
+    faults.checkpoint("after-features")
+    for modality in store.modalities:
+        if modality not in blocks:
+            info = store.modality_info(modality)
+            K, D = int(info["num_clips"]), int(info["num_features"])
+            _mark_missing(store, modality, rows, K, D, f"not in {source.name}")
+    faults.checkpoint("before-record")
+    _record_import(store, source, sha, fmt, rows, domain, split, total, new_entries)
+    faults.checkpoint("after-record")
+    return ImportResult(out, source, len(rows), sorted(blocks))
+
+
+def _write_rows(store: FeatureCache, modality: str, rows: np.ndarray, block: _Block) -> None:
+    """Write a checked block chunk-wise (``rows`` ascending)."""
     step = store.chunk_rows
+    errors = np.asarray(block.errors, dtype=object)
     for start in range(0, len(rows), step):
-        block = rows[start : start + step]
-        for run in _runs(block):
+        for run in _runs(rows[start : start + step]):
             index = np.searchsorted(rows, run)
-            store.write(modality, run, features[index], statuses[index], [errors[i] for i in index])
+            store.write(
+                modality, run, block.features[index], block.statuses[index], errors[index].tolist()
+            )
 
 
-def _mark_missing(store: FeatureCache, modality: str, rows: np.ndarray, reason: str) -> None:
-    info = store.modality_info(modality)
+def _mark_missing(
+    store: FeatureCache, modality: str, rows: np.ndarray, K: int, D: int, reason: str
+) -> None:
     for run in _runs(rows):
-        zeros = np.zeros((len(run), info["num_clips"], info["num_features"]), dtype=np.float16)
+        zeros = np.zeros((len(run), K, D), dtype=np.float16)
         store.write(
             modality, run, zeros, np.full(len(run), int(Status.MISSING)), [reason] * len(run)
         )
@@ -239,7 +392,11 @@ def _record_import(
     rows: np.ndarray,
     domain: str | None,
     split: str | None,
+    total: int,
+    new_entries: dict[str, dict[str, Any]],
 ) -> None:
+    """The commit: one provenance write with ``num_segments``, the new modalities and the
+    import record."""
     from avda.data_manifests import schema as manifest_schema
 
     entry = {
@@ -252,11 +409,14 @@ def _record_import(
         "imported": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     }
     provenance = store.provenance
+    provenance["num_segments"] = total
+    provenance["modalities"] = {**provenance["modalities"], **new_entries}
     provenance["imports"] = [*provenance.get("imports", []), entry]
-    segments = store.segments
+    segments = store.read_segments(total)
     columns = [c for c in manifest_schema.REQUIRED_COLUMNS if c in segments.columns]
     provenance["manifest_sha256"] = manifest_schema.fingerprint(segments[columns])
     store._set_provenance(provenance)
+    store._segments = None
 
 
 def _already_imported(store: FeatureCache, sha: str) -> bool:
@@ -363,45 +523,45 @@ def import_epic_pickle(
     from avda.data_manifests import safe_pickle
 
     source, out, annotations = Path(source), Path(out), Path(annotations)
-    sha = sha256_file(source)
-    if out.exists() and _already_imported(open_cache(out), sha):
-        log.info("%s is already imported into %s", source, out)
-        return ImportResult(out, source, 0, [], already_imported=True)
-    data = safe_pickle.load(source)
-    if not isinstance(data, dict) or "features" not in data or "narration_ids" not in data:
-        raise CacheError(
-            f"{source} is not an EPIC-100 UDA feature pickle (expected a dict with 'features' "
-            "and 'narration_ids')"
-        )
-    features = data["features"]
-    ids = [str(i) for i in list(data["narration_ids"])]
-    if not isinstance(features, dict) or not features:
-        raise CacheError(f"{source}: 'features' must be a dict of modality -> [N, K, D] arrays")
-    arrays: dict[str, np.ndarray] = {}
-    for key, values in features.items():
-        modality = RELEASED_MODALITIES.get(str(key), str(key).lower())
-        array = np.asarray(values)
-        if array.shape[0] != len(ids):
+    with store_lock(out, what=IMPORT_LOCK):
+        store = _open_existing(out)
+        sha = sha256_file(source)
+        if store is not None and _already_imported(store, sha):
+            log.info("%s is already imported into %s", source, out)
+            return ImportResult(out, source, 0, [], already_imported=True)
+        data = safe_pickle.load(source)
+        if not isinstance(data, dict) or "features" not in data or "narration_ids" not in data:
             raise CacheError(
-                f"{source}: {key} has {array.shape[0]} rows but there are {len(ids)} narration ids"
+                f"{source} is not an EPIC-100 UDA feature pickle (expected a dict with "
+                "'features' and 'narration_ids')"
             )
-        arrays[modality] = array
-    table = read_segment_table(annotations, domain=domain, split=split)
-    segments = _join(ids, table, source, annotations)
-    store = _open_or_create(out, chunk_rows, "epic-pkl")
-    rows = _rows_for(store, segments, source)
-    for modality, array in arrays.items():
-        _write_modality(store, modality, rows, array, _import_info(backbone, "epic-pkl", source))
-    _mark_absent(store, rows, set(arrays), source)
-    _record_import(store, source, sha, "epic-pkl", rows, domain, split)
-    return ImportResult(out, source, len(rows), sorted(arrays))
-
-
-def _mark_absent(store: FeatureCache, rows: np.ndarray, present: set[str], source: Path) -> None:
-    """Rows of this import get MISSING for the store's modalities the file does not have."""
-    for modality in store.modalities:
-        if modality not in present:
-            _mark_missing(store, modality, rows, f"not in {source.name}")
+        features = data["features"]
+        ids = [str(i) for i in list(data["narration_ids"])]
+        if not isinstance(features, dict) or not features:
+            raise CacheError(f"{source}: 'features' must be a dict of modality -> [N, K, D] arrays")
+        table = read_segment_table(annotations, domain=domain, split=split)
+        segments = _join(ids, table, source, annotations)
+        info = _import_info(backbone, "epic-pkl", source)
+        blocks = {
+            RELEASED_MODALITIES.get(str(key), str(key).lower()): _block(
+                source, str(key), values, len(ids), info
+            )
+            for key, values in features.items()
+        }
+        rows = _check_import(store, segments, blocks, source)
+        return _commit_import(
+            out,
+            store,
+            rows,
+            source=source,
+            sha=sha,
+            fmt="epic-pkl",
+            segments=segments,
+            blocks=blocks,
+            domain=domain,
+            split=split,
+            chunk_rows=chunk_rows,
+        )
 
 
 def import_h5(
@@ -418,42 +578,54 @@ def import_h5(
     import h5py
 
     source, out = Path(source), Path(out)
-    sha = sha256_file(source)
-    if out.exists() and _already_imported(open_cache(out), sha):
-        return ImportResult(out, source, 0, [], already_imported=True)
-    with h5py.File(source, "r") as handle:
-        if handle.attrs.get("format") == H5_FORMAT:
-            segments, arrays, statuses, errors, infos = _read_avda_h5(handle, source)
-            if domain is not None:
-                segments["domain"] = domain
-            if split is not None:
-                segments["split"] = split
-        else:
-            if annotations is None:
-                raise ConfigError(
-                    f"{source} is not an avda HDF5 export: pass --annotations (an avda manifest "
-                    "or EPIC annotation file) to give its segments"
+    with store_lock(out, what=IMPORT_LOCK):
+        store = _open_existing(out)
+        sha = sha256_file(source)
+        if store is not None and _already_imported(store, sha):
+            return ImportResult(out, source, 0, [], already_imported=True)
+        with h5py.File(source, "r") as handle:
+            if handle.attrs.get("format") == H5_FORMAT:
+                segments, arrays, statuses, errors, infos = _read_avda_h5(handle, source)
+                if domain is not None:
+                    segments["domain"] = domain
+                if split is not None:
+                    segments["split"] = split
+            else:
+                if annotations is None:
+                    raise ConfigError(
+                        f"{source} is not an avda HDF5 export: pass --annotations (an avda "
+                        "manifest or EPIC annotation file) to give its segments"
+                    )
+                ids, arrays = _read_generic_h5(handle, source)
+                table = read_segment_table(annotations, domain=domain, split=split)
+                segments = _join(ids, table, source, Path(annotations))
+                statuses, errors, infos = {}, {}, {}
+            blocks = {
+                modality: _block(
+                    source,
+                    modality,
+                    dataset[:],
+                    len(segments),
+                    infos.get(modality) or _import_info(backbone, "h5", source),
+                    statuses.get(modality),
+                    errors.get(modality),
                 )
-            ids, arrays = _read_generic_h5(handle, source)
-            table = read_segment_table(annotations, domain=domain, split=split)
-            segments = _join(ids, table, source, Path(annotations))
-            statuses, errors, infos = {}, {}, {}
-        store = _open_or_create(out, chunk_rows, "h5")
-        rows = _rows_for(store, segments, source)
-        for modality, dataset in arrays.items():
-            info = infos.get(modality) or _import_info(backbone, "h5", source)
-            _write_modality(
-                store,
-                modality,
-                rows,
-                np.asarray(dataset[:]),
-                info,
-                statuses.get(modality),
-                errors.get(modality),
-            )
-    _mark_absent(store, rows, set(arrays), source)
-    _record_import(store, source, sha, "h5", rows, domain, split)
-    return ImportResult(out, source, len(rows), sorted(arrays))
+                for modality, dataset in arrays.items()
+            }
+        rows = _check_import(store, segments, blocks, source)
+        return _commit_import(
+            out,
+            store,
+            rows,
+            source=source,
+            sha=sha,
+            fmt="h5",
+            segments=segments,
+            blocks=blocks,
+            domain=domain,
+            split=split,
+            chunk_rows=chunk_rows,
+        )
 
 
 def _read_avda_h5(handle, source: Path):
@@ -537,15 +709,44 @@ def import_npy(
     files = sorted(folder.glob("*.npy"))
     if not files:
         raise CacheError(f"{folder} holds no .npy files")
-    digest = hashlib.sha256()
-    for path in files:
-        digest.update(path.name.encode())
-        digest.update(sha256_file(path).encode())
-    sha = digest.hexdigest()
-    if out.exists() and _already_imported(open_cache(out), sha):
-        return ImportResult(out, folder, 0, [], already_imported=True)
-    segments = table.reset_index(drop=True)
-    segments = segments[[c for c in schema.SEGMENT_COLUMNS if c in segments.columns]]
+    with store_lock(out, what=IMPORT_LOCK):
+        store = _open_existing(out)
+        digest = hashlib.sha256()
+        for path in files:
+            digest.update(path.name.encode())
+            digest.update(sha256_file(path).encode())
+        sha = digest.hexdigest()
+        if store is not None and _already_imported(store, sha):
+            return ImportResult(out, folder, 0, [], already_imported=True)
+        segments = table.reset_index(drop=True)
+        segments = segments[[c for c in schema.SEGMENT_COLUMNS if c in segments.columns]]
+        features, statuses, errors = _sample_npy(folder, files, segments, feature_rate, num_clips)
+        info = _import_info(backbone, "npy", folder)
+        info["input"]["feature_rate"] = feature_rate
+        blocks = {
+            modality: _block(folder, modality, features, len(segments), info, statuses, errors)
+        }
+        rows = _check_import(store, segments, blocks, folder)
+        return _commit_import(
+            out,
+            store,
+            rows,
+            source=folder,
+            sha=sha,
+            fmt="npy",
+            segments=segments,
+            blocks=blocks,
+            domain=domain,
+            split=split,
+            chunk_rows=chunk_rows,
+        )
+
+
+def _sample_npy(
+    folder: Path, files: list[Path], segments: pd.DataFrame, feature_rate: float, num_clips: int
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """(n, K, D) features of ``segments`` from ``<video_id>.npy``; statuses and errors
+    (MISSING for a video without a file)."""
     by_name = {p.stem: p for p in files}
     dims = {np.load(p, mmap_mode="r").shape[-1] for p in files[:1]}
     D = dims.pop()
@@ -566,14 +767,7 @@ def import_npy(
             times = start + (np.arange(num_clips) + 0.5) * (stop - start) / num_clips
             index = np.clip(np.round(times * feature_rate - 0.5).astype(int), 0, len(values) - 1)
             features[i] = values[index]
-    store = _open_or_create(out, chunk_rows, "npy")
-    rows = _rows_for(store, segments, folder)
-    info = _import_info(backbone, "npy", folder)
-    info["input"]["feature_rate"] = feature_rate
-    _write_modality(store, modality, rows, features, info, statuses, errors)
-    _mark_absent(store, rows, {modality}, folder)
-    _record_import(store, folder, sha, "npy", rows, domain, split)
-    return ImportResult(out, folder, len(rows), [modality])
+    return features, statuses, errors
 
 
 # --------------------------------------------------------------------------- export
@@ -592,65 +786,77 @@ def export_h5(
     """
     import h5py
 
-    store = open_cache(store_path)
-    out = Path(out)
-    chosen = list(modalities) if modalities else store.modalities
-    for modality in chosen:
-        store.modality_info(modality)
-    N, step = store.num_segments, store.chunk_rows
-    temporary = _export_target(out)
-    with _removed_on_error(temporary), h5py.File(temporary, "w") as handle:
-        handle.attrs["format"] = H5_FORMAT
-        handle.attrs["format_version"] = H5_FORMAT_VERSION
-        handle.attrs[schema.ROOT_ATTRIBUTE] = json.dumps(store.provenance)
-        segments = store.segments
-        group = handle.create_group(schema.SEGMENTS_GROUP)
-        for name, kind in schema.SEGMENT_COLUMNS.items():
-            if name not in segments.columns:
-                continue
-            column = segments[name]
-            if kind == "str":
-                values = column.fillna("").astype(str).to_numpy(dtype=object)
-                group.create_dataset(name, data=values, dtype=h5py.string_dtype())
-            elif kind == "int":
-                group.create_dataset(name, data=column.fillna(schema.MISSING_CLASS).astype("int64"))
-            else:
-                group.create_dataset(name, data=column.astype("float64").to_numpy())
+    with store_lock(store_path, what=EXPORT_LOCK, shared=True):
+        store = open_cache(store_path)
+        out = Path(out)
+        chosen = list(modalities) if modalities else store.modalities
         for modality in chosen:
-            _copy_chunked(
-                handle, schema.FEATURES_GROUP, modality, store.features(modality), step, compression
-            )
-            status = store.status_array(modality)
-            _copy_chunked(handle, schema.STATUS_GROUP, modality, status, step, None)
-            errors = handle.require_group(schema.ERRORS_GROUP).create_dataset(
-                modality, shape=(N,), dtype=h5py.string_dtype()
-            )
-            source = store.errors_array(modality)
-            for start in range(0, N, step):
-                errors[start : start + step] = np.asarray(
-                    source[start : start + step].tolist(), dtype=object
-                )
-            if store.has_spatial(modality):
-                _copy_chunked(
-                    handle,
-                    schema.SPATIAL_GROUP,
-                    modality,
-                    store.spatial(modality),
-                    store.spatial_chunk_rows(modality),
-                    compression,
-                )
-    os.replace(temporary, out)
+            store.modality_info(modality)
+        temporary = _export_target(out)
+        with _removed_on_error(temporary), h5py.File(temporary, "w") as handle:
+            _write_h5(handle, store, chosen, compression)
+        os.replace(temporary, out)
     return out
 
 
-def _copy_chunked(handle, group: str, name: str, array, step: int, compression: str | None):
-    N = array.shape[0]
+def _write_h5(handle, store: FeatureCache, chosen: list[str], compression: str | None) -> None:
+    import h5py
+
+    N, step = store.num_segments, store.chunk_rows
+    handle.attrs["format"] = H5_FORMAT
+    handle.attrs["format_version"] = H5_FORMAT_VERSION
+    handle.attrs[schema.ROOT_ATTRIBUTE] = json.dumps(store.provenance)
+    segments = store.segments
+    group = handle.create_group(schema.SEGMENTS_GROUP)
+    for name, kind in schema.SEGMENT_COLUMNS.items():
+        if name not in segments.columns:
+            continue
+        column = segments[name]
+        if kind == "str":
+            values = column.fillna("").astype(str).to_numpy(dtype=object)
+            group.create_dataset(name, data=values, dtype=h5py.string_dtype())
+        elif kind == "int":
+            group.create_dataset(name, data=column.fillna(schema.MISSING_CLASS).astype("int64"))
+        else:
+            group.create_dataset(name, data=column.astype("float64").to_numpy())
+    for modality in chosen:
+        # Status before features: shards (which may write while an export reads) write a
+        # row's features before its status, so a row read as done has its features.
+        status = store.status_array(modality)
+        _copy_chunked(handle, schema.STATUS_GROUP, modality, status, N, step, None)
+        errors = handle.require_group(schema.ERRORS_GROUP).create_dataset(
+            modality, shape=(N,), dtype=h5py.string_dtype()
+        )
+        source = store.errors_array(modality)
+        for start in range(0, N, step):
+            stop = min(start + step, N)
+            errors[start:stop] = np.asarray(source[start:stop].tolist(), dtype=object)
+        features = store.features(modality)
+        _copy_chunked(handle, schema.FEATURES_GROUP, modality, features, N, step, compression)
+        if store.has_spatial(modality):
+            _copy_chunked(
+                handle,
+                schema.SPATIAL_GROUP,
+                modality,
+                store.spatial(modality),
+                N,
+                store.spatial_chunk_rows(modality),
+                compression,
+            )
+
+
+def _copy_chunked(
+    handle, group: str, name: str, array, N: int, step: int, compression: str | None
+) -> None:
+    """Copy the first ``N`` (committed) rows of ``array`` ``step`` rows at a time."""
+    shape = (N, *array.shape[1:])
     chunks = (max(1, min(step, N)), *array.shape[1:]) if N else None
     dataset = handle.require_group(group).create_dataset(
-        name, shape=array.shape, dtype=array.dtype, chunks=chunks, compression=compression
+        name, shape=shape, dtype=array.dtype, chunks=chunks, compression=compression
     )
     for start in range(0, N, step):
-        dataset[start : start + step] = array[start : start + step]
+        stop = min(start + step, N)
+        dataset[start:stop] = array[start:stop]
 
 
 def export_epic_pickle(
@@ -665,7 +871,13 @@ def export_epic_pickle(
 
     Pickle holds everything in memory: export one split at a time.
     """
-    store = open_cache(store_path)
+    with store_lock(store_path, what=EXPORT_LOCK, shared=True):
+        return _export_epic_pickle(open_cache(store_path), Path(out), domain, split)
+
+
+def _export_epic_pickle(
+    store: FeatureCache, out: Path, domain: str | None, split: str | None
+) -> Path:
     segments = store.segments
     keep = np.ones(len(segments), dtype=bool)
     if domain is not None:
@@ -681,7 +893,6 @@ def export_epic_pickle(
         for m in sorted(store.modalities, key=lambda m: list(names).index(m) if m in names else 9)
     }
     data = {"features": features, "narration_ids": segments["uid"].iloc[rows].astype(str).tolist()}
-    out = Path(out)
     temporary = _export_target(out)
     with _removed_on_error(temporary), open(temporary, "wb") as handle:
         pickle.dump(data, handle, protocol=4)

@@ -1,14 +1,21 @@
 """Create, open, write and read avda feature caches (Zarr v3).
 
 Writers put features first and the per-segment status second, so a reader (or a resumed
-extraction) trusts exactly the rows whose status is DONE.
+extraction) trusts exactly the rows whose status is DONE. Appends (``avda cache import``) write
+rows past ``num_segments`` and then commit them with one write of the provenance; readers read
+the first ``num_segments`` rows of every array only, so an append in progress (or killed) is
+invisible until that commit, and :meth:`FeatureCache.repair` removes its traces.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import glob
 import json
 import logging
+import os
+import secrets
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -18,7 +25,7 @@ import pandas as pd
 import zarr
 
 import avda
-from avda.cache import schema
+from avda.cache import faults, schema
 from avda.cache.schema import Status
 from avda.errors import CacheError
 
@@ -69,23 +76,28 @@ class FeatureCache:
 
     @property
     def segments(self) -> pd.DataFrame:
-        """The segment table, aligned with the feature rows."""
+        """The segment table (the committed ``num_segments`` rows), aligned with the features."""
         if self._segments is None:
-            group = self._group[schema.SEGMENTS_GROUP]
-            columns = {}
-            for name, kind in schema.SEGMENT_COLUMNS.items():
-                if name not in group:
-                    continue
-                values = group[name][:]
-                if kind == "str":
-                    columns[name] = pd.array(values.tolist(), dtype="string")
-                elif kind == "int":
-                    series = pd.Series(values.astype("int64"))
-                    columns[name] = series.where(series != schema.MISSING_CLASS).astype("Int64")
-                else:
-                    columns[name] = values.astype("float64")
-            self._segments = pd.DataFrame(columns)
+            self._segments = self.read_segments(self.num_segments)
         return self._segments
+
+    def read_segments(self, rows: int) -> pd.DataFrame:
+        """The first ``rows`` rows of the segment table (past ``num_segments``: an append
+        not committed yet, read by that append itself)."""
+        group = self._group[schema.SEGMENTS_GROUP]
+        columns = {}
+        for name, kind in schema.SEGMENT_COLUMNS.items():
+            if name not in group:
+                continue
+            values = group[name][:rows]
+            if kind == "str":
+                columns[name] = pd.array(values.tolist(), dtype="string")
+            elif kind == "int":
+                series = pd.Series(values.astype("int64"))
+                columns[name] = series.where(series != schema.MISSING_CLASS).astype("Int64")
+            else:
+                columns[name] = values.astype("float64")
+        return pd.DataFrame(columns)
 
     # ----------------------------------------------------------------- modalities
     def add_modality(
@@ -96,13 +108,18 @@ class FeatureCache:
         num_features: int,
         info: dict[str, Any],
         spatial_shape: Sequence[int] | None = None,
-    ) -> None:
-        """Create the arrays of a new modality (all rows pending).
+        register: bool = True,
+        rows: int | None = None,
+    ) -> dict[str, Any]:
+        """Create the arrays of a new modality (all rows pending); returns its provenance entry.
 
         ``spatial_shape`` (C, H, W): also create ``spatial/<modality>`` ``(N, K, C, H, W)``,
         chunked by a divisor of ``chunk_rows`` that keeps a chunk under 64 MiB.
+        ``register=False`` (an append, which commits the entry with its rows): the arrays are
+        made (``rows`` long, default N) but the provenance does not list them yet, so readers
+        do not see them and :meth:`repair` removes them if the append never commits.
         """
-        N = self.num_segments
+        N = self.num_segments if rows is None else rows
         chunk = self.chunk_rows  # min(chunk_rows, N) at creation, unless the store grows
         if spatial_shape is not None:
             spatial_shape = tuple(int(s) for s in spatial_shape)
@@ -139,10 +156,12 @@ class FeatureCache:
             modality, shape=(N,), chunks=(chunk,), dtype=str, overwrite=True
         )
         errors[:] = np.full(N, "", dtype=object)
-        provenance = self.provenance
         entry = {"num_clips": num_clips, "num_features": num_features, **info}
-        provenance["modalities"] = {**provenance["modalities"], modality: entry}
-        self._set_provenance(provenance)
+        if register:
+            provenance = self.provenance
+            provenance["modalities"] = {**provenance["modalities"], modality: entry}
+            self._set_provenance(provenance)
+        return entry
 
     def update_modality_info(self, modality: str, **fields: Any) -> None:
         """Add or change provenance fields of an existing modality."""
@@ -153,7 +172,7 @@ class FeatureCache:
 
     def status(self, modality: str) -> np.ndarray:
         self.modality_info(modality)
-        return self._group[schema.STATUS_GROUP][modality][:]
+        return self._group[schema.STATUS_GROUP][modality][: self.num_segments]
 
     def status_array(self, modality: str) -> zarr.Array:
         """The lazily read ``status/<modality>`` array (N,) int8."""
@@ -166,7 +185,8 @@ class FeatureCache:
         return self._group[schema.ERRORS_GROUP][modality]
 
     def errors(self, modality: str) -> np.ndarray:
-        return np.array(self._group[schema.ERRORS_GROUP][modality][:].tolist(), dtype=object)
+        values = self._group[schema.ERRORS_GROUP][modality][: self.num_segments]
+        return np.array(values.tolist(), dtype=object)
 
     def failures(self) -> pd.DataFrame:
         """One row per failed (segment, modality): uid, video_id, modality, error."""
@@ -219,9 +239,9 @@ class FeatureCache:
             hint = self._nonfinite_hint(modality)
             for i in np.flatnonzero(bad):
                 errors[i] = nonfinite_error("features", features[i], stored[i], hint)
-                log.warning(
-                    "segment %s (%s): %s", self.segments["uid"].iloc[start + i], modality, errors[i]
-                )
+                segments = self.segments
+                uid = segments["uid"].iloc[start + i] if start + i < len(segments) else start + i
+                log.warning("segment %s (%s): %s", uid, modality, errors[i])
             stored[bad] = 0
             statuses[bad] = Status.FAILED
         self._group[schema.FEATURES_GROUP][modality][start:stop] = stored
@@ -230,9 +250,10 @@ class FeatureCache:
 
     def _nonfinite_hint(self, modality: str) -> str:
         """How to fix non-finite rows of ``modality``: re-extract, or (imported) re-import."""
-        source = (self.modality_info(modality).get("input") or {}).get("source")
+        entry = self.provenance["modalities"].get(modality) or {"input": {"source": "import"}}
+        source = (entry.get("input") or {}).get("source")
         if source == "import":
-            return "fix the imported file and import it into a new store"
+            return NONFINITE_IMPORT_HINT
         return NONFINITE_EXTRACT_HINT
 
     def nonfinite_rows(
@@ -311,6 +332,30 @@ class FeatureCache:
                 found[f"{group_name}/{name}"] = array
         return found
 
+    def repair(self) -> None:
+        """Remove the traces of an append that never committed (a killed ``avda cache import``):
+        arrays of modalities the provenance does not list, and rows past ``num_segments``.
+
+        Only a writer holding the store's exclusive lock (:mod:`avda.cache.lock`) calls this.
+        """
+        known = set(self.provenance["modalities"])
+        for group_name in (
+            schema.FEATURES_GROUP,
+            schema.STATUS_GROUP,
+            schema.ERRORS_GROUP,
+            schema.SPATIAL_GROUP,
+        ):
+            if group_name not in self._group:
+                continue
+            group = self._group[group_name]
+            for name in [name for name, _ in group.arrays() if name not in known]:
+                log.warning(
+                    "%s: removing %s/%s (an import that never committed)",
+                    *(self.path, group_name, name),
+                )
+                del group[name]
+        self.repair_length()
+
     def repair_length(self) -> None:
         """Cut arrays longer than ``num_segments`` back (an append killed before its commit)."""
         N = self.num_segments
@@ -325,12 +370,14 @@ class FeatureCache:
                 )
                 array.resize((N, *array.shape[1:]))
 
-    def append_segments(self, segments: pd.DataFrame) -> np.ndarray:
+    def append_segments(self, segments: pd.DataFrame, *, commit: bool = True) -> np.ndarray:
         """Append segments (all modalities pending); returns their row numbers.
 
         Every array is resized along N, its chunk shape unchanged: the last, partly filled chunk
         fills up and new chunks follow. ``num_segments`` in the provenance is updated last, so
         it is the commit point: :meth:`repair_length` undoes an append that did not reach it.
+        ``commit=False``: leave ``num_segments`` alone (the caller commits it later, together
+        with everything else it writes, in one provenance write).
         """
         self.repair_length()
         old = self.num_segments
@@ -372,9 +419,10 @@ class FeatureCache:
                 array[old:new] = -1
             else:
                 array[old:new] = 0
-        provenance = self.provenance
-        provenance["num_segments"] = new
-        self._set_provenance(provenance)
+        if commit:
+            provenance = self.provenance
+            provenance["num_segments"] = new
+            self._set_provenance(provenance)
         self._segments = None
         return np.arange(old, new)
 
@@ -416,7 +464,7 @@ class FeatureCache:
         ``check_finite``: raise :class:`CacheError` when a loaded value is NaN/inf (a store
         written before avda refused them, or edited), naming the rows and the fix.
         """
-        values = _read_rows(self.features(modality), rows, clips)
+        values = _read_rows(self.features(modality), rows, clips, self.num_segments)
         if check_finite:
             self._refuse_nonfinite(modality, values, rows, spatial=False)
         return values
@@ -449,7 +497,7 @@ class FeatureCache:
         """A dask array over the Zarr chunks, for caches larger than memory."""
         import dask.array as da
 
-        return da.from_zarr(self.features(modality))
+        return da.from_zarr(self.features(modality))[: self.num_segments]
 
     # ----------------------------------------------------------------- derived arrays (read)
     def read_clusters(self, modality: str) -> tuple[np.ndarray, dict[str, Any]] | None:
@@ -463,7 +511,8 @@ class FeatureCache:
         if modality not in group:
             return None
         array = group[modality]
-        return array[:].astype(np.int64), dict(array.attrs.get(schema.CLUSTERS_ATTRIBUTE, {}))
+        ids = array[: self.num_segments].astype(np.int64)
+        return ids, dict(array.attrs.get(schema.CLUSTERS_ATTRIBUTE, {}))
 
     def has_spatial(self, modality: str) -> bool:
         """Whether spatial maps ``spatial/<modality>`` (N, K, C, *S) are stored."""
@@ -483,7 +532,7 @@ class FeatureCache:
     def load_spatial(self, modality: str, rows: np.ndarray | None = None) -> np.ndarray:
         """Spatial maps of ``rows`` (all if None) in memory as float32 ``(n, K, C, *S)``;
         NaN/inf raise :class:`CacheError` like :meth:`load`."""
-        maps = _read_rows(self.spatial(modality), rows)
+        maps = _read_rows(self.spatial(modality), rows, None, self.num_segments)
         self._refuse_nonfinite(modality, maps, rows, spatial=True)
         return maps
 
@@ -531,6 +580,7 @@ class FeatureCache:
 # Start of the error message of a row refused for NaN/inf values (see nonfinite_error).
 NONFINITE_PREFIX = "non-finite "
 NONFINITE_EXTRACT_HINT = "check the weights / input, then --retry-failed"
+NONFINITE_IMPORT_HINT = "fix the imported file and import it into a new store"
 
 
 def nonfinite_error(what: str, values: np.ndarray, stored: np.ndarray, hint: str) -> str:
@@ -570,16 +620,19 @@ def _divisor_rows(chunk_rows: int, row_bytes: int, limit: int = 64 * 2**20) -> i
 
 
 def _read_rows(
-    array: zarr.Array, rows: np.ndarray | None, clips: np.ndarray | None = None
+    array: zarr.Array,
+    rows: np.ndarray | None,
+    clips: np.ndarray | None = None,
+    num_rows: int | None = None,
 ) -> np.ndarray:
-    """Rows of a row-chunked array (all if None) in memory as float32, keeping only ``clips``
-    along the second axis when given.
+    """Rows of a row-chunked array (all ``num_rows`` if None) in memory as float32, keeping
+    only ``clips`` along the second axis when given.
 
     Reads the covering range chunk-wise, then selects: far faster than point reads. The
     selection runs on the stored dtype, so only what is kept is converted to float32.
     """
     if rows is None:
-        block = array[:]
+        block = array[:num_rows]
     else:
         rows = np.asarray(rows)
         if len(rows) == 0:
@@ -619,12 +672,57 @@ def create(
 
     ``shrink_chunks``: a store with fewer than ``chunk_rows`` segments uses chunks of N rows;
     stores that will grow by appending (``avda cache import``) pass False.
+
+    The store is built under a hidden name next to ``path`` (``.<name>.creating-<pid>-<hex>``)
+    and renamed into place when complete, so ``path`` is either absent or a whole store: a
+    process killed while creating leaves only that hidden folder, which
+    :func:`remove_partial_creations` deletes (writers call it under the store's lock).
     """
     path = Path(path)
     if path.exists():
         raise CacheError(f"{path} already exists; open it, or remove it to start a new cache")
     if chunk_rows < 1:
         raise CacheError(f"chunk_rows must be >= 1, got {chunk_rows}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f"{_CREATING_PREFIX.format(name=path.name)}{os.getpid()}-")
+    partial = partial.with_name(partial.name + secrets.token_hex(4))
+    try:
+        _build(partial, segments, manifest_sha256, recipe, chunk_rows, shrink_chunks)
+        faults.checkpoint("store-built")
+        try:
+            os.rename(partial, path)
+        except OSError as exc:  # another process made ``path`` meanwhile
+            raise CacheError(
+                f"{path} already exists; open it, or remove it to start a new cache"
+            ) from exc
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    return FeatureCache(path, zarr.open_group(str(path), mode="r+"))
+
+
+_CREATING_PREFIX = ".{name}.creating-"
+
+
+def remove_partial_creations(path: str | Path) -> None:
+    """Delete what :func:`create` calls killed half-way left next to ``path``."""
+    path = Path(path)
+    prefix = _CREATING_PREFIX.format(name=path.name)
+    if not path.parent.is_dir():
+        return
+    for leftover in path.parent.glob(f"{glob.escape(prefix)}*"):
+        log.warning("removing %s (a store creation that was killed)", leftover)
+        shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _build(
+    path: Path,
+    segments: pd.DataFrame,
+    manifest_sha256: str,
+    recipe: dict[str, Any],
+    chunk_rows: int,
+    shrink_chunks: bool,
+) -> None:
     group = zarr.open_group(str(path), mode="w-", zarr_format=3)
     N = len(segments)
     chunk = min(chunk_rows, max(N, 1)) if shrink_chunks else chunk_rows
@@ -649,7 +747,6 @@ def create(
         "modalities": {},
     }
     group.attrs[schema.ROOT_ATTRIBUTE] = provenance
-    return FeatureCache(path, group)
 
 
 def open_cache(path: str | Path, *, mode: str = "r") -> FeatureCache:

@@ -32,6 +32,7 @@ import torch
 from tqdm import tqdm
 
 from avda import cache as cache_lib
+from avda.cache.lock import store_lock
 from avda.dask_support import connect
 from avda.data_manifests import schema as manifest_schema
 from avda.errors import AvdaError, ConfigError
@@ -116,20 +117,24 @@ def extract_distributed(
     inputs.check([m.modality for m in modalities])
     segments = manifest_schema.normalise(manifest)
     built = [runner._build_model(spec, recipe) for spec in modalities]  # refuse misfits first
-    store = runner.open_or_create_store(
-        Path(out),
-        segments,
-        manifest_schema.fingerprint(manifest),
-        recipe,
-        chunk_rows=chunk_rows,
-        force=force,
-    )
-    for spec, model in zip(modalities, built, strict=True):
-        # Every array and provenance entry exists before any task starts.
-        runner.prepare_modality(store, spec, recipe, inputs, force=force, model=model)
+    # The store is set up under its exclusive lock (a --force move included), then the run
+    # holds it shared, as its shard tasks do (avda.cache.lock).
+    with store_lock(out, what="avda extract --scheduler"):
+        store = runner.open_or_create_store(
+            Path(out),
+            segments,
+            manifest_schema.fingerprint(manifest),
+            recipe,
+            chunk_rows=chunk_rows,
+            force=force,
+        )
+        for spec, model in zip(modalities, built, strict=True):
+            # Every array and provenance entry exists before any task starts.
+            runner.prepare_modality(store, spec, recipe, inputs, force=force, model=model)
     del built
 
     with ExitStack() as stack:
+        stack.enter_context(store_lock(out, what="avda extract --scheduler", shared=True))
         if client is not None:
             count = max(1, len(client.scheduler_info().get("workers", {})))
             threads = None

@@ -40,7 +40,9 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from avda import cache as cache_lib
-from avda.cache import FeatureCache, Status
+from avda.cache import FeatureCache, Status, faults
+from avda.cache.lock import store_lock
+from avda.cache.store import remove_partial_creations
 from avda.data_manifests import schema as manifest_schema
 from avda.errors import CacheError, ConfigError, MediaError
 from avda.extract import backbones
@@ -143,6 +145,7 @@ def open_or_create_store(
     force: bool,
 ) -> FeatureCache:
     """Resume a compatible store, refuse an incompatible one (unless ``force``), or create."""
+    remove_partial_creations(out)  # the caller holds the store's lock
     if out.exists():
         store = cache_lib.open_cache(out, mode="a")
         prov = store.provenance
@@ -332,9 +335,11 @@ def extract(
     """Extract ``modalities`` for every manifest row into the store ``out`` (resuming).
 
     ``shard=(i, n)``: only the rows of chunks ``c`` with ``c % n == i``; shard processes started
-    together create the store once (a lock file ``<out>.lock`` next to it; on file systems
-    without working locks run ``prepare_only=True`` once first). ``prepare_only``: create the
-    store and every modality's arrays, extract nothing.
+    together create the store once (a lock file ``<out>.create.lock`` next to it; on file
+    systems without working locks run ``prepare_only=True`` once first). An unsharded run holds
+    the store's lock (:mod:`avda.cache.lock`) exclusively, shards hold it shared: a second
+    unsharded run, an import or ``avda cluster`` on the same store is refused in one line.
+    ``prepare_only``: create the store and every modality's arrays, extract nothing.
 
     Inputs: ``videos`` (video files; RGB and the audio track), ``frames`` (EPIC-style RGB JPEG
     folders), ``flow`` (u/v JPEG folders), ``audio`` (audio files per video). ``precision``
@@ -363,49 +368,56 @@ def extract(
     resolved = resolve_precision(precision, device)
     # Models first: a recipe the backbone cannot take is refused before any store exists.
     built = [_build_model(spec, recipe) for spec in modalities]
-    # Shards started together create the store and its arrays once, under a lock.
-    with _creation_lock(out) if shard is not None else contextlib.nullcontext():
-        store = open_or_create_store(
-            out,
-            segments,
-            manifest_schema.fingerprint(manifest),
-            recipe,
-            chunk_rows=chunk_rows,
-            force=force,
-        )
-        models = []
-        for spec, model in zip(modalities, built, strict=True):
-            models.append(prepare_modality(store, spec, recipe, inputs, force=force, model=model))
-            if not prepare_only:
-                check_precision(store, spec.modality, resolved, device=device, force=force)
-    if prepare_only:
+    # One writer at a time (avda.cache.lock): an unsharded run holds the store's lock
+    # exclusively; the shards of one extraction share it (they write disjoint chunks) and set
+    # the store up once, under <out>.create.lock.
+    with store_lock(out, what="avda extract", shared=shard is not None):
+        with _creation_lock(out) if shard is not None else contextlib.nullcontext():
+            store = open_or_create_store(
+                out,
+                segments,
+                manifest_schema.fingerprint(manifest),
+                recipe,
+                chunk_rows=chunk_rows,
+                force=force,
+            )
+            models = []
+            for spec, model in zip(modalities, built, strict=True):
+                models.append(
+                    prepare_modality(store, spec, recipe, inputs, force=force, model=model)
+                )
+                if not prepare_only:
+                    check_precision(store, spec.modality, resolved, device=device, force=force)
+        faults.checkpoint("extract-opened")
+        if prepare_only:
+            return summarise(store, [m.modality for m in modalities], began, shard=shard)
+        for spec, model in zip(modalities, models, strict=True):
+            _extract_modality(
+                store,
+                segments,
+                spec,
+                model,
+                inputs=inputs,
+                recipe=recipe,
+                batch_size=batch_size,
+                workers=workers,
+                device=device,
+                retry_failed=retry_failed,
+                shard=shard,
+                progress=progress,
+                precision=resolved,
+            )
         return summarise(store, [m.modality for m in modalities], began, shard=shard)
-    for spec, model in zip(modalities, models, strict=True):
-        _extract_modality(
-            store,
-            segments,
-            spec,
-            model,
-            inputs=inputs,
-            recipe=recipe,
-            batch_size=batch_size,
-            workers=workers,
-            device=device,
-            retry_failed=retry_failed,
-            shard=shard,
-            progress=progress,
-            precision=resolved,
-        )
-    return summarise(store, [m.modality for m in modalities], began, shard=shard)
 
 
 @contextlib.contextmanager
 def _creation_lock(out: Path) -> Iterator[None]:
-    """An exclusive lock on ``<out>.lock`` (POSIX ``flock``), held while the store is set up."""
+    """An exclusive lock on ``<out>.create.lock`` (POSIX ``flock``, waited for), held while
+    the shards of one extraction set the store up (each also holds the store lock shared)."""
     import fcntl
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out.with_name(f"{out.name}.lock"), "a") as handle:
+    with open(out.with_name(f"{out.name}.create.lock"), "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield

@@ -45,6 +45,7 @@ from sklearn.cluster import KMeans
 
 import avda
 from avda.cache import open_cache
+from avda.cache.lock import store_lock
 from avda.errors import CacheError, ConfigError
 
 log = logging.getLogger(__name__)
@@ -334,66 +335,68 @@ def cluster_store(
 
     if max_clusters < 1:
         raise ConfigError(f"--max-k must be >= 1, got {max_clusters}")
-    store = open_cache(path, mode="r+")
-    store.modality_info(modality)
-    column = _task_column(task)
-    segments = store.segments
-    if column not in segments:
-        raise CacheError(
-            f"cache {store.path} has no {column!r} column: clusters are made per {task} class"
-        )
-    labelled = segments[column].notna().to_numpy() & (segments["split"] == split).to_numpy()
-    if source:
-        check_domains(store, source, "source")
-        groups_domains = [sorted(source)]
-    else:
-        groups_domains = [[d] for d in sorted(segments["domain"][labelled].unique())]
-    if not groups_domains:
-        raise CacheError(
-            f"cache {store.path} has no labelled {split!r} segments to cluster; "
-            "check --source and the manifest's class columns"
-        )
-    settings = cluster_settings(
-        task=task,
-        split=split,
-        max_clusters=max_clusters,
-        knee=knee,
-        n_init=n_init,
-        random_state=random_state,
-    )
-    groups = []
-    for domains in tqdm(groups_domains, desc="cluster", unit="domain", disable=not progress):
-        rows = select_rows(store, domains, [split], [modality])
-        rows = rows[segments[column].iloc[rows].notna().to_numpy()]
-        if len(rows) == 0:
+    open_cache(path)  # a missing / foreign store is refused before a lock file is made
+    with store_lock(path, what="avda cluster"):
+        store = open_cache(path, mode="r+")
+        store.modality_info(modality)
+        column = _task_column(task)
+        segments = store.segments
+        if column not in segments:
             raise CacheError(
-                f"domain(s) {domains} have no extracted, labelled {split!r} segments "
-                f"with {modality!r} features in {store.path}"
+                f"cache {store.path} has no {column!r} column: clusters are made per {task} class"
             )
-        features = store.load(modality, rows).mean(axis=1)  # (n, K, D) -> (n, D)
-        classes = segments[column].iloc[rows].to_numpy(dtype=np.int64)
-        per_class = cluster_per_class(
-            features,
-            classes,
+        labelled = segments[column].notna().to_numpy() & (segments["split"] == split).to_numpy()
+        if source:
+            check_domains(store, source, "source")
+            groups_domains = [sorted(source)]
+        else:
+            groups_domains = [[d] for d in sorted(segments["domain"][labelled].unique())]
+        if not groups_domains:
+            raise CacheError(
+                f"cache {store.path} has no labelled {split!r} segments to cluster; "
+                "check --source and the manifest's class columns"
+            )
+        settings = cluster_settings(
+            task=task,
+            split=split,
             max_clusters=max_clusters,
             knee=knee,
             n_init=n_init,
             random_state=random_state,
-            rows=rows,
         )
-        groups.append(ClusterGroup(domains=list(domains), classes=per_class))
-        log.info(
-            "clusters for %s: %s",
-            group_key(domains),
-            {c: g.n_clusters for c, g in per_class.items()},
-        )
+        groups = []
+        for domains in tqdm(groups_domains, desc="cluster", unit="domain", disable=not progress):
+            rows = select_rows(store, domains, [split], [modality])
+            rows = rows[segments[column].iloc[rows].notna().to_numpy()]
+            if len(rows) == 0:
+                raise CacheError(
+                    f"domain(s) {domains} have no extracted, labelled {split!r} segments "
+                    f"with {modality!r} features in {store.path}"
+                )
+            features = store.load(modality, rows).mean(axis=1)  # (n, K, D) -> (n, D)
+            classes = segments[column].iloc[rows].to_numpy(dtype=np.int64)
+            per_class = cluster_per_class(
+                features,
+                classes,
+                max_clusters=max_clusters,
+                knee=knee,
+                n_init=n_init,
+                random_state=random_state,
+                rows=rows,
+            )
+            groups.append(ClusterGroup(domains=list(domains), classes=per_class))
+            log.info(
+                "clusters for %s: %s",
+                group_key(domains),
+                {c: g.n_clusters for c, g in per_class.items()},
+            )
 
-    clusters, info = _merge(store, modality, groups, settings)
-    store.write_clusters(modality, clusters, info)
-    result = ClusterResult(store=store.path, modality=modality, groups=groups)
-    if plot_dir is not None:
-        result.plots = plot_elbows(result, plot_dir)
-    return result
+        clusters, info = _merge(store, modality, groups, settings)
+        store.write_clusters(modality, clusters, info)
+        result = ClusterResult(store=store.path, modality=modality, groups=groups)
+        if plot_dir is not None:
+            result.plots = plot_elbows(result, plot_dir)
+        return result
 
 
 def _merge(store, modality: str, groups: list[ClusterGroup], settings: dict[str, Any]):

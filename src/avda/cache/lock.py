@@ -1,0 +1,195 @@
+"""One lock per feature store, taken by every command that writes it (or must not read it
+half-written).
+
+The lock is an advisory ``flock`` on the file ``<store>.lock`` next to the store (a sibling,
+not inside it: an import that creates the store must hold the lock before the store exists):
+
+- **exclusive** (``shared=False``): ``avda cache import``, ``avda cluster``, an unsharded
+  ``avda extract`` (and ``--force``, which moves the store aside). One writer, nobody else.
+- **shared** (``shared=True``): the shards of one extraction (``--shard i/n``, Dask tasks and
+  their client), which write disjoint chunks and may run together, and ``avda cache export``,
+  which reads. Shared holders exclude exclusive ones and nothing else.
+
+A command that cannot get the lock stops at once with one line (:class:`StoreBusyError`, exit
+1) naming the holder: ``cache X is being written by pid N on host H since T (avda cache import);
+wait for it to finish, then run the command again``. ``AVDA_LOCK_WAIT=<seconds>`` makes it wait
+that long for the lock first (polling), for scripts that queue commands on purpose.
+
+Why ``flock`` rather than a lock file created with ``O_CREAT | O_EXCL``: the lock belongs to the
+open file, so the kernel drops it when its process ends for any reason (``kill -9``, OOM, a
+crash, a reboot), and a stale lock cannot exist. A lock *file* outlives a killed process and
+needs a stale-lock rule (is pid N alive? only answerable on the same host), which is exactly the
+moment an interrupted import is rerun. ``flock`` also has a shared mode, which shards need. On
+Linux NFS clients ``flock`` is carried by the NFS lock protocol (NLM / NFSv4 locks) and holds
+across hosts; a file system without working locks (some Lustre or old NFS mounts) makes
+``flock`` fail with ENOLCK / EOPNOTSUPP: avda then warns and goes on unlocked (the protection of
+this module is off there; run one writer at a time). The file ``<store>.lock`` is never
+deleted: its content (holder pid, host, time, command) is only a message for the next
+process; whether the store is locked is the ``flock`` alone, so a leftover file is harmless.
+Deleting it while a writer runs would let a second writer in: don't.
+
+Locks are per open file: two threads (or two nested calls) of one process taking the same
+store's lock conflict like two processes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import errno
+import json
+import logging
+import os
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from avda.errors import CacheError
+
+log = logging.getLogger(__name__)
+
+WAIT_ENV = "AVDA_LOCK_WAIT"
+_UNSUPPORTED = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL}
+
+
+class StoreBusyError(CacheError):
+    """Another process holds the store's lock."""
+
+
+def lock_path(store: str | Path) -> Path:
+    """The lock file of ``store``: ``<store>.lock`` next to it."""
+    store = Path(store)
+    return store.with_name(f"{store.name}.lock")
+
+
+def _wait_seconds() -> float:
+    raw = os.environ.get(WAIT_ENV, "").strip()
+    if not raw:
+        return 0.0
+    try:
+        return max(0.0, float(raw))
+    except ValueError:
+        raise CacheError(f"{WAIT_ENV}={raw!r} is not a number of seconds") from None
+
+
+@contextlib.contextmanager
+def store_lock(
+    store: str | Path, *, what: str, shared: bool = False, wait: float | None = None
+) -> Iterator[None]:
+    """Hold the lock of ``store`` (exclusive, or ``shared``) for the ``with`` block.
+
+    ``what`` names the command for the message another process gets (``avda cache import``).
+    ``wait``: seconds to wait for the lock (default ``$AVDA_LOCK_WAIT``, else 0: refuse at once).
+    """
+    import fcntl
+
+    store = Path(store)
+    path = lock_path(store)
+    wait = _wait_seconds() if wait is None else wait
+    if shared and not store.exists():  # the reader fails on its own; leave no lock file behind
+        yield
+        return
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as exc:
+        if shared and exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            # A store in a read-only place: nobody can write it, reading needs no lock.
+            log.debug("cannot create %s (%s): reading %s unlocked", path, exc, store)
+            yield
+            return
+        raise
+    try:
+        mode = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(fd, mode | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise StoreBusyError(_busy_message(store, path, fd)) from None
+                time.sleep(0.2)
+            except OSError as exc:
+                if exc.errno not in _UNSUPPORTED:
+                    raise
+                log.warning(
+                    "%s: the file system does not support locks (%s); going on without the "
+                    "store lock: run one writer at a time",
+                    *(path, exc.strerror),
+                )
+                break
+        _write_holder(fd, what, shared)
+        yield
+        if not shared:  # the record names the holder only while it holds the lock
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, 0)
+    finally:
+        os.close(fd)  # releases the flock
+
+
+def _write_holder(fd: int, what: str, shared: bool) -> None:
+    holder = {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "since": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        "command": what,
+        "mode": "read" if shared else "write",
+    }
+    data = (json.dumps(holder) + "\n").encode()
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, data, 0)
+    except OSError as exc:  # the message is a courtesy; the flock is what counts
+        log.debug("cannot record the lock holder: %s", exc)
+
+
+def _read_holder(fd: int) -> dict:
+    """The holder recorded in the lock file. A holder writes it just after taking the lock
+    (and a killed one leaves its own behind), so an empty record, or one naming a process that
+    is gone, is read again for up to a second."""
+    holder: dict = {}
+    for _ in range(20):
+        try:
+            holder = json.loads(os.pread(fd, 4096, 0).decode() or "{}")
+        except (OSError, ValueError):
+            holder = {}
+        if not isinstance(holder, dict):
+            holder = {}
+        pid = holder.get("pid")
+        if isinstance(pid, int) and (holder.get("host") != socket.gethostname() or _alive(pid)):
+            break
+        time.sleep(0.05)
+    return holder
+
+
+def _busy_message(store: Path, path: Path, fd: int) -> str:
+    holder = _read_holder(fd)
+    fix = "wait for it to finish, then run the command again"
+    if "pid" not in holder:
+        return f"cache {store} is being written by another process (lock {path}); {fix}"
+    pid, host = holder.get("pid"), holder.get("host", "?")
+    doing = "read" if holder.get("mode") == "read" else "written"
+    message = (
+        f"cache {store} is being {doing} by pid {pid} on host {host} since "
+        f"{holder.get('since', '?')} ({holder.get('command', 'avda')}); {fix}"
+    )
+    if host == socket.gethostname() and isinstance(pid, int) and not _alive(pid):
+        message += (
+            f" (pid {pid} has exited, but a process it started still holds {path}: end that "
+            "process)"
+        )
+    else:
+        message += f" ({WAIT_ENV}=SECONDS waits for it)"
+    return message
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
