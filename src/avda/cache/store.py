@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import logging
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ import avda
 from avda.cache import schema
 from avda.cache.schema import Status
 from avda.errors import CacheError
+from avda.paths import check_no_outward_links
 
 log = logging.getLogger(__name__)
 
@@ -642,6 +644,7 @@ def create(
         "schema_version": schema.SCHEMA_VERSION,
         "avda_version": avda.__version__,
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        "cache_id": uuid.uuid4().hex,  # this store's identity: a rebuilt one gets another
         "manifest_sha256": manifest_sha256,
         "num_segments": N,
         "chunk_rows": chunk,
@@ -657,6 +660,9 @@ def open_cache(path: str | Path, *, mode: str = "r") -> FeatureCache:
     path = Path(path)
     if not path.exists():
         raise CacheError(f"cache {path} does not exist; create it with `avda extract`")
+    if mode != "r":  # check it is an avda cache without writing, and keep writes inside it
+        open_cache(path)
+        check_no_outward_links(path)
     try:
         group = zarr.open_group(str(path), mode=mode)
     except (FileNotFoundError, ValueError, zarr.errors.GroupNotFoundError) as exc:

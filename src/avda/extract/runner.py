@@ -56,6 +56,7 @@ from avda.extract.inputs import AUDIO_RECIPE_OF_BACKBONE, InputPaths, SegmentDat
 from avda.extract.sampling import Recipe
 from avda.extract.transforms import check_clip_frames, model_input
 from avda.extract.writer import BackgroundWriter, ChunkWriter
+from avda.paths import refuse_foreign_folder
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +143,13 @@ def open_or_create_store(
     chunk_rows: int,
     force: bool,
 ) -> FeatureCache:
-    """Resume a compatible store, refuse an incompatible one (unless ``force``), or create."""
+    """Resume a compatible store, refuse an incompatible one (unless ``force``), or create.
+
+    An existing folder that is not an avda cache is refused (nothing is written into it)
+    unless it is empty: then the store is created there."""
+    if out.is_dir() and not (out / "zarr.json").exists():
+        refuse_foreign_folder(out, "-o", "an avda cache", is_ours=False)
+        out.rmdir()  # empty: the store is created in its place
     if out.exists():
         store = cache_lib.open_cache(out, mode="a")
         prov = store.provenance

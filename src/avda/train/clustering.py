@@ -45,6 +45,7 @@ from sklearn.cluster import KMeans
 
 import avda
 from avda.cache import open_cache
+from avda.paths import child
 from avda.errors import CacheError, ConfigError
 
 log = logging.getLogger(__name__)
@@ -470,7 +471,7 @@ def plot_elbows(result: ClusterResult, directory: str | Path) -> list[Path]:
             axes.legend()
             figure.tight_layout()
             name = f"elbow_{group.key.replace(',', '+')}_class{class_id:03d}.png"
-            path = directory / name
+            path = child(directory, name, "plot name (from the domain names)")
             figure.savefig(path, dpi=100)
             paths.append(path)
     return paths
