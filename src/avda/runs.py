@@ -55,6 +55,23 @@ def read_config(run: Path) -> dict[str, Any]:
     return yaml.safe_load(path.read_text())
 
 
+def read_provenance(run: Path) -> dict[str, Any] | None:
+    """The provenance of the cache the run started on (None for runs written before it)."""
+    path = Path(run) / PROVENANCE
+    if not path.exists():
+        return None
+    try:
+        value = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise RunError(
+            f"{path} is damaged ({exc}); it records which cache the run trained on: remove "
+            f"{run} to start the run again"
+        ) from None
+    if not isinstance(value, dict):
+        raise RunError(f"{path} is damaged (not a JSON object); remove {run} to start again")
+    return value
+
+
 def append_metrics(run: Path, record: dict[str, Any]) -> None:
     with open(run / METRICS, "a") as handle:
         handle.write(json.dumps(record, sort_keys=True) + "\n")
