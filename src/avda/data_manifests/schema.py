@@ -189,8 +189,7 @@ def find_problems(frame: pd.DataFrame, *, videos: str | Path | None = None) -> l
             values.notna() & ~(values.abs() <= MAX_SECONDS),
             column,
             lambda i, c=column, v=values: (
-                f"{c} {v.iloc[i]} is not a time avda can use (finite, at most "
-                f"{MAX_SECONDS:.0f} s)"
+                f"{c} {v.iloc[i]} is not a time avda can use (finite, at most {MAX_SECONDS:.0f} s)"
             ),
         )
     add(

@@ -45,8 +45,8 @@ from sklearn.cluster import KMeans
 
 import avda
 from avda.cache import open_cache
-from avda.paths import child
 from avda.errors import CacheError, ConfigError
+from avda.paths import child
 
 log = logging.getLogger(__name__)
 

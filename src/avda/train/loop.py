@@ -22,6 +22,7 @@ from tqdm import tqdm
 import avda
 from avda import runs
 from avda.cache import FeatureCache, open_cache
+from avda.data_manifests.settings import Setting
 from avda.errors import CacheError, RunError, TrainingDiverged
 from avda.evaluate.metrics import mean_class_accuracy, top1_accuracy
 from avda.train import data as data_lib
@@ -151,6 +152,7 @@ def train(
 ) -> TrainResult:
     """Train ``head`` on ``source`` (labelled) and ``target`` (unlabelled) features of ``cache``."""
     out = Path(out)
+    Setting(tuple(source), tuple(target))  # refuses a domain on both sides, or none on one
     store = open_cache(cache)
     for role, domains in (("source", source), ("target", target)):
         data_lib.check_domains(store, domains, role)
