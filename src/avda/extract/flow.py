@@ -44,6 +44,7 @@ from tqdm import tqdm
 
 import avda
 from avda.data_manifests import schema as manifest_schema
+from avda.devices import resolve_device
 from avda.errors import AvdaError, CheckpointError, ConfigError
 from avda.extract import frames as frames_lib
 from avda.extract.decode import VideoDecoder, probe, resized_size, video_backend
@@ -158,7 +159,7 @@ def compute_flow(
         video_backend()  # one error for a bad AVDA_VIDEO_DECODER or decord asked but missing
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(device)
     estimator = _estimator(options, device)
     metadata = options.metadata()
     segments = manifest_schema.normalise(manifest)

@@ -42,6 +42,7 @@ from tqdm import tqdm
 from avda import cache as cache_lib
 from avda.cache import FeatureCache, Status
 from avda.data_manifests import schema as manifest_schema
+from avda.devices import resolve_device
 from avda.errors import CacheError, ConfigError, MediaError
 from avda.extract import backbones
 from avda.extract.inference import (
@@ -366,7 +367,7 @@ def extract(
             "(--force --prepare-only, without --shard), then run the shards"
         )
     segments = manifest_schema.normalise(manifest)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(device)
     resolved = resolve_precision(precision, device)
     # Models first: a recipe the backbone cannot take is refused before any store exists.
     built = [_build_model(spec, recipe) for spec in modalities]

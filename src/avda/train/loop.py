@@ -23,6 +23,7 @@ import avda
 from avda import runs
 from avda.cache import FeatureCache, open_cache
 from avda.data_manifests.settings import Setting
+from avda.devices import resolve_device
 from avda.errors import CacheError, RunError, TrainingDiverged
 from avda.evaluate.metrics import mean_class_accuracy, top1_accuracy
 from avda.train import data as data_lib
@@ -160,7 +161,7 @@ def train(
     modalities = list(config.modalities) or store.modalities
     for modality in modalities:
         store.modality_info(modality)  # raises for a modality the cache lacks
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(device)
 
     source_rows = data_lib.select_rows(store, source, ["train"], modalities)
     target_rows = data_lib.select_rows(store, target, ["train"], modalities)
