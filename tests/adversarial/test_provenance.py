@@ -98,3 +98,30 @@ def test_a_damaged_provenance_json_is_one_line(trained, capsys):
     code, _, err = run(capsys, *train_args(cache, out))
     assert code == 1
     assert f"{out / 'provenance.json'} is damaged" in one_line(err)
+
+
+def test_a_sweep_does_not_skip_a_finished_run_of_a_rebuilt_cache(tmp_path, capsys, monkeypatch):
+    import yaml
+
+    from avda.evaluate import sweep
+
+    monkeypatch.delenv("AVDA_DEBUG", raising=False)
+    cache = tmp_path / "c.zarr"
+    make_feature_cache(cache, per_class=3)
+    spec = {
+        "cache": str(cache),
+        "heads": [{"name": "source-only", "epochs": 2}],
+        "settings": ["source->target"],
+        "seeds": [0],
+        "out": str(tmp_path / "runs"),
+    }
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(spec))
+    task = sweep.plan(sweep.load_spec(tmp_path / "s.yaml"), tmp_path / "runs")[0]
+    code, _, err = run(capsys, *train_args(cache, task.run))
+    assert code == 0, err
+    summary = sweep.run_sweep(tmp_path / "s.yaml", progress=False)
+    assert summary.outcomes[task.name].status == "skipped"
+    rebuild(cache)
+    summary = sweep.run_sweep(tmp_path / "s.yaml", progress=False)
+    outcome = summary.outcomes[task.name]
+    assert outcome.status == "failed" and "was trained on another cache" in outcome.error

@@ -198,7 +198,7 @@ def train(
         "tasks": [dataclasses.asdict(t) for t in tasks],
         "seed": seed,
     }
-    _check_same_cache(out, store)
+    check_same_cache(out, store)
     if runs.is_complete(out):
         previous = runs.read_config(out)
         if previous != resolved:
@@ -387,8 +387,9 @@ def _describe(provenance: dict[str, Any]) -> str:
     return f"created {provenance.get('created')}" + (f", id {ident}" if ident else "")
 
 
-def _check_same_cache(out: Path, store: FeatureCache) -> None:
-    """Refuse a run directory that trained (or finished) on another cache than ``store``."""
+def check_same_cache(out: Path, store: FeatureCache) -> None:
+    """Refuse (RunError) a run directory that trained, or finished, on another cache than
+    ``store``: the cache at its path was rebuilt since (docs/security.md)."""
     started = runs.is_complete(out) or any(
         (out / name).exists() for name in (runs.CHECKPOINT, runs.METRICS)
     )
