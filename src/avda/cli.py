@@ -340,6 +340,10 @@ def extract(
         raise ConfigError(f"--precision {precision!r}: expected auto, float32 or bfloat16")
     if scheduler is not None and (shard is not None or prepare_only):
         raise ConfigError("--scheduler runs every shard itself: drop --shard / --prepare-only")
+    if device is not None:  # a device this machine lacks: one line before any work
+        from avda.devices import resolve_device
+
+        resolve_device(device)
     frame = schema.read(manifest)
     specs = []
     for modality in _split_list(modalities):
