@@ -272,3 +272,36 @@ def test_the_path_helper():
         with pytest.raises(ConfigError):
             safe_component(bad)
     assert child(Path("/r"), "v") == Path("/r/v")
+
+
+def test_reading_paths_are_built_from_safe_ids_too(tmp_path):
+    """Frame folders, audio files and default video paths: an id that is not one name is
+    refused where the path is built (a library caller that skipped the manifest check)."""
+    from avda.data_manifests.schema import video_path
+    from avda.extract.audio import locate_audio_file
+    from avda.extract.frames import candidate_folders
+
+    for bad in ("../x", "/etc"):
+        with pytest.raises(ConfigError, match="an id must be one name"):
+            candidate_folders(tmp_path, bad, None, "rgb")
+        with pytest.raises(ConfigError, match="an id must be one name"):
+            candidate_folders(tmp_path, "P01_01", bad, "rgb")
+        with pytest.raises(ConfigError, match="an id must be one name"):
+            locate_audio_file(tmp_path, bad)
+        row = pd.Series({"video_id": bad, "video_path": ""})
+        with pytest.raises(ConfigError, match="an id must be one name"):
+            video_path(row, tmp_path)
+    with pytest.raises(ConfigError, match="climbs out of its folder"):
+        video_path(pd.Series({"video_id": "v", "video_path": "../v.mp4"}), tmp_path)
+    assert (
+        video_path(pd.Series({"video_id": "v", "video_path": ""}), tmp_path) == tmp_path / "v.mp4"
+    )
+
+
+def test_manifest_validate_with_videos_reports_a_bad_id_once(capsys, tmp_path, monkeypatch):
+    monkeypatch.delenv("AVDA_DEBUG", raising=False)
+    path = tmp_path / "m.csv"
+    path.write_text(f"{HEADER}\na,../v,D1,train,0,1\n")
+    code, _, err = run(capsys, "manifest", "validate", path, "--videos", tmp_path)
+    message = one_line(err)
+    assert code == 1 and "1 problem(s)" in message and "row 2 [video_id]" in message, message

@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from avda.errors import ManifestError
-from avda.paths import component_problem, relative_path_problem
+from avda.errors import ConfigError, ManifestError
+from avda.paths import component_problem, relative_path_problem, safe_component
 
 REQUIRED_COLUMNS: tuple[str, ...] = ("uid", "video_id", "domain", "split", "start_sec", "stop_sec")
 OPTIONAL_COLUMNS: tuple[str, ...] = (
@@ -215,8 +215,10 @@ def find_problems(frame: pd.DataFrame, *, videos: str | Path | None = None) -> l
     if videos is not None:
         root = Path(videos)
         checked: dict[str, bool] = {}
-        paths = [video_path(row, root) for row in frame.itertuples(index=False)]
+        paths = [_video_path_or_none(row, root) for row in frame.itertuples(index=False)]
         for i, p in enumerate(paths):
+            if p is None:  # an id or video_path that is not a safe path: reported above
+                continue
             key = str(p)
             if key not in checked:
                 checked[key] = p.exists()
@@ -228,11 +230,20 @@ def find_problems(frame: pd.DataFrame, *, videos: str | Path | None = None) -> l
     return problems
 
 
+def _video_path_or_none(row: object, root: Path) -> Path | None:
+    try:
+        return video_path(row, root)
+    except (ConfigError, ManifestError):
+        return None
+
+
 def video_path(row: object, root: str | Path) -> Path:
     """Where the video of a manifest row lives: ``video_path`` if set, else ``<video_id>.mp4``."""
     rel = getattr(row, "video_path", None)
     if rel is None or pd.isna(rel) or str(rel) == "":
-        rel = f"{row.video_id}.mp4"
+        rel = f"{safe_component(row.video_id, 'video_id')}.mp4"
+    elif (problem := relative_path_problem(rel)) is not None:
+        raise ConfigError(f"video_path {problem}")
     return Path(root) / str(rel)
 
 
