@@ -144,6 +144,10 @@ def test_every_head_default_and_preset_is_in_range():
             config_class.from_dict({"preset": preset})
         with pytest.raises(ConfigError, match=r"\.lr: expected a number > 0"):
             config_class.from_dict({"lr": 0})
+    # a negative loss weight inverts a term (a diagnostic): allowed, but finite
+    assert heads.config_class("dann").from_dict({"grl_weight": -1.0}).grl_weight == -1.0
+    with pytest.raises(ConfigError, match="grl_weight: expected a finite number"):
+        heads.config_class("dann").from_dict({"grl_weight": float("-inf")})
 
 
 def test_a_sweep_spec_gets_the_same_ranges(tmp_path):

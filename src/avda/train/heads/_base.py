@@ -142,8 +142,9 @@ def range_problem(name: str, value: Any) -> str | None:
     """What a head config field ``name`` expects when ``value`` is out of its range, else None.
 
     The rules go by the field's name, so every head (and a new one) gets them: floats are
-    finite; ``*dropout`` in [0, 1); ``lr`` and ``*_lr`` > 0; ``momentum`` in [0, 1];
-    ``lr_gamma`` > 0; ``weight_decay``, ``*grad_clip``, ``*_weight`` >= 0; ``epochs``, lr steps,
+    finite (loss weights too: they may be negative, to invert a term); ``*dropout`` in
+    [0, 1); ``lr`` and ``*_lr`` > 0; ``momentum`` in [0, 1]; ``lr_gamma`` > 0;
+    ``weight_decay``, ``*grad_clip`` >= 0; ``epochs``, lr steps,
     batch and layer sizes >= 1; other ``*_epochs`` and counts where 0 means none >= 0.
     """
     if isinstance(value, bool) or not isinstance(value, int | float):
@@ -164,8 +165,10 @@ def range_problem(name: str, value: Any) -> str | None:
         return "a number > 0" if value <= 0 else None
     if name == "momentum":
         return "a number in [0, 1]" if not 0 <= value <= 1 else None
-    if name.endswith(("weight_decay", "grad_clip", "_weight")):
+    if name.endswith(("weight_decay", "grad_clip")):
         return "a number >= 0" if value < 0 else None
+    # Loss weights (``*_weight``) may be negative: an inverted term is a diagnostic
+    # (tests/train/test_adaptation_terms.py); they only need to be finite.
     return None
 
 
