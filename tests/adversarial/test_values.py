@@ -10,6 +10,7 @@ import re
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -218,3 +219,28 @@ def test_a_ta3n_export_does_not_turn_failed_rows_into_zeros(capsys, in_work, tmp
     code, _, err = run(capsys, "cache", "export", store, "-o", tmp_path / "y.pkl",
                        "--format", "epic-pkl", "--domain", "target")  # fmt: skip
     assert code == 0, err
+
+
+def test_segments_past_the_end_of_frame_folders_fail_with_their_reason(capsys, in_work):
+    from PIL import Image
+
+    image = Image.fromarray(np.full((64, 80, 3), 120, dtype=np.uint8))
+    gray = Image.fromarray(np.full((64, 80), 128, dtype=np.uint8))
+    for number in range(1, 11):
+        (Path("frames") / "vid").mkdir(parents=True, exist_ok=True)
+        image.save(Path("frames") / "vid" / f"frame_{number:010d}.jpg")
+        for component in ("u", "v"):
+            (Path("flow") / "vid" / component).mkdir(parents=True, exist_ok=True)
+            gray.save(Path("flow") / "vid" / component / f"frame_{number:010d}.jpg")
+    Path("ff.csv").write_text(
+        f"{HEADER},fps\na,vid,D1,train,0,0.3,10\nlate,vid,D1,train,500,501,10\n"
+    )
+    code, _, err = run(capsys, "extract", "-m", "ff.csv", "-o", "ff.zarr", "--frames", "frames",
+                       "--flow", "flow", "--flow-stride", "1", "--modalities", "rgb,flow",
+                       "--device", "cpu", "--quiet", "--workers", "0")  # fmt: skip
+    assert code == 3, err
+    failures = pd.read_csv("ff.zarr.failures.csv")
+    assert failures["uid"].tolist() == ["late", "late"]
+    errors = " | ".join(failures["error"])
+    assert "starts at frame 5001, after the last frame (10)" in errors, errors
+    assert "after the last flow frame (10)" in errors, errors

@@ -231,6 +231,11 @@ class SegmentDataset(Dataset):
         reader = self._reader("flow", folder, make)
         frames_of = self._segment_frames(segment, self._frames_fps(segment))
         numbers = self.recipe.flow_numbers(frames_of, reader.convention.ratio)
+        if numbers.min() > reader.count:  # every frame past the end: not a repeated last one
+            raise MediaError(
+                f"segment {segment['uid']!r} starts at flow frame {int(numbers.min())}, after "
+                f"the last flow frame ({reader.count}) of {folder}; fix its times in the manifest"
+            )
         frames = reader.read(numbers.reshape(-1), shorter_side=self.recipe.resize_shorter)
         return torch.from_numpy(np.ascontiguousarray(self._crop(frames, numbers.shape[0])))
 
