@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import math
 import os
 import sys
 import traceback
@@ -93,7 +94,7 @@ OutPath = Annotated[
     Path, typer.Option("--out", "-o", help="Output path.", callback=_output_dir_callback)
 ]
 OutFile = Annotated[Path, typer.Option("--out", "-o", help="Output file.")]
-Seed = Annotated[int, typer.Option("--seed", help="Random seed.")]
+Seed = Annotated[int, typer.Option("--seed", min=0, help="Random seed.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
 OptionalVideosDir = Annotated[
     Path | None, typer.Option("--videos", help="Folder the manifest's videos are under.")
@@ -115,6 +116,20 @@ AudioDir = Annotated[
     Path | None,
     typer.Option("--audio", help="Audio files <video_id>.wav (default: the videos' tracks)."),
 ]
+
+
+def _finite(low: float, *, strict: bool):
+    """An option callback: the number is finite and > ``low`` (``strict``) or >= ``low``."""
+
+    def check(ctx: typer.Context, param: typer.CallbackParam, value: float | None):
+        if value is None or ctx.resilient_parsing:
+            return value
+        if not (math.isfinite(value) and (value > low if strict else value >= low)):
+            relation = ">" if strict else ">="
+            raise typer.BadParameter(f"expected a finite number {relation} {low:g}, got {value:g}")
+        return value
+
+    return check
 
 
 def _version(value: bool) -> None:
@@ -159,13 +174,15 @@ def demo(
     seed: Seed = 0,
     epochs: Annotated[
         int | None,
-        typer.Option(help="Training epochs per head (default: each head's recipe of steps)."),
+        typer.Option(
+            min=1, help="Training epochs per head (default: each head's recipe of steps)."
+        ),
     ] = None,
     weights: Annotated[
         Path | None, typer.Option(help="I3D RGB checkpoint (piergiaj rgb_imagenet.pt).")
     ] = None,
     audio_weights: Annotated[Path | None, typer.Option(help="VGGSound H.pth.tar.")] = None,
-    workers: Annotated[int, typer.Option(help="Decoding worker processes.")] = 2,
+    workers: Annotated[int, typer.Option(min=0, help="Decoding worker processes.")] = 2,
     quiet: Quiet = False,
 ) -> None:
     """Run the whole pipeline on a built-in two-domain audio-visual dataset and print a table."""
@@ -273,7 +290,9 @@ def extract(
     audio: AudioDir = None,
     flow_stride: Annotated[
         int | None,
-        typer.Option(help="Flow frames every N RGB frames (default: flow.json or EPIC rule)."),
+        typer.Option(
+            min=1, help="Flow frames every N RGB frames (default: flow.json or EPIC rule)."
+        ),
     ] = None,
     backbone: Annotated[str, typer.Option(help="Visual backbone: i3d, tbn, slowfast.")] = "i3d",
     modalities: Annotated[str, typer.Option(help="Comma list of rgb, flow, audio.")] = "rgb",
@@ -283,8 +302,8 @@ def extract(
     recipe: Annotated[
         str, typer.Option(help="Sampling recipe (see docs/extraction.md).")
     ] = "mmsada",
-    batch_size: Annotated[int, typer.Option(help="Clips per forward pass.")] = 16,
-    workers: Annotated[int, typer.Option(help="Decoding worker processes.")] = 2,
+    batch_size: Annotated[int, typer.Option(min=1, help="Clips per forward pass.")] = 16,
+    workers: Annotated[int, typer.Option(min=0, help="Decoding worker processes.")] = 2,
     device: Annotated[
         str | None, typer.Option(help="cpu, cuda, cuda:1 (default: cuda if present).")
     ] = None,
@@ -294,7 +313,7 @@ def extract(
             help="auto (bf16 where the GPU/CPU computes it natively, else fp32), float32, bfloat16."
         ),
     ] = "auto",
-    chunk_rows: Annotated[int, typer.Option(help="Segments per Zarr chunk.")] = 256,
+    chunk_rows: Annotated[int, typer.Option(min=1, help="Segments per Zarr chunk.")] = 256,
     shard: Annotated[
         str | None, typer.Option(help="Process only shard i/n (chunk-aligned).")
     ] = None,
@@ -303,7 +322,7 @@ def extract(
         typer.Option(help="Run shards on Dask: local, local:N or tcp://host:8786."),
     ] = None,
     shards: Annotated[
-        int | None, typer.Option(help="With --scheduler: number of shard tasks.")
+        int | None, typer.Option(min=1, help="With --scheduler: number of shard tasks.")
     ] = None,
     prepare_only: Annotated[
         bool, typer.Option(help="Create the store and its arrays only (before --shard runs).")
@@ -321,6 +340,10 @@ def extract(
         raise ConfigError(f"--precision {precision!r}: expected auto, float32 or bfloat16")
     if scheduler is not None and (shard is not None or prepare_only):
         raise ConfigError("--scheduler runs every shard itself: drop --shard / --prepare-only")
+    if device is not None:  # a device this machine lacks: one line before any work
+        from avda.devices import resolve_device
+
+        resolve_device(device)
     frame = schema.read(manifest)
     specs = []
     for modality in _split_list(modalities):
@@ -386,22 +409,30 @@ def flow_command(
     weights: Annotated[
         Path | None, typer.Option(help="raft: torchvision raft_large / raft_small state dict.")
     ] = None,
-    stride: Annotated[int, typer.Option(help="One flow frame every N frames (EPIC-55: 2).")] = 1,
-    dilation: Annotated[int, typer.Option(help="Flow from frame t to t + dilation.")] = 1,
+    stride: Annotated[
+        int, typer.Option(min=1, help="One flow frame every N frames (EPIC-55: 2).")
+    ] = 1,
+    dilation: Annotated[int, typer.Option(min=1, help="Flow from frame t to t + dilation.")] = 1,
     bound: Annotated[
-        float, typer.Option(help="Clip to +-bound px before JPEG quantisation (EPIC-100: 8).")
+        float,
+        typer.Option(
+            callback=_finite(0, strict=True),
+            help="Clip to +-bound px before JPEG quantisation (EPIC-100: 8).",
+        ),
     ] = 20.0,
     size: Annotated[
-        int, typer.Option(help="Shorter side of the frames flow is computed on.")
+        int, typer.Option(min=2, help="Shorter side of the frames flow is computed on.")
     ] = 256,
-    batch_size: Annotated[int, typer.Option(help="Frame pairs per step (RAFT batch).")] = 8,
+    batch_size: Annotated[int, typer.Option(min=1, help="Frame pairs per step (RAFT batch).")] = 8,
     device: Annotated[
         str | None, typer.Option(help="raft: cpu, cuda, cuda:1 (default: cuda if present).")
     ] = None,
     segments_only: Annotated[
         bool, typer.Option(help="Only frames within --margin s of a segment.")
     ] = False,
-    margin: Annotated[float, typer.Option(help="Seconds around segments.")] = 1.0,
+    margin: Annotated[
+        float, typer.Option(callback=_finite(0, strict=False), help="Seconds around segments.")
+    ] = 1.0,
     force: Annotated[
         bool, typer.Option(help="Recompute folders made with other settings.")
     ] = False,
@@ -461,11 +492,13 @@ def finetune_command(
     recipe: Annotated[
         str, typer.Option(help="Sampling recipe for training clips.")
     ] = "mmsada-train",
-    epochs: Annotated[int, typer.Option(help="Epochs.")] = 10,
-    batch_size: Annotated[int, typer.Option(help="Clips per forward pass.")] = 8,
-    accumulate: Annotated[int, typer.Option(help="Forward passes per optimiser step.")] = 1,
-    lr: Annotated[float, typer.Option(help="SGD learning rate.")] = 0.01,
-    workers: Annotated[int, typer.Option(help="Decoding worker processes.")] = 2,
+    epochs: Annotated[int, typer.Option(min=1, help="Epochs.")] = 10,
+    batch_size: Annotated[int, typer.Option(min=1, help="Clips per forward pass.")] = 8,
+    accumulate: Annotated[int, typer.Option(min=1, help="Forward passes per optimiser step.")] = 1,
+    lr: Annotated[
+        float, typer.Option(callback=_finite(0, strict=True), help="SGD learning rate.")
+    ] = 0.01,
+    workers: Annotated[int, typer.Option(min=0, help="Decoding worker processes.")] = 2,
     device: Annotated[str | None, typer.Option(help="cpu or cuda.")] = None,
     seed: Seed = 0,
     quiet: Quiet = False,
@@ -526,10 +559,15 @@ def cache_import(
     ] = None,
     modality: Annotated[str, typer.Option(help="npy: the modality of the files.")] = "rgb",
     feature_rate: Annotated[
-        float | None, typer.Option(help="npy: feature rows per second of video.")
+        float | None,
+        typer.Option(
+            callback=_finite(0, strict=True), help="npy: feature rows per second of video."
+        ),
     ] = None,
-    num_clips: Annotated[int, typer.Option(help="npy: clips K per segment.")] = 25,
-    chunk_rows: Annotated[int, typer.Option(help="Segments per Zarr chunk (new store).")] = 256,
+    num_clips: Annotated[int, typer.Option(min=1, help="npy: clips K per segment.")] = 25,
+    chunk_rows: Annotated[
+        int, typer.Option(min=1, help="Segments per Zarr chunk (new store).")
+    ] = 256,
 ) -> None:
     """Append released / external features to a cache (EPIC-100 UDA pickles, HDF5, .npy)."""
     from avda.cache import interop
@@ -573,10 +611,45 @@ def cache_export(
             store, out, modalities=_split_list(modalities) if modalities else None
         )
     elif format_ == "epic-pkl":
+        _refuse_undone_rows(store, domain, split)
         path = interop.export_epic_pickle(store, out, domain=domain, split=split)
     else:
         raise ConfigError(f"--format {format_!r}: expected h5 or epic-pkl")
     typer.echo(f"wrote {path}")
+
+
+def _refuse_undone_rows(store: Path, domain: str | None, split: str | None) -> None:
+    """The TA3N pickle has no status: refuse to export rows without features (their zeros
+    would read as real features)."""
+    import numpy as np
+
+    from avda.cache import Status, open_cache
+
+    cache = open_cache(store)
+    segments = cache.segments
+    keep = np.ones(len(segments), dtype=bool)
+    if domain is not None:
+        keep &= (segments["domain"] == domain).to_numpy()
+    if split is not None:
+        keep &= (segments["split"] == split).to_numpy()
+    rows = np.flatnonzero(keep)
+    for modality in cache.modalities:
+        status = cache.status(modality)[rows]
+        undone = status != int(Status.DONE)
+        if undone.any():
+            counts = ", ".join(
+                f"{s.name.lower()} {int((status == int(s)).sum())}"
+                for s in Status
+                if s != Status.DONE and (status == int(s)).any()
+            )
+            uids = ", ".join(segments["uid"].iloc[rows[undone][:3]].astype(str))
+            raise ConfigError(
+                f"{int(undone.sum())} of the {len(rows)} rows to export have no {modality} "
+                f"features ({counts}; first uids: {uids}); the TA3N pickle has no status, so "
+                "they would read as features of zeros: finish them with `avda extract "
+                "--retry-failed`, export another --domain/--split, or use --format h5 (which "
+                "keeps the status)"
+            )
 
 
 @cache_app.command("info")
@@ -634,8 +707,9 @@ def train_command(
     epochs: Annotated[
         int | None,
         typer.Option(
+            min=1,
             help="Length of the head's whole schedule: its stages (mm-sada stage 1, "
-            "audio-adaptive stages 1 and 5) and lr steps scale in proportion unless set."
+            "audio-adaptive stages 1 and 5) and lr steps scale in proportion unless set.",
         ),
     ] = None,
     set_: Annotated[
@@ -719,8 +793,9 @@ def evaluate(
     checkpoint_average: Annotated[
         int,
         typer.Option(
+            min=0,
             help="MM-SADA protocol: also print the mean target top-1 of the last N epochs "
-            "(runs trained with keep_last_predictions >= N; the paper uses 9)."
+            "(runs trained with keep_last_predictions >= N; the paper uses 9).",
         ),
     ] = 0,
 ) -> None:
@@ -830,7 +905,7 @@ def report(
         str | None, typer.Option("--compare", help="Show each method's gain over this method.")
     ] = None,
     max_points: Annotated[
-        int, typer.Option(help="Segments per embedding plot (t-SNE up to 800).")
+        int, typer.Option(min=1, help="Segments per embedding plot (t-SNE up to 800).")
     ] = 500,
     quiet: Quiet = False,
 ) -> None:

@@ -17,6 +17,7 @@ A run is complete exactly when ``run.json`` says so.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,8 @@ import pandas as pd
 import yaml
 
 from avda.errors import RunError
+
+log = logging.getLogger(__name__)
 
 CONFIG = "config.yaml"
 PROVENANCE = "provenance.json"
@@ -55,6 +58,23 @@ def read_config(run: Path) -> dict[str, Any]:
     return yaml.safe_load(path.read_text())
 
 
+def read_provenance(run: Path) -> dict[str, Any] | None:
+    """The provenance of the cache the run started on (None for runs written before it)."""
+    path = Path(run) / PROVENANCE
+    if not path.exists():
+        return None
+    try:
+        value = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise RunError(
+            f"{path} is damaged ({exc}); it records which cache the run trained on: remove "
+            f"{run} to start the run again"
+        ) from None
+    if not isinstance(value, dict):
+        raise RunError(f"{path} is damaged (not a JSON object); remove {run} to start again")
+    return value
+
+
 def append_metrics(run: Path, record: dict[str, Any]) -> None:
     with open(run / METRICS, "a") as handle:
         handle.write(json.dumps(record, sort_keys=True) + "\n")
@@ -63,10 +83,31 @@ def append_metrics(run: Path, record: dict[str, Any]) -> None:
 
 
 def read_metrics(run: Path) -> list[dict[str, Any]]:
+    """The run's metric records. A cut-off last line (a run killed while writing it) is
+    dropped, so reading and resuming go on; a damaged line before it is one RunError."""
     path = Path(run) / METRICS
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    try:
+        lines = [line for line in path.read_text().splitlines() if line.strip()]
+    except UnicodeDecodeError:
+        raise RunError(f"{path} is not text; remove it (or {run}) to train the run again") from None
+    records: list[dict[str, Any]] = []
+    for number, line in enumerate(lines, 1):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            record = None
+        if isinstance(record, dict):
+            records.append(record)
+        elif number == len(lines):
+            log.warning("%s: its last line is cut off (a run stopped writing it); ignored", path)
+        else:
+            raise RunError(
+                f"{path} line {number} is damaged (not a JSON record); remove that line, or "
+                f"remove {run} to train the run again"
+            )
+    return records
 
 
 def truncate_metrics(run: Path, last_epoch: int) -> None:
@@ -127,9 +168,10 @@ def is_complete(run: Path) -> bool:
     if not path.exists():
         return False
     try:
-        return json.loads(path.read_text()).get("status") == "complete"
-    except json.JSONDecodeError:
+        value = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
         return False
+    return isinstance(value, dict) and value.get("status") == "complete"
 
 
 def load_checkpoint(path: Path) -> dict:
@@ -142,8 +184,15 @@ def load_checkpoint(path: Path) -> dict:
 
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    except MemoryError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - pickle, zip, a text file: one line for all
+        if isinstance(exc, OSError) and not isinstance(exc, EOFError):
+            raise  # missing file, permission: the CLI's own one line
+        text = str(exc).strip()
+        first = text.splitlines()[0] if text else type(exc).__name__
+        if not isinstance(exc, pickle.UnpicklingError | RuntimeError | EOFError):
+            first = f"{type(exc).__name__}: {first}"
         raise RunError(
             f"{path} is not a checkpoint avda wrote (or it is damaged): {first[:200]}; remove "
             "it to start that run or stage again"

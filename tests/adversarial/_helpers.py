@@ -62,13 +62,15 @@ def snapshot(path: Path) -> dict[str, str]:
 
 def fingerprint(path: Path, *, physical: bool = True) -> dict:
     """What a reader of the store sees: rows, segments, every modality's features / status /
-    errors, the provenance (creation time left out) and, ``physical``, every array's shape."""
+    errors, the provenance (creation time and the random ``cache_id`` left out) and,
+    ``physical``, every array's shape."""
     from avda.cache import open_cache
 
     store = open_cache(path)
     N = store.num_segments
     prov = store.provenance
     prov.pop("created", None)
+    prov.pop("cache_id", None)  # random per store: two clean imports differ in it too
     imports = [{k: v for k, v in e.items() if k != "imported"} for e in prov.pop("imports", [])]
     found = {
         "num_segments": N,

@@ -118,7 +118,9 @@ def test_a_real_store_has_the_documented_layout(tmp_path):
     assert arrays["spatial/rgb"].shape == (3, 2, 4, 2, 2)
     assert arrays["status/rgb"].dtype == np.dtype(schema.STATUS_DTYPE)
     assert arrays["clusters/rgb"].dtype == np.dtype(schema.CLUSTER_DTYPE)
-    assert set(store.provenance) == set(schema.PROVENANCE_KEYS)
+    optional = set(schema.OPTIONAL_PROVENANCE_KEYS)
+    assert set(store.provenance) - optional == set(schema.PROVENANCE_KEYS)
+    assert "cache_id" in store.provenance
     entry = store.provenance["modalities"]["rgb"]
     assert set(entry) <= set(schema.MODALITY_KEYS) | set(schema.OPTIONAL_MODALITY_KEYS)
     assert store.segments["verb_class"].isna().tolist() == [False, True, False]

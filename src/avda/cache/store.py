@@ -16,6 +16,7 @@ import logging
 import os
 import secrets
 import shutil
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ import avda
 from avda.cache import faults, schema
 from avda.cache.schema import Status
 from avda.errors import CacheError
+from avda.paths import check_no_outward_links
 
 log = logging.getLogger(__name__)
 
@@ -740,6 +742,7 @@ def _build(
         "schema_version": schema.SCHEMA_VERSION,
         "avda_version": avda.__version__,
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        "cache_id": uuid.uuid4().hex,  # this store's identity: a rebuilt one gets another
         "manifest_sha256": manifest_sha256,
         "num_segments": N,
         "chunk_rows": chunk,
@@ -754,6 +757,9 @@ def open_cache(path: str | Path, *, mode: str = "r") -> FeatureCache:
     path = Path(path)
     if not path.exists():
         raise CacheError(f"cache {path} does not exist; create it with `avda extract`")
+    if mode != "r":  # check it is an avda cache without writing, and keep writes inside it
+        open_cache(path)
+        check_no_outward_links(path)
     try:
         group = zarr.open_group(str(path), mode=mode)
     except (FileNotFoundError, ValueError, zarr.errors.GroupNotFoundError) as exc:
@@ -765,10 +771,50 @@ def open_cache(path: str | Path, *, mode: str = "r") -> FeatureCache:
         raise CacheError(
             f"{path} is a Zarr store but not an avda cache (no {schema.ROOT_ATTRIBUTE!r} attribute)"
         )
-    version = attrs[schema.ROOT_ATTRIBUTE].get("schema_version")
+    provenance = attrs[schema.ROOT_ATTRIBUTE]
+    if not isinstance(provenance, dict):
+        _damaged(path, f"it is a {type(provenance).__name__}, not an object")
+    version = provenance.get("schema_version")
     if version not in schema.SUPPORTED_SCHEMA_VERSIONS:
         raise CacheError(
             f"cache {path} has schema version {version!r}; this avda ({avda.__version__}) reads "
             f"versions {list(schema.SUPPORTED_SCHEMA_VERSIONS)}: upgrade avda or re-extract"
         )
+    _check_provenance(path, provenance)
     return FeatureCache(path, group)
+
+
+def _damaged(path: Path, what: str) -> None:
+    raise CacheError(
+        f"cache {path}: its provenance (the {schema.ROOT_ATTRIBUTE!r} attribute in "
+        f"{path / 'zarr.json'}) is damaged: {what}; re-create the cache with the command that "
+        "made it (avda extract / avda cache import)"
+    )
+
+
+def _check_provenance(path: Path, provenance: dict[str, Any]) -> None:
+    """The keys and types readers rely on, so a damaged zarr.json is one line, not a crash."""
+    missing = [k for k in schema.PROVENANCE_KEYS if k not in provenance]
+    if missing:
+        _damaged(path, f"missing {', '.join(missing)}")
+
+    def is_count(value: Any, low: int) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+    if not is_count(provenance["num_segments"], 0):
+        _damaged(path, f"num_segments is {provenance['num_segments']!r}, not a count")
+    if not is_count(provenance["chunk_rows"], 1):
+        _damaged(path, f"chunk_rows is {provenance['chunk_rows']!r}, not a count >= 1")
+    if not isinstance(provenance["recipe"], dict):
+        _damaged(path, "recipe is not an object")
+    modalities = provenance["modalities"]
+    if not isinstance(modalities, dict):
+        _damaged(path, "modalities is not an object")
+    for name, entry in modalities.items():
+        if not isinstance(entry, dict):
+            _damaged(path, f"modality {name!r} is not an object")
+        for key in ("num_clips", "num_features"):
+            if not is_count(entry.get(key), 1):
+                _damaged(path, f"modality {name!r}: {key} is {entry.get(key)!r}, not a count >= 1")
+    if not isinstance(provenance.get("imports", []), list):
+        _damaged(path, "imports is not a list")

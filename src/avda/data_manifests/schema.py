@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from avda.errors import ManifestError
+from avda.errors import ConfigError, ManifestError
+from avda.paths import component_problem, relative_path_problem, safe_component
 
 REQUIRED_COLUMNS: tuple[str, ...] = ("uid", "video_id", "domain", "split", "start_sec", "stop_sec")
 OPTIONAL_COLUMNS: tuple[str, ...] = (
@@ -48,6 +49,12 @@ STRING_COLUMNS: tuple[str, ...] = (
     "labels",
     "video_path",
 )
+# Columns whose values become file or folder names (flow folders, frame and audio look-ups,
+# plot names): each must be one plain path component (avda.paths, docs/security.md).
+PATH_ID_COLUMNS: tuple[str, ...] = ("video_id", "domain", "participant_id")
+# Times beyond this many seconds (11.6 days) are refused: no video is that long, and
+# larger values overflow frame numbers.
+MAX_SECONDS = 1e6
 MAX_PROBLEMS_SHOWN = 5  # the rest are counted: an error stays readable on one line
 
 
@@ -144,6 +151,27 @@ def find_problems(frame: pd.DataFrame, *, videos: str | Path | None = None) -> l
         values = frame[column].astype("string")
         add(values.isna() | (values.str.strip() == ""), column, lambda i, c=column: f"empty {c}")
 
+    for column in PATH_ID_COLUMNS:
+        if column not in frame:
+            continue
+        values = frame[column].astype("string")
+        present = values.notna() & (values.str.strip() != "")
+        found = {i: component_problem(values.iloc[i]) for i in np.flatnonzero(present.to_numpy())}
+        add(
+            [found.get(i) is not None for i in range(len(frame))],
+            column,
+            lambda i, c=column, f=found: f"{c} {f[i]}",
+        )
+    if "video_path" in frame:
+        paths = frame["video_path"].astype("string")
+        present = (paths.notna() & (paths != "")).to_numpy()
+        found = {i: relative_path_problem(paths.iloc[i]) for i in np.flatnonzero(present)}
+        add(
+            [found.get(i) is not None for i in range(len(frame))],
+            "video_path",
+            lambda i, f=found: f"video_path {f[i]}",
+        )
+
     split = frame["split"].astype("string")
     add(
         ~split.isin(SPLITS).fillna(False),
@@ -156,6 +184,14 @@ def find_problems(frame: pd.DataFrame, *, videos: str | Path | None = None) -> l
     add(start.isna(), "start_sec", lambda i: f"not a number: {frame['start_sec'].iloc[i]!r}")
     add(stop.isna(), "stop_sec", lambda i: f"not a number: {frame['stop_sec'].iloc[i]!r}")
     add(start.notna() & (start < 0), "start_sec", lambda i: f"negative start {start.iloc[i]}")
+    for column, values in (("start_sec", start), ("stop_sec", stop)):
+        add(
+            values.notna() & ~(values.abs() <= MAX_SECONDS),
+            column,
+            lambda i, c=column, v=values: (
+                f"{c} {v.iloc[i]} is not a time avda can use (finite, at most {MAX_SECONDS:.0f} s)"
+            ),
+        )
     add(
         start.notna() & stop.notna() & (stop <= start),
         "stop_sec",
@@ -179,8 +215,10 @@ def find_problems(frame: pd.DataFrame, *, videos: str | Path | None = None) -> l
     if videos is not None:
         root = Path(videos)
         checked: dict[str, bool] = {}
-        paths = [video_path(row, root) for row in frame.itertuples(index=False)]
+        paths = [_video_path_or_none(row, root) for row in frame.itertuples(index=False)]
         for i, p in enumerate(paths):
+            if p is None:  # an id or video_path that is not a safe path: reported above
+                continue
             key = str(p)
             if key not in checked:
                 checked[key] = p.exists()
@@ -192,11 +230,20 @@ def find_problems(frame: pd.DataFrame, *, videos: str | Path | None = None) -> l
     return problems
 
 
+def _video_path_or_none(row: object, root: Path) -> Path | None:
+    try:
+        return video_path(row, root)
+    except (ConfigError, ManifestError):
+        return None
+
+
 def video_path(row: object, root: str | Path) -> Path:
     """Where the video of a manifest row lives: ``video_path`` if set, else ``<video_id>.mp4``."""
     rel = getattr(row, "video_path", None)
     if rel is None or pd.isna(rel) or str(rel) == "":
-        rel = f"{row.video_id}.mp4"
+        rel = f"{safe_component(row.video_id, 'video_id')}.mp4"
+    elif (problem := relative_path_problem(rel)) is not None:
+        raise ConfigError(f"video_path {problem}")
     return Path(root) / str(rel)
 
 

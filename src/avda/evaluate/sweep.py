@@ -222,6 +222,13 @@ def _finished_mismatch(task: SweepTask) -> str:
     }
     differ = [name for name, (have, want) in checks.items() if have != want]
     if not differ:
+        from avda.cache import open_cache
+        from avda.train.loop import check_same_cache
+
+        try:  # the same path, but a rebuilt cache: the finished run is not this task's
+            check_same_cache(task.run, open_cache(task.cache))
+        except AvdaError as error:
+            return f"{type(error).__name__}: {error}"
         return ""
     return (
         f"RunError: {task.run} holds a finished run with another {', '.join(differ)}; "

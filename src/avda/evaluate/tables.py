@@ -169,15 +169,18 @@ _LATEX_SPECIAL = {
 
 
 def latex_escape(text: str) -> str:
-    """Escape LaTeX's special characters; ``→`` becomes ``$\\rightarrow$``."""
-    escaped = "".join(_LATEX_SPECIAL.get(ch, ch) for ch in str(text))
+    """Escape LaTeX's special characters; ``→`` becomes ``$\\rightarrow$``. Line breaks and
+    other control characters become spaces: a label stays on its table row (and a title in
+    its ``%`` comment line)."""
+    text = "".join(" " if ord(ch) < 32 or ch == "\x7f" else ch for ch in str(text))
+    escaped = "".join(_LATEX_SPECIAL.get(ch, ch) for ch in text)
     return escaped.replace("→", r"$\rightarrow$").replace("±", r"$\pm$")
 
 
 def aggregate_latex(table, *, baseline: str | None = None, digits: int = 1) -> str:
     """A booktabs ``tabular`` (needs ``\\usepackage{booktabs}``); best per column in bold."""
     lines = [
-        "% " + table.title.replace("%", r"\%"),
+        "% " + latex_escape(table.title),
         r"\begin{tabular}{l" + "c" * len(table.columns) + "}",
         r"\toprule",
         "Method & " + " & ".join(latex_escape(c) for c in table.columns) + r" \\",

@@ -28,6 +28,7 @@ import torchaudio
 
 from avda.errors import ConfigError, MediaError
 from avda.extract.decode import _short
+from avda.paths import safe_component
 from avda.registry import unknown_name_message
 
 log = logging.getLogger(__name__)
@@ -239,7 +240,8 @@ AUDIO_EXTENSIONS: tuple[str, ...] = (".wav", ".flac", ".mp3", ".m4a", ".aac", ".
 
 def locate_audio_file(root: Path, video_id: str, participant: str | None = None) -> Path:
     """``<root>/<video_id>.wav`` (or another audio extension, or under ``<participant>/``)."""
-    participant = participant or str(video_id).split("_")[0]
+    video_id = safe_component(video_id, "video_id")
+    participant = safe_component(participant or str(video_id).split("_")[0], "participant_id")
     for folder in (root, root / participant):
         for extension in AUDIO_EXTENSIONS:
             candidate = folder / f"{video_id}{extension}"

@@ -35,6 +35,7 @@ from tqdm import tqdm
 from avda import runs
 from avda.config import Config
 from avda.data_manifests import schema as manifest_schema
+from avda.devices import resolve_device
 from avda.errors import ConfigError, ManifestError
 from avda.extract import backbones
 from avda.extract.inference import memory_format
@@ -129,7 +130,7 @@ def finetune(
     began = time.perf_counter()
     config = config or FinetuneConfig()
     out = Path(out)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(device)
     cuda = device.startswith("cuda")
     segments = manifest_schema.normalise(manifest)
     rows = _source_rows(segments, source)

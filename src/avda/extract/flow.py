@@ -44,9 +44,11 @@ from tqdm import tqdm
 
 import avda
 from avda.data_manifests import schema as manifest_schema
+from avda.devices import resolve_device
 from avda.errors import AvdaError, CheckpointError, ConfigError
 from avda.extract import frames as frames_lib
 from avda.extract.decode import VideoDecoder, probe, resized_size, video_backend
+from avda.paths import check_inside, child
 
 log = logging.getLogger(__name__)
 
@@ -157,7 +159,7 @@ def compute_flow(
         video_backend()  # one error for a bad AVDA_VIDEO_DECODER or decord asked but missing
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(device)
     estimator = _estimator(options, device)
     metadata = options.metadata()
     segments = manifest_schema.normalise(manifest)
@@ -167,9 +169,9 @@ def compute_flow(
     for video_id, rows in groups:
         video_id = str(video_id)
         try:
+            folder = child(out, video_id, "video_id")  # one name: never outside --out
             source = _open_source(rows.iloc[0], root, videos is not None, options)
-            folder = out / video_id
-            _claim_folder(folder, metadata, force)
+            _claim_folder(folder, out, metadata, force)
             pairs = pair_frames(source.count, options.stride, options.dilation)
             wanted = np.arange(1, len(pairs) + 1)
             if segments_only:
@@ -257,9 +259,13 @@ def _near_segments(
 
 
 # --------------------------------------------------------------------------- output
-def _claim_folder(folder: Path, metadata: dict[str, Any], force: bool) -> None:
-    """Create the video's folder and flow.json; refuse one made with other settings."""
+def _claim_folder(folder: Path, out: Path, metadata: dict[str, Any], force: bool) -> None:
+    """Create the video's folder and flow.json; refuse one made with other settings, and one
+    that a symbolic link leads out of ``out`` (nothing is written or deleted outside it)."""
     path = folder / frames_lib.FLOW_METADATA
+    for part in (folder, folder / "u", folder / "v", path):
+        if part.exists() or part.is_symlink():
+            check_inside(part, out)
     if path.exists():
         found = json.loads(path.read_text())
         diffs = [
@@ -275,6 +281,8 @@ def _claim_folder(folder: Path, metadata: dict[str, Any], force: bool) -> None:
         if diffs:
             for component in ("u", "v"):
                 for old in (folder / component).glob("*.jpg"):
+                    if not old.is_symlink():  # a link's target is not ours to delete
+                        check_inside(old, out)
                     old.unlink()
     for component in ("u", "v"):
         (folder / component).mkdir(parents=True, exist_ok=True)

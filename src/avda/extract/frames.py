@@ -33,6 +33,7 @@ import numpy as np
 
 from avda.errors import MediaError
 from avda.extract.decode import resized_size
+from avda.paths import safe_component
 
 log = logging.getLogger(__name__)
 
@@ -103,8 +104,10 @@ def flow_convention(folder: Path, video_id: str, stride: int | None = None) -> F
 
 
 def candidate_folders(root: Path, video_id: str, participant: str | None, kind: str) -> list[Path]:
-    """Where the frames of ``video_id`` may live under ``root`` (first existing wins)."""
-    participant = participant or str(video_id).split("_")[0]
+    """Where the frames of ``video_id`` may live under ``root`` (first existing wins); the
+    ids must be one name each (avda.paths), so no look-up leaves ``root``."""
+    video_id = safe_component(video_id, "video_id")
+    participant = safe_component(participant or str(video_id).split("_")[0], "participant_id")
     sub = "rgb_frames" if kind == "rgb" else "flow_frames"
     return [
         root / video_id,

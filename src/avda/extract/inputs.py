@@ -142,7 +142,8 @@ class SegmentDataset(Dataset):
             return row, x, int(Status.DONE), self._note
         except audio_lib.NoAudioTrack as exc:
             return row, None, int(Status.MISSING), str(exc)
-        except (AvdaError, OSError, RuntimeError, ValueError) as exc:
+        except (AvdaError, OSError, RuntimeError, ValueError, ArithmeticError) as exc:
+            # ArithmeticError: an overflow on an absurd time fails that segment, not the run
             return row, None, int(Status.FAILED), str(exc)
 
     # ----------------------------------------------------------------- helpers
@@ -194,6 +195,7 @@ class SegmentDataset(Dataset):
             "video", path, lambda: VideoDecoder(path, shorter_side=self.recipe.resize_shorter)
         )
         frames_of = self._segment_frames(segment, decoder.fps)
+        _check_inside_video(segment, decoder.duration, path)
         plan = self.recipe.rgb_plan(frames_of)
         times = plan.times if plan.times is not None else frames_of.time_of(plan.numbers)
         K = times.shape[0]
@@ -206,7 +208,13 @@ class SegmentDataset(Dataset):
             self.inputs.frames, video_id, _text(segment, "participant_id"), "rgb"
         )
         reader = self._reader("rgb", folder, lambda: frames_lib.RgbFrames(folder))
-        numbers = self.recipe.rgb_numbers(self._segment_frames(segment, self._frames_fps(segment)))
+        frames_of = self._segment_frames(segment, self._frames_fps(segment))
+        if frames_of.start_frame > reader.count:
+            raise MediaError(
+                f"segment {segment['uid']!r} starts at frame {frames_of.start_frame}, after the "
+                f"last frame ({reader.count}) of {folder}; fix its times in the manifest"
+            )
+        numbers = self.recipe.rgb_numbers(frames_of)
         frames = reader.read(numbers.reshape(-1), shorter_side=self.recipe.resize_shorter)
         return torch.from_numpy(np.ascontiguousarray(self._crop(frames, numbers.shape[0])))
 
@@ -223,6 +231,11 @@ class SegmentDataset(Dataset):
         reader = self._reader("flow", folder, make)
         frames_of = self._segment_frames(segment, self._frames_fps(segment))
         numbers = self.recipe.flow_numbers(frames_of, reader.convention.ratio)
+        if numbers.min() > reader.count:  # every frame past the end: not a repeated last one
+            raise MediaError(
+                f"segment {segment['uid']!r} starts at flow frame {int(numbers.min())}, after "
+                f"the last flow frame ({reader.count}) of {folder}; fix its times in the manifest"
+            )
         frames = reader.read(numbers.reshape(-1), shorter_side=self.recipe.resize_shorter)
         return torch.from_numpy(np.ascontiguousarray(self._crop(frames, numbers.shape[0])))
 
@@ -258,6 +271,17 @@ class SegmentDataset(Dataset):
         if self.spec.size is not None:
             spec = _fit_size(spec, self.spec.size)
         return spec.unsqueeze(1)  # (K, F, T) -> (K, 1, F, T)
+
+
+def _check_inside_video(segment: pd.Series, duration: float, path: Path) -> None:
+    """A segment that starts after its video ends fails (rather than repeating the last frame).
+    Segments that run a little past the end, as annotations often do, are kept."""
+    start = float(segment["start_sec"])
+    if start >= duration:
+        raise MediaError(
+            f"segment {segment['uid']!r} starts at {start:.2f} s, after the end of {path} "
+            f"({duration:.2f} s); fix its times in the manifest"
+        )
 
 
 def _lost_note(

@@ -44,6 +44,7 @@ from avda.cache import FeatureCache, Status, faults
 from avda.cache.lock import store_lock
 from avda.cache.store import remove_partial_creations
 from avda.data_manifests import schema as manifest_schema
+from avda.devices import resolve_device
 from avda.errors import CacheError, ConfigError, MediaError
 from avda.extract import backbones
 from avda.extract.inference import (
@@ -58,6 +59,7 @@ from avda.extract.inputs import AUDIO_RECIPE_OF_BACKBONE, InputPaths, SegmentDat
 from avda.extract.sampling import Recipe
 from avda.extract.transforms import check_clip_frames, model_input
 from avda.extract.writer import BackgroundWriter, ChunkWriter
+from avda.paths import refuse_foreign_folder
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +146,13 @@ def open_or_create_store(
     chunk_rows: int,
     force: bool,
 ) -> FeatureCache:
-    """Resume a compatible store, refuse an incompatible one (unless ``force``), or create."""
+    """Resume a compatible store, refuse an incompatible one (unless ``force``), or create.
+
+    An existing folder that is not an avda cache is refused (nothing is written into it)
+    unless it is empty: then the store is created there."""
+    if out.is_dir() and not (out / "zarr.json").exists():
+        refuse_foreign_folder(out, "-o", "an avda cache", is_ours=False)
+        out.rmdir()  # empty: the store is created in its place
     remove_partial_creations(out)  # the caller holds the store's lock
     if out.exists():
         store = cache_lib.open_cache(out, mode="a")
@@ -364,7 +372,7 @@ def extract(
             "(--force --prepare-only, without --shard), then run the shards"
         )
     segments = manifest_schema.normalise(manifest)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(device)
     resolved = resolve_precision(precision, device)
     # Models first: a recipe the backbone cannot take is refused before any store exists.
     built = [_build_model(spec, recipe) for spec in modalities]

@@ -74,8 +74,13 @@ class SegmentFrames:
     @classmethod
     def from_seconds(cls, uid: str, start_sec: float, stop_sec: float, fps: float) -> SegmentFrames:
         """Frame numbers of the frames shown at ``start_sec`` and ``stop_sec``."""
-        if not fps or fps <= 0:
+        if not fps or not 0 < fps < math.inf:
             raise ConfigError(f"segment {uid!r}: frame rate {fps!r} must be positive")
+        if not (math.isfinite(start_sec) and math.isfinite(stop_sec * fps)):
+            raise ConfigError(
+                f"segment {uid!r}: start_sec {start_sec!r} / stop_sec {stop_sec!r} are not "
+                "finite times at this frame rate; fix the manifest (`avda manifest validate`)"
+            )
         start = int(math.floor(start_sec * fps + 1e-6)) + 1
         stop = max(start, int(math.floor(stop_sec * fps + 1e-6)) + 1)
         return cls(uid, float(start_sec), float(stop_sec), start, stop, float(fps))

@@ -47,6 +47,7 @@ import avda
 from avda.cache import open_cache
 from avda.cache.lock import store_lock
 from avda.errors import CacheError, ConfigError
+from avda.paths import child
 
 log = logging.getLogger(__name__)
 
@@ -473,7 +474,7 @@ def plot_elbows(result: ClusterResult, directory: str | Path) -> list[Path]:
             axes.legend()
             figure.tight_layout()
             name = f"elbow_{group.key.replace(',', '+')}_class{class_id:03d}.png"
-            path = directory / name
+            path = child(directory, name, "plot name (from the domain names)")
             figure.savefig(path, dpi=100)
             paths.append(path)
     return paths

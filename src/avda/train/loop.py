@@ -22,6 +22,8 @@ from tqdm import tqdm
 import avda
 from avda import runs
 from avda.cache import FeatureCache, open_cache
+from avda.data_manifests.settings import Setting
+from avda.devices import resolve_device
 from avda.errors import CacheError, RunError, TrainingDiverged
 from avda.evaluate.metrics import mean_class_accuracy, top1_accuracy
 from avda.train import data as data_lib
@@ -169,6 +171,7 @@ def train(
 ) -> TrainResult:
     """Train ``head`` on ``source`` (labelled) and ``target`` (unlabelled) features of ``cache``."""
     out = Path(out)
+    Setting(tuple(source), tuple(target))  # refuses a domain on both sides, or none on one
     store = open_cache(cache)
     for role, domains in (("source", source), ("target", target)):
         data_lib.check_domains(store, domains, role)
@@ -176,7 +179,7 @@ def train(
     modalities = list(config.modalities) or store.modalities
     for modality in modalities:
         store.modality_info(modality)  # raises for a modality the cache lacks
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(device)
 
     source_rows = data_lib.select_rows(store, source, ["train"], modalities)
     target_rows = data_lib.select_rows(store, target, ["train"], modalities)
@@ -213,6 +216,7 @@ def train(
         "tasks": [dataclasses.asdict(t) for t in tasks],
         "seed": seed,
     }
+    check_same_cache(out, store)
     if runs.is_complete(out):
         previous = runs.read_config(out)
         if previous != resolved:
@@ -231,7 +235,10 @@ def train(
         log.info("%s: replacing the configuration of a run that never trained", out)
     out.mkdir(parents=True, exist_ok=True)
     runs.write_config(out, resolved)
-    runs.atomic_write_text(out / runs.PROVENANCE, json.dumps(store.provenance, indent=2))
+    trained = (out / runs.CHECKPOINT).exists() or (out / runs.METRICS).exists()
+    if not trained or not (out / runs.PROVENANCE).exists():
+        # Written when the run starts; a resume keeps the record of the cache it started on.
+        runs.atomic_write_text(out / runs.PROVENANCE, json.dumps(store.provenance, indent=2))
 
     torch.manual_seed(seed)
     np.random.seed(seed)
@@ -383,6 +390,38 @@ def train(
 
 
 CHECKPOINT_SECONDS = 30.0
+
+
+def same_cache(recorded: dict[str, Any], current: dict[str, Any]) -> bool:
+    """Whether two cache provenances describe the same store: the same ``cache_id`` (written
+    once at creation), or for stores made before it, the same creation time."""
+    if recorded.get("cache_id") or current.get("cache_id"):
+        return recorded.get("cache_id") == current.get("cache_id")
+    return recorded.get("created") == current.get("created")
+
+
+def _describe(provenance: dict[str, Any]) -> str:
+    ident = provenance.get("cache_id")
+    return f"created {provenance.get('created')}" + (f", id {ident}" if ident else "")
+
+
+def check_same_cache(out: Path, store: FeatureCache) -> None:
+    """Refuse (RunError) a run directory that trained, or finished, on another cache than
+    ``store``: the cache at its path was rebuilt since (docs/security.md)."""
+    started = runs.is_complete(out) or any(
+        (out / name).exists() for name in (runs.CHECKPOINT, runs.METRICS)
+    )
+    if not started:
+        return
+    recorded = runs.read_provenance(out)
+    if recorded is None or same_cache(recorded, store.provenance):
+        return
+    raise RunError(
+        f"{out} was trained on another cache than the one now at {store.path.resolve()} "
+        f"(the run's: {_describe(recorded)}; now: {_describe(store.provenance)}; rebuilt "
+        f"since?); to start fresh use another -o or remove {out}; to continue it, restore "
+        "the cache it trained on"
+    )
 
 
 def _cycle(feature_set: FeatureSet, batch_size: int, generator: torch.Generator):

@@ -156,7 +156,7 @@ class StageStore:
         self._write_record(name, key, summary or {})
 
     def load_module(self, name: str, module: nn.Module) -> nn.Module:
-        state = torch.load(self.folder / f"{name}.pt", map_location="cpu", weights_only=True)
+        state = runs.load_checkpoint(self.folder / f"{name}.pt")
         module.load_state_dict(state)
         return module
 

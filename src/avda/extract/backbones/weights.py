@@ -103,6 +103,11 @@ def read_checkpoint(path: str | Path) -> Any:
         pass
     except (RuntimeError, EOFError, OSError) as error:
         raise CheckpointError(f"{path}: not a readable torch checkpoint: {error}") from None
+    except Exception as error:  # noqa: BLE001 - a text file, a cut-off pickle: one line
+        raise CheckpointError(
+            f"{path}: not a torch checkpoint (a text file, or a damaged or cut-off one: "
+            f"{type(error).__name__}: {error}); pass the published weights file"
+        ) from None
     with torch.serialization.safe_globals(_numpy_safe_globals()):
         try:
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)

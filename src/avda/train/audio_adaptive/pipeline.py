@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from avda.devices import resolve_device
 from avda.errors import CacheError, ConfigError
 from avda.registry import unknown_name_message
 from avda.train.audio_adaptive.audio_classifier import PooledAudioClassifier, pseudo_absent_labels
@@ -528,7 +529,7 @@ def run_stages(
     stats = input_statistics(train_set, config.standardize, config.feature_scale)
     for feature_set in (train_set, target_set):
         _apply_standardizer(feature_set, stats)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(device)
     inputs = {m: tuple(train_set.inputs[m].shape[1:]) for m in modalities}
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from avda.config import Config
-from avda.errors import AvdaError, CacheError
+from avda.errors import AvdaError, CacheError, ConfigError
 from avda.train.data import FeatureSet, Task
 from avda.train.layers import mlp
 from avda.train.losses import classification_loss
@@ -131,6 +131,47 @@ def shape_errors(head: str, shapes: Mapping[str, tuple[int, ...]], doing: str) -
 log = logging.getLogger(__name__)
 
 
+# Integer fields counted in items that must be at least one (layer sizes, batch sizes, ...).
+_POSITIVE_INT_SUFFIXES = ("_dim", "_hidden", "_heads", "_depth", "batch_size", "_bottleneck")
+_POSITIVE_INT_NAMES = ("epochs", "eval_every", "lr_steps", "num_segments", "scales", "reduction")
+# Integer fields where 0 means "none" or "same as" (target_batch_size 0: batch_size).
+_NON_NEGATIVE_INT_NAMES = ("target_batch_size", "keep_last_predictions", "reference_segments")
+
+
+def range_problem(name: str, value: Any) -> str | None:
+    """What a head config field ``name`` expects when ``value`` is out of its range, else None.
+
+    The rules go by the field's name, so every head (and a new one) gets them: floats are
+    finite (loss weights too: they may be negative, to invert a term); ``*dropout`` in
+    [0, 1); ``lr`` and ``*_lr`` > 0; ``momentum`` in [0, 1]; ``lr_gamma`` > 0;
+    ``weight_decay``, ``*grad_clip`` >= 0; ``epochs``, lr steps,
+    batch and layer sizes >= 1; other ``*_epochs`` and counts where 0 means none >= 0.
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    if isinstance(value, float) and not math.isfinite(value):
+        return "a finite number"
+    if isinstance(value, int) and not isinstance(value, float):
+        if name == "target_batch_size" or name in _NON_NEGATIVE_INT_NAMES:
+            return "an integer >= 0" if value < 0 else None
+        if name in _POSITIVE_INT_NAMES or name.endswith(_POSITIVE_INT_SUFFIXES):
+            return "an integer >= 1" if value < 1 else None
+        if name.endswith("_epochs") or name.startswith(("cluster_", "absent_")):
+            return "an integer >= 0" if value < 0 else None
+        return None
+    if name.endswith("dropout"):
+        return "a probability in [0, 1)" if not 0 <= value < 1 else None
+    if name == "lr" or name.endswith("_lr") or name == "lr_gamma":
+        return "a number > 0" if value <= 0 else None
+    if name == "momentum":
+        return "a number in [0, 1]" if not 0 <= value <= 1 else None
+    if name.endswith(("weight_decay", "grad_clip")):
+        return "a number >= 0" if value < 0 else None
+    # Loss weights (``*_weight``) may be negative: an inverted term is a diagnostic
+    # (tests/train/test_adaptation_terms.py); they only need to be finite.
+    return None
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class HeadConfig(Config):
     """Fields every head has: which inputs, and how to optimise (defaults per head).
@@ -189,6 +230,18 @@ class HeadConfig(Config):
     # "steps": epochs derived from the data size (reference_segments); "epochs": as given.
     # Setting epochs or a stage field explicitly makes it "epochs".
     schedule: Literal["steps", "epochs"] = "steps"
+
+    def __post_init__(self) -> None:
+        """Every number in its range (:func:`range_problem`): a bad ``--set``, sweep entry or
+        preset is refused here, in one line, before any data is loaded."""
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            for item in value if isinstance(value, tuple) else (value,):
+                problem = range_problem(field.name, item)
+                if problem:
+                    raise ConfigError(
+                        f"{type(self).__name__}.{field.name}: expected {problem}, got {item!r}"
+                    )
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any] | None = None) -> Self:

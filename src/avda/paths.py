@@ -1,0 +1,118 @@
+"""Paths built from data: one safe component per id, writes kept inside their output folder.
+
+Manifest ids (``video_id``, ``domain``, ``participant_id``) and other names read from files
+become file and folder names (``avda flow -o OUT`` writes ``OUT/<video_id>/``). Every place
+that builds a path from such a name goes through :func:`child`, which refuses a name that is
+not one plain path component (``..``, ``a/b``, an absolute path, a NUL byte) and a path that a
+symbolic link leads out of the output folder. :func:`component_problem` is the same rule for
+validators that collect problems instead of raising (the manifest check). See
+docs/security.md.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from avda.errors import ConfigError
+
+# Characters that make a name more than one path component on some system (or end it early).
+_SEPARATORS = ("/", "\\", "\x00")
+
+
+def component_problem(name: object) -> str | None:
+    """Why ``name`` is not usable as one file or folder name, or None when it is."""
+    text = str(name)
+    if text == "" or text.strip() == "":
+        return "is empty"
+    if text in (".", ".."):
+        return f"{text!r} is not a name (it names a folder relative to another)"
+    for separator in _SEPARATORS:
+        if separator in text:
+            shown = {"\x00": "a NUL byte", "/": "'/'", "\\": "'\\'"}[separator]
+            return f"{text!r} contains {shown}: an id must be one name, not a path"
+    if any(ord(c) < 32 for c in text):
+        return f"{text!r} contains a control character"
+    if len(text.encode("utf-8", "surrogatepass")) > 255:
+        return f"{text[:40]!r}... is longer than 255 bytes, the longest file name"
+    return None
+
+
+def safe_component(name: object, what: str = "id") -> str:
+    """``name`` as a string when it is one plain path component; ConfigError otherwise."""
+    problem = component_problem(name)
+    if problem is not None:
+        raise ConfigError(f"{what} {problem}; fix it in the manifest (see docs/security.md)")
+    return str(name)
+
+
+def relative_path_problem(value: object) -> str | None:
+    """Why ``value`` is not a relative path that stays below its root (``video_path``)."""
+    text = str(value)
+    if "\x00" in text:
+        return f"{text!r} contains a NUL byte"
+    path = Path(text.replace("\\", "/"))
+    if path.is_absolute() or text.startswith(("/", "\\")) or (len(text) > 1 and text[1] == ":"):
+        return f"{text!r} is absolute; give a path relative to --videos"
+    if ".." in path.parts:
+        return f"{text!r} climbs out of its folder with '..'; give a path below --videos"
+    return None
+
+
+def is_within(path: Path, root: Path) -> bool:
+    """Whether ``path`` (symbolic links resolved) lies inside ``root`` (resolved)."""
+    try:
+        return Path(os.path.realpath(path)).is_relative_to(Path(os.path.realpath(root)))
+    except (OSError, ValueError):
+        return False
+
+
+def child(root: str | Path, name: object, what: str = "id") -> Path:
+    """``root / name`` for a ``name`` that is one safe component, refused when a symbolic
+    link (the child itself, or one inside it) would lead writes out of ``root``."""
+    root = Path(root)
+    path = root / safe_component(name, what)
+    if path.is_symlink() and not is_within(path, root):
+        raise ConfigError(
+            f"{path} is a symbolic link to {os.path.realpath(path)}, outside {root}; avda does "
+            "not write through links that leave the output folder: remove the link"
+        )
+    return path
+
+
+def check_inside(path: Path, root: Path) -> Path:
+    """``path`` when it (links resolved) stays inside ``root``; ConfigError otherwise."""
+    if not is_within(path, root):
+        raise ConfigError(
+            f"{path} resolves to {os.path.realpath(path)}, outside {root} (a symbolic link); "
+            "avda does not write through links that leave the output folder: remove the link"
+        )
+    return path
+
+
+def refuse_foreign_folder(path: Path, option: str, kind: str, is_ours: bool) -> None:
+    """Refuse to write into ``path`` when it is an existing, non-empty folder that is not
+    ``kind`` (``is_ours`` says whether it is); an empty folder is fine."""
+    if not path.is_dir() or is_ours:
+        return
+    if any(path.iterdir()):
+        raise ConfigError(
+            f"{option} {path} is a folder that is not {kind} and is not empty; avda does not "
+            "write into it: give a new path (it is created) or an empty folder"
+        )
+
+
+def check_no_outward_links(root: Path) -> None:
+    """Refuse a folder tree (a cache opened for writing) holding a symbolic link that leads
+    out of it: writes through it would land elsewhere."""
+    root = Path(root)
+    real_root = Path(os.path.realpath(root))
+    for folder, names, files in os.walk(root):  # does not descend into linked folders
+        for name in (*names, *files):
+            path = Path(folder) / name
+            if path.is_symlink() and not Path(os.path.realpath(path)).is_relative_to(real_root):
+                raise ConfigError(
+                    f"{path} is a symbolic link to {os.path.realpath(path)}, outside {root}; "
+                    "avda does not write through links that leave the cache: replace the link "
+                    "with the folder itself"
+                )
