@@ -645,8 +645,7 @@ def train_command(
     quiet: Quiet = False,
 ) -> None:
     """Train an adaptation head on cached features; writes a resumable run directory."""
-    import yaml
-
+    from avda import safe_yaml
     from avda.train.loop import train
 
     overrides = {}
@@ -654,7 +653,7 @@ def train_command(
         if "=" not in item:
             raise ConfigError(f"--set expects key=value, got {item!r}")
         key, raw = item.split("=", 1)
-        overrides[key.strip()] = yaml.safe_load(raw)
+        overrides[key.strip()] = safe_yaml.load(raw, source=f"--set {key.strip()}")
     if epochs is not None:
         overrides["epochs"] = epochs
     result = train(
