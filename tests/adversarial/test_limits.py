@@ -355,3 +355,30 @@ def test_limits_are_documented():
         assert value in limits, value
     assert math.isfinite(safe_pickle.memory_budget(1))
     assert os.path.basename(__file__) == "test_limits.py"
+
+
+# ------------------------------------------------------------------------------ the CLI
+def test_the_cli_prints_each_refusal_in_one_line(tmp_path, cache, capsys, monkeypatch):
+    from avda import cli
+
+    monkeypatch.chdir(tmp_path)
+    Path("evil.pkl").write_bytes(_feature_pickle(_Calls(bytearray, (HUGE,))))
+    Path("ann.csv").write_text("narration_id,verb_class\nP01_01_0,1\n")
+    Path("sweep.yaml").write_text(
+        f"cache: {cache}\nheads: [source-only]\nsettings: [source->target]\nseeds: 100000000\n"
+    )
+    Path("laughs.yaml").write_text(f"cache: {cache}\n" + _laughs())
+    expected = {
+        ("cache", "import", "evil.pkl", "-o", "i.zarr", "-a", "ann.csv"): (
+            "error: evil.pkl: bytearray(int) is not allowed"
+        ),
+        ("sweep", "sweep.yaml"): "error: sweep.yaml:4: seeds: 100,000,000 seeds is more than",
+        ("sweep", "laughs.yaml"): "error: laughs.yaml: the YAML expands to more than 100,000",
+    }
+    for args, start in expected.items():
+        with _within(5.0):
+            code = cli.main(list(args))
+        err = capsys.readouterr().err
+        lines = [line for line in err.splitlines() if line.strip()]
+        assert code == 1 and len(lines) == 1 and lines[0].startswith(start), (args, err)
+    assert not Path("i.zarr").exists()
