@@ -382,3 +382,13 @@ def test_the_cli_prints_each_refusal_in_one_line(tmp_path, cache, capsys, monkey
         lines = [line for line in err.splitlines() if line.strip()]
         assert code == 1 and len(lines) == 1 and lines[0].startswith(start), (args, err)
     assert not Path("i.zarr").exists()
+
+
+def test_a_pyarrow_array_of_huge_length_is_refused(tmp_path):
+    """An array of nulls has no buffers: only its length says how much pandas will allocate."""
+    import pyarrow as pa
+
+    data = pickle.dumps(pa.nulls(12345), protocol=2)
+    assert data.count(b"M90M90") == 1  # BININT2 12345, twice: length and null count
+    data = data.replace(b"M90M90", b"J\xff\xff\xff\x7fJ\xff\xff\xff\x7f")  # 2**31 - 1
+    _refused_pickle(tmp_path, data, "a pyarrow array of 2,147,483,647 entries")

@@ -39,12 +39,12 @@ unpickler (``pickle._Unpickler``, whose opcodes can be checked one by one; about
 3.5 MB EPIC-100 annotation pickles) and charges every array, ``bytearray``, encoded string and
 ``RangeIndex`` it builds against one budget of :func:`memory_budget` bytes: 64 times the size of
 the pickle plus 64 MiB (a legitimate pickle of N bytes holds about N bytes of arrays; object
-arrays cost 8 bytes per element of at least one byte each). Going over refuses the file with
-:class:`PickleTooLargeError`, before anything is allocated. ``bytearray`` is admitted only from
-bytes data, ``_codecs.encode`` only to latin-1, and the pandas containers (DataFrame, Series,
-Index, Categorical, extension arrays) only as classes rebuilt without arguments (``__new__`` then
-``__setstate__``, which is how pandas pickles them); ``numpy.ndarray`` is admitted only as the
-type given to ``_reconstruct``.
+arrays cost 8 bytes per element of at least one byte each; a pyarrow array, 8 bytes per entry).
+Going over refuses the file with :class:`PickleTooLargeError`, before anything is allocated.
+``bytearray`` is admitted only from bytes data, ``_codecs.encode`` only to latin-1, and the
+pandas containers (DataFrame, Series, Index, Categorical, extension arrays) only as classes
+rebuilt without arguments (``__new__`` then ``__setstate__``, which is how pandas pickles them);
+``numpy.ndarray`` is admitted only as the type given to ``_reconstruct``.
 """
 
 from __future__ import annotations
@@ -227,7 +227,7 @@ class _RestrictedUnpickler(pickle._Unpickler):  # type: ignore[name-defined]
                 "convert it to CSV, Parquet or .npy with the tool that wrote it"
             )
         if (module, name) == ("pyarrow.lib", "_restore_array"):
-            return _validated_restore_array
+            return self.restore_array
         found = super().find_class(module, name)
         if name == "bytearray":
             return self.bytearray
@@ -257,6 +257,13 @@ class _RestrictedUnpickler(pickle._Unpickler):  # type: ignore[name-defined]
             )
         self.charge(len(text), "an encoded string")
         return codecs.encode(text, "latin1", *rest)  # type: ignore[arg-type]
+
+    def restore_array(self, *args: object) -> object:
+        """A validated pyarrow array, charged 8 bytes per entry: an array of nulls has no
+        buffers, so its length costs nothing until pandas turns it into numpy."""
+        array = _validated_restore_array(*args)
+        self.charge(8 * len(array), f"a pyarrow array of {len(array):,} entries")  # type: ignore[arg-type]
+        return array
 
     def reconstruct(self, real: object, subtype: object, shape: object, dtype: object) -> object:
         if not (isinstance(subtype, type) and issubclass(subtype, np.ndarray)):
