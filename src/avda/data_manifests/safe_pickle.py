@@ -166,6 +166,12 @@ def _count(shape: object) -> int | None:
     return math.prod(dims)
 
 
+def _short(value: object, limit: int = 80) -> str:
+    """``repr(value)`` cut to ``limit`` characters (a crafted value quoted in an error)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _is_container(cls: type) -> bool:
     """numpy arrays and the pandas classes that hold data (built only by ``__setstate__``)."""
     if issubclass(cls, np.ndarray):
@@ -210,12 +216,12 @@ class _RestrictedUnpickler(pickle._Unpickler):  # type: ignore[name-defined]
     def charge_array(self, shape: object, dtype: object, what: str) -> None:
         count = _count(shape)
         if count is None:
-            raise self.refuse(f"{what} has an invalid shape {shape!r}")
+            raise self.refuse(f"{what} has an invalid shape {_short(shape)}")
         try:
             itemsize = np.dtype(dtype).itemsize  # type: ignore[call-overload]
         except (TypeError, ValueError) as exc:
-            raise self.refuse(f"{what} has an invalid dtype {dtype!r} ({exc})") from None
-        self.charge(count * max(itemsize, 1), f"{what} of shape {shape!r}")
+            raise self.refuse(f"{what} has an invalid dtype {_short(dtype)} ({exc})") from None
+        self.charge(count * max(itemsize, 1), f"{what} of shape {_short(shape)}")
 
     # ------------------------------------------------------------------ globals
     def find_class(self, module: str, name: str) -> object:
@@ -253,7 +259,7 @@ class _RestrictedUnpickler(pickle._Unpickler):  # type: ignore[name-defined]
     def encode(self, text: object, encoding: object = "utf-8", *rest: object) -> bytes:
         if not isinstance(text, str) or str(encoding).lower() not in _LATIN1:
             raise self.refuse(
-                f"_codecs.encode is admitted only for str to latin1 (got {encoding!r})"
+                f"_codecs.encode is admitted only for str to latin1 (got {_short(encoding)})"
             )
         self.charge(len(text), "an encoded string")
         return codecs.encode(text, "latin1", *rest)  # type: ignore[arg-type]
