@@ -794,7 +794,10 @@ def sweep_command(
     ] = False,
     quiet: Quiet = False,
 ) -> None:
-    """Train every (head, setting, seed) of a spec as Dask tasks; finished runs are skipped."""
+    """Train every (head, setting, seed) of a spec as Dask tasks; finished runs are skipped.
+
+    A spec may expand to at most 10,000 runs; AVDA_MAX_RUNS=N raises the limit.
+    """
     from avda.evaluate import sweep
 
     if job_script:
