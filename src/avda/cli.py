@@ -719,8 +719,7 @@ def train_command(
     quiet: Quiet = False,
 ) -> None:
     """Train an adaptation head on cached features; writes a resumable run directory."""
-    import yaml
-
+    from avda import safe_yaml
     from avda.train.loop import train
 
     overrides = {}
@@ -728,7 +727,7 @@ def train_command(
         if "=" not in item:
             raise ConfigError(f"--set expects key=value, got {item!r}")
         key, raw = item.split("=", 1)
-        overrides[key.strip()] = yaml.safe_load(raw)
+        overrides[key.strip()] = safe_yaml.load(raw, source=f"--set {key.strip()}")
     if epochs is not None:
         overrides["epochs"] = epochs
     result = train(
@@ -870,7 +869,10 @@ def sweep_command(
     ] = False,
     quiet: Quiet = False,
 ) -> None:
-    """Train every (head, setting, seed) of a spec as Dask tasks; finished runs are skipped."""
+    """Train every (head, setting, seed) of a spec as Dask tasks; finished runs are skipped.
+
+    A spec may expand to at most 10,000 runs; AVDA_MAX_RUNS=N raises the limit.
+    """
     from avda.evaluate import sweep
 
     if job_script:

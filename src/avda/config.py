@@ -17,8 +17,7 @@ import types
 import typing
 from typing import Any, Self
 
-import yaml
-
+from avda import safe_yaml
 from avda.errors import ConfigError
 from avda.registry import unknown_name_message
 
@@ -55,7 +54,7 @@ class Config:
             if "=" not in item:
                 raise ConfigError(f"--set expects key=value, got {item!r}")
             key, raw = item.split("=", 1)
-            changes[key.strip()] = yaml.safe_load(raw)
+            changes[key.strip()] = safe_yaml.load(raw, source=f"--set {key.strip()}")
         return self.replace(**changes)
 
     def to_dict(self) -> dict[str, Any]:

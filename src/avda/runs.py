@@ -55,7 +55,12 @@ def read_config(run: Path) -> dict[str, Any]:
         raise RunError(
             f"{run} is not an avda run directory (no {CONFIG}); pass a folder `avda train -o` wrote"
         )
-    return yaml.safe_load(path.read_text())
+    from avda import safe_yaml
+
+    config = safe_yaml.load(path.read_text(), source=str(path), error=RunError)
+    if not isinstance(config, dict):
+        raise RunError(f"{path} is not a mapping of settings; the run directory is damaged")
+    return config
 
 
 def read_provenance(run: Path) -> dict[str, Any] | None:

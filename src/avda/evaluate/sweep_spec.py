@@ -4,15 +4,18 @@ line (``docs/sweep.md`` documents the keys). :mod:`avda.evaluate.sweep` plans an
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import yaml
 
+from avda import safe_yaml
 from avda.data_manifests.settings import DG_SETTINGS, MMSADA_PAIRS, NAMED_SETTINGS, Setting
 from avda.errors import AvdaError, ConfigError
 from avda.registry import unknown_name_message
+from avda.safe_yaml import MAX_YAML_BYTES
 
 CLUSTER_KINDS = ("local", "slurm", "pbs")
 SETTING_GROUPS: dict[str, tuple[Setting, ...]] = {
@@ -42,6 +45,14 @@ CLUSTER_KEYS = (
 )
 DEFAULT_WORKER_TIMEOUT = 300.0
 """Seconds ``avda sweep`` waits for the first Dask worker to join before it gives up."""
+MAX_RUNS_ENV = "AVDA_MAX_RUNS"
+DEFAULT_MAX_RUNS = 10_000
+"""Most runs (caches x heads x settings x seeds) a spec may expand to, unless ``$AVDA_MAX_RUNS``
+says otherwise; the seed count and the local/cluster worker count are bounded by it too."""
+MAX_RETRIES = 100
+"""Most ``retries`` a spec may ask for (each failed task is run again up to that many times)."""
+MAX_PROCESSES = 256
+"""Most ``cluster.processes`` (worker processes per cluster job)."""
 _WALLTIME = re.compile(r"^(\d+-)?\d+(:\d{2}){0,2}$")
 
 
@@ -102,6 +113,12 @@ class _Problems:
         where = f"{self.source}:{line}" if line else self.source
         self.items.append((line or 0, f"{where}: {_path_text(path) or '(top level)'}: {message}"))
 
+    def refuse(self, path: tuple, message: str) -> NoReturn:
+        """Raise at once, in one line: a limit is exceeded (checked before the slow checks)."""
+        line = self.lines.get(path)
+        where = f"{self.source}:{line}" if line else self.source
+        raise ConfigError(f"{where}: {_path_text(path) or '(top level)'}: {message}")
+
     def raise_if_any(self) -> None:
         if self.items:
             count = len(self.items)
@@ -141,12 +158,17 @@ def load_spec(path: str | Path) -> SweepSpec:
         raise ConfigError(f"sweep spec {path} is a folder; give the spec's YAML file")
     if not path.is_file():
         raise ConfigError(f"sweep spec {path} does not exist; see docs/sweep.md for the format")
-    text = path.read_text()
+    if path.stat().st_size > MAX_YAML_BYTES:
+        raise ConfigError(
+            f"sweep spec {path} is larger than {MAX_YAML_BYTES >> 20} MiB; avda refuses it "
+            "(a spec is a few KB)"
+        )
     try:
-        data = yaml.safe_load(text)
-        lines = _node_lines(yaml.compose(text))
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{path} is not valid YAML: {error}") from None
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"sweep spec {path} cannot be read: {error}") from None
+    data, node = safe_yaml.load_document(text, source=str(path))
+    lines = _node_lines(node)
     return parse_spec(data, source=str(path), base=path.parent, lines=lines)
 
 
@@ -169,11 +191,12 @@ def parse_spec(
         if key not in TOP_KEYS:
             problems.add((key,), unknown_name_message("key", key, TOP_KEYS))
 
+    max_runs = max_runs_allowed()
+    seeds = _parse_seeds(data.get("seeds", [0]), problems, max_runs)
     caches = _parse_caches(data, base, problems)
     domains = _cache_domains(caches, problems)
     heads = _parse_heads(data.get("heads"), heads_lib, problems)
     settings = _parse_settings(data.get("settings"), domains, problems)
-    seeds = _parse_seeds(data.get("seeds", [0]), problems)
     out = data.get("out")
     if out is not None and not isinstance(out, str):
         problems.add(("out",), f"expected a folder path, got {out!r}")
@@ -183,7 +206,17 @@ def parse_spec(
     retries = data.get("retries", 2)
     if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
         problems.add(("retries",), f"expected an integer >= 0, got {retries!r}")
-    cluster = _parse_cluster(data.get("cluster", {}), problems)
+    elif retries > MAX_RETRIES:
+        problems.add(("retries",), f"at most {MAX_RETRIES} retries, got {retries}")
+    cluster = _parse_cluster(data.get("cluster", {}), problems, max_runs)
+    runs = len(caches) * len(heads) * len(settings) * len(seeds)
+    if runs > max_runs:
+        problems.refuse(
+            (),
+            f"the spec expands to {runs:,} runs ({len(caches)} cache(s) x {len(heads)} head(s) "
+            f"x {len(settings)} setting(s) x {len(seeds)} seed(s)), more than the limit of "
+            f"{max_runs:,}; {_RAISE_HINT}",
+        )
     problems.raise_if_any()
     return SweepSpec(
         caches=caches,
@@ -345,27 +378,64 @@ def _domain_list(value: Any) -> tuple[str, ...]:
     return names
 
 
-def _parse_seeds(value: Any, problems: _Problems) -> list[int]:
+_RAISE_HINT = f"if the sweep is genuine, raise it with {MAX_RUNS_ENV}=N (see docs/sweep.md)"
+
+
+def max_runs_allowed() -> int:
+    """``$AVDA_MAX_RUNS`` (a positive integer), else :data:`DEFAULT_MAX_RUNS`."""
+    raw = os.environ.get(MAX_RUNS_ENV, "").strip()
+    if not raw:
+        return DEFAULT_MAX_RUNS
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ConfigError(f"{MAX_RUNS_ENV}={raw!r} is not a positive integer; unset it or fix it")
+    return value
+
+
+def _parse_seeds(value: Any, problems: _Problems, max_runs: int) -> list[int]:
     if isinstance(value, int) and not isinstance(value, bool):
         if value < 1:
             problems.add(("seeds",), f"a seed count must be at least 1, got {value}")
             return []
+        if value > max_runs:
+            problems.refuse(
+                ("seeds",),
+                f"{value:,} seeds is more than the limit of {max_runs:,} runs; {_RAISE_HINT}",
+            )
         return list(range(value))
     if not isinstance(value, list) or not value:
-        problems.add(("seeds",), f"expected a list of integer seeds or a count, got {value!r}")
+        problems.add(
+            ("seeds",), f"expected a list of integer seeds or a count, got {_short(value)}"
+        )
         return []
-    seeds = []
+    if len(value) > max_runs:
+        problems.refuse(
+            ("seeds",),
+            f"{len(value):,} seeds is more than the limit of {max_runs:,} runs; {_RAISE_HINT}",
+        )
+    seeds: list[int] = []
+    seen: set[int] = set()
     for index, seed in enumerate(value):
         if isinstance(seed, bool) or not isinstance(seed, int):
-            problems.add(("seeds", index), f"expected an integer, got {seed!r}")
-        elif seed in seeds:
+            problems.add(("seeds", index), f"expected an integer, got {_short(seed)}")
+        elif seed in seen:
             problems.add(("seeds", index), f"seed {seed} is listed twice")
         else:
             seeds.append(seed)
+            seen.add(seed)
     return seeds
 
 
-def _parse_cluster(value: Any, problems: _Problems) -> ClusterSpec:
+def _short(value: Any, limit: int = 80) -> str:
+    """``repr(value)`` cut to ``limit`` characters (a spec value quoted in an error)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _parse_cluster(value: Any, problems: _Problems, max_runs: int) -> ClusterSpec:
     if not isinstance(value, dict):
         problems.add(("cluster",), "expected a mapping (kind, workers, cores, memory...)")
         return ClusterSpec()
@@ -381,8 +451,12 @@ def _parse_cluster(value: Any, problems: _Problems) -> ClusterSpec:
                 values[key] = item
         elif key in ("workers", "cores", "processes", "gpus"):
             least = 0 if key == "gpus" else 1
+            most = {"workers": max_runs, "processes": MAX_PROCESSES}.get(key)
             if isinstance(item, bool) or not isinstance(item, int) or item < least:
                 problems.add(path, f"expected an integer >= {least}, got {item!r}")
+            elif most is not None and item > most:
+                hint = _RAISE_HINT if key == "workers" else "use fewer processes per job"
+                problems.refuse(path, f"{item:,} is more than the limit of {most:,}; {hint}")
             else:
                 values[key] = item
         elif key == "worker_timeout":
