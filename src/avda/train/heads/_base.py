@@ -144,7 +144,7 @@ def range_problem(name: str, value: Any) -> str | None:
     The rules go by the field's name, so every head (and a new one) gets them: floats are
     finite (loss weights too: they may be negative, to invert a term); ``*dropout`` in
     [0, 1); ``lr`` and ``*_lr`` > 0; ``momentum`` in [0, 1]; ``lr_gamma`` > 0;
-    ``weight_decay``, ``*grad_clip`` >= 0; ``epochs``, lr steps,
+    ``weight_decay``, ``*grad_clip``, ``feature_scale`` >= 0; ``epochs``, lr steps,
     batch and layer sizes >= 1; other ``*_epochs`` and counts where 0 means none >= 0.
     """
     if isinstance(value, bool) or not isinstance(value, int | float):
@@ -165,7 +165,7 @@ def range_problem(name: str, value: Any) -> str | None:
         return "a number > 0" if value <= 0 else None
     if name == "momentum":
         return "a number in [0, 1]" if not 0 <= value <= 1 else None
-    if name.endswith(("weight_decay", "grad_clip")):
+    if name.endswith(("weight_decay", "grad_clip")) or name == "feature_scale":
         return "a number >= 0" if value < 0 else None
     # Loss weights (``*_weight``) may be negative: an inverted term is a diagnostic
     # (tests/train/test_adaptation_terms.py); they only need to be finite.

@@ -54,6 +54,9 @@ class DannConfig(FusionConfig):
     discriminator_hidden: int = 100
     discriminator_dropout: float = 0.5
     grl_weight: float = 1.0  # lambda_p's maximum, the paper's (see the module docstring)
+    # inputs scaled to an RMS norm of 8 per clip (one number per modality): the paper's SGD
+    # 0.01 with momentum is scale-sensitive (docs/methods.md, dann); 0: as cached
+    feature_scale: float = 8.0
     grl_gamma: float = 10.0
     adversarial_weight: float = 1.0
     # "reversal": DANN's minimax through the GRL; "confusion": the discriminator learns on
