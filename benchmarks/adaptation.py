@@ -55,7 +55,9 @@ HEADS = (
     "audio-adaptive",
 )
 BASELINE = "source-only"
-FAMILIES = ("scene", "affine", "rotation", "label-prior", "audio-informative")
+# The families of avda.cache.synthetic, and "prototype": benchmarks/prototype_shift.py, the
+# independent generator (25 x 1024 per modality, the EPIC-100-like layout).
+FAMILIES = ("scene", "affine", "rotation", "label-prior", "audio-informative", "prototype")
 # small: the generator's defaults (480 / 480 / 320 segments, 5 snippets x 256 features);
 # large: 4x the segments of every split.
 SIZES: dict[str, dict[str, int]] = {
@@ -109,7 +111,14 @@ def ensure_cache(work: Path, family: str, size: str, seed: int) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
-    synthetic.generate(partial, family=family, seed=seed, **SIZES[size])
+    if family == "prototype":
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from prototype_shift import make
+
+        scale = 4 if size == "large" else 1
+        make(str(partial), seed=seed, sizes=tuple(n * scale for n in (480, 480, 320, 160)))
+    else:
+        synthetic.generate(partial, family=family, seed=seed, **SIZES[size])
     shutil.rmtree(path, ignore_errors=True)
     partial.rename(path)
     return path
