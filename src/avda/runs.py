@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -179,6 +180,11 @@ def is_complete(run: Path) -> bool:
     return isinstance(value, dict) and value.get("status") == "complete"
 
 
+class CheckpointRefused(RunError):
+    """A run, stage or fine-tuning checkpoint that avda did not write (or a damaged one): never
+    worked around (``avda report`` does not fall back to its scores), always refused."""
+
+
 def load_checkpoint(path: Path) -> dict:
     """A checkpoint written by avda (run, stage or fine-tuning), read with
     ``weights_only=True``: tensors, numbers, strings and containers only, so a received run
@@ -194,11 +200,17 @@ def load_checkpoint(path: Path) -> dict:
     except Exception as exc:  # noqa: BLE001 - pickle, zip, a text file: one line for all
         if isinstance(exc, OSError) and not isinstance(exc, EOFError):
             raise  # missing file, permission: the CLI's own one line
-        text = str(exc).strip()
-        first = text.splitlines()[0] if text else type(exc).__name__
+        text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()  # torch bolds a warning
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
+        # torch's refusal opens with how to load the file anyway; the reason is further down
+        first = next(
+            (line.replace("WeightsUnpickler error: ", "").split(" was not an allowed")[0]
+             for line in lines if "Unsupported global" in line),
+            lines[0] if lines else type(exc).__name__,
+        )  # fmt: skip
         if not isinstance(exc, pickle.UnpicklingError | RuntimeError | EOFError):
             first = f"{type(exc).__name__}: {first}"
-        raise RunError(
+        raise CheckpointRefused(
             f"{path} is not a checkpoint avda wrote (or it is damaged): {first[:200]}; remove "
             "it to start that run or stage again"
         ) from None
