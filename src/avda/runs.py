@@ -150,14 +150,39 @@ def read_predictions(run: Path, name: str) -> dict[str, Any]:
     path = Path(run) / PREDICTIONS / f"{name}.npz"
     if not path.exists():
         raise RunError(f"{run} has no predictions for {name!r} ({path}); is the run complete?")
-    with np.load(path) as data:
-        out: dict[str, Any] = {"uids": data["uids"], "labels": {}, "scores": {}}
-        for key in data.files:
-            if key.startswith("label_"):
-                out["labels"][key[6:]] = data[key]
-            elif key.startswith("score_"):
-                out["scores"][key[6:]] = data[key]
+    data = read_arrays(path)
+    if "uids" not in data:
+        raise RunError(f"{path} is not a predictions file avda wrote: it has no uids")
+    out: dict[str, Any] = {"uids": data["uids"], "labels": {}, "scores": {}}
+    for key, value in data.items():
+        if key.startswith("label_"):
+            out["labels"][key[6:]] = value
+        elif key.startswith("score_"):
+            out["scores"][key[6:]] = value
     return out
+
+
+def read_arrays(path: Path) -> dict[str, np.ndarray]:
+    """Every array of an ``.npz`` avda wrote (predictions, stage outputs), read with
+    ``allow_pickle=False``: an object array (pickled Python objects, which could run code), a
+    lone ``.npy`` or a damaged file is refused with one line naming it."""
+    import zipfile
+
+    try:
+        data = np.load(path, allow_pickle=False)
+        if not isinstance(data, np.lib.npyio.NpzFile):
+            raise ValueError(f"it holds a single {type(data).__name__}, not named arrays")
+        with data:
+            return {key: data[key] for key in data.files}
+    except MemoryError:
+        raise
+    except (ValueError, zipfile.BadZipFile, EOFError, KeyError) as exc:
+        text = str(exc).strip()
+        first = text.splitlines()[0] if text else type(exc).__name__
+        raise RunError(
+            f"{path} is not an array file avda wrote (or it is damaged): {first[:200]}; remove "
+            "it and train again what wrote it"
+        ) from None
 
 
 def prediction_sets(run: Path) -> list[str]:

@@ -11,6 +11,7 @@ import hashlib
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -35,6 +36,18 @@ def craft(path: Path, marker: Path) -> None:
     path.unlink(missing_ok=True)
     state = {"epoch": 1, "model": _Payload(str(marker)), "state_dict": _Payload(str(marker))}
     torch.save(state, path)
+
+
+def craft_arrays(path: Path, marker: Path) -> None:
+    """Replace the ``.npz`` at ``path`` by one whose ``uids`` is an object array (a pickle)
+    holding the payload: ``numpy.load(allow_pickle=True)`` would run it."""
+    with np.load(path) as data:
+        arrays = {key: data[key] for key in data.files}
+    payload = np.empty(1, dtype=object)
+    payload[0] = _Payload(str(marker))
+    arrays[next(iter(arrays))] = payload
+    path.unlink()
+    np.savez(path, **arrays)
 
 
 def snapshot(folder: Path) -> dict[str, str]:
@@ -174,6 +187,19 @@ def test_sweep_refuses_a_crafted_run_checkpoint(capsys, work, scratch):
     assert snapshot(out) == before
 
 
+# ------------------------------------------------------------------------------ predictions
+@pytest.mark.parametrize("command", ["report", "evaluate"])
+def test_crafted_predictions_are_refused(capsys, work, scratch, command):
+    out = copy_run(work, "run", scratch / "run")
+    path, marker = out / runs.PREDICTIONS / "target_test.npz", scratch / "pwned"
+    craft_arrays(path, marker)
+    before = snapshot(out)
+    line = [command, out, *(["-o", scratch / "r.html", "--quiet"] if command == "report" else [])]
+    message = refused(capsys, path, marker, *line)
+    assert "is not an array file avda wrote" in message and "allow_pickle=False" in message
+    assert not (scratch / "r.html").exists() and snapshot(out) == before
+
+
 # ------------------------------------------------------------------------------ stages
 def _aa_stage_files(work: Path) -> list[str]:
     return sorted(p.name for p in (work / "aa" / "stages").glob("*.pt"))
@@ -246,3 +272,19 @@ def test_a_crafted_weights_file_is_refused(capsys, scratch, command):
     message = refused(capsys, Path("w.pt"), marker, *WEIGHTS[command])
     assert "io.open" in message, message
     assert sorted(p.name for p in scratch.iterdir()) == ["c.zarr", "m.csv", "w.pt"]
+
+
+@pytest.mark.parametrize("stage", ["clusters", "weights", "pseudo-labels-rgb", "absent-labels"])
+def test_audio_adaptive_stages_refuse_crafted_stage_arrays(capsys, work, scratch, stage):
+    out = copy_run(work, "aa", scratch / "aa")
+    (out / runs.STATUS).unlink()
+    shutil.rmtree(out / "checkpoints")
+    path, marker = out / "stages" / f"{stage}.npz", scratch / "pwned"
+    craft_arrays(path, marker)
+    before = snapshot(out)
+    sets = [x for k, v in AUDIO_ADAPTIVE.items() for x in ("--set", f"{k}={v}")]
+    message = refused(capsys, path, marker, "train", "--cache", "c.zarr", "--head",
+                      "audio-adaptive", "--source", "source", "--target", "target", "--quiet",
+                      *sets, "-o", out)  # fmt: skip
+    assert "is not an array file avda wrote" in message
+    assert snapshot(out) == before
