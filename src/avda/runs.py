@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -149,14 +150,39 @@ def read_predictions(run: Path, name: str) -> dict[str, Any]:
     path = Path(run) / PREDICTIONS / f"{name}.npz"
     if not path.exists():
         raise RunError(f"{run} has no predictions for {name!r} ({path}); is the run complete?")
-    with np.load(path) as data:
-        out: dict[str, Any] = {"uids": data["uids"], "labels": {}, "scores": {}}
-        for key in data.files:
-            if key.startswith("label_"):
-                out["labels"][key[6:]] = data[key]
-            elif key.startswith("score_"):
-                out["scores"][key[6:]] = data[key]
+    data = read_arrays(path)
+    if "uids" not in data:
+        raise RunError(f"{path} is not a predictions file avda wrote: it has no uids")
+    out: dict[str, Any] = {"uids": data["uids"], "labels": {}, "scores": {}}
+    for key, value in data.items():
+        if key.startswith("label_"):
+            out["labels"][key[6:]] = value
+        elif key.startswith("score_"):
+            out["scores"][key[6:]] = value
     return out
+
+
+def read_arrays(path: Path) -> dict[str, np.ndarray]:
+    """Every array of an ``.npz`` avda wrote (predictions, stage outputs), read with
+    ``allow_pickle=False``: an object array (pickled Python objects, which could run code), a
+    lone ``.npy`` or a damaged file is refused with one line naming it."""
+    import zipfile
+
+    try:
+        data = np.load(path, allow_pickle=False)
+        if not isinstance(data, np.lib.npyio.NpzFile):
+            raise ValueError(f"it holds a single {type(data).__name__}, not named arrays")
+        with data:
+            return {key: data[key] for key in data.files}
+    except MemoryError:
+        raise
+    except (ValueError, zipfile.BadZipFile, EOFError, KeyError) as exc:
+        text = str(exc).strip()
+        first = text.splitlines()[0] if text else type(exc).__name__
+        raise RunError(
+            f"{path} is not an array file avda wrote (or it is damaged): {first[:200]}; remove "
+            "it and train again what wrote it"
+        ) from None
 
 
 def prediction_sets(run: Path) -> list[str]:
@@ -179,6 +205,11 @@ def is_complete(run: Path) -> bool:
     return isinstance(value, dict) and value.get("status") == "complete"
 
 
+class CheckpointRefused(RunError):
+    """A run, stage or fine-tuning checkpoint that avda did not write (or a damaged one): never
+    worked around (``avda report`` does not fall back to its scores), always refused."""
+
+
 def load_checkpoint(path: Path) -> dict:
     """A checkpoint written by avda (run, stage or fine-tuning), read with
     ``weights_only=True``: tensors, numbers, strings and containers only, so a received run
@@ -194,11 +225,17 @@ def load_checkpoint(path: Path) -> dict:
     except Exception as exc:  # noqa: BLE001 - pickle, zip, a text file: one line for all
         if isinstance(exc, OSError) and not isinstance(exc, EOFError):
             raise  # missing file, permission: the CLI's own one line
-        text = str(exc).strip()
-        first = text.splitlines()[0] if text else type(exc).__name__
+        text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()  # torch bolds a warning
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
+        # torch's refusal opens with how to load the file anyway; the reason is further down
+        first = next(
+            (line.replace("WeightsUnpickler error: ", "").split(" was not an allowed")[0]
+             for line in lines if "Unsupported global" in line),
+            lines[0] if lines else type(exc).__name__,
+        )  # fmt: skip
         if not isinstance(exc, pickle.UnpicklingError | RuntimeError | EOFError):
             first = f"{type(exc).__name__}: {first}"
-        raise RunError(
+        raise CheckpointRefused(
             f"{path} is not a checkpoint avda wrote (or it is damaged): {first[:200]}; remove "
             "it to start that run or stage again"
         ) from None

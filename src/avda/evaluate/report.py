@@ -277,6 +277,8 @@ def score_embedding(run: Path, *, max_points: int = 500, seed: int = 0) -> Embed
 def run_embedding(run: Path, *, max_points: int = 500) -> Embedding:
     try:
         return head_embedding(run, max_points=max_points)
+    except runs.CheckpointRefused:
+        raise  # a crafted or damaged checkpoint is refused, not worked around (issue 18)
     except (AvdaError, OSError, KeyError, RuntimeError) as error:
         log.warning("%s: cannot rebuild the head's embedding (%s); embedding scores", run, error)
         embedding = score_embedding(run, max_points=max_points)

@@ -158,9 +158,9 @@ def compute_flow(
     if videos is not None:
         video_backend()  # one error for a bad AVDA_VIDEO_DECODER or decord asked but missing
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     device = resolve_device(device)
-    estimator = _estimator(options, device)
+    estimator = _estimator(options, device)  # refused weights leave no --out folder behind
+    out.mkdir(parents=True, exist_ok=True)
     metadata = options.metadata()
     segments = manifest_schema.normalise(manifest)
     result = FlowResult(videos=0, computed=0, skipped=0, failures=[], seconds=0.0)
@@ -381,10 +381,10 @@ def load_raft(weights: str | Path) -> torch.nn.Module:
     path = Path(weights)
     if not path.exists():
         raise CheckpointError(f"RAFT weights {path} not found")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several types for bad files
-        raise CheckpointError(f"{path} cannot be loaded as a torch checkpoint: {exc}") from exc
+    from avda.extract.backbones.weights import read_checkpoint
+
+    # weights_only=True, and a refusal in one line that names the global (issue 18)
+    state = read_checkpoint(path)
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and key in state and isinstance(state[key], dict):
             state = state[key]

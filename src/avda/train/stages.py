@@ -144,8 +144,7 @@ class StageStore:
         self._write_record(name, key, summary or {})
 
     def load_arrays(self, name: str) -> dict[str, np.ndarray]:
-        with np.load(self.folder / f"{name}.npz") as data:
-            return {k: data[k] for k in data.files}
+        return runs.read_arrays(self.folder / f"{name}.npz")
 
     # ------------------------------------------------------------------ modules
     def save_module(
