@@ -965,6 +965,8 @@ def os_error_message(exc: OSError) -> str:
     where = f": {paths}" if paths else ""
     if exc.errno == errno.ENOSPC:
         return f"no space left on device{where}; free some space and run the command again"
+    if exc.errno == errno.EFBIG:
+        return f"file too large{where} (a file-size limit, ulimit -f); raise it and run again"
     if exc.errno == errno.EDQUOT:
         return f"disk quota exceeded{where}; free some space and run the command again"
     if isinstance(exc, PermissionError):

@@ -46,6 +46,31 @@ def atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def save_checkpoint(state: Any, path: Path) -> None:
+    """``torch.save`` of ``state`` to ``path``, atomically (a temporary file, then a rename).
+
+    The state is serialised in memory first and written with an ordinary file write, so a full
+    disk or a file-size limit surfaces as the ``OSError`` it is (one line from the CLI, the
+    previous checkpoint intact) rather than as torch's zip writer's ``unexpected pos``.
+    """
+    import io
+
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(buffer.getbuffer())
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise OSError(exc.errno, exc.strerror, str(path)) from None
+    os.replace(tmp, path)
+
+
 def write_config(run: Path, config: dict[str, Any]) -> None:
     atomic_write_text(run / CONFIG, yaml.safe_dump(config, sort_keys=False))
 

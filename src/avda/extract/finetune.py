@@ -19,7 +19,6 @@ import dataclasses
 import json
 import logging
 import math
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -287,9 +286,7 @@ def _step(
 
 
 def _atomic_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    runs.save_checkpoint(obj, path)
 
 
 def _save_partial(path, model, classifier, optimizer, generator, epoch, history) -> None:

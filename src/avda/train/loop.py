@@ -430,9 +430,7 @@ def _cycle(feature_set: FeatureSet, batch_size: int, generator: torch.Generator)
 
 
 def _save_checkpoint(path: Path, model, optimizer, scheduler, generator, epoch: int, stats) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(
+    runs.save_checkpoint(
         {
             "model": model.state_dict(),
             "optimizer": optimizer.state_dict(),
@@ -442,9 +440,8 @@ def _save_checkpoint(path: Path, model, optimizer, scheduler, generator, epoch: 
             "epoch": epoch,
             "standardize": stats,
         },
-        tmp,
+        path,
     )
-    tmp.replace(path)
 
 
 __all__ = ["TrainResult", "Task", "predict", "train"]

@@ -151,7 +151,7 @@ class StageStore:
         self, name: str, module: nn.Module, key: dict[str, Any], summary: dict[str, Any] | None
     ) -> None:
         state = {k: v.detach().cpu() for k, v in module.state_dict().items()}
-        _atomic_save(self.folder / f"{name}.pt", lambda tmp: torch.save(state, tmp))
+        runs.save_checkpoint(state, self.folder / f"{name}.pt")
         self._write_record(name, key, summary or {})
 
     def load_module(self, name: str, module: nn.Module) -> nn.Module:
@@ -230,7 +230,7 @@ def fit_epochs(
             "epoch": epoch,
             "history": history,
         }
-        _atomic_save(partial, lambda tmp, state=state: torch.save(state, tmp))
+        runs.save_checkpoint(state, partial)
         bar.set_postfix(loss=f"{losses.get('loss', float('nan')):.3f}")
     bar.close()
     module.eval()
