@@ -629,6 +629,20 @@ def import_h5(
 
 
 def _read_avda_h5(handle, source: Path):
+    """The segments, arrays and records of an :func:`export_h5` file; a file that says it is
+    one but lacks a group or holds damaged attributes is one ``CacheError`` line."""
+    try:
+        return _read_avda_h5_parts(handle, source)
+    except (KeyError, ValueError, TypeError, AttributeError, json.JSONDecodeError) as exc:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        raise CacheError(
+            f"{source} says it is an avda HDF5 export (format {H5_FORMAT!r}) but a group or "
+            f"attribute is missing or damaged ({reason}); export it again with avda cache "
+            "export --format h5"
+        ) from None
+
+
+def _read_avda_h5_parts(handle, source: Path):
     group = handle["segments"]
     columns = {}
     for name, kind in schema.SEGMENT_COLUMNS.items():
