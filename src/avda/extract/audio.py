@@ -129,6 +129,7 @@ def _decode_mono(path: Path) -> tuple[np.ndarray, int, int, str, list[tuple[int,
         rate = int(stream.codec_context.sample_rate or 0)
         channels = int(stream.codec_context.channels or 0)
         codec = str(stream.codec_context.name)
+        declared = _declared_seconds(stream, container, path)
         if rate <= 0:
             raise MediaError(f"{path}: audio stream has no sample rate")
         packets = container.demux(stream)
@@ -177,10 +178,74 @@ def _decode_mono(path: Path) -> tuple[np.ndarray, int, int, str, list[tuple[int,
             lost.append((position, end))
             pieces.append(np.zeros(end - position, np.float32))
             position = end
+    if declared is not None and position > 0:
+        end = int(round(declared * rate))
+        if end - position > max(CUT_SHORT_SECONDS, CUT_SHORT_FRACTION * declared) * rate:
+            # a cut or damaged file whose audio ends early: the rest of the declared track is
+            # lost, not silence, so segments there fail instead of being silently zero-padded
+            log.warning(
+                "%s: the audio ends at %.2f s of the %.2f s its container declares (cut short)",
+                *(path, position / rate, declared),
+            )
+            lost.append((position, end))
+            pieces.append(np.zeros(end - position, np.float32))
+            position = end
+            damaged += 1
     if position == 0:
         detail = f" ({damaged} damaged packets)" if damaged else ""
         raise MediaError(f"{path}: the audio track is empty or cannot be decoded{detail}")
     return np.concatenate(pieces), rate, channels, codec, _merge(lost), damaged
+
+
+# Audio that ends this much before its declared duration (and this fraction of it) was cut
+# short by damage; smaller differences are ordinary rounding of container durations.
+CUT_SHORT_SECONDS = 0.5
+CUT_SHORT_FRACTION = 0.02
+
+
+def _declared_seconds(stream, container, path: Path | None = None) -> float | None:
+    """The audio stream's duration as its container declares it (None when it does not).
+
+    FFmpeg derives a WAV file's duration from the bytes present, so a cut WAV declares its cut
+    length; its own header still says how long its data chunk was written to be.
+    """
+    if path is not None and path.suffix.lower() == ".wav":
+        written = _wav_declared_seconds(path)
+        if written is not None:
+            return written
+    if stream.duration and stream.time_base:
+        return float(stream.duration * stream.time_base)
+    if container.duration:
+        return float(container.duration) / 1_000_000  # AV_TIME_BASE
+    return None
+
+
+def _wav_declared_seconds(path: Path) -> float | None:
+    """Seconds of audio a RIFF/WAVE header declares (its ``data`` chunk size / byte rate)."""
+    import struct
+
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(1 << 16)
+    except OSError:
+        return None
+    if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+        return None
+    byte_rate, offset = None, 12
+    while offset + 8 <= len(head):
+        name, size = (
+            head[offset : offset + 4],
+            struct.unpack("<I", head[offset + 4 : offset + 8])[0],
+        )
+        if name == b"fmt " and offset + 20 <= len(head):
+            byte_rate = struct.unpack("<I", head[offset + 16 : offset + 20])[0]
+        if name == b"data":
+            # 0 or 0xFFFFFFFF: a stream written without knowing its length (no declaration)
+            if not byte_rate or size in (0, 0xFFFFFFFF):
+                return None
+            return size / byte_rate
+        offset += 8 + size + (size & 1)
+    return None
 
 
 def _frame_mono(frame) -> np.ndarray:
