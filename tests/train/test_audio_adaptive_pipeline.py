@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -221,20 +222,17 @@ def test_interrupted_stage_resumes_where_it_stopped(
     from avda.train import stages as stages_module
 
     _train(av_cache, tmp_path / "full", visual_modalities=["rgb"])
-    save = stages_module._atomic_save
+    save = runs.save_checkpoint
 
-    def save_then_die(path, write):
-        save(path, write)
-        if (
-            path.name == f"{stage}.partial.pt"
-            and torch.load(path, weights_only=False)["epoch"] == epoch
-        ):
+    def save_then_die(state, path):
+        save(state, path)
+        if Path(path).name == f"{stage}.partial.pt" and state["epoch"] == epoch:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(stages_module, "_atomic_save", save_then_die)
+    monkeypatch.setattr(stages_module.runs, "save_checkpoint", save_then_die)
     with pytest.raises(KeyboardInterrupt):
         _train(av_cache, tmp_path / "partial", visual_modalities=["rgb"])
-    monkeypatch.setattr(stages_module, "_atomic_save", save)
+    monkeypatch.setattr(stages_module.runs, "save_checkpoint", save)
     partial = StageStore(tmp_path / "partial")
     assert partial.record(stage) is None and partial.partial_path(stage).exists()
     with caplog.at_level(logging.INFO, logger="avda.train.stages"):
