@@ -13,6 +13,16 @@ robust to other processes on a shared machine), and the time to load the cache.
     python benchmarks/train.py --quick                 # 1,611 + 2,611 segments, 2 epochs
     python benchmarks/train.py --epochs 3              # full size, first 3 of the 30 epochs
     python benchmarks/train.py --device cuda --epochs 30
+
+``--heads`` instead trains every named head (``all``: every registered head) at its defaults on
+one cache of ``--sizes SOURCE,TARGET,TEST`` segments (default the issue-19 size 480,480,320:
+an imported EPIC-100-format set) and prints, side by side with source-only, the seconds of
+each run, the ratio to source-only, and the seconds of each stage (stage records'
+write times under ``RUN/stages/``; ``train``: the loop's epochs; ``eval+io``: the rest of the
+loop: loading, evaluation, checkpoints) as a Markdown table::
+
+    python benchmarks/train.py --heads all --sizes 96,96,64
+    python benchmarks/train.py --heads source-only,audio-adaptive
 """
 
 from __future__ import annotations
@@ -105,6 +115,101 @@ def build_cache(path: Path, sizes: dict[str, int], seed: int = 0) -> None:
         print(f"  wrote {modality}", file=sys.stderr, flush=True)
 
 
+def _stage_seconds(run: Path, began: float) -> list[tuple[str, float]]:
+    """Seconds of each stage of ``run`` from its records' write times, in the order written."""
+    folder = run / "stages"
+    records = (
+        sorted(folder.glob("*.json"), key=lambda p: p.stat().st_mtime) if folder.exists() else []
+    )
+    out, previous = [], began
+    for path in records:
+        finished = path.stat().st_mtime
+        out.append((path.stem, finished - previous))
+        previous = finished
+    return out
+
+
+def compare_heads(
+    names: list[str], sizes: dict[str, int], cache_dir: Path, device: str, seed: int = 0
+) -> list[dict]:
+    """Every head in ``names`` at its defaults on one cache of ``sizes``: seconds per run and
+    per stage, and the ratio to source-only (which runs first)."""
+    from avda.train import heads as heads_lib
+
+    if names == ["all"]:
+        names = heads_lib.names()
+    names = ["source-only", *[n for n in names if n != "source-only"]]
+    label = f"{sizes['source']}-{sizes['target']}-{sizes['test']}"
+    cache = cache_dir / f"epic100-{label}.zarr"
+    if not (cache / "zarr.json").exists():
+        shutil.rmtree(cache, ignore_errors=True)
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        print(f"building {cache} ...", file=sys.stderr, flush=True)
+        build_cache(cache, sizes)
+    rows = []
+    for name in names:
+        run = Path(tempfile.mkdtemp(prefix=f"avda-bench-{name}-"))
+        print(f"training {name} ...", file=sys.stderr, flush=True)
+        began_wall, began = time.time(), time.perf_counter()
+        try:
+            train(
+                cache=cache,
+                head=name,
+                source=["source"],
+                target=["target"],
+                out=run,
+                seed=seed,
+                device=device,
+                progress=False,
+            )
+        except Exception as error:  # a head that cannot run here is a row, not the end
+            rows.append({"head": name, "error": f"{type(error).__name__}: {error}"[:120]})
+            shutil.rmtree(run, ignore_errors=True)
+            continue
+        seconds = time.perf_counter() - began
+        stages = _stage_seconds(run, began_wall)
+        records = runs.read_metrics(run)
+        epoch_seconds = float(sum(r["seconds"] for r in records))
+        last_stage = began_wall
+        if stages:
+            last_stage = (run / "stages" / f"{stages[-1][0]}.json").stat().st_mtime
+        rows.append(
+            {
+                "head": name,
+                "seconds": seconds,
+                "epochs": len(records),
+                "stages": stages,
+                "train_seconds": epoch_seconds,
+                "eval_io_seconds": seconds - (last_stage - began_wall) - epoch_seconds,
+            }
+        )
+        print(f"  {name}: {seconds:.1f} s", file=sys.stderr, flush=True)
+        shutil.rmtree(run, ignore_errors=True)
+    reference = rows[0].get("seconds")
+    for row in rows:
+        if "seconds" in row and reference:
+            row["ratio"] = row["seconds"] / reference
+    return rows
+
+
+def format_table(rows: list[dict]) -> str:
+    lines = [
+        "| head | seconds | x source-only | epochs | stages (s) | train (s) | eval+io (s) |",
+        "|---|---:|---:|---:|---|---:|---:|",
+    ]
+    for row in rows:
+        if "error" in row:
+            lines.append(f"| {row['head']} | failed: {row['error']} | | | | | |")
+            continue
+        stages = ", ".join(f"{name} {s:.1f}" for name, s in row["stages"]) or "-"
+        lines.append(
+            f"| {row['head']} | {row['seconds']:.1f} | {row.get('ratio', float('nan')):.2f} | "
+            f"{row['epochs']} | {stages} | {row['train_seconds']:.1f} | "
+            f"{row['eval_io_seconds']:.1f} |"
+        )
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a tenth of the data, 2 epochs")
@@ -118,9 +223,28 @@ def main(argv: list[str] | None = None) -> dict:
         "--cache-dir", type=Path, default=Path(tempfile.gettempdir()) / "avda-bench"
     )
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    parser.add_argument(
+        "--heads", default=None, help="compare these heads (comma separated, or all) at defaults"
+    )
+    parser.add_argument(
+        "--sizes", default="480,480,320", help="with --heads: source,target,test segments"
+    )
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.heads:
+        source, target, test = (int(v) for v in args.sizes.split(","))
+        sizes = {"source": source, "target": target, "test": test}
+        rows = compare_heads(args.heads.split(","), sizes, args.cache_dir, args.device)
+        print(
+            f"{sizes['source']} source, {sizes['target']} target train, {sizes['test']} "
+            f"target test segments; {SNIPPETS} x {FEATURES} per modality {MODALITIES}; "
+            f"cpu x{torch.get_num_threads()} threads; seed 0"
+        )
+        print(format_table(rows))
+        if args.json:
+            args.json.write_text(json.dumps(rows, indent=2))
+        return {"heads": rows}
     sizes = QUICK if args.quick else FULL
     epochs = args.epochs or (2 if args.quick else 30)
     cache = args.cache_dir / ("epic100-quick.zarr" if args.quick else "epic100-full.zarr")

@@ -168,6 +168,13 @@ def test_every_command_has_help(capsys, command):
     assert code == 0 and "Usage" in out
 
 
+def test_train_help_says_epochs_scale_every_stage(capsys):
+    code, out, _ = run(capsys, "train", "--help")
+    text = " ".join(out.replace("│", " ").split())
+    assert code == 0
+    assert "every stage scales in proportion" in text and "flow recognizer" in text
+
+
 def test_evaluate_exports_the_epic100_submission(capsys, tmp_path):
     import json
 

@@ -708,8 +708,9 @@ def train_command(
         int | None,
         typer.Option(
             min=1,
-            help="Length of the head's whole schedule: its stages (mm-sada stage 1, "
-            "audio-adaptive stages 1 and 5) and lr steps scale in proportion unless set.",
+            help="Length of the head's whole schedule: every stage scales in proportion "
+            "unless set (mm-sada stage 1; audio-adaptive's audio classifier, encoders and "
+            "flow recognizer), and so do lr steps.",
         ),
     ] = None,
     set_: Annotated[

@@ -169,6 +169,7 @@ def test_pipeline_runs_every_stage_and_stores_its_outputs(av_cache, tmp_path):
     names = sorted(p.stem for p in stages.folder.glob("*.json"))
     assert names == sorted(
         [*STAGES, "encoder-rgb", "encoder-flow", "pseudo-labels-rgb", "pseudo-labels-flow"]
+        + ["audio-embeddings", "encoded-rgb", "encoded-flow"]
     )
     assert not list(stages.folder.glob("*.partial.pt"))
     store = cache_lib.open_cache(av_cache)

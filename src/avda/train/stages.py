@@ -133,15 +133,25 @@ class StageStore:
         arrays: dict[str, np.ndarray],
         key: dict[str, Any],
         summary: dict[str, Any] | None = None,
+        *,
+        compress: bool = True,
     ) -> None:
+        """``arrays`` to ``<name>.npz`` (``compress=False``: stored as is, for large float
+        arrays that barely compress), then the record."""
         path = self.folder / f"{name}.npz"
 
         def save(tmp: Path) -> None:
             with open(tmp, "wb") as handle:
-                np.savez_compressed(handle, **arrays)
+                (np.savez_compressed if compress else np.savez)(handle, **arrays)
 
         _atomic_save(path, save)
         self._write_record(name, key, summary or {})
+
+    def matches(self, name: str, key: dict[str, Any]) -> bool:
+        """True when ``name`` finished with ``key``; unlike :meth:`is_done` another key is no
+        error (for stages that are a pure function of earlier ones and can be remade)."""
+        record = self.record(name)
+        return record is not None and record["key"] == json.loads(json.dumps(key))
 
     def load_arrays(self, name: str) -> dict[str, np.ndarray]:
         return runs.read_arrays(self.folder / f"{name}.npz")

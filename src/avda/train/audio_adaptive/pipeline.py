@@ -10,10 +10,18 @@ Order (the reference's ``bash.sh``), all under ``RUN/stages/`` (see :mod:`avda.t
     4 absent-labels          r least likely classes per target segment     absent-labels.npz
     5 encoder-<visual>       audio-adaptive encoder, one per visual stream encoder-<visual>.pt
     6 pseudo-labels-<visual> hard pseudo labels on target                pseudo-labels-<visual>.npz
+      audio-embeddings       frozen stage-1 audio embedding of every       audio-embeddings.npz
+                             segment of every set the run uses
+      encoded-<visual>       frozen stage-5 clip features of every         encoded-<visual>.npz
+                             segment of every set the run uses
 
 Stage 6's recognizer (and stage 7's two-stream average) is the head the training loop trains.
 A stage's key holds its settings and the keys of the stages it depends on, so a finished stage
-is reused only for the same inputs and settings. :func:`run_stages` runs stages up to a given
+is reused only for the same inputs and settings. The last two are what stage 6b and evaluation
+read in place of running the frozen audio classifier and encoders on every batch
+(:meth:`AudioAdaptiveStages.attach_frozen_outputs`): the frozen modules run in eval mode on
+whole segments, so their output is a fixed function of the segment; they are remade (not
+refused) when the sets change. :func:`run_stages` runs stages up to a given
 one on its own (without training the recognizer), e.g. to inspect clusters or pseudo labels.
 """
 
@@ -30,7 +38,7 @@ import numpy as np
 import torch
 
 from avda.devices import resolve_device
-from avda.errors import CacheError, ConfigError
+from avda.errors import CacheError, ConfigError, RunError
 from avda.registry import unknown_name_message
 from avda.train.audio_adaptive.audio_classifier import PooledAudioClassifier, pseudo_absent_labels
 from avda.train.audio_adaptive.encoder import AudioAdaptiveEncoder, one_clip_per_segment
@@ -60,6 +68,9 @@ STAGE_ORDER = (
 )
 CLUSTER_RANDOM_STATE = 0  # the authors' fixed random_state; also `avda cluster`'s default
 PSEUDO_LABEL_KEY = "_pseudo_label/{}"
+AUDIO_EMBEDDING_KEY = "_audio_embedding"  # (N, A) stage-1 embedding of every segment
+ENCODED_KEY = "_encoded/{}"  # (N, K, C_v) stage-5 clip features of stream <visual>
+FROZEN_BATCH = 256  # segments per forward pass when the frozen outputs are computed
 
 
 def _digest(key: dict[str, Any]) -> str:
@@ -486,6 +497,99 @@ class AudioAdaptiveStages:
         self._done[name] = labels
         return labels
 
+    # ------------------------------------------------------------------ frozen outputs
+    def _sets_key(self, sets: Sequence[FeatureSet], training: Sequence[str]) -> dict[str, Any]:
+        bf16 = self.config.precision == "bf16"
+        return {
+            "sets": {s.name: fingerprint(s.uids) for s in sets},
+            # the loop's training forward runs under bf16 autocast; evaluation in float32
+            **({"bf16_sets": sorted(training)} if bf16 else {}),
+        }
+
+    @torch.no_grad()
+    def _frozen_outputs(
+        self,
+        name: str,
+        key: dict[str, Any],
+        sets: Sequence[FeatureSet],
+        training: Sequence[str],
+        compute,
+    ) -> dict[str, torch.Tensor]:
+        """``compute(feature_set, index)`` of every segment of every set, stored as stage
+        ``name`` (remade when ``key`` changed), one float32 tensor per set name."""
+        if self.stages.matches(name, key):
+            arrays = self.stages.load_arrays(name)
+            return {s.name: torch.from_numpy(arrays[f"{s.name}.values"]) for s in sets}
+        device = torch.device(self.device)
+        bf16 = self.config.precision == "bf16"
+        out: dict[str, torch.Tensor] = {}
+        for feature_set in sets:
+            autocast = torch.autocast(
+                device.type, dtype=torch.bfloat16, enabled=bf16 and feature_set.name in training
+            )
+            parts = []
+            for start in range(0, len(feature_set), FROZEN_BATCH):
+                index = torch.arange(start, min(start + FROZEN_BATCH, len(feature_set)))
+                with autocast:
+                    parts.append(compute(feature_set, index).float().cpu())
+            out[feature_set.name] = torch.cat(parts) if parts else torch.zeros(0)
+        arrays: dict[str, np.ndarray] = {}
+        for feature_set in sets:
+            values = out[feature_set.name].numpy()
+            if not np.isfinite(values).all():
+                raise RunError(
+                    f"stage {name}: non-finite frozen outputs on {feature_set.name}; "
+                    "the earlier stages diverged (lower their lr)"
+                )
+            arrays[f"{feature_set.name}.uids"] = feature_set.uids
+            arrays[f"{feature_set.name}.values"] = values
+        summary = {s.name: list(out[s.name].shape) for s in sets}
+        self.stages.save_arrays(name, arrays, key, summary, compress=False)
+        return out
+
+    def attach_frozen_outputs(
+        self, sets: Sequence[FeatureSet], training: Sequence[str] = ()
+    ) -> None:
+        """Store (stages ``audio-embeddings``, ``encoded-<visual>``) and attach to every set
+        the outputs of the frozen modules on each of its segments: the stage-1 audio embedding
+        (``_audio_embedding``, shared by every visual stream) and each stream's stage-5 clip
+        features (``_encoded/<visual>``), which the head reads in place of running them.
+        ``training``: names of the sets the loop trains on (under its bf16 autocast when
+        ``precision="bf16"``; evaluation runs in float32)."""
+        head = self.head
+        head.audio_classifier.eval()
+        audio_key = head.config.audio_modality
+
+        def embed(feature_set: FeatureSet, index: torch.Tensor) -> torch.Tensor:
+            return head.audio_classifier(feature_set.inputs[audio_key][index].to(self.device))[1]
+
+        self.audio_classifier()
+        name = "audio-embeddings"
+        key = {**self._sets_key(sets, training), "upstream": self._upstream("audio-classifier")}
+        self.keys[name] = key
+        values = self._frozen_outputs(name, key, sets, training, embed)
+        for feature_set in sets:
+            feature_set.inputs[AUDIO_EMBEDDING_KEY] = values[feature_set.name]
+        for visual in head.visual_modalities:
+            encoder = self.encoder(visual)
+            encoder.eval()
+
+            def encode(
+                feature_set: FeatureSet, index: torch.Tensor, visual=visual, encoder=encoder
+            ):
+                visual_input, audio_input = self._encoder_inputs(feature_set, visual, index)
+                return encoder(visual_input, audio_input).features
+
+            name = f"encoded-{visual}"
+            key = {
+                **self._sets_key(sets, training),
+                "upstream": self._upstream(f"encoder-{visual}"),
+            }
+            self.keys[name] = key
+            values = self._frozen_outputs(name, key, sets, training, encode)
+            for feature_set in sets:
+                feature_set.inputs[ENCODED_KEY.format(visual)] = values[feature_set.name]
+
 
 def run_stages(
     *,
@@ -553,4 +657,11 @@ def run_stages(
     return stages
 
 
-__all__ = ["PSEUDO_LABEL_KEY", "STAGE_ORDER", "AudioAdaptiveStages", "run_stages"]
+__all__ = [
+    "AUDIO_EMBEDDING_KEY",
+    "ENCODED_KEY",
+    "PSEUDO_LABEL_KEY",
+    "STAGE_ORDER",
+    "AudioAdaptiveStages",
+    "run_stages",
+]

@@ -42,7 +42,12 @@ from avda.errors import CacheError, ConfigError
 from avda.train.audio_adaptive.audio_classifier import PooledAudioClassifier
 from avda.train.audio_adaptive.encoder import AudioAdaptiveEncoder, EncoderOutput
 from avda.train.audio_adaptive.losses import recognizer_loss
-from avda.train.audio_adaptive.pipeline import PSEUDO_LABEL_KEY, AudioAdaptiveStages
+from avda.train.audio_adaptive.pipeline import (
+    AUDIO_EMBEDDING_KEY,
+    ENCODED_KEY,
+    PSEUDO_LABEL_KEY,
+    AudioAdaptiveStages,
+)
 from avda.train.audio_adaptive.recognizer import SOURCE, TARGET, AudioInfusedRecognizer
 from avda.train.heads import register
 from avda.train.heads._base import (
@@ -332,6 +337,9 @@ class AudioAdaptive(Head):
 
         One small batch of every evaluation set goes through the whole head (audio classifier,
         encoders, recognizers) first, so a layout the head cannot run on fails before stage 1.
+        Then the frozen outputs (stage-1 audio embeddings, stage-5 clip features) of every
+        segment of every set are computed once, stored, and attached to the sets: stage 6b and
+        evaluation read them instead of running the frozen modules on every batch.
         """
         self.attach_inputs(context)
         self.check_evaluation(
@@ -339,7 +347,11 @@ class AudioAdaptive(Head):
         )
         shapes = {k: tuple(x.shape[1:]) for k, x in context.train_set.inputs.items()}
         with shape_errors(self.name, shapes, "train its stages 1-6a"):
-            AudioAdaptiveStages(self, context).run()
+            stages = AudioAdaptiveStages(self, context)
+            stages.run()
+            stages.attach_frozen_outputs(
+                context.all_sets(), training=[context.train_set.name, context.target_set.name]
+            )
 
     def train(self, mode: bool = True) -> AudioAdaptive:
         super().train(mode)
@@ -355,8 +367,17 @@ class AudioAdaptive(Head):
             inputs[self.visual_key(visual)], inputs[self.audio_token_key()]
         )
 
+    def _features(self, inputs: Batch, visual: str) -> torch.Tensor:
+        """Stage-5 clip features ``(B, K, C_v)``: stored ones when the batch carries them."""
+        stored = inputs.get(ENCODED_KEY.format(visual))
+        return stored if stored is not None else self._frozen(inputs, visual).features
+
     @torch.no_grad()
     def _audio_embedding(self, inputs: Batch) -> torch.Tensor:
+        """Stage-1 audio embedding ``(B, A)``: the stored one when the batch carries it."""
+        stored = inputs.get(AUDIO_EMBEDDING_KEY)
+        if stored is not None:
+            return stored
         return self.audio_classifier(inputs[self.config.audio_modality])[1]
 
     def forward(self, inputs: Batch) -> HeadOutput:
@@ -364,7 +385,7 @@ class AudioAdaptive(Head):
         probabilities = []
         streams, tokens = {}, []
         for visual in self.visual_modalities:
-            output = self.recognizers[visual](self._frozen(inputs, visual).features, audio, TARGET)
+            output = self.recognizers[visual](self._features(inputs, visual), audio, TARGET)
             streams[visual] = output.logits
             tokens.append(output.token)
             probabilities.append(output.logits.softmax(dim=-1))
@@ -399,18 +420,16 @@ class AudioAdaptive(Head):
         total = torch.zeros((), device=labels.device)
         record: dict[str, torch.Tensor] = {}
         for visual in streams:
-            source_encoded = self._frozen(source, visual)
-            target_encoded = self._frozen(target, visual)
             stored = target.get(PSEUDO_LABEL_KEY.format(visual))
             # Without stored labels (the head used outside the loop) apply the stage-6a rule.
             pseudo = (
                 stored
                 if stored is not None
-                else target_encoded.logits.softmax(dim=-1).mean(dim=1).argmax(dim=-1)
+                else self._frozen(target, visual).logits.softmax(dim=-1).mean(dim=1).argmax(dim=-1)
             )
             recognizer = self.recognizers[visual]
-            source_out = recognizer(source_encoded.features, source_audio, SOURCE)
-            target_out = recognizer(target_encoded.features, target_audio, TARGET)
+            source_out = recognizer(self._features(source, visual), source_audio, SOURCE)
+            target_out = recognizer(self._features(target, visual), target_audio, TARGET)
             parts = recognizer_loss(
                 source_out.logits,
                 labels,
