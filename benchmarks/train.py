@@ -130,10 +130,16 @@ def _stage_seconds(run: Path, began: float) -> list[tuple[str, float]]:
 
 
 def compare_heads(
-    names: list[str], sizes: dict[str, int], cache_dir: Path, device: str, seed: int = 0
+    names: list[str],
+    sizes: dict[str, int],
+    cache_dir: Path,
+    device: str,
+    seed: int = 0,
+    keep_runs: Path | None = None,
 ) -> list[dict]:
     """Every head in ``names`` at its defaults on one cache of ``sizes``: seconds per run and
-    per stage, and the ratio to source-only (which runs first)."""
+    per stage, and the ratio to source-only (which runs first). ``keep_runs``: the runs go to
+    ``keep_runs/<head>`` and are kept (a finished stage already there is reused)."""
     from avda.train import heads as heads_lib
 
     if names == ["all"]:
@@ -148,7 +154,11 @@ def compare_heads(
         build_cache(cache, sizes)
     rows = []
     for name in names:
-        run = Path(tempfile.mkdtemp(prefix=f"avda-bench-{name}-"))
+        if keep_runs is not None:
+            run = keep_runs / name
+            run.mkdir(parents=True, exist_ok=True)
+        else:
+            run = Path(tempfile.mkdtemp(prefix=f"avda-bench-{name}-"))
         print(f"training {name} ...", file=sys.stderr, flush=True)
         began_wall, began = time.time(), time.perf_counter()
         try:
@@ -164,7 +174,8 @@ def compare_heads(
             )
         except Exception as error:  # a head that cannot run here is a row, not the end
             rows.append({"head": name, "error": f"{type(error).__name__}: {error}"[:120]})
-            shutil.rmtree(run, ignore_errors=True)
+            if keep_runs is None:
+                shutil.rmtree(run, ignore_errors=True)
             continue
         seconds = time.perf_counter() - began
         stages = _stage_seconds(run, began_wall)
@@ -184,7 +195,8 @@ def compare_heads(
             }
         )
         print(f"  {name}: {seconds:.1f} s", file=sys.stderr, flush=True)
-        shutil.rmtree(run, ignore_errors=True)
+        if keep_runs is None:
+            shutil.rmtree(run, ignore_errors=True)
     reference = rows[0].get("seconds")
     for row in rows:
         if "seconds" in row and reference:
@@ -229,13 +241,18 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "--sizes", default="480,480,320", help="with --heads: source,target,test segments"
     )
+    parser.add_argument(
+        "--keep-runs", type=Path, default=None, help="with --heads: keep the runs in DIR/<head>"
+    )
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.heads:
         source, target, test = (int(v) for v in args.sizes.split(","))
         sizes = {"source": source, "target": target, "test": test}
-        rows = compare_heads(args.heads.split(","), sizes, args.cache_dir, args.device)
+        rows = compare_heads(
+            args.heads.split(","), sizes, args.cache_dir, args.device, keep_runs=args.keep_runs
+        )
         print(
             f"{sizes['source']} source, {sizes['target']} target train, {sizes['test']} "
             f"target test segments; {SNIPPETS} x {FEATURES} per modality {MODALITIES}; "
