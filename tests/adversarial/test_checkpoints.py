@@ -276,7 +276,17 @@ def test_a_crafted_weights_file_is_refused(capsys, scratch, command):
     assert sorted(p.name for p in scratch.iterdir()) == ["c.zarr", "m.csv", "w.pt"]
 
 
-@pytest.mark.parametrize("stage", ["clusters", "weights", "pseudo-labels-rgb", "absent-labels"])
+@pytest.mark.parametrize(
+    "stage",
+    [
+        "clusters",
+        "weights",
+        "pseudo-labels-rgb",
+        "absent-labels",
+        "audio-embeddings",
+        "encoded-rgb",
+    ],
+)
 def test_audio_adaptive_stages_refuse_crafted_stage_arrays(capsys, work, scratch, stage):
     out = copy_run(work, "aa", scratch / "aa")
     (out / runs.STATUS).unlink()

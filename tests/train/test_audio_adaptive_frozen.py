@@ -126,6 +126,21 @@ def test_stored_outputs_are_the_frozen_modules_on_every_segment(stages, monkeypa
     pipeline.AudioAdaptiveStages(head, context).attach_frozen_outputs(only_source)
     record = folder.record("encoded-rgb")
     assert list(record["key"]["sets"]) == [context.train_set.name]
+    # A stored file that does not hold these sets' rows (damaged, or rows reordered): remade.
+    train_set = context.train_set
+    np.savez(
+        folder.folder / "encoded-rgb.npz",
+        **{
+            f"{train_set.name}.uids": train_set.uids[::-1],
+            f"{train_set.name}.values": np.zeros((len(train_set), 1, 1), np.float32),
+        },
+    )
+    pipeline.AudioAdaptiveStages(head, context).attach_frozen_outputs(only_source)
+    with torch.no_grad():
+        direct = head.encoders["rgb"](train_set.inputs["rgb"], train_set.inputs["audio"]).features
+    torch.testing.assert_close(train_set.inputs[ENCODED_KEY.format("rgb")], direct)
+    arrays = folder.load_arrays("encoded-rgb")
+    np.testing.assert_array_equal(arrays[f"{train_set.name}.uids"], train_set.uids)
 
 
 def test_training_with_stored_outputs_predicts_as_running_the_frozen_modules(

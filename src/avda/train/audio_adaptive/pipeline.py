@@ -519,7 +519,17 @@ class AudioAdaptiveStages:
         ``name`` (remade when ``key`` changed), one float32 tensor per set name."""
         if self.stages.matches(name, key):
             arrays = self.stages.load_arrays(name)
-            return {s.name: torch.from_numpy(arrays[f"{s.name}.values"]) for s in sets}
+            stored = {
+                s.name: arrays.get(f"{s.name}.values")
+                for s in sets
+                if np.array_equal(arrays.get(f"{s.name}.uids", []), s.uids)
+            }
+            if all(
+                v is not None and v.dtype == np.float32 and np.isfinite(v).all()
+                for v in stored.values()
+            ) and [s.name for s in sets] == list(stored):
+                return {k: torch.from_numpy(v) for k, v in stored.items()}
+            log.warning("stage %s: stored outputs do not match the sets; recomputing", name)
         device = torch.device(self.device)
         bf16 = self.config.precision == "bf16"
         out: dict[str, torch.Tensor] = {}
