@@ -362,12 +362,12 @@ def resolve(value: str | Path, option: str = "--weights") -> Path:
         return path
     entry = PUBLISHED.get(text)
     if entry is not None:
-        if entry.url is None:
+        fetched = local_path(entry)
+        if entry.url is None and not fetched.is_file():
             raise ConfigError(
                 f"{option} {text}: avda cannot download this one ({entry.wrapping}); "
-                f"make the file as docs/weights.md says and pass its path"
+                f"convert it as docs/weights.md says and save it as {fetched}"
             )
-        fetched = local_path(entry)
         if not fetched.is_file():
             raise ConfigError(
                 f"{option} {text}: not fetched yet (no {fetched}); run "

@@ -112,8 +112,13 @@ def test_resolve_name_path_and_unknown(tmp_path, monkeypatch):
     assert published.resolve(tmp_path / "absent.pt") == tmp_path / "absent.pt"  # loader says
     with pytest.raises(ConfigError, match="no published weights of that name; known: piergiaj"):
         published.resolve("piergiaj_rgb")
-    with pytest.raises(ConfigError, match="cannot download"):
+    with pytest.raises(
+        ConfigError, match="cannot download.*save it as .*deepmind_rgb_imagenet.npz"
+    ):
         published.resolve("deepmind_rgb_imagenet")
+    converted = tmp_path / "w" / "deepmind_rgb_imagenet.npz"
+    converted.write_bytes(b"x")
+    assert published.resolve("deepmind_rgb_imagenet") == converted
 
 
 def test_weights_dir_environment(tmp_path, monkeypatch):
@@ -297,3 +302,14 @@ def test_safetensors_loads_or_says_what_is_missing(tmp_path):
     path.write_bytes(b"not safetensors at all")
     with pytest.raises(CheckpointError, match="not a readable .safetensors file"):
         read_checkpoint(path)
+
+
+def test_docs_list_every_published_file():
+    text = (Path(__file__).resolve().parents[2] / "docs" / "weights.md").read_text()
+    for entry in published.PUBLISHED_FILES:
+        assert f"| `{entry.name}` |" in text, entry.name
+        assert entry.licence in text, entry.name
+        if entry.url:
+            assert entry.url in text, entry.name
+        if entry.git_blob_sha1:
+            assert f"git blob `{entry.git_blob_sha1[:12]}…`" in text, entry.name

@@ -89,7 +89,7 @@ def read_checkpoint(path: str | Path) -> Any:
     if not path.is_file():
         raise CheckpointError(
             f"weights file {str(path)!r} does not exist; pass weights=PATH to a downloaded "
-            "checkpoint (see docs/backbones.md for the published files)"
+            "checkpoint (published files by name: `avda weights list`, docs/weights.md)"
         )
     if path.suffix == ".safetensors":
         return _read_safetensors(path)
