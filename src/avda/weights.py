@@ -457,6 +457,14 @@ def fetch(
         return FetchResult(target, downloaded=False, checked=entry.checked)
     part = target.with_name(target.name + PART_SUFFIX)
     _download(entry.url, part, name=entry.name, progress=progress, timeout=timeout, opener=opener)
+    with part.open("rb") as stream:
+        head = stream.read(512).lstrip().lower()
+    if head.startswith((b"<!doctype html", b"<html")):
+        part.unlink(missing_ok=True)
+        raise DownloadError(
+            f"{entry.name}: {entry.url} sent a web page, not a weights file (a dead or moved "
+            f"link?); nothing saved; see {entry.page}"
+        )
     if entry.checked:
         problem = checksum_problem(entry, file_digests(part))
         if problem is not None:

@@ -180,8 +180,6 @@ def test_interrupted_download_never_looks_complete_and_resumes(server, tmp_path)
     part = tmp_path / "w.pt.part"
     assert not (tmp_path / "w.pt").exists()
     assert part.read_bytes() == PAYLOAD[:300_000]
-    with pytest.raises(ConfigError, match="not fetched yet"):
-        published.resolve("piergiaj_rgb_imagenet")  # the cache folder is not tmp_path anyway
     result = published.fetch(entry, tmp_path, progress=False)
     assert server.ranges[-1] == "bytes=300000-"
     assert result.path.read_bytes() == PAYLOAD and not part.exists()
@@ -313,3 +311,29 @@ def test_docs_list_every_published_file():
             assert entry.url in text, entry.name
         if entry.git_blob_sha1:
             assert f"git blob `{entry.git_blob_sha1[:12]}…`" in text, entry.name
+
+
+def test_a_web_page_instead_of_weights_is_refused(server, tmp_path):
+    server.files["page"] = b"\n<!DOCTYPE html><html><body>This link has expired</body></html>"
+    entry = synthetic_entry("p", server.url("page"))  # unchecked, like the Dropbox files
+    with pytest.raises(published.DownloadError, match="sent a web page, not a weights file"):
+        published.fetch(entry, tmp_path, progress=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_registry_agrees_with_the_backbones_published_tables():
+    from avda.extract.backbones import audio_resnet, i3d, slowfast, tbn
+
+    backbone_files = [*i3d.PUBLISHED, *tbn.PUBLISHED, *slowfast.PUBLISHED, *audio_resnet.PUBLISHED]
+    for entry in published.PUBLISHED_FILES:
+        if entry.loader == "raft":
+            continue
+        same = [
+            b
+            for b in backbone_files
+            # one TBN file is listed per stream there: tbn_epic55_rgb, _flow, _audio
+            if b.name in (entry.name, *(f"{entry.name}_{m}" for m in ("rgb", "flow", "audio")))
+        ]
+        assert same, entry.name
+        for b in same:
+            assert (b.manifest, b.layout) == (entry.manifest, entry.layout), entry.name
