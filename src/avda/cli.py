@@ -179,9 +179,19 @@ def demo(
         ),
     ] = None,
     weights: Annotated[
-        Path | None, typer.Option(help="I3D RGB checkpoint (piergiaj rgb_imagenet.pt).")
+        Path | None,
+        typer.Option(
+            help="I3D RGB checkpoint: a file or a published name (piergiaj_rgb_imagenet).",
+            callback=_weights_callback,
+        ),
     ] = None,
-    audio_weights: Annotated[Path | None, typer.Option(help="VGGSound H.pth.tar.")] = None,
+    audio_weights: Annotated[
+        Path | None,
+        typer.Option(
+            help="VGGSound H.pth.tar: a file or the published name vggsound_H.",
+            callback=_weights_callback,
+        ),
+    ] = None,
     workers: Annotated[int, typer.Option(min=0, help="Decoding worker processes.")] = 2,
     quiet: Quiet = False,
 ) -> None:
@@ -296,9 +306,21 @@ def extract(
     ] = None,
     backbone: Annotated[str, typer.Option(help="Visual backbone: i3d, tbn, slowfast.")] = "i3d",
     modalities: Annotated[str, typer.Option(help="Comma list of rgb, flow, audio.")] = "rgb",
-    weights: Annotated[Path | None, typer.Option(help="Visual backbone checkpoint.")] = None,
+    weights: Annotated[
+        Path | None,
+        typer.Option(
+            help="Visual backbone checkpoint: a file or a published name (`avda weights list`).",
+            callback=_weights_callback,
+        ),
+    ] = None,
     audio_backbone: Annotated[str, typer.Option(help="Audio encoder.")] = "audio_resnet18",
-    audio_weights: Annotated[Path | None, typer.Option(help="Audio encoder checkpoint.")] = None,
+    audio_weights: Annotated[
+        Path | None,
+        typer.Option(
+            help="Audio encoder checkpoint: a file or a published name (vggsound_H).",
+            callback=_weights_callback,
+        ),
+    ] = None,
     recipe: Annotated[
         str, typer.Option(help="Sampling recipe (see docs/extraction.md).")
     ] = "mmsada",
@@ -407,7 +429,12 @@ def flow_command(
         str, typer.Option(help="tvl1 (OpenCV, CPU) or raft (torchvision, GPU when present).")
     ] = "tvl1",
     weights: Annotated[
-        Path | None, typer.Option(help="raft: torchvision raft_large / raft_small state dict.")
+        Path | None,
+        typer.Option(
+            help="raft: torchvision raft_large / raft_small state dict, a file or a published "
+            "name (raft_large_C_T_SKHT_V2).",
+            callback=_weights_callback,
+        ),
     ] = None,
     stride: Annotated[
         int, typer.Option(min=1, help="One flow frame every N frames (EPIC-55: 2).")
@@ -488,7 +515,13 @@ def finetune_command(
     frames: FramesDir = None,
     flow: FlowDir = None,
     audio: AudioDir = None,
-    weights: Annotated[Path | None, typer.Option(help="Initial checkpoint (published).")] = None,
+    weights: Annotated[
+        Path | None,
+        typer.Option(
+            help="Initial checkpoint: a file or a published name (`avda weights list`).",
+            callback=_weights_callback,
+        ),
+    ] = None,
     recipe: Annotated[
         str, typer.Option(help="Sampling recipe for training clips.")
     ] = "mmsada-train",
@@ -928,9 +961,90 @@ def report(
     typer.echo(f"wrote {path}")
 
 
+# ------------------------------------------------------------------------------ weights
+weights_app = typer.Typer(
+    help="Published checkpoints by name: list, fetch, verify (docs/weights.md).",
+    no_args_is_help=True,
+)
+app.add_typer(weights_app, name="weights")
+
+
+@weights_app.command("list")
+def weights_list() -> None:
+    """One line per published file: name, loader/modality, checksum, licence; * = fetched."""
+    from avda import weights as published
+
+    directory = published.weights_dir()
+    for entry in published.PUBLISHED_FILES:
+        fetched = "*" if published.local_path(entry, directory).is_file() else " "
+        how = entry.checksum_text() if entry.url else "not downloadable: see docs/weights.md"
+        typer.echo(
+            f"{fetched} {entry.name}  {entry.loader} {entry.modality}  {entry.file_name}  "
+            f"[{how}]  {entry.licence}"
+        )
+    typer.echo(f"(* = fetched into {directory}; `avda weights fetch NAME`)", err=True)
+
+
+@weights_app.command("fetch")
+def weights_fetch(
+    names: Annotated[list[str], typer.Argument(help="Published names (`avda weights list`).")],
+    directory: Annotated[
+        Path | None,
+        typer.Option(
+            "--dir",
+            help="Folder to save in (default: $AVDA_WEIGHTS_DIR, "
+            "$AVDA_HOME/weights or ~/.cache/avda/weights).",
+        ),
+    ] = None,
+    quiet: Quiet = False,
+) -> None:
+    """Download published weights (resumable; checked where the publisher gives a checksum)."""
+    from avda import weights as published
+
+    entries = [published.get(name) for name in names]  # every name checked before any download
+    for entry in entries:
+        result = published.fetch(entry, directory, progress=not quiet)
+        state = "downloaded" if result.downloaded else "already there"
+        check = (
+            f"{entry.checksum_text()} matches"
+            if result.checked
+            else "not checked: no published checksum"
+        )
+        typer.echo(f"{entry.name}: {result.path} ({state}; {check}; licence {entry.licence})")
+
+
+@weights_app.command("verify")
+def weights_verify(
+    files: Annotated[list[Path], typer.Argument(help="Weights files to identify.")],
+) -> None:
+    """Say which published file each FILE is: by checksum, else by its keys and shapes."""
+    from avda import weights as published
+
+    for path in files:
+        typer.echo(published.identify(path).message)
+
+
+def _weights_callback(ctx: typer.Context, param: typer.CallbackParam, value: Path | None):
+    """``--weights NAME`` is the fetched published file; a path stays a path."""
+    if ctx.resilient_parsing or value is None:
+        return value
+    from avda import weights as published
+
+    return published.resolve(value, option=param.opts[0])
+
+
 # ------------------------------------------------------------------------------ entry point
 # Commands that pick up where an interrupted run stopped when run again.
-RESUMABLE = {"extract", "flow", "finetune", "train", "cluster", "sweep", "cache import"}
+RESUMABLE = {
+    "extract",
+    "flow",
+    "finetune",
+    "train",
+    "cluster",
+    "sweep",
+    "cache import",
+    "weights fetch",
+}
 
 
 def _command_name(argv: list[str]) -> str:
@@ -938,7 +1052,7 @@ def _command_name(argv: list[str]) -> str:
     words = [a for a in argv if not a.startswith("-")]  # root options are flags only
     if not words:
         return ""
-    if words[0] in ("cache", "manifest") and len(words) > 1:
+    if words[0] in ("cache", "manifest", "weights") and len(words) > 1:
         return f"{words[0]} {words[1]}"
     return words[0]
 

@@ -36,6 +36,10 @@ class CheckpointError(AvdaError, ValueError):
     """A weights file does not match the layout the model expects."""
 
 
+class MissingDependencyError(AvdaError, ImportError):
+    """An optional package a feature needs is not installed; the message names the extra."""
+
+
 class CacheError(AvdaError, ValueError):
     """A feature cache is missing, of an unknown schema version, or does not match the request."""
 

@@ -29,8 +29,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
+
+try:
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+except ImportError:  # the [report] extra is not installed
+    from avda.optional import require
+
+    require("matplotlib", package="matplotlib", extra="report", feature="avda report")
+    raise
 
 import avda
 from avda import runs

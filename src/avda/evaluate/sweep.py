@@ -355,12 +355,11 @@ def make_jobqueue_cluster(spec: ClusterSpec, kind: str | None = None):
             f"cluster kind {kind} needs cluster.{' and cluster.'.join(missing)} in the sweep spec "
             "(cores and memory per job, e.g. cores: 8, memory: 32GB)"
         )
-    try:
-        import dask_jobqueue
-    except ImportError:
-        raise ConfigError(
-            f"--cluster {kind} needs dask-jobqueue: pip install dask-jobqueue"
-        ) from None
+    from avda.optional import require
+
+    dask_jobqueue = require(
+        "dask_jobqueue", package="dask-jobqueue", extra="hpc", feature=f"--cluster {kind}"
+    )
     options: dict[str, Any] = {
         "cores": spec.cores,
         "memory": spec.memory,

@@ -319,17 +319,18 @@ def _estimator(options: FlowOptions, device: str):
 
 class _TVL1:
     def __init__(self) -> None:
-        try:
-            import cv2
-        except ImportError as exc:
-            raise ConfigError(
-                "TV-L1 flow needs OpenCV with the contrib modules: "
-                "pip install opencv-contrib-python-headless"
-            ) from exc
+        from avda.optional import require
+
+        cv2 = require(
+            "cv2",
+            package="opencv-contrib-python-headless",
+            extra="flow",
+            feature="TV-L1 flow (avda flow --method tvl1)",
+        )
         if not hasattr(cv2, "optflow"):
             raise ConfigError(
                 "this OpenCV has no cv2.optflow (the plain opencv-python wheel); install "
-                "opencv-contrib-python-headless instead"
+                "opencv-contrib-python-headless instead (pip install 'avda[flow]')"
             )
         self.cv2 = cv2
         self.algorithm = cv2.optflow.DualTVL1OpticalFlow_create()

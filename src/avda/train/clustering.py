@@ -336,6 +336,10 @@ def cluster_store(
 
     if max_clusters < 1:
         raise ConfigError(f"--max-k must be >= 1, got {max_clusters}")
+    if plot_dir is not None:  # before any work, not after the clusters are written
+        from avda.optional import require
+
+        require("matplotlib", package="matplotlib", extra="report", feature="elbow plots")
     open_cache(path)  # a missing / foreign store is refused before a lock file is made
     with store_lock(path, what="avda cluster"):
         store = open_cache(path, mode="r+")

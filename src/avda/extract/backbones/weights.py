@@ -6,9 +6,9 @@ One path for every backbone:
          ──layout.detect / layout.convert──► native keys ──load_state_dict_checked──► model
 
 - :func:`read_checkpoint` uses ``torch.load(weights_only=True)`` (``.npz`` files through
-  ``numpy.load(allow_pickle=False)``); a file that holds numpy scalars (e.g. a ``best_prec1``
-  stored as ``numpy.float64``) is retried with only those numpy types allow-listed, never with
-  arbitrary pickles.
+  ``numpy.load(allow_pickle=False)``, ``.safetensors`` files through ``safetensors``); a file
+  that holds numpy scalars (e.g. a ``best_prec1`` stored as ``numpy.float64``) is retried with
+  only those numpy types allow-listed, never with arbitrary pickles.
 - :func:`find_state_dict` unwraps the published containers (``{'state_dict': ...}``,
   ``{'model_state': ...}``, ``{'model_state_dict': ...}``) down to the tensor dictionary.
 - Each backbone declares its accepted :class:`Layout` objects (how to recognise a layout from its
@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from avda.errors import CheckpointError
+from avda.errors import CheckpointError, MissingDependencyError
 
 log = logging.getLogger(__name__)
 
@@ -89,8 +89,10 @@ def read_checkpoint(path: str | Path) -> Any:
     if not path.is_file():
         raise CheckpointError(
             f"weights file {str(path)!r} does not exist; pass weights=PATH to a downloaded "
-            "checkpoint (see docs/backbones.md for the published files)"
+            "checkpoint (published files by name: `avda weights list`, docs/weights.md)"
         )
+    if path.suffix == ".safetensors":
+        return _read_safetensors(path)
     if path.suffix == ".npz":
         try:
             with np.load(path, allow_pickle=False) as archive:
@@ -123,6 +125,24 @@ def read_checkpoint(path: str | Path) -> Any:
             ) from None
     log.info("%s: loaded with numpy data types allow-listed", path)
     return checkpoint
+
+
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """A ``.safetensors`` file: a JSON header and raw tensor bytes, no code at all."""
+    try:
+        from safetensors.torch import load_file
+    except ImportError:
+        raise MissingDependencyError(
+            f"{path}: reading .safetensors weights needs the safetensors package: "
+            "pip install safetensors"
+        ) from None
+    try:
+        return load_file(str(path), device="cpu")
+    except Exception as error:  # noqa: BLE001 - SafetensorError, OSError: one line
+        raise CheckpointError(
+            f"{path}: not a readable .safetensors file ({type(error).__name__}: {error}); "
+            "pass the published weights file"
+        ) from None
 
 
 def _numpy_safe_globals() -> list[Any]:

@@ -1,0 +1,138 @@
+"""`avda weights list | fetch | verify` and `--weights NAME`, through the CLI (local server)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from avda import cli
+from avda import weights as published
+from tests.weights_server import git_blob_sha1, serve, synthetic_entry
+
+PAYLOAD = b"synthetic weights " * 50_000
+
+
+def run(capsys, *args):
+    code = cli.main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture
+def table(monkeypatch, tmp_path):
+    """The registry replaced by two synthetic entries served from 127.0.0.1."""
+    monkeypatch.setenv(published.WEIGHTS_DIR_ENV, str(tmp_path / "cache"))
+    with serve() as server:
+        server.files["good.pt"] = PAYLOAD
+        entries = (
+            synthetic_entry("good", server.url("good.pt"), git_blob_sha1=git_blob_sha1(PAYLOAD)),
+            synthetic_entry("bad", server.url("good.pt"), git_blob_sha1="1" * 40),
+            synthetic_entry("open", server.url("good.pt")),
+        )
+        monkeypatch.setattr(published, "PUBLISHED_FILES", entries)
+        monkeypatch.setattr(published, "PUBLISHED", {e.name: e for e in entries})
+        yield server
+
+
+def test_list_has_one_line_per_published_file(capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv(published.WEIGHTS_DIR_ENV, str(tmp_path))
+    (tmp_path / "H.pth.tar").write_bytes(b"x")
+    code, out, err = run(capsys, "weights", "list")
+    lines = out.splitlines()
+    assert code == 0 and len(lines) == len(published.PUBLISHED_FILES)
+    assert lines[0].split()[0] == "piergiaj_rgb_imagenet"
+    vgg = next(line for line in lines if "vggsound_H" in line)
+    assert vgg.startswith("* ") and "no published checksum" in vgg
+    raft = next(line for line in lines if "raft_small_C_T_V2" in line)
+    assert "sha256 01064c6d..." in raft and "BSD-3-Clause" in raft
+    assert "not downloadable" in next(line for line in lines if "deepmind_rgb_imagenet" in line)
+
+
+def test_fetch_then_weights_name_resolves(capsys, table, tmp_path):
+    code, out, err = run(capsys, "weights", "fetch", "good", "-q")
+    assert code == 0, err
+    path = tmp_path / "cache" / "good.pt"
+    assert path.read_bytes() == PAYLOAD
+    assert f"good: {path} (downloaded; git blob" in out and "matches" in out
+    code, out, _ = run(capsys, "weights", "fetch", "good", "-q")
+    assert code == 0 and "already there" in out
+    assert published.resolve("good") == path
+
+
+def test_fetch_into_dir_and_unchecked_says_so(capsys, table, tmp_path):
+    code, out, _ = run(capsys, "weights", "fetch", "open", "--dir", str(tmp_path / "d"), "-q")
+    assert code == 0 and (tmp_path / "d" / "open.pt").is_file()
+    assert "not checked: no published checksum" in out
+
+
+def test_fetch_checksum_mismatch_exits_1_and_leaves_nothing(capsys, table, tmp_path):
+    code, out, err = run(capsys, "weights", "fetch", "bad", "-q")
+    assert code == 1 and err.startswith("error: bad: the download from") and err.count("\n") == 1
+    assert "refused and deleted" in err
+    assert list((tmp_path / "cache").iterdir()) == []
+
+
+def test_fetch_unknown_name_is_one_line_listing_names(capsys, table):
+    code, _, err = run(capsys, "weights", "fetch", "good", "nope")
+    assert code == 1 and err.count("\n") == 1
+    assert "no published weights named 'nope'; known: good, bad, open" in err
+
+
+def test_interrupted_fetch_resumes_on_rerun(capsys, table, tmp_path):
+    table.cut["good.pt"] = 1000
+    code, _, err = run(capsys, "weights", "fetch", "good", "-q")
+    assert code == 1 and "run the same command again to resume" in err
+    assert not (tmp_path / "cache" / "good.pt").exists()
+    with pytest.raises(Exception, match="not fetched yet"):
+        published.resolve("good")
+    code, _, err = run(capsys, "weights", "fetch", "good", "-q")
+    assert code == 0, err
+    assert table.ranges[-1] == "bytes=1000-"
+    assert (tmp_path / "cache" / "good.pt").read_bytes() == PAYLOAD
+
+
+def test_weights_name_not_fetched_is_one_line(capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv(published.WEIGHTS_DIR_ENV, str(tmp_path / "cache"))
+    code, _, err = run(
+        capsys,
+        "extract",
+        "-m",
+        str(tmp_path / "m.csv"),
+        "-o",
+        str(tmp_path / "out.zarr"),
+        "--weights",
+        "piergiaj_rgb_imagenet",
+    )
+    assert code == 1 and err.count("\n") == 1
+    assert "--weights piergiaj_rgb_imagenet: not fetched yet" in err
+    assert "run `avda weights fetch piergiaj_rgb_imagenet` first" in err
+    code, _, err = run(
+        capsys,
+        "flow",
+        "-m",
+        str(tmp_path / "m.csv"),
+        "-o",
+        str(tmp_path / "flow"),
+        "--method",
+        "raft",
+        "--weights",
+        "raft_larg",
+    )
+    assert code == 1 and "--weights raft_larg: no such file, and no published weights" in err
+
+
+def test_verify_identifies_and_refuses(capsys, shared_data, tmp_path):
+    import json
+
+    keys = json.loads(
+        (shared_data / "checkpoint_keys" / "vggsound_resnet18_avgpool_H.json").read_text()
+    )
+    state = {k: torch.zeros(()).expand(v["shape"]) for k, v in keys["keys"].items()}
+    good = tmp_path / "H.pth.tar"
+    torch.save({"model_state_dict": state, "epoch": 3}, good)
+    other = tmp_path / "other.pt"
+    torch.save({"x": torch.ones(1)}, other)
+    code, out, _ = run(capsys, "weights", "verify", str(good))
+    assert code == 0 and "the keys and shapes of vggsound_H" in out
+    code, out, err = run(capsys, "weights", "verify", str(other))
+    assert code == 1 and "not a published file avda knows" in err and err.count("\n") == 1
