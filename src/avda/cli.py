@@ -209,6 +209,18 @@ def demo(
     )
 
 
+# ------------------------------------------------------------------------------ list
+@app.command("list")
+def list_command(
+    kind: Annotated[str, typer.Argument(help="heads, backbones, recipes, protocols or settings.")],
+) -> None:
+    """What avda has, one line each: adaptation heads, backbones, sampling recipes, evaluation
+    protocols, named settings (source -> target domains)."""
+    from avda import catalog
+
+    typer.echo(catalog.format_entries(catalog.entries(kind)))
+
+
 # ------------------------------------------------------------------------------ manifest
 @manifest_app.command("validate")
 def manifest_validate(
@@ -282,8 +294,14 @@ def manifest_stats(file: Annotated[Path, typer.Argument(help="Manifest CSV or Pa
 # ------------------------------------------------------------------------------ extract
 @app.command()
 def extract(
-    manifest: ManifestPath,
-    out: OutPath,
+    ctx: typer.Context,
+    manifest: Annotated[
+        Path | None, typer.Option("--manifest", "-m", help="Manifest CSV or Parquet.")
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", "-o", help="Output path.", callback=_output_dir_callback),
+    ] = None,
     videos: OptionalVideosDir = None,
     frames: FramesDir = None,
     flow: FlowDir = None,
@@ -330,8 +348,80 @@ def extract(
     retry_failed: Annotated[bool, typer.Option(help="Retry segments that failed before.")] = False,
     force: Annotated[bool, typer.Option(help="Replace a store built differently.")] = False,
     quiet: Quiet = False,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            help="YAML mapping of these options (batch_size: 32, modalities: [rgb, audio]); "
+            "options given here override it.",
+        ),
+    ] = None,
 ) -> None:
     """Decode videos / frame folders, run backbones and write features into a Zarr cache."""
+    params = dict(ctx.params)
+    if params.pop("config") is not None:
+        params = _with_config_file(ctx, config, params)
+    missing = [f"'--{name}'" for name in ("manifest", "out") if params[name] is None]
+    if missing:
+        raise click_exceptions.UsageError(
+            f"Missing option {', '.join(missing)} (or in --config FILE)", ctx=ctx
+        )
+    _extract(**params)
+
+
+def _with_config_file(ctx: typer.Context, path: Path, params: dict) -> dict:
+    """``params`` (the command's option values) with those of the YAML mapping in ``path``
+    where an option is not given on the command line; values converted and checked as the
+    options' own (``-`` or ``_`` in names; a list for a comma-list option)."""
+    from typer._click.core import ParameterSource
+
+    from avda import config_files
+
+    options = {p.name: p for p in ctx.command.params if p.name in params}
+    data = {str(k).replace("-", "_"): v for k, v in config_files.read_mapping(path).items()}
+    config_files.check_keys(path, data, sorted(options))
+    merged = dict(params)
+    for name, value in data.items():
+        if ctx.get_parameter_source(name) in (
+            ParameterSource.COMMANDLINE,
+            ParameterSource.ENVIRONMENT,
+        ):
+            continue
+        try:
+            merged[name] = options[name].process_value(ctx, config_files.comma_list(value))
+        except click_exceptions.BadParameter as exc:
+            raise ConfigError(f"--config {path}: {name}: {exc.format_message()}") from None
+    return merged
+
+
+def _extract(
+    *,
+    manifest: Path,
+    out: Path,
+    videos: Path | None,
+    frames: Path | None,
+    flow: Path | None,
+    audio: Path | None,
+    flow_stride: int | None,
+    backbone: str,
+    modalities: str,
+    weights: Path | None,
+    audio_backbone: str,
+    audio_weights: Path | None,
+    recipe: str,
+    batch_size: int,
+    workers: int,
+    device: str | None,
+    precision: str,
+    chunk_rows: int,
+    shard: str | None,
+    scheduler: str | None,
+    shards: int | None,
+    prepare_only: bool,
+    retry_failed: bool,
+    force: bool,
+    quiet: bool,
+) -> None:
     from avda.cache import open_cache
     from avda.data_manifests import schema
     from avda.extract import distributed, runner, sampling
@@ -698,12 +788,18 @@ def cluster(
 # ------------------------------------------------------------------------------ train
 @app.command("train")
 def train_command(
-    head: Annotated[str, typer.Option(help="Head name (source-only, dann, ...).")],
-    cache: Annotated[Path, typer.Option(help="Feature cache (.zarr).")],
-    source: Annotated[str, typer.Option(help="Source domain(s), comma separated.")],
-    target: Annotated[str, typer.Option(help="Target domain(s), comma separated.")],
-    out: OutPath,
-    seed: Seed = 0,
+    ctx: typer.Context,
+    head: Annotated[
+        str | None, typer.Option(help="Head name (source-only, dann, ...: `avda list heads`).")
+    ] = None,
+    cache: Annotated[Path | None, typer.Option(help="Feature cache (.zarr).")] = None,
+    source: Annotated[str | None, typer.Option(help="Source domain(s), comma separated.")] = None,
+    target: Annotated[str | None, typer.Option(help="Target domain(s), comma separated.")] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", "-o", help="Run folder to write.", callback=_output_dir_callback),
+    ] = None,
+    seed: Annotated[int | None, typer.Option("--seed", min=0, help="Random seed [0].")] = None,
     epochs: Annotated[
         int | None,
         typer.Option(
@@ -713,38 +809,137 @@ def train_command(
         ),
     ] = None,
     set_: Annotated[
-        list[str] | None, typer.Option("--set", help="Config override key=value.")
+        list[str] | None,
+        typer.Option(
+            "--set",
+            help="Head config field key=value (YAML; a list field also takes a,b,c); "
+            "see --show-config.",
+        ),
     ] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            help="YAML of a run's config.yaml format (head, cache, source, target, seed, "
+            "head_config); options and --set given here override it.",
+        ),
+    ] = None,
+    show_config: Annotated[
+        bool,
+        typer.Option(
+            "--show-config", help="Print every field of the head's config (value, meaning); exit."
+        ),
+    ] = False,
     device: Annotated[str | None, typer.Option(help="cpu or cuda.")] = None,
     quiet: Quiet = False,
 ) -> None:
     """Train an adaptation head on cached features; writes a resumable run directory."""
-    from avda import safe_yaml
+    from avda import config_files
+    from avda.train import heads
+
+    file = config_files.read_train_config(config) if config is not None else {}
+    head = head if head is not None else file.get("head")
+    if head is None:
+        raise click_exceptions.UsageError(
+            "Missing option '--head' (`avda list heads`; or head: in --config FILE)", ctx=ctx
+        )
+    config_class = heads.config_class(head)
+    overrides = dict(file.get("head_config", {}))
+    config_files.check_keys(config, overrides, config_class.field_names(), f"{head} field")
+    assigned = config_class.parse_assignments(set_ or [])
+    if epochs is not None:
+        assigned["epochs"] = epochs
+    if "epochs" in assigned:  # a new length: the file's stages scale again (as without a file)
+        for name in (*config_class.stage_fields, "schedule"):
+            if name not in assigned:
+                overrides.pop(name, None)
+    overrides.update(assigned)
+    if show_config:
+        typer.echo(show_head_config(head, overrides))
+        return
+    missing = [
+        option
+        for option, value in (("--cache", cache), ("--source", source), ("--target", target))
+        if value is None and option[2:] not in file
+    ]
+    if out is None:
+        missing.append("--out")
+    if missing:
+        raise click_exceptions.UsageError(
+            f"Missing option {', '.join(repr(m) for m in missing)} "
+            "(or cache:, source:, target: in --config FILE; -o is always given)",
+            ctx=ctx,
+        )
     from avda.train.loop import train
 
-    overrides = {}
-    for item in set_ or []:
-        if "=" not in item:
-            raise ConfigError(f"--set expects key=value, got {item!r}")
-        key, raw = item.split("=", 1)
-        overrides[key.strip()] = safe_yaml.load(raw, source=f"--set {key.strip()}")
-    if epochs is not None:
-        overrides["epochs"] = epochs
     result = train(
-        cache=cache,
+        cache=cache if cache is not None else Path(file["cache"]),
         head=head,
-        source=_split_list(source),
-        target=_split_list(target),
+        source=_split_list(source if source is not None else file["source"]),
+        target=_split_list(target if target is not None else file["target"]),
         out=out,
-        seed=seed,
+        seed=seed if seed is not None else file.get("seed", 0),
         overrides=overrides,
-        device=device,
+        device=device if device is not None else file.get("device"),
         progress=not quiet,
     )
     state = "already complete" if result.skipped else "done"
     typer.echo(f"{out}: {state}")
     for key, value in sorted(result.metrics.items()):
         typer.echo(f"  {key:<32} {100 * value:6.2f}")
+
+
+def _type_name(hint: object) -> str:
+    """``int``, ``list of str``, ``adam|sgd``, ``str or none`` for a config field's type hint."""
+    import types
+    import typing
+
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is typing.Literal:
+        return "|".join(str(a) for a in args)
+    if origin in (typing.Union, types.UnionType):
+        parts = [_type_name(a) for a in args if a is not type(None)]
+        return " or ".join(parts) + (" or null" if type(None) in args else "")
+    if origin in (tuple, list):
+        return f"list of {_type_name(args[0])}" if args else "list"
+    return getattr(hint, "__name__", str(hint))
+
+
+def _yaml_value(value: object) -> str:
+    import yaml
+
+    text = yaml.safe_dump(value, default_flow_style=True, width=10_000).strip()
+    return text[: -len("...")].strip() if text.endswith("...") else text
+
+
+def show_head_config(head: str, overrides: dict | None = None) -> str:
+    """Every field of ``head``'s config as YAML lines ``name: value  # type; meaning``, the
+    values those of ``overrides`` over the head's defaults (``avda train --show-config``)."""
+    import typing
+
+    from avda.catalog import entries
+    from avda.train import heads
+
+    cls = heads.config_class(head)
+    values = cls.from_dict(overrides or {}).to_dict()
+    hints = typing.get_type_hints(cls)
+    meaning = cls.field_help()
+    about = dict(entries("heads")).get(head, "")
+    rows = [(f"  {name}: {_yaml_value(value)}", name) for name, value in values.items()]
+    width = max(len(text) for text, _ in rows)
+    lines = [
+        f"# head {head}: {about}",
+        "# Set a field with --set KEY=VALUE or under head_config: in a --config file.",
+        f"head: {head}",
+        "head_config:",
+    ]
+    for text, name in rows:
+        help_text = meaning.get(name) or ""
+        comment = (
+            f"{_type_name(hints[name])}; {help_text}" if help_text else _type_name(hints[name])
+        )
+        lines.append(f"{text:<{width}}  # {comment}")
+    return "\n".join(lines)
 
 
 # ------------------------------------------------------------------------------ evaluate
