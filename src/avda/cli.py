@@ -151,6 +151,9 @@ def _root(
         stream=sys.stderr,
         force=True,
     )
+    from avda.dask_support import quiet_dask_logs
+
+    quiet_dask_logs(verbose)  # Dask's INFO records and routine warnings only with -v
 
 
 def _split_list(value: str) -> list[str]:
@@ -1192,6 +1195,9 @@ def main(argv: list[str] | None = None) -> int:
         typer.echo(_one_line(message), err=True)
         return EXIT_ERROR
 
+    backbones = sys.modules.get("avda.extract.backbones")
+    if backbones is not None:  # its random-initialisation warning: once per command
+        backbones.RANDOM_INIT_WARNED.clear()
     try:
         code = app(args=argv, prog_name="avda", standalone_mode=False)
         code = int(code or 0)

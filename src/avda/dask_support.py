@@ -2,9 +2,43 @@
 
 from __future__ import annotations
 
+import logging
+import os
+import sys
 from typing import Any
 
 from avda.errors import ConfigError
+
+DASK_LOGGERS = ("distributed", "dask_jobqueue")
+
+
+def _routine_shutdown(record: logging.LogRecord) -> bool:
+    """False for the nanny's warning that it killed a worker slow to exit at the end of a run."""
+    return "still alive after" not in record.getMessage()
+
+
+def quiet_dask_logs(verbose: bool | None = None) -> None:
+    """Dask's INFO records (scheduler start, client connections, workers joining and leaving)
+    and its routine shutdown warnings only with ``avda -v``; its other warnings and errors stay.
+
+    Also sets ``DASK_LOGGING__DISTRIBUTED=warning`` (unless set) so that worker processes
+    started from here log alike. ``verbose`` None: whether the root logger shows DEBUG.
+    """
+    if verbose is None:
+        verbose = logging.getLogger().isEnabledFor(logging.DEBUG)
+    if verbose:
+        return
+    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
+    if "dask" in sys.modules:  # the environment is read when dask is imported
+        import dask
+
+        dask.config.set({"logging.distributed": "warning"})
+    for name in DASK_LOGGERS:
+        logger = logging.getLogger(name)
+        logger.setLevel(max(logger.getEffectiveLevel(), logging.WARNING))
+    nanny = logging.getLogger("distributed.nanny")
+    if _routine_shutdown not in nanny.filters:
+        nanny.addFilter(_routine_shutdown)
 
 
 def connect(address: str) -> Any:
@@ -25,4 +59,4 @@ def connect(address: str) -> Any:
         ) from None
 
 
-__all__ = ["connect"]
+__all__ = ["connect", "quiet_dask_logs"]

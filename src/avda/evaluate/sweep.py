@@ -49,6 +49,7 @@ import pandas as pd
 
 from avda import runs
 from avda.dask_support import connect as connect_scheduler
+from avda.dask_support import quiet_dask_logs
 from avda.errors import AvdaError, ConfigError
 from avda.evaluate.sweep_spec import (
     CLUSTER_KINDS,
@@ -459,14 +460,6 @@ def _close_quietly(cluster: Any) -> None:
         cluster.close()
     except Exception as exc:  # e.g. a job that never started: keep the error that matters
         log.debug("could not stop the Dask cluster cleanly (%s: %s)", type(exc).__name__, exc)
-
-
-def quiet_dask_logs() -> None:
-    """Dask's INFO records (scheduler start, client connections) only with ``avda -v``."""
-    if not logging.getLogger().isEnabledFor(logging.DEBUG):
-        for name in ("distributed", "dask_jobqueue"):
-            logger = logging.getLogger(name)
-            logger.setLevel(max(logger.getEffectiveLevel(), logging.WARNING))
 
 
 def job_script(spec: SweepSpec, cluster: str | None = None) -> str:

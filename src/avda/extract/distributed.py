@@ -33,10 +33,10 @@ from tqdm import tqdm
 
 from avda import cache as cache_lib
 from avda.cache.lock import store_lock
-from avda.dask_support import connect
+from avda.dask_support import connect, quiet_dask_logs
 from avda.data_manifests import schema as manifest_schema
 from avda.errors import AvdaError, ConfigError
-from avda.extract import runner
+from avda.extract import backbones, runner
 from avda.extract.inference import Precision
 from avda.extract.inputs import InputPaths
 from avda.extract.runner import ExtractResult, ModalitySpec
@@ -102,6 +102,7 @@ def extract_distributed(
     """
     from dask.distributed import Client, LocalCluster, as_completed
 
+    quiet_dask_logs()
     began = time.perf_counter()
     kind, local_workers = parse_scheduler(scheduler)
     paths = {
@@ -228,6 +229,8 @@ def _run_shard(
 ) -> dict[str, int]:
     """One Dask task: extract shard ``index/count`` into the prepared store."""
     options = dict(options)
+    # The client warned once when it built the models to prepare the store: not once a shard.
+    backbones.RANDOM_INIT_WARNED.update((m.backbone, m.modality) for m in options["modalities"])
     threads = options.pop("threads")
     if threads:
         torch.set_num_threads(threads)
