@@ -160,16 +160,6 @@ def _split_list(value: str) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()]
 
 
-def _parse_shard(value: str | None) -> tuple[int, int] | None:
-    if value is None:
-        return None
-    try:
-        index, count = (int(v) for v in value.split("/"))
-    except ValueError:
-        raise ConfigError(f"--shard expects i/n (e.g. 0/4), got {value!r}") from None
-    return index, count
-
-
 # ------------------------------------------------------------------------------ demo
 @app.command()
 def demo(
@@ -397,79 +387,12 @@ def _with_config_file(ctx: typer.Context, path: Path, params: dict) -> dict:
     return merged
 
 
-def _extract(
-    *,
-    manifest: Path,
-    out: Path,
-    videos: Path | None,
-    frames: Path | None,
-    flow: Path | None,
-    audio: Path | None,
-    flow_stride: int | None,
-    backbone: str,
-    modalities: str,
-    weights: Path | None,
-    audio_backbone: str,
-    audio_weights: Path | None,
-    recipe: str,
-    batch_size: int,
-    workers: int,
-    device: str | None,
-    precision: str,
-    chunk_rows: int,
-    shard: str | None,
-    scheduler: str | None,
-    shards: int | None,
-    prepare_only: bool,
-    retry_failed: bool,
-    force: bool,
-    quiet: bool,
-) -> None:
+def _extract(*, out: Path, quiet: bool, **options) -> None:
+    """``avda extract`` once its options are merged: the library call and the report."""
+    from avda import api
     from avda.cache import open_cache
-    from avda.data_manifests import schema
-    from avda.extract import distributed, runner, sampling
 
-    if precision not in ("auto", "float32", "bfloat16"):
-        raise ConfigError(f"--precision {precision!r}: expected auto, float32 or bfloat16")
-    if scheduler is not None and (shard is not None or prepare_only):
-        raise ConfigError("--scheduler runs every shard itself: drop --shard / --prepare-only")
-    if device is not None:  # a device this machine lacks: one line before any work
-        from avda.devices import resolve_device
-
-        resolve_device(device)
-    frame = schema.read(manifest)
-    specs = []
-    for modality in _split_list(modalities):
-        if modality == "audio":
-            specs.append(runner.ModalitySpec("audio", audio_backbone, audio_weights))
-        else:
-            specs.append(runner.ModalitySpec(modality, backbone, weights))
-    options = dict(
-        videos=videos,
-        frames=frames,
-        flow=flow,
-        audio=audio,
-        flow_stride=flow_stride,
-        out=out,
-        recipe=sampling.get(recipe),
-        modalities=specs,
-        batch_size=batch_size,
-        workers=workers,
-        device=device,
-        precision=precision,
-        chunk_rows=chunk_rows,
-        retry_failed=retry_failed,
-        force=force,
-        progress=not quiet,
-    )
-    if scheduler is not None:
-        result = distributed.extract_distributed(
-            frame, scheduler=scheduler, num_shards=shards, **options
-        )
-    else:
-        result = runner.extract(
-            frame, shard=_parse_shard(shard), prepare_only=prepare_only, **options
-        )
+    result = api.extract(out=out, progress=not quiet, **options)
     typer.echo(
         f"{out}: {result.done} done, {result.missing} missing input, {result.failed} failed "
         f"in {result.seconds:.1f} s"
@@ -837,7 +760,7 @@ def train_command(
     quiet: Quiet = False,
 ) -> None:
     """Train an adaptation head on cached features; writes a resumable run directory."""
-    from avda import config_files
+    from avda import api, config_files
     from avda.train import heads
 
     file = config_files.read_train_config(config) if config is not None else {}
@@ -847,45 +770,35 @@ def train_command(
             "Missing option '--head' (`avda list heads`; or head: in --config FILE)", ctx=ctx
         )
     config_class = heads.config_class(head)
-    overrides = dict(file.get("head_config", {}))
-    config_files.check_keys(config, overrides, config_class.field_names(), f"{head} field")
-    assigned = config_class.parse_assignments(set_ or [])
-    if epochs is not None:
-        assigned["epochs"] = epochs
-    if "epochs" in assigned:  # a new length: the file's stages scale again (as without a file)
-        for name in (*config_class.stage_fields, "schedule"):
-            if name not in assigned:
-                overrides.pop(name, None)
-    overrides.update(assigned)
+    if config is not None:  # the file's unknown head fields, named with the file
+        fields = config_class.field_names()
+        config_files.check_keys(config, file["head_config"], fields, f"{head} field")
+    options = api.train_options(
+        head=head,
+        cache=cache,
+        source=source,
+        target=target,
+        seed=seed,
+        epochs=epochs,
+        head_config=config_class.parse_assignments(set_ or []),
+        config=file,
+        device=device,
+    )
     if show_config:
-        typer.echo(show_head_config(head, overrides))
+        typer.echo(show_head_config(head, options["overrides"]))
         return
-    missing = [
-        option
-        for option, value in (("--cache", cache), ("--source", source), ("--target", target))
-        if value is None and option[2:] not in file
-    ]
+    missing = [f"'--{k}'" for k in ("cache", "source", "target") if options[k] is None]
     if out is None:
-        missing.append("--out")
+        missing.append("'--out'")
     if missing:
         raise click_exceptions.UsageError(
-            f"Missing option {', '.join(repr(m) for m in missing)} "
+            f"Missing option {', '.join(missing)} "
             "(or cache:, source:, target: in --config FILE; -o is always given)",
             ctx=ctx,
         )
     from avda.train.loop import train
 
-    result = train(
-        cache=cache if cache is not None else Path(file["cache"]),
-        head=head,
-        source=_split_list(source if source is not None else file["source"]),
-        target=_split_list(target if target is not None else file["target"]),
-        out=out,
-        seed=seed if seed is not None else file.get("seed", 0),
-        overrides=overrides,
-        device=device if device is not None else file.get("device"),
-        progress=not quiet,
-    )
+    result = train(out=out, progress=not quiet, **options)
     state = "already complete" if result.skipped else "done"
     typer.echo(f"{out}: {state}")
     for key, value in sorted(result.metrics.items()):
