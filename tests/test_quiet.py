@@ -79,3 +79,33 @@ def test_shard_tasks_do_not_repeat_the_random_init_warning(monkeypatch, caplog):
         done = distributed._run_shard(None, 0, 2, options)
     assert done == {"done": 1, "failed": 0, "missing": 0}
     assert not any("random initialisation" in r.getMessage() for r in caplog.records)
+
+
+def test_sweep_tasks_keep_their_warnings_for_the_client(tmp_path, caplog):
+    import threading
+
+    from avda.evaluate import sweep
+
+    other = logging.getLogger("avda.train.loop")
+    with sweep._collect_warnings(True) as messages:
+        other.warning("few steps: %d", 3)
+        thread = threading.Thread(target=other.warning, args=("another task's",))
+        thread.start()
+        thread.join()
+    assert messages == ["few steps: 3"]  # this task's only
+    assert not any(isinstance(h, sweep._Collect) for h in logging.getLogger("avda").handlers)
+
+    tasks = [type("T", (), {"name": n}) for n in ("a/s/seed0", "b/s/seed0")]
+    outcomes = {
+        "a/s/seed0": sweep.TaskOutcome("a/s/seed0", "complete", warnings=["w1", "w2"]),
+        "b/s/seed0": sweep.TaskOutcome("b/s/seed0", "complete"),
+    }
+    with caplog.at_level(logging.INFO):
+        sweep._report_warnings(tmp_path, tasks, outcomes)
+    log_file = tmp_path / sweep.WARNINGS
+    assert log_file.read_text() == "a/s/seed0: w1\na/s/seed0: w2\n"
+    lines = [r.getMessage() for r in caplog.records if r.name == "avda.evaluate.sweep"]
+    assert len(lines) == 1 and lines[0].startswith("2 warning(s) from 1 run(s), e.g. a/s/seed0: w1")
+    outcomes["a/s/seed0"].warnings = []
+    sweep._report_warnings(tmp_path, tasks, outcomes)
+    assert not log_file.exists()  # a clean rerun leaves no stale list

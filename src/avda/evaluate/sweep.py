@@ -40,6 +40,7 @@ import logging
 import os
 import re
 import shutil
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -65,6 +66,7 @@ log = logging.getLogger(__name__)
 
 INDEX = "sweep.json"
 FAILURES = "sweep-failures.csv"
+WARNINGS = "sweep-warnings.log"
 
 
 # ------------------------------------------------------------------------------ the tasks
@@ -98,6 +100,7 @@ class TaskOutcome:
     seconds: float = 0.0
     resumed_from_epoch: int = 0
     worker: str = ""
+    warnings: list[str] = dataclasses.field(default_factory=list)  # avda's, on a Dask worker
 
 
 def plan(spec: SweepSpec, out: str | Path) -> list[SweepTask]:
@@ -162,8 +165,57 @@ def _worker_device(device: str | None) -> tuple[str | None, str]:
     return device, worker_name
 
 
+class _Collect(logging.Handler):
+    """Keeps the messages of the WARNING records of one thread (one task: a worker may run
+    several at once, one a thread)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.thread = threading.get_ident()
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.thread == self.thread:
+            self.messages.append(record.getMessage())
+
+
+@contextlib.contextmanager
+def _collect_warnings(on_worker: bool) -> Iterator[list[str]]:
+    """On a Dask worker, avda's warnings of one task are kept (returned to the client with the
+    outcome) rather than printed by each worker process to the terminal: with a handler on the
+    ``avda`` logger, Python's last-resort printing to stderr stays off. Elsewhere (a serial
+    run) they are logged as usual."""
+    if not on_worker:
+        yield []
+        return
+    logger = logging.getLogger("avda")
+    handler = _Collect()
+    logger.addHandler(handler)
+    try:
+        yield handler.messages
+    finally:
+        logger.removeHandler(handler)
+
+
+def _on_worker() -> bool:
+    try:
+        from distributed import get_worker
+
+        get_worker()
+    except (ImportError, ValueError):
+        return False
+    return True
+
+
 def run_task(task: SweepTask) -> TaskOutcome:
     """Train one run on a worker. AvdaErrors fail the run; anything else raises (Dask retries)."""
+    with _collect_warnings(_on_worker()) as warnings:
+        outcome = _run_task(task)
+    outcome.warnings = list(warnings)
+    return outcome
+
+
+def _run_task(task: SweepTask) -> TaskOutcome:
     from avda.train.loop import train
 
     began = time.perf_counter()
@@ -651,9 +703,35 @@ def run_sweep(
                     future.release()
     _write_index(out_dir, spec, tasks, outcomes)
     _write_failures(out_dir, tasks, outcomes)
+    _report_warnings(out_dir, tasks, outcomes)
     summary = SweepSummary(out_dir, tasks, outcomes, time.perf_counter() - began)
     log.info("%s", summary.text().splitlines()[0])
     return summary
+
+
+def _report_warnings(out: Path, tasks: list[SweepTask], outcomes: dict) -> None:
+    """The runs' warnings (kept on the workers): all in ``OUT/sweep-warnings.log``; printed
+    each with ``avda -v``, else one line that says where they are."""
+    path = out / WARNINGS
+    lines = [
+        f"{task.name}: {message}"
+        for task in tasks
+        if task.name in outcomes
+        for message in outcomes[task.name].warnings
+    ]
+    if not lines:
+        path.unlink(missing_ok=True)
+        return
+    runs.atomic_write_text(path, "\n".join(lines) + "\n")
+    if logging.getLogger().isEnabledFor(logging.DEBUG):
+        for line in lines:
+            log.warning("%s", line)
+        return
+    count = len({line.split(": ", 1)[0] for line in lines})
+    log.warning(
+        "%d warning(s) from %d run(s), e.g. %s; all are in %s (avda -v prints them)",
+        *(len(lines), count, lines[0], path),
+    )
 
 
 def _outcome(future: Any, task: SweepTask) -> TaskOutcome:
