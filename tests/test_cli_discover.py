@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 import yaml
@@ -97,6 +98,9 @@ def test_set_parsing_is_one_implementation():
     assert cls.parse_assignments(["modalities="]) == {"modalities": []}
     config = cls.from_dict({}).replace_from_strings(["modalities=rgb, audio", "lr=1e-2"])
     assert config.modalities == ("rgb", "audio") and config.lr == 0.01
+    # a config file's (or sweep spec's) comma string is a list too
+    assert cls.from_dict({"modalities": "rgb, audio", "lr_steps": "10,20"}).lr_steps == (10, 20)
+    assert cls.from_dict({"modalities": "rgb, audio"}).modalities == ("rgb", "audio")
     with pytest.raises(ConfigError, match="did you mean 'hidden_dim'"):
         cls.parse_assignments(["hiden_dim=3"])
     with pytest.raises(ConfigError, match="--set expects key=value"):
@@ -227,15 +231,16 @@ def test_extract_config_values_and_overrides(monkeypatch, capsys, tmp_path):
         pass
 
     def fake_extract(frame, **options):
-        seen.update(options)
+        seen.update(options, manifest=frame)
         raise Done
 
     monkeypatch.setattr(runner, "extract", fake_extract)
     monkeypatch.setattr("avda.data_manifests.schema.read", lambda path: path)
-    path = tmp_path / "extract.yaml"
+    (tmp_path / "conf").mkdir()
+    path = tmp_path / "conf" / "extract.yaml"
     path.write_text(
         "manifest: m.csv\nout: c.zarr\nmodalities: [rgb, audio]\nbatch-size: 4\n"
-        "recipe: demo\nworkers: 0\n"
+        "recipe: demo\nworkers: 0\nvideos: /data/videos\n"
     )
     with pytest.raises(Done):
         cli.app(["extract", "--config", str(path), "--workers", "1", "-o", str(tmp_path / "x")],
@@ -243,3 +248,28 @@ def test_extract_config_values_and_overrides(monkeypatch, capsys, tmp_path):
     assert [m.modality for m in seen["modalities"]] == ["rgb", "audio"]
     assert seen["batch_size"] == 4 and seen["recipe"].name == "demo"
     assert seen["workers"] == 1 and seen["out"] == tmp_path / "x"
+    assert seen["manifest"] == tmp_path / "conf" / "m.csv"  # relative to the file's folder
+    assert seen["videos"] == Path("/data/videos")
+
+
+def test_extract_config_bad_value_names_the_file_and_option(capsys, tmp_path):
+    path = tmp_path / "extract.yaml"
+    path.write_text("manifest: m.csv\nout: c.zarr\nbatch_size: many\n")
+    code, _, err = run(capsys, "extract", "--config", path)
+    assert code == 1 and len(err.strip().splitlines()) == 1
+    assert f"--config {path}: batch_size: " in err and "integer" in err
+
+
+def test_train_config_written_by_hand_with_a_relative_cache(capsys, trained):
+    (trained / "conf").mkdir(exist_ok=True)
+    path = trained / "conf" / "train.yaml"
+    path.write_text(
+        "head: source-only\ncache: ../c.zarr\nsource: source\ntarget: [target]\n"
+        "head_config: {epochs: 1, hidden_dim: 8, modalities: rgb}\n"
+    )
+    code, _, err = run(capsys, "train", "--config", path, "-o", trained / "by-hand", "--quiet")
+    assert code == 0, err
+    config = runs.read_config(trained / "by-hand")
+    assert config["cache"] == str((trained / "c.zarr").resolve())
+    assert config["source"] == ["source"] and config["target"] == ["target"]
+    assert config["head_config"]["modalities"] == ["rgb"] and config["seed"] == 0

@@ -353,7 +353,7 @@ def extract(
     """Decode videos / frame folders, run backbones and write features into a Zarr cache."""
     params = dict(ctx.params)
     if params.pop("config") is not None:
-        params = _with_config_file(ctx, config, params)
+        params = _with_config_file(ctx, config, params, extract)
     missing = [f"'--{name}'" for name in ("manifest", "out") if params[name] is None]
     if missing:
         raise click_exceptions.UsageError(
@@ -362,14 +362,18 @@ def extract(
     _extract(**params)
 
 
-def _with_config_file(ctx: typer.Context, path: Path, params: dict) -> dict:
-    """``params`` (the command's option values) with those of the YAML mapping in ``path``
-    where an option is not given on the command line; values converted and checked as the
-    options' own (``-`` or ``_`` in names; a list for a comma-list option)."""
+def _with_config_file(ctx: typer.Context, path: Path, params: dict, command) -> dict:
+    """``params`` (the option values of ``command``, a function) with those of the YAML
+    mapping in ``path`` where an option is not given on the command line; values converted
+    and checked as the options' own (``-`` or ``_`` in names; a list for a comma-list option;
+    a relative path relative to the file's folder)."""
+    import typing
+
     from typer._click.core import ParameterSource
 
     from avda import config_files
 
+    hints = typing.get_type_hints(command)
     options = {p.name: p for p in ctx.command.params if p.name in params}
     data = {str(k).replace("-", "_"): v for k, v in config_files.read_mapping(path).items()}
     config_files.check_keys(path, data, sorted(options))
@@ -380,6 +384,9 @@ def _with_config_file(ctx: typer.Context, path: Path, params: dict) -> dict:
             ParameterSource.ENVIRONMENT,
         ):
             continue
+        is_path = hints.get(name) is Path or Path in typing.get_args(hints.get(name))
+        if is_path and isinstance(value, str) and value and not Path(value).is_absolute():
+            value = str(path.parent / value)
         try:
             merged[name] = options[name].process_value(ctx, config_files.comma_list(value))
         except click_exceptions.BadParameter as exc:

@@ -183,11 +183,13 @@ def _coerce(owner: str, key: str, value: Any, hint: Any) -> Any:
             raise ConfigError(f"{where}: expected one of {list(args)}, got {value!r}")
         return value
     if origin is tuple:
-        if isinstance(value, str):
-            value = [value]
+        inner = args[0] if args else Any
+        if isinstance(value, str):  # "rgb,audio" is a list, as --set and --modalities take it
+            pieces = [v.strip() for v in value.split(",") if v.strip()]
+            typed = "," in value and inner is not str  # "10,20" for a list of numbers
+            value = [safe_yaml.load(v, source=where) if typed else v for v in pieces]
         if not isinstance(value, list | tuple):
             raise ConfigError(f"{where}: expected a list, got {value!r}")
-        inner = args[0] if args else Any
         return tuple(_coerce(owner, key, v, inner) for v in value)
     if hint is Any:
         return value

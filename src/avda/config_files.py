@@ -17,8 +17,9 @@ recorded: accepted and ignored (the run derives them again from the cache and ``
 ``avda extract --config`` reads a mapping of its options (``avda extract --help``), named with
 ``_`` or ``-``: ``{manifest: m.csv, out: c.zarr, modalities: [rgb, audio], batch_size: 32}``.
 
-Options given on the command line (and ``--set``) override the file's values. Any other key is
-one line naming it and the valid keys. Files are read with :mod:`avda.safe_yaml`.
+Options given on the command line (and ``--set``) override the file's values. Relative paths
+in a file are relative to its folder (as in sweep specs). Any other key is one line naming it
+and the valid keys. Files are read with :mod:`avda.safe_yaml`.
 """
 
 from __future__ import annotations
@@ -89,6 +90,8 @@ def read_train_config(path: str | Path) -> dict[str, Any]:
     for key in ("head", "cache", "source", "target", "device"):
         if key in out and out[key] is not None and not isinstance(out[key], str):
             raise ConfigError(f"--config {path}: {key} must be a string, got {out[key]!r:.80}")
+    if out.get("cache"):  # relative to the file's folder (a run records an absolute path)
+        out["cache"] = str(Path(path).parent / out["cache"])
     if "seed" in out and (isinstance(out["seed"], bool) or not isinstance(out["seed"], int)):
         raise ConfigError(f"--config {path}: seed must be an integer, got {out['seed']!r:.80}")
     return out
