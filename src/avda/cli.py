@@ -207,8 +207,7 @@ def demo(
 def list_command(
     kind: Annotated[str, typer.Argument(help="heads, backbones, recipes, protocols or settings.")],
 ) -> None:
-    """What avda has, one line each: adaptation heads, backbones, sampling recipes, evaluation
-    protocols, named settings (source -> target domains)."""
+    """What avda has, one line each: heads, backbones, recipes, protocols, settings."""
     from avda import catalog
 
     typer.echo(catalog.format_entries(catalog.entries(kind)))
@@ -753,7 +752,7 @@ def train_command(
         Path | None,
         typer.Option(
             "--config",
-            help="YAML of a run's config.yaml format (head, cache, source, target, seed, "
+            help="A run's config.yaml, or YAML like it (head, cache, source, target, seed, "
             "head_config); options and --set given here override it.",
         ),
     ] = None,
