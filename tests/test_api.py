@@ -65,3 +65,19 @@ def test_train_and_evaluate_keywords_mirror_the_cli(tmp_path):
 def test_train_without_required_values_is_one_line(tmp_path):
     with pytest.raises(ConfigError, match=r"^avda.train: missing cache, source, target, out;"):
         avda.train(head="dann")
+
+
+def test_extract_checks_a_dataframe_manifest_as_a_file(tmp_path):
+    import pandas as pd
+
+    from avda.errors import ManifestError
+
+    frame = pd.DataFrame(
+        {"uid": ["a", "a"], "video_id": ["v", "v"], "domain": ["D1", "D1"],
+         "split": ["train", "train"], "start_sec": [0.0, 2.0], "stop_sec": [1.0, 3.0]}
+    )  # fmt: skip
+    with pytest.raises(
+        ManifestError, match=r"(?s)^manifest \(a DataFrame\) has 1 problem.*duplicate uid"
+    ):
+        avda.extract(frame, tmp_path / "c.zarr", videos=tmp_path, progress=False)
+    assert not (tmp_path / "c.zarr").exists()

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from avda.errors import ConfigError
+from avda.errors import ConfigError, ManifestError
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -98,7 +98,13 @@ def extract(
         from avda.devices import resolve_device
 
         resolve_device(device)
-    frame = manifest if not isinstance(manifest, str | Path) else schema.read(manifest)
+    if isinstance(manifest, str | Path):
+        frame = schema.read(manifest)
+    else:  # a DataFrame: checked as a manifest file is
+        problems = schema.find_problems(manifest)
+        if problems:
+            raise ManifestError(schema.format_problems("(a DataFrame)", problems))
+        frame = schema.normalise(manifest)
     specs = []
     for modality in _names(modalities):
         if modality == "audio":

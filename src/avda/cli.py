@@ -812,7 +812,7 @@ def train_command(
 
 
 def _type_name(hint: object) -> str:
-    """``int``, ``list of str``, ``adam|sgd``, ``str or none`` for a config field's type hint."""
+    """``int``, ``list of str``, ``adam|sgd``, ``str or null`` for a config field's type hint."""
     import types
     import typing
 
