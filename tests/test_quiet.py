@@ -77,7 +77,7 @@ def test_shard_tasks_do_not_repeat_the_random_init_warning(monkeypatch, caplog):
     options = {"modalities": [spec], "threads": None, "device": "cpu"}
     with caplog.at_level(logging.WARNING, logger="avda.extract.backbones"):
         done = distributed._run_shard(None, 0, 2, options)
-    assert done == {"done": 1, "failed": 0, "missing": 0}
+    assert done == {"done": 1, "failed": 0, "missing": 0, "warnings": []}
     assert not any("random initialisation" in r.getMessage() for r in caplog.records)
 
 
@@ -87,13 +87,13 @@ def test_sweep_tasks_keep_their_warnings_for_the_client(tmp_path, caplog):
     from avda.evaluate import sweep
 
     other = logging.getLogger("avda.train.loop")
-    with sweep._collect_warnings(True) as messages:
+    with dask_support.collect_warnings(True) as messages:
         other.warning("few steps: %d", 3)
         thread = threading.Thread(target=other.warning, args=("another task's",))
         thread.start()
         thread.join()
     assert messages == ["few steps: 3"]  # this task's only
-    assert not any(isinstance(h, sweep._Collect) for h in logging.getLogger("avda").handlers)
+    assert not any(isinstance(h, dask_support._Collect) for h in logging.getLogger("avda").handlers)
 
     tasks = [type("T", (), {"name": n}) for n in ("a/s/seed0", "b/s/seed0")]
     outcomes = {
@@ -109,3 +109,21 @@ def test_sweep_tasks_keep_their_warnings_for_the_client(tmp_path, caplog):
     outcomes["a/s/seed0"].warnings = []
     sweep._report_warnings(tmp_path, tasks, outcomes)
     assert not log_file.exists()  # a clean rerun leaves no stale list
+
+
+def test_extraction_shard_warnings_are_one_line_without_verbose(caplog):
+    from avda.extract import distributed
+
+    messages = [f"segment s{i} failed: cannot be opened" for i in range(3)]
+    with caplog.at_level(logging.INFO):
+        distributed._report_warnings(messages)
+    lines = [r.getMessage() for r in caplog.records if r.name == "avda.extract.distributed"]
+    assert lines == [
+        "3 warning(s) from the shard tasks, e.g. segment s0 failed: cannot be opened "
+        "(avda -v prints them all)"
+    ]
+    caplog.clear()
+    with caplog.at_level(logging.DEBUG):
+        distributed._report_warnings(messages)
+    lines = [r.getMessage() for r in caplog.records if r.name == "avda.extract.distributed"]
+    assert lines == messages

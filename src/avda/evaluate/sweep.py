@@ -40,7 +40,6 @@ import logging
 import os
 import re
 import shutil
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -49,8 +48,8 @@ from typing import Any
 import pandas as pd
 
 from avda import runs
+from avda.dask_support import collect_warnings, quiet_dask_logs
 from avda.dask_support import connect as connect_scheduler
-from avda.dask_support import quiet_dask_logs
 from avda.errors import AvdaError, ConfigError
 from avda.evaluate.sweep_spec import (
     CLUSTER_KINDS,
@@ -165,51 +164,9 @@ def _worker_device(device: str | None) -> tuple[str | None, str]:
     return device, worker_name
 
 
-class _Collect(logging.Handler):
-    """Keeps the messages of the WARNING records of one thread (one task: a worker may run
-    several at once, one a thread)."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.WARNING)
-        self.thread = threading.get_ident()
-        self.messages: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if record.thread == self.thread:
-            self.messages.append(record.getMessage())
-
-
-@contextlib.contextmanager
-def _collect_warnings(on_worker: bool) -> Iterator[list[str]]:
-    """On a Dask worker, avda's warnings of one task are kept (returned to the client with the
-    outcome) rather than printed by each worker process to the terminal: with a handler on the
-    ``avda`` logger, Python's last-resort printing to stderr stays off. Elsewhere (a serial
-    run) they are logged as usual."""
-    if not on_worker:
-        yield []
-        return
-    logger = logging.getLogger("avda")
-    handler = _Collect()
-    logger.addHandler(handler)
-    try:
-        yield handler.messages
-    finally:
-        logger.removeHandler(handler)
-
-
-def _on_worker() -> bool:
-    try:
-        from distributed import get_worker
-
-        get_worker()
-    except (ImportError, ValueError):
-        return False
-    return True
-
-
 def run_task(task: SweepTask) -> TaskOutcome:
     """Train one run on a worker. AvdaErrors fail the run; anything else raises (Dask retries)."""
-    with _collect_warnings(_on_worker()) as warnings:
+    with collect_warnings() as warnings:
         outcome = _run_task(task)
     outcome.warnings = list(warnings)
     return outcome
