@@ -84,12 +84,16 @@ class Config:
     @classmethod
     def field_help(cls) -> dict[str, str]:
         """One line of meaning per field: ``metadata["help"]``, else the field's end-of-line
-        comment in the class body, else the comment lines just above it ("" when none); a
-        subclass that redefines a field without a comment keeps its base class's."""
+        comment in the class body, else the comment lines just above it ("" when none). A
+        subclass's comment on a field it redefines follows its base class's: ``learning rate;
+        stage 1 ...``."""
         comments: dict[str, str] = {}
-        for klass in reversed(cls.__mro__):  # a subclass's comment wins over its base's
-            if dataclasses.is_dataclass(klass):
-                comments.update(_source_comments(klass))
+        for klass in reversed(cls.__mro__):  # a base class's meaning, then a subclass's note
+            if not dataclasses.is_dataclass(klass):
+                continue
+            for name, text in _source_comments(klass).items():
+                base = comments.get(name, "")
+                comments[name] = text if not base or base in text else f"{base}; {text}"
         out = {}
         for field in dataclasses.fields(cls):
             text = field.metadata.get("help") or comments.get(field.name, "")
