@@ -123,6 +123,14 @@ def test_field_help_reads_metadata_then_comments():
         "d": "",
     }
 
+    @dataclasses.dataclass(frozen=True, kw_only=True)
+    class Sub(Example):
+        b: int = 5  # the paper's value
+        d: int = 6
+
+    help_ = Sub.field_help()
+    assert help_["b"] == "meaning at the end; the paper's value" and help_["a"] == "meaning above"
+
 
 def test_set_with_an_unknown_field_is_one_line(capsys):
     code, _, err = run(capsys, "train", "--head", "dann", "--show-config", "--set", "hiden_dim=3")
