@@ -151,20 +151,13 @@ def _root(
         stream=sys.stderr,
         force=True,
     )
+    from avda.dask_support import quiet_dask_logs
+
+    quiet_dask_logs(verbose)  # Dask's INFO records and routine warnings only with -v
 
 
 def _split_list(value: str) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()]
-
-
-def _parse_shard(value: str | None) -> tuple[int, int] | None:
-    if value is None:
-        return None
-    try:
-        index, count = (int(v) for v in value.split("/"))
-    except ValueError:
-        raise ConfigError(f"--shard expects i/n (e.g. 0/4), got {value!r}") from None
-    return index, count
 
 
 # ------------------------------------------------------------------------------ demo
@@ -217,6 +210,17 @@ def demo(
         f"\nchance = 25.0%; written to {result.out / 'results.md'}; "
         f"wall time {result.seconds:.0f} s"
     )
+
+
+# ------------------------------------------------------------------------------ list
+@app.command("list")
+def list_command(
+    kind: Annotated[str, typer.Argument(help="heads, backbones, recipes, protocols or settings.")],
+) -> None:
+    """What avda has, one line each: heads, backbones, recipes, protocols, settings."""
+    from avda import catalog
+
+    typer.echo(catalog.format_entries(catalog.entries(kind)))
 
 
 # ------------------------------------------------------------------------------ manifest
@@ -292,8 +296,14 @@ def manifest_stats(file: Annotated[Path, typer.Argument(help="Manifest CSV or Pa
 # ------------------------------------------------------------------------------ extract
 @app.command()
 def extract(
-    manifest: ManifestPath,
-    out: OutPath,
+    ctx: typer.Context,
+    manifest: Annotated[
+        Path | None, typer.Option("--manifest", "-m", help="Manifest CSV or Parquet.")
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", "-o", help="Output path.", callback=_output_dir_callback),
+    ] = None,
     videos: OptionalVideosDir = None,
     frames: FramesDir = None,
     flow: FlowDir = None,
@@ -352,53 +362,65 @@ def extract(
     retry_failed: Annotated[bool, typer.Option(help="Retry segments that failed before.")] = False,
     force: Annotated[bool, typer.Option(help="Replace a store built differently.")] = False,
     quiet: Quiet = False,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            help="YAML mapping of these options (batch_size: 32, modalities: [rgb, audio]); "
+            "options given here override it.",
+        ),
+    ] = None,
 ) -> None:
     """Decode videos / frame folders, run backbones and write features into a Zarr cache."""
+    params = dict(ctx.params)
+    if params.pop("config") is not None:
+        params = _with_config_file(ctx, config, params, extract)
+    missing = [f"'--{name}'" for name in ("manifest", "out") if params[name] is None]
+    if missing:
+        raise click_exceptions.UsageError(
+            f"Missing option {', '.join(missing)} (or in --config FILE)", ctx=ctx
+        )
+    _extract(**params)
+
+
+def _with_config_file(ctx: typer.Context, path: Path, params: dict, command) -> dict:
+    """``params`` (the option values of ``command``, a function) with those of the YAML
+    mapping in ``path`` where an option is not given on the command line; values converted
+    and checked as the options' own (``-`` or ``_`` in names; a list for a comma-list option;
+    a relative path relative to the file's folder)."""
+    import typing
+
+    from typer._click.core import ParameterSource
+
+    from avda import config_files
+
+    hints = typing.get_type_hints(command)
+    options = {p.name: p for p in ctx.command.params if p.name in params}
+    data = {str(k).replace("-", "_"): v for k, v in config_files.read_mapping(path).items()}
+    config_files.check_keys(path, data, sorted(options))
+    merged = dict(params)
+    for name, value in data.items():
+        if ctx.get_parameter_source(name) in (
+            ParameterSource.COMMANDLINE,
+            ParameterSource.ENVIRONMENT,
+        ):
+            continue
+        is_path = hints.get(name) is Path or Path in typing.get_args(hints.get(name))
+        if is_path and isinstance(value, str) and value and not Path(value).is_absolute():
+            value = str(path.parent / value)
+        try:
+            merged[name] = options[name].process_value(ctx, config_files.comma_list(value))
+        except click_exceptions.BadParameter as exc:
+            raise ConfigError(f"--config {path}: {name}: {exc.format_message()}") from None
+    return merged
+
+
+def _extract(*, out: Path, quiet: bool, **options) -> None:
+    """``avda extract`` once its options are merged: the library call and the report."""
+    from avda import api
     from avda.cache import open_cache
-    from avda.data_manifests import schema
-    from avda.extract import distributed, runner, sampling
 
-    if precision not in ("auto", "float32", "bfloat16"):
-        raise ConfigError(f"--precision {precision!r}: expected auto, float32 or bfloat16")
-    if scheduler is not None and (shard is not None or prepare_only):
-        raise ConfigError("--scheduler runs every shard itself: drop --shard / --prepare-only")
-    if device is not None:  # a device this machine lacks: one line before any work
-        from avda.devices import resolve_device
-
-        resolve_device(device)
-    frame = schema.read(manifest)
-    specs = []
-    for modality in _split_list(modalities):
-        if modality == "audio":
-            specs.append(runner.ModalitySpec("audio", audio_backbone, audio_weights))
-        else:
-            specs.append(runner.ModalitySpec(modality, backbone, weights))
-    options = dict(
-        videos=videos,
-        frames=frames,
-        flow=flow,
-        audio=audio,
-        flow_stride=flow_stride,
-        out=out,
-        recipe=sampling.get(recipe),
-        modalities=specs,
-        batch_size=batch_size,
-        workers=workers,
-        device=device,
-        precision=precision,
-        chunk_rows=chunk_rows,
-        retry_failed=retry_failed,
-        force=force,
-        progress=not quiet,
-    )
-    if scheduler is not None:
-        result = distributed.extract_distributed(
-            frame, scheduler=scheduler, num_shards=shards, **options
-        )
-    else:
-        result = runner.extract(
-            frame, shard=_parse_shard(shard), prepare_only=prepare_only, **options
-        )
+    result = api.extract(out=out, progress=not quiet, **options)
     typer.echo(
         f"{out}: {result.done} done, {result.missing} missing input, {result.failed} failed "
         f"in {result.seconds:.1f} s"
@@ -731,12 +753,18 @@ def cluster(
 # ------------------------------------------------------------------------------ train
 @app.command("train")
 def train_command(
-    head: Annotated[str, typer.Option(help="Head name (source-only, dann, ...).")],
-    cache: Annotated[Path, typer.Option(help="Feature cache (.zarr).")],
-    source: Annotated[str, typer.Option(help="Source domain(s), comma separated.")],
-    target: Annotated[str, typer.Option(help="Target domain(s), comma separated.")],
-    out: OutPath,
-    seed: Seed = 0,
+    ctx: typer.Context,
+    head: Annotated[
+        str | None, typer.Option(help="Head name (source-only, dann, ...: `avda list heads`).")
+    ] = None,
+    cache: Annotated[Path | None, typer.Option(help="Feature cache (.zarr).")] = None,
+    source: Annotated[str | None, typer.Option(help="Source domain(s), comma separated.")] = None,
+    target: Annotated[str | None, typer.Option(help="Target domain(s), comma separated.")] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", "-o", help="Run folder to write.", callback=_output_dir_callback),
+    ] = None,
+    seed: Annotated[int | None, typer.Option("--seed", min=0, help="Random seed [0].")] = None,
     epochs: Annotated[
         int | None,
         typer.Option(
@@ -747,38 +775,127 @@ def train_command(
         ),
     ] = None,
     set_: Annotated[
-        list[str] | None, typer.Option("--set", help="Config override key=value.")
+        list[str] | None,
+        typer.Option(
+            "--set",
+            help="Head config field key=value (YAML; a list field also takes a,b,c); "
+            "see --show-config.",
+        ),
     ] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            help="A run's config.yaml, or YAML like it (head, cache, source, target, seed, "
+            "head_config); options and --set given here override it.",
+        ),
+    ] = None,
+    show_config: Annotated[
+        bool,
+        typer.Option(
+            "--show-config", help="Print every field of the head's config (value, meaning); exit."
+        ),
+    ] = False,
     device: Annotated[str | None, typer.Option(help="cpu or cuda.")] = None,
     quiet: Quiet = False,
 ) -> None:
     """Train an adaptation head on cached features; writes a resumable run directory."""
-    from avda import safe_yaml
+    from avda import api, config_files
+    from avda.train import heads
+
+    file = config_files.read_train_config(config) if config is not None else {}
+    head = head if head is not None else file.get("head")
+    if head is None:
+        raise click_exceptions.UsageError(
+            "Missing option '--head' (`avda list heads`; or head: in --config FILE)", ctx=ctx
+        )
+    config_class = heads.config_class(head)
+    if config is not None:  # the file's unknown head fields, named with the file
+        fields = config_class.field_names()
+        config_files.check_keys(config, file["head_config"], fields, f"{head} field")
+    options = api.train_options(
+        head=head,
+        cache=cache,
+        source=source,
+        target=target,
+        seed=seed,
+        epochs=epochs,
+        head_config=config_class.parse_assignments(set_ or []),
+        config=file,
+        device=device,
+    )
+    if show_config:
+        typer.echo(show_head_config(head, options["overrides"]))
+        return
+    missing = [f"'--{k}'" for k in ("cache", "source", "target") if options[k] is None]
+    if out is None:
+        missing.append("'--out'")
+    if missing:
+        raise click_exceptions.UsageError(
+            f"Missing option {', '.join(missing)} "
+            "(or cache:, source:, target: in --config FILE; -o is always given)",
+            ctx=ctx,
+        )
     from avda.train.loop import train
 
-    overrides = {}
-    for item in set_ or []:
-        if "=" not in item:
-            raise ConfigError(f"--set expects key=value, got {item!r}")
-        key, raw = item.split("=", 1)
-        overrides[key.strip()] = safe_yaml.load(raw, source=f"--set {key.strip()}")
-    if epochs is not None:
-        overrides["epochs"] = epochs
-    result = train(
-        cache=cache,
-        head=head,
-        source=_split_list(source),
-        target=_split_list(target),
-        out=out,
-        seed=seed,
-        overrides=overrides,
-        device=device,
-        progress=not quiet,
-    )
+    result = train(out=out, progress=not quiet, **options)
     state = "already complete" if result.skipped else "done"
     typer.echo(f"{out}: {state}")
     for key, value in sorted(result.metrics.items()):
         typer.echo(f"  {key:<32} {100 * value:6.2f}")
+
+
+def _type_name(hint: object) -> str:
+    """``int``, ``list of str``, ``adam|sgd``, ``str or null`` for a config field's type hint."""
+    import types
+    import typing
+
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is typing.Literal:
+        return "|".join(str(a) for a in args)
+    if origin in (typing.Union, types.UnionType):
+        parts = [_type_name(a) for a in args if a is not type(None)]
+        return " or ".join(parts) + (" or null" if type(None) in args else "")
+    if origin in (tuple, list):
+        return f"list of {_type_name(args[0])}" if args else "list"
+    return getattr(hint, "__name__", str(hint))
+
+
+def _yaml_value(value: object) -> str:
+    import yaml
+
+    text = yaml.safe_dump(value, default_flow_style=True, width=10_000).strip()
+    return text[: -len("...")].strip() if text.endswith("...") else text
+
+
+def show_head_config(head: str, overrides: dict | None = None) -> str:
+    """Every field of ``head``'s config as YAML lines ``name: value  # type; meaning``, the
+    values those of ``overrides`` over the head's defaults (``avda train --show-config``)."""
+    import typing
+
+    from avda.catalog import entries
+    from avda.train import heads
+
+    cls = heads.config_class(head)
+    values = cls.from_dict(overrides or {}).to_dict()
+    hints = typing.get_type_hints(cls)
+    meaning = cls.field_help()
+    about = dict(entries("heads")).get(head, "")
+    rows = [(f"  {name}: {_yaml_value(value)}", name) for name, value in values.items()]
+    width = max(len(text) for text, _ in rows)
+    lines = [
+        f"# head {head}: {about}",
+        "# Set a field with --set KEY=VALUE or under head_config: in a --config file.",
+        f"head: {head}",
+        "head_config:",
+    ]
+    for text, name in rows:
+        help_text = meaning.get(name) or ""
+        comment = (
+            f"{_type_name(hints[name])}; {help_text}" if help_text else _type_name(hints[name])
+        )
+        lines.append(f"{text:<{width}}  # {comment}")
+    return "\n".join(lines)
 
 
 # ------------------------------------------------------------------------------ evaluate
@@ -1112,6 +1229,9 @@ def main(argv: list[str] | None = None) -> int:
         typer.echo(_one_line(message), err=True)
         return EXIT_ERROR
 
+    backbones = sys.modules.get("avda.extract.backbones")
+    if backbones is not None:  # its random-initialisation warning: once per command
+        backbones.RANDOM_INIT_WARNED.clear()
     try:
         code = app(args=argv, prog_name="avda", standalone_mode=False)
         code = int(code or 0)

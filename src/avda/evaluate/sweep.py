@@ -48,6 +48,7 @@ from typing import Any
 import pandas as pd
 
 from avda import runs
+from avda.dask_support import collect_warnings, quiet_dask_logs
 from avda.dask_support import connect as connect_scheduler
 from avda.errors import AvdaError, ConfigError
 from avda.evaluate.sweep_spec import (
@@ -64,6 +65,7 @@ log = logging.getLogger(__name__)
 
 INDEX = "sweep.json"
 FAILURES = "sweep-failures.csv"
+WARNINGS = "sweep-warnings.log"
 
 
 # ------------------------------------------------------------------------------ the tasks
@@ -97,6 +99,7 @@ class TaskOutcome:
     seconds: float = 0.0
     resumed_from_epoch: int = 0
     worker: str = ""
+    warnings: list[str] = dataclasses.field(default_factory=list)  # avda's, on a Dask worker
 
 
 def plan(spec: SweepSpec, out: str | Path) -> list[SweepTask]:
@@ -163,6 +166,13 @@ def _worker_device(device: str | None) -> tuple[str | None, str]:
 
 def run_task(task: SweepTask) -> TaskOutcome:
     """Train one run on a worker. AvdaErrors fail the run; anything else raises (Dask retries)."""
+    with collect_warnings() as warnings:
+        outcome = _run_task(task)
+    outcome.warnings = list(warnings)
+    return outcome
+
+
+def _run_task(task: SweepTask) -> TaskOutcome:
     from avda.train.loop import train
 
     began = time.perf_counter()
@@ -460,14 +470,6 @@ def _close_quietly(cluster: Any) -> None:
         log.debug("could not stop the Dask cluster cleanly (%s: %s)", type(exc).__name__, exc)
 
 
-def quiet_dask_logs() -> None:
-    """Dask's INFO records (scheduler start, client connections) only with ``avda -v``."""
-    if not logging.getLogger().isEnabledFor(logging.DEBUG):
-        for name in ("distributed", "dask_jobqueue"):
-            logger = logging.getLogger(name)
-            logger.setLevel(max(logger.getEffectiveLevel(), logging.WARNING))
-
-
 def job_script(spec: SweepSpec, cluster: str | None = None) -> str:
     """The SLURM / PBS job script ``avda sweep --cluster KIND`` would submit (nothing is run)."""
     kind = _cluster_kind(spec, None, cluster)
@@ -657,9 +659,35 @@ def run_sweep(
                     future.release()
     _write_index(out_dir, spec, tasks, outcomes)
     _write_failures(out_dir, tasks, outcomes)
+    _report_warnings(out_dir, tasks, outcomes)
     summary = SweepSummary(out_dir, tasks, outcomes, time.perf_counter() - began)
     log.info("%s", summary.text().splitlines()[0])
     return summary
+
+
+def _report_warnings(out: Path, tasks: list[SweepTask], outcomes: dict) -> None:
+    """The runs' warnings (kept on the workers): all in ``OUT/sweep-warnings.log``; printed
+    each with ``avda -v``, else one line that says where they are."""
+    path = out / WARNINGS
+    lines = [
+        f"{task.name}: {message}"
+        for task in tasks
+        if task.name in outcomes
+        for message in outcomes[task.name].warnings
+    ]
+    if not lines:
+        path.unlink(missing_ok=True)
+        return
+    runs.atomic_write_text(path, "\n".join(lines) + "\n")
+    if logging.getLogger().isEnabledFor(logging.DEBUG):
+        for line in lines:
+            log.warning("%s", line)
+        return
+    count = len({line.split(": ", 1)[0] for line in lines})
+    log.warning(
+        "%d warning(s) from %d run(s), e.g. %s; all are in %s (avda -v prints them)",
+        *(len(lines), count, lines[0], path),
+    )
 
 
 def _outcome(future: Any, task: SweepTask) -> TaskOutcome:

@@ -33,10 +33,10 @@ from tqdm import tqdm
 
 from avda import cache as cache_lib
 from avda.cache.lock import store_lock
-from avda.dask_support import connect
+from avda.dask_support import collect_warnings, connect, quiet_dask_logs
 from avda.data_manifests import schema as manifest_schema
 from avda.errors import AvdaError, ConfigError
-from avda.extract import runner
+from avda.extract import backbones, runner
 from avda.extract.inference import Precision
 from avda.extract.inputs import InputPaths
 from avda.extract.runner import ExtractResult, ModalitySpec
@@ -102,6 +102,7 @@ def extract_distributed(
     """
     from dask.distributed import Client, LocalCluster, as_completed
 
+    quiet_dask_logs()
     began = time.perf_counter()
     kind, local_workers = parse_scheduler(scheduler)
     paths = {
@@ -193,15 +194,18 @@ def extract_distributed(
             for index in range(shards)
         ]
         errors: list[str] = []
+        warnings: list[str] = []
         bar = tqdm(total=shards, desc="extract shards", unit="shard", disable=not progress)
         for future in as_completed(futures):
             try:
                 done = future.result()
+                warnings.extend(done.pop("warnings", []))
                 log.debug("shard %s done: %s", future.key, done)
             except Exception as exc:  # a task's own error: its rows stay pending
                 errors.append(f"{future.key}: {type(exc).__name__}: {exc}")
             bar.update(1)
         bar.close()
+    _report_warnings(warnings)
     if errors:
         raise AvdaError(
             f"{len(errors)} of {shards} extraction shard(s) stopped with an error "
@@ -210,6 +214,22 @@ def extract_distributed(
         )
     store = cache_lib.open_cache(Path(out))
     return runner.summarise(store, [m.modality for m in modalities], began)
+
+
+def _report_warnings(warnings: list[str]) -> None:
+    """The shard tasks' warnings: each with ``avda -v``, else one line (failed segments are
+    also in the store and in ``STORE.failures.csv``)."""
+    if not warnings:
+        return
+    if logging.getLogger().isEnabledFor(logging.DEBUG):
+        for message in warnings:
+            log.warning("%s", message)
+        return
+    log.warning(
+        "%d warning(s) from the shard tasks, e.g. %s (avda -v prints them all)",
+        len(warnings),
+        warnings[0],
+    )
 
 
 def _wait_for_worker(client: Any, address: str, timeout: float) -> None:
@@ -228,13 +248,23 @@ def _run_shard(
 ) -> dict[str, int]:
     """One Dask task: extract shard ``index/count`` into the prepared store."""
     options = dict(options)
+    # The client warned once when it built the models to prepare the store: not once a shard.
+    backbones.RANDOM_INIT_WARNED.update((m.backbone, m.modality) for m in options["modalities"])
     threads = options.pop("threads")
     if threads:
         torch.set_num_threads(threads)
     if options["device"] is None and torch.cuda.is_available():
         options["device"] = f"cuda:{_worker_index() % torch.cuda.device_count()}"
-    result = runner.extract(manifest, shard=(index, count), force=False, progress=False, **options)
-    return {"done": result.done, "failed": result.failed, "missing": result.missing}
+    with collect_warnings() as warnings:  # returned to the client, not printed by each worker
+        result = runner.extract(
+            manifest, shard=(index, count), force=False, progress=False, **options
+        )
+    return {
+        "done": result.done,
+        "failed": result.failed,
+        "missing": result.missing,
+        "warnings": list(warnings),
+    }
 
 
 def _worker_index() -> int:

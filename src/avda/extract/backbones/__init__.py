@@ -26,14 +26,19 @@ log = logging.getLogger(__name__)
 BACKBONES: Registry = Registry("backbone")
 register = BACKBONES.register
 
+RANDOM_INIT_WARNED: set[tuple[str, str]] = set()
+"""``(backbone, modality)`` pairs whose random-initialisation warning was given: it is given
+once (a process; ``avda`` clears it for each command; Dask shard tasks start with theirs)."""
+
 
 def create(
     name: str, *, modality: str, weights: str | Path | None = None, **config: Any
 ) -> Backbone:
     """Build backbone ``name`` for ``modality``; load ``weights`` (a published checkpoint) if given.
 
-    Without weights the model is randomly initialised and a warning says the features carry no
-    meaning beyond the architecture.
+    Without weights the model is randomly initialised and a warning (once per backbone and
+    modality, see :data:`RANDOM_INIT_WARNED`) says the features carry no meaning beyond the
+    architecture.
     """
     builder = BACKBONES.get(name)
     if modality not in MODALITIES:
@@ -46,6 +51,8 @@ def create(
     model = builder(modality=modality, weights=weights, **config)
     if weights is None:
         init_random_features_(model)
+    if weights is None and (name, modality) not in RANDOM_INIT_WARNED:
+        RANDOM_INIT_WARNED.add((name, modality))
         log.warning(
             "%s (%s): no weights given, random initialisation: features are meaningless "
             "beyond the architecture; pass weights=PATH to a published checkpoint",

@@ -199,16 +199,16 @@ class HeadConfig(Config):
 
     modalities: tuple[str, ...] = ()  # empty: every modality in the cache
     tasks: tuple[str, ...] = ()  # empty: every labelled task (verb, noun, labels)
-    epochs: int = 30
-    batch_size: int = 64
+    epochs: int = 30  # length of the whole schedule (stages and lr_steps scale with it)
+    batch_size: int = 64  # labelled source segments per optimiser step
     target_batch_size: int = 0  # 0: same as batch_size
-    optimizer: Literal["adam", "sgd"] = "adam"
-    lr: float = 1e-3
-    momentum: float = 0.9
-    nesterov: bool = False
-    weight_decay: float = 1e-4
+    optimizer: Literal["adam", "sgd"] = "adam"  # the optimiser
+    lr: float = 1e-3  # learning rate
+    momentum: float = 0.9  # SGD momentum
+    nesterov: bool = False  # SGD with Nesterov momentum
+    weight_decay: float = 1e-4  # L2 penalty of the optimiser
     lr_steps: tuple[int, ...] = ()  # epochs at which lr is multiplied by lr_gamma
-    lr_gamma: float = 0.1
+    lr_gamma: float = 0.1  # lr factor at each of lr_steps
     # "step": lr * lr_gamma at each of lr_steps (epochs); "dann": lr / (1 + 10 p)^0.75 every step
     # (Ganin et al. 2016), p the training progress
     lr_schedule: Literal["step", "dann"] = "step"
@@ -221,7 +221,7 @@ class HeadConfig(Config):
     # > 0: scale each modality by one number so that the source-train clips' RMS L2 norm is
     # this (after standardize); 0 keeps the cached scale. See loop.input_statistics.
     feature_scale: float = 0.0
-    eval_every: int = 1
+    eval_every: int = 1  # evaluate (and checkpoint) every N epochs
     # also write the evaluation predictions of each of the last N evaluations to
     # RUN/epochs/<epoch>/predictions/ (MM-SADA reports the mean over its last 9 checkpoints)
     keep_last_predictions: int = 0
@@ -404,9 +404,10 @@ class FusionConfig(HeadConfig):
     # avda's baselines: 30 epochs of batch 64 on EPIC-55 D2 (2495 segments, MM-SADA's default
     # source domain) = 1170 optimiser steps at any data size
     reference_segments: int = 2495
+    # "late": per-modality MLPs and summed logits; "mid": one MLP on the concatenated features
     fusion: Literal["late", "mid"] = "late"
-    hidden_dim: int = 512
-    dropout: float = 0.5
+    hidden_dim: int = 512  # units of the hidden layer (per modality with late fusion)
+    dropout: float = 0.5  # dropout before the classifiers
 
 
 class FusionClassifier(nn.Module):

@@ -43,7 +43,7 @@ class AdaBNConfig(FusionConfig):
     # "source": the source running averages everywhere, i.e. no adaptation (the ablation: a
     # source-only network with BN)
     statistics: Literal["target-train", "evaluation-set", "source"] = "target-train"
-    statistics_batch_size: int = 1024
+    statistics_batch_size: int = 1024  # segments per batch when BN statistics are re-estimated
 
 
 def _encoder(fan_in: int, hidden: int, dropout: float) -> nn.Sequential:

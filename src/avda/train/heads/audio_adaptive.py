@@ -76,64 +76,65 @@ PRESETS = {
 class AudioAdaptiveConfig(HeadConfig):
     """Stage settings; ``epochs``, ``lr``, ``lr_steps``, ``batch_size`` are the recognizer's."""
 
+    # the source domain of the paper's EPIC-55 schedules (sets the epochs)
     preset: Literal["epic55-source-D1", "epic55-source-D2", "epic55-source-D3"] | None = None
     tasks: tuple[str, ...] = ("verb",)
-    audio_modality: str = "audio"
+    audio_modality: str = "audio"  # the modality the audio classifier and clusters use
     visual_modalities: tuple[str, ...] = ()  # empty: every other modality, one stream each
     # stage 1: audio classifier
-    audio_hidden_dim: int = 512
-    audio_epochs: int = 4
-    audio_lr: float = 1e-2
-    audio_batch_size: int = 16
+    audio_hidden_dim: int = 512  # stage 1: hidden units of the audio classifier
+    audio_epochs: int = 4  # stage 1: audio classifier epochs
+    audio_lr: float = 1e-2  # stage 1: audio classifier learning rate
+    audio_batch_size: int = 16  # stage 1: audio classifier batch size
     # stage 2-3: clusters and audio-balanced weights
-    cluster_max_k: int = 20
-    cluster_knee: Literal["kneedle", "chord"] = "kneedle"
-    cluster_n_init: int = 10
-    balance_beta: float = 0.999
+    cluster_max_k: int = 20  # stage 2: largest k of the per-class k-means (Elbow)
+    cluster_knee: Literal["kneedle", "chord"] = "kneedle"  # stage 2: how the Elbow is found
+    cluster_n_init: int = 10  # stage 2: k-means restarts
+    balance_beta: float = 0.999  # stage 3: class-balanced weights by effective number (beta)
     # stage 4: pseudo-absent labels
-    absent_classes: int = 3
-    absent_weight: float = 0.01
+    absent_classes: int = 3  # stage 4: pseudo-absent labels per target segment
+    absent_weight: float = 0.01  # stage 4: weight of the pseudo-absent loss
     # stage 5: audio-adaptive encoder
-    encoder_input: Literal["pooled", "spatial"] = "pooled"
-    encoder_epochs: int = 15
-    encoder_lr: float = 1e-4
+    encoder_input: Literal["pooled", "spatial"] = "pooled"  # pooled features or spatial maps
+    encoder_epochs: int = 15  # stage 5: audio-adaptive encoder epochs
+    encoder_lr: float = 1e-4  # stage 5: encoder learning rate
     encoder_grad_clip: float = 0.0  # max gradient norm per part (psi, block, fc); 0 disables
-    encoder_batch_size: int = 16
-    attention_dim: int = 256
-    attention_depth: int = 8
-    attention_heads: int = 8
-    attention_head_dim: int = 64
-    attention_mlp_dim: int = 512
-    attention_dropout: float = 0.15
-    attention_embedding_dropout: float = 0.1
-    encoder_bottleneck: int = 512
-    encoder_dropout: float = 0.5
+    encoder_batch_size: int = 16  # stage 5: encoder batch size
+    attention_dim: int = 256  # stage 5: transformer width
+    attention_depth: int = 8  # stage 5: transformer blocks
+    attention_heads: int = 8  # stage 5: attention heads
+    attention_head_dim: int = 64  # stage 5: width per attention head
+    attention_mlp_dim: int = 512  # stage 5: transformer MLP width
+    attention_dropout: float = 0.15  # stage 5: transformer dropout
+    attention_embedding_dropout: float = 0.1  # stage 5: dropout of the token embeddings
+    encoder_bottleneck: int = 512  # stage 5: encoder output width
+    encoder_dropout: float = 0.5  # stage 5: encoder dropout
     # stage 6: audio-infused recognizer (trained by the loop)
-    epochs: int = 29
-    batch_size: int = 8
-    lr: float = 7e-4
+    epochs: int = 29  # stage 6: recognizer epochs (the loop's length)
+    batch_size: int = 8  # stage 6: recognizer batch size
+    lr: float = 7e-4  # stage 6: recognizer learning rate
     # The reference builds StepLR(3, 0.1) but never calls scheduler.step(): a constant lr.
     lr_steps: tuple[int, ...] = ()
     lr_gamma: float = 0.1
-    delegate_dim: int = 512
-    recognizer_dim: int = 256
-    recognizer_depth: int = 3
-    recognizer_heads: int = 8
-    recognizer_head_dim: int = 64
-    recognizer_mlp_dim: int = 512
-    recognizer_dropout: float = 0.15
-    recognizer_embedding_dropout: float = 0.1
-    auxiliary_weight: float = 0.1
-    audio_visual_weight: float = 0.2
+    delegate_dim: int = 512  # stage 6: width of the audio delegate tokens
+    recognizer_dim: int = 256  # stage 6: recognizer transformer width
+    recognizer_depth: int = 3  # stage 6: recognizer transformer blocks
+    recognizer_heads: int = 8  # stage 6: recognizer attention heads
+    recognizer_head_dim: int = 64  # stage 6: width per recognizer head
+    recognizer_mlp_dim: int = 512  # stage 6: recognizer MLP width
+    recognizer_dropout: float = 0.15  # stage 6: recognizer dropout
+    recognizer_embedding_dropout: float = 0.1  # stage 6: dropout of its token embeddings
+    auxiliary_weight: float = 0.1  # stage 6: weight of the auxiliary audio terms
+    audio_visual_weight: float = 0.2  # stage 6: weight of the audio-visual term in them
     # The flow stream (the reference's EPIC-flow-audio/): its own encoder lr, encoder length and
     # gradient clipping (stage 5) and recognizer length (stage 6b, at most ``epochs``, the
     # loop's length; its recognizer is left unchanged after ``flow_epochs``). Every other visual
     # stream uses encoder_lr, encoder_epochs, encoder_grad_clip and epochs.
-    flow_modality: str = "flow"
-    flow_encoder_lr: float = 1e-4
-    flow_encoder_epochs: int = 17
-    flow_encoder_grad_clip: float = 1.0
-    flow_epochs: int = 24
+    flow_modality: str = "flow"  # the flow stream's modality name
+    flow_encoder_lr: float = 1e-4  # stage 5 for flow: encoder learning rate
+    flow_encoder_epochs: int = 17  # stage 5 for flow: encoder epochs
+    flow_encoder_grad_clip: float = 1.0  # stage 5 for flow: max gradient norm
+    flow_epochs: int = 24  # stage 6b: flow recognizer epochs (<= epochs)
     # The reference's flow recognizer keeps one class token per clip (no mean over clips).
     flow_class_tokens: Literal["mean", "per-clip"] = "per-clip"
 

@@ -81,12 +81,14 @@ PRESETS = {
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class CiaConfig(HeadConfig):
+    # the paper's settings: ucf-hmdb, epic or epic-trn (PRESETS)
     preset: Literal["ucf-hmdb", "epic", "epic-trn"] | None = None
     lr: float = 1e-4  # the "epic" preset; "ucf-hmdb": Adam 3e-3
     reference_segments: int = 2495  # EPIC-55 D2 (see PRESETS)
     reduction: int = 16  # gating bottleneck r
     scales: int = 3  # k: consensus at 2^0 .. 2^k downsampling
     consensus_dim: int = 256  # channels of the 1x1 projection H_m
+    # similarity of the consensus correlation maps
     correlation: Literal["cosine", "pearson"] = "cosine"
     # "on": consensus over the H x W cells of cached spatial maps (the paper); "off": over the K
     # snippets of pooled features (avda's pooled mode); "auto": "on" when the cache has the maps,
@@ -98,14 +100,15 @@ class CiaConfig(HeadConfig):
     num_segments: int = 5  # snippets used of K cached (TSN test indices, e.g. 5 of 25)
     temporal: Literal["mean", "trn"] = "mean"  # "trn": TA3N's TRN-M over the snippets
     relation_dim: int = 256  # TRN-M bottleneck
+    # how modality features are fused before the classifier
     fusion: Literal["average", "concat"] = "average"
-    dropout: float = 0.5
+    dropout: float = 0.5  # dropout before the classifier
     classification_weight: float = 1.0  # lambda_y
     video_adversarial_weight: float = 1.0  # lambda_vd
     frame_adversarial_weight: float = 0.5  # lambda_fd
-    discriminator_hidden: int = 100
-    grl_weight: float = 1.0
-    grl_gamma: float = 10.0
+    discriminator_hidden: int = 100  # hidden units of the domain discriminators
+    grl_weight: float = 1.0  # maximum of the gradient reversal ramp lambda_p
+    grl_gamma: float = 10.0  # steepness of the ramp 2 / (1 + exp(-gamma p)) - 1
 
     presets: ClassVar[Mapping[str, Mapping[str, Any]]] = PRESETS
 

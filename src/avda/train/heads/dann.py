@@ -46,19 +46,19 @@ from avda.train.losses import domain_adversarial_loss, domain_confusion_loss
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class DannConfig(FusionConfig):
     optimizer: Literal["adam", "sgd"] = "sgd"
-    lr: float = 0.01  # mu_0
+    lr: float = 0.01  # learning rate mu_0
     momentum: float = 0.9
-    lr_schedule: Literal["step", "dann"] = "dann"  # mu_0 / (1 + 10 p)^0.75 every step
+    lr_schedule: Literal["step", "dann"] = "dann"  # "dann": mu_0 / (1 + 10 p)^0.75 every step
     # one discriminator per modality (MM-SADA's eq. 2), measured more robust than the joint one
     discriminator: Literal["joint", "per-modality"] = "per-modality"
-    discriminator_hidden: int = 100
-    discriminator_dropout: float = 0.5
+    discriminator_hidden: int = 100  # hidden units of the domain discriminator
+    discriminator_dropout: float = 0.5  # dropout in the domain discriminator
     grl_weight: float = 1.0  # lambda_p's maximum, the paper's (see the module docstring)
     # inputs scaled to an RMS norm of 8 per clip (one number per modality): the paper's SGD
     # 0.01 with momentum is scale-sensitive (docs/methods.md, dann); 0: as cached
     feature_scale: float = 8.0
-    grl_gamma: float = 10.0
-    adversarial_weight: float = 1.0
+    grl_gamma: float = 10.0  # steepness of the ramp 2 / (1 + exp(-gamma p)) - 1
+    adversarial_weight: float = 1.0  # weight of the domain loss L_d
     # "reversal": DANN's minimax through the GRL; "confusion": the discriminator learns on
     # detached features and the encoder minimises lambda_p * domain confusion (no saturation)
     adversarial_loss: Literal["reversal", "confusion"] = "reversal"

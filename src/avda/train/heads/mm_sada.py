@@ -88,18 +88,18 @@ class MmSadaConfig(HeadConfig):
     feature_scale: float = 8.0
     # architecture
     embedding_dim: int = 1024  # the I3D feature size the heads act on
-    dropout: float = 0.5
-    discriminator_hidden: int = 100
-    correspondence_hidden: int = 100
+    dropout: float = 0.5  # dropout before the classifiers
+    discriminator_hidden: int = 100  # hidden units of the domain discriminators
+    correspondence_hidden: int = 100  # hidden units of the correspondence classifier
     init_std: float = 0.1  # truncated normal (2 sigma) of the discriminator/correspondence layers
     # losses
     grl_weight: float = 0.2  # lambda_in
-    grl_gamma: float = 10.0
-    pretrain_classification_weight: float = 1.0
-    pretrain_correspondence_weight: float = 5.0
-    classification_weight: float = 0.2
-    correspondence_weight: float = 1.0
-    adversarial_weight: float = 1.0
+    grl_gamma: float = 10.0  # steepness of the ramp 2 / (1 + exp(-gamma p)) - 1
+    pretrain_classification_weight: float = 1.0  # stage 1: weight of classification
+    pretrain_correspondence_weight: float = 5.0  # stage 1: weight of correspondence
+    classification_weight: float = 0.2  # stage 2: weight of classification
+    correspondence_weight: float = 1.0  # stage 2: weight of correspondence
+    adversarial_weight: float = 1.0  # stage 2: weight of the domain losses
 
     presets: ClassVar[Mapping[str, Mapping[str, Any]]] = PRESETS
     stage_fields: ClassVar[tuple[str, ...]] = ("pretrain_epochs", "lr_steps")

@@ -31,7 +31,7 @@ from avda.train.losses import gaussian_bandwidth_exponents, multi_kernel_mmd
 class MmdConfig(FusionConfig):
     mmd_weight: float = 1.0  # lambda
     lowest_exponent: float = -8.0  # bandwidths 2^lowest .. 2^highest times gamma
-    highest_exponent: float = 8.0
+    highest_exponent: float = 8.0  # largest bandwidth exponent
     exponent_step: float = 0.5  # multiplicative step 2^0.5
 
 

@@ -57,15 +57,15 @@ class RnaConfig(HeadConfig):
     lr_steps: tuple[int, ...] = (20,)
     reference_segments: int = 2495  # EPIC-55 D2: the schedule's steps at any data size
     embedding_dim: int = 1024  # the I3D / BN-Inception feature size RNA acts on
-    dropout: float = 0.5
+    dropout: float = 0.5  # dropout before the classifiers
     rna_weight: float = 1.0  # lambda
-    radius: float = 1.0
+    radius: float = 1.0  # target ratio of the feature norms (RNA's R)
     # setting="uda-hybrid" only (avda's extension, weights not from a paper)
-    adversarial_weight: float = 1.0
-    discriminator_hidden: int = 100
-    grl_weight: float = 0.2
-    grl_gamma: float = 10.0
-    information_weight: float = 1.0
+    adversarial_weight: float = 1.0  # uda-hybrid: weight of the domain losses
+    discriminator_hidden: int = 100  # uda-hybrid: discriminator hidden units
+    grl_weight: float = 0.2  # uda-hybrid: maximum of the GRL ramp
+    grl_gamma: float = 10.0  # uda-hybrid: steepness of the GRL ramp
+    information_weight: float = 1.0  # uda-hybrid: information maximisation weight
 
 
 def rna_loss(features: dict[str, torch.Tensor], order: list[str], radius: float) -> torch.Tensor:

@@ -75,7 +75,7 @@ class Ta3nConfig(HeadConfig):
     frame_dropout: float = 0.5  # dropout_i
     video_dropout: float = 0.5  # dropout_v
     domain_attention: bool = True  # use_attn=TransAttn
-    init_std: float = 0.001
+    init_std: float = 0.001  # std of the normal init of the classifier layers
     # losses
     beta: tuple[float, ...] = (0.75, 0.75, 0.5)  # GRL scale: relation, video, frame
     beta_warmup: bool = True  # --dann_warmup: beta * (2 / (1 + exp(-gamma p')) - 1)

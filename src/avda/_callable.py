@@ -1,0 +1,24 @@
+"""Packages that are also functions: ``avda.extract(...)`` is :func:`avda.api.extract`.
+
+``avda.extract``, ``avda.train`` and ``avda.evaluate`` are packages, and importing any of their
+modules makes the package the attribute of ``avda``: a function of the same name would be
+replaced by it. So the packages themselves are callable and call the API function.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import types
+from typing import Any
+
+
+def make_callable(module_name: str, function: str) -> None:
+    """Make the module ``module_name`` callable as ``avda.api.<function>``."""
+
+    class CallableModule(types.ModuleType):
+        def __call__(self, *args: Any, **kwargs: Any) -> Any:
+            return getattr(importlib.import_module("avda.api"), function)(*args, **kwargs)
+
+    CallableModule.__name__ = CallableModule.__qualname__ = f"callable_{function}_module"
+    sys.modules[module_name].__class__ = CallableModule

@@ -1,0 +1,287 @@
+"""avda's Python API: the commands as functions, with keyword arguments named as their options.
+
+::
+
+    import avda
+
+    avda.extract("manifest.csv", "features.zarr", videos="videos/", modalities=["rgb", "audio"])
+    store = avda.open_cache("features.zarr")
+    result = avda.train(head="dann", cache="features.zarr", source="D1", target="D2",
+                        out="runs/dann", head_config={"lr": 0.01})
+    table = avda.evaluate(["runs/"])          # a DataFrame, one row per run (metrics in %)
+
+``avda.extract``, ``avda.train`` and ``avda.evaluate`` are these functions (the packages of the
+same names are callable); ``avda.open_cache`` is :func:`avda.cache.open_cache`. Errors are
+:class:`avda.errors.AvdaError` subclasses with the one-line message the CLI prints. See
+``docs/python_api.md``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from avda.errors import ConfigError, ManifestError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd
+
+    from avda.cache import FeatureCache
+    from avda.extract.runner import ExtractResult
+    from avda.train.loop import TrainResult
+
+PRECISIONS = ("auto", "float32", "bfloat16")
+
+
+def _names(value: str | Sequence[str] | None) -> list[str]:
+    """``"D1, D2"`` or ``["D1", "D2"]`` -> ``["D1", "D2"]``."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [v.strip() for v in value.split(",") if v.strip()]
+    return [str(v) for v in value]
+
+
+def open_cache(path: str | Path) -> FeatureCache:
+    """The feature cache (Zarr store) at ``path``: segments, features, provenance, status."""
+    from avda.cache import open_cache as open_store
+
+    return open_store(path)
+
+
+def extract(
+    manifest: str | Path | pd.DataFrame,
+    out: str | Path,
+    *,
+    videos: str | Path | None = None,
+    frames: str | Path | None = None,
+    flow: str | Path | None = None,
+    audio: str | Path | None = None,
+    flow_stride: int | None = None,
+    backbone: str = "i3d",
+    modalities: str | Sequence[str] = ("rgb",),
+    weights: str | Path | None = None,
+    audio_backbone: str = "audio_resnet18",
+    audio_weights: str | Path | None = None,
+    recipe: str = "mmsada",
+    batch_size: int = 16,
+    workers: int = 2,
+    device: str | None = None,
+    precision: str = "auto",
+    chunk_rows: int = 256,
+    shard: str | tuple[int, int] | None = None,
+    scheduler: str | None = None,
+    shards: int | None = None,
+    prepare_only: bool = False,
+    retry_failed: bool = False,
+    force: bool = False,
+    progress: bool = True,
+) -> ExtractResult:
+    """``avda extract``: decode the manifest's segments, run the backbones and write features
+    into the Zarr store ``out`` (resuming a store built the same way).
+
+    ``manifest``: a CSV/Parquet path or a DataFrame. ``modalities``: ``["rgb", "audio"]`` or
+    ``"rgb,audio"``; ``audio`` uses ``audio_backbone``/``audio_weights``, the others
+    ``backbone``/``weights``. ``shard``: ``"i/n"`` or ``(i, n)``. ``scheduler``: run the shards
+    on Dask (``"local"``, ``"local:N"``, ``"tcp://host:8786"``). The result has ``done``,
+    ``missing``, ``failed``, ``failures`` (a DataFrame) and ``ok``.
+    """
+    from avda.data_manifests import schema
+    from avda.extract import distributed, runner, sampling
+
+    if precision not in PRECISIONS:
+        raise ConfigError(f"--precision {precision!r}: expected auto, float32 or bfloat16")
+    if scheduler is not None and (shard is not None or prepare_only):
+        raise ConfigError("--scheduler runs every shard itself: drop --shard / --prepare-only")
+    if device is not None:  # a device this machine lacks: one line before any work
+        from avda.devices import resolve_device
+
+        resolve_device(device)
+    if isinstance(manifest, str | Path):
+        frame = schema.read(manifest)
+    else:  # a DataFrame: checked as a manifest file is
+        problems = schema.find_problems(manifest)
+        if problems:
+            raise ManifestError(schema.format_problems("(a DataFrame)", problems))
+        frame = schema.normalise(manifest)
+    specs = []
+    for modality in _names(modalities):
+        if modality == "audio":
+            audio_path = Path(audio_weights) if audio_weights is not None else None
+            specs.append(runner.ModalitySpec("audio", audio_backbone, audio_path))
+        else:
+            visual = Path(weights) if weights is not None else None
+            specs.append(runner.ModalitySpec(modality, backbone, visual))
+    options = dict(
+        videos=videos,
+        frames=frames,
+        flow=flow,
+        audio=audio,
+        flow_stride=flow_stride,
+        out=Path(out),
+        recipe=sampling.get(recipe),
+        modalities=specs,
+        batch_size=batch_size,
+        workers=workers,
+        device=device,
+        precision=precision,
+        chunk_rows=chunk_rows,
+        retry_failed=retry_failed,
+        force=force,
+        progress=progress,
+    )
+    if scheduler is not None:
+        return distributed.extract_distributed(
+            frame, scheduler=scheduler, num_shards=shards, **options
+        )
+    return runner.extract(frame, shard=_shard(shard), prepare_only=prepare_only, **options)
+
+
+def _shard(value: str | tuple[int, int] | None) -> tuple[int, int] | None:
+    if value is None or isinstance(value, tuple):
+        return value
+    try:
+        index, count = (int(v) for v in str(value).split("/"))
+    except ValueError:
+        raise ConfigError(f"--shard expects i/n (e.g. 0/4), got {value!r}") from None
+    return index, count
+
+
+def train_options(
+    *,
+    head: str | None = None,
+    cache: str | Path | None = None,
+    source: str | Sequence[str] | None = None,
+    target: str | Sequence[str] | None = None,
+    seed: int | None = None,
+    epochs: int | None = None,
+    head_config: dict[str, Any] | None = None,
+    config: str | Path | dict[str, Any] | None = None,
+    device: str | None = None,
+) -> dict[str, Any]:
+    """The arguments of :func:`avda.train.loop.train` from explicit values over a config file
+    (``config``: a path, or the dict :func:`avda.config_files.read_train_config` returns).
+
+    ``head_config`` (``--set``) and ``epochs`` are applied over the file's ``head_config``;
+    when they set ``epochs``, the file's stage fields and ``schedule`` are dropped, so the
+    stages scale to the new length as they do without a file. Missing values are ``None``.
+    """
+    from avda import config_files
+    from avda.train import heads
+
+    file = config or {}
+    path = "(dict)"
+    if not isinstance(file, dict):
+        path, file = file, config_files.read_train_config(file)
+    head = head if head is not None else file.get("head")
+    if head is None:
+        return {"head": None}
+    config_class = heads.config_class(head)
+    overrides = dict(file.get("head_config") or {})
+    config_files.check_keys(path, overrides, config_class.field_names(), f"{head} field")
+    assigned = dict(head_config or {})
+    if epochs is not None:
+        assigned["epochs"] = epochs
+    if "epochs" in assigned:
+        for name in (*config_class.stage_fields, "schedule"):
+            if name not in assigned:
+                overrides.pop(name, None)
+    overrides.update(assigned)
+    source = source if source is not None else file.get("source")
+    target = target if target is not None else file.get("target")
+    cache = cache if cache is not None else file.get("cache")
+    return {
+        "head": head,
+        "cache": Path(cache) if cache is not None else None,
+        "source": _names(source) if source is not None else None,
+        "target": _names(target) if target is not None else None,
+        "seed": seed if seed is not None else file.get("seed", 0),
+        "overrides": overrides,
+        "device": device if device is not None else file.get("device"),
+    }
+
+
+def train(
+    head: str | None = None,
+    cache: str | Path | None = None,
+    source: str | Sequence[str] | None = None,
+    target: str | Sequence[str] | None = None,
+    out: str | Path | None = None,
+    *,
+    seed: int | None = None,
+    epochs: int | None = None,
+    head_config: dict[str, Any] | None = None,
+    config: str | Path | None = None,
+    device: str | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """``avda train``: train ``head`` on the labelled ``source`` and unlabelled ``target``
+    domains of ``cache``; writes the resumable run folder ``out``.
+
+    ``head_config``: fields of the head's config (``--set``; see ``avda train --head NAME
+    --show-config``). ``config``: a YAML file in the format of a run's ``config.yaml`` (a
+    finished run is trained again with ``config="RUN/config.yaml"``); the other arguments
+    override it. ``source``/``target``: ``"D1,D2"`` or a list. The result has ``run``,
+    ``metrics`` (fractions) and ``skipped`` (the run was already complete).
+    """
+    from avda.train.loop import train as train_loop
+
+    options = train_options(
+        head=head,
+        cache=cache,
+        source=source,
+        target=target,
+        seed=seed,
+        epochs=epochs,
+        head_config=head_config,
+        config=config,
+        device=device,
+    )
+    missing = [k for k in ("head", "cache", "source", "target") if options.get(k) is None]
+    if out is None:
+        missing.append("out")
+    if missing:
+        raise ConfigError(
+            f"avda.train: missing {', '.join(missing)}; pass them (or a config file with them)"
+        )
+    return train_loop(out=out, progress=progress, **options)
+
+
+def evaluate(
+    runs: str | Path | Sequence[str | Path],
+    *,
+    layout: str = "runs",
+    eval_set: str = "auto",
+    task: str | None = None,
+    metric: str | None = None,
+    compare: str | None = None,
+    out: str | Path | None = None,
+) -> Any:
+    """``avda evaluate``: the metrics of finished runs (run folders, or folders holding runs).
+
+    ``layout="runs"``: a DataFrame, one row per run (head, setting, seed, then
+    ``<set>/<task>/<metric>`` columns in %). ``"auto"``, ``"settings"``, ``"epic100"``: the
+    papers' table (an :class:`avda.evaluate.aggregate.AggregateTable`: methods x settings,
+    per-seed values; ``.methods``, ``.columns``, ``.values``). ``out``: also write OUT.md and
+    OUT.csv (and OUT.tex) as the CLI does.
+    """
+    from avda.evaluate import aggregate, tables
+
+    paths = [runs] if isinstance(runs, str | Path) else list(runs)
+    if layout == "runs":
+        if compare:
+            raise ConfigError("compare needs a paper layout: layout='auto' (or 'settings')")
+        table = tables.results_table(aggregate.find_runs(paths, complete_only=False))
+        if out is not None:
+            tables.write_tables(table, out)
+        return table
+    paper = aggregate.aggregate(
+        aggregate.find_runs(paths), layout=layout, eval_set=eval_set, task=task, metric=metric
+    )
+    if out is not None:
+        tables.write_aggregate(paper, out, baseline=compare)
+    return paper
+
+
+__all__ = ["evaluate", "extract", "open_cache", "train"]

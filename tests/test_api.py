@@ -1,0 +1,83 @@
+"""The Python API: ``avda.extract``, ``avda.train``, ``avda.evaluate``, ``avda.open_cache``."""
+
+from __future__ import annotations
+
+import doctest
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import avda
+from avda.errors import ConfigError
+from tests.conftest import make_feature_cache
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "python_api.md"
+
+
+def test_import_avda_loads_no_heavy_module():
+    code = (
+        "import sys, avda; heavy = [m for m in ('torch', 'pandas', 'zarr', 'avda.api') "
+        "if m in sys.modules]; print(heavy); print(callable(avda.open_cache))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.split("\n")
+    assert out[0] == "[]" and out[1] == "True"
+
+
+def test_the_api_names_stay_functions_after_their_packages_are_imported():
+    import avda.evaluate.tables  # noqa: F401
+    import avda.extract.runner  # noqa: F401
+    import avda.train.loop  # noqa: F401
+
+    for name in ("extract", "train", "evaluate", "open_cache"):
+        assert callable(getattr(avda, name)), name
+    assert set(avda.__all__) >= {"extract", "train", "evaluate", "open_cache"}
+
+
+def test_python_api_page_example_runs(tmp_path, monkeypatch):
+    """docs/python_api.md's example, as doctest, in an empty folder."""
+    monkeypatch.chdir(tmp_path)
+    result = doctest.testfile(
+        str(DOC), module_relative=False, optionflags=doctest.NORMALIZE_WHITESPACE, verbose=False
+    )
+    assert result.attempted >= 10 and result.failed == 0
+
+
+def test_train_and_evaluate_keywords_mirror_the_cli(tmp_path):
+    make_feature_cache(tmp_path / "c.zarr", per_class=6)
+    run = avda.train(
+        head="dann", cache=tmp_path / "c.zarr", source=["source"], target="target",
+        out=tmp_path / "dann", epochs=1, head_config={"modalities": ["rgb"]}, seed=2,
+        progress=False,
+    )  # fmt: skip
+    from avda import runs
+
+    config = runs.read_config(run.run)
+    assert config["seed"] == 2 and config["modalities"] == ["rgb"]
+    assert config["head_config"]["epochs"] == 1
+    table = avda.evaluate([tmp_path / "dann"], out=tmp_path / "results")
+    assert table.loc[0, "head"] == "dann" and (tmp_path / "results.csv").exists()
+
+
+def test_train_without_required_values_is_one_line(tmp_path):
+    with pytest.raises(ConfigError, match=r"^avda.train: missing cache, source, target, out;"):
+        avda.train(head="dann")
+
+
+def test_extract_checks_a_dataframe_manifest_as_a_file(tmp_path):
+    import pandas as pd
+
+    from avda.errors import ManifestError
+
+    frame = pd.DataFrame(
+        {"uid": ["a", "a"], "video_id": ["v", "v"], "domain": ["D1", "D1"],
+         "split": ["train", "train"], "start_sec": [0.0, 2.0], "stop_sec": [1.0, 3.0]}
+    )  # fmt: skip
+    with pytest.raises(
+        ManifestError, match=r"(?s)^manifest \(a DataFrame\) has 1 problem.*duplicate uid"
+    ):
+        avda.extract(frame, tmp_path / "c.zarr", videos=tmp_path, progress=False)
+    assert not (tmp_path / "c.zarr").exists()

@@ -1,0 +1,129 @@
+"""Quiet by default: Dask's INFO records only with -v, the random-init warning once a command."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from avda import cli, dask_support
+from avda.extract import backbones
+
+
+@pytest.fixture
+def dask_loggers(monkeypatch):
+    """Restore the Dask loggers and the environment after a test changes them."""
+    monkeypatch.delenv("DASK_LOGGING__DISTRIBUTED", raising=False)
+    saved = {name: logging.getLogger(name).level for name in dask_support.DASK_LOGGERS}
+    nanny = logging.getLogger("distributed.nanny")
+    filters = list(nanny.filters)
+    yield
+    for name, level in saved.items():
+        logging.getLogger(name).setLevel(level)
+    nanny.filters[:] = filters
+
+
+def test_dask_info_and_routine_warnings_are_quiet_without_verbose(dask_loggers, monkeypatch):
+    logging.getLogger("distributed").setLevel(logging.INFO)
+    dask_support.quiet_dask_logs(verbose=False)
+    import os
+
+    assert os.environ["DASK_LOGGING__DISTRIBUTED"] == "warning"  # worker processes inherit it
+    assert not logging.getLogger("distributed.scheduler").isEnabledFor(logging.INFO)
+    assert logging.getLogger("distributed.scheduler").isEnabledFor(logging.WARNING)
+    nanny = logging.getLogger("distributed.nanny")
+    routine = nanny.makeRecord(
+        "distributed.nanny", logging.WARNING, "f", 1,
+        "Worker process still alive after %.1f seconds, killing", (4.0,), None,
+    )  # fmt: skip
+    other = nanny.makeRecord(
+        "distributed.nanny", logging.WARNING, "f", 1, "Restarting worker", (), None
+    )
+    assert not nanny.filter(routine) and nanny.filter(other)
+
+
+def test_dask_logs_stay_with_verbose(dask_loggers):
+    logging.getLogger("distributed").setLevel(logging.INFO)
+    dask_support.quiet_dask_logs(verbose=True)
+    assert logging.getLogger("distributed.scheduler").isEnabledFor(logging.INFO)
+
+
+def test_random_init_warning_once_per_command(caplog, monkeypatch):
+    monkeypatch.setattr(backbones, "RANDOM_INIT_WARNED", set())
+    with caplog.at_level(logging.WARNING, logger="avda.extract.backbones"):
+        for _ in range(3):
+            backbones.create("audio_resnet18", modality="audio")
+    assert sum("random initialisation" in r.getMessage() for r in caplog.records) == 1
+    cli.main(["--version"])  # a new command warns again
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="avda.extract.backbones"):
+        backbones.create("audio_resnet18", modality="audio")
+    assert sum("random initialisation" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_shard_tasks_do_not_repeat_the_random_init_warning(monkeypatch, caplog):
+    """The client warned when it prepared the store; the Dask shard tasks stay silent."""
+    from avda.extract import distributed, runner
+
+    monkeypatch.setattr(backbones, "RANDOM_INIT_WARNED", set())
+
+    def fake_extract(manifest, **options):
+        for spec in options["modalities"]:
+            backbones.create(spec.backbone, modality=spec.modality)
+        return runner.ExtractResult(None, 1, 0, 0, 0.0, None)
+
+    monkeypatch.setattr(runner, "extract", fake_extract)
+    spec = runner.ModalitySpec("audio", "audio_resnet18", None)
+    options = {"modalities": [spec], "threads": None, "device": "cpu"}
+    with caplog.at_level(logging.WARNING, logger="avda.extract.backbones"):
+        done = distributed._run_shard(None, 0, 2, options)
+    assert done == {"done": 1, "failed": 0, "missing": 0, "warnings": []}
+    assert not any("random initialisation" in r.getMessage() for r in caplog.records)
+
+
+def test_sweep_tasks_keep_their_warnings_for_the_client(tmp_path, caplog):
+    import threading
+
+    from avda.evaluate import sweep
+
+    other = logging.getLogger("avda.train.loop")
+    with dask_support.collect_warnings(True) as messages:
+        other.warning("few steps: %d", 3)
+        thread = threading.Thread(target=other.warning, args=("another task's",))
+        thread.start()
+        thread.join()
+    assert messages == ["few steps: 3"]  # this task's only
+    assert not any(isinstance(h, dask_support._Collect) for h in logging.getLogger("avda").handlers)
+
+    tasks = [type("T", (), {"name": n}) for n in ("a/s/seed0", "b/s/seed0")]
+    outcomes = {
+        "a/s/seed0": sweep.TaskOutcome("a/s/seed0", "complete", warnings=["w1", "w2"]),
+        "b/s/seed0": sweep.TaskOutcome("b/s/seed0", "complete"),
+    }
+    with caplog.at_level(logging.INFO):
+        sweep._report_warnings(tmp_path, tasks, outcomes)
+    log_file = tmp_path / sweep.WARNINGS
+    assert log_file.read_text() == "a/s/seed0: w1\na/s/seed0: w2\n"
+    lines = [r.getMessage() for r in caplog.records if r.name == "avda.evaluate.sweep"]
+    assert len(lines) == 1 and lines[0].startswith("2 warning(s) from 1 run(s), e.g. a/s/seed0: w1")
+    outcomes["a/s/seed0"].warnings = []
+    sweep._report_warnings(tmp_path, tasks, outcomes)
+    assert not log_file.exists()  # a clean rerun leaves no stale list
+
+
+def test_extraction_shard_warnings_are_one_line_without_verbose(caplog):
+    from avda.extract import distributed
+
+    messages = [f"segment s{i} failed: cannot be opened" for i in range(3)]
+    with caplog.at_level(logging.INFO):
+        distributed._report_warnings(messages)
+    lines = [r.getMessage() for r in caplog.records if r.name == "avda.extract.distributed"]
+    assert lines == [
+        "3 warning(s) from the shard tasks, e.g. segment s0 failed: cannot be opened "
+        "(avda -v prints them all)"
+    ]
+    caplog.clear()
+    with caplog.at_level(logging.DEBUG):
+        distributed._report_warnings(messages)
+    lines = [r.getMessage() for r in caplog.records if r.name == "avda.extract.distributed"]
+    assert lines == messages
