@@ -81,3 +81,22 @@ def test_extract_checks_a_dataframe_manifest_as_a_file(tmp_path):
     ):
         avda.extract(frame, tmp_path / "c.zarr", videos=tmp_path, progress=False)
     assert not (tmp_path / "c.zarr").exists()
+
+
+def test_extract_takes_a_published_weights_name(tmp_path, monkeypatch):
+    """``weights=NAME`` resolves as ``--weights NAME``: unfetched, one line naming the fetch."""
+    import pandas as pd
+
+    monkeypatch.setenv("AVDA_HOME", str(tmp_path / "home"))
+    frame = pd.DataFrame(
+        {"uid": ["a"], "video_id": ["v"], "domain": ["D1"], "split": ["train"],
+         "start_sec": [0.0], "stop_sec": [1.0]}
+    )  # fmt: skip
+    with pytest.raises(
+        ConfigError, match=r"weights piergiaj_rgb_imagenet: not fetched yet .*avda weights fetch"
+    ):
+        avda.extract(
+            frame, tmp_path / "c.zarr", videos=tmp_path, weights="piergiaj_rgb_imagenet",
+            progress=False,
+        )  # fmt: skip
+    assert not (tmp_path / "c.zarr").exists()

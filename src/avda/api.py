@@ -108,10 +108,10 @@ def extract(
     specs = []
     for modality in _names(modalities):
         if modality == "audio":
-            audio_path = Path(audio_weights) if audio_weights is not None else None
+            audio_path = _checkpoint(audio_weights, "audio_weights")
             specs.append(runner.ModalitySpec("audio", audio_backbone, audio_path))
         else:
-            visual = Path(weights) if weights is not None else None
+            visual = _checkpoint(weights, "weights")
             specs.append(runner.ModalitySpec(modality, backbone, visual))
     options = dict(
         videos=videos,
@@ -285,3 +285,12 @@ def evaluate(
 
 
 __all__ = ["evaluate", "extract", "open_cache", "train"]
+
+
+def _checkpoint(value: str | Path | None, option: str) -> Path | None:
+    """A checkpoint file, or a published name (``avda weights list``) resolved as the CLI does."""
+    if value is None:
+        return None
+    from avda import weights as published
+
+    return published.resolve(value, option=option)
