@@ -14,6 +14,7 @@ from avda.registry import unknown_name_message
 
 KINDS = ("heads", "backbones", "recipes", "protocols", "settings")
 
+
 def first_sentence(text: str | None) -> str:
     """The first sentence of a docstring's first paragraph, on one line."""
     paragraph = (text or "").strip().split("\n\n")[0]

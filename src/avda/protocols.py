@@ -49,9 +49,10 @@ class EvaluationRule:
         chosen = (
             "final predictions"
             if self.checkpoints == 1
-            else (f"mean over the last {self.checkpoints} checkpoints")
+            else (f"the mean over the last {self.checkpoints} checkpoints")
         )
-        return f"{', '.join(self.metrics)} of {chosen}"
+        names = ["top1 or mAP" if m == "auto" else m for m in self.metrics]
+        return f"{', '.join(names)} of {chosen}"
 
 
 @dataclasses.dataclass(frozen=True)
