@@ -335,3 +335,64 @@ def test_unified_demo_example_runs_on_a_local_cluster_and_names_its_protocol(tmp
     assert "protocol unified (top1 or mAP of the mean over the last 9 checkpoints)" in text
     for method in ("source-only", "dann", "adabn", "mmd"):
         assert f"| {method} |" in text
+
+
+# ------------------------------------------------------------------------------ the CLI
+def test_cli_train_protocol_show_config_retrain_and_errors(capsys, tmp_path):
+    from avda import cli
+
+    def run(*args):
+        code = cli.main([str(a) for a in args])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    code, out, _ = run(
+        "train", "--protocol", "mmsada-epic55", "--head", "source-only", "--show-config"
+    )
+    assert code == 0 and "head: mm-sada" in out and "adversarial_weight: 0.0" in out
+    code, out, _ = run("train", "--protocol", "mmsada-epic55", "--head", "adabn", "--show-config")
+    assert "training_clips: random" in out and "keep_last_predictions: 9" in out
+
+    code, _, err = run("train", "--protocol", "mmsada", "--head", "adabn", "--show-config")
+    assert code == 1 and "unknown protocol 'mmsada'" in err and len(err.strip().splitlines()) == 1
+    code, _, err = run("train", "--protocol", "ta3n-epic100", "--head", "cia", "--show-config")
+    assert code == 1 and "method of protocol ta3n-epic100" in err
+
+    cache = make_feature_cache(tmp_path / "c.zarr").path
+    common = ["--cache", cache, "--source", "source", "--target", "target"]
+    code, out, err = run(
+        "train", "--protocol", "unified", "--head", "source-only", *common,
+        "--set", "epochs=9", "--set", "hidden_dim=8", "-o", tmp_path / "run", "-q",
+    )  # fmt: skip
+    assert code == 0, err
+    config = runs.read_config(tmp_path / "run")
+    assert (config["protocol"], config["protocol_role"]) == ("unified", "source-only")
+    # a protocol run is trained again from its own config.yaml, under the same protocol
+    code, out, err = run(
+        "train", "--config", tmp_path / "run" / "config.yaml", "-o", tmp_path / "again", "-q"
+    )
+    assert code == 0, err
+    assert runs.read_config(tmp_path / "again") == config
+
+    code, out, _ = run("evaluate", tmp_path / "run", "--layout", "auto")
+    assert code == 0 and "protocol unified" in out
+    code, out, err = run("evaluate", tmp_path / "run", "--layout", "auto", "--protocol", "rna-dg")
+    assert code == 1 and "no run was trained under protocol rna-dg" in err
+
+
+def test_cli_sweep_check_validates_without_caches(capsys, tmp_path):
+    from avda import cli
+
+    code = cli.main(["sweep", str(EXAMPLES / "mmsada-epic55.yaml"), "--check"])
+    out, _ = capsys.readouterr()
+    assert code == 0 and "valid; 1 cache(s) x 4 head(s) x 6 setting(s) x 3 seed(s) = 72" in out
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "cache: nowhere.zarr\nprotocol: ta3n-epic100\nheads: [cia]\n"
+        "published: {source: T1, rows: {cia: {epic100-uda: 140}}}\n"
+    )
+    code = cli.main(["sweep", str(bad), "--check"])
+    _, err = capsys.readouterr()
+    assert code == 1
+    assert "heads[0]: unknown method of protocol ta3n-epic100 'cia'" in err
+    assert "expected a percentage in [0, 100], got 140" in err
