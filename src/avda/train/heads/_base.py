@@ -285,6 +285,7 @@ class HeadConfig(Config):
                 )
             return self
         steps_there = math.ceil(self.reference_segments / self.batch_size)
+        recipe = self.epochs * steps_there  # this config's recipe (a protocol's, a preset's)
         epochs = max(1, round(self.epochs * steps_there / steps_here))
         if epochs == self.epochs:
             return self.replace(schedule="epochs")
