@@ -124,8 +124,13 @@ def recognizer_loss(
     *,
     auxiliary_weight: float = 0.1,
     audio_visual_weight: float = 0.2,
+    target_weight: float = 1.0,
 ) -> dict[str, torch.Tensor]:
-    """Eq. (8) as in ``train_recognizer.py``; ``audio_visual_logits`` is ``(B, K, C)``."""
+    """Eq. (8) as in ``train_recognizer.py``; ``audio_visual_logits`` is ``(B, K, C)``.
+
+    ``target_weight`` scales the pseudo-labelled target term (the reference's 1: ``(CE_s +
+    CE_t) / 2``); 0 switches the adaptation on target segments off.
+    """
     source = F.cross_entropy(source_logits, labels)
     target = F.cross_entropy(target_logits, pseudo_labels)
     audio = F.cross_entropy(audio_logits, labels)
@@ -133,7 +138,9 @@ def recognizer_loss(
     per_clip = labels[:, None].expand(B, K).reshape(B * K)  # (B,) -> (B * K,)
     flat = audio_visual_logits.reshape(B * K, C)  # (B, K, C) -> (B * K, C)
     audio_visual = F.cross_entropy(flat, per_clip)
-    loss = (source + target) / 2 + auxiliary_weight * (audio + audio_visual_weight * audio_visual)
+    loss = (source + target_weight * target) / 2 + auxiliary_weight * (
+        audio + audio_visual_weight * audio_visual
+    )
     return {
         "loss": loss,
         "source": source,

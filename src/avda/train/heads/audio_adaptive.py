@@ -126,6 +126,8 @@ class AudioAdaptiveConfig(HeadConfig):
     recognizer_embedding_dropout: float = 0.1  # stage 6: dropout of its token embeddings
     auxiliary_weight: float = 0.1  # stage 6: weight of the auxiliary audio terms
     audio_visual_weight: float = 0.2  # stage 6: weight of the audio-visual term in them
+    # stage 6: weight of the pseudo-labelled target term, (CE_s + w CE_t) / 2 (the reference: 1)
+    target_weight: float = 1.0
     # The flow stream (the reference's EPIC-flow-audio/): its own encoder lr, encoder length and
     # gradient clipping (stage 5) and recognizer length (stage 6b, at most ``epochs``, the
     # loop's length; its recognizer is left unchanged after ``flow_epochs``). Every other visual
@@ -440,6 +442,7 @@ class AudioAdaptive(Head):
                 source_out.audio_visual_logits,
                 auxiliary_weight=config.auxiliary_weight,
                 audio_visual_weight=config.audio_visual_weight,
+                target_weight=config.target_weight,
             )
             total = total + parts["loss"]
             for name, value in parts.items():
