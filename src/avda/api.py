@@ -215,6 +215,7 @@ def train(
     config: str | Path | None = None,
     device: str | None = None,
     progress: bool = True,
+    log: str | Sequence[str] | None = None,
 ) -> TrainResult:
     """``avda train``: train ``head`` on the labelled ``source`` and unlabelled ``target``
     domains of ``cache``; writes the resumable run folder ``out``.
@@ -223,7 +224,9 @@ def train(
     --show-config``). ``config``: a YAML file in the format of a run's ``config.yaml`` (a
     finished run is trained again with ``config="RUN/config.yaml"``); the other arguments
     override it. ``source``/``target``: ``"D1,D2"`` or a list. The result has ``run``,
-    ``metrics`` (fractions) and ``skipped`` (the run was already complete).
+    ``metrics`` (fractions) and ``skipped`` (the run was already complete). ``log``:
+    ``"tensorboard"`` (``RUN/tensorboard/``), ``"wandb"``, ``"mlflow"`` or a list of them
+    also receive the ``metrics.jsonl`` records as they are written (``--log``).
     """
     from avda.train.loop import train as train_loop
 
@@ -245,7 +248,7 @@ def train(
         raise ConfigError(
             f"avda.train: missing {', '.join(missing)}; pass them (or a config file with them)"
         )
-    return train_loop(out=out, progress=progress, **options)
+    return train_loop(out=out, progress=progress, log=log, **options)
 
 
 def evaluate(

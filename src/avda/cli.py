@@ -797,6 +797,14 @@ def train_command(
         ),
     ] = False,
     device: Annotated[str | None, typer.Option(help="cpu or cuda.")] = None,
+    log: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--log",
+            help="Also stream metrics.jsonl to tensorboard (RUN/tensorboard/), wandb or mlflow; "
+            "repeatable or a comma list.",
+        ),
+    ] = None,
     quiet: Quiet = False,
 ) -> None:
     """Train an adaptation head on cached features; writes a resumable run directory."""
@@ -838,7 +846,7 @@ def train_command(
         )
     from avda.train.loop import train
 
-    result = train(out=out, progress=not quiet, **options)
+    result = train(out=out, progress=not quiet, log=log, **options)
     state = "already complete" if result.skipped else "done"
     typer.echo(f"{out}: {state}")
     for key, value in sorted(result.metrics.items()):

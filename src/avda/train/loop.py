@@ -28,6 +28,7 @@ from avda.errors import CacheError, RunError, TrainingDiverged
 from avda.evaluate.metrics import mean_class_accuracy, top1_accuracy
 from avda.train import data as data_lib
 from avda.train import heads as heads_lib
+from avda.train import sinks as sinks_lib
 from avda.train.data import FeatureSet, Task
 from avda.train.heads._base import Head, HeadConfig, shape_errors
 from avda.train.layers import dann_annealing
@@ -168,9 +169,47 @@ def train(
     overrides: dict[str, Any] | None = None,
     device: str | None = None,
     progress: bool = True,
+    log: str | Sequence[str] | None = None,  # noqa: A002 - the CLI option's name
 ) -> TrainResult:
-    """Train ``head`` on ``source`` (labelled) and ``target`` (unlabelled) features of ``cache``."""
-    out = Path(out)
+    """Train ``head`` on ``source`` (labelled) and ``target`` (unlabelled) features of ``cache``.
+
+    ``log``: loggers that stream the ``metrics.jsonl`` records as they are written
+    (``"tensorboard"``, ``"wandb"``, ``"mlflow"``; a comma list or a list; see
+    :mod:`avda.train.sinks`).
+    """
+    names = sinks_lib.parse_names(log)
+    sinks_lib.check_available(names)  # a missing package: one line before any work
+    sinks = sinks_lib.MetricSinks(names)
+    try:
+        return _train(
+            cache=cache,
+            head=head,
+            source=source,
+            target=target,
+            out=Path(out),
+            seed=seed,
+            overrides=overrides,
+            device=device,
+            progress=progress,
+            sinks=sinks,
+        )
+    finally:
+        sinks.close()
+
+
+def _train(
+    *,
+    cache: str | Path,
+    head: str,
+    source: Sequence[str],
+    target: Sequence[str],
+    out: Path,
+    seed: int,
+    overrides: dict[str, Any] | None,
+    device: str | None,
+    progress: bool,
+    sinks: sinks_lib.MetricSinks,
+) -> TrainResult:
     Setting(tuple(source), tuple(target))  # refuses a domain on both sides, or none on one
     store = open_cache(cache)
     for role, domains in (("source", source), ("target", target)):
@@ -239,6 +278,7 @@ def train(
     if not trained or not (out / runs.PROVENANCE).exists():
         # Written when the run starts; a resume keeps the record of the cache it started on.
         runs.atomic_write_text(out / runs.PROVENANCE, json.dumps(store.provenance, indent=2))
+    sinks.open(out, resolved)
 
     torch.manual_seed(seed)
     np.random.seed(seed)
@@ -266,6 +306,7 @@ def train(
                 seed=seed,
                 device=device,
                 progress=progress,
+                sinks=sinks,
             )
         )
     # One small batch of every evaluation set through the head now: a head that cannot run on
@@ -368,6 +409,7 @@ def train(
                         epoch_scores[name],
                     )
         runs.append_metrics(out, record)
+        sinks.record(record)
         # At each evaluation, the last epoch, and at least every CHECKPOINT_SECONDS: a run of
         # many short epochs (a recipe's steps on a small set) does not spend its time saving.
         if evaluating or time.perf_counter() - saved >= CHECKPOINT_SECONDS:
