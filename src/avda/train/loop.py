@@ -20,7 +20,7 @@ import torch
 from tqdm import tqdm
 
 import avda
-from avda import runs
+from avda import environment, runs
 from avda.cache import FeatureCache, open_cache
 from avda.data_manifests.settings import Setting
 from avda.devices import resolve_device
@@ -276,8 +276,15 @@ def _train(
     runs.write_config(out, resolved)
     trained = (out / runs.CHECKPOINT).exists() or (out / runs.METRICS).exists()
     if not trained or not (out / runs.PROVENANCE).exists():
-        # Written when the run starts; a resume keeps the record of the cache it started on.
-        runs.atomic_write_text(out / runs.PROVENANCE, json.dumps(store.provenance, indent=2))
+        # Written when the run starts; a resume keeps the record of the cache it started on
+        # and adds the environment it went on in.
+        provenance = {**store.provenance, "environment": environment.describe(device)}
+        runs.atomic_write_text(out / runs.PROVENANCE, json.dumps(provenance, indent=2))
+    else:
+        provenance = runs.read_provenance(out) or {}
+        resumed = provenance.get("resumed") if isinstance(provenance.get("resumed"), list) else []
+        provenance["resumed"] = [*resumed, environment.describe(device)]
+        runs.atomic_write_text(out / runs.PROVENANCE, json.dumps(provenance, indent=2))
     sinks.open(out, resolved)
 
     torch.manual_seed(seed)
