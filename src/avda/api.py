@@ -18,11 +18,14 @@ same names are callable); ``avda.open_cache`` is :func:`avda.cache.open_cache`. 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from avda.errors import ConfigError, ManifestError
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -51,10 +54,12 @@ def open_cache(path: str | Path) -> FeatureCache:
 
 
 def extract(
-    manifest: str | Path | pd.DataFrame,
-    out: str | Path,
+    manifest: str | Path | pd.DataFrame | None = None,
+    out: str | Path | None = None,
     *,
     videos: str | Path | None = None,
+    domain: str | None = None,
+    split: str | None = None,
     frames: str | Path | None = None,
     flow: str | Path | None = None,
     audio: str | Path | None = None,
@@ -81,7 +86,10 @@ def extract(
     """``avda extract``: decode the manifest's segments, run the backbones and write features
     into the Zarr store ``out`` (resuming a store built the same way).
 
-    ``manifest``: a CSV/Parquet path or a DataFrame. ``modalities``: ``["rgb", "audio"]`` or
+    ``manifest``: a CSV/Parquet path or a DataFrame; None: one segment per whole video of
+    ``videos`` (a folder, or a text file listing video paths), in domain ``domain`` (default
+    ``all``) and split ``split`` (default ``test``); see
+    :mod:`avda.data_manifests.whole_videos`. ``modalities``: ``["rgb", "audio"]`` or
     ``"rgb,audio"``; ``audio`` uses ``audio_backbone``/``audio_weights``, the others
     ``backbone``/``weights``. ``shard``: ``"i/n"`` or ``(i, n)``. ``scheduler``: run the shards
     on Dask (``"local"``, ``"local:N"``, ``"tcp://host:8786"``). The result has ``done``,
@@ -98,7 +106,29 @@ def extract(
         from avda.devices import resolve_device
 
         resolve_device(device)
-    if isinstance(manifest, str | Path):
+    if out is None:
+        raise ConfigError("avda.extract: missing out (the feature cache to write, -o)")
+    if manifest is None:
+        from avda.data_manifests import whole_videos
+
+        if videos is None:
+            raise ConfigError(
+                "extraction needs --manifest FILE, or --videos DIR (or a text file listing "
+                "videos) for one segment per whole video"
+            )
+        frame, videos = whole_videos.manifest(
+            videos,
+            domain=domain if domain is not None else whole_videos.DEFAULT_DOMAIN,
+            split=split if split is not None else whole_videos.DEFAULT_SPLIT,
+            progress=progress,
+        )
+        log.info("no manifest: %d whole-video segments from %s", len(frame), videos)
+    elif domain is not None or split is not None:
+        raise ConfigError(
+            "--domain/--split name the segments of whole videos (no --manifest); a manifest "
+            "gives each segment's own: drop them"
+        )
+    elif isinstance(manifest, str | Path):
         frame = schema.read(manifest)
     else:  # a DataFrame: checked as a manifest file is
         problems = schema.find_problems(manifest)
