@@ -143,13 +143,12 @@ def extract(
         else:
             visual = _checkpoint(weights, "weights")
             specs.append(runner.ModalitySpec(modality, backbone, visual))
-    options = dict(
+    options = runner.ExtractOptions.of(
         videos=videos,
         frames=frames,
         flow=flow,
         audio=audio,
         flow_stride=flow_stride,
-        out=Path(out),
         recipe=sampling.get(recipe),
         modalities=specs,
         batch_size=batch_size,
@@ -163,9 +162,11 @@ def extract(
     )
     if scheduler is not None:
         return distributed.extract_distributed(
-            frame, scheduler=scheduler, num_shards=shards, **options
+            frame, options, out=Path(out), scheduler=scheduler, num_shards=shards
         )
-    return runner.extract(frame, shard=_shard(shard), prepare_only=prepare_only, **options)
+    return runner.extract(
+        frame, options, out=Path(out), shard=_shard(shard), prepare_only=prepare_only
+    )
 
 
 def _shard(value: str | tuple[int, int] | None) -> tuple[int, int] | None:
