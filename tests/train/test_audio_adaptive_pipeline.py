@@ -577,3 +577,24 @@ def test_beats_source_only_and_dann_over_three_seeds(tmp_path):
     means, scores = _compare(tmp_path, seeds=[0, 1, 2], options=PAPER_COMPARISON)
     assert means["audio-adaptive"] > means["source-only"] + 0.02, scores
     assert means["audio-adaptive"] > means["dann"] + 0.02, scores
+
+
+def test_log_tensorboard_streams_each_stage_and_the_recognizer(av_cache, tmp_path):
+    accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+    run = tmp_path / "run"
+    train(
+        cache=av_cache, head="audio-adaptive", source=["source"], target=["target"], out=run,
+        overrides=dict(TINY), progress=False, log="tensorboard",
+    )  # fmt: skip
+
+    def scalars(folder):
+        events = accumulator.EventAccumulator(str(folder))
+        events.Reload()
+        return {t: [e.step for e in events.Scalars(t)] for t in events.Tags()["scalars"]}
+
+    classifier = StageStore(run).record("audio-classifier")["summary"]["history"]
+    found = scalars(run / "tensorboard" / "stages" / "audio-classifier")
+    assert found == {"stage/audio-classifier/loss": [h["epoch"] for h in classifier]}
+    assert "stage/encoder-rgb/loss" in scalars(run / "tensorboard" / "stages" / "encoder-rgb")
+    epochs = [r["epoch"] for r in runs.read_metrics(run)]
+    assert scalars(run / "tensorboard")["train/loss"] == epochs
