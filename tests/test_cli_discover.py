@@ -52,7 +52,7 @@ def test_list_heads_describes_each_head_by_its_paper(capsys):
 def test_list_protocols_names_the_evaluation_protocols(capsys):
     code, out, _ = run(capsys, "list", "protocols")
     names = [line.split()[0] for line in out.strip().splitlines()]
-    assert code == 0 and {"epic100", "mmsada-checkpoints", "charades-map"} <= set(names)
+    assert code == 0 and {"mmsada-epic55", "ta3n-epic100", "unified"} <= set(names)
 
 
 def test_list_unknown_kind_is_one_line(capsys):

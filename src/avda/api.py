@@ -190,6 +190,7 @@ def train_options(
     head_config: dict[str, Any] | None = None,
     config: str | Path | dict[str, Any] | None = None,
     device: str | None = None,
+    protocol: str | None = None,
 ) -> dict[str, Any]:
     """The arguments of :func:`avda.train.loop.train` from explicit values over a config file
     (``config``: a path, or the dict :func:`avda.config_files.read_train_config` returns).
@@ -206,9 +207,15 @@ def train_options(
     if not isinstance(file, dict):
         path, file = file, config_files.read_train_config(file)
     head = head if head is not None else file.get("head")
+    protocol = protocol if protocol is not None else file.get("protocol")
     if head is None:
         return {"head": None}
-    config_class = heads.config_class(head)
+    if protocol is not None:  # head is the protocol's method; its config is the head's it runs
+        from avda import protocols
+
+        config_class = heads.config_class(protocols.get(protocol).head_for(head))
+    else:
+        config_class = heads.config_class(head)
     overrides = dict(file.get("head_config") or {})
     config_files.check_keys(path, overrides, config_class.field_names(), f"{head} field")
     assigned = dict(head_config or {})
@@ -230,6 +237,7 @@ def train_options(
         "seed": seed if seed is not None else file.get("seed", 0),
         "overrides": overrides,
         "device": device if device is not None else file.get("device"),
+        "protocol": protocol,
     }
 
 
@@ -245,6 +253,7 @@ def train(
     head_config: dict[str, Any] | None = None,
     config: str | Path | None = None,
     device: str | None = None,
+    protocol: str | None = None,
     progress: bool = True,
     log: str | Sequence[str] | None = None,
 ) -> TrainResult:
@@ -254,7 +263,9 @@ def train(
     ``head_config``: fields of the head's config (``--set``; see ``avda train --head NAME
     --show-config``). ``config``: a YAML file in the format of a run's ``config.yaml`` (a
     finished run is trained again with ``config="RUN/config.yaml"``); the other arguments
-    override it. ``source``/``target``: ``"D1,D2"`` or a list. The result has ``run``,
+    override it. ``protocol``: a named protocol (``avda list protocols``) that sets the head
+    (and its baselines) as one paper ran them, or ``"unified"``; ``head`` is then the
+    protocol's method name. ``source``/``target``: ``"D1,D2"`` or a list. The result has ``run``,
     ``metrics`` (fractions) and ``skipped`` (the run was already complete). ``log``:
     ``"tensorboard"`` (``RUN/tensorboard/``), ``"wandb"``, ``"mlflow"`` or a list of them
     also receive the ``metrics.jsonl`` records as they are written (``--log``).
@@ -271,6 +282,7 @@ def train(
         head_config=head_config,
         config=config,
         device=device,
+        protocol=protocol,
     )
     missing = [k for k in ("head", "cache", "source", "target") if options.get(k) is None]
     if out is None:
@@ -291,6 +303,7 @@ def evaluate(
     metric: str | None = None,
     compare: str | None = None,
     out: str | Path | None = None,
+    protocol: str | None = None,
 ) -> Any:
     """``avda evaluate``: the metrics of finished runs (run folders, or folders holding runs).
 
@@ -298,7 +311,8 @@ def evaluate(
     ``<set>/<task>/<metric>`` columns in %). ``"auto"``, ``"settings"``, ``"epic100"``: the
     papers' table (an :class:`avda.evaluate.aggregate.AggregateTable`: methods x settings,
     per-seed values; ``.methods``, ``.columns``, ``.values``). ``out``: also write OUT.md and
-    OUT.csv (and OUT.tex) as the CLI does.
+    OUT.csv (and OUT.tex) as the CLI does. ``protocol``: whose evaluation rule the table
+    applies to every row (default: the first run's protocol; runs of another are left out).
     """
     from avda.evaluate import aggregate, tables
 
@@ -311,7 +325,12 @@ def evaluate(
             tables.write_tables(table, out)
         return table
     paper = aggregate.aggregate(
-        aggregate.find_runs(paths), layout=layout, eval_set=eval_set, task=task, metric=metric
+        aggregate.find_runs(paths),
+        layout=layout,
+        eval_set=eval_set,
+        task=task,
+        metric=metric,
+        protocol=protocol,
     )
     if out is not None:
         tables.write_aggregate(paper, out, baseline=compare)

@@ -1,9 +1,8 @@
 """What avda has, one line each: ``avda list heads|backbones|recipes|protocols|settings``.
 
 The lines come from where the things are defined: a head's module docstring (its paper), a
-backbone builder's docstring, a sampling recipe's fields, a named setting's domains. The
-evaluation protocols are functions of :mod:`avda.evaluate.protocols` without a registry; they are
-listed here with the option that selects each.
+backbone builder's docstring, a sampling recipe's fields, a named setting's domains, a named
+protocol's paper and summary (:mod:`avda.protocols`; ``avda train --protocol NAME``).
 """
 
 from __future__ import annotations
@@ -14,22 +13,6 @@ import sys
 from avda.registry import unknown_name_message
 
 KINDS = ("heads", "backbones", "recipes", "protocols", "settings")
-
-# The protocols of avda.evaluate.protocols and how each is used.
-PROTOCOLS: dict[str, str] = {
-    "top1-mca": "top-1 and mean class accuracy per task and evaluation set "
-    "(every run; `avda evaluate`)",
-    "epic100": "EPIC-KITCHENS-100 official C1 scorer: verb, noun, action top-1/top-5, "
-    "tail classes, unseen participants (`avda evaluate --layout epic100`)",
-    "epic100-submission": "EPIC-KITCHENS-100 UDA challenge JSON of a run "
-    "(`avda evaluate --export-submission FILE`)",
-    "ta3n-action": "TA3N's in-code action accuracy: a top-k hit when verb and noun are both "
-    "in their top-k (reported next to epic100)",
-    "mmsada-checkpoints": "MM-SADA: mean target top-1 of the last N checkpoints "
-    "(`avda evaluate --checkpoint-average 9`)",
-    "charades-map": "Charades-Ego: mean average precision over the multi-label classes "
-    "(mAP column of `avda evaluate`)",
-}
 
 
 def first_sentence(text: str | None) -> str:
@@ -74,6 +57,15 @@ def _recipes() -> list[tuple[str, str]]:
     return out
 
 
+def _protocols() -> list[tuple[str, str]]:
+    from avda import protocols
+
+    return [
+        (p.name, f"{p.paper}: {p.summary}; table: {p.evaluation.describe()}")
+        for p in protocols.PROTOCOLS.values()
+    ]
+
+
 def _settings() -> list[tuple[str, str]]:
     from avda.data_manifests.settings import NAMED_SETTINGS
 
@@ -98,7 +90,7 @@ def entries(kind: str) -> list[tuple[str, str]]:
         "heads": _heads,
         "backbones": _backbones,
         "recipes": _recipes,
-        "protocols": lambda: list(PROTOCOLS.items()),
+        "protocols": _protocols,
         "settings": _settings,
     }
     if kind not in builders:

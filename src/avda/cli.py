@@ -815,6 +815,13 @@ def train_command(
         ),
     ] = False,
     device: Annotated[str | None, typer.Option(help="cpu or cuda.")] = None,
+    protocol: Annotated[
+        str | None,
+        typer.Option(
+            help="Train as a paper's protocol trains this method and its baselines "
+            "(`avda list protocols`; unified: one recipe for every head); --set still wins.",
+        ),
+    ] = None,
     log: Annotated[
         list[str] | None,
         typer.Option(
@@ -827,6 +834,7 @@ def train_command(
 ) -> None:
     """Train an adaptation head on cached features; writes a resumable run directory."""
     from avda import api, config_files
+    from avda import protocols as protocols_lib
     from avda.train import heads
 
     file = config_files.read_train_config(config) if config is not None else {}
@@ -835,7 +843,9 @@ def train_command(
         raise click_exceptions.UsageError(
             "Missing option '--head' (`avda list heads`; or head: in --config FILE)", ctx=ctx
         )
-    config_class = heads.config_class(head)
+    protocol = protocol if protocol is not None else file.get("protocol")
+    runs_head = protocols_lib.get(protocol).head_for(head) if protocol is not None else head
+    config_class = heads.config_class(runs_head)
     if config is not None:  # the file's unknown head fields, named with the file
         fields = config_class.field_names()
         config_files.check_keys(config, file["head_config"], fields, f"{head} field")
@@ -849,9 +859,13 @@ def train_command(
         head_config=config_class.parse_assignments(set_ or []),
         config=file,
         device=device,
+        protocol=protocol,
     )
     if show_config:
-        typer.echo(show_head_config(head, options["overrides"]))
+        overrides = options["overrides"]
+        if protocol is not None:
+            runs_head, overrides = protocols_lib.get(protocol).resolve(head, overrides)
+        typer.echo(show_head_config(runs_head, overrides))
         return
     missing = [f"'--{k}'" for k in ("cache", "source", "target") if options[k] is None]
     if out is None:
@@ -974,6 +988,13 @@ def evaluate(
             "(runs trained with keep_last_predictions >= N; the paper uses 9).",
         ),
     ] = 0,
+    protocol: Annotated[
+        str | None,
+        typer.Option(
+            help="Paper layouts: the protocol whose evaluation rule every row follows "
+            "(default: the first run's); runs trained under another are left out.",
+        ),
+    ] = None,
 ) -> None:
     """Metrics of finished runs: one row per run, or the papers' tables over many runs."""
     from avda.evaluate import protocols, tables
@@ -1010,6 +1031,7 @@ def evaluate(
         baseline=compare,
         fmt=format_,
         out=out,
+        protocol=protocol,
     )
     typer.echo(text)
     for path in written:
@@ -1044,6 +1066,14 @@ def sweep_command(
             "--job-script", help="slurm/pbs: print the worker job script and exit (submit nothing)."
         ),
     ] = False,
+    check: Annotated[
+        bool,
+        typer.Option(
+            "--check",
+            help="Validate the spec (heads, protocol, settings, published numbers) without "
+            "opening its caches; train nothing.",
+        ),
+    ] = False,
     quiet: Quiet = False,
 ) -> None:
     """Train every (head, setting, seed) of a spec as Dask tasks; finished runs are skipped.
@@ -1052,6 +1082,10 @@ def sweep_command(
     """
     from avda.evaluate import sweep
 
+    if check:
+        checked = sweep.load_spec(spec, open_caches=False)
+        typer.echo(sweep.describe_spec(checked))
+        return
     if job_script:
         typer.echo(sweep.job_script(sweep.load_spec(spec), cluster=cluster))
         return

@@ -31,7 +31,8 @@ from avda import safe_yaml
 from avda.errors import ConfigError
 from avda.registry import unknown_name_message
 
-TRAIN_KEYS = ("head", "cache", "source", "target", "seed", "device", "head_config")
+TRAIN_KEYS = ("head", "cache", "source", "target", "seed", "device", "head_config", "protocol")
+# ``protocol_role``: the method a protocol run trained (``head`` is the head that ran it)
 RECORDED_KEYS = ("avda_version", "modalities", "tasks")  # written by a run, derived again
 
 
@@ -75,8 +76,10 @@ def read_train_config(path: str | Path) -> dict[str, Any]:
     and ``head_config`` (a dict, possibly empty); domains as comma lists.
     """
     data = read_mapping(path)
-    check_keys(path, data, [*TRAIN_KEYS, *RECORDED_KEYS])
+    check_keys(path, data, [*TRAIN_KEYS, *RECORDED_KEYS, "protocol_role"])
     out = {k: v for k, v in data.items() if k in TRAIN_KEYS}
+    if out.get("protocol") and data.get("protocol_role"):  # the method, not the head it ran
+        out["head"] = data["protocol_role"]
     head_config = out.get("head_config") or {}
     if not isinstance(head_config, dict):
         raise ConfigError(
@@ -87,7 +90,7 @@ def read_train_config(path: str | Path) -> dict[str, Any]:
     for key in ("source", "target"):
         if key in out:
             out[key] = comma_list(out[key])
-    for key in ("head", "cache", "source", "target", "device"):
+    for key in ("head", "cache", "source", "target", "device", "protocol"):
         if key in out and out[key] is not None and not isinstance(out[key], str):
             raise ConfigError(f"--config {path}: {key} must be a string, got {out[key]!r:.80}")
     if out.get("cache"):  # relative to the file's folder (a run records an absolute path)

@@ -102,7 +102,8 @@ def test_settings_layout_is_mean_std_over_seeds_with_a_mean_column(sweep_like):
     table = aggregate.aggregate(run_dirs)
     assert table.methods == ["Source-only", "DANN_v2"]  # the sweep's order and labels
     assert table.columns == ["source→target", "target→source", aggregate.MEAN]
-    assert table.title.startswith("target_test: verb top1")
+    assert table.title.startswith("no protocol (each head's defaults; final predictions); ")
+    assert "; target_test: verb top1" in table.title
     for method in table.methods:
         per_seed = {}
         for pair, column in (

@@ -67,6 +67,7 @@ def make_audio_visual_cache(
     audio_noise: float = 1.5,
     visual: tuple[str, ...] = ("rgb",),
     spatial: bool = False,
+    audio_mean: float = 0.0,
 ):
     """Synthetic audio-visual features with the domain shift Audio-Adaptive is made for.
 
@@ -123,6 +124,8 @@ def make_audio_visual_cache(
     features["audio"] = centres[labels, kind][:, None, :] + rng.normal(
         0, audio_noise, (n, 1, audio_dim)
     )
+    if audio_mean:  # positive features of a large common mean, as pooled ReLU/softplus outputs
+        features["audio"] = np.logaddexp(0.0, 0.2 * features["audio"]) + audio_mean
     info = {"backbone": "synthetic", "weights": None, "weights_sha256": None, "input_spec": {}}
     for modality, x in features.items():
         store.add_modality(modality, num_clips=x.shape[1], num_features=x.shape[2], info=info)
@@ -598,3 +601,25 @@ def test_log_tensorboard_streams_each_stage_and_the_recognizer(av_cache, tmp_pat
     assert "stage/encoder-rgb/loss" in scalars(run / "tensorboard" / "stages" / "encoder-rgb")
     epochs = [r["epoch"] for r in runs.read_metrics(run)]
     assert scalars(run / "tensorboard")["train/loss"] == epochs
+
+
+def test_stage_1_trains_on_audio_features_of_a_large_mean(tmp_path):
+    """Pooled audio features of a large common mean (1024-d, RMS norm ~30, as softplus or ReLU
+    outputs): the stage's Adam 1e-2 (the authors') diverged in its first epoch without the
+    classifier's BatchNorm and every unit died (source-train accuracy at chance, 1/8 here)."""
+    cache = tmp_path / "c.zarr"
+    make_audio_visual_cache(
+        cache, num_classes=8, source_counts=(20,) * 8, target_per_class=4, audio_dim=1024,
+        audio_noise=1.0, audio_mean=0.3, group=2,
+    )  # fmt: skip
+    store = cache_lib.open_cache(cache)
+    audio = store.features("audio")[:]
+    assert 20 < np.sqrt((np.linalg.norm(audio.mean(1), axis=1) ** 2).mean()) < 40
+    stages = pipeline.run_stages(
+        cache=cache, source=["source"], target=["target"], out=tmp_path / "run",
+        overrides={"cluster_max_k": 4, "cluster_n_init": 2}, until="audio-classifier",
+        progress=False, device="cpu",
+    )  # fmt: skip
+    summary = stages.stages.record("audio-classifier")["summary"]
+    # Measured: 1.0 with the BatchNorm, 0.125 (one class) without it.
+    assert summary["source_train_accuracy"] > 0.9, summary

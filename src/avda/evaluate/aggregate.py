@@ -28,11 +28,12 @@ from typing import Any
 
 import numpy as np
 
+from avda import protocols as protocols_lib
 from avda import runs
 from avda.data_manifests.settings import NAMED_SETTINGS
 from avda.errors import ConfigError, RunError
 from avda.evaluate.metrics import (
-    mean_average_precision,
+    MAP_CONVENTIONS,
     mean_class_accuracy,
     mean_std,
     top1_accuracy,
@@ -73,6 +74,7 @@ class RunInfo:
     seed: int
     tasks: tuple[dict[str, Any], ...]
     head_config: dict[str, Any]
+    protocol: str | None = None  # the named protocol it was trained under (avda.protocols)
 
 
 def setting_label(source: Sequence[str], target: Sequence[str]) -> str:
@@ -145,7 +147,11 @@ def describe_runs(run_dirs: Sequence[str | Path]) -> list[RunInfo]:
             by_head.setdefault(config["head"], []).append(config.get("head_config", {}))
     infos = []
     for run, config in configs:
-        method = labels[run] or _distinct_label(config["head"], config, by_head[config["head"]])
+        method = (
+            labels[run]
+            or config.get("protocol_role")
+            or _distinct_label(config["head"], config, by_head[config["head"]])
+        )
         infos.append(
             RunInfo(
                 path=run,
@@ -157,6 +163,7 @@ def describe_runs(run_dirs: Sequence[str | Path]) -> list[RunInfo]:
                 seed=int(config["seed"]),
                 tasks=tuple(config.get("tasks", [])),
                 head_config=config.get("head_config", {}),
+                protocol=config.get("protocol"),
             )
         )
     return infos
@@ -180,6 +187,9 @@ class AggregateTable:
     values: dict[tuple[str, str], list[float]]
     seeds: dict[tuple[str, str], list[int]]
     higher_is_better: bool = True
+    protocol: str | None = None  # the protocol whose evaluation rule every row follows
+    notes: list[str] = dataclasses.field(default_factory=list)  # footnotes (runs left out...)
+    published: set[str] = dataclasses.field(default_factory=set)  # rows of published numbers
 
     def cell(self, method: str, column: str) -> tuple[float, float, int]:
         """Mean, std (NaN for one seed) and number of seeds; NaNs when the cell is empty."""
@@ -191,7 +201,7 @@ class AggregateTable:
 
     def best(self, column: str) -> set[str]:
         """Methods with the best mean in ``column`` (ties: all of them)."""
-        means = {m: self.cell(m, column)[0] for m in self.methods}
+        means = {m: self.cell(m, column)[0] for m in self.methods if m not in self.published}
         means = {m: v for m, v in means.items() if not math.isnan(v)}
         if not means:
             return set()
@@ -229,8 +239,8 @@ def _choose_set(run: Path, eval_set: str) -> str:
 
 
 def _metric_value(scores: np.ndarray, labels: np.ndarray, metric: str) -> float:
-    if metric == "mAP":
-        return mean_average_precision(scores, labels)
+    if metric in MAP_CONVENTIONS:
+        return MAP_CONVENTIONS[metric](scores, labels)
     known = labels >= 0
     if not known.any():
         return float("nan")
@@ -253,21 +263,136 @@ def aggregate(
     eval_set: str = "auto",
     task: str | None = None,
     metric: str | None = None,
+    protocol: str | None = None,
 ) -> AggregateTable:
-    """The paper-style table of ``run_dirs`` (complete runs; see :func:`find_runs`)."""
+    """The paper-style table of ``run_dirs`` (complete runs; see :func:`find_runs`).
+
+    Every row follows the evaluation rule of one protocol (``protocol``, else the first run's;
+    :mod:`avda.protocols`): runs trained under another are left out with a note. Rows of the
+    papers' numbers come from the sweep index (``published:`` of the spec)."""
     if layout not in LAYOUTS:
         raise ConfigError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
-    if metric is not None and metric not in METRICS:
+    if metric is not None and metric not in METRICS + ("mAP-present", "mAP-authors"):
         raise ConfigError(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
     infos = describe_runs(run_dirs)
     if not infos:
         raise RunError("no runs to aggregate")
+    infos, chosen, notes = _same_protocol(infos, protocol)
+    rule = protocols_lib.rule_for(chosen)
     if layout == "auto":
         epic = all({"verb", "noun"} <= _single_label(info) for info in infos)
-        layout = "epic100" if epic else "settings"
+        layout = "epic100" if epic or rule.layout == "epic100" else "settings"
     if layout == "epic100":
-        return _epic100_table(infos, eval_set)
-    return _settings_table(infos, eval_set, task, metric)
+        table = _epic100_table(infos, eval_set, rule)
+    else:
+        table = _settings_table(infos, eval_set, task, metric, rule)
+    table.protocol = chosen
+    table.title = f"{protocols_lib.describe(chosen)}; {table.title}"
+    table.notes.extend(notes)
+    _add_published(table, infos)
+    return table
+
+
+def _same_protocol(
+    infos: Sequence[RunInfo], protocol: str | None
+) -> tuple[list[RunInfo], str | None, list[str]]:
+    """The runs trained under ``protocol`` (default: the first run's), the protocol, and a
+    note about each protocol whose runs were left out (their numbers follow another rule)."""
+    if protocol is not None:
+        protocols_lib.get(protocol)  # an unknown name lists the valid ones
+    chosen = protocol if protocol is not None else infos[0].protocol
+    kept = [i for i in infos if i.protocol == chosen]
+    notes = []
+    left: dict[str | None, list[RunInfo]] = {}
+    for info in infos:
+        if info.protocol != chosen:
+            left.setdefault(info.protocol, []).append(info)
+    for other, group in left.items():
+        name = other or "none"
+        note = (
+            f"Left out: {len(group)} run(s) trained under protocol {name} (e.g. "
+            f"{group[0].path}); their numbers follow another rule: make their table with "
+            f"--protocol {name}"
+            if other
+            else f"Left out: {len(group)} run(s) trained "
+            f"without a protocol (e.g. {group[0].path}); train them with --protocol "
+            f"{chosen} to compare them here"
+        )
+        log.warning("%s", note)
+        notes.append(note)
+    if not kept:
+        raise RunError(
+            f"no run was trained under protocol {chosen}; the runs' protocols: "
+            + ", ".join(sorted({i.protocol or "none" for i in infos}))
+        )
+    return kept, chosen, notes
+
+
+def rule_predictions(run: Path, split: str, checkpoints: int) -> list[dict[str, Any]]:
+    """The predictions a protocol's rule scores: the final ones (``checkpoints`` 1), or those
+    of the last ``checkpoints`` evaluations (``RUN/epochs/<epoch>/predictions``)."""
+    if checkpoints <= 1:
+        return [runs.read_predictions(run, split)]
+    folder = Path(run) / "epochs"
+    epochs = sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.exists() else []
+    epochs = [e for e in epochs if split in runs.prediction_sets(folder / e)]
+    if len(epochs) < checkpoints:
+        raise RunError(
+            f"{run} has {split} predictions of {len(epochs)} checkpoint(s) under {folder}, its "
+            f"protocol's table averages the last {checkpoints}; train it again with its "
+            "protocol (it sets keep_last_predictions)"
+        )
+    return [runs.read_predictions(folder / e, split) for e in epochs[-checkpoints:]]
+
+
+def _add_published(table: AggregateTable, infos: Sequence[RunInfo]) -> None:
+    """Rows of the papers' numbers that the sweep specs of ``infos`` carry (``published:``)."""
+    for published in _published_entries(infos):
+        columns = {c: c for c in table.columns}
+        columns.update({_column_of_setting(c): c for c in table.columns})
+        rows = published.get("rows", {})
+        for row, cells in rows.items():
+            label = f"{row} [published]"
+            if label in table.methods:
+                continue
+            for key, value in cells.items():
+                column = columns.get(_column_of_setting(str(key)))
+                if column is None or value is None:
+                    continue
+                table.values.setdefault((label, column), []).append(float(value))
+                table.seeds.setdefault((label, column), []).append(-1)
+            if any((label, c) in table.values for c in table.columns):
+                table.methods.append(label)
+                table.published.add(label)
+        if rows and published.get("source"):
+            table.notes.append(f"[published]: {published['source']}")
+
+
+def _column_of_setting(name: str) -> str:
+    """A published cell's key -> the table's column: ``D2-D1`` -> ``D2→D1``, ``charades-ego
+    mAP-authors`` -> ``third→first mAP-authors`` (named settings become their column label;
+    other keys, ``Mean``, ``verb top-1``, stay as they are)."""
+    first, _, rest = name.partition(" ")
+    setting = NAMED_SETTINGS.get(first)
+    if setting is None:
+        return name
+    label = setting_label(setting.source_domains, setting.target_domains)
+    return f"{label} {rest}" if rest else label
+
+
+def _published_entries(infos: Sequence[RunInfo]) -> list[dict[str, Any]]:
+    found: dict[Path, dict[str, Any]] = {}
+    for info in infos:
+        for folder in list(info.path.resolve().parents)[:6]:
+            index = folder / SWEEP_INDEX
+            if folder in found or not index.exists():
+                continue
+            try:
+                published = json.loads(index.read_text()).get("published")
+            except (json.JSONDecodeError, AttributeError):
+                published = None
+            found[folder] = published if isinstance(published, dict) else {}
+    return [p for p in found.values() if p]
 
 
 def _settings_order(infos: Sequence[RunInfo]) -> list[str]:
@@ -291,12 +416,19 @@ def _add(table: AggregateTable, info: RunInfo, column: str, value: float) -> Non
 
 
 def _settings_table(
-    infos: Sequence[RunInfo], eval_set: str, task: str | None, metric: str | None
+    infos: Sequence[RunInfo],
+    eval_set: str,
+    task: str | None,
+    metric: str | None,
+    rule: protocols_lib.EvaluationRule,
 ) -> AggregateTable:
     settings = _settings_order(infos)
+    wanted = [metric] if metric else list(rule.metrics)
+    several = len(wanted) > 1
     names_used: set[str] = set()
     sets_used: set[str] = set()
-    table = AggregateTable("", _methods_order(infos), list(settings), {}, {})
+    columns = [f"{s} {m}" if several else s for m in wanted for s in settings]
+    table = AggregateTable("", _methods_order(infos), columns, {}, {})
     for info in infos:
         tasks = {t["name"]: t for t in info.tasks}
         name = task or next(iter(tasks), None)
@@ -305,37 +437,54 @@ def _settings_table(
                 f"{info.path} has no task {name!r} (it has {', '.join(tasks) or 'none'}); "
                 "choose another --task"
             )
-        chosen = metric or ("mAP" if tasks[name].get("multi_label") else "top1")
-        if (chosen == "mAP") != bool(tasks[name].get("multi_label")):
-            raise ConfigError(f"metric {chosen} does not apply to task {name!r} of {info.path}")
+        multi = bool(tasks[name].get("multi_label"))
         split = _choose_set(info.path, eval_set)
-        predictions = runs.read_predictions(info.path, split)
-        value = _metric_value(predictions["scores"][name], predictions["labels"][name], chosen)
-        _add(table, info, info.setting, value)
-        names_used.add(f"{name} {chosen}")
+        checkpoints = rule_predictions(info.path, split, rule.checkpoints)
+        for wanted_metric in wanted:
+            chosen = wanted_metric
+            if chosen == "auto":
+                chosen = "mAP" if multi else "top1"
+            if chosen.startswith("mAP") != multi:
+                raise ConfigError(f"metric {chosen} does not apply to task {name!r} of {info.path}")
+            value = float(
+                np.mean(
+                    [
+                        _metric_value(p["scores"][name], p["labels"][name], chosen)
+                        for p in checkpoints
+                    ]
+                )
+            )
+            column = f"{info.setting} {wanted_metric}" if several else info.setting
+            _add(table, info, column, value)
+            names_used.add(f"{name} {chosen}")
         sets_used.add(split)
     if len(settings) > 1:
-        table.columns.append(MEAN)
-        for method in table.methods:
-            _add_mean(table, method, settings)
+        for wanted_metric in wanted:
+            mean_column = f"{MEAN} {wanted_metric}" if several else MEAN
+            group = [f"{s} {wanted_metric}" if several else s for s in settings]
+            table.columns.append(mean_column)
+            for method in table.methods:
+                _add_mean(table, method, group, mean_column)
     table.title = f"{', '.join(sorted(sets_used))}: {', '.join(sorted(names_used))} (%)"
     return table
 
 
-def _add_mean(table: AggregateTable, method: str, settings: list[str]) -> None:
+def _add_mean(table: AggregateTable, method: str, settings: list[str], column: str = MEAN) -> None:
     per_setting = [
         dict(zip(table.seeds.get((method, s), []), table.values.get((method, s), []), strict=True))
         for s in settings
     ]
     common = set.intersection(*(set(p) for p in per_setting)) if per_setting else set()
     for seed in sorted(common):
-        table.seeds.setdefault((method, MEAN), []).append(seed)
-        table.values.setdefault((method, MEAN), []).append(
+        table.seeds.setdefault((method, column), []).append(seed)
+        table.values.setdefault((method, column), []).append(
             float(np.mean([p[seed] for p in per_setting]))
         )
 
 
-def _epic100_table(infos: Sequence[RunInfo], eval_set: str) -> AggregateTable:
+def _epic100_table(
+    infos: Sequence[RunInfo], eval_set: str, rule: protocols_lib.EvaluationRule
+) -> AggregateTable:
     settings = _settings_order(infos)
     several = len(settings) > 1
     columns = [
@@ -350,19 +499,23 @@ def _epic100_table(infos: Sequence[RunInfo], eval_set: str) -> AggregateTable:
             raise RunError(f"{info.path} has no verb and noun tasks: the epic100 layout needs both")
         split = _choose_set(info.path, eval_set)
         sets_used.add(split)
-        predictions = runs.read_predictions(info.path, split)
-        verb, noun = predictions["labels"]["verb"], predictions["labels"]["noun"]
-        known = (verb >= 0) & (noun >= 0)
-        if not known.any():
-            raise RunError(f"{info.path}: {split} has no labelled segments to score")
-        accuracies = epic100_accuracies(
-            predictions["scores"]["verb"][known],
-            predictions["scores"]["noun"][known],
-            verb[known],
-            noun[known],
-        )
+        per_checkpoint = []
+        for predictions in rule_predictions(info.path, split, rule.checkpoints):
+            verb, noun = predictions["labels"]["verb"], predictions["labels"]["noun"]
+            known = (verb >= 0) & (noun >= 0)
+            if not known.any():
+                raise RunError(f"{info.path}: {split} has no labelled segments to score")
+            per_checkpoint.append(
+                epic100_accuracies(
+                    predictions["scores"]["verb"][known],
+                    predictions["scores"]["noun"][known],
+                    verb[known],
+                    noun[known],
+                )
+            )
         for task, k in EPIC100_COLUMNS:
             column = f"{info.setting} {task} top-{k}" if several else f"{task} top-{k}"
-            _add(table, info, column, accuracies[f"all_{task}_accuracy_at_{k}"])
+            key = f"all_{task}_accuracy_at_{k}"
+            _add(table, info, column, float(np.mean([a[key] for a in per_checkpoint])))
     table.title = f"{', '.join(sorted(sets_used))}: EPIC-100 verb, noun and action accuracy (%)"
     return table

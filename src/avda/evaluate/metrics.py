@@ -159,10 +159,33 @@ def average_precision_per_class(scores: np.ndarray, targets: np.ndarray) -> np.n
 
 
 def mean_average_precision(scores: np.ndarray, targets: np.ndarray) -> float:
-    """Charades-style mAP: mean AP over the classes that have a positive (NaN if none)."""
+    """Charades-style mAP: mean AP over the classes that have a positive (NaN if none).
+
+    This is ``map_present``; :func:`map_authors` is the convention of the Audio-Adaptive
+    authors' CharadesEgo evaluation, where a class without positives counts as AP 0.
+    """
     per_class = average_precision_per_class(scores, targets)
     valid = per_class[~np.isnan(per_class)]
     return float(valid.mean()) if len(valid) else float("nan")
+
+
+def map_present(scores: np.ndarray, targets: np.ndarray) -> float:
+    """mAP over the classes with at least one positive in ``targets`` (Charades' official
+    script; avda's ``mAP``). NaN when no class has a positive."""
+    return mean_average_precision(scores, targets)
+
+
+def map_authors(scores: np.ndarray, targets: np.ndarray) -> float:
+    """mAP over every class, a class without positives counting as AP 0 (the convention of the
+    Audio-Adaptive authors' CharadesEgo evaluation code): ``map_present * present / C``."""
+    per_class = average_precision_per_class(scores, targets)
+    if not len(per_class):
+        return float("nan")
+    return float(np.nan_to_num(per_class, nan=0.0).mean())
+
+
+MAP_CONVENTIONS = {"mAP": map_present, "mAP-present": map_present, "mAP-authors": map_authors}
+"""The mAP conventions by metric name: ``mAP`` is ``mAP-present`` (avda's default)."""
 
 
 def softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:

@@ -663,7 +663,7 @@ def seeds_table(infos: Sequence[aggregate_lib.RunInfo], per_run) -> Any:
     run, in the order of ``infos``), ``mean ± std`` over the seeds (sample std)."""
     import pandas as pd
 
-    metrics = [c for c in per_run.columns if c not in ("run", "head", "setting", "seed")]
+    metrics = [c for c in per_run.columns if c.count("/") == 2]  # <set>/<task>/<metric>
     rows = []
     for (method, setting), positions in seed_groups(infos).items():
         row = {

@@ -86,6 +86,7 @@ class SweepTask:
     overrides: dict[str, Any]
     device: str | None = None
     torch_threads: int = 0  # 0: leave torch's default
+    protocol: str | None = None  # head is then the protocol's method name
 
 
 @dataclasses.dataclass
@@ -128,6 +129,7 @@ def plan(spec: SweepSpec, out: str | Path) -> list[SweepTask]:
                             seed=seed,
                             overrides=dict(head.overrides),
                             device=None if spec.device == "auto" else spec.device,
+                            protocol=spec.protocol,
                         )
                     )
     return tasks
@@ -196,6 +198,7 @@ def _run_task(task: SweepTask) -> TaskOutcome:
             overrides=task.overrides,
             device=device,
             progress=False,
+            protocol=task.protocol,
         )
     except AvdaError as error:  # retrying cannot fix a bad config, missing data or divergence
         return TaskOutcome(
@@ -221,10 +224,26 @@ def _finished_mismatch(task: SweepTask) -> str:
     from avda.train import heads as heads_lib
 
     config = runs.read_config(task.run)
-    wanted = heads_lib.config_class(task.head).from_dict(task.overrides).to_dict()
+    head, overrides = task.head, task.overrides
+    if task.protocol is not None:
+        from avda import protocols
+
+        head, overrides = protocols.get(task.protocol).resolve(task.head, overrides)
+    wanted = heads_lib.config_class(head).from_dict(overrides).to_dict()
+    have = dict(config.get("head_config") or {})
+    if wanted.get("schedule") == "steps":  # the run derived these from its data size
+        for name in (
+            "epochs",
+            "eval_every",
+            "schedule",
+            *heads_lib.config_class(head).stage_fields,
+        ):
+            have.pop(name, None)
+            wanted.pop(name, None)
     checks = {
-        "head": (config.get("head"), task.head),
-        "head config": (config.get("head_config"), wanted),
+        "head": (config.get("head"), head),
+        "protocol": (config.get("protocol"), task.protocol),
+        "head config": (have, wanted),
         "source": (config.get("source"), list(task.source)),
         "target": (config.get("target"), list(task.target)),
         "seed": (config.get("seed"), task.seed),
@@ -311,8 +330,27 @@ def _write_index(out: Path, spec: SweepSpec, tasks: list[SweepTask], outcomes: d
                 "error": outcome.error if outcome else "",
             }
         )
-    index = {"spec": spec.source, "runs": entries}
+    index: dict[str, Any] = {"spec": spec.source, "protocol": spec.protocol, "runs": entries}
+    if spec.published:
+        index["published"] = spec.published
     runs.atomic_write_text(out / INDEX, json.dumps(index, indent=2) + "\n")
+
+
+def describe_spec(spec: SweepSpec) -> str:
+    """What ``avda sweep --check`` prints: the spec's runs, protocol and published rows."""
+    lines = [
+        f"{spec.source}: valid; {len(spec.caches)} cache(s) x {len(spec.heads)} head(s) x "
+        f"{len(spec.settings)} setting(s) x {len(spec.seeds)} seed(s) = "
+        f"{len(spec.caches) * len(spec.heads) * len(spec.settings) * len(spec.seeds)} runs",
+        f"  protocol: {spec.protocol or 'none (each head at its defaults)'}",
+        f"  heads: {', '.join(h.label for h in spec.heads)}",
+        f"  settings: {', '.join(s.name for s in spec.settings)}",
+    ]
+    if spec.published:
+        lines.append(
+            f"  published: {len(spec.published['rows'])} row(s) from {spec.published['source']}"
+        )
+    return "\n".join(lines)
 
 
 def _write_failures(out: Path, tasks: list[SweepTask], outcomes: dict) -> None:

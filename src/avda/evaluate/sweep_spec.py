@@ -24,7 +24,19 @@ SETTING_GROUPS: dict[str, tuple[Setting, ...]] = {
 }
 """Names that stand for several settings: the 6 MM-SADA pairs, the 3 RNA-Net DG settings."""
 
-TOP_KEYS = ("cache", "caches", "heads", "settings", "seeds", "out", "device", "retries", "cluster")
+TOP_KEYS = (
+    "cache",
+    "caches",
+    "protocol",
+    "heads",
+    "settings",
+    "seeds",
+    "out",
+    "device",
+    "retries",
+    "cluster",
+    "published",
+)
 HEAD_KEYS = ("name", "label")
 CLUSTER_KEYS = (
     "kind",
@@ -98,6 +110,8 @@ class SweepSpec:
     retries: int = 2
     cluster: ClusterSpec = ClusterSpec()
     source: str = "<spec>"
+    protocol: str | None = None  # every head trained as this protocol says (avda.protocols)
+    published: dict[str, Any] | None = None  # the paper's numbers: {source:, rows: {...}}
 
 
 class _Problems:
@@ -151,8 +165,11 @@ def _node_lines(node: yaml.Node | None, path: tuple = ()) -> dict[tuple, int]:
     return lines
 
 
-def load_spec(path: str | Path) -> SweepSpec:
-    """Read and validate a sweep spec; every problem is reported at once, with its path."""
+def load_spec(path: str | Path, *, open_caches: bool = True) -> SweepSpec:
+    """Read and validate a sweep spec; every problem is reported at once, with its path.
+
+    ``open_caches=False`` (``avda sweep --check``) checks everything but the caches (which
+    need not exist yet: an example spec before its features are extracted)."""
     path = Path(path)
     if path.is_dir():
         raise ConfigError(f"sweep spec {path} is a folder; give the spec's YAML file")
@@ -169,7 +186,9 @@ def load_spec(path: str | Path) -> SweepSpec:
         raise ConfigError(f"sweep spec {path} cannot be read: {error}") from None
     data, node = safe_yaml.load_document(text, source=str(path))
     lines = _node_lines(node)
-    return parse_spec(data, source=str(path), base=path.parent, lines=lines)
+    return parse_spec(
+        data, source=str(path), base=path.parent, lines=lines, open_caches=open_caches
+    )
 
 
 def parse_spec(
@@ -178,6 +197,7 @@ def parse_spec(
     source: str = "<spec>",
     base: str | Path = ".",
     lines: dict[tuple, int] | None = None,
+    open_caches: bool = True,
 ) -> SweepSpec:
     """Validate a spec given as plain data (what YAML loads); relative paths are under ``base``."""
     from avda.train import heads as heads_lib
@@ -194,9 +214,14 @@ def parse_spec(
     max_runs = max_runs_allowed()
     seeds = _parse_seeds(data.get("seeds", [0]), problems, max_runs)
     caches = _parse_caches(data, base, problems)
-    domains = _cache_domains(caches, problems)
-    heads = _parse_heads(data.get("heads"), heads_lib, problems)
-    settings = _parse_settings(data.get("settings"), domains, problems)
+    domains = _cache_domains(caches, problems) if open_caches else {}
+    protocol = _parse_protocol(data.get("protocol"), problems)
+    heads = _parse_heads(data.get("heads"), heads_lib, problems, protocol)
+    settings_value = data.get("settings")
+    if settings_value is None and protocol is not None and protocol.settings:
+        settings_value = list(protocol.settings)  # the protocol's table
+    settings = _parse_settings(settings_value, domains, problems)
+    published = _parse_published(data.get("published"), problems)
     out = data.get("out")
     if out is not None and not isinstance(out, str):
         problems.add(("out",), f"expected a folder path, got {out!r}")
@@ -228,7 +253,55 @@ def parse_spec(
         retries=retries,
         cluster=cluster,
         source=source,
+        protocol=protocol.name if protocol is not None else None,
+        published=published,
     )
+
+
+def _parse_protocol(value: Any, problems: _Problems):
+    from avda import protocols
+
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        problems.add(("protocol",), f"expected a protocol name, got {_short(value)}")
+        return None
+    try:
+        return protocols.get(value)
+    except ConfigError as error:
+        problems.add(("protocol",), str(error))
+        return None
+
+
+def _parse_published(value: Any, problems: _Problems) -> dict[str, Any] | None:
+    """``published: {source: "Table 1 of ...", rows: {label: {setting or column: number}}}``."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        problems.add(("published",), "expected a mapping with source: and rows:")
+        return None
+    for key in value:
+        if key not in ("source", "rows"):
+            problems.add(("published", key), unknown_name_message("key", key, ("source", "rows")))
+    if not isinstance(value.get("source"), str) or not value.get("source"):
+        problems.add(("published", "source"), "expected where the numbers come from (a table)")
+    rows = value.get("rows")
+    if not isinstance(rows, dict) or not rows:
+        problems.add(("published", "rows"), "expected a mapping of row label: {column: number}")
+        return None
+    for label, cells in rows.items():
+        path = ("published", "rows", label)
+        if not isinstance(cells, dict) or not cells:
+            problems.add(path, "expected a mapping of setting (or column) to a number in %")
+            continue
+        for column, number in cells.items():
+            if number is None:
+                continue  # not reported by the paper
+            if isinstance(number, bool) or not isinstance(number, int | float):
+                problems.add((*path, column), f"expected a number in %, got {_short(number)}")
+            elif not 0 <= number <= 100:
+                problems.add((*path, column), f"expected a percentage in [0, 100], got {number}")
+    return {"source": value.get("source"), "rows": rows}
 
 
 def _parse_caches(data: dict, base: Path, problems: _Problems) -> dict[str, Path]:
@@ -271,7 +344,9 @@ def _cache_domains(caches: dict[str, Path], problems: _Problems) -> dict[str, se
     return domains
 
 
-def _parse_heads(value: Any, heads_lib: Any, problems: _Problems) -> list[HeadSpec]:
+def _parse_heads(
+    value: Any, heads_lib: Any, problems: _Problems, protocol: Any = None
+) -> list[HeadSpec]:
     if not isinstance(value, list) or not value:
         problems.add(("heads",), "expected a list of heads, e.g. [source-only, {name: dann}]")
         return []
@@ -284,11 +359,18 @@ def _parse_heads(value: Any, heads_lib: Any, problems: _Problems) -> list[HeadSp
             problems.add(path, "expected a head name or a mapping with name: HEAD")
             continue
         name = entry["name"]
-        if name not in heads_lib.HEADS:
-            where = (*path, "name") if isinstance(item, dict) else path
+        where = (*path, "name") if isinstance(item, dict) else path
+        runs_head = name
+        if protocol is not None:  # a method of the protocol (its baselines included)
+            try:
+                runs_head = protocol.head_for(name)
+            except ConfigError as error:
+                problems.add(where, str(error))
+                continue
+        elif name not in heads_lib.HEADS:
             problems.add(where, unknown_name_message("head", name, heads_lib.names()))
             continue
-        config_class = heads_lib.config_class(name)
+        config_class = heads_lib.config_class(runs_head)
         fields = config_class.field_names()
         overrides = {}
         for key, setting in entry.items():
@@ -305,6 +387,12 @@ def _parse_heads(value: Any, heads_lib: Any, problems: _Problems) -> list[HeadSp
                 problems.add((*path, key), str(error).removeprefix(prefix))
                 continue
             overrides[key] = setting
+        if protocol is not None:
+            try:
+                protocol.resolve(name, overrides)
+            except ConfigError as error:
+                problems.add(path, str(error))
+                continue
         label = entry.get("label", name)
         folder_name = isinstance(label, str) and re.fullmatch(r"[^/\\\x00]+", label)
         if not folder_name or label in (".", ".."):

@@ -52,11 +52,12 @@ def results_table(run_dirs: Sequence[str | Path]) -> pd.DataFrame:
             "head": config["head"],
             "setting": f"{','.join(config['source'])}->{','.join(config['target'])}",
             "seed": config["seed"],
+            "protocol": config.get("protocol") or "none",
         }
         row.update({k: 100.0 * v for k, v in run_metrics(run).items()})
         rows.append(row)
     table = pd.DataFrame(rows)
-    fixed = ["run", "head", "setting", "seed"]
+    fixed = ["run", "head", "setting", "seed", "protocol"]
     order = sorted(
         (c for c in table.columns if c not in fixed),
         key=lambda c: (SET_ORDER.index(c.split("/")[0]) if c.split("/")[0] in SET_ORDER else 9, c),
@@ -151,6 +152,7 @@ def aggregate_markdown(table, *, baseline: str | None = None, digits: int = 1) -
     notes = [f"{table.title}; mean ± std over seeds; best per column in bold."]
     if baseline:
         notes.append(f"In parentheses: gain over {baseline} in percentage points.")
+    notes.extend(getattr(table, "notes", []))
     return "\n".join(lines) + "\n\n" + " ".join(notes)
 
 
@@ -193,6 +195,7 @@ def aggregate_latex(table, *, baseline: str | None = None, digits: int = 1) -> s
         ]
         lines.append(latex_escape(method) + " & " + " & ".join(cells) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}"]
+    lines += ["% " + latex_escape(note) for note in getattr(table, "notes", [])]
     return "\n".join(lines)
 
 
@@ -211,6 +214,8 @@ def aggregate_html(table, *, baseline: str | None = None, digits: int = 1) -> st
     caption = escape(table.title + "; mean ± std over seeds; best in bold")
     if baseline:
         caption += escape(f"; in parentheses the gain over {baseline}")
+    for note in getattr(table, "notes", []):
+        caption += escape(f". {note}")
     return (
         f'<table class="results"><caption>{caption}</caption><thead><tr><th>Method</th>'
         f"{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
@@ -277,12 +282,17 @@ def evaluate_runs(
     baseline: str | None = None,
     fmt: str = "markdown",
     out: str | Path | None = None,
+    protocol: str | None = None,
 ) -> tuple[str, list[Path]]:
     """What ``avda evaluate`` prints and writes: the per-run table (``layout="runs"``, as before)
     or a paper layout (``auto``, ``settings``, ``epic100``) over the runs found under ``paths``."""
     from avda.evaluate import aggregate as aggregate_lib
 
     if layout == "runs":
+        if protocol is not None:
+            raise ConfigError(
+                "--protocol chooses a paper table's evaluation rule: add --layout auto"
+            )
         if baseline:
             raise ConfigError("--compare needs a paper layout: add --layout auto (or settings)")
         if fmt not in ("markdown", "csv"):
@@ -293,7 +303,7 @@ def evaluate_runs(
         return text, write_tables(table, out) if out is not None else []
     run_dirs = aggregate_lib.find_runs(paths)
     paper = aggregate_lib.aggregate(
-        run_dirs, layout=layout, eval_set=eval_set, task=task, metric=metric
+        run_dirs, layout=layout, eval_set=eval_set, task=task, metric=metric, protocol=protocol
     )
     text = render_aggregate(paper, fmt, baseline=baseline)
     written = write_aggregate(paper, out, baseline=baseline) if out is not None else []

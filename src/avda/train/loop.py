@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 from tqdm import tqdm
 
@@ -113,9 +114,57 @@ def _make_optimizer(head: Head, config: HeadConfig, total_steps: int = 1):
     return optimizer, scheduler
 
 
+def single_clip_view(feature_set: FeatureSet) -> FeatureSet:
+    """``feature_set`` with one clip per row: ``(N, K, D)`` -> ``(N * K, 1, D)``, every
+    modality aligned to the largest K by position in the segment (a segment-long audio window
+    goes with every visual clip). Row ``n * K + k`` is clip ``k`` of segment ``n``."""
+    count = max(x.shape[1] for x in feature_set.inputs.values())
+    inputs = {}
+    for modality, x in feature_set.inputs.items():
+        index = (torch.arange(count) * x.shape[1]) // count  # the clip at each position
+        inputs[modality] = x[:, index].reshape(
+            -1, 1, x.shape[-1]
+        )  # (N, count, D) -> (N*count, 1, D)
+    return dataclasses.replace(
+        feature_set,
+        rows=np.repeat(feature_set.rows, count),
+        uids=np.repeat(feature_set.uids, count),
+        inputs=inputs,
+        labels={t: y.repeat_interleave(count, dim=0) for t, y in feature_set.labels.items()},
+        domains=np.repeat(feature_set.domains, count),
+    )
+
+
+def random_clips(inputs: dict[str, torch.Tensor], generator: torch.Generator):
+    """One random clip per modality and segment: ``(B, K, D)`` -> ``(B, 1, D)`` (MM-SADA's
+    training sampling; modalities drawn independently, as the code draws RGB and flow)."""
+    chosen = {}
+    for modality, x in inputs.items():
+        clip = torch.randint(0, x.shape[1], (x.shape[0],), generator=generator).to(x.device)
+        chosen[modality] = x[torch.arange(x.shape[0], device=x.device), clip][:, None]
+    return chosen
+
+
+def _mean_scores(config: HeadConfig) -> bool:
+    return getattr(config, "test_clips", "mean-features") == "mean-scores"
+
+
 @torch.no_grad()
 def predict(head: Head, feature_set: FeatureSet, device: str, batch_size: int = 1024):
-    """Scores per task (softmax, or sigmoid for multi-label) and embeddings."""
+    """Scores per task (softmax, or sigmoid for multi-label) and embeddings.
+
+    With ``test_clips="mean-scores"`` each clip is predicted alone and the clips'
+    probabilities are averaged per segment (MM-SADA's 5-clip test).
+    """
+    if _mean_scores(head.config) and len(feature_set):
+        count = max(x.shape[1] for x in feature_set.inputs.values())
+        per_clip = _predict(head, single_clip_view(feature_set), device, batch_size)
+        # (N*K, C) -> (N, K, C) -> mean over the clips
+        return {t: v.reshape(len(feature_set), count, -1).mean(1) for t, v in per_clip.items()}
+    return _predict(head, feature_set, device, batch_size)
+
+
+def _predict(head: Head, feature_set: FeatureSet, device: str, batch_size: int):
     head.eval()
     scores: dict[str, list[np.ndarray]] = {t.name: [] for t in head.tasks}
     for index in feature_set.batches(batch_size, shuffle=False):
@@ -134,7 +183,13 @@ def evaluate_sets(
     metrics: dict[str, float] = {}
     all_scores = {}
     for name, feature_set in sets.items():
-        head.before_evaluation(feature_set, adaptation_set)
+        if _mean_scores(head.config):  # statistics (AdaBN) of the single clips it predicts
+            head.before_evaluation(
+                single_clip_view(feature_set),
+                single_clip_view(adaptation_set) if adaptation_set is not None else None,
+            )
+        else:
+            head.before_evaluation(feature_set, adaptation_set)
         scores = predict(head, feature_set, device)
         all_scores[name] = scores
         for task in head.tasks:
@@ -169,12 +224,16 @@ def train(
     overrides: dict[str, Any] | None = None,
     device: str | None = None,
     progress: bool = True,
+    protocol: str | None = None,
     log: str | Sequence[str] | None = None,  # noqa: A002 - the CLI option's name
 ) -> TrainResult:
     """Train ``head`` on ``source`` (labelled) and ``target`` (unlabelled) features of ``cache``.
 
-    ``log``: loggers that stream the ``metrics.jsonl`` records as they are written
-    (``"tensorboard"``, ``"wandb"``, ``"mlflow"``; a comma list or a list; see
+    ``protocol``: a named protocol (:mod:`avda.protocols`) that sets the head's config as its
+    paper ran it; ``head`` is then the method's name in that protocol (``source-only`` under
+    ``mmsada-epic55`` trains mm-sada without its adaptation terms), recorded as
+    ``protocol_role``. ``log``: loggers that stream the ``metrics.jsonl`` records as they are
+    written (``"tensorboard"``, ``"wandb"``, ``"mlflow"``; a comma list or a list; see
     :mod:`avda.train.sinks`).
     """
     names = sinks_lib.parse_names(log)
@@ -191,6 +250,7 @@ def train(
             overrides=overrides,
             device=device,
             progress=progress,
+            protocol=protocol,
             sinks=sinks,
         )
     finally:
@@ -208,12 +268,18 @@ def _train(
     overrides: dict[str, Any] | None,
     device: str | None,
     progress: bool,
+    protocol: str | None,
     sinks: sinks_lib.MetricSinks,
 ) -> TrainResult:
     Setting(tuple(source), tuple(target))  # refuses a domain on both sides, or none on one
+    role = head
+    if protocol is not None:
+        from avda import protocols as protocols_lib
+
+        head, overrides = protocols_lib.get(protocol).resolve(role, overrides)
     store = open_cache(cache)
-    for role, domains in (("source", source), ("target", target)):
-        data_lib.check_domains(store, domains, role)
+    for role_name, domains in (("source", source), ("target", target)):
+        data_lib.check_domains(store, domains, role_name)
     config = heads_lib.config_class(head).from_dict(overrides or {})
     modalities = list(config.modalities) or store.modalities
     for modality in modalities:
@@ -227,6 +293,9 @@ def _train(
         raise CacheError(
             f"no extracted training segments for source domain(s) {list(source)} in {store.path}"
         )
+    if config.labelled_target > 0:  # semi-supervised: part of the target is labelled
+        labelled, target_rows = labelled_target_rows(store, target_rows, config.labelled_target)
+        source_rows = np.concatenate([source_rows, labelled])
     if not any(k.startswith("target") for k in eval_rows) and len(target_rows) == 0:
         raise CacheError(
             f"cache {store.path} has no segments of target domain(s) {list(target)}: "
@@ -255,6 +324,8 @@ def _train(
         "tasks": [dataclasses.asdict(t) for t in tasks],
         "seed": seed,
     }
+    if protocol is not None:
+        resolved.update({"protocol": protocol, "protocol_role": role})
     check_same_cache(out, store)
     if runs.is_complete(out):
         previous = runs.read_config(out)
@@ -345,6 +416,7 @@ def _train(
         runs.truncate_metrics(out, 0)
 
     target_batch = config.target_batch_size or config.batch_size
+    random_clip = getattr(config, "training_clips", "all") == "random"
     autocast = torch.autocast(
         torch.device(device).type, dtype=torch.bfloat16, enabled=config.precision == "bf16"
     )
@@ -371,6 +443,10 @@ def _train(
             target_inputs = None
             if target_batches is not None:
                 target_inputs, _ = target_set.batch(next(target_batches), device)
+            if random_clip:  # one random clip per modality and segment (MM-SADA's sampling)
+                source_inputs = random_clips(source_inputs, generator)
+                if target_inputs is not None:
+                    target_inputs = random_clips(target_inputs, generator)
             with autocast, shape_errors(head, shapes, "train"):
                 losses = model.training_step(
                     source_inputs, source_labels, target_inputs, progress_fraction
@@ -439,6 +515,29 @@ def _train(
 
 
 CHECKPOINT_SECONDS = 30.0
+LABELLED_TARGET_SEED = 0  # one labelled split per cache, the same for every head and seed
+
+
+def labelled_target_rows(
+    store: FeatureCache, rows: np.ndarray, fraction: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(labelled, unlabelled)`` target training rows: a fixed ``fraction`` of ``rows``
+    (chosen by a permutation seeded with :data:`LABELLED_TARGET_SEED`, so every head and run
+    seed sees the same labelled videos, as in a dataset's split) whose labels enter the
+    classification loss; the rest stay unlabelled. Refuses a split without labels."""
+    order = np.random.default_rng(LABELLED_TARGET_SEED).permutation(len(rows))
+    count = int(round(fraction * len(rows)))
+    labelled, unlabelled = np.sort(rows[order[:count]]), np.sort(rows[order[count:]])
+    segments = store.segments.iloc[labelled]
+    columns = [c for c in data_lib.TASK_COLUMNS.values() if c in segments]
+    has_label = any(segments[c].replace("", pd.NA).notna().any() for c in columns)
+    if count == 0 or not has_label:
+        raise CacheError(
+            f"labelled_target={fraction}: no labelled target training segment in {store.path} "
+            f"({count} of {len(rows)} chosen); build the cache from a manifest with the target "
+            "training labels, or set labelled_target=0"
+        )
+    return labelled, unlabelled
 
 
 def same_cache(recorded: dict[str, Any], current: dict[str, Any]) -> bool:

@@ -92,13 +92,17 @@ def gaussian_bandwidth_exponents(
 
 
 def multi_kernel_mmd(
-    source: torch.Tensor, target: torch.Tensor, exponents: tuple[float, ...]
+    source: torch.Tensor,
+    target: torch.Tensor,
+    exponents: tuple[float, ...],
+    bandwidth: float | None = None,
 ) -> torch.Tensor:
     """Squared multi-kernel MMD between two samples (DAN, Long et al. 2015).
 
     ``k(x, y) = mean_u exp(-||x - y||^2 / (2^e_u gamma))`` with ``gamma`` the mean squared
     distance between distinct points of the joint batch (detached, DAN's bandwidth heuristic)
-    and equal kernel weights ``beta_u = 1 / m``. The biased quadratic-time estimate
+    and equal kernel weights ``beta_u = 1 / m``; ``bandwidth`` > 0 fixes ``gamma`` instead
+    (MM-SADA's MMD baseline: 9.7). The biased quadratic-time estimate
     ``mean K_ss + mean K_tt - 2 mean K_st`` is returned (>= 0 for a characteristic kernel).
     """
     joint = torch.cat([source, target])
@@ -106,8 +110,11 @@ def multi_kernel_mmd(
     # (n+m, n+m) squared Euclidean distances; the expanded form has a gradient at zero distance.
     distances = (squared[:, None] + squared[None, :] - 2 * joint @ joint.T).clamp_min(0.0)
     count = len(joint)
-    gamma = distances.detach().sum() / max(count * count - count, 1)
-    gamma = gamma.clamp_min(1e-12)
+    if bandwidth:
+        gamma = torch.tensor(float(bandwidth), dtype=distances.dtype, device=distances.device)
+    else:
+        gamma = distances.detach().sum() / max(count * count - count, 1)
+        gamma = gamma.clamp_min(1e-12)
     kernel = sum(torch.exp(-distances / (gamma * 2.0**e)) for e in exponents) / len(exponents)
     n = len(source)
     return kernel[:n, :n].mean() + kernel[n:, n:].mean() - 2 * kernel[:n, n:].mean()

@@ -17,8 +17,10 @@ Two paths:
   prefixed ``audnet.``), so its ``layer4`` trains from a random init; ``layer4_init="random"``
   (default) reproduces that, ``"pretrained"`` copies the backbone's ``layer4``.
 - :class:`PooledAudioClassifier`: the path for cached pooled audio features ``(B, K, D)`` (the
-  512-d VGGSound embedding per clip): clips averaged, then ``Linear(D -> hidden) + ReLU`` standing
-  in for ``layer4`` + pool, then ``fc``. Its hidden vector is the audio embedding the
+  512-d VGGSound embedding per clip): clips averaged, then ``Linear(D -> hidden) + BatchNorm +
+  ReLU`` standing in for ``layer4`` + pool (the BatchNorm is layer4's: without it Adam 1e-2 on
+  features of a large mean diverges in the first epoch and every unit dies, docs/methods.md),
+  then ``fc``. Its hidden vector is the audio embedding the
   recognizer (stage 6) consumes, as the reference feeds it the classifier's pooled 512-d vector.
 """
 
@@ -48,7 +50,10 @@ class PooledAudioClassifier(nn.Module):
         self, audio_dim: int, num_classes: int, *, hidden_dim: int = 512, dropout: float = 0.0
     ) -> None:
         super().__init__()
-        self.embed = nn.Sequential(nn.Linear(audio_dim, hidden_dim), nn.ReLU(inplace=True))
+        # layer4's BatchNorm: the stage's Adam 1e-2 then trains on features of any scale and mean
+        self.embed = nn.Sequential(
+            nn.Linear(audio_dim, hidden_dim), nn.BatchNorm1d(hidden_dim), nn.ReLU(inplace=True)
+        )
         self.dropout = nn.Dropout(dropout)
         self.fc = nn.Linear(hidden_dim, num_classes)
         self.embedding_dim = hidden_dim

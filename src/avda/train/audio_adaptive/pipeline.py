@@ -161,6 +161,8 @@ class AudioAdaptiveStages:
             **self._settings(
                 "audio_hidden_dim", "audio_epochs", "audio_lr", "audio_batch_size", "weight_decay"
             ),
+            # the pooled classifier's layers (a stage stored before its BatchNorm is retrained)
+            "audio_classifier": "linear-batchnorm-relu",
         }
         self.keys[name] = key
         target = self.head.audio_classifier
@@ -183,6 +185,8 @@ class AudioAdaptiveStages:
             def run_epoch(epoch: int) -> dict[str, float]:
                 total, steps = 0.0, 0
                 for index in self._batches(config.audio_batch_size, len(train), generator):
+                    if len(index) < 2 and len(train) > 1:
+                        continue  # BatchNorm cannot normalise one example (a last, short batch)
                     inputs = train.inputs[audio][index].to(self.device)
                     logits, _ = model(inputs)
                     loss = torch.nn.functional.cross_entropy(logits, labels[index].to(self.device))

@@ -161,6 +161,8 @@ def range_problem(name: str, value: Any) -> str | None:
         return None
     if name.endswith("dropout"):
         return "a probability in [0, 1)" if not 0 <= value < 1 else None
+    if name == "labelled_target":
+        return "a fraction in [0, 1)" if not 0 <= value < 1 else None
     if name == "lr" or name.endswith("_lr") or name == "lr_gamma":
         return "a number > 0" if value <= 0 else None
     if name == "momentum":
@@ -230,6 +232,9 @@ class HeadConfig(Config):
     # "steps": epochs derived from the data size (reference_segments); "epochs": as given.
     # Setting epochs or a stage field explicitly makes it "epochs".
     schedule: Literal["steps", "epochs"] = "steps"
+    # fraction of the target training segments whose labels enter the classification loss
+    # (semi-supervised adaptation, the CharadesEgo protocol of Choi et al.: 0.5); 0: none
+    labelled_target: float = 0.0
 
     def __post_init__(self) -> None:
         """Every number in its range (:func:`range_problem`): a bad ``--set``, sweep entry or
@@ -280,6 +285,7 @@ class HeadConfig(Config):
                 )
             return self
         steps_there = math.ceil(self.reference_segments / self.batch_size)
+        recipe = self.epochs * steps_there  # this config's recipe (a protocol's, a preset's)
         epochs = max(1, round(self.epochs * steps_there / steps_here))
         if epochs == self.epochs:
             return self.replace(schedule="epochs")
@@ -400,7 +406,20 @@ class Head(nn.Module):
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class FusionConfig(HeadConfig):
+class ClipSampling:
+    """How a head that pools a modality's K clips sees them (MM-SADA's sampling, for its
+    baselines and the ``unified`` protocol). The loop applies both (:mod:`avda.train.loop`)."""
+
+    # "all": every cached clip of a segment at every step (the head averages them); "random":
+    # one random clip per modality and segment at every step (MM-SADA's training sampling)
+    training_clips: Literal["all", "random"] = "all"
+    # "mean-features": the head averages the clips' features; "mean-scores": the head predicts
+    # each clip alone and the clips' probabilities are averaged (MM-SADA's 5-clip test)
+    test_clips: Literal["mean-features", "mean-scores"] = "mean-features"
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class FusionConfig(ClipSampling, HeadConfig):
     # avda's baselines: 30 epochs of batch 64 on EPIC-55 D2 (2495 segments, MM-SADA's default
     # source domain) = 1170 optimiser steps at any data size
     reference_segments: int = 2495

@@ -36,7 +36,14 @@ from torch import nn
 
 from avda.errors import ConfigError
 from avda.train.heads import register
-from avda.train.heads._base import Batch, Head, HeadConfig, HeadOutput, ordered_modalities
+from avda.train.heads._base import (
+    Batch,
+    ClipSampling,
+    Head,
+    HeadConfig,
+    HeadOutput,
+    ordered_modalities,
+)
 from avda.train.layers import feature_embedding, grl_ramp, mlp, reverse_gradient
 from avda.train.losses import (
     domain_adversarial_loss,
@@ -46,7 +53,7 @@ from avda.train.losses import (
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class RnaConfig(HeadConfig):
+class RnaConfig(ClipSampling, HeadConfig):
     # "dg": L_C + lambda L_RNA^s; "uda": supp. eq. 2, L_C + lambda (L_RNA^s + L_RNA^t);
     # "uda-hybrid": "uda" + DANN discriminators + information maximisation (avda's extension)
     setting: Literal["dg", "uda", "uda-hybrid"] = "dg"

@@ -1,0 +1,436 @@
+"""Named protocols: how one paper trained and evaluated every method of its main table.
+
+A :class:`Protocol` fixes, for every head it covers *and the paper's baselines*, the config
+fields that make a run comparable with the paper's numbers (optimiser, schedule, clip sampling,
+test clips, labelled target data), and the evaluation rule its table applies to every row
+(final predictions, or the mean over the last k checkpoints; top-1, EPIC-100 or mAP)::
+
+    avda train --protocol mmsada-epic55 --head source-only ...   # MM source-only, as in Table 1
+    protocol: mmsada-epic55                                      # a sweep spec's key
+
+``resolve(head, overrides)`` returns the head that runs (a baseline may be another head with
+its adaptation terms off: TA3N's source-only is TA3N without target) and its config values:
+the protocol's common fields (those the head has), then the head's own, then the user's
+explicit values, which win. A run records ``protocol`` and ``protocol_role`` (the name asked
+for) in its ``config.yaml``; :mod:`avda.evaluate.aggregate` reads them and applies the
+protocol's :class:`EvaluationRule` to every row. ``docs/protocols.md`` has each protocol's
+split, sampling, optimiser, schedule, evaluation, model selection and deviations.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+from avda.errors import ConfigError
+from avda.registry import unknown_name_message
+
+LAYOUTS = ("settings", "epic100")
+RULE_METRICS = ("auto", "top1", "top5", "mca", "mAP", "mAP-present", "mAP-authors", "epic100")
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluationRule:
+    """What a protocol's table reports for each run.
+
+    ``checkpoints``: 1 scores the final predictions; k > 1 scores each of the last k
+    evaluations' predictions (``RUN/epochs/<epoch>/predictions``, written because the protocol
+    sets ``keep_last_predictions = k``) and reports their mean (MM-SADA's "last 9 epochs").
+    ``metrics``: the numbers of each cell (several: one column per metric and setting);
+    ``auto`` is top-1 for single-label tasks and mAP for multi-label ones.
+    """
+
+    checkpoints: int = 1
+    metrics: tuple[str, ...] = ("auto",)
+    layout: str = "settings"
+
+    def describe(self) -> str:
+        chosen = (
+            "final predictions"
+            if self.checkpoints == 1
+            else (f"the mean over the last {self.checkpoints} checkpoints")
+        )
+        names = ["top1 or mAP" if m == "auto" else m for m in self.metrics]
+        return f"{', '.join(names)} of {chosen}"
+
+
+@dataclasses.dataclass(frozen=True)
+class HeadRecipe:
+    """How a protocol trains one method: the head that runs and its config values."""
+
+    head: str
+    values: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class Protocol:
+    """One paper's (or avda's ``unified``) training and evaluation protocol."""
+
+    name: str
+    paper: str
+    summary: str
+    settings: tuple[str, ...]  # the settings (or groups) of its table
+    common: Mapping[str, Any]  # fields set on every head that has them
+    heads: Mapping[str, HeadRecipe]  # method name -> recipe; empty: every head, common only
+    evaluation: EvaluationRule
+    # docs/protocols.md's columns, one phrase each
+    split: str = ""
+    sampling: str = ""
+    optimiser: str = ""
+    schedule: str = ""
+    selection: str = ""
+
+    def methods(self) -> list[str]:
+        from avda.train import heads as heads_lib
+
+        return list(self.heads) if self.heads else heads_lib.names()
+
+    def head_for(self, method: str) -> str:
+        """The registered head that trains ``method`` under this protocol."""
+        from avda.train import heads as heads_lib
+
+        if self.heads:
+            if method not in self.heads:
+                raise ConfigError(
+                    unknown_name_message(f"method of protocol {self.name}", method, self.heads)
+                    + " (the unified protocol runs every head)"
+                )
+            return self.heads[method].head
+        if method not in heads_lib.HEADS:
+            raise ConfigError(unknown_name_message("head", method, heads_lib.names()))
+        return method
+
+    def resolve(self, method: str, overrides: Mapping[str, Any] | None = None):
+        """``(head, values)``: the head that trains ``method`` and its config values (the
+        protocol's, then ``overrides``, which win). Refuses an override that would break the
+        protocol's evaluation rule (too few kept checkpoints)."""
+        from avda.train import heads as heads_lib
+
+        head = self.head_for(method)
+        cls = heads_lib.config_class(head)
+        fields = set(cls.field_names())
+        values = {k: v for k, v in self.common.items() if k in fields}
+        if self.heads:
+            values.update(self.heads[method].values)
+        explicit = dict(overrides or {})
+        if "epochs" in explicit:  # the protocol's stages scale to the user's length
+            values.update(cls._scaled_stages(explicit["epochs"], values, explicit))
+            if "schedule" not in explicit:
+                values.pop("schedule", None)
+        values.update(explicit)
+        needed = self.evaluation.checkpoints
+        if needed > 1 and int(values.get("keep_last_predictions", 0)) < needed:
+            raise ConfigError(
+                f"protocol {self.name} scores the mean of the last {needed} checkpoints, but "
+                f"keep_last_predictions={values.get('keep_last_predictions')} keeps fewer; "
+                f"remove that --set (the protocol sets {needed})"
+            )
+        cls.from_dict(values)  # every value valid for the head, now (one-line ConfigError)
+        return head, values
+
+
+# ------------------------------------------------------------------------------ the protocols
+_MMSADA_SCHEDULE = {
+    # the code's 3000 + 6000 steps of 64 source clips = 77 + 154 epochs of D2's 2495 segments;
+    # on another set the same number of steps (schedule=steps)
+    "optimizer": "sgd",
+    "lr": 0.01,
+    "momentum": 0.9,
+    "nesterov": False,
+    "weight_decay": 1e-7,
+    "batch_size": 64,
+    "target_batch_size": 64,
+    "epochs": 231,
+    "lr_steps": (77,),
+    "lr_gamma": 0.1,
+    "lr_schedule": "step",
+    "reference_segments": 2495,
+    "schedule": "steps",
+    "eval_every": 1,
+    "keep_last_predictions": 9,
+    "feature_scale": 8.0,
+    "training_clips": "random",
+    "test_clips": "mean-scores",
+    "labelled_target": 0.0,
+}
+_MMSADA_OFF = {
+    "adversarial_weight": 0.0,
+    "correspondence_weight": 0.0,
+    "pretrain_correspondence_weight": 0.0,
+}
+
+_UNIFIED = {
+    "optimizer": "sgd",
+    "lr": 0.01,
+    "momentum": 0.9,
+    "nesterov": False,
+    "weight_decay": 1e-4,
+    "lr_schedule": "dann",
+    "lr_steps": (),
+    "batch_size": 64,
+    "target_batch_size": 64,
+    "epochs": 30,
+    "reference_segments": 2495,
+    "schedule": "steps",
+    "eval_every": 1,
+    "keep_last_predictions": 9,
+    "feature_scale": 8.0,
+    "standardize": False,
+    "training_clips": "random",
+    "test_clips": "mean-scores",
+    "grad_clip": 0.0,
+    "labelled_target": 0.0,
+}
+
+_AUDIO_ADAPTIVE_BASE = {
+    # each head at its own paper's recipe; the table's rule is the reference's (last epoch)
+    "labelled_target": 0.0,
+}
+
+PROTOCOLS: dict[str, Protocol] = {}
+
+
+def register(protocol: Protocol) -> Protocol:
+    if protocol.name in PROTOCOLS:
+        raise ConfigError(f"protocol {protocol.name!r} is registered twice")
+    PROTOCOLS[protocol.name] = protocol
+    return protocol
+
+
+register(
+    Protocol(
+        name="mmsada-epic55",
+        paper="Munro & Damen, CVPR 2020 (MM-SADA), Table 1",
+        summary="EPIC-55 D1-D3 pairs; every row with MM-SADA's two-stage SGD schedule, one "
+        "random clip per segment in training, the 5-clip test and the mean target top-1 of the "
+        "last 9 checkpoints",
+        settings=("epic55-mmsada",),
+        common=_MMSADA_SCHEDULE,
+        heads={
+            "source-only": HeadRecipe("mm-sada", _MMSADA_OFF),
+            "adabn": HeadRecipe("adabn", {"hidden_dim": 1024}),
+            "mmd": HeadRecipe(
+                "mmd",
+                {
+                    "hidden_dim": 1024,
+                    "fusion": "late",
+                    "embedding": "per-modality",
+                    "bandwidth": 9.7,
+                    "lowest_exponent": -8.0,
+                    "highest_exponent": 8.0,
+                    "exponent_step": 2**0.5,
+                    "mmd_weight": 0.2,
+                },
+            ),
+            "mm-sada": HeadRecipe("mm-sada", {}),
+            "mm-sada-self-supervised": HeadRecipe("mm-sada", {"adversarial_weight": 0.0}),
+            "mm-sada-adversarial": HeadRecipe(
+                "mm-sada", {"correspondence_weight": 0.0, "pretrain_correspondence_weight": 0.0}
+            ),
+        },
+        evaluation=EvaluationRule(checkpoints=9, metrics=("top1",)),
+        split="source D_x train (labelled) + target D_y train (unlabelled); test D_y test",
+        sampling="one random clip per modality and segment; test: 5 clips, softmax averaged",
+        optimiser="momentum SGD 0.9, weight decay 1e-7, batch 64 + 64",
+        schedule="9,000 steps: lr 0.01 for 3,000 (stage 1), 0.001 for 6,000",
+        selection="none: mean target top-1 of the last 9 checkpoints",
+    )
+)
+
+register(
+    Protocol(
+        name="ta3n-epic100",
+        paper="Chen et al., ICCV 2019 (TA3N), EPIC-100 UDA baseline code",
+        summary="EPIC-100 UDA: verb, noun and action with the official scorer; source-only is "
+        "TA3N without target (no attention, no domain terms); last epoch",
+        settings=("epic100-uda",),
+        common={"tasks": ("verb", "noun"), "labelled_target": 0.0, "keep_last_predictions": 0},
+        heads={
+            "ta3n": HeadRecipe("ta3n", {}),
+            "source-only": HeadRecipe(
+                "ta3n",
+                {
+                    "domain_attention": False,
+                    "beta": (0.0, 0.0, 0.0),
+                    "attentive_entropy_weight": 0.0,
+                },
+            ),
+        },
+        evaluation=EvaluationRule(checkpoints=1, metrics=("epic100",), layout="epic100"),
+        split="source_train + target_train (unlabelled); test target_test",
+        sampling="5 of 25 TBN snippets (TSN test indices), RGB, flow and audio concatenated",
+        optimiser="SGD Nesterov 0.9, lr 3e-3, weight decay 1e-4, grad clip 20, batch 128 + 207",
+        schedule="3,780 steps (30 epochs of EPIC-100), lr / 10 after epochs 9 and 19",
+        selection="last epoch",
+    )
+)
+
+register(
+    Protocol(
+        name="rna-dg",
+        paper="Planamente et al., WACV 2022 (RNA-Net), supplementary Tables 2-3",
+        summary="EPIC-55 domain generalisation: single-source (6 pairs) and multi-source "
+        "(3 settings); the baseline is RNA-Net without its loss (DeepAll, late fusion)",
+        settings=("epic55-mmsada", "epic55-dg"),
+        common={"labelled_target": 0.0, "keep_last_predictions": 0},
+        heads={
+            "rna": HeadRecipe("rna", {"setting": "dg"}),
+            "source-only": HeadRecipe("rna", {"setting": "dg", "rna_weight": 0.0}),
+        },
+        evaluation=EvaluationRule(checkpoints=1, metrics=("top1",)),
+        split="source domain(s) train only (the target is never seen); test target test",
+        sampling="every cached clip, averaged per modality",
+        optimiser="SGD 0.9, lr 0.01, weight decay 1e-7, batch 64",
+        schedule="1,170 steps (30 epochs of D2), lr / 10 after epoch 20",
+        selection="last epoch",
+    )
+)
+
+_AA_HEADS = {
+    "audio-adaptive": HeadRecipe("audio-adaptive", {}),
+    "source-only": HeadRecipe("source-only", {}),
+    "mm-sada": HeadRecipe("mm-sada", {}),
+}
+
+register(
+    Protocol(
+        name="audio-adaptive-epic55",
+        paper="Zhang et al., CVPR 2022 (Audio-Adaptive), Table 4",
+        summary="EPIC-55 D1-D3 pairs, unsupervised; each method at its own paper's recipe, "
+        "last epoch, target top-1",
+        settings=("epic55-mmsada",),
+        common={**_AUDIO_ADAPTIVE_BASE, "keep_last_predictions": 0},
+        heads={
+            **_AA_HEADS,
+            "rna": HeadRecipe("rna", {"setting": "uda"}),
+            "cia": HeadRecipe("cia", {"preset": "epic"}),
+        },
+        evaluation=EvaluationRule(checkpoints=1, metrics=("top1",)),
+        split="source D_x train + target D_y train (unlabelled); test D_y test",
+        sampling="each head's own (audio-adaptive: 5 clips + one audio window)",
+        optimiser="each head's own (audio-adaptive: Adam; recognizer 7e-4)",
+        schedule="each head's own (audio-adaptive: stages 4 / 15 / 29 epochs)",
+        selection="last epoch",
+    )
+)
+
+register(
+    Protocol(
+        name="audio-adaptive-actorshift",
+        paper="Zhang et al., CVPR 2022 (Audio-Adaptive), Figure 6",
+        summary="ActorShift human -> animal, unsupervised; source-only, MM-SADA and "
+        "audio-adaptive at their recipes, last epoch, target top-1",
+        settings=("actorshift",),
+        common={**_AUDIO_ADAPTIVE_BASE, "keep_last_predictions": 0},
+        heads=dict(_AA_HEADS),
+        evaluation=EvaluationRule(checkpoints=1, metrics=("top1",)),
+        split="human train (labelled) + animal train (unlabelled); test animal test",
+        sampling="each head's own",
+        optimiser="each head's own",
+        schedule="each head's own",
+        selection="last epoch",
+    )
+)
+
+register(
+    Protocol(
+        name="audio-adaptive-charadesego",
+        paper="Zhang et al., CVPR 2022 (Audio-Adaptive), Table 2; Choi et al.'s semi-supervised "
+        "setting",
+        summary="CharadesEgo third -> first person, semi-supervised: half of the target "
+        "training videos labelled; mAP in both conventions (classes with positives; the "
+        "authors' code: classes without positives count 0)",
+        settings=("charades-ego",),
+        common={"labelled_target": 0.5, "keep_last_predictions": 0},
+        heads={
+            "source-only": HeadRecipe("source-only", {}),
+            "dann": HeadRecipe("dann", {}),
+            "adabn": HeadRecipe("adabn", {}),
+            "mmd": HeadRecipe("mmd", {}),
+            "audio-adaptive": HeadRecipe("audio-adaptive", {}),
+        },
+        evaluation=EvaluationRule(checkpoints=1, metrics=("mAP-present", "mAP-authors")),
+        split="third-person train (labelled) + first-person train, half labelled (fixed "
+        "split, the same for every run); test first-person test",
+        sampling="each head's own",
+        optimiser="each head's own",
+        schedule="each head's own",
+        selection="last epoch",
+    )
+)
+
+register(
+    Protocol(
+        name="cia-ucf-hmdb",
+        paper="Yang et al., CVPR 2022 (CIA), supplementary Table 3",
+        summary="UCF101 <-> HMDB51 (12 classes), both directions; CIA at its ucf-hmdb preset, "
+        "source-only, MM-SADA; last epoch, target top-1",
+        settings=("ucf-hmdb", "hmdb-ucf"),
+        common={"labelled_target": 0.0, "keep_last_predictions": 0},
+        heads={
+            "cia": HeadRecipe("cia", {"preset": "ucf-hmdb"}),
+            "source-only": HeadRecipe(
+                "cia",
+                {
+                    "preset": "ucf-hmdb",
+                    "video_adversarial_weight": 0.0,
+                    "frame_adversarial_weight": 0.0,
+                },
+            ),
+            "mm-sada": HeadRecipe("mm-sada", {}),
+        },
+        evaluation=EvaluationRule(checkpoints=1, metrics=("top1",)),
+        split="source train (labelled) + target train (unlabelled); test target test",
+        sampling="5 snippets (CIA); one random clip (MM-SADA)",
+        optimiser="Adam 3e-3 (CIA's ucf-hmdb preset); MM-SADA's SGD",
+        schedule="1,170 steps of CIA's recipe on UCF101's 1,438 segments",
+        selection="last epoch",
+    )
+)
+
+register(
+    Protocol(
+        name="unified",
+        paper="avda",
+        summary="every head with the same clip sampling, optimiser, schedule and model "
+        "selection, on any dataset: apples-to-apples comparisons",
+        settings=(),
+        common=_UNIFIED,
+        heads={},
+        evaluation=EvaluationRule(checkpoints=9, metrics=("auto",)),
+        split="the setting's source train (labelled) + target train (unlabelled)",
+        sampling="one random clip per modality and segment; test: every clip, probabilities "
+        "averaged (heads that read snippets, TA3N and CIA, read their snippets)",
+        optimiser="momentum SGD 0.9, lr 0.01 annealed (DANN), weight decay 1e-4, inputs at "
+        "RMS norm 8, batch 64 + 64",
+        schedule="1,170 steps (30 epochs of 2,495 segments)",
+        selection="none: mean of the last 9 checkpoints (top-1, or mAP for multi-label)",
+    )
+)
+
+
+def get(name: str) -> Protocol:
+    """The protocol ``name``; an unknown name lists the valid ones."""
+    if name not in PROTOCOLS:
+        raise ConfigError(unknown_name_message("protocol", name, PROTOCOLS))
+    return PROTOCOLS[name]
+
+
+def names() -> list[str]:
+    return list(PROTOCOLS)
+
+
+def rule_for(name: str | None) -> EvaluationRule:
+    """The evaluation rule of protocol ``name``; runs without a protocol: final predictions."""
+    return get(name).evaluation if name else EvaluationRule()
+
+
+def describe(name: str | None) -> str:
+    """``protocol mmsada-epic55 (top1 of the mean over the last 9 checkpoints)``."""
+    if not name:
+        return "no protocol (each head's defaults; final predictions)"
+    return f"protocol {name} ({rule_for(name).describe()})"
+
+
+__all__ = ["EvaluationRule", "HeadRecipe", "PROTOCOLS", "Protocol", "describe", "get", "names"]

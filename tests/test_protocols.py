@@ -1,0 +1,398 @@
+"""Named protocols (avda.protocols): what each sets, the evaluation rule every table row follows
+(MM-SADA's last 9 checkpoints, baselines included), semi-supervised CharadesEgo with both mAP
+conventions, and the example specs of examples/."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from avda import protocols, runs
+from avda.errors import CacheError, ConfigError, RunError
+from avda.evaluate import aggregate, sweep, tables
+from avda.evaluate.metrics import map_authors, map_present, top1_accuracy
+from avda.train import heads as heads_lib
+from avda.train.loop import train
+from tests.conftest import make_feature_cache
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+SMALL = {"epochs": 12, "hidden_dim": 16, "embedding_dim": 16}
+
+
+def small(head: str) -> dict:
+    fields = heads_lib.config_class(head).field_names()
+    return {k: v for k, v in SMALL.items() if k in fields or k == "epochs"}
+
+
+# ------------------------------------------------------------------------------ the registry
+@pytest.mark.parametrize("name", protocols.names())
+def test_every_method_of_every_protocol_resolves_to_a_valid_config(name):
+    protocol = protocols.get(name)
+    for method in protocol.methods():
+        head, values = protocol.resolve(method)
+        config = heads_lib.config_class(head).from_dict(values)
+        if protocol.evaluation.checkpoints > 1:  # the rule's checkpoints are kept
+            assert config.keep_last_predictions >= protocol.evaluation.checkpoints
+
+
+def test_mmsada_protocol_trains_its_baselines_as_the_paper():
+    protocol = protocols.get("mmsada-epic55")
+    head, values = protocol.resolve("source-only")
+    assert head == "mm-sada"  # MM source-only: MM-SADA's network without its terms
+    config = heads_lib.config_class(head).from_dict(values)
+    assert (config.adversarial_weight, config.correspondence_weight) == (0.0, 0.0)
+    assert config.pretrain_correspondence_weight == 0.0
+    for method in ("adabn", "mmd"):
+        head, values = protocol.resolve(method)
+        config = heads_lib.config_class(head).from_dict(values)
+        assert (config.optimizer, config.lr, config.weight_decay) == ("sgd", 0.01, 1e-7)
+        assert config.lr_steps == (77,) and config.epochs == 231
+        assert (config.training_clips, config.test_clips) == ("random", "mean-scores")
+        assert config.keep_last_predictions == 9
+    head, values = protocol.resolve("mmd")
+    config = heads_lib.config_class(head).from_dict(values)
+    assert (config.embedding, config.bandwidth, config.mmd_weight) == ("per-modality", 9.7, 0.2)
+    # the user's explicit values win, the protocol's stages scale to the user's length
+    head, values = protocol.resolve("adabn", {"epochs": 12, "lr": 0.05})
+    config = heads_lib.config_class(head).from_dict(values)
+    assert (config.lr, config.epochs, config.lr_steps) == (0.05, 12, (4,))
+    assert config.schedule == "epochs"
+
+
+def test_ta3n_protocol_source_only_is_ta3n_without_target():
+    head, values = protocols.get("ta3n-epic100").resolve("source-only")
+    config = heads_lib.config_class(head).from_dict(values)
+    assert head == "ta3n" and not config.domain_attention and config.beta == (0.0, 0.0, 0.0)
+
+
+def test_protocol_errors_are_one_line_and_name_the_fix():
+    with pytest.raises(ConfigError, match="unknown protocol 'mmsada'.*mmsada-epic55"):
+        protocols.get("mmsada")
+    with pytest.raises(ConfigError, match="method of protocol ta3n-epic100.*unified protocol"):
+        protocols.get("ta3n-epic100").resolve("cia")
+    with pytest.raises(ConfigError, match="keep_last_predictions=2 keeps fewer"):
+        protocols.get("unified").resolve("dann", {"keep_last_predictions": 2})
+
+
+# ------------------------------------------------------------------------------ MM-SADA: last 9
+@pytest.fixture(scope="module")
+def mmsada_runs(tmp_path_factory) -> list[Path]:
+    """Every row of MM-SADA's Table 1 trained under its protocol (12 short epochs)."""
+    folder = tmp_path_factory.mktemp("mmsada")
+    cache = folder / "c.zarr"
+    make_feature_cache(cache, shift=2.5, per_class=8, num_classes=4, K=3)
+    trained = []
+    for method in ("source-only", "adabn", "mmd", "mm-sada"):
+        head = protocols.get("mmsada-epic55").head_for(method)
+        train(
+            cache=cache,
+            head=method,
+            source=["source"],
+            target=["target"],
+            out=folder / method,
+            overrides=small(head),
+            progress=False,
+            protocol="mmsada-epic55",
+        )
+        trained.append(folder / method)
+    return trained
+
+
+def checkpoint_top1(run: Path) -> list[float]:
+    folder = run / "epochs"
+    values = []
+    for epoch in sorted(p.name for p in folder.iterdir())[-9:]:
+        predictions = runs.read_predictions(folder / epoch, "target_test")
+        values.append(top1_accuracy(predictions["scores"]["verb"], predictions["labels"]["verb"]))
+    return values
+
+
+def test_mmsada_table_averages_the_last_9_checkpoints_of_every_row(mmsada_runs):
+    for run in mmsada_runs:  # every row, baselines included, kept its 9 checkpoints
+        config = runs.read_config(run)
+        assert config["protocol"] == "mmsada-epic55"
+        assert len(list((run / "epochs").iterdir())) == 9
+    table = aggregate.aggregate(mmsada_runs, layout="settings")
+    assert table.methods == ["source-only", "adabn", "mmd", "mm-sada"]
+    assert table.title.startswith("protocol mmsada-epic55 (top1 of the mean over the last 9")
+    for run, method in zip(mmsada_runs, table.methods, strict=True):
+        expected = 100 * np.mean(checkpoint_top1(run))
+        assert table.cell(method, "source→target")[0] == pytest.approx(expected)
+    text = tables.render_aggregate(table)
+    assert "protocol mmsada-epic55" in text
+
+
+def test_a_wrong_checkpoint_moves_every_row_by_a_ninth(mmsada_runs, tmp_path):
+    """The rule reads each checkpoint: make the earliest of the 9 wrong everywhere."""
+    import shutil
+
+    copies = []
+    for run in mmsada_runs:
+        copy = tmp_path / run.name
+        shutil.copytree(run, copy)
+        copies.append(copy)
+    before = aggregate.aggregate(copies, layout="settings")
+    for copy in copies:
+        first = sorted((copy / "epochs").iterdir())[-9]
+        predictions = runs.read_predictions(first, "target_test")
+        right = top1_accuracy(predictions["scores"]["verb"], predictions["labels"]["verb"])
+        wrong = np.roll(np.eye(4)[predictions["labels"]["verb"]], 1, axis=1)  # never the label
+        runs.write_predictions(
+            first, "target_test", predictions["uids"], predictions["labels"], {"verb": wrong}
+        )
+        after = aggregate.aggregate(copies, layout="settings")
+        method = runs.read_config(copy)["protocol_role"]
+        drop = before.cell(method, "source→target")[0] - after.cell(method, "source→target")[0]
+        assert drop == pytest.approx(100 * right / 9)
+    # the final predictions alone would not have moved
+    final = runs.read_predictions(copies[0], "target_test")
+    assert final["scores"]["verb"].shape == (len(final["uids"]), 4)
+
+
+def test_runs_of_another_protocol_are_left_out_with_a_note(mmsada_runs, tmp_path):
+    other = tmp_path / "unified-source-only"
+    config = runs.read_config(mmsada_runs[0])
+    train(
+        cache=config["cache"],
+        head="source-only",
+        source=["source"],
+        target=["target"],
+        out=other,
+        overrides={"epochs": 9, "hidden_dim": 16},
+        progress=False,
+        protocol="unified",
+    )
+    table = aggregate.aggregate([*mmsada_runs, other], layout="settings")
+    assert table.protocol == "mmsada-epic55" and len(table.methods) == 4
+    assert any("protocol unified" in note for note in table.notes)
+    assert "Left out: 1 run(s) trained under protocol unified" in tables.render_aggregate(table)
+    only = aggregate.aggregate([*mmsada_runs, other], layout="settings", protocol="unified")
+    assert only.methods == ["source-only"] and only.protocol == "unified"
+    with pytest.raises(RunError, match="no run was trained under protocol ta3n-epic100"):
+        aggregate.aggregate(mmsada_runs, layout="settings", protocol="ta3n-epic100")
+    per_run = tables.results_table([*mmsada_runs, other])
+    assert per_run["protocol"].tolist() == ["mmsada-epic55"] * 4 + ["unified"]
+
+
+def test_a_run_without_its_checkpoints_is_refused(mmsada_runs, tmp_path):
+    import shutil
+
+    copy = tmp_path / "adabn"
+    shutil.copytree(mmsada_runs[1], copy)
+    shutil.rmtree(sorted((copy / "epochs").iterdir())[0])
+    with pytest.raises(RunError, match="8 checkpoint.*averages the last 9"):
+        aggregate.aggregate([copy], layout="settings")
+
+
+# ------------------------------------------------------------------------------ CharadesEgo
+def charades_cache(path: Path, *, seed: int = 0, classes: int = 6) -> Path:
+    """Multi-label third -> first person: the source's labels say nothing (shuffled), the
+    target's do; class ``classes - 1`` never occurs in the target test set."""
+    from avda import cache as cache_lib
+    from avda.cache import Status
+
+    rng = np.random.default_rng(seed)
+    rows, present = [], []
+    for domain, split, count in (
+        ("third", "train", 60),
+        ("first", "train", 60),
+        ("first", "test", 40),
+    ):
+        for i in range(count):
+            top = classes - 1 if (domain, split) == ("first", "test") else classes
+            labels = sorted(rng.choice(top, size=2, replace=False).tolist())
+            present.append(labels)
+            written = labels
+            if domain == "third":  # no information: another segment's labels
+                written = sorted(rng.choice(classes, size=2, replace=False).tolist())
+            rows.append(
+                {
+                    "uid": f"{domain}-{split}-{i}",
+                    "video_id": f"v{i}",
+                    "domain": domain,
+                    "split": split,
+                    "start_sec": 0.0,
+                    "stop_sec": 1.0,
+                    "labels": ";".join(map(str, written)),
+                }
+            )
+    store = cache_lib.create(
+        path, pd.DataFrame(rows), manifest_sha256="0" * 64, recipe={"name": "synthetic"}
+    )
+    centres = rng.normal(0, 1, (classes, 16)) * 3
+    x = np.stack([centres[p].sum(0) for p in present])[:, None, :]
+    x = x + rng.normal(0, 1, (len(rows), 2, 16))
+    store.add_modality(
+        "rgb",
+        num_clips=2,
+        num_features=16,
+        info={"backbone": "synthetic", "weights": None, "weights_sha256": None, "input_spec": {}},
+    )
+    n = len(rows)
+    store.write("rgb", np.arange(n), x, np.full(n, int(Status.DONE)), [""] * n)
+    return path
+
+
+def test_charadesego_protocol_learns_from_the_labelled_half_and_reports_both_maps(tmp_path):
+    cache = charades_cache(tmp_path / "charades.zarr")
+    common = {
+        "cache": cache,
+        "source": ["third"],
+        "target": ["first"],
+        "progress": False,
+        "protocol": "audio-adaptive-charadesego",
+    }
+    train(head="source-only", out=tmp_path / "semi", overrides={"epochs": 40}, **common)
+    train(
+        head="source-only",
+        out=tmp_path / "unsupervised",
+        overrides={"epochs": 40, "labelled_target": 0.0},
+        **common,
+    )
+    assert runs.read_config(tmp_path / "semi")["head_config"]["labelled_target"] == 0.5
+    semi = runs.read_predictions(tmp_path / "semi", "target_test")
+    unsupervised = runs.read_predictions(tmp_path / "unsupervised", "target_test")
+    gain = map_present(semi["scores"]["labels"], semi["labels"]["labels"]) - map_present(
+        unsupervised["scores"]["labels"], unsupervised["labels"]["labels"]
+    )
+    assert gain > 0.2  # the source's labels are noise: only the labelled target teaches
+
+    table = aggregate.aggregate([tmp_path / "semi"], layout="auto")
+    assert table.columns == ["third→first mAP-present", "third→first mAP-authors"]
+    present = table.cell("source-only", "third→first mAP-present")[0]
+    authors = table.cell("source-only", "third→first mAP-authors")[0]
+    scores, labels = semi["scores"]["labels"], semi["labels"]["labels"]
+    assert present == pytest.approx(100 * map_present(scores, labels))
+    assert authors == pytest.approx(100 * map_authors(scores, labels))
+    assert authors == pytest.approx(present * 5 / 6)  # the absent class counts 0
+
+
+def test_labelled_target_needs_a_labelled_segment(tmp_path):
+    from avda.train.loop import labelled_target_rows
+
+    store = make_feature_cache(tmp_path / "c.zarr")
+    rows = np.flatnonzero((store.segments["domain"] == "target").to_numpy())
+    labelled, unlabelled = labelled_target_rows(store, rows, 0.5)
+    assert len(labelled) == len(unlabelled) == len(rows) // 2
+    assert not set(labelled) & set(unlabelled)
+    again, _ = labelled_target_rows(store, rows, 0.5)  # the same split for every run
+    assert again.tolist() == labelled.tolist()
+    with pytest.raises(CacheError, match="no labelled target training segment"):
+        labelled_target_rows(store, rows, 0.001)
+
+
+def test_map_conventions_differ_only_by_absent_classes():
+    scores = np.array([[0.9, 0.1, 0.3], [0.2, 0.8, 0.1], [0.7, 0.6, 0.2]])
+    targets = np.array([[1, 0, 0], [0, 1, 0], [1, 1, 0]])  # class 2: no positive
+    assert map_present(scores, targets) == pytest.approx(1.0)
+    assert map_authors(scores, targets) == pytest.approx(2 / 3)
+
+
+# ------------------------------------------------------------------------------ examples/
+EXAMPLE_SPECS = sorted(EXAMPLES.glob("*.yaml"))
+
+
+def test_there_is_an_example_for_every_paper_protocol():
+    used = {sweep.load_spec(p, open_caches=False).protocol for p in EXAMPLE_SPECS}
+    assert set(protocols.names()) <= used
+
+
+@pytest.mark.parametrize("path", EXAMPLE_SPECS, ids=lambda p: p.name)
+def test_every_example_spec_validates_and_its_published_rows_are_its_methods(path):
+    spec = sweep.load_spec(path, open_caches=False)
+    assert spec.protocol is not None
+    labels = {h.label for h in spec.heads}
+    for row, cells in (spec.published or {"rows": {}})["rows"].items():
+        assert row in labels, f"{path.name}: published row {row!r} is not a head label"
+        settings = {s.name for s in spec.settings}
+        for key in cells:
+            first = str(key).split(" ")[0]
+            assert first in settings | {"Mean", "verb", "noun", "action"}, (path.name, key)
+
+
+def test_unified_demo_example_runs_on_a_local_cluster_and_names_its_protocol(tmp_path):
+    """examples/unified-demo.yaml end to end on a demo-like cache (domains source, target)."""
+    import yaml
+
+    data = yaml.safe_load((EXAMPLES / "unified-demo.yaml").read_text())
+    make_feature_cache(tmp_path / "cache.zarr", shift=1.0, per_class=6)
+    data.update(
+        cache=str(tmp_path / "cache.zarr"),
+        out=str(tmp_path / "runs"),
+        heads=[{"name": h, "epochs": 9, "hidden_dim": 16} for h in data["heads"]],
+    )
+    spec_path = tmp_path / "unified.yaml"
+    spec_path.write_text(yaml.safe_dump(data))
+    summary = sweep.run_sweep(sweep.load_spec(spec_path), progress=False)
+    assert summary.ok, summary.text()
+    index = json.loads((tmp_path / "runs" / sweep.INDEX).read_text())
+    assert index["protocol"] == "unified"
+    text, _ = tables.evaluate_runs([tmp_path / "runs"], layout="auto")
+    assert "protocol unified (top1 or mAP of the mean over the last 9 checkpoints)" in text
+    for method in ("source-only", "dann", "adabn", "mmd"):
+        assert f"| {method} |" in text
+
+
+# ------------------------------------------------------------------------------ the CLI
+def test_cli_train_protocol_show_config_retrain_and_errors(capsys, tmp_path):
+    from avda import cli
+
+    def run(*args):
+        code = cli.main([str(a) for a in args])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    code, out, _ = run(
+        "train", "--protocol", "mmsada-epic55", "--head", "source-only", "--show-config"
+    )
+    assert code == 0 and "head: mm-sada" in out and "adversarial_weight: 0.0" in out
+    code, out, _ = run("train", "--protocol", "mmsada-epic55", "--head", "adabn", "--show-config")
+    assert "training_clips: random" in out and "keep_last_predictions: 9" in out
+
+    code, _, err = run("train", "--protocol", "mmsada", "--head", "adabn", "--show-config")
+    assert code == 1 and "unknown protocol 'mmsada'" in err and len(err.strip().splitlines()) == 1
+    code, _, err = run("train", "--protocol", "ta3n-epic100", "--head", "cia", "--show-config")
+    assert code == 1 and "method of protocol ta3n-epic100" in err
+
+    cache = make_feature_cache(tmp_path / "c.zarr").path
+    common = ["--cache", cache, "--source", "source", "--target", "target"]
+    code, out, err = run(
+        "train", "--protocol", "unified", "--head", "source-only", *common,
+        "--set", "epochs=9", "--set", "hidden_dim=8", "-o", tmp_path / "run", "-q",
+    )  # fmt: skip
+    assert code == 0, err
+    config = runs.read_config(tmp_path / "run")
+    assert (config["protocol"], config["protocol_role"]) == ("unified", "source-only")
+    # a protocol run is trained again from its own config.yaml, under the same protocol
+    code, out, err = run(
+        "train", "--config", tmp_path / "run" / "config.yaml", "-o", tmp_path / "again", "-q"
+    )
+    assert code == 0, err
+    assert runs.read_config(tmp_path / "again") == config
+
+    code, out, _ = run("evaluate", tmp_path / "run", "--layout", "auto")
+    assert code == 0 and "protocol unified" in out
+    code, out, err = run("evaluate", tmp_path / "run", "--layout", "auto", "--protocol", "rna-dg")
+    assert code == 1 and "no run was trained under protocol rna-dg" in err
+
+
+def test_cli_sweep_check_validates_without_caches(capsys, tmp_path):
+    from avda import cli
+
+    code = cli.main(["sweep", str(EXAMPLES / "mmsada-epic55.yaml"), "--check"])
+    out, _ = capsys.readouterr()
+    assert code == 0 and "valid; 1 cache(s) x 4 head(s) x 6 setting(s) x 3 seed(s) = 72" in out
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "cache: nowhere.zarr\nprotocol: ta3n-epic100\nheads: [cia]\n"
+        "published: {source: T1, rows: {cia: {epic100-uda: 140}}}\n"
+    )
+    code = cli.main(["sweep", str(bad), "--check"])
+    _, err = capsys.readouterr()
+    assert code == 1
+    assert "heads[0]: unknown method of protocol ta3n-epic100 'cia'" in err
+    assert "expected a percentage in [0, 100], got 140" in err
