@@ -53,8 +53,10 @@ def make_feature_cache(
     D: int = 16,
     modalities=("rgb", "audio"),
     chunk_rows: int = 8,
+    verb_names=None,
 ):
-    """A cache of synthetic features: class clusters, target moved by ``shift`` (real Zarr)."""
+    """A cache of synthetic features: class clusters, target moved by ``shift`` (real Zarr);
+    ``verb_names``: a ``verb`` column naming each class (as a manifest's does)."""
     from avda import cache as cache_lib
     from avda.cache import Status
 
@@ -73,6 +75,7 @@ def make_feature_cache(
                             "start_sec": 0.0,
                             "stop_sec": 1.0,
                             "verb_class": c,
+                            **({"verb": verb_names[c]} if verb_names else {}),
                         }
                     )
     segments = pd.DataFrame(rows)

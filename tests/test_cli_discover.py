@@ -238,8 +238,8 @@ def test_extract_config_values_and_overrides(monkeypatch, capsys, tmp_path):
     class Done(Exception):
         pass
 
-    def fake_extract(frame, **options):
-        seen.update(options, manifest=frame)
+    def fake_extract(frame, options, **keywords):  # one ExtractOptions reaches the runner
+        seen.update(keywords, options=options, manifest=frame)
         raise Done
 
     monkeypatch.setattr(runner, "extract", fake_extract)
@@ -253,11 +253,12 @@ def test_extract_config_values_and_overrides(monkeypatch, capsys, tmp_path):
     with pytest.raises(Done):
         cli.app(["extract", "--config", str(path), "--workers", "1", "-o", str(tmp_path / "x")],
                 standalone_mode=False)  # fmt: skip
-    assert [m.modality for m in seen["modalities"]] == ["rgb", "audio"]
-    assert seen["batch_size"] == 4 and seen["recipe"].name == "demo"
-    assert seen["workers"] == 1 and seen["out"] == tmp_path / "x"
+    options = seen["options"]
+    assert [m.modality for m in options.modalities] == ["rgb", "audio"]
+    assert options.batch_size == 4 and options.recipe.name == "demo"
+    assert options.workers == 1 and seen["out"] == tmp_path / "x"
     assert seen["manifest"] == tmp_path / "conf" / "m.csv"  # relative to the file's folder
-    assert seen["videos"] == Path("/data/videos")
+    assert options.inputs.videos == Path("/data/videos")
 
 
 def test_extract_config_bad_value_names_the_file_and_option(capsys, tmp_path):

@@ -46,9 +46,13 @@ def test_single_feature_packages_are_extras_not_core():
         ("flow", "opencv-contrib-python-headless"),
         ("hpc", "dask-jobqueue"),
         ("report", "matplotlib"),
+        ("log", "tensorboard"),
+        ("wandb", "wandb"),
+        ("mlflow", "mlflow"),
     ):
         assert package not in core
         assert any(dep.startswith(package) for dep in extras[extra]), extra
+    assert "avda[flow,hpc,report,log]" in extras["dev"]  # CI installs what the tests use
     assert "safetensors" in core and "scikit-learn" in core  # core: weights, clustering
 
 

@@ -67,16 +67,18 @@ def test_shard_tasks_do_not_repeat_the_random_init_warning(monkeypatch, caplog):
 
     monkeypatch.setattr(backbones, "RANDOM_INIT_WARNED", set())
 
-    def fake_extract(manifest, **options):
-        for spec in options["modalities"]:
+    from avda.extract import sampling
+
+    def fake_extract(manifest, options, **keywords):
+        for spec in options.modalities:
             backbones.create(spec.backbone, modality=spec.modality)
         return runner.ExtractResult(None, 1, 0, 0, 0.0, None)
 
     monkeypatch.setattr(runner, "extract", fake_extract)
     spec = runner.ModalitySpec("audio", "audio_resnet18", None)
-    options = {"modalities": [spec], "threads": None, "device": "cpu"}
+    options = runner.ExtractOptions(sampling.get("demo"), (spec,), device="cpu")
     with caplog.at_level(logging.WARNING, logger="avda.extract.backbones"):
-        done = distributed._run_shard(None, 0, 2, options)
+        done = distributed._run_shard(None, 0, 2, "out.zarr", options, None)
     assert done == {"done": 1, "failed": 0, "missing": 0, "warnings": []}
     assert not any("random initialisation" in r.getMessage() for r in caplog.records)
 

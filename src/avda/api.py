@@ -18,11 +18,14 @@ same names are callable); ``avda.open_cache`` is :func:`avda.cache.open_cache`. 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from avda.errors import ConfigError, ManifestError
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -51,10 +54,12 @@ def open_cache(path: str | Path) -> FeatureCache:
 
 
 def extract(
-    manifest: str | Path | pd.DataFrame,
-    out: str | Path,
+    manifest: str | Path | pd.DataFrame | None = None,
+    out: str | Path | None = None,
     *,
     videos: str | Path | None = None,
+    domain: str | None = None,
+    split: str | None = None,
     frames: str | Path | None = None,
     flow: str | Path | None = None,
     audio: str | Path | None = None,
@@ -81,7 +86,10 @@ def extract(
     """``avda extract``: decode the manifest's segments, run the backbones and write features
     into the Zarr store ``out`` (resuming a store built the same way).
 
-    ``manifest``: a CSV/Parquet path or a DataFrame. ``modalities``: ``["rgb", "audio"]`` or
+    ``manifest``: a CSV/Parquet path or a DataFrame; None: one segment per whole video of
+    ``videos`` (a folder, or a text file listing video paths), in domain ``domain`` (default
+    ``all``) and split ``split`` (default ``test``); see
+    :mod:`avda.data_manifests.whole_videos`. ``modalities``: ``["rgb", "audio"]`` or
     ``"rgb,audio"``; ``audio`` uses ``audio_backbone``/``audio_weights``, the others
     ``backbone``/``weights``. ``shard``: ``"i/n"`` or ``(i, n)``. ``scheduler``: run the shards
     on Dask (``"local"``, ``"local:N"``, ``"tcp://host:8786"``). The result has ``done``,
@@ -98,7 +106,29 @@ def extract(
         from avda.devices import resolve_device
 
         resolve_device(device)
-    if isinstance(manifest, str | Path):
+    if out is None:
+        raise ConfigError("avda.extract: missing out (the feature cache to write, -o)")
+    if manifest is None:
+        from avda.data_manifests import whole_videos
+
+        if videos is None:
+            raise ConfigError(
+                "extraction needs --manifest FILE, or --videos DIR (or a text file listing "
+                "videos) for one segment per whole video"
+            )
+        frame, videos = whole_videos.manifest(
+            videos,
+            domain=domain if domain is not None else whole_videos.DEFAULT_DOMAIN,
+            split=split if split is not None else whole_videos.DEFAULT_SPLIT,
+            progress=progress,
+        )
+        log.info("no manifest: %d whole-video segments from %s", len(frame), videos)
+    elif domain is not None or split is not None:
+        raise ConfigError(
+            "--domain/--split name the segments of whole videos (no --manifest); a manifest "
+            "gives each segment's own: drop them"
+        )
+    elif isinstance(manifest, str | Path):
         frame = schema.read(manifest)
     else:  # a DataFrame: checked as a manifest file is
         problems = schema.find_problems(manifest)
@@ -113,13 +143,12 @@ def extract(
         else:
             visual = _checkpoint(weights, "weights")
             specs.append(runner.ModalitySpec(modality, backbone, visual))
-    options = dict(
+    options = runner.ExtractOptions.of(
         videos=videos,
         frames=frames,
         flow=flow,
         audio=audio,
         flow_stride=flow_stride,
-        out=Path(out),
         recipe=sampling.get(recipe),
         modalities=specs,
         batch_size=batch_size,
@@ -133,9 +162,11 @@ def extract(
     )
     if scheduler is not None:
         return distributed.extract_distributed(
-            frame, scheduler=scheduler, num_shards=shards, **options
+            frame, options, out=Path(out), scheduler=scheduler, num_shards=shards
         )
-    return runner.extract(frame, shard=_shard(shard), prepare_only=prepare_only, **options)
+    return runner.extract(
+        frame, options, out=Path(out), shard=_shard(shard), prepare_only=prepare_only
+    )
 
 
 def _shard(value: str | tuple[int, int] | None) -> tuple[int, int] | None:
@@ -224,6 +255,7 @@ def train(
     device: str | None = None,
     protocol: str | None = None,
     progress: bool = True,
+    log: str | Sequence[str] | None = None,
 ) -> TrainResult:
     """``avda train``: train ``head`` on the labelled ``source`` and unlabelled ``target``
     domains of ``cache``; writes the resumable run folder ``out``.
@@ -234,7 +266,9 @@ def train(
     override it. ``protocol``: a named protocol (``avda list protocols``) that sets the head
     (and its baselines) as one paper ran them, or ``"unified"``; ``head`` is then the
     protocol's method name. ``source``/``target``: ``"D1,D2"`` or a list. The result has ``run``,
-    ``metrics`` (fractions) and ``skipped`` (the run was already complete).
+    ``metrics`` (fractions) and ``skipped`` (the run was already complete). ``log``:
+    ``"tensorboard"`` (``RUN/tensorboard/``), ``"wandb"``, ``"mlflow"`` or a list of them
+    also receive the ``metrics.jsonl`` records as they are written (``--log``).
     """
     from avda.train.loop import train as train_loop
 
@@ -257,7 +291,7 @@ def train(
         raise ConfigError(
             f"avda.train: missing {', '.join(missing)}; pass them (or a config file with them)"
         )
-    return train_loop(out=out, progress=progress, **options)
+    return train_loop(out=out, progress=progress, log=log, **options)
 
 
 def evaluate(

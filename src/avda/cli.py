@@ -99,6 +99,14 @@ Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
 OptionalVideosDir = Annotated[
     Path | None, typer.Option("--videos", help="Folder the manifest's videos are under.")
 ]
+ExtractVideos = Annotated[
+    Path | None,
+    typer.Option(
+        "--videos",
+        help="Folder the manifest's videos are under. Without --manifest: a folder of videos, "
+        "or a text file listing video paths, one segment per whole video.",
+    ),
+]
 FramesDir = Annotated[
     Path | None,
     typer.Option(
@@ -304,7 +312,15 @@ def extract(
         Path | None,
         typer.Option("--out", "-o", help="Output path.", callback=_output_dir_callback),
     ] = None,
-    videos: OptionalVideosDir = None,
+    videos: ExtractVideos = None,
+    domain: Annotated[
+        str | None,
+        typer.Option(help="Without --manifest: the domain of the whole-video segments [all]."),
+    ] = None,
+    split: Annotated[
+        str | None,
+        typer.Option(help="Without --manifest: their split, train|val|test [test]."),
+    ] = None,
     frames: FramesDir = None,
     flow: FlowDir = None,
     audio: AudioDir = None,
@@ -375,7 +391,9 @@ def extract(
     params = dict(ctx.params)
     if params.pop("config") is not None:
         params = _with_config_file(ctx, config, params, extract)
-    missing = [f"'--{name}'" for name in ("manifest", "out") if params[name] is None]
+    missing = ["'--out'"] if params["out"] is None else []
+    if params["manifest"] is None and params["videos"] is None:
+        missing.insert(0, "'--manifest' (or '--videos' alone: one segment per whole video)")
     if missing:
         raise click_exceptions.UsageError(
             f"Missing option {', '.join(missing)} (or in --config FILE)", ctx=ctx
@@ -804,6 +822,14 @@ def train_command(
             "(`avda list protocols`; unified: one recipe for every head); --set still wins.",
         ),
     ] = None,
+    log: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--log",
+            help="Also stream metrics.jsonl to tensorboard (RUN/tensorboard/), wandb or mlflow; "
+            "repeatable or a comma list.",
+        ),
+    ] = None,
     quiet: Quiet = False,
 ) -> None:
     """Train an adaptation head on cached features; writes a resumable run directory."""
@@ -852,7 +878,7 @@ def train_command(
         )
     from avda.train.loop import train
 
-    result = train(out=out, progress=not quiet, **options)
+    result = train(out=out, progress=not quiet, log=log, **options)
     state = "already complete" if result.skipped else "done"
     typer.echo(f"{out}: {state}")
     for key, value in sorted(result.metrics.items()):

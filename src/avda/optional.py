@@ -5,6 +5,9 @@
 | ``flow`` | opencv-contrib-python-headless | ``avda flow --method tvl1`` |
 | ``hpc`` | dask-jobqueue | ``avda sweep --cluster slurm|pbs`` |
 | ``report`` | matplotlib | ``avda report``, ``avda cluster --plots`` |
+| ``log`` | tensorboard | ``avda train --log tensorboard`` |
+| ``wandb`` | wandb | ``avda train --log wandb`` |
+| ``mlflow`` | mlflow | ``avda train --log mlflow`` |
 
 :func:`require` imports one, or raises :class:`MissingDependencyError` whose one line names the
 feature, the package and the extra to install.

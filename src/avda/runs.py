@@ -1,10 +1,13 @@
-"""The run directory (DESIGN.md 3.5): what ``avda train`` writes and ``avda evaluate`` reads.
+"""The run directory: what ``avda train`` writes and ``avda evaluate`` reads.
 
 ::
 
     RUN/
       config.yaml          resolved configuration: head, head config, cache, domains, tasks, seed
-      provenance.json      the provenance of the cache the run trained on
+      provenance.json      the provenance of the cache the run trained on, and under
+                           "environment" what trained it (avda version and git revision,
+                           torch, CUDA, cuDNN, GPU: avda.environment); "resumed" lists the
+                           environment of each resume
       checkpoints/last.pt  model + optimiser + RNG state after the last finished epoch (resumable)
       metrics.jsonl        one JSON line per evaluation (epoch, losses, metrics per split)
       predictions/<set>.npz  uids, labels and scores per task for each evaluation set

@@ -54,7 +54,7 @@ class PublishedFile:
     ``url`` is a direct download (None: avda cannot fetch it, see ``notes``); ``page`` is where
     the publisher links it. ``loader`` is the avda component that reads it (a backbone name or
     ``raft`` for ``avda flow --method raft``) and ``layout`` the key layout it detects there;
-    ``manifest`` names its key/shape manifest in ``shared/data/checkpoint_keys/`` and
+    ``manifest`` names its key/shape manifest (generated from the reference code) and
     ``manifest_changes`` the shapes in which the file differs from that manifest.
     ``checksum_source`` says where the checksum fields come from (or why there are none).
     """

@@ -15,19 +15,20 @@ import yaml
 from tests.conftest import make_feature_cache
 
 from avda import runs
-from avda.evaluate import report
+from avda.evaluate import aggregate, report, tables
 from avda.train.clustering import cluster_store
 from avda.train.loop import train
 
 HEADS = ("source-only", "dann")
+SEEDS = (0, 1)
+VERBS = ["take", "put", "open", "close"]
 FIGURES_PER_RUN = [
     "training curves",
     "per-class accuracy (verb)",
     "confusion matrix (verb)",
     "embedding",
-    "cluster sizes (audio)",
-    "Elbow curves (audio)",
 ]
+CLUSTER_FIGURES = ["cluster sizes (audio)", "Elbow curves (audio)"]
 CHECK_SCRIPT = """<script>
 window.addEventListener('load', () => {
   const sizes = Array.from(document.images).map(i => [i.alt, i.naturalWidth, i.naturalHeight]);
@@ -41,27 +42,29 @@ window.addEventListener('load', () => {
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> list[Path]:
-    """Two real runs on a cache whose audio source segments were clustered (Elbow)."""
+    """Real runs (two heads, two seeds each) on a cache whose classes are named and whose
+    audio source segments were clustered (Elbow)."""
     root = tmp_path_factory.mktemp("report")
     cache = root / "features.zarr"
-    make_feature_cache(cache, shift=1.5)
+    make_feature_cache(cache, shift=1.5, verb_names=VERBS)
     cluster_store(
         cache, modality="audio", source=["source"], max_clusters=4, n_init=2, progress=False
     )
     run_dirs = []
     for head in HEADS:
-        run = root / "runs" / head
-        train(
-            cache=cache,
-            head=head,
-            source=["source"],
-            target=["target"],
-            out=run,
-            seed=0,
-            overrides={"epochs": 4, "hidden_dim": 32},
-            progress=False,
-        )
-        run_dirs.append(run)
+        for seed in SEEDS:
+            run = root / "runs" / f"{head}-{seed}"
+            train(
+                cache=cache,
+                head=head,
+                source=["source"],
+                target=["target"],
+                out=run,
+                seed=seed,
+                overrides={"epochs": 4, "hidden_dim": 32},
+                progress=False,
+            )
+            run_dirs.append(run)
     return run_dirs
 
 
@@ -72,10 +75,7 @@ def chromium() -> str:
     pytest.fail("headless Chromium is needed to render the report: apt-get install -y chromium")
 
 
-def rendered_image_sizes(page: Path, workdir: Path) -> list[list]:
-    """Load ``page`` in headless Chromium; each image's alt, naturalWidth, naturalHeight."""
-    probe = workdir / "probe.html"
-    probe.write_text(page.read_text().replace("</body>", CHECK_SCRIPT + "</body>"))
+def _chromium(workdir: Path, *args: str) -> subprocess.CompletedProcess:
     command = [
         chromium(),
         "--headless",
@@ -84,15 +84,33 @@ def rendered_image_sizes(page: Path, workdir: Path) -> list[list]:
         "--disable-dev-shm-usage",
         f"--user-data-dir={workdir / 'chromium-profile'}",
         "--virtual-time-budget=10000",
-        "--dump-dom",
-        probe.as_uri(),
+        *args,
     ]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    return subprocess.run(command, capture_output=True, text=True, timeout=120)
+
+
+def rendered_page(page: Path, workdir: Path) -> tuple[list[list], str]:
+    """Load ``page`` in headless Chromium: each image's alt, naturalWidth, naturalHeight, and
+    the text of the rendered DOM."""
+    probe = workdir / "probe.html"
+    probe.write_text(page.read_text().replace("</body>", CHECK_SCRIPT + "</body>"))
+    result = _chromium(workdir, "--dump-dom", probe.as_uri())
     found = re.search(r'<pre id="avda-image-check">(.*?)</pre>', result.stdout, re.S)
     assert found, (
         f"Chromium did not run the check (rc {result.returncode}): {result.stderr[-2000:]}"
     )
-    return json.loads(html.unescape(found.group(1)))
+    text = html.unescape(re.sub(r"<[^>]+>", " ", result.stdout.replace(found.group(0), "")))
+    return json.loads(html.unescape(found.group(1))), " ".join(text.split())
+
+
+def screenshot_spread(page: Path, workdir: Path) -> float:
+    """Standard deviation of the pixels of a screenshot of ``page`` (0 for a blank page)."""
+    from matplotlib.image import imread
+
+    shot = workdir / "shot.png"
+    result = _chromium(workdir, "--window-size=1200,2400", f"--screenshot={shot}", page.as_uri())
+    assert shot.exists(), f"no screenshot (rc {result.returncode}): {result.stderr[-2000:]}"
+    return float(imread(shot)[..., :3].std())
 
 
 def test_report_is_self_contained_and_every_figure_loads_in_chromium(trained, tmp_path):
@@ -103,24 +121,87 @@ def test_report_is_self_contained_and_every_figure_loads_in_chromium(trained, tm
     assert "<script" not in page and "<link" not in page
     assert not re.search(r"""(src|href)=["']?(https?:|file:|//)""", page)
     assert "<h1>EPIC sweep</h1>" in page and 'class="results"' in page
-    assert "2 runs" in page and "dann · source→target · seed 0" in page
+    assert "4 runs" in page and "dann · source→target · seed 1" in page
     alts = re.findall(r'<img alt="([^"]+)" src="data:image/png;base64,[A-Za-z0-9+/=]+">', page)
-    assert alts == FIGURES_PER_RUN * len(HEADS)
-    sizes = rendered_image_sizes(out, tmp_path)
+    # the seed view first, then every run, then the cache's clusters once (not once per run)
+    assert alts == ["across seeds"] + FIGURES_PER_RUN * len(trained) + CLUSTER_FIGURES
+    sizes, text = rendered_page(out, tmp_path)
     assert [alt for alt, _, _ in sizes] == alts
     broken = [alt for alt, width, height in sizes if width == 0 or height == 0]
     assert not broken, f"figures that did not load: {broken}"
     curves = {}
-    for section in page.split("<section ")[1:]:
+    for section in page.split('<section id="run-')[1:]:
         head = re.search(r"<h2>([\w-]+) · ", section).group(1)
         curves[head] = re.search(r"<figcaption>training curves: ([^<]+)<", section).group(1)
     assert "domain discriminator" not in curves["source-only"]  # no adversarial loss logged
     assert "domain discriminator" in curves["dann"]  # train/adversarial and grl_lambda
     assert "Elbow chose" in page
+    # what a reader sees in the rendered page: the seed view and class names
+    assert "Across seeds" in text and "mean ± std over seeds" in text
+    for head in HEADS:
+        row = re.search(rf"{head} source→target 0, 1 ((?:[\d.]+ ± [\d.]+ ?)+)", text)
+        assert row, f"no seed row for {head} in: {text[:600]}"
+    assert re.search(r"lowest: (take|put|open|close) \d+%", text)
+    assert "by class: verb" in text
+    assert text.count("audio clusters · features.zarr · audio · source source") == 2  # toc + h2
+    assert screenshot_spread(out, tmp_path) > 0.05  # not a blank page
+
+
+def test_seed_table_is_mean_and_sample_std_per_method_and_setting(trained):
+    infos = aggregate.describe_runs(trained)
+    per_run = tables.results_table(trained)
+    table = report.seeds_table(infos, per_run)
+    assert table["method"].tolist() == list(HEADS) and set(table["seeds"]) == {"0, 1"}
+    column = "target_test/verb/top1"
+    for head in HEADS:
+        values = per_run.loc[per_run["head"] == head, column].to_numpy()
+        mean, std = values.mean(), values.std(ddof=1)
+        assert table.loc[table["method"] == head, column].item() == f"{mean:.1f} ± {std:.1f}"
+
+
+def test_figures_name_classes_and_count_confusions():
+    names = ["take", "put", "open", ""]  # class 3 has no name: its id is shown
+    labels = np.array([0, 0, 0, 1, 1, 2, 3, 3])
+    predicted = np.array([0, 0, 1, 1, 1, 2, 2, 3])
+    scores = np.eye(4)[predicted]
+    figure, caption = report.confusion_plot(scores, labels, "verb", "target_test", names)
+    axes = figure.axes[0]
+    assert [t.get_text() for t in axes.get_xticklabels()] == ["take", "put", "open", "3"]
+    assert [t.get_text() for t in axes.get_yticklabels()] == ["take", "put", "open", "3"]
+    cells = {(int(t.get_position()[1]), int(t.get_position()[0])): t.get_text() for t in axes.texts}
+    assert cells == {(0, 0): "2", (0, 1): "1", (1, 1): "2", (2, 2): "1", (3, 2): "1", (3, 3): "1"}
+    assert "most confused: take → put (1), 3 → open (1)" in caption
+    figure, _, caption = report.per_class_plot(scores, labels, "verb", False, "target_test", names)
+    assert [t.get_text() for t in figure.axes[0].get_xticklabels()] == ["take", "put", "open", "3"]
+    assert caption.endswith("lowest: 3 50%, take 67%, put 100%")
+    many = np.arange(40)
+    figure, caption = report.confusion_plot(np.eye(40)[many], many, "verb", "t", None, 30)
+    assert len(figure.axes[0].get_xticklabels()) == 30 and "30 most frequent of 40" in caption
+
+
+def test_class_names_come_from_the_cache_segments(trained):
+    from avda.cache import open_cache
+
+    config = runs.read_config(trained[0])
+    assert report.class_names(open_cache(config["cache"]).segments) == {"verb": VERBS}
+    segments = open_cache(config["cache"]).segments.drop(columns=["verb"])
+    assert report.class_names(segments) == {}
+
+
+def test_embedding_is_coloured_by_domain_and_by_class(trained):
+    embedding = report.head_embedding(trained[2], max_points=40)
+    assert embedding.task == "verb" and set(embedding.classes) == {0, 1, 2, 3}
+    _, titles = report.embedding_plot(embedding, names=VERBS)
+    assert titles[:4] == [
+        "PCA: before (cache features), by domain",
+        "PCA: before (cache features), by class",
+        "PCA: after (head embedding), by domain",
+        "PCA: after (head embedding), by class",
+    ]
 
 
 def test_after_embedding_is_the_heads_embedding(trained):
-    embedding = report.head_embedding(trained[1], max_points=60)
+    embedding = report.head_embedding(trained[2], max_points=60)
     assert embedding.before.shape == (60, 16 + 16)  # rgb + audio clip-averaged features
     assert embedding.after.shape == (60, 2 * 32)  # late fusion: hidden 32 per modality
     assert embedding.is_target.sum() == 30 and not embedding.after_is_scores

@@ -582,6 +582,27 @@ def test_beats_source_only_and_dann_over_three_seeds(tmp_path):
     assert means["audio-adaptive"] > means["dann"] + 0.02, scores
 
 
+def test_log_tensorboard_streams_each_stage_and_the_recognizer(av_cache, tmp_path):
+    accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+    run = tmp_path / "run"
+    train(
+        cache=av_cache, head="audio-adaptive", source=["source"], target=["target"], out=run,
+        overrides=dict(TINY), progress=False, log="tensorboard",
+    )  # fmt: skip
+
+    def scalars(folder):
+        events = accumulator.EventAccumulator(str(folder))
+        events.Reload()
+        return {t: [e.step for e in events.Scalars(t)] for t in events.Tags()["scalars"]}
+
+    classifier = StageStore(run).record("audio-classifier")["summary"]["history"]
+    found = scalars(run / "tensorboard" / "stages" / "audio-classifier")
+    assert found == {"stage/audio-classifier/loss": [h["epoch"] for h in classifier]}
+    assert "stage/encoder-rgb/loss" in scalars(run / "tensorboard" / "stages" / "encoder-rgb")
+    epochs = [r["epoch"] for r in runs.read_metrics(run)]
+    assert scalars(run / "tensorboard")["train/loss"] == epochs
+
+
 def test_stage_1_trains_on_audio_features_of_a_large_mean(tmp_path):
     """Pooled audio features of a large common mean (1024-d, RMS norm ~30, as softplus or ReLU
     outputs): the stage's Adam 1e-2 (the authors') diverged in its first epoch without the

@@ -1,4 +1,4 @@
-"""The feature cache: a Zarr v3 store of per-segment features (DESIGN.md 3.3).
+"""The feature cache: a Zarr v3 store of per-segment features (docs/design.md).
 
 The format is specified in docs/cache_schema.md.
 """

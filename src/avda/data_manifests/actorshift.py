@@ -1,8 +1,8 @@
 """ActorShift (Zhang et al., CVPR 2022): human actors -> animal actors.
 
 The dataset is released on figshare only (project page of "Audio-Adaptive Activity Recognition
-Across Video Domains"); no split files exist in any public repository and none are in
-``shared/data``. This builder is therefore the :mod:`generic <avda.data_manifests.generic>`
+Across Video Domains"); no split files exist in any public repository or in avda's test
+data. This builder is therefore the :mod:`generic <avda.data_manifests.generic>`
 loader plus what the paper fixes:
 
 * domains ``human`` (1,305 Kinetics-700 videos, source train) and ``animal`` (200 YouTube

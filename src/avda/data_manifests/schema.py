@@ -1,4 +1,4 @@
-"""The manifest: one row per action segment (DESIGN.md 3.1).
+"""The manifest: one row per action segment (docs/manifest.md).
 
 Required columns: ``uid, video_id, domain, split, start_sec, stop_sec``. Optional columns are
 listed in :data:`OPTIONAL_COLUMNS`. Times are seconds, never frame indices, because source and

@@ -1,4 +1,4 @@
-"""Domain-adaptation settings: named views over a manifest (DESIGN.md 3.1).
+"""Domain-adaptation settings: named views over a manifest (docs/manifest.md).
 
 A :class:`Setting` says which domains are the (labelled) source and which the target:
 

@@ -4,16 +4,23 @@ Everything is inside the file (PNG figures as base64 ``data:`` URIs, inline CSS,
 the page can be mailed or attached to an issue. It holds:
 
 * the results table in the paper layout (:mod:`avda.evaluate.aggregate`) and one row per run;
+* across seeds, when some method and setting were trained with several seeds (a sweep): per
+  method and setting the mean ± std over seeds of every metric, and the target accuracy per
+  epoch as mean ± std bands;
 * per run: training curves from ``metrics.jsonl`` (losses; source/target accuracy or mAP per
   epoch; the domain discriminator's loss/accuracy and the GRL coefficient when logged),
-  per-class target accuracy (AP for multi-label tasks), confusion matrices, a 2-D embedding of
-  source vs target features *before* (the cache's clip-averaged features) and *after*
-  adaptation (the head's embedding ``HeadOutput.features``, from ``checkpoints/last.pt``): PCA,
-  and t-SNE when there are few points. When the cache is gone or the head cannot be rebuilt,
-  "after" embeds the stored prediction scores instead, and the caption says so;
-* audio clusters (Audio-Adaptive), when the run's cache holds ``clusters/<modality>`` made by
-  ``avda cluster`` for the run's source domains: the cluster sizes per class and the Elbow
-  curves (k-means inertia per k, the chosen k circled) stored with them.
+  per-class target accuracy (AP for multi-label tasks), confusion matrices (counts in the
+  cells), a 2-D embedding of source vs target features *before* (the cache's clip-averaged
+  features) and *after* adaptation (the head's embedding ``HeadOutput.features``, from
+  ``checkpoints/last.pt``), coloured by domain and by class: PCA, and t-SNE when there are few
+  points. When the cache is gone or the head cannot be rebuilt, "after" embeds the stored
+  prediction scores instead, and the caption says so;
+* audio clusters (Audio-Adaptive), once per cache and source domains, when the runs' cache
+  holds ``clusters/<modality>`` made by ``avda cluster`` for them: the cluster sizes per class
+  and the Elbow curves (k-means inertia per k, the chosen k circled) stored with them.
+
+Classes are named wherever the cache's segments name them (the manifest's ``verb``/``noun``
+columns next to ``verb_class``/``noun_class``); otherwise by id.
 """
 
 from __future__ import annotations
@@ -44,7 +51,12 @@ from avda import runs
 from avda.errors import AvdaError, RunError
 from avda.evaluate import aggregate as aggregate_lib
 from avda.evaluate import tables
-from avda.evaluate.metrics import average_precision_per_class, confusion_matrix, per_class_accuracy
+from avda.evaluate.metrics import (
+    average_precision_per_class,
+    confusion_matrix,
+    mean_std,
+    per_class_accuracy,
+)
 
 log = logging.getLogger(__name__)
 
@@ -119,16 +131,76 @@ def curves_figure(records: list[dict[str, Any]]) -> ReportFigure | None:
     return ReportFigure("training curves", _encode(figure), caption)
 
 
+# ------------------------------------------------------------------------------ class names
+MAX_CONFUSION_CLASSES = 30  # more classes: the most frequent true classes only (readable cells)
+NAME_COLUMNS = {"verb": ("verb_class", "verb"), "noun": ("noun_class", "noun")}
+
+
+def class_names(segments) -> dict[str, list[str]]:
+    """Per task, the name of each class id (``""`` where none is known) from a segment table's
+    ``verb``/``noun`` columns (the most frequent name of each ``verb_class``/``noun_class``);
+    a task without any name is left out."""
+    import pandas as pd
+
+    out: dict[str, list[str]] = {}
+    for task, (id_column, name_column) in NAME_COLUMNS.items():
+        if id_column not in segments or name_column not in segments:
+            continue
+        ids = pd.to_numeric(segments[id_column], errors="coerce")
+        names = segments[name_column].astype("string").str.strip()
+        keep = ids.notna() & (ids >= 0) & names.notna() & (names != "")
+        if not keep.any():
+            continue
+        table = [""] * (int(ids[keep].max()) + 1)
+        pairs = pd.DataFrame({"id": ids[keep].astype("int64"), "name": names[keep]})
+        for class_id, group in pairs.groupby("id"):
+            table[int(class_id)] = str(group["name"].value_counts().index[0])
+        out[task] = table
+    return out
+
+
+def cache_class_names(cache: str | Path) -> dict[str, list[str]]:
+    """:func:`class_names` of the cache at ``cache``; empty when it cannot be opened."""
+    from avda.cache import open_cache
+
+    try:
+        return class_names(open_cache(cache).segments)
+    except (AvdaError, OSError):
+        return {}
+
+
+def class_label(names: Sequence[str] | None, class_id: int) -> str:
+    """The name of ``class_id`` when known, else the id."""
+    class_id = int(class_id)
+    if names is not None and 0 <= class_id < len(names) and names[class_id]:
+        return str(names[class_id])
+    return str(class_id)
+
+
+def _tick_labels(axes, positions, labels, axis: str = "x", fontsize: float = 7) -> None:
+    long = max((len(label) for label in labels), default=0) > 3
+    if axis == "x":
+        axes.set_xticks(positions, labels, fontsize=fontsize, rotation=60 if long else 0,
+                        ha="right" if long else "center", rotation_mode="anchor")  # fmt: skip
+    else:
+        axes.set_yticks(positions, labels, fontsize=fontsize)
+
+
 # ------------------------------------------------------------------------------ predictions
 def _target_set(run: Path) -> str | None:
     available = runs.prediction_sets(run)
     return next((s for s in ("target_test", "target_val") if s in available), None)
 
 
-def per_class_figure(
-    scores: np.ndarray, labels: np.ndarray, task: str, multi_label: bool, split: str
-) -> ReportFigure:
-    """Per-class accuracy (AP for multi-label tasks) as bars, the mean as a line."""
+def per_class_plot(
+    scores: np.ndarray,
+    labels: np.ndarray,
+    task: str,
+    multi_label: bool,
+    split: str,
+    names: Sequence[str] | None = None,
+) -> tuple[Figure, str, str]:
+    """The per-class figure, its title and caption (the weakest classes named)."""
     if multi_label:
         values = average_precision_per_class(scores, labels)
         what = "AP"
@@ -137,61 +209,123 @@ def per_class_figure(
         values = per_class_accuracy(scores[known], labels[known])
         what = "accuracy"
     classes = np.flatnonzero(~np.isnan(values))
-    figure = Figure(figsize=(max(4.0, min(14.0, 0.3 * len(classes) + 2)), 3.0))
+    figure = Figure(figsize=(max(4.0, min(14.0, 0.3 * len(classes) + 2)), 3.2))
     axes = figure.add_subplot(1, 1, 1)
     axes.bar(np.arange(len(classes)), 100 * values[classes], color=TARGET_COLOR)
     if len(classes):
         axes.axhline(100 * np.nanmean(values), color="k", lw=1, ls="--", label="mean")
         axes.legend(fontsize=7)
     if len(classes) <= 40:
-        axes.set_xticks(np.arange(len(classes)), [str(c) for c in classes], fontsize=7)
+        _tick_labels(axes, np.arange(len(classes)), [class_label(names, c) for c in classes])
     axes.set_xlabel(f"{task} class")
     axes.set_ylabel(f"{what} (%)")
     axes.set_ylim(0, 100)
     axes.set_title(f"{split}: per-class {what}, {task}")
     figure.tight_layout()
     caption = f"classes without a {split} example are left out"
-    return ReportFigure(f"per-class {what} ({task})", _encode(figure), caption)
+    if len(classes):
+        weakest = classes[np.argsort(values[classes], kind="stable")[:3]]
+        caption += "; lowest: " + ", ".join(
+            f"{class_label(names, c)} {100 * values[c]:.0f}%" for c in weakest
+        )
+    return figure, f"per-class {what} ({task})", caption
 
 
-def confusion_figure(scores: np.ndarray, labels: np.ndarray, task: str, split: str) -> ReportFigure:
-    """Row-normalised confusion matrix (row = true class)."""
+def per_class_figure(
+    scores: np.ndarray,
+    labels: np.ndarray,
+    task: str,
+    multi_label: bool,
+    split: str,
+    names: Sequence[str] | None = None,
+) -> ReportFigure:
+    """Per-class accuracy (AP for multi-label tasks) as bars, the mean as a line."""
+    figure, title, caption = per_class_plot(scores, labels, task, multi_label, split, names)
+    return ReportFigure(title, _encode(figure), caption)
+
+
+def confusion_plot(
+    scores: np.ndarray,
+    labels: np.ndarray,
+    task: str,
+    split: str,
+    names: Sequence[str] | None = None,
+    max_classes: int = MAX_CONFUSION_CLASSES,
+) -> tuple[Figure, str]:
+    """The confusion figure (row = true class, colour = row fraction, number = segments) of
+    the classes that occur, at most ``max_classes`` (the most frequent true ones); and its
+    caption, which names the most frequent confusions."""
     known = labels >= 0
     num_classes = scores.shape[1]
     counts = confusion_matrix(labels[known], scores[known].argmax(1), num_classes)
+    shown = np.flatnonzero(counts.sum(axis=1) + counts.sum(axis=0))
+    note = ""
+    if len(shown) > max_classes:
+        frequent = np.argsort(-counts.sum(axis=1)[shown], kind="stable")[:max_classes]
+        note = f"; the {max_classes} most frequent of {len(shown)} classes"
+        shown = np.sort(shown[frequent])
+    sub = counts[np.ix_(shown, shown)]
     with np.errstate(invalid="ignore", divide="ignore"):
-        normalised = counts / counts.sum(axis=1, keepdims=True)
-    size = min(8.0, 2.5 + 0.25 * num_classes)
-    figure = Figure(figsize=(size + 1, size))
+        normalised = np.nan_to_num(sub / counts[shown].sum(axis=1, keepdims=True))
+    n = max(len(shown), 1)
+    size = min(14.0, max(4.0, 2.2 + 0.38 * n))
+    figure = Figure(figsize=(size + 1.2, size))
     axes = figure.add_subplot(1, 1, 1)
-    image = axes.imshow(np.nan_to_num(normalised), vmin=0, vmax=1, cmap="Blues")
-    figure.colorbar(image, ax=axes, fraction=0.046)
-    if num_classes <= 20:
-        ticks = np.arange(num_classes)
-        axes.set_xticks(ticks, [str(t) for t in ticks], fontsize=7)
-        axes.set_yticks(ticks, [str(t) for t in ticks], fontsize=7)
-        for (row, column), count in np.ndenumerate(counts):
-            if count:
-                axes.text(column, row, str(count), ha="center", va="center", fontsize=6)
+    image = axes.imshow(normalised, vmin=0, vmax=1, cmap="Blues")
+    figure.colorbar(image, ax=axes, fraction=0.046, label="fraction of the true class")
+    ticks = np.arange(len(shown))
+    labels_text = [class_label(names, c) for c in shown]
+    _tick_labels(axes, ticks, labels_text, "x")
+    _tick_labels(axes, ticks, labels_text, "y")
+    fontsize = float(np.clip(110 / n, 5, 9))
+    for (row, column), count in np.ndenumerate(sub):
+        if count:
+            color = "white" if normalised[row, column] > 0.55 else "black"
+            axes.text(column, row, str(count), ha="center", va="center", fontsize=fontsize,
+                      color=color)  # fmt: skip
     axes.set_xlabel("predicted")
     axes.set_ylabel("true")
     axes.set_title(f"{split}: confusion, {task}")
     figure.tight_layout()
-    return ReportFigure(
-        f"confusion matrix ({task})", _encode(figure), "rows normalised; counts shown"
-    )
+    off = counts.copy()
+    np.fill_diagonal(off, 0)
+    pairs = [np.unravel_index(i, off.shape) for i in np.argsort(-off, axis=None, kind="stable")[:3]]
+    confused = [
+        f"{class_label(names, t)} → {class_label(names, p)} ({off[t, p]})"
+        for t, p in pairs
+        if off[t, p] > 0
+    ]
+    caption = "rows: true class (colour: fraction of the row); numbers: segments" + note
+    if confused:
+        caption += "; most confused: " + ", ".join(confused)
+    return figure, caption
+
+
+def confusion_figure(
+    scores: np.ndarray,
+    labels: np.ndarray,
+    task: str,
+    split: str,
+    names: Sequence[str] | None = None,
+) -> ReportFigure:
+    """Row-normalised confusion matrix (row = true class), counts in the cells."""
+    figure, caption = confusion_plot(scores, labels, task, split, names)
+    return ReportFigure(f"confusion matrix ({task})", _encode(figure), caption)
 
 
 # ------------------------------------------------------------------------------ embeddings
 @dataclasses.dataclass
 class Embedding:
-    """Points to project: ``before``/``after`` ``(n, F)`` arrays and ``is_target`` ``(n,)``."""
+    """Points to project: ``before``/``after`` ``(n, F)`` arrays and ``is_target`` ``(n,)``;
+    ``classes`` ``(n,)``: each point's class of ``task`` (-1 unknown), None without one."""
 
     before: np.ndarray | None
     after: np.ndarray
     is_target: np.ndarray
     after_is_scores: bool = False
     note: str = ""
+    classes: np.ndarray | None = None
+    task: str | None = None
 
 
 def _sample(rows: np.ndarray, limit: int, rng: np.random.Generator) -> np.ndarray:
@@ -250,7 +384,8 @@ def head_embedding(run: Path, *, max_points: int = 500, seed: int = 0) -> Embedd
     if type(model).before_evaluation is not Head.before_evaluation:
         target_train = data_lib.select_rows(store, config["target"], ["train"], modalities)
         adaptation = load("target_train", target_train)
-    before, after, is_target = [], [], []
+    task = next((t.name for t in tasks if not t.multi_label), None)
+    before, after, is_target, classes = [], [], [], []
     with torch.no_grad():
         for side, feature_set in sides.items():
             model.before_evaluation(feature_set, adaptation)
@@ -260,25 +395,40 @@ def head_embedding(run: Path, *, max_points: int = 500, seed: int = 0) -> Embedd
                 pooled = [batch[m].mean(dim=1) for m in modalities]  # (B, K, D) -> (B, D)
                 before.append(torch.cat(pooled, dim=1).numpy())
                 is_target.append(np.full(len(index), side == "target"))
-    return Embedding(np.concatenate(before), np.concatenate(after), np.concatenate(is_target))
+                if task is not None:
+                    classes.append(feature_set.labels[task][index].numpy())
+    return Embedding(
+        np.concatenate(before),
+        np.concatenate(after),
+        np.concatenate(is_target),
+        classes=np.concatenate(classes).astype(np.int64) if task is not None else None,
+        task=task,
+    )
 
 
 def score_embedding(run: Path, *, max_points: int = 500, seed: int = 0) -> Embedding:
     """Fallback: the stored prediction scores of the source and target evaluation sets."""
     rng = np.random.default_rng(seed)
-    parts, sides = [], []
+    parts, sides, classes = [], [], []
+    task = None
     for name in runs.prediction_sets(run):
         predictions = runs.read_predictions(run, name)
-        scores = np.concatenate(
-            [predictions["scores"][t] for t in sorted(predictions["scores"])], 1
-        )
+        tasks = sorted(predictions["scores"])
+        scores = np.concatenate([predictions["scores"][t] for t in tasks], 1)
         parts.append(scores)
         sides.append(np.full(len(scores), name.startswith("target")))
+        single = [t for t in tasks if np.asarray(predictions["labels"][t]).ndim == 1]
+        task = task or (single[0] if single else None)
+        labels = predictions["labels"].get(task) if task else None
+        classes.append(np.full(len(scores), -1) if labels is None else np.asarray(labels))
     if not parts:
         raise RunError(f"{run} has no predictions to embed")
     points, is_target = np.concatenate(parts), np.concatenate(sides)
     keep = _sample(np.arange(len(points)), max_points, rng)
-    return Embedding(None, points[keep], is_target[keep], after_is_scores=True)
+    labels = np.concatenate(classes).astype(np.int64)[keep] if task else None
+    return Embedding(
+        None, points[keep], is_target[keep], after_is_scores=True, classes=labels, task=task
+    )
 
 
 def run_embedding(run: Path, *, max_points: int = 500) -> Embedding:
@@ -311,38 +461,88 @@ def _project(points: np.ndarray, method: str) -> np.ndarray:
         return tsne.fit_transform(points)
 
 
-def embedding_figure(embedding: Embedding, *, tsne_max_points: int = 800) -> ReportFigure:
-    """PCA (and t-SNE when small) of source vs target, before and after adaptation."""
+def _class_colors(count: int):
+    from matplotlib import colormaps
+
+    if count <= 10:
+        return [colormaps["tab10"](i) for i in range(count)]
+    if count <= 20:
+        return [colormaps["tab20"](i) for i in range(count)]
+    return [colormaps["turbo"](i / max(count - 1, 1)) for i in range(count)]
+
+
+def embedding_plot(
+    embedding: Embedding, *, tsne_max_points: int = 800, names: Sequence[str] | None = None
+) -> tuple[Figure, list[str]]:
+    """The embedding figure and the titles of its panels: per projection (PCA, and t-SNE when
+    small) and per feature space (before, after), one panel coloured by domain and one by
+    class (source dots, target triangles) when the points have classes."""
     methods = ["PCA"] + (["t-SNE"] if 5 <= len(embedding.after) <= tsne_max_points else [])
-    columns = (
-        [("before (cache features)", embedding.before)] if embedding.before is not None else []
-    )
+    spaces = [("before (cache features)", embedding.before)] if embedding.before is not None else []
     after_name = (
         "after (prediction scores)" if embedding.after_is_scores else "after (head embedding)"
     )
-    columns.append((after_name, embedding.after))
-    figure = Figure(figsize=(3.6 * len(columns), 3.3 * len(methods)))
+    spaces.append((after_name, embedding.after))
+    classes = embedding.classes
+    by_class = classes is not None and bool((classes >= 0).any())
+    colourings = ["domain", "class"] if by_class else ["domain"]
+    columns = [(name, points, colour) for name, points in spaces for colour in colourings]
+    figure = Figure(figsize=(3.4 * len(columns), 3.3 * len(methods)))
+    titles = []
+    class_ids = np.unique(classes[classes >= 0]) if by_class else np.zeros(0, np.int64)
+    colors = dict(zip(class_ids.tolist(), _class_colors(len(class_ids)), strict=True))
     for row, method in enumerate(methods):
-        for column, (name, points) in enumerate(columns):
+        projected_of: dict[str, np.ndarray] = {}
+        for column, (name, points, colour) in enumerate(columns):
             axes = figure.add_subplot(len(methods), len(columns), row * len(columns) + column + 1)
-            projected = _project(points, method)
-            for is_target, color, label in (
-                (False, SOURCE_COLOR, "source"),
-                (True, TARGET_COLOR, "target"),
-            ):
-                mask = embedding.is_target == is_target
-                axes.scatter(*projected[mask].T, s=6, alpha=0.6, color=color, label=label)
-            axes.set_title(f"{method}: {name}", fontsize=9)
+            if name not in projected_of:
+                projected_of[name] = _project(points, method)
+            projected = projected_of[name]
+            if colour == "domain":
+                for is_target, color, label in (
+                    (False, SOURCE_COLOR, "source"),
+                    (True, TARGET_COLOR, "target"),
+                ):
+                    mask = embedding.is_target == is_target
+                    axes.scatter(*projected[mask].T, s=6, alpha=0.6, color=color, label=label)
+            else:
+                unknown = classes < 0
+                if unknown.any():
+                    axes.scatter(*projected[unknown].T, s=5, alpha=0.3, color="#bbbbbb")
+                for class_id in class_ids:
+                    for is_target, marker in ((False, "o"), (True, "^")):
+                        mask = (classes == class_id) & (embedding.is_target == is_target)
+                        if mask.any():
+                            axes.scatter(
+                                *projected[mask].T, s=7, alpha=0.7, marker=marker,
+                                color=colors[int(class_id)],
+                                label=class_label(names, class_id) if not is_target else None,
+                            )  # fmt: skip
+            title = f"{method}: {name}, by {colour}"
+            titles.append(title)
+            axes.set_title(title, fontsize=8)
             axes.set_xticks([])
             axes.set_yticks([])
-            if row == 0 and column == 0:
-                axes.legend(fontsize=7, markerscale=2)
+            if row == 0 and (column == 0 or (colour == "class" and column == 1)):
+                if colour == "domain" or len(class_ids) <= 12:
+                    axes.legend(fontsize=6, markerscale=2, loc="best")
     figure.tight_layout()
+    return figure, titles
+
+
+def embedding_figure(
+    embedding: Embedding, *, tsne_max_points: int = 800, names: Sequence[str] | None = None
+) -> ReportFigure:
+    """PCA (and t-SNE when small) of source vs target, before and after adaptation, coloured
+    by domain and by class."""
+    figure, _ = embedding_plot(embedding, tsne_max_points=tsne_max_points, names=names)
     caption = embedding.note + (
         "source vs target prediction scores (no cache features here)"
         if embedding.after_is_scores
         else "source vs target segments: clip-averaged cache features and the head's embedding"
     )
+    if embedding.classes is not None and (embedding.classes >= 0).any():
+        caption += f"; by class: {embedding.task} (source dots, target triangles)"
     return ReportFigure("embedding", _encode(figure), f"{caption}; {len(embedding.after)} points")
 
 
@@ -380,6 +580,7 @@ def cluster_info(run: Path) -> list[dict[str, Any]]:
         classes = store.segments[column].iloc[rows].fillna(-1).astype("int64").to_numpy()
         found.append(
             {
+                "cache": str(Path(config["cache"]).resolve()),
                 "modality": modality,
                 "domains": wanted,
                 "task": task,
@@ -391,7 +592,9 @@ def cluster_info(run: Path) -> list[dict[str, Any]]:
     return found
 
 
-def cluster_figures(entry: dict[str, Any]) -> list[ReportFigure]:
+def cluster_figures(
+    entry: dict[str, Any], names: Sequence[str] | None = None
+) -> list[ReportFigure]:
     """Cluster sizes per class (stacked bars) and the Elbow curves with the chosen k."""
     ids, classes, curves = entry["ids"], entry["classes"], entry["curves"]
     where = f"{entry['modality']}, source {entry['domains']}"
@@ -411,7 +614,7 @@ def cluster_figures(entry: dict[str, Any]) -> list[ReportFigure]:
                 np.arange(len(class_ids)), counts[:, cluster], bottom=bottom, label=str(cluster)
             )
             bottom += counts[:, cluster]
-        axes.set_xticks(np.arange(len(class_ids)), [str(c) for c in class_ids], fontsize=7)
+        _tick_labels(axes, np.arange(len(class_ids)), [class_label(names, c) for c in class_ids])
         axes.set_xlabel(f"{entry['task']} class")
         axes.set_ylabel("segments")
         axes.set_title(f"audio clusters per class ({where})")
@@ -427,7 +630,7 @@ def cluster_figures(entry: dict[str, Any]) -> list[ReportFigure]:
             inertias = np.asarray(curve.get("inertias", []), dtype=np.float64)
             if len(ks) == 0 or len(ks) != len(inertias):
                 continue
-            (line,) = axes.plot(ks, inertias, marker=".", label=f"class {class_id}")
+            (line,) = axes.plot(ks, inertias, marker=".", label=class_label(names, class_id))
             chosen = curve.get("n_clusters")
             if chosen in ks.tolist():
                 point = inertias[ks.tolist().index(chosen)]
@@ -446,12 +649,101 @@ def cluster_figures(entry: dict[str, Any]) -> list[ReportFigure]:
     return figures
 
 
+# ------------------------------------------------------------------------------ seeds
+def seed_groups(infos: Sequence[aggregate_lib.RunInfo]) -> dict[tuple[str, str], list[int]]:
+    """Positions of the runs of each (method, setting), in the order they first appear."""
+    groups: dict[tuple[str, str], list[int]] = {}
+    for position, info in enumerate(infos):
+        groups.setdefault((info.method, info.setting), []).append(position)
+    return groups
+
+
+def seeds_table(infos: Sequence[aggregate_lib.RunInfo], per_run) -> Any:
+    """Per method and setting: the seeds and, per metric column of ``per_run`` (one row per
+    run, in the order of ``infos``), ``mean ± std`` over the seeds (sample std)."""
+    import pandas as pd
+
+    metrics = [c for c in per_run.columns if c.count("/") == 2]  # <set>/<task>/<metric>
+    rows = []
+    for (method, setting), positions in seed_groups(infos).items():
+        row = {
+            "method": method,
+            "setting": setting,
+            "seeds": ", ".join(str(infos[p].seed) for p in positions),
+        }
+        for column in metrics:
+            values = per_run[column].iloc[positions].to_numpy(dtype=np.float64)
+            values = values[~np.isnan(values)]
+            if len(values):
+                mean, std = mean_std(values)
+                row[column] = tables.format_mean_std_cell(mean, std)
+            else:
+                row[column] = "-"
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _main_metric(records: list[dict[str, Any]]) -> str | None:
+    keys = {k for r in records for k in r}
+    for prefix in ("target_test/", "target_val/"):
+        found = sorted(k for k in keys if k.startswith(prefix) and k.endswith(("/top1", "/mAP")))
+        if found:
+            return found[0]
+    return None
+
+
+def seed_curves_figure(infos: Sequence[aggregate_lib.RunInfo]) -> ReportFigure | None:
+    """Per setting, the target accuracy per epoch of each method: mean line and ± std band
+    over its seeds (metrics.jsonl)."""
+    settings = list(dict.fromkeys(info.setting for info in infos))
+    records = {info.path: runs.read_metrics(info.path) for info in infos}
+    metric = next((m for m in map(_main_metric, records.values()) if m), None)
+    if metric is None:
+        return None
+    figure = Figure(figsize=(4.4 * len(settings), 3.3))
+    for index, setting in enumerate(settings, start=1):
+        axes = figure.add_subplot(1, len(settings), index)
+        for (method, group_setting), positions in seed_groups(infos).items():
+            if group_setting != setting:
+                continue
+            by_epoch: dict[int, list[float]] = {}
+            for position in positions:
+                for record in records[infos[position].path]:
+                    if metric in record and "epoch" in record:
+                        by_epoch.setdefault(int(record["epoch"]), []).append(record[metric])
+            if not by_epoch:
+                continue
+            epochs = sorted(by_epoch)
+            means = np.array([100 * np.mean(by_epoch[e]) for e in epochs])
+            stds = np.array(
+                [100 * np.std(by_epoch[e], ddof=1) if len(by_epoch[e]) > 1 else 0.0 for e in epochs]
+            )
+            (line,) = axes.plot(epochs, means, marker=".", label=f"{method} ({len(positions)})")
+            axes.fill_between(epochs, means - stds, means + stds, alpha=0.2, color=line.get_color())
+        axes.set_title(setting, fontsize=9)
+        axes.set_xlabel("epoch")
+        axes.set_ylabel(f"{metric} (%)")
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axes.grid(alpha=0.3)
+        axes.legend(fontsize=7, title="method (seeds)", title_fontsize=7)
+    figure.tight_layout()
+    caption = f"{metric} per epoch: mean over seeds, band ± std (from metrics.jsonl)"
+    return ReportFigure("across seeds", _encode(figure), caption)
+
+
 # ------------------------------------------------------------------------------ the page
 def run_figures(
-    run: Path, *, max_points: int = 500, tsne_max_points: int = 800
+    run: Path,
+    *,
+    max_points: int = 500,
+    tsne_max_points: int = 800,
+    names: dict[str, list[str]] | None = None,
 ) -> list[ReportFigure]:
-    """Every figure of one run's section."""
+    """Every figure of one run's section (``names``: class names per task, by default those
+    of the run's cache)."""
     config = runs.read_config(run)
+    if names is None:
+        names = cache_class_names(config["cache"])
     figures = []
     curves = curves_figure(runs.read_metrics(run))
     if curves:
@@ -464,13 +756,16 @@ def run_figures(
             scores, labels = predictions["scores"][task], predictions["labels"][task]
             if task not in multi and not (labels >= 0).any():
                 continue
-            figures.append(per_class_figure(scores, labels, task, task in multi, split))
+            task_names = names.get(task)
+            figures.append(per_class_figure(scores, labels, task, task in multi, split, task_names))
             if task not in multi:
-                figures.append(confusion_figure(scores, labels, task, split))
+                figures.append(confusion_figure(scores, labels, task, split, task_names))
     embedding = run_embedding(run, max_points=max_points)
-    figures.append(embedding_figure(embedding, tsne_max_points=tsne_max_points))
-    for entry in cluster_info(run):
-        figures.extend(cluster_figures(entry))
+    figures.append(
+        embedding_figure(
+            embedding, tsne_max_points=tsne_max_points, names=names.get(embedding.task or "")
+        )
+    )
     return figures
 
 
@@ -518,23 +813,57 @@ def build_report(
     parts.append(
         per_run.to_html(index=False, float_format=lambda v: f"{v:.1f}", classes="runs", border=0)
     )
+    if any(len(p) > 1 for p in seed_groups(infos).values()):
+        parts.append('<section id="seeds"><h2>Across seeds</h2>')
+        table = seeds_table(infos, per_run).to_html(index=False, classes="seeds", border=0)
+        opened = table.index(">", table.index("<table")) + 1
+        caption = "per method and setting: mean ± std over seeds (sample std), metrics in %"
+        parts.append(f"{table[:opened]}<caption>{caption}</caption>{table[opened:]}")
+        figure = seed_curves_figure(infos)
+        if figure is not None:
+            parts.append(_figure_html(figure))
+        parts.append("</section>")
     detailed = infos[:max_detailed_runs]
     if len(infos) > len(detailed):
         parts.append(
             f'<p class="note">figures for the first {len(detailed)} of {len(infos)} runs only '
             "(raise max_detailed_runs, or report fewer runs)</p>"
         )
+    names_of: dict[str, dict[str, list[str]]] = {}
+    clusters: dict[tuple[str, str, str], dict[str, Any]] = {}
+    for info in detailed:  # audio clusters belong to a cache and source domains: shown once
+        for entry in cluster_info(info.path):
+            clusters.setdefault((entry["cache"], entry["modality"], entry["domains"]), entry)
     parts.append("<h2>Runs</h2><ul>")
     for index, info in enumerate(detailed):
         parts.append(f'<li><a href="#run-{index}">{html.escape(_run_title(info))}</a></li>')
+    for index, entry in enumerate(clusters.values()):
+        parts.append(
+            f'<li><a href="#clusters-{index}">{html.escape(_clusters_title(entry))}</a></li>'
+        )
     parts.append("</ul>")
     bar = tqdm(detailed, desc="report", unit="run", disable=not progress)
     for index, info in enumerate(bar):
+        cache = str(runs.read_config(info.path)["cache"])
+        if cache not in names_of:
+            names_of[cache] = cache_class_names(cache)
         parts.append(f'<section id="run-{index}"><h2>{html.escape(_run_title(info))}</h2>')
         parts.append(f"<p><code>{html.escape(str(info.path))}</code></p>")
         for figure in run_figures(
-            info.path, max_points=max_points, tsne_max_points=tsne_max_points
+            info.path,
+            max_points=max_points,
+            tsne_max_points=tsne_max_points,
+            names=names_of[cache],
         ):
+            parts.append(_figure_html(figure))
+        parts.append("</section>")
+    for index, entry in enumerate(clusters.values()):
+        parts.append(
+            f'<section id="clusters-{index}"><h2>{html.escape(_clusters_title(entry))}</h2>'
+        )
+        parts.append(f"<p><code>{html.escape(entry['cache'])}</code></p>")
+        names = cache_class_names(entry["cache"]).get(entry["task"])
+        for figure in cluster_figures(entry, names):
             parts.append(_figure_html(figure))
         parts.append("</section>")
     parts.append("</body></html>")
@@ -545,3 +874,8 @@ def build_report(
 
 def _run_title(info: aggregate_lib.RunInfo) -> str:
     return f"{info.method} · {info.setting} · seed {info.seed}"
+
+
+def _clusters_title(entry: dict[str, Any]) -> str:
+    where = f"{Path(entry['cache']).name} · {entry['modality']} · source {entry['domains']}"
+    return f"audio clusters · {where}"

@@ -37,10 +37,7 @@ from avda.dask_support import collect_warnings, connect, quiet_dask_logs
 from avda.data_manifests import schema as manifest_schema
 from avda.errors import AvdaError, ConfigError
 from avda.extract import backbones, runner
-from avda.extract.inference import Precision
-from avda.extract.inputs import InputPaths
-from avda.extract.runner import ExtractResult, ModalitySpec
-from avda.extract.sampling import Recipe
+from avda.extract.runner import ExtractOptions, ExtractResult
 
 log = logging.getLogger(__name__)
 
@@ -70,52 +67,33 @@ def parse_scheduler(scheduler: str | None) -> tuple[str, int | None]:
 
 def extract_distributed(
     manifest: pd.DataFrame,
+    options: ExtractOptions | None = None,
     *,
     out: str | Path,
-    recipe: Recipe,
-    modalities: list[ModalitySpec],
     scheduler: str | None = None,
     num_shards: int | None = None,
-    videos: str | Path | None = None,
-    frames: str | Path | None = None,
-    flow: str | Path | None = None,
-    audio: str | Path | None = None,
-    flow_stride: int | None = None,
-    batch_size: int = 16,
-    workers: int = 2,
-    device: str | None = None,
-    chunk_rows: int = cache_lib.schema.DEFAULT_CHUNK_ROWS,
-    retry_failed: bool = False,
-    force: bool = False,
-    progress: bool = True,
-    precision: Precision = "auto",
     client: Any = None,
     worker_timeout: float = WORKER_TIMEOUT,
+    **keywords: Any,
 ) -> ExtractResult:
     """Like :func:`avda.extract.runner.extract`, with the shards run as tasks on a Dask cluster.
 
-    ``num_shards`` defaults to the number of Zarr chunks (at most 4 per worker); ``device`` None
-    gives each worker its own GPU (``cuda:<worker index>``) when there are GPUs. ``client``: an
-    existing ``dask.distributed.Client`` to use instead of ``scheduler``. On a running scheduler
-    the shards start once a worker joins; after ``worker_timeout`` seconds without one, an
-    :class:`AvdaError` (nothing extracted, the store prepared: rerun to resume).
+    ``options`` (or ``keywords`` building them) as :func:`~avda.extract.runner.extract` takes
+    them; each shard task gets the same :class:`~avda.extract.runner.ExtractOptions`.
+    ``num_shards`` defaults to the number of Zarr chunks (at most 4 per worker); a ``device``
+    of None gives each worker its own GPU (``cuda:<worker index>``) when there are GPUs.
+    ``client``: an existing ``dask.distributed.Client`` to use instead of ``scheduler``. On a
+    running scheduler the shards start once a worker joins; after ``worker_timeout`` seconds
+    without one, an :class:`AvdaError` (nothing extracted, the store prepared: rerun to resume).
     """
     from dask.distributed import Client, LocalCluster, as_completed
 
     quiet_dask_logs()
     began = time.perf_counter()
+    options = runner.resolve_options(options, keywords)
     kind, local_workers = parse_scheduler(scheduler)
-    paths = {
-        "videos": videos,
-        "frames": frames,
-        "flow": flow,
-        "audio": audio,
-    }
-    inputs = InputPaths(
-        **{k: Path(v) if v is not None else None for k, v in paths.items()},
-        flow_stride=flow_stride,
-    )
-    inputs.check([m.modality for m in modalities])
+    options.check()
+    inputs, recipe, modalities = options.inputs, options.recipe, options.modalities
     segments = manifest_schema.normalise(manifest)
     built = [runner._build_model(spec, recipe) for spec in modalities]  # refuse misfits first
     # The store is set up under its exclusive lock (a --force move included), then the run
@@ -126,12 +104,12 @@ def extract_distributed(
             segments,
             manifest_schema.fingerprint(manifest),
             recipe,
-            chunk_rows=chunk_rows,
-            force=force,
+            chunk_rows=options.chunk_rows,
+            force=options.force,
         )
         for spec, model in zip(modalities, built, strict=True):
             # Every array and provenance entry exists before any task starts.
-            runner.prepare_modality(store, spec, recipe, inputs, force=force, model=model)
+            runner.prepare_modality(store, spec, recipe, inputs, force=options.force, model=model)
     del built
 
     with ExitStack() as stack:
@@ -172,30 +150,24 @@ def extract_distributed(
             count,
             scheduler or ("client" if client is not None else "local"),
         )
-        options: dict[str, Any] = {
-            "out": str(out),
-            "recipe": recipe,
-            "modalities": modalities,
-            "batch_size": batch_size,
-            "workers": workers,
-            "device": device,
-            "chunk_rows": chunk_rows,
-            "retry_failed": retry_failed,
-            "precision": precision,
-            "threads": threads,
-            **{k: str(v) if v is not None else None for k, v in paths.items()},
-            "flow_stride": flow_stride,
-        }
+        task_options = options.replace(force=False, progress=False)  # the store is prepared
         shared = client.scatter(manifest, broadcast=True)
         futures = [
             client.submit(
-                _run_shard, shared, index, shards, options, key=f"avda-extract-{index}-of-{shards}"
+                _run_shard,
+                shared,
+                index,
+                shards,
+                str(out),
+                task_options,
+                threads,
+                key=f"avda-extract-{index}-of-{shards}",
             )
             for index in range(shards)
         ]
         errors: list[str] = []
         warnings: list[str] = []
-        bar = tqdm(total=shards, desc="extract shards", unit="shard", disable=not progress)
+        bar = tqdm(total=shards, desc="extract shards", unit="shard", disable=not options.progress)
         for future in as_completed(futures):
             try:
                 done = future.result()
@@ -244,21 +216,22 @@ def _wait_for_worker(client: Any, address: str, timeout: float) -> None:
 
 
 def _run_shard(
-    manifest: pd.DataFrame, index: int, count: int, options: dict[str, Any]
-) -> dict[str, int]:
+    manifest: pd.DataFrame,
+    index: int,
+    count: int,
+    out: str,
+    options: ExtractOptions,
+    threads: int | None,
+) -> dict[str, Any]:
     """One Dask task: extract shard ``index/count`` into the prepared store."""
-    options = dict(options)
     # The client warned once when it built the models to prepare the store: not once a shard.
-    backbones.RANDOM_INIT_WARNED.update((m.backbone, m.modality) for m in options["modalities"])
-    threads = options.pop("threads")
+    backbones.RANDOM_INIT_WARNED.update((m.backbone, m.modality) for m in options.modalities)
     if threads:
         torch.set_num_threads(threads)
-    if options["device"] is None and torch.cuda.is_available():
-        options["device"] = f"cuda:{_worker_index() % torch.cuda.device_count()}"
+    if options.device is None and torch.cuda.is_available():
+        options = options.replace(device=f"cuda:{_worker_index() % torch.cuda.device_count()}")
     with collect_warnings() as warnings:  # returned to the client, not printed by each worker
-        result = runner.extract(
-            manifest, shard=(index, count), force=False, progress=False, **options
-        )
+        result = runner.extract(manifest, options, out=out, shard=(index, count))
     return {
         "done": result.done,
         "failed": result.failed,

@@ -77,6 +77,76 @@ class ModalitySpec:
     weights: Path | None = None
 
 
+INPUT_KEYWORDS = ("videos", "frames", "flow", "audio", "flow_stride")
+
+
+def _path(value: str | Path | None) -> Path | None:
+    return Path(value) if value is not None else None
+
+
+@dataclasses.dataclass(frozen=True)
+class ExtractOptions:
+    """How to extract, apart from what (the manifest) and where to (``out``) and which part
+    (``shard``): built once from the CLI's options or :func:`avda.extract`'s keywords and
+    handed unchanged to :func:`extract`, to :func:`avda.extract.distributed.extract_distributed`
+    and from there to each Dask shard task.
+
+    ``inputs``: where videos, frame and flow folders and audio files are
+    (:class:`~avda.extract.inputs.InputPaths`); ``precision`` ``auto``, ``float32`` or
+    ``bfloat16``. :meth:`of` takes the flat keywords (``videos=``, ``frames=``, ...) instead.
+    """
+
+    recipe: Recipe
+    modalities: tuple[ModalitySpec, ...]
+    inputs: InputPaths = InputPaths()
+    batch_size: int = 16
+    workers: int = 2
+    device: str | None = None
+    precision: Precision = "auto"
+    chunk_rows: int = cache_lib.schema.DEFAULT_CHUNK_ROWS
+    retry_failed: bool = False
+    force: bool = False
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "modalities", tuple(self.modalities))
+
+    @classmethod
+    def of(cls, *, recipe: Recipe, modalities, **keywords: Any) -> ExtractOptions:
+        """From flat keywords, as :func:`extract` takes them (``videos=``, ``batch_size=``...)."""
+        return cls(recipe=recipe, modalities=tuple(modalities)).replace(**keywords)
+
+    def replace(self, **changes: Any) -> ExtractOptions:
+        """A copy with ``changes`` (input keywords such as ``videos=`` go into ``inputs``)."""
+        inputs = {k: changes.pop(k) for k in INPUT_KEYWORDS if k in changes}
+        if inputs:
+            flow_stride = inputs.pop("flow_stride", self.inputs.flow_stride)
+            paths = {k: _path(v) for k, v in inputs.items()}
+            changes["inputs"] = dataclasses.replace(self.inputs, flow_stride=flow_stride, **paths)
+        known = {field.name for field in dataclasses.fields(self)}
+        unknown = sorted(set(changes) - known)
+        if unknown:
+            raise TypeError(f"unexpected extraction option(s): {', '.join(unknown)}")
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def modality_names(self) -> list[str]:
+        return [spec.modality for spec in self.modalities]
+
+    def check(self) -> None:
+        """One error for a bad value or a missing input folder, before any work."""
+        self.inputs.check(self.modality_names)
+        if self.batch_size < 1:
+            raise ConfigError(f"--batch-size must be >= 1, got {self.batch_size}")
+
+
+def resolve_options(options: ExtractOptions | None, keywords: dict[str, Any]) -> ExtractOptions:
+    """``options`` with ``keywords`` applied, or options built from ``keywords`` alone."""
+    if options is None:
+        return ExtractOptions.of(**keywords)
+    return options.replace(**keywords) if keywords else options
+
+
 @dataclasses.dataclass
 class ExtractResult:
     store: Path
@@ -320,28 +390,17 @@ def prepare_modality(
 # --------------------------------------------------------------------------- main entry
 def extract(
     manifest: pd.DataFrame,
+    options: ExtractOptions | None = None,
     *,
-    videos: str | Path | None = None,
     out: str | Path,
-    recipe: Recipe,
-    modalities: list[ModalitySpec],
-    batch_size: int = 16,
-    workers: int = 2,
-    device: str | None = None,
-    chunk_rows: int = cache_lib.schema.DEFAULT_CHUNK_ROWS,
-    retry_failed: bool = False,
-    force: bool = False,
     shard: tuple[int, int] | None = None,
-    progress: bool = True,
-    frames: str | Path | None = None,
-    flow: str | Path | None = None,
-    audio: str | Path | None = None,
-    flow_stride: int | None = None,
-    precision: Precision = "auto",
     prepare_only: bool = False,
+    **keywords: Any,
 ) -> ExtractResult:
-    """Extract ``modalities`` for every manifest row into the store ``out`` (resuming).
+    """Extract ``options.modalities`` for every manifest row into the store ``out`` (resuming).
 
+    ``options``: an :class:`ExtractOptions`; ``keywords`` (``recipe=``, ``modalities=``,
+    ``videos=``, ``batch_size=``...: its fields, inputs flat) build one, or change the given one.
     ``shard=(i, n)``: only the rows of chunks ``c`` with ``c % n == i``; shard processes started
     together create the store once (a lock file ``<out>.create.lock`` next to it; on file
     systems without working locks run ``prepare_only=True`` once first). An unsharded run holds
@@ -354,26 +413,24 @@ def extract(
     "auto": bfloat16 where the device computes in it natively (Ampere+ GPUs, CPUs with
     AVX512-BF16 or AMX), float32 elsewhere (:func:`avda.extract.inference.resolve_precision`).
     """
+    options = resolve_options(options, keywords)
     began = time.perf_counter()
     out = Path(out)
-    inputs = InputPaths(
-        videos=Path(videos) if videos is not None else None,
-        frames=Path(frames) if frames is not None else None,
-        flow=Path(flow) if flow is not None else None,
-        audio=Path(audio) if audio is not None else None,
-        flow_stride=flow_stride,
+    options.check()
+    inputs, recipe, modalities, force = (
+        options.inputs,
+        options.recipe,
+        options.modalities,
+        options.force,
     )
-    inputs.check([m.modality for m in modalities])
-    if batch_size < 1:
-        raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
     if force and shard is not None:
         raise ConfigError(
             "--force with --shard would let every shard replace the store: replace it once "
             "(--force --prepare-only, without --shard), then run the shards"
         )
     segments = manifest_schema.normalise(manifest)
-    device = resolve_device(device)
-    resolved = resolve_precision(precision, device)
+    device = resolve_device(options.device)
+    resolved = resolve_precision(options.precision, device)
     # Models first: a recipe the backbone cannot take is refused before any store exists.
     built = [_build_model(spec, recipe) for spec in modalities]
     # One writer at a time (avda.cache.lock): an unsharded run holds the store's lock
@@ -386,7 +443,7 @@ def extract(
                 segments,
                 manifest_schema.fingerprint(manifest),
                 recipe,
-                chunk_rows=chunk_rows,
+                chunk_rows=options.chunk_rows,
                 force=force,
             )
             models = []
@@ -407,12 +464,12 @@ def extract(
                 model,
                 inputs=inputs,
                 recipe=recipe,
-                batch_size=batch_size,
-                workers=workers,
+                batch_size=options.batch_size,
+                workers=options.workers,
                 device=device,
-                retry_failed=retry_failed,
+                retry_failed=options.retry_failed,
                 shard=shard,
-                progress=progress,
+                progress=options.progress,
                 precision=resolved,
             )
         return summarise(store, [m.modality for m in modalities], began, shard=shard)
@@ -569,6 +626,7 @@ def _usable_workers(workers: int) -> int:
 
 
 __all__ = [
+    "ExtractOptions",
     "AUDIO_RECIPE_OF_BACKBONE",
     "ExtractResult",
     "InputPaths",

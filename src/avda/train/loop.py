@@ -21,7 +21,7 @@ import torch
 from tqdm import tqdm
 
 import avda
-from avda import runs
+from avda import environment, runs
 from avda.cache import FeatureCache, open_cache
 from avda.data_manifests.settings import Setting
 from avda.devices import resolve_device
@@ -29,6 +29,7 @@ from avda.errors import CacheError, RunError, TrainingDiverged
 from avda.evaluate.metrics import mean_class_accuracy, top1_accuracy
 from avda.train import data as data_lib
 from avda.train import heads as heads_lib
+from avda.train import sinks as sinks_lib
 from avda.train.data import FeatureSet, Task
 from avda.train.heads._base import Head, HeadConfig, shape_errors
 from avda.train.layers import dann_annealing
@@ -224,15 +225,52 @@ def train(
     device: str | None = None,
     progress: bool = True,
     protocol: str | None = None,
+    log: str | Sequence[str] | None = None,  # noqa: A002 - the CLI option's name
 ) -> TrainResult:
     """Train ``head`` on ``source`` (labelled) and ``target`` (unlabelled) features of ``cache``.
 
     ``protocol``: a named protocol (:mod:`avda.protocols`) that sets the head's config as its
     paper ran it; ``head`` is then the method's name in that protocol (``source-only`` under
     ``mmsada-epic55`` trains mm-sada without its adaptation terms), recorded as
-    ``protocol_role``.
+    ``protocol_role``. ``log``: loggers that stream the ``metrics.jsonl`` records as they are
+    written (``"tensorboard"``, ``"wandb"``, ``"mlflow"``; a comma list or a list; see
+    :mod:`avda.train.sinks`).
     """
-    out = Path(out)
+    names = sinks_lib.parse_names(log)
+    sinks_lib.check_available(names)  # a missing package: one line before any work
+    sinks = sinks_lib.MetricSinks(names)
+    try:
+        return _train(
+            cache=cache,
+            head=head,
+            source=source,
+            target=target,
+            out=Path(out),
+            seed=seed,
+            overrides=overrides,
+            device=device,
+            progress=progress,
+            protocol=protocol,
+            sinks=sinks,
+        )
+    finally:
+        sinks.close()
+
+
+def _train(
+    *,
+    cache: str | Path,
+    head: str,
+    source: Sequence[str],
+    target: Sequence[str],
+    out: Path,
+    seed: int,
+    overrides: dict[str, Any] | None,
+    device: str | None,
+    progress: bool,
+    protocol: str | None,
+    sinks: sinks_lib.MetricSinks,
+) -> TrainResult:
     Setting(tuple(source), tuple(target))  # refuses a domain on both sides, or none on one
     role = head
     if protocol is not None:
@@ -309,8 +347,16 @@ def train(
     runs.write_config(out, resolved)
     trained = (out / runs.CHECKPOINT).exists() or (out / runs.METRICS).exists()
     if not trained or not (out / runs.PROVENANCE).exists():
-        # Written when the run starts; a resume keeps the record of the cache it started on.
-        runs.atomic_write_text(out / runs.PROVENANCE, json.dumps(store.provenance, indent=2))
+        # Written when the run starts; a resume keeps the record of the cache it started on
+        # and adds the environment it went on in.
+        provenance = {**store.provenance, "environment": environment.describe(device)}
+        runs.atomic_write_text(out / runs.PROVENANCE, json.dumps(provenance, indent=2))
+    else:
+        provenance = runs.read_provenance(out) or {}
+        resumed = provenance.get("resumed") if isinstance(provenance.get("resumed"), list) else []
+        provenance["resumed"] = [*resumed, environment.describe(device)]
+        runs.atomic_write_text(out / runs.PROVENANCE, json.dumps(provenance, indent=2))
+    sinks.open(out, resolved)
 
     torch.manual_seed(seed)
     np.random.seed(seed)
@@ -338,6 +384,7 @@ def train(
                 seed=seed,
                 device=device,
                 progress=progress,
+                sinks=sinks,
             )
         )
     # One small batch of every evaluation set through the head now: a head that cannot run on
@@ -445,6 +492,7 @@ def train(
                         epoch_scores[name],
                     )
         runs.append_metrics(out, record)
+        sinks.record(record)
         # At each evaluation, the last epoch, and at least every CHECKPOINT_SECONDS: a run of
         # many short epochs (a recipe's steps on a small set) does not spend its time saving.
         if evaluating or time.perf_counter() - saved >= CHECKPOINT_SECONDS:

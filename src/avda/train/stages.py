@@ -39,6 +39,7 @@ from avda import runs
 from avda.cache import FeatureCache
 from avda.errors import RunError
 from avda.train.data import FeatureSet
+from avda.train.sinks import MetricSinks
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +58,7 @@ class TrainingContext:
     seed: int = 0
     device: str = "cpu"
     progress: bool = False
+    sinks: MetricSinks | None = None  # avda train --log: stage epochs stream there too
 
     def all_sets(self) -> list[FeatureSet]:
         return [self.train_set, self.target_set, *self.eval_sets.values()]
@@ -195,12 +197,14 @@ def fit_epochs(
     run_epoch: Callable[[int], dict[str, float]],
     generator: torch.Generator,
     progress: bool = False,
+    sinks: MetricSinks | None = None,
 ) -> list[dict[str, float]]:
     """Train ``module`` for ``epochs`` epochs, checkpointing after each one (resumable).
 
     ``run_epoch(epoch)`` trains one epoch (drawing batch orders from ``generator``) and
-    returns its mean losses. A partial checkpoint made with the same ``key`` is resumed from;
-    one made with another key is discarded. Returns the per-epoch losses of this call.
+    returns its mean losses (also streamed to ``sinks`` as ``stage/<name>/<loss>``). A partial
+    checkpoint made with the same ``key`` is resumed from; one made with another key is
+    discarded. Returns the per-epoch losses of this call.
     """
     from tqdm import tqdm
 
@@ -241,6 +245,8 @@ def fit_epochs(
             "history": history,
         }
         runs.save_checkpoint(state, partial)
+        if sinks is not None:
+            sinks.stage(name, epoch, losses)
         bar.set_postfix(loss=f"{losses.get('loss', float('nan')):.3f}")
     bar.close()
     module.eval()

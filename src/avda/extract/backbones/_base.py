@@ -1,4 +1,4 @@
-"""What every backbone offers: the uniform interface of DESIGN.md 3.2.
+"""What every backbone offers: the uniform interface of docs/design.md (Backbones).
 
 A backbone is an ``nn.Module`` with
 

@@ -62,7 +62,7 @@ class Layout:
 class PublishedWeights:
     """A published checkpoint file and everything needed to use it (torchvision-style metadata).
 
-    ``manifest`` names the key/shape manifest in ``shared/data/checkpoint_keys/``;
+    ``manifest`` names the key/shape manifest of the file (generated from the reference code);
     ``wrapping`` says how the file stores the state dict; ``config`` are the builder keywords that
     reproduce the model the file was trained with.
     """

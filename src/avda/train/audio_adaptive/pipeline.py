@@ -206,6 +206,7 @@ class AudioAdaptiveStages:
                 run_epoch=run_epoch,
                 generator=generator,
                 progress=self.context.progress,
+                sinks=self.context.sinks,
             )
         probabilities = self._audio_probabilities(model, train)
         summary = {
@@ -452,6 +453,7 @@ class AudioAdaptiveStages:
                 run_epoch=run_epoch,
                 generator=generator,
                 progress=self.context.progress,
+                sinks=self.context.sinks,
             )
         target_module.load_state_dict(model.state_dict())
         summary = {"history": history, "lr": optimizer.param_groups[0]["lr"]}

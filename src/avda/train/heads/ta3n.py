@@ -21,7 +21,7 @@ The EPIC-KITCHENS-100 UDA baseline configuration of the authors' code
     beta  = (0.75, 0.75, 0.5) * (2 / (1 + exp(-1 * p')) - 1), p' = p + 1 / epochs
     gamma = 0.003
 
-The ICCV 2019 paper is not in ``shared/papers``, so its equation numbers could not be checked;
+The ICCV 2019 paper was not available to us, so its equation numbers could not be checked;
 the terms keep its names (L_y, L_d, L_ae, domain attention). Every number above is the
 authors' EPIC-100 code (see ``docs/methods.md``, section ``ta3n``): the GRL only scales the
 gradient reaching the features (discriminators get full-strength gradients); nothing is

@@ -1,0 +1,136 @@
+"""``avda extract --videos DIR|LIST`` without a manifest: one segment per whole video."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from avda import cli
+from avda.cache import Status, open_cache
+from avda.data_manifests import whole_videos
+from avda.errors import ConfigError, MediaError
+
+
+def run(capsys, *args):
+    code = cli.main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _header_seconds(path) -> float:
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        return float(stream.duration * stream.time_base)
+
+
+@pytest.fixture()
+def folder(tmp_path, media):
+    """Real videos in a folder with a subfolder, and a same-stem pair (a.mp4, a.avi)."""
+    root = tmp_path / "videos"
+    (root / "kitchen").mkdir(parents=True)
+    shutil.copy(media / "video" / "demo.mp4", root / "a.mp4")
+    shutil.copy(media / "video" / "test.avi", root / "a.avi")
+    shutil.copy(media / "video" / "v_GGSY1Qvo990.mp4", root / "kitchen" / "P01_01.mp4")
+    (root / "notes.txt").write_text("not a video suffix: ignored")
+    (root / ".hidden.mp4").write_text("hidden files are ignored")
+    return root
+
+
+def test_a_folder_makes_one_segment_per_whole_video(folder, media):
+    frame, root = whole_videos.manifest(folder)
+    assert root == folder
+    assert frame["uid"].tolist() == ["a.avi", "a.mp4", "kitchen__P01_01"]
+    assert frame["video_id"].tolist() == frame["uid"].tolist()
+    assert frame["video_path"].tolist() == ["a.avi", "a.mp4", "kitchen/P01_01.mp4"]
+    assert set(frame["domain"]) == {"all"} and set(frame["split"]) == {"test"}
+    assert (frame["start_sec"] == 0).all()
+    expected = [_header_seconds(folder / p) for p in frame["video_path"]]
+    np.testing.assert_allclose(frame["stop_sec"], expected)
+    np.testing.assert_allclose(frame["stop_sec"], [6.56, 10.0, 18.0438], atol=1e-3)
+    assert whole_videos._ids(
+        [Path("/d/a/x.mp4"), Path("/d/b/x.mp4"), Path("/d/y.mp4"), Path("/d/y.avi")],
+        shortest=True,
+    ) == ["a__x", "b__x", "y.mp4", "y.avi"]
+    assert whole_videos._ids([Path("a__b.mp4"), Path("a/b.mp4")]) == ["a__b~1", "a__b~2"]
+    trained, _ = whole_videos.manifest(folder, domain="D2", split="train")
+    assert set(trained["domain"]) == {"D2"} and set(trained["split"]) == {"train"}
+
+
+def test_cli_extracts_a_list_of_videos_without_a_manifest(tmp_path, media, capsys):
+    listing = tmp_path / "lists" / "videos.txt"
+    listing.parent.mkdir()
+    os.symlink(media / "video" / "demo.mp4", tmp_path / "lists" / "clip.mp4")
+    listing.write_text(
+        f"# two videos: one relative to this file, one absolute\nclip.mp4\n\n"
+        f"{media / 'video' / 'test.avi'}  # UCF-style\n"
+    )
+    store_path = tmp_path / "c.zarr"
+    code, out, err = run(
+        capsys,
+        "extract",
+        "--videos",
+        str(listing),
+        "-o",
+        str(store_path),
+        "--recipe",
+        "demo",
+        "--modalities",
+        "rgb,audio",
+        "--workers",
+        "0",
+        "--split",
+        "train",
+        "--quiet",
+    )
+    assert code == 0, err
+    assert "3 done, 1 missing input, 0 failed" in out  # segments x modalities
+    store = open_cache(store_path)
+    segments = store.segments
+    assert sorted(segments["uid"]) == ["clip", "test"]
+    assert set(segments["split"]) == {"train"} and set(segments["domain"]) == {"all"}
+    assert (store.status("rgb") == Status.DONE).all()
+    # demo.mp4 has no audio track: its audio is missing, test.avi's is done
+    audio = dict(zip(segments["uid"], store.status("audio"), strict=True))
+    assert audio == {"clip": Status.MISSING, "test": Status.DONE}
+    features = store.features("rgb")
+    assert features.shape[0] == 2 and np.isfinite(features).all()
+
+
+def test_a_file_that_is_not_a_video_is_one_line_before_any_work(folder, tmp_path, capsys):
+    (folder / "broken.mp4").write_bytes(b"not a video at all")
+    code, _, err = run(
+        capsys, "extract", "--videos", str(folder), "-o", str(tmp_path / "c.zarr"), "--quiet"
+    )
+    assert code == 1 and len(err.strip().splitlines()) == 1
+    assert "broken.mp4 cannot be opened as a video" in err and "remove them" in err
+    assert not (tmp_path / "c.zarr").exists()
+
+
+def test_bad_inputs_are_one_line(tmp_path, folder, capsys):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match="no video files below it"):
+        whole_videos.manifest(tmp_path / "empty")
+    listing = tmp_path / "list.txt"
+    listing.write_text("a.mp4\nmissing.mp4\n")
+    with pytest.raises(ConfigError, match=r"lists videos that do not exist \(line 1: a.mp4; "):
+        whole_videos.manifest(listing)
+    with pytest.raises(ConfigError, match="--split 'training': expected one of train, val, test"):
+        whole_videos.manifest(folder, split="training")
+    with pytest.raises(ConfigError, match="--domain 'a/b' contains '/'"):
+        whole_videos.manifest(folder, domain="a/b")
+    with pytest.raises(MediaError):
+        whole_videos.duration(tmp_path / "list.txt")
+    code, _, err = run(capsys, "extract", "-o", str(tmp_path / "c.zarr"))
+    assert code == 2 and "--videos' alone: one segment per whole video" in err
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("uid,video_id,domain,split,start_sec,stop_sec\nu,a,D1,train,0,1\n")
+    code, _, err = run(
+        capsys, "extract", "-m", str(manifest), "--videos", str(folder), "--domain", "D1",
+        "-o", str(tmp_path / "c.zarr"),
+    )  # fmt: skip
+    assert code == 1 and "--domain/--split name the segments of whole videos" in err
