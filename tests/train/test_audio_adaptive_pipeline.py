@@ -16,7 +16,7 @@ import zarr
 from avda import cache as cache_lib
 from avda import runs
 from avda.cache import Status
-from avda.errors import CacheError, ConfigError, RunError
+from avda.errors import CacheError, ConfigError, RunError, TrainingDiverged
 from avda.train import heads
 from avda.train.audio_adaptive import pipeline
 from avda.train.clustering import cluster_store
@@ -546,24 +546,34 @@ PAPER_COMPARISON = {
 BASELINE = {"epochs": 30, "batch_size": 32, "eval_every": 30}
 
 
-def _compare(tmp_path, seeds, options):
+def _train_variant(cache, out, head, options, seed) -> float:
+    """Target top-1 of one run; a run that diverges (an inverted term) scores 0."""
+    try:
+        result = train(
+            cache=cache, head=head, source=["source"], target=["target"], out=out, seed=seed,
+            overrides=options, progress=False,
+        )  # fmt: skip
+    except TrainingDiverged:
+        return 0.0
+    return result.metrics["target_test/verb/top1"]
+
+
+def _compare(tmp_path, seeds, options, variants=None):
     """Target top-1 of source-only, DANN (both: late fusion of RGB and audio) and
-    audio-adaptive (RGB + audio) on the same synthetic caches."""
+    audio-adaptive (RGB + audio) on the same synthetic caches; ``variants`` (name -> (seeds,
+    overrides)) adds audio-adaptive runs with other settings on some of the seeds."""
     scores: dict[str, list[float]] = {}
     for seed in seeds:
         cache = tmp_path / f"c{seed}.zarr"
         make_audio_visual_cache(cache, seed=seed)
-        for head, head_options in (
-            ("source-only", BASELINE),
-            ("dann", BASELINE),
-            ("audio-adaptive", options),
-        ):
-            result = train(
-                cache=cache, head=head, source=["source"], target=["target"],
-                out=tmp_path / f"{head}-{seed}", seed=seed, overrides=head_options,
-                progress=False,
-            )  # fmt: skip
-            scores.setdefault(head, []).append(result.metrics["target_test/verb/top1"])
+        runs_ = [("source-only", "source-only", BASELINE), ("dann", "dann", BASELINE)]
+        runs_.append(("audio-adaptive", "audio-adaptive", options))
+        for name, (variant_seeds, overrides) in (variants or {}).items():
+            if seed in variant_seeds:
+                runs_.append((name, "audio-adaptive", {**options, **overrides}))
+        for name, head, head_options in runs_:
+            out = tmp_path / f"{name}-{seed}"
+            scores.setdefault(name, []).append(_train_variant(cache, out, head, head_options, seed))
     logging.getLogger(__name__).info("target top-1 per seed: %s", json.dumps(scores))
     return {head: float(np.mean(values)) for head, values in scores.items()}, scores
 
@@ -573,34 +583,38 @@ def test_beats_source_only_on_one_seed(tmp_path):
     assert means["audio-adaptive"] > means["source-only"]
 
 
-def test_beats_source_only_and_dann_over_three_seeds(tmp_path):
-    # ~4 min on 2 cores; in the default suite because it is the issue's acceptance check.
+# Its adaptation terms: the pseudo-labelled target term of stage 6b and the pseudo-absent
+# term of stage 5 (both use target segments), switched off together, or the target term inverted.
+BROKEN = {
+    "off": ([0, 1], {"target_weight": 0.0, "absent_weight": 0.0}),
+    "inverted": ([0, 1], {"target_weight": -1.0}),
+}
+
+
+@pytest.fixture(scope="module")
+def paper_comparison(tmp_path_factory):
+    # ~8 min on 2 cores; in the default suite because it is the issue's acceptance check.
+    return _compare(
+        tmp_path_factory.mktemp("paper"), seeds=[0, 1, 2], options=PAPER_COMPARISON,
+        variants=BROKEN,
+    )  # fmt: skip
+
+
+def test_beats_source_only_and_dann_over_three_seeds(paper_comparison):
     # Measured (docs/methods.md): source-only 0.733 / 0.592 / 0.833, DANN 0.833 / 0.800 / 0.900,
     # audio-adaptive 0.933 / 0.942 / 0.933 (constant recognizer lr, as the reference).
-    means, scores = _compare(tmp_path, seeds=[0, 1, 2], options=PAPER_COMPARISON)
+    means, scores = paper_comparison
     assert means["audio-adaptive"] > means["source-only"] + 0.02, scores
     assert means["audio-adaptive"] > means["dann"] + 0.02, scores
 
 
-def test_log_tensorboard_streams_each_stage_and_the_recognizer(av_cache, tmp_path):
-    accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
-    run = tmp_path / "run"
-    train(
-        cache=av_cache, head="audio-adaptive", source=["source"], target=["target"], out=run,
-        overrides=dict(TINY), progress=False, log="tensorboard",
-    )  # fmt: skip
-
-    def scalars(folder):
-        events = accumulator.EventAccumulator(str(folder))
-        events.Reload()
-        return {t: [e.step for e in events.Scalars(t)] for t in events.Tags()["scalars"]}
-
-    classifier = StageStore(run).record("audio-classifier")["summary"]["history"]
-    found = scalars(run / "tensorboard" / "stages" / "audio-classifier")
-    assert found == {"stage/audio-classifier/loss": [h["epoch"] for h in classifier]}
-    assert "stage/encoder-rgb/loss" in scalars(run / "tensorboard" / "stages" / "encoder-rgb")
-    epochs = [r["epoch"] for r in runs.read_metrics(run)]
-    assert scalars(run / "tensorboard")["train/loss"] == epochs
+def test_breaking_the_target_terms_loses_the_gain(paper_comparison):
+    """Measured (seeds 0, 1): audio-adaptive MEASURED_DEFAULT; both target terms off
+    MEASURED_OFF; the target term inverted MEASURED_INVERTED."""
+    _, scores = paper_comparison
+    adapted = float(np.mean(scores["audio-adaptive"][:2]))
+    assert np.mean(scores["off"]) < adapted - 0.03, scores
+    assert np.mean(scores["inverted"]) < adapted - 0.03, scores
 
 
 def test_stage_1_trains_on_audio_features_of_a_large_mean(tmp_path):
