@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import av
 import numpy as np
 import pandas as pd
@@ -11,16 +13,17 @@ from avda import cli, runs
 from avda.demo import HEADS, run_demo
 
 
-def test_small_demo_runs_every_stage(tmp_path):
+@pytest.fixture(scope="module")
+def small_demo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("small") / "demo"
     result = run_demo(
-        tmp_path / "demo",
-        epochs=3,
-        workers=0,
-        videos_per_domain=3,
-        test_videos_per_domain=1,
-        progress=False,
+        out, epochs=3, workers=0, videos_per_domain=3, test_videos_per_domain=1, progress=False
     )
-    out = tmp_path / "demo"
+    return out, result
+
+
+def test_small_demo_runs_every_stage(small_demo):
+    out, result = small_demo
     manifest = pd.read_csv(out / "manifest.csv")
     assert set(manifest["domain"]) == {"source", "target"}
     assert len(list((out / "videos").glob("*.mp4"))) == 6
@@ -48,3 +51,29 @@ def test_full_demo_source_only_beats_chance_on_target(tmp_path, capsys):
     table = pd.read_csv(tmp_path / "demo" / "results.csv")
     source_only = table[table["head"] == "source-only"].iloc[0]
     assert source_only["target_test top1"] > 40.0  # chance is 25 %
+
+
+def test_unified_example_runs_on_the_demo_cache_and_names_its_protocol(small_demo, tmp_path):
+    """examples/unified-demo.yaml, as its comment says to run it, on the cache `avda demo`
+    extracted from real media: a LocalCluster sweep whose table names the protocol."""
+    import yaml
+
+    from avda.evaluate import sweep, tables
+
+    demo, _ = small_demo
+    example = Path(__file__).resolve().parents[1] / "examples" / "unified-demo.yaml"
+    data = yaml.safe_load(example.read_text())
+    assert data["cluster"]["kind"] == "local"
+    data.update(
+        cache=str(demo / "cache.zarr"),
+        out=str(tmp_path / "runs"),
+        heads=[{"name": head, "epochs": 9} for head in data["heads"]],
+    )
+    spec = tmp_path / "unified-demo.yaml"
+    spec.write_text(yaml.safe_dump(data))
+    summary = sweep.run_sweep(sweep.load_spec(spec), progress=False)
+    assert summary.ok, summary.text()
+    text, _ = tables.evaluate_runs([tmp_path / "runs"], layout="auto")
+    assert "protocol unified" in text
+    for method in data["heads"]:
+        assert f"| {method['name']} |" in text
