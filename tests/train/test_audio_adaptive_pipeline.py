@@ -227,13 +227,19 @@ def test_interrupted_stage_resumes_where_it_stopped(
 
     _train(av_cache, tmp_path / "full", visual_modalities=["rgb"])
     save = runs.save_checkpoint
+    written = []
 
     def save_then_die(state, path):
         save(state, path)
+        if Path(path).name.endswith(".partial.pt"):
+            written.append((Path(path).name, state["epoch"]))
         if Path(path).name == f"{stage}.partial.pt" and state["epoch"] == epoch:
             raise KeyboardInterrupt
 
     monkeypatch.setattr(stages_module.runs, "save_checkpoint", save_then_die)
+    _train(av_cache, tmp_path / "quick", visual_modalities=["rgb"])
+    assert written == []  # epochs of milliseconds: no partial checkpoint within PARTIAL_SECONDS
+    monkeypatch.setattr(stages_module, "PARTIAL_SECONDS", 0.0)  # one after every epoch but the last
     with pytest.raises(KeyboardInterrupt):
         _train(av_cache, tmp_path / "partial", visual_modalities=["rgb"])
     monkeypatch.setattr(stages_module.runs, "save_checkpoint", save)
@@ -242,6 +248,8 @@ def test_interrupted_stage_resumes_where_it_stopped(
     with caplog.at_level(logging.INFO, logger="avda.train.stages"):
         _train(av_cache, tmp_path / "partial", visual_modalities=["rgb"])
     assert f"stage {stage}: resuming from epoch {epoch + 1}" in caplog.text
+    epochs = TINY["audio_epochs"] if stage == "audio-classifier" else TINY["encoder_epochs"]
+    assert [e for name, e in written if name == f"{stage}.partial.pt"] == list(range(1, epochs))
     full = StageStore(tmp_path / "full")
     for name in ("pseudo-labels-rgb", "absent-labels", "clusters"):
         for key, value in full.load_arrays(name).items():
