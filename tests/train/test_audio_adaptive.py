@@ -261,6 +261,33 @@ def test_transformer_matches_the_reference_block():
     torch.testing.assert_close(encoder(x), expected)
 
 
+@pytest.mark.parametrize("training", [False, True])
+def test_transformer_computes_the_last_layer_for_the_kept_rows_only(training):
+    # queries=n: the last layer's attention and MLP run for the first n rows only; the values,
+    # the dropout masks of those rows and the random stream afterwards are the full forward's.
+    torch.manual_seed(0)
+    encoder = TransformerEncoder(16, depth=2, heads=4, head_dim=8, mlp_dim=32, dropout=0.3)
+    encoder.train(training)
+    x = torch.randn(3, 7, 16)
+    outputs, grads, after = [], [], []
+    for queries in (None, 2):
+        encoder.zero_grad()
+        torch.manual_seed(1)
+        out = encoder(x, queries=queries)[:, :2] if queries else encoder(x)[:, :2]
+        after.append(torch.rand(4))
+        out.square().sum().backward()
+        outputs.append(out.detach())
+        grads.append([p.grad.clone() for p in encoder.parameters()])
+    assert encoder(x, queries=2).shape == (3, 2, 16)
+    torch.testing.assert_close(outputs[1], outputs[0])
+    torch.testing.assert_close(after[1], after[0])
+    for kept, full in zip(*grads, strict=True):
+        torch.testing.assert_close(kept, full)
+    if training:  # dropout is on: another seed gives other masks (the check above can fail)
+        torch.manual_seed(2)
+        assert not torch.allclose(encoder(x, queries=2), outputs[0])
+
+
 # ------------------------------------------------------------------------------ encoder
 def _tiny_encoder(**kwargs):
     return AudioAdaptiveEncoder(

@@ -227,13 +227,19 @@ def test_interrupted_stage_resumes_where_it_stopped(
 
     _train(av_cache, tmp_path / "full", visual_modalities=["rgb"])
     save = runs.save_checkpoint
+    written = []
 
     def save_then_die(state, path):
         save(state, path)
+        if Path(path).name.endswith(".partial.pt"):
+            written.append((Path(path).name, state["epoch"]))
         if Path(path).name == f"{stage}.partial.pt" and state["epoch"] == epoch:
             raise KeyboardInterrupt
 
     monkeypatch.setattr(stages_module.runs, "save_checkpoint", save_then_die)
+    _train(av_cache, tmp_path / "quick", visual_modalities=["rgb"])
+    assert written == []  # epochs of milliseconds: no partial checkpoint within PARTIAL_SECONDS
+    monkeypatch.setattr(stages_module, "PARTIAL_SECONDS", 0.0)  # one after every epoch but the last
     with pytest.raises(KeyboardInterrupt):
         _train(av_cache, tmp_path / "partial", visual_modalities=["rgb"])
     monkeypatch.setattr(stages_module.runs, "save_checkpoint", save)
@@ -242,6 +248,8 @@ def test_interrupted_stage_resumes_where_it_stopped(
     with caplog.at_level(logging.INFO, logger="avda.train.stages"):
         _train(av_cache, tmp_path / "partial", visual_modalities=["rgb"])
     assert f"stage {stage}: resuming from epoch {epoch + 1}" in caplog.text
+    epochs = TINY["audio_epochs"] if stage == "audio-classifier" else TINY["encoder_epochs"]
+    assert [e for name, e in written if name == f"{stage}.partial.pt"] == list(range(1, epochs))
     full = StageStore(tmp_path / "full")
     for name in ("pseudo-labels-rgb", "absent-labels", "clusters"):
         for key, value in full.load_arrays(name).items():
@@ -249,6 +257,51 @@ def test_interrupted_stage_resumes_where_it_stopped(
     a = runs.read_predictions(tmp_path / "full", "target_test")["scores"]["verb"]
     b = runs.read_predictions(tmp_path / "partial", "target_test")["scores"]["verb"]
     np.testing.assert_array_equal(a, b)
+
+
+def test_checkpoints_before_the_last_epoch_leave_out_the_frozen_stages(
+    av_cache, tmp_path, monkeypatch
+):
+    # The frozen audio classifier and encoders are in RUN/stages/*.pt: the loop's checkpoint
+    # after epoch 1 holds the recognizers only, a run resumed from it reloads the rest from the
+    # stage files and ends as the uninterrupted run, and the last checkpoint is the whole head.
+    _train(av_cache, tmp_path / "full", visual_modalities=["rgb"], epochs=3)
+    save = runs.save_checkpoint
+
+    def save_then_die(state, path):
+        save(state, path)
+        if Path(path).name == Path(runs.CHECKPOINT).name and state["epoch"] == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(runs, "save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        _train(av_cache, tmp_path / "partial", visual_modalities=["rgb"], epochs=3)
+    monkeypatch.setattr(runs, "save_checkpoint", save)
+    partial = runs.load_checkpoint(tmp_path / "partial" / runs.CHECKPOINT)
+    assert partial["omitted"] == ["audio_classifier", "encoders"]
+    assert {k.split(".")[0] for k in partial["model"]} == {"recognizers"}
+    _train(av_cache, tmp_path / "partial", visual_modalities=["rgb"], epochs=3)
+    for name in ("full", "partial"):
+        a = runs.read_predictions(tmp_path / "full", "target_test")["scores"]["verb"]
+        b = runs.read_predictions(tmp_path / name, "target_test")["scores"]["verb"]
+        np.testing.assert_array_equal(a, b)
+    last = runs.load_checkpoint(tmp_path / "partial" / runs.CHECKPOINT)
+    assert last["epoch"] == 3 and last["omitted"] == []
+    assert set(last["model"]) == set(torch.load(tmp_path / "full" / runs.CHECKPOINT)["model"])
+    stages = StageStore(tmp_path / "partial")
+    for stage, prefix in (
+        ("encoder-rgb", "encoders.rgb."),
+        ("audio-classifier", "audio_classifier."),
+    ):
+        stored = runs.load_checkpoint(stages.folder / f"{stage}.pt")
+        for key, value in stored.items():
+            torch.testing.assert_close(last["model"][prefix + key], value)
+    # a checkpoint that lacks more than it says it omits is refused, not half loaded
+    broken = {**partial, "model": {k: v for k, v in partial["model"].items() if "head" not in k}}
+    runs.save_checkpoint(broken, tmp_path / "partial" / runs.CHECKPOINT)
+    (tmp_path / "partial" / runs.STATUS).unlink()
+    with pytest.raises(RunError, match="does not fit"):
+        _train(av_cache, tmp_path / "partial", visual_modalities=["rgb"], epochs=3)
 
 
 def test_finished_stages_are_reused_not_retrained(av_cache, tmp_path, monkeypatch):

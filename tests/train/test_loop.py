@@ -92,8 +92,8 @@ def test_resume_after_interruption_matches_uninterrupted(shifted_cache, tmp_path
     _train(shifted_cache, tmp_path / "full", head="dann")
     save = loop._save_checkpoint
 
-    def save_then_die(path, *args):
-        save(path, *args)
+    def save_then_die(path, *args, **kwargs):
+        save(path, *args, **kwargs)
         if args[4] == 2:  # the epoch just saved
             raise KeyboardInterrupt
 

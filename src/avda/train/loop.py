@@ -404,7 +404,7 @@ def _train(
     checkpoint_path = out / runs.CHECKPOINT
     if checkpoint_path.exists():
         state = runs.load_checkpoint(checkpoint_path)
-        model.load_state_dict(state["model"])
+        _load_model_state(model, state, checkpoint_path)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["torch_rng"])
@@ -496,7 +496,16 @@ def _train(
         # At each evaluation, the last epoch, and at least every CHECKPOINT_SECONDS: a run of
         # many short epochs (a recipe's steps on a small set) does not spend its time saving.
         if evaluating or time.perf_counter() - saved >= CHECKPOINT_SECONDS:
-            _save_checkpoint(checkpoint_path, model, optimizer, scheduler, generator, epoch, stats)
+            _save_checkpoint(
+                checkpoint_path,
+                model,
+                optimizer,
+                scheduler,
+                generator,
+                epoch,
+                stats,
+                complete=epoch == config.epochs,
+            )
             saved = time.perf_counter()
         bar.set_postfix(loss=f"{record.get('train/loss', float('nan')):.3f}")
     bar.close()
@@ -572,15 +581,46 @@ def check_same_cache(out: Path, store: FeatureCache) -> None:
     )
 
 
+def _load_model_state(model, state: dict[str, Any], path: Path) -> None:
+    """Load a loop checkpoint into ``model``: all of it, or all but the submodules it names as
+    ``"omitted"`` (which the head's ``prepare`` has loaded from the run's stage files)."""
+    omitted = list(state.get("omitted") or [])
+    if not omitted:
+        model.load_state_dict(state["model"])
+        return
+    missing, unexpected = model.load_state_dict(state["model"], strict=False)
+    absent = [k for k in missing if not _stored_elsewhere(k, omitted)]
+    if absent or unexpected:
+        raise RunError(
+            f"{path} does not fit the {type(model).__name__} head: missing {absent[:3]}, "
+            f"unexpected {unexpected[:3]}; to start fresh use another -o or remove it"
+        )
+
+
 def _cycle(feature_set: FeatureSet, batch_size: int, generator: torch.Generator):
     while True:
         yield from feature_set.batches(batch_size, shuffle=True, generator=generator)
 
 
-def _save_checkpoint(path: Path, model, optimizer, scheduler, generator, epoch: int, stats) -> None:
+def _stored_elsewhere(key: str, submodules: list[str]) -> bool:
+    return any(key.startswith(f"{name}.") for name in submodules)
+
+
+def _save_checkpoint(
+    path: Path, model, optimizer, scheduler, generator, epoch: int, stats, *, complete: bool
+) -> None:
+    """The loop's state after ``epoch``. Before the last epoch (``complete=False``) the head's
+    ``stored_submodules`` (frozen, in the run's stage files) are left out and named under
+    ``"omitted"``: a staged head's checkpoint is then its trainable part (audio-adaptive: the
+    recognizers, not the 152 MB of frozen encoders, rewritten after every epoch)."""
+    omitted = [] if complete else list(getattr(model, "stored_submodules", ()))
+    state = model.state_dict()
+    if omitted:
+        state = {k: v for k, v in state.items() if not _stored_elsewhere(k, omitted)}
     runs.save_checkpoint(
         {
-            "model": model.state_dict(),
+            "model": state,
+            "omitted": omitted,
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
             "torch_rng": torch.get_rng_state(),

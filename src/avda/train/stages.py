@@ -25,6 +25,7 @@ import hashlib
 import json
 import logging
 import os
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -172,6 +173,12 @@ class StageStore:
         return module
 
 
+# A training stage's partial checkpoint (module, optimiser, random states: the stage-5 encoder
+# with Adam is ~90 MB at the EPIC-100 defaults) is written at most this often, not after every
+# epoch: an interrupted stage loses at most this much work plus an epoch.
+PARTIAL_SECONDS = 30.0
+
+
 @contextmanager
 def stage_random_state(seed: int, device: str) -> Iterator[None]:
     """Seed torch for one stage and restore the caller's random state afterwards.
@@ -199,7 +206,7 @@ def fit_epochs(
     progress: bool = False,
     sinks: MetricSinks | None = None,
 ) -> list[dict[str, float]]:
-    """Train ``module`` for ``epochs`` epochs, checkpointing after each one (resumable).
+    """Train ``module`` for ``epochs`` epochs, checkpointing between epochs (resumable).
 
     ``run_epoch(epoch)`` trains one epoch (drawing batch orders from ``generator``) and
     returns its mean losses (also streamed to ``sinks`` as ``stage/<name>/<loss>``). A partial
@@ -231,20 +238,25 @@ def fit_epochs(
         initial=start - 1,
         total=epochs,
     )
+    saved = time.perf_counter()
     for epoch in bar:
         module.train()
         losses = run_epoch(epoch)
         history.append({"epoch": epoch, **losses})
-        state = {
-            "key": key,
-            "module": module.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "generator": generator.get_state(),
-            "torch_rng": torch.get_rng_state(),
-            "epoch": epoch,
-            "history": history,
-        }
-        runs.save_checkpoint(state, partial)
+        # A partial checkpoint at most every PARTIAL_SECONDS, never after the last epoch (the
+        # caller stores the finished module): resuming from any epoch gives the same result.
+        if epoch < epochs and time.perf_counter() - saved >= PARTIAL_SECONDS:
+            state = {
+                "key": key,
+                "module": module.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "generator": generator.get_state(),
+                "torch_rng": torch.get_rng_state(),
+                "epoch": epoch,
+                "history": history,
+            }
+            runs.save_checkpoint(state, partial)
+            saved = time.perf_counter()
         if sinks is not None:
             sinks.stage(name, epoch, losses)
         bar.set_postfix(loss=f"{losses.get('loss', float('nan')):.3f}")

@@ -77,7 +77,7 @@ class AudioChannelAttention(nn.Module):
         tokens = self.to_tokens(audio)  # (B, T, dim)
         cls = self.cls_token.expand(tokens.shape[0], -1, -1)
         x = self.dropout(torch.cat([cls, tokens], dim=1))  # no positional embedding
-        return self.head(self.transformer(x)[:, 0])
+        return self.head(self.transformer(x, queries=1)[:, 0])  # the cls state only
 
 
 class ResidualBottleneck(nn.Module):

@@ -103,7 +103,7 @@ class AudioInfusedRecognizer(nn.Module):
             per_clip = per_clip.mean(dim=1, keepdim=True)  # z_cls (B, 1, 512)
         visual_tokens = self.visual_token(visual) + self.domain_embedding[domain]  # (B, K, dim)
         tokens = torch.cat([self.audio_token(per_clip), visual_tokens], dim=1)
-        state = self.transformer(self.dropout(tokens))[:, 0]  # (B, dim)
+        state = self.transformer(self.dropout(tokens), queries=1)[:, 0]  # token 0 (B, dim)
         return RecognizerOutput(
             logits=self.head(state),
             audio_logits=audio_logits,

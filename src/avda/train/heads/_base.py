@@ -339,6 +339,10 @@ class Head(nn.Module):
     Config: type[HeadConfig] = HeadConfig
     name: str = "head"  # the registry name, set by ``heads.register``
     uses_target: bool = False
+    # Frozen submodules whose state the run stores elsewhere (a staged head's stage files,
+    # which ``prepare`` loads): the loop's checkpoints before the last epoch leave them out;
+    # the last epoch's checkpoint holds the whole head.
+    stored_submodules: tuple[str, ...] = ()
 
     def __init__(
         self, config: HeadConfig, *, inputs: dict[str, tuple[int, int]], tasks: list[Task]

@@ -172,6 +172,7 @@ class AudioAdaptive(Head):
 
     Config = AudioAdaptiveConfig
     uses_target = True
+    stored_submodules = ("audio_classifier", "encoders")  # RUN/stages/*.pt
 
     def __init__(self, config: AudioAdaptiveConfig, *, inputs, tasks):
         super().__init__(config, inputs=inputs, tasks=tasks)
