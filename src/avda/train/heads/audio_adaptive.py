@@ -15,7 +15,11 @@ the two-stream average (stage 7)::
     [7] p(y) = mean_v softmax(R_v)      (the reference's calc_acc.py: RGB+audio and flow+audio)
 
 The head's logits are ``log mean_v softmax(R_v)``, so the loop's softmax gives the stage-7
-average. Defaults are the reference's (``EPIC-rgb-audio/`` and ``EPIC-flow-audio/``
+average. A multi-label task (CharadesEgo's ``labels``) runs the authors' ``CharadesEgo/``
+variant (:mod:`avda.train.audio_adaptive.pipeline`, ``docs/methods.md``): binary
+cross-entropy, per-class pseudo-absent labels (``absent_gamma``), no stage 6a (the recognizer
+learns from the labelled target rows of ``labelled_target``), logits ``logit(mean_v
+sigmoid(R_v))``. Defaults are the reference's (``EPIC-rgb-audio/`` and ``EPIC-flow-audio/``
 ``train_*.py``, ``config.py``): recognizer Adam 7e-4, weight decay 1e-4, batch 8 + 8, a constant
 lr (the reference builds ``StepLR(3, 0.1)`` but never steps it, so ``lr_steps`` is empty), 29
 epochs (RGB) and 24 (flow, ``flow_epochs``); encoder Adam 1e-4 for 15 epochs (RGB; presets for
