@@ -348,7 +348,8 @@ register(
             "dann": HeadRecipe("dann", {}),
             "adabn": HeadRecipe("adabn", {}),
             "mmd": HeadRecipe("mmd", {}),
-            "audio-adaptive": HeadRecipe("audio-adaptive", {}),
+            # the multi-label variant (CharadesEgo/ of the authors' code) on the labels task
+            "audio-adaptive": HeadRecipe("audio-adaptive", {"tasks": ("labels",)}),
         },
         evaluation=EvaluationRule(checkpoints=1, metrics=("mAP-present", "mAP-authors")),
         split="third-person train (labelled) + first-person train, half labelled (fixed "

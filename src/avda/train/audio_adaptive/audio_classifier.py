@@ -240,10 +240,47 @@ def pseudo_absent_labels(probabilities: np.ndarray | torch.Tensor, lowest: int =
     return absent
 
 
+def multilabel_pseudo_absent_labels(
+    probabilities: np.ndarray | torch.Tensor, frequencies: np.ndarray, gamma: float = 0.05
+) -> np.ndarray:
+    """Multi-hot ``(N, C)`` pseudo-absent labels for multi-label classes (CharadesEgo).
+
+    Zhang et al. sec. 3.1: "assuming the (1 - alpha_k) gamma percent videos with the lowest
+    probabilities do not contain class k", alpha_k the fraction of labelled source videos with
+    class k. As ``CharadesEgo/get_unlikely_cls_per_video.py``: per class k (a column of the
+    audio classifier's sigmoid probabilities ``(N, C)`` over the N unlabelled target segments)
+    the ``int((1 - alpha_k) * N * gamma)`` segments of lowest probability are marked absent;
+    ties go to the earlier segment (stable sort). ``gamma`` in (0, 1].
+    """
+    probabilities = np.asarray(
+        probabilities.detach().cpu() if isinstance(probabilities, torch.Tensor) else probabilities
+    )
+    frequencies = np.asarray(frequencies, dtype=np.float64)
+    if probabilities.ndim != 2:
+        raise ConfigError(f"probabilities must be (N, C), got shape {probabilities.shape}")
+    if frequencies.shape != (probabilities.shape[1],):
+        raise ConfigError(
+            f"class frequencies {frequencies.shape} must have one entry per class "
+            f"({probabilities.shape[1]})"
+        )
+    if np.any((frequencies < 0) | (frequencies > 1)):
+        raise ConfigError("class frequencies must be fractions in [0, 1]")
+    if not 0.0 < gamma <= 1.0:
+        raise ConfigError(f"absent_gamma must be in (0, 1], got {gamma}")
+    count = len(probabilities)
+    absent = np.zeros(probabilities.shape, dtype=np.float32)
+    for class_id in range(probabilities.shape[1]):
+        lowest = int((1.0 - frequencies[class_id]) * count * gamma)
+        order = np.argsort(probabilities[:, class_id], kind="stable")[:lowest]
+        absent[order, class_id] = 1.0
+    return absent
+
+
 __all__ = [
     "PooledAudioClassifier",
     "SpectrogramAudioClassifier",
     "augment_spectrogram",
+    "multilabel_pseudo_absent_labels",
     "pseudo_absent_labels",
     "train_spectrogram_audio_classifier",
 ]

@@ -16,6 +16,14 @@ Order (the reference's ``bash.sh``), all under ``RUN/stages/`` (see :mod:`avda.t
                              segment of every set the run uses
 
 Stage 6's recognizer (and stage 7's two-stream average) is the head the training loop trains.
+A multi-label task (CharadesEgo) runs the authors' ``CharadesEgo/`` variant (``bash.sh`` there):
+binary cross-entropy everywhere, stage 1 on the source-domain rows of the labelled set only,
+per-class clusters of the source segments of each class (a segment is in one clustering per
+present class), stage 4's per-class rule (the ``(1 - alpha_k) * gamma`` fraction of target
+segments least likely for class k are absent), stage 5 with the labelled target rows (those
+``labelled_target`` moved into the labelled set) as an extra unweighted term, and no stage 6a:
+the CharadesEgo recognizer learns from the labelled target half instead of pseudo labels.
+
 A stage's key holds its settings and the keys of the stages it depends on, so a finished stage
 is reused only for the same inputs and settings. The last two are what stage 6b and evaluation
 read in place of running the frozen audio classifier and encoders on every batch
@@ -40,9 +48,19 @@ import torch
 from avda.devices import resolve_device
 from avda.errors import CacheError, ConfigError, RunError
 from avda.registry import unknown_name_message
-from avda.train.audio_adaptive.audio_classifier import PooledAudioClassifier, pseudo_absent_labels
+from avda.train.audio_adaptive.audio_classifier import (
+    PooledAudioClassifier,
+    multilabel_pseudo_absent_labels,
+    pseudo_absent_labels,
+)
 from avda.train.audio_adaptive.encoder import AudioAdaptiveEncoder, one_clip_per_segment
-from avda.train.audio_adaptive.losses import audio_balanced_weights, encoder_loss
+from avda.train.audio_adaptive.losses import (
+    audio_balanced_weights,
+    class_frequencies,
+    encoder_loss,
+    multilabel_audio_balanced_weights,
+    multilabel_encoder_loss,
+)
 from avda.train.clustering import cluster_per_class, cluster_settings, stored_clusters
 from avda.train.data import FeatureSet
 from avda.train.stages import (
@@ -95,7 +113,14 @@ class AudioAdaptiveStages:
         self.device = context.device
         self.task = head.task
         self.num_classes = head.task.num_classes
+        self.multi_label = head.task.multi_label
         self.source_labels = context.train_set.labels[self.task.name].numpy()
+        # Rows of the labelled set from a source domain: all of them, except the labelled
+        # target rows of a semi-supervised multi-label run (the CharadesEgo code keeps them apart)
+        self.source_mask = np.ones(len(context.train_set), dtype=bool)
+        if self.multi_label:
+            target_domains = sorted(set(context.target_set.domains.tolist()))
+            self.source_mask = ~np.isin(context.train_set.domains, target_domains)
         target_labels = context.target_set.labels.get(self.task.name)
         self.target_labels = (
             target_labels.numpy()
@@ -121,7 +146,7 @@ class AudioAdaptiveStages:
         for visual in self.head.visual_modalities:
             if last >= STAGE_ORDER.index("encoder"):
                 self.encoder(visual)
-            if last >= STAGE_ORDER.index("pseudo-labels"):
+            if last >= STAGE_ORDER.index("pseudo-labels") and not self.multi_label:
                 labels = torch.from_numpy(self.pseudo_labels(visual))
                 self.context.target_set.inputs[PSEUDO_LABEL_KEY.format(visual)] = labels
 
@@ -163,6 +188,12 @@ class AudioAdaptiveStages:
             ),
             # the pooled classifier's layers (a stage stored before its BatchNorm is retrained)
             "audio_classifier": "linear-batchnorm-relu",
+            # multi-label: binary cross-entropy on the source-domain rows
+            **(
+                {"multi_label": True, "source_rows": fingerprint(self.source_mask)}
+                if self.multi_label
+                else {}
+            ),
         }
         self.keys[name] = key
         target = self.head.audio_classifier
@@ -173,6 +204,7 @@ class AudioAdaptiveStages:
         train = self.context.train_set
         audio = config.audio_modality
         labels = torch.from_numpy(self.source_labels)
+        rows = torch.from_numpy(np.flatnonzero(self.source_mask))  # every row if single-label
         with stage_random_state(self.context.seed + 1, self.device):
             model = PooledAudioClassifier(
                 train.inputs[audio].shape[-1], self.num_classes, hidden_dim=config.audio_hidden_dim
@@ -184,12 +216,20 @@ class AudioAdaptiveStages:
 
             def run_epoch(epoch: int) -> dict[str, float]:
                 total, steps = 0.0, 0
-                for index in self._batches(config.audio_batch_size, len(train), generator):
-                    if len(index) < 2 and len(train) > 1:
+                for position in self._batches(config.audio_batch_size, len(rows), generator):
+                    index = rows[position]
+                    if len(index) < 2 and len(rows) > 1:
                         continue  # BatchNorm cannot normalise one example (a last, short batch)
                     inputs = train.inputs[audio][index].to(self.device)
                     logits, _ = model(inputs)
-                    loss = torch.nn.functional.cross_entropy(logits, labels[index].to(self.device))
+                    if self.multi_label:  # CharadesEgo/train_audio_only.py: BCE on sigmoids
+                        loss = torch.nn.functional.binary_cross_entropy_with_logits(
+                            logits, labels[index].to(self.device, logits.dtype)
+                        )
+                    else:
+                        loss = torch.nn.functional.cross_entropy(
+                            logits, labels[index].to(self.device)
+                        )
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     optimizer.step()
@@ -209,11 +249,23 @@ class AudioAdaptiveStages:
                 sinks=self.context.sinks,
             )
         probabilities = self._audio_probabilities(model, train)
-        summary = {
-            "history": history,
-            "source_train_accuracy": _accuracy(probabilities.argmax(1), self.source_labels),
-        }
-        log.info("audio classifier: source-train accuracy %s", summary["source_train_accuracy"])
+        if self.multi_label:
+            from avda.evaluate.metrics import mean_average_precision
+
+            mask = self.source_mask
+            summary = {
+                "history": history,
+                "source_train_map": float(
+                    mean_average_precision(probabilities[mask], self.source_labels[mask])
+                ),
+            }
+            log.info("audio classifier: source-train mAP %.4f", summary["source_train_map"])
+        else:
+            summary = {
+                "history": history,
+                "source_train_accuracy": _accuracy(probabilities.argmax(1), self.source_labels),
+            }
+            log.info("audio classifier: source-train accuracy %s", summary["source_train_accuracy"])
         self.stages.save_module(name, model, key, summary)
         target.load_state_dict(model.state_dict())
         self._done[name] = target
@@ -226,7 +278,7 @@ class AudioAdaptiveStages:
         out = []
         for start in range(0, len(feature_set), 1024):
             logits, _ = model(audio[start : start + 1024].to(self.device))
-            out.append(logits.softmax(dim=-1).cpu())
+            out.append((logits.sigmoid() if self.multi_label else logits.softmax(dim=-1)).cpu())
         return torch.cat(out).numpy() if out else np.zeros((0, self.num_classes))
 
     # ------------------------------------------------------------------ stage 2
@@ -246,10 +298,15 @@ class AudioAdaptiveStages:
             random_state=CLUSTER_RANDOM_STATE,
         )
         key = {**self.base_key(), "domains": domains, "settings": settings}
+        if self.multi_label:
+            key["multi_label"] = True
+            key["source_rows"] = fingerprint(self.source_mask)
         self.keys[name] = key
         if self.stages.is_done(name, key):
             self._done[name] = self.stages.load_arrays(name)["clusters"]
             return self._done[name]
+        if self.multi_label:
+            return self._multilabel_clusters(name, key)
         store = self.context.store
         audio = config.audio_modality
         rows = self.context.train_set.rows
@@ -289,6 +346,46 @@ class AudioAdaptiveStages:
         self._done[name] = clusters
         return clusters
 
+    def _multilabel_clusters(self, name: str, key: dict[str, Any]) -> np.ndarray:
+        """``(N, C)`` cluster id of every source-domain segment in each of its present classes
+        (-1 elsewhere, and on labelled target rows): one k-means + Elbow per class on the audio
+        features of the source segments that contain it."""
+        config = self.config
+        rows = self.context.train_set.rows
+        source = np.flatnonzero(self.source_mask)
+        present = self.source_labels > 0
+        features = self.context.store.load(config.audio_modality, rows[source]).mean(axis=1)
+        clusters = np.full(present.shape, -1, dtype=np.int64)
+        per_class_counts = {}
+        for class_id in np.flatnonzero(present[source].any(axis=0)):
+            members = present[source, class_id]
+            result = cluster_per_class(
+                features[members],
+                np.zeros(int(members.sum()), dtype=np.int64),
+                max_clusters=config.cluster_max_k,
+                knee=config.cluster_knee,
+                n_init=config.cluster_n_init,
+                random_state=CLUSTER_RANDOM_STATE,
+            )[0]
+            clusters[source[members], class_id] = result.labels
+            per_class_counts[str(class_id)] = int(result.labels.max()) + 1
+        log.info("audio clusters per class (multi-label, source rows): %s", per_class_counts)
+        self.stages.save_arrays(
+            name,
+            {
+                "uids": self.context.train_set.uids,
+                "labels": self.source_labels,
+                "clusters": clusters,
+            },
+            key,
+            {
+                "origin": "computed in this run (multi-label)",
+                "clusters_per_class": per_class_counts,
+            },
+        )
+        self._done[name] = clusters
+        return clusters
+
     # ------------------------------------------------------------------ stage 3
     def sample_weights(self) -> np.ndarray:
         """Audio-balanced weight of every source training segment (eq. 3)."""
@@ -301,9 +398,17 @@ class AudioAdaptiveStages:
         if self.stages.is_done(name, key):
             self._done[name] = self.stages.load_arrays(name)["weights"]
             return self._done[name]
-        weights, table = audio_balanced_weights(
-            self.source_labels, clusters, self.num_classes, self.config.balance_beta
-        )
+        if self.multi_label:  # 0 on labelled target rows: their encoder term is unweighted
+            weights = np.zeros(len(self.source_labels), dtype=np.float64)
+            weights[self.source_mask], table = multilabel_audio_balanced_weights(
+                self.source_labels[self.source_mask],
+                clusters[self.source_mask],
+                self.config.balance_beta,
+            )
+        else:
+            weights, table = audio_balanced_weights(
+                self.source_labels, clusters, self.num_classes, self.config.balance_beta
+            )
         summary = {"table": {str(c): {str(k): w for k, w in t.items()} for c, t in table.items()}}
         self.stages.save_arrays(
             name, {"uids": self.context.train_set.uids, "weights": weights}, key, summary
@@ -319,7 +424,7 @@ class AudioAdaptiveStages:
             return self._done[name]
         self.audio_classifier()
         key = {
-            **self._settings("absent_classes"),
+            **self._settings("absent_gamma" if self.multi_label else "absent_classes"),
             "upstream": self._upstream("audio-classifier"),
         }
         self.keys[name] = key
@@ -329,6 +434,8 @@ class AudioAdaptiveStages:
         probabilities = self._audio_probabilities(
             self.head.audio_classifier, self.context.target_set
         )
+        if self.multi_label:
+            return self._multilabel_absent(name, key, probabilities)
         absent = pseudo_absent_labels(probabilities, self.config.absent_classes)
         known = self.target_labels >= 0
         summary: dict[str, Any] = {"target_segments": len(absent)}
@@ -340,6 +447,37 @@ class AudioAdaptiveStages:
             {
                 "uids": self.context.target_set.uids,
                 "probabilities": probabilities,
+                "absent": absent,
+            },
+            key,
+            summary,
+        )
+        self._done[name] = absent
+        return absent
+
+    def _multilabel_absent(
+        self, name: str, key: dict[str, Any], probabilities: np.ndarray
+    ) -> np.ndarray:
+        """The per-class rule on the unlabelled target segments (alpha_k from the source rows)."""
+        frequencies = class_frequencies(self.source_labels[self.source_mask])
+        absent = multilabel_pseudo_absent_labels(
+            probabilities, frequencies, self.config.absent_gamma
+        )
+        summary: dict[str, Any] = {
+            "target_segments": len(absent),
+            "absent_per_class": absent.sum(axis=0).astype(int).tolist(),
+        }
+        if self.target_labels.ndim == 2 and (self.target_labels > 0).any() and absent.any():
+            # diagnostic only: the fraction of pseudo-absent marks that are true classes
+            summary["absent_marks_on_true_classes"] = float(
+                (self.target_labels[absent > 0] > 0).mean()
+            )
+        self.stages.save_arrays(
+            name,
+            {
+                "uids": self.context.target_set.uids,
+                "probabilities": probabilities,
+                "frequencies": frequencies,
                 "absent": absent,
             },
             key,
@@ -385,6 +523,7 @@ class AudioAdaptiveStages:
                 "encoder_dropout",
             ),
             "upstream": self._upstream("weights", "absent-labels"),
+            **({"multi_label": True} if self.multi_label else {}),
         }
         self.keys[name] = key
         target_module = self.head.encoders[visual]
@@ -411,8 +550,13 @@ class AudioAdaptiveStages:
             # once and read cyclically (the reference dataloader's rotating target_idx_list);
             # the position follows from the epoch, so a resumed stage pairs as an uninterrupted one.
             target_cycle = torch.randperm(len(target), generator=generator)
+            if self.multi_label:
+                run_epoch = self._multilabel_encoder_epoch(
+                    model, optimizer, clipped, stream, visual, weights, absent, target_cycle,
+                    generator,
+                )  # fmt: skip
 
-            def run_epoch(epoch: int) -> dict[str, float]:
+            def single_label_epoch(epoch: int) -> dict[str, float]:
                 sums: dict[str, float] = {}
                 steps = 0
                 seen = (epoch - 1) * len(train)
@@ -443,6 +587,8 @@ class AudioAdaptiveStages:
                     steps += 1
                 return {k: v / max(steps, 1) for k, v in sums.items()}
 
+            if not self.multi_label:
+                run_epoch = single_label_epoch
             history = fit_epochs(
                 name=name,
                 stages=self.stages,
@@ -460,6 +606,67 @@ class AudioAdaptiveStages:
         self.stages.save_module(name, model, key, summary)
         self._done[name] = target_module
         return target_module
+
+    def _multilabel_encoder_epoch(
+        self, model, optimizer, clipped, stream, visual, weights, absent, target_cycle, generator
+    ):
+        """One stage-5 epoch of the CharadesEgo variant: over the source-domain rows, each batch
+        with a batch of unlabelled target rows (pseudo-absent term) and, when the run has
+        labelled target rows, a batch of those (unweighted BCE), both read cyclically from
+        lists shuffled once (the reference draws both at random)."""
+        config = self.config
+        train, target = self.context.train_set, self.context.target_set
+        labels = torch.from_numpy(self.source_labels)
+        source_rows = torch.from_numpy(np.flatnonzero(self.source_mask))
+        labelled_rows = torch.from_numpy(np.flatnonzero(~self.source_mask))
+        labelled_cycle = (
+            labelled_rows[torch.randperm(len(labelled_rows), generator=generator)]
+            if len(labelled_rows)
+            else labelled_rows
+        )
+
+        def run_epoch(epoch: int) -> dict[str, float]:
+            sums: dict[str, float] = {}
+            steps = 0
+            seen = (epoch - 1) * len(source_rows)
+            for position in self._batches(config.encoder_batch_size, len(source_rows), generator):
+                index = source_rows[position]
+                cycle = torch.arange(seen, seen + len(index))
+                target_index = target_cycle[cycle % len(target)]
+                seen += len(index)
+                source_visual, source_audio = self._encoder_inputs(train, visual, index)
+                target_visual, target_audio = self._encoder_inputs(target, visual, target_index)
+                source_out = model(one_clip_per_segment(source_visual, generator), source_audio)
+                target_out = model(one_clip_per_segment(target_visual, generator), target_audio)
+                labelled_logits = labelled_labels = None
+                if len(labelled_cycle):
+                    labelled_index = labelled_cycle[cycle % len(labelled_cycle)]
+                    l_visual, l_audio = self._encoder_inputs(train, visual, labelled_index)
+                    labelled_out = model(one_clip_per_segment(l_visual, generator), l_audio)
+                    labelled_logits = labelled_out.logits[:, 0]
+                    labelled_labels = labels[labelled_index].to(self.device)
+                losses = multilabel_encoder_loss(
+                    source_out.logits[:, 0],
+                    labels[index].to(self.device),
+                    weights[index].to(self.device),
+                    target_out.logits[:, 0],
+                    absent[target_index].to(self.device),
+                    config.absent_weight,
+                    labelled_logits,
+                    labelled_labels,
+                )
+                optimizer.zero_grad(set_to_none=True)
+                losses["loss"].backward()
+                if stream.encoder_grad_clip:
+                    for part in clipped:
+                        torch.nn.utils.clip_grad_norm_(part, stream.encoder_grad_clip)
+                optimizer.step()
+                for k, v in losses.items():
+                    sums[k] = sums.get(k, 0.0) + float(v.detach())
+                steps += 1
+            return {k: v / max(steps, 1) for k, v in sums.items()}
+
+        return run_epoch
 
     # ------------------------------------------------------------------ stage 6 (labels)
     @torch.no_grad()

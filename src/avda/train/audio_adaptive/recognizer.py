@@ -89,8 +89,11 @@ class AudioInfusedRecognizer(nn.Module):
         )
         self.head = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, num_classes))
 
-    def forward(self, visual: torch.Tensor, audio: torch.Tensor, domain: int) -> RecognizerOutput:
-        """``visual`` (B, K, V) clip features, ``audio`` (B, A), ``domain`` SOURCE or TARGET."""
+    def forward(
+        self, visual: torch.Tensor, audio: torch.Tensor, domain: int | torch.Tensor
+    ) -> RecognizerOutput:
+        """``visual`` (B, K, V) clip features, ``audio`` (B, A), ``domain`` SOURCE or TARGET
+        (or a ``(B,)`` long tensor of them: a batch of source and labelled target rows)."""
         B, K, _ = visual.shape
         audio_logits = self.audio_fc(audio)  # h (B, C)
         initial = audio_logits.softmax(dim=-1) @ self.delegates  # g (B, 512)
@@ -101,7 +104,10 @@ class AudioInfusedRecognizer(nn.Module):
         per_clip = audio_visual_logits.softmax(dim=-1) @ self.delegates  # (B, K, 512)
         if self.class_tokens == "mean":
             per_clip = per_clip.mean(dim=1, keepdim=True)  # z_cls (B, 1, 512)
-        visual_tokens = self.visual_token(visual) + self.domain_embedding[domain]  # (B, K, dim)
+        embedding = self.domain_embedding[domain]  # (dim,), or (B, dim) for a per-row domain
+        if isinstance(domain, torch.Tensor) and domain.dim() == 1:
+            embedding = embedding[:, None, :]  # (B, dim) -> (B, 1, dim)
+        visual_tokens = self.visual_token(visual) + embedding  # (B, K, dim)
         tokens = torch.cat([self.audio_token(per_clip), visual_tokens], dim=1)
         state = self.transformer(self.dropout(tokens), queries=1)[:, 0]  # token 0 (B, dim)
         return RecognizerOutput(

@@ -15,7 +15,11 @@ the two-stream average (stage 7)::
     [7] p(y) = mean_v softmax(R_v)      (the reference's calc_acc.py: RGB+audio and flow+audio)
 
 The head's logits are ``log mean_v softmax(R_v)``, so the loop's softmax gives the stage-7
-average. Defaults are the reference's (``EPIC-rgb-audio/`` and ``EPIC-flow-audio/``
+average. A multi-label task (CharadesEgo's ``labels``) runs the authors' ``CharadesEgo/``
+variant (:mod:`avda.train.audio_adaptive.pipeline`, ``docs/methods.md``): binary
+cross-entropy, per-class pseudo-absent labels (``absent_gamma``), no stage 6a (the recognizer
+learns from the labelled target rows of ``labelled_target``), logits ``logit(mean_v
+sigmoid(R_v))``. Defaults are the reference's (``EPIC-rgb-audio/`` and ``EPIC-flow-audio/``
 ``train_*.py``, ``config.py``): recognizer Adam 7e-4, weight decay 1e-4, batch 8 + 8, a constant
 lr (the reference builds ``StepLR(3, 0.1)`` but never steps it, so ``lr_steps`` is empty), 29
 epochs (RGB) and 24 (flow, ``flow_epochs``); encoder Adam 1e-4 for 15 epochs (RGB; presets for
@@ -41,7 +45,7 @@ from torch import nn
 from avda.errors import CacheError, ConfigError
 from avda.train.audio_adaptive.audio_classifier import PooledAudioClassifier
 from avda.train.audio_adaptive.encoder import AudioAdaptiveEncoder, EncoderOutput
-from avda.train.audio_adaptive.losses import recognizer_loss
+from avda.train.audio_adaptive.losses import multilabel_recognizer_loss, recognizer_loss
 from avda.train.audio_adaptive.pipeline import (
     AUDIO_EMBEDDING_KEY,
     ENCODED_KEY,
@@ -63,6 +67,8 @@ from avda.train.stages import TrainingContext
 log = logging.getLogger(__name__)
 
 SPATIAL_KEY = "spatial/{}"
+# (N,) 1 on the labelled set's rows from a target domain (multi-label, semi-supervised)
+LABELLED_TARGET_KEY = "_labelled_target"
 
 # Stage-5 learning rates of the reference's config.py, by EPIC-55 source domain.
 PRESETS = {
@@ -94,6 +100,9 @@ class AudioAdaptiveConfig(HeadConfig):
     # stage 4: pseudo-absent labels
     absent_classes: int = 3  # stage 4: pseudo-absent labels per target segment
     absent_weight: float = 0.01  # stage 4: weight of the pseudo-absent loss
+    # stage 4, multi-label tasks: the (1 - alpha_k) * gamma fraction of target segments least
+    # likely for class k are absent (the paper's gamma = 0.05; the authors' code has 0.55)
+    absent_gamma: float = 0.05
     # stage 5: audio-adaptive encoder
     encoder_input: Literal["pooled", "spatial"] = "pooled"  # pooled features or spatial maps
     encoder_epochs: int = 15  # stage 5: audio-adaptive encoder epochs
@@ -176,13 +185,17 @@ class AudioAdaptive(Head):
 
     def __init__(self, config: AudioAdaptiveConfig, *, inputs, tasks):
         super().__init__(config, inputs=inputs, tasks=tasks)
-        if len(tasks) != 1 or tasks[0].multi_label:
+        if len(tasks) != 1:
             names = [t.name for t in tasks]
             raise ConfigError(
-                f"audio-adaptive trains one single-label task, got {names}; "
-                "pass --set tasks=[verb] (or [noun])"
+                f"audio-adaptive trains one task (one single-label task, or one multi-label "
+                f"task such as CharadesEgo's labels), got {names}; "
+                "pass --set tasks=[verb] (or [noun], or [labels])"
             )
         self.task = tasks[0]
+        self.multi_label = self.task.multi_label
+        if not 0.0 < config.absent_gamma <= 1.0:
+            raise ConfigError(f"absent_gamma must be in (0, 1], got {config.absent_gamma}")
         audio = config.audio_modality
         if audio not in inputs:
             raise ConfigError(
@@ -204,7 +217,7 @@ class AudioAdaptive(Head):
                 f"6b); set --set epochs={max(config.flow_epochs, 1)} or a smaller flow_epochs"
             )
         classes = self.task.num_classes
-        if config.absent_classes >= classes:
+        if not self.multi_label and config.absent_classes >= classes:
             default = AudioAdaptiveConfig.__dataclass_fields__["absent_classes"].default
             if config.absent_classes != default or classes < 2:
                 raise ConfigError(
@@ -353,6 +366,10 @@ class AudioAdaptive(Head):
         with shape_errors(self.name, shapes, "train its stages 1-6a"):
             stages = AudioAdaptiveStages(self, context)
             stages.run()
+            if self.multi_label:  # which labelled rows are target: the recognizer's two terms
+                context.train_set.inputs[LABELLED_TARGET_KEY] = torch.from_numpy(
+                    ~stages.source_mask
+                )
             stages.attach_frozen_outputs(
                 context.all_sets(), training=[context.train_set.name, context.target_set.name]
             )
@@ -392,9 +409,20 @@ class AudioAdaptive(Head):
             output = self.recognizers[visual](self._features(inputs, visual), audio, TARGET)
             streams[visual] = output.logits
             tokens.append(output.token)
-            probabilities.append(output.logits.softmax(dim=-1))
-        fused = torch.stack(probabilities).mean(dim=0)  # stage 7: average of stream softmaxes
-        logits = torch.log(fused.clamp_min(torch.finfo(fused.dtype).tiny))
+            if self.multi_label:
+                probabilities.append(output.logits.sigmoid())
+            else:
+                probabilities.append(output.logits.softmax(dim=-1))
+        if self.multi_label:  # the loop's sigmoid gives the average of the streams' sigmoids
+            if len(streams) == 1:
+                logits = next(iter(streams.values()))
+            else:
+                fused = torch.stack(probabilities).mean(dim=0)
+                eps = torch.finfo(fused.dtype).eps
+                logits = torch.logit(fused.clamp(eps, 1 - eps))
+        else:
+            fused = torch.stack(probabilities).mean(dim=0)  # stage 7: average of stream softmaxes
+            logits = torch.log(fused.clamp_min(torch.finfo(fused.dtype).tiny))
         return HeadOutput(
             logits={self.task.name: logits},
             features=torch.cat(tokens, dim=1),
@@ -419,6 +447,8 @@ class AudioAdaptive(Head):
         streams = [v for v in self.visual_modalities if epoch <= self.stream_settings(v).epochs]
         if not streams:  # only streams that have finished: an epoch that changes nothing
             return {"loss": torch.zeros((), device=labels.device, requires_grad=True)}
+        if self.multi_label:
+            return self._multilabel_step(source, labels, streams)
         source_audio = self._audio_embedding(source)
         target_audio = self._audio_embedding(target)
         total = torch.zeros((), device=labels.device)
@@ -441,6 +471,41 @@ class AudioAdaptive(Head):
                 pseudo,
                 source_out.audio_logits,
                 source_out.audio_visual_logits,
+                auxiliary_weight=config.auxiliary_weight,
+                audio_visual_weight=config.audio_visual_weight,
+                target_weight=config.target_weight,
+            )
+            total = total + parts["loss"]
+            for name, value in parts.items():
+                record[f"{visual}/{name}"] = value.detach()
+        return {"loss": total, **record}
+
+    def _multilabel_step(
+        self, source: Batch, labels: torch.Tensor, streams: list[str]
+    ) -> dict[str, torch.Tensor]:
+        """``CharadesEgo/train_recognizer.py``: BCE on the source rows and on the labelled
+        target rows of the labelled batch (each with its domain embedding), the auxiliary
+        audio terms on the source rows; the unlabelled target batch is not used (no pseudo
+        labels in the reference's CharadesEgo code)."""
+        config = self.config
+        flag = source.get(LABELLED_TARGET_KEY)
+        is_target = (
+            flag.bool()
+            if flag is not None
+            else torch.zeros(len(labels), dtype=torch.bool, device=labels.device)
+        )
+        domain = torch.where(is_target, TARGET, SOURCE).long()
+        audio = self._audio_embedding(source)
+        total = torch.zeros((), device=labels.device)
+        record: dict[str, torch.Tensor] = {}
+        for visual in streams:
+            out = self.recognizers[visual](self._features(source, visual), audio, domain)
+            parts = multilabel_recognizer_loss(
+                out.logits,
+                labels,
+                is_target,
+                out.audio_logits,
+                out.audio_visual_logits,
                 auxiliary_weight=config.auxiliary_weight,
                 audio_visual_weight=config.audio_visual_weight,
                 target_weight=config.target_weight,
