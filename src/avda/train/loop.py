@@ -346,16 +346,19 @@ def _train(
     out.mkdir(parents=True, exist_ok=True)
     runs.write_config(out, resolved)
     trained = (out / runs.CHECKPOINT).exists() or (out / runs.METRICS).exists()
+    resume_record: dict[str, Any] | None = None
     if not trained or not (out / runs.PROVENANCE).exists():
         # Written when the run starts; a resume keeps the record of the cache it started on
         # and adds the environment it went on in.
         provenance = {**store.provenance, "environment": environment.describe(device)}
         runs.atomic_write_text(out / runs.PROVENANCE, json.dumps(provenance, indent=2))
     else:
+        # Recorded once the run's own files (stage files, checkpoint) have loaded: a resume
+        # refused on a file it cannot trust leaves the run folder as it was.
         provenance = runs.read_provenance(out) or {}
         resumed = provenance.get("resumed") if isinstance(provenance.get("resumed"), list) else []
         provenance["resumed"] = [*resumed, environment.describe(device)]
-        runs.atomic_write_text(out / runs.PROVENANCE, json.dumps(provenance, indent=2))
+        resume_record = provenance
     sinks.open(out, resolved)
 
     torch.manual_seed(seed)
@@ -414,6 +417,8 @@ def _train(
         log.info("resuming %s from epoch %d", out, start_epoch)
     else:
         runs.truncate_metrics(out, 0)
+    if resume_record is not None:
+        runs.atomic_write_text(out / runs.PROVENANCE, json.dumps(resume_record, indent=2))
 
     target_batch = config.target_batch_size or config.batch_size
     random_clip = getattr(config, "training_clips", "all") == "random"
