@@ -102,6 +102,19 @@ def _accuracy(predictions: np.ndarray, labels: np.ndarray) -> float | None:
     return float(np.mean(predictions[known] == labels[known]))
 
 
+def _encoder_step(optimizer, losses, clipped, grad_clip: float, sums: dict[str, float]) -> None:
+    """One stage-5 optimiser step on ``losses["loss"]`` (each part of ``clipped`` clipped to
+    ``grad_clip`` when it is > 0), adding every loss to ``sums``."""
+    optimizer.zero_grad(set_to_none=True)
+    losses["loss"].backward()
+    if grad_clip:
+        for part in clipped:
+            torch.nn.utils.clip_grad_norm_(part, grad_clip)
+    optimizer.step()
+    for k, v in losses.items():
+        sums[k] = sums.get(k, 0.0) + float(v.detach())
+
+
 class AudioAdaptiveStages:
     """Runs or reloads stages 1-6 for ``head`` on the data of ``context``."""
 
@@ -576,14 +589,7 @@ class AudioAdaptiveStages:
                         absent[target_index].to(self.device),
                         config.absent_weight,
                     )
-                    optimizer.zero_grad(set_to_none=True)
-                    losses["loss"].backward()
-                    if stream.encoder_grad_clip:
-                        for part in clipped:
-                            torch.nn.utils.clip_grad_norm_(part, stream.encoder_grad_clip)
-                    optimizer.step()
-                    for k, v in losses.items():
-                        sums[k] = sums.get(k, 0.0) + float(v.detach())
+                    _encoder_step(optimizer, losses, clipped, stream.encoder_grad_clip, sums)
                     steps += 1
                 return {k: v / max(steps, 1) for k, v in sums.items()}
 
@@ -655,14 +661,7 @@ class AudioAdaptiveStages:
                     labelled_logits,
                     labelled_labels,
                 )
-                optimizer.zero_grad(set_to_none=True)
-                losses["loss"].backward()
-                if stream.encoder_grad_clip:
-                    for part in clipped:
-                        torch.nn.utils.clip_grad_norm_(part, stream.encoder_grad_clip)
-                optimizer.step()
-                for k, v in losses.items():
-                    sums[k] = sums.get(k, 0.0) + float(v.detach())
+                _encoder_step(optimizer, losses, clipped, stream.encoder_grad_clip, sums)
                 steps += 1
             return {k: v / max(steps, 1) for k, v in sums.items()}
 
