@@ -650,20 +650,14 @@ def _read_shapes(path: Path) -> dict[str, tuple[int, ...]]:
 
 def _layouts_by_keys(shapes: Mapping[str, Sequence[int]]) -> list[tuple[str, str]]:
     """(loader, layout) pairs whose key detection accepts these keys."""
-    from avda.extract.backbones import audio_resnet, i3d, slowfast, tbn
+    from avda.extract import backbones
 
     keys = list(shapes)
     if keys and all(k.startswith("module.") for k in keys):
         keys = [k.removeprefix("module.") for k in keys]
-    candidates = (
-        ("i3d", i3d.LAYOUTS),
-        ("tbn", tbn.layouts("rgb", has_classifier=False)),
-        ("slowfast", slowfast.LAYOUTS),
-        ("audio_resnet18", audio_resnet.LAYOUTS),
-    )
     return [
         (loader, layout.name)
-        for loader, layouts in candidates
-        for layout in layouts
+        for loader in backbones.names()
+        for layout in backbones.model_class(loader).checkpoint_layouts()
         if layout.detect(keys)
     ]

@@ -38,7 +38,7 @@ from avda.devices import resolve_device
 from avda.errors import ConfigError, ManifestError
 from avda.extract import backbones
 from avda.extract.inference import memory_format
-from avda.extract.inputs import AUDIO_RECIPE_OF_BACKBONE, InputPaths, SegmentDataset, worker_init
+from avda.extract.inputs import InputPaths, SegmentDataset, worker_init
 from avda.extract.sampling import Recipe
 from avda.extract.transforms import model_input
 
@@ -165,7 +165,7 @@ def finetune(
         start_epoch = state["epoch"] + 1
         log.info("resuming fine-tuning from %s at epoch %d", partial, start_epoch)
 
-    audio_recipe = AUDIO_RECIPE_OF_BACKBONE.get(backbone)
+    audio_recipe = model.spectrogram_recipe
     visual = modality != "audio"
     for epoch in range(start_epoch, config.epochs + 1):
         # A new seed per epoch: random clip placements differ from epoch to epoch.

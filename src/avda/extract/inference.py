@@ -18,7 +18,6 @@ from typing import Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from avda.cache import Status
 from avda.errors import ConfigError
@@ -61,18 +60,11 @@ def features_and_spatial(
     model: backbones.Backbone, x: torch.Tensor | list[torch.Tensor], spatial: bool
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Pooled features ``(B, D)`` and, when asked, the map before pooling ``(B, C, H, W)``
-    (I3D: Mixed_5c averaged over time) from one forward pass."""
+    (as the backbone's :meth:`~avda.extract.backbones.Backbone.features_and_map` gives it, e.g.
+    I3D: Mixed_5c averaged over time) from one forward pass."""
     if not spatial:
         return model.forward_features(x), None
-    maps = model.forward_spatial(x)
-    if model.name == "i3d":
-        features = model.pooled(maps).mean(dim=(2, 3, 4))
-        return features, maps.mean(dim=2)  # (B, C, T', H, W) -> (B, C, H, W)
-    if model.name == "tbn":
-        kernel = [min(model.pool_kernel, size) for size in maps.shape[2:]]
-        pooled = F.avg_pool2d(maps, kernel, stride=1, ceil_mode=model.pool_ceil_mode)
-        return pooled.mean(dim=(2, 3)), maps
-    raise ConfigError(f"spatial maps are not available for {model.name}")
+    return model.features_and_map(model.forward_spatial(x))
 
 
 def native_bfloat16(device: str) -> bool:
@@ -96,9 +88,13 @@ def resolve_precision(precision: Precision, device: str) -> Literal["float32", "
 
 
 def memory_format(spec: backbones.InputSpec) -> torch.memory_format:
-    """channels-last for 2D inputs (TBN, audio), channels-last-3d for clips (I3D, SlowFast)."""
-    five_d = spec.layout.replace(" ", "") == "BCTHW" or spec.layout.startswith("[")
-    return torch.channels_last_3d if five_d else torch.channels_last
+    """channels-last for 2D inputs (TBN's stacks, audio), channels-last-3d for clips (I3D,
+    SlowFast): as the layout's :class:`~avda.extract.backbones.InputLayout` says."""
+    try:
+        stacked = backbones.input_layout(spec).stacked
+    except ConfigError:  # not a visual layout (audio's "B 1 F T"): 2D
+        return torch.channels_last
+    return torch.channels_last if stacked else torch.channels_last_3d
 
 
 def prepare_model(model: backbones.Backbone, device: str) -> backbones.Backbone:

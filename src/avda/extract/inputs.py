@@ -29,9 +29,6 @@ from avda.extract.decode import VideoDecoder, probe, video_backend
 from avda.extract.sampling import Recipe, SegmentFrames
 from avda.extract.transforms import centre_crop
 
-# The spectrogram recipe of each audio backbone (avda.extract.audio.SPECTROGRAMS).
-AUDIO_RECIPE_OF_BACKBONE = {"audio_resnet18": "vggsound", "tbn": "tbn"}
-
 
 @dataclasses.dataclass(frozen=True)
 class InputPaths:

@@ -55,7 +55,7 @@ from avda.extract.inference import (
     resolve_precision,
     reuse_freed_memory,
 )
-from avda.extract.inputs import AUDIO_RECIPE_OF_BACKBONE, InputPaths, SegmentDataset, worker_init
+from avda.extract.inputs import InputPaths, SegmentDataset, worker_init
 from avda.extract.sampling import Recipe
 from avda.extract.transforms import check_clip_frames, model_input
 from avda.extract.writer import BackgroundWriter, ChunkWriter
@@ -63,7 +63,6 @@ from avda.paths import refuse_foreign_folder
 
 log = logging.getLogger(__name__)
 
-SPATIAL_BACKBONES = ("i3d", "tbn")
 RANDOM_INIT_SEED = 0
 _MODEL_LOCK = threading.Lock()
 
@@ -327,15 +326,15 @@ def _build_model(spec: ModalitySpec, recipe: Recipe) -> backbones.Backbone:
     if spec.modality != "audio":
         frames = recipe.clip_frames[spec.modality]
         check_clip_frames(model.input_spec, frames, recipe=recipe.name, backbone=spec.backbone)
-        if recipe.pixel_normalisation == "mmsada" and spec.backbone != "i3d":
+        if recipe.pixel_normalisation == "mmsada" and not model.mmsada_pixels:
             raise ConfigError(
                 f"recipe {recipe.name!r} normalises pixels the MM-SADA way (x / 128 - 1), which "
                 f"is I3D's; {spec.backbone} needs its own input_spec: use another recipe"
             )
-    if recipe.spatial and spec.modality != "audio" and spec.backbone not in SPATIAL_BACKBONES:
+    if recipe.spatial and spec.modality != "audio" and not model.spatial_maps:
         raise ConfigError(
             f"recipe {recipe.name!r} stores spatial maps, which avda extracts for "
-            f"{', '.join(SPATIAL_BACKBONES)} only (not {spec.backbone})"
+            f"{', '.join(backbones.with_spatial_maps())} only (not {spec.backbone})"
         )
     return model
 
@@ -556,7 +555,7 @@ def _extract_modality(
         recipe,
         spec.modality,
         model.input_spec,
-        AUDIO_RECIPE_OF_BACKBONE.get(spec.backbone),
+        model.spectrogram_recipe,
     )
     workers = _usable_workers(workers)
     loader = DataLoader(
@@ -627,7 +626,6 @@ def _usable_workers(workers: int) -> int:
 
 __all__ = [
     "ExtractOptions",
-    "AUDIO_RECIPE_OF_BACKBONE",
     "ExtractResult",
     "InputPaths",
     "MediaError",

@@ -7,8 +7,9 @@ on the device where the model runs:
 - ``B C T H W`` (I3D): channels first;
 - ``B C H W`` (TBN): the T frames of a snippet stacked along channels, ``[x_t, y_t, x_t+1, ...]``
   for flow (TSN's 10-channel stack of 5 u/v pairs), T = 1 for RGB;
-- ``[B C T/4 H W, B C T H W]`` (SlowFast): the fast clip and the slow pathway taken from it
-  (:func:`avda.extract.backbones.slowfast.pathways`).
+- any other layout as its backbone module declares it (:func:`avda.extract.backbones.
+  register_input_layout`), e.g. SlowFast's ``[B C T/4 H W, B C T H W]``: the fast clip and the
+  slow pathway taken from it (:func:`avda.extract.backbones.slowfast.pathways`).
 
 Values: the input_spec's ``(x * scale - mean) / std`` after its channel order (BGR for TBN), or,
 with ``Recipe.pixel_normalisation = "mmsada"``, MM-SADA's ``x / 128 - 1`` for RGB and flow.
@@ -20,7 +21,7 @@ import numpy as np
 import torch
 
 from avda.errors import ConfigError
-from avda.extract.backbones import InputSpec
+from avda.extract.backbones import InputSpec, input_layout
 
 
 def centre_crop(frames: np.ndarray, size: int) -> np.ndarray:
@@ -47,35 +48,11 @@ def normalise_frames(frames: np.ndarray, spec: InputSpec) -> torch.Tensor:
     return x.permute(0, 4, 1, 2, 3).contiguous()  # (K, T, H, W, C) -> (K, C, T, H, W)
 
 
-def layout_kind(spec: InputSpec) -> str:
-    """ "clip" (B C T H W), "stack" (B C H W) or "pathways" ([slow, fast]) from the layout."""
-    layout = spec.layout.replace(" ", "")
-    if layout.startswith("["):
-        return "pathways"
-    if layout == "BCTHW":
-        return "clip"
-    if layout == "BCHW":
-        return "stack"
-    raise ConfigError(f"input layout {spec.layout!r} is not a visual layout avda can build")
-
-
 def check_clip_frames(spec: InputSpec, frames: int, *, recipe: str, backbone: str) -> None:
     """Refuse a recipe whose clip length the backbone cannot take, before any decoding."""
-    kind = layout_kind(spec)
-    if kind == "stack":
-        channels = len(spec.mean) or 3
-        per_frame = 2 if spec.modality == "flow" else 3
-        if frames * per_frame != channels:
-            raise ConfigError(
-                f"recipe {recipe!r} samples {frames} {spec.modality} frame(s) per clip, but "
-                f"{backbone} {spec.modality} takes {channels // per_frame} (a {channels}-channel "
-                "stack); use a recipe made for it (e.g. ta3n)"
-            )
-    elif kind == "pathways" and frames % 4:
-        raise ConfigError(
-            f"recipe {recipe!r} samples {frames} frames per clip; {backbone} needs a multiple of "
-            "4 (fast pathway = 4 x slow); use audio-adaptive (32 frames)"
-        )
+    check = input_layout(spec).check_frames
+    if check is not None:
+        check(spec, frames, recipe=recipe, backbone=backbone)
 
 
 def model_input(
@@ -99,9 +76,9 @@ def model_input(
         )
     if normalisation == "input_spec" and spec.channel_order == "BGR":
         frames = frames.flip(-1)  # a uint8 copy: 1 byte per value
-    kind = layout_kind(spec)
+    how = input_layout(spec)
     B, T, H, W, C = frames.shape
-    if kind == "stack":
+    if how.stacked:
         x = frames.permute(0, 1, 4, 2, 3).reshape(B, T * C, H, W)  # -> (B, T*C, H, W), uint8
     else:
         x = frames.permute(0, 4, 1, 2, 3)  # -> (B, C, T, H, W), a view
@@ -111,11 +88,7 @@ def model_input(
     out = torch.empty(x.shape, device=x.device, memory_format=memory_format)  # float32
     out.copy_(x).mul_(scale.reshape(shape)).add_(shift.reshape(shape))
     out = out.to(dtype)
-    if kind == "pathways":
-        from avda.extract.backbones.slowfast import pathways
-
-        return pathways(out, slow_frames=T // 4)
-    return out
+    return how.pack(out) if how.pack is not None else out
 
 
 def _affine(

@@ -1,30 +1,69 @@
 """Backbones built by name: ``create("i3d", modality="rgb", weights=None)``.
 
 Registered: see ``names()``. Each builder takes keyword-only arguments; an unknown name or
-keyword fails with the valid choices.
+keyword fails with the valid choices. A backbone is one module that registers its builder with
+``@register(name, model=TheBackboneClass)`` and one import line at the end of this file; the
+class declares what extraction asks of it (see :class:`Backbone` and docs/architecture.md).
 """
 
 from __future__ import annotations
 
 import inspect
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from avda.errors import ConfigError
 from avda.extract.backbones._base import (
     MODALITIES,
     Backbone,
+    InputLayout,
     InputSpec,
     fold_batch_norm_,
     init_random_features_,
+    input_layout,
+    register_input_layout,
 )
 from avda.registry import Registry, unknown_name_message
 
 log = logging.getLogger(__name__)
 
 BACKBONES: Registry = Registry("backbone")
-register = BACKBONES.register
+MODEL_CLASSES: dict[str, type[Backbone]] = {}
+"""The :class:`Backbone` subclass each registered builder returns, by name."""
+
+B = TypeVar("B", bound=Callable[..., Backbone])
+
+
+def register(name: str, *, model: type[Backbone]) -> Callable[[B], B]:
+    """Decorator: register ``builder`` under ``name``; it builds ``model`` instances, whose class
+    attributes (``spatial_maps``, ``checkpoint_layouts()``...) are asked before any is built."""
+
+    def decorator(builder: B) -> B:
+        BACKBONES.register(name)(builder)
+        MODEL_CLASSES[name] = model
+        return builder
+
+    return decorator
+
+
+def unregister(name: str) -> None:
+    """Remove backbone ``name`` (a backbone registered for a while, e.g. by a test)."""
+    BACKBONES.unregister(name)
+    MODEL_CLASSES.pop(name, None)
+
+
+def model_class(name: str) -> type[Backbone]:
+    """The class backbone ``name`` builds (an unknown name fails with the valid ones)."""
+    BACKBONES.get(name)
+    return MODEL_CLASSES[name]
+
+
+def with_spatial_maps() -> list[str]:
+    """Names of the backbones whose spatial maps a ``spatial`` recipe can store."""
+    return [name for name in names() if MODEL_CLASSES[name].spatial_maps]
+
 
 RANDOM_INIT_WARNED: set[tuple[str, str]] = set()
 """``(backbone, modality)`` pairs whose random-initialisation warning was given: it is given
@@ -74,10 +113,17 @@ from avda.extract.backbones import tbn as _tbn  # noqa: E402,F401
 
 __all__ = [
     "BACKBONES",
+    "MODEL_CLASSES",
     "Backbone",
+    "InputLayout",
     "InputSpec",
     "create",
     "fold_batch_norm_",
+    "input_layout",
+    "model_class",
     "names",
     "register",
+    "register_input_layout",
+    "unregister",
+    "with_spatial_maps",
 ]

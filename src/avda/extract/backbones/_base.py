@@ -6,19 +6,29 @@ A backbone is an ``nn.Module`` with
 - ``input_spec``: an :class:`InputSpec` saying exactly what tensor ``forward_features`` takes, so
   that a checkpoint always travels with its preprocessing;
 - ``forward_features(x) -> (B, num_features)``, ``forward_spatial(x)`` (last map before
-  pooling) and ``forward(x)`` (class logits where the checkpoint has a classifier).
+  pooling) and ``forward(x)`` (class logits where the checkpoint has a classifier);
+- what the shared extraction code would otherwise decide by the backbone's name (it never
+  compares names): ``spatial_maps`` with :meth:`Backbone.features_and_map`,
+  ``spectrogram_recipe``, ``mmsada_pixels`` and :meth:`Backbone.checkpoint_layouts`; an
+  ``input_spec.layout`` other than ``B C T H W`` / ``B C H W`` is declared with
+  :func:`register_input_layout` (see docs/architecture.md, Adding a backbone).
 """
 
 from __future__ import annotations
 
 import abc
 import dataclasses
-from collections.abc import Iterator
-from typing import Any, Literal
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+from avda.errors import ConfigError
+
+if TYPE_CHECKING:
+    from avda.extract.backbones.weights import Layout
 
 Modality = Literal["rgb", "flow", "audio"]
 MODALITIES: tuple[str, ...] = ("rgb", "flow", "audio")
@@ -54,13 +64,100 @@ class InputSpec:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in out.items()}
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class InputLayout:
+    """How extraction builds a visual input of one ``InputSpec.layout`` from uint8 clips
+    ``(B, T, H, W, C)`` (:func:`avda.extract.transforms.model_input`).
+
+    ``stacked``: the T frames stacked along channels, ``(B, T * C, H, W)`` (TSN / TBN), in
+    channels-last memory; else the clip ``(B, C, T, H, W)``, channels-last-3d. ``pack``: applied
+    to the normalised tensor (e.g. SlowFast's ``[slow, fast]`` pathways); None: it is the input.
+    ``check_frames(spec, frames, recipe=, backbone=)``: raise :class:`ConfigError` for a clip
+    length the backbone cannot take, before any decoding; None: any length.
+    """
+
+    stacked: bool = False
+    pack: Callable[[torch.Tensor], torch.Tensor | list[torch.Tensor]] | None = None
+    check_frames: Callable[..., None] | None = None
+
+
+INPUT_LAYOUTS: dict[str, InputLayout] = {}
+"""Visual input layouts by ``InputSpec.layout`` (spaces removed): ``B C T H W`` and ``B C H W``
+here, others registered by the backbone module that uses them (:func:`register_input_layout`)."""
+
+
+def _layout_key(layout: str) -> str:
+    return layout.replace(" ", "")
+
+
+def register_input_layout(layout: str, how: InputLayout) -> InputLayout:
+    """Declare how to build inputs of ``layout``; a layout registered twice differently fails."""
+    key = _layout_key(layout)
+    if INPUT_LAYOUTS.get(key, how) != how:
+        raise ConfigError(f"input layout {layout!r} is registered twice")
+    INPUT_LAYOUTS[key] = how
+    return how
+
+
+def input_layout(spec: InputSpec) -> InputLayout:
+    """The :class:`InputLayout` of ``spec.layout``; an unknown (or audio) layout fails."""
+    try:
+        return INPUT_LAYOUTS[_layout_key(spec.layout)]
+    except KeyError:
+        raise ConfigError(
+            f"input layout {spec.layout!r} is not a visual layout avda can build"
+        ) from None
+
+
+def _check_stacked_frames(spec: InputSpec, frames: int, *, recipe: str, backbone: str) -> None:
+    """A stack takes exactly as many frames as its first conv has channels for."""
+    channels = len(spec.mean) or 3
+    per_frame = 2 if spec.modality == "flow" else 3
+    if frames * per_frame != channels:
+        raise ConfigError(
+            f"recipe {recipe!r} samples {frames} {spec.modality} frame(s) per clip, but "
+            f"{backbone} {spec.modality} takes {channels // per_frame} (a {channels}-channel "
+            "stack); use a recipe made for it (e.g. ta3n)"
+        )
+
+
+register_input_layout("B C T H W", InputLayout())
+register_input_layout("B C H W", InputLayout(stacked=True, check_frames=_check_stacked_frames))
+
+
 class Backbone(nn.Module, abc.ABC):
-    """Base class: subclasses set ``name``, ``modality``, ``num_features``, ``input_spec``."""
+    """Base class: subclasses set ``name``, ``modality``, ``num_features``, ``input_spec``.
+
+    The class attributes below answer, for each backbone, what extraction asks of it; the
+    defaults suit a backbone without spatial maps, with the default spectrogram and its
+    ``input_spec`` normalisation only.
+    """
 
     name: str = ""
     modality: str = ""
     num_features: int = 0
     input_spec: InputSpec
+
+    spatial_maps: ClassVar[bool] = False
+    """Whether recipes with ``spatial`` can store its maps (:meth:`features_and_map`)."""
+    spectrogram_recipe: ClassVar[str | None] = None
+    """Audio: the spectrogram its audio input is computed with, a name in
+    ``avda.extract.audio.SPECTROGRAMS``; None: "vggsound"."""
+    mmsada_pixels: ClassVar[bool] = False
+    """Whether it takes MM-SADA's ``x / 128 - 1`` pixels (recipes with ``pixel_normalisation``
+    "mmsada"): I3D's normalisation; other backbones need their own ``input_spec``."""
+
+    @classmethod
+    def checkpoint_layouts(cls) -> tuple[Layout, ...]:
+        """The checkpoint layouts by which ``avda weights verify`` recognises a file as this
+        backbone's (:class:`avda.extract.backbones.weights.Layout`); none by default."""
+        return ()
+
+    def features_and_map(self, maps: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """From :meth:`forward_spatial`'s output: the pooled features ``(B, num_features)``
+        (as :meth:`forward_features` gives them) and the map a ``spatial`` recipe stores
+        ``(B, C, H, W)``. Backbones with ``spatial_maps`` override it."""
+        raise ConfigError(f"spatial maps are not available for {self.name}")
 
     def conv_bn_pairs(self) -> Iterator[tuple[nn.Module, str, str]]:
         """``(parent, conv, bn)`` for every BatchNorm applied directly to a conv's output.

@@ -100,6 +100,11 @@ class AudioResNet18(Backbone):
     name = "audio_resnet18"
     modality = "audio"
     num_features = NUM_FEATURES
+    spectrogram_recipe = "vggsound"  # avda.extract.audio.vggsound_spectrogram
+
+    @classmethod
+    def checkpoint_layouts(cls) -> tuple[Layout, ...]:
+        return LAYOUTS
 
     def __init__(self, config: AudioResNetConfig) -> None:
         super().__init__()
@@ -172,7 +177,7 @@ LAYOUTS: tuple[Layout, ...] = (
 )
 
 
-@register("audio_resnet18")
+@register("audio_resnet18", model=AudioResNet18)
 def audio_resnet18(
     *,
     modality: str,

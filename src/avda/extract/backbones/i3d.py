@@ -372,6 +372,8 @@ class I3D(Backbone):
 
     name = "i3d"
     num_features = NUM_FEATURES
+    spatial_maps = True
+    mmsada_pixels = True  # MM-SADA's x / 128 - 1 is I3D's [-1, 1] input
 
     def __init__(self, config: I3DConfig) -> None:
         super().__init__()
@@ -418,6 +420,15 @@ class I3D(Backbone):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, 1024)``: the avg-pool output averaged over its remaining time (and space) steps."""
         return self.pooled(self.forward_spatial(x)).mean(dim=(2, 3, 4))
+
+    def features_and_map(self, maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Features as :meth:`forward_features` and the Mixed_5c map averaged over time."""
+        features = self.pooled(maps).mean(dim=(2, 3, 4))
+        return features, maps.mean(dim=2)  # (B, C, T', H, W) -> (B, C, H, W)
+
+    @classmethod
+    def checkpoint_layouts(cls) -> tuple[Layout, ...]:
+        return LAYOUTS
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits ``(B, num_classes)`` averaged over time, as DeepMind's TF model does."""
@@ -570,7 +581,7 @@ LAYOUTS: tuple[Layout, ...] = (
 )
 
 
-@register("i3d")
+@register("i3d", model=I3D)
 def i3d(
     *,
     modality: str,

@@ -40,7 +40,13 @@ from torch import nn
 
 from avda.errors import ConfigError
 from avda.extract.backbones import register
-from avda.extract.backbones._base import Backbone, InputSpec, MaxPool3d
+from avda.extract.backbones._base import (
+    Backbone,
+    InputLayout,
+    InputSpec,
+    MaxPool3d,
+    register_input_layout,
+)
 from avda.extract.backbones.weights import (
     Layout,
     PublishedWeights,
@@ -309,6 +315,10 @@ class SlowFast(Backbone):
     modality = "rgb"
     num_features = NUM_FEATURES
 
+    @classmethod
+    def checkpoint_layouts(cls) -> tuple[Layout, ...]:
+        return LAYOUTS
+
     def __init__(self, config: SlowFastConfig) -> None:
         super().__init__()
         self.config = config
@@ -386,6 +396,25 @@ def pathways(clip: torch.Tensor, *, slow_frames: int = 8) -> list[torch.Tensor]:
     return [clip.index_select(2, index), clip]
 
 
+def _pack_pathways(clip: torch.Tensor) -> list[torch.Tensor]:
+    """The normalised fast clip ``(B, 3, T, H, W)`` -> ``[slow (T / 4 frames), fast]``."""
+    return pathways(clip, slow_frames=clip.shape[2] // ALPHA)
+
+
+def _check_pathway_frames(spec: InputSpec, frames: int, *, recipe: str, backbone: str) -> None:
+    if frames % ALPHA:
+        raise ConfigError(
+            f"recipe {recipe!r} samples {frames} frames per clip; {backbone} needs a multiple of "
+            f"{ALPHA} (fast pathway = {ALPHA} x slow); use audio-adaptive (32 frames)"
+        )
+
+
+# Extraction builds the [slow, fast] input from one normalised clip of the recipe's frames.
+register_input_layout(
+    INPUT_SPEC.layout, InputLayout(pack=_pack_pathways, check_frames=_check_pathway_frames)
+)
+
+
 # ---------------------------------------------------------------------------------------------
 # Checkpoint layouts
 
@@ -440,7 +469,7 @@ LAYOUTS: tuple[Layout, ...] = (
 )
 
 
-@register("slowfast")
+@register("slowfast", model=SlowFast)
 def slowfast(
     *,
     modality: str,

@@ -210,6 +210,8 @@ class BNInception(Backbone):
 
     name = "tbn"
     num_features = NUM_FEATURES
+    spatial_maps = True
+    spectrogram_recipe = "tbn"  # the audio stream's STFT (avda.extract.audio.tbn_spectrogram)
 
     def __init__(self, config: TBNConfig) -> None:
         super().__init__()
@@ -335,6 +337,17 @@ class BNInception(Backbone):
         pooled = F.avg_pool2d(spatial, kernel, stride=1, ceil_mode=self.pool_ceil_mode)
         return pooled.mean(dim=(2, 3))
 
+    def features_and_map(self, maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Features as :meth:`forward_features` and the inception_5b map itself."""
+        kernel = [min(self.pool_kernel, size) for size in maps.shape[2:]]
+        pooled = F.avg_pool2d(maps, kernel, stride=1, ceil_mode=self.pool_ceil_mode)
+        return pooled.mean(dim=(2, 3)), maps
+
+    @classmethod
+    def checkpoint_layouts(cls) -> tuple[Layout, ...]:
+        """The layouts of the rgb stream: detection does not depend on the modality."""
+        return layouts("rgb", has_classifier=False)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits when built with ``num_classes``; otherwise the features (TBN has no per-stream
         classifier)."""
@@ -412,7 +425,7 @@ def layouts(modality: str, *, has_classifier: bool) -> tuple[Layout, ...]:
     )
 
 
-@register("tbn")
+@register("tbn", model=BNInception)
 def tbn(
     *,
     modality: str,
