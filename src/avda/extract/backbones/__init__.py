@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 from avda.errors import ConfigError
 from avda.extract.backbones._base import (
+    INPUT_LAYOUTS,
     MODALITIES,
     Backbone,
     InputLayout,
@@ -113,6 +114,7 @@ from avda.extract.backbones import tbn as _tbn  # noqa: E402,F401
 
 __all__ = [
     "BACKBONES",
+    "INPUT_LAYOUTS",
     "MODEL_CLASSES",
     "Backbone",
     "InputLayout",

@@ -332,16 +332,16 @@ class BNInception(Backbone):
         The pool kernel is clipped to the map when the map is smaller (inputs below 224 / 256),
         which then averages the whole map.
         """
-        spatial = self.forward_spatial(x)
-        kernel = [min(self.pool_kernel, size) for size in spatial.shape[2:]]
-        pooled = F.avg_pool2d(spatial, kernel, stride=1, ceil_mode=self.pool_ceil_mode)
-        return pooled.mean(dim=(2, 3))
+        return self._pool(self.forward_spatial(x))
 
     def features_and_map(self, maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Features as :meth:`forward_features` and the inception_5b map itself."""
+        return self._pool(maps), maps
+
+    def _pool(self, maps: torch.Tensor) -> torch.Tensor:
         kernel = [min(self.pool_kernel, size) for size in maps.shape[2:]]
         pooled = F.avg_pool2d(maps, kernel, stride=1, ceil_mode=self.pool_ceil_mode)
-        return pooled.mean(dim=(2, 3)), maps
+        return pooled.mean(dim=(2, 3))
 
     @classmethod
     def checkpoint_layouts(cls) -> tuple[Layout, ...]:
