@@ -4,9 +4,9 @@ The full version is the MM-SADA grid: 2 heads (source-only, DANN) x the 6 EPIC-5
 (D1->D2 ... D3->D2) x 3 seeds = 36 runs, on a synthetic cache of domains D1, D2, D3 (class
 clusters; each domain shifted). Both modes train the same runs with the same seeds:
 
-- ``serial``: :func:`avda.evaluate.sweep.run_serial`, one run after another in this process,
+- ``serial``: :func:`avda.sweep.run.run_serial`, one run after another in this process,
   with PyTorch's default threads (every core inside each run), then with one thread;
-- ``dask``: :func:`avda.evaluate.sweep.run_sweep` on a ``LocalCluster`` of ``--workers`` worker
+- ``dask``: :func:`avda.sweep.run.run_sweep` on a ``LocalCluster`` of ``--workers`` worker
   processes (default: one per core), one run per worker at a time, ``cores / workers`` PyTorch
   threads each; timed with and without starting the cluster (workers import PyTorch once).
 
@@ -36,7 +36,7 @@ from distributed import LocalCluster
 
 from avda import cache as cache_lib
 from avda.cache import Status
-from avda.evaluate import sweep
+from avda.sweep import run as sweep
 
 DOMAINS = ("D1", "D2", "D3")
 

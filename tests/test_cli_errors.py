@@ -366,8 +366,8 @@ def test_sweep_job_script_needs_no_sbatch(capsys, in_work, monkeypatch, tmp_path
 
 
 def test_worker_timeout_in_the_spec_is_validated(tmp_path):
+    from avda import sweep
     from avda.errors import ConfigError
-    from avda.evaluate import sweep
 
     make_feature_cache(tmp_path / "c.zarr", per_class=2)
     base = {"cache": str(tmp_path / "c.zarr"), "heads": ["dann"], "settings": ["source->target"]}

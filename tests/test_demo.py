@@ -58,7 +58,8 @@ def test_unified_example_runs_on_the_demo_cache_and_names_its_protocol(small_dem
     extracted from real media: a LocalCluster sweep whose table names the protocol."""
     import yaml
 
-    from avda.evaluate import sweep, tables
+    from avda import sweep
+    from avda.evaluate import tables
 
     demo, _ = small_demo
     example = Path(__file__).resolve().parents[1] / "examples" / "unified-demo.yaml"

@@ -11,10 +11,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from avda import protocols, runs
+from avda import protocols, runs, sweep
 from avda.errors import CacheError, ConfigError, RunError
-from avda.evaluate import aggregate, sweep, tables
-from avda.evaluate.metrics import map_authors, map_present, top1_accuracy
+from avda.evaluate import aggregate, tables
+from avda.scoring.metrics import map_authors, map_present, top1_accuracy
 from avda.train import heads as heads_lib
 from avda.train.loop import train
 from tests.conftest import make_feature_cache
@@ -272,7 +272,7 @@ def test_charadesego_protocol_learns_from_the_labelled_half_and_reports_both_map
 
 
 def test_labelled_target_needs_a_labelled_segment(tmp_path):
-    from avda.train.loop import labelled_target_rows
+    from avda.train.setup import labelled_target_rows
 
     store = make_feature_cache(tmp_path / "c.zarr")
     rows = np.flatnonzero((store.segments["domain"] == "target").to_numpy())

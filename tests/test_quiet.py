@@ -86,7 +86,7 @@ def test_shard_tasks_do_not_repeat_the_random_init_warning(monkeypatch, caplog):
 def test_sweep_tasks_keep_their_warnings_for_the_client(tmp_path, caplog):
     import threading
 
-    from avda.evaluate import sweep
+    from avda.sweep import run as sweep
 
     other = logging.getLogger("avda.train.loop")
     with dask_support.collect_warnings(True) as messages:
@@ -106,7 +106,7 @@ def test_sweep_tasks_keep_their_warnings_for_the_client(tmp_path, caplog):
         sweep._report_warnings(tmp_path, tasks, outcomes)
     log_file = tmp_path / sweep.WARNINGS
     assert log_file.read_text() == "a/s/seed0: w1\na/s/seed0: w2\n"
-    lines = [r.getMessage() for r in caplog.records if r.name == "avda.evaluate.sweep"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "avda.sweep.run"]
     assert len(lines) == 1 and lines[0].startswith("2 warning(s) from 1 run(s), e.g. a/s/seed0: w1")
     outcomes["a/s/seed0"].warnings = []
     sweep._report_warnings(tmp_path, tasks, outcomes)

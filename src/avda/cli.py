@@ -997,7 +997,8 @@ def evaluate(
     ] = None,
 ) -> None:
     """Metrics of finished runs: one row per run, or the papers' tables over many runs."""
-    from avda.evaluate import protocols, tables
+    from avda.evaluate import tables
+    from avda.scoring import protocols
 
     if out is not None:  # OUT.md, OUT.csv: OUT itself may be a folder's name
         _make_parent(out, "-o")
@@ -1080,7 +1081,7 @@ def sweep_command(
 
     A spec may expand to at most 10,000 runs; AVDA_MAX_RUNS=N raises the limit.
     """
-    from avda.evaluate import sweep
+    from avda import sweep
 
     if check:
         checked = sweep.load_spec(spec, open_caches=False)
@@ -1124,6 +1125,7 @@ def report(
 ) -> None:
     """One self-contained HTML page: tables, curves, per-class accuracy, confusion, embeddings."""
     from avda.evaluate.report import build_report
+    from avda.train.embedding import head_embedding
 
     output_file(out)
     path = build_report(
@@ -1134,6 +1136,7 @@ def report(
         baseline=compare,
         max_points=max_points,
         progress=not quiet,
+        embed=head_embedding,
     )
     typer.echo(f"wrote {path}")
 

@@ -223,7 +223,7 @@ def cache(tmp_path_factory) -> Path:
 
 
 def test_a_billion_laughs_spec_is_refused_quickly(tmp_path, cache):
-    from avda.evaluate import sweep
+    from avda import sweep
 
     path = tmp_path / "sweep.yaml"
     path.write_text(
@@ -238,7 +238,7 @@ def test_a_billion_laughs_spec_is_refused_quickly(tmp_path, cache):
 
 
 def test_a_recursive_alias_is_refused(tmp_path):
-    from avda.evaluate import sweep
+    from avda import sweep
 
     path = tmp_path / "sweep.yaml"
     path.write_text("heads: &h [source-only, *h]\n")
@@ -247,7 +247,7 @@ def test_a_recursive_alias_is_refused(tmp_path):
 
 
 def test_a_huge_spec_file_is_refused(tmp_path):
-    from avda.evaluate import sweep
+    from avda import sweep
 
     path = tmp_path / "sweep.yaml"
     path.write_text("seeds: [" + "1, " * (2 << 20) + "1]\n")
@@ -277,7 +277,7 @@ def test_set_values_with_nested_aliases_are_refused():
 
 # ------------------------------------------------------------------------------ run counts
 def test_a_huge_seed_count_is_refused_quickly(tmp_path, cache):
-    from avda.evaluate import sweep
+    from avda import sweep
 
     path = tmp_path / "sweep.yaml"
     path.write_text(
@@ -293,7 +293,7 @@ def test_a_huge_seed_count_is_refused_quickly(tmp_path, cache):
 
 
 def test_the_number_of_runs_is_bounded_and_can_be_raised(tmp_path, cache, monkeypatch):
-    from avda.evaluate import sweep
+    from avda import sweep
 
     spec = {
         "cache": str(cache),
@@ -332,7 +332,7 @@ def test_the_number_of_runs_is_bounded_and_can_be_raised(tmp_path, cache, monkey
     ],
 )
 def test_other_counts_that_multiply_work_are_bounded(tmp_path, cache, extra, match):
-    from avda.evaluate import sweep
+    from avda import sweep
 
     path = tmp_path / "sweep.yaml"
     path.write_text(f"cache: {cache}\nheads: [source-only]\nsettings: [source->target]\n{extra}\n")

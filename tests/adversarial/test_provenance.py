@@ -103,7 +103,7 @@ def test_a_damaged_provenance_json_is_one_line(trained, capsys):
 def test_a_sweep_does_not_skip_a_finished_run_of_a_rebuilt_cache(tmp_path, capsys, monkeypatch):
     import yaml
 
-    from avda.evaluate import sweep
+    from avda import sweep
 
     monkeypatch.delenv("AVDA_DEBUG", raising=False)
     cache = tmp_path / "c.zarr"

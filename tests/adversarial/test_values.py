@@ -152,7 +152,7 @@ def test_every_head_default_and_preset_is_in_range():
 
 
 def test_a_sweep_spec_gets_the_same_ranges(tmp_path):
-    from avda.evaluate import sweep
+    from avda import sweep
 
     make_feature_cache(tmp_path / "c.zarr", per_class=2)
     spec = {

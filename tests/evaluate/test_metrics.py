@@ -9,7 +9,7 @@ import pytest
 from sklearn.metrics import average_precision_score
 
 from avda.errors import ConfigError
-from avda.evaluate.metrics import (
+from avda.scoring.metrics import (
     average_precision,
     average_precision_per_class,
     average_scores,

@@ -11,7 +11,7 @@ import pytest
 from scipy.special import softmax as scipy_softmax
 
 from avda.errors import ConfigError
-from avda.evaluate.protocols import (
+from avda.scoring.protocols import (
     action_ids,
     charades_map,
     epic100_accuracies,

@@ -17,6 +17,7 @@ from tests.conftest import make_feature_cache
 from avda import runs
 from avda.evaluate import aggregate, report, tables
 from avda.train.clustering import cluster_store
+from avda.train.embedding import head_embedding
 from avda.train.loop import train
 
 HEADS = ("source-only", "dann")
@@ -115,7 +116,10 @@ def screenshot_spread(page: Path, workdir: Path) -> float:
 
 def test_report_is_self_contained_and_every_figure_loads_in_chromium(trained, tmp_path):
     out = report.build_report(
-        [p.parent for p in trained[:1]], tmp_path / "report.html", title="EPIC sweep"
+        [p.parent for p in trained[:1]],
+        tmp_path / "report.html",
+        title="EPIC sweep",
+        embed=head_embedding,
     )
     page = out.read_text()
     assert "<script" not in page and "<link" not in page
@@ -189,7 +193,7 @@ def test_class_names_come_from_the_cache_segments(trained):
 
 
 def test_embedding_is_coloured_by_domain_and_by_class(trained):
-    embedding = report.head_embedding(trained[2], max_points=40)
+    embedding = report.run_embedding(trained[2], max_points=40, embed=head_embedding)
     assert embedding.task == "verb" and set(embedding.classes) == {0, 1, 2, 3}
     _, titles = report.embedding_plot(embedding, names=VERBS)
     assert titles[:4] == [
@@ -201,7 +205,7 @@ def test_embedding_is_coloured_by_domain_and_by_class(trained):
 
 
 def test_after_embedding_is_the_heads_embedding(trained):
-    embedding = report.head_embedding(trained[2], max_points=60)
+    embedding = report.run_embedding(trained[2], max_points=60, embed=head_embedding)
     assert embedding.before.shape == (60, 16 + 16)  # rgb + audio clip-averaged features
     assert embedding.after.shape == (60, 2 * 32)  # late fusion: hidden 32 per modality
     assert embedding.is_target.sum() == 30 and not embedding.after_is_scores
@@ -214,7 +218,7 @@ def test_embedding_falls_back_to_scores_when_the_cache_is_gone(trained, tmp_path
     config = runs.read_config(moved)
     config["cache"] = str(tmp_path / "elsewhere.zarr")
     (moved / runs.CONFIG).write_text(yaml.safe_dump(config, sort_keys=False))
-    embedding = report.run_embedding(moved, max_points=40)
+    embedding = report.run_embedding(moved, max_points=40, embed=head_embedding)
     assert embedding.after_is_scores and embedding.before is None
     assert "could not be rebuilt" in embedding.note and len(embedding.after) == 40
     figure = report.embedding_figure(embedding)

@@ -18,7 +18,7 @@ from tests.conftest import make_feature_cache
 
 from avda import runs
 from avda.errors import ConfigError
-from avda.evaluate import sweep
+from avda.sweep import run as sweep
 
 
 @pytest.fixture(scope="module")

@@ -14,8 +14,8 @@ from tests.conftest import make_feature_cache
 from avda import runs
 from avda.errors import ConfigError, RunError
 from avda.evaluate import aggregate, tables
-from avda.evaluate.metrics import mean_average_precision
-from avda.evaluate.protocols import epic100_accuracies
+from avda.scoring.metrics import mean_average_precision
+from avda.scoring.protocols import epic100_accuracies
 from avda.train.loop import train
 
 FAST = {"epochs": 3, "hidden_dim": 16}

@@ -10,7 +10,9 @@ import torch
 from avda import runs
 from avda.cache import synthetic
 from avda.train.data import FeatureSet
-from avda.train.loop import _apply_standardizer, input_statistics, train
+from avda.train.loop import train
+from avda.train.setup import apply_statistics as _apply_standardizer
+from avda.train.setup import input_statistics
 
 
 def _set(name: str, x: np.ndarray) -> FeatureSet:

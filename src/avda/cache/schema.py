@@ -61,6 +61,8 @@ SEGMENT_COLUMNS: dict[str, str] = {
     "labels": "str",
 }
 REQUIRED_SEGMENT_COLUMNS = ("uid", "video_id", "domain", "split", "start_sec", "stop_sec")
+# Prediction tasks and the segment column holding their labels (``labels``: ``"3;17"`` multi-hot)
+TASK_COLUMNS = {"verb": "verb_class", "noun": "noun_class", "labels": "labels"}
 
 # Keys of the provenance dictionary in the root attributes.
 PROVENANCE_KEYS = (

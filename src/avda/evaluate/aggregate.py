@@ -6,7 +6,7 @@ Layouts (what the papers print):
   ``D3→D2``) and a ``Mean`` column; a cell is the mean ± std over seeds of one metric (top-1 of
   the first task, or mAP for multi-label tasks) on the target evaluation set;
 * ``epic100`` -- EPIC-100 UDA: verb, noun and action top-1 and top-5 (the official scorer,
-  :func:`avda.evaluate.protocols.epic100_accuracies`).
+  :func:`avda.scoring.protocols.epic100_accuracies`).
 
 Numbers are recomputed from each run's stored predictions, never read from its logs. ``Mean``
 is, per seed, the average over the settings, then mean ± std over the seeds that have every
@@ -32,21 +32,21 @@ from avda import protocols as protocols_lib
 from avda import runs
 from avda.data_manifests.settings import NAMED_SETTINGS
 from avda.errors import ConfigError, RunError
-from avda.evaluate.metrics import (
+from avda.scoring.metrics import (
     MAP_CONVENTIONS,
     mean_class_accuracy,
     mean_std,
     top1_accuracy,
     top_k_accuracy,
 )
-from avda.evaluate.protocols import epic100_accuracies
+from avda.scoring.protocols import epic100_accuracies
 
 log = logging.getLogger(__name__)
 
 LAYOUTS = ("auto", "settings", "epic100")
 METRICS = ("top1", "top5", "mca", "mAP")
 MEAN = "Mean"
-SWEEP_INDEX = "sweep.json"  # the same name avda.evaluate.sweep writes
+SWEEP_INDEX = "sweep.json"  # the same name avda.sweep.run writes
 EPIC100_COLUMNS = (
     ("verb", 1),
     ("verb", 5),

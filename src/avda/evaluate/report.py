@@ -31,7 +31,7 @@ import datetime as _dt
 import html
 import io
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +51,7 @@ from avda import runs
 from avda.errors import AvdaError, RunError
 from avda.evaluate import aggregate as aggregate_lib
 from avda.evaluate import tables
-from avda.evaluate.metrics import (
+from avda.scoring.metrics import (
     average_precision_per_class,
     confusion_matrix,
     mean_std,
@@ -328,82 +328,13 @@ class Embedding:
     task: str | None = None
 
 
+# ``embed(run, max_points)`` -> an object with ``before``, ``after``, ``is_target``, ``classes``
+# and ``task`` (:class:`avda.train.embedding.HeadEmbedding`)
+Embed = Callable[[Path, int], Any]
+
+
 def _sample(rows: np.ndarray, limit: int, rng: np.random.Generator) -> np.ndarray:
     return np.sort(rng.choice(rows, size=limit, replace=False)) if len(rows) > limit else rows
-
-
-def head_embedding(run: Path, *, max_points: int = 500, seed: int = 0) -> Embedding:
-    """Cache features and the trained head's embedding of source and target segments.
-
-    The head is rebuilt from ``config.yaml`` and ``checkpoints/last.pt`` and sees what the loop
-    showed it: the same clips, the same standardisation, and its ``before_evaluation`` hook per
-    side (AdaBN switches to target statistics). Multi-stage heads (a ``prepare`` hook that runs
-    earlier stages) are not rebuilt here: :func:`run_embedding` embeds their scores instead.
-    """
-    import torch
-
-    from avda.cache import open_cache
-    from avda.train import data as data_lib
-    from avda.train import heads as heads_lib
-    from avda.train.heads._base import Head
-
-    config = runs.read_config(run)
-    head_class = heads_lib.HEADS.get(config["head"])
-    if hasattr(head_class, "prepare"):
-        raise RunError(f"{config['head']} trains in stages; its embedding needs those stages")
-    store = open_cache(config["cache"])
-    modalities = list(config["modalities"])
-    tasks = [data_lib.Task(**t) for t in config["tasks"]]
-    config_object = heads_lib.config_class(config["head"]).from_dict(config["head_config"])
-    input_clips = getattr(head_class, "input_clips", None)
-    extra = []
-    if input_clips is not None:
-        extra = [
-            {m: input_clips(config_object, store.modality_info(m)["num_clips"]) for m in modalities}
-        ]
-    state = runs.load_checkpoint(run / runs.CHECKPOINT)
-    statistics = state.get("standardize") or {}
-
-    def load(name: str, rows: np.ndarray):
-        feature_set = data_lib.load_set(store, name, rows, modalities, tasks, *extra)
-        for modality, (mean, std) in statistics.items():
-            feature_set.inputs[modality] = (feature_set.inputs[modality] - mean) / std
-        return feature_set
-
-    rng = np.random.default_rng(seed)
-    splits = ["train", "val", "test"]
-    sides = {}
-    for side in ("source", "target"):
-        rows = data_lib.select_rows(store, config[side], splits, modalities)
-        sides[side] = load(f"{side}_embedding", _sample(rows, max_points // 2, rng))
-    shapes = {m: tuple(sides["source"].inputs[m].shape[1:]) for m in modalities}
-    model = heads_lib.create(config["head"], inputs=shapes, tasks=tasks, config=config_object)
-    model.load_state_dict(state["model"])
-    model.eval()
-    adaptation = None
-    if type(model).before_evaluation is not Head.before_evaluation:
-        target_train = data_lib.select_rows(store, config["target"], ["train"], modalities)
-        adaptation = load("target_train", target_train)
-    task = next((t.name for t in tasks if not t.multi_label), None)
-    before, after, is_target, classes = [], [], [], []
-    with torch.no_grad():
-        for side, feature_set in sides.items():
-            model.before_evaluation(feature_set, adaptation)
-            for index in feature_set.batches(512, shuffle=False):
-                batch, _ = feature_set.batch(index)
-                after.append(model(batch).features.float().numpy())
-                pooled = [batch[m].mean(dim=1) for m in modalities]  # (B, K, D) -> (B, D)
-                before.append(torch.cat(pooled, dim=1).numpy())
-                is_target.append(np.full(len(index), side == "target"))
-                if task is not None:
-                    classes.append(feature_set.labels[task][index].numpy())
-    return Embedding(
-        np.concatenate(before),
-        np.concatenate(after),
-        np.concatenate(is_target),
-        classes=np.concatenate(classes).astype(np.int64) if task is not None else None,
-        task=task,
-    )
 
 
 def score_embedding(run: Path, *, max_points: int = 500, seed: int = 0) -> Embedding:
@@ -431,9 +362,16 @@ def score_embedding(run: Path, *, max_points: int = 500, seed: int = 0) -> Embed
     )
 
 
-def run_embedding(run: Path, *, max_points: int = 500) -> Embedding:
+def run_embedding(run: Path, *, max_points: int = 500, embed: Embed | None = None) -> Embedding:
+    """The head's embedding from ``embed`` (:func:`avda.train.embedding.head_embedding`, which
+    the CLI passes: evaluation does not import training), else the stored prediction scores."""
+    if embed is None:
+        return score_embedding(run, max_points=max_points)
     try:
-        return head_embedding(run, max_points=max_points)
+        found = embed(run, max_points)
+        return Embedding(
+            found.before, found.after, found.is_target, classes=found.classes, task=found.task
+        )
     except runs.CheckpointRefused:
         raise  # a crafted or damaged checkpoint is refused, not worked around (issue 18)
     except (AvdaError, OSError, KeyError, RuntimeError) as error:
@@ -554,7 +492,7 @@ def cluster_info(run: Path) -> list[dict[str, Any]]:
     class the candidate k, their inertia and the k chosen by the Elbow.
     """
     from avda.cache import open_cache
-    from avda.train.data import TASK_COLUMNS
+    from avda.cache.schema import TASK_COLUMNS
 
     config = runs.read_config(run)
     try:
@@ -738,9 +676,10 @@ def run_figures(
     max_points: int = 500,
     tsne_max_points: int = 800,
     names: dict[str, list[str]] | None = None,
+    embed: Embed | None = None,
 ) -> list[ReportFigure]:
     """Every figure of one run's section (``names``: class names per task, by default those
-    of the run's cache)."""
+    of the run's cache; ``embed``: see :func:`run_embedding`)."""
     config = runs.read_config(run)
     if names is None:
         names = cache_class_names(config["cache"])
@@ -760,7 +699,7 @@ def run_figures(
             figures.append(per_class_figure(scores, labels, task, task in multi, split, task_names))
             if task not in multi:
                 figures.append(confusion_figure(scores, labels, task, split, task_names))
-    embedding = run_embedding(run, max_points=max_points)
+    embedding = run_embedding(run, max_points=max_points, embed=embed)
     figures.append(
         embedding_figure(
             embedding, tsne_max_points=tsne_max_points, names=names.get(embedding.task or "")
@@ -788,8 +727,13 @@ def build_report(
     tsne_max_points: int = 800,
     max_detailed_runs: int = 60,
     progress: bool = False,
+    embed: Embed | None = None,
 ) -> Path:
-    """Write the report of the complete runs found under ``paths`` to ``out``; returns ``out``."""
+    """Write the report of the complete runs found under ``paths`` to ``out``; returns ``out``.
+
+    ``embed(run, max_points)``: the trained head's embedding of a run's segments
+    (:func:`avda.train.embedding.head_embedding`, what ``avda report`` passes); without it the
+    embedding plots show the stored prediction scores."""
     from tqdm import tqdm
 
     out = Path(out)
@@ -854,6 +798,7 @@ def build_report(
             max_points=max_points,
             tsne_max_points=tsne_max_points,
             names=names_of[cache],
+            embed=embed,
         ):
             parts.append(_figure_html(figure))
         parts.append("</section>")

@@ -10,7 +10,7 @@ import pandas as pd
 
 from avda import runs
 from avda.errors import ConfigError, RunError
-from avda.evaluate.metrics import mean_class_accuracy, top1_accuracy
+from avda.scoring.metrics import mean_class_accuracy, top1_accuracy
 
 SET_ORDER = ("source_val", "source_test", "target_val", "target_test")
 
@@ -25,7 +25,7 @@ def run_metrics(run: Path) -> dict[str, float]:
         for task, scores in pred["scores"].items():
             labels = pred["labels"][task]
             if task in multi:
-                from avda.evaluate.metrics import mean_average_precision
+                from avda.scoring.metrics import mean_average_precision
 
                 metrics[f"{name}/{task}/mAP"] = mean_average_precision(scores, labels)
                 continue

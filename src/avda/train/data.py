@@ -14,13 +14,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from avda.cache import FeatureCache, Status
+from avda.cache import FeatureCache, Status, schema
 from avda.errors import CacheError, ConfigError
 from avda.registry import unknown_name_message
 
 log = logging.getLogger(__name__)
 
-TASK_COLUMNS = {"verb": "verb_class", "noun": "noun_class", "labels": "labels"}
+TASK_COLUMNS = schema.TASK_COLUMNS  # task -> segment column
 
 
 @dataclasses.dataclass(frozen=True)

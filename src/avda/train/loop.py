@@ -16,19 +16,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
 from tqdm import tqdm
 
 import avda
 from avda import environment, runs
-from avda.cache import FeatureCache, open_cache
-from avda.data_manifests.settings import Setting
-from avda.devices import resolve_device
-from avda.errors import CacheError, RunError, TrainingDiverged
-from avda.evaluate.metrics import mean_class_accuracy, top1_accuracy
-from avda.train import data as data_lib
-from avda.train import heads as heads_lib
+from avda.cache import FeatureCache
+from avda.errors import RunError, TrainingDiverged
+from avda.scoring.metrics import mean_class_accuracy, top1_accuracy
+from avda.train import setup as setup_lib
 from avda.train import sinks as sinks_lib
 from avda.train.data import FeatureSet, Task
 from avda.train.heads._base import Head, HeadConfig, shape_errors
@@ -43,52 +39,6 @@ class TrainResult:
     run: Path
     metrics: dict[str, float]
     skipped: bool = False
-
-
-def _eval_sets(cache: FeatureCache, source: Sequence[str], target: Sequence[str], modalities):
-    """``source_val``, ``source_test``, ``target_val``, ``target_test`` rows that exist."""
-    sets = {}
-    for role, domains in (("source", source), ("target", target)):
-        for split in ("val", "test"):
-            rows = data_lib.select_rows(cache, domains, [split], modalities)
-            if len(rows):
-                sets[f"{role}_{split}"] = rows
-    return sets
-
-
-def input_statistics(
-    train: FeatureSet, standardize: bool, feature_scale: float = 0.0
-) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """Per modality ``(shift, scale)`` from the source-train set: ``x -> (x - shift) / scale``.
-
-    ``standardize``: per-dimension z-scores. ``feature_scale > 0``: then one scalar per modality
-    so that the source-train clips' root-mean-square L2 norm is ``feature_scale``: the features
-    keep their shape and sign (non-negative features stay non-negative), only their size
-    changes, so a recipe tuned for one backbone's feature scale (an SGD learning rate) meets the
-    same scale with any backbone. Empty when neither is asked for.
-    """
-    stats = {}
-    for modality, x in train.inputs.items():
-        flat = x.reshape(-1, x.shape[-1]).float()  # (N*K, D)
-        if standardize:
-            std = flat.std(0)
-            # Floor the scale at 10% of the median: a dimension (nearly) constant on the source
-            # (a dead ReLU unit) but active on the target must not be blown up by a tiny std.
-            floor = max(float(std.median()) * 0.1, 1e-6)
-            shift, scale = flat.mean(0), std.clamp_min(floor)
-        else:
-            shift, scale = torch.zeros(flat.shape[1]), torch.ones(flat.shape[1])
-        if feature_scale > 0:
-            norm = float(((flat - shift) / scale).pow(2).sum(1).mean().sqrt())
-            scale = scale * max(norm, 1e-12) / feature_scale
-        if standardize or feature_scale > 0:
-            stats[modality] = (shift, scale)
-    return stats
-
-
-def _apply_standardizer(feature_set: FeatureSet, stats) -> None:
-    for modality, (mean, std) in stats.items():
-        feature_set.inputs[modality] = (feature_set.inputs[modality] - mean) / std
 
 
 def _make_optimizer(head: Head, config: HeadConfig, total_steps: int = 1):
@@ -195,7 +145,7 @@ def evaluate_sets(
         for task in head.tasks:
             labels = feature_set.labels[task.name].numpy()
             if task.multi_label:
-                from avda.evaluate.metrics import mean_average_precision
+                from avda.scoring.metrics import mean_average_precision
 
                 metrics[f"{name}/{task.name}/mAP"] = mean_average_precision(
                     scores[task.name], labels
@@ -271,47 +221,18 @@ def _train(
     protocol: str | None,
     sinks: sinks_lib.MetricSinks,
 ) -> TrainResult:
-    Setting(tuple(source), tuple(target))  # refuses a domain on both sides, or none on one
     role = head
     if protocol is not None:
         from avda import protocols as protocols_lib
 
         head, overrides = protocols_lib.get(protocol).resolve(role, overrides)
-    store = open_cache(cache)
-    for role_name, domains in (("source", source), ("target", target)):
-        data_lib.check_domains(store, domains, role_name)
-    config = heads_lib.config_class(head).from_dict(overrides or {})
-    modalities = list(config.modalities) or store.modalities
-    for modality in modalities:
-        store.modality_info(modality)  # raises for a modality the cache lacks
-    device = resolve_device(device)
-
-    source_rows = data_lib.select_rows(store, source, ["train"], modalities)
-    target_rows = data_lib.select_rows(store, target, ["train"], modalities)
-    eval_rows = _eval_sets(store, source, target, modalities)
-    if len(source_rows) == 0:
-        raise CacheError(
-            f"no extracted training segments for source domain(s) {list(source)} in {store.path}"
-        )
-    if config.labelled_target > 0:  # semi-supervised: part of the target is labelled
-        labelled, target_rows = labelled_target_rows(store, target_rows, config.labelled_target)
-        source_rows = np.concatenate([source_rows, labelled])
-    if not any(k.startswith("target") for k in eval_rows) and len(target_rows) == 0:
-        raise CacheError(
-            f"cache {store.path} has no segments of target domain(s) {list(target)}: "
-            "nothing to adapt to or evaluate on"
-        )
-    # A recipe's schedule is an amount of optimisation: epochs for this data size.
-    config = config.for_data(len(source_rows), head)
-    tasks = data_lib.infer_tasks(store.segments, source_rows, config.tasks or None)
-    cls = heads_lib.HEADS.get(head)
-    config = cls.resolve_config(config, store, modalities)  # e.g. cia's spatial=auto
+    setup = setup_lib.plan(
+        cache=cache, head=head, source=source, target=target, overrides=overrides, device=device
+    )
+    store, config, modalities, tasks = setup.store, setup.config, setup.modalities, setup.tasks
+    device = setup.device
+    cls = setup.head_class
     uses_target = cls.needs_target(config)
-    if uses_target and len(target_rows) == 0:
-        raise CacheError(
-            f"head {head!r} needs unlabelled target training segments, but target domain(s) "
-            f"{list(target)} have no 'train' split segments in {store.path}"
-        )
 
     resolved = {
         "avda_version": avda.__version__,
@@ -364,32 +285,23 @@ def _train(
     torch.manual_seed(seed)
     np.random.seed(seed)
     generator = torch.Generator().manual_seed(seed)
-    clips = {m: cls.input_clips(config, store.modality_info(m)["num_clips"]) for m in modalities}
-    train_set = data_lib.load_set(store, "source_train", source_rows, modalities, tasks, clips)
-    target_set = data_lib.load_set(store, "target_train", target_rows, modalities, tasks, clips)
-    eval_sets = {
-        n: data_lib.load_set(store, n, r, modalities, tasks, clips) for n, r in eval_rows.items()
-    }
-    stats = input_statistics(train_set, config.standardize, config.feature_scale)
-    for feature_set in (train_set, target_set, *eval_sets.values()):
-        _apply_standardizer(feature_set, stats)
-
+    train_set, target_set, eval_sets, stats = setup.load_sets()
     inputs = {m: tuple(train_set.inputs[m].shape[1:]) for m in modalities}
-    model = heads_lib.create(head, inputs=inputs, tasks=tasks, config=config).to(device)
-    if hasattr(model, "prepare"):  # multi-stage heads run (or reload) their earlier stages
-        model.prepare(
-            TrainingContext(
-                run=out,
-                store=store,
-                train_set=train_set,
-                target_set=target_set,
-                eval_sets=eval_sets,
-                seed=seed,
-                device=device,
-                progress=progress,
-                sinks=sinks,
-            )
+    model = setup.build_head(inputs).to(device)
+    # attach inputs (CIA's spatial maps), run or reload earlier stages (Audio-Adaptive)
+    model.prepare(
+        TrainingContext(
+            run=out,
+            store=store,
+            train_set=train_set,
+            target_set=target_set,
+            eval_sets=eval_sets,
+            seed=seed,
+            device=device,
+            progress=progress,
+            sinks=sinks,
         )
+    )
     # One small batch of every evaluation set through the head now: a head that cannot run on
     # this cache's layout (clips per modality, spatial maps) fails in seconds, not after training.
     model.check_evaluation(eval_sets or {"source_train": train_set}, device)
@@ -529,29 +441,6 @@ def _train(
 
 
 CHECKPOINT_SECONDS = 30.0
-LABELLED_TARGET_SEED = 0  # one labelled split per cache, the same for every head and seed
-
-
-def labelled_target_rows(
-    store: FeatureCache, rows: np.ndarray, fraction: float
-) -> tuple[np.ndarray, np.ndarray]:
-    """``(labelled, unlabelled)`` target training rows: a fixed ``fraction`` of ``rows``
-    (chosen by a permutation seeded with :data:`LABELLED_TARGET_SEED`, so every head and run
-    seed sees the same labelled videos, as in a dataset's split) whose labels enter the
-    classification loss; the rest stay unlabelled. Refuses a split without labels."""
-    order = np.random.default_rng(LABELLED_TARGET_SEED).permutation(len(rows))
-    count = int(round(fraction * len(rows)))
-    labelled, unlabelled = np.sort(rows[order[:count]]), np.sort(rows[order[count:]])
-    segments = store.segments.iloc[labelled]
-    columns = [c for c in data_lib.TASK_COLUMNS.values() if c in segments]
-    has_label = any(segments[c].replace("", pd.NA).notna().any() for c in columns)
-    if count == 0 or not has_label:
-        raise CacheError(
-            f"labelled_target={fraction}: no labelled target training segment in {store.path} "
-            f"({count} of {len(rows)} chosen); build the cache from a manifest with the target "
-            "training labels, or set labelled_target=0"
-        )
-    return labelled, unlabelled
 
 
 def same_cache(recorded: dict[str, Any], current: dict[str, Any]) -> bool:

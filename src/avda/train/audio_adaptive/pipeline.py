@@ -45,8 +45,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from avda.devices import resolve_device
-from avda.errors import CacheError, ConfigError, RunError
+from avda.errors import ConfigError, RunError
 from avda.registry import unknown_name_message
 from avda.train.audio_adaptive.audio_classifier import (
     PooledAudioClassifier,
@@ -263,7 +262,7 @@ class AudioAdaptiveStages:
             )
         probabilities = self._audio_probabilities(model, train)
         if self.multi_label:
-            from avda.evaluate.metrics import mean_average_precision
+            from avda.scoring.metrics import mean_average_precision
 
             mask = self.source_mask
             summary = {
@@ -830,36 +829,25 @@ def run_stages(
     The stages are the ones ``avda train --head audio-adaptive -o OUT`` runs first; with the same
     cache, domains, seed and settings a later ``avda train`` reuses them.
     """
-    from avda.cache import open_cache
-    from avda.train import data as data_lib
     from avda.train.heads._base import shape_errors
-    from avda.train.heads.audio_adaptive import AudioAdaptive, AudioAdaptiveConfig
-    from avda.train.loop import _apply_standardizer, input_statistics
+    from avda.train.setup import plan
 
-    store = open_cache(cache)
-    for role, domains in (("source", source), ("target", target)):
-        data_lib.check_domains(store, domains, role)
-    config = AudioAdaptiveConfig.from_dict(overrides or {})
-    modalities = list(config.modalities) or store.modalities
-    source_rows = data_lib.select_rows(store, source, ["train"], modalities)
-    target_rows = data_lib.select_rows(store, target, ["train"], modalities)
-    if len(source_rows) == 0 or len(target_rows) == 0:
-        raise CacheError(
-            f"audio-adaptive needs source and target 'train' segments in {store.path}; "
-            f"found {len(source_rows)} source and {len(target_rows)} target"
-        )
-    tasks = data_lib.infer_tasks(store.segments, source_rows, config.tasks or None)
-    train_set = data_lib.load_set(store, "source_train", source_rows, modalities, tasks)
-    target_set = data_lib.load_set(store, "target_train", target_rows, modalities, tasks)
-    # the loop's input statistics, so the stages match a full run
-    stats = input_statistics(train_set, config.standardize, config.feature_scale)
-    for feature_set in (train_set, target_set):
-        _apply_standardizer(feature_set, stats)
-    device = resolve_device(device)
+    # the loop's set-up (rows, config for this data, statistics), so the stages match a full run
+    setup = plan(
+        cache=cache,
+        head="audio-adaptive",
+        source=source,
+        target=target,
+        overrides=overrides,
+        device=device,
+        evaluation=False,
+    )
+    train_set, target_set, _, _ = setup.load_sets(evaluation=False)
+    store, device, modalities = setup.store, setup.device, setup.modalities
     inputs = {m: tuple(train_set.inputs[m].shape[1:]) for m in modalities}
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        head = AudioAdaptive(config, inputs=inputs, tasks=tasks).to(device)
+        head = setup.build_head(inputs).to(device)
     context = TrainingContext(
         run=Path(out),
         store=store,

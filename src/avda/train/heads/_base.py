@@ -1,22 +1,29 @@
 """What every head offers, and the fusion classifier most heads build on.
 
 A head is an ``nn.Module`` built from a frozen config (``HeadConfig`` subclass), the input
-shapes ``{modality: (K, D)}`` and the tasks. The training loop calls only:
+shapes ``{modality: (K, D)}`` and the tasks. The contract (:class:`Head`) the loop, the staged
+heads' stages and the report's embedding rely on:
 
-- ``training_step(source, source_labels, target, progress) -> {"loss": total, name: part...}``
-  where ``progress`` in [0, 1] drives schedules (GRL ramp);
-- ``forward(inputs) -> HeadOutput`` (logits per task, the fused embedding);
-- ``uses_target``: whether unlabelled target batches are needed.
+- ``forward(inputs) -> HeadOutput`` (logits per task, the fused embedding) and
+  ``training_step(source, source_labels, target, progress) -> {"loss": total, name: part...}``
+  (``progress`` in [0, 1] drives schedules such as the GRL ramp): abstract, every head has both;
+- ``target_use``: ``"never"``, ``"always"`` or ``"config"`` (the config's ``uses_target()``
+  decides: RNA's DG or UDA settings); :meth:`Head.needs_target` answers for a config;
+- ``staged``: ``prepare`` trains earlier stages (Audio-Adaptive), so a finished run's head can
+  only be rebuilt with its stage files;
+- ``adapts_at_evaluation``: ``before_evaluation`` uses the unlabelled target training set
+  (AdaBN re-estimates BN statistics), so whoever predicts loads that set.
 
-Optional hooks with no-op defaults, for heads that need them:
+Hooks with no-op defaults:
 
-- ``needs_target(config)``: ``uses_target`` when a config decides it (RNA: DG or UDA);
+- ``prepare(context)``: before training (and before a rebuilt head predicts): attach inputs
+  (CIA's spatial maps), run or reload earlier stages (Audio-Adaptive);
 - ``resolve_config(config, store, modalities)``: the config with the choices the cache
   decides made explicit, before the loop records it in the run (CIA: ``spatial``);
 - ``input_clips(config, num_clips)``: the cached clips the head reads, so the loop loads only
   those (TA3N: snippets 2, 7, 12, 17, 22 of 25);
 - ``before_evaluation(feature_set, adaptation_set)``: called before each evaluation set is
-  predicted, with the unlabelled target training set (AdaBN re-estimates BN statistics).
+  predicted, with the unlabelled target training set when ``adapts_at_evaluation``.
 
 Modalities may have different numbers of clips K (one VGGSound audio window next to 5 I3D
 clips): a head either pools each modality over its own clips, aligns them by position in the
@@ -28,12 +35,13 @@ before training, and :func:`shape_errors` turns a shape error that still escapes
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import logging
 import math
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any, ClassVar, Literal, Self
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Self
 
 import torch
 import torch.nn.functional as F
@@ -45,6 +53,9 @@ from avda.train.data import FeatureSet, Task
 from avda.train.layers import mlp
 from avda.train.losses import classification_loss
 from avda.train.presets import with_preset
+
+if TYPE_CHECKING:
+    from avda.train.stages import TrainingContext
 
 Batch = dict[str, torch.Tensor]
 
@@ -221,7 +232,7 @@ class HeadConfig(Config):
     precision: Literal["fp32", "bf16"] = "fp32"
     standardize: bool = False  # z-score features with source-train statistics
     # > 0: scale each modality by one number so that the source-train clips' RMS L2 norm is
-    # this (after standardize); 0 keeps the cached scale. See loop.input_statistics.
+    # this (after standardize); 0 keeps the cached scale. See avda.train.setup.input_statistics.
     feature_scale: float = 0.0
     eval_every: int = 1  # evaluate (and checkpoint) every N epochs
     # also write the evaluation predictions of each of the last N evaluations to
@@ -333,12 +344,16 @@ class HeadOutput:
     extras: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
-class Head(nn.Module):
-    """Base class of all heads."""
+class Head(nn.Module, abc.ABC):
+    """Base class of all heads (the contract: module docstring)."""
 
     Config: type[HeadConfig] = HeadConfig
     name: str = "head"  # the registry name, set by ``heads.register``
-    uses_target: bool = False
+    # Whether training draws unlabelled target batches: "never", "always", or "config" (the
+    # config's ``uses_target()`` decides).
+    target_use: ClassVar[Literal["never", "always", "config"]] = "never"
+    staged: ClassVar[bool] = False  # ``prepare`` trains earlier stages (stage files)
+    adapts_at_evaluation: ClassVar[bool] = False  # ``before_evaluation`` uses the target
     # Frozen submodules whose state the run stores elsewhere (a staged head's stage files,
     # which ``prepare`` loads): the loop's checkpoints before the last epoch leave them out;
     # the last epoch's checkpoint holds the whole head.
@@ -355,10 +370,27 @@ class Head(nn.Module):
     def classification(self, output: HeadOutput, labels: Batch) -> torch.Tensor:
         return classification_loss(output.logits, labels, self.tasks)
 
+    @abc.abstractmethod
+    def forward(self, inputs: Batch) -> HeadOutput:
+        """Logits per task and the fused embedding of a batch ``{modality: (B, K, D)}``."""
+
+    @abc.abstractmethod
+    def training_step(
+        self, source: Batch, source_labels: Batch, target: Batch | None, progress: float
+    ) -> dict[str, torch.Tensor]:
+        """``{"loss": total, part: value, ...}`` of one step; ``target`` is None unless
+        :meth:`needs_target`; ``progress`` in [0, 1] is the fraction of the schedule done."""
+
     @classmethod
     def needs_target(cls, config: HeadConfig) -> bool:
-        """Whether training with ``config`` needs unlabelled target batches."""
-        return cls.uses_target
+        """Whether training with ``config`` needs unlabelled target batches (``target_use``)."""
+        if cls.target_use == "config":
+            return bool(config.uses_target())
+        return cls.target_use == "always"
+
+    def prepare(self, context: TrainingContext) -> None:
+        """Before training (and before a rebuilt head predicts): attach inputs, run or reload
+        earlier stages. No-op by default."""
 
     @classmethod
     def resolve_config(cls, config: HeadConfig, store: Any, modalities: list[str]) -> HeadConfig:

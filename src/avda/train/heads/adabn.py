@@ -55,7 +55,8 @@ def _encoder(fan_in: int, hidden: int, dropout: float) -> nn.Sequential:
 @register("adabn")
 class AdaBN(Head):
     Config = AdaBNConfig
-    uses_target = False  # the target is used only for BN statistics, at evaluation
+    target_use = "never"  # the target is used only for BN statistics, at evaluation
+    adapts_at_evaluation = True
 
     def __init__(self, config: AdaBNConfig, *, inputs, tasks):
         super().__init__(config, inputs=inputs, tasks=tasks)

@@ -180,7 +180,8 @@ class AudioAdaptive(Head):
     """Frozen stage-1 audio classifier and stage-5 encoders feeding trainable recognizers."""
 
     Config = AudioAdaptiveConfig
-    uses_target = True
+    target_use = "always"
+    staged = True  # stages 1-6a run in prepare (stage files)
     stored_submodules = ("audio_classifier", "encoders")  # RUN/stages/*.pt
 
     def __init__(self, config: AudioAdaptiveConfig, *, inputs, tasks):

@@ -281,7 +281,7 @@ def _load_maps(store, modality: str, rows, clips: list[int] | None, block: int =
 @register("cia")
 class Cia(Head):
     Config = CiaConfig
-    uses_target = True
+    target_use = "always"
 
     def __init__(self, config: CiaConfig, *, inputs, tasks):
         super().__init__(config, inputs=inputs, tasks=tasks)

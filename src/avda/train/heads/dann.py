@@ -67,7 +67,7 @@ class DannConfig(FusionConfig):
 @register("dann")
 class Dann(Head):
     Config = DannConfig
-    uses_target = True
+    target_use = "always"
 
     def __init__(self, config: DannConfig, *, inputs, tasks):
         super().__init__(config, inputs=inputs, tasks=tasks)

@@ -42,7 +42,7 @@ from torch import nn
 
 from avda import runs
 from avda.errors import ConfigError, RunError
-from avda.evaluate.protocols import mmsada_checkpoint_accuracy
+from avda.scoring.protocols import mmsada_checkpoint_accuracy
 from avda.train.heads import register
 from avda.train.heads._base import (
     Batch,
@@ -146,7 +146,7 @@ def correspondence_pairs(features: dict[str, torch.Tensor], order: list[str]):
 @register("mm-sada")
 class MmSada(Head):
     Config = MmSadaConfig
-    uses_target = True
+    target_use = "always"
 
     def __init__(self, config: MmSadaConfig, *, inputs, tasks):
         super().__init__(config, inputs=inputs, tasks=tasks)

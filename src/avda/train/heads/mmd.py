@@ -46,7 +46,7 @@ class MmdConfig(FusionConfig):
 @register("mmd")
 class Mmd(Head):
     Config = MmdConfig
-    uses_target = True
+    target_use = "always"
 
     def __init__(self, config: MmdConfig, *, inputs, tasks):
         super().__init__(config, inputs=inputs, tasks=tasks)

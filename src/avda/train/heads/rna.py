@@ -74,6 +74,10 @@ class RnaConfig(ClipSampling, HeadConfig):
     grl_gamma: float = 10.0  # uda-hybrid: steepness of the GRL ramp
     information_weight: float = 1.0  # uda-hybrid: information maximisation weight
 
+    def uses_target(self) -> bool:
+        """The uda settings train on unlabelled target batches; DG never sees the target."""
+        return self.setting != "dg"
+
 
 def rna_loss(features: dict[str, torch.Tensor], order: list[str], radius: float) -> torch.Tensor:
     """``L_RNA`` averaged over the modality pairs ``(a, b)``, ``a`` before ``b`` in ``order``."""
@@ -87,7 +91,7 @@ def rna_loss(features: dict[str, torch.Tensor], order: list[str], radius: float)
 @register("rna")
 class Rna(Head):
     Config = RnaConfig
-    uses_target = False  # the default, DG; the uda settings need the target (needs_target)
+    target_use = "config"  # DG by default; the uda settings need the target
 
     def __init__(self, config: RnaConfig, *, inputs, tasks):
         super().__init__(config, inputs=inputs, tasks=tasks)
@@ -115,10 +119,6 @@ class Rna(Head):
                     for m in self.modalities
                 }
             )
-
-    @classmethod
-    def needs_target(cls, config: RnaConfig) -> bool:
-        return config.setting != "dg"
 
     def encode(self, inputs: Batch) -> dict[str, torch.Tensor]:
         """Per-modality pre-classifier features ``f_m`` (B, 1024), the ones ``L_RNA`` acts on."""

@@ -21,7 +21,7 @@ class SourceOnlyConfig(FusionConfig):
 @register("source-only")
 class SourceOnly(Head):
     Config = SourceOnlyConfig
-    uses_target = False
+    target_use = "never"
 
     def __init__(self, config: SourceOnlyConfig, *, inputs, tasks):
         super().__init__(config, inputs=inputs, tasks=tasks)

@@ -112,7 +112,7 @@ def _discriminator(size: int, std: float | None) -> nn.Sequential:
 @register("ta3n")
 class Ta3n(Head):
     Config = Ta3nConfig
-    uses_target = True
+    target_use = "always"
 
     def __init__(self, config: Ta3nConfig, *, inputs, tasks):
         super().__init__(config, inputs=inputs, tasks=tasks)

@@ -1,5 +1,5 @@
 """The ``avda sweep`` spec: YAML -> :class:`SweepSpec`, every problem reported at once with its
-line (``docs/sweep.md`` documents the keys). :mod:`avda.evaluate.sweep` plans and runs it."""
+line (``docs/sweep.md`` documents the keys). :mod:`avda.sweep.run` plans and runs it."""
 
 from __future__ import annotations
 

@@ -35,7 +35,7 @@ import numpy as np
 from scipy.special import softmax as scipy_softmax
 
 from avda.errors import ConfigError
-from avda.evaluate.metrics import (
+from avda.scoring.metrics import (
     average_scores,
     check_scores_and_labels,
     mean_average_precision,

@@ -51,7 +51,7 @@ from avda import runs
 from avda.dask_support import collect_warnings, quiet_dask_logs
 from avda.dask_support import connect as connect_scheduler
 from avda.errors import AvdaError, ConfigError
-from avda.evaluate.sweep_spec import (
+from avda.sweep.spec import (
     CLUSTER_KINDS,
     DEFAULT_WORKER_TIMEOUT,
     ClusterSpec,

@@ -1,0 +1,106 @@
+"""A finished run's trained head, rebuilt to embed source and target segments (``avda report``).
+
+The report (:mod:`avda.evaluate.report`) receives :func:`head_embedding` from the CLI, so
+evaluation does not import training.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from avda import runs
+from avda.errors import RunError
+from avda.train import data as data_lib
+from avda.train.setup import RunSetup
+from avda.train.stages import TrainingContext
+
+
+@dataclasses.dataclass
+class HeadEmbedding:
+    """``before``: clip-averaged cache features, ``after``: the head's embedding, ``(n, F)``
+    each; ``is_target`` ``(n,)``; ``classes`` ``(n,)`` of ``task`` (-1 unknown) or None."""
+
+    before: np.ndarray
+    after: np.ndarray
+    is_target: np.ndarray
+    classes: np.ndarray | None
+    task: str | None
+
+
+def _sample(rows: np.ndarray, limit: int, rng: np.random.Generator) -> np.ndarray:
+    return np.sort(rng.choice(rows, size=limit, replace=False)) if len(rows) > limit else rows
+
+
+def head_embedding(run: Path, max_points: int = 500, seed: int = 0) -> HeadEmbedding:
+    """Cache features and the trained head's embedding of source and target segments.
+
+    The head is rebuilt from ``config.yaml`` and ``checkpoints/last.pt`` and sees what the loop
+    showed it: the same clips, the same standardisation (the checkpoint's statistics), its
+    ``prepare`` hook and its ``before_evaluation`` hook per side (AdaBN switches to target
+    statistics). Staged heads (:attr:`Head.staged`, whose ``prepare`` trains earlier stages)
+    are refused: the report then embeds their prediction scores.
+    """
+    config = runs.read_config(run)
+    setup = RunSetup.from_run(run)
+    if setup.head_class.staged:
+        raise RunError(f"{config['head']} trains in stages; its embedding needs those stages")
+    state = runs.load_checkpoint(run / runs.CHECKPOINT)
+    statistics = state.get("standardize") or {}
+    store, modalities = setup.store, setup.modalities
+    splits = ["train", "val", "test"]
+    data_rows = {
+        side: data_lib.select_rows(store, config[side], splits, modalities)
+        for side in ("source", "target")
+    }
+    rng = np.random.default_rng(seed)
+    sides = {
+        side: setup.load(f"{side}_embedding", _sample(rows, max_points // 2, rng), statistics)
+        for side, rows in data_rows.items()
+    }
+    shapes = {m: tuple(sides["source"].inputs[m].shape[1:]) for m in modalities}
+    model = setup.build_head(shapes)
+    adaptation = None
+    if model.adapts_at_evaluation:
+        target_train = data_lib.select_rows(store, config["target"], ["train"], modalities)
+        adaptation = setup.load("target_train", target_train, statistics)
+    empty = setup.load("source_train", np.zeros(0, np.int64), statistics)
+    model.prepare(
+        TrainingContext(
+            run=run,
+            store=store,
+            train_set=empty,
+            target_set=adaptation or empty,
+            eval_sets=dict(sides),
+            seed=config.get("seed", 0),
+            device="cpu",
+        )
+    )
+    model.load_state_dict(state["model"])
+    model.eval()
+    task = next((t.name for t in setup.tasks if not t.multi_label), None)
+    before, after, is_target, classes = [], [], [], []
+    with torch.no_grad():
+        for side, feature_set in sides.items():
+            model.before_evaluation(feature_set, adaptation)
+            for index in feature_set.batches(512, shuffle=False):
+                batch, _ = feature_set.batch(index)
+                after.append(model(batch).features.float().numpy())
+                pooled = [batch[m].mean(dim=1) for m in modalities]  # (B, K, D) -> (B, D)
+                before.append(torch.cat(pooled, dim=1).numpy())
+                is_target.append(np.full(len(index), side == "target"))
+                if task is not None:
+                    classes.append(feature_set.labels[task][index].numpy())
+    return HeadEmbedding(
+        np.concatenate(before),
+        np.concatenate(after),
+        np.concatenate(is_target),
+        classes=np.concatenate(classes).astype(np.int64) if task is not None else None,
+        task=task,
+    )
+
+
+__all__ = ["HeadEmbedding", "head_embedding"]

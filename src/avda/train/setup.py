@@ -1,0 +1,239 @@
+"""One run set-up: what training, a staged head's stages and a run's embedding all start from.
+
+:func:`plan` checks the domains, builds the head's config, selects the rows, infers the tasks
+and chooses the device; :meth:`RunSetup.load_sets` loads the training, target and evaluation
+sets with the source-train input statistics applied. :func:`avda.train.loop.train`,
+:func:`avda.train.audio_adaptive.pipeline.run_stages` and
+:func:`avda.train.embedding.head_embedding` (the report's embedding of a finished run, from
+:meth:`RunSetup.from_run`) use it, so the three see the same rows, clips and standardisation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from avda import runs
+from avda.cache import FeatureCache, open_cache
+from avda.data_manifests.settings import Setting
+from avda.devices import resolve_device
+from avda.errors import CacheError
+from avda.train import data as data_lib
+from avda.train import heads as heads_lib
+from avda.train.data import FeatureSet, Task
+from avda.train.heads._base import Head, HeadConfig
+
+Statistics = dict[str, tuple[torch.Tensor, torch.Tensor]]
+LABELLED_TARGET_SEED = 0  # one labelled split per cache, the same for every head and seed
+
+
+def input_statistics(
+    train: FeatureSet, standardize: bool, feature_scale: float = 0.0
+) -> Statistics:
+    """Per modality ``(shift, scale)`` from the source-train set: ``x -> (x - shift) / scale``.
+
+    ``standardize``: per-dimension z-scores. ``feature_scale > 0``: then one scalar per modality
+    so that the source-train clips' root-mean-square L2 norm is ``feature_scale``: the features
+    keep their shape and sign (non-negative features stay non-negative), only their size
+    changes, so a recipe tuned for one backbone's feature scale (an SGD learning rate) meets the
+    same scale with any backbone. Empty when neither is asked for.
+    """
+    stats = {}
+    for modality, x in train.inputs.items():
+        flat = x.reshape(-1, x.shape[-1]).float()  # (N*K, D)
+        if standardize:
+            std = flat.std(0)
+            # Floor the scale at 10% of the median: a dimension (nearly) constant on the source
+            # (a dead ReLU unit) but active on the target must not be blown up by a tiny std.
+            floor = max(float(std.median()) * 0.1, 1e-6)
+            shift, scale = flat.mean(0), std.clamp_min(floor)
+        else:
+            shift, scale = torch.zeros(flat.shape[1]), torch.ones(flat.shape[1])
+        if feature_scale > 0:
+            norm = float(((flat - shift) / scale).pow(2).sum(1).mean().sqrt())
+            scale = scale * max(norm, 1e-12) / feature_scale
+        if standardize or feature_scale > 0:
+            stats[modality] = (shift, scale)
+    return stats
+
+
+def apply_statistics(feature_set: FeatureSet, stats: Statistics) -> None:
+    """``x -> (x - shift) / scale`` for every modality of ``stats``, in place."""
+    for modality, (shift, scale) in stats.items():
+        feature_set.inputs[modality] = (feature_set.inputs[modality] - shift) / scale
+
+
+def labelled_target_rows(
+    store: FeatureCache, rows: np.ndarray, fraction: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(labelled, unlabelled)`` target training rows: a fixed ``fraction`` of ``rows``
+    (chosen by a permutation seeded with :data:`LABELLED_TARGET_SEED`, so every head and run
+    seed sees the same labelled videos, as in a dataset's split) whose labels enter the
+    classification loss; the rest stay unlabelled. Refuses a split without labels."""
+    order = np.random.default_rng(LABELLED_TARGET_SEED).permutation(len(rows))
+    count = int(round(fraction * len(rows)))
+    labelled, unlabelled = np.sort(rows[order[:count]]), np.sort(rows[order[count:]])
+    segments = store.segments.iloc[labelled]
+    columns = [c for c in data_lib.TASK_COLUMNS.values() if c in segments]
+    has_label = any(segments[c].replace("", pd.NA).notna().any() for c in columns)
+    if count == 0 or not has_label:
+        raise CacheError(
+            f"labelled_target={fraction}: no labelled target training segment in {store.path} "
+            f"({count} of {len(rows)} chosen); build the cache from a manifest with the target "
+            "training labels, or set labelled_target=0"
+        )
+    return labelled, unlabelled
+
+
+def _eval_rows(store: FeatureCache, source: Sequence[str], target: Sequence[str], modalities):
+    """``source_val``, ``source_test``, ``target_val``, ``target_test`` rows that exist."""
+    sets = {}
+    for role, domains in (("source", source), ("target", target)):
+        for split in ("val", "test"):
+            rows = data_lib.select_rows(store, domains, [split], modalities)
+            if len(rows):
+                sets[f"{role}_{split}"] = rows
+    return sets
+
+
+@dataclasses.dataclass
+class RunSetup:
+    """A head, its resolved config and the cache rows a run trains and evaluates on."""
+
+    store: FeatureCache
+    head: str  # the registered head name
+    config: HeadConfig
+    modalities: list[str]
+    tasks: list[Task]
+    device: str
+    source_rows: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.int64))
+    target_rows: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.int64))
+    eval_rows: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+
+    @property
+    def head_class(self) -> type[Head]:
+        return heads_lib.HEADS.get(self.head)
+
+    def clips(self) -> dict[str, list[int] | None]:
+        """The cached clips of each modality the head reads (:meth:`Head.input_clips`)."""
+        return {
+            m: self.head_class.input_clips(self.config, self.store.modality_info(m)["num_clips"])
+            for m in self.modalities
+        }
+
+    def load(self, name: str, rows: np.ndarray, stats: Statistics | None = None) -> FeatureSet:
+        """The features of ``rows`` as the head reads them, with ``stats`` applied."""
+        feature_set = data_lib.load_set(
+            self.store, name, rows, self.modalities, self.tasks, self.clips()
+        )
+        apply_statistics(feature_set, stats or {})
+        return feature_set
+
+    def load_sets(
+        self, *, evaluation: bool = True
+    ) -> tuple[FeatureSet, FeatureSet, dict[str, FeatureSet], Statistics]:
+        """``(source_train, target_train, {eval set: set}, stats)``, every set standardised
+        with the source-train statistics the config asks for (:func:`input_statistics`)."""
+        train_set = self.load("source_train", self.source_rows)
+        target_set = self.load("target_train", self.target_rows)
+        eval_sets = {n: self.load(n, r) for n, r in self.eval_rows.items()} if evaluation else {}
+        stats = input_statistics(train_set, self.config.standardize, self.config.feature_scale)
+        for feature_set in (train_set, target_set, *eval_sets.values()):
+            apply_statistics(feature_set, stats)
+        return train_set, target_set, eval_sets, stats
+
+    def build_head(self, inputs: dict[str, tuple[int, ...]]) -> Head:
+        return heads_lib.create(self.head, inputs=inputs, tasks=self.tasks, config=self.config)
+
+    @classmethod
+    def from_run(cls, run: Path, device: str | None = "cpu") -> RunSetup:
+        """The set-up a finished run recorded (``config.yaml``): its head, resolved config,
+        modalities and tasks, on its cache (rows are selected by the caller)."""
+        config = runs.read_config(run)
+        return cls(
+            store=open_cache(config["cache"]),
+            head=config["head"],
+            config=heads_lib.config_class(config["head"]).from_dict(config["head_config"]),
+            modalities=list(config["modalities"]),
+            tasks=[Task(**t) for t in config["tasks"]],
+            device=resolve_device(device),
+        )
+
+
+def plan(
+    *,
+    cache: str | Path,
+    head: str,
+    source: Sequence[str],
+    target: Sequence[str],
+    overrides: dict[str, Any] | None = None,
+    device: str | None = None,
+    evaluation: bool = True,
+) -> RunSetup:
+    """Check ``source`` / ``target`` against the cache, build ``head``'s config for this data
+    (a recipe's schedule in optimiser steps, the choices the cache decides) and select the rows;
+    one-line errors for anything a run cannot start with. ``evaluation``: also select the
+    val / test rows of both sides."""
+    Setting(tuple(source), tuple(target))  # refuses a domain on both sides, or none on one
+    store = open_cache(cache)
+    for role_name, domains in (("source", source), ("target", target)):
+        data_lib.check_domains(store, domains, role_name)
+    config = heads_lib.config_class(head).from_dict(overrides or {})
+    modalities = list(config.modalities) or store.modalities
+    for modality in modalities:
+        store.modality_info(modality)  # raises for a modality the cache lacks
+    device = resolve_device(device)
+
+    source_rows = data_lib.select_rows(store, source, ["train"], modalities)
+    target_rows = data_lib.select_rows(store, target, ["train"], modalities)
+    eval_rows = _eval_rows(store, source, target, modalities) if evaluation else {}
+    if len(source_rows) == 0:
+        raise CacheError(
+            f"no extracted training segments for source domain(s) {list(source)} in {store.path}"
+        )
+    if config.labelled_target > 0:  # semi-supervised: part of the target is labelled
+        labelled, target_rows = labelled_target_rows(store, target_rows, config.labelled_target)
+        source_rows = np.concatenate([source_rows, labelled])
+    if not any(k.startswith("target") for k in eval_rows) and len(target_rows) == 0:
+        raise CacheError(
+            f"cache {store.path} has no segments of target domain(s) {list(target)}: "
+            "nothing to adapt to or evaluate on"
+        )
+    # A recipe's schedule is an amount of optimisation: epochs for this data size.
+    config = config.for_data(len(source_rows), head)
+    tasks = data_lib.infer_tasks(store.segments, source_rows, config.tasks or None)
+    cls = heads_lib.HEADS.get(head)
+    config = cls.resolve_config(config, store, modalities)  # e.g. cia's spatial=auto
+    if cls.needs_target(config) and len(target_rows) == 0:
+        raise CacheError(
+            f"head {head!r} needs unlabelled target training segments, but target domain(s) "
+            f"{list(target)} have no 'train' split segments in {store.path}"
+        )
+    return RunSetup(
+        store=store,
+        head=head,
+        config=config,
+        modalities=modalities,
+        tasks=tasks,
+        device=device,
+        source_rows=source_rows,
+        target_rows=target_rows,
+        eval_rows=eval_rows,
+    )
+
+
+__all__ = [
+    "LABELLED_TARGET_SEED",
+    "RunSetup",
+    "Statistics",
+    "apply_statistics",
+    "input_statistics",
+    "labelled_target_rows",
+    "plan",
+]
