@@ -48,6 +48,7 @@ from typing import Any
 import pandas as pd
 
 from avda import runs
+from avda._io import atomic_write_text
 from avda.dask_support import collect_warnings, quiet_dask_logs
 from avda.dask_support import connect as connect_scheduler
 from avda.errors import AvdaError, ConfigError
@@ -333,7 +334,7 @@ def _write_index(out: Path, spec: SweepSpec, tasks: list[SweepTask], outcomes: d
     index: dict[str, Any] = {"spec": spec.source, "protocol": spec.protocol, "runs": entries}
     if spec.published:
         index["published"] = spec.published
-    runs.atomic_write_text(out / INDEX, json.dumps(index, indent=2) + "\n")
+    atomic_write_text(out / INDEX, json.dumps(index, indent=2) + "\n")
 
 
 def describe_spec(spec: SweepSpec) -> str:
@@ -716,7 +717,7 @@ def _report_warnings(out: Path, tasks: list[SweepTask], outcomes: dict) -> None:
     if not lines:
         path.unlink(missing_ok=True)
         return
-    runs.atomic_write_text(path, "\n".join(lines) + "\n")
+    atomic_write_text(path, "\n".join(lines) + "\n")
     if logging.getLogger().isEnabledFor(logging.DEBUG):
         for line in lines:
             log.warning("%s", line)
