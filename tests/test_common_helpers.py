@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import pickle
 
 import pytest
@@ -90,3 +91,47 @@ def test_torch_load_reads_tensors_and_refuses_code(tmp_path):
     torch.save({"object": _Code()}, tmp_path / "code.pt")
     with pytest.raises(pickle.UnpicklingError):
         _io.torch_load(tmp_path / "code.pt")
+
+
+# ------------------------------------------------------------------------------ Dask workers
+def test_available_cores_follows_the_cpu_affinity():
+    from avda import dask_support
+
+    cores = dask_support.available_cores()
+    if hasattr(os, "sched_getaffinity"):
+        assert cores == len(os.sched_getaffinity(0))
+    assert cores >= 1
+    assert dask_support.threads_per_worker(1) == cores
+    assert dask_support.threads_per_worker(10 * cores) == 1
+
+
+def test_worker_index_is_the_last_number_of_the_name():
+    from avda.dask_support import worker_index
+
+    assert [worker_index(n) for n in ("0", "3", "SLURMCluster-2-1", "gpu-node", "")] == [
+        0,
+        3,
+        1,
+        0,
+        0,
+    ]
+
+
+def test_workers_spread_over_the_gpus_of_a_host(monkeypatch):
+    from avda import dask_support
+
+    assert dask_support.worker_name() == ""  # not in a Dask worker
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert [dask_support.worker_device(None, str(i)) for i in range(3)] == [
+        "cuda:0",
+        "cuda:1",
+        "cuda:0",
+    ]
+    assert dask_support.worker_device("cuda", "job-3") == "cuda:1"
+    assert dask_support.worker_device("cpu", "1") == "cpu"
+    assert dask_support.worker_device("cuda:0", "1") == "cuda:0"  # asked for: kept
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert dask_support.worker_device(None, "1") is None  # one GPU: the default device
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert dask_support.worker_device(None, "1") is None
