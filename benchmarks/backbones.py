@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 
+from avda.devices import resolve_device
 from avda.extract import backbones
 
 # Full-size inputs follow each backbone's input_spec; --quick uses the small ones.
@@ -205,7 +206,7 @@ def format_table(results: list[Result]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default=resolve_device(None))
     parser.add_argument("--quick", action="store_true", help="tiny inputs, batch 1 and 2")
     parser.add_argument("--iterations", type=int, default=None)
     parser.add_argument("--warmup", type=int, default=1)

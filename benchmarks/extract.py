@@ -40,6 +40,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from avda.devices import resolve_device
+
 REPO = Path(__file__).resolve().parents[1]
 MEDIA = Path(os.environ.get("AVDA_SHARED_DATA", REPO.parent / "shared" / "data")) / "media"
 VIDEOS = ("v_ZNVhz7ctTq0.mp4", "v_GGSY1Qvo990.mp4", "test.avi", "bigbuckbunny.mp4")
@@ -260,7 +262,7 @@ def main() -> None:
     parser.add_argument("--segments", type=int, default=None)
     parser.add_argument("--recipe", default=None, help="default: mmsada (--quick: demo)")
     parser.add_argument("--backbone", default="i3d")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default=resolve_device(None))
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--no-rss", action="store_true", help="skip the memory measurement")

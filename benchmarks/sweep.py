@@ -35,6 +35,7 @@ import torch
 from distributed import LocalCluster
 
 from avda import cache as cache_lib
+from avda import dask_support
 from avda.cache import Status
 from avda.sweep import run as sweep
 
@@ -115,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         spec = make_spec(cache, quick=args.quick, workers=args.workers)
         tasks = len(sweep.plan(spec, root))
         workers = sweep.local_workers(spec.cluster)
-        cores = sweep.available_cores()
+        cores = dask_support.available_cores()
         load_before = os.getloadavg()[0]
         serial = {}
         for threads in (cores, 1):

@@ -96,7 +96,9 @@ def test_set_parsing_is_one_implementation():
     parsed = cls.parse_assignments(["modalities=rgb,audio", "tasks=[verb]", "fusion=mid"])
     assert parsed == {"modalities": ["rgb", "audio"], "tasks": ["verb"], "fusion": "mid"}
     assert cls.parse_assignments(["modalities="]) == {"modalities": []}
-    config = cls.from_dict({}).replace_from_strings(["modalities=rgb, audio", "lr=1e-2"])
+    config = cls.from_dict({}).replace(
+        **cls.parse_assignments(["modalities=rgb, audio", "lr=1e-2"])
+    )
     assert config.modalities == ("rgb", "audio") and config.lr == 0.01
     # a config file's (or sweep spec's) comma string is a list too
     assert cls.from_dict({"modalities": "rgb, audio", "lr_steps": "10,20"}).lr_steps == (10, 20)

@@ -77,10 +77,6 @@ class Config:
             changes[key] = safe_yaml.load(raw, source=f"--set {key}")
         return changes
 
-    def replace_from_strings(self, assignments: list[str]) -> Self:
-        """Apply ``["lr=0.01", "modalities=rgb,audio"]`` (see :meth:`parse_assignments`)."""
-        return self.replace(**type(self).parse_assignments(assignments))
-
     @classmethod
     def field_help(cls) -> dict[str, str]:
         """One line of meaning per field: ``metadata["help"]``, else the field's end-of-line

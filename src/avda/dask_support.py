@@ -1,10 +1,17 @@
-"""Dask pieces shared by sharded extraction and sweeps (both run on Dask distributed)."""
+"""Dask pieces shared by sharded extraction and sweeps (both run on Dask distributed).
+
+The rules both follow: :func:`available_cores` (the cores a process may use, from its CPU
+affinity), :func:`threads_per_worker` (those cores shared by the local workers) and
+:func:`worker_device` (the workers of a multi-GPU host spread over its GPUs by the last number
+in their names).
+"""
 
 from __future__ import annotations
 
 import contextlib
 import logging
 import os
+import re
 import sys
 import threading
 from collections.abc import Iterator
@@ -62,6 +69,52 @@ def connect(address: str) -> Any:
         ) from None
 
 
+def available_cores() -> int:
+    """Cores this process may use: its CPU affinity (which ``taskset``, a cgroup cpuset or a
+    batch job's allocation narrow), where the platform has one; else ``os.cpu_count()``."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def threads_per_worker(workers: int) -> int:
+    """PyTorch threads for each of ``workers`` local worker processes: the available cores
+    shared among them, at least 1."""
+    return max(1, available_cores() // max(1, workers))
+
+
+def worker_name() -> str:
+    """The name of the Dask worker this runs on; "" outside a worker (a serial run)."""
+    try:
+        from distributed import get_worker
+
+        return str(get_worker().name)
+    except (ImportError, ValueError):
+        return ""
+
+
+def worker_index(name: str) -> int:
+    """A worker's index: the last number in its name (``LocalCluster`` names workers 0, 1, ...;
+    dask-jobqueue ``JOB-PROCESS``), else 0."""
+    digits = re.findall(r"\d+", str(name))
+    return int(digits[-1]) if digits else 0
+
+
+def worker_device(device: str | None, name: str | None = None) -> str | None:
+    """The device of the worker ``name`` (default: this one) for a task asking for ``device``.
+
+    ``None`` (the default device) or ``"cuda"`` on a host with several GPUs: GPU
+    ``worker_index(name) mod count`` (``cuda:i``), so the host's workers share its GPUs; any
+    other device, or a host with at most one GPU, ``device`` unchanged.
+    """
+    from avda.devices import gpu_count, resolve_device
+
+    if device not in (None, "cuda") or resolve_device(None) != "cuda":
+        return device
+    count = gpu_count()
+    if count < 2:
+        return device
+    return f"cuda:{worker_index(worker_name() if name is None else name) % count}"
+
+
 class _Collect(logging.Handler):
     """Keeps the messages of the WARNING records of one thread (one task: a worker may run
     several at once, one a thread)."""
@@ -105,4 +158,14 @@ def collect_warnings(on: bool | None = None) -> Iterator[list[str]]:
         logger.removeHandler(handler)
 
 
-__all__ = ["collect_warnings", "connect", "on_worker", "quiet_dask_logs"]
+__all__ = [
+    "available_cores",
+    "collect_warnings",
+    "connect",
+    "on_worker",
+    "quiet_dask_logs",
+    "threads_per_worker",
+    "worker_device",
+    "worker_index",
+    "worker_name",
+]

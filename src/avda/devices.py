@@ -1,6 +1,7 @@
 """The compute device a command runs on: checked once, with a one-line error.
 
-``resolve_device(None)`` is ``cuda`` when a GPU is visible, else ``cpu``. A device asked for
+``resolve_device(None)`` is ``cuda`` when a GPU is visible, else ``cpu`` (the one place that
+default is chosen); :func:`gpu_count` is how many CUDA devices are visible. A device asked for
 that this machine does not have (``--device cuda`` without a GPU, ``cuda:3`` on a two-GPU
 host, a misspelling) is a :class:`ConfigError` naming it and what to pass instead, before any
 model or data is loaded.
@@ -9,6 +10,13 @@ model or data is loaded.
 from __future__ import annotations
 
 from avda.errors import ConfigError
+
+
+def gpu_count() -> int:
+    """The CUDA devices visible here (0 without CUDA)."""
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
 def resolve_device(device: str | None, option: str = "--device") -> str:

@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from avda._io import atomic_write, atomic_write_text, torch_load
 from avda.errors import RunError
 
 log = logging.getLogger(__name__)
@@ -40,13 +41,6 @@ CHECKPOINT = "checkpoints/last.pt"
 METRICS = "metrics.jsonl"
 PREDICTIONS = "predictions"
 STATUS = "run.json"
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def save_checkpoint(state: Any, path: Path) -> None:
@@ -63,15 +57,15 @@ def save_checkpoint(state: Any, path: Path) -> None:
     buffer = io.BytesIO()
     torch.save(state, buffer)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "wb") as handle:
-            handle.write(buffer.getbuffer())
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise OSError(exc.errno, exc.strerror, str(path)) from None
-    os.replace(tmp, path)
+
+    def write(tmp: Path) -> None:
+        try:
+            with open(tmp, "wb") as handle:
+                handle.write(buffer.getbuffer())
+        except OSError as exc:
+            raise OSError(exc.errno, exc.strerror, str(path)) from None
+
+    atomic_write(path, write)
 
 
 def write_config(run: Path, config: dict[str, Any]) -> None:
@@ -163,9 +157,11 @@ def write_predictions(
     for task in scores:
         arrays[f"label_{task}"] = labels[task]
         arrays[f"score_{task}"] = scores[task].astype(np.float32)
-    tmp = folder / f"{name}.tmp.npz"
-    np.savez_compressed(tmp, **arrays)
-    os.replace(tmp, folder / f"{name}.npz")
+    atomic_write(
+        folder / f"{name}.npz",
+        lambda tmp: np.savez_compressed(tmp, **arrays),
+        temporary=folder / f"{name}.tmp.npz",  # savez adds .npz to a name without it
+    )
     table = {"uid": arrays["uids"]}
     for task in scores:
         if scores[task].ndim == 2 and labels[task].ndim == 1:
@@ -244,10 +240,8 @@ def load_checkpoint(path: Path) -> dict:
     folder cannot run code. Anything else is refused with one line."""
     import pickle
 
-    import torch
-
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch_load(path)
     except MemoryError:
         raise
     except Exception as exc:  # noqa: BLE001 - pickle, zip, a text file: one line for all

@@ -34,6 +34,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from avda._io import replace_file
 from avda.errors import AvdaError, CheckpointError, ConfigError, UnknownNameError
 
 # Environment variables, in order: a weights folder, then avda's home (weights go in /weights).
@@ -473,9 +474,7 @@ def fetch(
                 f"{entry.name}: the download from {entry.url} has {problem}; refused and "
                 "deleted, nothing saved (the file changed upstream or was corrupted in transit)"
             )
-    with part.open("rb+") as stream:
-        os.fsync(stream.fileno())
-    os.replace(part, target)
+    replace_file(part, target, fsync=True)  # the .part stays on failure: a rerun resumes it
     return FetchResult(target, downloaded=True, checked=entry.checked)
 
 

@@ -270,9 +270,8 @@ def test_set_values_with_nested_aliases_are_refused():
     nested = laughs
     for level in range(6):  # each level: an anchor of 10 aliases to the one below
         nested = f"[&b{level} {nested}, " + ", ".join([f"*b{level}"] * 9) + "]"
-    config = config_class("dann")()
     with _within(1.0), pytest.raises(ConfigError, match="--set hidden_dim: the YAML expands"):
-        config.replace_from_strings([f"hidden_dim={nested}"])
+        config_class("dann").parse_assignments([f"hidden_dim={nested}"])
 
 
 # ------------------------------------------------------------------------------ run counts

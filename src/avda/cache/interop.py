@@ -40,21 +40,20 @@ in bounded memory); :func:`export_epic_pickle` writes the TA3N pickle layout bac
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import datetime as _dt
 import hashlib
 import json
 import logging
-import os
 import pickle
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 
+from avda._io import atomic_write, sha256_file
 from avda.cache import faults, schema
 from avda.cache.lock import store_lock
 from avda.cache.schema import Status
@@ -85,14 +84,6 @@ class ImportResult:
     rows: int
     modalities: list[str]
     already_imported: bool = False
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # --------------------------------------------------------------------------- annotations
@@ -806,10 +797,12 @@ def export_h5(
         chosen = list(modalities) if modalities else store.modalities
         for modality in chosen:
             store.modality_info(modality)
-        temporary = _export_target(out)
-        with _removed_on_error(temporary), h5py.File(temporary, "w") as handle:
-            _write_h5(handle, store, chosen, compression)
-        os.replace(temporary, out)
+
+        def write(temporary: Path) -> None:
+            with h5py.File(temporary, "w") as handle:
+                _write_h5(handle, store, chosen, compression)
+
+        atomic_write(out, write, temporary=_export_target(out))
     return out
 
 
@@ -907,10 +900,12 @@ def _export_epic_pickle(
         for m in sorted(store.modalities, key=lambda m: list(names).index(m) if m in names else 9)
     }
     data = {"features": features, "narration_ids": segments["uid"].iloc[rows].astype(str).tolist()}
-    temporary = _export_target(out)
-    with _removed_on_error(temporary), open(temporary, "wb") as handle:
-        pickle.dump(data, handle, protocol=4)
-    os.replace(temporary, out)
+
+    def write(temporary: Path) -> None:
+        with open(temporary, "wb") as handle:
+            pickle.dump(data, handle, protocol=4)
+
+    atomic_write(out, write, temporary=_export_target(out))
     return out
 
 
@@ -921,13 +916,3 @@ def _export_target(out: Path) -> Path:
         raise CacheError(f"export target {out} is a folder; give the path of the file to write")
     out.parent.mkdir(parents=True, exist_ok=True)
     return out.with_name(f".{out.name}.partial")
-
-
-@contextlib.contextmanager
-def _removed_on_error(path: Path) -> Iterator[None]:
-    """Delete the partial file ``path`` when the export fails (disk full, interrupted)."""
-    try:
-        yield
-    except BaseException:
-        path.unlink(missing_ok=True)
-        raise

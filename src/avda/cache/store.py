@@ -428,12 +428,6 @@ class FeatureCache:
         self._segments = None
         return np.arange(old, new)
 
-    def set_provenance_key(self, key: str, value: Any) -> None:
-        """Set one top-level provenance entry (e.g. ``imports``)."""
-        provenance = self.provenance
-        provenance[key] = value
-        self._set_provenance(provenance)
-
     def write_clusters(self, modality: str, clusters: np.ndarray, info: dict[str, Any]) -> None:
         array = self._group.require_group(schema.CLUSTERS_GROUP).create_array(
             modality,

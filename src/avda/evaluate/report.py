@@ -48,6 +48,7 @@ except ImportError:  # the [report] extra is not installed
 
 import avda
 from avda import runs
+from avda._io import atomic_write_text
 from avda.errors import AvdaError, RunError
 from avda.evaluate import aggregate as aggregate_lib
 from avda.evaluate import tables
@@ -812,7 +813,7 @@ def build_report(
             parts.append(_figure_html(figure))
         parts.append("</section>")
     parts.append("</body></html>")
-    runs.atomic_write_text(out, "\n".join(parts) + "\n")
+    atomic_write_text(out, "\n".join(parts) + "\n")
     log.info("wrote %s (%.1f MB)", out, out.stat().st_size / 1e6)
     return out
 

@@ -56,10 +56,6 @@ class VideoInfo:
     audio_channels: tuple[int, ...]
     audio_sample_rates: tuple[int, ...]
 
-    @property
-    def has_audio(self) -> bool:
-        return len(self.audio_channels) > 0
-
 
 def probe(path: str | Path) -> VideoInfo:
     """Read stream metadata; raises :class:`MediaError` for missing or unreadable files."""

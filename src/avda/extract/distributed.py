@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import time
 from contextlib import ExitStack
 from pathlib import Path
@@ -33,8 +32,15 @@ from tqdm import tqdm
 
 from avda import cache as cache_lib
 from avda.cache.lock import store_lock
-from avda.dask_support import collect_warnings, connect, quiet_dask_logs
+from avda.dask_support import (
+    collect_warnings,
+    connect,
+    quiet_dask_logs,
+    threads_per_worker,
+    worker_device,
+)
 from avda.data_manifests import schema as manifest_schema
+from avda.devices import gpu_count
 from avda.errors import AvdaError, ConfigError
 from avda.extract import backbones, runner
 from avda.extract.runner import ExtractOptions, ExtractResult
@@ -81,7 +87,8 @@ def extract_distributed(
     ``options`` (or ``keywords`` building them) as :func:`~avda.extract.runner.extract` takes
     them; each shard task gets the same :class:`~avda.extract.runner.ExtractOptions`.
     ``num_shards`` defaults to the number of Zarr chunks (at most 4 per worker); a ``device``
-    of None gives each worker its own GPU (``cuda:<worker index>``) when there are GPUs.
+    of None (or ``cuda``) spreads the workers of a multi-GPU host over its GPUs
+    (``cuda:<worker index mod GPUs>``, :func:`avda.dask_support.worker_device`).
     ``client``: an existing ``dask.distributed.Client`` to use instead of ``scheduler``. On a
     running scheduler the shards start once a worker joins; after ``worker_timeout`` seconds
     without one, an :class:`AvdaError` (nothing extracted, the store prepared: rerun to resume).
@@ -120,8 +127,7 @@ def extract_distributed(
         elif kind == "local":
             import dask
 
-            gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-            count = local_workers or (gpus if gpus else 2)
+            count = local_workers or gpu_count() or 2
             # Non-daemonic workers may start DataLoader decoding processes.
             stack.enter_context(dask.config.set({"distributed.worker.daemon": False}))
             cluster = stack.enter_context(
@@ -133,7 +139,7 @@ def extract_distributed(
                 )
             )
             client = stack.enter_context(Client(cluster))
-            threads = max(1, (os.cpu_count() or 1) // count)
+            threads = threads_per_worker(count)
         else:
             client = stack.enter_context(connect(scheduler))
             _wait_for_worker(client, scheduler, worker_timeout)
@@ -228,8 +234,9 @@ def _run_shard(
     backbones.RANDOM_INIT_WARNED.update((m.backbone, m.modality) for m in options.modalities)
     if threads:
         torch.set_num_threads(threads)
-    if options.device is None and torch.cuda.is_available():
-        options = options.replace(device=f"cuda:{_worker_index() % torch.cuda.device_count()}")
+    device = worker_device(options.device)  # this worker's GPU on a multi-GPU host
+    if device != options.device:
+        options = options.replace(device=device)
     with collect_warnings() as warnings:  # returned to the client, not printed by each worker
         result = runner.extract(manifest, options, out=out, shard=(index, count))
     return {
@@ -238,14 +245,3 @@ def _run_shard(
         "missing": result.missing,
         "warnings": list(warnings),
     }
-
-
-def _worker_index() -> int:
-    """The index of this Dask worker (LocalCluster names workers 0, 1, ...), else 0."""
-    try:
-        from dask.distributed import get_worker
-
-        name = get_worker().name
-        return int(name) if str(name).isdigit() else 0
-    except (ImportError, ValueError):
-        return 0

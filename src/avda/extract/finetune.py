@@ -224,8 +224,8 @@ def finetune(
         _save_partial(partial, model, classifier, optimizer, generator, epoch, history)
 
     model.eval()
-    _atomic_save({k: v.cpu() for k, v in model.state_dict().items()}, out)
-    _atomic_save(
+    runs.save_checkpoint({k: v.cpu() for k, v in model.state_dict().items()}, out)
+    runs.save_checkpoint(
         {k: v.cpu() for k, v in classifier.state_dict().items()},
         out.with_name(out.name + ".classifier.pt"),
     )
@@ -285,12 +285,8 @@ def _step(
     return step
 
 
-def _atomic_save(obj: Any, path: Path) -> None:
-    runs.save_checkpoint(obj, path)
-
-
 def _save_partial(path, model, classifier, optimizer, generator, epoch, history) -> None:
-    _atomic_save(
+    runs.save_checkpoint(
         {
             "backbone": model.state_dict(),
             "classifier": classifier.state_dict(),

@@ -32,7 +32,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Any, Literal
@@ -43,6 +42,7 @@ import torch
 from tqdm import tqdm
 
 import avda
+from avda._io import atomic_write, sha256_file
 from avda.data_manifests import schema as manifest_schema
 from avda.devices import resolve_device
 from avda.errors import AvdaError, CheckpointError, ConfigError
@@ -87,8 +87,6 @@ class FlowOptions:
             )
 
     def metadata(self) -> dict[str, Any]:
-        from avda.extract.runner import sha256_file
-
         return {
             "method": self.method,
             "stride": self.stride,
@@ -286,9 +284,10 @@ def _claim_folder(folder: Path, out: Path, metadata: dict[str, Any], force: bool
                     old.unlink()
     for component in ("u", "v"):
         (folder / component).mkdir(parents=True, exist_ok=True)
-    temporary = path.with_suffix(".json.partial")
-    temporary.write_text(json.dumps(metadata, indent=2))
-    os.replace(temporary, path)
+    text = json.dumps(metadata, indent=2)
+    atomic_write(
+        path, lambda tmp: tmp.write_text(text), temporary=path.with_suffix(".json.partial")
+    )
 
 
 def _done(folder: Path, number: int) -> bool:
@@ -304,9 +303,13 @@ def _write_pair(folder: Path, number: int, flow: np.ndarray, bound: float) -> No
     for channel, component in enumerate(("u", "v")):
         values = frames_lib.quantise(flow[..., channel], bound)
         final = folder / component / name
-        temporary = final.with_name(f".{name}.partial")
-        Image.fromarray(values, mode="L").save(temporary, format="JPEG", quality=JPEG_QUALITY)
-        os.replace(temporary, final)
+        atomic_write(
+            final,
+            lambda tmp, values=values: Image.fromarray(values, mode="L").save(
+                tmp, format="JPEG", quality=JPEG_QUALITY
+            ),
+            temporary=final.with_name(f".{name}.partial"),
+        )
 
 
 # --------------------------------------------------------------------------- estimators

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import logging
 import multiprocessing
 import shutil
@@ -40,6 +39,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from avda import cache as cache_lib
+from avda._io import sha256_file
 from avda.cache import FeatureCache, Status, faults
 from avda.cache.lock import store_lock
 from avda.cache.store import remove_partial_creations
@@ -160,16 +160,6 @@ class ExtractResult:
         return self.failed == 0
 
 
-def sha256_file(path: Path | None) -> str | None:
-    if path is None:
-        return None
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 # --------------------------------------------------------------------------- store handling
 def recipe_differences(stored: dict[str, Any], recipe: Recipe) -> list[str]:
     """What differs between a store's recipe provenance and ``recipe`` (defaults filled in)."""
@@ -191,7 +181,7 @@ def _modality_entry(
     return {
         "backbone": spec.backbone,
         "weights": str(spec.weights) if spec.weights else None,
-        "weights_sha256": sha256_file(spec.weights),
+        "weights_sha256": sha256_file(spec.weights) if spec.weights is not None else None,
         "random_init_seed": None if spec.weights else RANDOM_INIT_SEED,
         "input_spec": model.input_spec.to_dict(),
         "input": inputs.provenance(spec.modality),

@@ -50,7 +50,6 @@ from avda.registry import Registry
 RECIPES: Registry = Registry("sampling recipe")
 
 Placement = Literal["centres", "mmsada", "random", "tsn", "mmaction"]
-FRAME_PLACEMENTS: tuple[str, ...] = ("mmsada", "random", "tsn", "mmaction")
 AudioWindows = Literal["segment", "clips", "snippets"]
 AudioCut = Literal["tile", "tile-round", "tbn"]
 
@@ -195,10 +194,6 @@ class Recipe(Config):
     @property
     def num_audio_windows(self) -> int:
         return 1 if self.audio_windows == "segment" else self.num_clips
-
-    @property
-    def frame_based(self) -> bool:
-        return self.placement in FRAME_PLACEMENTS
 
     @property
     def clip_frames(self) -> dict[str, int]:

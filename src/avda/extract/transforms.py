@@ -32,22 +32,6 @@ def centre_crop(frames: np.ndarray, size: int) -> np.ndarray:
     return frames[..., top : top + size, left : left + size, :]
 
 
-def normalise_frames(frames: np.ndarray, spec: InputSpec) -> torch.Tensor:
-    """uint8 ``(K, T, H, W, 3)`` RGB -> float ``(K, C, T, H, W)`` per ``spec``.
-
-    Applies the channel order (RGB/BGR), then ``(x * scale - mean) / std``.
-    """
-    x = torch.from_numpy(np.ascontiguousarray(frames)).float()
-    if spec.channel_order == "BGR":
-        x = x.flip(-1)
-    x = x * spec.scale
-    if spec.mean:
-        x = x - torch.tensor(spec.mean, dtype=torch.float32)
-    if spec.std:
-        x = x / torch.tensor(spec.std, dtype=torch.float32)
-    return x.permute(0, 4, 1, 2, 3).contiguous()  # (K, T, H, W, C) -> (K, C, T, H, W)
-
-
 def check_clip_frames(spec: InputSpec, frames: int, *, recipe: str, backbone: str) -> None:
     """Refuse a recipe whose clip length the backbone cannot take, before any decoding."""
     check = input_layout(spec).check_frames

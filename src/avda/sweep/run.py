@@ -37,8 +37,6 @@ import contextlib
 import dataclasses
 import json
 import logging
-import os
-import re
 import shutil
 import time
 from collections.abc import Iterator
@@ -47,9 +45,11 @@ from typing import Any
 
 import pandas as pd
 
-from avda import runs
-from avda.dask_support import collect_warnings, quiet_dask_logs
+from avda import dask_support, runs
+from avda._io import atomic_write_text
+from avda.dask_support import available_cores, collect_warnings, quiet_dask_logs, threads_per_worker
 from avda.dask_support import connect as connect_scheduler
+from avda.devices import gpu_count
 from avda.errors import AvdaError, ConfigError
 from avda.sweep.spec import (
     CLUSTER_KINDS,
@@ -145,12 +145,7 @@ def _checkpoint_epoch(run: Path) -> int:
 
 def _worker_device(device: str | None) -> tuple[str | None, str]:
     """The device for this worker (GPU ``i mod count`` on multi-GPU hosts) and the worker name."""
-    try:
-        from distributed import get_worker
-
-        worker_name = str(get_worker().name)
-    except ValueError:  # not inside a Dask worker (a serial run)
-        worker_name = ""
+    worker_name = dask_support.worker_name()  # "" in a serial run
     import torch
 
     if device is not None and device.startswith("cuda") and not torch.cuda.is_available():
@@ -158,12 +153,7 @@ def _worker_device(device: str | None) -> tuple[str | None, str]:
             f"device {device!r}, but worker {worker_name or 'here'} has no CUDA device; "
             "set device: auto (or cpu) in the sweep spec, or run the workers on GPU machines"
         )
-    wants_cuda = device == "cuda" or (device is None and torch.cuda.is_available())
-    if wants_cuda and torch.cuda.device_count() > 1:
-        digits = re.findall(r"\d+", worker_name)
-        index = int(digits[-1]) if digits else 0
-        return f"cuda:{index % torch.cuda.device_count()}", worker_name
-    return device, worker_name
+    return dask_support.worker_device(device, worker_name), worker_name
 
 
 def run_task(task: SweepTask) -> TaskOutcome:
@@ -333,7 +323,7 @@ def _write_index(out: Path, spec: SweepSpec, tasks: list[SweepTask], outcomes: d
     index: dict[str, Any] = {"spec": spec.source, "protocol": spec.protocol, "runs": entries}
     if spec.published:
         index["published"] = spec.published
-    runs.atomic_write_text(out / INDEX, json.dumps(index, indent=2) + "\n")
+    atomic_write_text(out / INDEX, json.dumps(index, indent=2) + "\n")
 
 
 def describe_spec(spec: SweepSpec) -> str:
@@ -375,20 +365,11 @@ def _write_failures(out: Path, tasks: list[SweepTask], outcomes: dict) -> None:
 
 
 # ------------------------------------------------------------------------------ clusters
-def available_cores() -> int:
-    """Cores this process may use (its CPU affinity)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
 def local_workers(spec: ClusterSpec) -> int:
     """Local worker processes: the spec's ``workers``, else one per GPU, else one per core."""
     if spec.workers:
         return spec.workers
-    import torch
-
-    if torch.cuda.is_available():
-        return torch.cuda.device_count()
-    return available_cores()
+    return gpu_count() or available_cores()
 
 
 def make_jobqueue_cluster(spec: ClusterSpec, kind: str | None = None):
@@ -551,7 +532,6 @@ def connect(
         return
     if kind == "local":
         workers = local_workers(spec.cluster)
-        cores = available_cores()
         local = LocalCluster(
             n_workers=workers,
             threads_per_worker=1,
@@ -560,7 +540,7 @@ def connect(
             dashboard_address=":0",
             local_directory=spec.cluster.local_directory,
         )
-        options = {"torch_threads": max(1, cores // workers), "resources": None}
+        options = {"torch_threads": threads_per_worker(workers), "resources": None}
     else:
         check_submit_command(kind)
         local = make_jobqueue_cluster(spec.cluster, kind)
@@ -716,7 +696,7 @@ def _report_warnings(out: Path, tasks: list[SweepTask], outcomes: dict) -> None:
     if not lines:
         path.unlink(missing_ok=True)
         return
-    runs.atomic_write_text(path, "\n".join(lines) + "\n")
+    atomic_write_text(path, "\n".join(lines) + "\n")
     if logging.getLogger().isEnabledFor(logging.DEBUG):
         for line in lines:
             log.warning("%s", line)

@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 import avda
 from avda import environment, runs
+from avda._io import atomic_write_text
 from avda.cache import FeatureCache
 from avda.errors import RunError, TrainingDiverged
 from avda.scoring.metrics import mean_class_accuracy, top1_accuracy
@@ -272,7 +273,7 @@ def _train(
         # Written when the run starts; a resume keeps the record of the cache it started on
         # and adds the environment it went on in.
         provenance = {**store.provenance, "environment": environment.describe(device)}
-        runs.atomic_write_text(out / runs.PROVENANCE, json.dumps(provenance, indent=2))
+        atomic_write_text(out / runs.PROVENANCE, json.dumps(provenance, indent=2))
     else:
         # Recorded once the run's own files (stage files, checkpoint) have loaded: a resume
         # refused on a file it cannot trust leaves the run folder as it was.
@@ -330,7 +331,7 @@ def _train(
     else:
         runs.truncate_metrics(out, 0)
     if resume_record is not None:
-        runs.atomic_write_text(out / runs.PROVENANCE, json.dumps(resume_record, indent=2))
+        atomic_write_text(out / runs.PROVENANCE, json.dumps(resume_record, indent=2))
 
     target_batch = config.target_batch_size or config.batch_size
     random_clip = getattr(config, "training_clips", "all") == "random"

@@ -32,6 +32,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from avda._io import atomic_write_text
 from avda.errors import ConfigError
 from avda.optional import require
 
@@ -159,11 +160,9 @@ def _ids(run: Path) -> dict[str, Any]:
 
 
 def _save_id(run: Path, name: str, ident: str) -> None:
-    from avda import runs
-
     ids = _ids(run)
     ids[name] = str(ident)
-    runs.atomic_write_text(Path(run) / IDS_FILE, json.dumps(ids, indent=2))
+    atomic_write_text(Path(run) / IDS_FILE, json.dumps(ids, indent=2))
 
 
 class WandbSink(MetricSink):

@@ -24,7 +24,6 @@ import datetime as _dt
 import hashlib
 import json
 import logging
-import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -37,6 +36,7 @@ from torch import nn
 
 import avda
 from avda import runs
+from avda._io import atomic_write, atomic_write_text
 from avda.cache import FeatureCache
 from avda.errors import RunError
 from avda.train.data import FeatureSet
@@ -72,13 +72,6 @@ def fingerprint(values: Sequence[Any] | np.ndarray) -> str:
         digest.update(str(value).encode())
         digest.update(b"\0")
     return digest.hexdigest()[:16]
-
-
-def _atomic_save(path: Path, save: Callable[[Path], None]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    save(tmp)
-    os.replace(tmp, path)
 
 
 class StageStore:
@@ -126,7 +119,7 @@ class StageStore:
             "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         }
         text = json.dumps(record, indent=2, sort_keys=True)
-        _atomic_save(self.record_path(name), lambda tmp: tmp.write_text(text))
+        atomic_write_text(self.record_path(name), text)
         self.partial_path(name).unlink(missing_ok=True)
 
     # ------------------------------------------------------------------ arrays
@@ -147,7 +140,7 @@ class StageStore:
             with open(tmp, "wb") as handle:
                 (np.savez_compressed if compress else np.savez)(handle, **arrays)
 
-        _atomic_save(path, save)
+        atomic_write(path, save)
         self._write_record(name, key, summary or {})
 
     def matches(self, name: str, key: dict[str, Any]) -> bool:

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from avda._io import torch_load
 from avda.errors import CheckpointError, MissingDependencyError
 
 log = logging.getLogger(__name__)
@@ -100,7 +101,7 @@ def read_checkpoint(path: str | Path) -> Any:
         except (ValueError, OSError) as error:
             raise CheckpointError(f"{path}: cannot read as a numpy .npz archive: {error}") from None
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch_load(path)
     except pickle.UnpicklingError:
         pass
     except (RuntimeError, EOFError, OSError) as error:
@@ -112,7 +113,7 @@ def read_checkpoint(path: str | Path) -> Any:
         ) from None
     with torch.serialization.safe_globals(_numpy_safe_globals()):
         try:
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+            checkpoint = torch_load(path)
         except pickle.UnpicklingError as error:
             lines = str(error).splitlines()
             reason = next((line for line in lines if "Unsupported global" in line), lines[0])

@@ -1,0 +1,81 @@
+"""Small file helpers shared by every part of avda: atomic writes, file hashes, checkpoint reads.
+
+The lowest layer of the package: it imports only the standard library (torch inside the one
+function that reads checkpoints), so any module can use it without an import cycle.
+
+- :func:`atomic_write` (and :func:`atomic_write_text`): a file appears whole or not at all. It
+  is written under a temporary name in the same folder and renamed over the target with
+  ``os.replace``; a write that fails removes the temporary file and leaves the target as it was.
+- :func:`replace_file`: the rename at the end of an atomic write, for a temporary file that is
+  kept when its writer fails (a resumable download's ``.part``).
+- :func:`sha256_file`: the SHA-256 hex digest of a file, read 1 MiB at a time.
+- :func:`torch_load`: ``torch.load`` with ``weights_only=True`` (tensors, numbers, strings and
+  containers only: a received file cannot run code) onto ``map_location``. Every checkpoint
+  avda reads goes through it; callers turn its errors into their own one-line messages.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+TEMPORARY_SUFFIX = ".tmp"
+"""The default temporary name of :func:`atomic_write`: ``PATH.tmp`` next to ``PATH``."""
+
+
+def replace_file(temporary: str | Path, path: str | Path, *, fsync: bool = False) -> None:
+    """Rename the finished ``temporary`` over ``path`` (same folder: one atomic
+    ``os.replace``); ``fsync``: flush its bytes to the disk first."""
+    if fsync:
+        with open(temporary, "rb+") as stream:
+            os.fsync(stream.fileno())
+    os.replace(temporary, path)
+
+
+def atomic_write(
+    path: str | Path,
+    write: Callable[[Path], Any],
+    *,
+    temporary: str | Path | None = None,
+    fsync: bool = False,
+) -> Path:
+    """Write ``path`` whole or not at all: ``write(tmp)`` fills the temporary file ``tmp``
+    (``temporary``, default ``PATH.tmp``; give one in ``path``'s folder), which then replaces
+    ``path``. ``path``'s folder is created. When ``write`` (or the rename) raises, ``tmp`` is
+    removed and ``path`` is as it was. ``fsync``: flush ``tmp`` to the disk before the rename."""
+    path = Path(path)
+    tmp = Path(temporary) if temporary is not None else path.with_name(path.name + TEMPORARY_SUFFIX)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        write(tmp)
+        replace_file(tmp, path, fsync=fsync)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """``text`` to ``path`` atomically (:func:`atomic_write`)."""
+    return atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+def sha256_file(path: str | Path) -> str:
+    """The SHA-256 hex digest of the file at ``path``."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def torch_load(path: str | Path, *, map_location: Any = "cpu") -> Any:
+    """``torch.load(path, map_location=..., weights_only=True)``: the one way avda reads a
+    checkpoint. Raises what torch raises (``pickle.UnpicklingError`` for a file that holds more
+    than tensors and numbers; add allowed types with ``torch.serialization.safe_globals``)."""
+    import torch
+
+    return torch.load(path, map_location=map_location, weights_only=True)

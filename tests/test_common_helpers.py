@@ -1,0 +1,137 @@
+"""The small helpers every part of avda shares (avda._io, avda.dask_support): one copy each."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+
+import pytest
+import torch
+
+from avda import _io
+
+
+def test_atomic_write_replaces_the_file_and_leaves_no_temporary(tmp_path):
+    target = tmp_path / "folder" / "out.json"
+    _io.atomic_write_text(target, "first")
+    _io.atomic_write_text(target, "second")
+    assert target.read_text() == "second"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["out.json"]
+
+
+def test_a_failed_atomic_write_keeps_the_old_file_and_removes_the_temporary(tmp_path):
+    target = tmp_path / "out.bin"
+    target.write_bytes(b"old and whole")
+
+    def half_then_fail(tmp):
+        tmp.write_bytes(b"half a fi")
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError, match="No space left"):
+        _io.atomic_write(target, half_then_fail)
+    assert target.read_bytes() == b"old and whole"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.bin"]
+
+    named = tmp_path / ".out.bin.partial"
+    with pytest.raises(KeyboardInterrupt):
+        _io.atomic_write(target, lambda tmp: (tmp.write_bytes(b"x"), _interrupt()), temporary=named)
+    assert not named.exists() and target.read_bytes() == b"old and whole"
+
+    fresh = tmp_path / "new.bin"
+    with pytest.raises(OSError):
+        _io.atomic_write(fresh, half_then_fail)
+    assert not fresh.exists()  # never a half-written target
+
+
+def _interrupt():
+    raise KeyboardInterrupt
+
+
+def test_atomic_write_uses_the_temporary_name_given_and_can_fsync(tmp_path):
+    target = tmp_path / "pred.npz"
+    seen = []
+    _io.atomic_write(
+        target,
+        lambda tmp: (seen.append(tmp.name), tmp.write_bytes(b"data")),
+        temporary=tmp_path / "pred.tmp.npz",
+        fsync=True,
+    )
+    assert seen == ["pred.tmp.npz"] and target.read_bytes() == b"data"
+    _io.atomic_write(target, lambda tmp: seen.append(tmp.name) or tmp.write_bytes(b"d"))
+    assert seen[-1] == "pred.npz.tmp"  # the default: PATH.tmp
+
+
+def test_replace_file_moves_a_finished_temporary_into_place(tmp_path):
+    part = tmp_path / "w.pt.part"
+    part.write_bytes(b"weights")
+    _io.replace_file(part, tmp_path / "w.pt", fsync=True)
+    assert [p.name for p in tmp_path.iterdir()] == ["w.pt"]
+
+
+def test_sha256_file_matches_hashlib(tmp_path):
+    path = tmp_path / "blob"
+    data = bytes(range(256)) * 9000  # more than one 1 MiB block
+    path.write_bytes(data)
+    assert _io.sha256_file(path) == hashlib.sha256(data).hexdigest()
+    (tmp_path / "empty").write_bytes(b"")
+    assert _io.sha256_file(tmp_path / "empty") == hashlib.sha256(b"").hexdigest()
+
+
+class _Code:  # a pickled class: weights_only refuses it
+    pass
+
+
+def test_torch_load_reads_tensors_and_refuses_code(tmp_path):
+    path = tmp_path / "state.pt"
+    torch.save({"w": torch.arange(3), "epoch": 2}, path)
+    state = _io.torch_load(path)
+    assert state["epoch"] == 2 and state["w"].tolist() == [0, 1, 2]
+    assert state["w"].device.type == "cpu"
+    torch.save({"object": _Code()}, tmp_path / "code.pt")
+    with pytest.raises(pickle.UnpicklingError):
+        _io.torch_load(tmp_path / "code.pt")
+
+
+# ------------------------------------------------------------------------------ Dask workers
+def test_available_cores_follows_the_cpu_affinity():
+    from avda import dask_support
+
+    cores = dask_support.available_cores()
+    if hasattr(os, "sched_getaffinity"):
+        assert cores == len(os.sched_getaffinity(0))
+    assert cores >= 1
+    assert dask_support.threads_per_worker(1) == cores
+    assert dask_support.threads_per_worker(10 * cores) == 1
+
+
+def test_worker_index_is_the_last_number_of_the_name():
+    from avda.dask_support import worker_index
+
+    assert [worker_index(n) for n in ("0", "3", "SLURMCluster-2-1", "gpu-node", "")] == [
+        0,
+        3,
+        1,
+        0,
+        0,
+    ]
+
+
+def test_workers_spread_over_the_gpus_of_a_host(monkeypatch):
+    from avda import dask_support
+
+    assert dask_support.worker_name() == ""  # not in a Dask worker
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert [dask_support.worker_device(None, str(i)) for i in range(3)] == [
+        "cuda:0",
+        "cuda:1",
+        "cuda:0",
+    ]
+    assert dask_support.worker_device("cuda", "job-3") == "cuda:1"
+    assert dask_support.worker_device("cpu", "1") == "cpu"
+    assert dask_support.worker_device("cuda:0", "1") == "cuda:0"  # asked for: kept
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert dask_support.worker_device(None, "1") is None  # one GPU: the default device
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert dask_support.worker_device(None, "1") is None
