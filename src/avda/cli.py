@@ -1004,7 +1004,7 @@ def evaluate(
         _make_parent(out, "-o")
     output_file(export_submission, "--export-submission")
     if checkpoint_average:
-        from avda.train.heads.mm_sada import checkpoint_accuracy
+        from avda.evaluate.checkpoints import checkpoint_accuracy
 
         for run in runs:
             result = checkpoint_accuracy(run, last=checkpoint_average)

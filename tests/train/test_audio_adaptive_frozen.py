@@ -12,6 +12,7 @@ from tests.train.test_audio_adaptive_pipeline import TINY, _train, make_audio_vi
 from avda import runs
 from avda.train.audio_adaptive import pipeline
 from avda.train.audio_adaptive.pipeline import AUDIO_EMBEDDING_KEY, ENCODED_KEY
+from avda.train.audio_adaptive.run import run_stages
 from avda.train.stages import StageStore
 
 torch.set_num_threads(1)
@@ -30,7 +31,7 @@ def av_cache(tmp_path_factory):
 @pytest.fixture(scope="module")
 def stages(av_cache, tmp_path_factory):
     """Stages 1-6a of a tiny two-stream run (no recognizer training)."""
-    return pipeline.run_stages(
+    return run_stages(
         cache=av_cache, source=["source"], target=["target"],
         out=tmp_path_factory.mktemp("run") / "run", overrides=dict(TINY), progress=False,
         device="cpu",

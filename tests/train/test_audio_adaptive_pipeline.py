@@ -19,6 +19,7 @@ from avda.cache import Status
 from avda.errors import CacheError, ConfigError, RunError, TrainingDiverged
 from avda.train import heads
 from avda.train.audio_adaptive import pipeline
+from avda.train.audio_adaptive.run import run_stages
 from avda.train.clustering import cluster_store
 from avda.train.data import Task
 from avda.train.loop import train
@@ -321,13 +322,13 @@ def test_finished_stages_are_reused_not_retrained(av_cache, tmp_path, monkeypatc
 
 def test_stages_run_alone_and_refuse_other_settings(av_cache, tmp_path):
     overrides = {**TINY, "visual_modalities": ["rgb"]}
-    stages = pipeline.run_stages(
+    stages = run_stages(
         cache=av_cache, source=["source"], target=["target"], out=tmp_path / "run",
         overrides=overrides, until="absent-labels", progress=False, device="cpu",
     )  # fmt: skip
     assert sorted(p.stem for p in stages.stages.folder.glob("*.json")) == sorted(STAGES)
     with pytest.raises(RunError, match="stage 'absent-labels' .* other settings \\(absent_classes"):
-        pipeline.run_stages(
+        run_stages(
             cache=av_cache, source=["source"], target=["target"], out=tmp_path / "run",
             overrides={**overrides, "absent_classes": 2}, until="absent-labels", progress=False,
             device="cpu",
@@ -345,7 +346,7 @@ def test_clusters_made_by_avda_cluster_are_used(av_cache, tmp_path):
     cache = tmp_path / "c.zarr"
     shutil.copytree(av_cache, cache)
     cluster_store(cache, source=["source"], max_clusters=4, n_init=2, progress=False)
-    stages = pipeline.run_stages(
+    stages = run_stages(
         cache=cache, source=["source"], target=["target"], out=tmp_path / "run",
         overrides={**TINY, "visual_modalities": ["rgb"]}, until="clusters", progress=False,
         device="cpu",
@@ -363,7 +364,7 @@ def test_faithful_mode_uses_spatial_maps(tmp_path):
         tmp_path / "c.zarr", source_counts=(6, 6, 6), num_classes=3, target_per_class=4,
         spatial=True,
     )  # fmt: skip
-    stages = pipeline.run_stages(
+    stages = run_stages(
         cache=tmp_path / "c.zarr", source=["source"], target=["target"], out=tmp_path / "run",
         overrides={**TINY, "encoder_input": "spatial", "absent_classes": 1}, progress=False,
         device="cpu",
@@ -374,7 +375,7 @@ def test_faithful_mode_uses_spatial_maps(tmp_path):
     assert stages.stages.record("pseudo-labels-rgb") is not None
     make_audio_visual_cache(tmp_path / "p.zarr", source_counts=(6, 6, 6), num_classes=3)
     with pytest.raises(CacheError, match="no spatial maps for 'rgb'.*avda extract"):
-        pipeline.run_stages(
+        run_stages(
             cache=tmp_path / "p.zarr", source=["source"], target=["target"],
             out=tmp_path / "run2", overrides={**TINY, "encoder_input": "spatial",
             "absent_classes": 1}, progress=False, device="cpu",
@@ -686,7 +687,7 @@ def test_stage_1_trains_on_audio_features_of_a_large_mean(tmp_path):
     store = cache_lib.open_cache(cache)
     audio = store.features("audio")[:]
     assert 20 < np.sqrt((np.linalg.norm(audio.mean(1), axis=1) ** 2).mean()) < 40
-    stages = pipeline.run_stages(
+    stages = run_stages(
         cache=cache, source=["source"], target=["target"], out=tmp_path / "run",
         overrides={"cluster_max_k": 4, "cluster_n_init": 2}, until="audio-classifier",
         progress=False, device="cpu",

@@ -25,9 +25,9 @@ from tests.conftest import make_feature_cache
 from avda import runs
 from avda.cache import Status, open_cache
 from avda.errors import RunError
+from avda.evaluate.checkpoints import checkpoint_accuracy
 from avda.train import data as data_lib
 from avda.train import heads
-from avda.train.heads.mm_sada import checkpoint_accuracy
 from avda.train.layers import DomainBatchNorm1d
 from avda.train.loop import _make_optimizer, evaluate_sets, train
 

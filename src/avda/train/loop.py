@@ -248,39 +248,13 @@ def _train(
     }
     if protocol is not None:
         resolved.update({"protocol": protocol, "protocol_role": role})
-    check_same_cache(out, store)
-    if runs.is_complete(out):
-        previous = runs.read_config(out)
-        if previous != resolved:
-            raise RunError(f"{out} holds a finished run with another configuration; use another -o")
+    finished = runs.is_complete(out)
+    resume_record = _start_run_folder(out, resolved, store, device)
+    if finished:
         log.info("%s is complete: skipping", out)
         return TrainResult(
             out, json.loads((out / runs.STATUS).read_text()).get("metrics", {}), True
         )
-    if (out / runs.CONFIG).exists() and runs.read_config(out) != resolved:
-        if (out / runs.CHECKPOINT).exists() or (out / runs.METRICS).exists():
-            raise RunError(
-                f"{out} holds an unfinished run with another configuration; use another -o or "
-                "remove it"
-            )
-        # A run refused before its first epoch (e.g. a bad setting): nothing trained, replace it.
-        log.info("%s: replacing the configuration of a run that never trained", out)
-    out.mkdir(parents=True, exist_ok=True)
-    runs.write_config(out, resolved)
-    trained = (out / runs.CHECKPOINT).exists() or (out / runs.METRICS).exists()
-    resume_record: dict[str, Any] | None = None
-    if not trained or not (out / runs.PROVENANCE).exists():
-        # Written when the run starts; a resume keeps the record of the cache it started on
-        # and adds the environment it went on in.
-        provenance = {**store.provenance, "environment": environment.describe(device)}
-        atomic_write_text(out / runs.PROVENANCE, json.dumps(provenance, indent=2))
-    else:
-        # Recorded once the run's own files (stage files, checkpoint) have loaded: a resume
-        # refused on a file it cannot trust leaves the run folder as it was.
-        provenance = runs.read_provenance(out) or {}
-        resumed = provenance.get("resumed") if isinstance(provenance.get("resumed"), list) else []
-        provenance["resumed"] = [*resumed, environment.describe(device)]
-        resume_record = provenance
     sinks.open(out, resolved)
 
     torch.manual_seed(seed)
@@ -442,6 +416,43 @@ def _train(
 
 
 CHECKPOINT_SECONDS = 30.0
+
+
+def _start_run_folder(
+    out: Path, resolved: dict[str, Any], store: FeatureCache, device: str
+) -> dict[str, Any] | None:
+    """Check ``out`` against this run (same cache, same configuration) and write its
+    ``config.yaml`` and ``provenance.json``. A complete run with the same configuration is left
+    as it is. Returns the provenance record of a resume, written once the run's own files have
+    loaded (None for a new run)."""
+    check_same_cache(out, store)
+    if runs.is_complete(out):
+        if runs.read_config(out) != resolved:
+            raise RunError(f"{out} holds a finished run with another configuration; use another -o")
+        return None
+    if (out / runs.CONFIG).exists() and runs.read_config(out) != resolved:
+        if (out / runs.CHECKPOINT).exists() or (out / runs.METRICS).exists():
+            raise RunError(
+                f"{out} holds an unfinished run with another configuration; use another -o or "
+                "remove it"
+            )
+        # A run refused before its first epoch (e.g. a bad setting): nothing trained, replace it.
+        log.info("%s: replacing the configuration of a run that never trained", out)
+    out.mkdir(parents=True, exist_ok=True)
+    runs.write_config(out, resolved)
+    trained = (out / runs.CHECKPOINT).exists() or (out / runs.METRICS).exists()
+    if not trained or not (out / runs.PROVENANCE).exists():
+        # Written when the run starts; a resume keeps the record of the cache it started on
+        # and adds the environment it went on in.
+        provenance = {**store.provenance, "environment": environment.describe(device)}
+        atomic_write_text(out / runs.PROVENANCE, json.dumps(provenance, indent=2))
+        return None
+    # Recorded once the run's own files (stage files, checkpoint) have loaded: a resume
+    # refused on a file it cannot trust leaves the run folder as it was.
+    provenance = runs.read_provenance(out) or {}
+    resumed = provenance.get("resumed") if isinstance(provenance.get("resumed"), list) else []
+    provenance["resumed"] = [*resumed, environment.describe(device)]
+    return provenance
 
 
 def same_cache(recorded: dict[str, Any], current: dict[str, Any]) -> bool:

@@ -3,7 +3,7 @@
 :func:`plan` checks the domains, builds the head's config, selects the rows, infers the tasks
 and chooses the device; :meth:`RunSetup.load_sets` loads the training, target and evaluation
 sets with the source-train input statistics applied. :func:`avda.train.loop.train`,
-:func:`avda.train.audio_adaptive.pipeline.run_stages` and
+:func:`avda.train.audio_adaptive.run.run_stages` and
 :func:`avda.train.embedding.head_embedding` (the report's embedding of a finished run, from
 :meth:`RunSetup.from_run`) use it, so the three see the same rows, clips and standardisation.
 """

@@ -29,8 +29,9 @@ is reused only for the same inputs and settings. The last two are what stage 6b 
 read in place of running the frozen audio classifier and encoders on every batch
 (:meth:`AudioAdaptiveStages.attach_frozen_outputs`): the frozen modules run in eval mode on
 whole segments, so their output is a fixed function of the segment; they are remade (not
-refused) when the sets change. :func:`run_stages` runs stages up to a given
-one on its own (without training the recognizer), e.g. to inspect clusters or pseudo labels.
+refused) when the sets change. :func:`avda.train.audio_adaptive.run.run_stages` runs stages
+up to a given one on its own (without training the recognizer), e.g. to inspect clusters or
+pseudo labels.
 """
 
 from __future__ import annotations
@@ -39,7 +40,6 @@ import hashlib
 import json
 import logging
 from collections.abc import Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -812,66 +812,10 @@ class AudioAdaptiveStages:
                 feature_set.inputs[ENCODED_KEY.format(visual)] = values[feature_set.name]
 
 
-def run_stages(
-    *,
-    cache: str | Path,
-    source: Sequence[str],
-    target: Sequence[str],
-    out: str | Path,
-    seed: int = 0,
-    overrides: dict[str, Any] | None = None,
-    until: str = "pseudo-labels",
-    device: str | None = None,
-    progress: bool = True,
-) -> AudioAdaptiveStages:
-    """Run Audio-Adaptive stages 1..``until`` into ``out/stages`` without the recognizer.
-
-    The stages are the ones ``avda train --head audio-adaptive -o OUT`` runs first; with the same
-    cache, domains, seed and settings a later ``avda train`` reuses them.
-    """
-    from avda.train.heads._base import shape_errors
-    from avda.train.setup import plan
-
-    # the loop's set-up (rows, config for this data, statistics), so the stages match a full run
-    setup = plan(
-        cache=cache,
-        head="audio-adaptive",
-        source=source,
-        target=target,
-        overrides=overrides,
-        device=device,
-        evaluation=False,
-    )
-    train_set, target_set, _, _ = setup.load_sets(evaluation=False)
-    store, device, modalities = setup.store, setup.device, setup.modalities
-    inputs = {m: tuple(train_set.inputs[m].shape[1:]) for m in modalities}
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        head = setup.build_head(inputs).to(device)
-    context = TrainingContext(
-        run=Path(out),
-        store=store,
-        train_set=train_set,
-        target_set=target_set,
-        eval_sets={},
-        seed=seed,
-        device=device,
-        progress=progress,
-    )
-    head.attach_inputs(context)
-    head.check_evaluation({"source_train": train_set}, device)  # fails here, not in stage 5
-    stages = AudioAdaptiveStages(head, context)
-    shapes = {m: tuple(x.shape[1:]) for m, x in train_set.inputs.items()}
-    with shape_errors(head.name, shapes, f"train its stages up to {until!r}"):
-        stages.run(until=until)
-    return stages
-
-
 __all__ = [
     "AUDIO_EMBEDDING_KEY",
     "ENCODED_KEY",
     "PSEUDO_LABEL_KEY",
     "STAGE_ORDER",
     "AudioAdaptiveStages",
-    "run_stages",
 ]

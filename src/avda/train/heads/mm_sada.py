@@ -25,7 +25,7 @@ adds the discriminators, which stay untouched during stage 1 (no gradient reache
 they start stage 2 freshly initialised as in the code. Optimiser: momentum SGD (0.9), weight
 decay 1e-7, batch 64 source + 64 target. The paper reports the mean target top-1 over the
 last 9 checkpoints: ``keep_last_predictions = 9`` writes each of the last 9 epochs'
-predictions and :func:`checkpoint_accuracy` averages them.
+predictions and :func:`avda.evaluate.checkpoints.checkpoint_accuracy` averages them.
 """
 
 from __future__ import annotations
@@ -33,16 +33,13 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
 from torch import nn
 
-from avda import runs
-from avda.errors import ConfigError, RunError
-from avda.scoring.protocols import mmsada_checkpoint_accuracy
+from avda.errors import ConfigError
 from avda.train.heads import register
 from avda.train.heads._base import (
     Batch,
@@ -295,32 +292,4 @@ def _mean_probability_logits(clip_logits: torch.Tensor, multi_label: bool) -> to
     return torch.logsumexp(clip_logits.log_softmax(dim=-1), dim=1) - np.log(clip_logits.shape[1])
 
 
-def checkpoint_accuracy(
-    run: str | Path, set_name: str = "target_test", task: str = "verb", last: int = 9
-) -> dict[str, float]:
-    """MM-SADA's reported number: mean top-1 over the last ``last`` epochs' predictions.
-
-    Reads ``RUN/epochs/<epoch>/predictions/<set_name>.npz`` (written with
-    ``keep_last_predictions``) and returns :func:`mmsada_checkpoint_accuracy`'s ``top1_mean``,
-    ``top1_std`` and ``top1_of_mean_scores`` (an ensemble, not the paper's number).
-    """
-    folder = Path(run) / "epochs"
-    epochs = sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.exists() else []
-    if len(epochs) < last:
-        raise RunError(
-            f"{run} has predictions of {len(epochs)} epoch(s) under {folder}, {last} needed; "
-            f"train with --set keep_last_predictions={last}"
-        )
-    scores, labels = [], None
-    for epoch in epochs[-last:]:
-        prediction = runs.read_predictions(folder / epoch, set_name)
-        if task not in prediction["scores"]:
-            raise RunError(f"{run}: epoch {epoch} has no {task!r} scores for {set_name!r}")
-        # Scores are already clip-averaged probabilities: one "clip" whose softmax they are.
-        probabilities = prediction["scores"][task].astype(np.float64)
-        scores.append(np.log(np.clip(probabilities, 1e-30, None))[:, None, :])
-        labels = prediction["labels"][task]
-    return mmsada_checkpoint_accuracy(scores, labels)
-
-
-__all__ = ["MmSada", "MmSadaConfig", "checkpoint_accuracy", "correspondence_pairs"]
+__all__ = ["MmSada", "MmSadaConfig", "correspondence_pairs"]
