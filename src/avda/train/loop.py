@@ -519,7 +519,7 @@ def _save_checkpoint(
     ``stored_submodules`` (frozen, in the run's stage files) are left out and named under
     ``"omitted"``: a staged head's checkpoint is then its trainable part (audio-adaptive: the
     recognizers, not the 152 MB of frozen encoders, rewritten after every epoch)."""
-    omitted = [] if complete else list(getattr(model, "stored_submodules", ()))
+    omitted = [] if complete else list(model.stored_submodules)
     state = model.state_dict()
     if omitted:
         state = {k: v for k, v in state.items() if not _stored_elsewhere(k, omitted)}
