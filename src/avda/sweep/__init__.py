@@ -6,42 +6,7 @@ collects their table. The package sits beside ``avda.train`` and ``avda.evaluate
 both: it trains with the one and tabulates with the other.
 """
 
-from avda.sweep.run import (
-    CLUSTER_KINDS,
-    INDEX,
-    WARNINGS,
-    ClusterSpec,
-    HeadSpec,
-    SweepSpec,
-    SweepSummary,
-    SweepTask,
-    TaskOutcome,
-    describe_spec,
-    job_script,
-    load_spec,
-    parse_spec,
-    plan,
-    run_serial,
-    run_sweep,
-    run_task,
-)
+from avda.sweep import run as _run
+from avda.sweep.run import *  # noqa: F403 - the package's API is run's
 
-__all__ = [
-    "CLUSTER_KINDS",
-    "ClusterSpec",
-    "INDEX",
-    "WARNINGS",
-    "HeadSpec",
-    "SweepSpec",
-    "SweepSummary",
-    "SweepTask",
-    "TaskOutcome",
-    "describe_spec",
-    "job_script",
-    "load_spec",
-    "parse_spec",
-    "plan",
-    "run_serial",
-    "run_sweep",
-    "run_task",
-]
+__all__ = list(_run.__all__)

@@ -734,12 +734,15 @@ def run_serial(spec: SweepSpec, *, out: str | Path, progress: bool = False) -> S
 
 __all__ = [
     "CLUSTER_KINDS",
+    "INDEX",
+    "WARNINGS",
     "ClusterSpec",
     "HeadSpec",
     "SweepSpec",
     "SweepSummary",
     "SweepTask",
     "TaskOutcome",
+    "describe_spec",
     "job_script",
     "load_spec",
     "parse_spec",
