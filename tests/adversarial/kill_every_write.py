@@ -1,9 +1,14 @@
 """Kill ``avda cache import`` before each of its file writes in turn, rerun it, compare.
 
-Run as a script (``python kill_every_write.py WORKDIR``) from a fresh interpreter: it forks
-one child per kill point, so it must not have done any Zarr I/O itself (Zarr's event-loop
-thread does not survive a fork). Prints one JSON object: the number of writes of a clean
-import and, per kill point that went wrong, what went wrong.
+Run as a script (``python kill_every_write.py WORKDIR [--representative]``) from a fresh
+interpreter: it forks one child per kill point, so it must not have done any Zarr I/O itself
+(Zarr's event-loop thread does not survive a fork). Prints one JSON object: the number of
+writes of a clean import, the kill points tried and, per kill point that went wrong, what went
+wrong.
+
+Every write is a kill point by default. ``--representative`` kills only before the first write
+of each kind (see :func:`write_kind`) and before the last write: every kind of file the import
+writes is still interrupted once, in fewer runs.
 """
 
 from __future__ import annotations
@@ -42,8 +47,25 @@ def _child(fn, report: Path | None = None) -> int:
     return os.waitstatus_to_exitcode(status)
 
 
+def write_kind(store: Path, base: Path, path: str, earlier: set[str]) -> tuple:
+    """What a write of ``path`` (inside ``store``) is: its group (segments, features, status,
+    errors or the root), group metadata / array metadata / chunk, whether the array is in the
+    store before the import (``base``) and whether this import wrote the file before."""
+    parts = Path(path).parts
+    parts = parts[len(parts) - parts[::-1].index(store.name) :]
+    group = parts[0] if len(parts) > 1 else "root"
+    if parts[-1] != "zarr.json":
+        array, kind = parts[: parts.index("c")], "chunk"
+    elif len(parts) <= 2:
+        array, kind = parts[:-1], "group-metadata"
+    else:
+        array, kind = parts[:-1], "array-metadata"
+    return group, kind, (base / Path(*array)).exists(), path in earlier
+
+
 def _count_writes(limit: int | None, counter: Path | None = None) -> None:
-    """Patch Zarr's file writer: exit (as a kill would) before write number ``limit``."""
+    """Patch Zarr's file writer: exit (as a kill would) before write number ``limit``;
+    ``counter`` gets each written path, one a line."""
     from zarr.storage import _local
 
     original = _local._put
@@ -54,7 +76,8 @@ def _count_writes(limit: int | None, counter: Path | None = None) -> None:
         if limit is not None and calls[0] >= limit:
             os._exit(KILLED)
         if counter is not None:
-            counter.write_text(str(calls[0]))
+            with counter.open("a") as handle:
+                handle.write(f"{path}\n")
         return original(path, value, exclusive=exclusive)
 
     _local._put = put
@@ -66,7 +89,7 @@ def _import(files: dict[str, Path], name: str, out: Path) -> None:
     interop.import_features(files[name], out=out, annotations=files["ann"], chunk_rows=4)
 
 
-def main(work: Path) -> dict:
+def main(work: Path, representative: bool = False) -> dict:
     import avda.cache.interop  # noqa: F401 - imported before forking, no I/O
 
     files = _helpers.files(work)
@@ -91,12 +114,20 @@ def main(work: Path) -> dict:
         _import(files, "new", work / "count.zarr")
 
     assert _child(count) == 0, "the counted import failed"
-    writes = int(counter.read_text())
+    written = counter.read_text().splitlines()
+    writes = len(written)
+    points = list(range(1, writes + 1))
+    if representative:
+        kinds: dict[tuple, int] = {}
+        for n, path in enumerate(written, 1):
+            kind = write_kind(work / "count.zarr", base, path, set(written[: n - 1]))
+            kinds.setdefault(kind, n)
+        points = sorted({*kinds.values(), writes})
     base_fp = json.loads((work / "base.json").read_text())
     ref_fp = json.loads((work / "ref.json").read_text())
     ref_logical = json.loads((work / "ref-logical.json").read_text())
     problems: dict[int, str] = {}
-    for n in range(1, writes + 1):
+    for n in points:
         target = work / f"kill-{n}.zarr"
         shutil.copytree(base, target)
 
@@ -131,8 +162,12 @@ def main(work: Path) -> dict:
             problems[n] = report.read_text() if report.exists() else f"rerun crashed (exit {code})"
         else:
             shutil.rmtree(target)
-    return {"writes": writes, "problems": {str(k): v for k, v in problems.items()}}
+    return {
+        "writes": writes,
+        "points": points,
+        "problems": {str(k): v for k, v in problems.items()},
+    }
 
 
 if __name__ == "__main__":
-    print(json.dumps(main(Path(sys.argv[1]))))
+    print(json.dumps(main(Path(sys.argv[1]), representative="--representative" in sys.argv)))
