@@ -166,6 +166,32 @@ def test_an_append_killed_before_its_commit_is_undone(uda, tmp_path):
     np.testing.assert_allclose(store.load("rgb", np.arange(6, 9)), features["RGB"], atol=4e-3)
 
 
+def test_the_next_import_removes_a_killed_imports_uncommitted_modality(uda, tmp_path):
+    ids = safe_pickle.load(uda / "EPIC_100_uda_source_val.pkl").index[:9].tolist()
+    _feature_pickle(tmp_path / "first.pkl", ids[:6], ("RGB",))
+    out = tmp_path / "c.zarr"
+    annotations = uda / "EPIC_100_uda_source_val.pkl"
+    interop.import_features(
+        tmp_path / "first.pkl", out=out, domain="source", split="val", annotations=annotations
+    )
+    # A killed import had made the arrays of a new modality (and rows past the commit point)
+    # but never wrote the provenance that lists them.
+    store = open_cache(out, mode="a")
+    store.add_modality("flow", num_clips=K, num_features=D, info={}, register=False, rows=8)
+    assert "flow" in dict(store._group["features"].arrays())
+    assert open_cache(out).modalities == ["rgb"]
+    features = _feature_pickle(tmp_path / "more.pkl", ids[6:], ("RGB",), seed=3)
+    interop.import_features(
+        tmp_path / "more.pkl", out=out, domain="source", split="val", annotations=annotations
+    )
+    store = open_cache(out)
+    for group in ("features", "status", "errors"):
+        assert "flow" not in dict(store._group[group].arrays()), group
+    assert store.modalities == ["rgb"] and store.num_segments == 9
+    assert all(a.shape[0] == 9 for a in store.arrays().values())
+    np.testing.assert_allclose(store.load("rgb", np.arange(6, 9)), features["RGB"], atol=4e-3)
+
+
 def test_h5_export_round_trip_and_generic_h5(uda, tmp_path):
     ids = safe_pickle.load(uda / "EPIC_100_uda_source_val.pkl").index[:9].tolist()
     features = _feature_pickle(tmp_path / "val.pkl", ids)
