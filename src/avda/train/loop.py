@@ -30,6 +30,7 @@ from avda.train import sinks as sinks_lib
 from avda.train.data import FeatureSet, Task
 from avda.train.heads._base import Head, HeadConfig, shape_errors
 from avda.train.layers import dann_annealing
+from avda.train.optim import make_optimizer
 from avda.train.stages import TrainingContext
 
 log = logging.getLogger(__name__)
@@ -43,17 +44,14 @@ class TrainResult:
 
 
 def _make_optimizer(head: Head, config: HeadConfig, total_steps: int = 1):
-    params = [p for p in head.parameters() if p.requires_grad]
-    if config.optimizer == "sgd":
-        optimizer = torch.optim.SGD(
-            params,
-            lr=config.lr,
-            momentum=config.momentum,
-            nesterov=config.nesterov,
-            weight_decay=config.weight_decay,
-        )
-    else:
-        optimizer = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = make_optimizer(
+        config.optimizer,
+        [p for p in head.parameters() if p.requires_grad],
+        lr=config.lr,
+        weight_decay=config.weight_decay,
+        momentum=config.momentum,
+        nesterov=config.nesterov,
+    )
     if config.lr_schedule == "dann":  # stepped after every optimisation step
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: dann_annealing(step / max(total_steps, 1))

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from avda.errors import ConfigError
+from avda.train.optim import make_optimizer
 
 log = logging.getLogger(__name__)
 
@@ -190,7 +191,7 @@ def train_spectrogram_audio_classifier(
         model = SpectrogramAudioClassifier(backbone, num_classes, layer4_init=layer4_init)
     model.to(device)
     parameters = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(parameters, lr=lr, weight_decay=weight_decay)
+    optimizer = make_optimizer("adam", parameters, lr=lr, weight_decay=weight_decay)
     for epoch in range(1, epochs + 1):
         model.train()
         order = torch.randperm(len(inputs), generator=generator)

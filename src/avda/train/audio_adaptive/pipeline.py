@@ -62,6 +62,7 @@ from avda.train.audio_adaptive.losses import (
 )
 from avda.train.clustering import cluster_per_class, cluster_settings, stored_clusters
 from avda.train.data import FeatureSet
+from avda.train.optim import make_optimizer
 from avda.train.stages import (
     StageStore,
     TrainingContext,
@@ -221,8 +222,8 @@ class AudioAdaptiveStages:
             model = PooledAudioClassifier(
                 train.inputs[audio].shape[-1], self.num_classes, hidden_dim=config.audio_hidden_dim
             ).to(self.device)
-            optimizer = torch.optim.Adam(
-                model.parameters(), lr=config.audio_lr, weight_decay=config.weight_decay
+            optimizer = make_optimizer(
+                "adam", model.parameters(), lr=config.audio_lr, weight_decay=config.weight_decay
             )
             generator = torch.Generator().manual_seed(self.context.seed + 1)
 
@@ -549,8 +550,8 @@ class AudioAdaptiveStages:
         with stage_random_state(self.context.seed + offset, self.device):
             model = self.head.make_encoder(visual).to(self.device)
             parameters = [p for p in model.parameters() if p.requires_grad]
-            optimizer = torch.optim.Adam(
-                parameters, lr=stream.encoder_lr, weight_decay=config.weight_decay
+            optimizer = make_optimizer(
+                "adam", parameters, lr=stream.encoder_lr, weight_decay=config.weight_decay
             )
             # The reference's flow encoder clips psi, layer4 and fc each to norm 1.
             clipped = [
