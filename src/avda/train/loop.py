@@ -46,7 +46,7 @@ class TrainResult:
 def _make_optimizer(head: Head, config: HeadConfig, total_steps: int = 1):
     optimizer = make_optimizer(
         config.optimizer,
-        [p for p in head.parameters() if p.requires_grad],
+        head.parameters(),
         lr=config.lr,
         weight_decay=config.weight_decay,
         momentum=config.momentum,

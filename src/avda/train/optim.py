@@ -44,8 +44,9 @@ def make_optimizer(
     nesterov: bool = False,
 ) -> torch.optim.Optimizer:
     """``torch.optim.Adam`` (``kind="adam"``, fused when :func:`fusable`) or ``torch.optim.SGD``
-    (PyTorch's default implementation) over ``params``. ``momentum`` and ``nesterov`` are SGD's."""
-    params = list(params)
+    (PyTorch's default implementation) over those of ``params`` that require a gradient (frozen
+    parts of a model are left out). ``momentum`` and ``nesterov`` are SGD's."""
+    params = [p for p in params if p.requires_grad]
     if kind == "sgd":
         return torch.optim.SGD(
             params, lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay

@@ -190,8 +190,7 @@ def train_spectrogram_audio_classifier(
         torch.manual_seed(seed)
         model = SpectrogramAudioClassifier(backbone, num_classes, layer4_init=layer4_init)
     model.to(device)
-    parameters = [p for p in model.parameters() if p.requires_grad]
-    optimizer = make_optimizer("adam", parameters, lr=lr, weight_decay=weight_decay)
+    optimizer = make_optimizer("adam", model.parameters(), lr=lr, weight_decay=weight_decay)
     for epoch in range(1, epochs + 1):
         model.train()
         order = torch.randperm(len(inputs), generator=generator)

@@ -549,9 +549,8 @@ class AudioAdaptiveStages:
         offset = 2 + self.head.visual_modalities.index(visual)
         with stage_random_state(self.context.seed + offset, self.device):
             model = self.head.make_encoder(visual).to(self.device)
-            parameters = [p for p in model.parameters() if p.requires_grad]
             optimizer = make_optimizer(
-                "adam", parameters, lr=stream.encoder_lr, weight_decay=config.weight_decay
+                "adam", model.parameters(), lr=stream.encoder_lr, weight_decay=config.weight_decay
             )
             # The reference's flow encoder clips psi, layer4 and fc each to norm 1.
             clipped = [
