@@ -10,6 +10,11 @@ not inside it: an import that creates the store must hold the lock before the st
   their client), which write disjoint chunks and may run together, and ``avda cache export``,
   which reads. Shared holders exclude exclusive ones and nothing else.
 
+A run folder has the same kind of lock (:func:`run_lock`, the file ``<run>/.lock``, exclusive):
+``avda train`` holds it while it trains, resumes or checks a finished run, so a second
+``avda train -o`` of the same folder (a script started twice, a sweep and a hand-run) stops at
+once with one line (:class:`RunBusyError`) instead of interleaving two writers' checkpoints.
+
 A command that cannot get the lock stops at once with one line (:class:`StoreBusyError`, exit
 1) naming the holder: ``cache X is being written by pid N on host H since T (avda cache import);
 wait for it to finish, then run the command again``. ``AVDA_LOCK_WAIT=<seconds>`` makes it wait
@@ -45,7 +50,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from avda.errors import CacheError
+from avda.errors import AvdaError, CacheError, RunError
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +60,10 @@ _UNSUPPORTED = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL}
 
 class StoreBusyError(CacheError):
     """Another process holds the store's lock."""
+
+
+class RunBusyError(RunError):
+    """Another process is training into the run folder."""
 
 
 def lock_path(store: str | Path) -> Path:
@@ -82,10 +91,47 @@ def store_lock(
     ``what`` names the command for the message another process gets (``avda cache import``).
     ``wait``: seconds to wait for the lock (default ``$AVDA_LOCK_WAIT``, else 0: refuse at once).
     """
+    with _flock(Path(store), lock_path(store), what=what, shared=shared, wait=wait):
+        yield
+
+
+# The lock file inside a run folder (a run folder exists before its lock is taken).
+RUN_LOCK = ".lock"
+
+
+@contextlib.contextmanager
+def run_lock(run: str | Path, *, what: str, wait: float | None = None) -> Iterator[None]:
+    """Hold the exclusive lock of the run folder ``run`` (created if missing) for the ``with``
+    block: one process trains into a folder at a time (two would overwrite each other's
+    checkpoints). Another process gets :class:`RunBusyError` naming the holder."""
+    run = Path(run)
+    created = not run.exists()
+    run.mkdir(parents=True, exist_ok=True)
+    try:
+        with _flock(run, run / RUN_LOCK, what=what, shared=False, wait=wait, kind="run"):
+            yield
+    except BaseException:
+        if created:  # refused before it wrote anything: leave no empty folder behind
+            with contextlib.suppress(OSError):
+                (run / RUN_LOCK).unlink()
+                run.rmdir()
+        raise
+
+
+@contextlib.contextmanager
+def _flock(
+    store: Path,
+    path: Path,
+    *,
+    what: str,
+    shared: bool,
+    wait: float | None,
+    kind: str = "cache",
+) -> Iterator[None]:
+    """The ``flock`` on ``path`` that guards ``store`` (a cache, or a run folder: ``kind``)."""
     import fcntl
 
-    store = Path(store)
-    path = lock_path(store)
+    error: type[AvdaError] = RunBusyError if kind == "run" else StoreBusyError
     wait = _wait_seconds() if wait is None else wait
     if shared and not store.exists():  # the reader fails on its own; leave no lock file behind
         yield
@@ -109,14 +155,14 @@ def store_lock(
                 break
             except BlockingIOError:
                 if time.monotonic() >= deadline:
-                    raise StoreBusyError(_busy_message(store, path, fd)) from None
+                    raise error(_busy_message(store, path, fd, kind)) from None
                 time.sleep(0.2)
             except OSError as exc:
                 if exc.errno not in _UNSUPPORTED:
                     raise
                 log.warning(
                     "%s: the file system does not support locks (%s); going on without the "
-                    "store lock: run one writer at a time",
+                    "lock: run one writer at a time",
                     *(path, exc.strerror),
                 )
                 break
@@ -164,15 +210,17 @@ def _read_holder(fd: int) -> dict:
     return holder
 
 
-def _busy_message(store: Path, path: Path, fd: int) -> str:
+def _busy_message(store: Path, path: Path, fd: int, kind: str = "cache") -> str:
     holder = _read_holder(fd)
     fix = "wait for it to finish, then run the command again"
+    if kind == "run":
+        fix = "wait for it to finish (or give this run another -o), then run the command again"
     if "pid" not in holder:
-        return f"cache {store} is being written by another process (lock {path}); {fix}"
+        return f"{kind} {store} is being written by another process (lock {path}); {fix}"
     pid, host = holder.get("pid"), holder.get("host", "?")
     doing = "read" if holder.get("mode") == "read" else "written"
     message = (
-        f"cache {store} is being {doing} by pid {pid} on host {host} since "
+        f"{kind} {store} is being {doing} by pid {pid} on host {host} since "
         f"{holder.get('since', '?')} ({holder.get('command', 'avda')}); {fix}"
     )
     if host == socket.gethostname() and isinstance(pid, int) and not _alive(pid):

@@ -23,6 +23,7 @@ import avda
 from avda import environment, runs
 from avda._io import atomic_write_text
 from avda.cache import FeatureCache
+from avda.cache.lock import run_lock
 from avda.errors import RunError, TrainingDiverged
 from avda.scoring.metrics import mean_class_accuracy, top1_accuracy
 from avda.train import setup as setup_lib
@@ -189,19 +190,21 @@ def train(
     sinks_lib.check_available(names)  # a missing package: one line before any work
     sinks = sinks_lib.MetricSinks(names)
     try:
-        return _train(
-            cache=cache,
-            head=head,
-            source=source,
-            target=target,
-            out=Path(out),
-            seed=seed,
-            overrides=overrides,
-            device=device,
-            progress=progress,
-            protocol=protocol,
-            sinks=sinks,
-        )
+        # One process trains into a folder at a time (a second one stops with RunBusyError).
+        with run_lock(out, what="avda train"):
+            return _train(
+                cache=cache,
+                head=head,
+                source=source,
+                target=target,
+                out=Path(out),
+                seed=seed,
+                overrides=overrides,
+                device=device,
+                progress=progress,
+                protocol=protocol,
+                sinks=sinks,
+            )
     finally:
         sinks.close()
 
