@@ -100,6 +100,27 @@ def test_a_segment_past_the_end_of_its_video_fails_with_its_reason(capsys, in_wo
     assert status.tolist() == [Status.DONE, Status.FAILED]
 
 
+def test_a_segment_past_the_end_of_its_audio_fails_its_audio(capsys, in_work, shared_data):
+    """The audio has no frames to check: a segment none of whose windows holds a sample of the
+    track (a real stereo WAV of 6.6 s) fails, rather than being stored done with the track's
+    last samples repeated; one running partly past the end is kept."""
+    audio = Path("audio")
+    audio.mkdir(exist_ok=True)
+    shutil.copy(shared_data / "media" / "audio" / "test.wav", audio / "test.wav")
+    Path("late_audio.csv").write_text(
+        f"{HEADER}\na,test,D1,train,0,1\nedge,test,D1,train,0.5,30\nlate,test,D1,train,40,41.5\n"
+    )
+    code, _, err = run(capsys, "extract", "-m", "late_audio.csv", "-o", "late_audio.zarr",
+                       "--audio", "audio", "--modalities", "audio", "--device", "cpu",
+                       "--quiet", "--workers", "0")  # fmt: skip
+    assert code == 3, err
+    failures = pd.read_csv("late_audio.zarr.failures.csv")
+    assert failures["uid"].tolist() == ["late"]
+    assert "lies after the end of the audio of" in failures["error"].iloc[0]
+    status = open_cache("late_audio.zarr").status("audio")
+    assert status.tolist() == [Status.DONE, Status.DONE, Status.FAILED]
+
+
 # ------------------------------------------------------------------------------ train
 TRAIN = ["train", "--head", "dann", "--cache", "c.zarr", "--source", "source", "--target",
          "target", "--quiet"]  # fmt: skip

@@ -196,6 +196,30 @@ def test_pyav_conceals_corrupt_packets(tmp_path, media):
     assert np.mean(difference == 0) > 0.7 and difference.max() < 40
 
 
+@needs_decord
+def test_a_truncated_file_decord_cannot_open_is_decoded_by_pyav(tmp_path, media, caplog):
+    """An interrupted download or copy: decord refuses the whole file (``av_read_frame
+    failed``), PyAV reads the frames before the cut; the decord decoder hands the file to
+    PyAV and gives PyAV's frames (and the frames of the intact file up to the cut)."""
+    source = media / "video" / "v_ZNVhz7ctTq0.mp4"
+    path = tmp_path / "truncated.mp4"
+    path.write_bytes(source.read_bytes()[:300_000])
+    decord = pytest.importorskip("decord")
+    with pytest.raises(Exception, match="av_read_frame"):
+        decord.VideoReader(str(path)).get_frame_timestamp(np.arange(2))
+    with caplog.at_level("WARNING"):
+        truncated = VideoDecoder(path, shorter_side=48, backend="decord")
+    assert isinstance(truncated, DecordVideoDecoder)
+    assert "decord cannot read it" in caplog.text
+    pyav = VideoDecoder(path, shorter_side=48, backend="pyav")
+    whole = VideoDecoder(source, shorter_side=48, backend="decord")
+    assert 0 < truncated.num_frames == pyav.num_frames < whole.num_frames
+    np.testing.assert_array_equal(truncated.timestamps, pyav.timestamps)
+    indices = _indices(truncated.num_frames - 5, 0)  # the last frames before the cut may be torn
+    np.testing.assert_array_equal(truncated.frames(indices), pyav.frames(indices))
+    np.testing.assert_array_equal(truncated.frames(indices), whole.frames(indices))
+
+
 def test_without_decord_everything_goes_through_pyav(no_decord, media, tmp_path):
     """decode, flow's video source, the dataset's clips and a whole extraction."""
     from avda.extract import flow, runner, sampling

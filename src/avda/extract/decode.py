@@ -216,21 +216,39 @@ class DecordVideoDecoder(VideoDecoder):
                 f"the decord video decoder is not installed; use {DECODER_ENV}=pyav"
             ) from exc
         width, height = self.size
+        self._pyav: _PyAVStream | None = None
+        self._reader: Any = None
         try:
-            self._reader = decord.VideoReader(
-                str(path), width=width, height=height, num_threads=threads
-            )
-            self.num_frames = len(self._reader)
+            reader = decord.VideoReader(str(path), width=width, height=height, num_threads=threads)
+            self.num_frames = len(reader)
             # Start time of every frame, from the container's timestamps.
-            self.timestamps = self._reader.get_frame_timestamp(np.arange(self.num_frames))[:, 0]
+            self.timestamps = reader.get_frame_timestamp(np.arange(self.num_frames))[:, 0]
+            self.fps = float(reader.get_avg_fps())
         except Exception as exc:  # decord raises DECORDError / RuntimeError
-            raise MediaError(f"{path} cannot be decoded: {_short(exc)}") from exc
+            # decord opens a file only when it can read it to the end; a truncated file (an
+            # interrupted download or copy) still has its frames up to the cut, which PyAV
+            # reads: the whole file is then PyAV's, as with AVDA_VIDEO_DECODER=pyav.
+            self._open_with_pyav(exc)
+            return
         if self.num_frames == 0:
             raise MediaError(f"{path} has no decodable frames")
-        self.fps = float(self._reader.get_avg_fps())
-        self._pyav: _PyAVStream | None = None
+        self._reader = reader
         if not np.all(np.isfinite(self.timestamps)) or self.timestamps.min() < -1.0:
             self.timestamps = self._repaired_timestamps()
+
+    def _open_with_pyav(self, error: BaseException) -> None:
+        try:
+            stream = self._pyav_stream()
+        except MediaError as exc:
+            raise MediaError(
+                f"{self.path} cannot be decoded: {_short(error)} (PyAV: {_short(exc)})"
+            ) from error
+        log.warning(
+            "%s: decord cannot read it (%s); PyAV decodes its %d frames",
+            *(self.path, _short(error), stream.num_frames),
+        )
+        self.num_frames, self.fps = stream.num_frames, stream.fps
+        self.timestamps = stream.timestamps
 
     def _repaired_timestamps(self) -> np.ndarray:
         """decord gives packets without a pts (B-frames of MPEG-4 in AVI, as its FFmpeg 4
@@ -252,6 +270,9 @@ class DecordVideoDecoder(VideoDecoder):
         return self._pyav
 
     def _decode_unique(self, unique: np.ndarray) -> np.ndarray:
+        if self._reader is None:  # the file is PyAV's (_open_with_pyav)
+            got = self._pyav_stream().decode(unique)
+            return np.stack([got[i] for i in unique.tolist()])
         try:
             return self._reader.get_batch(unique.tolist()).asnumpy()
         except Exception as exc:  # a corrupt packet: go frame by frame

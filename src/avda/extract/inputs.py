@@ -253,6 +253,14 @@ class SegmentDataset(Dataset):
             # Seconds of whole-segment windows need no frame rate; clip / snippet centres do.
             fallback = 1.0 if recipe.audio_windows == "segment" else self._frames_fps(segment)
             spans = recipe.audio_windows_of(self._segment_frames(segment, fallback))
+        if not any(min(b, track.duration) > max(a, 0.0) for a, b in spans):
+            # No window holds a sample of the track: the cut would make audio up (the track's
+            # last samples, tiled), so the segment's audio fails as its frames would.
+            raise MediaError(
+                f"segment {segment['uid']!r} ({segment['start_sec']}-{segment['stop_sec']} s) "
+                f"lies after the end of the audio of {path} ({track.duration:.2f} s); fix its "
+                "times in the manifest"
+            )
         waves = [
             audio_lib.cut(recipe.audio_cut, samples, rate, start, stop, recipe.audio_seconds)
             for start, stop in spans
