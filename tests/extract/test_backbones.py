@@ -375,6 +375,17 @@ def test_arbitrary_pickled_objects_are_refused(tmp_path: Path) -> None:
         read_checkpoint(path)
 
 
+@pytest.mark.parametrize("text", ["not a checkpoint\n", '{"state_dict": 1}\n', "junk\n"])
+def test_a_text_file_is_not_a_checkpoint_and_is_not_told_to_re_save(tmp_path, text) -> None:
+    """Not "it holds Python objects beyond tensors ... weights_only=False": advice that would
+    have the user unpickle a file that is no checkpoint at all."""
+    path = tmp_path / "junk.pt"
+    path.write_text(text)
+    with pytest.raises(CheckpointError, match="not a torch checkpoint") as error:
+        read_checkpoint(path)
+    assert "weights_only=False" not in str(error.value)
+
+
 # ---------------------------------------------------------------------------------------------
 # Wrong layouts: CheckpointError naming the key, the file and the expected layout
 

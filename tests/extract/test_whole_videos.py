@@ -109,6 +109,13 @@ def test_a_file_that_is_not_a_video_is_one_line_before_any_work(folder, tmp_path
     assert code == 1 and len(err.strip().splitlines()) == 1
     assert "broken.mp4 cannot be opened as a video" in err and "remove them" in err
     assert not (tmp_path / "c.zarr").exists()
+    # From a list file the fix is to edit the list, not to write one.
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"{folder / 'broken.mp4'}\n")
+    with pytest.raises(
+        MediaError, match=r"broken.mp4 cannot be opened.*; remove them from the list$"
+    ):
+        whole_videos.manifest(listing)
 
 
 def test_bad_inputs_are_one_line(tmp_path, folder, capsys):

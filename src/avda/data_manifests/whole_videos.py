@@ -183,9 +183,13 @@ def manifest(
         shown = "; ".join(bad[:MAX_NAMED]) + (
             f"; and {len(bad) - MAX_NAMED} more" if len(bad) > MAX_NAMED else ""
         )
+        fix = (
+            "remove them from the list"
+            if not Path(source).is_dir()
+            else "remove them, or list the videos to extract in a text file (--videos LIST.txt)"
+        )
         raise MediaError(
-            f"--videos {source}: {len(bad)} file(s) are not readable videos ({shown}); remove "
-            "them, or list the videos to extract in a text file (--videos LIST.txt)"
+            f"--videos {source}: {len(bad)} file(s) are not readable videos ({shown}); {fix}"
         )
     frame = pd.DataFrame(
         {

@@ -196,8 +196,10 @@ def init_random_features_(module: nn.Module) -> nn.Module:
 
     The reference implementations keep PyTorch's default conv init, under which activations
     shrink by ~3x per layer: a random-init I3D then emits features around 1e-6, which float16
-    caches cannot hold. With this init random features keep unit scale, so random-init runs
-    (the demo, tests) still carry the information a random network preserves.
+    caches cannot hold. With this init random features are of order 1-100 (a random I3D on the
+    demo videos: mean 31, std 52, max 640; fan-out preserves the backward variance, and the
+    forward one grows where a layer has fewer outputs than inputs), inside float16's range, so
+    random-init runs (the demo, tests) still carry the information a random network preserves.
     """
     for layer in module.modules():
         if isinstance(layer, nn.Conv1d | nn.Conv2d | nn.Conv3d):

@@ -116,6 +116,14 @@ def read_checkpoint(path: str | Path) -> Any:
             checkpoint = torch_load(path)
         except pickle.UnpicklingError as error:
             lines = str(error).splitlines()
+            if not any("Unsupported global" in line for line in lines):
+                # Not a pickle of objects it refuses but no pickle at all ("Unsupported
+                # operand": the bytes of a text file or of a damaged one).
+                reason = next((line for line in lines if "Unsupported" in line), lines[-1])
+                raise CheckpointError(
+                    f"{path}: not a torch checkpoint (a text file, or a damaged or cut-off one: "
+                    f"{reason.strip()}); pass the published weights file"
+                ) from None
             reason = next((line for line in lines if "Unsupported global" in line), lines[0])
             reason = reason.split(" was not an allowed")[0].replace("WeightsUnpickler error: ", "")
             raise CheckpointError(
