@@ -167,10 +167,12 @@ def _flock(
                 )
                 break
         _write_holder(fd, what, shared)
-        yield
-        if not shared:  # the record names the holder only while it holds the lock
-            with contextlib.suppress(OSError):
-                os.ftruncate(fd, 0)
+        try:
+            yield
+        finally:
+            if not shared:  # the record names the holder only while it holds the lock
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, 0)
     finally:
         os.close(fd)  # releases the flock
 
