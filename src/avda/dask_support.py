@@ -51,6 +51,58 @@ def quiet_dask_logs(verbose: bool | None = None) -> None:
         nanny.addFilter(_routine_shutdown)
 
 
+@contextlib.contextmanager
+def workers_ignore_interrupt() -> Iterator[None]:
+    """Start local worker processes inside this block with SIGINT ignored.
+
+    Ctrl-C in a terminal reaches every process of the foreground group. Handling it is the
+    parent's job: it closes the cluster (which ends the workers, their tasks' rows staying
+    pending to resume) and prints one line. Workers, and the decoding processes they start,
+    that also got it would each print a ``KeyboardInterrupt`` traceback. An ignored signal stays
+    ignored in the processes started meanwhile (across ``exec``: Python then installs no
+    ``KeyboardInterrupt`` handler of its own), while the parent's handler is back after the
+    block. Off the main thread, where signal handlers cannot be set, it does nothing.
+    """
+    import signal
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _not_cancelled(record: logging.LogRecord) -> bool:
+    """False for a worker's warning that a task ended with CancelledError: the run was
+    interrupted or closed, which the parent reports in its own line."""
+    return "ended with CancelledError" not in record.getMessage()
+
+
+def _quiet_cancellations() -> None:
+    state_machine = logging.getLogger("distributed.worker.state_machine")
+    if _not_cancelled not in state_machine.filters:
+        state_machine.addFilter(_not_cancelled)
+
+
+def quiet_worker_logs(client: Any) -> None:
+    """Without ``avda -v``: the workers of ``client`` (and any that join later) drop their
+    warnings about tasks cancelled by an interrupt or a closing run."""
+    if logging.getLogger().isEnabledFor(logging.DEBUG):
+        return
+    from distributed.diagnostics.plugin import WorkerPlugin
+
+    class QuietCancellations(WorkerPlugin):
+        name = "avda-quiet-cancellations"
+
+        def setup(self, worker: Any) -> None:
+            _quiet_cancellations()
+
+    client.register_plugin(QuietCancellations())
+
+
 def connect(address: str) -> Any:
     """A ``distributed.Client`` of the scheduler at ``address``; one-line errors when it cannot
     be reached or the address is malformed."""

@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+
 import numpy as np
+import pandas as pd
 import pytest
 
 from avda.cache import Status, open_cache
@@ -120,3 +128,57 @@ def test_shards_started_together_create_the_store_once(demo_dataset, tmp_path):
     )
     with pytest.raises(ConfigError, match="--force with --shard"):
         runner.extract(manifest, out=out, shard=(0, 2), force=True, **options)
+
+
+# Slow: a cluster start and an extraction (~80 s here); and once in four runs on the loaded
+# development machine it failed for a reason not seen (its output was not kept).
+@pytest.mark.slow
+def test_ctrl_c_on_a_local_cluster_is_one_line(demo_dataset, tmp_path):
+    """A terminal's Ctrl-C: SIGINT to the whole process group of ``avda extract --scheduler
+    local:2`` while its workers extract. The command exits 130 with its one line: no worker's
+    ``KeyboardInterrupt`` traceback, no Dask warning about the tasks it cancelled (both were
+    printed before the workers started with SIGINT ignored)."""
+    root, manifest = demo_dataset
+    copies = [manifest.assign(uid=manifest["uid"] + f"-{i}") for i in range(3)]  # more work
+    pd.concat(copies).to_csv(tmp_path / "m.csv", index=False)
+    out = tmp_path / "c.zarr"
+    command = [sys.executable, "-m", "avda.cli", "extract", "--manifest", str(tmp_path / "m.csv"),
+               "--videos", str(root), "-o", str(out), "--recipe", "demo", "--scheduler",
+               "local:2", "--chunk-rows", "2", "--quiet"]  # fmt: skip
+    # stderr to a file, not a pipe: the command's end is its own exit, whatever its workers do.
+    with open(tmp_path / "stderr", "w") as stderr:
+        process = subprocess.Popen(
+            command,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            env={**os.environ, "AVDA_DEBUG": ""},
+            start_new_session=True,  # its own process group, as a terminal's foreground job
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )
+    try:
+        deadline = time.monotonic() + 180
+        done = 0
+        while done == 0:  # the first rows extracted: the workers are at work
+            assert process.poll() is None, (tmp_path / "stderr").read_text()
+            assert time.monotonic() < deadline, "no row extracted within 180 s"
+            time.sleep(0.2)
+            try:
+                done = int((open_cache(out).status("rgb") == Status.DONE).sum())
+            except Exception:  # the store is being created or written: read it again
+                continue
+        os.killpg(process.pid, signal.SIGINT)
+        process.wait(timeout=120)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)  # anything of the group still running
+    err = (tmp_path / "stderr").read_text()
+    assert process.returncode == 130, err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    assert "CancelledError" not in err, err
+    lines = [  # avda's own log records allowed (the random-init warning, the shard count)
+        line
+        for line in err.splitlines()
+        if line.strip() and not line.startswith(("INFO avda", "WARNING avda"))
+    ]
+    assert len(lines) == 1 and lines[0].startswith("interrupted; avda extract resumes"), err
+    assert (open_cache(out).status("rgb") != Status.DONE).any()  # stopped part way

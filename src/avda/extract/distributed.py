@@ -36,8 +36,10 @@ from avda.dask_support import (
     collect_warnings,
     connect,
     quiet_dask_logs,
+    quiet_worker_logs,
     threads_per_worker,
     worker_device,
+    workers_ignore_interrupt,
 )
 from avda.data_manifests import schema as manifest_schema
 from avda.devices import gpu_count
@@ -130,15 +132,17 @@ def extract_distributed(
             count = local_workers or gpu_count() or 2
             # Non-daemonic workers may start DataLoader decoding processes.
             stack.enter_context(dask.config.set({"distributed.worker.daemon": False}))
-            cluster = stack.enter_context(
-                LocalCluster(
-                    n_workers=count,
-                    threads_per_worker=1,
-                    processes=True,
-                    dashboard_address=None,
+            with workers_ignore_interrupt():  # Ctrl-C is this process's to report
+                cluster = stack.enter_context(
+                    LocalCluster(
+                        n_workers=count,
+                        threads_per_worker=1,
+                        processes=True,
+                        dashboard_address=None,
+                    )
                 )
-            )
             client = stack.enter_context(Client(cluster))
+            quiet_worker_logs(client)
             threads = threads_per_worker(count)
         else:
             client = stack.enter_context(connect(scheduler))

@@ -47,7 +47,14 @@ import pandas as pd
 
 from avda import dask_support, runs
 from avda._io import atomic_write_text
-from avda.dask_support import available_cores, collect_warnings, quiet_dask_logs, threads_per_worker
+from avda.dask_support import (
+    available_cores,
+    collect_warnings,
+    quiet_dask_logs,
+    quiet_worker_logs,
+    threads_per_worker,
+    workers_ignore_interrupt,
+)
 from avda.dask_support import connect as connect_scheduler
 from avda.devices import gpu_count
 from avda.errors import AvdaError, ConfigError
@@ -532,14 +539,15 @@ def connect(
         return
     if kind == "local":
         workers = local_workers(spec.cluster)
-        local = LocalCluster(
-            n_workers=workers,
-            threads_per_worker=1,
-            processes=True,
-            memory_limit=spec.cluster.memory or "auto",
-            dashboard_address=":0",
-            local_directory=spec.cluster.local_directory,
-        )
+        with workers_ignore_interrupt():  # Ctrl-C is this process's to report
+            local = LocalCluster(
+                n_workers=workers,
+                threads_per_worker=1,
+                processes=True,
+                memory_limit=spec.cluster.memory or "auto",
+                dashboard_address=":0",
+                local_directory=spec.cluster.local_directory,
+            )
         options = {"torch_threads": threads_per_worker(workers), "resources": None}
     else:
         check_submit_command(kind)
@@ -550,6 +558,7 @@ def connect(
         if kind != "local":
             start_jobs(local, spec.cluster.workers or 1, kind)
         client = Client(local)
+        quiet_worker_logs(client)
         try:
             if kind != "local":
                 wait_for_worker(
