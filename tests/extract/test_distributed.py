@@ -130,8 +130,9 @@ def test_shards_started_together_create_the_store_once(demo_dataset, tmp_path):
         runner.extract(manifest, out=out, shard=(0, 2), force=True, **options)
 
 
-# Slow: a cluster start and an extraction (~80 s here); and once in four runs on the loaded
-# development machine it failed for a reason not seen (its output was not kept).
+# Slow: a cluster start and an extraction (~80 s here). Once in four runs on the loaded
+# development machine it failed for a reason not seen (its output was not kept), before the
+# decoding workers died with their Dask worker (tests/extract/test_worker_death.py).
 @pytest.mark.slow
 def test_ctrl_c_on_a_local_cluster_is_one_line(demo_dataset, tmp_path):
     """A terminal's Ctrl-C: SIGINT to the whole process group of ``avda extract --scheduler

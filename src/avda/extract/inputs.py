@@ -10,6 +10,8 @@ A :class:`SegmentDataset` item is one segment of one modality: ``(row, x, status
 from __future__ import annotations
 
 import dataclasses
+import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -336,3 +338,30 @@ def _text(segment: pd.Series, column: str) -> str | None:
 def worker_init(_: int) -> None:
     # Decoding workers do no heavy math; one thread each leaves the cores to the backbone.
     torch.set_num_threads(1)
+    die_with_parent()
+
+
+def die_with_parent() -> None:
+    """End this worker process when the process that started it ends, however (Linux only).
+
+    A Dask worker that extracts starts decoding workers for each shard; when the cluster closes
+    (Ctrl-C) while a shard has just begun, the Dask worker is killed before its new decoding
+    workers (spawned: seconds of imports) have even recorded their parent, so PyTorch's own
+    watchdog never notices, and they waited forever on their queue, holding the command's
+    stderr. ``PR_SET_PDEATHSIG`` has the kernel send SIGKILL when the parent ends; a parent
+    already gone by then (``multiprocessing.parent_process``) ends the worker at once.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import multiprocessing
+    import signal
+
+    parent = multiprocessing.parent_process()
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGKILL), 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # no prctl: nothing more to do
+        return
+    if parent is not None and parent.pid is not None and os.getppid() != parent.pid:
+        os._exit(1)  # the parent ended before the call: no signal will come
