@@ -291,6 +291,9 @@ def test_sigint_to_a_running_train_exits_130_with_the_resume_line(work, tmp_path
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # SIGINT as a terminal's job has it, whatever this runner inherited (started in the
+        # background by a shell, SIGINT is ignored, and an ignored signal stays ignored).
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         deadline = time.monotonic() + 60
