@@ -108,7 +108,9 @@ def run_lock(run: str | Path, *, what: str, wait: float | None = None) -> Iterat
     created = not run.exists()
     run.mkdir(parents=True, exist_ok=True)
     try:
-        with _flock(run, run / RUN_LOCK, what=what, shared=False, wait=wait, kind="run"):
+        with _flock(
+            run, run / RUN_LOCK, what=what, shared=False, wait=wait, kind="run", error=RunBusyError
+        ):
             yield
     except BaseException:
         if created:  # refused before it wrote anything: leave no empty folder behind
@@ -127,11 +129,12 @@ def _flock(
     shared: bool,
     wait: float | None,
     kind: str = "cache",
+    error: type[AvdaError] = StoreBusyError,
 ) -> Iterator[None]:
-    """The ``flock`` on ``path`` that guards ``store`` (a cache, or a run folder: ``kind``)."""
+    """The ``flock`` on ``path`` that guards ``store`` (a cache, or a run folder: ``kind``);
+    ``error`` is raised, naming the holder, when another process has it."""
     import fcntl
 
-    error: type[AvdaError] = RunBusyError if kind == "run" else StoreBusyError
     wait = _wait_seconds() if wait is None else wait
     if shared and not store.exists():  # the reader fails on its own; leave no lock file behind
         yield

@@ -271,8 +271,7 @@ class DecordVideoDecoder(VideoDecoder):
 
     def _decode_unique(self, unique: np.ndarray) -> np.ndarray:
         if self._reader is None:  # the file is PyAV's (_open_with_pyav)
-            got = self._pyav_stream().decode(unique)
-            return np.stack([got[i] for i in unique.tolist()])
+            return self._pyav_stream().decode_stacked(unique)
         try:
             return self._reader.get_batch(unique.tolist()).asnumpy()
         except Exception as exc:  # a corrupt packet: go frame by frame
@@ -332,8 +331,7 @@ class PyAVVideoDecoder(VideoDecoder):
         self.fps = self._stream.fps
 
     def _decode_unique(self, unique: np.ndarray) -> np.ndarray:
-        got = self._stream.decode(unique)
-        return np.stack([got[i] for i in unique.tolist()])
+        return self._stream.decode_stacked(unique)
 
     def close(self) -> None:
         self._stream.close()
@@ -424,6 +422,11 @@ class _PyAVStream:
         self.close()
 
     # ----------------------------------------------------------------- decoding
+    def decode_stacked(self, wanted: np.ndarray) -> np.ndarray:
+        """:meth:`decode` of ``wanted`` as one uint8 array ``(len(wanted), H, W, 3)``."""
+        got = self.decode(wanted)
+        return np.stack([got[i] for i in wanted.tolist()])
+
     def decode(self, wanted: np.ndarray) -> dict[int, np.ndarray]:
         """Frames ``wanted`` (sorted, distinct) as uint8 RGB; a frame no packet yields takes
         the nearest decodable frame within :data:`CONCEALMENT_SECONDS`, else MediaError."""
