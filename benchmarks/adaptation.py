@@ -132,6 +132,14 @@ def _init_worker() -> None:
     warnings.filterwarnings("ignore")
 
 
+def _defaults(head: str) -> dict[str, Any]:
+    """The head's default config as JSON values: a stored run is reused only at these."""
+    from avda.train import heads
+
+    config = heads.config_class(head).from_dict({})
+    return json.loads(json.dumps(dataclasses.asdict(config), default=str))
+
+
 def run_job(job: Job) -> dict[str, Any]:
     """Train one head on one cache; a failure is returned as a record, never raised."""
     from avda import runs
@@ -145,10 +153,13 @@ def run_job(job: Job) -> dict[str, Any]:
     }
     run = Path(job.run)
     saved = run / RESULT
+    defaults = _defaults(job.head)
     if saved.exists() and runs.is_complete(run):
         previous = json.loads(saved.read_text())
-        if previous.get("status") == "ok":
+        if previous.get("status") == "ok" and previous.get("defaults") == defaults:
             return {**previous, "reused": True}
+        # trained at other defaults (a head changed since): train again
+        shutil.rmtree(run)
     load_before = _load()
     began = time.perf_counter()
     try:
@@ -187,6 +198,7 @@ def run_job(job: Job) -> dict[str, Any]:
         finished=datetime.datetime.now().isoformat(timespec="seconds"),
         run=str(run),
         reused=False,
+        defaults=defaults,
     )
     if record["status"] == "ok":
         (run / RESULT).write_text(json.dumps(record, indent=2))

@@ -247,10 +247,11 @@ register(
         settings=("epic100-uda",),
         common={"tasks": ("verb", "noun"), "labelled_target": 0.0, "keep_last_predictions": 0},
         heads={
-            "ta3n": HeadRecipe("ta3n", {}),
+            "ta3n": HeadRecipe("ta3n", {"use_bn": "none"}),
             "source-only": HeadRecipe(
                 "ta3n",
                 {
+                    "use_bn": "none",
                     "domain_attention": False,
                     "beta": (0.0, 0.0, 0.0),
                     "attentive_entropy_weight": 0.0,

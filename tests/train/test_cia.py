@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import types
 
 import numpy as np
 import pytest
@@ -120,7 +121,7 @@ def test_audio_never_joins_the_consensus_but_gates_the_visual_modalities():
     1) refines and is refined by the others through the gates (sec. 2.1), not re-weighted."""
     torch.manual_seed(0)
     inputs = {"rgb": (2, 4), "flow": (2, 4), "audio": (2, 4)}
-    head = _head(inputs, dropout=0.0, spatial="on")
+    head = _head(inputs, dropout=0.0, spatial="on", domain_norm=False)
     assert head.consensus.pairs == [("flow", "rgb")]
     assert sorted(head.consensus.projections) == ["flow", "rgb"]  # no audio projection
     batch = {m: torch.rand(3, 2, 4) for m in inputs}
@@ -155,7 +156,7 @@ def test_one_visual_modality_has_no_consensus(caplog):
     torch.manual_seed(0)
     inputs = {"rgb": (3, 4), "audio": (1, 4)}
     with caplog.at_level("WARNING", logger="avda.train.heads.cia"):
-        head = _head(inputs, dropout=0.0)
+        head = _head(inputs, dropout=0.0, domain_norm=False)
     assert "one visual modality (rgb): no consensus" in caplog.text
     assert head.consensus.pairs == [] and len(head.consensus.projections) == 0
     batch = {"rgb": torch.rand(2, 3, 4), "audio": torch.rand(2, 1, 4)}
@@ -374,3 +375,42 @@ def test_trains_in_spatial_mode(three_modality_cache, tmp_path, caplog):
     spatial_scores = runs.read_predictions(tmp_path / "spatial", "target_test")["scores"]["verb"]
     pooled_scores = runs.read_predictions(tmp_path / "off", "target_test")["scores"]["verb"]
     assert not np.allclose(spatial_scores, pooled_scores)  # the maps were used
+
+
+def test_backbone_stand_in_normalises_each_domain_over_the_channels():
+    """domain_norm: Linear -> BatchNorm -> ReLU over the channels of vectors and of maps, the
+    BatchNorm with each domain's own statistics in training and at evaluation."""
+    generator = torch.Generator().manual_seed(0)
+    inputs = {"rgb": (3, 4), "flow": (3, 4), "audio": (3, 4)}
+    head = _head(inputs, dropout=0.0, spatial="on")
+    assert set(head.backbone) == {"rgb", "flow", "audio"}
+
+    def batch(shift: float, size: int = 16):
+        maps = {
+            f"spatial/{m}": torch.rand(size, 3, 4, 2, 2, generator=generator) + shift
+            for m in ("rgb", "flow")
+        }
+        vectors = {m: maps[f"spatial/{m}"].mean(dim=(-2, -1)) for m in ("rgb", "flow")}
+        return {**maps, **vectors, "audio": torch.rand(size, 3, 4, generator=generator) + shift}
+
+    seen = {}
+    handle = head.backbone["rgb"][1].register_forward_hook(
+        lambda module, args, output: seen.__setitem__(module.domain, output.detach())
+    )
+    labels = {"verb": torch.randint(0, 4, (16,), generator=generator)}
+    head.train()
+    for _ in range(40):
+        head.training_step(batch(0.0), labels, batch(5.0), 0.5)
+    for domain in ("source", "target"):  # (B, K, H, W, C): each domain centred by its own batch
+        assert seen[domain].shape[-1] == 4 and seen[domain].dim() == 5
+        assert seen[domain].flatten(0, -2).mean(0).abs().max() < 1e-5
+    head.eval()
+    means = {}
+    for statistics in ("source", "target"):
+        head.before_evaluation(types.SimpleNamespace(name=f"{statistics}_test"), None)
+        with torch.no_grad():
+            head(batch(5.0))
+        means[statistics] = seen[statistics].flatten(0, -2).mean(0).abs().max()
+    assert means["target"] < 0.5 < 2.0 < means["source"], means
+    handle.remove()
+    assert _head(inputs, domain_norm=False).backbone is None

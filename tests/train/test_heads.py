@@ -5,6 +5,8 @@ gradient for every parameter on the loss path, any modality subset, verb+noun an
 
 from __future__ import annotations
 
+import types
+
 import pytest
 import torch
 
@@ -156,6 +158,40 @@ def test_mm_sada_and_rna_schedules_and_targets():
         _build("mm-sada", ("rgb", "flow"), VERB, epochs=5, pretrain_epochs=5)
 
 
+def test_mm_sada_normalises_each_domain_with_its_own_statistics():
+    """domain_norm: a target moved by a per-dimension scale and offset is normalised by its
+    own batch statistics in training and by its own running averages when a target set is
+    evaluated, so it reaches the ReLU centred; the source's statistics would not centre it."""
+    head = _build("mm-sada", ("rgb", "flow"), VERB).train()
+    generator = torch.Generator().manual_seed(3)
+    source, labels = _batch(("rgb", "flow"), VERB, generator, size=64)
+    scale = torch.rand(D, generator=generator) * 3 + 0.5
+    target = {
+        m: x * (scale if m == "rgb" else 1.0) + (4.0 if m == "rgb" else 0.0)
+        for m, x in source.items()
+    }
+    pre_relu = {}
+    head.embeddings["rgb"][1].register_forward_hook(
+        lambda module, args, output: pre_relu.__setitem__(module.domain, output.detach())
+    )
+    for _ in range(60):  # running averages converge (momentum 0.1)
+        head.training_step(source, labels, target, 0.1)
+    for domain in ("source", "target"):
+        assert pre_relu[domain].mean(0).abs().max() < 1e-5
+    norm = head.embeddings["rgb"][1]
+    assert not torch.allclose(norm.norms["source"].running_mean, norm.norms["target"].running_mean)
+    head.eval()
+    means = {}
+    for statistics in ("source", "target"):  # the target's segments through either's
+        head.before_evaluation(types.SimpleNamespace(name=f"{statistics}_test"), None)
+        with torch.no_grad():
+            head(target)
+        means[statistics] = pre_relu[statistics].flatten(0, -2).mean(0).abs().max()
+    assert means["target"] < 0.2 < 2.0 < means["source"], means
+    head_off = _build("mm-sada", ("rgb", "flow"), VERB, domain_norm=False)
+    assert not any("norms" in name for name, _ in head_off.named_buffers())
+
+
 def test_mm_sada_test_averages_clip_probabilities():
     head = _build("mm-sada", ("rgb", "flow"), VERB).eval()
     inputs, _ = _batch(("rgb", "flow"), VERB, torch.Generator().manual_seed(2), size=2)
@@ -168,7 +204,7 @@ def test_mm_sada_test_averages_clip_probabilities():
 
 
 def test_mm_sada_training_picks_one_random_clip_per_modality():
-    head = _build("mm-sada", ("rgb", "flow"), VERB).train()
+    head = _build("mm-sada", ("rgb", "flow"), VERB, domain_norm=False).train()
     clip_index = torch.arange(K, dtype=torch.float32)[None, :, None].expand(64, K, D)
     linear = head.embeddings["rgb"][0]
     with torch.no_grad():  # make the rgb embedding read the clip index back

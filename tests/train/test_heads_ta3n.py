@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 import torch
 
+from avda import protocols
 from avda.errors import CheckpointError, ConfigError
 from avda.train import heads
 from avda.train.data import Task
@@ -88,8 +89,12 @@ def _split(x: torch.Tensor) -> dict[str, torch.Tensor]:
 
 
 def _epic_head(**overrides):
+    """The EPIC-100 script's TA3N (``use_bn=none``) unless ``overrides`` say otherwise."""
     return heads.create(
-        "ta3n", inputs={m: (5, 1024) for m in MODALITIES}, tasks=EPIC_TASKS, overrides=overrides
+        "ta3n",
+        inputs={m: (5, 1024) for m in MODALITIES},
+        tasks=EPIC_TASKS,
+        overrides={"use_bn": "none", **overrides},
     )
 
 
@@ -129,6 +134,56 @@ def test_golden_loss_gradients_and_outputs():
     )
 
 
+# The authors' VideoModel with use_bn="AdaBN" (bn_shared_S / bn_shared_T), otherwise as above.
+GOLDEN_ADABN = {"loss": 7.329265594482422, "classification": 5.235468864440918}
+GOLDEN_ADABN_GRADIENT_SUMS = {
+    "fc_feature_shared_source.weight": 573.4793499632262,
+    "bn_shared_T.weight": 0.01169330139084579,
+}
+GOLDEN_ADABN_EVAL_VERB_ROW0 = {
+    "source": [1.146251916885376, 1.4087823629379272, 1.3657646179199219, 1.0253053903579712],
+    "target": [1.2718298435211182, 1.5356965065002441, 1.4662359952926636, 1.0773427486419678],
+}
+GOLDEN_ADABN_TARGET_NOUN_SUM = 14.851687520742416
+
+
+def test_golden_adabn_normalises_each_domain_with_its_own_statistics():
+    """The authors' ``use_bn=AdaBN``: one BatchNorm per domain after the shared layer; the
+    running statistics of one training step then give each domain's test outputs."""
+    head = _epic_head(frame_dropout=0.0, video_dropout=0.0, use_bn="AdaBN")
+    mapping = authors_key_map(5, ["verb", "noun"], use_bn=True)
+    state = head.state_dict()
+    with torch.no_grad():
+        for theirs, name in mapping.items():
+            if not theirs.endswith(("running_mean", "running_var", "num_batches_tracked")):
+                state[name].copy_(_value(theirs, state[name].shape))
+    head.train()
+    labels = {"verb": torch.tensor([3, 50, 96]), "noun": torch.tensor([0, 299, 123])}
+    source, target = _inputs(3, 0.0), _inputs(4, 1.0)
+    losses = head.training_step(_split(source), labels, _split(target), PROGRESS)
+    for key, expected in GOLDEN_ADABN.items():
+        assert float(losses[key].detach()) == pytest.approx(expected, rel=2e-5), key
+    losses["loss"].backward()
+    ours = dict(head.named_parameters())
+    for theirs, expected in GOLDEN_ADABN_GRADIENT_SUMS.items():
+        gradient = ours[mapping[theirs]].grad.double().abs().sum()
+        assert float(gradient) == pytest.approx(expected, rel=1e-4), theirs
+    head.eval()
+    for domain, x in (("source", source), ("target", target)):
+        head.before_evaluation(types.SimpleNamespace(name=f"{domain}_test"), None)
+        with torch.no_grad():
+            output = head(_split(x))
+        torch.testing.assert_close(
+            output.logits["verb"][0, :4],
+            torch.tensor(GOLDEN_ADABN_EVAL_VERB_ROW0[domain]),
+            rtol=1e-5,
+            atol=1e-5,
+        )
+    assert float(output.logits["noun"].double().sum()) == pytest.approx(
+        GOLDEN_ADABN_TARGET_NOUN_SUM, rel=1e-4
+    )
+
+
 def test_defaults_are_the_epic100_scripts():
     config = heads.config_class("ta3n").from_dict({})
     assert (config.epochs, config.batch_size, config.target_batch_size) == (30, 128, 207)
@@ -142,6 +197,11 @@ def test_defaults_are_the_epic100_scripts():
     assert (config.frame_dropout, config.video_dropout, config.shared_dim) == (0.5, 0.5, 512)
     assert config.beta == (0.75, 0.75, 0.5) and config.attentive_entropy_weight == 0.003
     assert config.beta_ramp_gamma == 1.0 and config.beta_warmup and config.init_std == 0.001
+    # The script's use_bn=none is the protocol's; avda's default is the authors' AdaBN option.
+    assert config.use_bn == "AdaBN"
+    _, protocol = protocols.get("ta3n-epic100").resolve("ta3n")
+    _, baseline = protocols.get("ta3n-epic100").resolve("source-only")
+    assert protocol["use_bn"] == baseline["use_bn"] == "none"
 
 
 def test_learning_rate_steps_match_the_authors_epochs():
@@ -233,10 +293,13 @@ def test_authors_checkpoint_conversion():
     not os.environ.get("AVDA_TA3N_REFERENCE"),
     reason="set AVDA_TA3N_REFERENCE to a checkout of jonmun/EPIC-KITCHENS-100_UDA_TA3N",
 )
-def test_live_parity():
-    """Random weights, dropout 0: loss bit-equal, gradients and test outputs equal."""
+@pytest.mark.parametrize("use_bn", ["none", "AdaBN"])
+def test_live_parity(use_bn):
+    """Random weights, dropout 0: loss bit-equal, gradients and test outputs equal; with the
+    authors' AdaBN (``use_bn``) also its running statistics and both domains' test outputs."""
     path = os.environ["AVDA_TA3N_REFERENCE"]
-    if importlib.util.find_spec("colorama") is None:  # only used for coloured prints
+    if "colorama" not in sys.modules and importlib.util.find_spec("colorama") is None:
+        # only used for coloured prints
         stub = types.ModuleType("colorama")
         stub.init = lambda **kwargs: None
         stub.Fore = stub.Back = stub.Style = types.SimpleNamespace(RED="", CYAN="", GREEN="")
@@ -263,7 +326,7 @@ def test_live_parity():
         dropout_i=0.0,
         dropout_v=0.0,
         partial_bn=False,
-        use_bn="none",
+        use_bn=use_bn,
         ens_DA="none",
         use_attn="TransAttn",
         n_attn=1,
@@ -275,7 +338,7 @@ def test_live_parity():
     with torch.no_grad():
         for parameter in reference.parameters():
             parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.05)
-    head = _epic_head(frame_dropout=0.0, video_dropout=0.0)
+    head = _epic_head(frame_dropout=0.0, video_dropout=0.0, use_bn=use_bn)
     head.load_state_dict(convert_authors_state_dict(reference.state_dict(), head))
     source = torch.randn(4, 5, 3072, generator=generator)
     target = torch.randn(6, 5, 3072, generator=generator) + 0.3
@@ -301,15 +364,29 @@ def test_live_parity():
     ours["loss"].backward()
     assert float(ours["loss"].detach()) == pytest.approx(float(total.detach()), rel=1e-6)
     named = dict(head.named_parameters())
+    key_map = authors_key_map(5, ["verb", "noun"], use_bn != "none")
+    checked = 0
     for their_name, parameter in reference.named_parameters():
         if parameter.grad is None:
             continue
-        our_name = authors_key_map(5, ["verb", "noun"])[their_name]
+        our_name = key_map[their_name]
         torch.testing.assert_close(named[our_name].grad, parameter.grad, rtol=1e-4, atol=1e-7)
+        checked += 1
+    assert checked == len(named)
+    if use_bn != "none":  # one training step moved each domain's running statistics
+        ours_state, their_state = head.state_dict(), reference.state_dict()
+        for their_name, our_name in key_map.items():
+            if "running" in their_name:
+                torch.testing.assert_close(ours_state[our_name], their_state[their_name])
     reference.eval()
     head.eval()
     with torch.no_grad():
-        theirs = reference(source, target, [0, 0, 0], 0, is_train=False, reverse=False)[1]
+        theirs = reference(source, target, [0, 0, 0], 0, is_train=False, reverse=False)
+        head.evaluation_domain = "source"
         mine = head(_split(source)).logits
-    torch.testing.assert_close(mine["verb"], theirs[0])
-    torch.testing.assert_close(mine["noun"], theirs[1])
+        head.evaluation_domain = "target"
+        mine_target = head(_split(target)).logits
+    torch.testing.assert_close(mine["verb"], theirs[1][0])
+    torch.testing.assert_close(mine["noun"], theirs[1][1])
+    torch.testing.assert_close(mine_target["verb"], theirs[6][0])
+    torch.testing.assert_close(mine_target["noun"], theirs[6][1])

@@ -132,18 +132,55 @@ class DomainBatchNorm1d(nn.BatchNorm1d):
         )
 
 
-def feature_embedding(fan_in: int, dim: int) -> nn.Sequential:
+class DomainSpecificBatchNorm(nn.Module):
+    """BatchNorm whose statistics are the current domain's, with one affine for both domains.
+
+    What a backbone's BatchNorm does when each domain's batches pass through it apart (MM-SADA
+    trains I3D with one tower per domain): training normalises each domain's batch with its own
+    statistics and tracks one pair of running averages per domain; evaluation normalises with
+    the running averages of ``domain`` (set by the head, ``"source"`` or ``"target"``). Inputs
+    ``(..., C)``: every leading position counts as a sample.
+    """
+
+    def __init__(self, num_features: int, momentum: float = 0.1, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(num_features))
+        self.bias = nn.Parameter(torch.zeros(num_features))
+        self.norms = nn.ModuleDict(
+            {
+                domain: nn.BatchNorm1d(num_features, eps=eps, momentum=momentum, affine=False)
+                for domain in ("source", "target")
+            }
+        )
+        self.domain = "source"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(-1, x.shape[-1])  # (..., C) -> (N, C)
+        return (self.norms[self.domain](flat) * self.weight + self.bias).reshape(x.shape)
+
+
+def set_norm_domain(module: nn.Module, domain: str) -> None:
+    """Point every :class:`DomainSpecificBatchNorm` in ``module`` at ``domain``."""
+    for layer in module.modules():
+        if isinstance(layer, DomainSpecificBatchNorm):
+            layer.domain = domain
+
+
+def feature_embedding(fan_in: int, dim: int, domain_norm: bool = False) -> nn.Sequential:
     """A trainable ``Linear(fan_in -> dim) -> ReLU`` standing in for a fine-tuned backbone top.
 
     Methods that train their backbone end to end (MM-SADA, RNA-Net) put their losses on the
     backbone's output; on cached features this layer's output takes that role. With
     ``fan_in == dim`` it starts as the identity (weights ``I``, bias 0), so training starts from
     the cached (non-negative, post-ReLU pooled) features as fine-tuning starts from the
-    pre-trained backbone.
+    pre-trained backbone. ``domain_norm``: ``Linear -> DomainSpecificBatchNorm -> ReLU``, the
+    conv-BN-ReLU unit of I3D's top with each domain's batch statistics.
     """
     linear = nn.Linear(fan_in, dim)
     if fan_in == dim:
         with torch.no_grad():
             linear.weight.copy_(torch.eye(dim))
             linear.bias.zero_()
+    if domain_norm:
+        return nn.Sequential(linear, DomainSpecificBatchNorm(dim), nn.ReLU())
     return nn.Sequential(linear, nn.ReLU())

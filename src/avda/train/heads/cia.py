@@ -61,7 +61,14 @@ from avda.train.heads._base import (
     ordered_modalities,
 )
 from avda.train.heads.ta3n import snippet_indices
-from avda.train.layers import MultiScaleTemporalRelation, grl_ramp, mlp, reverse_gradient
+from avda.train.layers import (
+    MultiScaleTemporalRelation,
+    feature_embedding,
+    grl_ramp,
+    mlp,
+    reverse_gradient,
+    set_norm_domain,
+)
 from avda.train.losses import domain_adversarial_loss
 from avda.train.stages import TrainingContext
 
@@ -109,6 +116,12 @@ class CiaConfig(HeadConfig):
     discriminator_hidden: int = 100  # hidden units of the domain discriminators
     grl_weight: float = 1.0  # maximum of the gradient reversal ramp lambda_p
     grl_gamma: float = 10.0  # steepness of the ramp 2 / (1 + exp(-gamma p)) - 1
+    # A trainable stand-in for the fine-tuned I3D top before the interaction module, per
+    # modality: Linear (identity at the start) -> BatchNorm -> ReLU over the channels, the
+    # BatchNorm normalising each domain with its own statistics (source and target pass the
+    # backbone apart in training); evaluation uses the evaluated domain's running averages.
+    # False: the cached features enter the gating as they are (docs/methods.md).
+    domain_norm: bool = True
 
     presets: ClassVar[Mapping[str, Mapping[str, Any]]] = PRESETS
 
@@ -318,6 +331,11 @@ class Cia(Head):
         }
         self.vector_modalities = vectors
         channels = {m: inputs[m][1] for m in self.modalities}
+        self.backbone = (
+            nn.ModuleDict({m: feature_embedding(c, c, True) for m, c in channels.items()})
+            if config.domain_norm
+            else None
+        )
         refined = {m: 2 * c for m, c in channels.items()}
         self.interaction = MutualComplementarity(channels, config.reduction)
         self.consensus = SpatialConsensus(
@@ -448,6 +466,9 @@ class Cia(Head):
             self._warned_pooled = True
         return present
 
+    def before_evaluation(self, feature_set, adaptation_set) -> None:
+        set_norm_domain(self, "target" if feature_set.name.startswith("target") else "source")
+
     # ------------------------------------------------------------------ forward
     def forward(self, inputs: Batch) -> HeadOutput:
         visual = self.visual_modalities
@@ -458,6 +479,8 @@ class Cia(Head):
             x = inputs[key]  # (B, K, C, H, W) maps or (B, K, C) vectors
             if self.snippets[m] is not None:
                 x = x[:, self.snippets[m]]  # (B, K, ...) -> (B, num_segments, ...)
+            if self.backbone is not None:  # over the channels: (B, K, C[, H, W])
+                x = self.backbone[m](x.movedim(2, -1)).movedim(-1, 2)
             features[m] = x
             summaries[m] = x.mean(dim=(-2, -1)) if x.dim() == 5 else x  # GAP -> (B, K, C)
         refined = self.interaction(features, summaries)  # eq. 1-4, every modality
@@ -516,7 +539,10 @@ class Cia(Head):
             raise ConfigError("cia needs unlabelled target batches")
         config = self.config
         scale = config.grl_weight * grl_ramp(progress, config.grl_gamma)
-        source_out, target_out = self(source), self(target)
+        set_norm_domain(self, "source")
+        source_out = self(source)
+        set_norm_domain(self, "target")
+        target_out = self(target)
         classification = self.classification(source_out, source_labels)
         video, frame = self.adversarial_losses(source_out, target_out, scale)
         loss = (

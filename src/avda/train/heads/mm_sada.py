@@ -49,7 +49,7 @@ from avda.train.heads._base import (
     align_clips,
     ordered_modalities,
 )
-from avda.train.layers import feature_embedding, grl_ramp, reverse_gradient
+from avda.train.layers import feature_embedding, grl_ramp, reverse_gradient, set_norm_domain
 from avda.train.losses import classification_loss, correspondence_loss, domain_adversarial_loss
 
 log = logging.getLogger(__name__)
@@ -83,6 +83,11 @@ class MmSadaConfig(HeadConfig):
     # code's SGD lr 0.01 with momentum 0.9 diverges on cached features of larger norm (1024-d
     # features of norm ~30: every unit dead in epoch 1); see docs/methods.md. 0: as cached.
     feature_scale: float = 8.0
+    # The stand-in for I3D's top is Linear -> BatchNorm -> ReLU, the BatchNorm normalising each
+    # domain with its own statistics, as the authors' towers (one per domain) do in training;
+    # evaluation uses the evaluated domain's running averages (docs/methods.md). False:
+    # Linear -> ReLU.
+    domain_norm: bool = True
     # architecture
     embedding_dim: int = 1024  # the I3D feature size the heads act on
     dropout: float = 0.5  # dropout before the classifiers
@@ -173,7 +178,7 @@ class MmSada(Head):
             )
         dim, std = config.embedding_dim, config.init_std
         self.embeddings = nn.ModuleDict(
-            {m: feature_embedding(inputs[m][1], dim) for m in self.modalities}
+            {m: feature_embedding(inputs[m][1], dim, config.domain_norm) for m in self.modalities}
         )
         self.dropout = nn.Dropout(config.dropout)
         self.classifiers = nn.ModuleDict(
@@ -189,8 +194,15 @@ class MmSada(Head):
             dim * len(self.modalities), config.correspondence_hidden, std
         )
 
-    def embed(self, inputs: Batch) -> dict[str, torch.Tensor]:
-        """``(B, D_m)`` features: one random clip per modality in training, else ``(B, K, D_m)``."""
+    def before_evaluation(self, feature_set, adaptation_set) -> None:
+        domain = "target" if feature_set.name.startswith("target") else "source"
+        set_norm_domain(self, domain)
+
+    def embed(self, inputs: Batch, domain: str | None = None) -> dict[str, torch.Tensor]:
+        """``(B, D_m)`` features: one random clip per modality in training, else ``(B, K, D_m)``;
+        ``domain`` selects the statistics of ``domain_norm`` (None: as set)."""
+        if domain is not None:
+            set_norm_domain(self, domain)
         if not self.training:
             return {m: self.embeddings[m](inputs[m]) for m in self.modalities}
         chosen = {}
@@ -239,7 +251,8 @@ class MmSada(Head):
     ):
         config = self.config
         stage, stage_progress = self.stage(progress)
-        source_features, target_features = self.embed(source), self.embed(target)
+        source_features = self.embed(source, "source")
+        target_features = self.embed(target, "target")
         pairs = [
             correspondence_pairs(f, self.modalities) for f in (source_features, target_features)
         ]

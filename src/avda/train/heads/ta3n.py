@@ -81,6 +81,13 @@ class Ta3nConfig(HeadConfig):
     beta_warmup: bool = True  # --dann_warmup: beta * (2 / (1 + exp(-gamma p')) - 1)
     beta_ramp_gamma: float = 1.0  # the EPIC-100 code's -1.0 * p (the original repo: 10)
     attentive_entropy_weight: float = 0.003  # gamma
+    # use_bn: "AdaBN" (the authors' --use_bn AdaBN) puts a BatchNorm1d per domain (bn_shared_S
+    # / bn_shared_T, each with its own statistics and affine) between the shared layer and its
+    # ReLU, as their domainAlign; evaluation normalises a target set with the target's, a
+    # source set with the source's. "none": the EPIC-100 script's setting (protocol
+    # ta3n-epic100). AdaBN is the default because without it the discriminators' reversed
+    # gradients on the concatenated feature collapse the target on shifted sets (docs/methods.md).
+    use_bn: Literal["none", "AdaBN"] = "AdaBN"
 
 
 def snippet_indices(num_clips: int, num_segments: int) -> list[int]:
@@ -145,6 +152,14 @@ class Ta3n(Head):
         shared = min(config.shared_dim, feature_dim)
         std = config.init_std
         self.shared = _normal_init(nn.Linear(feature_dim, shared), std)
+        # AdaBN (use_bn): one BatchNorm per domain; the domain of an evaluation set is set by
+        # before_evaluation.
+        self.shared_norms = (
+            nn.ModuleDict({"source": nn.BatchNorm1d(shared), "target": nn.BatchNorm1d(shared)})
+            if config.use_bn != "none"
+            else None
+        )
+        self.evaluation_domain = "target"
         self.frame_dropout = nn.Dropout(config.frame_dropout)
         self.frame_discriminator = _discriminator(shared, std)
         self.relation = MultiScaleTemporalRelation(config.num_segments, shared, config.relation_dim)
@@ -174,11 +189,30 @@ class Ta3n(Head):
         ramp = grl_ramp(authors_progress, config.beta_ramp_gamma)
         return tuple(b * ramp for b in config.beta)  # type: ignore[return-value]
 
-    def run(self, inputs: Batch, beta: tuple[float, float, float]) -> HeadOutput:
+    def normalise(self, u: torch.Tensor, source_size: int | None) -> torch.Tensor:
+        """AdaBN of the shared layer's output ``u`` (B, F, S): the first ``source_size``
+        samples with the source BN, the rest with the target's (``None``: all with the BN of
+        the evaluation domain)."""
+        if self.shared_norms is None:
+            return u
+        B, F, S = u.shape
+        if source_size is None:
+            return self.shared_norms[self.evaluation_domain](u.reshape(B * F, S)).reshape(B, F, S)
+        source = self.shared_norms["source"](u[:source_size].reshape(-1, S))
+        target = self.shared_norms["target"](u[source_size:].reshape(-1, S))
+        return torch.cat([source, target]).reshape(B, F, S)
+
+    def before_evaluation(self, feature_set, adaptation_set) -> None:
+        self.evaluation_domain = "target" if feature_set.name.startswith("target") else "source"
+
+    def run(
+        self, inputs: Batch, beta: tuple[float, float, float], source_size: int | None = None
+    ) -> HeadOutput:
         x = torch.cat([inputs[m] for m in self.modalities], dim=-1)  # (B, K, sum D_m)
         if self.snippets is not None:
             x = x[:, self.snippets]  # (B, K, D) -> (B, num_segments, D)
-        frames = self.frame_dropout(torch.relu(self.shared(x)))  # (B, F, S)
+        shared = self.normalise(self.shared(x), source_size)  # (B, F, S)
+        frames = self.frame_dropout(torch.relu(shared))  # (B, F, S)
         frame_domain = self.frame_discriminator(reverse_gradient(frames, beta[2]))  # (B, F, 2)
         relations = self.relation(frames)  # (B, F-1, R)
         relation_domain = torch.stack(
@@ -213,10 +247,13 @@ class Ta3n(Head):
     ):
         config = self.config
         beta = self.beta(progress)
-        # One forward over source and target together: every layer is per-sample (no batch
-        # norm), so this equals the authors' two passes, with larger, faster matmuls.
+        # One forward over source and target together: every layer is per-sample (AdaBN's
+        # norms see each domain's rows apart), so this equals the authors' two passes, with
+        # larger, faster matmuls.
         size = len(next(iter(source.values())))
-        joint = self.run({m: torch.cat([source[m], target[m]]) for m in self.modalities}, beta)
+        joint = self.run(
+            {m: torch.cat([source[m], target[m]]) for m in self.modalities}, beta, size
+        )
         source_out, target_out = _split_output(joint, size)
         classification = self.classification(source_out, source_labels)
         adversarial = {
@@ -265,12 +302,13 @@ def _split_output(output: HeadOutput, size: int) -> tuple[HeadOutput, HeadOutput
     return part(slice(None, size)), part(slice(size, None))
 
 
-def authors_key_map(num_segments: int, tasks: list[str]) -> dict[str, str]:
-    """Parameter names of the authors' ``VideoModel`` -> this head's, for the modules TA3N uses.
+def authors_key_map(num_segments: int, tasks: list[str], use_bn: bool = False) -> dict[str, str]:
+    """Parameter names of the authors' ``VideoModel`` -> this head's, for the modules TA3N uses
+    (``use_bn``: with AdaBN's ``bn_shared_S/T`` and their running statistics).
 
     The authors' model also holds modules the EPIC-100 configuration never uses
     (``fc_feature_source``, ``fc_feature_video_source(_2)``, frame-level classifiers,
-    ``bn_trn_S/T``); they have no counterpart here.
+    ``bn_trn_S/T``, ``bn_source_*``); they have no counterpart here.
     """
     pairs = {
         "fc_feature_shared_source": "shared",
@@ -285,11 +323,16 @@ def authors_key_map(num_segments: int, tasks: list[str]) -> dict[str, str]:
         pairs[f"relation_domain_classifier_all.{scale}.2"] = f"relation_discriminators.{scale}.2"
     for task in tasks:
         pairs[f"fc_classifier_video_{task}_source"] = f"classifiers.{task}"
-    return {
+    keys = {
         f"{theirs}.{kind}": f"{ours}.{kind}"
         for theirs, ours in pairs.items()
         for kind in ("weight", "bias")
     }
+    if use_bn:
+        for theirs, ours in (("bn_shared_S", "source"), ("bn_shared_T", "target")):
+            for kind in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked"):
+                keys[f"{theirs}.{kind}"] = f"shared_norms.{ours}.{kind}"
+    return keys
 
 
 def convert_authors_state_dict(
@@ -299,14 +342,17 @@ def convert_authors_state_dict(
     prefix optional); every mapped key must exist with this head's shape.
     """
     ours = head.state_dict()
-    mapping = authors_key_map(head.config.num_segments, [t.name for t in head.tasks])
+    mapping = authors_key_map(
+        head.config.num_segments, [t.name for t in head.tasks], head.shared_norms is not None
+    )
     plain = {key.removeprefix("module."): value for key, value in state_dict.items()}
     converted = {}
     for theirs, name in mapping.items():
         if theirs not in plain:
             raise CheckpointError(
                 f"the TA3N checkpoint has no {theirs!r} (needed for {name!r}); is it an "
-                "EPIC-100 TA3N checkpoint with trn-m, add_fc=1 and verb/noun classifiers?"
+                "EPIC-100 TA3N checkpoint with trn-m, add_fc=1 and verb/noun classifiers, "
+                "trained with the head's use_bn?"
             )
         if tuple(plain[theirs].shape) != tuple(ours[name].shape):
             raise CheckpointError(
