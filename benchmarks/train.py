@@ -284,7 +284,12 @@ def main(argv: list[str] | None = None) -> dict:
         target=["target"],
         out=run,
         seed=0,
-        overrides={"epochs": epochs, "eval_every": epochs, "precision": args.precision},
+        overrides={
+            "epochs": epochs,
+            "eval_every": epochs,
+            "precision": args.precision,
+            "use_bn": "none",  # the EPIC-100 script's setting (avda's default is AdaBN)
+        },
         device=args.device,
         progress=True,
     )

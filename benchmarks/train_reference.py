@@ -434,7 +434,12 @@ def run_avda(args, sizes: dict[str, int], cache: Path) -> dict:
             target=["target"],
             out=run,
             seed=0,
-            overrides={"epochs": args.epochs, "eval_every": 1, "precision": args.precision},
+            overrides={
+                "epochs": args.epochs,
+                "eval_every": 1,
+                "precision": args.precision,
+                "use_bn": "none",  # the script's setting (avda's default is AdaBN)
+            },
             device="cpu",
             progress=True,
         )

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+import yaml
 import zarr
 from tests.conftest import make_feature_cache
 
@@ -16,6 +17,7 @@ from avda import runs
 from avda.errors import CacheError, ConfigError
 from avda.train import heads
 from avda.train.data import Task
+from avda.train.embedding import head_embedding
 from avda.train.heads.cia import (
     CiaConfig,
     MutualComplementarity,
@@ -25,6 +27,7 @@ from avda.train.heads.cia import (
 )
 from avda.train.loop import train
 from avda.train.losses import domain_adversarial_loss
+from avda.train.setup import RunSetup
 
 torch.set_num_threads(1)
 
@@ -414,3 +417,20 @@ def test_backbone_stand_in_normalises_each_domain_over_the_channels():
     assert means["target"] < 0.5 < 2.0 < means["source"], means
     handle.remove()
     assert _head(inputs, domain_norm=False).backbone is None
+
+
+def test_a_run_recorded_before_domain_norm_is_rebuilt_without_it(three_modality_cache, tmp_path):
+    """A run whose config.yaml predates ``domain_norm`` was trained without the stand-in: its
+    head is rebuilt as trained (``HeadConfig.introduced``), so its checkpoint still loads."""
+    run = tmp_path / "old"
+    trained = _train(three_modality_cache, run, spatial="off", domain_norm=False)
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    del config["head_config"]["domain_norm"]
+    (run / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    setup = RunSetup.from_run(run)
+    assert setup.config.domain_norm is False
+    embedding = head_embedding(run, max_points=64)
+    assert np.isfinite(embedding.after).all() and len(embedding.after) > 0
+    assert trained.metrics["target_test/verb/top1"] >= 0.0
+    # a run recorded with the field keeps its value
+    assert heads.config_class("cia").from_stored({"domain_norm": True}).domain_norm is True

@@ -159,7 +159,7 @@ class RunSetup:
         return cls(
             store=open_cache(config["cache"]),
             head=config["head"],
-            config=heads_lib.config_class(config["head"]).from_dict(config["head_config"]),
+            config=heads_lib.config_class(config["head"]).from_stored(config["head_config"]),
             modalities=list(config["modalities"]),
             tasks=[Task(**t) for t in config["tasks"]],
             device=resolve_device(device),

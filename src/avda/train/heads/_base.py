@@ -209,6 +209,9 @@ class HeadConfig(Config):
     stage_fields: ClassVar[tuple[str, ...]] = ("lr_steps",)
     # Named settings of a paper (``preset``), applied under the explicit values.
     presets: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
+    # Fields added with a default that changed what the head computes, and the value that
+    # reproduces a run recorded before them (read by :meth:`from_stored`).
+    introduced: ClassVar[Mapping[str, Any]] = {}
 
     modalities: tuple[str, ...] = ()  # empty: every modality in the cache
     tasks: tuple[str, ...] = ()  # empty: every labelled task (verb, noun, labels)
@@ -270,6 +273,13 @@ class HeadConfig(Config):
         if "schedule" not in values and any(k in values for k in ("epochs", *cls.stage_fields)):
             merged["schedule"] = "epochs"
         return super().from_dict(merged)
+
+    @classmethod
+    def from_stored(cls, values: Mapping[str, Any]) -> Self:
+        """The config a run recorded (``config.yaml``'s ``head_config``): a field of
+        :attr:`introduced` that the record lacks takes the value the head had before it, so
+        a run trained then is rebuilt as it was trained."""
+        return cls.from_dict({**cls.introduced, **values})
 
     def recipe_steps(self) -> int:
         """Optimiser steps of the default schedule on its reference set (0: no reference)."""

@@ -124,6 +124,8 @@ class CiaConfig(HeadConfig):
     domain_norm: bool = True
 
     presets: ClassVar[Mapping[str, Mapping[str, Any]]] = PRESETS
+    # runs recorded before domain_norm existed were trained without it
+    introduced: ClassVar[Mapping[str, Any]] = {"domain_norm": False}
 
 
 def _gate(fan_in: int, channels: int, reduction: int) -> nn.Sequential:

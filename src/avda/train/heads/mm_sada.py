@@ -104,6 +104,8 @@ class MmSadaConfig(HeadConfig):
     adversarial_weight: float = 1.0  # stage 2: weight of the domain losses
 
     presets: ClassVar[Mapping[str, Mapping[str, Any]]] = PRESETS
+    # runs recorded before domain_norm existed were trained without it
+    introduced: ClassVar[Mapping[str, Any]] = {"domain_norm": False}
     stage_fields: ClassVar[tuple[str, ...]] = ("pretrain_epochs", "lr_steps")
 
 

@@ -37,7 +37,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Mapping
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import nn
@@ -81,6 +81,8 @@ class Ta3nConfig(HeadConfig):
     beta_warmup: bool = True  # --dann_warmup: beta * (2 / (1 + exp(-gamma p')) - 1)
     beta_ramp_gamma: float = 1.0  # the EPIC-100 code's -1.0 * p (the original repo: 10)
     attentive_entropy_weight: float = 0.003  # gamma
+    # runs recorded before use_bn existed were trained without it
+    introduced: ClassVar[Mapping[str, Any]] = {"use_bn": "none"}
     # use_bn: "AdaBN" (the authors' --use_bn AdaBN) puts a BatchNorm1d per domain (bn_shared_S
     # / bn_shared_T, each with its own statistics and affine) between the shared layer and its
     # ReLU, as their domainAlign; evaluation normalises a target set with the target's, a
