@@ -50,7 +50,7 @@ from torch import nn
 from avda.config import Config
 from avda.errors import AvdaError, CacheError, ConfigError
 from avda.train.data import FeatureSet, Task
-from avda.train.layers import mlp
+from avda.train.layers import mlp, set_norm_domain
 from avda.train.losses import classification_loss
 from avda.train.presets import with_preset
 
@@ -354,6 +354,12 @@ class HeadOutput:
     extras: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
+def evaluation_domain(feature_set: FeatureSet) -> str:
+    """``"target"`` for an evaluation set of the target domain (``target_test``, ...), else
+    ``"source"``."""
+    return "target" if feature_set.name.startswith("target") else "source"
+
+
 class Head(nn.Module, abc.ABC):
     """Base class of all heads (the contract: module docstring)."""
 
@@ -414,7 +420,10 @@ class Head(nn.Module, abc.ABC):
         return None
 
     def before_evaluation(self, feature_set: FeatureSet, adaptation_set: FeatureSet | None) -> None:
-        """Prepare to predict ``feature_set`` (``adaptation_set``: the target training set)."""
+        """Prepare to predict ``feature_set`` (``adaptation_set``: the target training set):
+        every :class:`~avda.train.layers.DomainSpecificBatchNorm` of the head takes the
+        statistics of the set's domain."""
+        set_norm_domain(self, evaluation_domain(feature_set))
 
     @torch.no_grad()
     def check_evaluation(

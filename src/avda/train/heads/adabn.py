@@ -30,7 +30,7 @@ from torch import nn
 
 from avda.train.data import FeatureSet
 from avda.train.heads import register
-from avda.train.heads._base import Batch, FusionConfig, Head, HeadOutput
+from avda.train.heads._base import Batch, FusionConfig, Head, HeadOutput, evaluation_domain
 from avda.train.layers import DomainBatchNorm1d
 
 log = logging.getLogger(__name__)
@@ -103,7 +103,7 @@ class AdaBN(Head):
         return {"loss": loss, "classification": loss}
 
     def before_evaluation(self, feature_set: FeatureSet, adaptation_set: FeatureSet | None) -> None:
-        is_target = feature_set.name.startswith("target")
+        is_target = evaluation_domain(feature_set) == "target"
         if not is_target or self.config.statistics == "source":
             self.set_domain("source")
             return

@@ -468,9 +468,6 @@ class Cia(Head):
             self._warned_pooled = True
         return present
 
-    def before_evaluation(self, feature_set, adaptation_set) -> None:
-        set_norm_domain(self, "target" if feature_set.name.startswith("target") else "source")
-
     # ------------------------------------------------------------------ forward
     def forward(self, inputs: Batch) -> HeadOutput:
         visual = self.visual_modalities

@@ -196,10 +196,6 @@ class MmSada(Head):
             dim * len(self.modalities), config.correspondence_hidden, std
         )
 
-    def before_evaluation(self, feature_set, adaptation_set) -> None:
-        domain = "target" if feature_set.name.startswith("target") else "source"
-        set_norm_domain(self, domain)
-
     def embed(self, inputs: Batch, domain: str | None = None) -> dict[str, torch.Tensor]:
         """``(B, D_m)`` features: one random clip per modality in training, else ``(B, K, D_m)``;
         ``domain`` selects the statistics of ``domain_norm`` (None: as set)."""

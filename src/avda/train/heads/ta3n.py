@@ -44,7 +44,14 @@ from torch import nn
 
 from avda.errors import CheckpointError, ConfigError
 from avda.train.heads import register
-from avda.train.heads._base import Batch, Head, HeadConfig, HeadOutput, ordered_modalities
+from avda.train.heads._base import (
+    Batch,
+    Head,
+    HeadConfig,
+    HeadOutput,
+    evaluation_domain,
+    ordered_modalities,
+)
 from avda.train.layers import MultiScaleTemporalRelation, grl_ramp, reverse_gradient
 from avda.train.losses import attentive_entropy, domain_adversarial_loss, domain_attention
 
@@ -205,7 +212,7 @@ class Ta3n(Head):
         return torch.cat([source, target]).reshape(B, F, S)
 
     def before_evaluation(self, feature_set, adaptation_set) -> None:
-        self.evaluation_domain = "target" if feature_set.name.startswith("target") else "source"
+        self.evaluation_domain = evaluation_domain(feature_set)
 
     def run(
         self, inputs: Batch, beta: tuple[float, float, float], source_size: int | None = None
