@@ -8,12 +8,13 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: demo test test-all lint bench clean chromium
 
-# The venv is rebuilt only when pyproject.toml changes (the install is ~2.6 GB).
+# The venv is rebuilt only when pyproject.toml changes. The install is ~5.8 GB (torch and its
+# CUDA libraries); --no-cache-dir keeps pip from writing a second copy of the wheels to ~/.cache.
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH (set PYTHON=...)"; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q --no-cache-dir --upgrade pip
+	$(BIN)/python -m pip install -q --no-cache-dir -e '.[dev]'
 	touch $(STAMP)
 
 demo: $(STAMP)
