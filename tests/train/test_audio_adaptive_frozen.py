@@ -13,6 +13,8 @@ from avda import runs
 from avda.train.audio_adaptive import pipeline
 from avda.train.audio_adaptive.pipeline import AUDIO_EMBEDDING_KEY, ENCODED_KEY
 from avda.train.audio_adaptive.run import run_stages
+from avda.train.data import evaluation_domain
+from avda.train.layers import set_norm_domain
 from avda.train.stages import StageStore
 
 torch.set_num_threads(1)
@@ -30,11 +32,13 @@ def av_cache(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def stages(av_cache, tmp_path_factory):
-    """Stages 1-6a of a tiny two-stream run (no recognizer training)."""
+    """Stages 1-6a of a tiny two-stream run (no recognizer training), with each domain
+    normalised apart (``domain_norm``), so stored and computed outputs must pick the same
+    domain's statistics for every row."""
     return run_stages(
         cache=av_cache, source=["source"], target=["target"],
-        out=tmp_path_factory.mktemp("run") / "run", overrides=dict(TINY), progress=False,
-        device="cpu",
+        out=tmp_path_factory.mktemp("run") / "run", overrides={**TINY, "domain_norm": True},
+        progress=False, device="cpu",
     )  # fmt: skip
 
 
@@ -105,13 +109,19 @@ def test_stored_outputs_are_the_frozen_modules_on_every_segment(stages, monkeypa
         arrays = folder.load_arrays(f"encoded-{visual}")
         for feature_set in sets:
             np.testing.assert_array_equal(arrays[f"{feature_set.name}.uids"], feature_set.uids)
-            with torch.no_grad():
-                direct = head.encoders[visual](
-                    feature_set.inputs[visual], feature_set.inputs["audio"]
-                ).features
-            torch.testing.assert_close(
-                torch.from_numpy(arrays[f"{feature_set.name}.values"]), direct
-            )
+            encoder = head.encoders[visual]
+            direct = {}
+            for domain in ("source", "target"):  # domain_norm: each domain's own statistics
+                set_norm_domain(encoder, domain)
+                with torch.no_grad():
+                    direct[domain] = encoder(
+                        feature_set.inputs[visual], feature_set.inputs["audio"]
+                    ).features
+            own, other = evaluation_domain(feature_set), {"source", "target"}
+            (other,) = other - {own}
+            stored = torch.from_numpy(arrays[f"{feature_set.name}.values"])
+            torch.testing.assert_close(stored, direct[own])
+            assert not torch.allclose(stored, direct[other], atol=1e-3)
     # A new process (stages object) reads them back without running the frozen modules.
     again = pipeline.AudioAdaptiveStages(head, context)
     with monkeypatch.context() as patch:

@@ -22,6 +22,7 @@ from avda.train.audio_adaptive import pipeline
 from avda.train.audio_adaptive.run import run_stages
 from avda.train.clustering import cluster_store
 from avda.train.data import Task
+from avda.train.layers import DomainSpecificBatchNorm, set_norm_domain
 from avda.train.loop import train
 from avda.train.stages import StageStore
 
@@ -69,6 +70,7 @@ def make_audio_visual_cache(
     visual: tuple[str, ...] = ("rgb",),
     spatial: bool = False,
     audio_mean: float = 0.0,
+    target_offset: float = 0.0,
 ):
     """Synthetic audio-visual features with the domain shift Audio-Adaptive is made for.
 
@@ -120,6 +122,7 @@ def make_audio_visual_cache(
             base[i, labels[i] * group : (labels[i] + 1) * group] += true_level
             base[i, distractor[i] * group : (distractor[i] + 1) * group] += level[i]
         features[modality] = np.maximum(0.0, base[:, None, :] + rng.normal(0, 0.5, (n, clips, D)))
+        features[modality][is_target] += target_offset  # a camera's offset on every channel
     centres = rng.normal(0, 1, (num_classes, 2, audio_dim)) * 2.0
     kind = rng.integers(0, 2, n)
     features["audio"] = centres[labels, kind][:, None, :] + rng.normal(
@@ -338,6 +341,54 @@ def test_stages_run_alone_and_refuse_other_settings(av_cache, tmp_path):
     # The full run in the same folder picks the finished stages up and adds the rest.
     _train(av_cache, tmp_path / "run", visual_modalities=["rgb"])
     assert StageStore(tmp_path / "run").record("pseudo-labels-rgb") is not None
+
+
+def test_stage_5_normalises_each_domain_with_its_own_statistics(tmp_path, monkeypatch):
+    """domain_norm=true: the stage-5 encoder standardises the source batch and the target
+    batch apart, as layer4's BatchNorms do when the reference runs SlowFast on each in turn;
+    it keeps each domain's running statistics, and the pseudo labels and the stored clip
+    features of the target use the target's."""
+    cache = tmp_path / "c.zarr"
+    make_audio_visual_cache(
+        cache, source_counts=(12, 10, 8, 6), num_classes=4, target_per_class=8, target_offset=5.0
+    )
+    seen = []
+    forward = DomainSpecificBatchNorm.forward
+
+    def record(self, x):
+        if self.training:
+            seen.append((self.domain, float(x.detach().mean())))
+        return forward(self, x)
+
+    monkeypatch.setattr(DomainSpecificBatchNorm, "forward", record)
+    overrides = {**TINY, "visual_modalities": ["rgb"], "domain_norm": True}
+    stages = run_stages(
+        cache=cache, source=["source"], target=["target"], out=tmp_path / "run",
+        overrides=overrides, progress=False, device="cpu",
+    )  # fmt: skip
+    means = {d: [m for domain, m in seen if domain == d] for d in ("source", "target")}
+    assert len(means["source"]) == len(means["target"]) > 0
+    # every target batch (offset by 5 before the gate) went through the target's statistics
+    assert max(means["source"]) + 1.0 < min(means["target"]), means
+    encoder = stages.head.encoders["rgb"].eval()
+    norms = encoder.norm[0].norms
+    assert float((norms["target"].running_mean - norms["source"].running_mean).mean()) > 1.0
+    target_set = stages.context.target_set
+    inputs = (target_set.inputs["rgb"], target_set.inputs["audio"])
+    predicted = {}
+    for domain in ("source", "target"):
+        set_norm_domain(encoder, domain)
+        predicted[domain] = encoder.predict(*inputs).numpy()
+    stored = stages.stages.load_arrays("pseudo-labels-rgb")["probabilities"]
+    np.testing.assert_allclose(stored, predicted["target"], rtol=1e-5, atol=1e-6)
+    assert not np.allclose(stored, predicted["source"], atol=1e-3)
+    # off (the default): no normalisation at all
+    off = run_stages(
+        cache=cache, source=["source"], target=["target"], out=tmp_path / "off",
+        overrides={**TINY, "visual_modalities": ["rgb"]}, until="encoder", progress=False,
+        device="cpu",
+    )  # fmt: skip
+    assert isinstance(off.head.encoders["rgb"].norm, torch.nn.Identity)
 
 
 def test_clusters_made_by_avda_cluster_are_used(av_cache, tmp_path):

@@ -61,6 +61,12 @@ class FeatureSet:
             yield order[start : start + batch_size]
 
 
+def evaluation_domain(feature_set: FeatureSet) -> str:
+    """``"target"`` for a set of the target domain (``target_train``, ``target_test``, ...),
+    else ``"source"``: whose statistics a domain-specific normalisation uses on it."""
+    return "target" if feature_set.name.startswith("target") else "source"
+
+
 def infer_tasks(
     segments: pd.DataFrame, rows: np.ndarray, requested: Sequence[str] | None
 ) -> list[Task]:

@@ -12,7 +12,8 @@ at every position, then SlowFast ``layer4`` (trainable), average pooling, dropou
 avda's encoder, on cached features::
 
     audio tokens (B, T, C_a) --psi--> logits (B, C_v) --sigmoid--> gate
-    visual (B, K, C_v[, *S]) x gate (per channel, every clip and position)
+    visual (B, K, C_v[, *S]) --[domain_norm: BatchNorm, each domain's own statistics, ReLU]--
+        x gate (per channel, every clip and position)
         --residual bottleneck (x + W2 relu(W1 x), per position; stands in for layer4)-->
         pooled:  (B, K, C_v)                         = clip features
         spatial: mean over S -> classifier input, max over S -> clip features (the reference
@@ -24,9 +25,12 @@ avda's encoder, on cached features::
 - ``spatial=True`` (faithful mode): visual inputs are cached ``layer3``-like maps
   ``(K, C, *S)`` from ``spatial/<modality>``, gated where the reference gates them; audio
   tokens are the positions of ``spatial/audio`` when cached.
-The bottleneck's last layer starts at zero, so the block starts as the identity on the
-(pretrained) cached features; SlowFast's own ``layer4`` cannot run here (stage 2 never imports
-the extraction backbones).
+With ``domain_norm`` the cached features are first standardised with each domain's own batch
+statistics and rectified, as SlowFast's BatchNorms and ReLUs up to ``layer3`` treat the
+reference's separate source and target calls (frozen, but in training mode); at evaluation
+each domain's running statistics (chosen by ``domain``). The bottleneck's last layer starts
+at zero, so the block starts as the identity on the gated features. SlowFast's own
+``layer4`` cannot run here (stage 2 never imports the extraction backbones).
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from avda.train.audio_adaptive.transformer import TransformerEncoder
+from avda.train.layers import DomainSpecificBatchNorm
 
 
 def as_tokens(x: torch.Tensor) -> torch.Tensor:
@@ -120,6 +125,7 @@ class AudioAdaptiveEncoder(nn.Module):
         embedding_dropout: float = 0.1,
         bottleneck: int = 512,
         classifier_dropout: float = 0.5,
+        domain_norm: bool = False,
     ) -> None:
         super().__init__()
         self.spatial = spatial
@@ -135,6 +141,15 @@ class AudioAdaptiveEncoder(nn.Module):
             dropout=dropout,
             embedding_dropout=embedding_dropout,
         )
+        # the BatchNorms of SlowFast up to layer3, which normalise each domain's clips apart:
+        # the reference runs them (frozen, under no_grad, but in training mode) on the source
+        # batch and on the target batch in separate calls, each with its own batch
+        # statistics; the ReLU keeps the gated features non-negative, as layer3's are
+        self.norm = (
+            nn.Sequential(DomainSpecificBatchNorm(visual_channels), nn.ReLU())
+            if domain_norm
+            else nn.Identity()
+        )
         self.block = ResidualBottleneck(visual_channels, bottleneck)
         self.dropout = nn.Dropout(classifier_dropout)
         self.classifier = nn.Linear(visual_channels, num_classes)
@@ -144,13 +159,14 @@ class AudioAdaptiveEncoder(nn.Module):
         if self.spatial:
             extra = visual.dim() - 3  # spatial axes after (B, K, C)
             gate_shape = (gate.shape[0], 1, -1, *([1] * extra))  # (B, C) -> (B, 1, C, 1...)
+            visual = self.norm(visual.movedim(2, -1)).movedim(-1, 2)  # over channels
             gated = visual * gate.reshape(gate_shape)
-            moved = self.block(gated.movedim(2, -1))  # (B, K, *S, C) pointwise over channels
+            moved = self.block(gated.movedim(2, -1))  # (B, K, *S, C) per position
             positions = tuple(range(2, 2 + extra))
             pooled = moved.mean(dim=positions)  # (B, K, C): the classifier's average pool
             features = moved.amax(dim=positions)  # (B, K, C): the recognizer's max pool
         else:
-            pooled = features = self.block(visual * gate[:, None, :])  # (B, K, C)
+            pooled = features = self.block(self.norm(visual) * gate[:, None, :])  # (B, K, C)
         return EncoderOutput(
             logits=self.classifier(self.dropout(pooled)), features=features, gate=gate
         )

@@ -61,7 +61,8 @@ from avda.train.audio_adaptive.losses import (
     multilabel_encoder_loss,
 )
 from avda.train.clustering import cluster_per_class, cluster_settings, stored_clusters
-from avda.train.data import FeatureSet
+from avda.train.data import FeatureSet, evaluation_domain
+from avda.train.layers import set_norm_domain
 from avda.train.optim import make_optimizer
 from avda.train.stages import (
     StageStore,
@@ -100,6 +101,10 @@ def _accuracy(predictions: np.ndarray, labels: np.ndarray) -> float | None:
     if not known.any():
         return None
     return float(np.mean(predictions[known] == labels[known]))
+
+
+def _clip_features(encoder: AudioAdaptiveEncoder, visual: torch.Tensor, audio: torch.Tensor):
+    return encoder(visual, audio).features
 
 
 def _encoder_step(optimizer, losses, clipped, grad_clip: float, sums: dict[str, float]) -> None:
@@ -535,6 +540,8 @@ class AudioAdaptiveStages:
                 "encoder_bottleneck",
                 "encoder_dropout",
             ),
+            # only when set, so the keys of runs made before it existed still match
+            **({"domain_norm": True} if self.config.domain_norm else {}),
             "upstream": self._upstream("weights", "absent-labels"),
             **({"multi_label": True} if self.multi_label else {}),
         }
@@ -578,7 +585,9 @@ class AudioAdaptiveStages:
                     seen += len(index)
                     source_visual, source_audio = self._encoder_inputs(train, visual, index)
                     target_visual, target_audio = self._encoder_inputs(target, visual, target_index)
+                    set_norm_domain(model, "source")  # each domain's batch apart, as the reference
                     source_out = model(one_clip_per_segment(source_visual, generator), source_audio)
+                    set_norm_domain(model, "target")
                     target_out = model(one_clip_per_segment(target_visual, generator), target_audio)
                     losses = encoder_loss(
                         source_out.logits[:, 0],
@@ -641,7 +650,9 @@ class AudioAdaptiveStages:
                 seen += len(index)
                 source_visual, source_audio = self._encoder_inputs(train, visual, index)
                 target_visual, target_audio = self._encoder_inputs(target, visual, target_index)
+                set_norm_domain(model, "source")
                 source_out = model(one_clip_per_segment(source_visual, generator), source_audio)
+                set_norm_domain(model, "target")  # the labelled rows below are target rows too
                 target_out = model(one_clip_per_segment(target_visual, generator), target_audio)
                 labelled_logits = labelled_labels = None
                 if len(labelled_cycle):
@@ -676,8 +687,33 @@ class AudioAdaptiveStages:
         for start in range(0, len(feature_set), 1024):
             index = torch.arange(start, min(start + 1024, len(feature_set)))
             visual_input, audio_input = self._encoder_inputs(feature_set, visual, index)
-            out.append(encoder.predict(visual_input, audio_input).cpu())
+            out.append(
+                self._per_domain(
+                    encoder, feature_set, index, encoder.predict, visual_input, audio_input
+                ).cpu()
+            )
         return torch.cat(out).numpy() if out else np.zeros((0, self.num_classes))
+
+    def row_is_target(self, feature_set: FeatureSet) -> np.ndarray:
+        """Whether each row of ``feature_set`` is of the target domain: the labelled target
+        rows of the training set (semi-supervised runs), every row of a target set."""
+        if feature_set is self.context.train_set:
+            return ~self.source_mask
+        return np.full(len(feature_set), evaluation_domain(feature_set) == "target")
+
+    def _per_domain(self, module, feature_set: FeatureSet, index: torch.Tensor, compute, *args):
+        """``compute(*args)`` for the rows ``index`` of ``feature_set``, each row normalised with
+        its domain's statistics (one pass per domain present; without ``domain_norm`` one)."""
+        is_target = torch.from_numpy(self.row_is_target(feature_set)[index.numpy()])
+        if not self.config.domain_norm or bool(is_target.all()) or not bool(is_target.any()):
+            set_norm_domain(module, "target" if bool(is_target.any()) else "source")
+            return compute(*args)
+        set_norm_domain(module, "source")
+        source = compute(*args)
+        set_norm_domain(module, "target")
+        target = compute(*args)
+        mask = is_target.to(target.device).reshape(-1, *([1] * (target.dim() - 1)))
+        return torch.where(mask, target, source)
 
     def pseudo_labels(self, visual: str) -> np.ndarray:
         """Hard pseudo label (argmax, no threshold) of every target training segment."""
@@ -799,7 +835,9 @@ class AudioAdaptiveStages:
                 feature_set: FeatureSet, index: torch.Tensor, visual=visual, encoder=encoder
             ):
                 visual_input, audio_input = self._encoder_inputs(feature_set, visual, index)
-                return encoder(visual_input, audio_input).features
+                return self._per_domain(
+                    encoder, feature_set, index, _clip_features, encoder, visual_input, audio_input
+                )
 
             name = f"encoded-{visual}"
             key = {

@@ -49,7 +49,7 @@ from torch import nn
 
 from avda.config import Config
 from avda.errors import AvdaError, CacheError, ConfigError
-from avda.train.data import FeatureSet, Task
+from avda.train.data import FeatureSet, Task, evaluation_domain
 from avda.train.layers import mlp, set_norm_domain
 from avda.train.losses import classification_loss
 from avda.train.presets import with_preset
@@ -352,12 +352,6 @@ class HeadOutput:
     logits: dict[str, torch.Tensor]
     features: torch.Tensor  # (B, F) the embedding the domain losses act on
     extras: dict[str, Any] = dataclasses.field(default_factory=dict)
-
-
-def evaluation_domain(feature_set: FeatureSet) -> str:
-    """``"target"`` for an evaluation set of the target domain (``target_test``, ...), else
-    ``"source"``."""
-    return "target" if feature_set.name.startswith("target") else "source"
 
 
 class Head(nn.Module, abc.ABC):

@@ -62,6 +62,7 @@ from avda.train.heads._base import (
     ordered_modalities,
     shape_errors,
 )
+from avda.train.layers import set_norm_domain
 from avda.train.stages import TrainingContext
 
 log = logging.getLogger(__name__)
@@ -118,6 +119,11 @@ class AudioAdaptiveConfig(HeadConfig):
     attention_embedding_dropout: float = 0.1  # stage 5: dropout of the token embeddings
     encoder_bottleneck: int = 512  # stage 5: encoder output width
     encoder_dropout: float = 0.5  # stage 5: encoder dropout
+    # stage 5: standardise (and rectify) the visual features with each domain's own BatchNorm
+    # statistics before the gate, as SlowFast's BatchNorms (frozen, in training mode) treat the
+    # reference's separate source and target calls; off by default (docs/methods.md: measured,
+    # it costs more on the paper-like set than it gains on the others)
+    domain_norm: bool = False
     # stage 6: audio-infused recognizer (trained by the loop)
     epochs: int = 29  # stage 6: recognizer epochs (the loop's length)
     batch_size: int = 8  # stage 6: recognizer batch size
@@ -279,6 +285,7 @@ class AudioAdaptive(Head):
             embedding_dropout=config.attention_embedding_dropout,
             bottleneck=config.encoder_bottleneck,
             classifier_dropout=config.encoder_dropout,
+            domain_norm=config.domain_norm,
         )
 
     def make_recognizer(self, visual: str) -> AudioInfusedRecognizer:
@@ -383,16 +390,40 @@ class AudioAdaptive(Head):
 
     # ------------------------------------------------------------------ forward
     @torch.no_grad()
-    def _frozen(self, inputs: Batch, visual: str) -> EncoderOutput:
-        """The frozen stage-5 encoder of stream ``visual`` on a batch."""
-        return self.encoders[visual](
-            inputs[self.visual_key(visual)], inputs[self.audio_token_key()]
+    def _frozen(
+        self, inputs: Batch, visual: str, is_target: torch.Tensor | None = None
+    ) -> EncoderOutput:
+        """The frozen stage-5 encoder of stream ``visual`` on a batch. ``is_target``: the rows
+        of the target domain (``(B,)`` bool), normalised with its statistics (``domain_norm``);
+        None: the domain ``before_evaluation`` set."""
+        encoder = self.encoders[visual]
+        args = (inputs[self.visual_key(visual)], inputs[self.audio_token_key()])
+        if is_target is None:
+            return encoder(*args)
+        outputs = {}
+        for domain, rows in (("source", ~is_target), ("target", is_target)):
+            if bool(rows.any()):
+                set_norm_domain(encoder, domain)
+                outputs[domain] = encoder(*args)
+        if len(outputs) == 1:
+            return next(iter(outputs.values()))
+        source, target = outputs["source"], outputs["target"]
+
+        def pick(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+            return torch.where(is_target.reshape(-1, *([1] * (a.dim() - 1))), b, a)
+
+        return EncoderOutput(
+            logits=pick(source.logits, target.logits),
+            features=pick(source.features, target.features),
+            gate=source.gate,  # psi sees only the audio: the same in both domains
         )
 
-    def _features(self, inputs: Batch, visual: str) -> torch.Tensor:
+    def _features(
+        self, inputs: Batch, visual: str, is_target: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Stage-5 clip features ``(B, K, C_v)``: stored ones when the batch carries them."""
         stored = inputs.get(ENCODED_KEY.format(visual))
-        return stored if stored is not None else self._frozen(inputs, visual).features
+        return stored if stored is not None else self._frozen(inputs, visual, is_target).features
 
     @torch.no_grad()
     def _audio_embedding(self, inputs: Batch) -> torch.Tensor:
@@ -452,6 +483,8 @@ class AudioAdaptive(Head):
             return self._multilabel_step(source, labels, streams)
         source_audio = self._audio_embedding(source)
         target_audio = self._audio_embedding(target)
+        in_source = torch.zeros(len(labels), dtype=torch.bool, device=labels.device)
+        in_target = torch.ones(target_audio.shape[0], dtype=torch.bool, device=labels.device)
         total = torch.zeros((), device=labels.device)
         record: dict[str, torch.Tensor] = {}
         for visual in streams:
@@ -460,11 +493,15 @@ class AudioAdaptive(Head):
             pseudo = (
                 stored
                 if stored is not None
-                else self._frozen(target, visual).logits.softmax(dim=-1).mean(dim=1).argmax(dim=-1)
+                else self._frozen(target, visual, in_target)
+                .logits.softmax(dim=-1)
+                .mean(dim=1)
+                .argmax(dim=-1)
             )
             recognizer = self.recognizers[visual]
-            source_out = recognizer(self._features(source, visual), source_audio, SOURCE)
-            target_out = recognizer(self._features(target, visual), target_audio, TARGET)
+            source_features = self._features(source, visual, in_source)
+            source_out = recognizer(source_features, source_audio, SOURCE)
+            target_out = recognizer(self._features(target, visual, in_target), target_audio, TARGET)
             parts = recognizer_loss(
                 source_out.logits,
                 labels,
@@ -500,7 +537,7 @@ class AudioAdaptive(Head):
         total = torch.zeros((), device=labels.device)
         record: dict[str, torch.Tensor] = {}
         for visual in streams:
-            out = self.recognizers[visual](self._features(source, visual), audio, domain)
+            out = self.recognizers[visual](self._features(source, visual, is_target), audio, domain)
             parts = multilabel_recognizer_loss(
                 out.logits,
                 labels,
