@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 
@@ -164,6 +165,33 @@ def set_norm_domain(module: nn.Module, domain: str) -> None:
     for layer in module.modules():
         if isinstance(layer, DomainSpecificBatchNorm):
             layer.domain = domain
+
+
+def per_domain(module: nn.Module, is_target: torch.Tensor, compute, *args):
+    """``compute(*args)`` on a batch whose rows ``is_target`` (``(B,)`` bool) are of the target
+    domain, each row through its domain's :class:`DomainSpecificBatchNorm` statistics: one pass
+    when every row is of one domain (or ``module`` has no such norm), else one pass per domain,
+    rows picked from each. The result is a tensor or a dataclass of tensors with rows first."""
+    has_norm = any(isinstance(m, DomainSpecificBatchNorm) for m in module.modules())
+    if not has_norm or bool(is_target.all()) or not bool(is_target.any()):
+        set_norm_domain(module, "target" if bool(is_target.any()) else "source")
+        return compute(*args)
+    set_norm_domain(module, "source")
+    source = compute(*args)
+    set_norm_domain(module, "target")
+    target = compute(*args)
+
+    def pick(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        mask = is_target.to(b.device).reshape(-1, *([1] * (b.dim() - 1)))
+        return torch.where(mask, b, a)
+
+    if dataclasses.is_dataclass(source):
+        return dataclasses.replace(
+            source,
+            **{f.name: pick(getattr(source, f.name), getattr(target, f.name))
+               for f in dataclasses.fields(source)},
+        )  # fmt: skip
+    return pick(source, target)
 
 
 def feature_embedding(fan_in: int, dim: int, domain_norm: bool = False) -> nn.Sequential:

@@ -62,7 +62,7 @@ from avda.train.audio_adaptive.losses import (
 )
 from avda.train.clustering import cluster_per_class, cluster_settings, stored_clusters
 from avda.train.data import FeatureSet, evaluation_domain
-from avda.train.layers import set_norm_domain
+from avda.train.layers import per_domain, set_norm_domain
 from avda.train.optim import make_optimizer
 from avda.train.stages import (
     StageStore,
@@ -703,17 +703,9 @@ class AudioAdaptiveStages:
 
     def _per_domain(self, module, feature_set: FeatureSet, index: torch.Tensor, compute, *args):
         """``compute(*args)`` for the rows ``index`` of ``feature_set``, each row normalised with
-        its domain's statistics (one pass per domain present; without ``domain_norm`` one)."""
+        its domain's statistics (:func:`~avda.train.layers.per_domain`)."""
         is_target = torch.from_numpy(self.row_is_target(feature_set)[index.numpy()])
-        if not self.config.domain_norm or bool(is_target.all()) or not bool(is_target.any()):
-            set_norm_domain(module, "target" if bool(is_target.any()) else "source")
-            return compute(*args)
-        set_norm_domain(module, "source")
-        source = compute(*args)
-        set_norm_domain(module, "target")
-        target = compute(*args)
-        mask = is_target.to(target.device).reshape(-1, *([1] * (target.dim() - 1)))
-        return torch.where(mask, target, source)
+        return per_domain(module, is_target, compute, *args)
 
     def pseudo_labels(self, visual: str) -> np.ndarray:
         """Hard pseudo label (argmax, no threshold) of every target training segment."""

@@ -62,7 +62,7 @@ from avda.train.heads._base import (
     ordered_modalities,
     shape_errors,
 )
-from avda.train.layers import set_norm_domain
+from avda.train.layers import per_domain
 from avda.train.stages import TrainingContext
 
 log = logging.getLogger(__name__)
@@ -400,23 +400,7 @@ class AudioAdaptive(Head):
         args = (inputs[self.visual_key(visual)], inputs[self.audio_token_key()])
         if is_target is None:
             return encoder(*args)
-        outputs = {}
-        for domain, rows in (("source", ~is_target), ("target", is_target)):
-            if bool(rows.any()):
-                set_norm_domain(encoder, domain)
-                outputs[domain] = encoder(*args)
-        if len(outputs) == 1:
-            return next(iter(outputs.values()))
-        source, target = outputs["source"], outputs["target"]
-
-        def pick(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-            return torch.where(is_target.reshape(-1, *([1] * (a.dim() - 1))), b, a)
-
-        return EncoderOutput(
-            logits=pick(source.logits, target.logits),
-            features=pick(source.features, target.features),
-            gate=source.gate,  # psi sees only the audio: the same in both domains
-        )
+        return per_domain(encoder, is_target, encoder, *args)
 
     def _features(
         self, inputs: Batch, visual: str, is_target: torch.Tensor | None = None
