@@ -158,3 +158,33 @@ def test_uda_through_the_loop_records_the_setting(tmp_path):
     assert config["setting"] == "uda"
     records = runs.read_metrics(tmp_path / "run")
     assert "train/rna_target" in records[0] and "train/adversarial" not in records[0]
+
+
+def test_auto_is_eq_2_when_the_run_has_unlabelled_target_data_else_dg(tmp_path):
+    rna = heads.HEADS.get("rna")
+    auto = RnaConfig.from_dict({})
+    assert auto.setting == "auto" and not rna.needs_target(auto)
+    assert rna.resolve_config(auto, None, ["rgb", "audio"], target_segments=0).setting == "dg"
+    resolved = rna.resolve_config(auto, None, ["rgb", "audio"], target_segments=5)
+    assert resolved.setting == "uda" and rna.needs_target(resolved)
+    explicit = RnaConfig.from_dict({"setting": "dg"})  # an explicit choice is kept
+    assert rna.resolve_config(explicit, None, ["rgb", "audio"], target_segments=5) == explicit
+    # A head used directly (no run) decides per step: eq. 2 with a target batch, dg without.
+    torch.manual_seed(0)
+    head = _head("auto")
+    source, target = _batch(1.0, 2.0, seed=1), _batch(1.0, 3.0, seed=2)
+    assert "rna_target" in head.training_step(source, LABELS, target, progress=0.5)
+    assert "rna_target" not in head.training_step(source, LABELS, None, progress=0.5)
+    # Through the loop, at the defaults: the run records "uda" and trains its target term.
+    make_feature_cache(tmp_path / "c.zarr", per_class=4, K=2, D=8)
+    train(
+        cache=tmp_path / "c.zarr",
+        head="rna",
+        source=["source"],
+        target=["target"],
+        out=tmp_path / "run",
+        progress=False,
+        overrides={"epochs": 1, "batch_size": 8, "embedding_dim": 8},
+    )
+    assert runs.read_config(tmp_path / "run")["head_config"]["setting"] == "uda"
+    assert "train/rna_target" in runs.read_metrics(tmp_path / "run")[0]

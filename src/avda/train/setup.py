@@ -209,7 +209,8 @@ def plan(
     config = config.for_data(len(source_rows), head)
     tasks = data_lib.infer_tasks(store.segments, source_rows, config.tasks or None)
     cls = heads_lib.HEADS.get(head)
-    config = cls.resolve_config(config, store, modalities)  # e.g. cia's spatial=auto
+    # e.g. cia's spatial=auto, rna's setting=auto
+    config = cls.resolve_config(config, store, modalities, target_segments=len(target_rows))
     if cls.needs_target(config) and len(target_rows) == 0:
         raise CacheError(
             f"head {head!r} needs unlabelled target training segments, but target domain(s) "

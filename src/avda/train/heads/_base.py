@@ -18,8 +18,9 @@ Hooks with no-op defaults:
 
 - ``prepare(context)``: before training (and before a rebuilt head predicts): attach inputs
   (CIA's spatial maps), run or reload earlier stages (Audio-Adaptive);
-- ``resolve_config(config, store, modalities)``: the config with the choices the cache
-  decides made explicit, before the loop records it in the run (CIA: ``spatial``);
+- ``resolve_config(config, store, modalities, target_segments=)``: the config with the
+  choices the cache and the run's data decide made explicit, before the loop records it in
+  the run (CIA: ``spatial``; RNA: ``setting``);
 - ``input_clips(config, num_clips)``: the cached clips the head reads, so the loop loads only
   those (TA3N: snippets 2, 7, 12, 17, 22 of 25);
 - ``before_evaluation(feature_set, adaptation_set)``: called before each evaluation set is
@@ -403,9 +404,13 @@ class Head(nn.Module, abc.ABC):
         earlier stages. No-op by default."""
 
     @classmethod
-    def resolve_config(cls, config: HeadConfig, store: Any, modalities: list[str]) -> HeadConfig:
-        """``config`` with the choices that depend on the cache ``store`` made explicit
-        (CIA's ``spatial="auto"``); the loop records the result in the run's config."""
+    def resolve_config(
+        cls, config: HeadConfig, store: Any, modalities: list[str], *, target_segments: int = 0
+    ) -> HeadConfig:
+        """``config`` with the choices that depend on the cache ``store`` or the run's data
+        (``target_segments``: unlabelled target training segments) made explicit (CIA's
+        ``spatial="auto"``, RNA's ``setting="auto"``); the loop records the result in the run's
+        config."""
         return config
 
     @classmethod

@@ -392,7 +392,9 @@ class Cia(Head):
         return None if indices == list(range(num_clips)) else indices
 
     @classmethod
-    def resolve_config(cls, config: CiaConfig, store: Any, modalities: list[str]) -> CiaConfig:
+    def resolve_config(
+        cls, config: CiaConfig, store: Any, modalities: list[str], *, target_segments: int = 0
+    ) -> CiaConfig:
         """``spatial="auto"`` made ``"on"`` when ``store`` has every visual modality's maps,
         else ``"off"`` with a one-line warning (the loop records the result in config.json);
         ``"on"`` without the maps is refused."""

@@ -6,6 +6,7 @@ Audio-visual domain generalisation by balancing the mean feature norms of the mo
       f_m -> Dropout(0.5) -> Linear(1024 -> C) -> logits_m ;  logits = sum_m logits_m
       L_RNA = mean over pairs (a, b) of (E[||f_b||_2] / E[||f_a||_2] - 1)^2
 
+    auto (default): uda when the run has unlabelled target training segments, else dg
     dg  (multi-source, no target):  L = L_C + lambda L_RNA^s
     uda (unlabelled target):        L = L_C + lambda (L_RNA^s + L_RNA^t)        (supp. eq. 2)
     uda-hybrid (avda's extension, not RNA-Net):
@@ -29,7 +30,8 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-from typing import Literal
+import logging
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -51,18 +53,26 @@ from avda.train.losses import (
     relative_norm_alignment,
 )
 
+log = logging.getLogger(__name__)
+
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class RnaConfig(ClipSampling, HeadConfig):
     # "dg": L_C + lambda L_RNA^s; "uda": supp. eq. 2, L_C + lambda (L_RNA^s + L_RNA^t);
-    # "uda-hybrid": "uda" + DANN discriminators + information maximisation (avda's extension)
-    setting: Literal["dg", "uda", "uda-hybrid"] = "dg"
+    # "uda-hybrid": "uda" + DANN discriminators + information maximisation (avda's extension);
+    # "auto": "uda" when the run has unlabelled target training segments, else "dg" (made
+    # explicit before training and recorded in the run's config)
+    setting: Literal["auto", "dg", "uda", "uda-hybrid"] = "auto"
     optimizer: Literal["adam", "sgd"] = "sgd"
     lr: float = 0.01
     momentum: float = 0.9
     weight_decay: float = 1e-7
     lr_steps: tuple[int, ...] = (20,)
     reference_segments: int = 2495  # EPIC-55 D2: the schedule's steps at any data size
+    # inputs scaled to an RMS norm of 8 per clip (one number per modality), as dann and
+    # mm-sada: the SGD recipe (lr 0.01, momentum 0.9) is scale-sensitive and cached features
+    # come at any scale (docs/methods.md, rna); 0: as cached
+    feature_scale: float = 8.0
     embedding_dim: int = 1024  # the I3D / BN-Inception feature size RNA acts on
     dropout: float = 0.5  # dropout before the classifiers
     rna_weight: float = 1.0  # lambda
@@ -75,8 +85,9 @@ class RnaConfig(ClipSampling, HeadConfig):
     information_weight: float = 1.0  # uda-hybrid: information maximisation weight
 
     def uses_target(self) -> bool:
-        """The uda settings train on unlabelled target batches; DG never sees the target."""
-        return self.setting != "dg"
+        """The uda settings train on unlabelled target batches; DG never sees the target
+        (``auto`` is resolved by :meth:`Rna.resolve_config` before training)."""
+        return self.setting not in ("dg", "auto")
 
 
 def rna_loss(features: dict[str, torch.Tensor], order: list[str], radius: float) -> torch.Tensor:
@@ -91,7 +102,24 @@ def rna_loss(features: dict[str, torch.Tensor], order: list[str], radius: float)
 @register("rna")
 class Rna(Head):
     Config = RnaConfig
-    target_use = "config"  # DG by default; the uda settings need the target
+    target_use = "config"  # the uda settings need the target, dg never sees it
+
+    @classmethod
+    def resolve_config(
+        cls, config: RnaConfig, store: Any, modalities: list[str], *, target_segments: int = 0
+    ) -> RnaConfig:
+        """``setting="auto"`` made ``"uda"`` (supp. eq. 2) when the run has unlabelled target
+        training segments, else ``"dg"``; the loop records the result in the run's config."""
+        if config.setting != "auto":
+            return config
+        setting = "uda" if target_segments > 0 else "dg"
+        log.info(
+            "rna: setting=auto is %r (%d unlabelled target training segments); pass --set "
+            "setting=dg to leave the target unseen",
+            setting,
+            target_segments,
+        )
+        return dataclasses.replace(config, setting=setting)
 
     def __init__(self, config: RnaConfig, *, inputs, tasks):
         super().__init__(config, inputs=inputs, tasks=tasks)
@@ -142,14 +170,17 @@ class Rna(Head):
         source_out = self(source)
         classification = self.classification(source_out, source_labels)
         alignment = rna_loss(source_out.extras["modality"], self.modalities, config.radius)
-        if config.setting == "dg":
+        setting = config.setting
+        if setting == "auto":  # resolved before a run; a head used directly decides here
+            setting = "dg" if target is None else "uda"
+        if setting == "dg":
             loss = classification + config.rna_weight * alignment
             return {"loss": loss, "classification": classification, "rna": alignment}
         if target is None:
             raise ConfigError(
                 f"rna with setting={config.setting!r} needs unlabelled target batches"
             )
-        if config.setting == "uda":  # supp. eq. 2: L_C + lambda (L_RNA^s + L_RNA^t)
+        if setting == "uda":  # supp. eq. 2: L_C + lambda (L_RNA^s + L_RNA^t)
             target_alignment = rna_loss(self.encode(target), self.modalities, config.radius)
             loss = classification + config.rna_weight * (alignment + target_alignment)
             return {
