@@ -221,6 +221,7 @@ register(
                     "highest_exponent": 8.0,
                     "exponent_step": 2**0.5,
                     "mmd_weight": 0.2,
+                    "adapt_logits": False,  # MM-SADA's baseline aligns the features only
                 },
             ),
             "mm-sada": HeadRecipe("mm-sada", {}),
