@@ -89,6 +89,12 @@ class RnaConfig(ClipSampling, HeadConfig):
         (``auto`` is resolved by :meth:`Rna.resolve_config` before training)."""
         return self.setting not in ("dg", "auto")
 
+    def setting_for(self, has_target: bool) -> str:
+        """The setting a run uses: ``auto`` is ``uda`` with unlabelled target data, else ``dg``."""
+        if self.setting != "auto":
+            return self.setting
+        return "uda" if has_target else "dg"
+
 
 def rna_loss(features: dict[str, torch.Tensor], order: list[str], radius: float) -> torch.Tensor:
     """``L_RNA`` averaged over the modality pairs ``(a, b)``, ``a`` before ``b`` in ``order``."""
@@ -112,7 +118,7 @@ class Rna(Head):
         training segments, else ``"dg"``; the loop records the result in the run's config."""
         if config.setting != "auto":
             return config
-        setting = "uda" if target_segments > 0 else "dg"
+        setting = config.setting_for(target_segments > 0)
         log.info(
             "rna: setting=auto is %r (%d unlabelled target training segments); pass --set "
             "setting=dg to leave the target unseen",
@@ -170,9 +176,8 @@ class Rna(Head):
         source_out = self(source)
         classification = self.classification(source_out, source_labels)
         alignment = rna_loss(source_out.extras["modality"], self.modalities, config.radius)
-        setting = config.setting
-        if setting == "auto":  # resolved before a run; a head used directly decides here
-            setting = "dg" if target is None else "uda"
+        # resolved before a run (resolve_config); a head used directly decides here
+        setting = config.setting_for(target is not None)
         if setting == "dg":
             loss = classification + config.rna_weight * alignment
             return {"loss": loss, "classification": classification, "rna": alignment}
