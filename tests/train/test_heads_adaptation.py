@@ -20,6 +20,7 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from tests.conftest import make_feature_cache
 
 from avda import runs
@@ -242,22 +243,24 @@ def test_adaptation_beats_source_only_through_the_loop(name, tmp_path):
 
 
 # ----------------------------------------------------------------------------- AdaBN
-def test_adabn_uses_exact_target_statistics(shifted):
+@pytest.mark.parametrize("normalize", ["inputs", "hidden"])
+def test_adabn_uses_exact_target_statistics(shifted, normalize):
     sets, tasks = shifted
     head = heads.create(
         "adabn",
         inputs={m: tuple(x.shape[1:]) for m, x in sets["source_train"].inputs.items()},
         tasks=tasks,
-        overrides={"statistics_batch_size": 7},
+        overrides={"statistics_batch_size": 7, "normalize": normalize},
     )
     target = sets["target_train"]
     head.before_evaluation(sets["target_test"], target)
+    position = 0 if normalize == "inputs" else 1
     for modality in head.modalities:
-        layer = head.encoders[modality][0]
-        norm = head.encoders[modality][1]
+        norm = head.encoders[modality][position]
         assert isinstance(norm, DomainBatchNorm1d) and norm.domain == "target"
-        with torch.no_grad():
-            u = layer(target.inputs[modality].mean(dim=1)).double()  # BN input, all segments
+        pooled = target.inputs[modality].mean(dim=1)  # the clip-averaged features
+        with torch.no_grad():  # the BN's input over all target segments, computed here
+            u = (pooled if normalize == "inputs" else head.encoders[modality][0](pooled)).double()
         torch.testing.assert_close(norm.target_mean.double(), u.mean(0), rtol=1e-4, atol=1e-5)
         torch.testing.assert_close(
             norm.target_var.double(), u.var(0, unbiased=False), rtol=1e-4, atol=1e-5
@@ -266,15 +269,41 @@ def test_adabn_uses_exact_target_statistics(shifted):
     with torch.no_grad():
         batch, _ = target.batch(torch.arange(len(target)))
         hidden = head(batch).extras["hidden"]["audio"]
-    # target-normalised pre-activations have mean 0 and unit variance (before the affine 1, 0)
-    pre = head.encoders["audio"][1](head.encoders["audio"][0](batch["audio"].mean(1)))
-    torch.testing.assert_close(pre.mean(0), torch.zeros(pre.shape[1]), rtol=0, atol=1e-4)
+        # target-normalised BN outputs have mean 0 (and unit variance before an affine 1, 0)
+        layers = head.encoders["audio"][: position + 1]
+        normalised = layers(batch["audio"].mean(1))
+    torch.testing.assert_close(
+        normalised.mean(0), torch.zeros(normalised.shape[1]), rtol=0, atol=1e-4
+    )
     assert hidden.shape == (len(target), 512)
     source_set = sets["source_train"]
     source_set.name = "source_test"  # a source evaluation set: source running statistics
     head.before_evaluation(source_set, target)
     assert all(norm.domain == "source" for norm in head.norms())
     source_set.name = "source_train"
+
+
+def test_adabn_trains_each_stream_to_classify_alone(shifted):
+    """With late fusion the loss is the fused one plus stream_weight x the mean of the
+    modalities' own losses (checked against cross-entropies computed here)."""
+    sets, tasks = shifted
+    inputs = {m: tuple(x.shape[1:]) for m, x in sets["source_train"].inputs.items()}
+    batch, labels = sets["source_train"].batch(torch.arange(16))
+    for weight in (0.0, 1.0, 0.5):
+        torch.manual_seed(0)
+        head = heads.create(
+            "adabn", inputs=inputs, tasks=tasks, overrides={"stream_weight": weight}
+        )
+        head.eval()  # dropout off, BN on its running statistics: deterministic
+        with torch.no_grad():
+            parts = head.training_step(batch, labels, None, 0.0)
+            hidden = head(batch).extras["hidden"]
+        streams = [head.classifiers[m]["verb"](hidden[m]) for m in head.modalities]
+        fused = F.cross_entropy(torch.stack(streams).sum(0), labels["verb"])
+        own = torch.stack([F.cross_entropy(s, labels["verb"]) for s in streams]).mean()
+        torch.testing.assert_close(parts["loss"], fused + weight * own)
+    mid = heads.create("adabn", inputs=inputs, tasks=tasks, overrides={"fusion": "mid"})
+    assert "streams" not in mid.training_step(batch, labels, None, 0.0)  # one stream: no term
 
 
 def test_adabn_without_target_training_set_uses_the_evaluation_set(shifted):
@@ -284,8 +313,8 @@ def test_adabn_without_target_training_set_uses_the_evaluation_set(shifted):
     head.before_evaluation(sets["target_test"], None)
     norm = head.norms()[0]
     modality = head.modalities[0]
-    with torch.no_grad():
-        u = head.encoders[modality][0](sets["target_test"].inputs[modality].mean(1))
+    assert norm is head.encoders[modality][0]  # on the clip-averaged inputs
+    u = sets["target_test"].inputs[modality].mean(1)
     torch.testing.assert_close(norm.target_mean, u.mean(0), rtol=1e-4, atol=1e-5)
 
 

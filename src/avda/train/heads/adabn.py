@@ -4,14 +4,23 @@ Train an ordinary network with BatchNorm on labelled source data; to apply it to
 replace the statistics of every BN layer by the target domain's, computed over all unlabelled
 target samples (Algorithm 1), and keep all weights::
 
-    late:  x_m (B,K,D_m) -mean_K-> Linear(D_m -> H) -> BN_m -> ReLU -> Dropout -> cls_m
+    late:  x_m (B,K,D_m) -mean_K-> BN_m -> Linear(D_m -> H) -> ReLU -> Dropout -> cls_m
            logits = sum_m cls_m(h_m)
-    mid:   concat_m mean_K(x_m) -> Linear(sum D_m -> H) -> BN -> ReLU -> Dropout -> cls
+    mid:   concat_m mean_K(x_m) -> BN -> Linear(sum D_m -> H) -> ReLU -> Dropout -> cls
 
-    BN_m(u) = gamma (u - mu_d) / sqrt(sigma_d^2 + eps) + beta,   d = source | target
+    BN_m(u) = (u - mu_d) / sqrt(sigma_d^2 + eps),   d = source | target
     mu_t, sigma_t^2: mean and variance of u over all target training segments          (Alg. 1)
 
-Training is source-only (``L = L_y``); before each evaluation the loop calls
+``normalize="inputs"`` (the default) puts the BatchNorm on each modality's clip-averaged
+features: on cached features the backbone's own BatchNorms are out of reach, and its last one
+(I3D's, TSN's before their pooling) is what this layer stands in for. ``normalize="hidden"``
+puts it after the Linear, with an affine (``Linear -> BN -> ReLU``: the network before the
+eighth stop). With late fusion each modality's logits also get their own classification loss
+(``stream_weight``; docs/methods.md, adabn: why)::
+
+    L = L_y(sum_m cls_m) + stream_weight * mean_m L_y(cls_m)
+
+Training is source-only; before each evaluation the loop calls
 :meth:`AdaBN.before_evaluation`, which re-estimates ``mu_t, sigma_t`` layer by layer over the
 unlabelled target training set (exact full-set moments, not running averages). Target
 evaluation sets are then normalised with target statistics, source sets with the source
@@ -23,15 +32,23 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Literal
+from collections.abc import Mapping
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import nn
 
 from avda.train.data import FeatureSet
 from avda.train.heads import register
-from avda.train.heads._base import Batch, FusionConfig, Head, HeadOutput, evaluation_domain
+from avda.train.heads._base import (
+    Batch,
+    FusionConfig,
+    Head,
+    HeadOutput,
+    evaluation_domain,
+)
 from avda.train.layers import DomainBatchNorm1d
+from avda.train.losses import classification_loss
 
 log = logging.getLogger(__name__)
 
@@ -44,9 +61,25 @@ class AdaBNConfig(FusionConfig):
     # source-only network with BN)
     statistics: Literal["target-train", "evaluation-set", "source"] = "target-train"
     statistics_batch_size: int = 1024  # segments per batch when BN statistics are re-estimated
+    # where the BatchNorm sits: "inputs": on each modality's clip-averaged features, without an
+    # affine (the backbone's last normalisation, out of reach on cached features); "hidden":
+    # after the Linear, with an affine (the network before the eighth stop)
+    normalize: Literal["inputs", "hidden"] = "inputs"
+    # late fusion: weight of each modality's own classification loss (mean over modalities),
+    # added to the fused one; 0: the fused loss alone
+    stream_weight: float = 1.0
+    # runs recorded before these options were trained with the hidden BN and the fused loss
+    introduced: ClassVar[Mapping[str, Any]] = {"normalize": "hidden", "stream_weight": 0.0}
 
 
-def _encoder(fan_in: int, hidden: int, dropout: float) -> nn.Sequential:
+def _encoder(fan_in: int, hidden: int, dropout: float, normalize: str) -> nn.Sequential:
+    if normalize == "inputs":
+        return nn.Sequential(
+            DomainBatchNorm1d(fan_in, affine=False),
+            nn.Linear(fan_in, hidden),
+            nn.ReLU(),
+            nn.Dropout(dropout),
+        )
     return nn.Sequential(
         nn.Linear(fan_in, hidden), DomainBatchNorm1d(hidden), nn.ReLU(), nn.Dropout(dropout)
     )
@@ -64,7 +97,10 @@ class AdaBN(Head):
         hidden = config.hidden_dim
         if config.fusion == "late":
             self.encoders = nn.ModuleDict(
-                {m: _encoder(inputs[m][1], hidden, config.dropout) for m in self.modalities}
+                {
+                    m: _encoder(inputs[m][1], hidden, config.dropout, config.normalize)
+                    for m in self.modalities
+                }
             )
             self.classifiers = nn.ModuleDict(
                 {
@@ -74,7 +110,9 @@ class AdaBN(Head):
             )
         else:
             total = sum(inputs[m][1] for m in self.modalities)
-            self.encoders = nn.ModuleDict({"fused": _encoder(total, hidden, config.dropout)})
+            self.encoders = nn.ModuleDict(
+                {"fused": _encoder(total, hidden, config.dropout, config.normalize)}
+            )
             self.classifiers = nn.ModuleDict(
                 {"fused": nn.ModuleDict({t.name: nn.Linear(hidden, t.num_classes) for t in tasks})}
             )
@@ -89,18 +127,31 @@ class AdaBN(Head):
         else:
             fused = torch.cat([pooled[m] for m in self.modalities], dim=1)
             hidden = {"fused": self.encoders["fused"](fused)}
+        streams = {
+            k: {t.name: self.classifiers[k][t.name](hidden[k]) for t in self.tasks} for k in hidden
+        }
         logits = {
-            t.name: torch.stack([self.classifiers[k][t.name](hidden[k]) for k in hidden]).sum(0)
-            for t in self.tasks
+            t.name: torch.stack([streams[k][t.name] for k in streams]).sum(0) for t in self.tasks
         }
         features = torch.cat([hidden[k] for k in sorted(hidden)], dim=1)
-        return HeadOutput(logits=logits, features=features, extras={"hidden": hidden})
+        return HeadOutput(
+            logits=logits, features=features, extras={"hidden": hidden, "streams": streams}
+        )
 
     def training_step(
         self, source: Batch, source_labels: Batch, target: Batch | None, progress: float
     ):
-        loss = self.classification(self(source), source_labels)
-        return {"loss": loss, "classification": loss}
+        output = self(source)
+        loss = self.classification(output, source_labels)
+        parts = {"classification": loss}
+        streams = output.extras["streams"]
+        if self.config.stream_weight and len(streams) > 1:
+            stream = torch.stack(
+                [classification_loss(s, source_labels, self.tasks) for s in streams.values()]
+            ).mean()
+            parts["streams"] = stream
+            loss = loss + self.config.stream_weight * stream
+        return {"loss": loss, **parts}
 
     def before_evaluation(self, feature_set: FeatureSet, adaptation_set: FeatureSet | None) -> None:
         is_target = evaluation_domain(feature_set) == "target"
