@@ -397,3 +397,11 @@ def test_rna_dg_trains_without_target_batches_and_uda_with(tmp_path, monkeypatch
             overrides={"setting": setting, "epochs": 1, "batch_size": 8, "embedding_dim": 16},
         )
     assert seen[0] is False and seen[-1] is True
+
+
+def test_adabn_runs_recorded_before_the_input_norm_are_rebuilt_as_trained():
+    config = heads.config_class("adabn")
+    assert (config().normalize, config().stream_weight) == ("inputs", 1.0)
+    old = config.from_stored({"hidden_dim": 64})  # a config.yaml of a run before the options
+    assert (old.normalize, old.stream_weight) == ("hidden", 0.0)
+    assert config.from_stored({"normalize": "inputs"}).normalize == "inputs"
