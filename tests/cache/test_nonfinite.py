@@ -214,4 +214,9 @@ def test_retry_failed_re_extracts_non_finite_rows_a_clean_rerun_drops_failures_c
     assert code == 0 and " 0 failed" in out, err
     cache = open_cache(store)
     assert (cache.status("rgb") == Status.DONE).all()
-    np.testing.assert_array_equal(cache.load("rgb"), reference)  # recomputed, identical
+    recomputed = cache.load("rgb")
+    others = np.arange(len(reference)) != 2
+    np.testing.assert_array_equal(recomputed[others], reference[others])  # untouched
+    # Row 2 was recomputed in a batch of one: CPU kernels may pick another algorithm for
+    # another batch size, which moves the float16 result by an ulp on some machines (seen in CI).
+    np.testing.assert_allclose(recomputed[2], reference[2], rtol=2e-3, atol=1e-3)
