@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -343,6 +344,40 @@ def test_stages_run_alone_and_refuse_other_settings(av_cache, tmp_path):
     assert StageStore(tmp_path / "run").record("pseudo-labels-rgb") is not None
 
 
+def test_consensus_pseudo_labels_fuse_the_streams_and_the_audio_classifier(av_cache, tmp_path):
+    """pseudo_labels="consensus": every stream's label is the argmax of the streams' mean
+    encoder probabilities times the audio classifier's, recomputed here from the stored stages;
+    "stream" (the reference) keeps each stream's own argmax."""
+    stages = run_stages(
+        cache=av_cache, source=["source"], target=["target"], out=tmp_path / "run",
+        overrides={**TINY, "pseudo_labels": "consensus"}, progress=False, device="cpu",
+    )  # fmt: skip
+    target = stages.context.target_set
+    rgb, flow = (stages.encoder_probabilities(v, target) for v in ("rgb", "flow"))
+    audio = stages._audio_probabilities(stages.audio_classifier(), target)
+    expected = (rgb + flow) / 2 * audio
+    expected /= expected.sum(axis=1, keepdims=True)
+    for visual in ("rgb", "flow"):
+        stored = stages.stages.load_arrays(f"pseudo-labels-{visual}")
+        np.testing.assert_allclose(stored["probabilities"], expected, rtol=1e-5, atol=1e-7)
+        np.testing.assert_array_equal(stored["labels"], expected.argmax(axis=1))
+    own = (rgb.argmax(axis=1), flow.argmax(axis=1))
+    assert not np.array_equal(own[0], expected.argmax(axis=1)) or not np.array_equal(
+        own[1], expected.argmax(axis=1)
+    )  # the rule changes labels on this set
+    # The reference's rule, on the same stage-5 encoders (reused: their keys do not change).
+    shutil.copytree(tmp_path / "run" / "stages", tmp_path / "run2" / "stages")
+    for path in (tmp_path / "run2" / "stages").glob("pseudo-labels-*"):
+        path.unlink()
+    reference = run_stages(
+        cache=av_cache, source=["source"], target=["target"], out=tmp_path / "run2",
+        overrides=TINY, progress=False, device="cpu",
+    )  # fmt: skip
+    for visual, labels in zip(("rgb", "flow"), own, strict=True):
+        stored = reference.stages.load_arrays(f"pseudo-labels-{visual}")["labels"]
+        np.testing.assert_array_equal(stored, labels)
+
+
 def test_stage_5_normalises_each_domain_with_its_own_statistics(tmp_path, monkeypatch):
     """domain_norm=true: the stage-5 encoder standardises the source batch and the target
     batch apart, as layer4's BatchNorms do when the reference runs SlowFast on each in turn;
@@ -385,10 +420,11 @@ def test_stage_5_normalises_each_domain_with_its_own_statistics(tmp_path, monkey
     # off (the default): no normalisation at all
     off = run_stages(
         cache=cache, source=["source"], target=["target"], out=tmp_path / "off",
-        overrides={**TINY, "visual_modalities": ["rgb"]}, until="encoder", progress=False,
-        device="cpu",
+        overrides={**TINY, "visual_modalities": ["rgb"], "domain_norm": False}, until="encoder",
+        progress=False, device="cpu",
     )  # fmt: skip
     assert isinstance(off.head.encoders["rgb"].norm, torch.nn.Identity)
+    assert not heads.config_class("audio-adaptive").from_dict({}).domain_norm
 
 
 def test_clusters_made_by_avda_cluster_are_used(av_cache, tmp_path):
@@ -743,8 +779,6 @@ REUSED_STAGES = {
 
 @pytest.fixture(scope="module")
 def paper_comparison_one_seed(tmp_path_factory):
-    import shutil
-
     root, seed = tmp_path_factory.mktemp("paper-one"), 0
     cache = root / "c.zarr"
     make_audio_visual_cache(cache, seed=seed)

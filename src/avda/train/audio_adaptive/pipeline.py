@@ -708,17 +708,33 @@ class AudioAdaptiveStages:
         return per_domain(module, is_target, compute, *args)
 
     def pseudo_labels(self, visual: str) -> np.ndarray:
-        """Hard pseudo label (argmax, no threshold) of every target training segment."""
+        """Hard pseudo label (argmax, no threshold) of every target training segment: of the
+        stream's encoder probabilities, or with ``pseudo_labels="consensus"`` of the mean of
+        every stream's times the audio classifier's (the same label for every stream)."""
         name = f"pseudo-labels-{visual}"
         if name in self._done:
             return self._done[name]
-        self.encoder(visual)
-        key = {"upstream": self._upstream(f"encoder-{visual}")}
+        consensus = self.config.pseudo_labels == "consensus"
+        streams = tuple(self.head.visual_modalities) if consensus else (visual,)
+        for stream in streams:
+            self.encoder(stream)
+        upstream = [f"encoder-{stream}" for stream in streams]
+        key: dict[str, Any] = {"upstream": self._upstream(*upstream)}
+        if consensus:
+            key = {"upstream": self._upstream(*upstream, "audio-classifier"), "rule": "consensus"}
         self.keys[name] = key
         if self.stages.is_done(name, key):
             self._done[name] = self.stages.load_arrays(name)["labels"]
             return self._done[name]
-        probabilities = self.encoder_probabilities(visual, self.context.target_set)
+        target_set = self.context.target_set
+        probabilities = np.mean(
+            [self.encoder_probabilities(stream, target_set) for stream in streams], axis=0
+        )
+        if consensus:
+            probabilities = probabilities * self._audio_probabilities(
+                self.audio_classifier(), target_set
+            )
+            probabilities /= probabilities.sum(axis=1, keepdims=True).clip(min=1e-30)
         labels = probabilities.argmax(axis=1).astype(np.int64)
         accuracy = _accuracy(labels, self.target_labels)
         if accuracy is not None:  # diagnostic: target labels are never used for training

@@ -122,7 +122,7 @@ class AudioAdaptiveConfig(HeadConfig):
     # stage 5: standardise (and rectify) the visual features with each domain's own BatchNorm
     # statistics before the gate, as SlowFast's BatchNorms (frozen, in training mode) treat the
     # reference's separate source and target calls; off by default (docs/methods.md: measured,
-    # it costs more on the paper-like set than it gains on the others)
+    # it gains on the affine and audio-informative sets and loses on the paper-like set)
     domain_norm: bool = False
     # stage 6: audio-infused recognizer (trained by the loop)
     epochs: int = 29  # stage 6: recognizer epochs (the loop's length)
@@ -143,6 +143,10 @@ class AudioAdaptiveConfig(HeadConfig):
     audio_visual_weight: float = 0.2  # stage 6: weight of the audio-visual term in them
     # stage 6: weight of the pseudo-labelled target term, (CE_s + w CE_t) / 2 (the reference: 1)
     target_weight: float = 1.0
+    # stage 6a: each stream's hard pseudo labels from its own encoder ("stream", the reference's
+    # get_pseudo_labels.py), or one label for every stream, the argmax of the streams' mean
+    # encoder probabilities times the audio classifier's ("consensus"; docs/methods.md)
+    pseudo_labels: Literal["stream", "consensus"] = "stream"
     # The flow stream (the reference's EPIC-flow-audio/): its own encoder lr, encoder length and
     # gradient clipping (stage 5) and recognizer length (stage 6b, at most ``epochs``, the
     # loop's length; its recognizer is left unchanged after ``flow_epochs``). Every other visual
