@@ -143,10 +143,10 @@ class AudioAdaptiveConfig(HeadConfig):
     audio_visual_weight: float = 0.2  # stage 6: weight of the audio-visual term in them
     # stage 6: weight of the pseudo-labelled target term, (CE_s + w CE_t) / 2 (the reference: 1)
     target_weight: float = 1.0
-    # stage 6a: each stream's hard pseudo labels from its own encoder ("stream", the reference's
-    # get_pseudo_labels.py), or one label for every stream, the argmax of the streams' mean
-    # encoder probabilities times the audio classifier's ("consensus"; docs/methods.md)
-    pseudo_labels: Literal["stream", "consensus"] = "stream"
+    # stage 6a: one hard pseudo label for every stream, the argmax of the streams' mean encoder
+    # probabilities times the audio classifier's ("consensus"; docs/methods.md: measured), or
+    # each stream's from its own encoder ("stream", the reference's get_pseudo_labels.py)
+    pseudo_labels: Literal["stream", "consensus"] = "consensus"
     # The flow stream (the reference's EPIC-flow-audio/): its own encoder lr, encoder length and
     # gradient clipping (stage 5) and recognizer length (stage 6b, at most ``epochs``, the
     # loop's length; its recognizer is left unchanged after ``flow_epochs``). Every other visual
@@ -160,6 +160,8 @@ class AudioAdaptiveConfig(HeadConfig):
     flow_class_tokens: Literal["mean", "per-clip"] = "per-clip"
 
     presets: ClassVar[Mapping[str, Mapping[str, Any]]] = PRESETS
+    # runs recorded before the consensus pseudo labels were trained on each stream's own
+    introduced: ClassVar[Mapping[str, Any]] = {"pseudo_labels": "stream"}
     stage_fields: ClassVar[tuple[str, ...]] = (
         "audio_epochs",
         "encoder_epochs",
