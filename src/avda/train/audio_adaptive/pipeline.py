@@ -719,22 +719,20 @@ class AudioAdaptiveStages:
         for stream in streams:
             self.encoder(stream)
         upstream = [f"encoder-{stream}" for stream in streams]
-        key: dict[str, Any] = {"upstream": self._upstream(*upstream)}
-        if consensus:
-            key = {"upstream": self._upstream(*upstream, "audio-classifier"), "rule": "consensus"}
+        key: dict[str, Any] = (
+            {"upstream": self._upstream(*upstream, "audio-classifier"), "rule": "consensus"}
+            if consensus
+            else {"upstream": self._upstream(*upstream)}
+        )
         self.keys[name] = key
         if self.stages.is_done(name, key):
             self._done[name] = self.stages.load_arrays(name)["labels"]
             return self._done[name]
-        target_set = self.context.target_set
-        probabilities = np.mean(
-            [self.encoder_probabilities(stream, target_set) for stream in streams], axis=0
+        probabilities = (
+            self._consensus_probabilities()
+            if consensus
+            else self.encoder_probabilities(visual, self.context.target_set)
         )
-        if consensus:
-            probabilities = probabilities * self._audio_probabilities(
-                self.audio_classifier(), target_set
-            )
-            probabilities /= probabilities.sum(axis=1, keepdims=True).clip(min=1e-30)
         labels = probabilities.argmax(axis=1).astype(np.int64)
         accuracy = _accuracy(labels, self.target_labels)
         if accuracy is not None:  # diagnostic: target labels are never used for training
@@ -751,6 +749,19 @@ class AudioAdaptiveStages:
         )
         self._done[name] = labels
         return labels
+
+    def _consensus_probabilities(self) -> np.ndarray:
+        """The streams' mean encoder probabilities times the audio classifier's, normalised, on
+        the target training set; computed once for all the streams."""
+        if "consensus" not in self._done:
+            target_set = self.context.target_set
+            visual = np.mean(
+                [self.encoder_probabilities(v, target_set) for v in self.head.visual_modalities],
+                axis=0,
+            )
+            product = visual * self._audio_probabilities(self.audio_classifier(), target_set)
+            self._done["consensus"] = product / product.sum(axis=1, keepdims=True).clip(min=1e-30)
+        return self._done["consensus"]
 
     # ------------------------------------------------------------------ frozen outputs
     def _sets_key(self, sets: Sequence[FeatureSet], training: Sequence[str]) -> dict[str, Any]:
