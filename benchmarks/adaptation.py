@@ -18,6 +18,13 @@ bars per family, one panel per size, error bars: std over seeds).
     python benchmarks/adaptation.py --workers 2                 # everything (hours on a CPU)
     python benchmarks/adaptation.py --families scene audio-informative --sizes small \\
         --seeds 0 1 --workers 2
+    python benchmarks/adaptation.py --heads mm-sada --families rotation \\
+        --variant mm-sada+streams=mm-sada:stream_weight=1
+
+``--variant NAME=HEAD:KEY=VALUE,...`` adds a row ``NAME``: ``HEAD`` trained with those settings
+(values parsed as YAML, as ``avda train --set``), so a candidate default is measured beside the
+current one on the same caches and seeds. ``--device cuda`` trains on a GPU (default: avda's
+choice, a GPU when there is one).
 """
 
 from __future__ import annotations
@@ -85,6 +92,28 @@ class Job:
     seed: int
     cache: str
     run: str
+    name: str = ""  # the row: the head, or a variant's name
+    overrides: str = "{}"  # JSON: the variant's settings
+    device: str | None = None
+
+
+def parse_variant(text: str) -> tuple[str, str, dict[str, Any]]:
+    """``NAME=HEAD:KEY=VALUE,KEY=VALUE`` -> ``(name, head, overrides)``."""
+    import yaml
+
+    name, sep, spec = text.partition("=")
+    head, sep2, settings = spec.partition(":")
+    if not sep or not name or head not in HEADS:
+        raise SystemExit(
+            f"--variant {text!r}: expected NAME=HEAD:KEY=VALUE,... with HEAD one of {HEADS}"
+        )
+    overrides: dict[str, Any] = {}
+    for item in filter(None, settings.split(",")) if sep2 else []:
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise SystemExit(f"--variant {text!r}: {item!r} is not KEY=VALUE")
+        overrides[key.strip()] = yaml.safe_load(value)
+    return name, head, overrides
 
 
 def _one_line(error: BaseException, limit: int = 160) -> str:
@@ -132,11 +161,12 @@ def _init_worker() -> None:
     warnings.filterwarnings("ignore")
 
 
-def _defaults(head: str) -> dict[str, Any]:
-    """The head's default config as JSON values: a stored run is reused only at these."""
+def _defaults(head: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The head's config (defaults and a variant's settings) as JSON values: a stored run is
+    reused only at these."""
     from avda.train import heads
 
-    config = heads.config_class(head).from_dict({})
+    config = heads.config_class(head).from_dict(dict(overrides or {}))
     return json.loads(json.dumps(dataclasses.asdict(config), default=str))
 
 
@@ -145,15 +175,16 @@ def run_job(job: Job) -> dict[str, Any]:
     from avda import runs
     from avda.train.loop import train
 
+    overrides = json.loads(job.overrides)
     record: dict[str, Any] = {
-        "head": job.head,
+        "head": job.name or job.head,
         "family": job.family,
         "size": job.size,
         "seed": job.seed,
     }
     run = Path(job.run)
     saved = run / RESULT
-    defaults = _defaults(job.head)
+    defaults = _defaults(job.head, overrides)
     if saved.exists() and runs.is_complete(run):
         previous = json.loads(saved.read_text())
         if previous.get("status") == "ok" and previous.get("defaults") == defaults:
@@ -170,6 +201,8 @@ def run_job(job: Job) -> dict[str, Any]:
             target=["target"],
             out=run,
             seed=job.seed,
+            overrides=overrides,
+            device=job.device,
             progress=False,
         )
         metrics = result.metrics
@@ -344,13 +377,23 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
         "--work", type=Path, default=default_work, help="caches and runs (reused when present)"
     )
     parser.add_argument("--out", type=Path, default=None, help="default: WORK/results")
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME=HEAD:KEY=VALUE,...",
+        help="an extra row: HEAD with these settings (repeatable)",
+    )
+    parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: avda's choice)")
     args = parser.parse_args(argv)
+    variants = [parse_variant(v) for v in args.variant]
 
     quick = QUICK if args.quick else {}
     heads = args.heads or quick.get("heads") or list(HEADS)
     if BASELINE not in heads:
         heads = [BASELINE, *heads]  # every head is compared with source-only
     heads = [h for h in HEADS if h in heads]
+    rows = heads + [name for name, _, _ in variants]
     families = args.families or quick.get("families") or list(FAMILIES)
     families = [f for f in FAMILIES if f in families]
     sizes = [s for s in SIZES if s in (args.sizes or quick.get("sizes") or list(SIZES))]
@@ -366,9 +409,21 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     combos = [(f, s, seed) for s in sizes for f in families for seed in seeds]
     for family, size, seed in tqdm(combos, desc="caches", file=sys.stderr, leave=False):
         cache = ensure_cache(work, family, size, seed)
-        for head in heads:
-            run = work / "runs" / f"{family}-{size}" / f"{head}-seed{seed}"
-            jobs.append(Job(head, family, size, seed, str(cache), str(run)))
+        for name, head, overrides in [(h, h, {}) for h in heads] + variants:
+            run = work / "runs" / f"{family}-{size}" / f"{name}-seed{seed}"
+            jobs.append(
+                Job(
+                    head,
+                    family,
+                    size,
+                    seed,
+                    str(cache),
+                    str(run),
+                    name=name,
+                    overrides=json.dumps(overrides),
+                    device=args.device,
+                )
+            )
     # the longest first: parallel workers then finish together
     jobs.sort(key=lambda j: -COST.get(j.head, 0.5) * (4 if j.size == "large" else 1))
 
@@ -411,6 +466,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
                         done(
                             {
                                 **dataclasses.asdict(job),
+                                "head": job.name or job.head,
                                 "status": "failed",
                                 "target_top1": math.nan,
                                 "target_mca": math.nan,
@@ -425,10 +481,10 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     bar.close()
 
     frame = pd.DataFrame(records)
-    summary = summarise(frame, heads)
+    summary = summarise(frame, rows)
     summary.to_csv(out / "summary.csv", index=False)
     table_columns = [f"{f}/{s}" for s in sizes for f in families]
-    table = markdown_table(summary, heads, table_columns)
+    table = markdown_table(summary, rows, table_columns)
     wall = time.perf_counter() - began
     load = os.getloadavg()
     header = (
@@ -452,7 +508,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
         if _has_tabulate()
         else f"{header}\n\n{table}\n\nwall seconds per run:\n\n{timing.to_string()}\n"
     )
-    figure(summary, heads, out / "adaptation.png")
+    figure(summary, rows, out / "adaptation.png")
     print(header)
     print()
     print(table)

@@ -9,6 +9,7 @@ import types
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from avda.errors import ConfigError
 from avda.train import heads
@@ -143,6 +144,46 @@ def test_mm_sada_stage_one_leaves_the_discriminators_alone():
     untouched = {n.split(".")[0] for n, p in head.named_parameters() if p.grad is None}
     assert untouched == {"discriminators"}
     assert head.stage(0.75) == (2, 0.5)
+
+
+@pytest.mark.parametrize("progress, stage_weight", [(0.2, 1.0), (0.8, 0.2)])
+def test_mm_sada_stream_loss_is_each_modalitys_own_cross_entropy(progress, stage_weight):
+    """``stream_weight`` adds the mean of the modalities' own cross-entropies on the
+    corresponding source samples, scaled by the stage's classification weight (1.0 in stage 1,
+    0.2 in stage 2); computed here by hand from the head's embeddings and classifiers."""
+    modalities = ("rgb", "flow")
+    generator = torch.Generator().manual_seed(0)
+    source, labels = _batch(modalities, VERB, generator)
+    target, _ = _batch(modalities, VERB, generator, shift=0.5)
+    source = {m: x[:, :1] for m, x in source.items()}  # one clip: no random choice
+    target = {m: x[:, :1] for m, x in target.items()}
+    losses, built = {}, {}
+    for weight in (0.0, 0.5):
+        torch.manual_seed(0)
+        built[weight] = _build(
+            "mm-sada",
+            modalities,
+            VERB,
+            epochs=10,
+            pretrain_epochs=5,
+            lr_steps=[5],
+            dropout=0.0,
+            stream_weight=weight,
+        )
+        built[weight].train()
+        losses[weight] = built[weight].training_step(source, labels, target, progress)
+    assert "streams" not in losses[0.0]
+    head = built[0.5]
+    features = head.embed(source, "source")
+    keep = B - B // 2  # the corresponding half
+    own = torch.stack(
+        [
+            F.cross_entropy(head.classifiers[m]["verb"](features[m][:keep]), labels["verb"][:keep])
+            for m in modalities
+        ]
+    ).mean()
+    torch.testing.assert_close(losses[0.5]["streams"], own)
+    torch.testing.assert_close(losses[0.5]["loss"] - losses[0.0]["loss"], stage_weight * 0.5 * own)
 
 
 def test_mm_sada_and_rna_schedules_and_targets():

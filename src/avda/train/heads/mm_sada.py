@@ -18,6 +18,7 @@ per-modality clip features (I3D: 5 clips x 1024 per modality)::
     stage 2 (the rest):         L = 0.2 L_y + 1.0 sum_m L_d^m + 1.0 L_c            lr 0.001
     L_y on corresponding source samples only; L_c on source and target; lambda =
     0.2 * (2 / (1 + exp(-10 p2)) - 1), p2 the progress within stage 2          (eq. 4)
+    stream_weight > 0: L_y += stream_weight * mean_m L_y(logits_m)  (not in the code)
 
 The weights are the code's (the paper states the 1:5 ratio as lambda_c = 5): stage 1 trains
 classification and self-supervision on source and target, stage 2 restarts the GRL ramp and
@@ -102,6 +103,10 @@ class MmSadaConfig(HeadConfig):
     classification_weight: float = 0.2  # stage 2: weight of classification
     correspondence_weight: float = 1.0  # stage 2: weight of correspondence
     adversarial_weight: float = 1.0  # stage 2: weight of the domain losses
+    # each modality's own classification loss (mean over modalities, on the same corresponding
+    # source samples), added to the fused one at this fraction of the stage's classification
+    # weight; 0: the fused loss alone, as the authors' code (docs/methods.md, mm-sada)
+    stream_weight: float = 0.0
 
     presets: ClassVar[Mapping[str, Mapping[str, Any]]] = PRESETS
     # runs recorded before domain_norm existed were trained without it
@@ -210,20 +215,35 @@ class MmSada(Head):
             chosen[m] = self.embeddings[m](x[torch.arange(x.shape[0], device=x.device), clip])
         return chosen
 
-    def fused_logits(self, features: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def modality_logits(
+        self, features: dict[str, torch.Tensor]
+    ) -> dict[str, dict[str, torch.Tensor]]:
+        """Each modality's logits per task (dropout applied once per modality)."""
+        dropped = {m: self.dropout(features[m]) for m in self.modalities}
+        return {
+            m: {t.name: self.classifiers[m][t.name](dropped[m]) for t in self.tasks}
+            for m in self.modalities
+        }
+
+    def fused_logits(
+        self,
+        features: dict[str, torch.Tensor],
+        per_modality: dict[str, dict[str, torch.Tensor]] | None = None,
+    ) -> dict[str, torch.Tensor]:
         """Sum of the modalities' logits: ``(B, C)`` from ``(B, D)`` training clips, ``(B, K, C)``
         per test clip from ``(B, K_m, D)``, every modality aligned to the largest ``K`` first
         (:func:`align_clips`: a segment-long audio window is broadcast to every visual clip).
+        ``per_modality``: :meth:`modality_logits` of ``features``, when already computed.
         """
+        if per_modality is None:
+            per_modality = self.modality_logits(features)
         fused = {}
         for t in self.tasks:
-            per_modality = [
-                self.classifiers[m][t.name](self.dropout(features[m])) for m in self.modalities
-            ]
-            if per_modality[0].dim() == 3:  # (B, K_m, C): test clips, K may differ by modality
-                count = max(x.shape[1] for x in per_modality)
-                per_modality = [align_clips(x, count) for x in per_modality]
-            fused[t.name] = torch.stack(per_modality).sum(0)
+            logits = [per_modality[m][t.name] for m in self.modalities]
+            if logits[0].dim() == 3:  # (B, K_m, C): test clips, K may differ by modality
+                count = max(x.shape[1] for x in logits)
+                logits = [align_clips(x, count) for x in logits]
+            fused[t.name] = torch.stack(logits).sum(0)
         return fused
 
     def forward(self, inputs: Batch) -> HeadOutput:
@@ -258,9 +278,18 @@ class MmSada(Head):
         corresponds = torch.cat([p[1] for p in pairs])
         correspondence = correspondence_loss(self.correspondence(joint), corresponds)
         keep = pairs[0][1].bool()  # classify corresponding source samples only
-        logits = self.fused_logits({m: f[keep] for m, f in source_features.items()})
+        kept = {m: f[keep] for m, f in source_features.items()}
+        per_modality = self.modality_logits(kept)
+        logits = self.fused_logits(kept, per_modality)
         labels = {t: y[keep] for t, y in source_labels.items()}
         classification = classification_loss(logits, labels, self.tasks)
+        parts = {"classification": classification}
+        if config.stream_weight:
+            streams = torch.stack(
+                [classification_loss(per_modality[m], labels, self.tasks) for m in self.modalities]
+            ).mean()
+            parts["streams"] = streams
+            classification = classification + config.stream_weight * streams
         if stage == 1:
             loss = (
                 config.pretrain_classification_weight * classification
@@ -268,7 +297,7 @@ class MmSada(Head):
             )
             return {
                 "loss": loss,
-                "classification": classification,
+                **parts,
                 "correspondence": correspondence,
                 "stage": torch.tensor(1.0),
             }
@@ -287,7 +316,7 @@ class MmSada(Head):
         )
         return {
             "loss": loss,
-            "classification": classification,
+            **parts,
             "correspondence": correspondence,
             "adversarial": adversarial,
             "grl_lambda": torch.tensor(scale),
