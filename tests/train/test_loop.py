@@ -113,6 +113,37 @@ def test_resume_after_interruption_matches_uninterrupted(shifted_cache, tmp_path
     assert resumed.metrics == _train(shifted_cache, tmp_path / "full", head="dann").metrics
 
 
+def test_checkpoint_keeps_the_gpu_generator_for_a_resume(tmp_path, monkeypatch):
+    """On a GPU dropout draws from the device's generator: the checkpoint stores its state
+    (a resumed run repeats the uninterrupted one there too); on a CPU there is none."""
+    from avda.train import loop
+
+    state = torch.arange(16, dtype=torch.uint8)
+    asked = []
+
+    def get_rng_state(device):
+        asked.append(torch.device(device))
+        return state
+
+    monkeypatch.setattr(torch.cuda, "get_rng_state", get_rng_state)
+    model = torch.nn.Linear(2, 2)
+    model.stored_submodules = ()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, 1)
+    for device, expected in (("cuda:0", state), ("cpu", None)):
+        path = tmp_path / f"{device.replace(':', '')}.pt"
+        loop._save_checkpoint(
+            path, model, optimizer, scheduler, torch.Generator(), 1, None,
+            complete=True, device=device,
+        )  # fmt: skip
+        saved = runs.load_checkpoint(path)["cuda_rng"]
+        if expected is None:
+            assert saved is None
+        else:
+            assert torch.equal(saved, expected)
+    assert asked == [torch.device("cuda:0")]
+
+
 def test_complete_run_is_skipped_and_other_config_refused(shifted_cache, tmp_path):
     _train(shifted_cache, tmp_path / "run")
     assert _train(shifted_cache, tmp_path / "run").skipped

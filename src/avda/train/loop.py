@@ -299,6 +299,9 @@ def _train(
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["torch_rng"])
+        cuda_rng = state.get("cuda_rng")
+        if cuda_rng is not None and torch.device(device).type == "cuda":
+            torch.cuda.set_rng_state(cuda_rng, torch.device(device))
         generator.set_state(state["generator"])
         start_epoch = state["epoch"] + 1
         runs.truncate_metrics(out, state["epoch"])
@@ -398,6 +401,7 @@ def _train(
                 epoch,
                 stats,
                 complete=epoch == config.epochs,
+                device=device,
             )
             saved = time.perf_counter()
         bar.set_postfix(loss=f"{record.get('train/loss', float('nan')):.3f}")
@@ -513,8 +517,24 @@ def _stored_elsewhere(key: str, submodules: list[str]) -> bool:
     return any(key.startswith(f"{name}.") for name in submodules)
 
 
+def _accelerator_rng_state(device: str) -> torch.Tensor | None:
+    """The CUDA generator's state of ``device`` (dropout and other on-device draws), or None
+    on a CPU."""
+    where = torch.device(device)
+    return torch.cuda.get_rng_state(where) if where.type == "cuda" else None
+
+
 def _save_checkpoint(
-    path: Path, model, optimizer, scheduler, generator, epoch: int, stats, *, complete: bool
+    path: Path,
+    model,
+    optimizer,
+    scheduler,
+    generator,
+    epoch: int,
+    stats,
+    *,
+    complete: bool,
+    device: str = "cpu",
 ) -> None:
     """The loop's state after ``epoch``. Before the last epoch (``complete=False``) the head's
     ``stored_submodules`` (frozen, in the run's stage files) are left out and named under
@@ -531,6 +551,9 @@ def _save_checkpoint(
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
             "torch_rng": torch.get_rng_state(),
+            # on a GPU, dropout draws from the device's generator: without its state a resumed
+            # run would not repeat the uninterrupted one
+            "cuda_rng": _accelerator_rng_state(device),
             "generator": generator.get_state(),
             "epoch": epoch,
             "standardize": stats,
