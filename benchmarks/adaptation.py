@@ -107,12 +107,25 @@ def parse_variant(text: str) -> tuple[str, str, dict[str, Any]]:
         raise SystemExit(
             f"--variant {text!r}: expected NAME=HEAD:KEY=VALUE,... with HEAD one of {HEADS}"
         )
+    items, depth, current = [], 0, ""
+    for char in settings if sep2 else "":  # commas inside [...] or {...} belong to the value
+        depth += (char in "[{") - (char in "]}")
+        if char == "," and depth == 0:
+            items.append(current)
+            current = ""
+        else:
+            current += char
+    items.append(current)
     overrides: dict[str, Any] = {}
-    for item in filter(None, settings.split(",")) if sep2 else []:
+    for item in filter(None, (i.strip() for i in items)):
         key, eq, value = item.partition("=")
-        if not eq:
+        if not eq or not key.strip():
             raise SystemExit(f"--variant {text!r}: {item!r} is not KEY=VALUE")
-        overrides[key.strip()] = yaml.safe_load(value)
+        try:
+            overrides[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as error:
+            problem = getattr(error, "problem", None) or type(error).__name__
+            raise SystemExit(f"--variant {text!r}: {value!r} is not a value ({problem})") from None
     return name, head, overrides
 
 
