@@ -399,6 +399,14 @@ def test_rna_dg_trains_without_target_batches_and_uda_with(tmp_path, monkeypatch
     assert seen[0] is False and seen[-1] is True
 
 
+def test_mm_sada_runs_recorded_before_the_stream_loss_are_rebuilt_as_trained():
+    config = heads.config_class("mm-sada")
+    assert (config().domain_norm, config().stream_weight) == (True, 1.0)
+    old = config.from_stored({"embedding_dim": 64})  # a config.yaml of a run before the options
+    assert (old.domain_norm, old.stream_weight) == (False, 0.0)
+    assert config.from_stored({"domain_norm": True}).stream_weight == 0.0
+
+
 def test_adabn_runs_recorded_before_the_input_norm_are_rebuilt_as_trained():
     config = heads.config_class("adabn")
     assert (config().normalize, config().stream_weight) == ("inputs", 1.0)
