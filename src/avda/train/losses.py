@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 import torch.nn.functional as F
 
@@ -20,6 +22,14 @@ def classification_loss(
         else:
             total.append(F.cross_entropy(logits[task.name], labels[task.name]))
     return torch.stack(total).mean()
+
+
+def stream_loss(
+    streams: Iterable[dict[str, torch.Tensor]], labels: dict[str, torch.Tensor], tasks: list[Task]
+) -> torch.Tensor:
+    """Mean over late-fusion streams (modalities) of each stream's own
+    :func:`classification_loss` (adabn's and mm-sada's ``stream_weight`` term)."""
+    return torch.stack([classification_loss(s, labels, tasks) for s in streams]).mean()
 
 
 def domain_adversarial_loss(

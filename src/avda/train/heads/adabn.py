@@ -48,7 +48,7 @@ from avda.train.heads._base import (
     evaluation_domain,
 )
 from avda.train.layers import DomainBatchNorm1d
-from avda.train.losses import classification_loss
+from avda.train.losses import stream_loss
 
 log = logging.getLogger(__name__)
 
@@ -146,9 +146,7 @@ class AdaBN(Head):
         parts = {"classification": loss}
         streams = output.extras["streams"]
         if self.config.stream_weight and len(streams) > 1:
-            stream = torch.stack(
-                [classification_loss(s, source_labels, self.tasks) for s in streams.values()]
-            ).mean()
+            stream = stream_loss(streams.values(), source_labels, self.tasks)
             parts["streams"] = stream
             loss = loss + self.config.stream_weight * stream
         return {"loss": loss, **parts}

@@ -51,7 +51,12 @@ from avda.train.heads._base import (
     ordered_modalities,
 )
 from avda.train.layers import feature_embedding, grl_ramp, reverse_gradient, set_norm_domain
-from avda.train.losses import classification_loss, correspondence_loss, domain_adversarial_loss
+from avda.train.losses import (
+    classification_loss,
+    correspondence_loss,
+    domain_adversarial_loss,
+    stream_loss,
+)
 
 log = logging.getLogger(__name__)
 
@@ -226,18 +231,14 @@ class MmSada(Head):
             for m in self.modalities
         }
 
-    def fused_logits(
-        self,
-        features: dict[str, torch.Tensor],
-        per_modality: dict[str, dict[str, torch.Tensor]] | None = None,
-    ) -> dict[str, torch.Tensor]:
+    def fused_logits(self, features: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Sum of the modalities' logits: ``(B, C)`` from ``(B, D)`` training clips, ``(B, K, C)``
         per test clip from ``(B, K_m, D)``, every modality aligned to the largest ``K`` first
         (:func:`align_clips`: a segment-long audio window is broadcast to every visual clip).
-        ``per_modality``: :meth:`modality_logits` of ``features``, when already computed.
         """
-        if per_modality is None:
-            per_modality = self.modality_logits(features)
+        return self._fuse(self.modality_logits(features))
+
+    def _fuse(self, per_modality: dict[str, dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
         fused = {}
         for t in self.tasks:
             logits = [per_modality[m][t.name] for m in self.modalities]
@@ -281,14 +282,12 @@ class MmSada(Head):
         keep = pairs[0][1].bool()  # classify corresponding source samples only
         kept = {m: f[keep] for m, f in source_features.items()}
         per_modality = self.modality_logits(kept)
-        logits = self.fused_logits(kept, per_modality)
+        logits = self._fuse(per_modality)
         labels = {t: y[keep] for t, y in source_labels.items()}
         classification = classification_loss(logits, labels, self.tasks)
         parts = {"classification": classification}
         if config.stream_weight:
-            streams = torch.stack(
-                [classification_loss(per_modality[m], labels, self.tasks) for m in self.modalities]
-            ).mean()
+            streams = stream_loss(per_modality.values(), labels, self.tasks)
             parts["streams"] = streams
             classification = classification + config.stream_weight * streams
         if stage == 1:
