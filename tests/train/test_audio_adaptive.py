@@ -23,6 +23,7 @@ from avda.train.audio_adaptive.encoder import (
     AudioAdaptiveEncoder,
     AudioChannelAttention,
     as_tokens,
+    group_clips,
     one_clip_per_segment,
 )
 from avda.train.audio_adaptive.losses import (
@@ -409,3 +410,19 @@ def test_per_clip_class_tokens_are_the_flow_recognizer():
     torch.testing.assert_close(out.logits, expected)
     with pytest.raises(ValueError, match="class_tokens"):
         AudioInfusedRecognizer(12, 7, 4, class_tokens="max")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("count", [25, 7, 10])
+def test_group_clips_averages_consecutive_groups_of_nearly_equal_size(count):
+    """The K clips are cut at floor(i K / 5) (sizes differ by at most one) and averaged, maps'
+    trailing axes kept; 5 clips or fewer, or clips=0, as cached."""
+    x = torch.randn(3, count, 4, 2)
+    bounds = [int(np.floor(i * count / 5)) for i in range(6)]
+    pieces = [x.numpy()[:, a:b].mean(axis=1) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+    expected = np.stack(pieces, 1)
+    sizes = np.diff(bounds)
+    assert sizes.max() - sizes.min() <= 1 and sizes.sum() == count
+    np.testing.assert_allclose(group_clips(x, 5).numpy(), expected, rtol=1e-6, atol=1e-6)
+    assert group_clips(x, 0) is x
+    small = torch.randn(3, 5, 4)
+    assert group_clips(small, 5) is small and group_clips(small[:, :1], 5).shape == (3, 1, 4)

@@ -380,6 +380,64 @@ def test_consensus_pseudo_labels_fuse_the_streams_and_the_audio_classifier(av_ca
         np.testing.assert_array_equal(stored, labels)
 
 
+def _copy_cache(store, path, transform):
+    """A new cache at ``path`` with ``store``'s segments and ``transform(features)`` of each of
+    its modalities."""
+    copy = cache_lib.create(
+        path, store.segments, manifest_sha256="0" * 64, recipe={"name": "copy"}, chunk_rows=64
+    )
+    info = {"backbone": "synthetic", "weights": None, "weights_sha256": None, "input_spec": {}}
+    n = store.num_segments
+    for modality in store.modalities:
+        x = transform(store.load(modality))
+        copy.add_modality(modality, num_clips=x.shape[1], num_features=x.shape[2], info=info)
+        copy.write(modality, np.arange(n), x, np.full(n, int(Status.DONE)), [""] * n)
+    return copy
+
+
+def test_the_cached_clips_are_grouped_into_the_references_five(tmp_path):
+    """clips=5 (the default): on a cache of 10 clips per segment, stage 5 and the recognizers
+    train exactly as on a cache holding the means of consecutive pairs (computed here with
+    numpy; the features are multiples of 1/64, so the float16 cache stores the means exactly).
+    A cache of 5 clips or fewer is read as before (no "clips" in the stage keys), and
+    clips=0 keeps the 10 clips."""
+    assert heads.config_class("audio-adaptive").from_dict({}).clips == 5
+    assert heads.config_class("audio-adaptive").from_stored({}).clips == 0
+    made = make_audio_visual_cache(
+        tmp_path / "made.zarr", source_counts=(12, 10, 8, 6), num_classes=4,
+        target_per_class=8, clips=10, visual=("rgb", "flow"),
+    )  # fmt: skip
+    ten = _copy_cache(made, tmp_path / "ten.zarr", lambda x: np.round(np.clip(x, 0, 7) * 64) / 64)
+
+    def pairs(x):  # consecutive pairs of the 10 visual clips; the one audio window as it is
+        return x.reshape(len(x), 5, 2, x.shape[2]).mean(axis=2) if x.shape[1] == 10 else x
+
+    five = _copy_cache(ten, tmp_path / "five.zarr", pairs)
+    assert five.load("rgb").shape[1] == 5 and five.load("audio").shape[1] == 1
+    grouped = _train(ten.path, tmp_path / "grouped")
+    by_hand = _train(five.path, tmp_path / "by-hand")
+    assert grouped.metrics == by_hand.metrics
+    stages = {name: StageStore(tmp_path / name) for name in ("grouped", "by-hand")}
+    for visual in ("rgb", "flow"):
+        arrays = [s.load_arrays(f"encoded-{visual}") for s in stages.values()]
+        assert arrays[0]["target_train.values"].shape[1] == 5
+        for name in ("source_train", "target_train", "target_test"):
+            values = [a[f"{name}.values"] for a in arrays]
+            np.testing.assert_array_equal(values[0], values[1])
+        labels = [s.load_arrays(f"pseudo-labels-{visual}")["labels"] for s in stages.values()]
+        np.testing.assert_array_equal(labels[0], labels[1])
+        assert stages["grouped"].record(f"encoder-{visual}")["key"]["clips"] == 5
+        assert "clips" not in stages["by-hand"].record(f"encoder-{visual}")["key"]
+    as_cached = run_stages(
+        cache=ten.path, source=["source"], target=["target"], out=tmp_path / "as-cached",
+        overrides={**TINY, "clips": 0}, progress=False, device="cpu",
+    )  # fmt: skip
+    as_cached.attach_frozen_outputs(
+        [as_cached.context.target_set], training=[as_cached.context.target_set.name]
+    )
+    assert as_cached.context.target_set.inputs[pipeline.ENCODED_KEY.format("rgb")].shape[1] == 10
+
+
 def test_stage_5_normalises_each_domain_with_its_own_statistics(tmp_path, monkeypatch):
     """domain_norm=true: the stage-5 encoder standardises the source batch and the target
     batch apart, as layer4's BatchNorms do when the reference runs SlowFast on each in turn;

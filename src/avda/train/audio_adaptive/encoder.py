@@ -177,6 +177,20 @@ class AudioAdaptiveEncoder(nn.Module):
         return self(visual, audio).logits.softmax(dim=-1).mean(dim=1)
 
 
+def group_clips(x: torch.Tensor, clips: int) -> torch.Tensor:
+    """``(B, K, ...)`` -> ``(B, clips, ...)``: the mean of ``clips`` consecutive groups of the K
+    cached clips, of sizes differing by at most one (group ``i`` holds clips
+    ``floor(i K / clips)`` to ``floor((i + 1) K / clips) - 1``); as is when ``clips <= 0`` or
+    ``K <= clips``."""
+    count = x.shape[1]
+    if clips <= 0 or count <= clips:
+        return x
+    bounds = [i * count // clips for i in range(clips + 1)]
+    if all(b - a == bounds[1] for a, b in zip(bounds, bounds[1:], strict=False)):  # equal sizes
+        return x.reshape(x.shape[0], clips, count // clips, *x.shape[2:]).mean(dim=2)
+    return torch.stack([x[:, a:b].mean(dim=1) for a, b in zip(bounds, bounds[1:], strict=False)], 1)
+
+
 def one_clip_per_segment(visual: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """A random clip of each segment, kept as ``(B, 1, ...)`` (the reference trains on one clip)."""
     choice = torch.randint(0, visual.shape[1], (visual.shape[0],), generator=generator)
@@ -190,5 +204,6 @@ __all__ = [
     "EncoderOutput",
     "ResidualBottleneck",
     "as_tokens",
+    "group_clips",
     "one_clip_per_segment",
 ]

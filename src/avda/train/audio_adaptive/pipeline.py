@@ -509,7 +509,7 @@ class AudioAdaptiveStages:
         head = self.head
         visual_input = feature_set.inputs[head.visual_key(visual)][index].to(self.device)
         audio_input = feature_set.inputs[head.audio_token_key()][index].to(self.device)
-        return visual_input, audio_input
+        return head.encoder_inputs(visual_input, audio_input)
 
     def encoder(self, visual: str) -> AudioAdaptiveEncoder:
         name = f"encoder-{visual}"
@@ -542,6 +542,12 @@ class AudioAdaptiveStages:
             ),
             # only when set, so the keys of runs made before it existed still match
             **({"domain_norm": True} if self.config.domain_norm else {}),
+            # only when it groups this cache's clips (a cache of at most `clips` is as before)
+            **(
+                {"clips": self.config.clips}
+                if self.head.groups_clips(self.context.train_set.inputs, visual)
+                else {}
+            ),
             "upstream": self._upstream("weights", "absent-labels"),
             **({"multi_label": True} if self.multi_label else {}),
         }

@@ -147,7 +147,12 @@ log = logging.getLogger(__name__)
 _POSITIVE_INT_SUFFIXES = ("_dim", "_hidden", "_heads", "_depth", "batch_size", "_bottleneck")
 _POSITIVE_INT_NAMES = ("epochs", "eval_every", "lr_steps", "num_segments", "scales", "reduction")
 # Integer fields where 0 means "none" or "same as" (target_batch_size 0: batch_size).
-_NON_NEGATIVE_INT_NAMES = ("target_batch_size", "keep_last_predictions", "reference_segments")
+_NON_NEGATIVE_INT_NAMES = (
+    "target_batch_size",
+    "keep_last_predictions",
+    "reference_segments",
+    "clips",
+)
 
 
 def range_problem(name: str, value: Any) -> str | None:

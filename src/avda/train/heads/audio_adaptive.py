@@ -44,7 +44,7 @@ from torch import nn
 
 from avda.errors import CacheError, ConfigError
 from avda.train.audio_adaptive.audio_classifier import PooledAudioClassifier
-from avda.train.audio_adaptive.encoder import AudioAdaptiveEncoder, EncoderOutput
+from avda.train.audio_adaptive.encoder import AudioAdaptiveEncoder, EncoderOutput, group_clips
 from avda.train.audio_adaptive.losses import multilabel_recognizer_loss, recognizer_loss
 from avda.train.audio_adaptive.pipeline import (
     AUDIO_EMBEDDING_KEY,
@@ -124,6 +124,11 @@ class AudioAdaptiveConfig(HeadConfig):
     # reference's separate source and target calls; off by default (docs/methods.md: measured,
     # it gains on the affine and audio-informative sets and loses on the paper-like set)
     domain_norm: bool = False
+    # stage 5 on: the clips per segment the encoders (visual clips, psi's audio tokens) and
+    # the recognizers see: the K cached clips of each averaged in this many consecutive groups
+    # when K is larger (the reference's 5 SlowFast clips; a 25-snippet EPIC-100 cache gives 5
+    # clips of 5 snippets); 0: as cached. docs/methods.md, audio-adaptive: measured
+    clips: int = 5
     # stage 6: audio-infused recognizer (trained by the loop)
     epochs: int = 29  # stage 6: recognizer epochs (the loop's length)
     batch_size: int = 8  # stage 6: recognizer batch size
@@ -161,7 +166,8 @@ class AudioAdaptiveConfig(HeadConfig):
 
     presets: ClassVar[Mapping[str, Mapping[str, Any]]] = PRESETS
     # runs recorded before the consensus pseudo labels were trained on each stream's own
-    introduced: ClassVar[Mapping[str, Any]] = {"pseudo_labels": "stream"}
+    # and before the cached clips were grouped into ``clips``
+    introduced: ClassVar[Mapping[str, Any]] = {"pseudo_labels": "stream", "clips": 0}
     stage_fields: ClassVar[tuple[str, ...]] = (
         "audio_epochs",
         "encoder_epochs",
@@ -318,6 +324,20 @@ class AudioAdaptive(Head):
         audio = self.config.audio_modality
         return SPATIAL_KEY.format(audio) if self.spatial_audio else audio
 
+    def encoder_inputs(
+        self, visual_clips: torch.Tensor, audio_tokens: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The stage-5 encoder's inputs from the cached ones: each grouped into ``clips``
+        clips (:func:`~avda.train.audio_adaptive.encoder.group_clips`)."""
+        clips = self.config.clips
+        return group_clips(visual_clips, clips), group_clips(audio_tokens, clips)
+
+    def groups_clips(self, inputs: Batch, visual: str) -> bool:
+        """Whether :meth:`encoder_inputs` changes stream ``visual``'s inputs in ``inputs``."""
+        clips = self.config.clips
+        keys = (self.visual_key(visual), self.audio_token_key())
+        return clips > 0 and any(inputs[k].shape[1] > clips for k in keys)
+
     def attach_inputs(self, context: TrainingContext) -> None:
         """Faithful mode: load ``spatial/<visual>`` (and ``spatial/<audio>`` if cached) maps
         into every feature set, and size the encoders and recognizers by their channels."""
@@ -403,7 +423,7 @@ class AudioAdaptive(Head):
         of the target domain (``(B,)`` bool), normalised with its statistics (``domain_norm``);
         None: the domain ``before_evaluation`` set."""
         encoder = self.encoders[visual]
-        args = (inputs[self.visual_key(visual)], inputs[self.audio_token_key()])
+        args = self.encoder_inputs(inputs[self.visual_key(visual)], inputs[self.audio_token_key()])
         if is_target is None:
             return encoder(*args)
         return per_domain(encoder, is_target, encoder, *args)
