@@ -185,10 +185,11 @@ def group_clips(x: torch.Tensor, clips: int) -> torch.Tensor:
     count = x.shape[1]
     if clips <= 0 or count <= clips:
         return x
-    bounds = [i * count // clips for i in range(clips + 1)]
-    if all(b - a == bounds[1] for a, b in zip(bounds, bounds[1:], strict=False)):  # equal sizes
+    if count % clips == 0:  # groups of one size: one reshape
         return x.reshape(x.shape[0], clips, count // clips, *x.shape[2:]).mean(dim=2)
-    return torch.stack([x[:, a:b].mean(dim=1) for a, b in zip(bounds, bounds[1:], strict=False)], 1)
+    bounds = [i * count // clips for i in range(clips + 1)]
+    groups = [x[:, a:b].mean(dim=1) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+    return torch.stack(groups, dim=1)
 
 
 def one_clip_per_segment(visual: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
