@@ -17,6 +17,7 @@ import zarr
 from avda import cache as cache_lib
 from avda import runs
 from avda.cache import Status
+from avda.cache.synthetic import add_features
 from avda.errors import CacheError, ConfigError, RunError, TrainingDiverged
 from avda.train import heads
 from avda.train.audio_adaptive import pipeline
@@ -386,12 +387,8 @@ def _copy_cache(store, path, transform):
     copy = cache_lib.create(
         path, store.segments, manifest_sha256="0" * 64, recipe={"name": "copy"}, chunk_rows=64
     )
-    info = {"backbone": "synthetic", "weights": None, "weights_sha256": None, "input_spec": {}}
-    n = store.num_segments
     for modality in store.modalities:
-        x = transform(store.load(modality))
-        copy.add_modality(modality, num_clips=x.shape[1], num_features=x.shape[2], info=info)
-        copy.write(modality, np.arange(n), x, np.full(n, int(Status.DONE)), [""] * n)
+        add_features(copy, modality, transform(store.load(modality)))
     return copy
 
 
