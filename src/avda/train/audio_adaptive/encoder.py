@@ -12,7 +12,8 @@ at every position, then SlowFast ``layer4`` (trainable), average pooling, dropou
 avda's encoder, on cached features::
 
     audio tokens (B, T, C_a) --psi--> logits (B, C_v) --sigmoid--> gate
-    visual (B, K, C_v[, *S]) --[domain_norm: BatchNorm, each domain's own statistics, ReLU]--
+    visual (B, K, C_v[, *S]) --[domain_norm: BatchNorm, each domain's own statistics
+                                 (+ ReLU with domain_norm_relu)]--
         x gate (per channel, every clip and position)
         --residual bottleneck (x + W2 relu(W1 x), per position; stands in for layer4)-->
         pooled:  (B, K, C_v)                         = clip features
@@ -26,11 +27,14 @@ avda's encoder, on cached features::
   ``(K, C, *S)`` from ``spatial/<modality>``, gated where the reference gates them; audio
   tokens are the positions of ``spatial/audio`` when cached.
 With ``domain_norm`` the cached features are first standardised with each domain's own batch
-statistics and rectified, as SlowFast's BatchNorms and ReLUs up to ``layer3`` treat the
-reference's separate source and target calls (frozen, but in training mode); at evaluation
-each domain's running statistics (chosen by ``domain``). The bottleneck's last layer starts
-at zero, so the block starts as the identity on the gated features. SlowFast's own
-``layer4`` cannot run here (stage 2 never imports the extraction backbones).
+statistics, as SlowFast's BatchNorms up to ``layer3`` treat the reference's separate source and
+target calls (frozen, but in training mode); at evaluation each domain's running statistics
+(chosen by ``domain``). They are not rectified (``domain_norm_relu=False``): a ReLU after the
+standardisation would zero every value below the domain's channel mean, half of what a pooled
+feature says (docs/methods.md, audio-adaptive: measured); ``domain_norm_relu=True`` keeps the
+ReLU of SlowFast's ``layer3`` (runs recorded before the option have it). The bottleneck's
+last layer starts at zero, so the block starts as the identity on the gated features.
+SlowFast's own ``layer4`` cannot run here (stage 2 never imports the extraction backbones).
 """
 
 from __future__ import annotations
@@ -126,6 +130,7 @@ class AudioAdaptiveEncoder(nn.Module):
         bottleneck: int = 512,
         classifier_dropout: float = 0.5,
         domain_norm: bool = False,
+        domain_norm_relu: bool = False,
     ) -> None:
         super().__init__()
         self.spatial = spatial
@@ -144,9 +149,11 @@ class AudioAdaptiveEncoder(nn.Module):
         # the BatchNorms of SlowFast up to layer3, which normalise each domain's clips apart:
         # the reference runs them (frozen, under no_grad, but in training mode) on the source
         # batch and on the target batch in separate calls, each with its own batch
-        # statistics; the ReLU keeps the gated features non-negative, as layer3's are
+        # statistics; with domain_norm_relu the ReLU keeps the gated features non-negative,
+        # as layer3's are (a Sequential either way: the same state-dict keys)
+        rectify = [nn.ReLU()] if domain_norm_relu else []
         self.norm = (
-            nn.Sequential(DomainSpecificBatchNorm(visual_channels), nn.ReLU())
+            nn.Sequential(DomainSpecificBatchNorm(visual_channels), *rectify)
             if domain_norm
             else nn.Identity()
         )

@@ -540,8 +540,13 @@ class AudioAdaptiveStages:
                 "encoder_bottleneck",
                 "encoder_dropout",
             ),
-            # only when set, so the keys of runs made before it existed still match
-            **({"domain_norm": True} if self.config.domain_norm else {}),
+            # only when set, so the keys of runs made before it existed still match (they
+            # rectified the normalised features)
+            **(
+                {"domain_norm": True, **({} if self.config.domain_norm_relu else {"relu": False})}
+                if self.config.domain_norm
+                else {}
+            ),
             # only when it groups this cache's clips (a cache of at most `clips` is as before)
             **(
                 {"clips": self.config.clips}

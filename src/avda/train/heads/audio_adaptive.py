@@ -119,11 +119,14 @@ class AudioAdaptiveConfig(HeadConfig):
     attention_embedding_dropout: float = 0.1  # stage 5: dropout of the token embeddings
     encoder_bottleneck: int = 512  # stage 5: encoder output width
     encoder_dropout: float = 0.5  # stage 5: encoder dropout
-    # stage 5: standardise (and rectify) the visual features with each domain's own BatchNorm
-    # statistics before the gate, as SlowFast's BatchNorms (frozen, in training mode) treat the
-    # reference's separate source and target calls; off by default (docs/methods.md: measured,
-    # it gains on the affine and audio-informative sets and loses on the paper-like set)
-    domain_norm: bool = False
+    # stage 5: standardise the visual features with each domain's own BatchNorm statistics
+    # before the gate, as SlowFast's BatchNorms (frozen, in training mode) treat the
+    # reference's separate source and target calls (docs/methods.md: measured, it gains on
+    # per-dimension visual shifts and loses some of its margin under label shift)
+    domain_norm: bool = True
+    # stage 5, with domain_norm: rectify the standardised features (SlowFast's layer3 ReLU);
+    # off: they keep their values below the domain's mean (docs/methods.md: measured)
+    domain_norm_relu: bool = False
     # stage 5 on: the clips per segment the encoders (visual clips, psi's audio tokens) and
     # the recognizers see: the K cached clips of each averaged in this many consecutive groups
     # when K is larger (the reference's 5 SlowFast clips; a 25-snippet EPIC-100 cache gives 5
@@ -165,9 +168,15 @@ class AudioAdaptiveConfig(HeadConfig):
     flow_class_tokens: Literal["mean", "per-clip"] = "per-clip"
 
     presets: ClassVar[Mapping[str, Mapping[str, Any]]] = PRESETS
-    # runs recorded before the consensus pseudo labels were trained on each stream's own
-    # and before the cached clips were grouped into ``clips``
-    introduced: ClassVar[Mapping[str, Any]] = {"pseudo_labels": "stream", "clips": 0}
+    # runs recorded before the consensus pseudo labels were trained on each stream's own,
+    # before the cached clips were grouped into ``clips``, before ``domain_norm`` existed
+    # (then without it) and before the ReLU after it became optional
+    introduced: ClassVar[Mapping[str, Any]] = {
+        "pseudo_labels": "stream",
+        "clips": 0,
+        "domain_norm": False,
+        "domain_norm_relu": True,
+    }
     stage_fields: ClassVar[tuple[str, ...]] = (
         "audio_epochs",
         "encoder_epochs",
@@ -298,6 +307,7 @@ class AudioAdaptive(Head):
             bottleneck=config.encoder_bottleneck,
             classifier_dropout=config.encoder_dropout,
             domain_norm=config.domain_norm,
+            domain_norm_relu=config.domain_norm_relu,
         )
 
     def make_recognizer(self, visual: str) -> AudioInfusedRecognizer:
