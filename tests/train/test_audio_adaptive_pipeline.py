@@ -380,6 +380,21 @@ def test_consensus_pseudo_labels_fuse_the_streams_and_the_audio_classifier(av_ca
     for visual, labels in zip(("rgb", "flow"), own, strict=True):
         stored = reference.stages.load_arrays(f"pseudo-labels-{visual}")["labels"]
         np.testing.assert_array_equal(stored, labels)
+    # "product": every stream's probabilities times the audio's (late fusion of log-probabilities)
+    for path in (tmp_path / "run2" / "stages").glob("pseudo-labels-*"):
+        path.unlink()
+    product = run_stages(
+        cache=av_cache, source=["source"], target=["target"], out=tmp_path / "run2",
+        overrides={**TINY, "pseudo_labels": "product"}, progress=False, device="cpu",
+    )  # fmt: skip
+    fused = rgb * flow * audio
+    fused /= fused.sum(axis=1, keepdims=True)
+    assert not np.array_equal(fused.argmax(axis=1), expected.argmax(axis=1))
+    for visual in ("rgb", "flow"):
+        stored = product.stages.load_arrays(f"pseudo-labels-{visual}")
+        assert product.stages.record(f"pseudo-labels-{visual}")["key"]["rule"] == "product"
+        np.testing.assert_allclose(stored["probabilities"], fused, rtol=1e-4, atol=1e-6)
+        np.testing.assert_array_equal(stored["labels"], fused.argmax(axis=1))
 
 
 def _copy_cache(store, path, transform):

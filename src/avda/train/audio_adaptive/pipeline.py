@@ -721,17 +721,19 @@ class AudioAdaptiveStages:
     def pseudo_labels(self, visual: str) -> np.ndarray:
         """Hard pseudo label (argmax, no threshold) of every target training segment: of the
         stream's encoder probabilities, or with ``pseudo_labels="consensus"`` of the mean of
-        every stream's times the audio classifier's (the same label for every stream)."""
+        every stream's times the audio classifier's, with ``"product"`` of every stream's times
+        the audio classifier's (both: the same label for every stream)."""
         name = f"pseudo-labels-{visual}"
         if name in self._done:
             return self._done[name]
-        consensus = self.config.pseudo_labels == "consensus"
+        rule = self.config.pseudo_labels
+        consensus = rule != "stream"
         streams = tuple(self.head.visual_modalities) if consensus else (visual,)
         for stream in streams:
             self.encoder(stream)
         upstream = [f"encoder-{stream}" for stream in streams]
         key: dict[str, Any] = (
-            {"upstream": self._upstream(*upstream, "audio-classifier"), "rule": "consensus"}
+            {"upstream": self._upstream(*upstream, "audio-classifier"), "rule": rule}
             if consensus
             else {"upstream": self._upstream(*upstream)}
         )
@@ -740,7 +742,7 @@ class AudioAdaptiveStages:
             self._done[name] = self.stages.load_arrays(name)["labels"]
             return self._done[name]
         probabilities = (
-            self._consensus_probabilities()
+            self._consensus_probabilities(rule)
             if consensus
             else self.encoder_probabilities(visual, self.context.target_set)
         )
@@ -761,16 +763,22 @@ class AudioAdaptiveStages:
         self._done[name] = labels
         return labels
 
-    def _consensus_probabilities(self) -> np.ndarray:
-        """The streams' mean encoder probabilities times the audio classifier's, normalised, on
-        the target training set; computed once for all the streams."""
+    def _consensus_probabilities(self, rule: str) -> np.ndarray:
+        """The streams' encoder probabilities fused with the audio classifier's, normalised, on
+        the target training set; computed once for all the streams. ``"consensus"``: the
+        streams' mean times the audio's; ``"product"``: the product of every stream's and the
+        audio's (the sum of their log-probabilities, as late fusion sums logits)."""
         if "consensus" not in self._done:
             target_set = self.context.target_set
-            visual = np.mean(
-                [self.encoder_probabilities(v, target_set) for v in self.head.visual_modalities],
-                axis=0,
-            )
-            product = visual * self._audio_probabilities(self.audio_classifier(), target_set)
+            streams = [
+                self.encoder_probabilities(v, target_set) for v in self.head.visual_modalities
+            ]
+            audio = self._audio_probabilities(self.audio_classifier(), target_set)
+            if rule == "product":
+                logs = np.log(np.clip(np.stack([*streams, audio]), 1e-30, None)).sum(axis=0)
+                product = np.exp(logs - logs.max(axis=1, keepdims=True))
+            else:
+                product = np.mean(streams, axis=0) * audio
             self._done["consensus"] = product / product.sum(axis=1, keepdims=True).clip(min=1e-30)
         return self._done["consensus"]
 

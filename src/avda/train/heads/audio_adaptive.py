@@ -152,9 +152,10 @@ class AudioAdaptiveConfig(HeadConfig):
     # stage 6: weight of the pseudo-labelled target term, (CE_s + w CE_t) / 2 (the reference: 1)
     target_weight: float = 1.0
     # stage 6a: one hard pseudo label for every stream, the argmax of the streams' mean encoder
-    # probabilities times the audio classifier's ("consensus"; docs/methods.md: measured), or
+    # probabilities times the audio classifier's ("consensus"; docs/methods.md: measured), of
+    # the product of every stream's and the audio classifier's ("product", late fusion), or
     # each stream's from its own encoder ("stream", the reference's get_pseudo_labels.py)
-    pseudo_labels: Literal["stream", "consensus"] = "consensus"
+    pseudo_labels: Literal["stream", "consensus", "product"] = "consensus"
     # The flow stream (the reference's EPIC-flow-audio/): its own encoder lr, encoder length and
     # gradient clipping (stage 5) and recognizer length (stage 6b, at most ``epochs``, the
     # loop's length; its recognizer is left unchanged after ``flow_epochs``). Every other visual
