@@ -346,12 +346,15 @@ def test_stages_run_alone_and_refuse_other_settings(av_cache, tmp_path):
     assert StageStore(tmp_path / "run").record("pseudo-labels-rgb") is not None
 
 
-def test_consensus_pseudo_labels_fuse_the_streams_and_the_audio_classifier(av_cache, tmp_path):
-    """pseudo_labels="consensus" (the default): every stream's label is the argmax of the
-    streams' mean encoder probabilities times the audio classifier's, recomputed here from the
-    stored stages; "stream" (the reference; runs recorded before) keeps each stream's argmax."""
-    assert heads.config_class("audio-adaptive").from_dict({}).pseudo_labels == "consensus"
-    assert heads.config_class("audio-adaptive").from_stored({}).pseudo_labels == "stream"
+def test_pseudo_labels_fuse_the_streams_and_the_audio_classifier(av_cache, tmp_path):
+    """pseudo_labels="product" (the default): every stream's label is the argmax of the
+    product of every stream's encoder probabilities and the audio classifier's, recomputed here
+    from the stored stages; "consensus" the streams' mean times the audio's; "stream" (the
+    reference; runs recorded before) each stream's own argmax. All three on the same stage-5
+    encoders (reused: their keys do not change) and label differently on this set."""
+    config = heads.config_class("audio-adaptive")
+    assert config.from_dict({}).pseudo_labels == "product"
+    assert config.from_stored({}).pseudo_labels == "stream"
     stages = run_stages(
         cache=av_cache, source=["source"], target=["target"], out=tmp_path / "run",
         overrides=TINY, progress=False, device="cpu",
@@ -359,42 +362,38 @@ def test_consensus_pseudo_labels_fuse_the_streams_and_the_audio_classifier(av_ca
     target = stages.context.target_set
     rgb, flow = (stages.encoder_probabilities(v, target) for v in ("rgb", "flow"))
     audio = stages._audio_probabilities(stages.audio_classifier(), target)
-    expected = (rgb + flow) / 2 * audio
-    expected /= expected.sum(axis=1, keepdims=True)
+    fused = rgb * flow * audio
+    fused /= fused.sum(axis=1, keepdims=True)
+    consensus = (rgb + flow) / 2 * audio
+    consensus /= consensus.sum(axis=1, keepdims=True)
+    own = (rgb.argmax(axis=1), flow.argmax(axis=1))
+    assert not np.array_equal(fused.argmax(axis=1), consensus.argmax(axis=1))
+    assert not np.array_equal(own[0], consensus.argmax(axis=1)) or not np.array_equal(
+        own[1], consensus.argmax(axis=1)
+    )
     for visual in ("rgb", "flow"):
         stored = stages.stages.load_arrays(f"pseudo-labels-{visual}")
-        np.testing.assert_allclose(stored["probabilities"], expected, rtol=1e-5, atol=1e-7)
-        np.testing.assert_array_equal(stored["labels"], expected.argmax(axis=1))
-    own = (rgb.argmax(axis=1), flow.argmax(axis=1))
-    assert not np.array_equal(own[0], expected.argmax(axis=1)) or not np.array_equal(
-        own[1], expected.argmax(axis=1)
-    )  # the rule changes labels on this set
-    # The reference's rule, on the same stage-5 encoders (reused: their keys do not change).
-    shutil.copytree(tmp_path / "run" / "stages", tmp_path / "run2" / "stages")
-    for path in (tmp_path / "run2" / "stages").glob("pseudo-labels-*"):
-        path.unlink()
-    reference = run_stages(
-        cache=av_cache, source=["source"], target=["target"], out=tmp_path / "run2",
-        overrides={**TINY, "pseudo_labels": "stream"}, progress=False, device="cpu",
-    )  # fmt: skip
+        assert stages.stages.record(f"pseudo-labels-{visual}")["key"]["rule"] == "product"
+        np.testing.assert_allclose(stored["probabilities"], fused, rtol=1e-4, atol=1e-6)
+        np.testing.assert_array_equal(stored["labels"], fused.argmax(axis=1))
+
+    def rerun(rule: str):
+        for path in (tmp_path / "run" / "stages").glob("pseudo-labels-*"):
+            path.unlink()
+        return run_stages(
+            cache=av_cache, source=["source"], target=["target"], out=tmp_path / "run",
+            overrides={**TINY, "pseudo_labels": rule}, progress=False, device="cpu",
+        )  # fmt: skip
+
+    mean = rerun("consensus")
+    for visual in ("rgb", "flow"):
+        stored = mean.stages.load_arrays(f"pseudo-labels-{visual}")
+        np.testing.assert_allclose(stored["probabilities"], consensus, rtol=1e-5, atol=1e-7)
+        np.testing.assert_array_equal(stored["labels"], consensus.argmax(axis=1))
+    reference = rerun("stream")
     for visual, labels in zip(("rgb", "flow"), own, strict=True):
         stored = reference.stages.load_arrays(f"pseudo-labels-{visual}")["labels"]
         np.testing.assert_array_equal(stored, labels)
-    # "product": every stream's probabilities times the audio's (late fusion of log-probabilities)
-    for path in (tmp_path / "run2" / "stages").glob("pseudo-labels-*"):
-        path.unlink()
-    product = run_stages(
-        cache=av_cache, source=["source"], target=["target"], out=tmp_path / "run2",
-        overrides={**TINY, "pseudo_labels": "product"}, progress=False, device="cpu",
-    )  # fmt: skip
-    fused = rgb * flow * audio
-    fused /= fused.sum(axis=1, keepdims=True)
-    assert not np.array_equal(fused.argmax(axis=1), expected.argmax(axis=1))
-    for visual in ("rgb", "flow"):
-        stored = product.stages.load_arrays(f"pseudo-labels-{visual}")
-        assert product.stages.record(f"pseudo-labels-{visual}")["key"]["rule"] == "product"
-        np.testing.assert_allclose(stored["probabilities"], fused, rtol=1e-4, atol=1e-6)
-        np.testing.assert_array_equal(stored["labels"], fused.argmax(axis=1))
 
 
 def _copy_cache(store, path, transform):

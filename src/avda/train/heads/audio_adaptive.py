@@ -151,11 +151,12 @@ class AudioAdaptiveConfig(HeadConfig):
     audio_visual_weight: float = 0.2  # stage 6: weight of the audio-visual term in them
     # stage 6: weight of the pseudo-labelled target term, (CE_s + w CE_t) / 2 (the reference: 1)
     target_weight: float = 1.0
-    # stage 6a: one hard pseudo label for every stream, the argmax of the streams' mean encoder
-    # probabilities times the audio classifier's ("consensus"; docs/methods.md: measured), of
-    # the product of every stream's and the audio classifier's ("product", late fusion), or
-    # each stream's from its own encoder ("stream", the reference's get_pseudo_labels.py)
-    pseudo_labels: Literal["stream", "consensus", "product"] = "consensus"
+    # stage 6a: one hard pseudo label for every stream, the argmax of the product of every
+    # stream's encoder probabilities and the audio classifier's ("product", late fusion of
+    # log-probabilities; docs/methods.md: measured), of the streams' mean times the audio's
+    # ("consensus", the default of 2026-12-04), or each stream's from its own encoder
+    # ("stream", the reference's get_pseudo_labels.py)
+    pseudo_labels: Literal["stream", "consensus", "product"] = "product"
     # The flow stream (the reference's EPIC-flow-audio/): its own encoder lr, encoder length and
     # gradient clipping (stage 5) and recognizer length (stage 6b, at most ``epochs``, the
     # loop's length; its recognizer is left unchanged after ``flow_epochs``). Every other visual
