@@ -727,14 +727,14 @@ class AudioAdaptiveStages:
         if name in self._done:
             return self._done[name]
         rule = self.config.pseudo_labels
-        consensus = rule != "stream"
-        streams = tuple(self.head.visual_modalities) if consensus else (visual,)
+        fused = rule != "stream"  # one label for every stream, fused with the audio's
+        streams = tuple(self.head.visual_modalities) if fused else (visual,)
         for stream in streams:
             self.encoder(stream)
         upstream = [f"encoder-{stream}" for stream in streams]
         key: dict[str, Any] = (
             {"upstream": self._upstream(*upstream, "audio-classifier"), "rule": rule}
-            if consensus
+            if fused
             else {"upstream": self._upstream(*upstream)}
         )
         self.keys[name] = key
@@ -742,8 +742,8 @@ class AudioAdaptiveStages:
             self._done[name] = self.stages.load_arrays(name)["labels"]
             return self._done[name]
         probabilities = (
-            self._consensus_probabilities(rule)
-            if consensus
+            self._fused_probabilities(rule)
+            if fused
             else self.encoder_probabilities(visual, self.context.target_set)
         )
         labels = probabilities.argmax(axis=1).astype(np.int64)
@@ -763,12 +763,12 @@ class AudioAdaptiveStages:
         self._done[name] = labels
         return labels
 
-    def _consensus_probabilities(self, rule: str) -> np.ndarray:
+    def _fused_probabilities(self, rule: str) -> np.ndarray:
         """The streams' encoder probabilities fused with the audio classifier's, normalised, on
         the target training set; computed once for all the streams. ``"consensus"``: the
         streams' mean times the audio's; ``"product"``: the product of every stream's and the
         audio's (the sum of their log-probabilities, as late fusion sums logits)."""
-        if "consensus" not in self._done:
+        if "fused" not in self._done:
             target_set = self.context.target_set
             streams = [
                 self.encoder_probabilities(v, target_set) for v in self.head.visual_modalities
@@ -779,8 +779,8 @@ class AudioAdaptiveStages:
                 product = np.exp(logs - logs.max(axis=1, keepdims=True))
             else:
                 product = np.mean(streams, axis=0) * audio
-            self._done["consensus"] = product / product.sum(axis=1, keepdims=True).clip(min=1e-30)
-        return self._done["consensus"]
+            self._done["fused"] = product / product.sum(axis=1, keepdims=True).clip(min=1e-30)
+        return self._done["fused"]
 
     # ------------------------------------------------------------------ frozen outputs
     def _sets_key(self, sets: Sequence[FeatureSet], training: Sequence[str]) -> dict[str, Any]:
