@@ -188,7 +188,12 @@ def test_pipeline_runs_every_stage_and_stores_its_outputs(av_cache, tmp_path):
     pseudo = stages.load_arrays("pseudo-labels-rgb")
     np.testing.assert_array_equal(pseudo["uids"], target_train["uid"].to_numpy())
     assert pseudo["labels"].shape == (len(target_train),)
-    np.testing.assert_array_equal(pseudo["labels"], pseudo["probabilities"].argmax(1))
+    # the fused argmax refined by class centroids in the streams' stored clip features
+    features = [stages.load_arrays(f"encoded-{v}")["target_train.values"] for v in ("rgb", "flow")]
+    refined = pipeline.centroid_labels(
+        [f.mean(axis=1) for f in features], pseudo["probabilities"], prior=0.2
+    )
+    np.testing.assert_array_equal(pseudo["labels"], refined)
     absent = stages.load_arrays("absent-labels")
     assert (absent["absent"].sum(1) == 3).all()
     clusters = stages.load_arrays("clusters")
@@ -346,24 +351,94 @@ def test_stages_run_alone_and_refuse_other_settings(av_cache, tmp_path):
     assert StageStore(tmp_path / "run").record("pseudo-labels-rgb") is not None
 
 
+def _shot_labels(features, probabilities, prior):
+    """The centroid labels as SHOT's ``obtain_label`` (tim-learn/SHOT, object/image_target.py)
+    computes them, with scipy's cosine distance: centroids of the unit features, a soft round,
+    then one with hard labels on the classes that have any; here summed over the streams'
+    centred features (SHOT appends a 1), minus ``prior`` times the log-probabilities."""
+    from scipy.spatial.distance import cdist
+
+    features = [f - f.mean(axis=0) for f in features]
+    features = [f / np.linalg.norm(f, axis=1, keepdims=True) for f in features]  # all_fea
+    affinity = probabilities
+    for _ in range(2):
+        labelset = np.flatnonzero(affinity.sum(axis=0) > 0)
+        distance = sum(
+            cdist(f, (affinity.T @ f / (1e-8 + affinity.sum(axis=0)[:, None]))[labelset], "cosine")
+            for f in features
+        )
+        log_prior = np.log(np.clip(probabilities[:, labelset], 1e-30, None))
+        labels = labelset[(distance - prior * log_prior).argmin(axis=1)]
+        affinity = np.eye(probabilities.shape[1])[labels]
+    return labels
+
+
+def test_centroid_labels_move_segments_to_their_cluster():
+    """Two clusters in feature space; the classifier's probabilities put three points of the
+    first cluster in the second class (with low confidence). The centroids bring them back; a
+    large prior keeps the classifier's argmax; a class no point is likely for stays empty."""
+    rng = np.random.default_rng(0)
+    centres = np.array([[4.0, 0.0, 1.0], [0.0, 4.0, 1.0]])
+    labels = np.repeat([0, 1], 20)
+    features = centres[labels] + rng.normal(0, 0.3, (40, 3))
+    probabilities = np.zeros((40, 3))
+    probabilities[np.arange(40), labels] = 0.9
+    probabilities[np.arange(40), 1 - labels] = 0.1
+    probabilities[:3] = [0.45, 0.55, 0.0]  # wrong, and unsure
+    assert (probabilities.argmax(axis=1) != labels).sum() == 3
+    refined = pipeline.centroid_labels([features], probabilities, prior=0.05)
+    np.testing.assert_array_equal(refined, labels)
+    np.testing.assert_array_equal(refined, _shot_labels([features], probabilities, 0.05))
+    kept = pipeline.centroid_labels([features], probabilities, prior=100.0)
+    np.testing.assert_array_equal(kept, probabilities.argmax(axis=1))
+    # two streams: the second one's clusters are the same classes in another space
+    other = np.array([[0.0, 3.0], [3.0, 0.0]])[labels] + rng.normal(0, 0.3, (40, 2))
+    both = pipeline.centroid_labels([features, other], probabilities, prior=0.05)
+    np.testing.assert_array_equal(both, labels)
+    np.testing.assert_array_equal(both, _shot_labels([features, other], probabilities, 0.05))
+
+
 def test_pseudo_labels_fuse_the_streams_and_the_audio_classifier(av_cache, tmp_path):
     """pseudo_labels="product" (the default): every stream's label is the argmax of the
     product of every stream's encoder probabilities and the audio classifier's, recomputed here
-    from the stored stages; "consensus" the streams' mean times the audio's; "stream" (the
-    reference; runs recorded before) each stream's own argmax. All three on the same stage-5
-    encoders (reused: their keys do not change) and label differently on this set."""
+    from the stored stages, then refined by class centroids in the streams' stage-5 features
+    (pseudo_label_refine="centroids", the default; recomputed as SHOT's code does);
+    "consensus" the streams' mean times the audio's; "stream" (the reference; runs recorded
+    before) each stream's own argmax. All on the same stage-5 encoders (reused: their keys do
+    not change) and label differently on this set."""
     config = heads.config_class("audio-adaptive")
     assert config.from_dict({}).pseudo_labels == "product"
+    assert config.from_dict({}).pseudo_label_refine == "centroids"
     assert config.from_stored({}).pseudo_labels == "stream"
+    assert config.from_stored({}).pseudo_label_refine == "none"
     stages = run_stages(
         cache=av_cache, source=["source"], target=["target"], out=tmp_path / "run",
         overrides=TINY, progress=False, device="cpu",
     )  # fmt: skip
     target = stages.context.target_set
+    features = [stages.encoder_features(v, target) for v in ("rgb", "flow")]
     rgb, flow = (stages.encoder_probabilities(v, target) for v in ("rgb", "flow"))
     audio = stages._audio_probabilities(stages.audio_classifier(), target)
     fused = rgb * flow * audio
     fused /= fused.sum(axis=1, keepdims=True)
+    refined = _shot_labels(features, fused, prior=0.2)
+    assert not np.array_equal(refined, fused.argmax(axis=1))
+    for visual in ("rgb", "flow"):
+        stored = stages.stages.load_arrays(f"pseudo-labels-{visual}")
+        record = stages.stages.record(f"pseudo-labels-{visual}")
+        assert record["key"]["rule"] == "product"
+        assert record["key"]["refine"] == {"method": "centroids", "prior": 0.2}
+        np.testing.assert_allclose(stored["probabilities"], fused, rtol=1e-4, atol=1e-6)
+        np.testing.assert_array_equal(stored["labels"], refined)
+
+    def rerun(rule: str, **options):
+        for path in (tmp_path / "run" / "stages").glob("pseudo-labels-*"):
+            path.unlink()
+        return run_stages(
+            cache=av_cache, source=["source"], target=["target"], out=tmp_path / "run",
+            overrides={**TINY, "pseudo_labels": rule, **options}, progress=False, device="cpu",
+        )  # fmt: skip
+
     consensus = (rgb + flow) / 2 * audio
     consensus /= consensus.sum(axis=1, keepdims=True)
     own = (rgb.argmax(axis=1), flow.argmax(axis=1))
@@ -371,26 +446,18 @@ def test_pseudo_labels_fuse_the_streams_and_the_audio_classifier(av_cache, tmp_p
     assert not np.array_equal(own[0], consensus.argmax(axis=1)) or not np.array_equal(
         own[1], consensus.argmax(axis=1)
     )
+    plain = rerun("product", pseudo_label_refine="none")
     for visual in ("rgb", "flow"):
-        stored = stages.stages.load_arrays(f"pseudo-labels-{visual}")
-        assert stages.stages.record(f"pseudo-labels-{visual}")["key"]["rule"] == "product"
+        stored = plain.stages.load_arrays(f"pseudo-labels-{visual}")
+        assert "refine" not in plain.stages.record(f"pseudo-labels-{visual}")["key"]
         np.testing.assert_allclose(stored["probabilities"], fused, rtol=1e-4, atol=1e-6)
         np.testing.assert_array_equal(stored["labels"], fused.argmax(axis=1))
-
-    def rerun(rule: str):
-        for path in (tmp_path / "run" / "stages").glob("pseudo-labels-*"):
-            path.unlink()
-        return run_stages(
-            cache=av_cache, source=["source"], target=["target"], out=tmp_path / "run",
-            overrides={**TINY, "pseudo_labels": rule}, progress=False, device="cpu",
-        )  # fmt: skip
-
-    mean = rerun("consensus")
+    mean = rerun("consensus", pseudo_label_refine="none")
     for visual in ("rgb", "flow"):
         stored = mean.stages.load_arrays(f"pseudo-labels-{visual}")
         np.testing.assert_allclose(stored["probabilities"], consensus, rtol=1e-5, atol=1e-7)
         np.testing.assert_array_equal(stored["labels"], consensus.argmax(axis=1))
-    reference = rerun("stream")
+    reference = rerun("stream", pseudo_label_refine="none")
     for visual, labels in zip(("rgb", "flow"), own, strict=True):
         stored = reference.stages.load_arrays(f"pseudo-labels-{visual}")["labels"]
         np.testing.assert_array_equal(stored, labels)
@@ -606,6 +673,12 @@ def test_configuration_errors():
             tasks=tasks,
             overrides={"flow_epochs": 30},
         )
+    for prior in (-0.1, float("nan"), float("inf")):
+        with pytest.raises(ConfigError, match="pseudo_label_prior.* finite number"):
+            heads.create(
+                "audio-adaptive", inputs={"rgb": (2, 4), "audio": (1, 4)}, tasks=tasks,
+                overrides={"pseudo_label_prior": prior},
+            )  # fmt: skip
     # Without a flow stream the flow settings are not used.
     heads.create(
         "audio-adaptive", inputs={"rgb": (2, 4), "audio": (1, 4)}, tasks=tasks,

@@ -9,7 +9,9 @@ Order (the reference's ``bash.sh``), all under ``RUN/stages/`` (see :mod:`avda.t
     3 weights                audio-balanced sample weights                 weights.npz
     4 absent-labels          r least likely classes per target segment     absent-labels.npz
     5 encoder-<visual>       audio-adaptive encoder, one per visual stream encoder-<visual>.pt
-    6 pseudo-labels-<visual> hard pseudo labels on target                pseudo-labels-<visual>.npz
+    6 pseudo-labels-<visual> hard pseudo labels on target (fused, refined pseudo-labels-<visual>.npz
+                             by class centroids: ``pseudo_labels``,
+                             ``pseudo_label_refine``)
       audio-embeddings       frozen stage-1 audio embedding of every       audio-embeddings.npz
                              segment of every set the run uses
       encoded-<visual>       frozen stage-5 clip features of every         encoded-<visual>.npz
@@ -101,6 +103,40 @@ def _accuracy(predictions: np.ndarray, labels: np.ndarray) -> float | None:
     if not known.any():
         return None
     return float(np.mean(predictions[known] == labels[known]))
+
+
+def centroid_labels(
+    features: Sequence[np.ndarray], probabilities: np.ndarray, prior: float, rounds: int = 2
+) -> np.ndarray:
+    """Pseudo labels refined by class centroids in feature space (SHOT's, Liang et al., ICML
+    2020, one centroid set per stream): each stream's ``(N, D)`` features are centred on their
+    mean and compared by cosine with its class centroids, weighted by ``probabilities`` in the
+    first round and by the previous round's hard labels after; a segment takes the class of
+    the largest sum over the streams of the cosines plus ``prior`` times the log of its
+    ``probabilities`` (the fused classifier's: with ``prior`` > 0 the centroids move a
+    segment only where the classifier is unsure). A class without weight has no centroid and
+    takes no segment (SHOT's ``labelset``). Returns ``(N,)`` int64 labels."""
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    count = probabilities.shape[1]
+    log_prior = prior * np.log(np.clip(probabilities, 1e-30, None))
+    unit = []
+    for block in features:
+        block = np.asarray(block, dtype=np.float64)
+        block = block - block.mean(axis=0, keepdims=True)
+        unit.append(block / np.linalg.norm(block, axis=1, keepdims=True).clip(min=1e-12))
+    weights = probabilities
+    labels = probabilities.argmax(axis=1)
+    for _ in range(rounds):
+        mass = weights.sum(axis=0)
+        scores = log_prior.copy()
+        for block in unit:
+            centroids = weights.T @ block
+            norms = np.linalg.norm(centroids, axis=1, keepdims=True)
+            cosines = block @ (centroids / norms.clip(min=1e-12)).T
+            scores += np.where(mass[None, :] > 0, cosines, -np.inf)
+        labels = scores.argmax(axis=1)
+        weights = np.eye(count)[labels]
+    return labels.astype(np.int64)
 
 
 def _clip_features(encoder: AudioAdaptiveEncoder, visual: torch.Tensor, audio: torch.Tensor):
@@ -705,6 +741,22 @@ class AudioAdaptiveStages:
             )
         return torch.cat(out).numpy() if out else np.zeros((0, self.num_classes))
 
+    @torch.no_grad()
+    def encoder_features(self, visual: str, feature_set: FeatureSet) -> np.ndarray:
+        """Clip-averaged stage-5 features of the encoder ``(N, D)`` (what the recognizer of the
+        stream reads, averaged over its clips)."""
+        encoder = self.head.encoders[visual]
+        encoder.eval()
+        out = []
+        for start in range(0, len(feature_set), 1024):
+            index = torch.arange(start, min(start + 1024, len(feature_set)))
+            visual_input, audio_input = self._encoder_inputs(feature_set, visual, index)
+            features = self._per_domain(
+                encoder, feature_set, index, _clip_features, encoder, visual_input, audio_input
+            )
+            out.append(features.float().mean(dim=1).cpu())
+        return torch.cat(out).numpy() if out else np.zeros((0, 0), dtype=np.float32)
+
     def row_is_target(self, feature_set: FeatureSet) -> np.ndarray:
         """Whether each row of ``feature_set`` is of the target domain: the labelled target
         rows of the training set (semi-supervised runs), every row of a target set."""
@@ -737,6 +789,9 @@ class AudioAdaptiveStages:
             if fused
             else {"upstream": self._upstream(*upstream)}
         )
+        refine = self.config.pseudo_label_refine
+        if refine != "none":  # keys of the stages stored before refinement stay valid
+            key["refine"] = {"method": refine, "prior": self.config.pseudo_label_prior}
         self.keys[name] = key
         if self.stages.is_done(name, key):
             self._done[name] = self.stages.load_arrays(name)["labels"]
@@ -747,6 +802,12 @@ class AudioAdaptiveStages:
             else self.encoder_probabilities(visual, self.context.target_set)
         )
         labels = probabilities.argmax(axis=1).astype(np.int64)
+        summary: dict[str, Any] = {}
+        if refine == "centroids":
+            unrefined = _accuracy(labels, self.target_labels)
+            if unrefined is not None:
+                summary["unrefined_accuracy"] = unrefined
+            labels = self._centroid_labels(streams, probabilities, cache=fused)
         accuracy = _accuracy(labels, self.target_labels)
         if accuracy is not None:  # diagnostic: target labels are never used for training
             log.info("pseudo labels (%s): accuracy on target train %.3f", visual, accuracy)
@@ -758,9 +819,28 @@ class AudioAdaptiveStages:
                 "labels": labels,
             },
             key,
-            {"target_train_accuracy": accuracy, "class_counts": np.bincount(labels).tolist()},
+            {
+                "target_train_accuracy": accuracy,
+                **summary,
+                "class_counts": np.bincount(labels, minlength=self.num_classes).tolist(),
+            },
         )
         self._done[name] = labels
+        return labels
+
+    def _centroid_labels(
+        self, streams: Sequence[str], probabilities: np.ndarray, cache: bool
+    ) -> np.ndarray:
+        """:func:`centroid_labels` on the target training set, in the clip-averaged stage-5
+        features of ``streams``; with ``cache`` (fused labels, the same for every stream)
+        computed once for all the streams."""
+        if cache and "refined" in self._done:
+            return self._done["refined"]
+        target_set = self.context.target_set
+        features = [self.encoder_features(stream, target_set) for stream in streams]
+        labels = centroid_labels(features, probabilities, prior=self.config.pseudo_label_prior)
+        if cache:
+            self._done["refined"] = labels
         return labels
 
     def _fused_probabilities(self, rule: str) -> np.ndarray:
@@ -890,6 +970,7 @@ class AudioAdaptiveStages:
 
 __all__ = [
     "AUDIO_EMBEDDING_KEY",
+    "centroid_labels",
     "ENCODED_KEY",
     "PSEUDO_LABEL_KEY",
     "STAGE_ORDER",

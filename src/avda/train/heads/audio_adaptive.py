@@ -10,7 +10,8 @@ the two-stream average (stage 7)::
     target audio ─► [1] ─► [4] pseudo-absent labels (r least likely classes)
     per visual stream v (rgb, flow):
       visual v, audio ─► [5] audio-adaptive encoder E_v (eq. 1-4; frozen after)
-      target ─► E_v ─► [6a] hard pseudo labels ŷ_v
+      target ─► E_v ─► [6a] hard pseudo labels ŷ_v (by default one ŷ: every E_v's and
+                        the audio classifier's product, refined by class centroids)
       E_v clip features, a ─► [6b] audio-infused recognizer R_v (eq. 7), loss eq. 8
     [7] p(y) = mean_v softmax(R_v)      (the reference's calc_acc.py: RGB+audio and flow+audio)
 
@@ -157,6 +158,11 @@ class AudioAdaptiveConfig(HeadConfig):
     # ("consensus", the default of 2026-12-04), or each stream's from its own encoder
     # ("stream", the reference's get_pseudo_labels.py)
     pseudo_labels: Literal["stream", "consensus", "product"] = "product"
+    # stage 6a: the labels refined by class centroids in each visual stream's stage-5 features
+    # (SHOT's, two rounds; "centroids", docs/methods.md: measured) or the argmax as it is
+    # ("none", the reference); pseudo_label_prior weighs the fused log-probabilities in it
+    pseudo_label_refine: Literal["none", "centroids"] = "centroids"
+    pseudo_label_prior: float = 0.2
     # The flow stream (the reference's EPIC-flow-audio/): its own encoder lr, encoder length and
     # gradient clipping (stage 5) and recognizer length (stage 6b, at most ``epochs``, the
     # loop's length; its recognizer is left unchanged after ``flow_epochs``). Every other visual
@@ -175,6 +181,7 @@ class AudioAdaptiveConfig(HeadConfig):
     # (then without it) and before the ReLU after it became optional
     introduced: ClassVar[Mapping[str, Any]] = {
         "pseudo_labels": "stream",
+        "pseudo_label_refine": "none",
         "clips": 0,
         "domain_norm": False,
         "domain_norm_relu": True,
@@ -226,6 +233,11 @@ class AudioAdaptive(Head):
         self.multi_label = self.task.multi_label
         if not 0.0 < config.absent_gamma <= 1.0:
             raise ConfigError(f"absent_gamma must be in (0, 1], got {config.absent_gamma}")
+        if not 0.0 <= config.pseudo_label_prior < float("inf"):
+            raise ConfigError(
+                f"pseudo_label_prior must be a finite number >= 0, got {config.pseudo_label_prior}"
+                " (0: the centroids alone; 0.2: the default)"
+            )
         audio = config.audio_modality
         if audio not in inputs:
             raise ConfigError(
