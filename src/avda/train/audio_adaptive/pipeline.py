@@ -725,37 +725,37 @@ class AudioAdaptiveStages:
         return run_epoch
 
     # ------------------------------------------------------------------ stage 6 (labels)
-    @torch.no_grad()
     def encoder_probabilities(self, visual: str, feature_set: FeatureSet) -> np.ndarray:
         """Clip-averaged class probabilities of the stage-5 encoder ``(N, C)``."""
+        return self._encoder_outputs(visual, feature_set, lambda encoder: encoder.predict)
+
+    def encoder_features(self, visual: str, feature_set: FeatureSet) -> np.ndarray:
+        """Clip-averaged stage-5 features of the encoder ``(N, D)`` (what the recognizer of the
+        stream reads, averaged over its clips)."""
+
+        def features(encoder):
+            return lambda *inputs: _clip_features(encoder, *inputs).float().mean(dim=1)
+
+        return self._encoder_outputs(visual, feature_set, features)
+
+    @torch.no_grad()
+    def _encoder_outputs(self, visual: str, feature_set: FeatureSet, method) -> np.ndarray:
+        """``method(encoder)(visual, audio)`` of the frozen stage-5 encoder of ``visual`` on
+        every segment of ``feature_set``, each normalised with its domain's statistics, in
+        batches of 1,024 segments, as one ``(N, ...)`` array."""
         encoder = self.head.encoders[visual]
         encoder.eval()
+        compute = method(encoder)
         out = []
         for start in range(0, len(feature_set), 1024):
             index = torch.arange(start, min(start + 1024, len(feature_set)))
             visual_input, audio_input = self._encoder_inputs(feature_set, visual, index)
             out.append(
-                self._per_domain(
-                    encoder, feature_set, index, encoder.predict, visual_input, audio_input
-                ).cpu()
+                self._per_domain(encoder, feature_set, index, compute, visual_input, audio_input)
+                .float()
+                .cpu()
             )
         return torch.cat(out).numpy() if out else np.zeros((0, self.num_classes))
-
-    @torch.no_grad()
-    def encoder_features(self, visual: str, feature_set: FeatureSet) -> np.ndarray:
-        """Clip-averaged stage-5 features of the encoder ``(N, D)`` (what the recognizer of the
-        stream reads, averaged over its clips)."""
-        encoder = self.head.encoders[visual]
-        encoder.eval()
-        out = []
-        for start in range(0, len(feature_set), 1024):
-            index = torch.arange(start, min(start + 1024, len(feature_set)))
-            visual_input, audio_input = self._encoder_inputs(feature_set, visual, index)
-            features = self._per_domain(
-                encoder, feature_set, index, _clip_features, encoder, visual_input, audio_input
-            )
-            out.append(features.float().mean(dim=1).cpu())
-        return torch.cat(out).numpy() if out else np.zeros((0, 0), dtype=np.float32)
 
     def row_is_target(self, feature_set: FeatureSet) -> np.ndarray:
         """Whether each row of ``feature_set`` is of the target domain: the labelled target
