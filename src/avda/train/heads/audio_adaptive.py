@@ -162,7 +162,8 @@ class AudioAdaptiveConfig(HeadConfig):
     # (SHOT's, two rounds; "centroids", docs/methods.md: measured) or the argmax as it is
     # ("none", the reference)
     pseudo_label_refine: Literal["none", "centroids"] = "centroids"
-    pseudo_label_prior: float = 0.2  # stage 6a: weight of the fused log-probabilities in it
+    # stage 6a, centroids: weight of the fused log-probabilities beside the centroids' cosines
+    pseudo_label_prior: float = 0.2
     # The flow stream (the reference's EPIC-flow-audio/): its own encoder lr, encoder length and
     # gradient clipping (stage 5) and recognizer length (stage 6b, at most ``epochs``, the
     # loop's length; its recognizer is left unchanged after ``flow_epochs``). Every other visual
