@@ -143,6 +143,16 @@ def _clip_features(encoder: AudioAdaptiveEncoder, visual: torch.Tensor, audio: t
     return encoder(visual, audio).features
 
 
+def _mean_clip_features(
+    encoder: AudioAdaptiveEncoder, visual: torch.Tensor, audio: torch.Tensor
+) -> torch.Tensor:
+    return encoder(visual, audio).features.mean(dim=1)
+
+
+def _probabilities(encoder: AudioAdaptiveEncoder, visual: torch.Tensor, audio: torch.Tensor):
+    return encoder.predict(visual, audio)
+
+
 def _encoder_step(optimizer, losses, clipped, grad_clip: float, sums: dict[str, float]) -> None:
     """One stage-5 optimiser step on ``losses["loss"]`` (each part of ``clipped`` clipped to
     ``grad_clip`` when it is > 0), adding every loss to ``sums``."""
@@ -727,31 +737,28 @@ class AudioAdaptiveStages:
     # ------------------------------------------------------------------ stage 6 (labels)
     def encoder_probabilities(self, visual: str, feature_set: FeatureSet) -> np.ndarray:
         """Clip-averaged class probabilities of the stage-5 encoder ``(N, C)``."""
-        return self._encoder_outputs(visual, feature_set, lambda encoder: encoder.predict)
+        return self._encoder_outputs(visual, feature_set, _probabilities)
 
     def encoder_features(self, visual: str, feature_set: FeatureSet) -> np.ndarray:
         """Clip-averaged stage-5 features of the encoder ``(N, D)`` (what the recognizer of the
         stream reads, averaged over its clips)."""
-
-        def features(encoder):
-            return lambda *inputs: _clip_features(encoder, *inputs).float().mean(dim=1)
-
-        return self._encoder_outputs(visual, feature_set, features)
+        return self._encoder_outputs(visual, feature_set, _mean_clip_features)
 
     @torch.no_grad()
-    def _encoder_outputs(self, visual: str, feature_set: FeatureSet, method) -> np.ndarray:
-        """``method(encoder)(visual, audio)`` of the frozen stage-5 encoder of ``visual`` on
+    def _encoder_outputs(self, visual: str, feature_set: FeatureSet, compute) -> np.ndarray:
+        """``compute(encoder, visual, audio)`` of the frozen stage-5 encoder of ``visual`` on
         every segment of ``feature_set``, each normalised with its domain's statistics, in
         batches of 1,024 segments, as one ``(N, ...)`` array."""
         encoder = self.head.encoders[visual]
         encoder.eval()
-        compute = method(encoder)
         out = []
         for start in range(0, len(feature_set), 1024):
             index = torch.arange(start, min(start + 1024, len(feature_set)))
             visual_input, audio_input = self._encoder_inputs(feature_set, visual, index)
             out.append(
-                self._per_domain(encoder, feature_set, index, compute, visual_input, audio_input)
+                self._per_domain(
+                    encoder, feature_set, index, compute, encoder, visual_input, audio_input
+                )
                 .float()
                 .cpu()
             )
