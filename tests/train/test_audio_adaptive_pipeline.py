@@ -206,9 +206,15 @@ def test_pipeline_runs_every_stage_and_stores_its_outputs(av_cache, tmp_path):
     assert {"train/rgb/target_pseudo", "train/flow/audio_visual"} <= set(last)
 
 
-def test_output_is_the_average_of_the_streams():
+@pytest.mark.parametrize("fusion", ["product", "mean"])
+def test_output_fuses_the_streams(fusion):
+    """Stage 7: the normalised product of the streams' probabilities (the default), or their
+    mean (the reference's calc_acc.py); runs recorded before the option keep the mean."""
+    config = heads.config_class("audio-adaptive")
+    assert config.from_dict({}).stream_fusion == "product"
+    assert config.from_stored({}).stream_fusion == "mean"
     tasks = [Task("verb", 4)]
-    overrides = {k: v for k, v in TINY.items() if "epochs" not in k}
+    overrides = {k: v for k, v in TINY.items() if "epochs" not in k} | {"stream_fusion": fusion}
     head = heads.create(
         "audio-adaptive",
         inputs={"rgb": (3, 8), "flow": (3, 8), "audio": (1, 6)},
@@ -221,9 +227,18 @@ def test_output_is_the_average_of_the_streams():
         "audio": torch.randn(5, 1, 6),
     }
     output = head(inputs)
-    streams = output.extras["streams"]
-    expected = (streams["rgb"].softmax(-1) + streams["flow"].softmax(-1)) / 2
-    torch.testing.assert_close(output.logits["verb"].softmax(-1), expected)
+    streams = {
+        k: v.detach().double().softmax(-1).numpy() for k, v in output.extras["streams"].items()
+    }
+    if fusion == "product":
+        product = streams["rgb"] * streams["flow"]
+        expected = product / product.sum(axis=1, keepdims=True)
+    else:
+        expected = (streams["rgb"] + streams["flow"]) / 2
+    logits = output.logits["verb"].detach().double()
+    np.testing.assert_allclose(logits.softmax(-1).numpy(), expected, rtol=1e-5, atol=1e-6)
+    # the logits are log-probabilities already (normalised), as the mean's are
+    np.testing.assert_allclose(logits.exp().numpy(), expected, rtol=1e-5, atol=1e-6)
     trainable = {n.split(".")[0] for n, p in head.named_parameters() if p.requires_grad}
     assert trainable == {"recognizers"}  # stages 1 and 5 are frozen in the final stage
     losses = head.training_step(inputs, {"verb": torch.tensor([0, 1, 2, 3, 0])}, inputs, 0.0)

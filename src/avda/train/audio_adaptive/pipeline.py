@@ -17,7 +17,7 @@ Order (the reference's ``bash.sh``), all under ``RUN/stages/`` (see :mod:`avda.t
       encoded-<visual>       frozen stage-5 clip features of every         encoded-<visual>.npz
                              segment of every set the run uses
 
-Stage 6's recognizer (and stage 7's two-stream average) is the head the training loop trains.
+Stage 6's recognizer (and stage 7's fusion of the streams) is the head the training loop trains.
 A multi-label task (CharadesEgo) runs the authors' ``CharadesEgo/`` variant (``bash.sh`` there):
 binary cross-entropy everywhere, stage 1 on the source-domain rows of the labelled set only,
 per-class clusters of the source segments of each class (a segment is in one clustering per

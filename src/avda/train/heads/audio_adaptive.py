@@ -3,7 +3,7 @@
 ``avda train --head audio-adaptive`` runs the whole pipeline: the loop calls :meth:`prepare`,
 which runs (or reloads, see :mod:`avda.train.audio_adaptive.pipeline`) stages 1-6a under
 ``RUN/stages/``, then the loop trains the audio-infused recognizers (stage 6b) and evaluates
-the two-stream average (stage 7)::
+the two streams fused (stage 7)::
 
     source audio ─► [1] audio classifier (frozen after) ──► audio embedding a, probabilities
     source audio ─► [2] per-class k-means + Elbow ─► clusters ─► [3] audio-balanced weights w
@@ -13,24 +13,27 @@ the two-stream average (stage 7)::
       target ─► E_v ─► [6a] hard pseudo labels ŷ_v (by default one ŷ: every E_v's and
                         the audio classifier's product, refined by class centroids)
       E_v clip features, a ─► [6b] audio-infused recognizer R_v (eq. 7), loss eq. 8
-    [7] p(y) = mean_v softmax(R_v)      (the reference's calc_acc.py: RGB+audio and flow+audio)
+    [7] p(y) ∝ prod_v softmax(R_v)      (``stream_fusion="product"``; the reference's
+                                          calc_acc.py: mean_v softmax(R_v), ``"mean"``)
 
-The head's logits are ``log mean_v softmax(R_v)``, so the loop's softmax gives the stage-7
-average. A multi-label task (CharadesEgo's ``labels``) runs the authors' ``CharadesEgo/``
-variant (:mod:`avda.train.audio_adaptive.pipeline`, ``docs/methods.md``): binary
-cross-entropy, per-class pseudo-absent labels (``absent_gamma``), no stage 6a (the recognizer
-learns from the labelled target rows of ``labelled_target``), logits ``logit(mean_v
-sigmoid(R_v))``. Defaults are the reference's (``EPIC-rgb-audio/`` and ``EPIC-flow-audio/``
-``train_*.py``, ``config.py``): recognizer Adam 7e-4, weight decay 1e-4, batch 8 + 8, a constant
-lr (the reference builds ``StepLR(3, 0.1)`` but never steps it, so ``lr_steps`` is empty), 29
-epochs (RGB) and 24 (flow, ``flow_epochs``); encoder Adam 1e-4 for 15 epochs (RGB; presets for
-the EPIC-55 sources D1 2e-4, D2 9e-5) and 1e-4 for 17 epochs with gradients clipped to norm 1
-(flow: ``flow_encoder_lr``, ``flow_encoder_epochs``, ``flow_encoder_grad_clip``, every source),
-and the flow recognizer keeps one class token per clip (``flow_class_tokens``); audio
-classifier Adam 1e-2 for 4 epochs. The stream named ``flow_modality`` takes the flow
-settings, every other visual stream the RGB ones (:meth:`AudioAdaptive.stream_settings`). The
-deviations forced by cached features (pooled features in place of SlowFast
-``layer3``/``layer4``, the MLP audio classifier) are listed in ``docs/methods.md``.
+The head's logits are ``log_softmax(sum_v log_softmax(R_v))`` (with ``"mean"``: ``log mean_v
+softmax(R_v)``), so the loop's softmax gives the stage-7 fusion. A multi-label task
+(CharadesEgo's ``labels``) runs the authors' ``CharadesEgo/`` variant
+(:mod:`avda.train.audio_adaptive.pipeline`, ``docs/methods.md``): binary cross-entropy,
+per-class pseudo-absent labels (``absent_gamma``), no stage 6a (the recognizer learns from the
+labelled target rows of ``labelled_target``), logits ``logit(mean_v sigmoid(R_v))``.
+Defaults are the reference's (``EPIC-rgb-audio/`` and ``EPIC-flow-audio/`` ``train_*.py``,
+``config.py``), except where ``docs/methods.md`` says otherwise: recognizer Adam 7e-4, weight
+decay 1e-4, batch 8 + 8, a constant lr (the reference builds ``StepLR(3, 0.1)`` but never steps
+it, so ``lr_steps`` is empty), 29 epochs (RGB) and 24 (flow, ``flow_epochs``); encoder Adam 1e-4
+for 15 epochs (RGB; presets for the EPIC-55 sources D1 2e-4, D2 9e-5) and 1e-4 for 17 epochs
+with gradients clipped to norm 1 (flow: ``flow_encoder_lr``, ``flow_encoder_epochs``,
+``flow_encoder_grad_clip``, every source), and the flow recognizer keeps one class token per
+clip (``flow_class_tokens``); audio classifier Adam 1e-2 for 4 epochs. The stream named
+``flow_modality`` takes the flow settings, every other visual stream the RGB ones
+(:meth:`AudioAdaptive.stream_settings`). The deviations forced by cached features (pooled
+features in place of SlowFast ``layer3``/``layer4``, the MLP audio classifier) are listed in
+``docs/methods.md``.
 """
 
 from __future__ import annotations
@@ -175,14 +178,21 @@ class AudioAdaptiveConfig(HeadConfig):
     flow_epochs: int = 24  # stage 6b: flow recognizer epochs (<= epochs)
     # The reference's flow recognizer keeps one class token per clip (no mean over clips).
     flow_class_tokens: Literal["mean", "per-clip"] = "per-clip"
+    # stage 7: the streams' recognizers fused by the product of their probabilities
+    # ("product": the sum of their log-probabilities, as stage 6a fuses the encoders;
+    # docs/methods.md: measured) or by their mean ("mean", the reference's calc_acc.py).
+    # A multi-label task averages the streams' sigmoids either way.
+    stream_fusion: Literal["mean", "product"] = "product"
 
     presets: ClassVar[Mapping[str, Mapping[str, Any]]] = PRESETS
     # runs recorded before the consensus pseudo labels were trained on each stream's own,
     # before the cached clips were grouped into ``clips``, before ``domain_norm`` existed
-    # (then without it) and before the ReLU after it became optional
+    # (then without it), before the ReLU after it became optional, before the pseudo labels
+    # were refined and before the recognizers were fused by their product
     introduced: ClassVar[Mapping[str, Any]] = {
         "pseudo_labels": "stream",
         "pseudo_label_refine": "none",
+        "stream_fusion": "mean",
         "clips": 0,
         "domain_norm": False,
         "domain_norm_relu": True,
@@ -487,6 +497,9 @@ class AudioAdaptive(Head):
                 fused = torch.stack(probabilities).mean(dim=0)
                 eps = torch.finfo(fused.dtype).eps
                 logits = torch.logit(fused.clamp(eps, 1 - eps))
+        elif self.config.stream_fusion == "product":  # stage 7: normalised product
+            logits = torch.stack([s.log_softmax(dim=-1) for s in streams.values()]).sum(dim=0)
+            logits = logits.log_softmax(dim=-1)
         else:
             fused = torch.stack(probabilities).mean(dim=0)  # stage 7: average of stream softmaxes
             logits = torch.log(fused.clamp_min(torch.finfo(fused.dtype).tiny))
