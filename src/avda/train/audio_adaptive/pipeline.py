@@ -146,7 +146,7 @@ def _clip_features(encoder: AudioAdaptiveEncoder, visual: torch.Tensor, audio: t
 def _mean_clip_features(
     encoder: AudioAdaptiveEncoder, visual: torch.Tensor, audio: torch.Tensor
 ) -> torch.Tensor:
-    return encoder(visual, audio).features.mean(dim=1)
+    return _clip_features(encoder, visual, audio).float().mean(dim=1)
 
 
 def _probabilities(encoder: AudioAdaptiveEncoder, visual: torch.Tensor, audio: torch.Tensor):

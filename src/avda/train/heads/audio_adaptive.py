@@ -480,28 +480,23 @@ class AudioAdaptive(Head):
 
     def forward(self, inputs: Batch) -> HeadOutput:
         audio = self._audio_embedding(inputs)
-        probabilities = []
         streams, tokens = {}, []
         for visual in self.visual_modalities:
             output = self.recognizers[visual](self._features(inputs, visual), audio, TARGET)
             streams[visual] = output.logits
             tokens.append(output.token)
-            if self.multi_label:
-                probabilities.append(output.logits.sigmoid())
-            else:
-                probabilities.append(output.logits.softmax(dim=-1))
+        stacked = torch.stack(list(streams.values()))  # (streams, B, C)
         if self.multi_label:  # the loop's sigmoid gives the average of the streams' sigmoids
             if len(streams) == 1:
-                logits = next(iter(streams.values()))
+                logits = stacked[0]
             else:
-                fused = torch.stack(probabilities).mean(dim=0)
+                fused = stacked.sigmoid().mean(dim=0)
                 eps = torch.finfo(fused.dtype).eps
                 logits = torch.logit(fused.clamp(eps, 1 - eps))
         elif self.config.stream_fusion == "product":  # stage 7: normalised product
-            logits = torch.stack([s.log_softmax(dim=-1) for s in streams.values()]).sum(dim=0)
-            logits = logits.log_softmax(dim=-1)
+            logits = stacked.log_softmax(dim=-1).sum(dim=0).log_softmax(dim=-1)
         else:
-            fused = torch.stack(probabilities).mean(dim=0)  # stage 7: average of stream softmaxes
+            fused = stacked.softmax(dim=-1).mean(dim=0)  # stage 7: average of stream softmaxes
             logits = torch.log(fused.clamp_min(torch.finfo(fused.dtype).tiny))
         return HeadOutput(
             logits={self.task.name: logits},
