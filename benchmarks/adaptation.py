@@ -21,6 +21,16 @@ bars per family, one panel per size, error bars: std over seeds).
     python benchmarks/adaptation.py --heads mm-sada --families rotation \\
         --variant mm-sada+streams=mm-sada:stream_weight=1
 
+Beside the heads, a reference row ``oracle`` (``--no-oracle`` leaves it out): a linear
+classifier that is *given the target's training labels*, the supervised ceiling a method that
+adapts without them is measured against (the "target-supervised" / "oracle" row of domain
+adaptation tables). It is scikit-learn's logistic regression on each segment's clip-averaged
+features (every modality, concatenated), each domain standardised with its own training set's
+statistics, fitted on ``source/train`` and ``target/train`` with their labels (C chosen by
+3-fold cross-validation on those, never on the test set) and scored on ``target/test``; seconds
+per cache. It is not an upper bound on what a head can reach (a head's network is not linear),
+only the accuracy a simple classifier gets when the labels the heads do without are there.
+
 ``--variant NAME=HEAD:KEY=VALUE,...`` adds a row ``NAME``: ``HEAD`` trained with those settings
 (values parsed as YAML, as ``avda train --set``), so a candidate default is measured beside the
 current one on the same caches and seeds. ``--device cuda`` trains on a GPU (default: avda's
@@ -62,6 +72,8 @@ HEADS = (
     "audio-adaptive",
 )
 BASELINE = "source-only"
+ORACLE = "oracle"  # a reference row: a linear classifier given the target's training labels
+ORACLE_CS = (0.001, 0.003, 0.01, 0.03, 0.1)  # its inverse regularisation strengths (3-fold CV)
 # The families of avda.cache.synthetic, and "prototype": benchmarks/prototype_shift.py, the
 # independent generator (25 x 1024 per modality, the issue's EPIC-100-like layout).
 FAMILIES = ("scene", "affine", "rotation", "label-prior", "audio-informative", "prototype")
@@ -251,6 +263,58 @@ def run_job(job: Job) -> dict[str, Any]:
     return record
 
 
+def oracle_record(cache: str | Path, family: str, size: str, seed: int) -> dict[str, Any]:
+    """The ``oracle`` row's record on one cache: logistic regression on the clip-averaged
+    features of every modality (each domain standardised with its training set's statistics),
+    fitted on both domains' training sets *with their labels*, C by 3-fold cross-validation on
+    them; target top-1 and mean class accuracy on ``target/test``."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import balanced_accuracy_score
+    from sklearn.model_selection import StratifiedKFold, cross_val_score
+
+    from avda.cache.store import open_cache
+
+    began = time.perf_counter()
+    store = open_cache(cache)
+    segments = store.segments
+    labels = segments["verb_class"].to_numpy(dtype=np.int64)
+    domain, split = segments["domain"].astype(str), segments["split"].astype(str)
+    train = (split == "train").to_numpy()
+    test = ((domain == "target") & (split == "test")).to_numpy()
+    columns = []
+    for modality in sorted(store.modalities):
+        x = store.load(modality).mean(axis=1, dtype=np.float64)
+        for name in ("source", "target"):
+            rows = (domain == name).to_numpy()
+            fit = rows & train
+            x[rows] = (x[rows] - x[fit].mean(0)) / (x[fit].std(0) + 1e-6)
+        columns.append(x)
+    features = np.concatenate(columns, axis=1)
+    x, y = features[train], labels[train]
+    folds = StratifiedKFold(3, shuffle=True, random_state=seed)
+    scores = [
+        cross_val_score(LogisticRegression(C=c, max_iter=3000), x, y, cv=folds).mean()
+        for c in ORACLE_CS
+    ]
+    chosen = ORACLE_CS[int(np.argmax(scores))]
+    predicted = LogisticRegression(C=chosen, max_iter=3000).fit(x, y).predict(features[test])
+    return {
+        "head": ORACLE,
+        "family": family,
+        "size": size,
+        "seed": seed,
+        "status": "ok",
+        "target_top1": float(np.mean(predicted == labels[test])),
+        "target_mca": float(balanced_accuracy_score(labels[test], predicted)),
+        "source_top1": math.nan,
+        "epochs": None,
+        "error": "",
+        "wall_s": round(time.perf_counter() - began, 1),
+        "C": chosen,
+        "reused": False,
+    }
+
+
 def _mean_std(values: list[float]) -> tuple[float, float]:
     mean = float(np.mean(values))
     std = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
@@ -398,6 +462,12 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
         help="an extra row: HEAD with these settings (repeatable)",
     )
     parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: avda's choice)")
+    parser.add_argument(
+        "--no-oracle",
+        dest="oracle",
+        action="store_false",
+        help=f"leave out the {ORACLE!r} row (a linear classifier given the target's labels)",
+    )
     args = parser.parse_args(argv)
     variants = [parse_variant(v) for v in args.variant]
 
@@ -406,7 +476,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     if BASELINE not in heads:
         heads = [BASELINE, *heads]  # every head is compared with source-only
     heads = [h for h in HEADS if h in heads]
-    rows = heads + [name for name, _, _ in variants]
+    rows = heads + [name for name, _, _ in variants] + ([ORACLE] if args.oracle else [])
     families = args.families or quick.get("families") or list(FAMILIES)
     families = [f for f in FAMILIES if f in families]
     sizes = [s for s in SIZES if s in (args.sizes or quick.get("sizes") or list(SIZES))]
@@ -449,6 +519,10 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
         frame.sort_values(["size", "family", "head", "seed"]).to_csv(out / "runs.csv", index=False)
 
     bar = tqdm(total=len(jobs), desc="runs", unit="run", file=sys.stderr)
+    if args.oracle:  # seconds per cache: before the runs, in this process
+        for family, size, seed in combos:
+            cache = cache_path(work, family, size, seed)
+            records.append(oracle_record(cache, family, size, seed))
 
     def done(record: dict[str, Any]) -> None:
         records.append(record)

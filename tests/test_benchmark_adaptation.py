@@ -7,6 +7,7 @@ import importlib.util
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "adaptation.py"
@@ -44,3 +45,37 @@ def test_a_variants_runs_are_not_reused_as_the_defaults(adaptation):
     assert {k: v for k, v in variant.items() if k != "stream_weight"} == {
         k: v for k, v in defaults.items() if k != "stream_weight"
     }
+
+
+def test_the_oracle_row_learns_from_the_targets_labels(adaptation, tmp_path):
+    """The reference row is fitted with the target's training labels: on a rotated target
+    it beats the same classifier fitted on the source alone, and its record is a run's."""
+    from sklearn.linear_model import LogisticRegression
+
+    from avda.cache import synthetic
+
+    sizes = {"source_train": 160, "target_train": 160, "target_test": 160, "source_test": 40}
+    cache = tmp_path / "rotation.zarr"
+    store = synthetic.generate(cache, family="rotation", seed=0, severity=1.3, **sizes)
+    record = adaptation.oracle_record(cache, "rotation", "tiny", 0)
+    assert record["head"] == adaptation.ORACLE and record["status"] == "ok"
+    assert record["C"] in adaptation.ORACLE_CS and 0.0 <= record["target_mca"] <= 1.0
+
+    # the same features and classifier without the target's labels (computed here, with
+    # scikit-learn directly): the rotation moves the classes, the labels bring them back
+    segments = store.segments
+    labels = segments["verb_class"].to_numpy(dtype=int)
+    domain, split = segments["domain"].to_numpy(str), segments["split"].to_numpy(str)
+    columns = []
+    for modality in sorted(store.modalities):
+        x = store.load(modality).mean(axis=1, dtype=float)
+        for name in ("source", "target"):
+            fit = (domain == name) & (split == "train")
+            x[domain == name] = (x[domain == name] - x[fit].mean(0)) / (x[fit].std(0) + 1e-6)
+        columns.append(x)
+    features = np.concatenate(columns, axis=1)
+    source = (domain == "source") & (split == "train")
+    test = (domain == "target") & (split == "test")
+    model = LogisticRegression(C=record["C"], max_iter=3000).fit(features[source], labels[source])
+    without = model.score(features[test], labels[test])
+    assert record["target_top1"] > without + 0.1, (record["target_top1"], without)
