@@ -74,7 +74,7 @@ HEADS = (
 BASELINE = "source-only"
 ORACLE = "oracle"  # a reference row: a linear classifier given the target's training labels
 # its inverse regularisation strengths, one chosen by 3-fold cross-validation
-ORACLE_CS = (0.0001, 0.0003, 0.001, 0.003, 0.01, 0.03, 0.1)
+ORACLE_CS = (0.00001, 0.00003, 0.0001, 0.0003, 0.001, 0.003, 0.01, 0.03, 0.1)
 # The families of avda.cache.synthetic, and "prototype": benchmarks/prototype_shift.py, the
 # independent generator (25 x 1024 per modality, the EPIC-100-like layout).
 FAMILIES = ("scene", "affine", "rotation", "label-prior", "audio-informative", "prototype")
