@@ -197,10 +197,24 @@ def _defaults(head: str, overrides: dict[str, Any] | None = None) -> dict[str, A
 
 
 def run_job(job: Job) -> dict[str, Any]:
-    """Train one head on one cache; a failure is returned as a record, never raised."""
+    """Train one head on one cache (or fit the ``oracle`` row's classifier: no run folder); a
+    failure is returned as a record, never raised."""
     from avda import runs
     from avda.train.loop import train
 
+    if job.head == ORACLE:
+        try:
+            return oracle_record(job.cache, job.family, job.size, job.seed)
+        except Exception as error:  # a result of the benchmark, as a failed run
+            return {
+                **{k: getattr(job, k) for k in ("family", "size", "seed")},
+                "head": ORACLE,
+                "status": "failed",
+                "target_top1": math.nan,
+                "target_mca": math.nan,
+                "error": _one_line(error),
+                "wall_s": math.nan,
+            }
     overrides = json.loads(job.overrides)
     record: dict[str, Any] = {
         "head": job.name or job.head,
@@ -493,7 +507,8 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     combos = [(f, s, seed) for s in sizes for f in families for seed in seeds]
     for family, size, seed in tqdm(combos, desc="caches", file=sys.stderr, leave=False):
         cache = ensure_cache(work, family, size, seed)
-        for name, head, overrides in [(h, h, {}) for h in heads] + variants:
+        oracle = [(ORACLE, ORACLE, {})] if args.oracle else []  # seconds a cache, no run folder
+        for name, head, overrides in [(h, h, {}) for h in heads] + variants + oracle:
             run = work / "runs" / f"{family}-{size}" / f"{name}-seed{seed}"
             jobs.append(
                 Job(
@@ -520,10 +535,6 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
         frame.sort_values(["size", "family", "head", "seed"]).to_csv(out / "runs.csv", index=False)
 
     bar = tqdm(total=len(jobs), desc="runs", unit="run", file=sys.stderr)
-    if args.oracle:  # seconds per cache: before the runs, in this process
-        for family, size, seed in combos:
-            cache = cache_path(work, family, size, seed)
-            records.append(oracle_record(cache, family, size, seed))
 
     def done(record: dict[str, Any]) -> None:
         records.append(record)

@@ -79,3 +79,14 @@ def test_the_oracle_row_learns_from_the_targets_labels(adaptation, tmp_path):
     model = LogisticRegression(C=record["C"], max_iter=3000).fit(features[source], labels[source])
     without = model.score(features[test], labels[test])
     assert record["target_top1"] > without + 0.1, (record["target_top1"], without)
+
+    # through the benchmark's job runner (as the worker pool calls it): the same record, no
+    # run folder; a cache that cannot be read is a failed record of one line, not an exception
+    run = tmp_path / "runs" / "oracle-seed0"
+    job = adaptation.Job(adaptation.ORACLE, "rotation", "tiny", 0, str(cache), str(run))
+    assert adaptation.run_job(job)["target_top1"] == record["target_top1"]
+    assert not run.exists()
+    missing = adaptation.run_job(
+        adaptation.Job(adaptation.ORACLE, "rotation", "tiny", 0, str(tmp_path / "no.zarr"), "")
+    )
+    assert missing["status"] == "failed" and "\n" not in missing["error"]
