@@ -246,6 +246,90 @@ def test_output_fuses_the_streams(fusion):
     assert all(p.grad is not None for p in head.recognizers.parameters())
 
 
+def test_output_adds_the_nearest_centroid_scores():
+    """Stage 7 with ``centroid_weight`` (off by default): the fused log-probabilities plus the
+    weight times the streams' summed cosines with the class centroids of the pseudo labels
+    (computed here in numpy), renormalised; a class without a labelled segment scores 0."""
+    config = heads.config_class("audio-adaptive")
+    assert config.from_dict({}).centroid_weight == 0.0
+    tiny = {k: v for k, v in TINY.items() if "epochs" not in k}
+    layout = {"rgb": (3, 8), "flow": (3, 8), "audio": (1, 6)}
+    head = heads.create(
+        "audio-adaptive",
+        inputs=layout,
+        tasks=[Task("verb", 4)],
+        overrides=tiny | {"centroid_weight": 10.0},
+    ).eval()
+    rng = np.random.default_rng(0)
+    labels = np.array([0, 1, 2] * 6 + [0, 1])  # class 3: no pseudo-labelled segment
+    fitted = {v: rng.normal(size=(20, 8)) + 3.0 for v in ("rgb", "flow")}
+    for visual, centroids in head.centroids.items():
+        centroids.fit(torch.from_numpy(fitted[visual]), torch.from_numpy(labels))
+    inputs = {
+        "rgb": torch.rand(5, 3, 8),
+        "flow": torch.rand(5, 3, 8),
+        "audio": torch.randn(5, 1, 6),
+        **{pipeline.ENCODED_KEY.format(v): torch.randn(5, 3, 8) + 3.0 for v in ("rgb", "flow")},
+    }
+    output = head(inputs)
+    streams = output.extras["streams"].values()
+    fused = sum(v.detach().double().log_softmax(-1).numpy() for v in streams)
+    cosines = 0.0
+    for visual in ("rgb", "flow"):
+        centred = fitted[visual] - fitted[visual].mean(axis=0)
+        unit = centred / np.linalg.norm(centred, axis=1, keepdims=True)
+        centroids = np.stack([unit[labels == c].sum(axis=0) for c in range(4)])
+        norms = np.linalg.norm(centroids, axis=1, keepdims=True)
+        centroids = np.divide(centroids, norms, out=np.zeros_like(centroids), where=norms > 0)
+        x = inputs[pipeline.ENCODED_KEY.format(visual)].double().mean(dim=1).numpy()
+        x = x - fitted[visual].mean(axis=0)
+        cosines = cosines + (x / np.linalg.norm(x, axis=1, keepdims=True)) @ centroids.T
+    assert np.all(cosines[:, 3] == 0) and np.abs(cosines[:, :3]).max() > 0.1
+    scores = fused + 10.0 * cosines
+    expected = np.exp(scores - scores.max(axis=1, keepdims=True))
+    expected /= expected.sum(axis=1, keepdims=True)
+    logits = output.logits["verb"].detach().double()
+    np.testing.assert_allclose(logits.exp().numpy(), expected, rtol=1e-4, atol=1e-5)
+    assert {"centroids.rgb.mean", "centroids.flow.centroids"} <= set(head.state_dict())
+    assert (
+        "centroids.rgb.mean"
+        not in heads.create(
+            "audio-adaptive", inputs=layout, tasks=[Task("verb", 4)], overrides=tiny
+        ).state_dict()
+    )  # off: the checkpoints of runs without it are unchanged
+    with pytest.raises(ConfigError, match="centroid_weight"):
+        heads.create(
+            "audio-adaptive",
+            inputs=layout,
+            tasks=[Task("labels", 4, multi_label=True)],
+            overrides=tiny | {"centroid_weight": 1.0},
+        )
+
+
+def test_run_fits_the_centroids_from_its_pseudo_labels(av_cache, tmp_path):
+    """A run with ``centroid_weight`` fits stage 7's centroids from its stored stage-6a labels
+    and the clip-averaged stage-5 features of the target training set, and saves them."""
+    _train(av_cache, tmp_path / "run", centroid_weight=10.0)
+    stages = StageStore(tmp_path / "run")
+    labels = stages.load_arrays("pseudo-labels-rgb")["labels"]
+    state = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)["model"]
+    for visual in ("rgb", "flow"):
+        features = stages.load_arrays(f"encoded-{visual}")["target_train.values"].mean(axis=1)
+        centred = features - features.mean(axis=0)
+        unit = centred / np.linalg.norm(centred, axis=1, keepdims=True)
+        for label in np.unique(labels):
+            centroid = unit[labels == label].sum(axis=0)
+            np.testing.assert_allclose(
+                state[f"centroids.{visual}.centroids"][label].numpy(),
+                centroid / np.linalg.norm(centroid),
+                rtol=1e-4,
+                atol=1e-5,
+            )
+        np.testing.assert_allclose(
+            state[f"centroids.{visual}.mean"].numpy(), features.mean(axis=0), rtol=1e-4, atol=1e-5
+        )
+
+
 @pytest.mark.parametrize("stage, epoch", [("audio-classifier", 1), ("encoder-rgb", 2)])
 def test_interrupted_stage_resumes_where_it_stopped(
     av_cache, tmp_path, monkeypatch, caplog, stage, epoch

@@ -17,8 +17,10 @@ the two streams fused (stage 7)::
                                           calc_acc.py: mean_v softmax(R_v), ``"mean"``)
 
 The head's logits are ``log_softmax(sum_v log_softmax(R_v))`` (with ``"mean"``: ``log mean_v
-softmax(R_v)``), so the loop's softmax gives the stage-7 fusion. A multi-label task
-(CharadesEgo's ``labels``) runs the authors' ``CharadesEgo/`` variant
+softmax(R_v)``), so the loop's softmax gives the stage-7 fusion; with ``centroid_weight`` w > 0
+(off by default) ``w`` times the streams' summed cosines with the class centroids of the
+stage-6a pseudo labels (:class:`NearestCentroids`) is added before the renormalisation. A
+multi-label task (CharadesEgo's ``labels``) runs the authors' ``CharadesEgo/`` variant
 (:mod:`avda.train.audio_adaptive.pipeline`, ``docs/methods.md``): binary cross-entropy,
 per-class pseudo-absent labels (``absent_gamma``), no stage 6a (the recognizer learns from the
 labelled target rows of ``labelled_target``), logits ``logit(mean_v sigmoid(R_v))``.
@@ -183,6 +185,12 @@ class AudioAdaptiveConfig(HeadConfig):
     # docs/methods.md: measured) or by their mean ("mean", the reference's calc_acc.py).
     # A multi-label task averages the streams' sigmoids either way.
     stream_fusion: Literal["mean", "product"] = "product"
+    # stage 7: weight of a nearest-centroid classifier beside the recognizers (0: off, the
+    # recognizers alone): each stream's clip-averaged stage-5 features, centred on the target
+    # training set's mean, scored by cosine against the class centroids of the stage-6a
+    # pseudo labels; the streams' cosines are summed and added, times this weight, to the
+    # fused log-probabilities (docs/methods.md: measured). Single-label tasks only.
+    centroid_weight: float = 0.0
 
     presets: ClassVar[Mapping[str, Mapping[str, Any]]] = PRESETS
     # runs recorded before the consensus pseudo labels were trained on each stream's own,
@@ -217,6 +225,34 @@ class StreamSettings:
     class_tokens: Literal["mean", "per-clip"] = "mean"  # the recognizer's
 
 
+class NearestCentroids(nn.Module):
+    """A nearest-centroid classifier on one stream's clip-averaged stage-5 features: features
+    are centred on the target training set's mean and compared by cosine with the class
+    centroids of the stage-6a pseudo labels (the mean of the class's unit vectors, as stage
+    6a's refinement, SHOT's, builds them). A class without a pseudo-labelled segment has no
+    centroid and scores 0. Buffers, so the fitted classifier is saved with the checkpoint."""
+
+    def __init__(self, num_classes: int, channels: int) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(channels))
+        self.register_buffer("centroids", torch.zeros(num_classes, channels))
+
+    @torch.no_grad()
+    def fit(self, features: torch.Tensor, labels: torch.Tensor) -> None:
+        """``features`` ``(N, C)`` of the target training segments, ``labels`` ``(N,)``."""
+        features = features.to(self.mean.device, torch.float64)
+        mean = features.mean(dim=0)
+        unit = nn.functional.normalize(features - mean, dim=1)
+        counts = nn.functional.one_hot(labels.long(), len(self.centroids)).to(unit)
+        self.mean.copy_(mean)
+        self.centroids.copy_(nn.functional.normalize(counts.T @ unit, dim=1))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """Cosines ``(B, classes)`` of ``features`` ``(B, C)`` with the class centroids."""
+        unit = nn.functional.normalize(features.float() - self.mean, dim=1)
+        return unit @ self.centroids.T
+
+
 def _freeze(module: nn.Module) -> None:
     for parameter in module.parameters():
         parameter.requires_grad_(False)
@@ -248,6 +284,17 @@ class AudioAdaptive(Head):
             raise ConfigError(
                 f"pseudo_label_prior must be a finite number >= 0, got {config.pseudo_label_prior}"
                 " (0: the centroids alone; 0.2: the default)"
+            )
+        if not 0.0 <= config.centroid_weight < float("inf"):
+            raise ConfigError(
+                f"centroid_weight must be a finite number >= 0, got {config.centroid_weight}"
+                " (0: the recognizers alone)"
+            )
+        if config.centroid_weight > 0 and self.multi_label:
+            raise ConfigError(
+                f"centroid_weight={config.centroid_weight} needs the single-label pseudo labels "
+                f"of stage 6a, which a multi-label task ({self.task.name!r}) does not have; "
+                "set --set centroid_weight=0"
             )
         audio = config.audio_modality
         if audio not in inputs:
@@ -293,6 +340,12 @@ class AudioAdaptive(Head):
         )
         self.encoders = nn.ModuleDict({v: self.make_encoder(v) for v in visual})
         self.recognizers = nn.ModuleDict({v: self.make_recognizer(v) for v in visual})
+        # stage 7's nearest-centroid classifier (fitted in prepare, stored with the checkpoint)
+        self.centroids = (
+            nn.ModuleDict({v: NearestCentroids(classes, self.visual_channels[v]) for v in visual})
+            if config.centroid_weight > 0
+            else None
+        )
         _freeze(self.audio_classifier)
         _freeze(self.encoders)
 
@@ -442,6 +495,11 @@ class AudioAdaptive(Head):
             stages.attach_frozen_outputs(
                 context.all_sets(), training=[context.train_set.name, context.target_set.name]
             )
+            if self.centroids is not None:  # stage 7's classifier, from stage 6a's labels
+                for visual, centroids in self.centroids.items():
+                    features = stages.encoder_features(visual, context.target_set)
+                    labels = stages.pseudo_labels(visual)
+                    centroids.fit(torch.from_numpy(features), torch.from_numpy(labels))
 
     def train(self, mode: bool = True) -> AudioAdaptive:
         super().train(mode)
@@ -480,11 +538,14 @@ class AudioAdaptive(Head):
 
     def forward(self, inputs: Batch) -> HeadOutput:
         audio = self._audio_embedding(inputs)
-        streams, tokens = {}, []
+        streams, tokens, cosines = {}, [], 0.0
         for visual in self.visual_modalities:
-            output = self.recognizers[visual](self._features(inputs, visual), audio, TARGET)
+            features = self._features(inputs, visual)
+            output = self.recognizers[visual](features, audio, TARGET)
             streams[visual] = output.logits
             tokens.append(output.token)
+            if self.centroids is not None:
+                cosines = cosines + self.centroids[visual](features.float().mean(dim=1))
         stacked = torch.stack(list(streams.values()))  # (streams, B, C)
         if self.multi_label:  # the loop's sigmoid gives the average of the streams' sigmoids
             if len(streams) == 1:
@@ -498,6 +559,8 @@ class AudioAdaptive(Head):
         else:
             fused = stacked.softmax(dim=-1).mean(dim=0)  # stage 7: average of stream softmaxes
             logits = torch.log(fused.clamp_min(torch.finfo(fused.dtype).tiny))
+        if self.centroids is not None:  # stage 7 with the nearest-centroid scores
+            logits = (logits + self.config.centroid_weight * cosines).log_softmax(dim=-1)
         return HeadOutput(
             logits={self.task.name: logits},
             features=torch.cat(tokens, dim=1),
