@@ -496,10 +496,10 @@ class AudioAdaptive(Head):
                 context.all_sets(), training=[context.train_set.name, context.target_set.name]
             )
             if self.centroids is not None:  # stage 7's classifier, from stage 6a's labels
-                for visual, centroids in self.centroids.items():
-                    features = stages.encoder_features(visual, context.target_set)
-                    labels = stages.pseudo_labels(visual)
-                    centroids.fit(torch.from_numpy(features), torch.from_numpy(labels))
+                for visual, centroids in self.centroids.items():  # the stored clip features
+                    clips = context.target_set.inputs[ENCODED_KEY.format(visual)]
+                    labels = torch.from_numpy(stages.pseudo_labels(visual))
+                    centroids.fit(clips.float().mean(dim=1), labels)
 
     def train(self, mode: bool = True) -> AudioAdaptive:
         super().train(mode)
