@@ -21,7 +21,7 @@ import torch
 import torchaudio
 
 from avda.cache import Status, open_cache
-from avda.extract import audio, backbones, runner, sampling
+from avda.extract import audio, backbones, decode, runner, sampling
 from avda.extract.inputs import InputPaths, SegmentDataset
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -304,3 +304,48 @@ def test_samples_are_placed_by_timestamp_when_a_packet_is_missing(tmp_path):
     expected = tone.copy()
     expected[4 * size : 5 * size] = 0
     np.testing.assert_array_equal(track.samples, expected)
+
+
+def _remux_shifted(source: Path, out: Path, *, audio: float = 0.0, video: float = 0.0) -> None:
+    """Copy ``source``'s packets into an mp4 with its audio / video stream starting ``audio`` /
+    ``video`` seconds later (no re-encoding: the same decoded samples and frames)."""
+    with av.open(str(source)) as src, av.open(str(out), "w", format="mp4") as sink:
+        streams = [s for s in src.streams if s.type in ("audio", "video")]
+        outs = {s.index: sink.add_stream_from_template(s) for s in streams}
+        for packet in src.demux(streams):
+            if packet.dts is None:  # the flush packets
+                continue
+            shift = audio if packet.stream.type == "audio" else video
+            ticks = int(round(shift / packet.time_base))
+            packet.pts += ticks
+            packet.dts += ticks
+            packet.stream = outs[packet.stream.index]
+            sink.mux(packet)
+
+
+@pytest.mark.parametrize("name", ["v_ZNVhz7ctTq0.mp4", "bigbuckbunny.mp4"])
+@pytest.mark.parametrize("backend", ["pyav", "decord"])
+def test_audio_keeps_its_place_beside_the_video_when_the_streams_start_apart(
+    tmp_path, media, name, backend
+):
+    """Sample 0 is at the video's first frame, the time 0 of the frame timestamps: audio that
+    starts 1 s after the video begins with 1 s of silence, audio that starts before the video
+    loses what precedes its first frame (a track whose first sample was taken as time 0 played
+    1 s late / 0.5 s early beside the video)."""
+    if backend == "decord" and not decode.decord_available():
+        pytest.skip("decord is not installed on this platform")
+    source = media / "video" / name
+    reference, rate, _ = _reference(source)  # PyAV's own decoding of the unshifted file
+    late_audio, late_video = tmp_path / "late-audio.mp4", tmp_path / "late-video.mp4"
+    _remux_shifted(source, late_audio, audio=1.0)
+    _remux_shifted(source, late_video, video=0.5)
+    for path in (source, late_audio, late_video):  # the frames' time 0 is the first frame
+        assert decode.VideoDecoder(path, backend=backend).timestamps[0] == pytest.approx(0.0)
+    ours = audio.read_audio(late_audio)
+    assert ours.samples.shape == (rate + len(reference),)
+    assert ours.lost == ()
+    assert np.all(ours.samples[:rate] == 0)
+    np.testing.assert_allclose(ours.samples[rate:], reference, atol=1e-6, rtol=0)
+    ours = audio.read_audio(late_video)
+    assert ours.samples.shape == (len(reference) - rate // 2,)
+    np.testing.assert_allclose(ours.samples, reference[rate // 2 :], atol=1e-6, rtol=0)

@@ -42,8 +42,9 @@ class NoAudioTrack(MediaError):
 class AudioTrack:
     """A decoded audio track: mono float32 samples and what decoding lost.
 
-    ``lost`` lists the ``[start, stop)`` spans (seconds from the first sample) that damaged
-    packets took: they hold silence (zeros), so later audio keeps its place on the timeline.
+    ``lost`` lists the ``[start, stop)`` spans (seconds from sample 0: the video's first
+    frame, or an audio file's first sample) that damaged packets took: they hold silence
+    (zeros), so later audio keeps its place on the timeline.
     """
 
     samples: np.ndarray
@@ -106,7 +107,13 @@ def read_audio(path: str | Path, sample_rate: int | None = None) -> AudioTrack:
 
 def _decode_mono(path: Path) -> tuple[np.ndarray, int, int, str, list[tuple[int, int]], int]:
     """(mono samples at the native rate, rate, channels, codec, lost sample spans, damaged
-    packets). Frames are placed by their timestamps: a gap left by a skipped packet is zeros."""
+    packets). Frames are placed by their timestamps: a gap left by a skipped packet is zeros.
+
+    Sample 0 is at the time of the video's first frame when the file has a video stream (the
+    origin of the frame timestamps that place the video clips, decord's and PyAV's alike), so
+    a track that starts later than the video begins with silence and one that starts earlier
+    loses what precedes the first frame: the audio stays where it plays beside the video.
+    An audio file's sample 0 is its first decoded sample."""
     import av
 
     if not path.exists():
@@ -115,7 +122,8 @@ def _decode_mono(path: Path) -> tuple[np.ndarray, int, int, str, list[tuple[int,
     lost: list[tuple[int, int]] = []
     damaged = 0
     position = 0  # samples placed so far
-    origin: float | None = None  # time of the first decoded sample
+    origin: float | None = None  # the time of sample 0
+    offset: int | None = None  # where the first decoded sample falls, in samples from it
     damaged_until: float | None = None  # end time of the latest damaged packet
     try:
         container = av.open(str(path))
@@ -130,6 +138,7 @@ def _decode_mono(path: Path) -> tuple[np.ndarray, int, int, str, list[tuple[int,
         channels = int(stream.codec_context.channels or 0)
         codec = str(stream.codec_context.name)
         declared = _declared_seconds(stream, container, path)
+        origin = _video_start(container)
         if rate <= 0:
             raise MediaError(f"{path}: audio stream has no sample rate")
         packets = container.demux(stream)
@@ -161,7 +170,17 @@ def _decode_mono(path: Path) -> tuple[np.ndarray, int, int, str, list[tuple[int,
                     if origin is None:
                         origin = float(frame.time)
                     at = int(round((float(frame.time) - origin) * rate))
-                    if at - position > max(1, frame.samples // 2):  # a skipped packet's gap
+                    if offset is None:
+                        offset = at
+                    if position == 0 and not pieces and at < 0:  # before the video starts
+                        data = data[min(-at, len(data)) :]
+                        at = 0
+                        if not len(data):
+                            continue
+                    elif position == 0 and not pieces and at > 0:  # it starts after the video
+                        pieces.append(np.zeros(at, np.float32))  # silence, not a loss
+                        position = at
+                    elif at - position > max(1, frame.samples // 2):  # a skipped packet's gap
                         lost.append((position, at))
                         pieces.append(np.zeros(at - position, np.float32))
                         position = at
@@ -179,7 +198,7 @@ def _decode_mono(path: Path) -> tuple[np.ndarray, int, int, str, list[tuple[int,
             pieces.append(np.zeros(end - position, np.float32))
             position = end
     if declared is not None and position > 0:
-        end = int(round(declared * rate))
+        end = (offset or 0) + int(round(declared * rate))
         if end - position > max(CUT_SHORT_SECONDS, CUT_SHORT_FRACTION * declared) * rate:
             # a cut or damaged file whose audio ends early: the rest of the declared track is
             # lost, not silence, so segments there fail instead of being silently zero-padded
@@ -195,6 +214,24 @@ def _decode_mono(path: Path) -> tuple[np.ndarray, int, int, str, list[tuple[int,
         detail = f" ({damaged} damaged packets)" if damaged else ""
         raise MediaError(f"{path}: the audio track is empty or cannot be decoded{detail}")
     return np.concatenate(pieces), rate, channels, codec, _merge(lost), damaged
+
+
+def _video_start(container) -> float | None:
+    """The start time (seconds) of the container's first video stream, which the video
+    decoders take as time 0 (None: no video stream, or one without a start time). Cover art
+    (an attached picture, as in audio files) is not a video."""
+    import av
+
+    for stream in container.streams.video:
+        try:
+            if stream.disposition & av.stream.Disposition.attached_pic:
+                continue
+        except (AttributeError, TypeError):  # a PyAV without dispositions
+            pass
+        if stream.start_time is None or stream.time_base is None:
+            return None
+        return float(stream.start_time * stream.time_base)
+    return None
 
 
 # Audio that ends this much before its declared duration (and this fraction of it) was cut
