@@ -193,3 +193,40 @@ def test_diverging_loss_stops_with_a_message(shifted_cache, tmp_path):
 
     with pytest.raises(TrainingDiverged, match="lower lr"):
         _train(shifted_cache, tmp_path / "r", lr=1e30, optimizer="sgd", weight_decay=0.0)
+
+
+def test_segments_without_an_input_are_left_out_or_named(tmp_path, caplog):
+    """Rows whose audio does not exist (status missing, zero features: a video without an
+    audio track): an audio-only run leaves them out of training and evaluation instead of
+    scoring the zeros; a run that also reads RGB keeps them and says their audio is zeros."""
+    from avda.cache import Status, open_cache
+    from avda.train import data as data_lib
+
+    path = tmp_path / "c.zarr"
+    make_feature_cache(path, shift=0.5, per_class=10)
+    store = open_cache(path, mode="r+")
+    uids = store.segments["uid"].to_numpy(dtype=str)
+    gone = np.flatnonzero(np.char.startswith(uids, "target-test-2-") | (uids == "source-train-0-0"))
+    for rows in (gone[:1], gone[1:]):  # contiguous runs of rows
+        zeros = np.zeros((len(rows), 2, 16), np.float32)
+        store.write("audio", rows, zeros, np.full(len(rows), int(Status.MISSING)), [""] * len(rows))
+    test_rows = np.flatnonzero(np.char.startswith(uids, "target-test-"))
+
+    caplog.set_level("WARNING")
+    rows = data_lib.select_rows(store, ["target"], ["test"], ["audio"])
+    assert sorted(rows) == sorted(set(test_rows) - set(gone))
+    assert "5 selected segments (target test) have no input in any modality" in caplog.text
+    caplog.clear()
+    rows = data_lib.select_rows(store, ["target"], ["test"], ["rgb", "audio"])
+    assert sorted(rows) == sorted(test_rows)
+    assert "5 selected segments (target test) have no audio input" in caplog.text
+    assert "--set modalities=[rgb] leaves audio out" in caplog.text
+    caplog.clear()
+    assert sorted(data_lib.select_rows(store, ["target"], ["test"], ["rgb"])) == sorted(test_rows)
+    assert caplog.text == ""
+
+    _train(path, tmp_path / "audio", modalities=["audio"])
+    predicted = runs.read_predictions(tmp_path / "audio", "target_test")["uids"]
+    assert len(predicted) == 15 and not any(u.startswith("target-test-2-") for u in predicted)
+    _train(path, tmp_path / "both", modalities=["rgb", "audio"])
+    assert len(runs.read_predictions(tmp_path / "both", "target_test")["uids"]) == 20

@@ -122,20 +122,58 @@ def _labels(segments: pd.DataFrame, rows: np.ndarray, tasks: list[Task]) -> dict
 def select_rows(
     cache: FeatureCache, domains: Sequence[str], splits: Sequence[str], modalities: Sequence[str]
 ) -> np.ndarray:
-    """Rows of ``domains`` x ``splits`` whose features are usable in every modality."""
+    """Rows of ``domains`` x ``splits`` whose features are usable in every modality.
+
+    Pending and failed rows are left out. A row whose input does not exist in a modality
+    (status ``missing``: zero features, e.g. a video without an audio track) is kept with those
+    zeros when another modality has its input, and left out when none does (it has nothing to
+    be read from); both are logged with their counts, as the zeros are not features."""
     segments = cache.segments
     mask = (
         segments["domain"].isin(list(domains)).to_numpy()
         & segments["split"].isin(list(splits)).to_numpy()
     )
     usable = np.ones(len(segments), dtype=bool)
+    has_input = np.zeros(len(segments), dtype=bool)
+    missing = {}
     for modality in modalities:
         status = cache.status(modality)
         usable &= (status == Status.DONE) | (status == Status.MISSING)
+        has_input |= status == Status.DONE
+        missing[modality] = status == Status.MISSING
+    where = f"{'/'.join(map(str, domains))} {'/'.join(map(str, splits))}"
     skipped = int(np.sum(mask & ~usable))
     if skipped:
-        log.warning("%d selected segments are not extracted (pending or failed): left out", skipped)
-    return np.flatnonzero(mask & usable)
+        log.warning(
+            "%d selected segments (%s) are not extracted (pending or failed): left out",
+            *(skipped, where),
+        )
+    empty = mask & usable & ~has_input
+    if empty.any():
+        log.warning(
+            "%d selected segments (%s) have no input in any modality used (%s: status missing, "
+            "e.g. videos without an audio track; %s): left out",
+            *(int(empty.sum()), where, ", ".join(modalities), _some_uids(segments, empty)),
+        )
+    kept = mask & usable & has_input
+    for modality, rows in missing.items():
+        count = int(np.sum(kept & rows))
+        if count:
+            others = [m for m in modalities if m != modality]
+            log.warning(
+                "%d selected segments (%s) have no %s input (status missing, e.g. videos "
+                "without an audio track; %s): their %s features are zeros; --set "
+                "modalities=[%s] leaves %s out",
+                *(count, where, modality, _some_uids(segments, kept & rows), modality),
+                *(",".join(others), modality),
+            )
+    return np.flatnonzero(kept)
+
+
+def _some_uids(segments: pd.DataFrame, rows: np.ndarray, shown: int = 3) -> str:
+    uids = segments["uid"].to_numpy(dtype=str)[rows]
+    more = f" and {len(uids) - shown} more" if len(uids) > shown else ""
+    return ", ".join(uids[:shown]) + more
 
 
 def check_domains(cache: FeatureCache, domains: Sequence[str], role: str) -> None:
