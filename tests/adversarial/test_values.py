@@ -87,38 +87,49 @@ def test_a_non_finite_time_fails_one_segment_not_the_run():
 
 
 def test_a_segment_past_the_end_of_its_video_fails_with_its_reason(capsys, in_work):
+    """demo.mp4 lasts 10 s: a segment that starts after it or lies mostly past its end fails
+    (its clips would all be the last frame repeated); one running a little past it is kept."""
     Path("late.csv").write_text(
         f"{HEADER}\na,demo,D1,train,0,1\nlate,demo,D1,train,100000,100001\n"
+        "mostly,demo,D1,train,8,30\nedge,demo,D1,train,9,10.5\n"
     )
     code, out, err = run(capsys, "extract", "-m", "late.csv", "-o", "late.zarr", "--videos",
                          "videos", "--device", "cpu", "--quiet", "--workers", "0")  # fmt: skip
     assert code == 3, err
-    failures = pd.read_csv("late.zarr.failures.csv")
-    assert failures["uid"].tolist() == ["late"]
-    assert "starts at 100000.00 s, after the end of" in failures["error"].iloc[0]
+    failures = pd.read_csv("late.zarr.failures.csv").set_index("uid")["error"]
+    assert sorted(failures.index) == ["late", "mostly"]
+    assert "starts at 100000.00 s, after the end of the video (10.00 s)" in failures["late"]
+    assert "runs to 30.00 s, 20.00 s past the end of the video (10.00 s)" in failures["mostly"]
     status = open_cache("late.zarr").status("rgb")
-    assert status.tolist() == [Status.DONE, Status.FAILED]
+    assert status.tolist() == [Status.DONE, Status.FAILED, Status.FAILED, Status.DONE]
+    code, out, err = run(capsys, "manifest", "validate", "late.csv", "--videos", "videos")
+    assert code != 0  # the same rule, before any extraction, from the declared duration
+    assert "row 3 [stop_sec]: starts at 100000.00 s, after the end of the video (10.00 s)" in err
+    assert "row 4 [stop_sec]: runs to 30.00 s" in err and "row 5" not in err
 
 
 def test_a_segment_past_the_end_of_its_audio_fails_its_audio(capsys, in_work, shared_data):
-    """The audio has no frames to check: a segment none of whose windows holds a sample of the
-    track (a real stereo WAV of 6.6 s) fails, rather than being stored done with the track's
-    last samples repeated; one running partly past the end is kept."""
+    """A segment that starts after the track (a real stereo WAV of 6.6 s) ends or lies mostly
+    past its end fails, rather than being stored done with the track's last samples repeated;
+    one running partly past the end is kept."""
     audio = Path("audio")
     audio.mkdir(exist_ok=True)
     shutil.copy(shared_data / "media" / "audio" / "test.wav", audio / "test.wav")
     Path("late_audio.csv").write_text(
-        f"{HEADER}\na,test,D1,train,0,1\nedge,test,D1,train,0.5,30\nlate,test,D1,train,40,41.5\n"
+        f"{HEADER}\na,test,D1,train,0,1\nedge,test,D1,train,0.5,10\nlate,test,D1,train,40,41.5\n"
+        "mostly,test,D1,train,0.5,30\n"
     )
     code, _, err = run(capsys, "extract", "-m", "late_audio.csv", "-o", "late_audio.zarr",
                        "--audio", "audio", "--modalities", "audio", "--device", "cpu",
                        "--quiet", "--workers", "0")  # fmt: skip
     assert code == 3, err
     failures = pd.read_csv("late_audio.zarr.failures.csv")
-    assert failures["uid"].tolist() == ["late"]
-    assert "lies after the end of the audio of" in failures["error"].iloc[0]
+    failures = failures.set_index("uid")["error"]
+    assert sorted(failures.index) == ["late", "mostly"]
+    assert "starts at 40.00 s, after the end of the audio of" in failures["late"]
+    assert "runs to 30.00 s, 23.44 s past the end of the audio of" in failures["mostly"]
     status = open_cache("late_audio.zarr").status("audio")
-    assert status.tolist() == [Status.DONE, Status.DONE, Status.FAILED]
+    assert status.tolist() == [Status.DONE, Status.DONE, Status.FAILED, Status.FAILED]
 
 
 # ------------------------------------------------------------------------------ train

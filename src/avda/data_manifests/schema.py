@@ -56,6 +56,26 @@ PATH_ID_COLUMNS: tuple[str, ...] = ("video_id", "domain", "participant_id")
 # larger values overflow frame numbers.
 MAX_SECONDS = 1e6
 MAX_PROBLEMS_SHOWN = 5  # the rest are counted: an error stays readable on one line
+# A segment may run a little past its video's end (annotations often do: the last frame
+# repeats there); one with more than this fraction of its span past the end is an error.
+MAX_PAST_END_FRACTION = 0.5
+
+
+def outside_video(
+    start: float, stop: float, duration: float, what: str = "the video"
+) -> str | None:
+    """Why the segment ``[start, stop)`` cannot be read from ``what`` (a video or an audio
+    track) of ``duration`` seconds (it starts after the end, or more than half of it lies past
+    the end), or None."""
+    if start >= duration:
+        return f"starts at {start:.2f} s, after the end of {what} ({duration:.2f} s)"
+    past = stop - duration
+    if past > MAX_PAST_END_FRACTION * (stop - start):
+        return (
+            f"runs to {stop:.2f} s, {past:.2f} s past the end of {what} ({duration:.2f} s): "
+            f"more than {MAX_PAST_END_FRACTION:.0%} of it has nothing to read"
+        )
+    return None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -215,6 +235,7 @@ def find_problems(frame: pd.DataFrame, *, videos: str | Path | None = None) -> l
     if videos is not None:
         root = Path(videos)
         checked: dict[str, bool] = {}
+        durations: dict[str, float | str | None] = {}  # seconds, or why it cannot be opened
         paths = [_video_path_or_none(row, root) for row in frame.itertuples(index=False)]
         for i, p in enumerate(paths):
             if p is None:  # an id or video_path that is not a safe path: reported above
@@ -222,12 +243,39 @@ def find_problems(frame: pd.DataFrame, *, videos: str | Path | None = None) -> l
             key = str(p)
             if key not in checked:
                 checked[key] = p.exists()
+                if checked[key]:
+                    durations[key] = _declared_duration(p)
             if not checked[key]:
                 problems.append(
                     Problem(int(rows[i]), "video_path", f"video file {p} not found under {root}")
                 )
+            elif isinstance(durations[key], str):
+                problems.append(Problem(int(rows[i]), "video_path", durations[key]))
+            elif durations[key] is not None and start.notna().iloc[i] and stop.notna().iloc[i]:
+                why = outside_video(float(start.iloc[i]), float(stop.iloc[i]), durations[key])
+                if why is not None:
+                    problems.append(Problem(int(rows[i]), "stop_sec", f"{why}: {p}"))
     problems.sort(key=lambda p: p.row or 0)
     return problems
+
+
+def _declared_duration(path: Path) -> float | str | None:
+    """The duration a video file declares (its video stream's, else the container's), the
+    reason it cannot be opened, or None when it declares none (then not checked here)."""
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                return f"{path} has no video stream"
+            stream = container.streams.video[0]
+            if stream.duration is not None and stream.time_base is not None:
+                return float(stream.duration * stream.time_base)
+            if container.duration is not None:
+                return container.duration / 1e6
+            return None
+    except Exception as exc:  # PyAV raises many error types for damaged files
+        return f"{path} cannot be opened as a video: {str(exc).splitlines()[0][:200]}"
 
 
 def _video_path_or_none(row: object, root: Path) -> Path | None:

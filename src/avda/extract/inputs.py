@@ -255,6 +255,12 @@ class SegmentDataset(Dataset):
             # Seconds of whole-segment windows need no frame rate; clip / snippet centres do.
             fallback = 1.0 if recipe.audio_windows == "segment" else self._frames_fps(segment)
             spans = recipe.audio_windows_of(self._segment_frames(segment, fallback))
+        why = manifest_schema.outside_video(
+            float(segment["start_sec"]), float(segment["stop_sec"]), track.duration,
+            f"the audio of {path}",
+        )  # fmt: skip
+        if why is not None:  # as a segment's frames do
+            raise MediaError(f"segment {segment['uid']!r} {why}; fix its times in the manifest")
         if not any(min(b, track.duration) > max(a, 0.0) for a, b in spans):
             # No window holds a sample of the track: the cut would make audio up (the track's
             # last samples, tiled), so the segment's audio fails as its frames would.
@@ -281,14 +287,14 @@ class SegmentDataset(Dataset):
 
 
 def _check_inside_video(segment: pd.Series, duration: float, path: Path) -> None:
-    """A segment that starts after its video ends fails (rather than repeating the last frame).
-    Segments that run a little past the end, as annotations often do, are kept."""
-    start = float(segment["start_sec"])
-    if start >= duration:
-        raise MediaError(
-            f"segment {segment['uid']!r} starts at {start:.2f} s, after the end of {path} "
-            f"({duration:.2f} s); fix its times in the manifest"
-        )
+    """A segment that starts after its video ends, or lies more than half past its end, fails
+    (rather than repeating the last frame in every clip). Segments that run a little past the
+    end, as annotations often do, are kept."""
+    why = manifest_schema.outside_video(
+        float(segment["start_sec"]), float(segment["stop_sec"]), duration
+    )
+    if why is not None:
+        raise MediaError(f"segment {segment['uid']!r} {why}: {path}; fix its times in the manifest")
 
 
 def _lost_note(
