@@ -433,6 +433,24 @@ def _with_config_file(ctx: typer.Context, path: Path, params: dict, command) -> 
     return merged
 
 
+def _report_missing(store) -> None:
+    """One line per modality with rows whose input does not exist, with their reasons (the
+    files), to stderr: they are stored as zeros, which training leaves out or names."""
+    import numpy as np
+    import pandas as pd
+
+    from avda.cache import Status
+
+    for modality in store.modalities:
+        rows = np.flatnonzero(store.status(modality) == Status.MISSING)
+        if not len(rows):
+            continue
+        reasons = pd.Series(store.errors(modality)[rows]).value_counts()
+        shown = "; ".join(f"{reason} ({count})" for reason, count in reasons.head(3).items())
+        more = f"; and {len(reasons) - 3} more reasons" if len(reasons) > 3 else ""
+        typer.echo(f"{modality}: {len(rows)} segments have no input: {shown}{more}", err=True)
+
+
 def _extract(*, out: Path, quiet: bool, **options) -> None:
     """``avda extract`` once its options are merged: the library call and the report."""
     from avda import api
@@ -443,6 +461,8 @@ def _extract(*, out: Path, quiet: bool, **options) -> None:
         f"{out}: {result.done} done, {result.missing} missing input, {result.failed} failed "
         f"in {result.seconds:.1f} s"
     )
+    if result.missing:
+        _report_missing(open_cache(out))
     failures = out.parent / f"{out.name}.failures.csv"
     if result.ok:
         # A list left by an earlier run is stale once the store has no failed row at all

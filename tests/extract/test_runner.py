@@ -54,7 +54,7 @@ def test_features_shapes_and_provenance(reference_store, demo_dataset):
     assert np.abs(rgb).mean() > 0 and not np.allclose(rgb[0], rgb[1])
 
 
-def test_corrupt_video_fails_its_segments_only(demo_dataset, tmp_path, media):
+def test_corrupt_video_fails_its_segments_only(demo_dataset, tmp_path, media, caplog):
     root, manifest = demo_dataset
     videos = tmp_path / "videos"
     shutil.copytree(root / "videos", videos / "videos")
@@ -77,6 +77,13 @@ def test_corrupt_video_fails_its_segments_only(demo_dataset, tmp_path, media):
     assert store.status("audio")[-1] == Status.MISSING and status[-1] == Status.DONE
     assert "cannot" in store.errors("rgb")[0]
     assert set(result.failures["uid"]) == set(manifest["uid"][bad])
+    with caplog.at_level("INFO", logger="avda.extract.runner"):  # a rerun counts what is there
+        _extract(frame, videos, tmp_path / "c.zarr")
+    n = int(bad.sum())
+    assert f"rgb: nothing to do ({len(frame) - n} done, {n} failed (--retry-failed" in caplog.text
+    assert f"audio: nothing to do ({len(frame) - n - 1} done, 1 missing input, {n} failed" in (
+        caplog.text
+    )
 
 
 def test_mismatching_store_is_refused(reference_store, demo_dataset, tmp_path):

@@ -526,9 +526,19 @@ def _extract_modality(
     todo = status == Status.PENDING
     if retry_failed:
         todo |= status == Status.FAILED
+    mine = status[rows]  # this shard's rows
     rows = rows[todo[rows]]
     if len(rows) == 0:
-        log.info("%s: nothing to do (%d segments done)", spec.modality, int(np.sum(~todo)))
+        counts = {
+            name: int(np.sum(mine == code))
+            for name, code in (("done", Status.DONE), ("missing input", Status.MISSING))
+        }
+        counts["failed (--retry-failed retries them)"] = int(np.sum(mine == Status.FAILED))
+        log.info(
+            "%s: nothing to do (%s)",
+            spec.modality,
+            ", ".join(f"{n} {name}" for name, n in counts.items() if n) or "no segments",
+        )
         return
     log.info(
         "%s: %d segments to extract with %s on %s in %s",
