@@ -71,3 +71,22 @@ def test_fingerprint_is_stable_and_content_sensitive():
     other.loc[0, "stop_sec"] = 1.6
     assert schema.fingerprint(frame) == schema.fingerprint(frame.copy())
     assert schema.fingerprint(frame) != schema.fingerprint(other)
+
+
+def test_a_misspelt_optional_column_is_named_with_the_one_meant(tmp_path, caplog):
+    """An optional column misspelt is not an error (a manifest may carry columns of its own),
+    but its data would be silently unused: a source without labels only failed at training."""
+    path = tmp_path / "m.csv"
+    path.write_text(GOOD.replace("verb_class", "verb_clas").replace("split,", "split,Participant,")
+                    .replace("train,", "train,P01,").replace("test,", "test,P01,"))  # fmt: skip
+    caplog.set_level("WARNING")
+    frame = schema.read(path)
+    assert "verb_class" not in frame and list(frame["verb_clas"]) == [0, 1]
+    assert "column 'verb_clas' is not one avda reads" in caplog.text
+    assert "did you mean 'verb_class'?" in caplog.text
+    assert "did you mean 'participant_id'?" in caplog.text
+    caplog.clear()
+    path.write_text(GOOD.replace("uid,", "narration_id,uid,").replace("\na,", "\nn1,a,")
+                    .replace("\nb,", "\nn2,b,"))  # fmt: skip
+    schema.read(path)  # a column of its own, or the id of a known one: nothing to say
+    assert caplog.text == ""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import logging
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -20,6 +21,8 @@ import pandas as pd
 
 from avda.errors import ConfigError, ManifestError
 from avda.paths import component_problem, relative_path_problem, safe_component
+
+log = logging.getLogger(__name__)
 
 REQUIRED_COLUMNS: tuple[str, ...] = ("uid", "video_id", "domain", "split", "start_sec", "stop_sec")
 OPTIONAL_COLUMNS: tuple[str, ...] = (
@@ -118,6 +121,11 @@ def read(path: str | Path, *, videos: str | Path | None = None, check: bool = Tr
         problems = find_problems(frame, videos=videos)
         if problems:
             raise ManifestError(format_problems(path, problems))
+        for column, known in misspelt_columns(frame.columns):
+            log.warning(
+                "%s: column %r is not one avda reads (it is kept as it is); did you mean %r?",
+                *(path, column, known),
+            )
     return normalise(frame)
 
 
@@ -134,6 +142,26 @@ def normalise(frame: pd.DataFrame) -> pd.DataFrame:
         if column in out:
             out[column] = pd.to_numeric(out[column], errors="coerce").astype("Int64")
     return out.reset_index(drop=True)
+
+
+def misspelt_columns(columns: Iterable[str]) -> list[tuple[str, str]]:
+    """(column, the column avda reads it is probably meant to be) for each unknown column
+    close to a known one that the table lacks (``verb_clas``, ``Verb_Class``): an optional
+    column misspelt is not an error, but its data would be silently ignored."""
+    import difflib
+
+    columns = [str(c) for c in columns]
+    known = [c for c in (*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS) if c not in columns]
+    out = []
+    for column in columns:
+        names = (*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS)
+        if column in names or (column.endswith("_id") and column[:-3] in names):
+            continue  # a known column, or the id of one (EPIC-100's narration_id)
+        lowered = {k.lower(): k for k in known}
+        close = difflib.get_close_matches(column.strip().lower(), lowered, n=1, cutoff=0.85)
+        if close:
+            out.append((column, lowered[close[0]]))
+    return out
 
 
 def find_problems(frame: pd.DataFrame, *, videos: str | Path | None = None) -> list[Problem]:
