@@ -57,6 +57,9 @@ def test_an_unfinished_run_refuses_to_resume_on_a_rebuilt_cache(trained, capsys)
     message = one_line(err)
     assert f"{out} was trained on another cache than the one now at {cache.resolve()}" in message
     assert "another -o" in message and "remove" in message, message
+    assert f"(the run's: at {cache.resolve()}, created" in message or (
+        f"(the run's: at {cache}, created" in message
+    ), message
     assert (out / "provenance.json").read_text() == recorded
     assert not (out / "run.json").exists()
 

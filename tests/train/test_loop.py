@@ -147,8 +147,11 @@ def test_checkpoint_keeps_the_gpu_generator_for_a_resume(tmp_path, monkeypatch):
 def test_complete_run_is_skipped_and_other_config_refused(shifted_cache, tmp_path):
     _train(shifted_cache, tmp_path / "run")
     assert _train(shifted_cache, tmp_path / "run").skipped
-    with pytest.raises(RunError, match="another configuration"):
-        _train(shifted_cache, tmp_path / "run", epochs=5)
+    with pytest.raises(RunError, match="another configuration") as info:
+        _train(shifted_cache, tmp_path / "run", epochs=5, lr=0.5)
+    assert "(head_config.epochs: the run's 4 -> 5; head_config.lr: the run's 0.001 -> 0.5)" in (
+        str(info.value)
+    )
 
 
 def test_errors_name_the_problem(shifted_cache, tmp_path):

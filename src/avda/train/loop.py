@@ -432,14 +432,18 @@ def _start_run_folder(
     loaded (None for a new run)."""
     check_same_cache(out, store)
     if runs.is_complete(out):
-        if runs.read_config(out) != resolved:
-            raise RunError(f"{out} holds a finished run with another configuration; use another -o")
+        recorded = runs.read_config(out)
+        if recorded != resolved:
+            raise RunError(
+                f"{out} holds a finished run with another configuration "
+                f"({config_difference(recorded, resolved)}); use another -o"
+            )
         return None
-    if (out / runs.CONFIG).exists() and runs.read_config(out) != resolved:
+    if (out / runs.CONFIG).exists() and (recorded := runs.read_config(out)) != resolved:
         if (out / runs.CHECKPOINT).exists() or (out / runs.METRICS).exists():
             raise RunError(
-                f"{out} holds an unfinished run with another configuration; use another -o or "
-                "remove it"
+                f"{out} holds an unfinished run with another configuration "
+                f"({config_difference(recorded, resolved)}); use another -o or remove it"
             )
         # A run refused before its first epoch (e.g. a bad setting): nothing trained, replace it.
         log.info("%s: replacing the configuration of a run that never trained", out)
@@ -458,6 +462,31 @@ def _start_run_folder(
     resumed = provenance.get("resumed") if isinstance(provenance.get("resumed"), list) else []
     provenance["resumed"] = [*resumed, environment.describe(device)]
     return provenance
+
+
+def config_difference(recorded: dict[str, Any], wanted: dict[str, Any], shown: int = 4) -> str:
+    """The fields where two run configurations differ, as ``field: the run's -> this one``
+    (nested fields dotted: ``head_config.lr``), the first ``shown`` of them and a count."""
+
+    def flat(value: Any, prefix: str = "") -> dict[str, Any]:
+        if isinstance(value, dict):
+            out: dict[str, Any] = {}
+            for key, item in value.items():
+                out.update(flat(item, f"{prefix}{key}."))
+            return out
+        return {prefix[:-1]: value}
+
+    old, new = flat(recorded), flat(wanted)
+    missing = object()
+    keys = [k for k in dict.fromkeys([*old, *new]) if old.get(k, missing) != new.get(k, missing)]
+    if keys and "avda_version" in keys and len(keys) > 1:
+        keys.remove("avda_version")  # the version alone is not why; keep it last
+        keys.append("avda_version")
+    parts = [
+        f"{k}: the run's {old.get(k, '(none)')!r} -> {new.get(k, '(none)')!r}" for k in keys[:shown]
+    ]
+    more = f"; and {len(keys) - shown} more" if len(keys) > shown else ""
+    return "; ".join(parts) + more if parts else "no field differs"
 
 
 def same_cache(recorded: dict[str, Any], current: dict[str, Any]) -> bool:
@@ -484,11 +513,14 @@ def check_same_cache(out: Path, store: FeatureCache) -> None:
     recorded = runs.read_provenance(out)
     if recorded is None or same_cache(recorded, store.provenance):
         return
+    config = runs.read_config(out) if (out / runs.CONFIG).exists() else {}
+    path = config.get("cache") if isinstance(config, dict) else None
+    at = f"at {path}, " if path else ""
     raise RunError(
         f"{out} was trained on another cache than the one now at {store.path.resolve()} "
-        f"(the run's: {_describe(recorded)}; now: {_describe(store.provenance)}; rebuilt "
-        f"since?); to start fresh use another -o or remove {out}; to continue it, restore "
-        "the cache it trained on"
+        f"(the run's: {at}{_describe(recorded)}; now: {_describe(store.provenance)}; another "
+        f"cache, or rebuilt since?); to start fresh use another -o or remove {out}; to "
+        "continue it, pass or restore the cache it trained on"
     )
 
 
