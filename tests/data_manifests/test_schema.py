@@ -90,3 +90,14 @@ def test_a_misspelt_optional_column_is_named_with_the_one_meant(tmp_path, caplog
                     .replace("\nb,", "\nn2,b,"))  # fmt: skip
     schema.read(path)  # a column of its own, or the id of a known one: nothing to say
     assert caplog.text == ""
+
+
+@pytest.mark.parametrize("separator", [";", "\t"])
+def test_a_file_with_another_separator_is_one_problem_naming_it(tmp_path, separator):
+    path = tmp_path / "m.csv"
+    path.write_text(GOOD.replace(",", separator))
+    with pytest.raises(ManifestError) as info:
+        schema.read(path)
+    message = str(info.value)
+    assert "1 problem(s)" in message and f"the file is {separator!r}-separated" in message
+    assert "required column" not in message

@@ -164,10 +164,34 @@ def misspelt_columns(columns: Iterable[str]) -> list[tuple[str, str]]:
     return out
 
 
+def _other_separator(columns: Iterable[str]) -> str | None:
+    """The separator of a CSV read with commas that used another (``;``, tab, ``|``): its
+    header is then one column holding the required names joined by it."""
+    columns = [str(c) for c in columns]
+    if len(columns) != 1:
+        return None
+    for separator in (";", "\t", "|"):
+        if sum(name in columns[0].split(separator) for name in REQUIRED_COLUMNS) >= 2:
+            return separator
+    return None
+
+
 def find_problems(frame: pd.DataFrame, *, videos: str | Path | None = None) -> list[Problem]:
     """Every problem in ``frame``, in row order (does not raise)."""
     problems: list[Problem] = []
     missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
+    separator = _other_separator(frame.columns) if missing else None
+    if separator is not None:  # one problem, not one per column
+        problems.append(
+            Problem(
+                None,
+                None,
+                f"the header is one column holding {separator!r}: the file is "
+                f"{separator!r}-separated; avda reads comma-separated CSV (pandas: "
+                "df.to_csv(path, index=False))",
+            )
+        )
+        return problems
     for column in missing:
         problems.append(Problem(None, column, f"required column {column!r} is missing"))
     if frame.empty:
