@@ -265,3 +265,26 @@ def test_multi_label_runs_report_map_and_configs_tell_methods_apart(tmp_path):
     assert "| source-only (lr=0.01) | " in tables.aggregate_markdown(table)
     with pytest.raises(ConfigError, match="metric top1 does not apply"):
         aggregate.aggregate(run_dirs, metric="top1")
+
+
+def test_runs_of_one_setting_on_other_caches_are_columns_apart_not_seeds(tmp_path):
+    """The same head, setting and seed on two caches (other features, or another dataset):
+    averaging them as seeds of one experiment would make one number of two; each cache gets
+    its own column, named after it."""
+    run_dirs = []
+    for name, shift in (("i3d", 0.0), ("tbn", 2.0)):
+        cache = tmp_path / name / "features.zarr" if name == "tbn" else tmp_path / f"{name}.zarr"
+        make_feature_cache(cache, shift=shift, seed=len(name) + int(shift))
+        for seed in (0, 1):
+            out = tmp_path / "runs" / f"{name}-{seed}"
+            train(cache=cache, head="source-only", source=["source"], target=["target"],
+                  out=out, seed=seed, overrides=FAST, progress=False)  # fmt: skip
+            run_dirs.append(out)
+    table = aggregate.aggregate(run_dirs)
+    assert table.columns == ["source→target (i3d)", "source→target (features)", aggregate.MEAN]
+    for name, column in (("i3d", "source→target (i3d)"), ("tbn", "source→target (features)")):
+        values = [target_top1(tmp_path / "runs" / f"{name}-{s}") for s in (0, 1)]
+        mean, std, count = table.cell("source-only", column)
+        assert count == 2 and mean == pytest.approx(np.mean(values))
+    # one cache: the plain setting, as before
+    assert aggregate.aggregate(run_dirs[:2]).columns == ["source→target"]

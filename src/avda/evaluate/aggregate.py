@@ -145,8 +145,17 @@ def describe_runs(run_dirs: Sequence[str | Path]) -> list[RunInfo]:
     for run, config in configs:
         if labels[run] is None:
             by_head.setdefault(config["head"], []).append(config.get("head_config", {}))
+    # A setting whose runs read several caches (other features, another dataset) is one
+    # column per cache: their numbers are not seeds of one experiment.
+    caches: dict[str, set[str]] = {}
+    for _, config in configs:
+        caches.setdefault(_setting_of(config), set()).add(str(config.get("cache", "")))
+    names = _cache_names({c for group in caches.values() if len(group) > 1 for c in group})
     infos = []
     for run, config in configs:
+        setting = _setting_of(config)
+        if len(caches[setting]) > 1:
+            setting = f"{setting} ({names[str(config.get('cache', ''))]})"
         method = (
             labels[run]
             or config.get("protocol_role")
@@ -157,7 +166,7 @@ def describe_runs(run_dirs: Sequence[str | Path]) -> list[RunInfo]:
                 path=run,
                 method=method,
                 head=config["head"],
-                setting=setting_label(config["source"], config["target"]),
+                setting=setting,
                 source=tuple(config["source"]),
                 target=tuple(config["target"]),
                 seed=int(config["seed"]),
@@ -167,6 +176,19 @@ def describe_runs(run_dirs: Sequence[str | Path]) -> list[RunInfo]:
             )
         )
     return infos
+
+
+def _setting_of(config: dict[str, Any]) -> str:
+    return setting_label(config["source"], config["target"])
+
+
+def _cache_names(paths: set[str]) -> dict[str, str]:
+    """A short name per cache path: its file name, or the whole path where names collide."""
+    stems = {p: Path(p).name.removesuffix(".zarr") or p for p in paths}
+    counts: dict[str, int] = {}
+    for stem in stems.values():
+        counts[stem] = counts.get(stem, 0) + 1
+    return {p: stem if counts[stem] == 1 else p for p, stem in stems.items()}
 
 
 def _distinct_label(head: str, config: dict[str, Any], group: list[dict[str, Any]]) -> str:
