@@ -93,6 +93,25 @@ def test_mismatching_store_is_refused(reference_store, demo_dataset, tmp_path):
     other = sampling.Recipe.from_dict({**RECIPE.to_dict(), "num_clips": 3, "name": "other"})
     with pytest.raises(CacheError, match="built differently.*num_clips"):
         _extract(manifest, root, copy, recipe=other)
+    # Another manifest: the refusal says which rows, not only two checksums.
+    edited = manifest.drop(index=[1]).copy()
+    edited.loc[edited.index[0], "stop_sec"] = float(edited["stop_sec"].iloc[0]) + 0.5
+    extra = edited.iloc[[-1]].assign(uid="new-one")
+    edited = pd.concat([edited, extra], ignore_index=True)
+    with pytest.raises(CacheError) as info:
+        _extract(edited, root, copy)
+    message = str(info.value)
+    first, gone = manifest["uid"].iloc[0], manifest["uid"].iloc[1]
+    assert "the manifest's rows differ: 1 rows added (new-one); " in message
+    assert f"1 removed ({gone}); 1 changed ({first} stop_sec " in message
+    from avda.extract.runner import manifest_difference
+
+    same = manifest.copy()
+    same["verb_class"] = same["verb_class"].astype(float)  # 1.0 is 1, as the store reads it
+    assert (
+        manifest_difference(manifest, same)
+        == "the manifest's rows differ: in columns the store lacks"
+    )
     # --force moves the old store aside and starts a new one.
     _extract(manifest, root, copy, recipe=other, force=True, modalities=MODALITIES[:1])
     assert open_cache(copy).features("rgb").shape[1] == 3

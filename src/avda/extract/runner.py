@@ -196,6 +196,45 @@ def _differences(expected: dict[str, Any], found: dict[str, Any], keys) -> list[
     ]
 
 
+def manifest_difference(stored: pd.DataFrame, wanted: pd.DataFrame, shown: int = 3) -> str:
+    """What changed between the store's segments and this manifest, by uid: rows added,
+    removed, and rows whose values differ (with the first such column), a few of each named."""
+    old = stored.assign(uid=stored["uid"].astype(str)).set_index("uid")
+    new = wanted.assign(uid=wanted["uid"].astype(str)).set_index("uid")
+    added = list(new.index.difference(old.index, sort=False))
+    removed = list(old.index.difference(new.index, sort=False))
+    common = new.index.intersection(old.index, sort=False)
+    columns = new.columns.intersection(old.columns, sort=False)
+
+    def text(frame: pd.DataFrame) -> pd.DataFrame:  # 1 and 1.0 alike, as CSV and the store
+        out = frame.loc[common, columns].astype(object)
+        out = out.where(out.notna(), "")  # NaN, None and pd.NA alike
+        numeric = out.apply(pd.to_numeric, errors="coerce").astype(float)
+        return numeric.astype(object).where(numeric.notna(), out).astype(str)
+
+    before, after = text(old), text(new)
+    differs = before.ne(after).to_numpy()
+    rows = np.flatnonzero(differs.any(axis=1))
+    changed = []
+    for row in rows[: shown + 1]:
+        column = columns[int(np.argmax(differs[row]))]
+        changed.append(f"{common[row]} {column} {before.iat[row, columns.get_loc(column)]!r} -> "
+                       f"{after.iat[row, columns.get_loc(column)]!r}")  # fmt: skip
+
+    def few(items: list[str], count: int | None = None) -> str:
+        count = len(items) if count is None else count
+        extra = f" and {count - shown} more" if count > shown else ""
+        return ", ".join(items[:shown]) + extra
+
+    parts = [f"{len(added)} rows added ({few(added)})"] if added else []
+    parts += [f"{len(removed)} removed ({few(removed)})"] if removed else []
+    if changed:
+        parts.append(f"{len(rows)} changed ({few(changed, len(rows))})")
+    if list(new.index) != list(old.index) and not added and not removed:
+        parts.append("the rows are in another order")
+    return "the manifest's rows differ: " + ("; ".join(parts) or "in columns the store lacks")
+
+
 def open_or_create_store(
     out: Path,
     segments: pd.DataFrame,
@@ -217,6 +256,8 @@ def open_or_create_store(
         store = cache_lib.open_cache(out, mode="a")
         prov = store.provenance
         diffs = _differences({"manifest_sha256": manifest_sha}, prov, ("manifest_sha256",))
+        if diffs:
+            diffs.append(manifest_difference(store.segments, segments))
         diffs += recipe_differences(prov.get("recipe") or {}, recipe)
         if not diffs:
             return store
