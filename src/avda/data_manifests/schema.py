@@ -151,13 +151,12 @@ def misspelt_columns(columns: Iterable[str]) -> list[tuple[str, str]]:
     import difflib
 
     columns = [str(c) for c in columns]
-    known = [c for c in (*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS) if c not in columns]
+    names = (*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS)
+    lowered = {c.lower(): c for c in names if c not in columns}  # the ones the table lacks
     out = []
     for column in columns:
-        names = (*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS)
         if column in names or (column.endswith("_id") and column[:-3] in names):
             continue  # a known column, or the id of one (EPIC-100's narration_id)
-        lowered = {k.lower(): k for k in known}
         close = difflib.get_close_matches(column.strip().lower(), lowered, n=1, cutoff=0.85)
         if close:
             out.append((column, lowered[close[0]]))
