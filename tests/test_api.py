@@ -100,3 +100,33 @@ def test_extract_takes_a_published_weights_name(tmp_path, monkeypatch):
             progress=False,
         )  # fmt: skip
     assert not (tmp_path / "c.zarr").exists()
+
+
+def test_extract_records_the_class_tables_of_a_built_manifest(tmp_path, media):
+    """A manifest made by ``avda manifest build`` has its class tables beside it
+    (``<manifest>.build.json``): the store records them, so a run is sized by the benchmark's
+    classes (5 here), not by the largest id the segments hold (1)."""
+    import json
+
+    import pandas as pd
+
+    from avda.cache import open_cache
+
+    manifest = tmp_path / "m.csv"
+    pd.DataFrame(
+        {"uid": ["a", "b"], "video_id": ["clip", "clip"], "domain": ["S", "T"],
+         "split": ["train", "test"], "start_sec": [1.0, 5.0], "stop_sec": [3.0, 7.0],
+         "verb_class": [0, 1], "video_path": ["v_ZNVhz7ctTq0.mp4"] * 2}
+    ).to_csv(manifest, index=False)  # fmt: skip
+    names = ["take", "put", "open", "close", "wash"]
+    (tmp_path / "m.csv.build.json").write_text(json.dumps({"classes": {"verb_class": names}}))
+    avda.extract(manifest, tmp_path / "c.zarr", videos=media / "video", modalities=["audio"],
+                 recipe="demo", progress=False)  # fmt: skip
+    assert open_cache(tmp_path / "c.zarr").provenance["classes"] == {"verb_class": names}
+    from avda import runs
+    from avda.train.loop import train
+
+    train(cache=tmp_path / "c.zarr", head="source-only", source=["S"], target=["T"],
+          out=tmp_path / "run", seed=0, overrides={"epochs": 1}, progress=False)  # fmt: skip
+
+    assert runs.read_predictions(tmp_path / "run", "target_test")["scores"]["verb"].shape == (1, 5)

@@ -285,3 +285,36 @@ def test_dask_reads_a_store_chunk_by_chunk(uda, tmp_path):
     np.testing.assert_allclose(
         lazy.mean(axis=(0, 1)).compute(), features["RGB"].mean(axis=(0, 1)), atol=1e-3
     )
+
+
+def test_an_epic100_import_keeps_the_whole_class_tables(uda, tmp_path):
+    """The UDA files' largest ids are 95 (verbs) and 298 (nouns); EPIC-100 has 97 and 300
+    classes, and the challenge's submission needs scores for all of them: the class tables
+    found beside the annotations (the official repository's layout) size the classifiers."""
+    from avda import runs
+    from avda.train.loop import train
+
+    verbs = pd.read_csv(uda.parent / "EPIC_100_verb_classes.csv")["key"].tolist()
+    nouns = pd.read_csv(uda.parent / "EPIC_100_noun_classes.csv")["key"].tolist()
+    source = pd.read_csv(uda / "EPIC_100_uda_source_train.csv")
+    target = pd.read_csv(uda / "EPIC_100_uda_target_val.csv")
+    out = tmp_path / "uda.zarr"
+    for name, ids, table, domain, split in (
+        ("s.pkl", source["narration_id"].iloc[:24], "EPIC_100_uda_source_train", "source", "train"),
+        ("t.pkl", target["narration_id"].iloc[:8], "EPIC_100_uda_target_val", "target", "val"),
+    ):  # fmt: skip
+        _feature_pickle(tmp_path / name, ids.tolist(), ("RGB",))
+        interop.import_features(tmp_path / name, out=out, annotations=uda / f"{table}.csv",
+                                domain=domain, split=split)  # fmt: skip
+    classes = open_cache(out).provenance["classes"]
+    assert classes == {"verb_class": verbs, "noun_class": nouns}
+    assert (len(verbs), len(nouns)) == (97, 300)
+    train(cache=out, head="source-only", source=["source"], target=["target"],
+          out=tmp_path / "run", seed=0, overrides={"epochs": 1}, progress=False)  # fmt: skip
+    scores = runs.read_predictions(tmp_path / "run", "target_val")["scores"]
+    assert scores["verb"].shape == (8, 97) and scores["noun"].shape == (8, 300)
+    # Annotations without class tables beside them: the largest id + 1, as before.
+    lone = tmp_path / "lone" / "EPIC_100_uda_source_train.csv"
+    lone.parent.mkdir()
+    source.iloc[:24].to_csv(lone, index=False)
+    assert interop.import_classes(lone) == {}

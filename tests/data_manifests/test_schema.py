@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
 import pytest
 
@@ -101,3 +103,27 @@ def test_a_file_with_another_separator_is_one_problem_naming_it(tmp_path, separa
     message = str(info.value)
     assert "1 problem(s)" in message and f"the file is {separator!r}-separated" in message
     assert "required column" not in message
+
+
+def test_the_build_records_class_tables_are_read_and_ids_outside_them_refused(tmp_path):
+    import json
+
+    import numpy as np
+
+    from avda.errors import CacheError
+    from avda.train.data import infer_tasks
+
+    path = tmp_path / "m.csv"
+    path.write_text(GOOD)
+    assert "classes" not in schema.read(path).attrs  # no build record: nothing attached
+    Path(f"{path}.build.json").write_text(json.dumps({"classes": {"verb_class": list("abcdef")}}))
+    frame = schema.read(path)
+    assert frame.attrs["classes"] == {"verb_class": list("abcdef")}
+    rows = np.arange(len(frame))
+    assert infer_tasks(frame, rows, None)[0].num_classes == 2  # the largest id + 1
+    assert infer_tasks(frame, rows, None, frame.attrs["classes"])[0].num_classes == 6
+    with pytest.raises(CacheError, match="class id 1, outside the cache's class table of 1"):
+        infer_tasks(frame, rows, None, {"verb_class": ["a"]})
+    Path(f"{path}.build.json").write_text('{"classes": {"verb_class": "abc"}}')
+    with pytest.raises(ManifestError, match="not an object of class-name lists"):
+        schema.read(path)

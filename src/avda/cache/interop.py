@@ -276,8 +276,11 @@ def _open_existing(out: Path) -> FeatureCache | None:
     return open_cache(out, mode="a") if out.exists() else None
 
 
-def _create_store(out: Path, chunk_rows: int, fmt: str) -> FeatureCache:
-    """A new, empty store at ``out`` (built under another name and renamed into place)."""
+def _create_store(
+    out: Path, chunk_rows: int, fmt: str, annotations: Path | None = None
+) -> FeatureCache:
+    """A new, empty store at ``out`` (built under another name and renamed into place), with
+    the class tables found for ``annotations`` (:func:`import_classes`)."""
     empty = pd.DataFrame({c: pd.Series(dtype=object) for c in schema.REQUIRED_SEGMENT_COLUMNS})
     return create(
         out,
@@ -286,7 +289,38 @@ def _create_store(out: Path, chunk_rows: int, fmt: str) -> FeatureCache:
         recipe={"name": "imported", "format": fmt},
         chunk_rows=chunk_rows,
         shrink_chunks=False,
+        classes=import_classes(annotations) if annotations is not None else None,
     )
+
+
+EPIC100_CLASS_FILES = {
+    "verb_class": "EPIC_100_verb_classes.csv",
+    "noun_class": "EPIC_100_noun_classes.csv",
+}
+
+
+def import_classes(annotations: str | Path) -> dict[str, list[str]]:
+    """The class tables of an import's annotations: an avda manifest's build record
+    (``<manifest>.build.json``), else EPIC-100's ``EPIC_100_{verb,noun}_classes.csv`` in the
+    annotation file's folder or the one above it (the layout of epic-kitchens-100-annotations,
+    whose UDA files are in ``UDA_annotations/``); {} when neither is there (training then
+    counts classes up to the largest id)."""
+    from avda.data_manifests import schema as manifest_schema
+    from avda.data_manifests.sources import SourceProblems, read_class_names
+
+    annotations = Path(annotations)
+    classes = manifest_schema.build_classes(annotations)
+    if classes:
+        return classes
+    for folder in (annotations.parent, annotations.parent.parent):
+        paths = {c: folder / name for c, name in EPIC100_CLASS_FILES.items()}
+        if all(path.exists() for path in paths.values()):
+            problems = SourceProblems("epic100 class tables")
+            tables = {c: list(read_class_names(p, "id", "key", problems)) for c, p in paths.items()}
+            problems.raise_if_any()
+            log.info("class tables from %s", folder)
+            return tables
+    return {}
 
 
 def _commit_import(
@@ -302,6 +336,7 @@ def _commit_import(
     domain: str | None,
     split: str | None,
     chunk_rows: int,
+    annotations: Path | None = None,
 ) -> ImportResult:
     """Write a checked import and commit it (the caller holds the store's lock).
 
@@ -313,7 +348,7 @@ def _commit_import(
     """
     remove_partial_creations(out)
     if store is None:
-        store = _create_store(out, chunk_rows, fmt)
+        store = _create_store(out, chunk_rows, fmt, annotations)
         faults.checkpoint("after-create")
     else:
         store.repair()
@@ -552,6 +587,7 @@ def import_epic_pickle(
             domain=domain,
             split=split,
             chunk_rows=chunk_rows,
+            annotations=Path(annotations) if annotations is not None else None,
         )
 
 
@@ -616,6 +652,7 @@ def import_h5(
             domain=domain,
             split=split,
             chunk_rows=chunk_rows,
+            annotations=Path(annotations) if annotations is not None else None,
         )
 
 
@@ -744,6 +781,7 @@ def import_npy(
             domain=domain,
             split=split,
             chunk_rows=chunk_rows,
+            annotations=Path(annotations) if annotations is not None else None,
         )
 
 

@@ -78,7 +78,7 @@ PROVENANCE_KEYS = (
 # Keys written only by some writers (the feature files a store was imported from), or added
 # after version 1 (``cache_id``: a random id written once at creation, the store's identity;
 # absent from stores made before it).
-OPTIONAL_PROVENANCE_KEYS = ("cache_id", "imports")
+OPTIONAL_PROVENANCE_KEYS = ("cache_id", "imports", "classes")
 # Keys of each entry of provenance["imports"] (avda cache import).
 IMPORT_KEYS = ("file", "sha256", "format", "rows", "domain", "split", "imported")
 # Keys of each entry of provenance["modalities"].

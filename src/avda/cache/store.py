@@ -663,8 +663,12 @@ def create(
     recipe: dict[str, Any],
     chunk_rows: int = schema.DEFAULT_CHUNK_ROWS,
     shrink_chunks: bool = True,
+    classes: dict[str, Sequence[str]] | None = None,
 ) -> FeatureCache:
     """Create a new, empty store for ``segments`` (refuses to overwrite an existing path).
+
+    ``classes``: class column -> the benchmark's class names in id order (its whole table,
+    which training sizes its classifiers by), recorded in the provenance when given.
 
     ``shrink_chunks``: a store with fewer than ``chunk_rows`` segments uses chunks of N rows;
     stores that will grow by appending (``avda cache import``) pass False.
@@ -683,7 +687,7 @@ def create(
     partial = path.with_name(f"{_CREATING_PREFIX.format(name=path.name)}{os.getpid()}-")
     partial = partial.with_name(partial.name + secrets.token_hex(4))
     try:
-        _build(partial, segments, manifest_sha256, recipe, chunk_rows, shrink_chunks)
+        _build(partial, segments, manifest_sha256, recipe, chunk_rows, shrink_chunks, classes)
         faults.checkpoint("store-built")
         try:
             os.rename(partial, path)
@@ -718,6 +722,7 @@ def _build(
     recipe: dict[str, Any],
     chunk_rows: int,
     shrink_chunks: bool,
+    classes: dict[str, Sequence[str]] | None = None,
 ) -> None:
     group = zarr.open_group(str(path), mode="w-", zarr_format=3)
     N = len(segments)
@@ -743,6 +748,8 @@ def _build(
         "recipe": recipe,
         "modalities": {},
     }
+    if classes:
+        provenance["classes"] = {str(k): [str(n) for n in v] for k, v in classes.items()}
     group.attrs[schema.ROOT_ATTRIBUTE] = provenance
 
 
@@ -812,3 +819,8 @@ def _check_provenance(path: Path, provenance: dict[str, Any]) -> None:
                 _damaged(path, f"modality {name!r}: {key} is {entry.get(key)!r}, not a count >= 1")
     if not isinstance(provenance.get("imports", []), list):
         _damaged(path, "imports is not a list")
+    classes = provenance.get("classes", {})
+    if not isinstance(classes, dict) or not all(
+        isinstance(v, list) and all(isinstance(n, str) for n in v) for v in classes.values()
+    ):
+        _damaged(path, "classes is not an object of class-name lists")

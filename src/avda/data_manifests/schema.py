@@ -126,7 +126,31 @@ def read(path: str | Path, *, videos: str | Path | None = None, check: bool = Tr
                 "%s: column %r is not one avda reads (it is kept as it is); did you mean %r?",
                 *(path, column, known),
             )
-    return normalise(frame)
+    frame = normalise(frame)
+    classes = build_classes(path)
+    if classes:
+        frame.attrs["classes"] = classes
+    return frame
+
+
+def build_classes(path: str | Path) -> dict[str, list[str]]:
+    """The class tables (class column -> names in id order) that ``avda manifest build``
+    wrote beside the manifest ``path`` (``<path>.build.json``); {} when there is none. A file
+    that is not such a record is refused in one line."""
+    import json
+
+    info = Path(f"{path}.build.json")
+    if not info.exists():
+        return {}
+    try:
+        classes = json.loads(info.read_text(encoding="utf-8")).get("classes", {})
+    except (OSError, ValueError, AttributeError) as exc:
+        raise ManifestError(f"{info} cannot be read as a manifest build record: {exc}") from exc
+    if not isinstance(classes, dict) or not all(
+        isinstance(v, list) and all(isinstance(n, str) for n in v) for v in classes.values()
+    ):
+        raise ManifestError(f"{info}: 'classes' is not an object of class-name lists")
+    return {str(k): list(v) for k, v in classes.items() if k in (*CLASS_COLUMNS, "labels")}
 
 
 def normalise(frame: pd.DataFrame) -> pd.DataFrame:

@@ -243,8 +243,10 @@ def open_or_create_store(
     *,
     chunk_rows: int,
     force: bool,
+    classes: dict[str, list[str]] | None = None,
 ) -> FeatureCache:
-    """Resume a compatible store, refuse an incompatible one (unless ``force``), or create.
+    """Resume a compatible store, refuse an incompatible one (unless ``force``), or create
+    (recording the manifest build's class tables ``classes``).
 
     An existing folder that is not an avda cache is refused (nothing is written into it)
     unless it is empty: then the store is created there."""
@@ -271,7 +273,12 @@ def open_or_create_store(
         log.warning("--force: moving the old store %s to %s", out, backup)
         shutil.move(str(out), str(backup))
     return cache_lib.create(
-        out, segments, manifest_sha256=manifest_sha, recipe=recipe.to_dict(), chunk_rows=chunk_rows
+        out,
+        segments,
+        manifest_sha256=manifest_sha,
+        recipe=recipe.to_dict(),
+        chunk_rows=chunk_rows,
+        classes=classes,
     )
 
 
@@ -475,6 +482,7 @@ def extract(
                 recipe,
                 chunk_rows=options.chunk_rows,
                 force=force,
+                classes=manifest.attrs.get("classes"),
             )
             models = []
             for spec, model in zip(modalities, built, strict=True):

@@ -68,9 +68,15 @@ def evaluation_domain(feature_set: FeatureSet) -> str:
 
 
 def infer_tasks(
-    segments: pd.DataFrame, rows: np.ndarray, requested: Sequence[str] | None
+    segments: pd.DataFrame,
+    rows: np.ndarray,
+    requested: Sequence[str] | None,
+    classes: dict[str, Sequence[str]] | None = None,
 ) -> list[Task]:
-    """Tasks with labels in ``rows``; class counts from the whole cache (so splits agree)."""
+    """Tasks with labels in ``rows``. Class counts: the size of the benchmark's class table
+    when the cache records one (``classes``, from the manifest build: EPIC-100's 97 verbs
+    though its UDA splits' largest id is 95), else the largest id in the whole cache + 1 (so
+    splits agree); an id outside the table is refused."""
     names = (
         list(requested)
         if requested
@@ -96,10 +102,19 @@ def infer_tasks(
             )
         if name == "labels":
             ids = [int(v) for s in segments[column].dropna() for v in str(s).split(";") if v != ""]
-            tasks.append(Task(name, (max(ids) + 1) if ids else 0, multi_label=True))
+            count = (max(ids) + 1) if ids else 0
         else:
             values = pd.to_numeric(segments[column], errors="coerce").dropna()
-            tasks.append(Task(name, int(values.max()) + 1))
+            count = int(values.max()) + 1
+        table = (classes or {}).get(column)
+        if table is not None:
+            if count > len(table):
+                raise CacheError(
+                    f"{column} holds class id {count - 1}, outside the cache's class table of "
+                    f"{len(table)} classes (from the manifest build); rebuild the manifest"
+                )
+            count = len(table)
+        tasks.append(Task(name, count, multi_label=name == "labels"))
     return tasks
 
 

@@ -207,7 +207,9 @@ def plan(
         )
     # A recipe's schedule is an amount of optimisation: epochs for this data size.
     config = config.for_data(len(source_rows), head)
-    tasks = data_lib.infer_tasks(store.segments, source_rows, config.tasks or None)
+    tasks = data_lib.infer_tasks(
+        store.segments, source_rows, config.tasks or None, store.provenance.get("classes")
+    )
     cls = heads_lib.HEADS.get(head)
     # e.g. cia's spatial=auto, rna's setting=auto
     config = cls.resolve_config(config, store, modalities, target_segments=len(target_rows))
