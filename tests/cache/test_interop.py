@@ -245,12 +245,12 @@ def test_per_video_npy_features(tmp_path):
     np.save(folder / "vid1.npy", video)
     manifest = pd.DataFrame(
         {
-            "uid": ["a", "b"],
-            "video_id": ["vid1", "vid2"],
-            "domain": ["s", "s"],
-            "split": ["train", "train"],
-            "start_sec": [2.0, 0.0],
-            "stop_sec": [4.0, 1.0],
+            "uid": ["a", "b", "edge", "past"],
+            "video_id": ["vid1", "vid2", "vid1", "vid1"],
+            "domain": ["s", "s", "s", "s"],
+            "split": ["train", "train", "train", "train"],
+            "start_sec": [2.0, 0.0, 9.0, 8.0],
+            "stop_sec": [4.0, 1.0, 10.5, 30.0],
         }
     )
     manifest.to_csv(tmp_path / "m.csv", index=False)
@@ -265,8 +265,16 @@ def test_per_video_npy_features(tmp_path):
     store = open_cache(result.store)
     # Times 2.25, 2.75, 3.25, 3.75 s -> rows round(t * 2 - 0.5) = 4, 5, 6, 7.
     np.testing.assert_allclose(store.load("rgb")[0], video[4:8], atol=4e-3)
-    assert store.status("rgb").tolist() == [Status.DONE, Status.MISSING]
+    # A segment mostly past the rows' 10 s (or a wrong --feature-rate) is not the last row
+    # repeated: it fails, as extraction fails one past its video; a little past is kept.
+    done, missing, failed = Status.DONE, Status.MISSING, Status.FAILED
+    assert store.status("rgb").tolist() == [done, missing, done, failed]
     assert "no vid2.npy" in store.errors("rgb")[1]
+    assert (
+        "runs to 30.00 s, 20.00 s past the end of vid1.npy's features (10.00 s)"
+        in (store.errors("rgb")[3])
+    )
+    assert "20 rows at --feature-rate 2" in store.errors("rgb")[3]
 
 
 def test_dask_reads_a_store_chunk_by_chunk(uda, tmp_path):

@@ -789,7 +789,10 @@ def _sample_npy(
     folder: Path, files: list[Path], segments: pd.DataFrame, feature_rate: float, num_clips: int
 ) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """(n, K, D) features of ``segments`` from ``<video_id>.npy``; statuses and errors
-    (MISSING for a video without a file)."""
+    (MISSING for a video without a file; FAILED for a segment that starts after the file's
+    rows end or lies more than half past them, as extraction fails one past its video)."""
+    from avda.data_manifests import schema as manifest_schema
+
     by_name = {p.stem: p for p in files}
     dims = {np.load(p, mmap_mode="r").shape[-1] for p in files[:1]}
     D = dims.pop()
@@ -805,8 +808,14 @@ def _sample_npy(
         values = np.load(path, mmap_mode="r")  # (T, D), read row by row
         if values.ndim != 2 or values.shape[1] != D:
             raise CacheError(f"{path} has shape {values.shape}; expected (T, {D})")
+        duration = len(values) / feature_rate  # the seconds the file's rows cover
         for i in positions:
             start, stop = float(segments.at[i, "start_sec"]), float(segments.at[i, "stop_sec"])
+            why = manifest_schema.outside_video(start, stop, duration, f"{path.name}'s features")
+            if why is not None:  # its clips would all be the last row (a wrong --feature-rate?)
+                statuses[i] = int(Status.FAILED)
+                errors[i] = f"{why} ({len(values)} rows at --feature-rate {feature_rate:g})"
+                continue
             times = start + (np.arange(num_clips) + 0.5) * (stop - start) / num_clips
             index = np.clip(np.round(times * feature_rate - 0.5).astype(int), 0, len(values) - 1)
             features[i] = values[index]
