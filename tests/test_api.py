@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import doctest
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -130,3 +131,25 @@ def test_extract_records_the_class_tables_of_a_built_manifest(tmp_path, media):
           out=tmp_path / "run", seed=0, overrides={"epochs": 1}, progress=False)  # fmt: skip
 
     assert runs.read_predictions(tmp_path / "run", "target_test")["scores"]["verb"].shape == (1, 5)
+
+
+@pytest.mark.parametrize(
+    ("modalities", "given", "expected"),
+    [
+        (["audio"], {"weights": "i3d.pt"}, "is the visual backbone's checkpoint, but no visual"),
+        (["rgb"], {"audio_weights": "vgg.pt"}, "but audio is not extracted (--modalities rgb)"),
+    ],
+)
+def test_weights_for_a_modality_not_extracted_are_refused(tmp_path, modalities, given, expected):
+    """A fine-tuned audio checkpoint passed as --weights (as finetune's hint once said) was
+    ignored: the store held random-init audio features, exit 0."""
+    import pandas as pd
+
+    frame = pd.DataFrame(
+        {"uid": ["a"], "video_id": ["v"], "domain": ["D1"], "split": ["train"],
+         "start_sec": [0.0], "stop_sec": [1.0]}
+    )  # fmt: skip
+    with pytest.raises(ConfigError, match=re.escape(expected)):
+        avda.extract(frame, tmp_path / "c.zarr", videos=tmp_path, modalities=modalities,
+                     progress=False, **given)  # fmt: skip
+    assert not (tmp_path / "c.zarr").exists()

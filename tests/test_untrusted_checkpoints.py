@@ -37,3 +37,19 @@ def test_a_checkpoint_that_would_run_code_is_refused(tmp_path):
     with pytest.raises(RunError):
         runs.load_checkpoint(out / runs.CHECKPOINT)
     assert not marker.exists()
+
+
+def test_a_run_checkpoint_that_would_run_a_command_names_it(tmp_path):
+    import os
+
+    class Command:
+        def __reduce__(self):
+            return (os.system, (f"touch {tmp_path / 'pwned'}",))
+
+    path = tmp_path / "last.pt"
+    with open(path, "wb") as handle:
+        pickle.dump({"epoch": 1, "model": Command()}, handle, protocol=2)
+    with pytest.raises(RunError) as info:
+        runs.load_checkpoint(path)
+    assert "it would load GLOBAL posix.system (its module posix is blocked)" in str(info.value)
+    assert not (tmp_path / "pwned").exists()

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -79,3 +80,18 @@ def torch_load(path: str | Path, *, map_location: Any = "cpu") -> Any:
     import torch
 
     return torch.load(path, map_location=map_location, weights_only=True)
+
+
+def refused_global(message: str) -> str | None:
+    """The global a ``weights_only`` load refused, from torch's error text (``GLOBAL io.open``;
+    ``GLOBAL posix.system (its module posix is blocked)``), or None when the error is not such
+    a refusal (a text file, a damaged one). torch words the two cases differently: an
+    importable global it does not allow ("Unsupported global: GLOBAL x.y was not an allowed
+    global") and one from a module it blocks ("Trying to load unsupported GLOBAL x.y whose
+    module x is blocked")."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", message)  # torch bolds part of its message
+    found = re.search(r"unsupported (?:global: *)?(GLOBAL [\w.]+)", text, re.IGNORECASE)
+    if found is None:
+        return None
+    blocked = re.search(r"whose module ([\w.]+) is blocked", text)
+    return found.group(1) + (f" (its module {blocked.group(1)} is blocked)" if blocked else "")

@@ -135,8 +135,20 @@ def extract(
         if problems:
             raise ManifestError(schema.format_problems("(a DataFrame)", problems))
         frame = schema.normalise(manifest)
+    names = _names(modalities)
+    if weights is not None and all(m == "audio" for m in names):
+        raise ConfigError(
+            f"--weights {weights} is the visual backbone's checkpoint, but no visual modality is "
+            f"extracted (--modalities {','.join(names)}); an audio checkpoint goes to "
+            "--audio-weights"
+        )
+    if audio_weights is not None and "audio" not in names:
+        raise ConfigError(
+            f"--audio-weights {audio_weights} is given, but audio is not extracted (--modalities "
+            f"{','.join(names)}); add audio to --modalities or drop --audio-weights"
+        )
     specs = []
-    for modality in _names(modalities):
+    for modality in names:
         if modality == "audio":
             audio_path = _checkpoint(audio_weights, "audio_weights")
             specs.append(runner.ModalitySpec("audio", audio_backbone, audio_path))

@@ -627,7 +627,7 @@ def finetune_command(
     typer.echo(
         f"{out}: {result.epochs} epochs, last loss {last.get('loss', float('nan')):.4f}, "
         f"train accuracy {100 * last.get('accuracy', 0):.1f}%; use it with "
-        f"`avda extract --weights {out}`"
+        f"`avda extract {'--audio-weights' if modality == 'audio' else '--weights'} {out}`"
     )
 
 

@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from avda._io import atomic_write, atomic_write_text, torch_load
+from avda._io import atomic_write, atomic_write_text, refused_global, torch_load
 from avda.errors import RunError
 
 log = logging.getLogger(__name__)
@@ -250,11 +250,12 @@ def load_checkpoint(path: Path) -> dict:
         text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()  # torch bolds a warning
         lines = [line.strip() for line in text.splitlines() if line.strip()]
         # torch's refusal opens with how to load the file anyway; the reason is further down
-        first = next(
-            (line.replace("WeightsUnpickler error: ", "").split(" was not an allowed")[0]
-             for line in lines if "Unsupported global" in line),
-            lines[0] if lines else type(exc).__name__,
-        )  # fmt: skip
+        refused = refused_global(text)
+        first = (
+            f"it would load {refused}, which avda never runs"
+            if refused
+            else (lines[0] if lines else type(exc).__name__)
+        )
         if not isinstance(exc, pickle.UnpicklingError | RuntimeError | EOFError):
             first = f"{type(exc).__name__}: {first}"
         raise CheckpointRefused(

@@ -177,10 +177,16 @@ def test_slurm_and_pbs_job_scripts_carry_the_spec_resources(tmp_path, three_doma
                     "queue": "gpu",
                     "account": "vision",
                     "job_script_prologue": ["source /opt/avda/.venv/bin/activate"],
+                    "log_directory": "logs",
+                    "local_directory": "/scratch/avda",
                 },
             },
         )
     )
+    # relative to the spec file, as its cache and out are; absolute ones stay as they are
+    spec_folder = tmp_path  # write_spec puts the spec there
+    assert spec.cluster.log_directory == str(spec_folder / "logs")
+    assert spec.cluster.local_directory == "/scratch/avda"
     slurm = sweep.make_jobqueue_cluster(spec.cluster)
     try:
         script = slurm.job_script()

@@ -370,9 +370,28 @@ def test_arbitrary_pickled_objects_are_refused(tmp_path: Path) -> None:
     torch.save({"state_dict": {"a": torch.ones(1)}, "args": argparse.Namespace(lr=0.1)}, path)
     with pytest.raises(
         CheckpointError,
-        match=r"weights_only=True.*Unsupported global: GLOBAL argparse\.Namespace\); .*Re-save",
+        match=r"weights_only=True\) refuses this file \(GLOBAL argparse\.Namespace\); .*Re-save",
     ):
         read_checkpoint(path)
+
+
+def test_a_checkpoint_that_would_run_a_command_names_the_refused_global(tmp_path: Path) -> None:
+    """torch words a global from a module it blocks (os.system is posix.system) otherwise
+    than one it merely does not allow; the refusal names it either way, not "a text file"."""
+    import os
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {tmp_path / 'pwned'}",))
+
+    path = tmp_path / "evil.pth"
+    torch.save({"state_dict": {"a": torch.ones(1)}, "x": Payload()}, path)
+    with pytest.raises(CheckpointError) as info:
+        read_checkpoint(path)
+    message = str(info.value)
+    assert "refuses this file (GLOBAL posix.system (its module posix is blocked))" in message
+    assert "text file" not in message
+    assert not (tmp_path / "pwned").exists()
 
 
 @pytest.mark.parametrize("text", ["not a checkpoint\n", '{"state_dict": 1}\n', "junk\n"])

@@ -234,6 +234,10 @@ def parse_spec(
     elif retries > MAX_RETRIES:
         problems.add(("retries",), f"at most {MAX_RETRIES} retries, got {retries}")
     cluster = _parse_cluster(data.get("cluster", {}), problems, max_runs)
+    for key in ("local_directory", "log_directory"):  # relative to the spec, as cache and out
+        folder = getattr(cluster, key)
+        if folder is not None and not Path(folder).expanduser().is_absolute():
+            cluster = dataclasses.replace(cluster, **{key: str(base / folder)})
     runs = len(caches) * len(heads) * len(settings) * len(seeds)
     if runs > max_runs:
         problems.refuse(

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from avda._io import torch_load
+from avda._io import refused_global, torch_load
 from avda.errors import CheckpointError, MissingDependencyError
 
 log = logging.getLogger(__name__)
@@ -116,7 +116,8 @@ def read_checkpoint(path: str | Path) -> Any:
             checkpoint = torch_load(path)
         except pickle.UnpicklingError as error:
             lines = str(error).splitlines()
-            if not any("Unsupported global" in line for line in lines):
+            reason = refused_global(str(error))
+            if reason is None:
                 # Not a pickle of objects it refuses but no pickle at all ("Unsupported
                 # operand": the bytes of a text file or of a damaged one).
                 reason = next((line for line in lines if "Unsupported" in line), lines[-1])
@@ -124,8 +125,6 @@ def read_checkpoint(path: str | Path) -> Any:
                     f"{path}: not a torch checkpoint (a text file, or a damaged or cut-off one: "
                     f"{reason.strip()}); pass the published weights file"
                 ) from None
-            reason = next((line for line in lines if "Unsupported global" in line), lines[0])
-            reason = reason.split(" was not an allowed")[0].replace("WeightsUnpickler error: ", "")
             raise CheckpointError(
                 f"{path}: torch.load(weights_only=True) refuses this file ({reason.strip()}); "
                 "it holds Python objects beyond tensors and numbers. Re-save only the state "
