@@ -136,3 +136,7 @@ def test_verify_identifies_and_refuses(capsys, shared_data, tmp_path):
     assert code == 0 and "the keys and shapes of vggsound_H" in out
     code, out, err = run(capsys, "weights", "verify", str(other))
     assert code == 1 and "not a published file avda knows" in err and err.count("\n") == 1
+    # Several files: an unknown one in the middle does not hide the lines of the others.
+    code, out, err = run(capsys, "weights", "verify", str(good), str(other), str(good))
+    assert code == 1 and out.count("the keys and shapes of vggsound_H") == 2
+    assert err.count("not a published file avda knows") == 1

@@ -1217,11 +1217,19 @@ def weights_fetch(
 def weights_verify(
     files: Annotated[list[Path], typer.Argument(help="Weights files to identify.")],
 ) -> None:
-    """Say which published file each FILE is: by checksum, else by its keys and shapes."""
+    """Say which published file each FILE is: by checksum, else by its keys and shapes.
+    Every file gets its line; the exit code is 1 when some file was not identified."""
     from avda import weights as published
 
+    unknown = 0
     for path in files:
-        typer.echo(published.identify(path).message)
+        try:
+            typer.echo(published.identify(path).message)
+        except AvdaError as error:  # one file's problem does not hide the others'
+            unknown += 1
+            typer.echo(f"error: {error}", err=True)
+    if unknown:
+        raise typer.Exit(1)
 
 
 def _weights_callback(ctx: typer.Context, param: typer.CallbackParam, value: Path | None):

@@ -451,6 +451,16 @@ def test_class_count_mismatch_suggests_num_classes(piergiaj_flow, tmp_path: Path
     backbones.create("i3d", modality="flow", weights=path, num_classes=157)
 
 
+def test_a_classifier_of_the_right_class_count_gets_no_class_count_hint(piergiaj_flow, tmp_path):
+    """400 classes and the wrong input width: "pass num_classes=400" would be no help."""
+    state = dict(piergiaj_flow)
+    state["logits.conv3d.weight"] = torch.zeros(400, 512, 1, 1, 1)
+    path = write_checkpoint(state, tmp_path / "narrow.pt")
+    with pytest.raises(CheckpointError, match=r"'logits\.conv3d\.weight' has shape") as info:
+        backbones.create("i3d", modality="flow", weights=path)
+    assert "num_classes" not in str(info.value)
+
+
 def test_num_batches_tracked_missing_accepted_extra_ignored(piergiaj_flow, tmp_path) -> None:
     state = {k: v for k, v in piergiaj_flow.items() if not k.endswith("num_batches_tracked")}
     state["Mixed_9z.bn.num_batches_tracked"] = torch.tensor(3)

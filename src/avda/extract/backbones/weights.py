@@ -343,6 +343,12 @@ def num_classes_hint(key: str, *, keyword: str = "num_classes", axis: int = 0) -
     def hint(name: str, file_shape: tuple[int, ...], model_shape: tuple[int, ...]) -> str | None:
         if name != key or not file_shape or not model_shape:
             return None
+        if (
+            len(file_shape) > axis
+            and len(model_shape) > axis
+            and (file_shape[axis] == model_shape[axis])
+        ):
+            return None  # the same classes: the shapes differ elsewhere
         count = file_shape[axis]
         return f"The file's classifier has {count} classes: pass {keyword}={count}"
 
