@@ -140,3 +140,22 @@ def test_verify_identifies_and_refuses(capsys, shared_data, tmp_path):
     code, out, err = run(capsys, "weights", "verify", str(good), str(other), str(good))
     assert code == 1 and out.count("the keys and shapes of vggsound_H") == 2
     assert err.count("not a published file avda knows") == 1
+
+
+def test_fetch_from_a_mirror_checks_the_published_checksum(capsys, table, monkeypatch, tmp_path):
+    """A lab's mirror serves the files under their avda names: ``--mirror`` (or
+    ``$AVDA_WEIGHTS_MIRROR``) downloads from it instead of the publisher's URL, and the
+    published checksum still decides."""
+    table.files["mirror/good.pt"] = PAYLOAD
+    table.files["mirror/bad.pt"] = PAYLOAD
+    del table.files["good.pt"]  # the publisher's URL is gone
+    mirror = table.url("mirror")
+    code, out, err = run(capsys, "weights", "fetch", "good", "--mirror", mirror, "--quiet")
+    assert code == 0, err
+    assert (tmp_path / "cache" / "good.pt").read_bytes() == PAYLOAD
+    monkeypatch.setenv(published.MIRROR_ENV, mirror + "/")
+    code, out, err = run(capsys, "weights", "fetch", "bad", "--quiet")
+    assert code == 1 and f"the download from {mirror}/bad.pt has" in err
+    assert not (tmp_path / "cache" / "bad.pt").exists()
+    code, out, err = run(capsys, "weights", "fetch", "good", "--mirror", "/srv/weights")
+    assert code == 1 and "is not an http(s) URL" in err

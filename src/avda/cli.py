@@ -1196,6 +1196,13 @@ def weights_fetch(
             "$AVDA_HOME/weights or ~/.cache/avda/weights).",
         ),
     ] = None,
+    mirror: Annotated[
+        str | None,
+        typer.Option(
+            help="Download <MIRROR>/<file name> instead of the publisher's URL (a lab's copy; "
+            "published checksums are still checked). Default: $AVDA_WEIGHTS_MIRROR."
+        ),
+    ] = None,
     quiet: Quiet = False,
 ) -> None:
     """Download published weights (resumable; checked where the publisher gives a checksum)."""
@@ -1203,7 +1210,7 @@ def weights_fetch(
 
     entries = [published.get(name) for name in names]  # every name checked before any download
     for entry in entries:
-        result = published.fetch(entry, directory, progress=not quiet)
+        result = published.fetch(entry, directory, progress=not quiet, mirror=mirror)
         state = "downloaded" if result.downloaded else "already there"
         check = (
             f"{entry.checksum_text()} matches"

@@ -40,6 +40,9 @@ from avda.errors import AvdaError, CheckpointError, ConfigError, UnknownNameErro
 # Environment variables, in order: a weights folder, then avda's home (weights go in /weights).
 WEIGHTS_DIR_ENV = "AVDA_WEIGHTS_DIR"
 HOME_ENV = "AVDA_HOME"
+# A base URL serving the files under their avda names (a lab's mirror, for machines without
+# access to the publishers' sites): fetch downloads <mirror>/<file name> instead.
+MIRROR_ENV = "AVDA_WEIGHTS_MIRROR"
 PART_SUFFIX = ".part"
 CHUNK = 1 << 20
 
@@ -430,15 +433,27 @@ def fetch(
     progress: bool = True,
     timeout: float = 60.0,
     opener: Callable[..., Any] = urllib.request.urlopen,
+    mirror: str | None = None,
 ) -> FetchResult:
     """Download ``entry`` into ``directory`` (default :func:`weights_dir`).
+
+    ``mirror`` (default ``$AVDA_WEIGHTS_MIRROR``): a base URL to download ``<mirror>/<file
+    name>`` from instead of the publisher's URL; the published checksum is checked all the
+    same, so a mirror cannot hand over another file where one is published.
 
     The bytes go to ``FILE.part`` and become ``FILE`` by an atomic rename only when complete
     and (where a checksum is published) matching, so a cut-off or wrong download never looks
     complete. A ``.part`` left by an interrupted run is resumed with an HTTP Range request
     (restarted when the server ignores it). A checksum mismatch deletes the ``.part``.
     """
-    if entry.url is None:
+    mirror = mirror if mirror is not None else os.environ.get(MIRROR_ENV) or None
+    url = f"{mirror.rstrip('/')}/{entry.file_name}" if mirror else entry.url
+    if mirror and not mirror.startswith(("http://", "https://")):
+        raise ConfigError(
+            f"weights mirror {mirror!r} is not an http(s) URL; give http(s)://HOST/FOLDER (files "
+            f"already on this machine: copy them into ${WEIGHTS_DIR_ENV} under their avda names)"
+        )
+    if url is None:
         raise ConfigError(
             f"{entry.name}: avda cannot download it ({entry.wrapping}); see {entry.page} "
             "and docs/weights.md"
@@ -457,13 +472,13 @@ def fetch(
                 )
         return FetchResult(target, downloaded=False, checked=entry.checked)
     part = target.with_name(target.name + PART_SUFFIX)
-    _download(entry.url, part, name=entry.name, progress=progress, timeout=timeout, opener=opener)
+    _download(url, part, name=entry.name, progress=progress, timeout=timeout, opener=opener)
     with part.open("rb") as stream:
         head = stream.read(512).lstrip().lower()
     if head.startswith((b"<!doctype html", b"<html")):
         part.unlink(missing_ok=True)
         raise DownloadError(
-            f"{entry.name}: {entry.url} sent a web page, not a weights file (a dead or moved "
+            f"{entry.name}: {url} sent a web page, not a weights file (a dead or moved "
             f"link?); nothing saved; see {entry.page}"
         )
     if entry.checked:
@@ -471,7 +486,7 @@ def fetch(
         if problem is not None:
             part.unlink(missing_ok=True)
             raise DownloadError(
-                f"{entry.name}: the download from {entry.url} has {problem}; refused and "
+                f"{entry.name}: the download from {url} has {problem}; refused and "
                 "deleted, nothing saved (the file changed upstream or was corrupted in transit)"
             )
     replace_file(part, target, fsync=True)  # the .part stays on failure: a rerun resumes it
