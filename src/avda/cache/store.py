@@ -28,6 +28,7 @@ import zarr
 import avda
 from avda.cache import faults, schema
 from avda.cache.schema import Status
+from avda.data_manifests.schema import is_class_tables
 from avda.errors import CacheError
 from avda.paths import check_no_outward_links
 
@@ -819,8 +820,5 @@ def _check_provenance(path: Path, provenance: dict[str, Any]) -> None:
                 _damaged(path, f"modality {name!r}: {key} is {entry.get(key)!r}, not a count >= 1")
     if not isinstance(provenance.get("imports", []), list):
         _damaged(path, "imports is not a list")
-    classes = provenance.get("classes", {})
-    if not isinstance(classes, dict) or not all(
-        isinstance(v, list) and all(isinstance(n, str) for n in v) for v in classes.values()
-    ):
+    if not is_class_tables(provenance.get("classes", {})):
         _damaged(path, "classes is not an object of class-name lists")

@@ -133,6 +133,14 @@ def read(path: str | Path, *, videos: str | Path | None = None, check: bool = Tr
     return frame
 
 
+def is_class_tables(value: object) -> bool:
+    """Whether ``value`` is class tables as a build record and a store's provenance hold them:
+    an object of class column -> list of class names."""
+    return isinstance(value, dict) and all(
+        isinstance(v, list) and all(isinstance(n, str) for n in v) for v in value.values()
+    )
+
+
 def build_classes(path: str | Path) -> dict[str, list[str]]:
     """The class tables (class column -> names in id order) that ``avda manifest build``
     wrote beside the manifest ``path`` (``<path>.build.json``); {} when there is none. A file
@@ -146,9 +154,7 @@ def build_classes(path: str | Path) -> dict[str, list[str]]:
         classes = json.loads(info.read_text(encoding="utf-8")).get("classes", {})
     except (OSError, ValueError, AttributeError) as exc:
         raise ManifestError(f"{info} cannot be read as a manifest build record: {exc}") from exc
-    if not isinstance(classes, dict) or not all(
-        isinstance(v, list) and all(isinstance(n, str) for n in v) for v in classes.values()
-    ):
+    if not is_class_tables(classes):
         raise ManifestError(f"{info}: 'classes' is not an object of class-name lists")
     return {str(k): list(v) for k, v in classes.items() if k in (*CLASS_COLUMNS, "labels")}
 
