@@ -133,6 +133,16 @@ def test_field_help_reads_metadata_then_comments():
     help_ = Sub.field_help()
     assert help_["b"] == "meaning at the end; the paper's value" and help_["a"] == "meaning above"
 
+    @dataclasses.dataclass(frozen=True, kw_only=True)
+    class Sentence(Config):
+        e: int = 1  # a whole sentence.
+
+    @dataclasses.dataclass(frozen=True, kw_only=True)
+    class SubSentence(Sentence):
+        e: int = 2  # a note
+
+    assert SubSentence.field_help()["e"] == "a whole sentence; a note"  # not "sentence.; a"
+
 
 def test_set_with_an_unknown_field_is_one_line(capsys):
     code, _, err = run(capsys, "train", "--head", "dann", "--show-config", "--set", "hiden_dim=3")

@@ -89,7 +89,8 @@ class Config:
                 continue
             for name, text in _source_comments(klass).items():
                 base = comments.get(name, "")
-                comments[name] = text if not base or base in text else f"{base}; {text}"
+                joined = f"{base.rstrip('.')}; {text}"
+                comments[name] = text if not base or base in text else joined
         out = {}
         for field in dataclasses.fields(cls):
             text = field.metadata.get("help") or comments.get(field.name, "")

@@ -48,7 +48,7 @@ class DannConfig(FusionConfig):
     optimizer: Literal["adam", "sgd"] = "sgd"
     lr: float = 0.01  # learning rate mu_0
     momentum: float = 0.9
-    lr_schedule: Literal["step", "dann"] = "dann"  # "dann": mu_0 / (1 + 10 p)^0.75 every step
+    lr_schedule: Literal["step", "dann"] = "dann"  # the default: Ganin et al.'s annealing
     # one discriminator per modality (MM-SADA's eq. 2), measured more robust than the joint one
     discriminator: Literal["joint", "per-modality"] = "per-modality"
     discriminator_hidden: int = 100  # hidden units of the domain discriminator
