@@ -688,7 +688,7 @@ def run_sweep(
     _write_failures(out_dir, tasks, outcomes)
     _report_warnings(out_dir, tasks, outcomes)
     summary = SweepSummary(out_dir, tasks, outcomes, time.perf_counter() - began)
-    log.info("%s", summary.text().splitlines()[0])
+    log.debug("%s", summary.text().splitlines()[0])  # the CLI prints the summary on stdout
     return summary
 
 
