@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -288,3 +289,101 @@ def test_runs_of_one_setting_on_other_caches_are_columns_apart_not_seeds(tmp_pat
         assert count == 2 and mean == pytest.approx(np.mean(values))
     # one cache: the plain setting, as before
     assert aggregate.aggregate(run_dirs[:2]).columns == ["source→target"]
+
+
+def _train_fast(cache: Path, out: Path, *, seed: int = 0, source="source", target="target", **kw):
+    overrides = {**FAST, **kw.pop("overrides", {})}
+    train(cache=cache, head=kw.pop("head", "source-only"), source=[source], target=[target],
+          out=out, seed=seed, overrides=overrides, progress=False, **kw)  # fmt: skip
+    return out
+
+
+def test_a_run_named_two_ways_is_one_seed_and_a_copied_run_is_refused(
+    sweep_like, tmp_path, monkeypatch
+):
+    """``runs/x`` and ``/abs/runs/x`` are one run (a cell of 4 seeds from 3 runs before); two
+    folders holding one method's seed 0 on one setting (a copied run) cannot make a cell."""
+    monkeypatch.chdir(sweep_like)
+    found = aggregate.find_runs(
+        [sweep_like / "DANN_v2", Path("DANN_v2/source-target/seed0"), sweep_like / "DANN_v2"]
+    )
+    assert len(found) == 4
+    table = aggregate.aggregate(found)
+    assert table.cell("DANN_v2", "source→target")[2] == 2
+
+    cache = make_feature_cache(tmp_path / "f.zarr", shift=1.0).path
+    first = _train_fast(cache, tmp_path / "a")
+    shutil.copytree(first, tmp_path / "copy")
+    with pytest.raises(RunError, match="both seed 0 of source-only on source→target"):
+        aggregate.aggregate(aggregate.find_runs([first, tmp_path / "copy"]))
+
+
+def test_runs_of_one_protocol_role_with_other_configs_are_other_methods(tmp_path):
+    """Under a protocol the row was the role's name whatever the config: lr 1e-7 (seed 0) and
+    the default (seed 1) made one cell of 'two seeds'. Runs that differ are named apart."""
+    cache = make_feature_cache(tmp_path / "f.zarr", shift=1.0).path
+    nine = {"epochs": 9}  # the protocol's rule averages the last 9 checkpoints
+    tiny = _train_fast(cache, tmp_path / "tiny", protocol="unified", overrides={**nine, "lr": 1e-7})
+    default = _train_fast(cache, tmp_path / "default", seed=1, protocol="unified", overrides=nine)
+    table = aggregate.aggregate([tiny, default])
+    lr = runs.read_config(default)["head_config"]["lr"]
+    assert table.methods == ["source-only (lr=1e-07)", f"source-only (lr={lr})"]
+    for method in table.methods:
+        assert table.cell(method, "source→target")[2] == 1
+    # one config: the role's name alone
+    again = _train_fast(cache, tmp_path / "again", seed=2, protocol="unified", overrides=nine)
+    assert aggregate.aggregate([default, again]).methods == ["source-only"]
+
+
+def test_epochs_a_schedule_derives_from_each_setting_do_not_split_a_method(tmp_path):
+    """With the default steps schedule a setting's data size sets its epochs: the same
+    command on two settings of other sizes is one method (a row with a Mean), not two."""
+    from avda import cache as cache_lib
+    from avda.cache import Status
+
+    rows, rng = [], np.random.default_rng(0)
+    for domain, per_class in (("small", 3), ("large", 9)):
+        for split in ("train", "test"):
+            for c in range(4):
+                for i in range(per_class):
+                    rows.append({"uid": f"{domain}-{split}-{c}-{i}", "video_id": "v",
+                                 "domain": domain, "split": split, "start_sec": 0.0,
+                                 "stop_sec": 1.0, "verb_class": c})  # fmt: skip
+    segments = pd.DataFrame(rows)
+    store = cache_lib.create(
+        tmp_path / "sizes.zarr", segments, manifest_sha256="0" * 64, recipe={"name": "sizes"}
+    )
+    store.add_modality("rgb", num_clips=1, num_features=4, info={"backbone": "synthetic"})
+    n = len(segments)
+    x = rng.normal(size=(n, 1, 4)) + segments["verb_class"].to_numpy()[:, None, None]
+    store.write("rgb", np.arange(n), x, np.full(n, int(Status.DONE)), [""] * n)
+    steps = {"reference_segments": 24, "batch_size": 4, "hidden_dim": 8}
+    run_dirs = []
+    for source, target in (("small", "large"), ("large", "small")):
+        for seed in (0, 1):
+            out = tmp_path / f"{source}-{seed}"
+            train(cache=store.path, head="source-only", source=[source], target=[target],
+                  out=out, seed=seed, overrides=steps, progress=False)  # fmt: skip
+            run_dirs.append(out)
+    epochs = {runs.read_config(r)["head_config"]["epochs"] for r in run_dirs}
+    assert len(epochs) == 2  # 2 and 6 epochs: the derived field differs between settings
+    table = aggregate.aggregate(run_dirs)
+    assert table.methods == ["source-only"]
+    assert table.cell("source-only", aggregate.MEAN)[2] == 2
+
+
+def test_a_run_that_failed_in_its_sweep_is_left_out(sweep_like, tmp_path, caplog):
+    """A sweep run refused (e.g. its folder holds a finished run of an earlier spec) is
+    'failed' in sweep.json; the folder's older numbers must not fill the table."""
+    out = tmp_path / "sweep"
+    shutil.copytree(sweep_like, out)
+    index = json.loads((out / aggregate.SWEEP_INDEX).read_text())
+    failed = index["runs"][0]
+    failed["status"] = "failed"
+    (out / aggregate.SWEEP_INDEX).write_text(json.dumps(index))
+    with caplog.at_level(logging.WARNING):
+        found = aggregate.find_runs([out])
+    assert len(found) == 7 and out / failed["run"] not in found
+    assert "failed in the sweep: left out" in caplog.text
+    table = aggregate.aggregate(found)
+    assert table.cell("Source-only", "source→target")[2] == 1

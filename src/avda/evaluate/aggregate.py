@@ -47,6 +47,7 @@ LAYOUTS = ("auto", "settings", "epic100")
 METRICS = ("top1", "top5", "mca", "mAP")
 MEAN = "Mean"
 SWEEP_INDEX = "sweep.json"  # the same name avda.sweep.run writes
+SWEEP_FAILURES = "sweep-failures.csv"  # avda.sweep.run.FAILURES
 EPIC100_COLUMNS = (
     ("verb", 1),
     ("verb", 5),
@@ -89,32 +90,47 @@ def find_runs(paths: Iterable[str | Path], *, complete_only: bool = True) -> lis
     (with a warning) when ``complete_only``; a path holding no run is an error.
     """
     found: list[Path] = []
+    seen: set[Path] = set()  # resolved: runs/x and /abs/runs/x are one run
     for path in map(Path, paths):
         if not path.exists():
             raise RunError(f"{path} does not exist; pass run directories or a sweep's --out folder")
         if (path / runs.CONFIG).exists():
             candidates = [path]
         else:
-            candidates = _sweep_order(path) or sorted(p.parent for p in path.rglob(runs.CONFIG))
-            if not candidates:
-                raise RunError(f"{path} holds no avda run (no {runs.CONFIG} below it)")
+            candidates = _sweep_order(path)
+            if candidates is None:
+                candidates = sorted(p.parent for p in path.rglob(runs.CONFIG))
+                if not candidates:
+                    raise RunError(f"{path} holds no avda run (no {runs.CONFIG} below it)")
         for run in candidates:
+            if run.resolve() in seen:
+                continue
             if complete_only and not runs.is_complete(run):
                 log.warning("%s is not complete: left out", run)
                 continue
-            if run not in found:
-                found.append(run)
+            seen.add(run.resolve())
+            found.append(run)
     if not found:
         raise RunError("none of the given runs is complete; finish them with `avda train`")
     return found
 
 
-def _sweep_order(folder: Path) -> list[Path]:
+def _sweep_order(folder: Path) -> list[Path] | None:
+    """The runs of the sweep whose output ``folder`` is, in its order, less those that failed
+    (None: not a sweep's folder)."""
     index = folder / SWEEP_INDEX
     if not index.exists():
-        return []
+        return None
     entries = json.loads(index.read_text()).get("runs", [])
-    return [folder / e["run"] for e in entries if (folder / e["run"] / runs.CONFIG).exists()]
+    order = []
+    for entry in entries:
+        run = folder / entry["run"]
+        if entry.get("status") == "failed":
+            # its folder may hold a finished run of an earlier spec, not this sweep's
+            log.warning("%s failed in the sweep: left out (its error: %s)", run, SWEEP_FAILURES)
+        elif (run / runs.CONFIG).exists():
+            order.append(run)
+    return order
 
 
 def _index_labels(run: Path, cache: dict[Path, dict[str, str]]) -> str | None:
@@ -141,26 +157,35 @@ def describe_runs(run_dirs: Sequence[str | Path]) -> list[RunInfo]:
     configs = [(Path(run), runs.read_config(run)) for run in run_dirs]
     index_cache: dict[Path, dict[str, str]] = {}
     labels = {run: _index_labels(run, index_cache) for run, _ in configs}
-    by_head: dict[str, list[dict[str, Any]]] = {}
-    for run, config in configs:
-        if labels[run] is None:
-            by_head.setdefault(config["head"], []).append(config.get("head_config", {}))
     # A setting whose runs read several caches (other features, another dataset) is one
     # column per cache: their numbers are not seeds of one experiment.
     caches: dict[str, set[str]] = {}
     for _, config in configs:
         caches.setdefault(_setting_of(config), set()).add(str(config.get("cache", "")))
     names = _cache_names({c for group in caches.values() if len(group) > 1 for c in group})
-    infos = []
+    settings = {}
     for run, config in configs:
         setting = _setting_of(config)
         if len(caches[setting]) > 1:
             setting = f"{setting} ({names[str(config.get('cache', ''))]})"
-        method = (
-            labels[run]
-            or config.get("protocol_role")
-            or _distinct_label(config["head"], config, by_head[config["head"]])
-        )
+        settings[run] = setting
+    # A run without a sweep's label is named by its protocol role, else its head, and by the
+    # head-config fields in which two such runs of one setting differ: runs of another config
+    # are another method, while the fields a schedule derives from a setting's data size
+    # (epochs, eval_every) differ between settings only.
+    base = {run: config.get("protocol_role") or config["head"] for run, config in configs}
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for run, config in configs:
+        if labels[run] is None:
+            key = (base[run], settings[run])
+            groups.setdefault(key, []).append(config.get("head_config", {}))
+    differing: dict[str, set[str]] = {}
+    for (name, _), group in groups.items():
+        differing.setdefault(name, set()).update(_differing_fields(group))
+    infos = []
+    for run, config in configs:
+        setting = settings[run]
+        method = labels[run] or _labelled(base[run], config, differing.get(base[run], set()))
         infos.append(
             RunInfo(
                 path=run,
@@ -191,12 +216,17 @@ def _cache_names(paths: set[str]) -> dict[str, str]:
     return {p: stem if counts[stem] == 1 else p for p, stem in stems.items()}
 
 
-def _distinct_label(head: str, config: dict[str, Any], group: list[dict[str, Any]]) -> str:
-    own = config.get("head_config", {})
-    keys = sorted({k for c in group for k in c if any(c.get(k) != o.get(k) for o in group)})
+def _differing_fields(group: list[dict[str, Any]]) -> set[str]:
+    """The head-config fields whose values are not the same in every config of ``group``."""
+    return {k for c in group for k in c if any(c.get(k) != o.get(k) for o in group)}
+
+
+def _labelled(name: str, config: dict[str, Any], keys: set[str]) -> str:
+    """``name``, with the run's values of ``keys``: ``dann (lr=0.1)``."""
     if not keys:
-        return head
-    return f"{head} ({', '.join(f'{k}={own.get(k)}' for k in keys)})"
+        return name
+    own = config.get("head_config", {})
+    return f"{name} ({', '.join(f'{k}={own.get(k)}' for k in sorted(keys))})"
 
 
 @dataclasses.dataclass
@@ -300,6 +330,7 @@ def aggregate(
     if not infos:
         raise RunError("no runs to aggregate")
     infos, chosen, notes = _same_protocol(infos, protocol)
+    _one_run_per_seed(infos)
     rule = protocols_lib.rule_for(chosen)
     if layout == "auto":
         epic = all({"verb", "noun"} <= _single_label(info) for info in infos)
@@ -313,6 +344,21 @@ def aggregate(
     table.notes.extend(notes)
     _add_published(table, infos)
     return table
+
+
+def _one_run_per_seed(infos: Sequence[RunInfo]) -> None:
+    """Refuse two runs of one method, setting and seed: a cell would count one seed twice
+    (a copied run folder, or runs of another config under one name)."""
+    first: dict[tuple[str, str, int], Path] = {}
+    for info in infos:
+        key = (info.method, info.setting, info.seed)
+        if key in first:
+            raise RunError(
+                f"{first[key]} and {info.path} are both seed {info.seed} of {info.method} on "
+                f"{info.setting}: a table would count that seed twice; pass one of them, or "
+                "train the other with another --seed"
+            )
+        first[key] = info.path
 
 
 def _same_protocol(
