@@ -74,6 +74,9 @@ class Protocol:
     common: Mapping[str, Any]  # fields set on every head that has them
     heads: Mapping[str, HeadRecipe]  # method name -> recipe; empty: every head, common only
     evaluation: EvaluationRule
+    # task -> the benchmark's class count: the classifiers' width when the cache records no
+    # class table (a manifest subset without its .build.json; its largest id may be below)
+    classes: Mapping[str, int] = dataclasses.field(default_factory=dict)
     # docs/protocols.md's columns, one phrase each
     split: str = ""
     sampling: str = ""
@@ -206,6 +209,7 @@ register(
         "random clip per segment in training, the 5-clip test and the mean target top-1 of the "
         "last 9 checkpoints",
         settings=("epic55-mmsada",),
+        classes={"verb": 8},
         common=_MMSADA_SCHEDULE,
         heads={
             "source-only": HeadRecipe("mm-sada", _MMSADA_OFF),
@@ -246,6 +250,7 @@ register(
         summary="EPIC-100 UDA: verb, noun and action with the official scorer; source-only is "
         "TA3N without target (no attention, no domain terms); last epoch",
         settings=("epic100-uda",),
+        classes={"verb": 97, "noun": 300},
         common={"tasks": ("verb", "noun"), "labelled_target": 0.0, "keep_last_predictions": 0},
         heads={
             "ta3n": HeadRecipe("ta3n", {"use_bn": "none"}),
@@ -275,6 +280,7 @@ register(
         summary="EPIC-55 domain generalisation: single-source (6 pairs) and multi-source "
         "(3 settings); the baseline is RNA-Net without its loss (DeepAll, late fusion)",
         settings=("epic55-mmsada", "epic55-dg"),
+        classes={"verb": 8},
         common={"labelled_target": 0.0, "keep_last_predictions": 0},
         heads={
             "rna": HeadRecipe("rna", {"setting": "dg"}),
@@ -302,6 +308,7 @@ register(
         summary="EPIC-55 D1-D3 pairs, unsupervised; each method at its own paper's recipe, "
         "last epoch, target top-1",
         settings=("epic55-mmsada",),
+        classes={"verb": 8},
         common={**_AUDIO_ADAPTIVE_BASE, "keep_last_predictions": 0},
         heads={
             **_AA_HEADS,
@@ -324,6 +331,7 @@ register(
         summary="ActorShift human -> animal, unsupervised; source-only, MM-SADA and "
         "audio-adaptive at their recipes, last epoch, target top-1",
         settings=("actorshift",),
+        classes={"verb": 7},  # avda.data_manifests.actorshift.CLASSES
         common={**_AUDIO_ADAPTIVE_BASE, "keep_last_predictions": 0},
         heads=dict(_AA_HEADS),
         evaluation=EvaluationRule(checkpoints=1, metrics=("top1",)),
@@ -344,6 +352,7 @@ register(
         "training videos labelled; mAP in both conventions (classes with positives; the "
         "authors' code: classes without positives count 0)",
         settings=("charades-ego",),
+        classes={"labels": 157},  # Charades' classes
         common={"labelled_target": 0.5, "keep_last_predictions": 0},
         heads={
             "source-only": HeadRecipe("source-only", {}),

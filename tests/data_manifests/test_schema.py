@@ -124,6 +124,17 @@ def test_the_build_records_class_tables_are_read_and_ids_outside_them_refused(tm
     assert infer_tasks(frame, rows, None, frame.attrs["classes"])[0].num_classes == 6
     with pytest.raises(CacheError, match="class id 1, outside the cache's class table of 1"):
         infer_tasks(frame, rows, None, {"verb_class": ["a"]})
+    # no class table: a protocol's benchmark count (CharadesEgo's 157 on a subset), else max + 1
+    bench = "protocol p's benchmark"
+    assert infer_tasks(frame, rows, None, known={"verb": 8}, benchmark=bench)[0].num_classes == 8
+    assert (
+        infer_tasks(frame, rows, None, {"verb_class": list("abcdef")}, known={"verb": 8})[
+            0
+        ].num_classes
+        == 6
+    )  # the table the cache records wins
+    with pytest.raises(CacheError, match="class id 1, outside the 1 classes of protocol p's"):
+        infer_tasks(frame, rows, None, known={"verb": 1}, benchmark=bench)
     Path(f"{path}.build.json").write_text('{"classes": {"verb_class": "abc"}}')
     with pytest.raises(ManifestError, match="not an object of class-name lists"):
         schema.read(path)

@@ -174,18 +174,20 @@ def describe_runs(run_dirs: Sequence[str | Path]) -> list[RunInfo]:
     # are another method, while the fields a schedule derives from a setting's data size
     # (epochs, eval_every) differ between settings only.
     base = {run: config.get("protocol_role") or config["head"] for run, config in configs}
-    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    # (runs of another protocol make another table: compared within their own)
+    groups: dict[tuple[Any, str, str], list[dict[str, Any]]] = {}
     for run, config in configs:
         if labels[run] is None:
-            key = (base[run], settings[run])
+            key = (config.get("protocol"), base[run], settings[run])
             groups.setdefault(key, []).append(config.get("head_config", {}))
-    differing: dict[str, set[str]] = {}
-    for (name, _), group in groups.items():
-        differing.setdefault(name, set()).update(_differing_fields(group))
+    differing: dict[tuple[Any, str], set[str]] = {}
+    for (protocol, name, _), group in groups.items():
+        differing.setdefault((protocol, name), set()).update(_differing_fields(group))
     infos = []
     for run, config in configs:
         setting = settings[run]
-        method = labels[run] or _labelled(base[run], config, differing.get(base[run], set()))
+        keys = differing.get((config.get("protocol"), base[run]), set())
+        method = labels[run] or _labelled(base[run], config, keys)
         infos.append(
             RunInfo(
                 path=run,

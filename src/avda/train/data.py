@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -72,11 +72,15 @@ def infer_tasks(
     rows: np.ndarray,
     requested: Sequence[str] | None,
     classes: dict[str, Sequence[str]] | None = None,
+    known: Mapping[str, int] | None = None,
+    benchmark: str = "",
 ) -> list[Task]:
     """Tasks with labels in ``rows``. Class counts: the size of the benchmark's class table
     when the cache records one (``classes``, from the manifest build: EPIC-100's 97 verbs
-    though its UDA splits' largest id is 95), else the largest id in the whole cache + 1 (so
-    splits agree); an id outside the table is refused."""
+    though its UDA splits' largest id is 95), else the count ``known`` gives the task (a
+    protocol's benchmark, named ``benchmark``: CharadesEgo's 157 when a manifest subset lost
+    its class table and its largest id is 139), else the largest id in the whole cache + 1 (so
+    splits agree); an id outside the table or the known count is refused."""
     names = (
         list(requested)
         if requested
@@ -114,6 +118,26 @@ def infer_tasks(
                     f"{len(table)} classes (from the manifest build); rebuild the manifest"
                 )
             count = len(table)
+        elif name in (known or {}):
+            expected = int(known[name])
+            if count > expected:
+                raise CacheError(
+                    f"{column} holds class id {count - 1}, outside the {expected} classes of "
+                    f"{benchmark or 'the benchmark'}; train without that protocol, or check "
+                    "the manifest's class ids"
+                )
+            if count < expected:
+                log.info(
+                    "task %s: %d classes, %s's (the cache records no class table and its "
+                    "largest id is %d)",
+                    *(name, expected, benchmark or "the benchmark", count - 1),
+                )
+            count = expected
+        else:
+            log.info(
+                "task %s: %d classes (the largest id + 1: the cache records no class table)",
+                *(name, count),
+            )
         tasks.append(Task(name, count, multi_label=name == "labels"))
     return tasks
 

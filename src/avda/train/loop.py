@@ -229,7 +229,13 @@ def _train(
 
         head, overrides = protocols_lib.get(protocol).resolve(role, overrides)
     setup = setup_lib.plan(
-        cache=cache, head=head, source=source, target=target, overrides=overrides, device=device
+        cache=cache,
+        head=head,
+        source=source,
+        target=target,
+        overrides=overrides,
+        device=device,
+        protocol=protocol,
     )
     store, config, modalities, tasks = setup.store, setup.config, setup.modalities, setup.tasks
     device = setup.device

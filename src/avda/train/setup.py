@@ -175,11 +175,13 @@ def plan(
     overrides: dict[str, Any] | None = None,
     device: str | None = None,
     evaluation: bool = True,
+    protocol: str | None = None,
 ) -> RunSetup:
     """Check ``source`` / ``target`` against the cache, build ``head``'s config for this data
     (a recipe's schedule in optimiser steps, the choices the cache decides) and select the rows;
     one-line errors for anything a run cannot start with. ``evaluation``: also select the
-    val / test rows of both sides."""
+    val / test rows of both sides. ``protocol``: the run's protocol, whose benchmark's class
+    counts size the tasks when the cache records no class table."""
     Setting(tuple(source), tuple(target))  # refuses a domain on both sides, or none on one
     store = open_cache(cache)
     for role_name, domains in (("source", source), ("target", target)):
@@ -207,8 +209,18 @@ def plan(
         )
     # A recipe's schedule is an amount of optimisation: epochs for this data size.
     config = config.for_data(len(source_rows), head)
+    known: dict[str, int] = {}
+    if protocol is not None:
+        from avda import protocols as protocols_lib
+
+        known = dict(protocols_lib.get(protocol).classes)
     tasks = data_lib.infer_tasks(
-        store.segments, source_rows, config.tasks or None, store.provenance.get("classes")
+        store.segments,
+        source_rows,
+        config.tasks or None,
+        store.provenance.get("classes"),
+        known=known,
+        benchmark=f"protocol {protocol}'s benchmark" if protocol else "",
     )
     cls = heads_lib.HEADS.get(head)
     # e.g. cia's spatial=auto, rna's setting=auto
