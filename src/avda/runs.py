@@ -11,7 +11,8 @@
       checkpoints/last.pt  model + optimiser + RNG state after the last finished epoch (resumable)
       metrics.jsonl        one JSON line per evaluation (epoch, losses, metrics per split)
       predictions/<set>.npz  uids, labels and scores per task for each evaluation set
-      predictions/<set>.csv  uid, label and prediction per task (for people)
+      predictions/<set>.csv  uid, label and prediction per task (multi-label: the true ids
+                             and the five best-scored, ';'-joined; for people)
       run.json             written last: {"status": "complete", ...}
 
 A run is complete exactly when ``run.json`` says so.
@@ -167,6 +168,11 @@ def write_predictions(
         if scores[task].ndim == 2 and labels[task].ndim == 1:
             table[f"{task}_label"] = labels[task]
             table[f"{task}_prediction"] = scores[task].argmax(1)
+        elif scores[task].ndim == 2 and labels[task].shape == scores[task].shape:
+            # multi-label: the true ids as the manifest writes them, the five best-scored
+            top = np.argsort(-scores[task], axis=1, kind="stable")[:, :5]
+            table[f"{task}_labels"] = [";".join(map(str, np.flatnonzero(r))) for r in labels[task]]
+            table[f"{task}_top5"] = [";".join(map(str, r)) for r in top]
     pd.DataFrame(table).to_csv(folder / f"{name}.csv", index=False)
 
 

@@ -263,6 +263,17 @@ def test_multi_label_runs_report_map_and_configs_tell_methods_apart(tmp_path):
     )
     mean, std, count = table.cell("source-only (lr=0.01)", "source→target")
     assert mean == pytest.approx(expected) and count == 1 and np.isnan(std)
+    # the people's CSV has each segment's true ids and its five best-scored classes
+    csv = pd.read_csv(run_dirs[1] / runs.PREDICTIONS / "target_test.csv", dtype=str)
+    scores, truth = predictions["scores"]["labels"], predictions["labels"]["labels"]
+    assert list(csv["uid"]) == list(predictions["uids"])
+    assert [set(map(int, v.split(";"))) for v in csv["labels_labels"]] == [
+        set(np.flatnonzero(row)) for row in truth
+    ]
+    best = [int(v.split(";")[0]) for v in csv["labels_top5"]]
+    width = min(5, scores.shape[1])
+    assert best == list(scores.argmax(1))
+    assert all(len(v.split(";")) == width for v in csv["labels_top5"])
     assert "| source-only (lr=0.01) | " in tables.aggregate_markdown(table)
     with pytest.raises(ConfigError, match="metric top1 does not apply"):
         aggregate.aggregate(run_dirs, metric="top1")
