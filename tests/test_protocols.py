@@ -265,6 +265,7 @@ def test_charadesego_protocol_learns_from_the_labelled_half_and_reports_both_map
 
     table = aggregate.aggregate([tmp_path / "semi"], layout="auto")
     assert table.columns == ["third→first mAP-present", "third→first mAP-authors"]
+    assert "labels mAP-present, labels mAP-authors (%)" in table.title  # the columns' order
     present = table.cell("source-only", "third→first mAP-present")[0]
     authors = table.cell("source-only", "third→first mAP-authors")[0]
     scores, labels = semi["scores"]["labels"], semi["labels"]["labels"]

@@ -495,7 +495,7 @@ def _settings_table(
     settings = _settings_order(infos)
     wanted = [metric] if metric else list(rule.metrics)
     several = len(wanted) > 1
-    names_used: set[str] = set()
+    names_used: dict[str, None] = {}  # in the columns' order
     sets_used: set[str] = set()
     columns = [f"{s} {m}" if several else s for m in wanted for s in settings]
     table = AggregateTable("", _methods_order(infos), columns, {}, {})
@@ -526,7 +526,7 @@ def _settings_table(
             )
             column = f"{info.setting} {wanted_metric}" if several else info.setting
             _add(table, info, column, value)
-            names_used.add(f"{name} {chosen}")
+            names_used[f"{name} {chosen}"] = None
         sets_used.add(split)
     if len(settings) > 1:
         for wanted_metric in wanted:
@@ -535,7 +535,7 @@ def _settings_table(
             table.columns.append(mean_column)
             for method in table.methods:
                 _add_mean(table, method, group, mean_column)
-    table.title = f"{', '.join(sorted(sets_used))}: {', '.join(sorted(names_used))} (%)"
+    table.title = f"{', '.join(sorted(sets_used))}: {', '.join(names_used)} (%)"
     return table
 
 

@@ -31,7 +31,18 @@ def checkpoint_accuracy(
     for epoch in epochs[-last:]:
         prediction = runs.read_predictions(folder / epoch, set_name)
         if task not in prediction["scores"]:
-            raise RunError(f"{run}: epoch {epoch} has no {task!r} scores for {set_name!r}")
+            tasks = ", ".join(repr(t) for t in prediction["scores"]) or "none"
+            multi = any(v.ndim == 2 for v in prediction["labels"].values())
+            hint = (
+                "; a multi-label run's mean over checkpoints is in `avda evaluate RUN --layout "
+                "auto` under its protocol"
+                if multi
+                else ""
+            )
+            raise RunError(
+                f"{run}: epoch {epoch} has no {task!r} scores for {set_name!r} (its tasks: "
+                f"{tasks}){hint}"
+            )
         # Scores are already clip-averaged probabilities: one "clip" whose softmax they are.
         probabilities = prediction["scores"][task].astype(np.float64)
         scores.append(np.log(np.clip(probabilities, 1e-30, None))[:, None, :])
