@@ -352,3 +352,46 @@ def test_duplicate_ids_inside_one_file_are_refused_before_any_write(tmp_path):
     with pytest.raises(CacheError, match="twice"):
         interop.import_features(bad, out=tmp_path / "new.zarr", annotations=files["ann"])
     assert not (tmp_path / "new.zarr").exists()
+
+
+@pytest.mark.parametrize("phase", ["after-features", "before-record"])
+def test_a_second_modality_import_killed_leaves_the_first_and_reruns_clean(tmp_path, phase):
+    """A per-video .npy folder of another modality fills the segments a first import made:
+    killed before its record, the store reads as before (the first modality untouched, the
+    new one not listed); the rerun gives what an uninterrupted import gives."""
+    rng = np.random.default_rng(0)
+    manifest = tmp_path / "m.csv"
+    pd.DataFrame(
+        {
+            "uid": [f"s{i}" for i in range(6)],
+            "video_id": ["v1", "v2"] * 3,
+            "domain": "d",
+            "split": "train",
+            "start_sec": [0.0, 0.0, 2.0, 2.0, 4.0, 4.0],
+            "stop_sec": [2.0, 2.0, 4.0, 4.0, 6.0, 6.0],
+        }  # fmt: skip
+    ).to_csv(manifest, index=False)
+    folders = {}
+    for modality, width in (("rgb", 5), ("audio", 3)):
+        folders[modality] = tmp_path / modality
+        folders[modality].mkdir()
+        for video in ("v1", "v2"):
+            np.save(folders[modality] / f"{video}.npy", rng.normal(size=(12, width)))
+
+    def args(modality: str, out: Path) -> list:
+        return ["cache", "import", folders[modality], "--format", "npy", "--feature-rate", "2",
+                "--num-clips", "2", "--modality", modality, "-a", manifest, "-o", out,
+                "--chunk-rows", "4"]  # fmt: skip
+
+    clean = tmp_path / "clean.zarr"
+    for modality in ("rgb", "audio"):
+        assert _avda(*args(modality, clean)).returncode == 0
+    out = tmp_path / "s.zarr"
+    assert _avda(*args("rgb", out)).returncode == 0
+    first = _helpers.fingerprint(out, physical=False)
+    killed = _avda(*args("audio", out), AVDA_FAULT=f"exit:{phase}")
+    assert killed.returncode == FAULT_EXIT, killed.stderr
+    assert _helpers.fingerprint(out, physical=False) == first  # as a reader sees it
+    rerun = _avda(*args("audio", out))
+    assert rerun.returncode == 0, rerun.stderr
+    assert _helpers.fingerprint(out) == _helpers.fingerprint(clean)

@@ -277,6 +277,61 @@ def test_per_video_npy_features(tmp_path):
     assert "20 rows at --feature-rate 2" in store.errors("rgb")[3]
 
 
+def test_a_second_modality_of_per_video_npy_fills_the_same_segments(tmp_path):
+    """Features come as one folder of per-video .npy files per modality: the second folder's
+    import adds its modality to the segments the first one made (it was refused as 'already
+    in' the store), in the store's row order, leaving the first modality as it was; a
+    segment whose times differ from the store's is refused before anything is written."""
+    rng = np.random.default_rng(1)
+    rgb_dir, audio_dir = tmp_path / "rgb", tmp_path / "audio"
+    rgb_dir.mkdir(), audio_dir.mkdir()
+    rgb = {v: rng.normal(size=(20, D)).astype(np.float32) for v in ("v1", "v2")}
+    audio = {v: rng.normal(size=(40, 3)).astype(np.float32) for v in ("v1",)}  # v2: silent
+    for v, x in rgb.items():
+        np.save(rgb_dir / f"{v}.npy", x)
+    for v, x in audio.items():
+        np.save(audio_dir / f"{v}.npy", x)
+    manifest = pd.DataFrame(
+        {
+            "uid": ["a", "b", "c"],
+            "video_id": ["v1", "v2", "v1"],
+            "domain": ["s", "s", "t"],
+            "split": ["train", "train", "test"],
+            "start_sec": [0.0, 2.0, 6.0],
+            "stop_sec": [2.0, 4.0, 8.0],
+        }
+    )
+    manifest.to_csv(tmp_path / "m.csv", index=False)
+    out = tmp_path / "av.zarr"
+    interop.import_features(rgb_dir, out=out, annotations=tmp_path / "m.csv", feature_rate=2.0,
+                            num_clips=2, modality="rgb")  # fmt: skip
+    before = open_cache(out).load("rgb").copy()
+    # the audio manifest lists the segments in another order: rows follow the store's
+    manifest.iloc[::-1].to_csv(tmp_path / "m_reversed.csv", index=False)
+    result = interop.import_features(audio_dir, out=out, annotations=tmp_path / "m_reversed.csv",
+                                     feature_rate=4.0, num_clips=2, modality="audio")  # fmt: skip
+    store = open_cache(out)
+    assert (
+        result.rows == 3 and store.num_segments == 3 and set(store.modalities) == {"rgb", "audio"}
+    )
+    assert store.segments["uid"].tolist() == ["a", "b", "c"]
+    np.testing.assert_array_equal(store.load("rgb"), before)
+    assert store.status("rgb").tolist() == [Status.DONE] * 3
+    # c = v1 [6, 8) s at 4 rows/s: times 6.5, 7.5 s -> rows 25.5 and 29.5 rounded: 26, 30
+    np.testing.assert_allclose(store.load("audio")[2], audio["v1"][[26, 30]], atol=4e-3)
+    np.testing.assert_allclose(store.load("audio")[0], audio["v1"][[2, 6]], atol=4e-3)
+    assert store.status("audio").tolist() == [Status.DONE, Status.MISSING, Status.DONE]
+    # other times for a segment: its features would describe another span
+    flow_dir = tmp_path / "flow"
+    flow_dir.mkdir()
+    np.save(flow_dir / "v1.npy", rgb["v1"])
+    manifest.assign(stop_sec=[2.0, 4.0, 9.0]).to_csv(tmp_path / "m_moved.csv", index=False)
+    with pytest.raises(CacheError, match="segment 'c' has stop_sec 9.0, .* has 8.0"):
+        interop.import_features(flow_dir, out=out, annotations=tmp_path / "m_moved.csv",
+                                feature_rate=2.0, num_clips=2, modality="flow")  # fmt: skip
+    assert set(open_cache(out).modalities) == {"rgb", "audio"}
+
+
 def test_dask_reads_a_store_chunk_by_chunk(uda, tmp_path):
     ids = safe_pickle.load(uda / "EPIC_100_uda_source_val.pkl").index[:10].tolist()
     features = _feature_pickle(tmp_path / "val.pkl", ids, ("RGB",))

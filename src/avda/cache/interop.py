@@ -26,6 +26,9 @@ writer is refused in one line):
    last partial chunk fills up), the new rows written; a modality new to the store gets arrays
    the provenance does not list yet (its earlier rows ``missing``). Readers read the first
    ``num_segments`` rows of the modalities the provenance lists, so none of this is visible.
+   An import of modalities new to the store, for segments it holds already (a second
+   modality's folder of per-video ``.npy`` files), writes those rows in place instead: into
+   arrays the provenance does not list yet, so equally invisible.
 3. **commit** with one write of the provenance (an atomic file replace): ``num_segments``, the
    new modalities and the ``imports`` record (file, sha256, rows) together.
 
@@ -248,7 +251,45 @@ def _check_import(
                     f"D={found['num_features']}; {source} has K={K}, D={D}: import it into "
                     "another store"
                 )
+    if _adds_modalities(store, segments, blocks):
+        return _same_segments(store, segments, source)
     return _rows_for(store, segments, source)
+
+
+def _adds_modalities(
+    store: FeatureCache | None, segments: pd.DataFrame, blocks: dict[str, _Block]
+) -> bool:
+    """Whether the import brings modalities new to the store for segments it holds already
+    (every id present): another modality's features of the same manifest, e.g. a second
+    folder of per-video ``.npy`` files. Their rows are filled in place; the store's other
+    modalities keep theirs."""
+    if store is None or not store.num_segments or any(m in store.modalities for m in blocks):
+        return False
+    existing = pd.Index(store.segments["uid"].astype(str))
+    return bool(segments["uid"].astype(str).isin(existing).all())
+
+
+def _same_segments(store: FeatureCache, segments: pd.DataFrame, source: Path) -> np.ndarray:
+    """The store's rows of ``segments``, refused when a segment's video or times differ from
+    the stored ones (the features would describe another span)."""
+    stored = store.segments
+    rows = pd.Index(stored["uid"].astype(str)).get_indexer(segments["uid"].astype(str))
+    for column in ("video_id", "start_sec", "stop_sec"):
+        if column not in segments.columns or column not in stored.columns:
+            continue
+        ours, theirs = stored[column].to_numpy()[rows], segments[column].to_numpy()
+        if column == "video_id":
+            differ = ours.astype(str) != theirs.astype(str)
+        else:
+            differ = ~np.isclose(ours.astype(float), theirs.astype(float), atol=1e-3)
+        if differ.any():
+            i = int(np.flatnonzero(differ)[0])
+            raise CacheError(
+                f"{source}: segment {segments['uid'].iloc[i]!r} has {column} {theirs[i]}, "
+                f"{store.path} has {ours[i]} ({int(differ.sum())} segment(s) differ): import "
+                "with the annotations the store was built from"
+            )
+    return rows
 
 
 def _rows_for(store: FeatureCache, segments: pd.DataFrame, source: Path) -> np.ndarray | None:
@@ -347,11 +388,19 @@ def _commit_import(
     import is complete.
     """
     remove_partial_creations(out)
+    fill = _adds_modalities(store, segments, blocks)
     if store is None:
         store = _create_store(out, chunk_rows, fmt, annotations)
         faults.checkpoint("after-create")
     else:
         store.repair()
+    if fill:  # rows in the store's order, the blocks' rows with them
+        order = np.argsort(rows, kind="stable")
+        rows = rows[order]
+        blocks = {
+            m: _Block(b.features[order], b.statuses[order], [b.errors[i] for i in order], b.info)
+            for m, b in blocks.items()
+        }
     old = store.num_segments
     if rows is None:
         rows = store.append_segments(segments, commit=False)
@@ -369,7 +418,7 @@ def _commit_import(
             _mark_missing(store, modality, np.flatnonzero(other), K, D, "not in the imported files")
         _write_rows(store, modality, rows, block)
     faults.checkpoint("after-features")
-    for modality in store.modalities:
+    for modality in [] if fill else store.modalities:
         if modality not in blocks:
             info = store.modality_info(modality)
             K, D = int(info["num_clips"]), int(info["num_features"])
