@@ -326,10 +326,39 @@ def test_a_second_modality_of_per_video_npy_fills_the_same_segments(tmp_path):
     flow_dir.mkdir()
     np.save(flow_dir / "v1.npy", rgb["v1"])
     manifest.assign(stop_sec=[2.0, 4.0, 9.0]).to_csv(tmp_path / "m_moved.csv", index=False)
-    with pytest.raises(CacheError, match="segment 'c' has stop_sec 9.0, .* has 8.0"):
+    with pytest.raises(CacheError, match="segment 'c' has stop_sec 9, .* has 8 "):
         interop.import_features(flow_dir, out=out, annotations=tmp_path / "m_moved.csv",
                                 feature_rate=2.0, num_clips=2, modality="flow")  # fmt: skip
     assert set(open_cache(out).modalities) == {"rgb", "audio"}
+
+
+def test_a_modality_added_to_an_extracted_store_keeps_its_segments_and_fingerprint(tmp_path):
+    """A store built by extraction (its own manifest fingerprint) gets a modality from
+    per-video .npy files: its segments, fingerprint (a later `avda extract` with the same
+    manifest checks it) and features stay; a segment labelled otherwise is refused."""
+    from tests.conftest import make_feature_cache
+
+    store = make_feature_cache(tmp_path / "x.zarr", modalities=("rgb",), per_class=2)
+    before = {"sha": store.provenance["manifest_sha256"], "rgb": store.load("rgb").copy()}
+    segments = store.segments
+    flow = tmp_path / "flow"
+    flow.mkdir()
+    for video in segments["video_id"].unique():
+        np.save(flow / f"{video}.npy", np.ones((4, 3), dtype=np.float32))
+    segments.to_csv(tmp_path / "m.csv", index=False)
+    segments.assign(verb_class=(segments["verb_class"] + 1) % 4).to_csv(
+        tmp_path / "relabelled.csv", index=False
+    )
+    with pytest.raises(CacheError, match="has verb_class '1', .* has '0'"):
+        interop.import_features(flow, out=store.path, annotations=tmp_path / "relabelled.csv",
+                                feature_rate=2.0, num_clips=2, modality="flow")  # fmt: skip
+    interop.import_features(flow, out=store.path, annotations=tmp_path / "m.csv",
+                            feature_rate=2.0, num_clips=2, modality="flow")  # fmt: skip
+    after = open_cache(store.path)
+    assert after.provenance["manifest_sha256"] == before["sha"]
+    assert after.provenance["imports"][-1]["fill"] is True
+    np.testing.assert_array_equal(after.load("rgb"), before["rgb"])
+    assert (after.status("flow") == Status.DONE).all() and after.load("flow").shape[1:] == (2, 3)
 
 
 def test_dask_reads_a_store_chunk_by_chunk(uda, tmp_path):

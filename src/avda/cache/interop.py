@@ -19,7 +19,8 @@ writer is refused in one line):
 
 1. **check** the whole file before the store is touched: dtype (numbers), shape (``(N, K, D)``
    or ``(N, D)``, N = the ids), K and D against the store's modality, status codes, ids
-   repeated inside the file or already in the store. NaN/inf rows (once cast to float16) become
+   repeated inside the file or already in the store (unless it adds modalities to them, see
+   2). NaN/inf rows (once cast to float16) become
    ``failed`` rows here, with zeros and the reason. A refused import leaves the store byte for
    byte as it was (and creates no store).
 2. **write** past ``num_segments``: every array is resized along N (chunk shapes unchanged; the
@@ -253,46 +254,91 @@ def _check_import(
                 )
     if _adds_modalities(store, segments, blocks):
         return _same_segments(store, segments, source)
-    return _rows_for(store, segments, source)
+    return _rows_for(store, segments, source, sorted(blocks))
 
 
 def _adds_modalities(
     store: FeatureCache | None, segments: pd.DataFrame, blocks: dict[str, _Block]
 ) -> bool:
     """Whether the import brings modalities new to the store for segments it holds already
-    (every id present): another modality's features of the same manifest, e.g. a second
-    folder of per-video ``.npy`` files. Their rows are filled in place; the store's other
-    modalities keep theirs."""
+    (every id present, in rows an earlier import recorded or the extraction made): another
+    modality's features of the same segments, e.g. a second folder of per-video ``.npy``
+    files. Their rows are filled in place; the store's other modalities keep theirs. (Rows
+    past the last recorded import are an older avda's import killed before its record:
+    :func:`_rows_for` finishes those.)"""
     if store is None or not store.num_segments or any(m in store.modalities for m in blocks):
         return False
     existing = pd.Index(store.segments["uid"].astype(str))
-    return bool(segments["uid"].astype(str).isin(existing).all())
+    uids = segments["uid"].astype(str)
+    if not uids.isin(existing).all():
+        return False
+    if (store.provenance.get("recipe") or {}).get("name") != "imported":
+        return True
+    return int(existing.get_indexer(uids).max()) < _recorded_rows(store)
+
+
+def _recorded_rows(store: FeatureCache) -> int:
+    """The end of the rows the store's recorded imports appended (fills append none)."""
+    imports = store.provenance.get("imports", [])
+    return max((e["rows"][1] for e in imports if not e.get("fill")), default=0)
+
+
+# what a fill compares: the segment's video, times, side and labels must be the stored ones
+_FILL_COLUMNS = (
+    "video_id",
+    "start_sec",
+    "stop_sec",
+    "domain",
+    "split",
+    *schema.TASK_COLUMNS.values(),
+)
 
 
 def _same_segments(store: FeatureCache, segments: pd.DataFrame, source: Path) -> np.ndarray:
-    """The store's rows of ``segments``, refused when a segment's video or times differ from
-    the stored ones (the features would describe another span)."""
+    """The store's rows of ``segments``, refused when a segment's video, times, domain, split
+    or labels differ from the stored ones (the features would describe another segment)."""
     stored = store.segments
     rows = pd.Index(stored["uid"].astype(str)).get_indexer(segments["uid"].astype(str))
-    for column in ("video_id", "start_sec", "stop_sec"):
+    for column in _FILL_COLUMNS:
         if column not in segments.columns or column not in stored.columns:
             continue
-        ours, theirs = stored[column].to_numpy()[rows], segments[column].to_numpy()
-        if column == "video_id":
-            differ = ours.astype(str) != theirs.astype(str)
+        ours = stored[column].iloc[rows].reset_index(drop=True)
+        theirs = segments[column].reset_index(drop=True)
+        if column in ("start_sec", "stop_sec"):
+            a = pd.to_numeric(ours, errors="coerce").to_numpy(dtype=float)
+            b = pd.to_numeric(theirs, errors="coerce").to_numpy(dtype=float)
+            differ = ~np.isclose(a, b, atol=1e-3, equal_nan=True)
+            show = "{:g}".format
         else:
-            differ = ~np.isclose(ours.astype(float), theirs.astype(float), atol=1e-3)
+            a, b = _text(ours), _text(theirs)
+            differ = a != b
+            show = repr
         if differ.any():
             i = int(np.flatnonzero(differ)[0])
             raise CacheError(
-                f"{source}: segment {segments['uid'].iloc[i]!r} has {column} {theirs[i]}, "
-                f"{store.path} has {ours[i]} ({int(differ.sum())} segment(s) differ): import "
-                "with the annotations the store was built from"
+                f"{source}: segment {segments['uid'].iloc[i]!r} has {column} {show(b[i])}, "
+                f"{store.path} has {show(a[i])} ({int(differ.sum())} segment(s) differ): import "
+                "another modality with the annotations (and --domain/--split) the store was "
+                "built from"
             )
     return rows
 
 
-def _rows_for(store: FeatureCache, segments: pd.DataFrame, source: Path) -> np.ndarray | None:
+def _text(values: pd.Series) -> np.ndarray:
+    """A column as comparable text: missing values (NaN, None, "", the store's -1) as "",
+    whole numbers as ints (3, 3.0 and "3" are one label)."""
+    out = []
+    for value in values.tolist():
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        text = "" if value is None or (isinstance(value, float) and np.isnan(value)) else str(value)
+        out.append("" if text == str(schema.MISSING_CLASS) else text)
+    return np.asarray(out, dtype=object)
+
+
+def _rows_for(
+    store: FeatureCache, segments: pd.DataFrame, source: Path, modalities: Sequence[str] = ()
+) -> np.ndarray | None:
     """Rows for ``segments``: None (appended), or rows committed by an older avda whose
     import was killed before its record (in file order, after the last recorded import)."""
     existing = pd.Index(store.segments["uid"].astype(str)) if store.num_segments else pd.Index([])
@@ -301,11 +347,19 @@ def _rows_for(store: FeatureCache, segments: pd.DataFrame, source: Path) -> np.n
     if not present.any():
         return None
     rows = existing.get_indexer(uids)
-    committed = max((entry["rows"][1] for entry in store.provenance.get("imports", [])), default=0)
+    committed = _recorded_rows(store)
     imported = (store.provenance.get("recipe") or {}).get("name") == "imported"
     if imported and present.all() and np.all(np.diff(rows) == 1) and rows[0] >= committed:
         log.info("%s: finishing an interrupted import of %s", store.path, source)
         return rows
+    held = [m for m in modalities if m in store.modalities]
+    if present.all() and held:
+        raise CacheError(
+            f"the {len(uids)} segments of {source} are already in {store.path}, which has "
+            f"{', '.join(held)} features (first: {uids.iloc[0]!r}): a modality is added to a "
+            "store's segments once, by one import (one file, or one .npy folder with one "
+            "annotation table for all its segments); import the modality's features together"
+        )
     raise CacheError(
         f"{int(present.sum())} segments of {source} are already in {store.path} (first: "
         f"{uids[present].iloc[0]!r}); each segment can be imported once"
@@ -424,7 +478,7 @@ def _commit_import(
             K, D = int(info["num_clips"]), int(info["num_features"])
             _mark_missing(store, modality, rows, K, D, f"not in {source.name}")
     faults.checkpoint("before-record")
-    _record_import(store, source, sha, fmt, rows, domain, split, total, new_entries)
+    _record_import(store, source, sha, fmt, rows, domain, split, total, new_entries, fill=fill)
     faults.checkpoint("after-record")
     return ImportResult(out, source, len(rows), sorted(blocks))
 
@@ -469,9 +523,11 @@ def _record_import(
     split: str | None,
     total: int,
     new_entries: dict[str, dict[str, Any]],
+    *,
+    fill: bool = False,
 ) -> None:
     """The commit: one provenance write with ``num_segments``, the new modalities and the
-    import record."""
+    import record (``fill``: rows filled in place, the segments and their fingerprint kept)."""
     from avda.data_manifests import schema as manifest_schema
 
     entry = {
@@ -483,13 +539,16 @@ def _record_import(
         "split": split,
         "imported": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     }
+    if fill:
+        entry["fill"] = True
     provenance = store.provenance
     provenance["num_segments"] = total
     provenance["modalities"] = {**provenance["modalities"], **new_entries}
     provenance["imports"] = [*provenance.get("imports", []), entry]
-    segments = store.read_segments(total)
-    columns = [c for c in manifest_schema.REQUIRED_COLUMNS if c in segments.columns]
-    provenance["manifest_sha256"] = manifest_schema.fingerprint(segments[columns])
+    if not fill:  # a fill adds no segment: the fingerprint (an extraction's too) stays
+        segments = store.read_segments(total)
+        columns = [c for c in manifest_schema.REQUIRED_COLUMNS if c in segments.columns]
+        provenance["manifest_sha256"] = manifest_schema.fingerprint(segments[columns])
     store._set_provenance(provenance)
     store._segments = None
 
