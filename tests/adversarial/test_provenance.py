@@ -128,3 +128,43 @@ def test_a_sweep_does_not_skip_a_finished_run_of_a_rebuilt_cache(tmp_path, capsy
     summary = sweep.run_sweep(tmp_path / "s.yaml", progress=False)
     outcome = summary.outcomes[task.name]
     assert outcome.status == "failed" and "was trained on another cache" in outcome.error
+
+
+@pytest.mark.parametrize("change", ["append", "recompute", "fail-a-row"])
+def test_an_unfinished_run_refuses_to_resume_on_its_cache_changed_since(trained, capsys, change):
+    """The same store (same cache id), changed under an interrupted run: rows appended by
+    `avda cache import`, a modality recomputed in place (`avda extract --force` at another
+    precision), a row failed by a later extraction. Resuming trained the rest of the run on
+    other data than its first epochs, and its provenance.json still named the old cache."""
+    import numpy as np
+    import pandas as pd
+
+    from avda.cache import Status
+
+    cache, out = trained
+    (out / "run.json").unlink()  # interrupted after its last checkpoint
+    recorded = (out / "provenance.json").read_text()
+    store = open_cache(cache, mode="a")
+    if change == "append":
+        row = store.segments.iloc[[0]].assign(uid="added-0")
+        new = store.append_segments(pd.DataFrame(row))
+        for modality in store.modalities:
+            info = store.modality_info(modality)
+            x = np.zeros((1, info["num_clips"], info["num_features"]), dtype=np.float32)
+            store.write(modality, new, x, np.array([int(Status.DONE)]), [""])
+        expected = "rows changed"
+    elif change == "recompute":
+        store.update_modality_info("rgb", precision="float32")
+        expected = "rgb features (precision None -> float32) changed"
+    else:
+        info = store.modality_info("audio")
+        x = np.zeros((1, info["num_clips"], info["num_features"]), dtype=np.float32)
+        store.write("audio", np.array([0]), x, np.array([int(Status.FAILED)]), ["decode error"])
+        expected = "the segments it trains or evaluates on"
+    code, _, err = run(capsys, *train_args(cache, out))
+    assert code == 1
+    message = one_line(err)
+    assert f"{out} was started on" in message and expected in message, message
+    assert "to continue it, restore the cache as it was" in message
+    assert (out / "provenance.json").read_text() == recorded
+    assert not (out / "run.json").exists()

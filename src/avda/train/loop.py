@@ -256,7 +256,7 @@ def _train(
     if protocol is not None:
         resolved.update({"protocol": protocol, "protocol_role": role})
     finished = runs.is_complete(out)
-    resume_record = _start_run_folder(out, resolved, store, device)
+    resume_record = _start_run_folder(out, resolved, store, device, run_data(setup))
     if finished:
         log.info("%s is complete: skipping", out)
         return TrainResult(
@@ -429,13 +429,59 @@ def _train(
 CHECKPOINT_SECONDS = 30.0
 
 
+def run_data(setup: setup_lib.RunSetup) -> dict[str, Any]:
+    """What a run reads from its cache: the store's rows and segment fingerprint, each used
+    modality's record (backbone, weights, precision...) and a digest of the segments of each
+    set it trains and evaluates on. Recorded when the run starts (``provenance.json``,
+    ``run_data``); a resume on a cache that reads otherwise is refused."""
+    import hashlib
+
+    store = setup.store
+    uids = store.segments["uid"].astype(str).to_numpy()
+    sets = {"source_train": setup.source_rows, "target_train": setup.target_rows}
+    sets.update(setup.eval_rows)
+    digest = hashlib.sha256()
+    for name in sorted(sets):
+        digest.update(f"{name}:{len(sets[name])}\n".encode())
+        digest.update("\n".join(uids[np.asarray(sets[name], dtype=np.int64)]).encode())
+    return {
+        "num_segments": store.num_segments,
+        "manifest_sha256": store.provenance.get("manifest_sha256"),
+        "modalities": {m: store.modality_info(m) for m in setup.modalities},
+        "segments_sha256": digest.hexdigest(),
+    }
+
+
+def _data_changes(recorded: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """What differs between two :func:`run_data` records, in words."""
+    changes = []
+    if recorded.get("num_segments") != current.get("num_segments"):
+        changes.append(f"{recorded.get('num_segments')} -> {current.get('num_segments')} rows")
+    elif recorded.get("manifest_sha256") != current.get("manifest_sha256"):
+        changes.append("its segment table")
+    for modality, info in (recorded.get("modalities") or {}).items():
+        now = (current.get("modalities") or {}).get(modality)
+        if now != info:
+            keys = sorted(k for k in {*info, *(now or {})} if info.get(k) != (now or {}).get(k))
+            shown = ", ".join(f"{k} {info.get(k)} -> {(now or {}).get(k)}" for k in keys[:2])
+            changes.append(f"{modality} features ({shown})")
+    if not changes and recorded.get("segments_sha256") != current.get("segments_sha256"):
+        changes.append("the segments it trains or evaluates on (rows extracted, failed or added)")
+    return changes
+
+
 def _start_run_folder(
-    out: Path, resolved: dict[str, Any], store: FeatureCache, device: str
+    out: Path,
+    resolved: dict[str, Any],
+    store: FeatureCache,
+    device: str,
+    data: dict[str, Any] | None = None,
 ) -> dict[str, Any] | None:
-    """Check ``out`` against this run (same cache, same configuration) and write its
-    ``config.yaml`` and ``provenance.json``. A complete run with the same configuration is left
-    as it is. Returns the provenance record of a resume, written once the run's own files have
-    loaded (None for a new run)."""
+    """Check ``out`` against this run (same cache, same configuration, and for a resume the
+    same data: ``data``, :func:`run_data`) and write its ``config.yaml`` and
+    ``provenance.json``. A complete run with the same configuration is left as it is. Returns
+    the provenance record of a resume, written once the run's own files have loaded (None for
+    a new run)."""
     check_same_cache(out, store)
     if runs.is_complete(out):
         recorded = runs.read_config(out)
@@ -460,11 +506,22 @@ def _start_run_folder(
         # Written when the run starts; a resume keeps the record of the cache it started on
         # and adds the environment it went on in.
         provenance = {**store.provenance, "environment": environment.describe(device)}
+        if data is not None:
+            provenance["run_data"] = data
         atomic_write_text(out / runs.PROVENANCE, json.dumps(provenance, indent=2))
         return None
     # Recorded once the run's own files (stage files, checkpoint) have loaded: a resume
     # refused on a file it cannot trust leaves the run folder as it was.
     provenance = runs.read_provenance(out) or {}
+    recorded = provenance.get("run_data")
+    if data is not None and isinstance(recorded, dict):
+        changes = _data_changes(recorded, json.loads(json.dumps(data)))
+        if changes:
+            raise RunError(
+                f"{out} was started on {store.path} before its {'; '.join(changes)} changed: "
+                "resuming would train the rest on other data; to start fresh use "
+                f"another -o or remove {out}; to continue it, restore the cache as it was"
+            )
     resumed = provenance.get("resumed") if isinstance(provenance.get("resumed"), list) else []
     provenance["resumed"] = [*resumed, environment.describe(device)]
     return provenance
