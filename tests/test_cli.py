@@ -214,6 +214,24 @@ def test_evaluate_exports_the_epic100_submission(capsys, tmp_path):
     code, _, err = run(capsys, "evaluate", str(tmp_path / "run"), "--export-submission", str(out),
                        "--sls", "2,x")  # fmt: skip
     assert code == 1 and "--sls expects three integers" in err
+    code, _, err = run(capsys, "evaluate", str(tmp_path / "run"), "--export-submission", str(out))
+    assert code == 1 and "--export-submission needs --sls PT,TL,TD" in err
+
+    # A target test row stored failed (NaN features) is not predicted: a file without it
+    # would be rejected by the server, so the export is refused, naming the row and why.
+    bad = np.flatnonzero(segments["uid"] == "target_test_5")
+    store.write("rgb", bad, np.zeros((1, 2, 8)), np.array([int(Status.FAILED)]), ["NaN frames"])
+    code, _, err = run(capsys, "train", "--head", "source-only",
+                       "--cache", str(tmp_path / "c.zarr"),
+                       "--source", "source", "--target", "target", "-o", str(tmp_path / "run2"),
+                       "--epochs", "1", "--quiet")  # fmt: skip
+    assert code == 0, err
+    partial = tmp_path / "partial.json"
+    code, _, err = run(capsys, "evaluate", str(tmp_path / "run2"), "--export-submission",
+                       str(partial), "--sls", "2,3,3")  # fmt: skip
+    assert code == 1 and not partial.exists()
+    assert "predicts 11 of the 12 target test segments" in err
+    assert "'target_test_5', rgb failed: NaN frames" in err
 
 
 def test_evaluate_checkpoint_average_protocol(capsys, tmp_path):

@@ -984,7 +984,10 @@ def evaluate(
         str, typer.Option("--format", help="Printed format: markdown, latex, csv, html.")
     ] = "markdown",
     eval_set: Annotated[
-        str, typer.Option("--set", help="Evaluation set: auto (target_test, else target_val).")
+        str,
+        typer.Option(
+            "--set", help="Evaluation set: auto (target_test when labelled, else target_val)."
+        ),
     ] = "auto",
     task: Annotated[
         str | None, typer.Option(help="settings layout: the task (default: first).")
@@ -998,8 +1001,12 @@ def evaluate(
         typer.Option(help="EPIC-100 UDA: write the challenge JSON (or .zip) of the first run."),
     ] = None,
     sls: Annotated[
-        str, typer.Option(help="Supervision levels pt,tl,td for --export-submission.")
-    ] = "2,3,3",
+        str | None,
+        typer.Option(
+            help="Supervision levels PT,TL,TD of the model, needed by --export-submission "
+            "(github.com/epic-kitchens/sls; e.g. 2,3,3)."
+        ),
+    ] = None,
     checkpoint_average: Annotated[
         int,
         typer.Option(
@@ -1034,6 +1041,12 @@ def evaluate(
             )
 
     if export_submission is not None:
+        if sls is None:
+            raise ConfigError(
+                "--export-submission needs --sls PT,TL,TD, the supervision levels of your "
+                "model (pretraining, training labels, training data; github.com/epic-kitchens/"
+                "sls): the challenge records them with the scores"
+            )
         try:
             sls_pt, sls_tl, sls_td = (int(v) for v in sls.split(","))
         except ValueError:

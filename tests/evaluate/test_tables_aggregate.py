@@ -398,3 +398,32 @@ def test_a_run_that_failed_in_its_sweep_is_left_out(sweep_like, tmp_path, caplog
     assert "failed in the sweep: left out" in caplog.text
     table = aggregate.aggregate(found)
     assert table.cell("Source-only", "source→target")[2] == 1
+
+
+def test_auto_scores_target_val_when_target_test_has_no_labels(tmp_path):
+    """EPIC-100 UDA: target_test comes without labels, target_val with them; `--set auto`
+    picked target_test because its predictions exist and scored nothing."""
+    from avda import cache as cache_lib
+    from avda.cache import Status
+
+    rng = np.random.default_rng(0)
+    rows = [
+        {"uid": f"{d}_{s}_{i}", "video_id": "v", "domain": d, "split": s, "start_sec": 0.0,
+         "stop_sec": 1.0, "verb_class": -1 if (d, s) == ("target", "test") else i % 3}
+        for d, s in (("source", "train"), ("target", "train"), ("target", "val"),
+                     ("target", "test"))
+        for i in range(9)
+    ]  # fmt: skip
+    segments = pd.DataFrame(rows)
+    store = cache_lib.create(tmp_path / "c.zarr", segments, manifest_sha256="0", recipe={})
+    store.add_modality("rgb", num_clips=1, num_features=4, info={"backbone": "x"})
+    n = len(segments)
+    x = rng.normal(size=(n, 1, 4)) + segments["verb_class"].clip(0).to_numpy()[:, None, None]
+    store.write("rgb", np.arange(n), x, np.full(n, int(Status.DONE)), [""] * n)
+    run = _train_fast(store.path, tmp_path / "run")
+    assert {"target_test", "target_val"} <= set(runs.prediction_sets(run))
+    table = aggregate.aggregate([run])
+    assert table.title.endswith("target_val: verb top1 (%)"), table.title
+    val = runs.read_predictions(run, "target_val")
+    expected = 100 * float(np.mean(val["scores"]["verb"].argmax(1) == val["labels"]["verb"]))
+    assert table.cell("source-only", "source→target")[0] == pytest.approx(expected)

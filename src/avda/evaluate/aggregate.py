@@ -286,10 +286,21 @@ def _choose_set(run: Path, eval_set: str) -> str:
                 "choose another --set"
             )
         return eval_set
-    for name in ("target_test", "target_val"):
-        if name in available:
+    found = [name for name in ("target_test", "target_val") if name in available]
+    if not found:
+        raise RunError(f"{run} has no target predictions (it has {', '.join(available) or 'none'})")
+    for name in found:  # EPIC-100's target_test has no labels: its target_val is scored
+        if _has_labels(runs.read_predictions(run, name)["labels"]):
             return name
-    raise RunError(f"{run} has no target predictions (it has {', '.join(available) or 'none'})")
+    return found[0]
+
+
+def _has_labels(labels: dict[str, np.ndarray]) -> bool:
+    """Whether any segment has a label (single-label ids >= 0, multi-label a positive)."""
+    return any(
+        bool((values >= 0).any()) if values.ndim == 1 else bool((values > 0).any())
+        for values in labels.values()
+    )
 
 
 def _metric_value(scores: np.ndarray, labels: np.ndarray, metric: str) -> float:

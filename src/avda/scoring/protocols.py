@@ -26,6 +26,7 @@ are rare.
 from __future__ import annotations
 
 import json
+import logging
 import zipfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -45,6 +46,8 @@ from avda.scoring.metrics import (
     top1_accuracy,
     top_k_correct,
 )
+
+log = logging.getLogger(__name__)
 
 ACTION_VERB_MULTIPLIER = 1000
 EPIC100_NUM_VERBS = 97
@@ -370,13 +373,58 @@ def export_run_submission(
             "source_noun_scores": theirs["scores"]["noun"],
             "source_narration_ids": [str(u) for u in theirs["uids"]],
         }
+    predicted = [str(u) for u in target["uids"]]
+    _check_complete(run, predicted)
     submission = epic100_uda_submission(
         target["scores"]["verb"],
         target["scores"]["noun"],
-        [str(u) for u in target["uids"]],
+        predicted,
         sls_pt=sls_pt,
         sls_tl=sls_tl,
         sls_td=sls_td,
         **source,
     )
     return write_submission(submission, path)
+
+
+EPIC100_TARGET_TEST = 5909  # segments of the EPIC-100 UDA target_test split
+
+
+def _check_complete(run: Path, predicted: Sequence[str]) -> None:
+    """Refuse a submission that leaves out target test segments of the run's cache (rows
+    stored failed or missing are not predicted: the server needs every narration id), and warn
+    when the cache's target test is not the whole EPIC-100 split."""
+    from avda import runs
+    from avda.cache import Status, open_cache
+
+    config = runs.read_config(run)
+    try:
+        store = open_cache(config["cache"])
+    except Exception as error:  # noqa: BLE001 - the file is written, unchecked
+        log.warning("%s: its cache cannot be read (%s): the submission's completeness is "
+                    "not checked", run, error)  # fmt: skip
+        return
+    segments = store.segments
+    chosen = segments["domain"].isin(config["target"]) & (segments["split"] == "test")
+    expected = segments["uid"][chosen].astype(str)
+    missing = expected[~expected.isin(set(predicted))]
+    if len(missing):
+        first = int(missing.index[0])
+        why = {
+            m: f"{m} {Status(int(store.status(m)[first])).name.lower()}: {store.errors(m)[first]}"
+            for m in config.get("modalities", store.modalities)
+            if m in store.modalities and int(store.status(m)[first]) != int(Status.DONE)
+        }
+        reason = "; ".join(why.values()) or "not predicted"
+        raise ConfigError(
+            f"{run} predicts {len(predicted)} of the {len(expected)} target test segments of "
+            f"its cache: {len(missing)} left out (e.g. {missing.iloc[0]!r}, {reason}), and the "
+            "challenge server needs every one; extract or re-import them, train again, then "
+            "export"
+        )
+    if len(expected) != EPIC100_TARGET_TEST:
+        log.warning(
+            "%s: %d target test segments; the EPIC-100 UDA target_test split has %d, and the "
+            "challenge server scores a file that covers all of them",
+            *(run, len(expected), EPIC100_TARGET_TEST),
+        )
