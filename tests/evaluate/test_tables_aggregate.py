@@ -381,6 +381,23 @@ def test_epochs_a_schedule_derives_from_each_setting_do_not_split_a_method(tmp_p
     table = aggregate.aggregate(run_dirs)
     assert table.methods == ["source-only"]
     assert table.cell("source-only", aggregate.MEAN)[2] == 2
+    # a field the user set otherwise on one setting is another method, not a setting's data
+    other = tmp_path / "large-lr"
+    train(cache=store.path, head="source-only", source=["large"], target=["small"], out=other,
+          seed=0, overrides={**steps, "lr": 0.5}, progress=False)  # fmt: skip
+    table = aggregate.aggregate([*run_dirs[:2], other])
+    assert table.methods == ["source-only (lr=0.001)", "source-only (lr=0.5)"]
+
+
+def test_an_unlabelled_run_with_another_config_is_not_merged_into_a_sweep_label(tmp_path):
+    cache = make_feature_cache(tmp_path / "f.zarr", shift=1.0).path
+    sweep = tmp_path / "sweep"
+    _train_fast(cache, sweep / "source-only" / "seed0")
+    index = {"runs": [{"run": "source-only/seed0", "method": "source-only", "seed": 0}]}
+    (sweep / aggregate.SWEEP_INDEX).write_text(json.dumps(index))
+    alone = _train_fast(cache, tmp_path / "alone", seed=1, overrides={"lr": 1e-2})
+    table = aggregate.aggregate(aggregate.find_runs([sweep, alone]))
+    assert table.methods == ["source-only", "source-only (lr=0.01)"]
 
 
 def test_a_run_that_failed_in_its_sweep_is_left_out(sweep_like, tmp_path, caplog):
@@ -395,9 +412,14 @@ def test_a_run_that_failed_in_its_sweep_is_left_out(sweep_like, tmp_path, caplog
     with caplog.at_level(logging.WARNING):
         found = aggregate.find_runs([out])
     assert len(found) == 7 and out / failed["run"] not in found
-    assert "failed in the sweep: left out" in caplog.text
+    assert "failed in its sweep: left out" in caplog.text
+    assert str(out / "sweep-failures.csv") in caplog.text
     table = aggregate.aggregate(found)
     assert table.cell("Source-only", "source→target")[2] == 1
+    # found through the folder above the sweep, or passed as a run folder itself: left out too
+    assert len(aggregate.find_runs([tmp_path])) == 7
+    with pytest.raises(RunError, match=r"none of the given runs is complete \(1 failed in"):
+        aggregate.find_runs([out / failed["run"]])
 
 
 def test_auto_scores_target_val_when_target_test_has_no_labels(tmp_path):

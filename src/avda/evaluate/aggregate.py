@@ -12,8 +12,10 @@ Numbers are recomputed from each run's stored predictions, never read from its l
 is, per seed, the average over the settings, then mean ± std over the seeds that have every
 setting. Std is the sample std (``ddof=1``): one seed gives a mean only.
 
-A run's *method* (its row) is the label a sweep gave it (``OUT/sweep.json``), else its head name;
-runs of one head with different configs are told apart by the fields that differ.
+A run's *method* (its row) is the label a sweep gave it (``OUT/sweep.json``), else its
+protocol role, else its head name; unlabelled runs whose configs differ from others of that
+name are told apart by the fields that differ (not those a schedule derives from a setting's
+data size). Two runs of one method, setting and seed are refused.
 """
 
 from __future__ import annotations
@@ -87,10 +89,14 @@ def find_runs(paths: Iterable[str | Path], *, complete_only: bool = True) -> lis
     """Run directories among ``paths``: a run folder itself, or every run below a folder.
 
     Runs below a sweep's output folder come in the sweep's order. Incomplete runs are left out
-    (with a warning) when ``complete_only``; a path holding no run is an error.
+    (with a warning) when ``complete_only``, and so are runs their sweep's index (``sweep.json``
+    in one of their folders above) marks failed: such a folder may hold a finished run of an
+    earlier spec. A path holding no run is an error.
     """
     found: list[Path] = []
     seen: set[Path] = set()  # resolved: runs/x and /abs/runs/x are one run
+    failed = 0
+    entries: dict[Path, dict[str, dict[str, Any]]] = {}
     for path in map(Path, paths):
         if not path.exists():
             raise RunError(f"{path} does not exist; pass run directories or a sweep's --out folder")
@@ -105,32 +111,59 @@ def find_runs(paths: Iterable[str | Path], *, complete_only: bool = True) -> lis
         for run in candidates:
             if run.resolve() in seen:
                 continue
+            seen.add(run.resolve())
+            entry, folder = _index_entry(run, entries)
+            if entry is not None and entry.get("status") == "failed":
+                log.warning(
+                    "%s failed in its sweep: left out (its error: %s; rerun the sweep once it "
+                    "is fixed)",
+                    *(run, folder / SWEEP_FAILURES),
+                )
+                failed += 1
+                continue
             if complete_only and not runs.is_complete(run):
                 log.warning("%s is not complete: left out", run)
                 continue
-            seen.add(run.resolve())
             found.append(run)
     if not found:
-        raise RunError("none of the given runs is complete; finish them with `avda train`")
+        why = f" ({failed} failed in their sweep)" if failed else ""
+        raise RunError(
+            f"none of the given runs is complete{why}; finish them with `avda train` (a "
+            "sweep's: rerun the sweep)"
+        )
     return found
 
 
 def _sweep_order(folder: Path) -> list[Path] | None:
-    """The runs of the sweep whose output ``folder`` is, in its order, less those that failed
-    (None: not a sweep's folder)."""
+    """The runs of the sweep whose output ``folder`` is, in its order (None: not a sweep's
+    folder, or its index lists no run folder that exists)."""
     index = folder / SWEEP_INDEX
     if not index.exists():
         return None
     entries = json.loads(index.read_text()).get("runs", [])
-    order = []
-    for entry in entries:
-        run = folder / entry["run"]
-        if entry.get("status") == "failed":
-            # its folder may hold a finished run of an earlier spec, not this sweep's
-            log.warning("%s failed in the sweep: left out (its error: %s)", run, SWEEP_FAILURES)
-        elif (run / runs.CONFIG).exists():
-            order.append(run)
-    return order
+    order = [folder / e["run"] for e in entries if (folder / e["run"] / runs.CONFIG).exists()]
+    return order or None
+
+
+def _index_entry(
+    run: Path, cache: dict[Path, dict[str, dict[str, Any]]]
+) -> tuple[dict[str, Any] | None, Path | None]:
+    """The entry of ``run`` in a sweep index in one of its folders above, and that folder."""
+    resolved = run.resolve()
+    for folder in list(resolved.parents)[:6]:
+        if folder not in cache:
+            index = folder / SWEEP_INDEX
+            found: dict[str, dict[str, Any]] = {}
+            if index.exists():
+                try:
+                    for entry in json.loads(index.read_text()).get("runs", []):
+                        found[str((folder / entry["run"]).resolve())] = entry
+                except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
+                    log.warning("%s is not a readable sweep index: ignored", index)
+            cache[folder] = found
+        if str(resolved) in cache[folder]:
+            return cache[folder][str(resolved)], folder
+    return None, None
 
 
 def _index_labels(run: Path, cache: dict[Path, dict[str, str]]) -> str | None:
@@ -169,20 +202,27 @@ def describe_runs(run_dirs: Sequence[str | Path]) -> list[RunInfo]:
         if len(caches[setting]) > 1:
             setting = f"{setting} ({names[str(config.get('cache', ''))]})"
         settings[run] = setting
-    # A run without a sweep's label is named by its protocol role, else its head, and by the
-    # head-config fields in which two such runs of one setting differ: runs of another config
-    # are another method, while the fields a schedule derives from a setting's data size
-    # (epochs, eval_every) differ between settings only.
-    base = {run: config.get("protocol_role") or config["head"] for run, config in configs}
-    # (runs of another protocol make another table: compared within their own)
-    groups: dict[tuple[Any, str, str], list[dict[str, Any]]] = {}
+    # A run is named by its sweep's label, else its protocol role, else its head; a run
+    # without a sweep's label also by the head-config fields in which the runs of its name
+    # (labelled ones too) differ: within a setting, any field; between settings, any field
+    # but those a schedule derives from a setting's data size (epochs, eval_every, stage
+    # lengths). Runs of another protocol make another table: compared within their own.
+    base = {
+        run: labels[run] or config.get("protocol_role") or config["head"] for run, config in configs
+    }
+    by_setting: dict[tuple[Any, str, str], list[dict[str, Any]]] = {}
     for run, config in configs:
-        if labels[run] is None:
-            key = (config.get("protocol"), base[run], settings[run])
-            groups.setdefault(key, []).append(config.get("head_config", {}))
+        key = (config.get("protocol"), base[run], settings[run])
+        by_setting.setdefault(key, []).append(config.get("head_config", {}))
     differing: dict[tuple[Any, str], set[str]] = {}
-    for (protocol, name, _), group in groups.items():
+    across: dict[tuple[Any, str], list[dict[str, Any]]] = {}
+    for (protocol, name, _), group in by_setting.items():
         differing.setdefault((protocol, name), set()).update(_differing_fields(group))
+        across.setdefault((protocol, name), []).extend(group)
+    heads = {base[run]: config["head"] for run, config in configs}
+    for (protocol, name), group in across.items():
+        derived = _derived_fields(heads[name])
+        differing[(protocol, name)].update(_differing_fields(group) - derived)
     infos = []
     for run, config in configs:
         setting = settings[run]
@@ -216,6 +256,17 @@ def _cache_names(paths: set[str]) -> dict[str, str]:
     for stem in stems.values():
         counts[stem] = counts.get(stem, 0) + 1
     return {p: stem if counts[stem] == 1 else p for p, stem in stems.items()}
+
+
+def _derived_fields(head: str) -> set[str]:
+    """The head-config fields the default steps schedule derives from the data size."""
+    from avda.train import heads as heads_lib
+
+    try:
+        stages = set(heads_lib.config_class(head).stage_fields)
+    except Exception:  # noqa: BLE001 - an unknown head (a newer avda's run): the base fields
+        stages = {"lr_steps"}
+    return {"epochs", "eval_every", "schedule", *stages}
 
 
 def _differing_fields(group: list[dict[str, Any]]) -> set[str]:
@@ -368,8 +419,8 @@ def _one_run_per_seed(infos: Sequence[RunInfo]) -> None:
         if key in first:
             raise RunError(
                 f"{first[key]} and {info.path} are both seed {info.seed} of {info.method} on "
-                f"{info.setting}: a table would count that seed twice; pass one of them, or "
-                "train the other with another --seed"
+                f"{info.setting}: a table would count that seed twice; pass one of them, give "
+                "their sweeps' methods other labels, or train the other with another --seed"
             )
         first[key] = info.path
 
