@@ -306,3 +306,19 @@ def test_multilabel_configuration():
         heads.create("audio-adaptive", inputs=inputs, tasks=labels, overrides={"absent_gamma": 0})
     with pytest.raises(ConfigError, match="one task"):
         heads.create("audio-adaptive", inputs=inputs, tasks=[*labels, Task("verb", 3)])
+
+
+def test_stages_run_alone_under_a_protocol_are_the_ones_its_training_reuses(ml_cache, tmp_path):
+    """``run_stages(protocol=...)`` sizes and configures the stages as ``avda train
+    --protocol`` does (Charades' 157 classes here): the training then reuses them; without the
+    protocol they were made for 4 classes and the training refused them."""
+    from avda.train.audio_adaptive.run import run_stages
+
+    out = tmp_path / "run"
+    run_stages(cache=ml_cache, source=["third"], target=["first"], out=out, overrides=TINY,
+               until="absent-labels", progress=False,
+               protocol="audio-adaptive-charadesego")  # fmt: skip
+    made = (out / "stages" / "absent-labels.npz").stat().st_mtime_ns
+    assert StageStore(out).load_arrays("absent-labels")["absent"].shape == (16, 157)
+    _train(ml_cache, out, protocol="audio-adaptive-charadesego")
+    assert (out / "stages" / "absent-labels.npz").stat().st_mtime_ns == made  # reused

@@ -128,8 +128,8 @@ def infer_tasks(
                 )
             if count < expected:
                 log.info(
-                    "task %s: %d classes, %s's (the cache records no class table and its "
-                    "largest id is %d)",
+                    "task %s: %d classes, those of %s (the cache records no class table and "
+                    "its largest id is %d)",
                     *(name, expected, benchmark or "the benchmark", count - 1),
                 )
             count = expected

@@ -166,6 +166,27 @@ class RunSetup:
         )
 
 
+def _benchmark_classes(protocol: str, source: Sequence[str], target: Sequence[str]) -> dict:
+    """The class counts of ``protocol``'s benchmark when the run's domains are that
+    benchmark's (EPIC-55's D1-D3, CharadesEgo's third/first...), else none: a protocol's
+    recipe can run on another dataset, whose classes it does not know."""
+    from avda import protocols as protocols_lib
+    from avda.data_manifests.settings import NAMED_SETTINGS
+    from avda.sweep.spec import SETTING_GROUPS
+
+    chosen = protocols_lib.get(protocol)
+    domains = {
+        d
+        for name in chosen.settings
+        for setting in SETTING_GROUPS.get(name, (NAMED_SETTINGS.get(name),))
+        if setting is not None
+        for d in setting.domains
+    }
+    if not chosen.classes or not {*source, *target} <= domains:
+        return {}
+    return dict(chosen.classes)
+
+
 def plan(
     *,
     cache: str | Path,
@@ -209,18 +230,14 @@ def plan(
         )
     # A recipe's schedule is an amount of optimisation: epochs for this data size.
     config = config.for_data(len(source_rows), head)
-    known: dict[str, int] = {}
-    if protocol is not None:
-        from avda import protocols as protocols_lib
-
-        known = dict(protocols_lib.get(protocol).classes)
+    known = _benchmark_classes(protocol, source, target) if protocol is not None else {}
     tasks = data_lib.infer_tasks(
         store.segments,
         source_rows,
         config.tasks or None,
         store.provenance.get("classes"),
         known=known,
-        benchmark=f"protocol {protocol}'s benchmark" if protocol else "",
+        benchmark=f"protocol {protocol}'s dataset" if protocol else "",
     )
     cls = heads_lib.HEADS.get(head)
     # e.g. cia's spatial=auto, rna's setting=auto

@@ -29,21 +29,29 @@ def run_stages(
     until: str = "pseudo-labels",
     device: str | None = None,
     progress: bool = True,
+    protocol: str | None = None,
 ) -> AudioAdaptiveStages:
     """Run Audio-Adaptive stages 1..``until`` into ``out/stages`` without the recognizer.
 
     The stages are the ones ``avda train --head audio-adaptive -o OUT`` runs first; with the same
-    cache, domains, seed and settings a later ``avda train`` reuses them.
+    cache, domains, seed, settings and ``protocol`` (its ``audio-adaptive`` method) a later
+    ``avda train`` reuses them.
     """
+    head = "audio-adaptive"
+    if protocol is not None:
+        from avda import protocols as protocols_lib
+
+        head, overrides = protocols_lib.get(protocol).resolve("audio-adaptive", overrides)
     # the loop's set-up (rows, config for this data, statistics), so the stages match a full run
     setup = plan(
         cache=cache,
-        head="audio-adaptive",
+        head=head,
         source=source,
         target=target,
         overrides=overrides,
         device=device,
         evaluation=False,
+        protocol=protocol,
     )
     train_set, target_set, _, _ = setup.load_sets(evaluation=False)
     store, device, modalities = setup.store, setup.device, setup.modalities
