@@ -92,6 +92,40 @@ def test_official_and_ta3n_accuracies(epic_like):
     assert results["ta3n_action_accuracy_at_5"] >= results["all_action_accuracy_at_5"]
 
 
+def official_topk(scores, labels, ks):
+    """``C1-Action-Recognition``'s ``topk_accuracy``, transcribed."""
+    rankings = scores.argsort()[:, ::-1]
+    tp = rankings[:, : max(ks)] == labels.reshape(-1, 1)
+    return [tp[:, :k].max(1).mean() for k in ks]
+
+
+def test_tied_scores_are_ranked_as_the_official_scorer_ranks_them():
+    """Stored float32 probabilities underflow to exactly 0 beyond a segment's few likely
+    classes: a top-5 then reaches into tied zeros, which the official scorer ranks highest
+    index first (``argsort()[:, ::-1]``); avda ranked lowest first, scoring otherwise."""
+    rng = np.random.default_rng(1)
+    count = 60
+    verb = np.zeros((count, 97), dtype=np.float32)
+    noun = np.zeros((count, 300), dtype=np.float32)
+    for row in range(count):  # three non-zero probabilities per segment
+        verb[row, rng.choice(97, 3, replace=False)] = rng.dirichlet(np.ones(3))
+        noun[row, rng.choice(300, 3, replace=False)] = rng.dirichlet(np.ones(3))
+    # labels among the tied zeros, high ids (the official ranking's 4th and 5th) half the time
+    verb_labels = np.where(np.arange(count) % 2, 96, rng.integers(0, 97, count))
+    noun_labels = np.where(np.arange(count) % 2, 299, rng.integers(0, 300, count))
+    verb_labels[verb[np.arange(count), verb_labels] > 0] = 95  # keep them among the zeros
+    results = epic100_accuracies(verb, noun, verb_labels, noun_labels)
+    for task, scores, labels in (("verb", verb, verb_labels), ("noun", noun, noun_labels)):
+        at1, at5 = official_topk(scores, labels, (1, 5))
+        assert results[f"all_{task}_accuracy_at_1"] == pytest.approx(at1)
+        assert results[f"all_{task}_accuracy_at_5"] == pytest.approx(at5)
+    assert results["all_verb_accuracy_at_5"] >= 0.4  # the tied high ids count, as officially
+    for k in (1, 5):
+        assert results[f"all_action_accuracy_at_{k}"] == pytest.approx(
+            official_action_accuracy(verb, noun, verb_labels, noun_labels, k)
+        )
+
+
 def test_probabilities_are_ranked_by_their_sum_as_the_server_does():
     # Already-softmaxed inputs: the server's second softmax ranks pairs by p_verb + p_noun.
     verbs = np.array([[0.9, 0.1]])

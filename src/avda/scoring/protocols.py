@@ -41,7 +41,6 @@ from avda.scoring.metrics import (
     check_scores_and_labels,
     mean_average_precision,
     mean_std,
-    rank_classes,
     softmax,
     top1_accuracy,
     top_k_correct,
@@ -62,6 +61,19 @@ def action_ids(verbs: np.ndarray | int, nouns: np.ndarray | int) -> np.ndarray |
     return verbs * ACTION_VERB_MULTIPLIER + nouns
 
 
+def epic100_rank(scores: np.ndarray, k: int | None = None) -> np.ndarray:
+    """Class indices per row by decreasing score as the official EPIC-100 scorer ranks them,
+    ``scores.argsort()[:, ::-1]``: tied classes (probabilities that underflowed to 0) come
+    highest index first, where :func:`avda.scoring.metrics.rank_classes` puts the lowest first.
+    A top-5 of a segment with fewer than 5 non-zero scores differs between the two."""
+    order = np.argsort(np.asarray(scores), axis=1)[:, ::-1]
+    return order if k is None else order[:, :k]
+
+
+def _epic100_top_k(scores: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
+    return (epic100_rank(scores, k) == np.asarray(labels)[:, None]).any(axis=1)
+
+
 def epic100_action_scores(
     verb_scores: np.ndarray, noun_scores: np.ndarray, top_n: int = EPIC100_TOP_N
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -77,13 +89,13 @@ def epic100_action_scores(
             f"and {noun_scores.shape}"
         )
     rows = np.arange(len(verb_scores))[:, None]
-    top_verbs = rank_classes(verb_scores, top_n)
-    top_nouns = rank_classes(noun_scores, top_n)
+    top_verbs = epic100_rank(verb_scores, top_n)
+    top_nouns = epic100_rank(noun_scores, top_n)
     # scipy's softmax without axis: normalised over the whole (N, top_n) array, as the server.
     verb_probs = scipy_softmax(verb_scores[rows, top_verbs])
     noun_probs = scipy_softmax(noun_scores[rows, top_nouns])
     joint = (verb_probs[:, :, None] * noun_probs[:, None, :]).reshape(len(verb_scores), -1)
-    order = rank_classes(joint, top_n)  # (N, top_n) indices into the flattened pairs
+    order = epic100_rank(joint, top_n)  # (N, top_n) indices into the flattened pairs
     verb_index, noun_index = np.unravel_index(order, (top_verbs.shape[1], top_nouns.shape[1]))
     return top_verbs[rows, verb_index], top_nouns[rows, noun_index], joint[rows, order]
 
@@ -138,8 +150,8 @@ def epic100_accuracies(
     if len(verb_labels) == 0:
         raise ConfigError("need at least one segment to evaluate")
     hits = {
-        "verb": [top_k_correct(verb_scores, verb_labels, k) for k in (1, 5)],
-        "noun": [top_k_correct(noun_scores, noun_labels, k) for k in (1, 5)],
+        "verb": [_epic100_top_k(verb_scores, verb_labels, k) for k in (1, 5)],
+        "noun": [_epic100_top_k(noun_scores, noun_labels, k) for k in (1, 5)],
         "action": _action_top_k(verb_scores, noun_scores, verb_labels, noun_labels, (1, 5)),
     }
     results: dict[str, float] = {}
