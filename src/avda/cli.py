@@ -448,7 +448,11 @@ def _report_missing(store) -> None:
         reasons = pd.Series(store.errors(modality)[rows]).value_counts()
         shown = "; ".join(f"{reason} ({count})" for reason, count in reasons.head(3).items())
         more = f"; and {len(reasons) - 3} more reasons" if len(reasons) > 3 else ""
-        typer.echo(f"{modality}: {len(rows)} segments have no input: {shown}{more}", err=True)
+        typer.echo(
+            f"{modality}: {len(rows)} segments of the store (every shard's) have no input: "
+            f"{shown}{more}",
+            err=True,
+        )
 
 
 def _extract(*, out: Path, quiet: bool, **options) -> None:

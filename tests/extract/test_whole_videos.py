@@ -89,7 +89,10 @@ def test_cli_extracts_a_list_of_videos_without_a_manifest(tmp_path, media, capsy
     )
     assert code == 0, err
     assert "3 done, 1 missing input, 0 failed" in out  # segments x modalities
-    assert "audio: 1 segments have no input: " in err and "clip.mp4 has no audio track" in err
+    assert (
+        "audio: 1 segments of the store (every shard's) have no input: " in err
+        and "clip.mp4 has no audio track" in err
+    )
     store = open_cache(store_path)
     segments = store.segments
     assert sorted(segments["uid"]) == ["clip", "test"]
