@@ -1029,7 +1029,6 @@ def evaluate(
 ) -> None:
     """Metrics of finished runs: one row per run, or the papers' tables over many runs."""
     from avda.evaluate import tables
-    from avda.scoring import protocols
 
     if out is not None:  # OUT.md, OUT.csv: OUT itself may be a folder's name
         _make_parent(out, "-o")
@@ -1055,7 +1054,7 @@ def evaluate(
             sls_pt, sls_tl, sls_td = (int(v) for v in sls.split(","))
         except ValueError:
             raise ConfigError(f"--sls expects three integers pt,tl,td, got {sls!r}") from None
-        path = protocols.export_run_submission(
+        path = tables.export_submission(
             runs[0], export_submission, sls_pt=sls_pt, sls_tl=sls_tl, sls_td=sls_td
         )
         typer.echo(f"wrote {path}", err=True)

@@ -449,3 +449,15 @@ def test_auto_scores_target_val_when_target_test_has_no_labels(tmp_path):
     val = runs.read_predictions(run, "target_val")
     expected = 100 * float(np.mean(val["scores"]["verb"].argmax(1) == val["labels"]["verb"]))
     assert table.cell("source-only", "source→target")[0] == pytest.approx(expected)
+
+
+def test_every_head_stage_field_is_one_the_tables_treat_as_derived():
+    """aggregate cannot import the heads (a layer above it): it names the schedule-derived
+    fields by rule; a head with a stage field outside the rule would split its rows."""
+    from avda.train import heads
+
+    for name in heads.names():
+        cls = heads.config_class(name)
+        for field in (*cls.stage_fields, "epochs", "eval_every"):
+            assert aggregate._is_derived(field), (name, field)
+        assert not aggregate._is_derived("lr") and not aggregate._is_derived("hidden_dim")

@@ -117,6 +117,12 @@ UCF_OLYMPIC_SETTINGS: tuple[Setting, ...] = (
 )
 ACTORSHIFT = Setting(("human",), ("animal",), "actorshift")
 
+SETTING_GROUPS: dict[str, tuple[Setting, ...]] = {
+    "epic55-mmsada": MMSADA_PAIRS,
+    "epic55-dg": DG_SETTINGS,
+}
+"""Names that stand for several settings: the 6 MM-SADA pairs, the 3 RNA-Net DG settings."""
+
 NAMED_SETTINGS: dict[str, Setting] = {
     s.name: s
     for s in (

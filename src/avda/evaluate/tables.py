@@ -308,3 +308,43 @@ def evaluate_runs(
     text = render_aggregate(paper, fmt, baseline=baseline)
     written = write_aggregate(paper, out, baseline=baseline) if out is not None else []
     return text, written
+
+
+def export_submission(
+    run: str | Path, path: str | Path, *, sls_pt: int, sls_tl: int, sls_td: int
+) -> Path:
+    """The EPIC-100 UDA challenge file of ``run`` (:func:`avda.scoring.protocols.
+    export_run_submission`), checked against every target test segment of the run's cache:
+    one stored ``failed`` or ``missing`` has no prediction, and the file would lack it."""
+    import logging
+
+    from avda.cache import Status, open_cache
+    from avda.scoring import protocols
+
+    run = Path(run)
+    config = runs.read_config(run)
+    expected: list[str] | None = None
+    reasons: dict[str, str] = {}
+    try:
+        store = open_cache(config["cache"])
+    except Exception as error:  # noqa: BLE001 - the file is written, its completeness unchecked
+        logging.getLogger(__name__).warning(
+            "%s: its cache cannot be read (%s): the submission's completeness is not checked",
+            *(run, error),
+        )
+    else:
+        segments = store.segments
+        chosen = segments["domain"].isin(config["target"]) & (segments["split"] == "test")
+        rows = np.flatnonzero(chosen.to_numpy())
+        expected = segments["uid"].astype(str).to_numpy()[rows].tolist()
+        used = [m for m in config.get("modalities", store.modalities) if m in store.modalities]
+        for modality in used:
+            statuses, errors = store.status(modality), store.errors(modality)
+            for row in rows[statuses[rows] != int(Status.DONE)]:
+                uid = str(segments["uid"].iloc[row])
+                state = Status(int(statuses[row])).name.lower()
+                reasons.setdefault(uid, f"{modality} {state}: {errors[row]}")
+    return protocols.export_run_submission(
+        run, path, sls_pt=sls_pt, sls_tl=sls_tl, sls_td=sls_td, target_test=expected,
+        reasons=reasons,
+    )  # fmt: skip

@@ -28,7 +28,7 @@ from __future__ import annotations
 import json
 import logging
 import zipfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -358,10 +358,22 @@ def charades_map(scores: np.ndarray, labels: Sequence[str | None] | np.ndarray) 
 
 
 def export_run_submission(
-    run: str | Path, path: str | Path, *, sls_pt: int, sls_tl: int, sls_td: int
+    run: str | Path,
+    path: str | Path,
+    *,
+    sls_pt: int,
+    sls_tl: int,
+    sls_td: int,
+    target_test: Sequence[str] | None = None,
+    reasons: Mapping[str, str] | None = None,
 ) -> Path:
     """Write the EPIC-100 UDA challenge file of a finished run's ``target_test`` predictions
-    (and ``source_test`` when the run has them). The run must predict ``verb`` and ``noun``."""
+    (and ``source_test`` when the run has them). The run must predict ``verb`` and ``noun``.
+
+    ``target_test``: the ids of every target test segment of the run's cache; a submission
+    without one of them is refused (the server needs every id), naming it with its
+    ``reasons`` entry (why it has no prediction), and a split that is not EPIC-100's 5,909
+    segments is warned about (:func:`avda.evaluate.tables.export_submission` reads them)."""
     from avda import runs
 
     run = Path(run)
@@ -386,7 +398,8 @@ def export_run_submission(
             "source_narration_ids": [str(u) for u in theirs["uids"]],
         }
     predicted = [str(u) for u in target["uids"]]
-    _check_complete(run, predicted)
+    if target_test is not None:
+        _check_complete(run, predicted, [str(u) for u in target_test], reasons or {})
     submission = epic100_uda_submission(
         target["scores"]["verb"],
         target["scores"]["noun"],
@@ -402,37 +415,20 @@ def export_run_submission(
 EPIC100_TARGET_TEST = 5909  # segments of the EPIC-100 UDA target_test split
 
 
-def _check_complete(run: Path, predicted: Sequence[str]) -> None:
+def _check_complete(
+    run: Path, predicted: Sequence[str], expected: Sequence[str], reasons: Mapping[str, str]
+) -> None:
     """Refuse a submission that leaves out target test segments of the run's cache (rows
     stored failed or missing are not predicted: the server needs every narration id), and warn
     when the cache's target test is not the whole EPIC-100 split."""
-    from avda import runs
-    from avda.cache import Status, open_cache
-
-    config = runs.read_config(run)
-    try:
-        store = open_cache(config["cache"])
-    except Exception as error:  # noqa: BLE001 - the file is written, unchecked
-        log.warning("%s: its cache cannot be read (%s): the submission's completeness is "
-                    "not checked", run, error)  # fmt: skip
-        return
-    segments = store.segments
-    chosen = segments["domain"].isin(config["target"]) & (segments["split"] == "test")
-    expected = segments["uid"][chosen].astype(str)
-    missing = expected[~expected.isin(set(predicted))]
-    if len(missing):
-        first = int(missing.index[0])
-        why = {
-            m: f"{m} {Status(int(store.status(m)[first])).name.lower()}: {store.errors(m)[first]}"
-            for m in config.get("modalities", store.modalities)
-            if m in store.modalities and int(store.status(m)[first]) != int(Status.DONE)
-        }
-        reason = "; ".join(why.values()) or "not predicted"
+    have = set(predicted)
+    missing = [uid for uid in expected if uid not in have]
+    if missing:
         raise ConfigError(
             f"{run} predicts {len(predicted)} of the {len(expected)} target test segments of "
-            f"its cache: {len(missing)} left out (e.g. {missing.iloc[0]!r}, {reason}), and the "
-            "challenge server needs every one; extract or re-import them, train again, then "
-            "export"
+            f"its cache: {len(missing)} left out (e.g. {missing[0]!r}, "
+            f"{reasons.get(missing[0], 'not predicted')}), and the challenge server needs every "
+            "one; extract or re-import them, train again, then export"
         )
     if len(expected) != EPIC100_TARGET_TEST:
         log.warning(

@@ -12,17 +12,12 @@ from typing import Any, NoReturn
 import yaml
 
 from avda import safe_yaml
-from avda.data_manifests.settings import DG_SETTINGS, MMSADA_PAIRS, NAMED_SETTINGS, Setting
+from avda.data_manifests.settings import NAMED_SETTINGS, SETTING_GROUPS, Setting
 from avda.errors import AvdaError, ConfigError
 from avda.registry import unknown_name_message
 from avda.safe_yaml import MAX_YAML_BYTES
 
 CLUSTER_KINDS = ("local", "slurm", "pbs")
-SETTING_GROUPS: dict[str, tuple[Setting, ...]] = {
-    "epic55-mmsada": MMSADA_PAIRS,
-    "epic55-dg": DG_SETTINGS,
-}
-"""Names that stand for several settings: the 6 MM-SADA pairs, the 3 RNA-Net DG settings."""
 
 TOP_KEYS = (
     "cache",

@@ -171,8 +171,7 @@ def _benchmark_classes(protocol: str, source: Sequence[str], target: Sequence[st
     benchmark's (EPIC-55's D1-D3, CharadesEgo's third/first...), else none: a protocol's
     recipe can run on another dataset, whose classes it does not know."""
     from avda import protocols as protocols_lib
-    from avda.data_manifests.settings import NAMED_SETTINGS
-    from avda.sweep.spec import SETTING_GROUPS
+    from avda.data_manifests.settings import NAMED_SETTINGS, SETTING_GROUPS
 
     chosen = protocols_lib.get(protocol)
     domains = {
