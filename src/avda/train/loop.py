@@ -223,20 +223,17 @@ def _train(
     protocol: str | None,
     sinks: sinks_lib.MetricSinks,
 ) -> TrainResult:
-    role = head
-    if protocol is not None:
-        from avda import protocols as protocols_lib
-
-        head, overrides = protocols_lib.get(protocol).resolve(role, overrides)
+    role = head  # with a protocol, its method's name
     setup = setup_lib.plan(
         cache=cache,
-        head=head,
+        head=role,
         source=source,
         target=target,
         overrides=overrides,
         device=device,
         protocol=protocol,
     )
+    head = setup.head
     store, config, modalities, tasks = setup.store, setup.config, setup.modalities, setup.tasks
     device = setup.device
     cls = setup.head_class

@@ -200,8 +200,14 @@ def plan(
     """Check ``source`` / ``target`` against the cache, build ``head``'s config for this data
     (a recipe's schedule in optimiser steps, the choices the cache decides) and select the rows;
     one-line errors for anything a run cannot start with. ``evaluation``: also select the
-    val / test rows of both sides. ``protocol``: the run's protocol, whose benchmark's class
-    counts size the tasks when the cache records no class table."""
+    val / test rows of both sides. ``protocol``: the run's protocol; ``head`` is then the
+    protocol's method (``source-only``), resolved to the head that trains it and its config
+    values, and the benchmark's class counts size the tasks when the cache records no class
+    table."""
+    if protocol is not None:
+        from avda import protocols as protocols_lib
+
+        head, overrides = protocols_lib.get(protocol).resolve(head, overrides)
     Setting(tuple(source), tuple(target))  # refuses a domain on both sides, or none on one
     store = open_cache(cache)
     for role_name, domains in (("source", source), ("target", target)):

@@ -37,15 +37,10 @@ def run_stages(
     cache, domains, seed, settings and ``protocol`` (its ``audio-adaptive`` method) a later
     ``avda train`` reuses them.
     """
-    head = "audio-adaptive"
-    if protocol is not None:
-        from avda import protocols as protocols_lib
-
-        head, overrides = protocols_lib.get(protocol).resolve("audio-adaptive", overrides)
     # the loop's set-up (rows, config for this data, statistics), so the stages match a full run
     setup = plan(
         cache=cache,
-        head=head,
+        head="audio-adaptive",  # with a protocol, its audio-adaptive method
         source=source,
         target=target,
         overrides=overrides,
