@@ -166,29 +166,17 @@ def _index_entry(
     return None, None
 
 
-def _index_labels(run: Path, cache: dict[Path, dict[str, str]]) -> str | None:
+def _index_labels(run: Path, cache: dict[Path, dict[str, dict[str, Any]]]) -> str | None:
     """The method label a sweep index in one of ``run``'s ancestors gives it."""
-    resolved = run.resolve()
-    for folder in list(resolved.parents)[:6]:
-        if folder not in cache:
-            index = folder / SWEEP_INDEX
-            labels: dict[str, str] = {}
-            if index.exists():
-                try:
-                    for entry in json.loads(index.read_text()).get("runs", []):
-                        labels[str((folder / entry["run"]).resolve())] = entry["method"]
-                except (json.JSONDecodeError, KeyError, TypeError):
-                    log.warning("%s is not a readable sweep index: ignored", index)
-            cache[folder] = labels
-        if str(resolved) in cache[folder]:
-            return cache[folder][str(resolved)]
-    return None
+    entry, _ = _index_entry(run, cache)
+    method = entry.get("method") if entry is not None else None
+    return str(method) if method is not None else None
 
 
 def describe_runs(run_dirs: Sequence[str | Path]) -> list[RunInfo]:
     """Method, setting and seed of each run (methods labelled as the module docstring says)."""
     configs = [(Path(run), runs.read_config(run)) for run in run_dirs]
-    index_cache: dict[Path, dict[str, str]] = {}
+    index_cache: dict[Path, dict[str, dict[str, Any]]] = {}
     labels = {run: _index_labels(run, index_cache) for run, _ in configs}
     # A setting whose runs read several caches (other features, another dataset) is one
     # column per cache: their numbers are not seeds of one experiment.
