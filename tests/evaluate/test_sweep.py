@@ -327,6 +327,16 @@ def test_sweep_on_its_own_local_cluster_reports_failures_and_skips_finished_runs
     spec_data["heads"][0]["hidden_dim"] = 8
     changed = sweep.run_sweep(sweep.load_spec(write_spec(tmp_path, spec_data)), progress=False)
     assert "another head config" in changed.failed[0].error
+    # A run finished with other tasks (e.g. before its protocol sized the classes) is not this
+    # task's run either, though its head config is the spec's.
+    spec_data["heads"][0]["hidden_dim"] = 16
+    run = tmp_path / "runs/source-only/source-target/seed0"
+    config = runs.read_config(run)
+    config["tasks"][0]["num_classes"] += 3
+    runs.write_config(run, config)
+    widths = sweep.run_sweep(sweep.load_spec(write_spec(tmp_path, spec_data)), progress=False)
+    assert [o.status for o in widths.outcomes.values()] == ["failed"], widths.text()
+    assert "another tasks" in widths.failed[0].error
     metrics = json.loads((tmp_path / "runs/source-only/source-target/seed0/run.json").read_text())
     assert set(metrics["metrics"]) >= {"target_test/verb/top1"}
     assert np.isfinite(metrics["metrics"]["target_test/verb/top1"])

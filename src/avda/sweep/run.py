@@ -217,44 +217,36 @@ def _run_task(task: SweepTask) -> TaskOutcome:
 
 
 def _finished_mismatch(task: SweepTask) -> str:
-    """Why a complete run directory does not hold this task's run ("" when it does)."""
-    from avda.train import heads as heads_lib
+    """Why a complete run directory does not hold this task's run ("" when it does): the
+    configuration ``avda train`` would record for the task (its head config for this data
+    size, its tasks and class counts) against the run's, and the cache it trained on."""
+    from avda.cache import open_cache
+    from avda.train import setup as setup_lib
+    from avda.train.loop import check_same_cache, resolved_config
 
+    try:
+        setup = setup_lib.plan(
+            cache=task.cache,
+            head=task.head,
+            source=task.source,
+            target=task.target,
+            overrides=task.overrides,
+            device="cpu",
+            protocol=task.protocol,
+        )
+        wanted = resolved_config(
+            setup, task.cache, task.source, task.target, task.seed, task.protocol, task.head
+        )
+        check_same_cache(task.run, open_cache(task.cache))  # a rebuilt cache at that path
+    except AvdaError as error:
+        return f"{type(error).__name__}: {error}"
     config = runs.read_config(task.run)
-    head, overrides = task.head, task.overrides
-    if task.protocol is not None:
-        from avda import protocols
-
-        head, overrides = protocols.get(task.protocol).resolve(task.head, overrides)
-    wanted = heads_lib.config_class(head).from_dict(overrides).to_dict()
-    have = dict(config.get("head_config") or {})
-    if wanted.get("schedule") == "steps":  # the run derived these from its data size
-        for name in (
-            "epochs",
-            "eval_every",
-            "schedule",
-            *heads_lib.config_class(head).stage_fields,
-        ):
-            have.pop(name, None)
-            wanted.pop(name, None)
-    checks = {
-        "head": (config.get("head"), head),
-        "protocol": (config.get("protocol"), task.protocol),
-        "head config": (have, wanted),
-        "source": (config.get("source"), list(task.source)),
-        "target": (config.get("target"), list(task.target)),
-        "seed": (config.get("seed"), task.seed),
-        "cache": (config.get("cache"), str(Path(task.cache).resolve())),
+    differ = {
+        key.replace("_", " "): None
+        for key in dict.fromkeys([*config, *wanted])
+        if key != "avda_version" and config.get(key) != wanted.get(key)
     }
-    differ = [name for name, (have, want) in checks.items() if have != want]
     if not differ:
-        from avda.cache import open_cache
-        from avda.train.loop import check_same_cache
-
-        try:  # the same path, but a rebuilt cache: the finished run is not this task's
-            check_same_cache(task.run, open_cache(task.cache))
-        except AvdaError as error:
-            return f"{type(error).__name__}: {error}"
         return ""
     return (
         f"RunError: {task.run} holds a finished run with another {', '.join(differ)}; "

@@ -209,6 +209,34 @@ def train(
         sinks.close()
 
 
+def resolved_config(
+    setup: setup_lib.RunSetup,
+    cache: str | Path,
+    source: Sequence[str],
+    target: Sequence[str],
+    seed: int,
+    protocol: str | None = None,
+    role: str | None = None,
+) -> dict[str, Any]:
+    """The configuration a run records in its ``config.yaml``: ``setup``'s head, config and
+    tasks for this cache, setting and seed (``role``: the protocol's method name). A run folder
+    whose record differs holds another run."""
+    resolved = {
+        "avda_version": avda.__version__,
+        "head": setup.head,
+        "head_config": setup.config.to_dict(),
+        "cache": str(Path(cache).resolve()),
+        "source": list(source),
+        "target": list(target),
+        "modalities": setup.modalities,
+        "tasks": [dataclasses.asdict(t) for t in setup.tasks],
+        "seed": seed,
+    }
+    if protocol is not None:
+        resolved.update({"protocol": protocol, "protocol_role": role})
+    return resolved
+
+
 def _train(
     *,
     cache: str | Path,
@@ -234,24 +262,12 @@ def _train(
         protocol=protocol,
     )
     head = setup.head
-    store, config, modalities, tasks = setup.store, setup.config, setup.modalities, setup.tasks
+    store, config, modalities = setup.store, setup.config, setup.modalities
     device = setup.device
     cls = setup.head_class
     uses_target = cls.needs_target(config)
 
-    resolved = {
-        "avda_version": avda.__version__,
-        "head": head,
-        "head_config": config.to_dict(),
-        "cache": str(Path(cache).resolve()),
-        "source": list(source),
-        "target": list(target),
-        "modalities": modalities,
-        "tasks": [dataclasses.asdict(t) for t in tasks],
-        "seed": seed,
-    }
-    if protocol is not None:
-        resolved.update({"protocol": protocol, "protocol_role": role})
+    resolved = resolved_config(setup, cache, source, target, seed, protocol, role)
     finished = runs.is_complete(out)
     resume_record = _start_run_folder(out, resolved, store, device, run_data(setup))
     if finished:
