@@ -216,6 +216,20 @@ def test_evaluate_exports_the_epic100_submission(capsys, tmp_path):
     assert code == 1 and "--sls expects three integers" in err
     code, _, err = run(capsys, "evaluate", str(tmp_path / "run"), "--export-submission", str(out))
     assert code == 1 and "--export-submission needs --sls PT,TL,TD" in err
+    # One challenge file is one model's: two runs (or their folder) are refused, not the first
+    # one exported.
+    import shutil
+
+    shutil.copytree(tmp_path / "run", tmp_path / "runs" / "a")
+    shutil.copytree(tmp_path / "run", tmp_path / "runs" / "b")
+    other = tmp_path / "other.json"
+    code, _, err = run(capsys, "evaluate", str(tmp_path / "runs"), "--export-submission",
+                       str(other), "--sls", "2,3,3")  # fmt: skip
+    assert code == 1 and not other.exists()
+    assert "2 finished runs were given" in err and "pass the one run folder" in err
+    code, _, err = run(capsys, "evaluate", str(tmp_path / "runs" / "a"), "--export-submission",
+                       str(other), "--sls", "2,3,3")  # fmt: skip
+    assert code == 0 and json.loads(other.read_text()) == submission
 
     # A target test row stored failed (NaN features) is not predicted: a file without it
     # would be rejected by the server, so the export is refused, naming the row and why.

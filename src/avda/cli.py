@@ -1002,7 +1002,7 @@ def evaluate(
     ] = None,
     export_submission: Annotated[
         Path | None,
-        typer.Option(help="EPIC-100 UDA: write the challenge JSON (or .zip) of the first run."),
+        typer.Option(help="EPIC-100 UDA: write the challenge JSON (or .zip) of the one run given."),
     ] = None,
     sls: Annotated[
         str | None,
@@ -1054,8 +1054,17 @@ def evaluate(
             sls_pt, sls_tl, sls_td = (int(v) for v in sls.split(","))
         except ValueError:
             raise ConfigError(f"--sls expects three integers pt,tl,td, got {sls!r}") from None
+        from avda.evaluate.aggregate import find_runs
+
+        chosen = find_runs(runs)
+        if len(chosen) != 1:
+            shown = ", ".join(str(r) for r in chosen[:2]) + (", ..." if len(chosen) > 2 else "")
+            raise ConfigError(
+                f"--export-submission writes one model's challenge file, and {len(chosen)} "
+                f"finished runs were given ({shown}): pass the one run folder to submit"
+            )
         path = tables.export_submission(
-            runs[0], export_submission, sls_pt=sls_pt, sls_tl=sls_tl, sls_td=sls_td
+            chosen[0], export_submission, sls_pt=sls_pt, sls_tl=sls_tl, sls_td=sls_td
         )
         typer.echo(f"wrote {path}", err=True)
 
