@@ -370,9 +370,11 @@ def test_arbitrary_pickled_objects_are_refused(tmp_path: Path) -> None:
     torch.save({"state_dict": {"a": torch.ones(1)}, "args": argparse.Namespace(lr=0.1)}, path)
     with pytest.raises(
         CheckpointError,
-        match=r"weights_only=True\) refuses this file \(GLOBAL argparse\.Namespace\); .*Re-save",
-    ):
+        match=r"weights_only=True\) refuses this file \(GLOBAL argparse\.Namespace\); .*re-save",
+    ) as error:
         read_checkpoint(path)
+    assert "'model_state_dict'" in str(error.value)  # not one key assumed for every file
+    assert "would run" not in str(error.value)
 
 
 def test_a_checkpoint_that_would_run_a_command_names_the_refused_global(tmp_path: Path) -> None:
@@ -391,6 +393,9 @@ def test_a_checkpoint_that_would_run_a_command_names_the_refused_global(tmp_path
     message = str(info.value)
     assert "refuses this file (GLOBAL posix.system (its module posix is blocked))" in message
     assert "text file" not in message
+    # Not advice to re-save it with weights_only=False: that would run the command.
+    assert "would run that code; do not load it" in message
+    assert "weights_only=False" not in message
     assert not (tmp_path / "pwned").exists()
 
 

@@ -195,6 +195,8 @@ class SegmentDataset(Dataset):
         )
         frames_of = self._segment_frames(segment, decoder.fps)
         _check_inside_video(segment, decoder.duration, path)
+        if float(segment["stop_sec"]) > decoder.duration:
+            _check_not_cut(segment, decoder.duration, path)
         plan = self.recipe.rgb_plan(frames_of)
         times = plan.times if plan.times is not None else frames_of.time_of(plan.numbers)
         K = times.shape[0]
@@ -273,7 +275,7 @@ class SegmentDataset(Dataset):
             audio_lib.cut(recipe.audio_cut, samples, rate, start, stop, recipe.audio_seconds)
             for start, stop in spans
         ]
-        self._note = _lost_note(track, segment, spans)
+        self._note = _lost_note(track, segment, _used_spans(spans, recipe))
         name = self.audio_recipe or "vggsound"
         if len({len(w) for w in waves}) == 1:
             spec = audio_lib.spectrogram(name, torch.from_numpy(np.stack(waves)), rate)
@@ -286,6 +288,11 @@ class SegmentDataset(Dataset):
         return spec.unsqueeze(1)  # (K, F, T) -> (K, 1, F, T)
 
 
+# A video whose frames end this much before its header's duration was cut short.
+TRUNCATED_SECONDS = 1.0
+TRUNCATED_FRACTION = 0.05
+
+
 def _check_inside_video(segment: pd.Series, duration: float, path: Path) -> None:
     """A segment that starts after its video ends, or lies more than half past its end, fails
     (rather than repeating the last frame in every clip). Segments that run a little past the
@@ -295,6 +302,33 @@ def _check_inside_video(segment: pd.Series, duration: float, path: Path) -> None
     )
     if why is not None:
         raise MediaError(f"segment {segment['uid']!r} {why}: {path}; fix its times in the manifest")
+
+
+def _check_not_cut(segment: pd.Series, decodable: float, path: Path) -> None:
+    """A segment that runs past the last frame of a video whose header says it is longer: the
+    file was cut short (an interrupted download or copy), and the clips past the cut would
+    repeat its last frame; the segment fails instead (the slack of
+    :func:`_check_inside_video` is for annotations running past the end of a whole file)."""
+    from avda.data_manifests.whole_videos import duration
+
+    try:
+        header = duration(path)
+    except MediaError:
+        return
+    if header - decodable > max(TRUNCATED_SECONDS, TRUNCATED_FRACTION * header):
+        raise MediaError(
+            f"segment {segment['uid']!r} runs to {float(segment['stop_sec']):.2f} s, but the "
+            f"frames of {path} stop at {decodable:.2f} s while its header says {header:.2f} s: "
+            "the file was cut short (an interrupted download or copy?); re-download it"
+        )
+
+
+def _used_spans(spans: list[tuple[float, float]], recipe: Recipe) -> list[tuple[float, float]]:
+    """The seconds of each window the cut reads: the tiling cuts read the first
+    ``audio_seconds`` of a longer window (a 10 s window of an 18 s segment), TBN's all of it."""
+    if recipe.audio_cut == "tbn":
+        return list(spans)
+    return [(a, min(b, a + float(recipe.audio_seconds))) for a, b in spans]
 
 
 def _lost_note(

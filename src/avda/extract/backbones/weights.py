@@ -125,14 +125,37 @@ def read_checkpoint(path: str | Path) -> Any:
                     f"{path}: not a torch checkpoint (a text file, or a damaged or cut-off one: "
                     f"{reason.strip()}); pass the published weights file"
                 ) from None
+            if _runs_code(reason):
+                raise CheckpointError(
+                    f"{path}: torch.load(weights_only=True) refuses this file ({reason.strip()}):"
+                    " loading it would run that code; do not load it anywhere, get the "
+                    "weights from their publisher (docs/weights.md)"
+                ) from None
             raise CheckpointError(
                 f"{path}: torch.load(weights_only=True) refuses this file ({reason.strip()}); "
-                "it holds Python objects beyond tensors and numbers. Re-save only the state "
-                "dict: torch.save(torch.load(PATH, weights_only=False)['state_dict'], NEW) "
-                "on a machine where you trust the file"
+                "it holds Python objects beyond tensors and numbers. Only if you trust where "
+                "it came from, re-save its state dict alone: torch.save(torch.load(PATH, "
+                "weights_only=False)[KEY], NEW), KEY its state dict's key ('state_dict', "
+                "'model_state_dict', ...)"
             ) from None
     log.info("%s: loaded with numpy data types allow-listed", path)
     return checkpoint
+
+
+# Modules whose functions run commands, code or file operations when a pickle calls them:
+# a checkpoint naming one is an attack, not a file with extra metadata.
+_CODE_MODULES = frozenset(
+    "os posix nt subprocess builtins __builtin__ sys shutil socket importlib runpy pty "
+    "webbrowser code codeop ctypes pickle marshal types functools operator".split()
+)
+
+
+def _runs_code(reason: str) -> bool:
+    """Whether a refused global (``refused_global``'s text) would run code when unpickled."""
+    if "is blocked" in reason:  # torch blocks modules like os, subprocess, sys
+        return True
+    name = reason.split()[1] if len(reason.split()) > 1 else ""
+    return name.split(".")[0] in _CODE_MODULES
 
 
 def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:

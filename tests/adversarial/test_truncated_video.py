@@ -1,0 +1,85 @@
+"""A video file cut short (an interrupted download or copy) whose header still gives the whole
+length: a segment running past the cut fails, naming the cut, instead of storing clips made of
+its last frame repeated (a new user's whole-video extraction of such a file stored them done).
+The audio note of a segment counts only the seconds its window reads."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from avda.cache import Status, open_cache
+from avda.data_manifests import whole_videos
+from avda.extract import audio as audio_lib
+from avda.extract import runner
+from avda.extract.decode import VideoDecoder
+from avda.extract.inputs import _lost_note, _used_spans
+from tests.extract.conftest import tiny
+
+
+@pytest.fixture(scope="module")
+def cut_video(media, tmp_path_factory):
+    source = media / "video" / "v_GGSY1Qvo990.mp4"  # 18.16 s, 19.62 fps
+    folder = tmp_path_factory.mktemp("cut")
+    (folder / "cut.mp4").write_bytes(source.read_bytes()[:380_000])  # frames stop near 9 s
+    (folder / "whole.mp4").write_bytes(source.read_bytes())
+    return folder
+
+
+def _extract(manifest, folder, out):
+    return runner.extract(
+        manifest,
+        videos=folder,
+        out=out,
+        recipe=tiny("demo", resize_shorter=32, crop_size=32),
+        modalities=[runner.ModalitySpec("rgb", "i3d")],
+        workers=0,
+        progress=False,
+    )
+
+
+def test_a_segment_past_the_cut_fails_and_one_before_it_is_done(cut_video, tmp_path):
+    decoder = VideoDecoder(cut_video / "cut.mp4", shorter_side=32)
+    header = whole_videos.duration(cut_video / "cut.mp4")
+    assert header > 18 and 8 < decoder.duration < 10  # the header keeps the whole length
+    # Whole videos: each segment runs to its header's duration; the cut file's lies less than
+    # half past its last frame, which the slack for annotations would have let through.
+    manifest, root = whole_videos.manifest(cut_video)
+    _extract(manifest, root, tmp_path / "whole.zarr")
+    store = open_cache(tmp_path / "whole.zarr")
+    status = dict(zip(store.segments["uid"], store.status("rgb"), strict=True))
+    errors = dict(zip(store.segments["uid"], store.errors("rgb"), strict=True))
+    assert status["whole"] == Status.DONE and errors["whole"] == ""
+    assert status["cut"] == Status.FAILED
+    assert "was cut short" in errors["cut"] and f"{decoder.duration:.2f} s" in errors["cut"]
+    # A segment inside the frames the file still has is extracted as from the whole file.
+    rows = [
+        {"uid": u, "video_id": v, "domain": "d", "split": "test", "start_sec": 1.0,
+         "stop_sec": 6.0, "verb_class": 0}
+        for u, v in (("a", "cut"), ("b", "whole"))
+    ]  # fmt: skip
+    _extract(pd.DataFrame(rows), cut_video, tmp_path / "early.zarr")
+    early = open_cache(tmp_path / "early.zarr")
+    assert list(early.status("rgb")) == [Status.DONE, Status.DONE]
+    features = early.features("rgb")[:]
+    np.testing.assert_allclose(features[0], features[1], atol=1e-5)
+
+
+def test_the_audio_note_counts_the_window_the_cut_reads(cut_video):
+    track = audio_lib.read_audio(cut_video / "cut.mp4", 16000)
+    (lost_from, _), *_ = track.lost
+    assert 7 < lost_from < 10
+    segment = pd.Series({"uid": "cut", "start_sec": 0.0, "stop_sec": 18.0})
+    # The tiling cut reads the first 10 s of an 18 s window: of those, 10 - lost_from are lost.
+    recipe = tiny("demo", audio_seconds=10.0, audio_cut="tile")
+    used = _used_spans([(0.0, 18.0)], recipe)
+    assert used == [(0.0, 10.0)]
+    note = _lost_note(track, segment, used)
+    assert note.startswith(f"note: {10 - lost_from:.2f} s of 10.00 s of audio lost")
+    # A 2 s window of the same segment reads nothing past the cut: no note (it said 8.8 s of
+    # 18 s were lost, counting seconds no window reads).
+    short = tiny("demo", audio_seconds=2.0, audio_cut="tile")
+    assert _lost_note(track, segment, _used_spans([(0.0, 18.0)], short)) == ""
+    tbn = tiny("demo", audio_seconds=1.278, audio_cut="tbn")
+    assert _used_spans([(3.0, 4.278)], tbn) == [(3.0, 4.278)]
