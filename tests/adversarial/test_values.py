@@ -104,7 +104,7 @@ def test_a_segment_past_the_end_of_its_video_fails_with_its_reason(capsys, in_wo
     assert status.tolist() == [Status.DONE, Status.FAILED, Status.FAILED, Status.DONE]
     code, out, err = run(capsys, "manifest", "validate", "late.csv", "--videos", "videos")
     assert code != 0  # the same rule, before any extraction, from the declared duration
-    assert "row 3 [stop_sec]: starts at 100000.00 s, after the end of the video (10.00 s)" in err
+    assert "row 3 [start_sec]: starts at 100000.00 s, after the end of the video (10.00 s)" in err
     assert "row 4 [stop_sec]: runs to 30.00 s" in err and "row 5" not in err
 
 

@@ -335,7 +335,8 @@ def find_problems(frame: pd.DataFrame, *, videos: str | Path | None = None) -> l
             elif durations[key] is not None and start.notna().iloc[i] and stop.notna().iloc[i]:
                 why = outside_video(float(start.iloc[i]), float(stop.iloc[i]), durations[key])
                 if why is not None:
-                    problems.append(Problem(int(rows[i]), "stop_sec", f"{why}: {p}"))
+                    column = "start_sec" if why.startswith("starts at") else "stop_sec"
+                    problems.append(Problem(int(rows[i]), column, f"{why}: {p}"))
     problems.sort(key=lambda p: p.row or 0)
     return problems
 
