@@ -233,3 +233,25 @@ def test_segments_without_an_input_are_left_out_or_named(tmp_path, caplog):
     assert len(predicted) == 15 and not any(u.startswith("target-test-2-") for u in predicted)
     _train(path, tmp_path / "both", modalities=["rgb", "audio"])
     assert len(runs.read_predictions(tmp_path / "both", "target_test")["uids"]) == 20
+
+
+def test_the_recorded_lr_is_the_one_each_epoch_trained_at(shifted_cache, tmp_path, monkeypatch):
+    """metrics.jsonl's ``lr`` of an epoch is the rate its steps used (it was the next epoch's:
+    read after the scheduler's step, so a decay showed one epoch early)."""
+    seen: dict[int, float] = {}
+    originals = {cls: cls.step for cls in (torch.optim.Adam, torch.optim.SGD)}
+
+    def recorder(cls):
+        def record(self, *args, **kwargs):  # the lr of each epoch's first step
+            epoch = len(runs.read_metrics(tmp_path / "run")) + 1
+            seen.setdefault(epoch, self.param_groups[0]["lr"])
+            return originals[cls](self, *args, **kwargs)
+
+        return record
+
+    for cls in originals:
+        monkeypatch.setattr(cls, "step", recorder(cls))
+    _train(shifted_cache, tmp_path / "run", lr_steps=(2,), lr_gamma=0.1, epochs=3)
+    logged = {m["epoch"]: m["lr"] for m in runs.read_metrics(tmp_path / "run")}
+    assert logged == pytest.approx(seen)
+    assert logged[3] == pytest.approx(0.1 * logged[2]) and logged[1] == logged[2]

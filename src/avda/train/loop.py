@@ -348,6 +348,7 @@ def _train(
     for epoch in bar:
         model.train()
         began = time.perf_counter()
+        lr = optimizer.param_groups[0]["lr"]  # the epoch's (its first step's, when per step)
         sums: dict[str, float] = {}
         target_batches = _cycle(target_set, target_batch, generator) if uses_target else None
         for step, index in enumerate(
@@ -385,7 +386,7 @@ def _train(
             scheduler.step()
         record: dict[str, Any] = {
             "epoch": epoch,
-            "lr": optimizer.param_groups[0]["lr"],
+            "lr": lr,
             "seconds": round(time.perf_counter() - began, 3),
             **{f"train/{k}": v / steps_per_epoch for k, v in sums.items()},
         }
