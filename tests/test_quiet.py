@@ -108,6 +108,13 @@ def test_sweep_tasks_keep_their_warnings_for_the_client(tmp_path, caplog):
     assert log_file.read_text() == "a/s/seed0: w1\na/s/seed0: w2\n"
     lines = [r.getMessage() for r in caplog.records if r.name == "avda.sweep.run"]
     assert len(lines) == 1 and lines[0].startswith("2 warning(s) from 1 run(s), e.g. a/s/seed0: w1")
+    # A rerun that skips the complete runs keeps what they said when they trained, quietly.
+    caplog.clear()
+    skipped = {n: sweep.TaskOutcome(n, "skipped") for n in outcomes}
+    with caplog.at_level(logging.INFO):
+        sweep._report_warnings(tmp_path, tasks, skipped)
+    assert log_file.read_text() == "a/s/seed0: w1\na/s/seed0: w2\n"
+    assert not [r for r in caplog.records if r.name == "avda.sweep.run"]
     outcomes["a/s/seed0"].warnings = []
     sweep._report_warnings(tmp_path, tasks, outcomes)
     assert not log_file.exists()  # a clean rerun leaves no stale list

@@ -327,6 +327,7 @@ def test_sweep_on_its_own_local_cluster_reports_failures_and_skips_finished_runs
     spec_data["heads"][0]["hidden_dim"] = 8
     changed = sweep.run_sweep(sweep.load_spec(write_spec(tmp_path, spec_data)), progress=False)
     assert "another head config" in changed.failed[0].error
+    assert "head_config.hidden_dim: the run's 16 -> 8" in changed.failed[0].error
     # A run finished with other tasks (e.g. before its protocol sized the classes) is not this
     # task's run either, though its head config is the spec's.
     spec_data["heads"][0]["hidden_dim"] = 16
@@ -340,3 +341,26 @@ def test_sweep_on_its_own_local_cluster_reports_failures_and_skips_finished_runs
     metrics = json.loads((tmp_path / "runs/source-only/source-target/seed0/run.json").read_text())
     assert set(metrics["metrics"]) >= {"target_test/verb/top1"}
     assert np.isfinite(metrics["metrics"]["target_test/verb/top1"])
+
+
+def test_a_refused_resume_is_not_reported_as_resumed(tmp_path, cache):
+    """An interrupted run, rerun with another config: train refuses it (its epochs stand) and
+    the summary says it failed, not that it resumed from its checkpoint."""
+    spec_data = {
+        "cache": str(cache),
+        "heads": [{"name": "source-only", "epochs": 3, "hidden_dim": 16}],
+        "settings": ["source->target"],
+        "seeds": [0],
+        "out": "runs",
+        "cluster": {"kind": "local", "workers": 1},
+    }
+    first = sweep.run_sweep(sweep.load_spec(write_spec(tmp_path, spec_data)), progress=False)
+    assert first.ok
+    run = tmp_path / "runs/source-only/source-target/seed0"
+    (run / runs.STATUS).unlink()  # as if killed after its last checkpoint
+    spec_data["heads"][0]["epochs"] = 2
+    again = sweep.run_sweep(sweep.load_spec(write_spec(tmp_path, spec_data)), progress=False)
+    (outcome,) = again.failed
+    assert "another configuration" in outcome.error and "epochs" in outcome.error
+    assert outcome.resumed_from_epoch == 0 and "resumed" not in again.text()
+    assert [r["epoch"] for r in runs.read_metrics(run)] == [1, 2, 3]

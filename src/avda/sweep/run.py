@@ -171,6 +171,14 @@ def run_task(task: SweepTask) -> TaskOutcome:
     return outcome
 
 
+def _last_epoch(run: Path) -> int:
+    """The last epoch in the run's metrics.jsonl (0 for none, or an unreadable file)."""
+    try:
+        return max((int(r.get("epoch", 0)) for r in runs.read_metrics(run)), default=0)
+    except (AvdaError, OSError, ValueError):
+        return 0
+
+
 def _run_task(task: SweepTask) -> TaskOutcome:
     from avda.train.loop import train
 
@@ -198,12 +206,14 @@ def _run_task(task: SweepTask) -> TaskOutcome:
             protocol=task.protocol,
         )
     except AvdaError as error:  # retrying cannot fix a bad config, missing data or divergence
+        # Resumed only if it trained on (a refused resume trained nothing: its epochs stand).
+        trained_on = resumed_from and _last_epoch(task.run) > resumed_from
         return TaskOutcome(
             task.name,
             "failed",
             error=f"{type(error).__name__}: {error}",
             seconds=time.perf_counter() - began,
-            resumed_from_epoch=resumed_from,
+            resumed_from_epoch=resumed_from if trained_on else 0,
             worker=worker,
         )
     return TaskOutcome(
@@ -216,28 +226,41 @@ def _run_task(task: SweepTask) -> TaskOutcome:
     )
 
 
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """avda's log records below ERROR dropped for the block (a check that plans a run)."""
+    logger = logging.getLogger("avda")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def _finished_mismatch(task: SweepTask) -> str:
     """Why a complete run directory does not hold this task's run ("" when it does): the
     configuration ``avda train`` would record for the task (its head config for this data
     size, its tasks and class counts) against the run's, and the cache it trained on."""
     from avda.cache import open_cache
     from avda.train import setup as setup_lib
-    from avda.train.loop import check_same_cache, resolved_config
+    from avda.train.loop import check_same_cache, config_difference, resolved_config
 
     try:
-        setup = setup_lib.plan(
-            cache=task.cache,
-            head=task.head,
-            source=task.source,
-            target=task.target,
-            overrides=task.overrides,
-            device="cpu",
-            protocol=task.protocol,
-        )
-        wanted = resolved_config(
-            setup, task.cache, task.source, task.target, task.seed, task.protocol, task.head
-        )
-        check_same_cache(task.run, open_cache(task.cache))  # a rebuilt cache at that path
+        with _quiet():  # its warnings were reported when it trained
+            setup = setup_lib.plan(
+                cache=task.cache,
+                head=task.head,
+                source=task.source,
+                target=task.target,
+                overrides=task.overrides,
+                device="cpu",
+                protocol=task.protocol,
+            )
+            wanted = resolved_config(
+                setup, task.cache, task.source, task.target, task.seed, task.protocol, task.head
+            )
+            check_same_cache(task.run, open_cache(task.cache))  # a rebuilt cache at that path
     except AvdaError as error:
         return f"{type(error).__name__}: {error}"
     config = runs.read_config(task.run)
@@ -248,9 +271,13 @@ def _finished_mismatch(task: SweepTask) -> str:
     }
     if not differ:
         return ""
+    fields = config_difference(
+        {k: v for k, v in config.items() if k != "avda_version"},
+        {k: v for k, v in wanted.items() if k != "avda_version"},
+    )
     return (
-        f"RunError: {task.run} holds a finished run with another {', '.join(differ)}; "
-        "give the head another label or remove that folder"
+        f"RunError: {task.run} holds a finished run with another {', '.join(differ)} "
+        f"({fields}); give the head another label or remove that folder"
     )
 
 
@@ -694,10 +721,22 @@ def _report_warnings(out: Path, tasks: list[SweepTask], outcomes: dict) -> None:
         if task.name in outcomes
         for message in outcomes[task.name].warnings
     ]
-    if not lines:
+    # A run that did not train this time (complete before, or refused before it started)
+    # keeps the warnings it had when it trained.
+    trained = {
+        name
+        for name, o in outcomes.items()
+        if o.status == "complete" or (o.status == "failed" and o.worker)
+    }
+    kept = {t.name for t in tasks} - trained
+    earlier = path.read_text().splitlines() if path.is_file() else []
+    previous = [line for line in earlier if line.split(": ", 1)[0] in kept]
+    if not lines and not previous:
         path.unlink(missing_ok=True)
         return
-    atomic_write_text(path, "\n".join(lines) + "\n")
+    atomic_write_text(path, "\n".join(previous + lines) + "\n")
+    if not lines:  # nothing new to say about
+        return
     if logging.getLogger().isEnabledFor(logging.DEBUG):
         for line in lines:
             log.warning("%s", line)
