@@ -383,6 +383,25 @@ def test_cli_train_protocol_show_config_retrain_and_errors(capsys, tmp_path):
 
     code, out, _ = run("evaluate", tmp_path / "run", "--layout", "auto")
     assert code == 0 and "protocol unified" in out
+    # Too short for the protocol's table (it averages the last 9 checkpoints): refused before
+    # training, not a finished run that no table can score.
+    code, _, err = run(
+        "train", "--protocol", "unified", "--head", "source-only", *common,
+        "--epochs", "5", "-o", tmp_path / "short", "-q",
+    )  # fmt: skip
+    assert code == 1 and "scores the mean of the last 9 checkpoints" in err, err
+    assert "evaluates 5 time(s) (5 epochs, eval_every 1): train at least 9 epochs" in err
+    assert not (tmp_path / "short" / runs.STATUS).exists()
+    # A run of another version trained too short (here: its kept checkpoints removed) is
+    # refused by the table naming why, not told to set what it set.
+    import shutil
+
+    shutil.copytree(tmp_path / "run", tmp_path / "cut")
+    for folder in sorted((tmp_path / "cut" / "epochs").iterdir())[:5]:
+        shutil.rmtree(folder)
+    code, _, err = run("evaluate", tmp_path / "cut", "--layout", "auto")
+    assert code == 1 and "predictions of 4 checkpoint(s)" in err
+    assert "the others are not in its folder" in err and "at least 9 evaluations" in err
     code, out, err = run("evaluate", tmp_path / "run", "--layout", "auto", "--protocol", "rna-dg")
     assert code == 1 and "no run was trained under protocol rna-dg" in err
 
@@ -403,3 +422,22 @@ def test_cli_sweep_check_validates_without_caches(capsys, tmp_path):
     assert code == 1
     assert "heads[0]: unknown method of protocol ta3n-epic100 'cia'" in err
     assert "expected a percentage in [0, 100], got 140" in err
+
+
+def test_a_protocol_off_its_benchmark_says_only_its_recipe_applies(tmp_path, caplog):
+    """A semi-supervised protocol on other domains: its labelled_target uses target labels,
+    which the run's log says, naming the protocol's benchmark."""
+    cache = make_feature_cache(tmp_path / "c.zarr", per_class=6).path
+    with caplog.at_level("WARNING"):
+        train(cache=cache, head="source-only", source=["source"], target=["target"],
+              out=tmp_path / "run", overrides={"epochs": 1, "hidden_dim": 8}, progress=False,
+              protocol="audio-adaptive-charadesego")  # fmt: skip
+    text = caplog.text
+    assert "protocol audio-adaptive-charadesego is a benchmark of domains first, third" in text
+    assert "labelled_target=0.5 trains on that share of ['target']'s training labels" in text
+    caplog.clear()
+    with caplog.at_level("WARNING"):  # on its benchmark's domains: nothing to say
+        train(cache=cache, head="source-only", source=["source"], target=["target"],
+              out=tmp_path / "ta3n", overrides={"epochs": 1, "tasks": ["verb"]}, progress=False,
+              protocol="ta3n-epic100")  # fmt: skip
+    assert "is a benchmark of domains" not in caplog.text

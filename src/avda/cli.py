@@ -683,7 +683,33 @@ def cache_import(
         chunk_rows=chunk_rows,
     )
     if result.already_imported:
-        typer.echo(f"{out}: {source} was already imported (same sha256); nothing to do")
+        earlier = result.earlier or {}
+        where = ", ".join(
+            f"{key} {earlier[key]}" for key in ("domain", "split") if earlier.get(key) is not None
+        )
+        when = f" on {earlier['imported']}" if earlier.get("imported") else ""
+        asked = {"domain": domain, "split": split}
+        differs = [
+            f"--{key} {value}"
+            for key, value in asked.items()
+            if value is not None and value != earlier.get(key)
+        ]
+        typer.echo(
+            f"{out}: {source} was already imported{when} (same sha256; "
+            + (f"as {where}" if where else "domain and split from its annotations")
+            + "); nothing to do"
+            + (
+                f" ({', '.join(differs)} not applied: import it into another store, or "
+                "re-create this one, to import it otherwise)"
+                if differs
+                else ""
+            )
+        )
+    elif result.fill:
+        typer.echo(
+            f"{out}: filled {', '.join(result.modalities)} of {result.rows} segments it held "
+            "(no new segments)"
+        )
     else:
         typer.echo(f"{out}: appended {result.rows} segments ({', '.join(result.modalities)})")
 

@@ -36,9 +36,12 @@ def test_a_second_trainer_of_the_same_folder_is_refused(tmp_path, capsys):
     assert code == 0, err
     assert runs.is_complete(out)
     assert (out / RUN_LOCK).read_text() == ""  # the record names a holder only while it holds
+    (out / runs.STATUS).unlink()  # as if it had stopped: no holder now
+    code, _, err = run(capsys, "evaluate", out)
+    assert code == 1 and "finish it with the same `avda train` command" in err
 
 
-def test_a_running_training_keeps_a_second_one_out(tmp_path):
+def test_a_running_training_keeps_a_second_one_out(tmp_path, capsys):
     """A real second process: ``avda train`` runs in a subprocess while this one tries the same
     folder; it is refused, and the subprocess's run ends complete and uncorrupted."""
     cache = tmp_path / "c.zarr"
@@ -53,6 +56,10 @@ def test_a_running_training_keeps_a_second_one_out(tmp_path):
         while not (out / runs.CONFIG).exists():  # written under the lock
             assert child.poll() is None and time.monotonic() < deadline, child.communicate()
             time.sleep(0.1)
+        # Evaluating it meanwhile says it is training, not "finish it with avda train".
+        code, _, err = run(capsys, "evaluate", out)
+        assert code == 1 and f"{out} is still training (pid {child.pid} on host" in err, err
+        assert "finish it" not in err
         with pytest.raises(RunBusyError, match=rf"is being written by pid {child.pid} "):
             train(
                 cache=cache,

@@ -395,3 +395,9 @@ def test_a_second_modality_import_killed_leaves_the_first_and_reruns_clean(tmp_p
     rerun = _avda(*args("audio", out))
     assert rerun.returncode == 0, rerun.stderr
     assert _helpers.fingerprint(out) == _helpers.fingerprint(clean)
+    assert "filled audio of 6 segments it held (no new segments)" in rerun.stdout
+    # Again, as another split: nothing is done, and the output says how it was imported.
+    again = _avda(*args("audio", out), "--domain", "d", "--split", "test")
+    assert again.returncode == 0 and "already imported on " in again.stdout
+    assert "domain and split from its annotations" in again.stdout
+    assert "(--domain d, --split test not applied: import it into another store" in again.stdout

@@ -88,6 +88,8 @@ class ImportResult:
     rows: int
     modalities: list[str]
     already_imported: bool = False
+    fill: bool = False  # the modalities went into segments the store held (no new rows)
+    earlier: dict[str, Any] | None = None  # the store's record of an already imported file
 
 
 # --------------------------------------------------------------------------- annotations
@@ -480,7 +482,7 @@ def _commit_import(
     faults.checkpoint("before-record")
     _record_import(store, source, sha, fmt, rows, domain, split, total, new_entries, fill=fill)
     faults.checkpoint("after-record")
-    return ImportResult(out, source, len(rows), sorted(blocks))
+    return ImportResult(out, source, len(rows), sorted(blocks), fill=fill)
 
 
 def _write_rows(store: FeatureCache, modality: str, rows: np.ndarray, block: _Block) -> None:
@@ -553,8 +555,10 @@ def _record_import(
     store._segments = None
 
 
-def _already_imported(store: FeatureCache, sha: str) -> bool:
-    return any(entry.get("sha256") == sha for entry in store.provenance.get("imports", []))
+def _already_imported(store: FeatureCache, sha: str) -> dict[str, Any] | None:
+    """The store's record of the import of a file with this sha256 (None: not imported)."""
+    imports = store.provenance.get("imports", [])
+    return next((entry for entry in imports if entry.get("sha256") == sha), None)
 
 
 def _import_info(backbone: str | None, fmt: str, source: Path) -> dict[str, Any]:
@@ -660,9 +664,9 @@ def import_epic_pickle(
     with store_lock(out, what=IMPORT_LOCK):
         store = _open_existing(out)
         sha = sha256_file(source)
-        if store is not None and _already_imported(store, sha):
+        if store is not None and (earlier := _already_imported(store, sha)) is not None:
             log.info("%s is already imported into %s", source, out)
-            return ImportResult(out, source, 0, [], already_imported=True)
+            return ImportResult(out, source, 0, [], already_imported=True, earlier=earlier)
         data = safe_pickle.load(source)
         if not isinstance(data, dict) or "features" not in data or "narration_ids" not in data:
             raise CacheError(
@@ -716,8 +720,8 @@ def import_h5(
     with store_lock(out, what=IMPORT_LOCK):
         store = _open_existing(out)
         sha = sha256_file(source)
-        if store is not None and _already_imported(store, sha):
-            return ImportResult(out, source, 0, [], already_imported=True)
+        if store is not None and (earlier := _already_imported(store, sha)) is not None:
+            return ImportResult(out, source, 0, [], already_imported=True, earlier=earlier)
         with h5py.File(source, "r") as handle:
             if handle.attrs.get("format") == H5_FORMAT:
                 segments, arrays, statuses, errors, infos = _read_avda_h5(handle, source)
@@ -866,8 +870,8 @@ def import_npy(
             digest.update(path.name.encode())
             digest.update(sha256_file(path).encode())
         sha = digest.hexdigest()
-        if store is not None and _already_imported(store, sha):
-            return ImportResult(out, folder, 0, [], already_imported=True)
+        if store is not None and (earlier := _already_imported(store, sha)) is not None:
+            return ImportResult(out, folder, 0, [], already_imported=True, earlier=earlier)
         segments = table.reset_index(drop=True)
         segments = segments[[c for c in schema.SEGMENT_COLUMNS if c in segments.columns]]
         features, statuses, errors = _sample_npy(folder, files, segments, feature_rate, num_clips)

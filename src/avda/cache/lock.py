@@ -196,6 +196,34 @@ def _write_holder(fd: int, what: str, shared: bool) -> None:
         log.debug("cannot record the lock holder: %s", exc)
 
 
+def training_holder(run: str | Path) -> str | None:
+    """Who trains into the run folder ``run`` now ("pid N on host H since T"), or None when no
+    process holds its lock. Reads only: creates no file, takes no lasting lock."""
+    import fcntl
+
+    path = Path(run) / RUN_LOCK
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _read_holder(fd)
+            if "pid" not in holder:
+                return "another process"
+            return f"pid {holder['pid']} on host {holder.get('host', '?')} since " + str(
+                holder.get("since", "?")
+            )
+        except OSError:
+            return None
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
 def _read_holder(fd: int) -> dict:
     """The holder recorded in the lock file. A holder writes it just after taking the lock
     (and a killed one leaves its own behind), so an empty record, or one naming a process that

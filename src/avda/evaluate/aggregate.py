@@ -452,10 +452,19 @@ def rule_predictions(run: Path, split: str, checkpoints: int) -> list[dict[str, 
     epochs = sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.exists() else []
     epochs = [e for e in epochs if split in runs.prediction_sets(folder / e)]
     if len(epochs) < checkpoints:
+        head_config = runs.read_config(run).get("head_config") or {}
+        kept = int(head_config.get("keep_last_predictions") or 0)
+        trained = int(head_config.get("epochs") or 0)
+        if kept < checkpoints:
+            why = f"it kept {kept} (keep_last_predictions)"
+        elif trained < checkpoints:
+            why = f"it was trained for {trained} epochs"
+        else:
+            why = "the others are not in its folder"
         raise RunError(
             f"{run} has {split} predictions of {len(epochs)} checkpoint(s) under {folder}, its "
-            f"protocol's table averages the last {checkpoints}; train it again with its "
-            "protocol (it sets keep_last_predictions)"
+            f"protocol's table averages the last {checkpoints} ({why}); train it again under "
+            f"the protocol with at least {checkpoints} evaluations, or leave it out"
         )
     return [runs.read_predictions(folder / e, split) for e in epochs[-checkpoints:]]
 
@@ -560,7 +569,17 @@ def _settings_table(
             if chosen == "auto":
                 chosen = "mAP" if multi else "top1"
             if chosen.startswith("mAP") != multi:
-                raise ConfigError(f"metric {chosen} does not apply to task {name!r} of {info.path}")
+                kind = "a multi-label" if multi else "a single-label"
+                why = (
+                    f"the protocol's table scores {', '.join(rule.metrics)}"
+                    if not metric
+                    else "--metric asks for it"
+                )
+                fix = "--metric mAP" if multi else "--metric top1 (or top5, mca)"
+                raise ConfigError(
+                    f"metric {chosen} does not apply to task {name!r} of {info.path}, "
+                    f"{kind} task ({why}); use {fix}"
+                )
             value = float(
                 np.mean(
                     [

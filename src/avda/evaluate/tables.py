@@ -42,6 +42,13 @@ def results_table(run_dirs: Sequence[str | Path]) -> pd.DataFrame:
     rows = []
     for run in map(Path, run_dirs):
         if not runs.is_complete(run):
+            from avda.cache.lock import training_holder
+
+            holder = training_holder(run)
+            if holder is not None:
+                raise RunError(
+                    f"{run} is still training ({holder}); evaluate it when it has finished"
+                )
             raise RunError(
                 f"{run} is not a complete run (no run.json with status complete); "
                 "finish it with the same `avda train` command"

@@ -11,6 +11,7 @@ sets with the source-train input statistics applied. :func:`avda.train.loop.trai
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from avda import runs
 from avda.cache import FeatureCache, open_cache
 from avda.data_manifests.settings import Setting
 from avda.devices import resolve_device
-from avda.errors import CacheError
+from avda.errors import CacheError, ConfigError
 from avda.train import data as data_lib
 from avda.train import heads as heads_lib
 from avda.train.data import FeatureSet, Task
@@ -31,6 +32,8 @@ from avda.train.heads._base import Head, HeadConfig
 
 Statistics = dict[str, tuple[torch.Tensor, torch.Tensor]]
 LABELLED_TARGET_SEED = 0  # one labelled split per cache, the same for every head and seed
+
+log = logging.getLogger(__name__)
 
 
 def input_statistics(
@@ -171,19 +174,61 @@ def _benchmark_classes(protocol: str, source: Sequence[str], target: Sequence[st
     benchmark's (EPIC-55's D1-D3, CharadesEgo's third/first...), else none: a protocol's
     recipe can run on another dataset, whose classes it does not know."""
     from avda import protocols as protocols_lib
-    from avda.data_manifests.settings import NAMED_SETTINGS, SETTING_GROUPS
 
     chosen = protocols_lib.get(protocol)
-    domains = {
+    if not chosen.classes or not _on_benchmark(protocol, source, target):
+        return {}
+    return dict(chosen.classes)
+
+
+def _benchmark_domains(protocol: str) -> set[str]:
+    """The domains of ``protocol``'s settings (empty for a protocol of any dataset)."""
+    from avda import protocols as protocols_lib
+    from avda.data_manifests.settings import NAMED_SETTINGS, SETTING_GROUPS
+
+    return {
         d
-        for name in chosen.settings
+        for name in protocols_lib.get(protocol).settings
         for setting in SETTING_GROUPS.get(name, (NAMED_SETTINGS.get(name),))
         if setting is not None
         for d in setting.domains
     }
-    if not chosen.classes or not {*source, *target} <= domains:
-        return {}
-    return dict(chosen.classes)
+
+
+def _on_benchmark(protocol: str, source: Sequence[str], target: Sequence[str]) -> bool:
+    domains = _benchmark_domains(protocol)
+    return bool(domains) and {*source, *target} <= domains
+
+
+def _check_protocol_run(protocol: str, source, target, config, head: str) -> None:
+    """Refuse a run too short for its protocol's table (fewer evaluations than the checkpoints
+    it averages); warn when the run's domains are not the protocol's benchmark's (only its
+    recipe applies there; a semi-supervised one still uses target labels)."""
+    from avda import protocols as protocols_lib
+
+    chosen = protocols_lib.get(protocol)
+    needed = chosen.evaluation.checkpoints
+    every = max(int(config.eval_every), 1)
+    evaluations = len({e for e in range(1, config.epochs + 1) if e % every == 0} | {config.epochs})
+    if needed > 1 and evaluations < needed:
+        raise ConfigError(
+            f"protocol {protocol} scores the mean of the last {needed} checkpoints, but this "
+            f"{head} run evaluates {evaluations} time(s) ({config.epochs} epochs, eval_every "
+            f"{every}): train at least {needed * every} epochs, or without --protocol"
+        )
+    domains = _benchmark_domains(protocol)
+    if domains and not {*source, *target} <= domains:
+        labels = (
+            f"; its labelled_target={config.labelled_target} trains on that share of "
+            f"{list(target)}'s training labels (not unsupervised adaptation)"
+            if config.labelled_target > 0
+            else ""
+        )
+        log.warning(
+            "protocol %s is a benchmark of domains %s; on %s -> %s only its recipe applies "
+            "(not its class counts or split)%s",
+            *(protocol, ", ".join(sorted(domains)), "+".join(source), "+".join(target), labels),
+        )
 
 
 def plan(
@@ -235,6 +280,8 @@ def plan(
         )
     # A recipe's schedule is an amount of optimisation: epochs for this data size.
     config = config.for_data(len(source_rows), head)
+    if protocol is not None:
+        _check_protocol_run(protocol, source, target, config, head)
     known = _benchmark_classes(protocol, source, target) if protocol is not None else {}
     tasks = data_lib.infer_tasks(
         store.segments,
