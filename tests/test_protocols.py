@@ -118,7 +118,9 @@ def test_mmsada_table_averages_the_last_9_checkpoints_of_every_row(mmsada_runs):
         assert len(list((run / "epochs").iterdir())) == 9
     table = aggregate.aggregate(mmsada_runs, layout="settings")
     assert table.methods == ["source-only", "adabn", "mmd", "mm-sada"]
-    assert table.title.startswith("protocol mmsada-epic55 (top1 of the mean over the last 9")
+    assert table.title.startswith(
+        "protocol mmsada-epic55 (top1 of each of the last 9 checkpoints, averaged"
+    )
     for run, method in zip(mmsada_runs, table.methods, strict=True):
         expected = 100 * np.mean(checkpoint_top1(run))
         assert table.cell(method, "source→target")[0] == pytest.approx(expected)
@@ -339,7 +341,7 @@ def test_unified_demo_example_runs_on_a_local_cluster_and_names_its_protocol(tmp
     index = json.loads((tmp_path / "runs" / sweep.INDEX).read_text())
     assert index["protocol"] == "unified"
     text, _ = tables.evaluate_runs([tmp_path / "runs"], layout="auto")
-    assert "protocol unified (top1 or mAP of the mean over the last 9 checkpoints)" in text
+    assert "protocol unified (top1 or mAP of each of the last 9 checkpoints, averaged)" in text
     for method in ("source-only", "dann", "adabn", "mmd"):
         assert f"| {method} |" in text
 

@@ -46,13 +46,11 @@ class EvaluationRule:
     layout: str = "settings"
 
     def describe(self) -> str:
-        chosen = (
-            "final predictions"
-            if self.checkpoints == 1
-            else (f"the mean over the last {self.checkpoints} checkpoints")
-        )
-        names = ["top1 or mAP" if m == "auto" else m for m in self.metrics]
-        return f"{', '.join(names)} of {chosen}"
+        names = ", ".join("top1 or mAP" if m == "auto" else m for m in self.metrics)
+        if self.checkpoints == 1:
+            return f"{names} of the final predictions"
+        # each checkpoint scored alone, the scores averaged (not the averaged predictions')
+        return f"{names} of each of the last {self.checkpoints} checkpoints, averaged"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -439,7 +437,7 @@ def rule_for(name: str | None) -> EvaluationRule:
 
 
 def describe(name: str | None) -> str:
-    """``protocol mmsada-epic55 (top1 of the mean over the last 9 checkpoints)``."""
+    """``protocol mmsada-epic55 (top1 of each of the last 9 checkpoints, averaged)``."""
     if not name:
         return "no protocol (each head's defaults; final predictions)"
     return f"protocol {name} ({rule_for(name).describe()})"

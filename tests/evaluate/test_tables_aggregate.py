@@ -461,3 +461,27 @@ def test_every_head_stage_field_is_one_the_tables_treat_as_derived():
         for field in (*cls.stage_fields, "epochs", "eval_every"):
             assert aggregate._is_derived(field), (name, field)
         assert not aggregate._is_derived("lr") and not aggregate._is_derived("hidden_dim")
+
+
+def test_a_cell_over_fewer_seeds_than_the_others_is_marked():
+    """One seed of a method failed: its mean is over 1 seed where the others have 2; the
+    cell says so (n=1) in every format, and a paper's published row is not marked."""
+    from avda.evaluate.aggregate import AggregateTable
+
+    table = AggregateTable(
+        "t",
+        ["so", "dann", "paper"],
+        ["a→b"],
+        {("so", "a→b"): [85.4], ("dann", "a→b"): [80.0, 82.0], ("paper", "a→b"): [70.0]},
+        {("so", "a→b"): [0], ("dann", "a→b"): [0, 1], ("paper", "a→b"): [0]},
+        published={"paper"},
+    )
+    markdown = tables.aggregate_markdown(table)
+    assert "| so | **85.4 (n=1)** |" in markdown and "| paper | 70.0 |" in markdown
+    assert "81.0 ± 1.4 |" in markdown
+    assert "(n=k): a cell over k seeds where others have 2." in markdown
+    assert "85.4 (n=1)" in tables.aggregate_latex(table)
+    assert "85.4 (n=1)" in tables.aggregate_html(table)
+    table.values[("so", "a→b")].append(86.0)
+    table.seeds[("so", "a→b")].append(1)
+    assert "(n=" not in tables.aggregate_markdown(table)

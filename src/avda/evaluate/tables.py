@@ -129,20 +129,48 @@ def _gain_text(gain: float, digits: int) -> str:
     return "" if np.isnan(gain) else f" ({round(gain, digits) + 0.0:+.{digits}f})"
 
 
+def _published(table) -> set[str]:
+    return set(getattr(table, "published", ()) or ())
+
+
+def _most_seeds(table) -> int:
+    """The most seeds of any cell of a method avda ran (not a paper's published row)."""
+    counts = [
+        table.cell(m, c)[2] for m in table.methods if m not in _published(table)
+        for c in table.columns
+    ]  # fmt: skip
+    return max(counts, default=0)
+
+
+def _seed_notes(table) -> list[str]:
+    """The footnote for cells over fewer seeds than the others (marked ``(n=k)``)."""
+    most = _most_seeds(table)
+    fewer = any(
+        0 < table.cell(m, c)[2] < most
+        for m in table.methods
+        if m not in _published(table)
+        for c in table.columns
+    )
+    return [f"(n=k): a cell over k seeds where others have {most}."] if fewer else []
+
+
 def _cells(
     table, baseline: str | None, digits: int, plus_minus: str
 ) -> list[list[tuple[str, bool]]]:
     """Per method, per column: (text, is_best)."""
     gains = table.gains(baseline) if baseline else {}
     best = {column: table.best(column) for column in table.columns}
+    most = _most_seeds(table)
     rows = []
     for method in table.methods:
         row = []
         for column in table.columns:
-            mean, std, _ = table.cell(method, column)
+            mean, std, count = table.cell(method, column)
             text = format_mean_std_cell(mean, std, digits=digits, plus_minus=plus_minus)
             if baseline and method != baseline and not np.isnan(mean):
                 text += _gain_text(gains[(method, column)], digits)
+            if 0 < count < most and method not in _published(table):
+                text += f" (n={count})"  # fewer seeds than the others: not comparable as is
             row.append((text, method in best[column]))
         rows.append(row)
     return rows
@@ -159,6 +187,7 @@ def aggregate_markdown(table, *, baseline: str | None = None, digits: int = 1) -
     notes = [f"{table.title}; mean ± std over seeds; best per column in bold."]
     if baseline:
         notes.append(f"In parentheses: gain over {baseline} in percentage points.")
+    notes.extend(_seed_notes(table))
     notes.extend(getattr(table, "notes", []))
     return "\n".join(lines) + "\n\n" + " ".join(notes)
 
@@ -202,7 +231,8 @@ def aggregate_latex(table, *, baseline: str | None = None, digits: int = 1) -> s
         ]
         lines.append(latex_escape(method) + " & " + " & ".join(cells) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}"]
-    lines += ["% " + latex_escape(note) for note in getattr(table, "notes", [])]
+    notes = [*_seed_notes(table), *getattr(table, "notes", [])]
+    lines += ["% " + latex_escape(note) for note in notes]
     return "\n".join(lines)
 
 
@@ -221,7 +251,7 @@ def aggregate_html(table, *, baseline: str | None = None, digits: int = 1) -> st
     caption = escape(table.title + "; mean ± std over seeds; best in bold")
     if baseline:
         caption += escape(f"; in parentheses the gain over {baseline}")
-    for note in getattr(table, "notes", []):
+    for note in [*_seed_notes(table), *getattr(table, "notes", [])]:
         caption += escape(f". {note}")
     return (
         f'<table class="results"><caption>{caption}</caption><thead><tr><th>Method</th>'
