@@ -54,7 +54,8 @@ def test_the_oracle_row_learns_from_the_targets_labels(adaptation, tmp_path):
 
     from avda.cache import synthetic
 
-    sizes = {"source_train": 160, "target_train": 160, "target_test": 160, "source_test": 40}
+    sizes = {"source_train": 160, "target_train": 160, "target_test": 160, "source_test": 40,
+             "features": 64}  # fmt: skip
     cache = tmp_path / "rotation.zarr"
     store = synthetic.generate(cache, family="rotation", seed=0, severity=1.3, **sizes)
     record = adaptation.oracle_record(cache, "rotation", "tiny", 0)
