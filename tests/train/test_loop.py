@@ -255,3 +255,17 @@ def test_the_recorded_lr_is_the_one_each_epoch_trained_at(shifted_cache, tmp_pat
     logged = {m["epoch"]: m["lr"] for m in runs.read_metrics(tmp_path / "run")}
     assert logged == pytest.approx(seen)
     assert logged[3] == pytest.approx(0.1 * logged[2]) and logged[1] == logged[2]
+
+
+def test_a_finished_run_of_another_avda_version_is_skipped_not_refused(shifted_cache, tmp_path):
+    """After an upgrade, the same `avda train` on a finished run skips it (its numbers are that
+    version's, recorded in config.yaml); a changed setting is still refused."""
+    first = _train(shifted_cache, tmp_path / "run")
+    config = runs.read_config(tmp_path / "run")
+    config["avda_version"] = "0.0.1"
+    runs.write_config(tmp_path / "run", config)
+    again = _train(shifted_cache, tmp_path / "run")
+    assert again.skipped and again.metrics == first.metrics
+    assert runs.read_config(tmp_path / "run")["avda_version"] == "0.0.1"
+    with pytest.raises(RunError, match="another configuration .*head_config.epochs"):
+        _train(shifted_cache, tmp_path / "run", epochs=3)

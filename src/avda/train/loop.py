@@ -484,6 +484,10 @@ def _data_changes(recorded: dict[str, Any], current: dict[str, Any]) -> list[str
     return changes
 
 
+def _but_version(config: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in config.items() if k != "avda_version"}
+
+
 def _start_run_folder(
     out: Path,
     resolved: dict[str, Any],
@@ -499,7 +503,9 @@ def _start_run_folder(
     check_same_cache(out, store)
     if runs.is_complete(out):
         recorded = runs.read_config(out)
-        if recorded != resolved:
+        # A finished run is the same run whichever avda version trained it (it is skipped);
+        # an unfinished one is resumed only by the version that started it (below).
+        if _but_version(recorded) != _but_version(resolved):
             raise RunError(
                 f"{out} holds a finished run with another configuration "
                 f"({config_difference(recorded, resolved)}); use another -o"
