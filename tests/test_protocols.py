@@ -443,3 +443,18 @@ def test_a_protocol_off_its_benchmark_says_only_its_recipe_applies(tmp_path, cap
               out=tmp_path / "ta3n", overrides={"epochs": 1, "tasks": ["verb"]}, progress=False,
               protocol="ta3n-epic100")  # fmt: skip
     assert "is a benchmark of domains" not in caplog.text
+
+
+def test_unified_on_a_large_set_trains_enough_epochs_for_its_nine_checkpoints(caplog):
+    """1,170 steps of 64 on EPIC-100's 16,115 source segments are 5 epochs; the protocol's table
+    averages the last 9 checkpoints (one per epoch), so the run trains 9 (not 5, which no
+    table could score, nor a refusal of the protocol at that size)."""
+    head, values = protocols.get("unified").resolve("dann")
+    config = heads_lib.config_class(head).from_dict(values)
+    assert config.for_data(16_115, head).epochs == 5
+    with caplog.at_level("INFO"):
+        raised = config.for_data(16_115, head, min_evaluations=9)
+    assert (raised.epochs, raised.eval_every, raised.schedule) == (9, 1, "epochs")
+    assert "9 epochs, as its protocol's table averages the last 9 checkpoints" in caplog.text
+    # a small set's recipe is more epochs than that already: unchanged
+    assert config.for_data(480, head, min_evaluations=9) == config.for_data(480, head)

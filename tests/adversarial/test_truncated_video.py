@@ -5,6 +5,9 @@ The audio note of a segment counts only the seconds its window reads."""
 
 from __future__ import annotations
 
+import fractions
+
+import av
 import numpy as np
 import pandas as pd
 import pytest
@@ -27,13 +30,16 @@ def cut_video(media, tmp_path_factory):
     return folder
 
 
-def _extract(manifest, folder, out):
+def _extract(manifest, folder, out, *, audio=False):
+    modalities = [runner.ModalitySpec("rgb", "i3d")]
+    if audio:
+        modalities.append(runner.ModalitySpec("audio", "audio_resnet18"))
     return runner.extract(
         manifest,
         videos=folder,
         out=out,
         recipe=tiny("demo", resize_shorter=32, crop_size=32),
-        modalities=[runner.ModalitySpec("rgb", "i3d")],
+        modalities=modalities,
         workers=0,
         progress=False,
     )
@@ -46,13 +52,18 @@ def test_a_segment_past_the_cut_fails_and_one_before_it_is_done(cut_video, tmp_p
     # Whole videos: each segment runs to its header's duration; the cut file's lies less than
     # half past its last frame, which the slack for annotations would have let through.
     manifest, root = whole_videos.manifest(cut_video)
-    _extract(manifest, root, tmp_path / "whole.zarr")
+    _extract(manifest, root, tmp_path / "whole.zarr", audio=True)
     store = open_cache(tmp_path / "whole.zarr")
     status = dict(zip(store.segments["uid"], store.status("rgb"), strict=True))
     errors = dict(zip(store.segments["uid"], store.errors("rgb"), strict=True))
     assert status["whole"] == Status.DONE and errors["whole"] == ""
     assert status["cut"] == Status.FAILED
     assert "was cut short" in errors["cut"] and f"{decoder.duration:.2f} s" in errors["cut"]
+    # Its audio: the recipe's 2 s window lies before the cut, so no note (it said 8.8 s of the
+    # segment's 18 s were lost, seconds no window reads).
+    audio = dict(zip(store.segments["uid"], store.errors("audio"), strict=True))
+    assert store.status("audio").tolist() == [Status.DONE, Status.DONE]
+    assert audio["cut"] == "", audio["cut"]
     # A segment inside the frames the file still has is extracted as from the whole file.
     rows = [
         {"uid": u, "video_id": v, "domain": "d", "split": "test", "start_sec": 1.0,
@@ -83,3 +94,53 @@ def test_the_audio_note_counts_the_window_the_cut_reads(cut_video):
     assert _lost_note(track, segment, _used_spans([(0.0, 18.0)], short)) == ""
     tbn = tiny("demo", audio_seconds=1.278, audio_cut="tbn")
     assert _used_spans([(3.0, 4.278)], tbn) == [(3.0, 4.278)]
+
+
+def _healthy(path, *, audio_seconds=0.0, held=0.0):
+    """A 4 s video (25 fps, 64x48) that is whole: with a longer audio track, or its last frame
+    shown for ``held`` more seconds (variable frame rate). Its header's duration exceeds its
+    last frame's time, as a cut file's does, but its index lists every frame it holds."""
+    container = av.open(str(path), "w")
+    video = container.add_stream("libx264", rate=25)
+    video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
+    audio = container.add_stream("aac", rate=48000) if audio_seconds else None
+    if held:
+        video.time_base = fractions.Fraction(1, 1000)
+    times = [i * 40 for i in range(100)] + ([int((4 + held) * 1000)] if held else [])
+    for i, pts in enumerate(times):
+        frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), i * 2 % 255, np.uint8), "rgb24")
+        if held:
+            frame.pts, frame.time_base = pts, fractions.Fraction(1, 1000)
+        for packet in video.encode(frame):
+            container.mux(packet)
+    for packet in video.encode():
+        container.mux(packet)
+    if audio is not None:
+        for start in range(0, int(audio_seconds * 48000), 1024):
+            frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), "fltp", "mono")
+            frame.sample_rate, frame.pts = 48000, start
+            for packet in audio.encode(frame):
+                container.mux(packet)
+        for packet in audio.encode():
+            container.mux(packet)
+    container.close()
+
+
+def test_a_whole_file_longer_in_its_header_than_its_frames_is_not_cut(tmp_path):
+    """Matroska's header gives the container's duration (its audio's, 8 s: the video stream has
+    none), and its index lists no frames; an MP4 whose last frame is held 6 s. Neither is cut:
+    a segment running a little past the last frame is extracted, as before."""
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    _healthy(folder / "audio.mkv", audio_seconds=8.0)
+    _healthy(folder / "held.mp4", held=6.0)
+    assert whole_videos.duration(folder / "audio.mkv") > 7.5  # what whole-video mode reads
+    assert VideoDecoder(folder / "audio.mkv").duration == pytest.approx(4.0, abs=0.05)
+    rows = [
+        {"uid": u, "video_id": u, "video_path": f"{u}.{ext}", "domain": "d", "split": "test",
+         "start_sec": 3.0, "stop_sec": 4.4 if u == "audio" else 10.5, "verb_class": 0}
+        for u, ext in (("audio", "mkv"), ("held", "mp4"))
+    ]  # fmt: skip
+    _extract(pd.DataFrame(rows), folder, tmp_path / "healthy.zarr")
+    store = open_cache(tmp_path / "healthy.zarr")
+    assert list(store.status("rgb")) == [Status.DONE, Status.DONE], store.errors("rgb")

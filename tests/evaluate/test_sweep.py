@@ -357,7 +357,12 @@ def test_a_refused_resume_is_not_reported_as_resumed(tmp_path, cache):
     first = sweep.run_sweep(sweep.load_spec(write_spec(tmp_path, spec_data)), progress=False)
     assert first.ok
     run = tmp_path / "runs/source-only/source-target/seed0"
-    (run / runs.STATUS).unlink()  # as if killed after its last checkpoint
+    (run / runs.STATUS).unlink()  # as if killed after its last epoch's metrics line...
+    import torch
+
+    state = torch.load(run / runs.CHECKPOINT, weights_only=True)
+    state["epoch"] = 1  # ...with its checkpoint of epoch 1 (checkpoints are not every epoch)
+    torch.save(state, run / runs.CHECKPOINT)
     spec_data["heads"][0]["epochs"] = 2
     again = sweep.run_sweep(sweep.load_spec(write_spec(tmp_path, spec_data)), progress=False)
     (outcome,) = again.failed

@@ -399,6 +399,43 @@ def test_a_checkpoint_that_would_run_a_command_names_the_refused_global(tmp_path
     assert not (tmp_path / "pwned").exists()
 
 
+class _Call:
+    def __init__(self, function, *args):
+        self.function, self.args = function, args
+
+    def __reduce__(self):
+        return (self.function, self.args)
+
+
+@pytest.mark.parametrize(
+    ("payload", "runs_code"),
+    [
+        (_Call(eval, "1 + 1"), True),  # torch names builtins without a module: "GLOBAL eval"
+        (_Call(exec, "x = 1"), True),
+        (_Call(getattr, 1, "real"), True),
+        (_Call(open, "/dev/null"), True),  # "GLOBAL io.open"
+        (argparse.Namespace(lr=0.1), False),  # metadata that published checkpoints carry
+        (
+            _Call(
+                __import__("types").SimpleNamespace,
+            ),
+            False,
+        ),
+        (_Call(__import__("functools").partial, int), False),
+    ],
+)
+def test_a_refused_global_that_runs_code_is_never_met_with_advice_to_load_it(
+    tmp_path, payload, runs_code
+):
+    path = tmp_path / "ckpt.pth"
+    torch.save({"state_dict": {"a": torch.ones(1)}, "x": payload}, path, pickle_protocol=2)
+    with pytest.raises(CheckpointError) as info:
+        read_checkpoint(path)
+    message = str(info.value)
+    assert ("would run that code; do not load it" in message) == runs_code, message
+    assert ("weights_only=False" in message) == (not runs_code), message
+
+
 @pytest.mark.parametrize("text", ["not a checkpoint\n", '{"state_dict": 1}\n', "junk\n"])
 def test_a_text_file_is_not_a_checkpoint_and_is_not_told_to_re_save(tmp_path, text) -> None:
     """Not "it holds Python objects beyond tensors ... weights_only=False": advice that would

@@ -197,31 +197,24 @@ def _write_holder(fd: int, what: str, shared: bool) -> None:
 
 
 def training_holder(run: str | Path) -> str | None:
-    """Who trains into the run folder ``run`` now ("pid N on host H since T"), or None when no
-    process holds its lock. Reads only: creates no file, takes no lasting lock."""
-    import fcntl
-
-    path = Path(run) / RUN_LOCK
+    """Who trains into the run folder ``run`` now ("pid N on host H since T"), or None. Reads
+    the holder record of its lock file, which a trainer writes when it takes the lock and
+    empties when it lets go; takes no lock (a starting ``avda train`` would find it held)."""
     try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
+        text = (Path(run) / RUN_LOCK).read_text()
+    except (OSError, UnicodeDecodeError):
         return None
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = _read_holder(fd)
-            if "pid" not in holder:
-                return "another process"
-            return f"pid {holder['pid']} on host {holder.get('host', '?')} since " + str(
-                holder.get("since", "?")
-            )
-        except OSError:
-            return None
-        fcntl.flock(fd, fcntl.LOCK_UN)
+        holder = json.loads(text or "{}")
+    except ValueError:
         return None
-    finally:
-        os.close(fd)
+    pid = holder.get("pid") if isinstance(holder, dict) else None
+    if not isinstance(pid, int):
+        return None
+    host = holder.get("host", "?")
+    if host == socket.gethostname() and not _alive(pid):
+        return None  # killed while holding it: its record stays, its lock went with it
+    return f"pid {pid} on host {host} since {holder.get('since', '?')}"
 
 
 def _read_holder(fd: int) -> dict:

@@ -455,10 +455,12 @@ def rule_predictions(run: Path, split: str, checkpoints: int) -> list[dict[str, 
         head_config = runs.read_config(run).get("head_config") or {}
         kept = int(head_config.get("keep_last_predictions") or 0)
         trained = int(head_config.get("epochs") or 0)
+        every = max(int(head_config.get("eval_every") or 1), 1)
+        evaluations = len({e for e in range(every, trained + 1, every)} | {trained} - {0})
         if kept < checkpoints:
             why = f"it kept {kept} (keep_last_predictions)"
-        elif trained < checkpoints:
-            why = f"it was trained for {trained} epochs"
+        elif evaluations < checkpoints:
+            why = f"it was evaluated {evaluations} times ({trained} epochs, eval_every {every})"
         else:
             why = "the others are not in its folder"
         raise RunError(

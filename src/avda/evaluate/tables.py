@@ -47,7 +47,8 @@ def results_table(run_dirs: Sequence[str | Path]) -> pd.DataFrame:
             holder = training_holder(run)
             if holder is not None:
                 raise RunError(
-                    f"{run} is still training ({holder}); evaluate it when it has finished"
+                    f"{run} is still training ({holder}); evaluate it when it has finished (if "
+                    "that process is gone, finish the run with the same `avda train` command)"
                 )
             raise RunError(
                 f"{run} is not a complete run (no run.json with status complete); "

@@ -85,6 +85,19 @@ def probe(path: str | Path) -> VideoInfo:
     return VideoInfo(path, int(width), int(height), float(rate), channels, rates)
 
 
+def indexed_frames(path: str | Path) -> int:
+    """The number of frames the container's index lists for its first video stream (MP4's
+    sample table, AVI's header; 0 when it lists none, as Matroska/WebM). A file cut short
+    (an interrupted download or copy) keeps its index: it lists more frames than it holds."""
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            return int(container.streams.video[0].frames or 0)
+    except Exception:  # noqa: BLE001 - unreadable or no video: nothing listed
+        return 0
+
+
 def resized_size(width: int, height: int, shorter_side: int | None) -> tuple[int, int]:
     """(width, height) after scaling the shorter side to ``shorter_side`` (keeping aspect)."""
     if shorter_side is None:

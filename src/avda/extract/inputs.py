@@ -27,7 +27,7 @@ from avda.errors import AvdaError, ConfigError, MediaError
 from avda.extract import audio as audio_lib
 from avda.extract import backbones
 from avda.extract import frames as frames_lib
-from avda.extract.decode import VideoDecoder, probe, video_backend
+from avda.extract.decode import VideoDecoder, indexed_frames, probe, video_backend
 from avda.extract.sampling import Recipe, SegmentFrames
 from avda.extract.transforms import centre_crop
 
@@ -196,7 +196,7 @@ class SegmentDataset(Dataset):
         frames_of = self._segment_frames(segment, decoder.fps)
         _check_inside_video(segment, decoder.duration, path)
         if float(segment["stop_sec"]) > decoder.duration:
-            _check_not_cut(segment, decoder.duration, path)
+            _check_not_cut(segment, decoder, path)
         plan = self.recipe.rgb_plan(frames_of)
         times = plan.times if plan.times is not None else frames_of.time_of(plan.numbers)
         K = times.shape[0]
@@ -288,7 +288,7 @@ class SegmentDataset(Dataset):
         return spec.unsqueeze(1)  # (K, F, T) -> (K, 1, F, T)
 
 
-# A video whose frames end this much before its header's duration was cut short.
+# A video whose index lists this many more frames than it holds was cut short.
 TRUNCATED_SECONDS = 1.0
 TRUNCATED_FRACTION = 0.05
 
@@ -304,23 +304,22 @@ def _check_inside_video(segment: pd.Series, duration: float, path: Path) -> None
         raise MediaError(f"segment {segment['uid']!r} {why}: {path}; fix its times in the manifest")
 
 
-def _check_not_cut(segment: pd.Series, decodable: float, path: Path) -> None:
-    """A segment that runs past the last frame of a video whose header says it is longer: the
-    file was cut short (an interrupted download or copy), and the clips past the cut would
-    repeat its last frame; the segment fails instead (the slack of
-    :func:`_check_inside_video` is for annotations running past the end of a whole file)."""
-    from avda.data_manifests.whole_videos import duration
-
-    try:
-        header = duration(path)
-    except MediaError:
+def _check_not_cut(segment: pd.Series, decoder: VideoDecoder, path: Path) -> None:
+    """A segment that runs past the last frame of a file cut short (an interrupted download or
+    copy: its index lists more frames than it holds): the clips past the cut would repeat its
+    last frame; the segment fails instead (the slack of :func:`_check_inside_video` is for
+    annotations running past the end of a whole file). A file whose index lists no frames
+    (Matroska/WebM) or as many as it holds (a last frame held, longer audio) is not cut."""
+    listed = indexed_frames(path)
+    missing = listed - decoder.num_frames
+    if missing <= max(TRUNCATED_SECONDS * decoder.fps, TRUNCATED_FRACTION * listed):
         return
-    if header - decodable > max(TRUNCATED_SECONDS, TRUNCATED_FRACTION * header):
-        raise MediaError(
-            f"segment {segment['uid']!r} runs to {float(segment['stop_sec']):.2f} s, but the "
-            f"frames of {path} stop at {decodable:.2f} s while its header says {header:.2f} s: "
-            "the file was cut short (an interrupted download or copy?); re-download it"
-        )
+    raise MediaError(
+        f"segment {segment['uid']!r} runs to {float(segment['stop_sec']):.2f} s, but the "
+        f"frames of {path} stop at {decoder.duration:.2f} s (frame {decoder.num_frames} of "
+        f"the {listed} its index lists): the file was cut short (an interrupted download or "
+        "copy?); re-download it"
+    )
 
 
 def _used_spans(spans: list[tuple[float, float]], recipe: Recipe) -> list[tuple[float, float]]:

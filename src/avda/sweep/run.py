@@ -188,6 +188,7 @@ def _run_task(task: SweepTask) -> TaskOutcome:
 
         torch.set_num_threads(task.torch_threads)
     resumed_from = _checkpoint_epoch(task.run)
+    logged = _last_epoch(task.run)  # metrics are written every epoch, checkpoints less often
     worker = ""
     try:
         device, worker = _worker_device(task.device)
@@ -207,7 +208,7 @@ def _run_task(task: SweepTask) -> TaskOutcome:
         )
     except AvdaError as error:  # retrying cannot fix a bad config, missing data or divergence
         # Resumed only if it trained on (a refused resume trained nothing: its epochs stand).
-        trained_on = resumed_from and _last_epoch(task.run) > resumed_from
+        trained_on = resumed_from and _last_epoch(task.run) > logged
         return TaskOutcome(
             task.name,
             "failed",

@@ -214,7 +214,7 @@ def _check_protocol_run(protocol: str, source, target, config, head: str) -> Non
         raise ConfigError(
             f"protocol {protocol} scores the mean of the last {needed} checkpoints, but this "
             f"{head} run evaluates {evaluations} time(s) ({config.epochs} epochs, eval_every "
-            f"{every}): train at least {needed * every} epochs, or without --protocol"
+            f"{every}): train at least {(needed - 1) * every + 1} epochs, or without --protocol"
         )
     domains = _benchmark_domains(protocol)
     if domains and not {*source, *target} <= domains:
@@ -279,7 +279,12 @@ def plan(
             "nothing to adapt to or evaluate on"
         )
     # A recipe's schedule is an amount of optimisation: epochs for this data size.
-    config = config.for_data(len(source_rows), head)
+    checkpoints = 1
+    if protocol is not None:
+        from avda import protocols as protocols_lib
+
+        checkpoints = protocols_lib.get(protocol).evaluation.checkpoints
+    config = config.for_data(len(source_rows), head, min_evaluations=checkpoints)
     if protocol is not None:
         _check_protocol_run(protocol, source, target, config, head)
     known = _benchmark_classes(protocol, source, target) if protocol is not None else {}

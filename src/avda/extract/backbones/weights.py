@@ -142,11 +142,16 @@ def read_checkpoint(path: str | Path) -> Any:
     return checkpoint
 
 
-# Modules whose functions run commands, code or file operations when a pickle calls them:
-# a checkpoint naming one is an attack, not a file with extra metadata.
+# Modules whose functions run commands, code or file operations when a pickle calls them,
+# and the builtins that do (torch names a builtin without its module: "GLOBAL eval"): a
+# checkpoint naming one is an attack, not a file with extra metadata.
 _CODE_MODULES = frozenset(
-    "os posix nt subprocess builtins __builtin__ sys shutil socket importlib runpy pty "
-    "webbrowser code codeop ctypes pickle marshal types functools operator".split()
+    "os posix nt subprocess builtins __builtin__ sys shutil socket importlib runpy pty io "
+    "webbrowser code codeop ctypes pickle marshal operator".split()
+)
+_CODE_BUILTINS = frozenset(
+    "eval exec compile getattr setattr delattr __import__ open globals locals vars input "
+    "breakpoint apply execfile".split()
 )
 
 
@@ -154,7 +159,10 @@ def _runs_code(reason: str) -> bool:
     """Whether a refused global (``refused_global``'s text) would run code when unpickled."""
     if "is blocked" in reason:  # torch blocks modules like os, subprocess, sys
         return True
-    name = reason.split()[1] if len(reason.split()) > 1 else ""
+    words = reason.split()
+    name = words[1] if len(words) > 1 else ""
+    if "." not in name:
+        return name in _CODE_BUILTINS
     return name.split(".")[0] in _CODE_MODULES
 
 

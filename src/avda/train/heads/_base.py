@@ -295,11 +295,14 @@ class HeadConfig(Config):
         default = type(self).from_dict({"preset": preset} if preset else {})
         return default.epochs * math.ceil(default.reference_segments / default.batch_size)
 
-    def for_data(self, segments: int, head: str = "head") -> Self:
+    def for_data(self, segments: int, head: str = "head", min_evaluations: int = 1) -> Self:
         """This config for a run on ``segments`` labelled training segments: with
         ``schedule="steps"`` the epochs (and stages, lr steps, evaluation interval) that make
         the recipe's number of optimiser steps, returned with ``schedule="epochs"``; else itself
-        (with a warning when the run makes far fewer steps than the recipe)."""
+        (with a warning when the run makes far fewer steps than the recipe).
+        ``min_evaluations``: a protocol's table averages that many checkpoints (evaluations at
+        the end of an epoch): derived epochs are raised to give them (a large set's recipe can
+        be fewer epochs)."""
         steps_here = max(1, math.ceil(segments / self.batch_size))
         recipe = self.recipe_steps()
         if self.schedule == "epochs" or recipe <= 0 or segments <= 0:
@@ -314,12 +317,23 @@ class HeadConfig(Config):
         steps_there = math.ceil(self.reference_segments / self.batch_size)
         recipe = self.epochs * steps_there  # this config's recipe (a protocol's, a preset's)
         epochs = max(1, round(self.epochs * steps_there / steps_here))
+        eval_every = (
+            max(1, round(self.eval_every * epochs / self.epochs))
+            if epochs > self.epochs
+            else self.eval_every
+        )
+        needed = (min_evaluations - 1) * eval_every + 1
+        if epochs < needed:
+            log.info(
+                "%s: the recipe's %d optimiser steps are %d epoch(s) of %d on %d segments; "
+                "%d epochs, as its protocol's table averages the last %d checkpoints",
+                *(head, recipe, epochs, steps_here, segments, needed, min_evaluations),
+            )
+            epochs = needed
         if epochs == self.epochs:
             return self.replace(schedule="epochs")
         values = self.to_dict()
         scaled = type(self)._scaled_stages(epochs, values, {})
-        ratio = epochs / self.epochs
-        eval_every = max(1, round(self.eval_every * ratio)) if ratio > 1 else self.eval_every
         log.info(
             "%s: the recipe's %d optimiser steps (%d epochs of %d on %d segments) are %d epochs "
             "of %d on %d segments (--epochs N sets epochs)",
