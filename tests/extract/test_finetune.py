@@ -66,6 +66,44 @@ def test_finetune_resumes_after_a_kill(demo_dataset, tmp_path, monkeypatch):
     assert resumed.history == full.history
 
 
+def test_a_resume_or_rerun_with_other_settings_is_refused_and_a_finished_run_kept(
+    demo_dataset, tmp_path, monkeypatch
+):
+    """A resume with another --lr went on at the old one (the optimiser state brought it back)
+    and recorded the new one; a finished run was trained again from scratch."""
+    from avda.errors import ConfigError
+
+    torch.set_num_threads(1)
+    save = finetune._save_partial
+
+    def save_then_die(path, *args):
+        save(path, *args)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(finetune, "_save_partial", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        _run(demo_dataset, tmp_path / "a.pt")
+    monkeypatch.setattr(finetune, "_save_partial", save)
+    other = finetune.FinetuneConfig(epochs=2, batch_size=4, workers=0, lr=0.5)
+    with pytest.raises(ConfigError, match=r"a.pt.partial.pt was started with other settings "
+                       r"\(lr 0.01 -> 0.5\); rerun with its settings"):  # fmt: skip
+        _run(demo_dataset, tmp_path / "a.pt", config=other)
+    with pytest.raises(ConfigError, match=r"other settings .*modality 'audio' -> 'rgb'"):
+        _run(demo_dataset, tmp_path / "a.pt", backbone="i3d", modality="rgb")
+    # Its own settings resume it (more workers change nothing it computes).
+    done = _run(demo_dataset, tmp_path / "a.pt", config=CONFIG.replace(workers=1))
+    assert [h["epoch"] for h in done.history] == [1, 2]
+    weights = (tmp_path / "a.pt").read_bytes()
+    # Run again: nothing to do, the weights kept; more epochs or other settings: refused.
+    again = _run(demo_dataset, tmp_path / "a.pt")
+    assert again.history == done.history and (tmp_path / "a.pt").read_bytes() == weights
+    with pytest.raises(ConfigError, match=r"holds weights fine-tuned for 2 epochs, not 3"):
+        _run(demo_dataset, tmp_path / "a.pt", config=CONFIG.replace(epochs=3))
+    with pytest.raises(ConfigError, match=r"fine-tuned with other settings \(lr 0.01 -> 0.5\)"):
+        _run(demo_dataset, tmp_path / "a.pt", config=other)
+    assert (tmp_path / "a.pt").read_bytes() == weights
+
+
 def test_unknown_source_domain(demo_dataset, tmp_path):
     from avda.errors import ConfigError
 

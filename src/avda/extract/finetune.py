@@ -16,6 +16,7 @@ classifier and the run's metadata go to ``OUT.classifier.pt`` and ``OUT.json``.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import math
@@ -67,6 +68,91 @@ class FinetuneResult:
     epochs: int
     history: list[dict[str, float]]
     seconds: float
+
+
+# Settings that do not change the result: how many epochs (a resume may train longer), how
+# clips are loaded.
+_NOT_IN_KEY = ("epochs", "workers")
+
+
+def _run_key(
+    segments: pd.DataFrame,
+    rows: np.ndarray,
+    backbone: str,
+    modality: str,
+    weights: str | Path | None,
+    source: list[str],
+    recipe: Recipe,
+    config: FinetuneConfig,
+) -> dict[str, Any]:
+    """What a fine-tuning run is: a resume or a finished run with another key is another run.
+    The training segments by their uids, times and labels; the initial weights by content."""
+    from avda._io import sha256_file
+
+    table = segments.iloc[rows][["uid", "start_sec", "stop_sec", "verb_class"]].astype(str)
+    digest = hashlib.sha256("\n".join(map(",".join, table.to_numpy().tolist())).encode())
+    return {
+        "backbone": backbone,
+        "modality": modality,
+        "init_weights_sha256": sha256_file(weights) if weights else None,
+        "source": list(source),
+        "segments_sha256": digest.hexdigest(),
+        "recipe": json.loads(json.dumps(recipe.to_dict(), default=str)),
+        "config": {k: v for k, v in config.to_dict().items() if k not in _NOT_IN_KEY},
+    }
+
+
+def _differences(old: dict[str, Any], new: dict[str, Any]) -> str:
+    flat_old = {**old, **old.get("config", {})}
+    flat_new = {**new, **new.get("config", {})}
+    names = [
+        k for k in dict.fromkeys([*flat_old, *flat_new])
+        if k != "config" and flat_old.get(k) != flat_new.get(k)
+    ]  # fmt: skip
+    shown = [f"{k} {flat_old.get(k)!r:.40} -> {flat_new.get(k)!r:.40}" for k in names[:3]]
+    return "; ".join(shown) + (f"; and {len(names) - 3} more" if len(names) > 3 else "")
+
+
+def _check_resume(partial: Path, recorded: Any, key: dict[str, Any]) -> None:
+    """Refuse to resume a partial run started with other settings (it would go on with its
+    own: the optimiser state brings back its lr, the weights their modality...)."""
+    if recorded == key:
+        return
+    why = (
+        _differences(recorded, key)
+        if isinstance(recorded, dict)
+        else "it records no settings (an older avda)"
+    )
+    raise ConfigError(
+        f"{partial} was started with other settings ({why}); rerun with its settings to "
+        f"resume it, or remove {partial} to start over"
+    )
+
+
+def _finished(out: Path, key: dict[str, Any], epochs: int) -> list[dict[str, float]] | None:
+    """The history of a finished run at ``out`` with this key and number of epochs (None when
+    there is none); a finished run with other settings or epochs is refused, not overwritten."""
+    meta_path = out.with_name(out.name + ".json")
+    if not (out.exists() and meta_path.exists()):
+        return None
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, ValueError):
+        meta = {}
+    recorded = meta.get("key") if isinstance(meta, dict) else None
+    trained = (meta.get("config") or {}).get("epochs") if isinstance(meta, dict) else None
+    if recorded == key and trained == epochs:
+        return list(meta.get("history") or [])
+    if recorded == key:
+        why = f"for {trained} epochs, not {epochs}"
+    elif isinstance(recorded, dict):
+        why = f"with other settings ({_differences(recorded, key)})"
+    else:
+        why = "with settings it does not record (an older avda)"
+    raise ConfigError(
+        f"{out} holds weights fine-tuned {why}; give another -o (to go on from them: --weights "
+        f"{out}, a new run), or remove {out} and {meta_path.name} to train it again"
+    )
 
 
 def _source_rows(manifest: pd.DataFrame, source: list[str]) -> np.ndarray:
@@ -152,10 +238,16 @@ def finetune(
 
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_name(out.name + ".partial.pt")
+    key = _run_key(segments, rows, backbone, modality, weights, source, recipe, config)
+    done = _finished(out, key, config.epochs)
+    if done is not None:
+        log.info("%s is fine-tuned with these settings already: nothing to do", out)
+        return FinetuneResult(out, config.epochs, done, time.perf_counter() - began)
     history: list[dict[str, float]] = []
     start_epoch = 1
     if partial.exists():
         state = runs.load_checkpoint(partial)
+        _check_resume(partial, state.get("key"), key)
         model.load_state_dict(state["backbone"])
         classifier.load_state_dict(state["classifier"])
         optimizer.load_state_dict(state["optimizer"])
@@ -221,7 +313,7 @@ def finetune(
         log.info(
             "finetune epoch %d: loss %.4f, accuracy %.3f", epoch, record["loss"], record["accuracy"]
         )
-        _save_partial(partial, model, classifier, optimizer, generator, epoch, history)
+        _save_partial(partial, model, classifier, optimizer, generator, epoch, history, key)
 
     model.eval()
     runs.save_checkpoint({k: v.cpu() for k, v in model.state_dict().items()}, out)
@@ -238,6 +330,7 @@ def finetune(
         "num_classes": num_classes,
         "config": config.to_dict(),
         "history": history,
+        "key": key,
     }
     out.with_name(out.name + ".json").write_text(json.dumps(meta, indent=2))
     partial.unlink(missing_ok=True)
@@ -285,9 +378,10 @@ def _step(
     return step
 
 
-def _save_partial(path, model, classifier, optimizer, generator, epoch, history) -> None:
+def _save_partial(path, model, classifier, optimizer, generator, epoch, history, key) -> None:
     runs.save_checkpoint(
         {
+            "key": key,
             "backbone": model.state_dict(),
             "classifier": classifier.state_dict(),
             "optimizer": optimizer.state_dict(),
