@@ -87,6 +87,25 @@ def test_tvl1_recovers_a_known_shift_and_resumes(shifted_video, tmp_path):
     # The folder is an input of `avda extract --flow`: stride and bound come from flow.json.
     convention = frames_lib.flow_convention(folder, "shifted")
     assert (convention.stride, convention.bound, convention.source) == (1, 20.0, "flow.json")
+    # ...and the video's rate: a manifest without fps, read without --videos, maps its
+    # seconds to flow frames with it (it failed: "no frame rate; add an fps column").
+    assert convention.fps == pytest.approx(10.0)
+    from tests.extract.conftest import tiny
+
+    from avda.cache import Status, open_cache
+    from avda.extract import runner
+
+    runner.extract(
+        _manifest("shifted"),
+        flow=out,
+        out=tmp_path / "c.zarr",
+        recipe=tiny("demo", resize_shorter=32, crop_size=32),
+        modalities=[runner.ModalitySpec("flow", "i3d")],
+        workers=0,
+        progress=False,
+    )
+    store = open_cache(tmp_path / "c.zarr")
+    assert store.status("flow").tolist() == [Status.DONE], store.errors("flow")
 
 
 def test_real_pair_from_a_frame_folder_with_stride(tmp_path, shared_data):

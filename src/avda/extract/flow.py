@@ -2,7 +2,7 @@
 
 Output, per video (the layout ``avda extract --flow`` and the EPIC loaders read)::
 
-    <out>/<video_id>/flow.json                     method, stride, dilation, bound, size, weights
+    <out>/<video_id>/flow.json                     method, stride, bound, size, weights, fps...
     <out>/<video_id>/u/frame_0000000001.jpg ...    horizontal component (x)
     <out>/<video_id>/v/frame_0000000001.jpg ...    vertical component (y)
 
@@ -169,7 +169,9 @@ def compute_flow(
         try:
             folder = child(out, video_id, "video_id")  # one name: never outside --out
             source = _open_source(rows.iloc[0], root, videos is not None, options)
-            _claim_folder(folder, out, metadata, force)
+            # the video's rate: `avda extract --flow` maps a segment's seconds to flow frames
+            # with it when the manifest has no fps column
+            _claim_folder(folder, out, {**metadata, "fps": source.fps or None}, force)
             pairs = pair_frames(source.count, options.stride, options.dilation)
             wanted = np.arange(1, len(pairs) + 1)
             if segments_only:

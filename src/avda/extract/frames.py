@@ -57,6 +57,7 @@ class FlowConvention:
     bound: float
     dilation: int = 1
     source: str = "default"
+    fps: float | None = None  # the rate of the video it was computed from (flow.json)
 
     @property
     def ratio(self) -> float:
@@ -83,11 +84,13 @@ def flow_convention(folder: Path, video_id: str, stride: int | None = None) -> F
     if metadata.exists():
         try:
             info = json.loads(metadata.read_text())
+            fps = info.get("fps")
             return FlowConvention(
                 stride=int(info["stride"]),
                 bound=float(info["bound"]),
                 dilation=int(info.get("dilation", 1)),
                 source=FLOW_METADATA,
+                fps=float(fps) if fps else None,
             )
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise MediaError(

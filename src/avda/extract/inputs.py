@@ -230,7 +230,9 @@ class SegmentDataset(Dataset):
             return frames_lib.FlowFrames(folder, convention)
 
         reader = self._reader("flow", folder, make)
-        frames_of = self._segment_frames(segment, self._frames_fps(segment))
+        # the rate of the video it came from: the video's header, else what `avda flow` recorded
+        fallback = self._frames_fps(segment) or reader.convention.fps
+        frames_of = self._segment_frames(segment, fallback)
         numbers = self.recipe.flow_numbers(frames_of, reader.convention.ratio)
         if numbers.min() > reader.count:  # every frame past the end: not a repeated last one
             raise MediaError(
