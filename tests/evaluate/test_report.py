@@ -224,3 +224,18 @@ def test_embedding_falls_back_to_scores_when_the_cache_is_gone(trained, tmp_path
     figure = report.embedding_figure(embedding)
     assert "prediction scores" in figure.caption
     assert report.cluster_info(moved) == []
+
+
+def test_figures_score_target_val_when_target_test_is_unlabelled(tmp_path):
+    """EPIC-100's target_test has no labels: the per-class and confusion figures read
+    target_val, as the tables do (they read target_test and left every task out)."""
+    from avda.evaluate.report import _target_set
+
+    scores = {"verb": np.full((4, 3), 1 / 3, np.float32)}
+    uids = np.array([f"s{i}" for i in range(4)])
+    runs.write_predictions(tmp_path, "target_test", uids, {"verb": np.full(4, -1)}, scores)
+    runs.write_predictions(tmp_path, "target_val", uids, {"verb": np.arange(4) % 3}, scores)
+    assert _target_set(tmp_path) == "target_val"
+    runs.write_predictions(tmp_path, "target_test", uids, {"verb": np.arange(4) % 3}, scores)
+    assert _target_set(tmp_path) == "target_test"
+    assert _target_set(tmp_path / "none") is None

@@ -176,6 +176,16 @@ def test_runs_layout_keeps_the_per_run_table(sweep_like, tmp_path):
     assert [p.suffix for p in paths] == [".md", ".csv"]
     with pytest.raises(ConfigError, match="--compare needs a paper layout"):
         tables.evaluate_runs([sweep_like], baseline="Source-only")
+    # --set / --task / --metric choose its columns (they were ignored: every column printed)
+    text, _ = tables.evaluate_runs([sweep_like], layout="runs", eval_set="target_test",
+                                   metric="top1", fmt="csv")  # fmt: skip
+    header = text.splitlines()[0].split(",")
+    scored = [c for c in header if c.count("/") == 2]
+    assert scored and all(c.startswith("target_test/") and c.endswith("/top1") for c in scored)
+    assert header[:4] == ["run", "head", "setting", "seed"]
+    with pytest.raises(ConfigError, match=r"--set foo: the runs' table has no such column "
+                       r"\(it has: source_test, target_test\)"):  # fmt: skip
+        tables.evaluate_runs([sweep_like], layout="runs", eval_set="foo")
 
 
 def test_find_runs_leaves_incomplete_runs_out(sweep_like, tmp_path, caplog):

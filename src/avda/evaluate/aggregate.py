@@ -311,7 +311,7 @@ class AggregateTable:
         return gains
 
 
-def _choose_set(run: Path, eval_set: str) -> str:
+def choose_set(run: Path, eval_set: str) -> str:
     available = runs.prediction_sets(run)
     if eval_set != "auto":
         if eval_set not in available:
@@ -564,7 +564,7 @@ def _settings_table(
                 "choose another --task"
             )
         multi = bool(tasks[name].get("multi_label"))
-        split = _choose_set(info.path, eval_set)
+        split = choose_set(info.path, eval_set)
         checkpoints = rule_predictions(info.path, split, rule.checkpoints)
         for wanted_metric in wanted:
             chosen = wanted_metric
@@ -633,7 +633,7 @@ def _epic100_table(
     for info in infos:
         if not {"verb", "noun"} <= _single_label(info):
             raise RunError(f"{info.path} has no verb and noun tasks: the epic100 layout needs both")
-        split = _choose_set(info.path, eval_set)
+        split = choose_set(info.path, eval_set)
         sets_used.add(split)
         per_checkpoint = []
         for predictions in rule_predictions(info.path, split, rule.checkpoints):

@@ -108,6 +108,9 @@ def curves_figure(records: list[dict[str, Any]]) -> ReportFigure | None:
     if not panels:
         return None
     figure = Figure(figsize=(4.2 * len(panels), 3.2))
+    # one marker per task: verb and noun of one set share its colour and line style
+    tasks = sorted({k.split("/")[1] for k in scores if k.count("/") >= 2})
+    markers = {task: "o.s^vxd+"[i % 8] for i, task in enumerate(tasks)}
     for index, (names, title) in enumerate(panels, start=1):
         axes = figure.add_subplot(1, len(panels), index)
         for name in names:
@@ -119,8 +122,10 @@ def curves_figure(records: list[dict[str, Any]]) -> ReportFigure | None:
             color = TARGET_COLOR if name.startswith("target_") else None
             color = SOURCE_COLOR if name.startswith("source_") else color
             style = "--" if "grl" in name or "_val/" in name else "-"
+            parts = name.split("/")
+            marker = markers.get(parts[1], ".") if len(parts) >= 3 else "."
             axes.plot(
-                epochs, [scale * v for v in values], style, color=color, marker=".", label=name
+                epochs, [scale * v for v in values], style, color=color, marker=marker, label=name
             )
         axes.set_title(title)
         axes.set_xlabel("epoch")
@@ -189,8 +194,12 @@ def _tick_labels(axes, positions, labels, axis: str = "x", fontsize: float = 7) 
 
 # ------------------------------------------------------------------------------ predictions
 def _target_set(run: Path) -> str | None:
-    available = runs.prediction_sets(run)
-    return next((s for s in ("target_test", "target_val") if s in available), None)
+    """The target set the figures score: target_test when it is labelled, else target_val
+    (EPIC-100's target_test has no labels), as the tables choose (``--set auto``)."""
+    try:
+        return aggregate_lib.choose_set(run, "auto")
+    except RunError:  # no target predictions
+        return None
 
 
 def per_class_plot(

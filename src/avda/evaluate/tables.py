@@ -310,6 +310,28 @@ def write_aggregate(
     return written
 
 
+def _chosen_columns(
+    table: pd.DataFrame, eval_set: str, task: str | None, metric: str | None
+) -> pd.DataFrame:
+    """The per-run table's ``<set>/<task>/<metric>`` columns that ``--set``, ``--task`` and
+    ``--metric`` choose (each: all when not given); a choice no column has is refused."""
+    scored = [c for c in table.columns if c.count("/") == 2]
+    wanted = {0: None if eval_set == "auto" else eval_set, 1: task, 2: metric}
+    kept = list(scored)
+    for position, value in wanted.items():
+        if value is None:
+            continue
+        have = sorted({c.split("/")[position] for c in kept})
+        kept = [c for c in kept if c.split("/")[position] == value]
+        if not kept:
+            option = ("--set", "--task", "--metric")[position]
+            raise ConfigError(
+                f"{option} {value}: the runs' table has no such column (it has: "
+                f"{', '.join(have) or 'none'})"
+            )
+    return table[[c for c in table.columns if c not in scored or c in kept]]
+
+
 def evaluate_runs(
     paths: Sequence[str | Path],
     *,
@@ -336,7 +358,7 @@ def evaluate_runs(
         if fmt not in ("markdown", "csv"):
             raise ConfigError("--layout runs prints markdown or csv; use --layout auto for latex")
         run_dirs = aggregate_lib.find_runs(paths, complete_only=False)
-        table = results_table(run_dirs)
+        table = _chosen_columns(results_table(run_dirs), eval_set, task, metric)
         text = to_markdown(table) if fmt == "markdown" else table.to_csv(index=False)
         return text, write_tables(table, out) if out is not None else []
     run_dirs = aggregate_lib.find_runs(paths)
