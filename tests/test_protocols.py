@@ -458,3 +458,18 @@ def test_unified_on_a_large_set_trains_enough_epochs_for_its_nine_checkpoints(ca
     assert "9 epochs, as its protocol's table averages the last 9 checkpoints" in caplog.text
     # a small set's recipe is more epochs than that already: unchanged
     assert config.for_data(480, head, min_evaluations=9) == config.for_data(480, head)
+
+
+def test_plan_raises_a_protocols_epochs_for_its_checkpoints(tmp_path):
+    """Through plan (what avda train runs): a recipe of fewer epochs than the protocol's table
+    averages checkpoints is trained for as many epochs as it needs (here: a reference of 64
+    segments, 30 epochs of 1 step, on 8 steps an epoch: 4 epochs -> 9)."""
+    from avda.train import setup as setup_lib
+
+    cache = make_feature_cache(tmp_path / "c.zarr", per_class=130).path
+    planned = setup_lib.plan(cache=cache, head="dann", source=["source"], target=["target"],
+                             overrides={"reference_segments": 64}, protocol="unified")  # fmt: skip
+    assert planned.config.epochs == 9 and planned.config.schedule == "epochs"
+    plain = setup_lib.plan(cache=cache, head="dann", source=["source"], target=["target"],
+                           overrides={"reference_segments": 64})  # fmt: skip
+    assert plain.config.epochs < 9

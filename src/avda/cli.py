@@ -1020,11 +1020,15 @@ def evaluate(
         ),
     ] = "auto",
     task: Annotated[
-        str | None, typer.Option(help="settings layout: the task (default: first).")
+        str | None,
+        typer.Option(help="The task (paper layouts: default the first; runs layout: every one)."),
     ] = None,
     metric: Annotated[
         str | None,
-        typer.Option(help="settings layout: top1, top5, mca or mAP (default: top1/mAP)."),
+        typer.Option(
+            help="top1, top5, mca or mAP (paper layouts; default top1/mAP); the runs layout: "
+            "top1, mca or mAP (default: every one)."
+        ),
     ] = None,
     export_submission: Annotated[
         Path | None,

@@ -102,6 +102,48 @@ def test_a_resume_or_rerun_with_other_settings_is_refused_and_a_finished_run_kep
     with pytest.raises(ConfigError, match=r"fine-tuned with other settings \(lr 0.01 -> 0.5\)"):
         _run(demo_dataset, tmp_path / "a.pt", config=other)
     assert (tmp_path / "a.pt").read_bytes() == weights
+    # Another class count (a label on a row outside the source) is another classifier.
+    root, manifest = demo_dataset
+    wider = manifest.copy()
+    wider.loc[wider["domain"] != "source", "verb_class"] = 9
+    with pytest.raises(ConfigError, match=r"num_classes 4 -> 10"):
+        _run((root, wider), tmp_path / "a.pt")
+    # OUT without OUT.json (a downloaded checkpoint at that path) is not overwritten.
+    (tmp_path / "a.pt.json").unlink()
+    with pytest.raises(ConfigError, match=r"a.pt exists without a.pt.json"):
+        _run(demo_dataset, tmp_path / "a.pt")
+    assert (tmp_path / "a.pt").read_bytes() == weights
+
+
+def test_a_partial_run_past_the_asked_epochs_or_without_settings_is_refused(
+    demo_dataset, tmp_path, monkeypatch
+):
+    """Killed after epoch 2 of 3, rerun with --epochs 1: it skipped its loop and recorded
+    weights of 2 epochs as 1. A partial file of an earlier avda records no settings."""
+    from avda.errors import ConfigError
+
+    torch.set_num_threads(1)
+    save = finetune._save_partial
+    calls = []
+
+    def save_then_die(path, *args):
+        save(path, *args)
+        calls.append(path)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(finetune, "_save_partial", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        _run(demo_dataset, tmp_path / "a.pt", config=CONFIG.replace(epochs=3))
+    monkeypatch.setattr(finetune, "_save_partial", save)
+    with pytest.raises(ConfigError, match=r"has trained 2 epochs, more than --epochs 1"):
+        _run(demo_dataset, tmp_path / "a.pt", config=CONFIG.replace(epochs=1))
+    assert not (tmp_path / "a.pt").exists()
+    state = torch.load(tmp_path / "a.pt.partial.pt", weights_only=True)
+    del state["key"]
+    torch.save(state, tmp_path / "a.pt.partial.pt")
+    with pytest.raises(ConfigError, match=r"records no settings \(an earlier avda wrote it\)"):
+        _run(demo_dataset, tmp_path / "a.pt", config=CONFIG.replace(epochs=3))
 
 
 def test_unknown_source_domain(demo_dataset, tmp_path):

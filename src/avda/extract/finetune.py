@@ -33,6 +33,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from avda import runs
+from avda._io import atomic_write_text
 from avda.config import Config
 from avda.data_manifests import schema as manifest_schema
 from avda.devices import resolve_device
@@ -73,11 +74,17 @@ class FinetuneResult:
 # Settings that do not change the result: how many epochs (a resume may train longer), how
 # clips are loaded.
 _NOT_IN_KEY = ("epochs", "workers")
+# The columns of a training segment that decide its clips and label.
+_SEGMENT_COLUMNS = (
+    "uid", "video_id", "video_path", "participant_id", "start_sec", "stop_sec", "start_frame",
+    "stop_frame", "fps", "verb_class",
+)  # fmt: skip
 
 
 def _run_key(
     segments: pd.DataFrame,
     rows: np.ndarray,
+    num_classes: int,
     backbone: str,
     modality: str,
     weights: str | Path | None,
@@ -86,55 +93,78 @@ def _run_key(
     config: FinetuneConfig,
 ) -> dict[str, Any]:
     """What a fine-tuning run is: a resume or a finished run with another key is another run.
-    The training segments by their uids, times and labels; the initial weights by content."""
+    The training segments by what decides their clips and labels (a digest), the initial
+    weights by content."""
     from avda._io import sha256_file
 
-    table = segments.iloc[rows][["uid", "start_sec", "stop_sec", "verb_class"]].astype(str)
+    columns = [c for c in _SEGMENT_COLUMNS if c in segments.columns]
+    table = segments.iloc[rows][columns].astype(str)
     digest = hashlib.sha256("\n".join(map(",".join, table.to_numpy().tolist())).encode())
     return {
         "backbone": backbone,
         "modality": modality,
         "init_weights_sha256": sha256_file(weights) if weights else None,
-        "source": list(source),
-        "segments_sha256": digest.hexdigest(),
+        "source": sorted(source),
+        "segments": digest.hexdigest(),
+        "num_classes": num_classes,
         "recipe": json.loads(json.dumps(recipe.to_dict(), default=str)),
         "config": {k: v for k, v in config.to_dict().items() if k not in _NOT_IN_KEY},
     }
 
 
 def _differences(old: dict[str, Any], new: dict[str, Any]) -> str:
-    flat_old = {**old, **old.get("config", {})}
-    flat_new = {**new, **new.get("config", {})}
+    def flat(key: dict[str, Any]) -> dict[str, Any]:
+        nested = {f"recipe.{k}": v for k, v in (key.get("recipe") or {}).items()}
+        return {**key, **(key.get("config") or {}), **nested}
+
+    flat_old, flat_new = flat(old), flat(new)
     names = [
         k for k in dict.fromkeys([*flat_old, *flat_new])
-        if k != "config" and flat_old.get(k) != flat_new.get(k)
+        if k not in ("config", "recipe") and flat_old.get(k) != flat_new.get(k)
     ]  # fmt: skip
-    shown = [f"{k} {flat_old.get(k)!r:.40} -> {flat_new.get(k)!r:.40}" for k in names[:3]]
+    shown = [
+        "the training segments (their videos, times or labels)"
+        if k == "segments"
+        else f"{k} {flat_old.get(k)!r:.40} -> {flat_new.get(k)!r:.40}"
+        for k in names[:3]
+    ]
     return "; ".join(shown) + (f"; and {len(names) - 3} more" if len(names) > 3 else "")
 
 
-def _check_resume(partial: Path, recorded: Any, key: dict[str, Any]) -> None:
+def _check_resume(
+    partial: Path, recorded: Any, key: dict[str, Any], trained: int, epochs: int
+) -> None:
     """Refuse to resume a partial run started with other settings (it would go on with its
-    own: the optimiser state brings back its lr, the weights their modality...)."""
-    if recorded == key:
-        return
-    why = (
-        _differences(recorded, key)
-        if isinstance(recorded, dict)
-        else "it records no settings (an older avda)"
-    )
-    raise ConfigError(
-        f"{partial} was started with other settings ({why}); rerun with its settings to "
-        f"resume it, or remove {partial} to start over"
-    )
+    own: the optimiser state brings back its lr, the weights their modality...), or one that
+    has trained more epochs than asked (its weights would be recorded as ``epochs``')."""
+    if not isinstance(recorded, dict):
+        raise ConfigError(
+            f"{partial} records no settings (an earlier avda wrote it), so it cannot be "
+            f"resumed safely; remove {partial} to start over"
+        )
+    if recorded != key:
+        raise ConfigError(
+            f"{partial} was started with other settings ({_differences(recorded, key)}); "
+            f"rerun with its settings to resume it, or remove {partial} to start over"
+        )
+    if trained > epochs:
+        raise ConfigError(
+            f"{partial} has trained {trained} epochs, more than --epochs {epochs}; rerun with "
+            f"--epochs {trained} or more to finish it, or remove {partial} to start over"
+        )
 
 
 def _finished(out: Path, key: dict[str, Any], epochs: int) -> list[dict[str, float]] | None:
     """The history of a finished run at ``out`` with this key and number of epochs (None when
     there is none); a finished run with other settings or epochs is refused, not overwritten."""
     meta_path = out.with_name(out.name + ".json")
-    if not (out.exists() and meta_path.exists()):
+    if not out.exists():
         return None
+    if not meta_path.exists():
+        raise ConfigError(
+            f"{out} exists without {meta_path.name}: not a fine-tuning avda finished (a "
+            "downloaded checkpoint?); give another -o, or remove it to train there"
+        )
     try:
         meta = json.loads(meta_path.read_text())
     except (OSError, ValueError):
@@ -238,16 +268,18 @@ def finetune(
 
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_name(out.name + ".partial.pt")
-    key = _run_key(segments, rows, backbone, modality, weights, source, recipe, config)
+    key = _run_key(segments, rows, num_classes, backbone, modality, weights, source, recipe,
+                   config)  # fmt: skip
     done = _finished(out, key, config.epochs)
     if done is not None:
         log.info("%s is fine-tuned with these settings already: nothing to do", out)
+        partial.unlink(missing_ok=True)  # a crash after OUT.json may have left it
         return FinetuneResult(out, config.epochs, done, time.perf_counter() - began)
     history: list[dict[str, float]] = []
     start_epoch = 1
     if partial.exists():
         state = runs.load_checkpoint(partial)
-        _check_resume(partial, state.get("key"), key)
+        _check_resume(partial, state.get("key"), key, int(state["epoch"]), config.epochs)
         model.load_state_dict(state["backbone"])
         classifier.load_state_dict(state["classifier"])
         optimizer.load_state_dict(state["optimizer"])
@@ -332,7 +364,7 @@ def finetune(
         "history": history,
         "key": key,
     }
-    out.with_name(out.name + ".json").write_text(json.dumps(meta, indent=2))
+    atomic_write_text(out.with_name(out.name + ".json"), json.dumps(meta, indent=2))
     partial.unlink(missing_ok=True)
     return FinetuneResult(out, config.epochs, history, time.perf_counter() - began)
 

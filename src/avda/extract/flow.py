@@ -268,6 +268,8 @@ def _claim_folder(folder: Path, out: Path, metadata: dict[str, Any], force: bool
             check_inside(part, out)
     if path.exists():
         found = json.loads(path.read_text())
+        if metadata.get("fps") is None and found.get("fps"):  # this run knows no rate
+            metadata = {**metadata, "fps": found["fps"]}
         diffs = [
             f"{k}: folder has {found.get(k)!r}, this run asks for {metadata.get(k)!r}"
             for k in COMPARED_KEYS

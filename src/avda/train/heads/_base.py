@@ -323,7 +323,8 @@ class HeadConfig(Config):
             else self.eval_every
         )
         needed = (min_evaluations - 1) * eval_every + 1
-        if epochs < needed:
+        raised = epochs < needed
+        if raised:
             log.info(
                 "%s: the recipe's %d optimiser steps are %d epoch(s) of %d on %d segments; "
                 "%d epochs, as its protocol's table averages the last %d checkpoints",
@@ -334,7 +335,8 @@ class HeadConfig(Config):
             return self.replace(schedule="epochs")
         values = self.to_dict()
         scaled = type(self)._scaled_stages(epochs, values, {})
-        log.info(
+        # raised: the line above says what it trains
+        (log.debug if raised else log.info)(
             "%s: the recipe's %d optimiser steps (%d epochs of %d on %d segments) are %d epochs "
             "of %d on %d segments (--epochs N sets epochs)",
             *(head, recipe, self.epochs, steps_there, self.reference_segments),
