@@ -361,6 +361,24 @@ def test_sweep_reports_a_submit_command_that_prints_no_job_id(
     assert message.startswith("error: could not submit the SLURM worker jobs with `sbatch`")
 
 
+def test_a_refused_submission_says_what_the_submit_command_said(
+    capsys, in_work, monkeypatch, tmp_path
+):
+    """sbatch's own reason (an invalid account...) reaches the user, not only "exited with a
+    non-zero exit code"."""
+    folder = fake_bin(
+        tmp_path / "bin", sbatch='echo "sbatch: error: Invalid account or partition" >&2; exit 1'
+    )
+    monkeypatch.setenv("PATH", f"{folder}{os.pathsep}{os.environ['PATH']}")
+    code, _, err = run(
+        capsys, "sweep", "sweep.yaml", "--cluster", "slurm", "--worker-timeout", "60"
+    )
+    assert code == 1
+    message = one_line(err, logs=True)
+    assert "could not submit the SLURM worker jobs" in message
+    assert "sbatch: error: Invalid account or partition" in message
+
+
 def test_sweep_job_script_needs_no_sbatch(capsys, in_work, monkeypatch, tmp_path):
     monkeypatch.setenv("PATH", str(fake_bin(tmp_path / "bin")))
     code, out, err = run(capsys, "sweep", "sweep.yaml", "--cluster", "slurm", "--job-script")

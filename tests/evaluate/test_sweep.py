@@ -3,6 +3,7 @@ LocalCluster of 2 worker processes (one of them killed mid-run)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -369,3 +370,67 @@ def test_a_refused_resume_is_not_reported_as_resumed(tmp_path, cache):
     assert "another configuration" in outcome.error and "epochs" in outcome.error
     assert outcome.resumed_from_epoch == 0 and "resumed" not in again.text()
     assert [r["epoch"] for r in runs.read_metrics(run)] == [1, 2, 3]
+
+
+def test_tasks_carry_absolute_paths_for_workers_elsewhere(tmp_path, cache, monkeypatch):
+    """A worker of the user's own cluster runs in its own directory: a relative cache or run
+    path there named another place (the runs failed "cache does not exist", or were written in
+    the worker's directory while the sweep said complete)."""
+    monkeypatch.chdir(tmp_path)
+    spec = sweep.load_spec(write_spec(tmp_path, {
+        "cache": str(cache), "heads": ["source-only"], "settings": ["source->target"],
+        "seeds": [0], "out": "runs"}))  # fmt: skip
+    (task,) = sweep.plan(spec, "runs")
+    assert task.run.is_absolute() and task.run == tmp_path / "runs" / task.name
+    assert Path(task.cache).is_absolute()
+
+
+def test_a_run_the_scheduler_lost_is_complete_if_its_worker_finished_it(tmp_path):
+    """A killed scheduler: its futures end cancelled, with no exception ("NoneType: None");
+    a run its worker finished is complete, another says to run the command again."""
+
+    class Lost:
+        status = "cancelled"
+
+        def exception(self):
+            raise AssertionError("not asked of a cancelled future")
+
+    done = tmp_path / "done"
+    done.mkdir()
+    (done / runs.STATUS).write_text(json.dumps({"status": "complete", "metrics": {"m": 0.5}}))
+    task = sweep.SweepTask(name="x", run=done, cache=tmp_path, cache_name="c", head="dann",
+                           method="dann", setting="a-b", source=("a",), target=("b",), seed=0,
+                           overrides={})  # fmt: skip
+    finished = sweep._outcome(Lost(), task)
+    assert finished.status == "complete" and finished.metrics == {"m": 0.5}
+    lost = sweep._outcome(Lost(), dataclasses.replace(task, run=tmp_path / "other"))
+    assert lost.status == "failed" and "the Dask scheduler lost this run" in lost.error
+    assert "run the same command again" in lost.error
+
+
+def test_a_worker_without_avda_is_named_with_the_fix():
+    class Client:
+        def scheduler_info(self):
+            return {"workers": {"tcp://w1": {"host": "h", "nthreads": 1},
+                                "tcp://w2": {"host": "h", "nthreads": 1}}}  # fmt: skip
+
+        def run(self, function, on_error="raise"):
+            assert on_error == "return"
+            return {"tcp://w1": 4, "tcp://w2": ModuleNotFoundError("No module named 'avda'")}
+
+    expected = r"Dask worker tcp://w2 cannot run avda \(ModuleNotFoundError: No module named"
+    with pytest.raises(ConfigError, match=expected + r" 'avda'\); install avda"):
+        sweep.scheduler_torch_threads(Client())
+
+
+def test_a_second_sweep_into_the_same_folder_is_refused(tmp_path, cache):
+    from avda.cache.lock import SweepBusyError, sweep_lock
+
+    spec = sweep.load_spec(write_spec(tmp_path, {
+        "cache": str(cache), "heads": ["source-only"], "settings": ["source->target"],
+        "seeds": [0], "out": "runs"}))  # fmt: skip
+    with sweep_lock(tmp_path / "runs"):
+        with pytest.raises(SweepBusyError, match=r"sweep output .*runs is being written by pid "
+                           rf"{os.getpid()} .*\(avda sweep\)"):  # fmt: skip
+            sweep.run_sweep(spec, progress=False)
+    assert not (tmp_path / "runs" / sweep.INDEX).exists()

@@ -97,6 +97,23 @@ def store_lock(
 
 # The lock file inside a run folder (a run folder exists before its lock is taken).
 RUN_LOCK = ".lock"
+# The lock file of a sweep's output folder.
+SWEEP_LOCK = ".sweep.lock"
+
+
+class SweepBusyError(RunError):
+    """Another ``avda sweep`` writes into the output folder."""
+
+
+@contextlib.contextmanager
+def sweep_lock(out: str | Path, *, wait: float | None = None) -> Iterator[None]:
+    """Hold the exclusive lock of a sweep's output folder ``out`` for the ``with`` block."""
+    out = Path(out)
+    with _flock(
+        out, out / SWEEP_LOCK, what="avda sweep", shared=False, wait=wait,
+        kind="sweep output", error=SweepBusyError,
+    ):  # fmt: skip
+        yield
 
 
 @contextlib.contextmanager

@@ -47,6 +47,7 @@ import pandas as pd
 
 from avda import dask_support, runs
 from avda._io import atomic_write_text
+from avda.cache.lock import sweep_lock
 from avda.dask_support import (
     available_cores,
     collect_warnings,
@@ -111,8 +112,9 @@ class TaskOutcome:
 
 
 def plan(spec: SweepSpec, out: str | Path) -> list[SweepTask]:
-    """Every (cache, head, setting, seed) as a task, in a stable order."""
-    out = Path(out)
+    """Every (cache, head, setting, seed) as a task, in a stable order. Paths are absolute:
+    a worker of another cluster runs in its own directory."""
+    out = Path(out).absolute()
     tasks = []
     several = len(spec.caches) > 1
     for cache_name, cache in spec.caches.items():
@@ -126,7 +128,7 @@ def plan(spec: SweepSpec, out: str | Path) -> list[SweepTask]:
                         SweepTask(
                             name=name,
                             run=out / name,
-                            cache=cache,
+                            cache=Path(cache).absolute(),
                             cache_name=cache_name,
                             head=head.name,
                             method=method,
@@ -482,7 +484,13 @@ def start_jobs(cluster: Any, jobs: int, kind: str) -> None:
             if job.status == Status.created:  # retries for 10 s at exit
                 job.status = Status.failed
         text = str(exc).strip()
-        first = text.splitlines()[0].rstrip(".") if text else type(exc).__name__
+        lines = text.splitlines()
+        first = lines[0].rstrip(".") if text else type(exc).__name__
+        # dask-jobqueue's text holds the command's stderr below a "stderr:" line: the reason
+        marks = [i for i, line in enumerate(lines) if line.strip().lower() == "stderr:"]
+        said = " ".join(line.strip() for line in lines[marks[-1] + 1 :]) if marks else ""
+        if said.strip():
+            first = f"{first} ({said[:300]})"
         raise AvdaError(
             f"could not submit the {kind.upper()} worker jobs with "
             f"`{SUBMIT_COMMANDS[kind]}`: {first}; check the job script with "
@@ -607,7 +615,15 @@ def scheduler_torch_threads(client: Any) -> int:
     workers = client.scheduler_info().get("workers", {})
     if not workers:
         return 0
-    cores = client.run(available_cores)
+    cores = client.run(available_cores, on_error="return")
+    broken = {a: c for a, c in cores.items() if isinstance(c, BaseException)}
+    if broken:
+        address, error = next(iter(broken.items()))
+        raise ConfigError(
+            f"Dask worker {address} cannot run avda ({type(error).__name__}: {error}"
+            f"{f'; and {len(broken) - 1} more worker(s)' if len(broken) > 1 else ''}); "
+            "install avda, the same version, in every worker's environment"
+        )
     threads: dict[str, int] = {}
     host_cores: dict[str, int] = {}
     for address, worker in workers.items():
@@ -640,17 +656,36 @@ def run_sweep(
 
     ``worker_timeout``: seconds to wait for the first Dask worker (default: the spec's
     ``cluster.worker_timeout``, 300 s) before giving up with an :class:`AvdaError`."""
-    from distributed import as_completed
-    from tqdm import tqdm
-
     began = time.perf_counter()
     if not isinstance(spec, SweepSpec):
         spec = load_spec(spec)
     _cluster_kind(spec, scheduler, cluster)  # usage errors before any work
     out_dir = Path(out) if out is not None else spec.out
+    out_dir = Path(out_dir).absolute() if out_dir is not None else None
     if out_dir is None:
         raise ConfigError(f"{spec.source}: no output folder; give --out DIR or out: in the spec")
     out_dir.mkdir(parents=True, exist_ok=True)
+    # One sweep writes an output folder at a time: two would each mark the other's runs
+    # failed (busy) in the index they write last.
+    with sweep_lock(out_dir):
+        tasks, outcomes = _sweep_in(out_dir, spec, scheduler, cluster, worker_timeout, progress)
+    summary = SweepSummary(out_dir, tasks, outcomes, time.perf_counter() - began)
+    log.debug("%s", summary.text().splitlines()[0])  # the CLI prints the summary on stdout
+    return summary
+
+
+def _sweep_in(
+    out_dir: Path,
+    spec: SweepSpec,
+    scheduler: str | None,
+    cluster: str | None,
+    worker_timeout: float | None,
+    progress: bool,
+) -> tuple[list[SweepTask], dict[str, TaskOutcome]]:
+    """The sweep's work in ``out_dir`` (its lock held): plan, skip, train, write the index."""
+    from distributed import as_completed
+    from tqdm import tqdm
+
     tasks = plan(spec, out_dir)
     outcomes: dict[str, TaskOutcome] = {}
     pending = []
@@ -707,9 +742,7 @@ def run_sweep(
     _write_index(out_dir, spec, tasks, outcomes)
     _write_failures(out_dir, tasks, outcomes)
     _report_warnings(out_dir, tasks, outcomes)
-    summary = SweepSummary(out_dir, tasks, outcomes, time.perf_counter() - began)
-    log.debug("%s", summary.text().splitlines()[0])  # the CLI prints the summary on stdout
-    return summary
+    return tasks, outcomes
 
 
 def _report_warnings(out: Path, tasks: list[SweepTask], outcomes: dict) -> None:
@@ -752,7 +785,19 @@ def _report_warnings(out: Path, tasks: list[SweepTask], outcomes: dict) -> None:
 def _outcome(future: Any, task: SweepTask) -> TaskOutcome:
     if future.status == "finished":
         return future.result()
-    error = future.exception()
+    error = future.exception() if future.status == "error" else None
+    if error is None:  # cancelled or lost: the scheduler went away (a killed scheduler)
+        if runs.is_complete(task.run):  # its worker finished it before it heard
+            metrics = {}
+            with contextlib.suppress(AvdaError, OSError, ValueError):
+                metrics = dict(json.loads((task.run / runs.STATUS).read_text())["metrics"])
+            return TaskOutcome(task.name, "complete", metrics=metrics)
+        return TaskOutcome(
+            task.name,
+            "failed",
+            error=f"the Dask scheduler lost this run ({future.status}): run the same command "
+            "again to finish it (its epochs so far are kept)",
+        )
     return TaskOutcome(task.name, "failed", error=f"{type(error).__name__}: {error}")
 
 
