@@ -47,18 +47,26 @@ def test_finetune_learns_and_writes_loadable_weights(demo_dataset, tmp_path):
     assert not (tmp_path / "audio.pt.partial.pt").exists()
 
 
-def test_finetune_resumes_after_a_kill(demo_dataset, tmp_path, monkeypatch):
+def _killed_after(epochs: int, monkeypatch, demo_dataset, out, **kwargs) -> None:
+    """Run, stopped (KeyboardInterrupt) just after the partial checkpoint of ``epochs``."""
     torch.set_num_threads(1)
     save = finetune._save_partial
+    saved = []
 
     def save_then_die(path, *args):
         save(path, *args)
-        raise KeyboardInterrupt
+        saved.append(path)
+        if len(saved) == epochs:
+            raise KeyboardInterrupt
 
     monkeypatch.setattr(finetune, "_save_partial", save_then_die)
     with pytest.raises(KeyboardInterrupt):
-        _run(demo_dataset, tmp_path / "a.pt")
+        _run(demo_dataset, out, **kwargs)
     monkeypatch.setattr(finetune, "_save_partial", save)
+
+
+def test_finetune_resumes_after_a_kill(demo_dataset, tmp_path, monkeypatch):
+    _killed_after(1, monkeypatch, demo_dataset, tmp_path / "a.pt")
     assert (tmp_path / "a.pt.partial.pt").exists()
     resumed = _run(demo_dataset, tmp_path / "a.pt")
     full = _run(demo_dataset, tmp_path / "b.pt")
@@ -73,17 +81,7 @@ def test_a_resume_or_rerun_with_other_settings_is_refused_and_a_finished_run_kep
     and recorded the new one; a finished run was trained again from scratch."""
     from avda.errors import ConfigError
 
-    torch.set_num_threads(1)
-    save = finetune._save_partial
-
-    def save_then_die(path, *args):
-        save(path, *args)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(finetune, "_save_partial", save_then_die)
-    with pytest.raises(KeyboardInterrupt):
-        _run(demo_dataset, tmp_path / "a.pt")
-    monkeypatch.setattr(finetune, "_save_partial", save)
+    _killed_after(1, monkeypatch, demo_dataset, tmp_path / "a.pt")
     other = finetune.FinetuneConfig(epochs=2, batch_size=4, workers=0, lr=0.5)
     with pytest.raises(ConfigError, match=r"a.pt.partial.pt was started with other settings "
                        r"\(lr 0.01 -> 0.5\); rerun with its settings"):  # fmt: skip
@@ -122,20 +120,7 @@ def test_a_partial_run_past_the_asked_epochs_or_without_settings_is_refused(
     weights of 2 epochs as 1. A partial file of an earlier avda records no settings."""
     from avda.errors import ConfigError
 
-    torch.set_num_threads(1)
-    save = finetune._save_partial
-    calls = []
-
-    def save_then_die(path, *args):
-        save(path, *args)
-        calls.append(path)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(finetune, "_save_partial", save_then_die)
-    with pytest.raises(KeyboardInterrupt):
-        _run(demo_dataset, tmp_path / "a.pt", config=CONFIG.replace(epochs=3))
-    monkeypatch.setattr(finetune, "_save_partial", save)
+    _killed_after(2, monkeypatch, demo_dataset, tmp_path / "a.pt", config=CONFIG.replace(epochs=3))
     with pytest.raises(ConfigError, match=r"has trained 2 epochs, more than --epochs 1"):
         _run(demo_dataset, tmp_path / "a.pt", config=CONFIG.replace(epochs=1))
     assert not (tmp_path / "a.pt").exists()
