@@ -320,7 +320,8 @@ def evaluate(
     """``avda evaluate``: the metrics of finished runs (run folders, or folders holding runs).
 
     ``layout="runs"``: a DataFrame, one row per run (head, setting, seed, then
-    ``<set>/<task>/<metric>`` columns in %). ``"auto"``, ``"settings"``, ``"epic100"``: the
+    ``<set>/<task>/<metric>`` columns in %; ``eval_set``, ``task``, ``metric`` choose among
+    them). ``"auto"``, ``"settings"``, ``"epic100"``: the
     papers' table (an :class:`avda.evaluate.aggregate.AggregateTable`: methods x settings,
     per-seed values; ``.methods``, ``.columns``, ``.values``). ``out``: also write OUT.md and
     OUT.csv (and OUT.tex) as the CLI does. ``protocol``: whose evaluation rule the table
@@ -333,6 +334,7 @@ def evaluate(
         if compare:
             raise ConfigError("compare needs a paper layout: layout='auto' (or 'settings')")
         table = tables.results_table(aggregate.find_runs(paths, complete_only=False))
+        table = tables.choose_columns(table, eval_set, task, metric)
         if out is not None:
             tables.write_tables(table, out)
         return table

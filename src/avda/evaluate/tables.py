@@ -310,7 +310,7 @@ def write_aggregate(
     return written
 
 
-def _chosen_columns(
+def choose_columns(
     table: pd.DataFrame, eval_set: str, task: str | None, metric: str | None
 ) -> pd.DataFrame:
     """The per-run table's ``<set>/<task>/<metric>`` columns that ``--set``, ``--task`` and
@@ -358,7 +358,7 @@ def evaluate_runs(
         if fmt not in ("markdown", "csv"):
             raise ConfigError("--layout runs prints markdown or csv; use --layout auto for latex")
         run_dirs = aggregate_lib.find_runs(paths, complete_only=False)
-        table = _chosen_columns(results_table(run_dirs), eval_set, task, metric)
+        table = choose_columns(results_table(run_dirs), eval_set, task, metric)
         text = to_markdown(table) if fmt == "markdown" else table.to_csv(index=False)
         return text, write_tables(table, out) if out is not None else []
     run_dirs = aggregate_lib.find_runs(paths)
