@@ -104,6 +104,16 @@ def read_provenance(run: Path) -> dict[str, Any] | None:
     return value
 
 
+def is_evaluated(epoch: int, epochs: int, eval_every: int) -> bool:
+    """Whether the training loop evaluates after ``epoch`` (every ``eval_every``, and the last)."""
+    return epoch % max(int(eval_every), 1) == 0 or epoch == epochs
+
+
+def evaluations(epochs: int, eval_every: int) -> int:
+    """How many evaluations (checkpoints a protocol's table can average) a run makes."""
+    return sum(is_evaluated(e, epochs, eval_every) for e in range(1, int(epochs) + 1))
+
+
 def append_metrics(run: Path, record: dict[str, Any]) -> None:
     with open(run / METRICS, "a") as handle:
         handle.write(json.dumps(record, sort_keys=True) + "\n")

@@ -456,7 +456,7 @@ def rule_predictions(run: Path, split: str, checkpoints: int) -> list[dict[str, 
         kept = int(head_config.get("keep_last_predictions") or 0)
         trained = int(head_config.get("epochs") or 0)
         every = max(int(head_config.get("eval_every") or 1), 1)
-        evaluations = len({e for e in range(every, trained + 1, every)} | {trained} - {0})
+        evaluations = runs.evaluations(trained, every)
         if kept < checkpoints:
             why = f"it kept {kept} (keep_last_predictions)"
         elif evaluations < checkpoints:

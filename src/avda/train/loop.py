@@ -390,7 +390,7 @@ def _train(
             "seconds": round(time.perf_counter() - began, 3),
             **{f"train/{k}": v / steps_per_epoch for k, v in sums.items()},
         }
-        evaluating = epoch % config.eval_every == 0 or epoch == config.epochs
+        evaluating = runs.is_evaluated(epoch, config.epochs, config.eval_every)
         # the last keep_last_predictions evaluations (MM-SADA's last 9 checkpoints)
         window = config.keep_last_predictions * config.eval_every
         keep = evaluating and epoch > config.epochs - window

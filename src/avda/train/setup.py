@@ -206,18 +206,16 @@ def _check_protocol_run(protocol: str, source, target, config, head: str) -> Non
     recipe applies there; a semi-supervised one still uses target labels)."""
     from avda import protocols as protocols_lib
 
-    chosen = protocols_lib.get(protocol)
-    needed = chosen.evaluation.checkpoints
+    needed = protocols_lib.get(protocol).evaluation.checkpoints
     every = max(int(config.eval_every), 1)
-    evaluations = len({e for e in range(1, config.epochs + 1) if e % every == 0} | {config.epochs})
+    evaluations = runs.evaluations(config.epochs, every)
     if needed > 1 and evaluations < needed:
         raise ConfigError(
             f"protocol {protocol} scores the mean of the last {needed} checkpoints, but this "
             f"{head} run evaluates {evaluations} time(s) ({config.epochs} epochs, eval_every "
             f"{every}): train at least {(needed - 1) * every + 1} epochs, or without --protocol"
         )
-    domains = _benchmark_domains(protocol)
-    if domains and not {*source, *target} <= domains:
+    if _benchmark_domains(protocol) and not _on_benchmark(protocol, source, target):
         labels = (
             f"; its labelled_target={config.labelled_target} trains on that share of "
             f"{list(target)}'s training labels (not unsupervised adaptation)"
@@ -227,7 +225,8 @@ def _check_protocol_run(protocol: str, source, target, config, head: str) -> Non
         log.warning(
             "protocol %s is a benchmark of domains %s; on %s -> %s only its recipe applies "
             "(not its class counts or split)%s",
-            *(protocol, ", ".join(sorted(domains)), "+".join(source), "+".join(target), labels),
+            *(protocol, ", ".join(sorted(_benchmark_domains(protocol))), "+".join(source)),
+            *("+".join(target), labels),
         )
 
 
@@ -249,10 +248,12 @@ def plan(
     protocol's method (``source-only``), resolved to the head that trains it and its config
     values, and the benchmark's class counts size the tasks when the cache records no class
     table."""
+    chosen = None
     if protocol is not None:
         from avda import protocols as protocols_lib
 
-        head, overrides = protocols_lib.get(protocol).resolve(head, overrides)
+        chosen = protocols_lib.get(protocol)
+        head, overrides = chosen.resolve(head, overrides)
     Setting(tuple(source), tuple(target))  # refuses a domain on both sides, or none on one
     store = open_cache(cache)
     for role_name, domains in (("source", source), ("target", target)):
@@ -279,11 +280,7 @@ def plan(
             "nothing to adapt to or evaluate on"
         )
     # A recipe's schedule is an amount of optimisation: epochs for this data size.
-    checkpoints = 1
-    if protocol is not None:
-        from avda import protocols as protocols_lib
-
-        checkpoints = protocols_lib.get(protocol).evaluation.checkpoints
+    checkpoints = chosen.evaluation.checkpoints if chosen is not None else 1
     config = config.for_data(len(source_rows), head, min_evaluations=checkpoints)
     if protocol is not None:
         _check_protocol_run(protocol, source, target, config, head)
