@@ -269,3 +269,27 @@ def test_a_finished_run_of_another_avda_version_is_skipped_not_refused(shifted_c
     assert runs.read_config(tmp_path / "run")["avda_version"] == "0.0.1"
     with pytest.raises(RunError, match="another configuration .*head_config.epochs"):
         _train(shifted_cache, tmp_path / "run", epochs=3)
+
+
+def test_split_batches_keeps_every_row_and_never_a_lone_one():
+    from avda.train.data import batch_count, split_batches
+
+    for rows in range(1, 40):
+        for size in (1, 2, 5, 13):
+            batches = list(split_batches(torch.arange(rows), size))
+            assert len(batches) == batch_count(rows, size)
+            assert torch.equal(torch.cat(batches), torch.arange(rows))
+            assert all(len(b) > 1 for b in batches) or size == 1 or rows == 1
+            assert max(len(b) for b in batches) <= size + 1
+
+
+@pytest.mark.parametrize("head", ["adabn", "mm-sada", "audio-adaptive"])
+def test_a_set_one_row_past_whole_batches_trains_a_head_with_batchnorm(
+    shifted_cache, tmp_path, head
+):
+    """40 source and 40 target rows in batches of 13: a last batch of one row made BatchNorm
+    raise in training ("Expected more than 1 value per channel") at every epoch's end."""
+    sizes = {"audio_batch_size": 13, "encoder_batch_size": 13} if head == "audio-adaptive" else {}
+    result = _train(shifted_cache, tmp_path / head, head, epochs=2, batch_size=13, **sizes)
+    assert runs.is_complete(result.run)
+    assert all(np.isfinite(v) for v in result.metrics.values())

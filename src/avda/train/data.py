@@ -57,8 +57,27 @@ class FeatureSet:
         order = (
             torch.randperm(len(self), generator=generator) if shuffle else torch.arange(len(self))
         )
-        for start in range(0, len(self), batch_size):
-            yield order[start : start + batch_size]
+        yield from split_batches(order, batch_size)
+
+
+def batch_count(rows: int, batch_size: int) -> int:
+    """How many batches :func:`split_batches` makes of ``rows`` rows."""
+    count = -(-rows // batch_size)
+    return count - 1 if rows > 1 and count > 1 and rows % batch_size == 1 else count
+
+
+def split_batches(order: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:
+    """``order`` in batches of ``batch_size``; a last batch of one row joins the one before.
+
+    A BatchNorm in training mode cannot normalise one row (PyTorch raises): a set of ``k *
+    batch_size + 1`` rows made every head with one (adabn, mm-sada, audio-adaptive) fail at
+    its last step. The authors' loaders drop the partial batch (``drop_last=True``); keeping
+    the row in a batch of ``batch_size + 1`` leaves every other set's batches as they were."""
+    rows = len(order)
+    count = batch_count(rows, batch_size)
+    for i in range(count):
+        end = rows if i == count - 1 else (i + 1) * batch_size
+        yield order[i * batch_size : end]
 
 
 def evaluation_domain(feature_set: FeatureSet) -> str:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,7 +27,7 @@ from avda.errors import RunError, TrainingDiverged
 from avda.scoring.metrics import mean_class_accuracy, top1_accuracy
 from avda.train import setup as setup_lib
 from avda.train import sinks as sinks_lib
-from avda.train.data import FeatureSet, Task
+from avda.train.data import FeatureSet, Task, batch_count
 from avda.train.heads._base import Head, HeadConfig, shape_errors
 from avda.train.layers import dann_annealing
 from avda.train.optim import make_optimizer
@@ -306,7 +305,7 @@ def _train(
         with shape_errors(head, shapes, "evaluate"):
             return evaluate_sets(model, eval_sets, device, target_set)
 
-    steps_per_epoch = max(1, math.ceil(len(train_set) / config.batch_size))
+    steps_per_epoch = max(1, batch_count(len(train_set), config.batch_size))
     total_steps = config.epochs * steps_per_epoch
     optimizer, scheduler = _make_optimizer(model, config, total_steps)
 

@@ -63,7 +63,7 @@ from avda.train.audio_adaptive.losses import (
     multilabel_encoder_loss,
 )
 from avda.train.clustering import cluster_per_class, cluster_settings, stored_clusters
-from avda.train.data import FeatureSet, evaluation_domain
+from avda.train.data import FeatureSet, evaluation_domain, split_batches
 from avda.train.layers import per_domain, set_norm_domain
 from avda.train.optim import make_optimizer
 from avda.train.stages import (
@@ -236,9 +236,7 @@ class AudioAdaptiveStages:
         return {name: _digest(self.keys[name]) for name in names}
 
     def _batches(self, size: int, count: int, generator: torch.Generator):
-        order = torch.randperm(count, generator=generator)
-        for start in range(0, count, size):
-            yield order[start : start + size]
+        yield from split_batches(torch.randperm(count, generator=generator), size)
 
     # ------------------------------------------------------------------ stage 1
     def audio_classifier(self) -> PooledAudioClassifier:
