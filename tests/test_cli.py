@@ -69,10 +69,10 @@ def test_manifest_validate(capsys, tmp_path):
     path.write_text(
         "uid,video_id,domain,split,start_sec,stop_sec\na,v,D1,train,0,1\na,v,D1,bogus,2,1\n"
     )
-    code, _, err = run(capsys, "manifest", "validate", str(path))
-    assert code == 1
-    assert "row 3 [uid]: duplicate uid" in err and "row 3 [split]" in err
-    assert "row 3 [stop_sec]" in err
+    code, out, err = run(capsys, "manifest", "validate", str(path))
+    assert code == 1 and "has 3 problem(s), listed above" in err
+    assert "row 3 [uid]: duplicate uid" in out and "row 3 [split]" in out
+    assert "row 3 [stop_sec]" in out
 
 
 def test_train_evaluate_and_cache_info(capsys, tmp_path):

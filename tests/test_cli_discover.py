@@ -294,3 +294,24 @@ def test_train_config_written_by_hand_with_a_relative_cache(capsys, trained):
     assert config["cache"] == str((trained / "c.zarr").resolve())
     assert config["source"] == ["source"] and config["target"] == ["target"]
     assert config["head_config"]["modalities"] == ["rgb"] and config["seed"] == 0
+
+
+def test_every_help_text_is_printed_whole():
+    """Typer renders help with Rich markup, where ``[all]`` is a (dropped) style tag: ``--domain``
+    printed "the domain of the whole-video segments ." for "... segments [all]."."""
+    import typer
+    from rich.text import Text
+
+    def texts(command, path):
+        yield path, command.help or ""
+        for param in command.params:
+            yield f"{path} --{param.name}", getattr(param, "help", None) or ""
+        for name, sub in getattr(command, "commands", {}).items():
+            yield from texts(sub, f"{path} {name}")
+
+    checked = 0
+    for where, text in texts(typer.main.get_command(cli.app), "avda"):
+        shown = Text.from_markup(text).plain
+        assert shown == text.replace("\\[", "["), f"{where}: {text!r} is shown as {shown!r}"
+        checked += 1
+    assert checked > 100

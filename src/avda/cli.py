@@ -24,7 +24,7 @@ except ImportError:  # pragma: no cover - older typer on top of click
     from click import exceptions as click_exceptions
 
 import avda
-from avda.errors import AvdaError, ConfigError
+from avda.errors import AvdaError, ConfigError, ManifestError
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_FAILED_ITEMS, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
@@ -239,10 +239,19 @@ def manifest_validate(
         Path | None, typer.Option(help="Also check that every video exists here.")
     ] = None,
 ) -> None:
-    """Check a manifest; report every problem at once with row numbers."""
+    """Check a manifest; list every problem with its row number (stdout, one a line)."""
     from avda.data_manifests import schema
 
-    frame = schema.read(file, videos=videos)
+    try:
+        frame = schema.read(file, videos=videos)
+    except schema.ManifestProblems as exc:
+        for problem in exc.problems:
+            typer.echo(str(problem))
+        raise ManifestError(
+            f"manifest {file} has {len(exc.problems)} problem(s), listed above (the first: "
+            f"{exc.problems[0]}); fix these rows (or drop them) and run `avda manifest validate` "
+            "again"
+        ) from exc
     domains = ", ".join(f"{d} {n}" for d, n in frame.groupby("domain").size().items())
     typer.echo(f"{file}: OK, {len(frame)} segments ({domains})")
 
@@ -315,11 +324,11 @@ def extract(
     videos: ExtractVideos = None,
     domain: Annotated[
         str | None,
-        typer.Option(help="Without --manifest: the domain of the whole-video segments [all]."),
+        typer.Option(help="Without --manifest: the domain of the whole-video segments \\[all]."),
     ] = None,
     split: Annotated[
         str | None,
-        typer.Option(help="Without --manifest: their split, train|val|test [test]."),
+        typer.Option(help="Without --manifest: their split, train|val|test \\[test]."),
     ] = None,
     frames: FramesDir = None,
     flow: FlowDir = None,
@@ -382,7 +391,7 @@ def extract(
         Path | None,
         typer.Option(
             "--config",
-            help="YAML mapping of these options (batch_size: 32, modalities: [rgb, audio]); "
+            help="YAML mapping of these options (batch_size: 32, modalities: \\[rgb, audio]); "
             "options given here override it.",
         ),
     ] = None,
@@ -719,7 +728,7 @@ def cache_export(
     store: Annotated[Path, typer.Argument(help="Feature cache (.zarr).")],
     out: OutFile,
     format_: Annotated[str, typer.Option("--format", help="h5 or epic-pkl.")] = "h5",
-    modalities: Annotated[str | None, typer.Option(help="h5: comma list (default: all).")] = None,
+    modalities: Annotated[str | None, typer.Option(help="Comma list (default: all).")] = None,
     domain: Annotated[str | None, typer.Option(help="epic-pkl: rows of this domain.")] = None,
     split: Annotated[str | None, typer.Option(help="epic-pkl: rows of this split.")] = None,
 ) -> None:
@@ -729,19 +738,20 @@ def cache_export(
     if format_ not in ("h5", "epic-pkl"):
         raise ConfigError(f"--format {format_!r}: expected h5 or epic-pkl")
     output_file(out)
+    chosen = _split_list(modalities) if modalities else None
     if format_ == "h5":
-        path = interop.export_h5(
-            store, out, modalities=_split_list(modalities) if modalities else None
-        )
+        path = interop.export_h5(store, out, modalities=chosen)
     elif format_ == "epic-pkl":
-        _refuse_undone_rows(store, domain, split)
-        path = interop.export_epic_pickle(store, out, domain=domain, split=split)
+        _refuse_undone_rows(store, domain, split, chosen)
+        path = interop.export_epic_pickle(store, out, domain=domain, split=split, modalities=chosen)
     else:
         raise ConfigError(f"--format {format_!r}: expected h5 or epic-pkl")
     typer.echo(f"wrote {path}")
 
 
-def _refuse_undone_rows(store: Path, domain: str | None, split: str | None) -> None:
+def _refuse_undone_rows(
+    store: Path, domain: str | None, split: str | None, modalities: list[str] | None
+) -> None:
     """The TA3N pickle has no status: refuse to export rows without features (their zeros
     would read as real features)."""
     import numpy as np
@@ -756,7 +766,9 @@ def _refuse_undone_rows(store: Path, domain: str | None, split: str | None) -> N
     if split is not None:
         keep &= (segments["split"] == split).to_numpy()
     rows = np.flatnonzero(keep)
-    for modality in cache.modalities:
+    for modality in modalities or cache.modalities:
+        if modality not in cache.modalities:
+            continue  # the export names it
         status = cache.status(modality)[rows]
         undone = status != int(Status.DONE)
         if undone.any():
@@ -766,12 +778,17 @@ def _refuse_undone_rows(store: Path, domain: str | None, split: str | None) -> N
                 if s != Status.DONE and (status == int(s)).any()
             )
             uids = ", ".join(segments["uid"].iloc[rows[undone][:3]].astype(str))
+            others = [m for m in (modalities or cache.modalities) if m != modality]
+            leave_out = f"leave it out with --modalities {','.join(others)}, " if others else ""
+            if (status[undone] == int(Status.MISSING)).all():  # no input: nothing to retry
+                fix = f"their videos have no {modality} input: {leave_out}"
+            else:
+                fix = f"finish them with `avda extract --retry-failed`, {leave_out}"
             raise ConfigError(
                 f"{int(undone.sum())} of the {len(rows)} rows to export have no {modality} "
                 f"features ({counts}; first uids: {uids}); the TA3N pickle has no status, so "
-                "they would read as features of zeros: finish them with `avda extract "
-                "--retry-failed`, export another --domain/--split, or use --format h5 (which "
-                "keeps the status)"
+                f"they would read as features of zeros: {fix}export another --domain/--split, "
+                "or use --format h5 (which keeps the status)"
             )
 
 

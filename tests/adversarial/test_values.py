@@ -6,6 +6,7 @@ features of zeros."""
 
 from __future__ import annotations
 
+import pickle
 import re
 import shutil
 from pathlib import Path
@@ -104,8 +105,9 @@ def test_a_segment_past_the_end_of_its_video_fails_with_its_reason(capsys, in_wo
     assert status.tolist() == [Status.DONE, Status.FAILED, Status.FAILED, Status.DONE]
     code, out, err = run(capsys, "manifest", "validate", "late.csv", "--videos", "videos")
     assert code != 0  # the same rule, before any extraction, from the declared duration
-    assert "row 3 [start_sec]: starts at 100000.00 s, after the end of the video (10.00 s)" in err
-    assert "row 4 [stop_sec]: runs to 30.00 s" in err and "row 5" not in err
+    assert "row 3 [start_sec]: starts at 100000.00 s, after the end of the video (10.00 s)" in out
+    assert "row 4 [stop_sec]: runs to 30.00 s" in out and "row 5" not in out
+    assert "has 2 problem(s)" in err
 
 
 def test_a_segment_past_the_end_of_its_audio_fails_its_audio(capsys, in_work, shared_data):
@@ -251,6 +253,17 @@ def test_a_ta3n_export_does_not_turn_failed_rows_into_zeros(capsys, in_work, tmp
     code, _, err = run(capsys, "cache", "export", store, "-o", tmp_path / "y.pkl",
                        "--format", "epic-pkl", "--domain", "target")  # fmt: skip
     assert code == 0, err
+    # no input at all (a video without an audio track): nothing to retry; leave it out
+    cache.status_array("audio")[3] = int(Status.MISSING)
+    message = refused(capsys, "cache", "export", store, "-o", tmp_path / "z.pkl", "--format",
+                      "epic-pkl", "--domain", "source", "--modalities", "audio")  # fmt: skip
+    assert "have no audio features (missing 1;" in message and "retry" not in message, message
+    assert "their videos have no audio input" in message
+    code, _, err = run(capsys, "cache", "export", store, "-o", tmp_path / "z.pkl", "--format",
+                       "epic-pkl", "--domain", "target", "--modalities", "rgb")  # fmt: skip
+    assert code == 0, err
+    with open(tmp_path / "z.pkl", "rb") as handle:
+        assert list(pickle.load(handle)["features"]) == ["RGB"]
 
 
 def test_segments_past_the_end_of_frame_folders_fail_with_their_reason(capsys, in_work):

@@ -173,7 +173,8 @@ def test_ctrl_c_on_a_local_cluster_is_one_line(demo_dataset, tmp_path):
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)  # anything of the group still running
     err = (tmp_path / "stderr").read_text()
-    assert process.returncode == 130, err
+    # 130, or death by SIGINT (a shell's 130 too): see tests/test_cli_errors.py's SIGINT test
+    assert process.returncode in (130, -signal.SIGINT), err
     assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
     assert "CancelledError" not in err, err
     lines = [  # avda's own log records allowed (the random-init warning, the shard count)

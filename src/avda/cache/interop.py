@@ -1031,18 +1031,38 @@ def export_epic_pickle(
     *,
     domain: str | None = None,
     split: str | None = None,
+    modalities: list[str] | None = None,
 ) -> Path:
     """The TA3N feature pickle ``{'features': {'RGB', 'Flow', 'Audio'}: [n, K, D],
-    'narration_ids': [...]}`` of the rows of ``domain`` / ``split`` (all when None).
+    'narration_ids': [...]}`` of the rows of ``domain`` / ``split`` (all when None) and of
+    ``modalities`` (all when None).
 
     Pickle holds everything in memory: export one split at a time.
     """
     with store_lock(store_path, what=EXPORT_LOCK, shared=True):
-        return _export_epic_pickle(open_cache(store_path), Path(out), domain, split)
+        store = open_cache(store_path)
+        chosen = _chosen_modalities(store, modalities)
+        return _export_epic_pickle(store, Path(out), domain, split, chosen)
+
+
+def _chosen_modalities(store: FeatureCache, modalities: list[str] | None) -> list[str]:
+    if modalities is None:
+        return list(store.modalities)
+    unknown = [m for m in modalities if m not in store.modalities]
+    if unknown or not modalities:
+        raise CacheError(
+            f"{store.path} has no {', '.join(unknown) or 'modality given'}; it has: "
+            f"{', '.join(store.modalities)}"
+        )
+    return list(modalities)
 
 
 def _export_epic_pickle(
-    store: FeatureCache, out: Path, domain: str | None, split: str | None
+    store: FeatureCache,
+    out: Path,
+    domain: str | None,
+    split: str | None,
+    modalities: list[str],
 ) -> Path:
     segments = store.segments
     keep = np.ones(len(segments), dtype=bool)
@@ -1056,7 +1076,7 @@ def _export_epic_pickle(
     names = {v: k for k, v in RELEASED_MODALITIES.items()}
     features = {
         names.get(m, m): store.load(m, rows)
-        for m in sorted(store.modalities, key=lambda m: list(names).index(m) if m in names else 9)
+        for m in sorted(modalities, key=lambda m: list(names).index(m) if m in names else 9)
     }
     data = {"features": features, "narration_ids": segments["uid"].iloc[rows].astype(str).tolist()}
 

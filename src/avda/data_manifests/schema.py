@@ -120,7 +120,7 @@ def read(path: str | Path, *, videos: str | Path | None = None, check: bool = Tr
     if check:
         problems = find_problems(frame, videos=videos)
         if problems:
-            raise ManifestError(format_problems(path, problems))
+            raise ManifestProblems(path, problems)
         for column, known in misspelt_columns(frame.columns):
             log.warning(
                 "%s: column %r is not one avda reads (it is kept as it is); did you mean %r?",
@@ -375,6 +375,15 @@ def video_path(row: object, root: str | Path) -> Path:
     elif (problem := relative_path_problem(rel)) is not None:
         raise ConfigError(f"video_path {problem}")
     return Path(root) / str(rel)
+
+
+class ManifestProblems(ManifestError):
+    """A manifest with problems: the message names the first few, ``problems`` holds all."""
+
+    def __init__(self, path: str | Path, problems: list[Problem]) -> None:
+        super().__init__(format_problems(path, problems))
+        self.path = Path(path)
+        self.problems = list(problems)
 
 
 def format_problems(path: str | Path, problems: list[Problem]) -> str:
