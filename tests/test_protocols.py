@@ -424,6 +424,12 @@ def test_cli_sweep_check_validates_without_caches(capsys, tmp_path):
     assert code == 1
     assert "heads[0]: unknown method of protocol ta3n-epic100 'cia'" in err
     assert "expected a percentage in [0, 100], got 140" in err
+    # a cache that exists names its domains: a setting on another is caught by --check too
+    make_feature_cache(tmp_path / "c.zarr", per_class=2)
+    bad.write_text("cache: c.zarr\nheads: [dann]\nsettings: [source->target, source->D9]\n")
+    code = cli.main(["sweep", str(bad), "--check"])
+    _, err = capsys.readouterr()
+    assert code == 1 and "settings[1]: unknown domain 'D9'; valid: source, target" in err
 
 
 def test_a_protocol_off_its_benchmark_says_only_its_recipe_applies(tmp_path, caplog):

@@ -103,13 +103,13 @@ def quiet_worker_logs(client: Any) -> None:
     client.register_plugin(QuietCancellations())
 
 
-def connect(address: str) -> Any:
-    """A ``distributed.Client`` of the scheduler at ``address``; one-line errors when it cannot
-    be reached or the address is malformed."""
+def connect(address: str, timeout: float = 30.0) -> Any:
+    """A ``distributed.Client`` of the scheduler at ``address``, waiting at most ``timeout``
+    seconds; one-line errors when it cannot be reached or the address is malformed."""
     from distributed import Client
 
     try:
-        return Client(address, timeout="30s")
+        return Client(address, timeout=f"{timeout:g}s")
     except (OSError, TimeoutError) as exc:
         raise ConfigError(
             f"--scheduler {address}: cannot connect ({exc}); is a Dask scheduler running there "

@@ -37,6 +37,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import os
 import shutil
 import time
 from collections.abc import Iterator
@@ -449,12 +450,17 @@ def make_jobqueue_cluster(spec: ClusterSpec, kind: str | None = None):
     return cluster_class(**options)
 
 
+CONNECT_SECONDS = 30.0  # the longest wait for a --scheduler to answer (less: --worker-timeout)
 SUBMIT_COMMANDS = {"slurm": "sbatch", "pbs": "qsub"}
 QUEUE_COMMANDS = {"slurm": "squeue -u $USER", "pbs": "qstat -u $USER"}
 
 
 def check_submit_command(kind: str) -> None:
-    """Refuse a SLURM / PBS cluster where its submit command (sbatch / qsub) is not on PATH."""
+    """Refuse a SLURM / PBS cluster where dask-jobqueue is not installed or its submit command
+    (sbatch / qsub) is not on PATH (the package first: it can be installed anywhere)."""
+    from avda.optional import require
+
+    require("dask_jobqueue", package="dask-jobqueue", extra="hpc", feature=f"--cluster {kind}")
     command = SUBMIT_COMMANDS[kind]
     if shutil.which(command) is None:
         raise ConfigError(
@@ -553,7 +559,7 @@ def connect(
     kind = _cluster_kind(spec, scheduler, cluster)
     timeout = worker_timeout or spec.cluster.worker_timeout or DEFAULT_WORKER_TIMEOUT
     if scheduler is not None:
-        client = connect_scheduler(scheduler)
+        client = connect_scheduler(scheduler, timeout=min(CONNECT_SECONDS, timeout))
         try:
             wait_for_worker(
                 client,
@@ -659,9 +665,11 @@ def run_sweep(
     began = time.perf_counter()
     if not isinstance(spec, SweepSpec):
         spec = load_spec(spec)
-    _cluster_kind(spec, scheduler, cluster)  # usage errors before any work
+    kind = _cluster_kind(spec, scheduler, cluster)  # usage errors before any work
+    if scheduler is None and kind != "local":
+        check_submit_command(kind)  # before the output folder is made
     out_dir = Path(out) if out is not None else spec.out
-    out_dir = Path(out_dir).absolute() if out_dir is not None else None
+    out_dir = Path(os.path.abspath(out_dir)) if out_dir is not None else None  # no ".."
     if out_dir is None:
         raise ConfigError(f"{spec.source}: no output folder; give --out DIR or out: in the spec")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -704,12 +712,14 @@ def _sweep_in(
         len(tasks) - len(pending),
         len(pending),
     )
-    _write_index(out_dir, spec, tasks, outcomes)
-    if pending:
+    if not pending:
+        _write_index(out_dir, spec, tasks, outcomes)
+    else:
         connection = connect(
             spec, scheduler=scheduler, cluster=cluster, worker_timeout=worker_timeout
         )
         with connection as (client, options):
+            _write_index(out_dir, spec, tasks, outcomes)  # once there is a worker to train
             link = dashboard_link(client)
             if link:
                 log.info("Dask dashboard: %s", link)

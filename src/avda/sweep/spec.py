@@ -163,8 +163,9 @@ def _node_lines(node: yaml.Node | None, path: tuple = ()) -> dict[tuple, int]:
 def load_spec(path: str | Path, *, open_caches: bool = True) -> SweepSpec:
     """Read and validate a sweep spec; every problem is reported at once, with its path.
 
-    ``open_caches=False`` (``avda sweep --check``) checks everything but the caches (which
-    need not exist yet: an example spec before its features are extracted)."""
+    ``open_caches=False`` (``avda sweep --check``) checks everything but the caches that do not
+    exist (they need not yet: an example spec before its features are extracted); the settings'
+    domains are checked against those that do."""
     path = Path(path)
     if path.is_dir():
         raise ConfigError(f"sweep spec {path} is a folder; give the spec's YAML file")
@@ -209,7 +210,11 @@ def parse_spec(
     max_runs = max_runs_allowed()
     seeds = _parse_seeds(data.get("seeds", [0]), problems, max_runs)
     caches = _parse_caches(data, base, problems)
-    domains = _cache_domains(caches, problems) if open_caches else {}
+    if not open_caches:  # --check: the caches that exist yet still name their domains
+        caches_here = {name: path for name, path in caches.items() if Path(path).exists()}
+        domains = _cache_domains(caches_here, problems)
+    else:
+        domains = _cache_domains(caches, problems)
     protocol = _parse_protocol(data.get("protocol"), problems)
     heads = _parse_heads(data.get("heads"), heads_lib, problems, protocol)
     settings_value = data.get("settings")
