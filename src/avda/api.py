@@ -116,13 +116,14 @@ def extract(
                 "extraction needs --manifest FILE, or --videos DIR (or a text file listing "
                 "videos) for one segment per whole video"
             )
+        given = videos
         frame, videos = whole_videos.manifest(
             videos,
             domain=domain if domain is not None else whole_videos.DEFAULT_DOMAIN,
             split=split if split is not None else whole_videos.DEFAULT_SPLIT,
             progress=progress,
         )
-        log.info("no manifest: %d whole-video segments from %s", len(frame), videos)
+        log.info("no manifest: %d whole-video segments from %s", len(frame), given)
     elif domain is not None or split is not None:
         raise ConfigError(
             "--domain/--split name the segments of whole videos (no --manifest); a manifest "

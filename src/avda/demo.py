@@ -15,6 +15,7 @@ import pandas as pd
 
 from avda.data_manifests import demo as demo_data
 from avda.data_manifests import schema as manifest_schema
+from avda.errors import ConfigError
 from avda.evaluate import tables
 from avda.extract import runner, sampling
 from avda.train.loop import train
@@ -47,6 +48,12 @@ def run_demo(
     progress: bool = True,
 ) -> DemoResult:
     began = time.perf_counter()
+    for option, given in (("--weights", weights), ("--audio-weights", audio_weights)):
+        if given is not None and not Path(given).is_file():  # before the dataset is made
+            raise ConfigError(
+                f"{option} {given}: no such file; give the path of a downloaded checkpoint "
+                "(published files by name: `avda weights list`, docs/weights.md)"
+            )
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     manifest_path = out / "manifest.csv"

@@ -14,6 +14,7 @@ import pytest
 
 from avda.cache import Status, open_cache
 from avda.data_manifests import whole_videos
+from avda.errors import MediaError
 from avda.extract import audio as audio_lib
 from avda.extract import runner
 from avda.extract.decode import VideoDecoder
@@ -94,6 +95,12 @@ def test_the_audio_note_counts_the_window_the_cut_reads(cut_video):
     assert _lost_note(track, segment, _used_spans([(0.0, 18.0)], short)) == ""
     tbn = tiny("demo", audio_seconds=1.278, audio_cut="tbn")
     assert _used_spans([(3.0, 4.278)], tbn) == [(3.0, 4.278)]
+    # A window past the cut fails naming the cut, not "damaged packets".
+    assert track.cut_at == pytest.approx(lost_from)
+    with pytest.raises(MediaError, match="the file was cut short") as error:
+        _lost_note(track, segment, [(12.0, 14.0)], cut_video / "cut.mp4")
+    assert f"({lost_from:.2f} s of the {track.duration:.2f} s its container" in str(error.value)
+    assert "damaged packets" not in str(error.value)
 
 
 def _healthy(path, *, audio_seconds=0.0, held=0.0):

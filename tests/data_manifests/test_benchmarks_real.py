@@ -328,3 +328,15 @@ def test_ucf_frame_rate_options(annotations):
     hmdb = manifest[manifest["domain"] == "hmdb"]
     np.testing.assert_allclose(ucf["stop_sec"], ucf["stop_frame"] / 30.0)
     np.testing.assert_allclose(hmdb["stop_sec"], hmdb["stop_frame"] / 24.0)
+
+
+def test_manifest_build_prints_its_summary_once_on_stdout(annotations, tmp_path, capsys):
+    """Results to stdout, logs to stderr: the summary was printed on both."""
+    from avda import cli
+
+    out = tmp_path / "m.csv"
+    code = cli.main(["manifest", "build", "epic55-mmsada", "-a", str(annotations), "-o", str(out)])
+    printed, err = capsys.readouterr()
+    assert code == 0, err
+    assert printed.startswith(f"wrote {out}\nepic55-mmsada: 10094 segments\n")
+    assert "10094 segments" not in err

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 from pathlib import Path
 
@@ -171,6 +172,12 @@ def test_runs_layout_keeps_the_per_run_table(sweep_like, tmp_path):
     run_dirs = aggregate.find_runs([sweep_like])
     table = tables.results_table(run_dirs)
     assert len(table) == 8 and list(table.columns[:4]) == ["run", "head", "setting", "seed"]
+    # each run named by its path below the sweep's folder (they were all "seed0", "seed1")
+    assert table["run"].tolist() == [
+        Path(os.path.relpath(run, sweep_like)).as_posix() for run in run_dirs
+    ]
+    assert table["run"].is_unique and all("/" in name for name in table["run"])
+    assert tables.results_table(run_dirs[:1])["run"].tolist() == [run_dirs[0].name]
     text, paths = tables.evaluate_runs([sweep_like], layout="runs", out=tmp_path / "t")
     assert text == tables.to_markdown(table)
     assert [p.suffix for p in paths] == [".md", ".csv"]

@@ -95,8 +95,10 @@ def test_a_resume_or_rerun_with_other_settings_is_refused_and_a_finished_run_kep
     # Run again: nothing to do, the weights kept; more epochs or other settings: refused.
     again = _run(demo_dataset, tmp_path / "a.pt")
     assert again.history == done.history and (tmp_path / "a.pt").read_bytes() == weights
-    with pytest.raises(ConfigError, match=r"holds weights fine-tuned for 2 epochs, not 3"):
+    with pytest.raises(ConfigError, match=r"holds weights fine-tuned for 2 epochs, not 3") as e:
         _run(demo_dataset, tmp_path / "a.pt", config=CONFIG.replace(epochs=3))
+    files = [tmp_path / f"a.pt{suffix}" for suffix in ("", ".json", ".classifier.pt")]
+    assert all(f.is_file() and str(f) in str(e.value) for f in files), str(e.value)
     with pytest.raises(ConfigError, match=r"fine-tuned with other settings \(lr 0.01 -> 0.5\)"):
         _run(demo_dataset, tmp_path / "a.pt", config=other)
     assert (tmp_path / "a.pt").read_bytes() == weights

@@ -289,5 +289,5 @@ def build_manifest(
     output = Path(output)
     schema.write(result.manifest, output)
     build_info_path(output).write_text(json.dumps(result.info(), indent=2) + "\n", encoding="utf-8")
-    logger.info("%s\nwrote %s", result.summary(), output)
+    logger.debug("%s\nwrote %s", result.summary(), output)  # the CLI prints it on stdout
     return result

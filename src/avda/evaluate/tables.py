@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -38,8 +39,11 @@ def run_metrics(run: Path) -> dict[str, float]:
 
 
 def results_table(run_dirs: Sequence[str | Path]) -> pd.DataFrame:
-    """One row per run: head, setting, seed, then ``<set>/<task>/<metric>`` columns (in %)."""
+    """One row per run: head, setting, seed, then ``<set>/<task>/<metric>`` columns (in %).
+    ``run`` names each by its path below the runs' common folder (a sweep's runs are all
+    ``seed0``... in folders of their head and setting), by its folder name when alone."""
     rows = []
+    labels = run_labels(run_dirs)
     for run in map(Path, run_dirs):
         if not runs.is_complete(run):
             from avda.cache.lock import training_holder
@@ -56,7 +60,7 @@ def results_table(run_dirs: Sequence[str | Path]) -> pd.DataFrame:
             )
         config = runs.read_config(run)
         row = {
-            "run": run.name,
+            "run": labels[len(rows)],
             "head": config["head"],
             "setting": f"{','.join(config['source'])}->{','.join(config['target'])}",
             "seed": config["seed"],
@@ -71,6 +75,15 @@ def results_table(run_dirs: Sequence[str | Path]) -> pd.DataFrame:
         key=lambda c: (SET_ORDER.index(c.split("/")[0]) if c.split("/")[0] in SET_ORDER else 9, c),
     )
     return table[fixed + order]
+
+
+def run_labels(run_dirs: Sequence[str | Path]) -> list[str]:
+    """Each run's path below the runs' common folder (its folder name when alone)."""
+    paths = [Path(os.path.abspath(run)) for run in run_dirs]
+    if len(paths) < 2:
+        return [path.name for path in paths]
+    root = Path(os.path.commonpath(paths))
+    return [path.relative_to(root).as_posix() if path != root else path.name for path in paths]
 
 
 def to_markdown(table: pd.DataFrame, *, digits: int = 1) -> str:

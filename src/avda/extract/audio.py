@@ -54,6 +54,9 @@ class AudioTrack:
     codec: str
     lost: tuple[tuple[float, float], ...] = ()
     damaged_packets: int = 0
+    # where the audio of a file cut short ends (seconds; None: not cut), before the silence
+    # that stands for the rest of the track its container declares
+    cut_at: float | None = None
 
     @property
     def duration(self) -> float:
@@ -89,14 +92,15 @@ def read_audio(path: str | Path, sample_rate: int | None = None) -> AudioTrack:
     :attr:`AudioTrack.lost` (logged as a warning).
     """
     path = Path(path)
-    mono, native_rate, channels, codec, lost, damaged = _decode_mono(path)
+    mono, native_rate, channels, codec, lost, damaged, cut = _decode_mono(path)
     waveform = torch.from_numpy(mono)
     sample_rate = sample_rate or native_rate
     if native_rate != sample_rate:
         waveform = torchaudio.functional.resample(waveform, native_rate, sample_rate)
     samples = np.ascontiguousarray(waveform.numpy(), dtype=np.float32)
     spans = tuple((a / native_rate, b / native_rate) for a, b in lost)
-    track = AudioTrack(samples, sample_rate, native_rate, channels, codec, spans, damaged)
+    cut_at = cut / native_rate if cut is not None else None
+    track = AudioTrack(samples, sample_rate, native_rate, channels, codec, spans, damaged, cut_at)
     if damaged or spans:
         log.warning(
             "%s: %d damaged audio packet(s); %.2f s of %.2f s filled with silence",
@@ -105,9 +109,12 @@ def read_audio(path: str | Path, sample_rate: int | None = None) -> AudioTrack:
     return track
 
 
-def _decode_mono(path: Path) -> tuple[np.ndarray, int, int, str, list[tuple[int, int]], int]:
+def _decode_mono(
+    path: Path,
+) -> tuple[np.ndarray, int, int, str, list[tuple[int, int]], int, int | None]:
     """(mono samples at the native rate, rate, channels, codec, lost sample spans, damaged
-    packets). Frames are placed by their timestamps: a gap left by a skipped packet is zeros.
+    packets, the sample where the audio of a file cut short ends or None). Frames are placed
+    by their timestamps: a gap left by a skipped packet is zeros.
 
     Sample 0 is at the time of the video's first frame when the file has a video stream (the
     origin of the frame timestamps that place the video clips, decord's and PyAV's alike), so
@@ -125,6 +132,7 @@ def _decode_mono(path: Path) -> tuple[np.ndarray, int, int, str, list[tuple[int,
     origin: float | None = None  # the time of sample 0
     offset: int | None = None  # where the first decoded sample falls, in samples from it
     damaged_until: float | None = None  # end time of the latest damaged packet
+    cut: int | None = None  # where the audio of a file cut short ends
     try:
         container = av.open(str(path))
     except Exception as exc:  # PyAV raises many error types for damaged files
@@ -208,12 +216,12 @@ def _decode_mono(path: Path) -> tuple[np.ndarray, int, int, str, list[tuple[int,
             )
             lost.append((position, end))
             pieces.append(np.zeros(end - position, np.float32))
-            position = end
+            cut, position = position, end
             damaged += 1
     if position == 0:
         detail = f" ({damaged} damaged packets)" if damaged else ""
         raise MediaError(f"{path}: the audio track is empty or cannot be decoded{detail}")
-    return np.concatenate(pieces), rate, channels, codec, _merge(lost), damaged
+    return np.concatenate(pieces), rate, channels, codec, _merge(lost), damaged, cut
 
 
 def _video_start(container) -> float | None:

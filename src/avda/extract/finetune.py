@@ -181,7 +181,8 @@ def _finished(out: Path, key: dict[str, Any], epochs: int) -> list[dict[str, flo
         why = "with settings it does not record (an older avda)"
     raise ConfigError(
         f"{out} holds weights fine-tuned {why}; give another -o (to go on from them: --weights "
-        f"{out}, a new run), or remove {out} and {meta_path.name} to train it again"
+        f"{out}, a new run), or remove {out}, {meta_path} and "
+        f"{out.with_name(out.name + '.classifier.pt')} to train it again"
     )
 
 

@@ -277,7 +277,7 @@ class SegmentDataset(Dataset):
             audio_lib.cut(recipe.audio_cut, samples, rate, start, stop, recipe.audio_seconds)
             for start, stop in spans
         ]
-        self._note = _lost_note(track, segment, _used_spans(spans, recipe))
+        self._note = _lost_note(track, segment, _used_spans(spans, recipe), path)
         name = self.audio_recipe or "vggsound"
         if len({len(w) for w in waves}) == 1:
             spec = audio_lib.spectrogram(name, torch.from_numpy(np.stack(waves)), rate)
@@ -333,10 +333,14 @@ def _used_spans(spans: list[tuple[float, float]], recipe: Recipe) -> list[tuple[
 
 
 def _lost_note(
-    track: audio_lib.AudioTrack, segment: pd.Series, spans: list[tuple[float, float]]
+    track: audio_lib.AudioTrack,
+    segment: pd.Series,
+    spans: list[tuple[float, float]],
+    path: Path | None = None,
 ) -> str:
     """ "" when the segment's audio windows are intact; a note saying how much of them damaged
-    packets replaced by silence; a MediaError when that is more than half of them."""
+    packets replaced by silence; a MediaError when that is more than half of them (naming the
+    cut when the file was cut short there)."""
     if not track.lost:
         return ""
     wanted = sum(max(0.0, min(b, track.duration) - max(a, 0.0)) for a, b in spans)
@@ -344,6 +348,14 @@ def _lost_note(
     if lost <= 0:
         return ""
     if wanted <= 0 or lost > audio_lib.MAX_LOST_FRACTION * wanted:
+        cut = track.cut_at
+        if cut is not None and track.lost_between(cut, track.duration) >= lost / 2:
+            raise MediaError(
+                f"segment {segment['uid']!r}: {lost:.2f} s of its {wanted:.2f} s of audio lie "
+                f"past the end of the audio of {path or 'its file'} ({cut:.2f} s of the "
+                f"{track.duration:.2f} s its container declares): the file was cut short (an "
+                "interrupted download or copy?); re-download it"
+            )
         raise MediaError(
             f"segment {segment['uid']!r}: {lost:.2f} s of its {wanted:.2f} s of audio are lost "
             "to damaged packets; re-encode or re-download the file"

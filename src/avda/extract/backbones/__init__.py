@@ -95,7 +95,8 @@ def create(
         RANDOM_INIT_WARNED.add((name, modality))
         log.warning(
             "%s (%s): no weights given, random initialisation: features are meaningless "
-            "beyond the architecture; pass weights=PATH to a published checkpoint",
+            "beyond the architecture; give a published checkpoint (avda extract/demo: "
+            "--weights, or --audio-weights for the audio backbone; Python: weights=PATH)",
             name,
             modality,
         )

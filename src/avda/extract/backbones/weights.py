@@ -89,7 +89,7 @@ def read_checkpoint(path: str | Path) -> Any:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(
-            f"weights file {str(path)!r} does not exist; pass weights=PATH to a downloaded "
+            f"weights file {str(path)!r} does not exist; give the path of a downloaded "
             "checkpoint (published files by name: `avda weights list`, docs/weights.md)"
         )
     if path.suffix == ".safetensors":
