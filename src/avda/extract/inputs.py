@@ -195,8 +195,9 @@ class SegmentDataset(Dataset):
         )
         frames_of = self._segment_frames(segment, decoder.fps)
         _check_inside_video(segment, decoder.duration, path)
-        if float(segment["stop_sec"]) > decoder.duration:
-            _check_not_cut(segment, decoder, path)
+        if float(segment["stop_sec"]) > decoder.duration:  # the index read once per video
+            listed = self._reader("index", path, lambda: indexed_frames(path))
+            _check_not_cut(segment, decoder, path, listed)
         plan = self.recipe.rgb_plan(frames_of)
         times = plan.times if plan.times is not None else frames_of.time_of(plan.numbers)
         K = times.shape[0]
@@ -306,13 +307,16 @@ def _check_inside_video(segment: pd.Series, duration: float, path: Path) -> None
         raise MediaError(f"segment {segment['uid']!r} {why}: {path}; fix its times in the manifest")
 
 
-def _check_not_cut(segment: pd.Series, decoder: VideoDecoder, path: Path) -> None:
+def _check_not_cut(
+    segment: pd.Series, decoder: VideoDecoder, path: Path, listed: int | None = None
+) -> None:
     """A segment that runs past the last frame of a file cut short (an interrupted download or
     copy: its index lists more frames than it holds): the clips past the cut would repeat its
     last frame; the segment fails instead (the slack of :func:`_check_inside_video` is for
     annotations running past the end of a whole file). A file whose index lists no frames
-    (Matroska/WebM) or as many as it holds (a last frame held, longer audio) is not cut."""
-    listed = indexed_frames(path)
+    (Matroska/WebM) or as many as it holds (a last frame held, longer audio) is not cut.
+    ``listed``: :func:`indexed_frames` of ``path``, when known."""
+    listed = indexed_frames(path) if listed is None else listed
     missing = listed - decoder.num_frames
     if missing <= max(TRUNCATED_SECONDS * decoder.fps, TRUNCATED_FRACTION * listed):
         return
