@@ -8,6 +8,7 @@ in their names).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -25,6 +26,16 @@ DASK_LOGGERS = ("distributed", "dask_jobqueue")
 def _routine_shutdown(record: logging.LogRecord) -> bool:
     """False for the nanny's warning that it killed a worker slow to exit at the end of a run."""
     return "still alive after" not in record.getMessage()
+
+
+def _cancelled_reconnect(record: logging.LogRecord) -> bool:
+    """False for the client's records of a scheduler gone away: its reconnect loop cancelled
+    as avda closes it (an empty message over a 40-line traceback ending in ``CancelledError``)
+    or given up ("Failed to reconnect to scheduler"): the sweep reports its lost runs itself."""
+    error = record.exc_info[0] if record.exc_info else None
+    if error is not None and issubclass(error, asyncio.CancelledError):
+        return False
+    return not record.getMessage().startswith("Failed to reconnect to scheduler")
 
 
 def quiet_dask_logs(verbose: bool | None = None) -> None:
@@ -49,6 +60,9 @@ def quiet_dask_logs(verbose: bool | None = None) -> None:
     nanny = logging.getLogger("distributed.nanny")
     if _routine_shutdown not in nanny.filters:
         nanny.addFilter(_routine_shutdown)
+    client = logging.getLogger("distributed.client")
+    if _cancelled_reconnect not in client.filters:
+        client.addFilter(_cancelled_reconnect)
 
 
 @contextlib.contextmanager

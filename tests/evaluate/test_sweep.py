@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import signal
 import threading
@@ -434,3 +435,25 @@ def test_a_second_sweep_into_the_same_folder_is_refused(tmp_path, cache):
                            rf"{os.getpid()} .*\(avda sweep\)"):  # fmt: skip
             sweep.run_sweep(spec, progress=False)
     assert not (tmp_path / "runs" / sweep.INDEX).exists()
+
+
+def test_a_lost_schedulers_reconnect_traceback_is_not_printed(caplog):
+    """A killed scheduler: the client logged a 40-line traceback (its reconnect loop cancelled
+    at close) and "Failed to reconnect" below the sweep's own report of the lost runs."""
+    import asyncio
+
+    from avda.dask_support import quiet_dask_logs
+
+    quiet_dask_logs(verbose=False)
+    client = logging.getLogger("distributed.client")
+    with caplog.at_level(logging.WARNING):
+        try:
+            raise asyncio.CancelledError
+        except asyncio.CancelledError:
+            client.exception("")
+        client.error("Failed to reconnect to scheduler after 30.00 seconds, closing client")
+        try:
+            raise OSError("disk full")
+        except OSError:
+            client.exception("another error")
+    assert [r.getMessage() for r in caplog.records] == ["another error"]
