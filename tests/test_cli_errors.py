@@ -323,7 +323,7 @@ def test_sigint_to_a_running_train_exits_130_with_the_resume_line(work, tmp_path
 def test_demo_with_a_missing_checkpoint_is_refused_before_making_its_dataset(capsys, tmp_path):
     for option in ("--weights", "--audio-weights"):
         code, _, err = run(capsys, "demo", "-o", str(tmp_path / "d"), option, "nope.pt")
-        assert code == 1 and f"{option} nope.pt: no such file" in one_line(err)
+        assert code == 1 and f"{option} nope.pt: no such checkpoint file" in one_line(err)
         assert not (tmp_path / "d").exists()
 
 

@@ -1163,8 +1163,8 @@ def sweep_command(
         bool,
         typer.Option(
             "--check",
-            help="Validate the spec (heads, protocol, settings, published numbers) without "
-            "opening its caches; train nothing.",
+            help="Validate the spec (heads, protocol, settings, published numbers; its caches "
+            "need not exist yet); train nothing.",
         ),
     ] = False,
     quiet: Quiet = False,

@@ -60,6 +60,13 @@ def quiet_dask_logs(verbose: bool | None = None) -> None:
     nanny = logging.getLogger("distributed.nanny")
     if _routine_shutdown not in nanny.filters:
         nanny.addFilter(_routine_shutdown)
+
+
+def quiet_lost_scheduler_logs() -> None:
+    """For a command that reports the work a lost scheduler took with it (``avda sweep``):
+    the client's own records of it (:func:`_cancelled_reconnect`) only with ``avda -v``."""
+    if logging.getLogger().isEnabledFor(logging.DEBUG):
+        return
     client = logging.getLogger("distributed.client")
     if _cancelled_reconnect not in client.filters:
         client.addFilter(_cancelled_reconnect)

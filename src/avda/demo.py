@@ -51,8 +51,8 @@ def run_demo(
     for option, given in (("--weights", weights), ("--audio-weights", audio_weights)):
         if given is not None and not Path(given).is_file():  # before the dataset is made
             raise ConfigError(
-                f"{option} {given}: no such file; give the path of a downloaded checkpoint "
-                "(published files by name: `avda weights list`, docs/weights.md)"
+                f"{option} {given}: no such checkpoint file; give the path of a downloaded "
+                "checkpoint (published files by name: `avda weights list`, docs/weights.md)"
             )
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

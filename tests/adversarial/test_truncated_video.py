@@ -5,6 +5,7 @@ The audio note of a segment counts only the seconds its window reads."""
 
 from __future__ import annotations
 
+import dataclasses
 import fractions
 
 import av
@@ -101,6 +102,10 @@ def test_the_audio_note_counts_the_window_the_cut_reads(cut_video):
         _lost_note(track, segment, [(12.0, 14.0)], cut_video / "cut.mp4")
     assert f"({lost_from:.2f} s of the {track.duration:.2f} s its container" in str(error.value)
     assert "damaged packets" not in str(error.value)
+    # Damaged packets before the cut are not blamed on it.
+    damaged = dataclasses.replace(track, lost=((1.0, 3.0), *track.lost))
+    with pytest.raises(MediaError, match="lost to damaged packets; re-encode") as error:
+        _lost_note(damaged, segment, [(1.0, 3.0)], cut_video / "cut.mp4")
 
 
 def _healthy(path, *, audio_seconds=0.0, held=0.0):

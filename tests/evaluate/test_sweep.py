@@ -442,9 +442,9 @@ def test_a_lost_schedulers_reconnect_traceback_is_not_printed(caplog):
     at close) and "Failed to reconnect" below the sweep's own report of the lost runs."""
     import asyncio
 
-    from avda.dask_support import quiet_dask_logs
+    from avda.dask_support import quiet_lost_scheduler_logs
 
-    quiet_dask_logs(verbose=False)
+    quiet_lost_scheduler_logs()
     client = logging.getLogger("distributed.client")
     with caplog.at_level(logging.WARNING):
         try:

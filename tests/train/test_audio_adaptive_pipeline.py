@@ -450,6 +450,26 @@ def test_stages_run_alone_and_refuse_other_settings(av_cache, tmp_path):
     assert StageStore(tmp_path / "run").record("pseudo-labels-rgb") is not None
 
 
+def test_the_absent_activity_term_lowers_the_targets_absent_class_probabilities(av_cache, tmp_path):
+    """Stage 5's absent-activity term (eq. 4) pushes the encoder's target probabilities of
+    each segment's pseudo-absent classes down: lower with the term than without it (the same
+    seed, every other input alike), higher with it inverted. A weight lost on its way from the
+    config to the loss (the loss itself is checked against a hand computation) fails here; the
+    head's accuracy tests switch it off only together with the pseudo-label term."""
+
+    def absent_mass(weight: float) -> float:
+        stages = run_stages(
+            cache=av_cache, source=["source"], target=["target"], out=tmp_path / f"w{weight}",
+            overrides={**TINY, "visual_modalities": ["rgb"], "absent_weight": weight},
+            until="encoder", progress=False, device="cpu",
+        )  # fmt: skip
+        probabilities = stages.encoder_probabilities("rgb", stages.context.target_set)
+        return float((probabilities * stages.absent_labels()).sum(axis=1).mean())
+
+    on, off, inverted = absent_mass(1.0), absent_mass(0.0), absent_mass(-1.0)
+    assert on < off - 1e-3 and inverted > off + 1e-3, (on, off, inverted)
+
+
 def _shot_labels(features, probabilities, prior):
     """The centroid labels as SHOT's ``obtain_label`` (tim-learn/SHOT, object/image_target.py)
     computes them, with scipy's cosine distance: centroids of the unit features, a soft round,

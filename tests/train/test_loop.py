@@ -293,3 +293,15 @@ def test_a_set_one_row_past_whole_batches_trains_a_head_with_batchnorm(
     result = _train(shifted_cache, tmp_path / head, head, epochs=2, batch_size=13, **sizes)
     assert runs.is_complete(result.run)
     assert all(np.isfinite(v) for v in result.metrics.values())
+
+
+def test_a_batch_of_one_is_refused_in_one_line_and_the_fixed_rerun_trains(shifted_cache, tmp_path):
+    """batch_size=1 under a BatchNorm: one line that says so (it read "cannot train with the
+    cache's inputs ... report this as a bug"), and the rerun with a fixed setting in the same
+    folder trains (it was refused as "another configuration" of an unfinished run)."""
+    with pytest.raises(ConfigError, match="adabn normalises with BatchNorm, which cannot train"):
+        _train(shifted_cache, tmp_path / "run", "adabn", epochs=1, batch_size=1)
+    result = _train(shifted_cache, tmp_path / "run", "adabn", epochs=1, batch_size=2)
+    assert runs.is_complete(result.run)
+    with pytest.raises(ConfigError, match=r"encoder_batch_size: expected an integer >= 2"):
+        _train(shifted_cache, tmp_path / "aa", "audio-adaptive", encoder_batch_size=1)

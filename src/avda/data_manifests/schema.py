@@ -385,6 +385,9 @@ class ManifestProblems(ManifestError):
         self.path = Path(path)
         self.problems = list(problems)
 
+    def __reduce__(self):  # its arguments are not its message (a pool's worker pickles it)
+        return type(self), (self.path, self.problems)
+
 
 def format_problems(path: str | Path, problems: list[Problem]) -> str:
     shown = problems[:MAX_PROBLEMS_SHOWN]

@@ -43,8 +43,7 @@ def results_table(run_dirs: Sequence[str | Path]) -> pd.DataFrame:
     ``run`` names each by its path below the runs' common folder (a sweep's runs are all
     ``seed0``... in folders of their head and setting), by its folder name when alone."""
     rows = []
-    labels = run_labels(run_dirs)
-    for run in map(Path, run_dirs):
+    for run, label in zip(map(Path, run_dirs), run_labels(run_dirs), strict=True):
         if not runs.is_complete(run):
             from avda.cache.lock import training_holder
 
@@ -60,7 +59,7 @@ def results_table(run_dirs: Sequence[str | Path]) -> pd.DataFrame:
             )
         config = runs.read_config(run)
         row = {
-            "run": labels[len(rows)],
+            "run": label,
             "head": config["head"],
             "setting": f"{','.join(config['source'])}->{','.join(config['target'])}",
             "seed": config["seed"],

@@ -145,7 +145,7 @@ def extract_distributed(
             quiet_worker_logs(client)
             threads = threads_per_worker(count)
         else:
-            client = stack.enter_context(connect(scheduler))
+            client = stack.enter_context(connect(scheduler, timeout=min(30.0, worker_timeout)))
             _wait_for_worker(client, scheduler, worker_timeout)
             count = max(1, len(client.scheduler_info().get("workers", {})))
             threads = None

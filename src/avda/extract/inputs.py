@@ -353,9 +353,10 @@ def _lost_note(
         return ""
     if wanted <= 0 or lost > audio_lib.MAX_LOST_FRACTION * wanted:
         cut = track.cut_at
-        if cut is not None and track.lost_between(cut, track.duration) >= lost / 2:
+        past = 0.0 if cut is None else sum(track.lost_between(max(a, cut), b) for a, b in spans)
+        if past >= lost / 2:  # mostly the windows' seconds past the end of a cut file
             raise MediaError(
-                f"segment {segment['uid']!r}: {lost:.2f} s of its {wanted:.2f} s of audio lie "
+                f"segment {segment['uid']!r}: {past:.2f} s of its {wanted:.2f} s of audio lie "
                 f"past the end of the audio of {path or 'its file'} ({cut:.2f} s of the "
                 f"{track.duration:.2f} s its container declares): the file was cut short (an "
                 "interrupted download or copy?); re-download it"

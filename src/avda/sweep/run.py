@@ -53,6 +53,7 @@ from avda.dask_support import (
     available_cores,
     collect_warnings,
     quiet_dask_logs,
+    quiet_lost_scheduler_logs,
     quiet_worker_logs,
     threads_per_worker,
     workers_ignore_interrupt,
@@ -556,6 +557,7 @@ def connect(
     from distributed import Client, LocalCluster
 
     quiet_dask_logs()
+    quiet_lost_scheduler_logs()  # the sweep reports the runs a lost scheduler took with it
     kind = _cluster_kind(spec, scheduler, cluster)
     timeout = worker_timeout or spec.cluster.worker_timeout or DEFAULT_WORKER_TIMEOUT
     if scheduler is not None:
@@ -666,12 +668,13 @@ def run_sweep(
     if not isinstance(spec, SweepSpec):
         spec = load_spec(spec)
     kind = _cluster_kind(spec, scheduler, cluster)  # usage errors before any work
-    if scheduler is None and kind != "local":
-        check_submit_command(kind)  # before the output folder is made
     out_dir = Path(out) if out is not None else spec.out
     out_dir = Path(os.path.abspath(out_dir)) if out_dir is not None else None  # no ".."
     if out_dir is None:
         raise ConfigError(f"{spec.source}: no output folder; give --out DIR or out: in the spec")
+    if scheduler is None and kind != "local":  # before the output folder is made
+        if any(not runs.is_complete(task.run) for task in plan(spec, out_dir)):
+            check_submit_command(kind)  # (a finished sweep reruns anywhere)
     out_dir.mkdir(parents=True, exist_ok=True)
     # One sweep writes an output folder at a time: two would each mark the other's runs
     # failed (busy) in the index they write last.
@@ -712,14 +715,12 @@ def _sweep_in(
         len(tasks) - len(pending),
         len(pending),
     )
-    if not pending:
-        _write_index(out_dir, spec, tasks, outcomes)
-    else:
+    if pending:
         connection = connect(
             spec, scheduler=scheduler, cluster=cluster, worker_timeout=worker_timeout
         )
         with connection as (client, options):
-            _write_index(out_dir, spec, tasks, outcomes)  # once there is a worker to train
+            _write_index(out_dir, spec, tasks, outcomes)  # once a worker can train them
             link = dashboard_link(client)
             if link:
                 log.info("Dask dashboard: %s", link)

@@ -220,7 +220,7 @@ def parse_spec(
     settings_value = data.get("settings")
     if settings_value is None and protocol is not None and protocol.settings:
         settings_value = list(protocol.settings)  # the protocol's table
-    settings = _parse_settings(settings_value, domains, problems)
+    settings = _parse_settings(settings_value, domains, problems, several=len(caches) > 1)
     published = _parse_published(data.get("published"), problems)
     out = data.get("out")
     if out is not None and not isinstance(out, str):
@@ -413,7 +413,9 @@ def _parse_heads(
     return heads
 
 
-def _parse_settings(value: Any, domains: dict[str, set[str]], problems: _Problems) -> list[Setting]:
+def _parse_settings(
+    value: Any, domains: dict[str, set[str]], problems: _Problems, *, several: bool = False
+) -> list[Setting]:
     if not isinstance(value, list) or not value:
         problems.add(("settings",), "expected a list of settings, e.g. [epic55-mmsada]")
         return []
@@ -429,7 +431,7 @@ def _parse_settings(value: Any, domains: dict[str, set[str]], problems: _Problem
         for setting in expanded:
             for cache, known in domains.items():
                 missing = [d for d in setting.domains if d not in known]
-                where = f"setting {setting.name}" + (f", cache {cache}" if len(domains) > 1 else "")
+                where = f"setting {setting.name}" + (f", cache {cache}" if several else "")
                 for domain in missing:
                     message = unknown_name_message("domain", domain, known)
                     problems.add(path, f"{message} ({where})")

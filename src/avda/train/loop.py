@@ -487,6 +487,14 @@ def _but_version(config: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in config.items() if k != "avda_version"}
 
 
+def _trained(out: Path) -> bool:
+    """Whether the run folder holds trained work: a checkpoint or a metrics record (the loop
+    empties ``metrics.jsonl`` when it starts: an empty one is a run refused in its first
+    epoch)."""
+    metrics = out / runs.METRICS
+    return (out / runs.CHECKPOINT).exists() or (metrics.exists() and metrics.stat().st_size > 0)
+
+
 def _start_run_folder(
     out: Path,
     resolved: dict[str, Any],
@@ -511,7 +519,7 @@ def _start_run_folder(
             )
         return None
     if (out / runs.CONFIG).exists() and (recorded := runs.read_config(out)) != resolved:
-        if (out / runs.CHECKPOINT).exists() or (out / runs.METRICS).exists():
+        if _trained(out):
             raise RunError(
                 f"{out} holds an unfinished run with another configuration "
                 f"({config_difference(recorded, resolved)}); use another -o or remove it"
@@ -520,8 +528,7 @@ def _start_run_folder(
         log.info("%s: replacing the configuration of a run that never trained", out)
     out.mkdir(parents=True, exist_ok=True)
     runs.write_config(out, resolved)
-    trained = (out / runs.CHECKPOINT).exists() or (out / runs.METRICS).exists()
-    if not trained or not (out / runs.PROVENANCE).exists():
+    if not _trained(out) or not (out / runs.PROVENANCE).exists():
         # Written when the run starts; a resume keeps the record of the cache it started on
         # and adds the environment it went on in.
         provenance = {**store.provenance, "environment": environment.describe(device)}

@@ -279,9 +279,7 @@ class AudioAdaptiveStages:
             def run_epoch(epoch: int) -> dict[str, float]:
                 total, steps = 0.0, 0
                 for position in self._batches(config.audio_batch_size, len(rows), generator):
-                    index = rows[position]
-                    if len(index) < 2 and len(rows) > 1:
-                        continue  # BatchNorm cannot normalise one example (a last, short batch)
+                    index = rows[position]  # never one row alone (split_batches)
                     inputs = train.inputs[audio][index].to(self.device)
                     logits, _ = model(inputs)
                     if self.multi_label:  # CharadesEgo/train_audio_only.py: BCE on sigmoids

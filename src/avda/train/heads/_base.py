@@ -50,7 +50,7 @@ from torch import nn
 
 from avda.config import Config
 from avda.errors import AvdaError, CacheError, ConfigError
-from avda.train.data import FeatureSet, Task, evaluation_domain
+from avda.train.data import FeatureSet, Task, batch_count, evaluation_domain
 from avda.train.layers import mlp, set_norm_domain
 from avda.train.losses import classification_loss
 from avda.train.presets import with_preset
@@ -129,6 +129,12 @@ def shape_errors(head: str, shapes: Mapping[str, tuple[int, ...]], doing: str) -
     try:
         yield
     except Exception as error:
+        if "Expected more than 1 value per channel when training" in str(error):
+            raise ConfigError(
+                f"{head} normalises with BatchNorm, which cannot train on a batch of one "
+                "segment: use batch sizes of 2 or more (--set batch_size=N, target_batch_size=N) "
+                "and sets of 2 or more segments"
+            ) from error
         if not is_shape_error(error):
             raise
         first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
@@ -146,6 +152,9 @@ log = logging.getLogger(__name__)
 # Integer fields counted in items that must be at least one (layer sizes, batch sizes, ...).
 _POSITIVE_INT_SUFFIXES = ("_dim", "_hidden", "_heads", "_depth", "batch_size", "_bottleneck")
 _POSITIVE_INT_NAMES = ("epochs", "eval_every", "lr_steps", "num_segments", "scales", "reduction")
+# Batch sizes of stages that always train a BatchNorm (audio-adaptive's audio classifier and
+# encoder), which cannot normalise one example.
+_BATCH_NORM_BATCH_SIZES = ("audio_batch_size", "encoder_batch_size")
 # Integer fields where 0 means "none" or "same as" (target_batch_size 0: batch_size).
 _NON_NEGATIVE_INT_NAMES = (
     "target_batch_size",
@@ -169,6 +178,8 @@ def range_problem(name: str, value: Any) -> str | None:
     if isinstance(value, float) and not math.isfinite(value):
         return "a finite number"
     if isinstance(value, int) and not isinstance(value, float):
+        if name in _BATCH_NORM_BATCH_SIZES:
+            return "an integer >= 2 (a BatchNorm trains on it)" if value < 2 else None
         if name == "target_batch_size" or name in _NON_NEGATIVE_INT_NAMES:
             return "an integer >= 0" if value < 0 else None
         if name in _POSITIVE_INT_NAMES or name.endswith(_POSITIVE_INT_SUFFIXES):
@@ -205,7 +216,8 @@ class HeadConfig(Config):
     ``reference_segments`` is the size of the training set the default epochs were set for (the
     paper's source training set; 0: epochs are literal). With ``schedule="steps"`` (the default
     while no epoch count is set explicitly) a run on N segments trains
-    ``epochs * ceil(reference_segments / batch_size) / ceil(N / batch_size)`` epochs, with its
+    ``epochs * ceil(reference_segments / batch_size) / ceil(N / batch_size)`` epochs (batches
+    counted as :func:`~avda.train.data.batch_count` makes them), with its
     stages, lr steps and evaluation interval scaled alike (:meth:`for_data`): the recipe's number
     of optimiser steps on a few hundred segments as on EPIC-100, and exactly the paper's epochs
     on the paper's dataset.
@@ -293,7 +305,7 @@ class HeadConfig(Config):
             return 0
         preset = getattr(self, "preset", None)
         default = type(self).from_dict({"preset": preset} if preset else {})
-        return default.epochs * math.ceil(default.reference_segments / default.batch_size)
+        return default.epochs * batch_count(default.reference_segments, default.batch_size)
 
     def for_data(self, segments: int, head: str = "head", min_evaluations: int = 1) -> Self:
         """This config for a run on ``segments`` labelled training segments: with
@@ -303,7 +315,7 @@ class HeadConfig(Config):
         ``min_evaluations``: a protocol's table averages that many checkpoints (evaluations at
         the end of an epoch): derived epochs are raised to give them (a large set's recipe can
         be fewer epochs)."""
-        steps_here = max(1, math.ceil(segments / self.batch_size))
+        steps_here = max(1, batch_count(segments, self.batch_size))
         recipe = self.recipe_steps()
         if self.schedule == "epochs" or recipe <= 0 or segments <= 0:
             if recipe and self.epochs * steps_here < recipe / 4:
@@ -314,7 +326,7 @@ class HeadConfig(Config):
                     *(head, self.epochs * steps_here, self.epochs, steps_here, recipe),
                 )
             return self
-        steps_there = math.ceil(self.reference_segments / self.batch_size)
+        steps_there = batch_count(self.reference_segments, self.batch_size)
         recipe = self.epochs * steps_there  # this config's recipe (a protocol's, a preset's)
         epochs = max(1, round(self.epochs * steps_there / steps_here))
         eval_every = (
