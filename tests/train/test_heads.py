@@ -146,16 +146,22 @@ def test_mm_sada_stage_one_leaves_the_discriminators_alone():
     assert head.stage(0.75) == (2, 0.5)
 
 
+def _one_clip_batches(modalities):
+    """A source batch, its labels and a shifted target batch of one clip per segment (no
+    random clip choice in training)."""
+    generator = torch.Generator().manual_seed(0)
+    source, labels = _batch(modalities, VERB, generator)
+    target, _ = _batch(modalities, VERB, generator, shift=0.5)
+    one_clip = [{m: x[:, :1] for m, x in batch.items()} for batch in (source, target)]
+    return one_clip[0], labels, one_clip[1]
+
+
 def _mm_sada_adversarial_change(**settings) -> float:
     """How a small step of the embeddings along the adversarial term's share of the stage-2
     gradient (the gradient of the loss minus that of the same head with the term off) changes
     the discriminators' loss: > 0 when the reversed gradient confuses them."""
     modalities = ("rgb", "flow")
-    generator = torch.Generator().manual_seed(0)
-    source, labels = _batch(modalities, VERB, generator)
-    target, _ = _batch(modalities, VERB, generator, shift=0.5)
-    source = {m: x[:, :1] for m, x in source.items()}  # one clip: no random choice
-    target = {m: x[:, :1] for m, x in target.items()}
+    source, labels, target = _one_clip_batches(modalities)
     options = {"epochs": 10, "pretrain_epochs": 5, "lr_steps": [5]}
 
     def losses(head):
@@ -197,11 +203,7 @@ def test_mm_sada_stream_loss_is_each_modalitys_own_cross_entropy(progress, stage
     corresponding source samples, scaled by the stage's classification weight (1.0 in stage 1,
     0.2 in stage 2); computed here by hand from the head's embeddings and classifiers."""
     modalities = ("rgb", "flow")
-    generator = torch.Generator().manual_seed(0)
-    source, labels = _batch(modalities, VERB, generator)
-    target, _ = _batch(modalities, VERB, generator, shift=0.5)
-    source = {m: x[:, :1] for m, x in source.items()}  # one clip: no random choice
-    target = {m: x[:, :1] for m, x in target.items()}
+    source, labels, target = _one_clip_batches(modalities)
     losses, built = {}, {}
     for weight in (0.0, 0.5):
         torch.manual_seed(0)
