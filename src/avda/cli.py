@@ -766,9 +766,9 @@ def _refuse_undone_rows(
     if split is not None:
         keep &= (segments["split"] == split).to_numpy()
     rows = np.flatnonzero(keep)
-    for modality in modalities or cache.modalities:
-        if modality not in cache.modalities:
-            continue  # the export names it
+    # the modalities to export (one the cache lacks is named by the export itself)
+    chosen = [m for m in modalities or cache.modalities if m in cache.modalities]
+    for modality in chosen:
         status = cache.status(modality)[rows]
         undone = status != int(Status.DONE)
         if undone.any():
@@ -778,7 +778,7 @@ def _refuse_undone_rows(
                 if s != Status.DONE and (status == int(s)).any()
             )
             uids = ", ".join(segments["uid"].iloc[rows[undone][:3]].astype(str))
-            others = [m for m in (modalities or cache.modalities) if m != modality]
+            others = [m for m in chosen if m != modality]
             leave_out = f"leave it out with --modalities {','.join(others)}, " if others else ""
             if (status[undone] == int(Status.MISSING)).all():  # no input: nothing to retry
                 fix = f"their videos have no {modality} input: {leave_out}"

@@ -124,7 +124,10 @@ def quiet_worker_logs(client: Any) -> None:
     client.register_plugin(QuietCancellations())
 
 
-def connect(address: str, timeout: float = 30.0) -> Any:
+CONNECT_SECONDS = 30.0  # the longest wait for a --scheduler to answer (less: its worker timeout)
+
+
+def connect(address: str, timeout: float = CONNECT_SECONDS) -> Any:
     """A ``distributed.Client`` of the scheduler at ``address``, waiting at most ``timeout``
     seconds; one-line errors when it cannot be reached or the address is malformed."""
     from distributed import Client

@@ -33,6 +33,7 @@ from tqdm import tqdm
 from avda import cache as cache_lib
 from avda.cache.lock import store_lock
 from avda.dask_support import (
+    CONNECT_SECONDS,
     collect_warnings,
     connect,
     quiet_dask_logs,
@@ -145,7 +146,9 @@ def extract_distributed(
             quiet_worker_logs(client)
             threads = threads_per_worker(count)
         else:
-            client = stack.enter_context(connect(scheduler, timeout=min(30.0, worker_timeout)))
+            client = stack.enter_context(
+                connect(scheduler, timeout=min(CONNECT_SECONDS, worker_timeout))
+            )
             _wait_for_worker(client, scheduler, worker_timeout)
             count = max(1, len(client.scheduler_info().get("workers", {})))
             threads = None

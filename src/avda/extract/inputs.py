@@ -307,16 +307,13 @@ def _check_inside_video(segment: pd.Series, duration: float, path: Path) -> None
         raise MediaError(f"segment {segment['uid']!r} {why}: {path}; fix its times in the manifest")
 
 
-def _check_not_cut(
-    segment: pd.Series, decoder: VideoDecoder, path: Path, listed: int | None = None
-) -> None:
+def _check_not_cut(segment: pd.Series, decoder: VideoDecoder, path: Path, listed: int) -> None:
     """A segment that runs past the last frame of a file cut short (an interrupted download or
     copy: its index lists more frames than it holds): the clips past the cut would repeat its
     last frame; the segment fails instead (the slack of :func:`_check_inside_video` is for
     annotations running past the end of a whole file). A file whose index lists no frames
     (Matroska/WebM) or as many as it holds (a last frame held, longer audio) is not cut.
-    ``listed``: :func:`indexed_frames` of ``path``, when known."""
-    listed = indexed_frames(path) if listed is None else listed
+    ``listed``: :func:`indexed_frames` of ``path``."""
     missing = listed - decoder.num_frames
     if missing <= max(TRUNCATED_SECONDS * decoder.fps, TRUNCATED_FRACTION * listed):
         return

@@ -50,6 +50,7 @@ from avda import dask_support, runs
 from avda._io import atomic_write_text
 from avda.cache.lock import sweep_lock
 from avda.dask_support import (
+    CONNECT_SECONDS,
     available_cores,
     collect_warnings,
     quiet_dask_logs,
@@ -451,7 +452,6 @@ def make_jobqueue_cluster(spec: ClusterSpec, kind: str | None = None):
     return cluster_class(**options)
 
 
-CONNECT_SECONDS = 30.0  # the longest wait for a --scheduler to answer (less: --worker-timeout)
 SUBMIT_COMMANDS = {"slurm": "sbatch", "pbs": "qsub"}
 QUEUE_COMMANDS = {"slurm": "squeue -u $USER", "pbs": "qstat -u $USER"}
 
@@ -672,14 +672,15 @@ def run_sweep(
     out_dir = Path(os.path.abspath(out_dir)) if out_dir is not None else None  # no ".."
     if out_dir is None:
         raise ConfigError(f"{spec.source}: no output folder; give --out DIR or out: in the spec")
+    tasks = plan(spec, out_dir)
     if scheduler is None and kind != "local":  # before the output folder is made
-        if any(not runs.is_complete(task.run) for task in plan(spec, out_dir)):
+        if any(not runs.is_complete(task.run) for task in tasks):
             check_submit_command(kind)  # (a finished sweep reruns anywhere)
     out_dir.mkdir(parents=True, exist_ok=True)
     # One sweep writes an output folder at a time: two would each mark the other's runs
     # failed (busy) in the index they write last.
     with sweep_lock(out_dir):
-        tasks, outcomes = _sweep_in(out_dir, spec, scheduler, cluster, worker_timeout, progress)
+        outcomes = _sweep_in(out_dir, spec, tasks, scheduler, cluster, worker_timeout, progress)
     summary = SweepSummary(out_dir, tasks, outcomes, time.perf_counter() - began)
     log.debug("%s", summary.text().splitlines()[0])  # the CLI prints the summary on stdout
     return summary
@@ -688,16 +689,17 @@ def run_sweep(
 def _sweep_in(
     out_dir: Path,
     spec: SweepSpec,
+    tasks: list[SweepTask],
     scheduler: str | None,
     cluster: str | None,
     worker_timeout: float | None,
     progress: bool,
-) -> tuple[list[SweepTask], dict[str, TaskOutcome]]:
-    """The sweep's work in ``out_dir`` (its lock held): plan, skip, train, write the index."""
+) -> dict[str, TaskOutcome]:
+    """The sweep's work in ``out_dir`` (its lock held) on its planned ``tasks``: skip, train,
+    write the index."""
     from distributed import as_completed
     from tqdm import tqdm
 
-    tasks = plan(spec, out_dir)
     outcomes: dict[str, TaskOutcome] = {}
     pending = []
     for task in tasks:
@@ -753,7 +755,7 @@ def _sweep_in(
     _write_index(out_dir, spec, tasks, outcomes)
     _write_failures(out_dir, tasks, outcomes)
     _report_warnings(out_dir, tasks, outcomes)
-    return tasks, outcomes
+    return outcomes
 
 
 def _report_warnings(out: Path, tasks: list[SweepTask], outcomes: dict) -> None:

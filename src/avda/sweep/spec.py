@@ -210,11 +210,9 @@ def parse_spec(
     max_runs = max_runs_allowed()
     seeds = _parse_seeds(data.get("seeds", [0]), problems, max_runs)
     caches = _parse_caches(data, base, problems)
-    if not open_caches:  # --check: the caches that exist yet still name their domains
-        caches_here = {name: path for name, path in caches.items() if Path(path).exists()}
-        domains = _cache_domains(caches_here, problems)
-    else:
-        domains = _cache_domains(caches, problems)
+    # --check (open_caches False): the caches that exist yet still name their domains
+    opened = {n: p for n, p in caches.items() if open_caches or Path(p).exists()}
+    domains = _cache_domains(opened, problems)
     protocol = _parse_protocol(data.get("protocol"), problems)
     heads = _parse_heads(data.get("heads"), heads_lib, problems, protocol)
     settings_value = data.get("settings")
