@@ -742,54 +742,10 @@ def cache_export(
     if format_ == "h5":
         path = interop.export_h5(store, out, modalities=chosen)
     elif format_ == "epic-pkl":
-        _refuse_undone_rows(store, domain, split, chosen)
         path = interop.export_epic_pickle(store, out, domain=domain, split=split, modalities=chosen)
     else:
         raise ConfigError(f"--format {format_!r}: expected h5 or epic-pkl")
     typer.echo(f"wrote {path}")
-
-
-def _refuse_undone_rows(
-    store: Path, domain: str | None, split: str | None, modalities: list[str] | None
-) -> None:
-    """The TA3N pickle has no status: refuse to export rows without features (their zeros
-    would read as real features)."""
-    import numpy as np
-
-    from avda.cache import Status, open_cache
-
-    cache = open_cache(store)
-    segments = cache.segments
-    keep = np.ones(len(segments), dtype=bool)
-    if domain is not None:
-        keep &= (segments["domain"] == domain).to_numpy()
-    if split is not None:
-        keep &= (segments["split"] == split).to_numpy()
-    rows = np.flatnonzero(keep)
-    # the modalities to export (one the cache lacks is named by the export itself)
-    chosen = [m for m in modalities or cache.modalities if m in cache.modalities]
-    for modality in chosen:
-        status = cache.status(modality)[rows]
-        undone = status != int(Status.DONE)
-        if undone.any():
-            counts = ", ".join(
-                f"{s.name.lower()} {int((status == int(s)).sum())}"
-                for s in Status
-                if s != Status.DONE and (status == int(s)).any()
-            )
-            uids = ", ".join(segments["uid"].iloc[rows[undone][:3]].astype(str))
-            others = [m for m in chosen if m != modality]
-            leave_out = f"leave it out with --modalities {','.join(others)}, " if others else ""
-            if (status[undone] == int(Status.MISSING)).all():  # no input: nothing to retry
-                fix = f"their videos have no {modality} input: {leave_out}"
-            else:
-                fix = f"finish them with `avda extract --retry-failed`, {leave_out}"
-            raise ConfigError(
-                f"{int(undone.sum())} of the {len(rows)} rows to export have no {modality} "
-                f"features ({counts}; first uids: {uids}); the TA3N pickle has no status, so "
-                f"they would read as features of zeros: {fix}export another --domain/--split, "
-                "or use --format h5 (which keeps the status)"
-            )
 
 
 @cache_app.command("info")

@@ -15,8 +15,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from avda.cache import Status, open_cache
-from avda.errors import ConfigError
+from avda.cache import Status, interop, open_cache
+from avda.errors import CacheError, ConfigError
 from tests.adversarial._cli import one_line, run
 from tests.conftest import make_feature_cache
 
@@ -248,6 +248,10 @@ def test_a_ta3n_export_does_not_turn_failed_rows_into_zeros(capsys, in_work, tmp
     message = refused(capsys, "cache", "export", store, "-o", tmp_path / "x.pkl",
                       "--format", "epic-pkl")  # fmt: skip
     assert "1 of the 24 rows to export have no rgb features (failed 1;" in message, message
+    assert not (tmp_path / "x.pkl").exists()
+    # the Python API refuses the same rows (the check is the export's, not the CLI's)
+    with pytest.raises(CacheError, match="1 of the 24 rows to export have no rgb features"):
+        interop.export_epic_pickle(store, tmp_path / "x.pkl")
     assert not (tmp_path / "x.pkl").exists()
     # the rows that are all done export as before
     code, _, err = run(capsys, "cache", "export", store, "-o", tmp_path / "y.pkl",

@@ -1057,6 +1057,34 @@ def _chosen_modalities(store: FeatureCache, modalities: list[str] | None) -> lis
     return list(modalities)
 
 
+def _refuse_undone_rows(
+    store: FeatureCache, rows: np.ndarray, modality: str, modalities: list[str]
+) -> None:
+    """The TA3N pickle has no status: rows without features would read as features of zeros."""
+    status = store.status(modality)[rows]
+    undone = status != int(Status.DONE)
+    if not undone.any():
+        return
+    counts = ", ".join(
+        f"{s.name.lower()} {int((status == int(s)).sum())}"
+        for s in Status
+        if s != Status.DONE and (status == int(s)).any()
+    )
+    uids = ", ".join(store.segments["uid"].iloc[rows[undone][:3]].astype(str))
+    others = [m for m in modalities if m != modality]
+    leave_out = f"leave it out (--modalities {','.join(others)}), " if others else ""
+    if (status[undone] == int(Status.MISSING)).all():  # no input: nothing to retry
+        fix = f"their videos have no {modality} input: {leave_out}"
+    else:
+        fix = f"finish them with `avda extract --retry-failed`, {leave_out}"
+    raise CacheError(
+        f"{int(undone.sum())} of the {len(rows)} rows to export have no {modality} features "
+        f"({counts}; first uids: {uids}); the TA3N pickle has no status, so they would read "
+        f"as features of zeros: {fix}export another domain/split, or use the h5 format (which "
+        "keeps the status)"
+    )
+
+
 def _export_epic_pickle(
     store: FeatureCache,
     out: Path,
@@ -1073,6 +1101,8 @@ def _export_epic_pickle(
     rows = np.flatnonzero(keep)
     if len(rows) == 0:
         raise CacheError(f"{store.path} has no segments of domain {domain!r}, split {split!r}")
+    for modality in modalities:
+        _refuse_undone_rows(store, rows, modality, modalities)
     names = {v: k for k, v in RELEASED_MODALITIES.items()}
     features = {
         names.get(m, m): store.load(m, rows)
