@@ -292,7 +292,9 @@ def test_sweep_survives_a_killed_worker_and_resumes_its_run(tmp_path, cache):
     assert not (out / sweep.FAILURES).exists()
 
 
-def test_sweep_on_its_own_local_cluster_reports_failures_and_skips_finished_runs(tmp_path, cache):
+def test_sweep_on_its_own_local_cluster_reports_failures_and_skips_finished_runs(
+    tmp_path, cache, monkeypatch
+):
     spec_data = {
         "cache": str(cache),
         "heads": [
@@ -326,6 +328,14 @@ def test_sweep_on_its_own_local_cluster_reports_failures_and_skips_finished_runs
     again = sweep.run_sweep(sweep.load_spec(write_spec(tmp_path, spec_data)), progress=False)
     assert again.ok and [o.status for o in again.outcomes.values()] == ["skipped"]
     assert time.perf_counter() - began < 5
+    # ... anywhere: a finished sweep reruns (its summary, its index) where SLURM's sbatch is
+    # not (a laptop), though its workers would need it
+    monkeypatch.setenv("PATH", str(tmp_path / "no-bin"))
+    slurm = sweep.run_sweep(
+        sweep.load_spec(write_spec(tmp_path, spec_data)), cluster="slurm", progress=False
+    )
+    assert slurm.ok and [o.status for o in slurm.outcomes.values()] == ["skipped"]
+    monkeypatch.undo()
     spec_data["heads"][0]["hidden_dim"] = 8
     changed = sweep.run_sweep(sweep.load_spec(write_spec(tmp_path, spec_data)), progress=False)
     assert "another head config" in changed.failed[0].error
