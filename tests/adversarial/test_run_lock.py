@@ -4,15 +4,18 @@ finishes a complete run, and a run refused before it starts leaves no empty fold
 
 from __future__ import annotations
 
+import fcntl
+import json
 import os
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
 
 from avda import runs
-from avda.cache.lock import RUN_LOCK, RunBusyError, run_lock
+from avda.cache.lock import RUN_LOCK, RunBusyError, run_lock, training_holder
 from avda.train.loop import train
 from tests.adversarial._cli import one_line, run
 from tests.conftest import make_feature_cache
@@ -85,3 +88,51 @@ def test_a_refused_run_leaves_no_folder(tmp_path):
     with pytest.raises(Exception, match="no-such-head"):
         train(cache=cache, head="no-such-head", source=["source"], target=["target"], out=out)
     assert not out.exists()
+
+
+def test_a_record_left_by_a_killed_trainer_on_another_host_is_not_believed(tmp_path, capsys):
+    """Whether a run is training is its lock, not the record in the lock file: a trainer killed
+    on another host (a cluster node) leaves its record, and the run is then not "still
+    training" but unfinished. A held lock is named from its record."""
+    cache = tmp_path / "c.zarr"
+    make_feature_cache(cache, per_class=4, K=2, D=8)
+    out = tmp_path / "run"
+    code, _, err = run(capsys, "train", "--cache", cache, *ARGS, "-o", out, "--epochs", "1")
+    assert code == 0, err
+    (out / runs.STATUS).unlink()  # as if it had been killed before it finished
+    record = {"pid": 1, "host": "node-that-died", "since": "2026-12-01T00:00:00+00:00"}
+    (out / RUN_LOCK).write_text(json.dumps(record) + "\n")
+    assert training_holder(out) is None
+    code, _, err = run(capsys, "evaluate", out)
+    assert code == 1 and "not a complete run" in err and "still training" not in err, err
+    with run_lock(out, what="avda train"):  # held (here, by this process's other descriptor)
+        assert training_holder(out).startswith(f"pid {os.getpid()} on host ")
+        code, _, err = run(capsys, "evaluate", out)
+        assert code == 1 and "still training" in err, err
+
+
+def test_a_trainer_starting_while_the_lock_is_probed_is_not_refused(tmp_path):
+    """``training_holder`` (``avda evaluate``) takes the lock for an instant to see whether it
+    is held; a trainer starting at that instant tries once more instead of being refused."""
+    out = tmp_path / "run"
+    out.mkdir()
+    taken, release = threading.Event(), threading.Event()
+
+    def probe() -> None:  # a probe that lingers (0.3 s), as a slow file system might
+        fd = os.open(out / RUN_LOCK, os.O_RDWR | os.O_CREAT)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH)
+            taken.set()
+            release.wait(0.3)
+        finally:
+            os.close(fd)
+
+    thread = threading.Thread(target=probe)
+    thread.start()
+    try:
+        assert taken.wait(10)
+        with run_lock(out, what="avda train", wait=0):
+            pass  # taken: refused before, with "being written by another process"
+    finally:
+        release.set()
+        thread.join()

@@ -175,7 +175,14 @@ def _flock(
                 break
             except BlockingIOError:
                 if time.monotonic() >= deadline:
-                    raise error(_busy_message(store, path, fd, kind)) from None
+                    # (reading the record takes up to a second where it names no live holder;
+                    # then one more try: ``training_holder`` probes the lock for an instant)
+                    message = _busy_message(store, path, fd, kind)
+                    try:
+                        fcntl.flock(fd, mode | fcntl.LOCK_NB)
+                        break
+                    except BlockingIOError:
+                        raise error(message) from None
                 time.sleep(0.2)
             except OSError as exc:
                 if exc.errno not in _UNSUPPORTED:
@@ -214,22 +221,40 @@ def _write_holder(fd: int, what: str, shared: bool) -> None:
 
 
 def training_holder(run: str | Path) -> str | None:
-    """Who trains into the run folder ``run`` now ("pid N on host H since T"), or None. Reads
-    the holder record of its lock file, which a trainer writes when it takes the lock and
-    empties when it lets go; takes no lock (a starting ``avda train`` would find it held)."""
+    """Who trains into the run folder ``run`` now ("pid N on host H since T"), or None.
+
+    Whether anyone does is the ``flock`` of its lock file, probed for an instant (shared, not
+    waiting: a trainer starting at that instant retries once, see ``_flock``), so a record a
+    killed trainer left behind is not believed, from whichever host it came; who holds it is the
+    record the trainer wrote. Where the file system has no locks, the record alone decides (a
+    record of a process of this host that is gone is stale)."""
+    import fcntl
+
+    path = Path(run) / RUN_LOCK
     try:
-        text = (Path(run) / RUN_LOCK).read_text()
-    except (OSError, UnicodeDecodeError):
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
         return None
     try:
-        holder = json.loads(text or "{}")
-    except ValueError:
-        return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            held: bool | None = True
+        except OSError:  # no locks here (e.g. ENOLCK): only the record can tell
+            held = None
+        else:
+            return None  # nobody holds it: any record is a leftover
+        try:
+            holder = json.loads(os.pread(fd, 4096, 0).decode() or "{}")
+        except (OSError, ValueError):
+            holder = {}
+    finally:
+        os.close(fd)  # (releases the probe's flock, if it took it)
     pid = holder.get("pid") if isinstance(holder, dict) else None
     if not isinstance(pid, int):
-        return None
+        return "another process" if held else None
     host = holder.get("host", "?")
-    if host == socket.gethostname() and not _alive(pid):
+    if not held and host == socket.gethostname() and not _alive(pid):
         return None  # killed while holding it: its record stays, its lock went with it
     return f"pid {pid} on host {host} since {holder.get('since', '?')}"
 
