@@ -136,3 +136,18 @@ def test_extraction_shard_warnings_are_one_line_without_verbose(caplog):
         distributed._report_warnings(messages)
     lines = [r.getMessage() for r in caplog.records if r.name == "avda.extract.distributed"]
     assert lines == messages
+
+
+def test_other_libraries_info_records_only_with_verbose(capsys):
+    """A first `avda report` printed matplotlib's "generated new fontManager" before its own
+    line: INFO records of other libraries show with -v only; avda's and every warning stay."""
+    for verbose in (False, True):
+        cli.main([*(["-v"] if verbose else []), "manifest", "validate", "nope.csv"])
+        capsys.readouterr()
+        logging.getLogger("matplotlib.font_manager").info("generated new fontManager")
+        logging.getLogger("avda.evaluate").info("ours")
+        logging.getLogger("PIL.Image").warning("theirs, a warning")
+        err = capsys.readouterr().err
+        assert ("generated new fontManager" in err) == verbose, err
+        assert "INFO avda.evaluate: ours" in err and "WARNING PIL.Image: theirs" in err, err
+    cli.main(["manifest", "validate", "nope.csv"])  # leave the default logging behind

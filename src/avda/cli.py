@@ -159,9 +159,15 @@ def _root(
         stream=sys.stderr,
         force=True,
     )
+    if not verbose:  # other libraries' INFO records (matplotlib's font cache...) only with -v
+        logging.getLogger().handlers[0].addFilter(_ours_or_warnings)
     from avda.dask_support import quiet_dask_logs
 
     quiet_dask_logs(verbose)  # Dask's INFO records and routine warnings only with -v
+
+
+def _ours_or_warnings(record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.WARNING or record.name.split(".")[0] == "avda"
 
 
 def _split_list(value: str) -> list[str]:
