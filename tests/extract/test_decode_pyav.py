@@ -347,3 +347,53 @@ def test_bad_decoder_name_fails_extraction_before_any_work(media, tmp_path, monk
     assert code == 1
     assert "unknown video decoder" in capsys.readouterr().err
     assert not (tmp_path / "x.zarr").exists()
+
+
+# Start times on v_GGSY1Qvo990.mp4 (981/50 fps) whose start_sec * fps has a fractional part
+# from 0.05 to 0.86: 2.5 and 3.33 fall early in their first frame, 3.0, 3.2 and 3.3 late.
+FRACTIONAL_STARTS = (2.5, 3.0, 3.2, 3.3, 3.33)
+
+
+@pytest.mark.parametrize("recipe", ["mmsada-test", "ta3n", "audio-adaptive"])
+def test_frame_number_recipes_read_frame_n_as_the_videos_nth_frame(media, recipe):
+    """Recipes that sample frame numbers (EPIC's 1-based ``frame_%010d.jpg``, MM-SADA, TBN,
+    mmaction2) read frame n as the n-th frame PyAV decodes from the video (index n - 1), the
+    frame a frame folder of that video names n. A segment starting in the second half of its
+    first frame read the frame after it: numbers became times at the frames' middles, reckoned
+    from start_sec as if it were the frame's start."""
+    import av
+
+    from avda.extract import backbones, sampling
+    from avda.extract.inputs import InputPaths, SegmentDataset
+
+    name = "v_GGSY1Qvo990.mp4"
+    with av.open(str(media / "video" / name)) as container:
+        decoded = np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+    fps = 981 / 50
+    recipe = tiny(recipe, resize_shorter=240, crop_size=240)  # 320 x 240: native pixels
+    segments = pd.DataFrame(
+        {
+            "uid": [f"s{i}" for i in range(len(FRACTIONAL_STARTS))],
+            "video_id": Path(name).stem,
+            "start_sec": FRACTIONAL_STARTS,
+            "stop_sec": [s + 4.41 for s in FRACTIONAL_STARTS],
+            "video_path": name,
+        }
+    )
+    spec = backbones.create("i3d", modality="rgb").input_spec
+    dataset = SegmentDataset(
+        segments, np.arange(len(segments)), InputPaths(videos=media / "video"), recipe, "rgb",
+        spec, None,
+    )  # fmt: skip
+    for row, start in enumerate(FRACTIONAL_STARTS):
+        _, x, status, error = dataset[row]
+        assert status == Status.DONE, error
+        frames = sampling.SegmentFrames.from_seconds("u", start, start + 4.41, fps)
+        numbers = recipe.rgb_numbers(frames)
+        expected = decoded[np.clip(numbers - 1, 0, len(decoded) - 1)]
+        expected = expected[..., :, 40:280, :]  # the centre 240 x 240 of 320 x 240
+        assert x.shape == expected.shape
+        wrong = [int(n) for n, a, b in zip(numbers.ravel(), x.reshape(-1, 240, 240, 3),
+                                           expected.reshape(-1, 240, 240, 3), strict=True)
+                 if not np.array_equal(a.numpy(), b)]  # fmt: skip
+        assert not wrong, f"start {start}: frame numbers read as other frames: {wrong[:5]}"

@@ -165,7 +165,9 @@ def test_time_based_frames_convert_through_the_segment_anchor():
     # start, an hour into a video the numbers still match start_frame.
     segment = SegmentFrames("u", 3688.43, 3690.0, 221305, 221399, 59.94)
     assert segment.number_at(np.array([3688.43]))[0] == 221305
-    assert segment.time_of(np.array([221305]))[0] == pytest.approx(3688.43 + 0.5 / 59.94)
+    assert segment.time_of(np.array([221305, 221307])) == pytest.approx(
+        3688.43 + np.array([0, 2]) / 59.94
+    )
     derived = SegmentFrames.from_seconds("u", 1.0, 2.0, 25.0)
     assert (derived.start_frame, derived.stop_frame) == (26, 51)
 

@@ -85,8 +85,11 @@ class SegmentFrames:
         return cls(uid, float(start_sec), float(stop_sec), start, stop, float(fps))
 
     def time_of(self, numbers: np.ndarray) -> np.ndarray:
-        """Seconds at the middle of frames ``numbers`` (anchored at the segment start)."""
-        return self.start_sec + (np.asarray(numbers, dtype=np.float64) - self.start_frame + 0.5) / (
+        """Seconds of frames ``numbers``, anchored at the segment start: ``start_sec`` is a time
+        of frame ``start_frame`` (the frame shown then), and frame n the one shown
+        ``(n - start_frame) / fps`` later. (Not its middle: ``start_sec`` may lie anywhere in its
+        frame, and half a frame more reads the next frame when it lies in the second half.)"""
+        return self.start_sec + (np.asarray(numbers, dtype=np.float64) - self.start_frame) / (
             self.fps
         )
 
@@ -231,8 +234,10 @@ class Recipe(Config):
     def clip_times(self, segment: SegmentFrames) -> np.ndarray:
         """(K,) centre time of each visual clip (mean time of its RGB frames)."""
         plan = self.rgb_plan(segment)
-        times = plan.times if plan.times is not None else segment.time_of(plan.numbers)
-        return times.mean(axis=1)
+        if plan.times is not None:
+            return plan.times.mean(axis=1)
+        # the frames' middles where start_sec is a frame's start (EPIC's times are not)
+        return segment.time_of(plan.numbers).mean(axis=1) + 0.5 / segment.fps
 
     def audio_windows_of(self, segment: SegmentFrames) -> list[tuple[float, float]]:
         """(start, stop) seconds of each audio window of ``segment``."""
@@ -241,7 +246,7 @@ class Recipe(Config):
         if self.audio_windows == "snippets":
             numbers = self.rgb_numbers(segment)[:, 0]
             # TBN: centre = (start_frame + idx) / fps, i.e. the start time of the snippet frame.
-            centres = segment.time_of(numbers) - 0.5 / segment.fps
+            centres = segment.time_of(numbers)
         elif self.placement == "centres":
             centres = self.clip_centres(segment.start_sec, segment.stop_sec)
         else:
