@@ -156,6 +156,18 @@ def test_latex_csv_and_files(sweep_like, tmp_path):
     frame = tables.aggregate_frame(table, baseline="Source-only")
     assert frame["method"].tolist() == table.methods
     mean, std, count = table.cell("DANN_v2", "source→target")
+    # the setting as specs and run folders spell it; a name the table lacks is an error (it was
+    # an empty cell, NaN, which reads like a run that is missing)
+    for spelling in ("source->target", "source-target"):
+        assert table.cell("DANN_v2", spelling) == (mean, std, count)
+    with pytest.raises(
+        ConfigError, match=r"'DANN' is not a method of this table; methods: .*DANN_v2"
+    ):
+        table.cell("DANN", "source→target")
+    with pytest.raises(
+        ConfigError, match="'D1->D2' is not a column of this table; columns: source→target"
+    ):
+        table.cell("DANN_v2", "D1->D2")
     row = frame.set_index("method").loc["DANN_v2"]
     assert row["source→target mean"] == pytest.approx(mean)
     assert row["source→target std"] == pytest.approx(std)
@@ -502,3 +514,23 @@ def test_a_cell_over_fewer_seeds_than_the_others_is_marked():
     table.values[("so", "a→b")].append(86.0)
     table.seeds[("so", "a→b")].append(1)
     assert "(n=" not in tables.aggregate_markdown(table)
+
+
+def test_a_published_number_is_rounded_as_the_paper_prints_it():
+    """CIA's published hmdb→ucf 94.05 is 94.1 at one decimal (half up), not 94.0: the float
+    94.05 is 94.04999..., which f"{:.1f}" rounds down. Means and stds alike; no "-0.0"."""
+    from avda.evaluate.aggregate import AggregateTable
+
+    table = AggregateTable(
+        "t",
+        ["CIA", "so"],
+        ["hmdb→ucf"],
+        {("CIA", "hmdb→ucf"): [94.05], ("so", "hmdb→ucf"): [61.2, 61.3]},
+        {("CIA", "hmdb→ucf"): [0], ("so", "hmdb→ucf"): [0, 1]},
+        published={"CIA"},
+    )
+    markdown = tables.aggregate_markdown(table)
+    assert "| CIA | 94.1 |" in markdown, markdown
+    assert "61.3 ± 0.1" in markdown  # 61.25 and 0.0707: half up
+    assert tables.format_mean_std_cell(-0.04, float("nan")) == "0.0"
+    assert tables.format_mean_std_cell(2.675, 0.0, digits=2) == "2.68 ± 0.00"

@@ -280,12 +280,38 @@ class AggregateTable:
     published: set[str] = dataclasses.field(default_factory=set)  # rows of published numbers
 
     def cell(self, method: str, column: str) -> tuple[float, float, int]:
-        """Mean, std (NaN for one seed) and number of seeds; NaNs when the cell is empty."""
+        """Mean, std (NaN for one seed) and number of seeds; NaNs when the cell is empty.
+
+        ``column`` may name a setting as specs and run folders do (``D1->D2``, ``D1-D2``,
+        ``source-target``) for its header ``D1→D2``; a method or column the table does not have
+        is a :class:`ConfigError` naming the ones it has (not an empty cell)."""
+        if method not in self.methods:
+            raise ConfigError(
+                f"{method!r} is not a method of this table; methods: {', '.join(self.methods)}"
+            )
+        column = self._column(column)
         values = [v for v in self.values.get((method, column), []) if not math.isnan(v)]
         if not values:
             return float("nan"), float("nan"), 0
         mean, std = mean_std(values)
         return mean, std, len(values)
+
+    def _column(self, name: str) -> str:
+        if name in self.columns:
+            return name
+        first, space, rest = name.partition(" ")
+        for arrow in ("->", "-"):
+            if arrow in first and first.count(arrow) == 1:
+                source, target = first.split(arrow)
+                label = f"{source}→{target}{space}{rest}"
+                if label in self.columns:
+                    return label
+        named = _column_of_setting(name)
+        if named in self.columns:
+            return named
+        raise ConfigError(
+            f"{name!r} is not a column of this table; columns: {', '.join(self.columns)}"
+        )
 
     def best(self, column: str) -> set[str]:
         """Methods with the best mean in ``column`` (ties: all of them)."""

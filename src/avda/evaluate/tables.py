@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import decimal
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -133,8 +134,19 @@ def format_mean_std_cell(mean: float, std: float, *, digits: int = 1, plus_minus
     if np.isnan(mean):
         return "-"
     if np.isnan(std):
-        return f"{mean:.{digits}f}"
-    return f"{mean:.{digits}f} {plus_minus} {std:.{digits}f}"
+        return _decimal(mean, digits)
+    return f"{_decimal(mean, digits)} {plus_minus} {_decimal(std, digits)}"
+
+
+def _decimal(value: float, digits: int) -> str:
+    """``value`` rounded half up as the decimal it prints as: a paper's 94.05 is 94.1, where
+    ``f"{94.05:.1f}"`` gives 94.0 (the binary float is 94.04999...)."""
+    if not np.isfinite(value):
+        return f"{value}"
+    text = format(decimal.Decimal(repr(float(value))).quantize(
+        decimal.Decimal(1).scaleb(-digits), rounding=decimal.ROUND_HALF_UP
+    ), "f")  # fmt: skip
+    return "0" + text[2:] if text.startswith("-0") and not text.strip("-0.") else text
 
 
 def _gain_text(gain: float, digits: int) -> str:
