@@ -72,6 +72,61 @@ def quiet_lost_scheduler_logs() -> None:
         client.addFilter(_cancelled_reconnect)
 
 
+def refuse_unguarded_main(what: str) -> None:
+    """Refuse to start local worker processes (``what``) for a call made at the top level of
+    the script being run, outside ``if __name__ == "__main__":``.
+
+    Dask starts its local workers with ``spawn``: each imports the calling script again, and
+    code at its top level runs again in every worker (an extraction into the same store, a
+    training into the same run folder), which failed as locks held by the parent and "Nanny
+    failed to start". Python's ``multiprocessing`` asks for the guard; this finds the line of
+    the call in the script (its source, parsed) and says so before any process starts. An
+    interactive session, a notebook or ``python -c`` has no script to re-import: nothing to do.
+    """
+    import ast
+    from pathlib import Path
+
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if main is None or not path or not str(path).endswith(".py"):
+        return
+    frame = sys._getframe(1)
+    while frame is not None and not (
+        frame.f_globals is vars(main) and frame.f_code.co_name == "<module>"
+    ):
+        frame = frame.f_back
+    if frame is None:  # not called from the script's top level (a function it calls is fine)
+        return
+    line = frame.f_lineno
+    try:
+        tree = ast.parse(Path(path).read_text(), str(path))
+    except (OSError, SyntaxError, ValueError, UnicodeDecodeError):
+        return
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and _is_main_test(node.test) and node.body:
+            if node.body[0].lineno <= line <= (node.body[-1].end_lineno or line):
+                return
+    raise ConfigError(
+        f"{what} starts worker processes that import {path} again, and its top level (the "
+        f"call at line {line}) would run again in each: put the script's calls under `if "
+        f'__name__ == "__main__":`'
+    )
+
+
+def _is_main_test(test: Any) -> bool:
+    """``__name__ == "__main__"`` (either side)."""
+    import ast
+
+    if not (isinstance(test, ast.Compare) and len(test.ops) == 1):
+        return False
+    if not isinstance(test.ops[0], ast.Eq):
+        return False
+    sides = [test.left, test.comparators[0]]
+    names = [s.id for s in sides if isinstance(s, ast.Name)]
+    constants = [s.value for s in sides if isinstance(s, ast.Constant)]
+    return names == ["__name__"] and constants == ["__main__"]
+
+
 @contextlib.contextmanager
 def workers_ignore_interrupt() -> Iterator[None]:
     """Start local worker processes inside this block with SIGINT ignored.
@@ -236,6 +291,7 @@ def collect_warnings(on: bool | None = None) -> Iterator[list[str]]:
 
 __all__ = [
     "available_cores",
+    "refuse_unguarded_main",
     "collect_warnings",
     "connect",
     "on_worker",

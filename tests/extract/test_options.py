@@ -61,3 +61,26 @@ def test_the_api_hands_one_options_object_to_the_runner(monkeypatch, tmp_path, s
     assert set(seen["keywords"]) == (
         {"out", "scheduler", "num_shards"} if scheduler else {"out", "shard", "prepare_only"}
     )
+
+
+def test_names_stand_for_the_recipe_and_the_default_backbones():
+    """python_api.md's low-level path, ``ExtractOptions.of(recipe="demo", modalities=["rgb"],
+    ...)``, failed on the names ('str' object has no attribute 'modality')."""
+    import inspect
+
+    options = runner.ExtractOptions.of(recipe="demo", modalities=["rgb", "audio"], videos="v")
+    assert options.recipe == sampling.get("demo")
+    assert options.modalities == (
+        runner.ModalitySpec("rgb", "i3d"),
+        runner.ModalitySpec("audio", "audio_resnet18"),
+    )
+    assert runner.ExtractOptions.of(recipe="demo", modalities="rgb,flow").modality_names == [
+        "rgb",
+        "flow",
+    ]
+    # the defaults are avda.extract's
+    defaults = inspect.signature(avda.api.extract).parameters
+    assert defaults["backbone"].default == runner.DEFAULT_BACKBONE
+    assert defaults["audio_backbone"].default == runner.DEFAULT_AUDIO_BACKBONE
+    with pytest.raises(avda.errors.ConfigError, match="unknown sampling recipe 'dmeo'"):
+        runner.ExtractOptions.of(recipe="dmeo", modalities=["rgb"])

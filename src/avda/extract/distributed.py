@@ -38,6 +38,7 @@ from avda.dask_support import (
     connect,
     quiet_dask_logs,
     quiet_worker_logs,
+    refuse_unguarded_main,
     threads_per_worker,
     worker_device,
     workers_ignore_interrupt,
@@ -102,6 +103,8 @@ def extract_distributed(
     began = time.perf_counter()
     options = runner.resolve_options(options, keywords)
     kind, local_workers = parse_scheduler(scheduler)
+    if kind == "local" and client is None:
+        refuse_unguarded_main(f"--scheduler {scheduler or 'local'}")
     options.check()
     inputs, recipe, modalities = options.inputs, options.recipe, options.modalities
     segments = manifest_schema.normalise(manifest)

@@ -75,6 +75,16 @@ class ModalitySpec:
     backbone: str
     weights: Path | None = None
 
+    @classmethod
+    def default(cls, modality: str) -> ModalitySpec:
+        """``modality`` with :func:`avda.extract`'s default backbone, random weights."""
+        return cls(modality, DEFAULT_AUDIO_BACKBONE if modality == "audio" else DEFAULT_BACKBONE)
+
+
+# avda.extract's (and the CLI's) defaults
+DEFAULT_BACKBONE = "i3d"
+DEFAULT_AUDIO_BACKBONE = "audio_resnet18"
+
 
 INPUT_KEYWORDS = ("videos", "frames", "flow", "audio", "flow_stride")
 
@@ -95,8 +105,8 @@ class ExtractOptions:
     ``bfloat16``. :meth:`of` takes the flat keywords (``videos=``, ``frames=``, ...) instead.
     """
 
-    recipe: Recipe
-    modalities: tuple[ModalitySpec, ...]
+    recipe: Recipe  # or its name (``avda list recipes``)
+    modalities: tuple[ModalitySpec, ...]  # or names: ``"rgb"`` = ``ModalitySpec.default("rgb")``
     inputs: InputPaths = InputPaths()
     batch_size: int = 16
     workers: int = 2
@@ -108,12 +118,18 @@ class ExtractOptions:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "modalities", tuple(self.modalities))
+        if isinstance(self.recipe, str):
+            from avda.extract import sampling
+
+            object.__setattr__(self, "recipe", sampling.get(self.recipe))
+        names = self.modalities.split(",") if isinstance(self.modalities, str) else self.modalities
+        specs = [ModalitySpec.default(m.strip()) if isinstance(m, str) else m for m in names]
+        object.__setattr__(self, "modalities", tuple(specs))
 
     @classmethod
-    def of(cls, *, recipe: Recipe, modalities, **keywords: Any) -> ExtractOptions:
+    def of(cls, *, recipe: Recipe | str, modalities, **keywords: Any) -> ExtractOptions:
         """From flat keywords, as :func:`extract` takes them (``videos=``, ``batch_size=``...)."""
-        return cls(recipe=recipe, modalities=tuple(modalities)).replace(**keywords)
+        return cls(recipe=recipe, modalities=modalities).replace(**keywords)
 
     def replace(self, **changes: Any) -> ExtractOptions:
         """A copy with ``changes`` (input keywords such as ``videos=`` go into ``inputs``)."""

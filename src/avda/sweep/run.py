@@ -56,6 +56,7 @@ from avda.dask_support import (
     quiet_dask_logs,
     quiet_lost_scheduler_logs,
     quiet_worker_logs,
+    refuse_unguarded_main,
     threads_per_worker,
     workers_ignore_interrupt,
 )
@@ -673,9 +674,12 @@ def run_sweep(
     if out_dir is None:
         raise ConfigError(f"{spec.source}: no output folder; give --out DIR or out: in the spec")
     tasks = plan(spec, out_dir)
-    if scheduler is None and kind != "local":  # before the output folder is made
-        if any(not runs.is_complete(task.run) for task in tasks):
-            check_submit_command(kind)  # (a finished sweep reruns anywhere)
+    if scheduler is None and any(not runs.is_complete(task.run) for task in tasks):
+        # before the output folder is made (a finished sweep reruns anywhere)
+        if kind == "local":
+            refuse_unguarded_main("a sweep on its own local cluster")
+        else:
+            check_submit_command(kind)
     out_dir.mkdir(parents=True, exist_ok=True)
     # One sweep writes an output folder at a time: two would each mark the other's runs
     # failed (busy) in the index they write last.
