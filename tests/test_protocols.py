@@ -430,6 +430,20 @@ def test_cli_sweep_check_validates_without_caches(capsys, tmp_path):
     code = cli.main(["sweep", str(bad), "--check"])
     _, err = capsys.readouterr()
     assert code == 1 and "settings[1]: unknown domain 'D9'; valid: source, target" in err
+    # a head that cannot train on the cache (two modalities needed, one cached) is found by
+    # setting each run up as avda train would, before any cluster starts; every such run listed
+    make_feature_cache(tmp_path / "rgb.zarr", per_class=2, modalities=("rgb",))
+    bad.write_text(
+        "cache: rgb.zarr\nheads: [dann, mm-sada, {name: mm-sada, label: mm, "
+        "adversarial_weight: 0}]\nsettings: [source->target]\nseeds: [0, 1]\n"
+    )
+    code = cli.main(["sweep", str(bad), "--check"])
+    out, err = capsys.readouterr()
+    assert code == 1, err
+    assert out.splitlines()[0].startswith("mm-sada/source-target: mm-sada needs at least two")
+    assert out.splitlines()[1].startswith("mm/source-target: mm-sada needs at least two")
+    assert "2 run(s) of the spec cannot train, listed above (the first: mm-sada/" in err
+    assert "dann/" not in out
 
 
 def test_a_protocol_off_its_benchmark_says_only_its_recipe_applies(tmp_path, caplog):

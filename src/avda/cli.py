@@ -1139,7 +1139,17 @@ def sweep_command(
 
     if check:
         checked = sweep.load_spec(spec, open_caches=False)
+        problems, unchecked = sweep.task_problems(checked)
+        for problem in problems:  # every one, on stdout (the last line says how many)
+            typer.echo(problem)
+        if problems:
+            raise ConfigError(
+                f"{spec}: {len(problems)} run(s) of the spec cannot train, listed above (the "
+                f"first: {problems[0]})"
+            )
         typer.echo(sweep.describe_spec(checked))
+        if unchecked:
+            typer.echo(f"  not checked: {unchecked} run(s) on caches that do not exist yet")
         return
     if job_script:
         typer.echo(sweep.job_script(sweep.load_spec(spec), cluster=cluster))

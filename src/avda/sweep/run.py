@@ -359,6 +359,38 @@ def _write_index(out: Path, spec: SweepSpec, tasks: list[SweepTask], outcomes: d
     atomic_write_text(out / INDEX, json.dumps(index, indent=2) + "\n")
 
 
+def task_problems(spec: SweepSpec) -> tuple[list[str], int]:
+    """What ``avda sweep --check`` finds wrong with the runs themselves: each (cache, head,
+    setting) is set up as ``avda train`` would (the cache's domains, modalities and sizes, the
+    head built on two segments' features), so that a head that cannot train on a cache (a
+    two-modality head on an RGB-only cache) is found before a cluster starts. Returns the
+    problems (``label/setting: error``) and the number of runs on caches not there yet (not
+    checked)."""
+    from avda.train import setup as setup_lib
+
+    problems, unchecked, seen = [], 0, set()
+    for task in plan(spec, spec.out or "."):
+        if not task.cache.exists():
+            unchecked += 1
+            continue
+        key = (task.cache, task.method, task.setting)
+        if key in seen:  # the seeds of one run set up alike
+            continue
+        seen.add(key)
+        try:
+            with _quiet():
+                setup = setup_lib.plan(
+                    cache=task.cache, head=task.head, source=task.source, target=task.target,
+                    overrides=task.overrides, device="cpu", protocol=task.protocol,
+                    evaluation=False,
+                )  # fmt: skip
+                sample = setup.load("source_train", setup.source_rows[:2])
+                setup.build_head({m: tuple(sample.inputs[m].shape[1:]) for m in setup.modalities})
+        except AvdaError as error:
+            problems.append(f"{task.name.rsplit('/seed', 1)[0]}: {error}")
+    return problems, unchecked
+
+
 def describe_spec(spec: SweepSpec) -> str:
     """What ``avda sweep --check`` prints: the spec's runs, protocol and published rows."""
     lines = [
@@ -714,12 +746,14 @@ def _sweep_in(
             )
         else:
             pending.append(task)
+    mismatched = sum(o.status == "failed" for o in outcomes.values())
     log.info(
-        "sweep %s: %d runs, %d already complete, %d to train",
+        "sweep %s: %d runs, %d already complete, %d to train%s",
         spec.source,
         len(tasks),
-        len(tasks) - len(pending),
+        len(tasks) - len(pending) - mismatched,
         len(pending),
+        f", {mismatched} finished with other settings (failed)" if mismatched else "",
     )
     if pending:
         connection = connect(
@@ -846,6 +880,7 @@ __all__ = [
     "SweepTask",
     "TaskOutcome",
     "describe_spec",
+    "task_problems",
     "job_script",
     "load_spec",
     "parse_spec",
