@@ -445,6 +445,9 @@ def test_a_run_that_failed_in_its_sweep_is_left_out(sweep_like, tmp_path, caplog
     assert str(out / "sweep-failures.csv") in caplog.text
     table = aggregate.aggregate(found)
     assert table.cell("Source-only", "source→target")[2] == 1
+    # the table says so itself (the warnings go to the terminal only)
+    note = f"1 run(s) found but left out: {out / failed['run']} (failed in its sweep)."
+    assert note in table.notes and note in tables.aggregate_markdown(table)
     # found through the folder above the sweep, or passed as a run folder itself: left out too
     assert len(aggregate.find_runs([tmp_path])) == 7
     with pytest.raises(RunError, match=r"none of the given runs is complete \(1 failed in"):

@@ -85,7 +85,14 @@ def setting_label(source: Sequence[str], target: Sequence[str]) -> str:
     return f"{','.join(source)}→{','.join(target)}"
 
 
-def find_runs(paths: Iterable[str | Path], *, complete_only: bool = True) -> list[Path]:
+class FoundRuns(list):
+    """The run folders :func:`find_runs` found (a list of paths), with ``left_out``: each run
+    it left out and why (a table says how many in a footnote)."""
+
+    left_out: list[str]
+
+
+def find_runs(paths: Iterable[str | Path], *, complete_only: bool = True) -> FoundRuns:
     """Run directories among ``paths``: a run folder itself, or every run below a folder.
 
     Runs below a sweep's output folder come in the sweep's order. Incomplete runs are left out
@@ -93,7 +100,8 @@ def find_runs(paths: Iterable[str | Path], *, complete_only: bool = True) -> lis
     in one of their folders above) marks failed: such a folder may hold a finished run of an
     earlier spec. A path holding no run is an error.
     """
-    found: list[Path] = []
+    found = FoundRuns()
+    found.left_out = []
     seen: set[Path] = set()  # resolved: runs/x and /abs/runs/x are one run
     failed = 0
     entries: dict[Path, dict[str, dict[str, Any]]] = {}
@@ -120,9 +128,11 @@ def find_runs(paths: Iterable[str | Path], *, complete_only: bool = True) -> lis
                     *(run, folder / SWEEP_FAILURES),
                 )
                 failed += 1
+                found.left_out.append(f"{run} (failed in its sweep)")
                 continue
             if complete_only and not runs.is_complete(run):
                 log.warning("%s is not complete: left out", run)
+                found.left_out.append(f"{run} (not complete)")
                 continue
             found.append(run)
     if not found:
@@ -415,6 +425,12 @@ def aggregate(
     table.protocol = chosen
     table.title = f"{protocols_lib.describe(chosen)}; {table.title}"
     table.notes.extend(notes)
+    left_out = getattr(run_dirs, "left_out", [])
+    if left_out:
+        more = f" and {len(left_out) - 2} more" if len(left_out) > 2 else ""
+        table.notes.append(
+            f"{len(left_out)} run(s) found but left out: {'; '.join(left_out[:2])}{more}."
+        )
     _add_published(table, infos)
     return table
 
