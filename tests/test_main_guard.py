@@ -68,6 +68,28 @@ def test_the_guard_and_a_function_it_calls_are_fine(tmp_path):
     )
     result = _run(script)
     assert result.returncode == 0 and result.stdout == "ok\n", result.stderr
+    # the guard in an `and`, and the else of `!=`
+    for guard in (
+        'if __name__ == "__main__" and True:',
+        'if __name__ != "__main__":\n    pass\nelse:',
+    ):
+        script.write_text(
+            "from avda.dask_support import refuse_unguarded_main\n"
+            f"{guard}\n    refuse_unguarded_main('x')\n    print('ok')\n"
+        )
+        result = _run(script)
+        assert result.returncode == 0 and result.stdout == "ok\n", (guard, result.stderr)
+    # `python -m package`: spawn does not run a package's __main__ again
+    package = tmp_path / "pkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "__main__.py").write_text(
+        "from avda.dask_support import refuse_unguarded_main\nrefuse_unguarded_main('x')\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "pkg"], cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr
     # ``python -c`` (and an interactive session, a notebook) has no script to import again
     code = "from avda.dask_support import refuse_unguarded_main; refuse_unguarded_main('x')"
     assert subprocess.run([sys.executable, "-c", code], timeout=300).returncode == 0

@@ -90,6 +90,9 @@ def refuse_unguarded_main(what: str) -> None:
     path = getattr(main, "__file__", None)
     if main is None or not path or not str(path).endswith(".py"):
         return
+    spec = getattr(main, "__spec__", None)
+    if spec is not None and (spec.name == "__main__" or spec.name.endswith(".__main__")):
+        return  # `python -m package` (or a folder, a zipapp): spawn does not re-run it
     frame = sys._getframe(1)
     while frame is not None and not (
         frame.f_globals is vars(main) and frame.f_code.co_name == "<module>"
@@ -103,9 +106,13 @@ def refuse_unguarded_main(what: str) -> None:
     except (OSError, SyntaxError, ValueError, UnicodeDecodeError):
         return
     for node in ast.walk(tree):
-        if isinstance(node, ast.If) and _is_main_test(node.test) and node.body:
-            if node.body[0].lineno <= line <= (node.body[-1].end_lineno or line):
-                return
+        if not isinstance(node, ast.If):
+            continue
+        guarded = node.body if _is_main_test(node.test, ast.Eq) else []
+        if _is_main_test(node.test, ast.NotEq):  # if __name__ != "__main__": ... else: ...
+            guarded = node.orelse
+        if guarded and guarded[0].lineno <= line <= (guarded[-1].end_lineno or line):
+            return
     raise ConfigError(
         f"{what} starts worker processes that import {path} again, and its top level (the "
         f"call at line {line}) would run again in each: put the script's calls under `if "
@@ -113,13 +120,16 @@ def refuse_unguarded_main(what: str) -> None:
     )
 
 
-def _is_main_test(test: Any) -> bool:
-    """``__name__ == "__main__"`` (either side)."""
+def _is_main_test(test: Any, op: type) -> bool:
+    """``__name__ == "__main__"`` (``op`` ``ast.Eq``; either side), alone or as one operand of
+    an ``and`` (``if __name__ == "__main__" and ...:``; for ``ast.NotEq``, alone)."""
     import ast
 
+    if op is ast.Eq and isinstance(test, ast.BoolOp) and isinstance(test.op, ast.And):
+        return any(_is_main_test(value, op) for value in test.values)
     if not (isinstance(test, ast.Compare) and len(test.ops) == 1):
         return False
-    if not isinstance(test.ops[0], ast.Eq):
+    if not isinstance(test.ops[0], op):
         return False
     sides = [test.left, test.comparators[0]]
     names = [s.id for s in sides if isinstance(s, ast.Name)]

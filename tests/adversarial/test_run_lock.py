@@ -116,6 +116,9 @@ def test_a_trainer_starting_while_the_lock_is_probed_is_not_refused(tmp_path):
     is held; a trainer starting at that instant tries once more instead of being refused."""
     out = tmp_path / "run"
     out.mkdir()
+    # the record a trainer killed on another node left (read at once: not this host's pid)
+    record = {"pid": 1, "host": "node-that-died", "since": "2026-12-01T00:00:00+00:00"}
+    (out / RUN_LOCK).write_text(json.dumps(record) + "\n")
     taken, release = threading.Event(), threading.Event()
 
     def probe() -> None:  # a probe that lingers (0.3 s), as a slow file system might

@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -397,3 +398,57 @@ def test_frame_number_recipes_read_frame_n_as_the_videos_nth_frame(media, recipe
                                            expected.reshape(-1, 240, 240, 3), strict=True)
                  if not np.array_equal(a.numpy(), b)]  # fmt: skip
         assert not wrong, f"start {start}: frame numbers read as other frames: {wrong[:5]}"
+
+
+def _write_ms_mkv(path: Path, frames: int, rate: Fraction) -> None:
+    """A lossless (FFV1) Matroska video at ``rate`` whose timestamps are whole milliseconds, as
+    Matroska and WebM store them; frame i is a flat gray of level 4 i."""
+    import av
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("ffv1", rate=rate)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        stream.time_base = Fraction(1, 1000)
+        for i in range(frames):
+            image = np.full((48, 64, 3), 4 * i, dtype=np.uint8)
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+            frame.pts, frame.time_base = round(i * 1000 / rate), Fraction(1, 1000)
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+
+
+@pytest.mark.parametrize("recipe", ["mmsada-test", "ta3n", "audio-adaptive"])
+def test_frame_numbers_read_the_right_frames_of_a_video_with_millisecond_timestamps(
+    tmp_path, recipe
+):
+    """29.97 fps in milliseconds: frame i's timestamp is i * 33.367 ms rounded, up to half a
+    millisecond off the grid. Starts on a frame's start (0.0, a frame-number manifest's times),
+    early, midway and late (0.33: 89% into its frame) in one: frame n is still the n-th frame
+    decoded. (A start within that half millisecond of a frame's end, 0.5 here, is ambiguous:
+    the file shows the next frame then.)"""
+    from avda.extract import backbones, sampling
+    from avda.extract.inputs import InputPaths, SegmentDataset
+
+    rate = Fraction(30000, 1001)
+    _write_ms_mkv(tmp_path / "ms.mkv", 60, rate)
+    starts = [0.0, 7 / rate, 0.52, 0.25, 0.33]
+    segments = pd.DataFrame(
+        {
+            "uid": [f"s{i}" for i in range(len(starts))], "video_id": "ms",
+            "start_sec": [float(s) for s in starts],
+            "stop_sec": [float(s) + 1.2 for s in starts], "video_path": "ms.mkv",
+        }
+    )  # fmt: skip
+    recipe = tiny(recipe, resize_shorter=48, crop_size=48)
+    spec = backbones.create("i3d", modality="rgb").input_spec
+    dataset = SegmentDataset(
+        segments, np.arange(len(starts)), InputPaths(videos=tmp_path), recipe, "rgb", spec, None
+    )
+    for row, start in enumerate(starts):
+        _, x, status, error = dataset[row]
+        assert status == Status.DONE, error
+        frames = sampling.SegmentFrames.from_seconds("u", float(start), float(start) + 1.2, rate)
+        numbers = np.clip(recipe.rgb_numbers(frames), 1, 60)
+        read = np.rint(x.float().mean(dim=(-3, -2, -1)).numpy() / 4).astype(int) + 1
+        wrong = int((read != numbers).sum())
+        assert not wrong, f"start {float(start):.4f}: {wrong} of {numbers.size} frames off"

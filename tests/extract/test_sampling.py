@@ -165,9 +165,16 @@ def test_time_based_frames_convert_through_the_segment_anchor():
     # start, an hour into a video the numbers still match start_frame.
     segment = SegmentFrames("u", 3688.43, 3690.0, 221305, 221399, 59.94)
     assert segment.number_at(np.array([3688.43]))[0] == 221305
-    assert segment.time_of(np.array([221305, 221307])) == pytest.approx(
+    assert segment.anchored(np.array([221305, 221307])) == pytest.approx(
         3688.43 + np.array([0, 2]) / 59.94
     )
+    # decoding aims inside the frame: half of what is left of it after start_sec
+    fraction = 3688.43 * 59.94 % 1
+    assert segment.time_of(np.array([221305])) == pytest.approx(
+        3688.43 + (1 - fraction) / 2 / 59.94
+    )
+    at_start = SegmentFrames.from_seconds("u", 2.0, 3.0, 25.0)  # start_sec on a frame's start
+    assert at_start.time_of(np.array([51, 52])) == pytest.approx([2.02, 2.06])
     derived = SegmentFrames.from_seconds("u", 1.0, 2.0, 25.0)
     assert (derived.start_frame, derived.stop_frame) == (26, 51)
 

@@ -175,14 +175,10 @@ def _flock(
                 break
             except BlockingIOError:
                 if time.monotonic() >= deadline:
-                    # (reading the record takes up to a second where it names no live holder;
-                    # then one more try: ``training_holder`` probes the lock for an instant)
                     message = _busy_message(store, path, fd, kind)
-                    try:
-                        fcntl.flock(fd, mode | fcntl.LOCK_NB)
+                    if _taken_within(fd, mode, PROBE_GRACE):  # a probe let go meanwhile
                         break
-                    except BlockingIOError:
-                        raise error(message) from None
+                    raise error(message) from None
                 time.sleep(0.2)
             except OSError as exc:
                 if exc.errno not in _UNSUPPORTED:
@@ -202,6 +198,25 @@ def _flock(
                     os.ftruncate(fd, 0)
     finally:
         os.close(fd)  # releases the flock
+
+
+# Seconds a refused lock is tried again for before its holder is named: ``training_holder``
+# (``avda evaluate``) takes it shared for an instant to see whether a run is training.
+PROBE_GRACE = 0.5
+
+
+def _taken_within(fd: int, mode: int, seconds: float) -> bool:
+    import fcntl
+
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            fcntl.flock(fd, mode | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.02)
 
 
 def _write_holder(fd: int, what: str, shared: bool) -> None:
@@ -224,7 +239,8 @@ def training_holder(run: str | Path) -> str | None:
     """Who trains into the run folder ``run`` now ("pid N on host H since T"), or None.
 
     Whether anyone does is the ``flock`` of its lock file, probed for an instant (shared, not
-    waiting: a trainer starting at that instant retries once, see ``_flock``), so a record a
+    waiting: a trainer starting at that instant tries again for ``PROBE_GRACE`` seconds,
+    see ``_flock``), so a record a
     killed trainer left behind is not believed, from whichever host it came; who holds it is the
     record the trainer wrote. Where the file system has no locks, the record alone decides (a
     record of a process of this host that is gone is stale)."""

@@ -143,15 +143,20 @@ def _decimal(value: float, digits: int) -> str:
     ``f"{94.05:.1f}"`` gives 94.0 (the binary float is 94.04999...)."""
     if not np.isfinite(value):
         return f"{value}"
-    text = format(decimal.Decimal(repr(float(value))).quantize(
-        decimal.Decimal(1).scaleb(-digits), rounding=decimal.ROUND_HALF_UP
-    ), "f")  # fmt: skip
+    with decimal.localcontext() as context:
+        context.prec = 400  # any float's digits (the default 28 refuses 1e27 and more)
+        exact = decimal.Decimal(repr(float(value)))
+        step = decimal.Decimal(1).scaleb(-digits)
+        text = format(exact.quantize(step, rounding=decimal.ROUND_HALF_UP), "f")
     return "0" + text[2:] if text.startswith("-0") and not text.strip("-0.") else text
 
 
 def _gain_text(gain: float, digits: int) -> str:
-    # round first, then add 0.0: a gain of -0.001 prints as +0.0, not -0.0
-    return "" if np.isnan(gain) else f" ({round(gain, digits) + 0.0:+.{digits}f})"
+    """`` (+1.3)``: rounded half up as the means are (a gain of -0.001 is +0.0, not -0.0)."""
+    if np.isnan(gain):
+        return ""
+    text = _decimal(gain, digits)
+    return f" ({text if text.startswith('-') else '+' + text})"
 
 
 def _published(table) -> set[str]:

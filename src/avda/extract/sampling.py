@@ -85,10 +85,22 @@ class SegmentFrames:
         return cls(uid, float(start_sec), float(stop_sec), start, stop, float(fps))
 
     def time_of(self, numbers: np.ndarray) -> np.ndarray:
-        """Seconds of frames ``numbers``, anchored at the segment start: ``start_sec`` is a time
-        of frame ``start_frame`` (the frame shown then), and frame n the one shown
-        ``(n - start_frame) / fps`` later. (Not its middle: ``start_sec`` may lie anywhere in its
-        frame, and half a frame more reads the next frame when it lies in the second half.)"""
+        """A time inside each frame of ``numbers``, to decode it from a video by its timestamps.
+
+        Anchored at the segment start: ``start_sec`` is a time of frame ``start_frame`` (the
+        frame shown then), at a fraction ``f`` of it (``start_sec * fps`` mod 1), and frame n is
+        the one shown ``(n - start_frame) / fps`` later. The time returned is the middle of what
+        is left of that frame: ``(1 - f) / 2`` frames on, so strictly inside it whether
+        ``start_sec`` lies at a frame's start (a timestamp rounded to the millisecond then still
+        reads frame n, not n - 1) or late in it (half a frame would read frame n + 1)."""
+        position = self.start_sec * self.fps
+        fraction = position - math.floor(position + 1e-6)  # where start_sec is in its frame
+        inside = (1.0 - min(max(fraction, 0.0), 1.0)) / 2.0
+        return self.anchored(numbers) + inside / self.fps
+
+    def anchored(self, numbers: np.ndarray) -> np.ndarray:
+        """``start_sec + (n - start_frame) / fps``: the time frame n is at ``start_sec``'s place
+        in it (docs/extraction.md; TBN centres its audio windows there)."""
         return self.start_sec + (np.asarray(numbers, dtype=np.float64) - self.start_frame) / (
             self.fps
         )
@@ -237,7 +249,7 @@ class Recipe(Config):
         if plan.times is not None:
             return plan.times.mean(axis=1)
         # the frames' middles where start_sec is a frame's start (EPIC's times are not)
-        return segment.time_of(plan.numbers).mean(axis=1) + 0.5 / segment.fps
+        return segment.anchored(plan.numbers).mean(axis=1) + 0.5 / segment.fps
 
     def audio_windows_of(self, segment: SegmentFrames) -> list[tuple[float, float]]:
         """(start, stop) seconds of each audio window of ``segment``."""
@@ -246,7 +258,7 @@ class Recipe(Config):
         if self.audio_windows == "snippets":
             numbers = self.rgb_numbers(segment)[:, 0]
             # TBN: centre = (start_frame + idx) / fps, i.e. the start time of the snippet frame.
-            centres = segment.time_of(numbers)
+            centres = segment.anchored(numbers)
         elif self.placement == "centres":
             centres = self.clip_centres(segment.start_sec, segment.stop_sec)
         else:

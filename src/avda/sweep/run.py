@@ -382,12 +382,13 @@ def task_problems(spec: SweepSpec) -> tuple[list[str], int]:
                 setup = setup_lib.plan(
                     cache=task.cache, head=task.head, source=task.source, target=task.target,
                     overrides=task.overrides, device="cpu", protocol=task.protocol,
-                    evaluation=False,
                 )  # fmt: skip
                 sample = setup.load("source_train", setup.source_rows[:2])
                 setup.build_head({m: tuple(sample.inputs[m].shape[1:]) for m in setup.modalities})
         except AvdaError as error:
             problems.append(f"{task.name.rsplit('/seed', 1)[0]}: {error}")
+        except (ValueError, TypeError, RuntimeError) as error:  # a head's own refusal
+            problems.append(f"{task.name.rsplit('/seed', 1)[0]}: {type(error).__name__}: {error}")
     return problems, unchecked
 
 
