@@ -452,3 +452,39 @@ def test_frame_numbers_read_the_right_frames_of_a_video_with_millisecond_timesta
         read = np.rint(x.float().mean(dim=(-3, -2, -1)).numpy() / 4).astype(int) + 1
         wrong = int((read != numbers).sum())
         assert not wrong, f"start {float(start):.4f}: {wrong} of {numbers.size} frames off"
+
+
+def test_a_store_read_with_the_earlier_frame_timing_is_not_resumed_into_a_mix(
+    media, tmp_path, caplog
+):
+    """Features read from videos by frame number record the frame timing they were read with;
+    a store of the earlier timing (a frame late for some segments, no record) is not extended
+    with the corrected one: refused in one line while rows remain, a warning when it is done,
+    recomputed with --force."""
+    from avda.cache import open_cache
+    from avda.errors import CacheError
+    from avda.extract import runner
+
+    manifest = _real_manifest(media).iloc[:2]
+    options = runner.ExtractOptions.of(
+        recipe=tiny("mmsada-test"), modalities=["rgb"], videos=media / "video", workers=0,
+        device="cpu", progress=False, chunk_rows=1,
+    )  # fmt: skip
+    out = tmp_path / "c.zarr"
+    assert runner.extract(manifest, options, out=out).done == 2
+    store = open_cache(out, mode="r+")
+    assert store.modality_info("rgb")["frame_times"] == runner.FRAME_TIMES
+    store.update_modality_info("rgb", frame_times=None)  # as an earlier avda left it
+    with caplog.at_level("WARNING"):
+        assert runner.extract(manifest, options, out=out).done == 2  # done: nothing to mix
+    assert "read from videos by an avda that read a segment" in caplog.text
+    store.status_array("rgb")[1] = int(Status.PENDING)
+    with pytest.raises(CacheError, match="resuming would mix the two: --force to recompute rgb"):
+        runner.extract(manifest, options, out=out)
+    result = runner.extract(manifest, options.replace(force=True), out=out)
+    assert result.done == 2
+    assert open_cache(out).modality_info("rgb")["frame_times"] == runner.FRAME_TIMES
+    # time-based recipes (demo's centres) do not read frame numbers: nothing recorded
+    demo = options.replace(recipe=tiny("demo"), force=False)
+    runner.extract(manifest, demo, out=tmp_path / "demo.zarr")
+    assert "frame_times" not in open_cache(tmp_path / "demo.zarr").modality_info("rgb")

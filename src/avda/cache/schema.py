@@ -92,7 +92,7 @@ MODALITY_KEYS = (
 )
 # Keys some writers add to a modality entry: the seed of a random-init backbone, what the
 # modality was read from, the shape (C, H, W) of its spatial maps.
-OPTIONAL_MODALITY_KEYS = ("random_init_seed", "input", "spatial_shape")
+OPTIONAL_MODALITY_KEYS = ("random_init_seed", "input", "spatial_shape", "precision", "frame_times")
 
 
 class Status(enum.IntEnum):

@@ -316,6 +316,49 @@ def _check_modality(
     return not diffs
 
 
+# How frame numbers become times in a video (``SegmentFrames.time_of``), recorded with every
+# modality that reads them: until 2026-12-06 avda read some segments a frame late (no record).
+FRAME_TIMES = "inside-2026-12-06"
+
+
+def _reads_frame_numbers_from_video(spec: ModalitySpec, recipe: Recipe, inputs: InputPaths) -> bool:
+    return (
+        spec.modality != "audio"
+        and recipe.placement != "centres"
+        and inputs.source_of(spec.modality) == "video"
+    )
+
+
+def _check_frame_times(store: FeatureCache, modality: str, force: bool) -> bool:
+    """False (recompute it) when ``modality``'s features were read from videos with the frame
+    timing before 2026-12-06 and ``force``; without it, refuse to add to them (a resumed store
+    would mix the two timings) and warn where they are all done; record the timing where
+    nothing is done yet."""
+    if store.modality_info(modality).get("frame_times") == FRAME_TIMES:
+        return True
+    done = store.status(modality) == Status.DONE
+    if not done.any():
+        store.update_modality_info(modality, frame_times=FRAME_TIMES)
+        return True
+    if done.all() and not force:  # nothing to add to them: say so, refuse nothing
+        log.warning(
+            "store %s: its %s features were read from videos by an avda that read a segment "
+            "starting late in its first frame one frame late (docs/extraction.md); --force "
+            "recomputes them",
+            *(store.path, modality),
+        )
+        return True
+    if not force:
+        raise CacheError(
+            f"store {store.path} holds {modality} features read from videos by an avda that read "
+            "a segment starting late in its first frame one frame late (docs/extraction.md); "
+            f"resuming would mix the two: --force to recompute {modality}, or extract into "
+            "another -o (the store as it is still trains)"
+        )
+    log.warning("%s: recomputing every segment with the corrected frame timing", modality)
+    return False
+
+
 def check_precision(
     store: FeatureCache, modality: str, precision: str, *, device: str, force: bool
 ) -> None:
@@ -425,8 +468,13 @@ def prepare_modality(
     ``spec.modality``."""
     model = model if model is not None else _build_model(spec, recipe)
     entry = _modality_entry(spec, model, inputs)
+    if _reads_frame_numbers_from_video(spec, recipe, inputs):
+        entry["frame_times"] = FRAME_TIMES
     num_clips = recipe.num_audio_windows if spec.modality == "audio" else recipe.num_clips
-    if not _check_modality(store, spec, entry, force):
+    exists = _check_modality(store, spec, entry, force)
+    if exists and "frame_times" in entry:
+        exists = _check_frame_times(store, spec.modality, force)
+    if not exists:
         spatial_shape = None
         if _wants_spatial(recipe, spec):
             spatial_shape = _spatial_shape(model, recipe, spec.modality)
