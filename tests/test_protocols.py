@@ -414,6 +414,7 @@ def test_cli_sweep_check_validates_without_caches(capsys, tmp_path):
     code = cli.main(["sweep", str(EXAMPLES / "mmsada-epic55.yaml"), "--check"])
     out, _ = capsys.readouterr()
     assert code == 0 and "valid; 1 cache(s) x 4 head(s) x 6 setting(s) x 3 seed(s) = 72" in out
+    assert "  settings: D1->D2, D1->D3, D2->D1, D2->D3, D3->D1, D3->D2\n" in out  # as specs write
     bad = tmp_path / "bad.yaml"
     bad.write_text(
         "cache: nowhere.zarr\nprotocol: ta3n-epic100\nheads: [cia]\n"

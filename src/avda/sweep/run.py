@@ -392,6 +392,11 @@ def task_problems(spec: SweepSpec) -> tuple[list[str], int]:
     return problems, unchecked
 
 
+def _arrow(setting: Any) -> str:
+    """``D1,D2->D3``: a setting as a spec writes it (its folder name is ``D1,D2-D3``)."""
+    return f"{','.join(setting.source_domains)}->{','.join(setting.target_domains)}"
+
+
 def describe_spec(spec: SweepSpec) -> str:
     """What ``avda sweep --check`` prints: the spec's runs, protocol and published rows."""
     lines = [
@@ -400,7 +405,7 @@ def describe_spec(spec: SweepSpec) -> str:
         f"{len(spec.caches) * len(spec.heads) * len(spec.settings) * len(spec.seeds)} runs",
         f"  protocol: {spec.protocol or 'none (each head at its defaults)'}",
         f"  heads: {', '.join(h.label for h in spec.heads)}",
-        f"  settings: {', '.join(s.name for s in spec.settings)}",
+        f"  settings: {', '.join(_arrow(s) for s in spec.settings)}",
     ]
     if spec.published:
         lines.append(
