@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import http.client
+import json
 import os
 import urllib.error
 import urllib.request
@@ -377,6 +378,13 @@ def resolve(value: str | Path, option: str = "--weights") -> Path:
                 f"{option} {text}: not fetched yet (no {fetched}); run "
                 f"`avda weights fetch {text}` first"
             )
+        problem = _published_bytes_problem(entry, fetched)
+        if problem:
+            raise ConfigError(
+                f"{option} {text}: {fetched} is not the published file ({problem}): a damaged "
+                f"or another file under its name; delete it and run `avda weights fetch {text}`, "
+                "or give your file by its path to use it as it is"
+            )
         return fetched
     if os.sep not in text and "/" not in text and not path.suffix:
         raise ConfigError(
@@ -412,6 +420,34 @@ def checksum_problem(entry: PublishedFile, digests: Mapping[str, str]) -> str | 
     if entry.sha256_prefix and not digests["sha256"].startswith(entry.sha256_prefix):
         return f"sha256 {digests['sha256']}, the published file's starts with {entry.sha256_prefix}"
     return None
+
+
+def _published_bytes_problem(entry: PublishedFile, path: Path) -> str | None:
+    """Why the file under a published name is not the published file (None when it is, or
+    when nothing is published to compare with, or the name is a file users convert
+    themselves). Its digests are kept beside it (``<file>.digests.json``, keyed by size and
+    modification time), so a large file is read once, not at every command."""
+    if entry.url is None or not entry.checked:
+        return None
+    stat = path.stat()
+    record = path.with_name(path.name + ".digests.json")
+    try:
+        known = json.loads(record.read_text())
+    except (OSError, ValueError):
+        known = {}
+    if not (
+        isinstance(known, dict)
+        and known.get("size") == stat.st_size
+        and known.get("mtime_ns") == stat.st_mtime_ns
+        and isinstance(known.get("sha256"), str)
+        and isinstance(known.get("git_blob_sha1"), str)
+    ):
+        known = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, **file_digests(path)}
+        try:
+            record.write_text(json.dumps(known) + "\n")
+        except OSError:  # a read-only folder: read it again next time
+            pass
+    return checksum_problem(entry, known)
 
 
 def matches_checksum(entry: PublishedFile, digests: Mapping[str, str]) -> bool:

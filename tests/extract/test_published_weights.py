@@ -6,6 +6,7 @@ table's own checksums are only checked for form (and the fingerprints against th
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import re
@@ -104,8 +105,24 @@ def test_resolve_name_path_and_unknown(tmp_path, monkeypatch):
         published.resolve("piergiaj_rgb_imagenet")
     fetched = tmp_path / "w" / "rgb_imagenet.pt"
     fetched.parent.mkdir()
-    fetched.write_bytes(b"x")
-    assert published.resolve("piergiaj_rgb_imagenet") == fetched
+    fetched.write_bytes(b"x")  # not the published bytes (its git blob id is published)
+    with pytest.raises(
+        ConfigError,
+        match=r"rgb_imagenet.pt is not the published file \(git "
+        r"blob id .*delete it and run `avda weights fetch piergiaj_rgb_imagenet`",
+    ):
+        published.resolve("piergiaj_rgb_imagenet")  # fmt: skip
+    entry = published.PUBLISHED["piergiaj_rgb_imagenet"]
+    blob = published.file_digests(fetched)["git_blob_sha1"]
+    monkeypatch.setitem(
+        published.PUBLISHED, entry.name, dataclasses.replace(entry, git_blob_sha1=blob)
+    )
+    assert published.resolve("piergiaj_rgb_imagenet") == fetched  # the published bytes
+    record = json.loads((tmp_path / "w" / "rgb_imagenet.pt.digests.json").read_text())
+    assert record["git_blob_sha1"] == blob  # read once: kept by size and mtime
+    fetched.write_bytes(b"y")  # replaced later: read again
+    with pytest.raises(ConfigError, match="is not the published file"):
+        published.resolve("piergiaj_rgb_imagenet")
     local = tmp_path / "mine.pt"
     local.write_bytes(b"x")
     assert published.resolve(local) == local
