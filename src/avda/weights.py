@@ -129,7 +129,7 @@ def _piergiaj(modality: str, variant: str, blob: str, fingerprint: str) -> Publi
             else {}
         ),
         notes=(
-            "fine-tuned on Charades (157 classes): pass num_classes=157"
+            "fine-tuned on Charades (157 classes; i3d takes the count from the file)"
             if charades
             else "DeepMind ImageNet+Kinetics-400 I3D converted to PyTorch"
         ),
@@ -175,7 +175,7 @@ def _deepmind(modality: str, variant: str, fingerprint: str) -> PublishedFile:
         checksum_source="none for the .npz (made locally from the TF checkpoint)",
         layout_fingerprint=fingerprint,
         notes=(
-            "Kinetics-600, 600 classes: pass num_classes=600"
+            "Kinetics-600, 600 classes (i3d takes the count from the file)"
             if kin600
             else "Kinetics-400"
             + (" from ImageNet init" if variant == "imagenet" else " from scratch")

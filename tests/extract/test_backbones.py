@@ -484,13 +484,19 @@ def test_wrong_shape_is_named(piergiaj_flow, tmp_path: Path) -> None:
 
 
 def test_class_count_mismatch_suggests_num_classes(piergiaj_flow, tmp_path: Path) -> None:
+    """piergiaj's Charades files (157 classes) load with the file's class count (the CLI has no
+    num_classes, and features do not depend on it); a count asked for that the file does not
+    have is refused with the file's."""
     state = dict(piergiaj_flow)
     state["logits.conv3d.weight"] = torch.zeros(157, 1024, 1, 1, 1)
     state["logits.conv3d.bias"] = torch.zeros(157)
     path = write_checkpoint(state, tmp_path / "flow_charades.pt")
+    model = backbones.create("i3d", modality="flow", weights=path)
+    assert model.config.num_classes == 157
     with pytest.raises(CheckpointError, match="num_classes=157"):
-        backbones.create("i3d", modality="flow", weights=path)
+        backbones.create("i3d", modality="flow", weights=path, num_classes=400)
     backbones.create("i3d", modality="flow", weights=path, num_classes=157)
+    assert backbones.create("i3d", modality="flow").config.num_classes == 400  # no file
 
 
 def test_a_classifier_of_the_right_class_count_gets_no_class_count_hint(piergiaj_flow, tmp_path):

@@ -41,6 +41,7 @@ from avda.extract.backbones.weights import (
     StateDict,
     input_channels_hint,
     load_weights,
+    native_state_dict,
     num_classes_hint,
 )
 
@@ -124,7 +125,7 @@ def _published() -> tuple[PublishedWeights, ...]:
     for modality in ("rgb", "flow"):
         for variant, num_classes, notes in (
             ("imagenet", 400, "DeepMind ImageNet+Kinetics-400 weights converted by piergiaj"),
-            ("charades", 157, "fine-tuned on Charades: pass num_classes=157"),
+            ("charades", 157, "fine-tuned on Charades (157 classes, taken from the file)"),
         ):
             entries.append(
                 PublishedWeights(
@@ -586,13 +587,23 @@ def i3d(
     *,
     modality: str,
     weights: str | Path | None = None,
-    num_classes: int = 400,
+    num_classes: int | None = None,
     dropout: float = 0.5,
 ) -> I3D:
     """I3D for ``modality`` "rgb" (3 channels) or "flow" (2 channels, u/v).
 
     ``weights`` may be any layout in ``LAYOUTS``; it is auto-detected from the keys.
+    ``num_classes``: the logits layer's classes; None: the file's (Charades' 157, Kinetics-600's
+    600: the features do not depend on it), else 400 (Kinetics-400). A number the file does
+    not have is refused with the file's count.
     """
+    native = None
+    if weights is not None:
+        native = native_state_dict(weights, LAYOUTS, model_name=f"i3d {modality}")
+        logits = native[0].get("logits.conv3d.weight")
+        if num_classes is None and logits is not None:
+            num_classes = int(logits.shape[0])
+    num_classes = 400 if num_classes is None else num_classes
     config = I3DConfig(modality=modality, num_classes=num_classes, dropout=dropout)
     model = I3D(config)
     if weights is not None:
@@ -608,6 +619,7 @@ def i3d(
                 num_classes_hint("logits.conv3d.weight"),
             ),
             model_name=f"i3d {modality}",
+            native=native,
         )
     model.eval()
     return model

@@ -329,17 +329,11 @@ def load_weights(
     expected: str,
     hints: Iterable[Hint] = (),
     model_name: str,
+    native: tuple[dict[str, torch.Tensor], Layout] | None = None,
 ) -> Layout:
-    """Read ``weights``, detect its layout, convert to native keys and load with full checks."""
-    checkpoint = read_checkpoint(weights)
-    state_dict = find_state_dict(checkpoint, source=weights)
-    if common_prefix(state_dict, "module."):
-        state_dict = strip_prefix(state_dict, "module.")
-    layout = detect_layout(state_dict, layouts, source=weights, model=model_name)
-    try:
-        converted = layout.convert(state_dict)
-    except CheckpointError as error:
-        raise CheckpointError(f"{weights}: {error}") from None
+    """Read ``weights``, detect its layout, convert to native keys and load with full checks
+    (``native``: what :func:`native_state_dict` returned for them, not read again)."""
+    converted, layout = native or native_state_dict(weights, layouts, model_name=model_name)
     load_state_dict_checked(
         model,
         converted,
@@ -349,6 +343,21 @@ def load_weights(
     )
     log.info("%s: loaded %d tensors into %s", weights, len(converted), model_name)
     return layout
+
+
+def native_state_dict(
+    weights: str | Path, layouts: Iterable[Layout], *, model_name: str
+) -> tuple[dict[str, torch.Tensor], Layout]:
+    """``weights`` read, its layout detected and its tensors under the model's own keys."""
+    checkpoint = read_checkpoint(weights)
+    state_dict = find_state_dict(checkpoint, source=weights)
+    if common_prefix(state_dict, "module."):
+        state_dict = strip_prefix(state_dict, "module.")
+    layout = detect_layout(state_dict, layouts, source=weights, model=model_name)
+    try:
+        return layout.convert(state_dict), layout
+    except CheckpointError as error:
+        raise CheckpointError(f"{weights}: {error}") from None
 
 
 def input_channels_hint(key: str, channels_to_modality: Mapping[int, str]) -> Hint:
