@@ -772,3 +772,27 @@ def test_auto_precision_is_bfloat16_only_where_the_cpu_has_it(
         assert resolve_precision("bfloat16", "cpu") == "bfloat16"
     with pytest.raises(ConfigError, match="float16.*expected auto, float32 or bfloat16"):
         resolve_precision("float16", "cpu")  # type: ignore[arg-type]
+
+
+def test_a_caffe2_pickle_is_named_and_never_unpickled(tmp_path: Path, capfd) -> None:
+    """PySlowFast's SLOWFAST_8x8_R50.pkl (Caffe2 blobs in a plain pickle), or one that would run
+    code: one line naming what it is and where the conversion is described, nothing
+    unpickled (torch's warnings about legacy files are not printed either)."""
+    import os
+    import pickle
+
+    class Command:
+        def __reduce__(self):
+            return (os.system, (f"touch {tmp_path / 'pwned'}",))
+
+    path = tmp_path / "SLOWFAST_8x8_R50.pkl"
+    with open(path, "wb") as handle:
+        pickle.dump({"blobs": {"conv1_w": Command()}}, handle, protocol=2)
+    with pytest.raises(
+        CheckpointError,
+        match=r"a plain pickle \(\.pkl: Caffe2 / Detectron .*"
+        r"docs/backbones.md \(Converting other files\)",
+    ):
+        backbones.create("slowfast", modality="rgb", weights=path)  # fmt: skip
+    assert not (tmp_path / "pwned").exists()
+    assert "UserWarning" not in capfd.readouterr().err

@@ -24,6 +24,7 @@ import dataclasses
 import logging
 import pickle
 import re
+import zipfile
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, NoReturn
@@ -100,6 +101,12 @@ def read_checkpoint(path: str | Path) -> Any:
                 return {name: archive[name] for name in archive.files}
         except (ValueError, OSError) as error:
             raise CheckpointError(f"{path}: cannot read as a numpy .npz archive: {error}") from None
+    if path.suffix == ".pkl" and not zipfile.is_zipfile(path):
+        raise CheckpointError(
+            f"{path}: a plain pickle (.pkl: Caffe2 / Detectron weights such as PySlowFast's), "
+            "not a torch checkpoint; avda does not unpickle it (that could run code): convert "
+            "it once as docs/backbones.md (Converting other files) says"
+        )
     try:
         return torch_load(path)
     except pickle.UnpicklingError:
@@ -371,7 +378,8 @@ def input_channels_hint(key: str, channels_to_modality: Mapping[int, str]) -> Hi
             return None
         return (
             f"The file's first conv takes {file_shape[1]} input channels: it is a "
-            f"{file_modality} checkpoint; create the backbone with modality={file_modality!r}"
+            f"{file_modality} checkpoint: extract it as {file_modality} (--modalities "
+            f"{file_modality}; Python: modality={file_modality!r})"
         )
 
     return hint
