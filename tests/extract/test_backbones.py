@@ -796,3 +796,15 @@ def test_a_caffe2_pickle_is_named_and_never_unpickled(tmp_path: Path, capfd) -> 
         backbones.create("slowfast", modality="rgb", weights=path)  # fmt: skip
     assert not (tmp_path / "pwned").exists()
     assert "UserWarning" not in capfd.readouterr().err
+
+
+def test_a_truncated_checkpoint_says_to_fetch_it_again(piergiaj_flow, tmp_path: Path) -> None:
+    """An interrupted download: one line with the first line of torch's reason and the fix."""
+    path = write_checkpoint(piergiaj_flow, tmp_path / "flow_imagenet.pt")
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError) as info:
+        backbones.create("i3d", modality="flow", weights=path)
+    message = str(info.value)
+    assert "\n" not in message, message
+    assert "not a readable torch checkpoint" in message and "fetch it again" in message

@@ -112,7 +112,12 @@ def read_checkpoint(path: str | Path) -> Any:
     except pickle.UnpicklingError:
         pass
     except (RuntimeError, EOFError, OSError) as error:
-        raise CheckpointError(f"{path}: not a readable torch checkpoint: {error}") from None
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise CheckpointError(
+            f"{path}: not a readable torch checkpoint ({first}); a download cut short or a "
+            "damaged copy reads so: fetch it again (`avda weights fetch NAME` for a published "
+            "one)"
+        ) from None
     except Exception as error:  # noqa: BLE001 - a text file, a cut-off pickle: one line
         raise CheckpointError(
             f"{path}: not a torch checkpoint (a text file, or a damaged or cut-off one: "
