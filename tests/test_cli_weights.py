@@ -142,6 +142,29 @@ def test_verify_identifies_and_refuses(capsys, shared_data, tmp_path):
     assert err.count("not a published file avda knows") == 1
 
 
+def test_verify_names_a_file_no_loader_can_load(capsys, shared_data, tmp_path):
+    """VGGSound's NetVLAD model has the audio ResNet's keys but its loader refuses it: verify
+    says so (it said "it may still load"); a fine-tuned H (8 classes) may still load."""
+    import json
+
+    def state_of(manifest):
+        keys = json.loads((shared_data / "checkpoint_keys" / manifest).read_text())
+        return {k: torch.zeros(()).expand(v["shape"]) for k, v in keys["keys"].items()}
+
+    vlad = tmp_path / "I.pth.tar"
+    torch.save({"model_state_dict": state_of("vggsound_resnet18_vlad_I.json")}, vlad)
+    code, out, err = run(capsys, "weights", "verify", str(vlad))
+    assert code == 1 and err.count("\n") == 1
+    assert "cannot load it" in err and "NetVLAD" in err and "may still load" not in err
+    tuned = state_of("vggsound_resnet18_avgpool_H.json")
+    tuned["audnet.fc.weight"] = torch.zeros(8, 512)
+    tuned["audnet.fc.bias"] = torch.zeros(8)
+    path = tmp_path / "tuned.pth.tar"
+    torch.save({"model_state_dict": tuned}, path)
+    code, out, err = run(capsys, "weights", "verify", str(path))
+    assert code == 1 and "may still load" in err
+
+
 def test_fetch_from_a_mirror_checks_the_published_checksum(capsys, table, monkeypatch, tmp_path):
     """A lab's mirror serves the files under their avda names: ``--mirror`` (or
     ``$AVDA_WEIGHTS_MIRROR``) downloads from it instead of the publisher's URL, and the

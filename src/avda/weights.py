@@ -679,6 +679,12 @@ def identify(path: str | Path) -> Identification:
                 "does not record, so it cannot tell for sure",
             )
         candidates = [e.name for e in same]
+        refusals = _conversion_refusals(shapes, loaders)
+        if len(refusals) == len(loaders):  # every loader that knows the keys refuses the file
+            raise CheckpointError(
+                f"{path}: not a published file avda knows, and it cannot load it: "
+                + "; ".join(refusals)
+            )
         raise CheckpointError(
             f"{path}: not a published file avda knows; its keys are in the {found} layout "
             f"but the shapes match none of {', '.join(candidates) or 'the published files'} "
@@ -696,6 +702,35 @@ def _read_shapes(path: Path) -> dict[str, tuple[int, ...]]:
 
     state = find_state_dict(read_checkpoint(path), source=path)
     return {k: tuple(v.shape) for k, v in state.items()}
+
+
+def _conversion_refusals(
+    shapes: Mapping[str, Sequence[int]], loaders: Sequence[tuple[str, str]]
+) -> list[str]:
+    """Why each ``(loader, layout)`` refuses a state dict of these shapes, found by running the
+    layout's conversion on shape-only (meta) tensors; loaders that accept are left out."""
+    import torch
+
+    from avda.extract import backbones
+
+    keys = list(shapes)
+    strip = bool(keys) and all(k.startswith("module.") for k in keys)
+    state = {
+        (k.removeprefix("module.") if strip else k): torch.empty(tuple(v), device="meta")
+        for k, v in shapes.items()
+    }
+    refusals = []
+    for loader, name in loaders:
+        layout = next(
+            x for x in backbones.model_class(loader).checkpoint_layouts() if x.name == name
+        )
+        try:
+            layout.convert(dict(state))
+        except CheckpointError as error:
+            refusals.append(f"{loader}: {error}")
+        except Exception:  # noqa: BLE001 - a conversion meta tensors cannot run: no verdict
+            continue
+    return refusals
 
 
 def _layouts_by_keys(shapes: Mapping[str, Sequence[int]]) -> list[tuple[str, str]]:

@@ -537,3 +537,42 @@ def test_a_published_number_is_rounded_as_the_paper_prints_it():
     assert "61.3 ± 0.1" in markdown  # 61.25 and 0.0707: half up
     assert tables.format_mean_std_cell(-0.04, float("nan")) == "0.0"
     assert tables.format_mean_std_cell(2.675, 0.0, digits=2) == "2.68 ± 0.00"
+
+
+def test_a_published_mean_averages_the_tables_settings(monkeypatch):
+    """The Mean column averages the table's settings; a paper's Mean over its six settings
+    beside ours over two compared different things. Kept where the row has exactly the
+    table's settings, the mean of its cells where the paper has more or prints none, left
+    out where it lacks one of them; a row that is only a mean is kept."""
+    from avda.evaluate.aggregate import MEAN, AggregateTable
+
+    def table():
+        return AggregateTable(
+            "t",
+            ["ours"],
+            ["D1→D2", "D2→D1", MEAN],
+            {("ours", "D1→D2"): [40.0], ("ours", "D2→D1"): [50.0], ("ours", MEAN): [45.0]},
+            {("ours", "D1→D2"): [0], ("ours", "D2→D1"): [0], ("ours", MEAN): [0]},
+        )
+
+    rows = {
+        "six": {"D1-D2": 42.0, "D2-D1": 48.0, "D1-D3": 10.0, MEAN: 33.3},
+        "two": {"D1-D2": 42.0, "D2-D1": 48.0, MEAN: 45.1},
+        "bare": {"D1-D2": 41.0, "D2-D1": 46.0},
+        "one": {"D1-D2": 41.0, MEAN: 30.0},
+        "meanonly": {MEAN: 44.7},
+    }
+    monkeypatch.setattr(
+        aggregate, "_published_entries", lambda infos: [{"source": "T1", "rows": rows}]
+    )
+    t = table()
+    aggregate._add_published(t, [])
+    assert t.cell("six [published]", MEAN)[0] == pytest.approx(45.0)  # not 33.3
+    assert t.cell("two [published]", MEAN)[0] == pytest.approx(45.1)  # the paper's own
+    assert t.cell("bare [published]", MEAN)[0] == pytest.approx(43.5)
+    assert t.cell("one [published]", MEAN)[2] == 0  # 30.0 averages other settings
+    assert t.cell("meanonly [published]", MEAN)[0] == pytest.approx(44.7)
+    assert any("left out" in note for note in t.notes)
+    assert any("mean of the row's cells" in note for note in t.notes)
+    markdown = tables.aggregate_markdown(t)
+    assert "| six [published] | 42.0 | 48.0 | 45.0 |" in markdown, markdown

@@ -560,6 +560,29 @@ def test_vggsound_netvlad_is_refused(shared_data: Path, tmp_path: Path) -> None:
         backbones.create("audio_resnet18", modality="audio", weights=path)
 
 
+WRONG_BACKBONE = [
+    (manifest, own, wrapping, suffix)
+    for manifest, cases in LOADABLE.items()
+    for own, _, _, wrapping, suffix in cases[:1]
+]
+
+
+@pytest.mark.parametrize(("manifest", "own", "wrapping", "suffix"), WRONG_BACKBONE)
+def test_a_checkpoint_for_another_backbone_names_it(
+    shared_data: Path, tmp_path: Path, manifest, own, wrapping, suffix
+) -> None:
+    """A SlowFast file given to i3d (and every other pairing) says which --backbone it is for."""
+    state = manifest_tensors(shared_data / "checkpoint_keys" / manifest)
+    path = write_checkpoint(wrapping(state), tmp_path / f"weights{suffix}")
+    for other in backbones.names():
+        if other == own:
+            continue
+        modality = "audio" if other == "audio_resnet18" else "rgb"
+        with pytest.raises(CheckpointError) as error:
+            backbones.create(other, modality=modality, weights=path)
+        assert f"use --backbone {own}" in str(error.value), (other, str(error.value))
+
+
 # ---------------------------------------------------------------------------------------------
 # Parity between layouts, and with torchvision
 

@@ -523,17 +523,59 @@ def _add_published(table: AggregateTable, infos: Sequence[RunInfo]) -> None:
             label = f"{row} [published]"
             if label in table.methods:
                 continue
+            others = False  # a setting of the paper's this table does not have
             for key, value in cells.items():
                 column = columns.get(_column_of_setting(str(key)))
+                if column is None and value is not None and not str(key).startswith(MEAN):
+                    others = True
                 if column is None or value is None:
                     continue
                 table.values.setdefault((label, column), []).append(float(value))
                 table.seeds.setdefault((label, column), []).append(-1)
+            _published_means(table, label, others=others)
             if any((label, c) in table.values for c in table.columns):
                 table.methods.append(label)
                 table.published.add(label)
         if rows and published.get("source"):
             table.notes.append(f"[published]: {published['source']}")
+
+
+def _published_means(table: AggregateTable, label: str, *, others: bool) -> None:
+    """A published row's ``Mean`` cells made comparable with the table's, which average the
+    table's settings: the paper's mean is kept where the row has exactly those settings; it is
+    the mean of the row's cells where the paper has more settings or prints no mean; left out
+    where the row lacks one of the table's settings. A row that is only a mean is kept as is."""
+    means = [c for c in table.columns if c == MEAN or c.startswith(f"{MEAN} ")]
+    settings = [c for c in table.columns if c not in means]
+    if not any((label, c) in table.values for c in settings):
+        return  # the paper prints only its mean: nothing to check it against
+    for mean in means:
+        suffix = mean[len(MEAN) :]
+        group = [c for c in settings if c.endswith(suffix)] if suffix else settings
+        given = (label, mean) in table.values
+        if not all((label, c) in table.values for c in group):
+            if given:
+                del table.values[(label, mean)], table.seeds[(label, mean)]
+                _note(
+                    table,
+                    f"[published] {mean}: left out where the paper's row lacks one of this "
+                    "table's settings (it averages others)",
+                )
+            continue
+        if given and not others:
+            continue
+        table.values[(label, mean)] = [float(np.mean([table.values[(label, c)][0] for c in group]))]
+        table.seeds[(label, mean)] = [-1]
+        _note(
+            table,
+            f"[published] {mean}: the mean of the row's cells where the paper averages settings "
+            "this table does not have, or prints no mean",
+        )
+
+
+def _note(table: AggregateTable, note: str) -> None:
+    if note not in table.notes:
+        table.notes.append(note)
 
 
 def _column_of_setting(name: str) -> str:

@@ -272,11 +272,30 @@ def detect_layout(
             log.info("%s: detected %s layout", source, layout.name)
             return layout
     sample = ", ".join(repr(k) for k in list(state_dict)[:4])
+    others = _backbones_detecting(state_dict.keys(), besides=model)
+    if others:
+        raise CheckpointError(
+            f"{source}: a {' or '.join(others)} checkpoint, not one for {model}; "
+            f"use --backbone {others[0]} (the keys, first: {sample})"
+        )
     known = "; ".join(f"{layout.name} ({layout.description})" for layout in layouts)
     raise CheckpointError(
         f"{source}: the keys (first: {sample}) match no layout known for {model}; "
         f"known layouts: {known}"
     )
+
+
+def _backbones_detecting(keys: Iterable[str], *, besides: str) -> list[str]:
+    """The other registered backbones with a layout that accepts these keys."""
+    from avda.extract import backbones
+
+    keys = list(keys)
+    return [
+        name
+        for name in backbones.names()
+        if name != besides
+        and any(layout.detect(keys) for layout in backbones.model_class(name).checkpoint_layouts())
+    ]
 
 
 def load_state_dict_checked(
