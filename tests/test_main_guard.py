@@ -50,6 +50,31 @@ def test_a_local_scheduler_from_a_scripts_top_level_is_refused(tmp_path):
     assert "(the call at line 6)" in _last_line(result), result.stderr
 
 
+def test_a_complete_store_needs_no_cluster_nor_guard(tmp_path):
+    """Nothing left to extract: no worker starts, so the unguarded script is not refused."""
+    import avda
+
+    (tmp_path / "m.csv").write_text(MANIFEST)
+    first = avda.extract(
+        tmp_path / "m.csv", tmp_path / "c.zarr", videos=tmp_path, recipe="demo",
+        modalities=["rgb"], workers=0, device="cpu", progress=False,
+    )  # fmt: skip
+    assert first.failed == 1  # the video is not there: the row failed (not pending)
+    script = tmp_path / "top.py"
+    script.write_text(
+        "import avda\n"
+        'r = avda.extract("m.csv", "c.zarr", videos=".", recipe="demo", modalities=["rgb"], '
+        'workers=0, device="cpu", scheduler="local:2", progress=False)\n'
+        "print(r.failed, r.done)\n"
+    )
+    result = _run(script)
+    assert result.returncode == 0 and result.stdout == "1 0\n", result.stderr
+    # --force makes work again: refused before it
+    script.write_text(script.read_text().replace("progress=False", "progress=False, force=True"))
+    result = _run(script)
+    assert result.returncode == 1 and "would run again in each" in _last_line(result)
+
+
 def test_the_guard_and_a_function_it_calls_are_fine(tmp_path):
     script = tmp_path / "guarded.py"
     script.write_text(

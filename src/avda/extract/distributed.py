@@ -26,11 +26,13 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 from tqdm import tqdm
 
 from avda import cache as cache_lib
+from avda.cache import Status
 from avda.cache.lock import store_lock
 from avda.dask_support import (
     CONNECT_SECONDS,
@@ -103,7 +105,8 @@ def extract_distributed(
     began = time.perf_counter()
     options = runner.resolve_options(options, keywords)
     kind, local_workers = parse_scheduler(scheduler)
-    if kind == "local" and client is None:
+    unguarded = kind == "local" and client is None
+    if unguarded and not _complete(Path(out), options):  # before any work
         refuse_unguarded_main(f"--scheduler {scheduler or 'local'}")
     options.check()
     inputs, recipe, modalities = options.inputs, options.recipe, options.modalities
@@ -123,7 +126,17 @@ def extract_distributed(
         for spec, model in zip(modalities, built, strict=True):
             # Every array and provenance entry exists before any task starts.
             runner.prepare_modality(store, spec, recipe, inputs, force=options.force, model=model)
+        work = options.retry_failed or any(
+            bool(np.any(store.status(spec.modality) == Status.PENDING)) for spec in modalities
+        )
     del built
+    if not work:  # a complete store: no cluster to start (nor a script to re-run in it)
+        log.info("every segment of every modality is already extracted: nothing to do")
+        return runner.summarise(
+            cache_lib.open_cache(Path(out)), [m.modality for m in modalities], began
+        )
+    if unguarded:
+        refuse_unguarded_main(f"--scheduler {scheduler or 'local'}")
 
     with ExitStack() as stack:
         stack.enter_context(store_lock(out, what="avda extract --scheduler", shared=True))
@@ -202,6 +215,22 @@ def extract_distributed(
         )
     store = cache_lib.open_cache(Path(out))
     return runner.summarise(store, [m.modality for m in modalities], began)
+
+
+def _complete(out: Path, options: ExtractOptions) -> bool:
+    """Whether the store at ``out`` already holds every asked modality, no segment pending (a
+    read-only look; the run still checks the store as any run does)."""
+    if options.force or options.retry_failed or not out.exists():
+        return False
+    try:
+        store = cache_lib.open_cache(out)
+        return all(
+            spec.modality in store.modalities
+            and not np.any(store.status(spec.modality) == Status.PENDING)
+            for spec in options.modalities
+        )
+    except Exception:  # noqa: BLE001 - not a store avda can read: the run says why
+        return False
 
 
 def _report_warnings(warnings: list[str]) -> None:
