@@ -15,6 +15,7 @@ import time
 import pytest
 
 from avda import runs
+from avda.cache import lock as lock_module
 from avda.cache.lock import RUN_LOCK, RunBusyError, run_lock, training_holder
 from avda.train.loop import train
 from tests.adversarial._cli import one_line, run
@@ -139,3 +140,34 @@ def test_a_trainer_starting_while_the_lock_is_probed_is_not_refused(tmp_path):
     finally:
         release.set()
         thread.join()
+
+
+def test_the_holder_is_found_by_the_lock_of_another_process_and_never_probed_by_its_own(
+    tmp_path, monkeypatch
+):
+    """Another process's lock is found by the probe; a process asking about a run it trains
+    itself is answered without opening the lock file: where flock is emulated with POSIX locks
+    (NFS), closing any descriptor of the file would drop the lock it holds."""
+    out = tmp_path / "run"
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, time\nfrom avda.cache.lock import run_lock\n"
+         f"with run_lock({str(out)!r}, what='avda train'):\n"
+         "    print('held', flush=True)\n    sys.stdin.readline()\n"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline() == "held\n"
+        assert training_holder(out).startswith(f"pid {holder.pid} on host ")
+    finally:
+        holder.communicate("\n", timeout=60)
+    assert training_holder(out) is None
+    with run_lock(out, what="avda train"):
+
+        def no_open(*args, **kwargs):
+            raise AssertionError("the lock file was opened by the process holding it")
+
+        monkeypatch.setattr(lock_module.os, "open", no_open)
+        assert training_holder(out).endswith("(this process)")
+        monkeypatch.undo()
+    assert training_holder(out) is None

@@ -97,6 +97,10 @@ def store_lock(
 
 # The lock file inside a run folder (a run folder exists before its lock is taken).
 RUN_LOCK = ".lock"
+# Run folders this process holds the lock of (resolved path -> since when): probing one's own
+# lock would open and close the file, and where flock is emulated by POSIX locks (NFS) closing
+# any descriptor of it drops every lock this process has on it.
+_HELD_RUNS: dict[Path, str] = {}
 # The lock file of a sweep's output folder.
 SWEEP_LOCK = ".sweep.lock"
 
@@ -128,7 +132,12 @@ def run_lock(run: str | Path, *, what: str, wait: float | None = None) -> Iterat
         with _flock(
             run, run / RUN_LOCK, what=what, shared=False, wait=wait, kind="run", error=RunBusyError
         ):
-            yield
+            key = run.resolve()
+            _HELD_RUNS[key] = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+            try:
+                yield
+            finally:
+                _HELD_RUNS.pop(key, None)
     except BaseException:
         if created:  # refused before it wrote anything: leave no empty folder behind
             with contextlib.suppress(OSError):
@@ -246,6 +255,9 @@ def training_holder(run: str | Path) -> str | None:
     record of a process of this host that is gone is stale)."""
     import fcntl
 
+    since = _HELD_RUNS.get(Path(run).resolve())
+    if since is not None:  # this process trains there: never touch the file (see _HELD_RUNS)
+        return f"pid {os.getpid()} on host {socket.gethostname()} since {since} (this process)"
     path = Path(run) / RUN_LOCK
     try:
         fd = os.open(path, os.O_RDONLY)
