@@ -199,6 +199,19 @@ def read_predictions(run: Path, name: str) -> dict[str, Any]:
             out["labels"][key[6:]] = value
         elif key.startswith("score_"):
             out["scores"][key[6:]] = value
+    uids = out["uids"]
+    if len(np.unique(uids)) != len(uids):  # each segment would count as often as it appears
+        first = next(u for u, c in zip(*np.unique(uids, return_counts=True), strict=True) if c > 1)
+        raise RunError(
+            f"{path} lists segment {str(first)!r} (and maybe others) more than once: not a "
+            "predictions file avda wrote; remove it and train the run again"
+        )
+    for key, values in (*out["labels"].items(), *out["scores"].items()):
+        if len(values) != len(uids):
+            raise RunError(
+                f"{path}: {key} has {len(values)} rows for {len(uids)} segments: not a "
+                "predictions file avda wrote; remove it and train the run again"
+            )
     return out
 
 

@@ -202,6 +202,26 @@ def test_crafted_predictions_are_refused(capsys, work, scratch, command):
     assert not (scratch / "r.html").exists() and snapshot(out) == before
 
 
+@pytest.mark.parametrize("change", ["duplicate", "short"])
+def test_predictions_with_a_segment_twice_or_rows_missing_are_refused(
+    capsys, work, scratch, change
+):
+    """A predictions file listing a segment twice counted it twice (a new user's edited copy
+    of a run: noun top-1 23.2 instead of 23.1); one with fewer score rows than segments."""
+    out = copy_run(work, "run", scratch / "run")
+    path = out / runs.PREDICTIONS / "target_test.npz"
+    arrays = runs.read_arrays(path)
+    if change == "duplicate":
+        arrays = {key: np.concatenate([value, value[:1]]) for key, value in arrays.items()}
+    else:
+        key = next(k for k in arrays if k.startswith("score_"))
+        arrays[key] = arrays[key][:-1]
+    np.savez(path, **arrays)
+    message = refused(capsys, path, scratch / "none", "evaluate", out)
+    assert "not a predictions file avda wrote" in message
+    assert ("more than once" in message) == (change == "duplicate"), message
+
+
 # ------------------------------------------------------------------------------ stages
 def _aa_stage_files(work: Path) -> list[str]:
     return sorted(p.name for p in (work / "aa" / "stages").glob("*.pt"))

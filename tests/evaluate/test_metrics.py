@@ -141,6 +141,13 @@ def test_bad_inputs_are_config_errors():
         top_k_accuracy(scores, np.array([0]), k=1)
     with pytest.raises(ConfigError, match="NaN"):
         top_k_accuracy(np.array([[np.nan, 1.0]]), np.array([0]), k=1)
+    # top-1 and mean class accuracy too (a paper table's default metric scored NaN rows as
+    # wrong answers, silently), and a label beyond the score columns
+    for metric in (top1_accuracy, mean_class_accuracy):
+        with pytest.raises(ConfigError, match="NaN"):
+            metric(np.array([[np.nan, 1.0], [0.0, 1.0]]), np.array([0, 1]))
+        with pytest.raises(ConfigError, match=r"class ids in 0\.\.2"):
+            metric(scores, np.array([0, 3]))
     with pytest.raises(ConfigError, match="at least 1"):
         top_k_accuracy(scores, np.array([0, 1]), k=0)
     with pytest.raises(ConfigError, match=r"\(N, C\)"):

@@ -576,3 +576,22 @@ def test_a_published_mean_averages_the_tables_settings(monkeypatch):
     assert any("mean of the row's cells" in note for note in t.notes)
     markdown = tables.aggregate_markdown(t)
     assert "| six [published] | 42.0 | 48.0 | 45.0 |" in markdown, markdown
+
+
+def test_means_that_print_the_same_are_both_bold():
+    """100.0 and 99.98 both print as 100.0 at one decimal: a reader sees a tie, so both are
+    bold (only the first was); at two decimals only the first is."""
+    from avda.evaluate.aggregate import AggregateTable
+
+    table = AggregateTable(
+        "t",
+        ["dann", "so", "low"],
+        ["a→b"],
+        {("dann", "a→b"): [100.0], ("so", "a→b"): [99.9778], ("low", "a→b"): [99.9]},
+        {("dann", "a→b"): [0], ("so", "a→b"): [0], ("low", "a→b"): [0]},
+    )
+    markdown = tables.aggregate_markdown(table)
+    assert "| dann | **100.0** |" in markdown and "| so | **100.0** |" in markdown, markdown
+    assert "| low | 99.9 |" in markdown
+    two = tables.aggregate_markdown(table, digits=2)
+    assert "| dann | **100.00** |" in two and "| so | 99.98 |" in two, two

@@ -198,6 +198,28 @@ def test_diverging_loss_stops_with_a_message(shifted_cache, tmp_path):
         _train(shifted_cache, tmp_path / "r", lr=1e30, optimizer="sgd", weight_decay=0.0)
 
 
+def test_non_finite_predictions_are_never_recorded(shifted_cache, tmp_path, monkeypatch):
+    """A finite loss with scores that are not (an eval-mode overflow): the run stops, nothing
+    is written as its predictions and it is not complete (it was, with NaN scores that
+    `avda evaluate` then scored as wrong answers)."""
+    from avda.errors import TrainingDiverged
+    from avda.train import loop
+
+    real = loop.predict
+
+    def overflowing(head, feature_set, device, batch_size=1024):
+        scores = real(head, feature_set, device, batch_size)
+        if len(feature_set) > 1:
+            next(iter(scores.values()))[1] = np.nan
+        return scores
+
+    monkeypatch.setattr(loop, "predict", overflowing)
+    out = tmp_path / "r"
+    with pytest.raises(TrainingDiverged, match=r"not finite for 1 of .* lower lr"):
+        _train(shifted_cache, out)
+    assert not runs.is_complete(out) and runs.prediction_sets(out) == []
+
+
 def test_segments_without_an_input_are_left_out_or_named(tmp_path, caplog):
     """Rows whose audio does not exist (status missing, zero features: a video without an
     audio track): an audio-only run leaves them out of training and evaluation instead of

@@ -184,12 +184,28 @@ def _seed_notes(table) -> list[str]:
     return [f"(n=k): a cell over k seeds where others have {most}."] if fewer else []
 
 
+def _best_shown(table, column: str, digits: int) -> set[str]:
+    """The methods whose mean in ``column`` prints as the best one: two means that print the
+    same (100.0 and 99.98 at one decimal) are both bold, as a reader sees a tie."""
+    best = table.best(column)
+    if not best:
+        return best
+    shown = decimal.Decimal(_decimal(table.cell(next(iter(best)), column)[0], digits))
+    return {
+        method
+        for method in table.methods
+        if method not in _published(table)
+        and np.isfinite(mean := table.cell(method, column)[0])
+        and decimal.Decimal(_decimal(mean, digits)) == shown
+    }
+
+
 def _cells(
     table, baseline: str | None, digits: int, plus_minus: str
 ) -> list[list[tuple[str, bool]]]:
     """Per method, per column: (text, is_best)."""
     gains = table.gains(baseline) if baseline else {}
-    best = {column: table.best(column) for column in table.columns}
+    best = {column: _best_shown(table, column, digits) for column in table.columns}
     most = _most_seeds(table)
     rows = []
     for method in table.methods:

@@ -57,8 +57,7 @@ def rank_classes(scores: np.ndarray, k: int | None = None) -> np.ndarray:
 
 def top1_accuracy(scores: np.ndarray, labels: np.ndarray) -> float:
     """Fraction of rows whose arg-max score equals the label. ``scores`` is (N, C)."""
-    scores = np.asarray(scores)
-    labels = np.asarray(labels)
+    scores, labels = check_scores_and_labels(scores, labels)
     if len(labels) == 0:
         return float("nan")
     return float(np.mean(scores.argmax(axis=1) == labels))
@@ -69,10 +68,10 @@ def mean_class_accuracy(scores: np.ndarray, labels: np.ndarray) -> float:
 
     Classes absent from ``labels`` are left out of the mean (they have no recall).
     """
-    labels = np.asarray(labels)
+    scores, labels = check_scores_and_labels(scores, labels)
     if len(labels) == 0:
         return float("nan")
-    predictions = np.asarray(scores).argmax(axis=1)
+    predictions = scores.argmax(axis=1)
     classes = np.unique(labels)
     return float(np.mean([np.mean(predictions[labels == c] == c) for c in classes]))
 

@@ -107,7 +107,13 @@ def _action_top_k(
     noun_labels: np.ndarray,
     ks: Sequence[int],
 ) -> list[np.ndarray]:
-    verbs, nouns, _ = epic100_action_scores(verb_scores, noun_scores)
+    verbs, nouns, scores = epic100_action_scores(verb_scores, noun_scores)
+    # The official evaluate.py then turns each row into a {action: score} dict and ranks it
+    # again (utils/scoring.py, _scores_dict_to_ranks: ``argsort(scores)[::-1]`` of the row
+    # already sorted), which reverses the order of tied pairs a second time.
+    rows = np.arange(len(scores))[:, None]
+    again = np.argsort(scores, axis=1)[:, ::-1]
+    verbs, nouns = verbs[rows, again], nouns[rows, again]
     hits = (verbs == verb_labels[:, None]) & (nouns == noun_labels[:, None])
     return [hits[:, :k].any(axis=1) for k in ks]
 

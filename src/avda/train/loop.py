@@ -140,6 +140,15 @@ def evaluate_sets(
         else:
             head.before_evaluation(feature_set, adaptation_set)
         scores = predict(head, feature_set, device)
+        for task, values in scores.items():
+            bad = ~np.isfinite(values).all(axis=1) if values.size else np.zeros(0, bool)
+            if bad.any():  # never written, never recorded as complete
+                example = feature_set.uids[int(np.argmax(bad))]
+                raise TrainingDiverged(
+                    f"{type(head).__name__}: its {task} scores on {name} are not finite for "
+                    f"{int(bad.sum())} of {len(bad)} segments (e.g. {example}); lower lr "
+                    "(--set lr=...) or enable standardize (--set standardize=true)"
+                )
         all_scores[name] = scores
         for task in head.tasks:
             labels = feature_set.labels[task.name].numpy()
