@@ -212,6 +212,17 @@ def read_predictions(run: Path, name: str) -> dict[str, Any]:
                 f"{path}: {key} has {len(values)} rows for {len(uids)} segments: not a "
                 "predictions file avda wrote; remove it and train the run again"
             )
+    if (Path(run) / CONFIG).exists():  # a run's own predictions: one score per class
+        tasks = read_config(Path(run)).get("tasks") or []
+        for task in tasks if isinstance(tasks, list) else []:
+            scores = out["scores"].get(task.get("name")) if isinstance(task, dict) else None
+            classes = task.get("num_classes") if scores is not None else None
+            if isinstance(classes, int) and (scores.ndim != 2 or scores.shape[1] != classes):
+                raise RunError(
+                    f"{path}: {task['name']} scores of shape {list(scores.shape)} for "
+                    f"{classes} classes (config.yaml): not a predictions file avda wrote for "
+                    "this run; remove it and train the run again"
+                )
     return out
 
 
