@@ -195,6 +195,8 @@ def test_missing_parent_folders_of_outputs_are_created(capsys, in_work):
         (IsADirectoryError(errno.EISDIR, "Is a directory", "x.h5"), "is a directory: x.h5"),
         (FileNotFoundError(errno.ENOENT, "No such file", "y.h5"), "no such file or directory: y"),
         (OSError(errno.EIO, "Input/output error", "x.h5"), "input/output error: x.h5"),
+        # a library's write that names no file (a Zarr chunk): the command's output is named
+        (OSError(errno.ENOSPC, "No space left on device"), "no space left on device writing x.h5"),
         (MemoryError(), "out of memory"),
     ],
 )

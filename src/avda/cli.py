@@ -13,6 +13,7 @@ import math
 import os
 import sys
 import traceback
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated
 
@@ -1316,6 +1317,18 @@ def _command_name(argv: list[str]) -> str:
     return words[0]
 
 
+def _output_of(argv: Sequence[str]) -> str | None:
+    """The value of ``-o``/``--out``/``--output`` in ``argv``, if any."""
+    argv = list(argv)
+    for index, arg in enumerate(argv):
+        if arg in ("-o", "--out", "--output") and index + 1 < len(argv):
+            return argv[index + 1]
+        for flag in ("--out=", "--output="):
+            if arg.startswith(flag):
+                return arg[len(flag) :]
+    return None
+
+
 def _interrupted_message(argv: list[str]) -> str:
     command = _command_name(argv)
     if command in RESUMABLE:
@@ -1332,11 +1345,15 @@ def _one_line(text: str) -> str:
     return line
 
 
-def os_error_message(exc: OSError) -> str:
-    """One line for an OS-level error: what failed, on which path, and what to do."""
+def os_error_message(exc: OSError, argv: Sequence[str] = ()) -> str:
+    """One line for an OS-level error: what failed, on which path, and what to do. An error
+    that names no file (a Zarr chunk written by a library) names the command's output."""
     paths = " -> ".join(str(p) for p in (exc.filename, exc.filename2) if p is not None)
     reason = exc.strerror or str(exc) or type(exc).__name__
     where = f": {paths}" if paths else ""
+    output = _output_of(argv)
+    if not paths and output and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+        where = f" writing {output}"
     if exc.errno == errno.ENOSPC:
         return f"no space left on device{where}; free some space and run the command again"
     if exc.errno == errno.EFBIG:
@@ -1396,7 +1413,7 @@ def main(argv: list[str] | None = None) -> int:
     except AvdaError as exc:
         return fail(f"error: {exc}")
     except OSError as exc:
-        return fail(f"error: {os_error_message(exc)}")
+        return fail(f"error: {os_error_message(exc, argv)}")
     except MemoryError:
         return fail("error: out of memory; use a smaller --batch-size or fewer --workers")
     except Exception as exc:  # noqa: BLE001 - the contract: one line, never a raw traceback

@@ -284,6 +284,8 @@ def test_sweep_survives_a_killed_worker_and_resumes_its_run(tmp_path, cache):
     outcome = summary.outcomes[name]
     assert outcome.resumed_from_epoch >= 1, summary.text()
     assert f"resumed {name} from epoch" in summary.text()
+    carried_on = sum(1 for o in summary.completed if o.resumed_from_epoch)
+    assert f"4 trained ({carried_on} of them resumed)" in summary.text(), summary.text()
     for task in summary.tasks:
         assert runs.is_complete(task.run)
         assert [r["epoch"] for r in runs.read_metrics(task.run)] == list(range(1, epochs + 1))

@@ -321,12 +321,14 @@ class SweepSummary:
         return [t.run for t in self.tasks if self.outcomes[t.name].status != "failed"]
 
     def text(self) -> str:
+        resumed = [o for o in self.outcomes.values() if o.resumed_from_epoch]
+        carried_on = sum(1 for o in self.completed if o.resumed_from_epoch)
+        of_them = f" ({carried_on} of them resumed)" if carried_on else ""
         lines = [
-            f"{len(self.tasks)} runs in {self.out}: {len(self.completed)} trained, "
+            f"{len(self.tasks)} runs in {self.out}: {len(self.completed)} trained{of_them}, "
             f"{len(self.skipped)} already complete, {len(self.failed)} failed "
             f"({self.seconds:.1f} s)"
         ]
-        resumed = [o for o in self.outcomes.values() if o.resumed_from_epoch]
         for outcome in resumed:
             lines.append(f"  resumed {outcome.name} from epoch {outcome.resumed_from_epoch}")
         for outcome in self.failed:
