@@ -25,7 +25,7 @@ from tests.conftest import make_feature_cache
 
 from avda import runs
 from avda.cache import Status, open_cache
-from avda.errors import RunError
+from avda.errors import RunError, TrainingDiverged
 from avda.evaluate.checkpoints import checkpoint_accuracy
 from avda.train import data as data_lib
 from avda.train import heads
@@ -95,7 +95,10 @@ def fit(name: str, sets, tasks, overrides: dict, seed: int) -> float:
                 scheduler.step()
         if config.lr_schedule != "dann":
             scheduler.step()
-    metrics, _ = evaluate_sets(head, {"target_test": sets["target_test"]}, "cpu", target)
+    try:
+        metrics, _ = evaluate_sets(head, {"target_test": sets["target_test"]}, "cpu", target)
+    except TrainingDiverged:  # scores not finite (an inverted term can blow the model up)
+        return 0.0
     return metrics["target_test/verb/top1"]
 
 

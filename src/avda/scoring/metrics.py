@@ -7,7 +7,10 @@ Conventions shared by every function here:
 * **Ties**: a ranking puts the lower class index first among equal scores, so ``argmax`` picks
   the lowest index and top-k takes tied classes in index order (numpy's stable sort).
 * Classes absent from ``labels`` have no recall: they are left out of means and reported as NaN
-  per class; in mAP, classes without a positive are left out (as in Charades' official mAP).
+  per class; in mAP, classes without a positive are left out. Charades' official script
+  (``Charades_v1_classify.m``, and gsig's Python ``charades_map``) averages every class and
+  returns NaN when one has no positive (which cannot happen on Charades' full test set);
+  leaving those classes out (a ``nanmean``) is avda's reading of it for subsets.
 """
 
 from __future__ import annotations
@@ -169,8 +172,9 @@ def mean_average_precision(scores: np.ndarray, targets: np.ndarray) -> float:
 
 
 def map_present(scores: np.ndarray, targets: np.ndarray) -> float:
-    """mAP over the classes with at least one positive in ``targets`` (Charades' official
-    script; avda's ``mAP``). NaN when no class has a positive."""
+    """mAP over the classes with at least one positive in ``targets`` (avda's ``mAP``; the
+    official script gives NaN where a class has none, see the module's notes). NaN when no
+    class has a positive."""
     return mean_average_precision(scores, targets)
 
 
