@@ -28,7 +28,7 @@ chromium:
 
 # pytest exits 5 when it collects no test: treat that as a failure of the suite, loudly.
 test: $(STAMP) chromium
-	$(BIN)/python -m pytest -q; rc=$$?; \
+	$(BIN)/python -m pytest -q --durations=25; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "no tests were collected"; exit 1; fi; exit $$rc
 
 test-all: $(STAMP) chromium
