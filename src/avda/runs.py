@@ -200,8 +200,9 @@ def read_predictions(run: Path, name: str) -> dict[str, Any]:
         elif key.startswith("score_"):
             out["scores"][key[6:]] = value
     uids = out["uids"]
-    if len(np.unique(uids)) != len(uids):  # each segment would count as often as it appears
-        first = next(u for u, c in zip(*np.unique(uids, return_counts=True), strict=True) if c > 1)
+    unique, counts = np.unique(uids, return_counts=True)
+    if len(unique) != len(uids):  # each segment would count as often as it appears
+        first = unique[np.argmax(counts > 1)]
         raise RunError(
             f"{path} lists segment {str(first)!r} (and maybe others) more than once: not a "
             "predictions file avda wrote; remove it and train the run again"

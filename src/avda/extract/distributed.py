@@ -126,9 +126,7 @@ def extract_distributed(
         for spec, model in zip(modalities, built, strict=True):
             # Every array and provenance entry exists before any task starts.
             runner.prepare_modality(store, spec, recipe, inputs, force=options.force, model=model)
-        work = options.retry_failed or any(
-            bool(np.any(store.status(spec.modality) == Status.PENDING)) for spec in modalities
-        )
+        work = options.retry_failed or _any_pending(store, modalities)
     del built
     if not work:  # a complete store: no cluster to start (nor a script to re-run in it)
         log.info("every segment of every modality is already extracted: nothing to do")
@@ -224,13 +222,15 @@ def _complete(out: Path, options: ExtractOptions) -> bool:
         return False
     try:
         store = cache_lib.open_cache(out)
-        return all(
-            spec.modality in store.modalities
-            and not np.any(store.status(spec.modality) == Status.PENDING)
-            for spec in options.modalities
-        )
+        missing = any(spec.modality not in store.modalities for spec in options.modalities)
+        return not missing and not _any_pending(store, options.modalities)
     except Exception:  # noqa: BLE001 - not a store avda can read: the run says why
         return False
+
+
+def _any_pending(store: Any, modalities: Any) -> bool:
+    """Whether a segment of one of ``modalities`` (specs) is still pending in ``store``."""
+    return any(bool(np.any(store.status(m.modality) == Status.PENDING)) for m in modalities)
 
 
 def _report_warnings(warnings: list[str]) -> None:
