@@ -3,6 +3,7 @@ lock file for a reader of a store that does not exist."""
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import threading
@@ -66,3 +67,36 @@ def test_a_reader_of_a_missing_store_leaves_no_lock_file(tmp_path):
     with store_lock(tmp_path / "none.zarr", what="avda cache export", shared=True):
         pass
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("code", [errno.EROFS, errno.EACCES])
+def test_a_writer_in_a_read_only_place_is_told_the_store_not_the_lock_file(
+    tmp_path, monkeypatch, code
+):
+    """A store (or run folder) whose folder cannot be written: the writer gets one line naming
+    the store and the fix; a reader still reads it (unlocked). (Tests run as root here, where
+    chmod does not stop a write: the refusal of a read-only mount is simulated.)"""
+    from avda.cache import lock as lock_module
+    from avda.errors import CacheError, RunError
+
+    store = tmp_path / "s.zarr"
+    store.mkdir()
+    real_open = os.open
+
+    def refuse_lock_files(path, *args, **kwargs):
+        if str(path).endswith("lock"):
+            raise OSError(code, os.strerror(code), str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(lock_module.os, "open", refuse_lock_files)
+    with pytest.raises(CacheError) as caught:
+        with store_lock(store, what="avda cache import"):
+            pass
+    message = str(caught.value)
+    assert message.startswith(f"cannot write the cache {store}: {tmp_path} is not writable")
+    assert "write it to a writable place" in message and "\n" not in message
+    with store_lock(store, what="avda cache export", shared=True):  # a reader needs no lock
+        pass
+    with pytest.raises(RunError, match=f"cannot write the run {tmp_path / 'run'}: "):
+        with lock_module.run_lock(tmp_path / "run", what="avda train"):
+            pass

@@ -174,6 +174,14 @@ def _flock(
             log.debug("cannot create %s (%s): reading %s unlocked", path, exc, store)
             yield
             return
+        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            # name what the user asked to write, not the lock file they never heard of
+            base = CacheError if kind == "cache" else RunError
+            raise base(
+                f"cannot write the {kind} {store}: {path.parent} is not writable "
+                f"({exc.strerror}; {what} keeps its lock file {path.name} there); "
+                "write it to a writable place"
+            ) from None
         raise
     try:
         mode = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
