@@ -26,13 +26,18 @@ chromium:
 	  SUDO=""; [ "$$(id -u)" -ne 0 ] && SUDO=sudo; \
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium; }
 
-# pytest exits 5 when it collects no test: treat that as a failure of the suite, loudly.
+# The suite runs in TEST_WORKERS pytest-xdist processes (2: 1.6x faster than one on 2 cores);
+# --dist loadfile keeps each module on one process, so a module's fixtures are computed once.
+# `make test TEST_WORKERS=0` runs it in this process (pdb, -x). pytest exits 5 when it collects
+# no test: treat that as a failure of the suite, loudly.
+TEST_WORKERS ?= 2
+XDIST := $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
 test: $(STAMP) chromium
-	$(BIN)/python -m pytest -q --durations=25; rc=$$?; \
+	$(BIN)/python -m pytest -q $(XDIST) --durations=25; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "no tests were collected"; exit 1; fi; exit $$rc
 
 test-all: $(STAMP) chromium
-	$(BIN)/python -m pytest -q -m ''
+	$(BIN)/python -m pytest -q $(XDIST) -m ''
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
