@@ -38,6 +38,18 @@ def _cancelled_reconnect(record: logging.LogRecord) -> bool:
     return not record.getMessage().startswith("Failed to reconnect to scheduler")
 
 
+def _abandoned_timeout(record: logging.LogRecord) -> bool:
+    """False for asyncio's "Future exception was never retrieved" of a ``TimeoutError``: a
+    connection attempt (tornado's ``with_timeout``) that Dask stopped waiting for, reported when
+    the garbage collector finds it, possibly at exit after the command's own error line."""
+    error = record.exc_info[0] if record.exc_info else None
+    return not (
+        error is not None
+        and issubclass(error, TimeoutError)
+        and record.getMessage().startswith("Future exception was never retrieved")
+    )
+
+
 def quiet_dask_logs(verbose: bool | None = None) -> None:
     """Dask's INFO records (scheduler start, client connections, workers joining and leaving)
     and its routine shutdown warnings only with ``avda -v``; its other warnings and errors stay.
@@ -60,6 +72,9 @@ def quiet_dask_logs(verbose: bool | None = None) -> None:
     nanny = logging.getLogger("distributed.nanny")
     if _routine_shutdown not in nanny.filters:
         nanny.addFilter(_routine_shutdown)
+    loop = logging.getLogger("asyncio")
+    if _abandoned_timeout not in loop.filters:
+        loop.addFilter(_abandoned_timeout)
 
 
 def quiet_lost_scheduler_logs() -> None:
