@@ -12,27 +12,6 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
-# The modules whose module-scoped fixtures train many runs (minutes each on 2 cores): they are
-# collected first, so that `make test`'s pytest-xdist processes (`--dist loadfile`: a module
-# stays on one process, its fixtures computed once) start them at once and fill the rest of the
-# time with the short modules, rather than finish on them alone.
-LONGEST_MODULES = (
-    "tests/train/test_adaptation_terms.py",
-    "tests/train/test_audio_adaptive_pipeline.py",
-)
-
-
-def pytest_collection_modifyitems(config, items) -> None:
-    """The :data:`LONGEST_MODULES` first, in that order; every other test keeps its place."""
-    rank = {name: index for index, name in enumerate(LONGEST_MODULES)}
-
-    def first(item) -> int:
-        module = Path(str(item.fspath)).resolve().relative_to(REPO).as_posix()
-        return rank.get(module, len(rank))
-
-    items.sort(key=first)  # stable: the order inside each group is kept
-
-
 def shared_data_dir() -> Path:
     """``$AVDA_SHARED_DATA``, else ``<repo>/../shared/data``."""
     return Path(os.environ.get("AVDA_SHARED_DATA", REPO.parent / "shared" / "data"))
