@@ -72,9 +72,7 @@ def quiet_dask_logs(verbose: bool | None = None) -> None:
     nanny = logging.getLogger("distributed.nanny")
     if _routine_shutdown not in nanny.filters:
         nanny.addFilter(_routine_shutdown)
-    loop = logging.getLogger("asyncio")
-    if _abandoned_timeout not in loop.filters:
-        loop.addFilter(_abandoned_timeout)
+    logging.getLogger("asyncio").addFilter(_abandoned_timeout)  # added once, like any filter
 
 
 def quiet_lost_scheduler_logs() -> None:

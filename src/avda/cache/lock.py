@@ -169,20 +169,19 @@ def _flock(
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
     except OSError as exc:
-        if shared and exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-            # A store in a read-only place: nobody can write it, reading needs no lock.
+        if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise
+        if shared:  # a store in a read-only place: nobody can write it, reading needs no lock
             log.debug("cannot create %s (%s): reading %s unlocked", path, exc, store)
             yield
             return
-        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-            # name what the user asked to write, not the lock file they never heard of
-            base = CacheError if kind == "cache" else RunError
-            raise base(
-                f"cannot write the {kind} {store}: {path.parent} is not writable "
-                f"({exc.strerror}; {what} keeps its lock file {path.name} there); "
-                "write it to a writable place"
-            ) from None
-        raise
+        # a writer: name what the user asked to write, not the lock file they never heard of
+        base = CacheError if kind == "cache" else RunError
+        raise base(
+            f"cannot write the {kind} {store}: {path.parent} is not writable "
+            f"({exc.strerror}; {what} keeps its lock file {path.name} there); "
+            "write it to a writable place"
+        ) from None
     try:
         mode = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
         deadline = time.monotonic() + wait
