@@ -595,3 +595,48 @@ def test_means_that_print_the_same_are_both_bold():
     assert "| low | 99.9 |" in markdown
     two = tables.aggregate_markdown(table, digits=2)
     assert "| dann | **100.00** |" in two and "| so | 99.98 |" in two, two
+
+
+def test_gain_is_paired_over_the_seeds_both_cells_have():
+    # dann's seed 1 failed (no run): its mean over seeds 0 and 2 (58.5) minus source-only's
+    # over 0, 1 and 2 (50.0) would count source-only's hard seed 1 (40) as a gain of 8.5; over
+    # the seeds both have, the gain is mean(55 - 50, 62 - 60) = 3.5 (by hand)
+    table = aggregate.AggregateTable(
+        title="t",
+        methods=["Source-only", "DANN", "MMD", "Paper [published]"],
+        columns=["A→B"],
+        values={
+            ("Source-only", "A→B"): [50.0, 40.0, 60.0],
+            ("DANN", "A→B"): [55.0, 62.0],
+            ("MMD", "A→B"): [51.0, 43.0, 63.0],
+            ("Paper [published]", "A→B"): [57.0],
+        },
+        seeds={
+            ("Source-only", "A→B"): [0, 1, 2],
+            ("DANN", "A→B"): [0, 2],
+            ("MMD", "A→B"): [0, 1, 2],
+            ("Paper [published]", "A→B"): [-1],
+        },
+        published={"Paper [published]"},
+    )
+    gains = table.gains("Source-only")
+    assert gains[("DANN", "A→B")] == pytest.approx(3.5)
+    assert table.paired("DANN", "Source-only", "A→B") == 2
+    # the same seeds: the difference of the means, as before (= the paired mean)
+    assert gains[("MMD", "A→B")] == pytest.approx(52.333333 - 50.0)
+    assert table.paired("MMD", "Source-only", "A→B") is None
+    # a published number has no seeds: its mean is compared
+    assert gains[("Paper [published]", "A→B")] == pytest.approx(7.0)
+    assert table.paired("Paper [published]", "Source-only", "A→B") is None
+    markdown = tables.aggregate_markdown(table, baseline="Source-only")
+    dann_line = next(line for line in markdown.splitlines() if line.startswith("| DANN"))
+    assert "58.5 ± 4.9 (+3.5 over n=2) (n=2)" in dann_line
+    assert "(+2.3)" in next(line for line in markdown.splitlines() if line.startswith("| MMD"))
+    assert "(+g over n=k): the mean gain over Source-only on the k seeds" in markdown
+    assert "over n=k" in tables.aggregate_latex(table, baseline="Source-only")
+    assert "over n=k" in tables.aggregate_html(table, baseline="Source-only")
+    assert "over n=k" not in tables.aggregate_markdown(table)  # no baseline, no gains
+    row = tables.aggregate_frame(table, baseline="Source-only").set_index("method")
+    assert row.loc["DANN", "A→B gain"] == pytest.approx(3.5)
+    assert row.loc["DANN", "A→B gain seeds"] == 2
+    assert row.loc["MMD", "A→B gain seeds"] == 3

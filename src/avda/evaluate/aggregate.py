@@ -333,7 +333,12 @@ class AggregateTable:
         return {m for m, v in means.items() if round(v, 6) == round(target, 6)}
 
     def gains(self, baseline: str) -> dict[tuple[str, str], float]:
-        """Each method's mean minus the baseline's mean, per column (percentage points)."""
+        """Each method's mean minus the baseline's mean, per column (percentage points).
+
+        Where both cells are seeds of runs but not the same seeds (a seed failed or was left
+        out on one side), the gain is paired: the mean difference over the seeds both have, so
+        that a hard seed missing on one side does not count as a gain (:meth:`unpaired` lists
+        those cells). Published rows and cells with no seed in common compare their means."""
         if baseline not in self.methods:
             raise ConfigError(
                 f"--compare {baseline!r} is not a method of this table; methods: "
@@ -342,9 +347,31 @@ class AggregateTable:
         gains = {}
         for column in self.columns:
             reference = self.cell(baseline, column)[0]
+            ours = self._by_seed(baseline, column)
             for method in self.methods:
-                gains[(method, column)] = self.cell(method, column)[0] - reference
+                theirs = self._by_seed(method, column)
+                common = sorted(set(ours) & set(theirs))
+                if common and (set(ours) != set(theirs)):
+                    gains[(method, column)] = float(
+                        np.mean([theirs[seed] - ours[seed] for seed in common])
+                    )
+                else:
+                    gains[(method, column)] = self.cell(method, column)[0] - reference
         return gains
+
+    def paired(self, method: str, baseline: str, column: str) -> int | None:
+        """The number of seeds a paired gain of ``method`` over ``baseline`` in ``column`` is
+        over, where :meth:`gains` pairs them (the two cells have different seeds, some in
+        common); None where it compares the two means."""
+        ours, theirs = self._by_seed(baseline, column), self._by_seed(method, column)
+        common = set(ours) & set(theirs)
+        return len(common) if common and set(ours) != set(theirs) else None
+
+    def _by_seed(self, method: str, column: str) -> dict[int, float]:
+        """The finite values of a cell by seed; empty for a published row (seed -1)."""
+        key = (method, column)
+        pairs = zip(self.seeds.get(key, []), self.values.get(key, []), strict=True)
+        return {seed: value for seed, value in pairs if seed >= 0 and not math.isnan(value)}
 
 
 def choose_set(run: Path, eval_set: str) -> str:

@@ -151,12 +151,32 @@ def _decimal(value: float, digits: int) -> str:
     return "0" + text[2:] if text.startswith("-0") and not text.strip("-0.") else text
 
 
-def _gain_text(gain: float, digits: int) -> str:
-    """`` (+1.3)``: rounded half up as the means are (a gain of -0.001 is +0.0, not -0.0)."""
+def _gain_text(gain: float, digits: int, paired: int | None = None) -> str:
+    """`` (+1.3)``: rounded half up as the means are (a gain of -0.001 is +0.0, not -0.0);
+    `` (+1.3 over n=2)`` for a gain paired over the 2 seeds both cells have."""
     if np.isnan(gain):
         return ""
     text = _decimal(gain, digits)
-    return f" ({text if text.startswith('-') else '+' + text})"
+    over = f" over n={paired}" if paired is not None else ""
+    return f" ({text if text.startswith('-') else '+' + text}{over})"
+
+
+def _paired_notes(table, baseline: str | None) -> list[str]:
+    """The footnote for gains paired over the seeds both cells have (marked ``over n=k``)."""
+    if not baseline:
+        return []
+    paired = any(
+        table.paired(m, baseline, c) is not None
+        for m in table.methods
+        if m != baseline
+        for c in table.columns
+    )
+    if not paired:
+        return []
+    return [
+        f"(+g over n=k): the mean gain over {baseline} on the k seeds both were run with, "
+        "where one of them lacks a seed the other has."
+    ]
 
 
 def _published(table) -> set[str]:
@@ -214,7 +234,8 @@ def _cells(
             mean, std, count = table.cell(method, column)
             text = format_mean_std_cell(mean, std, digits=digits, plus_minus=plus_minus)
             if baseline and method != baseline and not np.isnan(mean):
-                text += _gain_text(gains[(method, column)], digits)
+                paired = table.paired(method, baseline, column)
+                text += _gain_text(gains[(method, column)], digits, paired)
             if 0 < count < most and method not in _published(table):
                 text += f" (n={count})"  # fewer seeds than the others: not comparable as is
             row.append((text, method in best[column]))
@@ -234,6 +255,7 @@ def aggregate_markdown(table, *, baseline: str | None = None, digits: int = 1) -
     if baseline:
         notes.append(f"In parentheses: gain over {baseline} in percentage points.")
     notes.extend(_seed_notes(table))
+    notes.extend(_paired_notes(table, baseline))
     notes.extend(getattr(table, "notes", []))
     return "\n".join(lines) + "\n\n" + " ".join(notes)
 
@@ -277,7 +299,7 @@ def aggregate_latex(table, *, baseline: str | None = None, digits: int = 1) -> s
         ]
         lines.append(latex_escape(method) + " & " + " & ".join(cells) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}"]
-    notes = [*_seed_notes(table), *getattr(table, "notes", [])]
+    notes = [*_seed_notes(table), *_paired_notes(table, baseline), *getattr(table, "notes", [])]
     lines += ["% " + latex_escape(note) for note in notes]
     return "\n".join(lines)
 
@@ -297,7 +319,8 @@ def aggregate_html(table, *, baseline: str | None = None, digits: int = 1) -> st
     caption = escape(table.title + "; mean ± std over seeds; best in bold")
     if baseline:
         caption += escape(f"; in parentheses the gain over {baseline}")
-    for note in [*_seed_notes(table), *getattr(table, "notes", [])]:
+    notes = [*_seed_notes(table), *_paired_notes(table, baseline), *getattr(table, "notes", [])]
+    for note in notes:
         caption += escape(f". {note}")
     return (
         f'<table class="results"><caption>{caption}</caption><thead><tr><th>Method</th>'
@@ -306,7 +329,8 @@ def aggregate_html(table, *, baseline: str | None = None, digits: int = 1) -> st
 
 
 def aggregate_frame(table, *, baseline: str | None = None) -> pd.DataFrame:
-    """Numbers for a CSV: ``method``, then ``<column> mean``, ``std``, ``seeds`` (and ``gain``)."""
+    """Numbers for a CSV: ``method``, then ``<column> mean``, ``std``, ``seeds`` (and ``gain``
+    with ``gain seeds``: the seeds it is over, those both cells have where it is paired)."""
     gains = table.gains(baseline) if baseline else {}
     rows = []
     for method in table.methods:
@@ -318,6 +342,8 @@ def aggregate_frame(table, *, baseline: str | None = None) -> pd.DataFrame:
             row[f"{column} seeds"] = count
             if baseline:
                 row[f"{column} gain"] = gains[(method, column)]
+                paired = table.paired(method, baseline, column)
+                row[f"{column} gain seeds"] = count if paired is None else paired
         rows.append(row)
     return pd.DataFrame(rows)
 
