@@ -6,8 +6,10 @@ import json
 import shutil
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
+from PIL import Image
 from tests.extract.conftest import tiny
 from tests.extract.test_sampling import reference_tbn_test
 
@@ -157,3 +159,71 @@ def test_segment_without_frame_columns_uses_seconds_and_fps():
     segment = SegmentFrames.from_seconds("u", 0.5, 1.0, 30.0)
     assert (segment.start_frame, segment.stop_frame) == (16, 31)
     assert tiny("mmsada-test").rgb_numbers(segment).shape == (5, 16)
+
+
+def _flow_folder(folder, numbers, *, first_file=1):
+    """EPIC u/v JPEGs of frames ``numbers`` (content depends on the frame number only), named
+    from ``first_file`` for frame 1 (1: EPIC's 1-based names, 0: a 0-based folder)."""
+    for component in ("u", "v"):
+        (folder / component).mkdir(parents=True)
+        for n in numbers:
+            rng = np.random.default_rng([n, component == "v"])
+            image = rng.integers(0, 256, size=(24, 32), dtype=np.uint8)
+            name = f"frame_{n - 1 + first_file:010d}.jpg"
+            Image.fromarray(image).save(folder / component / name, quality=100)
+
+
+def test_file_numbers_are_frame_numbers_in_partial_and_zero_based_folders(tmp_path):
+    # `avda flow --segments-only` writes only flow frames near segments: a folder whose first
+    # file is frame 11. Its frame 15 is file 15 (it was read from the folder's 15th file,
+    # frame 25, and stored as done); a frame it lacks is an error naming what it holds.
+    whole, partial, zero = tmp_path / "whole", tmp_path / "partial", tmp_path / "zero"
+    _flow_folder(whole, range(1, 41))
+    _flow_folder(partial, range(11, 41))
+    _flow_folder(zero, range(1, 41), first_file=0)
+    convention = frames_lib.FlowConvention(stride=1, bound=20.0)
+    readers = [frames_lib.FlowFrames(f, convention) for f in (whole, partial, zero)]
+    assert [r.count for r in readers] == [40, 40, 40]
+    wanted = np.array([15, 11, 40, 44, 20])  # 44 repeats the last frame
+    expected = readers[0].read(wanted, shorter_side=None)
+    for reader in readers[1:]:
+        np.testing.assert_array_equal(reader.read(wanted, shorter_side=None), expected)
+    with Image.open(whole / "u" / "frame_0000000015.jpg") as image:
+        np.testing.assert_array_equal(expected[0, ..., 0], np.asarray(image))
+    with pytest.raises(
+        MediaError,
+        match=r"partial/u has no frame 5 \(nor 1 more\): it holds 30 frames numbered 11..40; "
+        r"a flow folder of `avda flow --segments-only`",
+    ):
+        readers[1].read(np.array([5, 6, 12]), shorter_side=None)
+    # through extraction: a segment inside the partial folder gets the whole folder's features
+    manifest = pd.DataFrame(
+        {
+            "uid": ["inside", "before"],
+            "video_id": ["clip", "clip"],
+            "domain": ["d", "d"],
+            "split": ["train", "train"],
+            "start_sec": [1.5, 0.1],
+            "stop_sec": [3.0, 0.9],
+            "fps": [10.0, 10.0],
+        }
+    )
+    stores = []
+    for name, folder in (("whole", whole), ("partial", partial)):
+        root = tmp_path / f"{name}-root"
+        root.mkdir()
+        shutil.copytree(folder, root / "clip")
+        runner.extract(
+            manifest,
+            flow=root,
+            out=tmp_path / f"{name}.zarr",
+            recipe=tiny("demo", resize_shorter=24, crop_size=24),
+            modalities=[runner.ModalitySpec("flow", "i3d")],
+            workers=0,
+            progress=False,
+        )
+        stores.append(open_cache(tmp_path / f"{name}.zarr"))
+    assert stores[0].status("flow").tolist() == [Status.DONE, Status.DONE]
+    assert stores[1].status("flow").tolist() == [Status.DONE, Status.FAILED]
+    np.testing.assert_array_equal(stores[1].load("flow")[0], stores[0].load("flow")[0])
+    assert "has no frame 1" in stores[1].errors("flow")[1]

@@ -134,7 +134,13 @@ def locate(root: Path, video_id: str, participant: str | None, kind: str) -> Pat
 
 
 class ImageSequence:
-    """Numbered image files of one stream of one video (e.g. ``frame_%010d.jpg``)."""
+    """Numbered image files of one stream of one video (e.g. ``frame_%010d.jpg``).
+
+    File numbers are the video's frame numbers: 1-based as EPIC's and mmaction2's folders (a
+    folder numbered from 0 is read as 0-based), and kept as they are where a folder holds part
+    of a video: ``avda flow --segments-only`` writes only the flow frames near segments, so
+    its first file may be frame 21, and frame 30 is read from file 30, not from the folder's
+    tenth file."""
 
     def __init__(self, directory: Path, pattern: re.Pattern[str]) -> None:
         self.directory = directory
@@ -156,23 +162,30 @@ class ImageSequence:
                 f"{directory} holds no frame images (expected names like frame_0000000001.jpg "
                 "or img_00001.jpg)"
             )
-        self.first = min(numbers)
-        self.count = max(numbers) - self.first + 1
-        if len(numbers) != self.count:
-            log.warning(
-                "%s: %d images numbered %d..%d (gaps); a missing frame fails its segment",
+        self._offset = 1 if min(numbers) == 0 else 0  # frame n is file n - offset
+        self._held = frozenset(n + self._offset for n in numbers)
+        self.first = min(self._held)  # 1-based frame numbers of the first and last files
+        self.count = max(self._held)  # the video's frames up to the last one held
+        if len(self._held) != self.count - self.first + 1:
+            log.info(
+                "%s: %d images numbered %d..%d (gaps); a segment that needs a missing frame fails",
                 directory,
-                len(numbers),
+                len(self._held),
                 self.first,
-                max(numbers),
+                self.count,
             )
         self._prefix, self._digits, self._suffix = prefix, digits, suffix
+
+    @property
+    def partial(self) -> bool:
+        """Whether frames are missing before the last one (a folder of segments only)."""
+        return len(self._held) != self.count
 
     def path(self, number: int) -> Path:
         """File of 1-based frame ``number``."""
         return (
             self.directory
-            / f"{self._prefix}{number - 1 + self.first:0{self._digits}d}.{self._suffix}"
+            / f"{self._prefix}{number - self._offset:0{self._digits}d}.{self._suffix}"
         )
 
     def clamp(self, numbers: np.ndarray) -> np.ndarray:
@@ -182,6 +195,20 @@ class ImageSequence:
         """uint8 images of ``numbers`` (any order, repeats decoded once): ``(n, H, W[, 3])``."""
         numbers = self.clamp(numbers)
         unique, inverse = np.unique(numbers, return_inverse=True)
+        missing = [int(n) for n in unique if int(n) not in self._held]
+        if missing:
+            raise MediaError(
+                f"{self.directory} has no frame {missing[0]}"
+                + (f" (nor {len(missing) - 1} more)" if len(missing) > 1 else "")
+                + f": it holds {len(self._held)} frames numbered {self.first}..{self.count}"
+                + (
+                    "; a flow folder of `avda flow --segments-only` holds only frames within "
+                    "--margin of the manifest's segments: compute it again for these segments "
+                    "(a larger --margin, or without --segments-only)"
+                    if self.partial
+                    else ""
+                )
+            )
         images = [
             read_image(self.path(int(n)), shorter_side=shorter_side, mode=mode) for n in unique
         ]
