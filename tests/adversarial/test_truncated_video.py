@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import fractions
+import logging
 
 import av
 import numpy as np
@@ -79,8 +80,11 @@ def test_a_segment_past_the_cut_fails_and_one_before_it_is_done(cut_video, tmp_p
     np.testing.assert_allclose(features[0], features[1], atol=1e-5)
 
 
-def test_the_audio_note_counts_the_window_the_cut_reads(cut_video):
-    track = audio_lib.read_audio(cut_video / "cut.mp4", 16000)
+def test_the_audio_note_counts_the_window_the_cut_reads(cut_video, caplog):
+    with caplog.at_level(logging.WARNING, logger="avda.extract.audio"):
+        track = audio_lib.read_audio(cut_video / "cut.mp4", 16000)
+    # the cut is logged as a cut, not also as a damaged packet and seconds of silence
+    assert "(cut short)" in caplog.text and "damaged audio packet" not in caplog.text
     (lost_from, _), *_ = track.lost
     assert 7 < lost_from < 10
     segment = pd.Series({"uid": "cut", "start_sec": 0.0, "stop_sec": 18.0})
@@ -88,8 +92,18 @@ def test_the_audio_note_counts_the_window_the_cut_reads(cut_video):
     recipe = tiny("demo", audio_seconds=10.0, audio_cut="tile")
     used = _used_spans([(0.0, 18.0)], recipe)
     assert used == [(0.0, 10.0)]
-    note = _lost_note(track, segment, used)
-    assert note.startswith(f"note: {10 - lost_from:.2f} s of 10.00 s of audio lost")
+    # The segment runs past the cut: it fails, as its frames do (its 10 s window was stored as
+    # done with a note blaming "damaged packets" for the seconds past the cut)
+    with pytest.raises(MediaError, match="the file was cut short") as error:
+        _lost_note(track, segment, used)
+    assert f"{10 - lost_from:.2f} s of its 10.00 s of audio lie past the end" in str(error.value)
+    # A segment that ends before the cut, whose window reaches past it: a note naming the cut
+    before = pd.Series({"uid": "before", "start_sec": lost_from - 2.0, "stop_sec": lost_from})
+    note = _lost_note(track, before, [(lost_from - 2.0, lost_from + 0.5)])
+    assert note == (
+        f"note: 0.50 s of 2.50 s of audio past the end of a file cut short at {lost_from:.2f} s "
+        "(silence)"
+    )
     # A 2 s window of the same segment reads nothing past the cut: no note (it said 8.8 s of
     # 18 s were lost, counting seconds no window reads).
     short = tiny("demo", audio_seconds=2.0, audio_cut="tile")

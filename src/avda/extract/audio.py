@@ -101,10 +101,13 @@ def read_audio(path: str | Path, sample_rate: int | None = None) -> AudioTrack:
     spans = tuple((a / native_rate, b / native_rate) for a, b in lost)
     cut_at = cut / native_rate if cut is not None else None
     track = AudioTrack(samples, sample_rate, native_rate, channels, codec, spans, damaged, cut_at)
-    if damaged or spans:
+    # the cut short (logged where it is found) is not a damaged packet nor silence in the file
+    cut_seconds = track.duration - cut_at if cut_at is not None else 0.0
+    packets = damaged - (cut_at is not None)
+    if packets > 0 or track.lost_seconds - cut_seconds > 1e-6:
         log.warning(
             "%s: %d damaged audio packet(s); %.2f s of %.2f s filled with silence",
-            *(path, damaged, track.lost_seconds, track.duration),
+            *(path, packets, track.lost_seconds - cut_seconds, track.duration),
         )
     return track
 

@@ -348,10 +348,13 @@ def _lost_note(
     lost = sum(track.lost_between(a, b) for a, b in spans)
     if lost <= 0:
         return ""
-    if wanted <= 0 or lost > audio_lib.MAX_LOST_FRACTION * wanted:
-        cut = track.cut_at
-        past = 0.0 if cut is None else sum(track.lost_between(max(a, cut), b) for a, b in spans)
-        if past >= lost / 2:  # mostly the windows' seconds past the end of a cut file
+    cut = track.cut_at
+    past = 0.0 if cut is None else sum(track.lost_between(max(a, cut), b) for a, b in spans)
+    # a segment that runs past the cut fails, as its frames do (`_check_not_cut`): the rest
+    # of a file cut short is not silence; a window that only reaches past it keeps a note
+    runs_past = cut is not None and past > 0 and float(segment["stop_sec"]) > cut
+    if runs_past or wanted <= 0 or lost > audio_lib.MAX_LOST_FRACTION * wanted:
+        if runs_past or past >= lost / 2:  # mostly the windows' seconds past the cut
             raise MediaError(
                 f"segment {segment['uid']!r}: {past:.2f} s of its {wanted:.2f} s of audio lie "
                 f"past the end of the audio of {path or 'its file'} ({cut:.2f} s of the "
@@ -362,7 +365,15 @@ def _lost_note(
             f"segment {segment['uid']!r}: {lost:.2f} s of its {wanted:.2f} s of audio are lost "
             "to damaged packets; re-encode or re-download the file"
         )
-    return f"note: {lost:.2f} s of {wanted:.2f} s of audio lost to damaged packets (silence)"
+    notes = []
+    if lost - past > 0:
+        notes.append(f"{lost - past:.2f} s of {wanted:.2f} s of audio lost to damaged packets")
+    if past > 0:
+        notes.append(
+            f"{past:.2f} s of {wanted:.2f} s of audio past the end of a file cut short at "
+            f"{cut:.2f} s"
+        )
+    return "note: " + "; ".join(notes) + " (silence)"
 
 
 def _fit_size(spec: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
