@@ -80,6 +80,20 @@ def test_a_segment_past_the_cut_fails_and_one_before_it_is_done(cut_video, tmp_p
     np.testing.assert_allclose(features[0], features[1], atol=1e-5)
 
 
+def test_a_segment_that_starts_after_the_cut_is_told_to_re_download(cut_video, tmp_path):
+    # it said "starts at 12.00 s, after the end of the video (9.xx s); fix its times in the
+    # manifest": its times are right, the file is cut
+    rows = [{"uid": "late", "video_id": "cut", "domain": "d", "split": "test",
+             "start_sec": 12.0, "stop_sec": 14.0, "verb_class": 0}]  # fmt: skip
+    _extract(pd.DataFrame(rows), cut_video, tmp_path / "late.zarr", audio=True)
+    store = open_cache(tmp_path / "late.zarr")
+    for modality in ("rgb", "audio"):
+        assert store.status(modality).tolist() == [Status.FAILED]
+        error = store.errors(modality)[0]
+        assert "the file was cut short" in error and "re-download it" in error, error
+        assert "fix its times" not in error
+
+
 def test_the_audio_note_counts_the_window_the_cut_reads(cut_video, caplog):
     with caplog.at_level(logging.WARNING, logger="avda.extract.audio"):
         track = audio_lib.read_audio(cut_video / "cut.mp4", 16000)

@@ -194,10 +194,12 @@ class SegmentDataset(Dataset):
             "video", path, lambda: VideoDecoder(path, shorter_side=self.recipe.resize_shorter)
         )
         frames_of = self._segment_frames(segment, decoder.fps)
-        _check_inside_video(segment, decoder.duration, path)
         if float(segment["stop_sec"]) > decoder.duration:  # the index read once per video
+            # a cut file first: a segment past its cut is told to re-download the file, not to
+            # fix its times
             listed = self._reader("index", path, lambda: indexed_frames(path))
             _check_not_cut(segment, decoder, path, listed)
+        _check_inside_video(segment, decoder.duration, path)
         plan = self.recipe.rgb_plan(frames_of)
         times = plan.times if plan.times is not None else frames_of.time_of(plan.numbers)
         K = times.shape[0]
