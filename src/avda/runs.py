@@ -213,6 +213,15 @@ def read_predictions(run: Path, name: str) -> dict[str, Any]:
                 f"{path}: {key} has {len(values)} rows for {len(uids)} segments: not a "
                 "predictions file avda wrote; remove it and train the run again"
             )
+    for key, scores in out["scores"].items():
+        finite = np.isfinite(scores) if np.issubdtype(scores.dtype, np.number) else None
+        if finite is not None and not finite.all():
+            row = int(np.argmin(finite.reshape(len(finite), -1).all(axis=1)))
+            raise RunError(
+                f"{path}: {key} scores of segment {str(uids[row])!r} (and maybe others) are "
+                "NaN or infinite: a run never writes them (its training stops first); remove "
+                "the file and train the run again"
+            )
     if (Path(run) / CONFIG).exists():  # a run's own predictions: one score per class
         tasks = read_config(Path(run)).get("tasks") or []
         for task in tasks if isinstance(tasks, list) else []:

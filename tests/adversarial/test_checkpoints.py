@@ -202,7 +202,7 @@ def test_crafted_predictions_are_refused(capsys, work, scratch, command):
     assert not (scratch / "r.html").exists() and snapshot(out) == before
 
 
-@pytest.mark.parametrize("change", ["duplicate", "short", "narrow"])
+@pytest.mark.parametrize("change", ["duplicate", "short", "narrow", "nan"])
 def test_predictions_with_a_segment_twice_or_rows_missing_are_refused(
     capsys, work, scratch, change
 ):
@@ -213,11 +213,20 @@ def test_predictions_with_a_segment_twice_or_rows_missing_are_refused(
     arrays = runs.read_arrays(path)
     if change == "duplicate":
         arrays = {key: np.concatenate([value, value[:1]]) for key, value in arrays.items()}
+    elif change == "nan":  # it said "scores contain NaN; check the model outputs" (no file)
+        key = next(k for k in arrays if k.startswith("score_"))
+        arrays[key] = arrays[key].copy()
+        arrays[key][2, 0] = np.nan
     else:  # a row fewer, or a class fewer (96 verbs for EPIC's 97: scored as if right)
         key = next(k for k in arrays if k.startswith("score_"))
         arrays[key] = arrays[key][:-1] if change == "short" else arrays[key][:, :-1]
     np.savez(path, **arrays)
     message = refused(capsys, path, scratch / "none", "evaluate", out)
+    if change == "nan":
+        uid = str(arrays["uids"][2])
+        assert f"scores of segment {uid!r} (and maybe others) are NaN or infinite" in message
+        assert "remove the file and train the run again" in message
+        return
     assert "not a predictions file avda wrote" in message
     assert ("more than once" in message) == (change == "duplicate"), message
 
