@@ -21,6 +21,24 @@ def test_version(capsys):
     assert code == 0 and out.strip().startswith("avda 0.")
 
 
+def test_python_m_avda_is_the_command():
+    # `python -m avda` said "No module named avda.__main__"
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "avda", "--version"], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0 and done.stdout.strip().startswith("avda 0."), done.stderr
+    refused = subprocess.run(
+        [sys.executable, "-m", "avda", "train", "--heat", "x"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert refused.returncode == 2 and "No such option" in refused.stderr
+
+
 def test_usage_error_exits_2(capsys):
     code, _, err = run(capsys, "train", "--heat", "x")
     assert code == 2 and "No such option" in err
