@@ -256,8 +256,8 @@ def manifest_validate(
             typer.echo(str(problem))
         raise ManifestError(
             f"manifest {file} has {len(exc.problems)} problem(s), listed above (the first: "
-            f"{exc.problems[0]}); fix these rows (or drop them) and run `avda manifest validate` "
-            "again"
+            f"{exc.problems[0]}); {schema.fix_hint(exc.problems)} and run `avda manifest "
+            "validate` again"
         ) from exc
     domains = ", ".join(f"{d} {n}" for d, n in frame.groupby("domain").size().items())
     typer.echo(f"{file}: OK, {len(frame)} segments ({domains})")

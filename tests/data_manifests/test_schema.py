@@ -62,6 +62,33 @@ def test_missing_columns_and_missing_videos(tmp_path):
         schema.read(path, videos=tmp_path / "videos")
 
 
+def test_a_missing_required_column_names_the_one_the_file_has_for_it(tmp_path, caplog):
+    # a new user's header `uid,video,domain,split,start,stop_sec,verb_clas`: it said only
+    # "required column 'video_id' is missing ... fix these rows (or drop them)", and the
+    # verb_clas hint was not shown because the file failed first
+    path = tmp_path / "m.csv"
+    path.write_text(
+        GOOD.replace("video_id", "video")
+        .replace("start_sec", "Start")
+        .replace("verb_class", "verb_clas")
+    )
+    caplog.set_level("WARNING")
+    with pytest.raises(ManifestError) as info:
+        schema.read(path)
+    message = str(info.value)
+    assert "required column 'video_id' is missing; the file has 'video': rename it" in message
+    assert "required column 'start_sec' is missing; the file has 'Start': rename it" in message
+    assert "fix the file (its header and columns) and run" in message
+    assert "fix these rows" not in message
+    assert "did you mean 'verb_class'?" in caplog.text
+    path.write_text("uid,video_id,domain,split,start_secs,stop_sec\na,v,D1,train,0,1\n")
+    with pytest.raises(ManifestError, match="the file has 'start_secs': rename it to 'start_sec'"):
+        schema.read(path)
+    path.write_text("uid,video_id,domain,split,stop_sec\na,v,D1,train,1\n")  # nothing close
+    with pytest.raises(ManifestError, match=r"required column 'start_sec' is missing\n"):
+        schema.read(path)
+
+
 def test_missing_file_message_names_the_fix(tmp_path):
     with pytest.raises(ManifestError, match="avda manifest build"):
         schema.read(tmp_path / "absent.csv")

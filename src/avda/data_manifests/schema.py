@@ -118,14 +118,14 @@ def read(path: str | Path, *, videos: str | Path | None = None, check: bool = Tr
     except (OSError, ValueError, pd.errors.ParserError, UnicodeDecodeError) as exc:
         raise ManifestError(f"manifest {path} cannot be read: {exc}") from exc
     if check:
-        problems = find_problems(frame, videos=videos)
-        if problems:
-            raise ManifestProblems(path, problems)
-        for column, known in misspelt_columns(frame.columns):
+        for column, known in misspelt_columns(frame.columns):  # also when the file fails
             log.warning(
                 "%s: column %r is not one avda reads (it is kept as it is); did you mean %r?",
                 *(path, column, known),
             )
+        problems = find_problems(frame, videos=videos)
+        if problems:
+            raise ManifestProblems(path, problems)
     frame = normalise(frame)
     classes = build_classes(path)
     if classes:
@@ -193,6 +193,31 @@ def misspelt_columns(columns: Iterable[str]) -> list[tuple[str, str]]:
     return out
 
 
+# what other tools call a required column (EPIC's timestamps are strings: not these)
+_ALIASES = {
+    "uid": ("id", "segment_id", "narration_id", "clip_id"),
+    "video_id": ("video", "video_name", "vid", "youtube_id"),
+    "domain": ("dom",),
+    "split": ("subset", "set"),
+    "start_sec": ("start", "start_time", "start_s", "begin", "t_start"),
+    "stop_sec": ("stop", "end", "end_sec", "stop_time", "end_time", "stop_s", "end_s", "t_end"),
+}
+
+
+def _meant_for(required: str, columns: Iterable[str]) -> str | None:
+    """A column of the file that is probably ``required`` under another name (``video`` for
+    ``video_id``, ``start_secs``), where the file lacks ``required``; None when none is."""
+    import difflib
+
+    known = {*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS}
+    others = {str(c).strip().lower(): str(c) for c in columns if str(c) not in known}
+    for alias in _ALIASES.get(required, ()):
+        if alias in others:
+            return others[alias]
+    close = difflib.get_close_matches(required, others, n=1, cutoff=0.8)
+    return others[close[0]] if close else None
+
+
 def _other_separator(columns: Iterable[str]) -> str | None:
     """The separator of a CSV read with commas that used another (``;``, tab, ``|``): its
     header is then one column holding the required names joined by it."""
@@ -222,7 +247,9 @@ def find_problems(frame: pd.DataFrame, *, videos: str | Path | None = None) -> l
         )
         return problems
     for column in missing:
-        problems.append(Problem(None, column, f"required column {column!r} is missing"))
+        found = _meant_for(column, frame.columns)
+        hint = f"; the file has {found!r}: rename it to {column!r}" if found else ""
+        problems.append(Problem(None, column, f"required column {column!r} is missing{hint}"))
     if frame.empty:
         problems.append(Problem(None, None, "the manifest has no rows"))
     if missing or frame.empty:
@@ -396,8 +423,15 @@ def format_problems(path: str | Path, problems: list[Problem]) -> str:
     lines += [f"  {p}" for p in shown]
     if more:
         lines.append(f"  ... and {more} more")
-    lines.append("fix these rows (or drop them) and run `avda manifest validate` again")
+    lines.append(f"{fix_hint(problems)} and run `avda manifest validate` again")
     return "\n".join(lines)
+
+
+def fix_hint(problems: list[Problem]) -> str:
+    """What to fix: the rows, or the file (its columns) where no problem names a row."""
+    if all(p.row is None for p in problems):
+        return "fix the file (its header and columns)"
+    return "fix these rows (or drop them)"
 
 
 def write(frame: pd.DataFrame, path: str | Path) -> Path:
