@@ -488,3 +488,24 @@ def test_a_store_read_with_the_earlier_frame_timing_is_not_resumed_into_a_mix(
     demo = options.replace(recipe=tiny("demo"), force=False)
     runner.extract(manifest, demo, out=tmp_path / "demo.zarr")
     assert "frame_times" not in open_cache(tmp_path / "demo.zarr").modality_info("rgb")
+
+
+@needs_decord
+def test_a_damaged_avi_says_what_was_lost_in_avdas_lines_only(tmp_path, media, capfd, caplog):
+    # A new user's copy of test.avi with bytes overwritten: decord's FFmpeg printed ~30 lines
+    # of its own to stderr ("[mpeg4 @ 0x...] ac-tex damaged at 5 7", twice) and its warnings
+    # carried decord's build paths ("[13:48:26] /github/workspace/src/video/...cc:486: ")
+    data = bytearray((media / "video" / "test.avi").read_bytes())
+    rng = np.random.default_rng(0)
+    for offset in range(100_000, 150_000, 997):
+        data[offset] = int(rng.integers(0, 256))
+    path = tmp_path / "damaged.avi"
+    path.write_bytes(bytes(data))
+    caplog.set_level("INFO", logger="avda.extract.decode")
+    decoder = DecordVideoDecoder(path, shorter_side=64)
+    frames = decoder.frames(np.arange(decoder.num_frames))
+    assert frames.shape[0] == decoder.num_frames
+    assert "undecodable; using frame" in caplog.text  # avda's own account of the damage
+    err = capfd.readouterr().err
+    assert "@ 0x" not in err and "damaged at" not in err, err[:500]
+    assert "/github/workspace" not in caplog.text and ".cc:" not in caplog.text

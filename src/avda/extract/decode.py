@@ -26,6 +26,7 @@ import dataclasses
 import heapq
 import logging
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -228,6 +229,7 @@ class DecordVideoDecoder(VideoDecoder):
             raise ConfigError(
                 f"the decord video decoder is not installed; use {DECODER_ENV}=pyav"
             ) from exc
+        _quiet_decord(decord)
         width, height = self.size
         self._pyav: _PyAVStream | None = None
         self._reader: Any = None
@@ -626,8 +628,25 @@ class _PyAVStream:
         return graph
 
 
+# decord's C++ log prefix: "[13:48:26] /github/workspace/src/video/video_reader.cc:486: "
+_DECORD_PREFIX = re.compile(r"\[\d\d:\d\d:\d\d\] \S+\.(?:cc|h|cpp):\d+: ")
+
+
 def _short(exc: BaseException) -> str:
-    """decord errors carry a C++ stack; keep the first meaningful line."""
+    """decord errors carry a C++ stack and the build's source paths; keep the first
+    meaningful line, without the paths (they name decord's build machine, not the file)."""
     text = str(exc).strip().splitlines()
     lines = [t for t in text if t and not t.startswith(("Stack trace", "  ["))]
-    return (lines[0] if lines else type(exc).__name__)[:300]
+    line = _DECORD_PREFIX.sub("", lines[0]) if lines else type(exc).__name__
+    return line.strip()[:300] or type(exc).__name__
+
+
+def _quiet_decord(decord: Any) -> None:
+    """decord's bundled FFmpeg prints every error of a damaged file to stderr (``[mpeg4 @
+    0x...] ac-tex damaged at 5 7``: 30 lines for one AVI); avda says what it could not decode
+    in its own warnings. FFmpeg's lines are kept when avda logs at DEBUG (``-v``)."""
+    level = decord.logging.ERROR if log.isEnabledFor(logging.DEBUG) else decord.logging.QUIET
+    try:
+        decord.logging.set_level(level)
+    except Exception as exc:  # an older decord without the call: its lines stay
+        log.debug("decord's log level cannot be set: %s", exc)
