@@ -138,6 +138,8 @@ def test_extract_records_the_class_tables_of_a_built_manifest(tmp_path, media):
     [
         (["audio"], {"weights": "i3d.pt"}, "is the visual backbone's checkpoint, but no visual"),
         (["rgb"], {"audio_weights": "vgg.pt"}, "but audio is not extracted (--modalities rgb)"),
+        # it ran the rgb extraction and ignored the audio backbone without a word
+        (["rgb"], {"audio_backbone": "vggish"}, "--audio-backbone vggish is given, but audio"),
     ],
 )
 def test_weights_for_a_modality_not_extracted_are_refused(tmp_path, modalities, given, expected):

@@ -143,6 +143,12 @@ def extract(
             f"extracted (--modalities {','.join(names)}); an audio checkpoint goes to "
             "--audio-weights"
         )
+    if audio_backbone != "audio_resnet18" and "audio" not in names:  # it was ignored silently
+        raise ConfigError(
+            f"--audio-backbone {audio_backbone} is given, but audio is not extracted "
+            f"(--modalities {','.join(names)}); add audio to --modalities or drop "
+            "--audio-backbone"
+        )
     if audio_weights is not None and "audio" not in names:
         raise ConfigError(
             f"--audio-weights {audio_weights} is given, but audio is not extracted (--modalities "
