@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -35,12 +36,15 @@ def test_every_problem_is_reported_with_its_row(tmp_path):
         "d,v1,D1,test,3.0,2.0,0\n"  # row 5 stop <= start
         "e,v1,D1,test,0.0,1.0,1.5\n"  # row 6 non-integer class
         "f,v1,D1,test,abc,1.0,1\n"  # row 7 bad number
+        "g,v1,D1,test,0.0,1.0,-1\n"  # row 8 negative class (it printed -1.0)
     )
     with pytest.raises(ManifestError) as info:
         schema.read(path)
     message = str(info.value)
-    assert "5 problem(s)" in message
+    assert "6 problem(s)" in message
     assert "not a non-negative integer: 1.5" in message
+    shown = [str(p) for p in info.value.problems]
+    assert "row 8 [verb_class]: not a non-negative integer: -1" in shown
     for expected in (
         "row 3 [uid]: duplicate uid 'a' (first at row 2)",
         "row 4 [split]",
@@ -60,6 +64,17 @@ def test_missing_columns_and_missing_videos(tmp_path):
     (tmp_path / "videos").mkdir()
     with pytest.raises(ManifestError, match=r"row 2 \[video_path\]: video file .*v1.mp4 not found"):
         schema.read(path, videos=tmp_path / "videos")
+    # a file of the video's name with another extension: named, with the fix (a new user's
+    # test.avi read as test.mp4, "not found" and nothing more)
+    (tmp_path / "videos" / "v1.avi").write_bytes(b"")
+    hint = "(the folder has v1.avi: give its name in the manifest's video_path column"
+    with pytest.raises(ManifestError, match=re.escape(hint)):
+        schema.read(path, videos=tmp_path / "videos")
+    from avda.errors import MediaError
+    from avda.extract.decode import probe
+
+    with pytest.raises(MediaError, match=re.escape(hint)):
+        probe(tmp_path / "videos" / "v1.mp4")
 
 
 def test_a_missing_required_column_names_the_one_the_file_has_for_it(tmp_path, caplog):

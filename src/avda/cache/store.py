@@ -766,7 +766,8 @@ def open_cache(path: str | Path, *, mode: str = "r") -> FeatureCache:
         group = zarr.open_group(str(path), mode=mode)
     except (FileNotFoundError, ValueError, zarr.errors.GroupNotFoundError) as exc:
         raise CacheError(
-            f"{path} is not a Zarr store ({exc}); point --cache at an avda cache"
+            f"{path} is not a Zarr store ({exc}); give the path of a cache `avda extract` wrote "
+            "(a folder ending in .zarr)"
         ) from exc
     attrs = dict(group.attrs)
     if schema.ROOT_ATTRIBUTE not in attrs:

@@ -11,6 +11,7 @@ number, and raises one :class:`ManifestError` listing them.
 from __future__ import annotations
 
 import dataclasses
+import glob
 import hashlib
 import logging
 from collections.abc import Iterable
@@ -218,6 +219,14 @@ def _meant_for(required: str, columns: Iterable[str]) -> str | None:
     return others[close[0]] if close else None
 
 
+def _shown(value: object) -> str:
+    """A cell as its file spells it: ``-1``, not the ``-1.0`` of a column read as float (a
+    class column with empty cells)."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
 def _other_separator(columns: Iterable[str]) -> str | None:
     """The separator of a CSV read with commas that used another (``;``, tab, ``|``): its
     header is then one column holding the required names joined by it."""
@@ -333,7 +342,7 @@ def find_problems(frame: pd.DataFrame, *, videos: str | Path | None = None) -> l
         numeric = pd.to_numeric(raw, errors="coerce")
         bad = (raw.notna() & numeric.isna()) | (numeric.notna() & (numeric % 1 != 0))
         bad |= numeric.notna() & (numeric < 0)
-        add(bad, column, lambda i, c=column, r=raw: f"not a non-negative integer: {r.iloc[i]}")
+        add(bad, column, lambda i, r=raw: f"not a non-negative integer: {_shown(r.iloc[i])}")
 
     if "fps" in frame:
         fps = pd.to_numeric(frame["fps"], errors="coerce")
@@ -355,7 +364,11 @@ def find_problems(frame: pd.DataFrame, *, videos: str | Path | None = None) -> l
                     durations[key] = _declared_duration(p)
             if not checked[key]:
                 problems.append(
-                    Problem(int(rows[i]), "video_path", f"video file {p} not found under {root}")
+                    Problem(
+                        int(rows[i]),
+                        "video_path",
+                        f"video file {p} not found under {root}{same_name_hint(p)}",
+                    )
                 )
             elif isinstance(durations[key], str):
                 problems.append(Problem(int(rows[i]), "video_path", durations[key]))
@@ -392,6 +405,25 @@ def _video_path_or_none(row: object, root: Path) -> Path | None:
         return video_path(row, root)
     except (ConfigError, ManifestError):
         return None
+
+
+def same_name_hint(path: str | Path) -> str:
+    """`` (the folder has v1.avi: ...)`` where a video is missing but a file of the same name
+    with another extension is there (the default ``<video_id>.mp4`` of a manifest without a
+    ``video_path`` column); "" otherwise."""
+    path = Path(path)
+    try:
+        others = sorted(
+            p.name for p in path.parent.glob(f"{glob.escape(path.stem)}.*") if p != path
+        )[:3]
+    except OSError:
+        return ""
+    if not others:
+        return ""
+    return (
+        f" (the folder has {', '.join(others)}: give its name in the manifest's video_path "
+        "column; without it a video is read as <video_id>.mp4)"
+    )
 
 
 def video_path(row: object, root: str | Path) -> Path:

@@ -385,7 +385,11 @@ def run_embedding(run: Path, *, max_points: int = 500, embed: Embed | None = Non
     except runs.CheckpointRefused:
         raise  # a crafted or damaged checkpoint is refused, not worked around (issue 18)
     except (AvdaError, OSError, KeyError, RuntimeError) as error:
-        log.warning("%s: cannot rebuild the head's embedding (%s); embedding scores", run, error)
+        log.warning(
+            "%s: cannot rebuild the head's embedding (%s); the report shows an embedding of its "
+            "prediction scores instead",
+            *(run, error),
+        )
         embedding = score_embedding(run, max_points=max_points)
         embedding.note = f"the head's embedding could not be rebuilt ({error}): "
         return embedding

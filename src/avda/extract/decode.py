@@ -64,8 +64,11 @@ def probe(path: str | Path) -> VideoInfo:
 
     path = Path(path)
     if not path.exists():
+        from avda.data_manifests.schema import same_name_hint
+
         raise MediaError(
-            f"video file {path} not found; check --videos and the manifest's video_path"
+            f"video file {path} not found{same_name_hint(path)}; check --videos and the "
+            "manifest's video_path"
         )
     try:
         with av.open(str(path)) as container:
