@@ -145,3 +145,45 @@ def test_bad_inputs_are_one_line(tmp_path, folder, capsys):
         "-o", str(tmp_path / "c.zarr"),
     )  # fmt: skip
     assert code == 1 and "--domain/--split name the segments of whole videos" in err
+
+
+def test_unlabelled_target_videos_join_a_labelled_source_in_one_trainable_cache(folder, tmp_path):
+    # docs/extraction.md said `--split train --domain D2` "makes unlabelled videos a target
+    # domain for avda train", but a cache holds one manifest and a second extract into it is
+    # refused: the documented way is one manifest, the target's paths relative to the
+    # source's --videos folder (root=)
+    import pandas as pd
+    from tests.extract.conftest import tiny
+
+    from avda.data_manifests import schema
+    from avda.extract import runner
+    from avda.train.loop import train
+
+    target, _ = whole_videos.manifest(folder / "kitchen", domain="D2", split="train", root=folder)
+    assert target["video_path"].tolist() == ["kitchen/P01_01.mp4"]
+    assert target["uid"].tolist() == ["P01_01"]
+    source = pd.DataFrame(
+        {"uid": ["s0", "s1", "s2", "s3"], "video_id": ["a"] * 4, "domain": ["D1"] * 4,
+         "split": ["train", "train", "test", "test"], "start_sec": [0.0, 3.0, 5.0, 7.0],
+         "stop_sec": [2.0, 5.0, 7.0, 9.0], "verb_class": [0, 1, 0, 1],
+         "video_path": ["a.mp4"] * 4}
+    )  # fmt: skip
+    both = pd.concat([source, target], ignore_index=True)
+    both.to_csv(tmp_path / "both.csv", index=False)
+    result = runner.extract(
+        schema.read(tmp_path / "both.csv"),
+        videos=folder,
+        out=tmp_path / "c.zarr",
+        recipe=tiny("demo", resize_shorter=32, crop_size=32),
+        modalities=[runner.ModalitySpec("rgb", "i3d")],
+        workers=0,
+        progress=False,
+    )
+    assert result.ok and result.done == 5, result.failures
+    store = open_cache(tmp_path / "c.zarr")
+    assert store.status("rgb").tolist() == [Status.DONE] * 5
+    run = train(cache=tmp_path / "c.zarr", head="dann", source=["D1"], target=["D2"],
+                out=tmp_path / "run", seed=0, overrides={"epochs": 1}, progress=False)  # fmt: skip
+    assert (run.run / "config.yaml").exists()
+    with pytest.raises(ConfigError, match="does not hold the videos of"):
+        whole_videos.manifest(folder / "kitchen", root=tmp_path / "elsewhere")

@@ -160,10 +160,16 @@ def manifest(
     *,
     domain: str = DEFAULT_DOMAIN,
     split: str = DEFAULT_SPLIT,
+    root: str | Path | None = None,
     progress: bool = False,
 ) -> tuple[pd.DataFrame, Path]:
     """One segment per whole video of ``source`` (a folder or a list file); returns the
-    manifest and the folder its ``video_path`` values are relative to (``--videos``)."""
+    manifest and the folder its ``video_path`` values are relative to (``--videos``).
+
+    ``root``: a folder holding every video of ``source`` to make ``video_path`` relative to
+    (default: ``source``'s own folder), so that the manifest can join another one whose paths
+    are relative to ``root`` (a labelled source domain and a folder of unlabelled target
+    videos, extracted into one cache: docs/extraction.md). Ids stay those of ``source``."""
     from tqdm import tqdm
 
     problem = component_problem(domain)
@@ -171,12 +177,14 @@ def manifest(
         raise ConfigError(f"--domain {problem}")
     if split not in schema.SPLITS:
         raise ConfigError(f"--split {split!r}: expected one of {', '.join(schema.SPLITS)}")
-    root, paths = find_videos(source)
-    ids = _ids(paths) if Path(source).is_dir() else _ids([root / p for p in paths], shortest=True)
+    root_dir, paths = find_videos(source)
+    ids = (
+        _ids(paths) if Path(source).is_dir() else _ids([root_dir / p for p in paths], shortest=True)
+    )
     stops, bad = [], []
     for relative in tqdm(paths, desc="probe videos", unit="video", disable=not progress):
         try:
-            stops.append(duration(root / relative))
+            stops.append(duration(root_dir / relative))
         except MediaError as exc:
             bad.append(str(exc))
     if bad:
@@ -191,6 +199,19 @@ def manifest(
         raise MediaError(
             f"--videos {source}: {len(bad)} file(s) are not readable videos ({shown}); {fix}"
         )
+    video_paths = [p.as_posix() for p in paths]
+    if root is not None:
+        given = Path(root)
+        base = Path(os.path.abspath(given))
+        try:
+            inside = Path(os.path.abspath(root_dir)).relative_to(base)
+        except ValueError:
+            raise ConfigError(
+                f"root {given} does not hold the videos of {source} (in {root_dir}); give a "
+                "folder above them"
+            ) from None
+        video_paths = [(inside / p).as_posix() for p in paths]
+        root_dir = given
     frame = pd.DataFrame(
         {
             "uid": ids,
@@ -199,13 +220,13 @@ def manifest(
             "split": split,
             "start_sec": 0.0,
             "stop_sec": stops,
-            "video_path": [p.as_posix() for p in paths],
+            "video_path": video_paths,
         }
     )
     problems = schema.find_problems(frame)
     if problems:
         raise ManifestError(schema.format_problems(f"(the videos of {source})", problems))
-    return schema.normalise(frame), root
+    return schema.normalise(frame), root_dir
 
 
 __all__ = ["DEFAULT_DOMAIN", "DEFAULT_SPLIT", "VIDEO_SUFFIXES", "find_videos", "manifest"]
