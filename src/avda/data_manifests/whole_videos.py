@@ -15,7 +15,8 @@ folder). Each video becomes one row:
   duration its header gives (PyAV: the video stream's duration, else the container's);
 * ``domain`` and ``split``: the same for every row, ``all`` and ``test`` unless given
   (``--domain``, ``--split``): ``test`` because unannotated features are most often evaluated
-  or inspected; ``--split train`` makes them an unlabelled target domain for ``avda train``.
+  or inspected; ``split="train"`` with ``root=`` makes them an unlabelled target domain
+  that joins a labelled source's manifest (one cache for ``avda train``: docs/extraction.md).
 
 A file that cannot be opened as a video, or has no duration, is refused with one line naming
 it, before any work.
