@@ -477,9 +477,15 @@ def _extract(*, out: Path, quiet: bool, **options) -> None:
     from avda.cache import open_cache
 
     result = api.extract(out=out, progress=not quiet, **options)
+    pairs = result.done + result.missing + result.failed  # (segment, modality) pairs
+    store = open_cache(out)
+    modalities = [m for m in store.modalities if store.status(m).size]
+    what = ""
+    if len(modalities) > 1 and pairs == store.num_segments * len(modalities):
+        what = f" ({store.num_segments} segments x {len(modalities)} modalities)"
     typer.echo(
-        f"{out}: {result.done} done, {result.missing} missing input, {result.failed} failed "
-        f"in {result.seconds:.1f} s"
+        f"{out}: {result.done} done, {result.missing} missing input, {result.failed} failed"
+        f"{what} in {result.seconds:.1f} s"
     )
     if result.missing:
         _report_missing(open_cache(out))

@@ -88,7 +88,9 @@ def test_cli_extracts_a_list_of_videos_without_a_manifest(tmp_path, media, capsy
         "--quiet",
     )
     assert code == 0, err
-    assert "3 done, 1 missing input, 0 failed" in out  # segments x modalities
+    # counts of (segment, modality) pairs, and the summary says so (a new user read "24 done"
+    # for 12 segments as a miscount)
+    assert "3 done, 1 missing input, 0 failed (2 segments x 2 modalities) in" in out
     assert (
         "audio: 1 segments of the store (every shard's) have no input: " in err
         and "clip.mp4 has no audio track" in err
