@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import pickle
 
@@ -135,3 +136,25 @@ def test_workers_spread_over_the_gpus_of_a_host(monkeypatch):
     assert dask_support.worker_device(None, "1") is None  # one GPU: the default device
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert dask_support.worker_device(None, "1") is None
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_bars_into_a_log_file_update_every_ten_seconds(monkeypatch):
+    # stderr redirected to a file or a pipe (a cluster job's log): a 1,170-epoch training's
+    # bar wrote thousands of updates into it, one every 0.1 s
+    from avda._io import LOG_BAR_INTERVAL, progress_bar
+
+    monkeypatch.delenv("TQDM_MININTERVAL", raising=False)
+    assert LOG_BAR_INTERVAL == 10
+    assert progress_bar(range(3), file=io.StringIO()).mininterval == 10
+    monkeypatch.setattr("sys.stderr", io.StringIO())
+    assert progress_bar(range(3)).mininterval == 10
+    # a terminal, a caller's own interval, or the user's TQDM_MININTERVAL: tqdm's as it is
+    assert progress_bar(range(3), file=_Terminal()).mininterval == 0.1
+    assert progress_bar(range(3), file=io.StringIO(), mininterval=1).mininterval == 1
+    monkeypatch.setenv("TQDM_MININTERVAL", "2")
+    assert progress_bar(range(3), file=io.StringIO()).mininterval != 10

@@ -162,12 +162,12 @@ def generate(
     2026-12-03: 28 of 32 files differ, in about one decoded frame of 150 by up to 8 grey levels;
     not x264's threads, which were ruled out), so cached RGB features of two generations can
     differ slightly (23 of 96 rows, at most 0.6 % relative)."""
-    from tqdm import tqdm
+    from avda._io import progress_bar
 
     root = Path(root)
     rows = []
     jobs = [(d, v) for d in DOMAINS for v in range(videos_per_domain)]
-    for style, video in tqdm(jobs, desc="demo videos", unit="video", disable=not progress):
+    for style, video in progress_bar(jobs, desc="demo videos", unit="video", disable=not progress):
         domain_index = DOMAINS.index(style)
         rng = np.random.default_rng([seed, domain_index, video])
         # Balanced classes: each video cycles through a rotated class order.

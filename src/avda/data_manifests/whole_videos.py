@@ -171,7 +171,7 @@ def manifest(
     (default: ``source``'s own folder), so that the manifest can join another one whose paths
     are relative to ``root`` (a labelled source domain and a folder of unlabelled target
     videos, extracted into one cache: docs/extraction.md). Ids stay those of ``source``."""
-    from tqdm import tqdm
+    from avda._io import progress_bar
 
     problem = component_problem(domain)
     if problem is not None:
@@ -183,7 +183,7 @@ def manifest(
         _ids(paths) if Path(source).is_dir() else _ids([root_dir / p for p in paths], shortest=True)
     )
     stops, bad = [], []
-    for relative in tqdm(paths, desc="probe videos", unit="video", disable=not progress):
+    for relative in progress_bar(paths, desc="probe videos", unit="video", disable=not progress):
         try:
             stops.append(duration(root_dir / relative))
         except MediaError as exc:

@@ -748,7 +748,7 @@ def build_report(
     ``embed(run, max_points)``: the trained head's embedding of a run's segments
     (:func:`avda.train.embedding.head_embedding`, what ``avda report`` passes); without it the
     embedding plots show the stored prediction scores."""
-    from tqdm import tqdm
+    from avda._io import progress_bar
 
     out = Path(out)
     run_dirs = aggregate_lib.find_runs(paths)
@@ -800,7 +800,7 @@ def build_report(
             f'<li><a href="#clusters-{index}">{html.escape(_clusters_title(entry))}</a></li>'
         )
     parts.append("</ul>")
-    bar = tqdm(detailed, desc="report", unit="run", disable=not progress)
+    bar = progress_bar(detailed, desc="report", unit="run", disable=not progress)
     for index, info in enumerate(bar):
         cache = str(runs.read_config(info.path)["cache"])
         if cache not in names_of:

@@ -29,9 +29,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from tqdm import tqdm
 
 from avda import cache as cache_lib
+from avda._io import progress_bar
 from avda.cache import Status
 from avda.cache.lock import store_lock
 from avda.dask_support import (
@@ -194,7 +194,9 @@ def extract_distributed(
         ]
         errors: list[str] = []
         warnings: list[str] = []
-        bar = tqdm(total=shards, desc="extract shards", unit="shard", disable=not options.progress)
+        bar = progress_bar(
+            total=shards, desc="extract shards", unit="shard", disable=not options.progress
+        )
         for future in as_completed(futures):
             try:
                 done = future.result()

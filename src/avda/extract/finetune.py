@@ -30,10 +30,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from avda import runs
-from avda._io import atomic_write_text
+from avda._io import atomic_write_text, progress_bar
 from avda.config import Config
 from avda.data_manifests import schema as manifest_schema
 from avda.devices import resolve_device
@@ -317,7 +316,7 @@ def finetune(
         failed = 0
         pending: list[tuple[torch.Tensor, int]] = []
         step = 0
-        bar = tqdm(loader, desc=f"finetune epoch {epoch}", unit="seg", disable=not progress)
+        bar = progress_bar(loader, desc=f"finetune epoch {epoch}", unit="seg", disable=not progress)
         optimizer.zero_grad(set_to_none=True)
         for row, x, _, error in bar:
             if x is None:

@@ -39,10 +39,9 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 import torch
-from tqdm import tqdm
 
 import avda
-from avda._io import atomic_write, sha256_file
+from avda._io import atomic_write, progress_bar, sha256_file
 from avda.data_manifests import schema as manifest_schema
 from avda.devices import resolve_device
 from avda.errors import AvdaError, CheckpointError, ConfigError
@@ -163,7 +162,7 @@ def compute_flow(
     segments = manifest_schema.normalise(manifest)
     result = FlowResult(videos=0, computed=0, skipped=0, failures=[], seconds=0.0)
     groups = list(segments.groupby("video_id", sort=False))
-    bar = tqdm(total=0, desc="flow", unit="pair", disable=not progress)
+    bar = progress_bar(total=0, desc="flow", unit="pair", disable=not progress)
     for video_id, rows in groups:
         video_id = str(video_id)
         try:

@@ -36,10 +36,9 @@ import numpy as np
 import pandas as pd
 import torch
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from avda import cache as cache_lib
-from avda._io import sha256_file
+from avda._io import progress_bar, sha256_file
 from avda.cache import FeatureCache, Status, faults
 from avda.cache.lock import store_lock
 from avda.cache.store import remove_partial_creations
@@ -704,7 +703,9 @@ def _extract_modality(
         spatial=spatial_shape is not None,
         precision=precision,
     )
-    bar = tqdm(total=len(rows), desc=f"extract {spec.modality}", unit="seg", disable=not progress)
+    bar = progress_bar(
+        total=len(rows), desc=f"extract {spec.modality}", unit="seg", disable=not progress
+    )
     notes: dict[int, str] = {}  # a done segment's note (e.g. audio lost to damaged packets)
 
     def finished(row: int, features, spatial, state: int, error: str) -> None:

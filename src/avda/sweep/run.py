@@ -742,7 +742,8 @@ def _sweep_in(
     """The sweep's work in ``out_dir`` (its lock held) on its planned ``tasks``: skip, train,
     write the index."""
     from distributed import as_completed
-    from tqdm import tqdm
+
+    from avda._io import progress_bar
 
     outcomes: dict[str, TaskOutcome] = {}
     pending = []
@@ -784,7 +785,7 @@ def _sweep_in(
                     resources=options["resources"],
                 )
                 futures[future] = task
-            bar = tqdm(total=len(futures), desc="sweep", unit="run", disable=not progress)
+            bar = progress_bar(total=len(futures), desc="sweep", unit="run", disable=not progress)
             try:
                 for future in as_completed(futures):
                     task = futures[future]

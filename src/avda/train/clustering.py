@@ -330,8 +330,7 @@ def cluster_store(
     ``--source D1`` then ``--source D2`` leaves both in the store. Provenance (settings, knee
     and inertia curve per class) is stored in the array's ``avda_clusters`` attribute.
     """
-    from tqdm import tqdm
-
+    from avda._io import progress_bar
     from avda.train.data import check_domains, select_rows
 
     if max_clusters < 1:
@@ -370,7 +369,9 @@ def cluster_store(
             random_state=random_state,
         )
         groups = []
-        for domains in tqdm(groups_domains, desc="cluster", unit="domain", disable=not progress):
+        for domains in progress_bar(
+            groups_domains, desc="cluster", unit="domain", disable=not progress
+        ):
             rows = select_rows(store, domains, [split], [modality])
             rows = rows[segments[column].iloc[rows].notna().to_numpy()]
             if len(rows) == 0:

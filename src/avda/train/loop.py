@@ -16,11 +16,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 import avda
 from avda import environment, runs
-from avda._io import atomic_write_text
+from avda._io import atomic_write_text, progress_bar
 from avda.cache import FeatureCache
 from avda.cache.lock import run_lock
 from avda.errors import RunError, TrainingDiverged
@@ -344,7 +343,7 @@ def _train(
         torch.device(device).type, dtype=torch.bfloat16, enabled=config.precision == "bf16"
     )
     metrics: dict[str, float] = {}
-    bar = tqdm(
+    bar = progress_bar(
         range(start_epoch, config.epochs + 1),
         desc=f"train {head}",
         unit="epoch",

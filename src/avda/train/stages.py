@@ -206,7 +206,7 @@ def fit_epochs(
     checkpoint made with the same ``key`` is resumed from; one made with another key is
     discarded. Returns the per-epoch losses of this call.
     """
-    from tqdm import tqdm
+    from avda._io import progress_bar
 
     partial = stages.partial_path(name)
     start = 1
@@ -223,7 +223,7 @@ def fit_epochs(
             log.info("stage %s: resuming from epoch %d", name, start)
         else:
             log.warning("stage %s: discarding a partial checkpoint made with other settings", name)
-    bar = tqdm(
+    bar = progress_bar(
         range(start, epochs + 1),
         desc=f"stage {name}",
         unit="epoch",
