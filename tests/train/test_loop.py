@@ -327,3 +327,20 @@ def test_a_batch_of_one_is_refused_in_one_line_and_the_fixed_rerun_trains(shifte
     assert runs.is_complete(result.run)
     with pytest.raises(ConfigError, match=r"encoder_batch_size: expected an integer >= 2"):
         _train(shifted_cache, tmp_path / "aa", "audio-adaptive", encoder_batch_size=1)
+
+
+def test_the_bar_in_a_log_file_is_redrawn_at_its_interval_not_every_epoch(
+    shifted_cache, tmp_path, monkeypatch
+):
+    # `avda demo 2> demo.log`: 894 redraws of "train source-only: 0/1170" (the epoch count
+    # frozen, the loss postfix redrawing the bar at every epoch)
+    import io
+
+    log = io.StringIO()
+    monkeypatch.setattr("sys.stderr", log)
+    monkeypatch.delenv("TQDM_MININTERVAL", raising=False)
+    train(cache=shifted_cache, head="source-only", source=["source"], target=["target"],
+          out=tmp_path / "run", seed=0, overrides={"epochs": 60}, progress=True)  # fmt: skip
+    draws = [d for d in log.getvalue().split("\r") if "train source-only" in d]
+    assert 1 <= len(draws) <= 6, len(draws)  # the first, the last, and every 10 s between
+    assert "60/60" in draws[-1]

@@ -794,7 +794,9 @@ def _sweep_in(
                     if outcome.status == "failed":
                         log.warning("%s failed: %s", task.name, outcome.error)
                     bar.update(1)
-                    bar.set_postfix(failed=sum(o.status == "failed" for o in outcomes.values()))
+                    bar.set_postfix(
+                        failed=sum(o.status == "failed" for o in outcomes.values()), refresh=False
+                    )
             finally:
                 bar.close()
                 for future in futures:

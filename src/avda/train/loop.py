@@ -431,7 +431,7 @@ def _train(
                 device=device,
             )
             saved = time.perf_counter()
-        bar.set_postfix(loss=f"{record.get('train/loss', float('nan')):.3f}")
+        bar.set_postfix(loss=f"{record.get('train/loss', float('nan')):.3f}", refresh=False)
     bar.close()
 
     metrics, scores = evaluate()

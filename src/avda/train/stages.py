@@ -252,7 +252,7 @@ def fit_epochs(
             saved = time.perf_counter()
         if sinks is not None:
             sinks.stage(name, epoch, losses)
-        bar.set_postfix(loss=f"{losses.get('loss', float('nan')):.3f}")
+        bar.set_postfix(loss=f"{losses.get('loss', float('nan')):.3f}", refresh=False)
     bar.close()
     module.eval()
     return history
