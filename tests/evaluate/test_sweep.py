@@ -469,3 +469,33 @@ def test_a_lost_schedulers_reconnect_traceback_is_not_printed(caplog):
         except OSError:
             client.exception("another error")
     assert [r.getMessage() for r in caplog.records] == ["another error"]
+
+
+def test_an_interrupted_sweep_indexes_the_runs_it_finished(tmp_path, cache, monkeypatch):
+    # After Ctrl-C, sweep.json listed every run of the sweep as "pending", the finished ones too
+    spec_data = {
+        "cache": str(cache),
+        "heads": [{"name": "source-only", "epochs": 1, "hidden_dim": 8}],
+        "settings": ["source->target"],
+        "seeds": [0, 1],
+        "out": "runs",
+        "cluster": {"kind": "local", "workers": 1},
+    }
+    real = sweep._outcome
+    seen = []
+
+    def interrupted_at_the_second(future, task):
+        seen.append(task.name)
+        if len(seen) == 2:  # the second run finished on its worker; the user presses Ctrl-C
+            future.result()
+            raise KeyboardInterrupt
+        return real(future, task)
+
+    monkeypatch.setattr(sweep, "_outcome", interrupted_at_the_second)
+    with pytest.raises(KeyboardInterrupt):
+        sweep.run_sweep(sweep.load_spec(write_spec(tmp_path, spec_data)), progress=False)
+    index = json.loads((tmp_path / "runs" / sweep.INDEX).read_text())
+    assert {e["run"]: e["status"] for e in index["runs"]} == {
+        "source-only/source-target/seed0": "complete",
+        "source-only/source-target/seed1": "complete",
+    }

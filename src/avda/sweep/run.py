@@ -797,6 +797,14 @@ def _sweep_in(
                     bar.set_postfix(
                         failed=sum(o.status == "failed" for o in outcomes.values()), refresh=False
                     )
+            except BaseException:
+                # interrupted (Ctrl-C) or the cluster lost: the index says what is done, runs
+                # finished on disk included (it said "pending" for every run of this sweep)
+                for task in pending:
+                    if task.name not in outcomes and runs.is_complete(task.run):
+                        outcomes[task.name] = TaskOutcome(task.name, "complete")
+                _write_index(out_dir, spec, tasks, outcomes)
+                raise
             finally:
                 bar.close()
                 for future in futures:
