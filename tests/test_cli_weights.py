@@ -167,6 +167,20 @@ def test_verify_names_a_file_no_loader_can_load(capsys, shared_data, tmp_path):
     torch.save({"model_state_dict": tuned}, path)
     code, out, err = run(capsys, "weights", "verify", str(path))
     assert code == 1 and "may still load" in err
+    # a renamed key (not the classifier): no class count makes it load (it said "may still
+    # load"; the loader then refused the key)
+    renamed = state_of("i3d_piergiaj_rgb.json")
+    renamed["Mixed_3b.b0.conv3d.weightX"] = renamed.pop("Mixed_3b.b0.conv3d.weight")
+    torch.save(renamed, tmp_path / "renamed.pt")
+    code, out, err = run(capsys, "weights", "verify", str(tmp_path / "renamed.pt"))
+    assert code == 1 and "may still load" not in err
+    assert "cannot load it: i3d: key 'Mixed_3b.b0.conv3d.weight' is missing from the file" in err
+    tuned = state_of("i3d_piergiaj_rgb.json")  # 10 classes: the classifier only differs
+    tuned["logits.conv3d.weight"] = torch.zeros(10, 1024, 1, 1, 1)
+    tuned["logits.conv3d.bias"] = torch.zeros(10)
+    torch.save(tuned, tmp_path / "ten.pt")
+    code, out, err = run(capsys, "weights", "verify", str(tmp_path / "ten.pt"))
+    assert code == 1 and "may still load" in err
 
 
 def test_fetch_from_a_mirror_checks_the_published_checksum(capsys, table, monkeypatch, tmp_path):

@@ -748,12 +748,64 @@ def _conversion_refusals(
             x for x in backbones.model_class(loader).checkpoint_layouts() if x.name == name
         )
         try:
-            layout.convert(dict(state))
+            converted = layout.convert(dict(state))
         except CheckpointError as error:
             refusals.append(f"{loader}: {error}")
+            continue
         except Exception:  # noqa: BLE001 - a conversion meta tensors cannot run: no verdict
             continue
+        problem = _key_problem(loader, converted)
+        if problem:
+            refusals.append(f"{loader}: {problem}")
     return refusals
+
+
+def _key_problem(loader: str, converted: Mapping[str, Any]) -> str | None:
+    """Why no model of ``loader`` (any modality, default config) has these converted keys
+    outside its classifier: a renamed or missing key cannot load whatever the class count
+    (``verify`` said "it may still load" for it); None when some model has them all, or none
+    can be built to tell."""
+    import difflib
+
+    import torch
+
+    from avda.extract import backbones
+    from avda.extract.backbones.weights import BATCHES_TRACKED
+
+    builder = backbones.BACKBONES.get(loader)
+    ours = {k for k in converted if not k.endswith(BATCHES_TRACKED)}
+    best: tuple[int, str] | None = None
+    for modality in backbones.MODALITIES:
+        try:
+            with torch.device("meta"):
+                model = builder(modality=modality, weights=None)
+        except Exception:  # noqa: BLE001 - no such modality for this backbone
+            continue
+        order = [k for k in model.state_dict() if not k.endswith(BATCHES_TRACKED)]
+        theirs = set(order)
+        missing = [k for k in order if k not in ours and k not in _last_module(order)]
+        extra = sorted(ours - theirs - _last_module([k for k in converted if k in ours]))
+        if not missing and not extra:
+            return None
+        if best is None or len(missing) + len(extra) < best[0]:
+            if missing:
+                close = difflib.get_close_matches(missing[0], extra, n=1, cutoff=0.9)
+                text = f"key {missing[0]!r} is missing from the file" + (
+                    f" (it has {close[0]!r} instead: renamed?)" if close else ""
+                )
+            else:
+                text = f"key {extra[0]!r} is in the file but not in the {modality} model"
+            best = (len(missing) + len(extra), text)
+    return best[1] if best else None
+
+
+def _last_module(keys: Sequence[str]) -> set[str]:
+    """The keys of the last module of a state dict in its order (the classifier a fine-tuned
+    file replaces: ``logits.conv3d.weight`` and ``.bias``, ``audnet.fc.*``)."""
+    if not keys:
+        return set()
+    module = keys[-1].rsplit(".", 1)[0]
+    return {k for k in keys if k.rsplit(".", 1)[0] == module}
 
 
 def _layouts_by_keys(shapes: Mapping[str, Sequence[int]]) -> list[tuple[str, str]]:
