@@ -393,6 +393,8 @@ def test_cli_train_protocol_show_config_retrain_and_errors(capsys, tmp_path):
     )  # fmt: skip
     assert code == 1 and "scores the mean of the last 9 checkpoints" in err, err
     assert "evaluates 5 time(s) (5 epochs, eval_every 1): train at least 9 epochs" in err
+    # the protocol may come from a --config file, where --protocol cannot be dropped
+    assert "(no --protocol, and no protocol: line in a --config file)" in err
     assert not (tmp_path / "short" / runs.STATUS).exists()
     # A run of another version trained too short (here: its kept checkpoints removed) is
     # refused by the table naming why, not told to set what it set.

@@ -213,7 +213,8 @@ def _check_protocol_run(protocol: str, source, target, config, head: str) -> Non
         raise ConfigError(
             f"protocol {protocol} scores the mean of the last {needed} checkpoints, but this "
             f"{head} run evaluates {evaluations} time(s) ({config.epochs} epochs, eval_every "
-            f"{every}): train at least {(needed - 1) * every + 1} epochs, or without --protocol"
+            f"{every}): train at least {(needed - 1) * every + 1} epochs (--epochs), or "
+            "without the protocol (no --protocol, and no protocol: line in a --config file)"
         )
     if _benchmark_domains(protocol) and not _on_benchmark(protocol, source, target):
         labels = (
