@@ -180,3 +180,15 @@ def test_the_build_records_class_tables_are_read_and_ids_outside_them_refused(tm
     Path(f"{path}.build.json").write_text('{"classes": {"verb_class": "abc"}}')
     with pytest.raises(ManifestError, match="not an object of class-name lists"):
         schema.read(path)
+
+
+def test_a_written_csv_keeps_integer_classes_with_unlabelled_rows(tmp_path):
+    # EPIC-100's UDA manifest (target train unlabelled) was written with verb_class 3.0
+    frame = pd.read_csv(pd.io.common.StringIO(GOOD + "c,v1,D2,train,4.0,5.0,\n"))
+    assert frame["verb_class"].dtype == float  # what pandas makes of an empty cell
+    path = schema.write(frame, tmp_path / "m.csv")
+    lines = path.read_text().splitlines()
+    assert lines[1].endswith(",0") and lines[2].endswith(",1") and lines[3].endswith(",")
+    again = schema.read(path)
+    assert schema.fingerprint(again) == schema.fingerprint(frame)
+    assert again["verb_class"].iloc[:2].tolist() == [0, 1] and pd.isna(again["verb_class"][2])

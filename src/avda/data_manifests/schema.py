@@ -476,7 +476,14 @@ def write(frame: pd.DataFrame, path: str | Path) -> Path:
     if path.suffix.lower() in (".parquet", ".pq"):
         frame.to_parquet(path, index=False)
     else:
-        frame.to_csv(path, index=False)
+        # integer columns with empty cells (unlabelled target rows) as integers: 3, not 3.0
+        integers = [c for c in (*CLASS_COLUMNS, "start_frame", "stop_frame") if c in frame]
+        shown = frame.copy()
+        for column in integers:
+            values = pd.to_numeric(shown[column], errors="coerce")
+            if values.notna().any() and (values.dropna() % 1 == 0).all():
+                shown[column] = values.astype("Int64")
+        shown.to_csv(path, index=False)
     return path
 
 

@@ -270,7 +270,7 @@ class ClusterResult:
         lines = [f"{self.store}: clusters/{self.modality} written"]
         for group in self.groups:
             counts = ", ".join(f"{c}:{group.classes[c].n_clusters}" for c in sorted(group.classes))
-            lines.append(f"  source {group.key}: clusters per class {counts}")
+            lines.append(f"  source domain(s) {group.key!r}: clusters per class {counts}")
         for path in self.plots:
             lines.append(f"  plot {path}")
         return "\n".join(lines)
@@ -475,7 +475,7 @@ def plot_elbows(result: ClusterResult, directory: str | Path) -> list[Path]:
             axes.axvline(chosen, color="tab:red", linestyle="--", label=f"elbow k = {chosen}")
             axes.set_xlabel("number of clusters k")
             axes.set_ylabel("k-means inertia")
-            axes.set_title(f"{result.modality}, source {group.key}, class {class_id}")
+            axes.set_title(f"{result.modality}, source domain(s) {group.key}, class {class_id}")
             axes.legend()
             figure.tight_layout()
             name = f"elbow_{group.key.replace(',', '+')}_class{class_id:03d}.png"

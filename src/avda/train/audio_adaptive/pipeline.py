@@ -325,7 +325,9 @@ class AudioAdaptiveStages:
                 "history": history,
                 "source_train_accuracy": _accuracy(probabilities.argmax(1), self.source_labels),
             }
-            log.info("audio classifier: source-train accuracy %s", summary["source_train_accuracy"])
+            log.info(
+                "audio classifier: source-train accuracy %.3f", summary["source_train_accuracy"]
+            )
         self.stages.save_module(name, model, key, summary)
         target.load_state_dict(model.state_dict())
         self._done[name] = target
