@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -200,3 +202,19 @@ def test_sigkill_then_rerun_equals_an_uninterrupted_run(reference_store, demo_da
         np.testing.assert_allclose(
             resumed.load(modality), reference.load(modality), rtol=2e-3, atol=2e-3
         )
+
+
+def test_a_relative_weights_path_is_recorded_absolute(tmp_path, monkeypatch):
+    # `--weights serve/rgb.pt` was recorded as given, `--weights NAME` as the fetched file's
+    # absolute path: a relative one names nothing once the cache is read from elsewhere
+    from avda.extract import backbones
+    from avda.extract.inputs import InputPaths
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "serve").mkdir()
+    (tmp_path / "serve" / "w.pt").write_bytes(b"weights")
+    spec = runner.ModalitySpec("audio", "audio_resnet18", Path("serve/w.pt"))
+    model = backbones.create("audio_resnet18", modality="audio")
+    entry = runner._modality_entry(spec, model, InputPaths(videos=tmp_path))
+    assert entry["weights"] == str(tmp_path / "serve" / "w.pt")
+    assert entry["weights_sha256"] == hashlib.sha256(b"weights").hexdigest()

@@ -25,6 +25,7 @@ import contextlib
 import dataclasses
 import logging
 import multiprocessing
+import os
 import shutil
 import threading
 import time
@@ -195,7 +196,9 @@ def _modality_entry(
 ) -> dict[str, Any]:
     return {
         "backbone": spec.backbone,
-        "weights": str(spec.weights) if spec.weights else None,
+        # absolute: a relative path means nothing once read from elsewhere (a name given as
+        # --weights resolves to the absolute path of its fetched file)
+        "weights": os.path.abspath(spec.weights) if spec.weights else None,
         "weights_sha256": sha256_file(spec.weights) if spec.weights is not None else None,
         "random_init_seed": None if spec.weights else RANDOM_INIT_SEED,
         "input_spec": model.input_spec.to_dict(),
