@@ -775,7 +775,10 @@ def build_report(
         parts.append('<section id="seeds"><h2>Across seeds</h2>')
         table = seeds_table(infos, per_run).to_html(index=False, classes="seeds", border=0)
         opened = table.index(">", table.index("<table")) + 1
-        caption = "per method and setting: mean ± std over seeds (sample std), metrics in %"
+        caption = (
+            "per method and setting: mean ± std over seeds (sample std), metrics in %, of each "
+            "run's final predictions (a protocol's table above may average its last checkpoints)"
+        )
         parts.append(f"{table[:opened]}<caption>{caption}</caption>{table[opened:]}")
         figure = seed_curves_figure(infos)
         if figure is not None:
