@@ -202,7 +202,7 @@ def test_fetch_from_a_mirror_checks_the_published_checksum(capsys, table, monkey
     assert not (tmp_path / "cache" / "bad.pt").exists()
     # a URL given where a file or a name goes: said so (it read "http:/127..." as a path)
     code, out, err = run(capsys, "weights", "verify", f"{mirror}/good.pt")
-    assert code == 1 and f"{mirror}/good.pt: a URL; avda weights verify takes a file" in err
+    assert code == 1 and f"{mirror}/good.pt: a URL; avda weights verify takes files." in err
     with pytest.raises(ConfigError, match=re.escape(f"--weights {mirror}/good.pt: a URL")):
         published.resolve(Path(f"{mirror}/good.pt"))  # what the CLI's Path type hands over
     code, out, err = run(capsys, "weights", "fetch", "good", "--mirror", "/srv/weights")

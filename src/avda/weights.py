@@ -355,7 +355,9 @@ def local_path(entry: PublishedFile, directory: str | Path | None = None) -> Pat
     return Path(directory if directory is not None else weights_dir()) / entry.file_name
 
 
-def refuse_url(value: str | Path, option: str = "--weights") -> None:
+def refuse_url(
+    value: str | Path, option: str = "--weights", takes: str = "a file or a published name"
+) -> None:
     """A URL given where a weights file or name goes, said so: as a ``Path`` (the CLI's
     type) ``http://host/f.pt`` reads ``http:/host/f.pt``, "no such file"."""
     match = re.match(r"^([a-zA-Z][a-zA-Z0-9+.-]*):/+(.*)$", str(value))
@@ -363,9 +365,9 @@ def refuse_url(value: str | Path, option: str = "--weights") -> None:
         return
     url = f"{match.group(1)}://{match.group(2)}"
     raise ConfigError(
-        f"{option} {url}: a URL; {option} takes a file or a published name. Download published "
-        "weights with `avda weights fetch NAME` (from a lab's copy: `--mirror URL`), any other "
-        "file yourself, then give its path"
+        f"{option} {url}: a URL; {option} takes {takes}. Download published weights with "
+        "`avda weights fetch NAME` (from a lab's copy: `--mirror URL`), any other file "
+        "yourself, then give its path"
     )
 
 
@@ -657,7 +659,7 @@ def identify(path: str | Path) -> Identification:
     shapes as a published file: the content itself is not checked); else by the key names a
     loader recognises. Raises :class:`CheckpointError` when nothing matches.
     """
-    refuse_url(path, "avda weights verify")
+    refuse_url(path, "avda weights verify", takes="files")
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: no such file")
