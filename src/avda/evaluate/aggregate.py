@@ -337,7 +337,7 @@ class AggregateTable:
 
         Where both cells are seeds of runs but not the same seeds (a seed failed or was left
         out on one side), the gain is paired: the mean difference over the seeds both have, so
-        that a hard seed missing on one side does not count as a gain (:meth:`unpaired` lists
+        that a hard seed missing on one side does not count as a gain (:meth:`paired` tells
         those cells). Published rows and cells with no seed in common compare their means."""
         if baseline not in self.methods:
             raise ConfigError(
@@ -349,14 +349,12 @@ class AggregateTable:
             reference = self.cell(baseline, column)[0]
             ours = self._by_seed(baseline, column)
             for method in self.methods:
-                theirs = self._by_seed(method, column)
-                common = sorted(set(ours) & set(theirs))
-                if common and (set(ours) != set(theirs)):
-                    gains[(method, column)] = float(
-                        np.mean([theirs[seed] - ours[seed] for seed in common])
-                    )
-                else:
+                if self.paired(method, baseline, column) is None:
                     gains[(method, column)] = self.cell(method, column)[0] - reference
+                    continue
+                theirs = self._by_seed(method, column)
+                common = set(ours) & set(theirs)
+                gains[(method, column)] = float(np.mean([theirs[s] - ours[s] for s in common]))
         return gains
 
     def paired(self, method: str, baseline: str, column: str) -> int | None:
