@@ -140,6 +140,17 @@ def test_extract_records_the_class_tables_of_a_built_manifest(tmp_path, media):
         (["rgb"], {"audio_weights": "vgg.pt"}, "but audio is not extracted (--modalities rgb)"),
         # it ran the rgb extraction and ignored the audio backbone without a word
         (["rgb"], {"audio_backbone": "vggish"}, "--audio-backbone vggish is given, but audio"),
+        # the valid names were every backbone's, i3d and slowfast (no audio) included
+        (
+            ["audio"],
+            {"audio_backbone": "vggish"},
+            "unknown audio backbone 'vggish'; valid: audio_resnet18, tbn",
+        ),
+        (
+            ["rgb"],
+            {"backbone": "i3dd"},
+            "unknown backbone 'i3dd'; did you mean 'i3d'? valid: i3d, slowfast, tbn",
+        ),
     ],
 )
 def test_weights_for_a_modality_not_extracted_are_refused(tmp_path, modalities, given, expected):

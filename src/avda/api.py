@@ -143,6 +143,7 @@ def extract(
             f"extracted (--modalities {','.join(names)}); an audio checkpoint goes to "
             "--audio-weights"
         )
+    _check_backbone_names(names, backbone, audio_backbone)
     if audio_backbone != "audio_resnet18" and "audio" not in names:  # it was ignored silently
         raise ConfigError(
             f"--audio-backbone {audio_backbone} is given, but audio is not extracted "
@@ -359,6 +360,22 @@ def evaluate(
 
 
 __all__ = ["evaluate", "extract", "open_cache", "train"]
+
+
+def _check_backbone_names(names: Sequence[str], backbone: str, audio_backbone: str) -> None:
+    """An unknown backbone name, with the names that extract that kind of modality (the
+    audio list named i3d and slowfast, which have no audio)."""
+    from avda.extract import backbones
+    from avda.extract.backbones.weights import AUDIO_ONLY, VISUAL_ONLY
+    from avda.registry import unknown_name_message
+
+    known = backbones.names()
+    if "audio" in names and audio_backbone not in known:
+        audio = [n for n in known if n not in VISUAL_ONLY]
+        raise ConfigError(unknown_name_message("audio backbone", audio_backbone, audio))
+    if any(m != "audio" for m in names) and backbone not in known:
+        visual = [n for n in known if n not in AUDIO_ONLY]
+        raise ConfigError(unknown_name_message("backbone", backbone, visual))
 
 
 def _checkpoint(value: str | Path | None, option: str) -> Path | None:
