@@ -479,21 +479,20 @@ def _extract(*, out: Path, quiet: bool, **options) -> None:
     result = api.extract(out=out, progress=not quiet, **options)
     pairs = result.done + result.missing + result.failed  # (segment, modality) pairs
     store = open_cache(out)
-    modalities = [m for m in store.modalities if store.status(m).size]
-    what = ""
-    if len(modalities) > 1 and pairs == store.num_segments * len(modalities):
-        what = f" ({store.num_segments} segments x {len(modalities)} modalities)"
+    what, count = "", len(store.modalities)
+    if count > 1 and pairs == store.num_segments * count:
+        what = f" ({store.num_segments} segments x {count} modalities)"
     typer.echo(
         f"{out}: {result.done} done, {result.missing} missing input, {result.failed} failed"
         f"{what} in {result.seconds:.1f} s"
     )
     if result.missing:
-        _report_missing(open_cache(out))
+        _report_missing(store)
     failures = out.parent / f"{out.name}.failures.csv"
     if result.ok:
         # A list left by an earlier run is stale once the store has no failed row at all
         # (a clean shard keeps the list while other shards' rows are still failed).
-        if failures.exists() and open_cache(out).failures().empty:
+        if failures.exists() and store.failures().empty:
             failures.unlink()
     else:
         result.failures.to_csv(failures, index=False)

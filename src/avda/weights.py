@@ -767,12 +767,10 @@ def _key_problem(loader: str, converted: Mapping[str, Any]) -> str | None:
     outside its classifier: a renamed or missing key cannot load whatever the class count
     (``verify`` said "it may still load" for it); None when some model has them all, or none
     can be built to tell."""
-    import difflib
-
     import torch
 
     from avda.extract import backbones
-    from avda.extract.backbones.weights import BATCHES_TRACKED
+    from avda.extract.backbones.weights import BATCHES_TRACKED, renamed_hint
 
     builder = backbones.BACKBONES.get(loader)
     ours = {k for k in converted if not k.endswith(BATCHES_TRACKED)}
@@ -784,17 +782,15 @@ def _key_problem(loader: str, converted: Mapping[str, Any]) -> str | None:
         except Exception:  # noqa: BLE001 - no such modality for this backbone
             continue
         order = [k for k in model.state_dict() if not k.endswith(BATCHES_TRACKED)]
-        theirs = set(order)
-        missing = [k for k in order if k not in ours and k not in _last_module(order)]
+        theirs, classifier = set(order), _last_module(order)
+        missing = [k for k in order if k not in ours and k not in classifier]
         extra = sorted(ours - theirs - _last_module([k for k in converted if k in ours]))
         if not missing and not extra:
             return None
         if best is None or len(missing) + len(extra) < best[0]:
             if missing:
-                close = difflib.get_close_matches(missing[0], extra, n=1, cutoff=0.9)
-                text = f"key {missing[0]!r} is missing from the file" + (
-                    f" (it has {close[0]!r} instead: renamed?)" if close else ""
-                )
+                hint = renamed_hint(missing[0], extra)
+                text = f"key {missing[0]!r} is missing from the file{hint}"
             else:
                 text = f"key {extra[0]!r} is in the file but not in the {modality} model"
             best = (len(missing) + len(extra), text)

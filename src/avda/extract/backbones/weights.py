@@ -322,13 +322,13 @@ def _backbones_detecting(keys: Iterable[str], *, besides: str) -> list[str]:
     ]
 
 
-def _renamed(key: str, state_dict: StateDict, target: Mapping[str, Any]) -> str:
-    """`` (the file has 'X' instead, which the model lacks: renamed?)`` where a key of the file
-    the model does not have is close to the missing ``key``; "" otherwise."""
+def renamed_hint(key: str, extra: Iterable[str]) -> str:
+    """`` (the file has 'X' instead, which the model lacks: renamed?)`` where one of ``extra``
+    (the file's keys the model does not have) is close to the missing ``key``; "" otherwise."""
     import difflib
 
-    extra = [k for k in state_dict if k not in target and not k.endswith(BATCHES_TRACKED)]
-    close = difflib.get_close_matches(key, extra, n=1, cutoff=0.9)
+    candidates = [k for k in extra if not k.endswith(BATCHES_TRACKED)]
+    close = difflib.get_close_matches(key, candidates, n=1, cutoff=0.9)
     if not close:
         return ""
     return f" (the file has {close[0]!r} instead, which the model lacks: renamed?)"
@@ -365,7 +365,8 @@ def load_state_dict_checked(
         if key not in state_dict:
             if key.endswith(BATCHES_TRACKED):
                 continue
-            missing = "is missing from the file" + _renamed(key, state_dict, target)
+            extra = (k for k in state_dict if k not in target)
+            missing = "is missing from the file" + renamed_hint(key, extra)
             fail(key, missing, (), tuple(value.shape))
         file_shape = tuple(state_dict[key].shape)
         if key.endswith(BATCHES_TRACKED):
