@@ -499,3 +499,33 @@ def test_an_interrupted_sweep_indexes_the_runs_it_finished(tmp_path, cache, monk
         "source-only/source-target/seed0": "complete",
         "source-only/source-target/seed1": "complete",
     }
+
+
+def test_a_second_spec_into_the_same_folder_keeps_the_first_specs_runs_in_the_table(
+    tmp_path, cache
+):
+    # sweep.json was replaced by the second spec's runs: `avda evaluate OUT` then dropped the
+    # first spec's finished runs from its table without a word
+    from avda.evaluate import aggregate
+
+    specs = {}
+    for name, head in (("first", "source-only"), ("second", "dann")):
+        (tmp_path / name).mkdir()
+        specs[name] = sweep.load_spec(write_spec(tmp_path / name, {
+            "cache": str(cache), "heads": [{"name": head, "epochs": 1, "hidden_dim": 8}],
+            "settings": ["source->target"], "seeds": [0], "out": str(tmp_path / "runs"),
+        }))  # fmt: skip
+        assert sweep.run_serial(specs[name], out=tmp_path / "runs").ok
+    index = json.loads((tmp_path / "runs" / sweep.INDEX).read_text())
+    assert [(e["method"], e["status"]) for e in index["runs"]] == [
+        ("source-only", "complete"),
+        ("dann", "complete"),
+    ]
+    assert [run.parts[-3] for run in aggregate.find_runs([tmp_path / "runs"])] == [
+        "source-only",
+        "dann",
+    ]
+    # the first spec again: its run is listed once (after the runs of the other spec)
+    assert sweep.run_serial(specs["first"], out=tmp_path / "runs").skipped
+    index = json.loads((tmp_path / "runs" / sweep.INDEX).read_text())
+    assert [e["method"] for e in index["runs"]] == ["dann", "source-only"]

@@ -339,8 +339,13 @@ class SweepSummary:
 
 
 def _write_index(out: Path, spec: SweepSpec, tasks: list[SweepTask], outcomes: dict) -> None:
-    """``OUT/sweep.json``: each run's method label, setting, seed and status (for tables)."""
-    entries = []
+    """``OUT/sweep.json``: each run's method label, setting, seed and status (for tables).
+
+    Runs an earlier spec swept into the same ``out`` keep their entries (first, in their order)
+    while their folders hold a run: ``avda evaluate OUT`` lists the runs of the index, and a
+    second spec (another head) must not hide the first one's finished runs."""
+    earlier, published = _earlier_entries(out, {task.name for task in tasks})
+    entries = [entry for entry in earlier if (out / entry["run"] / runs.CONFIG).exists()]
     for task in tasks:
         outcome = outcomes.get(task.name)
         entries.append(
@@ -356,9 +361,24 @@ def _write_index(out: Path, spec: SweepSpec, tasks: list[SweepTask], outcomes: d
             }
         )
     index: dict[str, Any] = {"spec": spec.source, "protocol": spec.protocol, "runs": entries}
-    if spec.published:
-        index["published"] = spec.published
+    if spec.published or published:
+        index["published"] = spec.published or published
     atomic_write_text(out / INDEX, json.dumps(index, indent=2) + "\n")
+
+
+def _earlier_entries(out: Path, names: set[str]) -> tuple[list[dict[str, Any]], Any]:
+    """The entries of ``out``'s index that are not runs of this spec, and its published rows
+    (an index that cannot be read is replaced, with a warning)."""
+    index = out / INDEX
+    if not index.exists():
+        return [], None
+    try:
+        found = json.loads(index.read_text())
+        entries = [e for e in found.get("runs", []) if str(e["run"]) not in names]
+        return entries, found.get("published")
+    except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
+        log.warning("%s is not a readable sweep index: written anew for this spec's runs", index)
+        return [], None
 
 
 def task_problems(spec: SweepSpec) -> tuple[list[str], int]:
