@@ -10,6 +10,8 @@ reader for PCM files.
 from __future__ import annotations
 
 import fractions
+import logging
+import os
 from pathlib import Path
 
 import av
@@ -277,6 +279,32 @@ def test_damaged_audio_in_extraction_notes_or_fails_the_segment(tmp_path, ac3_av
     assert errors[2] == ""
     assert result.failed == 1
     assert np.isfinite(store.features("audio")[:]).all()
+
+
+def test_a_files_warning_from_several_decoding_workers_is_logged_once(tmp_path, ac3_avi, caplog):
+    # Each decoding worker that opened the file logged its damaged packet: once per worker
+    # (and per fine-tuning epoch), printed from the worker. Now the workers' records come back
+    # with their items and the main process logs each once.
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    _damage_packet(ac3_avi, videos / "clip.avi", 94)
+    manifest = _stereo_manifest("clip", [(0.0, 1.0), (1.0, 2.0), (2.0, 3.0), (3.0, 4.0)])
+    manifest["video_path"] = "clip.avi"
+    with caplog.at_level(logging.WARNING, logger="avda"):
+        runner.extract(
+            manifest,
+            videos=videos,
+            out=tmp_path / "s.zarr",
+            recipe=sampling.get("audio-adaptive"),
+            modalities=[runner.ModalitySpec("audio", "audio_resnet18")],
+            workers=2,
+            progress=False,
+            precision="float32",
+        )
+    damaged = [r for r in caplog.records if "damaged audio packet" in r.getMessage()]
+    assert len(damaged) == 1, [r.getMessage() for r in caplog.records]
+    assert damaged[0].process == os.getpid() and damaged[0].name == "avda.extract.audio"
+    assert (open_cache(tmp_path / "s.zarr").status("audio") == Status.DONE).all()
 
 
 def test_samples_are_placed_by_timestamp_when_a_packet_is_missing(tmp_path):

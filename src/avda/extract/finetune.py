@@ -39,7 +39,7 @@ from avda.devices import resolve_device
 from avda.errors import ConfigError, ManifestError
 from avda.extract import backbones
 from avda.extract.inference import memory_format
-from avda.extract.inputs import InputPaths, SegmentDataset, worker_init
+from avda.extract.inputs import InputPaths, Relayed, SegmentDataset, relay, worker_init
 from avda.extract.sampling import Recipe
 from avda.extract.transforms import model_input
 
@@ -291,6 +291,7 @@ def finetune(
 
     audio_recipe = model.spectrogram_recipe
     visual = modality != "audio"
+    logged: set = set()  # the decoding workers' log records logged so far
     for epoch in range(start_epoch, config.epochs + 1):
         # A new seed per epoch: random clip placements differ from epoch to epoch.
         epoch_recipe = recipe.replace(seed=config.seed * 1000 + epoch)
@@ -299,7 +300,7 @@ def finetune(
             segments, order, inputs, epoch_recipe, modality, model.input_spec, audio_recipe
         )
         loader = DataLoader(
-            dataset,
+            Relayed(dataset),  # the workers' warnings, logged once for the whole fine-tuning
             batch_size=None,
             num_workers=config.workers,
             worker_init_fn=worker_init if config.workers else None,
@@ -318,7 +319,8 @@ def finetune(
         step = 0
         bar = progress_bar(loader, desc=f"finetune epoch {epoch}", unit="seg", disable=not progress)
         optimizer.zero_grad(set_to_none=True)
-        for row, x, _, error in bar:
+        for (row, x, _, error), records in bar:
+            relay(records, logged)
             if x is None:
                 failed += 1
                 log.warning("segment %s skipped: %s", segments["uid"].iloc[row], error)

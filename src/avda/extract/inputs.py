@@ -10,6 +10,7 @@ A :class:`SegmentDataset` item is one segment of one modality: ``(row, x, status
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import sys
 from pathlib import Path
@@ -407,6 +408,60 @@ def worker_init(_: int) -> None:
     # Decoding workers do no heavy math; one thread each leaves the cores to the backbone.
     torch.set_num_threads(1)
     die_with_parent()
+    _keep_logs()
+
+
+class _Kept(logging.Handler):
+    """A decoding worker's log records (logger name, level, message), for the main process."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.NOTSET)
+        self.records: list[tuple[str, int, str]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append((record.name, record.levelno, record.getMessage()))
+
+
+_kept: _Kept | None = None
+
+
+def _keep_logs() -> None:
+    """In a decoding worker: avda's log records are kept, to go back with the next item
+    (:class:`Relayed`), instead of being printed here. Every worker that decodes a file logs
+    that file's warnings (damaged packets, a track cut short), and a fine-tuning epoch starts
+    new workers: printed where they arise, one warning came once per worker and epoch."""
+    global _kept
+    _kept = _Kept()
+    logger = logging.getLogger("avda")
+    logger.handlers = [_kept]
+    logger.propagate = False
+
+
+class Relayed(Dataset):
+    """``dataset``'s items as ``(item, records)``: the log records its worker kept while making
+    the item (none in the main process, which logs them as they come)."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> tuple[Any, list[tuple[str, int, str]]]:
+        item = self.dataset[index]
+        if _kept is None:
+            return item, []
+        records, _kept.records = _kept.records, []
+        return item, records
+
+
+def relay(records: list, seen: set) -> None:
+    """Log the records a worker kept, each one once (``seen``: those logged already)."""
+    for record in map(tuple, records):  # the DataLoader hands tuples on as lists
+        if record not in seen:
+            seen.add(record)
+            name, level, message = record
+            logging.getLogger(name).log(level, "%s", message)
 
 
 def die_with_parent() -> None:

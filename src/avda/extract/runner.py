@@ -55,7 +55,7 @@ from avda.extract.inference import (
     resolve_precision,
     reuse_freed_memory,
 )
-from avda.extract.inputs import InputPaths, SegmentDataset, worker_init
+from avda.extract.inputs import InputPaths, Relayed, SegmentDataset, relay, worker_init
 from avda.extract.sampling import Recipe
 from avda.extract.transforms import check_clip_frames, model_input
 from avda.extract.writer import BackgroundWriter, ChunkWriter
@@ -674,7 +674,7 @@ def _extract_modality(
     )
     workers = _usable_workers(workers)
     loader = DataLoader(
-        dataset,
+        Relayed(dataset),  # the workers' warnings come back with the items, each logged once
         batch_size=None,  # one segment per item; clips of several segments are batched below
         shuffle=False,
         num_workers=workers,
@@ -716,7 +716,9 @@ def _extract_modality(
         bar.update(1)
 
     try:
-        for row, x, state, error in loader:
+        logged: set = set()
+        for (row, x, state, error), records in loader:
+            relay(records, logged)
             if x is None:
                 if state == Status.FAILED:
                     log.warning("segment %s failed: %s", segments["uid"].iloc[row], error)
