@@ -308,6 +308,23 @@ def test_multi_label_runs_report_map_and_configs_tell_methods_apart(tmp_path):
         aggregate.aggregate(run_dirs, metric="top1")
 
 
+def test_no_mean_over_settings_scored_by_different_metrics(tmp_path):
+    # A CharadesEgo run (mAP) beside a UCF->HMDB run (top-1): their Mean was the average of an
+    # mAP and a top-1
+    multi = synthetic_cache(tmp_path / "charades.zarr", tasks=("labels",))
+    single = synthetic_cache(tmp_path / "ucf.zarr", tasks=("verb",))
+    run_dirs = [_train_fast(multi, tmp_path / "ce"), _train_fast(single, tmp_path / "uh")]
+    table = aggregate.aggregate(run_dirs)
+    assert aggregate.MEAN not in table.columns and len(table.columns) == 2
+    assert any("labels mAP, verb top1" in note and "cannot be averaged" in note
+               for note in table.notes)  # fmt: skip
+    assert "cannot be averaged" in tables.aggregate_markdown(table)
+    # the same metric in every column: the Mean is there
+    other = synthetic_cache(tmp_path / "hmdb.zarr", tasks=("verb",), seed=1)
+    same = aggregate.aggregate([run_dirs[1], _train_fast(other, tmp_path / "uh2")])
+    assert same.columns[-1] == aggregate.MEAN
+
+
 def test_runs_of_one_setting_on_other_caches_are_columns_apart_not_seeds(tmp_path):
     """The same head, setting and seed on two caches (other features, or another dataset):
     averaging them as seeds of one experiment would make one number of two; each cache gets

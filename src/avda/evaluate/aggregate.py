@@ -661,6 +661,7 @@ def _settings_table(
     wanted = [metric] if metric else list(rule.metrics)
     several = len(wanted) > 1
     names_used: dict[str, None] = {}  # in the columns' order
+    scored: dict[str, set[str]] = {}  # column -> the "task metric" its cells are
     sets_used: set[str] = set()
     columns = [f"{s} {m}" if several else s for m in wanted for s in settings]
     table = AggregateTable("", _methods_order(infos), columns, {}, {})
@@ -702,11 +703,19 @@ def _settings_table(
             column = f"{info.setting} {wanted_metric}" if several else info.setting
             _add(table, info, column, value)
             names_used[f"{name} {chosen}"] = None
+            scored.setdefault(column, set()).add(f"{name} {chosen}")
         sets_used.add(split)
     if len(settings) > 1:
         for wanted_metric in wanted:
             mean_column = f"{MEAN} {wanted_metric}" if several else MEAN
             group = [f"{s} {wanted_metric}" if several else s for s in settings]
+            kinds = sorted(set().union(*(scored.get(c, set()) for c in group)))
+            if len(kinds) > 1:  # e.g. a CharadesEgo mAP beside a UCF->HMDB top-1
+                table.notes.append(
+                    f"no {mean_column} column: the settings are scored by different metrics "
+                    f"({', '.join(kinds)}), which cannot be averaged"
+                )
+                continue
             table.columns.append(mean_column)
             for method in table.methods:
                 _add_mean(table, method, group, mean_column)
