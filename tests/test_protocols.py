@@ -496,3 +496,20 @@ def test_plan_raises_a_protocols_epochs_for_its_checkpoints(tmp_path):
     plain = setup_lib.plan(cache=cache, head="dann", source=["source"], target=["target"],
                            overrides={"reference_segments": 64})  # fmt: skip
     assert plain.config.epochs < 9
+
+
+def test_every_step_count_a_protocol_states_is_one_of_its_heads_recipe():
+    # the count docs/protocols.md prints: cia-ucf-hmdb said "1,170 steps" (EPIC-55 D2's count)
+    # where its heads make 690; whole epochs make MM-SADA's 3,000 + 6,000 steps 9,009 (1 %)
+    import re
+
+    for protocol in protocols.PROTOCOLS.values():
+        stated = re.match(r"([\d,]+) steps", protocol.schedule or "")
+        if not stated or not protocol.heads:
+            continue
+        steps = int(stated.group(1).replace(",", ""))
+        made = set()
+        for method in protocol.heads:
+            head, values = protocol.resolve(method)
+            made.add(heads_lib.config_class(head).from_dict(values).recipe_steps())
+        assert any(abs(m - steps) <= 0.01 * steps for m in made), (protocol.name, steps, made)

@@ -394,7 +394,7 @@ register(
         split="source train (labelled) + target train (unlabelled); test target test",
         sampling="5 snippets (CIA); one random clip (MM-SADA)",
         optimiser="Adam 3e-3 (CIA's ucf-hmdb preset); MM-SADA's SGD",
-        schedule="1,170 steps of CIA's recipe on UCF101's 1,438 segments",
+        schedule="690 steps (30 epochs of batch 64 on UCF101's 1,438 segments)",
         selection="last epoch",
     )
 )
