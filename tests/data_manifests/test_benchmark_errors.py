@@ -173,6 +173,29 @@ def test_build_manifest_with_source_target_and_options(shared_data, tmp_path):
         )
 
 
+def test_a_setting_of_another_variant_names_the_option_and_an_unknown_one_fails_first(
+    shared_data, tmp_path, monkeypatch
+):
+    # `--setting olympic-ucf` said only "valid: hmdb-ucf, ucf-hmdb", although the benchmark
+    # builds it with -O variant=olympic
+    where = shared_data / "annotations"
+    for asked in ({"setting": "olympic-ucf"}, {"source": "ucf", "target": "olympic"}):
+        with pytest.raises(ConfigError, match=r"add -O variant=olympic$"):
+            build_manifest("ucf-hmdb", where, tmp_path / "x.csv", **asked)
+    with pytest.raises(ConfigError, match=r"drop it \(or -O variant=small\) for HMDB51$"):
+        build_manifest("ucf-hmdb", where, tmp_path / "x.csv", setting="hmdb-ucf",
+                       options=["variant=olympic"])  # fmt: skip
+    build_manifest("ucf-hmdb", where, tmp_path / "o.csv", setting="olympic-ucf",
+                   options=["variant=olympic"])  # fmt: skip
+    assert set(schema.read(tmp_path / "o.csv")["domain"]) == {"ucf", "olympic"}
+    # a name no benchmark has is refused before the annotation files are read
+    from avda.data_manifests import benchmarks
+
+    monkeypatch.setattr(benchmarks, "build", lambda *a, **k: pytest.fail("parsed first"))
+    with pytest.raises(ConfigError, match="unknown setting 'olympics'"):
+        build_manifest("charades-ego", where, tmp_path / "c.csv", setting="olympics")
+
+
 # --- CharadesEgo and UCF/HMDB malformed rows ------------------------------------------------
 
 CHARADES_HEADER = (

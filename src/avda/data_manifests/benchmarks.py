@@ -261,6 +261,19 @@ def build(benchmark: str, annotations: str | Path, **options: Any) -> ManifestBu
     return result
 
 
+def _variant_hint(benchmark: str, options: Mapping[str, Any], asked: set) -> str:
+    """The option that builds the domains or setting asked for, where another variant of
+    ``benchmark`` has them (UCF-Olympic is the ucf-hmdb benchmark's ``variant=olympic``)."""
+    if benchmark != "ucf-hmdb":
+        return ""
+    olympic = options.get("variant") == "olympic"
+    if not olympic and asked & {"olympic", "ucf-olympic", "olympic-ucf"}:
+        return "; the UCF-Olympic lists are a variant of this benchmark: add -O variant=olympic"
+    if olympic and asked & {"hmdb", "ucf-hmdb", "hmdb-ucf"}:
+        return "; variant=olympic builds UCF-Olympic: drop it (or -O variant=small) for HMDB51"
+    return ""
+
+
 def build_manifest(
     benchmark: str,
     annotations: str | Path,
@@ -276,15 +289,22 @@ def build_manifest(
     Writes the manifest (CSV or Parquet by suffix) and ``<output>.build.json`` (class tables,
     dropped-row counts, domains, settings, options). Returns the build.
     """
-    result = build(benchmark, annotations, **parse_options(benchmark, options))
+    parsed = parse_options(benchmark, options)
+    if setting is not None and "->" not in setting.replace("→", "->"):
+        resolve_setting(setting=setting)  # a name no benchmark has: said before the parse
+    result = build(benchmark, annotations, **parsed)
     if source is not None or target is not None or setting is not None:
-        chosen = resolve_setting(
-            source=source,
-            target=target,
-            setting=setting,
-            known_domains=result.manifest["domain"].unique(),
-            named=result.settings,
-        )
+        try:
+            chosen = resolve_setting(
+                source=source,
+                target=target,
+                setting=setting,
+                known_domains=result.manifest["domain"].unique(),
+                named=result.settings,
+            )
+        except ConfigError as error:
+            asked = {setting, *(source or "").split(","), *(target or "").split(",")}
+            raise ConfigError(f"{error}{_variant_hint(benchmark, parsed, asked)}") from None
         result = result.restrict(chosen)
     output = Path(output)
     schema.write(result.manifest, output)
