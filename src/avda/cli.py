@@ -729,10 +729,13 @@ def cache_import(
     elif result.fill:
         typer.echo(
             f"{out}: filled {', '.join(result.modalities)} of {result.rows} segments it held "
-            "(no new segments)"
+            f"(no new segments){result.not_done_text()}"
         )
     else:
-        typer.echo(f"{out}: appended {result.rows} segments ({', '.join(result.modalities)})")
+        typer.echo(
+            f"{out}: appended {result.rows} segments ({', '.join(result.modalities)})"
+            + result.not_done_text()
+        )
 
 
 @cache_app.command("export")

@@ -275,6 +275,9 @@ def test_per_video_npy_features(tmp_path):
         in (store.errors("rgb")[3])
     )
     assert "20 rows at --feature-rate 2" in store.errors("rgb")[3]
+    # `avda cache import` says so: it printed "appended 4 segments (rgb)" and no more
+    assert result.not_done == {"rgb": ({"missing": 1, "failed": 1}, f"no vid2.npy in {folder}")}
+    assert result.not_done_text() == f"; rgb: 1 missing, 1 failed (e.g. no vid2.npy in {folder})"
 
 
 def test_a_second_modality_of_per_video_npy_fills_the_same_segments(tmp_path):

@@ -234,7 +234,8 @@ def test_segments_without_an_input_are_left_out_or_named(tmp_path, caplog):
     gone = np.flatnonzero(np.char.startswith(uids, "target-test-2-") | (uids == "source-train-0-0"))
     for rows in (gone[:1], gone[1:]):  # contiguous runs of rows
         zeros = np.zeros((len(rows), 2, 16), np.float32)
-        store.write("audio", rows, zeros, np.full(len(rows), int(Status.MISSING)), [""] * len(rows))
+        why = ["no audio track in v.mp4"] * len(rows)
+        store.write("audio", rows, zeros, np.full(len(rows), int(Status.MISSING)), why)
     test_rows = np.flatnonzero(np.char.startswith(uids, "target-test-"))
 
     caplog.set_level("WARNING")
@@ -245,6 +246,9 @@ def test_segments_without_an_input_are_left_out_or_named(tmp_path, caplog):
     rows = data_lib.select_rows(store, ["target"], ["test"], ["rgb", "audio"])
     assert sorted(rows) == sorted(test_rows)
     assert "5 selected segments (target test) have no audio input" in caplog.text
+    # the reason the cache recorded, not always "a video without an audio track" (RGB
+    # features missing from an import said so too)
+    assert "(status missing, e.g. audio: no audio track in v.mp4; target-test-2-0" in caplog.text
     assert "--set modalities=[rgb] leaves audio out" in caplog.text
     caplog.clear()
     assert sorted(data_lib.select_rows(store, ["target"], ["test"], ["rgb"])) == sorted(test_rows)

@@ -90,6 +90,16 @@ class ImportResult:
     already_imported: bool = False
     fill: bool = False  # the modalities went into segments the store held (no new rows)
     earlier: dict[str, Any] | None = None  # the store's record of an already imported file
+    # per modality, the segments it gave no features (status -> count, an example reason)
+    not_done: dict[str, tuple[dict[str, int], str]] = dataclasses.field(default_factory=dict)
+
+    def not_done_text(self) -> str:
+        """``; rgb: 9658 missing (no P01_01.npy in feats), 2 failed`` (empty: all done)."""
+        parts = []
+        for modality, (counts, example) in self.not_done.items():
+            said = ", ".join(f"{n} {status}" for status, n in counts.items())
+            parts.append(f"{modality}: {said} (e.g. {example})")
+        return "; " + "; ".join(parts) if parts else ""
 
 
 # --------------------------------------------------------------------------- annotations
@@ -482,7 +492,17 @@ def _commit_import(
     faults.checkpoint("before-record")
     _record_import(store, source, sha, fmt, rows, domain, split, total, new_entries, fill=fill)
     faults.checkpoint("after-record")
-    return ImportResult(out, source, len(rows), sorted(blocks), fill=fill)
+    not_done = {}
+    for modality, block in sorted(blocks.items()):
+        statuses = np.asarray(block.statuses)
+        counts = {
+            status.name.lower(): int((statuses == int(status)).sum())
+            for status in (Status.MISSING, Status.FAILED)
+        }
+        if any(counts.values()):
+            first = int(np.flatnonzero(statuses != int(Status.DONE))[0])
+            not_done[modality] = ({k: v for k, v in counts.items() if v}, block.errors[first])
+    return ImportResult(out, source, len(rows), sorted(blocks), fill=fill, not_done=not_done)
 
 
 def _write_rows(store: FeatureCache, modality: str, rows: np.ndarray, block: _Block) -> None:

@@ -210,8 +210,9 @@ def select_rows(
     if empty.any():
         log.warning(
             "%d selected segments (%s) have no input in any modality used (%s: status missing, "
-            "e.g. videos without an audio track; %s): left out",
-            *(int(empty.sum()), where, ", ".join(modalities), _some_uids(segments, empty)),
+            "e.g. %s; %s): left out",
+            *(int(empty.sum()), where, ", ".join(modalities)),
+            *(_why_missing(cache, modalities, empty), _some_uids(segments, empty)),
         )
     kept = mask & usable & has_input
     for modality, rows in missing.items():
@@ -219,13 +220,23 @@ def select_rows(
         if count:
             others = [m for m in modalities if m != modality]
             log.warning(
-                "%d selected segments (%s) have no %s input (status missing, e.g. videos "
-                "without an audio track; %s): their %s features are zeros; --set "
-                "modalities=[%s] leaves %s out",
-                *(count, where, modality, _some_uids(segments, kept & rows), modality),
-                *(",".join(others), modality),
+                "%d selected segments (%s) have no %s input (status missing, e.g. %s; %s): "
+                "their %s features are zeros; --set modalities=[%s] leaves %s out",
+                *(count, where, modality, _why_missing(cache, [modality], kept & rows)),
+                *(_some_uids(segments, kept & rows), modality, ",".join(others), modality),
             )
     return np.flatnonzero(kept)
+
+
+def _why_missing(cache: FeatureCache, modalities: Sequence[str], rows: np.ndarray) -> str:
+    """Why the first of ``rows`` has no input: the reason its cache recorded (``no P01_01.npy
+    in feats``, ``no audio track``), for the first modality that has one."""
+    first = int(np.flatnonzero(rows)[0])
+    for modality in modalities:
+        reason = str(cache.errors(modality)[first] or "")
+        if reason:
+            return f"{modality}: {reason}"
+    return "no input recorded for them"
 
 
 def _some_uids(segments: pd.DataFrame, rows: np.ndarray, shown: int = 3) -> str:
