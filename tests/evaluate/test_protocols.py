@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import zipfile
 
 import numpy as np
+import pandas as pd
 import pytest
 from scipy.special import softmax as scipy_softmax
 
@@ -289,3 +291,9 @@ def test_multi_hot_and_charades_map():
     assert charades_map(scores, targets) == pytest.approx((1 + 1 + 0.5) / 3)
     with pytest.raises(ConfigError, match=r"'7' is not a class id in 0\.\.2"):
         multi_hot(["7"], 3)
+    # one label or none per row: pandas reads the column as floats (15.0, NaN), refused before
+    as_floats = pd.read_csv(io.StringIO("labels,uid\n2,a\n1,b\n,c\n"))["labels"]
+    assert as_floats.dtype == np.float64
+    np.testing.assert_array_equal(multi_hot(as_floats, 3), [[0, 0, 1], [0, 1, 0], [0, 0, 0]])
+    with pytest.raises(ConfigError, match=r"'1\.5' is not a class id"):
+        multi_hot([1.5], 3)

@@ -330,11 +330,14 @@ def mmsada_checkpoint_accuracy(
 
 
 def multi_hot(labels: Sequence[str | None], num_classes: int) -> np.ndarray:
-    """Manifest ``labels`` cells (``"3;17"``, ``""`` for none) -> ``(N, num_classes)`` 0/1 array."""
+    """Manifest ``labels`` cells (``"3;17"``, ``""`` or NaN for none; a number such as the
+    ``15.0`` of a column pandas read as floats) -> ``(N, num_classes)`` 0/1 array."""
     targets = np.zeros((len(labels), num_classes), dtype=np.int8)
     for row, cell in enumerate(labels):
-        if cell is None or (isinstance(cell, float) and np.isnan(cell)):
+        if cell is None or (isinstance(cell, (float, np.floating)) and np.isnan(cell)):
             continue
+        if isinstance(cell, (float, np.floating)) and float(cell).is_integer():
+            cell = int(cell)  # one label per row, read by pandas as a float column ("15.0")
         for part in str(cell).split(";"):
             part = part.strip()
             if not part:
