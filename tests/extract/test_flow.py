@@ -123,6 +123,8 @@ def test_real_pair_from_a_frame_folder_with_stride(tmp_path, shared_data):
         progress=False,
     )
     assert result.ok and result.computed == 1
+    # the video's flow frames, for a reader of a folder that holds part of them
+    assert json.loads((tmp_path / "flow" / "whale" / "flow.json").read_text())["frames"] == 1
     none = flow.compute_flow(
         _manifest("whale", fps=10.0, start_sec=5.0, stop_sec=6.0),
         out=tmp_path / "near",

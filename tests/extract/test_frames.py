@@ -227,3 +227,54 @@ def test_file_numbers_are_frame_numbers_in_partial_and_zero_based_folders(tmp_pa
     assert stores[1].status("flow").tolist() == [Status.DONE, Status.FAILED]
     np.testing.assert_array_equal(stores[1].load("flow")[0], stores[0].load("flow")[0])
     assert "has no frame 1" in stores[1].errors("flow")[1]
+
+
+def test_a_folder_that_ends_before_its_video_fails_past_its_last_file(tmp_path):
+    # A --segments-only folder of a video's first seconds (flow frames 1..20 of 40, no gaps)
+    # looked whole: frames past 20 repeated frame 20 and were stored as done. flow.json now
+    # records the video's flow frames.
+    early = tmp_path / "clip"
+    _flow_folder(early, range(1, 21))
+    held = frames_lib.FlowFrames(early, frames_lib.FlowConvention(stride=1, bound=20.0, frames=40))
+    assert held.count == 40 and held.u.partial
+    np.testing.assert_array_equal(
+        held.read(np.array([3, 20]), shorter_side=None),
+        frames_lib.FlowFrames(early, frames_lib.FlowConvention(stride=1, bound=20.0)).read(
+            np.array([3, 20]), shorter_side=None
+        ),
+    )
+    for past in ([21, 30], [44]):  # 44: past the video, its last frame (40), not held either
+        with pytest.raises(MediaError, match=r"has no frame .*holds 20 frames numbered "
+                           r"1..20 of the video.s 40; a flow folder of `avda flow "
+                           r"--segments-only`"):  # fmt: skip
+            held.read(np.array(past), shorter_side=None)
+    # read through flow.json, in extraction; and a manifest fps that is not the flow's video's
+    (early / "flow.json").write_text(json.dumps({"stride": 1, "bound": 20.0, "fps": 10.0,
+                                                 "frames": 40}))  # fmt: skip
+    manifest = pd.DataFrame(
+        {
+            "uid": ["early", "late", "other-rate"],
+            "video_id": ["clip"] * 3,
+            "domain": ["d"] * 3,
+            "split": ["train"] * 3,
+            "start_sec": [0.2, 2.5, 0.2],
+            "stop_sec": [1.5, 3.8, 0.8],
+            "fps": [10.0, 10.0, 20.0],
+        }
+    )
+    runner.extract(
+        manifest,
+        flow=tmp_path,
+        out=tmp_path / "f.zarr",
+        recipe=tiny("demo", resize_shorter=24, crop_size=24),
+        modalities=[runner.ModalitySpec("flow", "i3d")],
+        workers=0,
+        progress=False,
+    )
+    store = open_cache(tmp_path / "f.zarr")
+    assert store.status("flow").tolist() == [Status.DONE, Status.FAILED, Status.FAILED]
+    assert "has no frame 24 (nor 16 more)" in store.errors("flow")[1]
+    assert (
+        "the manifest's fps says 20 fps, but " in store.errors("flow")[2]
+        and "flow was computed from a 10 fps video; fix the fps" in store.errors("flow")[2]
+    )

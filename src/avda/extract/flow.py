@@ -2,7 +2,8 @@
 
 Output, per video (the layout ``avda extract --flow`` and the EPIC loaders read)::
 
-    <out>/<video_id>/flow.json                     method, stride, bound, size, weights, fps...
+    <out>/<video_id>/flow.json                     method, stride, bound, size, weights, fps,
+                                                   frames (the video's flow frames)...
     <out>/<video_id>/u/frame_0000000001.jpg ...    horizontal component (x)
     <out>/<video_id>/v/frame_0000000001.jpg ...    vertical component (y)
 
@@ -170,8 +171,11 @@ def compute_flow(
             source = _open_source(rows.iloc[0], root, videos is not None, options)
             # the video's rate: `avda extract --flow` maps a segment's seconds to flow frames
             # with it when the manifest has no fps column
-            _claim_folder(folder, out, {**metadata, "fps": source.fps or None}, force)
             pairs = pair_frames(source.count, options.stride, options.dilation)
+            # and its flow frames, held or not: a --segments-only folder that ends early is
+            # then read as part of the video (a frame past its last file fails, not repeats)
+            about = {"fps": source.fps or None, "frames": len(pairs)}
+            _claim_folder(folder, out, {**metadata, **about}, force)
             wanted = np.arange(1, len(pairs) + 1)
             if segments_only:
                 wanted = _near_segments(wanted, pairs, rows, source.fps, margin)

@@ -58,6 +58,7 @@ class FlowConvention:
     dilation: int = 1
     source: str = "default"
     fps: float | None = None  # the rate of the video it was computed from (flow.json)
+    frames: int | None = None  # the video's flow frames, held or not (flow.json, since 0.x)
 
     @property
     def ratio(self) -> float:
@@ -84,13 +85,14 @@ def flow_convention(folder: Path, video_id: str, stride: int | None = None) -> F
     if metadata.exists():
         try:
             info = json.loads(metadata.read_text())
-            fps = info.get("fps")
+            fps, frames = info.get("fps"), info.get("frames")
             return FlowConvention(
                 stride=int(info["stride"]),
                 bound=float(info["bound"]),
                 dilation=int(info.get("dilation", 1)),
                 source=FLOW_METADATA,
                 fps=float(fps) if fps else None,
+                frames=int(frames) if frames else None,
             )
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise MediaError(
@@ -140,9 +142,11 @@ class ImageSequence:
     folder numbered from 0 is read as 0-based), and kept as they are where a folder holds part
     of a video: ``avda flow --segments-only`` writes only the flow frames near segments, so
     its first file may be frame 21, and frame 30 is read from file 30, not from the folder's
-    tenth file."""
+    tenth file. ``total``: the video's frame count where known (``flow.json``): a folder that
+    ends before it holds part of the video even without gaps (a segments-only folder of the
+    video's first seconds), and a frame past its last file fails instead of repeating it."""
 
-    def __init__(self, directory: Path, pattern: re.Pattern[str]) -> None:
+    def __init__(self, directory: Path, pattern: re.Pattern[str], total: int | None = None) -> None:
         self.directory = directory
         numbers: list[int] = []
         prefix = suffix = ""
@@ -165,14 +169,16 @@ class ImageSequence:
         self._offset = 1 if min(numbers) == 0 else 0  # frame n is file n - offset
         self._held = frozenset(n + self._offset for n in numbers)
         self.first = min(self._held)  # 1-based frame numbers of the first and last files
-        self.count = max(self._held)  # the video's frames up to the last one held
-        if len(self._held) != self.count - self.first + 1:
+        self.count = self.last = max(self._held)  # the video's frames up to the last one held
+        if total is not None and total > self.count:
+            self.count = total  # the video's frames, the last ones not in the folder
+        if len(self._held) != self.last - self.first + 1:
             log.info(
                 "%s: %d images numbered %d..%d (gaps); a segment that needs a missing frame fails",
                 directory,
                 len(self._held),
                 self.first,
-                self.count,
+                self.last,
             )
         self._prefix, self._digits, self._suffix = prefix, digits, suffix
 
@@ -200,7 +206,8 @@ class ImageSequence:
             raise MediaError(
                 f"{self.directory} has no frame {missing[0]}"
                 + (f" (nor {len(missing) - 1} more)" if len(missing) > 1 else "")
-                + f": it holds {len(self._held)} frames numbered {self.first}..{self.count}"
+                + f": it holds {len(self._held)} frames numbered {self.first}..{self.last}"
+                + (f" of the video's {self.count}" if self.count > self.last else "")
                 + (
                     "; a flow folder of `avda flow --segments-only` holds only frames within "
                     "--margin of the manifest's segments: compute it again for these segments "
@@ -263,12 +270,13 @@ class FlowFrames:
     def __init__(self, directory: Path, convention: FlowConvention) -> None:
         self.directory = directory
         self.convention = convention
+        total = convention.frames
         if (directory / "u").is_dir() and (directory / "v").is_dir():
-            self.u = ImageSequence(directory / "u", EPIC_FLOW_PATTERN)
-            self.v = ImageSequence(directory / "v", EPIC_FLOW_PATTERN)
+            self.u = ImageSequence(directory / "u", EPIC_FLOW_PATTERN, total)
+            self.v = ImageSequence(directory / "v", EPIC_FLOW_PATTERN, total)
         else:
-            self.u = ImageSequence(directory, FLOW_PATTERNS["u"])
-            self.v = ImageSequence(directory, FLOW_PATTERNS["v"])
+            self.u = ImageSequence(directory, FLOW_PATTERNS["u"], total)
+            self.v = ImageSequence(directory, FLOW_PATTERNS["v"], total)
         if self.u.count != self.v.count:
             log.warning(
                 "%s: %d u frames but %d v frames; using the first %d",

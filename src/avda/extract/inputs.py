@@ -237,6 +237,16 @@ class SegmentDataset(Dataset):
         # the rate of the video it came from: the video's header, else what `avda flow` recorded
         fallback = self._frames_fps(segment) or reader.convention.fps
         frames_of = self._segment_frames(segment, fallback)
+        recorded = reader.convention.fps
+        if recorded and abs(frames_of.fps - recorded) > 0.01 * recorded:
+            # the segment's seconds would be read on another frame grid than the flow's
+            source = "the manifest's fps" if _value(segment, "fps") else "the video's header"
+            raise MediaError(
+                f"segment {segment['uid']!r}: {source} says {frames_of.fps:g} fps, but "
+                f"{folder / frames_lib.FLOW_METADATA} records that its flow was computed from "
+                f"a {recorded:g} fps video; fix the fps (or compute the flow again from this "
+                "video)"
+            )
         numbers = self.recipe.flow_numbers(frames_of, reader.convention.ratio)
         if numbers.min() > reader.count:  # every frame past the end: not a repeated last one
             raise MediaError(
