@@ -37,14 +37,20 @@ def test_every_problem_is_reported_with_its_row(tmp_path):
         "e,v1,D1,test,0.0,1.0,1.5\n"  # row 6 non-integer class
         "f,v1,D1,test,abc,1.0,1\n"  # row 7 bad number
         "g,v1,D1,test,0.0,1.0,-1\n"  # row 8 negative class (it printed -1.0)
+        "h,v1,D1,test,0.0,1.0,1000000000\n"  # row 9: `avda finetune` asked for 4 TB
+        "i,v1,D1,test,0.0,1.0,99999\n"  # row 10 ok
     )
     with pytest.raises(ManifestError) as info:
         schema.read(path)
     message = str(info.value)
-    assert "6 problem(s)" in message
+    assert "7 problem(s)" in message
     assert "not a non-negative integer: 1.5" in message
     shown = [str(p) for p in info.value.problems]
     assert "row 8 [verb_class]: not a non-negative integer: -1" in shown
+    assert (
+        "row 9 [verb_class]: class id 1000000000 is beyond 99,999: ids number the classes "
+        "from 0 (renumber them)" in shown
+    )
     for expected in (
         "row 3 [uid]: duplicate uid 'a' (first at row 2)",
         "row 4 [split]",

@@ -59,6 +59,10 @@ PATH_ID_COLUMNS: tuple[str, ...] = ("video_id", "domain", "participant_id")
 # Times beyond this many seconds (11.6 days) are refused: no video is that long, and
 # larger values overflow frame numbers.
 MAX_SECONDS = 1e6
+# Class ids index a classifier's outputs (0..C-1): an id of 10^9 made `avda finetune` ask for
+# a 4 TB weight matrix. 100,000 leaves room for any action vocabulary (EPIC-100: 97 verbs,
+# 300 nouns; Kinetics: 700 classes).
+MAX_CLASS_ID = 99_999
 MAX_PROBLEMS_SHOWN = 5  # the rest are counted: an error stays readable on one line
 # A segment may run a little past its video's end (annotations often do: the last frame
 # repeats there); one with more than this fraction of its span past the end is an error.
@@ -343,6 +347,13 @@ def find_problems(frame: pd.DataFrame, *, videos: str | Path | None = None) -> l
         bad = (raw.notna() & numeric.isna()) | (numeric.notna() & (numeric % 1 != 0))
         bad |= numeric.notna() & (numeric < 0)
         add(bad, column, lambda i, r=raw: f"not a non-negative integer: {_shown(r.iloc[i])}")
+        if column in CLASS_COLUMNS:
+            add(
+                ~bad & numeric.notna() & (numeric > MAX_CLASS_ID),
+                column,
+                lambda i, r=raw: f"class id {_shown(r.iloc[i])} is beyond {MAX_CLASS_ID:,}: ids "
+                "number the classes from 0 (renumber them)",
+            )
 
     if "fps" in frame:
         fps = pd.to_numeric(frame["fps"], errors="coerce")
