@@ -654,6 +654,13 @@ def finetune_command(
         f"train accuracy {100 * last.get('accuracy', 0):.1f}%; use it with "
         f"`avda extract {'--audio-weights' if modality == 'audio' else '--weights'} {out}`"
     )
+    if result.skipped:
+        typer.echo(
+            f"{result.skipped} source segments were skipped (their inputs failed), listed in "
+            f"{finetune.failures_path(out)}; fix them and fine-tune again into another -o",
+            err=True,
+        )
+        raise typer.Exit(EXIT_FAILED_ITEMS)
 
 
 # ------------------------------------------------------------------------------ cache

@@ -26,7 +26,7 @@ from avda.errors import CheckpointError, ConfigError, UnknownNameError
 from avda.extract import backbones
 from avda.extract.backbones import audio_resnet, i3d, slowfast, tbn
 from avda.extract.backbones._base import MODALITIES, Backbone
-from avda.extract.backbones.weights import read_checkpoint
+from avda.extract.backbones.weights import advising, read_checkpoint
 
 HERE = Path(__file__).resolve().parent
 REFERENCE_FILES = sorted((HERE / "data").glob("reference_*.pt"))
@@ -602,6 +602,17 @@ def test_a_checkpoint_for_another_backbone_names_it(
             expected = f"use --backbone {own}"
         assert expected in message, (other, message)
         assert f"a checkpoint of {own}" in message
+        # `avda finetune` has no --audio-weights / --audio-backbone: its own options are named
+        with pytest.raises(CheckpointError) as error, advising("finetune"):
+            backbones.create(other, modality=modality, weights=path)
+        message = str(error.value)
+        if other == audio and own in visual:
+            expected = f"a visual backbone's file: fine-tune --backbone {own} --modality rgb"
+        elif own == audio:
+            expected = f"an audio backbone's file: fine-tune --backbone {own} --modality audio"
+        else:
+            expected = f"fine-tune --backbone {own}"
+        assert expected in message and "-weights" not in message, (other, message)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 
+import pandas as pd
 import pytest
 import torch
 
+from avda.errors import ConfigError, MediaError
 from avda.extract import backbones, finetune, sampling
 from avda.extract.inputs import InputPaths
 
@@ -150,3 +152,54 @@ def test_finetune_i3d_rgb(demo_dataset, tmp_path):
         config=finetune.FinetuneConfig(epochs=1, batch_size=4, workers=0),
     )
     backbones.create("i3d", modality="rgb", weights=result.weights)
+
+
+def test_segments_whose_inputs_fail_are_listed_and_none_left_is_an_error(demo_dataset, tmp_path):
+    # A fine-tuning whose videos were all missing stored the initial weights as finished
+    # (exit 0, "train accuracy 0.0%"); with some missing it said nothing of them.
+    root, manifest = demo_dataset
+    source = (manifest["domain"] == "source") & (manifest["split"] == "train")
+    broken = manifest.copy()
+    lost = broken["uid"] == broken.loc[source, "uid"].iloc[0]
+    broken.loc[lost, "video_path"] = "nosuch.mp4"
+    result = _run((root, broken), tmp_path / "some.pt", config=CONFIG.replace(epochs=1))
+    assert result.skipped == int(lost.sum()) > 0
+    listed = pd.read_csv(finetune.failures_path(tmp_path / "some.pt"))
+    assert sorted(listed["uid"]) == sorted(broken.loc[lost, "uid"])
+    assert listed["error"].str.contains("nosuch.mp4").all()
+    # the command says so and exits 3; a rerun (nothing to train) says it again
+    from typer.testing import CliRunner
+
+    from avda.cli import app
+
+    broken.to_csv(tmp_path / "m.csv", index=False)
+    for _ in range(2):
+        ran = CliRunner().invoke(app, [
+            "finetune", "--backbone", "audio_resnet18", "--modality", "audio", "-m",
+            str(tmp_path / "m.csv"), "--videos", str(root), "--source", "source", "-o",
+            str(tmp_path / "cli.pt"), "--recipe", "demo", "--epochs", "1", "--batch-size", "4",
+            "--workers", "0", "-q"])  # fmt: skip
+        assert ran.exit_code == 3, ran.output
+        assert f"{int(lost.sum())} source segments were skipped" in ran.output
+    # every input failing: an error, and no weights stored
+    broken.loc[source, "video_path"] = "nosuch.mp4"
+    with pytest.raises(MediaError, match=r"trained on no clip in epoch 1: the inputs of all "):
+        _run((root, broken), tmp_path / "none.pt", config=CONFIG.replace(epochs=1))
+    assert not (tmp_path / "none.pt").exists() and not (tmp_path / "none.pt.json").exists()
+
+
+def test_a_recipe_the_backbone_cannot_take_is_refused_before_decoding(
+    demo_dataset, tmp_path, monkeypatch
+):
+    # tbn with the default mmsada-train recipe decoded every clip, then stopped with "tbn rgb
+    # expects a (B, 3, H, W) snippet, got shape [4, 48, 224, 224]"; extract refuses it first
+    from avda.extract import inputs
+
+    monkeypatch.setattr(
+        inputs.SegmentDataset, "__getitem__", lambda *a: pytest.fail("decoded first")
+    )
+    refused = r"recipe 'mmsada-train' samples 16 rgb frame.*tbn rgb takes 1.*ta3n"
+    with pytest.raises(ConfigError, match=refused):
+        _run(demo_dataset, tmp_path / "t.pt", backbone="tbn", modality="rgb",
+             recipe=sampling.get("mmsada-train"))  # fmt: skip
+    assert not (tmp_path / "t.pt.partial.pt").exists()

@@ -351,8 +351,10 @@ def find_problems(frame: pd.DataFrame, *, videos: str | Path | None = None) -> l
             add(
                 ~bad & numeric.notna() & (numeric > MAX_CLASS_ID),
                 column,
-                lambda i, r=raw: f"class id {_shown(r.iloc[i])} is beyond {MAX_CLASS_ID:,}: ids "
-                "number the classes from 0 (renumber them)",
+                lambda i, r=raw: (
+                    f"class id {_shown(r.iloc[i])} is beyond {MAX_CLASS_ID:,}: ids "
+                    "number the classes from 0 (renumber them)"
+                ),
             )
 
     if "fps" in frame:

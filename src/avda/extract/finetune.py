@@ -36,8 +36,9 @@ from avda._io import atomic_write_text, progress_bar
 from avda.config import Config
 from avda.data_manifests import schema as manifest_schema
 from avda.devices import resolve_device
-from avda.errors import ConfigError, ManifestError
-from avda.extract import backbones
+from avda.errors import ConfigError, ManifestError, MediaError
+from avda.extract import backbones, runner
+from avda.extract.backbones.weights import advising
 from avda.extract.inference import memory_format
 from avda.extract.inputs import InputPaths, Relayed, SegmentDataset, relay, worker_init
 from avda.extract.sampling import Recipe
@@ -68,6 +69,14 @@ class FinetuneResult:
     epochs: int
     history: list[dict[str, float]]
     seconds: float
+    # source segments whose inputs failed in the last epoch (uid, video_id, error): trained
+    # without; listed in ``<out>.failures.csv``
+    failures: list[tuple[str, str, str]] = dataclasses.field(default_factory=list)
+
+    @property
+    def skipped(self) -> int:
+        """Source segments the last epoch trained without (their inputs failed)."""
+        return int(self.history[-1].get("failed_segments", 0)) if self.history else 0
 
 
 # Settings that do not change the result: how many epochs (a resume may train longer), how
@@ -254,7 +263,9 @@ def finetune(
     inputs.check([modality])
 
     torch.manual_seed(config.seed)
-    model = backbones.create(backbone, modality=modality, weights=weights)
+    with advising("finetune"):  # a wrong checkpoint's advice names finetune's options
+        model = backbones.create(backbone, modality=modality, weights=weights)
+    runner.check_recipe_fits(model, modality, backbone, recipe, maps=False)  # before decoding
     classifier = nn.Linear(model.num_features, num_classes)
     model.train().to(device)
     classifier.to(device)
@@ -292,6 +303,7 @@ def finetune(
     audio_recipe = model.spectrogram_recipe
     visual = modality != "audio"
     logged: set = set()  # the decoding workers' log records logged so far
+    failed: list[tuple[str, str, str]] = []  # the last epoch's failed segments
     for epoch in range(start_epoch, config.epochs + 1):
         # A new seed per epoch: random clip placements differ from epoch to epoch.
         epoch_recipe = recipe.replace(seed=config.seed * 1000 + epoch)
@@ -314,7 +326,7 @@ def finetune(
                              modality, visual, device, generator, recipe)  # fmt: skip
             return step
 
-        failed = 0
+        failed = []
         pending: list[tuple[torch.Tensor, int]] = []
         step = 0
         bar = progress_bar(loader, desc=f"finetune epoch {epoch}", unit="seg", disable=not progress)
@@ -322,8 +334,9 @@ def finetune(
         for (row, x, _, error), records in bar:
             relay(records, logged)
             if x is None:
-                failed += 1
-                log.warning("segment %s skipped: %s", segments["uid"].iloc[row], error)
+                uid = str(segments["uid"].iloc[row])
+                failed.append((uid, str(segments["video_id"].iloc[row]), error))
+                log.warning("segment %s skipped: %s", uid, error)
                 continue
             pending.append((x, int(labels[row])))
             if sum(len(p[0]) for p in pending) < config.batch_size:
@@ -334,12 +347,19 @@ def finetune(
         if step % config.accumulate:
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-        clips_seen = max(totals["clips"], 1.0)
+        if not totals["clips"]:  # nothing trained: the initial weights must not be stored
+            uid, _, why = failed[0]
+            raise MediaError(
+                f"fine-tuning trained on no clip in epoch {epoch}: the inputs of all "
+                f"{len(failed)} source segments failed ({uid}: {why}); fix them (`avda "
+                "manifest validate --videos DIR` checks the videos)"
+            )
+        clips_seen = totals["clips"]
         record = {
             "epoch": epoch,
             "loss": totals["loss"] / clips_seen,
             "accuracy": totals["correct"] / clips_seen,
-            "failed_segments": failed,
+            "failed_segments": len(failed),
         }
         if not math.isfinite(record["loss"]):
             raise ConfigError(f"fine-tuning diverged at epoch {epoch}; lower --lr")
@@ -367,8 +387,23 @@ def finetune(
         "key": key,
     }
     atomic_write_text(out.with_name(out.name + ".json"), json.dumps(meta, indent=2))
+    _write_failures(out, failed)
     partial.unlink(missing_ok=True)
-    return FinetuneResult(out, config.epochs, history, time.perf_counter() - began)
+    return FinetuneResult(out, config.epochs, history, time.perf_counter() - began, failed)
+
+
+def failures_path(out: Path) -> Path:
+    """``<out>.failures.csv``: the source segments a fine-tuning trained without."""
+    return out.with_name(out.name + ".failures.csv")
+
+
+def _write_failures(out: Path, failed: list[tuple[str, str, str]]) -> None:
+    path = failures_path(out)
+    if not failed:
+        path.unlink(missing_ok=True)
+        return
+    text = pd.DataFrame(failed, columns=["uid", "video_id", "error"]).to_csv(index=False)
+    atomic_write_text(path, text)
 
 
 def _step(

@@ -413,29 +413,37 @@ def _build_model(spec: ModalitySpec, recipe: Recipe) -> backbones.Backbone:
         torch.manual_seed(RANDOM_INIT_SEED)
         model = backbones.create(spec.backbone, modality=spec.modality, weights=spec.weights)
     model.eval()
+    check_recipe_fits(model, spec.modality, spec.backbone, recipe)
+    return model
+
+
+def check_recipe_fits(
+    model: backbones.Backbone, modality: str, backbone: str, recipe: Recipe, *, maps: bool = True
+) -> None:
+    """Refuse, before any decoding, a recipe whose clips the backbone cannot take (extraction
+    and fine-tuning; ``maps``: the spatial maps a recipe asks for are stored)."""
     audio_spec = model.input_spec
-    if spec.modality == "audio" and audio_spec.size and audio_spec.clip_seconds:
+    if modality == "audio" and audio_spec.size and audio_spec.clip_seconds:
         if abs(recipe.audio_seconds - audio_spec.clip_seconds) > 0.01:
             raise ConfigError(
-                f"{spec.backbone} audio takes {audio_spec.clip_seconds} s windows "
+                f"{backbone} audio takes {audio_spec.clip_seconds} s windows "
                 f"({audio_spec.size[0]} x {audio_spec.size[1]} spectrograms); recipe "
                 f"{recipe.name!r} cuts {recipe.audio_seconds} s: use ta3n, rna-net or cia, or "
-                "--audio-backbone audio_resnet18"
+                "the audio_resnet18 backbone"
             )
-    if spec.modality != "audio":
-        frames = recipe.clip_frames[spec.modality]
-        check_clip_frames(model.input_spec, frames, recipe=recipe.name, backbone=spec.backbone)
+    if modality != "audio":
+        frames = recipe.clip_frames[modality]
+        check_clip_frames(model.input_spec, frames, recipe=recipe.name, backbone=backbone)
         if recipe.pixel_normalisation == "mmsada" and not model.mmsada_pixels:
             raise ConfigError(
                 f"recipe {recipe.name!r} normalises pixels the MM-SADA way (x / 128 - 1), which "
-                f"is I3D's; {spec.backbone} needs its own input_spec: use another recipe"
+                f"is I3D's; {backbone} needs its own input_spec: use another recipe"
             )
-    if recipe.spatial and spec.modality != "audio" and not model.spatial_maps:
+    if maps and recipe.spatial and modality != "audio" and not model.spatial_maps:
         raise ConfigError(
             f"recipe {recipe.name!r} stores spatial maps, which avda extracts for "
-            f"{', '.join(backbones.with_spatial_maps())} only (not {spec.backbone})"
+            f"{', '.join(backbones.with_spatial_maps())} only (not {backbone})"
         )
-    return model
 
 
 def _wants_spatial(recipe: Recipe, spec: ModalitySpec) -> bool:

@@ -20,12 +20,14 @@ One path for every backbone:
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import logging
 import pickle
 import re
 import zipfile
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -289,6 +291,21 @@ AUDIO_ONLY = frozenset({"audio_resnet18"})  # backbones without a visual modalit
 VISUAL_ONLY = frozenset({"i3d", "slowfast"})  # backbones without audio (tbn has both)
 
 
+# The command whose options the advice names: `avda finetune` has one --backbone and
+# --modality where `avda extract` has --weights and --audio-weights.
+_COMMAND: contextvars.ContextVar[str] = contextvars.ContextVar("avda_command", default="extract")
+
+
+@contextlib.contextmanager
+def advising(command: str) -> Iterator[None]:
+    """Name ``command``'s options in the advice of a wrong checkpoint."""
+    token = _COMMAND.set(command)
+    try:
+        yield
+    finally:
+        _COMMAND.reset(token)
+
+
 def _which_option(model: str, others: list[str]) -> str:
     """The fix for a checkpoint of ``others`` given to ``model``: a visual file given as audio
     weights belongs to --weights (it said "use --backbone i3d" for an --audio-weights value),
@@ -296,6 +313,12 @@ def _which_option(model: str, others: list[str]) -> str:
     other = others[0]
     name, _, modality = model.partition(" ")  # "i3d rgb", "tbn audio", "audio_resnet18"
     as_audio = modality == "audio" or name in AUDIO_ONLY  # given as audio weights
+    if _COMMAND.get() == "finetune":
+        if as_audio and other in VISUAL_ONLY:
+            return f"a visual backbone's file: fine-tune --backbone {other} --modality rgb"
+        if not as_audio and other in AUDIO_ONLY:
+            return f"an audio backbone's file: fine-tune --backbone {other} --modality audio"
+        return f"fine-tune --backbone {other}"
     if as_audio and other in VISUAL_ONLY:
         return (
             f"a visual backbone's file: give it to --weights (--backbone {other}), not to "
