@@ -145,6 +145,25 @@ def test_precision_is_recorded_and_never_mixed(reference_store, demo_dataset, tm
     np.testing.assert_allclose(bfloat16, float32, rtol=0.1, atol=0.05 * np.abs(float32).max())
 
 
+def test_a_shard_never_overwrites_the_precision_another_shard_recorded(demo_dataset, tmp_path):
+    # Shards started side by side with other --precision: the second found no done row yet,
+    # overwrote the record, and the store held bfloat16 and float32 rows as "float32"
+    from avda.extract.runner import check_precision
+
+    root, manifest = demo_dataset
+    store_path = tmp_path / "s.zarr"
+    _extract(manifest.head(2), root, store_path, modalities=MODALITIES[:1], prepare_only=True)
+    store = open_cache(store_path, mode="r+")
+    check_precision(store, "rgb", "bfloat16", device="cpu", force=False, sharded=True)
+    assert not (store.status("rgb") == Status.DONE).any()  # shard 0 has not finished a chunk
+    with pytest.raises(CacheError, match=r"records rgb in bfloat16 \(another shard may be "
+                       r"computing it\); this shard would compute float32 on cpu\. Pass "
+                       r"--precision bfloat16 to every shard"):  # fmt: skip
+        check_precision(store, "rgb", "float32", device="cpu", force=False, sharded=True)
+    assert open_cache(store_path).modality_info("rgb")["precision"] == "bfloat16"
+    check_precision(store, "rgb", "bfloat16", device="cpu", force=False, sharded=True)
+
+
 def test_sigkill_then_rerun_equals_an_uninterrupted_run(reference_store, demo_dataset, tmp_path):
     root, manifest = demo_dataset
     manifest_path = tmp_path / "manifest.csv"

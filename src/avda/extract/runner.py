@@ -362,17 +362,32 @@ def _check_frame_times(store: FeatureCache, modality: str, force: bool) -> bool:
 
 
 def check_precision(
-    store: FeatureCache, modality: str, precision: str, *, device: str, force: bool
+    store: FeatureCache,
+    modality: str,
+    precision: str,
+    *,
+    device: str,
+    force: bool,
+    sharded: bool = False,
 ) -> None:
     """Record the precision ``modality`` is extracted in; refuse to mix precisions in a store.
 
     A store resumed on another machine (a GPU, a CPU without native bf16) with ``auto`` would
     otherwise hold features of two precisions (~0.3% apart). ``force`` recomputes the modality.
+    A shard refuses any other recorded precision, done rows or not: the shard that recorded it
+    may be running and not have finished a chunk yet (a second shard overwrote the record, and
+    the store held both precisions under one name).
     """
     info = store.modality_info(modality)
     found = info.get("precision")
     if found == precision:
         return
+    if sharded and found is not None:
+        raise CacheError(
+            f"store {store.path} records {modality} in {found} (another shard may be computing "
+            f"it); this shard would compute {precision} on {device}. Pass --precision {found} "
+            "to every shard"
+        )
     done = found is not None and bool(np.any(store.status(modality) == Status.DONE))
     if done and not force:
         raise CacheError(
@@ -564,7 +579,8 @@ def extract(
                     prepare_modality(store, spec, recipe, inputs, force=force, model=model)
                 )
                 if not prepare_only:
-                    check_precision(store, spec.modality, resolved, device=device, force=force)
+                    check_precision(store, spec.modality, resolved, device=device, force=force,
+                                    sharded=shard is not None)  # fmt: skip
         faults.checkpoint("extract-opened")
         if prepare_only:
             return summarise(store, [m.modality for m in modalities], began, shard=shard)
