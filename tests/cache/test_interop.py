@@ -103,6 +103,26 @@ def test_epic_pickles_are_joined_by_narration_id_and_appended(uda, tmp_path):
         )
 
 
+
+def test_rows_of_another_backbone_are_not_appended_to_a_modality(uda, tmp_path):
+    # An import checked K and D only: TBN rows went into an I3D-extracted modality, and the
+    # store's provenance said i3d for all of them
+    target = pd.read_csv(uda / "EPIC_100_uda_target_val.csv")
+    ids = target["narration_id"].tolist()
+    _feature_pickle(tmp_path / "a.pkl", ids[:4])
+    _feature_pickle(tmp_path / "b.pkl", ids[4:8], seed=1)
+    _feature_pickle(tmp_path / "c.pkl", ids[8:12], seed=2)
+    out, where = tmp_path / "s.zarr", uda / "EPIC_100_uda_target_val.csv"
+    common = {"annotations": where, "domain": "target", "split": "val"}
+    interop.import_features(tmp_path / "a.pkl", out=out, backbone="tbn", **common)
+    with pytest.raises(CacheError, match=r"holds rgb features of backbone tbn; .*b.pkl is "
+                       r"imported with --backbone i3d: .*import with --backbone tbn"):  # fmt: skip
+        interop.import_features(tmp_path / "b.pkl", out=out, backbone="i3d", **common)
+    assert open_cache(out).num_segments == 4
+    interop.import_features(tmp_path / "c.pkl", out=out, **common)  # EPIC's release: tbn
+    assert open_cache(out).num_segments == 8
+
+
 class _Exploit:
     def __reduce__(self):
         return (os.system, ("touch pwned",))

@@ -264,6 +264,15 @@ def _check_import(
                     f"D={found['num_features']}; {source} has K={K}, D={D}: import it into "
                     "another store"
                 )
+            theirs, ours = found.get("backbone", "unknown"), block.info.get("backbone", "unknown")
+            if theirs != ours:  # rows of two backbones under one modality's provenance
+                said = "no --backbone" if ours == "unknown" else f"--backbone {ours}"
+                raise CacheError(
+                    f"{store.path} holds {modality} features of backbone {theirs}; {source} is "
+                    f"imported with {said}: features of one modality come from one backbone. "
+                    f"If they are {theirs}'s, import with --backbone {theirs}; else import "
+                    "them into another store"
+                )
     if _adds_modalities(store, segments, blocks):
         return _same_segments(store, segments, source)
     return _rows_for(store, segments, source, sorted(blocks))
