@@ -103,7 +103,6 @@ def test_epic_pickles_are_joined_by_narration_id_and_appended(uda, tmp_path):
         )
 
 
-
 def test_rows_of_another_backbone_are_not_appended_to_a_modality(uda, tmp_path):
     # An import checked K and D only: TBN rows went into an I3D-extracted modality, and the
     # store's provenance said i3d for all of them
@@ -235,10 +234,17 @@ def test_h5_export_round_trip_and_generic_h5(uda, tmp_path):
         np.testing.assert_array_equal(restored.load(modality), original.load(modality))
         np.testing.assert_array_equal(restored.status(modality), original.status(modality))
     pd.testing.assert_frame_equal(restored.segments, original.segments)
+    # the class tables (a training sized its classifiers by the largest id without them) and
+    # the recipe come back too
+    assert original.provenance["classes"]["verb_class"][:2] == ["take", "put"]
+    assert restored.provenance["classes"] == original.provenance["classes"]
+    assert restored.provenance["recipe"] == {**original.provenance["recipe"],
+                                             "imported_from": "h5"}  # fmt: skip
     # A generic file: an id dataset and one (N, D) dataset per modality.
     with h5py.File(tmp_path / "generic.h5", "w") as handle:
         handle["narration_ids"] = np.array(ids, dtype=object).astype("S")
         handle["RGB"] = features["RGB"][:, 0]
+        handle["times"] = np.zeros((len(ids), 2))  # not a modality: left out, with a warning
     generic = interop.import_features(
         tmp_path / "generic.h5",
         out=tmp_path / "g.zarr",
@@ -249,6 +255,15 @@ def test_h5_export_round_trip_and_generic_h5(uda, tmp_path):
     loaded = open_cache(generic.store).load("rgb")
     assert loaded.shape == (9, 1, D)
     np.testing.assert_allclose(loaded[:, 0], features["RGB"][:, 0], atol=4e-3)
+    assert open_cache(generic.store).modalities == ["rgb"]
+    # one dataset called features (of which modality?): one line naming the fix, not an
+    # internal TypeError
+    with h5py.File(tmp_path / "one.h5", "w") as handle:
+        handle["ids"] = np.array(ids, dtype=object).astype("S")
+        handle["features"] = features["RGB"][:, 0]
+    with pytest.raises(CacheError, match=r"one dataset 'features' \(9, \d+\); .*rename it"):
+        interop.import_features(tmp_path / "one.h5", out=tmp_path / "o.zarr",
+                                annotations=uda / "EPIC_100_uda_source_val.pkl")  # fmt: skip
     # And back to the TA3N pickle layout, read by the restricted unpickler.
     interop.export_epic_pickle(out, tmp_path / "ta3n.pkl", domain="source", split="val")
     data = safe_pickle.load(tmp_path / "ta3n.pkl")

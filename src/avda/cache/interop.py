@@ -50,7 +50,7 @@ import hashlib
 import json
 import logging
 import pickle
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -77,6 +77,7 @@ H5_FORMAT = "avda-h5"
 H5_FORMAT_VERSION = 1
 # EPIC-100 UDA feature dict keys <-> avda modalities (dict order = TA3N's concatenation order).
 RELEASED_MODALITIES: dict[str, str] = {"RGB": "rgb", "Flow": "flow", "Audio": "audio"}
+MODALITIES = tuple(RELEASED_MODALITIES.values())
 ID_DATASETS = ("uid", "uids", "narration_ids", "narration_id", "ids", "names")
 ImportFormat = Literal["auto", "epic-pkl", "h5", "npy"]
 
@@ -393,19 +394,30 @@ def _open_existing(out: Path) -> FeatureCache | None:
 
 
 def _create_store(
-    out: Path, chunk_rows: int, fmt: str, annotations: Path | None = None
+    out: Path,
+    chunk_rows: int,
+    fmt: str,
+    annotations: Path | None = None,
+    exported: Mapping[str, Any] | None = None,
 ) -> FeatureCache:
     """A new, empty store at ``out`` (built under another name and renamed into place), with
-    the class tables found for ``annotations`` (:func:`import_classes`)."""
+    the class tables found for ``annotations`` (:func:`import_classes`), or those and the
+    recipe of the store an avda HDF5 file was ``exported`` from (its provenance)."""
     empty = pd.DataFrame({c: pd.Series(dtype=object) for c in schema.REQUIRED_SEGMENT_COLUMNS})
+    classes = import_classes(annotations) if annotations is not None else None
+    recipe: dict[str, Any] = {"name": "imported", "format": fmt}
+    if exported:
+        classes = exported.get("classes") or classes
+        if isinstance(exported.get("recipe"), dict):
+            recipe = {**exported["recipe"], "imported_from": fmt}
     return create(
         out,
         empty,
         manifest_sha256="",
-        recipe={"name": "imported", "format": fmt},
+        recipe=recipe,
         chunk_rows=chunk_rows,
         shrink_chunks=False,
-        classes=import_classes(annotations) if annotations is not None else None,
+        classes=classes,
     )
 
 
@@ -453,6 +465,7 @@ def _commit_import(
     split: str | None,
     chunk_rows: int,
     annotations: Path | None = None,
+    exported: Mapping[str, Any] | None = None,
 ) -> ImportResult:
     """Write a checked import and commit it (the caller holds the store's lock).
 
@@ -465,7 +478,7 @@ def _commit_import(
     remove_partial_creations(out)
     fill = _adds_modalities(store, segments, blocks)
     if store is None:
-        store = _create_store(out, chunk_rows, fmt, annotations)
+        store = _create_store(out, chunk_rows, fmt, annotations, exported)
         faults.checkpoint("after-create")
     else:
         store.repair()
@@ -752,8 +765,10 @@ def import_h5(
         if store is not None and (earlier := _already_imported(store, sha)) is not None:
             return ImportResult(out, source, 0, [], already_imported=True, earlier=earlier)
         with h5py.File(source, "r") as handle:
+            exported = None
             if handle.attrs.get("format") == H5_FORMAT:
                 segments, arrays, statuses, errors, infos = _read_avda_h5(handle, source)
+                exported = _exported_provenance(handle)
                 if domain is not None:
                     segments["domain"] = domain
                 if split is not None:
@@ -794,7 +809,18 @@ def import_h5(
             split=split,
             chunk_rows=chunk_rows,
             annotations=Path(annotations) if annotations is not None else None,
+            exported=exported,
         )
+
+
+def _exported_provenance(handle) -> dict[str, Any]:
+    """The provenance of the store an avda HDF5 file was exported from ({} if unreadable:
+    the file's own checks report a damaged one)."""
+    try:
+        found = json.loads(handle.attrs.get(schema.ROOT_ATTRIBUTE, "{}"))
+    except (TypeError, ValueError):
+        return {}
+    return found if isinstance(found, dict) else {}
 
 
 def _read_avda_h5(handle, source: Path):
@@ -852,17 +878,32 @@ def _read_generic_h5(handle, source: Path):
             "annotations"
         )
     ids = [v.decode() if isinstance(v, bytes) else str(v) for v in handle[id_name][:]]
+    names = "rgb, flow or audio (or RGB, Flow, Audio)"
     container = handle["features"] if "features" in handle else handle
-    arrays = {}
+    if hasattr(container, "shape"):  # one dataset called features: of which modality?
+        raise CacheError(
+            f"{source}: its features are one dataset 'features' {container.shape}; avda reads "
+            f"one dataset per modality, named {names}, at the root or in a 'features' group: "
+            "rename it (h5py: f.move('features', 'rgb'))"
+        )
+    arrays, ignored = {}, []
     for name in container:
         dataset = container[name]
         if name in ID_DATASETS or not hasattr(dataset, "shape") or len(dataset.shape) not in (2, 3):
             continue
+        modality = RELEASED_MODALITIES.get(name, name.lower())
+        if modality not in MODALITIES:  # times, labels...: not features
+            ignored.append(name)
+            continue
         if dataset.shape[0] != len(ids):
             raise CacheError(f"{source}: {name} has {dataset.shape[0]} rows, {len(ids)} ids")
-        arrays[RELEASED_MODALITIES.get(name, name.lower())] = dataset
+        arrays[modality] = dataset
+    if ignored:
+        log.warning(
+            "%s: datasets %s ignored: not a modality (%s)", source, ", ".join(ignored), names
+        )
     if not arrays:
-        raise CacheError(f"{source} holds no (N, K, D) or (N, D) feature datasets")
+        raise CacheError(f"{source} holds no (N, K, D) or (N, D) feature dataset named {names}")
     return ids, arrays
 
 
