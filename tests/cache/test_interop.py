@@ -448,3 +448,17 @@ def test_an_epic100_import_keeps_the_whole_class_tables(uda, tmp_path):
     lone.parent.mkdir()
     source.iloc[:24].to_csv(lone, index=False)
     assert interop.import_classes(lone) == {}
+
+
+def test_byte_string_ids_in_a_pickle_are_read_as_text(uda, tmp_path):
+    # HDF5 ids were decoded, a pickle's were not: b'P01_02_90' was "not in" the annotations
+    ids = pd.read_csv(uda / "EPIC_100_uda_target_val.csv")["narration_id"].iloc[:5].tolist()
+    features = {"RGB": np.random.default_rng(0).normal(size=(5, K, D)).astype(np.float32)}
+    for name, given in (("list", [i.encode() for i in ids]), ("array", np.array(ids, "S"))):
+        with open(tmp_path / f"{name}.pkl", "wb") as handle:
+            pickle.dump({"features": features, "narration_ids": given}, handle, protocol=2)
+        result = interop.import_features(
+            tmp_path / f"{name}.pkl", out=tmp_path / f"{name}.zarr", domain="target",
+            split="val", annotations=uda / "EPIC_100_uda_target_val.csv",
+        )  # fmt: skip
+        assert open_cache(result.store).segments["uid"].tolist() == ids

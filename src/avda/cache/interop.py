@@ -716,7 +716,7 @@ def import_epic_pickle(
                 "'features' and 'narration_ids')"
             )
         features = data["features"]
-        ids = [str(i) for i in list(data["narration_ids"])]
+        ids = [_text_id(i) for i in list(data["narration_ids"])]
         if not isinstance(features, dict) or not features:
             raise CacheError(f"{source}: 'features' must be a dict of modality -> [N, K, D] arrays")
         table = read_segment_table(annotations, domain=domain, split=split)
@@ -813,6 +813,14 @@ def import_h5(
         )
 
 
+def _text_id(value: Any) -> str:
+    """An id as text: bytes (HDF5 strings, numpy ``S`` arrays in a pickle) decoded, as every
+    reader does (a pickle's ``b'P01_02_90'`` was refused as not in the annotations)."""
+    if isinstance(value, (bytes, np.bytes_)):
+        return bytes(value).decode()
+    return str(value)
+
+
 def _exported_provenance(handle) -> dict[str, Any]:
     """The provenance of the store an avda HDF5 file was exported from ({} if unreadable:
     the file's own checks report a damaged one)."""
@@ -877,7 +885,7 @@ def _read_generic_h5(handle, source: Path):
             f"{source} has no id dataset (one of {', '.join(ID_DATASETS)}) to join with the "
             "annotations"
         )
-    ids = [v.decode() if isinstance(v, bytes) else str(v) for v in handle[id_name][:]]
+    ids = [_text_id(v) for v in handle[id_name][:]]
     names = "rgb, flow or audio (or RGB, Flow, Audio)"
     container = handle["features"] if "features" in handle else handle
     if hasattr(container, "shape"):  # one dataset called features: of which modality?
