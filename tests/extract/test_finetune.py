@@ -203,3 +203,7 @@ def test_a_recipe_the_backbone_cannot_take_is_refused_before_decoding(
         _run(demo_dataset, tmp_path / "t.pt", backbone="tbn", modality="rgb",
              recipe=sampling.get("mmsada-train"))  # fmt: skip
     assert not (tmp_path / "t.pt.partial.pt").exists()
+    # a modality the backbone lacks is said first (not "flow features need --flow DIR", then,
+    # given --flow, that slowfast takes rgb only)
+    with pytest.raises(ConfigError, match=r"slowfast takes only modality 'rgb', got 'flow'"):
+        _run(demo_dataset, tmp_path / "s.pt", backbone="slowfast", modality="flow")

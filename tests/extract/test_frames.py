@@ -135,6 +135,16 @@ def test_extract_from_frame_folders_and_refuse_other_inputs(epic_folders, tmp_pa
         runner.extract(manifest, out=out, videos=tmp_path, flow=flow_root, **options)
     with pytest.raises(CacheError, match="flow_stride"):
         runner.extract(manifest, out=out, frames=rgb_root, flow=flow_root, flow_stride=1, **options)
+    # RGB frame folders without a rate for a segment: one error before any work (each segment
+    # failed "no frame rate" once the run had started)
+    bare = manifest.drop(columns=[c for c in ("fps", "start_frame", "stop_frame")
+                                  if c in manifest]).iloc[:1]  # fmt: skip
+    with pytest.raises(ConfigError, match=r"1 of 1 segments \(first: .*\) have no frame rate "
+                       r"for the RGB frame folders.*add an fps column"):  # fmt: skip
+        runner.extract(bare, out=tmp_path / "bare.zarr", frames=rgb_root, flow=flow_root,
+                       **options)  # fmt: skip
+    assert not (tmp_path / "bare.zarr").exists()
+    InputPaths(frames=rgb_root).check_rates(manifest, ["rgb"])  # the frame columns suffice
 
 
 def test_missing_folders_and_inputs_are_reported(epic_folders, tmp_path):

@@ -260,12 +260,13 @@ def finetune(
     rows = _source_rows(segments, source)
     labels = pd.to_numeric(segments["verb_class"], errors="coerce").to_numpy()
     num_classes = int(np.nanmax(labels)) + 1
-    inputs.check([modality])
 
     torch.manual_seed(config.seed)
     with advising("finetune"):  # a wrong checkpoint's advice names finetune's options
         model = backbones.create(backbone, modality=modality, weights=weights)
     runner.check_recipe_fits(model, modality, backbone, recipe, maps=False)  # before decoding
+    inputs.check([modality])  # after the backbone's own refusal of the modality
+    inputs.check_rates(segments.iloc[rows], [modality])
     classifier = nn.Linear(model.num_features, num_classes)
     model.train().to(device)
     classifier.to(device)

@@ -94,6 +94,30 @@ class InputPaths:
         if "rgb" in modalities and self.source_of("rgb") == "video":
             video_backend()  # one error for a bad AVDA_VIDEO_DECODER or decord asked but missing
 
+    def check_rates(self, segments: pd.DataFrame, modalities: list[str]) -> None:
+        """RGB frame folders have no timestamps: without --videos (whose headers give the
+        rate) every segment needs the manifest's fps or its start/stop_frame. One error before
+        any work; it was each segment failing. (Flow folders of `avda flow` record the rate.)"""
+        if "rgb" not in modalities or self.source_of("rgb") != "frames" or self.videos:
+            return
+
+        def column(name: str) -> pd.Series:
+            if name not in segments:
+                return pd.Series(np.nan, index=segments.index)
+            return pd.to_numeric(segments[name], errors="coerce")
+
+        has_rate = column("fps") > 0
+        has_frames = column("start_frame").notna() & column("stop_frame").notna()
+        lacking = ~(has_rate | has_frames)
+        if lacking.any():
+            first = segments.loc[lacking, "uid"].iloc[0]
+            raise ConfigError(
+                f"{int(lacking.sum())} of {len(segments)} segments (first: {first}) have no "
+                "frame rate for the RGB frame folders, which have no timestamps of their own: "
+                "add an fps column (or start_frame and stop_frame) to the manifest, or give "
+                "--videos for their headers"
+            )
+
 
 class SegmentDataset(Dataset):
     """Item = (row, input tensor or None, status, error) for one segment and one modality.

@@ -555,6 +555,7 @@ def extract(
             "(--force --prepare-only, without --shard), then run the shards"
         )
     segments = manifest_schema.normalise(manifest)
+    inputs.check_rates(segments, [spec.modality for spec in modalities])
     device = resolve_device(options.device)
     resolved = resolve_precision(options.precision, device)
     # Models first: a recipe the backbone cannot take is refused before any store exists.
