@@ -63,7 +63,7 @@ def test_every_malformed_row_is_reported_with_file_and_row(small_epic100):
     with pytest.raises(ManifestError) as caught:
         build("epic100-uda", small_epic100)
     message = str(caught.value)
-    assert "5 malformed row(s)" in message
+    assert "5 problem(s)" in message and "(or use the files as released)" in message
     expected = [
         "EPIC_100_uda_source_train.csv row 2 [start_timestamp]: time '00:00:xx' is not HH:MM:SS.ff",
         "EPIC_100_uda_source_train.csv row 4 [verb_class]: unknown class id 97 "

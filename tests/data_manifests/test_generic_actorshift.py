@@ -70,8 +70,10 @@ def test_generic_mapping_errors(tmp_path):
     path.write_text("clip,video_id,domain,split,start_sec,stop_sec\na,v,D,train,0,1\n")
     with pytest.raises(ConfigError, match="unknown manifest column"):
         build("generic", path, columns={"clip_id": "clip"})
-    with pytest.raises(ManifestError, match="has no column"):
+    with pytest.raises(ManifestError, match="has no column") as caught:
         build("generic", path, columns={"uid": "identifier"})
+    # a missing column is no "malformed row", and the user's own files were never "released"
+    assert "1 problem(s)" in str(caught.value) and "released" not in str(caught.value)
     with pytest.raises(ManifestError, match="required column 'uid' is missing"):
         build("generic", path)
 

@@ -70,7 +70,7 @@ def load_tables(
             f"{benchmark}: columns maps unknown manifest column(s) {', '.join(unknown)}; "
             f"manifest columns are {', '.join(MANIFEST_COLUMNS)}"
         )
-    problems = SourceProblems(benchmark)
+    problems = SourceProblems(benchmark, released=False)  # the user's own files
     files = table_files(annotations, benchmark)
     renamed: list[tuple[SourceTable, pd.DataFrame]] = []
     for path in files:

@@ -54,8 +54,9 @@ class SourceProblem:
 class SourceProblems:
     """Collects malformed rows of a benchmark's files and raises them all at once."""
 
-    def __init__(self, benchmark: str) -> None:
+    def __init__(self, benchmark: str, *, released: bool = True) -> None:
         self.benchmark = benchmark
+        self.released = released  # whether the benchmark's files were published (not user's)
         self.problems: list[SourceProblem] = []
 
     def add(self, file: str, row: str | None, column: str | None, message: str) -> None:
@@ -79,13 +80,13 @@ class SourceProblems:
         if not self.problems:
             return
         shown = self.problems[:MAX_PROBLEMS_SHOWN]
-        lines = [f"{self.benchmark} annotations have {len(self.problems)} malformed row(s):"]
+        lines = [f"{self.benchmark} annotations have {len(self.problems)} problem(s):"]
         lines += [f"  {problem}" for problem in shown]
         if len(self.problems) > len(shown):
             lines.append(f"  ... and {len(self.problems) - len(shown)} more")
+        released = " (or use the files as released)" if self.released else ""
         lines.append(
-            "fix these rows in the annotation files (or use the files as released) "
-            "and run `avda manifest build` again"
+            f"fix these in the annotation files{released} and run `avda manifest build` again"
         )
         raise ManifestError("\n".join(lines))
 
