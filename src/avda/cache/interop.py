@@ -95,7 +95,7 @@ class ImportResult:
     not_done: dict[str, tuple[dict[str, int], str]] = dataclasses.field(default_factory=dict)
 
     def not_done_text(self) -> str:
-        """``; rgb: 9658 missing (no P01_01.npy in feats), 2 failed`` (empty: all done)."""
+        """``; rgb: 9658 missing, 2 failed (e.g. no P01_01.npy in feats)`` (empty: all done)."""
         parts = []
         for modality, (counts, example) in self.not_done.items():
             said = ", ".join(f"{n} {status}" for status, n in counts.items())

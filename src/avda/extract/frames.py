@@ -58,7 +58,7 @@ class FlowConvention:
     dilation: int = 1
     source: str = "default"
     fps: float | None = None  # the rate of the video it was computed from (flow.json)
-    frames: int | None = None  # the video's flow frames, held or not (flow.json, since 0.x)
+    frames: int | None = None  # the video's flow frames, held or not (flow.json since 2026-12)
 
     @property
     def ratio(self) -> float:

@@ -264,7 +264,13 @@ class SegmentDataset(Dataset):
         recorded = reader.convention.fps
         if recorded and abs(frames_of.fps - recorded) > 0.01 * recorded:
             # the segment's seconds would be read on another frame grid than the flow's
-            source = "the manifest's fps" if _value(segment, "fps") else "the video's header"
+            source = (
+                "the manifest's fps"
+                if _value(segment, "fps")
+                else "the video's header"
+                if self._frames_fps(segment)
+                else "the manifest's start/stop_frame over its seconds"
+            )
             raise MediaError(
                 f"segment {segment['uid']!r}: {source} says {frames_of.fps:g} fps, but "
                 f"{folder / frames_lib.FLOW_METADATA} records that its flow was computed from "
