@@ -163,6 +163,29 @@ def test_seed_table_is_mean_and_sample_std_per_method_and_setting(trained):
         assert table.loc[table["method"] == head, column].item() == f"{mean:.1f} ± {std:.1f}"
 
 
+def test_seed_groups_keep_protocols_apart_and_count_a_seed_once(tmp_path, caplog):
+    # The across-seeds table averaged a source-only head with a protocol's source-only role
+    # (a ta3n run) as two seeds, and a copied run as a second seed 0
+    def info(name, method, seed, protocol=None):
+        return aggregate.RunInfo(tmp_path / name, method, method, "s→t", ("s",), ("t",), seed,
+                                 (), {}, protocol)  # fmt: skip
+
+    infos = [
+        info("a", "source-only", 0),
+        info("b", "source-only", 0, "ta3n-epic100"),
+        info("c", "dann", 0),
+        info("c-copy", "dann", 0),
+        info("d", "dann", 1),
+    ]
+    groups = report.seed_groups(infos)
+    assert groups == {
+        ("source-only [no protocol]", "s→t"): [0],
+        ("source-only [ta3n-epic100]", "s→t"): [1],
+        ("dann", "s→t"): [2, 4],
+    }
+    assert "c-copy repeats seed 0 of dann on s→t: left out" in caplog.text
+
+
 def test_figures_name_classes_and_count_confusions():
     names = ["take", "put", "open", ""]  # class 3 has no name: its id is shown
     labels = np.array([0, 0, 0, 1, 1, 2, 3, 3])
@@ -183,13 +206,24 @@ def test_figures_name_classes_and_count_confusions():
     assert len(figure.axes[0].get_xticklabels()) == 30 and "30 most frequent of 40" in caption
 
 
-def test_class_names_come_from_the_cache_segments(trained):
+def test_class_names_come_from_the_cache_segments(trained, tmp_path):
     from avda.cache import open_cache
 
     config = runs.read_config(trained[0])
     assert report.class_names(open_cache(config["cache"]).segments) == {"verb": VERBS}
     segments = open_cache(config["cache"]).segments.drop(columns=["verb"])
     assert report.class_names(segments) == {}
+    # a cache's class tables win: EPIC-100's verb 0 is "take", narrated most as "pick-up" (the
+    # report named it so)
+    import shutil
+
+    copy = tmp_path / "named.zarr"
+    shutil.copytree(config["cache"], copy)
+    store = open_cache(copy, mode="r+")
+    official = [f"official-{i}" for i in range(len(VERBS))]
+    store._set_provenance({**store.provenance, "classes": {"verb_class": official}})
+    assert report.cache_class_names(copy) == {"verb": official}
+    assert report.cache_class_names(config["cache"]) == {"verb": VERBS}
 
 
 def test_embedding_is_coloured_by_domain_and_by_class(trained):

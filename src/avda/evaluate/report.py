@@ -166,13 +166,21 @@ def class_names(segments) -> dict[str, list[str]]:
 
 
 def cache_class_names(cache: str | Path) -> dict[str, list[str]]:
-    """:func:`class_names` of the cache at ``cache``; empty when it cannot be opened."""
+    """Per task, the class names of the cache at ``cache``: its class tables (the benchmark's
+    official names: EPIC-100 verb 0 is ``take``, narrated most often as "pick-up"), else
+    :func:`class_names` of its segments; empty when it cannot be opened."""
     from avda.cache import open_cache
 
     try:
-        return class_names(open_cache(cache).segments)
+        store = open_cache(cache)
+        out = class_names(store.segments)
+        tables = store.provenance.get("classes") or {}
     except (AvdaError, OSError):
         return {}
+    for task, (id_column, _) in NAME_COLUMNS.items():
+        if isinstance(tables.get(id_column), list) and tables[id_column]:
+            out[task] = [str(name) for name in tables[id_column]]
+    return out
 
 
 def class_label(names: Sequence[str] | None, class_id: int) -> str:
@@ -603,10 +611,28 @@ def cluster_figures(
 
 # ------------------------------------------------------------------------------ seeds
 def seed_groups(infos: Sequence[aggregate_lib.RunInfo]) -> dict[tuple[str, str], list[int]]:
-    """Positions of the runs of each (method, setting), in the order they first appear."""
+    """Positions of the runs of each (method, setting), in the order they first appear, one
+    run per seed (a copied run's repeat is left out, as ``avda evaluate`` refuses to count a
+    seed twice). A method trained under several protocols is one group per protocol, named
+    ``method [protocol]``: their numbers follow other recipes (the sum of a ``source-only``
+    head and a protocol's ``source-only`` role, a ta3n run, was averaged as two seeds)."""
+    protocols: dict[str, set] = {}
+    for info in infos:
+        protocols.setdefault(info.method, set()).add(info.protocol)
     groups: dict[tuple[str, str], list[int]] = {}
+    seen: set[tuple[str, str, int]] = set()
     for position, info in enumerate(infos):
-        groups.setdefault((info.method, info.setting), []).append(position)
+        label = info.method
+        if len(protocols[info.method]) > 1:
+            label = f"{info.method} [{info.protocol or 'no protocol'}]"
+        if (label, info.setting, info.seed) in seen:
+            log.warning(
+                "%s repeats seed %d of %s on %s: left out of the table across seeds",
+                *(info.path, info.seed, label, info.setting),
+            )
+            continue
+        seen.add((label, info.setting, info.seed))
+        groups.setdefault((label, info.setting), []).append(position)
     return groups
 
 
