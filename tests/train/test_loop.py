@@ -348,3 +348,12 @@ def test_the_bar_in_a_log_file_is_redrawn_at_its_interval_not_every_epoch(
     draws = [d for d in log.getvalue().split("\r") if "train source-only" in d]
     assert 1 <= len(draws) <= 6, len(draws)  # the first, the last, and every 10 s between
     assert "60/60" in draws[-1]
+
+
+def test_a_combination_the_head_refuses_leaves_no_run_folder(shifted_cache, tmp_path):
+    # the head refused it once its folder held config.yaml and provenance.json: `avda evaluate`
+    # then called the folder an unfinished run ("finish it with avda train")
+    out = tmp_path / "refused"
+    with pytest.raises(ValueError, match="per-modality"):
+        _train(shifted_cache, out, head="dann", discriminator="per-modality", fusion="mid")
+    assert not out.exists()

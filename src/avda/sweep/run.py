@@ -405,8 +405,7 @@ def task_problems(spec: SweepSpec) -> tuple[list[str], int]:
                     cache=task.cache, head=task.head, source=task.source, target=task.target,
                     overrides=task.overrides, device="cpu", protocol=task.protocol,
                 )  # fmt: skip
-                sample = setup.load("source_train", setup.source_rows[:2])
-                setup.build_head({m: tuple(sample.inputs[m].shape[1:]) for m in setup.modalities})
+                setup.check_head()
         except AvdaError as error:
             problems.append(f"{task.name.rsplit('/seed', 1)[0]}: {error}")
         except (ValueError, TypeError, RuntimeError) as error:  # a head's own refusal

@@ -276,6 +276,8 @@ def _train(
 
     resolved = resolved_config(setup, cache, source, target, seed, protocol, role)
     finished = runs.is_complete(out)
+    if not finished:
+        setup.check_head()  # a refused combination leaves no run folder behind
     resume_record = _start_run_folder(out, resolved, store, device, run_data(setup))
     if finished:
         log.info("%s is complete: skipping", out)

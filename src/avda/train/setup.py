@@ -154,6 +154,13 @@ class RunSetup:
     def build_head(self, inputs: dict[str, tuple[int, ...]]) -> Head:
         return heads_lib.create(self.head, inputs=inputs, tasks=self.tasks, config=self.config)
 
+    def check_head(self) -> None:
+        """Build the head on two source segments' features: a combination the head refuses
+        (its own ValueError / TypeError, or a ConfigError) is raised before a run folder is
+        written or a sweep's cluster starts."""
+        sample = self.load("source_train", self.source_rows[:2])
+        self.build_head({m: tuple(sample.inputs[m].shape[1:]) for m in self.modalities})
+
     @classmethod
     def from_run(cls, run: Path, device: str | None = "cpu") -> RunSetup:
         """The set-up a finished run recorded (``config.yaml``): its head, resolved config,
