@@ -276,5 +276,10 @@ def test_evaluate_checkpoint_average_protocol(capsys, tmp_path):
     code, out, err = run(capsys, "evaluate", str(tmp_path / "run"), "--checkpoint-average", "2")
     assert code == 0, err
     assert "over the last 2 checkpoints" in out
+    # a folder holding the run (a sweep's out) is its runs, not one run without checkpoints
+    code, folder_out, err = run(capsys, "evaluate", str(tmp_path), "--checkpoint-average", "2")
+    assert code == 0, err
+    line = next(x for x in out.splitlines() if "over the last 2" in x)
+    assert line in folder_out
     code, _, err = run(capsys, "evaluate", str(tmp_path / "run"), "--checkpoint-average", "9")
     assert code == 1 and "keep_last_predictions=9" in err

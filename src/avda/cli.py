@@ -1059,9 +1059,10 @@ def evaluate(
         _make_parent(out, "-o")
     output_file(export_submission, "--export-submission")
     if checkpoint_average:
+        from avda.evaluate.aggregate import find_runs
         from avda.evaluate.checkpoints import checkpoint_accuracy
 
-        for run in runs:
+        for run in find_runs(runs):  # a folder of runs (a sweep's out) is each of its runs
             result = checkpoint_accuracy(run, last=checkpoint_average)
             typer.echo(
                 f"{run}: target_test verb top-1 over the last {checkpoint_average} checkpoints "

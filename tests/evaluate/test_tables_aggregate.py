@@ -657,3 +657,11 @@ def test_gain_is_paired_over_the_seeds_both_cells_have():
     assert row.loc["DANN", "A→B gain"] == pytest.approx(3.5)
     assert row.loc["DANN", "A→B gain seeds"] == 2
     assert row.loc["MMD", "A→B gain seeds"] == 3
+
+
+def test_every_table_rounds_half_up_alike():
+    # 0.5625 printed 56.2 in the runs table (f"{v:.1f}") and 56.3 in the paper layouts
+    frame = pd.DataFrame({"run": ["a"], "target_val/verb/top1": [56.25]})
+    assert tables.to_markdown(frame).splitlines()[-1] == "| a | 56.3 |"
+    assert tables.format_mean_std_cell(56.25, float("nan")) == "56.3"
+    assert tables.decimal_text(94.05, 1) == "94.1" and tables.decimal_text(-0.04, 1) == "0.0"

@@ -795,7 +795,9 @@ def build_report(
         parts.append(f'<p class="note">no paper-style table: {html.escape(str(error))}</p>')
     per_run = tables.results_table(run_dirs)
     parts.append(
-        per_run.to_html(index=False, float_format=lambda v: f"{v:.1f}", classes="runs", border=0)
+        per_run.to_html(
+            index=False, float_format=lambda v: tables.decimal_text(v, 1), classes="runs", border=0
+        )
     )
     if any(len(p) > 1 for p in seed_groups(infos).values()):
         parts.append('<section id="seeds"><h2>Across seeds</h2>')

@@ -102,7 +102,8 @@ def to_markdown(table: pd.DataFrame, *, digits: int = 1) -> str:
         for column in table.columns:
             value = row[column]
             if isinstance(value, float | np.floating):
-                cells.append("" if np.isnan(value) else f"{value:.{digits}f}")
+                # rounded half up as the paper tables are (56.25 printed 56.2 here, 56.3 there)
+                cells.append("" if np.isnan(value) else decimal_text(value, digits))
             else:
                 cells.append(str(value))
         lines.append("| " + " | ".join(cells) + " |")
@@ -134,13 +135,14 @@ def format_mean_std_cell(mean: float, std: float, *, digits: int = 1, plus_minus
     if np.isnan(mean):
         return "-"
     if np.isnan(std):
-        return _decimal(mean, digits)
-    return f"{_decimal(mean, digits)} {plus_minus} {_decimal(std, digits)}"
+        return decimal_text(mean, digits)
+    return f"{decimal_text(mean, digits)} {plus_minus} {decimal_text(std, digits)}"
 
 
-def _decimal(value: float, digits: int) -> str:
-    """``value`` rounded half up as the decimal it prints as: a paper's 94.05 is 94.1, where
-    ``f"{94.05:.1f}"`` gives 94.0 (the binary float is 94.04999...)."""
+def decimal_text(value: float, digits: int) -> str:
+    """``value`` rounded half up as the decimal it prints as (every avda table prints so): a
+    paper's 94.05 is 94.1, where ``f"{94.05:.1f}"`` gives 94.0 (the binary float is
+    94.04999...)."""
     if not np.isfinite(value):
         return f"{value}"
     with decimal.localcontext() as context:
@@ -156,7 +158,7 @@ def _gain_text(gain: float, digits: int, paired: int | None = None) -> str:
     `` (+1.3 over n=2)`` for a gain paired over the 2 seeds both cells have."""
     if np.isnan(gain):
         return ""
-    text = _decimal(gain, digits)
+    text = decimal_text(gain, digits)
     over = f" over n={paired}" if paired is not None else ""
     return f" ({text if text.startswith('-') else '+' + text}{over})"
 
@@ -210,13 +212,13 @@ def _best_shown(table, column: str, digits: int) -> set[str]:
     best = table.best(column)
     if not best:
         return best
-    shown = decimal.Decimal(_decimal(table.cell(next(iter(best)), column)[0], digits))
+    shown = decimal.Decimal(decimal_text(table.cell(next(iter(best)), column)[0], digits))
     return {
         method
         for method in table.methods
         if method not in _published(table)
         and np.isfinite(mean := table.cell(method, column)[0])
-        and decimal.Decimal(_decimal(mean, digits)) == shown
+        and decimal.Decimal(decimal_text(mean, digits)) == shown
     }
 
 
