@@ -264,6 +264,10 @@ def test_evaluate_exports_the_epic100_submission(capsys, tmp_path):
     assert code == 1 and not partial.exists()
     assert "predicts 11 of the 12 target test segments" in err
     assert "'target_test_5', rgb failed: NaN frames" in err
+    code, _, err = run(capsys, "evaluate", str(tmp_path / "run2"), "--export-submission",
+                       str(tmp_path / "sub.pt"), "--sls", "2,3,3")  # fmt: skip
+    assert code == 1 and "the challenge file is JSON; name it .json, or .zip" in err
+    assert not (tmp_path / "sub.pt").exists()
 
 
 def test_evaluate_checkpoint_average_protocol(capsys, tmp_path):

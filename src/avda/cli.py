@@ -1058,6 +1058,11 @@ def evaluate(
     if out is not None:  # OUT.md, OUT.csv: OUT itself may be a folder's name
         _make_parent(out, "-o")
     output_file(export_submission, "--export-submission")
+    if export_submission is not None and export_submission.suffix.lower() not in (".json", ".zip"):
+        raise ConfigError(
+            f"--export-submission {export_submission}: the challenge file is JSON; name it "
+            ".json, or .zip (a zip holding test.json, what the server takes)"
+        )
     if checkpoint_average:
         from avda.evaluate.aggregate import find_runs
         from avda.evaluate.checkpoints import checkpoint_accuracy

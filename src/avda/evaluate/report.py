@@ -484,7 +484,8 @@ def embedding_plot(
             axes.set_xticks([])
             axes.set_yticks([])
             if row == 0 and (column == 0 or (colour == "class" and column == 1)):
-                if colour == "domain" or len(class_ids) <= 12:
+                labelled = axes.get_legend_handles_labels()[0]  # none: a target-only run
+                if labelled and (colour == "domain" or len(class_ids) <= 12):
                     axes.legend(fontsize=6, markerscale=2, loc="best")
     figure.tight_layout()
     return figure, titles

@@ -396,7 +396,8 @@ def export_run_submission(
         if task not in target["scores"]:
             raise ConfigError(
                 f"{run} predicts {sorted(target['scores'])}; the EPIC-100 submission needs verb "
-                "and noun scores (train with --set tasks=[verb,noun])"
+                "and noun scores: train a head that predicts both (--set tasks=[verb,noun]; "
+                "audio-adaptive predicts verbs only)"
             )
     source: dict[str, Any] = {}
     if "source_test" in runs.prediction_sets(run):
