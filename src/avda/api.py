@@ -341,7 +341,7 @@ def evaluate(
     if layout == "runs":
         if compare:
             raise ConfigError("compare needs a paper layout: layout='auto' (or 'settings')")
-        table = tables.results_table(aggregate.find_runs(paths, complete_only=False))
+        table = tables.results_table(aggregate.find_runs(paths, complete_only="below"))
         table = tables.choose_columns(table, eval_set, task, metric)
         if out is not None:
             tables.write_tables(table, out)

@@ -265,6 +265,18 @@ def test_epic100_layout_scores_verb_noun_and_action(tmp_path):
     assert settings.cell("source-only", "source→target")[0] == pytest.approx(
         np.mean([100 * e["all_noun_accuracy_at_5"] for e in expected])
     )
+    # a verb-only run beside them (audio-adaptive predicts verbs) refused the whole epic100
+    # table; it is left out with a note, and auto's switch to the settings layout says why
+    verb_only = tmp_path / "verbs"
+    train(cache=cache, head="source-only", source=["source"], target=["target"], out=verb_only,
+          overrides={**FAST, "tasks": ["verb"]}, progress=False)  # fmt: skip
+    mixed = aggregate.aggregate([*run_dirs, verb_only], layout="epic100")
+    assert mixed.columns == table.columns
+    (kept,) = mixed.methods  # told apart from the verb-only run by its tasks
+    assert mixed.cell(kept, "verb top-1")[0] == table.cell("source-only", "verb top-1")[0]
+    assert any("Left out: 1 run(s) without verb and noun tasks" in n for n in mixed.notes)
+    auto = aggregate.aggregate([*run_dirs, verb_only])
+    assert any("--layout epic100 scores the others'" in n for n in auto.notes)
 
 
 def test_multi_label_runs_report_map_and_configs_tell_methods_apart(tmp_path):
@@ -665,3 +677,19 @@ def test_every_table_rounds_half_up_alike():
     assert tables.to_markdown(frame).splitlines()[-1] == "| a | 56.3 |"
     assert tables.format_mean_std_cell(56.25, float("nan")) == "56.3"
     assert tables.decimal_text(94.05, 1) == "94.1" and tables.decimal_text(-0.04, 1) == "0.0"
+
+
+def test_the_runs_layout_leaves_out_an_unfinished_run_found_in_a_folder(sweep_like, tmp_path):
+    # one run still training refused the whole `--layout runs` table of a sweep's folder (the
+    # paper layouts leave it out with a note); a run named itself is still refused by name
+    import shutil
+
+    copy = tmp_path / "sweep"
+    shutil.copytree(sweep_like, copy)
+    unfinished = sorted(p.parent for p in copy.rglob(runs.CONFIG))[0]
+    (unfinished / runs.STATUS).unlink()
+    table, _ = tables.evaluate_runs([copy], layout="runs")
+    complete = [p.parent for p in copy.rglob(runs.STATUS)]
+    assert len(table.splitlines()) == 2 + len(complete)
+    with pytest.raises(RunError, match="not a complete run"):
+        tables.evaluate_runs([unfinished], layout="runs")

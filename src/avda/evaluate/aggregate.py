@@ -26,7 +26,7 @@ import logging
 import math
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -92,11 +92,15 @@ class FoundRuns(list):
     left_out: list[str]
 
 
-def find_runs(paths: Iterable[str | Path], *, complete_only: bool = True) -> FoundRuns:
+def find_runs(
+    paths: Iterable[str | Path], *, complete_only: bool | Literal["below"] = True
+) -> FoundRuns:
     """Run directories among ``paths``: a run folder itself, or every run below a folder.
 
     Runs below a sweep's output folder come in the sweep's order. Incomplete runs are left out
-    (with a warning) when ``complete_only``, and so are runs their sweep's index (``sweep.json``
+    (with a warning) when ``complete_only`` (``"below"``: those found below a folder, a run
+    named itself is kept for the caller to refuse by name; a folder with one run still
+    training was a refusal of the whole table), and so are runs their sweep's index (``sweep.json``
     in one of their folders above) marks failed: such a folder may hold a finished run of an
     earlier spec. A path holding no run is an error.
     """
@@ -108,7 +112,8 @@ def find_runs(paths: Iterable[str | Path], *, complete_only: bool = True) -> Fou
     for path in map(Path, paths):
         if not path.exists():
             raise RunError(f"{path} does not exist; pass run directories or a sweep's --out folder")
-        if (path / runs.CONFIG).exists():
+        named = (path / runs.CONFIG).exists()
+        if named:
             candidates = [path]
         else:
             candidates = _sweep_order(path)
@@ -130,7 +135,8 @@ def find_runs(paths: Iterable[str | Path], *, complete_only: bool = True) -> Fou
                 failed += 1
                 found.left_out.append(f"{run} (failed in its sweep)")
                 continue
-            if complete_only and not runs.is_complete(run):
+            keep_named = complete_only == "below" and named
+            if complete_only and not keep_named and not runs.is_complete(run):
                 log.warning("%s is not complete: left out", run)
                 found.left_out.append(f"{run} (not complete)")
                 continue
@@ -440,10 +446,22 @@ def aggregate(
     infos, chosen, notes = _same_protocol(infos, protocol)
     _one_run_per_seed(infos)
     rule = protocols_lib.rule_for(chosen)
+    both = [info for info in infos if {"verb", "noun"} <= _single_label(info)]
+    others = [info for info in infos if info not in both]
     if layout == "auto":
-        epic = all({"verb", "noun"} <= _single_label(info) for info in infos)
-        layout = "epic100" if epic or rule.layout == "epic100" else "settings"
+        layout = "epic100" if not others or rule.layout == "epic100" else "settings"
+        if both and others and layout == "settings":
+            notes.append(
+                f"settings layout: {len(others)} run(s) predict no verb and noun (e.g. "
+                f"{others[0].path}); --layout epic100 scores the others' verb, noun and action"
+            )
     if layout == "epic100":
+        if both and others:  # one verb-only run (audio-adaptive) refused the whole table
+            notes.append(
+                f"Left out: {len(others)} run(s) without verb and noun tasks (e.g. "
+                f"{others[0].path}), which the epic100 layout scores"
+            )
+            infos = both
         table = _epic100_table(infos, eval_set, rule)
     else:
         table = _settings_table(infos, eval_set, task, metric, rule)

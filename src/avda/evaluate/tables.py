@@ -430,7 +430,7 @@ def evaluate_runs(
             raise ConfigError("--compare needs a paper layout: add --layout auto (or settings)")
         if fmt not in ("markdown", "csv"):
             raise ConfigError("--layout runs prints markdown or csv; use --layout auto for latex")
-        run_dirs = aggregate_lib.find_runs(paths, complete_only=False)
+        run_dirs = aggregate_lib.find_runs(paths, complete_only="below")
         table = choose_columns(results_table(run_dirs), eval_set, task, metric)
         text = to_markdown(table) if fmt == "markdown" else table.to_csv(index=False)
         return text, write_tables(table, out) if out is not None else []
