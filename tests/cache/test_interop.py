@@ -13,7 +13,7 @@ import pytest
 
 from avda.cache import Status, interop, open_cache
 from avda.data_manifests import safe_pickle
-from avda.errors import CacheError
+from avda.errors import CacheError, ConfigError
 
 K, D = 25, 8
 
@@ -462,3 +462,14 @@ def test_byte_string_ids_in_a_pickle_are_read_as_text(uda, tmp_path):
             split="val", annotations=uda / "EPIC_100_uda_target_val.csv",
         )  # fmt: skip
         assert open_cache(result.store).segments["uid"].tolist() == ids
+
+
+def test_annotations_with_a_huge_class_id_are_refused(tmp_path):
+    # `avda cache import` read annotations without the manifest checks: a verb_class of 10^9
+    # was stored, and training sized its classifier by it
+    (tmp_path / "a.csv").write_text(
+        "uid,video_id,domain,split,start_sec,stop_sec,verb_class\n"
+        "a,v,d,train,0,1,1000000000\nb,v,d,train,1,2,2\n"
+    )
+    with pytest.raises(ConfigError, match=r"a.csv: verb_class 1000000000 is beyond 99,999"):
+        interop.read_segment_table(tmp_path / "a.csv")

@@ -51,6 +51,14 @@ def test_every_problem_is_reported_with_its_row(tmp_path):
         "row 9 [verb_class]: class id 1000000000 is beyond 99,999: ids number the classes "
         "from 0 (renumber them)" in shown
     )
+    # the multi-label column too (CharadesEgo's "3;17"), and readers that skip find_problems
+    frame = pd.DataFrame({"uid": ["a", "b", "c"], "labels": ["0;17", "3;1000000000", "x"]})
+    assert schema.labels_problem("0;17") is None and schema.labels_problem("") is None
+    assert "labels id '1000000000' is not a class id 0..99,999" in schema.labels_problem(
+        "3;1000000000"
+    )
+    assert schema.class_id_problem(frame).startswith("labels id '1000000000'")
+    assert schema.class_id_problem(frame.iloc[[0]]) is None
     for expected in (
         "row 3 [uid]: duplicate uid 'a' (first at row 2)",
         "row 4 [split]",

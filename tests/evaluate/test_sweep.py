@@ -529,3 +529,24 @@ def test_a_second_spec_into_the_same_folder_keeps_the_first_specs_runs_in_the_ta
     assert sweep.run_serial(specs["first"], out=tmp_path / "runs").skipped
     index = json.loads((tmp_path / "runs" / sweep.INDEX).read_text())
     assert [e["method"] for e in index["runs"]] == ["dann", "source-only"]
+
+
+def test_a_second_spec_keeps_the_first_specs_failures_listed(tmp_path, cache):
+    # sweep-failures.csv was rewritten from the second spec's runs alone (and deleted when they
+    # all passed), while sweep.json kept the first spec's failed entries pointing at it
+    specs = {}
+    heads = {
+        "first": {"name": "dann", "label": "broken", "discriminator": "per-modality",
+                  "fusion": "mid", "epochs": 1},
+        "second": {"name": "source-only", "epochs": 1, "hidden_dim": 8},
+    }  # fmt: skip
+    for name, head in heads.items():
+        (tmp_path / name).mkdir()
+        specs[name] = sweep.load_spec(write_spec(tmp_path / name, {
+            "cache": str(cache), "heads": [head], "settings": ["source->target"],
+            "seeds": [0], "out": str(tmp_path / "runs")}))  # fmt: skip
+    assert not sweep.run_serial(specs["first"], out=tmp_path / "runs").ok
+    assert sweep.run_serial(specs["second"], out=tmp_path / "runs").ok
+    listed = pd.read_csv(tmp_path / "runs" / sweep.FAILURES)
+    assert listed["method"].tolist() == ["broken"]
+    assert "per-modality" in listed["error"].iloc[0]

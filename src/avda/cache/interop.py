@@ -114,6 +114,7 @@ def read_segment_table(
     ``domain`` and ``split`` label the rows (they override the manifest's when given).
     """
     from avda.data_manifests import safe_pickle
+    from avda.data_manifests import schema as manifest_schema
 
     path = Path(path)
     if not path.exists():
@@ -151,6 +152,9 @@ def read_segment_table(
     bad = sorted(set(table["split"].astype(str)) - {"train", "val", "test"})
     if bad:
         raise ConfigError(f"split {bad[0]!r} is not one of train, val, test; pass --split")
+    why = manifest_schema.class_id_problem(table)
+    if why is not None:  # a classifier is sized by the largest id (10^9: terabytes)
+        raise ConfigError(f"{path}: {why}; ids number the classes from 0 (renumber them)")
     table["uid"] = table["uid"].astype(str)
     if table["uid"].duplicated().any():
         first = table["uid"][table["uid"].duplicated()].iloc[0]

@@ -16,6 +16,7 @@ import hashlib
 import logging
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -243,6 +244,39 @@ def _other_separator(columns: Iterable[str]) -> str | None:
     return None
 
 
+def labels_problem(cell: Any) -> str | None:
+    """What is wrong with a multi-label cell (``"3;17"``; empty or missing: no label), or
+    None."""
+    if cell is None or (isinstance(cell, float) and np.isnan(cell)):
+        return None
+    for part in str(cell).split(";"):
+        part = part.strip()
+        if part and (not part.isdigit() or int(part) > MAX_CLASS_ID):
+            return (
+                f"labels id {part!r} is not a class id 0..{MAX_CLASS_ID:,} (ids separated by "
+                "';', numbered from 0)"
+            )
+    return None
+
+
+def class_id_problem(frame: pd.DataFrame) -> str | None:
+    """The first class id of ``frame`` beyond :data:`MAX_CLASS_ID` (class columns and
+    ``labels``), for readers that do not run :func:`find_problems`: a classifier is sized by
+    the largest id."""
+    for column in CLASS_COLUMNS:
+        if column in frame:
+            ids = pd.to_numeric(frame[column], errors="coerce")
+            beyond = ids > MAX_CLASS_ID
+            if beyond.any():
+                return f"{column} {int(ids[beyond].iloc[0])} is beyond {MAX_CLASS_ID:,}"
+    if "labels" in frame:
+        for cell in frame["labels"]:
+            why = labels_problem(cell)
+            if why is not None:
+                return why
+    return None
+
+
 def find_problems(frame: pd.DataFrame, *, videos: str | Path | None = None) -> list[Problem]:
     """Every problem in ``frame``, in row order (does not raise)."""
     problems: list[Problem] = []
@@ -356,6 +390,10 @@ def find_problems(frame: pd.DataFrame, *, videos: str | Path | None = None) -> l
                     "number the classes from 0 (renumber them)"
                 ),
             )
+
+    if "labels" in frame:  # multi-label ids "3;17": the same ids, the same bound
+        found = {i: labels_problem(cell) for i, cell in enumerate(frame["labels"])}
+        add([found[i] is not None for i in range(len(frame))], "labels", lambda i: found[i])
 
     if "fps" in frame:
         fps = pd.to_numeric(frame["fps"], errors="coerce")

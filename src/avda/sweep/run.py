@@ -436,24 +436,27 @@ def describe_spec(spec: SweepSpec) -> str:
 
 
 def _write_failures(out: Path, tasks: list[SweepTask], outcomes: dict) -> None:
+    """``OUT/sweep-failures.csv``: this spec's failed runs, after those of an earlier spec
+    swept into ``out`` (``sweep.json`` keeps their entries, which name this file)."""
     path = out / FAILURES
     failed = [(t, outcomes[t.name]) for t in tasks if outcomes[t.name].status == "failed"]
-    if not failed:
+    ours = {str(t.run) for t in tasks}
+    earlier = []
+    if path.exists():
+        try:
+            found = pd.read_csv(path, dtype=str, keep_default_na=False)
+            earlier = [r for r in found.to_dict("records") if str(r.get("run")) not in ours]
+        except (OSError, ValueError, pd.errors.ParserError):
+            log.warning("%s cannot be read: written anew for this spec's runs", path)
+    rows = earlier + [
+        {"run": str(t.run), "method": t.method, "setting": t.setting, "seed": t.seed,
+         "error": o.error}
+        for t, o in failed
+    ]  # fmt: skip
+    if not rows:
         path.unlink(missing_ok=True)
         return
-    frame = pd.DataFrame(
-        [
-            {
-                "run": str(t.run),
-                "method": t.method,
-                "setting": t.setting,
-                "seed": t.seed,
-                "error": o.error,
-            }
-            for t, o in failed
-        ]
-    )
-    frame.to_csv(path, index=False)
+    atomic_write_text(path, pd.DataFrame(rows).to_csv(index=False))
 
 
 # ------------------------------------------------------------------------------ clusters
