@@ -655,9 +655,11 @@ def finetune_command(
         f"`avda extract {'--audio-weights' if modality == 'audio' else '--weights'} {out}`"
     )
     if result.skipped:
+        listed = finetune.failures_path(out)
+        where = f"listed in {listed}" if listed.exists() else f"counted in {out}.json"
         typer.echo(
-            f"{result.skipped} source segments were skipped (their inputs failed), listed in "
-            f"{finetune.failures_path(out)}; fix them and fine-tune again into another -o",
+            f"{result.skipped} source segments were skipped (their inputs failed), {where}; "
+            "fix them and fine-tune again into another -o",
             err=True,
         )
         raise typer.Exit(EXIT_FAILED_ITEMS)

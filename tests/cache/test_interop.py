@@ -120,6 +120,14 @@ def test_rows_of_another_backbone_are_not_appended_to_a_modality(uda, tmp_path):
     assert open_cache(out).num_segments == 4
     interop.import_features(tmp_path / "c.pkl", out=out, **common)  # EPIC's release: tbn
     assert open_cache(out).num_segments == 8
+    # an avda HDF5 export records its backbone: --backbone may name an unknown one, not
+    # relabel a known one (the refusal above told the user to pass an option it ignored)
+    exported = interop.export_h5(out, tmp_path / "s.h5")
+    with pytest.raises(CacheError, match=r"records its features as tbn's; --backbone i3d "
+                       r"cannot relabel them"):  # fmt: skip
+        interop.import_features(exported, out=tmp_path / "i.zarr", backbone="i3d")
+    back = interop.import_features(exported, out=tmp_path / "t.zarr", backbone="tbn")
+    assert open_cache(back.store).modality_info("rgb")["backbone"] == "tbn"
 
 
 class _Exploit:

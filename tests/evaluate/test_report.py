@@ -177,6 +177,8 @@ def test_seed_groups_keep_protocols_apart_and_count_a_seed_once(tmp_path, caplog
         info("c-copy", "dann", 0),
         info("d", "dann", 1),
     ]
+    assert report.seed_groups(infos) == report.seed_groups(infos, warn=True)
+    assert caplog.text.count("repeats seed 0") == 1  # warned once, by the caller that asks
     groups = report.seed_groups(infos)
     assert groups == {
         ("source-only [no protocol]", "s→t"): [0],

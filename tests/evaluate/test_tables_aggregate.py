@@ -693,3 +693,15 @@ def test_the_runs_layout_leaves_out_an_unfinished_run_found_in_a_folder(sweep_li
     assert len(table.splitlines()) == 2 + len(complete)
     with pytest.raises(RunError, match="not a complete run"):
         tables.evaluate_runs([unfinished], layout="runs")
+
+
+def test_a_damaged_sweep_index_is_read_as_runs_in_path_order(sweep_like, tmp_path, caplog):
+    # `avda evaluate OUT` stopped with an internal JSONDecodeError
+    import shutil
+
+    copy = tmp_path / "sweep"
+    shutil.copytree(sweep_like, copy)
+    (copy / "sweep.json").write_text('{"runs": [')
+    found = aggregate.find_runs([copy])
+    assert sorted(found) == sorted(p.parent for p in copy.rglob(runs.CONFIG))
+    assert "is not a readable sweep index" in caplog.text

@@ -181,6 +181,15 @@ def test_segments_whose_inputs_fail_are_listed_and_none_left_is_an_error(demo_da
             "--workers", "0", "-q"])  # fmt: skip
         assert ran.exit_code == 3, ran.output
         assert f"{int(lost.sum())} source segments were skipped" in ran.output
+        assert "listed in " in ran.output
+    # an output of an earlier avda has the count but no list: the message names what exists
+    finetune.failures_path(tmp_path / "cli.pt").unlink()
+    ran = CliRunner().invoke(app, [
+        "finetune", "--backbone", "audio_resnet18", "--modality", "audio", "-m",
+        str(tmp_path / "m.csv"), "--videos", str(root), "--source", "source", "-o",
+        str(tmp_path / "cli.pt"), "--recipe", "demo", "--epochs", "1", "--batch-size", "4",
+        "--workers", "0", "-q"])  # fmt: skip
+    assert ran.exit_code == 3 and f"counted in {tmp_path / 'cli.pt'}.json" in ran.output
     # every input failing: an error, and no weights stored
     broken.loc[source, "video_path"] = "nosuch.mp4"
     with pytest.raises(MediaError, match=r"trained on no clip in epoch 1: the inputs of all "):

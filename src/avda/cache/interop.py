@@ -793,7 +793,7 @@ def import_h5(
                     modality,
                     dataset[:],
                     len(segments),
-                    infos.get(modality) or _import_info(backbone, "h5", source),
+                    _h5_info(infos.get(modality), backbone, source),
                     statuses.get(modality),
                     errors.get(modality),
                 )
@@ -815,6 +815,21 @@ def import_h5(
             annotations=Path(annotations) if annotations is not None else None,
             exported=exported,
         )
+
+
+def _h5_info(recorded: dict[str, Any] | None, backbone: str | None, source: Path) -> dict:
+    """A modality's provenance for an HDF5 import: an avda export's own record, where it
+    names a backbone (``--backbone`` cannot relabel it), else the one ``--backbone`` gives."""
+    if not recorded:
+        return _import_info(backbone, "h5", source)
+    if backbone and recorded.get("backbone", "unknown") == "unknown":
+        return {**recorded, "backbone": backbone}
+    if backbone and recorded.get("backbone") != backbone:
+        raise CacheError(
+            f"{source} records its features as {recorded.get('backbone')}'s; --backbone "
+            f"{backbone} cannot relabel them: leave --backbone out"
+        )
+    return recorded
 
 
 def _text_id(value: Any) -> str:

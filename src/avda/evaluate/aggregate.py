@@ -156,8 +156,12 @@ def _sweep_order(folder: Path) -> list[Path] | None:
     index = folder / SWEEP_INDEX
     if not index.exists():
         return None
-    entries = json.loads(index.read_text()).get("runs", [])
-    order = [folder / e["run"] for e in entries if (folder / e["run"] / runs.CONFIG).exists()]
+    try:
+        entries = json.loads(index.read_text()).get("runs", [])
+        order = [folder / e["run"] for e in entries if (folder / e["run"] / runs.CONFIG).exists()]
+    except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
+        log.warning("%s is not a readable sweep index: the runs below it in path order", index)
+        return None
     return order or None
 
 

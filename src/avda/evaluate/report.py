@@ -611,7 +611,9 @@ def cluster_figures(
 
 
 # ------------------------------------------------------------------------------ seeds
-def seed_groups(infos: Sequence[aggregate_lib.RunInfo]) -> dict[tuple[str, str], list[int]]:
+def seed_groups(
+    infos: Sequence[aggregate_lib.RunInfo], *, warn: bool = False
+) -> dict[tuple[str, str], list[int]]:
     """Positions of the runs of each (method, setting), in the order they first appear, one
     run per seed (a copied run's repeat is left out, as ``avda evaluate`` refuses to count a
     seed twice). A method trained under several protocols is one group per protocol, named
@@ -627,6 +629,8 @@ def seed_groups(infos: Sequence[aggregate_lib.RunInfo]) -> dict[tuple[str, str],
         if len(protocols[info.method]) > 1:
             label = f"{info.method} [{info.protocol or 'no protocol'}]"
         if (label, info.setting, info.seed) in seen:
+            if not warn:
+                continue
             log.warning(
                 "%s repeats seed %d of %s on %s: left out of the table across seeds",
                 *(info.path, info.seed, label, info.setting),
@@ -800,7 +804,7 @@ def build_report(
             index=False, float_format=lambda v: tables.decimal_text(v, 1), classes="runs", border=0
         )
     )
-    if any(len(p) > 1 for p in seed_groups(infos).values()):
+    if any(len(p) > 1 for p in seed_groups(infos, warn=True).values()):  # warned once
         parts.append('<section id="seeds"><h2>Across seeds</h2>')
         table = seeds_table(infos, per_run).to_html(index=False, classes="seeds", border=0)
         opened = table.index(">", table.index("<table")) + 1

@@ -388,7 +388,8 @@ def finetune(
         "key": key,
     }
     atomic_write_text(out.with_name(out.name + ".json"), json.dumps(meta, indent=2))
-    _write_failures(out, failed)
+    if start_epoch <= config.epochs:  # an epoch ran here: its failures are the list
+        _write_failures(out, failed)
     partial.unlink(missing_ok=True)
     return FinetuneResult(out, config.epochs, history, time.perf_counter() - began, failed)
 
