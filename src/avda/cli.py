@@ -449,7 +449,7 @@ def _with_config_file(ctx: typer.Context, path: Path, params: dict, command) -> 
     return merged
 
 
-def _report_missing(store) -> None:
+def _report_missing(store, sharded: bool = False) -> None:
     """One line per modality with rows whose input does not exist, with their reasons (the
     files), to stderr: they are stored as zeros, which training leaves out or names."""
     import numpy as np
@@ -457,6 +457,7 @@ def _report_missing(store) -> None:
 
     from avda.cache import Status
 
+    whose = " (every shard's)" if sharded else ""
     for modality in store.modalities:
         rows = np.flatnonzero(store.status(modality) == Status.MISSING)
         if not len(rows):
@@ -465,8 +466,7 @@ def _report_missing(store) -> None:
         shown = "; ".join(f"{reason} ({count})" for reason, count in reasons.head(3).items())
         more = f"; and {len(reasons) - 3} more reasons" if len(reasons) > 3 else ""
         typer.echo(
-            f"{modality}: {len(rows)} segments of the store (every shard's) have no input: "
-            f"{shown}{more}",
+            f"{modality}: {len(rows)} segments of the store{whose} have no input: {shown}{more}",
             err=True,
         )
 
@@ -487,7 +487,7 @@ def _extract(*, out: Path, quiet: bool, **options) -> None:
         f"{what} in {result.seconds:.1f} s"
     )
     if result.missing:
-        _report_missing(store)
+        _report_missing(store, sharded=bool(options.get("shard") or options.get("scheduler")))
     failures = out.parent / f"{out.name}.failures.csv"
     if result.ok:
         # A list left by an earlier run is stale once the store has no failed row at all

@@ -92,7 +92,7 @@ def test_cli_extracts_a_list_of_videos_without_a_manifest(tmp_path, media, capsy
     # for 12 segments as a miscount)
     assert "3 done, 1 missing input, 0 failed (2 segments x 2 modalities) in" in out
     assert (
-        "audio: 1 segments of the store (every shard's) have no input: " in err
+        "audio: 1 segments of the store have no input: " in err
         and "clip.mp4 has no audio track" in err
     )
     store = open_cache(store_path)
