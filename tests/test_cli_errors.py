@@ -481,24 +481,3 @@ def test_a_bad_scheduler_address_is_one_line(capsys, in_work):
     code, _, err = run(capsys, "sweep", "sweep.yaml", "--scheduler", "nonsense")
     assert code == 1
     assert "expected an address such as tcp://host:8786" in one_line(err, logs=True)
-
-
-def test_after_ctrl_c_the_event_loops_teardown_is_not_printed():
-    # Ctrl-C in `avda cache import` printed, under the one "interrupted" line, up to 9 asyncio
-    # "Task was destroyed but it is pending!" errors or an atexit "Cannot close a running event
-    # loop" traceback (zarr's loop torn down with tasks pending)
-    teardown = (
-        "import atexit, logging\n"
-        "logging.basicConfig()\n"
-        "{quiet}\n"
-        "logging.getLogger('asyncio').error('Task was destroyed but it is pending!')\n"
-        "def close():\n"
-        "    raise RuntimeError('Cannot close a running event loop')\n"
-        "atexit.register(close)\n"
-    )
-    for quiet, printed in (("pass", True), ("from avda.cli import _quiet_shutdown; "
-                                           "_quiet_shutdown()", False)):  # fmt: skip
-        ran = subprocess.run([sys.executable, "-c", teardown.format(quiet=quiet)],
-                             capture_output=True, text=True, timeout=120)  # fmt: skip
-        assert ("Task was destroyed" in ran.stderr) is printed, ran.stderr
-        assert ("Cannot close a running event loop" in ran.stderr) is printed, ran.stderr

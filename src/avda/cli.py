@@ -1449,25 +1449,8 @@ def main(argv: list[str] | None = None) -> int:
     return code
 
 
-def _quiet_shutdown() -> None:
-    """After Ctrl-C: the event loop zarr's writes run on is torn down with tasks pending, and
-    asyncio logged "Task was destroyed but it is pending!" up to 9 times, or Python printed
-    "Exception ignored in atexit callback ... Cannot close a running event loop", under the
-    one line that says what was kept. The work is safe either way (commits are atomic)."""
-    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
-
-    def ignore(unraisable) -> None:
-        if not isinstance(unraisable.exc_value, RuntimeError):
-            sys.__unraisablehook__(unraisable)
-
-    sys.unraisablehook = ignore
-
-
 def entry() -> None:
-    code = main()
-    if code == EXIT_INTERRUPTED:  # the process ends now: its interpreter's hooks are ours
-        _quiet_shutdown()
-    sys.exit(code)
+    sys.exit(main())
 
 
 if __name__ == "__main__":
