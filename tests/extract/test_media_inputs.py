@@ -129,6 +129,34 @@ def test_corrupt_packets_are_concealed_not_fatal(tmp_path, media):
     assert np.mean(difference == 0) > 0.7 and difference.max() < 40
 
 
+def test_frames_lost_inside_an_avi_are_noted_on_its_done_segments(tmp_path, media, caplog):
+    # 4 KB of garbage in test.avi (no pts: the AVI demuxer numbers frames by count) lost 3
+    # video packets: every later frame moved 0.12 s early, stored as done without a word
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    data = bytearray((media / "video" / "test.avi").read_bytes())
+    data[147283 : 147283 + 4096] = np.random.default_rng(1).bytes(4096)
+    (videos / "g.avi").write_bytes(bytes(data))
+    shutil.copy(media / "video" / "test.avi", videos / "clean.avi")
+    manifest = pd.DataFrame({
+        "uid": ["g1", "g2", "c1"], "video_id": ["g", "g", "clean"], "domain": "d",
+        "split": "train", "start_sec": [2.5, 4.0, 2.5], "stop_sec": [3.7, 6.0, 3.7],
+        "video_path": ["g.avi", "g.avi", "clean.avi"]})  # fmt: skip
+    with caplog.at_level("WARNING", logger="avda"):
+        runner.extract(manifest, videos=videos, out=tmp_path / "s.zarr", recipe=tiny("demo"),
+                       modalities=[runner.ModalitySpec("rgb", "i3d")], workers=0,
+                       progress=False)  # fmt: skip
+    store = open_cache(tmp_path / "s.zarr")
+    assert (store.status("rgb") == Status.DONE).all()
+    errors = store.errors("rgb")
+    for note in errors[:2]:
+        assert note.startswith("note: ")
+        assert "index lists 164 frames but it holds 161: 3 lost" in note
+        assert "read up to 0.12 s early" in note
+    assert errors[2] == ""
+    assert caplog.text.count("index lists 164 frames") == 1  # once per file
+
+
 def reference_tbn_sound(samples, rate, centre_sec):
     """temporal-binding-network dataset._extract_sound_feature (the window part)."""
     left_sec, right_sec = centre_sec - 0.639, centre_sec + 0.639
