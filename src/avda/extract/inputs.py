@@ -357,6 +357,11 @@ def _check_inside_video(segment: pd.Series, duration: float, path: Path) -> None
         raise MediaError(f"segment {segment['uid']!r} {why}: {path}; fix its times in the manifest")
 
 
+def _cut_bound(decoder: VideoDecoder, listed: int) -> float:
+    """Frames a file may hold fewer than its index lists and not be cut short: 1 s or 5 %."""
+    return max(TRUNCATED_SECONDS * decoder.fps, TRUNCATED_FRACTION * listed)
+
+
 def _check_not_cut(segment: pd.Series, decoder: VideoDecoder, path: Path, listed: int) -> None:
     """A segment that runs past the last frame of a file cut short (an interrupted download or
     copy: its index lists more frames than it holds): the clips past the cut would repeat its
@@ -365,7 +370,7 @@ def _check_not_cut(segment: pd.Series, decoder: VideoDecoder, path: Path, listed
     (Matroska/WebM) or as many as it holds (a last frame held, longer audio) is not cut.
     ``listed``: :func:`indexed_frames` of ``path``."""
     missing = listed - decoder.num_frames
-    if missing <= max(TRUNCATED_SECONDS * decoder.fps, TRUNCATED_FRACTION * listed):
+    if missing <= _cut_bound(decoder, listed):
         return
     raise MediaError(
         f"segment {segment['uid']!r} runs to {float(segment['stop_sec']):.2f} s, but the "
@@ -382,7 +387,7 @@ def _lost_frames_note(decoder: VideoDecoder, path: Path, listed: int) -> str:
     4 KB of garbage in test.avi lost 3 frames, and every frame after them was read 0.12 s
     early, stored as done without a word."""
     lost = listed - decoder.num_frames
-    if lost <= 0 or lost > max(TRUNCATED_SECONDS * decoder.fps, TRUNCATED_FRACTION * listed):
+    if lost <= 0 or lost > _cut_bound(decoder, listed):
         return ""
     message = (
         f"{path}'s index lists {listed} frames but it holds {decoder.num_frames}: {lost} lost "
