@@ -296,6 +296,53 @@ def test_multilabel_head_under_the_charadesego_protocol(ml_cache, tmp_path):
     assert all(r["train/rgb/labelled_target"] > 0 for r in history)
 
 
+def test_multilabel_recognizer_sees_each_domain_apart(ml_cache, tmp_path, monkeypatch):
+    """``CharadesEgo/train_recognizer.py`` calls the recognizer on the source batch and on the
+    labelled target batch apart, so its BatchNorms normalise each with its own statistics:
+    the labelled half of the protocol never shares a call with source rows."""
+    seen = []
+    forward = AudioInfusedRecognizer.forward
+
+    def record(self, visual, audio, domain):
+        if self.training:
+            seen.append(domain if isinstance(domain, int) else tuple(domain.tolist()))
+        return forward(self, visual, audio, domain)
+
+    monkeypatch.setattr(AudioInfusedRecognizer, "forward", record)
+    _train(ml_cache, tmp_path / "run", protocol="audio-adaptive-charadesego")
+    assert set(seen) == {SOURCE, TARGET}, set(seen)
+    # the rows come back in the batch's order, each as its own domain's call gives it
+    from avda.train.heads.audio_adaptive import _each_domain_apart
+
+    torch.manual_seed(0)
+    recognizer = AudioInfusedRecognizer(
+        6, 4, 3, dim=8, depth=1, heads=2, head_dim=4, mlp_dim=8, delegate_dim=8, fc_hidden=8,
+        visual_hidden=8,
+    )  # fmt: skip
+    features, audio = torch.randn(6, 2, 6), torch.randn(6, 4)
+    features[[1, 4, 5]] += 3.0
+    is_target = torch.tensor([False, True, False, False, True, True])
+    recognizer.eval()  # no dropout: the same call twice gives the same values
+    for module in recognizer.modules():
+        if isinstance(module, torch.nn.BatchNorm1d):
+            module.train()  # batch statistics, as in training
+    joint = _each_domain_apart(recognizer, features, audio, is_target)
+    source = recognizer(features[[0, 2, 3]], audio[[0, 2, 3]], SOURCE)
+    target = recognizer(features[[1, 4, 5]], audio[[1, 4, 5]], TARGET)
+    torch.testing.assert_close(joint.logits[[0, 2, 3]], source.logits)
+    torch.testing.assert_close(joint.logits[[1, 4, 5]], target.logits)
+    torch.testing.assert_close(joint.audio_logits[[1, 4, 5]], target.audio_logits)
+    mixed = recognizer(features, audio, torch.where(is_target, TARGET, SOURCE).long())
+    assert not torch.allclose(mixed.logits, joint.logits, atol=1e-3)
+    # one target row in the batch: it is normalised with the running statistics
+    one = torch.tensor([False, True, False, False, False, False])
+    alone = _each_domain_apart(recognizer, features, audio, one)
+    assert all(m.training for m in recognizer.modules() if isinstance(m, torch.nn.BatchNorm1d))
+    recognizer.eval()
+    expected = recognizer(features[[1]], audio[[1]], TARGET).logits
+    torch.testing.assert_close(alone.logits[[1]], expected)
+
+
 def test_multilabel_configuration():
     labels = [Task("labels", 5, multi_label=True)]
     inputs = {"rgb": (2, 4), "audio": (1, 4)}

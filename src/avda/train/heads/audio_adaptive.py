@@ -58,7 +58,12 @@ from avda.train.audio_adaptive.pipeline import (
     PSEUDO_LABEL_KEY,
     AudioAdaptiveStages,
 )
-from avda.train.audio_adaptive.recognizer import SOURCE, TARGET, AudioInfusedRecognizer
+from avda.train.audio_adaptive.recognizer import (
+    SOURCE,
+    TARGET,
+    AudioInfusedRecognizer,
+    RecognizerOutput,
+)
 from avda.train.heads import register
 from avda.train.heads._base import (
     Batch,
@@ -256,6 +261,39 @@ class NearestCentroids(nn.Module):
 def _freeze(module: nn.Module) -> None:
     for parameter in module.parameters():
         parameter.requires_grad_(False)
+
+
+def _each_domain_apart(
+    recognizer: AudioInfusedRecognizer,
+    features: torch.Tensor,
+    audio: torch.Tensor,
+    is_target: torch.Tensor,
+) -> RecognizerOutput:
+    """The recognizer on a batch of both domains' rows in one call per domain, so that its
+    BatchNorms see each domain's batch apart (``CharadesEgo/train_recognizer.py`` calls it on
+    the source batch and on the labelled target batch separately); the outputs in row order.
+    A domain with a single row in the batch (the loop draws both domains' rows together) is
+    normalised with the running statistics: a batch statistic of one row does not exist."""
+    if bool(is_target.all()) or not bool(is_target.any()):
+        return recognizer(features, audio, TARGET if bool(is_target.any()) else SOURCE)
+    rows = [torch.nonzero(~is_target).flatten(), torch.nonzero(is_target).flatten()]
+    parts = []
+    for r, domain in zip(rows, (SOURCE, TARGET), strict=True):
+        norms = [m for m in recognizer.modules() if isinstance(m, nn.BatchNorm1d) and m.training]
+        for m in norms if len(r) == 1 else ():
+            m.eval()
+        try:
+            parts.append(recognizer(features[r], audio[r], domain))
+        finally:
+            for m in norms:
+                m.train()
+    back = torch.argsort(torch.cat(rows))  # concatenated order -> the batch's row order
+    return RecognizerOutput(
+        **{
+            f.name: torch.cat([getattr(p, f.name) for p in parts])[back]
+            for f in dataclasses.fields(RecognizerOutput)
+        }
+    )
 
 
 @register("audio-adaptive")
@@ -638,12 +676,12 @@ class AudioAdaptive(Head):
             if flag is not None
             else torch.zeros(len(labels), dtype=torch.bool, device=labels.device)
         )
-        domain = torch.where(is_target, TARGET, SOURCE).long()
         audio = self._audio_embedding(source)
         total = torch.zeros((), device=labels.device)
         record: dict[str, torch.Tensor] = {}
         for visual in streams:
-            out = self.recognizers[visual](self._features(source, visual, is_target), audio, domain)
+            features = self._features(source, visual, is_target)
+            out = _each_domain_apart(self.recognizers[visual], features, audio, is_target)
             parts = multilabel_recognizer_loss(
                 out.logits,
                 labels,
