@@ -513,3 +513,36 @@ def test_every_step_count_a_protocol_states_is_one_of_its_heads_recipe():
             head, values = protocol.resolve(method)
             made.add(heads_lib.config_class(head).from_dict(values).recipe_steps())
         assert any(abs(m - steps) <= 0.01 * steps for m in made), (protocol.name, steps, made)
+
+
+def test_the_charadesego_protocol_labels_the_authors_half_of_the_real_file(shared_data, tmp_path):
+    """``labelled_target_pick="first"`` (the protocol's) labels what the Audio-Adaptive
+    authors' ``CharadesEgo/dataloader_encoder.py`` does: the first ``int(n / 2)`` of the
+    training videos of a view that have an action, in the file's order, read here from the real
+    annotation file with the csv module as their code reads it. (The shared v0 files' training
+    list has no first-person video; the rule is the same on the third-person rows.)"""
+    import csv
+
+    from avda.cache.store import create
+    from avda.data_manifests import build
+    from avda.train.setup import labelled_target_rows
+
+    folder = shared_data / "annotations" / "charadesego_v0"
+    with open(folder / "CharadesEgo_v0_train.csv", newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r["length"].strip()]  # the manifest's videos
+    view = [r["id"] for r in rows if not r["id"].endswith("EGO") and r["actions"].strip()]
+    expected = view[: int(len(view) / 2)]
+    manifest = build("charades-ego", folder, unit="videos").manifest
+    store = create(tmp_path / "c.zarr", manifest, manifest_sha256="0" * 64, recipe={})
+    segments = store.segments
+    train = np.flatnonzero(
+        ((segments["domain"] == "third") & (segments["split"] == "train")).to_numpy(bool)
+    )
+    assert (segments["labels"].iloc[train] == "").sum() > 0  # videos without an action
+    labelled, unlabelled = labelled_target_rows(store, train, 0.5, "first")
+    assert segments["video_id"].iloc[labelled].tolist() == expected
+    assert sorted([*labelled, *unlabelled]) == train.tolist()  # no-action videos: unlabelled
+    random, _ = labelled_target_rows(store, train, 0.5)
+    assert set(random) != set(labelled)
+    recipe = protocols.get("audio-adaptive-charadesego")
+    assert recipe.common["labelled_target_pick"] == "first"

@@ -351,7 +351,11 @@ register(
         "authors' code: classes without positives count 0)",
         settings=("charades-ego",),
         classes={"labels": 157},  # Charades' classes
-        common={"labelled_target": 0.5, "keep_last_predictions": 0},
+        common={
+            "labelled_target": 0.5,
+            "labelled_target_pick": "first",
+            "keep_last_predictions": 0,
+        },
         heads={
             "source-only": HeadRecipe("source-only", {}),
             "dann": HeadRecipe("dann", {}),

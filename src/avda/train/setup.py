@@ -73,17 +73,30 @@ def apply_statistics(feature_set: FeatureSet, stats: Statistics) -> None:
 
 
 def labelled_target_rows(
-    store: FeatureCache, rows: np.ndarray, fraction: float
+    store: FeatureCache, rows: np.ndarray, fraction: float, pick: str = "random"
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``(labelled, unlabelled)`` target training rows: a fixed ``fraction`` of ``rows``
-    (chosen by a permutation seeded with :data:`LABELLED_TARGET_SEED`, so every head and run
-    seed sees the same labelled videos, as in a dataset's split) whose labels enter the
-    classification loss; the rest stay unlabelled. Refuses a split without labels."""
-    order = np.random.default_rng(LABELLED_TARGET_SEED).permutation(len(rows))
-    count = int(round(fraction * len(rows)))
-    labelled, unlabelled = np.sort(rows[order[:count]]), np.sort(rows[order[count:]])
+    """``(labelled, unlabelled)`` target training rows: a fixed ``fraction`` of ``rows`` whose
+    labels enter the classification loss; the rest stay unlabelled. ``pick="random"``: chosen
+    by a permutation seeded with :data:`LABELLED_TARGET_SEED`, so every head and run seed sees
+    the same labelled videos, as in a dataset's split; ``"first"``: the first
+    ``int(fraction * n)`` of the ``n`` rows that have a label, in the cache's order (the
+    Audio-Adaptive authors' CharadesEgo split: the first half of the first-person training
+    list, videos without an action left out). Refuses a split without labels."""
+    columns = [c for c in data_lib.TASK_COLUMNS.values() if c in store.segments]
+    if pick == "first":
+        segments = store.segments.iloc[rows]
+        has = np.zeros(len(rows), dtype=bool)
+        for column in columns:
+            has |= segments[column].replace("", pd.NA).notna().to_numpy()
+        candidates = rows[has]
+        count = int(fraction * len(candidates))
+        labelled = candidates[:count]
+        unlabelled = np.setdiff1d(rows, labelled)
+    else:
+        order = np.random.default_rng(LABELLED_TARGET_SEED).permutation(len(rows))
+        count = int(round(fraction * len(rows)))
+        labelled, unlabelled = np.sort(rows[order[:count]]), np.sort(rows[order[count:]])
     segments = store.segments.iloc[labelled]
-    columns = [c for c in data_lib.TASK_COLUMNS.values() if c in segments]
     has_label = any(segments[c].replace("", pd.NA).notna().any() for c in columns)
     if count == 0 or not has_label:
         raise CacheError(
@@ -280,7 +293,9 @@ def plan(
             f"no extracted training segments for source domain(s) {list(source)} in {store.path}"
         )
     if config.labelled_target > 0:  # semi-supervised: part of the target is labelled
-        labelled, target_rows = labelled_target_rows(store, target_rows, config.labelled_target)
+        labelled, target_rows = labelled_target_rows(
+            store, target_rows, config.labelled_target, config.labelled_target_pick
+        )
         source_rows = np.concatenate([source_rows, labelled])
     if not any(k.startswith("target") for k in eval_rows) and len(target_rows) == 0:
         raise CacheError(

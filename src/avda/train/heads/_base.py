@@ -267,6 +267,11 @@ class HeadConfig(Config):
     # fraction of the target training segments whose labels enter the classification loss
     # (semi-supervised adaptation, the CharadesEgo protocol of Choi et al.: 0.5); 0: none
     labelled_target: float = 0.0
+    # which target training segments are labelled: "random", a permutation with a fixed seed;
+    # "first", the first ones in the cache's (the manifest's) order among those with a label,
+    # as the Audio-Adaptive authors' CharadesEgo code takes the first half of the
+    # first-person training list
+    labelled_target_pick: Literal["random", "first"] = "random"
 
     def __post_init__(self) -> None:
         """Every number in its range (:func:`range_problem`): a bad ``--set``, sweep entry or
