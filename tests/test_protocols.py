@@ -546,3 +546,5 @@ def test_the_charadesego_protocol_labels_the_authors_half_of_the_real_file(share
     assert set(random) != set(labelled)
     recipe = protocols.get("audio-adaptive-charadesego")
     assert recipe.common["labelled_target_pick"] == "first"
+    # the authors' CharadesEgo get_audio_cluster_feature.py: range(1, 20)
+    assert recipe.heads["audio-adaptive"].values["cluster_max_k"] == 19

@@ -361,8 +361,11 @@ register(
             "dann": HeadRecipe("dann", {}),
             "adabn": HeadRecipe("adabn", {}),
             "mmd": HeadRecipe("mmd", {}),
-            # the multi-label variant (CharadesEgo/ of the authors' code) on the labels task
-            "audio-adaptive": HeadRecipe("audio-adaptive", {"tasks": ("labels",)}),
+            # the multi-label variant (CharadesEgo/ of the authors' code) on the labels task;
+            # its get_audio_cluster_feature.py tries k = 1..19 (EPIC's: 1..20)
+            "audio-adaptive": HeadRecipe(
+                "audio-adaptive", {"tasks": ("labels",), "cluster_max_k": 19}
+            ),
         },
         evaluation=EvaluationRule(checkpoints=1, metrics=("mAP-present", "mAP-authors")),
         split="third-person train (labelled) + first-person train, half labelled (fixed "
