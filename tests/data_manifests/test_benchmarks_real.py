@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from avda.data_manifests import BENCHMARKS, build
-from avda.data_manifests.epic_common import EPIC55_FPS
+from avda.data_manifests.epic_common import EPIC_FRAME_RATE
 
 
 def distribution(frame: pd.DataFrame, column: str) -> dict[int, int]:
@@ -83,7 +83,7 @@ def test_mmsada_times_domains_and_paths(mmsada):
     assert row["stop_sec"] == pytest.approx(2.92)
     assert (row["start_frame"], row["stop_frame"]) == (70, 175)
     assert row["video_path"] == "P22/videos/P22_01.MP4"
-    assert np.allclose(mmsada.manifest["fps"], EPIC55_FPS)
+    assert np.allclose(mmsada.manifest["fps"], EPIC_FRAME_RATE)
     participants = mmsada.manifest.groupby("domain")["participant_id"].unique()
     assert {d: list(p) for d, p in participants.items()} == {
         "D1": ["P08"],
@@ -115,10 +115,11 @@ def test_epic55_every_kitchen_with_its_class_distribution(epic55, annotations):
             )
     assert epic55.num_classes("verb_class") == 125
     assert epic55.num_classes("noun_class") == 352
+    # the rate the frame numbers count at (60), not the camera's (47.95, 29.97, 59.94 fps)
     fps = manifest.groupby("video_id")["fps"].first()
-    assert fps["P17_01"] == pytest.approx(47.952048)
-    assert fps["P10_04"] == pytest.approx(29.97003)
-    assert fps["P01_01"] == pytest.approx(59.9400599)
+    assert fps["P17_01"] == fps["P10_04"] == fps["P01_01"] == 60.0
+    said = _numbering_rate(manifest)
+    assert np.allclose(said, 60.0, rtol=0.004), said.agg(["min", "max"])
     row = manifest.set_index("uid").loc["68"]  # all_noun_classes longer than all_nouns: kept
     assert (row["all_nouns"], row["all_noun_classes"]) == ("celery", "185;25")
 
@@ -169,15 +170,31 @@ def test_epic100_counts_and_distributions_match_the_csv_files(epic100, annotatio
     assert set(epic100.settings) == {"epic100-uda"}
 
 
-def test_epic100_frame_rates_come_from_video_info(epic100):
+def _numbering_rate(manifest: pd.DataFrame) -> pd.Series:
+    """What the released rows say their frame numbers count at: start_frame / start_sec per
+    video (rows past 10 s, where the timestamps' rounding to 0.01 s is below 0.1 %)."""
+    later = manifest[manifest["start_sec"] > 10]
+    return (later["start_frame"] / later["start_sec"]).groupby(later["video_id"]).median()
+
+
+def test_epic100_frame_rates_are_the_rates_its_frame_numbers_count_at(epic100, annotations):
+    """``fps`` is the rate ``start_frame`` counts at, read here from the released rows
+    themselves: 60 for the 2018 videos whatever the camera's rate in the video info file
+    (P09_07 is a 29.97 fps video), 50 for the 2020 ones."""
     manifest = epic100.manifest
     target = manifest[manifest["domain"] == "target"]
     assert np.allclose(target["fps"], 50.0)
     source = manifest[manifest["domain"] == "source"]
     rates = source.groupby("video_id")["fps"].first()
-    assert rates["P01_01"] == pytest.approx(60000 / 1001)
-    assert rates["P09_07"] == pytest.approx(29.97003)  # a source_test video at 29.97 fps
-    assert (source["fps"].round(2) == 29.97).sum() == 44
+    assert rates["P01_01"] == rates["P09_07"] == 60.0
+    camera = pd.read_csv(annotations / "epic100" / "EPIC_100_video_info.csv").set_index("video_id")[
+        "fps"
+    ]
+    assert camera["P09_07"] == pytest.approx(29.97003)  # a source_test video at 29.97 fps
+    assert source["video_id"].map(camera).round(2).eq(29.97).sum() == 44
+    said = _numbering_rate(manifest)
+    given = manifest.groupby("video_id")["fps"].first()[said.index]
+    assert np.allclose(said, given, rtol=0.004), (said / given).agg(["min", "max"])
 
 
 def test_epic100_times_lists_and_paths(epic100):

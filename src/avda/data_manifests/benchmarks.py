@@ -3,7 +3,7 @@
 Each benchmark module registers a builder::
 
     @register("epic55-mmsada")
-    def build(annotations: Path, *, fps: float = EPIC55_FPS) -> ManifestBuild: ...
+    def build(annotations: Path, *, fps: float = EPIC_FRAME_RATE) -> ManifestBuild: ...
 
 Builders take the annotations folder plus keyword-only options (``--option key=value`` on the
 command line, converted by the builder's type hints) and return a :class:`ManifestBuild`: the

@@ -34,6 +34,7 @@ from avda.data_manifests.epic_common import (
     SEGMENT_COLUMNS,
     apply_video_path_template,
     epic_segments,
+    frame_number_rates,
 )
 from avda.data_manifests.settings import EPIC100_UDA
 from avda.data_manifests.sources import (
@@ -133,7 +134,7 @@ def build(
                 uid_column="narration_id",
                 domain=domain,
                 split=split,
-                fps=video_fps,
+                fps=frame_number_rates(video_fps),
                 video_info_name=info_path.name,
                 verb_classes=verb_classes if labelled else None,
                 verb_class_file=verb_path.name,

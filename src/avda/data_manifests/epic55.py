@@ -3,7 +3,8 @@
 Files (``epic-kitchens-55-annotations``): ``EPIC_train_action_labels.csv`` (28,472 segments,
 columns ``uid, participant_id, video_id, narration, start_timestamp, stop_timestamp,
 start_frame, stop_frame, verb, verb_class, noun, noun_class, all_nouns, all_noun_classes``),
-``EPIC_video_info.csv`` (fps per video: 59.94, and 29.97/47.95/90 for nine videos),
+``EPIC_video_info.csv`` (the camera's fps per video: 59.94, and 29.97/47.95/90 for nine videos;
+the manifest's ``fps`` is 60 for all, the rate the frame numbers count at),
 ``EPIC_verb_classes.csv`` (125 verbs) and ``EPIC_noun_classes.csv`` (352 nouns).
 
 Every row is split ``train`` (the released file is the training set; its test sets have no
@@ -22,6 +23,7 @@ from avda.data_manifests.epic_common import (
     SEGMENT_COLUMNS,
     apply_video_path_template,
     epic_segments,
+    frame_number_rates,
 )
 from avda.data_manifests.settings import Setting
 from avda.data_manifests.sources import (
@@ -85,7 +87,7 @@ def build(
         uid_column="uid",
         domain=table.frame["participant_id"].astype(str).str.strip(),
         split="train",
-        fps=video_fps,
+        fps=frame_number_rates(video_fps),
         video_info_name=info_path.name,
         verb_classes=verb_classes,
         verb_class_file=verb_path.name,

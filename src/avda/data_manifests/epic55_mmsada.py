@@ -5,7 +5,8 @@ Files (``jonmun/MM-SADA_Domain_Adaptation_Splits``, identical to ``MM-SADA-code/
 video_id, narration, start_timestamp, stop_timestamp, start_frame, stop_frame, verb,
 verb_class``. Domains are kitchens: D1 = P08, D2 = P01, D3 = P22; 8 verb classes. ``D*_train``
 is split ``train`` and ``D*_test`` split ``test`` (the test pickles are the only labelled source
-of their segments; MM-SADA has no validation split). The videos run at 59.94 fps.
+of their segments; MM-SADA has no validation split). The videos run at 59.94 fps; their frame
+numbers count at 60.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import pandas as pd
 
 from avda.data_manifests.benchmarks import ManifestBuild, register
 from avda.data_manifests.epic_common import (
-    EPIC55_FPS,
+    EPIC_FRAME_RATE,
     EPIC_VIDEO_PATH,
     SEGMENT_COLUMNS,
     apply_video_path_template,
@@ -41,11 +42,12 @@ SUBFOLDERS = ("epic55_mmsada_splits", "Annotations")
 
 @register(NAME)
 def build(
-    annotations: Path, *, fps: float = EPIC55_FPS, video_path_template: str = EPIC_VIDEO_PATH
+    annotations: Path, *, fps: float = EPIC_FRAME_RATE, video_path_template: str = EPIC_VIDEO_PATH
 ) -> ManifestBuild:
     """Manifest of D1/D2/D3 train and test segments.
 
-    ``fps``: frame rate of every video (59.94 fps: P08, P01 and P22 all recorded at that rate).
+    ``fps``: the rate every video's frame numbers count at (60: P08, P01 and P22 were recorded
+    at 59.94 fps, and their frame numbers count at 60, as all of EPIC-55's).
     ``video_path_template``: ``video_path`` of a row, formatted from its columns ("" = none).
     """
     check_annotations_folder(annotations, NAME)

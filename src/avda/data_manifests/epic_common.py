@@ -2,9 +2,10 @@
 
 EPIC annotation rows carry ``start_timestamp``/``stop_timestamp`` as ``HH:MM:SS.ff`` and
 ``start_frame``/``stop_frame`` (1-based frame numbers of the released RGB frames). The manifest
-keeps both; times are what sampling uses, because frame rates differ between videos (59.94 fps
-for EPIC-55 videos, 50 fps for the EPIC-100 extension, a few EPIC-55 videos at 29.97, 47.95 or
-90 fps).
+keeps both, and as ``fps`` the rate those numbers count at (:func:`frame_number_rates`): 60 in
+the 2018 recordings whatever the camera's rate (59.94 fps, and 29.97, 47.95 or 90 fps for a few
+videos), 50 in the 2020 extension of EPIC-100 (recorded at 50 fps). Sampling converts frame
+offsets within a segment to seconds with it, anchored at ``start_sec``.
 """
 
 from __future__ import annotations
@@ -26,8 +27,23 @@ from avda.data_manifests.sources import (
 )
 from avda.errors import ConfigError
 
-EPIC55_FPS = 60000 / 1001
-"""59.94 fps, the frame rate of (almost all) EPIC-55 videos."""
+EPIC_FRAME_RATE = 60.0
+"""The rate EPIC's frame numbers count at in the 2018 recordings (all of EPIC-55), whatever the
+camera's rate: ``start_frame / start_sec`` is 60.0 (not 59.94) on the released annotations, for
+the 29.97, 47.95 and 90 fps videos too; TBN's ``epickitchens*_record.py`` uses 60 for them."""
+
+
+def frame_number_rates(video_fps: Mapping[str, float]) -> dict[str, float]:
+    """``{video id: the rate its EPIC frame numbers count at}`` from the video info file's camera
+    rates: 50 for a video recorded at 50 fps (the 2020 extension of EPIC-100, whose frame
+    numbers count at 50), :data:`EPIC_FRAME_RATE` (60) for every other (the 2018 recordings).
+    Using the camera's rate instead puts a 29.97 fps video's snippets twice as far into the
+    segment as the frame numbers say (and 59.94 fps ones 0.1 % too far)."""
+    return {
+        video: 50.0 if abs(fps - 50.0) < 0.01 else EPIC_FRAME_RATE
+        for video, fps in video_fps.items()
+    }
+
 
 EPIC_VIDEO_PATH = "{participant_id}/videos/{video_id}.MP4"
 """Where the official download scripts put a video, relative to the videos folder."""
