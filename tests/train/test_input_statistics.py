@@ -43,6 +43,27 @@ def test_feature_scale_sets_the_rms_norm_and_keeps_sign_and_direction():
     assert torch.allclose(other.inputs["rgb"], before / factor, rtol=1e-5)
 
 
+def test_statistics_are_applied_in_place_with_the_same_values():
+    """The set's own float32 tensor is overwritten (no second copy of a set that can be GBs),
+    bit for bit what ``(x - shift) / scale`` gives; a view of another tensor is not touched."""
+    rng = np.random.default_rng(2)
+    x = rng.normal(loc=1.0, scale=3.0, size=(30, 4, 8))
+    source = _set("source_train", x)
+    stats = input_statistics(source, True, 4.0)
+    shift, scale = stats["rgb"]
+    expected = (source.inputs["rgb"] - shift) / scale
+    pointer = source.inputs["rgb"].data_ptr()
+    _apply_standardizer(source, stats)
+    assert source.inputs["rgb"].data_ptr() == pointer
+    assert torch.equal(source.inputs["rgb"], expected)
+    whole = torch.from_numpy(x.astype(np.float32))
+    view = _set("target_test", x)
+    view.inputs["rgb"] = whole[:10]
+    kept = whole.clone()
+    _apply_standardizer(view, stats)
+    assert torch.equal(whole, kept) and torch.equal(view.inputs["rgb"], (kept[:10] - shift) / scale)
+
+
 def test_standardize_then_scale_and_nothing_when_off():
     rng = np.random.default_rng(1)
     x = rng.normal(loc=2.0, scale=0.5, size=(50, 3, 16))
