@@ -357,3 +357,29 @@ def test_a_combination_the_head_refuses_leaves_no_run_folder(shifted_cache, tmp_
     with pytest.raises(ValueError, match="per-modality"):
         _train(shifted_cache, out, head="dann", discriminator="per-modality", fusion="mid")
     assert not out.exists()
+
+
+def test_a_head_that_never_reads_the_target_does_not_load_it(shifted_cache, tmp_path, monkeypatch):
+    """source-only never reads the target training set (not in training, not at evaluation):
+    it is loaded empty, and the run is the same as with it loaded; heads that read it (dann in
+    training, adabn at evaluation) get every row."""
+    from avda.train import setup as setup_lib
+    from avda.train.heads.source_only import SourceOnly
+
+    loaded = {}
+    load = setup_lib.RunSetup.load
+
+    def record(self, name, rows, stats=None):
+        loaded[(self.head, name)] = len(rows)
+        return load(self, name, rows, stats)
+
+    monkeypatch.setattr(setup_lib.RunSetup, "load", record)
+    lean = _train(shifted_cache, tmp_path / "lean")
+    for head in ("dann", "adabn"):
+        _train(shifted_cache, tmp_path / head, head=head, epochs=1)
+    assert loaded[("source-only", "target_train")] == 0
+    assert loaded[("dann", "target_train")] == loaded[("adabn", "target_train")] > 0
+    monkeypatch.setattr(SourceOnly, "adapts_at_evaluation", True)  # as before: loaded
+    full = _train(shifted_cache, tmp_path / "full")
+    assert loaded[("source-only", "target_train")] > 0
+    assert lean.metrics == full.metrics

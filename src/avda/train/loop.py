@@ -289,7 +289,11 @@ def _train(
     torch.manual_seed(seed)
     np.random.seed(seed)
     generator = torch.Generator().manual_seed(seed)
-    train_set, target_set, eval_sets, stats = setup.load_sets()
+    # a head that never reads the target training set (in training or at evaluation) gets it
+    # empty: source-only on EPIC-100 holds 26k target segments' features less
+    train_set, target_set, eval_sets, stats = setup.load_sets(
+        target=uses_target or cls.adapts_at_evaluation
+    )
     inputs = {m: tuple(train_set.inputs[m].shape[1:]) for m in modalities}
     model = setup.build_head(inputs).to(device)
     # attach inputs (CIA's spatial maps), run or reload earlier stages (Audio-Adaptive)

@@ -158,11 +158,14 @@ class RunSetup:
         return feature_set
 
     def load_sets(
-        self, *, evaluation: bool = True
+        self, *, evaluation: bool = True, target: bool = True
     ) -> tuple[FeatureSet, FeatureSet, dict[str, FeatureSet], Statistics]:
         """``(source_train, target_train, {eval set: set}, stats)``, every set standardised
-        with the source-train statistics the config asks for (:func:`input_statistics`)."""
-        rows = len(self.source_rows) + len(self.target_rows)
+        with the source-train statistics the config asks for (:func:`input_statistics`).
+        ``target=False``: the target training set is loaded empty (a head that never reads it:
+        source-only holds half of EPIC-100's features less)."""
+        target_rows = self.target_rows if target else self.target_rows[:0]
+        rows = len(self.source_rows) + len(target_rows)
         rows += sum(len(r) for r in self.eval_rows.values()) if evaluation else 0
         clips, per_row = self.clips(), 0
         for modality in self.modalities:
@@ -176,7 +179,7 @@ class RunSetup:
             rows * per_row * 4 / 1e9,
         )
         train_set = self.load("source_train", self.source_rows)
-        target_set = self.load("target_train", self.target_rows)
+        target_set = self.load("target_train", target_rows)
         eval_sets = {n: self.load(n, r) for n, r in self.eval_rows.items()} if evaluation else {}
         stats = input_statistics(train_set, self.config.standardize, self.config.feature_scale)
         for feature_set in (train_set, target_set, *eval_sets.values()):
