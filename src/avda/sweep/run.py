@@ -479,11 +479,7 @@ def make_jobqueue_cluster(spec: ClusterSpec, kind: str | None = None):
             f"cluster kind {kind} needs cluster.{' and cluster.'.join(missing)} in the sweep spec "
             "(cores and memory per job, e.g. cores: 8, memory: 32GB)"
         )
-    from avda.optional import require
-
-    dask_jobqueue = require(
-        "dask_jobqueue", package="dask-jobqueue", extra="hpc", feature=f"--cluster {kind}"
-    )
+    dask_jobqueue = import_jobqueue(kind)
     options: dict[str, Any] = {
         "cores": spec.cores,
         "memory": spec.memory,
@@ -515,6 +511,25 @@ def make_jobqueue_cluster(spec: ClusterSpec, kind: str | None = None):
     return cluster_class(**options)
 
 
+def import_jobqueue(kind: str) -> Any:
+    """``dask_jobqueue``, imported without the SIGINT handler it installs on import
+    (``sys.exit()``: Ctrl-C would end the sweep with exit 1 and no word, not avda's
+    ``interrupted`` line and exit 130)."""
+    import signal
+    import threading
+
+    from avda.optional import require
+
+    previous = signal.getsignal(signal.SIGINT)
+    try:
+        return require(
+            "dask_jobqueue", package="dask-jobqueue", extra="hpc", feature=f"--cluster {kind}"
+        )
+    finally:
+        if previous is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, previous)
+
+
 SUBMIT_COMMANDS = {"slurm": "sbatch", "pbs": "qsub"}
 QUEUE_COMMANDS = {"slurm": "squeue -u $USER", "pbs": "qstat -u $USER"}
 
@@ -522,9 +537,7 @@ QUEUE_COMMANDS = {"slurm": "squeue -u $USER", "pbs": "qstat -u $USER"}
 def check_submit_command(kind: str) -> None:
     """Refuse a SLURM / PBS cluster where dask-jobqueue is not installed or its submit command
     (sbatch / qsub) is not on PATH (the package first: it can be installed anywhere)."""
-    from avda.optional import require
-
-    require("dask_jobqueue", package="dask-jobqueue", extra="hpc", feature=f"--cluster {kind}")
+    import_jobqueue(kind)
     command = SUBMIT_COMMANDS[kind]
     if shutil.which(command) is None:
         raise ConfigError(
