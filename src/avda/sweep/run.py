@@ -75,6 +75,10 @@ from avda.sweep.spec import (
 
 log = logging.getLogger(__name__)
 
+WATCH_SECONDS = 0.5
+"""How often a sweep waiting for its runs checks that its cluster still has a worker."""
+CLOSE_SECONDS = 60
+"""Longest wait for a cluster to close its workers (cancel its jobs), lost ones included."""
 INDEX = "sweep.json"
 FAILURES = "sweep-failures.csv"
 WARNINGS = "sweep-warnings.log"
@@ -553,10 +557,8 @@ def start_jobs(cluster: Any, jobs: int, kind: str) -> None:
     (``cluster.scale`` submits them in the background, where a failure is only logged and the
     sweep would wait forever.)
     """
-    while len(cluster.worker_spec) < jobs:
-        cluster.worker_spec.update(cluster.new_worker_spec())
     try:
-        cluster.sync(cluster._correct_state)
+        _grow(cluster, jobs)
     except Exception as exc:  # the submit command failed or printed no job id
         from distributed.core import Status
 
@@ -581,6 +583,91 @@ def start_jobs(cluster: Any, jobs: int, kind: str) -> None:
         ) from exc
 
 
+def _grow(cluster: Any, count: int) -> None:
+    """Start the workers (SLURM/PBS: submit the jobs) of a Dask ``SpecCluster`` up to ``count``
+    now, in this thread."""
+    while len(cluster.worker_spec) < count:
+        cluster.worker_spec.update(cluster.new_worker_spec())
+    cluster.sync(cluster._correct_state)
+
+
+def restart_workers(cluster: Any, count: int, kind: str) -> None:
+    """Start ``count`` workers (SLURM/PBS: jobs) anew on a cluster that lost them all: the old
+    ones are closed first (a job that ended is cancelled again, which does no harm)."""
+    cluster.worker_spec.clear()
+    try:
+        cluster.sync(cluster._correct_state, callback_timeout=CLOSE_SECONDS)
+    except Exception as exc:  # a job already gone: what matters is the new ones
+        log.debug("closing the lost workers: %s: %s", type(exc).__name__, exc)
+    if kind == "local":
+        _grow(cluster, count)
+    else:
+        start_jobs(cluster, count, kind)
+
+
+MAX_RESTARTS = 2
+"""Times a sweep starts its cluster's workers (SLURM/PBS: submits its jobs) again after it was
+left without any for ``worker_timeout`` seconds while runs wait, before it gives up."""
+
+
+class WorkerWatch:
+    """Notices a cluster left without workers while runs wait (every job cancelled, past its
+    walltime or preempted: Dask would wait for one forever). After ``timeout`` seconds without
+    a worker it calls ``restart`` (at most ``restarts`` times; ``None``: workers it did not
+    start), then gives up with an :class:`AvdaError` naming ``where`` and the ``hint``."""
+
+    def __init__(
+        self,
+        client: Any,
+        timeout: float,
+        *,
+        where: str,
+        hint: str,
+        restart: Any = None,
+        restarts: int | None = None,
+    ) -> None:
+        self.client, self.timeout, self.where, self.hint = client, timeout, where, hint
+        self.restart = restart
+        self.restarts = MAX_RESTARTS if restarts is None else restarts
+        self.restarted = 0
+        self.since: float | None = None
+
+    def check(self) -> None:
+        """Call now and then while runs wait: raises once the cluster has given up."""
+        now = time.monotonic()
+        if self.client.status != "running":  # a lost scheduler: its runs come back lost
+            return
+        try:
+            workers = len(self.client.nthreads())
+        except (OSError, TimeoutError) as exc:
+            log.debug("could not count the Dask workers: %s: %s", type(exc).__name__, exc)
+            return
+        if workers:
+            self.since = None
+            return
+        if self.since is None:
+            self.since = now
+            return
+        if now - self.since < self.timeout:
+            return
+        if self.restart is not None and self.restarted < self.restarts:
+            self.restarted += 1
+            log.warning(
+                "no Dask worker left in %s for %g s (jobs ended: cancelled, walltime, "
+                "preempted?): starting its workers again (%d of %d)",
+                *(self.where, self.timeout, self.restarted, self.restarts),
+            )
+            self.restart()
+            self.since = time.monotonic()
+            return
+        again = f" (started again {self.restarted} time(s))" if self.restarted else ""
+        raise AvdaError(
+            f"no Dask worker left in {self.where} for {self.timeout:g} s{again}, giving up; "
+            f"{self.hint}; the finished runs are kept in the index: run the same command again "
+            "to train the others"
+        )
+
+
 def wait_for_worker(client: Any, timeout: float, *, where: str, hint: str) -> None:
     """Wait until a first worker joins; give up with one line after ``timeout`` seconds."""
     try:
@@ -600,9 +687,20 @@ def _no_worker_hint(kind: str) -> str:
     )
 
 
+def _lost_workers_hint(kind: str, log_directory: str | None) -> str:
+    if kind == "local":
+        return "its worker processes died (out of memory?): see the messages above"
+    logs = log_directory or f"{os.getcwd()} (the submit command's default)"
+    return (
+        "its jobs ended (cancelled, past their walltime, preempted) or cannot start: see the "
+        f"jobs' logs in {logs} and `{QUEUE_COMMANDS[kind]}`; a walltime too short for a run "
+        "needs a longer cluster.walltime"
+    )
+
+
 def _close_quietly(cluster: Any) -> None:
     try:
-        cluster.close()
+        cluster.close(timeout=CLOSE_SECONDS)
     except Exception as exc:  # e.g. a job that never started: keep the error that matters
         log.debug("could not stop the Dask cluster cleanly (%s: %s)", type(exc).__name__, exc)
 
@@ -645,7 +743,14 @@ def connect(
                 where=f"the scheduler at {scheduler}",
                 hint=f"start workers with `dask worker {scheduler}`",
             )
-            yield client, {"torch_threads": scheduler_torch_threads(client), "resources": None}
+            watch = WorkerWatch(
+                client,
+                timeout,
+                where=f"the scheduler at {scheduler}",
+                hint=f"start workers with `dask worker {scheduler}`",
+            )
+            threads = scheduler_torch_threads(client)
+            yield client, {"torch_threads": threads, "resources": None, "watch": watch}
         finally:
             client.close()
         return
@@ -666,16 +771,23 @@ def connect(
         local = make_jobqueue_cluster(spec.cluster, kind)
         cores_per_worker = max(1, (spec.cluster.cores or 1) // spec.cluster.processes)
         options = {"torch_threads": cores_per_worker, "resources": {"train": 1}}
+    count = workers if kind == "local" else spec.cluster.workers or 1
     try:
         if kind != "local":
-            start_jobs(local, spec.cluster.workers or 1, kind)
+            start_jobs(local, count, kind)
         client = Client(local)
         quiet_worker_logs(client)
         try:
+            where = "the local cluster" if kind == "local" else f"the {kind.upper()} cluster"
             if kind != "local":
-                wait_for_worker(
-                    client, timeout, where=f"the {kind.upper()} cluster", hint=_no_worker_hint(kind)
-                )
+                wait_for_worker(client, timeout, where=where, hint=_no_worker_hint(kind))
+            options["watch"] = WorkerWatch(
+                client,
+                timeout,
+                where=where,
+                hint=_lost_workers_hint(kind, spec.cluster.log_directory),
+                restart=lambda: restart_workers(local, count, kind),
+            )
             yield client, options
         finally:
             client.close()
@@ -821,10 +933,18 @@ def _sweep_in(
                 )
                 futures[future] = task
             bar = progress_bar(total=len(futures), desc="sweep", unit="run", disable=not progress)
+            watch = options["watch"]
+            finished = as_completed(futures)
             try:
-                for future in as_completed(futures):
+                while not finished.is_empty():
+                    if not finished.has_ready():  # no worker left: Dask would wait forever
+                        watch.check()
+                        time.sleep(WATCH_SECONDS)
+                        continue
+                    future = next(finished)
                     task = futures[future]
                     outcome = _outcome(future, task)
+                    future.release()  # else a worker lost later computes it again
                     outcomes[task.name] = outcome
                     if outcome.status == "failed":
                         log.warning("%s failed: %s", task.name, outcome.error)
