@@ -133,3 +133,85 @@ def test_a_cluster_left_without_workers_restarts_them_or_fails_in_one_line(
     assert message.startswith("no Dask worker left in the local cluster for 2 s, giving up")
     assert "run the same command again" in message
     assert index == {0: "complete", 1: "pending"}
+
+
+# ------------------------------------------------------------------------------ the spec
+def _spec_file(folder: Path, cluster: dict, **more) -> Path:
+    import yaml
+
+    path = folder / "sweep.yaml"
+    spec = {"cache": "features.zarr", "heads": ["dann"], "settings": ["D1-D2"], **more}
+    path.write_text(yaml.safe_dump({**spec, "cluster": cluster}, sort_keys=False))
+    return path
+
+
+def _problems(path: Path) -> str:
+    from avda.errors import ConfigError
+
+    with pytest.raises(ConfigError) as raised:
+        sweep.load_spec(path, open_caches=False)
+    return str(raised.value)
+
+
+def test_a_slurm_spec_without_cores_and_memory_fails_its_check_before_anything_is_written(
+    tmp_path,
+):
+    """``--check`` said such a spec was valid; the run failed after writing ``.sweep.lock``."""
+    from avda.cli import main
+
+    path = _spec_file(tmp_path, {"kind": "slurm", "workers": 2}, out="runs")
+    assert "cluster kind slurm needs cluster.cores and cluster.memory" in _problems(path)
+    assert main(["sweep", str(path), "--check"]) == 1
+    assert main(["sweep", str(path)]) == 1
+    assert not (tmp_path / "runs").exists()
+    # a local spec run with --cluster pbs: refused before the output folder is made, too
+    local = _spec_file(tmp_path, {"kind": "local"}, out="runs")
+    assert main(["sweep", str(local), "--cluster", "pbs", "--check"]) == 1
+    assert main(["sweep", str(local), "--cluster", "pbs"]) == 1
+    assert not (tmp_path / "runs").exists()
+
+
+def test_cluster_values_that_would_give_bad_job_scripts_are_refused(tmp_path):
+    text = _problems(
+        _spec_file(
+            tmp_path, {"kind": "slurm", "cores": 1, "processes": 2, "memory": 16, "walltime": 14400}
+        )
+    )
+    assert "cluster.memory: 16 has no unit (it would be bytes): write e.g. 16GB" in text
+    assert "2 worker processes per job need cluster.cores >= 2" in text
+    assert 'YAML reads an unquoted 4:00:00 as seconds): quote it, walltime: "04:00:00"' in text
+    assert "has no unit" in _problems(_spec_file(tmp_path, {"kind": "local", "memory": "16"}))
+
+
+def test_pbs_gets_its_own_memory_units_and_walltime_form(tmp_path):
+    assert sweep.pbs_memory("32GB") == "32GB"
+    assert sweep.pbs_memory("16GiB") == "16gb"
+    assert sweep.pbs_memory("0.5 TB") == "512gb"
+    assert sweep.pbs_walltime("1-00:00:00") == "24:00:00"
+    assert sweep.pbs_walltime("04:00:00") == "04:00:00"
+    spec = sweep.load_spec(
+        _spec_file(
+            tmp_path,
+            {"kind": "pbs", "cores": 2, "memory": "16GiB", "walltime": "1-00:00:00"},
+        ),
+        open_caches=False,
+    )
+    script = sweep.job_script(spec)
+    assert "#PBS -l select=1:ncpus=2:mem=16gb" in script, script
+    assert "#PBS -l walltime=24:00:00" in script, script
+
+
+def test_log_and_local_directories_are_absolute_with_home_expanded(tmp_path, monkeypatch):
+    """PBS jobs start in $HOME: a relative or ``~`` folder reached the job script as is."""
+    _spec_file(
+        tmp_path,
+        {"kind": "pbs", "cores": 1, "memory": "2GB", "log_directory": "~/avdalogs"},
+    )
+    monkeypatch.chdir(tmp_path.parent)
+    spec = sweep.load_spec(Path(tmp_path.name) / "sweep.yaml", open_caches=False)
+    assert spec.cluster.log_directory == os.path.expanduser("~/avdalogs")
+    (tmp_path / "sweep.yaml").write_text(
+        (tmp_path / "sweep.yaml").read_text().replace("~/avdalogs", "logs")
+    )
+    spec = sweep.load_spec(Path(tmp_path.name) / "sweep.yaml", open_caches=False)
+    assert spec.cluster.log_directory == str(tmp_path / "logs")

@@ -38,6 +38,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import shutil
 import time
 from collections.abc import Iterator
@@ -69,6 +70,7 @@ from avda.sweep.spec import (
     ClusterSpec,
     HeadSpec,
     SweepSpec,
+    cluster_problems,
     load_spec,
     parse_spec,
 )
@@ -477,12 +479,8 @@ def make_jobqueue_cluster(spec: ClusterSpec, kind: str | None = None):
     Each worker process runs one training run at a time (worker resource ``train=1``).
     """
     kind = kind or spec.kind
-    missing = [key for key in ("cores", "memory") if getattr(spec, key) is None]
-    if missing:
-        raise ConfigError(
-            f"cluster kind {kind} needs cluster.{' and cluster.'.join(missing)} in the sweep spec "
-            "(cores and memory per job, e.g. cores: 8, memory: 32GB)"
-        )
+    for key, message in cluster_problems(spec, kind):
+        raise ConfigError(f"cluster.{key}: {message} in the sweep spec")
     dask_jobqueue = import_jobqueue(kind)
     options: dict[str, Any] = {
         "cores": spec.cores,
@@ -504,7 +502,10 @@ def make_jobqueue_cluster(spec: ClusterSpec, kind: str | None = None):
             directives.append(f"--gres=gpu:{spec.gpus}")
         cluster_class = dask_jobqueue.SLURMCluster
     elif kind == "pbs":
-        memory = spec.memory.replace(" ", "")
+        memory = pbs_memory(spec.memory)
+        options["memory"] = memory  # dask-jobqueue's own parser reads PBS's units
+        if spec.walltime is not None:
+            options["walltime"] = pbs_walltime(spec.walltime)
         resource = f"select=1:ncpus={spec.cores}:mem={memory}"
         options["resource_spec"] = resource + (f":ngpus={spec.gpus}" if spec.gpus else "")
         cluster_class = dask_jobqueue.PBSCluster
@@ -513,6 +514,43 @@ def make_jobqueue_cluster(spec: ClusterSpec, kind: str | None = None):
     options["job_extra_directives"] = directives
     options = {k: v for k, v in options.items() if v is not None}
     return cluster_class(**options)
+
+
+def check_cluster(spec: SweepSpec, cluster: str | None = None) -> None:
+    """Refuse, in one line naming the spec, a cluster ``--cluster KIND`` (default the spec's
+    kind) cannot start with the spec's resources (before anything is written)."""
+    kind = cluster or spec.cluster.kind
+    for key, message in cluster_problems(spec.cluster, kind) if kind in CLUSTER_KINDS else ():
+        raise ConfigError(f"{spec.source}: cluster.{key}: {message}")
+
+
+def pbs_memory(memory: str) -> str:
+    """A spec's memory as PBS reads it: an integer and kb, mb, gb or tb (PBS's units are
+    binary). ``32GB`` stays as it is; ``16GiB`` is ``16gb``, ``0.5 TB`` is ``512gb``."""
+    text = memory.replace(" ", "")
+    found = re.fullmatch(r"(\d+(?:\.\d*)?)([kmgtKMGT])(i?)[bB]", text)
+    if found is None:
+        raise ConfigError(f"cluster.memory: PBS cannot read {memory!r}; write e.g. 16GB")
+    number, unit, binary = found.groups()
+    if number.isdigit() and not binary:
+        return text
+    units = "kmgt"
+    amount = float(number) * 1024 ** units.index(unit.lower())  # in kb
+    for place in range(len(units) - 1, -1, -1):
+        value = amount / 1024**place
+        if value >= 1 and value == int(value):
+            return f"{int(value)}{units[place]}b"
+    return f"{max(1, round(amount))}kb"
+
+
+def pbs_walltime(walltime: str) -> str:
+    """SLURM's ``D-HH:MM:SS`` as PBS's ``HH:MM:SS`` (``1-00:00:00`` is ``24:00:00``)."""
+    days, dash, rest = walltime.partition("-")
+    if not dash:
+        return walltime
+    parts = rest.split(":")
+    parts[0] = str(int(days) * 24 + int(parts[0]))
+    return ":".join(parts + ["00"] * (3 - len(parts)))
 
 
 def import_jobqueue(kind: str) -> Any:
@@ -710,6 +748,7 @@ def job_script(spec: SweepSpec, cluster: str | None = None) -> str:
     kind = _cluster_kind(spec, None, cluster)
     if kind == "local":
         raise ConfigError("--job-script needs --cluster slurm or pbs (or cluster.kind in the spec)")
+    check_cluster(spec, kind)
     jobqueue = make_jobqueue_cluster(spec.cluster, kind)
     try:
         return str(jobqueue.job_script())
@@ -863,6 +902,7 @@ def run_sweep(
     tasks = plan(spec, out_dir)
     if scheduler is None and any(not runs.is_complete(task.run) for task in tasks):
         # before the output folder is made (a finished sweep reruns anywhere)
+        check_cluster(spec, kind)
         if kind == "local":
             refuse_unguarded_main("a sweep on its own local cluster")
         else:

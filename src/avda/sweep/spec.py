@@ -234,8 +234,9 @@ def parse_spec(
     cluster = _parse_cluster(data.get("cluster", {}), problems, max_runs)
     for key in ("local_directory", "log_directory"):  # relative to the spec, as cache and out
         folder = getattr(cluster, key)
-        if folder is not None and not Path(folder).expanduser().is_absolute():
-            cluster = dataclasses.replace(cluster, **{key: str(base / folder)})
+        if folder is not None:  # absolute: PBS jobs start in $HOME, a worker elsewhere
+            where = os.path.abspath(base / Path(folder).expanduser())
+            cluster = dataclasses.replace(cluster, **{key: where})
     runs = len(caches) * len(heads) * len(settings) * len(seeds)
     if runs > max_runs:
         problems.refuse(
@@ -559,10 +560,20 @@ def _parse_cluster(value: Any, problems: _Problems, max_runs: int) -> ClusterSpe
         elif key == "memory":
             if not _is_size(item):
                 problems.add(path, f"expected a size such as 16GB, got {item!r}")
+            elif re.fullmatch(r"\s*[\d.]+\s*", str(item)):
+                problems.add(path, f"{item!r} has no unit (it would be bytes): write e.g. 16GB")
             else:
                 values[key] = str(item)
         elif key == "walltime":
-            if not isinstance(item, str) or not _WALLTIME.match(item):
+            if isinstance(item, int) and not isinstance(item, bool) and item >= 0:
+                hours, rest = divmod(item, 3600)
+                problems.add(
+                    path,
+                    f"expected HH:MM:SS, got the number {item} (YAML reads an unquoted "
+                    f"{hours}:{rest // 60:02d}:{rest % 60:02d} as seconds): quote it, walltime: "
+                    f'"{hours:02d}:{rest // 60:02d}:{rest % 60:02d}"',
+                )
+            elif not isinstance(item, str) or not _WALLTIME.match(item):
                 problems.add(path, f"expected HH:MM:SS (or D-HH:MM:SS), got {item!r}")
             else:
                 values[key] = item
@@ -575,7 +586,38 @@ def _parse_cluster(value: Any, problems: _Problems, max_runs: int) -> ClusterSpe
             problems.add(path, f"expected a string, got {item!r}")
         else:
             values[key] = item
-    return ClusterSpec(**values)
+    spec = ClusterSpec(**values)
+    if spec.kind != "local":
+        for key, message in cluster_problems(spec):
+            problems.add(("cluster", key) if key in value else ("cluster",), message)
+    return spec
+
+
+def cluster_problems(spec: ClusterSpec, kind: str | None = None) -> list[tuple[str, str]]:
+    """What a SLURM / PBS cluster (``kind``, default the spec's) lacks: ``(key, message)``
+    pairs. The spec is checked with its own kind; ``--cluster KIND`` checks it again."""
+    kind = kind or spec.kind
+    if kind == "local":
+        return []
+    found = []
+    missing = [key for key in ("cores", "memory") if getattr(spec, key) is None]
+    if missing:
+        found.append(
+            (
+                missing[0],
+                f"cluster kind {kind} needs cluster.{' and cluster.'.join(missing)} (per job, "
+                "e.g. cores: 8, memory: 32GB)",
+            )
+        )
+    if spec.cores is not None and spec.cores < spec.processes:
+        found.append(
+            (
+                "processes",
+                f"{spec.processes} worker processes per job need cluster.cores >= "
+                f"{spec.processes} (each gets cores / processes threads), got cores: {spec.cores}",
+            )
+        )
+    return found
 
 
 def _is_size(value: Any) -> bool:
