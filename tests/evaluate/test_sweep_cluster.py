@@ -93,6 +93,9 @@ def test_a_cluster_left_without_workers_restarts_them_or_fails_in_one_line(
 
     monkeypatch.setattr(distributed, "LocalCluster", Recorded)
     monkeypatch.setattr(sweep, "MAX_RESTARTS", restarts)
+    # a run that finished just before its worker was killed: its outcome never comes back
+    # (it used to hang the sweep); the run folder says it is complete
+    monkeypatch.setattr(sweep, "RESULT_SECONDS", 5)
     epochs = 12
     spec = sweep.parse_spec(
         {
@@ -154,7 +157,7 @@ def _problems(path: Path) -> str:
 
 
 def test_a_slurm_spec_without_cores_and_memory_fails_its_check_before_anything_is_written(
-    tmp_path,
+    tmp_path, capsys
 ):
     """``--check`` said such a spec was valid; the run failed after writing ``.sweep.lock``."""
     from avda.cli import main
@@ -166,7 +169,15 @@ def test_a_slurm_spec_without_cores_and_memory_fails_its_check_before_anything_i
     assert not (tmp_path / "runs").exists()
     # a local spec run with --cluster pbs: refused before the output folder is made, too
     local = _spec_file(tmp_path, {"kind": "local"}, out="runs")
+    capsys.readouterr()
+    assert main(["sweep", str(local), "--check"]) == 0  # valid as it is
     assert main(["sweep", str(local), "--cluster", "pbs", "--check"]) == 1
+    error = capsys.readouterr().err
+    assert "cluster.cores: cluster kind pbs needs cluster.cores and cluster.memory" in error
+    # PBS cannot read every size SLURM can: --check says so for --cluster pbs
+    sized = _spec_file(tmp_path, {"kind": "local", "cores": 2, "memory": "16G"}, out="runs")
+    assert main(["sweep", str(sized), "--cluster", "pbs", "--check"]) == 1
+    assert "cluster.memory: PBS cannot read '16G'" in capsys.readouterr().err
     assert main(["sweep", str(local), "--cluster", "pbs"]) == 1
     assert not (tmp_path / "runs").exists()
 
@@ -189,6 +200,10 @@ def test_pbs_gets_its_own_memory_units_and_walltime_form(tmp_path):
     assert sweep.pbs_memory("0.5 TB") == "512gb"
     assert sweep.pbs_walltime("1-00:00:00") == "24:00:00"
     assert sweep.pbs_walltime("04:00:00") == "04:00:00"
+    assert sweep.pbs_walltime("90") == "01:30:00"  # SLURM's minutes; PBS would read seconds
+    assert sweep.pbs_walltime("90:30") == "01:30:30"
+    assert sweep.pbs_walltime("2-3") == "51:00:00"
+    assert sweep.pbs_memory("1.5GB") == "1536mb"
     spec = sweep.load_spec(
         _spec_file(
             tmp_path,

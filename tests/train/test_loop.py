@@ -383,3 +383,23 @@ def test_a_head_that_never_reads_the_target_does_not_load_it(shifted_cache, tmp_
     full = _train(shifted_cache, tmp_path / "full")
     assert loaded[("source-only", "target_train")] > 0
     assert lean.metrics == full.metrics
+
+
+def test_a_run_recorded_before_a_field_existed_is_the_same_run(shifted_cache, tmp_path):
+    """A finished run whose config.yaml lacks a head-config field added since (here
+    labelled_target_pick) is the run the same settings make now: skipped, not refused; a field
+    whose recorded value differs still refuses it."""
+    import yaml
+
+    out = tmp_path / "run"
+    first = _train(shifted_cache, out, epochs=1)
+    path = out / runs.CONFIG
+    config = yaml.safe_load(path.read_text())
+    del config["head_config"]["labelled_target_pick"]
+    path.write_text(yaml.safe_dump(config))
+    again = _train(shifted_cache, out, epochs=1)
+    assert again.skipped and again.metrics == first.metrics
+    config["head_config"]["hidden_dim"] = 7
+    path.write_text(yaml.safe_dump(config))
+    with pytest.raises(RunError, match="head_config.hidden_dim"):
+        _train(shifted_cache, out, epochs=1)

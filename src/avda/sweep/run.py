@@ -257,7 +257,12 @@ def _finished_mismatch(task: SweepTask) -> str:
     size, its tasks and class counts) against the run's, and the cache it trained on."""
     from avda.cache import open_cache
     from avda.train import setup as setup_lib
-    from avda.train.loop import check_same_cache, config_difference, resolved_config
+    from avda.train.loop import (
+        check_same_cache,
+        config_difference,
+        recorded_config,
+        resolved_config,
+    )
 
     try:
         with _quiet():  # its warnings were reported when it trained
@@ -276,7 +281,7 @@ def _finished_mismatch(task: SweepTask) -> str:
             check_same_cache(task.run, open_cache(task.cache))  # a rebuilt cache at that path
     except AvdaError as error:
         return f"{type(error).__name__}: {error}"
-    config = runs.read_config(task.run)
+    config = recorded_config(task.run)
     differ = {
         key.replace("_", " "): None
         for key in dict.fromkeys([*config, *wanted])
@@ -544,13 +549,20 @@ def pbs_memory(memory: str) -> str:
 
 
 def pbs_walltime(walltime: str) -> str:
-    """SLURM's ``D-HH:MM:SS`` as PBS's ``HH:MM:SS`` (``1-00:00:00`` is ``24:00:00``)."""
+    """A walltime in any of SLURM's forms as PBS's ``HH:MM:SS``: ``D-HH[:MM[:SS]]`` (days and
+    hours: ``1-00:00:00`` is ``24:00:00``), ``MM`` and ``MM:SS`` (minutes: ``90`` is
+    ``01:30:00``, which PBS would read as 90 seconds), ``HH:MM:SS`` as it is."""
     days, dash, rest = walltime.partition("-")
-    if not dash:
-        return walltime
-    parts = rest.split(":")
-    parts[0] = str(int(days) * 24 + int(parts[0]))
-    return ":".join(parts + ["00"] * (3 - len(parts)))
+    parts = [int(p) for p in (rest if dash else walltime).split(":")]
+    if dash:  # days-hours[:minutes[:seconds]]
+        hours, minutes, seconds = (parts + [0, 0])[:3]
+        hours += int(days) * 24
+    elif len(parts) == 3:
+        hours, minutes, seconds = parts
+    else:  # minutes[:seconds]
+        minutes, seconds = (parts + [0])[:2]
+        hours, minutes = divmod(minutes, 60)
+    return f"{hours:02d}:{minutes:02d}:{seconds:02d}"
 
 
 def import_jobqueue(kind: str) -> Any:
@@ -1047,10 +1059,20 @@ def _report_warnings(out: Path, tasks: list[SweepTask], outcomes: dict) -> None:
     )
 
 
+RESULT_SECONDS = 60
+"""Longest wait for a finished run's outcome: it lives on the worker that ran it, and a worker
+lost after the run finished (its job cancelled, past its walltime) never sends it."""
+
+
 def _outcome(future: Any, task: SweepTask) -> TaskOutcome:
+    error = None
     if future.status == "finished":
-        return future.result()
-    error = future.exception() if future.status == "error" else None
+        try:
+            return future.result(timeout=RESULT_SECONDS)
+        except TimeoutError:  # its worker is gone: the run folder says whether it finished
+            log.debug("%s: no outcome from its worker in %d s", task.name, RESULT_SECONDS)
+    elif future.status == "error":
+        error = future.exception()
     if error is None:  # cancelled or lost: the scheduler went away (a killed scheduler)
         if runs.is_complete(task.run):  # its worker finished it before it heard
             metrics = {}
@@ -1093,6 +1115,7 @@ __all__ = [
     "SweepSummary",
     "SweepTask",
     "TaskOutcome",
+    "check_cluster",
     "describe_spec",
     "task_problems",
     "job_script",

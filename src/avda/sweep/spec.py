@@ -609,6 +609,13 @@ def cluster_problems(spec: ClusterSpec, kind: str | None = None) -> list[tuple[s
                 "e.g. cores: 8, memory: 32GB)",
             )
         )
+    if kind == "pbs" and spec.memory is not None:
+        from avda.sweep.run import pbs_memory  # the job script's own conversion
+
+        try:
+            pbs_memory(spec.memory)
+        except ConfigError as error:
+            found.append(("memory", str(error).split(": ", 1)[-1]))
     if spec.cores is not None and spec.cores < spec.processes:
         found.append(
             (

@@ -22,7 +22,7 @@ from avda import environment, runs
 from avda._io import atomic_write_text, progress_bar
 from avda.cache import FeatureCache
 from avda.cache.lock import run_lock
-from avda.errors import RunError, TrainingDiverged
+from avda.errors import AvdaError, RunError, TrainingDiverged
 from avda.scoring.metrics import mean_class_accuracy, top1_accuracy
 from avda.train import setup as setup_lib
 from avda.train import sinks as sinks_lib
@@ -523,7 +523,7 @@ def _start_run_folder(
     a new run)."""
     check_same_cache(out, store)
     if runs.is_complete(out):
-        recorded = runs.read_config(out)
+        recorded = recorded_config(out)
         # A finished run is the same run whichever avda version trained it (it is skipped);
         # an unfinished one is resumed only by the version that started it (below).
         if _but_version(recorded) != _but_version(resolved):
@@ -532,7 +532,7 @@ def _start_run_folder(
                 f"({config_difference(recorded, resolved)}); use another -o"
             )
         return None
-    if (out / runs.CONFIG).exists() and (recorded := runs.read_config(out)) != resolved:
+    if (out / runs.CONFIG).exists() and (recorded := recorded_config(out)) != resolved:
         if _trained(out):
             raise RunError(
                 f"{out} holds an unfinished run with another configuration "
@@ -565,6 +565,23 @@ def _start_run_folder(
     resumed = provenance.get("resumed") if isinstance(provenance.get("resumed"), list) else []
     provenance["resumed"] = [*resumed, environment.describe(device)]
     return provenance
+
+
+def recorded_config(run: Path) -> dict[str, Any]:
+    """``run``'s ``config.yaml`` with the head-config fields added since it was written filled
+    in with the values it was trained with (:meth:`HeadConfig.from_stored`): a run recorded
+    before a field existed is the same run as one that records the field's default."""
+    recorded = runs.read_config(run)
+    stored = recorded.get("head_config")
+    if not isinstance(stored, dict):
+        return recorded
+    from avda.train import heads as heads_lib
+
+    try:
+        full = heads_lib.config_class(str(recorded.get("head"))).from_stored(stored).to_dict()
+    except (AvdaError, TypeError, ValueError):  # compared as it is: it differs, and says why
+        return recorded
+    return {**recorded, "head_config": {**full, **stored}}
 
 
 def config_difference(recorded: dict[str, Any], wanted: dict[str, Any], shown: int = 4) -> str:
