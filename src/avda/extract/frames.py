@@ -229,7 +229,8 @@ def read_image(path: Path, *, shorter_side: int | None, mode: str) -> np.ndarray
     """One JPEG/PNG as uint8, resized so that its shorter side is ``shorter_side``.
 
     JPEGs are downscaled inside the decoder first (DCT scaling by 1/2, 1/4 or 1/8, never below
-    the target), then resized bilinearly to the exact size, as TSN's ``GroupScale`` does.
+    the target), then resized bilinearly to the exact size (TSN's ``GroupScale`` resizes the whole
+    JPEG bilinearly: docs/extraction.md gives the difference).
     """
     from PIL import Image
 
