@@ -230,3 +230,68 @@ def test_log_and_local_directories_are_absolute_with_home_expanded(tmp_path, mon
     )
     spec = sweep.load_spec(Path(tmp_path.name) / "sweep.yaml", open_caches=False)
     assert spec.cluster.log_directory == str(tmp_path / "logs")
+
+
+def _shim(folder: Path, name: str, body: str) -> None:
+    folder.mkdir(exist_ok=True)
+    path = folder / name
+    path.write_text("#!/bin/sh\n" + body + "\n")
+    path.chmod(0o755)
+
+
+@pytest.mark.parametrize("printed", ["", "queued, no number here"])
+def test_a_submit_command_without_a_job_id_says_what_it_printed(
+    tmp_path, cache, monkeypatch, capsys, printed
+):
+    """``sbatch`` that prints no job id (a site wrapper, a changed format): one line quoting
+    what it printed, naming the spec to give --job-script, exit 1."""
+    from avda.cli import main
+
+    bin_dir = tmp_path / "bin"
+    _shim(bin_dir, "sbatch", f"echo '{printed}'" if printed else "true")
+    _shim(bin_dir, "scancel", "true")
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    path = _spec_file(
+        tmp_path,
+        {"kind": "slurm", "cores": 1, "memory": "1GB"},
+        cache=str(cache),
+        settings=["source->target"],
+        heads=["source-only"],
+        out="runs",
+    )
+    capsys.readouterr()
+    assert main(["sweep", str(path)]) == 1
+    error = capsys.readouterr().err
+    assert "could not submit the SLURM worker jobs with `sbatch`" in error
+    assert f"it printed: {printed or 'nothing'}" in error
+    assert f"avda sweep {path} --cluster slurm --job-script" in error
+
+
+def test_jobs_that_never_start_name_the_spec_and_the_log_folder(
+    tmp_path, cache, monkeypatch, capsys
+):
+    """Submitted jobs that never start (queued, or dying at start): after worker_timeout one
+    line naming the real log folder and the spec to give --job-script; the jobs cancelled."""
+    from avda.cli import main
+
+    bin_dir = tmp_path / "bin"
+    cancelled = tmp_path / "cancelled"
+    _shim(bin_dir, "sbatch", "echo 'Submitted batch job 4242'")
+    _shim(bin_dir, "scancel", f'echo "$@" >> {cancelled}')
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    cluster = {"kind": "slurm", "cores": 1, "memory": "1GB", "log_directory": "logs"}
+    path = _spec_file(
+        tmp_path,
+        {**cluster, "worker_timeout": 2},
+        cache=str(cache),
+        settings=["source->target"],
+        heads=["source-only"],
+        out="runs",
+    )
+    capsys.readouterr()
+    assert main(["sweep", str(path)]) == 1
+    error = capsys.readouterr().err
+    assert "no Dask worker joined" in error or "no worker" in error, error
+    assert f"their logs in {tmp_path / 'logs'}" in error
+    assert f"avda sweep {path} --cluster slurm --job-script" in error
+    assert "4242" in cancelled.read_text()

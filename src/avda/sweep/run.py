@@ -601,7 +601,7 @@ def check_submit_command(kind: str) -> None:
         )
 
 
-def start_jobs(cluster: Any, jobs: int, kind: str) -> None:
+def start_jobs(cluster: Any, jobs: int, kind: str, spec_name: str = "SPEC") -> None:
     """Submit ``jobs`` worker jobs now, so that a failing submit command raises here.
 
     (``cluster.scale`` submits them in the background, where a failure is only logged and the
@@ -624,12 +624,16 @@ def start_jobs(cluster: Any, jobs: int, kind: str) -> None:
         # dask-jobqueue's text holds the command's stderr below a "stderr:" line: the reason
         marks = [i for i, line in enumerate(lines) if line.strip().lower() == "stderr:"]
         said = " ".join(line.strip() for line in lines[marks[-1] + 1 :]) if marks else ""
+        output = [i for i, line in enumerate(lines) if line.strip().endswith("output is:")]
+        if output and not said.strip():  # no job id in what it printed: show what it printed
+            said = " ".join(line.strip() for line in lines[output[-1] + 1 :]) or "nothing"
+            said = f"it printed: {said}"
         if said.strip():
             first = f"{first} ({said[:300]})"
         raise AvdaError(
             f"could not submit the {kind.upper()} worker jobs with "
             f"`{SUBMIT_COMMANDS[kind]}`: {first}; check the job script with "
-            f"`avda sweep SPEC --cluster {kind} --job-script`"
+            f"`avda sweep {spec_name} --cluster {kind} --job-script`"
         ) from exc
 
 
@@ -641,7 +645,7 @@ def _grow(cluster: Any, count: int) -> None:
     cluster.sync(cluster._correct_state)
 
 
-def restart_workers(cluster: Any, count: int, kind: str) -> None:
+def restart_workers(cluster: Any, count: int, kind: str, spec_name: str = "SPEC") -> None:
     """Start ``count`` workers (SLURM/PBS: jobs) anew on a cluster that lost them all: the old
     ones are closed first (a job that ended is cancelled again, which does no harm)."""
     cluster.worker_spec.clear()
@@ -652,7 +656,7 @@ def restart_workers(cluster: Any, count: int, kind: str) -> None:
     if kind == "local":
         _grow(cluster, count)
     else:
-        start_jobs(cluster, count, kind)
+        start_jobs(cluster, count, kind, spec_name)
 
 
 MAX_RESTARTS = 2
@@ -728,13 +732,18 @@ def wait_for_worker(client: Any, timeout: float, *, where: str, hint: str) -> No
         ) from None
 
 
-def _no_worker_hint(kind: str) -> str:
+def _no_worker_hint(kind: str, spec: SweepSpec) -> str:
+    logs = spec.cluster.log_directory or f"{os.getcwd()} (the submit command's default)"
     return (
-        f"check that the jobs started (`{QUEUE_COMMANDS[kind]}`), their logs "
-        f"(cluster.log_directory) and the job script (`avda sweep SPEC --cluster {kind} "
-        "--job-script`); jobs waiting in the queue need a longer cluster.worker_timeout "
-        "(or --worker-timeout)"
+        f"check that the jobs started (`{QUEUE_COMMANDS[kind]}`), their logs in {logs} and "
+        f"the job script (`avda sweep {_spec_name(spec)} --cluster {kind} --job-script`); jobs "
+        "waiting in the queue need a longer cluster.worker_timeout (or --worker-timeout)"
     )
+
+
+def _spec_name(spec: SweepSpec) -> str:
+    """The spec file as the user can pass it again (``SPEC`` for a spec made in Python)."""
+    return spec.source if spec.source and spec.source != "<spec>" else "SPEC"
 
 
 def _lost_workers_hint(kind: str, log_directory: str | None) -> str:
@@ -825,19 +834,19 @@ def connect(
     count = workers if kind == "local" else spec.cluster.workers or 1
     try:
         if kind != "local":
-            start_jobs(local, count, kind)
+            start_jobs(local, count, kind, _spec_name(spec))
         client = Client(local)
         quiet_worker_logs(client)
         try:
             where = "the local cluster" if kind == "local" else f"the {kind.upper()} cluster"
             if kind != "local":
-                wait_for_worker(client, timeout, where=where, hint=_no_worker_hint(kind))
+                wait_for_worker(client, timeout, where=where, hint=_no_worker_hint(kind, spec))
             options["watch"] = WorkerWatch(
                 client,
                 timeout,
                 where=where,
                 hint=_lost_workers_hint(kind, spec.cluster.log_directory),
-                restart=lambda: restart_workers(local, count, kind),
+                restart=lambda: restart_workers(local, count, kind, _spec_name(spec)),
             )
             yield client, options
         finally:
