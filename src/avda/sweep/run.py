@@ -38,7 +38,6 @@ import dataclasses
 import json
 import logging
 import os
-import re
 import shutil
 import time
 from collections.abc import Iterator
@@ -73,6 +72,8 @@ from avda.sweep.spec import (
     cluster_problems,
     load_spec,
     parse_spec,
+    pbs_memory,
+    pbs_walltime,
 )
 
 log = logging.getLogger(__name__)
@@ -529,42 +530,6 @@ def check_cluster(spec: SweepSpec, cluster: str | None = None) -> None:
         raise ConfigError(f"{spec.source}: cluster.{key}: {message}")
 
 
-def pbs_memory(memory: str) -> str:
-    """A spec's memory as PBS reads it: an integer and kb, mb, gb or tb (PBS's units are
-    binary). ``32GB`` stays as it is; ``16GiB`` is ``16gb``, ``0.5 TB`` is ``512gb``."""
-    text = memory.replace(" ", "")
-    found = re.fullmatch(r"(\d+(?:\.\d*)?)([kmgtKMGT])(i?)[bB]", text)
-    if found is None:
-        raise ConfigError(f"cluster.memory: PBS cannot read {memory!r}; write e.g. 16GB")
-    number, unit, binary = found.groups()
-    if number.isdigit() and not binary:
-        return text
-    units = "kmgt"
-    amount = float(number) * 1024 ** units.index(unit.lower())  # in kb
-    for place in range(len(units) - 1, -1, -1):
-        value = amount / 1024**place
-        if value >= 1 and value == int(value):
-            return f"{int(value)}{units[place]}b"
-    return f"{max(1, round(amount))}kb"
-
-
-def pbs_walltime(walltime: str) -> str:
-    """A walltime in any of SLURM's forms as PBS's ``HH:MM:SS``: ``D-HH[:MM[:SS]]`` (days and
-    hours: ``1-00:00:00`` is ``24:00:00``), ``MM`` and ``MM:SS`` (minutes: ``90`` is
-    ``01:30:00``, which PBS would read as 90 seconds), ``HH:MM:SS`` as it is."""
-    days, dash, rest = walltime.partition("-")
-    parts = [int(p) for p in (rest if dash else walltime).split(":")]
-    if dash:  # days-hours[:minutes[:seconds]]
-        hours, minutes, seconds = (parts + [0, 0])[:3]
-        hours += int(days) * 24
-    elif len(parts) == 3:
-        hours, minutes, seconds = parts
-    else:  # minutes[:seconds]
-        minutes, seconds = (parts + [0])[:2]
-        hours, minutes = divmod(minutes, 60)
-    return f"{hours:02d}:{minutes:02d}:{seconds:02d}"
-
-
 def import_jobqueue(kind: str) -> Any:
     """``dask_jobqueue``, imported without the SIGINT handler it installs on import
     (``sys.exit()``: Ctrl-C would end the sweep with exit 1 and no word, not avda's
@@ -733,7 +698,7 @@ def wait_for_worker(client: Any, timeout: float, *, where: str, hint: str) -> No
 
 
 def _no_worker_hint(kind: str, spec: SweepSpec) -> str:
-    logs = spec.cluster.log_directory or f"{os.getcwd()} (the submit command's default)"
+    logs = _logs_folder(spec.cluster.log_directory)
     return (
         f"check that the jobs started (`{QUEUE_COMMANDS[kind]}`), their logs in {logs} and "
         f"the job script (`avda sweep {_spec_name(spec)} --cluster {kind} --job-script`); jobs "
@@ -746,10 +711,15 @@ def _spec_name(spec: SweepSpec) -> str:
     return spec.source if spec.source and spec.source != "<spec>" else "SPEC"
 
 
+def _logs_folder(log_directory: str | None) -> str:
+    """Where the jobs' logs are: ``cluster.log_directory``, else where the sweep was started."""
+    return log_directory or f"{os.getcwd()} (the submit command's default)"
+
+
 def _lost_workers_hint(kind: str, log_directory: str | None) -> str:
     if kind == "local":
         return "its worker processes died (out of memory?): see the messages above"
-    logs = log_directory or f"{os.getcwd()} (the submit command's default)"
+    logs = _logs_folder(log_directory)
     return (
         "its jobs ended (cancelled, past their walltime, preempted) or cannot start: see the "
         f"jobs' logs in {logs} and `{QUEUE_COMMANDS[kind]}`; a walltime too short for a run "

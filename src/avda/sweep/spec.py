@@ -593,6 +593,42 @@ def _parse_cluster(value: Any, problems: _Problems, max_runs: int) -> ClusterSpe
     return spec
 
 
+def pbs_memory(memory: str) -> str:
+    """A spec's memory as PBS reads it: an integer and kb, mb, gb or tb (PBS's units are
+    binary). ``32GB`` stays as it is; ``16GiB`` is ``16gb``, ``0.5 TB`` is ``512gb``."""
+    text = memory.replace(" ", "")
+    found = re.fullmatch(r"(\d+(?:\.\d*)?)([kmgtKMGT])(i?)[bB]", text)
+    if found is None:
+        raise ConfigError(f"cluster.memory: PBS cannot read {memory!r}; write e.g. 16GB")
+    number, unit, binary = found.groups()
+    if number.isdigit() and not binary:
+        return text
+    units = "kmgt"
+    amount = float(number) * 1024 ** units.index(unit.lower())  # in kb
+    for place in range(len(units) - 1, -1, -1):
+        value = amount / 1024**place
+        if value >= 1 and value == int(value):
+            return f"{int(value)}{units[place]}b"
+    return f"{max(1, round(amount))}kb"
+
+
+def pbs_walltime(walltime: str) -> str:
+    """A walltime in any of SLURM's forms as PBS's ``HH:MM:SS``: ``D-HH[:MM[:SS]]`` (days and
+    hours: ``1-00:00:00`` is ``24:00:00``), ``MM`` and ``MM:SS`` (minutes: ``90`` is
+    ``01:30:00``, which PBS would read as 90 seconds), ``HH:MM:SS`` as it is."""
+    days, dash, rest = walltime.partition("-")
+    parts = [int(p) for p in (rest if dash else walltime).split(":")]
+    if dash:  # days-hours[:minutes[:seconds]]
+        hours, minutes, seconds = (parts + [0, 0])[:3]
+        hours += int(days) * 24
+    elif len(parts) == 3:
+        hours, minutes, seconds = parts
+    else:  # minutes[:seconds]
+        minutes, seconds = (parts + [0])[:2]
+        hours, minutes = divmod(minutes, 60)
+    return f"{hours:02d}:{minutes:02d}:{seconds:02d}"
+
+
 def cluster_problems(spec: ClusterSpec, kind: str | None = None) -> list[tuple[str, str]]:
     """What a SLURM / PBS cluster (``kind``, default the spec's) lacks: ``(key, message)``
     pairs. The spec is checked with its own kind; ``--cluster KIND`` checks it again."""
@@ -610,8 +646,6 @@ def cluster_problems(spec: ClusterSpec, kind: str | None = None) -> list[tuple[s
             )
         )
     if kind == "pbs" and spec.memory is not None:
-        from avda.sweep.run import pbs_memory  # the job script's own conversion
-
         try:
             pbs_memory(spec.memory)
         except ConfigError as error:
