@@ -25,6 +25,11 @@ loop: loading, evaluation, checkpoints) as a Markdown table::
 
     python benchmarks/train.py --heads all --sizes 96,96,64
     python benchmarks/train.py --heads source-only,audio-adaptive
+
+``--memory`` (with ``--heads``) prints instead the peak resident memory of each run, each in
+its own process, beside one that only imports the training code::
+
+    python benchmarks/train.py --heads source-only,dann,ta3n --memory --sizes 1611,2611,512
 """
 
 from __future__ import annotations
@@ -130,6 +135,86 @@ def _stage_seconds(run: Path, began: float) -> list[tuple[str, float]]:
         out.append((path.stem, finished - previous))
         previous = finished
     return out
+
+
+def _train_in_child(queue, kwargs: dict) -> None:
+    """Train in a fresh process and report its peak resident memory (GiB)."""
+    try:
+        if kwargs.pop("import_only", False):
+            import avda.train.heads  # noqa: F401  (the runtime a run starts from)
+        else:
+            train(**kwargs)
+        queue.put({"peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20})
+    except Exception as error:
+        queue.put({"error": f"{type(error).__name__}: {error}"[:120]})
+
+
+def peak_memory(kwargs: dict) -> dict:
+    """``train(**kwargs)`` in a spawned process: its peak RSS, apart from every other run."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    process = context.Process(target=_train_in_child, args=(queue, kwargs))
+    process.start()
+    result = queue.get()
+    process.join()
+    return result
+
+
+def features_gib(cache: Path) -> float:
+    """The cache's features as held in memory by a run that reads every row (stored dtype)."""
+    store = cache_lib.open_cache(cache)
+    return sum(store.features(m).nbytes for m in store.modalities) / 2**30
+
+
+def compare_memory(
+    names: list[str], sizes: dict[str, int], cache_dir: Path, device: str, epochs: int = 1
+) -> list[dict]:
+    """Peak RSS of ``avda train`` for each head in ``names`` (``epochs`` epochs, each run in
+    its own process), beside a process that only imports the training code."""
+    label = f"{sizes['source']}-{sizes['target']}-{sizes['test']}"
+    cache = cache_dir / f"epic100-{label}.zarr"
+    if not (cache / "zarr.json").exists():
+        shutil.rmtree(cache, ignore_errors=True)
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        print(f"building {cache} ...", file=sys.stderr, flush=True)
+        build_cache(cache, sizes)
+    rows = [{"head": "(import only)", **peak_memory({"import_only": True})}]
+    for name in names:
+        run = Path(tempfile.mkdtemp(prefix=f"avda-bench-{name}-"))
+        print(f"training {name} ...", file=sys.stderr, flush=True)
+        began = time.perf_counter()
+        kwargs = {
+            "cache": cache,
+            "head": name,
+            "source": ["source"],
+            "target": ["target"],
+            "out": run,
+            "seed": 0,
+            "overrides": {"epochs": epochs},
+            "device": device,
+            "progress": False,
+        }
+        rows.append({"head": name, **peak_memory(kwargs), "seconds": time.perf_counter() - began})
+        shutil.rmtree(run, ignore_errors=True)
+    total = features_gib(cache)
+    for row in rows:
+        row["features_gib"] = total
+    return rows
+
+
+def format_memory(rows: list[dict]) -> str:
+    lines = ["| head | peak RSS (GiB) | above import (GiB) | seconds |", "|---|---:|---:|---:|"]
+    base = rows[0].get("peak_rss_gib", float("nan"))
+    for row in rows:
+        if "error" in row:
+            lines.append(f"| {row['head']} | failed: {row['error']} | | |")
+            continue
+        above = row["peak_rss_gib"] - base
+        seconds = f"{row['seconds']:.0f}" if "seconds" in row else ""
+        lines.append(f"| {row['head']} | {row['peak_rss_gib']:.2f} | {above:.2f} | {seconds} |")
+    return "\n".join(lines)
 
 
 def compare_heads(
@@ -247,9 +332,30 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "--keep-runs", type=Path, default=None, help="with --heads: keep the runs in DIR/<head>"
     )
+    parser.add_argument(
+        "--memory",
+        action="store_true",
+        help="with --heads: the peak RSS of each run (its own process; --epochs, default 1)",
+    )
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.heads and args.memory:
+        source, target, test = (int(v) for v in args.sizes.split(","))
+        sizes = {"source": source, "target": target, "test": test}
+        rows = compare_memory(
+            args.heads.split(","), sizes, args.cache_dir, args.device, args.epochs or 1
+        )
+        print(
+            f"{sizes['source']} source, {sizes['target']} target train, {sizes['test']} "
+            f"target test segments; {SNIPPETS} x {FEATURES} per modality {MODALITIES}, "
+            f"{rows[0]['features_gib']:.2f} GiB as cached (float16); {args.epochs or 1} "
+            f"epoch(s); peak RSS from getrusage"
+        )
+        print(format_memory(rows))
+        if args.json:
+            args.json.write_text(json.dumps(rows, indent=2))
+        return {"memory": rows}
     if args.heads:
         source, target, test = (int(v) for v in args.sizes.split(","))
         sizes = {"source": source, "target": target, "test": test}

@@ -115,7 +115,7 @@ def test_stored_outputs_are_the_frozen_modules_on_every_segment(stages, monkeypa
                 set_norm_domain(encoder, domain)
                 with torch.no_grad():
                     direct[domain] = encoder(
-                        feature_set.inputs[visual], feature_set.inputs["audio"]
+                        feature_set.features(visual), feature_set.features("audio")
                     ).features
             own, other = evaluation_domain(feature_set), {"source", "target"}
             (other,) = other - {own}
@@ -148,7 +148,8 @@ def test_stored_outputs_are_the_frozen_modules_on_every_segment(stages, monkeypa
     )
     pipeline.AudioAdaptiveStages(head, context).attach_frozen_outputs(only_source)
     with torch.no_grad():
-        direct = head.encoders["rgb"](train_set.inputs["rgb"], train_set.inputs["audio"]).features
+        inputs = (train_set.features("rgb"), train_set.features("audio"))
+        direct = head.encoders["rgb"](*inputs).features
     torch.testing.assert_close(train_set.inputs[ENCODED_KEY.format("rgb")], direct)
     arrays = folder.load_arrays("encoded-rgb")
     np.testing.assert_array_equal(arrays[f"{train_set.name}.uids"], train_set.uids)

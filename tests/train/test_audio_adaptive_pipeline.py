@@ -672,7 +672,7 @@ def test_stage_5_normalises_each_domain_with_its_own_statistics(tmp_path, monkey
     norms = encoder.norm[0].norms
     assert float((norms["target"].running_mean - norms["source"].running_mean).mean()) > 1.0
     target_set = stages.context.target_set
-    inputs = (target_set.inputs["rgb"], target_set.inputs["audio"])
+    inputs = (target_set.features("rgb"), target_set.features("audio"))
     predicted = {}
     for domain in ("source", "target"):
         set_norm_domain(encoder, domain)

@@ -261,7 +261,7 @@ def test_adabn_uses_exact_target_statistics(shifted, normalize):
     for modality in head.modalities:
         norm = head.encoders[modality][position]
         assert isinstance(norm, DomainBatchNorm1d) and norm.domain == "target"
-        pooled = target.inputs[modality].mean(dim=1)  # the clip-averaged features
+        pooled = target.features(modality).mean(dim=1)  # the clip-averaged features
         with torch.no_grad():  # the BN's input over all target segments, computed here
             u = (pooled if normalize == "inputs" else head.encoders[modality][0](pooled)).double()
         torch.testing.assert_close(norm.target_mean.double(), u.mean(0), rtol=1e-4, atol=1e-5)
@@ -317,7 +317,7 @@ def test_adabn_without_target_training_set_uses_the_evaluation_set(shifted):
     norm = head.norms()[0]
     modality = head.modalities[0]
     assert norm is head.encoders[modality][0]  # on the clip-averaged inputs
-    u = sets["target_test"].inputs[modality].mean(1)
+    u = sets["target_test"].features(modality).mean(1)
     torch.testing.assert_close(norm.target_mean, u.mean(0), rtol=1e-4, atol=1e-5)
 
 
@@ -330,7 +330,7 @@ def test_ta3n_loads_only_its_snippets(tmp_path):
     chosen = data_lib.load_set(store, "x", rows, ["rgb", "audio"], tasks, clips)
     assert chosen.inputs["rgb"].shape == (10, 5, 6) and chosen.inputs["audio"].shape == (10, 25, 6)
     full = store.load("rgb", rows)
-    np.testing.assert_array_equal(chosen.inputs["rgb"].numpy(), full[:, [2, 7, 12, 17, 22]])
+    np.testing.assert_array_equal(chosen.features("rgb").numpy(), full[:, [2, 7, 12, 17, 22]])
     with pytest.raises(Exception, match="do not fit the 25 clips"):
         data_lib.load_set(store, "x", rows, ["rgb"], tasks, {"rgb": [30]})
     result = train(

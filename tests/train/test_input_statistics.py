@@ -35,33 +35,36 @@ def test_feature_scale_sets_the_rms_norm_and_keeps_sign_and_direction():
     before = other.inputs["rgb"].clone()
     for feature_set in (source, other):
         _apply_standardizer(feature_set, stats)
-    scaled = source.inputs["rgb"].reshape(-1, 64)
+    scaled = source.features("rgb").reshape(-1, 64)
     assert float(scaled.pow(2).sum(1).mean().sqrt()) == pytest.approx(8.0, rel=1e-5)
     assert float(scaled.min()) >= 0.0  # one positive number per modality: signs kept
     # Every set gets the source's factor (a target twice as large stays twice as large).
     factor = np.sqrt((x.reshape(-1, 64) ** 2).sum(1).mean()) / 8.0
-    assert torch.allclose(other.inputs["rgb"], before / factor, rtol=1e-5)
+    assert torch.allclose(other.features("rgb"), before / factor, rtol=1e-5)
 
 
-def test_statistics_are_applied_in_place_with_the_same_values():
-    """The set's own float32 tensor is overwritten (no second copy of a set that can be GBs),
-    bit for bit what ``(x - shift) / scale`` gives; a view of another tensor is not touched."""
+def test_statistics_are_applied_per_batch_to_the_float16_features_with_the_float32_values():
+    """A set keeps the cache's float16 features (half the memory of float32) and reads them
+    as float32 with the statistics applied, one batch at a time: bit for bit what ``(x -
+    shift) / scale`` gives on a whole float32 copy, the stored tensor untouched."""
     rng = np.random.default_rng(2)
-    x = rng.normal(loc=1.0, scale=3.0, size=(30, 4, 8))
+    x = rng.normal(loc=1.0, scale=3.0, size=(30, 4, 8)).astype(np.float16)
     source = _set("source_train", x)
+    source.inputs["rgb"] = torch.from_numpy(x)
     stats = input_statistics(source, True, 4.0)
     shift, scale = stats["rgb"]
-    expected = (source.inputs["rgb"] - shift) / scale
-    pointer = source.inputs["rgb"].data_ptr()
-    _apply_standardizer(source, stats)
-    assert source.inputs["rgb"].data_ptr() == pointer
-    assert torch.equal(source.inputs["rgb"], expected)
     whole = torch.from_numpy(x.astype(np.float32))
-    view = _set("target_test", x)
-    view.inputs["rgb"] = whole[:10]
-    kept = whole.clone()
-    _apply_standardizer(view, stats)
-    assert torch.equal(whole, kept) and torch.equal(view.inputs["rgb"], (kept[:10] - shift) / scale)
+    expected = whole.clone().sub_(shift).div_(scale)  # the in-place float32 path of before
+    _apply_standardizer(source, stats)
+    assert source.inputs["rgb"].dtype == torch.float16
+    assert torch.equal(source.inputs["rgb"], torch.from_numpy(x))
+    assert torch.equal(source.features("rgb"), expected)
+    index = torch.tensor([7, 2, 29])
+    inputs, _ = source.batch(index)
+    assert inputs["rgb"].dtype == torch.float32 and torch.equal(inputs["rgb"], expected[index])
+    assert torch.equal(source.features("rgb", index), expected[index])
+    with pytest.raises(ValueError, match="applied twice"):
+        _apply_standardizer(source, stats)
 
 
 def test_standardize_then_scale_and_nothing_when_off():
@@ -70,12 +73,12 @@ def test_standardize_then_scale_and_nothing_when_off():
     assert input_statistics(_set("source_train", x), False, 0.0) == {}
     source = _set("source_train", x)
     _apply_standardizer(source, input_statistics(source, True, 0.0))
-    flat = source.inputs["rgb"].reshape(-1, 16)
+    flat = source.features("rgb").reshape(-1, 16)
     assert torch.allclose(flat.mean(0), torch.zeros(16), atol=1e-5)
     assert torch.allclose(flat.std(0), torch.ones(16), atol=1e-4)
     source = _set("source_train", x)
     _apply_standardizer(source, input_statistics(source, True, 2.0))
-    flat = source.inputs["rgb"].reshape(-1, 16)
+    flat = source.features("rgb").reshape(-1, 16)
     assert float(flat.pow(2).sum(1).mean().sqrt()) == pytest.approx(2.0, rel=1e-5)
 
 

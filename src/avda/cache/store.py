@@ -454,14 +454,17 @@ class FeatureCache:
         clips: np.ndarray | None = None,
         *,
         check_finite: bool = True,
+        dtype: np.dtype | str | None = np.float32,
     ) -> np.ndarray:
         """Features of ``rows`` (all rows if None) in memory as float32 ``(n, K, D)``;
         ``clips`` keeps only those clips (selected before the float32 conversion).
 
         ``check_finite``: raise :class:`CacheError` when a loaded value is NaN/inf (a store
         written before avda refused them, or edited), naming the rows and the fix.
+        ``dtype``: the in-memory dtype; ``None`` keeps the stored one (float16: half the
+        memory, and exactly the float32 values once converted).
         """
-        values = _read_rows(self.features(modality), rows, clips, self.num_segments)
+        values = _read_rows(self.features(modality), rows, clips, self.num_segments, dtype)
         if check_finite:
             self._refuse_nonfinite(modality, values, rows, spatial=False)
         return values
@@ -621,13 +624,15 @@ def _read_rows(
     rows: np.ndarray | None,
     clips: np.ndarray | None = None,
     num_rows: int | None = None,
+    dtype: np.dtype | str | None = np.float32,
 ) -> np.ndarray:
-    """Rows of a row-chunked array (all ``num_rows`` if None) in memory as float32, keeping
-    only ``clips`` along the second axis when given.
+    """Rows of a row-chunked array (all ``num_rows`` if None) in memory as ``dtype`` (the
+    stored dtype when None), keeping only ``clips`` along the second axis when given.
 
     Reads the covering range chunk-wise, then selects: far faster than point reads. The
-    selection runs on the stored dtype, so only what is kept is converted to float32.
+    selection runs on the stored dtype, so only what is kept is converted.
     """
+    dtype = array.dtype if dtype is None else np.dtype(dtype)
     if rows is None:
         block = array[:num_rows]
     else:
@@ -636,14 +641,14 @@ def _read_rows(
             shape = list(array.shape[1:])
             if clips is not None:
                 shape[0] = len(clips)
-            return np.zeros((0, *shape), dtype=np.float32)
+            return np.zeros((0, *shape), dtype=dtype)
         lo, hi = int(rows.min()), int(rows.max()) + 1
         block = array[lo:hi]
         if len(rows) != hi - lo or np.any(rows[1:] <= rows[:-1]):  # not exactly lo..hi-1
             block = block[rows - lo]
     if clips is not None:
         block = block[:, np.asarray(clips)]
-    return block.astype(np.float32)
+    return block.astype(dtype, copy=False)
 
 
 def _segment_values(frame: pd.DataFrame, name: str, kind: str) -> np.ndarray:

@@ -32,9 +32,21 @@ class Task:
     multi_label: bool = False
 
 
+Statistics = dict[str, tuple[torch.Tensor, torch.Tensor]]  # modality -> (shift, scale)
+
+
 @dataclasses.dataclass
 class FeatureSet:
-    """Features of a selection of segments: ``inputs[modality]`` is ``(N, K, D)`` float32."""
+    """Features of a selection of segments.
+
+    ``inputs[modality]`` is ``(N, K, D)`` as held in memory: a cached modality in the cache's
+    dtype (float16, half the memory of float32: ~0.17 MB a segment of 3 x 25 x 1024), the
+    head's own keys (stage outputs, spatial maps) as they were added. A head reads them
+    through :meth:`batch` or :meth:`features`: float32, with ``stats`` applied (``x ->
+    (x - shift) / scale``, the source-train input statistics), converted one batch at a
+    time. The float16 -> float32 conversion is exact, so the values are those of a set held
+    in float32 throughout.
+    """
 
     name: str
     rows: np.ndarray
@@ -42,12 +54,29 @@ class FeatureSet:
     inputs: dict[str, torch.Tensor]
     labels: dict[str, torch.Tensor]
     domains: np.ndarray
+    stats: Statistics = dataclasses.field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.rows)
 
+    def features(self, key: str, index=slice(None)) -> torch.Tensor:
+        """``inputs[key][index]`` as the head reads it (float32, statistics applied)."""
+        return self.prepare(key, self.inputs[key][index])
+
+    def prepare(self, key: str, x: torch.Tensor) -> torch.Tensor:
+        """``x``, rows of ``inputs[key]`` (on any device), as the head reads them."""
+        if x.dtype in (torch.float16, torch.bfloat16):
+            x = x.float()
+        if key in self.stats:
+            shift, scale = self.stats[key]
+            x = (x - shift.to(x.device)) / scale.to(x.device)
+        return x
+
     def batch(self, index: torch.Tensor, device: str | torch.device = "cpu"):
-        inputs = {m: x[index].to(device, non_blocking=True) for m, x in self.inputs.items()}
+        inputs = {
+            m: self.prepare(m, x[index].to(device, non_blocking=True))
+            for m, x in self.inputs.items()
+        }
         labels = {t: y[index].to(device, non_blocking=True) for t, y in self.labels.items()}
         return inputs, labels
 
@@ -267,7 +296,7 @@ def load_set(
     segments = cache.segments
     inputs = {
         m: torch.from_numpy(_load_clips(cache, m, rows, (clips or {}).get(m))) for m in modalities
-    }
+    }  # the cache's dtype: FeatureSet.batch converts
     return FeatureSet(
         name=name,
         rows=rows,
@@ -281,13 +310,14 @@ def load_set(
 def _load_clips(
     cache: FeatureCache, modality: str, rows: np.ndarray, clips: Sequence[int] | None
 ) -> np.ndarray:
-    """``(n, K', D)`` float32 features of ``rows``, keeping clips ``clips`` (all when None).
+    """``(n, K', D)`` features of ``rows`` in the cache's dtype, keeping clips ``clips`` (all
+    when None).
 
     Selected clips are read block by block, so memory peaks at the kept clips plus one block
     (EPIC-100: 5 of 25 TBN snippets of 42k segments).
     """
     if clips is None:
-        return cache.load(modality, rows)
+        return cache.load(modality, rows, dtype=None)
     num_clips = cache.modality_info(modality)["num_clips"]
     index = np.asarray(list(clips), dtype=np.int64)
     if len(index) == 0 or index.min() < 0 or index.max() >= num_clips:
@@ -297,11 +327,12 @@ def _load_clips(
         )
     rows = np.asarray(rows)
     blocks = [
-        cache.load(modality, rows[start : start + _CLIP_BLOCK_ROWS], index)
+        cache.load(modality, rows[start : start + _CLIP_BLOCK_ROWS], index, dtype=None)
         for start in range(0, len(rows), _CLIP_BLOCK_ROWS)
     ]
     if not blocks:
-        return np.zeros((0, len(index), cache.modality_info(modality)["num_features"]), np.float32)
+        shape = (0, len(index), cache.modality_info(modality)["num_features"])
+        return np.zeros(shape, cache.features(modality).dtype)
     return np.concatenate(blocks)
 
 

@@ -27,10 +27,9 @@ from avda.devices import resolve_device
 from avda.errors import CacheError, ConfigError
 from avda.train import data as data_lib
 from avda.train import heads as heads_lib
-from avda.train.data import FeatureSet, Task
+from avda.train.data import FeatureSet, Statistics, Task
 from avda.train.heads._base import Head, HeadConfig
 
-Statistics = dict[str, tuple[torch.Tensor, torch.Tensor]]
 LABELLED_TARGET_SEED = 0  # one labelled split per cache, the same for every head and seed
 
 log = logging.getLogger(__name__)
@@ -67,15 +66,14 @@ def input_statistics(
 
 
 def apply_statistics(feature_set: FeatureSet, stats: Statistics) -> None:
-    """``x -> (x - shift) / scale`` for every modality of ``stats``, in place: the set's own
-    float32 tensor is overwritten (a copy would briefly hold two more of it: GBs at EPIC-100
-    scale), with the same float32 operations, so the same values."""
+    """Make ``feature_set`` read as ``x -> (x - shift) / scale`` for every modality of
+    ``stats``: the set keeps its features as loaded (float16) and :meth:`FeatureSet.batch`
+    applies them one batch at a time, with the float32 operations a whole float32 copy would
+    take, so the same values without holding that copy (GBs at EPIC-100 scale)."""
     for modality, (shift, scale) in stats.items():
-        x = feature_set.inputs[modality]
-        if x.dtype == torch.float32 and x.is_contiguous() and x._base is None:
-            x.sub_(shift).div_(scale)
-        else:  # a view of another tensor, or another dtype: leave the original alone
-            feature_set.inputs[modality] = (x - shift) / scale
+        if modality in feature_set.stats:
+            raise ValueError(f"{feature_set.name}: statistics of {modality} applied twice")
+        feature_set.stats[modality] = (shift.float(), scale.float())
 
 
 def labelled_target_rows(
@@ -167,16 +165,17 @@ class RunSetup:
         target_rows = self.target_rows if target else self.target_rows[:0]
         rows = len(self.source_rows) + len(target_rows)
         rows += sum(len(r) for r in self.eval_rows.values()) if evaluation else 0
-        clips, per_row = self.clips(), 0
+        clips, row_bytes = self.clips(), 0
         for modality in self.modalities:
             info = self.store.modality_info(modality)
-            kept = clips.get(modality)
-            per_row += (info["num_clips"] if kept is None else len(kept)) * info["num_features"]
+            kept = info["num_clips"] if clips.get(modality) is None else len(clips[modality])
+            itemsize = self.store.features(modality).dtype.itemsize  # held as cached
+            row_bytes += kept * info["num_features"] * itemsize
         log.info(
-            "loading %d segments' features into memory (%s, %.1f GB as float32)",
+            "loading %d segments' features into memory (%s, %.1f GB)",
             rows,
             ", ".join(self.modalities),
-            rows * per_row * 4 / 1e9,
+            rows * row_bytes / 1e9,
         )
         train_set = self.load("source_train", self.source_rows)
         target_set = self.load("target_train", target_rows)

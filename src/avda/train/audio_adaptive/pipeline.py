@@ -280,7 +280,7 @@ class AudioAdaptiveStages:
                 total, steps = 0.0, 0
                 for position in self._batches(config.audio_batch_size, len(rows), generator):
                     index = rows[position]  # never one row alone (split_batches)
-                    inputs = train.inputs[audio][index].to(self.device)
+                    inputs = train.features(audio, index).to(self.device)
                     logits, _ = model(inputs)
                     if self.multi_label:  # CharadesEgo/train_audio_only.py: BCE on sigmoids
                         loss = torch.nn.functional.binary_cross_entropy_with_logits(
@@ -336,10 +336,11 @@ class AudioAdaptiveStages:
     @torch.no_grad()
     def _audio_probabilities(self, model: PooledAudioClassifier, feature_set: FeatureSet):
         model.eval()
-        audio = feature_set.inputs[self.config.audio_modality]
+        audio = self.config.audio_modality
         out = []
         for start in range(0, len(feature_set), 1024):
-            logits, _ = model(audio[start : start + 1024].to(self.device))
+            rows = slice(start, start + 1024)
+            logits, _ = model(feature_set.features(audio, rows).to(self.device))
             out.append((logits.sigmoid() if self.multi_label else logits.softmax(dim=-1)).cpu())
         return torch.cat(out).numpy() if out else np.zeros((0, self.num_classes))
 
@@ -551,8 +552,8 @@ class AudioAdaptiveStages:
     # ------------------------------------------------------------------ stage 5
     def _encoder_inputs(self, feature_set: FeatureSet, visual: str, index: torch.Tensor):
         head = self.head
-        visual_input = feature_set.inputs[head.visual_key(visual)][index].to(self.device)
-        audio_input = feature_set.inputs[head.audio_token_key()][index].to(self.device)
+        visual_input = feature_set.features(head.visual_key(visual), index).to(self.device)
+        audio_input = feature_set.features(head.audio_token_key(), index).to(self.device)
         return head.encoder_inputs(visual_input, audio_input)
 
     def encoder(self, visual: str) -> AudioAdaptiveEncoder:
@@ -941,7 +942,7 @@ class AudioAdaptiveStages:
         audio_key = head.config.audio_modality
 
         def embed(feature_set: FeatureSet, index: torch.Tensor) -> torch.Tensor:
-            return head.audio_classifier(feature_set.inputs[audio_key][index].to(self.device))[1]
+            return head.audio_classifier(feature_set.features(audio_key, index).to(self.device))[1]
 
         self.audio_classifier()
         name = "audio-embeddings"
