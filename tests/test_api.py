@@ -63,6 +63,44 @@ def test_train_and_evaluate_keywords_mirror_the_cli(tmp_path):
     assert table.loc[0, "head"] == "dann" and (tmp_path / "results.csv").exists()
 
 
+def test_train_takes_numpy_integers_as_a_notebook_loop_gives_them(tmp_path):
+    """``for seed in np.arange(3)``: np.int64 seed and epochs train and are recorded as ints
+    (the seed failed writing config.yaml: RepresenterError; epochs: 'expected an integer')."""
+    import numpy as np
+
+    make_feature_cache(tmp_path / "c.zarr", per_class=6)
+    run = avda.train(
+        head="source-only", cache=tmp_path / "c.zarr", source="source", target="target",
+        out=tmp_path / "so", seed=np.int64(1), epochs=np.int64(1),
+        head_config={"hidden_dim": np.int32(8), "lr": np.float32(0.01)}, progress=False,
+    )  # fmt: skip
+    from avda import runs
+
+    config = runs.read_config(run.run)
+    assert config["seed"] == 1 and type(config["seed"]) is int
+    assert config["head_config"]["epochs"] == 1 and config["head_config"]["hidden_dim"] == 8
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        ({"seed": "1"}, r"^seed: expected an integer >= 0, got '1'$"),
+        ({"seed": 1.5}, r"^seed: expected an integer >= 0, got 1.5$"),
+        ({"seed": True}, r"^seed: expected an integer >= 0, got True$"),
+        ({"seed": -1}, r"^seed: expected an integer in \[0, 2\*\*32\), got -1$"),
+        ({"head_config": ["lr", 0.1]}, r"^head_config: expected a dict of the head's fields"),
+    ],
+)
+def test_train_refuses_a_wrong_type_in_one_line_before_any_folder(tmp_path, given, expected):
+    make_feature_cache(tmp_path / "c.zarr", per_class=6)
+    with pytest.raises(ConfigError, match=expected):
+        avda.train(
+            head="dann", cache=tmp_path / "c.zarr", source="source", target="target",
+            out=tmp_path / "run", epochs=1, progress=False, **given,
+        )  # fmt: skip
+    assert not (tmp_path / "run").exists()
+
+
 def test_train_without_required_values_is_one_line(tmp_path):
     with pytest.raises(ConfigError, match=r"^avda.train: missing cache, source, target, out;"):
         avda.train(head="dann")

@@ -19,7 +19,8 @@ same names are callable); ``avda.open_cache`` is :func:`avda.cache.open_cache`. 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import numbers
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -236,6 +237,11 @@ def train_options(
         config_class = heads.config_class(protocols.get(protocol).head_for(head))
     else:
         config_class = heads.config_class(head)
+    if head_config is not None and not isinstance(head_config, Mapping):
+        raise ConfigError(
+            f"head_config: expected a dict of the head's fields ({{'lr': 3e-4}}), got "
+            f"{head_config!r:.80}"
+        )
     overrides = dict(file.get("head_config") or {})
     config_files.check_keys(path, overrides, config_class.field_names(), f"{head} field")
     assigned = dict(head_config or {})
@@ -254,11 +260,21 @@ def train_options(
         "cache": Path(cache) if cache is not None else None,
         "source": _names(source) if source is not None else None,
         "target": _names(target) if target is not None else None,
-        "seed": seed if seed is not None else file.get("seed", 0),
+        "seed": _seed(seed if seed is not None else file.get("seed", 0)),
         "overrides": overrides,
         "device": device if device is not None else file.get("device"),
         "protocol": protocol,
     }
+
+
+def _seed(value: Any) -> int:
+    """A run's seed as a Python int (``np.int64`` from ``np.arange`` too): torch, NumPy and
+    ``config.yaml`` take any integer in [0, 2**32)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ConfigError(f"seed: expected an integer >= 0, got {value!r:.80}")
+    if not 0 <= int(value) < 2**32:
+        raise ConfigError(f"seed: expected an integer in [0, 2**32), got {int(value)}")
+    return int(value)
 
 
 def train(

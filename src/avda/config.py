@@ -19,6 +19,7 @@ import dataclasses
 import functools
 import inspect
 import io
+import numbers
 import textwrap
 import tokenize
 import types
@@ -198,17 +199,17 @@ def _coerce(owner: str, key: str, value: Any, hint: Any) -> Any:
         if not isinstance(value, bool):
             raise ConfigError(f"{where}: expected true or false, got {value!r}")
         return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
+    if hint is int:  # np.int64 (a notebook's np.arange) is an integer too
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
             raise ConfigError(f"{where}: expected an integer, got {value!r}")
-        return value
+        return int(value)
     if hint is float:
         if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
             try:
                 value = float(value)
             except ValueError:
                 pass
-        if isinstance(value, bool) or not isinstance(value, int | float):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
         return float(value)
     if hint is str:
