@@ -705,3 +705,21 @@ def test_a_damaged_sweep_index_is_read_as_runs_in_path_order(sweep_like, tmp_pat
     found = aggregate.find_runs([copy])
     assert sorted(found) == sorted(p.parent for p in copy.rglob(runs.CONFIG))
     assert "is not a readable sweep index" in caplog.text
+
+
+def test_the_runs_layout_refuses_a_complete_run_whose_predictions_were_removed(
+    sweep_like, tmp_path
+):
+    # its row had no metric columns at all (the others' NaN), with no word of why
+    import shutil
+
+    copy = tmp_path / "sweep"
+    shutil.copytree(sweep_like, copy)
+    damaged = sorted(p.parent for p in copy.rglob(runs.STATUS))[0]
+    (damaged / runs.PREDICTIONS / "target_test.npz").unlink()
+    with pytest.raises(
+        RunError, match=r"is complete but has no predictions for target_test \(.*target_test\.npz"
+    ):
+        tables.results_table([damaged])
+    with pytest.raises(RunError, match="remove run.json and train it again"):
+        tables.evaluate_runs([copy], layout="runs")

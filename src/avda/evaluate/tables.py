@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import decimal
+import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,6 +23,7 @@ def run_metrics(run: Path) -> dict[str, float]:
     metrics: dict[str, float] = {}
     config = runs.read_config(run)
     multi = {t["name"] for t in config.get("tasks", []) if t.get("multi_label")}
+    _refuse_lost_predictions(run)
     for name in runs.prediction_sets(run):
         pred = runs.read_predictions(run, name)
         for task, scores in pred["scores"].items():
@@ -37,6 +39,23 @@ def run_metrics(run: Path) -> dict[str, float]:
             metrics[f"{name}/{task}/top1"] = top1_accuracy(scores[known], labels[known])
             metrics[f"{name}/{task}/mca"] = mean_class_accuracy(scores[known], labels[known])
     return metrics
+
+
+def _refuse_lost_predictions(run: Path) -> None:
+    """A complete run whose ``run.json`` scored a set that has no predictions file: they were
+    deleted after it finished (its row would have had no metric columns, silently)."""
+    try:
+        recorded = json.loads((Path(run) / runs.STATUS).read_text()).get("metrics") or {}
+    except (OSError, ValueError, AttributeError):
+        return
+    scored = {key.split("/")[0] for key in recorded if isinstance(key, str)}
+    lost = sorted(scored - set(runs.prediction_sets(run)))
+    if lost:
+        raise RunError(
+            f"{run} is complete but has no predictions for {', '.join(lost)} "
+            f"({Path(run) / runs.PREDICTIONS}/{lost[0]}.npz); they were removed after it "
+            "finished: remove run.json and train it again with the same command"
+        )
 
 
 def results_table(run_dirs: Sequence[str | Path]) -> pd.DataFrame:
