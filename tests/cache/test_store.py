@@ -68,6 +68,27 @@ def test_load_selects_rows_and_clips(tmp_path):
     assert store.load("rgb", np.array([], dtype=int), np.array([0, 2])).shape == (0, 2, 2)
 
 
+def test_load_takes_a_segments_mask_and_refuses_rows_outside_the_cache(tmp_path):
+    # a boolean mask (``segments["domain"] == "D1"``) was read as rows 0 and 1, one per
+    # segment; a row past the end (or negative) gave no row, silently
+    store = cache_lib.create(
+        tmp_path / "c.zarr", _segments(), manifest_sha256="ab" * 32, recipe={}, chunk_rows=4
+    )
+    store.add_modality("rgb", num_clips=1, num_features=2, info={"backbone": "i3d"})
+    features = np.arange(10 * 2, dtype=np.float32).reshape(10, 1, 2)
+    store.write("rgb", np.arange(10), features, np.full(10, int(Status.DONE)), [""] * 10)
+    mask = np.arange(10) % 3 == 0
+    np.testing.assert_array_equal(store.load("rgb", mask), features[mask])
+    np.testing.assert_array_equal(store.load("rgb", pd.Series(mask)), features[mask])
+    with pytest.raises(CacheError, match=r"one value per segment \(10\), got shape \[4\]"):
+        store.load("rgb", mask[:4])
+    for rows, first in (([3, 10], 10), ([-1], -1)):
+        with pytest.raises(CacheError, match=rf"row {first} is outside its 10 segments"):
+            store.load("rgb", np.array(rows))
+    with pytest.raises(CacheError, match="rows must be row numbers"):
+        store.load("rgb", np.array([0.0, 1.0]))
+
+
 def test_failures_table_lists_failed_rows_with_reason(tmp_path):
     store = cache_lib.create(
         tmp_path / "c.zarr", _segments(4), manifest_sha256="0", recipe={}, chunk_rows=2

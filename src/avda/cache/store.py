@@ -464,10 +464,40 @@ class FeatureCache:
         ``dtype``: the in-memory dtype; ``None`` keeps the stored one (float16: half the
         memory, and exactly the float32 values once converted).
         """
+        rows = self._rows(rows)
         values = _read_rows(self.features(modality), rows, clips, self.num_segments, dtype)
         if check_finite:
             self._refuse_nonfinite(modality, values, rows, spatial=False)
         return values
+
+    def _rows(self, rows: Any) -> np.ndarray | None:
+        """``rows`` as row numbers: a boolean mask over the segments (``segments["domain"] ==
+        "D1"``) becomes the rows it selects; numbers outside ``[0, N)`` are refused (a mask
+        was read as rows 0 and 1, and a row past the end as no row, silently)."""
+        if rows is None:
+            return None
+        rows = np.asarray(rows)
+        if rows.dtype == bool:
+            if rows.shape != (self.num_segments,):
+                raise CacheError(
+                    f"cache {self.path}: a boolean mask of rows needs one value per segment "
+                    f"({self.num_segments}), got shape {list(rows.shape)}"
+                )
+            return np.flatnonzero(rows)
+        if rows.size == 0:
+            return rows.astype(np.int64).reshape(0)
+        if rows.ndim != 1 or not np.issubdtype(rows.dtype, np.integer):
+            raise CacheError(
+                f"cache {self.path}: rows must be row numbers (a 1-d integer array) or a "
+                f"boolean mask, got {rows.dtype} of shape {list(rows.shape)}"
+            )
+        outside = (rows < 0) | (rows >= self.num_segments)
+        if outside.any():
+            raise CacheError(
+                f"cache {self.path}: row {int(rows[outside][0])} is outside its "
+                f"{self.num_segments} segments (rows are 0..{self.num_segments - 1})"
+            )
+        return rows
 
     def _refuse_nonfinite(
         self, modality: str, values: np.ndarray, rows: np.ndarray | None, *, spatial: bool
@@ -532,6 +562,7 @@ class FeatureCache:
     def load_spatial(self, modality: str, rows: np.ndarray | None = None) -> np.ndarray:
         """Spatial maps of ``rows`` (all if None) in memory as float32 ``(n, K, C, *S)``;
         NaN/inf raise :class:`CacheError` like :meth:`load`."""
+        rows = self._rows(rows)
         maps = _read_rows(self.spatial(modality), rows, None, self.num_segments)
         self._refuse_nonfinite(modality, maps, rows, spatial=True)
         return maps
