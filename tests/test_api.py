@@ -79,6 +79,13 @@ def test_train_takes_numpy_integers_as_a_notebook_loop_gives_them(tmp_path):
     config = runs.read_config(run.run)
     assert config["seed"] == 1 and type(config["seed"]) is int
     assert config["head_config"]["epochs"] == 1 and config["head_config"]["hidden_dim"] == 8
+    # an open cache stands for its store: the same run, already complete
+    again = avda.train(
+        head="source-only", cache=avda.open_cache(tmp_path / "c.zarr"), source="source",
+        target="target", out=tmp_path / "so", seed=1, epochs=1,
+        head_config={"hidden_dim": 8, "lr": np.float32(0.01)}, progress=False,
+    )  # fmt: skip
+    assert again.skipped and runs.read_config(run.run)["cache"] == config["cache"]
 
 
 @pytest.mark.parametrize(

@@ -203,7 +203,7 @@ def _shard(value: str | tuple[int, int] | None) -> tuple[int, int] | None:
 def train_options(
     *,
     head: str | None = None,
-    cache: str | Path | None = None,
+    cache: str | Path | FeatureCache | None = None,
     source: str | Sequence[str] | None = None,
     target: str | Sequence[str] | None = None,
     seed: int | None = None,
@@ -255,6 +255,7 @@ def train_options(
     source = source if source is not None else file.get("source")
     target = target if target is not None else file.get("target")
     cache = cache if cache is not None else file.get("cache")
+    cache = getattr(cache, "path", cache)  # an open FeatureCache: its store
     return {
         "head": head,
         "cache": Path(cache) if cache is not None else None,
@@ -279,7 +280,7 @@ def _seed(value: Any) -> int:
 
 def train(
     head: str | None = None,
-    cache: str | Path | None = None,
+    cache: str | Path | FeatureCache | None = None,
     source: str | Sequence[str] | None = None,
     target: str | Sequence[str] | None = None,
     out: str | Path | None = None,
@@ -294,7 +295,8 @@ def train(
     log: str | Sequence[str] | None = None,
 ) -> TrainResult:
     """``avda train``: train ``head`` on the labelled ``source`` and unlabelled ``target``
-    domains of ``cache``; writes the resumable run folder ``out``.
+    domains of ``cache`` (a path, or an open :class:`FeatureCache`); writes the resumable run
+    folder ``out``.
 
     ``head_config``: fields of the head's config (``--set``; see ``avda train --head NAME
     --show-config``). ``config``: a YAML file in the format of a run's ``config.yaml`` (a

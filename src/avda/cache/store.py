@@ -456,8 +456,9 @@ class FeatureCache:
         check_finite: bool = True,
         dtype: np.dtype | str | None = np.float32,
     ) -> np.ndarray:
-        """Features of ``rows`` (all rows if None) in memory as float32 ``(n, K, D)``;
-        ``clips`` keeps only those clips (selected before the float32 conversion).
+        """Features of ``rows`` (all rows if None; row numbers or a boolean mask over the
+        segments) in memory as ``(n, K, D)`` float32, or ``dtype``; ``clips`` keeps only those
+        clips (selected before the conversion).
 
         ``check_finite``: raise :class:`CacheError` when a loaded value is NaN/inf (a store
         written before avda refused them, or edited), naming the rows and the fix.
