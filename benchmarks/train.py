@@ -137,6 +137,18 @@ def _stage_seconds(run: Path, began: float) -> list[tuple[str, float]]:
     return out
 
 
+def peak_rss_gib() -> float:
+    """This process's peak resident memory: ``VmHWM`` (Linux), which starts afresh in a new
+    program, where ``ru_maxrss`` keeps the peak of the process it was forked from."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 2**20  # kB
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
 def _train_in_child(queue, kwargs: dict) -> None:
     """Train in a fresh process and report its peak resident memory (GiB)."""
     try:
@@ -144,7 +156,7 @@ def _train_in_child(queue, kwargs: dict) -> None:
             import avda.train.heads  # noqa: F401  (the runtime a run starts from)
         else:
             train(**kwargs)
-        queue.put({"peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20})
+        queue.put({"peak_rss_gib": peak_rss_gib()})
     except Exception as error:
         queue.put({"error": f"{type(error).__name__}: {error}"[:120]})
 
@@ -350,7 +362,7 @@ def main(argv: list[str] | None = None) -> dict:
             f"{sizes['source']} source, {sizes['target']} target train, {sizes['test']} "
             f"target test segments; {SNIPPETS} x {FEATURES} per modality {MODALITIES}, "
             f"{rows[0]['features_gib']:.2f} GiB as cached (float16); {args.epochs or 1} "
-            f"epoch(s); peak RSS from getrusage"
+            f"epoch(s); peak RSS: VmHWM of each run's own process"
         )
         print(format_memory(rows))
         if args.json:

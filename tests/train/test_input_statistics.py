@@ -108,3 +108,26 @@ def test_a_run_stores_its_scale_in_the_checkpoint(tmp_path):
     shift, scale = state["standardize"]["rgb"]
     assert torch.count_nonzero(shift) == 0 and torch.all(scale == scale[0])
     assert float(scale[0]) > 1.0  # the cached features' RMS norm is larger than 3
+
+
+@pytest.mark.parametrize("standardize", [False, True])
+def test_statistics_of_float16_features_equal_a_whole_float32_computation(monkeypatch, standardize):
+    """The feature-scale norm is summed a block of clips at a time (no whole float32 copy of
+    the source set): the same values, bit for bit, as on one float32 tensor."""
+    from avda.train import setup
+
+    rng = np.random.default_rng(3)
+    x = np.abs(rng.normal(loc=1.0, scale=2.0, size=(37, 5, 24))).astype(np.float16)
+    source = _set("source_train", x)
+    source.inputs["rgb"] = torch.from_numpy(x)
+    monkeypatch.setattr(setup, "_STATISTICS_BLOCK", 7)  # 185 clips: 27 blocks, the last short
+    shift, scale = input_statistics(source, standardize, 8.0)["rgb"]
+    flat = torch.from_numpy(x.astype(np.float32)).reshape(-1, 24)
+    if standardize:
+        std = flat.std(0)
+        want_shift, want_scale = flat.mean(0), std.clamp_min(max(float(std.median()) * 0.1, 1e-6))
+    else:
+        want_shift, want_scale = torch.zeros(24), torch.ones(24)
+    norm = float(((flat - want_shift) / want_scale).pow(2).sum(1).mean().sqrt())
+    assert torch.equal(shift, want_shift)
+    assert torch.equal(scale, want_scale * norm / 8.0)

@@ -560,11 +560,18 @@ class FeatureCache:
             )
         return self._group[SPATIAL_GROUP][modality]
 
-    def load_spatial(self, modality: str, rows: np.ndarray | None = None) -> np.ndarray:
-        """Spatial maps of ``rows`` (all if None) in memory as float32 ``(n, K, C, *S)``;
-        NaN/inf raise :class:`CacheError` like :meth:`load`."""
+    def load_spatial(
+        self,
+        modality: str,
+        rows: np.ndarray | None = None,
+        *,
+        dtype: np.dtype | str | None = np.float32,
+    ) -> np.ndarray:
+        """Spatial maps of ``rows`` (all if None) in memory as float32 ``(n, K, C, *S)``, or
+        ``dtype`` (None: the stored float16); NaN/inf raise :class:`CacheError` like
+        :meth:`load`."""
         rows = self._rows(rows)
-        maps = _read_rows(self.spatial(modality), rows, None, self.num_segments)
+        maps = _read_rows(self.spatial(modality), rows, None, self.num_segments, dtype)
         self._refuse_nonfinite(modality, maps, rows, spatial=True)
         return maps
 

@@ -48,21 +48,33 @@ def input_statistics(
     """
     stats = {}
     for modality, x in train.inputs.items():
-        flat = x.reshape(-1, x.shape[-1]).float()  # (N*K, D)
+        clips = x.reshape(-1, x.shape[-1])  # (N*K, D), as held (float16)
         if standardize:
+            flat = clips.float()
             std = flat.std(0)
             # Floor the scale at 10% of the median: a dimension (nearly) constant on the source
             # (a dead ReLU unit) but active on the target must not be blown up by a tiny std.
             floor = max(float(std.median()) * 0.1, 1e-6)
             shift, scale = flat.mean(0), std.clamp_min(floor)
+            del flat
         else:
-            shift, scale = torch.zeros(flat.shape[1]), torch.ones(flat.shape[1])
+            shift, scale = torch.zeros(clips.shape[1]), torch.ones(clips.shape[1])
         if feature_scale > 0:
-            norm = float(((flat - shift) / scale).pow(2).sum(1).mean().sqrt())
+            # each clip's squared norm, a block of clips at a time: the same float32 values as
+            # on a whole float32 copy, without holding it and its temporaries (GBs at EPIC scale)
+            blocks = range(0, len(clips), _STATISTICS_BLOCK)
+            squares = [
+                ((clips[i : i + _STATISTICS_BLOCK].float() - shift) / scale).pow(2).sum(1)
+                for i in blocks
+            ]
+            norm = float(torch.cat(squares or [torch.zeros(0)]).mean().sqrt())
             scale = scale * max(norm, 1e-12) / feature_scale
         if standardize or feature_scale > 0:
             stats[modality] = (shift, scale)
     return stats
+
+
+_STATISTICS_BLOCK = 16384  # clips per block of the feature-scale norm (64 MB at D = 1024)
 
 
 def apply_statistics(feature_set: FeatureSet, stats: Statistics) -> None:

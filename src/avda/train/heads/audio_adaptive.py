@@ -491,8 +491,8 @@ class AudioAdaptive(Head):
             for modality in wanted:
                 key = SPATIAL_KEY.format(modality)
                 if key not in feature_set.inputs:
-                    maps = store.load_spatial(modality, feature_set.rows)
-                    feature_set.inputs[key] = torch.from_numpy(maps)
+                    maps = store.load_spatial(modality, feature_set.rows, dtype=None)
+                    feature_set.inputs[key] = torch.from_numpy(maps)  # float16: per batch
         if self.spatial_audio:
             self.audio_channels = int(store.spatial(audio).shape[2])
         device = next(self.recognizers.parameters()).device

@@ -282,15 +282,17 @@ class SpatialConsensus(nn.Module):
 
 
 def _load_maps(store, modality: str, rows, clips: list[int] | None, block: int = 256):
-    """Spatial maps of ``rows`` keeping ``clips``, read block by block to bound memory."""
+    """Spatial maps of ``rows`` keeping ``clips``, read block by block to bound memory, in the
+    cache's float16 (a batch reads them as float32: :meth:`FeatureSet.batch`)."""
     parts = []
     for start in range(0, len(rows), block):
-        maps = store.load_spatial(modality, rows[start : start + block])
+        maps = store.load_spatial(modality, rows[start : start + block], dtype=None)
         parts.append(maps if clips is None else maps[:, clips])
     if parts:
         return np.concatenate(parts)
-    shape = store.spatial(modality).shape
-    return np.zeros((0, len(clips) if clips else shape[1], *shape[2:]), dtype=np.float32)
+    array = store.spatial(modality)
+    shape = (0, len(clips) if clips else array.shape[1], *array.shape[2:])
+    return np.zeros(shape, dtype=array.dtype)
 
 
 @register("cia")
