@@ -43,6 +43,14 @@ TINY: dict[tuple[str, str], tuple[list[tuple[int, ...]], list[tuple[int, ...]]]]
         [(2, 2048, 2, 1, 1), (2, 256, 8, 1, 1)],
     ),
     ("audio_resnet18", "audio"): ([(2, 1, 32, 32)], [(2, 512, 1, 1)]),
+    ("slowfast-r50-mmaction", "rgb"): (
+        [(2, 3, 8, 32, 32)],
+        [(2, 2048, 2, 1, 1), (2, 256, 8, 1, 1)],
+    ),
+    ("slowfast-r101-mmaction", "rgb"): (
+        [(2, 3, 8, 32, 32)],
+        [(2, 2048, 2, 1, 1), (2, 256, 8, 1, 1)],
+    ),
 }
 MODULES = {"i3d": i3d, "tbn": tbn, "slowfast": slowfast, "audio_resnet18": audio_resnet}
 
@@ -72,13 +80,20 @@ def build(name: str, modality: str, **config: Any) -> Backbone:
 
 
 def test_every_registered_backbone_has_tiny_cases() -> None:
-    assert set(backbones.names()) == {"i3d", "tbn", "slowfast", "audio_resnet18"}
+    assert set(backbones.names()) == {
+        "i3d",
+        "tbn",
+        "slowfast",
+        "audio_resnet18",
+        "slowfast-r50-mmaction",
+        "slowfast-r101-mmaction",
+    }
     assert {name for name, _ in TINY} == set(backbones.names())
 
 
 UNSUPPORTED = [
     (name, modality)
-    for name in ("i3d", "tbn", "slowfast", "audio_resnet18")
+    for name in backbones.names()
     for modality in MODALITIES
     if (name, modality) not in TINY
 ]

@@ -111,6 +111,7 @@ def names() -> list[str]:
 from avda.extract.backbones import audio_resnet as _audio_resnet  # noqa: E402,F401
 from avda.extract.backbones import i3d as _i3d  # noqa: E402,F401
 from avda.extract.backbones import slowfast as _slowfast  # noqa: E402,F401
+from avda.extract.backbones import slowfast_mmaction as _slowfast_mmaction  # noqa: E402,F401
 from avda.extract.backbones import tbn as _tbn  # noqa: E402,F401
 
 __all__ = [

@@ -288,7 +288,9 @@ def detect_layout(
 
 
 AUDIO_ONLY = frozenset({"audio_resnet18"})  # backbones without a visual modality
-VISUAL_ONLY = frozenset({"i3d", "slowfast"})  # backbones without audio (tbn has both)
+VISUAL_ONLY = frozenset(  # backbones without audio (tbn has both)
+    {"i3d", "slowfast", "slowfast-r50-mmaction", "slowfast-r101-mmaction"}
+)
 
 
 # The command whose options the advice names: `avda finetune` has one --backbone and
