@@ -346,7 +346,13 @@ def extract(
             min=1, help="Flow frames every N RGB frames (default: flow.json or EPIC rule)."
         ),
     ] = None,
-    backbone: Annotated[str, typer.Option(help="Visual backbone: i3d, tbn, slowfast.")] = "i3d",
+    backbone: Annotated[
+        str,
+        typer.Option(
+            help="Visual backbone: i3d, tbn, slowfast, slowfast-r101-mmaction "
+            "(Audio-Adaptive's mmaction2 network), slowfast-r50-mmaction."
+        ),
+    ] = "i3d",
     modalities: Annotated[str, typer.Option(help="Comma list of rgb, flow, audio.")] = "rgb",
     weights: Annotated[
         Path | None,
