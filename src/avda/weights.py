@@ -12,7 +12,9 @@ Checksums are only those a publisher gives, never computed here from a download 
   SHA-1 of ``b"blob <size>\\0" + content``, so it identifies the exact bytes.
 - ``sha256_prefix``: the hex digits after the last ``-`` of the file name, for files published
   under torch.hub's naming convention (``name-<first digits of sha256>.ext``, which
-  ``torch.hub.load_state_dict_from_url(check_hash=True)`` checks): torchvision's RAFT files.
+  ``torch.hub.load_state_dict_from_url(check_hash=True)`` checks): torchvision's RAFT files;
+  and mmaction2's, whose ``tools/publish_model.py`` names each file ``name-<first 8 hex digits
+  of its sha256>.pth``.
 - ``sha256``: a full SHA-256 where a publisher gives one (none of the files below has one).
 
 Files with none of these (Dropbox, robots.ox.ac.uk, fbaipublicfiles) are fetched unchecked
@@ -60,7 +62,8 @@ class PublishedFile:
     ``url`` is a direct download (None: avda cannot fetch it, see ``notes``); ``page`` is where
     the publisher links it. ``loader`` is the avda component that reads it (a backbone name or
     ``raft`` for ``avda flow --method raft``) and ``layout`` the key layout it detects there;
-    ``manifest`` names its key/shape manifest (generated from the reference code) and
+    ``manifest`` names its key/shape manifest (generated from the reference code; in the
+    shared test data's ``checkpoint_keys`` folder, mmaction2's in ``tests/extract/data``) and
     ``manifest_changes`` the shapes in which the file differs from that manifest.
     ``checksum_source`` says where the checksum fields come from (or why there are none).
     """
@@ -188,6 +191,36 @@ def _deepmind(modality: str, variant: str, fingerprint: str) -> PublishedFile:
 
 _TBN_PAGE = "https://github.com/ekazakos/temporal-binding-network#pretrained-models"
 
+_MMACTION2 = "https://download.openmmlab.com/mmaction/recognition/slowfast"
+_MMACTION2_PAGE = "https://github.com/open-mmlab/mmaction2/tree/0.x/configs/recognition/slowfast"
+_MMACTION2_PUBLISH = (
+    "mmaction2 file-name convention (name-<first 8 hex digits of sha256>.pth): its "
+    "tools/publish_model.py renames the saved file to f'-{sha[:8]}.pth' of `sha256sum` "
+    "(open-mmlab/mmaction2 0.x 71a938ab, tools/deployment/publish_model.py lines 32-37; "
+    "tools/publish_model.py lines 24-29 when these files were published)"
+)
+
+
+def _mmaction2(depth: int, stamp: str, fingerprint: str, notes: str) -> PublishedFile:
+    config = f"slowfast_r{depth}_8x8x1_256e_kinetics400_rgb"
+    file_name = f"{config}_{stamp}.pth"
+    return PublishedFile(
+        name=f"mmaction2_slowfast_r{depth}_8x8_kinetics400",
+        file_name=file_name,
+        url=f"{_MMACTION2}/{config}/{file_name}",
+        page=_MMACTION2_PAGE,
+        loader=f"slowfast-r{depth}-mmaction",
+        modality="rgb",
+        layout=f"mmaction2-r{depth}",
+        wrapping="{'meta': {...}, 'state_dict': {'backbone.' + key, 'cls_head.fc_cls.*'}}",
+        manifest=f"mmaction2_slowfast_r{depth}_8x8.json",
+        licence="Apache-2.0",
+        sha256_prefix=stamp.rsplit("-", 1)[1],
+        checksum_source=_MMACTION2_PUBLISH,
+        layout_fingerprint=fingerprint,
+        notes=notes,
+    )
+
 
 def _tbn(number: int, dropbox: str, fingerprint: str) -> PublishedFile:
     return PublishedFile(
@@ -268,6 +301,19 @@ PUBLISHED_FILES: tuple[PublishedFile, ...] = (
         checksum_source="none published (pytorchvideo model zoo)",
         layout_fingerprint="07f93f0c35e41f66",
         notes="Kinetics-400 SlowFast R50 8x8, top-1 76.94",
+    ),
+    _mmaction2(
+        101,
+        "20210218-0dd54025",
+        "0f7968c242094117",
+        "Kinetics-400 SlowFast R101 8x8, top-1 77.90 (mmaction2 0.x model zoo); "
+        "Audio-Adaptive's visual network",
+    ),
+    _mmaction2(
+        50,
+        "20200716-73547d2b",
+        "cb4db7343c532881",
+        "Kinetics-400 SlowFast R50 8x8, top-1 76.94 (mmaction2 0.x model zoo)",
     ),
     PublishedFile(
         name="vggsound_H",
