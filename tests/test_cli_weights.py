@@ -207,3 +207,32 @@ def test_fetch_from_a_mirror_checks_the_published_checksum(capsys, table, monkey
         published.resolve(Path(f"{mirror}/good.pt"))  # what the CLI's Path type hands over
     code, out, err = run(capsys, "weights", "fetch", "good", "--mirror", "/srv/weights")
     assert code == 1 and "is not an http(s) URL" in err
+
+
+def test_mmaction2_file_verified_by_layout_and_fetch_checks_its_prefix(
+    capsys, monkeypatch, tmp_path
+):
+    """mmaction2's SlowFast R50, in its published wrapping (``{'meta', 'state_dict'}``) with the
+    repo's manifest: verify names it by its layout; fetched from a local mirror, bytes whose
+    sha256 does not start with the file name's 8 digits are refused in one line."""
+    import json
+
+    entry = published.get("mmaction2_slowfast_r50_8x8_kinetics400")
+    manifest = Path(__file__).resolve().parent / "extract" / "data" / entry.manifest
+    keys = json.loads(manifest.read_text())["keys"]
+    state = {k: torch.zeros(()).expand(v["shape"]) for k, v in keys.items()}
+    path = tmp_path / entry.file_name
+    torch.save({"meta": {"epoch": 256}, "state_dict": state}, path)
+    code, out, err = run(capsys, "weights", "verify", str(path))
+    assert code == 0, err
+    assert f"the keys and shapes of {entry.name} ({len(keys)} tensors)" in out
+    assert "bytes differ from the published file" in out and "starts with 73547d2b" in out
+    monkeypatch.setenv(published.WEIGHTS_DIR_ENV, str(tmp_path / "cache"))
+    with serve() as server:
+        server.files[f"lab/{entry.file_name}"] = path.read_bytes()
+        code, out, err = run(
+            capsys, "weights", "fetch", entry.name, "--mirror", server.url("lab"), "-q"
+        )
+    assert code == 1 and err.count("\n") == 1 and "refused and deleted" in err
+    assert "the published file's starts with 73547d2b" in err
+    assert list((tmp_path / "cache").iterdir()) == []

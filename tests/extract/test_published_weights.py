@@ -21,6 +21,13 @@ from avda.errors import AvdaError, CheckpointError, ConfigError, MissingDependen
 from avda.extract.backbones.weights import find_state_dict, read_checkpoint
 
 PAYLOAD = bytes(range(256)) * 4096  # 1 MiB, several read chunks
+# Manifests kept in the repo (mmaction2's, generated from mmaction2 0.24.1); the others are in
+# the shared test data's checkpoint_keys folder.
+REPO_MANIFESTS = Path(__file__).resolve().parent / "data"
+MMACTION2 = {
+    101: "mmaction2_slowfast_r101_8x8_kinetics400",
+    50: "mmaction2_slowfast_r50_8x8_kinetics400",
+}
 
 
 @pytest.fixture
@@ -30,8 +37,13 @@ def server():
         yield state
 
 
+def manifest_path(shared_data: Path, entry: published.PublishedFile) -> Path:
+    ours = REPO_MANIFESTS / entry.manifest
+    return ours if ours.is_file() else shared_data / "checkpoint_keys" / entry.manifest
+
+
 def manifest_shapes(shared_data: Path, entry: published.PublishedFile) -> dict[str, tuple]:
-    keys = json.loads((shared_data / "checkpoint_keys" / entry.manifest).read_text())["keys"]
+    keys = json.loads(manifest_path(shared_data, entry).read_text())["keys"]
     shapes = {k: tuple(v["shape"]) for k, v in keys.items()}
     for key, shape in entry.manifest_changes.items():
         assert key in shapes, (entry.name, key)
@@ -57,9 +69,17 @@ def test_names_and_file_names_are_unique():
 
 def test_every_backbone_loader_and_manifest_is_covered(shared_data):
     loaders = {e.loader for e in published.PUBLISHED_FILES}
-    assert loaders == {"i3d", "tbn", "slowfast", "audio_resnet18", "raft"}
+    assert loaders == {
+        "i3d",
+        "tbn",
+        "slowfast",
+        "slowfast-r101-mmaction",
+        "slowfast-r50-mmaction",
+        "audio_resnet18",
+        "raft",
+    }
     for entry in published.PUBLISHED_FILES:
-        assert (shared_data / "checkpoint_keys" / entry.manifest).is_file(), entry.name
+        assert manifest_path(shared_data, entry).is_file(), entry.name
 
 
 def test_checksums_have_their_form_and_source():
@@ -71,7 +91,8 @@ def test_checksums_have_their_form_and_source():
             assert re.search(r"raw\.githubusercontent\.com/.+/[0-9a-f]{40}/", entry.url)
             assert "git tree" in entry.checksum_source
         if entry.sha256_prefix:
-            # torch.hub convention: the prefix is the file name's suffix
+            # torch.hub's and mmaction2's convention: the prefix is the file name's suffix
+            assert re.fullmatch(r"[0-9a-f]{8}", entry.sha256_prefix)
             assert entry.file_name.rsplit("-", 1)[1].split(".")[0] == entry.sha256_prefix
             assert entry.url.endswith(entry.file_name)
         if not entry.checked:
@@ -339,9 +360,16 @@ def test_a_web_page_instead_of_weights_is_refused(server, tmp_path):
 
 
 def test_registry_agrees_with_the_backbones_published_tables():
-    from avda.extract.backbones import audio_resnet, i3d, slowfast, tbn
+    from avda.extract.backbones import audio_resnet, i3d, slowfast, slowfast_mmaction, tbn
 
-    backbone_files = [*i3d.PUBLISHED, *tbn.PUBLISHED, *slowfast.PUBLISHED, *audio_resnet.PUBLISHED]
+    mmaction = [b for files in slowfast_mmaction.PUBLISHED.values() for b in files]
+    backbone_files = [
+        *i3d.PUBLISHED,
+        *tbn.PUBLISHED,
+        *slowfast.PUBLISHED,
+        *audio_resnet.PUBLISHED,
+        *mmaction,
+    ]
     for entry in published.PUBLISHED_FILES:
         if entry.loader == "raft":
             continue
@@ -354,3 +382,86 @@ def test_registry_agrees_with_the_backbones_published_tables():
         assert same, entry.name
         for b in same:
             assert (b.manifest, b.layout) == (entry.manifest, entry.layout), entry.name
+    for b in mmaction:  # every mmaction2 file the backbone knows is in the table, by its name
+        entry = published.get(b.name)
+        assert (entry.file_name, entry.licence) == (b.file_name, b.licence)
+        assert b.source.startswith(f"{entry.url} ({entry.page})")
+
+
+# ------------------------------------------------------------------------------ mmaction2
+def mmaction2_published_file(shared_data: Path, entry: published.PublishedFile, path: Path) -> Path:
+    """A file in mmaction2's published format (mmcv save_checkpoint + publish_model.py:
+    ``{'meta', 'state_dict'}``, optimizer removed) with the manifest's keys, shapes and dtypes,
+    each tensor one element of storage."""
+    keys = json.loads(manifest_path(shared_data, entry).read_text())["keys"]
+    state = {
+        k: torch.zeros(1, dtype=getattr(torch, v["dtype"])).expand(*v["shape"])
+        if v["shape"]
+        else torch.zeros((), dtype=getattr(torch, v["dtype"]))
+        for k, v in keys.items()
+    }
+    meta = {"mmcv_version": "1.2.7", "epoch": 256, "iter": 120000}
+    torch.save({"meta": meta, "state_dict": state}, path)
+    assert path.stat().st_size < 1_000_000
+    return path
+
+
+@pytest.mark.parametrize("depth", sorted(MMACTION2))
+def test_mmaction2_entries_are_the_model_zoo_files(shared_data, depth):
+    entry = published.get(MMACTION2[depth])
+    manifest = json.loads(manifest_path(shared_data, entry).read_text())
+    assert manifest_path(shared_data, entry).parent == REPO_MANIFESTS
+    assert manifest["checkpoint_files"] == [entry.url]
+    assert entry.url.startswith("https://download.openmmlab.com/mmaction/recognition/slowfast/")
+    # mmaction2's publish_model.py: <name>-<first 8 hex digits of the file's sha256>.pth
+    assert entry.file_name.endswith(f"-{entry.sha256_prefix}.pth")
+    assert "publish_model.py" in entry.checksum_source and entry.checked
+    from avda.extract import backbones
+
+    assert entry.loader in backbones.names() and entry.loader == f"slowfast-r{depth}-mmaction"
+    (layout,) = backbones.model_class(entry.loader).checkpoint_layouts()
+    assert layout.name == entry.layout and layout.detect(list(manifest["keys"]))
+
+
+@pytest.mark.parametrize("depth", sorted(MMACTION2))
+def test_identify_mmaction2_published_format_by_layout(shared_data, tmp_path, depth):
+    entry = published.get(MMACTION2[depth])
+    path = mmaction2_published_file(shared_data, entry, tmp_path / entry.file_name)
+    # what verify reads: the state dict under 'state_dict', keys keeping 'backbone.'
+    shapes = published._read_shapes(path)
+    assert next(iter(shapes)) == "backbone.slow_path.conv1.conv.weight"
+    assert published.layout_fingerprint(shapes) == entry.layout_fingerprint
+    found = published.identify(path)
+    assert found.how == "layout" and found.entries == (entry,)  # R50 and R101 told apart
+    assert f"the keys and shapes of {entry.name} ({len(shapes)} tensors)" in found.message
+    assert f"the published file's starts with {entry.sha256_prefix}" in found.message
+
+
+def test_fetch_mmaction2_checks_the_sha256_prefix(server, shared_data, tmp_path, monkeypatch):
+    """The real entry, served from 127.0.0.1 under its file name: synthetic bytes do not start
+    with the published prefix and are refused; with the prefix of those bytes (the published
+    file's, as far as the test knows) the download is kept and ``--weights NAME`` finds it."""
+    entry = published.get(MMACTION2[101])
+    made = mmaction2_published_file(shared_data, entry, tmp_path / "made.pth")
+    data = made.read_bytes()
+    server.files[f"zoo/{entry.file_name}"] = data
+    mirror = server.url("zoo")
+    cache = tmp_path / "cache"
+    with pytest.raises(published.DownloadError) as info:
+        published.fetch(entry, cache, progress=False, mirror=mirror)
+    message = str(info.value)
+    assert "\n" not in message and "refused and deleted" in message
+    assert f"the published file's starts with {entry.sha256_prefix}" in message
+    assert list(cache.iterdir()) == []
+    prefix = hashlib.sha256(data).hexdigest()[:8]
+    assert prefix != entry.sha256_prefix
+    same_bytes = dataclasses.replace(entry, sha256_prefix=prefix)
+    result = published.fetch(same_bytes, cache, progress=False, mirror=mirror)
+    assert result.downloaded and result.checked and result.path == cache / entry.file_name
+    assert result.path.read_bytes() == data
+    assert published.identify(result.path).entries == (entry,)
+    monkeypatch.setenv(published.WEIGHTS_DIR_ENV, str(cache))
+    with pytest.raises(ConfigError, match=f"starts with {entry.sha256_prefix}.*delete it"):
+        published.resolve(entry.name)  # the real prefix: not the published bytes
+    monkeypatch.setitem(published.PUBLISHED, entry.name, same_bytes)
+    assert published.resolve(entry.name) == result.path
