@@ -209,3 +209,16 @@ def test_published_entries_point_at_the_manifests() -> None:
             assert entry.layout == slowfast_mmaction.LAYOUTS[depth].name
             assert entry.file_name in entry.source
             assert manifest(depth)["checkpoint_files"][0].endswith(entry.file_name)
+
+
+@pytest.mark.parametrize("depth", DEPTHS)
+def test_random_initialisation_keeps_features_within_float16(depth):
+    # without weights (the demo, a smoke test) every residual branch ends in a BN of small
+    # scale: R101's 33 blocks summed random branches past 65504, so `avda extract` refused
+    # every clip of a real video as non-finite in float16
+    torch.manual_seed(0)
+    model = backbones.create(f"slowfast-r{depth}-mmaction", modality="rgb")
+    with torch.no_grad():
+        features = model.forward_features(torch.randn(1, 3, 8, 64, 64))
+    assert torch.isfinite(features.half()).all() and float(features.abs().max()) < 1e3
+    assert float(features.std()) > 0

@@ -214,7 +214,17 @@ def init_random_features_(module: nn.Module) -> nn.Module:
             nn.init.normal_(layer.weight, 0, 0.01)
             if layer.bias is not None:
                 nn.init.zeros_(layer.bias)
+    # A residual block may name the BatchNorm that ends its branch (``RESIDUAL_BN``): its scale
+    # starts small, or the sum over 33 R101 blocks grows past float16 (a random
+    # slowfast-r101-mmaction gave features of 2.6e5: every clip refused). mmaction2's
+    # zero_init_residual starts it at 0, which would leave the branch without a gradient.
+    for layer in module.modules():
+        for name in getattr(layer, "RESIDUAL_BN", ()):
+            nn.init.constant_(layer.get_submodule(name).weight, RESIDUAL_BN_SCALE)
     return module
+
+
+RESIDUAL_BN_SCALE = 0.2  # random R101 features: max ~2, std ~0.4 (0.0: max ~1, no gradient)
 
 
 def fold_batch_norm_(model: Backbone) -> int:

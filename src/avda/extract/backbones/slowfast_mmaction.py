@@ -188,6 +188,8 @@ class Bottleneck3d(nn.Module):
     conv1 (kT, 1, 1) ─► conv2 (1, 3, 3) with the spatial stride ─► conv3 (1, 1, 1), + shortcut
     (``downsample``: 1x1x1 conv + BN where the shape changes), then ReLU."""
 
+    RESIDUAL_BN = ("conv3.bn",)  # random init: a small scale (init_random_features_)
+
     def __init__(
         self, in_channels: int, planes: int, stride: int, inflate: bool, downsample: bool
     ) -> None:
