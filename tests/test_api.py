@@ -211,3 +211,20 @@ def test_weights_for_a_modality_not_extracted_are_refused(tmp_path, modalities, 
         avda.extract(frame, tmp_path / "c.zarr", videos=tmp_path, modalities=modalities,
                      progress=False, **given)  # fmt: skip
     assert not (tmp_path / "c.zarr").exists()
+
+
+def test_train_takes_numpy_strings_as_a_loop_over_an_array_gives_them(tmp_path):
+    """``for optimizer in np.array(["adam", "sgd"])``: np.str_ values are written to config.yaml
+    as plain strings (they failed there: RepresenterError, after the checks had passed)."""
+    import numpy as np
+
+    from avda import runs
+
+    make_feature_cache(tmp_path / "c.zarr", per_class=6)
+    run = avda.train(
+        head="source-only", cache=tmp_path / "c.zarr", source="source", target="target",
+        out=tmp_path / "so", epochs=1, progress=False,
+        head_config={"optimizer": np.array(["adam", "sgd"])[1], "modalities": [np.str_("rgb")]},
+    )  # fmt: skip
+    config = runs.read_config(run.run)["head_config"]
+    assert config["optimizer"] == "sgd" and config["modalities"] == ["rgb"]

@@ -183,7 +183,7 @@ def _coerce(owner: str, key: str, value: Any, hint: Any) -> Any:
     if origin is typing.Literal:
         if value not in args:
             raise ConfigError(f"{where}: expected one of {list(args)}, got {value!r}")
-        return value
+        return args[list(args).index(value)]  # the option itself: np.str_('sgd') -> 'sgd'
     if origin is tuple:
         inner = args[0] if args else Any
         if isinstance(value, str):  # "rgb,audio" is a list, as --set and --modalities take it
@@ -215,5 +215,5 @@ def _coerce(owner: str, key: str, value: Any, hint: Any) -> Any:
     if hint is str:
         if not isinstance(value, str):
             raise ConfigError(f"{where}: expected a string, got {value!r}")
-        return value
+        return str(value)  # np.str_ (a loop over np.array(["rgb", ...])) is written as str
     return value
