@@ -151,6 +151,9 @@ def peak_rss_gib() -> float:
 
 def _train_in_child(queue, kwargs: dict) -> None:
     """Train in a fresh process and report its peak resident memory (GiB)."""
+    threads = kwargs.pop("threads", None)
+    if threads:
+        torch.set_num_threads(threads)
     try:
         if kwargs.pop("import_only", False):
             import avda.train.heads  # noqa: F401  (the runtime a run starts from)
@@ -164,12 +167,20 @@ def _train_in_child(queue, kwargs: dict) -> None:
 def peak_memory(kwargs: dict) -> dict:
     """``train(**kwargs)`` in a spawned process: its peak RSS, apart from every other run."""
     import multiprocessing
+    import queue as queue_lib
 
     context = multiprocessing.get_context("spawn")
     queue = context.Queue()
     process = context.Process(target=_train_in_child, args=(queue, kwargs))
     process.start()
-    result = queue.get()
+    while True:  # a child killed (out of memory: what this mode may provoke) reports nothing
+        try:
+            result = queue.get(timeout=1.0)
+            break
+        except queue_lib.Empty:
+            if not process.is_alive():
+                result = {"error": f"the run's process ended with exit code {process.exitcode}"}
+                break
     process.join()
     return result
 
@@ -181,10 +192,20 @@ def features_gib(cache: Path) -> float:
 
 
 def compare_memory(
-    names: list[str], sizes: dict[str, int], cache_dir: Path, device: str, epochs: int = 1
+    names: list[str],
+    sizes: dict[str, int],
+    cache_dir: Path,
+    device: str,
+    epochs: int = 1,
+    threads: int | None = None,
 ) -> list[dict]:
-    """Peak RSS of ``avda train`` for each head in ``names`` (``epochs`` epochs, each run in
-    its own process), beside a process that only imports the training code."""
+    """Peak RSS of ``avda train`` for each head in ``names`` (``all``: every head; ``epochs``
+    epochs, each run in its own process), beside a process that only imports the training
+    code."""
+    if names == ["all"]:
+        from avda.train import heads as heads_lib
+
+        names = heads_lib.names()
     label = f"{sizes['source']}-{sizes['target']}-{sizes['test']}"
     cache = cache_dir / f"epic100-{label}.zarr"
     if not (cache / "zarr.json").exists():
@@ -207,6 +228,7 @@ def compare_memory(
             "overrides": {"epochs": epochs},
             "device": device,
             "progress": False,
+            "threads": threads,
         }
         rows.append({"head": name, **peak_memory(kwargs), "seconds": time.perf_counter() - began})
         shutil.rmtree(run, ignore_errors=True)
@@ -356,7 +378,12 @@ def main(argv: list[str] | None = None) -> dict:
         source, target, test = (int(v) for v in args.sizes.split(","))
         sizes = {"source": source, "target": target, "test": test}
         rows = compare_memory(
-            args.heads.split(","), sizes, args.cache_dir, args.device, args.epochs or 1
+            args.heads.split(","),
+            sizes,
+            args.cache_dir,
+            args.device,
+            args.epochs or 1,
+            args.threads,
         )
         print(
             f"{sizes['source']} source, {sizes['target']} target train, {sizes['test']} "
