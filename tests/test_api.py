@@ -194,7 +194,8 @@ def test_extract_records_the_class_tables_of_a_built_manifest(tmp_path, media):
         (
             ["rgb"],
             {"backbone": "i3dd"},
-            "unknown backbone 'i3dd'; did you mean 'i3d'? valid: i3d, slowfast, tbn",
+            "unknown backbone 'i3dd'; did you mean 'i3d'? valid: i3d, slowfast, "
+            "slowfast-r101-mmaction, slowfast-r50-mmaction, tbn",
         ),
     ],
 )
