@@ -123,6 +123,18 @@ def build_cache(path: Path, sizes: dict[str, int], seed: int = 0) -> None:
         print(f"  wrote {modality}", file=sys.stderr, flush=True)
 
 
+def sized_cache(sizes: dict[str, int], cache_dir: Path) -> Path:
+    """The cache of ``sizes`` under ``cache_dir``, built once and reused."""
+    label = f"{sizes['source']}-{sizes['target']}-{sizes['test']}"
+    cache = cache_dir / f"epic100-{label}.zarr"
+    if not (cache / "zarr.json").exists():
+        shutil.rmtree(cache, ignore_errors=True)
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        print(f"building {cache} ...", file=sys.stderr, flush=True)
+        build_cache(cache, sizes)
+    return cache
+
+
 def _stage_seconds(run: Path, began: float) -> list[tuple[str, float]]:
     """Seconds of each stage of ``run`` from its records' write times, in the order written."""
     folder = run / "stages"
@@ -206,13 +218,7 @@ def compare_memory(
         from avda.train import heads as heads_lib
 
         names = heads_lib.names()
-    label = f"{sizes['source']}-{sizes['target']}-{sizes['test']}"
-    cache = cache_dir / f"epic100-{label}.zarr"
-    if not (cache / "zarr.json").exists():
-        shutil.rmtree(cache, ignore_errors=True)
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        print(f"building {cache} ...", file=sys.stderr, flush=True)
-        build_cache(cache, sizes)
+    cache = sized_cache(sizes, cache_dir)
     rows = [{"head": "(import only)", **peak_memory({"import_only": True})}]
     for name in names:
         run = Path(tempfile.mkdtemp(prefix=f"avda-bench-{name}-"))
@@ -267,13 +273,7 @@ def compare_heads(
     if names == ["all"]:
         names = heads_lib.names()
     names = ["source-only", *[n for n in names if n != "source-only"]]
-    label = f"{sizes['source']}-{sizes['target']}-{sizes['test']}"
-    cache = cache_dir / f"epic100-{label}.zarr"
-    if not (cache / "zarr.json").exists():
-        shutil.rmtree(cache, ignore_errors=True)
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        print(f"building {cache} ...", file=sys.stderr, flush=True)
-        build_cache(cache, sizes)
+    cache = sized_cache(sizes, cache_dir)
     rows = []
     for name in names:
         if keep_runs is not None:

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from tests.extract.test_backbones import single_thread  # noqa: F401 (autouse: one thread)
 
 from avda.errors import CheckpointError, ConfigError
 from avda.extract import backbones
@@ -24,14 +25,6 @@ from avda.extract.transforms import model_input
 
 DATA = Path(__file__).resolve().parent / "data"
 DEPTHS = (50, 101)
-
-
-@pytest.fixture(autouse=True)
-def single_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def manifest(depth: int) -> dict:

@@ -90,36 +90,33 @@ INPUT_SPEC = InputSpec(
 
 _PAGE = "https://github.com/open-mmlab/mmaction2/tree/0.x/configs/recognition/slowfast"
 _DOWNLOAD = "https://download.openmmlab.com/mmaction/recognition/slowfast"
-_R50 = "slowfast_r50_8x8x1_256e_kinetics400_rgb"
-_R101 = "slowfast_r101_8x8x1_256e_kinetics400_rgb"
+
+
+def _published(depth: int, stamp: str, notes: str) -> PublishedWeights:
+    config = f"slowfast_r{depth}_8x8x1_256e_kinetics400_rgb"
+    return PublishedWeights(
+        name=f"mmaction2_slowfast_r{depth}_8x8_kinetics400",
+        file_name=f"{config}_{stamp}.pth",
+        source=f"{_DOWNLOAD}/{config}/{config}_{stamp}.pth ({_PAGE})",
+        licence="Apache-2.0",
+        modality="rgb",
+        layout=f"mmaction2-r{depth}",
+        wrapping="{'meta': {...}, 'state_dict': {'backbone.' + key, 'cls_head.fc_cls.*'}}",
+        manifest=f"mmaction2_slowfast_r{depth}_8x8.json",
+        config={"num_classes": 400},
+        notes=notes,
+    )
+
+
 PUBLISHED: dict[int, tuple[PublishedWeights, ...]] = {
     50: (
-        PublishedWeights(
-            name="mmaction2_slowfast_r50_8x8_kinetics400",
-            file_name=f"{_R50}_20200716-73547d2b.pth",
-            source=f"{_DOWNLOAD}/{_R50}/{_R50}_20200716-73547d2b.pth ({_PAGE})",
-            licence="Apache-2.0",
-            modality="rgb",
-            layout="mmaction2-r50",
-            wrapping="{'meta': {...}, 'state_dict': {'backbone.' + key, 'cls_head.fc_cls.*'}}",
-            manifest="mmaction2_slowfast_r50_8x8.json",
-            config={"num_classes": 400},
-            notes="Kinetics-400 top-1 76.94 (mmaction2 0.x model zoo)",
-        ),
+        _published(50, "20200716-73547d2b", "Kinetics-400 top-1 76.94 (mmaction2 0.x model zoo)"),
     ),
     101: (
-        PublishedWeights(
-            name="mmaction2_slowfast_r101_8x8_kinetics400",
-            file_name=f"{_R101}_20210218-0dd54025.pth",
-            source=f"{_DOWNLOAD}/{_R101}/{_R101}_20210218-0dd54025.pth ({_PAGE})",
-            licence="Apache-2.0",
-            modality="rgb",
-            layout="mmaction2-r101",
-            wrapping="{'meta': {...}, 'state_dict': {'backbone.' + key, 'cls_head.fc_cls.*'}}",
-            manifest="mmaction2_slowfast_r101_8x8.json",
-            config={"num_classes": 400},
-            notes="Kinetics-400 top-1 77.9 (mmaction2 0.x model zoo); Audio-Adaptive's "
-            "visual network",
+        _published(
+            101,
+            "20210218-0dd54025",
+            "Kinetics-400 top-1 77.9 (mmaction2 0.x model zoo); Audio-Adaptive's visual network",
         ),
     ),
 }
