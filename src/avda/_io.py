@@ -19,10 +19,12 @@ without an import cycle.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import logging
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -102,6 +104,19 @@ def refused_global(message: str) -> str | None:
 
 LOG_BAR_INTERVAL = 10.0
 """Seconds between progress-bar updates written to a file or a pipe (a job's log)."""
+
+
+@contextlib.contextmanager
+def quiet_logs() -> Iterator[None]:
+    """avda's log records below ERROR dropped for the block: planning a run whose warnings were
+    reported when it trained (a finished run rerun, a sweep's check of its runs)."""
+    logger = logging.getLogger("avda")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def progress_bar(*args: Any, **kwargs: Any) -> Any:

@@ -597,7 +597,13 @@ def flow_command(
 
 @app.command("finetune")
 def finetune_command(
-    backbone: Annotated[str, typer.Option(help="Backbone: i3d, tbn, slowfast, audio_resnet18.")],
+    backbone: Annotated[
+        str,
+        typer.Option(
+            help="Backbone (avda list backbones): i3d, tbn, slowfast, slowfast-r101-mmaction, "
+            "slowfast-r50-mmaction, audio_resnet18."
+        ),
+    ],
     modality: Annotated[str, typer.Option(help="rgb, flow or audio.")],
     manifest: ManifestPath,
     source: Annotated[str, typer.Option(help="Source domain(s), comma separated.")],

@@ -136,6 +136,23 @@ def test_explicit_epochs_are_literal_and_short_runs_warn(caplog):
     assert stage.schedule == "epochs"  # a stage set explicitly: epochs are the user's
 
 
+def test_a_finished_run_rerun_does_not_warn_again(tmp_path, caplog):
+    """The short-schedule warning is said when a run trains, not again for each rerun that
+    finds it complete (a notebook cell run twice, a sweep started again)."""
+    cache = make_feature_cache(tmp_path / "c.zarr", per_class=4).path
+    kwargs = {
+        "cache": cache, "head": "source-only", "source": ["source"], "target": ["target"],
+        "out": tmp_path / "run", "overrides": {"epochs": 1}, "progress": False,
+    }  # fmt: skip
+    with caplog.at_level("WARNING"):
+        assert not train(**kwargs).skipped
+    assert "optimiser steps" in caplog.text
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        assert train(**kwargs).skipped
+    assert "optimiser steps" not in caplog.text and "is complete: skipping" in caplog.text
+
+
 def test_the_loop_runs_the_scaled_schedule(tmp_path):
     cache = make_feature_cache(tmp_path / "c.zarr", per_class=4).path  # 16 source segments
     result = train(

@@ -47,7 +47,7 @@ from typing import Any
 import pandas as pd
 
 from avda import dask_support, runs
-from avda._io import atomic_write_text
+from avda._io import atomic_write_text, quiet_logs
 from avda.cache.lock import sweep_lock
 from avda.dask_support import (
     CONNECT_SECONDS,
@@ -240,18 +240,6 @@ def _run_task(task: SweepTask) -> TaskOutcome:
     )
 
 
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """avda's log records below ERROR dropped for the block (a check that plans a run)."""
-    logger = logging.getLogger("avda")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
-
-
 def _finished_mismatch(task: SweepTask) -> str:
     """Why a complete run directory does not hold this task's run ("" when it does): the
     configuration ``avda train`` would record for the task (its head config for this data
@@ -266,7 +254,7 @@ def _finished_mismatch(task: SweepTask) -> str:
     )
 
     try:
-        with _quiet():  # its warnings were reported when it trained
+        with quiet_logs():  # its warnings were reported when it trained
             setup = setup_lib.plan(
                 cache=task.cache,
                 head=task.head,
@@ -412,7 +400,7 @@ def task_problems(spec: SweepSpec) -> tuple[list[str], int]:
             continue
         seen.add(key)
         try:
-            with _quiet():
+            with quiet_logs():
                 setup = setup_lib.plan(
                     cache=task.cache, head=task.head, source=task.source, target=task.target,
                     overrides=task.overrides, device="cpu", protocol=task.protocol,

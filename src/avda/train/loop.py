@@ -6,6 +6,7 @@ message when a loss diverges.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -19,7 +20,7 @@ import torch
 
 import avda
 from avda import environment, runs
-from avda._io import atomic_write_text, progress_bar
+from avda._io import atomic_write_text, progress_bar, quiet_logs
 from avda.cache import FeatureCache
 from avda.cache.lock import run_lock
 from avda.errors import AvdaError, RunError, TrainingDiverged
@@ -259,15 +260,18 @@ def _train(
     sinks: sinks_lib.MetricSinks,
 ) -> TrainResult:
     role = head  # with a protocol, its method's name
-    setup = setup_lib.plan(
-        cache=cache,
-        head=role,
-        source=source,
-        target=target,
-        overrides=overrides,
-        device=device,
-        protocol=protocol,
-    )
+    finished = runs.is_complete(out)
+    # a finished run's warnings (its schedule for this data) were reported when it trained
+    with quiet_logs() if finished else contextlib.nullcontext():
+        setup = setup_lib.plan(
+            cache=cache,
+            head=role,
+            source=source,
+            target=target,
+            overrides=overrides,
+            device=device,
+            protocol=protocol,
+        )
     head = setup.head
     store, config, modalities = setup.store, setup.config, setup.modalities
     device = setup.device
@@ -275,7 +279,6 @@ def _train(
     uses_target = cls.needs_target(config)
 
     resolved = resolved_config(setup, cache, source, target, seed, protocol, role)
-    finished = runs.is_complete(out)
     if not finished:
         setup.check_head()  # a refused combination leaves no run folder behind
     resume_record = _start_run_folder(out, resolved, store, device, run_data(setup))
