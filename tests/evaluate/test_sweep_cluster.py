@@ -239,6 +239,22 @@ def _shim(folder: Path, name: str, body: str) -> None:
     path.chmod(0o755)
 
 
+def _slurm_sweep(tmp_path, monkeypatch, cache, sbatch: str, scancel: str, cluster: dict) -> Path:
+    """``sbatch`` / ``scancel`` shims first on PATH, and a SLURM sweep spec of one run."""
+    bin_dir = tmp_path / "bin"
+    _shim(bin_dir, "sbatch", sbatch)
+    _shim(bin_dir, "scancel", scancel)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    return _spec_file(
+        tmp_path,
+        {"kind": "slurm", "cores": 1, "memory": "1GB", **cluster},
+        cache=str(cache),
+        settings=["source->target"],
+        heads=["source-only"],
+        out="runs",
+    )
+
+
 @pytest.mark.parametrize("printed", ["", "queued, no number here"])
 def test_a_submit_command_without_a_job_id_says_what_it_printed(
     tmp_path, cache, monkeypatch, capsys, printed
@@ -247,18 +263,8 @@ def test_a_submit_command_without_a_job_id_says_what_it_printed(
     what it printed, naming the spec to give --job-script, exit 1."""
     from avda.cli import main
 
-    bin_dir = tmp_path / "bin"
-    _shim(bin_dir, "sbatch", f"echo '{printed}'" if printed else "true")
-    _shim(bin_dir, "scancel", "true")
-    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
-    path = _spec_file(
-        tmp_path,
-        {"kind": "slurm", "cores": 1, "memory": "1GB"},
-        cache=str(cache),
-        settings=["source->target"],
-        heads=["source-only"],
-        out="runs",
-    )
+    sbatch = f"echo '{printed}'" if printed else "true"
+    path = _slurm_sweep(tmp_path, monkeypatch, cache, sbatch, "true", {})
     capsys.readouterr()
     assert main(["sweep", str(path)]) == 1
     error = capsys.readouterr().err
@@ -274,19 +280,14 @@ def test_jobs_that_never_start_name_the_spec_and_the_log_folder(
     line naming the real log folder and the spec to give --job-script; the jobs cancelled."""
     from avda.cli import main
 
-    bin_dir = tmp_path / "bin"
     cancelled = tmp_path / "cancelled"
-    _shim(bin_dir, "sbatch", "echo 'Submitted batch job 4242'")
-    _shim(bin_dir, "scancel", f'echo "$@" >> {cancelled}')
-    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
-    cluster = {"kind": "slurm", "cores": 1, "memory": "1GB", "log_directory": "logs"}
-    path = _spec_file(
+    path = _slurm_sweep(
         tmp_path,
-        {**cluster, "worker_timeout": 2},
-        cache=str(cache),
-        settings=["source->target"],
-        heads=["source-only"],
-        out="runs",
+        monkeypatch,
+        cache,
+        "echo 'Submitted batch job 4242'",
+        f'echo "$@" >> {cancelled}',
+        {"log_directory": "logs", "worker_timeout": 2},
     )
     capsys.readouterr()
     assert main(["sweep", str(path)]) == 1
