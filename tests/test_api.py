@@ -229,3 +229,22 @@ def test_train_takes_numpy_strings_as_a_loop_over_an_array_gives_them(tmp_path):
     )  # fmt: skip
     config = runs.read_config(run.run)["head_config"]
     assert config["optimizer"] == "sgd" and config["modalities"] == ["rgb"]
+
+
+def test_evaluate_errors_name_the_keywords_not_the_cli_options(tmp_path):
+    """The evaluation code is shared with ``avda evaluate``, whose errors say ``--set``; a
+    Python caller is told the keyword it passed."""
+    make_feature_cache(tmp_path / "c.zarr", per_class=4)
+    avda.train(
+        head="source-only", cache=tmp_path / "c.zarr", source="source", target="target",
+        out=tmp_path / "run", epochs=1, progress=False,
+    )  # fmt: skip
+    with pytest.raises(ConfigError) as error:
+        avda.evaluate(tmp_path / "run", eval_set="nope")
+    assert "eval_set='nope'" in str(error.value) and "--" not in str(error.value)
+    with pytest.raises(ConfigError) as error:
+        avda.evaluate(tmp_path / "run", metric="mAP")
+    assert "metric='mAP'" in str(error.value) and "--" not in str(error.value)
+    with pytest.raises(avda.errors.RunError) as error:
+        avda.evaluate(tmp_path / "run", layout="auto", eval_set="nope")
+    assert "choose another eval_set" in str(error.value) and "--set" not in str(error.value)

@@ -20,11 +20,12 @@ from __future__ import annotations
 
 import logging
 import numbers
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from avda.errors import ConfigError, ManifestError
+from avda.errors import AvdaError, ConfigError, ManifestError
 
 log = logging.getLogger(__name__)
 
@@ -353,6 +354,39 @@ def evaluate(
     OUT.csv (and OUT.tex) as the CLI does. ``protocol``: whose evaluation rule the table
     applies to every row (default: the first run's protocol; runs of another are left out).
     """
+    try:
+        return _evaluate(runs, layout, eval_set, task, metric, compare, out, protocol)
+    except AvdaError as exc:  # the shared code names the CLI's options: say the keywords
+        message = _keywords(str(exc))
+        if message == str(exc):
+            raise
+        raise type(exc)(message) from exc
+
+
+# The CLI options of `avda evaluate` and this function's keywords for them.
+_EVALUATE_KEYWORDS = {
+    "set": "eval_set",
+    "task": "task",
+    "metric": "metric",
+    "layout": "layout",
+    "compare": "compare",
+    "protocol": "protocol",
+}
+_OPTION = re.compile(r"--(" + "|".join(_EVALUATE_KEYWORDS) + r")\b(?: ([\w@.+-]+))?")
+
+
+def _keywords(message: str) -> str:
+    """``--set X`` / ``--metric`` in an error of the shared evaluation code as this API's
+    ``eval_set='X'`` / ``metric``."""
+
+    def keyword(match: re.Match) -> str:
+        name = _EVALUATE_KEYWORDS[match.group(1)]
+        return name if match.group(2) is None else f"{name}={match.group(2)!r}"
+
+    return _OPTION.sub(keyword, message)
+
+
+def _evaluate(runs, layout, eval_set, task, metric, compare, out, protocol) -> Any:
     from avda.evaluate import aggregate, tables
 
     paths = [runs] if isinstance(runs, str | Path) else list(runs)

@@ -723,3 +723,29 @@ def test_the_runs_layout_refuses_a_complete_run_whose_predictions_were_removed(
         tables.results_table([damaged])
     with pytest.raises(RunError, match="remove run.json and train it again"):
         tables.evaluate_runs([copy], layout="runs")
+
+
+def test_a_paper_table_as_a_dataframe_wide_and_long():
+    """``to_frame()``: mean / std / seeds per cell as ``cell`` gives them (hand values: dann's
+    mean of 80 and 83 is 81.5, its sample std 2.1213); ``long=True``: one row per value."""
+    from avda.evaluate.aggregate import AggregateTable
+
+    table = AggregateTable(
+        "t",
+        ["so", "dann"],
+        ["a→b", "b→a"],
+        {("so", "a→b"): [70.0], ("dann", "a→b"): [80.0, 83.0], ("dann", "b→a"): [60.0]},
+        {("so", "a→b"): [0], ("dann", "a→b"): [0, 1], ("dann", "b→a"): [1]},
+    )
+    wide = table.to_frame()
+    assert list(wide.index) == ["so", "dann"]
+    assert wide.loc["dann", ("a→b", "mean")] == pytest.approx(81.5)
+    assert wide.loc["dann", ("a→b", "std")] == pytest.approx(2.1213, abs=1e-4)
+    assert wide.loc["dann", ("a→b", "seeds")] == 2 and wide.loc["so", ("b→a", "seeds")] == 0
+    assert np.isnan(wide.loc["so", ("b→a", "mean")]) and np.isnan(wide.loc["so", ("a→b", "std")])
+    long = table.to_frame(long=True)
+    assert list(long.columns) == ["method", "column", "seed", "value"]
+    assert long.values.tolist() == [
+        ["so", "a→b", 0, 70.0], ["dann", "a→b", 0, 80.0], ["dann", "a→b", 1, 83.0],
+        ["dann", "b→a", 1, 60.0],
+    ]  # fmt: skip

@@ -58,7 +58,8 @@ def test_mm_sada_with_one_epoch_is_refused_in_one_line(tmp_path, capsys):
     lines = capsys.readouterr().err.strip().splitlines()
     err = [line for line in lines if not line.startswith(("WARNING ", "INFO "))]  # log lines
     assert code == 1 and len(err) == 1 and "--epochs 2 or more" in err[0]
-    assert any("its recipe makes 9009" in line for line in lines)  # a 1-epoch run warns
+    warning = next(line for line in lines if "its recipe makes 9009" in line)  # 1 epoch warns
+    assert "(1 epoch of " in warning  # counted in English: "1 epoch", "3 optimiser steps"
     # The corrected command is not blocked by the refused run's folder.
     result = train(
         cache=cache,
@@ -146,11 +147,11 @@ def test_a_finished_run_rerun_does_not_warn_again(tmp_path, caplog):
     }  # fmt: skip
     with caplog.at_level("WARNING"):
         assert not train(**kwargs).skipped
-    assert "optimiser steps" in caplog.text
+    assert "optimiser step" in caplog.text
     caplog.clear()
     with caplog.at_level("INFO"):
         assert train(**kwargs).skipped
-    assert "optimiser steps" not in caplog.text and "is complete: skipping" in caplog.text
+    assert "optimiser step" not in caplog.text and "is complete: skipping" in caplog.text
 
 
 def test_the_loop_runs_the_scaled_schedule(tmp_path):

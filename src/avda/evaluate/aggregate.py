@@ -26,7 +26,7 @@ import logging
 import math
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -42,6 +42,9 @@ from avda.scoring.metrics import (
     top_k_accuracy,
 )
 from avda.scoring.protocols import epic100_accuracies
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 log = logging.getLogger(__name__)
 
@@ -332,6 +335,34 @@ class AggregateTable:
         raise ConfigError(
             f"{name!r} is not a column of this table; columns: {', '.join(self.columns)}"
         )
+
+    def to_frame(self, *, long: bool = False) -> pd.DataFrame:
+        """The table as a DataFrame: one row per method, each column's ``mean``, ``std`` and
+        number of ``seeds`` (columns ``(column, statistic)``); ``long=True``: one row per value,
+        ``method, column, seed, value`` (seed -1 for a published number), for plotting or
+        statistics of your own."""
+        import pandas as pd
+
+        if long:
+            rows = [
+                (method, column, seed, value)
+                for method in self.methods
+                for column in self.columns
+                for seed, value in zip(
+                    self.seeds.get((method, column), []),
+                    self.values.get((method, column), []),
+                    strict=True,
+                )
+            ]
+            return pd.DataFrame(rows, columns=["method", "column", "seed", "value"])
+        cells = {
+            (column, statistic): [self.cell(m, column)[i] for m in self.methods]
+            for column in self.columns
+            for i, statistic in enumerate(("mean", "std", "seeds"))
+        }
+        frame = pd.DataFrame(cells, index=pd.Index(self.methods, name="method"))
+        frame.columns = pd.MultiIndex.from_tuples(frame.columns, names=["column", "statistic"])
+        return frame
 
     def best(self, column: str) -> set[str]:
         """Methods with the best mean in ``column`` (ties: all of them)."""

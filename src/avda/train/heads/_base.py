@@ -164,6 +164,11 @@ _NON_NEGATIVE_INT_NAMES = (
 )
 
 
+def _counted(count: int, noun: str) -> str:
+    """``"1 epoch"``, ``"3 epochs"``."""
+    return f"{count} {noun}" + ("" if count == 1 else "s")
+
+
 def range_problem(name: str, value: Any) -> str | None:
     """What a head config field ``name`` expects when ``value`` is out of its range, else None.
 
@@ -325,10 +330,12 @@ class HeadConfig(Config):
         if self.schedule == "epochs" or recipe <= 0 or segments <= 0:
             if recipe and self.epochs * steps_here < recipe / 4:
                 log.warning(
-                    "%s: %d optimiser steps (%d epochs of %d), its recipe makes %d; expect it "
-                    "to stop before it converges (leave --epochs unset to train the recipe's "
-                    "amount)",
-                    *(head, self.epochs * steps_here, self.epochs, steps_here, recipe),
+                    "%s: %s (%s of %d), its recipe makes %d; expect it to stop before it "
+                    "converges (leave --epochs unset to train the recipe's amount)",
+                    head,
+                    _counted(self.epochs * steps_here, "optimiser step"),
+                    _counted(self.epochs, "epoch"),
+                    *(steps_here, recipe),
                 )
             return self
         steps_there = batch_count(self.reference_segments, self.batch_size)
