@@ -278,6 +278,8 @@ def test_sigint_to_a_running_train_exits_130_with_the_resume_line(work, tmp_path
     process = subprocess.Popen(
         [
             sys.executable,
+            "-X",
+            "faulthandler",  # a hang below is reported with every thread's stack (SIGABRT)
             "-m",
             "avda.cli",
             *TRAIN,
@@ -306,7 +308,12 @@ def test_sigint_to_a_running_train_exits_130_with_the_resume_line(work, tmp_path
             time.sleep(0.1)
         time.sleep(0.5)
         process.send_signal(signal.SIGINT)
-        _, err = process.communicate(timeout=60)
+        try:
+            _, err = process.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.send_signal(signal.SIGABRT)  # faulthandler prints the threads' stacks
+            _, err = process.communicate(timeout=30)
+            pytest.fail(f"avda train did not exit within 60 s of SIGINT; its stderr:\n{err}")
     finally:
         if process.poll() is None:
             process.kill()
