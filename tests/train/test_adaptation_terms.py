@@ -216,12 +216,12 @@ def _domain_gap(run) -> float:
 
 def test_cia_adversarial_terms_pull_the_domains_together(scores):
     """CIA's adversarial terms give no accuracy gain that switching them off removes, on this
-    set or any measured (docs/methods.md, cia): its test checks what the terms do to the features
-    instead. With the video and frame discriminators' reversed gradients, the domains' mean
-    video features (the discriminators' input) come closer than without them, and inverted (the
-    features help the discriminators) they move apart. Without domain_norm: with it the
-    domains' means already agree (gap 0.058 with the terms, 0.062 without, seed 1), so the terms
-    have nothing left to move.
+    set or any measured (docs/methods.md, cia; docs/benchmark_history.md): its test checks what
+    the terms do to the features instead. With the video and frame discriminators' reversed
+    gradients, the domains' mean video features (the discriminators' input) come closer than
+    without them, and inverted (the features help the discriminators) they move apart. Without
+    domain_norm: with it the domains' means already agree (gap 0.058 with the terms, 0.062
+    without, seed 1), so the terms have nothing left to move.
 
     Measured (seeds 0 / 1, domain gap of the video features; the cached features: 1.42):
     terms on 0.253 / 1.288, off 1.285 / 1.522, GRL inverted 1.446 / 1.597. Target top-1

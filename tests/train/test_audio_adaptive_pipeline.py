@@ -1105,10 +1105,10 @@ def paper_comparison_one_seed(tmp_path_factory):
 
 def test_beats_source_only_and_dann_on_seed_0(paper_comparison_one_seed):
     # Measured: source-only 0.733, DANN 0.667, audio-adaptive 0.875 (pseudo labels refined by
-    # class centroids, the default since 2026-12-05's fourteenth stop: labels 0.900 against
-    # 0.892); before it 0.892 (with domain_norm, the default since 2026-12-05; 0.958 without
-    # it, 0.933 with each stream's own pseudo labels, pseudo_labels=stream, as in the 3-seed
-    # runs of 2026-12-03).
+    # class centroids, the default since 2026-12-05's fourteenth stop, docs/benchmark_history.md:
+    # labels 0.900 against 0.892); before it 0.892 (with domain_norm, the default since
+    # 2026-12-05; 0.958 without it, 0.933 with each stream's own pseudo labels,
+    # pseudo_labels=stream, as in the 3-seed runs of 2026-12-03).
     scores = paper_comparison_one_seed
     assert scores["audio-adaptive"] > scores["source-only"] + 0.1, scores
     assert scores["audio-adaptive"] > scores["dann"] + 0.1, scores
