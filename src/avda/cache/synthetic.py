@@ -9,14 +9,17 @@ per snippet ``k`` (post-ReLU, as pooled I3D / TBN features are). RGB and flow se
 well, audio less well. The target domain then differs by one family:
 
 ==================  ========================================================================
+``scene``           the nuisance "scene" factors (background, lighting, room acoustics) of the
+                    target move far along one direction before the units' ReLU; RGB and flow
+                    respond to them fully, audio at 0.2x
 ``affine``          RGB and flow of the target: a per-dimension scale and offset (lighting,
                     camera, white balance); audio moved a little
 ``rotation``        RGB and flow of the target: their active subspace rotated (a new viewpoint
                     mixes the same units differently); audio moved a little
-``label-prior``     the target's class frequencies differ (a Dirichlet draw) and a milder
-                    affine shift of RGB and flow
-``audio-informative``  a strong visual shift, audio unshifted (sound shifts less than vision:
-                    the Audio-Adaptive setting)
+``label-prior``     the target's class frequencies differ (a Dirichlet draw), on top of the
+                    ``scene`` shift
+``audio-informative``  the ``scene`` shift of RGB and flow; audio does not hear the scene
+                    (sound shifts less than vision: the Audio-Adaptive setting)
 ==================  ========================================================================
 
 ``severity`` scales every shift (1: source-only loses roughly a third of its accuracy at the
