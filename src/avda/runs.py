@@ -162,7 +162,20 @@ def write_predictions(
     labels: dict[str, np.ndarray],
     scores: dict[str, np.ndarray],
 ) -> None:
-    folder = run / PREDICTIONS
+    save_predictions(run / PREDICTIONS / f"{name}.npz", uids, labels, scores)
+
+
+def save_predictions(
+    path: Path,
+    uids: np.ndarray,
+    labels: dict[str, np.ndarray],
+    scores: dict[str, np.ndarray],
+) -> Path:
+    """``path`` (``.npz``: uids, ``label_<task>``, ``score_<task>``) and the table for people
+    beside it (``.csv``), atomically: the files a run writes per evaluation set, and what
+    ``avda predict -o`` writes (:func:`load_predictions` reads either)."""
+    path = Path(path)
+    folder, name = path.parent, path.name.removesuffix(".npz")
     folder.mkdir(parents=True, exist_ok=True)
     arrays = {"uids": np.asarray(uids, dtype=str)}
     for task in scores:
@@ -184,12 +197,35 @@ def write_predictions(
             table[f"{task}_labels"] = [";".join(map(str, np.flatnonzero(r))) for r in labels[task]]
             table[f"{task}_top5"] = [";".join(map(str, r)) for r in top]
     pd.DataFrame(table).to_csv(folder / f"{name}.csv", index=False)
+    return folder / f"{name}.npz"
 
 
 def read_predictions(run: Path, name: str) -> dict[str, Any]:
     path = Path(run) / PREDICTIONS / f"{name}.npz"
     if not path.exists():
         raise RunError(f"{run} has no predictions for {name!r} ({path}); is the run complete?")
+    out = load_predictions(path)
+    if (Path(run) / CONFIG).exists():  # a run's own predictions: one score per class
+        tasks = read_config(Path(run)).get("tasks") or []
+        for task in tasks if isinstance(tasks, list) else []:
+            scores = out["scores"].get(task.get("name")) if isinstance(task, dict) else None
+            classes = task.get("num_classes") if scores is not None else None
+            if isinstance(classes, int) and (scores.ndim != 2 or scores.shape[1] != classes):
+                raise RunError(
+                    f"{path}: {task['name']} scores of shape {list(scores.shape)} for "
+                    f"{classes} classes (config.yaml): not a predictions file avda wrote for "
+                    "this run; remove it and train the run again"
+                )
+    return out
+
+
+def load_predictions(path: Path) -> dict[str, Any]:
+    """A predictions file (a run's ``predictions/<set>.npz``, or ``avda predict -o``'s):
+    ``{"uids", "labels": {task: ...}, "scores": {task: ...}}``, checked (one row per segment,
+    each listed once, finite scores); anything else is one RunError naming the file."""
+    path = Path(path)
+    if not path.exists():
+        raise RunError(f"{path} does not exist; give a predictions file (.npz) avda wrote")
     data = read_arrays(path)
     if "uids" not in data:
         raise RunError(f"{path} is not a predictions file avda wrote: it has no uids")
@@ -222,17 +258,6 @@ def read_predictions(run: Path, name: str) -> dict[str, Any]:
                 "NaN or infinite: a run never writes them (its training stops first); remove "
                 "the file and train the run again"
             )
-    if (Path(run) / CONFIG).exists():  # a run's own predictions: one score per class
-        tasks = read_config(Path(run)).get("tasks") or []
-        for task in tasks if isinstance(tasks, list) else []:
-            scores = out["scores"].get(task.get("name")) if isinstance(task, dict) else None
-            classes = task.get("num_classes") if scores is not None else None
-            if isinstance(classes, int) and (scores.ndim != 2 or scores.shape[1] != classes):
-                raise RunError(
-                    f"{path}: {task['name']} scores of shape {list(scores.shape)} for "
-                    f"{classes} classes (config.yaml): not a predictions file avda wrote for "
-                    "this run; remove it and train the run again"
-                )
     return out
 
 

@@ -193,7 +193,10 @@ def infer_tasks(
 def _labels(segments: pd.DataFrame, rows: np.ndarray, tasks: list[Task]) -> dict[str, torch.Tensor]:
     out = {}
     for task in tasks:
-        column = segments[TASK_COLUMNS[task.name]].iloc[rows]
+        if TASK_COLUMNS[task.name] not in segments:  # a cache without these labels (a test set)
+            column = pd.Series([pd.NA] * len(rows), dtype="object")
+        else:
+            column = segments[TASK_COLUMNS[task.name]].iloc[rows]
         if task.multi_label:
             target = torch.zeros(len(rows), task.num_classes)
             for i, value in enumerate(column.fillna("")):

@@ -123,6 +123,31 @@ def labelled_target_rows(
     return labelled, unlabelled
 
 
+def training_rows(
+    store: FeatureCache,
+    source: Sequence[str],
+    target: Sequence[str],
+    modalities: Sequence[str],
+    config: HeadConfig,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(source_rows, target_rows)`` a run trains on: the labelled rows (the source domains'
+    training split, with the labelled share of the target's when ``labelled_target > 0``) and
+    the unlabelled target training rows. :func:`plan` and ``avda predict`` (the target set an
+    adapting head normalises with) select them here, so both see the same rows."""
+    source_rows = data_lib.select_rows(store, source, ["train"], modalities)
+    target_rows = data_lib.select_rows(store, target, ["train"], modalities)
+    if len(source_rows) == 0:
+        raise CacheError(
+            f"no extracted training segments for source domain(s) {list(source)} in {store.path}"
+        )
+    if config.labelled_target > 0:  # semi-supervised: part of the target is labelled
+        labelled, target_rows = labelled_target_rows(
+            store, target_rows, config.labelled_target, config.labelled_target_pick
+        )
+        source_rows = np.concatenate([source_rows, labelled])
+    return source_rows, target_rows
+
+
 def _eval_rows(store: FeatureCache, source: Sequence[str], target: Sequence[str], modalities):
     """``source_val``, ``source_test``, ``target_val``, ``target_test`` rows that exist."""
     sets = {}
@@ -208,12 +233,16 @@ class RunSetup:
         self.build_head({m: tuple(sample.inputs[m].shape[1:]) for m in self.modalities})
 
     @classmethod
-    def from_run(cls, run: Path, device: str | None = "cpu") -> RunSetup:
+    def from_run(
+        cls, run: Path, device: str | None = "cpu", cache: str | Path | FeatureCache | None = None
+    ) -> RunSetup:
         """The set-up a finished run recorded (``config.yaml``): its head, resolved config,
-        modalities and tasks, on its cache (rows are selected by the caller)."""
+        modalities and tasks, on its cache or on ``cache`` (rows are selected by the caller)."""
         config = runs.read_config(run)
+        if cache is None:
+            cache = config["cache"]
         return cls(
-            store=open_cache(config["cache"]),
+            store=cache if isinstance(cache, FeatureCache) else open_cache(cache),
             head=config["head"],
             config=heads_lib.config_class(config["head"]).from_stored(config["head_config"]),
             modalities=list(config["modalities"]),
@@ -318,18 +347,8 @@ def plan(
         store.modality_info(modality)  # raises for a modality the cache lacks
     device = resolve_device(device)
 
-    source_rows = data_lib.select_rows(store, source, ["train"], modalities)
-    target_rows = data_lib.select_rows(store, target, ["train"], modalities)
+    source_rows, target_rows = training_rows(store, source, target, modalities, config)
     eval_rows = _eval_rows(store, source, target, modalities) if evaluation else {}
-    if len(source_rows) == 0:
-        raise CacheError(
-            f"no extracted training segments for source domain(s) {list(source)} in {store.path}"
-        )
-    if config.labelled_target > 0:  # semi-supervised: part of the target is labelled
-        labelled, target_rows = labelled_target_rows(
-            store, target_rows, config.labelled_target, config.labelled_target_pick
-        )
-        source_rows = np.concatenate([source_rows, labelled])
     if not any(k.startswith("target") for k in eval_rows) and len(target_rows) == 0:
         raise CacheError(
             f"cache {store.path} has no segments of target domain(s) {list(target)}: "
@@ -378,4 +397,5 @@ __all__ = [
     "input_statistics",
     "labelled_target_rows",
     "plan",
+    "training_rows",
 ]

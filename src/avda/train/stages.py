@@ -60,6 +60,9 @@ class TrainingContext:
     device: str = "cpu"
     progress: bool = False
     sinks: MetricSinks | None = None  # avda train --log: stage epochs stream there too
+    # ``avda predict``: the run's stages are reloaded, never trained, and nothing is written
+    # into the run folder (a stage missing there is one RunError)
+    read_only: bool = False
 
     def all_sets(self) -> list[FeatureSet]:
         return [self.train_set, self.target_set, *self.eval_sets.values()]
@@ -77,8 +80,9 @@ def fingerprint(values: Sequence[Any] | np.ndarray) -> str:
 class StageStore:
     """The ``RUN/stages/`` folder: finished outputs with their records, partial checkpoints."""
 
-    def __init__(self, run: str | Path) -> None:
+    def __init__(self, run: str | Path, *, read_only: bool = False) -> None:
         self.folder = Path(run) / STAGES_FOLDER
+        self.read_only = read_only  # reload finished stages only; write nothing
 
     def record_path(self, name: str) -> Path:
         return self.folder / f"{name}.json"
@@ -95,6 +99,11 @@ class StageStore:
     def is_done(self, name: str, key: dict[str, Any]) -> bool:
         """True when ``name`` finished with ``key``; refuses a record made with another key."""
         record = self.record(name)
+        if record is None and self.read_only:
+            raise RunError(
+                f"stage {name!r} is not in {self.folder}: the run's stage files are missing "
+                "or incomplete; train the run again (avda train --config RUN/config.yaml)"
+            )
         if record is None:
             return False
         if record["key"] != json.loads(json.dumps(key)):
@@ -135,6 +144,8 @@ class StageStore:
         """``arrays`` to ``<name>.npz`` (``compress=False``: stored as is, for large float
         arrays that barely compress), then the record."""
         path = self.folder / f"{name}.npz"
+        if self.read_only:  # outputs remade from finished stages (frozen outputs): kept in memory
+            return
 
         def save(tmp: Path) -> None:
             with open(tmp, "wb") as handle:

@@ -173,7 +173,7 @@ class AudioAdaptiveStages:
         self.head = head
         self.config = head.config
         self.context = context
-        self.stages = StageStore(context.run)
+        self.stages = StageStore(context.run, read_only=context.read_only)
         self.device = context.device
         self.task = head.task
         self.num_classes = head.task.num_classes

@@ -1,0 +1,282 @@
+"""A finished run's head applied to cache rows it never saw (``avda predict``).
+
+The head is rebuilt from the run's ``config.yaml`` and ``checkpoints/last.pt`` and predicts the
+way the run's own final evaluation did (:func:`avda.train.loop.evaluate_sets`):
+
+- the input statistics (standardisation, feature scale) are the ones the run recorded in its
+  checkpoint, never recomputed on the new rows;
+- the rows are predicted in sets named as the loop names its evaluation sets
+  (``<role>_<split>``): a row of one of the run's source domains is ``source``, any other
+  domain (the run's target, or a domain the run never saw) is ``target``, so a domain-specific
+  normalisation (TA3N, MM-SADA, CIA's per-domain norms) takes the target's statistics there;
+- a head that adapts at evaluation (AdaBN) re-estimates its target statistics from the run's
+  own unlabelled target training set (on the run's cache, with the run's statistics), exactly
+  as at the run's evaluation (``statistics="evaluation-set"``: from the predicted set);
+- a staged head (Audio-Adaptive) reloads its stages from ``RUN/stages`` (read only: nothing is
+  written into the run) on the run's training sets, then predicts with its final recognizer as
+  the run's final evaluation did.
+
+Predicting a run's own evaluation set (``target_test``) therefore reproduces the scores the
+run stored in ``predictions/target_test.npz`` bit for bit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from avda import runs
+from avda._io import progress_bar
+from avda.cache import FeatureCache, open_cache
+from avda.errors import CacheError, RunError
+from avda.train import data as data_lib
+from avda.train import heads as heads_lib
+from avda.train import loop as loop_lib
+from avda.train.data import FeatureSet
+from avda.train.heads._base import shape_errors
+from avda.train.setup import RunSetup, training_rows
+from avda.train.stages import TrainingContext
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class Predictions:
+    """What :func:`predict_run` predicted: per row (in the order of ``sets``) its ``uids``,
+    ``labels`` and ``scores`` per task (the arrays of a run's ``predictions/<set>.npz``),
+    ``sets`` (name -> number of rows, in order) and ``metrics`` per set where labels exist
+    (``<set>/<task>/top1`` ..., fractions, as a run's ``metrics.jsonl``)."""
+
+    uids: np.ndarray
+    labels: dict[str, np.ndarray]
+    scores: dict[str, np.ndarray]
+    sets: dict[str, int]
+    metrics: dict[str, float]
+
+    def __len__(self) -> int:
+        return len(self.uids)
+
+    def top1(self, task: str) -> float | None:
+        """Top-1 accuracy of ``task`` over every predicted row with a label (None: none has)."""
+        labels, scores = self.labels[task], self.scores[task]
+        if labels.ndim != 1:
+            return None
+        known = labels >= 0
+        if not known.any():
+            return None
+        return float((scores[known].argmax(1) == labels[known]).mean())
+
+    def save(self, path: str | Path) -> Path:
+        """Write ``path`` (.npz) and its .csv as a run writes its predictions."""
+        return runs.save_predictions(Path(path), self.uids, self.labels, self.scores)
+
+
+def _check_same_features(run: Path, recorded: dict[str, Any], store: FeatureCache, modalities):
+    """Refuse a cache whose features are not the run's: a modality missing, or recorded with
+    other extraction settings (clips, feature size, backbone, weights, precision, maps)."""
+    for modality in modalities:
+        infos = store.provenance.get("modalities") or {}
+        if modality not in infos:
+            raise CacheError(
+                f"cache {store.path} has no {modality!r} features, which run {run} reads (it "
+                f"has: {', '.join(sorted(infos)) or 'none'}); extract them with `avda extract "
+                f"--modalities {modality}` and the run's backbone"
+            )
+        want = recorded.get(modality)
+        if not isinstance(want, dict):
+            continue  # a run recorded before it: nothing to compare with
+        have = dict(infos[modality])
+        keys = sorted(k for k in {*want, *have} if want.get(k) != have.get(k))
+        if keys:
+            shown = "; ".join(f"{k}: run {want.get(k)!r}, cache {have.get(k)!r}" for k in keys[:3])
+            raise CacheError(
+                f"cache {store.path}: its {modality} features differ from those run {run} "
+                f"trained on ({shown}); extract {modality} with the run's settings (avda "
+                "extract, the same backbone, weights and recipe) to predict with this run"
+            )
+
+
+def _recorded_features(run: Path, run_store: FeatureCache | None) -> dict[str, Any]:
+    provenance = runs.read_provenance(run) or {}
+    data = provenance.get("run_data")
+    if isinstance(data, dict) and isinstance(data.get("modalities"), dict):
+        return data["modalities"]
+    if isinstance(provenance.get("modalities"), dict):
+        return provenance["modalities"]
+    return dict(run_store.provenance.get("modalities") or {}) if run_store else {}
+
+
+def _open_run_cache(run: Path, config: dict[str, Any]) -> FeatureCache:
+    """The cache the run trained on, refused if it was rebuilt since."""
+    try:
+        store = open_cache(config["cache"])
+    except CacheError as exc:
+        raise CacheError(
+            f"run {run} needs the cache it trained on ({config['cache']}) to predict: its head "
+            f"uses the run's training rows at evaluation; {exc}"
+        ) from None
+    recorded = runs.read_provenance(run)
+    if recorded is not None and not loop_lib.same_cache(recorded, store.provenance):
+        raise RunError(
+            f"the cache at {store.path} is not the one run {run} trained on (rebuilt since?); "
+            "restore that cache to predict with this run"
+        )
+    return store
+
+
+def _role(domain: str, source: Sequence[str]) -> str:
+    return "source" if domain in source else "target"
+
+
+def prediction_rows(
+    store: FeatureCache,
+    modalities: Sequence[str],
+    source: Sequence[str],
+    domains: Sequence[str] | None = None,
+    splits: Sequence[str] | None = None,
+) -> dict[str, np.ndarray]:
+    """The usable rows of ``domains`` x ``splits`` of ``store`` (default: all of them), in sets
+    named as the loop's evaluation sets: ``source_<split>`` for the run's ``source`` domains,
+    ``target_<split>`` for every other domain; ``<role>_train_rows`` for a training split (the
+    names ``source_train`` / ``target_train`` are the run's own training sets)."""
+    segments = store.segments
+    known_domains = sorted(segments["domain"].dropna().unique())
+    known_splits = sorted(segments["split"].dropna().unique())
+    if domains:
+        data_lib.check_domains(store, domains, "predicted")
+    if splits:
+        for split in splits:
+            if split not in known_splits:
+                raise CacheError(
+                    data_lib.unknown_name_message("--split", split, known_splits)
+                    + f" (splits in {store.path})"
+                )
+    chosen_domains = list(domains) if domains else known_domains
+    chosen_splits = list(splits) if splits else known_splits
+    order = {"train": 0, "val": 1, "test": 2}
+    sets: dict[str, np.ndarray] = {}
+    for role in ("source", "target"):
+        members = [d for d in chosen_domains if _role(d, source) == role]
+        if not members:
+            continue
+        for split in sorted(chosen_splits, key=lambda s: (order.get(s, 3), s)):
+            rows = data_lib.select_rows(store, members, [split], modalities)
+            if len(rows):
+                sets[f"{role}_{split}" + ("_rows" if split == "train" else "")] = rows
+    if not sets:
+        raise CacheError(
+            f"no extracted segments of domain(s) {chosen_domains} and split(s) {chosen_splits} "
+            f"in {store.path}: nothing to predict"
+        )
+    return sets
+
+
+def predict_run(
+    run: str | Path,
+    cache: str | Path | FeatureCache | None = None,
+    *,
+    domains: Sequence[str] | None = None,
+    splits: Sequence[str] | None = None,
+    device: str | None = "cpu",
+    progress: bool = True,
+) -> Predictions:
+    """Scores of the finished ``run``'s head on ``domains`` x ``splits`` of ``cache`` (default:
+    the run's cache; every domain and split). The module docstring says how the head sees the
+    rows. An unfinished run is refused (its checkpoint is not the head its predictions came
+    from); so is a cache whose features differ from the run's."""
+    run = Path(run)
+    config = runs.read_config(run)
+    if not runs.is_complete(run):
+        raise RunError(
+            f"{run} is not a finished run (no complete run.json): its checkpoint is not the "
+            f"head it evaluates; finish it first (avda train --config {run / runs.CONFIG} "
+            f"-o {run} resumes it)"
+        )
+    cache_path = cache.path if isinstance(cache, FeatureCache) else cache
+    own_cache = cache is None or (
+        Path(cache_path).resolve() == Path(str(config.get("cache"))).resolve()
+    )
+    cls = heads_lib.HEADS.get(config["head"])
+    # the run's own cache: predicted on, or read for the run's training sets (a staged head's
+    # stages, an adapting head's target statistics)
+    needs_run_cache = own_cache or cls.staged or cls.adapts_at_evaluation
+    run_setup = (
+        RunSetup.from_run(run, device, cache=_open_run_cache(run, config))
+        if needs_run_cache
+        else None
+    )
+    if own_cache:
+        setup = run_setup
+    else:
+        setup = RunSetup.from_run(run, device, cache=cache)
+        recorded = _recorded_features(run, run_setup.store if run_setup else None)
+        _check_same_features(run, recorded, setup.store, setup.modalities)
+        if cls.staged and getattr(setup.config, "encoder_input", None) == "spatial":
+            raise RunError(
+                f"run {run} ({config['head']}, encoder_input=spatial) predicts only on the "
+                "cache it trained on: its stages read that cache's spatial maps; append the "
+                "new segments to it (avda extract) and pass --domain/--split"
+            )
+    state = runs.load_checkpoint(run / runs.CHECKPOINT)
+    statistics = state.get("standardize") or {}
+    head_name = setup.head
+    device = setup.device
+    modalities = setup.modalities
+
+    rows = prediction_rows(setup.store, modalities, config["source"], domains, splits)
+    bar = progress_bar(
+        list(rows.items()), desc=f"predict {head_name}", unit="set", disable=not progress
+    )
+    sets: dict[str, FeatureSet] = {}
+    for name, set_rows in bar:
+        sets[name] = setup.load(name, set_rows, statistics)  # the run's statistics
+    bar.close()
+
+    # what the loop's prepare and evaluation read besides the predicted rows: the run's own
+    # training sets (a staged head's stages; an adapting head's target statistics)
+    empty = setup.load("source_train", np.zeros(0, np.int64), statistics)
+    train_set, target_set = empty, setup.load("target_train", np.zeros(0, np.int64))
+    if run_setup is not None and (cls.staged or cls.adapts_at_evaluation):
+        source_rows, target_rows = training_rows(
+            run_setup.store, config["source"], config["target"], modalities, run_setup.config
+        )
+        target_set = run_setup.load("target_train", target_rows, statistics)
+        if cls.staged:
+            train_set = run_setup.load("source_train", source_rows, statistics)
+    first = next(iter(sets.values()))
+    model = setup.build_head({m: tuple(first.inputs[m].shape[1:]) for m in modalities})
+    model = model.to(device)
+    model.prepare(
+        TrainingContext(
+            run=run,
+            store=run_setup.store if cls.staged else setup.store,
+            train_set=train_set,
+            target_set=target_set,
+            eval_sets=sets,
+            seed=int(config.get("seed", 0)),
+            device=device,
+            progress=progress,
+            read_only=True,
+        )
+    )
+    loop_lib._load_model_state(model, state, run / runs.CHECKPOINT)
+    shapes = {k: tuple(x.shape[1:]) for k, x in first.inputs.items()}
+    with shape_errors(head_name, shapes, "predict"):
+        metrics, scores = loop_lib.evaluate_sets(model, sets, device, target_set)
+
+    tasks = [t.name for t in setup.tasks]
+    return Predictions(
+        uids=np.concatenate([s.uids for s in sets.values()]),
+        labels={t: np.concatenate([s.labels[t].numpy() for s in sets.values()]) for t in tasks},
+        scores={t: np.concatenate([scores[n][t] for n in sets]) for t in tasks},
+        sets={n: len(s) for n, s in sets.items()},
+        metrics=metrics,
+    )
+
+
+__all__ = ["Predictions", "predict_run", "prediction_rows"]
