@@ -10,6 +10,7 @@ The Python API (``docs/python_api.md``; imported on first use, so ``import avda`
     avda.open_cache(path)                                                 # -> FeatureCache
     avda.train(head="dann", cache=..., source="D1", target="D2", out=...) # -> TrainResult
     avda.evaluate([run_or_folder, ...])                                   # -> DataFrame
+    avda.predict(run, cache=None, domains=..., splits=...)                # -> Predictions
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import importlib
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "evaluate", "extract", "open_cache", "train"]
+__all__ = ["__version__", "evaluate", "extract", "open_cache", "predict", "train"]
 
 
 def __getattr__(name: str) -> object:
@@ -26,6 +27,10 @@ def __getattr__(name: str) -> object:
         from avda.api import open_cache
 
         return open_cache
+    if name == "predict":
+        from avda.api import predict
+
+        return predict
     if name in ("extract", "train", "evaluate"):  # callable packages (avda._callable)
         return importlib.import_module(f"avda.{name}")
     raise AttributeError(f"module 'avda' has no attribute {name!r}")

@@ -35,6 +35,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from avda.cache import FeatureCache
     from avda.extract.runner import ExtractResult
     from avda.train.loop import TrainResult
+    from avda.train.predict import Predictions
 
 PRECISIONS = ("auto", "float32", "bfloat16")
 
@@ -411,7 +412,40 @@ def _evaluate(runs, layout, eval_set, task, metric, compare, out, protocol) -> A
     return paper
 
 
-__all__ = ["evaluate", "extract", "open_cache", "train"]
+def predict(
+    run: str | Path,
+    cache: str | Path | FeatureCache | None = None,
+    *,
+    domains: str | Sequence[str] | None = None,
+    splits: str | Sequence[str] | None = None,
+    device: str | None = None,
+    progress: bool = True,
+    out: str | Path | None = None,
+) -> Predictions:
+    """``avda predict``: the finished ``run``'s scores on the rows of ``cache`` (a path or an
+    open cache; default: the run's own cache) of ``domains`` x ``splits`` (``"D1,D2"`` or a
+    list; default: every one). The head predicts as at the run's final evaluation: the run's
+    input statistics, its target set for AdaBN, its stages for audio-adaptive
+    (:mod:`avda.train.predict`). The result has ``uids``, ``labels`` and ``scores`` per task
+    (a run's ``predictions/<set>.npz`` arrays), ``sets``, ``metrics`` and ``top1(task)``;
+    ``out``: also write OUT.npz and OUT.csv (``.save(path)`` does it later).
+    """
+    from avda.train.predict import predict_run
+
+    result = predict_run(
+        run,
+        cache,
+        domains=_names(domains) or None,
+        splits=_names(splits) or None,
+        device=device,
+        progress=progress,
+    )
+    if out is not None:
+        result.save(out)
+    return result
+
+
+__all__ = ["evaluate", "extract", "open_cache", "predict", "train"]
 
 
 def _check_backbone_names(names: Sequence[str], backbone: str, audio_backbone: str) -> None:

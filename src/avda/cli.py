@@ -1242,6 +1242,59 @@ def report(
     typer.echo(f"wrote {path}")
 
 
+@app.command("predict")
+def predict_command(
+    run: Annotated[Path, typer.Argument(help="A finished run folder (avda train -o RUN).")],
+    out: Annotated[
+        Path,
+        typer.Option(
+            "--out", "-o", help="Predictions file to write (.npz, with a .csv beside it)."
+        ),
+    ],
+    cache: Annotated[
+        Path | None,
+        typer.Option(help="Feature cache (.zarr) to predict (default: the run's own cache)."),
+    ] = None,
+    domain: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--domain", help="Domain(s) to predict, repeatable or comma separated (default: all)."
+        ),
+    ] = None,
+    split: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--split", help="Split(s) to predict, repeatable or comma separated (default: all)."
+        ),
+    ] = None,
+    device: Annotated[
+        str | None, typer.Option(help="cpu, cuda, cuda:1 (default: cuda if present).")
+    ] = None,
+    quiet: Quiet = False,
+) -> None:
+    """Apply a finished run's head to cache rows: the run's own, or a cache extracted later."""
+    from avda.api import predict
+
+    output_file(out)
+    result = predict(
+        run,
+        cache=cache,
+        domains=[d for value in domain or [] for d in _split_list(value)] or None,
+        splits=[s for value in split or [] for s in _split_list(value)] or None,
+        device=device,
+        progress=not quiet,
+    )
+    path = result.save(out)
+    typer.echo(f"{path}: {len(result)} segments predicted by {run}")
+    for name, count in result.sets.items():
+        parts = [f"{name}: {count} segments"]
+        for task in result.scores:
+            top1 = result.metrics.get(f"{name}/{task}/top1")
+            if top1 is not None:
+                parts.append(f"{task} top-1 {100 * top1:.1f}%")
+        typer.echo(", ".join(parts))
+
+
 # ------------------------------------------------------------------------------ weights
 weights_app = typer.Typer(
     help="Published checkpoints by name: list, fetch, verify (docs/weights.md).",

@@ -1,0 +1,167 @@
+"""``avda predict`` / ``avda.predict``: a finished run's head on cache rows, bit for bit as the
+run's own final evaluation predicted them."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import zarr
+from tests.conftest import make_feature_cache
+from tests.train.test_audio_adaptive_pipeline import TINY, make_audio_visual_cache
+
+import avda
+from avda import cli, runs
+from avda.errors import CacheError, RunError
+from avda.train import heads
+from avda.train.loop import train
+
+MODALITIES = ("rgb", "flow", "audio")
+QUICK = [h for h in heads.names() if h != "audio-adaptive"]
+
+
+def _train(cache, out, head, **overrides):
+    return train(
+        cache=cache,
+        head=head,
+        source=["source"],
+        target=["target"],
+        out=out,
+        seed=1,
+        # standardised: the run's input statistics change every score (the break-it check)
+        overrides={"epochs": 2, "batch_size": 16, "standardize": True, **overrides},
+        progress=False,
+    )
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One small cache and a two-epoch run of every head but audio-adaptive on it."""
+    root = tmp_path_factory.mktemp("predict")
+    make_feature_cache(root / "c.zarr", shift=0.5, per_class=6, K=5, modalities=MODALITIES)
+    for head in QUICK:
+        _train(root / "c.zarr", root / head, head)
+    return root
+
+
+def _same_as_stored(run, result, name):
+    stored = runs.read_predictions(run, name)
+    index = {uid: i for i, uid in enumerate(result.uids.tolist())}
+    rows = [index[uid] for uid in stored["uids"].tolist()]
+    for task, scores in stored["scores"].items():
+        np.testing.assert_array_equal(result.scores[task][rows], scores)
+        np.testing.assert_array_equal(result.labels[task][rows], stored["labels"][task])
+
+
+@pytest.mark.parametrize("head", QUICK)
+def test_predict_reproduces_the_runs_own_scores_bit_for_bit(trained, head):
+    run = trained / head
+    result = avda.predict(run, splits="test", progress=False)
+    assert result.sets == {"source_test": 12, "target_test": 12}
+    for name in runs.prediction_sets(run):
+        _same_as_stored(run, result, name)
+    recorded = runs.read_metrics(run)[-1]
+    assert result.metrics["target_test/verb/top1"] == recorded["target_test/verb/top1"]
+
+
+def test_audio_adaptive_predicts_from_its_stages_without_writing_into_the_run(tmp_path):
+    make_audio_visual_cache(
+        tmp_path / "c.zarr", source_counts=(6, 5, 4, 3), num_classes=4, target_per_class=4,
+        visual=("rgb",),
+    )  # fmt: skip
+    run = tmp_path / "run"
+    train(
+        cache=tmp_path / "c.zarr", head="audio-adaptive", source=["source"],
+        target=["target"], out=run, seed=0, overrides={**TINY, "standardize": True},
+        progress=False,
+    )  # fmt: skip
+    before = {p: p.stat().st_mtime_ns for p in run.rglob("*")}
+    result = avda.predict(run, splits=["test"], progress=False)
+    assert {p: p.stat().st_mtime_ns for p in run.rglob("*")} == before
+    _same_as_stored(run, result, "target_test")  # the stages' stored frozen outputs
+    _same_as_stored(run, result, "source_test")
+    # other sets than the run's: the frozen outputs are recomputed (in memory), the same
+    alone = avda.predict(run, domains="target", splits=["test"], progress=False)
+    assert alone.sets == {"target_test": 16}
+    _same_as_stored(run, alone, "target_test")
+    assert {p: p.stat().st_mtime_ns for p in run.rglob("*")} == before
+
+
+def test_rows_are_chosen_by_domain_and_split_and_written_as_a_run_writes_them(trained, tmp_path):
+    out = tmp_path / "p" / "out.npz"
+    result = avda.predict(
+        trained / "adabn", domains="target", splits="test", progress=False, out=out
+    )
+    assert result.sets == {"target_test": 12}
+    assert all(uid.startswith("target-test-") for uid in result.uids)
+    read = runs.load_predictions(out)
+    np.testing.assert_array_equal(read["scores"]["verb"], result.scores["verb"])
+    assert (tmp_path / "p" / "out.csv").exists()
+    everything = avda.predict(trained / "source-only", progress=False)
+    assert everything.sets == {
+        "source_train_rows": 24, "source_test": 12, "target_train_rows": 24, "target_test": 12
+    }  # fmt: skip
+    assert len(everything) == 72 and len(set(everything.uids)) == 72
+    with pytest.raises(CacheError, match="predicted domain 'targte'"):
+        avda.predict(trained / "dann", domains="targte", progress=False)
+
+
+def test_another_cache_of_the_same_features_is_predicted_with_the_runs_statistics(
+    trained, tmp_path
+):
+    """A cache extracted later (other segments, the same backbone): AdaBN normalises with the
+    run's target statistics, so a target_test row scores as it did on the run's own cache."""
+    shutil.copytree(trained / "c.zarr", tmp_path / "copy.zarr")  # other path, same rows
+    for head in ("adabn", "ta3n"):
+        result = avda.predict(trained / head, tmp_path / "copy.zarr", splits="test",
+                              progress=False)  # fmt: skip
+        _same_as_stored(trained / head, result, "target_test")
+    make_feature_cache(tmp_path / "new.zarr", seed=5, per_class=2, K=5, modalities=MODALITIES)
+    result = avda.predict(trained / "mm-sada", tmp_path / "new.zarr", progress=False)
+    assert len(result) == 2 * 4 * 2 + 2 * 4 * 1 and np.isfinite(result.scores["verb"]).all()
+
+
+def test_a_cache_of_other_features_is_refused_in_one_line(trained, tmp_path):
+    make_feature_cache(tmp_path / "d8.zarr", D=8, K=5, modalities=MODALITIES)
+    with pytest.raises(
+        CacheError, match=r"its \w+ features differ .*num_features: run 16, cache 8"
+    ):
+        avda.predict(trained / "dann", tmp_path / "d8.zarr", progress=False)
+    make_feature_cache(tmp_path / "rgb.zarr", K=5, modalities=("rgb",))
+    with pytest.raises(CacheError, match="has no 'audio' features, which run"):
+        avda.predict(trained / "dann", tmp_path / "rgb.zarr", progress=False)
+
+
+def test_an_unfinished_run_is_refused(trained, tmp_path):
+    run = tmp_path / "unfinished"
+    shutil.copytree(trained / "source-only", run)
+    (run / runs.STATUS).unlink()
+    with pytest.raises(RunError, match="is not a finished run"):
+        avda.predict(run, progress=False)
+
+
+def test_a_non_finite_feature_row_is_refused(trained, tmp_path):
+    store = make_feature_cache(tmp_path / "nan.zarr", K=5, modalities=MODALITIES)
+    array = zarr.open_group(str(store.path), mode="r+")["features"]["rgb"]
+    array[3, 0, 0] = np.nan
+    with pytest.raises(CacheError, match="non-finite features"):
+        avda.predict(trained / "source-only", tmp_path / "nan.zarr", progress=False)
+
+
+def test_the_command_prints_a_summary_and_fails_in_one_line(trained, tmp_path, capsys):
+    out = tmp_path / "preds.npz"
+    code = cli.main(["predict", str(trained / "dann"), "--split", "test", "--domain",
+                     "target", "-o", str(out), "-q"])  # fmt: skip
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert f"{out}: 12 segments predicted" in captured.out
+    assert "target_test: 12 segments, verb top-1" in captured.out
+    assert runs.load_predictions(out)["uids"].shape == (12,)
+    make_feature_cache(tmp_path / "d8.zarr", D=8, K=5, modalities=MODALITIES)
+    code = cli.main(["predict", str(trained / "dann"), "--cache", str(tmp_path / "d8.zarr"),
+                     "-o", str(out)])  # fmt: skip
+    captured = capsys.readouterr()
+    assert code == 1 and captured.out == ""
+    assert len(captured.err.strip().splitlines()) == 1
+    assert captured.err.startswith("error: cache ")
