@@ -195,7 +195,8 @@ def test_extract_records_the_class_tables_of_a_built_manifest(tmp_path, media):
             ["rgb"],
             {"backbone": "i3dd"},
             "unknown backbone 'i3dd'; did you mean 'i3d'? valid: i3d, slowfast, "
-            "slowfast-r101-mmaction, slowfast-r50-mmaction, tbn",
+            "slowfast-r101-mmaction, slowfast-r101-mmaction-max, slowfast-r50-mmaction, "
+            "slowfast-r50-mmaction-max, tbn",
         ),
     ],
 )

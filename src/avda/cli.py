@@ -350,7 +350,8 @@ def extract(
         str,
         typer.Option(
             help="Visual backbone: i3d, tbn, slowfast, slowfast-r101-mmaction "
-            "(Audio-Adaptive's mmaction2 network), slowfast-r50-mmaction."
+            "(Audio-Adaptive's mmaction2 network), slowfast-r101-mmaction-max (its layer4 "
+            "max-pooled, as their recognizer reads it), slowfast-r50-mmaction[-max]."
         ),
     ] = "i3d",
     modalities: Annotated[str, typer.Option(help="Comma list of rgb, flow, audio.")] = "rgb",
@@ -601,7 +602,7 @@ def finetune_command(
         str,
         typer.Option(
             help="Backbone (avda list backbones): i3d, tbn, slowfast, slowfast-r101-mmaction, "
-            "slowfast-r50-mmaction, audio_resnet18."
+            "slowfast-r50-mmaction (-max: max-pooled features), audio_resnet18."
         ),
     ],
     modality: Annotated[str, typer.Option(help="rgb, flow or audio.")],

@@ -51,6 +51,14 @@ TINY: dict[tuple[str, str], tuple[list[tuple[int, ...]], list[tuple[int, ...]]]]
         [(2, 3, 8, 32, 32)],
         [(2, 2048, 2, 1, 1), (2, 256, 8, 1, 1)],
     ),
+    ("slowfast-r50-mmaction-max", "rgb"): (
+        [(2, 3, 8, 32, 32)],
+        [(2, 2048, 2, 1, 1), (2, 256, 8, 1, 1)],
+    ),
+    ("slowfast-r101-mmaction-max", "rgb"): (
+        [(2, 3, 8, 32, 32)],
+        [(2, 2048, 2, 1, 1), (2, 256, 8, 1, 1)],
+    ),
 }
 MODULES = {"i3d": i3d, "tbn": tbn, "slowfast": slowfast, "audio_resnet18": audio_resnet}
 
@@ -87,6 +95,8 @@ def test_every_registered_backbone_has_tiny_cases() -> None:
         "audio_resnet18",
         "slowfast-r50-mmaction",
         "slowfast-r101-mmaction",
+        "slowfast-r50-mmaction-max",
+        "slowfast-r101-mmaction-max",
     }
     assert {name for name, _ in TINY} == set(backbones.names())
 

@@ -91,6 +91,27 @@ def test_published_checkpoint_loads_strictly_and_runs(depth: int, tmp_path: Path
     torch.testing.assert_close(logits, expected, rtol=1e-5, atol=1e-5)
 
 
+def test_max_variant_loads_the_same_file_pools_by_maximum_and_keeps_the_head(
+    tmp_path: Path,
+) -> None:
+    """``-max``: Audio-Adaptive's recognizer input (``F.adaptive_max_pool3d`` per pathway,
+    ``cat((x_slow, x_fast))``); the logits stay mmaction2's (its head averages)."""
+    path = write_published(published_state(50), tmp_path / "r50.pth")
+    avg = backbones.create("slowfast-r50-mmaction", modality="rgb", weights=path)
+    top = backbones.create("slowfast-r50-mmaction-max", modality="rgb", weights=path)
+    assert top.name == "slowfast-r50-mmaction-max" and top.config.pooling == "max"
+    assert backbones.model_class("slowfast-r50-mmaction-max").pooling == "max"
+    with torch.no_grad():
+        slow, fast = top.forward_spatial(clip())
+        features = top.forward_features(clip())
+        torch.testing.assert_close(top(clip()), avg(clip()))
+    assert features.shape == (1, 2304)
+    assert torch.equal(features[:, :2048], F.adaptive_max_pool3d(slow, (1, 1, 1)).flatten(1))
+    assert torch.equal(features[:, 2048:], F.adaptive_max_pool3d(fast, (1, 1, 1)).flatten(1))
+    with pytest.raises(ConfigError, match="pooling must be one of avg, max"):
+        slowfast_mmaction.MMActionSlowFastConfig(depth=50, pooling="min")
+
+
 def test_r101_file_given_to_r50_names_the_right_backbone(tmp_path: Path) -> None:
     path = write_published(published_state(101), tmp_path / "r101.pth")
     with pytest.raises(CheckpointError) as error:
@@ -99,6 +120,11 @@ def test_r101_file_given_to_r50_names_the_right_backbone(tmp_path: Path) -> None
     assert "a checkpoint of slowfast-r101-mmaction, not of slowfast-r50-mmaction" in message
     assert "--backbone slowfast-r101-mmaction" in message
     assert "\n" not in message
+    with pytest.raises(CheckpointError) as error:  # the -max variant names the -max one
+        backbones.create("slowfast-r50-mmaction-max", modality="rgb", weights=path)
+    assert "a checkpoint of slowfast-r101-mmaction-max, not of slowfast-r50-mmaction-max" in str(
+        error.value
+    )
 
 
 def test_pyslowfast_file_is_not_read_as_mmaction(tmp_path: Path) -> None:

@@ -309,6 +309,9 @@ def _check_modality(
     found = store.modality_info(spec.modality)
     found.setdefault("input", {"source": "video"})  # stores before the frames/flow inputs
     diffs = _differences(entry, found, ("backbone", "weights_sha256", "random_init_seed", "input"))
+    pooling = _pooling_difference(found.get("backbone"), entry["backbone"])
+    if pooling:
+        diffs[0] += pooling
     if diffs and not force:
         raise CacheError(
             f"store {store.path} holds {spec.modality} features made differently: "
@@ -316,6 +319,18 @@ def _check_modality(
             + ". Use another -o, or --force to recompute this modality"
         )
     return not diffs
+
+
+def _pooling_difference(stored: str | None, wanted: str) -> str:
+    """`` (average- against max-pooled features)`` where the two backbones differ in how they
+    pool the same maps (``slowfast-r101-mmaction`` and ``-max``); "" otherwise."""
+    if stored == wanted or stored not in backbones.names():
+        return ""
+    poolings = [getattr(backbones.model_class(n), "pooling", None) for n in (stored, wanted)]
+    if None in poolings or poolings[0] == poolings[1]:
+        return ""
+    words = {"avg": "average", "max": "max"}
+    return f" ({words[poolings[0]]}- against {words[poolings[1]]}-pooled layer4 features)"
 
 
 # How frame numbers become times in a video (``SegmentFrames.time_of``), recorded with every

@@ -22,7 +22,11 @@ Data flow for one clip ``(B, 3, T, H, W)``, T = 32 (normalised RGB)::
     layer4 (3 bottlenecks, s2)
            ─► [slow (B, 2048, T/4, H/32, W/32), fast (B, 256, T, H/32, W/32)] = forward_spatial
     average pool per pathway, [slow ‖ fast]  ─► (B, 2304)                  = forward_features
-    cls_head: dropout ─► fc_cls on [fast ‖ slow] (mmaction2's SlowFastHead order)  = forward
+      (``slowfast-r{50,101}-mmaction-max``: the maximum over T, H, W per pathway instead, as
+      Audio-Adaptive's recognizer reads it: ``F.adaptive_max_pool3d(x, (1, 1, 1))`` of slow and
+      of fast, ``cat((x_slow, x_fast), dim=1)``, ``train_recognizer.py`` l. 117-121)
+    cls_head: dropout ─► fc_cls on [fast ‖ slow] of the averages (mmaction2's SlowFastHead
+      order; both poolings)                                                = forward
 
 Widths: slow 64/256/512/1024/2048, fast 8/32/64/128/256; a slow stage takes its input plus
 the lateral channels (80, 320, 640, 1280). Temporal kernel of ``conv1`` in the bottlenecks:
@@ -60,6 +64,7 @@ from avda.extract.backbones.weights import (
 )
 
 NUM_FEATURES = 2304  # slow 2048 + fast 256
+POOLINGS = ("avg", "max")  # forward_features: the mean or the maximum of layer4 over T, H, W
 RESAMPLE_RATE = 4  # tau: slow frames = every 4th frame of the clip
 SPEED_RATIO = 4  # alpha: fast frames per slow frame
 CHANNEL_RATIO = 8  # 1 / beta
@@ -124,15 +129,27 @@ PUBLISHED: dict[int, tuple[PublishedWeights, ...]] = {
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class MMActionSlowFastConfig:
-    """``depth`` 50 or 101; ``num_classes`` of ``fc_cls``; ``dropout`` before it."""
+    """``depth`` 50 or 101; ``num_classes`` of ``fc_cls``; ``dropout`` before it; ``pooling``
+    of the features: ``avg`` (mmaction2's ``SlowFastHead``) or ``max`` (Audio-Adaptive's
+    recognizer input)."""
 
     modality: str = "rgb"
     depth: int = 101
     num_classes: int = 400
     dropout: float = 0.5
+    pooling: str = "avg"
+
+    @property
+    def name(self) -> str:
+        return backbone_name(self.depth, self.pooling)
 
     def __post_init__(self) -> None:
-        name = f"slowfast-r{self.depth}-mmaction"
+        if self.pooling not in POOLINGS:
+            raise ConfigError(
+                f"mmaction2 SlowFast pooling must be one of {', '.join(POOLINGS)}, "
+                f"got {self.pooling!r}"
+            )
+        name = self.name
         if self.modality != "rgb":
             raise ConfigError(
                 f"{name} takes only modality 'rgb', got {self.modality!r}; "
@@ -320,11 +337,12 @@ class MMActionSlowFast(Backbone):
         return (LAYOUTS[cls.depth],)
 
     depth = 101
+    pooling = "avg"  # of forward_features (the class's; its builder's config says the same)
 
     def __init__(self, config: MMActionSlowFastConfig) -> None:
         super().__init__()
         self.config = config
-        self.name = f"slowfast-r{config.depth}-mmaction"
+        self.name = config.name
         self.input_spec = INPUT_SPEC
         self.backbone = ResNet3dSlowFast(config.depth)
         self.cls_head = SlowFastHead(config.num_classes, config.dropout)
@@ -334,13 +352,26 @@ class MMActionSlowFast(Backbone):
         return self.backbone(check_clip(x, self.name))
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """``(B, 2304)`` = [slow mean (2048) ‖ fast mean (256)], as avda's ``slowfast``."""
-        slow, fast = self.forward_spatial(x)
-        return torch.cat([slow.mean(dim=(2, 3, 4)), fast.mean(dim=(2, 3, 4))], dim=1)
+        """``(B, 2304)`` = [slow (2048) ‖ fast (256)], each pathway's ``layer4`` map pooled over
+        T, H, W: the mean (``avg``, as avda's ``slowfast``) or the maximum (``max``)."""
+        return pool_pathways(self.forward_spatial(x), self.config.pooling)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """mmaction2's class scores (before softmax) for the clip."""
-        return self.cls_head(self.forward_features(x))
+        """mmaction2's class scores (before softmax) for the clip (its head averages, whatever
+        the features' pooling)."""
+        return self.cls_head(pool_pathways(self.forward_spatial(x), "avg"))
+
+
+def pool_pathways(maps: Sequence[torch.Tensor], pooling: str) -> torch.Tensor:
+    """``[slow ‖ fast]`` of the ``(B, C, T, H, W)`` maps, each reduced over T, H, W jointly."""
+    if pooling == "max":
+        return torch.cat([m.amax(dim=(2, 3, 4)) for m in maps], dim=1)
+    return torch.cat([m.mean(dim=(2, 3, 4)) for m in maps], dim=1)
+
+
+def backbone_name(depth: int, pooling: str) -> str:
+    """``slowfast-r101-mmaction`` (average), ``slowfast-r101-mmaction-max`` (maximum)."""
+    return f"slowfast-r{depth}-mmaction" + ("-max" if pooling == "max" else "")
 
 
 class MMActionSlowFastR50(MMActionSlowFast):
@@ -349,6 +380,22 @@ class MMActionSlowFastR50(MMActionSlowFast):
 
 class MMActionSlowFastR101(MMActionSlowFast):
     depth = 101
+
+
+class MMActionSlowFastR50Max(MMActionSlowFastR50):
+    pooling = "max"
+
+
+class MMActionSlowFastR101Max(MMActionSlowFastR101):
+    pooling = "max"
+
+
+MODELS: dict[tuple[int, str], type[MMActionSlowFast]] = {
+    (50, "avg"): MMActionSlowFastR50,
+    (101, "avg"): MMActionSlowFastR101,
+    (50, "max"): MMActionSlowFastR50Max,
+    (101, "max"): MMActionSlowFastR101Max,
+}
 
 
 def slow_frames(clip: torch.Tensor) -> torch.Tensor:
@@ -417,12 +464,17 @@ LAYOUTS: dict[int, Layout] = {
 
 
 def _build(
-    depth: int, modality: str, weights: str | Path | None, num_classes: int, dropout: float
+    depth: int,
+    modality: str,
+    weights: str | Path | None,
+    num_classes: int,
+    dropout: float,
+    pooling: str = "avg",
 ) -> MMActionSlowFast:
     config = MMActionSlowFastConfig(
-        modality=modality, depth=depth, num_classes=num_classes, dropout=dropout
+        modality=modality, depth=depth, num_classes=num_classes, dropout=dropout, pooling=pooling
     )
-    model = {50: MMActionSlowFastR50, 101: MMActionSlowFastR101}[depth](config)
+    model = MODELS[depth, pooling](config)
     if weights is not None:
         hints: Sequence[Hint] = (num_classes_hint("cls_head.fc_cls.weight"), _lateral_kernel_hint)
         load_weights(
@@ -459,3 +511,28 @@ def slowfast_r50_mmaction(
 ) -> MMActionSlowFast:
     """mmaction2's SlowFast R50 8x8 for ``modality="rgb"``; eval mode."""
     return _build(50, modality, weights, num_classes, dropout)
+
+
+@register("slowfast-r101-mmaction-max", model=MMActionSlowFastR101Max)
+def slowfast_r101_mmaction_max(
+    *,
+    modality: str,
+    weights: str | Path | None = None,
+    num_classes: int = 400,
+    dropout: float = 0.5,
+) -> MMActionSlowFast:
+    """slowfast-r101-mmaction whose features are each pathway's ``layer4`` maximum, as
+    Audio-Adaptive's recognizer pools them (``F.adaptive_max_pool3d``); eval mode."""
+    return _build(101, modality, weights, num_classes, dropout, pooling="max")
+
+
+@register("slowfast-r50-mmaction-max", model=MMActionSlowFastR50Max)
+def slowfast_r50_mmaction_max(
+    *,
+    modality: str,
+    weights: str | Path | None = None,
+    num_classes: int = 400,
+    dropout: float = 0.5,
+) -> MMActionSlowFast:
+    """slowfast-r50-mmaction whose features are each pathway's ``layer4`` maximum; eval mode."""
+    return _build(50, modality, weights, num_classes, dropout, pooling="max")

@@ -289,7 +289,14 @@ def detect_layout(
 
 AUDIO_ONLY = frozenset({"audio_resnet18"})  # backbones without a visual modality
 VISUAL_ONLY = frozenset(  # backbones without audio (tbn has both)
-    {"i3d", "slowfast", "slowfast-r50-mmaction", "slowfast-r101-mmaction"}
+    {
+        "i3d",
+        "slowfast",
+        "slowfast-r50-mmaction",
+        "slowfast-r101-mmaction",
+        "slowfast-r50-mmaction-max",
+        "slowfast-r101-mmaction-max",
+    }
 )
 
 
@@ -339,12 +346,20 @@ def _backbones_detecting(keys: Iterable[str], *, besides: str) -> list[str]:
     from avda.extract import backbones
 
     keys = list(keys)
-    return [
+    found = [
         name
         for name in backbones.names()
         if name != besides
         and any(layout.detect(keys) for layout in backbones.model_class(name).checkpoint_layouts())
     ]
+
+    def pooling(name: str) -> str | None:  # mmaction2 SlowFast: avg, or max for the -max names
+        model = backbones.MODEL_CLASSES.get(name)
+        return getattr(model, "pooling", None)
+
+    # One name per network: the variant that pools as the backbone asked for (average if none)
+    wanted = pooling(besides.partition(" ")[0]) or "avg"
+    return [name for name in found if pooling(name) in (None, wanted)] or found
 
 
 def renamed_hint(key: str, extra: Iterable[str]) -> str:
