@@ -49,7 +49,9 @@ def _recipes() -> list[tuple[str, str]]:
         step = f" every {r.frame_step}" if getattr(r, "frame_step", 1) > 1 else ""
         line = (
             f"{r.num_clips} clips x {r.num_frames} frames{step}, {r.placement} placement, "
-            f"crop {r.crop_size}; audio: {r.audio_windows} windows of {r.audio_seconds:g} s"
+            f"crop {r.crop_size}"
+            + (" (mmaction2's floored offset)" if getattr(r, "crop_offset", "") == "floor" else "")
+            + f"; audio: {r.audio_windows} windows of {r.audio_seconds:g} s"
         )
         if getattr(r, "spatial", False):
             line += "; spatial maps"

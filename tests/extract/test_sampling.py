@@ -18,6 +18,7 @@ from avda.errors import ConfigError
 from avda.extract import sampling
 from avda.extract.runner import recipe_differences
 from avda.extract.sampling import Recipe, SegmentFrames
+from avda.extract.transforms import centre_crop
 
 # (start_frame, stop_frame): ordinary, long, shorter than a window, at the very start, tiny.
 SEGMENTS = [(1200, 1390), (500, 4800), (2000, 2020), (3, 40), (50, 51)]
@@ -220,3 +221,16 @@ def test_every_recipe_is_documented():
     text = (REPO / "docs" / "extraction.md").read_text()
     documented = set(re.findall(r"^\| `([a-z0-9-]+)` \|", text, flags=re.MULTILINE))
     assert set(sampling.names()) <= documented, set(sampling.names()) - documented
+
+
+def test_audio_adaptive_224_is_audio_adaptive_with_mmaction2s_centre_crop_224() -> None:
+    """Only the crop differs; ``audio-adaptive`` itself is unchanged (its stores resume)."""
+    base, crop = sampling.get("audio-adaptive").to_dict(), sampling.get("audio-adaptive-224")
+    changed = {k: v for k, v in crop.to_dict().items() if base[k] != v}
+    assert changed == {"name": "audio-adaptive-224", "crop_size": 224, "crop_offset": "floor"}
+    assert base["crop_size"] == 256 and base["crop_offset"] == "round"
+    old = {k: v for k, v in base.items() if k != "crop_offset"}  # provenance before the field
+    assert recipe_differences(old, sampling.get("audio-adaptive")) == []
+    frames = np.arange(256 * 455).reshape(1, 256, 455, 1)
+    assert centre_crop(frames, 224, "floor")[0, 0, 0, 0] == 16 * 455 + 115  # (455 - 224) // 2
+    assert centre_crop(frames, 224)[0, 0, 0, 0] == 16 * 455 + 116  # round(115.5), torchvision

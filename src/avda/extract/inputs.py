@@ -212,7 +212,7 @@ class SegmentDataset(Dataset):
         return self._reader("probe", path, lambda: probe(path)).fps if path.exists() else None
 
     def _crop(self, frames: np.ndarray, K: int) -> np.ndarray:
-        frames = centre_crop(frames, self.recipe.crop_size)
+        frames = centre_crop(frames, self.recipe.crop_size, self.recipe.crop_offset)
         return frames.reshape(K, -1, *frames.shape[1:])  # (K*T, H, W, C) -> (K, T, H, W, C)
 
     # ----------------------------------------------------------------- modalities

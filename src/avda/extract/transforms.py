@@ -24,11 +24,17 @@ from avda.errors import ConfigError
 from avda.extract.backbones import InputSpec, input_layout
 
 
-def centre_crop(frames: np.ndarray, size: int) -> np.ndarray:
-    """Centre crop ``(..., H, W, C)`` to ``size x size`` (TF/torchvision rounding)."""
+def centre_crop(frames: np.ndarray, size: int, offset: str = "round") -> np.ndarray:
+    """Centre crop ``(..., H, W, C)`` to ``size x size``; the margin halved and rounded half to
+    even (``offset="round"``: TF / torchvision) or floored (``"floor"``: mmaction2)."""
+    if offset not in ("round", "floor"):
+        raise ConfigError(f"unknown crop offset {offset!r}; use round or floor")
     height, width = frames.shape[-3], frames.shape[-2]
-    top = max(0, int(round((height - size) / 2.0)))
-    left = max(0, int(round((width - size) / 2.0)))
+
+    def start(margin: int) -> int:
+        return max(0, margin // 2 if offset == "floor" else int(round(margin / 2.0)))
+
+    top, left = start(height - size), start(width - size)
     return frames[..., top : top + size, left : left + size, :]
 
 
