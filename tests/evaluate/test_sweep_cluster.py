@@ -296,3 +296,27 @@ def test_jobs_that_never_start_name_the_spec_and_the_log_folder(
     assert f"their logs in {tmp_path / 'logs'}" in error
     assert f"avda sweep {path} --cluster slurm --job-script" in error
     assert "4242" in cancelled.read_text()
+
+
+@pytest.mark.parametrize("kind", ["slurm", "pbs"])
+def test_job_script_creates_nothing_on_disk(tmp_path, cache, monkeypatch, capsys, kind):
+    """``--job-script`` is a dry print: dask-jobqueue makes ``log_directory`` when its cluster
+    is built, and the print made the log folder (and its parents) without submitting a job.
+    The script still names the real folder."""
+    from avda.cli import main
+
+    path = _slurm_sweep(
+        tmp_path, monkeypatch, cache, "exit 1", "exit 1", {"log_directory": "logs/sweep"}
+    )
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    capsys.readouterr()
+    assert main(["sweep", str(path), "--cluster", kind, "--job-script"]) == 0
+    script = capsys.readouterr().out
+    logs = tmp_path / "logs" / "sweep"
+    prefix = "#SBATCH -e" if kind == "slurm" else "#PBS -e"
+    assert f"{prefix} {logs}/" in script, script
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+    # a log folder that exists is named as it is, and left alone
+    logs.mkdir(parents=True)
+    assert f"{prefix} {logs}/" in sweep.job_script(sweep.load_spec(path), cluster=kind)
+    assert list(logs.iterdir()) == []

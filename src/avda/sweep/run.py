@@ -39,6 +39,7 @@ import json
 import logging
 import os
 import shutil
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -723,16 +724,25 @@ def _close_quietly(cluster: Any) -> None:
 
 
 def job_script(spec: SweepSpec, cluster: str | None = None) -> str:
-    """The SLURM / PBS job script ``avda sweep --cluster KIND`` would submit (nothing is run)."""
+    """The SLURM / PBS job script ``avda sweep --cluster KIND`` would submit (nothing is run,
+    nothing is written: not even the log folder the script names)."""
     kind = _cluster_kind(spec, None, cluster)
     if kind == "local":
         raise ConfigError("--job-script needs --cluster slurm or pbs (or cluster.kind in the spec)")
     check_cluster(spec, kind)
-    jobqueue = make_jobqueue_cluster(spec.cluster, kind)
-    try:
-        return str(jobqueue.job_script())
-    finally:
-        _close_quietly(jobqueue)
+    import dask.config
+
+    # dask-jobqueue makes the log folder when its cluster is built: a dry print must not, so
+    # the script is built with a throwaway folder in its place, then named as the spec says
+    logs = spec.cluster.log_directory or dask.config.get(f"jobqueue.{kind}.log-directory", None)
+    with tempfile.TemporaryDirectory(prefix="avda-job-script-") as stand_in:
+        cluster_spec = dataclasses.replace(spec.cluster, log_directory=stand_in if logs else None)
+        jobqueue = make_jobqueue_cluster(cluster_spec, kind)
+        try:
+            script = str(jobqueue.job_script())
+        finally:
+            _close_quietly(jobqueue)
+    return script.replace(stand_in, str(logs)) if logs else script
 
 
 @contextlib.contextmanager
