@@ -320,3 +320,69 @@ def test_job_script_creates_nothing_on_disk(tmp_path, cache, monkeypatch, capsys
     logs.mkdir(parents=True)
     assert f"{prefix} {logs}/" in sweep.job_script(sweep.load_spec(path), cluster=kind)
     assert list(logs.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("kind", "directive", "said"),
+    [
+        ("pbs", "--gres=gpu:1", "is a SLURM directive, but the cluster kind is pbs: qsub cannot "
+         "read the job script's line '#PBS --gres=gpu:1'; use cluster.gpus"),
+        ("pbs", "--partition=gpu", "run with --cluster slurm"),
+        ("slurm", "-l ngpus=1", "is a PBS directive, but the cluster kind is slurm: sbatch cannot "
+         "read the job script's line '#SBATCH -l ngpus=1'; use cluster.gpus"),
+        ("slurm", "-lwalltime=04:00:00", "use cluster.walltime"),
+    ],
+)  # fmt: skip
+def test_directives_of_the_other_scheduler_are_refused_in_one_line(
+    tmp_path, cache, monkeypatch, capsys, kind, directive, said
+):
+    """dask-jobqueue writes each ``job_extra_directives`` item after its own scheduler's prefix
+    (``#PBS --gres=gpu:1``): the submit command refused such a script at submission, in its own
+    words. ``--cluster KIND`` over another kind's spec (and a spec of that kind) names the
+    directive and the fix in one line, before anything is written or submitted."""
+    from avda.cli import main
+
+    submitted = tmp_path / "submitted"
+    other = "slurm" if kind == "pbs" else "pbs"
+    path = _slurm_sweep(
+        tmp_path, monkeypatch, cache, f"touch {submitted}", "true",
+        {"kind": other, "job_extra_directives": [directive]},
+    )  # fmt: skip
+    _shim(tmp_path / "bin", "qsub", f"touch {submitted}")
+    assert main(["sweep", str(path), "--check"]) == 0  # valid for the spec's own kind
+    capsys.readouterr()
+    for extra in ([], ["--job-script"], ["--check"]):
+        assert main(["sweep", str(path), "--cluster", kind, *extra]) == 1
+        error = capsys.readouterr().err.strip()
+        assert "\n" not in error, error
+        assert f"cluster.job_extra_directives: {directive!r} " in error and said in error, error
+    assert not (tmp_path / "runs").exists() and not submitted.exists()
+    # in a spec of that kind: a problem of the spec, with its line
+    path.write_text(path.read_text().replace(f"kind: {other}", f"kind: {kind}"))
+    assert "sweep.yaml:11: cluster.job_extra_directives: " in _problems(path)
+
+
+def test_a_directive_with_its_own_prefix_is_refused(tmp_path):
+    """``#SBATCH --exclusive`` became ``#SBATCH #SBATCH --exclusive``."""
+    for kind, directive, said in [
+        ("slurm", "#SBATCH --exclusive", "dask-jobqueue writes the '#SBATCH' prefix itself "
+         "(it would write '#SBATCH #SBATCH --exclusive'); give it without: '--exclusive'"),
+        ("pbs", "#SBATCH --exclusive", "is a SLURM directive, but the cluster kind is pbs"),
+        ("slurm", "#PBS -l ngpus=1", "is a PBS directive, but the cluster kind is slurm"),
+    ]:  # fmt: skip
+        spec = _spec_file(
+            tmp_path,
+            {"kind": kind, "cores": 1, "memory": "1GB", "job_extra_directives": [directive]},
+        )
+        assert f"cluster.job_extra_directives: {directive!r}" in _problems(spec)
+        assert said in _problems(spec)
+
+
+def test_directives_both_schedulers_read_pass():
+    from avda.sweep.spec import foreign_directive
+
+    for kind, directive in [
+        ("slurm", "--exclusive"), ("slurm", "-N 1"), ("pbs", "-l place=scatter"),
+        ("pbs", "-p 10"), ("pbs", "-j oe"), ("slurm", "--qos=long"),
+    ]:  # fmt: skip
+        assert foreign_directive(directive, kind) == "", (kind, directive)

@@ -650,6 +650,11 @@ def cluster_problems(spec: ClusterSpec, kind: str | None = None) -> list[tuple[s
             pbs_memory(spec.memory)
         except ConfigError as error:
             found.append(("memory", str(error).split(": ", 1)[-1]))
+    for directive in spec.job_extra_directives:
+        message = foreign_directive(directive, kind)
+        if message:
+            found.append(("job_extra_directives", message))
+            break  # one line: the first one named (--check lists it again once fixed)
     if spec.cores is not None and spec.cores < spec.processes:
         found.append(
             (
@@ -659,6 +664,58 @@ def cluster_problems(spec: ClusterSpec, kind: str | None = None) -> list[tuple[s
             )
         )
     return found
+
+
+SCHEDULERS = {"slurm": ("SLURM", "sbatch", "#SBATCH"), "pbs": ("PBS", "qsub", "#PBS")}
+# The spec's keys a scheduler option has a portable form in (avda writes each as the cluster's
+# scheduler reads it): SLURM's long options, PBS's -l resources.
+_PORTABLE = (
+    (r"--(gres|gpus\w*)\b|\bn?gpus\b", "gpus"),
+    (r"--partition\b|-p\b", "queue"),
+    (r"--account\b", "account"),
+    (r"--time\b|\bwalltime\b", "walltime"),
+    (r"--mem\b|\bmem\b", "memory"),
+    (r"--(cpus-per-task|ntasks)\b|\bncpus\b|\bselect\b", "cores"),
+)
+
+
+def foreign_directive(directive: str, kind: str) -> str:
+    """Why ``directive`` (an item of ``cluster.job_extra_directives``) cannot go to ``kind``'s
+    scheduler, "" when it can. dask-jobqueue writes each item verbatim after ``#SBATCH `` /
+    ``#PBS ``, so a SLURM option (``--gres=gpu:1``, a long option: qsub has none) under PBS, a
+    PBS ``-l`` resource or ``-j`` under SLURM (sbatch has neither option), or an item that
+    carries a prefix itself, makes a job script the submit command refuses (or misreads).
+    Short options both schedulers read (``-p``, ``-N``, ``-m``...) pass: their meaning is the
+    user's."""
+    if kind not in SCHEDULERS:
+        return ""
+    name, command, prefix = SCHEDULERS[kind]
+    text = directive.strip()
+    for other, (other_name, _, other_prefix) in SCHEDULERS.items():
+        if text.upper().startswith(other_prefix):
+            bare = text[len(other_prefix) :].strip()
+            if other == kind:
+                return (
+                    f"{directive!r}: dask-jobqueue writes the {prefix!r} prefix itself (it would "
+                    f"write {prefix + ' ' + text!r}); give it without: {bare!r}"
+                )
+            return _foreign(directive, other_name, kind, name, command, f"{prefix} {text}")
+    if kind == "pbs" and text.startswith("--"):
+        return _foreign(directive, "SLURM", kind, name, command, f"{prefix} {text}")
+    if kind == "slurm" and re.match(r"-[lj](\s|\w|$)", text):
+        return _foreign(directive, "PBS", kind, name, command, f"{prefix} {text}")
+    return ""
+
+
+def _foreign(directive: str, other: str, kind: str, name: str, command: str, line: str) -> str:
+    probe = re.sub(r"-l(?=\w)", "-l ", directive)  # -lwalltime=1:00:00: a resource's name
+    portable = next((key for pattern, key in _PORTABLE if re.search(pattern, probe)), None)
+    fix = f"use cluster.{portable} (avda writes it for each scheduler), " if portable else ""
+    return (
+        f"{directive!r} is a {other} directive, but the cluster kind is {kind}: {command} "
+        f"cannot read the job script's line {line!r}; {fix}write it as {name} reads it, or run "
+        f"with --cluster {other.lower()}"
+    )
 
 
 def _is_size(value: Any) -> bool:
