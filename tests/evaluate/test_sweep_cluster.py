@@ -3,6 +3,7 @@ resources, job scripts, Ctrl-C, and a cluster left without workers."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -386,3 +387,89 @@ def test_directives_both_schedulers_read_pass():
         ("pbs", "-p 10"), ("pbs", "-j oe"), ("slurm", "--qos=long"),
     ]:  # fmt: skip
         assert foreign_directive(directive, kind) == "", (kind, directive)
+
+
+def _queue_shims(tmp_path: Path, monkeypatch, delays: str) -> Path:
+    """``sbatch`` / ``scancel`` shims that run each job script on this machine: the k-th job
+    waits the k-th of ``delays`` seconds in the "queue" (the last one for later jobs) before it
+    starts, in its own process group (its job id); ``scancel`` kills the group. The queue
+    folder's ``events`` logs submits and cancels."""
+    queue = tmp_path / "queue"
+    queue.mkdir()
+    _shim(
+        tmp_path / "bin",
+        "sbatch",
+        f"""Q={queue}
+exec 9>"$Q/lock"; flock 9
+k=$(ls $Q | grep -c '\\.sh$')
+cp "$1" "$Q/job$k.sh"
+delay=0; i=0; last=0
+for d in {delays}; do [ $i -eq $k ] && delay=$d; last=$d; i=$((i+1)); done
+[ $k -ge $i ] && delay=$last
+setsid sh -c "sleep $delay; exec sh $Q/job$k.sh" > "$Q/job$k.log" 2>&1 < /dev/null 9>&- &
+echo $! > "$Q/job$k.pid"
+echo "submit job$k $!" >> $Q/events
+echo "Submitted batch job $!\"""",
+    )
+    _shim(
+        tmp_path / "bin",
+        "scancel",
+        f'for j in "$@"; do kill -TERM -- -"$j" 2>/dev/null; echo "scancel $j" >> {queue}/events; '
+        "done; exit 0",
+    )
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("PYTHONPATH", str(SRC))  # the jobs' workers import this avda
+    return queue
+
+
+@pytest.mark.slow
+def test_a_job_lost_mid_run_while_the_others_wait_in_a_busy_queue(tmp_path, cache, monkeypatch):
+    """SLURM through shims that start jobs: of 2 jobs asked for, one starts and the other waits
+    in the queue; the running job is killed mid-run (preempted). The run resumes on the job that
+    starts later: every run finishes, each epoch of each run is trained once (no two workers
+    wrote one run folder), and the sweep's jobs are cancelled at the end."""
+    queue = _queue_shims(tmp_path, monkeypatch, "0 12")
+    spec = sweep.parse_spec(
+        {
+            "cache": str(cache),
+            "heads": [{"name": "source-only", "epochs": 12, "hidden_dim": 16}],
+            "settings": ["source->target"],
+            "seeds": [0, 1],
+            "retries": 0,
+            "cluster": {
+                "kind": "slurm", "workers": 2, "cores": 1, "memory": "2GB",
+                "worker_timeout": 60, "log_directory": str(tmp_path / "logs"),
+            },
+        }
+    )  # fmt: skip
+    out = tmp_path / "runs"
+    killed: list = []
+
+    def preempt_the_first_job() -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            for run in out.glob("*/*/seed*"):
+                if (run / runs.CHECKPOINT).exists() and not runs.is_complete(run):
+                    os.killpg(int((queue / "job0.pid").read_text()), signal.SIGKILL)
+                    killed.append(run.name)
+                    return
+            time.sleep(0.05)
+
+    killer = threading.Thread(target=preempt_the_first_job, daemon=True)
+    killer.start()
+    try:
+        summary = sweep.run_sweep(spec, out=out, progress=False)
+    finally:
+        killer.join(timeout=1)
+        for pid in queue.glob("*.pid"):  # nothing left behind, whatever happened
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(int(pid.read_text()), signal.SIGKILL)
+    assert killed, "the first job never trained a run"
+    assert summary.ok, summary.text()
+    assert summary.outcomes[f"source-only/source-target/{killed[0]}"].resumed_from_epoch >= 1
+    for run in summary.run_dirs:
+        assert [m["epoch"] for m in runs.read_metrics(run)] == list(range(1, 13)), run
+    index = json.loads((out / sweep.INDEX).read_text())["runs"]
+    assert {e["status"] for e in index} == {"complete"}
+    events = (queue / "events").read_text()
+    assert events.count("submit") == 2, events  # no job submitted again: the queued one served
