@@ -393,7 +393,7 @@ def _queue_shims(tmp_path: Path, monkeypatch, delays: str) -> Path:
     """``sbatch`` / ``scancel`` shims that run each job script on this machine: the k-th job
     waits the k-th of ``delays`` seconds in the "queue" (the last one for later jobs) before it
     starts, in its own process group (its job id); ``scancel`` kills the group. The queue
-    folder's ``events`` logs submits and cancels."""
+    folder's ``events`` logs submits, starts and cancels."""
     queue = tmp_path / "queue"
     queue.mkdir()
     _shim(
@@ -406,7 +406,8 @@ cp "$1" "$Q/job$k.sh"
 delay=0; i=0; last=0
 for d in {delays}; do [ $i -eq $k ] && delay=$d; last=$d; i=$((i+1)); done
 [ $k -ge $i ] && delay=$last
-setsid sh -c "sleep $delay; exec sh $Q/job$k.sh" > "$Q/job$k.log" 2>&1 < /dev/null 9>&- &
+run="sleep $delay; echo start job$k >> $Q/events; exec sh $Q/job$k.sh"
+setsid sh -c "$run" > "$Q/job$k.log" 2>&1 < /dev/null 9>&- &
 echo $! > "$Q/job$k.pid"
 echo "submit job$k $!" >> $Q/events
 echo "Submitted batch job $!\"""",
@@ -473,3 +474,83 @@ def test_a_job_lost_mid_run_while_the_others_wait_in_a_busy_queue(tmp_path, cach
     assert {e["status"] for e in index} == {"complete"}
     events = (queue / "events").read_text()
     assert events.count("submit") == 2, events  # no job submitted again: the queued one served
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("restarts", [2, 0])
+def test_a_restart_leaves_jobs_waiting_in_the_queue_there(
+    tmp_path, cache, monkeypatch, caplog, restarts
+):
+    """SLURM through shims: of 2 jobs, one starts and the other waits in the queue longer than
+    worker_timeout; the running job is killed mid-run. The restart submits again only the job
+    that died (the queued one keeps its place: not cancelled until the sweep ends), every run
+    finishes once, each epoch trained once. With no restart left the sweep gives up in one line
+    that says a job is still waiting in the queue and what to raise."""
+    import logging
+
+    from avda.errors import AvdaError
+
+    monkeypatch.setattr(sweep, "MAX_RESTARTS", restarts)
+    queue = _queue_shims(tmp_path, monkeypatch, "0 40 0")
+    spec = sweep.parse_spec(
+        {
+            "cache": str(cache),
+            "heads": [{"name": "source-only", "epochs": 12, "hidden_dim": 16}],
+            "settings": ["source->target"],
+            "seeds": [0, 1],
+            "retries": 0,
+            "cluster": {
+                "kind": "slurm", "workers": 2, "cores": 1, "memory": "2GB",
+                "worker_timeout": 3, "log_directory": str(tmp_path / "logs"),
+            },
+        }
+    )  # fmt: skip
+    out = tmp_path / "runs"
+    killed: list = []
+
+    def preempt_the_first_job() -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            for run in out.glob("*/*/seed*"):
+                if (run / runs.CHECKPOINT).exists() and not runs.is_complete(run):
+                    os.killpg(int((queue / "job0.pid").read_text()), signal.SIGKILL)
+                    killed.append(run.name)
+                    return
+            time.sleep(0.05)
+
+    killer = threading.Thread(target=preempt_the_first_job, daemon=True)
+    killer.start()
+    caplog.set_level(logging.WARNING, logger="avda.sweep.run")
+    try:
+        if restarts:
+            summary = sweep.run_sweep(spec, out=out, progress=False)
+        else:
+            with pytest.raises(AvdaError) as raised:
+                sweep.run_sweep(spec, out=out, progress=False)
+    finally:
+        killer.join(timeout=1)
+        for pid in queue.glob("*.pid"):  # nothing left behind, whatever happened
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(int(pid.read_text()), signal.SIGKILL)
+    assert killed, "the first job never trained a run"
+    events = (queue / "events").read_text().splitlines()
+    waiting = (queue / "job1.pid").read_text().strip()
+    if not restarts:
+        message = str(raised.value)
+        assert "\n" not in message
+        assert "1 job(s) still waiting in the queue: raise cluster.worker_timeout" in message
+        assert events.count("submit job2") == 0 and f"scancel {waiting}" in events, events
+        return
+    assert summary.ok, summary.text()
+    assert summary.outcomes[f"source-only/source-target/{killed[0]}"].resumed_from_epoch >= 1
+    for run in summary.run_dirs:
+        assert [m["epoch"] for m in runs.read_metrics(run)] == list(range(1, 13)), run
+    index = json.loads((out / sweep.INDEX).read_text())["runs"]
+    assert {e["status"] for e in index} == {"complete"}
+    # the dead job submitted again once; the queued one cancelled only when the sweep ended
+    assert [e.split()[:2] for e in events if e.startswith("submit")] == [
+        ["submit", "job0"], ["submit", "job1"], ["submit", "job2"]
+    ], events  # fmt: skip
+    assert events.index(f"scancel {waiting}") > events.index("start job2"), events
+    said = [r.message for r in caplog.records if "submitted 1 job(s) again" in r.message]
+    assert said and "1 job(s) still waiting in the queue, left there" in said[0], caplog.text

@@ -40,6 +40,7 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -555,18 +556,22 @@ def check_submit_command(kind: str) -> None:
         )
 
 
-def start_jobs(cluster: Any, jobs: int, kind: str, spec_name: str = "SPEC") -> None:
-    """Submit ``jobs`` worker jobs now, so that a failing submit command raises here.
+def start_jobs(
+    cluster: Any, jobs: int, kind: str, spec_name: str = "SPEC", used: frozenset = frozenset()
+) -> None:
+    """Submit worker jobs up to ``jobs`` now (new ones named outside ``used``), so that a
+    failing submit command raises here.
 
     (``cluster.scale`` submits them in the background, where a failure is only logged and the
     sweep would wait forever.)
     """
+    before = set(cluster.worker_spec)  # jobs submitted before (waiting in the queue): kept
     try:
-        _grow(cluster, jobs)
+        _grow(cluster, jobs, used)
     except Exception as exc:  # the submit command failed or printed no job id
         from distributed.core import Status
 
-        for name in list(cluster.worker_spec):  # jobs that never started: nothing to cancel
+        for name in set(cluster.worker_spec) - before:  # not submitted: nothing to cancel
             cluster.worker_spec.pop(name, None)
             cluster.workers.pop(name, None)
         for job in getattr(cluster, "_created", ()):  # else closing the cluster fails, and
@@ -591,17 +596,21 @@ def start_jobs(cluster: Any, jobs: int, kind: str, spec_name: str = "SPEC") -> N
         ) from exc
 
 
-def _grow(cluster: Any, count: int) -> None:
+def _grow(cluster: Any, count: int, used: frozenset = frozenset()) -> None:
     """Start the workers (SLURM/PBS: submit the jobs) of a Dask ``SpecCluster`` up to ``count``
-    now, in this thread."""
+    now, in this thread; the new ones get names not in ``used`` (jobs it had before)."""
     while len(cluster.worker_spec) < count:
-        cluster.worker_spec.update(cluster.new_worker_spec())
+        new = cluster.new_worker_spec()
+        while used & set(new):  # SpecCluster reuses a free name; its lost-worker timer
+            cluster._i += 1  # (15 s) would close the new job that got a lost one's name
+            new = cluster.new_worker_spec()
+        cluster.worker_spec.update(new)
     cluster.sync(cluster._correct_state)
 
 
 def restart_workers(cluster: Any, count: int, kind: str, spec_name: str = "SPEC") -> None:
-    """Start ``count`` workers (SLURM/PBS: jobs) anew on a cluster that lost them all: the old
-    ones are closed first (a job that ended is cancelled again, which does no harm)."""
+    """Start ``count`` workers anew on a (local) cluster that lost them all: the old ones are
+    closed first. (A SLURM/PBS sweep uses :class:`JobRestart`, which keeps queued jobs.)"""
     cluster.worker_spec.clear()
     try:
         cluster.sync(cluster._correct_state, callback_timeout=CLOSE_SECONDS)
@@ -613,6 +622,110 @@ def restart_workers(cluster: Any, count: int, kind: str, spec_name: str = "SPEC"
         start_jobs(cluster, count, kind, spec_name)
 
 
+class JobRecord:
+    """The worker names a SLURM/PBS cluster's scheduler has seen connect, and those connected
+    now (a :class:`distributed.diagnostics.plugin.SchedulerPlugin` of its own scheduler): a job
+    none of whose workers ever connected is still waiting in the queue (or cannot start)."""
+
+    name = "avda-job-record"
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._connected: set[str] = set()
+        self._alive: dict[str, str] = {}  # worker address -> worker name
+
+    def add_worker(self, scheduler: Any, worker: str) -> None:
+        name = str(scheduler.workers[worker].name)
+        with self._lock:
+            self._connected.add(name)
+            self._alive[worker] = name
+
+    def remove_worker(self, scheduler: Any, worker: str, **kwargs: Any) -> None:
+        with self._lock:
+            self._alive.pop(worker, None)
+
+    def names(self) -> tuple[set[str], set[str]]:
+        """The worker names that ever connected, and those connected now."""
+        with self._lock:
+            return set(self._connected), set(self._alive.values())
+
+
+def _record_plugin(record: JobRecord) -> Any:
+    """A scheduler plugin that tells ``record`` of each worker that comes and goes."""
+    from distributed.diagnostics.plugin import SchedulerPlugin
+
+    class Recorder(SchedulerPlugin):
+        name = JobRecord.name
+
+        def add_worker(self, scheduler: Any, worker: str) -> None:
+            record.add_worker(scheduler, worker)
+
+        def remove_worker(self, scheduler: Any, worker: str, **kwargs: Any) -> None:
+            record.remove_worker(scheduler, worker)
+
+    return Recorder()
+
+
+def _job_names(cluster: Any, workers: set[str]) -> set[str]:
+    """The jobs (``worker_spec`` names) of these worker names (a job of ``processes: N`` runs
+    the workers ``JOB-0`` ... ``JOB-{N-1}``)."""
+    jobs = {}
+    for job, spec in cluster.worker_spec.items():
+        for suffix in spec.get("group", [""]) if isinstance(spec, dict) else [""]:
+            jobs[f"{job}{suffix}"] = job
+    return {jobs[name] for name in workers if name in jobs}
+
+
+class JobRestart:
+    """Submits again the jobs of a SLURM/PBS cluster left without workers whose workers
+    connected and died (cancelled, past their walltime, preempted), and leaves the jobs none
+    of whose workers ever connected in the queue: cancelling them would lose their place in
+    a busy queue. ``waiting()`` counts those."""
+
+    def __init__(self, cluster: Any, count: int, kind: str, spec_name: str = "SPEC") -> None:
+        self.cluster, self.count, self.kind, self.spec_name = cluster, count, kind, spec_name
+        self.record = JobRecord()
+        cluster.scheduler.add_plugin(_record_plugin(self.record), name=JobRecord.name)
+        self.submitted: set[str] = set()  # every job name it had: a new job gets another
+
+    def start(self) -> None:
+        """Submit the cluster's jobs (the first time)."""
+        start_jobs(self.cluster, self.count, self.kind, self.spec_name)
+        self.submitted |= set(self.cluster.worker_spec)
+
+    def _split(self) -> tuple[set[str], set[str]]:
+        """The jobs that started (a worker connected) and have no worker now, and the jobs
+        that never started."""
+        connected, alive = self.record.names()
+        started = _job_names(self.cluster, connected)
+        running = _job_names(self.cluster, alive)
+        jobs = set(self.cluster.worker_spec)
+        # a job the cluster dropped (its lost worker closed) is not in the queue either
+        gone = {job for job in jobs if job not in self.cluster.workers}
+        dead = ((started - running) | gone) & jobs
+        return dead, jobs - dead - started
+
+    def waiting(self) -> int:
+        """Jobs none of whose workers ever connected: waiting in the queue (or failing at
+        start)."""
+        return len(self._split()[1])
+
+    def __call__(self) -> tuple[int, int]:
+        """Submit the dead jobs again; returns (jobs submitted again, jobs left waiting)."""
+        dead, waiting = self._split()
+        for job in dead:
+            self.cluster.worker_spec.pop(job, None)
+        try:  # their jobs are cancelled (one that ended is cancelled again: no harm)
+            self.cluster.sync(self.cluster._correct_state, callback_timeout=CLOSE_SECONDS)
+        except Exception as exc:  # a job already gone: what matters is the new ones
+            log.debug("closing the lost workers: %s: %s", type(exc).__name__, exc)
+        if dead:
+            used = frozenset(self.submitted)
+            start_jobs(self.cluster, self.count, self.kind, self.spec_name, used=used)
+            self.submitted |= set(self.cluster.worker_spec)
+        return len(dead), len(waiting)
+
+
 MAX_RESTARTS = 2
 """Times a sweep starts its cluster's workers (SLURM/PBS: submits its jobs) again after it was
 left without any for ``worker_timeout`` seconds while runs wait, before it gives up."""
@@ -622,7 +735,11 @@ class WorkerWatch:
     """Notices a cluster left without workers while runs wait (every job cancelled, past its
     walltime or preempted: Dask would wait for one forever). After ``timeout`` seconds without
     a worker it calls ``restart`` (at most ``restarts`` times; ``None``: workers it did not
-    start), then gives up with an :class:`AvdaError` naming ``where`` and the ``hint``."""
+    start), then gives up with an :class:`AvdaError` naming ``where`` and the ``hint``.
+
+    A SLURM/PBS ``restart`` (:class:`JobRestart`) submits again only the jobs whose workers
+    died and returns (jobs submitted again, jobs still waiting in the queue); the give-up line
+    counts the jobs still waiting (``restart.waiting()``)."""
 
     def __init__(
         self,
@@ -660,19 +777,40 @@ class WorkerWatch:
             return
         if self.restart is not None and self.restarted < self.restarts:
             self.restarted += 1
-            log.warning(
-                "no Dask worker left in %s for %g s (jobs ended: cancelled, walltime, "
-                "preempted?): starting its workers again (%d of %d)",
-                *(self.where, self.timeout, self.restarted, self.restarts),
-            )
-            self.restart()
+            if not isinstance(self.restart, JobRestart):
+                log.warning(
+                    "no Dask worker left in %s for %g s (jobs ended: cancelled, walltime, "
+                    "preempted?): starting its workers again (%d of %d)",
+                    *(self.where, self.timeout, self.restarted, self.restarts),
+                )
+                self.restart()
+            else:
+                dead, waiting = self.restart()
+                log.warning(
+                    "no Dask worker left in %s for %g s: %s%s (%d of %d)",
+                    self.where,
+                    self.timeout,
+                    f"submitted {dead} job(s) again whose workers ended (cancelled, walltime, "
+                    "preempted?)"
+                    if dead
+                    else "no job whose workers ended",
+                    f"; {waiting} job(s) still waiting in the queue, left there" if waiting else "",
+                    *(self.restarted, self.restarts),
+                )
             self.since = time.monotonic()
             return
         again = f" (started again {self.restarted} time(s))" if self.restarted else ""
+        waiting = self.restart.waiting() if isinstance(self.restart, JobRestart) else 0
+        queued = (
+            f"{waiting} job(s) still waiting in the queue: raise cluster.worker_timeout (or "
+            "--worker-timeout) for a busy queue; "
+            if waiting
+            else ""
+        )
         raise AvdaError(
             f"no Dask worker left in {self.where} for {self.timeout:g} s{again}, giving up; "
-            f"{self.hint}; the finished runs are kept in the index: run the same command again "
-            "to train the others"
+            f"{queued}{self.hint}; the finished runs are kept in the index: run the same "
+            "command again to train the others"
         )
 
 
@@ -801,8 +939,10 @@ def connect(
         options = {"torch_threads": cores_per_worker, "resources": {"train": 1}}
     count = workers if kind == "local" else spec.cluster.workers or 1
     try:
+        restart: Any = lambda: restart_workers(local, count, kind, _spec_name(spec))  # noqa: E731
         if kind != "local":
-            start_jobs(local, count, kind, _spec_name(spec))
+            restart = JobRestart(local, count, kind, _spec_name(spec))
+            restart.start()
         client = Client(local)
         quiet_worker_logs(client)
         try:
@@ -814,7 +954,7 @@ def connect(
                 timeout,
                 where=where,
                 hint=_lost_workers_hint(kind, spec.cluster.log_directory),
-                restart=lambda: restart_workers(local, count, kind, _spec_name(spec)),
+                restart=restart,
             )
             yield client, options
         finally:
