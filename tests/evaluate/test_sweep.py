@@ -550,3 +550,66 @@ def test_a_second_spec_keeps_the_first_specs_failures_listed(tmp_path, cache):
     listed = pd.read_csv(tmp_path / "runs" / sweep.FAILURES)
     assert listed["method"].tolist() == ["broken"]
     assert "per-modality" in listed["error"].iloc[0]
+
+
+_HOLD = """
+import pickle, sys, time
+from avda.cache.lock import run_lock
+from avda.sweep import run as sweep
+task = pickle.loads(bytes.fromhex(sys.argv[1]))
+if sys.argv[2] == "train":  # the lost worker trains the run to its end
+    print(sweep.run_task(task).status, flush=True)
+else:  # it holds the folder for a while, then ends (killed, past its walltime)
+    with run_lock(task.run, what="avda train"):
+        time.sleep(float(sys.argv[2]))
+"""
+
+
+@pytest.mark.parametrize("holder", ["train", "4", "gives up"])
+def test_a_run_folder_another_worker_trains_is_waited_for_not_failed(
+    tmp_path, cache, caplog, holder
+):
+    """A worker the sweep lost (network split) still trains the run when its task runs on
+    another worker: the run lock stops the second one, which used to fail the run (busy
+    folder) although it would finish. The task waits, naming the holder, then finds the run
+    complete (skipped) or trains it; each epoch is trained once. Past its bound it fails in one
+    line naming the holder and the wait."""
+    import pickle
+    import subprocess
+    import sys
+
+    from avda.cache.lock import training_holder
+
+    spec = sweep.parse_spec({
+        "cache": str(cache), "heads": [{"name": "source-only", "epochs": 4, "hidden_dim": 16}],
+        "settings": ["source->target"], "seeds": [0]})  # fmt: skip
+    (task,) = sweep.plan(spec, tmp_path / "runs")
+    src = Path(__file__).resolve().parents[2] / "src"
+    env = {**os.environ, "PYTHONPATH": str(src), "OMP_NUM_THREADS": "1"}
+    hold = "8" if holder == "gives up" else holder
+    other = subprocess.Popen(
+        [sys.executable, "-c", _HOLD, pickle.dumps(task).hex(), hold],
+        env=env, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while training_holder(task.run) is None:  # the other worker has the folder
+            assert other.poll() is None and time.monotonic() < deadline, "it never took the lock"
+            time.sleep(0.05)
+        caplog.set_level(logging.INFO, logger="avda.sweep.run")
+        waiting = dataclasses.replace(task, busy_wait=2.0 if holder == "gives up" else 60.0)
+        outcome = sweep.run_task(waiting)
+    finally:
+        said, _ = other.communicate(timeout=120)
+    wanted = {"train": "skipped", "4": "complete", "gives up": "failed"}[holder]
+    assert outcome.status == wanted, outcome
+    named = [r.message for r in caplog.records if f"pid {other.pid} on host" in r.message]
+    assert named and "is being trained by" in named[0], caplog.text
+    if holder == "gives up":
+        assert outcome.error.startswith("RunBusyError: waited 2 s for it: run ")
+        assert f"pid {other.pid}" in outcome.error and "\n" not in outcome.error
+        return
+    if holder == "train":
+        assert said.strip() == "complete"
+    assert [m["epoch"] for m in runs.read_metrics(task.run)] == [1, 2, 3, 4]
+    assert runs.is_complete(task.run)

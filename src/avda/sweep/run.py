@@ -108,6 +108,25 @@ class SweepTask:
     device: str | None = None
     torch_threads: int = 0  # 0: leave torch's default
     protocol: str | None = None  # head is then the protocol's method name
+    busy_wait: float = 0.0  # longest wait for a run folder another process trains (0: default)
+
+
+BUSY_WAIT_SECONDS = 6 * 3600.0
+"""Longest wait of a task for its run folder while another process trains it (a worker the
+sweep lost that still runs), when the spec gives no ``cluster.walltime`` (then: the walltime
+and 10 minutes, as a lost job cannot run longer)."""
+BUSY_POLL_SECONDS = 2.0
+
+
+def busy_wait_seconds(spec: SweepSpec) -> float:
+    """A task's longest wait for a busy run folder under ``spec`` (see BUSY_WAIT_SECONDS)."""
+    if not spec.cluster.walltime:
+        return BUSY_WAIT_SECONDS
+    try:
+        hours, minutes, seconds = (int(p) for p in pbs_walltime(spec.cluster.walltime).split(":"))
+    except (ValueError, TypeError):
+        return BUSY_WAIT_SECONDS
+    return hours * 3600.0 + minutes * 60.0 + seconds + 600.0
 
 
 @dataclasses.dataclass
@@ -194,7 +213,32 @@ def _last_epoch(run: Path) -> int:
         return 0
 
 
+def _wait_for_run_folder(task: SweepTask, deadline: float, said: list[str]) -> None:
+    """Wait a moment (``BUSY_POLL_SECONDS``, at most until ``deadline``) for the run folder
+    another process holds, logging each new holder once (``said``).
+
+    The holder is most likely a worker the sweep lost (cut off from the scheduler, its job
+    still running) that trains this very run: it finishes it or ends (its lock goes with it),
+    and the run is then skipped as complete or resumed, instead of failing as busy. Only a
+    lock the kernel holds (``train`` refused with RunBusyError) is waited for: on a file system
+    without locks the record a killed holder left behind would look held."""
+    from avda.cache.lock import training_holder
+
+    holder = training_holder(task.run)
+    if holder is None:  # let go meanwhile: try again at once
+        return
+    if holder not in said:
+        said.append(holder)
+        log.warning(
+            "%s: its run folder is being trained by %s (a worker the sweep lost, still "
+            "running?): waiting for it to finish or end (at most %g s)",
+            *(task.name, holder, max(0.0, deadline - time.monotonic())),
+        )
+    time.sleep(min(BUSY_POLL_SECONDS, max(0.0, deadline - time.monotonic())))
+
+
 def _run_task(task: SweepTask) -> TaskOutcome:
+    from avda.cache.lock import RunBusyError
     from avda.train.loop import train
 
     began = time.perf_counter()
@@ -202,35 +246,57 @@ def _run_task(task: SweepTask) -> TaskOutcome:
         import torch
 
         torch.set_num_threads(task.torch_threads)
-    resumed_from = _checkpoint_epoch(task.run)
-    logged = _last_epoch(task.run)  # metrics are written every epoch, checkpoints less often
+    waited = task.busy_wait or BUSY_WAIT_SECONDS
+    deadline = time.monotonic() + waited
+    holders: list[str] = []
     worker = ""
-    try:
-        device, worker = _worker_device(task.device)
-        if resumed_from:
-            log.info("%s: resuming from epoch %d on worker %s", task.name, resumed_from, worker)
-        result = train(
-            cache=task.cache,
-            head=task.head,
-            source=list(task.source),
-            target=list(task.target),
-            out=task.run,
-            seed=task.seed,
-            overrides=task.overrides,
-            device=device,
-            progress=False,
-            protocol=task.protocol,
-        )
-    except AvdaError as error:  # retrying cannot fix a bad config, missing data or divergence
-        # Resumed only if it trained on (a refused resume trained nothing: its epochs stand).
-        trained_on = resumed_from and _last_epoch(task.run) > logged
-        return TaskOutcome(
+    while True:
+        resumed_from = _checkpoint_epoch(task.run)
+        logged = _last_epoch(task.run)  # metrics are written every epoch, checkpoints less often
+        try:
+            device, worker = _worker_device(task.device)
+            if resumed_from:
+                log.info("%s: resuming from epoch %d on worker %s", task.name, resumed_from, worker)
+            result = train(
+                cache=task.cache,
+                head=task.head,
+                source=list(task.source),
+                target=list(task.target),
+                out=task.run,
+                seed=task.seed,
+                overrides=task.overrides,
+                device=device,
+                progress=False,
+                protocol=task.protocol,
+            )
+        except RunBusyError as error:  # another process trains it (see _wait_for_run_folder)
+            if time.monotonic() < deadline:
+                _wait_for_run_folder(task, deadline, holders)
+                continue
+            return TaskOutcome(
+                task.name,
+                "failed",
+                error=f"{type(error).__name__}: waited {waited:g} s for it: {error}",
+                seconds=time.perf_counter() - began,
+                worker=worker,
+            )
+        except AvdaError as error:  # retrying cannot fix a bad config, missing data or divergence
+            # Resumed only if it trained on (a refused resume trained nothing: its epochs stand).
+            trained_on = resumed_from and _last_epoch(task.run) > logged
+            return TaskOutcome(
+                task.name,
+                "failed",
+                error=f"{type(error).__name__}: {error}",
+                seconds=time.perf_counter() - began,
+                resumed_from_epoch=resumed_from if trained_on else 0,
+                worker=worker,
+            )
+        break
+    if holders:
+        log.info(
+            "%s: its run folder is free again: %s",
             task.name,
-            "failed",
-            error=f"{type(error).__name__}: {error}",
-            seconds=time.perf_counter() - began,
-            resumed_from_epoch=resumed_from if trained_on else 0,
-            worker=worker,
+            "skipped as complete" if result.skipped else "trained",
         )
     return TaskOutcome(
         task.name,
@@ -1090,8 +1156,11 @@ def _sweep_in(
             if link:
                 log.info("Dask dashboard: %s", link)
             futures = {}
+            busy_wait = busy_wait_seconds(spec)
             for task in pending:
-                task = dataclasses.replace(task, torch_threads=options["torch_threads"])
+                task = dataclasses.replace(
+                    task, torch_threads=options["torch_threads"], busy_wait=busy_wait
+                )
                 future = client.submit(
                     run_task,
                     task,
