@@ -165,3 +165,19 @@ def test_the_command_prints_a_summary_and_fails_in_one_line(trained, tmp_path, c
     assert code == 1 and captured.out == ""
     assert len(captured.err.strip().splitlines()) == 1
     assert captured.err.startswith("error: cache ")
+
+
+@pytest.mark.parametrize("head", ["adabn", "source-only"])
+def test_the_runs_own_cache_moved_since_is_found_by_its_identity(trained, tmp_path, head):
+    """The run's cache moved (the path in config.yaml is gone) and given with --cache: the
+    same store (its cache_id), so AdaBN still reads its target training set there."""
+    moved = tmp_path / "moved.zarr"
+    shutil.copytree(trained / "c.zarr", moved)
+    (trained / "c.zarr").rename(tmp_path / "away.zarr")
+    try:
+        result = avda.predict(trained / head, moved, splits="test", progress=False)
+        _same_as_stored(trained / head, result, "target_test")
+        with pytest.raises(CacheError, match="needs the cache it trained on"):
+            avda.predict(trained / "adabn", progress=False)  # not given: one line
+    finally:
+        (tmp_path / "away.zarr").rename(trained / "c.zarr")

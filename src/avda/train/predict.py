@@ -111,14 +111,17 @@ def _recorded_features(run: Path, run_store: FeatureCache | None) -> dict[str, A
     return dict(run_store.provenance.get("modalities") or {}) if run_store else {}
 
 
-def _open_run_cache(run: Path, config: dict[str, Any]) -> FeatureCache:
-    """The cache the run trained on, refused if it was rebuilt since."""
+def _open_run_cache(
+    run: Path, config: dict[str, Any], store: FeatureCache | None = None
+) -> FeatureCache:
+    """The cache the run trained on (``store``: the caller's, found to be it), refused if it
+    was rebuilt since."""
     try:
-        store = open_cache(config["cache"])
+        store = store if store is not None else open_cache(config["cache"])
     except CacheError as exc:
         raise CacheError(
             f"run {run} needs the cache it trained on ({config['cache']}) to predict: its head "
-            f"uses the run's training rows at evaluation; {exc}"
+            f"uses the run's training rows at evaluation; {exc} (moved? pass it with --cache)"
         ) from None
     recorded = runs.read_provenance(run)
     if recorded is not None and not loop_lib.same_cache(recorded, store.provenance):
@@ -197,23 +200,29 @@ def predict_run(
             f"head it evaluates; finish it first (avda train --config {run / runs.CONFIG} "
             f"-o {run} resumes it)"
         )
-    cache_path = cache.path if isinstance(cache, FeatureCache) else cache
-    own_cache = cache is None or (
-        Path(cache_path).resolve() == Path(str(config.get("cache"))).resolve()
+    given = cache if isinstance(cache, FeatureCache) or cache is None else open_cache(cache)
+    provenance = runs.read_provenance(run)
+    # the run's own cache: at the path it trained on, or the same store moved or copied since
+    own_cache = (
+        given is None
+        or Path(given.path).resolve() == Path(str(config.get("cache"))).resolve()
+        or (provenance is not None and loop_lib.same_cache(provenance, given.provenance))
     )
     cls = heads_lib.HEADS.get(config["head"])
     # the run's own cache: predicted on, or read for the run's training sets (a staged head's
     # stages, an adapting head's target statistics)
     needs_run_cache = own_cache or cls.staged or cls.adapts_at_evaluation
     run_setup = (
-        RunSetup.from_run(run, device, cache=_open_run_cache(run, config))
+        RunSetup.from_run(
+            run, device, cache=_open_run_cache(run, config, given if own_cache else None)
+        )
         if needs_run_cache
         else None
     )
     if own_cache:
         setup = run_setup
     else:
-        setup = RunSetup.from_run(run, device, cache=cache)
+        setup = RunSetup.from_run(run, device, cache=given)
         recorded = _recorded_features(run, run_setup.store if run_setup else None)
         _check_same_features(run, recorded, setup.store, setup.modalities)
         if cls.staged and getattr(setup.config, "encoder_input", None) == "spatial":
