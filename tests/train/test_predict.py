@@ -12,6 +12,7 @@ from tests.conftest import make_feature_cache
 from tests.train.test_audio_adaptive_pipeline import TINY, make_audio_visual_cache
 
 import avda
+from avda import cache as cache_lib
 from avda import cli, runs
 from avda.errors import CacheError, RunError
 from avda.train import heads
@@ -181,3 +182,23 @@ def test_the_runs_own_cache_moved_since_is_found_by_its_identity(trained, tmp_pa
             avda.predict(trained / "adabn", progress=False)  # not given: one line
     finally:
         (tmp_path / "away.zarr").rename(trained / "c.zarr")
+
+
+def test_the_same_weights_file_at_another_path_is_the_same_features(tmp_path):
+    """Features extracted elsewhere with the run's weights (the same sha256, fetched to
+    another folder) are the run's; other weights (another sha256) are refused."""
+
+    def tag(path, weights, sha):
+        store = cache_lib.open_cache(path, mode="r+")
+        for modality in store.modalities:
+            store.update_modality_info(modality, weights=weights, weights_sha256=sha)
+
+    make_feature_cache(tmp_path / "c.zarr", per_class=4, K=5)
+    tag(tmp_path / "c.zarr", "/home/alice/.cache/avda/i3d.pt", "ab" * 32)
+    _train(tmp_path / "c.zarr", tmp_path / "run", "source-only", epochs=1)
+    make_feature_cache(tmp_path / "new.zarr", per_class=2, K=5, seed=3)
+    tag(tmp_path / "new.zarr", "/home/bob/weights/i3d.pt", "ab" * 32)
+    assert len(avda.predict(tmp_path / "run", tmp_path / "new.zarr", progress=False)) == 24
+    tag(tmp_path / "new.zarr", "/home/alice/.cache/avda/i3d.pt", "cd" * 32)
+    with pytest.raises(CacheError, match="weights_sha256: run 'abab"):
+        avda.predict(tmp_path / "run", tmp_path / "new.zarr", progress=False)

@@ -90,7 +90,7 @@ def _check_same_features(run: Path, recorded: dict[str, Any], store: FeatureCach
         want = recorded.get(modality)
         if not isinstance(want, dict):
             continue  # a run recorded before it: nothing to compare with
-        have = dict(infos[modality])
+        want, have = _comparable(want), _comparable(dict(infos[modality]))
         keys = sorted(k for k in {*want, *have} if want.get(k) != have.get(k))
         if keys:
             shown = "; ".join(f"{k}: run {want.get(k)!r}, cache {have.get(k)!r}" for k in keys[:3])
@@ -99,6 +99,16 @@ def _check_same_features(run: Path, recorded: dict[str, Any], store: FeatureCach
                 f"trained on ({shown}); extract {modality} with the run's settings (avda "
                 "extract, the same backbone, weights and recipe) to predict with this run"
             )
+
+
+def _comparable(info: dict[str, Any]) -> dict[str, Any]:
+    """A modality record as extraction's resume compares it: the weights by their checksum
+    (the same file fetched to another folder is the same weights), a record from before the
+    input sources were recorded read from videos."""
+    info = {"input": {"source": "video"}, **info}
+    if info.get("weights_sha256"):
+        info.pop("weights", None)
+    return info
 
 
 def _recorded_features(run: Path, run_store: FeatureCache | None) -> dict[str, Any]:
