@@ -202,3 +202,42 @@ def test_the_same_weights_file_at_another_path_is_the_same_features(tmp_path):
     tag(tmp_path / "new.zarr", "/home/alice/.cache/avda/i3d.pt", "cd" * 32)
     with pytest.raises(CacheError, match="weights_sha256: run 'abab"):
         avda.predict(tmp_path / "run", tmp_path / "new.zarr", progress=False)
+
+
+def test_labels_outside_the_runs_classes_are_refused_in_one_line(trained, tmp_path):
+    """A cache whose labels hold class ids the run has no score for (another class table)."""
+    make_feature_cache(tmp_path / "six.zarr", num_classes=6, per_class=2, K=5,
+                       modalities=MODALITIES)  # fmt: skip
+    with pytest.raises(CacheError, match="verb_class holds class id 5, but run .* 4 verb"):
+        avda.predict(trained / "source-only", tmp_path / "six.zarr", progress=False)
+
+
+def test_multi_label_ids_outside_the_runs_classes_are_refused_in_one_line(tmp_path):
+    import pandas as pd
+
+    from avda.cache import Status
+
+    def multi_label_cache(path, labels, domains=("source", "target"), seed=0):
+        rng = np.random.default_rng(seed)
+        segments = pd.DataFrame(
+            [
+                {"uid": f"{d}-{s}-{i}", "video_id": "v", "domain": d, "split": s,
+                 "start_sec": 0.0, "stop_sec": 1.0, "labels": labels[i % len(labels)]}
+                for d in domains for s in ("train", "test") for i in range(8)
+            ]
+        )  # fmt: skip
+        store = cache_lib.create(path, segments, manifest_sha256="0" * 64,
+                                 recipe={"name": "synthetic"}, chunk_rows=8)  # fmt: skip
+        n = len(segments)
+        for modality in ("rgb", "audio"):
+            store.add_modality(modality, num_clips=2, num_features=8, info={
+                "backbone": "synthetic", "weights": None, "weights_sha256": None,
+                "input_spec": {}})  # fmt: skip
+            x = rng.normal(0, 1, (n, 2, 8))
+            store.write(modality, np.arange(n), x, np.full(n, int(Status.DONE)), [""] * n)
+
+    multi_label_cache(tmp_path / "c.zarr", ["0;1", "2", "3;4", ""])
+    _train(tmp_path / "c.zarr", tmp_path / "run", "source-only", epochs=1)
+    multi_label_cache(tmp_path / "new.zarr", ["1;7", "2"], seed=1)
+    with pytest.raises(CacheError, match="labels holds class id 7, but run .* 5 labels"):
+        avda.predict(tmp_path / "run", tmp_path / "new.zarr", progress=False)

@@ -101,6 +101,30 @@ def _check_same_features(run: Path, recorded: dict[str, Any], store: FeatureCach
             )
 
 
+def _check_labels(run: Path, store: FeatureCache, rows: np.ndarray, tasks) -> None:
+    """Refuse labels the run's head has no class for (a cache of another class table): one
+    line, not an index error while the labels load."""
+    import pandas as pd
+
+    segments = store.segments
+    for task in tasks:
+        column = data_lib.TASK_COLUMNS[task.name]
+        if column not in segments:
+            continue  # no labels: predicted without
+        values = segments[column].iloc[rows]
+        if task.multi_label:
+            ids = [int(v) for text in values.dropna() for v in str(text).split(";") if v != ""]
+        else:
+            ids = pd.to_numeric(values, errors="coerce").dropna().astype(int).tolist()
+        if ids and max(ids) >= task.num_classes:
+            raise CacheError(
+                f"cache {store.path}: {column} holds class id {max(ids)}, but run {run} predicts "
+                f"{task.num_classes} {task.name} classes (ids 0..{task.num_classes - 1}): its "
+                "labels follow another class table; predict rows of the run's classes (--domain "
+                "/ --split) or a cache built with the run's class table"
+            )
+
+
 def _comparable(info: dict[str, Any]) -> dict[str, Any]:
     """A modality record as extraction's resume compares it: the weights by their checksum
     (the same file fetched to another folder is the same weights), a record from before the
@@ -248,6 +272,7 @@ def predict_run(
     modalities = setup.modalities
 
     rows = prediction_rows(setup.store, modalities, config["source"], domains, splits)
+    _check_labels(run, setup.store, np.concatenate(list(rows.values())), setup.tasks)
     bar = progress_bar(
         list(rows.items()), desc=f"predict {head_name}", unit="set", disable=not progress
     )
