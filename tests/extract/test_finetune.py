@@ -216,3 +216,22 @@ def test_a_recipe_the_backbone_cannot_take_is_refused_before_decoding(
     # given --flow, that slowfast takes rgb only)
     with pytest.raises(ConfigError, match=r"slowfast takes only modality 'rgb', got 'flow'"):
         _run(demo_dataset, tmp_path / "s.pt", backbone="slowfast", modality="flow")
+
+
+def test_a_run_recorded_before_a_recipe_field_existed_is_still_its_own(
+    demo_dataset, tmp_path, monkeypatch
+):
+    """A finished (or partial) run whose key an older avda wrote, without a recipe field added
+    since at its default (crop_offset "round"), is the same run: kept, resumed, not refused."""
+    done = _run(demo_dataset, tmp_path / "a.pt")
+    meta_path = tmp_path / "a.pt.json"
+    meta = json.loads(meta_path.read_text())
+    del meta["key"]["recipe"]["crop_offset"]  # as written before Recipe.crop_offset
+    meta_path.write_text(json.dumps(meta))
+    assert _run(demo_dataset, tmp_path / "a.pt").history == done.history
+    _killed_after(1, monkeypatch, demo_dataset, tmp_path / "b.pt")
+    partial = tmp_path / "b.pt.partial.pt"
+    state = torch.load(partial, weights_only=False)
+    del state["key"]["recipe"]["crop_offset"]
+    torch.save(state, partial)
+    assert [h["epoch"] for h in _run(demo_dataset, tmp_path / "b.pt").history] == [1, 2]

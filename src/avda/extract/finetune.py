@@ -120,6 +120,19 @@ def _run_key(
     }
 
 
+def _current_form(recorded: Any) -> Any:
+    """A recorded key with the recipe fields an older avda did not record at their defaults
+    (``crop_offset``), as :func:`avda.extract.runner.recipe_differences` reads a store's
+    recipe: the same run is not refused after an upgrade."""
+    if not isinstance(recorded, dict) or not isinstance(recorded.get("recipe"), dict):
+        return recorded
+    try:
+        recipe = Recipe.from_dict(recorded["recipe"])
+    except (ConfigError, TypeError):
+        return recorded
+    return {**recorded, "recipe": json.loads(json.dumps(recipe.to_dict(), default=str))}
+
+
 def _differences(old: dict[str, Any], new: dict[str, Any]) -> str:
     def flat(key: dict[str, Any]) -> dict[str, Any]:
         nested = {f"recipe.{k}": v for k, v in (key.get("recipe") or {}).items()}
@@ -145,6 +158,7 @@ def _check_resume(
     """Refuse to resume a partial run started with other settings (it would go on with its
     own: the optimiser state brings back its lr, the weights their modality...), or one that
     has trained more epochs than asked (its weights would be recorded as ``epochs``')."""
+    recorded = _current_form(recorded)
     if not isinstance(recorded, dict):
         raise ConfigError(
             f"{partial} records no settings (an earlier avda wrote it), so it cannot be "
@@ -177,7 +191,7 @@ def _finished(out: Path, key: dict[str, Any], epochs: int) -> list[dict[str, flo
         meta = json.loads(meta_path.read_text())
     except (OSError, ValueError):
         meta = {}
-    recorded = meta.get("key") if isinstance(meta, dict) else None
+    recorded = _current_form(meta.get("key")) if isinstance(meta, dict) else None
     trained = (meta.get("config") or {}).get("epochs") if isinstance(meta, dict) else None
     if recorded == key and trained == epochs:
         return list(meta.get("history") or [])
