@@ -249,3 +249,15 @@ def test_evaluate_errors_name_the_keywords_not_the_cli_options(tmp_path):
     with pytest.raises(avda.errors.RunError) as error:
         avda.evaluate(tmp_path / "run", layout="auto", eval_set="nope")
     assert "choose another eval_set" in str(error.value) and "--set" not in str(error.value)
+
+
+def test_evaluate_keywords_leave_a_hint_to_train_with_set_as_it_is():
+    """``--set key=value`` in an error is `avda train`'s option (train again with it), not
+    `avda evaluate`'s --set: it stays a command-line hint."""
+    from avda.api import _keywords
+
+    hint = "train with --set keep_last_predictions=5; lower lr (--set lr=...)"
+    assert _keywords(hint) == hint
+    assert _keywords("--set x has no labels: choose another --set") == (
+        "eval_set='x' has no labels: choose another eval_set"
+    )

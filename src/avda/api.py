@@ -373,7 +373,10 @@ _EVALUATE_KEYWORDS = {
     "compare": "compare",
     "protocol": "protocol",
 }
-_OPTION = re.compile(r"--(" + "|".join(_EVALUATE_KEYWORDS) + r")\b(?: ([\w@.+-]+))?")
+# ``--set key=value`` is `avda train`'s option (a hint to train again), not `avda evaluate`'s
+_OPTION = re.compile(
+    r"--(" + "|".join(_EVALUATE_KEYWORDS) + r")\b(?! ?[\w@.+-]*=)(?: ([\w@.+-]+))?"
+)
 
 
 def _keywords(message: str) -> str:
