@@ -1277,6 +1277,11 @@ def predict_command(
     from avda.api import predict
 
     output_file(out)
+    if out.suffix.lower() != ".npz":
+        raise ConfigError(
+            f"-o {out}: avda predict writes a .npz (and its .csv beside it); name it "
+            f"{out.with_suffix('.npz').name}"
+        )
     result = predict(
         run,
         cache=cache,
@@ -1290,9 +1295,10 @@ def predict_command(
     for name, count in result.sets.items():
         parts = [f"{name}: {count} segments"]
         for task in result.scores:
-            top1 = result.metrics.get(f"{name}/{task}/top1")
-            if top1 is not None:
-                parts.append(f"{task} top-1 {100 * top1:.1f}%")
+            for metric, label in (("top1", "top-1"), ("mAP", "mAP")):
+                value = result.metrics.get(f"{name}/{task}/{metric}")
+                if value is not None and value == value:  # a multi-label set without labels: NaN
+                    parts.append(f"{task} {label} {100 * value:.1f}%")
         typer.echo(", ".join(parts))
 
 

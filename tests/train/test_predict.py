@@ -166,6 +166,9 @@ def test_the_command_prints_a_summary_and_fails_in_one_line(trained, tmp_path, c
     assert code == 1 and captured.out == ""
     assert len(captured.err.strip().splitlines()) == 1
     assert captured.err.startswith("error: cache ")
+    code = cli.main(["predict", str(trained / "dann"), "-o", str(tmp_path / "p.csv")])
+    captured = capsys.readouterr()  # not p.csv.npz and p.csv.csv
+    assert code == 1 and "name it p.npz" in captured.err and not list(tmp_path.glob("p.*"))
 
 
 @pytest.mark.parametrize("head", ["adabn", "source-only"])
@@ -241,3 +244,63 @@ def test_multi_label_ids_outside_the_runs_classes_are_refused_in_one_line(tmp_pa
     multi_label_cache(tmp_path / "new.zarr", ["1;7", "2"], seed=1)
     with pytest.raises(CacheError, match="labels holds class id 7, but run .* 5 labels"):
         avda.predict(tmp_path / "run", tmp_path / "new.zarr", progress=False)
+
+
+def _edit_provenance(path, change):
+    from avda.cache import schema
+
+    group = zarr.open_group(str(path), mode="r+")
+    provenance = dict(group.attrs[schema.ROOT_ATTRIBUTE])
+    change(provenance)
+    group.attrs[schema.ROOT_ATTRIBUTE] = provenance
+
+
+def test_another_recipe_or_class_table_is_refused_in_one_line(trained, tmp_path):
+    """A cache of the run's backbone but another recipe (another crop), or whose class table
+    names the same number of classes otherwise, would be scored silently wrong: refused."""
+    import json
+
+    run = tmp_path / "run"
+    shutil.copytree(trained / "source-only", run)
+    recorded = json.loads((run / runs.PROVENANCE).read_text())
+    recorded["recipe"] = {"name": "audio-adaptive", "crop_size": 256, "clips": 5}
+    recorded["classes"] = {"verb_class": ["open", "close", "take", "put"]}
+    (run / runs.PROVENANCE).write_text(json.dumps(recorded))
+    shutil.copytree(trained / "c.zarr", tmp_path / "new.zarr")
+    store = cache_lib.open_cache(tmp_path / "new.zarr")
+
+    def other(recipe, classes):
+        def change(provenance):
+            provenance.update(cache_id="another", recipe=recipe, classes=classes)
+
+        _edit_provenance(store.path, change)
+
+    other({"name": "mine", "crop_size": 256, "clips": 5}, recorded["classes"])  # same settings
+    assert len(avda.predict(run, store.path, splits="test", progress=False)) == 24
+    other({"name": "audio-adaptive-224", "crop_size": 224, "clips": 5}, recorded["classes"])
+    with pytest.raises(CacheError, match=r"another recipe .*crop_size: run 256, cache 224"):
+        avda.predict(run, store.path, progress=False)
+    other(recorded["recipe"], {"verb_class": ["close", "open", "take", "put"]})
+    with pytest.raises(CacheError, match="its verb_class class table is not the one"):
+        avda.predict(run, store.path, progress=False)
+
+
+def test_an_adapting_head_refuses_when_the_runs_training_rows_changed(trained, tmp_path):
+    """AdaBN normalises with the run's target training rows at evaluation: with those rows
+    changed since (here: one more extracted), its scores would move silently; evaluation rows
+    added do not matter."""
+    moved = tmp_path / "c.zarr"
+    shutil.copytree(trained / "c.zarr", moved)
+    store = cache_lib.open_cache(moved)
+    segments = store.segments
+    target_train = np.flatnonzero(
+        ((segments["domain"] == "target") & (segments["split"] == "train")).to_numpy()
+    )
+    from avda.cache import schema
+
+    status = zarr.open_group(str(moved), mode="r+")[schema.STATUS_GROUP]["rgb"]
+    result = avda.predict(trained / "adabn", moved, splits="test", progress=False)
+    _same_as_stored(trained / "adabn", result, "target_test")  # unchanged: predicted
+    status[int(target_train[0])] = int(schema.Status.FAILED)
+    with pytest.raises(RunError, match="target_train rows of .* changed since run"):
+        avda.predict(trained / "adabn", moved, splits="test", progress=False)

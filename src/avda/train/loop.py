@@ -479,7 +479,19 @@ def run_data(setup: setup_lib.RunSetup) -> dict[str, Any]:
         "manifest_sha256": store.provenance.get("manifest_sha256"),
         "modalities": {m: store.modality_info(m) for m in setup.modalities},
         "segments_sha256": digest.hexdigest(),
+        # each training set's own digest: `avda predict` checks the rows an adapting head
+        # normalises with at evaluation are still the run's (evaluation rows may be added)
+        "training_sets_sha256": {
+            name: rows_digest(uids, sets[name]) for name in ("source_train", "target_train")
+        },
     }
+
+
+def rows_digest(uids: np.ndarray, rows: np.ndarray) -> str:
+    """sha256 of the uids of ``rows``, in order."""
+    import hashlib
+
+    return hashlib.sha256("\n".join(uids[np.asarray(rows, dtype=np.int64)]).encode()).hexdigest()
 
 
 def _data_changes(recorded: dict[str, Any], current: dict[str, Any]) -> list[str]:

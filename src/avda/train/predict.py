@@ -101,6 +101,56 @@ def _check_same_features(run: Path, recorded: dict[str, Any], store: FeatureCach
             )
 
 
+def _check_same_recipe_and_classes(run: Path, recorded: dict[str, Any], store: FeatureCache):
+    """Refuse a cache extracted with another recipe (crop, clips, frame sampling: its
+    settings, not its name) or holding another class table than the cache the run trained on
+    (a field one record lacks, written by an older avda, is not compared)."""
+    want, have = recorded.get("recipe"), store.provenance.get("recipe")
+    if isinstance(want, dict) and isinstance(have, dict):
+        keys = sorted(k for k in set(want) & set(have) - {"name"} if want[k] != have[k])
+        if keys:
+            shown = "; ".join(f"{k}: run {want[k]!r}, cache {have[k]!r}" for k in keys[:3])
+            raise CacheError(
+                f"cache {store.path} was extracted with another recipe than the features run "
+                f"{run} trained on ({shown}); extract with the run's --recipe to predict with it"
+            )
+    want, have = recorded.get("classes"), store.provenance.get("classes")
+    if isinstance(want, dict) and isinstance(have, dict):
+        for column in sorted(set(want) & set(have)):
+            if list(want[column]) != list(have[column]):
+                raise CacheError(
+                    f"cache {store.path}: its {column} class table is not the one of the cache "
+                    f"run {run} trained on (names or order differ); its scores would be read "
+                    "against the wrong classes: build the cache's manifest with the run's class "
+                    "table"
+                )
+
+
+def _check_training_rows(
+    run: Path,
+    recorded: dict[str, Any] | None,
+    store: FeatureCache,
+    source_rows: np.ndarray,
+    target_rows: np.ndarray,
+) -> None:
+    """Refuse predicting when the run's training rows changed since it trained (segments
+    extracted, failed or appended to its training splits): an adapting head would normalise
+    with other statistics, a staged head read other rows than its stages were made from."""
+    data = (recorded or {}).get("run_data")
+    digests = data.get("training_sets_sha256") if isinstance(data, dict) else None
+    if not isinstance(digests, dict):
+        return  # a run recorded before the per-set digests: nothing to compare with
+    uids = store.segments["uid"].astype(str).to_numpy()
+    for name, rows in (("source_train", source_rows), ("target_train", target_rows)):
+        if name in digests and loop_lib.rows_digest(uids, rows) != digests[name]:
+            raise RunError(
+                f"the {name} rows of {store.path} changed since run {run} trained on them "
+                f"(now {len(rows)}: segments extracted, failed or added): its head uses them "
+                "at evaluation; restore the cache's training splits, or put new segments in "
+                "another domain or split"
+            )
+
+
 def _check_labels(run: Path, store: FeatureCache, rows: np.ndarray, tasks) -> None:
     """Refuse labels the run's head has no class for (a cache of another class table): one
     line, not an index error while the labels load."""
@@ -259,6 +309,7 @@ def predict_run(
         setup = RunSetup.from_run(run, device, cache=given)
         recorded = _recorded_features(run, run_setup.store if run_setup else None)
         _check_same_features(run, recorded, setup.store, setup.modalities)
+        _check_same_recipe_and_classes(run, provenance or {}, setup.store)
         if cls.staged and getattr(setup.config, "encoder_input", None) == "spatial":
             raise RunError(
                 f"run {run} ({config['head']}, encoder_input=spatial) predicts only on the "
@@ -289,6 +340,7 @@ def predict_run(
         source_rows, target_rows = training_rows(
             run_setup.store, config["source"], config["target"], modalities, run_setup.config
         )
+        _check_training_rows(run, provenance, run_setup.store, source_rows, target_rows)
         target_set = run_setup.load("target_train", target_rows, statistics)
         if cls.staged:
             train_set = run_setup.load("source_train", source_rows, statistics)
