@@ -423,14 +423,9 @@ echo "Submitted batch job $!\"""",
     return queue
 
 
-@pytest.mark.slow
-def test_a_job_lost_mid_run_while_the_others_wait_in_a_busy_queue(tmp_path, cache, monkeypatch):
-    """SLURM through shims that start jobs: of 2 jobs asked for, one starts and the other waits
-    in the queue; the running job is killed mid-run (preempted). The run resumes on the job that
-    starts later: every run finishes, each epoch of each run is trained once (no two workers
-    wrote one run folder), and the sweep's jobs are cancelled at the end."""
-    queue = _queue_shims(tmp_path, monkeypatch, "0 12")
-    spec = sweep.parse_spec(
+def _two_job_spec(cache, tmp_path, worker_timeout: float):
+    """Two source-only runs of 12 epochs on a SLURM cluster of 2 one-core jobs, no retries."""
+    return sweep.parse_spec(
         {
             "cache": str(cache),
             "heads": [{"name": "source-only", "epochs": 12, "hidden_dim": 16}],
@@ -439,11 +434,28 @@ def test_a_job_lost_mid_run_while_the_others_wait_in_a_busy_queue(tmp_path, cach
             "retries": 0,
             "cluster": {
                 "kind": "slurm", "workers": 2, "cores": 1, "memory": "2GB",
-                "worker_timeout": 60, "log_directory": str(tmp_path / "logs"),
+                "worker_timeout": worker_timeout, "log_directory": str(tmp_path / "logs"),
             },
         }
     )  # fmt: skip
-    out = tmp_path / "runs"
+
+
+def _assert_every_epoch_once(summary, out, interrupted: str) -> None:
+    """Every run of the sweep complete, the ``interrupted`` one resumed, each epoch (1-12) of
+    each run trained once (no two workers wrote one run folder)."""
+    assert summary.ok, summary.text()
+    assert summary.outcomes[f"source-only/source-target/{interrupted}"].resumed_from_epoch >= 1
+    for run in summary.run_dirs:
+        assert [m["epoch"] for m in runs.read_metrics(run)] == list(range(1, 13)), run
+    index = json.loads((out / sweep.INDEX).read_text())["runs"]
+    assert {e["status"] for e in index} == {"complete"}
+
+
+@contextlib.contextmanager
+def _first_job_preempted(queue, out):
+    """Kill the first job's processes (a preemption) once a run of ``out`` has a checkpoint
+    and is not complete; yields the names of the runs it interrupted. Every job the shims
+    started is killed at the end, whatever happened."""
     killed: list = []
 
     def preempt_the_first_job() -> None:
@@ -459,19 +471,26 @@ def test_a_job_lost_mid_run_while_the_others_wait_in_a_busy_queue(tmp_path, cach
     killer = threading.Thread(target=preempt_the_first_job, daemon=True)
     killer.start()
     try:
-        summary = sweep.run_sweep(spec, out=out, progress=False)
+        yield killed
     finally:
         killer.join(timeout=1)
         for pid in queue.glob("*.pid"):  # nothing left behind, whatever happened
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(int(pid.read_text()), signal.SIGKILL)
+
+
+@pytest.mark.slow
+def test_a_job_lost_mid_run_while_the_others_wait_in_a_busy_queue(tmp_path, cache, monkeypatch):
+    """SLURM through shims that start jobs: of 2 jobs asked for, one starts and the other waits
+    in the queue; the running job is killed mid-run (preempted). The run resumes on the job that
+    starts later: every run finishes, each epoch of each run is trained once (no two workers
+    wrote one run folder), and the sweep's jobs are cancelled at the end."""
+    queue = _queue_shims(tmp_path, monkeypatch, "0 12")
+    spec, out = _two_job_spec(cache, tmp_path, worker_timeout=60), tmp_path / "runs"
+    with _first_job_preempted(queue, out) as killed:
+        summary = sweep.run_sweep(spec, out=out, progress=False)
     assert killed, "the first job never trained a run"
-    assert summary.ok, summary.text()
-    assert summary.outcomes[f"source-only/source-target/{killed[0]}"].resumed_from_epoch >= 1
-    for run in summary.run_dirs:
-        assert [m["epoch"] for m in runs.read_metrics(run)] == list(range(1, 13)), run
-    index = json.loads((out / sweep.INDEX).read_text())["runs"]
-    assert {e["status"] for e in index} == {"complete"}
+    _assert_every_epoch_once(summary, out, killed[0])
     events = (queue / "events").read_text()
     assert events.count("submit") == 2, events  # no job submitted again: the queued one served
 
@@ -492,46 +511,14 @@ def test_a_restart_leaves_jobs_waiting_in_the_queue_there(
 
     monkeypatch.setattr(sweep, "MAX_RESTARTS", restarts)
     queue = _queue_shims(tmp_path, monkeypatch, "0 40 0")
-    spec = sweep.parse_spec(
-        {
-            "cache": str(cache),
-            "heads": [{"name": "source-only", "epochs": 12, "hidden_dim": 16}],
-            "settings": ["source->target"],
-            "seeds": [0, 1],
-            "retries": 0,
-            "cluster": {
-                "kind": "slurm", "workers": 2, "cores": 1, "memory": "2GB",
-                "worker_timeout": 3, "log_directory": str(tmp_path / "logs"),
-            },
-        }
-    )  # fmt: skip
-    out = tmp_path / "runs"
-    killed: list = []
-
-    def preempt_the_first_job() -> None:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            for run in out.glob("*/*/seed*"):
-                if (run / runs.CHECKPOINT).exists() and not runs.is_complete(run):
-                    os.killpg(int((queue / "job0.pid").read_text()), signal.SIGKILL)
-                    killed.append(run.name)
-                    return
-            time.sleep(0.05)
-
-    killer = threading.Thread(target=preempt_the_first_job, daemon=True)
-    killer.start()
+    spec, out = _two_job_spec(cache, tmp_path, worker_timeout=3), tmp_path / "runs"
     caplog.set_level(logging.WARNING, logger="avda.sweep.run")
-    try:
+    with _first_job_preempted(queue, out) as killed:
         if restarts:
             summary = sweep.run_sweep(spec, out=out, progress=False)
         else:
             with pytest.raises(AvdaError) as raised:
                 sweep.run_sweep(spec, out=out, progress=False)
-    finally:
-        killer.join(timeout=1)
-        for pid in queue.glob("*.pid"):  # nothing left behind, whatever happened
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(int(pid.read_text()), signal.SIGKILL)
     assert killed, "the first job never trained a run"
     events = (queue / "events").read_text().splitlines()
     waiting = (queue / "job1.pid").read_text().strip()
@@ -541,12 +528,7 @@ def test_a_restart_leaves_jobs_waiting_in_the_queue_there(
         assert "1 job(s) still waiting in the queue: raise cluster.worker_timeout" in message
         assert events.count("submit job2") == 0 and f"scancel {waiting}" in events, events
         return
-    assert summary.ok, summary.text()
-    assert summary.outcomes[f"source-only/source-target/{killed[0]}"].resumed_from_epoch >= 1
-    for run in summary.run_dirs:
-        assert [m["epoch"] for m in runs.read_metrics(run)] == list(range(1, 13)), run
-    index = json.loads((out / sweep.INDEX).read_text())["runs"]
-    assert {e["status"] for e in index} == {"complete"}
+    _assert_every_epoch_once(summary, out, killed[0])
     # the dead job submitted again once; the queued one cancelled only when the sweep ended
     assert [e.split()[:2] for e in events if e.startswith("submit")] == [
         ["submit", "job0"], ["submit", "job1"], ["submit", "job2"]

@@ -9,31 +9,23 @@ import numpy as np
 import pytest
 import zarr
 from tests.conftest import make_feature_cache
-from tests.train.test_audio_adaptive_pipeline import TINY, make_audio_visual_cache
+from tests.train.test_audio_adaptive_pipeline import _train as train_audio_adaptive
+from tests.train.test_audio_adaptive_pipeline import make_audio_visual_cache
+from tests.train.test_loop import _train as train_run
 
 import avda
 from avda import cache as cache_lib
 from avda import cli, runs
 from avda.errors import CacheError, RunError
 from avda.train import heads
-from avda.train.loop import train
 
 MODALITIES = ("rgb", "flow", "audio")
 QUICK = [h for h in heads.names() if h != "audio-adaptive"]
 
 
 def _train(cache, out, head, **overrides):
-    return train(
-        cache=cache,
-        head=head,
-        source=["source"],
-        target=["target"],
-        out=out,
-        seed=1,
-        # standardised: the run's input statistics change every score (the break-it check)
-        overrides={"epochs": 2, "batch_size": 16, "standardize": True, **overrides},
-        progress=False,
-    )
+    # standardised: the run's input statistics change every score (the break-it check)
+    return train_run(cache, out, head, **{"epochs": 2, "standardize": True, **overrides})
 
 
 @pytest.fixture(scope="module")
@@ -72,11 +64,7 @@ def test_audio_adaptive_predicts_from_its_stages_without_writing_into_the_run(tm
         visual=("rgb",),
     )  # fmt: skip
     run = tmp_path / "run"
-    train(
-        cache=tmp_path / "c.zarr", head="audio-adaptive", source=["source"],
-        target=["target"], out=run, seed=0, overrides={**TINY, "standardize": True},
-        progress=False,
-    )  # fmt: skip
+    train_audio_adaptive(tmp_path / "c.zarr", run, standardize=True)  # TINY's schedule
     before = {p: p.stat().st_mtime_ns for p in run.rglob("*")}
     result = avda.predict(run, splits=["test"], progress=False)
     assert {p: p.stat().st_mtime_ns for p in run.rglob("*")} == before
