@@ -292,3 +292,21 @@ def test_an_adapting_head_refuses_when_the_runs_training_rows_changed(trained, t
     status[int(target_train[0])] = int(schema.Status.FAILED)
     with pytest.raises(RunError, match="target_train rows of .* changed since run"):
         avda.predict(trained / "adabn", moved, splits="test", progress=False)
+
+
+def test_each_domain_the_run_never_saw_is_a_set_of_its_own(trained, tmp_path):
+    """The run's target domains are predicted together (as its evaluation did), every other
+    domain apart (``target_<split>@<domain>``), so statistics estimated on a predicted set
+    never mix two unseen domains; the scores of those rows do not depend on the grouping for a
+    head that does not adapt at evaluation."""
+    import yaml
+
+    run = tmp_path / "run"
+    shutil.copytree(trained / "source-only", run)
+    config = yaml.safe_load((run / runs.CONFIG).read_text())
+    config["target"] = ["elsewhere"]  # the cache's "target" rows: a domain this run never saw
+    (run / runs.CONFIG).write_text(yaml.safe_dump(config))
+    result = avda.predict(run, splits="test", progress=False)
+    assert result.sets == {"source_test": 12, "target_test@target": 12}
+    stored = runs.read_predictions(trained / "source-only", "target_test")
+    np.testing.assert_array_equal(result.scores["verb"][12:], stored["scores"]["verb"])

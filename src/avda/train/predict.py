@@ -9,6 +9,7 @@ way the run's own final evaluation did (:func:`avda.train.loop.evaluate_sets`):
   (``<role>_<split>``): a row of one of the run's source domains is ``source``, any other
   domain (the run's target, or a domain the run never saw) is ``target``, so a domain-specific
   normalisation (TA3N, MM-SADA, CIA's per-domain norms) takes the target's statistics there;
+  each domain the run never saw is a set of its own (``target_<split>@<domain>``);
 - a head that adapts at evaluation (AdaBN) re-estimates its target statistics from the run's
   own unlabelled target training set (on the run's cache, with the run's statistics), exactly
   as at the run's evaluation (``statistics="evaluation-set"``: from the predicted set);
@@ -216,21 +217,20 @@ def _open_run_cache(
     return store
 
 
-def _role(domain: str, source: Sequence[str]) -> str:
-    return "source" if domain in source else "target"
-
-
 def prediction_rows(
     store: FeatureCache,
     modalities: Sequence[str],
     source: Sequence[str],
     domains: Sequence[str] | None = None,
     splits: Sequence[str] | None = None,
+    target: Sequence[str] = (),
 ) -> dict[str, np.ndarray]:
     """The usable rows of ``domains`` x ``splits`` of ``store`` (default: all of them), in sets
     named as the loop's evaluation sets: ``source_<split>`` for the run's ``source`` domains,
-    ``target_<split>`` for every other domain; ``<role>_train_rows`` for a training split (the
-    names ``source_train`` / ``target_train`` are the run's own training sets)."""
+    ``target_<split>`` for its ``target`` domains, ``target_<split>@<domain>`` for each other
+    domain (a set of its own: a head that re-estimates statistics on the predicted set does
+    so per domain); ``..._train_rows`` for a training split (the names ``source_train`` /
+    ``target_train`` are the run's own training sets)."""
     segments = store.segments
     known_domains = sorted(segments["domain"].dropna().unique())
     known_splits = sorted(segments["split"].dropna().unique())
@@ -247,14 +247,19 @@ def prediction_rows(
     chosen_splits = list(splits) if splits else known_splits
     order = {"train": 0, "val": 1, "test": 2}
     sets: dict[str, np.ndarray] = {}
-    for role in ("source", "target"):
-        members = [d for d in chosen_domains if _role(d, source) == role]
+    groups = [("source", "", [d for d in chosen_domains if d in source])]
+    groups.append(("target", "", [d for d in chosen_domains if d in target and d not in source]))
+    groups += [
+        ("target", f"@{d}", [d]) for d in chosen_domains if d not in source and d not in target
+    ]
+    for role, suffix, members in groups:
         if not members:
             continue
         for split in sorted(chosen_splits, key=lambda s: (order.get(s, 3), s)):
             rows = data_lib.select_rows(store, members, [split], modalities)
             if len(rows):
-                sets[f"{role}_{split}" + ("_rows" if split == "train" else "")] = rows
+                name = f"{role}_{split}" + ("_rows" if split == "train" else "")
+                sets[name + suffix] = rows
     if not sets:
         raise CacheError(
             f"no extracted segments of domain(s) {chosen_domains} and split(s) {chosen_splits} "
@@ -322,7 +327,9 @@ def predict_run(
     device = setup.device
     modalities = setup.modalities
 
-    rows = prediction_rows(setup.store, modalities, config["source"], domains, splits)
+    rows = prediction_rows(
+        setup.store, modalities, config["source"], domains, splits, config["target"]
+    )
     _check_labels(run, setup.store, np.concatenate(list(rows.values())), setup.tasks)
     bar = progress_bar(
         list(rows.items()), desc=f"predict {head_name}", unit="set", disable=not progress
