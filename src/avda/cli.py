@@ -1275,9 +1275,11 @@ def predict_command(
 ) -> None:
     """Apply a finished run's head to cache rows: the run's own, or a cache extracted later."""
     from avda.api import predict
+    from avda.train.predict import check_output
 
     output_file(out)
-    if out.suffix.lower() != ".npz":
+    check_output(run, out)  # before any work
+    if out.suffix != ".npz":
         raise ConfigError(
             f"-o {out}: avda predict writes a .npz (and its .csv beside it); name it "
             f"{out.with_suffix('.npz').name}"

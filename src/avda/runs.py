@@ -170,14 +170,17 @@ def save_predictions(
     uids: np.ndarray,
     labels: dict[str, np.ndarray],
     scores: dict[str, np.ndarray],
+    columns: dict[str, np.ndarray] | None = None,
 ) -> Path:
     """``path`` (``.npz``: uids, ``label_<task>``, ``score_<task>``) and the table for people
     beside it (``.csv``), atomically: the files a run writes per evaluation set, and what
-    ``avda predict -o`` writes (:func:`load_predictions` reads either)."""
+    ``avda predict -o`` writes (:func:`load_predictions` reads either). ``columns``: more
+    per-row values written into both (``avda predict``'s ``set``)."""
     path = Path(path)
     folder, name = path.parent, path.name.removesuffix(".npz")
     folder.mkdir(parents=True, exist_ok=True)
     arrays = {"uids": np.asarray(uids, dtype=str)}
+    arrays.update({k: np.asarray(v, dtype=str) for k, v in (columns or {}).items()})
     for task in scores:
         arrays[f"label_{task}"] = labels[task]
         arrays[f"score_{task}"] = scores[task].astype(np.float32)
@@ -186,7 +189,7 @@ def save_predictions(
         lambda tmp: np.savez_compressed(tmp, **arrays),
         temporary=folder / f"{name}.tmp.npz",  # savez adds .npz to a name without it
     )
-    table = {"uid": arrays["uids"]}
+    table = {"uid": arrays["uids"], **{k: arrays[k] for k in columns or {}}}
     for task in scores:
         if scores[task].ndim == 2 and labels[task].ndim == 1:
             table[f"{task}_label"] = labels[task]

@@ -16,7 +16,7 @@ from tests.train.test_loop import _train as train_run
 import avda
 from avda import cache as cache_lib
 from avda import cli, runs
-from avda.errors import CacheError, RunError
+from avda.errors import CacheError, ConfigError, RunError
 from avda.train import heads
 
 MODALITIES = ("rgb", "flow", "audio")
@@ -310,3 +310,31 @@ def test_each_domain_the_run_never_saw_is_a_set_of_its_own(trained, tmp_path):
     assert result.sets == {"source_test": 12, "target_test@target": 12}
     stored = runs.read_predictions(trained / "source-only", "target_test")
     np.testing.assert_array_equal(result.scores["verb"][12:], stored["scores"]["verb"])
+
+
+def test_the_output_says_each_rows_set_and_never_goes_into_the_run(trained, tmp_path, capsys):
+    """A new user wrote ``-o RUN/predictions/target_test.npz``: the run's own file was
+    replaced and ``avda evaluate`` read 240 rows as its target test. Refused now, before any
+    work; the files name each row's set; ``top1`` per set; a short repr."""
+    run = trained / "dann"
+    before = (run / runs.PREDICTIONS / "target_test.npz").read_bytes()
+    inside = run / runs.PREDICTIONS / "target_test.npz"
+    code = cli.main(["predict", str(run), "-o", str(inside), "-q"])
+    assert code == 1 and "is inside run" in capsys.readouterr().err
+    assert (run / runs.PREDICTIONS / "target_test.npz").read_bytes() == before
+    result = avda.predict(run, splits="test", progress=False)
+    with pytest.raises(ConfigError, match="is inside run"):
+        result.save(inside)
+    with pytest.raises(ConfigError, match="name it p.npz"):
+        result.save(tmp_path / "p.NPZ")
+    path = result.save(tmp_path / "p.npz")
+    assert np.load(path)["set"].tolist() == ["source_test"] * 12 + ["target_test"] * 12
+    assert open(tmp_path / "p.csv").readline().startswith("uid,set,")
+    assert result.top1("verb", set="target_test") == pytest.approx(
+        runs.read_metrics(run)[-1]["target_test/verb/top1"]
+    )
+    assert repr(result) == (
+        "Predictions(24 segments; source_test: 12, target_test: 12; tasks verb)"
+    )
+    with pytest.raises(ConfigError, match="no task 'noun'; its tasks: verb"):
+        result.top1("noun")

@@ -34,7 +34,7 @@ import numpy as np
 from avda import runs
 from avda._io import progress_bar
 from avda.cache import FeatureCache, open_cache
-from avda.errors import CacheError, RunError
+from avda.errors import CacheError, ConfigError, RunError
 from avda.train import data as data_lib
 from avda.train import heads as heads_lib
 from avda.train import loop as loop_lib
@@ -58,13 +58,32 @@ class Predictions:
     scores: dict[str, np.ndarray]
     sets: dict[str, int]
     metrics: dict[str, float]
+    run: Path | None = None  # the run that predicted (save refuses to write into it)
 
     def __len__(self) -> int:
         return len(self.uids)
 
-    def top1(self, task: str) -> float | None:
-        """Top-1 accuracy of ``task`` over every predicted row with a label (None: none has)."""
+    def __repr__(self) -> str:
+        sets = ", ".join(f"{name}: {count}" for name, count in self.sets.items())
+        return f"Predictions({len(self)} segments; {sets}; tasks {', '.join(self.scores)})"
+
+    def set_names(self) -> np.ndarray:
+        """The set of every row (``target_test``, ``target_test@P03``...), in row order."""
+        return np.repeat(list(self.sets), list(self.sets.values())).astype(str)
+
+    def top1(self, task: str, set: str | None = None) -> float | None:
+        """Top-1 accuracy of ``task`` over the rows of ``set`` (default: every predicted row)
+        that have a label; None where none has (or the task is multi-label)."""
+        if task not in self.scores:
+            raise ConfigError(
+                f"the run predicts no task {task!r}; its tasks: {', '.join(self.scores)}"
+            )
         labels, scores = self.labels[task], self.scores[task]
+        if set is not None:
+            if set not in self.sets:
+                raise ConfigError(f"no predicted set {set!r}; sets: {', '.join(self.sets)}")
+            chosen = self.set_names() == set
+            labels, scores = labels[chosen], scores[chosen]
         if labels.ndim != 1:
             return None
         known = labels >= 0
@@ -73,8 +92,17 @@ class Predictions:
         return float((scores[known].argmax(1) == labels[known]).mean())
 
     def save(self, path: str | Path) -> Path:
-        """Write ``path`` (.npz) and its .csv as a run writes its predictions."""
-        return runs.save_predictions(Path(path), self.uids, self.labels, self.scores)
+        """Write ``path`` (a ``.npz``) and its .csv as a run writes its predictions, with each
+        row's ``set``."""
+        path = check_output(self.run, path)
+        if path.suffix != ".npz":
+            raise ConfigError(
+                f"{path}: predictions are written as a .npz (and its .csv beside it); name it "
+                f"{path.with_suffix('.npz').name}"
+            )
+        return runs.save_predictions(
+            path, self.uids, self.labels, self.scores, columns={"set": self.set_names()}
+        )
 
 
 def _check_same_features(run: Path, recorded: dict[str, Any], store: FeatureCache, modalities):
@@ -94,7 +122,9 @@ def _check_same_features(run: Path, recorded: dict[str, Any], store: FeatureCach
         want, have = _comparable(want), _comparable(dict(infos[modality]))
         keys = sorted(k for k in {*want, *have} if want.get(k) != have.get(k))
         if keys:
-            shown = "; ".join(f"{k}: run {want.get(k)!r}, cache {have.get(k)!r}" for k in keys[:3])
+            shown = "; ".join(
+                f"{k}: run {_short(want.get(k))}, cache {_short(have.get(k))}" for k in keys[:3]
+            )
             raise CacheError(
                 f"cache {store.path}: its {modality} features differ from those run {run} "
                 f"trained on ({shown}); extract {modality} with the run's settings (avda "
@@ -102,15 +132,36 @@ def _check_same_features(run: Path, recorded: dict[str, Any], store: FeatureCach
             )
 
 
+def check_output(run: str | Path | None, out: str | Path) -> Path:
+    """``out``, refused inside ``run`` (whose predictions avda evaluate reads back)."""
+    out = Path(out)
+    if run is not None and out.resolve().is_relative_to(Path(run).resolve()):
+        raise ConfigError(
+            f"-o {out} is inside run {run}, whose files avda reads back (evaluate, report): "
+            "write the predictions elsewhere"
+        )
+    return out
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def _check_same_recipe_and_classes(run: Path, recorded: dict[str, Any], store: FeatureCache):
     """Refuse a cache extracted with another recipe (crop, clips, frame sampling: its
     settings, not its name) or holding another class table than the cache the run trained on
     (a field one record lacks, written by an older avda, is not compared)."""
     want, have = recorded.get("recipe"), store.provenance.get("recipe")
-    if isinstance(want, dict) and isinstance(have, dict):
-        keys = sorted(k for k in set(want) & set(have) - {"name"} if want[k] != have[k])
+    generated = any(str((r or {}).get("name", "")).startswith("synthetic") for r in (want, have))
+    if isinstance(want, dict) and isinstance(have, dict) and not generated:
+        # the settings that make the features, not the recipe's name or its random placement's
+        # seed; a generated cache (avda.cache.synthetic) records its generator, not a recipe
+        keys = sorted(k for k in set(want) & set(have) - {"name", "seed"} if want[k] != have[k])
         if keys:
-            shown = "; ".join(f"{k}: run {want[k]!r}, cache {have[k]!r}" for k in keys[:3])
+            shown = "; ".join(
+                f"{k}: run {_short(want[k])}, cache {_short(have[k])}" for k in keys[:3]
+            )
             raise CacheError(
                 f"cache {store.path} was extracted with another recipe than the features run "
                 f"{run} trained on ({shown}); extract with the run's --recipe to predict with it"
@@ -379,6 +430,7 @@ def predict_run(
         scores={t: np.concatenate([scores[n][t] for n in sets]) for t in tasks},
         sets={n: len(s) for n, s in sets.items()},
         metrics=metrics,
+        run=run,
     )
 
 

@@ -887,24 +887,21 @@ class AudioAdaptiveStages:
         compute,
     ) -> dict[str, torch.Tensor]:
         """``compute(feature_set, index)`` of every segment of every set, stored as stage
-        ``name`` (remade when ``key`` changed), one float32 tensor per set name."""
+        ``name`` (remade when ``key`` changed), one float32 tensor per set name. A set the
+        stored stage already holds (same segments, same upstream modules, same precision) is
+        read back, not recomputed: ``avda predict`` on new rows computes only those."""
+        stored = self._stored_outputs(name, key, sets, training)
         if self.stages.matches(name, key):
-            arrays = self.stages.load_arrays(name)
-            stored = {
-                s.name: arrays.get(f"{s.name}.values")
-                for s in sets
-                if np.array_equal(arrays.get(f"{s.name}.uids", []), s.uids)
-            }
-            if all(
-                v is not None and v.dtype == np.float32 and np.isfinite(v).all()
-                for v in stored.values()
-            ) and [s.name for s in sets] == list(stored):
-                return {k: torch.from_numpy(v) for k, v in stored.items()}
+            if [s.name for s in sets] == list(stored):
+                return stored
             log.warning("stage %s: stored outputs do not match the sets; recomputing", name)
         device = torch.device(self.device)
         bf16 = self.config.precision == "bf16"
         out: dict[str, torch.Tensor] = {}
         for feature_set in sets:
+            if feature_set.name in stored:
+                out[feature_set.name] = stored[feature_set.name]
+                continue
             autocast = torch.autocast(
                 device.type, dtype=torch.bfloat16, enabled=bf16 and feature_set.name in training
             )
@@ -927,6 +924,37 @@ class AudioAdaptiveStages:
         summary = {s.name: list(out[s.name].shape) for s in sets}
         self.stages.save_arrays(name, arrays, key, summary, compress=False)
         return out
+
+    def _stored_outputs(
+        self, name: str, key: dict[str, Any], sets: Sequence[FeatureSet], training: Sequence[str]
+    ) -> dict[str, torch.Tensor]:
+        """The sets of ``sets`` whose outputs stage ``name`` holds as ``key`` would make them:
+        the same upstream record, the same segments, computed under the same precision."""
+        record = self.stages.record(name)
+        stored_key = (record or {}).get("key")
+        if not isinstance(stored_key, dict):
+            return {}
+        wanted = json.loads(json.dumps(key))
+        if stored_key.get("upstream") != wanted.get("upstream"):
+            return {}
+        stored_bf16 = set(stored_key.get("bf16_sets", ()))
+        bf16 = self.config.precision == "bf16"
+        arrays = None
+        found: dict[str, torch.Tensor] = {}
+        for feature_set in sets:
+            if (feature_set.name in stored_bf16) != (bf16 and feature_set.name in training):
+                continue
+            if arrays is None:
+                arrays = self.stages.load_arrays(name)
+            values = arrays.get(f"{feature_set.name}.values")
+            if (
+                values is not None
+                and np.array_equal(arrays.get(f"{feature_set.name}.uids", []), feature_set.uids)
+                and values.dtype == np.float32
+                and np.isfinite(values).all()
+            ):
+                found[feature_set.name] = torch.from_numpy(values)
+        return found
 
     def attach_frozen_outputs(
         self, sets: Sequence[FeatureSet], training: Sequence[str] = ()
