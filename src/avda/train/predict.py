@@ -122,13 +122,11 @@ def _check_same_features(run: Path, recorded: dict[str, Any], store: FeatureCach
         want, have = _comparable(want), _comparable(dict(infos[modality]))
         keys = sorted(k for k in {*want, *have} if want.get(k) != have.get(k))
         if keys:
-            shown = "; ".join(
-                f"{k}: run {_short(want.get(k))}, cache {_short(have.get(k))}" for k in keys[:3]
-            )
             raise CacheError(
                 f"cache {store.path}: its {modality} features differ from those run {run} "
-                f"trained on ({shown}); extract {modality} with the run's settings (avda "
-                "extract, the same backbone, weights and recipe) to predict with this run"
+                f"trained on ({_shown(want, have, keys)}); extract {modality} with the run's "
+                "settings (avda extract, the same backbone, weights and recipe) to predict "
+                "with this run"
             )
 
 
@@ -143,9 +141,15 @@ def check_output(run: str | Path | None, out: str | Path) -> Path:
     return out
 
 
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
+def _shown(want: dict[str, Any], have: dict[str, Any], keys: list[str]) -> str:
+    """The first three differing ``keys`` as ``key: run VALUE, cache VALUE`` (values cut to
+    60 characters: a backbone's input spec is a dict)."""
+
+    def short(value: Any) -> str:
+        text = repr(value)
+        return text if len(text) <= 60 else text[:57] + "..."
+
+    return "; ".join(f"{k}: run {short(want.get(k))}, cache {short(have.get(k))}" for k in keys[:3])
 
 
 def _check_same_recipe_and_classes(run: Path, recorded: dict[str, Any], store: FeatureCache):
@@ -153,18 +157,18 @@ def _check_same_recipe_and_classes(run: Path, recorded: dict[str, Any], store: F
     settings, not its name) or holding another class table than the cache the run trained on
     (a field one record lacks, written by an older avda, is not compared)."""
     want, have = recorded.get("recipe"), store.provenance.get("recipe")
-    generated = any(str((r or {}).get("name", "")).startswith("synthetic") for r in (want, have))
+    generated = any(
+        isinstance(r, dict) and str(r.get("name", "")).startswith("synthetic") for r in (want, have)
+    )
     if isinstance(want, dict) and isinstance(have, dict) and not generated:
         # the settings that make the features, not the recipe's name or its random placement's
         # seed; a generated cache (avda.cache.synthetic) records its generator, not a recipe
         keys = sorted(k for k in set(want) & set(have) - {"name", "seed"} if want[k] != have[k])
         if keys:
-            shown = "; ".join(
-                f"{k}: run {_short(want[k])}, cache {_short(have[k])}" for k in keys[:3]
-            )
             raise CacheError(
                 f"cache {store.path} was extracted with another recipe than the features run "
-                f"{run} trained on ({shown}); extract with the run's --recipe to predict with it"
+                f"{run} trained on ({_shown(want, have, keys)}); extract with the run's "
+                "--recipe to predict with it"
             )
     want, have = recorded.get("classes"), store.provenance.get("classes")
     if isinstance(want, dict) and isinstance(have, dict):
@@ -182,18 +186,18 @@ def _check_training_rows(
     run: Path,
     recorded: dict[str, Any] | None,
     store: FeatureCache,
-    source_rows: np.ndarray,
-    target_rows: np.ndarray,
+    used: dict[str, np.ndarray],
 ) -> None:
-    """Refuse predicting when the run's training rows changed since it trained (segments
-    extracted, failed or appended to its training splits): an adapting head would normalise
-    with other statistics, a staged head read other rows than its stages were made from."""
+    """Refuse predicting when the ``used`` training sets of the run (name -> rows now) changed
+    since it trained (segments extracted, failed or appended to its training splits): an
+    adapting head would normalise with other statistics, a staged head read other rows than
+    its stages were made from."""
     data = (recorded or {}).get("run_data")
     digests = data.get("training_sets_sha256") if isinstance(data, dict) else None
     if not isinstance(digests, dict):
         return  # a run recorded before the per-set digests: nothing to compare with
     uids = store.segments["uid"].astype(str).to_numpy()
-    for name, rows in (("source_train", source_rows), ("target_train", target_rows)):
+    for name, rows in used.items():
         if name in digests and loop_lib.rows_digest(uids, rows) != digests[name]:
             raise RunError(
                 f"the {name} rows of {store.path} changed since run {run} trained on them "
@@ -398,7 +402,11 @@ def predict_run(
         source_rows, target_rows = training_rows(
             run_setup.store, config["source"], config["target"], modalities, run_setup.config
         )
-        _check_training_rows(run, provenance, run_setup.store, source_rows, target_rows)
+        used = {
+            "target_train": target_rows,
+            **({"source_train": source_rows} if cls.staged else {}),
+        }
+        _check_training_rows(run, provenance, run_setup.store, used)
         target_set = run_setup.load("target_train", target_rows, statistics)
         if cls.staged:
             train_set = run_setup.load("source_train", source_rows, statistics)
