@@ -58,7 +58,9 @@ def test_predict_reproduces_the_runs_own_scores_bit_for_bit(trained, head):
     assert result.metrics["target_test/verb/top1"] == recorded["target_test/verb/top1"]
 
 
-def test_audio_adaptive_predicts_from_its_stages_without_writing_into_the_run(tmp_path):
+def test_audio_adaptive_predicts_from_its_stages_without_writing_into_the_run(
+    tmp_path, monkeypatch
+):
     make_audio_visual_cache(
         tmp_path / "c.zarr", source_counts=(6, 5, 4, 3), num_classes=4, target_per_class=4,
         visual=("rgb",),
@@ -70,10 +72,24 @@ def test_audio_adaptive_predicts_from_its_stages_without_writing_into_the_run(tm
     assert {p: p.stat().st_mtime_ns for p in run.rglob("*")} == before
     _same_as_stored(run, result, "target_test")  # the stages' stored frozen outputs
     _same_as_stored(run, result, "source_test")
-    # other sets than the run's: the frozen outputs are recomputed (in memory), the same
+    # the encoders run only on sets the stages do not hold (their frozen outputs are read
+    # back set by set): none for a subset of the run's sets, only the new ones otherwise
+    from avda.train.audio_adaptive.pipeline import AudioAdaptiveStages
+
+    encoded: list[str] = []
+    original = AudioAdaptiveStages._encoder_inputs
+
+    def spy(self, feature_set, visual, index):
+        encoded.append(feature_set.name)
+        return original(self, feature_set, visual, index)
+
+    monkeypatch.setattr(AudioAdaptiveStages, "_encoder_inputs", spy)
     alone = avda.predict(run, domains="target", splits=["test"], progress=False)
-    assert alone.sets == {"target_test": 16}
+    assert alone.sets == {"target_test": 16} and encoded == []
     _same_as_stored(run, alone, "target_test")
+    train_rows = avda.predict(run, splits=["train"], progress=False)
+    assert set(encoded) == {"source_train_rows", "target_train_rows"}
+    assert np.isfinite(train_rows.scores["verb"]).all()
     assert {p: p.stat().st_mtime_ns for p in run.rglob("*")} == before
 
 
