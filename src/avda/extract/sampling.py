@@ -504,9 +504,10 @@ _add(
         audio_cut="tile-round",
     )
 )
-# Audio-Adaptive as its reported accuracy is computed: the recognizer's evaluation reads the
-# config's val_pipeline (dataloader_recognizer.py EPICDOMAIN, split != 'train'): the same 5
-# clips, short side 256, then mmaction2's CenterCrop(224), whose offset is floored.
+# Audio-Adaptive's per-epoch evaluation input: train_recognizer.py's EPICDOMAIN(split='test')
+# reads the config's val_pipeline: the same 5 clips, short side 256, then mmaction2's
+# CenterCrop(224), whose offset is floored (test_recognizer.py reads the test pipeline,
+# CenterCrop(256): the `audio-adaptive` recipe; docs/extraction.md).
 _add(
     dataclasses.replace(
         RECIPES.get("audio-adaptive"), name="audio-adaptive-224", crop_size=224, crop_offset="floor"
