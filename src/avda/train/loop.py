@@ -330,7 +330,7 @@ def _train(
     checkpoint_path = out / runs.CHECKPOINT
     if checkpoint_path.exists():
         state = runs.load_checkpoint(checkpoint_path)
-        _load_model_state(model, state, checkpoint_path)
+        load_model_state(model, state, checkpoint_path)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["torch_rng"])
@@ -659,7 +659,7 @@ def check_same_cache(out: Path, store: FeatureCache) -> None:
     )
 
 
-def _load_model_state(model, state: dict[str, Any], path: Path) -> None:
+def load_model_state(model, state: dict[str, Any], path: Path) -> None:
     """Load a loop checkpoint into ``model``: all of it, or all but the submodules it names as
     ``"omitted"`` (which the head's ``prepare`` has loaded from the run's stage files)."""
     omitted = list(state.get("omitted") or [])
@@ -729,4 +729,4 @@ def _save_checkpoint(
     )
 
 
-__all__ = ["TrainResult", "Task", "predict", "train"]
+__all__ = ["TrainResult", "Task", "evaluate_sets", "load_model_state", "predict", "train"]

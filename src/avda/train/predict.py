@@ -329,13 +329,15 @@ def predict_run(
     *,
     domains: Sequence[str] | None = None,
     splits: Sequence[str] | None = None,
-    device: str | None = "cpu",
+    device: str | None = None,
     progress: bool = True,
 ) -> Predictions:
     """Scores of the finished ``run``'s head on ``domains`` x ``splits`` of ``cache`` (default:
-    the run's cache; every domain and split). The module docstring says how the head sees the
-    rows. An unfinished run is refused (its checkpoint is not the head its predictions came
-    from); so is a cache whose features differ from the run's."""
+    the run's cache; every domain and split) on ``device`` (default: cuda when present, as
+    ``avda.predict`` and ``avda predict``; the scores equal the run's own bit for bit on the
+    kind of device it trained on, to float rounding on another). The module docstring says
+    how the head sees the rows. An unfinished run is refused (its checkpoint is not the head
+    its predictions came from); so is a cache whose features differ from the run's."""
     run = Path(run)
     config = runs.read_config(run)
     if not runs.is_complete(run):
@@ -426,7 +428,7 @@ def predict_run(
             read_only=True,
         )
     )
-    loop_lib._load_model_state(model, state, run / runs.CHECKPOINT)
+    loop_lib.load_model_state(model, state, run / runs.CHECKPOINT)
     shapes = {k: tuple(x.shape[1:]) for k, x in first.inputs.items()}
     with shape_errors(head_name, shapes, "predict"):
         metrics, scores = loop_lib.evaluate_sets(model, sets, device, target_set)
