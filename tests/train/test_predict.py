@@ -354,3 +354,32 @@ def test_the_output_says_each_rows_set_and_never_goes_into_the_run(trained, tmp_
     )
     with pytest.raises(ConfigError, match="no task 'noun'; its tasks: verb"):
         result.top1("noun")
+
+
+def test_a_run_without_per_set_digests_warns_when_its_rows_changed(trained, tmp_path, caplog):
+    """Runs recorded before ``training_sets_sha256`` have one digest of all their sets: when
+    the rows no longer match it, predict warns (it cannot tell training rows from evaluation
+    rows added, so it does not refuse); with the rows unchanged, nothing is said."""
+    import json
+
+    from avda.cache import schema
+
+    run, moved = tmp_path / "adabn", tmp_path / "c.zarr"
+    shutil.copytree(trained / "adabn", run)
+    shutil.copytree(trained / "c.zarr", moved)
+    provenance = json.loads((run / runs.PROVENANCE).read_text())
+    del provenance["run_data"]["training_sets_sha256"]
+    (run / runs.PROVENANCE).write_text(json.dumps(provenance))
+    with caplog.at_level("WARNING", logger="avda.train.predict"):
+        result = avda.predict(run, moved, splits="test", progress=False)
+    assert "predates" not in caplog.text
+    _same_as_stored(trained / "adabn", result, "target_test")
+    segments = cache_lib.open_cache(moved).segments
+    target_train = np.flatnonzero(
+        ((segments["domain"] == "target") & (segments["split"] == "train")).to_numpy()
+    )
+    status = zarr.open_group(str(moved), mode="r+")[schema.STATUS_GROUP]["rgb"]
+    status[int(target_train[0])] = int(schema.Status.FAILED)
+    with caplog.at_level("WARNING", logger="avda.train.predict"):
+        avda.predict(run, moved, splits="test", progress=False)
+    assert "predates avda's digest of each training set" in caplog.text

@@ -40,7 +40,7 @@ from avda.train import heads as heads_lib
 from avda.train import loop as loop_lib
 from avda.train.data import FeatureSet
 from avda.train.heads._base import shape_errors
-from avda.train.setup import RunSetup, training_rows
+from avda.train.setup import RunSetup, evaluation_rows, training_rows
 from avda.train.stages import TrainingContext
 
 log = logging.getLogger(__name__)
@@ -187,15 +187,29 @@ def _check_training_rows(
     recorded: dict[str, Any] | None,
     store: FeatureCache,
     used: dict[str, np.ndarray],
+    setup: RunSetup | None = None,
 ) -> None:
     """Refuse predicting when the ``used`` training sets of the run (name -> rows now) changed
     since it trained (segments extracted, failed or appended to its training splits): an
     adapting head would normalise with other statistics, a staged head read other rows than
-    its stages were made from."""
+    its stages were made from. A run recorded before the per-set digests has one digest of
+    all its sets: when the rows ``setup`` reads no longer match it, a warning (evaluation rows
+    added change it too, so it cannot refuse)."""
     data = (recorded or {}).get("run_data")
     digests = data.get("training_sets_sha256") if isinstance(data, dict) else None
     if not isinstance(digests, dict):
-        return  # a run recorded before the per-set digests: nothing to compare with
+        overall = data.get("segments_sha256") if isinstance(data, dict) else None
+        if overall and setup is not None:
+            if loop_lib.run_data(setup)["segments_sha256"] != overall:
+                log.warning(
+                    "run %s predates avda's digest of each training set, and the rows of %s "
+                    "it read changed since it trained (segments extracted, failed or added): "
+                    "if its training splits changed, the head's statistics and stages now "
+                    "read other rows than at its evaluation",
+                    run,
+                    store.path,
+                )
+        return
     uids = store.segments["uid"].astype(str).to_numpy()
     for name, rows in used.items():
         if name in digests and loop_lib.rows_digest(uids, rows) != digests[name]:
@@ -408,7 +422,15 @@ def predict_run(
             "target_train": target_rows,
             **({"source_train": source_rows} if cls.staged else {}),
         }
-        _check_training_rows(run, provenance, run_setup.store, used)
+        as_trained = dataclasses.replace(  # the rows the run's loop reads now
+            run_setup,
+            source_rows=source_rows,
+            target_rows=target_rows,
+            eval_rows=evaluation_rows(
+                run_setup.store, config["source"], config["target"], modalities
+            ),
+        )
+        _check_training_rows(run, provenance, run_setup.store, used, as_trained)
         target_set = run_setup.load("target_train", target_rows, statistics)
         if cls.staged:
             train_set = run_setup.load("source_train", source_rows, statistics)

@@ -148,7 +148,7 @@ def training_rows(
     return source_rows, target_rows
 
 
-def _eval_rows(store: FeatureCache, source: Sequence[str], target: Sequence[str], modalities):
+def evaluation_rows(store: FeatureCache, source: Sequence[str], target: Sequence[str], modalities):
     """``source_val``, ``source_test``, ``target_val``, ``target_test`` rows that exist."""
     sets = {}
     for role, domains in (("source", source), ("target", target)):
@@ -348,7 +348,7 @@ def plan(
     device = resolve_device(device)
 
     source_rows, target_rows = training_rows(store, source, target, modalities, config)
-    eval_rows = _eval_rows(store, source, target, modalities) if evaluation else {}
+    eval_rows = evaluation_rows(store, source, target, modalities) if evaluation else {}
     if not any(k.startswith("target") for k in eval_rows) and len(target_rows) == 0:
         raise CacheError(
             f"cache {store.path} has no segments of target domain(s) {list(target)}: "
@@ -394,6 +394,7 @@ __all__ = [
     "RunSetup",
     "Statistics",
     "apply_statistics",
+    "evaluation_rows",
     "input_statistics",
     "labelled_target_rows",
     "plan",
