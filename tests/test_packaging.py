@@ -44,6 +44,7 @@ def test_single_feature_packages_are_extras_not_core():
     extras = PYPROJECT["project"]["optional-dependencies"]
     for extra, package in (
         ("flow", "opencv-contrib-python-headless"),
+        ("jpeg", "simplejpeg"),
         ("hpc", "dask-jobqueue"),
         ("report", "matplotlib"),
         ("log", "tensorboard"),
@@ -52,12 +53,13 @@ def test_single_feature_packages_are_extras_not_core():
     ):
         assert package not in core
         assert any(dep.startswith(package) for dep in extras[extra]), extra
-    assert "avda[flow,hpc,report,log]" in extras["dev"]  # CI installs what the tests use
+    assert "avda[flow,jpeg,hpc,report,log]" in extras["dev"]  # CI installs what the tests use
     assert "safetensors" in core and "scikit-learn" in core  # core: weights, clustering
 
 
 @pytest.mark.parametrize(
-    ("module", "extra"), [("cv2", "flow"), ("dask_jobqueue", "hpc"), ("matplotlib", "report")]
+    ("module", "extra"),
+    [("cv2", "flow"), ("simplejpeg", "jpeg"), ("dask_jobqueue", "hpc"), ("matplotlib", "report")],
 )
 def test_a_missing_extra_is_one_line_naming_it(monkeypatch, module, extra):
     monkeypatch.setitem(sys.modules, module, None)  # import now raises ImportError

@@ -346,6 +346,13 @@ def extract(
             min=1, help="Flow frames every N RGB frames (default: flow.json or EPIC rule)."
         ),
     ] = None,
+    jpeg_dct: Annotated[
+        str,
+        typer.Option(
+            help="How --frames/--flow JPEGs are decoded: accurate (Pillow) or fast "
+            "(TensorFlow's decode_jpeg, MM-SADA's input; the jpeg extra)."
+        ),
+    ] = "accurate",
     backbone: Annotated[
         str,
         typer.Option(

@@ -3,6 +3,7 @@
 | extra | package | needed by |
 |---|---|---|
 | ``flow`` | opencv-contrib-python-headless | ``avda flow --method tvl1`` |
+| ``jpeg`` | simplejpeg | ``avda extract --jpeg-dct fast`` |
 | ``hpc`` | dask-jobqueue | ``avda sweep --cluster slurm|pbs`` |
 | ``report`` | matplotlib | ``avda report``, ``avda cluster --plots`` |
 | ``log`` | tensorboard | ``avda train --log tensorboard`` |

@@ -31,8 +31,9 @@ from typing import Any
 
 import numpy as np
 
-from avda.errors import MediaError
+from avda.errors import ConfigError, MediaError
 from avda.extract.decode import resized_size
+from avda.optional import require
 from avda.paths import safe_component
 
 log = logging.getLogger(__name__)
@@ -146,8 +147,15 @@ class ImageSequence:
     ends before it holds part of the video even without gaps (a segments-only folder of the
     video's first seconds), and a frame past its last file fails instead of repeating it."""
 
-    def __init__(self, directory: Path, pattern: re.Pattern[str], total: int | None = None) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        pattern: re.Pattern[str],
+        total: int | None = None,
+        jpeg_dct: str = "accurate",
+    ) -> None:
         self.directory = directory
+        self.jpeg_dct = check_jpeg_dct(jpeg_dct)
         numbers: list[int] = []
         prefix = suffix = ""
         digits = 0
@@ -217,7 +225,8 @@ class ImageSequence:
                 )
             )
         images = [
-            read_image(self.path(int(n)), shorter_side=shorter_side, mode=mode) for n in unique
+            read_image(self.path(int(n)), shorter_side=shorter_side, mode=mode, dct=self.jpeg_dct)
+            for n in unique
         ]
         shapes = {image.shape for image in images}
         if len(shapes) > 1:
@@ -225,15 +234,34 @@ class ImageSequence:
         return np.stack(images)[inverse.reshape(-1)]
 
 
-def read_image(path: Path, *, shorter_side: int | None, mode: str) -> np.ndarray:
+JPEG_DCT = ("accurate", "fast")
+
+
+def check_jpeg_dct(dct: str) -> str:
+    """``dct`` if it names a JPEG decoding (``accurate`` or ``fast``), else one line."""
+    if dct not in JPEG_DCT:
+        raise ConfigError(f"--jpeg-dct {dct!r}: expected accurate or fast")
+    return dct
+
+
+def read_image(
+    path: Path, *, shorter_side: int | None, mode: str, dct: str = "accurate"
+) -> np.ndarray:
     """One JPEG/PNG as uint8, resized so that its shorter side is ``shorter_side``.
 
     JPEGs are downscaled inside the decoder first (DCT scaling by 1/2, 1/4 or 1/8, never below
     the target), then resized bilinearly to the exact size (TSN's ``GroupScale`` resizes the whole
     JPEG bilinearly: docs/extraction.md gives the difference).
+
+    ``dct="fast"``: a JPEG is decoded as TensorFlow's ``tf.image.decode_jpeg`` decodes it by
+    default (libjpeg-turbo's fast integer IDCT, fancy upsampling; ``channels=1`` for ``mode``
+    "L": the decoder's own luminance), through simplejpeg, then resized bilinearly without DCT
+    scaling: MM-SADA's input. ``"accurate"``: Pillow (libjpeg's accurate integer IDCT).
     """
     from PIL import Image
 
+    if dct == "fast" and _is_jpeg(path):
+        return _read_jpeg_fast(path, shorter_side=shorter_side, mode=mode)
     try:
         with Image.open(path) as image:
             width, height = resized_size(image.width, image.height, shorter_side)
@@ -249,12 +277,45 @@ def read_image(path: Path, *, shorter_side: int | None, mode: str) -> np.ndarray
         raise MediaError(f"frame {path} cannot be decoded: {exc}") from exc
 
 
-class RgbFrames:
-    """The RGB JPEG folder of one video."""
+def _is_jpeg(path: Path) -> bool:
+    try:
+        with open(path, "rb") as file:
+            return file.read(3) == b"\xff\xd8\xff"
+    except FileNotFoundError as exc:
+        raise MediaError(f"frame {path} not found (a gap in the frame folder?)") from exc
+    except OSError as exc:
+        raise MediaError(f"frame {path} cannot be read: {exc}") from exc
 
-    def __init__(self, directory: Path) -> None:
+
+def _read_jpeg_fast(path: Path, *, shorter_side: int | None, mode: str) -> np.ndarray:
+    from PIL import Image
+
+    simplejpeg = require(
+        "simplejpeg", package="simplejpeg", extra="jpeg", feature="--jpeg-dct fast"
+    )
+    try:
+        decoded = simplejpeg.decode_jpeg(
+            path.read_bytes(),
+            colorspace="GRAY" if mode == "L" else "RGB",
+            fastdct=True,
+            fastupsample=False,
+        )
+    except (ValueError, OSError) as exc:
+        raise MediaError(f"frame {path} cannot be decoded: {exc}") from exc
+    image = decoded[..., 0] if mode == "L" else decoded
+    height, width = image.shape[:2]
+    size = resized_size(width, height, shorter_side)
+    if size != (width, height):
+        image = np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR))
+    return np.ascontiguousarray(image)
+
+
+class RgbFrames:
+    """The RGB JPEG folder of one video (``jpeg_dct``: see :func:`read_image`)."""
+
+    def __init__(self, directory: Path, jpeg_dct: str = "accurate") -> None:
         self.directory = directory
-        self.images = ImageSequence(directory, RGB_PATTERN)
+        self.images = ImageSequence(directory, RGB_PATTERN, jpeg_dct=jpeg_dct)
 
     @property
     def count(self) -> int:
@@ -268,16 +329,18 @@ class RgbFrames:
 class FlowFrames:
     """The u/v flow JPEG folder of one video (EPIC ``u/`` ``v/`` or TSN ``x_`` ``y_`` files)."""
 
-    def __init__(self, directory: Path, convention: FlowConvention) -> None:
+    def __init__(
+        self, directory: Path, convention: FlowConvention, jpeg_dct: str = "accurate"
+    ) -> None:
         self.directory = directory
         self.convention = convention
         total = convention.frames
         if (directory / "u").is_dir() and (directory / "v").is_dir():
-            self.u = ImageSequence(directory / "u", EPIC_FLOW_PATTERN, total)
-            self.v = ImageSequence(directory / "v", EPIC_FLOW_PATTERN, total)
+            self.u = ImageSequence(directory / "u", EPIC_FLOW_PATTERN, total, jpeg_dct)
+            self.v = ImageSequence(directory / "v", EPIC_FLOW_PATTERN, total, jpeg_dct)
         else:
-            self.u = ImageSequence(directory, FLOW_PATTERNS["u"], total)
-            self.v = ImageSequence(directory, FLOW_PATTERNS["v"], total)
+            self.u = ImageSequence(directory, FLOW_PATTERNS["u"], total, jpeg_dct)
+            self.v = ImageSequence(directory, FLOW_PATTERNS["v"], total, jpeg_dct)
         if self.u.count != self.v.count:
             log.warning(
                 "%s: %d u frames but %d v frames; using the first %d",

@@ -40,7 +40,9 @@ class InputPaths:
     """Where the inputs are: video files, RGB frame folders, flow folders, audio files.
 
     ``flow_stride`` overrides the flow-folder convention (flow frames every N RGB frames) for
-    folders without ``flow.json`` (see :mod:`avda.extract.frames`).
+    folders without ``flow.json`` (see :mod:`avda.extract.frames`). ``jpeg_dct``: how the JPEGs
+    of frame and flow folders are decoded, ``accurate`` (Pillow) or ``fast`` (TensorFlow's
+    default, MM-SADA's input; :func:`avda.extract.frames.read_image`).
     """
 
     videos: Path | None = None
@@ -48,6 +50,7 @@ class InputPaths:
     flow: Path | None = None
     audio: Path | None = None
     flow_stride: int | None = None
+    jpeg_dct: str = "accurate"
 
     def source_of(self, modality: str) -> str:
         """ "video", "frames", "flow-frames" or "audio-files": what ``modality`` is read from."""
@@ -79,6 +82,8 @@ class InputPaths:
         entry: dict[str, Any] = {"source": self.source_of(modality)}
         if modality == "flow":
             entry["flow_stride"] = self.flow_stride if self.flow_stride is not None else "auto"
+        if self.jpeg_dct != "accurate" and entry["source"] in ("frames", "flow-frames"):
+            entry["jpeg_dct"] = self.jpeg_dct  # absent: accurate (stores made before it)
         return entry
 
     def check(self, modalities: list[str]) -> None:
@@ -91,8 +96,15 @@ class InputPaths:
         ):
             if path is not None and not Path(path).is_dir():
                 raise ConfigError(f"{option} {path}: no such folder")
+        frames_lib.check_jpeg_dct(self.jpeg_dct)
         for modality in modalities:
             self.source_of(modality)
+        reads_jpegs = any(self.source_of(m) in ("frames", "flow-frames") for m in modalities)
+        if self.jpeg_dct != "accurate" and not reads_jpegs:
+            raise ConfigError(
+                f"--jpeg-dct {self.jpeg_dct} decodes the JPEGs of --frames/--flow folders; "
+                "no modality here reads them: leave it out"
+            )
         if "rgb" in modalities and self.source_of("rgb") == "video":
             video_backend()  # one error for a bad AVDA_VIDEO_DECODER or decord asked but missing
 
@@ -243,7 +255,9 @@ class SegmentDataset(Dataset):
         folder = frames_lib.locate(
             self.inputs.frames, video_id, _text(segment, "participant_id"), "rgb"
         )
-        reader = self._reader("rgb", folder, lambda: frames_lib.RgbFrames(folder))
+        reader = self._reader(
+            "rgb", folder, lambda: frames_lib.RgbFrames(folder, self.inputs.jpeg_dct)
+        )
         frames_of = self._segment_frames(segment, self._frames_fps(segment))
         if frames_of.start_frame > reader.count:
             raise MediaError(
@@ -262,7 +276,7 @@ class SegmentDataset(Dataset):
 
         def make() -> frames_lib.FlowFrames:
             convention = frames_lib.flow_convention(folder, video_id, self.inputs.flow_stride)
-            return frames_lib.FlowFrames(folder, convention)
+            return frames_lib.FlowFrames(folder, convention, self.inputs.jpeg_dct)
 
         reader = self._reader("flow", folder, make)
         # the rate of the video it came from: the video's header, else what `avda flow` recorded

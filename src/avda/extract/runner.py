@@ -86,7 +86,7 @@ DEFAULT_BACKBONE = "i3d"
 DEFAULT_AUDIO_BACKBONE = "audio_resnet18"
 
 
-INPUT_KEYWORDS = ("videos", "frames", "flow", "audio", "flow_stride")
+INPUT_KEYWORDS = ("videos", "frames", "flow", "audio", "flow_stride", "jpeg_dct")
 
 
 def _path(value: str | Path | None) -> Path | None:
@@ -136,8 +136,11 @@ class ExtractOptions:
         inputs = {k: changes.pop(k) for k in INPUT_KEYWORDS if k in changes}
         if inputs:
             flow_stride = inputs.pop("flow_stride", self.inputs.flow_stride)
+            jpeg_dct = inputs.pop("jpeg_dct", self.inputs.jpeg_dct)
             paths = {k: _path(v) for k, v in inputs.items()}
-            changes["inputs"] = dataclasses.replace(self.inputs, flow_stride=flow_stride, **paths)
+            changes["inputs"] = dataclasses.replace(
+                self.inputs, flow_stride=flow_stride, jpeg_dct=jpeg_dct, **paths
+            )
         known = {field.name for field in dataclasses.fields(self)}
         unknown = sorted(set(changes) - known)
         if unknown:
