@@ -289,7 +289,9 @@ def manifest_build(
         list[str] | None,
         typer.Option("--option", "-O", help="Benchmark option key=value (repeatable)."),
     ] = None,
-    unit: Annotated[str | None, typer.Option(help="charades-ego: segments or videos.")] = None,
+    unit: Annotated[
+        str | None, typer.Option(help="charades-ego: segments, videos or windows.")
+    ] = None,
     columns: Annotated[
         str | None, typer.Option(help="actorshift/generic: manifest_column=file_column,...")
     ] = None,

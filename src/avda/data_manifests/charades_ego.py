@@ -22,6 +22,22 @@ Each row's ``actions`` is ``cNNN start end;cNNN start end;...`` (seconds). Two u
   out). Dropped and counted: videos without ``length`` (``video without length``; in v0 these
   also have no actions).
 
+* ``windows``: the Audio-Adaptive authors' CharadesEgo training samples (``xiaobai1217/
+  DomainAdaptation``, ``CharadesEgo/``). Training videos: one row per **action window**, test
+  videos: one row per video as ``videos`` (their ``test_recognizer.py`` scores whole videos).
+  ``generate_labels.py`` turns each action into frames ``round(t x 24) + 1`` (24 fps; start and
+  stop swapped where the stop comes first) and splits the frames ``1 .. num_frames`` of a video
+  into *runs*, maximal stretches of frames with at least one action; their dataloaders draw a
+  64 x 8-frame window (``SampleFrames(clip_len=64, frame_interval=8)``, about 21 s) inside a run,
+  looping over the run when it is shorter, labelled with the classes active at its 64 frames.
+  A cache cannot redraw the window every epoch, so each run gets the window the authors'
+  validation pipeline places (``test_mode=True``: the centre of the run, at offset
+  ``int((n - 511) / 2)`` for a run of ``n + 1`` frames, else 0 and looped): uid ``<id>_w<k>``
+  (k-th run), from its first to past its last sampled frame (``(f - 1) / 24`` s .. ``f / 24``
+  s), ``labels`` = the classes active at its 64 frames (:func:`window_labels`). ``num_frames``
+  (their frame folder's file count) is taken as ``round(length x 24)``. Dropped and counted:
+  ``video without length``, ``video without actions`` (also: no action frame within the video).
+
 Action times are kept as annotated, also where they run past ``length`` (common in Charades).
 The videos have no fixed frame rate, so the manifest has no ``fps`` column.
 """
@@ -70,6 +86,11 @@ CLASS_FILES = ("charades_v1_classes.txt", "Charades_v1_classes.txt")
 SUBFOLDERS = ("charadesego_v0", "CharadesEgo", "charadesego")
 REQUIRED_COLUMNS = ("id", "actions", "length")
 ACTION_PATTERN = re.compile(r"^c(\d{3})\s+(\S+)\s+(\S+)$")
+# The Audio-Adaptive authors' CharadesEgo windows (unit="windows"): generate_labels.py counts
+# frames at 24 fps; the SlowFast config samples 64 frames 8 apart.
+AUTHORS_FPS = 24
+WINDOW_FRAMES = 64
+WINDOW_STRIDE = 8
 
 
 def read_classes(path: Path, problems: SourceProblems) -> tuple[str, ...]:
@@ -137,13 +158,14 @@ def _parse_actions(
 def build(
     annotations: Path,
     *,
-    unit: Literal["segments", "videos"] = "segments",
+    unit: Literal["segments", "videos", "windows"] = "segments",
     version: Literal["v0", "v1"] = "v0",
     video_path_template: str = "{video_id}.mp4",
 ) -> ManifestBuild:
     """Manifest of CharadesEgo action segments (or videos with multi-labels).
 
-    ``unit``: ``segments`` (one row per action) or ``videos`` (one row per video, ``labels``).
+    ``unit``: ``segments`` (one row per action), ``videos`` (one row per video, ``labels``) or
+    ``windows`` (training: the Audio-Adaptive authors' action windows; test: videos).
     ``version``: ``v0`` (Actor-Observer files) or ``v1`` (CharadesEgo release).
     ``video_path_template``: ``video_path`` of a row, formatted from its columns ("" = none).
     """
@@ -179,8 +201,10 @@ def build(
         domain = np.where(video_ids.str.endswith(EGO_SUFFIX), "first", "third")
         if unit == "segments":
             frames.append(_segments(video_ids, domain, split, actions, classes, drops))
-        else:
+        elif unit == "videos" or split != "train":
             frames.append(_videos(video_ids, domain, split, actions, length, empty_length, drops))
+        else:
+            frames.append(_windows(video_ids, domain, split, actions, length, empty_length, drops))
     problems.raise_if_any()
     manifest = pd.concat(frames, ignore_index=True)
     if unit == "segments":
@@ -258,5 +282,100 @@ def _videos(
             "start_sec": 0.0,
             "stop_sec": length[keep],
             "labels": [labels[i] for i in np.flatnonzero(keep)],
+        }
+    )
+
+
+def frame_number(seconds: float) -> int:
+    """A time as the authors' frame number: ``int(np.round(t * 24)) + 1``
+    (``generate_labels.py``; frame 1 is the first)."""
+    return int(np.round(seconds * AUTHORS_FPS)) + 1
+
+
+def frame_classes(actions: list[tuple[int, float, float]], num_frames: int) -> list[frozenset[int]]:
+    """The classes active at frames ``1 .. num_frames`` (item ``j - 1`` for frame ``j``), as
+    ``generate_labels.py`` computes them: an action covers its frames ``start .. stop``
+    inclusive, swapped where the stop comes first."""
+    spans = []
+    for class_id, start, stop in actions:
+        first, last = frame_number(start), frame_number(stop)
+        spans.append((class_id, min(first, last), max(first, last)))
+    return [
+        frozenset(c for c, first, last in spans if first <= j <= last)
+        for j in range(1, num_frames + 1)
+    ]
+
+
+def action_runs(classes: list[frozenset[int]]) -> list[tuple[int, int]]:
+    """``(first, last)`` frame numbers of the maximal stretches of frames with an action."""
+    runs: list[tuple[int, int]] = []
+    first = None
+    for j, active in enumerate(classes, start=1):
+        if active and first is None:
+            first = j
+        elif not active and first is not None:
+            runs.append((first, j - 1))
+            first = None
+    if first is not None:
+        runs.append((first, len(classes)))
+    return runs
+
+
+def window_frames(first: int, last: int) -> np.ndarray:
+    """The 64 frame numbers of the window in the run ``first .. last``: mmaction's
+    ``SampleFrames(64, 8, num_clips=1, test_mode=True)`` on ``total_frames = last - first``
+    (as the authors' loaders pass it) from ``start_index = first``: the centre of a long run,
+    offset 0 and looped (``mod total_frames``) in a short one."""
+    total = last - first
+    span = WINDOW_FRAMES * WINDOW_STRIDE
+    offset = int((total - span + 1) / 2.0) if total > span - 1 else 0
+    indices = offset + np.arange(WINDOW_FRAMES) * WINDOW_STRIDE
+    indices = np.mod(indices, total) if total > 0 else np.zeros_like(indices)
+    return indices + first
+
+
+def window_labels(classes: list[frozenset[int]], frames: np.ndarray) -> list[int]:
+    """The sorted classes active at any of ``frames`` (the loaders' ``label1``)."""
+    return sorted(set().union(*(classes[int(f) - 1] for f in frames)))
+
+
+def _windows(
+    video_ids: pd.Series,
+    domain: np.ndarray,
+    split: str,
+    actions: list[list[tuple[int, float, float]]],
+    length: np.ndarray,
+    empty_length: np.ndarray,
+    drops: Drops,
+) -> pd.DataFrame:
+    rows: dict[str, list] = {
+        k: [] for k in ("uid", "video_id", "domain", "start", "stop", "labels")
+    }
+    drops.add(NO_LENGTH, int(empty_length.sum()))
+    for position, video in enumerate(video_ids):
+        if empty_length[position]:
+            continue
+        classes = frame_classes(actions[position], int(np.round(length[position] * AUTHORS_FPS)))
+        runs = action_runs(classes)
+        if not runs:
+            drops.add(NO_ACTIONS)
+            continue
+        for index, (first, last) in enumerate(runs):
+            frames = window_frames(first, last)
+            rows["uid"].append(f"{video}_w{index}")
+            rows["video_id"].append(video)
+            rows["domain"].append(domain[position])
+            rows["start"].append((int(frames.min()) - 1) / AUTHORS_FPS)
+            rows["stop"].append(int(frames.max()) / AUTHORS_FPS)
+            rows["labels"].append(join_ids(window_labels(classes, frames)))
+    return pd.DataFrame(
+        {
+            "uid": rows["uid"],
+            "video_id": rows["video_id"],
+            "domain": rows["domain"],
+            "split": split,
+            "start_sec": np.asarray(rows["start"], dtype="float64"),
+            "stop_sec": np.asarray(rows["stop"], dtype="float64"),
+            "labels": rows["labels"],
         }
     )

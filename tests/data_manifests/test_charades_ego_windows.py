@@ -1,0 +1,227 @@
+"""``charades-ego --unit windows``: the Audio-Adaptive authors' CharadesEgo training windows.
+
+The reference is a transcription of ``xiaobai1217/DomainAdaptation`` ``CharadesEgo/``:
+``generate_labels.py`` (frame-wise labels and runs, one ``Labels/<id>/frame_<a>_<b>.csv`` per
+run), the window of ``dataloader_encoder.py`` / ``dataloader_recognizer.py`` (mmaction's
+``SampleFrames(clip_len=64, frame_interval=8)`` in their ``mmaction/datasets/pipelines/
+loading.py``, at the validation pipeline's ``test_mode=True`` placement, the deterministic one)
+and their label computation (``label1``), run on rows of the real annotation file.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from avda.data_manifests import build
+from avda.data_manifests.charades_ego import CLASS_FILES
+
+
+def authors_labels_files(row: list[str], num_frames: int) -> dict[str, list[list[str]]]:
+    """``generate_labels.py`` l. 17-76 for one csv row, writing ``{file name: rows}`` instead
+    of files (``num_frames``: their frame folder's count)."""
+    files: dict[str, list[list[str]]] = {}
+    segment_list = row[9]
+    segment_list = segment_list.split(";")
+    if len(segment_list[0]) == 0:
+        return files
+    fps = 24
+    segment_list2 = []
+    for seg in segment_list:
+        seg1 = seg.split(" ")
+        start1 = int(np.round(float(seg1[1]) * fps)) + 1
+        end1 = int(np.round(float(seg1[2]) * fps)) + 1
+        if start1 < end1:
+            segment_list2.append([seg1[0], start1, end1])
+        else:
+            segment_list2.append([seg1[0], end1, start1])
+    frame_wise_label = []
+    frame_wise_label1 = []
+    for j in range(1, num_frames + 1):
+        class1 = []
+        for ii in range(len(segment_list2)):
+            start1 = segment_list2[ii][1]
+            end1 = segment_list2[ii][2]
+            if start1 <= j <= end1:
+                class1.append(segment_list2[ii][0])
+        label = ""
+        for class2 in class1:
+            label += class2 + " "
+        label = label[:-1]
+        if len(frame_wise_label1) > 0 and len(label) == 0:
+            frame_wise_label.append(frame_wise_label1)
+            frame_wise_label1 = []
+        elif len(label) == 0:
+            continue
+        else:
+            frame_wise_label1.append([j, label])
+    if len(frame_wise_label1) > 0:
+        frame_wise_label.append(frame_wise_label1)
+    for frame_wise_label1 in frame_wise_label:
+        name = "frame_%010d_%010d.csv" % (frame_wise_label1[0][0], frame_wise_label1[-1][0])  # noqa: UP031
+        files[name] = [[str(k[0]), k[1]] for k in frame_wise_label1]
+    return files
+
+
+def sample_frames_test_mode(total_frames: int, start_index: int) -> np.ndarray:
+    """mmaction ``SampleFrames(clip_len=64, frame_interval=8, num_clips=1, test_mode=True)``
+    (``_get_test_clips`` and ``__call__`` with ``out_of_bound_opt='loop'``)."""
+    clip_len, frame_interval, num_clips = 64, 8, 1
+    ori_clip_len = clip_len * frame_interval
+    avg_interval = (total_frames - ori_clip_len + 1) / float(num_clips)
+    if total_frames > ori_clip_len - 1:
+        base_offsets = np.arange(num_clips) * avg_interval
+        clip_offsets = (base_offsets + avg_interval / 2.0).astype(int)
+    else:
+        clip_offsets = np.zeros((num_clips,), dtype=int)
+    frame_inds = clip_offsets[:, None] + np.arange(clip_len)[None, :] * frame_interval
+    frame_inds = np.concatenate(frame_inds)
+    frame_inds = frame_inds.reshape((-1, clip_len))
+    with np.errstate(divide="ignore", invalid="ignore"):  # a one-frame run: numpy gives 0
+        frame_inds = np.mod(frame_inds, total_frames)
+    return np.concatenate(frame_inds) + start_index
+
+
+def authors_window(lines: list[list[str]]) -> tuple[np.ndarray, list[int]]:
+    """``dataloader_recognizer.py`` l. 105-138 on one run's label file: the window's frame
+    numbers and the classes of ``label1``."""
+    frame_list = [r[0] for r in lines]
+    class_list = [r[1] for r in lines]
+    start_frame = int(frame_list[0])
+    end_frame = int(frame_list[-1])
+    frame_inds = sample_frames_test_mode(end_frame - start_frame, start_frame)
+    label1 = np.zeros(157)
+    for i in frame_inds:
+        tmp = class_list[i - start_frame].split(" ")
+        for ttt in tmp:
+            tt = ttt[1:]
+            label1[int(tt)] += 1
+    label1 = (label1 > 0).astype(np.float32)
+    return frame_inds, np.flatnonzero(label1).tolist()
+
+
+def write_annotations(folder: Path, train: list[list[str]], header: list[str]) -> Path:
+    folder.mkdir()
+    source = Path(os.environ.get("AVDA_SHARED_DATA", "")) / "annotations" / "charadesego_v0"
+    (folder / CLASS_FILES[0]).write_text((source / CLASS_FILES[0]).read_text())
+    for name, rows in (
+        ("CharadesEgo_v0_train.csv", train),
+        ("CharadesEgo_v0_test.csv", []),
+        ("CharadesEgo_v0_egocentric_test.csv", []),
+    ):
+        with open(folder / name, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(header)
+            writer.writerows(rows)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def real_rows(shared_data) -> tuple[list[str], list[list[str]]]:
+    path = shared_data / "annotations" / "charadesego_v0" / "CharadesEgo_v0_train.csv"
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    return rows[0], rows[1::12]  # every 12th video: 800 of 9,597
+
+
+def test_windows_match_the_authors_code_on_the_real_file(real_rows, tmp_path):
+    header, rows = real_rows
+    folder = write_annotations(tmp_path / "ann", rows, header)
+    result = build("charades-ego", folder, unit="windows")
+    manifest = result.manifest
+    assert set(result.classes) == {"labels"}
+    expected_rows, multi_run, cut = [], 0, 0
+    for row in rows:
+        if not row[10].strip():  # no length: not in the manifest
+            continue
+        files = authors_labels_files(row, int(np.round(float(row[10]) * 24)))
+        multi_run += len(files) > 1
+        for index, name in enumerate(sorted(files)):  # their names sort in frame order
+            frames, labels = authors_window(files[name])
+            active = {c for line in files[name] for c in line[1].split(" ")}
+            cut += len(labels) < len(active)
+            expected_rows.append(
+                (
+                    f"{row[0]}_w{index}",
+                    row[0],
+                    (frames.min() - 1) / 24,
+                    frames.max() / 24,
+                    ";".join(str(c) for c in labels),
+                )
+            )
+    assert multi_run > 50 and cut > 50  # videos of several runs; windows without every class
+    expected = pd.DataFrame(
+        expected_rows, columns=["uid", "video_id", "start_sec", "stop_sec", "labels"]
+    )
+    got = manifest[expected.columns].reset_index(drop=True)
+    pd.testing.assert_frame_equal(got, expected, check_dtype=False)
+    assert (manifest["split"] == "train").all() and (manifest["domain"] == "third").all()
+    no_actions = sum(1 for r in rows if r[10].strip() and not r[9].strip())
+    assert result.dropped.get("video without actions", 0) == no_actions > 0
+
+
+def small(tmp_path: Path, actions: str, length: str) -> pd.DataFrame:
+    header = ["id", "subject", "scene", "quality", "relevance", "verified", "script"]
+    header += ["objects", "descriptions", "actions", "length"]
+    row = ["VID01", "S", "Kitchen", "6", "7", "Yes", "", "", "", actions, length]
+    folder = write_annotations(tmp_path / "ann", [row], header)
+    return build("charades-ego", folder, unit="windows").manifest.set_index("uid")
+
+
+def test_short_runs_loop_and_take_only_the_sampled_frames_classes(tmp_path):
+    # 10 s = 240 frames. c001 frames 1-49; c004 frames 2-7 (inside run 1, never sampled: the
+    # window loops over frames 1, 9, ..., 41; the run's last frame is never read); c002 given
+    # stop first (97-121, swapped); c003 one frame (193); c005 past the end (frames 236-240)
+    actions = "c001 0.00 2.00;c004 0.05 0.25;c002 5.00 4.00;c003 8.00 8.00;c005 9.80 12.00"
+    manifest = small(tmp_path, actions, "10.0")
+    assert manifest.index.tolist() == ["VID01_w0", "VID01_w1", "VID01_w2", "VID01_w3"]
+    assert manifest["labels"].tolist() == ["1", "2", "3", "5"]
+    assert manifest.loc["VID01_w0", "start_sec"] == 0.0
+    assert manifest.loc["VID01_w0", "stop_sec"] == pytest.approx(41 / 24)  # frames 1..41
+    assert manifest.loc["VID01_w1", "start_sec"] == pytest.approx(96 / 24)
+    # run 97..121 (total 24): offsets 0, 8, 16 -> frames 97, 105, 113
+    assert manifest.loc["VID01_w1", "stop_sec"] == pytest.approx(113 / 24)
+    assert manifest.loc["VID01_w2", ["start_sec", "stop_sec"]].tolist() == pytest.approx(
+        [192 / 24, 193 / 24]
+    )
+    # run 236..240 (total 4): every offset mod 4 is 0, frame 236 only
+    assert manifest.loc["VID01_w3", ["start_sec", "stop_sec"]].tolist() == pytest.approx(
+        [235 / 24, 236 / 24]
+    )
+
+
+def test_a_long_run_gets_its_centre_window(tmp_path):
+    # 40 s = 960 frames, one run 1..960 (total 959): offset int((959 - 511) / 2) = 224, frames
+    # 225, 233, ..., 729; c011 (frames 1-25) and c012 (937-960) lie outside it
+    manifest = small(tmp_path, "c010 0.00 40.00;c011 0.00 1.00;c012 39.00 40.00", "40.0")
+    assert manifest["labels"].tolist() == ["10"]
+    assert manifest["start_sec"].tolist() == pytest.approx([224 / 24])
+    assert manifest["stop_sec"].tolist() == pytest.approx([729 / 24])
+
+
+def test_test_videos_stay_whole_videos(shared_data):
+    folder = shared_data / "annotations" / "charadesego_v0"
+    windows = build("charades-ego", folder, unit="windows").manifest
+    videos = build("charades-ego", folder, unit="videos").manifest
+    test = windows[windows["split"] == "test"].reset_index(drop=True)
+    pd.testing.assert_frame_equal(test, videos[videos["split"] == "test"].reset_index(drop=True))
+    assert len(test) == 1863 + 103
+    assert (windows[windows["split"] == "train"]["uid"].str.contains("_w")).all()
+
+
+def test_the_cli_builds_windows(shared_data, tmp_path, capsys):
+    from avda import cli
+
+    out = tmp_path / "ce.csv"
+    folder = shared_data / "annotations" / "charadesego_v0"
+    args = ["manifest", "build", "charades-ego", "-a", str(folder), "--unit", "windows"]
+    code = cli.main([*args, "-o", str(out)])
+    assert code == 0, capsys.readouterr().err
+    written = pd.read_csv(out, dtype={"labels": str})
+    assert written["uid"].iloc[0] == "46GP8_w0"
+    assert written["labels"].iloc[0] == "92;147"
