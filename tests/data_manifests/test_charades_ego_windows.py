@@ -225,3 +225,25 @@ def test_the_cli_builds_windows(shared_data, tmp_path, capsys):
     written = pd.read_csv(out, dtype={"labels": str})
     assert written["uid"].iloc[0] == "46GP8_w0"
     assert written["labels"].iloc[0] == "92;147"
+
+
+def test_the_protocols_labelled_half_takes_whole_videos_of_windows(real_rows, tmp_path):
+    """``labelled_target_pick="first"`` counts videos, not rows: the authors' labelled half is
+    the first half of the view's videos with an action (``dataloader_encoder.py``), and each
+    of them brings all its windows."""
+    from avda.cache.store import create
+    from avda.train.setup import labelled_target_rows
+
+    header, rows = real_rows
+    folder = write_annotations(tmp_path / "ann", rows, header)
+    manifest = build("charades-ego", folder, unit="windows").manifest
+    store = create(tmp_path / "c.zarr", manifest, manifest_sha256="0" * 64, recipe={})
+    train = np.arange(len(store.segments))
+    view = [r[0] for r in rows if r[9].strip() and r[10].strip()]
+    expected = set(view[: int(len(view) / 2)])
+    labelled, unlabelled = labelled_target_rows(store, train, 0.5, "first")
+    videos = store.segments["video_id"].to_numpy()
+    assert set(videos[labelled]) == expected
+    assert not set(videos[unlabelled]) & expected
+    assert len(labelled) > len(expected)  # videos of several windows among them
+    assert sorted([*labelled, *unlabelled]) == train.tolist()

@@ -95,9 +95,10 @@ def labelled_target_rows(
     labels enter the classification loss; the rest stay unlabelled. ``pick="random"``: chosen
     by a permutation seeded with :data:`LABELLED_TARGET_SEED`, so every head and run seed sees
     the same labelled videos, as in a dataset's split; ``"first"``: the first
-    ``int(fraction * n)`` of the ``n`` rows that have a label, in the cache's order (the
-    Audio-Adaptive authors' CharadesEgo split: the first half of the first-person training
-    list, videos without an action left out). Refuses a split without labels."""
+    ``int(fraction * n)`` of the ``n`` videos whose rows have a label, in the cache's order,
+    with all their labelled rows (the Audio-Adaptive authors' CharadesEgo split: the first
+    half of the first-person training list, videos without an action left out; one row per
+    video, or several with ``--unit windows``). Refuses a split without labels."""
     columns = [c for c in data_lib.TASK_COLUMNS.values() if c in store.segments]
     if pick == "first":
         segments = store.segments.iloc[rows]
@@ -105,8 +106,12 @@ def labelled_target_rows(
         for column in columns:
             has |= segments[column].replace("", pd.NA).notna().to_numpy()
         candidates = rows[has]
-        count = int(fraction * len(candidates))
-        labelled = candidates[:count]
+        # by video: a manifest of several rows per video (CharadesEgo's action windows or
+        # segments) labels the rows of the first videos, as the authors' list of videos does
+        videos = segments["video_id"].to_numpy()[has]
+        order = pd.unique(videos)
+        count = int(fraction * len(order))
+        labelled = candidates[np.isin(videos, order[:count])]
         unlabelled = np.setdiff1d(rows, labelled)
     else:
         order = np.random.default_rng(LABELLED_TARGET_SEED).permutation(len(rows))
