@@ -389,11 +389,14 @@ def test_directives_both_schedulers_read_pass():
         assert foreign_directive(directive, kind) == "", (kind, directive)
 
 
-def _queue_shims(tmp_path: Path, monkeypatch, delays: str) -> Path:
-    """``sbatch`` / ``scancel`` shims that run each job script on this machine: the k-th job
-    waits the k-th of ``delays`` seconds in the "queue" (the last one for later jobs) before it
-    starts, in its own process group (its job id); ``scancel`` kills the group. The queue
-    folder's ``events`` logs submits, starts and cancels."""
+def _queue_shims(tmp_path: Path, monkeypatch, delays: str, dying: str = "") -> Path:
+    """``sbatch`` / ``squeue`` / ``scancel`` shims that run each job script on this machine: the
+    k-th job waits the k-th of ``delays`` seconds in the "queue" (the last one for later jobs)
+    before it starts, in its own process group (its job id); ``scancel`` kills the group. The
+    k-th job for each k in ``dying`` (or every job: ``all``) runs a script that fails before
+    starting its worker (a bad module load) instead. A job's stderr goes to the ``#SBATCH -e``
+    file of its script; ``squeue -j ID,...`` shows the jobs whose processes live as RUNNING. The
+    queue folder's ``events`` logs submits, starts and cancels."""
     queue = tmp_path / "queue"
     queue.mkdir()
     _shim(
@@ -403,10 +406,14 @@ def _queue_shims(tmp_path: Path, monkeypatch, delays: str) -> Path:
 exec 9>"$Q/lock"; flock 9
 k=$(ls $Q | grep -c '\\.sh$')
 cp "$1" "$Q/job$k.sh"
+for d in {dying}; do [ "$d" = "$k" ] || [ "$d" = all ] &&
+  printf 'echo "sh: module: command not found" >&2\\nexit 1\\n' > "$Q/job$k.sh"; done
+err=$(sed -n 's/^#SBATCH -e //p' "$1"); [ -n "$err" ] || err="$Q/job$k.err"
 delay=0; i=0; last=0
 for d in {delays}; do [ $i -eq $k ] && delay=$d; last=$d; i=$((i+1)); done
 [ $k -ge $i ] && delay=$last
-run="sleep $delay; echo start job$k >> $Q/events; exec sh $Q/job$k.sh"
+err="\\$(echo '$err' | sed s/%J/\\$\\$/)"  # the job id (%J) is the job's pid ($$)
+run="sleep $delay; echo start job$k >> $Q/events; exec sh $Q/job$k.sh 2>> $err"
 setsid sh -c "$run" > "$Q/job$k.log" 2>&1 < /dev/null 9>&- &
 echo $! > "$Q/job$k.pid"
 echo "submit job$k $!" >> $Q/events
@@ -417,6 +424,16 @@ echo "Submitted batch job $!\"""",
         "scancel",
         f'for j in "$@"; do kill -TERM -- -"$j" 2>/dev/null; echo "scancel $j" >> {queue}/events; '
         "done; exit 0",
+    )
+    _shim(
+        tmp_path / "bin",
+        "squeue",
+        """ids=; while [ $# -gt 0 ]; do [ "$1" = -j ] && ids=$2; shift; done
+shown=0
+for j in $(echo "$ids" | tr , ' '); do
+  case "$(ps -o stat= -p "$j")" in ""|Z*) ;; *) echo "$j RUNNING"; shown=1;; esac
+done
+[ $shown = 1 ] || { echo "slurm_load_jobs error: Invalid job id specified" >&2; exit 1; }""",
     )
     monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.setenv("PYTHONPATH", str(SRC))  # the jobs' workers import this avda
@@ -519,7 +536,7 @@ def test_a_restart_leaves_jobs_waiting_in_the_queue_there(
         else:
             with pytest.raises(AvdaError) as raised:
                 sweep.run_sweep(spec, out=out, progress=False)
-    assert killed, "the first job never trained a run"
+    assert killed, f"the first job never trained a run: {'' if restarts else raised.value}"
     events = (queue / "events").read_text().splitlines()
     waiting = (queue / "job1.pid").read_text().strip()
     if not restarts:
@@ -536,3 +553,141 @@ def test_a_restart_leaves_jobs_waiting_in_the_queue_there(
     assert events.index(f"scancel {waiting}") > events.index("start job2"), events
     said = [r.message for r in caplog.records if "submitted 1 job(s) again" in r.message]
     assert said and "1 job(s) still waiting in the queue, left there" in said[0], caplog.text
+
+
+def _job_ids(events: list[str]) -> dict[str, str]:
+    """Each shim job (``job0``...) and its job id, from the queue's events."""
+    return {e.split()[1]: e.split()[2] for e in events if e.startswith("submit")}
+
+
+@pytest.mark.slow
+def test_jobs_whose_script_dies_before_their_worker_connects_are_submitted_again(
+    tmp_path, cache, monkeypatch, caplog
+):
+    """SLURM through shims: both jobs' scripts exit 1 before starting their workers (a bad
+    module load). They left the queue (``squeue`` no longer shows them): each is submitted again
+    at once, counting as a restart, instead of being taken for queued until worker_timeout
+    (before, the sweep waited the 60 s and failed with `no Dask worker joined`). Every run
+    finishes, each epoch trained once."""
+    import logging
+
+    monkeypatch.setattr(sweep, "QUEUE_POLL_SECONDS", 0.5, raising=False)
+    queue = _queue_shims(tmp_path, monkeypatch, "0", dying="0 1")
+    spec, out = _two_job_spec(cache, tmp_path, worker_timeout=60), tmp_path / "runs"
+    caplog.set_level(logging.WARNING, logger="avda.sweep.run")
+    began = time.monotonic()
+    with _first_job_preempted(queue, tmp_path / "nothing-to-preempt"):
+        summary = sweep.run_sweep(spec, out=out, progress=False)
+    assert time.monotonic() - began < 60
+    assert summary.ok, summary.text()
+    for run in summary.run_dirs:
+        assert [m["epoch"] for m in runs.read_metrics(run)] == list(range(1, 13)), run
+    events = (queue / "events").read_text().splitlines()
+    ids = _job_ids(events)
+    assert sorted(ids) == ["job0", "job1", "job2", "job3"], events
+    said = [r.message for r in caplog.records if "before its Dask worker connected" in r.message]
+    assert len(said) == 2, caplog.text
+    for job in ("job0", "job1"):
+        line = next(m for m in said if f"SLURM job {ids[job]} ended" in m)
+        assert f"its log: {tmp_path / 'logs'}/avda-sweep-{ids[job]}.err" in line, line
+        assert "its log ends 'sh: module: command not found'" in line, line
+        assert "its job script failed before starting the worker" in line, line
+    assert "submitted again (1 of 2)" in said[0], said  # both at once, or one after the other
+
+
+@pytest.mark.slow
+def test_a_job_that_dies_before_its_worker_connects_again_fails_at_once_in_one_line(
+    tmp_path, cache, monkeypatch
+):
+    """Every job's script exits 1 at start, the jobs submitted in their place too: the sweep
+    gives up at once (not after worker_timeout, 30 s) in one line naming the job, its log file,
+    the likely cause and the --job-script command; every job is cancelled."""
+    from avda.errors import AvdaError
+
+    monkeypatch.setattr(sweep, "QUEUE_POLL_SECONDS", 0.5, raising=False)
+    queue = _queue_shims(tmp_path, monkeypatch, "0", dying="all")
+    spec, out = _two_job_spec(cache, tmp_path, worker_timeout=30), tmp_path / "runs"
+    began = time.monotonic()
+    with _first_job_preempted(queue, tmp_path / "nothing-to-preempt"):
+        with pytest.raises(AvdaError) as raised:
+            sweep.run_sweep(spec, out=out, progress=False)
+    assert time.monotonic() - began < 30
+    message = str(raised.value)
+    assert "\n" not in message, message
+    events = (queue / "events").read_text().splitlines()
+    ids = _job_ids(events)
+    assert sorted(ids) == ["job0", "job1", "job2", "job3"], events
+    job = next(j for j in ("job2", "job3") if f"SLURM job {ids[j]} ended before" in message)
+    assert message.startswith(f"SLURM job {ids[job]} ended before its Dask worker connected ("), (
+        message
+    )
+    assert f"see its log {tmp_path / 'logs'}/avda-sweep-{ids[job]}.err" in message, message
+    assert "its log ends 'sh: module: command not found'" in message, message
+    assert "submitted in place of a job that ended so too" in message, message
+    assert "--cluster slurm --job-script" in message, message
+
+
+@pytest.mark.slow
+def test_no_restart_is_used_while_every_job_waits_in_the_queue(tmp_path, cache, monkeypatch):
+    """SLURM through shims: the running job is killed mid-run and submitted again; it then
+    waits in the queue with the other job past worker_timeout. Nothing is left to submit: the
+    sweep gives up then, saying 2 jobs wait, with 1 of its 2 restarts used (before, a restart
+    that submitted nothing counted as the second one)."""
+    from avda.errors import AvdaError
+
+    monkeypatch.setattr(sweep, "MAX_RESTARTS", 2)
+    queue = _queue_shims(tmp_path, monkeypatch, "0 40 40")
+    spec, out = _two_job_spec(cache, tmp_path, worker_timeout=3), tmp_path / "runs"
+    with _first_job_preempted(queue, out) as killed:
+        with pytest.raises(AvdaError) as raised:
+            sweep.run_sweep(spec, out=out, progress=False)
+    assert killed, "the first job never trained a run"
+    message = str(raised.value)
+    assert "(started again 1 time(s)), giving up" in message, message
+    assert "2 job(s) still waiting in the queue: raise cluster.worker_timeout" in message
+    events = (queue / "events").read_text().splitlines()
+    assert sorted(_job_ids(events)) == ["job0", "job1", "job2"], events
+
+
+def test_the_queue_says_which_jobs_left_it(tmp_path, monkeypatch):
+    """``squeue`` / ``qstat`` as SLURM and PBS print them: a job not shown (or in an ended
+    state) has left the queue; a command that fails otherwise tells nothing."""
+    bin_dir = tmp_path / "bin"
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    _shim(bin_dir, "squeue", "echo '11 PENDING'; echo '12 OUT_OF_MEMORY'")
+    states = sweep.queue_states("slurm", ["11", "12", "13"])
+    assert states == {"11": "PENDING", "12": "OUT_OF_MEMORY", "13": ""}
+    assert [sweep.job_ended("slurm", s) for s in states.values()] == [False, True, True]
+    _shim(bin_dir, "squeue", "echo 'slurm_load_jobs error: Invalid job id specified' >&2; exit 1")
+    assert sweep.queue_states("slurm", ["11"]) == {"11": ""}
+    _shim(bin_dir, "squeue", "echo 'slurm_load_jobs error: Socket timed out' >&2; exit 1")
+    assert sweep.queue_states("slurm", ["11"]) is None
+    _shim(
+        bin_dir,
+        "qstat",
+        "printf 'Job Id: 21.pbs01\\n    Job_Name = avda-sweep\\n    job_state = Q\\n\\n"
+        "Job Id: 22.pbs01\\n    job_state = F\\n'; echo 'qstat: Unknown Job Id 23.pbs01' >&2; "
+        "exit 153",
+    )
+    states = sweep.queue_states("pbs", ["21", "22", "23"])
+    assert states == {"21": "Q", "22": "F", "23": ""}
+    assert [sweep.job_ended("pbs", s) for s in states.values()] == [False, True, True]
+    _shim(bin_dir, "qstat", "echo 'Connection refused' >&2; exit 1")
+    assert sweep.queue_states("pbs", ["21"]) is None
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    assert sweep.queue_states("slurm", ["11"]) is None
+
+
+def test_a_job_replacing_a_lost_one_gets_a_name_it_never_had():
+    """SpecCluster offers the lowest free name: the one a lost job had (its lost-worker timer
+    would close the new job)."""
+
+    class Cluster:
+        worker_spec = {"SLURMCluster-0": {}}
+
+        def new_worker_spec(self):
+            return {"SLURMCluster-1": {"cls": "job"}}
+
+    used = frozenset({"SLURMCluster-0", "SLURMCluster-1", "SLURMCluster-1-again1"})
+    assert sweep._new_worker(Cluster(), used) == {"SLURMCluster-1-again2": {"cls": "job"}}
+    assert sweep._new_worker(Cluster(), frozenset()) == {"SLURMCluster-1": {"cls": "job"}}

@@ -38,6 +38,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -666,12 +667,25 @@ def _grow(cluster: Any, count: int, used: frozenset = frozenset()) -> None:
     """Start the workers (SLURM/PBS: submit the jobs) of a Dask ``SpecCluster`` up to ``count``
     now, in this thread; the new ones get names not in ``used`` (jobs it had before)."""
     while len(cluster.worker_spec) < count:
-        new = cluster.new_worker_spec()
-        while used & set(new):  # SpecCluster reuses a free name; its lost-worker timer
-            cluster._i += 1  # (15 s) would close the new job that got a lost one's name
-            new = cluster.new_worker_spec()
-        cluster.worker_spec.update(new)
+        cluster.worker_spec.update(_new_worker(cluster, used))
     cluster.sync(cluster._correct_state)
+
+
+def _new_worker(cluster: Any, used: frozenset) -> dict[str, Any]:
+    """``cluster.new_worker_spec()``, under another name when it offers one in ``used``.
+
+    SpecCluster offers the lowest free name from its counter, so a name a lost job had (its
+    lost-worker timer, 15 s, would close the new job that got it). Neither distributed
+    (2026.8) nor dask-jobqueue (0.9) has a public way to advance that counter (``_i``) or to
+    ask for a name not used before; ``worker_spec`` and ``new_worker_spec()`` are public, so
+    the new job takes the offered name with ``-again{N}`` added (``SLURMCluster-1-again1``)."""
+    ((name, spec),) = cluster.new_worker_spec().items()
+    taken = used | set(cluster.worker_spec)
+    fresh, again = name, 0
+    while fresh in taken:
+        again += 1
+        fresh = f"{name}-again{again}"
+    return {fresh: spec}
 
 
 def restart_workers(cluster: Any, count: int, kind: str, spec_name: str = "SPEC") -> None:
@@ -686,6 +700,139 @@ def restart_workers(cluster: Any, count: int, kind: str, spec_name: str = "SPEC"
         _grow(cluster, count)
     else:
         start_jobs(cluster, count, kind, spec_name)
+
+
+QUEUE_POLL_SECONDS = 10.0
+"""How often a SLURM/PBS sweep asks the scheduler (``squeue`` / ``qstat``) whether the jobs none
+of whose workers connected yet are still in its queue."""
+QUEUE_STATE_SECONDS = 30.0
+"""Longest wait for ``squeue`` / ``qstat`` to answer (no answer: the jobs count as queued)."""
+SLURM_ENDED = frozenset(
+    {"BOOT_FAIL", "CANCELLED", "COMPLETED", "COMPLETING", "DEADLINE", "FAILED", "NODE_FAIL",
+     "OUT_OF_MEMORY", "PREEMPTED", "TIMEOUT"}
+)  # fmt: skip
+"""``squeue`` states of a job whose batch script has ended (requeued jobs show PENDING)."""
+PBS_ENDED = frozenset({"C", "E", "F", "X"})
+"""``qstat`` job states of a job whose script has ended (C: Torque's completed, E: exiting)."""
+
+
+def _run_queue_command(command: list[str]) -> Any:
+    import subprocess
+
+    try:
+        return subprocess.run(
+            command, capture_output=True, text=True, timeout=QUEUE_STATE_SECONDS, check=False
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        log.debug("%s: %s: %s", command[0], type(exc).__name__, exc)
+        return None
+
+
+def queue_states(kind: str, job_ids: list[str]) -> dict[str, str] | None:
+    """The scheduler's state of each of these jobs (``squeue -h -j ID,... -o '%i %T'`` /
+    ``qstat -f ID ...``) as it shows it (PENDING, RUNNING, FAILED; Q, R, F), ``""`` for a job it
+    no longer knows (see :func:`job_ended`). ``None`` when the command cannot be run or says
+    something else than "no such job": the jobs then count as still queued."""
+    if not job_ids:
+        return {}
+    if kind == "slurm":
+        done = _run_queue_command(["squeue", "-h", "-j", ",".join(job_ids), "-o", "%i %T"])
+        if done is None:
+            return None
+        if done.returncode != 0:  # every id unknown (gone) is an error to squeue
+            return dict.fromkeys(job_ids, "") if "invalid job id" in done.stderr.lower() else None
+        shown = dict(line.split(None, 1) for line in done.stdout.splitlines() if " " in line)
+        return {j: shown.get(j, "").strip() for j in job_ids}
+    done = _run_queue_command(["qstat", "-f", *job_ids])
+    if done is None:
+        return None
+    shown = {}
+    for block in re.split(r"^Job Id:\s*", done.stdout, flags=re.MULTILINE)[1:]:
+        job = block.split(None, 1)[0].split(".", 1)[0] if block.strip() else ""
+        state = re.search(r"^\s*job_state\s*=\s*(\S+)", block, flags=re.MULTILINE)
+        shown[job] = state.group(1) if state else "?"
+    states: dict[str, str] = {}
+    for job_id in job_ids:
+        number = job_id.split(".", 1)[0]
+        if number in shown:
+            states[job_id] = shown[number]
+            continue
+        said = [line for line in done.stderr.splitlines() if number in line]
+        if not said or not re.search(r"unknown job id|has finished", said[0], flags=re.I):
+            return None  # another error (the server did not answer): nothing is known
+        states[job_id] = ""
+    return states
+
+
+def job_ended(kind: str, state: str) -> bool:
+    """Whether a job in this :func:`queue_states` state has left the queue (its script ended)."""
+    return not state or state in (SLURM_ENDED if kind == "slurm" else PBS_ENDED)
+
+
+def job_log(job: Any, kind: str) -> str:
+    """The file a dask-jobqueue job writes its errors to (its ``#SBATCH -e`` / ``#PBS -e``)."""
+    job_id, name = str(getattr(job, "job_id", "") or ""), getattr(job, "job_name", None)
+    folder = getattr(job, "log_directory", None)
+    if kind == "slurm":
+        if folder is None:  # sbatch's default: both streams, in the folder it was run in
+            return os.path.join(os.getcwd(), f"slurm-{job_id}.out")
+        return os.path.join(folder, f"{name or 'worker'}-{job_id}.err")
+    number = job_id.split(".", 1)[0]
+    return os.path.join(folder or os.getcwd(), f"{name or 'STDIN'}.e{number}")
+
+
+def _log_tail(path: str) -> str:
+    """The last line with text of a job's log ("" when there is none to read)."""
+    try:
+        with open(path, "rb") as file:
+            file.seek(0, os.SEEK_END)
+            file.seek(max(0, file.tell() - 8192))
+            lines = file.read().decode(errors="replace").splitlines()
+    except OSError:
+        return ""
+    said = [line.strip() for line in lines if line.strip()]
+    return said[-1][:200] if said else ""
+
+
+SLURM_CAUSES = {
+    "OUT_OF_MEMORY": "out of memory (raise cluster.memory)",
+    "NODE_FAIL": "its node failed",
+    "BOOT_FAIL": "its node failed to boot",
+    "CANCELLED": "cancelled (scancel, or the site)",
+    "TIMEOUT": "its walltime ran out before its worker started",
+    "DEADLINE": "its deadline passed",
+    "PREEMPTED": "preempted",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class JobEnd:
+    """A SLURM/PBS job that left the queue before any of its workers connected."""
+
+    name: str  # its name in the cluster's worker_spec
+    job_id: str
+    log: str
+    cause: str
+
+    def text(self, kind: str) -> str:
+        said = f"{kind.upper()} job {self.job_id} ended before its Dask worker connected"
+        return f"{said} ({self.cause})"
+
+
+def _start_cause(state: str, tail: str) -> str:
+    """The likely cause of a job's end before its worker connected, with its log's last line."""
+    ended = f"state {state}; " if state else ""
+    said = f"its log ends {tail!r}" if tail else "its log is empty or missing"
+    if state in SLURM_CAUSES:
+        cause = SLURM_CAUSES[state]
+    elif re.search(r"out of memory|oom[-_ ]kill|memoryerror|\bkilled\b", tail, flags=re.I):
+        cause = "out of memory (raise cluster.memory)"
+    else:
+        cause = (
+            "its job script failed before starting the worker: a module load, a python or "
+            "avda missing there, an import error?"
+        )
+    return f"{cause}; {ended}{said}"
 
 
 class JobRecord:
@@ -746,13 +893,20 @@ class JobRestart:
     """Submits again the jobs of a SLURM/PBS cluster left without workers whose workers
     connected and died (cancelled, past their walltime, preempted), and leaves the jobs none
     of whose workers ever connected in the queue: cancelling them would lose their place in
-    a busy queue. ``waiting()`` counts those."""
+    a busy queue. ``waiting()`` counts those.
+
+    A job that left the queue before any of its workers connected (its script died at start: a
+    module load, no python, out of memory, a node failure) is not waiting: ``ended_at_start()``
+    finds it (asking ``squeue`` / ``qstat`` every ``QUEUE_POLL_SECONDS``) and ``replace()``
+    submits it again; the jobs submitted so are in ``start_retries``."""
 
     def __init__(self, cluster: Any, count: int, kind: str, spec_name: str = "SPEC") -> None:
         self.cluster, self.count, self.kind, self.spec_name = cluster, count, kind, spec_name
         self.record = JobRecord()
         cluster.scheduler.add_plugin(_record_plugin(self.record), name=JobRecord.name)
         self.submitted: set[str] = set()  # every job name it had: a new job gets another
+        self.start_retries: set[str] = set()  # jobs in place of ones that ended at start
+        self._asked = float("-inf")  # when the scheduler was last asked (time.monotonic)
 
     def start(self) -> None:
         """Submit the cluster's jobs (the first time)."""
@@ -773,23 +927,68 @@ class JobRestart:
 
     def waiting(self) -> int:
         """Jobs none of whose workers ever connected: waiting in the queue (or failing at
-        start)."""
+        start where the scheduler cannot be asked)."""
         return len(self._split()[1])
+
+    def to_submit(self) -> int:
+        """Jobs a restart would submit: the dead ones, and those missing (dropped)."""
+        dead, _ = self._split()
+        return len(dead) + max(0, self.count - len(self.cluster.worker_spec))
+
+    def ended_at_start(self) -> list[JobEnd]:
+        """The jobs none of whose workers connected that have left the scheduler's queue (at
+        most every ``QUEUE_POLL_SECONDS``; none when ``squeue`` / ``qstat`` cannot tell)."""
+        now = time.monotonic()
+        if now - self._asked < QUEUE_POLL_SECONDS:
+            return []
+        self._asked = now
+        _, waiting = self._split()
+        ids = {}
+        for name in sorted(waiting):
+            job_id = getattr(self.cluster.workers.get(name), "job_id", None)
+            if job_id:
+                ids[name] = str(job_id)
+        states = queue_states(self.kind, sorted(set(ids.values())))
+        if not states:
+            return []
+        _, waiting = self._split()  # a worker that connected meanwhile: its job started
+        ended = []
+        for name, job_id in ids.items():
+            if name in waiting and job_ended(self.kind, states.get(job_id, "?")):
+                log_file = job_log(self.cluster.workers.get(name), self.kind)
+                cause = _start_cause(states[job_id], _log_tail(log_file))
+                ended.append(JobEnd(name, job_id, log_file, cause))
+        return ended
+
+    def replace(self, dead: set[str], *, at_start: bool = False) -> None:
+        """Cancel these jobs (one that ended is cancelled again: no harm) and submit jobs up to
+        ``count`` in their place (``at_start``: in place of jobs that ended at start)."""
+        for job in dead:
+            self.cluster.worker_spec.pop(job, None)
+        try:
+            self.cluster.sync(self.cluster._correct_state, callback_timeout=CLOSE_SECONDS)
+        except Exception as exc:  # a job already gone: what matters is the new ones
+            log.debug("closing the lost workers: %s: %s", type(exc).__name__, exc)
+        before = set(self.cluster.worker_spec)
+        start_jobs(self.cluster, self.count, self.kind, self.spec_name, frozenset(self.submitted))
+        new = set(self.cluster.worker_spec) - before
+        self.submitted |= new
+        if at_start:
+            self.start_retries |= new
+
+    def drop(self, jobs: set[str]) -> None:
+        """Forget jobs that ended at start (no new job in their place, until a restart)."""
+        for job in jobs:
+            self.cluster.worker_spec.pop(job, None)
+        with contextlib.suppress(Exception):
+            self.cluster.sync(self.cluster._correct_state, callback_timeout=CLOSE_SECONDS)
 
     def __call__(self) -> tuple[int, int]:
         """Submit the dead jobs again; returns (jobs submitted again, jobs left waiting)."""
         dead, waiting = self._split()
-        for job in dead:
-            self.cluster.worker_spec.pop(job, None)
-        try:  # their jobs are cancelled (one that ended is cancelled again: no harm)
-            self.cluster.sync(self.cluster._correct_state, callback_timeout=CLOSE_SECONDS)
-        except Exception as exc:  # a job already gone: what matters is the new ones
-            log.debug("closing the lost workers: %s: %s", type(exc).__name__, exc)
-        if dead:
-            used = frozenset(self.submitted)
-            start_jobs(self.cluster, self.count, self.kind, self.spec_name, used=used)
-            self.submitted |= set(self.cluster.worker_spec)
-        return len(dead), len(waiting)
+        before = set(self.cluster.worker_spec) - dead
+        self.replace(dead)
+        return len(set(self.cluster.worker_spec) - before), len(waiting)
 
 
 MAX_RESTARTS = 2
@@ -805,7 +1004,14 @@ class WorkerWatch:
 
     A SLURM/PBS ``restart`` (:class:`JobRestart`) submits again only the jobs whose workers
     died and returns (jobs submitted again, jobs still waiting in the queue); the give-up line
-    counts the jobs still waiting (``restart.waiting()``)."""
+    counts the jobs still waiting (``restart.waiting()``). With every job still waiting there is
+    nothing to submit: no restart is made (none of the ``restarts`` is used), the sweep gives up.
+
+    ``check_jobs()`` (called by ``check()``, and while the first worker is waited for) submits
+    again at once a job that left the queue before its workers connected (one of the
+    ``restarts``); one that ends so again, or with no restart left, fails the sweep at once in
+    one line naming the job, its log and the likely cause (while other workers train: a warning,
+    and the sweep goes on without it)."""
 
     def __init__(
         self,
@@ -822,16 +1028,67 @@ class WorkerWatch:
         self.restarts = MAX_RESTARTS if restarts is None else restarts
         self.restarted = 0
         self.since: float | None = None
+        self.spec_name, self.kind = "SPEC", ""
+        if isinstance(restart, JobRestart):
+            self.spec_name, self.kind = restart.spec_name, restart.kind
+
+    def _workers(self) -> int | None:
+        try:
+            return len(self.client.nthreads())
+        except (OSError, TimeoutError) as exc:
+            log.debug("could not count the Dask workers: %s: %s", type(exc).__name__, exc)
+            return None
+
+    def check_jobs(self) -> bool:
+        """Submit again the SLURM/PBS jobs that left the queue before their workers connected,
+        or give up (see the class); True when it submitted jobs."""
+        if not isinstance(self.restart, JobRestart):
+            return False
+        ended = self.restart.ended_at_start()
+        if not ended:
+            return False
+        again = [end for end in ended if end.name in self.restart.start_retries]
+        if again or self.restarted >= self.restarts:
+            end = (again or ended)[0]
+            more = f" (and {len(ended) - 1} more job(s))" if len(ended) > 1 else ""
+            why = (
+                "it was submitted in place of a job that ended so too"
+                if again
+                else f"no restart left ({self.restarted} of {self.restarts} used)"
+            )
+            line = (
+                f"{end.text(self.kind)}{more}, giving up: {why}; see its log {end.log} and "
+                f"the job script (`avda sweep {self.spec_name} --cluster {self.kind} "
+                "--job-script`)"
+            )
+            workers = self._workers()
+            if workers == 0:
+                raise AvdaError(
+                    f"{line}; the finished runs are kept in the index: run the same command "
+                    "again to train the others"
+                )
+            log.warning("%s; going on with the %s worker(s) connected", line, workers)
+            self.restart.drop({end.name for end in ended})
+            return False
+        self.restarted += 1
+        self.restart.replace({end.name for end in ended}, at_start=True)
+        for end in ended:
+            log.warning(
+                "%s; its log: %s: submitted again (%d of %d)",
+                *(end.text(self.kind), end.log, self.restarted, self.restarts),
+            )
+        if self.since is not None:
+            self.since = time.monotonic()
+        return True
 
     def check(self) -> None:
         """Call now and then while runs wait: raises once the cluster has given up."""
         now = time.monotonic()
         if self.client.status != "running":  # a lost scheduler: its runs come back lost
             return
-        try:
-            workers = len(self.client.nthreads())
-        except (OSError, TimeoutError) as exc:
-            log.debug("could not count the Dask workers: %s: %s", type(exc).__name__, exc)
+        self.check_jobs()
+        workers = self._workers()
+        if workers is None:
             return
         if workers:
             self.since = None
@@ -841,7 +1098,10 @@ class WorkerWatch:
             return
         if now - self.since < self.timeout:
             return
-        if self.restart is not None and self.restarted < self.restarts:
+        # every job still waiting in the queue: a restart would submit nothing (and used to
+        # count as one of the restarts): give up as the first wait does
+        useless = isinstance(self.restart, JobRestart) and not self.restart.to_submit()
+        if self.restart is not None and self.restarted < self.restarts and not useless:
             self.restarted += 1
             if not isinstance(self.restart, JobRestart):
                 log.warning(
@@ -857,9 +1117,7 @@ class WorkerWatch:
                     self.where,
                     self.timeout,
                     f"submitted {dead} job(s) again whose workers ended (cancelled, walltime, "
-                    "preempted?)"
-                    if dead
-                    else "no job whose workers ended",
+                    "preempted?)",
                     f"; {waiting} job(s) still waiting in the queue, left there" if waiting else "",
                     *(self.restarted, self.restarts),
                 )
@@ -880,14 +1138,27 @@ class WorkerWatch:
         )
 
 
-def wait_for_worker(client: Any, timeout: float, *, where: str, hint: str) -> None:
-    """Wait until a first worker joins; give up with one line after ``timeout`` seconds."""
-    try:
-        client.wait_for_workers(1, timeout=timeout)
-    except TimeoutError:
-        raise AvdaError(
-            f"no Dask worker joined {where} within {timeout:g} s, giving up; {hint}"
-        ) from None
+def wait_for_worker(
+    client: Any, timeout: float, *, where: str, hint: str, poll: Any = None
+) -> None:
+    """Wait until a first worker joins; give up with one line after ``timeout`` seconds.
+
+    ``poll`` (a SLURM/PBS sweep's :meth:`WorkerWatch.check_jobs`) is called every
+    2 s meanwhile; it may raise, and the wait starts again when it returns True
+    (it submitted jobs again)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        left = deadline - time.monotonic()
+        try:
+            client.wait_for_workers(1, timeout=max(0.01, min(left, 2.0)) if poll else timeout)
+            return
+        except TimeoutError:
+            if poll is not None and poll():
+                deadline = time.monotonic() + timeout
+            elif poll is None or time.monotonic() >= deadline:
+                raise AvdaError(
+                    f"no Dask worker joined {where} within {timeout:g} s, giving up; {hint}"
+                ) from None
 
 
 def _no_worker_hint(kind: str, spec: SweepSpec) -> str:
@@ -1013,15 +1284,17 @@ def connect(
         quiet_worker_logs(client)
         try:
             where = "the local cluster" if kind == "local" else f"the {kind.upper()} cluster"
-            if kind != "local":
-                wait_for_worker(client, timeout, where=where, hint=_no_worker_hint(kind, spec))
-            options["watch"] = WorkerWatch(
+            watch = WorkerWatch(
                 client,
                 timeout,
                 where=where,
                 hint=_lost_workers_hint(kind, spec.cluster.log_directory),
                 restart=restart,
             )
+            if kind != "local":
+                hint = _no_worker_hint(kind, spec)
+                wait_for_worker(client, timeout, where=where, hint=hint, poll=watch.check_jobs)
+            options["watch"] = watch
             yield client, options
         finally:
             client.close()
