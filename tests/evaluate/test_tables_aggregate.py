@@ -360,6 +360,31 @@ def test_runs_of_one_setting_on_other_caches_are_columns_apart_not_seeds(tmp_pat
     assert aggregate.aggregate(run_dirs[:2]).columns == ["source→target"]
 
 
+def test_a_sweeps_rows_per_cache_share_the_settings_columns(tmp_path):
+    """A sweep of several caches labels its rows ``label (cache)``: each method reads one
+    cache, so a setting stays one column (and --compare works across caches), instead of a
+    column per cache where every row had one cell."""
+    out = tmp_path / "sweep"
+    entries = []
+    for name, shift in (("i3d", 0.0), ("tbn", 2.0)):
+        cache = tmp_path / f"{name}.zarr"
+        make_feature_cache(cache, shift=shift, seed=int(shift))
+        for source, target in (("source", "target"), ("target", "source")):
+            run = f"{name}/so/{source}-{target}/seed0"
+            _train_fast(cache, out / run, source=source, target=target)
+            entries.append({"run": run, "method": f"SO ({name})", "head": "source-only",
+                            "cache": name, "setting": f"{source}-{target}", "seed": 0,
+                            "status": "complete", "error": ""})  # fmt: skip
+    (out / "sweep.json").write_text(json.dumps({"spec": "s.yaml", "runs": entries}))
+    table = aggregate.aggregate(aggregate.find_runs([out]))
+    assert table.methods == ["SO (i3d)", "SO (tbn)"]
+    assert table.columns == ["source→target", "target→source", aggregate.MEAN]
+    for method in table.methods:
+        assert all(table.cell(method, c)[2] == 1 for c in table.columns)
+    gains = table.gains("SO (i3d)")
+    assert all(not np.isnan(gains["SO (tbn)", c]) for c in table.columns)
+
+
 def _train_fast(cache: Path, out: Path, *, seed: int = 0, source="source", target="target", **kw):
     overrides = {**FAST, **kw.pop("overrides", {})}
     train(cache=cache, head=kw.pop("head", "source-only"), source=[source], target=[target],

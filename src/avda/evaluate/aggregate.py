@@ -201,18 +201,6 @@ def describe_runs(run_dirs: Sequence[str | Path]) -> list[RunInfo]:
     configs = [(Path(run), runs.read_config(run)) for run in run_dirs]
     index_cache: dict[Path, dict[str, dict[str, Any]]] = {}
     labels = {run: _index_labels(run, index_cache) for run, _ in configs}
-    # A setting whose runs read several caches (other features, another dataset) is one
-    # column per cache: their numbers are not seeds of one experiment.
-    caches: dict[str, set[str]] = {}
-    for _, config in configs:
-        caches.setdefault(_setting_of(config), set()).add(str(config.get("cache", "")))
-    names = _cache_names({c for group in caches.values() if len(group) > 1 for c in group})
-    settings = {}
-    for run, config in configs:
-        setting = _setting_of(config)
-        if len(caches[setting]) > 1:
-            setting = f"{setting} ({names[str(config.get('cache', ''))]})"
-        settings[run] = setting
     # A run is named by its sweep's label, else its protocol role, else its head; a run
     # without a sweep's label also by the head-config fields in which the runs of its name
     # (labelled ones too) differ: within a setting, any field; between settings, any field
@@ -221,6 +209,22 @@ def describe_runs(run_dirs: Sequence[str | Path]) -> list[RunInfo]:
     base = {
         run: labels[run] or config.get("protocol_role") or config["head"] for run, config in configs
     }
+    # A setting where one method has runs on several caches (other features, another
+    # dataset) is one column per cache: their numbers are not seeds of one experiment. Where
+    # each method reads one cache (a sweep's `caches:` labels its rows `label (cache)`), the
+    # rows already tell them apart: one column.
+    caches: dict[str, dict[str, set[str]]] = {}
+    for run, config in configs:
+        methods = caches.setdefault(_setting_of(config), {})
+        methods.setdefault(base[run], set()).add(str(config.get("cache", "")))
+    split = {s for s, methods in caches.items() if any(len(c) > 1 for c in methods.values())}
+    names = _cache_names({c for s in split for group in caches[s].values() for c in group})
+    settings = {}
+    for run, config in configs:
+        setting = _setting_of(config)
+        if setting in split:
+            setting = f"{setting} ({names[str(config.get('cache', ''))]})"
+        settings[run] = setting
     by_setting: dict[tuple[Any, str, str], list[dict[str, Any]]] = {}
     for run, config in configs:
         key = (config.get("protocol"), base[run], settings[run])
