@@ -125,6 +125,13 @@ AudioDir = Annotated[
     Path | None,
     typer.Option("--audio", help="Audio files <video_id>.wav (default: the videos' tracks)."),
 ]
+JpegDct = Annotated[
+    str,
+    typer.Option(
+        help="How --frames/--flow JPEGs are decoded: accurate (Pillow) or fast "
+        "(TensorFlow's decode_jpeg, MM-SADA's input; the jpeg extra)."
+    ),
+]
 
 
 def _finite(low: float, *, strict: bool):
@@ -348,13 +355,7 @@ def extract(
             min=1, help="Flow frames every N RGB frames (default: flow.json or EPIC rule)."
         ),
     ] = None,
-    jpeg_dct: Annotated[
-        str,
-        typer.Option(
-            help="How --frames/--flow JPEGs are decoded: accurate (Pillow) or fast "
-            "(TensorFlow's decode_jpeg, MM-SADA's input; the jpeg extra)."
-        ),
-    ] = "accurate",
+    jpeg_dct: JpegDct = "accurate",
     backbone: Annotated[
         str,
         typer.Option(
@@ -622,6 +623,7 @@ def finetune_command(
     frames: FramesDir = None,
     flow: FlowDir = None,
     audio: AudioDir = None,
+    jpeg_dct: JpegDct = "accurate",
     weights: Annotated[
         Path | None,
         typer.Option(
@@ -659,7 +661,7 @@ def finetune_command(
     )
     result = finetune.finetune(
         schema.read(manifest),
-        inputs=InputPaths(videos=videos, frames=frames, flow=flow, audio=audio),
+        inputs=InputPaths(videos=videos, frames=frames, flow=flow, audio=audio, jpeg_dct=jpeg_dct),
         backbone=backbone,
         modality=modality,
         source=_split_list(source),

@@ -227,11 +227,29 @@ def test_a_run_recorded_before_a_recipe_field_existed_is_still_its_own(
     meta_path = tmp_path / "a.pt.json"
     meta = json.loads(meta_path.read_text())
     del meta["key"]["recipe"]["crop_offset"]  # as written before Recipe.crop_offset
+    del meta["key"]["input"]  # and before the input was recorded
     meta_path.write_text(json.dumps(meta))
     assert _run(demo_dataset, tmp_path / "a.pt").history == done.history
     _killed_after(1, monkeypatch, demo_dataset, tmp_path / "b.pt")
     partial = tmp_path / "b.pt.partial.pt"
     state = torch.load(partial, weights_only=False)
     del state["key"]["recipe"]["crop_offset"]
+    del state["key"]["input"]
     torch.save(state, partial)
     assert [h["epoch"] for h in _run(demo_dataset, tmp_path / "b.pt").history] == [1, 2]
+
+
+def test_a_run_from_another_input_is_another_run(demo_dataset, tmp_path):
+    """The key records the input as a store does (videos, frame folders, their JPEG decoding):
+    a run fine-tuned from frames decoded one way is not the run asked from another input."""
+    done = _run(demo_dataset, tmp_path / "a.pt")
+    meta_path = tmp_path / "a.pt.json"
+    meta = json.loads(meta_path.read_text())
+    assert meta["key"]["input"] == {"source": "video"}
+    meta["key"]["input"] = {"source": "audio-files"}  # as if trained from --audio files
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(ConfigError, match=r"other settings \(input .*audio-files.* -> .*video"):
+        _run(demo_dataset, tmp_path / "a.pt")
+    assert done.history
+    fast = InputPaths(frames=tmp_path, jpeg_dct="fast").provenance("rgb")
+    assert fast == {"source": "frames", "jpeg_dct": "fast"}

@@ -99,10 +99,12 @@ def _run_key(
     source: list[str],
     recipe: Recipe,
     config: FinetuneConfig,
+    inputs: InputPaths | None = None,
 ) -> dict[str, Any]:
     """What a fine-tuning run is: a resume or a finished run with another key is another run.
     The training segments by what decides their clips and labels (a digest), the initial
-    weights by content."""
+    weights by content, the input as a store records it (videos or frame folders, their JPEG
+    decoding)."""
     from avda._io import sha256_file
 
     columns = [c for c in _SEGMENT_COLUMNS if c in segments.columns]
@@ -117,13 +119,17 @@ def _run_key(
         "num_classes": num_classes,
         "recipe": json.loads(json.dumps(recipe.to_dict(), default=str)),
         "config": {k: v for k, v in config.to_dict().items() if k not in _NOT_IN_KEY},
+        "input": inputs.provenance(modality) if inputs is not None else None,
     }
 
 
-def _current_form(recorded: Any) -> Any:
+def _current_form(recorded: Any, wanted: dict[str, Any] | None = None) -> Any:
     """A recorded key with the recipe fields an older avda did not record at their defaults
     (``crop_offset``), as :func:`avda.extract.runner.recipe_differences` reads a store's
-    recipe: the same run is not refused after an upgrade."""
+    recipe: the same run is not refused after an upgrade. A key recorded before the input
+    was (2026-12-07) takes ``wanted``'s: such runs resume unchecked on that point."""
+    if isinstance(recorded, dict) and "input" not in recorded and wanted is not None:
+        recorded = {**recorded, "input": wanted.get("input")}
     if not isinstance(recorded, dict) or not isinstance(recorded.get("recipe"), dict):
         return recorded
     try:
@@ -158,7 +164,7 @@ def _check_resume(
     """Refuse to resume a partial run started with other settings (it would go on with its
     own: the optimiser state brings back its lr, the weights their modality...), or one that
     has trained more epochs than asked (its weights would be recorded as ``epochs``')."""
-    recorded = _current_form(recorded)
+    recorded = _current_form(recorded, key)
     if not isinstance(recorded, dict):
         raise ConfigError(
             f"{partial} records no settings (an earlier avda wrote it), so it cannot be "
@@ -191,7 +197,7 @@ def _finished(out: Path, key: dict[str, Any], epochs: int) -> list[dict[str, flo
         meta = json.loads(meta_path.read_text())
     except (OSError, ValueError):
         meta = {}
-    recorded = _current_form(meta.get("key")) if isinstance(meta, dict) else None
+    recorded = _current_form(meta.get("key"), key) if isinstance(meta, dict) else None
     trained = (meta.get("config") or {}).get("epochs") if isinstance(meta, dict) else None
     if recorded == key and trained == epochs:
         return list(meta.get("history") or [])
@@ -295,7 +301,7 @@ def finetune(
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_name(out.name + ".partial.pt")
     key = _run_key(segments, rows, num_classes, backbone, modality, weights, source, recipe,
-                   config)  # fmt: skip
+                   config, inputs)  # fmt: skip
     done = _finished(out, key, config.epochs)
     if done is not None:
         log.info("%s is fine-tuned with these settings already: nothing to do", out)
