@@ -191,6 +191,55 @@ MAP_CONVENTIONS = {"mAP": map_present, "mAP-present": map_present, "mAP-authors"
 """The mAP conventions by metric name: ``mAP`` is ``mAP-present`` (avda's default)."""
 
 
+def max_over_groups(
+    scores: np.ndarray, targets: np.ndarray, groups: np.ndarray | Sequence[str] | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Multi-label ``scores`` and ``targets`` (N, C) of rows that belong to scored samples
+    (``groups``, one name per row: the ``score_group`` column, e.g. the video of a test clip)
+    -> one row per group, in the order of its first row: the **maximum** of its rows' scores
+    per class, and the union of their targets (the Audio-Adaptive authors' CharadesEgo test:
+    ``torch.max`` over a video's clips of their sigmoids). A row whose group is ``""`` is a
+    sample of its own; ``groups`` None returns the rows as they are."""
+    scores = np.asarray(scores)
+    targets = np.asarray(targets)
+    if groups is None:
+        return scores, targets
+    groups = np.asarray(groups, dtype=str)
+    if scores.ndim != 2 or scores.shape != targets.shape or groups.shape != (len(scores),):
+        raise ConfigError(
+            f"scores and targets must both be (N, C) with one group per row, got "
+            f"{scores.shape}, {targets.shape} and {groups.shape} groups"
+        )
+    alone = groups == ""
+    if alone.all():
+        return scores, targets
+    keys = np.where(alone, np.char.add("\0", np.arange(len(groups)).astype(str)), groups)
+    _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+    position = np.empty(len(first), dtype=np.int64)
+    position[np.argsort(first, kind="stable")] = np.arange(len(first))
+    index = position[inverse.reshape(-1)]
+    grouped = np.full((len(first), scores.shape[1]), -np.inf, dtype=np.float64)
+    np.maximum.at(grouped, index, scores.astype(np.float64))
+    labels = np.zeros((len(first), targets.shape[1]), dtype=targets.dtype)
+    np.maximum.at(labels, index, targets)
+    return grouped, labels
+
+
+def multilabel_map(
+    scores: np.ndarray,
+    targets: np.ndarray,
+    groups: np.ndarray | Sequence[str] | None = None,
+    metric: str = "mAP",
+) -> float:
+    """mAP (``metric``: a :data:`MAP_CONVENTIONS` name) of multi-label ``scores``, over the
+    samples ``groups`` names (:func:`max_over_groups`: a group's score is the maximum over its
+    rows), or over the rows where ``groups`` is None or every row's group is ``""``."""
+    if metric not in MAP_CONVENTIONS:
+        raise ConfigError(f"metric must be one of {', '.join(MAP_CONVENTIONS)}, got {metric!r}")
+    scores, targets = max_over_groups(scores, targets, groups)
+    return MAP_CONVENTIONS[metric](scores, targets)
+
+
 def softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
     """Numerically stable softmax along ``axis`` (float64)."""
     logits = np.asarray(logits, dtype=np.float64)
