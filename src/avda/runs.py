@@ -41,6 +41,7 @@ PROVENANCE = "provenance.json"
 CHECKPOINT = "checkpoints/last.pt"
 METRICS = "metrics.jsonl"
 PREDICTIONS = "predictions"
+GROUP_COLUMN = "group"  # a predictions file's column of the rows' score_group ("" = alone)
 STATUS = "run.json"
 
 
@@ -161,8 +162,11 @@ def write_predictions(
     uids: np.ndarray,
     labels: dict[str, np.ndarray],
     scores: dict[str, np.ndarray],
+    groups: np.ndarray | None = None,
 ) -> None:
-    save_predictions(run / PREDICTIONS / f"{name}.npz", uids, labels, scores)
+    """``groups``: each row's ``score_group`` (written as that column where not None)."""
+    columns = None if groups is None else {GROUP_COLUMN: groups}
+    save_predictions(run / PREDICTIONS / f"{name}.npz", uids, labels, scores, columns)
 
 
 def save_predictions(
@@ -224,8 +228,11 @@ def read_predictions(run: Path, name: str) -> dict[str, Any]:
 
 def load_predictions(path: Path) -> dict[str, Any]:
     """A predictions file (a run's ``predictions/<set>.npz``, or ``avda predict -o``'s):
-    ``{"uids", "labels": {task: ...}, "scores": {task: ...}}``, checked (one row per segment,
-    each listed once, finite scores); anything else is one RunError naming the file."""
+    ``{"uids", "labels": {task: ...}, "scores": {task: ...}, "groups"}``, checked (one row per
+    segment, each listed once, finite scores); anything else is one RunError naming the file.
+    ``groups``: the rows' ``score_group`` where the file records one (a multi-label mAP scores
+    each group by the maximum over its rows: :func:`avda.scoring.metrics.multilabel_map`),
+    else None."""
     path = Path(path)
     if not path.exists():
         raise RunError(f"{path} does not exist; give a predictions file (.npz) avda wrote")
@@ -233,6 +240,7 @@ def load_predictions(path: Path) -> dict[str, Any]:
     if "uids" not in data:
         raise RunError(f"{path} is not a predictions file avda wrote: it has no uids")
     out: dict[str, Any] = {"uids": data["uids"], "labels": {}, "scores": {}}
+    out["groups"] = data.get(GROUP_COLUMN)
     for key, value in data.items():
         if key.startswith("label_"):
             out["labels"][key[6:]] = value
@@ -246,7 +254,8 @@ def load_predictions(path: Path) -> dict[str, Any]:
             f"{path} lists segment {str(first)!r} (and maybe others) more than once: not a "
             "predictions file avda wrote; remove it and train the run again"
         )
-    for key, values in (*out["labels"].items(), *out["scores"].items()):
+    grouped = {GROUP_COLUMN: out["groups"]} if out["groups"] is not None else {}
+    for key, values in (*out["labels"].items(), *out["scores"].items(), *grouped.items()):
         if len(values) != len(uids):
             raise RunError(
                 f"{path}: {key} has {len(values)} rows for {len(uids)} segments: not a "

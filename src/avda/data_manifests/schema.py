@@ -38,6 +38,7 @@ OPTIONAL_COLUMNS: tuple[str, ...] = (
     "noun",
     "noun_class",
     "labels",
+    "score_group",
     "video_path",
 )
 SPLITS: tuple[str, ...] = ("train", "val", "test")
@@ -52,6 +53,7 @@ STRING_COLUMNS: tuple[str, ...] = (
     "verb",
     "noun",
     "labels",
+    "score_group",
     "video_path",
 )
 # Columns whose values become file or folder names (flow folders, frame and audio look-ups,

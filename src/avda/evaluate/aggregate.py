@@ -38,6 +38,7 @@ from avda.scoring.metrics import (
     MAP_CONVENTIONS,
     mean_class_accuracy,
     mean_std,
+    multilabel_map,
     top1_accuracy,
     top_k_accuracy,
 )
@@ -443,9 +444,13 @@ def _has_labels(labels: dict[str, np.ndarray]) -> bool:
     )
 
 
-def _metric_value(scores: np.ndarray, labels: np.ndarray, metric: str) -> float:
+def _metric_value(
+    scores: np.ndarray, labels: np.ndarray, metric: str, groups: np.ndarray | None = None
+) -> float:
+    """``metric`` of one predictions file; an mAP over its ``groups`` (``score_group``: the
+    maximum over each group's rows) where it records them."""
     if metric in MAP_CONVENTIONS:
-        return MAP_CONVENTIONS[metric](scores, labels)
+        return multilabel_map(scores, labels, groups, metric)
     known = labels >= 0
     if not known.any():
         return float("nan")
@@ -752,7 +757,7 @@ def _settings_table(
             value = float(
                 np.mean(
                     [
-                        _metric_value(p["scores"][name], p["labels"][name], chosen)
+                        _metric_value(p["scores"][name], p["labels"][name], chosen, p.get("groups"))
                         for p in checkpoints
                     ]
                 )

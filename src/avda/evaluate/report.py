@@ -55,6 +55,7 @@ from avda.evaluate import tables
 from avda.scoring.metrics import (
     average_precision_per_class,
     confusion_matrix,
+    max_over_groups,
     mean_std,
     per_class_accuracy,
 )
@@ -738,6 +739,8 @@ def run_figures(
         multi = {t["name"] for t in config.get("tasks", []) if t.get("multi_label")}
         for task in sorted(predictions["scores"]):
             scores, labels = predictions["scores"][task], predictions["labels"][task]
+            if task in multi:  # the samples the mAP scores (score_group: max over its rows)
+                scores, labels = max_over_groups(scores, labels, predictions["groups"])
             if task not in multi and not (labels >= 0).any():
                 continue
             task_names = names.get(task)

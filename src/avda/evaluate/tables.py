@@ -13,7 +13,7 @@ import pandas as pd
 
 from avda import runs
 from avda.errors import ConfigError, RunError
-from avda.scoring.metrics import mean_class_accuracy, top1_accuracy
+from avda.scoring.metrics import mean_class_accuracy, multilabel_map, top1_accuracy
 
 SET_ORDER = ("source_val", "source_test", "target_val", "target_test")
 
@@ -28,10 +28,8 @@ def run_metrics(run: Path) -> dict[str, float]:
         pred = runs.read_predictions(run, name)
         for task, scores in pred["scores"].items():
             labels = pred["labels"][task]
-            if task in multi:
-                from avda.scoring.metrics import mean_average_precision
-
-                metrics[f"{name}/{task}/mAP"] = mean_average_precision(scores, labels)
+            if task in multi:  # by score_group where recorded (the maximum over its rows)
+                metrics[f"{name}/{task}/mAP"] = multilabel_map(scores, labels, pred["groups"])
                 continue
             known = labels >= 0
             if not known.any():

@@ -55,6 +55,9 @@ class FeatureSet:
     labels: dict[str, torch.Tensor]
     domains: np.ndarray
     stats: Statistics = dataclasses.field(default_factory=dict)
+    # each row's ``score_group`` (the sample a multi-label mAP scores it in, by the maximum
+    # over the group's rows); None where the cache has no such column or no row has one
+    groups: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -307,7 +310,17 @@ def load_set(
         inputs=inputs,
         labels=_labels(segments, rows, tasks),
         domains=segments["domain"].iloc[rows].to_numpy(dtype=str),
+        groups=score_groups(segments, rows),
     )
+
+
+def score_groups(segments: pd.DataFrame, rows: np.ndarray) -> np.ndarray | None:
+    """The ``score_group`` of ``rows`` (``""`` = scored alone), or None where the segment
+    table has no such column or none of ``rows`` has a group: scored row by row."""
+    if "score_group" not in segments:
+        return None
+    groups = segments["score_group"].iloc[rows].fillna("").to_numpy(dtype=str)
+    return groups if (groups != "").any() else None
 
 
 def _load_clips(

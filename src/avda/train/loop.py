@@ -24,7 +24,7 @@ from avda._io import atomic_write_text, progress_bar, quiet_logs
 from avda.cache import FeatureCache
 from avda.cache.lock import run_lock
 from avda.errors import AvdaError, RunError, TrainingDiverged
-from avda.scoring.metrics import mean_class_accuracy, top1_accuracy
+from avda.scoring.metrics import mean_class_accuracy, multilabel_map, top1_accuracy
 from avda.train import setup as setup_lib
 from avda.train import sinks as sinks_lib
 from avda.train.data import FeatureSet, Task, batch_count
@@ -81,6 +81,7 @@ def single_clip_view(feature_set: FeatureSet) -> FeatureSet:
         inputs=inputs,
         labels={t: y.repeat_interleave(count, dim=0) for t, y in feature_set.labels.items()},
         domains=np.repeat(feature_set.domains, count),
+        groups=None if feature_set.groups is None else np.repeat(feature_set.groups, count),
     )
 
 
@@ -152,11 +153,9 @@ def evaluate_sets(
         all_scores[name] = scores
         for task in head.tasks:
             labels = feature_set.labels[task.name].numpy()
-            if task.multi_label:
-                from avda.scoring.metrics import mean_average_precision
-
-                metrics[f"{name}/{task.name}/mAP"] = mean_average_precision(
-                    scores[task.name], labels
+            if task.multi_label:  # by score_group where the cache has one (max over its rows)
+                metrics[f"{name}/{task.name}/mAP"] = multilabel_map(
+                    scores[task.name], labels, feature_set.groups
                 )
                 continue
             known = labels >= 0
@@ -422,6 +421,7 @@ def _train(
                         feature_set.uids,
                         labels,
                         epoch_scores[name],
+                        groups=feature_set.groups,
                     )
         runs.append_metrics(out, record)
         sinks.record(record)
@@ -451,6 +451,7 @@ def _train(
             feature_set.uids,
             {t: y.numpy() for t, y in feature_set.labels.items()},
             scores[name],
+            groups=feature_set.groups,
         )
     runs.mark_complete(out, {"metrics": metrics, "epochs": config.epochs})
     return TrainResult(out, metrics)

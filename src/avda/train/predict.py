@@ -51,7 +51,9 @@ class Predictions:
     """What :func:`predict_run` predicted: per row (in the order of ``sets``) its ``uids``,
     ``labels`` and ``scores`` per task (the arrays of a run's ``predictions/<set>.npz``),
     ``sets`` (name -> number of rows, in order) and ``metrics`` per set where labels exist
-    (``<set>/<task>/top1`` ..., fractions, as a run's ``metrics.jsonl``)."""
+    (``<set>/<task>/top1`` ..., fractions, as a run's ``metrics.jsonl``; a multi-label mAP by
+    the cache's ``score_group``, as the run's loop scores it). ``groups``: each row's
+    ``score_group`` (``""`` = scored alone) where the cache has one, else None."""
 
     uids: np.ndarray
     labels: dict[str, np.ndarray]
@@ -59,6 +61,7 @@ class Predictions:
     sets: dict[str, int]
     metrics: dict[str, float]
     run: Path | None = None  # the run that predicted (save refuses to write into it)
+    groups: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.uids)
@@ -93,16 +96,17 @@ class Predictions:
 
     def save(self, path: str | Path) -> Path:
         """Write ``path`` (a ``.npz``) and its .csv as a run writes its predictions, with each
-        row's ``set``."""
+        row's ``set`` (and its ``score_group`` as ``group``, where the cache has one)."""
         path = check_output(self.run, path)
         if path.suffix != ".npz":
             raise ConfigError(
                 f"{path}: predictions are written as a .npz (and its .csv beside it); name it "
                 f"{path.with_suffix('.npz').name}"
             )
-        return runs.save_predictions(
-            path, self.uids, self.labels, self.scores, columns={"set": self.set_names()}
-        )
+        columns = {"set": self.set_names()}
+        if self.groups is not None:
+            columns[runs.GROUP_COLUMN] = self.groups
+        return runs.save_predictions(path, self.uids, self.labels, self.scores, columns=columns)
 
 
 def _check_same_features(run: Path, recorded: dict[str, Any], store: FeatureCache, modalities):
@@ -456,6 +460,8 @@ def predict_run(
         metrics, scores = loop_lib.evaluate_sets(model, sets, device, target_set)
 
     tasks = [t.name for t in setup.tasks]
+    grouped = any(s.groups is not None for s in sets.values())
+    groups = [s.groups if s.groups is not None else np.full(len(s), "") for s in sets.values()]
     return Predictions(
         uids=np.concatenate([s.uids for s in sets.values()]),
         labels={t: np.concatenate([s.labels[t].numpy() for s in sets.values()]) for t in tasks},
@@ -463,6 +469,7 @@ def predict_run(
         sets={n: len(s) for n, s in sets.items()},
         metrics=metrics,
         run=run,
+        groups=np.concatenate(groups).astype(str) if grouped else None,
     )
 
 
