@@ -348,7 +348,8 @@ register(
         "setting",
         summary="CharadesEgo third -> first person, semi-supervised: half of the target "
         "training videos labelled; mAP in both conventions (classes with positives; the "
-        "authors' code: classes without positives count 0)",
+        "authors' code: classes without positives count 0), over test videos scored by the "
+        "maximum over their clip rows where the cache has score_group (--unit windows)",
         settings=("charades-ego",),
         classes={"labels": 157},  # Charades' classes
         common={

@@ -204,14 +204,91 @@ def test_a_long_run_gets_its_centre_window(tmp_path):
     assert manifest["stop_sec"].tolist() == pytest.approx([729 / 24])
 
 
-def test_test_videos_stay_whole_videos(shared_data):
+def sample_frames_test_pipeline(total_frames: int) -> np.ndarray:
+    """The SlowFast config's ``test_pipeline`` ``SampleFrames(clip_len=64, frame_interval=8,
+    num_clips=10, test_mode=True)`` as ``test_recognizer.py`` runs it (``start_index`` 1,
+    ``frame_inds.reshape((num_clips, -1))``, l. 62-83), mmaction's ``_get_test_clips`` and
+    ``__call__`` with ``out_of_bound_opt='loop'``."""
+    clip_len, frame_interval, num_clips = 64, 8, 10
+    ori_clip_len = clip_len * frame_interval
+    avg_interval = (total_frames - ori_clip_len + 1) / float(num_clips)
+    if total_frames > ori_clip_len - 1:
+        base_offsets = np.arange(num_clips) * avg_interval
+        clip_offsets = (base_offsets + avg_interval / 2.0).astype(int)
+    else:
+        clip_offsets = np.zeros((num_clips,), dtype=int)
+    frame_inds = clip_offsets[:, None] + np.arange(clip_len)[None, :] * frame_interval
+    frame_inds = np.concatenate(frame_inds)
+    frame_inds = frame_inds.reshape((-1, clip_len))
+    frame_inds = np.mod(frame_inds, total_frames)
+    start_index = 1
+    frame_inds = np.concatenate(frame_inds) + start_index
+    return frame_inds.reshape((num_clips, -1))
+
+
+def authors_test_videos(rows: list[list[str]]) -> list[tuple[str, list[int]]]:
+    """``CharadesEgoTesting.__init__`` (``test_recognizer.py`` l. 33-45): the videos with an
+    action and their classes (``row[-4]`` of the v1 file is the ``actions`` column, v0's is
+    ``row[9]``)."""
+    video_list, class_list = [], []
+    for row in rows:
+        class_list1 = row[9]
+        class_list1 = class_list1.split(";")
+        if len(class_list1[0]) > 0:
+            tmp = []
+            for item in class_list1:
+                tmp.append(int((item.split(" "))[0][1:]))
+            class_list.append(tmp)
+            video_list.append(row[0])
+    return list(zip(video_list, class_list, strict=True))
+
+
+@pytest.fixture(scope="module")
+def windows_manifest(shared_data) -> pd.DataFrame:
     folder = shared_data / "annotations" / "charadesego_v0"
-    windows = build("charades-ego", folder, unit="windows").manifest
-    videos = build("charades-ego", folder, unit="videos").manifest
-    test = windows[windows["split"] == "test"].reset_index(drop=True)
-    pd.testing.assert_frame_equal(test, videos[videos["split"] == "test"].reset_index(drop=True))
-    assert len(test) == 1863 + 103
-    assert (windows[windows["split"] == "train"]["uid"].str.contains("_w")).all()
+    return build("charades-ego", folder, unit="windows").manifest
+
+
+@pytest.mark.parametrize("name", ["CharadesEgo_v0_egocentric_test.csv", "CharadesEgo_v0_test.csv"])
+def test_test_videos_are_the_authors_ten_clips(shared_data, windows_manifest, name):
+    """Every test video with an action becomes 10 rows, one per clip of ``test_recognizer.py``
+    (its frames as 24-fps seconds, ``num_frames = round(length x 24)``), labelled with all the
+    video's classes, ``score_group`` = the video."""
+    path = shared_data / "annotations" / "charadesego_v0" / name
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))[1:]
+    rows = rows if "egocentric" in name else rows[::15]
+    lengths = {r[0]: r[10] for r in rows}
+    test = windows_manifest[windows_manifest["split"] == "test"].set_index("uid")
+    checked = short = 0
+    for video, classes in authors_test_videos(rows):
+        if not lengths[video].strip():  # no length: no frame count (dropped, counted)
+            assert f"{video}_c0" not in test.index
+            continue
+        clips = sample_frames_test_pipeline(int(np.round(float(lengths[video]) * 24)))
+        short += int((clips[:, 0] == 1).all())
+        for k, frames in enumerate(clips):
+            row = test.loc[f"{video}_c{k}"]
+            assert row["video_id"] == video
+            assert row["score_group"] == video
+            assert row["start_sec"] == pytest.approx((frames.min() - 1) / 24)
+            assert row["stop_sec"] == pytest.approx(frames.max() / 24)
+            assert row["labels"] == ";".join(map(str, sorted(set(classes))))
+        assert f"{video}_c10" not in test.index
+        checked += 1
+    assert checked > 50 and 0 < short < checked  # long videos and short, looped ones
+    videos = {v for v, _ in authors_test_videos(rows) if lengths[v].strip()}
+    mine = test[test["video_id"].isin(list(lengths))]
+    assert set(mine["video_id"]) == videos  # none without an action
+    assert len(mine) == 10 * len(videos)
+
+
+def test_training_windows_are_scored_alone(windows_manifest):
+    train = windows_manifest[windows_manifest["split"] == "train"]
+    assert (train["score_group"] == "").all()
+    assert train["uid"].str.contains("_w").all()
+    test = windows_manifest[windows_manifest["split"] == "test"]
+    assert len(test) == 10 * (1863 + 103 - 49)  # the test videos with an action
 
 
 def test_the_cli_builds_windows(shared_data, tmp_path, capsys):

@@ -22,9 +22,13 @@ Each row's ``actions`` is ``cNNN start end;cNNN start end;...`` (seconds). Two u
   out). Dropped and counted: videos without ``length`` (``video without length``; in v0 these
   also have no actions).
 
-* ``windows``: the Audio-Adaptive authors' CharadesEgo training samples (``xiaobai1217/
-  DomainAdaptation``, ``CharadesEgo/``). Training videos: one row per **action window**, test
-  videos: one row per video as ``videos`` (their ``test_recognizer.py`` scores whole videos).
+* ``windows``: the Audio-Adaptive authors' CharadesEgo samples (``xiaobai1217/
+  DomainAdaptation``, ``CharadesEgo/``). Training videos: one row per **action window**; test
+  videos with an action: their ``test_recognizer.py``'s **10 clips**, one row each (uid
+  ``<id>_c<k>``, :func:`test_clip_frames`; each from its first to past its last sampled frame,
+  ``labels`` = all the video's classes), ``score_group`` = the video, so that a multi-label
+  evaluation scores the video by the maximum over its clips' sigmoid scores, as their test does
+  (docs/manifest.md, "Scored groups"); training rows have an empty ``score_group``.
   ``generate_labels.py`` turns each action into frames ``round(t x 24) + 1`` (24 fps; start and
   stop swapped where the stop comes first) and splits the frames ``1 .. num_frames`` of a video
   into *runs*, maximal stretches of frames with at least one action; their dataloaders draw a
@@ -91,6 +95,8 @@ ACTION_PATTERN = re.compile(r"^c(\d{3})\s+(\S+)\s+(\S+)$")
 AUTHORS_FPS = 24
 WINDOW_FRAMES = 64
 WINDOW_STRIDE = 8
+# ... and its test pipeline 10 such clips over the whole video (test_recognizer.py).
+TEST_CLIPS = 10
 
 
 def read_classes(path: Path, problems: SourceProblems) -> tuple[str, ...]:
@@ -165,7 +171,8 @@ def build(
     """Manifest of CharadesEgo action segments (or videos with multi-labels).
 
     ``unit``: ``segments`` (one row per action), ``videos`` (one row per video, ``labels``) or
-    ``windows`` (training: the Audio-Adaptive authors' action windows; test: videos).
+    ``windows`` (training: the Audio-Adaptive authors' action windows; test: their 10 clips
+    per video, ``score_group`` = the video).
     ``version``: ``v0`` (Actor-Observer files) or ``v1`` (CharadesEgo release).
     ``video_path_template``: ``video_path`` of a row, formatted from its columns ("" = none).
     """
@@ -201,8 +208,12 @@ def build(
         domain = np.where(video_ids.str.endswith(EGO_SUFFIX), "first", "third")
         if unit == "segments":
             frames.append(_segments(video_ids, domain, split, actions, classes, drops))
-        elif unit == "videos" or split != "train":
+        elif unit == "videos":
             frames.append(_videos(video_ids, domain, split, actions, length, empty_length, drops))
+        elif split != "train":
+            frames.append(
+                _test_clips(video_ids, domain, split, actions, length, empty_length, drops)
+            )
         else:
             frames.append(_windows(video_ids, domain, split, actions, length, empty_length, drops))
     problems.raise_if_any()
@@ -334,6 +345,23 @@ def window_frames(first: int, last: int) -> np.ndarray:
     return indices + first
 
 
+def test_clip_frames(num_frames: int) -> np.ndarray:
+    """The ``(10, 64)`` frame numbers of the authors' test clips of a video of ``num_frames``
+    frames: mmaction's ``SampleFrames(64, 8, num_clips=10, test_mode=True)`` from
+    ``start_index = 1`` (``test_recognizer.py``, the SlowFast config's ``test_pipeline``): clip
+    ``k`` at offset ``int(k a + a / 2)``, ``a = (N - 511) / 10``, for a video longer than 511
+    frames, else every clip at offset 0, the indices looped (``mod N``)."""
+    span = WINDOW_FRAMES * WINDOW_STRIDE
+    if num_frames > span - 1:
+        interval = (num_frames - span + 1) / float(TEST_CLIPS)
+        offsets = (np.arange(TEST_CLIPS) * interval + interval / 2.0).astype(np.int64)
+    else:
+        offsets = np.zeros(TEST_CLIPS, dtype=np.int64)
+    indices = offsets[:, None] + np.arange(WINDOW_FRAMES)[None, :] * WINDOW_STRIDE
+    indices = np.mod(indices, num_frames) if num_frames > 0 else np.zeros_like(indices)
+    return indices + 1
+
+
 def window_labels(classes: list[frozenset[int]], frames: np.ndarray) -> list[int]:
     """The sorted classes active at any of ``frames`` (the loaders' ``label1``)."""
     return sorted(set().union(*(classes[int(f) - 1] for f in frames)))
@@ -377,5 +405,51 @@ def _windows(
             "start_sec": np.asarray(rows["start"], dtype="float64"),
             "stop_sec": np.asarray(rows["stop"], dtype="float64"),
             "labels": rows["labels"],
+            "score_group": "",  # scored alone
+        }
+    )
+
+
+def _test_clips(
+    video_ids: pd.Series,
+    domain: np.ndarray,
+    split: str,
+    actions: list[list[tuple[int, float, float]]],
+    length: np.ndarray,
+    empty_length: np.ndarray,
+    drops: Drops,
+) -> pd.DataFrame:
+    """Test videos under ``unit=windows``: the authors' 10 test clips per video with an action
+    (:func:`test_clip_frames`), uid ``<id>_c<k>``, each from its first to past its last sampled
+    frame, labelled with all the video's classes, ``score_group`` = the video."""
+    rows: dict[str, list] = {
+        k: [] for k in ("uid", "video_id", "domain", "start", "stop", "labels")
+    }
+    drops.add(NO_LENGTH, int(empty_length.sum()))
+    for position, video in enumerate(video_ids):
+        if empty_length[position]:
+            continue
+        if not actions[position]:  # test_recognizer.py reads the videos with an action
+            drops.add(NO_ACTIONS)
+            continue
+        labels = join_ids(sorted({a[0] for a in actions[position]}))
+        clips = test_clip_frames(int(np.round(length[position] * AUTHORS_FPS)))
+        for index, frames in enumerate(clips):
+            rows["uid"].append(f"{video}_c{index}")
+            rows["video_id"].append(video)
+            rows["domain"].append(domain[position])
+            rows["start"].append((int(frames.min()) - 1) / AUTHORS_FPS)
+            rows["stop"].append(int(frames.max()) / AUTHORS_FPS)
+            rows["labels"].append(labels)
+    return pd.DataFrame(
+        {
+            "uid": rows["uid"],
+            "video_id": rows["video_id"],
+            "domain": rows["domain"],
+            "split": split,
+            "start_sec": np.asarray(rows["start"], dtype="float64"),
+            "stop_sec": np.asarray(rows["stop"], dtype="float64"),
+            "labels": rows["labels"],
+            "score_group": rows["video_id"],
         }
     )
