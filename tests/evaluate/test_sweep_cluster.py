@@ -628,6 +628,53 @@ def test_a_job_that_dies_before_its_worker_connects_again_fails_at_once_in_one_l
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize(
+    ("delays", "going_on"),
+    [
+        ("0", "going on with the 1 worker(s) connected"),
+        ("0 10 0", "going on waiting for the 1 job(s) still in the queue"),
+    ],
+)
+def test_a_job_dying_at_start_again_is_dropped_while_another_job_trains(
+    tmp_path, cache, monkeypatch, caplog, delays, going_on
+):
+    """SLURM through shims: the first job's script exits 1 at start, and so does the job
+    submitted in its place; the second job starts (at once, or after 10 s in the queue) and
+    trains. The sweep goes on with it (before, with the second job still in the queue, it
+    failed at once as if no job were left): every run finishes, each epoch trained once on the
+    second job, no third job is submitted in the dying one's place, and the warning names the
+    job, its log and the likely cause."""
+    import logging
+
+    monkeypatch.setattr(sweep, "QUEUE_POLL_SECONDS", 0.5, raising=False)
+    queue = _queue_shims(tmp_path, monkeypatch, delays, dying="0 2")
+    spec, out = _two_job_spec(cache, tmp_path, worker_timeout=120), tmp_path / "runs"
+    caplog.set_level(logging.WARNING, logger="avda.sweep.run")
+    began = time.monotonic()
+    with _first_job_preempted(queue, tmp_path / "nothing-to-preempt"):
+        summary = sweep.run_sweep(spec, out=out, progress=False)
+    assert time.monotonic() - began < 120
+    assert summary.ok, summary.text()
+    for run in summary.run_dirs:
+        assert [m["epoch"] for m in runs.read_metrics(run)] == list(range(1, 13)), run
+    assert len({o.worker for o in summary.outcomes.values()}) == 1, summary.outcomes
+    events = (queue / "events").read_text().splitlines()
+    ids = _job_ids(events)
+    assert sorted(ids) == ["job0", "job1", "job2"], events
+    said = [r.message for r in caplog.records if "giving up" in r.message]
+    assert len(said) == 1, caplog.text
+    line = said[0]
+    assert line.startswith(f"SLURM job {ids['job2']} ended before its Dask worker connected ("), (
+        line
+    )
+    assert f"see its log {tmp_path / 'logs'}/avda-sweep-{ids['job2']}.err" in line, line
+    assert "its log ends 'sh: module: command not found'" in line, line
+    assert "its job script failed before starting the worker" in line, line
+    assert "submitted in place of a job that ended so too" in line, line
+    assert line.endswith(going_on), line
+
+
+@pytest.mark.slow
 def test_no_restart_is_used_while_every_job_waits_in_the_queue(tmp_path, cache, monkeypatch):
     """SLURM through shims: the running job is killed mid-run and submitted again; it then
     waits in the queue with the other job past worker_timeout. Nothing is left to submit: the

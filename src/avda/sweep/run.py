@@ -1010,8 +1010,9 @@ class WorkerWatch:
     ``check_jobs()`` (called by ``check()``, and while the first worker is waited for) submits
     again at once a job that left the queue before its workers connected (one of the
     ``restarts``); one that ends so again, or with no restart left, fails the sweep at once in
-    one line naming the job, its log and the likely cause (while other workers train: a warning,
-    and the sweep goes on without it)."""
+    one line naming the job, its log and the likely cause; while other workers train, or other
+    jobs still wait in the queue, that line is a warning and the sweep goes on without the job
+    (no job in its place until a restart)."""
 
     def __init__(
         self,
@@ -1061,14 +1062,20 @@ class WorkerWatch:
                 f"the job script (`avda sweep {self.spec_name} --cluster {self.kind} "
                 "--job-script`)"
             )
+            self.restart.drop({end.name for end in ended})
             workers = self._workers()
-            if workers == 0:
+            waiting = self.restart.waiting()  # jobs still in the queue, the dropped ones gone
+            if workers == 0 and not waiting:
                 raise AvdaError(
                     f"{line}; the finished runs are kept in the index: run the same command "
                     "again to train the others"
                 )
-            log.warning("%s; going on with the %s worker(s) connected", line, workers)
-            self.restart.drop({end.name for end in ended})
+            going_on = (
+                f"going on with the {workers} worker(s) connected"
+                if workers
+                else f"going on waiting for the {waiting} job(s) still in the queue"
+            )
+            log.warning("%s; %s", line, going_on)
             return False
         self.restarted += 1
         self.restart.replace({end.name for end in ended}, at_start=True)
