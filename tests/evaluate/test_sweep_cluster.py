@@ -496,10 +496,19 @@ def _first_job_preempted(queue, out):
                 os.killpg(int(pid.read_text()), signal.SIGKILL)
 
 
+STARTUP_MARGIN = 20
+"""worker_timeout of the shim tests that wait for a job started at once: it covers the job's
+start-up (``dask worker``: a nanny, then a worker process, each importing dask and avda; over
+3 s on 2 busy cores, where a 3 s timeout failed the wait for the first worker)."""
+NEVER = 600
+"""A shim job's wait in the queue that outlasts the test: it starts only if something is wrong."""
+
+
 @pytest.mark.slow
 def test_a_job_lost_mid_run_while_the_others_wait_in_a_busy_queue(tmp_path, cache, monkeypatch):
     """SLURM through shims that start jobs: of 2 jobs asked for, one starts and the other waits
-    in the queue; the running job is killed mid-run (preempted). The run resumes on the job that
+    in the queue (12 s); the running job is killed mid-run (preempted) and, the queue no longer
+    showing it, is submitted again at once (it waits 12 s too). The run resumes on a job that
     starts later: every run finishes, each epoch of each run is trained once (no two workers
     wrote one run folder), and the sweep's jobs are cancelled at the end."""
     queue = _queue_shims(tmp_path, monkeypatch, "0 12")
@@ -508,27 +517,34 @@ def test_a_job_lost_mid_run_while_the_others_wait_in_a_busy_queue(tmp_path, cach
         summary = sweep.run_sweep(spec, out=out, progress=False)
     assert killed, "the first job never trained a run"
     _assert_every_epoch_once(summary, out, killed[0])
-    events = (queue / "events").read_text()
-    assert events.count("submit") == 2, events  # no job submitted again: the queued one served
+    events = (queue / "events").read_text().splitlines()
+    # the killed job submitted again once, at once: before the queued one started (not after 60 s)
+    assert [e.split()[1] for e in events if e.startswith("submit")] == ["job0", "job1", "job2"]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("restarts", [2, 0])
+@pytest.mark.parametrize(("restarts", "queue_answers"), [(2, False), (0, True)])
 def test_a_restart_leaves_jobs_waiting_in_the_queue_there(
-    tmp_path, cache, monkeypatch, caplog, restarts
+    tmp_path, cache, monkeypatch, caplog, restarts, queue_answers
 ):
-    """SLURM through shims: of 2 jobs, one starts and the other waits in the queue longer than
-    worker_timeout; the running job is killed mid-run. The restart submits again only the job
-    that died (the queued one keeps its place: not cancelled until the sweep ends), every run
-    finishes once, each epoch trained once. With no restart left the sweep gives up in one line
-    that says a job is still waiting in the queue and what to raise."""
+    """SLURM through shims: of 2 jobs, one starts and the other waits in the queue (past the
+    test); the running job is killed mid-run. ``squeue`` cannot be asked (or there is no
+    restart left): after worker_timeout the restart submits again only the job that died (the
+    queued one keeps its place: not cancelled until the sweep ends), every run finishes once,
+    each epoch trained once. With no restart left the sweep gives up in one line that says a
+    job is still waiting in the queue and what to raise."""
     import logging
 
     from avda.errors import AvdaError
 
     monkeypatch.setattr(sweep, "MAX_RESTARTS", restarts)
-    queue = _queue_shims(tmp_path, monkeypatch, "0 40 0")
-    spec, out = _two_job_spec(cache, tmp_path, worker_timeout=3), tmp_path / "runs"
+    queue = _queue_shims(tmp_path, monkeypatch, f"0 {NEVER} 0")
+    if not queue_answers:
+        _shim(
+            tmp_path / "bin", "squeue", "echo 'slurm_load_jobs error: Socket timed out' >&2; exit 1"
+        )
+    spec = _two_job_spec(cache, tmp_path, worker_timeout=STARTUP_MARGIN)
+    out = tmp_path / "runs"
     caplog.set_level(logging.WARNING, logger="avda.sweep.run")
     with _first_job_preempted(queue, out) as killed:
         if restarts:
@@ -552,7 +568,38 @@ def test_a_restart_leaves_jobs_waiting_in_the_queue_there(
     ], events  # fmt: skip
     assert events.index(f"scancel {waiting}") > events.index("start job2"), events
     said = [r.message for r in caplog.records if "submitted 1 job(s) again" in r.message]
-    assert said and "1 job(s) still waiting in the queue, left there" in said[0], caplog.text
+    assert said and f"for {STARTUP_MARGIN} s: submitted" in said[0], caplog.text
+    assert "1 job(s) still waiting in the queue, left there" in said[0], caplog.text
+
+
+@pytest.mark.slow
+def test_a_job_killed_mid_run_that_left_the_queue_is_submitted_again_at_once(
+    tmp_path, cache, monkeypatch, caplog
+):
+    """SLURM through shims: of 2 jobs, one starts and the other waits in the queue (past the
+    test); the running job is killed mid-run. ``squeue`` no longer shows it: it is submitted
+    again at once (one of the 2 restarts), not after worker_timeout (120 s; before, the sweep
+    waited for it), and the runs finish on the new job, each epoch trained once."""
+    import logging
+
+    queue = _queue_shims(tmp_path, monkeypatch, f"0 {NEVER} 0")
+    spec, out = _two_job_spec(cache, tmp_path, worker_timeout=120), tmp_path / "runs"
+    caplog.set_level(logging.WARNING, logger="avda.sweep.run")
+    began = time.monotonic()
+    with _first_job_preempted(queue, out) as killed:
+        summary = sweep.run_sweep(spec, out=out, progress=False)
+    assert time.monotonic() - began < 90, "the restart waited for worker_timeout"
+    assert killed, "the first job never trained a run"
+    _assert_every_epoch_once(summary, out, killed[0])
+    events = (queue / "events").read_text().splitlines()
+    assert [e.split()[1] for e in events if e.startswith("submit")] == ["job0", "job1", "job2"]
+    waiting = (queue / "job1.pid").read_text().strip()
+    assert events.index(f"scancel {waiting}") > events.index("start job2"), events
+    said = [r.message for r in caplog.records if "submitted 1 job(s) again" in r.message]
+    assert len(said) == 1, caplog.text
+    assert said[0].startswith("no Dask worker left in the SLURM cluster and its jobs left the "
+                              "queue: submitted 1 job(s) again"), said  # fmt: skip
+    assert "1 job(s) still waiting in the queue, left there (1 of 2)" in said[0], said
 
 
 def _job_ids(events: list[str]) -> dict[str, str]:
@@ -683,8 +730,9 @@ def test_no_restart_is_used_while_every_job_waits_in_the_queue(tmp_path, cache, 
     from avda.errors import AvdaError
 
     monkeypatch.setattr(sweep, "MAX_RESTARTS", 2)
-    queue = _queue_shims(tmp_path, monkeypatch, "0 40 40")
-    spec, out = _two_job_spec(cache, tmp_path, worker_timeout=3), tmp_path / "runs"
+    queue = _queue_shims(tmp_path, monkeypatch, f"0 {NEVER} {NEVER}")
+    spec = _two_job_spec(cache, tmp_path, worker_timeout=STARTUP_MARGIN)
+    out = tmp_path / "runs"
     with _first_job_preempted(queue, out) as killed:
         with pytest.raises(AvdaError) as raised:
             sweep.run_sweep(spec, out=out, progress=False)

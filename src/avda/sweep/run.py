@@ -907,11 +907,20 @@ class JobRestart:
         self.submitted: set[str] = set()  # every job name it had: a new job gets another
         self.start_retries: set[str] = set()  # jobs in place of ones that ended at start
         self._asked = float("-inf")  # when the scheduler was last asked (time.monotonic)
+        self._asked_dead = float("-inf")  # ... about the jobs whose workers died
+        self.job_ids: dict[str, str] = {}  # each job's id, kept after the cluster drops it
 
     def start(self) -> None:
         """Submit the cluster's jobs (the first time)."""
         start_jobs(self.cluster, self.count, self.kind, self.spec_name)
         self.submitted |= set(self.cluster.worker_spec)
+        self._remember_ids()
+
+    def _remember_ids(self) -> None:
+        for name, job in list(self.cluster.workers.items()):
+            job_id = getattr(job, "job_id", None)
+            if job_id:
+                self.job_ids[name] = str(job_id)
 
     def _split(self) -> tuple[set[str], set[str]]:
         """The jobs that started (a worker connected) and have no worker now, and the jobs
@@ -960,6 +969,28 @@ class JobRestart:
                 ended.append(JobEnd(name, job_id, log_file, cause))
         return ended
 
+    def ended_after_start(self) -> set[str]:
+        """The jobs whose workers connected and are gone, when the scheduler's queue says that
+        every one of them has ended (asked at most every ``QUEUE_POLL_SECONDS``); none when a
+        job still runs there (a worker cut off from the scheduler) or the queue cannot tell
+        (the cluster's own cancel of a lost job, after ``lost-worker-timeout``, is not taken
+        for an answer)."""
+        dead, _ = self._split()
+        now = time.monotonic()
+        if not dead or now - self._asked_dead < QUEUE_POLL_SECONDS:
+            return set()
+        self._asked_dead = now
+        self._remember_ids()
+        ids = {name: self.job_ids.get(name) for name in dead}
+        if not all(ids.values()):  # a job without an id to ask the queue about
+            return set()
+        states = queue_states(self.kind, sorted({str(job_id) for job_id in ids.values()}))
+        if not states:
+            return set()
+        if not all(job_ended(self.kind, states.get(str(i), "?")) for i in ids.values()):
+            return set()
+        return dead
+
     def replace(self, dead: set[str], *, at_start: bool = False) -> None:
         """Cancel these jobs (one that ended is cancelled again: no harm) and submit jobs up to
         ``count`` in their place (``at_start``: in place of jobs that ended at start)."""
@@ -973,6 +1004,7 @@ class JobRestart:
         start_jobs(self.cluster, self.count, self.kind, self.spec_name, frozenset(self.submitted))
         new = set(self.cluster.worker_spec) - before
         self.submitted |= new
+        self._remember_ids()
         if at_start:
             self.start_retries |= new
 
@@ -1000,7 +1032,10 @@ class WorkerWatch:
     """Notices a cluster left without workers while runs wait (every job cancelled, past its
     walltime or preempted: Dask would wait for one forever). After ``timeout`` seconds without
     a worker it calls ``restart`` (at most ``restarts`` times; ``None``: workers it did not
-    start), then gives up with an :class:`AvdaError` naming ``where`` and the ``hint``.
+    start), then gives up with an :class:`AvdaError` naming ``where`` and the ``hint``. A
+    SLURM/PBS cluster without a worker is restarted at once, not after ``timeout``, when the
+    scheduler's queue says that every job whose workers died has ended
+    (:meth:`JobRestart.ended_after_start`).
 
     A SLURM/PBS ``restart`` (:class:`JobRestart`) submits again only the jobs whose workers
     died and returns (jobs submitted again, jobs still waiting in the queue); the give-up line
@@ -1102,13 +1137,16 @@ class WorkerWatch:
             return
         if self.since is None:
             self.since = now
-            return
-        if now - self.since < self.timeout:
+        left = self.restart is not None and self.restarted < self.restarts
+        # SLURM/PBS: the jobs whose workers died have left the queue: no worker of theirs can
+        # come back, so they are submitted again now instead of after the timeout
+        ended = isinstance(self.restart, JobRestart) and left and self.restart.ended_after_start()
+        if now - self.since < self.timeout and not ended:
             return
         # every job still waiting in the queue: a restart would submit nothing (and used to
         # count as one of the restarts): give up as the first wait does
         useless = isinstance(self.restart, JobRestart) and not self.restart.to_submit()
-        if self.restart is not None and self.restarted < self.restarts and not useless:
+        if left and not useless:
             self.restarted += 1
             if not isinstance(self.restart, JobRestart):
                 log.warning(
@@ -1120,15 +1158,17 @@ class WorkerWatch:
             else:
                 dead, waiting = self.restart()
                 log.warning(
-                    "no Dask worker left in %s for %g s: %s%s (%d of %d)",
+                    "no Dask worker left in %s %s: %s%s (%d of %d)",
                     self.where,
-                    self.timeout,
+                    "and its jobs left the queue" if ended else f"for {self.timeout:g} s",
                     f"submitted {dead} job(s) again whose workers ended (cancelled, walltime, "
                     "preempted?)",
                     f"; {waiting} job(s) still waiting in the queue, left there" if waiting else "",
                     *(self.restarted, self.restarts),
                 )
             self.since = time.monotonic()
+            return
+        if now - self.since < self.timeout:
             return
         again = f" (started again {self.restarted} time(s))" if self.restarted else ""
         waiting = self.restart.waiting() if isinstance(self.restart, JobRestart) else 0
