@@ -124,3 +124,52 @@ def test_the_cli_option(epic_folders, tmp_path, capsys):
     )  # fmt: skip
     err = capsys.readouterr().err
     assert code != 0 and "--jpeg-dct 'quick'" in err and "Traceback" not in err
+
+
+def _jpegs(media: Path, tmp_path: Path) -> list[Path]:
+    """The shared frames and JPEGs of a real 1280 x 720 frame in several layouts: 4:4:4, 4:2:2,
+    4:2:0, progressive, grey, CMYK."""
+    import av
+    from PIL import Image
+
+    with av.open(str(media / "video" / "bigbuckbunny.mp4")) as container:
+        frame = next(container.decode(video=0)).to_ndarray(format="rgb24")
+    image = Image.fromarray(frame)
+    made = []
+    for name, save in (
+        ("444", dict(subsampling=0)),
+        ("422", dict(subsampling=1)),
+        ("420", dict(subsampling=2)),
+        ("progressive", dict(progressive=True)),
+    ):
+        made.append(tmp_path / f"{name}.jpg")
+        image.save(made[-1], "JPEG", quality=90, **save)
+    made.append(tmp_path / "grey.jpg")
+    image.convert("L").save(made[-1], "JPEG", quality=90)
+    made.append(tmp_path / "cmyk.jpg")
+    image.convert("CMYK").save(made[-1], "JPEG", quality=90)
+    return sorted((media / "frames" / "mmaction2_imgs").glob("*.jpg")) + made
+
+
+def test_accurate_arrays_are_pillows_whichever_library_decodes_them(media, tmp_path, monkeypatch):
+    """Without resizing, a YCbCr JPEG read as RGB (or a grey one as L) is decoded by simplejpeg
+    for speed: the arrays must be Pillow's, in every layout, resized or not, and the same
+    without simplejpeg installed."""
+    decoded, paths = {}, _jpegs(media, tmp_path)
+    for path in paths:
+        for mode in ("RGB", "L"):
+            for side in (None, 128):
+                data = path.read_bytes()
+                pillow = frames_lib._read_with_pillow(path, data, shorter_side=side, mode=mode)
+                got = frames_lib.read_image(path, shorter_side=side, mode=mode)
+                np.testing.assert_array_equal(got, pillow, err_msg=f"{path.name} {mode} {side}")
+                decoded[path.name, mode, side] = got
+    # the fast route is taken where it applies (else this test would check Pillow twice)
+    frame = media / "frames" / "mmaction2_imgs" / "img_00001.jpg"
+    taken = frames_lib._accurate_by_simplejpeg(frame.read_bytes(), shorter_side=None, mode="RGB")
+    assert taken is not None
+    monkeypatch.setitem(sys.modules, "simplejpeg", None)  # not installed: Pillow throughout
+    for (name, mode, side), array in decoded.items():
+        path = next(p for p in paths if p.name == name)
+        again = frames_lib.read_image(path, shorter_side=side, mode=mode)
+        np.testing.assert_array_equal(again, array)
