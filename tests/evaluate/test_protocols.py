@@ -289,6 +289,13 @@ def test_multi_hot_and_charades_map():
     # class 0: rows 0,1 -> AP 1; class 1: AP 1; class 2: row 1 (0.7) before row 0 (0.2): 1/2
     assert charades_map(scores, labels) == pytest.approx((1 + 1 + 0.5) / 3)
     assert charades_map(scores, targets) == pytest.approx((1 + 1 + 0.5) / 3)
+    # two videos of two clips each, scored by the maximum over their clips: v (class 0)
+    # [0.9, 0.95], w (class 1) [0.6, 0.4]: class 0 AP 1, class 1 AP 1/2 (v first); per clip
+    # row it would be 0.75 and 7/12
+    clips = np.array([[0.9, 0.1], [0.2, 0.95], [0.5, 0.3], [0.6, 0.4]])
+    clip_labels = ["0", "0", "1", "1"]
+    assert charades_map(clips, clip_labels, groups=["v", "v", "w", "w"]) == pytest.approx(0.75)
+    assert charades_map(clips, clip_labels) == pytest.approx((0.75 + 7 / 12) / 2)
     with pytest.raises(ConfigError, match=r"'7' is not a class id in 0\.\.2"):
         multi_hot(["7"], 3)
     # one label or none per row: pandas reads the column as floats (15.0, NaN), refused before

@@ -39,6 +39,7 @@ from avda.errors import ConfigError
 from avda.scoring.metrics import (
     average_scores,
     check_scores_and_labels,
+    max_over_groups,
     mean_average_precision,
     mean_std,
     softmax,
@@ -350,10 +351,16 @@ def multi_hot(labels: Sequence[str | None], num_classes: int) -> np.ndarray:
     return targets
 
 
-def charades_map(scores: np.ndarray, labels: Sequence[str | None] | np.ndarray) -> float:
+def charades_map(
+    scores: np.ndarray,
+    labels: Sequence[str | None] | np.ndarray,
+    groups: np.ndarray | Sequence[str] | None = None,
+) -> float:
     """CharadesEgo video-level mAP (Charades' official protocol, see ``mean_average_precision``).
 
-    ``labels``: manifest ``labels`` strings, or an ``(N, C)`` multi-hot array.
+    ``labels``: manifest ``labels`` strings, or an ``(N, C)`` multi-hot array. ``groups``: the
+    rows' ``score_group`` (a test video's clips, ``--unit windows``): each video scored by the
+    maximum over its rows first (:func:`avda.scoring.metrics.max_over_groups`).
     """
     scores = np.asarray(scores)
     if scores.ndim != 2:
@@ -363,6 +370,7 @@ def charades_map(scores: np.ndarray, labels: Sequence[str | None] | np.ndarray) 
         if isinstance(labels, np.ndarray) and labels.ndim == 2
         else multi_hot(list(labels), scores.shape[1])
     )
+    scores, targets = max_over_groups(scores, targets, groups)
     return mean_average_precision(scores, targets)
 
 
