@@ -248,8 +248,20 @@ def test_a_run_from_another_input_is_another_run(demo_dataset, tmp_path):
     assert meta["key"]["input"] == {"source": "video"}
     meta["key"]["input"] = {"source": "audio-files"}  # as if trained from --audio files
     meta_path.write_text(json.dumps(meta))
-    with pytest.raises(ConfigError, match=r"other settings \(input .*audio-files.* -> .*video"):
+    with pytest.raises(ConfigError, match=r"settings \(input.source 'audio-files' -> 'video'"):
         _run(demo_dataset, tmp_path / "a.pt")
     assert done.history
     fast = InputPaths(frames=tmp_path, jpeg_dct="fast").provenance("rgb")
     assert fast == {"source": "frames", "jpeg_dct": "fast"}
+
+
+def test_another_jpeg_decoding_is_named_in_the_refusal():
+    """A flow run's input differs only in its JPEG decoding: the refusal names that field. It
+    printed both inputs cut at 40 characters, `input {'source': 'flow-frames', 'flow_stride':
+    -> {'source': 'flow-frames', 'flow_stride':`, the difference cut off on both sides."""
+    accurate = InputPaths(flow="flow").provenance("flow")
+    fast = InputPaths(flow="flow", jpeg_dct="fast").provenance("flow")
+    said = finetune._differences({"input": fast}, {"input": accurate})
+    assert said == "input.jpeg_dct 'fast' -> 'accurate'"
+    said = finetune._differences({"input": {"source": "video"}}, {"input": fast})
+    assert said.startswith("input.source 'video' -> 'flow-frames'; input.flow_stride None -> ")

@@ -140,14 +140,25 @@ def _current_form(recorded: Any, wanted: dict[str, Any] | None = None) -> Any:
 
 
 def _differences(old: dict[str, Any], new: dict[str, Any]) -> str:
+    # Nested parts field by field: a whole input cut at 40 characters hid what differed (its
+    # jpeg_dct comes after its source and flow_stride). An input that is not a mapping on
+    # both sides is shown whole.
+    inputs_nested = isinstance(old.get("input"), dict) and isinstance(new.get("input"), dict)
+
     def flat(key: dict[str, Any]) -> dict[str, Any]:
         nested = {f"recipe.{k}": v for k, v in (key.get("recipe") or {}).items()}
+        if inputs_nested:
+            given = dict(key["input"])
+            if given.get("source") in ("frames", "flow-frames"):
+                given.setdefault("jpeg_dct", "accurate")  # recorded only when fast
+            nested.update({f"input.{k}": v for k, v in given.items()})
         return {**key, **(key.get("config") or {}), **nested}
 
+    hidden = ("config", "recipe", "input") if inputs_nested else ("config", "recipe")
     flat_old, flat_new = flat(old), flat(new)
     names = [
         k for k in dict.fromkeys([*flat_old, *flat_new])
-        if k not in ("config", "recipe") and flat_old.get(k) != flat_new.get(k)
+        if k not in hidden and flat_old.get(k) != flat_new.get(k)
     ]  # fmt: skip
     shown = [
         "the training segments (their videos, times or labels)"
