@@ -173,3 +173,20 @@ def test_accurate_arrays_are_pillows_whichever_library_decodes_them(media, tmp_p
         path = next(p for p in paths if p.name == name)
         again = frames_lib.read_image(path, shorter_side=side, mode=mode)
         np.testing.assert_array_equal(again, array)
+
+
+def test_a_missing_decoder_stops_the_run_before_any_work(epic_folders, tmp_path, monkeypatch):
+    """Without simplejpeg, --jpeg-dct fast is one line before the store is made: it was a store
+    created and every segment failed with the same message (exit code 3, a failures file)."""
+    rgb_root, _, manifest = epic_folders
+    monkeypatch.setitem(sys.modules, "simplejpeg", None)  # not installed
+    with pytest.raises(MissingDependencyError, match=r"pip install 'avda\[jpeg\]'"):
+        InputPaths(frames=rgb_root, jpeg_dct="fast").check(["rgb"])
+    out = tmp_path / "fast.zarr"
+    with pytest.raises(MissingDependencyError, match=r"--jpeg-dct fast needs simplejpeg"):
+        runner.extract(
+            manifest, out=out, frames=rgb_root, jpeg_dct="fast", recipe=tiny("ta3n"),
+            modalities=[runner.ModalitySpec("rgb", "tbn")], workers=0, progress=False,
+        )  # fmt: skip
+    assert not out.exists()
+    InputPaths(frames=rgb_root).check(["rgb"])  # the default decoding needs no simplejpeg

@@ -31,6 +31,7 @@ from avda.extract import frames as frames_lib
 from avda.extract.decode import VideoDecoder, indexed_frames, probe, video_backend
 from avda.extract.sampling import Recipe, SegmentFrames
 from avda.extract.transforms import centre_crop
+from avda.optional import require
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +106,9 @@ class InputPaths:
                 f"--jpeg-dct {self.jpeg_dct} decodes the JPEGs of --frames/--flow folders; "
                 "no modality here reads them: leave it out"
             )
+        if self.jpeg_dct == "fast" and reads_jpegs:
+            # one line before any work: each segment failed with it, in a store made for it
+            require("simplejpeg", package="simplejpeg", extra="jpeg", feature="--jpeg-dct fast")
         if "rgb" in modalities and self.source_of("rgb") == "video":
             video_backend()  # one error for a bad AVDA_VIDEO_DECODER or decord asked but missing
 
