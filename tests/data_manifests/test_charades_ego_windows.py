@@ -324,3 +324,17 @@ def test_the_protocols_labelled_half_takes_whole_videos_of_windows(real_rows, tm
     assert not set(videos[unlabelled]) & expected
     assert len(labelled) > len(expected)  # videos of several windows among them
     assert sorted([*labelled, *unlabelled]) == train.tolist()
+
+
+@pytest.mark.parametrize(("option", "value"), [("unit", "window"), ("version", "v2")])
+def test_an_unknown_unit_or_version_is_refused_not_built_as_windows(tmp_path, option, value):
+    """The Python API does not go through the CLI's choice check: ``unit="window"`` (a typo)
+    built the windows manifest (before --unit windows: the videos one) without a word."""
+    from avda.errors import ConfigError
+
+    header = ["id", "subject", "scene", "quality", "relevance", "verified", "script"]
+    header += ["objects", "descriptions", "actions", "length"]
+    row = ["VID01", "S", "Kitchen", "6", "7", "Yes", "", "", "", "c001 0.00 2.00", "10.0"]
+    folder = write_annotations(tmp_path / "ann", [row], header)
+    with pytest.raises(ConfigError, match=f"charades-ego {option}: expected one of .*{value}"):
+        build("charades-ego", folder, **{option: value})

@@ -71,7 +71,7 @@ from avda.data_manifests.sources import (
     read_csv_table,
     read_text_lines,
 )
-from avda.errors import ManifestError
+from avda.errors import ConfigError, ManifestError
 
 NAME = "charades-ego"
 NUM_CLASSES = 157
@@ -97,6 +97,7 @@ WINDOW_FRAMES = 64
 WINDOW_STRIDE = 8
 # ... and its test pipeline 10 such clips over the whole video (test_recognizer.py).
 TEST_CLIPS = 10
+UNITS = ("segments", "videos", "windows")
 
 
 def read_classes(path: Path, problems: SourceProblems) -> tuple[str, ...]:
@@ -176,6 +177,9 @@ def build(
     ``version``: ``v0`` (Actor-Observer files) or ``v1`` (CharadesEgo release).
     ``video_path_template``: ``video_path`` of a row, formatted from its columns ("" = none).
     """
+    for name, value, valid in (("unit", unit, UNITS), ("version", version, tuple(FILES))):
+        if value not in valid:  # a typo would build another manifest (windows) without a word
+            raise ConfigError(f"{NAME} {name}: expected one of {', '.join(valid)}, got {value!r}")
     check_annotations_folder(annotations, NAME)
     problems = SourceProblems(NAME)
     drops = Drops()
