@@ -773,6 +773,18 @@ def test_the_queue_says_which_jobs_left_it(tmp_path, monkeypatch):
     assert sweep.queue_states("slurm", ["11"]) is None
 
 
+def test_squeue_filters_of_the_users_environment_hide_no_job(tmp_path, monkeypatch):
+    """SQUEUE_STATES, SQUEUE_PARTITION... filter what ``squeue -j`` shows: a queued job hidden
+    so would count as ended (submitted again, losing its place, or failing the sweep)."""
+    bin_dir = tmp_path / "bin"
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    # as squeue does: a job outside the environment's filter is not printed
+    _shim(bin_dir, "squeue", '[ -n "$SQUEUE_STATES$SQUEUE_PARTITION" ] || echo "11 PENDING"')
+    monkeypatch.setenv("SQUEUE_STATES", "RUNNING")
+    monkeypatch.setenv("SQUEUE_PARTITION", "gpu")
+    assert sweep.queue_states("slurm", ["11"]) == {"11": "PENDING"}
+
+
 def test_a_job_replacing_a_lost_one_gets_a_name_it_never_had():
     """SpecCluster offers the lowest free name: the one a lost job had (its lost-worker timer
     would close the new job)."""

@@ -719,9 +719,17 @@ PBS_ENDED = frozenset({"C", "E", "F", "X"})
 def _run_queue_command(command: list[str]) -> Any:
     import subprocess
 
+    # squeue's SQUEUE_STATES / SQUEUE_PARTITION / SQUEUE_USERS... (a user's shell profile)
+    # filter even the jobs -j names: a queued job it hides would count as ended
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SQUEUE_")}
     try:
         return subprocess.run(
-            command, capture_output=True, text=True, timeout=QUEUE_STATE_SECONDS, check=False
+            command,
+            capture_output=True,
+            text=True,
+            timeout=QUEUE_STATE_SECONDS,
+            check=False,
+            env=env,
         )
     except (OSError, subprocess.SubprocessError) as exc:
         log.debug("%s: %s: %s", command[0], type(exc).__name__, exc)
