@@ -980,9 +980,9 @@ class JobRestart:
     def ended_after_start(self) -> set[str]:
         """The jobs whose workers connected and are gone, when the scheduler's queue says that
         every one of them has ended (asked at most every ``QUEUE_POLL_SECONDS``); none when a
-        job still runs there (a worker cut off from the scheduler) or the queue cannot tell
-        (the cluster's own cancel of a lost job, after ``lost-worker-timeout``, is not taken
-        for an answer)."""
+        job still runs there (a worker cut off from the scheduler) or the queue cannot tell.
+        The cluster cancels a lost worker's job itself after ``lost-worker-timeout`` (15 s):
+        the queue then reports it ended too, and the job is submitted again from then on."""
         dead, _ = self._split()
         now = time.monotonic()
         if not dead or now - self._asked_dead < QUEUE_POLL_SECONDS:
@@ -1110,13 +1110,15 @@ class WorkerWatch:
             waiting = self.restart.waiting()  # jobs still in the queue, the dropped ones gone
             if workers == 0 and not waiting:
                 raise AvdaError(
-                    f"{line}; the finished runs are kept in the index: run the same command "
-                    "again to train the others"
+                    f"{line}; runs that finished are kept: run the same command again to "
+                    "train the others"
                 )
             going_on = (
                 f"going on with the {workers} worker(s) connected"
                 if workers
                 else f"going on waiting for the {waiting} job(s) still in the queue"
+                if waiting
+                else "going on with the workers connected"  # the count could not be read
             )
             log.warning("%s; %s", line, going_on)
             return False
@@ -1188,8 +1190,8 @@ class WorkerWatch:
         )
         raise AvdaError(
             f"no Dask worker left in {self.where} for {self.timeout:g} s{again}, giving up; "
-            f"{queued}{self.hint}; the finished runs are kept in the index: run the same "
-            "command again to train the others"
+            f"{queued}{self.hint}; runs that finished are kept: run the same command again "
+            "to train the others"
         )
 
 

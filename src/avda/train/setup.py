@@ -122,8 +122,9 @@ def labelled_target_rows(
     if count == 0 or not has_label:
         raise CacheError(
             f"labelled_target={fraction}: no labelled target training segment in {store.path} "
-            f"({count} of {len(rows)} chosen); build the cache from a manifest with the target "
-            "training labels, or set labelled_target=0"
+            f"({count} {'videos' if pick == 'first' else 'rows'} of "
+            f"{len(order) if pick == 'first' else len(rows)} chosen); build the cache from a "
+            "manifest with the target training labels, or set labelled_target=0"
         )
     return labelled, unlabelled
 
