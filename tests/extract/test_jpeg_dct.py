@@ -93,6 +93,7 @@ def test_a_store_records_its_jpeg_decoding_and_refuses_the_other(epic_folders, t
     store = open_cache(out)
     assert store.modality_info("rgb")["input"] == {"source": "frames", "jpeg_dct": "fast"}
     assert store.modality_info("flow")["input"]["jpeg_dct"] == "fast"
+    assert "from flow-frames (jpeg_dct fast): done 2" in store.summary()  # avda cache info
     with pytest.raises(CacheError, match="jpeg_dct"):
         runner.extract(manifest, out=out, frames=rgb_root, flow=flow_root, **options)
     accurate = tmp_path / "accurate.zarr"

@@ -609,9 +609,13 @@ class FeatureCache:
             if source.get("source") == "import":
                 weights = f"imported ({source.get('format')})"
             precision = f" {info['precision']}" if info.get("precision") else ""
+            read = ""  # videos (or imports, named by weights) say nothing more
+            if source.get("source") in ("frames", "flow-frames", "audio-files"):
+                read = f" from {source['source']}"
+                read += f" (jpeg_dct {source['jpeg_dct']})" if source.get("jpeg_dct") else ""
             lines.append(
                 f"{modality:<6} {info['backbone']} K={info['num_clips']} D={info['num_features']} "
-                f"weights={weights}{precision}: {state}"
+                f"weights={weights}{precision}{read}: {state}"
             )
         return "\n".join(lines)
 

@@ -94,6 +94,7 @@ class AdaBN(Head):
     def __init__(self, config: AdaBNConfig, *, inputs, tasks):
         super().__init__(config, inputs=inputs, tasks=tasks)
         self.modalities = sorted(inputs)
+        self._said_no_target = False
         hidden = config.hidden_dim
         if config.fusion == "late":
             self.encoders = nn.ModuleDict(
@@ -162,10 +163,11 @@ class AdaBN(Head):
             or not statistics_set
             or not len(statistics_set)
         ):
-            if self.config.statistics == "target-train":
+            if self.config.statistics == "target-train" and not self._said_no_target:
+                self._said_no_target = True  # once per run, not at every evaluation
                 log.warning(
-                    "adabn: no unlabelled target training segments; normalising %s with its "
-                    "own statistics",
+                    "adabn: no unlabelled target training segments; normalising each target "
+                    "evaluation set (%s first) with its own statistics",
                     feature_set.name,
                 )
             statistics_set = feature_set
