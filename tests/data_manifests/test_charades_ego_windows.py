@@ -289,6 +289,10 @@ def test_training_windows_are_scored_alone(windows_manifest):
     assert train["uid"].str.contains("_w").all()
     test = windows_manifest[windows_manifest["split"] == "test"]
     assert len(test) == 10 * (1863 + 103 - 49)  # the test videos with an action
+    from avda.data_manifests.stats import stats
+
+    # `avda manifest stats` says its class counts are of rows, the groups being the videos
+    assert "scored groups: 1917 (e.g. videos) of 19170 rows" in stats(windows_manifest)
 
 
 def test_the_cli_builds_windows(shared_data, tmp_path, capsys):

@@ -52,6 +52,14 @@ def stats(frame: pd.DataFrame, classes: Mapping[str, tuple[str, ...]] | None = N
         dropna=False,
     )
     lines += ["", "rows per domain/split:", counts.to_string()]
+    if "score_group" in frame.columns:
+        grouped = frame["score_group"].fillna("").astype(str)
+        grouped = grouped[grouped != ""]
+        if len(grouped):
+            lines.append(
+                f"scored groups: {grouped.nunique()} (e.g. videos) of {len(grouped)} rows, "
+                "each scored by the maximum over its rows; the class counts below count rows"
+            )
     present = [c for c in CLASS_COLUMNS if c in frame.columns and frame[c].notna().any()]
     if present:
         lines += ["", "classes:"]
