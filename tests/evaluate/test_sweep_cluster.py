@@ -721,6 +721,65 @@ def test_a_job_dying_at_start_again_is_dropped_while_another_job_trains(
     assert line.endswith(going_on), line
 
 
+def _gone(pid: str) -> bool:
+    """Whether the shim job of this id has no live process (none, or a zombie)."""
+    stat = subprocess.run(["ps", "-o", "stat=", "-p", pid], capture_output=True, text=True)
+    return not stat.stdout.strip() or stat.stdout.strip().startswith("Z")
+
+
+@pytest.mark.slow
+def test_a_first_time_job_ending_at_start_with_a_resubmitted_one_is_submitted_again(
+    tmp_path, cache, monkeypatch, caplog
+):
+    """SLURM through shims: the first job's script exits 1 at start and is submitted again
+    (restart 1 of 2); the job in its place dies so too, and in the same poll the second job,
+    still in the queue, is lost before its worker connected (a node failure: the test kills it;
+    the queue is not asked until both are gone). Only the resubmitted job is dropped: the
+    second one is submitted again with the restart left (before, both were dropped and, no
+    worker connected and no job queued, the sweep failed). Every run finishes, each epoch
+    trained once."""
+    import logging
+
+    monkeypatch.setattr(sweep, "QUEUE_POLL_SECONDS", 0.5, raising=False)
+    monkeypatch.setattr(sweep, "MAX_RESTARTS", 2)
+    queue = _queue_shims(tmp_path, monkeypatch, f"0 {NEVER} 0", dying="0 2")
+    real_states, held = sweep.queue_states, []
+
+    def both_gone_in_one_poll(kind, job_ids):
+        if not held and (queue / "job2.pid").exists():  # job0 ended, job2 in its place
+            held.append(True)
+            job1, job2 = ((queue / f"job{k}.pid").read_text().strip() for k in (1, 2))
+            os.killpg(int(job1), signal.SIGKILL)
+            deadline = time.monotonic() + 30
+            while not (_gone(job1) and _gone(job2)) and time.monotonic() < deadline:
+                time.sleep(0.1)
+        return real_states(kind, job_ids)
+
+    monkeypatch.setattr(sweep, "queue_states", both_gone_in_one_poll)
+    spec, out = _two_job_spec(cache, tmp_path, worker_timeout=120), tmp_path / "runs"
+    caplog.set_level(logging.WARNING, logger="avda.sweep.run")
+    began = time.monotonic()
+    with _first_job_preempted(queue, tmp_path / "nothing-to-preempt"):
+        summary = sweep.run_sweep(spec, out=out, progress=False)
+    assert time.monotonic() - began < 120
+    assert held, "the resubmitted job was never seen"
+    assert summary.ok, summary.text()
+    for run in summary.run_dirs:
+        assert [m["epoch"] for m in runs.read_metrics(run)] == list(range(1, 13)), run
+    events = (queue / "events").read_text().splitlines()
+    ids = _job_ids(events)
+    assert sorted(ids) == ["job0", "job1", "job2", "job3"], events
+    dropped = [r.message for r in caplog.records if "giving up" in r.message]
+    assert len(dropped) == 1, caplog.text
+    assert dropped[0].startswith(f"SLURM job {ids['job2']} ended before"), dropped
+    assert "submitted in place of a job that ended so too" in dropped[0], dropped
+    again = [r.message for r in caplog.records if "submitted again (" in r.message]
+    assert len(again) == 2, caplog.text
+    assert f"SLURM job {ids['job0']} ended" in again[0], again
+    assert again[1].startswith(f"SLURM job {ids['job1']} ended"), again
+    assert again[1].endswith("submitted again (2 of 2)"), again
+
+
 @pytest.mark.slow
 def test_no_restart_is_used_while_every_job_waits_in_the_queue(tmp_path, cache, monkeypatch):
     """SLURM through shims: the running job is killed mid-run and submitted again; it then

@@ -1051,11 +1051,13 @@ class WorkerWatch:
     nothing to submit: no restart is made (none of the ``restarts`` is used), the sweep gives up.
 
     ``check_jobs()`` (called by ``check()``, and while the first worker is waited for) submits
-    again at once a job that left the queue before its workers connected (one of the
-    ``restarts``); one that ends so again, or with no restart left, fails the sweep at once in
-    one line naming the job, its log and the likely cause; while other workers train, or other
-    jobs still wait in the queue, that line is a warning and the sweep goes on without the job
-    (no job in its place until a restart)."""
+    again at once the jobs that left the queue before their workers connected (one of the
+    ``restarts`` for those of one poll); one that ends so again (a job submitted so), or any
+    with no restart left, fails the sweep at once in one line naming the job, its log and the
+    likely cause; while other workers train, or other jobs still wait in the queue (those just
+    submitted again among them), that line is a warning and the sweep goes on without the job
+    (no job in its place until a restart). Only the jobs ending so again are dropped: a job of
+    the same poll ending so the first time is submitted again while a restart is left."""
 
     def __init__(
         self,
@@ -1092,12 +1094,28 @@ class WorkerWatch:
         if not ended:
             return False
         again = [end for end in ended if end.name in self.restart.start_retries]
-        if again or self.restarted >= self.restarts:
-            end = (again or ended)[0]
-            more = f" (and {len(ended) - 1} more job(s))" if len(ended) > 1 else ""
+        left = self.restarted < self.restarts
+        # a job that ended so a second time is dropped, and with no restart left every one;
+        # the first-time ones are submitted again (one restart for them all)
+        dropped = again if left else ended
+        first = [end for end in ended if end not in dropped]
+        if first:
+            self.restarted += 1
+            # before the drop: the dropped jobs still count, no job is submitted in their place
+            self.restart.replace({end.name for end in first}, at_start=True)
+            for end in first:
+                log.warning(
+                    "%s; its log: %s: submitted again (%d of %d)",
+                    *(end.text(self.kind), end.log, self.restarted, self.restarts),
+                )
+            if self.since is not None:
+                self.since = time.monotonic()
+        if dropped:
+            end = dropped[0]
+            more = f" (and {len(dropped) - 1} more job(s))" if len(dropped) > 1 else ""
             why = (
                 "it was submitted in place of a job that ended so too"
-                if again
+                if end in again
                 else f"no restart left ({self.restarted} of {self.restarts} used)"
             )
             line = (
@@ -1105,7 +1123,7 @@ class WorkerWatch:
                 f"the job script (`avda sweep {self.spec_name} --cluster {self.kind} "
                 "--job-script`)"
             )
-            self.restart.drop({end.name for end in ended})
+            self.restart.drop({end.name for end in dropped})
             workers = self._workers()
             waiting = self.restart.waiting()  # jobs still in the queue, the dropped ones gone
             if workers == 0 and not waiting:
@@ -1121,17 +1139,7 @@ class WorkerWatch:
                 else "going on with the workers connected"  # the count could not be read
             )
             log.warning("%s; %s", line, going_on)
-            return False
-        self.restarted += 1
-        self.restart.replace({end.name for end in ended}, at_start=True)
-        for end in ended:
-            log.warning(
-                "%s; its log: %s: submitted again (%d of %d)",
-                *(end.text(self.kind), end.log, self.restarted, self.restarts),
-            )
-        if self.since is not None:
-            self.since = time.monotonic()
-        return True
+        return bool(first)
 
     def check(self) -> None:
         """Call now and then while runs wait: raises once the cluster has given up."""
