@@ -78,3 +78,21 @@ def test_unified_example_runs_on_the_demo_cache_and_names_its_protocol(small_dem
     assert "protocol unified" in text
     for method in data["heads"]:
         assert f"| {method['name']} |" in text
+
+
+def test_weights_note_advises_only_the_backbones_left_random():
+    from avda.demo import weights_note
+
+    # audio weights given, I3D random: the note said "(random init ...; `avda weights fetch
+    # piergiaj_rgb_imagenet vggsound_H`" right after the given audio file, as if it were random
+    note = weights_note(None, "/w/H.pth.tar")
+    assert "audio ResNet-18 /w/H.pth.tar (I3D random init" in note
+    assert "fetch piergiaj_rgb_imagenet`" in note and "vggsound_H" not in note
+    assert "--audio-weights" not in note
+    note = weights_note("/w/rgb_imagenet.pt", None)
+    assert "(audio ResNet-18 random init" in note and "fetch vggsound_H`" in note
+    assert "piergiaj" not in note
+    both = weights_note(None, None)
+    assert "I3D and audio ResNet-18 random init" in both
+    assert "fetch piergiaj_rgb_imagenet vggsound_H`" in both and "--weights/--audio-weights" in both
+    assert "random" not in weights_note("/w/a.pt", "/w/H.pth.tar")

@@ -109,22 +109,41 @@ def run_demo(
         c for c in table.columns if c.endswith("/verb/top1") or c.endswith("/verb/mca")
     ]
     table = table[columns].rename(columns=lambda c: c.replace("/verb/", " "))
+    note = weights_note(weights, audio_weights)
+    markdown = tables.to_markdown(table)
+    tables.write_tables(table, out / "results")
+    return DemoResult(
+        table, markdown, time.perf_counter() - began, out, note, adaptation_summary(table)
+    )
+
+
+def weights_note(weights: str | Path | None, audio_weights: str | Path | None) -> str:
+    """Which checkpoints the demo used; for a backbone left randomly initialised, how to give
+    it real weights (only the missing ones: a given file is not advised to be fetched)."""
     note = (
         "weights: I3D "
         + (str(weights) if weights else "random init")
         + ", audio ResNet-18 "
         + (str(audio_weights) if audio_weights else "random init")
     )
-    if not weights or not audio_weights:
-        note += (
-            " (random init: features without meaning; `avda weights fetch piergiaj_rgb_imagenet "
-            "vggsound_H`, then pass them as --weights/--audio-weights to use real checkpoints)"
+    missing = [
+        (what, name, option)
+        for what, name, option, given in (
+            ("I3D", "piergiaj_rgb_imagenet", "--weights", weights),
+            ("audio ResNet-18", "vggsound_H", "--audio-weights", audio_weights),
         )
-    markdown = tables.to_markdown(table)
-    tables.write_tables(table, out / "results")
-    return DemoResult(
-        table, markdown, time.perf_counter() - began, out, note, adaptation_summary(table)
-    )
+        if not given
+    ]
+    if missing:
+        random = " and ".join(what for what, _, _ in missing)
+        names = " ".join(name for _, name, _ in missing)
+        options = "/".join(option for _, _, option in missing)
+        note += (
+            f" ({random} random init: {'their' if len(missing) > 1 else 'its'} features are "
+            f"without meaning; `avda weights fetch {names}`, then pass "
+            f"{'them' if len(missing) > 1 else 'it'} as {options} to use real checkpoints)"
+        )
+    return note
 
 
 def adaptation_summary(table: pd.DataFrame, column: str = "target_test top1") -> str:
