@@ -492,6 +492,22 @@ def test_flow_checkpoint_for_rgb_says_so(piergiaj_flow, tmp_path: Path) -> None:
     assert "flow checkpoint" in message and "modality='flow'" in message
 
 
+@pytest.mark.parametrize(("name", "modality"), [("i3d", "rgb"), ("audio_resnet18", "audio")])
+def test_a_raft_state_dict_given_to_a_backbone_is_named_as_flow_weights(
+    name: str, modality: str, shared_data: Path, tmp_path: Path
+) -> None:
+    """torchvision RAFT weights (`avda flow --method raft`) given to --weights / --audio-weights
+    were "the keys match no layout known for i3d rgb", listing I3D's layouts."""
+    state = manifest_tensors(shared_data / "checkpoint_keys" / "torchvision_raft_small.json")
+    path = write_checkpoint(state, tmp_path / "raft_small_C_T_V2-01064c6d.pth")
+    with pytest.raises(CheckpointError) as error:
+        backbones.create(name, modality=modality, weights=path)
+    message = str(error.value)
+    assert str(path) in message and "torchvision RAFT state dict" in message
+    assert "avda flow --method raft --weights" in message
+    assert "known layouts" not in message
+
+
 def test_missing_key_is_named(piergiaj_flow, tmp_path: Path) -> None:
     state = dict(piergiaj_flow)
     del state["Mixed_4c.b1b.bn.running_var"]

@@ -280,11 +280,26 @@ def detect_layout(
             f"{source}: a checkpoint of {' or '.join(others)}, not of {model}; "
             f"{_which_option(model, others)} (the keys, first: {sample})"
         )
+    if _is_raft(state_dict.keys()):
+        raise CheckpointError(
+            f"{source}: a torchvision RAFT state dict (optical flow), not a checkpoint of "
+            f"{model}; RAFT weights are for `avda flow --method raft --weights FILE` "
+            f"(the keys, first: {sample})"
+        )
     known = "; ".join(f"{layout.name} ({layout.description})" for layout in layouts)
     raise CheckpointError(
         f"{source}: the keys (first: {sample}) match no layout known for {model}; "
         f"known layouts: {known}"
     )
+
+
+_RAFT_MODULES = frozenset({"feature_encoder", "context_encoder", "update_block", "mask_predictor"})
+
+
+def _is_raft(keys: Iterable[str]) -> bool:
+    """Whether these are the keys of torchvision's raft_large / raft_small (`avda flow`'s)."""
+    tops = {str(key).removeprefix("module.").split(".")[0] for key in keys}
+    return {"feature_encoder", "context_encoder", "update_block"} <= tops <= _RAFT_MODULES
 
 
 AUDIO_ONLY = frozenset({"audio_resnet18"})  # backbones without a visual modality
