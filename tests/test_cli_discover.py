@@ -49,6 +49,14 @@ def test_list_heads_describes_each_head_by_its_paper(capsys):
     assert rows["source-only"].startswith("Source-only:")
 
 
+def test_list_backbones_reads_as_text_not_rest_markup(capsys):
+    """The lines come from docstrings: their ``code`` and :role:`x` markup is left out."""
+    _, out, _ = run(capsys, "list", "backbones")
+    rows = dict(line.split(None, 1) for line in out.strip().splitlines())
+    assert rows["audio_resnet18"].startswith('VGGSound audio ResNet-18 for modality="audio"')
+    assert "``" not in out and ":func:" not in out
+
+
 def test_list_protocols_names_the_evaluation_protocols(capsys):
     code, out, _ = run(capsys, "list", "protocols")
     names = [line.split()[0] for line in out.strip().splitlines()]

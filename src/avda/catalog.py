@@ -16,9 +16,11 @@ KINDS = ("heads", "backbones", "recipes", "protocols", "settings")
 
 
 def first_sentence(text: str | None) -> str:
-    """The first sentence of a docstring's first paragraph, on one line."""
+    """The first sentence of a docstring's first paragraph, on one line, without its reST
+    markup (``code`` and :role:`target` read as code and target)."""
     paragraph = (text or "").strip().split("\n\n")[0]
     line = " ".join(paragraph.split())
+    line = re.sub(r":[a-z]+:`~?([^`]+)`", r"\1", line).replace("``", "")
     match = re.search(r"(?<!\bal)(?<!\be\.g)(?<!\bi\.e)\.(\s|$)", line)
     return line[: match.start() + 1] if match else line
 
