@@ -380,37 +380,20 @@ def _windows(
     empty_length: np.ndarray,
     drops: Drops,
 ) -> pd.DataFrame:
-    rows: dict[str, list] = {
-        k: [] for k in ("uid", "video_id", "domain", "start", "stop", "labels")
-    }
-    drops.add(NO_LENGTH, int(empty_length.sum()))
-    for position, video in enumerate(video_ids):
-        if empty_length[position]:
-            continue
-        classes = frame_classes(actions[position], int(np.round(length[position] * AUTHORS_FPS)))
-        runs = action_runs(classes)
-        if not runs:
-            drops.add(NO_ACTIONS)
-            continue
-        for index, (first, last) in enumerate(runs):
+    """Training videos under ``unit=windows``: one row per action run, the window the code's
+    validation pipeline places in it (:func:`window_frames`), uid ``<id>_w<k>``, labelled with
+    the classes active at its frames, scored alone."""
+
+    def windows_of(video_actions, num_frames):
+        classes = frame_classes(video_actions, num_frames)
+        made = []
+        for index, (first, last) in enumerate(action_runs(classes)):
             frames = window_frames(first, last)
-            rows["uid"].append(f"{video}_w{index}")
-            rows["video_id"].append(video)
-            rows["domain"].append(domain[position])
-            rows["start"].append((int(frames.min()) - 1) / AUTHORS_FPS)
-            rows["stop"].append(int(frames.max()) / AUTHORS_FPS)
-            rows["labels"].append(join_ids(window_labels(classes, frames)))
-    return pd.DataFrame(
-        {
-            "uid": rows["uid"],
-            "video_id": rows["video_id"],
-            "domain": rows["domain"],
-            "split": split,
-            "start_sec": np.asarray(rows["start"], dtype="float64"),
-            "stop_sec": np.asarray(rows["stop"], dtype="float64"),
-            "labels": rows["labels"],
-            "score_group": "",  # scored alone
-        }
+            made.append((f"w{index}", frames, join_ids(window_labels(classes, frames))))
+        return made
+
+    return _frame_rows(
+        video_ids, domain, split, actions, length, empty_length, drops, windows_of, grouped=False
     )
 
 
@@ -426,6 +409,33 @@ def _test_clips(
     """Test videos under ``unit=windows``: the authors' 10 test clips per video with an action
     (:func:`test_clip_frames`), uid ``<id>_c<k>``, each from its first to past its last sampled
     frame, labelled with all the video's classes, ``score_group`` = the video."""
+
+    def clips_of(video_actions, num_frames):
+        if not video_actions:  # test_recognizer.py reads the videos with an action
+            return []
+        labels = join_ids(sorted({a[0] for a in video_actions}))
+        return [(f"c{k}", frames, labels) for k, frames in enumerate(test_clip_frames(num_frames))]
+
+    return _frame_rows(
+        video_ids, domain, split, actions, length, empty_length, drops, clips_of, grouped=True
+    )
+
+
+def _frame_rows(
+    video_ids: pd.Series,
+    domain: np.ndarray,
+    split: str,
+    actions: list[list[tuple[int, float, float]]],
+    length: np.ndarray,
+    empty_length: np.ndarray,
+    drops: Drops,
+    windows_of,
+    *,
+    grouped: bool,
+) -> pd.DataFrame:
+    """One row per window ``windows_of(actions, num_frames)`` gives a video (``(uid suffix,
+    1-based 24-fps frames, labels)``; none: the video has no action and is dropped), from its
+    first frame's start to its last frame's end; ``grouped``: ``score_group`` = the video."""
     rows: dict[str, list] = {
         k: [] for k in ("uid", "video_id", "domain", "start", "stop", "labels")
     }
@@ -433,13 +443,13 @@ def _test_clips(
     for position, video in enumerate(video_ids):
         if empty_length[position]:
             continue
-        if not actions[position]:  # test_recognizer.py reads the videos with an action
+        num_frames = int(np.round(length[position] * AUTHORS_FPS))
+        windows = windows_of(actions[position], num_frames)
+        if not windows:
             drops.add(NO_ACTIONS)
             continue
-        labels = join_ids(sorted({a[0] for a in actions[position]}))
-        clips = test_clip_frames(int(np.round(length[position] * AUTHORS_FPS)))
-        for index, frames in enumerate(clips):
-            rows["uid"].append(f"{video}_c{index}")
+        for suffix, frames, labels in windows:
+            rows["uid"].append(f"{video}_{suffix}")
             rows["video_id"].append(video)
             rows["domain"].append(domain[position])
             rows["start"].append((int(frames.min()) - 1) / AUTHORS_FPS)
@@ -454,6 +464,6 @@ def _test_clips(
             "start_sec": np.asarray(rows["start"], dtype="float64"),
             "stop_sec": np.asarray(rows["stop"], dtype="float64"),
             "labels": rows["labels"],
-            "score_group": rows["video_id"],
+            "score_group": rows["video_id"] if grouped else "",  # else scored alone
         }
     )
