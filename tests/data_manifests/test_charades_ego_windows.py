@@ -68,10 +68,11 @@ def authors_labels_files(row: list[str], num_frames: int) -> dict[str, list[list
     return files
 
 
-def sample_frames_test_mode(total_frames: int, start_index: int) -> np.ndarray:
-    """mmaction ``SampleFrames(clip_len=64, frame_interval=8, num_clips=1, test_mode=True)``
-    (``_get_test_clips`` and ``__call__`` with ``out_of_bound_opt='loop'``)."""
-    clip_len, frame_interval, num_clips = 64, 8, 1
+def sample_frames_test_mode(total_frames: int, start_index: int, num_clips: int = 1) -> np.ndarray:
+    """mmaction ``SampleFrames(clip_len=64, frame_interval=8, num_clips, test_mode=True)``
+    (``_get_test_clips`` and ``__call__`` with ``out_of_bound_opt='loop'``), the frames of
+    every clip in a row."""
+    clip_len, frame_interval = 64, 8
     ori_clip_len = clip_len * frame_interval
     avg_interval = (total_frames - ori_clip_len + 1) / float(num_clips)
     if total_frames > ori_clip_len - 1:
@@ -207,23 +208,8 @@ def test_a_long_run_gets_its_centre_window(tmp_path):
 def sample_frames_test_pipeline(total_frames: int) -> np.ndarray:
     """The SlowFast config's ``test_pipeline`` ``SampleFrames(clip_len=64, frame_interval=8,
     num_clips=10, test_mode=True)`` as ``test_recognizer.py`` runs it (``start_index`` 1,
-    ``frame_inds.reshape((num_clips, -1))``, l. 62-83), mmaction's ``_get_test_clips`` and
-    ``__call__`` with ``out_of_bound_opt='loop'``."""
-    clip_len, frame_interval, num_clips = 64, 8, 10
-    ori_clip_len = clip_len * frame_interval
-    avg_interval = (total_frames - ori_clip_len + 1) / float(num_clips)
-    if total_frames > ori_clip_len - 1:
-        base_offsets = np.arange(num_clips) * avg_interval
-        clip_offsets = (base_offsets + avg_interval / 2.0).astype(int)
-    else:
-        clip_offsets = np.zeros((num_clips,), dtype=int)
-    frame_inds = clip_offsets[:, None] + np.arange(clip_len)[None, :] * frame_interval
-    frame_inds = np.concatenate(frame_inds)
-    frame_inds = frame_inds.reshape((-1, clip_len))
-    frame_inds = np.mod(frame_inds, total_frames)
-    start_index = 1
-    frame_inds = np.concatenate(frame_inds) + start_index
-    return frame_inds.reshape((num_clips, -1))
+    ``frame_inds.reshape((num_clips, -1))``, l. 62-83)."""
+    return sample_frames_test_mode(total_frames, 1, num_clips=10).reshape((10, -1))
 
 
 def authors_test_videos(rows: list[list[str]]) -> list[tuple[str, list[int]]]:
