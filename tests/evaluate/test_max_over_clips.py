@@ -14,10 +14,9 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+from tests.train.test_audio_adaptive_multilabel import multilabel_store
 
-from avda import cache as cache_lib
 from avda import runs
-from avda.cache import Status
 from avda.scoring.metrics import (
     map_authors,
     max_over_groups,
@@ -87,22 +86,7 @@ def grouped_cache(path, *, classes: int = 4, seed: int = 0, groups: bool = True)
             if groups:
                 row["score_group"] = video if split == "test" else ""
             rows.append(row)
-    store = cache_lib.create(
-        path, pd.DataFrame(rows), manifest_sha256="0" * 64, recipe={"name": "synthetic"}
-    )
-    n = len(rows)
-    hot = np.zeros((n, classes))
-    for i, labels in enumerate(present):
-        hot[i, labels] = 1
-    features = {
-        "rgb": (hot @ rng.normal(0, 2, (classes, 8)))[:, None, :] + rng.normal(0, 2, (n, 2, 8)),
-        "audio": (hot @ rng.normal(0, 2, (classes, 6)))[:, None, :] + rng.normal(0, 2, (n, 1, 6)),
-    }
-    info = {"backbone": "synthetic", "weights": None, "weights_sha256": None, "input_spec": {}}
-    for modality, x in features.items():
-        store.add_modality(modality, num_clips=x.shape[1], num_features=x.shape[2], info=info)
-        store.write(modality, np.arange(n), x, np.full(n, int(Status.DONE)), [""] * n)
-    return path
+    return multilabel_store(path, rows, present, classes, rng, noise=2.0)
 
 
 def hand_map(uids, groups, scores, labels, metric=mean_average_precision) -> float:

@@ -213,6 +213,12 @@ def multilabel_av_cache(path, *, classes: int = 4, seed: int = 0):
                     "labels": ";".join(map(str, labels)),
                 }
             )
+    return multilabel_store(path, rows, present, classes, rng, noise=1.0)
+
+
+def multilabel_store(path, rows, present, classes: int, rng, *, noise: float):
+    """A real cache of ``rows`` whose rgb (2 clips x 8) and audio (1 x 6) features are each
+    row's ``present`` classes (multi-hot) through random maps, plus Gaussian ``noise``."""
     store = cache_lib.create(
         path, pd.DataFrame(rows), manifest_sha256="0" * 64, recipe={"name": "synthetic"}
     )
@@ -221,8 +227,9 @@ def multilabel_av_cache(path, *, classes: int = 4, seed: int = 0):
     for i, labels in enumerate(present):
         hot[i, labels] = 1
     features = {
-        "rgb": (hot @ rng.normal(0, 2, (classes, 8)))[:, None, :] + rng.normal(0, 1, (n, 2, 8)),
-        "audio": (hot @ rng.normal(0, 2, (classes, 6)))[:, None, :] + rng.normal(0, 1, (n, 1, 6)),
+        "rgb": (hot @ rng.normal(0, 2, (classes, 8)))[:, None, :] + rng.normal(0, noise, (n, 2, 8)),
+        "audio": (hot @ rng.normal(0, 2, (classes, 6)))[:, None, :]
+        + rng.normal(0, noise, (n, 1, 6)),
     }
     info = {"backbone": "synthetic", "weights": None, "weights_sha256": None, "input_spec": {}}
     for modality, x in features.items():
