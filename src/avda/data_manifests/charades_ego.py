@@ -214,12 +214,21 @@ def build(
             frames.append(_segments(video_ids, domain, split, actions, classes, drops))
         elif unit == "videos":
             frames.append(_videos(video_ids, domain, split, actions, length, empty_length, drops))
-        elif split != "train":
+        else:  # windows: the action windows of training videos, the clips of test videos
+            test = split != "train"
             frames.append(
-                _test_clips(video_ids, domain, split, actions, length, empty_length, drops)
+                _frame_rows(
+                    video_ids,
+                    domain,
+                    split,
+                    actions,
+                    length,
+                    empty_length,
+                    drops,
+                    _test_clips if test else _windows,
+                    grouped=test,
+                )  # fmt: skip
             )
-        else:
-            frames.append(_windows(video_ids, domain, split, actions, length, empty_length, drops))
     problems.raise_if_any()
     manifest = pd.concat(frames, ignore_index=True)
     if unit == "segments":
@@ -371,54 +380,26 @@ def window_labels(classes: list[frozenset[int]], frames: np.ndarray) -> list[int
     return sorted(set().union(*(classes[int(f) - 1] for f in frames)))
 
 
-def _windows(
-    video_ids: pd.Series,
-    domain: np.ndarray,
-    split: str,
-    actions: list[list[tuple[int, float, float]]],
-    length: np.ndarray,
-    empty_length: np.ndarray,
-    drops: Drops,
-) -> pd.DataFrame:
-    """Training videos under ``unit=windows``: one row per action run, the window the code's
+def _windows(video_actions, num_frames: int) -> list[tuple[str, np.ndarray, str]]:
+    """A training video under ``unit=windows``: one window per action run, the one the code's
     validation pipeline places in it (:func:`window_frames`), uid ``<id>_w<k>``, labelled with
-    the classes active at its frames, scored alone."""
-
-    def windows_of(video_actions, num_frames):
-        classes = frame_classes(video_actions, num_frames)
-        made = []
-        for index, (first, last) in enumerate(action_runs(classes)):
-            frames = window_frames(first, last)
-            made.append((f"w{index}", frames, join_ids(window_labels(classes, frames))))
-        return made
-
-    return _frame_rows(
-        video_ids, domain, split, actions, length, empty_length, drops, windows_of, grouped=False
-    )
+    the classes active at its frames (scored alone)."""
+    classes = frame_classes(video_actions, num_frames)
+    made = []
+    for index, (first, last) in enumerate(action_runs(classes)):
+        frames = window_frames(first, last)
+        made.append((f"w{index}", frames, join_ids(window_labels(classes, frames))))
+    return made
 
 
-def _test_clips(
-    video_ids: pd.Series,
-    domain: np.ndarray,
-    split: str,
-    actions: list[list[tuple[int, float, float]]],
-    length: np.ndarray,
-    empty_length: np.ndarray,
-    drops: Drops,
-) -> pd.DataFrame:
-    """Test videos under ``unit=windows``: the authors' 10 test clips per video with an action
-    (:func:`test_clip_frames`), uid ``<id>_c<k>``, each from its first to past its last sampled
-    frame, labelled with all the video's classes, ``score_group`` = the video."""
-
-    def clips_of(video_actions, num_frames):
-        if not video_actions:  # test_recognizer.py reads the videos with an action
-            return []
-        labels = join_ids(sorted({a[0] for a in video_actions}))
-        return [(f"c{k}", frames, labels) for k, frames in enumerate(test_clip_frames(num_frames))]
-
-    return _frame_rows(
-        video_ids, domain, split, actions, length, empty_length, drops, clips_of, grouped=True
-    )
+def _test_clips(video_actions, num_frames: int) -> list[tuple[str, np.ndarray, str]]:
+    """A test video under ``unit=windows``: the authors' 10 test clips if it has an action
+    (:func:`test_clip_frames`), uid ``<id>_c<k>``, each labelled with all the video's classes
+    (``score_group`` = the video)."""
+    if not video_actions:  # test_recognizer.py reads the videos with an action
+        return []
+    labels = join_ids(sorted({a[0] for a in video_actions}))
+    return [(f"c{k}", frames, labels) for k, frames in enumerate(test_clip_frames(num_frames))]
 
 
 def _frame_rows(
