@@ -607,6 +607,24 @@ def _job_ids(events: list[str]) -> dict[str, str]:
     return {e.split()[1]: e.split()[2] for e in events if e.startswith("submit")}
 
 
+def _sweep_finishing_within(cache, tmp_path, queue, caplog, timeout: float):
+    """The two-job sweep on the shim ``queue`` (warnings logged into ``caplog``): it must end
+    before ``timeout`` (its worker_timeout) with every epoch of every run trained once. The
+    summary and the queue's events."""
+    import logging
+
+    spec, out = _two_job_spec(cache, tmp_path, worker_timeout=timeout), tmp_path / "runs"
+    caplog.set_level(logging.WARNING, logger="avda.sweep.run")
+    began = time.monotonic()
+    with _first_job_preempted(queue, tmp_path / "nothing-to-preempt"):
+        summary = sweep.run_sweep(spec, out=out, progress=False)
+    assert time.monotonic() - began < timeout
+    assert summary.ok, summary.text()
+    for run in summary.run_dirs:
+        assert [m["epoch"] for m in runs.read_metrics(run)] == list(range(1, 13)), run
+    return summary, (queue / "events").read_text().splitlines()
+
+
 @pytest.mark.slow
 def test_jobs_whose_script_dies_before_their_worker_connects_are_submitted_again(
     tmp_path, cache, monkeypatch, caplog
@@ -616,20 +634,9 @@ def test_jobs_whose_script_dies_before_their_worker_connects_are_submitted_again
     at once, counting as a restart, instead of being taken for queued until worker_timeout
     (before, the sweep waited the 60 s and failed with `no Dask worker joined`). Every run
     finishes, each epoch trained once."""
-    import logging
-
     monkeypatch.setattr(sweep, "QUEUE_POLL_SECONDS", 0.5, raising=False)
     queue = _queue_shims(tmp_path, monkeypatch, "0", dying="0 1")
-    spec, out = _two_job_spec(cache, tmp_path, worker_timeout=60), tmp_path / "runs"
-    caplog.set_level(logging.WARNING, logger="avda.sweep.run")
-    began = time.monotonic()
-    with _first_job_preempted(queue, tmp_path / "nothing-to-preempt"):
-        summary = sweep.run_sweep(spec, out=out, progress=False)
-    assert time.monotonic() - began < 60
-    assert summary.ok, summary.text()
-    for run in summary.run_dirs:
-        assert [m["epoch"] for m in runs.read_metrics(run)] == list(range(1, 13)), run
-    events = (queue / "events").read_text().splitlines()
+    _, events = _sweep_finishing_within(cache, tmp_path, queue, caplog, 60)
     ids = _job_ids(events)
     assert sorted(ids) == ["job0", "job1", "job2", "job3"], events
     said = [r.message for r in caplog.records if "before its Dask worker connected" in r.message]
@@ -691,21 +698,10 @@ def test_a_job_dying_at_start_again_is_dropped_while_another_job_trains(
     failed at once as if no job were left): every run finishes, each epoch trained once on the
     second job, no third job is submitted in the dying one's place, and the warning names the
     job, its log and the likely cause."""
-    import logging
-
     monkeypatch.setattr(sweep, "QUEUE_POLL_SECONDS", 0.5, raising=False)
     queue = _queue_shims(tmp_path, monkeypatch, delays, dying="0 2")
-    spec, out = _two_job_spec(cache, tmp_path, worker_timeout=120), tmp_path / "runs"
-    caplog.set_level(logging.WARNING, logger="avda.sweep.run")
-    began = time.monotonic()
-    with _first_job_preempted(queue, tmp_path / "nothing-to-preempt"):
-        summary = sweep.run_sweep(spec, out=out, progress=False)
-    assert time.monotonic() - began < 120
-    assert summary.ok, summary.text()
-    for run in summary.run_dirs:
-        assert [m["epoch"] for m in runs.read_metrics(run)] == list(range(1, 13)), run
+    summary, events = _sweep_finishing_within(cache, tmp_path, queue, caplog, 120)
     assert len({o.worker for o in summary.outcomes.values()}) == 1, summary.outcomes
-    events = (queue / "events").read_text().splitlines()
     ids = _job_ids(events)
     assert sorted(ids) == ["job0", "job1", "job2"], events
     said = [r.message for r in caplog.records if "giving up" in r.message]
@@ -738,7 +734,6 @@ def test_a_first_time_job_ending_at_start_with_a_resubmitted_one_is_submitted_ag
     second one is submitted again with the restart left (before, both were dropped and, no
     worker connected and no job queued, the sweep failed). Every run finishes, each epoch
     trained once."""
-    import logging
 
     monkeypatch.setattr(sweep, "QUEUE_POLL_SECONDS", 0.5, raising=False)
     monkeypatch.setattr(sweep, "MAX_RESTARTS", 2)
@@ -756,17 +751,8 @@ def test_a_first_time_job_ending_at_start_with_a_resubmitted_one_is_submitted_ag
         return real_states(kind, job_ids)
 
     monkeypatch.setattr(sweep, "queue_states", both_gone_in_one_poll)
-    spec, out = _two_job_spec(cache, tmp_path, worker_timeout=120), tmp_path / "runs"
-    caplog.set_level(logging.WARNING, logger="avda.sweep.run")
-    began = time.monotonic()
-    with _first_job_preempted(queue, tmp_path / "nothing-to-preempt"):
-        summary = sweep.run_sweep(spec, out=out, progress=False)
-    assert time.monotonic() - began < 120
+    _, events = _sweep_finishing_within(cache, tmp_path, queue, caplog, 120)
     assert held, "the resubmitted job was never seen"
-    assert summary.ok, summary.text()
-    for run in summary.run_dirs:
-        assert [m["epoch"] for m in runs.read_metrics(run)] == list(range(1, 13)), run
-    events = (queue / "events").read_text().splitlines()
     ids = _job_ids(events)
     assert sorted(ids) == ["job0", "job1", "job2", "job3"], events
     dropped = [r.message for r in caplog.records if "giving up" in r.message]
