@@ -523,8 +523,15 @@ def _extract(*, out: Path, quiet: bool, **options) -> None:
 # ------------------------------------------------------------------------------ flow
 @app.command("flow")
 def flow_command(
-    manifest: ManifestPath,
-    out: OutPath,
+    manifest: Annotated[
+        Path | None,
+        typer.Option(
+            "--manifest",
+            "-m",
+            help="Manifest CSV or Parquet (default: every video of --videos, whole).",
+        ),
+    ] = None,
+    out: OutPath = ...,
     videos: OptionalVideosDir = None,
     frames: FramesDir = None,
     method: Annotated[
@@ -581,8 +588,19 @@ def flow_command(
         shorter_side=size,
         weights=weights,
     )
+    if manifest is not None:
+        segments = schema.read(manifest)
+    elif videos is not None:  # every video of a folder (or a list file), whole, as extract
+        from avda.data_manifests import whole_videos
+
+        segments, videos = whole_videos.manifest(videos, progress=not quiet)
+    else:
+        raise ConfigError(
+            "avda flow needs --manifest FILE, or --videos DIR (or a text file listing videos) "
+            "for every video whole"
+        )
     result = flow.compute_flow(
-        schema.read(manifest),
+        segments,
         out=out,
         videos=videos,
         frames=frames,

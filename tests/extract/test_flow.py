@@ -182,3 +182,25 @@ def test_options_are_checked():
         flow.FlowOptions(bound=0)
     with pytest.raises(ConfigError, match="either --videos DIR or --frames DIR"):
         flow.compute_flow(_manifest("x"), out="unused")
+
+
+def test_the_cli_computes_every_video_of_a_folder_without_a_manifest(
+    shifted_video, tmp_path, capsys
+):
+    """`avda flow --videos DIR` computes every video whole, as `avda extract` reads a folder
+    without a manifest (a new user found `-m` required); neither is one line."""
+    pytest.importorskip("cv2", reason="TV-L1 needs opencv-contrib-python-headless")
+    from avda import cli
+
+    out = tmp_path / "flow"
+    code = cli.main(["flow", "--videos", str(shifted_video), "-o", str(out), "--size", "32", "-q"])
+    assert code == 0, capsys.readouterr().err
+    assert sorted(p.name for p in (out / "shifted" / "u").iterdir()) == [
+        "frame_0000000001.jpg",
+        "frame_0000000002.jpg",
+    ]
+    assert "1 videos, 2 flow frames computed" in capsys.readouterr().out
+    code = cli.main(["flow", "-o", str(tmp_path / "none"), "-q"])
+    err = capsys.readouterr().err
+    assert code != 0 and "needs --manifest FILE, or --videos DIR" in err, err
+    assert "Traceback" not in err
