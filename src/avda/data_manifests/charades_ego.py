@@ -417,9 +417,7 @@ def _frame_rows(
     """One row per window ``windows_of(actions, num_frames)`` gives a video (``(uid suffix,
     1-based 24-fps frames, labels)``; none: the video has no action and is dropped), from its
     first frame's start to its last frame's end; ``grouped``: ``score_group`` = the video."""
-    rows: dict[str, list] = {
-        k: [] for k in ("uid", "video_id", "domain", "start", "stop", "labels")
-    }
+    records = []
     drops.add(NO_LENGTH, int(empty_length.sum()))
     for position, video in enumerate(video_ids):
         if empty_length[position]:
@@ -430,21 +428,12 @@ def _frame_rows(
             drops.add(NO_ACTIONS)
             continue
         for suffix, frames, labels in windows:
-            rows["uid"].append(f"{video}_{suffix}")
-            rows["video_id"].append(video)
-            rows["domain"].append(domain[position])
-            rows["start"].append((int(frames.min()) - 1) / AUTHORS_FPS)
-            rows["stop"].append(int(frames.max()) / AUTHORS_FPS)
-            rows["labels"].append(labels)
-    return pd.DataFrame(
-        {
-            "uid": rows["uid"],
-            "video_id": rows["video_id"],
-            "domain": rows["domain"],
-            "split": split,
-            "start_sec": np.asarray(rows["start"], dtype="float64"),
-            "stop_sec": np.asarray(rows["stop"], dtype="float64"),
-            "labels": rows["labels"],
-            "score_group": rows["video_id"] if grouped else "",  # else scored alone
-        }
+            records.append(
+                (f"{video}_{suffix}", video, domain[position], split,
+                 (int(frames.min()) - 1) / AUTHORS_FPS, int(frames.max()) / AUTHORS_FPS,
+                 labels, video if grouped else "")  # ungrouped: scored alone
+            )  # fmt: skip
+    columns = ["uid", "video_id", "domain", "split", "start_sec", "stop_sec", "labels"]
+    return pd.DataFrame.from_records(records, columns=[*columns, "score_group"]).astype(
+        {"start_sec": "float64", "stop_sec": "float64"}
     )
