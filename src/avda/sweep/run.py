@@ -960,11 +960,9 @@ class JobRestart:
             return []
         self._asked = now
         _, waiting = self._split()
-        ids = {}
-        for name in sorted(waiting):
-            job_id = getattr(self.cluster.workers.get(name), "job_id", None)
-            if job_id:
-                ids[name] = str(job_id)
+        self._remember_ids()  # the ids of the jobs the cluster holds now
+        known = [n for n in sorted(waiting) if n in self.cluster.workers and n in self.job_ids]
+        ids = {n: self.job_ids[n] for n in known}
         states = queue_states(self.kind, sorted(set(ids.values())))
         if not states:
             return []
