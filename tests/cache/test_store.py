@@ -140,3 +140,23 @@ def test_dask_view_reads_the_same_values(tmp_path):
     lazy = store.to_dask("rgb")
     assert lazy.chunks[0] == (3, 3, 3, 1)
     np.testing.assert_array_equal(lazy.compute().astype(np.float32), values)
+
+
+def test_summary_names_the_class_tables(tmp_path):
+    names = [f"class{i}" for i in range(8)]
+    store = cache_lib.create(
+        tmp_path / "c.zarr",
+        _segments(),
+        manifest_sha256="ab" * 32,
+        recipe={},
+        chunk_rows=4,
+        classes={"verb_class": names},
+    )
+    summary = store.summary()
+    assert "classes    verb_class: 8 (class0, class1, class2, class3, class4, class5, ...)" in (
+        summary
+    )
+    bare = cache_lib.create(
+        tmp_path / "d.zarr", _segments(), manifest_sha256="ab" * 32, recipe={}, chunk_rows=4
+    )
+    assert "classes" not in bare.summary()

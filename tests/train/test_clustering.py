@@ -161,7 +161,7 @@ def test_cluster_store_writes_clusters_with_provenance(tmp_path):
         members = source_train & (segments["verb_class"] == int(class_id)).to_numpy()
         assert ids[members].max() + 1 == entry["n_clusters"]
     assert len(result.plots) == 4 and all(p.stat().st_size > 0 for p in result.plots)
-    assert "clusters per class" in result.summary()
+    assert "domain(s) 'source' (as a run's source): clusters per class" in result.summary()
 
     # A second source is added next to the first; a stored group is found by its settings.
     cluster_store(tmp_path / "c.zarr", source=["target"], max_clusters=4, n_init=2, progress=False)

@@ -587,6 +587,9 @@ class FeatureCache:
             f"manifest   sha256 {prov['manifest_sha256'][:16]}...",
             f"recipe     {json.dumps(prov.get('recipe', {}), sort_keys=True)}",
         ]
+        for task, names in sorted((prov.get("classes") or {}).items()):
+            shown = ", ".join(names[:6]) + (", ..." if len(names) > 6 else "")
+            lines.append(f"classes    {task}: {len(names)} ({shown})")
         counts = seg.groupby(["domain", "split"]).size()
         for (domain, split), count in counts.items():
             lines.append(f"  {domain:>12} / {split:<5} {count}")

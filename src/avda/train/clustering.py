@@ -270,7 +270,9 @@ class ClusterResult:
         lines = [f"{self.store}: clusters/{self.modality} written"]
         for group in self.groups:
             counts = ", ".join(f"{c}:{group.classes[c].n_clusters}" for c in sorted(group.classes))
-            lines.append(f"  source domain(s) {group.key!r}: clusters per class {counts}")
+            lines.append(
+                f"  domain(s) {group.key!r} (as a run's source): clusters per class {counts}"
+            )
         for path in self.plots:
             lines.append(f"  plot {path}")
         return "\n".join(lines)
