@@ -498,6 +498,19 @@ def test_plan_raises_a_protocols_epochs_for_its_checkpoints(tmp_path):
     assert plain.config.epochs < 9
 
 
+def test_every_benchmark_protocol_knows_its_class_count():
+    """A run on a manifest subset without its .build.json (no class table in the cache) gets
+    its classifier width from the protocol: cia-ucf-hmdb had none, so a UCF-HMDB subset whose
+    largest id is 5 trained 6-way classifiers, not TA3N's 12 classes."""
+    from avda.train.setup import _benchmark_classes
+
+    for protocol in protocols.PROTOCOLS.values():
+        if protocol.settings:
+            assert protocol.classes, protocol.name
+    assert _benchmark_classes("cia-ucf-hmdb", ["ucf"], ["hmdb"]) == {"verb": 12}
+    assert _benchmark_classes("cia-ucf-hmdb", ["hmdb"], ["ucf"]) == {"verb": 12}
+
+
 def test_every_step_count_a_protocol_states_is_one_of_its_heads_recipe():
     # the count docs/protocols.md prints: cia-ucf-hmdb said "1,170 steps" (EPIC-55 D2's count)
     # where its heads make 690; whole epochs make MM-SADA's 3,000 + 6,000 steps 9,009 (1 %)

@@ -399,6 +399,7 @@ register(
             "mm-sada": HeadRecipe("mm-sada", {}),
         },
         evaluation=EvaluationRule(checkpoints=1, metrics=("top1",)),
+        classes={"verb": 12},  # TA3N's classInd_hmdb_ucf.txt (the full variant)
         split="source train (labelled) + target train (unlabelled); test target test",
         sampling="5 snippets (CIA); one random clip (MM-SADA)",
         optimiser="Adam 3e-3 (CIA's ucf-hmdb preset); MM-SADA's SGD",
