@@ -137,6 +137,9 @@ CASES = [
     (" ".join(TRAIN) + " --head dann -o a-file.txt", 1, "-o a-file.txt is a file"),
     (" ".join(TRAIN) + " --head dann -o r --epochs x", 2, "Invalid value for '--epochs'"),
     ("train --heat x", 2, "No such option: --heat"),
+    # --setting is manifest build's: train names the setting's domains
+    (" ".join(TRAIN) + " --head dann -o r --setting ucf-hmdb", 2, "--source ucf --target hmdb"),
+    (" ".join(TRAIN) + " --head dann -o r --setting x", 2, "domains: --source A --target B"),
     # evaluate / report
     ("evaluate nope", 1, "nope does not exist"),
     ("evaluate folder", 1, "holds no avda run"),

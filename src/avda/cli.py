@@ -1498,6 +1498,24 @@ def os_error_message(exc: OSError, argv: Sequence[str] = ()) -> str:
     return f"{reason[:1].lower()}{reason[1:]}{where}"
 
 
+def _setting_hint(exc: Exception, ctx: typer.Context, argv: list[str]) -> str:
+    """``--setting`` given to a command that takes ``--source``/``--target`` (avda train,
+    predict...; only ``manifest build`` has it): the domains of the named setting, to type
+    instead. Click's own suggestion (``--set``) is another option altogether."""
+    if not isinstance(exc, click_exceptions.NoSuchOption) or exc.option_name != "--setting":
+        return ""
+    if not {"source", "target"} <= {p.name for p in ctx.command.params}:
+        return ""
+    from avda.data_manifests.settings import NAMED_SETTINGS
+
+    after = argv[argv.index("--setting") + 1 :] if "--setting" in argv else []
+    chosen = NAMED_SETTINGS.get(after[0]) if after else None
+    if chosen is None:
+        return "; this command takes a setting's domains: --source A --target B"
+    source, target = ",".join(chosen.source_domains), ",".join(chosen.target_domains)
+    return f"; this command takes a setting's domains: --source {source} --target {target}"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: maps errors to exit codes and one-line messages.
 
@@ -1534,6 +1552,7 @@ def main(argv: list[str] | None = None) -> int:
         message = exc.format_message()
         ctx = getattr(exc, "ctx", None)
         if ctx is not None:
+            message += _setting_hint(exc, ctx, argv)
             message += f" (see `{ctx.command_path} --help`)"
         typer.echo(f"usage error: {_one_line(message)}", err=True)
         return exc.exit_code if isinstance(exc, click_exceptions.UsageError) else EXIT_USAGE
