@@ -60,6 +60,7 @@ SEGMENT_COLUMNS: dict[str, str] = {
     "noun_class": "int",
     "labels": "str",
     "score_group": "str",
+    "unlabelled_only": "str",
 }
 REQUIRED_SEGMENT_COLUMNS = ("uid", "video_id", "domain", "split", "start_sec", "stop_sec")
 # Prediction tasks and the segment column holding their labels (``labels``: ``"3;17"`` multi-hot)

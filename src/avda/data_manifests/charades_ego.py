@@ -41,6 +41,15 @@ Each row's ``actions`` is ``cNNN start end;cNNN start end;...`` (seconds). Two u
   s), ``labels`` = the classes active at its 64 frames (:func:`window_labels`). ``num_frames``
   (their frame folder's file count) is taken as ``round(length x 24)``. Dropped and counted:
   ``video without length``, ``video without actions`` (also: no action frame within the video).
+  First-person training videos also get **whole-video rows** for the protocol's unlabelled
+  half: ``dataloader_encoder.py`` draws an unlabelled target window anywhere in the whole video
+  (``total_frames`` = its frame count, ``start_index`` 1, no annotation read), so each such
+  video (one with a window row, the authors' list) gets the 10 evenly spread clips of
+  :func:`test_clip_frames` over its frames, uid ``<id>_u<k>``, no ``labels``, and
+  ``unlabelled_only`` = ``yes`` (:data:`avda.data_manifests.schema.UNLABELLED_ONLY`): a run
+  uses them only as the unlabelled target rows of the videos outside its labelled share, and
+  those videos' action windows not at all (``avda.train.setup.training_rows``). The column is
+  written only where such rows exist (v1; v0 has no first-person training video).
 
 Action times are kept as annotated, also where they run past ``length`` (common in Charades).
 The videos have no fixed frame rate, so the manifest has no ``fps`` column.
@@ -57,6 +66,7 @@ import pandas as pd
 
 from avda.data_manifests.benchmarks import ManifestBuild, register
 from avda.data_manifests.epic_common import apply_video_path_template
+from avda.data_manifests.schema import UNLABELLED_ONLY, UNLABELLED_ONLY_VALUE
 from avda.data_manifests.settings import CHARADES_EGO
 from avda.data_manifests.sources import (
     SHORTER_THAN_ONE_FRAME,
@@ -97,6 +107,9 @@ WINDOW_FRAMES = 64
 WINDOW_STRIDE = 8
 # ... and its test pipeline 10 such clips over the whole video (test_recognizer.py).
 TEST_CLIPS = 10
+# The domain whose training videos also get whole-video rows (the unlabelled target's
+# windows, drawn anywhere in the video by dataloader_encoder.py): TEST_CLIPS of them.
+UNLABELLED_DOMAIN = "first"
 UNITS = ("segments", "videos", "windows")
 
 
@@ -227,10 +240,13 @@ def build(
                     drops,
                     _test_clips if test else _windows,
                     grouped=test,
+                    whole_video=None if test else _whole_video,
                 )  # fmt: skip
             )
     problems.raise_if_any()
     manifest = pd.concat(frames, ignore_index=True)
+    if UNLABELLED_ONLY in manifest and not (manifest[UNLABELLED_ONLY] != "").any():
+        manifest = manifest.drop(columns=UNLABELLED_ONLY)  # none: the manifest as before
     if unit == "segments":
         manifest = drop_short_segments(manifest, drops, fps=None)
     else:
@@ -402,6 +418,16 @@ def _test_clips(video_actions, num_frames: int) -> list[tuple[str, np.ndarray, s
     return [(f"c{k}", frames, labels) for k, frames in enumerate(test_clip_frames(num_frames))]
 
 
+def _whole_video(num_frames: int) -> list[tuple[str, np.ndarray]]:
+    """A first-person training video's whole-video rows (``unit=windows``), the unlabelled
+    target's windows: ``dataloader_encoder.py`` l. 234-265 draws one anywhere in the video
+    (``SampleFrames(64, 8)`` in train mode on ``total_frames`` = the video's frame count, from
+    frame 1; no annotation read); a cache holds :data:`TEST_CLIPS` evenly spread ones,
+    the clips of :func:`test_clip_frames` (the centres of equal shares of the offsets the code
+    draws from), uid ``<id>_u<k>``. They depend on ``num_frames`` alone."""
+    return [(f"u{k}", frames) for k, frames in enumerate(test_clip_frames(num_frames))]
+
+
 def _frame_rows(
     video_ids: pd.Series,
     domain: np.ndarray,
@@ -413,10 +439,14 @@ def _frame_rows(
     windows_of,
     *,
     grouped: bool,
+    whole_video=None,
 ) -> pd.DataFrame:
     """One row per window ``windows_of(actions, num_frames)`` gives a video (``(uid suffix,
     1-based 24-fps frames, labels)``; none: the video has no action and is dropped), from its
-    first frame's start to its last frame's end; ``grouped``: ``score_group`` = the video."""
+    first frame's start to its last frame's end; ``grouped``: ``score_group`` = the video.
+    ``whole_video``: a video of :data:`UNLABELLED_DOMAIN` with a window also gets the rows
+    ``whole_video(num_frames)`` gives (``(uid suffix, frames)``), without labels, marked
+    ``unlabelled_only``."""
     records = []
     drops.add(NO_LENGTH, int(empty_length.sum()))
     for position, video in enumerate(video_ids):
@@ -431,9 +461,17 @@ def _frame_rows(
             records.append(
                 (f"{video}_{suffix}", video, domain[position], split,
                  (int(frames.min()) - 1) / AUTHORS_FPS, int(frames.max()) / AUTHORS_FPS,
-                 labels, video if grouped else "")  # ungrouped: scored alone
+                 labels, video if grouped else "", "")  # ungrouped: scored alone
+            )  # fmt: skip
+        if whole_video is None or domain[position] != UNLABELLED_DOMAIN:
+            continue
+        for suffix, frames in whole_video(num_frames):  # the annotations unread
+            records.append(
+                (f"{video}_{suffix}", video, domain[position], split,
+                 (int(frames.min()) - 1) / AUTHORS_FPS, int(frames.max()) / AUTHORS_FPS,
+                 "", "", UNLABELLED_ONLY_VALUE)
             )  # fmt: skip
     columns = ["uid", "video_id", "domain", "split", "start_sec", "stop_sec", "labels"]
-    return pd.DataFrame.from_records(records, columns=[*columns, "score_group"]).astype(
-        {"start_sec": "float64", "stop_sec": "float64"}
-    )
+    return pd.DataFrame.from_records(
+        records, columns=[*columns, "score_group", UNLABELLED_ONLY]
+    ).astype({"start_sec": "float64", "stop_sec": "float64"})

@@ -39,6 +39,7 @@ OPTIONAL_COLUMNS: tuple[str, ...] = (
     "noun_class",
     "labels",
     "score_group",
+    "unlabelled_only",
     "video_path",
 )
 SPLITS: tuple[str, ...] = ("train", "val", "test")
@@ -54,8 +55,14 @@ STRING_COLUMNS: tuple[str, ...] = (
     "noun",
     "labels",
     "score_group",
+    "unlabelled_only",
     "video_path",
 )
+# A row marked ``unlabelled_only = yes`` is only ever an unlabelled target training row (of a
+# video outside a run's labelled share; docs/manifest.md "Unlabelled-only rows"): never
+# labelled, scored or a source row. CharadesEgo ``--unit windows``' whole-video rows.
+UNLABELLED_ONLY = "unlabelled_only"
+UNLABELLED_ONLY_VALUE = "yes"
 # Columns whose values become file or folder names (flow folders, frame and audio look-ups,
 # plot names): each must be one plain path component (avda.paths, docs/security.md).
 PATH_ID_COLUMNS: tuple[str, ...] = ("video_id", "domain", "participant_id")
@@ -397,6 +404,9 @@ def find_problems(frame: pd.DataFrame, *, videos: str | Path | None = None) -> l
         found = {i: labels_problem(cell) for i, cell in enumerate(frame["labels"])}
         add([found[i] is not None for i in range(len(frame))], "labels", lambda i: found[i])
 
+    if UNLABELLED_ONLY in frame:
+        _check_unlabelled_only(frame, split, add)
+
     if "fps" in frame:
         fps = pd.to_numeric(frame["fps"], errors="coerce")
         bad = (frame["fps"].notna() & fps.isna()) | (fps.notna() & (fps <= 0))
@@ -432,6 +442,35 @@ def find_problems(frame: pd.DataFrame, *, videos: str | Path | None = None) -> l
                     problems.append(Problem(int(rows[i]), column, f"{why}: {p}"))
     problems.sort(key=lambda p: p.row or 0)
     return problems
+
+
+def _check_unlabelled_only(frame: pd.DataFrame, split: pd.Series, add) -> None:
+    """``unlabelled_only`` is empty or ``yes``; a ``yes`` row is a ``train`` row without a
+    label or a ``score_group`` (it is never labelled nor scored)."""
+    marks = frame[UNLABELLED_ONLY].astype("string").fillna("").str.strip()
+    add(
+        ~marks.isin(["", UNLABELLED_ONLY_VALUE]),
+        UNLABELLED_ONLY,
+        lambda i: f"expected {UNLABELLED_ONLY_VALUE!r} or empty, got {marks.iloc[i]!r}",
+    )
+    marked = (marks == UNLABELLED_ONLY_VALUE).to_numpy()
+    add(
+        marked & (split != "train").fillna(True).to_numpy(),
+        UNLABELLED_ONLY,
+        lambda i: f"an unlabelled-only row must be a train row, not {split.iloc[i]!r}",
+    )
+    for column in (*CLASS_COLUMNS, "labels", "score_group"):
+        if column not in frame:
+            continue
+        values = frame[column].astype("string").fillna("").str.strip()
+        add(
+            marked & (values != "").to_numpy(),
+            column,
+            lambda i, c=column, v=values: (
+                f"an unlabelled-only row has no {c} (got {v.iloc[i]!r}): it is never "
+                "labelled nor scored"
+            ),
+        )
 
 
 def _declared_duration(path: Path) -> float | str | None:
