@@ -22,6 +22,7 @@ import torch
 
 from avda import runs
 from avda.cache import FeatureCache, open_cache
+from avda.data_manifests.schema import UNLABELLED_ONLY, UNLABELLED_ONLY_VALUE
 from avda.data_manifests.settings import Setting
 from avda.devices import resolve_device
 from avda.errors import CacheError, ConfigError
@@ -129,6 +130,16 @@ def labelled_target_rows(
     return labelled, unlabelled
 
 
+def unlabelled_only(store: FeatureCache, rows: np.ndarray) -> np.ndarray:
+    """Which of ``rows`` are marked ``unlabelled_only`` (docs/manifest.md "Unlabelled-only
+    rows"); all False for a cache without the column (built before it, or without such rows)."""
+    segments = store.segments
+    if UNLABELLED_ONLY not in segments:
+        return np.zeros(len(rows), dtype=bool)
+    marks = segments[UNLABELLED_ONLY].iloc[rows].fillna("").to_numpy(dtype=str)
+    return np.char.strip(marks) == UNLABELLED_ONLY_VALUE
+
+
 def training_rows(
     store: FeatureCache,
     source: Sequence[str],
@@ -139,18 +150,34 @@ def training_rows(
     """``(source_rows, target_rows)`` a run trains on: the labelled rows (the source domains'
     training split, with the labelled share of the target's when ``labelled_target > 0``) and
     the unlabelled target training rows. :func:`plan` and ``avda predict`` (the target set an
-    adapting head normalises with) select them here, so both see the same rows."""
+    adapting head normalises with) select them here, so both see the same rows.
+
+    Rows marked ``unlabelled_only`` (CharadesEgo ``--unit windows``' whole-video rows of the
+    first-person training videos) are never source or labelled rows: the labelled share is
+    chosen among the other target rows, and a target video with marked rows contributes to
+    the unlabelled target rows its marked rows, and only those, when none of its rows is
+    labelled (else nothing): the authors' unlabelled half draws its windows anywhere in the
+    video, not at its annotated actions. Without marked rows, as before."""
     source_rows = data_lib.select_rows(store, source, ["train"], modalities)
+    source_rows = source_rows[~unlabelled_only(store, source_rows)]
     target_rows = data_lib.select_rows(store, target, ["train"], modalities)
     if len(source_rows) == 0:
         raise CacheError(
             f"no extracted training segments for source domain(s) {list(source)} in {store.path}"
         )
+    marked = unlabelled_only(store, target_rows)
+    whole, target_rows = target_rows[marked], target_rows[~marked]
+    labelled = target_rows[:0]
     if config.labelled_target > 0:  # semi-supervised: part of the target is labelled
         labelled, target_rows = labelled_target_rows(
             store, target_rows, config.labelled_target, config.labelled_target_pick
         )
         source_rows = np.concatenate([source_rows, labelled])
+    if len(whole):  # the marked rows replace their videos' other rows as unlabelled rows
+        videos = store.segments["video_id"].to_numpy(dtype=str)
+        replaced = np.isin(videos[target_rows], videos[whole])
+        whole = whole[~np.isin(videos[whole], videos[labelled])]
+        target_rows = np.sort(np.concatenate([target_rows[~replaced], whole]))
     return source_rows, target_rows
 
 
@@ -405,4 +432,5 @@ __all__ = [
     "labelled_target_rows",
     "plan",
     "training_rows",
+    "unlabelled_only",
 ]
