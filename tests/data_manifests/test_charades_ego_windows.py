@@ -328,3 +328,265 @@ def test_an_unknown_unit_or_version_is_refused_not_built_as_windows(tmp_path, op
     folder = write_annotations(tmp_path / "ann", [row], header)
     with pytest.raises(ConfigError, match=f"charades-ego {option}: expected one of .*{value}"):
         build("charades-ego", folder, **{option: value})
+
+
+# --- the unlabelled target's windows: drawn anywhere in the whole video -----------------------
+
+
+def sample_frames_train_offsets(total_frames: int) -> list[int]:
+    """Every clip offset mmaction's ``SampleFrames(clip_len=64, frame_interval=8,
+    num_clips=1)`` in train mode (``_get_train_clips``, loading.py l. 128-159) can draw:
+    ``np.random.randint`` replaced by each of its values in turn."""
+    clip_len, frame_interval, num_clips = 64, 8, 1
+    offsets = set()
+    for value in range(max(total_frames, 1)):
+
+        def randint(high, size, value=value):
+            return np.full(size, value) if value < high else None
+
+        ori_clip_len = clip_len * frame_interval
+        avg_interval = (total_frames - ori_clip_len + 1) // num_clips
+        if avg_interval > 0:
+            base_offsets = np.arange(num_clips) * avg_interval
+            drawn = randint(avg_interval, size=num_clips)
+            clip_offsets = None if drawn is None else base_offsets + drawn
+        elif total_frames > max(num_clips, ori_clip_len):
+            drawn = randint(total_frames - ori_clip_len + 1, size=num_clips)
+            clip_offsets = None if drawn is None else np.sort(drawn)
+        elif avg_interval == 0:
+            ratio = (total_frames - ori_clip_len + 1.0) / num_clips
+            clip_offsets = np.around(np.arange(num_clips) * ratio).astype(int)
+        else:
+            clip_offsets = np.zeros((num_clips,), dtype=int)
+        if clip_offsets is not None:
+            offsets.add(int(clip_offsets[0]))
+    return sorted(offsets)
+
+
+def authors_unlabelled_window(total_frames: int, offset: int) -> np.ndarray:
+    """``dataloader_encoder.py`` l. 234-265: the unlabelled target's window of a video of
+    ``total_frames`` frames (``len(os.listdir(...))``) from ``start_frame = 1``, with the clip
+    offset ``offset`` (``SampleFrames.__call__``, loop option; no label file read)."""
+    clip_len, frame_interval = 64, 8
+    frame_inds = offset + np.arange(clip_len) * frame_interval
+    frame_inds = np.mod(frame_inds.reshape((-1, clip_len)), total_frames)
+    return np.concatenate(frame_inds) + 1
+
+
+def ego_copies(rows: list[list[str]]) -> list[list[str]]:
+    """First-person training videos with the real rows' actions and lengths (v0 has none; v1
+    pairs each third-person video ``X`` with ``XEGO``)."""
+    return [[f"{r[0]}EGO", *r[1:]] for r in rows]
+
+
+@pytest.fixture(scope="module")
+def ego_rows(real_rows) -> tuple[list[str], list[list[str]]]:
+    header, rows = real_rows
+    return header, rows[::4]  # 200 videos
+
+
+def test_unlabelled_rows_are_windows_the_authors_draw_anywhere_in_the_video(ego_rows, tmp_path):
+    """Every first-person training video with an action (the authors' list,
+    ``dataloader_encoder.py`` l. 60-73) gets 10 rows ``<id>_u<k>``: windows the unlabelled
+    target's draw can produce (l. 234-265), at the 10 evenly spread offsets (the test
+    pipeline's, the centres of 10 equal shares of the drawn offsets), unlabelled, marked."""
+    header, rows = ego_rows
+    folder = write_annotations(tmp_path / "ann", [*rows, *ego_copies(rows)], header)
+    manifest = build("charades-ego", folder, unit="windows").manifest
+    marked = manifest[manifest["unlabelled_only"] == "yes"].set_index("uid")
+    assert (marked["domain"] == "first").all() and (marked["split"] == "train").all()
+    assert (marked["labels"] == "").all() and (marked["score_group"] == "").all()
+    assert set(manifest.loc[manifest["domain"] == "third", "unlabelled_only"]) == {""}
+    checked = short = 0
+    for row in ego_copies(rows):
+        if not (row[9].strip() and row[10].strip()):
+            assert f"{row[0]}_u0" not in marked.index  # not in the authors' list
+            continue
+        total = int(np.round(float(row[10]) * 24))
+        drawable = sample_frames_train_offsets(total)
+        expected = sample_frames_test_mode(total, 0, num_clips=10).reshape((10, -1))[:, 0]
+        short += total <= 511
+        for k in range(10):
+            offset = int(expected[k])
+            assert offset in drawable
+            frames = authors_unlabelled_window(total, offset)
+            got = marked.loc[f"{row[0]}_u{k}"]
+            assert got["video_id"] == row[0]
+            assert got["start_sec"] == pytest.approx((frames.min() - 1) / 24)
+            assert got["stop_sec"] == pytest.approx(frames.max() / 24)
+        if total > 512:  # spread over the whole range the code draws from
+            span = drawable[-1] - drawable[0]
+            assert expected[0] - drawable[0] < span / 10 and drawable[-1] - expected[-1] < span / 10
+        assert f"{row[0]}_u10" not in marked.index
+        checked += 1
+    assert checked > 100 and 0 < short < checked
+    assert len(marked) == 10 * checked
+
+
+def test_unlabelled_rows_do_not_depend_on_the_action_annotations(ego_rows, tmp_path):
+    """The whole-video rows read only the video's length: shuffling the first-person videos'
+    actions among them, or replacing them by one arbitrary action, leaves them as they are
+    (the action windows change). (A video keeps an action frame within it, c005 at 0-1 s
+    added to the shuffled ones: one without is in no list, neither the authors' nor avda's.)"""
+    header, rows = ego_rows
+    ego = [r for r in ego_copies(rows) if r[9].strip() and r[10].strip()]
+    rng = np.random.default_rng(0)
+    order = rng.permutation(len(ego))
+    shuffled = [
+        [*r[:9], f"{ego[i][9]};c005 0.00 1.00", r[10]] for r, i in zip(ego, order, strict=True)
+    ]
+    one = [[*r[:9], "c005 1.00 2.00", r[10]] for r in ego]
+
+    def built(ego_part, name):
+        folder = write_annotations(tmp_path / name, [*rows, *ego_part], header)
+        manifest = build("charades-ego", folder, unit="windows").manifest
+        marked = manifest[manifest["unlabelled_only"] == "yes"].reset_index(drop=True)
+        windows = manifest[manifest["uid"].str.contains("EGO_w")].reset_index(drop=True)
+        return marked, windows
+
+    marked, windows = built(ego, "a")
+    for other, name in ((shuffled, "b"), (one, "c")):
+        other_marked, other_windows = built(other, name)
+        pd.testing.assert_frame_equal(other_marked, marked)
+        assert not other_windows[["uid", "start_sec", "labels"]].equals(
+            windows[["uid", "start_sec", "labels"]]
+        )
+    assert len(marked) == 10 * len(ego)
+
+
+def test_a_manifest_without_first_person_training_videos_is_as_before(windows_manifest):
+    # v0: no first-person training video, so no whole-video rows and no unlabelled_only column
+    assert "unlabelled_only" not in windows_manifest
+    assert not windows_manifest["uid"].str.contains("_u").any()
+
+
+def test_the_marked_manifest_validates_and_a_misused_mark_is_refused(ego_rows, tmp_path):
+    from avda.data_manifests import schema
+    from avda.errors import ManifestError
+
+    header, rows = ego_rows
+    folder = write_annotations(tmp_path / "ann", [*rows[:20], *ego_copies(rows[:20])], header)
+    manifest = build("charades-ego", folder, unit="windows").manifest
+    path = tmp_path / "m.csv"
+    manifest.to_csv(path, index=False)
+    read = schema.read(path)
+    assert (read["unlabelled_only"] == "yes").sum() == (manifest["unlabelled_only"] == "yes").sum()
+    marked = int(np.flatnonzero((manifest["unlabelled_only"] == "yes").to_numpy())[0])
+    for column, value, message in (
+        ("labels", "3", "an unlabelled-only row has no labels"),
+        ("split", "test", "an unlabelled-only row must be a train row"),
+        ("score_group", "X", "an unlabelled-only row has no score_group"),
+        ("unlabelled_only", "true", "expected 'yes' or empty"),
+    ):
+        bad = manifest.copy()
+        bad.loc[marked if column != "unlabelled_only" else 0, column] = value
+        bad.to_csv(path, index=False)
+        with pytest.raises(ManifestError, match=message):
+            schema.read(path)
+
+
+def windows_cache(path: Path, manifest: pd.DataFrame) -> Path:
+    """A cache of ``manifest`` whose rows all have (zero) rgb features."""
+    from avda.cache import Status
+    from avda.cache.store import create
+
+    store = create(path, manifest, manifest_sha256="0" * 64, recipe={})
+    n = len(manifest)
+    info = {"backbone": "synthetic", "weights": None, "weights_sha256": None, "input_spec": {}}
+    store.add_modality("rgb", num_clips=1, num_features=4, info=info)
+    store.write("rgb", np.arange(n), np.zeros((n, 1, 4)), np.full(n, int(Status.DONE)), [""] * n)
+    return path
+
+
+def test_a_run_reads_the_unlabelled_half_from_the_whole_video_rows_only(ego_rows, tmp_path):
+    """Under ``audio-adaptive-charadesego`` (``labelled_target=0.5``, pick ``first``): the
+    labelled half is the first half of the first-person videos with all their action windows
+    and no whole-video row; the unlabelled target rows are the whole-video rows of the other
+    half, and none of their action windows; no marked row is a source row."""
+    from avda.cache import open_cache
+    from avda.train.setup import plan
+
+    header, rows = ego_rows
+    folder = write_annotations(tmp_path / "ann", [*rows, *ego_copies(rows)], header)
+    manifest = build("charades-ego", folder, unit="windows").manifest
+    cache = windows_cache(tmp_path / "c.zarr", manifest)
+    setup = plan(
+        cache=cache,
+        head="audio-adaptive",
+        source=["third"],
+        target=["first"],
+        device="cpu",
+        evaluation=False,
+        protocol="audio-adaptive-charadesego",
+    )
+    segments = open_cache(cache).segments
+    uid = segments["uid"].to_numpy(dtype=str)
+    video = segments["video_id"].to_numpy(dtype=str)
+    marked = (segments["unlabelled_only"] == "yes").to_numpy()
+    first = (segments["domain"] == "first").to_numpy()
+    view = [f"{r[0]}EGO" for r in rows if r[9].strip() and r[10].strip()]
+    labelled_videos, unlabelled_videos = set(view[: len(view) // 2]), set(view[len(view) // 2 :])
+    source, target = setup.source_rows, setup.target_rows
+    labelled = source[first[source]]
+    assert set(video[labelled]) == labelled_videos
+    assert not marked[source].any()  # never labelled, never a source row
+    expected_labelled = np.flatnonzero(first & ~marked & np.isin(video, list(labelled_videos)))
+    np.testing.assert_array_equal(np.sort(labelled), expected_labelled)
+    assert marked[target].all()  # the unlabelled half: whole-video rows only
+    assert set(video[target]) == unlabelled_videos
+    assert len(target) == 10 * len(unlabelled_videos)
+    assert all("_u" in u for u in uid[target])
+
+
+def test_marked_rows_replace_their_videos_rows_also_without_labelled_target(ego_rows, tmp_path):
+    """Unsupervised (``labelled_target=0``): every first-person video's unlabelled rows are its
+    whole-video rows; a target video without marked rows (here third-person, as target) keeps
+    its action windows."""
+    from avda.cache import open_cache
+    from avda.train import heads as heads_lib
+    from avda.train.setup import training_rows
+
+    header, rows = ego_rows
+    folder = write_annotations(tmp_path / "ann", [*rows, *ego_copies(rows)], header)
+    manifest = build("charades-ego", folder, unit="windows").manifest
+    cache = windows_cache(tmp_path / "c.zarr", manifest)
+    store = open_cache(cache)
+    marked = (store.segments["unlabelled_only"] == "yes").to_numpy()
+    domain = store.segments["domain"].to_numpy(dtype=str)
+    config = heads_lib.config_class("dann").from_dict({})
+    source, target = training_rows(store, ["third"], ["first"], ["rgb"], config)
+    np.testing.assert_array_equal(target, np.flatnonzero(marked))
+    np.testing.assert_array_equal(source, np.flatnonzero(domain == "third"))
+    # the other direction: first-person as source has its action windows, never marked rows
+    source, target = training_rows(store, ["first"], ["third"], ["rgb"], config)
+    np.testing.assert_array_equal(source, np.flatnonzero((domain == "first") & ~marked))
+    np.testing.assert_array_equal(target, np.flatnonzero(domain == "third"))
+
+
+def test_a_cache_without_the_mark_selects_as_before(ego_rows, tmp_path):
+    """The same manifest without ``unlabelled_only`` (a cache built before it): the
+    unlabelled half is every other target training row, as before (its action windows and,
+    unmarked, the whole-video rows)."""
+    from avda.cache import open_cache
+    from avda.train import heads as heads_lib
+    from avda.train.setup import labelled_target_rows, training_rows
+
+    header, rows = ego_rows
+    folder = write_annotations(tmp_path / "ann", [*rows, *ego_copies(rows)], header)
+    manifest = build("charades-ego", folder, unit="windows").manifest.drop(
+        columns="unlabelled_only"
+    )
+    store = open_cache(windows_cache(tmp_path / "c.zarr", manifest))
+    assert "unlabelled_only" not in store.segments
+    domain = store.segments["domain"].to_numpy(dtype=str)
+    config = heads_lib.config_class("audio-adaptive").from_dict(
+        {"labelled_target": 0.5, "labelled_target_pick": "first"}
+    )
+    source, target = training_rows(store, ["third"], ["first"], ["rgb"], config)
+    first = np.flatnonzero(domain == "first")
+    labelled, unlabelled = labelled_target_rows(store, first, 0.5, "first")
+    np.testing.assert_array_equal(
+        source, np.concatenate([np.flatnonzero(domain == "third"), labelled])
+    )
+    np.testing.assert_array_equal(target, unlabelled)
+    assert sorted([*labelled, *unlabelled]) == first.tolist()
