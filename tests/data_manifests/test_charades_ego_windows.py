@@ -589,3 +589,38 @@ def test_a_cache_without_the_mark_selects_as_before(ego_rows, tmp_path):
     )
     np.testing.assert_array_equal(target, unlabelled)
     assert sorted([*labelled, *unlabelled]) == first.tolist()
+
+
+def test_the_protocols_stages_mark_absent_classes_on_the_whole_video_rows(ego_rows, tmp_path):
+    """End to end under ``audio-adaptive-charadesego`` on a marked cache (random features,
+    classes folded to 4): stage 4 ranks the unlabelled half's whole-video rows, 10 per video."""
+    from tests.train.test_audio_adaptive_multilabel import TINY, multilabel_store
+
+    from avda.train.loop import train
+    from avda.train.stages import StageStore
+
+    header, rows = ego_rows
+    rows = [r for r in rows if r[9].strip() and r[10].strip()][:30]
+    folder = write_annotations(tmp_path / "ann", [*rows, *ego_copies(rows)], header)
+    with open(folder / "CharadesEgo_v0_egocentric_test.csv", "a", newline="") as f:
+        csv.writer(f).writerow(["T1EGO", *rows[0][1:]])
+    manifest = build("charades-ego", folder, unit="windows").manifest
+    present = [[int(c) % 4 for c in cell.split(";")] if cell else [] for cell in manifest["labels"]]
+    manifest["labels"] = [";".join(map(str, sorted(set(p)))) for p in present]
+    cache = tmp_path / "c.zarr"
+    multilabel_store(
+        cache, manifest.to_dict("records"), present, 4, np.random.default_rng(0), noise=1.0
+    )
+    result = train(
+        cache=cache,
+        head="audio-adaptive",
+        source=["third"],
+        target=["first"],
+        out=tmp_path / "run",
+        overrides=dict(TINY),
+        progress=False,
+        protocol="audio-adaptive-charadesego",
+    )
+    assert np.isfinite(result.metrics["target_test/labels/mAP"])
+    absent = StageStore(tmp_path / "run").load_arrays("absent-labels")["absent"]
+    assert absent.shape == (10 * (len(rows) - len(rows) // 2), 157)
