@@ -261,3 +261,19 @@ def test_evaluate_keywords_leave_a_hint_to_train_with_set_as_it_is():
     assert _keywords("--set x has no labels: choose another --set") == (
         "eval_set='x' has no labels: choose another eval_set"
     )
+
+
+def test_evaluate_refuses_what_the_runs_layout_cannot_use_as_the_cli_does(tmp_path):
+    """``protocol=`` in the runs layout was silently ignored (``avda evaluate --protocol``
+    without ``--layout`` is refused), and an unknown layout listed every layout but ``runs``."""
+    make_feature_cache(tmp_path / "c.zarr", per_class=4)
+    avda.train(
+        head="source-only", cache=tmp_path / "c.zarr", source="source", target="target",
+        out=tmp_path / "run", epochs=1, progress=False,
+    )  # fmt: skip
+    with pytest.raises(ConfigError, match=r"^protocol: only a paper layout .* layout='auto'$"):
+        avda.evaluate(tmp_path / "run", protocol="unified")
+    with pytest.raises(ConfigError, match=r"^compare: only a paper layout"):
+        avda.evaluate(tmp_path / "run", compare="source-only")
+    with pytest.raises(ConfigError, match=r"^unknown layout 'table'; valid: runs, auto,"):
+        avda.evaluate(tmp_path / "run", layout="table")

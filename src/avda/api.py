@@ -396,9 +396,8 @@ def _evaluate(runs, layout, eval_set, task, metric, compare, out, protocol) -> A
     from avda.evaluate import aggregate, tables
 
     paths = [runs] if isinstance(runs, str | Path) else list(runs)
+    tables.check_layout(layout, protocol=protocol, baseline=compare)
     if layout == "runs":
-        if compare:
-            raise ConfigError("compare needs a paper layout: layout='auto' (or 'settings')")
         table = tables.results_table(aggregate.find_runs(paths, complete_only="below"))
         table = tables.choose_columns(table, eval_set, task, metric)
         if out is not None:

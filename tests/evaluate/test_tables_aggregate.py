@@ -193,7 +193,7 @@ def test_runs_layout_keeps_the_per_run_table(sweep_like, tmp_path):
     text, paths = tables.evaluate_runs([sweep_like], layout="runs", out=tmp_path / "t")
     assert text == tables.to_markdown(table)
     assert [p.suffix for p in paths] == [".md", ".csv"]
-    with pytest.raises(ConfigError, match="--compare needs a paper layout"):
+    with pytest.raises(ConfigError, match="--compare: only a paper layout compares methods"):
         tables.evaluate_runs([sweep_like], baseline="Source-only")
     # --set / --task / --metric choose its columns (they were ignored: every column printed)
     text, _ = tables.evaluate_runs([sweep_like], layout="runs", eval_set="target_test",

@@ -422,6 +422,26 @@ def choose_columns(
     return table[[c for c in table.columns if c not in scored or c in kept]]
 
 
+def check_layout(layout: str, *, protocol: str | None, baseline: str | None) -> None:
+    """``avda evaluate``'s ``layout`` (``runs`` or a paper layout), and the options only a
+    paper layout takes: refused in one line, for the command line and ``avda.evaluate`` alike
+    (the Python call ignored ``protocol`` in the runs layout, and left ``runs`` out of the
+    valid layouts)."""
+    from avda.evaluate.aggregate import LAYOUTS
+
+    if layout not in ("runs", *LAYOUTS):
+        raise ConfigError(f"unknown --layout {layout!r}; valid: runs, {', '.join(LAYOUTS)}")
+    if layout != "runs":
+        return
+    if protocol is not None:
+        raise ConfigError(
+            "--protocol: only a paper layout applies a protocol's evaluation rule; "
+            "add --layout auto"
+        )
+    if baseline:
+        raise ConfigError("--compare: only a paper layout compares methods; add --layout auto")
+
+
 def evaluate_runs(
     paths: Sequence[str | Path],
     *,
@@ -438,13 +458,8 @@ def evaluate_runs(
     or a paper layout (``auto``, ``settings``, ``epic100``) over the runs found under ``paths``."""
     from avda.evaluate import aggregate as aggregate_lib
 
+    check_layout(layout, protocol=protocol, baseline=baseline)
     if layout == "runs":
-        if protocol is not None:
-            raise ConfigError(
-                "--protocol chooses a paper table's evaluation rule: add --layout auto"
-            )
-        if baseline:
-            raise ConfigError("--compare needs a paper layout: add --layout auto (or settings)")
         if fmt not in ("markdown", "csv"):
             raise ConfigError("--layout runs prints markdown or csv; use --layout auto for latex")
         run_dirs = aggregate_lib.find_runs(paths, complete_only="below")
