@@ -277,3 +277,14 @@ def test_evaluate_refuses_what_the_runs_layout_cannot_use_as_the_cli_does(tmp_pa
         avda.evaluate(tmp_path / "run", compare="source-only")
     with pytest.raises(ConfigError, match=r"^unknown layout 'table'; valid: runs, auto,"):
         avda.evaluate(tmp_path / "run", layout="table")
+
+
+def test_the_callable_packages_show_the_api_functions_signatures():
+    """``inspect.signature(avda.train)`` (Jupyter's Shift-Tab) was ``(*args, **kwargs)``."""
+    import inspect
+
+    import avda.api
+
+    for name in ("extract", "train", "evaluate"):
+        assert inspect.signature(getattr(avda, name)) == inspect.signature(getattr(avda.api, name))
+    assert "head_config" in inspect.signature(avda.train).parameters

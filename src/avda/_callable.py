@@ -8,6 +8,7 @@ replaced by it. So the packages themselves are callable and call the API functio
 from __future__ import annotations
 
 import importlib
+import inspect
 import sys
 import types
 from typing import Any
@@ -19,6 +20,12 @@ def make_callable(module_name: str, function: str) -> None:
     class CallableModule(types.ModuleType):
         def __call__(self, *args: Any, **kwargs: Any) -> Any:
             return getattr(importlib.import_module("avda.api"), function)(*args, **kwargs)
+
+        @property
+        def __signature__(self) -> inspect.Signature:
+            """The API function's keywords for ``inspect.signature`` (Jupyter's Shift-Tab,
+            ``help``), not ``__call__``'s ``(*args, **kwargs)``."""
+            return inspect.signature(getattr(importlib.import_module("avda.api"), function))
 
     CallableModule.__name__ = CallableModule.__qualname__ = f"callable_{function}_module"
     sys.modules[module_name].__class__ = CallableModule
