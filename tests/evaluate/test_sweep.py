@@ -613,3 +613,14 @@ def test_a_run_folder_another_worker_trains_is_waited_for_not_failed(
         assert said.strip() == "complete"
     assert [m["epoch"] for m in runs.read_metrics(task.run)] == [1, 2, 3, 4]
     assert runs.is_complete(task.run)
+
+
+def test_run_sweep_takes_the_spec_as_a_dict(three_domain_cache, tmp_path):
+    """From Python (a notebook) the spec is a dict as well as a YAML file; a dict was refused
+    with os.fspath's TypeError."""
+    data = {"cache": str(three_domain_cache), "heads": ["dan"], "settings": ["D1-D2"]}
+    with pytest.raises(ConfigError, match=r"(?s)^spec: 1 problem.*heads\[0\]: unknown head 'dan'"):
+        sweep.run_sweep(data, out=tmp_path)
+    data["heads"] = ["source-only"]
+    with pytest.raises(ConfigError, match="kubernetes"):  # parsed: on to the usage errors
+        sweep.run_sweep(data, out=tmp_path, cluster="kubernetes")

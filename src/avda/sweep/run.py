@@ -43,7 +43,7 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -1410,7 +1410,7 @@ def dashboard_link(client: Any) -> str:
 
 # ------------------------------------------------------------------------------ the sweep
 def run_sweep(
-    spec: SweepSpec | str | Path,
+    spec: SweepSpec | Mapping[str, Any] | str | Path,
     *,
     out: str | Path | None = None,
     scheduler: str | None = None,
@@ -1418,12 +1418,15 @@ def run_sweep(
     progress: bool = True,
     worker_timeout: float | None = None,
 ) -> SweepSummary:
-    """Run every task of ``spec`` that is not complete yet; the summary lists what failed.
+    """Run every task of ``spec`` (a YAML file, or the same as a dict: relative paths under the
+    current folder) that is not complete yet; the summary lists what failed.
 
     ``worker_timeout``: seconds to wait for the first Dask worker (default: the spec's
     ``cluster.worker_timeout``, 300 s) before giving up with an :class:`AvdaError`."""
     began = time.perf_counter()
-    if not isinstance(spec, SweepSpec):
+    if isinstance(spec, Mapping):  # a dict was refused with a TypeError of os.fspath
+        spec = parse_spec(dict(spec), source="spec")
+    elif not isinstance(spec, SweepSpec):
         spec = load_spec(spec)
     kind = _cluster_kind(spec, scheduler, cluster)  # usage errors before any work
     out_dir = Path(out) if out is not None else spec.out
