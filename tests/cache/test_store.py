@@ -104,6 +104,9 @@ def test_failures_table_lists_failed_rows_with_reason(tmp_path):
     failures = store.failures()
     assert failures["uid"].tolist() == ["u1"]
     assert failures["error"].tolist() == ["bad file"]
+    # the rows without input, and why (the CLI prints them; Python had no table of them)
+    missing = store.missing()
+    assert missing[["uid", "modality", "error"]].values.tolist() == [["u3", "audio", "no audio"]]
 
 
 def test_unknown_schema_version_is_refused(tmp_path):

@@ -193,18 +193,26 @@ class FeatureCache:
 
     def failures(self) -> pd.DataFrame:
         """One row per failed (segment, modality): uid, video_id, modality, error."""
+        return self._rows_of(Status.FAILED)
+
+    def missing(self) -> pd.DataFrame:
+        """One row per (segment, modality) without input (a video without an audio track, a
+        missing frame folder; stored as zeros): uid, video_id, modality, error (the reason)."""
+        return self._rows_of(Status.MISSING)
+
+    def _rows_of(self, status: Status) -> pd.DataFrame:
         frames = []
         for modality in self.modalities:
-            failed = np.flatnonzero(self.status(modality) == Status.FAILED)
-            if len(failed):
-                seg = self.segments.iloc[failed]
+            rows = np.flatnonzero(self.status(modality) == status)
+            if len(rows):
+                seg = self.segments.iloc[rows]
                 frames.append(
                     pd.DataFrame(
                         {
                             "uid": seg["uid"].to_numpy(),
                             "video_id": seg["video_id"].to_numpy(),
                             "modality": modality,
-                            "error": self.errors(modality)[failed],
+                            "error": self.errors(modality)[rows],
                         }
                     )
                 )
