@@ -193,7 +193,21 @@ def save_predictions(
         lambda tmp: np.savez_compressed(tmp, **arrays),
         temporary=folder / f"{name}.tmp.npz",  # savez adds .npz to a name without it
     )
-    table = {"uid": arrays["uids"], **{k: arrays[k] for k in columns or {}}}
+    table = predictions_table(arrays["uids"], labels, scores, columns)
+    table.to_csv(folder / f"{name}.csv", index=False)
+    return folder / f"{name}.npz"
+
+
+def predictions_table(
+    uids: np.ndarray,
+    labels: dict[str, np.ndarray],
+    scores: dict[str, np.ndarray],
+    columns: dict[str, np.ndarray] | None = None,
+) -> pd.DataFrame:
+    """The table a predictions ``.csv`` holds: ``uid``, the ``columns``, then per task its
+    ``<task>_label`` and ``<task>_prediction`` (multi-label: ``<task>_labels``, ``_top5``)."""
+    table = {"uid": np.asarray(uids, dtype=str)}
+    table.update({k: np.asarray(v, dtype=str) for k, v in (columns or {}).items()})
     for task in scores:
         if scores[task].ndim == 2 and labels[task].ndim == 1:
             table[f"{task}_label"] = labels[task]
@@ -203,8 +217,7 @@ def save_predictions(
             top = np.argsort(-scores[task], axis=1, kind="stable")[:, :5]
             table[f"{task}_labels"] = [";".join(map(str, np.flatnonzero(r))) for r in labels[task]]
             table[f"{task}_top5"] = [";".join(map(str, r)) for r in top]
-    pd.DataFrame(table).to_csv(folder / f"{name}.csv", index=False)
-    return folder / f"{name}.npz"
+    return pd.DataFrame(table)
 
 
 def read_predictions(run: Path, name: str) -> dict[str, Any]:

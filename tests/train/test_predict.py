@@ -6,6 +6,7 @@ from __future__ import annotations
 import shutil
 
 import numpy as np
+import pandas as pd
 import pytest
 import zarr
 from tests.conftest import make_feature_cache
@@ -346,6 +347,11 @@ def test_the_output_says_each_rows_set_and_never_goes_into_the_run(trained, tmp_
     path = result.save(tmp_path / "p.npz")
     assert np.load(path)["set"].tolist() == ["source_test"] * 12 + ["target_test"] * 12
     assert open(tmp_path / "p.csv").readline().startswith("uid,set,")
+    # the same table as a DataFrame, without writing and parsing the .csv
+    frame = result.to_frame()
+    assert list(frame.columns) == ["uid", "set", "verb_label", "verb_prediction"]
+    written = pd.read_csv(tmp_path / "p.csv", dtype={"uid": str})
+    pd.testing.assert_frame_equal(frame, written, check_dtype=False)
     assert result.top1("verb", set="target_test") == pytest.approx(
         runs.read_metrics(run)[-1]["target_test/verb/top1"]
     )

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from avda import runs
 from avda._io import progress_bar
@@ -94,6 +95,18 @@ class Predictions:
             return None
         return float((scores[known].argmax(1) == labels[known]).mean())
 
+    def to_frame(self) -> pd.DataFrame:
+        """One row per segment, the table ``save`` writes as .csv: ``uid``, ``set`` (and
+        ``group`` where the cache has score groups), per task ``<task>_label`` and
+        ``<task>_prediction`` (the arg-max class; -1: no label)."""
+        return runs.predictions_table(self.uids, self.labels, self.scores, self._columns())
+
+    def _columns(self) -> dict[str, np.ndarray]:
+        columns = {"set": self.set_names()}
+        if self.groups is not None:
+            columns[runs.GROUP_COLUMN] = self.groups
+        return columns
+
     def save(self, path: str | Path) -> Path:
         """Write ``path`` (a ``.npz``) and its .csv as a run writes its predictions, with each
         row's ``set`` (and its ``score_group`` as ``group``, where the cache has one)."""
@@ -103,10 +116,9 @@ class Predictions:
                 f"{path}: predictions are written as a .npz (and its .csv beside it); name it "
                 f"{path.with_suffix('.npz').name}"
             )
-        columns = {"set": self.set_names()}
-        if self.groups is not None:
-            columns[runs.GROUP_COLUMN] = self.groups
-        return runs.save_predictions(path, self.uids, self.labels, self.scores, columns=columns)
+        return runs.save_predictions(
+            path, self.uids, self.labels, self.scores, columns=self._columns()
+        )
 
 
 def _check_same_features(run: Path, recorded: dict[str, Any], store: FeatureCache, modalities):
