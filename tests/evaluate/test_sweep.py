@@ -624,3 +624,17 @@ def test_run_sweep_takes_the_spec_as_a_dict(three_domain_cache, tmp_path):
     data["heads"] = ["source-only"]
     with pytest.raises(ConfigError, match="kubernetes"):  # parsed: on to the usage errors
         sweep.run_sweep(data, out=tmp_path, cluster="kubernetes")
+
+
+def test_a_sweep_summary_shows_its_one_line_not_every_task(tmp_path):
+    """A notebook echoing run_sweep's result printed every task's and outcome's fields."""
+    task = sweep.SweepTask(
+        name="dann/s-t/seed0", run=tmp_path / "r", cache=tmp_path / "c.zarr", cache_name="c",
+        head="dann", method="dann", setting="s-t", source=("s",), target=("t",), seed=0,
+        overrides={},
+    )  # fmt: skip
+    outcome = sweep.TaskOutcome(name=task.name, status="complete", seconds=1.0)
+    summary = sweep.SweepSummary(tmp_path, [task], {task.name: outcome}, seconds=2.0)
+    assert repr(summary) == (
+        f"SweepSummary(1 runs in {tmp_path}: 1 trained, 0 already complete, 0 failed (2.0 s))"
+    )

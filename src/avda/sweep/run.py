@@ -389,6 +389,9 @@ class SweepSummary:
         """Run directories that are complete now (trained here or before)."""
         return [t.run for t in self.tasks if self.outcomes[t.name].status != "failed"]
 
+    def __repr__(self) -> str:  # the dataclass's listed every task and outcome in full
+        return f"SweepSummary({self.text().splitlines()[0]})"
+
     def text(self) -> str:
         resumed = [o for o in self.outcomes.values() if o.resumed_from_epoch]
         carried_on = sum(1 for o in self.completed if o.resumed_from_epoch)
