@@ -119,8 +119,9 @@ def _decode_mono(
     packets, the sample where the audio of a file cut short ends or None). Frames are placed
     by their timestamps: a gap left by a skipped packet is zeros.
 
-    Sample 0 is at the time of the video's first frame when the file has a video stream (the
-    origin of the frame timestamps that place the video clips, decord's and PyAV's alike), so
+    Sample 0 is at the start of the video stream when the file has one (the origin of the
+    frame timestamps that place the video clips, decord's and PyAV's alike; a first frame may
+    come later: test.avi's is at 0.04 s), so
     a track that starts later than the video begins with silence and one that starts earlier
     loses what precedes the first frame: the audio stays where it plays beside the video.
     An audio file's sample 0 is its first decoded sample."""

@@ -16,6 +16,11 @@ motion; rounding half to even, like ``cvRound``), then saved as a grayscale JPEG
 (OpenCV's default). EPIC-55 used bound 25 and stride 2, the EPIC-100 extension bound 8 and
 stride 1; avda's default, bound 20 and stride 1, is the DeepMind I3D convention.
 
+RGB frame n of a video is the frame shown at ``(n - 1) / fps`` (as ``avda extract --videos``
+reads it and ffmpeg's default extraction numbers its files): a video whose first frame comes
+after its stream's start repeats it (``first_frame_repeats`` in ``flow.json``; until 2026-12-07
+decoded frames were numbered, one frame ahead on such files, and such folders are not resumed).
+
 Methods:
 
 - ``tvl1``: OpenCV's ``cv2.optflow.DualTVL1OpticalFlow_create`` with its defaults (tau 0.25,
@@ -33,6 +38,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import time
 from pathlib import Path
 from typing import Any, Literal
@@ -56,7 +62,18 @@ FlowMethod = Literal["tvl1", "raft"]
 JPEG_QUALITY = 95
 FLOW_TEMPLATE = "frame_{:010d}.jpg"
 RAFT_MIN_SIDE = 128
-COMPARED_KEYS = ("method", "stride", "dilation", "bound", "shorter_side", "weights_sha256")
+COMPARED_KEYS = (
+    "method",
+    "stride",
+    "dilation",
+    "bound",
+    "shorter_side",
+    "weights_sha256",
+    "first_frame_repeats",
+)
+# What a flow.json written before a key existed meant by it: avda flow numbered a video's
+# decoded frames until 2026-12-07 (no repeats), whatever the video's first timestamp.
+ABSENT_MEANS = {"first_frame_repeats": 0}
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -174,7 +191,11 @@ def compute_flow(
             pairs = pair_frames(source.count, options.stride, options.dilation)
             # and its flow frames, held or not: a --segments-only folder that ends early is
             # then read as part of the video (a frame past its last file fails, not repeats)
-            about = {"fps": source.fps or None, "frames": len(pairs)}
+            about = {
+                "fps": source.fps or None,
+                "frames": len(pairs),
+                "first_frame_repeats": source.repeats,
+            }
             _claim_folder(folder, out, {**metadata, **about}, force)
             wanted = np.arange(1, len(pairs) + 1)
             if segments_only:
@@ -202,18 +223,49 @@ def compute_flow(
 
 
 # --------------------------------------------------------------------------- sources
+def first_frame_repeats(first_time: float, fps: float, num_frames: int) -> int:
+    """How many frame numbers before the first frame's own show it: those whose middle,
+    ``(n - 0.5) / fps``, comes before the first frame's timestamp (0 for a video whose first
+    frame is at its stream's start; 1 for ``test.avi``, first frame at 0.04 s of 25 fps).
+
+    A first timestamp later than the video is long is not a real one (decord gives the frames
+    of a Matroska stream without a start time about 9.2e15 s): 0, numbering decoded frames."""
+    if not fps or not np.isfinite(first_time) or first_time <= 0:
+        return 0
+    if first_time * fps > num_frames:
+        return 0
+    return max(0, math.ceil(first_time * fps + 0.5 - 1e-6) - 1)
+
+
 class _VideoSource:
-    """Frames of a video file, resized in the decoder to even sides (as furnari-flow)."""
+    """Frames of a video file, resized in the decoder to even sides (as furnari-flow).
+
+    Numbered as ``avda extract --videos`` reads a video and as ffmpeg's default (constant-rate)
+    extraction numbers its files: frame n is the frame shown at ``(n - 1) / fps``, so a video
+    whose first frame comes after its stream's start shows that frame under the numbers before
+    it too (:func:`first_frame_repeats`; docs/extraction.md, "Videos whose first frame starts
+    late"). Every later frame is the next decoded one."""
 
     def __init__(self, path: Path, shorter_side: int) -> None:
         info = probe(path)
         size = _even(*resized_size(info.width, info.height, shorter_side))
         self.decoder = VideoDecoder(path, size=size)
-        self.count = self.decoder.num_frames
         self.fps = self.decoder.fps
+        self.repeats = first_frame_repeats(
+            float(self.decoder.timestamps[0]), self.fps, self.decoder.num_frames
+        )
+        self.count = self.decoder.num_frames + self.repeats
+        if self.decoder.timestamps[0] * self.fps > self.decoder.num_frames:
+            log.warning(
+                "%s: the %s decoder puts its first frame at %.3g s, past the video's end; flow "
+                "numbers its decoded frames (avda extract --videos cannot place frames by such "
+                "times: AVDA_VIDEO_DECODER=pyav)",
+                *(path, self.decoder.backend, float(self.decoder.timestamps[0])),
+            )
 
     def read(self, numbers: np.ndarray) -> np.ndarray:
-        return self.decoder.frames(np.clip(numbers - 1, 0, self.count - 1))
+        indices = np.asarray(numbers) - 1 - self.repeats
+        return self.decoder.frames(np.clip(indices, 0, self.decoder.num_frames - 1))
 
 
 class _FolderSource:
@@ -221,6 +273,7 @@ class _FolderSource:
         self.frames = frames_lib.RgbFrames(folder)
         self.count = self.frames.count
         self.fps = fps or 0.0
+        self.repeats = 0  # a folder's files are numbered already
         self.shorter_side = shorter_side
 
     def read(self, numbers: np.ndarray) -> np.ndarray:
@@ -273,6 +326,7 @@ def _claim_folder(folder: Path, out: Path, metadata: dict[str, Any], force: bool
         found = json.loads(path.read_text())
         if metadata.get("fps") is None and found.get("fps"):  # this run knows no rate
             metadata = {**metadata, "fps": found["fps"]}
+        found = {**ABSENT_MEANS, **found}
         diffs = [
             f"{k}: folder has {found.get(k)!r}, this run asks for {metadata.get(k)!r}"
             for k in COMPARED_KEYS

@@ -1,0 +1,129 @@
+"""Which decoded frame a frame number means, against ffmpeg's own frame extraction.
+
+``data/ffmpeg_frames.json`` (made by ``make_ffmpeg_frames_reference.py``; ffmpeg is not needed
+here) records, for each shared video, which PyAV-decoded frame ffmpeg writes as file n. On
+``test.avi`` the first frame is at 0.04 s of a stream starting at 0: ffmpeg's default
+extraction (constant rate, as EPIC's ``-r 60``) writes that frame twice (files 1 and 2), so
+file n is the frame shown at (n - 1) / 25 s. ``avda extract --videos`` reads frame n at that
+time; ``avda flow --videos`` numbered decoded frames instead (file n = decoded frame n - 1,
+ffmpeg's ``-fps_mode passthrough``), one frame ahead of both on such files.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from avda.extract import flow
+from avda.extract.decode import VideoDecoder, decord_available
+from avda.extract.sampling import SegmentFrames
+
+FACTS = json.loads((Path(__file__).parent / "data" / "ffmpeg_frames.json").read_text())
+VIDEOS = [name for name in FACTS["videos"] if name.endswith((".avi", ".mp4"))]
+BACKENDS = ["pyav", *(["decord"] if decord_available() else [])]
+
+
+def test_the_recorded_facts():
+    late = FACTS["videos"]["test.avi"]
+    assert (late["first_pts"], late["stream_start"], late["streams"]) == (0.04, 0.0, 2)
+    assert (late["decoded"], late["default"]["count"], late["passthrough"]["count"]) == (
+        164,
+        165,
+        164,
+    )
+    assert late["q2"]["count"] == late["epic"]["count"] == late["rate"]["count"] == 165
+    # the same video without its audio track: ffmpeg's automatic mode keeps every frame once
+    alone = FACTS["videos"]["test.avi (video stream only, -an -c copy)"]
+    assert alone["default"]["count"] == 164 and alone["default"]["files"]["2"] == 1
+    for name in VIDEOS[1:]:  # the others start at 0: every mode numbers decoded frames
+        facts = FACTS["videos"][name]
+        assert facts["first_pts"] == 0.0
+        assert all(int(n) - 1 == k for n, k in facts["default"]["files"].items())
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("name", VIDEOS)
+def test_video_rgb_reads_the_frame_ffmpeg_writes_as_that_number(media, name, backend):
+    facts = FACTS["videos"][name]
+    decoder = VideoDecoder(media / "video" / name, shorter_side=64, backend=backend)
+    for number, decoded in facts["default"]["files"].items():
+        n = int(number)
+        # a segment starting at frame n's start, and one starting late in it
+        for start in ((n - 1) / facts["fps"], (n - 0.3) / facts["fps"]):
+            segment = SegmentFrames.from_seconds("s", start, start + 1.0, facts["fps"])
+            assert segment.start_frame == n
+            index = decoder.indices_at(segment.time_of(np.array([n])))
+            assert index.tolist() == [decoded], (name, n, start)
+
+
+@pytest.mark.parametrize("name", ["test.avi", "demo.mp4"])
+def test_flow_from_a_video_numbers_frames_as_ffmpeg_and_extract(media, name, monkeypatch):
+    facts = FACTS["videos"][name]
+    source = flow._VideoSource(media / "video" / name, 64)
+    assert source.count == facts["default"]["count"]
+    # which decoded frames it reads (not their pixels: decord's random access to the last
+    # frames of test.avi differs by a few grey levels from run to run)
+    monkeypatch.setattr(source.decoder, "frames", lambda indices: np.asarray(indices))
+    numbers = np.array([int(n) for n in facts["default"]["files"]])
+    assert source.read(numbers).tolist() == list(facts["default"]["files"].values())
+
+
+def test_first_frame_repeats():
+    assert flow.first_frame_repeats(0.04, 25.0, 164) == 1  # test.avi
+    assert flow.first_frame_repeats(0.0, 25.0, 164) == 0
+    # the frame shown at the middle of number n, (n - 0.5) / fps, as avda extract reads it
+    assert [flow.first_frame_repeats(t / 25, 25.0, 100) for t in (0.25, 0.5, 0.75, 1.5, 1.6)] == [
+        0,
+        0,
+        1,
+        1,
+        2,
+    ]
+    # decord's timestamps of a Matroska stream without a start time: not a time
+    assert flow.first_frame_repeats(9.2e15, 10.0, 3) == 0
+
+
+def _zero_flow(options, device):
+    return lambda first, second: np.zeros((*first.shape[:3], 2), np.float32)
+
+
+def test_a_flow_folder_numbered_the_old_way_is_not_resumed(media, tmp_path, monkeypatch):
+    """Flow folders that ``avda flow --videos`` wrote before first_frame_repeats existed
+    numbered decoded frames: resuming one of a video whose first frame starts late would mix
+    the two numberings, and is refused (``--force`` recomputes it); one of a video starting at
+    0 is numbered the same either way and resumes."""
+    import pandas as pd
+
+    monkeypatch.setattr(flow, "_estimator", _zero_flow)
+    manifest = pd.DataFrame(
+        {
+            "uid": ["a", "b"],
+            "video_id": ["test", "demo"],
+            "video_path": ["test.avi", "demo.mp4"],
+            "start_sec": [0.0, 0.0],
+            "stop_sec": [1.0, 1.0],
+        }
+    )
+    out = tmp_path / "flow"
+    options = flow.FlowOptions(shorter_side=32)
+    run = dict(out=out, videos=media / "video", options=options, segments_only=True,
+               margin=0.0, progress=False)  # fmt: skip
+    result = flow.compute_flow(manifest, **run)
+    assert result.ok, result.failures
+    for video_id, repeats, frames in (("test", 1, 164), ("demo", 0, 279)):
+        info = json.loads((out / video_id / "flow.json").read_text())
+        assert (info["first_frame_repeats"], info["frames"]) == (repeats, frames)
+        # as an avda before it wrote them
+        del info["first_frame_repeats"]
+        (out / video_id / "flow.json").write_text(json.dumps(info))
+    again = flow.compute_flow(manifest, **run)
+    assert [video for video, _ in again.failures] == ["test"]
+    assert "first_frame_repeats: folder has 0, this run asks for 1" in again.failures[0][1]
+    forced = flow.compute_flow(manifest, **run, force=True)
+    assert (
+        forced.ok
+        and json.loads((out / "test" / "flow.json").read_text())["first_frame_repeats"] == 1
+    )
