@@ -622,5 +622,18 @@ def test_the_protocols_stages_mark_absent_classes_on_the_whole_video_rows(ego_ro
         protocol="audio-adaptive-charadesego",
     )
     assert np.isfinite(result.metrics["target_test/labels/mAP"])
-    absent = StageStore(tmp_path / "run").load_arrays("absent-labels")["absent"]
+    stored = StageStore(tmp_path / "run").load_arrays("absent-labels")
+    absent = stored["absent"]
     assert absent.shape == (10 * (len(rows) - len(rows) // 2), 157)
+    # ranked per video, as the authors' get_unlikely_cls_per_video.py: a video's 10 rows share
+    # the absent classes of their mean probabilities
+    from tests.train.test_audio_adaptive_multilabel import authors_unlikely_per_video
+
+    videos = stored["videos"]
+    order = list(dict.fromkeys(videos.tolist()))
+    assert len(order) == len(rows) - len(rows) // 2
+    assert all(np.sum(videos == v) == 10 for v in order)
+    authors = authors_unlikely_per_video(
+        [stored["probabilities"][videos == v] for v in order], stored["frequencies"], 0.5
+    )
+    np.testing.assert_array_equal(absent, authors[[order.index(v) for v in videos]])

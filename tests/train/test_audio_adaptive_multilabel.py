@@ -72,6 +72,92 @@ def test_pseudo_absent_rule_by_hand():
         multilabel_pseudo_absent_labels(p, np.array([0.0, 1.5, 0.0]))
 
 
+def authors_unlikely_per_video(windows: list[np.ndarray], per_cls_freq, gamma: float):
+    """Transcription of the authors' ``CharadesEgo/get_audio_pred_on_train.py`` l. 129-139 (a
+    video's sigmoid predictions ``(W, C)`` over its windows, averaged) and
+    ``get_unlikely_cls_per_video.py`` l. 26-49 on those videos (``windows``: the unlabelled
+    half, in list order; the code's constant 0.55 is ``gamma``)."""
+    preds = [np.mean(w, axis=0) for w in windows]  # predict1 = torch.mean(predict1, dim=0)
+    num_videos = len(preds)
+    records = np.zeros((num_videos, len(per_cls_freq)))
+    for ii in range(len(per_cls_freq)):
+        pred_list = []
+        unlikely_videos_num = int((1 - per_cls_freq[ii]) * num_videos * gamma)
+        for pred1 in preds:
+            pred_list.append(pred1[ii])
+        pred_list = np.array(pred_list)
+        idx_list = np.argsort(pred_list)
+        idx_list = idx_list[:unlikely_videos_num]
+        for id in idx_list:
+            records[id, ii] = 1
+    return records
+
+
+# rows of 4 videos, interleaved: A B A C B D B D; video means (class 0) A 0.5, B 0.3, C 0.4,
+# D 0.6; (class 1) A 0.2, B 0.55, C 0.8, D 0.3; (class 2) A 0.6, B 0.2, C 0.9, D 0.1
+HAND_VIDEOS = np.array(["A", "B", "A", "C", "B", "D", "B", "D"])
+HAND_ROWS = np.array(
+    [
+        [0.1, 0.2, 0.5],
+        [0.3, 0.9, 0.2],
+        [0.9, 0.2, 0.7],
+        [0.4, 0.8, 0.9],
+        [0.3, 0.05, 0.2],
+        [0.6, 0.1, 0.1],
+        [0.3, 0.7, 0.2],
+        [0.6, 0.5, 0.1],
+    ]
+)
+
+
+def test_pseudo_absent_rule_ranks_videos_by_their_mean_over_rows():
+    """Rows of one video: the authors rank videos (N = 4 here), each by its windows' mean, and
+    avda gives every row its video's absent classes. Ranked alone (N = 8), class 1 would mark
+    B's 0.05 and D's 0.1 rows, not video A."""
+    frequencies = np.array([0.0, 0.5, 0.0])
+    absent = multilabel_pseudo_absent_labels(HAND_ROWS, frequencies, 0.5, videos=HAND_VIDEOS)
+    # class 0: int(4 * 0.5) = 2 videos: B (0.3), C (0.4); class 1: int(0.5 * 4 * 0.5) = 1: A
+    # (0.2); class 2: 2 videos: D (0.1), B (0.2)
+    per_video = {"A": [0, 1, 0], "B": [1, 0, 1], "C": [1, 0, 0], "D": [0, 0, 1]}
+    np.testing.assert_array_equal(absent, [per_video[v] for v in HAND_VIDEOS])
+    assert absent.dtype == np.float32
+    order = ["A", "B", "C", "D"]  # the videos in the order of their first row
+    authors = authors_unlikely_per_video(
+        [HAND_ROWS[HAND_VIDEOS == v] for v in order], frequencies, 0.5
+    )
+    np.testing.assert_array_equal(absent, authors[[order.index(v) for v in HAND_VIDEOS]])
+    alone = multilabel_pseudo_absent_labels(HAND_ROWS, frequencies, 0.5)
+    assert not np.array_equal(alone, absent)
+    # random videos of 1-10 rows (the whole-video rows: 10), the code's gamma 0.55 and others
+    rng = np.random.default_rng(0)
+    for trial in range(20):
+        sizes = rng.integers(1, 11, size=int(rng.integers(2, 30)))
+        names = np.array([f"v{trial}-{i}" for i in range(len(sizes))])
+        videos = rng.permutation(np.repeat(names, sizes))
+        p = rng.random((len(videos), 5)).astype(np.float32)
+        f = rng.random(5)
+        for gamma in (0.05, 0.55, 1.0):
+            order = list(dict.fromkeys(videos.tolist()))
+            authors = authors_unlikely_per_video([p[videos == v] for v in order], f, gamma)
+            expected = authors[[order.index(v) for v in videos]]
+            got = multilabel_pseudo_absent_labels(p, f, gamma, videos=videos)
+            np.testing.assert_array_equal(got, expected)
+    with pytest.raises(ConfigError, match="video of each"):
+        multilabel_pseudo_absent_labels(HAND_ROWS, frequencies, 0.5, videos=HAND_VIDEOS[:3])
+
+
+def test_pseudo_absent_rule_on_videos_of_one_row_is_the_rows_rule():
+    rng = np.random.default_rng(1)
+    p = rng.random((40, 6)).astype(np.float32)
+    p[5:9, 2] = p[4, 2]  # ties go to the earlier row either way
+    f = rng.random(6)
+    for gamma in (0.05, 0.55, 1.0):
+        np.testing.assert_array_equal(
+            multilabel_pseudo_absent_labels(p, f, gamma, videos=np.arange(40)[::-1]),
+            multilabel_pseudo_absent_labels(p, f, gamma),
+        )
+
+
 def test_class_frequencies():
     labels = np.array([[1, 0, 1], [1, 0, 0], [0, 0, 1], [1, 0, 0]])
     np.testing.assert_allclose(class_frequencies(labels), [0.75, 0.0, 0.5])
@@ -193,8 +279,9 @@ TINY = {
 }
 
 
-def multilabel_av_cache(path, *, classes: int = 4, seed: int = 0):
-    """CharadesEgo-like: domains third / first, 1-2 classes per segment, rgb and audio."""
+def multilabel_av_cache(path, *, classes: int = 4, seed: int = 0, per_video: int = 1):
+    """CharadesEgo-like: domains third / first, 1-2 classes per segment, rgb and audio;
+    ``per_video`` consecutive first-person training rows share a video."""
     rng = np.random.default_rng(seed)
     rows, present = [], []
     parts = (("third", "train", 32), ("first", "train", 32), ("first", "test", 16))
@@ -202,10 +289,11 @@ def multilabel_av_cache(path, *, classes: int = 4, seed: int = 0):
         for i in range(count):
             labels = sorted(rng.choice(classes, size=int(rng.integers(1, 3)), replace=False))
             present.append(labels)
+            video = i // per_video if (domain, split) == ("first", "train") else i
             rows.append(
                 {
                     "uid": f"{domain}-{split}-{i}",
-                    "video_id": f"{domain}-{split}-{i}",
+                    "video_id": f"{domain}-{split}-{video}",
                     "domain": domain,
                     "split": split,
                     "start_sec": 0.0,
@@ -267,6 +355,9 @@ def test_multilabel_head_trains_end_to_end(ml_cache, tmp_path):
         multilabel_pseudo_absent_labels(absent["probabilities"], absent["frequencies"], 0.5),
     )
     assert absent["absent"].shape == (32, 4) and absent["absent"].sum() > 0
+    # one row a video: the rows are ranked, under the key of a stage made before videos were
+    assert "videos" not in absent
+    assert set(stages.record("absent-labels")["key"]) == {"absent_gamma", "upstream"}
     # sigmoid probabilities (rows need not sum to 1) and alpha from the 32 source segments
     assert not np.allclose(absent["probabilities"].sum(1), 1.0)
     clusters = stages.load_arrays("clusters")["clusters"]
@@ -376,3 +467,28 @@ def test_stages_run_alone_under_a_protocol_are_the_ones_its_training_reuses(ml_c
     assert StageStore(out).load_arrays("absent-labels")["absent"].shape == (16, 157)
     _train(ml_cache, out, protocol="audio-adaptive-charadesego")
     assert (out / "stages" / "absent-labels.npz").stat().st_mtime_ns == made  # reused
+
+
+def test_stage_4_ranks_the_videos_of_several_target_rows(tmp_path):
+    """First-person training rows 4 to a video (as the 10 whole-video rows of CharadesEgo
+    ``--unit windows``): stage 4 averages the audio probabilities of a video's rows, ranks
+    the 8 videos as the authors' code does, and gives each row its video's absent classes."""
+    from avda.train.audio_adaptive.run import run_stages
+
+    cache = multilabel_av_cache(tmp_path / "c.zarr", per_video=4)
+    out = tmp_path / "run"
+    run_stages(cache=cache, source=["third"], target=["first"], out=out,
+               overrides={**TINY, "tasks": ["labels"]}, until="absent-labels",
+               progress=False)  # fmt: skip
+    stored = StageStore(out).load_arrays("absent-labels")
+    p, f, absent = stored["probabilities"], stored["frequencies"], stored["absent"]
+    videos = np.array([f"first-train-{i // 4}" for i in range(32)])
+    np.testing.assert_array_equal(stored["videos"], videos)
+    order = list(dict.fromkeys(videos.tolist()))
+    authors = authors_unlikely_per_video([p[videos == v] for v in order], f, 0.5)
+    np.testing.assert_array_equal(absent, authors[[order.index(v) for v in videos]])
+    assert absent.sum() > 0 and not np.array_equal(
+        absent, multilabel_pseudo_absent_labels(p, f, 0.5)
+    )
+    record = StageStore(out).record("absent-labels")
+    assert record["key"]["rank"] == "videos" and record["summary"]["target_videos"] == 8

@@ -196,6 +196,13 @@ def test_pipeline_runs_every_stage_and_stores_its_outputs(av_cache, tmp_path):
     np.testing.assert_array_equal(pseudo["labels"], refined)
     absent = stages.load_arrays("absent-labels")
     assert (absent["absent"].sum(1) == 3).all()
+    # single-label: each row its own 3 least likely classes, though target rows share videos
+    # (the multi-label rule ranks videos); the stage's key as it was
+    assert not target_train["video_id"].is_unique and "videos" not in absent
+    np.testing.assert_array_equal(
+        absent["absent"], pipeline.pseudo_absent_labels(absent["probabilities"], 3)
+    )
+    assert set(stages.record("absent-labels")["key"]) == {"absent_classes", "upstream"}
     clusters = stages.load_arrays("clusters")
     assert (clusters["clusters"] >= 0).all()
     record = stages.record("pseudo-labels-rgb")

@@ -240,8 +240,31 @@ def pseudo_absent_labels(probabilities: np.ndarray | torch.Tensor, lowest: int =
     return absent
 
 
+def video_mean_probabilities(
+    probabilities: np.ndarray, videos: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(V, C)`` the mean of ``probabilities`` ``(N, C)`` over the rows of each of the V
+    distinct ``videos`` ``(N,)`` (in the order of their first row), and ``(N,)`` each row's
+    video index. ``CharadesEgo/get_audio_pred_on_train.py`` l. 129-139: a video's sigmoid
+    probabilities averaged over its windows."""
+    videos = np.asarray(videos)
+    if videos.shape != (len(probabilities),):
+        raise ConfigError(f"videos {videos.shape} must name the video of each of the rows")
+    _, first, inverse = np.unique(videos, return_index=True, return_inverse=True)
+    order = np.argsort(first, kind="stable")  # videos in the order of their first row
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    index = rank[inverse.ravel()]
+    sums = np.zeros((len(order), probabilities.shape[1]), dtype=np.float64)
+    np.add.at(sums, index, np.asarray(probabilities, dtype=np.float64))
+    return sums / np.bincount(index, minlength=len(order))[:, None], index
+
+
 def multilabel_pseudo_absent_labels(
-    probabilities: np.ndarray | torch.Tensor, frequencies: np.ndarray, gamma: float = 0.05
+    probabilities: np.ndarray | torch.Tensor,
+    frequencies: np.ndarray,
+    gamma: float = 0.05,
+    videos: np.ndarray | None = None,
 ) -> np.ndarray:
     """Multi-hot ``(N, C)`` pseudo-absent labels for multi-label classes (CharadesEgo).
 
@@ -251,6 +274,14 @@ def multilabel_pseudo_absent_labels(
     audio classifier's sigmoid probabilities ``(N, C)`` over the N unlabelled target segments)
     the ``int((1 - alpha_k) * N * gamma)`` segments of lowest probability are marked absent;
     ties go to the earlier segment (stable sort). ``gamma`` in (0, 1].
+
+    ``videos`` ``(N,)``, each row's video: the rule ranks videos, as the authors' code does
+    (``get_unlikely_cls_per_video.py`` l. 26-49 on the per-video means of
+    ``get_audio_pred_on_train.py`` l. 129-149): each video's probabilities are averaged over
+    its rows (:func:`video_mean_probabilities`), N is the number of videos, the
+    ``int((1 - alpha_k) * N * gamma)`` videos of lowest mean are absent for class k (ties to
+    the video whose first row comes first), and every row takes its video's absent classes.
+    Videos of one row each give the rows' own ranking.
     """
     probabilities = np.asarray(
         probabilities.detach().cpu() if isinstance(probabilities, torch.Tensor) else probabilities
@@ -267,6 +298,9 @@ def multilabel_pseudo_absent_labels(
         raise ConfigError("class frequencies must be fractions in [0, 1]")
     if not 0.0 < gamma <= 1.0:
         raise ConfigError(f"absent_gamma must be in (0, 1], got {gamma}")
+    if videos is not None:
+        means, index = video_mean_probabilities(probabilities, videos)
+        return multilabel_pseudo_absent_labels(means, frequencies, gamma)[index]
     count = len(probabilities)
     absent = np.zeros(probabilities.shape, dtype=np.float32)
     for class_id in range(probabilities.shape[1]):
@@ -283,4 +317,5 @@ __all__ = [
     "multilabel_pseudo_absent_labels",
     "pseudo_absent_labels",
     "train_spectrogram_audio_classifier",
+    "video_mean_probabilities",
 ]

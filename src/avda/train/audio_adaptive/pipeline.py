@@ -8,6 +8,7 @@ Order (the reference's ``bash.sh``), all under ``RUN/stages/`` (see :mod:`avda.t
                              made them for the same source domains and settings)
     3 weights                audio-balanced sample weights                 weights.npz
     4 absent-labels          r least likely classes per target segment     absent-labels.npz
+                             (multi-label: per target video)
     5 encoder-<visual>       audio-adaptive encoder, one per visual stream encoder-<visual>.pt
     6 pseudo-labels-<visual> hard pseudo labels on target (fused, refined pseudo-labels-<visual>.npz
                              by class centroids: ``pseudo_labels``,
@@ -22,9 +23,10 @@ A multi-label task (CharadesEgo) runs the authors' ``CharadesEgo/`` variant (``b
 binary cross-entropy everywhere, stage 1 on the source-domain rows of the labelled set only,
 per-class clusters of the source segments of each class (a segment is in one clustering per
 present class), stage 4's per-class rule (the ``(1 - alpha_k) * gamma`` fraction of target
-segments least likely for class k are absent), stage 5 with the labelled target rows (those
-``labelled_target`` moved into the labelled set) as an extra unweighted term, and no stage 6a:
-the CharadesEgo recognizer learns from the labelled target half instead of pseudo labels.
+videos least likely for class k are absent, a video's probabilities the mean over its rows),
+stage 5 with the labelled target rows (those ``labelled_target`` moved into the labelled set)
+as an extra unweighted term, and no stage 6a: the CharadesEgo recognizer learns from the
+labelled target half instead of pseudo labels.
 
 A stage's key holds its settings and the keys of the stages it depends on, so a finished stage
 is reused only for the same inputs and settings. The last two are what stage 6b and evaluation
@@ -486,9 +488,17 @@ class AudioAdaptiveStages:
         if name in self._done:
             return self._done[name]
         self.audio_classifier()
+        videos = self._grouped_target_videos() if self.multi_label else None
         key = {
             **self._settings("absent_gamma" if self.multi_label else "absent_classes"),
             "upstream": self._upstream("audio-classifier"),
+            # multi-label, a video of several rows: videos ranked (a stage stored before
+            # ranked its rows alone; with one row a video the two agree, and the key is as was)
+            **(
+                {"rank": "videos", "target_videos": fingerprint(videos)}
+                if videos is not None
+                else {}
+            ),
         }
         self.keys[name] = key
         if self.stages.is_done(name, key):
@@ -498,7 +508,7 @@ class AudioAdaptiveStages:
             self.head.audio_classifier, self.context.target_set
         )
         if self.multi_label:
-            return self._multilabel_absent(name, key, probabilities)
+            return self._multilabel_absent(name, key, probabilities, videos)
         absent = pseudo_absent_labels(probabilities, self.config.absent_classes)
         known = self.target_labels >= 0
         summary: dict[str, Any] = {"target_segments": len(absent)}
@@ -518,16 +528,34 @@ class AudioAdaptiveStages:
         self._done[name] = absent
         return absent
 
+    def _grouped_target_videos(self) -> np.ndarray | None:
+        """The ``video_id`` of each unlabelled target row when a video has several of them
+        (CharadesEgo ``--unit windows``: 10 whole-video rows, or the action windows of a cache
+        without them), else None (one row a video: the rows are the videos)."""
+        segments = self.context.store.segments
+        rows = self.context.target_set.rows
+        if "video_id" not in segments or len(rows) == 0:
+            return None
+        videos = segments["video_id"].to_numpy(dtype=str)[rows]
+        return videos if len(np.unique(videos)) < len(videos) else None
+
     def _multilabel_absent(
-        self, name: str, key: dict[str, Any], probabilities: np.ndarray
+        self,
+        name: str,
+        key: dict[str, Any],
+        probabilities: np.ndarray,
+        videos: np.ndarray | None = None,
     ) -> np.ndarray:
-        """The per-class rule on the unlabelled target segments (alpha_k from the source rows)."""
+        """The per-class rule on the unlabelled target (alpha_k from the source rows): on its
+        videos, each the mean of its rows' probabilities, where ``videos`` groups the rows
+        (the authors' ``get_unlikely_cls_per_video.py``), else on the rows."""
         frequencies = class_frequencies(self.source_labels[self.source_mask])
         absent = multilabel_pseudo_absent_labels(
-            probabilities, frequencies, self.config.absent_gamma
+            probabilities, frequencies, self.config.absent_gamma, videos
         )
         summary: dict[str, Any] = {
             "target_segments": len(absent),
+            **({"target_videos": len(np.unique(videos))} if videos is not None else {}),
             "absent_per_class": absent.sum(axis=0).astype(int).tolist(),
         }
         if self.target_labels.ndim == 2 and (self.target_labels > 0).any() and absent.any():
@@ -542,6 +570,7 @@ class AudioAdaptiveStages:
                 "probabilities": probabilities,
                 "frequencies": frequencies,
                 "absent": absent,
+                **({"videos": videos} if videos is not None else {}),
             },
             key,
             summary,

@@ -112,7 +112,7 @@ class AudioAdaptiveConfig(HeadConfig):
     # stage 4: pseudo-absent labels
     absent_classes: int = 3  # stage 4: pseudo-absent labels per target segment
     absent_weight: float = 0.01  # stage 4: weight of the pseudo-absent loss
-    # stage 4, multi-label tasks: the (1 - alpha_k) * gamma fraction of target segments least
+    # stage 4, multi-label tasks: the (1 - alpha_k) * gamma fraction of target videos least
     # likely for class k are absent (the paper's gamma = 0.05; the authors' code has 0.55)
     absent_gamma: float = 0.05
     # stage 5: audio-adaptive encoder
