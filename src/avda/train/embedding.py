@@ -15,7 +15,7 @@ import torch
 from avda import runs
 from avda.errors import RunError
 from avda.train import data as data_lib
-from avda.train.setup import RunSetup
+from avda.train.setup import RunSetup, training_rows
 from avda.train.stages import TrainingContext
 
 
@@ -42,7 +42,10 @@ def head_embedding(run: Path, max_points: int = 500, seed: int = 0) -> HeadEmbed
     showed it: the same clips, the same standardisation (the checkpoint's statistics), its
     ``prepare`` hook and its ``before_evaluation`` hook per side (AdaBN switches to target
     statistics). Staged heads (:attr:`Head.staged`, whose ``prepare`` trains earlier stages)
-    are refused: the report then embeds their prediction scores.
+    are refused: the report then embeds their prediction scores. An adapting head's target
+    set is the run's unlabelled target training rows (:func:`avda.train.setup.training_rows`:
+    without its labelled target share, and with ``unlabelled_only`` rows in place of their
+    videos' other rows), as in training and ``avda predict``.
     """
     config = runs.read_config(run)
     setup = RunSetup.from_run(run)
@@ -64,8 +67,10 @@ def head_embedding(run: Path, max_points: int = 500, seed: int = 0) -> HeadEmbed
     shapes = {m: tuple(sides["source"].inputs[m].shape[1:]) for m in modalities}
     model = setup.build_head(shapes)
     adaptation = None
-    if model.adapts_at_evaluation:
-        target_train = data_lib.select_rows(store, config["target"], ["train"], modalities)
+    if model.adapts_at_evaluation:  # the unlabelled target rows the run trained with
+        _, target_train = training_rows(
+            store, config["source"], config["target"], modalities, setup.config
+        )
         adaptation = setup.load("target_train", target_train, statistics)
     empty = setup.load("source_train", np.zeros(0, np.int64), statistics)
     model.prepare(

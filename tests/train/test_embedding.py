@@ -1,0 +1,38 @@
+"""``avda.train.embedding.head_embedding``: the report's embedding of a finished run rebuilds
+the head on the rows the run trained with."""
+
+from __future__ import annotations
+
+import numpy as np
+from tests.conftest import make_feature_cache
+from tests.train.test_loop import _train as train_run
+
+from avda.cache import open_cache
+from avda.train import data as data_lib
+from avda.train.embedding import head_embedding
+from avda.train.setup import RunSetup, training_rows
+
+
+def test_an_adapting_heads_target_set_is_the_runs_unlabelled_target_rows(tmp_path, monkeypatch):
+    """AdaBN normalises with the target's training rows: those the run trained with
+    (``training_rows``), here without the labelled half of the target moved into the
+    labelled set, not every target training row."""
+    cache, run = tmp_path / "c.zarr", tmp_path / "run"
+    make_feature_cache(cache, shift=0.5, per_class=6)
+    train_run(cache, run, "adabn", epochs=1, labelled_target=0.5)
+    loaded: dict[str, np.ndarray] = {}
+    load = RunSetup.load
+
+    def spy(self, name, rows, *args, **kwargs):
+        loaded[name] = np.asarray(rows).copy()
+        return load(self, name, rows, *args, **kwargs)
+
+    monkeypatch.setattr(RunSetup, "load", spy)
+    embedding = head_embedding(run, max_points=40)
+    assert np.isfinite(embedding.after).all()
+    setup = RunSetup.from_run(run)
+    store = open_cache(cache)
+    _, unlabelled = training_rows(store, ["source"], ["target"], setup.modalities, setup.config)
+    every = data_lib.select_rows(store, ["target"], ["train"], setup.modalities)
+    assert 0 < len(unlabelled) < len(every)
+    np.testing.assert_array_equal(loaded["target_train"], unlabelled)
