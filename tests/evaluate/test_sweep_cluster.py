@@ -602,6 +602,41 @@ def test_a_job_killed_mid_run_that_left_the_queue_is_submitted_again_at_once(
     assert "1 job(s) still waiting in the queue, left there (1 of 2)" in said[0], said
 
 
+@pytest.mark.slow
+def test_jobs_that_left_the_queue_with_no_restart_left_fail_the_sweep_at_once(
+    tmp_path, cache, monkeypatch
+):
+    """SLURM through shims: the sweep's one job is killed mid-run, no restart is left and no
+    job waits in the queue. ``squeue`` no longer shows it: the sweep gives up at once (before,
+    it waited the worker_timeout, 120 s) in one line naming the job id, its log and the log's
+    last line."""
+    import dataclasses
+
+    from avda.errors import AvdaError
+
+    monkeypatch.setattr(sweep, "MAX_RESTARTS", 0)
+    monkeypatch.setattr(sweep, "QUEUE_POLL_SECONDS", 0.5)
+    queue = _queue_shims(tmp_path, monkeypatch, "0")
+    spec = _two_job_spec(cache, tmp_path, worker_timeout=120)
+    spec = dataclasses.replace(spec, cluster=dataclasses.replace(spec.cluster, workers=1))
+    out = tmp_path / "runs"
+    began = time.monotonic()
+    with _first_job_preempted(queue, out) as killed:
+        with pytest.raises(AvdaError) as raised:
+            sweep.run_sweep(spec, out=out, progress=False)
+    assert killed, f"the first job never trained a run: {raised.value}"
+    assert time.monotonic() - began < 90, "the sweep waited for worker_timeout"
+    message = str(raised.value)
+    assert "\n" not in message, message
+    job = _job_ids((queue / "events").read_text().splitlines())["job0"]
+    assert message.startswith(
+        "no Dask worker left in the SLURM cluster and its jobs left the queue, giving up: no "
+        f"restart left (0 of 0 used); SLURM job {job} ended (no longer in the queue; see its "
+        f"log {tmp_path / 'logs'}/avda-sweep-{job}.err; its log "
+    ), message
+    assert message.endswith("run the same command again to train the others"), message
+
+
 def _job_ids(events: list[str]) -> dict[str, str]:
     """Each shim job (``job0``...) and its job id, from the queue's events."""
     return {e.split()[1]: e.split()[2] for e in events if e.startswith("submit")}

@@ -920,6 +920,8 @@ class JobRestart:
         self._asked = float("-inf")  # when the scheduler was last asked (time.monotonic)
         self._asked_dead = float("-inf")  # ... about the jobs whose workers died
         self.job_ids: dict[str, str] = {}  # each job's id, kept after the cluster drops it
+        self.logs: dict[str, str] = {}  # each job's log file, kept so too
+        self.dead_states: dict[str, str] = {}  # the queue's last word on the dead jobs
 
     def start(self) -> None:
         """Submit the cluster's jobs (the first time)."""
@@ -932,6 +934,7 @@ class JobRestart:
             job_id = getattr(job, "job_id", None)
             if job_id:
                 self.job_ids[name] = str(job_id)
+                self.logs[name] = job_log(job, self.kind)
 
     def _split(self) -> tuple[set[str], set[str]]:
         """The jobs that started (a worker connected) and have no worker now, and the jobs
@@ -998,7 +1001,25 @@ class JobRestart:
             return set()
         if not all(job_ended(self.kind, states.get(str(i), "?")) for i in ids.values()):
             return set()
+        self.dead_states = {name: states.get(str(job_id), "") for name, job_id in ids.items()}
         return dead
+
+    def ended_text(self, jobs: set[str]) -> str:
+        """These jobs (ended, as ``ended_after_start`` found them), each with its state, log
+        and the log's last line, in one line (the first 3, then a count)."""
+        said = []
+        for name in sorted(jobs, key=lambda n: self.job_ids.get(n, n))[:3]:
+            state = self.dead_states.get(name, "")
+            log_file = self.logs.get(name, "")
+            tail = _log_tail(log_file) if log_file else ""
+            ends = f"its log ends {tail!r}" if tail else "its log is empty or missing"
+            state_text = f"state {state}" if state else "no longer in the queue"
+            said.append(
+                f"{self.kind.upper()} job {self.job_ids.get(name, '?')} ended ({state_text}; "
+                f"see its log {log_file or '?'}; {ends})"
+            )
+        more = f" (and {len(jobs) - 3} more job(s))" if len(jobs) > 3 else ""
+        return "; ".join(said) + more
 
     def replace(self, dead: set[str], *, at_start: bool = False) -> None:
         """Cancel these jobs (one that ended is cancelled again: no harm) and submit jobs up to
@@ -1158,8 +1179,18 @@ class WorkerWatch:
             self.since = now
         left = self.restart is not None and self.restarted < self.restarts
         # SLURM/PBS: the jobs whose workers died have left the queue: no worker of theirs can
-        # come back, so they are submitted again now instead of after the timeout
-        ended = isinstance(self.restart, JobRestart) and left and self.restart.ended_after_start()
+        # come back, so they are submitted again now instead of after the timeout (with no
+        # restart left and no job waiting in the queue: the sweep gives up now)
+        jobs = isinstance(self.restart, JobRestart)
+        ended = jobs and (left or not self.restart.waiting()) and self.restart.ended_after_start()
+        if ended and not left:
+            again = f" (started again {self.restarted} time(s))" if self.restarted else ""
+            raise AvdaError(
+                f"no Dask worker left in {self.where} and its jobs left the queue{again}, "
+                f"giving up: no restart left ({self.restarted} of {self.restarts} used); "
+                f"{self.restart.ended_text(ended)}; runs that finished are kept: run the same "
+                "command again to train the others"
+            )
         if now - self.since < self.timeout and not ended:
             return
         # every job still waiting in the queue: a restart would submit nothing (and used to
