@@ -389,26 +389,45 @@ def test_directives_both_schedulers_read_pass():
         assert foreign_directive(directive, kind) == "", (kind, directive)
 
 
-def _queue_shims(tmp_path: Path, monkeypatch, delays: str, dying: str = "") -> Path:
-    """``sbatch`` / ``squeue`` / ``scancel`` shims that run each job script on this machine: the
-    k-th job waits the k-th of ``delays`` seconds in the "queue" (the last one for later jobs)
-    before it starts, in its own process group (its job id); ``scancel`` kills the group. The
-    k-th job for each k in ``dying`` (or every job: ``all``) runs a script that fails before
-    starting its worker (a bad module load) instead. A job's stderr goes to the ``#SBATCH -e``
-    file of its script; ``squeue -j ID,...`` shows the jobs whose processes live as RUNNING. The
-    queue folder's ``events`` logs submits, starts and cancels."""
+def _queue_shims(
+    tmp_path: Path,
+    monkeypatch,
+    delays: str,
+    dying: str = "",
+    pending: bool = False,
+    kind: str = "slurm",
+) -> Path:
+    """``sbatch`` / ``squeue`` / ``scancel`` shims (``kind`` pbs: ``qsub`` / ``qstat`` /
+    ``qdel``) that run each job script on this machine: the k-th job waits the k-th of
+    ``delays`` seconds in the "queue" (the last one for later jobs) before it starts, in its own
+    process group (its job id); ``scancel`` kills the group. The k-th job for each k in
+    ``dying`` (or every job: ``all``) runs a script that fails before starting its worker (a bad
+    module load) instead. A job's stderr goes to the ``#SBATCH -e`` file of its script (PBS:
+    ``NAME.eID`` in its ``#PBS -e`` folder); ``squeue -j ID,...`` (``qstat -f ID ...``) shows the
+    jobs whose processes live as RUNNING (R) (``pending``: those still waiting their delay as
+    ``PENDING Priority``; Q with a comment). The queue folder's ``events`` logs submits, starts
+    and cancels."""
     queue = tmp_path / "queue"
     queue.mkdir()
+    if kind == "slurm":
+        submit, cancel = "sbatch", "scancel"
+        err = """err=$(sed -n 's/^#SBATCH -e //p' "$1")"""
+        submitted = "Submitted batch job $!"
+    else:
+        submit, cancel = "qsub", "qdel"
+        err = """dir=$(sed -n 's/^#PBS -e //p' "$1"); name=$(sed -n 's/^#PBS -N //p' "$1")
+err=; [ -n "$dir" ] && err="$dir${name:-STDIN}.e%J\""""
+        submitted = "$!.pbs01"
     _shim(
         tmp_path / "bin",
-        "sbatch",
+        submit,
         f"""Q={queue}
 exec 9>"$Q/lock"; flock 9
 k=$(ls $Q | grep -c '\\.sh$')
 cp "$1" "$Q/job$k.sh"
 for d in {dying}; do [ "$d" = "$k" ] || [ "$d" = all ] &&
   printf 'echo "sh: module: command not found" >&2\\nexit 1\\n' > "$Q/job$k.sh"; done
-err=$(sed -n 's/^#SBATCH -e //p' "$1"); [ -n "$err" ] || err="$Q/job$k.err"
+{err}; [ -n "$err" ] || err="$Q/job$k.err"
 delay=0; i=0; last=0
 for d in {delays}; do [ $i -eq $k ] && delay=$d; last=$d; i=$((i+1)); done
 [ $k -ge $i ] && delay=$last
@@ -417,31 +436,56 @@ run="sleep $delay; echo start job$k >> $Q/events; exec sh $Q/job$k.sh 2>> $err"
 setsid sh -c "$run" > "$Q/job$k.log" 2>&1 < /dev/null 9>&- &
 echo $! > "$Q/job$k.pid"
 echo "submit job$k $!" >> $Q/events
-echo "Submitted batch job $!\"""",
+echo "{submitted}\"""",
     )
     _shim(
         tmp_path / "bin",
-        "scancel",
-        f'for j in "$@"; do kill -TERM -- -"$j" 2>/dev/null; echo "scancel $j" >> {queue}/events; '
+        cancel,
+        f'for j in "$@"; do kill -TERM -- -"$j" 2>/dev/null; echo "{cancel} $j" >> {queue}/events; '
         "done; exit 0",
     )
-    _shim(
-        tmp_path / "bin",
-        "squeue",
-        """ids=; while [ $# -gt 0 ]; do [ "$1" = -j ] && ids=$2; shift; done
+    state = f"""k=$(sed -n "s/^submit \\(job[0-9]*\\) $j\\$/\\1/p" {queue}/events)
+  started=1; [ {int(pending)} = 1 ] && ! grep -qx "start $k" {queue}/events && started=0
+  alive=1; case "$(ps -o stat= -p "$j")" in ""|Z*) alive=0;; esac"""
+    if kind == "slurm":
+        _shim(
+            tmp_path / "bin",
+            "squeue",
+            f"""ids=; while [ $# -gt 0 ]; do [ "$1" = -j ] && ids=$2; shift; done
 shown=0
 for j in $(echo "$ids" | tr , ' '); do
-  case "$(ps -o stat= -p "$j")" in ""|Z*) ;; *) echo "$j RUNNING"; shown=1;; esac
+  {state}
+  [ $alive = 0 ] && continue
+  shown=1
+  if [ $started = 1 ]; then echo "$j RUNNING None"; else echo "$j PENDING Priority"; fi
 done
-[ $shown = 1 ] || { echo "slurm_load_jobs error: Invalid job id specified" >&2; exit 1; }""",
-    )
+[ $shown = 1 ] || {{ echo "slurm_load_jobs error: Invalid job id specified" >&2; exit 1; }}""",
+        )
+    else:
+        _shim(
+            tmp_path / "bin",
+            "qstat",
+            f"""rc=0
+for j in "$@"; do
+  [ "$j" = -f ] && continue
+  j=${{j%%.*}}
+  {state}
+  if [ $alive = 0 ]; then echo "qstat: Unknown Job Id $j.pbs01" >&2; rc=153; continue; fi
+  echo "Job Id: $j.pbs01"
+  if [ $started = 1 ]; then echo "    job_state = R"
+  else echo "    job_state = Q"; echo "    comment = Not Running: Insufficient resources"; fi
+  echo
+done
+exit $rc""",
+        )
     monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.setenv("PYTHONPATH", str(SRC))  # the jobs' workers import this avda
     return queue
 
 
-def _two_job_spec(cache, tmp_path, worker_timeout: float):
-    """Two source-only runs of 12 epochs on a SLURM cluster of 2 one-core jobs, no retries."""
+def _two_job_spec(cache, tmp_path, worker_timeout: float, kind: str = "slurm"):
+    """Two source-only runs of 12 epochs on a SLURM (PBS) cluster of 2 one-core jobs, no
+    retries."""
     return sweep.parse_spec(
         {
             "cache": str(cache),
@@ -450,7 +494,7 @@ def _two_job_spec(cache, tmp_path, worker_timeout: float):
             "seeds": [0, 1],
             "retries": 0,
             "cluster": {
-                "kind": "slurm", "workers": 2, "cores": 1, "memory": "2GB",
+                "kind": kind, "workers": 2, "cores": 1, "memory": "2GB",
                 "worker_timeout": worker_timeout, "log_directory": str(tmp_path / "logs"),
             },
         }
@@ -773,7 +817,7 @@ def test_a_first_time_job_ending_at_start_with_a_resubmitted_one_is_submitted_ag
     monkeypatch.setattr(sweep, "QUEUE_POLL_SECONDS", 0.5, raising=False)
     monkeypatch.setattr(sweep, "MAX_RESTARTS", 2)
     queue = _queue_shims(tmp_path, monkeypatch, f"0 {NEVER} 0", dying="0 2")
-    real_states, held = sweep.queue_states, []
+    real_states, held = sweep.queue_jobs, []
 
     def both_gone_in_one_poll(kind, job_ids):
         if not held and (queue / "job2.pid").exists():  # job0 ended, job2 in its place
@@ -785,7 +829,7 @@ def test_a_first_time_job_ending_at_start_with_a_resubmitted_one_is_submitted_ag
                 time.sleep(0.1)
         return real_states(kind, job_ids)
 
-    monkeypatch.setattr(sweep, "queue_states", both_gone_in_one_poll)
+    monkeypatch.setattr(sweep, "queue_jobs", both_gone_in_one_poll)
     _, events = _sweep_finishing_within(cache, tmp_path, queue, caplog, 120)
     assert held, "the resubmitted job was never seen"
     ids = _job_ids(events)
@@ -824,6 +868,100 @@ def test_no_restart_is_used_while_every_job_waits_in_the_queue(tmp_path, cache, 
     assert sorted(_job_ids(events)) == ["job0", "job1", "job2"], events
 
 
+@pytest.mark.slow
+def test_jobs_pending_in_the_queue_past_worker_timeout_are_waited_for(
+    tmp_path, cache, monkeypatch, caplog
+):
+    """SLURM through shims: both jobs wait 30 s in the queue, which ``squeue`` shows PENDING
+    (reason Priority), past worker_timeout (20 s). The sweep waits on (before, it gave up at
+    20 s: `no Dask worker joined`), saying which jobs are pending and why, and every run
+    finishes once the jobs start."""
+    import logging
+
+    monkeypatch.setattr(sweep, "QUEUE_POLL_SECONDS", 0.5)
+    monkeypatch.setattr(sweep, "QUEUE_REPORT_SECONDS", 5.0, raising=False)
+    queue = _queue_shims(tmp_path, monkeypatch, "30", pending=True)
+    spec, out = _two_job_spec(cache, tmp_path, worker_timeout=STARTUP_MARGIN), tmp_path / "runs"
+    caplog.set_level(logging.WARNING, logger="avda.sweep.run")
+    with _first_job_preempted(queue, tmp_path / "nothing-to-preempt"):
+        summary = sweep.run_sweep(spec, out=out, progress=False)
+    assert summary.ok, summary.text()
+    ids = _job_ids((queue / "events").read_text().splitlines())
+    said = [r.message for r in caplog.records if "still pending in the queue" in r.message]
+    assert said, caplog.text
+    assert said[0].startswith(
+        f"2 SLURM job(s) still pending in the queue ({ids['job0']}: Priority; "
+        f"{ids['job1']}: Priority), no Dask worker in the SLURM cluster for "
+    ), said
+    assert said[0].endswith(
+        "waiting on while the queue says they are pending (cluster.queue_timeout: none)"
+    ), said
+
+
+@pytest.mark.slow
+def test_a_job_submitted_again_pending_past_worker_timeout_is_waited_for(
+    tmp_path, cache, monkeypatch
+):
+    """SLURM through shims: the running job is killed mid-run and submitted again; the new job
+    and the other one are shown PENDING in the queue, the new one for 30 s, past
+    worker_timeout (20 s). The sweep waits on (before, nothing being left to submit, it gave up
+    at 20 s) and the runs finish on the new job, each epoch trained once."""
+    monkeypatch.setattr(sweep, "QUEUE_POLL_SECONDS", 0.5)
+    queue = _queue_shims(tmp_path, monkeypatch, f"0 {NEVER} 30", pending=True)
+    spec, out = _two_job_spec(cache, tmp_path, worker_timeout=STARTUP_MARGIN), tmp_path / "runs"
+    with _first_job_preempted(queue, out) as killed:
+        summary = sweep.run_sweep(spec, out=out, progress=False)
+    assert killed, "the first job never trained a run"
+    _assert_every_epoch_once(summary, out, killed[0])
+    events = (queue / "events").read_text().splitlines()
+    assert [e.split()[1] for e in events if e.startswith("submit")] == ["job0", "job1", "job2"]
+
+
+def test_jobs_pending_past_queue_timeout_fail_the_sweep_in_one_line(tmp_path, cache, monkeypatch):
+    """SLURM through shims: the jobs stay PENDING in the queue; past cluster.queue_timeout
+    (4 s; worker_timeout 2 s) the sweep gives up in one line naming the jobs, the queue's
+    reason and the limit (before, it gave up at worker_timeout saying no worker joined), and
+    cancels them."""
+    from avda.errors import AvdaError
+
+    monkeypatch.setattr(sweep, "QUEUE_POLL_SECONDS", 0.5)
+    queue = _queue_shims(tmp_path, monkeypatch, str(NEVER), pending=True)
+    spec = sweep.parse_spec(
+        {
+            "cache": str(cache),
+            "heads": ["source-only"],
+            "settings": ["source->target"],
+            "cluster": {
+                "kind": "slurm", "workers": 1, "cores": 1, "memory": "2GB",
+                "worker_timeout": 2, "queue_timeout": 4,
+            },
+        }
+    )  # fmt: skip
+    began = time.monotonic()
+    with _first_job_preempted(queue, tmp_path / "nothing-to-preempt"):
+        with pytest.raises(AvdaError) as raised:
+            sweep.run_sweep(spec, out=tmp_path / "runs", progress=False)
+    assert time.monotonic() - began >= 4
+    message = str(raised.value)
+    assert "\n" not in message, message
+    events = (queue / "events").read_text().splitlines()
+    job = _job_ids(events)["job0"]
+    assert message.startswith(f"1 SLURM job(s) still pending in the queue ({job}: Priority)")
+    assert "giving up: cluster.queue_timeout is 4 s (raise it, or leave it out" in message
+    assert f"scancel {job}" in events, events
+
+
+def test_queue_timeout_is_seconds_or_none(tmp_path):
+    base = {"kind": "slurm", "cores": 1, "memory": "1GB"}
+    spec = sweep.load_spec(_spec_file(tmp_path, {**base, "queue_timeout": 3600}), open_caches=False)
+    assert spec.cluster.queue_timeout == 3600.0
+    spec = sweep.load_spec(_spec_file(tmp_path, {**base, "queue_timeout": None}), open_caches=False)
+    assert spec.cluster.queue_timeout is None
+    assert "cluster.queue_timeout: expected a number of seconds > 0, got -1" in _problems(
+        _spec_file(tmp_path, {**base, "queue_timeout": -1})
+    )
+
+
 def test_the_queue_says_which_jobs_left_it(tmp_path, monkeypatch):
     """``squeue`` / ``qstat`` as SLURM and PBS print them: a job not shown (or in an ended
     state) has left the queue; a command that fails otherwise tells nothing."""
@@ -832,6 +970,13 @@ def test_the_queue_says_which_jobs_left_it(tmp_path, monkeypatch):
     _shim(bin_dir, "squeue", "echo '11 PENDING'; echo '12 OUT_OF_MEMORY'")
     states = sweep.queue_states("slurm", ["11", "12", "13"])
     assert states == {"11": "PENDING", "12": "OUT_OF_MEMORY", "13": ""}
+    # with squeue's reason column (%r), as the sweep asks for it
+    _shim(bin_dir, "squeue", "echo '11 PENDING Priority'; echo '12 RUNNING None'")
+    assert sweep.queue_jobs("slurm", ["11", "12"]) == {
+        "11": ("PENDING", "Priority"), "12": ("RUNNING", "None")
+    }  # fmt: skip
+    assert sweep.queue_states("slurm", ["11", "12"]) == {"11": "PENDING", "12": "RUNNING"}
+    assert [sweep.job_pending("slurm", s) for s in ("PENDING", "RUNNING", "")] == [1, 0, 0]
     assert [sweep.job_ended("slurm", s) for s in states.values()] == [False, True, True]
     _shim(bin_dir, "squeue", "echo 'slurm_load_jobs error: Invalid job id specified' >&2; exit 1")
     assert sweep.queue_states("slurm", ["11"]) == {"11": ""}
@@ -846,6 +991,16 @@ def test_the_queue_says_which_jobs_left_it(tmp_path, monkeypatch):
     )
     states = sweep.queue_states("pbs", ["21", "22", "23"])
     assert states == {"21": "Q", "22": "F", "23": ""}
+    _shim(
+        bin_dir,
+        "qstat",
+        "printf 'Job Id: 21.pbs01\\n    job_state = Q\\n    comment = Not Running: "
+        "Insufficient amount of resource: ncpus\\n'",
+    )
+    assert sweep.queue_jobs("pbs", ["21"]) == {
+        "21": ("Q", "Not Running: Insufficient amount of resource: ncpus")
+    }
+    assert [sweep.job_pending("pbs", s) for s in ("Q", "H", "R", "F")] == [1, 1, 0, 0]
     assert [sweep.job_ended("pbs", s) for s in states.values()] == [False, True, True]
     _shim(bin_dir, "qstat", "echo 'Connection refused' >&2; exit 1")
     assert sweep.queue_states("pbs", ["21"]) is None

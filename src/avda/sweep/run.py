@@ -717,6 +717,14 @@ SLURM_ENDED = frozenset(
 """``squeue`` states of a job whose batch script has ended (requeued jobs show PENDING)."""
 PBS_ENDED = frozenset({"C", "E", "F", "X"})
 """``qstat`` job states of a job whose script has ended (C: Torque's completed, E: exiting)."""
+SLURM_PENDING = frozenset(
+    {"PENDING", "CONFIGURING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "RESV_DEL_HOLD"}
+)
+"""``squeue`` states of a job still waiting to start (CONFIGURING: its nodes boot)."""
+PBS_PENDING = frozenset({"Q", "H", "W", "T"})
+"""``qstat`` states of a job still waiting to start (queued, held, waiting, in transit)."""
+QUEUE_REPORT_SECONDS = 600.0
+"""How often a sweep waiting on pending jobs past ``worker_timeout`` says so (and why)."""
 
 
 def _run_queue_command(command: list[str]) -> Any:
@@ -740,20 +748,33 @@ def _run_queue_command(command: list[str]) -> Any:
 
 
 def queue_states(kind: str, job_ids: list[str]) -> dict[str, str] | None:
-    """The scheduler's state of each of these jobs (``squeue -h -j ID,... -o '%i %T'`` /
+    """The scheduler's state of each of these jobs (``squeue -h -j ID,... -o '%i %T %r'`` /
     ``qstat -f ID ...``) as it shows it (PENDING, RUNNING, FAILED; Q, R, F), ``""`` for a job it
     no longer knows (see :func:`job_ended`). ``None`` when the command cannot be run or says
     something else than "no such job": the jobs then count as still queued."""
+    jobs = queue_jobs(kind, job_ids)
+    return None if jobs is None else {job_id: state for job_id, (state, _) in jobs.items()}
+
+
+def queue_jobs(kind: str, job_ids: list[str]) -> dict[str, tuple[str, str]] | None:
+    """:func:`queue_states` with the scheduler's reason for each job's state: squeue's
+    ``%r`` (Priority, Resources, ...; ``None`` for a running job), qstat's ``comment``
+    (``""`` when it gives none)."""
     if not job_ids:
         return {}
     if kind == "slurm":
-        done = _run_queue_command(["squeue", "-h", "-j", ",".join(job_ids), "-o", "%i %T"])
+        done = _run_queue_command(["squeue", "-h", "-j", ",".join(job_ids), "-o", "%i %T %r"])
         if done is None:
             return None
         if done.returncode != 0:  # every id unknown (gone) is an error to squeue
-            return dict.fromkeys(job_ids, "") if "invalid job id" in done.stderr.lower() else None
-        shown = dict(line.split(None, 1) for line in done.stdout.splitlines() if " " in line)
-        return {j: shown.get(j, "").strip() for j in job_ids}
+            if "invalid job id" in done.stderr.lower():
+                return dict.fromkeys(job_ids, ("", ""))
+            return None
+        rows = [line.split(None, 2) for line in done.stdout.splitlines()]
+        shown = {
+            row[0]: (row[1], row[2].strip() if len(row) > 2 else "") for row in rows if len(row) > 1
+        }
+        return {j: shown.get(j, ("", "")) for j in job_ids}
     done = _run_queue_command(["qstat", "-f", *job_ids])
     if done is None:
         return None
@@ -761,8 +782,9 @@ def queue_states(kind: str, job_ids: list[str]) -> dict[str, str] | None:
     for block in re.split(r"^Job Id:\s*", done.stdout, flags=re.MULTILINE)[1:]:
         job = block.split(None, 1)[0].split(".", 1)[0] if block.strip() else ""
         state = re.search(r"^\s*job_state\s*=\s*(\S+)", block, flags=re.MULTILINE)
-        shown[job] = state.group(1) if state else "?"
-    states: dict[str, str] = {}
+        comment = re.search(r"^\s*comment\s*=\s*(.*)$", block, flags=re.MULTILINE)
+        shown[job] = (state.group(1) if state else "?", comment.group(1).strip() if comment else "")
+    states: dict[str, tuple[str, str]] = {}
     for job_id in job_ids:
         number = job_id.split(".", 1)[0]
         if number in shown:
@@ -771,13 +793,18 @@ def queue_states(kind: str, job_ids: list[str]) -> dict[str, str] | None:
         said = [line for line in done.stderr.splitlines() if number in line]
         if not said or not re.search(r"unknown job id|has finished", said[0], flags=re.I):
             return None  # another error (the server did not answer): nothing is known
-        states[job_id] = ""
+        states[job_id] = ("", "")
     return states
 
 
 def job_ended(kind: str, state: str) -> bool:
     """Whether a job in this :func:`queue_states` state has left the queue (its script ended)."""
     return not state or state in (SLURM_ENDED if kind == "slurm" else PBS_ENDED)
+
+
+def job_pending(kind: str, state: str) -> bool:
+    """Whether a job in this :func:`queue_states` state still waits in the queue to start."""
+    return state in (SLURM_PENDING if kind == "slurm" else PBS_PENDING)
 
 
 def job_log(job: Any, kind: str) -> str:
@@ -922,6 +949,7 @@ class JobRestart:
         self.job_ids: dict[str, str] = {}  # each job's id, kept after the cluster drops it
         self.logs: dict[str, str] = {}  # each job's log file, kept so too
         self.dead_states: dict[str, str] = {}  # the queue's last word on the dead jobs
+        self.queued: dict[str, tuple[str, str]] = {}  # ... on the waiting ones: state, reason
 
     def start(self) -> None:
         """Submit the cluster's jobs (the first time)."""
@@ -969,9 +997,11 @@ class JobRestart:
         self._remember_ids()  # the ids of the jobs the cluster holds now
         known = [n for n in sorted(waiting) if n in self.cluster.workers and n in self.job_ids]
         ids = {n: self.job_ids[n] for n in known}
-        states = queue_states(self.kind, sorted(set(ids.values())))
-        if not states:
+        jobs = queue_jobs(self.kind, sorted(set(ids.values())))
+        self.queued = jobs or {}
+        if not jobs:
             return []
+        states = {job_id: state for job_id, (state, _) in jobs.items()}
         _, waiting = self._split()  # a worker that connected meanwhile: its job started
         ended = []
         for name, job_id in ids.items():
@@ -980,6 +1010,18 @@ class JobRestart:
                 cause = _start_cause(states[job_id], _log_tail(log_file))
                 ended.append(JobEnd(name, job_id, log_file, cause))
         return ended
+
+    def pending(self) -> dict[str, str]:
+        """The jobs none of whose workers connected that the queue showed pending when last
+        asked (by ``ended_at_start``): each job id and the queue's reason (or state). Empty
+        when the queue cannot tell."""
+        _, waiting = self._split()
+        said = {}
+        for name in sorted(waiting, key=lambda n: self.job_ids.get(n, n)):
+            state, reason = self.queued.get(self.job_ids.get(name, ""), ("", ""))
+            if job_pending(self.kind, state):
+                said[self.job_ids[name]] = reason if reason and reason != "None" else state
+        return said
 
     def ended_after_start(self) -> set[str]:
         """The jobs whose workers connected and are gone, when the scheduler's queue says that
@@ -1079,7 +1121,11 @@ class WorkerWatch:
     likely cause; while other workers train, or other jobs still wait in the queue (those just
     submitted again among them), that line is a warning and the sweep goes on without the job
     (no job in its place until a restart). Only the jobs ending so again are dropped: a job of
-    the same poll ending so the first time is submitted again while a restart is left."""
+    the same poll ending so the first time is submitted again while a restart is left.
+
+    ``hold()`` keeps a SLURM/PBS cluster without a worker waiting past ``timeout`` while the
+    queue shows jobs pending (a busy queue), saying so every ``QUEUE_REPORT_SECONDS``, until
+    ``queue_timeout`` (``None``: no limit)."""
 
     def __init__(
         self,
@@ -1090,12 +1136,17 @@ class WorkerWatch:
         hint: str,
         restart: Any = None,
         restarts: int | None = None,
+        queue_timeout: float | None = None,
     ) -> None:
         self.client, self.timeout, self.where, self.hint = client, timeout, where, hint
         self.restart = restart
         self.restarts = MAX_RESTARTS if restarts is None else restarts
         self.restarted = 0
         self.since: float | None = None
+        self.queue_timeout = queue_timeout
+        self.began: float | None = None  # when the cluster was last left without a worker
+        self._reported = float("-inf")  # when pending jobs were last reported
+        self._held = float("-inf")  # when jobs were last seen pending in the queue
         self.spec_name, self.kind = "SPEC", ""
         if isinstance(restart, JobRestart):
             self.spec_name, self.kind = restart.spec_name, restart.kind
@@ -1163,6 +1214,40 @@ class WorkerWatch:
             log.warning("%s; %s", line, going_on)
         return bool(first)
 
+    def hold(self, began: float) -> bool:
+        """Whether jobs of a SLURM/PBS cluster without a worker still wait in the queue as it
+        says (pending: a busy queue), so that the wait goes on past ``timeout``: said every
+        ``QUEUE_REPORT_SECONDS`` once ``timeout`` has passed since ``began``; past
+        ``queue_timeout`` (and ``timeout``) the sweep gives up."""
+        if not isinstance(self.restart, JobRestart):
+            return False
+        pending = self.restart.pending()
+        now = time.monotonic()
+        waited = now - began
+        if not pending or waited < self.timeout:
+            return bool(pending)
+        jobs = "; ".join(f"{job_id}: {reason}" for job_id, reason in list(pending.items())[:5])
+        more = f"; and {len(pending) - 5} more" if len(pending) > 5 else ""
+        said = (
+            f"{len(pending)} {self.kind.upper()} job(s) still pending in the queue ({jobs}{more}), "
+            f"no Dask worker in {self.where} for {waited:.0f} s"
+        )
+        if self.queue_timeout is not None and waited >= self.queue_timeout:
+            raise AvdaError(
+                f"{said}, giving up: cluster.queue_timeout is {self.queue_timeout:g} s (raise "
+                "it, or leave it out to wait as long as the queue says they are pending); runs "
+                "that finished are kept: run the same command again to train the others"
+            )
+        if now - self._reported >= QUEUE_REPORT_SECONDS:
+            self._reported = now
+            limit = f"{self.queue_timeout:g} s" if self.queue_timeout is not None else "none"
+            log.warning(
+                "%s: waiting on while the queue says they are pending (cluster.queue_timeout: %s)",
+                said,
+                limit,
+            )
+        return True
+
     def check(self) -> None:
         """Call now and then while runs wait: raises once the cluster has given up."""
         now = time.monotonic()
@@ -1173,10 +1258,15 @@ class WorkerWatch:
         if workers is None:
             return
         if workers:
-            self.since = None
+            self.since = self.began = None
+            self._held = float("-inf")
             return
         if self.since is None:
             self.since = now
+        if self.began is None:
+            self.began = now
+        if self.hold(self.began):  # jobs pending in the queue: the give-up counts from now
+            self._held = now
         left = self.restart is not None and self.restarted < self.restarts
         # SLURM/PBS: the jobs whose workers died have left the queue: no worker of theirs can
         # come back, so they are submitted again now instead of after the timeout (with no
@@ -1218,7 +1308,7 @@ class WorkerWatch:
                 )
             self.since = time.monotonic()
             return
-        if now - self.since < self.timeout:
+        if now - max(self.since, self._held) < self.timeout:
             return
         again = f" (started again {self.restarted} time(s))" if self.restarted else ""
         waiting = self.restart.waiting() if isinstance(self.restart, JobRestart) else 0
@@ -1236,14 +1326,23 @@ class WorkerWatch:
 
 
 def wait_for_worker(
-    client: Any, timeout: float, *, where: str, hint: str, poll: Any = None
+    client: Any,
+    timeout: float,
+    *,
+    where: str,
+    hint: str,
+    poll: Any = None,
+    hold: Any = None,
 ) -> None:
     """Wait until a first worker joins; give up with one line after ``timeout`` seconds.
 
     ``poll`` (a SLURM/PBS sweep's :meth:`WorkerWatch.check_jobs`) is called every
     2 s meanwhile; it may raise, and the wait starts again when it returns True
-    (it submitted jobs again)."""
-    deadline = time.monotonic() + timeout
+    (it submitted jobs again). ``hold`` (:meth:`WorkerWatch.hold`, given the time the wait
+    began) is called then too: while it returns True (jobs pending in the queue) the
+    ``timeout`` counts from now; it may raise."""
+    began = time.monotonic()
+    deadline = began + timeout
     while True:
         left = deadline - time.monotonic()
         try:
@@ -1252,6 +1351,8 @@ def wait_for_worker(
         except TimeoutError:
             if poll is not None and poll():
                 deadline = time.monotonic() + timeout
+            elif hold is not None and hold(began):
+                deadline = max(deadline, time.monotonic() + timeout)
             elif poll is None or time.monotonic() >= deadline:
                 raise AvdaError(
                     f"no Dask worker joined {where} within {timeout:g} s, giving up; {hint}"
@@ -1387,10 +1488,18 @@ def connect(
                 where=where,
                 hint=_lost_workers_hint(kind, spec.cluster.log_directory),
                 restart=restart,
+                queue_timeout=spec.cluster.queue_timeout,
             )
             if kind != "local":
                 hint = _no_worker_hint(kind, spec)
-                wait_for_worker(client, timeout, where=where, hint=hint, poll=watch.check_jobs)
+                wait_for_worker(
+                    client,
+                    timeout,
+                    where=where,
+                    hint=hint,
+                    poll=watch.check_jobs,
+                    hold=watch.hold,
+                )
             options["watch"] = watch
             yield client, options
         finally:

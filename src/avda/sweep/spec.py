@@ -49,6 +49,7 @@ CLUSTER_KEYS = (
     "job_extra_directives",
     "job_script_prologue",
     "worker_timeout",
+    "queue_timeout",
 )
 DEFAULT_WORKER_TIMEOUT = 300.0
 """Seconds ``avda sweep`` waits for the first Dask worker to join before it gives up."""
@@ -92,6 +93,8 @@ class ClusterSpec:
     job_extra_directives: tuple[str, ...] = ()
     job_script_prologue: tuple[str, ...] = ()
     worker_timeout: float = DEFAULT_WORKER_TIMEOUT  # seconds until the first worker joins
+    # seconds, in all, to wait for jobs the queue (squeue/qstat) shows pending; None: no limit
+    queue_timeout: float | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -552,7 +555,9 @@ def _parse_cluster(value: Any, problems: _Problems, max_runs: int) -> ClusterSpe
                 problems.refuse(path, f"{item:,} is more than the limit of {most:,}; {hint}")
             else:
                 values[key] = item
-        elif key == "worker_timeout":
+        elif key in ("worker_timeout", "queue_timeout"):
+            if key == "queue_timeout" and item is None:  # no limit, as when not given
+                continue
             if isinstance(item, bool) or not isinstance(item, int | float) or item <= 0:
                 problems.add(path, f"expected a number of seconds > 0, got {item!r}")
             else:
