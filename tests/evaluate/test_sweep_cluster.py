@@ -681,6 +681,37 @@ def test_jobs_that_left_the_queue_with_no_restart_left_fail_the_sweep_at_once(
     assert message.endswith("run the same command again to train the others"), message
 
 
+@pytest.mark.slow
+def test_a_pbs_sweep_through_qsub_qstat_qdel_runs_and_resubmits_a_killed_job_at_once(
+    tmp_path, cache, monkeypatch, caplog
+):
+    """PBS end to end through ``qsub`` / ``qstat`` / ``qdel`` shims that run real local jobs
+    (the ``qstat`` route was tested only by parsing): of 2 jobs, one starts and the other waits
+    in the queue (``qstat``: Q, with a comment); the running job is killed mid-run, ``qstat``
+    no longer knows it (``Unknown Job Id``): it is submitted again at once, not after
+    worker_timeout (120 s), the runs finish on the new job, each epoch trained once, and the
+    queued job is deleted (``qdel``) only when the sweep ends."""
+    import logging
+
+    queue = _queue_shims(tmp_path, monkeypatch, f"0 {NEVER} 0", pending=True, kind="pbs")
+    spec, out = _two_job_spec(cache, tmp_path, 120, "pbs"), tmp_path / "runs"
+    caplog.set_level(logging.WARNING, logger="avda.sweep.run")
+    began = time.monotonic()
+    with _first_job_preempted(queue, out) as killed:
+        summary = sweep.run_sweep(spec, out=out, progress=False)
+    assert time.monotonic() - began < 90, "the restart waited for worker_timeout"
+    assert killed, "the first job never trained a run"
+    _assert_every_epoch_once(summary, out, killed[0])
+    events = (queue / "events").read_text().splitlines()
+    assert [e.split()[1] for e in events if e.startswith("submit")] == ["job0", "job1", "job2"]
+    waiting = (queue / "job1.pid").read_text().strip()
+    assert events.index(f"qdel {waiting}") > events.index("start job2"), events
+    said = [r.message for r in caplog.records if "submitted 1 job(s) again" in r.message]
+    assert len(said) == 1, caplog.text
+    assert said[0].startswith("no Dask worker left in the PBS cluster and its jobs left the "
+                              "queue: submitted 1 job(s) again"), said  # fmt: skip
+
+
 def _job_ids(events: list[str]) -> dict[str, str]:
     """Each shim job (``job0``...) and its job id, from the queue's events."""
     return {e.split()[1]: e.split()[2] for e in events if e.startswith("submit")}
@@ -729,17 +760,19 @@ def test_jobs_whose_script_dies_before_their_worker_connects_are_submitted_again
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("kind", ["slurm", "pbs"])
 def test_a_job_that_dies_before_its_worker_connects_again_fails_at_once_in_one_line(
-    tmp_path, cache, monkeypatch
+    tmp_path, cache, monkeypatch, kind
 ):
     """Every job's script exits 1 at start, the jobs submitted in their place too: the sweep
     gives up at once (not after worker_timeout, 30 s) in one line naming the job, its log file,
-    the likely cause and the --job-script command; every job is cancelled."""
+    the likely cause and the --job-script command; every job is cancelled. PBS through
+    ``qsub`` / ``qstat`` / ``qdel`` shims: its log is ``avda-sweep.eID``."""
     from avda.errors import AvdaError
 
     monkeypatch.setattr(sweep, "QUEUE_POLL_SECONDS", 0.5, raising=False)
-    queue = _queue_shims(tmp_path, monkeypatch, "0", dying="all")
-    spec, out = _two_job_spec(cache, tmp_path, worker_timeout=30), tmp_path / "runs"
+    queue = _queue_shims(tmp_path, monkeypatch, "0", dying="all", kind=kind)
+    spec, out = _two_job_spec(cache, tmp_path, 30, kind), tmp_path / "runs"
     began = time.monotonic()
     with _first_job_preempted(queue, tmp_path / "nothing-to-preempt"):
         with pytest.raises(AvdaError) as raised:
@@ -750,14 +783,18 @@ def test_a_job_that_dies_before_its_worker_connects_again_fails_at_once_in_one_l
     events = (queue / "events").read_text().splitlines()
     ids = _job_ids(events)
     assert sorted(ids) == ["job0", "job1", "job2", "job3"], events
-    job = next(j for j in ("job2", "job3") if f"SLURM job {ids[j]} ended before" in message)
-    assert message.startswith(f"SLURM job {ids[job]} ended before its Dask worker connected ("), (
+    name = kind.upper()
+    job = next(j for j in ("job2", "job3") if f"{name} job {ids[j]} ended before" in message)
+    assert message.startswith(f"{name} job {ids[job]} ended before its Dask worker connected ("), (
         message
     )
-    assert f"see its log {tmp_path / 'logs'}/avda-sweep-{ids[job]}.err" in message, message
+    log = f"avda-sweep-{ids[job]}.err" if kind == "slurm" else f"avda-sweep.e{ids[job]}"
+    assert f"see its log {tmp_path / 'logs'}/{log}" in message, message
     assert "its log ends 'sh: module: command not found'" in message, message
     assert "submitted in place of a job that ended so too" in message, message
-    assert "--cluster slurm --job-script" in message, message
+    assert f"--cluster {kind} --job-script" in message, message
+    cancel = "scancel" if kind == "slurm" else "qdel"
+    assert {f"{cancel} {ids[j]}" for j in ("job2", "job3")} <= set(events), events
 
 
 @pytest.mark.slow
