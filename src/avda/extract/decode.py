@@ -10,7 +10,9 @@ uses (``scale=W:H`` with bilinear flags, then rgb24), which reproduces decord's 
 Frame positions come from the container's own timestamps (``(pts - stream start) *
 time_base`` of the video packets, sorted), so seconds map to the right frame for fractional
 (29.97, 19.62) and variable frame rates alike. A stream without packet timestamps falls back to
-``index / fps``.
+``index / fps``. decord's timestamps are checked (:func:`timestamps_problem`): where they cannot
+be the frames' times (packets without a pts: about -3.7e17 s; a stream without a start time, as
+Matroska files written by PyAV: about 9.2e15 s for every frame), PyAV's are used.
 
 Corrupt packets: decord gives up on a whole batch when one packet cannot be decoded. The decord
 backend then retries the frames one by one, and decodes those that still fail with PyAV (the
@@ -56,6 +58,10 @@ class VideoInfo:
     fps: float
     audio_channels: tuple[int, ...]
     audio_sample_rates: tuple[int, ...]
+    # the video stream's length in seconds (its own, else the container's; None: unknown) and
+    # whether it has a start time (decord misplaces every frame of a stream without one)
+    duration: float | None = None
+    has_start_time: bool = True
 
 
 def probe(path: str | Path) -> VideoInfo:
@@ -80,13 +86,60 @@ def probe(path: str | Path) -> VideoInfo:
             audio = container.streams.audio
             channels = tuple(int(a.codec_context.channels) for a in audio)
             rates = tuple(int(a.codec_context.sample_rate or 0) for a in audio)
+            duration = _header_duration(container, stream)
+            has_start_time = stream.start_time is not None
     except MediaError:
         raise
     except Exception as exc:  # PyAV raises many error types for damaged files
         raise MediaError(f"{path} cannot be opened as a video: {exc}") from exc
     if not width or not height:
         raise MediaError(f"{path}: video stream has no frame size (damaged header?)")
-    return VideoInfo(path, int(width), int(height), float(rate), channels, rates)
+    return VideoInfo(
+        path, int(width), int(height), float(rate), channels, rates, duration, has_start_time
+    )
+
+
+def _header_duration(container: Any, stream: Any) -> float | None:
+    """Seconds the header gives the video stream: its own duration, else the container's."""
+    if stream.duration is not None and stream.time_base:
+        return float(stream.duration * stream.time_base)
+    if container.duration is not None:
+        return float(container.duration) / 1e6  # AV_TIME_BASE
+    return None
+
+
+def timestamps_problem(timestamps: np.ndarray, fps: float, duration: float | None) -> str | None:
+    """Why ``timestamps`` (seconds, one per frame, display order) cannot be a video's frame
+    times, or None: non-finite, before -1 s, decreasing, or past the stream's ``duration``
+    (from the header; else ``len / fps``) by more than a frame. decord computes ``(pts - stream
+    start) * time_base`` with FFmpeg's "no value" (-2**63) taken as a number: packets without a
+    pts come out at about -3.7e17 s, and every frame of a stream without a start time at about
+    9.2e15 s (one float32 value, so all frames at one time)."""
+    ts = np.asarray(timestamps, dtype=np.float64)
+    if ts.size == 0:
+        return None
+    if not np.all(np.isfinite(ts)):
+        return "not finite"
+    if ts.min() < -1.0:
+        return f"frames at {ts.min():.3g} s"
+    if np.any(np.diff(ts) < 0):
+        return "not in display order"
+    frame = 1.0 / fps if fps > 0 else 0.0
+    span = duration if duration is not None and duration > 0 else ts.size * frame
+    if span > 0 and ts.max() > span + frame + 1e-3:
+        return f"frames at {ts.max():.3g} s in a {span:.3g} s stream"
+    return None
+
+
+def decord_misplaced_frames(path: str | Path) -> bool:
+    """Whether avda before 2026-12-07 read this video's frames with decord at wrong times: a
+    video stream without a start time (decord put every frame at about 9.2e15 s, so every clip
+    time was read as frame 0). Reads the header only (cheap); False for unreadable files."""
+    try:
+        info = probe(path)
+    except MediaError:
+        return False
+    return not info.has_start_time
 
 
 def indexed_frames(path: str | Path) -> int:
@@ -251,8 +304,9 @@ class DecordVideoDecoder(VideoDecoder):
         if self.num_frames == 0:
             raise MediaError(f"{path} has no decodable frames")
         self._reader = reader
-        if not np.all(np.isfinite(self.timestamps)) or self.timestamps.min() < -1.0:
-            self.timestamps = self._repaired_timestamps()
+        problem = timestamps_problem(self.timestamps, self.fps, self.info.duration)
+        if problem is not None:
+            self.timestamps = self._repaired_timestamps(problem)
 
     def _open_with_pyav(self, error: BaseException) -> None:
         try:
@@ -268,17 +322,20 @@ class DecordVideoDecoder(VideoDecoder):
         self.num_frames, self.fps = stream.num_frames, stream.fps
         self.timestamps = stream.timestamps
 
-    def _repaired_timestamps(self) -> np.ndarray:
-        """decord gives packets without a pts (B-frames of MPEG-4 in AVI, as its FFmpeg 4
-        demuxes them) a timestamp of about -3.7e17 s; the packet index read with PyAV has them."""
+    def _repaired_timestamps(self, problem: str) -> np.ndarray:
+        """PyAV's timestamps where decord's cannot be right (:func:`timestamps_problem`: packets
+        without a pts, B-frames of MPEG-4 in AVI as its FFmpeg 4 demuxes them, about -3.7e17 s;
+        a stream without a start time, about 9.2e15 s); ``index / fps`` where PyAV counts
+        other frames."""
         stream = self._pyav_stream()
         if stream.num_frames == self.num_frames:
-            log.info("%s: decord's frame timestamps are invalid; using PyAV's", self.path)
+            log.info(
+                "%s: decord's frame timestamps are invalid (%s); using PyAV's", self.path, problem
+            )
             return stream.timestamps.copy()
         log.warning(
-            "%s: decord's frame timestamps are invalid; assuming a constant %.3f fps",
-            self.path,
-            self.fps,
+            "%s: decord's frame timestamps are invalid (%s); assuming a constant %.3f fps",
+            *(self.path, problem, self.fps),
         )
         return np.arange(self.num_frames) / max(self.fps, 1e-6)
 

@@ -47,6 +47,7 @@ from avda.data_manifests import schema as manifest_schema
 from avda.devices import resolve_device
 from avda.errors import CacheError, ConfigError, MediaError
 from avda.extract import backbones
+from avda.extract.decode import decord_misplaced_frames
 from avda.extract.inference import (
     BatchRunner,
     Precision,
@@ -479,6 +480,71 @@ def check_recipe_fits(
         )
 
 
+# How video frames get their times, recorded with every modality read from video files:
+# until 2026-12-07 decord's times were used unchecked, and decord puts every frame of a video
+# stream without a start time (Matroska written by PyAV) at about 9.2e15 s, so every clip of
+# such a video was read from its first frame (decode.timestamps_problem; absent: before then).
+VIDEO_TIMESTAMPS = "checked-2026-12-07"
+
+
+def _reads_video_files(spec: ModalitySpec, inputs: InputPaths) -> bool:
+    return spec.modality != "audio" and inputs.source_of(spec.modality) == "video"
+
+
+def _check_video_timestamps(
+    store: FeatureCache,
+    modality: str,
+    videos: str | Path | None,
+    force: bool,
+    segments: pd.DataFrame | None,
+) -> bool:
+    """False (recompute it) when ``modality`` was read from videos before 2026-12-07, some of
+    whose done segments come from a video decord misplaced (a stream without a start time) and
+    ``force``; without it, refuse to add to them (a resumed store would mix wrong and right
+    features) and warn where they are all done. Where no done segment comes from such a video
+    (a header read per video, once), or nothing is done, record the convention and resume.
+    ``segments``: the store's rows as the manifest gives them (with ``video_path``, which the
+    store does not keep); else the store's own."""
+    if store.modality_info(modality).get("video_timestamps") == VIDEO_TIMESTAMPS:
+        return True
+    done = store.status(modality) == Status.DONE
+    affected: list[str] = []
+    if done.any() and videos is not None:
+        table = segments if segments is not None else store.segments
+        rows = table.loc[done] if len(table) == len(done) else table.iloc[:0]
+        seen: set[Path] = set()
+        for row in rows.itertuples(index=False):
+            try:
+                path = manifest_schema.video_path(row, videos)
+            except ConfigError:
+                continue
+            if path not in seen:
+                seen.add(path)
+                if path.exists() and decord_misplaced_frames(path):
+                    affected.append(path.name)
+    if not affected:
+        store.update_modality_info(modality, video_timestamps=VIDEO_TIMESTAMPS)
+        return True
+    named = ", ".join(affected[:3]) + (
+        f" and {len(affected) - 3} more" if len(affected) > 3 else ""
+    )
+    what = (
+        f"store {store.path} holds {modality} features of {len(affected)} video(s) without a "
+        f"stream start time ({named}) that an avda before 2026-12-07 may have read with decord "
+        "from their first frame only (docs/extraction.md)"
+    )
+    if done.all() and not force:  # nothing to add to them: say so, refuse nothing
+        log.warning("%s; --force recomputes them", what)
+        return True
+    if not force:
+        raise CacheError(
+            f"{what}; resuming would mix them with correctly read ones: --force to recompute "
+            f"{modality}, or extract into another -o"
+        )
+    log.warning("%s: recomputing every segment with checked frame times", modality)
+    return False
+
+
 def _wants_spatial(recipe: Recipe, spec: ModalitySpec) -> bool:
     return recipe.spatial and spec.modality != "audio"
 
@@ -506,17 +572,23 @@ def prepare_modality(
     *,
     force: bool,
     model: backbones.Backbone | None = None,
+    segments: pd.DataFrame | None = None,
 ) -> backbones.Backbone:
     """Build the model (unless given) and make sure ``store`` has matching arrays for
-    ``spec.modality``."""
+    ``spec.modality``. ``segments``: the normalised manifest the store was built from (its
+    video paths: a store made before 2026-12-07 is checked for misplaced video frames)."""
     model = model if model is not None else _build_model(spec, recipe)
     entry = _modality_entry(spec, model, inputs)
     if _reads_frame_numbers_from_video(spec, recipe, inputs):
         entry["frame_times"] = FRAME_TIMES
+    if _reads_video_files(spec, inputs):
+        entry["video_timestamps"] = VIDEO_TIMESTAMPS
     num_clips = recipe.num_audio_windows if spec.modality == "audio" else recipe.num_clips
     exists = _check_modality(store, spec, entry, force)
     if exists and "frame_times" in entry:
         exists = _check_frame_times(store, spec.modality, force)
+    if exists and "video_timestamps" in entry:
+        exists = _check_video_timestamps(store, spec.modality, inputs.videos, force, segments)
     if not exists:
         spatial_shape = None
         if _wants_spatial(recipe, spec):
@@ -595,7 +667,9 @@ def extract(
             models = []
             for spec, model in zip(modalities, built, strict=True):
                 models.append(
-                    prepare_modality(store, spec, recipe, inputs, force=force, model=model)
+                    prepare_modality(
+                        store, spec, recipe, inputs, force=force, model=model, segments=segments
+                    )
                 )
                 if not prepare_only:
                     check_precision(store, spec.modality, resolved, device=device, force=force,

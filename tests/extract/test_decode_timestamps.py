@@ -1,0 +1,192 @@
+"""decord's frame timestamps checked for plausibility (decode.timestamps_problem): a Matroska
+video stream without a start time, as PyAV writes one, gets about 9.2e15 s for every frame from
+decord, which read every clip time as frame 0 until 2026-12-07; sane files keep decord's own
+timestamps; and a store extracted before the check is not resumed into a mix.
+
+Facts measured 2026-12-07 with decord 0.6.0 (its own FFmpeg 4), PyAV 18.1 (FFmpeg 7) and the
+ffmpeg 9.0.2 command line (imageio-ffmpeg) on ``write_video(..., codec="libx264rgb")`` .mkv
+files: PyAV and ffmpeg both report no start time for the video stream (ffmpeg prints no
+``start:``, also after ``ffmpeg -c copy`` into another .mkv); packet pts 0, 100, 200... in
+1/1000 s; decord gives (pts + 2**63) / 1000 = 9.223372e15 s as float32 for every frame. The
+shared videos (4 mp4, test.avi), and .mp4 / .webm / .ts / libx264 .mkv / mpeg4 .avi files
+written by PyAV or remuxed by ffmpeg, have a start time and timestamps decord gets right
+(test.avi's B-frames aside: -3.7e17 s, repaired since earlier).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from tests.conftest import shared_data_dir
+from tests.extract.conftest import tiny
+
+from avda.cache import Status, open_cache
+from avda.data_manifests.demo import write_video
+from avda.errors import CacheError
+from avda.extract import decode, runner
+from avda.extract.decode import VideoDecoder, decord_misplaced_frames, timestamps_problem
+
+needs_decord = pytest.mark.skipif(not decode.decord_available(), reason="decord not installed")
+VIDEOS = sorted(p.name for p in (shared_data_dir() / "media" / "video").glob("*.*"))
+FPS = 10
+
+
+def _frames(count: int, size: tuple[int, int] = (48, 32)) -> np.ndarray:
+    """Frame i is uniformly grey 8 * i + 4 (told apart after any resize)."""
+    width, height = size
+    values = (8 * np.arange(count) + 4).astype(np.uint8)
+    return np.broadcast_to(values[:, None, None, None], (count, height, width, 3)).copy()
+
+
+@pytest.fixture(scope="module")
+def written(tmp_path_factory) -> Path:
+    """Lossless files written by avda's own helper: the .mkv has no video start time."""
+    root = tmp_path_factory.mktemp("written")
+    frames = _frames(30)
+    # FFmpeg (4 in decord, 7 in PyAV) finds no start time in H.264 Matroska this short
+    write_video(root / "nostart.mkv", frames[:6], fps=FPS, codec="libx264rgb", crf=0)
+    write_video(root / "fine.mp4", frames, fps=FPS, codec="libx264rgb", crf=0)
+    write_video(root / "fine.avi", frames, fps=FPS, codec="mpeg4")
+    return root
+
+
+def _grey(frames: np.ndarray) -> np.ndarray:
+    """The frame number each decoded frame shows (see _frames)."""
+    return np.rint((frames.reshape(len(frames), -1).mean(axis=1) - 4) / 8).astype(int)
+
+
+# --------------------------------------------------------------------------- the check itself
+def test_timestamps_problem_names_implausible_times_only():
+    sane = np.arange(30) / FPS
+    assert timestamps_problem(sane, FPS, 3.0) is None
+    assert timestamps_problem(sane + 0.04, FPS, 3.0) is None  # first frame late, as test.avi
+    assert timestamps_problem(sane, FPS, None) is None  # no header duration: len / fps
+    assert timestamps_problem(sane, 0.0, None) is None  # nor a rate: nothing to compare
+    assert timestamps_problem(sane[:0], FPS, 3.0) is None
+    nostart = np.full(30, np.float32(2**63 / 1000), dtype=np.float32)  # decord on nostart.mkv
+    assert "9.22e+15 s in a 3 s stream" in timestamps_problem(nostart, FPS, 3.0)
+    assert "9.22e+15" in timestamps_problem(nostart, FPS, None)
+    assert timestamps_problem(np.r_[-3.7e17, sane[1:]], FPS, 3.0).startswith("frames at -3.7e+17")
+    assert timestamps_problem(np.r_[sane[:3], np.nan], FPS, 3.0) == "not finite"
+    assert timestamps_problem(sane[::-1], FPS, 3.0) == "not in display order"
+    assert timestamps_problem(sane + 0.15, FPS, 3.0) is None  # last starts past the end, < a frame
+    assert timestamps_problem(sane + 0.25, FPS, 3.0) is not None  # by more than a frame
+
+
+# --------------------------------------------------------------------------- against PyAV
+@needs_decord
+def test_decord_reads_a_matroska_stream_without_start_time_as_pyav_does(written):
+    decord = pytest.importorskip("decord")
+    path = written / "nostart.mkv"
+    assert not decode.probe(path).has_start_time and decord_misplaced_frames(path)
+    raw = decord.VideoReader(str(path)).get_frame_timestamp(np.arange(6))[:, 0]
+    np.testing.assert_allclose(raw, 2**63 / 1000, rtol=1e-6)  # the fact behind the bug
+    ours, pyav = VideoDecoder(path, backend="decord"), VideoDecoder(path, backend="pyav")
+    assert ours.backend == "decord"
+    np.testing.assert_allclose(ours.timestamps, np.arange(6) / FPS, atol=1e-9)
+    np.testing.assert_array_equal(ours.timestamps, pyav.timestamps)
+    times = np.array([0.05, 0.15, 0.25, 0.41, 0.59])
+    np.testing.assert_array_equal(ours.indices_at(times), [0, 1, 2, 4, 5])
+    np.testing.assert_array_equal(pyav.indices_at(times), [0, 1, 2, 4, 5])
+    assert ours.duration == pytest.approx(0.6)
+    np.testing.assert_array_equal(_grey(ours.frames(ours.indices_at(times))), [0, 1, 2, 4, 5])
+
+
+@needs_decord
+@pytest.mark.parametrize("name", ["fine.mp4", "fine.avi"])
+def test_written_files_with_a_start_time_keep_decords_timestamps(written, name):
+    path = written / name
+    assert decode.probe(path).has_start_time and not decord_misplaced_frames(path)
+    ours, pyav = VideoDecoder(path, backend="decord"), VideoDecoder(path, backend="pyav")
+    assert ours._pyav is None  # not repaired: PyAV never opened
+    times = np.arange(0, 3.0, 0.037)
+    np.testing.assert_array_equal(ours.indices_at(times), pyav.indices_at(times))
+    np.testing.assert_array_equal(ours.indices_at(times), np.floor(times * FPS + 1e-6))
+
+
+@needs_decord
+@pytest.mark.parametrize("name", VIDEOS)
+def test_real_videos_are_not_repaired_beyond_what_was(media, name, caplog):
+    """Only test.avi (B-frames without pts) was repaired before; nothing else is now."""
+    path = media / "video" / name
+    with caplog.at_level(logging.INFO, logger="avda.extract.decode"):
+        ours = VideoDecoder(path, shorter_side=32, backend="decord")
+    pyav = VideoDecoder(path, shorter_side=32, backend="pyav")
+    repaired = "timestamps are invalid" in caplog.text
+    assert repaired == (name == "test.avi"), caplog.text
+    assert not decord_misplaced_frames(path)
+    times = np.arange(0, pyav.duration, 0.037)
+    np.testing.assert_array_equal(ours.indices_at(times), pyav.indices_at(times))
+
+
+# --------------------------------------------------------------------------- stores
+def _manifest(*names: str) -> pd.DataFrame:
+    rows = [
+        {
+            "uid": f"{name.replace('.', '_')}_{i}",
+            "video_id": name.replace(".", "_"),
+            "domain": "d",
+            "split": "test",
+            "start_sec": 0.3 * i,
+            "stop_sec": 0.3 + 0.3 * i,
+            "video_path": name,
+        }
+        for name in names
+        for i in range(2)
+    ]
+    return pd.DataFrame(rows)
+
+
+def _options(written: Path) -> runner.ExtractOptions:
+    return runner.ExtractOptions.of(
+        recipe=tiny("demo", resize_shorter=32, crop_size=32), modalities=["rgb"], videos=written,
+        workers=0, device="cpu", progress=False, chunk_rows=1,
+    )  # fmt: skip
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_a_store_read_before_the_check_is_not_resumed_into_a_mix(written, tmp_path, caplog):
+    """A store without ``video_timestamps`` (an avda before 2026-12-07) whose done segments
+    include a video without a stream start time: a warning when it is complete, refused in one
+    line while rows remain, recomputed with --force; the convention is recorded."""
+    manifest = _manifest("nostart.mkv", "fine.mp4")
+    options = _options(written)
+    out = tmp_path / "c.zarr"
+    assert runner.extract(manifest, options, out=out).done == 4
+    store = open_cache(out, mode="r+")
+    assert store.modality_info("rgb")["video_timestamps"] == runner.VIDEO_TIMESTAMPS
+    store.update_modality_info("rgb", video_timestamps=None)  # as an earlier avda left it
+    with caplog.at_level("WARNING"):
+        assert runner.extract(manifest, options, out=out).done == 4  # done: nothing to mix
+    assert "1 video(s) without a stream start time (nostart.mkv)" in caplog.text
+    assert open_cache(out).modality_info("rgb").get("video_timestamps") is None
+    store.status_array("rgb")[3] = int(Status.PENDING)  # a fine.mp4 row left to do
+    with pytest.raises(CacheError, match="--force to recompute rgb") as info:
+        runner.extract(manifest, options, out=out)
+    assert "nostart.mkv" in str(info.value) and "\n" not in str(info.value)
+    result = runner.extract(manifest, options.replace(force=True), out=out)
+    assert result.done == 4
+    assert open_cache(out).modality_info("rgb")["video_timestamps"] == runner.VIDEO_TIMESTAMPS
+    # the two segments of nostart.mkv are no longer both read from its first frame
+    features = open_cache(out).load("rgb")
+    assert not np.allclose(features[0], features[1])
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_a_store_of_videos_with_start_times_resumes_unchanged(written, tmp_path):
+    manifest = _manifest("fine.mp4", "fine.avi")
+    options = _options(written)
+    out = tmp_path / "c.zarr"
+    assert runner.extract(manifest, options, out=out).done == 4
+    store = open_cache(out, mode="r+")
+    before = np.asarray(store.load("rgb"))
+    store.update_modality_info("rgb", video_timestamps=None)  # as an earlier avda left it
+    store.status_array("rgb")[3] = int(Status.PENDING)
+    assert runner.extract(manifest, options, out=out).done == 4
+    after = open_cache(out)
+    assert after.modality_info("rgb")["video_timestamps"] == runner.VIDEO_TIMESTAMPS
+    np.testing.assert_allclose(np.asarray(after.load("rgb")), before, atol=1e-5)
