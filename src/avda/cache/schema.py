@@ -94,7 +94,14 @@ MODALITY_KEYS = (
 )
 # Keys some writers add to a modality entry: the seed of a random-init backbone, what the
 # modality was read from, the shape (C, H, W) of its spatial maps.
-OPTIONAL_MODALITY_KEYS = ("random_init_seed", "input", "spatial_shape", "precision", "frame_times")
+OPTIONAL_MODALITY_KEYS = (
+    "random_init_seed",
+    "input",
+    "spatial_shape",
+    "precision",
+    "frame_times",
+    "video_timestamps",
+)
 
 
 class Status(enum.IntEnum):

@@ -228,8 +228,9 @@ def first_frame_repeats(first_time: float, fps: float, num_frames: int) -> int:
     ``(n - 0.5) / fps``, comes before the first frame's timestamp (0 for a video whose first
     frame is at its stream's start; 1 for ``test.avi``, first frame at 0.04 s of 25 fps).
 
-    A first timestamp later than the video is long is not a real one (decord gives the frames
-    of a Matroska stream without a start time about 9.2e15 s): 0, numbering decoded frames."""
+    A first timestamp later than the video is long is not a real one (decord gave the frames
+    of a Matroska stream without a start time about 9.2e15 s; the decoder now replaces such
+    timestamps with PyAV's): 0, numbering decoded frames."""
     if not fps or not np.isfinite(first_time) or first_time <= 0:
         return 0
     if first_time * fps > num_frames:
