@@ -12,7 +12,10 @@ time_base`` of the video packets, sorted), so seconds map to the right frame for
 (29.97, 19.62) and variable frame rates alike. A stream without packet timestamps falls back to
 ``index / fps``. decord's timestamps are checked (:func:`timestamps_problem`): where they cannot
 be the frames' times (packets without a pts: about -3.7e17 s; a stream without a start time, as
-Matroska files written by PyAV: about 9.2e15 s for every frame), PyAV's are used.
+Matroska files written by PyAV: about 9.2e15 s for every frame), PyAV's are used; so are they
+where decord's first frame time differs from PyAV's (by more than 0.1 ms)
+(:func:`first_frame_times`: a short Matroska stream with AAC audio, whose start decord's FFmpeg 4
+takes from the audio's priming, put every frame 1024 samples late).
 
 Corrupt packets: decord gives up on a whole batch when one packet cannot be decoded. The decord
 backend then retries the frames one by one, and decodes those that still fail with PyAV (the
@@ -131,15 +134,87 @@ def timestamps_problem(timestamps: np.ndarray, fps: float, duration: float | Non
     return None
 
 
+# Video packets (decode order) read for the first displayed frame: more than any B-frame delay.
+_FIRST_VIDEO_PACKETS = 8
+_FIRST_PACKETS = 256  # all streams together: stop reading a file that interleaves badly
+_FIRST_FRAME_TOLERANCE = 1e-4  # seconds
+
+
+@dataclasses.dataclass(frozen=True)
+class FirstFrameTimes:
+    """The first displayed video frame's time in seconds (None: unknown, a packet without pts)
+    as PyAV gives it (``(min pts of the first packets - stream start) * time_base``, as
+    :class:`_PyAVStream`) and as decord's FFmpeg 4 did (see :func:`first_frame_times`)."""
+
+    pyav: float | None
+    decord: float | None
+
+
+def first_frame_times(path: str | Path) -> FirstFrameTimes:
+    """Read the header and the first few packets (cheap) of ``path`` with PyAV.
+
+    decord computes ``(pts - video stream start_time) * time_base``. A video stream without a
+    start time of its own (short H.264 Matroska streams) is given the container's by FFmpeg,
+    the earliest of all streams' starts; FFmpeg 7 (PyAV) starts an AAC track after its priming
+    samples (Matroska CodecDelay), decord's FFmpeg 4 at its first packet, 1024 samples earlier
+    (pts -64 ms at 16 kHz): decord put every frame that much late. ``decord`` predicts this from
+    the container's first packets: in Matroska (no per-track durations) a video stream whose
+    start and duration are the container's took them from the container."""
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            video = container.streams.video[0]
+            base = float(video.time_base)
+            first: dict[int, float] = {}
+            pts: list[int | None] = []
+            for count, packet in enumerate(container.demux(), start=1):
+                if packet.size and packet.pts is not None and packet.stream.index not in first:
+                    first[packet.stream.index] = float(packet.pts * packet.stream.time_base)
+                if packet.size and packet.stream.index == video.index:
+                    pts.append(packet.pts)
+                if len(pts) >= _FIRST_VIDEO_PACKETS or count >= _FIRST_PACKETS:
+                    break
+            start = video.start_time
+            filled = (
+                "matroska" in container.format.name
+                and start is not None
+                and container.start_time is not None
+                and container.duration is not None
+                and video.duration is not None
+                and start == round(container.start_time * 1e-6 / base)
+                and video.duration == round(container.duration * 1e-6 / base)
+            )
+    except Exception:  # unreadable, no video stream: nothing to compare
+        return FirstFrameTimes(None, None)
+    known = [p for p in pts if p is not None]
+    if not known or len(known) < len(pts):
+        return FirstFrameTimes(None, None)
+    pyav = (min(known) - (start or 0)) * base
+    decord = min(known) * base - min(first.values()) if filled else pyav
+    return FirstFrameTimes(float(pyav), float(decord))
+
+
+def shifted_first_frame(decord: float, pyav: float | None) -> bool:
+    """Whether decord's first frame time is off PyAV's (by more than 0.1 ms: float32 rounding;
+    a Matroska tick is 1 ms, 1024 AAC samples at 44.1 kHz 23 ms, a quarter frame at 10 fps)."""
+    return pyav is not None and abs(decord - pyav) > _FIRST_FRAME_TOLERANCE
+
+
 def decord_misplaced_frames(path: str | Path) -> bool:
     """Whether avda before 2026-12-07 read this video's frames with decord at wrong times: a
     video stream without a start time (decord put every frame at about 9.2e15 s, so every clip
-    time was read as frame 0). Reads the header only (cheap); False for unreadable files."""
+    time was read as frame 0), or one whose first frame decord put elsewhere than PyAV
+    (:func:`first_frame_times`: short Matroska with AAC, every frame late). Reads
+    the header and a few packets (cheap); False for unreadable files."""
     try:
         info = probe(path)
     except MediaError:
         return False
-    return not info.has_start_time
+    if not info.has_start_time:
+        return True
+    times = first_frame_times(path)
+    return times.decord is not None and shifted_first_frame(times.decord, times.pyav)
 
 
 def indexed_frames(path: str | Path) -> int:
@@ -305,6 +380,11 @@ class DecordVideoDecoder(VideoDecoder):
             raise MediaError(f"{path} has no decodable frames")
         self._reader = reader
         problem = timestamps_problem(self.timestamps, self.fps, self.info.duration)
+        if problem is None:
+            first = float(self.timestamps.min())
+            pyav = first_frame_times(path).pyav
+            if shifted_first_frame(first, pyav):
+                problem = f"first frame at {first:.4g} s, PyAV's at {pyav:.4g} s"
         if problem is not None:
             self.timestamps = self._repaired_timestamps(problem)
 
