@@ -33,6 +33,7 @@ from avda.extract.decode import VideoDecoder, decord_misplaced_frames, timestamp
 needs_decord = pytest.mark.skipif(not decode.decord_available(), reason="decord not installed")
 VIDEOS = sorted(p.name for p in (shared_data_dir() / "media" / "video").glob("*.*"))
 FPS = 10
+LOSSLESS = {"codec": "libx264rgb", "crf": 0}
 
 
 def _frames(count: int, size: tuple[int, int] = (48, 32)) -> np.ndarray:
@@ -51,6 +52,14 @@ def written(tmp_path_factory) -> Path:
     write_video(root / "nostart.mkv", frames[:6], fps=FPS, codec="libx264rgb", crf=0)
     write_video(root / "fine.mp4", frames, fps=FPS, codec="libx264rgb", crf=0)
     write_video(root / "fine.avi", frames, fps=FPS, codec="mpeg4")
+    # with AAC audio (1024 priming samples, first audio packet at -1024 / rate s): decord's
+    # FFmpeg 4 starts the short stream there, the longer one has a video start of its own
+    for rate in (16000, 44100):
+        audio = 0.3 * np.sin(np.arange(6 * rate // FPS) * 0.05)
+        write_video(root / f"late{rate}.mkv", frames[:6], FPS, audio, rate, **LOSSLESS)
+    audio = 0.3 * np.sin(np.arange(3 * 16000) * 0.05)
+    write_video(root / "fine_aac.mkv", frames, FPS, audio, 16000, **LOSSLESS)
+    write_video(root / "fine_aac.mp4", frames[:6], FPS, audio[:9600], 16000, **LOSSLESS)
     return root
 
 
@@ -97,13 +106,36 @@ def test_decord_reads_a_matroska_stream_without_start_time_as_pyav_does(written)
 
 
 @needs_decord
-@pytest.mark.parametrize("name", ["fine.mp4", "fine.avi"])
+@pytest.mark.parametrize(("rate", "late"), [(16000, 0.064), (44100, 0.023)])
+def test_decord_reads_a_short_matroska_stream_with_aac_as_pyav_does(written, rate, late):
+    """decord put every frame ``late`` s (1024 samples at ``rate``) after PyAV and ffmpeg,
+    plausible times that the plausibility check passes: [0 0 1] read for [0 1 2]."""
+    decord = pytest.importorskip("decord")
+    path = written / f"late{rate}.mkv"
+    assert decode.probe(path).has_start_time  # not the 9.2e15 s case
+    raw = decord.VideoReader(str(path)).get_frame_timestamp(np.arange(6))[:, 0]
+    np.testing.assert_allclose(raw, late + np.arange(6) / FPS, atol=1e-6)  # the fact
+    assert timestamps_problem(raw, FPS, decode.probe(path).duration) is None
+    assert decode.first_frame_times(path) == decode.FirstFrameTimes(0.0, pytest.approx(late))
+    assert decord_misplaced_frames(path)
+    ours, pyav = VideoDecoder(path, backend="decord"), VideoDecoder(path, backend="pyav")
+    assert ours.backend == "decord"
+    np.testing.assert_array_equal(ours.timestamps, pyav.timestamps)
+    times = np.array([0.05, 0.15, 0.25, 0.41, 0.59])
+    np.testing.assert_array_equal(pyav.indices_at(times), [0, 1, 2, 4, 5])
+    np.testing.assert_array_equal(ours.indices_at(times), [0, 1, 2, 4, 5])
+    np.testing.assert_array_equal(_grey(ours.frames(ours.indices_at(times))), [0, 1, 2, 4, 5])
+    np.testing.assert_array_equal(_grey(pyav.frames(pyav.indices_at(times))), [0, 1, 2, 4, 5])
+
+
+@needs_decord
+@pytest.mark.parametrize("name", ["fine.mp4", "fine.avi", "fine_aac.mkv", "fine_aac.mp4"])
 def test_written_files_with_a_start_time_keep_decords_timestamps(written, name):
     path = written / name
     assert decode.probe(path).has_start_time and not decord_misplaced_frames(path)
     ours, pyav = VideoDecoder(path, backend="decord"), VideoDecoder(path, backend="pyav")
     assert ours._pyav is None  # not repaired: PyAV never opened
-    times = np.arange(0, 3.0, 0.037)
+    times = np.arange(0, pyav.duration, 0.037)
     np.testing.assert_array_equal(ours.indices_at(times), pyav.indices_at(times))
     np.testing.assert_array_equal(ours.indices_at(times), np.floor(times * FPS + 1e-6))
 
@@ -119,6 +151,8 @@ def test_real_videos_are_not_repaired_beyond_what_was(media, name, caplog):
     repaired = "timestamps are invalid" in caplog.text
     assert repaired == (name == "test.avi"), caplog.text
     assert not decord_misplaced_frames(path)
+    first = decode.first_frame_times(path)
+    assert first.decord == first.pyav == pytest.approx(pyav.timestamps[0])
     times = np.arange(0, pyav.duration, 0.037)
     np.testing.assert_array_equal(ours.indices_at(times), pyav.indices_at(times))
 
@@ -149,11 +183,15 @@ def _options(written: Path) -> runner.ExtractOptions:
 
 
 @pytest.mark.usefixtures("one_thread")
-def test_a_store_read_before_the_check_is_not_resumed_into_a_mix(written, tmp_path, caplog):
+@pytest.mark.parametrize("misplaced", ["nostart.mkv", "late16000.mkv"])
+def test_a_store_read_before_the_check_is_not_resumed_into_a_mix(
+    written, tmp_path, caplog, misplaced
+):
     """A store without ``video_timestamps`` (an avda before 2026-12-07) whose done segments
-    include a video without a stream start time: a warning when it is complete, refused in one
-    line while rows remain, recomputed with --force; the convention is recorded."""
-    manifest = _manifest("nostart.mkv", "fine.mp4")
+    include a video decord misplaced (no stream start time; every frame late): a warning when
+    it is complete, refused in one line while rows remain, recomputed with --force; the
+    convention is recorded."""
+    manifest = _manifest(misplaced, "fine.mp4")
     options = _options(written)
     out = tmp_path / "c.zarr"
     assert runner.extract(manifest, options, out=out).done == 4
@@ -162,31 +200,31 @@ def test_a_store_read_before_the_check_is_not_resumed_into_a_mix(written, tmp_pa
     store.update_modality_info("rgb", video_timestamps=None)  # as an earlier avda left it
     with caplog.at_level("WARNING"):
         assert runner.extract(manifest, options, out=out).done == 4  # done: nothing to mix
-    assert "1 video(s) without a stream start time (nostart.mkv)" in caplog.text
+    assert "1 video(s) whose frames" in caplog.text and f"({misplaced}: " in caplog.text
     assert open_cache(out).modality_info("rgb").get("video_timestamps") is None
     store.status_array("rgb")[3] = int(Status.PENDING)  # a fine.mp4 row left to do
     with pytest.raises(CacheError, match="--force to recompute rgb") as info:
         runner.extract(manifest, options, out=out)
-    assert "nostart.mkv" in str(info.value) and "\n" not in str(info.value)
+    assert misplaced in str(info.value) and "\n" not in str(info.value)
     result = runner.extract(manifest, options.replace(force=True), out=out)
     assert result.done == 4
     assert open_cache(out).modality_info("rgb")["video_timestamps"] == runner.VIDEO_TIMESTAMPS
-    # the two segments of nostart.mkv are no longer both read from its first frame
+    # the two segments are read at their own times
     features = open_cache(out).load("rgb")
     assert not np.allclose(features[0], features[1])
 
 
 @pytest.mark.usefixtures("one_thread")
 def test_a_store_of_videos_with_start_times_resumes_unchanged(written, tmp_path):
-    manifest = _manifest("fine.mp4", "fine.avi")
+    manifest = _manifest("fine.mp4", "fine.avi", "fine_aac.mkv")
     options = _options(written)
     out = tmp_path / "c.zarr"
-    assert runner.extract(manifest, options, out=out).done == 4
+    assert runner.extract(manifest, options, out=out).done == 6
     store = open_cache(out, mode="r+")
     before = np.asarray(store.load("rgb"))
     store.update_modality_info("rgb", video_timestamps=None)  # as an earlier avda left it
     store.status_array("rgb")[3] = int(Status.PENDING)
-    assert runner.extract(manifest, options, out=out).done == 4
+    assert runner.extract(manifest, options, out=out).done == 6
     after = open_cache(out)
     assert after.modality_info("rgb")["video_timestamps"] == runner.VIDEO_TIMESTAMPS
     np.testing.assert_allclose(np.asarray(after.load("rgb")), before, atol=1e-5)

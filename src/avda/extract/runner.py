@@ -483,7 +483,9 @@ def check_recipe_fits(
 # How video frames get their times, recorded with every modality read from video files:
 # until 2026-12-07 decord's times were used unchecked, and decord puts every frame of a video
 # stream without a start time (Matroska written by PyAV) at about 9.2e15 s, so every clip of
-# such a video was read from its first frame (decode.timestamps_problem; absent: before then).
+# such a video was read from its first frame (decode.timestamps_problem), and
+# a short Matroska stream with AAC audio every frame 1024 audio samples late (its first frame
+# checked against PyAV's: decode.first_frame_times); absent: before then.
 VIDEO_TIMESTAMPS = "checked-2026-12-07"
 
 
@@ -499,10 +501,12 @@ def _check_video_timestamps(
     segments: pd.DataFrame | None,
 ) -> bool:
     """False (recompute it) when ``modality`` was read from videos before 2026-12-07, some of
-    whose done segments come from a video decord misplaced (a stream without a start time) and
+    whose done segments come from a video decord misplaced (a stream without a start time, or
+    one whose first frame decord put elsewhere than PyAV: decode.decord_misplaced_frames) and
     ``force``; without it, refuse to add to them (a resumed store would mix wrong and right
     features) and warn where they are all done. Where no done segment comes from such a video
-    (a header read per video, once), or nothing is done, record the convention and resume.
+    (the header and a few packets read per video, once), or nothing is done, record the
+    convention and resume.
     ``segments``: the store's rows as the manifest gives them (with ``video_path``, which the
     store does not keep); else the store's own."""
     if store.modality_info(modality).get("video_timestamps") == VIDEO_TIMESTAMPS:
@@ -529,9 +533,9 @@ def _check_video_timestamps(
         f" and {len(affected) - 3} more" if len(affected) > 3 else ""
     )
     what = (
-        f"store {store.path} holds {modality} features of {len(affected)} video(s) without a "
-        f"stream start time ({named}) that an avda before 2026-12-07 may have read with decord "
-        "from their first frame only (docs/extraction.md)"
+        f"store {store.path} holds {modality} features of {len(affected)} video(s) whose "
+        f"frames an avda before 2026-12-07 may have read with decord at wrong times ({named}: "
+        "no stream start time, or a first frame off PyAV's; docs/extraction.md)"
     )
     if done.all() and not force:  # nothing to add to them: say so, refuse nothing
         log.warning("%s; --force recomputes them", what)
