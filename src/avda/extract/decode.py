@@ -157,7 +157,8 @@ def first_frame_times(path: str | Path) -> FirstFrameTimes:
     start time of its own (short H.264 Matroska streams) is given the container's by FFmpeg,
     the earliest of all streams' starts; FFmpeg 7 (PyAV) starts an AAC track after its priming
     samples (Matroska CodecDelay), decord's FFmpeg 4 at its first packet, 1024 samples earlier
-    (pts -64 ms at 16 kHz): decord put every frame that much late. ``decord`` predicts this from
+    (pts -64 ms at 16 kHz; Opus 7 ms, AC-3 5 ms likewise): decord put every frame that much
+    late. ``decord`` predicts this from
     the container's first packets: in Matroska (no per-track durations) a video stream whose
     start and duration are the container's took them from the container."""
     import av
