@@ -76,6 +76,33 @@ def test_finetune_resumes_after_a_kill(demo_dataset, tmp_path, monkeypatch):
     assert resumed.history == full.history
 
 
+def test_a_run_killed_while_writing_its_results_finishes_on_the_rerun(
+    demo_dataset, tmp_path, monkeypatch
+):
+    """Killed after writing OUT but before OUT.json (its partial checkpoint still there): the
+    rerun finishes it from the partial, not refuses OUT as a checkpoint avda did not write."""
+    torch.set_num_threads(1)
+    write = finetune.atomic_write_text
+
+    def die_before_the_record(path, text):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(finetune, "atomic_write_text", die_before_the_record)
+    with pytest.raises(KeyboardInterrupt):
+        _run(demo_dataset, tmp_path / "a.pt")
+    monkeypatch.setattr(finetune, "atomic_write_text", write)
+    assert (tmp_path / "a.pt").exists() and not (tmp_path / "a.pt.json").exists()
+    assert (tmp_path / "a.pt.partial.pt").exists()
+    resumed = _run(demo_dataset, tmp_path / "a.pt")
+    full = _run(demo_dataset, tmp_path / "b.pt")
+    assert resumed.history == full.history
+    assert (tmp_path / "a.pt.json").exists() and not (tmp_path / "a.pt.partial.pt").exists()
+    for name in ("a.pt", "a.pt.classifier.pt"):
+        mine = torch.load(tmp_path / name, weights_only=True)
+        other = torch.load(tmp_path / name.replace("a.pt", "b.pt"), weights_only=True)
+        assert all(torch.equal(mine[k], other[k]) for k in other)
+
+
 def test_a_resume_or_rerun_with_other_settings_is_refused_and_a_finished_run_kept(
     demo_dataset, tmp_path, monkeypatch
 ):

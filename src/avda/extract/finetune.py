@@ -193,11 +193,15 @@ def _check_resume(
         )
 
 
-def _finished(out: Path, key: dict[str, Any], epochs: int) -> list[dict[str, float]] | None:
+def _finished(
+    out: Path, key: dict[str, Any], epochs: int, partial: Path
+) -> list[dict[str, float]] | None:
     """The history of a finished run at ``out`` with this key and number of epochs (None when
-    there is none); a finished run with other settings or epochs is refused, not overwritten."""
+    there is none); a finished run with other settings or epochs is refused, not overwritten.
+    ``out`` without its record beside a ``partial`` checkpoint is a run killed while writing
+    its results (the partial goes last): not finished, it resumes from the partial."""
     meta_path = out.with_name(out.name + ".json")
-    if not out.exists():
+    if not out.exists() or (not meta_path.exists() and partial.exists()):
         return None
     if not meta_path.exists():
         raise ConfigError(
@@ -313,7 +317,7 @@ def finetune(
     partial = out.with_name(out.name + ".partial.pt")
     key = _run_key(segments, rows, num_classes, backbone, modality, weights, source, recipe,
                    config, inputs)  # fmt: skip
-    done = _finished(out, key, config.epochs)
+    done = _finished(out, key, config.epochs, partial)
     if done is not None:
         log.info("%s is fine-tuned with these settings already: nothing to do", out)
         partial.unlink(missing_ok=True)  # a crash after OUT.json may have left it
