@@ -163,3 +163,25 @@ def test_summary_names_the_class_tables(tmp_path):
         tmp_path / "d.zarr", _segments(), manifest_sha256="ab" * 32, recipe={}, chunk_rows=4
     )
     assert "classes" not in bare.summary()
+
+
+@pytest.mark.parametrize("group", [schema.FEATURES_GROUP, schema.STATUS_GROUP])
+def test_a_damaged_chunk_file_is_one_error_naming_it_and_the_fix(tmp_path, group):
+    """A chunk file cut short outside avda (avda writes chunk files whole: an interrupted copy)
+    is a CacheError naming the file and how to recompute its rows, not a codec's RuntimeError
+    (the CLI's "internal error ... please report it")."""
+    from tests.conftest import make_feature_cache
+
+    path = tmp_path / "c.zarr"
+    make_feature_cache(path, chunk_rows=8)
+    chunk = path / group / "rgb" / "c" / "1"
+    chunk = chunk / "0" / "0" if group == schema.FEATURES_GROUP else chunk
+    chunk.write_bytes(chunk.read_bytes()[:7])
+    store = cache_lib.open_cache(path)
+    read = store.load if group == schema.FEATURES_GROUP else store.status
+    with pytest.raises(CacheError) as caught:
+        read("rgb")
+    message = str(caught.value)
+    assert f"{group}/rgb/c/1" in message and "rows 8-15" in message
+    assert "avda extract" in message
+    assert len(store.load("audio")) == store.num_segments  # the other modality still reads

@@ -34,6 +34,10 @@ from avda.paths import check_no_outward_links
 
 log = logging.getLogger(__name__)
 
+# What reading a chunk file cut short raises (numcodecs' zstd: RuntimeError; a wrong size once
+# decoded: ValueError)
+_DECODE_ERRORS = (RuntimeError, ValueError)
+
 # spatial/<modality>: (N, K, C, *S) maps before pooling, for heads that need them (CIA, the
 # faithful Audio-Adaptive encoder); written by `avda extract` with a recipe that has spatial=True.
 SPATIAL_GROUP = schema.SPATIAL_GROUP
@@ -175,7 +179,12 @@ class FeatureCache:
 
     def status(self, modality: str) -> np.ndarray:
         self.modality_info(modality)
-        return self._group[schema.STATUS_GROUP][modality][: self.num_segments]
+        array = self._group[schema.STATUS_GROUP][modality]
+        try:
+            return array[: self.num_segments]
+        except _DECODE_ERRORS as exc:
+            self._refuse_damaged(array, modality, exc)
+            raise
 
     def status_array(self, modality: str) -> zarr.Array:
         """The lazily read ``status/<modality>`` array (N,) int8."""
@@ -188,8 +197,38 @@ class FeatureCache:
         return self._group[schema.ERRORS_GROUP][modality]
 
     def errors(self, modality: str) -> np.ndarray:
-        values = self._group[schema.ERRORS_GROUP][modality][: self.num_segments]
+        array = self._group[schema.ERRORS_GROUP][modality]
+        try:
+            values = array[: self.num_segments]
+        except _DECODE_ERRORS as exc:
+            self._refuse_damaged(array, modality, exc)
+            raise
         return np.array(values.tolist(), dtype=object)
+
+    def _refuse_damaged(self, array: zarr.Array, modality: str, exc: Exception) -> None:
+        """Raise one CacheError naming the first chunk file of ``array`` that cannot be decoded
+        (``exc`` came from reading it) and how to recompute its rows; return when every chunk
+        reads (``exc`` was something else). avda writes chunk files whole (write, then rename),
+        so a damaged one was cut short or changed outside avda: a copy that was interrupted."""
+        step = int(array.chunks[0])
+        for chunk in range(-(-self.num_segments // step)):
+            lo, hi = chunk * step, min((chunk + 1) * step, self.num_segments)
+            try:
+                array[lo:hi]
+            except _DECODE_ERRORS:
+                key = "/".join(["c", str(chunk)] + ["0"] * (array.ndim - 1))
+                files = ", ".join(
+                    f"{group}/{modality}/c/{chunk}"
+                    + ("/0/0" if group == schema.FEATURES_GROUP else "")
+                    for group in (schema.FEATURES_GROUP, schema.ERRORS_GROUP, schema.STATUS_GROUP)
+                )
+                raise CacheError(
+                    f"cache {self.path}: {array.path}/{key} (rows {lo}-{hi - 1}) is damaged "
+                    f"({str(exc).strip()[:120]}); avda writes chunk files whole, so it was cut "
+                    "short or changed outside avda (an interrupted copy?): restore the store "
+                    f"from a good copy, or delete {files} under it (those rows become pending) "
+                    "and run the same `avda extract` again to recompute them"
+                ) from None
 
     def failures(self) -> pd.DataFrame:
         """One row per failed (segment, modality): uid, video_id, modality, error."""
@@ -474,7 +513,12 @@ class FeatureCache:
         memory, and exactly the float32 values once converted).
         """
         rows = self._rows(rows)
-        values = _read_rows(self.features(modality), rows, clips, self.num_segments, dtype)
+        array = self.features(modality)
+        try:
+            values = _read_rows(array, rows, clips, self.num_segments, dtype)
+        except _DECODE_ERRORS as exc:
+            self._refuse_damaged(array, modality, exc)
+            raise
         if check_finite:
             self._refuse_nonfinite(modality, values, rows, spatial=False)
         return values
