@@ -184,3 +184,25 @@ def test_other_libraries_info_records_only_with_verbose(capsys):
         assert ("generated new fontManager" in err) == verbose, err
         assert "INFO avda.evaluate: ours" in err and "WARNING PIL.Image: theirs" in err, err
     cli.main(["manifest", "validate", "nope.csv"])  # leave the default logging behind
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_worker_progress_bars_hold_no_semaphore(monkeypatch, verbose):
+    """A Dask worker killed while busy (its cluster closing on Ctrl-C) never releases tqdm's
+    multiprocessing lock, and the parent's resource tracker printed "leaked semaphore objects"
+    under the one ``interrupted`` line: the workers' bars take a thread lock, with -v too."""
+    from tqdm import tqdm
+    from tqdm.std import TqdmDefaultWriteLock
+
+    monkeypatch.delattr(tqdm, "_lock", raising=False)  # restored after the test
+    monkeypatch.setattr(logging.getLogger(), "level", logging.DEBUG if verbose else logging.INFO)
+    plugins = []
+
+    class Client:
+        register_plugin = staticmethod(plugins.append)
+
+    dask_support.quiet_worker_logs(Client())
+    (plugin,) = plugins
+    plugin.setup(worker=None)  # what each worker runs as it starts
+    lock = tqdm.get_lock()
+    assert not isinstance(lock, TqdmDefaultWriteLock) or lock.mp_lock is None

@@ -186,18 +186,31 @@ def _quiet_cancellations() -> None:
         state_machine.addFilter(_not_cancelled)
 
 
+def _bars_without_semaphore() -> None:
+    """tqdm's default lock holds a ``multiprocessing`` RLock: a semaphore the resource tracker,
+    shared with the parent, counts. A worker killed as its cluster closes on Ctrl-C (busy in a
+    task) never releases it, and the tracker then printed "There appear to be N leaked semaphore
+    objects to clean up at shutdown" under the ``interrupted`` line. A worker's bars (off, or
+    in its own log) need a thread lock only."""
+    from tqdm import tqdm
+
+    tqdm.set_lock(threading.RLock())
+
+
 def quiet_worker_logs(client: Any) -> None:
     """Without ``avda -v``: the workers of ``client`` (and any that join later) drop their
-    warnings about tasks cancelled by an interrupt or a closing run."""
-    if logging.getLogger().isEnabledFor(logging.DEBUG):
-        return
+    warnings about tasks cancelled by an interrupt or a closing run. Always: their progress
+    bars take a thread lock, no semaphore (:func:`_bars_without_semaphore`)."""
+    quiet = not logging.getLogger().isEnabledFor(logging.DEBUG)
     from distributed.diagnostics.plugin import WorkerPlugin
 
     class QuietCancellations(WorkerPlugin):
         name = "avda-quiet-cancellations"
 
         def setup(self, worker: Any) -> None:
-            _quiet_cancellations()
+            _bars_without_semaphore()
+            if quiet:
+                _quiet_cancellations()
 
     client.register_plugin(QuietCancellations())
 
