@@ -127,3 +127,47 @@ def test_a_flow_folder_numbered_the_old_way_is_not_resumed(media, tmp_path, monk
         forced.ok
         and json.loads((out / "test" / "flow.json").read_text())["first_frame_repeats"] == 1
     )
+
+
+def _cut_without_reencoding(source: Path, out: Path, frames: int) -> None:
+    """``source``'s video packets with every pts ``frames`` frames earlier: an MP4 whose first
+    frames lie before its stream's start (the edit list of a file cut with ``-c copy``)."""
+    import av
+
+    with av.open(str(source)) as inp, av.open(str(out), "w") as dst:
+        stream = inp.streams.video[0]
+        copy = dst.add_stream_from_template(stream)
+        shift = None
+        for packet in inp.demux(stream):
+            if not packet.size:
+                continue
+            shift = shift if shift is not None else frames * int(packet.duration)
+            moved = av.Packet(bytes(packet))
+            moved.pts, moved.dts = packet.pts - shift, packet.dts - shift
+            moved.duration, moved.is_keyframe = packet.duration, packet.is_keyframe
+            moved.time_base, moved.stream = packet.time_base, copy
+            dst.mux(moved)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_flow_skips_frames_shown_before_the_stream_start(media, tmp_path, monkeypatch, backend):
+    """Frames an MP4's edit list puts before the stream's start (negative timestamps: no
+    player shows them, and ``avda extract --videos`` never reads them) are not numbered: flow
+    frame n is still the frame extract reads as n (flow numbered them 1 and 2, two frames
+    behind extract on such a file)."""
+    path = tmp_path / "cut.mp4"
+    _cut_without_reencoding(media / "video" / "demo.mp4", path, frames=2)
+    monkeypatch.setenv("AVDA_VIDEO_DECODER", backend)
+    source = flow._VideoSource(path, 64)
+    assert source.decoder.backend == backend and source.decoder.timestamps[0] < 0
+    fps = source.fps
+    numbers = np.arange(1, source.count + 1)
+    read = []
+    for n in numbers:
+        segment = SegmentFrames.from_seconds("s", (n - 1) / fps, n / fps, fps)
+        read.append(int(source.decoder.indices_at(segment.time_of(np.array([n])))[0]))
+    monkeypatch.setattr(source.decoder, "frames", lambda indices: np.asarray(indices))
+    assert source.read(numbers).tolist() == read
+    assert source.count == source.decoder.num_frames - 2
+    assert flow.first_frame_repeats(-2 / 28, 28.0, 280) == -2
+    assert flow.first_frame_repeats(-0.25 / 25, 25.0, 100) == 0  # still shown at frame 1's middle

@@ -19,7 +19,9 @@ stride 1; avda's default, bound 20 and stride 1, is the DeepMind I3D convention.
 RGB frame n of a video is the frame shown at ``(n - 1) / fps`` (as ``avda extract --videos``
 reads it and ffmpeg's default extraction numbers its files): a video whose first frame comes
 after its stream's start repeats it (``first_frame_repeats`` in ``flow.json``; until 2026-12-07
-decoded frames were numbered, one frame ahead on such files, and such folders are not resumed).
+decoded frames were numbered, one frame ahead on such files, and such folders are not resumed),
+and frames shown before the stream's start (negative times: an MP4 cut without re-encoding)
+get no number (``first_frame_repeats`` negative).
 
 Methods:
 
@@ -227,15 +229,16 @@ def first_frame_repeats(first_time: float, fps: float, num_frames: int) -> int:
     """How many frame numbers before the first frame's own show it: those whose middle,
     ``(n - 0.5) / fps``, comes before the first frame's timestamp (0 for a video whose first
     frame is at its stream's start; 1 for ``test.avi``, first frame at 0.04 s of 25 fps).
+    Negative: that many leading frames are shown before the stream's start (an MP4 cut
+    without re-encoding keeps them before its edit list's start, at negative times), where no
+    frame number reads them (``avda extract --videos`` reads frame 1 at ``0.5 / fps``).
 
-    A first timestamp later than the video is long is not a real one (decord gave the frames
-    of a Matroska stream without a start time about 9.2e15 s; the decoder now replaces such
-    timestamps with PyAV's): 0, numbering decoded frames."""
-    if not fps or not np.isfinite(first_time) or first_time <= 0:
+    A first timestamp further from 0 than the video is long is not a real one (decord gave the
+    frames of a Matroska stream without a start time about 9.2e15 s; the decoder now replaces
+    such timestamps with PyAV's): 0, numbering decoded frames."""
+    if not fps or not np.isfinite(first_time) or abs(first_time) * fps > num_frames:
         return 0
-    if first_time * fps > num_frames:
-        return 0
-    return max(0, math.ceil(first_time * fps + 0.5 - 1e-6) - 1)
+    return math.ceil(first_time * fps + 0.5 - 1e-6) - 1
 
 
 class _VideoSource:
@@ -245,7 +248,8 @@ class _VideoSource:
     extraction numbers its files: frame n is the frame shown at ``(n - 1) / fps``, so a video
     whose first frame comes after its stream's start shows that frame under the numbers before
     it too (:func:`first_frame_repeats`; docs/extraction.md, "Videos whose first frame starts
-    late"). Every later frame is the next decoded one."""
+    late"), and frames shown before its start (negative times) under none. Every later frame is
+    the next decoded one."""
 
     def __init__(self, path: Path, shorter_side: int) -> None:
         info = probe(path)
