@@ -471,6 +471,13 @@ def test_the_marked_manifest_validates_and_a_misused_mark_is_refused(ego_rows, t
     manifest.to_csv(path, index=False)
     read = schema.read(path)
     assert (read["unlabelled_only"] == "yes").sum() == (manifest["unlabelled_only"] == "yes").sum()
+    from avda.data_manifests.stats import stats
+
+    # `avda manifest stats` counts them: they are train rows without labels, which the class
+    # counts and "labelled rows" leave out
+    videos = read.loc[read["unlabelled_only"] == "yes", "video_id"].nunique()
+    assert videos > 0
+    assert f"unlabelled-only rows: {10 * videos} of {videos} videos" in stats(read)
     marked = int(np.flatnonzero((manifest["unlabelled_only"] == "yes").to_numpy())[0])
     for column, value, message in (
         ("labels", "3", "an unlabelled-only row has no labels"),

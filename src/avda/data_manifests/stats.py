@@ -60,6 +60,15 @@ def stats(frame: pd.DataFrame, classes: Mapping[str, tuple[str, ...]] | None = N
                 f"scored groups: {grouped.nunique()} (e.g. videos) of {len(grouped)} rows, "
                 "each scored by the maximum over its rows; the class counts below count rows"
             )
+    if schema.UNLABELLED_ONLY in frame.columns:
+        marks = frame[schema.UNLABELLED_ONLY].astype("string").fillna("").str.strip()
+        marked = frame[(marks == schema.UNLABELLED_ONLY_VALUE).to_numpy()]
+        if len(marked):
+            lines.append(
+                f"unlabelled-only rows: {len(marked)} of {marked['video_id'].nunique()} videos, "
+                "unlabelled target training rows in place of those videos' other rows, never "
+                'labelled or scored (docs/manifest.md, "Unlabelled-only rows")'
+            )
     present = [c for c in CLASS_COLUMNS if c in frame.columns and frame[c].notna().any()]
     if present:
         lines += ["", "classes:"]
