@@ -331,6 +331,16 @@ def ml_cache(tmp_path_factory):
     return multilabel_av_cache(tmp_path_factory.mktemp("ml") / "c.zarr")
 
 
+def test_avda_cluster_on_a_multilabel_cache_says_the_run_clusters(ml_cache, tmp_path):
+    # a new user ran `avda cluster` on a CharadesEgo cache, as the EPIC recipe does first:
+    # the error named only the missing verb_class column
+    from avda.errors import CacheError
+    from avda.train.clustering import cluster_store
+
+    with pytest.raises(CacheError, match="multi-label variant clusters each present class"):
+        cluster_store(ml_cache, progress=False)
+
+
 def _train(cache, out, **options):
     return train(
         cache=cache,

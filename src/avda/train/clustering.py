@@ -348,8 +348,16 @@ def cluster_store(
         column = _task_column(task)
         segments = store.segments
         if column not in segments:
+            multi = (
+                "; its classes are multi-label ('labels', CharadesEgo), which `avda cluster` "
+                "does not cluster: audio-adaptive's multi-label variant clusters each present "
+                "class in its run (docs/methods.md, 'Multi-label variant'), nothing to do first"
+                if "labels" in segments
+                else ""
+            )
             raise CacheError(
-                f"cache {store.path} has no {column!r} column: clusters are made per {task} class"
+                f"cache {store.path} has no {column!r} column: clusters are made per {task} "
+                f"class{multi}"
             )
         labelled = segments[column].notna().to_numpy() & (segments["split"] == split).to_numpy()
         if source:
