@@ -98,7 +98,9 @@ class Predictions:
     def to_frame(self) -> pd.DataFrame:
         """One row per segment, the table ``save`` writes as .csv: ``uid``, ``set`` (and
         ``group`` where the cache has score groups), per task ``<task>_label`` and
-        ``<task>_prediction`` (the arg-max class; -1: no label)."""
+        ``<task>_prediction`` (the arg-max class; -1: no label); a multi-label task
+        ``<task>_labels`` (its true class ids) and ``<task>_top5`` (the five best-scored),
+        ``;``-joined."""
         return runs.predictions_table(self.uids, self.labels, self.scores, self._columns())
 
     def _columns(self) -> dict[str, np.ndarray]:
