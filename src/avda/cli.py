@@ -1178,7 +1178,8 @@ def sweep_command(
         typer.Option(
             min=0.001,
             help="Seconds to wait for the first Dask worker before giving up "
-            "(default: the spec's cluster.worker_timeout, 300).",
+            "(default: the spec's cluster.worker_timeout, 300); SLURM/PBS: counted from when "
+            "the queue last showed the jobs pending (cluster.queue_timeout bounds that wait).",
         ),
     ] = None,
     job_script: Annotated[
