@@ -121,7 +121,9 @@ def test_a_flow_folder_numbered_the_old_way_is_not_resumed(media, tmp_path, monk
         (out / video_id / "flow.json").write_text(json.dumps(info))
     again = flow.compute_flow(manifest, **run)
     assert [video for video, _ in again.failures] == ["test"]
-    assert "first_frame_repeats: folder has 0, this run asks for 1" in again.failures[0][1]
+    said = again.failures[0][1]  # not a bare 'has 0': its flow.json has no such key
+    assert "first_frame_repeats: folder has 0 (no key: made before 2026-12-07" in said
+    assert "ahead of avda's RGB on this video by the repeats), this run asks for 1" in said
     forced = flow.compute_flow(manifest, **run, force=True)
     assert (
         forced.ok

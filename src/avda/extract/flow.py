@@ -76,6 +76,11 @@ COMPARED_KEYS = (
 # What a flow.json written before a key existed meant by it: avda flow numbered a video's
 # decoded frames until 2026-12-07 (no repeats), whatever the video's first timestamp.
 ABSENT_MEANS = {"first_frame_repeats": 0}
+# what a folder's flow.json without the key was: said where it differs from this run
+ABSENT_SAYS = {
+    "first_frame_repeats": " (no key: made before 2026-12-07, numbering decoded frames, so its "
+    "flow runs ahead of avda's RGB on this video by the repeats)"
+}
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -331,9 +336,12 @@ def _claim_folder(folder: Path, out: Path, metadata: dict[str, Any], force: bool
         found = json.loads(path.read_text())
         if metadata.get("fps") is None and found.get("fps"):  # this run knows no rate
             metadata = {**metadata, "fps": found["fps"]}
+        absent = {k for k in ABSENT_MEANS if k not in found}
         found = {**ABSENT_MEANS, **found}
         diffs = [
-            f"{k}: folder has {found.get(k)!r}, this run asks for {metadata.get(k)!r}"
+            f"{k}: folder has {found.get(k)!r}"
+            + (ABSENT_SAYS.get(k, " (not recorded)") if k in absent else "")
+            + f", this run asks for {metadata.get(k)!r}"
             for k in COMPARED_KEYS
             if found.get(k) != metadata.get(k)
         ]
