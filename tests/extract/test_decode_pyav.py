@@ -478,6 +478,13 @@ def test_a_store_read_with_the_earlier_frame_timing_is_not_resumed_into_a_mix(
     with caplog.at_level("WARNING"):
         assert runner.extract(manifest, options, out=out).done == 2  # done: nothing to mix
     assert "read from videos by an avda that read a segment" in caplog.text
+    store.status_array("rgb")[1] = int(Status.FAILED)  # left failed: a rerun adds nothing
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        assert runner.extract(manifest, options, out=out).done == 1
+    assert "read from videos by an avda that read a segment" in caplog.text
+    with pytest.raises(CacheError, match="resuming would mix the two: --force to recompute rgb"):
+        runner.extract(manifest, options.replace(retry_failed=True), out=out)
     store.status_array("rgb")[1] = int(Status.PENDING)
     with pytest.raises(CacheError, match="resuming would mix the two: --force to recompute rgb"):
         runner.extract(manifest, options, out=out)

@@ -202,6 +202,10 @@ def test_a_store_read_before_the_check_is_not_resumed_into_a_mix(
         assert runner.extract(manifest, options, out=out).done == 4  # done: nothing to mix
     assert "1 video(s) whose frames" in caplog.text and f"({misplaced}: " in caplog.text
     assert open_cache(out).modality_info("rgb").get("video_timestamps") is None
+    store.status_array("rgb")[3] = int(Status.FAILED)  # left failed: a rerun adds nothing
+    assert runner.extract(manifest, options, out=out).done == 3
+    with pytest.raises(CacheError, match="--force to recompute rgb"):
+        runner.extract(manifest, options.replace(retry_failed=True), out=out)
     store.status_array("rgb")[3] = int(Status.PENDING)  # a fine.mp4 row left to do
     with pytest.raises(CacheError, match="--force to recompute rgb") as info:
         runner.extract(manifest, options, out=out)

@@ -126,8 +126,9 @@ def extract_distributed(
         for spec, model in zip(modalities, built, strict=True):
             # Every array and provenance entry exists before any task starts.
             runner.prepare_modality(
-                store, spec, recipe, inputs, force=options.force, model=model, segments=segments
-            )
+                store, spec, recipe, inputs, force=options.force, model=model, segments=segments,
+                retry_failed=options.retry_failed,
+            )  # fmt: skip
         work = options.retry_failed or _any_pending(store, modalities)
     del built
     if not work:  # a complete store: no cluster to start (nor a script to re-run in it)

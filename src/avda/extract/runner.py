@@ -350,18 +350,30 @@ def _reads_frame_numbers_from_video(spec: ModalitySpec, recipe: Recipe, inputs: 
     )
 
 
-def _check_frame_times(store: FeatureCache, modality: str, force: bool) -> bool:
+def _left_to_compute(store: FeatureCache, modality: str, retry_failed: bool) -> bool:
+    """Whether extracting ``modality`` again would compute any row: a pending one, or a failed
+    one with ``--retry-failed`` (failed and missing-input rows are otherwise left as they are)."""
+    status = store.status(modality)
+    todo = status == Status.PENDING
+    if retry_failed:
+        todo |= status == Status.FAILED
+    return bool(todo.any())
+
+
+def _check_frame_times(
+    store: FeatureCache, modality: str, force: bool, retry_failed: bool = False
+) -> bool:
     """False (recompute it) when ``modality``'s features were read from videos with the frame
     timing before 2026-12-06 and ``force``; without it, refuse to add to them (a resumed store
-    would mix the two timings) and warn where they are all done; record the timing where
-    nothing is done yet."""
+    would mix the two timings) and warn where nothing is left to compute; record the timing
+    where nothing is done yet."""
     if store.modality_info(modality).get("frame_times") == FRAME_TIMES:
         return True
     done = store.status(modality) == Status.DONE
     if not done.any():
         store.update_modality_info(modality, frame_times=FRAME_TIMES)
         return True
-    if done.all() and not force:  # nothing to add to them: say so, refuse nothing
+    if not _left_to_compute(store, modality, retry_failed) and not force:
         log.warning(
             "store %s: its %s features were read from videos by an avda that read a segment "
             "starting late in its first frame one frame late (docs/extraction.md); --force "
@@ -499,6 +511,7 @@ def _check_video_timestamps(
     videos: str | Path | None,
     force: bool,
     segments: pd.DataFrame | None,
+    retry_failed: bool = False,
 ) -> bool:
     """False (recompute it) when ``modality`` was read from videos before 2026-12-07, some of
     whose done segments come from a video decord misplaced (a stream without a start time, or
@@ -537,7 +550,7 @@ def _check_video_timestamps(
         f"frames an avda before 2026-12-07 may have read with decord at wrong times ({named}: "
         "no stream start time, or a first frame off PyAV's; docs/extraction.md)"
     )
-    if done.all() and not force:  # nothing to add to them: say so, refuse nothing
+    if not _left_to_compute(store, modality, retry_failed) and not force:  # say so, no refusal
         log.warning("%s; --force recomputes them", what)
         return True
     if not force:
@@ -577,10 +590,13 @@ def prepare_modality(
     force: bool,
     model: backbones.Backbone | None = None,
     segments: pd.DataFrame | None = None,
+    retry_failed: bool = False,
 ) -> backbones.Backbone:
     """Build the model (unless given) and make sure ``store`` has matching arrays for
     ``spec.modality``. ``segments``: the normalised manifest the store was built from (its
-    video paths: a store made before 2026-12-07 is checked for misplaced video frames)."""
+    video paths: a store made before 2026-12-07 is checked for misplaced video frames);
+    ``retry_failed``: whether this run recomputes failed rows (a store made with an older frame
+    timing is refused only when the run would add rows to it)."""
     model = model if model is not None else _build_model(spec, recipe)
     entry = _modality_entry(spec, model, inputs)
     if _reads_frame_numbers_from_video(spec, recipe, inputs):
@@ -590,9 +606,11 @@ def prepare_modality(
     num_clips = recipe.num_audio_windows if spec.modality == "audio" else recipe.num_clips
     exists = _check_modality(store, spec, entry, force)
     if exists and "frame_times" in entry:
-        exists = _check_frame_times(store, spec.modality, force)
+        exists = _check_frame_times(store, spec.modality, force, retry_failed)
     if exists and "video_timestamps" in entry:
-        exists = _check_video_timestamps(store, spec.modality, inputs.videos, force, segments)
+        exists = _check_video_timestamps(
+            store, spec.modality, inputs.videos, force, segments, retry_failed
+        )
     if not exists:
         spatial_shape = None
         if _wants_spatial(recipe, spec):
@@ -672,8 +690,15 @@ def extract(
             for spec, model in zip(modalities, built, strict=True):
                 models.append(
                     prepare_modality(
-                        store, spec, recipe, inputs, force=force, model=model, segments=segments
-                    )
+                        store,
+                        spec,
+                        recipe,
+                        inputs,
+                        force=force,
+                        model=model,
+                        segments=segments,
+                        retry_failed=options.retry_failed,
+                    )  # fmt: skip
                 )
                 if not prepare_only:
                     check_precision(store, spec.modality, resolved, device=device, force=force,
