@@ -121,9 +121,9 @@ def _decode_mono(
 
     Sample 0 is at the start of the video stream when the file has one (the origin of the
     frame timestamps that place the video clips, decord's and PyAV's alike; a first frame may
-    come later: test.avi's is at 0.04 s), so
-    a track that starts later than the video begins with silence and one that starts earlier
-    loses what precedes the first frame: the audio stays where it plays beside the video.
+    come later: test.avi's is at 0.04 s), so a track that starts later than the video stream
+    begins with silence and one that starts earlier loses what precedes the stream's start:
+    the audio stays where it plays beside the video.
     An audio file's sample 0 is its first decoded sample."""
     import av
 
