@@ -131,6 +131,54 @@ def test_a_flow_folder_numbered_the_old_way_is_not_resumed(media, tmp_path, monk
     )
 
 
+def test_extract_refuses_an_old_flow_folder_of_a_video_starting_late(media, tmp_path, monkeypatch):
+    """``avda extract --flow`` of a folder an earlier ``avda flow`` wrote (flow.json without
+    first_frame_repeats) from a video whose first frame starts late: its flow is a frame ahead
+    of the RGB, so its segments fail naming the fix, where the video is at hand (--videos);
+    the folder of a video starting at 0, numbered the same either way, and folders written
+    now are read."""
+    import pandas as pd
+    from tests.extract.conftest import tiny
+
+    from avda.cache import Status, open_cache
+    from avda.extract import runner
+
+    monkeypatch.setattr(flow, "_estimator", _zero_flow)
+    manifest = pd.DataFrame(
+        {
+            "uid": ["a", "b"],
+            "video_id": ["test", "demo"],
+            "domain": ["d", "d"],
+            "split": ["train", "train"],
+            "video_path": ["test.avi", "demo.mp4"],
+            "start_sec": [0.2, 0.2],
+            "stop_sec": [1.0, 1.0],
+        }
+    )
+    out = tmp_path / "flow"
+    made = flow.compute_flow(
+        manifest, out=out, videos=media / "video", options=flow.FlowOptions(shorter_side=32),
+        progress=False,
+    )  # fmt: skip
+    assert made.ok, made.failures
+    extract = dict(
+        flow=out, videos=media / "video", recipe=tiny("demo", resize_shorter=32, crop_size=32),
+        modalities=[runner.ModalitySpec("flow", "i3d")], workers=0, progress=False,
+    )  # fmt: skip
+    runner.extract(manifest, out=tmp_path / "now.zarr", **extract)
+    assert open_cache(tmp_path / "now.zarr").status("flow").tolist() == [Status.DONE] * 2
+    for video_id in ("test", "demo"):  # as an avda before 2026-12-07 wrote them
+        info = json.loads((out / video_id / "flow.json").read_text())
+        del info["first_frame_repeats"]
+        (out / video_id / "flow.json").write_text(json.dumps(info))
+    runner.extract(manifest, out=tmp_path / "old.zarr", **extract)
+    store = open_cache(tmp_path / "old.zarr")
+    assert store.status("flow").tolist() == [Status.FAILED, Status.DONE]
+    error = store.errors("flow")[0]
+    assert "numbered the decoded frames of test.avi" in error
+    assert "1 frame(s) ahead of the RGB; recompute it (avda flow --force)" in error
+
+
 def _cut_without_reencoding(source: Path, out: Path, frames: int) -> None:
     """``source``'s video packets with every pts ``frames`` frames earlier: an MP4 whose first
     frames lie before its stream's start (the edit list of a file cut with ``-c copy``)."""

@@ -246,6 +246,11 @@ def first_frame_repeats(first_time: float, fps: float, num_frames: int) -> int:
     return math.ceil(first_time * fps + 0.5 - 1e-6) - 1
 
 
+def video_first_frame_repeats(decoder: VideoDecoder) -> int:
+    """:func:`first_frame_repeats` of an open video: how ``avda flow --videos`` numbers it."""
+    return first_frame_repeats(float(decoder.timestamps[0]), decoder.fps, decoder.num_frames)
+
+
 class _VideoSource:
     """Frames of a video file, resized in the decoder to even sides (as furnari-flow).
 
@@ -261,9 +266,7 @@ class _VideoSource:
         size = _even(*resized_size(info.width, info.height, shorter_side))
         self.decoder = VideoDecoder(path, size=size)
         self.fps = self.decoder.fps
-        self.repeats = first_frame_repeats(
-            float(self.decoder.timestamps[0]), self.fps, self.decoder.num_frames
-        )
+        self.repeats = video_first_frame_repeats(self.decoder)
         self.count = self.decoder.num_frames + self.repeats
         if self.decoder.timestamps[0] * self.fps > self.decoder.num_frames:
             log.warning(

@@ -61,6 +61,9 @@ class FlowConvention:
     source: str = "default"
     fps: float | None = None  # the rate of the video it was computed from (flow.json)
     frames: int | None = None  # the video's flow frames, held or not (flow.json since 2026-12)
+    # frame numbers before the video's first frame that show it (flow.json since 2026-12-07;
+    # None: a folder of an earlier avda flow, which numbered decoded frames, or not avda's)
+    first_frame_repeats: int | None = None
 
     @property
     def ratio(self) -> float:
@@ -88,6 +91,7 @@ def flow_convention(folder: Path, video_id: str, stride: int | None = None) -> F
         try:
             info = json.loads(metadata.read_text())
             fps, frames = info.get("fps"), info.get("frames")
+            repeats = info.get("first_frame_repeats")
             return FlowConvention(
                 stride=int(info["stride"]),
                 bound=float(info["bound"]),
@@ -95,6 +99,7 @@ def flow_convention(folder: Path, video_id: str, stride: int | None = None) -> F
                 source=FLOW_METADATA,
                 fps=float(fps) if fps else None,
                 frames=int(frames) if frames else None,
+                first_frame_repeats=None if repeats is None else int(repeats),
             )
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise MediaError(

@@ -272,6 +272,38 @@ class SegmentDataset(Dataset):
         frames = reader.read(numbers.reshape(-1), shorter_side=self.recipe.resize_shorter)
         return torch.from_numpy(np.ascontiguousarray(self._crop(frames, numbers.shape[0])))
 
+    def _check_flow_numbering(
+        self, segment: pd.Series, folder: Path, convention: frames_lib.FlowConvention
+    ) -> None:
+        """Refuse a flow folder an ``avda flow`` before 2026-12-07 computed from a video whose
+        first frame is not at its stream's start (``flow.json`` without
+        ``first_frame_repeats``): it numbered decoded frames, so its flow is off the RGB by
+        that many frames. Checked where the video is at hand (``--videos``), once per video."""
+        if (
+            convention.source != frames_lib.FLOW_METADATA
+            or convention.first_frame_repeats is not None
+            or self.inputs.videos is None
+        ):
+            return
+        path = self._video_path(segment)
+        if not path.exists():
+            return
+        from avda.extract.flow import video_first_frame_repeats
+
+        repeats = self._reader(
+            "flow-numbering",
+            path,
+            lambda: video_first_frame_repeats(VideoDecoder(path)),
+        )
+        if repeats:
+            raise MediaError(
+                f"{folder / frames_lib.FLOW_METADATA} was written by an avda flow before "
+                f"2026-12-07, which numbered the decoded frames of {path.name}, whose first "
+                f"frame is not at its stream's start: its flow is {abs(repeats)} frame(s) "
+                f"{'ahead of' if repeats > 0 else 'behind'} the RGB; recompute it (avda flow "
+                "--force) and extract again (docs/extraction.md)"
+            )
+
     def _flow(self, segment: pd.Series) -> torch.Tensor:
         video_id = str(segment["video_id"])
         folder = frames_lib.locate(
@@ -283,6 +315,7 @@ class SegmentDataset(Dataset):
             return frames_lib.FlowFrames(folder, convention, self.inputs.jpeg_dct)
 
         reader = self._reader("flow", folder, make)
+        self._check_flow_numbering(segment, folder, reader.convention)
         # the rate of the video it came from: the video's header, else what `avda flow` recorded
         fallback = self._frames_fps(segment) or reader.convention.fps
         frames_of = self._segment_frames(segment, fallback)
