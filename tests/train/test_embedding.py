@@ -36,3 +36,33 @@ def test_an_adapting_heads_target_set_is_the_runs_unlabelled_target_rows(tmp_pat
     every = data_lib.select_rows(store, ["target"], ["train"], setup.modalities)
     assert 0 < len(unlabelled) < len(every)
     np.testing.assert_array_equal(loaded["target_train"], unlabelled)
+
+
+def test_unlabelled_only_rows_are_not_drawn_as_source_points(tmp_path, monkeypatch):
+    """A source domain's rows marked ``unlabelled_only`` (CharadesEgo's whole-video rows,
+    first-person as source) are never source rows in training, nor source points here."""
+    import zarr
+
+    cache, run = tmp_path / "c.zarr", tmp_path / "run"
+    make_feature_cache(cache, shift=0.5, per_class=6)
+    store = open_cache(cache)
+    marks = np.where(
+        (store.segments["domain"] == "source").to_numpy()
+        & (np.arange(store.num_segments) % 2 == 0),
+        "yes",
+        "",
+    )
+    group = zarr.open_group(str(cache / "segments"), mode="r+")
+    group.create_array("unlabelled_only", shape=marks.shape, dtype=str)[:] = marks
+    train_run(cache, run, "adabn", epochs=1)
+    loaded: dict[str, np.ndarray] = {}
+    load = RunSetup.load
+
+    def spy(self, name, rows, *args, **kwargs):
+        loaded[name] = np.asarray(rows).copy()
+        return load(self, name, rows, *args, **kwargs)
+
+    monkeypatch.setattr(RunSetup, "load", spy)
+    head_embedding(run, max_points=400)
+    marked = np.flatnonzero(marks == "yes")
+    assert len(loaded["source_embedding"]) and not np.isin(loaded["source_embedding"], marked).any()

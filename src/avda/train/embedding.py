@@ -15,7 +15,7 @@ import torch
 from avda import runs
 from avda.errors import RunError
 from avda.train import data as data_lib
-from avda.train.setup import RunSetup, training_rows
+from avda.train.setup import RunSetup, training_rows, unlabelled_only
 from avda.train.stages import TrainingContext
 
 
@@ -59,6 +59,8 @@ def head_embedding(run: Path, max_points: int = 500, seed: int = 0) -> HeadEmbed
         side: data_lib.select_rows(store, config[side], splits, modalities)
         for side in ("source", "target")
     }
+    # unlabelled-only rows (CharadesEgo's whole-video rows) are never source rows in training
+    data_rows["source"] = data_rows["source"][~unlabelled_only(store, data_rows["source"])]
     rng = np.random.default_rng(seed)
     sides = {
         side: setup.load(f"{side}_embedding", _sample(rows, max_points // 2, rng), statistics)
