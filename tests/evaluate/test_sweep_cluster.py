@@ -617,17 +617,22 @@ def test_a_restart_leaves_jobs_waiting_in_the_queue_there(
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("kind", ["slurm", "pbs"])
 def test_a_job_killed_mid_run_that_left_the_queue_is_submitted_again_at_once(
-    tmp_path, cache, monkeypatch, caplog
+    tmp_path, cache, monkeypatch, caplog, kind
 ):
-    """SLURM through shims: of 2 jobs, one starts and the other waits in the queue (past the
-    test); the running job is killed mid-run. ``squeue`` no longer shows it: it is submitted
-    again at once (one of the 2 restarts), not after worker_timeout (120 s; before, the sweep
-    waited for it), and the runs finish on the new job, each epoch trained once."""
+    """SLURM (PBS) through shims that run real local jobs: of 2 jobs, one starts and the other
+    waits in the queue (PBS: ``qstat`` Q, with a comment; the ``qstat`` route was tested only by
+    parsing before); the running job is killed mid-run. ``squeue`` no longer shows it
+    (``qstat``: ``Unknown Job Id``): it is submitted again at once (one of the 2 restarts), not
+    after worker_timeout (120 s; before, the sweep waited for it), the runs finish on the new
+    job, each epoch trained once, and the queued job is cancelled (``scancel`` / ``qdel``) only
+    when the sweep ends."""
     import logging
 
-    queue = _queue_shims(tmp_path, monkeypatch, f"0 {NEVER} 0")
-    spec, out = _two_job_spec(cache, tmp_path, worker_timeout=120), tmp_path / "runs"
+    pbs = kind == "pbs"
+    queue = _queue_shims(tmp_path, monkeypatch, f"0 {NEVER} 0", pending=pbs, kind=kind)
+    spec, out = _two_job_spec(cache, tmp_path, 120, kind), tmp_path / "runs"
     caplog.set_level(logging.WARNING, logger="avda.sweep.run")
     began = time.monotonic()
     with _first_job_preempted(queue, out) as killed:
@@ -638,12 +643,14 @@ def test_a_job_killed_mid_run_that_left_the_queue_is_submitted_again_at_once(
     events = (queue / "events").read_text().splitlines()
     assert [e.split()[1] for e in events if e.startswith("submit")] == ["job0", "job1", "job2"]
     waiting = (queue / "job1.pid").read_text().strip()
-    assert events.index(f"scancel {waiting}") > events.index("start job2"), events
+    cancel = "qdel" if pbs else "scancel"
+    assert events.index(f"{cancel} {waiting}") > events.index("start job2"), events
     said = [r.message for r in caplog.records if "submitted 1 job(s) again" in r.message]
     assert len(said) == 1, caplog.text
-    assert said[0].startswith("no Dask worker left in the SLURM cluster and its jobs left the "
-                              "queue: submitted 1 job(s) again"), said  # fmt: skip
-    assert "1 job(s) still waiting in the queue, left there (1 of 2)" in said[0], said
+    assert said[0].startswith(f"no Dask worker left in the {kind.upper()} cluster and its jobs "
+                              "left the queue: submitted 1 job(s) again"), said  # fmt: skip
+    if not pbs:
+        assert "1 job(s) still waiting in the queue, left there (1 of 2)" in said[0], said
 
 
 @pytest.mark.slow
@@ -679,37 +686,6 @@ def test_jobs_that_left_the_queue_with_no_restart_left_fail_the_sweep_at_once(
         f"log {tmp_path / 'logs'}/avda-sweep-{job}.err; its log "
     ), message
     assert message.endswith("run the same command again to train the others"), message
-
-
-@pytest.mark.slow
-def test_a_pbs_sweep_through_qsub_qstat_qdel_runs_and_resubmits_a_killed_job_at_once(
-    tmp_path, cache, monkeypatch, caplog
-):
-    """PBS end to end through ``qsub`` / ``qstat`` / ``qdel`` shims that run real local jobs
-    (the ``qstat`` route was tested only by parsing): of 2 jobs, one starts and the other waits
-    in the queue (``qstat``: Q, with a comment); the running job is killed mid-run, ``qstat``
-    no longer knows it (``Unknown Job Id``): it is submitted again at once, not after
-    worker_timeout (120 s), the runs finish on the new job, each epoch trained once, and the
-    queued job is deleted (``qdel``) only when the sweep ends."""
-    import logging
-
-    queue = _queue_shims(tmp_path, monkeypatch, f"0 {NEVER} 0", pending=True, kind="pbs")
-    spec, out = _two_job_spec(cache, tmp_path, 120, "pbs"), tmp_path / "runs"
-    caplog.set_level(logging.WARNING, logger="avda.sweep.run")
-    began = time.monotonic()
-    with _first_job_preempted(queue, out) as killed:
-        summary = sweep.run_sweep(spec, out=out, progress=False)
-    assert time.monotonic() - began < 90, "the restart waited for worker_timeout"
-    assert killed, "the first job never trained a run"
-    _assert_every_epoch_once(summary, out, killed[0])
-    events = (queue / "events").read_text().splitlines()
-    assert [e.split()[1] for e in events if e.startswith("submit")] == ["job0", "job1", "job2"]
-    waiting = (queue / "job1.pid").read_text().strip()
-    assert events.index(f"qdel {waiting}") > events.index("start job2"), events
-    said = [r.message for r in caplog.records if "submitted 1 job(s) again" in r.message]
-    assert len(said) == 1, caplog.text
-    assert said[0].startswith("no Dask worker left in the PBS cluster and its jobs left the "
-                              "queue: submitted 1 job(s) again"), said  # fmt: skip
 
 
 def _job_ids(events: list[str]) -> dict[str, str]:
