@@ -90,23 +90,29 @@ def _zero_flow(options, device):
     return lambda first, second: np.zeros((*first.shape[:3], 2), np.float32)
 
 
+def _test_and_demo(**columns):
+    """A segment of test.avi (first frame at 0.04 s) and one of demo.mp4 (at 0), to 1 s."""
+    import pandas as pd
+
+    return pd.DataFrame(
+        {
+            "uid": ["a", "b"],
+            "video_id": ["test", "demo"],
+            "video_path": ["test.avi", "demo.mp4"],
+            "stop_sec": [1.0, 1.0],
+            **columns,
+        }
+    )
+
+
 def test_a_flow_folder_numbered_the_old_way_is_not_resumed(media, tmp_path, monkeypatch):
     """Flow folders that ``avda flow --videos`` wrote before first_frame_repeats existed
     numbered decoded frames: resuming one of a video whose first frame starts late would mix
     the two numberings, and is refused (``--force`` recomputes it); one of a video starting at
     0 is numbered the same either way and resumes."""
-    import pandas as pd
 
     monkeypatch.setattr(flow, "_estimator", _zero_flow)
-    manifest = pd.DataFrame(
-        {
-            "uid": ["a", "b"],
-            "video_id": ["test", "demo"],
-            "video_path": ["test.avi", "demo.mp4"],
-            "start_sec": [0.0, 0.0],
-            "stop_sec": [1.0, 1.0],
-        }
-    )
+    manifest = _test_and_demo(start_sec=[0.0, 0.0])
     out = tmp_path / "flow"
     options = flow.FlowOptions(shorter_side=32)
     run = dict(out=out, videos=media / "video", options=options, segments_only=True,
@@ -137,24 +143,13 @@ def test_extract_refuses_an_old_flow_folder_of_a_video_starting_late(media, tmp_
     of the RGB, so its segments fail naming the fix, where the video is at hand (--videos);
     the folder of a video starting at 0, numbered the same either way, and folders written
     now are read."""
-    import pandas as pd
     from tests.extract.conftest import tiny
 
     from avda.cache import Status, open_cache
     from avda.extract import runner
 
     monkeypatch.setattr(flow, "_estimator", _zero_flow)
-    manifest = pd.DataFrame(
-        {
-            "uid": ["a", "b"],
-            "video_id": ["test", "demo"],
-            "domain": ["d", "d"],
-            "split": ["train", "train"],
-            "video_path": ["test.avi", "demo.mp4"],
-            "start_sec": [0.2, 0.2],
-            "stop_sec": [1.0, 1.0],
-        }
-    )
+    manifest = _test_and_demo(start_sec=[0.2, 0.2], domain=["d", "d"], split=["train", "train"])
     out = tmp_path / "flow"
     made = flow.compute_flow(
         manifest, out=out, videos=media / "video", options=flow.FlowOptions(shorter_side=32),

@@ -13,13 +13,8 @@ from avda.train.embedding import head_embedding
 from avda.train.setup import RunSetup, training_rows
 
 
-def test_an_adapting_heads_target_set_is_the_runs_unlabelled_target_rows(tmp_path, monkeypatch):
-    """AdaBN normalises with the target's training rows: those the run trained with
-    (``training_rows``), here without the labelled half of the target moved into the
-    labelled set, not every target training row."""
-    cache, run = tmp_path / "c.zarr", tmp_path / "run"
-    make_feature_cache(cache, shift=0.5, per_class=6)
-    train_run(cache, run, "adabn", epochs=1, labelled_target=0.5)
+def _rows_loaded(monkeypatch) -> dict[str, np.ndarray]:
+    """The rows of each set ``RunSetup.load`` is asked for, by set name, from now on."""
     loaded: dict[str, np.ndarray] = {}
     load = RunSetup.load
 
@@ -28,6 +23,17 @@ def test_an_adapting_heads_target_set_is_the_runs_unlabelled_target_rows(tmp_pat
         return load(self, name, rows, *args, **kwargs)
 
     monkeypatch.setattr(RunSetup, "load", spy)
+    return loaded
+
+
+def test_an_adapting_heads_target_set_is_the_runs_unlabelled_target_rows(tmp_path, monkeypatch):
+    """AdaBN normalises with the target's training rows: those the run trained with
+    (``training_rows``), here without the labelled half of the target moved into the
+    labelled set, not every target training row."""
+    cache, run = tmp_path / "c.zarr", tmp_path / "run"
+    make_feature_cache(cache, shift=0.5, per_class=6)
+    train_run(cache, run, "adabn", epochs=1, labelled_target=0.5)
+    loaded = _rows_loaded(monkeypatch)
     embedding = head_embedding(run, max_points=40)
     assert np.isfinite(embedding.after).all()
     setup = RunSetup.from_run(run)
@@ -55,14 +61,7 @@ def test_unlabelled_only_rows_are_not_drawn_as_source_points(tmp_path, monkeypat
     group = zarr.open_group(str(cache / "segments"), mode="r+")
     group.create_array("unlabelled_only", shape=marks.shape, dtype=str)[:] = marks
     train_run(cache, run, "adabn", epochs=1)
-    loaded: dict[str, np.ndarray] = {}
-    load = RunSetup.load
-
-    def spy(self, name, rows, *args, **kwargs):
-        loaded[name] = np.asarray(rows).copy()
-        return load(self, name, rows, *args, **kwargs)
-
-    monkeypatch.setattr(RunSetup, "load", spy)
+    loaded = _rows_loaded(monkeypatch)
     head_embedding(run, max_points=400)
     marked = np.flatnonzero(marks == "yes")
     assert len(loaded["source_embedding"]) and not np.isin(loaded["source_embedding"], marked).any()
