@@ -565,16 +565,17 @@ def write(frame: pd.DataFrame, path: str | Path) -> Path:
     if problems:
         raise ManifestError(format_problems(path, problems))
     path.parent.mkdir(parents=True, exist_ok=True)
+    # integer columns with empty cells (unlabelled target rows) as integers: 3, not 3.0
+    # (in CSV as in Parquet, whose float64 column pandas readers would get as floats)
+    integers = [c for c in (*CLASS_COLUMNS, "start_frame", "stop_frame") if c in frame]
+    shown = frame.copy()
+    for column in integers:
+        values = pd.to_numeric(shown[column], errors="coerce")
+        if values.notna().any() and (values.dropna() % 1 == 0).all():
+            shown[column] = values.astype("Int64")
     if path.suffix.lower() in (".parquet", ".pq"):
-        frame.to_parquet(path, index=False)
+        shown.to_parquet(path, index=False)
     else:
-        # integer columns with empty cells (unlabelled target rows) as integers: 3, not 3.0
-        integers = [c for c in (*CLASS_COLUMNS, "start_frame", "stop_frame") if c in frame]
-        shown = frame.copy()
-        for column in integers:
-            values = pd.to_numeric(shown[column], errors="coerce")
-            if values.notna().any() and (values.dropna() % 1 == 0).all():
-                shown[column] = values.astype("Int64")
         shown.to_csv(path, index=False)
     return path
 
