@@ -485,6 +485,14 @@ def test_a_store_read_with_the_earlier_frame_timing_is_not_resumed_into_a_mix(
     assert "read from videos by an avda that read a segment" in caplog.text
     with pytest.raises(CacheError, match="resuming would mix the two: --force to recompute rgb"):
         runner.extract(manifest, options.replace(retry_failed=True), out=out)
+    # a done row holding NaN: --retry-failed marks it failed and recomputes it, so it is refused
+    # too (it recomputed the row with the corrected timing, into a mix)
+    store.status_array("rgb")[1] = int(Status.DONE)
+    row = store.features("rgb")[1]
+    store.features("rgb")[1] = np.full(row.shape, np.nan, dtype=row.dtype)
+    with pytest.raises(CacheError, match="resuming would mix the two: --force to recompute rgb"):
+        runner.extract(manifest, options.replace(retry_failed=True), out=out)
+    assert open_cache(out).status("rgb").tolist() == [Status.DONE] * 2  # nothing marked
     store.status_array("rgb")[1] = int(Status.PENDING)
     with pytest.raises(CacheError, match="resuming would mix the two: --force to recompute rgb"):
         runner.extract(manifest, options, out=out)

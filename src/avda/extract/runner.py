@@ -351,13 +351,18 @@ def _reads_frame_numbers_from_video(spec: ModalitySpec, recipe: Recipe, inputs: 
 
 
 def _left_to_compute(store: FeatureCache, modality: str, retry_failed: bool) -> bool:
-    """Whether extracting ``modality`` again would compute any row: a pending one, or a failed
-    one with ``--retry-failed`` (failed and missing-input rows are otherwise left as they are)."""
+    """Whether extracting ``modality`` again would compute any row: a pending one, or with
+    ``--retry-failed`` a failed one or a done one holding NaN/inf (which it marks failed and
+    recomputes); failed and missing-input rows are otherwise left as they are."""
     status = store.status(modality)
     todo = status == Status.PENDING
     if retry_failed:
         todo |= status == Status.FAILED
-    return bool(todo.any())
+    if todo.any() or not retry_failed:
+        return bool(todo.any())
+    if len(store.nonfinite_rows(modality)):
+        return True
+    return store.has_spatial(modality) and bool(len(store.nonfinite_rows(modality, spatial=True)))
 
 
 def _check_frame_times(
