@@ -129,7 +129,7 @@ def test_a_flow_folder_numbered_the_old_way_is_not_resumed(media, tmp_path, monk
     assert [video for video, _ in again.failures] == ["test"]
     said = again.failures[0][1]  # not a bare 'has 0': its flow.json has no such key
     assert "first_frame_repeats: folder has 0 (no key: made before 2026-12-07" in said
-    assert "ahead of avda's RGB on this video by the repeats), this run asks for 1" in said
+    assert "ahead of avda's RGB on this video by 1 frame(s)), this run asks for 1" in said
     forced = flow.compute_flow(manifest, **run, force=True)
     assert (
         forced.ok
@@ -215,4 +215,16 @@ def test_flow_skips_frames_shown_before_the_stream_start(media, tmp_path, monkey
     assert source.read(numbers).tolist() == read
     assert source.count == source.decoder.num_frames - 2
     assert flow.first_frame_repeats(-2 / 28, 28.0, 280) == -2
+    # a folder an earlier avda flow wrote of it (no first_frame_repeats) is refused: its flow
+    # numbered those two frames, so it runs two frames behind (not ahead of) the RGB
+    monkeypatch.setattr(flow, "_estimator", _zero_flow)
+    manifest = _test_and_demo(start_sec=[0.0, 0.0]).iloc[1:].assign(video_path="cut.mp4")
+    run = dict(out=tmp_path / "flow", videos=tmp_path, options=flow.FlowOptions(shorter_side=32),
+               segments_only=True, margin=0.0, progress=False)  # fmt: skip
+    assert flow.compute_flow(manifest, **run).ok
+    info = json.loads((tmp_path / "flow" / "demo" / "flow.json").read_text())
+    assert info.pop("first_frame_repeats") == -2
+    (tmp_path / "flow" / "demo" / "flow.json").write_text(json.dumps(info))
+    ((_, said),) = flow.compute_flow(manifest, **run).failures
+    assert "behind avda's RGB on this video by 2 frame(s)), this run asks for -2" in said
     assert flow.first_frame_repeats(-0.25 / 25, 25.0, 100) == 0  # still shown at frame 1's middle

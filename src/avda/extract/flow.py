@@ -76,11 +76,22 @@ COMPARED_KEYS = (
 # What a flow.json written before a key existed meant by it: avda flow numbered a video's
 # decoded frames until 2026-12-07 (no repeats), whatever the video's first timestamp.
 ABSENT_MEANS = {"first_frame_repeats": 0}
-# what a folder's flow.json without the key was: said where it differs from this run
-ABSENT_SAYS = {
-    "first_frame_repeats": " (no key: made before 2026-12-07, numbering decoded frames, so its "
-    "flow runs ahead of avda's RGB on this video by the repeats)"
-}
+
+
+def _repeats_absent(asked: int) -> str:
+    """A flow.json without first_frame_repeats, of a video this run numbers with ``asked``
+    repeats (not 0): ahead of the RGB where the first frame starts late, behind where frames
+    come before the stream's start."""
+    way = "ahead of" if asked > 0 else "behind"
+    return (
+        " (no key: made before 2026-12-07, numbering decoded frames, so its flow runs "
+        f"{way} avda's RGB on this video by {abs(asked)} frame(s))"
+    )
+
+
+# what a folder's flow.json without the key was, given what this run asks for: said where it
+# differs from this run
+ABSENT_SAYS = {"first_frame_repeats": _repeats_absent}
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -343,7 +354,11 @@ def _claim_folder(folder: Path, out: Path, metadata: dict[str, Any], force: bool
         found = {**ABSENT_MEANS, **found}
         diffs = [
             f"{k}: folder has {found.get(k)!r}"
-            + (ABSENT_SAYS.get(k, " (not recorded)") if k in absent else "")
+            + (
+                ABSENT_SAYS.get(k, lambda _: " (not recorded)")(metadata.get(k))
+                if k in absent
+                else ""
+            )
             + f", this run asks for {metadata.get(k)!r}"
             for k in COMPARED_KEYS
             if found.get(k) != metadata.get(k)
