@@ -166,12 +166,24 @@ def test_extract_refuses_an_old_flow_folder_of_a_video_starting_late(media, tmp_
         info = json.loads((out / video_id / "flow.json").read_text())
         del info["first_frame_repeats"]
         (out / video_id / "flow.json").write_text(json.dumps(info))
+    # of a folder ffmpeg's default extraction wrote (165 files of test.avi, as extract numbers
+    # them): its 164 flow frames are numbered as the RGB, and read
+    runner.extract(manifest, out=tmp_path / "frames.zarr", **extract)
+    assert open_cache(tmp_path / "frames.zarr").status("flow").tolist() == [Status.DONE] * 2
+    info = json.loads((out / "test" / "flow.json").read_text())
+    assert info["frames"] == 164
+    info["frames"] = 163  # from the video: its 164 decoded frames, numbered from 1
+    (out / "test" / "flow.json").write_text(json.dumps(info))
     runner.extract(manifest, out=tmp_path / "old.zarr", **extract)
     store = open_cache(tmp_path / "old.zarr")
     assert store.status("flow").tolist() == [Status.FAILED, Status.DONE]
     error = store.errors("flow")[0]
     assert "numbered the decoded frames of test.avi" in error
     assert "1 frame(s) ahead of the RGB; recompute it (avda flow --force)" in error
+    del info["frames"]  # older still: no count, so no telling: refused
+    (out / "test" / "flow.json").write_text(json.dumps(info))
+    runner.extract(manifest, out=tmp_path / "older.zarr", **extract)
+    assert open_cache(tmp_path / "older.zarr").status("flow").tolist()[0] == Status.FAILED
 
 
 def _cut_without_reencoding(source: Path, out: Path, frames: int) -> None:

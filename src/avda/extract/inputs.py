@@ -278,7 +278,10 @@ class SegmentDataset(Dataset):
         """Refuse a flow folder an ``avda flow`` before 2026-12-07 computed from a video whose
         first frame is not at its stream's start (``flow.json`` without
         ``first_frame_repeats``): it numbered decoded frames, so its flow is off the RGB by
-        that many frames. Checked where the video is at hand (``--videos``), once per video."""
+        that many frames. Checked where the video is at hand (``--videos``), once per video.
+        A folder whose recorded flow frames (``frames``) count the video's frames as avda
+        extract numbers them, and not its decoded frames, is read: ``avda flow --frames`` of a
+        folder ffmpeg's default extraction wrote (the repeats are files of their own there)."""
         if (
             convention.source != frames_lib.FLOW_METADATA
             or convention.first_frame_repeats is not None
@@ -288,13 +291,20 @@ class SegmentDataset(Dataset):
         path = self._video_path(segment)
         if not path.exists():
             return
-        from avda.extract.flow import video_first_frame_repeats
+        from avda.extract.flow import pair_frames, video_first_frame_repeats
 
-        repeats = self._reader(
-            "flow-numbering",
-            path,
-            lambda: video_first_frame_repeats(VideoDecoder(path)),
-        )
+        def numbering() -> tuple[int, int]:
+            decoder = VideoDecoder(path)
+            return video_first_frame_repeats(decoder), decoder.num_frames
+
+        repeats, decoded = self._reader("flow-numbering", path, numbering)
+        if repeats and convention.frames is not None:
+            old, now = (
+                len(pair_frames(count, convention.stride, convention.dilation))
+                for count in (decoded, decoded + repeats)
+            )
+            if convention.frames == now != old:  # numbered as avda extract reads the video
+                return
         if repeats:
             raise MediaError(
                 f"{folder / frames_lib.FLOW_METADATA} was written by an avda flow before "
