@@ -182,9 +182,9 @@ def test_extract_records_the_class_tables_of_a_built_manifest(tmp_path, media):
     ("modalities", "given", "expected"),
     [
         (["audio"], {"weights": "i3d.pt"}, "is the visual backbone's checkpoint, but no visual"),
-        (["rgb"], {"audio_weights": "vgg.pt"}, "but audio is not extracted (--modalities rgb)"),
+        (["rgb"], {"audio_weights": "vgg.pt"}, "but audio is not extracted (modalities rgb)"),
         # it ran the rgb extraction and ignored the audio backbone without a word
-        (["rgb"], {"audio_backbone": "vggish"}, "--audio-backbone vggish is given, but audio"),
+        (["rgb"], {"audio_backbone": "vggish"}, "audio_backbone vggish is given, but audio"),
         # the valid names were every backbone's, i3d and slowfast (no audio) included
         (
             ["audio"],
@@ -254,11 +254,11 @@ def test_evaluate_errors_name_the_keywords_not_the_cli_options(tmp_path):
 def test_evaluate_keywords_leave_a_hint_to_train_with_set_as_it_is():
     """``--set key=value`` in an error is `avda train`'s option (train again with it), not
     `avda evaluate`'s --set: it stays a command-line hint."""
-    from avda.api import _keywords
+    from avda.api import _EVALUATE_KEYWORDS, _keywords
 
     hint = "train with --set keep_last_predictions=5; lower lr (--set lr=...)"
-    assert _keywords(hint) == hint
-    assert _keywords("--set x has no labels: choose another --set") == (
+    assert _keywords(hint, _EVALUATE_KEYWORDS) == hint
+    assert _keywords("--set x has no labels: choose another --set", _EVALUATE_KEYWORDS) == (
         "eval_set='x' has no labels: choose another eval_set"
     )
 
@@ -288,3 +288,85 @@ def test_the_callable_packages_show_the_api_functions_signatures():
     for name in ("extract", "train", "evaluate"):
         assert inspect.signature(getattr(avda, name)) == inspect.signature(getattr(avda.api, name))
     assert "head_config" in inspect.signature(avda.train).parameters
+
+
+def _cli_error(capsys, *args: str) -> str:
+    """``avda ARGS``'s one-line error (exit 1)."""
+    from avda import cli
+
+    capsys.readouterr()
+    code = cli.main(list(args))
+    captured = capsys.readouterr()
+    assert code == 1, captured
+    return captured.err
+
+
+def test_train_errors_name_the_keywords_and_the_cli_its_options(tmp_path, capsys):
+    """A notebook's ``avda.train`` into a finished run of another configuration was told to
+    "use another -o"; it passed ``out=``."""
+    make_feature_cache(tmp_path / "c.zarr", per_class=4)
+    given = {"head": "source-only", "cache": tmp_path / "c.zarr", "source": "source",
+             "target": "target", "out": tmp_path / "run", "progress": False}  # fmt: skip
+    avda.train(epochs=1, **given)
+    with pytest.raises(avda.errors.RunError, match=r"another configuration .*; use another out$"):
+        avda.train(epochs=2, **given)
+    err = _cli_error(
+        capsys, "train", "--head", "source-only", "--cache", str(tmp_path / "c.zarr"),
+        "--source", "source", "--target", "target", "-o", str(tmp_path / "run"), "--epochs", "2",
+    )  # fmt: skip
+    assert err.rstrip().endswith("; use another -o")
+
+
+def test_predict_errors_name_the_keywords_and_the_cli_its_options(tmp_path, capsys):
+    """``avda.predict(splits="nope")`` said ``unknown --split 'nope'``."""
+    make_feature_cache(tmp_path / "c.zarr", per_class=4)
+    avda.train(
+        head="source-only", cache=tmp_path / "c.zarr", source="source", target="target",
+        out=tmp_path / "run", epochs=1, progress=False,
+    )  # fmt: skip
+    with pytest.raises(avda.errors.CacheError, match=r"^unknown splits='nope'; valid: ") as error:
+        avda.predict(tmp_path / "run", splits="nope", progress=False)
+    assert "--" not in str(error.value)
+    err = _cli_error(
+        capsys, "predict", str(tmp_path / "run"), "--split", "nope", "-o", str(tmp_path / "p.npz")
+    )
+    assert "unknown --split 'nope'; valid: " in err
+
+
+def test_extract_errors_name_the_keywords_and_the_cli_its_options(tmp_path, media, capsys):
+    """``avda.extract`` into a store of another manifest was told "Use another -o, or --force";
+    it takes ``out=`` and ``force=True``."""
+    import pandas as pd
+
+    manifest = tmp_path / "m.csv"
+    rows = {"uid": ["a"], "video_id": ["clip"], "domain": ["S"], "split": ["train"],
+            "start_sec": [1.0], "stop_sec": [3.0], "video_path": ["v_ZNVhz7ctTq0.mp4"]}  # fmt: skip
+    pd.DataFrame(rows).to_csv(manifest, index=False)
+    given = {"videos": media / "video", "modalities": ["audio"], "recipe": "demo"}
+    avda.extract(manifest, tmp_path / "c.zarr", progress=False, **given)
+    pd.DataFrame({**rows, "stop_sec": [4.0]}).to_csv(manifest, index=False)
+    with pytest.raises(avda.errors.CacheError) as error:
+        avda.extract(manifest, tmp_path / "c.zarr", progress=False, **given)
+    assert str(error.value).endswith(
+        "Use another out, or force=True to replace it with a new store"
+    )
+    assert "--" not in str(error.value)
+    err = _cli_error(
+        capsys, "extract", "--manifest", str(manifest), "-o", str(tmp_path / "c.zarr"),
+        "--videos", str(media / "video"), "--modalities", "audio", "--recipe", "demo", "-q",
+    )  # fmt: skip
+    assert err.rstrip().endswith("Use another -o, or --force to replace it with a new store")
+
+
+def test_the_keywords_of_train_and_extract_hints():
+    """``--set key=value`` is train's ``head_config``; a command to run stays as it is."""
+    from avda.api import _EXTRACT_KEYWORDS, _TRAIN_KEYWORDS, _keywords
+
+    assert _keywords(
+        "lower lr (--set lr=...) or --set modalities=[rgb,audio]", _TRAIN_KEYWORDS
+    ) == ("lower lr (head_config={'lr': ...}) or head_config={'modalities': ['rgb', 'audio']}")
+    hint = "extract with `avda extract --recipe cia`, or train again (avda train --config c -o r)"
+    assert _keywords(hint, _TRAIN_KEYWORDS) == hint
+    assert _keywords("(--force --prepare-only, without --shard)", _EXTRACT_KEYWORDS) == (
+        "(force=True prepare_only=True, without shard)"
+    )

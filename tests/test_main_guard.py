@@ -39,7 +39,7 @@ def test_a_local_scheduler_from_a_scripts_top_level_is_refused(tmp_path):
     result = _run(script)
     assert result.returncode == 1
     assert _last_line(result) == (
-        f"avda.errors.ConfigError: --scheduler local:2 starts worker processes that import "
+        f"avda.errors.ConfigError: scheduler local:2 starts worker processes that import "
         f"{script} again, and its top level (the call at line 3) would run again in each: put "
         'the script\'s calls under `if __name__ == "__main__":`'
     ), result.stderr

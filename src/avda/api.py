@@ -12,12 +12,14 @@
 
 ``avda.extract``, ``avda.train`` and ``avda.evaluate`` are these functions (the packages of the
 same names are callable); ``avda.open_cache`` is :func:`avda.cache.open_cache`. Errors are
-:class:`avda.errors.AvdaError` subclasses with the one-line message the CLI prints. See
+:class:`avda.errors.AvdaError` subclasses with the one-line message the CLI prints, its
+options named as these functions' keywords (``out``, not ``-o``). See
 ``docs/python_api.md``.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import numbers
 import re
@@ -49,6 +51,138 @@ def _names(value: str | Sequence[str] | None) -> list[str]:
     return [str(v) for v in value]
 
 
+# The command-line options that the code these functions share with the CLI names in its
+# errors, and this API's keywords for them (one table per function). ``"force": "force=True"``:
+# a flag is its keyword set to True; ``"o"`` is ``-o``. A ``--set key=value`` of a table with
+# ``"set="`` becomes ``head_config={'key': value}``; without it, it stays (`avda train`'s option,
+# a hint to train again). A command hint (``avda train --config RUN/config.yaml``, up to
+# ``;``, ``)`` or a backtick) stays as it is: it is a command to run.
+_EXTRACT_KEYWORDS = {
+    "o": "out",
+    "out": "out",
+    "force": "force=True",
+    "retry-failed": "retry_failed=True",
+    "prepare-only": "prepare_only=True",
+    "shard": "shard",
+    "shards": "shards",
+    "scheduler": "scheduler",
+    "precision": "precision",
+    "device": "device",
+    "manifest": "manifest",
+    "videos": "videos",
+    "frames": "frames",
+    "flow": "flow",
+    "audio": "audio",
+    "domain": "domain",
+    "split": "split",
+    "modalities": "modalities",
+    "backbone": "backbone",
+    "weights": "weights",
+    "audio-backbone": "audio_backbone",
+    "audio-weights": "audio_weights",
+    "recipe": "recipe",
+    "batch-size": "batch_size",
+    "jpeg-dct": "jpeg_dct",
+}
+_TRAIN_KEYWORDS = {
+    "o": "out",
+    "out": "out",
+    "head": "head",
+    "cache": "cache",
+    "source": "source",
+    "target": "target",
+    "seed": "seed",
+    "epochs": "epochs",
+    "set": "head_config",
+    "set=": "head_config",
+    "config": "config",
+    "device": "device",
+    "protocol": "protocol",
+    "log": "log",
+}
+_PREDICT_KEYWORDS = {
+    "o": "out",
+    "out": "out",
+    "cache": "cache",
+    "domain": "domains",
+    "split": "splits",
+    "device": "device",
+    "recipe": "recipe",  # avda.extract's, to extract the cache as the run's was
+}
+_EVALUATE_KEYWORDS = {
+    "set": "eval_set",
+    "task": "task",
+    "metric": "metric",
+    "layout": "layout",
+    "compare": "compare",
+    "protocol": "protocol",
+}
+_VALUE = r"[\w@.+-]+"
+_COMMAND = r"\bavda [a-z][\w-]*[^;)`]*"  # `avda extract --recipe cia`: a command, left as is
+
+
+def _keywords(message: str, table: Mapping[str, str] = _EVALUATE_KEYWORDS) -> str:
+    """The command-line options ``table`` names in an error of the shared code as this API's
+    keywords: ``--force`` as ``force=True``, ``-o`` as ``out``, ``--split 'x'`` as
+    ``splits='x'``; evaluate's ``--set X`` / ``--metric`` as ``eval_set='X'`` / ``metric``
+    (its options are followed by their values in its messages, the others by words)."""
+    names = sorted((n for n in table if not n.endswith("=")), key=len, reverse=True)
+    value = _VALUE if table is _EVALUATE_KEYWORDS else r"'[^']*'"
+    assign = r"|--set (?P<key>\w+)=(?P<assigned>\[[^\]]*\]|[^\s,;)]+)" if "set=" in table else ""
+    pattern = (
+        rf"(?P<command>{_COMMAND}){assign}"
+        rf"|(?<![\w-])--?(?P<name>{'|'.join(re.escape(n) for n in names)})(?![\w-])"
+        rf"(?! ?{_VALUE}=)(?: (?P<value>{value}))?"
+    )
+
+    def keyword(match: re.Match) -> str:
+        if match.group("command") is not None:
+            return match.group(0)
+        if match.groupdict().get("key") is not None:
+            key, assigned = match.group("key"), _literal(match.group("assigned"))
+            return f"{table['set=']}={{{key!r}: {assigned}}}"
+        name, found = table[match.group("name")], match.group("value")
+        if found is None:
+            return name
+        return f"{name}={found}" if found.startswith("'") else f"{name}={found!r}"
+
+    return re.sub(pattern, keyword, message)
+
+
+def _literal(value: str) -> str:
+    """A ``--set`` value as Python: ``true`` -> ``True``, ``[rgb,audio]`` -> ``['rgb', 'audio']``,
+    ``off`` -> ``'off'``; numbers and placeholders (``N``, ``...``) as they are."""
+    if value.startswith("[") and value.endswith("]"):
+        return "[" + ", ".join(_literal(v) for v in value[1:-1].split(",") if v) + "]"
+    if value in ("true", "false"):
+        return value.title()
+    if value == "..." or value.isupper() or re.fullmatch(r"[-+]?[\d.]+(e[-+]?\d+)?", value):
+        return value
+    return repr(value)
+
+
+def _keyword_errors(table: Mapping[str, str]) -> Any:
+    """Decorate an API function: its :class:`AvdaError` messages name ``table``'s keywords,
+    not the CLI's options (the CLI calls ``function.__wrapped__``, whose messages are its own)."""
+
+    def decorate(function: Any) -> Any:
+        @functools.wraps(function)
+        def call(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return function(*args, **kwargs)
+            except AvdaError as exc:
+                message = _keywords(str(exc), table)
+                if message == str(exc):
+                    raise
+                # one error, as raised (its frames and cause), not a second one beside it
+                error = type(exc)(message).with_traceback(exc.__traceback__)
+                raise error from exc.__cause__
+
+        return call
+
+    return decorate
+
+
 def open_cache(path: str | Path) -> FeatureCache:
     """The feature cache (Zarr store) at ``path``: segments, features, provenance, status."""
     from avda.cache import open_cache as open_store
@@ -56,6 +190,7 @@ def open_cache(path: str | Path) -> FeatureCache:
     return open_store(path)
 
 
+@_keyword_errors(_EXTRACT_KEYWORDS)
 def extract(
     manifest: str | Path | pd.DataFrame | None = None,
     out: str | Path | None = None,
@@ -111,7 +246,7 @@ def extract(
 
         resolve_device(device)
     if out is None:
-        raise ConfigError("avda.extract: missing out (the feature cache to write, -o)")
+        raise ConfigError("avda.extract: missing out (the feature cache to write)")
     if manifest is None:
         from avda.data_manifests import whole_videos
 
@@ -282,6 +417,7 @@ def _seed(value: Any) -> int:
     return int(value)
 
 
+@_keyword_errors(_TRAIN_KEYWORDS)
 def train(
     head: str | None = None,
     cache: str | Path | FeatureCache | None = None,
@@ -336,6 +472,7 @@ def train(
     return train_loop(out=out, progress=progress, log=log, **options)
 
 
+@_keyword_errors(_EVALUATE_KEYWORDS)
 def evaluate(
     runs: str | Path | Sequence[str | Path],
     *,
@@ -357,39 +494,7 @@ def evaluate(
     OUT.csv (and OUT.tex) as the CLI does. ``protocol``: whose evaluation rule the table
     applies to every row (default: the first run's protocol; runs of another are left out).
     """
-    try:
-        return _evaluate(runs, layout, eval_set, task, metric, compare, out, protocol)
-    except AvdaError as exc:  # the shared code names the CLI's options: say the keywords
-        message = _keywords(str(exc))
-        if message == str(exc):
-            raise
-        raise type(exc)(message) from exc
-
-
-# The CLI options of `avda evaluate` and this function's keywords for them.
-_EVALUATE_KEYWORDS = {
-    "set": "eval_set",
-    "task": "task",
-    "metric": "metric",
-    "layout": "layout",
-    "compare": "compare",
-    "protocol": "protocol",
-}
-# ``--set key=value`` is `avda train`'s option (a hint to train again), not `avda evaluate`'s
-_OPTION = re.compile(
-    r"--(" + "|".join(_EVALUATE_KEYWORDS) + r")\b(?! ?[\w@.+-]*=)(?: ([\w@.+-]+))?"
-)
-
-
-def _keywords(message: str) -> str:
-    """``--set X`` / ``--metric`` in an error of the shared evaluation code as this API's
-    ``eval_set='X'`` / ``metric``."""
-
-    def keyword(match: re.Match) -> str:
-        name = _EVALUATE_KEYWORDS[match.group(1)]
-        return name if match.group(2) is None else f"{name}={match.group(2)!r}"
-
-    return _OPTION.sub(keyword, message)
+    return _evaluate(runs, layout, eval_set, task, metric, compare, out, protocol)
 
 
 def _evaluate(runs, layout, eval_set, task, metric, compare, out, protocol) -> Any:
@@ -416,6 +521,7 @@ def _evaluate(runs, layout, eval_set, task, metric, compare, out, protocol) -> A
     return paper
 
 
+@_keyword_errors(_PREDICT_KEYWORDS)
 def predict(
     run: str | Path,
     cache: str | Path | FeatureCache | None = None,

@@ -493,7 +493,8 @@ def _extract(*, out: Path, quiet: bool, **options) -> None:
     from avda import api
     from avda.cache import open_cache
 
-    result = api.extract(out=out, progress=not quiet, **options)
+    # __wrapped__: the function without its keyword messages, which name the options here
+    result = api.extract.__wrapped__(out=out, progress=not quiet, **options)
     pairs = result.done + result.missing + result.failed  # (segment, modality) pairs
     store = open_cache(out)
     what, count = "", len(store.modalities)
@@ -1314,7 +1315,7 @@ def predict_command(
             f"-o {out}: avda predict writes a .npz (and its .csv beside it); name it "
             f"{out.with_suffix('.npz').name}"
         )
-    result = predict(
+    result = predict.__wrapped__(  # its messages name these options, not its keywords
         run,
         cache=cache,
         domains=[d for value in domain or [] for d in _split_list(value)] or None,
