@@ -823,6 +823,30 @@ def cache_info(store: Annotated[Path, typer.Argument(help="Feature cache (.zarr)
     typer.echo(open_cache(store).summary())
 
 
+@cache_app.command("verify")
+def cache_verify(
+    store: Annotated[Path, typer.Argument(help="Feature cache (.zarr).")],
+    quiet: Quiet = False,
+) -> None:
+    """Read every chunk of a cache once: damaged chunk files, NaN/inf in done rows, unknown
+    status values, arrays of the wrong length. One line per problem; exit code 3 when any."""
+    from avda.cache import open_cache
+
+    cache = open_cache(store)
+    problems = cache.verify(progress=not quiet)
+    for message in problems["message"]:
+        typer.echo(message)
+    arrays = len(cache.arrays())
+    if len(problems):
+        files = problems.loc[problems["file"] != "", "file"].nunique()
+        typer.echo(
+            f"cache {store}: {len(problems)} problem{'s' if len(problems) > 1 else ''} "
+            f"({files} chunk file{'s' if files != 1 else ''}) in {arrays} arrays read"
+        )
+        raise typer.Exit(EXIT_FAILED_ITEMS)
+    typer.echo(f"cache {store}: no problems ({arrays} arrays, every chunk read)")
+
+
 # ------------------------------------------------------------------------------ cluster
 @app.command()
 def cluster(

@@ -216,19 +216,25 @@ class FeatureCache:
             try:
                 array[lo:hi]
             except _DECODE_ERRORS:
-                key = "/".join(["c", str(chunk)] + ["0"] * (array.ndim - 1))
-                files = ", ".join(
-                    f"{group}/{modality}/c/{chunk}"
-                    + ("/0/0" if group == schema.FEATURES_GROUP else "")
-                    for group in (schema.FEATURES_GROUP, schema.ERRORS_GROUP, schema.STATUS_GROUP)
-                )
                 raise CacheError(
-                    f"cache {self.path}: {array.path}/{key} (rows {lo}-{hi - 1}) is damaged "
-                    f"({str(exc).strip()[:120]}); avda writes chunk files whole, so it was cut "
-                    "short or changed outside avda (an interrupted copy?): restore the store "
-                    f"from a good copy, or delete {files} under it (those rows become pending) "
-                    "and run the same `avda extract` again to recompute them"
+                    f"cache {self.path}: "
+                    + damaged_chunk_message(array, chunk, lo, hi, exc, self.chunk_rows)
                 ) from None
+
+    def verify(self, *, progress: bool = False) -> pd.DataFrame:
+        """Read every chunk of every array once (chunk by chunk) and list what is wrong: chunk
+        files that cannot be decoded, done rows holding NaN/inf, status values outside
+        :class:`Status`, arrays whose length disagrees with ``num_segments``.
+
+        One row per problem: ``kind`` (damaged, nonfinite, status, shape), ``array``
+        (``features/rgb``), ``file`` (the chunk file under the store, "" for a whole array),
+        ``rows`` (the row numbers concerned), ``message`` (one line with the fix); empty when
+        the store is sound. ``progress``: a tqdm bar of chunks read on stderr
+        (``avda cache verify``).
+        """
+        from avda.cache.verify import verify_store
+
+        return verify_store(self, progress=progress)
 
     def failures(self) -> pd.DataFrame:
         """One row per failed (segment, modality): uid, video_id, modality, error."""
@@ -695,6 +701,40 @@ def nonfinite_error(what: str, values: np.ndarray, stored: np.ndarray, hint: str
         else "the backbone or input produced NaN/inf"
     )
     return f"{NONFINITE_PREFIX}{what} (NaN/inf) in {clips} of {num_clips} clips; {cause}: {hint}"
+
+
+def chunk_file(array: zarr.Array, chunk: int) -> str:
+    """The file (under the store) of row-chunk ``chunk`` of a row-chunked ``array``."""
+    return "/".join([array.path, "c", str(chunk)] + ["0"] * (array.ndim - 1))
+
+
+def damaged_chunk_message(
+    array: zarr.Array, chunk: int, lo: int, hi: int, exc: Exception, chunk_rows: int
+) -> str:
+    """Why chunk ``chunk`` (rows ``lo``..``hi - 1``) of ``array`` cannot be read (``exc``, the
+    codec's error) and how to get its rows back: restore the store, or delete the chunk's files
+    and recompute them (a modality's rows with ``avda extract``). ``chunk_rows``: the store's."""
+    group, _, name = array.path.partition("/")
+    what = (
+        f"{chunk_file(array, chunk)} (rows {lo}-{hi - 1}) is damaged ({str(exc).strip()[:120]}); "
+        "avda writes chunk files whole, so it was cut short or changed outside avda (an "
+        "interrupted copy?): restore the store from a good copy"
+    )
+    if group == schema.SEGMENTS_GROUP:
+        return what + ", or re-create it with the command that made it (avda extract / import)"
+    if group == schema.CLUSTERS_GROUP:
+        return what + f", or delete {array.path} under it and run `avda cluster` again"
+    rows_chunk = lo // chunk_rows  # a spatial chunk holds a divisor of chunk_rows rows
+    files = [
+        f"{part}/{name}/c/{rows_chunk}" + ("/0/0" if part == schema.FEATURES_GROUP else "")
+        for part in (schema.FEATURES_GROUP, schema.ERRORS_GROUP, schema.STATUS_GROUP)
+    ]
+    if group == schema.SPATIAL_GROUP:
+        files.insert(0, chunk_file(array, chunk))
+    return (
+        what + f", or delete {', '.join(files)} under it (those rows become pending) "
+        "and run the same `avda extract` again to recompute them"
+    )
 
 
 def _finite_rows(values: np.ndarray) -> np.ndarray:
