@@ -1,0 +1,116 @@
+"""``avda cache verify`` / :meth:`FeatureCache.verify`: every chunk read once, each problem one
+line naming its file, its rows and the fix; exit code 3 when any (0 when clean)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import zarr
+from tests.conftest import make_feature_cache
+
+from avda import cache as cache_lib
+from avda import cli
+from avda.cache import schema
+
+
+def verify_cli(capsys, path, *extra):
+    code = cli.main(["cache", "verify", str(path), *extra])
+    out, err = capsys.readouterr()
+    return code, out.strip().splitlines(), err
+
+
+@pytest.fixture
+def store_path(tmp_path):
+    path = tmp_path / "c.zarr"
+    make_feature_cache(path, chunk_rows=8, per_class=4)  # 48 segments, 6 chunks
+    return path
+
+
+def test_a_clean_store_has_no_problems_and_exit_code_0(capsys, store_path):
+    assert cache_lib.open_cache(store_path).verify().empty
+    code, lines, err = verify_cli(capsys, store_path, "--quiet")
+    assert code == 0 and err == ""
+    assert lines == [f"cache {store_path}: no problems (13 arrays, every chunk read)"]
+
+
+def test_the_progress_bar_goes_to_stderr_unless_quiet(capsys, store_path):
+    code, lines, err = verify_cli(capsys, store_path)
+    assert code == 0 and "verify" in err and "chunk" in err
+    assert len(lines) == 1
+
+
+@pytest.mark.parametrize(
+    "group, file",
+    [
+        (schema.FEATURES_GROUP, "features/rgb/c/1/0/0"),
+        (schema.STATUS_GROUP, "status/rgb/c/1"),
+    ],
+)
+def test_a_truncated_chunk_file_is_named_with_its_rows_and_the_fix(capsys, store_path, group, file):
+    chunk = store_path / file
+    chunk.write_bytes(chunk.read_bytes()[:7])  # a copy cut short
+    problems = cache_lib.open_cache(store_path).verify()
+    assert problems[["kind", "array", "file"]].values.tolist() == [
+        ["damaged", f"{group}/rgb", file]
+    ]
+    assert problems["rows"].iloc[0] == list(range(8, 16))
+    message = problems["message"].iloc[0]
+    assert f"{file} (rows 8-15) is damaged" in message
+    assert "delete features/rgb/c/1/0/0, errors/rgb/c/1, status/rgb/c/1" in message
+    assert "avda extract" in message
+
+    code, lines, _ = verify_cli(capsys, store_path, "-q")
+    assert code == cli.EXIT_FAILED_ITEMS == 3
+    assert lines == [message, f"cache {store_path}: 1 problem (1 chunk file) in 13 arrays read"]
+
+
+def test_nan_in_a_done_row_is_named_with_its_row(capsys, store_path):
+    features = zarr.open_group(str(store_path), mode="r+")["features/audio"]
+    block = features[16:24]
+    block[3, 1, 2] = np.nan
+    features[16:24] = block
+    problems = cache_lib.open_cache(store_path).verify()
+    assert problems[["kind", "array", "file"]].values.tolist() == [
+        ["nonfinite", "features/audio", "features/audio/c/2/0/0"]
+    ]
+    assert problems["rows"].iloc[0] == [19]
+    assert "row 19 is done but NaN/inf" in problems["message"].iloc[0]
+    assert "--retry-failed" in problems["message"].iloc[0]
+
+    code, lines, _ = verify_cli(capsys, store_path, "-q")
+    assert code == 3 and lines[0] == problems["message"].iloc[0] and len(lines) == 2
+
+
+def test_nan_in_a_failed_row_is_no_problem(store_path):
+    group = zarr.open_group(str(store_path), mode="r+")
+    features, status = group["features/audio"], group["status/audio"]
+    block = features[16:24]
+    block[3] = np.nan
+    features[16:24] = block
+    status[19] = int(cache_lib.Status.FAILED)
+    assert cache_lib.open_cache(store_path).verify().empty
+
+
+def test_a_status_value_outside_the_enum_and_a_short_array(store_path):
+    group = zarr.open_group(str(store_path), mode="r+")
+    group["status/rgb"][40] = 9
+    group["errors/audio"].resize((40,))
+    problems = cache_lib.open_cache(store_path).verify()
+    found = {kind: (array, file, rows) for kind, array, file, rows in problems.values[:, :4]}
+    assert found["status"] == ("status/rgb", "status/rgb/c/5", [40])
+    assert found["shape"] == ("errors/audio", "", list(range(40, 48)))
+    messages = "\n".join(problems["message"])
+    assert "row 40 is status 9, not one of 0 pending, 1 done, 2 failed, 3 missing" in messages
+    assert "errors/audio has 40 rows, the store 48 segments" in messages
+
+
+def test_every_problem_is_found_in_one_pass(store_path):
+    for file in ("features/rgb/c/0/0/0", "status/audio/c/5", "segments/uid/c/3"):
+        chunk = store_path / file
+        chunk.write_bytes(chunk.read_bytes()[:5])
+    problems = cache_lib.open_cache(store_path).verify()
+    assert sorted(problems["file"]) == [
+        "features/rgb/c/0/0/0",
+        "segments/uid/c/3",
+        "status/audio/c/5",
+    ]
