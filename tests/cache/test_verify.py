@@ -114,3 +114,27 @@ def test_every_problem_is_found_in_one_pass(store_path):
         "segments/uid/c/3",
         "status/audio/c/5",
     ]
+
+
+def test_spatial_maps_damaged_or_nan_name_their_file_and_the_features_chunk(store_path):
+    store = cache_lib.open_cache(store_path, mode="r+")
+    info = {"backbone": "synthetic", "weights": None, "weights_sha256": None, "input_spec": {}}
+    store.add_modality("flow", num_clips=2, num_features=16, info=info, spatial_shape=(3, 2, 2))
+    n = store.num_segments
+    store.write_spatial("flow", np.arange(n), np.ones((n, 2, 3, 2, 2)))
+    store.write("flow", np.arange(n), np.ones((n, 2, 16)), np.ones(n, dtype=int), [""] * n)
+    maps = zarr.open_group(str(store_path), mode="r+")["spatial/flow"]
+    block = maps[8:16]
+    block[2, 0, 1, 1, 1] = np.inf
+    maps[8:16] = block
+    chunk = store_path / "spatial/flow/c/3/0/0/0/0"
+    chunk.write_bytes(chunk.read_bytes()[:6])
+    problems = cache_lib.open_cache(store_path).verify()
+    assert problems[["kind", "file", "rows"]].values.tolist() == [
+        ["nonfinite", "spatial/flow/c/1/0/0/0/0", [10]],
+        ["damaged", "spatial/flow/c/3/0/0/0/0", list(range(24, 32))],
+    ]
+    assert (
+        "delete spatial/flow/c/3/0/0/0/0, features/flow/c/3/0/0, errors/flow/c/3, status/flow/c/3"
+        in problems["message"].iloc[1]
+    )
