@@ -836,15 +836,15 @@ def cache_verify(
     problems = cache.verify(progress=not quiet)
     for message in problems["message"]:
         typer.echo(message)
-    arrays = len(cache.arrays())
+    read = f"{problems.attrs['arrays']} arrays, {problems.attrs['chunks']} chunks read"
     if len(problems):
         files = problems.loc[problems["file"] != "", "file"].nunique()
         typer.echo(
             f"cache {store}: {len(problems)} problem{'s' if len(problems) > 1 else ''} "
-            f"({files} chunk file{'s' if files != 1 else ''}) in {arrays} arrays read"
+            f"({files} file{'s' if files != 1 else ''}; {read})"
         )
         raise typer.Exit(EXIT_FAILED_ITEMS)
-    typer.echo(f"cache {store}: no problems ({arrays} arrays, every chunk read)")
+    typer.echo(f"cache {store}: no problems ({read})")
 
 
 # ------------------------------------------------------------------------------ cluster

@@ -30,7 +30,7 @@ def test_a_clean_store_has_no_problems_and_exit_code_0(capsys, store_path):
     assert cache_lib.open_cache(store_path).verify().empty
     code, lines, err = verify_cli(capsys, store_path, "--quiet")
     assert code == 0 and err == ""
-    assert lines == [f"cache {store_path}: no problems (13 arrays, every chunk read)"]
+    assert lines == [f"cache {store_path}: no problems (13 arrays, 78 chunks read)"]
 
 
 def test_the_progress_bar_goes_to_stderr_unless_quiet(capsys, store_path):
@@ -61,7 +61,7 @@ def test_a_truncated_chunk_file_is_named_with_its_rows_and_the_fix(capsys, store
 
     code, lines, _ = verify_cli(capsys, store_path, "-q")
     assert code == cli.EXIT_FAILED_ITEMS == 3
-    assert lines == [message, f"cache {store_path}: 1 problem (1 chunk file) in 13 arrays read"]
+    assert lines == [message, f"cache {store_path}: 1 problem (1 file; 13 arrays, 78 chunks read)"]
 
 
 def test_nan_in_a_done_row_is_named_with_its_row(capsys, store_path):
@@ -138,3 +138,12 @@ def test_spatial_maps_damaged_or_nan_name_their_file_and_the_features_chunk(stor
         "delete spatial/flow/c/3/0/0/0/0, features/flow/c/3/0/0, errors/flow/c/3, status/flow/c/3"
         in problems["message"].iloc[1]
     )
+
+
+def test_a_damaged_array_description_is_a_problem_not_an_internal_error(capsys, store_path):
+    described = store_path / "features" / "rgb" / "zarr.json"
+    described.write_bytes(described.read_bytes()[:30])
+    code, lines, err = verify_cli(capsys, store_path, "-q")
+    assert code == 3 and err == ""
+    assert "features/rgb/zarr.json (the array's description) is damaged" in lines[0]
+    assert "restore the store from a good copy" in lines[0]

@@ -229,7 +229,8 @@ class FeatureCache:
         One row per problem: ``kind`` (damaged, nonfinite, status, shape), ``array``
         (``features/rgb``), ``file`` (the chunk file under the store, "" for a whole array),
         ``rows`` (the row numbers concerned), ``message`` (one line with the fix); empty when
-        the store is sound. ``progress``: a tqdm bar of chunks read on stderr
+        the store is sound. ``attrs``: ``arrays`` and ``chunks``, how many were read.
+        ``progress``: a tqdm bar of chunks read on stderr
         (``avda cache verify``).
         """
         from avda.cache.verify import verify_store

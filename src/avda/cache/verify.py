@@ -39,10 +39,12 @@ def verify_store(store: FeatureCache, *, progress: bool = False) -> pd.DataFrame
             {"kind": kind, "array": name, "file": file, "rows": rows, "message": prefix + message}
         )
 
-    arrays = store.arrays()
+    arrays = _arrays(store, problem)
     for modality in store.modalities:
         for group in (schema.FEATURES_GROUP, schema.STATUS_GROUP, schema.ERRORS_GROUP):
-            if f"{group}/{modality}" not in arrays:
+            if f"{group}/{modality}" not in arrays and not any(
+                found["array"] == f"{group}/{modality}" for found in problems
+            ):
                 problem(
                     "shape",
                     f"{group}/{modality}",
@@ -101,7 +103,40 @@ def verify_store(store: FeatureCache, *, progress: bool = False) -> pd.DataFrame
                         )
     finally:
         bar.close()
-    return pd.DataFrame(problems, columns=COLUMNS)
+    found = pd.DataFrame(problems, columns=COLUMNS)
+    found.attrs.update(arrays=len(arrays), chunks=total)
+    return found
+
+
+def _arrays(store: FeatureCache, problem) -> dict[str, zarr.Array]:
+    """Every array of the store by ``group/name``, as :meth:`FeatureCache.arrays`; one whose
+    description (``zarr.json``) cannot be read is a problem, not an error that ends the check."""
+    found: dict[str, zarr.Array] = {}
+    root = zarr.open_group(str(store.path), mode="r")
+    for group_name in schema.GROUPS:
+        folder = store.path / group_name
+        if not folder.is_dir():
+            continue
+        for entry in sorted(folder.iterdir()):
+            if not (entry / "zarr.json").is_file():
+                continue
+            name = f"{group_name}/{entry.name}"
+            try:
+                array = root[name]
+            except (ValueError, KeyError, TypeError) as exc:  # JSONDecodeError is a ValueError
+                problem(
+                    "damaged",
+                    name,
+                    f"{name}/zarr.json",
+                    [],
+                    f"{name}/zarr.json (the array's description) is damaged "
+                    f"({str(exc).strip()[:120]}); it was cut short or changed outside avda (an "
+                    "interrupted copy?): restore the store from a good copy",
+                )
+                continue
+            if isinstance(array, zarr.Array):
+                found[name] = array
+    return found
 
 
 def _check_shape(store, array: zarr.Array, name: str, group: str, modality: str, problem) -> None:
