@@ -370,3 +370,29 @@ def test_the_keywords_of_train_and_extract_hints():
     assert _keywords("(--force --prepare-only, without --shard)", _EXTRACT_KEYWORDS) == (
         "(force=True prepare_only=True, without shard)"
     )
+
+
+def test_keyword_errors_keep_an_error_whose_constructor_takes_more_than_its_message(tmp_path):
+    """``ManifestProblems(path, problems)``: rewriting its message must not become a TypeError
+    (``type(exc)(message)``), and it keeps its ``problems``."""
+    from avda.api import _EXTRACT_KEYWORDS, _keyword_errors
+    from avda.data_manifests.schema import ManifestProblems, Problem
+    from avda.errors import MissingDependencyError
+
+    problems = [Problem(2, "split", "use -o for the output")]
+
+    @_keyword_errors(_EXTRACT_KEYWORDS)
+    def fails():
+        raise ManifestProblems(tmp_path / "m.csv", problems)
+
+    with pytest.raises(ManifestProblems, match="use out for the output") as caught:
+        fails()
+    assert caught.value.problems == problems and caught.value.path == tmp_path / "m.csv"
+
+    @_keyword_errors(_EXTRACT_KEYWORDS)
+    def lacks():  # an ImportError: its message is its msg
+        raise MissingDependencyError("--jpeg-dct fast needs simplejpeg", name="simplejpeg")
+
+    with pytest.raises(MissingDependencyError, match="^jpeg_dct fast needs") as caught:
+        lacks()
+    assert caught.value.name == "simplejpeg"

@@ -19,6 +19,7 @@ options named as these functions' keywords (``out``, not ``-o``). See
 
 from __future__ import annotations
 
+import copy
 import functools
 import logging
 import numbers
@@ -174,9 +175,14 @@ def _keyword_errors(table: Mapping[str, str]) -> Any:
                 message = _keywords(str(exc), table)
                 if message == str(exc):
                     raise
-                # one error, as raised (its frames and cause), not a second one beside it
-                error = type(exc)(message).with_traceback(exc.__traceback__)
-                raise error from exc.__cause__
+                # one error, as raised (its frames, cause and attributes), not a second one
+                # beside it; a copy, not type(exc)(message): a constructor may take more than
+                # the message (ManifestProblems(path, problems))
+                error = copy.copy(exc)
+                error.args = (message,)
+                if isinstance(error, ImportError):  # its str() is its msg, not its args
+                    error.msg = message
+                raise error.with_traceback(exc.__traceback__) from exc.__cause__
 
         return call
 
