@@ -396,3 +396,24 @@ def test_keyword_errors_keep_an_error_whose_constructor_takes_more_than_its_mess
     with pytest.raises(MissingDependencyError, match="^jpeg_dct fast needs") as caught:
         lacks()
     assert caught.value.name == "simplejpeg"
+
+
+def test_keywords_leave_what_a_quoted_value_holds(tmp_path):
+    """A manifest's cell or a path in an error is quoted: an option-like text in it is data,
+    not an option to name as a keyword (the message must say what the file holds)."""
+    import pandas as pd
+
+    from avda.api import _EXTRACT_KEYWORDS, _PREDICT_KEYWORDS, _keywords
+    from avda.errors import ManifestError
+
+    frame = pd.DataFrame(
+        {"uid": ["a"], "video_id": ["v"], "domain": ["D1"], "split": ["--force"],
+         "start_sec": [0.0], "stop_sec": [1.0]}
+    )  # fmt: skip
+    with pytest.raises(ManifestError, match=r"unknown split '--force'; expected"):
+        avda.extract(frame, tmp_path / "c.zarr", videos=tmp_path, progress=False)
+    message = "cache '/data/a -o b.zarr' exists. Use another -o, or --force"
+    assert _keywords(message, _EXTRACT_KEYWORDS) == (
+        "cache '/data/a -o b.zarr' exists. Use another out, or force=True"
+    )
+    assert _keywords("unknown --split 'x'", _PREDICT_KEYWORDS) == "unknown splits='x'"

@@ -120,6 +120,8 @@ _EVALUATE_KEYWORDS = {
 }
 _VALUE = r"[\w@.+-]+"
 _COMMAND = r"\bavda [a-z][\w-]*[^;)`]*"  # `avda extract --recipe cia`: a command, left as is
+# a quoted value (a repr: a path, a manifest's cell, a name): what it holds is not an option
+_QUOTED = r"""(?<![\w'"])(?:'[^'\n]*'|"[^"\n]*")(?!\w)"""
 
 
 def _keywords(message: str, table: Mapping[str, str] = _EVALUATE_KEYWORDS) -> str:
@@ -131,7 +133,7 @@ def _keywords(message: str, table: Mapping[str, str] = _EVALUATE_KEYWORDS) -> st
     value = _VALUE if table is _EVALUATE_KEYWORDS else r"'[^']*'"
     assign = r"|--set (?P<key>\w+)=(?P<assigned>\[[^\]]*\]|[^\s,;)]+)" if "set=" in table else ""
     pattern = (
-        rf"(?P<command>{_COMMAND}){assign}"
+        rf"(?P<command>{_COMMAND}|{_QUOTED}){assign}"
         rf"|(?<![\w-])--?(?P<name>{'|'.join(re.escape(n) for n in names)})(?![\w-])"
         rf"(?! ?{_VALUE}=)(?: (?P<value>{value}))?"
     )
