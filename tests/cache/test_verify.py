@@ -147,3 +147,26 @@ def test_a_damaged_array_description_is_a_problem_not_an_internal_error(capsys, 
     assert code == 3 and err == ""
     assert "features/rgb/zarr.json (the array's description) is damaged" in lines[0]
     assert "restore the store from a good copy" in lines[0]
+
+
+def test_a_missing_chunk_file_of_done_rows_is_a_problem(capsys, store_path):
+    """An interrupted rsync leaves files out, not only cut short: zarr reads an absent chunk as
+    zeros, so the done rows' features would train as zeros without a word."""
+    (store_path / "features/rgb/c/1/0/0").unlink()
+    problems = cache_lib.open_cache(store_path).verify()
+    assert problems[["kind", "array", "file"]].values.tolist() == [
+        ["missing", "features/rgb", "features/rgb/c/1/0/0"]
+    ]
+    assert problems["rows"].iloc[0] == list(range(8, 16))
+    message = problems["message"].iloc[0]
+    assert "features/rgb/c/1/0/0 is missing, though rows 8, 9" in message
+    assert "delete features/rgb/c/1/0/0, errors/rgb/c/1, status/rgb/c/1" in message
+    code, lines, _ = verify_cli(capsys, store_path, "-q")
+    assert code == 3 and lines[0] == message
+
+
+def test_an_absent_chunk_of_rows_not_done_is_no_problem(store_path):
+    group = zarr.open_group(str(store_path), mode="r+")
+    group["status/rgb"][8:16] = int(cache_lib.Status.PENDING)
+    (store_path / "features/rgb/c/1/0/0").unlink()
+    assert cache_lib.open_cache(store_path).verify().empty

@@ -223,10 +223,11 @@ class FeatureCache:
 
     def verify(self, *, progress: bool = False) -> pd.DataFrame:
         """Read every chunk of every array once (chunk by chunk) and list what is wrong: chunk
-        files that cannot be decoded, done rows holding NaN/inf, status values outside
-        :class:`Status`, arrays whose length disagrees with ``num_segments``.
+        files that cannot be decoded, absent chunk files of done rows (zarr reads them as
+        zeros), done rows holding NaN/inf, status values outside :class:`Status`, arrays whose
+        length disagrees with ``num_segments``.
 
-        One row per problem: ``kind`` (damaged, nonfinite, status, shape), ``array``
+        One row per problem: ``kind`` (damaged, missing, nonfinite, status, shape), ``array``
         (``features/rgb``), ``file`` (the chunk file under the store, "" for a whole array),
         ``rows`` (the row numbers concerned), ``message`` (one line with the fix); empty when
         the store is sound. ``attrs``: ``arrays`` and ``chunks``, how many were read.
@@ -725,6 +726,13 @@ def damaged_chunk_message(
         return what + ", or re-create it with the command that made it (avda extract / import)"
     if group == schema.CLUSTERS_GROUP:
         return what + f", or delete {array.path} under it and run `avda cluster` again"
+    return what + ", or " + recompute_hint(array, chunk, lo, chunk_rows)
+
+
+def recompute_hint(array: zarr.Array, chunk: int, lo: int, chunk_rows: int) -> str:
+    """How to recompute the rows of chunk ``chunk`` (from row ``lo``) of a modality's array
+    (``features``, ``spatial``, ...): delete its chunk files, then the same ``avda extract``."""
+    group, _, name = array.path.partition("/")
     rows_chunk = lo // chunk_rows  # a spatial chunk holds a divisor of chunk_rows rows
     files = [
         f"{part}/{name}/c/{rows_chunk}" + ("/0/0" if part == schema.FEATURES_GROUP else "")
@@ -733,7 +741,7 @@ def damaged_chunk_message(
     if group == schema.SPATIAL_GROUP:
         files.insert(0, chunk_file(array, chunk))
     return (
-        what + f", or delete {', '.join(files)} under it (those rows become pending) "
+        f"delete {', '.join(files)} under it (those rows become pending) "
         "and run the same `avda extract` again to recompute them"
     )
 

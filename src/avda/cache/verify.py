@@ -85,6 +85,22 @@ def verify_store(store: FeatureCache, *, progress: bool = False) -> pd.DataFrame
                     _check_status(store, array, chunk, lo, block, problem)
                     done[modality][lo:hi] = block == Status.DONE
                 elif group in (schema.FEATURES_GROUP, schema.SPATIAL_GROUP) and modality in done:
+                    file = store_lib.chunk_file(array, chunk)
+                    rows = np.flatnonzero(done[modality][lo:hi]) + lo
+                    if len(rows) and not (store.path / file).is_file():
+                        # zarr reads an absent chunk as zeros: done rows whose values are gone
+                        # (a copy cut short before it reached the file)
+                        problem(
+                            "missing",
+                            name,
+                            file,
+                            rows,
+                            f"{file} is missing, though {_rows_text(rows)} done (their values "
+                            "read as zeros): a copy cut short (an interrupted rsync?); restore "
+                            "the store from a good copy, or "
+                            + store_lib.recompute_hint(array, chunk, lo, store.chunk_rows),
+                        )
+                        continue
                     rows = np.flatnonzero(done[modality][lo:hi] & ~_finite(block)) + lo
                     if len(rows):
                         hint = store._nonfinite_hint(modality)
@@ -93,7 +109,6 @@ def verify_store(store: FeatureCache, *, progress: bool = False) -> pd.DataFrame
                                 "check the weights / input, then run the same `avda extract "
                                 "--retry-failed`, which marks them failed and recomputes them"
                             )
-                        file = store_lib.chunk_file(array, chunk)
                         problem(
                             "nonfinite",
                             name,
