@@ -378,22 +378,41 @@ def _check_frame_times(
     if not done.any():
         store.update_modality_info(modality, frame_times=FRAME_TIMES)
         return True
-    if not _left_to_compute(store, modality, retry_failed) and not force:
-        log.warning(
-            "store %s: its %s features were read from videos by an avda that read a segment "
-            "starting late in its first frame one frame late (docs/extraction.md); --force "
-            "recomputes them",
-            *(store.path, modality),
-        )
+    return _read_another_way(
+        store,
+        modality,
+        f"store {store.path} holds {modality} features read from videos by an avda that read "
+        "a segment starting late in its first frame one frame late (docs/extraction.md)",
+        mix="resuming would mix the two",
+        now="the corrected frame timing",
+        force=force,
+        retry_failed=retry_failed,
+    )
+
+
+def _read_another_way(
+    store: FeatureCache,
+    modality: str,
+    what: str,
+    *,
+    mix: str,
+    now: str,
+    force: bool,
+    retry_failed: bool,
+) -> bool:
+    """The rule for a store whose ``modality`` was read another way than this avda reads it
+    (``what`` says how): warn where this run computes no row in it (the store still trains),
+    refuse without ``force`` where it would (``mix``: the rows would mix the two), and return
+    False (recompute the modality, as read ``now``) with it."""
+    if not force and not _left_to_compute(store, modality, retry_failed):
+        log.warning("%s; --force recomputes them", what)
         return True
     if not force:
         raise CacheError(
-            f"store {store.path} holds {modality} features read from videos by an avda that read "
-            "a segment starting late in its first frame one frame late (docs/extraction.md); "
-            f"resuming would mix the two: --force to recompute {modality}, or extract into "
-            "another -o (the store as it is still trains)"
+            f"{what}; {mix}: --force to recompute {modality}, or extract into another -o "
+            "(the store as it is still trains)"
         )
-    log.warning("%s: recomputing every segment with the corrected frame timing", modality)
+    log.warning("%s: recomputing every segment with %s", modality, now)
     return False
 
 
@@ -555,16 +574,15 @@ def _check_video_timestamps(
         f"frames an avda before 2026-12-07 may have read with decord at wrong times ({named}: "
         "no stream start time, or a first frame off PyAV's; docs/extraction.md)"
     )
-    if not _left_to_compute(store, modality, retry_failed) and not force:  # say so, no refusal
-        log.warning("%s; --force recomputes them", what)
-        return True
-    if not force:
-        raise CacheError(
-            f"{what}; resuming would mix them with correctly read ones: --force to recompute "
-            f"{modality}, or extract into another -o"
-        )
-    log.warning("%s: recomputing every segment with checked frame times", modality)
-    return False
+    return _read_another_way(
+        store,
+        modality,
+        what,
+        mix="resuming would mix them with correctly read ones",
+        now="checked frame times",
+        force=force,
+        retry_failed=retry_failed,
+    )
 
 
 def _wants_spatial(recipe: Recipe, spec: ModalitySpec) -> bool:
