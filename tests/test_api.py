@@ -317,6 +317,33 @@ def test_train_errors_name_the_keywords_and_the_cli_its_options(tmp_path, capsys
     assert err.rstrip().endswith("; use another -o")
 
 
+def test_every_set_field_of_a_hint_is_one_head_config_dict(tmp_path, capsys):
+    """A hint that names two fields (``--set batch_size=N --set target_batch_size=N``) is one
+    ``head_config`` dict of both in the API; the rewrite turned only the first key into it
+    (``head_config={'batch_size': N}, target_batch_size=N``). The CLI's hint is its syntax:
+    ``--set`` once per field (``--set a=N, b=N`` is not a command line)."""
+    from avda.api import _TRAIN_KEYWORDS, _keywords
+
+    make_feature_cache(tmp_path / "c.zarr", per_class=4)
+    given = {"head": "adabn", "cache": tmp_path / "c.zarr", "source": "source",
+             "target": "target", "out": tmp_path / "run", "epochs": 1}  # fmt: skip
+    with pytest.raises(ConfigError) as caught:
+        avda.train(**given, head_config={"batch_size": 1}, progress=False)
+    assert "(head_config={'batch_size': N, 'target_batch_size': N})" in str(caught.value)
+    err = _cli_error(
+        capsys, "train", "--head", "adabn", "--cache", str(tmp_path / "c.zarr"), "--source",
+        "source", "--target", "target", "-o", str(tmp_path / "run"), "--epochs", "1", "--set",
+        "batch_size=1", "-q",
+    )  # fmt: skip
+    assert "(--set batch_size=N --set target_batch_size=N)" in err
+    assert _keywords("(--set lr=0.1, modalities=[rgb,audio]; or)", _TRAIN_KEYWORDS) == (
+        "(head_config={'lr': 0.1, 'modalities': ['rgb', 'audio']}; or)"
+    )
+    assert _keywords("(--set lr=0.1, a smaller one)", _TRAIN_KEYWORDS) == (
+        "(head_config={'lr': 0.1}, a smaller one)"
+    )
+
+
 def test_predict_errors_name_the_keywords_and_the_cli_its_options(tmp_path, capsys):
     """``avda.predict(splits="nope")`` said ``unknown --split 'nope'``."""
     make_feature_cache(tmp_path / "c.zarr", per_class=4)

@@ -119,6 +119,7 @@ _EVALUATE_KEYWORDS = {
     "protocol": "protocol",
 }
 _VALUE = r"[\w@.+-]+"
+_SET_VALUE = r"(?:\[[^\]]*\]|[^\s,;)]+)"  # a --set value: a [list] or one word
 _COMMAND = r"\bavda [a-z][\w-]*[^;)`]*"  # `avda extract --recipe cia`: a command, left as is
 # a quoted value (a repr: a path, a manifest's cell, a name): what it holds is not an option
 _QUOTED = r"""(?<![\w'"])(?:'[^'\n]*'|"[^"\n]*")(?!\w)"""
@@ -131,7 +132,9 @@ def _keywords(message: str, table: Mapping[str, str] = _EVALUATE_KEYWORDS) -> st
     (its options are followed by their values in its messages, the others by words)."""
     names = sorted((n for n in table if not n.endswith("=")), key=len, reverse=True)
     value = _VALUE if table is _EVALUATE_KEYWORDS else r"'[^']*'"
-    assign = r"|--set (?P<key>\w+)=(?P<assigned>\[[^\]]*\]|[^\s,;)]+)" if "set=" in table else ""
+    pair = rf"\w+={_SET_VALUE}"
+    # ``--set a=N --set b=N`` or ``--set a=N, b=N``: one dict of every key
+    assign = rf"|--set (?P<assigned>{pair}(?:(?:,? --set |, ){pair})*)" if "set=" in table else ""
     pattern = (
         rf"(?P<command>{_COMMAND}|{_QUOTED}){assign}"
         rf"|(?<![\w-])--?(?P<name>{'|'.join(re.escape(n) for n in names)})(?![\w-])"
@@ -141,9 +144,10 @@ def _keywords(message: str, table: Mapping[str, str] = _EVALUATE_KEYWORDS) -> st
     def keyword(match: re.Match) -> str:
         if match.group("command") is not None:
             return match.group(0)
-        if match.groupdict().get("key") is not None:
-            key, assigned = match.group("key"), _literal(match.group("assigned"))
-            return f"{table['set=']}={{{key!r}: {assigned}}}"
+        if match.groupdict().get("assigned") is not None:
+            pairs = re.findall(rf"(\w+)=({_SET_VALUE})", match.group("assigned"))
+            fields = ", ".join(f"{key!r}: {_literal(value)}" for key, value in pairs)
+            return f"{table['set=']}={{{fields}}}"
         name, found = table[match.group("name")], match.group("value")
         if found is None:
             return name

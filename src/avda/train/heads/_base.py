@@ -132,8 +132,8 @@ def shape_errors(head: str, shapes: Mapping[str, tuple[int, ...]], doing: str) -
         if "Expected more than 1 value per channel when training" in str(error):
             raise ConfigError(
                 f"{head} normalises with BatchNorm, which cannot train on a batch of one "
-                "segment: use batch sizes of 2 or more (--set batch_size=N, target_batch_size=N) "
-                "and sets of 2 or more segments"
+                "segment: use batch sizes of 2 or more (--set batch_size=N "
+                "--set target_batch_size=N) and sets of 2 or more segments"
             ) from error
         if not is_shape_error(error):
             raise
