@@ -123,9 +123,43 @@ def test_extract_checks_a_dataframe_manifest_as_a_file(tmp_path):
          "split": ["train", "train"], "start_sec": [0.0, 2.0], "stop_sec": [1.0, 3.0]}
     )  # fmt: skip
     with pytest.raises(
-        ManifestError, match=r"(?s)^manifest \(a DataFrame\) has 1 problem.*duplicate uid"
+        ManifestError, match=r"(?s)^the DataFrame given as manifest has 1 problem.*duplicate uid"
     ):
         avda.extract(frame, tmp_path / "c.zarr", videos=tmp_path, progress=False)
+    assert not (tmp_path / "c.zarr").exists()
+
+
+def test_a_dataframe_manifests_problems_name_the_argument_its_index_and_columns(tmp_path):
+    """A DataFrame has no file: its problems were "file [domain]", "row 3" (a file row, one
+    more than the position) and "run `avda manifest validate` again" (which reads files). They
+    name the argument, the index labels and the columns, and the call to repeat."""
+    import pandas as pd
+
+    from avda.errors import ManifestError
+
+    rows = pd.DataFrame(
+        {"uid": ["a", "a"], "video_id": ["v", "v"], "domain": ["D1", "D1"],
+         "split": ["train", "training"], "start_sec": [0.0, 2.0], "stop_sec": [1.0, 3.0]},
+        index=["s1", "s2"],
+    )  # fmt: skip
+    with pytest.raises(ManifestError) as caught:
+        avda.extract(rows, tmp_path / "c.zarr", videos=tmp_path, progress=False)
+    assert str(caught.value).splitlines() == [
+        "the DataFrame given as manifest has 2 problem(s):",
+        "  index 's2' [uid]: duplicate uid 'a' (first at index 's1')",
+        "  index 's2' [split]: unknown split 'training'; expected one of train, val, test",
+        "fix these rows of the DataFrame (or drop them) and call avda.extract again",
+    ]
+    columns = pd.DataFrame({"uid": ["a"], "video_id": ["v"], "dom": ["D1"], "split": ["train"],
+                            "start_sec": [0.0], "stop_sec": [1.0]})  # fmt: skip
+    with pytest.raises(ManifestError) as caught:
+        avda.extract(columns, tmp_path / "c.zarr", videos=tmp_path, progress=False)
+    assert str(caught.value).splitlines() == [
+        "the DataFrame given as manifest has 1 problem(s):",
+        "  columns [domain]: required column 'domain' is missing; the DataFrame has 'dom': "
+        "rename it to 'domain'",
+        "fix the DataFrame and call avda.extract again",
+    ]
     assert not (tmp_path / "c.zarr").exists()
 
 

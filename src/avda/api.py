@@ -283,9 +283,11 @@ def extract(
     elif isinstance(manifest, str | Path):
         frame = schema.read(manifest)
     else:  # a DataFrame: checked as a manifest file is
-        problems = schema.find_problems(manifest)
+        problems = schema.find_problems(manifest, dataframe=True)
         if problems:
-            raise ManifestError(schema.format_problems("(a DataFrame)", problems))
+            raise ManifestError(
+                schema.format_dataframe_problems(problems, "manifest", "avda.extract")
+            )
         frame = schema.normalise(manifest)
     names = _names(modalities)
     if weights is not None and all(m == "audio" for m in names):

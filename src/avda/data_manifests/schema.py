@@ -14,6 +14,7 @@ import dataclasses
 import glob
 import hashlib
 import logging
+import numbers
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -98,14 +99,16 @@ def outside_video(
 
 @dataclasses.dataclass(frozen=True)
 class Problem:
-    """One validation finding: ``row`` is the file row (header is row 1), None for the file."""
+    """One validation finding: ``row`` is the file row (header is row 1), None for the file.
+    ``where``: how a message names the row when it is not a file's (a DataFrame's index)."""
 
     row: int | None
     column: str | None
     message: str
+    where: str | None = None
 
     def __str__(self) -> str:
-        where = "file" if self.row is None else f"row {self.row}"
+        where = self.where or ("file" if self.row is None else f"row {self.row}")
         col = f" [{self.column}]" if self.column else ""
         return f"{where}{col}: {self.message}"
 
@@ -286,49 +289,71 @@ def class_id_problem(frame: pd.DataFrame) -> str | None:
     return None
 
 
-def find_problems(frame: pd.DataFrame, *, videos: str | Path | None = None) -> list[Problem]:
-    """Every problem in ``frame``, in row order (does not raise)."""
+def find_problems(
+    frame: pd.DataFrame, *, videos: str | Path | None = None, dataframe: bool = False
+) -> list[Problem]:
+    """Every problem in ``frame``, in row order (does not raise). ``dataframe``: ``frame`` is a
+    caller's DataFrame, not a file's table: problems name its index labels and its columns
+    (:func:`format_dataframe_problems`), not file rows."""
     problems: list[Problem] = []
+    table = "columns" if dataframe else None  # where a problem of no row is
+    holder = "the DataFrame" if dataframe else "the file"
     missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
     separator = _other_separator(frame.columns) if missing else None
     if separator is not None:  # one problem, not one per column
-        problems.append(
-            Problem(
-                None,
-                None,
+        if dataframe:
+            message = (
+                f"one column holds the names joined by {separator!r}: the table was read from "
+                f"a {separator!r}-separated file as comma-separated (pandas: "
+                f"pd.read_csv(path, sep={separator!r}))"
+            )
+        else:
+            message = (
                 f"the header is one column holding {separator!r}: the file is "
                 f"{separator!r}-separated; avda reads comma-separated CSV (pandas: "
-                "df.to_csv(path, index=False))",
+                "df.to_csv(path, index=False))"
             )
-        )
+        problems.append(Problem(None, None, message, table))
         return problems
     for column in missing:
         found = _meant_for(column, frame.columns)
-        hint = f"; the file has {found!r}: rename it to {column!r}" if found else ""
-        problems.append(Problem(None, column, f"required column {column!r} is missing{hint}"))
+        hint = f"; {holder} has {found!r}: rename it to {column!r}" if found else ""
+        message = f"required column {column!r} is missing{hint}"
+        problems.append(Problem(None, column, message, table))
     if frame.empty:
-        problems.append(Problem(None, None, "the manifest has no rows"))
+        message = "the manifest has no rows"
+        if dataframe:
+            message = "the DataFrame has no rows: pass one that holds the segments"
+        problems.append(Problem(None, None, message, "rows" if dataframe else None))
     if missing or frame.empty:
         return problems
 
     rows = np.arange(len(frame)) + 2  # header is file row 1
+    labels = [_index_label(label) for label in frame.index] if dataframe else None
+
+    def row_name(index: int) -> str:
+        return f"index {labels[index]}" if labels is not None else f"row {rows[index]}"
+
+    def at(index: int, column: str | None, message: str) -> Problem:
+        where = row_name(index) if labels is not None else None
+        return Problem(int(rows[index]), column, message, where)
 
     def add(mask: Iterable[bool], column: str, message_of) -> None:
         for index in np.flatnonzero(np.asarray(mask, dtype=bool)):
-            problems.append(Problem(int(rows[index]), column, message_of(index)))
+            problems.append(at(int(index), column, message_of(index)))
 
     uid = frame["uid"].astype("string")
     add(uid.isna() | (uid.str.strip() == ""), "uid", lambda i: "empty uid")
     dup = uid.duplicated(keep="first") & uid.notna()
-    first_seen: dict[str, int] = {}
+    first_seen: dict[str, str] = {}
     for i, u in enumerate(uid):
         if pd.isna(u):
             continue
-        first_seen.setdefault(u, int(rows[i]))
+        first_seen.setdefault(u, row_name(i))
     add(
         dup,
         "uid",
-        lambda i: f"duplicate uid {uid.iloc[i]!r} (first at row {first_seen[uid.iloc[i]]})",
+        lambda i: f"duplicate uid {uid.iloc[i]!r} (first at {first_seen[uid.iloc[i]]})",
     )
 
     for column in ("video_id", "domain"):
@@ -427,19 +452,15 @@ def find_problems(frame: pd.DataFrame, *, videos: str | Path | None = None) -> l
                     durations[key] = _declared_duration(p)
             if not checked[key]:
                 problems.append(
-                    Problem(
-                        int(rows[i]),
-                        "video_path",
-                        f"video file {p} not found under {root}{same_name_hint(p)}",
-                    )
+                    at(i, "video_path", f"video file {p} not found under {root}{same_name_hint(p)}")
                 )
             elif isinstance(durations[key], str):
-                problems.append(Problem(int(rows[i]), "video_path", durations[key]))
+                problems.append(at(i, "video_path", durations[key]))
             elif durations[key] is not None and start.notna().iloc[i] and stop.notna().iloc[i]:
                 why = outside_video(float(start.iloc[i]), float(stop.iloc[i]), durations[key])
                 if why is not None:
                     column = "start_sec" if why.startswith("starts at") else "stop_sec"
-                    problems.append(Problem(int(rows[i]), column, f"{why}: {p}"))
+                    problems.append(at(i, column, f"{why}: {p}"))
     problems.sort(key=lambda p: p.row or 0)
     return problems
 
@@ -549,6 +570,30 @@ def format_problems(path: str | Path, problems: list[Problem]) -> str:
         lines.append(f"  ... and {more} more")
     lines.append(f"{fix_hint(problems)} and run `avda manifest validate` again")
     return "\n".join(lines)
+
+
+def format_dataframe_problems(problems: list[Problem], argument: str, call: str) -> str:
+    """The message of a DataFrame given to ``call`` as ``argument`` with ``problems`` (of
+    :func:`find_problems` with ``dataframe=True``): it names the argument, index labels and
+    columns, and no file (there is none)."""
+    shown = problems[:MAX_PROBLEMS_SHOWN]
+    more = len(problems) - len(shown)
+    lines = [f"the DataFrame given as {argument} has {len(problems)} problem(s):"]
+    lines += [f"  {p}" for p in shown]
+    if more:
+        lines.append(f"  ... and {more} more")
+    if all(p.row is None for p in problems):
+        lines.append(f"fix the DataFrame and call {call} again")
+    else:
+        lines.append(f"fix these rows of the DataFrame (or drop them) and call {call} again")
+    return "\n".join(lines)
+
+
+def _index_label(label: object) -> str:
+    """A DataFrame index label as a message names it: ``3``, ``'clip_a'``."""
+    if isinstance(label, numbers.Integral) and not isinstance(label, bool):
+        return str(int(label))
+    return repr(label.item() if isinstance(label, np.generic) else label)
 
 
 def fix_hint(problems: list[Problem]) -> str:
