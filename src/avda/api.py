@@ -551,8 +551,8 @@ def predict(
     list; default: every one). The head predicts as at the run's final evaluation: the run's
     input statistics, its target set for AdaBN, its stages for audio-adaptive
     (:mod:`avda.train.predict`). The result has ``uids``, ``labels`` and ``scores`` per task
-    (a run's ``predictions/<set>.npz`` arrays), ``sets``, ``metrics`` and ``top1(task)``;
-    ``out``: also write OUT.npz and OUT.csv (``.save(path)`` does it later).
+    (a run's ``predictions/<set>.npz`` arrays), ``sets``, ``metrics`` and ``top1(task, set)``
+    (one set's); ``out``: also write OUT.npz and OUT.csv (``.save(path)`` does it later).
     """
     from avda.train.predict import predict_run
 

@@ -3,6 +3,7 @@ run's own final evaluation predicted them."""
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 
 import numpy as np
@@ -360,6 +361,35 @@ def test_the_output_says_each_rows_set_and_never_goes_into_the_run(trained, tmp_
     )
     with pytest.raises(ConfigError, match="no task 'noun'; its tasks: verb"):
         result.top1("noun")
+    with pytest.raises(ConfigError, match=r"2 sets were predicted \(source_test, target_test\)"):
+        result.top1("verb")  # source and target rows together: no run's metric
+
+
+def test_top1_is_one_sets_accuracy_over_its_labelled_rows():
+    """``top1(task)`` counted every predicted row: source with target, the run's training rows
+    with its test rows. It is one set's (the only one, or the one named), as ``metrics``
+    holds it; a row without a label (-1: an unlabelled target row) is never counted."""
+    from avda.train.predict import Predictions
+
+    scores = np.eye(3)[[0, 1, 2, 0, 1, 2]].astype("float32")  # predicts 0, 1, 2, 0, 1, 2
+    labels = np.array([0, 2, 2, 0, -1, -1])  # source_test 2/3 right; target: one labelled row
+    both = Predictions(
+        uids=np.array(list("abcdef")), labels={"verb": labels}, scores={"verb": scores},
+        sets={"source_test": 3, "target_train_rows": 3}, metrics={},
+    )  # fmt: skip
+    with pytest.raises(ConfigError, match=r"name one, e\.g\. top1\('verb', set='target_"):
+        both.top1("verb")
+    assert both.top1("verb", set="source_test") == pytest.approx(2 / 3)
+    assert both.top1("verb", set="target_train_rows") == 1.0  # the -1 rows are not counted
+    with pytest.raises(ConfigError, match="no predicted set 'target_test'; sets: source_test"):
+        both.top1("verb", set="target_test")
+    one = Predictions(
+        uids=np.array(list("def")), labels={"verb": labels[3:]}, scores={"verb": scores[3:]},
+        sets={"target_test": 3}, metrics={},
+    )  # fmt: skip
+    assert one.top1("verb") == 1.0
+    unlabelled = dataclasses.replace(one, labels={"verb": np.full(3, -1)})
+    assert unlabelled.top1("verb") is None
 
 
 def test_a_run_without_per_set_digests_warns_when_its_rows_changed(trained, tmp_path, caplog):

@@ -76,18 +76,27 @@ class Predictions:
         return np.repeat(list(self.sets), list(self.sets.values())).astype(str)
 
     def top1(self, task: str, set: str | None = None) -> float | None:
-        """Top-1 accuracy of ``task`` over the rows of ``set`` (default: every predicted row)
-        that have a label; None where none has (or the task is multi-label)."""
+        """Top-1 accuracy of ``task`` over the rows of ``set`` that have a label (a row
+        without one, ``-1``, is not counted); None where none has (or the task is
+        multi-label). It is ``metrics["<set>/<task>/top1"]``. ``set`` may be left out only
+        when one set was predicted: an accuracy over several would mix source and target,
+        training and test rows, which no metric of a run does."""
         if task not in self.scores:
             raise ConfigError(
                 f"the run predicts no task {task!r}; its tasks: {', '.join(self.scores)}"
             )
-        labels, scores = self.labels[task], self.scores[task]
-        if set is not None:
-            if set not in self.sets:
-                raise ConfigError(f"no predicted set {set!r}; sets: {', '.join(self.sets)}")
-            chosen = self.set_names() == set
-            labels, scores = labels[chosen], scores[chosen]
+        if set is None:
+            if len(self.sets) > 1:
+                raise ConfigError(
+                    f"top1({task!r}): {len(self.sets)} sets were predicted "
+                    f"({', '.join(self.sets)}); name one, e.g. "
+                    f"top1({task!r}, set={next(reversed(self.sets))!r})"
+                )
+            set = next(iter(self.sets))
+        if set not in self.sets:
+            raise ConfigError(f"no predicted set {set!r}; sets: {', '.join(self.sets)}")
+        chosen = self.set_names() == set
+        labels, scores = self.labels[task][chosen], self.scores[task][chosen]
         if labels.ndim != 1:
             return None
         known = labels >= 0
