@@ -11,7 +11,7 @@ from tests.conftest import make_feature_cache
 
 from avda import runs
 from avda.errors import CacheError, ConfigError, RunError
-from avda.train.loop import train
+from avda.train.loop import config_difference, train
 
 
 @pytest.fixture()
@@ -151,6 +151,29 @@ def test_complete_run_is_skipped_and_other_config_refused(shifted_cache, tmp_pat
         _train(shifted_cache, tmp_path / "run", epochs=5, lr=0.5)
     assert "(head_config.epochs: the run's 4 -> 5; head_config.lr: the run's 0.001 -> 0.5)" in (
         str(info.value)
+    )
+
+
+def test_the_refusal_shows_what_an_unset_field_ran_with(shifted_cache, tmp_path):
+    """A field left unset is recorded as its "unset" value (``modalities: []``, every
+    modality; ``target_batch_size: 0``, ``batch_size``): the refusal showed the run's ``[]``
+    and ``0``, as if it had used no modality; it shows what the run used."""
+    _train(shifted_cache, tmp_path / "run")
+    with pytest.raises(RunError) as info:
+        _train(shifted_cache, tmp_path / "run", modalities=["rgb"], target_batch_size=8)
+    message = str(info.value)
+    assert (
+        "head_config.modalities: the run's ['audio', 'rgb'] (unset: every modality) -> ['rgb']"
+    ) in message
+    assert "head_config.target_batch_size: the run's 16 (unset: batch_size) -> 8" in message
+    with pytest.raises(RunError) as info:
+        _train(shifted_cache, tmp_path / "run", tasks=["verb"])
+    assert "head_config.tasks: the run's ['verb'] (unset: every task) -> ['verb']" in (
+        str(info.value)
+    )
+    # a field the run lacks is (none), not the string "'(none)'"
+    assert config_difference({"seed": 0}, {"seed": 0, "protocol": "unified"}) == (
+        "protocol: the run's (none) -> 'unified'"
     )
 
 

@@ -618,11 +618,41 @@ def config_difference(recorded: dict[str, Any], wanted: dict[str, Any], shown: i
     if keys and "avda_version" in keys and len(keys) > 1:
         keys.remove("avda_version")  # the version alone is not why; keep it last
         keys.append("avda_version")
+
+    def value(config: dict[str, Any], values: dict[str, Any], key: str) -> str:
+        if key not in values:
+            return "(none)"
+        meant = _unset_meaning(config, key, values[key])
+        return repr(values[key]) if meant is None else meant
+
     parts = [
-        f"{k}: the run's {old.get(k, '(none)')!r} -> {new.get(k, '(none)')!r}" for k in keys[:shown]
+        f"{k}: the run's {value(recorded, old, k)} -> {value(wanted, new, k)}" for k in keys[:shown]
     ]
     more = f"; and {len(keys) - shown} more" if len(keys) > shown else ""
     return "; ".join(parts) + more if parts else "no field differs"
+
+
+def _unset_meaning(config: dict[str, Any], key: str, value: Any) -> str | None:
+    """A head field left at its "unset" value (``modalities: []``: every modality in the
+    cache; ``target_batch_size: 0``: ``batch_size``) as what the run used, e.g. ``['audio',
+    'rgb'] (unset: every modality)``; None for any other value. A refusal that showed the
+    ``[]`` read as if the run had used no modality."""
+    head = config.get("head_config") or {}
+    modalities = list(config.get("modalities") or [])
+    if key == "head_config.modalities" and not value and modalities:
+        return f"{modalities!r} (unset: every modality)"
+    if key == "head_config.tasks" and not value and config.get("tasks"):
+        names = [task.get("name") for task in config["tasks"] if isinstance(task, dict)]
+        return f"{names!r} (unset: every task)"
+    if key == "head_config.target_batch_size" and value == 0 and "batch_size" in head:
+        return f"{head['batch_size']!r} (unset: batch_size)"
+    if key == "head_config.visual_modalities" and not value and modalities:
+        from avda.train.heads._base import ordered_modalities
+
+        audio = head.get("audio_modality", "audio")
+        visual = ordered_modalities([m for m in modalities if m != audio])
+        return f"{visual!r} (unset: every modality but {audio})"
+    return None
 
 
 def same_cache(recorded: dict[str, Any], current: dict[str, Any]) -> bool:
