@@ -97,8 +97,11 @@ def test_generic_reads_a_folder_of_parquet_and_csv(tmp_path):
     (tmp_path / "c.csv").write_text(
         "uid,video_id,domain,split,start_sec,stop_sec\np1,v,D2,test,0,2\n"
     )
-    with pytest.raises(ManifestError, match="uid.*more than one file"):
+    with pytest.raises(ManifestError) as caught:
         build("generic", tmp_path)
+    assert "c.csv row 2 [uid]: uid 'p1' is also at a.parquet record 1: uids must be unique" in (
+        str(caught.value)
+    )
 
 
 def test_actorshift_maps_columns_and_class_names(tmp_path):
@@ -138,3 +141,47 @@ def test_actorshift_rejects_unknown_domains_and_classes(tmp_path):
         build("actorshift", path, columns=columns)
     with pytest.raises(ManifestError, match="flying"):
         build("actorshift", path, columns=columns, domains={"animals": "animal"})
+
+
+def test_actorshift_reports_every_problem_of_the_files_in_one_run(tmp_path):
+    """A bad split, domain and class name and a uid repeated across files were four runs of
+    ``avda manifest build``: the schema's problems (the split) were raised first, then the
+    domains, then the classes, then the repeated uid. One run names them all, each with its
+    file and rows."""
+    folder = tmp_path / "actorshift"
+    folder.mkdir()
+    (folder / "a.csv").write_text(
+        ACTORSHIFT_CSV.replace("animal,test,1.5", "animal,testing,1.5")
+        .replace("k002,human", "k002,humans")
+        .replace("eating", "flying")
+    )
+    (folder / "b.csv").write_text("clip,actor,subset,start,end,label\nk001,human,train,0,4,\n")
+    columns = {"uid": "clip", "video_id": "clip", "domain": "actor", "split": "subset",
+               "start_sec": "start", "stop_sec": "end", "verb": "label"}  # fmt: skip
+    with pytest.raises(ManifestError) as caught:
+        build("actorshift", folder, columns=columns)
+    assert str(caught.value).splitlines() == [
+        "actorshift annotations have 4 problem(s):",
+        "  a.csv row 5 [split]: unknown split 'testing'; expected one of train, val, test",
+        "  a.csv row 3 [domain]: domain value(s) humans are neither human nor animal; rename "
+        "them with the domains option, e.g. domains=humans=human,animals=animal",
+        "  a.csv row 4 [verb]: class name(s) flying are not in sleeping, watching tv, eating, "
+        "drinking, swimming, running, opening a door; pass class_names with the dataset's "
+        "class list",
+        "  b.csv row 2 [uid]: uid 'k001' is also at a.csv row 2: uids must be unique across the "
+        "files",
+        "fix these in the annotation files and run `avda manifest build` again",
+    ]
+    ids = ACTORSHIFT_CSV.replace(",label", ",label,cls").replace("\n", ",0\n")
+    (folder / "b.csv").unlink()
+    (folder / "a.csv").write_text(ids.replace("y001,animal,train,0,8,eating,0", "y001,animals,"
+                                  "training,0,8,eating,9").replace("k001,human,train,0,10,"
+                                  "sleeping,0", "k001,human,train,0,10,sleeping,12"))  # fmt: skip
+    with pytest.raises(ManifestError) as caught:
+        build("actorshift", folder, columns={**columns, "verb_class": "cls"})
+    message = str(caught.value)
+    assert "a.csv row 4 [split]: unknown split 'training'" in message
+    assert "a.csv row 4 [domain]: domain value(s) animals are neither" in message
+    assert "a.csv row 2, row 4 [verb_class]: class id(s) 9, 12 are outside the 7 classes" in (
+        message
+    )

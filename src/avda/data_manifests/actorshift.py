@@ -16,16 +16,21 @@ differently, e.g. ``columns=uid=clip,video_id=clip,domain=actor,split=subset,
 start_sec=start,stop_sec=end,verb=label``. When the table has class names (``verb``) but no
 ids, ids are the position of the name in ``class_names`` (case, spaces and ``_`` ignored).
 Domain values other than ``human``/``animal`` must be renamed with ``domains=humans=human,...``.
+Unknown domains, class ids and class names are problems of their file and rows, reported with
+the schema's (:func:`load_tables`' ``check``) so that one run names every problem.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
+
 from avda.data_manifests.benchmarks import ManifestBuild, register
 from avda.data_manifests.generic import load_tables
 from avda.data_manifests.settings import ACTORSHIFT
-from avda.errors import ManifestError
+from avda.data_manifests.sources import SourceProblems, SourceTable
 
 NAME = "actorshift"
 CLASSES: tuple[str, ...] = (
@@ -47,6 +52,14 @@ def _key(name: object) -> str:
     return " ".join(str(name).replace("_", " ").lower().split())
 
 
+def _rows(table: SourceTable, mask: pd.Series, shown: int = 3) -> str:
+    """The rows of ``mask`` as a message names them: ``row 4``, ``row 4, row 9 and 3 more``."""
+    positions = np.flatnonzero(mask.to_numpy(dtype=bool))
+    names = [table.row_label(int(p)) for p in positions[:shown]]
+    more = f" and {len(positions) - shown} more" if len(positions) > shown else ""
+    return ", ".join(names) + more
+
+
 @register(NAME)
 def build(
     annotations: Path,
@@ -61,33 +74,58 @@ def build(
     ``columns``: manifest column <- file column. ``domains``/``splits``: value renames.
     ``class_names``: the class list, in id order.
     """
+    lookup = {_key(name): index for index, name in enumerate(class_names)}
+
+    def check(table: SourceTable, frame: pd.DataFrame, problems: SourceProblems) -> None:
+        """ActorShift's domains and classes, checked with the schema (one run reports all)."""
+        if "domain" in frame.columns:
+            values = frame["domain"].astype("string").str.strip()
+            unknown = values.notna() & (values != "") & ~values.isin(list(DOMAINS))
+            if unknown.any():
+                problems.add(
+                    table.name,
+                    _rows(table, unknown),
+                    "domain",
+                    f"domain value(s) {', '.join(sorted(set(values[unknown])))} are neither "
+                    "human nor animal; rename them with the domains option, e.g. "
+                    "domains=humans=human,animals=animal",
+                )
+        if "verb_class" in frame.columns:
+            ids = pd.to_numeric(frame["verb_class"], errors="coerce")
+            outside = (ids >= len(class_names)).fillna(False)
+            if outside.any():
+                problems.add(
+                    table.name,
+                    _rows(table, outside),
+                    "verb_class",
+                    f"class id(s) {', '.join(str(int(i)) for i in sorted(set(ids[outside])))} "
+                    f"are outside the {len(class_names)} classes {', '.join(class_names)}; "
+                    "pass class_names with the dataset's class list",
+                )
+        elif "verb" in frame.columns:
+            keys = frame["verb"].map(_key, na_action="ignore")
+            unknown = keys.notna() & (keys != "") & ~keys.isin(list(lookup))
+            if unknown.any():
+                problems.add(
+                    table.name,
+                    _rows(table, unknown),
+                    "verb",
+                    f"class name(s) {', '.join(sorted(set(keys[unknown])))} are not in "
+                    f"{', '.join(class_names)}; pass class_names with the dataset's class list",
+                )
+
     manifest, files = load_tables(
-        annotations, NAME, columns=columns or {}, domains=domains or {}, splits=splits or {}
+        annotations,
+        NAME,
+        columns=columns or {},
+        domains=domains or {},
+        splits=splits or {},
+        check=check,
     )
     found = sorted(manifest["domain"].astype(str).unique())
-    unexpected = [d for d in found if d not in DOMAINS]
-    if unexpected:
-        raise ManifestError(
-            f"{NAME}: domain value(s) {', '.join(unexpected)} are neither human nor animal; "
-            "rename them with the domains option, e.g. domains=humans=human,animals=animal"
-        )
-    if "verb_class" in manifest.columns:
-        ids = manifest["verb_class"].dropna()
-        if len(ids) and int(ids.max()) >= len(class_names):
-            raise ManifestError(
-                f"{NAME}: class id {int(ids.max())} is outside the {len(class_names)} classes "
-                f"{', '.join(class_names)}; pass class_names with the dataset's class list"
-            )
-    elif "verb" in manifest.columns:
-        lookup = {_key(name): index for index, name in enumerate(class_names)}
+    if "verb_class" not in manifest.columns and "verb" in manifest.columns:
         keys = manifest["verb"].map(_key, na_action="ignore")
         keys = keys.mask(keys == "")  # an empty name is an unlabelled row
-        unknown = sorted({k for k in keys.dropna() if k not in lookup})
-        if unknown:
-            raise ManifestError(
-                f"{NAME}: class name(s) {', '.join(unknown)} are not in {', '.join(class_names)}; "
-                "pass class_names with the dataset's class list"
-            )
         manifest["verb_class"] = keys.map(lookup).astype("Int64")
     labelled = "verb_class" in manifest.columns
     return ManifestBuild(

@@ -14,8 +14,10 @@ the largest id + 1; for ``labels`` the ids themselves.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from avda.data_manifests import schema
@@ -62,8 +64,13 @@ def load_tables(
     columns: dict[str, str],
     domains: dict[str, str],
     splits: dict[str, str],
+    check: Callable[[SourceTable, pd.DataFrame, SourceProblems], None] | None = None,
 ) -> tuple[pd.DataFrame, list[Path]]:
-    """Read, rename and check the tables; raise every problem at once."""
+    """Read, rename and check the tables; raise every problem at once.
+
+    ``check(table, frame, problems)``: a builder's own checks of each renamed ``frame`` (its
+    rows are ``table``'s, in order), run with the schema's so that one run reports them all.
+    """
     unknown = [name for name in columns if name not in MANIFEST_COLUMNS]
     if unknown:
         raise ConfigError(
@@ -105,17 +112,37 @@ def load_tables(
             else:
                 position = problem.row - 2  # schema rows count the header as row 1
                 problems.add(table.name, table.row_label(position), problem.column, problem.message)
+        if check is not None:
+            check(table, frame, problems)
         renamed.append((table, frame))
+    _check_uids_across_files(renamed, problems)
     problems.raise_if_any()
     manifest = schema.normalise(pd.concat([frame for _, frame in renamed], ignore_index=True))
-    duplicated = manifest["uid"].duplicated(keep="first")
-    if duplicated.any():
-        example = manifest["uid"][duplicated].iloc[0]
-        raise ManifestError(
-            f"{benchmark}: {int(duplicated.sum())} uid(s) appear in more than one file "
-            f"(e.g. {example!r}); uids must be unique across {', '.join(p.name for p in files)}"
-        )
     return manifest, files
+
+
+def _check_uids_across_files(
+    renamed: list[tuple[SourceTable, pd.DataFrame]], problems: SourceProblems
+) -> None:
+    """A uid of a file that an earlier file holds (a file's own repeats are the schema's)."""
+    first: dict[str, str] = {}  # uid -> "file row N" where it first appears
+    for table, frame in renamed:
+        if "uid" not in frame.columns:
+            continue
+        uids = frame["uid"].astype("string").str.strip()
+        seen = first.copy()  # the earlier files'
+        repeated = np.array([pd.notna(u) and u in seen for u in uids], dtype=bool)
+        problems.add_rows(
+            table,
+            repeated,
+            "uid",
+            lambda i, u=uids, s=seen: (
+                f"uid {u.iloc[i]!r} is also at {s[u.iloc[i]]}: uids must be unique across the files"
+            ),
+        )
+        for position, uid in enumerate(uids):
+            if pd.notna(uid) and uid != "":
+                first.setdefault(uid, f"{table.name} {table.row_label(position)}")
 
 
 def class_tables(manifest: pd.DataFrame) -> dict[str, tuple[str, ...]]:
