@@ -77,6 +77,46 @@ def test_every_malformed_row_is_reported_with_file_and_row(small_epic100):
         assert line in message
 
 
+def test_a_broken_class_or_info_file_is_reported_with_the_rows_problems(small_epic100):
+    """A class file with a bad id stopped the build before the UDA rows were read: their
+    problems came one run later. One run names both, and no row is reported for an id the
+    broken table cannot hold (its ids are checked once the table reads)."""
+    uda = small_epic100 / "UDA_annotations"
+    _edit(small_epic100 / "EPIC_100_verb_classes.csv", 3, "id", "one")
+    _edit(small_epic100 / "EPIC_100_video_info.csv", 2, "fps", "-1")
+    _edit(uda / "EPIC_100_uda_source_train.csv", 2, "start_timestamp", "00:00:xx")
+    _edit(uda / "EPIC_100_uda_target_val.csv", 3, "noun_class", "tap")
+    with pytest.raises(ManifestError) as caught:
+        build("epic100-uda", small_epic100)
+    assert str(caught.value).splitlines()[1:5] == [
+        "  EPIC_100_video_info.csv row 2 [fps]: fps '-1' is not a positive number",
+        "  EPIC_100_verb_classes.csv row 3 [id]: class id is not an integer",
+        "  EPIC_100_uda_source_train.csv row 2 [start_timestamp]: time '00:00:xx' is not "
+        "HH:MM:SS.ff",
+        "  EPIC_100_uda_target_val.csv row 3 [noun_class]: class id 'tap' is not an integer",
+    ]
+    assert "4 problem(s)" in str(caught.value)
+
+
+def test_epic55_reports_a_broken_class_file_with_the_rows_problems(shared_data, tmp_path):
+    source = shared_data / "annotations" / "epic55"
+    root = tmp_path / "epic55"
+    root.mkdir()
+    for name in ("EPIC_noun_classes.csv", "EPIC_verb_classes.csv", "EPIC_video_info.csv"):
+        shutil.copy(source / name, root / name)
+    lines = (source / "EPIC_train_action_labels.csv").read_text().splitlines()[:4]
+    (root / "EPIC_train_action_labels.csv").write_text("\n".join(lines) + "\n")
+    _edit(root / "EPIC_noun_classes.csv", 2, "noun_id", "x")
+    _edit(root / "EPIC_train_action_labels.csv", 3, "stop_frame", "late")
+    with pytest.raises(ManifestError) as caught:
+        build("epic55", root)
+    assert str(caught.value).splitlines()[:3] == [
+        "epic55 annotations have 2 problem(s):",
+        "  EPIC_noun_classes.csv row 2 [noun_id]: class id is not an integer",
+        "  EPIC_train_action_labels.csv row 3 [stop_frame]: frame 'late' is not an integer",
+    ]
+
+
 def test_missing_column_and_missing_file(small_epic100):
     path = small_epic100 / "UDA_annotations" / "EPIC_100_uda_source_val.csv"
     frame = pd.read_csv(path).drop(columns=["noun_class"])
@@ -249,6 +289,49 @@ def test_charades_malformed_actions(small_charades):
     assert "CharadesEgo_v0_test.csv row 2 [actions]: unknown class c157" in message
     assert "CharadesEgo_v0_test.csv row 2 [actions]: action 'c001 a 2' is not" in message
     assert "CharadesEgo_v0_test.csv row 3 [length]: length 'long' is not a number" in message
+
+
+def test_a_broken_class_list_is_reported_with_the_rows_problems(small_charades, shared_data,
+                                                                tmp_path):  # fmt: skip
+    """A broken class list stopped CharadesEgo and UCF-HMDB before the rows were read, and the
+    small variant's list naming a class the full list lacks came after every row problem: one
+    run names them all (rows are not checked against what a broken list gave)."""
+    classes = small_charades / "charades_v1_classes.txt"
+    classes.write_text("\n".join(classes.read_text().splitlines()[:150]) + "\n")
+    (small_charades / "CharadesEgo_v0_test.csv").write_text(
+        f"{CHARADES_HEADER}\nDDDDD,,,,,,,,,c001 1 2,long\n"
+    )
+    with pytest.raises(ManifestError) as caught:
+        build("charades-ego", small_charades)
+    assert str(caught.value).splitlines()[:3] == [
+        "charades-ego annotations have 2 problem(s):",
+        "  charades_v1_classes.txt: lists 150 classes; Charades has 157",
+        "  CharadesEgo_v0_test.csv row 2 [length]: length 'long' is not a number",
+    ]
+    root = tmp_path / "ucf"
+    shutil.copytree(shared_data / "annotations" / "ucf_hmdb_lists", root)
+    full = root / "ta3n_class_lists" / "classInd_hmdb_ucf.txt"
+    full.write_text(full.read_text().replace("2 golf", "2 golfing"))
+    hmdb = root / "list_hmdb51_val_ucf101-feature.txt"
+    lines = hmdb.read_text().splitlines()
+    lines[1] = lines[1].split(" ")[0] + " many 3"
+    hmdb.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ManifestError) as caught:
+        build("ucf-hmdb", root, variant="small")
+    assert str(caught.value).splitlines()[:3] == [
+        "ucf-hmdb annotations have 2 problem(s):",
+        "  classInd_hmdb_ucf_small.txt: names golf, which classInd_hmdb_ucf.txt lacks",
+        "  list_hmdb51_val_ucf101-feature.txt row 2 [num_frames]: 'many' is not a frame count",
+    ]
+    full.write_text(full.read_text().replace("2 golfing", "x golf"))
+    with pytest.raises(ManifestError) as caught:
+        build("ucf-hmdb", root)
+    assert str(caught.value).splitlines()[:4] == [
+        "ucf-hmdb annotations have 3 problem(s):",
+        "  classInd_hmdb_ucf.txt row 3: expected 'id name', got 'x golf'",
+        "  classInd_hmdb_ucf.txt: class ids are not 0..10, one each",
+        "  list_hmdb51_val_ucf101-feature.txt row 2 [num_frames]: 'many' is not a frame count",
+    ]  # no "unknown class id 2" for every golf row
 
 
 def test_ucf_lists_with_bad_rows(shared_data, tmp_path):

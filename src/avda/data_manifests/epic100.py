@@ -34,7 +34,7 @@ from avda.data_manifests.epic_common import (
     SEGMENT_COLUMNS,
     apply_video_path_template,
     epic_segments,
-    frame_number_rates,
+    usable_references,
 )
 from avda.data_manifests.settings import EPIC100_UDA
 from avda.data_manifests.sources import (
@@ -118,7 +118,10 @@ def build(
     video_fps = read_video_fps(info_path, "video_id", problems)
     verb_classes = read_class_names(verb_path, "id", "key", problems)
     noun_classes = read_class_names(noun_path, "id", "key", problems)
-    problems.raise_if_any()
+    fps, verbs, nouns = usable_references(
+        problems, video_fps, info_path.name, verb_classes, verb_path.name, noun_classes,
+        noun_path.name,
+    )  # fmt: skip
 
     frames: list[pd.DataFrame] = []
     sources = [str(info_path), str(verb_path), str(noun_path)]
@@ -134,16 +137,16 @@ def build(
                 uid_column="narration_id",
                 domain=domain,
                 split=split,
-                fps=frame_number_rates(video_fps),
+                fps=fps,
                 video_info_name=info_path.name,
-                verb_classes=verb_classes if labelled else None,
+                verb_classes=verbs if labelled else None,
                 verb_class_file=verb_path.name,
-                noun_classes=noun_classes if labelled else None,
+                noun_classes=nouns if labelled else None,
                 noun_class_file=noun_path.name,
                 keep_all_nouns=labelled,
             )
         )
-    problems.raise_if_any()
+    problems.raise_if_any()  # the class and info files' with the rows'
     manifest = pd.concat(frames, ignore_index=True)
     manifest = drop_short_segments(manifest, drops, fps=manifest["fps"].to_numpy())
     manifest = apply_video_path_template(manifest, video_path_template)

@@ -23,7 +23,7 @@ from avda.data_manifests.epic_common import (
     SEGMENT_COLUMNS,
     apply_video_path_template,
     epic_segments,
-    frame_number_rates,
+    usable_references,
 )
 from avda.data_manifests.settings import Setting
 from avda.data_manifests.sources import (
@@ -77,25 +77,28 @@ def build(
     verb_classes = read_class_names(verb_path, "verb_id", "class_key", problems)
     noun_classes = read_class_names(noun_path, "noun_id", "class_key", problems)
     table = read_csv_table(labels_path, REQUIRED_COLUMNS, problems)
-    problems.raise_if_any()
-    if table is None:  # read_csv_table recorded why, so raise_if_any() raised already
+    if table is None:  # read_csv_table recorded why
+        problems.raise_if_any()
         raise ManifestError(f"{NAME}: {labels_path} cannot be read")
-
+    fps, verbs, nouns = usable_references(
+        problems, video_fps, info_path.name, verb_classes, verb_path.name, noun_classes,
+        noun_path.name,
+    )  # fmt: skip
     manifest = epic_segments(
         table,
         problems,
         uid_column="uid",
         domain=table.frame["participant_id"].astype(str).str.strip(),
         split="train",
-        fps=frame_number_rates(video_fps),
+        fps=fps,
         video_info_name=info_path.name,
-        verb_classes=verb_classes,
+        verb_classes=verbs,
         verb_class_file=verb_path.name,
-        noun_classes=noun_classes,
+        noun_classes=nouns,
         noun_class_file=noun_path.name,
         keep_all_nouns=True,
     )
-    problems.raise_if_any()
+    problems.raise_if_any()  # the class and info files' with the rows'
     known = sorted(manifest["domain"].unique())
     if participants:
         unknown = [p for p in participants if p not in known]

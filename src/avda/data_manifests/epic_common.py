@@ -45,6 +45,26 @@ def frame_number_rates(video_fps: Mapping[str, float]) -> dict[str, float]:
     }
 
 
+def usable_references(
+    problems: SourceProblems,
+    video_fps: Mapping[str, float],
+    info_name: str,
+    verb_classes: tuple[str, ...],
+    verb_file: str,
+    noun_classes: tuple[str, ...],
+    noun_file: str,
+) -> tuple[float | dict[str, float], tuple[str, ...] | None, tuple[str, ...] | None]:
+    """What the segment rows are checked against: the frame-number rates of the video info
+    file and the class tables, each only when its file read without problems (else one rate
+    for every video, and None: no class check). A row is then checked for what it holds
+    (times, frames, ids) in the same run as the broken file, not after it is fixed, and not
+    against a table it would fail only because the table is broken."""
+    fps = EPIC_FRAME_RATE if problems.about(info_name) else frame_number_rates(video_fps)
+    verbs = None if problems.about(verb_file) else verb_classes
+    nouns = None if problems.about(noun_file) else noun_classes
+    return fps, verbs, nouns
+
+
 EPIC_VIDEO_PATH = "{participant_id}/videos/{video_id}.MP4"
 """Where the official download scripts put a video, relative to the videos folder."""
 

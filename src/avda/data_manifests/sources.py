@@ -76,6 +76,10 @@ class SourceProblems:
     def __bool__(self) -> bool:
         return bool(self.problems)
 
+    def about(self, file: str) -> bool:
+        """Whether a problem of ``file`` was recorded (what it gave cannot check others)."""
+        return any(problem.file == file for problem in self.problems)
+
     def raise_if_any(self) -> None:
         if not self.problems:
             return

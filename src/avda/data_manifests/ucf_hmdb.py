@@ -173,8 +173,17 @@ def build(
         small_path = locate(annotations, [SMALL_CLASS_LIST], NAME, SUBFOLDERS)
         small_ids = read_class_list(small_path, problems, unique_ids=True)
         sources.append(str(small_path))
-    problems.raise_if_any()
+        missing = [name for name in small_ids if name not in class_ids]
+        if missing and not problems.about(class_path.name):
+            problems.add(
+                small_path.name, None, None, f"names {', '.join(missing)}, which {class_file} lacks"
+            )
     names = {class_id: name for name, class_id in class_ids.items()}
+    # a broken class list is reported with the lists' problems (one run names them all); the
+    # rows are not checked against what it gave meanwhile
+    checked_names = None if problems.about(class_path.name) else names
+    if ucf_class_path is not None and problems.about(ucf_class_path.name):
+        ucf_classes = None
 
     frames: list[pd.DataFrame] = []
     for domain, list_name, split in lists:
@@ -183,7 +192,9 @@ def build(
         table = read_list(path, problems)
         if table is None:
             continue
-        frames.append(_rows(table, domain, split, fps[domain], names, ucf_classes, problems))
+        frames.append(
+            _rows(table, domain, split, fps[domain], checked_names, ucf_classes, problems)
+        )
     problems.raise_if_any()
     manifest = pd.concat(frames, ignore_index=True)
     short = (manifest["stop_frame"] < 1).to_numpy()
@@ -191,11 +202,6 @@ def build(
     manifest = manifest[~short].reset_index(drop=True)
     class_names = tuple(names[i] for i in range(len(names)))
     if small_ids is not None:
-        missing = [name for name in small_ids if name not in class_ids]
-        if missing:
-            raise ManifestError(
-                f"{NAME}: {SMALL_CLASS_LIST} names {', '.join(missing)}, which {class_file} lacks"
-            )
         small = manifest["verb"].map(small_ids)
         drops.add(NOT_IN_SMALL, int(small.isna().sum()))
         manifest = manifest[small.notna()].reset_index(drop=True)
@@ -234,10 +240,11 @@ def _rows(
     domain: str,
     split: str,
     fps: float,
-    names: dict[int, str],
+    names: dict[int, str] | None,
     ucf_classes: dict[str, int] | None,
     problems: SourceProblems,
 ) -> pd.DataFrame:
+    """A list's rows; labels are checked against ``names`` (None: not checked)."""
     raw = table.frame
     frames = pd.to_numeric(raw["frames"], errors="coerce")
     bad_frames = (frames.isna() | (frames % 1 != 0) | (frames < 0)).to_numpy()
@@ -249,15 +256,16 @@ def _rows(
     problems.add_rows(
         table, bad_labels, "label", lambda i: f"class id {raw['label'].iloc[i]!r} is not an integer"
     )
-    unknown = ~bad_labels & ~labels.isin(list(names)).to_numpy()
-    problems.add_rows(
-        table,
-        unknown,
-        "label",
-        lambda i: (
-            f"unknown class id {raw['label'].iloc[i]} (the class list has 0..{len(names) - 1})"
-        ),
-    )
+    if names is not None:
+        unknown = ~bad_labels & ~labels.isin(list(names)).to_numpy()
+        problems.add_rows(
+            table,
+            unknown,
+            "label",
+            lambda i: (
+                f"unknown class id {raw['label'].iloc[i]} (the class list has 0..{len(names) - 1})"
+            ),
+        )
     if domain == "ucf" and ucf_classes is not None:
         for position, video in enumerate(raw["video"]):
             match = UCF_NAME_PATTERN.match(video)
@@ -285,7 +293,7 @@ def _rows(
             "start_frame": 1,
             "stop_frame": count,
             "fps": fps,
-            "verb": [names.get(int(c), "") for c in label],
+            "verb": [(names or {}).get(int(c), "") for c in label],
             "verb_class": label,
         }
     )
