@@ -828,14 +828,17 @@ def cache_verify(
     store: Annotated[Path, typer.Argument(help="Feature cache (.zarr).")],
     quiet: Quiet = False,
 ) -> None:
-    """Read every chunk of a cache once: damaged chunk files, NaN/inf in done rows, unknown
-    status values, arrays of the wrong length. One line per problem; exit code 3 when any."""
+    """Read every chunk of a cache once: damaged or missing chunk files, NaN/inf in done rows,
+    unknown status values, arrays of the wrong shape. One line per problem; exit code 3 when
+    any. Leftovers of an import killed before its commit are a note (exit code 0)."""
     from avda.cache import open_cache
 
     cache = open_cache(store)
     problems = cache.verify(progress=not quiet)
     for message in problems["message"]:
         typer.echo(message)
+    for note in problems.attrs.get("notes", []):
+        typer.echo(f"note: {note}")
     read = f"{problems.attrs['arrays']} arrays, {problems.attrs['chunks']} chunks read"
     if len(problems):
         files = problems.loc[problems["file"] != "", "file"].nunique()

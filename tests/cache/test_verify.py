@@ -3,14 +3,18 @@ line naming its file, its rows and the fix; exit code 3 when any (0 when clean).
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
+import pandas as pd
 import pytest
 import zarr
 from tests.conftest import make_feature_cache
 
 from avda import cache as cache_lib
 from avda import cli
-from avda.cache import schema
+from avda.cache import interop, schema
+from avda.errors import CacheError
 
 
 def verify_cli(capsys, path, *extra):
@@ -170,3 +174,122 @@ def test_an_absent_chunk_of_rows_not_done_is_no_problem(store_path):
     group["status/rgb"][8:16] = int(cache_lib.Status.PENDING)
     (store_path / "features/rgb/c/1/0/0").unlink()
     assert cache_lib.open_cache(store_path).verify().empty
+
+
+def test_rows_past_the_segment_count_are_a_note_not_a_problem(capsys, store_path):
+    """A killed `avda cache import` leaves rows past num_segments (and the arrays of a modality
+    the provenance does not list): readers never read them and the next import removes them,
+    so the store is sound (exit 0), with a note; the leftover arrays are not checked."""
+    store = cache_lib.open_cache(store_path, mode="r+")
+    for array in store.arrays().values():
+        array.resize((51, *array.shape[1:]))
+    store.add_modality("flow", num_clips=2, num_features=16, info={}, register=False, rows=51)
+    chunk = store_path / "segments/uid/c/6"  # rows 48-50 of the append: not read
+    chunk.write_bytes(b"cut")
+    zarr.open_group(str(store_path), mode="r+")["status/flow"][:] = 9  # not the store's
+    problems = cache_lib.open_cache(store_path).verify()
+    assert problems.empty
+    notes = problems.attrs["notes"]
+    assert len(notes) == 2
+    assert "features/flow, status/flow, errors/flow: the arrays of a modality" in notes[0]
+    assert "13 arrays (" in notes[1] and "rows past its 48 segments (up to row 50)" in notes[1]
+    assert "the next `avda cache import` into it removes them" in notes[1]
+    code, lines, _ = verify_cli(capsys, store_path, "-q")
+    assert code == 0
+    assert lines == [f"note: {note}" for note in notes] + [
+        f"cache {store_path}: no problems (13 arrays, 78 chunks read)"
+    ]
+
+
+def test_an_absent_status_chunk_of_written_rows_is_a_problem(capsys, store_path):
+    """zarr reads an absent status chunk as 0, pending: `avda train` would leave the rows out
+    and a resume recompute them, though their features are in the store."""
+    (store_path / "status/rgb/c/1").unlink()
+    problems = cache_lib.open_cache(store_path).verify()
+    assert problems[["kind", "array", "file", "rows"]].values.tolist() == [
+        ["missing", "status/rgb", "status/rgb/c/1", list(range(8, 16))]
+    ]
+    message = problems["message"].iloc[0]
+    assert "status/rgb/c/1 is missing, so rows 8-15 read as pending" in message
+    assert "though features/rgb/c/1/0/0 is there" in message
+    assert "run the same `avda extract` again, which recomputes them" in message
+    code, lines, _ = verify_cli(capsys, store_path, "-q")
+    assert code == 3 and lines[0] == message
+    # a chunk of rows never extracted has no files at all (zarr writes no chunk of pending
+    # rows only): no problem
+    (store_path / "features/rgb/c/1/0/0").unlink()
+    assert cache_lib.open_cache(store_path).verify().empty
+
+
+@pytest.fixture
+def imported_path(tmp_path):
+    """A store made by `avda cache import` of per-video .npy files: 8 segments, 4 per chunk."""
+    folder = tmp_path / "feats"
+    folder.mkdir()
+    np.save(folder / "v1.npy", np.random.default_rng(0).normal(size=(40, 16)).astype("float32"))
+    pd.DataFrame(
+        {
+            "uid": [f"s{i}" for i in range(8)],
+            "video_id": "v1",
+            "domain": "D1",
+            "split": "train",
+            "start_sec": np.arange(8.0),
+            "stop_sec": np.arange(8.0) + 1,
+        }
+    ).to_csv(tmp_path / "m.csv", index=False)
+    result = interop.import_features(
+        folder,
+        out=tmp_path / "imported.zarr",
+        annotations=tmp_path / "m.csv",
+        feature_rate=2.0,
+        num_clips=2,
+        chunk_rows=4,
+        domain="D1",
+    )
+    return result.store
+
+
+@pytest.mark.parametrize("file", ["features/rgb/c/1/0/0", "status/rgb/c/1"])
+def test_an_imported_modalitys_chunk_is_imported_again_not_extracted(imported_path, file):
+    """`avda extract` cannot recompute rows an import brought, and the same import into the
+    store says 'already imported': the fix names the import, into a new store."""
+    chunk = imported_path / file
+    chunk.write_bytes(chunk.read_bytes()[:7])
+    problems = cache_lib.open_cache(imported_path).verify()
+    assert problems[["kind", "file", "rows"]].values.tolist() == [["damaged", file, [4, 5, 6, 7]]]
+    message = problems["message"].iloc[0]
+    folder = imported_path.parent / "feats"
+    assert "avda extract" not in message
+    assert "import what rows 4-7 of rgb came from into a new store (-o NEW.zarr" in message
+    assert (
+        f"`avda cache import {folder} --format npy --domain D1 --modality rgb --feature-rate 2 "
+        "--num-clips 2`"
+    ) in message
+    store = cache_lib.open_cache(imported_path)
+    read = store.load if file.startswith("features") else store.status  # a reader says so too
+    with pytest.raises(CacheError, match="into a new store") as raised:
+        read("rgb")
+    assert "avda extract" not in str(raised.value)
+
+
+def test_an_imported_modalitys_absent_or_odd_chunks_are_imported_again(imported_path):
+    (imported_path / "features/rgb/c/0/0/0").unlink()  # done rows
+    (imported_path / "status/rgb/c/1").unlink()  # every imported row has a status
+    problems = cache_lib.open_cache(imported_path).verify()
+    assert problems[["kind", "file", "rows"]].values.tolist() == [
+        ["missing", "status/rgb/c/1", [4, 5, 6, 7]],  # status arrays are read first
+        ["missing", "features/rgb/c/0/0/0", [0, 1, 2, 3]],
+    ]
+    for message in problems["message"]:
+        assert "avda extract" not in message and "into a new store (-o NEW.zarr" in message
+    assert "an import gives each of its rows a status" in problems["message"].iloc[0]
+    zarr.open_group(str(imported_path), mode="r+")["status/rgb"][5] = 9
+    problems = cache_lib.open_cache(imported_path).verify()
+    odd = problems.loc[problems["kind"] == "status", "message"].iloc[0]
+    assert "row 5 is status 9" in odd and "import what row 5 of rgb came from" in odd
+    assert "avda extract" not in odd
+    shutil.rmtree(imported_path / "errors" / "rgb")  # a whole array the copy never reached
+    problems = cache_lib.open_cache(imported_path).verify()
+    gone = problems.loc[problems["array"] == "errors/rgb", "message"].iloc[0]
+    assert "errors/rgb is missing (the provenance lists modality 'rgb')" in gone
+    assert "avda extract" not in gone and "into a new store (-o NEW.zarr" in gone

@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import secrets
+import shlex
 import shutil
 import uuid
 from collections.abc import Sequence
@@ -218,19 +219,31 @@ class FeatureCache:
             except _DECODE_ERRORS:
                 raise CacheError(
                     f"cache {self.path}: "
-                    + damaged_chunk_message(array, chunk, lo, hi, exc, self.chunk_rows)
+                    + damaged_chunk_message(
+                        array,
+                        chunk,
+                        lo,
+                        hi,
+                        exc,
+                        self.chunk_rows,
+                        self._import_fix(modality, lo, hi),
+                    )
                 ) from None
 
     def verify(self, *, progress: bool = False) -> pd.DataFrame:
         """Read every chunk of every array once (chunk by chunk) and list what is wrong: chunk
         files that cannot be decoded, absent chunk files of done rows (zarr reads them as
-        zeros), done rows holding NaN/inf, status values outside :class:`Status`, arrays whose
-        length disagrees with ``num_segments``.
+        zeros) or absent status chunk files of written rows (read as pending), done rows
+        holding NaN/inf, status values outside :class:`Status`, arrays shorter than
+        ``num_segments``. Rows an import brought get the import as their fix
+        (:meth:`_import_fix`).
 
         One row per problem: ``kind`` (damaged, missing, nonfinite, status, shape), ``array``
         (``features/rgb``), ``file`` (the chunk file under the store, "" for a whole array),
         ``rows`` (the row numbers concerned), ``message`` (one line with the fix); empty when
-        the store is sound. ``attrs``: ``arrays`` and ``chunks``, how many were read.
+        the store is sound. ``attrs``: ``arrays`` and ``chunks``, how many were read;
+        ``notes``, lines on what a killed import left (rows past ``num_segments``, arrays of a
+        modality the provenance does not list), which readers ignore: no problem.
         ``progress``: a tqdm bar of chunks read on stderr
         (``avda cache verify``).
         """
@@ -305,6 +318,48 @@ class FeatureCache:
         self._group[schema.FEATURES_GROUP][modality][start:stop] = stored
         self._group[schema.ERRORS_GROUP][modality][start:stop] = np.asarray(errors, dtype=object)
         self._group[schema.STATUS_GROUP][modality][start:stop] = statuses
+
+    def _import_fix(self, modality: str, lo: int = 0, hi: int | None = None) -> str | None:
+        """How to get back rows ``lo``..``hi - 1`` of ``modality`` when they came from
+        ``avda cache import`` (None: they were extracted, and the same ``avda extract``
+        recomputes them). An import is not repeated into the store that holds it (same sha256:
+        "already imported"), so the fix imports again into a new store: the command of each
+        recorded import those rows came from, and how many other imports the store records."""
+        provenance = self.provenance
+        entry = provenance["modalities"].get(modality) or {}
+        given = entry.get("input") or {}
+        hi = self.num_segments if hi is None else hi
+        imports = [e for e in provenance.get("imports", []) if isinstance(e, dict)]
+        covering = []
+        for record in imports:
+            start, stop = (list(record.get("rows") or [0, 0]) + [0, 0])[:2]
+            if not (start < hi and lo < stop):
+                continue
+            # a fill brought one modality (its entry names the file) to rows extracted before
+            if record.get("fill") and Path(str(record.get("file"))).name != given.get("file"):
+                continue
+            covering.append(record)
+        if not covering and given.get("source") != "import":
+            return None
+        if covering:
+            commands = [_import_command(record, modality, entry) for record in covering[:3]]
+            if len(covering) > 3:
+                commands.append(f"{len(covering) - 3} more")
+        else:  # the modality records its file's name only
+            record = {"file": given.get("file", "FILE"), "format": given.get("format")}
+            commands = [_import_command(record, modality, entry)]
+        rest = (
+            f" (the whole store: its {len(imports)} files, in the order `imports` in its "
+            "zarr.json lists them)"
+            if len(imports) > len(covering)
+            else ""
+        )
+        rows = f"rows {lo}-{hi - 1}" if hi - lo > 1 else f"row {lo}"
+        return (
+            f"import what {rows} of {modality} came from into a new store (-o NEW.zarr; "
+            "`avda cache import` does not import a file again into the store that holds it), "
+            f"with the annotations used then: {' and '.join(commands)}{rest}"
+        )
 
     def _nonfinite_hint(self, modality: str) -> str:
         """How to fix non-finite rows of ``modality``: re-extract, or (imported) re-import."""
@@ -710,12 +765,48 @@ def chunk_file(array: zarr.Array, chunk: int) -> str:
     return "/".join([array.path, "c", str(chunk)] + ["0"] * (array.ndim - 1))
 
 
+def _import_command(record: dict[str, Any], modality: str, entry: dict[str, Any]) -> str:
+    """The ``avda cache import`` command of a recorded import (its file, format, domain and
+    split; the backbone, and for per-video .npy files the modality, feature rate and clips,
+    where ``modality``'s provenance ``entry`` came from that file), in backquotes."""
+    file = str(record.get("file"))
+    given = entry.get("input") or {}
+    words = ["avda", "cache", "import", shlex.quote(file)]
+    options: dict[str, Any] = {k: record.get(k) for k in ("format", "domain", "split")}
+    if Path(file).name == given.get("file"):  # the import that brought this modality
+        if entry.get("backbone") not in (None, "unknown"):
+            options["backbone"] = entry["backbone"]
+        if record.get("format") == "npy":
+            options.update(
+                {
+                    "modality": modality,
+                    "feature-rate": given.get("feature_rate"),
+                    "num-clips": entry.get("num_clips"),
+                }
+            )
+    for option, value in options.items():
+        if value is not None:
+            words += [
+                f"--{option}",
+                shlex.quote(f"{value:g}" if isinstance(value, float) else str(value)),
+            ]
+    return "`" + " ".join(words) + "`"
+
+
 def damaged_chunk_message(
-    array: zarr.Array, chunk: int, lo: int, hi: int, exc: Exception, chunk_rows: int
+    array: zarr.Array,
+    chunk: int,
+    lo: int,
+    hi: int,
+    exc: Exception,
+    chunk_rows: int,
+    imported: str | None = None,
 ) -> str:
     """Why chunk ``chunk`` (rows ``lo``..``hi - 1``) of ``array`` cannot be read (``exc``, the
     codec's error) and how to get its rows back: restore the store, or delete the chunk's files
-    and recompute them (a modality's rows with ``avda extract``). ``chunk_rows``: the store's."""
+    and recompute them (a modality's rows with ``avda extract``; ``imported``, from
+    :meth:`FeatureCache._import_fix`: rows an import brought, imported again instead).
+    ``chunk_rows``: the store's."""
     group, _, name = array.path.partition("/")
     what = (
         f"{chunk_file(array, chunk)} (rows {lo}-{hi - 1}) is damaged ({str(exc).strip()[:120]}); "
@@ -726,12 +817,17 @@ def damaged_chunk_message(
         return what + ", or re-create it with the command that made it (avda extract / import)"
     if group == schema.CLUSTERS_GROUP:
         return what + f", or delete {array.path} under it and run `avda cluster` again"
-    return what + ", or " + recompute_hint(array, chunk, lo, chunk_rows)
+    return what + ", or " + recompute_hint(array, chunk, lo, chunk_rows, imported)
 
 
-def recompute_hint(array: zarr.Array, chunk: int, lo: int, chunk_rows: int) -> str:
+def recompute_hint(
+    array: zarr.Array, chunk: int, lo: int, chunk_rows: int, imported: str | None = None
+) -> str:
     """How to recompute the rows of chunk ``chunk`` (from row ``lo``) of a modality's array
-    (``features``, ``spatial``, ...): delete its chunk files, then the same ``avda extract``."""
+    (``features``, ``spatial``, ...): delete its chunk files, then the same ``avda extract``;
+    ``imported`` (rows an import brought, :meth:`FeatureCache._import_fix`): that text."""
+    if imported:
+        return imported
     group, _, name = array.path.partition("/")
     rows_chunk = lo // chunk_rows  # a spatial chunk holds a divisor of chunk_rows rows
     files = [

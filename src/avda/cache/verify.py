@@ -39,7 +39,32 @@ def verify_store(store: FeatureCache, *, progress: bool = False) -> pd.DataFrame
             {"kind": kind, "array": name, "file": file, "rows": rows, "message": prefix + message}
         )
 
+    notes: list[str] = []
     arrays = _arrays(store, problem)
+    leftovers = [
+        name
+        for name in arrays
+        if name.partition("/")[0] in _MODALITY_GROUPS
+        and name.partition("/")[2] not in store.modalities
+    ]
+    if leftovers:  # never read: an import killed before its commit made them (repair removes)
+        for name in leftovers:
+            del arrays[name]
+        notes.append(
+            prefix + f"{', '.join(leftovers)}: the arrays of a modality the provenance does not "
+            "list, made by an `avda cache import` killed before its commit; not part of the store "
+            "(readers ignore them), the next `avda cache import` into it removes them: import "
+            "that file again to add it"
+        )
+    longer = {name: a.shape[0] for name, a in arrays.items() if a.shape[0] > N}
+    if longer:
+        notes.append(
+            prefix + f"{len(longer)} array{'s' if len(longer) > 1 else ''} ({next(iter(longer))}"
+            f"{', ...' if len(longer) > 1 else ''}) hold rows past its {N} segments (up to row "
+            f"{max(longer.values()) - 1}): an append that never committed (a killed `avda cache "
+            "import`); not part of the store (readers read the first num_segments rows only), "
+            "the next `avda cache import` into it removes them: import that file again to add it"
+        )
     for modality in store.modalities:
         for group in (schema.FEATURES_GROUP, schema.STATUS_GROUP, schema.ERRORS_GROUP):
             if f"{group}/{modality}" not in arrays and not any(
@@ -51,8 +76,11 @@ def verify_store(store: FeatureCache, *, progress: bool = False) -> pd.DataFrame
                     "",
                     [],
                     f"{group}/{modality} is missing (the provenance lists modality {modality!r}); "
-                    "restore the store from a good copy, or run `avda extract --force` to "
-                    "recompute the modality",
+                    "restore the store from a good copy, or "
+                    + (
+                        store._import_fix(modality)
+                        or "run `avda extract --force` to recompute the modality"
+                    ),
                 )
     # status first: which rows are done, for the NaN/inf check of features and maps
     order = sorted(arrays, key=lambda name: (not name.startswith(schema.STATUS_GROUP + "/"), name))
@@ -74,8 +102,11 @@ def verify_store(store: FeatureCache, *, progress: bool = False) -> pd.DataFrame
                 try:
                     block = array[lo:hi]
                 except store_lib._DECODE_ERRORS as exc:
+                    imported = (
+                        store._import_fix(modality, lo, hi) if group in _MODALITY_GROUPS else None
+                    )
                     message = store_lib.damaged_chunk_message(
-                        array, chunk, lo, hi, exc, store.chunk_rows
+                        array, chunk, lo, hi, exc, store.chunk_rows, imported
                     )
                     problem(
                         "damaged", name, store_lib.chunk_file(array, chunk), range(lo, hi), message
@@ -83,6 +114,7 @@ def verify_store(store: FeatureCache, *, progress: bool = False) -> pd.DataFrame
                     continue
                 if group == schema.STATUS_GROUP:
                     _check_status(store, array, chunk, lo, block, problem)
+                    _check_status_file(store, arrays, array, chunk, lo, hi, problem)
                     done[modality][lo:hi] = block == Status.DONE
                 elif group in (schema.FEATURES_GROUP, schema.SPATIAL_GROUP) and modality in done:
                     file = store_lib.chunk_file(array, chunk)
@@ -98,7 +130,13 @@ def verify_store(store: FeatureCache, *, progress: bool = False) -> pd.DataFrame
                             f"{file} is missing, though {_rows_text(rows)} done (their values "
                             "read as zeros): a copy cut short (an interrupted rsync?); restore "
                             "the store from a good copy, or "
-                            + store_lib.recompute_hint(array, chunk, lo, store.chunk_rows),
+                            + store_lib.recompute_hint(
+                                array,
+                                chunk,
+                                lo,
+                                store.chunk_rows,
+                                store._import_fix(modality, lo, hi),
+                            ),
                         )
                         continue
                     rows = np.flatnonzero(done[modality][lo:hi] & ~_finite(block)) + lo
@@ -119,8 +157,16 @@ def verify_store(store: FeatureCache, *, progress: bool = False) -> pd.DataFrame
     finally:
         bar.close()
     found = pd.DataFrame(problems, columns=COLUMNS)
-    found.attrs.update(arrays=len(arrays), chunks=total)
+    found.attrs.update(arrays=len(arrays), chunks=total, notes=notes)
     return found
+
+
+_MODALITY_GROUPS = (
+    schema.FEATURES_GROUP,
+    schema.STATUS_GROUP,
+    schema.ERRORS_GROUP,
+    schema.SPATIAL_GROUP,
+)
 
 
 def _arrays(store: FeatureCache, problem) -> dict[str, zarr.Array]:
@@ -166,16 +212,6 @@ def _check_shape(store, array: zarr.Array, name: str, group: str, modality: str,
             f"{name} has {rows} rows, the store {N} segments (rows {rows}-{N - 1} missing); "
             "restore the store from a good copy, or re-create it with the command that made it",
         )
-    elif rows > N:
-        problem(
-            "shape",
-            name,
-            "",
-            range(N, rows),
-            f"{name} has {rows} rows, the store {N} segments: rows {N}-{rows - 1} of an append "
-            "that never committed (a killed `avda cache import`); the next `avda cache import` "
-            "into the store removes them (readers ignore them)",
-        )
     if group == schema.FEATURES_GROUP and modality in store.modalities:
         info = store.modality_info(modality)
         expected = (info["num_clips"], info["num_features"])
@@ -186,8 +222,11 @@ def _check_shape(store, array: zarr.Array, name: str, group: str, modality: str,
                 "",
                 [],
                 f"{name} has shape {list(array.shape)}, the provenance says (N, "
-                f"{expected[0]}, {expected[1]}); restore the store from a good copy, or run "
-                "`avda extract --force` to recompute the modality",
+                f"{expected[0]}, {expected[1]}); restore the store from a good copy, or "
+                + (
+                    store._import_fix(modality)
+                    or "run `avda extract --force` to recompute the modality"
+                ),
             )
 
 
@@ -205,15 +244,60 @@ def _check_status(store, array: zarr.Array, chunk: int, lo: int, block: np.ndarr
         f"{part}/{modality}/c/{chunk}" + ("/0/0" if part == schema.FEATURES_GROUP else "")
         for part in (schema.FEATURES_GROUP, schema.ERRORS_GROUP, schema.STATUS_GROUP)
     )
+    fix = store._import_fix(modality, int(rows[0]), int(rows[-1]) + 1) or (
+        f"delete {files} under it (those rows become pending) and run the same `avda extract` "
+        "again to recompute them"
+    )
     problem(
         "status",
         array.path,
         file,
         rows,
         f"{file}: {_rows_text(rows)} status {values}, not one of {KNOWN_STATUS} (changed "
-        "outside avda?): restore the store from a good "
-        f"copy, or delete {files} under it (those rows become pending) and run the same "
-        "`avda extract` again to recompute them",
+        f"outside avda?): restore the store from a good copy, or {fix}",
+    )
+
+
+def _check_status_file(store, arrays, array: zarr.Array, chunk: int, lo: int, hi: int, problem):
+    """An absent status chunk file reads as 0, pending: rows ``avda train`` leaves out and a
+    resume recomputes. Absent is how zarr stores a chunk of pending rows only (it writes no
+    chunk that holds the fill value alone), so it is a problem where the rows were written:
+    its features or errors chunk file is there (written before the status), or an import
+    brought them (an import gives every row a status)."""
+    from avda.cache import store as store_lib
+
+    file = store_lib.chunk_file(array, chunk)
+    if (store.path / file).is_file():
+        return
+    modality = array.path.partition("/")[2]
+    imported = store._import_fix(modality, lo, hi)
+    written = [
+        store_lib.chunk_file(arrays[name], chunk)
+        for name in (f"{schema.FEATURES_GROUP}/{modality}", f"{schema.ERRORS_GROUP}/{modality}")
+        if name in arrays and (store.path / store_lib.chunk_file(arrays[name], chunk)).is_file()
+    ]
+    if not imported and not written:
+        return  # rows never extracted yet
+    rows = f"rows {lo}-{hi - 1}" if hi - lo > 1 else f"row {lo}"
+    if imported:
+        why = (
+            "though an import gives each of its rows a status: a copy cut short (an "
+            "interrupted rsync?)"
+        )
+        fix = imported
+    else:
+        why = (
+            f"though {' and '.join(written)} {'are' if len(written) > 1 else 'is'} there: a "
+            "copy cut short (or an extraction killed between the two writes)"
+        )
+        fix = "run the same `avda extract` again, which recomputes them"
+    problem(
+        "missing",
+        array.path,
+        file,
+        range(lo, hi),
+        f"{file} is missing, so {rows} read as pending (`avda train` leaves them out), "
+        f"{why}; restore the store from a good copy, or {fix}",
     )
 
 
