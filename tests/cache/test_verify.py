@@ -293,3 +293,14 @@ def test_an_imported_modalitys_absent_or_odd_chunks_are_imported_again(imported_
     gone = problems.loc[problems["array"] == "errors/rgb", "message"].iloc[0]
     assert "errors/rgb is missing (the provenance lists modality 'rgb')" in gone
     assert "avda extract" not in gone and "into a new store (-o NEW.zarr" in gone
+
+
+def test_nan_in_an_imported_row_names_the_import_to_fix(imported_path):
+    features = zarr.open_group(str(imported_path), mode="r+")["features/rgb"]
+    block = features[4:8]
+    block[2, 0, 3] = np.nan
+    features[4:8] = block
+    problems = cache_lib.open_cache(imported_path).verify()
+    message = problems["message"].iloc[0]
+    assert "row 6 is done but NaN/inf; fix the imported file, then import what row 6" in message
+    assert f"`avda cache import {imported_path.parent / 'feats'} --format npy" in message

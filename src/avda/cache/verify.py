@@ -142,7 +142,10 @@ def verify_store(store: FeatureCache, *, progress: bool = False) -> pd.DataFrame
                     rows = np.flatnonzero(done[modality][lo:hi] & ~_finite(block)) + lo
                     if len(rows):
                         hint = store._nonfinite_hint(modality)
-                        if hint == store_lib.NONFINITE_EXTRACT_HINT:
+                        imported = store._import_fix(modality, int(rows[0]), int(rows[-1]) + 1)
+                        if imported:  # the file they came from holds them: fix it, import again
+                            hint = f"fix the imported file, then {imported}"
+                        elif hint == store_lib.NONFINITE_EXTRACT_HINT:
                             hint = (
                                 "check the weights / input, then run the same `avda extract "
                                 "--retry-failed`, which marks them failed and recomputes them"
