@@ -304,3 +304,41 @@ def test_nan_in_an_imported_row_names_the_import_to_fix(imported_path):
     message = problems["message"].iloc[0]
     assert "row 6 is done but NaN/inf; fix the imported file, then import what row 6" in message
     assert f"`avda cache import {imported_path.parent / 'feats'} --format npy" in message
+
+
+def test_the_fix_names_each_import_the_rows_came_from_with_the_modalitys_backbone(tmp_path):
+    """Two imports of per-video .npy files (backbone `mine`) into one store: a damaged chunk
+    of the second one's rows names that import, with --backbone (the second import is refused
+    without it: one modality, one backbone), and the store's other files."""
+    rng = np.random.default_rng(0)
+    for part, video, rows in (("a", "v1", range(0, 4)), ("b", "v2", range(4, 8))):
+        (tmp_path / part).mkdir()
+        np.save(tmp_path / part / f"{video}.npy", rng.normal(size=(20, 16)).astype("float32"))
+        pd.DataFrame(
+            {
+                "uid": [f"s{i}" for i in rows],
+                "video_id": video,
+                "domain": "D1",
+                "split": "train",
+                "start_sec": np.arange(4.0),
+                "stop_sec": np.arange(4.0) + 1,
+            }
+        ).to_csv(tmp_path / f"{part}.csv", index=False)
+        interop.import_features(
+            tmp_path / part,
+            out=tmp_path / "two.zarr",
+            annotations=tmp_path / f"{part}.csv",
+            feature_rate=2.0,
+            num_clips=2,
+            chunk_rows=4,
+            backbone="mine",
+        )
+    chunk = tmp_path / "two.zarr/features/rgb/c/1/0/0"
+    chunk.write_bytes(chunk.read_bytes()[:7])
+    message = cache_lib.open_cache(tmp_path / "two.zarr").verify()["message"].iloc[0]
+    assert (
+        f"`avda cache import {tmp_path / 'b'} --format npy --backbone mine --modality rgb "
+        "--feature-rate 2 --num-clips 2`"
+    ) in message
+    assert f"{tmp_path / 'a'}" not in message
+    assert "(to re-create the whole store: its 2 files, in the order `imports`" in message

@@ -349,8 +349,8 @@ class FeatureCache:
             record = {"file": given.get("file", "FILE"), "format": given.get("format")}
             commands = [_import_command(record, modality, entry)]
         rest = (
-            f" (the whole store: its {len(imports)} files, in the order `imports` in its "
-            "zarr.json lists them)"
+            f" (to re-create the whole store: its {len(imports)} files, in the order `imports` "
+            "in its zarr.json lists them)"
             if len(imports) > len(covering)
             else ""
         )
@@ -767,23 +767,22 @@ def chunk_file(array: zarr.Array, chunk: int) -> str:
 
 def _import_command(record: dict[str, Any], modality: str, entry: dict[str, Any]) -> str:
     """The ``avda cache import`` command of a recorded import (its file, format, domain and
-    split; the backbone, and for per-video .npy files the modality, feature rate and clips,
-    where ``modality``'s provenance ``entry`` came from that file), in backquotes."""
+    split; ``modality``'s backbone from its provenance ``entry``, and for per-video .npy files
+    the modality, its feature rate and clips), in backquotes."""
     file = str(record.get("file"))
     given = entry.get("input") or {}
     words = ["avda", "cache", "import", shlex.quote(file)]
     options: dict[str, Any] = {k: record.get(k) for k in ("format", "domain", "split")}
-    if Path(file).name == given.get("file"):  # the import that brought this modality
-        if entry.get("backbone") not in (None, "unknown"):
-            options["backbone"] = entry["backbone"]
-        if record.get("format") == "npy":
-            options.update(
-                {
-                    "modality": modality,
-                    "feature-rate": given.get("feature_rate"),
-                    "num-clips": entry.get("num_clips"),
-                }
-            )
+    if entry.get("backbone") not in (None, "unknown"):  # one backbone per modality
+        options["backbone"] = entry["backbone"]
+    if record.get("format") == "npy":  # one modality per folder; the rate the modality has
+        options.update(
+            {
+                "modality": modality,
+                "feature-rate": given.get("feature_rate"),
+                "num-clips": entry.get("num_clips"),
+            }
+        )
     for option, value in options.items():
         if value is not None:
             words += [
