@@ -1207,7 +1207,16 @@ def sweep_command(
             min=0.001,
             help="Seconds to wait for the first Dask worker before giving up "
             "(default: the spec's cluster.worker_timeout, 300); SLURM/PBS: counted from when "
-            "the queue last showed the jobs pending (cluster.queue_timeout bounds that wait).",
+            "the queue last showed the jobs pending (--queue-timeout or cluster.queue_timeout "
+            "bounds that wait).",
+        ),
+    ] = None,
+    queue_timeout: Annotated[
+        float | None,
+        typer.Option(
+            min=0.001,
+            help="slurm/pbs: seconds to wait, in all, while the queue shows the jobs pending "
+            "before giving up (default: the spec's cluster.queue_timeout, none: no limit).",
         ),
     ] = None,
     job_script: Annotated[
@@ -1234,7 +1243,7 @@ def sweep_command(
 
     if check:
         checked = sweep.load_spec(spec, open_caches=False)
-        sweep.check_cluster(checked, cluster)
+        sweep.check_cluster(checked, cluster, queue_timeout=queue_timeout)
         problems, unchecked = sweep.task_problems(checked)
         for problem in problems:  # every one, on stdout (the last line says how many)
             typer.echo(problem)
@@ -1258,6 +1267,7 @@ def sweep_command(
         cluster=cluster,
         progress=not quiet,
         worker_timeout=worker_timeout,
+        queue_timeout=queue_timeout,
     )
     typer.echo(summary.text())
     if not summary.ok:

@@ -930,11 +930,14 @@ def test_a_job_submitted_again_pending_past_worker_timeout_is_waited_for(
     assert [e.split()[1] for e in events if e.startswith("submit")] == ["job0", "job1", "job2"]
 
 
-def test_jobs_pending_past_queue_timeout_fail_the_sweep_in_one_line(tmp_path, cache, monkeypatch):
+@pytest.mark.parametrize("given", ["spec", "--queue-timeout"])
+def test_jobs_pending_past_queue_timeout_fail_the_sweep_in_one_line(
+    tmp_path, cache, monkeypatch, given
+):
     """SLURM through shims: the jobs stay PENDING in the queue; past cluster.queue_timeout
     (4 s; worker_timeout 2 s) the sweep gives up in one line naming the jobs, the queue's
     reason and the limit (before, it gave up at worker_timeout saying no worker joined), and
-    cancels them."""
+    cancels them. ``--queue-timeout 4`` (run_sweep's queue_timeout) wins over the spec's."""
     from avda.errors import AvdaError
 
     monkeypatch.setattr(sweep, "QUEUE_POLL_SECONDS", 0.5)
@@ -946,21 +949,30 @@ def test_jobs_pending_past_queue_timeout_fail_the_sweep_in_one_line(tmp_path, ca
             "settings": ["source->target"],
             "cluster": {
                 "kind": "slurm", "workers": 1, "cores": 1, "memory": "2GB",
-                "worker_timeout": 2, "queue_timeout": 4,
+                "worker_timeout": 2, "queue_timeout": 4 if given == "spec" else 3600,
             },
         }
     )  # fmt: skip
+    flag = {"queue_timeout": 4} if given == "--queue-timeout" else {}
     began = time.monotonic()
     with _first_job_preempted(queue, tmp_path / "nothing-to-preempt"):
         with pytest.raises(AvdaError) as raised:
-            sweep.run_sweep(spec, out=tmp_path / "runs", progress=False)
+            sweep.run_sweep(spec, out=tmp_path / "runs", progress=False, **flag)
     assert time.monotonic() - began >= 4
     message = str(raised.value)
     assert "\n" not in message, message
     events = (queue / "events").read_text().splitlines()
     job = _job_ids(events)["job0"]
     assert message.startswith(f"1 SLURM job(s) still pending in the queue ({job}: Priority)")
-    assert "giving up: cluster.queue_timeout is 4 s (raise it, or leave it out" in message
+    if given == "spec":
+        assert (
+            "giving up: cluster.queue_timeout is 4 s (raise it, or leave it out to wait" in message
+        )
+    else:
+        assert (
+            "giving up: --queue-timeout is 4 s (raise it, or leave it out for the spec's "
+            "cluster.queue_timeout, 3600 s)"
+        ) in message
     assert f"scancel {job}" in events, events
 
 
@@ -973,6 +985,45 @@ def test_queue_timeout_is_seconds_or_none(tmp_path):
     assert "cluster.queue_timeout: expected a number of seconds > 0, got -1" in _problems(
         _spec_file(tmp_path, {**base, "queue_timeout": -1})
     )
+
+
+@pytest.mark.parametrize("kind", [{"kind": "local"}, {}])
+def test_queue_timeout_in_a_local_spec_is_refused_in_one_line(tmp_path, kind):
+    """A local cluster has no queue: queue_timeout there bounded nothing, silently."""
+    path = _spec_file(tmp_path, {**kind, "workers": 1, "queue_timeout": 60})
+    problems = _problems(path)
+    said = "kind: local" if kind else "no kind: local, the default"
+    line = 9 if kind else 8  # the key's own line
+    assert (
+        f"{path}:{line}: cluster.queue_timeout: bounds the wait for SLURM/PBS jobs pending in "
+        f"their queue; a local cluster ({said}) has no queue, so it would bound nothing: "
+        "remove it, or set kind: slurm or pbs"
+    ) in problems
+    # no limit, as when left out: nothing to refuse
+    spec = sweep.load_spec(_spec_file(tmp_path, {**kind, "queue_timeout": None}), open_caches=False)
+    assert spec.cluster.queue_timeout is None
+
+
+def test_the_queue_timeout_flag_is_refused_without_a_queue(tmp_path, cache, capsys):
+    """--queue-timeout (the spec's cluster.queue_timeout, as --worker-timeout is the spec's
+    worker_timeout) bounds a SLURM/PBS queue's wait: on a local cluster or a --scheduler, it
+    is refused in one line before anything is written."""
+    from avda.cli import main
+
+    path = _spec_file(
+        tmp_path,
+        {"kind": "local", "workers": 1},
+        out="runs",
+        cache=str(cache),
+        heads=["source-only"],
+        settings=["source->target"],
+    )
+    for extra in ([], ["--check"], ["--scheduler", "tcp://127.0.0.1:1"]):
+        assert main(["sweep", str(path), "--queue-timeout", "60", *extra]) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: --queue-timeout bounds the wait"), err
+        assert "leave --queue-timeout out, or run with --cluster slurm or pbs" in err[0]
+    assert not (tmp_path / "runs").exists()
 
 
 def test_the_queue_says_which_jobs_left_it(tmp_path, monkeypatch):

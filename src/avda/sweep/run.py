@@ -582,12 +582,35 @@ def make_jobqueue_cluster(spec: ClusterSpec, kind: str | None = None):
     return cluster_class(**options)
 
 
-def check_cluster(spec: SweepSpec, cluster: str | None = None) -> None:
+def check_cluster(
+    spec: SweepSpec, cluster: str | None = None, *, queue_timeout: float | None = None
+) -> None:
     """Refuse, in one line naming the spec, a cluster ``--cluster KIND`` (default the spec's
-    kind) cannot start with the spec's resources (before anything is written)."""
+    kind) cannot start with the spec's resources (before anything is written), and a
+    ``--queue-timeout`` (``queue_timeout``) for a cluster without a queue."""
     kind = cluster or spec.cluster.kind
+    check_queue_timeout(queue_timeout, kind)
     for key, message in cluster_problems(spec.cluster, kind) if kind in CLUSTER_KINDS else ():
         raise ConfigError(f"{spec.source}: cluster.{key}: {message}")
+
+
+def check_queue_timeout(
+    queue_timeout: float | None, kind: str, scheduler: str | None = None
+) -> None:
+    """Refuse ``--queue-timeout`` where no SLURM/PBS queue is watched: a local cluster, or a
+    running scheduler (``--scheduler``), whose workers avda does not submit."""
+    if queue_timeout is None:
+        return
+    if scheduler is not None:
+        where = f"--scheduler {scheduler}, whose workers avda does not submit"
+    elif kind == "local":
+        where = "a local cluster (no --cluster, and the spec's cluster.kind is local)"
+    else:
+        return
+    raise ConfigError(
+        "--queue-timeout bounds the wait for SLURM/PBS jobs pending in their queue; this sweep "
+        f"runs on {where}: leave --queue-timeout out, or run with --cluster slurm or pbs"
+    )
 
 
 def import_jobqueue(kind: str) -> Any:
@@ -1137,8 +1160,12 @@ class WorkerWatch:
         restart: Any = None,
         restarts: int | None = None,
         queue_timeout: float | None = None,
+        queue_timeout_name: str = "cluster.queue_timeout",
+        spec_queue_timeout: float | None = None,
     ) -> None:
         self.client, self.timeout, self.where, self.hint = client, timeout, where, hint
+        self.queue_timeout_name = queue_timeout_name  # where queue_timeout was given
+        self.spec_queue_timeout = spec_queue_timeout  # what leaving --queue-timeout out gives
         self.restart = restart
         self.restarts = MAX_RESTARTS if restarts is None else restarts
         self.restarted = 0
@@ -1214,6 +1241,13 @@ class WorkerWatch:
             log.warning("%s; %s", line, going_on)
         return bool(first)
 
+    def _queue_timeout_fallback(self) -> str:
+        """What leaving the queue timeout out gives: no limit, or the spec's (a flag's)."""
+        spec = self.spec_queue_timeout
+        if self.queue_timeout_name.startswith("--") and spec is not None:
+            return f" for the spec's cluster.queue_timeout, {spec:g} s"
+        return " to wait as long as the queue says they are pending"
+
     def hold(self, began: float) -> bool:
         """Whether jobs of a SLURM/PBS cluster without a worker still wait in the queue as it
         says (pending: a busy queue), so that the wait goes on past ``timeout``: said every
@@ -1234,16 +1268,17 @@ class WorkerWatch:
         )
         if self.queue_timeout is not None and waited >= self.queue_timeout:
             raise AvdaError(
-                f"{said}, giving up: cluster.queue_timeout is {self.queue_timeout:g} s (raise "
-                "it, or leave it out to wait as long as the queue says they are pending); runs "
-                "that finished are kept: run the same command again to train the others"
+                f"{said}, giving up: {self.queue_timeout_name} is {self.queue_timeout:g} s (raise "
+                f"it, or leave it out{self._queue_timeout_fallback()}); runs that finished are "
+                "kept: run the same command again to train the others"
             )
         if now - self._reported >= QUEUE_REPORT_SECONDS:
             self._reported = now
             limit = f"{self.queue_timeout:g} s" if self.queue_timeout is not None else "none"
             log.warning(
-                "%s: waiting on while the queue says they are pending (cluster.queue_timeout: %s)",
+                "%s: waiting on while the queue says they are pending (%s: %s)",
                 said,
+                self.queue_timeout_name,
                 limit,
             )
         return True
@@ -1425,10 +1460,13 @@ def connect(
     scheduler: str | None = None,
     cluster: str | None = None,
     worker_timeout: float | None = None,
+    queue_timeout: float | None = None,
 ) -> Iterator[tuple[Any, dict[str, Any]]]:
     """A Dask client with at least one worker, and the submit options for this spec; closes
     what it started. ``worker_timeout`` (default: the spec's ``cluster.worker_timeout``): the
-    seconds to wait for the first worker before giving up with an error."""
+    seconds to wait for the first worker before giving up with an error; ``queue_timeout``
+    (SLURM/PBS; default: the spec's ``cluster.queue_timeout``): the seconds, in all, to wait
+    while the queue shows the jobs pending."""
     from distributed import Client, LocalCluster
 
     quiet_dask_logs()
@@ -1488,7 +1526,9 @@ def connect(
                 where=where,
                 hint=_lost_workers_hint(kind, spec.cluster.log_directory),
                 restart=restart,
-                queue_timeout=spec.cluster.queue_timeout,
+                queue_timeout=queue_timeout or spec.cluster.queue_timeout,
+                queue_timeout_name="--queue-timeout" if queue_timeout else "cluster.queue_timeout",
+                spec_queue_timeout=spec.cluster.queue_timeout,
             )
             if kind != "local":
                 hint = _no_worker_hint(kind, spec)
@@ -1560,18 +1600,23 @@ def run_sweep(
     cluster: str | None = None,
     progress: bool = True,
     worker_timeout: float | None = None,
+    queue_timeout: float | None = None,
 ) -> SweepSummary:
     """Run every task of ``spec`` (a YAML file, or the same as a dict: relative paths under the
     current folder) that is not complete yet; the summary lists what failed.
 
     ``worker_timeout``: seconds to wait for the first Dask worker (default: the spec's
-    ``cluster.worker_timeout``, 300 s) before giving up with an :class:`AvdaError`."""
+    ``cluster.worker_timeout``, 300 s) before giving up with an :class:`AvdaError`.
+    ``queue_timeout``: SLURM/PBS, seconds to wait in all while the queue shows the jobs pending
+    (default: the spec's ``cluster.queue_timeout``, no limit); refused for a local cluster or a
+    ``scheduler``."""
     began = time.perf_counter()
     if isinstance(spec, Mapping):  # a dict was refused with a TypeError of os.fspath
         spec = parse_spec(dict(spec), source="spec")
     elif not isinstance(spec, SweepSpec):
         spec = load_spec(spec)
     kind = _cluster_kind(spec, scheduler, cluster)  # usage errors before any work
+    check_queue_timeout(queue_timeout, kind, scheduler)
     out_dir = Path(out) if out is not None else spec.out
     out_dir = Path(os.path.abspath(out_dir)) if out_dir is not None else None  # no ".."
     if out_dir is None:
@@ -1588,7 +1633,9 @@ def run_sweep(
     # One sweep writes an output folder at a time: two would each mark the other's runs
     # failed (busy) in the index they write last.
     with sweep_lock(out_dir):
-        outcomes = _sweep_in(out_dir, spec, tasks, scheduler, cluster, worker_timeout, progress)
+        outcomes = _sweep_in(
+            out_dir, spec, tasks, scheduler, cluster, worker_timeout, progress, queue_timeout
+        )
     summary = SweepSummary(out_dir, tasks, outcomes, time.perf_counter() - began)
     log.debug("%s", summary.text().splitlines()[0])  # the CLI prints the summary on stdout
     return summary
@@ -1602,6 +1649,7 @@ def _sweep_in(
     cluster: str | None,
     worker_timeout: float | None,
     progress: bool,
+    queue_timeout: float | None = None,
 ) -> dict[str, TaskOutcome]:
     """The sweep's work in ``out_dir`` (its lock held) on its planned ``tasks``: skip, train,
     write the index."""
@@ -1630,7 +1678,11 @@ def _sweep_in(
     )
     if pending:
         connection = connect(
-            spec, scheduler=scheduler, cluster=cluster, worker_timeout=worker_timeout
+            spec,
+            scheduler=scheduler,
+            cluster=cluster,
+            worker_timeout=worker_timeout,
+            queue_timeout=queue_timeout,
         )
         with connection as (client, options):
             _write_index(out_dir, spec, tasks, outcomes)  # once a worker can train them
