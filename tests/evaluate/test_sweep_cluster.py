@@ -989,19 +989,32 @@ def test_queue_timeout_is_seconds_or_none(tmp_path):
 
 @pytest.mark.parametrize("kind", [{"kind": "local"}, {}])
 def test_queue_timeout_in_a_local_spec_is_refused_in_one_line(tmp_path, kind):
-    """A local cluster has no queue: queue_timeout there bounded nothing, silently."""
-    path = _spec_file(tmp_path, {**kind, "workers": 1, "queue_timeout": 60})
-    problems = _problems(path)
-    said = "kind: local" if kind else "no kind: local, the default"
-    line = 9 if kind else 8  # the key's own line
-    assert (
-        f"{path}:{line}: cluster.queue_timeout: bounds the wait for SLURM/PBS jobs pending in "
-        f"their queue; a local cluster ({said}) has no queue, so it would bound nothing: "
-        "remove it, or set kind: slurm or pbs"
-    ) in problems
+    """A local cluster has no queue: queue_timeout there bounded nothing, silently. The spec's
+    kind is not the last word (--cluster wins): the same spec run on SLURM uses it."""
+    from avda.errors import ConfigError
+
+    path = _spec_file(
+        tmp_path, {**kind, "workers": 1, "cores": 2, "memory": "4GB", "queue_timeout": 60}
+    )
+    spec = sweep.load_spec(path, open_caches=False)
+    with pytest.raises(ConfigError) as refused:
+        sweep.check_cluster(spec)
+    assert str(refused.value) == (
+        f"{path}: cluster.queue_timeout: bounds the wait for SLURM/PBS jobs pending in their "
+        "queue; this sweep runs on a local cluster (the spec's kind), which has no queue, so "
+        "it would bound nothing: remove it, or run with --cluster slurm or pbs"
+    )
+    sweep.check_cluster(spec, "slurm")  # --cluster slurm: it bounds the queue's wait
+    assert spec.cluster.queue_timeout == 60
+    # a slurm spec run with --cluster local leaves it unused, as its walltime
+    slurm = sweep.load_spec(
+        _spec_file(tmp_path, {"kind": "slurm", "cores": 2, "memory": "4GB", "queue_timeout": 60}),
+        open_caches=False,
+    )
+    sweep.check_cluster(slurm, "local")
     # no limit, as when left out: nothing to refuse
     spec = sweep.load_spec(_spec_file(tmp_path, {**kind, "queue_timeout": None}), open_caches=False)
-    assert spec.cluster.queue_timeout is None
+    sweep.check_cluster(spec)
 
 
 def test_the_queue_timeout_flag_is_refused_without_a_queue(tmp_path, cache, capsys):

@@ -590,6 +590,14 @@ def check_cluster(
     ``--queue-timeout`` (``queue_timeout``) for a cluster without a queue."""
     kind = cluster or spec.cluster.kind
     check_queue_timeout(queue_timeout, kind)
+    if kind == "local" == spec.cluster.kind and spec.cluster.queue_timeout is not None:
+        # a spec of another kind run with --cluster local leaves it unused, as its walltime;
+        # a local spec's may be meant for --cluster slurm (--cluster wins): refused here
+        raise ConfigError(
+            f"{spec.source}: cluster.queue_timeout: bounds the wait for SLURM/PBS jobs pending "
+            "in their queue; this sweep runs on a local cluster (the spec's kind), which has "
+            "no queue, so it would bound nothing: remove it, or run with --cluster slurm or pbs"
+        )
     for key, message in cluster_problems(spec.cluster, kind) if kind in CLUSTER_KINDS else ():
         raise ConfigError(f"{spec.source}: cluster.{key}: {message}")
 

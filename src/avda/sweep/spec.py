@@ -592,14 +592,6 @@ def _parse_cluster(value: Any, problems: _Problems, max_runs: int) -> ClusterSpe
         else:
             values[key] = item
     spec = ClusterSpec(**values)
-    if value.get("kind", "local") == "local" and "queue_timeout" in values:
-        said = "kind: local" if "kind" in value else "no kind: local, the default"
-        problems.add(
-            ("cluster", "queue_timeout"),
-            "bounds the wait for SLURM/PBS jobs pending in their queue; a local cluster "
-            f"({said}) has no queue, so it would bound nothing: remove it, or set kind: slurm "
-            "or pbs (then --cluster local runs the spec locally)",
-        )
     if spec.kind != "local":
         for key, message in cluster_problems(spec):
             problems.add(("cluster", key) if key in value else ("cluster",), message)
