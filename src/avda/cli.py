@@ -1094,7 +1094,7 @@ def evaluate(
         str | None,
         typer.Option(
             help="top1, top5, mca or mAP (paper layouts; default top1/mAP); the runs layout: "
-            "top1, mca or mAP (default: every one)."
+            "top1, mca or mAP, and top5 of runs with verb and noun (default: every one)."
         ),
     ] = None,
     export_submission: Annotated[
@@ -1364,7 +1364,7 @@ def predict_command(
     typer.echo(f"{path}: {len(result)} segments predicted by {run}")
     for name, count in result.sets.items():
         parts = [f"{name}: {count} segments"]
-        for task in result.scores:
+        for task in [*result.scores, "action"]:  # action: a run with verb and noun (EPIC-100)
             for metric, label in (("top1", "top-1"), ("mAP", "mAP")):
                 value = result.metrics.get(f"{name}/{task}/{metric}")
                 if value is not None and value == value:  # a multi-label set without labels: NaN

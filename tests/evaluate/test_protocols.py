@@ -22,6 +22,7 @@ from avda.scoring.protocols import (
     mmsada_checkpoint_accuracy,
     mmsada_clip_scores,
     multi_hot,
+    set_metrics,
     ta3n_action_correct,
     write_submission,
 )
@@ -180,6 +181,50 @@ def test_ta3n_action_at_5_differs_from_the_official_one():
     assert results["ta3n_action_accuracy_at_5"] == 1.0
     assert results["all_action_accuracy_at_5"] == 0.0  # pair (3, 3) ranks far below 5th
     assert results["all_verb_accuracy_at_5"] == 1.0 and results["all_verb_accuracy_at_1"] == 0.0
+
+
+def test_a_runs_set_metrics_add_epic100_action_when_it_predicts_verb_and_noun():
+    """What ``avda train`` prints and ``avda evaluate --layout runs`` recomputes per set: with
+    verb and noun, EPIC-100's verb/noun top-5 and action top-1/top-5, by hand. Probabilities
+    (as runs store them) rank the official scorer's pairs by ``p_verb + p_noun``."""
+    verb = np.array([[0.5, 0.35, 0.15], [0.2, 0.7, 0.1], [0.4, 0.25, 0.35], [0.1, 0.1, 0.8]])
+    noun = np.array([[0.6, 0.3, 0.1], [0.1, 0.1, 0.8], [0.7, 0.2, 0.1], [0.3, 0.3, 0.4]])
+    verb_labels = np.array([0, 1, 2, 2])
+    noun_labels = np.array([2, 2, 0, -1])  # the last segment's noun is unlabelled
+    metrics = set_metrics(
+        "target_val", {"verb": verb, "noun": noun}, {"verb": verb_labels, "noun": noun_labels}
+    )
+    # segment 0: pairs by sum (0,0) 1.1, (1,0) .95, (0,1) .8, (2,0) .75, (1,1) .65, then the
+    # label (0,2) .6: 6th, out of the top 5 (TA3N's top-5, verb and noun each in their top 5,
+    # counts it); segment 1: (1,2) is the best pair; segment 2: (0,0) 1.1, then the label
+    # (2,0) 1.05; segment 3 has no noun label, so no action
+    assert metrics == pytest.approx(
+        {
+            "target_val/verb/top1": 3 / 4,  # all four segments: 0, 1 and 3 right
+            "target_val/verb/mca": (1 + 1 + 1 / 2) / 3,
+            "target_val/noun/top1": 2 / 3,
+            "target_val/noun/mca": (1 / 2 + 1) / 2,  # noun 2 (segments 0, 1): 1 of 2; noun 0
+            "target_val/verb/top5": 1.0,  # 3 classes
+            "target_val/noun/top5": 1.0,
+            "target_val/action/top1": 1 / 3,
+            "target_val/action/top5": 2 / 3,
+        }
+    )
+    # one task, or verb and noun where one is multi-label: no action columns
+    alone = set_metrics("s", {"verb": verb}, {"verb": verb_labels})
+    assert sorted(alone) == ["s/verb/mca", "s/verb/top1"]
+    multi = set_metrics(
+        "s",
+        {"verb": verb, "noun": noun},
+        {"verb": verb_labels, "noun": (noun > 0.35).astype(np.int8)},
+        multi_label=["noun"],
+    )
+    assert sorted(multi) == ["s/noun/mAP", "s/verb/mca", "s/verb/top1"]
+    # no segment labelled with both: nothing for the action
+    unlabelled = set_metrics(
+        "s", {"verb": verb, "noun": noun}, {"verb": verb_labels, "noun": np.full(4, -1)}
+    )
+    assert sorted(unlabelled) == ["s/verb/mca", "s/verb/top1"]
 
 
 def test_tail_and_unseen_subsets():

@@ -13,7 +13,7 @@ import pandas as pd
 
 from avda import runs
 from avda.errors import ConfigError, RunError
-from avda.scoring.metrics import mean_class_accuracy, multilabel_map, top1_accuracy
+from avda.scoring.protocols import set_metrics
 
 SET_ORDER = ("source_val", "source_test", "target_val", "target_test")
 
@@ -26,16 +26,13 @@ def run_metrics(run: Path) -> dict[str, float]:
     _refuse_lost_predictions(run)
     for name in runs.prediction_sets(run):
         pred = runs.read_predictions(run, name)
-        for task, scores in pred["scores"].items():
-            labels = pred["labels"][task]
-            if task in multi:  # by score_group where recorded (the maximum over its rows)
-                metrics[f"{name}/{task}/mAP"] = multilabel_map(scores, labels, pred["groups"])
-                continue
-            known = labels >= 0
-            if not known.any():
-                continue
-            metrics[f"{name}/{task}/top1"] = top1_accuracy(scores[known], labels[known])
-            metrics[f"{name}/{task}/mca"] = mean_class_accuracy(scores[known], labels[known])
+        # as the run's loop scored it: an mAP by score_group where recorded, and with verb and
+        # noun EPIC-100's action top-1/top-5
+        metrics.update(
+            set_metrics(
+                name, pred["scores"], pred["labels"], multi_label=multi, groups=pred["groups"]
+            )
+        )
     return metrics
 
 

@@ -41,7 +41,9 @@ from avda.scoring.metrics import (
     check_scores_and_labels,
     max_over_groups,
     mean_average_precision,
+    mean_class_accuracy,
     mean_std,
+    multilabel_map,
     softmax,
     top1_accuracy,
     top_k_correct,
@@ -190,6 +192,63 @@ def epic100_accuracies(
         correct = ta3n_action_correct(verb_scores, noun_scores, verb_labels, noun_labels, k)
         results[f"ta3n_action_accuracy_at_{k}"] = float(correct.mean())
     return results
+
+
+# The columns of ``avda evaluate --layout epic100`` that a run's per-task top-1 and mca lack,
+# as ``<task>/<metric>`` -> the key of :func:`epic100_accuracies` they come from.
+EPIC100_RUN_METRICS = {
+    "verb/top5": "all_verb_accuracy_at_5",
+    "noun/top5": "all_noun_accuracy_at_5",
+    "action/top1": "all_action_accuracy_at_1",
+    "action/top5": "all_action_accuracy_at_5",
+}
+
+
+def set_metrics(
+    name: str,
+    scores: Mapping[str, np.ndarray],
+    labels: Mapping[str, np.ndarray],
+    *,
+    multi_label: Iterable[str] = (),
+    groups: np.ndarray | None = None,
+) -> dict[str, float]:
+    """The metrics a run reports for its evaluation set ``name`` (fractions), as ``avda train``
+    prints them and writes them to ``metrics.jsonl`` and ``run.json``, ``avda evaluate
+    --layout runs`` recomputes them and ``avda predict`` reports them.
+
+    Per task of ``scores``: a multi-label task ``<name>/<task>/mAP`` (by ``groups``, a row's
+    ``score_group``: :func:`avda.scoring.metrics.multilabel_map`); a single-label task
+    ``<name>/<task>/top1`` and ``/mca`` over its labelled rows (label >= 0; none: nothing).
+    With single-label ``verb`` and ``noun`` tasks, also EPIC-100's other columns as ``avda
+    evaluate --layout epic100`` computes them (the official scorer,
+    :func:`epic100_accuracies`) over the rows labelled with both: ``<name>/verb/top5``,
+    ``<name>/noun/top5``, ``<name>/action/top1`` and ``<name>/action/top5``.
+    """
+    multi = set(multi_label)
+    metrics: dict[str, float] = {}
+    for task, task_scores in scores.items():
+        task_labels = np.asarray(labels[task])
+        if task in multi:
+            metrics[f"{name}/{task}/mAP"] = multilabel_map(task_scores, task_labels, groups)
+            continue
+        known = task_labels >= 0
+        if not known.any():
+            continue
+        metrics[f"{name}/{task}/top1"] = top1_accuracy(task_scores[known], task_labels[known])
+        metrics[f"{name}/{task}/mca"] = mean_class_accuracy(task_scores[known], task_labels[known])
+    if {"verb", "noun"} <= set(scores) - multi:
+        verbs, nouns = np.asarray(labels["verb"]), np.asarray(labels["noun"])
+        both = (verbs >= 0) & (nouns >= 0)
+        if both.any():
+            official = epic100_accuracies(
+                np.asarray(scores["verb"])[both],
+                np.asarray(scores["noun"])[both],
+                verbs[both],
+                nouns[both],
+            )
+            for key, official_key in EPIC100_RUN_METRICS.items():
+                metrics[f"{name}/{key}"] = official[official_key]
+    return metrics
 
 
 def _scores_dict(row: np.ndarray) -> dict[str, float]:

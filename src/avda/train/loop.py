@@ -24,7 +24,7 @@ from avda._io import atomic_write_text, progress_bar, quiet_logs
 from avda.cache import FeatureCache
 from avda.cache.lock import run_lock
 from avda.errors import AvdaError, RunError, TrainingDiverged
-from avda.scoring.metrics import mean_class_accuracy, multilabel_map, top1_accuracy
+from avda.scoring.protocols import set_metrics
 from avda.train import setup as setup_lib
 from avda.train import sinks as sinks_lib
 from avda.train.data import FeatureSet, Task, batch_count
@@ -151,22 +151,17 @@ def evaluate_sets(
                     "(--set lr=...) or enable standardize (--set standardize=true)"
                 )
         all_scores[name] = scores
-        for task in head.tasks:
-            labels = feature_set.labels[task.name].numpy()
-            if task.multi_label:  # by score_group where the cache has one (max over its rows)
-                metrics[f"{name}/{task.name}/mAP"] = multilabel_map(
-                    scores[task.name], labels, feature_set.groups
-                )
-                continue
-            known = labels >= 0
-            if not known.any():
-                continue
-            metrics[f"{name}/{task.name}/top1"] = top1_accuracy(
-                scores[task.name][known], labels[known]
+        # a multi-label mAP by score_group where the cache has one (max over its rows); with
+        # verb and noun, EPIC-100's action top-1/top-5 (the official scorer) too
+        metrics.update(
+            set_metrics(
+                name,
+                scores,
+                {t.name: feature_set.labels[t.name].numpy() for t in head.tasks},
+                multi_label=[t.name for t in head.tasks if t.multi_label],
+                groups=feature_set.groups,
             )
-            metrics[f"{name}/{task.name}/mca"] = mean_class_accuracy(
-                scores[task.name][known], labels[known]
-            )
+        )
     return metrics, all_scores
 
 

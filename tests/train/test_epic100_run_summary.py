@@ -1,0 +1,178 @@
+"""A ta3n-epic100 run's own numbers (``avda train``'s summary, ``run.json``, ``metrics.jsonl``,
+``avda.train``'s result, ``avda evaluate --layout runs``, ``avda predict``) include EPIC-100's
+action accuracy, as the official scorer defines it: a new user found the action column only in
+``avda evaluate --layout epic100``.
+
+The case is EPIC-100's format: real segments of the UDA annotation files (the manifest
+``avda manifest build epic100-uda`` writes, with its 97 verb and 300 noun classes), a few of
+each split, with synthetic features that carry their verb and noun."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from tests.evaluate.test_protocols import official_action_accuracy, official_topk
+
+import avda
+from avda import cli, runs
+from avda.evaluate import aggregate
+
+SPLITS = (  # domain, split, segments, labelled
+    ("source", "train", 80, True),
+    ("target", "train", 40, False),
+    ("source", "val", 20, True),
+    ("target", "val", 30, True),
+    ("target", "test", 8, False),
+)
+
+
+@pytest.fixture(scope="module")
+def epic100_cache(shared_data, tmp_path_factory) -> Path:
+    from avda import cache as cache_lib
+    from avda.cache import Status
+    from avda.data_manifests import build
+    from avda.data_manifests.schema import normalise
+
+    built = build("epic100-uda", shared_data / "annotations")
+    manifest = built.manifest
+    source = manifest[(manifest["domain"] == "source") & (manifest["split"] == "train")]
+    # the most frequent classes, so that the validation segments' classes were trained on
+    verbs = source["verb_class"].value_counts().index[:6].to_numpy(int)
+    nouns = source["noun_class"].value_counts().index[:12].to_numpy(int)
+    parts = []
+    for domain, split, count, labelled in SPLITS:
+        rows = manifest[(manifest["domain"] == domain) & (manifest["split"] == split)]
+        if labelled:
+            rows = rows[rows["verb_class"].isin(verbs) & rows["noun_class"].isin(nouns)]
+        parts.append(rows.iloc[:count])
+    segments = normalise(pd.concat(parts, ignore_index=True))
+    path = tmp_path_factory.mktemp("epic100") / "features.zarr"
+    store = cache_lib.create(
+        path,
+        segments,
+        manifest_sha256="0" * 64,
+        recipe={"name": "synthetic"},
+        classes={column: list(names) for column, names in built.classes.items()},
+    )
+    rng = np.random.default_rng(0)
+    count = len(segments)
+    verb = segments["verb_class"].fillna(-1).to_numpy(int)
+    noun = segments["noun_class"].fillna(-1).to_numpy(int)
+    verb = np.where(verb < 0, rng.choice(verbs, count), verb)  # unlabelled: any of them
+    noun = np.where(noun < 0, rng.choice(nouns, count), noun)
+    centres = rng.normal(0, 3, (97, 8)), rng.normal(0, 3, (300, 8))
+    x = np.concatenate([centres[0][verb], centres[1][noun]], 1)[:, None, :]
+    x = x + rng.normal(0, 1, (count, 5, 16))
+    info = {"backbone": "synthetic", "weights": None, "weights_sha256": None, "input_spec": {}}
+    store.add_modality("rgb", num_clips=5, num_features=16, info=info)
+    store.write("rgb", np.arange(count), x, np.full(count, int(Status.DONE)), [""] * count)
+    return path
+
+
+def summary_lines(text: str) -> dict[str, str]:
+    """``avda train``'s summary: ``  <set>/<task>/<metric>   12.34`` lines -> their number."""
+    found = re.findall(r"^  (\S+/\S+/\S+)\s+(\S+)$", text, flags=re.M)
+    return dict(found)
+
+
+def official(run: Path, split: str) -> dict[str, float]:
+    """The official EPIC-100 scorer (transcribed: tests/evaluate/test_protocols.py) on the
+    run's stored predictions of ``split``: fractions keyed as a run's metrics."""
+    predictions = runs.read_predictions(run, split)
+    verb, noun = predictions["scores"]["verb"], predictions["scores"]["noun"]
+    verb_labels, noun_labels = predictions["labels"]["verb"], predictions["labels"]["noun"]
+    assert (verb_labels >= 0).all() and (noun_labels >= 0).all()
+    values = {
+        f"{split}/action/top{k}": official_action_accuracy(verb, noun, verb_labels, noun_labels, k)
+        for k in (1, 5)
+    }
+    values[f"{split}/verb/top5"] = float(official_topk(verb, verb_labels, (5,))[0])
+    values[f"{split}/noun/top5"] = float(official_topk(noun, noun_labels, (5,))[0])
+    # TA3N's in-code top-5 (verb and noun each in their top 5) is not the official one
+    both = (np.argsort(-verb, 1)[:, :5] == verb_labels[:, None]).any(1) & (
+        np.argsort(-noun, 1)[:, :5] == noun_labels[:, None]
+    ).any(1)
+    values[f"{split}/ta3n top5"] = float(both.mean())
+    return values
+
+
+def test_train_reports_epic100_action_accuracy_as_the_official_scorer(
+    epic100_cache, tmp_path, capsys
+):
+    run = tmp_path / "source-only"
+    code = cli.main(
+        ["train", "--protocol", "ta3n-epic100", "--head", "source-only",
+         "--cache", str(epic100_cache), "--source", "source", "--target", "target",
+         "-o", str(run), "--epochs", "10", "--set", "lr=0.03", "--quiet"]
+    )  # fmt: skip
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    printed = summary_lines(out)
+    recorded = json.loads((run / runs.STATUS).read_text())["metrics"]
+    assert set(printed) == set(recorded)
+    for split in ("source_val", "target_val"):
+        expected = official(run, split)
+        for key in ("action/top1", "action/top5", "verb/top5", "noun/top5"):
+            name = f"{split}/{key}"
+            assert printed[name] == f"{100 * expected[name]:.2f}", name
+            assert recorded[name] == pytest.approx(expected[name]), name
+    # not trivial numbers, and the official action top-5, not TA3N's
+    target = official(run, "target_val")
+    assert 0 < target["target_val/action/top1"] < target["target_val/action/top5"] < 1
+    assert target["target_val/action/top5"] < target["target_val/ta3n top5"]
+    # the unlabelled target test segments are predicted, not scored
+    assert "target_test" in runs.prediction_sets(run)
+    assert not any(key.startswith("target_test/") for key in recorded)
+    # every evaluation's metrics.jsonl record (and so --log's streams) has them too
+    last = runs.read_metrics(run)[-1]
+    assert last["target_val/action/top1"] == pytest.approx(recorded["target_val/action/top1"])
+
+    # the Python API's result of the finished run: the same numbers
+    again = avda.train(config=run / "config.yaml", out=run, progress=False)
+    assert again.skipped and again.metrics == recorded
+
+    # avda evaluate: the per-run table recomputes them from the predictions, and the epic100
+    # layout (which scores target_val: target_test has no labels) agrees
+    table = avda.evaluate(run)
+    for name in ("target_val/action/top1", "target_val/action/top5", "target_val/noun/top5"):
+        assert table[name].iloc[0] == pytest.approx(100 * recorded[name])
+    chosen = avda.evaluate(run, task="action", metric="top5")
+    assert [c for c in chosen.columns if "/" in c] == [
+        "source_val/action/top5",
+        "target_val/action/top5",
+    ]
+    paper = aggregate.aggregate([run], layout="epic100")
+    for column, key in (("action top-1", "action/top1"), ("action top-5", "action/top5")):
+        assert paper.cell("source-only", column)[0] == pytest.approx(
+            100 * recorded[f"target_val/{key}"]
+        )
+
+    # avda predict prints the action top-1 of a labelled set
+    code = cli.main(["predict", str(run), "-o", str(tmp_path / "val.npz"), "--split", "val",
+                     "--quiet"])  # fmt: skip
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    line = next(line for line in out.splitlines() if line.startswith("target_val:"))
+    assert f"action top-1 {100 * recorded['target_val/action/top1']:.1f}%" in line
+
+
+def test_a_verb_only_run_reports_no_action(epic100_cache, tmp_path, capsys):
+    run = tmp_path / "verbs"
+    code = cli.main(
+        ["train", "--protocol", "ta3n-epic100", "--head", "source-only",
+         "--cache", str(epic100_cache), "--source", "source", "--target", "target",
+         "-o", str(run), "--epochs", "1", "--set", "tasks=[verb]", "--quiet"]
+    )  # fmt: skip
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert sorted(summary_lines(out)) == [
+        "source_val/verb/mca",
+        "source_val/verb/top1",
+        "target_val/verb/mca",
+        "target_val/verb/top1",
+    ]
