@@ -458,7 +458,9 @@ def train(
     override it. ``protocol``: a named protocol (``avda list protocols``) that sets the head
     (and its baselines) as one paper ran them, or ``"unified"``; ``head`` is then the
     protocol's method name. ``source``/``target``: ``"D1,D2"`` or a list. The result has ``run``,
-    ``metrics`` (fractions) and ``skipped`` (the run was already complete). ``log``:
+    ``metrics`` (fractions, ``<set>/<task>/<metric>``; with verb and noun tasks also EPIC-100's
+    ``<set>/action/top1`` and ``top5`` and verb and noun ``top5``, as ``avda evaluate --layout
+    epic100`` scores them) and ``skipped`` (the run was already complete). ``log``:
     ``"tensorboard"`` (``RUN/tensorboard/``), ``"wandb"``, ``"mlflow"`` or a list of them
     also receive the ``metrics.jsonl`` records as they are written (``--log``).
     """
