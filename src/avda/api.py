@@ -554,7 +554,8 @@ def predict(
     input statistics, its target set for AdaBN, its stages for audio-adaptive
     (:mod:`avda.train.predict`). The result has ``uids``, ``labels`` and ``scores`` per task
     (a run's ``predictions/<set>.npz`` arrays), ``sets``, ``metrics`` and ``top1(task, set)``
-    (one set's); ``out``: also write OUT.npz and OUT.csv (``.save(path)`` does it later).
+    (one set's; ``"action"``: EPIC-100's, for a run with verb and noun); ``out``: also write
+    OUT.npz and OUT.csv (``.save(path)`` does it later).
     """
     from avda.train.predict import predict_run
 

@@ -1088,7 +1088,10 @@ def evaluate(
     ] = "auto",
     task: Annotated[
         str | None,
-        typer.Option(help="The task (paper layouts: default the first; runs layout: every one)."),
+        typer.Option(
+            help="The task (paper layouts: default the first; runs layout: every one, and "
+            "action for runs with verb and noun)."
+        ),
     ] = None,
     metric: Annotated[
         str | None,

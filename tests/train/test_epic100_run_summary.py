@@ -20,6 +20,7 @@ from tests.evaluate.test_protocols import official_action_accuracy, official_top
 
 import avda
 from avda import cli, runs
+from avda.errors import ConfigError
 from avda.evaluate import aggregate
 
 SPLITS = (  # domain, split, segments, labelled
@@ -159,6 +160,13 @@ def test_train_reports_epic100_action_accuracy_as_the_official_scorer(
     assert code == 0, err
     line = next(line for line in out.splitlines() if line.startswith("target_val:"))
     assert f"action top-1 {100 * recorded['target_val/action/top1']:.1f}%" in line
+    predicted = avda.predict(run, splits="val", progress=False)
+    assert predicted.metrics == {k: v for k, v in recorded.items() if "_val/" in k}
+    for split in ("source_val", "target_val"):
+        key = f"{split}/action/top1"
+        assert predicted.top1("action", split) == pytest.approx(recorded[key])
+    with pytest.raises(ConfigError, match=r"no task 'act'; its tasks: verb, noun \(and action"):
+        predicted.top1("act")
 
 
 def test_a_verb_only_run_reports_no_action(epic100_cache, tmp_path, capsys):

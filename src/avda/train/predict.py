@@ -36,6 +36,7 @@ from avda import runs
 from avda._io import progress_bar
 from avda.cache import FeatureCache, open_cache
 from avda.errors import CacheError, ConfigError, RunError
+from avda.scoring.protocols import set_metrics
 from avda.train import data as data_lib
 from avda.train import heads as heads_lib
 from avda.train import loop as loop_lib
@@ -80,10 +81,15 @@ class Predictions:
         without one, ``-1``, is not counted); None where none has (or the task is
         multi-label). It is ``metrics["<set>/<task>/top1"]``. ``set`` may be left out only
         when one set was predicted: an accuracy over several would mix source and target,
-        training and test rows, which no metric of a run does."""
-        if task not in self.scores:
+        training and test rows, which no metric of a run does. ``"action"``, for a run with
+        verb and noun: EPIC-100's action top-1 (the official scorer), over the rows labelled
+        with both."""
+        has_action = {"verb", "noun"} <= self.scores.keys()
+        action = task == "action" and has_action
+        if task not in self.scores and not action:
+            extra = " (and action: verb and noun)" if has_action else ""
             raise ConfigError(
-                f"the run predicts no task {task!r}; its tasks: {', '.join(self.scores)}"
+                f"the run predicts no task {task!r}; its tasks: {', '.join(self.scores)}{extra}"
             )
         if set is None:
             if len(self.sets) > 1:
@@ -96,6 +102,14 @@ class Predictions:
         if set not in self.sets:
             raise ConfigError(f"no predicted set {set!r}; sets: {', '.join(self.sets)}")
         chosen = self.set_names() == set
+        if action:
+            pair = ("verb", "noun")
+            metrics = set_metrics(
+                "rows",
+                {t: self.scores[t][chosen] for t in pair},
+                {t: self.labels[t][chosen] for t in pair},
+            )
+            return metrics.get("rows/action/top1")
         labels, scores = self.labels[task][chosen], self.scores[task][chosen]
         if labels.ndim != 1:
             return None
