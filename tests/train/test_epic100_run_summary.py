@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,7 @@ from avda import cli, runs
 from avda.errors import ConfigError
 from avda.evaluate import aggregate
 
+EPIC100_COLUMNS = ("/action/top1", "/action/top5", "/verb/top5", "/noun/top5")
 SPLITS = (  # domain, split, segments, labelled
     ("source", "train", 80, True),
     ("target", "train", 40, False),
@@ -136,6 +138,28 @@ def test_train_reports_epic100_action_accuracy_as_the_official_scorer(
     # the Python API's result of the finished run: the same numbers
     again = avda.train(config=run / "config.yaml", out=run, progress=False)
     assert again.skipped and again.metrics == recorded
+
+    # a run recorded before the action columns: avda train, finding it complete, prints them
+    # from its stored predictions (run.json is left as it is)
+    old = tmp_path / "old"
+    shutil.copytree(run, old)
+    status = json.loads((old / runs.STATUS).read_text())
+    status["metrics"] = {k: v for k, v in recorded.items() if not k.endswith(EPIC100_COLUMNS)}
+    (old / runs.STATUS).write_text(json.dumps(status))
+    code = cli.main(["train", "--config", str(run / "config.yaml"), "-o", str(old), "--quiet"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert f"{old}: already complete" in out and summary_lines(out) == printed
+    assert json.loads((old / runs.STATUS).read_text()) == status
+    # a predictions file it cannot read: that set's recorded numbers, and a warning saying why
+    (old / runs.PREDICTIONS / "source_val.npz").write_bytes(b"not a zip")
+    code = cli.main(["train", "--config", str(run / "config.yaml"), "-o", str(old), "--quiet"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "its source_val action columns cannot be computed" in err
+    assert summary_lines(out) == {
+        k: v for k, v in printed.items() if k.startswith("target_val/") or k in status["metrics"]
+    }
 
     # avda evaluate: the per-run table recomputes them from the predictions, and the epic100
     # layout (which scores target_val: target_test has no labels) agrees

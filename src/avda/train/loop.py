@@ -278,9 +278,7 @@ def _train(
     resume_record = _start_run_folder(out, resolved, store, device, run_data(setup))
     if finished:
         log.info("%s is complete: skipping", out)
-        return TrainResult(
-            out, json.loads((out / runs.STATUS).read_text()).get("metrics", {}), True
-        )
+        return TrainResult(out, recorded_metrics(out, setup.tasks), True)
     sinks.open(out, resolved)
 
     torch.manual_seed(seed)
@@ -453,6 +451,30 @@ def _train(
 
 
 CHECKPOINT_SECONDS = 30.0
+
+
+def recorded_metrics(out: Path, tasks: Sequence[Task]) -> dict[str, float]:
+    """A complete run's ``run.json`` metrics. A run with verb and noun that recorded no action
+    columns (trained before avda reported them) gets them, and the others :func:`set_metrics`
+    adds, from its stored predictions of each set it scored, as ``avda evaluate --layout runs``
+    computes them; ``run.json`` is left as it is."""
+    recorded = json.loads((out / runs.STATUS).read_text()).get("metrics", {})
+    single = {t.name for t in tasks if not t.multi_label}
+    if not {"verb", "noun"} <= single or any("/action/" in key for key in recorded):
+        return recorded
+    metrics = dict(recorded)
+    for name in runs.prediction_sets(out):
+        if not any(key.startswith(f"{name}/") for key in recorded):
+            continue
+        try:
+            predictions = runs.read_predictions(out, name)
+            added = set_metrics(name, predictions["scores"], predictions["labels"])
+        except (AvdaError, OSError) as exc:  # what it recorded is still the run's result
+            log.warning("%s: its %s action columns cannot be computed: %s", out, name, exc)
+            continue
+        for key, value in added.items():
+            metrics.setdefault(key, value)
+    return metrics
 
 
 def run_data(setup: setup_lib.RunSetup) -> dict[str, Any]:
