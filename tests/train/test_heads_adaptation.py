@@ -30,7 +30,7 @@ from avda.evaluate.checkpoints import checkpoint_accuracy
 from avda.train import data as data_lib
 from avda.train import heads
 from avda.train.layers import DomainBatchNorm1d
-from avda.train.loop import _make_optimizer, evaluate_sets, train
+from avda.train.loop import PER_STEP_SCHEDULES, _make_optimizer, evaluate_sets, train
 
 torch.set_num_threads(1)
 SEEDS = (0, 1, 2)
@@ -91,9 +91,9 @@ def fit(name: str, sets, tasks, overrides: dict, seed: int) -> float:
             if config.grad_clip:
                 torch.nn.utils.clip_grad_norm_(head.parameters(), config.grad_clip)
             optimizer.step()
-            if config.lr_schedule == "dann":
+            if config.lr_schedule in PER_STEP_SCHEDULES:
                 scheduler.step()
-        if config.lr_schedule != "dann":
+        if config.lr_schedule not in PER_STEP_SCHEDULES:
             scheduler.step()
     try:
         metrics, _ = evaluate_sets(head, {"target_test": sets["target_test"]}, "cpu", target)

@@ -306,6 +306,54 @@ def test_the_recorded_lr_is_the_one_each_epoch_trained_at(shifted_cache, tmp_pat
     assert logged[3] == pytest.approx(0.1 * logged[2]) and logged[1] == logged[2]
 
 
+def _authors_ta3n_lrs(lr0: float, epochs: int, steps_per_epoch: int) -> list[float]:
+    """The lr of every optimiser step of the original TA3N (cmhungsteve/TA3N main.py,
+    --lr_adaptive dann), transcribed: ``for epoch in range(1, epochs + 1)``, in ``train()``
+    ``start_steps = epoch * len(source_loader)``, ``p = (i + start_steps) / total_steps``,
+    the step at the current lr, then ``adjust_learning_rate_dann``: lr0 / (1 + 10 p) ** 0.75."""
+    lr, seen = lr0, []
+    total_steps = epochs * steps_per_epoch
+    for epoch in range(1, epochs + 1):
+        start_steps = epoch * steps_per_epoch
+        for i in range(steps_per_epoch):
+            p = float(i + start_steps) / total_steps
+            seen.append(lr)  # optimizer.step() with the current lr
+            lr = lr0 / (1.0 + 10 * p) ** 0.75
+    return seen
+
+
+def test_the_ta3n_dann_schedule_steps_as_the_original_code(shifted_cache, tmp_path, monkeypatch):
+    """lr_schedule=dann-ta3n: every step's lr equals the authors' loop (first step at lr0,
+    then the previous step's progress counted from 1 / epochs); plain dann does not."""
+    from avda.train.loop import ta3n_dann_factor
+
+    # hand computation, the U->H recipe (lr 3e-2, 30 epochs of 12 steps): step 1 at p = 1/30,
+    # 0.03 / (4/3)^0.75; the last step (359) at p = 358/360 + 1/30 = 370/360
+    assert 0.03 * ta3n_dann_factor(0, 360, 30) == 0.03
+    assert 0.03 * ta3n_dann_factor(1, 360, 30) == pytest.approx(0.03 * 0.75**0.75)
+    assert 0.03 * ta3n_dann_factor(359, 360, 30) == pytest.approx(0.03 / (1 + 3700 / 360) ** 0.75)
+    assert _authors_ta3n_lrs(0.03, 30, 12)[1] == pytest.approx(0.0241778235)  # 0.03 * 0.75^0.75
+
+    lrs: list[float] = []
+    original = torch.optim.SGD.step
+
+    def record(self, *args, **kwargs):
+        lrs.append(self.param_groups[0]["lr"])
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.SGD, "step", record)
+    options = {"optimizer": "sgd", "lr": 0.03, "weight_decay": 0.0, "epochs": 3}
+    _train(shifted_cache, tmp_path / "run", lr_schedule="dann-ta3n", **options)
+    steps = len(lrs) // 3
+    assert steps >= 2 and len(lrs) == 3 * steps
+    assert lrs == pytest.approx(_authors_ta3n_lrs(0.03, 3, steps), rel=1e-12)
+    logged = [m["lr"] for m in runs.read_metrics(tmp_path / "run")]
+    assert logged == pytest.approx(lrs[::steps])  # each epoch's first step
+    lrs.clear()
+    _train(shifted_cache, tmp_path / "plain", lr_schedule="dann", **options)
+    assert lrs != pytest.approx(_authors_ta3n_lrs(0.03, 3, steps), rel=1e-6)
+
+
 def test_a_finished_run_of_another_avda_version_is_skipped_not_refused(shifted_cache, tmp_path):
     """After an upgrade, the same `avda train` on a finished run skips it (its numbers are that
     version's, recorded in config.yaml); a changed setting is still refused."""

@@ -43,6 +43,24 @@ class TrainResult:
     skipped: bool = False
 
 
+# lr schedules the loop steps after every optimisation step (the others once per epoch)
+PER_STEP_SCHEDULES = ("dann", "dann-ta3n")
+
+
+def ta3n_dann_factor(steps_done: int, total_steps: int, epochs: int) -> float:
+    """The lr factor of the original TA3N's ``--lr_adaptive dann`` (``cmhungsteve/TA3N``
+    ``main.py``) for the step after ``steps_done`` optimisation steps.
+
+    The authors set ``lr = lr0 / (1 + 10 p) ** 0.75`` *after* each step, with the progress of
+    the step just made, ``p = (i + epoch * len) / (epochs * len)``, whose ``epoch`` counts from 1:
+    the first step runs at ``lr0``, step ``k >= 1`` at ``dann_annealing((k - 1) / total +
+    1 / epochs)``, and ``p`` ends past 1 (``1 + 1 / epochs - 1 / total``).
+    """
+    if steps_done <= 0:
+        return 1.0
+    return dann_annealing((steps_done - 1) / max(total_steps, 1) + 1.0 / max(epochs, 1))
+
+
 def _make_optimizer(head: Head, config: HeadConfig, total_steps: int = 1):
     optimizer = make_optimizer(
         config.optimizer,
@@ -55,6 +73,11 @@ def _make_optimizer(head: Head, config: HeadConfig, total_steps: int = 1):
     if config.lr_schedule == "dann":  # stepped after every optimisation step
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: dann_annealing(step / max(total_steps, 1))
+        )
+        return optimizer, scheduler
+    if config.lr_schedule == "dann-ta3n":
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: ta3n_dann_factor(step, total_steps, config.epochs)
         )
         return optimizer, scheduler
     scheduler = torch.optim.lr_scheduler.MultiStepLR(
@@ -386,11 +409,11 @@ def _train(
             if config.grad_clip:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
             optimizer.step()
-            if config.lr_schedule == "dann":
+            if config.lr_schedule in PER_STEP_SCHEDULES:
                 scheduler.step()
             for name, value in losses.items():
                 sums[name] = sums.get(name, 0.0) + float(value.detach())
-        if config.lr_schedule != "dann":
+        if config.lr_schedule not in PER_STEP_SCHEDULES:
             scheduler.step()
         record: dict[str, Any] = {
             "epoch": epoch,

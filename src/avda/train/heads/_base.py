@@ -249,8 +249,10 @@ class HeadConfig(Config):
     lr_steps: tuple[int, ...] = ()  # epochs at which lr is multiplied by lr_gamma
     lr_gamma: float = 0.1  # lr factor at each of lr_steps
     # "step": lr * lr_gamma at each of lr_steps (epochs); "dann": lr / (1 + 10 p)^0.75 every step
-    # (Ganin et al. 2016), p the training progress
-    lr_schedule: Literal["step", "dann"] = "step"
+    # (Ganin et al. 2016), p the training progress; "dann-ta3n": the same formula as the
+    # original TA3N code applies it (avda.train.loop.ta3n_dann_factor: the first step at lr,
+    # then the previous step's progress, counted from 1 / epochs)
+    lr_schedule: Literal["step", "dann", "dann-ta3n"] = "step"
     grad_clip: float = 0.0  # max gradient norm; 0 disables
     # "bf16": the training forward runs under torch.autocast in bfloat16 (weights, gradients
     # and the optimiser stay float32); 1.7x faster for TA3N on a CPU with AVX512-BF16, and on
