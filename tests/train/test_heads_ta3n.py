@@ -235,6 +235,52 @@ def test_beta_schedule_is_the_epic100_warmup():
     assert constant.beta(0.3) == (0.75, 0.75, 0.5)
 
 
+def _authors_betas(args_beta, epochs, steps, ramp_gamma, warmup):
+    """The beta of every step in both authors' ``main.py``, transcribed: ``train()`` gets
+    ``args.beta`` each epoch; per step ``p = (i + epoch * len) / (epochs * len)`` (epoch from 1),
+    ``beta_dann = 2 / (1 + exp(-gamma p)) - 1`` (original: gamma 10; EPIC-100: 1.0), ``beta =
+    [beta_dann if beta[i] < 0 else beta[i] ...]`` (the list is rebound, so a replaced entry
+    stays for the epoch), and with EPIC-100's ``--dann_warmup`` ``beta_dann * beta``."""
+    seen = []
+    for epoch in range(1, epochs + 1):
+        beta = list(args_beta)
+        for i in range(steps):
+            p = float(i + epoch * steps) / (epochs * steps)
+            beta_dann = 2.0 / (1.0 + np.exp(-ramp_gamma * p)) - 1
+            beta = [beta_dann if beta[j] < 0 else beta[j] for j in range(len(beta))]
+            seen.append([beta_dann * b for b in beta] if warmup else beta)
+    return seen
+
+
+@pytest.mark.parametrize(
+    ("ramp_gamma", "warmup", "ramped", "args_beta"),
+    [
+        (10.0, False, ("relation", "frame"), (-1, 0.75, -1)),  # the original repository
+        (1.0, True, ("video",), (0.75, -1, 0.5)),  # the EPIC-100 code with --dann_warmup
+    ],
+)
+def test_ramped_beta_is_the_authors_negative_beta(ramp_gamma, warmup, ramped, args_beta):
+    epochs, steps = 4, 3
+    head = _epic_head(
+        epochs=epochs,
+        beta=tuple(abs(b) for b in args_beta),
+        beta_ramp_gamma=ramp_gamma,
+        beta_warmup=warmup,
+        ramped_beta=ramped,
+    )
+    ours = [head.beta(k / (epochs * steps)) for k in range(epochs * steps)]
+    authors = _authors_betas(args_beta, epochs, steps, ramp_gamma, warmup)
+    np.testing.assert_allclose(np.array(ours), np.array(authors), rtol=1e-12)
+    if not warmup:  # the original: constant within an epoch, epoch 1 at p = 1/4
+        assert ours[0] == ours[2] != ours[3]
+        assert ours[0][0] == pytest.approx(2 / (1 + math.exp(-2.5)) - 1)  # 0.848
+
+
+def test_ramped_beta_names_a_level():
+    with pytest.raises(ConfigError, match=r"ramped_beta: expected levels of relation, video, fr"):
+        heads.config_class("ta3n").from_dict({"ramped_beta": ("video", "clip")})
+
+
 def test_snippet_selection():
     assert snippet_indices(25, 5) == [2, 7, 12, 17, 22]
     assert snippet_indices(5, 5) == [0, 1, 2, 3, 4]

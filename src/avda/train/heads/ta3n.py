@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from collections.abc import Mapping
 from typing import Any, ClassVar, Literal
 
@@ -87,6 +88,12 @@ class Ta3nConfig(HeadConfig):
     beta: tuple[float, ...] = (0.75, 0.75, 0.5)  # GRL scale: relation, video, frame
     beta_warmup: bool = True  # --dann_warmup: beta * (2 / (1 + exp(-gamma p')) - 1)
     beta_ramp_gamma: float = 1.0  # the EPIC-100 code's -1.0 * p (the original repo: 10)
+    # Levels (of "relation", "video", "frame") whose beta is the ramp itself, not a constant:
+    # what both authors' main.py do with a negative --beta entry. They replace it by
+    # 2 / (1 + exp(-beta_ramp_gamma * p)) - 1 at the epoch's first step, p = epoch / epochs
+    # (1-based epochs), and keep that value through the epoch (the list they overwrite no
+    # longer holds a negative entry); beta_warmup then multiplies it as any other.
+    ramped_beta: tuple[str, ...] = ()
     attentive_entropy_weight: float = 0.003  # gamma
     # runs recorded before use_bn existed were trained without it
     introduced: ClassVar[Mapping[str, Any]] = {"use_bn": "none"}
@@ -97,6 +104,18 @@ class Ta3nConfig(HeadConfig):
     # ta3n-epic100). AdaBN is the default because without it the discriminators' reversed
     # gradients on the concatenated feature collapse the target on shifted sets (docs/methods.md).
     use_bn: Literal["none", "AdaBN"] = "AdaBN"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        unknown = [level for level in self.ramped_beta if level not in BETA_LEVELS]
+        if unknown:
+            raise ConfigError(
+                f"Ta3nConfig.ramped_beta: expected levels of {', '.join(BETA_LEVELS)} "
+                f"(comma-separated), got {', '.join(map(str, unknown))}"
+            )
+
+
+BETA_LEVELS = ("relation", "video", "frame")  # the order of beta
 
 
 def snippet_indices(num_clips: int, num_segments: int) -> list[int]:
@@ -192,11 +211,18 @@ class Ta3n(Head):
     def beta(self, progress: float) -> tuple[float, float, float]:
         """GRL scales (relation, video, frame) at training progress ``p`` in [0, 1)."""
         config = self.config
+        epochs = max(config.epochs, 1)
+        beta = list(config.beta)
+        if config.ramped_beta:  # the authors' negative --beta: the ramp at the epoch's start
+            epoch = math.floor(progress * epochs + 1e-9) + 1  # 1-based
+            at_epoch_start = grl_ramp(epoch / epochs, config.beta_ramp_gamma)
+            for level in config.ramped_beta:
+                beta[BETA_LEVELS.index(level)] = at_epoch_start
         if not config.beta_warmup:
-            return tuple(config.beta)  # type: ignore[return-value]
-        authors_progress = progress + 1.0 / max(config.epochs, 1)
+            return tuple(beta)  # type: ignore[return-value]
+        authors_progress = progress + 1.0 / epochs
         ramp = grl_ramp(authors_progress, config.beta_ramp_gamma)
-        return tuple(b * ramp for b in config.beta)  # type: ignore[return-value]
+        return tuple(b * ramp for b in beta)  # type: ignore[return-value]
 
     def normalise(self, u: torch.Tensor, source_size: int | None) -> torch.Tensor:
         """AdaBN of the shared layer's output ``u`` (B, F, S): the first ``source_size``
@@ -379,4 +405,11 @@ def convert_authors_state_dict(
     return converted
 
 
-__all__ = ["Ta3n", "Ta3nConfig", "authors_key_map", "convert_authors_state_dict", "snippet_indices"]
+__all__ = [
+    "BETA_LEVELS",
+    "Ta3n",
+    "Ta3nConfig",
+    "authors_key_map",
+    "convert_authors_state_dict",
+    "snippet_indices",
+]
