@@ -54,15 +54,17 @@ def make_feature_cache(
     modalities=("rgb", "audio"),
     chunk_rows: int = 8,
     verb_names=None,
+    domains=("source", "target"),
 ):
     """A cache of synthetic features: class clusters, target moved by ``shift`` (real Zarr);
-    ``verb_names``: a ``verb`` column naming each class (as a manifest's does)."""
+    ``verb_names``: a ``verb`` column naming each class (as a manifest's does); ``domains``:
+    the names of the source and the (shifted) target domain."""
     from avda import cache as cache_lib
     from avda.cache import Status
 
     rng = np.random.default_rng(seed)
     rows = []
-    for domain in ("source", "target"):
+    for domain in domains:
         for split, count in (("train", per_class), ("test", per_class // 2)):
             for c in range(num_classes):
                 for i in range(count):
@@ -89,7 +91,7 @@ def make_feature_cache(
     centres = {m: rng.normal(0, 1, (num_classes, D)) * 3 for m in modalities}
     offset = {m: rng.normal(0, 1, D) * shift for m in modalities}
     labels = segments["verb_class"].to_numpy()
-    is_target = (segments["domain"] == "target").to_numpy()
+    is_target = (segments["domain"] == domains[1]).to_numpy()
     for m in modalities:
         x = centres[m][labels][:, None, :] + rng.normal(0, 1, (len(segments), K, D))
         x[is_target] += offset[m]

@@ -69,6 +69,87 @@ def test_ta3n_protocol_source_only_is_ta3n_without_target():
     assert head == "ta3n" and not config.domain_attention and config.beta == (0.0, 0.0, 0.0)
 
 
+def _script_target_batch(lists: Path, source: str, target: str) -> int:
+    """script_train_val.sh's ``bS_2=$((bS * num_target / num_source))`` (bash integer
+    division) with num_source / num_target the line counts of TA3N's training lists."""
+    names = {"ucf": "list_ucf101_train_hmdb51-feature.txt",
+             "hmdb": "list_hmdb51_train_ucf101-feature.txt"}  # fmt: skip
+    count = {d: len((lists / f).read_text().splitlines()) for d, f in names.items()}
+    return 128 * count[target] // count[source]
+
+
+def test_ta3n_ucf_hmdb_is_the_original_script_in_both_directions(shared_data):
+    """cmhungsteve/TA3N script_train_val.sh + opts.py + main.py: lr 3e-2 DANN-annealed per
+    step, SGD Nesterov, wd 1e-4, clip 20, 30 epochs, batch 128 + the script's target batch,
+    dropout 0.5, 5 segments, use_bn none, TransAttn, constant beta (no ramp, no warm-up);
+    beta_0 and gamma by direction (U->H 0.75 / 0.003, H->U 1 / 0.3)."""
+    lists = shared_data / "annotations" / "ucf_hmdb_lists"
+    protocol = protocols.get("ta3n-ucf-hmdb")
+    expected = {  # (source, target): beta, gamma
+        ("ucf", "hmdb"): ((0.75, 0.75, 0.5), 0.003),
+        ("hmdb", "ucf"): ((1.0, 0.75, 0.5), 0.3),
+    }
+    for (source, target), (beta, gamma) in expected.items():
+        head, values = protocol.resolve("ta3n", None, [source], [target])
+        config = heads_lib.config_class(head).from_dict(values)
+        assert head == "ta3n" and config.use_bn == "none" and config.domain_attention
+        assert (config.optimizer, config.lr, config.momentum, config.nesterov) == (
+            "sgd", 3e-2, 0.9, True)  # fmt: skip
+        assert (config.lr_schedule, config.weight_decay, config.grad_clip) == (
+            "dann-ta3n", 1e-4, 20.0)  # fmt: skip
+        assert (config.epochs, config.schedule, config.num_segments) == (30, "epochs", 5)
+        assert (config.frame_dropout, config.video_dropout, config.shared_dim) == (0.5, 0.5, 512)
+        assert config.beta == beta and config.attentive_entropy_weight == gamma
+        assert not config.beta_warmup and config.ramped_beta == ()
+        assert config.batch_size == 128
+        assert config.target_batch_size == _script_target_batch(lists, source, target)
+        _, baseline = protocol.resolve("source-only", None, [source], [target])
+        off = heads_lib.config_class(head).from_dict(baseline)
+        assert off.beta == (0.0, 0.0, 0.0) and not off.domain_attention
+        assert off.attentive_entropy_weight == 0.0 and off.lr_schedule == "dann-ta3n"
+        assert off.target_batch_size == config.target_batch_size
+    assert _script_target_batch(lists, "ucf", "hmdb") == 74  # the script's echo: (128, 74)
+    # another pair (or none given: --show-config): the script's defaults, U->H
+    assert protocol.resolve("ta3n")[1]["beta"] == (0.75, 0.75, 0.5)
+    assert protocol.resolve("ta3n", None, ["ucf"], ["olympic"])[1]["target_batch_size"] == 74
+
+
+def test_ta3n_ucf_hmdb_runs_take_their_directions_values(tmp_path):
+    """A run's setting picks the protocol's values: hmdb -> ucf trains with H->U's beta,
+    gamma and target batch, recorded in config.yaml; an explicit --set still wins."""
+    cache = make_feature_cache(tmp_path / "c.zarr", domains=("hmdb", "ucf"), per_class=6).path
+    small_run = {"epochs": 1, "shared_dim": 8, "relation_dim": 8}
+    recorded = {}
+    for name, (source, target), extra in (
+        ("hu", ("hmdb", "ucf"), {}),
+        ("uh", ("ucf", "hmdb"), {}),
+        ("set", ("hmdb", "ucf"), {"attentive_entropy_weight": 0.01}),
+    ):
+        train(cache=cache, head="ta3n", source=[source], target=[target], seed=0,
+              out=tmp_path / name, overrides={**small_run, **extra}, progress=False,
+              protocol="ta3n-ucf-hmdb")  # fmt: skip
+        recorded[name] = runs.read_config(tmp_path / name)["head_config"]
+    assert recorded["hu"]["beta"] == [1.0, 0.75, 0.5]
+    assert recorded["hu"]["attentive_entropy_weight"] == 0.3
+    assert recorded["hu"]["target_batch_size"] == 219
+    assert recorded["uh"]["beta"] == [0.75, 0.75, 0.5]
+    assert recorded["uh"]["attentive_entropy_weight"] == 0.003
+    assert recorded["uh"]["target_batch_size"] == 74
+    assert recorded["set"]["attentive_entropy_weight"] == 0.01
+    assert recorded["set"]["beta"] == [1.0, 0.75, 0.5]
+
+
+def test_show_config_of_a_protocol_shows_the_directions_values(capsys):
+    from avda import cli
+
+    base = ["train", "--protocol", "ta3n-ucf-hmdb", "--head", "ta3n", "--show-config"]
+    assert cli.main([*base, "--source", "hmdb", "--target", "ucf"]) == 0
+    out = capsys.readouterr().out
+    assert "attentive_entropy_weight: 0.3 " in out and "target_batch_size: 219 " in out
+    assert cli.main(base) == 0  # no setting given: the script's defaults (U->H)
+    assert "attentive_entropy_weight: 0.003 " in capsys.readouterr().out
+
+
 def test_protocol_errors_are_one_line_and_name_the_fix():
     with pytest.raises(ConfigError, match="unknown protocol 'mmsada'.*mmsada-epic55"):
         protocols.get("mmsada")

@@ -981,7 +981,9 @@ def train_command(
     if show_config:
         overrides = options["overrides"]
         if protocol is not None:
-            runs_head, overrides = protocols_lib.get(protocol).resolve(head, overrides)
+            runs_head, overrides = protocols_lib.get(protocol).resolve(
+                head, overrides, options["source"], options["target"]
+            )
         typer.echo(show_head_config(runs_head, overrides))
         return
     missing = [f"'--{k}'" for k in ("cache", "source", "target") if options[k] is None]

@@ -20,7 +20,7 @@ split, sampling, optimiser, schedule, evaluation, model selection and deviations
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from avda.errors import ConfigError
@@ -75,6 +75,12 @@ class Protocol:
     # task -> the benchmark's class count: the classifiers' width when the cache records no
     # class table (a manifest subset without its .build.json; its largest id may be below)
     classes: Mapping[str, int] = dataclasses.field(default_factory=dict)
+    # setting name -> method -> values that differ by direction (TA3N's U->H / H->U beta and
+    # gamma): applied over the method's recipe when a run's source and target are that
+    # setting's domains, under the user's values
+    per_setting: Mapping[str, Mapping[str, Mapping[str, Any]]] = dataclasses.field(
+        default_factory=dict
+    )
     # docs/protocols.md's columns, one phrase each
     split: str = ""
     sampling: str = ""
@@ -102,10 +108,30 @@ class Protocol:
             raise ConfigError(unknown_name_message("head", method, heads_lib.names()))
         return method
 
-    def resolve(self, method: str, overrides: Mapping[str, Any] | None = None):
+    def setting_of(self, source: Sequence[str] | None, target: Sequence[str] | None) -> str | None:
+        """The name of the setting of :attr:`per_setting` whose domains are ``source`` ->
+        ``target``, else None."""
+        from avda.data_manifests.settings import NAMED_SETTINGS
+
+        if not source or not target:
+            return None
+        for name in self.per_setting:
+            setting = NAMED_SETTINGS[name]
+            if (setting.source_domains, setting.target_domains) == (tuple(source), tuple(target)):
+                return name
+        return None
+
+    def resolve(
+        self,
+        method: str,
+        overrides: Mapping[str, Any] | None = None,
+        source: Sequence[str] | None = None,
+        target: Sequence[str] | None = None,
+    ):
         """``(head, values)``: the head that trains ``method`` and its config values (the
-        protocol's, then ``overrides``, which win). Refuses an override that would break the
-        protocol's evaluation rule (too few kept checkpoints)."""
+        protocol's, those of the run's setting when :attr:`per_setting` has it, then
+        ``overrides``, which win). Refuses an override that would break the protocol's
+        evaluation rule (too few kept checkpoints)."""
         from avda.train import heads as heads_lib
 
         head = self.head_for(method)
@@ -114,6 +140,9 @@ class Protocol:
         values = {k: v for k, v in self.common.items() if k in fields}
         if self.heads:
             values.update(self.heads[method].values)
+        setting = self.setting_of(source, target)
+        if setting is not None:
+            values.update(self.per_setting[setting].get(method, {}))
         explicit = dict(overrides or {})
         if "epochs" in explicit:  # the protocol's stages scale to the user's length
             values.update(cls._scaled_stages(explicit["epochs"], values, explicit))
@@ -405,6 +434,76 @@ register(
         optimiser="Adam 3e-3 (CIA's ucf-hmdb preset); MM-SADA's SGD",
         schedule="690 steps (30 epochs of batch 64 on UCF101's 1,438 segments)",
         selection="last epoch",
+    )
+)
+
+# The original TA3N's script_train_val.sh (cmhungsteve/TA3N): RGB ResNet-101 frame features,
+# 5 segments, trn-m, add_fc 1, fc_dim 512, dropout 0.5 / 0.5, use_bn none, SGD Nesterov 0.9
+# (main.py), wd 1e-4 (opts.py), lr 3e-2 with --lr_adaptive dann, 30 epochs, clip 20, batch
+# 128 source and 128 * num_target / num_source target (bash integer division), TransAttn,
+# attentive entropy, --place_adv Y Y Y, constant beta (all positive: no ramp).
+_TA3N_UCF_HMDB = {
+    "use_bn": "none",
+    "optimizer": "sgd",
+    "lr": 3e-2,
+    "momentum": 0.9,
+    "nesterov": True,
+    "weight_decay": 1e-4,
+    "lr_schedule": "dann-ta3n",
+    "lr_steps": (),
+    "grad_clip": 20.0,
+    "epochs": 30,
+    "schedule": "epochs",  # 30 epochs of whichever source list, as the script
+    "reference_segments": 0,
+    "batch_size": 128,
+    "target_batch_size": 74,  # 128 * 840 // 1438 (U->H; hmdb-ucf: per_setting)
+    "num_segments": 5,
+    "shared_dim": 512,
+    "frame_dropout": 0.5,
+    "video_dropout": 0.5,
+    "domain_attention": True,
+    "beta": (0.75, 0.75, 0.5),  # U->H (relation, video, frame)
+    "beta_warmup": False,
+    "beta_ramp_gamma": 10.0,  # the original's ramp (only for ramped_beta levels: none here)
+    "attentive_entropy_weight": 0.003,  # gamma, U->H
+    "eval_every": 1,
+}
+_TA3N_NO_TARGET = {"domain_attention": False, "beta": (0.0, 0.0, 0.0)}
+# H->U: the script's comments "beta_0 U->H: 0.75 | H->U: 1", "gamma U->H: 0.003 | H->U: 0.3";
+# its bS_2 formula with the lists swapped: 128 * 1438 // 840
+_TA3N_HMDB_UCF = {"beta": (1.0, 0.75, 0.5), "attentive_entropy_weight": 0.3}
+
+register(
+    Protocol(
+        name="ta3n-ucf-hmdb",
+        paper="Chen et al., ICCV 2019 (TA3N), UCF-HMDB full; cmhungsteve/TA3N script_train_val.sh",
+        summary="UCF101 <-> HMDB51 (12 classes), both directions, TA3N as the original "
+        "repository's script trains it (SGD 3e-2 DANN-annealed per step, constant beta, U->H "
+        "and H->U values); source-only is TA3N without target; last epoch, target top-1",
+        settings=("ucf-hmdb", "hmdb-ucf"),
+        classes={"verb": 12},  # TA3N's classInd_hmdb_ucf.txt
+        common={"labelled_target": 0.0, "keep_last_predictions": 0},
+        heads={
+            "ta3n": HeadRecipe("ta3n", _TA3N_UCF_HMDB),
+            "source-only": HeadRecipe(
+                "ta3n",
+                {**_TA3N_UCF_HMDB, **_TA3N_NO_TARGET, "attentive_entropy_weight": 0.0},
+            ),
+        },
+        per_setting={
+            "hmdb-ucf": {
+                "ta3n": {**_TA3N_HMDB_UCF, "target_batch_size": 219},
+                "source-only": {"target_batch_size": 219},
+            },
+        },
+        evaluation=EvaluationRule(checkpoints=1, metrics=("top1",)),
+        split="source train list (labelled) + target train list (unlabelled); test the "
+        "target val list",
+        sampling="5 frame features per video (TSN test indices), the same every epoch",
+        optimiser="SGD Nesterov 0.9, lr 3e-2, weight decay 1e-4, grad clip 20, batch 128 + 74 "
+        "(U->H) / 219 (H->U)",
+        schedule="30 epochs (360 steps U->H, 210 H->U), lr 3e-2 / (1 + 10 p)^0.75 per step",
+        selection="last epoch (the authors: the best epoch on the target val list)",
     )
 )
 

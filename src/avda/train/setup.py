@@ -369,7 +369,7 @@ def plan(
         from avda import protocols as protocols_lib
 
         chosen = protocols_lib.get(protocol)
-        head, overrides = chosen.resolve(head, overrides)
+        head, overrides = chosen.resolve(head, overrides, source, target)
     Setting(tuple(source), tuple(target))  # refuses a domain on both sides, or none on one
     store = open_cache(cache)
     for role_name, domains in (("source", source), ("target", target)):

@@ -88,11 +88,8 @@ class Ta3nConfig(HeadConfig):
     beta: tuple[float, ...] = (0.75, 0.75, 0.5)  # GRL scale: relation, video, frame
     beta_warmup: bool = True  # --dann_warmup: beta * (2 / (1 + exp(-gamma p')) - 1)
     beta_ramp_gamma: float = 1.0  # the EPIC-100 code's -1.0 * p (the original repo: 10)
-    # Levels (of "relation", "video", "frame") whose beta is the ramp itself, not a constant:
-    # what both authors' main.py do with a negative --beta entry. They replace it by
-    # 2 / (1 + exp(-beta_ramp_gamma * p)) - 1 at the epoch's first step, p = epoch / epochs
-    # (1-based epochs), and keep that value through the epoch (the list they overwrite no
-    # longer holds a negative entry); beta_warmup then multiplies it as any other.
+    # levels (relation, video, frame) whose beta is the authors' negative --beta: the ramp
+    # 2 / (1 + exp(-beta_ramp_gamma p)) - 1 at each epoch's first step, kept for the epoch
     ramped_beta: tuple[str, ...] = ()
     attentive_entropy_weight: float = 0.003  # gamma
     # runs recorded before use_bn existed were trained without it
