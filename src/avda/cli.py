@@ -735,6 +735,13 @@ def cache_import(
         ),
     ] = None,
     num_clips: Annotated[int, typer.Option(min=1, help="npy: clips K per segment.")] = 25,
+    placement: Annotated[
+        str,
+        typer.Option(
+            help="npy: nearest (the rows nearest K uniform times) or tsn (TSN's test indices "
+            "over the segment's rows, as TA3N reads per-frame features)."
+        ),
+    ] = "nearest",
     chunk_rows: Annotated[
         int, typer.Option(min=1, help="Segments per Zarr chunk (new store).")
     ] = 256,
@@ -753,6 +760,7 @@ def cache_import(
         modality=modality,
         feature_rate=feature_rate,
         num_clips=num_clips,
+        placement=placement,  # type: ignore[arg-type]  # checked by import_npy
         chunk_rows=chunk_rows,
     )
     if result.already_imported:

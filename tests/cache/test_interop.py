@@ -323,6 +323,60 @@ def test_per_video_npy_features(tmp_path):
     assert result.not_done_text() == f"; rgb: 1 missing, 1 failed (e.g. no vid2.npy in {folder})"
 
 
+def _ta3n_test_indices(num_frames: int, num_segments: int = 5) -> list[int]:
+    """cmhungsteve/TA3N dataset.py ``_get_test_indices`` (new_length 1), transcribed; minus 1:
+    the 0-based row of the ``img_{:05d}.t7`` file it loads."""
+    num_min, num_select = num_segments, num_frames
+    if num_frames >= num_min:
+        tick = float(num_select) / float(num_segments)
+        offsets = np.array([int(tick / 2.0 + tick * float(x)) for x in range(num_segments)])
+    else:
+        id_select = np.array(list(range(num_select)))
+        id_expand = np.ones(num_segments - num_select, dtype=int) * id_select[id_select[0] - 1]
+        offsets = np.append(id_select, id_expand)
+    return (offsets + 1 - 1).tolist()
+
+
+def test_npy_tsn_placement_reads_the_frames_ta3n_reads(shared_data, tmp_path, capsys):
+    """TA3N's per-frame features as one .npy per video (row = frame), a manifest of its lists
+    with one frame rate: --placement tsn gives every video TA3N's 5 frames; nearest is one frame
+    early where (k + 1/2) N / 5 is an odd whole number (v_BoxingPunchingBag_g16_c02, 122)."""
+    from avda import cli
+
+    lines = shared_data / "annotations" / "ucf_hmdb_lists" / "list_ucf101_train_hmdb51-feature.txt"
+    videos = [line.split()[:2] for line in lines.read_text().splitlines()[:30]]
+    videos += [["short", "3"]]  # fewer frames than segments: the last repeats
+    folder = tmp_path / "npy"
+    folder.mkdir()
+    for name, frames in videos:
+        rows = np.repeat(np.arange(int(frames), dtype=np.float32)[:, None], 2, axis=1)
+        np.save(folder / f"{name}.npy", rows)
+    pd.DataFrame({
+        "uid": [v for v, _ in videos], "video_id": [v for v, _ in videos],
+        "domain": "ucf", "split": "train", "start_sec": 0.0,
+        "stop_sec": [int(n) / 25 for _, n in videos],
+    }).to_csv(tmp_path / "m.csv", index=False)  # fmt: skip
+    loaded = {}
+    for placement in ("tsn", "nearest"):
+        out = tmp_path / f"{placement}.zarr"
+        code = cli.main(["cache", "import", str(folder), "--format", "npy", "-a",
+                         str(tmp_path / "m.csv"), "--feature-rate", "25", "--num-clips", "5",
+                         "--placement", placement, "-o", str(out)])  # fmt: skip
+        assert code == 0, capsys.readouterr().err
+        loaded[placement] = open_cache(out).load("rgb")[:, :, 0].astype(int).tolist()
+    expected = [_ta3n_test_indices(int(n)) for _, n in videos]
+    assert loaded["tsn"] == expected
+    assert expected[-1] == [0, 1, 2, 2, 2]
+    boxing = [v for v, _ in videos].index("v_BoxingPunchingBag_g16_c02")
+    assert expected[boxing] == [12, 36, 61, 85, 109] and loaded["nearest"][boxing][2] == 60
+    code = cli.main(["cache", "import", str(folder), "--format", "npy", "-a",
+                     str(tmp_path / "m.csv"), "--feature-rate", "25", "--placement", "middle",
+                     "-o", str(tmp_path / "x.zarr")])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code != 0 and "--placement must be one of nearest, tsn, got 'middle'" in err
+    assert len(err.strip().splitlines()) == 1
+
+
 def test_a_second_modality_of_per_video_npy_fills_the_same_segments(tmp_path):
     """Features come as one folder of per-video .npy files per modality: the second folder's
     import adds its modality to the segments the first one made (it was refused as 'already

@@ -80,6 +80,9 @@ RELEASED_MODALITIES: dict[str, str] = {"RGB": "rgb", "Flow": "flow", "Audio": "a
 MODALITIES = tuple(RELEASED_MODALITIES.values())
 ID_DATASETS = ("uid", "uids", "narration_ids", "narration_id", "ids", "names")
 ImportFormat = Literal["auto", "epic-pkl", "h5", "npy"]
+# how a per-video .npy import picks a segment's K rows (import_npy)
+NpyPlacement = Literal["nearest", "tsn"]
+NPY_PLACEMENTS: tuple[str, ...] = ("nearest", "tsn")
 
 
 @dataclasses.dataclass
@@ -630,6 +633,7 @@ def import_features(
     modality: str = "rgb",
     feature_rate: float | None = None,
     num_clips: int = 25,
+    placement: NpyPlacement = "nearest",
     chunk_rows: int = schema.DEFAULT_CHUNK_ROWS,
 ) -> ImportResult:
     """Import one feature file (or .npy folder) into the store ``out``; see the module doc."""
@@ -671,6 +675,7 @@ def import_features(
             annotations=annotations,
             feature_rate=feature_rate,
             num_clips=num_clips,
+            placement=placement,
             modality=modality,
             domain=domain,
             split=split,
@@ -941,6 +946,7 @@ def import_npy(
     annotations: str | Path,
     feature_rate: float,
     num_clips: int = 25,
+    placement: NpyPlacement = "nearest",
     modality: str = "rgb",
     domain: str | None = None,
     split: str | None = None,
@@ -950,12 +956,19 @@ def import_npy(
     """Append per-video ``<video_id>.npy`` features sampled at K times per segment.
 
     Row ``i`` of a video's ``(T, D)`` array is taken to describe ``(i + 0.5) / feature_rate``
-    seconds; segment ``[start, stop]`` takes the rows nearest to ``start + (k + 0.5) * (stop -
-    start) / K`` (clamped to the array). A video without a file gets status MISSING.
+    seconds. ``placement="nearest"``: segment ``[start, stop]`` takes the rows nearest to
+    ``start + (k + 0.5) * (stop - start) / K``; ``"tsn"``: TSN's test indices
+    (:func:`tsn_rows`) over the segment's ``n = round((stop - start) * rate)`` rows from row
+    ``round(start * rate)``, the frames TA3N reads from its per-frame features. Clamped to the
+    array. A video without a file gets status MISSING.
     """
     folder, out = Path(folder), Path(out)
     if feature_rate <= 0 or num_clips < 1:
         raise ConfigError("--feature-rate must be positive and --num-clips >= 1")
+    if placement not in NPY_PLACEMENTS:
+        raise ConfigError(
+            f"--placement must be one of {', '.join(NPY_PLACEMENTS)}, got {placement!r}"
+        )
     table = read_segment_table(annotations, domain=domain, split=split)
     files = sorted(folder.glob("*.npy"))
     if not files:
@@ -971,9 +984,13 @@ def import_npy(
             return ImportResult(out, folder, 0, [], already_imported=True, earlier=earlier)
         segments = table.reset_index(drop=True)
         segments = segments[[c for c in schema.SEGMENT_COLUMNS if c in segments.columns]]
-        features, statuses, errors = _sample_npy(folder, files, segments, feature_rate, num_clips)
+        features, statuses, errors = _sample_npy(
+            folder, files, segments, feature_rate, num_clips, placement
+        )
         info = _import_info(backbone, "npy", folder)
         info["input"]["feature_rate"] = feature_rate
+        if placement != "nearest":  # records of earlier imports have no placement: nearest
+            info["input"]["placement"] = placement
         blocks = {
             modality: _block(folder, modality, features, len(segments), info, statuses, errors)
         }
@@ -994,8 +1011,23 @@ def import_npy(
         )
 
 
+def tsn_rows(count: int, num_clips: int) -> np.ndarray:
+    """TSN's ``_get_test_indices`` (0-based) for ``count`` rows and ``num_clips`` snippets, as
+    TA3N's ``dataset.py`` takes them: ``int(tick / 2 + tick * k)``, ``tick = count / K``; fewer
+    rows than snippets: every row, then the last repeated."""
+    if count >= num_clips:
+        tick = count / float(num_clips)
+        return np.array([int(tick / 2.0 + tick * k) for k in range(num_clips)], dtype=np.int64)
+    return np.array(list(range(count)) + [count - 1] * (num_clips - count), dtype=np.int64)
+
+
 def _sample_npy(
-    folder: Path, files: list[Path], segments: pd.DataFrame, feature_rate: float, num_clips: int
+    folder: Path,
+    files: list[Path],
+    segments: pd.DataFrame,
+    feature_rate: float,
+    num_clips: int,
+    placement: NpyPlacement = "nearest",
 ) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """(n, K, D) features of ``segments`` from ``<video_id>.npy``; statuses and errors
     (MISSING for a video without a file; FAILED for a segment that starts after the file's
@@ -1025,8 +1057,14 @@ def _sample_npy(
                 statuses[i] = int(Status.FAILED)
                 errors[i] = f"{why} ({len(values)} rows at --feature-rate {feature_rate:g})"
                 continue
-            times = start + (np.arange(num_clips) + 0.5) * (stop - start) / num_clips
-            index = np.clip(np.round(times * feature_rate - 0.5).astype(int), 0, len(values) - 1)
+            if placement == "tsn":
+                first = int(round(start * feature_rate))
+                count = max(1, int(round((stop - start) * feature_rate)))
+                index = np.clip(first + tsn_rows(count, num_clips), 0, len(values) - 1)
+            else:
+                times = start + (np.arange(num_clips) + 0.5) * (stop - start) / num_clips
+                index = np.round(times * feature_rate - 0.5).astype(int)
+                index = np.clip(index, 0, len(values) - 1)
             features[i] = values[index]
     return features, statuses, errors
 
