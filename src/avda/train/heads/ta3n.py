@@ -334,9 +334,13 @@ def _split_output(output: HeadOutput, size: int) -> tuple[HeadOutput, HeadOutput
     return part(slice(None, size)), part(slice(size, None))
 
 
-def authors_key_map(num_segments: int, tasks: list[str], use_bn: bool = False) -> dict[str, str]:
+def authors_key_map(
+    num_segments: int, tasks: list[str], use_bn: bool = False, original: bool = False
+) -> dict[str, str]:
     """Parameter names of the authors' ``VideoModel`` -> this head's, for the modules TA3N uses
-    (``use_bn``: with AdaBN's ``bn_shared_S/T`` and their running statistics).
+    (``use_bn``: with AdaBN's ``bn_shared_S/T`` and their running statistics; ``original``:
+    ``cmhungsteve/TA3N``'s single classifier ``fc_classifier_video_source`` for the one task,
+    instead of the EPIC-100 code's ``fc_classifier_video_<task>_source``).
 
     The authors' model also holds modules the EPIC-100 configuration never uses
     (``fc_feature_source``, ``fc_feature_video_source(_2)``, frame-level classifiers,
@@ -353,8 +357,16 @@ def authors_key_map(num_segments: int, tasks: list[str], use_bn: bool = False) -
         pairs[f"TRN.fc_fusion_scales.{scale}.1"] = f"relation.fusions.{scale}.1"
         pairs[f"relation_domain_classifier_all.{scale}.0"] = f"relation_discriminators.{scale}.0"
         pairs[f"relation_domain_classifier_all.{scale}.2"] = f"relation_discriminators.{scale}.2"
-    for task in tasks:
-        pairs[f"fc_classifier_video_{task}_source"] = f"classifiers.{task}"
+    if original:
+        if len(tasks) != 1:
+            raise CheckpointError(
+                f"the original TA3N has one classifier; this head has tasks {tasks}: build it "
+                "with one task (--set tasks=verb)"
+            )
+        pairs["fc_classifier_video_source"] = f"classifiers.{tasks[0]}"
+    else:
+        for task in tasks:
+            pairs[f"fc_classifier_video_{task}_source"] = f"classifiers.{task}"
     keys = {
         f"{theirs}.{kind}": f"{ours}.{kind}"
         for theirs, ours in pairs.items()
@@ -371,20 +383,24 @@ def convert_authors_state_dict(
     state_dict: Mapping[str, torch.Tensor], head: Ta3n
 ) -> dict[str, torch.Tensor]:
     """This head's ``state_dict`` from the authors' (``checkpoint['state_dict']``, ``module.``
-    prefix optional); every mapped key must exist with this head's shape.
+    prefix optional), of either repository (the original's single classifier is recognised by
+    its name); every mapped key must exist with this head's shape.
     """
     ours = head.state_dict()
-    mapping = authors_key_map(
-        head.config.num_segments, [t.name for t in head.tasks], head.shared_norms is not None
-    )
     plain = {key.removeprefix("module."): value for key, value in state_dict.items()}
+    mapping = authors_key_map(
+        head.config.num_segments,
+        [t.name for t in head.tasks],
+        head.shared_norms is not None,
+        original="fc_classifier_video_source.weight" in plain,
+    )
     converted = {}
     for theirs, name in mapping.items():
         if theirs not in plain:
             raise CheckpointError(
-                f"the TA3N checkpoint has no {theirs!r} (needed for {name!r}); is it an "
-                "EPIC-100 TA3N checkpoint with trn-m, add_fc=1 and verb/noun classifiers, "
-                "trained with the head's use_bn?"
+                f"the TA3N checkpoint has no {theirs!r} (needed for {name!r}); is it a TA3N "
+                "checkpoint with trn-m and add_fc=1 (EPIC-100: verb/noun classifiers; the "
+                "original: one), trained with the head's use_bn?"
             )
         if tuple(plain[theirs].shape) != tuple(ours[name].shape):
             raise CheckpointError(
