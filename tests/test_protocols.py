@@ -115,28 +115,60 @@ def test_ta3n_ucf_hmdb_is_the_original_script_in_both_directions(shared_data):
 
 
 def test_ta3n_ucf_hmdb_runs_take_their_directions_values(tmp_path):
-    """A run's setting picks the protocol's values: hmdb -> ucf trains with H->U's beta,
-    gamma and target batch, recorded in config.yaml; an explicit --set still wins."""
+    """A run's setting picks the protocol's values: hmdb -> ucf plans H->U's beta, gamma and
+    target batch; an explicit --set still wins; fewer than the 30 epochs its table picks the
+    best of are refused before training."""
+    from avda.train import setup as setup_lib
+
     cache = make_feature_cache(tmp_path / "c.zarr", domains=("hmdb", "ucf"), per_class=6).path
-    small_run = {"epochs": 1, "shared_dim": 8, "relation_dim": 8}
-    recorded = {}
+    planned = {}
     for name, (source, target), extra in (
         ("hu", ("hmdb", "ucf"), {}),
         ("uh", ("ucf", "hmdb"), {}),
         ("set", ("hmdb", "ucf"), {"attentive_entropy_weight": 0.01}),
     ):
-        train(cache=cache, head="ta3n", source=[source], target=[target], seed=0,
-              out=tmp_path / name, overrides={**small_run, **extra}, progress=False,
-              protocol="ta3n-ucf-hmdb")  # fmt: skip
-        recorded[name] = runs.read_config(tmp_path / name)["head_config"]
-    assert recorded["hu"]["beta"] == [1.0, 0.75, 0.5]
-    assert recorded["hu"]["attentive_entropy_weight"] == 0.3
-    assert recorded["hu"]["target_batch_size"] == 219
-    assert recorded["uh"]["beta"] == [0.75, 0.75, 0.5]
-    assert recorded["uh"]["attentive_entropy_weight"] == 0.003
-    assert recorded["uh"]["target_batch_size"] == 74
-    assert recorded["set"]["attentive_entropy_weight"] == 0.01
-    assert recorded["set"]["beta"] == [1.0, 0.75, 0.5]
+        planned[name] = setup_lib.plan(cache=cache, head="ta3n", source=[source],
+                                       target=[target], overrides=extra,
+                                       protocol="ta3n-ucf-hmdb").config  # fmt: skip
+    hu, uh, explicit = planned["hu"], planned["uh"], planned["set"]
+    assert (hu.beta, hu.attentive_entropy_weight, hu.target_batch_size) == (
+        (1.0, 0.75, 0.5), 0.3, 219)  # fmt: skip
+    assert (uh.beta, uh.attentive_entropy_weight, uh.target_batch_size) == (
+        (0.75, 0.75, 0.5), 0.003, 74)  # fmt: skip
+    assert explicit.attentive_entropy_weight == 0.01 and explicit.beta == (1.0, 0.75, 0.5)
+    assert hu.keep_last_predictions == 30 and hu.epochs == 30
+    with pytest.raises(ConfigError, match="scores the best of the last 30 checkpoints"):
+        setup_lib.plan(cache=cache, head="ta3n", source=["hmdb"], target=["ucf"],
+                       overrides={"epochs": 5}, protocol="ta3n-ucf-hmdb")  # fmt: skip
+
+
+def test_ta3n_ucf_hmdb_table_reports_the_best_epoch_as_the_authors(tmp_path):
+    """main.py evaluates the target val list every epoch and keeps model_best: the table's
+    cell is the best of the run's 30 per-epoch target top-1 (not their mean, not the last),
+    recorded in config.yaml with the direction's values."""
+    cache = make_feature_cache(
+        tmp_path / "c.zarr", domains=("hmdb", "ucf"), per_class=6, shift=1.5
+    ).path
+    small_net = {"shared_dim": 8, "relation_dim": 8, "batch_size": 8, "target_batch_size": 8}
+    run = tmp_path / "ta3n"
+    train(cache=cache, head="ta3n", source=["hmdb"], target=["ucf"], seed=0, out=run,
+          overrides=small_net, progress=False, protocol="ta3n-ucf-hmdb")  # fmt: skip
+    recorded = runs.read_config(run)["head_config"]
+    assert recorded["beta"] == [1.0, 0.75, 0.5] and recorded["attentive_entropy_weight"] == 0.3
+    per_epoch = []
+    for epoch in sorted((run / "epochs").iterdir()):
+        predictions = runs.read_predictions(epoch, "target_test")
+        per_epoch.append(
+            top1_accuracy(predictions["scores"]["verb"], predictions["labels"]["verb"])
+        )
+    # on this cache (seed 0) the best epoch is neither the last nor the mean
+    assert len(per_epoch) == 30 and max(per_epoch) > max(per_epoch[-1], np.mean(per_epoch))
+    table = aggregate.aggregate([run], layout="settings")
+    assert table.title.startswith(
+        "protocol ta3n-ucf-hmdb (top1 of the best of the last 30 checkpoints, chosen on the "
+        "scored set)"
+    )
+    assert table.cell("ta3n", "hmdb→ucf")[0] == pytest.approx(100 * max(per_epoch))
 
 
 def test_show_config_of_a_protocol_shows_the_directions_values(capsys):

@@ -572,7 +572,14 @@ def _same_protocol(
     return kept, chosen, notes
 
 
-def rule_predictions(run: Path, split: str, checkpoints: int) -> list[dict[str, Any]]:
+def reduce_checkpoints(values: Sequence[float], rule: protocols_lib.EvaluationRule) -> float:
+    """One cell from each checkpoint's score: their mean, or their best (``reduce="max"``)."""
+    return float(np.max(values) if rule.reduce == "max" else np.mean(values))
+
+
+def rule_predictions(
+    run: Path, split: str, checkpoints: int, reduce: str = "mean"
+) -> list[dict[str, Any]]:
     """The predictions a protocol's rule scores: the final ones (``checkpoints`` 1), or those
     of the last ``checkpoints`` evaluations (``RUN/epochs/<epoch>/predictions``)."""
     if checkpoints <= 1:
@@ -594,7 +601,8 @@ def rule_predictions(run: Path, split: str, checkpoints: int) -> list[dict[str, 
             why = "the others are not in its folder"
         raise RunError(
             f"{run} has {split} predictions of {len(epochs)} checkpoint(s) under {folder}, its "
-            f"protocol's table averages the last {checkpoints} ({why}); train it again under "
+            f"protocol's table {'takes the best of' if reduce == 'max' else 'averages'} the "
+            f"last {checkpoints} ({why}); train it again under "
             f"the protocol with at least {checkpoints} evaluations, or leave it out"
         )
     return [runs.read_predictions(folder / e, split) for e in epochs[-checkpoints:]]
@@ -737,7 +745,7 @@ def _settings_table(
             )
         multi = bool(tasks[name].get("multi_label"))
         split = choose_set(info.path, eval_set)
-        checkpoints = rule_predictions(info.path, split, rule.checkpoints)
+        checkpoints = rule_predictions(info.path, split, rule.checkpoints, rule.reduce)
         for wanted_metric in wanted:
             chosen = wanted_metric
             if chosen == "auto":
@@ -754,13 +762,12 @@ def _settings_table(
                     f"metric {chosen} does not apply to task {name!r} of {info.path}, "
                     f"{kind} task ({why}); use {fix}"
                 )
-            value = float(
-                np.mean(
-                    [
-                        _metric_value(p["scores"][name], p["labels"][name], chosen, p.get("groups"))
-                        for p in checkpoints
-                    ]
-                )
+            value = reduce_checkpoints(
+                [
+                    _metric_value(p["scores"][name], p["labels"][name], chosen, p.get("groups"))
+                    for p in checkpoints
+                ],
+                rule,
             )
             column = f"{info.setting} {wanted_metric}" if several else info.setting
             _add(table, info, column, value)
@@ -816,7 +823,7 @@ def _epic100_table(
         split = choose_set(info.path, eval_set)
         sets_used.add(split)
         per_checkpoint = []
-        for predictions in rule_predictions(info.path, split, rule.checkpoints):
+        for predictions in rule_predictions(info.path, split, rule.checkpoints, rule.reduce):
             verb, noun = predictions["labels"]["verb"], predictions["labels"]["noun"]
             known = (verb >= 0) & (noun >= 0)
             if not known.any():
@@ -832,6 +839,6 @@ def _epic100_table(
         for task, k in EPIC100_COLUMNS:
             column = f"{info.setting} {task} top-{k}" if several else f"{task} top-{k}"
             key = f"all_{task}_accuracy_at_{k}"
-            _add(table, info, column, float(np.mean([a[key] for a in per_checkpoint])))
+            _add(table, info, column, reduce_checkpoints([a[key] for a in per_checkpoint], rule))
     table.title = f"{', '.join(sorted(sets_used))}: EPIC-100 verb, noun and action accuracy (%)"
     return table

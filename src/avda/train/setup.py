@@ -321,12 +321,13 @@ def _check_protocol_run(protocol: str, source, target, config, head: str) -> Non
     recipe applies there; a semi-supervised one still uses target labels)."""
     from avda import protocols as protocols_lib
 
-    needed = protocols_lib.get(protocol).evaluation.checkpoints
+    rule = protocols_lib.get(protocol).evaluation
+    needed = rule.checkpoints
     every = max(int(config.eval_every), 1)
     evaluations = runs.evaluations(config.epochs, every)
     if needed > 1 and evaluations < needed:
         raise ConfigError(
-            f"protocol {protocol} scores the mean of the last {needed} checkpoints, but this "
+            f"protocol {protocol} scores {rule.needs()}, but this "
             f"{head} run evaluates {evaluations} time(s) ({config.epochs} epochs, eval_every "
             f"{every}): train at least {(needed - 1) * every + 1} epochs (--epochs), or "
             "without the protocol (no --protocol, and no protocol: line in a --config file)"
