@@ -108,6 +108,10 @@ def test_ta3n_ucf_hmdb_is_the_original_script_in_both_directions(shared_data):
         assert off.beta == (0.0, 0.0, 0.0) and not off.domain_attention
         assert off.attentive_entropy_weight == 0.0 and off.lr_schedule == "dann-ta3n"
         assert off.target_batch_size == config.target_batch_size
+        _, dann = protocol.resolve("dann-temrelation", None, [source], [target])
+        dann = heads_lib.config_class(head).from_dict(dann)
+        assert not dann.domain_attention and dann.attentive_entropy_weight == 0.0
+        assert dann.beta == beta and dann.target_batch_size == config.target_batch_size
     assert _script_target_batch(lists, "ucf", "hmdb") == 74  # the script's echo: (128, 74)
     # another pair (or none given: --show-config): the script's defaults, U->H
     assert protocol.resolve("ta3n")[1]["beta"] == (0.75, 0.75, 0.5)

@@ -503,11 +503,18 @@ register(
                 "ta3n",
                 {**_TA3N_UCF_HMDB, **_TA3N_NO_TARGET, "attentive_entropy_weight": 0.0},
             ),
+            # the paper's DANN + TemRelation (cmhungsteve/TA3N#23: trn-m, uSv, RevGrad, the
+            # other *_DA none, use_attn none): TA3N without attention and attentive entropy
+            "dann-temrelation": HeadRecipe(
+                "ta3n",
+                {**_TA3N_UCF_HMDB, "domain_attention": False, "attentive_entropy_weight": 0.0},
+            ),
         },
         per_setting={
             "hmdb-ucf": {
                 "ta3n": {**_TA3N_HMDB_UCF, "target_batch_size": 219},
                 "source-only": {"target_batch_size": 219},
+                "dann-temrelation": {"beta": _TA3N_HMDB_UCF["beta"], "target_batch_size": 219},
             },
         },
         # main.py -ef 1 and model_best: the best of the 30 epochs on the target val list
