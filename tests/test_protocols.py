@@ -175,6 +175,20 @@ def test_ta3n_ucf_hmdb_table_reports_the_best_epoch_as_the_authors(tmp_path):
     assert table.cell("ta3n", "hmdb→ucf")[0] == pytest.approx(100 * max(per_epoch))
 
 
+def test_per_setting_values_name_the_protocols_settings_and_methods():
+    import dataclasses
+
+    base = protocols.get("ta3n-ucf-hmdb")
+    for per_setting, message in (
+        ({"ucf-olympic": {"ta3n": {}}}, "per_setting names 'ucf-olympic', not one of its"),
+        ({"hmdb-ucf": {"tan": {}}}, r"names methods \['tan'\] it does not have"),
+    ):
+        bad = dataclasses.replace(base, name="probe", per_setting=per_setting)
+        with pytest.raises(ConfigError, match=message):
+            protocols.register(bad)
+    assert "probe" not in protocols.PROTOCOLS
+
+
 def test_show_config_of_a_protocol_shows_the_directions_values(capsys):
     from avda import cli
 

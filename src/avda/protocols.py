@@ -237,6 +237,18 @@ PROTOCOLS: dict[str, Protocol] = {}
 def register(protocol: Protocol) -> Protocol:
     if protocol.name in PROTOCOLS:
         raise ConfigError(f"protocol {protocol.name!r} is registered twice")
+    for setting, methods in protocol.per_setting.items():
+        if setting not in protocol.settings:  # a named setting of its table (setting_of)
+            raise ConfigError(
+                f"protocol {protocol.name}: per_setting names {setting!r}, not one of its "
+                f"settings {list(protocol.settings)}"
+            )
+        unknown = sorted(set(methods) - set(protocol.heads))
+        if unknown:
+            raise ConfigError(
+                f"protocol {protocol.name}: per_setting[{setting!r}] names methods {unknown} "
+                f"it does not have ({', '.join(protocol.heads)})"
+            )
     PROTOCOLS[protocol.name] = protocol
     return protocol
 
