@@ -335,14 +335,24 @@ def test_authors_checkpoint_conversion():
         convert_authors_state_dict(wrong, head)
 
 
+@pytest.fixture
+def float64():
+    dtype = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(dtype)
+
+
 @pytest.mark.skipif(
     not os.environ.get("AVDA_TA3N_REFERENCE"),
     reason="set AVDA_TA3N_REFERENCE to a checkout of jonmun/EPIC-KITCHENS-100_UDA_TA3N",
 )
 @pytest.mark.parametrize("use_bn", ["none", "AdaBN"])
-def test_live_parity(use_bn):
+def test_live_parity(use_bn, float64):
     """Random weights, dropout 0: loss bit-equal, gradients and test outputs equal; with the
-    authors' AdaBN (``use_bn``) also its running statistics and both domains' test outputs."""
+    authors' AdaBN (``use_bn``) also its running statistics and both domains' test outputs.
+    In float64: in float32 the sums' other order (source and target in one forward pass) moves
+    gradients by up to 3.4e-7 and target logits by 1.6e-5, past float64's tolerances."""
     path = os.environ["AVDA_TA3N_REFERENCE"]
     if "colorama" not in sys.modules and importlib.util.find_spec("colorama") is None:
         # only used for coloured prints
