@@ -208,3 +208,35 @@ def test_a_verb_only_run_reports_no_action(epic100_cache, tmp_path, capsys):
         "target_val/verb/mca",
         "target_val/verb/top1",
     ]
+
+
+def test_a_complete_verb_noun_run_with_a_multi_label_task_gets_its_action_columns(tmp_path, caplog):
+    """A run recorded before the action columns, whose tasks are verb, noun and a multi-label
+    one: its stored predictions give the action columns (the multi-label task scored as one,
+    not as a single-label top-1, which failed on its (N, C) labels and lost the set's)."""
+    import logging
+
+    from avda.train.data import Task
+    from avda.train.loop import recorded_metrics
+
+    rng = np.random.default_rng(0)
+    n = 12
+    verb, noun = rng.integers(0, 5, n), rng.integers(0, 6, n)
+    multi = (rng.random((n, 4)) < 0.4).astype(np.int64)
+    scores = {
+        "verb": rng.normal(size=(n, 5)),
+        "noun": rng.normal(size=(n, 6)),
+        "labels": rng.normal(size=(n, 4)),
+    }
+    uids = np.array([f"u{i}" for i in range(n)])
+    runs.write_predictions(
+        tmp_path, "target_val", uids, {"verb": verb, "noun": noun, "labels": multi}, scores
+    )
+    (tmp_path / runs.STATUS).write_text(json.dumps({"metrics": {"target_val/verb/top1": 0.5}}))
+    tasks = [Task("verb", 5), Task("noun", 6), Task("labels", 4, multi_label=True)]
+    with caplog.at_level(logging.WARNING):
+        metrics = recorded_metrics(tmp_path, tasks)
+    assert not caplog.records, caplog.text
+    assert "target_val/action/top1" in metrics
+    assert metrics["target_val/verb/top1"] == 0.5  # what it recorded stays
+    assert "target_val/labels/top1" not in metrics

@@ -491,7 +491,13 @@ def recorded_metrics(out: Path, tasks: Sequence[Task]) -> dict[str, float]:
             continue
         try:
             predictions = runs.read_predictions(out, name)
-            added = set_metrics(name, predictions["scores"], predictions["labels"])
+            added = set_metrics(
+                name,
+                predictions["scores"],
+                predictions["labels"],
+                multi_label=[t.name for t in tasks if t.multi_label],
+                groups=predictions.get("groups"),
+            )
         except (AvdaError, OSError) as exc:  # what it recorded is still the run's result
             log.warning("%s: its %s action columns cannot be computed: %s", out, name, exc)
             continue
