@@ -342,3 +342,34 @@ def test_the_fix_names_each_import_the_rows_came_from_with_the_modalitys_backbon
     ) in message
     assert f"{tmp_path / 'a'}" not in message
     assert "(to re-create the whole store: its 2 files, in the order `imports`" in message
+
+
+def test_the_fix_of_a_tsn_placed_import_keeps_its_placement(tmp_path):
+    """Rows imported with --placement tsn are imported again with it: the default placement
+    takes other rows (one frame early for many of TA3N's videos)."""
+    (tmp_path / "npy").mkdir()
+    np.save(tmp_path / "npy/v1.npy", np.arange(40, dtype="float32").reshape(20, 2))
+    pd.DataFrame(
+        {
+            "uid": [f"s{i}" for i in range(4)],
+            "video_id": "v1",
+            "domain": "D1",
+            "split": "train",
+            "start_sec": np.arange(4.0),
+            "stop_sec": np.arange(4.0) + 1,
+        }
+    ).to_csv(tmp_path / "a.csv", index=False)
+    interop.import_features(
+        tmp_path / "npy",
+        out=tmp_path / "tsn.zarr",
+        annotations=tmp_path / "a.csv",
+        feature_rate=2.0,
+        num_clips=2,
+        placement="tsn",
+        chunk_rows=4,
+        backbone="mine",
+    )
+    chunk = tmp_path / "tsn.zarr/features/rgb/c/0/0/0"
+    chunk.write_bytes(chunk.read_bytes()[:7])
+    message = cache_lib.open_cache(tmp_path / "tsn.zarr").verify()["message"].iloc[0]
+    assert "--feature-rate 2 --num-clips 2 --placement tsn`" in message

@@ -768,7 +768,7 @@ def chunk_file(array: zarr.Array, chunk: int) -> str:
 def _import_command(record: dict[str, Any], modality: str, entry: dict[str, Any]) -> str:
     """The ``avda cache import`` command of a recorded import (its file, format, domain and
     split; ``modality``'s backbone from its provenance ``entry``, and for per-video .npy files
-    the modality, its feature rate and clips), in backquotes."""
+    the modality, its feature rate, clips and placement), in backquotes."""
     file = str(record.get("file"))
     given = entry.get("input") or {}
     words = ["avda", "cache", "import", shlex.quote(file)]
@@ -781,6 +781,7 @@ def _import_command(record: dict[str, Any], modality: str, entry: dict[str, Any]
                 "modality": modality,
                 "feature-rate": given.get("feature_rate"),
                 "num-clips": entry.get("num_clips"),
+                "placement": given.get("placement"),  # recorded where not the default nearest
             }
         )
     for option, value in options.items():
