@@ -92,6 +92,28 @@ def test_action_scores_equal_the_official_scorer(epic_like):
     assert ours[0].shape == (40, 100)
 
 
+def test_action_scores_ranked_in_blocks_equal_the_official_scorer_over_every_row(monkeypatch):
+    """The pair scores are ranked a block of rows at a time (memory): the result is the
+    official scorer's over the whole array, ties included (half the verbs underflow to 0)."""
+    import avda.scoring.protocols as protocols
+
+    monkeypatch.setattr(protocols, "_ACTION_BLOCK_ROWS", 7)
+    rng = np.random.default_rng(3)
+    for dtype, (verb_count, noun_count) in ((np.float32, (97, 300)), (np.float64, (6, 4))):
+        verb_scores = rng.normal(size=(30, verb_count)).astype(dtype) * 20
+        noun_scores = rng.normal(size=(30, noun_count)).astype(dtype) * 20
+        verb_scores[:, : verb_count // 2] = -1e4
+        (verbs, nouns), scores = official_compute_action_scores(verb_scores, noun_scores)
+        ours = epic100_action_scores(verb_scores, noun_scores)
+        np.testing.assert_array_equal(ours[0], verbs)
+        np.testing.assert_array_equal(ours[1], nouns)
+        np.testing.assert_array_equal(ours[2], scores)
+        assert ours[2].dtype == scores.dtype and ours[0].shape == (
+            30,
+            min(100, verb_count * noun_count),
+        )
+
+
 def test_official_and_ta3n_accuracies(epic_like):
     verb_scores, noun_scores, verb_labels, noun_labels = epic_like
     results = epic100_accuracies(verb_scores, noun_scores, verb_labels, noun_labels)
