@@ -15,6 +15,7 @@ import yaml
 from tests.conftest import make_feature_cache
 
 from avda import runs
+from avda.errors import AvdaError
 from avda.evaluate import aggregate, report, tables
 from avda.train.clustering import cluster_store
 from avda.train.embedding import head_embedding
@@ -275,3 +276,19 @@ def test_figures_score_target_val_when_target_test_is_unlabelled(tmp_path):
     runs.write_predictions(tmp_path, "target_test", uids, {"verb": np.arange(4) % 3}, scores)
     assert _target_set(tmp_path) == "target_test"
     assert _target_set(tmp_path / "none") is None
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"layout": "runs"}, "unknown --layout 'runs' for avda report; valid: auto, settings"),
+        ({"baseline": "nobody"}, "--compare 'nobody' is not a method of this table; methods:"),
+    ],
+)
+def test_report_refuses_a_layout_or_compare_it_cannot_show(trained, tmp_path, options, message):
+    # Both were a note in the page (`no paper-style table: ...`) and exit 0: the report
+    # looked finished while the table asked for was missing
+    out = tmp_path / "report.html"
+    with pytest.raises(AvdaError, match=re.escape(message)):
+        report.build_report(trained, out, **options)
+    assert not out.exists()

@@ -49,7 +49,7 @@ except ImportError:  # the [report] extra is not installed
 import avda
 from avda import runs
 from avda._io import atomic_write_text
-from avda.errors import AvdaError, RunError
+from avda.errors import AvdaError, ConfigError, RunError
 from avda.evaluate import aggregate as aggregate_lib
 from avda.evaluate import tables
 from avda.scoring.metrics import (
@@ -789,6 +789,9 @@ def build_report(
     from avda._io import progress_bar
 
     out = Path(out)
+    if layout not in aggregate_lib.LAYOUTS:  # a paper layout: the per-run table is always there
+        valid = ", ".join(aggregate_lib.LAYOUTS)
+        raise ConfigError(f"unknown --layout {layout!r} for avda report; valid: {valid}")
     run_dirs = aggregate_lib.find_runs(paths)
     infos = aggregate_lib.describe_runs(run_dirs)
     parts = [
@@ -802,9 +805,10 @@ def build_report(
     ]
     try:
         paper = aggregate_lib.aggregate(run_dirs, layout=layout)
-        parts.append(tables.aggregate_html(paper, baseline=baseline))
-    except AvdaError as error:
+    except AvdaError as error:  # the runs cannot make one (the page still shows each run)
         parts.append(f'<p class="note">no paper-style table: {html.escape(str(error))}</p>')
+    else:  # a --compare that is not a method of the table is the user's to fix: refused
+        parts.append(tables.aggregate_html(paper, baseline=baseline))
     per_run = tables.results_table(run_dirs)
     parts.append(
         per_run.to_html(
