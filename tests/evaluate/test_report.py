@@ -292,3 +292,34 @@ def test_report_refuses_a_layout_or_compare_it_cannot_show(trained, tmp_path, op
     with pytest.raises(AvdaError, match=re.escape(message)):
         report.build_report(trained, out, **options)
     assert not out.exists()
+
+
+WIDTH_SCRIPT = """<script>
+window.addEventListener('load', () => {
+  const table = document.querySelector('table.results').getBoundingClientRect();
+  const body = document.body.getBoundingClientRect();
+  const out = document.createElement('pre');
+  out.id = 'avda-width-check';
+  out.textContent = JSON.stringify([table.right, body.right]);
+  document.body.appendChild(out);
+});
+</script>"""
+
+
+def test_results_table_stays_in_the_page_when_its_caption_is_long(trained, tmp_path):
+    # The caption did not wrap (white-space: nowrap): a footnote (runs left out, with their
+    # paths) made the table as wide as the whole caption, and its numbers were off the page
+    runs_dir = tmp_path / "runs"
+    shutil.copytree(trained[0].parent, runs_dir)
+    for name in ("an-unfinished-run-with-a-long-name-a", "an-unfinished-run-with-a-long-name-b"):
+        shutil.copytree(trained[0], runs_dir / name)
+        (runs_dir / name / runs.STATUS).unlink()
+    out = report.build_report([runs_dir], tmp_path / "report.html", max_detailed_runs=0)
+    assert "found but left out" in out.read_text()
+    probe = tmp_path / "probe.html"
+    probe.write_text(out.read_text().replace("</body>", WIDTH_SCRIPT + "</body>"))
+    result = _chromium(tmp_path, "--window-size=1200,900", "--dump-dom", probe.as_uri())
+    found = re.search(r'<pre id="avda-width-check">(.*?)</pre>', result.stdout, re.S)
+    assert found, f"Chromium did not run the check (rc {result.returncode})"
+    table_right, body_right = json.loads(found.group(1))
+    assert table_right <= body_right + 1, (table_right, body_right)

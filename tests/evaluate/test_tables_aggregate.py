@@ -774,3 +774,21 @@ def test_a_paper_table_as_a_dataframe_wide_and_long():
         ["so", "a→b", 0, 70.0], ["dann", "a→b", 0, 80.0], ["dann", "a→b", 1, 83.0],
         ["dann", "b→a", 1, 60.0],
     ]  # fmt: skip
+
+
+def test_html_caption_has_one_full_stop_between_its_notes():
+    # The notes end with their own full stop and the HTML caption added another before the
+    # next one: "... where others have 2.. 2 run(s) found but left out ..."
+    from avda.evaluate.aggregate import AggregateTable
+
+    table = AggregateTable(
+        "t",
+        ["so", "dann"],
+        ["a→b"],
+        {("so", "a→b"): [85.4], ("dann", "a→b"): [80.0, 82.0]},
+        {("so", "a→b"): [0], ("dann", "a→b"): [0, 1]},
+        notes=["1 run(s) found but left out: r (not complete)."],
+    )
+    caption = tables.aggregate_html(table).split("<caption>")[1].split("</caption>")[0]
+    assert caption.endswith("where others have 2. 1 run(s) found but left out: r (not complete).")
+    assert ".." not in caption

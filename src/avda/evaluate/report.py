@@ -71,7 +71,8 @@ h1 { margin-bottom: 0.2em; } h2 { border-bottom: 1px solid #ccc; margin-top: 2em
 table { border-collapse: collapse; margin: 1em 0; font-size: 0.9em; }
 th, td { border: 1px solid #ddd; padding: 0.25em 0.6em; text-align: right; }
 th:first-child, caption { text-align: left; }
-caption { font-style: italic; margin-bottom: 0.4em; white-space: nowrap; }
+caption { font-style: italic; margin-bottom: 0.4em; }
+table.results { min-width: min(100%, 40em); }
 figure { margin: 1em 0; } figure img { max-width: 100%; }
 figcaption { color: #555; font-size: 0.9em; } .note { color: #a33; }
 """

@@ -332,14 +332,14 @@ def aggregate_html(table, *, baseline: str | None = None, digits: int = 1) -> st
             for text, best in row
         )
         body.append(f"<tr><th>{escape(method)}</th>{cells}</tr>")
-    caption = escape(table.title + "; mean ± std over seeds; best in bold")
+    caption = table.title + "; mean ± std over seeds; best in bold"
     if baseline:
-        caption += escape(f"; in parentheses the gain over {baseline}")
+        caption += f"; in parentheses the gain over {baseline}"
     notes = [*_seed_notes(table), *_paired_notes(table, baseline), *getattr(table, "notes", [])]
-    for note in notes:
-        caption += escape(f". {note}")
+    for note in notes:  # sentences: one full stop between them (notes end with their own)
+        caption += ("" if caption.endswith(".") else ".") + f" {note}"
     return (
-        f'<table class="results"><caption>{caption}</caption><thead><tr><th>Method</th>'
+        f'<table class="results"><caption>{escape(caption)}</caption><thead><tr><th>Method</th>'
         f"{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
     )
 
