@@ -145,6 +145,11 @@ CASES = [
     ("evaluate folder", 1, "holds no avda run"),
     ("evaluate folder -o a-file.txt/results", 1, "a file of that name exists"),
     ("evaluate folder --export-submission folder", 1, "--export-submission folder is a folder"),
+    # --format: checked before any run is read; html/latex is a paper layout's (it said "use
+    # --layout auto for latex" to --format html, and so to a misspelt format)
+    ("evaluate folder --format json", 1, "--format must be one of markdown, latex, csv, html"),
+    ("evaluate folder --layout auto --format json", 1, "got 'json'"),
+    ("evaluate folder --format html", 1, "--format html: the runs layout prints markdown or csv"),
     ("report nope -o r.html", 1, "nope does not exist"),
     ("report folder -o folder", 1, "-o folder is a folder"),
     ("report folder -o a-file.txt/r.html", 1, "a file of that name exists"),

@@ -456,9 +456,14 @@ def evaluate_runs(
     from avda.evaluate import aggregate as aggregate_lib
 
     check_layout(layout, protocol=protocol, baseline=baseline)
+    if fmt not in FORMATS:  # before any run is read
+        raise ConfigError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     if layout == "runs":
         if fmt not in ("markdown", "csv"):
-            raise ConfigError("--layout runs prints markdown or csv; use --layout auto for latex")
+            raise ConfigError(
+                f"--format {fmt}: the runs layout prints markdown or csv; add --layout auto "
+                f"for the paper table in {fmt}"
+            )
         run_dirs = aggregate_lib.find_runs(paths, complete_only="below")
         table = choose_columns(results_table(run_dirs), eval_set, task, metric)
         text = to_markdown(table) if fmt == "markdown" else table.to_csv(index=False)
