@@ -311,6 +311,10 @@ def test_evaluate_refuses_what_the_runs_layout_cannot_use_as_the_cli_does(tmp_pa
         avda.evaluate(tmp_path / "run", compare="source-only")
     with pytest.raises(ConfigError, match=r"^unknown layout 'table'; valid: runs, auto,"):
         avda.evaluate(tmp_path / "run", layout="table")
+    # a paper layout without out: compare was used only to write the files, so a method the
+    # table does not have (a typo, another label) passed silently
+    with pytest.raises(ConfigError, match=r"^compare 'dan' is not a method of this table; "):
+        avda.evaluate(tmp_path / "run", layout="auto", compare="dan")
 
 
 def test_the_callable_packages_show_the_api_functions_signatures():

@@ -532,6 +532,8 @@ def _evaluate(runs, layout, eval_set, task, metric, compare, out, protocol) -> A
         metric=metric,
         protocol=protocol,
     )
+    if compare is not None:  # refused as `avda evaluate --compare` is, with or without out
+        paper.gains(compare)
     if out is not None:
         tables.write_aggregate(paper, out, baseline=compare)
     return paper
