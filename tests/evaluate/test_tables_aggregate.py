@@ -792,3 +792,27 @@ def test_html_caption_has_one_full_stop_between_its_notes():
     caption = tables.aggregate_html(table).split("<caption>")[1].split("</caption>")[0]
     assert caption.endswith("where others have 2. 1 run(s) found but left out: r (not complete).")
     assert ".." not in caption
+
+
+def test_a_folder_of_sweeps_keeps_each_sweeps_run_order(tmp_path):
+    # `avda evaluate runs/` over runs/sw and runs/uni sorted the runs by path: "DANN" came
+    # before "Source-only" (upper case first), and the table's rows with it
+    root = tmp_path / "runs"
+    order = {"sw": ["Source-only", "DANN", "adabn"], "uni": ["source-only", "dann"]}
+    for sweep, labels in order.items():
+        entries = []
+        for label in labels:
+            run = f"{label}/source-target/seed0"
+            (root / sweep / run).mkdir(parents=True)
+            (root / sweep / run / runs.CONFIG).write_text("head: source-only\n")
+            entries.append({"run": run, "method": label, "status": "complete"})
+        (root / sweep / aggregate.SWEEP_INDEX).write_text(json.dumps({"runs": entries}))
+    (root / "loose" / "b").mkdir(parents=True)
+    (root / "loose" / "b" / runs.CONFIG).write_text("head: dann\n")
+    (root / "loose" / "a").mkdir(parents=True)
+    (root / "loose" / "a" / runs.CONFIG).write_text("head: dann\n")
+    found = aggregate.find_runs([root], complete_only=False)
+    assert [str(p.relative_to(root)).split("/source-target")[0] for p in found] == [
+        "sw/Source-only", "sw/DANN", "sw/adabn", "uni/source-only", "uni/dann",
+        "loose/a", "loose/b",
+    ]  # fmt: skip

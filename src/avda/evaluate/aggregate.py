@@ -122,7 +122,7 @@ def find_runs(
         else:
             candidates = _sweep_order(path)
             if candidates is None:
-                candidates = sorted(p.parent for p in path.rglob(runs.CONFIG))
+                candidates = _runs_below(path)
                 if not candidates:
                     raise RunError(f"{path} holds no avda run (no {runs.CONFIG} below it)")
         for run in candidates:
@@ -167,6 +167,22 @@ def _sweep_order(folder: Path) -> list[Path] | None:
         log.warning("%s is not a readable sweep index: the runs below it in path order", index)
         return None
     return order or None
+
+
+def _runs_below(folder: Path) -> list[Path]:
+    """The runs below ``folder``, which is not a sweep's: those of each sweep folder below it
+    in that sweep's order (a folder holding several sweeps' outputs keeps each table's row
+    order, Source-only first, not the path order that put "DANN" before it), then the others
+    in path order."""
+    found = sorted(p.parent for p in folder.rglob(runs.CONFIG))
+    below = set(found)
+    ordered: list[Path] = []
+    for index in sorted(folder.rglob(SWEEP_INDEX)):
+        for run in _sweep_order(index.parent) or []:
+            if run in below and run not in ordered:
+                ordered.append(run)
+    taken = set(ordered)
+    return ordered + [run for run in found if run not in taken]
 
 
 def _index_entry(
