@@ -816,3 +816,25 @@ def test_a_folder_of_sweeps_keeps_each_sweeps_run_order(tmp_path):
         "sw/Source-only", "sw/DANN", "sw/adabn", "uni/source-only", "uni/dann",
         "loose/a", "loose/b",
     ]  # fmt: skip
+
+
+def test_a_sweep_run_that_failed_before_writing_its_folder_is_a_footnote(tmp_path, caplog):
+    # A head config refused when the head is built fails before the run writes config.yaml:
+    # `avda evaluate OUT --layout auto` lost the whole method without a note or a warning
+    out = tmp_path / "sweep"
+    (out / "so" / "s-t" / "seed0").mkdir(parents=True)
+    (out / "so" / "s-t" / "seed0" / runs.CONFIG).write_text("head: source-only\n")
+    (out / "bad" / "s-t").mkdir(parents=True)  # what the failed run left
+    entries = [
+        {"run": "so/s-t/seed0", "method": "so", "status": "complete"},
+        {"run": "bad/s-t/seed0", "method": "bad", "status": "failed", "error": "ConfigError"},
+    ]
+    (out / aggregate.SWEEP_INDEX).write_text(json.dumps({"runs": entries}))
+    for path in (out, tmp_path):  # the sweep's folder, or a folder above it
+        found = aggregate.find_runs([path], complete_only=False)
+        assert found == [out / "so" / "s-t" / "seed0"]
+        assert found.left_out == [f"{out / 'bad' / 's-t' / 'seed0'} (failed in its sweep)"]
+    assert "bad/s-t/seed0 failed in its sweep before it wrote its folder" in caplog.text
+    shutil.rmtree(out / "so")
+    with pytest.raises(RunError, match=r"none of the given runs is complete \(1 failed in"):
+        aggregate.find_runs([out])

@@ -123,8 +123,18 @@ def find_runs(
             candidates = _sweep_order(path)
             if candidates is None:
                 candidates = _runs_below(path)
-                if not candidates:
-                    raise RunError(f"{path} holds no avda run (no {runs.CONFIG} below it)")
+            for run, folder in _failed_before_a_folder(path):  # no folder: counted here
+                if run.resolve() not in seen:
+                    seen.add(run.resolve())
+                    log.warning(
+                        "%s failed in its sweep before it wrote its folder: left out (its "
+                        "error: %s)",
+                        *(run, folder / SWEEP_FAILURES),
+                    )
+                    failed += 1
+                    found.left_out.append(f"{run} (failed in its sweep)")
+            if not candidates and not failed:
+                raise RunError(f"{path} holds no avda run (no {runs.CONFIG} below it)")
         for run in candidates:
             if run.resolve() in seen:
                 continue
@@ -167,6 +177,23 @@ def _sweep_order(folder: Path) -> list[Path] | None:
         log.warning("%s is not a readable sweep index: the runs below it in path order", index)
         return None
     return order or None
+
+
+def _failed_before_a_folder(folder: Path) -> list[tuple[Path, Path]]:
+    """(run, its sweep folder) for each run that a sweep index at or below ``folder`` marks
+    failed and that has no run folder (a config the head refused fails before it writes one):
+    a table without them would lose a whole method without a word."""
+    failed = []
+    for index in sorted(folder.rglob(SWEEP_INDEX)):
+        try:
+            entries = json.loads(index.read_text()).get("runs", [])
+            for entry in entries:
+                run = index.parent / entry["run"]
+                if entry.get("status") == "failed" and not (run / runs.CONFIG).exists():
+                    failed.append((run, index.parent))
+        except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
+            continue  # _sweep_order and _index_entry warn about it
+    return failed
 
 
 def _runs_below(folder: Path) -> list[Path]:
