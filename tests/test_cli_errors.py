@@ -147,6 +147,7 @@ CASES = [
     ("evaluate folder --export-submission folder", 1, "--export-submission folder is a folder"),
     # --format: checked before any run is read; html/latex is a paper layout's (it said "use
     # --layout auto for latex" to --format html, and so to a misspelt format)
+    ("evaluate folder --sls 2,3,3", 1, "--sls describes the model of a challenge file: add"),
     ("evaluate folder --format json", 1, "--format must be one of markdown, latex, csv, html"),
     ("evaluate folder --layout auto --format json", 1, "got 'json'"),
     ("evaluate folder --format html", 1, "--format html: the runs layout prints markdown or csv"),

@@ -1143,6 +1143,11 @@ def evaluate(
     if out is not None:  # OUT.md, OUT.csv: OUT itself may be a folder's name
         _make_parent(out, "-o")
     output_file(export_submission, "--export-submission")
+    if sls is not None and export_submission is None:  # it was ignored: nothing to record it in
+        raise ConfigError(
+            "--sls describes the model of a challenge file: add --export-submission test.json "
+            "(or leave --sls out)"
+        )
     if export_submission is not None and export_submission.suffix.lower() not in (".json", ".zip"):
         raise ConfigError(
             f"--export-submission {export_submission}: the challenge file is JSON; name it "
