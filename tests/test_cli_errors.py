@@ -147,6 +147,8 @@ CASES = [
     ("evaluate folder --export-submission folder", 1, "--export-submission folder is a folder"),
     # --format: checked before any run is read; html/latex is a paper layout's (it said "use
     # --layout auto for latex" to --format html, and so to a misspelt format)
+    # its lines went to stdout above the table: `--format csv > t.csv` was no CSV
+    ("evaluate folder --checkpoint-average 9 --format csv", 1, "would break the csv on stdout"),
     ("evaluate folder --sls 2,3,3", 1, "--sls describes the model of a challenge file: add"),
     ("evaluate folder --format json", 1, "--format must be one of markdown, latex, csv, html"),
     ("evaluate folder --layout auto --format json", 1, "got 'json'"),

@@ -1153,6 +1153,11 @@ def evaluate(
             f"--export-submission {export_submission}: the challenge file is JSON; name it "
             ".json, or .zip (a zip holding test.json, what the server takes)"
         )
+    if checkpoint_average and format_ != "markdown":  # its lines would precede the table
+        raise ConfigError(
+            f"--checkpoint-average prints lines of text above the table, which would break "
+            f"the {format_} on stdout: leave --format out, or write the table with -o OUT"
+        )
     if checkpoint_average:
         from avda.evaluate.aggregate import find_runs
         from avda.evaluate.checkpoints import checkpoint_accuracy
