@@ -838,3 +838,27 @@ def test_a_sweep_run_that_failed_before_writing_its_folder_is_a_footnote(tmp_pat
     shutil.rmtree(out / "so")
     with pytest.raises(RunError, match=r"none of the given runs is complete \(1 failed in"):
         aggregate.find_runs([out])
+
+
+def test_published_cells_are_keyed_as_the_specs_settings_are_written(monkeypatch):
+    # A spec with `settings: ["source->target"]` and published rows under the same key: only
+    # named settings (D1-D2, ...) were mapped to columns, so every row was dropped while the
+    # footnote still cited the paper; a published block whose keys match no column cites none
+    from avda.evaluate.aggregate import AggregateTable
+
+    def table():
+        return AggregateTable("t", ["ours"], ["source→target"], {("ours", "source→target"): [40.0]},
+                              {("ours", "source→target"): [0]})  # fmt: skip
+
+    rows = {"P": {"source->target": 50.0}, "Q": {"source-target": 45.5}, "R": {"source→target": 1}}
+    entries = [{"source": "Table 9", "rows": rows}]
+    monkeypatch.setattr(aggregate, "_published_entries", lambda infos: entries)
+    t = table()
+    aggregate._add_published(t, [])
+    assert t.methods == ["ours", "P [published]", "Q [published]", "R [published]"]
+    assert t.cell("Q [published]", "source→target")[0] == pytest.approx(45.5)
+    assert "[published]: Table 9" in t.notes
+    entries[0]["rows"] = {"P": {"D1-D2": 50.0}}
+    t = table()
+    aggregate._add_published(t, [])
+    assert t.methods == ["ours"] and not any("[published]" in note for note in t.notes)

@@ -654,16 +654,15 @@ def rule_predictions(
 def _add_published(table: AggregateTable, infos: Sequence[RunInfo]) -> None:
     """Rows of the papers' numbers that the sweep specs of ``infos`` carry (``published:``)."""
     for published in _published_entries(infos):
-        columns = {c: c for c in table.columns}
-        columns.update({_column_of_setting(c): c for c in table.columns})
         rows = published.get("rows", {})
+        added = False
         for row, cells in rows.items():
             label = f"{row} [published]"
             if label in table.methods:
                 continue
             others = False  # a setting of the paper's this table does not have
             for key, value in cells.items():
-                column = columns.get(_column_of_setting(str(key)))
+                column = _published_column(table, str(key))
                 if column is None and value is not None and not str(key).startswith(MEAN):
                     others = True
                 if column is None or value is None:
@@ -674,8 +673,20 @@ def _add_published(table: AggregateTable, infos: Sequence[RunInfo]) -> None:
             if any((label, c) in table.values for c in table.columns):
                 table.methods.append(label)
                 table.published.add(label)
-        if rows and published.get("source"):
+                added = True
+        if added and published.get("source"):  # not a source of rows the table does not show
             table.notes.append(f"[published]: {published['source']}")
+
+
+def _published_column(table: AggregateTable, key: str) -> str | None:
+    """The table's column of a published cell's key, spelt as a spec's settings are
+    (``D1-D2``, ``D1->D2``, ``source->target``, a named setting, ``Mean``); None where the
+    table has no such column. Only named settings were mapped: a spec whose settings are
+    ``["source->target"]`` had its published rows dropped (the footnote still cited them)."""
+    try:
+        return table._column(key)
+    except ConfigError:
+        return None
 
 
 def _published_means(table: AggregateTable, label: str, *, others: bool) -> None:
