@@ -42,7 +42,9 @@ def test_a_second_trainer_of_the_same_folder_is_refused(tmp_path, capsys):
     assert (out / RUN_LOCK).read_text() == ""  # the record names a holder only while it holds
     (out / runs.STATUS).unlink()  # as if it had stopped: no holder now
     code, _, err = run(capsys, "evaluate", out)
-    assert code == 1 and "finish it with the same `avda train` command" in err
+    # the command that resumes it, not "the same `avda train` command" (a sweep's run has none)
+    assert code == 1 and f"finish it: `avda train --config {out / runs.CONFIG} -o {out}`" in err
+    assert "(a sweep's run: run the same `avda sweep` again)" in err
 
 
 def test_a_running_training_keeps_a_second_one_out(tmp_path, capsys):

@@ -69,8 +69,9 @@ def results_table(run_dirs: Sequence[str | Path]) -> pd.DataFrame:
                     "that process is gone, finish the run with the same `avda train` command)"
                 )
             raise RunError(
-                f"{run} is not a complete run (no run.json with status complete); "
-                "finish it with the same `avda train` command"
+                f"{run} is not a complete run (no run.json with status complete); finish it: "
+                f"`avda train --config {run / runs.CONFIG} -o {run}` resumes it (a sweep's run: "
+                "run the same `avda sweep` again)"
             )
         config = runs.read_config(run)
         row = {
