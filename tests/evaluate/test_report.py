@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import json
+import logging
 import re
 import shutil
 import subprocess
@@ -323,3 +324,19 @@ def test_results_table_stays_in_the_page_when_its_caption_is_long(trained, tmp_p
     assert found, f"Chromium did not run the check (rc {result.returncode})"
     table_right, body_right = json.loads(found.group(1))
     assert table_right <= body_right + 1, (table_right, body_right)
+
+
+def test_rebuilding_a_head_does_not_repeat_its_training_warnings(tmp_path, caplog):
+    # `avda report` printed cia's "one visual modality (rgb): ... add flow for the consensus"
+    # once per cia run, as if the report had a problem: the run had logged it when it trained
+    cache = tmp_path / "features.zarr"
+    make_feature_cache(cache, per_class=3)
+    run = tmp_path / "cia"
+    with caplog.at_level(logging.INFO, logger="avda"):
+        train(cache=cache, head="cia", source=["source"], target=["target"], out=run,
+              overrides={"epochs": 1}, progress=False)  # fmt: skip
+        assert "one visual modality" in caplog.text  # what training says, once
+        caplog.clear()
+        embedding = head_embedding(run, 20)
+    assert embedding.after.shape[0] == 20
+    assert "one visual modality" not in caplog.text and "consensus over" not in caplog.text

@@ -6,7 +6,10 @@ evaluation does not import training.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +32,24 @@ class HeadEmbedding:
     is_target: np.ndarray
     classes: np.ndarray | None
     task: str | None
+
+
+@contextlib.contextmanager
+def _heads_quiet() -> Iterator[None]:
+    """The head's own records while it is rebuilt (its warnings about its config on this
+    cache, e.g. cia's "one visual modality: add flow"): the run logged them when it trained,
+    and a report repeated them per run as if they were the report's; errors pass, and
+    everything with ``avda -v``."""
+    logger = logging.getLogger("avda.train.heads")
+    if logger.isEnabledFor(logging.DEBUG):
+        yield
+        return
+    previous = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(previous)
 
 
 def _sample(rows: np.ndarray, limit: int, rng: np.random.Generator) -> np.ndarray:
@@ -67,7 +88,8 @@ def head_embedding(run: Path, max_points: int = 500, seed: int = 0) -> HeadEmbed
         for side, rows in data_rows.items()
     }
     shapes = {m: tuple(sides["source"].inputs[m].shape[1:]) for m in modalities}
-    model = setup.build_head(shapes)
+    with _heads_quiet():
+        model = setup.build_head(shapes)
     adaptation = None
     if model.adapts_at_evaluation:  # the unlabelled target rows the run trained with
         _, target_train = training_rows(
@@ -75,17 +97,18 @@ def head_embedding(run: Path, max_points: int = 500, seed: int = 0) -> HeadEmbed
         )
         adaptation = setup.load("target_train", target_train, statistics)
     empty = setup.load("source_train", np.zeros(0, np.int64), statistics)
-    model.prepare(
-        TrainingContext(
-            run=run,
-            store=store,
-            train_set=empty,
-            target_set=adaptation or empty,
-            eval_sets=dict(sides),
-            seed=config.get("seed", 0),
-            device="cpu",
+    with _heads_quiet():
+        model.prepare(
+            TrainingContext(
+                run=run,
+                store=store,
+                train_set=empty,
+                target_set=adaptation or empty,
+                eval_sets=dict(sides),
+                seed=config.get("seed", 0),
+                device="cpu",
+            )
         )
-    )
     model.load_state_dict(state["model"])
     model.eval()
     task = next((t.name for t in setup.tasks if not t.multi_label), None)
