@@ -67,6 +67,10 @@ def test_ta3n_protocol_source_only_is_ta3n_without_target():
     head, values = protocols.get("ta3n-epic100").resolve("source-only")
     config = heads_lib.config_class(head).from_dict(values)
     assert head == "ta3n" and not config.domain_attention and config.beta == (0.0, 0.0, 0.0)
+    # the scripts' use_target=none: main.py computes no domain loss (test_heads_ta3n.py)
+    for name in ("ta3n-epic100", "ta3n-ucf-hmdb"):
+        assert protocols.get(name).resolve("source-only")[1]["use_target"] is False, name
+    assert protocols.get("ta3n-ucf-hmdb").resolve("ta3n")[1].get("use_target", True) is True
 
 
 def _script_target_batch(lists: Path, source: str, target: str) -> int:

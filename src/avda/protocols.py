@@ -313,6 +313,7 @@ register(
                     "domain_attention": False,
                     "beta": (0.0, 0.0, 0.0),
                     "attentive_entropy_weight": 0.0,
+                    "use_target": False,  # script_test_sourceonly.sh: no domain losses
                 },
             ),
         },
@@ -493,7 +494,8 @@ _TA3N_UCF_HMDB = {
     "attentive_entropy_weight": 0.003,  # gamma, U->H
     "eval_every": 1,
 }
-_TA3N_NO_TARGET = {"domain_attention": False, "beta": (0.0, 0.0, 0.0)}
+# the script's use_target=none: no attention, no domain losses (main.py skips them)
+_TA3N_NO_TARGET = {"domain_attention": False, "beta": (0.0, 0.0, 0.0), "use_target": False}
 # H->U: the script's comments "beta_0 U->H: 0.75 | H->U: 1", "gamma U->H: 0.003 | H->U: 0.3";
 # its bS_2 formula with the lists swapped: 128 * 1438 // 840
 _TA3N_HMDB_UCF = {"beta": (1.0, 0.75, 0.5), "attentive_entropy_weight": 0.3}

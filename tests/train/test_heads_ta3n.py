@@ -343,16 +343,9 @@ def float64():
     torch.set_default_dtype(dtype)
 
 
-@pytest.mark.skipif(
-    not os.environ.get("AVDA_TA3N_REFERENCE"),
-    reason="set AVDA_TA3N_REFERENCE to a checkout of jonmun/EPIC-KITCHENS-100_UDA_TA3N",
-)
-@pytest.mark.parametrize("use_bn", ["none", "AdaBN"])
-def test_live_parity(use_bn, float64):
-    """Random weights, dropout 0: loss bit-equal, gradients and test outputs equal; with the
-    authors' AdaBN (``use_bn``) also its running statistics and both domains' test outputs.
-    In float64: in float32 the sums' other order (source and target in one forward pass) moves
-    gradients by up to 3.4e-7 and target logits by 1.6e-5, past float64's tolerances."""
+def _authors_model(use_bn: str, use_attn: str = "TransAttn"):
+    """The authors' ``VideoModel`` in the EPIC-100 configuration (dropout 0) and their
+    ``loss`` module, from ``AVDA_TA3N_REFERENCE``."""
     path = os.environ["AVDA_TA3N_REFERENCE"]
     if "colorama" not in sys.modules and importlib.util.find_spec("colorama") is None:
         # only used for coloured prints
@@ -384,12 +377,26 @@ def test_live_parity(use_bn, float64):
         partial_bn=False,
         use_bn=use_bn,
         ens_DA="none",
-        use_attn="TransAttn",
+        use_attn=use_attn,
         n_attn=1,
         use_attn_frame="none",
         verbose=False,
         share_params="Y",
     )
+    return reference, authors_loss
+
+
+@pytest.mark.skipif(
+    not os.environ.get("AVDA_TA3N_REFERENCE"),
+    reason="set AVDA_TA3N_REFERENCE to a checkout of jonmun/EPIC-KITCHENS-100_UDA_TA3N",
+)
+@pytest.mark.parametrize("use_bn", ["none", "AdaBN"])
+def test_live_parity(use_bn, float64):
+    """Random weights, dropout 0: loss bit-equal, gradients and test outputs equal; with the
+    authors' AdaBN (``use_bn``) also its running statistics and both domains' test outputs.
+    In float64: in float32 the sums' other order (source and target in one forward pass) moves
+    gradients by up to 3.4e-7 and target logits by 1.6e-5, past float64's tolerances."""
+    reference, authors_loss = _authors_model(use_bn)
     generator = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for parameter in reference.parameters():
@@ -446,3 +453,98 @@ def test_live_parity(use_bn, float64):
     torch.testing.assert_close(mine["noun"], theirs[1][1])
     torch.testing.assert_close(mine_target["verb"], theirs[6][0])
     torch.testing.assert_close(mine_target["noun"], theirs[6][1])
+
+
+def _source_only_head(**overrides):
+    """The protocol's source-only (TA3N with use_target=false), dropout 0."""
+    head, values = protocols.get("ta3n-epic100").resolve("source-only")
+    values = {**values, "frame_dropout": 0.0, "video_dropout": 0.0, **overrides}
+    return heads.create(
+        head, inputs={m: (5, 1024) for m in MODALITIES}, tasks=EPIC_TASKS, overrides=values
+    )
+
+
+def test_source_only_computes_no_domain_loss():
+    """main.py with --use_target none adds neither the domain losses nor the attentive
+    entropy: the loss is the classification alone and no discriminator gets a gradient, so
+    none counts toward grad_clip's norm."""
+    head = _source_only_head()
+    assert head.config.use_target is False
+    labels = {"verb": torch.tensor([3, 11, 0]), "noun": torch.tensor([1, 2, 299])}
+    losses = head.training_step(_split(_inputs(3, 0.0)), labels, _split(_inputs(4, 1.0)), 0.4)
+    assert set(losses) == {"loss", "classification"}
+    assert float(losses["loss"].detach()) == float(losses["classification"].detach())
+    losses["loss"].backward()
+    for name, parameter in head.named_parameters():
+        if "discriminator" in name:
+            assert parameter.grad is None, name
+        else:
+            assert parameter.grad is not None, name
+    # with the attention on, the relation discriminators are on the classifier's path (as in
+    # the authors' code): they get the classification's gradient, the others none
+    attentive = _source_only_head(domain_attention=True)
+    attentive.training_step(_split(_inputs(3, 0.0)), labels, _split(_inputs(4, 1.0)), 0.4)[
+        "loss"
+    ].backward()
+    for name, parameter in attentive.named_parameters():
+        if name.startswith(("frame_discriminator", "video_discriminator")):
+            assert parameter.grad is None, name
+        elif name.startswith("relation_discriminators"):
+            assert parameter.grad is not None, name
+
+
+def test_use_target_false_refuses_adabn():
+    with pytest.raises(ConfigError, match=r"use_target=false .* use_bn=AdaBN .*use_bn=none"):
+        heads.create(
+            "ta3n",
+            inputs={m: (5, 1024) for m in MODALITIES},
+            tasks=EPIC_TASKS,
+            overrides={"use_target": False},
+        )
+
+
+@pytest.mark.skipif(
+    not os.environ.get("AVDA_TA3N_REFERENCE"),
+    reason="set AVDA_TA3N_REFERENCE to a checkout of jonmun/EPIC-KITCHENS-100_UDA_TA3N",
+)
+@pytest.mark.parametrize("use_attn", ["none", "TransAttn"])
+def test_live_source_only_is_the_authors_use_target_none(use_attn, float64):
+    """script_test_sourceonly.sh (use_target=none; use_attn none, and TransAttn, whose
+    attention still reads the relation discriminators): main.py's loss is the classification
+    alone; after clip_grad_norm_(20) every parameter's update equals avda's."""
+    reference, _ = _authors_model("none", use_attn)
+    generator = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for parameter in reference.parameters():
+            parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.05)
+    head = _source_only_head(domain_attention=use_attn != "none")
+    head.load_state_dict(convert_authors_state_dict(reference.state_dict(), head))
+    source = 3 * torch.randn(4, 5, 3072, generator=generator)
+    target = 3 * torch.randn(6, 5, 3072, generator=generator) + 0.3
+    labels = {"verb": torch.tensor([1, 5, 96, 0]), "noun": torch.tensor([3, 299, 7, 0])}
+    beta = head.beta(PROGRESS)
+    reference.train()
+    out_s = reference(source, target, list(beta), 0, is_train=True, reverse=False)[1]
+    ce = torch.nn.CrossEntropyLoss()
+    total = 0.5 * (ce(out_s[0], labels["verb"]) + ce(out_s[1], labels["noun"]))
+    total.backward()
+    clip = head.config.grad_clip
+    assert clip == 20.0
+    their_norm = torch.nn.utils.clip_grad_norm_(reference.parameters(), clip)
+    ours = head.training_step(_split(source), labels, _split(target), PROGRESS)
+    ours["loss"].backward()
+    our_norm = torch.nn.utils.clip_grad_norm_(head.parameters(), clip)
+    assert float(ours["loss"].detach()) == pytest.approx(float(total.detach()), rel=1e-9)
+    assert float(our_norm) == pytest.approx(float(their_norm), rel=1e-9)
+    assert float(their_norm) > clip  # the clip shrinks this step: the norm decides the update
+    named = dict(head.named_parameters())
+    key_map = authors_key_map(5, ["verb", "noun"], False)
+    with_gradient = set()
+    for their_name, parameter in reference.named_parameters():
+        if parameter.grad is None:
+            continue
+        with_gradient.add(key_map[their_name])
+        torch.testing.assert_close(
+            named[key_map[their_name]].grad, parameter.grad, rtol=1e-6, atol=1e-12
+        )
+    assert with_gradient == {n for n, p in named.items() if p.grad is not None}

@@ -21,6 +21,8 @@ The EPIC-KITCHENS-100 UDA baseline configuration of the authors' code
     beta  = (0.75, 0.75, 0.5) * (2 / (1 + exp(-1 * p')) - 1), p' = p + 1 / epochs
     gamma = 0.003
 
+    use_target=false (the authors' --use_target none, the protocols' source-only): L = L_y
+
 The ICCV 2019 paper was not available to us, so its equation numbers could not be checked;
 the terms keep its names (L_y, L_d, L_ae, domain attention). Every number above is the
 authors' EPIC-100 code (see ``docs/methods.md``, section ``ta3n``): the GRL only scales the
@@ -92,6 +94,11 @@ class Ta3nConfig(HeadConfig):
     # 2 / (1 + exp(-beta_ramp_gamma p)) - 1 at each epoch's first step, kept for the epoch
     ramped_beta: tuple[str, ...] = ()
     attentive_entropy_weight: float = 0.003  # gamma
+    # False: the authors' --use_target none (their baseline): main.py computes neither the
+    # domain classifiers' losses nor the attentive entropy, so the discriminators get no
+    # gradient from a domain loss and none counts toward grad_clip's norm. The forward is
+    # unchanged: with domain_attention the attention still reads the relation discriminators.
+    use_target: bool = True
     # runs recorded before use_bn existed were trained without it
     introduced: ClassVar[Mapping[str, Any]] = {"use_bn": "none"}
     # use_bn: "AdaBN" (the authors' --use_bn AdaBN) puts a BatchNorm1d per domain (bn_shared_S
@@ -109,6 +116,12 @@ class Ta3nConfig(HeadConfig):
             raise ConfigError(
                 f"Ta3nConfig.ramped_beta: expected levels of {', '.join(BETA_LEVELS)} "
                 f"(comma-separated), got {', '.join(map(str, unknown))}"
+            )
+        if not self.use_target and self.use_bn != "none":
+            raise ConfigError(
+                f"Ta3nConfig: use_target=false trains without target, so use_bn={self.use_bn} "
+                "has no target statistics (the authors' main.py turns it off); add "
+                "--set use_bn=none"
             )
 
 
@@ -288,6 +301,8 @@ class Ta3n(Head):
         )
         source_out, target_out = _split_output(joint, size)
         classification = self.classification(source_out, source_labels)
+        if not config.use_target:  # main.py with --use_target none: the classification alone
+            return {"loss": classification, "classification": classification}
         adversarial = {
             level: domain_adversarial_loss(source_out.extras[key], target_out.extras[key])
             for level, key in (
