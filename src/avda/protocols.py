@@ -37,8 +37,10 @@ class EvaluationRule:
     ``checkpoints``: 1 scores the final predictions; k > 1 scores each of the last k
     evaluations' predictions (``RUN/epochs/<epoch>/predictions``, written because the protocol
     sets ``keep_last_predictions = k``) and reports their mean (MM-SADA's "last 9 epochs"), or
-    with ``reduce="max"`` the best of them (the original TA3N's ``model_best``: the epoch with
-    the best accuracy on the set it reports, a selection on that set).
+    with ``reduce="max"`` one of them: the checkpoint with the best :meth:`main_metric` (the
+    first on a tie, as the authors' strict ``>``), every column of the run from that one epoch
+    (the original TA3N's ``model_best``: the epoch with the best target top-1 on the set it
+    reports, a selection on that set).
     ``metrics``: the numbers of each cell (several: one column per metric and setting);
     ``auto`` is top-1 for single-label tasks and mAP for multi-label ones.
     """
@@ -48,14 +50,22 @@ class EvaluationRule:
     layout: str = "settings"
     reduce: str = "mean"  # of the checkpoints' scores: "mean" or "max"
 
+    def main_metric(self) -> str:
+        """The metric that picks the checkpoint of ``reduce="max"``: EPIC-100's action top-1
+        (the EPIC-100 code's ``prec1``), else the first of :attr:`metrics` (of a run's first
+        task)."""
+        if self.layout == "epic100":
+            return "action top-1"
+        return "top1 or mAP" if self.metrics[0] == "auto" else self.metrics[0]
+
     def describe(self) -> str:
         names = ", ".join("top1 or mAP" if m == "auto" else m for m in self.metrics)
         if self.checkpoints == 1:
             return f"{names} of the final predictions"
         if self.reduce == "max":
             return (
-                f"{names} of the best of the last {self.checkpoints} checkpoints, chosen on "
-                "the scored set"
+                f"{names} of the checkpoint with the best {self.main_metric()} of the last "
+                f"{self.checkpoints}, chosen on the scored set"
             )
         # each checkpoint scored alone, the scores averaged (not the averaged predictions')
         return f"{names} of each of the last {self.checkpoints} checkpoints, averaged"

@@ -862,3 +862,84 @@ def test_published_cells_are_keyed_as_the_specs_settings_are_written(monkeypatch
     t = table()
     aggregate._add_published(t, [])
     assert t.methods == ["ours"] and not any("[published]" in note for note in t.notes)
+
+
+def _ranked_scores(labels: np.ndarray, ranks: list[int], classes: int) -> np.ndarray:
+    """Probabilities where each segment's label is at 0-based rank ``ranks[i]``."""
+    scores = np.zeros((len(labels), classes), dtype=np.float32)
+    for i, (label, rank) in enumerate(zip(labels, ranks, strict=True)):
+        others = [c for c in range(classes) if c != label]
+        order = others[:rank] + [int(label)] + others[rank:]
+        scores[i, order] = np.linspace(0.5, 0.01, classes)
+    return scores / scores.sum(1, keepdims=True)
+
+
+def _run_with_epochs(run: Path, protocol: str, role: str, epochs: list[dict]) -> Path:
+    """A complete run whose last ``len(epochs)`` evaluations predicted ``epochs`` (each task
+    -> (labels, scores)) on target_test."""
+    tasks = list(epochs[0])
+    runs.write_config(run, {
+        "head": "ta3n", "source": ["ucf"], "target": ["hmdb"], "seed": 0,
+        "tasks": [{"name": t, "num_classes": epochs[0][t][1].shape[1]} for t in tasks],
+        "head_config": {"keep_last_predictions": len(epochs), "epochs": len(epochs)},
+        "protocol": protocol, "protocol_role": role,
+    })  # fmt: skip
+    uids = np.array([f"s{i}" for i in range(len(epochs[0][tasks[0]][0]))])
+    for number, predictions in enumerate(epochs, 1):
+        for folder in (run / "epochs" / f"{number:04d}", run):
+            runs.write_predictions(
+                folder, "target_test", uids,
+                {t: labels for t, (labels, _) in predictions.items()},
+                {t: scores for t, (_, scores) in predictions.items()},
+            )  # fmt: skip
+    runs.mark_complete(run, {"epochs": len(epochs)})
+    return run
+
+
+def test_best_checkpoint_rule_reports_every_column_from_one_epoch(tmp_path, monkeypatch):
+    """reduce="max" (the original TA3N's model_best) picks ONE epoch by the main metric, the
+    first on a tie (their strict >), and reports every column from it: not each column's own
+    maximum, which would take this run's top-5 from epoch 2 and its top-1 from epoch 1."""
+    import dataclasses
+
+    from avda import protocols
+
+    base = protocols.get("ta3n-ucf-hmdb")
+    rule = protocols.EvaluationRule(checkpoints=3, metrics=("top1", "top5"), reduce="max")
+    monkeypatch.setitem(protocols.PROTOCOLS, base.name, dataclasses.replace(base, evaluation=rule))
+    labels = np.arange(10) % 12
+    # label ranks per segment (0: top-1, 1-4: top-5 only, 11: missed)
+    ranks = {
+        1: [0] * 6 + [11] * 4,  # top-1 0.6, top-5 0.6
+        2: [0] * 5 + [1] * 5,  # top-1 0.5, top-5 1.0 (the best top-5)
+        3: [0] * 6 + [2] * 3 + [11],  # top-1 0.6 (a tie with epoch 1), top-5 0.9
+    }
+    epochs = [{"verb": (labels, _ranked_scores(labels, ranks[e], 12))} for e in (1, 2, 3)]
+    run = _run_with_epochs(tmp_path / "run", base.name, "ta3n", epochs)
+    table = aggregate.aggregate([run], layout="settings")
+    assert table.cell("ta3n", "ucf→hmdb top1")[0] == pytest.approx(60.0)
+    assert table.cell("ta3n", "ucf→hmdb top5")[0] == pytest.approx(60.0)  # epoch 1's
+    assert "checkpoint with the best top1 of the last 3" in table.title
+    # the epic100 layout picks by action top-1 and reports verb and noun from that epoch
+    epic = dataclasses.replace(
+        base,
+        evaluation=protocols.EvaluationRule(
+            checkpoints=2, metrics=("epic100",), layout="epic100", reduce="max"
+        ),
+    )
+    monkeypatch.setitem(protocols.PROTOCOLS, base.name, epic)
+    verb, noun = np.arange(10) % 8, np.arange(10) % 9
+    verb_ranks = {1: [0] * 9 + [11], 2: [0] * 6 + [11] * 4}  # verb top-1 0.9 / 0.6
+    noun_ranks = {1: [11] * 7 + [0] * 3, 2: [0] * 10}  # action top-1 0.2 / 0.6
+    epochs = [
+        {
+            "verb": (verb, _ranked_scores(verb, verb_ranks[e], 8)),
+            "noun": (noun, _ranked_scores(noun, noun_ranks[e], 9)),
+        }
+        for e in (1, 2)
+    ]
+    run = _run_with_epochs(tmp_path / "epic", base.name, "ta3n", epochs)
+    table = aggregate.aggregate([run], layout="epic100")
+    assert table.cell("ta3n", "action top-1")[0] == pytest.approx(60.0)
+    assert table.cell("ta3n", "verb top-1")[0] == pytest.approx(60.0)  # epoch 2's, not 90
+    assert table.cell("ta3n", "noun top-1")[0] == pytest.approx(100.0)

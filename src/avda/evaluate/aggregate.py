@@ -616,8 +616,19 @@ def _same_protocol(
 
 
 def reduce_checkpoints(values: Sequence[float], rule: protocols_lib.EvaluationRule) -> float:
-    """One cell from each checkpoint's score: their mean, or their best (``reduce="max"``)."""
-    return float(np.max(values) if rule.reduce == "max" else np.mean(values))
+    """One cell from each checkpoint's score: their mean (``reduce="max"`` has kept one
+    checkpoint already: :func:`best_checkpoint`)."""
+    return float(np.mean(values))
+
+
+def best_checkpoint(main: Sequence[float]) -> int:
+    """The index of the checkpoint with the best main metric, the first on a tie (the
+    authors' ``is_best = prec1 > best_prec1``); a NaN is never the best."""
+    best = 0
+    for index, value in enumerate(main):
+        if value > main[best] or (np.isnan(main[best]) and not np.isnan(value)):
+            best = index
+    return best
 
 
 def rule_predictions(
@@ -800,6 +811,18 @@ def _settings_table(
         multi = bool(tasks[name].get("multi_label"))
         split = choose_set(info.path, eval_set)
         checkpoints = rule_predictions(info.path, split, rule.checkpoints, rule.reduce)
+        if rule.reduce == "max":  # one epoch for every column: the best by the main metric
+            main_task = next(iter(tasks))
+            main_metric = rule.metrics[0]
+            if main_metric == "auto":
+                main_metric = "mAP" if tasks[main_task].get("multi_label") else "top1"
+            main = [
+                _metric_value(
+                    p["scores"][main_task], p["labels"][main_task], main_metric, p.get("groups")
+                )
+                for p in checkpoints
+            ]
+            checkpoints = [checkpoints[best_checkpoint(main)]]
         for wanted_metric in wanted:
             chosen = wanted_metric
             if chosen == "auto":
@@ -890,6 +913,9 @@ def _epic100_table(
                     noun[known],
                 )
             )
+        if rule.reduce == "max":  # one epoch for every column: the best action top-1
+            main = [a["all_action_accuracy_at_1"] for a in per_checkpoint]
+            per_checkpoint = [per_checkpoint[best_checkpoint(main)]]
         for task, k in EPIC100_COLUMNS:
             column = f"{info.setting} {task} top-{k}" if several else f"{task} top-{k}"
             key = f"all_{task}_accuracy_at_{k}"
