@@ -193,6 +193,40 @@ def test_per_setting_values_name_the_protocols_settings_and_methods():
     assert "probe" not in protocols.PROTOCOLS
 
 
+def test_setting_of_ignores_the_order_of_domains_and_refuses_an_unknown_setting():
+    """A multi-source setting is the same whatever order --source lists its domains in; on the
+    benchmark's domains, a pair that is none of the settings of a protocol with per-setting
+    values is refused (its defaults are its first setting's values), while off the benchmark
+    and without a setting (--show-config) the recipe applies."""
+    import dataclasses
+
+    probe = dataclasses.replace(
+        protocols.get("rna-dg"),
+        name="probe",
+        per_setting={"D2,D3-D1": {"rna": {"rna_weight": 0.5}}},
+    )
+    assert probe.setting_of(["D3", "D2"], ["D1"]) == "D2,D3-D1"
+    assert probe.resolve("rna", None, ["D3", "D2"], ["D1"])[1]["rna_weight"] == 0.5
+    assert probe.resolve("rna", None, ["D2", "D3"], ["D1"])[1]["rna_weight"] == 0.5
+    default = probe.resolve("rna")[1].get("rna_weight")
+    assert probe.resolve("rna", None, ["D1", "D3"], ["D2"])[1].get("rna_weight") == default
+    assert probe.setting_of(["D2"], ["D1"]) == "D2-D1"  # a member of epic55-mmsada
+    with pytest.raises(
+        ConfigError,
+        match=r"^protocol probe sets values by setting \(D2,D3-D1\) and D1 -> D2,D3 is none of "
+        r"its settings \(D1-D2, .*\), so its defaults would be wrong for it; give the "
+        r"--source/--target of one of them, or train without --protocol$",
+    ):
+        probe.resolve("rna", None, ["D1"], ["D2", "D3"])
+    assert probe.setting_of(["P01"], ["P02"]) is None  # another dataset: the recipe only
+    assert probe.setting_of(None, None) is None
+    ucf_hmdb = protocols.get("ta3n-ucf-hmdb")
+    assert ucf_hmdb.setting_of(["ucf"], ["hmdb"]) == "ucf-hmdb"
+    assert ucf_hmdb.setting_of(["ucf"], ["olympic"]) is None  # documented: U->H recipe
+    protocols.register(dataclasses.replace(probe, name="probe-registered"))  # a group member
+    protocols.PROTOCOLS.pop("probe-registered")
+
+
 def test_show_config_of_a_protocol_shows_the_directions_values(capsys):
     from avda import cli
 

@@ -131,17 +131,40 @@ class Protocol:
             raise ConfigError(unknown_name_message("head", method, heads_lib.names()))
         return method
 
-    def setting_of(self, source: Sequence[str] | None, target: Sequence[str] | None) -> str | None:
-        """The name of the setting of :attr:`per_setting` whose domains are ``source`` ->
-        ``target``, else None."""
-        from avda.data_manifests.settings import NAMED_SETTINGS
+    def named_settings(self) -> list:
+        """The :class:`~avda.data_manifests.settings.Setting` of each of :attr:`settings`, a
+        group (``epic55-mmsada``) as its members."""
+        from avda.data_manifests.settings import NAMED_SETTINGS, SETTING_GROUPS
 
+        return [
+            setting
+            for name in self.settings
+            for setting in SETTING_GROUPS.get(name, (NAMED_SETTINGS.get(name),))
+            if setting is not None
+        ]
+
+    def setting_of(self, source: Sequence[str] | None, target: Sequence[str] | None) -> str | None:
+        """The name of the protocol's setting whose domains are ``source`` -> ``target`` (in
+        any order on each side: ``D3,D2 -> D1`` is ``D2,D3-D1``), else None (no domains given,
+        as ``--show-config`` without a setting, or domains off its benchmark, where only its
+        recipe applies). Refuses, when :attr:`per_setting` sets values by setting, domains all
+        of its benchmark's that are none of its settings: its defaults, which are its first
+        setting's values, would be wrong for them."""
         if not source or not target:
             return None
-        for name in self.per_setting:
-            setting = NAMED_SETTINGS[name]
-            if (setting.source_domains, setting.target_domains) == (tuple(source), tuple(target)):
-                return name
+        wanted = (frozenset(map(str, source)), frozenset(map(str, target)))
+        settings = self.named_settings()
+        for setting in settings:
+            if (frozenset(setting.source_domains), frozenset(setting.target_domains)) == wanted:
+                return setting.name
+        domains = {d for setting in settings for d in setting.domains}
+        if self.per_setting and wanted[0] | wanted[1] <= domains:
+            raise ConfigError(
+                f"protocol {self.name} sets values by setting ({', '.join(self.per_setting)}) "
+                f"and {','.join(source)} -> {','.join(target)} is none of its settings "
+                f"({', '.join(s.name for s in settings)}), so its defaults would be wrong for "
+                "it; give the --source/--target of one of them, or train without --protocol"
+            )
         return None
 
     def resolve(
@@ -165,7 +188,7 @@ class Protocol:
             values.update(self.heads[method].values)
         setting = self.setting_of(source, target)
         if setting is not None:
-            values.update(self.per_setting[setting].get(method, {}))
+            values.update(self.per_setting.get(setting, {}).get(method, {}))
         explicit = dict(overrides or {})
         if "epochs" in explicit:  # the protocol's stages scale to the user's length
             values.update(cls._scaled_stages(explicit["epochs"], values, explicit))
@@ -247,11 +270,12 @@ PROTOCOLS: dict[str, Protocol] = {}
 def register(protocol: Protocol) -> Protocol:
     if protocol.name in PROTOCOLS:
         raise ConfigError(f"protocol {protocol.name!r} is registered twice")
+    named = [s.name for s in protocol.named_settings()]  # a group's members included
     for setting, methods in protocol.per_setting.items():
-        if setting not in protocol.settings:  # a named setting of its table (setting_of)
+        if setting not in named:  # a named setting of its table (setting_of)
             raise ConfigError(
                 f"protocol {protocol.name}: per_setting names {setting!r}, not one of its "
-                f"settings {list(protocol.settings)}"
+                f"settings {named}"
             )
         unknown = sorted(set(methods) - set(protocol.heads))
         if unknown:

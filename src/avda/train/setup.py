@@ -299,15 +299,8 @@ def _benchmark_classes(protocol: str, source: Sequence[str], target: Sequence[st
 def _benchmark_domains(protocol: str) -> set[str]:
     """The domains of ``protocol``'s settings (empty for a protocol of any dataset)."""
     from avda import protocols as protocols_lib
-    from avda.data_manifests.settings import NAMED_SETTINGS, SETTING_GROUPS
 
-    return {
-        d
-        for name in protocols_lib.get(protocol).settings
-        for setting in SETTING_GROUPS.get(name, (NAMED_SETTINGS.get(name),))
-        if setting is not None
-        for d in setting.domains
-    }
+    return {d for setting in protocols_lib.get(protocol).named_settings() for d in setting.domains}
 
 
 def _on_benchmark(protocol: str, source: Sequence[str], target: Sequence[str]) -> bool:
