@@ -432,6 +432,42 @@ def test_a_second_modality_of_per_video_npy_fills_the_same_segments(tmp_path):
     assert set(open_cache(out).modalities) == {"rgb", "audio"}
 
 
+def test_npy_rows_of_another_rate_or_placement_are_not_appended_to_a_modality(tmp_path):
+    """The store records one --feature-rate and --placement per modality (its provenance,
+    and the re-import command `avda cache verify` gives): a second domain's .npy rows read
+    another way are refused in one line naming both values and the fix, before anything is
+    written; the same values append."""
+    rng = np.random.default_rng(2)
+    for video in ("v1", "v2"):  # one folder per domain (a folder is imported once)
+        (tmp_path / video).mkdir()
+        np.save(tmp_path / video / f"{video}.npy", rng.normal(size=(40, D)).astype(np.float32))
+    first, folder = tmp_path / "v1", tmp_path / "v2"
+    for domain, video in (("s", "v1"), ("t", "v2")):
+        pd.DataFrame({
+            "uid": [f"{domain}0", f"{domain}1"], "video_id": [video, video],
+            "domain": [domain, domain], "split": ["train", "train"],
+            "start_sec": [0.0, 4.0], "stop_sec": [3.0, 8.0],
+        }).to_csv(tmp_path / f"{domain}.csv", index=False)  # fmt: skip
+    out = tmp_path / "n.zarr"
+    common = {"out": out, "num_clips": 2, "modality": "rgb"}
+    interop.import_features(first, annotations=tmp_path / "s.csv", feature_rate=4.0, **common)
+    for rate, placement in ((4.0, "tsn"), (2.0, "nearest")):
+        with pytest.raises(CacheError) as refused:
+            interop.import_features(folder, annotations=tmp_path / "t.csv", feature_rate=rate,
+                                    placement=placement, **common)  # fmt: skip
+        message = str(refused.value)
+        assert "\n" not in message
+        assert message == (
+            f"{out} holds rgb features imported at --feature-rate 4 --placement nearest; "
+            f"{folder} is imported at --feature-rate {rate:g} --placement {placement}: the "
+            "store records one rate and placement per modality. Import it with --feature-rate "
+            "4 --placement nearest, or into another store"
+        )
+        assert open_cache(out).num_segments == 2
+    interop.import_features(folder, annotations=tmp_path / "t.csv", feature_rate=4.0, **common)
+    assert open_cache(out).segments["uid"].tolist() == ["s0", "s1", "t0", "t1"]
+
+
 def test_a_modality_added_to_an_extracted_store_keeps_its_segments_and_fingerprint(tmp_path):
     """A store built by extraction (its own manifest fingerprint) gets a modality from
     per-video .npy files: its segments, fingerprint (a later `avda extract` with the same

@@ -281,9 +281,37 @@ def _check_import(
                     f"If they are {theirs}'s, import with --backbone {theirs}; else import "
                     "them into another store"
                 )
+            _check_npy_sampling(store, modality, found, block.info, source)
     if _adds_modalities(store, segments, blocks):
         return _same_segments(store, segments, source)
     return _rows_for(store, segments, source, sorted(blocks))
+
+
+def _npy_sampling(info: Mapping[str, Any]) -> tuple[float, str] | None:
+    """``(feature_rate, placement)`` of a modality imported from per-video .npy files (None:
+    not such an import). Records without ``placement`` are nearest's."""
+    given = info.get("input") or {}
+    if given.get("format") != "npy" or given.get("feature_rate") is None:
+        return None
+    return float(given["feature_rate"]), str(given.get("placement", "nearest"))
+
+
+def _check_npy_sampling(
+    store: FeatureCache, modality: str, found: Mapping[str, Any], info: Mapping[str, Any], source
+) -> None:
+    """Refuse .npy rows appended to a modality imported at another --feature-rate or
+    --placement: the store records one of each per modality (its provenance and `avda cache
+    verify`'s re-import command would be wrong for the new rows)."""
+    theirs, ours = _npy_sampling(found), _npy_sampling(info)
+    if theirs is None or ours is None or theirs == ours:
+        return
+    rate, placement = theirs
+    raise CacheError(
+        f"{store.path} holds {modality} features imported at --feature-rate {rate:g} "
+        f"--placement {placement}; {source} is imported at --feature-rate {ours[0]:g} "
+        f"--placement {ours[1]}: the store records one rate and placement per modality. Import "
+        f"it with --feature-rate {rate:g} --placement {placement}, or into another store"
+    )
 
 
 def _adds_modalities(
