@@ -125,13 +125,9 @@ def test_an_original_checkpoint_converts():
         convert_authors_state_dict(theirs, two_tasks)
 
 
-@pytest.mark.skipif(
-    not os.environ.get("AVDA_TA3N_ORIGINAL"),
-    reason="set AVDA_TA3N_ORIGINAL to a checkout of cmhungsteve/TA3N",
-)
-def test_live_parity_with_the_original():
-    """Their models.py and loss.py run here: the losses of a training step, every gradient and
-    the test outputs of both domains equal the head's under the protocol's H->U values."""
+def _original_model(use_attn: str = "TransAttn"):
+    """The original code's ``VideoModel`` in the UCF-HMDB configuration (dropout 0) and its
+    ``loss`` module, from ``AVDA_TA3N_ORIGINAL``."""
     path = os.environ["AVDA_TA3N_ORIGINAL"]
     if "colorama" not in sys.modules and importlib.util.find_spec("colorama") is None:
         stub = types.ModuleType("colorama")  # only used for coloured prints
@@ -153,7 +149,7 @@ def test_live_parity_with_the_original():
         reference = models.VideoModel(
             12, "video", "trn-m", "RGB", train_segments=5, val_segments=5,
             base_model="resnet101", add_fc=1, fc_dim=512, dropout_i=0.0, dropout_v=0.0,
-            partial_bn=False, use_bn="none", ens_DA="none", use_attn="TransAttn", n_attn=1,
+            partial_bn=False, use_bn="none", ens_DA="none", use_attn=use_attn, n_attn=1,
             use_attn_frame="none", verbose=False, share_params="Y",
         )  # fmt: skip
     finally:
@@ -161,6 +157,17 @@ def test_live_parity_with_the_original():
         torchvision.models.resnet101 = resnet101
         for name in ("models", "loss", "TRNmodule"):
             sys.modules.pop(name, None)
+    return reference, authors_loss
+
+
+@pytest.mark.skipif(
+    not os.environ.get("AVDA_TA3N_ORIGINAL"),
+    reason="set AVDA_TA3N_ORIGINAL to a checkout of cmhungsteve/TA3N",
+)
+def test_live_parity_with_the_original():
+    """Their models.py and loss.py run here: the losses of a training step, every gradient and
+    the test outputs of both domains equal the head's under the protocol's H->U values."""
+    reference, authors_loss = _original_model()
     generator = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for parameter in reference.parameters():
@@ -207,3 +214,52 @@ def test_live_parity_with_the_original():
         theirs = reference(source, target, [0, 0, 0], 0, is_train=False, reverse=False)
         torch.testing.assert_close(head({"rgb": source}).logits["verb"], theirs[1])
         torch.testing.assert_close(head({"rgb": target}).logits["verb"], theirs[6])
+
+
+@pytest.mark.skipif(
+    not os.environ.get("AVDA_TA3N_ORIGINAL"),
+    reason="set AVDA_TA3N_ORIGINAL to a checkout of cmhungsteve/TA3N",
+)
+def test_live_source_only_is_the_originals_use_target_none():
+    """script_train_val.sh with use_target=none (use_attn none, beta 0): main.py's loss is the
+    CE alone; after clip_grad_norm_(20) every parameter's update equals that of the source-only
+    that ta3n-ucf-hmdb configures for H->U."""
+    reference, _ = _original_model("none")
+    generator = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for parameter in reference.parameters():
+            parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.05)
+    head_name, values = protocols.get("ta3n-ucf-hmdb").resolve(
+        "source-only", None, ["hmdb"], ["ucf"]
+    )
+    values = {**values, "frame_dropout": 0.0, "video_dropout": 0.0}
+    head = heads.create(head_name, inputs={"rgb": (5, 2048)}, tasks=TASKS, overrides=values)
+    head.load_state_dict(convert_authors_state_dict(reference.state_dict(), head))
+    source = 3 * torch.randn(4, 5, 2048, generator=generator)
+    target = 3 * torch.randn(6, 5, 2048, generator=generator) + 0.3
+    label = torch.tensor([1, 5, 11, 0])
+    reference.train()
+    out_s = reference(source, target, [0.0, 0.0, 0.0], 0, is_train=True, reverse=False)[1]
+    total = torch.nn.CrossEntropyLoss()(out_s, label)
+    total.backward()
+    their_norm = torch.nn.utils.clip_grad_norm_(reference.parameters(), 20.0)
+    ours = head.training_step({"rgb": source}, {"verb": label}, {"rgb": target}, 0.4)
+    assert set(ours) == {"loss", "classification"}
+    ours["loss"].backward()
+    assert head.config.grad_clip == 20.0
+    our_norm = torch.nn.utils.clip_grad_norm_(head.parameters(), head.config.grad_clip)
+    assert float(ours["loss"].detach()) == pytest.approx(float(total.detach()), rel=1e-6)
+    assert float(their_norm) > 20.0  # the clip shrinks this step
+    assert float(our_norm) == pytest.approx(float(their_norm), rel=1e-5)
+    named = dict(head.named_parameters())
+    key_map = authors_key_map(5, ["verb"], original=True)
+    with_gradient = set()
+    for their_name, parameter in reference.named_parameters():
+        if parameter.grad is None:
+            continue
+        with_gradient.add(key_map[their_name])
+        scale = float(parameter.grad.abs().max())
+        torch.testing.assert_close(
+            named[key_map[their_name]].grad, parameter.grad, rtol=1e-4, atol=1e-5 * scale
+        )
+    assert with_gradient == {n for n, p in named.items() if p.grad is not None}
