@@ -499,6 +499,8 @@ def evaluate(
     compare: str | None = None,
     out: str | Path | None = None,
     protocol: str | None = None,
+    per_class: bool = False,
+    confusion: bool = False,
 ) -> Any:
     """``avda evaluate``: the metrics of finished runs (run folders, or folders holding runs).
 
@@ -509,14 +511,39 @@ def evaluate(
     per-seed values; ``.methods``, ``.columns``, ``.values``). ``out``: also write OUT.md and
     OUT.csv (and OUT.tex) as the CLI does. ``protocol``: whose evaluation rule the table
     applies to every row (default: the first run's protocol; runs of another are left out).
+    ``per_class=True``: instead, the per-class table (an
+    :class:`avda.evaluate.per_class.PerClassTable`: per setting, class and method the target
+    accuracy, AP for a multi-label task, per seed; ``.to_frame()`` in %, ``.segments``,
+    ``.names``, ``.confusion``); ``out`` writes OUT.md, OUT.csv and OUT.tex, and with
+    ``confusion=True`` the confusion matrices as CSV in ``OUT.confusion/``.
     """
-    return _evaluate(runs, layout, eval_set, task, metric, compare, out, protocol)
+    return _evaluate(
+        runs, layout, eval_set, task, metric, compare, out, protocol, per_class, confusion
+    )
 
 
-def _evaluate(runs, layout, eval_set, task, metric, compare, out, protocol) -> Any:
+def _evaluate(
+    runs, layout, eval_set, task, metric, compare, out, protocol, per_class=False, confusion=False
+) -> Any:
     from avda.evaluate import aggregate, tables
 
     paths = [runs] if isinstance(runs, str | Path) else list(runs)
+    tables.check_per_class(
+        per_class, confusion, layout=layout, metric=metric, baseline=compare, out=out
+    )
+    if per_class:
+        from avda.evaluate import per_class as per_class_lib
+
+        table = per_class_lib.per_class(
+            aggregate.find_runs(paths), eval_set=eval_set, task=task, protocol=protocol
+        )
+        if confusion and not table.confusion:  # refused before any file is written
+            per_class_lib.write_confusion(table, out)
+        if out is not None:
+            per_class_lib.write(table, out)
+            if confusion:
+                per_class_lib.write_confusion(table, out)
+        return table
     tables.check_layout(layout, protocol=protocol, baseline=compare)
     if layout == "runs":
         table = tables.results_table(aggregate.find_runs(paths, complete_only="below"))

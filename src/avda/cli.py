@@ -1136,6 +1136,23 @@ def evaluate(
             "(default: the first run's); runs trained under another are left out.",
         ),
     ] = None,
+    per_class: Annotated[
+        bool,
+        typer.Option(
+            "--per-class",
+            help="Instead of the table: per setting, class and method, the target accuracy "
+            "(AP for multi-label tasks) as mean ± std over seeds, with each class's name and "
+            "target segments (--task chooses the task).",
+        ),
+    ] = False,
+    confusion: Annotated[
+        bool,
+        typer.Option(
+            "--confusion",
+            help="With --per-class and -o OUT: each run's confusion matrix, and each method's "
+            "summed over seeds, as CSV in OUT.confusion/<method>/<setting>/.",
+        ),
+    ] = False,
 ) -> None:
     """Metrics of finished runs: one row per run, or the papers' tables over many runs."""
     from avda.evaluate import tables
@@ -1204,6 +1221,8 @@ def evaluate(
         fmt=format_,
         out=out,
         protocol=protocol,
+        per_class=per_class,
+        confusion=confusion,
     )
     typer.echo(text)
     for path in written:

@@ -662,6 +662,41 @@ def rule_predictions(
     return [runs.read_predictions(folder / e, split) for e in epochs[-checkpoints:]]
 
 
+def scored_checkpoints(
+    info: RunInfo, split: str, rule: protocols_lib.EvaluationRule
+) -> list[dict[str, Any]]:
+    """The predictions of ``info``'s run that ``rule`` scores on ``split``: its final ones, the
+    last ``rule.checkpoints`` (each scored, the scores averaged), or with ``reduce="max"`` the
+    one checkpoint of those with the best main metric (EPIC-100's action top-1 under an
+    epic100 rule for a run with verb and noun, else the first metric of the run's first task),
+    from which every column is scored."""
+    checkpoints = rule_predictions(info.path, split, rule.checkpoints, rule.reduce)
+    if rule.reduce != "max":
+        return checkpoints
+    tasks = {t["name"]: t for t in info.tasks}
+    if rule.layout == "epic100" and {"verb", "noun"} <= _single_label(info):
+        main = []
+        for p in checkpoints:
+            verb, noun = p["labels"]["verb"], p["labels"]["noun"]
+            known = (verb >= 0) & (noun >= 0)
+            accuracies = epic100_accuracies(
+                p["scores"]["verb"][known], p["scores"]["noun"][known], verb[known], noun[known]
+            )
+            main.append(accuracies["all_action_accuracy_at_1"])
+    else:
+        main_task = next(iter(tasks))
+        main_metric = rule.metrics[0]
+        if main_metric == "auto":
+            main_metric = "mAP" if tasks[main_task].get("multi_label") else "top1"
+        main = [
+            _metric_value(
+                p["scores"][main_task], p["labels"][main_task], main_metric, p.get("groups")
+            )
+            for p in checkpoints
+        ]
+    return [checkpoints[best_checkpoint(main)]]
+
+
 def _add_published(table: AggregateTable, infos: Sequence[RunInfo]) -> None:
     """Rows of the papers' numbers that the sweep specs of ``infos`` carry (``published:``)."""
     for published in _published_entries(infos):
@@ -810,19 +845,7 @@ def _settings_table(
             )
         multi = bool(tasks[name].get("multi_label"))
         split = choose_set(info.path, eval_set)
-        checkpoints = rule_predictions(info.path, split, rule.checkpoints, rule.reduce)
-        if rule.reduce == "max":  # one epoch for every column: the best by the main metric
-            main_task = next(iter(tasks))
-            main_metric = rule.metrics[0]
-            if main_metric == "auto":
-                main_metric = "mAP" if tasks[main_task].get("multi_label") else "top1"
-            main = [
-                _metric_value(
-                    p["scores"][main_task], p["labels"][main_task], main_metric, p.get("groups")
-                )
-                for p in checkpoints
-            ]
-            checkpoints = [checkpoints[best_checkpoint(main)]]
+        checkpoints = scored_checkpoints(info, split, rule)
         for wanted_metric in wanted:
             chosen = wanted_metric
             if chosen == "auto":

@@ -52,6 +52,12 @@ from avda._io import atomic_write_text
 from avda.errors import AvdaError, ConfigError, RunError
 from avda.evaluate import aggregate as aggregate_lib
 from avda.evaluate import tables
+from avda.evaluate.classes import (  # noqa: F401 - the report's names, kept importable here
+    NAME_COLUMNS,
+    cache_class_names,
+    class_label,
+    class_names,
+)
 from avda.scoring.metrics import (
     average_precision_per_class,
     confusion_matrix,
@@ -141,56 +147,6 @@ def curves_figure(records: list[dict[str, Any]]) -> ReportFigure | None:
 
 # ------------------------------------------------------------------------------ class names
 MAX_CONFUSION_CLASSES = 30  # more classes: the most frequent true classes only (readable cells)
-NAME_COLUMNS = {"verb": ("verb_class", "verb"), "noun": ("noun_class", "noun")}
-
-
-def class_names(segments) -> dict[str, list[str]]:
-    """Per task, the name of each class id (``""`` where none is known) from a segment table's
-    ``verb``/``noun`` columns (the most frequent name of each ``verb_class``/``noun_class``);
-    a task without any name is left out."""
-    import pandas as pd
-
-    out: dict[str, list[str]] = {}
-    for task, (id_column, name_column) in NAME_COLUMNS.items():
-        if id_column not in segments or name_column not in segments:
-            continue
-        ids = pd.to_numeric(segments[id_column], errors="coerce")
-        names = segments[name_column].astype("string").str.strip()
-        keep = ids.notna() & (ids >= 0) & names.notna() & (names != "")
-        if not keep.any():
-            continue
-        table = [""] * (int(ids[keep].max()) + 1)
-        pairs = pd.DataFrame({"id": ids[keep].astype("int64"), "name": names[keep]})
-        for class_id, group in pairs.groupby("id"):
-            table[int(class_id)] = str(group["name"].value_counts().index[0])
-        out[task] = table
-    return out
-
-
-def cache_class_names(cache: str | Path) -> dict[str, list[str]]:
-    """Per task, the class names of the cache at ``cache``: its class tables (the benchmark's
-    official names: EPIC-100 verb 0 is ``take``, narrated most often as "pick-up"), else
-    :func:`class_names` of its segments; empty when it cannot be opened."""
-    from avda.cache import open_cache
-
-    try:
-        store = open_cache(cache)
-        out = class_names(store.segments)
-        tables = store.provenance.get("classes") or {}
-    except (AvdaError, OSError):
-        return {}
-    for task, (id_column, _) in NAME_COLUMNS.items():
-        if isinstance(tables.get(id_column), list) and tables[id_column]:
-            out[task] = [str(name) for name in tables[id_column]]
-    return out
-
-
-def class_label(names: Sequence[str] | None, class_id: int) -> str:
-    """The name of ``class_id`` when known, else the id."""
-    class_id = int(class_id)
-    if names is not None and 0 <= class_id < len(names) and names[class_id]:
-        return str(names[class_id])
-    return str(class_id)
 
 
 def _tick_labels(axes, positions, labels, axis: str = "x", fontsize: float = 7) -> None:

@@ -440,6 +440,37 @@ def check_layout(layout: str, *, protocol: str | None, baseline: str | None) -> 
         raise ConfigError("--compare: only a paper layout compares methods; add --layout auto")
 
 
+def check_per_class(
+    per_class: bool,
+    confusion: bool,
+    *,
+    layout: str,
+    metric: str | None,
+    baseline: str | None,
+    out: str | Path | None,
+) -> None:
+    """The options ``--per-class`` and ``--confusion`` take, refused in one line (for the
+    command line and ``avda.evaluate`` alike)."""
+    if confusion and not per_class:
+        raise ConfigError("--confusion writes the per-class table's matrices: add --per-class")
+    if confusion and out is None:
+        raise ConfigError("--confusion writes CSV files into OUT.confusion/: add -o OUT")
+    if not per_class:
+        return
+    if layout not in ("runs", "auto", "settings"):
+        raise ConfigError(
+            f"--per-class with --layout {layout}: the per-class table scores one task (leave "
+            "--layout out, and choose the task with --task verb or --task noun)"
+        )
+    if metric is not None:
+        raise ConfigError(
+            f"--metric {metric} with --per-class: its cells are each class's accuracy (AP for "
+            "a multi-label task); leave --metric out"
+        )
+    if baseline:
+        raise ConfigError("--compare with --per-class: the per-class table shows no gains")
+
+
 def evaluate_runs(
     paths: Sequence[str | Path],
     *,
@@ -451,14 +482,33 @@ def evaluate_runs(
     fmt: str = "markdown",
     out: str | Path | None = None,
     protocol: str | None = None,
+    per_class: bool = False,
+    confusion: bool = False,
 ) -> tuple[str, list[Path]]:
     """What ``avda evaluate`` prints and writes: the per-run table (``layout="runs"``, as before)
-    or a paper layout (``auto``, ``settings``, ``epic100``) over the runs found under ``paths``."""
+    or a paper layout (``auto``, ``settings``, ``epic100``) over the runs found under ``paths``;
+    ``per_class``: the per-class table (:mod:`avda.evaluate.per_class`) instead, and with
+    ``confusion`` the confusion matrices as CSV under ``OUT.confusion/``."""
     from avda.evaluate import aggregate as aggregate_lib
 
-    check_layout(layout, protocol=protocol, baseline=baseline)
+    check_per_class(per_class, confusion, layout=layout, metric=metric, baseline=baseline, out=out)
     if fmt not in FORMATS:  # before any run is read
         raise ConfigError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    if per_class:
+        from avda import protocols as protocols_lib
+        from avda.evaluate import per_class as per_class_lib
+
+        if protocol is not None:
+            protocols_lib.get(protocol)  # an unknown name lists the valid ones, before any run
+        found = aggregate_lib.find_runs(paths)
+        table = per_class_lib.per_class(found, eval_set=eval_set, task=task, protocol=protocol)
+        if confusion and not table.confusion:  # refused before any file is written
+            per_class_lib.write_confusion(table, out)
+        written = per_class_lib.write(table, out) if out is not None else []
+        if confusion:
+            written += per_class_lib.write_confusion(table, out)
+        return per_class_lib.render(table, fmt), written
+    check_layout(layout, protocol=protocol, baseline=baseline)
     if layout == "runs":
         if fmt not in ("markdown", "csv"):
             raise ConfigError(

@@ -1,0 +1,176 @@
+"""``avda evaluate --per-class`` / ``--confusion`` over real runs, checked against scikit-learn."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import average_precision_score, confusion_matrix, recall_score
+from tests.conftest import make_feature_cache
+from tests.evaluate.test_tables_aggregate import synthetic_cache
+
+import avda
+from avda import cli, runs
+from avda.errors import ConfigError
+from avda.evaluate import aggregate, per_class, tables
+from avda.scoring.metrics import max_over_groups
+from avda.train.loop import train
+
+FAST = {"epochs": 2, "hidden_dim": 16}
+VERBS = ["take", "put", "open", "close"]
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory) -> Path:
+    """2 methods x 2 seeds on one setting, indexed as ``avda sweep`` does; named classes."""
+    root = tmp_path_factory.mktemp("per_class")
+    cache = root / "features.zarr"
+    make_feature_cache(cache, shift=2.5, verb_names=VERBS, per_class=10)
+    out = root / "runs"
+    entries = []
+    for head, label in (("source-only", "Source-only"), ("dann", "DANN")):
+        for seed in (0, 1):
+            name = f"{label}/seed{seed}"
+            train(
+                cache=cache,
+                head=head,
+                source=["source"],
+                target=["target"],
+                out=out / name,
+                seed=seed,
+                overrides=FAST,
+                progress=False,
+            )
+            entries.append({"run": name, "method": label, "seed": seed})
+    (out / aggregate.SWEEP_INDEX).write_text(json.dumps({"runs": entries}))
+    return out
+
+
+def _truth(run: Path):
+    predictions = runs.read_predictions(run, "target_test")
+    scores, labels = predictions["scores"]["verb"], predictions["labels"]["verb"]
+    return labels, scores.argmax(1), scores.shape[1]
+
+
+def test_per_class_accuracy_is_sklearns_recall_mean_std_over_seeds(sweep):
+    table = per_class.per_class(aggregate.find_runs([sweep]))
+    assert table.methods == ["Source-only", "DANN"] and table.what == "accuracy"
+    setting = "source→target"
+    assert table.names[setting] == VERBS
+    for method in table.methods:
+        recalls = []
+        for seed in (0, 1):
+            labels, predicted, classes = _truth(sweep / method / f"seed{seed}")
+            recalls.append(
+                100 * recall_score(labels, predicted, labels=range(classes), average=None)
+            )
+            counts = np.bincount(labels, minlength=classes)
+            assert list(table.segments[setting]) == list(counts)
+        recalls = np.array(recalls)
+        for c in range(4):
+            mean, std, seeds = table.cell(method, setting, c)
+            assert mean == pytest.approx(recalls[:, c].mean())
+            assert std == pytest.approx(recalls[:, c].std(ddof=1))
+            assert seeds == 2
+        # the Mean row is the mean class accuracy, as the paper table's mca column
+        mean, _, _ = table.cell(method, setting, None)
+        assert mean == pytest.approx(recalls.mean(axis=1).mean())
+    paper = aggregate.aggregate(aggregate.find_runs([sweep]), metric="mca")
+    assert table.cell("DANN", setting, None)[0] == pytest.approx(paper.cell("DANN", setting)[0])
+    frame = table.to_frame()
+    row = frame[(frame["method"] == "DANN") & (frame["class"] == 2)].iloc[0]
+    assert row["name"] == "open" and row["segments"] == table.segments[setting][2]
+
+
+def test_cli_prints_the_table_writes_files_and_confusion_csvs(sweep, tmp_path, capsys):
+    out = tmp_path / "tables" / "per_class"
+    code = cli.main(["evaluate", str(sweep), "--per-class", "--confusion", "-o", str(out)])
+    stdout, stderr = capsys.readouterr()
+    assert code == 0, stderr
+    table = per_class.per_class(aggregate.find_runs([sweep]))
+    expected = table.cell("Source-only", "source→target", 1)
+    line = next(line for line in stdout.splitlines() if line.startswith("| 1 | put |"))
+    assert tables.format_mean_std_cell(expected[0], expected[1]) in line
+    assert "wrote" not in stdout and f"wrote {out.with_suffix('.csv')}" in stderr
+    frame = pd.read_csv(out.with_suffix(".csv"))
+    assert set(frame.columns) == {
+        *("setting", "class", "name", "segments", "method", "mean", "std", "seeds")
+    }
+    assert out.with_suffix(".md").exists() and out.with_suffix(".tex").exists()
+    folder = tmp_path / "tables" / "per_class.confusion"
+    total = 0
+    for seed in (0, 1):
+        labels, predicted, classes = _truth(sweep / "DANN" / f"seed{seed}")
+        written = pd.read_csv(folder / "DANN" / "source-to-target" / f"seed{seed}.csv", index_col=0)
+        assert list(written.index) == VERBS and list(written.columns) == VERBS
+        expected = confusion_matrix(labels, predicted, labels=range(classes))
+        np.testing.assert_array_equal(written.to_numpy(), expected)
+        total = total + expected
+    summed = pd.read_csv(folder / "DANN" / "source-to-target" / "sum.csv", index_col=0)
+    np.testing.assert_array_equal(summed.to_numpy(), total)
+
+
+def test_formats_and_the_python_api(sweep, tmp_path):
+    table = avda.evaluate(sweep, per_class=True, confusion=True, out=tmp_path / "pc")
+    assert isinstance(table, per_class.PerClassTable)
+    assert (tmp_path / "pc.confusion" / "Source-only" / "source-to-target" / "sum.csv").exists()
+    latex = per_class.render(table, "latex")
+    assert "\\begin{tabular}" in latex and "$\\pm$" in latex
+    html = per_class.render(table, "html")
+    assert "<caption>source→target" in html and "<td>close</td>" in html
+
+
+def test_multi_label_is_ap_per_class_as_sklearn(tmp_path):
+    cache = synthetic_cache(tmp_path / "charades.zarr", tasks=("labels",))
+    run = tmp_path / "run"
+    train(
+        cache=cache,
+        head="source-only",
+        source=["source"],
+        target=["target"],
+        out=run,
+        seed=0,
+        overrides=FAST,
+        progress=False,
+    )
+    table = avda.evaluate(run, per_class=True)
+    assert table.what == "AP" and table.confusion == {}
+    predictions = runs.read_predictions(run, "target_test")
+    scores, targets = max_over_groups(
+        predictions["scores"]["labels"], predictions["labels"]["labels"], predictions["groups"]
+    )
+    keep = targets.sum(axis=1) > 0
+    setting = "source→target"
+    for c in range(scores.shape[1]):
+        count = int(targets[keep, c].sum())
+        assert table.segments[setting][c] == count
+        if count:
+            expected = 100 * average_precision_score(targets[keep, c], scores[keep, c])
+            assert table.cell("source-only", setting, c)[0] == pytest.approx(expected)
+    mean_row = table.to_frame().iloc[-1]
+    assert mean_row["name"] == "Mean" and mean_row["segments"] == keep.sum()
+    with pytest.raises(ConfigError, match="multi-label"):
+        avda.evaluate(run, per_class=True, confusion=True, out=tmp_path / "x")
+    assert not (tmp_path / "x.md").exists()  # refused before any file is written
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--confusion", "-o", "x"], "add --per-class"),
+        (["--per-class", "--confusion"], "add -o OUT"),
+        (["--per-class", "--layout", "epic100"], "--per-class with --layout epic100"),
+        (["--per-class", "--metric", "top5"], "leave --metric out"),
+        (["--per-class", "--layout", "auto", "--compare", "DANN"], "shows no gains"),
+    ],
+)
+def test_bad_options_are_refused_in_one_line(sweep, args, message, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    code = cli.main(["evaluate", str(sweep), *args])
+    stdout, stderr = capsys.readouterr()
+    assert code != 0 and not stdout
+    assert message in stderr and len(stderr.strip().splitlines()) == 1
+    assert not list(tmp_path.iterdir())
