@@ -10,13 +10,11 @@ import pandas as pd
 import pytest
 from sklearn.metrics import average_precision_score, confusion_matrix, recall_score
 from tests.conftest import make_feature_cache
-from tests.evaluate.test_tables_aggregate import synthetic_cache
 
 import avda
 from avda import cli, runs
 from avda.errors import ConfigError
 from avda.evaluate import aggregate, per_class, tables
-from avda.scoring.metrics import max_over_groups
 from avda.train.loop import train
 
 FAST = {"epochs": 2, "hidden_dim": 16}
@@ -124,13 +122,17 @@ def test_formats_and_the_python_api(sweep, tmp_path):
 
 
 def test_multi_label_is_ap_per_class_as_sklearn(tmp_path):
-    cache = synthetic_cache(tmp_path / "charades.zarr", tasks=("labels",))
+    """AP per class of the scored samples: one per score_group (a video), its score the
+    maximum over its clips' rows, as the paper table's mAP."""
+    from tests.evaluate.test_max_over_clips import grouped_cache
+
+    cache = grouped_cache(tmp_path / "charades.zarr")
     run = tmp_path / "run"
     train(
         cache=cache,
         head="source-only",
-        source=["source"],
-        target=["target"],
+        source=["third"],
+        target=["first"],
         out=run,
         seed=0,
         overrides=FAST,
@@ -139,17 +141,24 @@ def test_multi_label_is_ap_per_class_as_sklearn(tmp_path):
     table = avda.evaluate(run, per_class=True)
     assert table.what == "AP" and table.confusion == {}
     predictions = runs.read_predictions(run, "target_test")
-    scores, targets = max_over_groups(
-        predictions["scores"]["labels"], predictions["labels"]["labels"], predictions["groups"]
-    )
+    rows: dict[str, list[int]] = {}
+    for row, group in enumerate(predictions["groups"]):
+        rows.setdefault(str(group), []).append(row)
+    assert len(rows) == 8 and len(predictions["groups"]) == 24
+    scores = np.stack([predictions["scores"]["labels"][r].max(axis=0) for r in rows.values()])
+    targets = np.stack([predictions["labels"]["labels"][r[0]] for r in rows.values()])
     keep = targets.sum(axis=1) > 0
-    setting = "source→target"
+    setting = "third→first"
+    shown = []
     for c in range(scores.shape[1]):
         count = int(targets[keep, c].sum())
         assert table.segments[setting][c] == count
         if count:
-            expected = 100 * average_precision_score(targets[keep, c], scores[keep, c])
-            assert table.cell("source-only", setting, c)[0] == pytest.approx(expected)
+            shown.append(100 * average_precision_score(targets[keep, c], scores[keep, c]))
+            assert table.cell("source-only", setting, c)[0] == pytest.approx(shown[-1])
+    assert table.cell("source-only", setting, None)[0] == pytest.approx(np.mean(shown))
+    paper = aggregate.aggregate([run])
+    assert paper.cell("source-only", setting)[0] == pytest.approx(np.mean(shown))
     mean_row = table.to_frame().iloc[-1]
     assert mean_row["name"] == "Mean" and mean_row["segments"] == keep.sum()
     with pytest.raises(ConfigError, match="multi-label"):
@@ -174,3 +183,47 @@ def test_bad_options_are_refused_in_one_line(sweep, args, message, tmp_path, mon
     assert code != 0 and not stdout
     assert message in stderr and len(stderr.strip().splitlines()) == 1
     assert not list(tmp_path.iterdir())
+
+
+def test_a_protocols_rule_picks_the_checkpoints_as_the_paper_table_does(tmp_path, monkeypatch):
+    """reduce="max": every class from the one epoch the main metric picks (epic100 rule: by
+    action top-1), and its confusion matrix; reduce="mean": each class averaged over the last
+    k checkpoints, as the paper table averages their top-1."""
+    import dataclasses
+
+    from tests.evaluate.test_tables_aggregate import _ranked_scores, _run_with_epochs
+
+    from avda import protocols
+
+    base = protocols.get("ta3n-ucf-hmdb")
+    verb, noun = np.arange(12) % 3, np.arange(12) % 4
+    verb_ranks = {1: [0] * 11 + [2], 2: [0] * 6 + [2] * 6}  # verb top-1 11/12, 6/12
+    noun_ranks = {1: [0] * 12, 2: [2] * 9 + [0] * 3}  # action top-1 11/12 (epoch 1), at most 3/12
+    epochs = [
+        {
+            "verb": (verb, _ranked_scores(verb, verb_ranks[e], 3)),
+            "noun": (noun, _ranked_scores(noun, noun_ranks[e], 4)),
+        }
+        for e in (1, 2)
+    ]
+    run = _run_with_epochs(tmp_path / "run", base.name, "ta3n", epochs)
+    expected = {
+        e: 100 * recall_score(verb, epochs[e - 1]["verb"][1].argmax(1), average=None)
+        for e in (1, 2)
+    }
+    for rule, wanted, last in (
+        (dict(metrics=("epic100",), layout="epic100", reduce="max"), expected[1], 1),
+        (dict(metrics=("top1",)), (expected[1] + expected[2]) / 2, 2),
+    ):
+        evaluation = protocols.EvaluationRule(checkpoints=2, **rule)
+        replaced = dataclasses.replace(base, evaluation=evaluation)
+        monkeypatch.setitem(protocols.PROTOCOLS, base.name, replaced)
+        table = per_class.per_class([run], task="verb")
+        got = [table.cell("ta3n", "ucf→hmdb", c)[0] for c in range(3)]
+        np.testing.assert_allclose(got, wanted)
+        assert list(table.segments["ucf→hmdb"]) == [4, 4, 4]
+        (matrix,) = table.confusion[("ta3n", "ucf→hmdb")]
+        # the matrix of the epoch scored last: the best one, or the final predictions
+        np.testing.assert_array_equal(
+            matrix, confusion_matrix(verb, epochs[last - 1]["verb"][1].argmax(1))
+        )
