@@ -534,15 +534,9 @@ def _evaluate(
     if per_class:
         from avda.evaluate import per_class as per_class_lib
 
-        table = per_class_lib.per_class(
-            aggregate.find_runs(paths), eval_set=eval_set, task=task, protocol=protocol
+        table, _ = per_class_lib.evaluate(
+            paths, eval_set=eval_set, task=task, protocol=protocol, out=out, confusion=confusion
         )
-        if confusion and not table.confusion:  # refused before any file is written
-            per_class_lib.write_confusion(table, out)
-        if out is not None:
-            per_class_lib.write(table, out)
-            if confusion:
-                per_class_lib.write_confusion(table, out)
         return table
     tables.check_layout(layout, protocol=protocol, baseline=compare)
     if layout == "runs":

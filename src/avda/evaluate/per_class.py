@@ -260,6 +260,32 @@ def per_class(
     return table
 
 
+def evaluate(
+    paths: Sequence[str | Path],
+    *,
+    eval_set: str = "auto",
+    task: str | None = None,
+    protocol: str | None = None,
+    out: str | Path | None = None,
+    confusion: bool = False,
+) -> tuple[PerClassTable, list[Path]]:
+    """``avda evaluate --per-class`` and ``avda.evaluate(per_class=True)``: the table of the
+    runs found under ``paths``, and the files written (``out``: OUT.md, OUT.csv, OUT.tex;
+    ``confusion``: the matrices in OUT.confusion/, refused before any file is written for a
+    multi-label task)."""
+    if protocol is not None:
+        protocols_lib.get(protocol)  # an unknown name lists the valid ones, before any run
+    table = per_class(
+        aggregate_lib.find_runs(paths), eval_set=eval_set, task=task, protocol=protocol
+    )
+    if confusion:
+        check_confusion(table)
+    written = write(table, out) if out is not None else []
+    if confusion and out is not None:
+        written += write_confusion(table, out)
+    return table, written
+
+
 # ------------------------------------------------------------------------------ rendering
 def _markdown(table: PerClassTable) -> str:
     lines = [f"{table.title}", ""]
@@ -352,17 +378,22 @@ def confusion_folder(out: str | Path) -> Path:
     return out.with_name(out.name.removesuffix(out.suffix) + ".confusion")
 
 
+def check_confusion(table: PerClassTable) -> None:
+    """Refuse ``--confusion`` for a multi-label task, which has no confusion matrix."""
+    if not table.confusion:
+        raise ConfigError(
+            f"--confusion: task {table.task!r} is multi-label ({table.what} per class), which "
+            "has no confusion matrix; leave --confusion out"
+        )
+
+
 def write_confusion(table: PerClassTable, out: str | Path) -> list[Path]:
     """Each run's confusion matrix (``OUT.confusion/<method>/<setting>/seed<N>.csv``) and each
     method's summed over its seeds (``.../sum.csv``): counts, row = true class, column =
     predicted class, both labelled by class name (else id); every class of the task."""
     import pandas as pd
 
-    if not table.confusion:
-        raise ConfigError(
-            f"--confusion: task {table.task!r} is multi-label ({table.what} per class), which "
-            "has no confusion matrix; leave --confusion out"
-        )
+    check_confusion(table)
     folder = confusion_folder(out)
     written = []
     used: dict[Path, tuple[str, str]] = {}

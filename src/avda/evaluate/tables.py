@@ -495,18 +495,11 @@ def evaluate_runs(
     if fmt not in FORMATS:  # before any run is read
         raise ConfigError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     if per_class:
-        from avda import protocols as protocols_lib
         from avda.evaluate import per_class as per_class_lib
 
-        if protocol is not None:
-            protocols_lib.get(protocol)  # an unknown name lists the valid ones, before any run
-        found = aggregate_lib.find_runs(paths)
-        table = per_class_lib.per_class(found, eval_set=eval_set, task=task, protocol=protocol)
-        if confusion and not table.confusion:  # refused before any file is written
-            per_class_lib.write_confusion(table, out)
-        written = per_class_lib.write(table, out) if out is not None else []
-        if confusion:
-            written += per_class_lib.write_confusion(table, out)
+        table, written = per_class_lib.evaluate(
+            paths, eval_set=eval_set, task=task, protocol=protocol, out=out, confusion=confusion
+        )
         return per_class_lib.render(table, fmt), written
     check_layout(layout, protocol=protocol, baseline=baseline)
     if layout == "runs":
