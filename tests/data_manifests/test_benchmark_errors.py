@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from avda.data_manifests import build, build_manifest, schema
-from avda.data_manifests.benchmarks import parse_options, read_build_info
+from avda.data_manifests.benchmarks import ManifestBuild, parse_options, read_build_info
 from avda.errors import ConfigError, ManifestError, UnknownNameError
 
 UDA_STEMS = (
@@ -401,3 +401,61 @@ def test_mmsada_pickle_rows_are_named_by_uid(shared_data, tmp_path):
 def test_epic55_unknown_participant_lists_the_known_ones(shared_data):
     with pytest.raises(ConfigError, match=r"unknown participant 'P99'.*valid: P01, P02"):
         build("epic55", shared_data / "annotations", participants=("P01", "P99"))
+
+
+def _interrupt_half_way(monkeypatch):
+    """``DataFrame.to_csv`` writes half its text, then is interrupted (as Ctrl-C would)."""
+    real = pd.DataFrame.to_csv
+
+    def half(self, path=None, **kwargs):
+        text = real(self, None, **kwargs)
+        if path is None:  # a fingerprint's text, not a file
+            return text
+        Path(path).write_text(text[: len(text) // 2])
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pd.DataFrame, "to_csv", half)
+
+
+def test_a_manifest_build_interrupted_while_writing_leaves_the_old_pair(
+    shared_data, tmp_path, monkeypatch
+):
+    output = tmp_path / "m.csv"
+    build_manifest("epic55-mmsada", shared_data / "annotations", output, setting="D1-D2")
+    before = output.read_bytes(), read_build_info(output)
+    with monkeypatch.context() as patch:
+        _interrupt_half_way(patch)
+        with pytest.raises(KeyboardInterrupt):
+            build_manifest("epic55-mmsada", shared_data / "annotations", output, setting="D1-D3")
+    # never half a table (it would validate, with fewer rows), no partial file left
+    assert (output.read_bytes(), read_build_info(output)) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.csv", "m.csv.build.json"]
+    with monkeypatch.context() as patch:
+        patch.setattr(ManifestBuild, "info", lambda self: (_ for _ in ()).throw(KeyboardInterrupt))
+        with pytest.raises(KeyboardInterrupt):
+            build_manifest("epic55-mmsada", shared_data / "annotations", output, setting="D1-D3")
+    # a manifest is never left beside another build's record
+    assert (output.read_bytes(), read_build_info(output)) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.csv", "m.csv.build.json"]
+    build_manifest("epic55-mmsada", shared_data / "annotations", output, setting="D1-D3")
+    assert read_build_info(output)["options"]["setting"] == "D1-D3"
+    assert sorted(schema.read(output)["domain"].unique()) == ["D1", "D3"]
+
+
+def test_a_written_manifest_replaces_the_old_one_whole(tmp_path, monkeypatch):
+    frame = pd.DataFrame(
+        {
+            "uid": ["a", "b"],
+            "video_id": "v",
+            "domain": "D1",
+            "split": "train",
+            "start_sec": [0.0, 1.0],
+            "stop_sec": [1.0, 2.0],
+        }
+    )
+    path = schema.write(frame, tmp_path / "m.csv")
+    before = path.read_bytes()
+    _interrupt_half_way(monkeypatch)
+    with pytest.raises(KeyboardInterrupt):
+        schema.write(frame.assign(uid=["c", "d"]), path)
+    assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["m.csv"]

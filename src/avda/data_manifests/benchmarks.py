@@ -26,6 +26,7 @@ from typing import Any
 
 import pandas as pd
 
+from avda._io import replace_file
 from avda.data_manifests import schema
 from avda.data_manifests.settings import Setting, resolve_setting
 from avda.errors import ConfigError, ManifestError
@@ -287,7 +288,9 @@ def build_manifest(
     """``avda manifest build``: build, optionally keep one setting's domains, write.
 
     Writes the manifest (CSV or Parquet by suffix) and ``<output>.build.json`` (class tables,
-    dropped-row counts, domains, settings, options). Returns the build.
+    dropped-row counts, domains, settings, options), each whole or not at all: a build killed
+    half-way leaves the old manifest and record, or no manifest; never a shorter table or a
+    manifest beside another build's record. Returns the build.
     """
     parsed = parse_options(benchmark, options)
     if setting is not None and "->" not in setting.replace("→", "->"):
@@ -307,7 +310,21 @@ def build_manifest(
             raise ConfigError(f"{error}{_variant_hint(benchmark, parsed, asked)}") from None
         result = result.restrict(chosen)
     output = Path(output)
-    schema.write(result.manifest, output)
-    build_info_path(output).write_text(json.dumps(result.info(), indent=2) + "\n", encoding="utf-8")
+    info_text = json.dumps(result.info(), indent=2) + "\n"
+    info = build_info_path(output)
+    info_partial = schema.partial_path(info)
+    manifest_partial = schema.write_partial(result.manifest, output)
+    try:
+        info_partial.write_text(info_text, encoding="utf-8")
+        # Both files are whole before either is renamed into place, and the old manifest goes
+        # first: a kill leaves the old pair, or no manifest (rerun the build), never a
+        # manifest beside another build's record (its class tables).
+        output.unlink(missing_ok=True)
+        replace_file(info_partial, info)
+        replace_file(manifest_partial, output)
+    except BaseException:
+        manifest_partial.unlink(missing_ok=True)
+        info_partial.unlink(missing_ok=True)
+        raise
     logger.debug("%s\nwrote %s", result.summary(), output)  # the CLI prints it on stdout
     return result

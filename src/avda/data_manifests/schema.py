@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from avda._io import replace_file
 from avda.errors import ConfigError, ManifestError
 from avda.paths import component_problem, relative_path_problem, safe_component
 
@@ -604,7 +605,26 @@ def fix_hint(problems: list[Problem]) -> str:
 
 
 def write(frame: pd.DataFrame, path: str | Path) -> Path:
-    """Write a manifest as CSV or Parquet (by suffix), after validating it."""
+    """Write a manifest as CSV or Parquet (by suffix), after validating it: whole or not at
+    all (written as :func:`partial_path` and renamed over ``path``; a write killed half-way
+    leaves ``path`` as it was, never a shorter table that would validate)."""
+    path = Path(path)
+    replace_file(write_partial(frame, path), path)
+    return path
+
+
+def partial_path(path: str | Path) -> Path:
+    """Where :func:`write` writes ``path`` before renaming it: ``.partial-<name>`` beside it
+    (same suffix, so CSV compression is inferred as for ``path``). A killed write leaves it;
+    the next write of ``path`` replaces it."""
+    path = Path(path)
+    return path.with_name(f".partial-{path.name}")
+
+
+def write_partial(frame: pd.DataFrame, path: str | Path) -> Path:
+    """Validate ``frame`` and write it as :func:`partial_path` of ``path`` (CSV or Parquet by
+    ``path``'s suffix); returns that file, for the caller to rename over ``path``. A write
+    that raises removes it."""
     path = Path(path)
     problems = find_problems(frame)
     if problems:
@@ -618,11 +638,16 @@ def write(frame: pd.DataFrame, path: str | Path) -> Path:
         values = pd.to_numeric(shown[column], errors="coerce")
         if values.notna().any() and (values.dropna() % 1 == 0).all():
             shown[column] = values.astype("Int64")
-    if path.suffix.lower() in (".parquet", ".pq"):
-        shown.to_parquet(path, index=False)
-    else:
-        shown.to_csv(path, index=False)
-    return path
+    temporary = partial_path(path)
+    try:
+        if path.suffix.lower() in (".parquet", ".pq"):
+            shown.to_parquet(temporary, index=False)
+        else:
+            shown.to_csv(temporary, index=False)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    return temporary
 
 
 def fingerprint(frame: pd.DataFrame) -> str:
