@@ -219,6 +219,25 @@ def test_the_next_import_removes_a_killed_imports_uncommitted_modality(uda, tmp_
     np.testing.assert_allclose(store.load("rgb", np.arange(6, 9)), features["RGB"], atol=4e-3)
 
 
+def test_the_next_import_removes_a_killed_writes_unfinished_files(uda, tmp_path):
+    """A writer killed while Zarr wrote a file leaves ``<name>.<hex>.partial`` (never read);
+    the next import, the store's only writer, deletes it (it was kept for good before)."""
+    ids = safe_pickle.load(uda / "EPIC_100_uda_source_val.pkl").index[:9].tolist()
+    annotations = uda / "EPIC_100_uda_source_val.pkl"
+    _feature_pickle(tmp_path / "first.pkl", ids[:6], ("RGB",))
+    out = tmp_path / "c.zarr"
+    common = dict(out=out, domain="source", split="val", annotations=annotations)
+    interop.import_features(tmp_path / "first.pkl", **common)
+    hex_name = "0123456789abcdef0123456789abcdef"
+    leftovers = [out / f"zarr.{hex_name}.partial", out / f"features/rgb/c/0/0/0.{hex_name}.partial"]
+    for leftover in leftovers:
+        leftover.write_bytes(b"half a write")
+    _feature_pickle(tmp_path / "more.pkl", ids[6:], ("RGB",), seed=3)
+    interop.import_features(tmp_path / "more.pkl", **common)
+    assert not any(leftover.exists() for leftover in leftovers)
+    assert open_cache(out).verify().attrs["notes"] == []
+
+
 def test_h5_export_round_trip_and_generic_h5(uda, tmp_path):
     ids = safe_pickle.load(uda / "EPIC_100_uda_source_val.pkl").index[:9].tolist()
     features = _feature_pickle(tmp_path / "val.pkl", ids)

@@ -373,3 +373,19 @@ def test_the_fix_of_a_tsn_placed_import_keeps_its_placement(tmp_path):
     chunk.write_bytes(chunk.read_bytes()[:7])
     message = cache_lib.open_cache(tmp_path / "tsn.zarr").verify()["message"].iloc[0]
     assert "--feature-rate 2 --num-clips 2 --placement tsn`" in message
+
+
+def test_unfinished_zarr_writes_are_a_note_naming_the_file(capsys, store_path):
+    """Zarr writes each file as ``<name>.<hex>.partial`` and renames it: a writer killed during
+    a write leaves that file (3 of 15 SIGKILLs of an import of 13 MiB chunks did), which
+    nothing reads; verify names it in a note (exit 0), and said nothing before."""
+    chunk = store_path / "features/rgb/c/0/0/0"
+    leftover = chunk.with_name("0.0123456789abcdef0123456789abcdef.partial")
+    leftover.write_bytes(chunk.read_bytes()[:10])
+    problems = cache_lib.open_cache(store_path).verify()
+    assert problems.empty
+    (note,) = problems.attrs["notes"]
+    assert "1 unfinished write file (features/rgb/c/0/0/0.0123456789abcdef" in note
+    assert "the next `avda extract` (without --shard) or `avda cache import`" in note
+    code, lines, _ = verify_cli(capsys, store_path, "-q")
+    assert code == 0 and lines[0] == f"note: {note}"

@@ -164,6 +164,23 @@ def test_a_shard_never_overwrites_the_precision_another_shard_recorded(demo_data
     check_precision(store, "rgb", "bfloat16", device="cpu", force=False, sharded=True)
 
 
+def test_an_unsharded_run_removes_unfinished_writes_a_shard_leaves_them(demo_dataset, tmp_path):
+    """Zarr's temporary file of a write a killed run never finished: the next unsharded run
+    (the store's only writer) deletes it; a shard does not (another shard's write in progress
+    looks the same)."""
+    root, manifest = demo_dataset
+    store_path = tmp_path / "s.zarr"
+    _extract(manifest.head(2), root, store_path, modalities=MODALITIES[:1], prepare_only=True)
+    leftover = store_path / "status/rgb/c/0.0123456789abcdef0123456789abcdef.partial"
+    leftover.parent.mkdir(parents=True, exist_ok=True)
+    leftover.write_bytes(b"half")
+    keep = dict(modalities=MODALITIES[:1], prepare_only=True)
+    _extract(manifest.head(2), root, store_path, shard=(0, 1), **keep)
+    assert leftover.exists()
+    _extract(manifest.head(2), root, store_path, **keep)
+    assert not leftover.exists()
+
+
 def test_sigkill_then_rerun_equals_an_uninterrupted_run(reference_store, demo_dataset, tmp_path):
     root, manifest = demo_dataset
     manifest_path = tmp_path / "manifest.csv"

@@ -68,6 +68,7 @@ from avda.cache.store import (
     nonfinite_error,
     open_cache,
     remove_partial_creations,
+    remove_unfinished_writes,
 )
 from avda.errors import CacheError, ConfigError
 
@@ -517,6 +518,7 @@ def _commit_import(
         faults.checkpoint("after-create")
     else:
         store.repair()
+        remove_unfinished_writes(out)
     if fill:  # rows in the store's order, the blocks' rows with them
         order = np.argsort(rows, kind="stable")
         rows = rows[order]

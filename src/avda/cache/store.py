@@ -14,6 +14,7 @@ import glob
 import json
 import logging
 import os
+import re
 import secrets
 import shlex
 import shutil
@@ -962,6 +963,39 @@ def remove_partial_creations(path: str | Path) -> None:
     for leftover in path.parent.glob(f"{glob.escape(prefix)}*"):
         log.warning("removing %s (a store creation that was killed)", leftover)
         shutil.rmtree(leftover, ignore_errors=True)
+
+
+_UNFINISHED_WRITE = re.compile(r"\.[0-9a-f]{32}\.partial$")
+
+
+def unfinished_writes(path: str | Path) -> list[Path]:
+    """Files of Zarr writes that never finished inside the store ``path``.
+
+    Zarr writes every file (a chunk, a ``zarr.json``) as ``<name>.<32 hex digits>.partial``
+    and renames it into place; a writer killed (or interrupted) during that write leaves the
+    temporary file. Nothing reads it, and the store is as it was before that write; it only
+    takes space (a features chunk: up to tens of MiB) and is copied with the store.
+    """
+    root = Path(path)
+    if not root.is_dir():
+        return []
+    return sorted(
+        p for p in root.rglob("*.partial") if _UNFINISHED_WRITE.search(p.name) and p.is_file()
+    )
+
+
+def remove_unfinished_writes(path: str | Path) -> None:
+    """Delete the :func:`unfinished_writes` of the store ``path``. Only a writer holding the
+    store's lock exclusively calls this: a shard's write in progress looks the same."""
+    found = unfinished_writes(path)
+    if found:
+        log.warning(
+            "%s: removing %d unfinished write file%s of a killed writer (%s%s)",
+            *(path, len(found), "s" if len(found) > 1 else ""),
+            *(found[0].relative_to(path), ", ..." if len(found) > 1 else ""),
+        )
+    for leftover in found:
+        leftover.unlink(missing_ok=True)
 
 
 def _build(

@@ -56,6 +56,16 @@ def verify_store(store: FeatureCache, *, progress: bool = False) -> pd.DataFrame
             "(readers ignore them), the next `avda cache import` into it removes them: import "
             "that file again to add it"
         )
+    unfinished = store_lib.unfinished_writes(store.path)
+    if unfinished:  # a killed writer's temporary files: never read, the store is as before them
+        first = unfinished[0].relative_to(store.path)
+        notes.append(
+            prefix + f"{len(unfinished)} unfinished write file{'s' if len(unfinished) > 1 else ''}"
+            f" ({first}{', ...' if len(unfinished) > 1 else ''}): Zarr's temporary files of "
+            "writes a killed writer never finished; not part of the store (nothing reads them), "
+            "the next `avda extract` (without --shard) or `avda cache import` into it removes "
+            "them, or delete them"
+        )
     longer = {name: a.shape[0] for name, a in arrays.items() if a.shape[0] > N}
     if longer:
         notes.append(

@@ -42,7 +42,7 @@ from avda import cache as cache_lib
 from avda._io import progress_bar, sha256_file
 from avda.cache import FeatureCache, Status, faults
 from avda.cache.lock import store_lock
-from avda.cache.store import remove_partial_creations
+from avda.cache.store import remove_partial_creations, remove_unfinished_writes
 from avda.data_manifests import schema as manifest_schema
 from avda.devices import resolve_device
 from avda.errors import CacheError, ConfigError, MediaError
@@ -709,6 +709,8 @@ def extract(
                 force=force,
                 classes=manifest.attrs.get("classes"),
             )
+            if shard is None:  # the store's only writer: no write of another is in progress
+                remove_unfinished_writes(out)
             models = []
             for spec, model in zip(modalities, built, strict=True):
                 models.append(
