@@ -194,7 +194,7 @@ def save_predictions(
         temporary=folder / f"{name}.tmp.npz",  # savez adds .npz to a name without it
     )
     table = predictions_table(arrays["uids"], labels, scores, columns)
-    table.to_csv(folder / f"{name}.csv", index=False)
+    atomic_write_text(folder / f"{name}.csv", table.to_csv(index=False))
     return folder / f"{name}.npz"
 
 

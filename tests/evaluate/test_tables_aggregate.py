@@ -943,3 +943,31 @@ def test_best_checkpoint_rule_reports_every_column_from_one_epoch(tmp_path, monk
     assert table.cell("ta3n", "action top-1")[0] == pytest.approx(60.0)
     assert table.cell("ta3n", "verb top-1")[0] == pytest.approx(60.0)  # epoch 2's, not 90
     assert table.cell("ta3n", "noun top-1")[0] == pytest.approx(100.0)
+
+
+def _writes_interrupted_half_way(monkeypatch):
+    """Every text file write stops half-way, interrupted (a kill leaves the same on disk)."""
+
+    def half(self, data, *args, **kwargs):
+        Path.write_bytes(self, data[: len(data) // 2].encode())
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Path, "write_text", half)
+
+
+def test_an_interrupted_table_write_leaves_the_old_tables_whole(sweep_like, tmp_path, monkeypatch):
+    """`avda evaluate -o` killed while writing: the tables of the last run stay (a table cut
+    short, rows missing, was left before)."""
+    table = aggregate.aggregate(aggregate.find_runs([sweep_like]))
+    run_dirs = aggregate.find_runs([sweep_like], complete_only="below")
+    written = tables.write_aggregate(table, tmp_path / "paper")
+    written += tables.write_tables(tables.results_table(run_dirs), tmp_path / "runs")
+    before = {path: path.read_bytes() for path in written}
+    with monkeypatch.context() as patch:
+        _writes_interrupted_half_way(patch)
+        with pytest.raises(KeyboardInterrupt):
+            tables.write_aggregate(table, tmp_path / "paper")
+        with pytest.raises(KeyboardInterrupt):
+            tables.write_tables(tables.results_table(run_dirs), tmp_path / "runs")
+    assert {path: path.read_bytes() for path in written} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in written)

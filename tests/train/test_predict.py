@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -419,3 +420,34 @@ def test_a_run_without_per_set_digests_warns_when_its_rows_changed(trained, tmp_
     with caplog.at_level("WARNING", logger="avda.train.predict"):
         avda.predict(run, moved, splits="test", progress=False)
     assert "predates avda's digest of each training set" in caplog.text
+
+
+def test_an_interrupted_predictions_write_leaves_no_table_cut_short(tmp_path, monkeypatch):
+    """save_predictions writes the .npz and its .csv atomically (the .csv was written in
+    place: a kill left the table for people with rows missing beside a whole .npz)."""
+    uids = np.array([f"u{i}" for i in range(50)])
+    labels = {"verb": np.arange(50) % 3}
+    scores = {"verb": np.random.default_rng(0).normal(size=(50, 3)).astype(np.float32)}
+    path = runs.save_predictions(tmp_path / "p.npz", uids, labels, scores)
+    before = (tmp_path / "p.csv").read_bytes()
+    real = pd.DataFrame.to_csv
+
+    def half(self, target=None, *args, **kwargs):
+        text = real(self, None, *args, **kwargs)
+        if target is None:
+            return text
+        Path(target).write_bytes(text[: len(text) // 2].encode())
+        raise KeyboardInterrupt
+
+    def half_text(self, data, *args, **kwargs):
+        Path.write_bytes(self, data[: len(data) // 2].encode())
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pd.DataFrame, "to_csv", half)
+    monkeypatch.setattr(Path, "write_text", half_text)
+    with pytest.raises(KeyboardInterrupt):
+        runs.save_predictions(path, uids[::-1], labels, scores)
+    monkeypatch.undo()
+    assert (tmp_path / "p.csv").read_bytes() == before
+    assert len(runs.load_predictions(tmp_path / "p.npz")["uids"]) == 50
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.csv", "p.npz"]

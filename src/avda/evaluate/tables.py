@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from avda import runs
+from avda._io import atomic_write_text
 from avda.errors import ConfigError, RunError
 from avda.scoring.protocols import set_metrics
 
@@ -126,13 +127,14 @@ def to_markdown(table: pd.DataFrame, *, digits: int = 1) -> str:
 
 
 def write_tables(table: pd.DataFrame, out: str | Path) -> list[Path]:
-    """Write ``out.md`` and ``out.csv``; returns the paths."""
+    """Write ``out.md`` and ``out.csv`` (each whole or not at all); returns the paths."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     markdown = out.with_suffix(".md")
     csv = out.with_suffix(".csv")
-    markdown.write_text(to_markdown(table) + "\n")
-    table.to_csv(csv, index=False, float_format="%.4f")
+    # each file whole or not at all: a killed evaluate never leaves a table missing rows
+    atomic_write_text(markdown, to_markdown(table) + "\n")
+    atomic_write_text(csv, table.to_csv(index=False, float_format="%.4f"))
     return [markdown, csv]
 
 
@@ -385,7 +387,8 @@ def write_aggregate(
     formats: Sequence[str] = ("markdown", "csv", "latex"),
     baseline: str | None = None,
 ) -> list[Path]:
-    """Write ``out.md``, ``out.csv``, ``out.tex`` (those in ``formats``); returns the paths."""
+    """Write ``out.md``, ``out.csv``, ``out.tex`` (those in ``formats``; each whole or not at
+    all); returns the paths."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     written = []
@@ -393,7 +396,7 @@ def write_aggregate(
         if fmt not in _SUFFIXES:
             raise ConfigError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
         path = out.with_suffix(_SUFFIXES[fmt])
-        path.write_text(render_aggregate(table, fmt, baseline=baseline).rstrip("\n") + "\n")
+        atomic_write_text(path, render_aggregate(table, fmt, baseline=baseline).rstrip("\n") + "\n")
         written.append(path)
     return written
 
