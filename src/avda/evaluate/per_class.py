@@ -28,6 +28,7 @@ import numpy as np
 
 from avda import protocols as protocols_lib
 from avda import runs
+from avda._io import atomic_write, atomic_write_text
 from avda.errors import ConfigError, RunError
 from avda.evaluate import aggregate as aggregate_lib
 from avda.evaluate import tables
@@ -363,7 +364,7 @@ def write(table: PerClassTable, out: str | Path) -> list[Path]:
     written = []
     for fmt in ("markdown", "csv", "latex"):
         path = out.with_suffix(tables._SUFFIXES[fmt])
-        path.write_text(render(table, fmt).rstrip("\n") + "\n")
+        atomic_write_text(path, render(table, fmt).rstrip("\n") + "\n")  # whole or not at all
         written.append(path)
     return written
 
@@ -412,6 +413,6 @@ def write_confusion(table: PerClassTable, out: str | Path) -> list[Path]:
                              ("sum", np.sum(matrices, axis=0))]:  # fmt: skip
             frame = pd.DataFrame(matrix, index=pd.Index(labels, name="true"), columns=labels)
             path = place / f"{name}.csv"
-            frame.to_csv(path)
+            atomic_write(path, frame.to_csv)  # whole or not at all
             written.append(path)
     return written
