@@ -292,3 +292,17 @@ def test_another_jpeg_decoding_is_named_in_the_refusal():
     assert said == "input.jpeg_dct 'fast' -> 'accurate'"
     said = finetune._differences({"input": {"source": "video"}}, {"input": fast})
     assert said.startswith("input.source 'video' -> 'flow-frames'; input.flow_stride None -> ")
+
+
+def test_a_second_finetune_into_the_same_output_is_refused_while_the_first_runs(
+    demo_dataset, tmp_path
+):
+    # Two processes fine-tuning into one -o (a script started twice) both trained and
+    # overwrote each other's OUT.partial.pt; the second now stops at once, naming the holder.
+    from avda.cache.lock import RunBusyError, output_lock
+
+    out = tmp_path / "busy.pt"
+    with output_lock(out, what="avda finetune"):  # locks are per open file: as another process
+        with pytest.raises(RunBusyError, match=r"output .*busy\.pt is being written by pid \d+"):
+            _run(demo_dataset, out)
+    assert not out.with_name("busy.pt.partial.pt").exists() and not out.exists()

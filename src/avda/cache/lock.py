@@ -121,6 +121,20 @@ def sweep_lock(out: str | Path, *, wait: float | None = None) -> Iterator[None]:
 
 
 @contextlib.contextmanager
+def output_lock(out: str | Path, *, what: str, wait: float | None = None) -> Iterator[None]:
+    """Hold the exclusive lock of an output file ``out`` (``avda finetune -o``: its partial
+    checkpoint and results), the file ``<out>.lock`` beside it: a second process writing the
+    same output (a script started twice) stops at once with :class:`RunBusyError` naming the
+    holder, instead of interleaving two trainings' checkpoints."""
+    out = Path(out)
+    with _flock(
+        out, lock_path(out), what=what, shared=False, wait=wait, kind="output",
+        error=RunBusyError,
+    ):  # fmt: skip
+        yield
+
+
+@contextlib.contextmanager
 def run_lock(run: str | Path, *, what: str, wait: float | None = None) -> Iterator[None]:
     """Hold the exclusive lock of the run folder ``run`` (created if missing) for the ``with``
     block: one process trains into a folder at a time (two would overwrite each other's
@@ -316,7 +330,7 @@ def _read_holder(fd: int) -> dict:
 def _busy_message(store: Path, path: Path, fd: int, kind: str = "cache") -> str:
     holder = _read_holder(fd)
     fix = "wait for it to finish, then run the command again"
-    if kind == "run":
+    if kind in ("run", "output"):
         fix = "wait for it to finish (or give this run another -o), then run the command again"
     if "pid" not in holder:
         return f"{kind} {store} is being written by another process (lock {path}); {fix}"

@@ -285,10 +285,39 @@ def finetune(
     device: str | None = None,
     progress: bool = True,
 ) -> FinetuneResult:
-    """Fine-tune ``backbone`` on the labelled ``source`` training segments of ``manifest``."""
+    """Fine-tune ``backbone`` on the labelled ``source`` training segments of ``manifest``.
+
+    One process writes ``out`` at a time: it holds ``<out>.lock`` (:func:`avda.cache.lock.
+    output_lock`) while it trains, resumes or checks a finished run; a second one is refused
+    with :class:`avda.cache.lock.RunBusyError` naming the holder."""
+    from avda.cache.lock import output_lock
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with output_lock(out, what="avda finetune"):
+        return _finetune(
+            manifest, inputs=inputs, backbone=backbone, modality=modality, source=source,
+            recipe=recipe, out=out, weights=weights, config=config, device=device,
+            progress=progress,
+        )  # fmt: skip
+
+
+def _finetune(
+    manifest: pd.DataFrame,
+    *,
+    inputs: InputPaths,
+    backbone: str,
+    modality: str,
+    source: list[str],
+    recipe: Recipe,
+    out: Path,
+    weights: str | Path | None,
+    config: FinetuneConfig | None,
+    device: str | None,
+    progress: bool,
+) -> FinetuneResult:
     began = time.perf_counter()
     config = config or FinetuneConfig()
-    out = Path(out)
     device = resolve_device(device)
     cuda = device.startswith("cuda")
     segments = manifest_schema.normalise(manifest)
@@ -313,7 +342,6 @@ def finetune(
     )
     generator = torch.Generator().manual_seed(config.seed)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_name(out.name + ".partial.pt")
     key = _run_key(segments, rows, num_classes, backbone, modality, weights, source, recipe,
                    config, inputs)  # fmt: skip
