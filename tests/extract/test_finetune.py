@@ -306,3 +306,26 @@ def test_a_second_finetune_into_the_same_output_is_refused_while_the_first_runs(
         with pytest.raises(RunBusyError, match=r"output .*busy\.pt is being written by pid \d+"):
             _run(demo_dataset, out)
     assert not out.with_name("busy.pt.partial.pt").exists() and not out.exists()
+
+
+def test_a_batch_holds_clips_of_different_segments(demo_dataset, tmp_path, monkeypatch):
+    # Segment after segment, a batch of 8 from mmsada-train's 10 clips per segment was 8
+    # windows of one segment (one label, one segment's BatchNorm statistics); the authors'
+    # batches are of segments. Clips now interleave across batch_size pending segments.
+    items = [(torch.full((3, 1), float(i)), i) for i in range(4)]
+    batches = list(finetune._batches(items, 4))
+    assert [b[1].tolist() for b in batches] == [[0, 1, 2, 3]] * 3
+    assert all(torch.equal(b[0][:, 0], b[1].float()) for b in batches)  # each clip its label
+    three = [b[1].tolist() for b in finetune._batches(items[:3], 2)]
+    assert three == [[0, 1], [2, 0], [1, 2], [0, 1], [2]]
+    # the training loop hands _batches batch_size segments at a time (the last: the rest)
+    seen = []
+    batches_of = finetune._batches
+
+    def spy(items, batch_size):
+        seen.append(len(items))
+        return batches_of(items, batch_size)
+
+    monkeypatch.setattr(finetune, "_batches", spy)
+    _run(demo_dataset, tmp_path / "mixed.pt", config=CONFIG.replace(epochs=1, batch_size=2))
+    assert seen[:-1] and all(n == 2 for n in seen[:-1]) and seen[-1] <= 2
