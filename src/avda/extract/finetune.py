@@ -293,16 +293,24 @@ def finetune(
     One process writes ``out`` at a time: it holds ``<out>.lock`` (:func:`avda.cache.lock.
     output_lock`) while it trains, resumes or checks a finished run; a second one is refused
     with :class:`avda.cache.lock.RunBusyError` naming the holder."""
-    from avda.cache.lock import output_lock
+    from avda.cache.lock import lock_path, output_lock
 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    with output_lock(out, what="avda finetune"):
-        return _finetune(
-            manifest, inputs=inputs, backbone=backbone, modality=modality, source=source,
-            recipe=recipe, out=out, weights=weights, config=config, device=device,
-            progress=progress,
-        )  # fmt: skip
+    lock, partial = lock_path(out), out.with_name(out.name + ".partial.pt")
+    created, there = not lock.exists(), (out.exists(), partial.exists())
+    try:
+        with output_lock(out, what="avda finetune"):
+            return _finetune(
+                manifest, inputs=inputs, backbone=backbone, modality=modality, source=source,
+                recipe=recipe, out=out, weights=weights, config=config, device=device,
+                progress=progress,
+            )  # fmt: skip
+    except BaseException:
+        # refused or stopped before it made a file: leave no lock file behind either
+        if created and (out.exists(), partial.exists()) == there:
+            lock.unlink(missing_ok=True)
+        raise
 
 
 def _finetune(
