@@ -243,6 +243,11 @@ def test_a_recipe_the_backbone_cannot_take_is_refused_before_decoding(
     # given --flow, that slowfast takes rgb only)
     with pytest.raises(ConfigError, match=r"slowfast takes only modality 'rgb', got 'flow'"):
         _run(demo_dataset, tmp_path / "s.pt", backbone="slowfast", modality="flow")
+    # SlowFast with finetune's default recipe was told "use another recipe", not which one
+    fits = r"slowfast needs its own input_spec: use another recipe \(--recipe audio-adaptive or "
+    with pytest.raises(ConfigError, match=fits + r"audio-adaptive-224\)$"):
+        _run(demo_dataset, tmp_path / "s.pt", backbone="slowfast", modality="rgb",
+             recipe=sampling.get("mmsada-train"))  # fmt: skip
 
 
 def test_a_run_recorded_before_a_recipe_field_existed_is_still_its_own(

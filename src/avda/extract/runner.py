@@ -505,15 +505,37 @@ def check_recipe_fits(
         frames = recipe.clip_frames[modality]
         check_clip_frames(model.input_spec, frames, recipe=recipe.name, backbone=backbone)
         if recipe.pixel_normalisation == "mmsada" and not model.mmsada_pixels:
+            fits = _recipes_that_fit(model, modality, backbone)
             raise ConfigError(
                 f"recipe {recipe.name!r} normalises pixels the MM-SADA way (x / 128 - 1), which "
                 f"is I3D's; {backbone} needs its own input_spec: use another recipe"
+                + (f" (--recipe {' or '.join(fits)})" if fits else "")
             )
     if maps and recipe.spatial and modality != "audio" and not model.spatial_maps:
         raise ConfigError(
             f"recipe {recipe.name!r} stores spatial maps, which avda extracts for "
             f"{', '.join(backbones.with_spatial_maps())} only (not {backbone})"
         )
+
+
+def _recipes_that_fit(model: backbones.Backbone, modality: str, backbone: str) -> list[str]:
+    """The registered recipes made for ``backbone``'s ``modality`` input: those that pass
+    :func:`check_recipe_fits` and normalise pixels by the backbone's own ``input_spec``;
+    not the v0.1 time-based ones (``mmsada``, ``demo``: placement ``centres``), which fit many
+    backbones and are made for none."""
+    from avda.extract import sampling
+
+    fits = []
+    for name in sampling.names():
+        recipe = sampling.get(name)
+        if recipe.pixel_normalisation != "input_spec" or recipe.placement == "centres":
+            continue
+        try:
+            check_recipe_fits(model, modality, backbone, recipe, maps=False)
+        except ConfigError:
+            continue
+        fits.append(name)
+    return fits
 
 
 # How video frames get their times, recorded with every modality read from video files:
