@@ -334,3 +334,42 @@ def test_a_batch_holds_clips_of_different_segments(demo_dataset, tmp_path, monke
     monkeypatch.setattr(finetune, "_batches", spy)
     _run(demo_dataset, tmp_path / "mixed.pt", config=CONFIG.replace(epochs=1, batch_size=2))
     assert seen[:-1] and all(n == 2 for n in seen[:-1]) and seen[-1] <= 2
+
+
+def test_a_store_records_the_fine_tuning_and_train_warns_of_target_labels(
+    demo_dataset, tmp_path, caplog
+):
+    # A store extracted with fine-tuned weights recorded their path and digest only: not that
+    # (nor on which domains' labels) they were fine-tuned, so a run whose target domain was
+    # the fine-tuning's source trained on target-label features without a word.
+    import avda
+    from avda.cache import open_cache
+
+    root, manifest = demo_dataset
+    result = _run(demo_dataset, tmp_path / "ft.pt", config=CONFIG.replace(epochs=1))
+    meta = json.loads((tmp_path / "ft.pt.json").read_text())
+    from avda._io import sha256_file
+
+    assert meta["weights_sha256"] == sha256_file(result.weights)
+    store_path = tmp_path / "c.zarr"
+    avda.extract(manifest, store_path, videos=root, modalities=["audio"], recipe="demo",
+                 audio_weights=result.weights, workers=0, progress=False)  # fmt: skip
+    store = open_cache(store_path)
+    tuned = store.modality_info("audio")["finetuned"]
+    assert tuned["source"] == ["source"] and tuned["epochs"] == 1 and tuned["recipe"] == "demo"
+    assert tuned["record"] == str((tmp_path / "ft.pt.json").absolute())
+    assert "(fine-tuned on source)" in store.summary()
+    from avda.train import setup
+
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="avda.train.setup"):
+        setup.plan(cache=store_path, head="source-only", source=["source"], target=["target"])
+    assert "fine-tuned" not in caplog.text
+    with caplog.at_level("WARNING", logger="avda.train.setup"):
+        setup.plan(cache=store_path, head="source-only", source=["target"], target=["source"])
+    assert "fine-tuned on the labels of target domain(s) source" in caplog.text
+    # a record beside other weights (another file's digest) is not taken as theirs
+    from avda.extract import finetune as ft
+
+    assert ft.record_of(result.weights, "0" * 64) is None
+    assert ft.record_of(tmp_path / "nothing.pt", "0" * 64) is None

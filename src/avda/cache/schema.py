@@ -101,6 +101,7 @@ OPTIONAL_MODALITY_KEYS = (
     "precision",
     "frame_times",
     "video_timestamps",
+    "finetuned",
 )
 
 

@@ -724,6 +724,9 @@ class FeatureCache:
                 if nonfinite:
                     state += f" ({nonfinite} of them NaN/inf)"
             weights = info.get("weights") or "random init"
+            tuned = info.get("finetuned")
+            if isinstance(tuned, dict):
+                weights += f" (fine-tuned on {','.join(map(str, tuned.get('source') or []))})"
             source = info.get("input") or {}
             if source.get("source") == "import":
                 weights = f"imported ({source.get('format')})"

@@ -450,10 +450,14 @@ def _finetune(
         {k: v.cpu() for k, v in classifier.state_dict().items()},
         out.with_name(out.name + ".classifier.pt"),
     )
+    from avda._io import sha256_file
+
     meta: dict[str, Any] = {
         "backbone": backbone,
         "modality": modality,
-        "init_weights": str(weights) if weights else None,
+        # absolute, as a store records its weights: a relative path means nothing elsewhere
+        "init_weights": str(Path(weights).absolute()) if weights else None,
+        "weights_sha256": sha256_file(out),  # what OUT holds: a store names the run by it
         "source": source,
         "recipe": recipe.name,
         "num_classes": num_classes,
@@ -466,6 +470,36 @@ def _finetune(
         _write_failures(out, failed)
     partial.unlink(missing_ok=True)
     return FinetuneResult(out, config.epochs, history, time.perf_counter() - began, failed)
+
+
+def record_of(weights: str | Path, sha256: str) -> dict[str, Any] | None:
+    """What a store records of the fine-tuning that wrote ``weights`` (whose SHA-256 is
+    ``sha256``): its source domains, initial weights, epochs, recipe, classes and record file,
+    read from ``<weights>.json``. None for weights avda did not fine-tune (no such record, one
+    that is not a fine-tuning's, or one written for another file: its ``weights_sha256``
+    differs). A record written before 2026-12-07 holds no ``weights_sha256`` and is taken as
+    ``weights``' own (avda never overwrites a finished fine-tuning's ``OUT``)."""
+    path = Path(weights).with_name(Path(weights).name + ".json")
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    key = meta.get("key") if isinstance(meta, dict) else None
+    if not isinstance(key, dict) or "segments" not in key or "source" not in meta:
+        return None
+    if meta.get("weights_sha256", sha256) != sha256:
+        log.warning("%s is not the record of %s (another file's SHA-256): not recorded", path,
+                    weights)  # fmt: skip
+        return None
+    return {
+        "source": list(meta.get("source") or []),
+        "init_weights": meta.get("init_weights"),
+        "init_weights_sha256": key.get("init_weights_sha256"),
+        "epochs": (meta.get("config") or {}).get("epochs"),
+        "recipe": meta.get("recipe"),
+        "num_classes": meta.get("num_classes"),
+        "record": str(path.absolute()),
+    }
 
 
 def failures_path(out: Path) -> Path:

@@ -198,16 +198,24 @@ def recipe_differences(stored: dict[str, Any], recipe: Recipe) -> list[str]:
 def _modality_entry(
     spec: ModalitySpec, model: backbones.Backbone, inputs: InputPaths
 ) -> dict[str, Any]:
-    return {
+    from avda.extract import finetune
+
+    sha256 = sha256_file(spec.weights) if spec.weights is not None else None
+    entry = {
         "backbone": spec.backbone,
         # absolute: a relative path means nothing once read from elsewhere (a name given as
         # --weights resolves to the absolute path of its fetched file)
         "weights": os.path.abspath(spec.weights) if spec.weights else None,
-        "weights_sha256": sha256_file(spec.weights) if spec.weights is not None else None,
+        "weights_sha256": sha256,
         "random_init_seed": None if spec.weights else RANDOM_INIT_SEED,
         "input_spec": model.input_spec.to_dict(),
         "input": inputs.provenance(spec.modality),
     }
+    # weights written by `avda finetune`: on which domains' labels (docs/cache_schema.md)
+    record = finetune.record_of(spec.weights, sha256) if spec.weights and sha256 else None
+    if record is not None:
+        entry["finetuned"] = record
+    return entry
 
 
 def _differences(expected: dict[str, Any], found: dict[str, Any], keys) -> list[str]:

@@ -340,6 +340,23 @@ def _check_protocol_run(protocol: str, source, target, config, head: str) -> Non
         )
 
 
+def _warn_target_labels_in_backbone(store: FeatureCache, modalities, target) -> None:
+    """A backbone `avda finetune` trained on a target domain's labels (the store records the
+    fine-tuning's source domains) has seen the labels the run is scored on: say so."""
+    for modality in modalities:
+        tuned = store.modality_info(modality).get("finetuned")
+        if not isinstance(tuned, dict):
+            continue
+        seen = sorted(set(map(str, target)) & set(map(str, tuned.get("source") or [])))
+        if seen:
+            log.warning(
+                "the %s features of %s come from a backbone fine-tuned on the labels of "
+                "target domain(s) %s (%s): its target scores are not unsupervised adaptation; "
+                "fine-tune on the source domain(s) only for that",
+                modality, store.path, ", ".join(seen), tuned.get("record"),
+            )  # fmt: skip
+
+
 def plan(
     *,
     cache: str | Path,
@@ -372,6 +389,7 @@ def plan(
     modalities = list(config.modalities) or store.modalities
     for modality in modalities:
         store.modality_info(modality)  # raises for a modality the cache lacks
+    _warn_target_labels_in_backbone(store, modalities, target)
     device = resolve_device(device)
 
     source_rows, target_rows = training_rows(store, source, target, modalities, config)
