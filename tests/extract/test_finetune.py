@@ -373,3 +373,16 @@ def test_a_store_records_the_fine_tuning_and_train_warns_of_target_labels(
 
     assert ft.record_of(result.weights, "0" * 64) is None
     assert ft.record_of(tmp_path / "nothing.pt", "0" * 64) is None
+
+
+def test_fine_tuning_without_weights_is_said_to_be_from_scratch(caplog):
+    # It said "features are meaningless beyond the architecture; give a published checkpoint
+    # (avda extract/demo: --weights ...)": wrong for a training, and another command's options.
+    from avda.extract import backbones as backbones_lib
+    from avda.extract.backbones.weights import advising
+
+    with caplog.at_level("WARNING", logger="avda.extract.backbones"):
+        with advising("finetune"):
+            backbones_lib.create("audio_resnet18", modality="audio")
+    assert "fine-tuning from random initialisation (from scratch); give --weights" in caplog.text
+    assert "meaningless" not in caplog.text and "extract/demo" not in caplog.text

@@ -91,7 +91,17 @@ def create(
     model = builder(modality=modality, weights=weights, **config)
     if weights is None:
         init_random_features_(model)
-    if weights is None and (name, modality) not in RANDOM_INIT_WARNED:
+    from avda.extract.backbones.weights import _COMMAND
+
+    if weights is None and _COMMAND.get() == "finetune":  # training from scratch has meaning
+        log.warning(
+            "%s (%s): no --weights given: fine-tuning from random initialisation (from "
+            "scratch); give --weights (a published name, `avda weights list`, or a file) to "
+            "start from a pretrained checkpoint, as the papers do",
+            name,
+            modality,
+        )
+    elif weights is None and (name, modality) not in RANDOM_INIT_WARNED:
         RANDOM_INIT_WARNED.add((name, modality))
         log.warning(
             "%s (%s): no weights given, random initialisation: features are meaningless "
