@@ -308,7 +308,7 @@ def test_a_second_finetune_into_the_same_output_is_refused_while_the_first_runs(
 
     out = tmp_path / "busy.pt"
     with output_lock(out, what="avda finetune"):  # locks are per open file: as another process
-        with pytest.raises(RunBusyError, match=r"output .*busy\.pt is being written by pid \d+"):
+        with pytest.raises(RunBusyError, match=r"output .*busy\.pt is being written by "):
             _run(demo_dataset, out)
     assert not out.with_name("busy.pt.partial.pt").exists() and not out.exists()
 
