@@ -693,7 +693,8 @@ def finetune_command(
     )
     last = result.history[-1] if result.history else {}
     typer.echo(
-        f"{out}: {result.epochs} epochs, last loss {last.get('loss', float('nan')):.4f}, "
+        f"{out}: {result.epochs} epoch{'s' if result.epochs != 1 else ''}, last loss "
+        f"{last.get('loss', float('nan')):.4f}, "
         f"train accuracy {100 * last.get('accuracy', 0):.1f}%; use it with "
         f"`avda extract {'--audio-weights' if modality == 'audio' else '--weights'} {out}`"
     )

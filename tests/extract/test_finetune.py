@@ -209,6 +209,7 @@ def test_segments_whose_inputs_fail_are_listed_and_none_left_is_an_error(demo_da
         assert ran.exit_code == 3, ran.output
         assert f"{int(lost.sum())} source segments were skipped" in ran.output
         assert "listed in " in ran.output
+        assert f"{tmp_path / 'cli.pt'}: 1 epoch, last loss" in ran.output  # not "1 epochs"
     # an output of an earlier avda has the count but no list: the message names what exists
     finetune.failures_path(tmp_path / "cli.pt").unlink()
     ran = CliRunner().invoke(app, [
