@@ -840,6 +840,23 @@ def test_a_sweep_run_that_failed_before_writing_its_folder_is_a_footnote(tmp_pat
         aggregate.find_runs([out])
 
 
+def test_a_folder_without_runs_is_refused_after_a_sweep_with_a_failed_run(tmp_path):
+    # the count of runs failed before their folder was the whole call's: a folder holding no
+    # run passed after a sweep with one such run was taken silently (before it: refused)
+    out = tmp_path / "sweep"
+    (out / "so" / "seed0").mkdir(parents=True)
+    (out / "so" / "seed0" / runs.CONFIG).write_text("head: source-only\n")
+    entries = [
+        {"run": "so/seed0", "method": "so", "status": "complete"},
+        {"run": "bad/seed0", "method": "bad", "status": "failed", "error": "ConfigError"},
+    ]
+    (out / aggregate.SWEEP_INDEX).write_text(json.dumps({"runs": entries}))
+    (tmp_path / "empty").mkdir()
+    for paths in ([tmp_path / "empty", out], [out, tmp_path / "empty"]):
+        with pytest.raises(RunError, match=r"empty holds no avda run"):
+            aggregate.find_runs(paths, complete_only=False)
+
+
 def test_published_cells_are_keyed_as_the_specs_settings_are_written(monkeypatch):
     # A spec with `settings: ["source->target"]` and published rows under the same key: only
     # named settings (D1-D2, ...) were mapped to columns, so every row was dropped while the

@@ -123,7 +123,9 @@ def find_runs(
             candidates = _sweep_order(path)
             if candidates is None:
                 candidates = _runs_below(path)
+            failed_here = False  # this path's: another path's failed runs are not its own
             for run, folder in _failed_before_a_folder(path):  # no folder: counted here
+                failed_here = True
                 if run.resolve() not in seen:
                     seen.add(run.resolve())
                     log.warning(
@@ -133,7 +135,7 @@ def find_runs(
                     )
                     failed += 1
                     found.left_out.append(f"{run} (failed in its sweep)")
-            if not candidates and not failed:
+            if not candidates and not failed_here:
                 raise RunError(f"{path} holds no avda run (no {runs.CONFIG} below it)")
         for run in candidates:
             if run.resolve() in seen:
