@@ -149,6 +149,8 @@ CASES = [
     # --layout auto for latex" to --format html, and so to a misspelt format)
     # its lines went to stdout above the table: `--format csv > t.csv` was no CSV
     ("evaluate folder --checkpoint-average 9 --format csv", 1, "would break the csv on stdout"),
+    # its fix said "or write the table with -o OUT", which with --format csv is refused again
+    ("evaluate folder --checkpoint-average 9 --format csv -o t", 1, "out (-o OUT still writes"),
     ("evaluate folder --sls 2,3,3", 1, "--sls describes the model of a challenge file: add"),
     ("evaluate folder --format json", 1, "--format must be one of markdown, latex, csv, html"),
     ("evaluate folder --layout auto --format json", 1, "got 'json'"),

@@ -1174,7 +1174,8 @@ def evaluate(
     if checkpoint_average and format_ != "markdown":  # its lines would precede the table
         raise ConfigError(
             f"--checkpoint-average prints lines of text above the table, which would break "
-            f"the {format_} on stdout: leave --format out, or write the table with -o OUT"
+            f"the {format_} on stdout: leave --format out (-o OUT still writes OUT.csv and "
+            "OUT.tex; with -o the table is printed too, so --format stays refused)"
         )
     if checkpoint_average:
         from avda.evaluate.aggregate import find_runs
