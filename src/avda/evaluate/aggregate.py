@@ -664,6 +664,19 @@ def rule_predictions(
     return [runs.read_predictions(folder / e, split) for e in epochs[-checkpoints:]]
 
 
+def run_task(info: Any, task: str | None) -> tuple[str, bool]:
+    """The task a table scores in run ``info`` (``task``, default the run's first) and whether
+    it is multi-label; a run without it is refused in one line naming the run."""
+    tasks = {t["name"]: t for t in info.tasks}
+    name = task or next(iter(tasks), None)
+    if name not in tasks:
+        raise RunError(
+            f"{info.path} has no task {name!r} (it has {', '.join(tasks) or 'none'}); "
+            "choose another --task"
+        )
+    return name, bool(tasks[name].get("multi_label"))
+
+
 def scored_checkpoints(
     info: RunInfo, split: str, rule: protocols_lib.EvaluationRule
 ) -> list[dict[str, Any]]:
@@ -838,14 +851,7 @@ def _settings_table(
     columns = [f"{s} {m}" if several else s for m in wanted for s in settings]
     table = AggregateTable("", _methods_order(infos), columns, {}, {})
     for info in infos:
-        tasks = {t["name"]: t for t in info.tasks}
-        name = task or next(iter(tasks), None)
-        if name not in tasks:
-            raise RunError(
-                f"{info.path} has no task {name!r} (it has {', '.join(tasks) or 'none'}); "
-                "choose another --task"
-            )
-        multi = bool(tasks[name].get("multi_label"))
+        name, multi = run_task(info, task)
         split = choose_set(info.path, eval_set)
         checkpoints = scored_checkpoints(info, split, rule)
         for wanted_metric in wanted:

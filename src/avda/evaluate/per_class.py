@@ -190,14 +190,7 @@ def per_class(
     kinds: dict[str, None] = {}
     names_cache: dict[str, dict[str, list[str]]] = {}
     for info in infos:
-        tasks = {t["name"]: t for t in info.tasks}
-        name = task or next(iter(tasks), None)
-        if name not in tasks:
-            raise RunError(
-                f"{info.path} has no task {name!r} (it has {', '.join(tasks) or 'none'}); "
-                "choose another --task"
-            )
-        multi = bool(tasks[name].get("multi_label"))
+        name, multi = aggregate_lib.run_task(info, task)
         kinds[f"{name} {'AP' if multi else 'accuracy'}"] = None
         split = aggregate_lib.choose_set(info.path, eval_set)
         if split not in table.sets:
