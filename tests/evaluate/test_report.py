@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 import yaml
 from tests.conftest import make_feature_cache
+from tests.train.test_audio_adaptive_pipeline import _train as train_audio_adaptive
+from tests.train.test_audio_adaptive_pipeline import make_audio_visual_cache
 
 from avda import runs
 from avda.errors import AvdaError
@@ -248,6 +250,25 @@ def test_after_embedding_is_the_heads_embedding(trained):
     assert embedding.after.shape == (60, 2 * 32)  # late fusion: hidden 32 per modality
     assert embedding.is_target.sum() == 30 and not embedding.after_is_scores
     assert np.isfinite(embedding.after).all()
+
+
+def test_a_staged_heads_embedding_shows_its_cache_features(tmp_path):
+    """Audio-Adaptive (a staged head) reloads its stages read only, as avda predict does: the
+    figure has its "before (cache features)" panels (it was refused and fell back to the
+    prediction scores, "no cache features here", though the cache was there)."""
+    cache = tmp_path / "av.zarr"
+    make_audio_visual_cache(cache, source_counts=(6, 6, 6, 6), num_classes=4, target_per_class=6)
+    run = tmp_path / "run"
+    train_audio_adaptive(cache, run)
+    stages = sorted(p.name for p in (run / "stages").iterdir())
+    embedding = report.run_embedding(run, max_points=40, embed=head_embedding)
+    assert not embedding.after_is_scores and embedding.note == ""
+    assert embedding.before is not None and len(embedding.before) == len(embedding.after)
+    assert np.isfinite(embedding.after).all() and embedding.is_target.any()
+    _, titles = report.embedding_plot(embedding)
+    assert "PCA: before (cache features), by domain" in titles
+    assert "no cache features" not in report.embedding_figure(embedding).caption
+    assert sorted(p.name for p in (run / "stages").iterdir()) == stages  # nothing written
 
 
 def test_embedding_falls_back_to_scores_when_the_cache_is_gone(trained, tmp_path):

@@ -16,7 +16,6 @@ import numpy as np
 import torch
 
 from avda import runs
-from avda.errors import RunError
 from avda.train import data as data_lib
 from avda.train.setup import RunSetup, training_rows, unlabelled_only
 from avda.train.stages import TrainingContext
@@ -62,16 +61,17 @@ def head_embedding(run: Path, max_points: int = 500, seed: int = 0) -> HeadEmbed
     The head is rebuilt from ``config.yaml`` and ``checkpoints/last.pt`` and sees what the loop
     showed it: the same clips, the same standardisation (the checkpoint's statistics), its
     ``prepare`` hook and its ``before_evaluation`` hook per side (AdaBN switches to target
-    statistics). Staged heads (:attr:`Head.staged`, whose ``prepare`` trains earlier stages)
-    are refused: the report then embeds their prediction scores. An adapting head's target
+    statistics). A staged head (:attr:`Head.staged`, Audio-Adaptive) reloads its finished
+    stages from ``RUN/stages`` read only, keyed by the run's training rows, as ``avda predict``
+    does (a stage missing or made with other rows is a RunError: the report then embeds the
+    prediction scores). An adapting head's target
     set is the run's unlabelled target training rows (:func:`avda.train.setup.training_rows`:
     without its labelled target share, and with ``unlabelled_only`` rows in place of their
     videos' other rows), as in training and ``avda predict``.
     """
     config = runs.read_config(run)
     setup = RunSetup.from_run(run)
-    if setup.head_class.staged:
-        raise RunError(f"{config['head']} trains in stages; its embedding needs those stages")
+    staged = setup.head_class.staged
     state = runs.load_checkpoint(run / runs.CHECKPOINT)
     statistics = state.get("standardize") or {}
     store, modalities = setup.store, setup.modalities
@@ -91,24 +91,29 @@ def head_embedding(run: Path, max_points: int = 500, seed: int = 0) -> HeadEmbed
     with _heads_quiet():
         model = setup.build_head(shapes)
     adaptation = None
-    if model.adapts_at_evaluation:  # the unlabelled target rows the run trained with
-        _, target_train = training_rows(
+    empty = setup.load("source_train", np.zeros(0, np.int64), statistics)
+    train_set = empty
+    if model.adapts_at_evaluation or staged:  # the rows the run trained with
+        source_train, target_train = training_rows(
             store, config["source"], config["target"], modalities, setup.config
         )
         adaptation = setup.load("target_train", target_train, statistics)
-    empty = setup.load("source_train", np.zeros(0, np.int64), statistics)
+        if staged:  # its stages reload from RUN/stages, keyed by these rows (avda predict)
+            train_set = setup.load("source_train", source_train, statistics)
     with _heads_quiet():
         model.prepare(
             TrainingContext(
                 run=run,
                 store=store,
-                train_set=empty,
+                train_set=train_set,
                 target_set=adaptation or empty,
                 eval_sets=dict(sides),
                 seed=config.get("seed", 0),
                 device="cpu",
+                read_only=True,  # a report reloads a staged head's stages, writes nothing
             )
         )
+    adaptation = adaptation if model.adapts_at_evaluation else None
     model.load_state_dict(state["model"])
     model.eval()
     task = next((t.name for t in setup.tasks if not t.multi_label), None)
@@ -119,7 +124,8 @@ def head_embedding(run: Path, max_points: int = 500, seed: int = 0) -> HeadEmbed
             for index in feature_set.batches(512, shuffle=False):
                 batch, _ = feature_set.batch(index)
                 after.append(model(batch).features.float().numpy())
-                pooled = [batch[m].mean(dim=1) for m in modalities]  # (B, K, D) -> (B, D)
+                # (B, K, D) -> (B, D); a spatial map (faithful audio-adaptive) flattened
+                pooled = [batch[m].float().mean(dim=1).flatten(1) for m in modalities]
                 before.append(torch.cat(pooled, dim=1).numpy())
                 is_target.append(np.full(len(index), side == "target"))
                 if task is not None:
