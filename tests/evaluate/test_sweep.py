@@ -153,6 +153,40 @@ def test_usage_errors_come_before_any_work(tmp_path, three_domain_cache):
     assert not any(tmp_path.iterdir())
 
 
+def test_a_published_key_that_is_no_setting_of_the_spec_is_a_spec_problem(tmp_path, capsys):
+    """A typo in a published cell's key (sourc->target) dropped its number from the table
+    without a word; the loader and --check name the key, the row and what it could be."""
+    from avda import cli
+
+    rows = {
+        "dann": {"sourc->target": 40.0, "source->target": 41.0, "Mean": 41.0},
+        # a column, a metric column and a paper's setting the spec does not run: kept
+        "source-only": {"source→target": 30.0, "verb top-1": 30.0, "D1-D2": 30.0},
+        "adabn": {"Mena": 20.0},
+    }
+    data = {
+        "cache": "nowhere.zarr",
+        "heads": ["dann", "source-only", "adabn"],
+        "settings": ["source->target"],
+        "published": {"source": "Table 1", "rows": rows},
+    }
+    with pytest.raises(ConfigError) as caught:
+        sweep.load_spec(write_spec(tmp_path, data), open_caches=False)
+    message = str(caught.value)
+    assert (
+        "published.rows.dann.sourc->target: unknown setting or column 'sourc->target'; did you "
+        "mean 'source-target'? valid: Mean, source-target, source→target (row 'dann': its "
+        "number would be left out of the table)"
+    ) in message
+    assert "published.rows.adabn.Mena: unknown setting or column 'Mena'" in message
+    assert "source-only" not in message and "2 problems" in message
+    code = cli.main(["sweep", str(tmp_path / "sweep.yaml"), "--check"])
+    assert code == 1 and "unknown setting or column 'sourc->target'" in capsys.readouterr().err
+    del rows["dann"]["sourc->target"], rows["adabn"]
+    spec = sweep.load_spec(write_spec(tmp_path, data), open_caches=False)
+    assert set(spec.published["rows"]) == {"dann", "source-only"}
+
+
 def test_duplicate_labels_are_rejected(three_domain_cache):
     with pytest.raises(ConfigError, match=r"heads\[1\]\.label: label 'dann' is already used"):
         sweep.parse_spec(

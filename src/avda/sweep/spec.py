@@ -223,6 +223,9 @@ def parse_spec(
         settings_value = list(protocol.settings)  # the protocol's table
     settings = _parse_settings(settings_value, domains, problems, several=len(caches) > 1)
     published = _parse_published(data.get("published"), problems)
+    if published is not None and settings:
+        known = {d for found in domains.values() for d in found}
+        _check_published_keys(published["rows"], settings, known, problems)
     out = data.get("out")
     if out is not None and not isinstance(out, str):
         problems.add(("out",), f"expected a folder path, got {out!r}")
@@ -308,6 +311,61 @@ def _parse_published(value: Any, problems: _Problems) -> dict[str, Any] | None:
             elif not 0 <= number <= 100:
                 problems.add((*path, column), f"expected a percentage in [0, 100], got {number}")
     return {"source": value.get("source"), "rows": rows}
+
+
+def _check_published_keys(
+    rows: dict[Any, Any], settings: list[Setting], known: set[str], problems: _Problems
+) -> None:
+    """Each published cell's key names a setting of the spec (as ``settings:`` or its column
+    ``S→T``, optionally followed by a metric: ``charades-ego mAP-authors``), ``Mean``, a metric
+    column (``verb top-1``), or a paper's setting the spec does not run whose domains avda
+    knows (its cells make the published mean comparable). Another key, a typo such as
+    ``sourc->target``, was dropped from the table without a word."""
+    runs = {(s.source_domains, s.target_domains) for s in settings}
+    # the domains of the caches, of the spec's settings and of every named setting
+    known = known | {d for s in (*settings, *NAMED_SETTINGS.values()) for d in s.domains}
+    valid = ["Mean"]
+    for setting in settings:
+        valid += [
+            setting.name,
+            f"{','.join(setting.source_domains)}→{','.join(setting.target_domains)}",
+        ]
+    for label, cells in rows.items():
+        if not isinstance(cells, dict):
+            continue
+        for key in cells:
+            first, _, rest = str(key).partition(" ")
+            if first == "Mean":
+                continue
+            shaped, setting = _published_setting(first)
+            if not shaped and rest:
+                continue  # a metric column, e.g. "verb top-1" (EPIC-100)
+            if setting is not None and (
+                (setting.source_domains, setting.target_domains) in runs
+                or all(d in known for d in setting.domains)
+            ):
+                continue
+            problems.add(
+                ("published", "rows", label, key),
+                f"{unknown_name_message('setting or column', key, dict.fromkeys(valid))} "
+                f"(row {label!r}: its number would be left out of the table)",
+            )
+
+
+def _published_setting(text: str) -> tuple[bool, Setting | None]:
+    """Whether a published key's first word is written as a setting, and that setting (None
+    where it is not one: ``D1-D1``)."""
+    if text in NAMED_SETTINGS:
+        return True, NAMED_SETTINGS[text]
+    text = text.replace("→", "->")
+    for arrow in ("->", "-"):
+        if arrow in text and text.count(arrow) == 1:
+            left, right = text.split(arrow)
+            try:
+                return True, Setting(_domain_list(left), _domain_list(right))
+            except ConfigError:
+                return True, None
+    return False, None
 
 
 def _parse_caches(data: dict, base: Path, problems: _Problems) -> dict[str, Path]:
