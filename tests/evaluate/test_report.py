@@ -261,14 +261,17 @@ def test_a_staged_heads_embedding_shows_its_cache_features(tmp_path):
     run = tmp_path / "run"
     train_audio_adaptive(cache, run)
     stages = sorted(p.name for p in (run / "stages").iterdir())
+    written = {p: p.stat().st_mtime_ns for p in run.rglob("*")}
     embedding = report.run_embedding(run, max_points=40, embed=head_embedding)
+    assert {p: p.stat().st_mtime_ns for p in run.rglob("*")} == written
     assert not embedding.after_is_scores and embedding.note == ""
     assert embedding.before is not None and len(embedding.before) == len(embedding.after)
     assert np.isfinite(embedding.after).all() and embedding.is_target.any()
     _, titles = report.embedding_plot(embedding)
     assert "PCA: before (cache features), by domain" in titles
     assert "no cache features" not in report.embedding_figure(embedding).caption
-    assert sorted(p.name for p in (run / "stages").iterdir()) == stages  # nothing written
+    assert sorted(p.name for p in (run / "stages").iterdir()) == stages  # nothing added
+    # nor rewritten: a reload that writes its stage records again passed the names check
 
 
 def test_embedding_falls_back_to_scores_when_the_cache_is_gone(trained, tmp_path):
