@@ -387,3 +387,27 @@ def test_fine_tuning_without_weights_is_said_to_be_from_scratch(caplog):
             backbones_lib.create("audio_resnet18", modality="audio")
     assert "fine-tuning from random initialisation (from scratch); give --weights" in caplog.text
     assert "meaningless" not in caplog.text and "extract/demo" not in caplog.text
+
+
+def test_a_refused_finetune_never_deletes_the_lock_file_of_the_holder(
+    demo_dataset, tmp_path, monkeypatch
+):
+    # Two avda finetune -o OUT started together both saw no OUT.lock; the one refused took
+    # the file as its own and deleted it while the other held its flock on it: a third
+    # process then created a new OUT.lock, locked it and trained beside the holder.
+    from avda.cache import lock as lock_module
+    from avda.cache.lock import RunBusyError, output_lock
+
+    out = tmp_path / "race.pt"
+    with output_lock(out, what="avda finetune"):  # the holder, started at the same moment
+        real = lock_module.lock_path
+
+        class Unseen(type(real(out))):
+            def exists(self, **kwargs):  # as it was when the refused process looked
+                return False
+
+        monkeypatch.setattr(lock_module, "lock_path", lambda path: Unseen(real(path)))
+        with pytest.raises(RunBusyError):
+            _run(demo_dataset, out)
+        monkeypatch.undo()
+        assert real(out).exists()  # the holder's lock file is still there

@@ -299,8 +299,10 @@ def finetune(
     out.parent.mkdir(parents=True, exist_ok=True)
     lock, partial = lock_path(out), out.with_name(out.name + ".partial.pt")
     created, there = not lock.exists(), (out.exists(), partial.exists())
+    held = False  # whether this process got the lock: a refused one never deletes the file
     try:
         with output_lock(out, what="avda finetune"):
+            held = True
             return _finetune(
                 manifest, inputs=inputs, backbone=backbone, modality=modality, source=source,
                 recipe=recipe, out=out, weights=weights, config=config, device=device,
@@ -308,7 +310,7 @@ def finetune(
             )  # fmt: skip
     except BaseException:
         # refused or stopped before it made a file: leave no lock file behind either
-        if created and (out.exists(), partial.exists()) == there:
+        if held and created and (out.exists(), partial.exists()) == there:
             lock.unlink(missing_ok=True)
         raise
 
