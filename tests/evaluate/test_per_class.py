@@ -227,3 +227,25 @@ def test_a_protocols_rule_picks_the_checkpoints_as_the_paper_table_does(tmp_path
         np.testing.assert_array_equal(
             matrix, confusion_matrix(verb, epochs[last - 1]["verb"][1].argmax(1))
         )
+
+
+def test_confusion_csvs_of_seeds_no_longer_evaluated_are_removed(tmp_path):
+    # A second --confusion into the same -o with fewer seeds kept seed2.csv beside a sum.csv
+    # that no longer counted it: the folder's seeds did not add up to its sum.
+    def table(seeds):
+        matrices = [np.eye(2, dtype=np.int64) * (s + 1) for s in seeds]
+        return per_class.PerClassTable(
+            task="verb", what="accuracy", sets=["test"], settings=["D1-D2"], methods=["A"],
+            segments={"D1-D2": np.array([1, 1])}, names={}, values={}, samples={"D1-D2": 2},
+            seeds={("A", "D1-D2"): list(seeds)}, confusion={("A", "D1-D2"): matrices},
+        )  # fmt: skip
+
+    out = tmp_path / "t"
+    per_class.write_confusion(table([0, 1, 2]), out)
+    written = per_class.write_confusion(table([0, 1]), out)
+    place = per_class.confusion_folder(out) / "A" / "D1-D2"
+    assert sorted(p.name for p in place.iterdir()) == ["seed0.csv", "seed1.csv", "sum.csv"]
+    assert sorted(written) == sorted(place.iterdir())
+    total = pd.read_csv(place / "sum.csv", index_col=0).to_numpy()
+    seeds = sum(pd.read_csv(place / f"seed{s}.csv", index_col=0).to_numpy() for s in (0, 1))
+    assert (total == seeds).all()

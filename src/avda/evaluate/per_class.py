@@ -384,7 +384,9 @@ def check_confusion(table: PerClassTable) -> None:
 def write_confusion(table: PerClassTable, out: str | Path) -> list[Path]:
     """Each run's confusion matrix (``OUT.confusion/<method>/<setting>/seed<N>.csv``) and each
     method's summed over its seeds (``.../sum.csv``): counts, row = true class, column =
-    predicted class, both labelled by class name (else id); every class of the task."""
+    predicted class, both labelled by class name (else id); every class of the task. A
+    ``seed<N>.csv`` an earlier call left in a folder written now is removed (its seed is not
+    in this ``sum.csv``)."""
     import pandas as pd
 
     check_confusion(table)
@@ -408,4 +410,8 @@ def write_confusion(table: PerClassTable, out: str | Path) -> list[Path]:
             path = place / f"{name}.csv"
             atomic_write(path, frame.to_csv)  # whole or not at all
             written.append(path)
+        # a seed an earlier --confusion wrote here and this one has not: its sum.csv is gone
+        for stale in set(place.glob("seed*.csv")) - set(written):
+            if re.fullmatch(r"seed-?\d+\.csv", stale.name):
+                stale.unlink(missing_ok=True)
     return written
