@@ -252,24 +252,39 @@ def test_a_recipe_the_backbone_cannot_take_is_refused_before_decoding(
 
 
 def test_a_run_recorded_before_a_recipe_field_existed_is_still_its_own(
-    demo_dataset, tmp_path, monkeypatch
+    demo_dataset, tmp_path, monkeypatch, caplog
 ):
     """A finished (or partial) run whose key an older avda wrote, without a recipe field added
-    since at its default (crop_offset "round"), is the same run: kept, resumed, not refused."""
+    since at its default (crop_offset "round"), is the same run: kept, resumed, not refused.
+    One from before batches mixed segments is kept or resumed too, with a warning saying so."""
     done = _run(demo_dataset, tmp_path / "a.pt")
     meta_path = tmp_path / "a.pt.json"
     meta = json.loads(meta_path.read_text())
+    assert meta["key"]["batches"] == finetune.BATCHES
     del meta["key"]["recipe"]["crop_offset"]  # as written before Recipe.crop_offset
     del meta["key"]["input"]  # and before the input was recorded
     meta_path.write_text(json.dumps(meta))
-    assert _run(demo_dataset, tmp_path / "a.pt").history == done.history
+    with caplog.at_level("WARNING", logger="avda"):
+        assert _run(demo_dataset, tmp_path / "a.pt").history == done.history
+    assert "held one segment's clips" not in caplog.text  # its batches are recorded
+    del meta["key"]["batches"]  # before batches held clips of several segments
+    meta_path.write_text(json.dumps(meta))
+    with caplog.at_level("WARNING", logger="avda"):
+        assert _run(demo_dataset, tmp_path / "a.pt").history == done.history
+    assert "a.pt was fine-tuned by an avda whose batches held one segment's clips" in caplog.text
+    assert "its weights are kept; remove it to fine-tune again" in caplog.text
+    caplog.clear()
     _killed_after(1, monkeypatch, demo_dataset, tmp_path / "b.pt")
     partial = tmp_path / "b.pt.partial.pt"
     state = torch.load(partial, weights_only=False)
     del state["key"]["recipe"]["crop_offset"]
     del state["key"]["input"]
+    del state["key"]["batches"]
     torch.save(state, partial)
-    assert [h["epoch"] for h in _run(demo_dataset, tmp_path / "b.pt").history] == [1, 2]
+    with caplog.at_level("WARNING", logger="avda"):
+        assert [h["epoch"] for h in _run(demo_dataset, tmp_path / "b.pt").history] == [1, 2]
+    assert "b.pt.partial.pt was fine-tuned by an avda" in caplog.text
+    assert "its epochs after 1 will not" in caplog.text
 
 
 def test_a_run_from_another_input_is_another_run(demo_dataset, tmp_path):

@@ -89,6 +89,21 @@ _SEGMENT_COLUMNS = (
 )  # fmt: skip
 
 
+BATCHES = "clips of batch_size segments"  # the key's record of how batches are drawn
+
+
+def _warn_one_segment_batches(what: Path, recorded: Any, when: str) -> None:
+    """Warn that the run ``recorded`` (a key an avda before 2026-12-07 wrote) drew each batch
+    from one segment's clips (one label, one segment's BatchNorm statistics)."""
+    if isinstance(recorded, dict) and "batches" not in recorded:
+        log.warning(
+            "%s was fine-tuned by an avda whose batches held one segment's clips (before "
+            "2026-12-07; now clips of batch_size segments, as MM-SADA's); %s; remove it to "
+            "fine-tune again",
+            *(what, when),
+        )
+
+
 def _run_key(
     segments: pd.DataFrame,
     rows: np.ndarray,
@@ -120,6 +135,7 @@ def _run_key(
         "recipe": json.loads(json.dumps(recipe.to_dict(), default=str)),
         "config": {k: v for k, v in config.to_dict().items() if k not in _NOT_IN_KEY},
         "input": inputs.provenance(modality) if inputs is not None else None,
+        "batches": BATCHES,
     }
 
 
@@ -130,6 +146,10 @@ def _current_form(recorded: Any, wanted: dict[str, Any] | None = None) -> Any:
     was (2026-12-07) takes ``wanted``'s: such runs resume unchecked on that point."""
     if isinstance(recorded, dict) and "input" not in recorded and wanted is not None:
         recorded = {**recorded, "input": wanted.get("input")}
+    if isinstance(recorded, dict) and "batches" not in recorded and wanted is not None:
+        # before 2026-12-07 a batch held one segment's clips: such runs are kept and resumed,
+        # with a warning (_warn_one_segment_batches)
+        recorded = {**recorded, "batches": wanted.get("batches")}
     if not isinstance(recorded, dict) or not isinstance(recorded.get("recipe"), dict):
         return recorded
     try:
@@ -215,6 +235,7 @@ def _finished(
     recorded = _current_form(meta.get("key"), key) if isinstance(meta, dict) else None
     trained = (meta.get("config") or {}).get("epochs") if isinstance(meta, dict) else None
     if recorded == key and trained == epochs:
+        _warn_one_segment_batches(out, meta.get("key"), "its weights are kept")
         return list(meta.get("history") or [])
     if recorded == key:
         why = f"for {trained} epochs, not {epochs}"
@@ -368,6 +389,9 @@ def _finetune(
     if partial.exists():
         state = runs.load_checkpoint(partial)
         _check_resume(partial, state.get("key"), key, int(state["epoch"]), config.epochs)
+        _warn_one_segment_batches(
+            partial, state.get("key"), f"its epochs after {int(state['epoch'])} will not"
+        )
         model.load_state_dict(state["backbone"])
         classifier.load_state_dict(state["classifier"])
         optimizer.load_state_dict(state["optimizer"])
