@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 
 import pytest
@@ -132,7 +133,18 @@ def test_train_evaluate_and_cache_info(capsys, tmp_path):
     assert (tmp_path / "results.md").exists() and (tmp_path / "results.csv").exists()
 
 
-def test_extract_with_a_corrupt_video_exits_3_with_failures_csv(capsys, tmp_path, demo_dataset):
+def test_extract_with_a_corrupt_video_exits_3_with_failures_csv(
+    capsys, tmp_path, demo_dataset, monkeypatch
+):
+    import avda._io
+
+    whole = []  # files written whole or not at all (a kill never leaves the list cut short)
+    atomic = avda._io.atomic_write_text
+    monkeypatch.setattr(
+        avda._io,
+        "atomic_write_text",
+        lambda path, text: whole.append(os.path.basename(path)) or atomic(path, text),
+    )
     root, manifest = demo_dataset
     shutil.copytree(root / "videos", tmp_path / "videos")
     first = manifest["video_path"].iloc[0]
@@ -157,6 +169,7 @@ def test_extract_with_a_corrupt_video_exits_3_with_failures_csv(capsys, tmp_path
     assert code == 3
     failures = tmp_path / "c.zarr.failures.csv"
     assert failures.exists() and "--retry-failed" in err
+    assert "c.zarr.failures.csv" in whole
     assert "3 failed" in out
     # Fix the video and retry only the failed segments.
     shutil.copy(root / first, tmp_path / first)

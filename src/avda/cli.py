@@ -513,7 +513,10 @@ def _extract(*, out: Path, quiet: bool, **options) -> None:
         if failures.exists() and store.failures().empty:
             failures.unlink()
     else:
-        result.failures.to_csv(failures, index=False)
+        from avda._io import atomic_write_text
+
+        # whole or not at all: a kill while writing never leaves a list cut short
+        atomic_write_text(failures, result.failures.to_csv(index=False))
         typer.echo(
             f"failed segments are listed in {failures}; fix them and re-run with --retry-failed",
             err=True,
@@ -620,7 +623,10 @@ def flow_command(
     )
     if not result.ok:
         failures = out / "flow.failures.csv"
-        pd.DataFrame(result.failures, columns=["video_id", "error"]).to_csv(failures, index=False)
+        from avda._io import atomic_write_text
+
+        frame = pd.DataFrame(result.failures, columns=["video_id", "error"])
+        atomic_write_text(failures, frame.to_csv(index=False))  # whole or not at all
         typer.echo(f"failed videos are listed in {failures}", err=True)
         raise typer.Exit(EXIT_FAILED_ITEMS)
 
