@@ -172,13 +172,24 @@ def _sweep_order(folder: Path) -> list[Path] | None:
     index = folder / SWEEP_INDEX
     if not index.exists():
         return None
-    try:
-        entries = json.loads(index.read_text()).get("runs", [])
-        order = [folder / e["run"] for e in entries if (folder / e["run"] / runs.CONFIG).exists()]
-    except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
+    entries = _index_runs(index)
+    if entries is None:
         log.warning("%s is not a readable sweep index: the runs below it in path order", index)
         return None
+    order = [folder / e["run"] for e in entries if (folder / e["run"] / runs.CONFIG).exists()]
     return order or None
+
+
+def _index_runs(index: Path) -> list[dict[str, Any]] | None:
+    """The run entries of the sweep index ``index`` (``sweep.json``), each with its ``run``
+    folder; None where it cannot be read as one (the callers say what they do instead)."""
+    try:
+        entries = list(json.loads(index.read_text()).get("runs", []))
+        if all(isinstance(e, dict) and isinstance(e.get("run"), str) for e in entries):
+            return entries
+    except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
+        pass
+    return None
 
 
 def _failed_before_a_folder(folder: Path) -> list[tuple[Path, Path]]:
@@ -187,14 +198,10 @@ def _failed_before_a_folder(folder: Path) -> list[tuple[Path, Path]]:
     a table without them would lose a whole method without a word."""
     failed = []
     for index in sorted(folder.rglob(SWEEP_INDEX)):
-        try:
-            entries = json.loads(index.read_text()).get("runs", [])
-            for entry in entries:
-                run = index.parent / entry["run"]
-                if entry.get("status") == "failed" and not (run / runs.CONFIG).exists():
-                    failed.append((run, index.parent))
-        except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
-            continue  # _sweep_order and _index_entry warn about it
+        for entry in _index_runs(index) or []:  # _sweep_order and _index_entry warn of one
+            run = index.parent / entry["run"]
+            if entry.get("status") == "failed" and not (run / runs.CONFIG).exists():
+                failed.append((run, index.parent))
     return failed
 
 
@@ -223,12 +230,11 @@ def _index_entry(
         if folder not in cache:
             index = folder / SWEEP_INDEX
             found: dict[str, dict[str, Any]] = {}
-            if index.exists():
-                try:
-                    for entry in json.loads(index.read_text()).get("runs", []):
-                        found[str((folder / entry["run"]).resolve())] = entry
-                except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
-                    log.warning("%s is not a readable sweep index: ignored", index)
+            entries = _index_runs(index) if index.exists() else []
+            if entries is None:
+                log.warning("%s is not a readable sweep index: ignored", index)
+            for entry in entries or []:
+                found[str((folder / entry["run"]).resolve())] = entry
             cache[folder] = found
         if str(resolved) in cache[folder]:
             return cache[folder][str(resolved)], folder
