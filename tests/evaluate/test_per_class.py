@@ -249,3 +249,24 @@ def test_confusion_csvs_of_seeds_no_longer_evaluated_are_removed(tmp_path):
     total = pd.read_csv(place / "sum.csv", index_col=0).to_numpy()
     seeds = sum(pd.read_csv(place / f"seed{s}.csv", index_col=0).to_numpy() for s in (0, 1))
     assert (total == seeds).all()
+
+
+def test_a_clash_of_confusion_folders_is_refused_before_any_file_is_written(
+    sweep, tmp_path, capsys
+):
+    # Two methods whose folder names are one (`x y` and `x_y` are both `x_y`) were refused
+    # only at the second: OUT.md, OUT.csv, OUT.tex and the first method's CSVs were written
+    import shutil
+
+    runs_dir = tmp_path / "runs"
+    shutil.copytree(sweep, runs_dir)
+    index = json.loads((runs_dir / aggregate.SWEEP_INDEX).read_text())
+    for entry in index["runs"]:
+        entry["method"] = {"Source-only": "x y", "DANN": "x_y"}[entry["method"]]
+    (runs_dir / aggregate.SWEEP_INDEX).write_text(json.dumps(index))
+    out = tmp_path / "tables" / "pc"
+    code = cli.main(["evaluate", str(runs_dir), "--per-class", "--confusion", "-o", str(out)])
+    stdout, stderr = capsys.readouterr()
+    assert code != 0 and not stdout and len(stderr.strip().splitlines()) == 1
+    assert "would share" in stderr and "'x y'" in stderr and "'x_y'" in stderr
+    assert not [path for path in (tmp_path / "tables").rglob("*") if path.is_file()]

@@ -272,8 +272,10 @@ def evaluate(
     table = per_class(
         aggregate_lib.find_runs(paths), eval_set=eval_set, task=task, protocol=protocol
     )
-    if confusion:
-        check_confusion(table)
+    if confusion and out is not None:  # a clash of folders is refused before any file
+        confusion_places(table, out)
+    elif confusion:
+        check_confusion(table)  # a multi-label task is refused without -o too
     written = write(table, out) if out is not None else []
     if confusion and out is not None:
         written += write_confusion(table, out)
@@ -381,6 +383,24 @@ def check_confusion(table: PerClassTable) -> None:
         )
 
 
+def confusion_places(table: PerClassTable, out: str | Path) -> dict[tuple[str, str], Path]:
+    """The folder of each (method, setting) under ``OUT.confusion/``, refused (after
+    :func:`check_confusion`) where two would share one: known before any file is written."""
+    check_confusion(table)
+    folder = confusion_folder(out)
+    places: dict[tuple[str, str], Path] = {}
+    owner: dict[Path, tuple[str, str]] = {}
+    for method, setting in table.confusion:
+        place = folder / _slug(method) / _slug(setting)
+        if owner.setdefault(place, (method, setting)) != (method, setting):
+            raise ConfigError(
+                f"--confusion: {owner[place]} and {(method, setting)} would share {place}; "
+                "give the sweep's methods other labels"
+            )
+        places[(method, setting)] = place
+    return places
+
+
 def write_confusion(table: PerClassTable, out: str | Path) -> list[Path]:
     """Each run's confusion matrix (``OUT.confusion/<method>/<setting>/seed<N>.csv``) and each
     method's summed over its seeds (``.../sum.csv``): counts, row = true class, column =
@@ -389,17 +409,10 @@ def write_confusion(table: PerClassTable, out: str | Path) -> list[Path]:
     in this ``sum.csv``)."""
     import pandas as pd
 
-    check_confusion(table)
-    folder = confusion_folder(out)
+    places = confusion_places(table, out)
     written = []
-    used: dict[Path, tuple[str, str]] = {}
     for (method, setting), matrices in table.confusion.items():
-        place = folder / _slug(method) / _slug(setting)
-        if used.setdefault(place, (method, setting)) != (method, setting):
-            raise ConfigError(
-                f"--confusion: {used[place]} and {(method, setting)} would share {place}; "
-                "give the sweep's methods other labels"
-            )
+        place = places[(method, setting)]
         place.mkdir(parents=True, exist_ok=True)
         names = table.names.get(setting) or None
         labels = [class_label(names, c) for c in range(matrices[0].shape[0])]
