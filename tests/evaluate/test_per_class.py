@@ -188,7 +188,8 @@ def test_bad_options_are_refused_in_one_line(sweep, args, message, tmp_path, mon
 def test_a_protocols_rule_picks_the_checkpoints_as_the_paper_table_does(tmp_path, monkeypatch):
     """reduce="max": every class from the one epoch the main metric picks (epic100 rule: by
     action top-1), and its confusion matrix; reduce="mean": each class averaged over the last
-    k checkpoints, as the paper table averages their top-1."""
+    k checkpoints, as the paper table averages their top-1, and the confusion matrix summed
+    over them (it was the final epoch's, whose diagonal disagreed with the table's cells)."""
     import dataclasses
 
     from tests.evaluate.test_tables_aggregate import _ranked_scores, _run_with_epochs
@@ -211,9 +212,10 @@ def test_a_protocols_rule_picks_the_checkpoints_as_the_paper_table_does(tmp_path
         e: 100 * recall_score(verb, epochs[e - 1]["verb"][1].argmax(1), average=None)
         for e in (1, 2)
     }
-    for rule, wanted, last in (
-        (dict(metrics=("epic100",), layout="epic100", reduce="max"), expected[1], 1),
-        (dict(metrics=("top1",)), (expected[1] + expected[2]) / 2, 2),
+    matrices = {e: confusion_matrix(verb, epochs[e - 1]["verb"][1].argmax(1)) for e in (1, 2)}
+    for rule, wanted, summed in (
+        (dict(metrics=("epic100",), layout="epic100", reduce="max"), expected[1], matrices[1]),
+        (dict(metrics=("top1",)), (expected[1] + expected[2]) / 2, matrices[1] + matrices[2]),
     ):
         evaluation = protocols.EvaluationRule(checkpoints=2, **rule)
         replaced = dataclasses.replace(base, evaluation=evaluation)
@@ -223,10 +225,9 @@ def test_a_protocols_rule_picks_the_checkpoints_as_the_paper_table_does(tmp_path
         np.testing.assert_allclose(got, wanted)
         assert list(table.segments["ucf→hmdb"]) == [4, 4, 4]
         (matrix,) = table.confusion[("ta3n", "ucf→hmdb")]
-        # the matrix of the epoch scored last: the best one, or the final predictions
-        np.testing.assert_array_equal(
-            matrix, confusion_matrix(verb, epochs[last - 1]["verb"][1].argmax(1))
-        )
+        # the matrix of the epochs the cells score: the best one, or the last two summed
+        np.testing.assert_array_equal(matrix, summed)
+        np.testing.assert_allclose(100 * np.diag(matrix) / matrix.sum(axis=1), got)
 
 
 def test_confusion_csvs_of_seeds_no_longer_evaluated_are_removed(tmp_path):

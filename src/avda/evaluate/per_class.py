@@ -58,7 +58,8 @@ class PerClassTable:
     ``samples[setting]``: the scored samples (the Mean row's count); ``names[setting]``:
     class names by id (empty where the cache names none);
     ``confusion[(method, setting)]``: per seed the ``(C, C)`` counts (row = true class) of a
-    single-label task."""
+    single-label task, summed over the checkpoints the rule scores (the last k of a mean rule:
+    each segment counted k times, the row-normalised diagonal the cells' accuracy)."""
 
     task: str
     what: str  # "accuracy" or "AP"
@@ -196,7 +197,7 @@ def per_class(
         if split not in table.sets:
             table.sets.append(split)
         checkpoints = aggregate_lib.scored_checkpoints(info, split, rule)
-        per_checkpoint, counts = [], None
+        per_checkpoint, counts, matrix = [], None, None
         for predictions in checkpoints:
             scores, labels = _scored(predictions, name, multi)
             if multi:  # the samples its AP scores: those with a positive
@@ -206,6 +207,10 @@ def per_class(
             else:
                 per_checkpoint.append(per_class_accuracy(scores, labels))
                 counts, samples = np.bincount(labels, minlength=scores.shape[1]), len(labels)
+                # summed over the checkpoints the rule scores: its row-normalised diagonal is
+                # the mean of their per-class accuracies, the table's cells
+                found = confusion_matrix(labels, scores.argmax(1), scores.shape[1])
+                matrix = found if matrix is None else matrix + found
         if counts is None or not counts.any():
             raise RunError(f"{info.path}: {split} has no labelled {name} segments to score")
         values = per_checkpoint[0]
@@ -224,9 +229,7 @@ def per_class(
                 f"{info.path}: its {split} segments per class differ from the first run of "
                 f"{info.setting}'s; the segments column counts the first run's"
             )
-        if not multi:  # the matrix of the checkpoint scored last (the final, or the best)
-            scores, labels = _scored(checkpoints[-1], name, multi)
-            matrix = confusion_matrix(labels, scores.argmax(1), scores.shape[1])
+        if matrix is not None:
             table.confusion.setdefault(key, []).append(matrix)
         if info.setting not in table.names:
             cache = str(runs.read_config(info.path).get("cache", ""))
@@ -246,7 +249,8 @@ def per_class(
     if rule.checkpoints > 1 and rule.reduce != "max":
         table.notes.append(
             f"each class's value is the mean over the last {rule.checkpoints} checkpoints; "
-            "the confusion matrices are of the final predictions"
+            f"a confusion matrix sums their predictions (each segment counted "
+            f"{rule.checkpoints} times)"
         )
     left_out = getattr(run_dirs, "left_out", [])
     if left_out:
@@ -402,7 +406,8 @@ def confusion_places(table: PerClassTable, out: str | Path) -> dict[tuple[str, s
 
 
 def write_confusion(table: PerClassTable, out: str | Path) -> list[Path]:
-    """Each run's confusion matrix (``OUT.confusion/<method>/<setting>/seed<N>.csv``) and each
+    """Each run's confusion matrix (``OUT.confusion/<method>/<setting>/seed<N>.csv``; summed
+    over the last k checkpoints a rule averages, as :attr:`PerClassTable.confusion`) and each
     method's summed over its seeds (``.../sum.csv``): counts, row = true class, column =
     predicted class, both labelled by class name (else id); every class of the task. A
     ``seed<N>.csv`` an earlier call left in a folder written now is removed (its seed is not
