@@ -271,3 +271,30 @@ def test_a_clash_of_confusion_folders_is_refused_before_any_file_is_written(
     assert code != 0 and not stdout and len(stderr.strip().splitlines()) == 1
     assert "would share" in stderr and "'x y'" in stderr and "'x_y'" in stderr
     assert not [path for path in (tmp_path / "tables").rglob("*") if path.is_file()]
+
+
+def test_runs_scored_on_different_sets_are_named_in_one_warning(sweep, tmp_path, capsys):
+    # One run whose target_test has no labels is scored on its target_val (--set auto): its
+    # cells were averaged with the others' target_test, only the title listing both sets
+    import shutil
+
+    runs_dir = tmp_path / "runs"
+    shutil.copytree(sweep, runs_dir)
+    odd = runs_dir / "DANN" / "seed1"
+    test = runs.read_predictions(odd, "target_test")
+    runs.write_predictions(odd, "target_val", test["uids"], test["labels"], test["scores"])
+    unlabelled = {"verb": np.full_like(test["labels"]["verb"], -1)}
+    runs.write_predictions(odd, "target_test", test["uids"], unlabelled, test["scores"])
+    for args in (["--per-class"], ["--layout", "auto"]):  # and the paper table alike
+        code = cli.main(["evaluate", str(runs_dir), *args])
+        stdout, stderr = capsys.readouterr()
+        assert code == 0, stderr
+        warned = [line for line in stderr.splitlines() if "scored on different sets" in line]
+        assert len(warned) == 1, stderr
+        assert f"target_val: {odd}" in warned[0] and "target_test: " in warned[0]
+        assert "--set" in warned[0] and "scored on different sets" in stdout  # the table's note
+    table = per_class.per_class(aggregate.find_runs([runs_dir]))
+    assert table.sets == ["target_test", "target_val"]
+    assert any(f"target_val: {odd}" in note for note in table.notes)
+    alone = per_class.per_class(aggregate.find_runs([sweep]))
+    assert not any("different sets" in note for note in alone.notes)

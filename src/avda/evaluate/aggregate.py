@@ -487,6 +487,28 @@ def choose_set(run: Path, eval_set: str) -> str:
     return found[0]
 
 
+def warn_mixed_sets(scored: dict[Path, str], notes: list[str]) -> None:
+    """Where ``scored`` (run -> the set it was scored on) holds more than one set (``--set
+    auto`` takes target_test where it is labelled, else target_val), a warning naming each set
+    and its runs, also added to ``notes``: a cell or a mean of them mixes the sets."""
+    by_set: dict[str, list[Path]] = {}
+    for run, split in scored.items():
+        by_set.setdefault(split, []).append(run)
+    if len(by_set) < 2:
+        return
+    parts = []
+    for split in sorted(by_set):
+        found = by_set[split]
+        more = f" and {len(found) - 2} more" if len(found) > 2 else ""
+        parts.append(f"{split}: {', '.join(map(str, found[:2]))}{more}")
+    note = (
+        f"the runs were scored on different sets ({'; '.join(parts)}), which this table "
+        "averages together; choose one with --set, or pass the runs of one set"
+    )
+    log.warning("%s", note)
+    notes.append(note)
+
+
 def _has_labels(labels: dict[str, np.ndarray]) -> bool:
     """Whether any segment has a label (single-label ids >= 0, multi-label a positive)."""
     return any(
@@ -853,7 +875,7 @@ def _settings_table(
     several = len(wanted) > 1
     names_used: dict[str, None] = {}  # in the columns' order
     scored: dict[str, set[str]] = {}  # column -> the "task metric" its cells are
-    sets_used: set[str] = set()
+    sets_used: dict[Path, str] = {}
     columns = [f"{s} {m}" if several else s for m in wanted for s in settings]
     table = AggregateTable("", _methods_order(infos), columns, {}, {})
     for info in infos:
@@ -887,7 +909,7 @@ def _settings_table(
             _add(table, info, column, value)
             names_used[f"{name} {chosen}"] = None
             scored.setdefault(column, set()).add(f"{name} {chosen}")
-        sets_used.add(split)
+        sets_used[info.path] = split
     if len(settings) > 1:
         for wanted_metric in wanted:
             mean_column = f"{MEAN} {wanted_metric}" if several else MEAN
@@ -902,7 +924,8 @@ def _settings_table(
             table.columns.append(mean_column)
             for method in table.methods:
                 _add_mean(table, method, group, mean_column)
-    table.title = f"{', '.join(sorted(sets_used))}: {', '.join(names_used)} (%)"
+    warn_mixed_sets(sets_used, table.notes)
+    table.title = f"{', '.join(sorted(set(sets_used.values())))}: {', '.join(names_used)} (%)"
     return table
 
 
@@ -930,12 +953,12 @@ def _epic100_table(
         for task, k in EPIC100_COLUMNS
     ]
     table = AggregateTable("", _methods_order(infos), columns, {}, {})
-    sets_used = set()
+    sets_used: dict[Path, str] = {}
     for info in infos:
         if not {"verb", "noun"} <= _single_label(info):
             raise RunError(f"{info.path} has no verb and noun tasks: the epic100 layout needs both")
         split = choose_set(info.path, eval_set)
-        sets_used.add(split)
+        sets_used[info.path] = split
         per_checkpoint = []
         for predictions in rule_predictions(info.path, split, rule.checkpoints, rule.reduce):
             verb, noun = predictions["labels"]["verb"], predictions["labels"]["noun"]
@@ -957,5 +980,7 @@ def _epic100_table(
             column = f"{info.setting} {task} top-{k}" if several else f"{task} top-{k}"
             key = f"all_{task}_accuracy_at_{k}"
             _add(table, info, column, reduce_checkpoints([a[key] for a in per_checkpoint], rule))
-    table.title = f"{', '.join(sorted(sets_used))}: EPIC-100 verb, noun and action accuracy (%)"
+    warn_mixed_sets(sets_used, table.notes)
+    sets = ", ".join(sorted(set(sets_used.values())))
+    table.title = f"{sets}: EPIC-100 verb, noun and action accuracy (%)"
     return table

@@ -189,11 +189,13 @@ def per_class(
         notes=notes,
     )
     kinds: dict[str, None] = {}
+    sets_used: dict[Path, str] = {}
     names_cache: dict[str, dict[str, list[str]]] = {}
     for info in infos:
         name, multi = aggregate_lib.run_task(info, task)
         kinds[f"{name} {'AP' if multi else 'accuracy'}"] = None
         split = aggregate_lib.choose_set(info.path, eval_set)
+        sets_used[info.path] = split
         if split not in table.sets:
             table.sets.append(split)
         checkpoints = aggregate_lib.scored_checkpoints(info, split, rule)
@@ -242,6 +244,7 @@ def per_class(
             "table holds one; choose the task with --task, or pass runs of one kind"
         )
     table.task, table.what = next(iter(kinds)).rsplit(" ", 1)
+    aggregate_lib.warn_mixed_sets(sets_used, table.notes)
     table.title = (
         f"{protocols_lib.describe(chosen)}; {', '.join(sorted(table.sets))}: per-class "
         f"{table.task} {table.what} (%)"
