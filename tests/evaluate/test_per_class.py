@@ -118,7 +118,8 @@ def test_formats_and_the_python_api(sweep, tmp_path):
     latex = per_class.render(table, "latex")
     assert "\\begin{tabular}" in latex and "$\\pm$" in latex
     html = per_class.render(table, "html")
-    assert "<caption>source→target" in html and "<td>close</td>" in html
+    assert '<th rowspan="5">source→target</th>' in html and '<td class="name">close</td>' in html
+    assert "Mean: per seed the mean over the classes shown, the mean class accuracy" in html
 
 
 def test_multi_label_is_ap_per_class_as_sklearn(tmp_path):

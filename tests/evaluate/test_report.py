@@ -146,6 +146,7 @@ def test_report_is_self_contained_and_every_figure_loads_in_chromium(trained, tm
     assert "Elbow chose" in page
     # what a reader sees in the rendered page: the seed view and class names
     assert "Across seeds" in text and "mean ± std over seeds" in text
+    assert "Per class" in text and "per-class verb accuracy" in text
     for head in HEADS:
         row = re.search(rf"{head} source→target 0, 1 ((?:[\d.]+ ± [\d.]+ ?)+)", text)
         assert row, f"no seed row for {head} in: {text[:600]}"
@@ -364,3 +365,42 @@ def test_rebuilding_a_head_does_not_repeat_its_training_warnings(tmp_path, caplo
         embedding = head_embedding(run, 20)
     assert embedding.after.shape[0] == 20
     assert "one visual modality" not in caplog.text and "consensus over" not in caplog.text
+
+
+def test_report_shows_the_per_class_table_as_sklearn_counts_it(trained, tmp_path):
+    # The report drew per-class bars per run but had no per-class table: a reader could not
+    # see each class's accuracy as mean ± std over seeds beside the paper table
+    from sklearn.metrics import recall_score
+
+    out = report.build_report(trained, tmp_path / "report.html", max_detailed_runs=0)
+    page = out.read_text()
+    section = re.search(r'<section id="per-class"><h2>Per class</h2>(.*?)</section>', page, re.S)
+    assert section, "no per-class section"
+    found = re.search(r'<table class="per-class"><caption>(.*?)</caption>(.*?)</table>', page)
+    caption, body = html.unescape(found.group(1)), found.group(2)
+    assert "per-class verb accuracy" in caption and "mean ± std over seeds" in caption
+    rows = [
+        [html.unescape(c) for c in re.findall(r"<t[hd][^>]*>(.*?)</t[hd]>", row)]
+        for row in re.findall(r"<tr[^>]*>(.*?)</tr>", body)
+    ]
+    assert rows[0] == ["Setting", "Class", "Name", "Segments", *HEADS]
+    assert rows[1][0] == "source→target"  # the setting heads its rows (rowspan)
+    body_rows = [rows[1][1:], *rows[2:]]
+    assert [r[1] for r in body_rows] == [*VERBS, ""] and body_rows[-1][0] == "Mean"
+    paper = aggregate.aggregate(trained, metric="mca")
+    for column, head in enumerate(HEADS, start=3):
+        recalls = []
+        for seed in SEEDS:
+            predictions = runs.read_predictions(
+                trained[HEADS.index(head) * 2 + seed], "target_test"
+            )
+            labels, scores = predictions["labels"]["verb"], predictions["scores"]["verb"]
+            recalls.append(100 * recall_score(labels, scores.argmax(1), average=None))
+        recalls = np.array(recalls)
+        for c in range(len(VERBS)):
+            mean, std = recalls[:, c].mean(), recalls[:, c].std(ddof=1)
+            assert body_rows[c][2] == str(int(np.sum(labels == c)))
+            assert body_rows[c][column] == tables.format_mean_std_cell(mean, std)
+        mean, std, _ = paper.cell(head, "source→target")  # the Mean row is the table's mca
+        assert mean == pytest.approx(recalls.mean(axis=1).mean())
+        assert body_rows[-1][column] == tables.format_mean_std_cell(mean, std)

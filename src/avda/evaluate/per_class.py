@@ -128,9 +128,13 @@ class PerClassTable:
         names = self.names.get(setting) or []
         return names[class_id] if class_id < len(names) and names[class_id] else ""
 
-    def display(self, setting: str, *, digits: int = 1) -> tuple[list[str], list[list[str]]]:
-        """The header and rows of one setting's printed table (cells ``mean ± std``)."""
-        methods = [m for m in self.methods if (m, setting) in self.values]
+    def display(
+        self, setting: str, *, digits: int = 1, methods: Sequence[str] | None = None
+    ) -> tuple[list[str], list[list[str]]]:
+        """The header and rows of one setting's printed table (cells ``mean ± std``, ``-``
+        where none): a column per method of ``methods``, by default those with runs there."""
+        if methods is None:
+            methods = [m for m in self.methods if (m, setting) in self.values]
         header = ["class", "name", "segments", *methods]
         rows = []
         for class_id in [*self.classes(setting), None]:
@@ -327,22 +331,43 @@ def _latex(table: PerClassTable) -> str:
 
 
 def _html(table: PerClassTable) -> str:
+    """One ``<table class="per-class">`` in the style of the report's results table: the
+    title and notes in its caption; per setting (a row header spanning its rows) a row per
+    class and the ``Mean`` row, a column per method of the table."""
     import html
 
-    parts = []
+    head = "".join(
+        f"<th>{html.escape(h)}</th>"
+        for h in ("Setting", "Class", "Name", "Segments", *table.methods)
+    )
+    body = []
     for setting in table.settings:
-        header, rows = table.display(setting)
-        caption = html.escape(f"{setting}: {table.title}")
-        head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-        body = "".join(
-            "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows
-        )
-        parts.append(
-            f'<table class="per-class"><caption>{caption}</caption><thead><tr>{head}</tr>'
-            f"</thead><tbody>{body}</tbody></table>"
-        )
-    parts += [f'<p class="note">{html.escape(note)}</p>' for note in table.notes]
-    return "\n".join(parts)
+        _, rows = table.display(setting, methods=table.methods)
+        for position, row in enumerate(rows):
+            cells = "".join(
+                f'<td class="name">{html.escape(c)}</td>'
+                if i == 1
+                else f"<td>{html.escape(c)}</td>"
+                for i, c in enumerate(row)
+            )
+            first = f'<th rowspan="{len(rows)}">{html.escape(setting)}</th>' if not position else ""
+            mean = ' class="mean"' if row[0] == MEAN else ""
+            body.append(f"<tr{mean}>{first}{cells}</tr>")
+    segments = (
+        "the scored samples with the class as a positive"
+        if table.what == "AP"
+        else "the class's target segments"
+    )
+    mean = "the mAP over them" if table.what == "AP" else "the mean class accuracy (mca)"
+    caption = (
+        f"{table.title}; mean ± std over seeds; segments: {segments}; {MEAN}: per seed the "
+        f"mean over the classes shown, {mean}"
+    )
+    caption = tables.caption_with_notes(caption, table.notes)
+    return (
+        f'<table class="per-class"><caption>{html.escape(caption)}</caption><thead><tr>{head}'
+        f"</tr></thead><tbody>{''.join(body)}</tbody></table>"
+    )
 
 
 def render(table: PerClassTable, fmt: str = "markdown") -> str:

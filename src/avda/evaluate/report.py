@@ -4,6 +4,9 @@ Everything is inside the file (PNG figures as base64 ``data:`` URIs, inline CSS,
 the page can be mailed or attached to an issue. It holds:
 
 * the results table in the paper layout (:mod:`avda.evaluate.aggregate`) and one row per run;
+* per task, the per-class table (:mod:`avda.evaluate.per_class`): per setting, class and
+  method the target accuracy (AP for a multi-label task) as mean ± std over seeds, with the
+  class names and their segments, its ``Mean`` row the mean class accuracy;
 * across seeds, when some method and setting were trained with several seeds (a sweep): per
   method and setting the mean ± std over seeds of every metric, and the target accuracy per
   epoch as mean ± std bands;
@@ -79,6 +82,8 @@ th, td { border: 1px solid #ddd; padding: 0.25em 0.6em; text-align: right; }
 th:first-child, caption { text-align: left; }
 caption { font-style: italic; margin-bottom: 0.4em; }
 table.results { min-width: min(100%, 40em); }
+table.per-class td.name { text-align: left; }
+table.per-class tr.mean td { border-top: 2px solid #999; }
 figure { margin: 1em 0; } figure img { max-width: 100%; }
 figcaption { color: #555; font-size: 0.9em; } .note { color: #a33; }
 """
@@ -772,6 +777,7 @@ def build_report(
             index=False, float_format=lambda v: tables.decimal_text(v, 1), classes="runs", border=0
         )
     )
+    parts.extend(per_class_section(run_dirs, infos))
     if any(len(p) > 1 for p in seed_groups(infos, warn=True).values()):  # warned once
         parts.append('<section id="seeds"><h2>Across seeds</h2>')
         table = seeds_table(infos, per_run).to_html(index=False, classes="seeds", border=0)
@@ -833,6 +839,33 @@ def build_report(
     atomic_write_text(out, "\n".join(parts) + "\n")
     log.info("wrote %s (%.1f MB)", out, out.stat().st_size / 1e6)
     return out
+
+
+def per_class_section(
+    run_dirs: Sequence[Path], infos: Sequence[aggregate_lib.RunInfo]
+) -> list[str]:
+    """The HTML of the per-class tables (``avda evaluate --per-class``'s, under the paper
+    table's protocol rule), one per task that every run has; a task whose table cannot be
+    made (other kinds in some runs, no labelled target) is a note saying why. Its warnings
+    are the paper table's, which were logged already."""
+    from avda._io import quiet_logs
+    from avda.evaluate import per_class as per_class_lib
+
+    names = [t["name"] for t in infos[0].tasks] if infos else []
+    shared = [n for n in names if all(n in {t["name"] for t in i.tasks} for i in infos)]
+    parts = []
+    for task in shared:
+        try:
+            with quiet_logs():
+                table = per_class_lib.per_class(run_dirs, task=task)
+        except AvdaError as error:
+            text = f"no per-class table of {task}: {error}"
+            parts.append(f'<p class="note">{html.escape(text)}</p>')
+        else:
+            parts.append(per_class_lib.render(table, "html"))
+    if not parts:
+        return []
+    return ['<section id="per-class"><h2>Per class</h2>', *parts, "</section>"]
 
 
 def _run_title(info: aggregate_lib.RunInfo) -> str:

@@ -323,6 +323,14 @@ def aggregate_latex(table, *, baseline: str | None = None, digits: int = 1) -> s
     return "\n".join(lines)
 
 
+def caption_with_notes(caption: str, notes: Sequence[str]) -> str:
+    """An HTML table's caption followed by its notes, as sentences: one full stop between
+    them (notes end with their own)."""
+    for note in notes:
+        caption += ("" if caption.endswith(".") else ".") + f" {note}"
+    return caption
+
+
 def aggregate_html(table, *, baseline: str | None = None, digits: int = 1) -> str:
     """An HTML ``<table>`` (class ``results``); best per column in ``<b>``."""
     from html import escape
@@ -339,8 +347,7 @@ def aggregate_html(table, *, baseline: str | None = None, digits: int = 1) -> st
     if baseline:
         caption += f"; in parentheses the gain over {baseline}"
     notes = [*_seed_notes(table), *_paired_notes(table, baseline), *getattr(table, "notes", [])]
-    for note in notes:  # sentences: one full stop between them (notes end with their own)
-        caption += ("" if caption.endswith(".") else ".") + f" {note}"
+    caption = caption_with_notes(caption, notes)
     return (
         f'<table class="results"><caption>{escape(caption)}</caption><thead><tr><th>Method</th>'
         f"{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
