@@ -162,6 +162,9 @@ def test_multi_label_is_ap_per_class_as_sklearn(tmp_path):
     assert paper.cell("source-only", setting)[0] == pytest.approx(np.mean(shown))
     mean_row = table.to_frame().iloc[-1]
     assert mean_row["name"] == "Mean" and mean_row["segments"] == keep.sum()
+    page = per_class.render(table, "html")  # as avda report shows it
+    assert "the scored samples with the class as a positive" in page and "mAP over" in page
+    assert f'<tr class="mean"><td>Mean</td><td class="name"></td><td>{keep.sum()}</td>' in page
     with pytest.raises(ConfigError, match="multi-label"):
         avda.evaluate(run, per_class=True, confusion=True, out=tmp_path / "x")
     assert not (tmp_path / "x.md").exists()  # refused before any file is written
