@@ -389,3 +389,29 @@ def test_unfinished_zarr_writes_are_a_note_naming_the_file(capsys, store_path):
     assert "the next `avda extract` (without --shard) or `avda cache import`" in note
     code, lines, _ = verify_cli(capsys, store_path, "-q")
     assert code == 0 and lines[0] == f"note: {note}"
+
+
+@pytest.mark.parametrize("column", ["domain", "uid", "stop_sec"])
+def test_a_missing_chunk_file_of_the_segment_table_is_a_problem(capsys, store_path, column):
+    """zarr reads an absent chunk of segments/<column> as "" (0.0): rows of no domain or
+    split, which a run leaves out without a word; every row has a value there, so its chunk
+    files are all written, and an absent one is a copy cut short."""
+    (store_path / f"segments/{column}/c/1").unlink()
+    problems = cache_lib.open_cache(store_path).verify()
+    assert problems[["kind", "array", "file", "rows"]].values.tolist() == [
+        ["missing", f"segments/{column}", f"segments/{column}/c/1", list(range(8, 16))]
+    ]
+    message = problems["message"].iloc[0]
+    assert f"segments/{column}/c/1 is missing, so rows 8-15 read {column}" in message
+    assert "re-create it with the command that made it" in message
+    code, lines, _ = verify_cli(capsys, store_path, "-q")
+    assert code == 3 and lines[0] == message
+
+
+def test_an_absent_chunk_of_an_optional_segment_column_is_no_problem(store_path):
+    """start_sec (and an optional column) can hold the fill value in every row of a chunk
+    (whole videos from 0 s), which zarr does not write."""
+    group = zarr.open_group(str(store_path), mode="r+")
+    group["segments/start_sec"][8:16] = 0.0
+    (store_path / "segments/start_sec/c/1").unlink(missing_ok=True)
+    assert cache_lib.open_cache(store_path).verify().empty

@@ -797,6 +797,10 @@ def _import_command(record: dict[str, Any], modality: str, entry: dict[str, Any]
     return "`" + " ".join(words) + "`"
 
 
+# How to get a store's segment table back (no command recomputes part of it).
+RECREATE_HINT = "re-create it with the command that made it (avda extract / import)"
+
+
 def damaged_chunk_message(
     array: zarr.Array,
     chunk: int,
@@ -818,7 +822,7 @@ def damaged_chunk_message(
         "interrupted copy?): restore the store from a good copy"
     )
     if group == schema.SEGMENTS_GROUP:
-        return what + ", or re-create it with the command that made it (avda extract / import)"
+        return what + ", or " + RECREATE_HINT
     if group == schema.CLUSTERS_GROUP:
         return what + f", or delete {array.path} under it and run `avda cluster` again"
     return what + ", or " + recompute_hint(array, chunk, lo, chunk_rows, imported)

@@ -122,7 +122,9 @@ def verify_store(store: FeatureCache, *, progress: bool = False) -> pd.DataFrame
                         "damaged", name, store_lib.chunk_file(array, chunk), range(lo, hi), message
                     )
                     continue
-                if group == schema.STATUS_GROUP:
+                if group == schema.SEGMENTS_GROUP and modality in ALWAYS_WRITTEN:
+                    _check_segments_file(store, array, chunk, lo, hi, problem)
+                elif group == schema.STATUS_GROUP:
                     _check_status(store, array, chunk, lo, block, problem)
                     _check_status_file(store, arrays, array, chunk, lo, hi, problem)
                     done[modality][lo:hi] = block == Status.DONE
@@ -173,6 +175,12 @@ def verify_store(store: FeatureCache, *, progress: bool = False) -> pd.DataFrame
     found.attrs.update(arrays=len(arrays), chunks=total, notes=notes)
     return found
 
+
+# Segment columns whose every row holds a value other than the fill value (a non-empty uid,
+# video, domain and split; stop_sec > start_sec >= 0): each of their chunks is a file, and an
+# absent one is a copy cut short. (start_sec, labels, ... may fill a whole chunk with the
+# fill value, which zarr does not write.)
+ALWAYS_WRITTEN = ("uid", "video_id", "domain", "split", "stop_sec")
 
 _MODALITY_GROUPS = (
     schema.FEATURES_GROUP,
@@ -241,6 +249,29 @@ def _check_shape(store, array: zarr.Array, name: str, group: str, modality: str,
                     or "run `avda extract --force` to recompute the modality"
                 ),
             )
+
+
+def _check_segments_file(store, array: zarr.Array, chunk: int, lo: int, hi: int, problem):
+    """An absent chunk file of an :data:`ALWAYS_WRITTEN` segment column reads as its fill value
+    (``""``, 0.0): rows without a uid, domain or split, which readers take as they read (a
+    run selects rows by domain and split, and would train and score without them)."""
+    from avda.cache import store as store_lib
+
+    file = store_lib.chunk_file(array, chunk)
+    if (store.path / file).is_file():
+        return
+    rows = f"rows {lo}-{hi - 1}" if hi - lo > 1 else f"row {lo}"
+    column = array.path.partition("/")[2]
+    read = "0.0" if schema.SEGMENT_COLUMNS[column] == "float" else "''"
+    problem(
+        "missing",
+        array.path,
+        file,
+        range(lo, hi),
+        f"{file} is missing, so {rows} read {column} {read}, a value no row has (a run would "
+        "take them as they read): a copy cut short (an interrupted rsync?); restore the store "
+        "from a good copy, or " + store_lib.RECREATE_HINT,
+    )
 
 
 def _check_status(store, array: zarr.Array, chunk: int, lo: int, block: np.ndarray, problem):
