@@ -168,6 +168,16 @@ def test_multi_label_is_ap_per_class_as_sklearn(tmp_path):
     with pytest.raises(ConfigError, match="multi-label"):
         avda.evaluate(run, per_class=True, confusion=True, out=tmp_path / "x")
     assert not (tmp_path / "x.md").exists()  # refused before any file is written
+    # the classes are named by the cache's class table of the task, labels' too (CharadesEgo's
+    # names were left out: only verb and noun tables were read)
+    assert set(table.to_frame()["name"].iloc[:-1]) == {""}
+    from avda.cache import open_cache
+
+    store = open_cache(cache, mode="r+")
+    names = ["hold clothes", "put clothes", "open door", "close door"]
+    store._set_provenance({**store.provenance, "classes": {"labels": names}})
+    named = avda.evaluate(run, per_class=True).to_frame().iloc[:-1]
+    assert named["name"].tolist() == [names[int(c)] for c in named["class"]]
 
 
 @pytest.mark.parametrize(

@@ -36,9 +36,11 @@ def class_names(segments) -> dict[str, list[str]]:
 
 def cache_class_names(cache: str | Path) -> dict[str, list[str]]:
     """Per task, the class names of the cache at ``cache``: its class tables (the benchmark's
-    official names: EPIC-100 verb 0 is ``take``, narrated most often as "pick-up"), else
-    :func:`class_names` of its segments; empty when it cannot be opened."""
+    official names: EPIC-100 verb 0 is ``take``, narrated most often as "pick-up"; every task's,
+    CharadesEgo's multi-label ``labels`` too), else :func:`class_names` of its segments; empty
+    when it cannot be opened."""
     from avda.cache import open_cache
+    from avda.cache.schema import TASK_COLUMNS
 
     try:
         store = open_cache(cache)
@@ -46,7 +48,7 @@ def cache_class_names(cache: str | Path) -> dict[str, list[str]]:
         tables = store.provenance.get("classes") or {}
     except (AvdaError, OSError):
         return {}
-    for task, (id_column, _) in NAME_COLUMNS.items():
+    for task, id_column in TASK_COLUMNS.items():
         if isinstance(tables.get(id_column), list) and tables[id_column]:
             out[task] = [str(name) for name in tables[id_column]]
     return out
