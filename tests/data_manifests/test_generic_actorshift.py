@@ -61,7 +61,7 @@ def test_generic_reports_schema_problems_with_file_rows(tmp_path):
     message = str(caught.value)
     assert "bad.csv row 3 [uid]: duplicate uid 'a' (first at row 2)" in message
     assert "bad.csv row 3 [stop_sec]: stop_sec 1 <= start_sec 2.0" in message
-    assert "bad.csv row 4 [split]: unknown split 'holdout'" in message
+    assert "bad.csv row 4 [split]: split value(s) holdout are not train, val, test" in message
     assert "bad.csv row 4 [start_sec]: not a number: 'x'" in message
 
 
@@ -137,7 +137,7 @@ def test_actorshift_rejects_unknown_domains_and_classes(tmp_path):
         "stop_sec": "end",
         "verb": "label",
     }
-    with pytest.raises(ManifestError, match="neither human nor animal"):
+    with pytest.raises(ManifestError, match="are not human, animal"):
         build("actorshift", path, columns=columns)
     with pytest.raises(ManifestError, match="flying"):
         build("actorshift", path, columns=columns, domains={"animals": "animal"})
@@ -162,15 +162,17 @@ def test_actorshift_reports_every_problem_of_the_files_in_one_run(tmp_path):
         build("actorshift", folder, columns=columns)
     assert str(caught.value).splitlines() == [
         "actorshift annotations have 4 problem(s):",
-        "  a.csv row 5 [split]: unknown split 'testing'; expected one of train, val, test",
-        "  a.csv row 3 [domain]: domain value(s) humans are neither human nor animal; rename "
-        "them with the domains option, e.g. domains=humans=human,animals=animal",
+        "  a.csv row 5 [split]: split value(s) testing are not train, val, test; rename them "
+        "with the splits option: `--option splits=testing=test`",
+        "  a.csv row 3 [domain]: domain value(s) humans are not human, animal; rename them "
+        "with the domains option: `--option domains=humans=human`",
         "  a.csv row 4 [verb]: class name(s) flying are not in sleeping, watching tv, eating, "
         "drinking, swimming, running, opening a door; pass class_names with the dataset's "
         "class list",
         "  b.csv row 2 [uid]: uid 'k001' is also at a.csv row 2: uids must be unique across the "
         "files",
-        "fix these in the annotation files and run `avda manifest build` again",
+        "fix these in the annotation files (or with the options named) and run `avda manifest "
+        "build` again",
     ]
     ids = ACTORSHIFT_CSV.replace(",label", ",label,cls").replace("\n", ",0\n")
     (folder / "b.csv").unlink()
@@ -180,8 +182,47 @@ def test_actorshift_reports_every_problem_of_the_files_in_one_run(tmp_path):
     with pytest.raises(ManifestError) as caught:
         build("actorshift", folder, columns={**columns, "verb_class": "cls"})
     message = str(caught.value)
-    assert "a.csv row 4 [split]: unknown split 'training'" in message
-    assert "a.csv row 4 [domain]: domain value(s) animals are neither" in message
+    assert "a.csv row 4 [split]: split value(s) training are not train, val, test" in message
+    assert "a.csv row 4 [domain]: domain value(s) animals are not human, animal" in message
     assert "a.csv row 2, row 4 [verb_class]: class id(s) 9, 12 are outside the 7 classes" in (
         message
     )
+
+
+def test_values_to_rename_are_one_problem_with_the_option_written_for_them(tmp_path):
+    """A table saying Human/Animal and training/testing: each row's split was a problem of its
+    own (the first five filled the error line; the splits option named nowhere), and the
+    domain hint's example renamed other values (domains=humans=human,animals=animal)."""
+    path = tmp_path / "actorshift.csv"
+    pairs = [("Human", "training")] * 6 + [
+        ("Animal", "testing"),
+        ("Animal", "Validation"),
+        ("ANIMAL", "holdout"),
+    ]
+    rows = [f"c{i},{actor},{subset},0,{i + 1},sleeping" for i, (actor, subset) in enumerate(pairs)]
+    path.write_text("clip,actor,subset,start,end,label\n" + "\n".join(rows) + "\n")
+    columns = {"uid": "clip", "video_id": "clip", "domain": "actor", "split": "subset",
+               "start_sec": "start", "stop_sec": "end", "verb": "label"}  # fmt: skip
+    with pytest.raises(ManifestError) as caught:
+        build("actorshift", path, columns=columns)
+    assert str(caught.value).splitlines() == [
+        "actorshift annotations have 2 problem(s):",
+        "  actorshift.csv row 2, row 3, row 4 and 6 more [split]: split value(s) Validation, "
+        "holdout, testing, training are not train, val, test; rename them with the splits "
+        "option: `--option splits=Validation=val,holdout=<train|val|test>,testing=test,"
+        "training=train`",
+        "  actorshift.csv row 2, row 3, row 4 and 6 more [domain]: domain value(s) ANIMAL, "
+        "Animal, Human are not human, animal; rename them with the domains option: `--option "
+        "domains=ANIMAL=animal,Animal=animal,Human=human`",
+        "fix these in the annotation files (or with the options named) and run `avda manifest "
+        "build` again",
+    ]
+    renamed = build(
+        "actorshift",
+        path,
+        columns=columns,
+        splits={"training": "train", "testing": "test", "Validation": "val", "holdout": "test"},
+        domains={"ANIMAL": "animal", "Animal": "animal", "Human": "human"},
+    )
+    assert renamed.manifest["split"].tolist() == ["train"] * 6 + ["test", "val", "test"]
+    assert renamed.manifest["domain"].tolist() == ["human"] * 6 + ["animal"] * 3

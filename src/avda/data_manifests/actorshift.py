@@ -15,7 +15,8 @@ The table needs the manifest columns, renamed with ``columns`` when the file nam
 differently, e.g. ``columns=uid=clip,video_id=clip,domain=actor,split=subset,
 start_sec=start,stop_sec=end,verb=label``. When the table has class names (``verb``) but no
 ids, ids are the position of the name in ``class_names`` (case, spaces and ``_`` ignored).
-Domain values other than ``human``/``animal`` must be renamed with ``domains=humans=human,...``.
+Domain values other than ``human``/``animal`` must be renamed with ``domains=Humans=human,...``
+(a problem names the values found and the option, written for them; splits the same way).
 Unknown domains, class ids and class names are problems of their file and rows, reported with
 the schema's (:func:`load_tables`' ``check``) so that one run names every problem.
 """
@@ -24,13 +25,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from avda.data_manifests.benchmarks import ManifestBuild, register
 from avda.data_manifests.generic import load_tables
 from avda.data_manifests.settings import ACTORSHIFT
-from avda.data_manifests.sources import SourceProblems, SourceTable
+from avda.data_manifests.sources import SourceProblems, SourceTable, add_rename_problem
 
 NAME = "actorshift"
 CLASSES: tuple[str, ...] = (
@@ -52,14 +52,6 @@ def _key(name: object) -> str:
     return " ".join(str(name).replace("_", " ").lower().split())
 
 
-def _rows(table: SourceTable, mask: pd.Series, shown: int = 3) -> str:
-    """The rows of ``mask`` as a message names them: ``row 4``, ``row 4, row 9 and 3 more``."""
-    positions = np.flatnonzero(mask.to_numpy(dtype=bool))
-    names = [table.row_label(int(p)) for p in positions[:shown]]
-    more = f" and {len(positions) - shown} more" if len(positions) > shown else ""
-    return ", ".join(names) + more
-
-
 @register(NAME)
 def build(
     annotations: Path,
@@ -79,24 +71,14 @@ def build(
     def check(table: SourceTable, frame: pd.DataFrame, problems: SourceProblems) -> None:
         """ActorShift's domains and classes, checked with the schema (one run reports all)."""
         if "domain" in frame.columns:
-            values = frame["domain"].astype("string").str.strip()
-            unknown = values.notna() & (values != "") & ~values.isin(list(DOMAINS))
-            if unknown.any():
-                problems.add(
-                    table.name,
-                    _rows(table, unknown),
-                    "domain",
-                    f"domain value(s) {', '.join(sorted(set(values[unknown])))} are neither "
-                    "human nor animal; rename them with the domains option, e.g. "
-                    "domains=humans=human,animals=animal",
-                )
+            add_rename_problem(problems, table, frame["domain"], list(DOMAINS), "domain", "domains")
         if "verb_class" in frame.columns:
             ids = pd.to_numeric(frame["verb_class"], errors="coerce")
             outside = (ids >= len(class_names)).fillna(False)
             if outside.any():
                 problems.add(
                     table.name,
-                    _rows(table, outside),
+                    table.rows_label(outside),
                     "verb_class",
                     f"class id(s) {', '.join(str(int(i)) for i in sorted(set(ids[outside])))} "
                     f"are outside the {len(class_names)} classes {', '.join(class_names)}; "
@@ -108,7 +90,7 @@ def build(
             if unknown.any():
                 problems.add(
                     table.name,
-                    _rows(table, unknown),
+                    table.rows_label(unknown),
                     "verb",
                     f"class name(s) {', '.join(sorted(set(keys[unknown])))} are not in "
                     f"{', '.join(class_names)}; pass class_names with the dataset's class list",

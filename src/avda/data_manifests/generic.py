@@ -22,7 +22,12 @@ import pandas as pd
 
 from avda.data_manifests import schema
 from avda.data_manifests.benchmarks import ManifestBuild, register
-from avda.data_manifests.sources import SourceProblems, SourceTable, read_csv_table
+from avda.data_manifests.sources import (
+    SourceProblems,
+    SourceTable,
+    add_rename_problem,
+    read_csv_table,
+)
 from avda.errors import ConfigError, ManifestError
 
 NAME = "generic"
@@ -106,7 +111,14 @@ def load_tables(
         for column, mapping in (("domain", domains), ("split", splits)):
             if mapping and column in frame.columns:
                 frame[column] = frame[column].astype(str).str.strip().replace(mapping)
+        renamed_split = np.zeros(len(frame), dtype=bool)
+        if "split" in frame.columns:  # one problem naming the values and their rename
+            renamed_split = add_rename_problem(
+                problems, table, frame["split"], schema.SPLITS, "split", "splits"
+            )
         for problem in schema.find_problems(frame):
+            if problem.column == "split" and problem.row and renamed_split[problem.row - 2]:
+                continue  # named above
             if problem.row is None:
                 problems.add(table.name, None, problem.column, problem.message)
             else:

@@ -58,6 +58,7 @@ class SourceProblems:
         self.benchmark = benchmark
         self.released = released  # whether the benchmark's files were published (not user's)
         self.problems: list[SourceProblem] = []
+        self.renames = False  # a problem names an option that renames its values
 
     def add(self, file: str, row: str | None, column: str | None, message: str) -> None:
         self.problems.append(SourceProblem(file, row, column, message))
@@ -89,8 +90,10 @@ class SourceProblems:
         if len(self.problems) > len(shown):
             lines.append(f"  ... and {len(self.problems) - len(shown)} more")
         released = " (or use the files as released)" if self.released else ""
+        renames = " (or with the options named)" if self.renames else ""
         lines.append(
-            f"fix these in the annotation files{released} and run `avda manifest build` again"
+            f"fix these in the annotation files{released}{renames} and run `avda manifest "
+            "build` again"
         )
         raise ManifestError("\n".join(lines))
 
@@ -128,6 +131,49 @@ class SourceTable:
         if self.index_values is not None:
             return f"record {position + 1} (index {self.index_values[position]!r})"
         return f"record {position + 1}"
+
+    def rows_label(self, mask: np.ndarray | pd.Series, shown: int = 3) -> str:
+        """The rows of ``mask`` as one problem names them: ``row 4, row 9 and 3 more``."""
+        positions = np.flatnonzero(np.asarray(mask, dtype=bool))
+        names = [self.row_label(int(p)) for p in positions[:shown]]
+        more = f" and {len(positions) - shown} more" if len(positions) > shown else ""
+        return ", ".join(names) + more
+
+
+def add_rename_problem(
+    problems: SourceProblems,
+    table: SourceTable,
+    values: pd.Series,
+    valid: Sequence[str],
+    column: str,
+    option: str,
+) -> np.ndarray:
+    """One problem for the rows of ``table`` whose ``column`` holds a value outside ``valid``
+    (empty ones aside), naming the values and the ``option`` that renames them, written for
+    them: ``--option splits=testing=test,training=train`` (a value is guessed as the valid
+    name it starts with, case aside, else left for the user: ``Val=<train|val|test>``).
+    Returns the rows' mask (``values`` is aligned with ``table.frame``)."""
+    text = values.astype("string").str.strip()
+    unknown = (text.notna() & (text != "") & ~text.isin(list(valid))).to_numpy(dtype=bool)
+    if not unknown.any():
+        return unknown
+    found = sorted(set(text[unknown]))
+    choices = "<" + "|".join(valid) + ">"
+
+    def guess(value: str) -> str:
+        key = value.lower()
+        return next((name for name in valid if key.startswith(name)), choices)
+
+    renames = ",".join(f"{value}={guess(value)}" for value in found)
+    problems.renames = True
+    problems.add(
+        table.name,
+        table.rows_label(unknown),
+        column,
+        f"{column} value(s) {', '.join(found)} are not {', '.join(valid)}; rename them with "
+        f"the {option} option: `--option {option}={renames}`",
+    )
+    return unknown
 
 
 def locate(
