@@ -55,10 +55,12 @@ def make_feature_cache(
     chunk_rows: int = 8,
     verb_names=None,
     domains=("source", "target"),
+    target_train: bool = True,
 ):
     """A cache of synthetic features: class clusters, target moved by ``shift`` (real Zarr);
     ``verb_names``: a ``verb`` column naming each class (as a manifest's does); ``domains``:
-    the names of the source and the (shifted) target domain."""
+    the names of the source and the (shifted) target domain; ``target_train=False``: the
+    target has test segments only (CharadesEgo v0's first person)."""
     from avda import cache as cache_lib
     from avda.cache import Status
 
@@ -66,6 +68,8 @@ def make_feature_cache(
     rows = []
     for domain in domains:
         for split, count in (("train", per_class), ("test", per_class // 2)):
+            if split == "train" and domain == domains[1] and not target_train:
+                continue
             for c in range(num_classes):
                 for i in range(count):
                     rows.append(

@@ -474,3 +474,29 @@ def test_a_run_recorded_before_a_field_existed_is_the_same_run(shifted_cache, tm
     path.write_text(yaml.safe_dump(config))
     with pytest.raises(RunError, match="head_config.hidden_dim"):
         _train(shifted_cache, out, epochs=1)
+
+
+@pytest.mark.parametrize(
+    ("domains", "charades"), [(("third", "first"), True), (("source", "target"), False)]
+)
+def test_a_head_with_a_target_term_without_target_training_rows_says_what_to_do(
+    tmp_path, domains, charades
+):
+    """CharadesEgo's v0 files have no first-person training video: DANN on them was refused
+    without a word of why or what to do (source-only trains)."""
+    cache = tmp_path / "c.zarr"
+    make_feature_cache(cache, per_class=4, domains=domains, target_train=False)
+    options = {"epochs": 1, "batch_size": 8}
+    kwargs = {"cache": cache, "source": [domains[0]], "target": [domains[1]], "progress": False}
+    with pytest.raises(CacheError) as caught:
+        train(head="dann", out=tmp_path / "dann", overrides=options, **kwargs)
+    message = str(caught.value)
+    assert f"target domain(s) ['{domains[1]}'] have no 'train' split segments" in message
+    assert message.endswith(
+        "extract or import the target's training segments into the cache, or train a head "
+        "without a target term (source-only, adabn)"
+    )
+    assert ("build the manifest from the v1 release, `--option version=v1`" in message) is charades
+    assert not (tmp_path / "dann").exists()
+    train(head="source-only", out=tmp_path / "so", overrides=options, **kwargs)
+    assert runs.is_complete(tmp_path / "so")

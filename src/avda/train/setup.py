@@ -23,7 +23,7 @@ import torch
 from avda import runs
 from avda.cache import FeatureCache, open_cache
 from avda.data_manifests.schema import UNLABELLED_ONLY, UNLABELLED_ONLY_VALUE
-from avda.data_manifests.settings import Setting
+from avda.data_manifests.settings import CHARADES_EGO, Setting
 from avda.devices import resolve_device
 from avda.errors import CacheError, ConfigError
 from avda.train import data as data_lib
@@ -417,9 +417,18 @@ def plan(
     # e.g. cia's spatial=auto, rna's setting=auto
     config = cls.resolve_config(config, store, modalities, target_segments=len(target_rows))
     if cls.needs_target(config) and len(target_rows) == 0:
+        why = ""
+        if tuple(target) == CHARADES_EGO.target_domains:
+            why = (
+                " (CharadesEgo's v0 files, the Actor-Observer release, have no first-person "
+                "training video: build the manifest from the v1 release, `--option version=v1`; "
+                "docs/benchmarks.md)"
+            )
         raise CacheError(
             f"head {head!r} needs unlabelled target training segments, but target domain(s) "
-            f"{list(target)} have no 'train' split segments in {store.path}"
+            f"{list(target)} have no 'train' split segments in {store.path}{why}; extract or "
+            "import the target's training segments into the cache, or train a head without a "
+            "target term (source-only, adabn)"
         )
     return RunSetup(
         store=store,
