@@ -57,7 +57,10 @@ def test_nan_inf_and_float16_overflow_rows_are_written_failed(tmp_path, caplog):
     assert store.status("rgb").tolist() == [DONE, FAILED, FAILED, DONE, FAILED, DONE]
     errors = store.errors("rgb")
     assert errors[1].startswith("non-finite features (NaN/inf) in 1 of 2 clips")
-    assert "in 2 of 2 clips" in errors[2] and "--retry-failed" in errors[2]
+    assert "in 2 of 2 clips" in errors[2] and "`avda extract --retry-failed`" in errors[2]
+    # the record is read from the CLI and from Python (avda.extract's failures, open_cache's
+    # failures()): it said only "then --retry-failed", an option the API does not have
+    assert "Python: avda.extract(..., retry_failed=True)" in errors[2]
     assert "65504 overflow float16" in errors[4] and "65504" not in errors[1]
     assert errors[0] == errors[3] == ""
     assert not np.any(store.features("rgb")[[1, 2, 4]])  # failed rows hold zeros

@@ -744,7 +744,11 @@ class FeatureCache:
 
 # Start of the error message of a row refused for NaN/inf values (see nonfinite_error).
 NONFINITE_PREFIX = "non-finite "
-NONFINITE_EXTRACT_HINT = "check the weights / input, then --retry-failed"
+# Stored as the failed rows' error, read by command-line and Python users alike: both names.
+NONFINITE_EXTRACT_HINT = (
+    "check the weights / input, then extract again retrying failed rows (`avda extract "
+    "--retry-failed`; Python: avda.extract(..., retry_failed=True))"
+)
 NONFINITE_IMPORT_HINT = "fix the imported file and import it into a new store"
 
 
