@@ -423,6 +423,34 @@ def test_extract_errors_name_the_keywords_and_the_cli_its_options(tmp_path, medi
     assert err.rstrip().endswith("Use another -o, or --force to replace it with a new store")
 
 
+def test_extract_failure_records_name_the_keywords_and_the_cli_its_options(tmp_path, media, capsys):
+    """A segment whose video is missing is a failure record, not an error: avda.extract's
+    ``failures`` said "check --videos" (the keyword rewrite saw only raised errors); the CLI's
+    STORE.failures.csv keeps its options."""
+    import pandas as pd
+
+    from avda import cli
+
+    manifest = tmp_path / "m.csv"
+    rows = {"uid": ["a", "b"], "video_id": ["clip", "gone"], "domain": ["S", "S"],
+            "split": ["train", "train"], "start_sec": [1.0, 1.0], "stop_sec": [3.0, 3.0],
+            "video_path": ["v_ZNVhz7ctTq0.mp4", "gone.mp4"]}  # fmt: skip
+    pd.DataFrame(rows).to_csv(manifest, index=False)
+    given = {"videos": media / "video", "modalities": ["audio"], "recipe": "demo"}
+    result = avda.extract(manifest, tmp_path / "c.zarr", progress=False, **given)
+    assert result.done == 1 and result.failures["uid"].tolist() == ["b"]
+    (error,) = result.failures["error"]
+    assert error.endswith("not found; check videos / the audio folder"), error
+    assert "--" not in error
+    code = cli.main(["extract", "--manifest", str(manifest), "-o", str(tmp_path / "d.zarr"),
+                     "--videos", str(media / "video"), "--modalities", "audio", "--recipe",
+                     "demo", "-q"])  # fmt: skip
+    capsys.readouterr()
+    assert code == 3
+    listed = pd.read_csv(tmp_path / "d.zarr.failures.csv")
+    assert listed["error"].iloc[0].endswith("not found; check --videos / the audio folder")
+
+
 def test_the_keywords_of_train_and_extract_hints():
     """``--set key=value`` is train's ``head_config``; a command to run stays as it is."""
     from avda.api import _EXTRACT_KEYWORDS, _TRAIN_KEYWORDS, _keywords

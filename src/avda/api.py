@@ -20,11 +20,12 @@ options named as these functions' keywords (``out``, not ``-o``). See
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 import logging
 import numbers
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -168,15 +169,19 @@ def _literal(value: str) -> str:
     return repr(value)
 
 
-def _keyword_errors(table: Mapping[str, str]) -> Any:
+def _keyword_errors(
+    table: Mapping[str, str], records: Callable[[Any, Mapping[str, str]], Any] | None = None
+) -> Any:
     """Decorate an API function: its :class:`AvdaError` messages name ``table``'s keywords,
-    not the CLI's options (the CLI calls ``function.__wrapped__``, whose messages are its own)."""
+    not the CLI's options (the CLI calls ``function.__wrapped__``, whose messages are its own);
+    ``records(result, table)``: its result with the failure records it returns so worded."""
 
     def decorate(function: Any) -> Any:
         @functools.wraps(function)
         def call(*args: Any, **kwargs: Any) -> Any:
             try:
-                return function(*args, **kwargs)
+                result = function(*args, **kwargs)
+                return result if records is None else records(result, table)
             except AvdaError as exc:
                 message = _keywords(str(exc), table)
                 if message == str(exc):
@@ -195,6 +200,16 @@ def _keyword_errors(table: Mapping[str, str]) -> Any:
     return decorate
 
 
+def _failure_keywords(result: ExtractResult, table: Mapping[str, str]) -> ExtractResult:
+    """``result`` whose ``failures`` errors (why each segment failed, as the shared extraction
+    code records it: ``check --videos``) name ``table``'s keywords (``check videos``)."""
+    failures = result.failures
+    if failures.empty or "error" not in failures:
+        return result
+    failures = failures.assign(error=failures["error"].map(lambda m: _keywords(str(m), table)))
+    return dataclasses.replace(result, failures=failures)
+
+
 def open_cache(path: str | Path) -> FeatureCache:
     """The feature cache (Zarr store) at ``path``: segments, features, provenance, status."""
     from avda.cache import open_cache as open_store
@@ -202,7 +217,7 @@ def open_cache(path: str | Path) -> FeatureCache:
     return open_store(path)
 
 
-@_keyword_errors(_EXTRACT_KEYWORDS)
+@_keyword_errors(_EXTRACT_KEYWORDS, _failure_keywords)
 def extract(
     manifest: str | Path | pd.DataFrame | None = None,
     out: str | Path | None = None,
