@@ -386,7 +386,7 @@ def test_unfinished_zarr_writes_are_a_note_naming_the_file(capsys, store_path):
     assert problems.empty
     (note,) = problems.attrs["notes"]
     assert "1 unfinished write file (features/rgb/c/0/0/0.0123456789abcdef" in note
-    assert "the next `avda extract` (without --shard) or `avda cache import`" in note
+    assert "the next command that writes it alone (`avda extract` without --shard" in note
     code, lines, _ = verify_cli(capsys, store_path, "-q")
     assert code == 0 and lines[0] == f"note: {note}"
 

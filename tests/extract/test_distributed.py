@@ -96,6 +96,41 @@ def test_local_cluster_of_two_workers_equals_a_single_process(demo_dataset, tmp_
     assert again.done == merged.done
 
 
+def test_a_local_cluster_run_removes_what_a_killed_writer_left(
+    demo_dataset, tmp_path, local_client, caplog
+):
+    """Zarr's temporary file of a write a killed run never finished, and a killed creation's
+    hidden folder: `avda extract --scheduler` (exclusive while it sets the store up) deletes
+    them before its shards start, as an unsharded run does (it left them before)."""
+    root, manifest = demo_dataset
+    manifest = manifest.head(4)
+    options = dict(
+        videos=root,
+        recipe=TINY,
+        modalities=MODALITIES,
+        workers=0,
+        chunk_rows=2,
+        batch_size=TINY.num_clips,
+        progress=False,
+    )
+    out = tmp_path / "s.zarr"
+    runner.extract(manifest, out=out, prepare_only=True, **options)
+    unfinished = out / "status/rgb/c/0.0123456789abcdef0123456789abcdef.partial"
+    unfinished.parent.mkdir(parents=True, exist_ok=True)
+    unfinished.write_bytes(b"half a write")
+    creation = tmp_path / ".s.zarr.creating-123-0a1b2c3d"
+    (creation / "status").mkdir(parents=True)
+    result = distributed.extract_distributed(
+        manifest, out=out, client=local_client, num_shards=2, **options
+    )
+    assert result.ok and result.done == len(manifest)
+    assert not unfinished.exists() and not creation.exists()
+    assert "removing 1 unfinished write file of a killed writer" in caplog.text
+    store = open_cache(out)
+    assert store.verify().attrs.get("notes", []) == []
+    assert np.all(store.status("rgb") == Status.DONE)
+
+
 def test_shards_started_together_create_the_store_once(demo_dataset, tmp_path):
     """Two --shard runs started at the same moment (threads here; processes alike)."""
     from concurrent.futures import ThreadPoolExecutor

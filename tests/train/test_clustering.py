@@ -9,6 +9,7 @@ from sklearn.cluster import KMeans
 from sklearn.datasets import make_blobs
 from tests.conftest import make_feature_cache
 
+from avda.cache import open_cache
 from avda.errors import CacheError, ConfigError
 from avda.train.clustering import (
     KMeansElbow,
@@ -185,3 +186,20 @@ def test_cluster_store_each_domain_and_errors(tmp_path):
         cluster_store(tmp_path / "c.zarr", max_clusters=0, progress=False)
     with pytest.raises(ConfigError, match="single-label"):
         cluster_store(tmp_path / "c.zarr", task="labels", progress=False)
+
+
+def test_cluster_store_removes_what_a_killed_writer_left(tmp_path, caplog):
+    """Zarr's temporary file of a write a killed writer never finished, and the hidden folder
+    of a killed creation: `avda cluster`, the store's only writer (its lock exclusive),
+    deletes both as extract and import do (it left them before)."""
+    path = tmp_path / "c.zarr"
+    make_feature_cache(path, per_class=8, D=4)
+    unfinished = path / "clusters" / "zarr.json.0123456789abcdef0123456789abcdef.partial"
+    unfinished.parent.mkdir(exist_ok=True)
+    unfinished.write_bytes(b"half a write")
+    creation = tmp_path / ".c.zarr.creating-123-0a1b2c3d"
+    (creation / "features").mkdir(parents=True)
+    cluster_store(path, source=["source"], max_clusters=2, n_init=1, progress=False)
+    assert not unfinished.exists() and not creation.exists()
+    assert "removing 1 unfinished write file of a killed writer" in caplog.text
+    assert open_cache(path).verify().attrs.get("notes", []) == []

@@ -67,8 +67,6 @@ from avda.cache.store import (
     create,
     nonfinite_error,
     open_cache,
-    remove_partial_creations,
-    remove_unfinished_writes,
 )
 from avda.errors import CacheError, ConfigError
 
@@ -503,7 +501,8 @@ def _commit_import(
     annotations: Path | None = None,
     exported: Mapping[str, Any] | None = None,
 ) -> ImportResult:
-    """Write a checked import and commit it (the caller holds the store's lock).
+    """Write a checked import and commit it (the caller holds the store's lock exclusively:
+    taking it removed what a killed writer left, :func:`avda.cache.lock.store_lock`).
 
     The rows go past ``num_segments`` (new modalities into arrays the provenance does not list
     yet), invisible to readers; one write of the provenance then commits the rows, the new
@@ -511,14 +510,12 @@ def _commit_import(
     it was (the next writer's :meth:`FeatureCache.repair` removes the traces); after it, the
     import is complete.
     """
-    remove_partial_creations(out)
     fill = _adds_modalities(store, segments, blocks)
     if store is None:
         store = _create_store(out, chunk_rows, fmt, annotations, exported)
         faults.checkpoint("after-create")
     else:
         store.repair()
-        remove_unfinished_writes(out)
     if fill:  # rows in the store's order, the blocks' rows with them
         order = np.argsort(rows, kind="stable")
         rows = rows[order]

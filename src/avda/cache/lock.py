@@ -5,7 +5,9 @@ The lock is an advisory ``flock`` on the file ``<store>.lock`` next to the store
 not inside it: an import that creates the store must hold the lock before the store exists):
 
 - **exclusive** (``shared=False``): ``avda cache import``, ``avda cluster``, an unsharded
-  ``avda extract`` (and ``--force``, which moves the store aside). One writer, nobody else.
+  ``avda extract`` (and ``--force``, which moves the store aside), ``avda extract
+  --scheduler`` while it sets the store up. One writer, nobody else: taking it deletes what a
+  killed writer left (a creation's hidden folder, Zarr's unfinished writes).
 - **shared** (``shared=True``): the shards of one extraction (``--shard i/n``, Dask tasks and
   their client), which write disjoint chunks and may run together, and ``avda cache export``,
   which reads. Shared holders exclude exclusive ones and nothing else.
@@ -50,6 +52,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from avda.cache.store import remove_kill_leftovers
 from avda.errors import AvdaError, CacheError, RunError
 
 log = logging.getLogger(__name__)
@@ -90,8 +93,13 @@ def store_lock(
 
     ``what`` names the command for the message another process gets (``avda cache import``).
     ``wait``: seconds to wait for the lock (default ``$AVDA_LOCK_WAIT``, else 0: refuse at once).
+    Taken exclusively, it first deletes what a killed writer left in and beside the store
+    (:func:`~avda.cache.store.remove_kill_leftovers`): its holder is the store's only writer,
+    so nothing of another writer's is in progress.
     """
     with _flock(Path(store), lock_path(store), what=what, shared=shared, wait=wait):
+        if not shared:
+            remove_kill_leftovers(store)
         yield
 
 

@@ -1009,6 +1009,20 @@ def remove_unfinished_writes(path: str | Path) -> None:
         leftover.unlink(missing_ok=True)
 
 
+def remove_kill_leftovers(path: str | Path) -> None:
+    """Delete what writers killed half-way left beside and inside the store ``path``: a
+    creation's hidden folder (:func:`remove_partial_creations`) and, in an avda cache, Zarr's
+    unfinished writes (:func:`remove_unfinished_writes`; a path that is no cache is left to
+    its command to refuse). :func:`avda.cache.lock.store_lock` calls it when it takes the lock
+    exclusively, so every command that writes a store alone cleans the same way."""
+    remove_partial_creations(path)
+    try:
+        open_cache(path)
+    except CacheError:
+        return
+    remove_unfinished_writes(path)
+
+
 def _build(
     path: Path,
     segments: pd.DataFrame,

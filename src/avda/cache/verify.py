@@ -63,8 +63,9 @@ def verify_store(store: FeatureCache, *, progress: bool = False) -> pd.DataFrame
             prefix + f"{len(unfinished)} unfinished write file{'s' if len(unfinished) > 1 else ''}"
             f" ({first}{', ...' if len(unfinished) > 1 else ''}): Zarr's temporary files of "
             "writes a killed writer never finished; not part of the store (nothing reads them), "
-            "the next `avda extract` (without --shard) or `avda cache import` into it removes "
-            "them, or delete them"
+            "the next command that writes it alone (`avda extract` without --shard, with or "
+            "without --scheduler, `avda cache import`, `avda cluster`) removes them, or delete "
+            "them"
         )
     longer = {name: a.shape[0] for name, a in arrays.items() if a.shape[0] > N}
     if longer:

@@ -42,7 +42,7 @@ from avda import cache as cache_lib
 from avda._io import progress_bar, sha256_file
 from avda.cache import FeatureCache, Status, faults
 from avda.cache.lock import store_lock
-from avda.cache.store import remove_partial_creations, remove_unfinished_writes
+from avda.cache.store import remove_partial_creations
 from avda.data_manifests import schema as manifest_schema
 from avda.devices import resolve_device
 from avda.errors import CacheError, ConfigError, MediaError
@@ -283,7 +283,7 @@ def open_or_create_store(
     if out.is_dir() and not (out / "zarr.json").exists():
         refuse_foreign_folder(out, "-o", "an avda cache", is_ours=False)
         out.rmdir()  # empty: the store is created in its place
-    remove_partial_creations(out)  # the caller holds the store's lock
+    remove_partial_creations(out)  # shards: under the creation lock (store_lock did, else)
     if out.exists():
         store = cache_lib.open_cache(out, mode="a")
         prov = store.provenance
@@ -739,8 +739,6 @@ def extract(
                 force=force,
                 classes=manifest.attrs.get("classes"),
             )
-            if shard is None:  # the store's only writer: no write of another is in progress
-                remove_unfinished_writes(out)
             models = []
             for spec, model in zip(modalities, built, strict=True):
                 models.append(
