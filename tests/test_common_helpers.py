@@ -49,6 +49,36 @@ def _interrupt():
     raise KeyboardInterrupt
 
 
+def test_file_lock_holders_take_turns_and_leave_no_lock_file(tmp_path):
+    """Threads (one open file each, as processes) wait for one another. The holder removes the
+    file as it lets go: a waiter then holding the removed file's lock must take the file now
+    at the path instead (without that check, two holders at once)."""
+    import threading
+    import time
+
+    path = tmp_path / "sub" / ".m.csv.lock"
+    inside, most, guard = [0], [0], threading.Lock()
+
+    def hold() -> None:
+        for _ in range(5):
+            with _io.file_lock(path) as locked:
+                assert locked
+                with guard:
+                    inside[0] += 1
+                    most[0] = max(most[0], inside[0])
+                time.sleep(0.01)
+                with guard:
+                    inside[0] -= 1
+
+    threads = [threading.Thread(target=hold) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert most[0] == 1
+    assert list(path.parent.iterdir()) == []
+
+
 def test_atomic_write_uses_the_temporary_name_given_and_can_fsync(tmp_path):
     target = tmp_path / "pred.npz"
     seen = []

@@ -9,6 +9,8 @@ without an import cycle.
   ``os.replace``; a write that fails removes the temporary file and leaves the target as it was.
 - :func:`replace_file`: the rename at the end of an atomic write, for a temporary file that is
   kept when its writer fails (a resumable download's ``.part``).
+- :func:`file_lock`: an exclusive ``flock`` on a lock file, waited for, the file removed by
+  its holder when done (``avda manifest build``: two builds into one output take turns).
 - :func:`sha256_file`: the SHA-256 hex digest of a file, read 1 MiB at a time.
 - :func:`torch_load`: ``torch.load`` with ``weights_only=True`` (tensors, numbers, strings and
   containers only: a received file cannot run code) onto ``map_location``. Every checkpoint
@@ -20,6 +22,7 @@ without an import cycle.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import logging
 import os
@@ -67,6 +70,52 @@ def atomic_write(
 def atomic_write_text(path: str | Path, text: str) -> Path:
     """``text`` to ``path`` atomically (:func:`atomic_write`)."""
     return atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+LOCKS_UNSUPPORTED = frozenset({errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL})
+"""``flock``'s errors on a file system without working locks (some Lustre or old NFS mounts)."""
+
+
+@contextlib.contextmanager
+def file_lock(path: str | Path) -> Iterator[bool]:
+    """Wait for, and hold for the ``with`` block, an exclusive ``flock`` on the lock file
+    ``path`` (created, with its folder); yields True. Its holder removes the file before it
+    lets go, so none is left behind; a waiter that then gets the lock of the removed file
+    opens the one at ``path`` again (the kernel drops a killed holder's lock: its file stays,
+    harmless, for the next holder to take and remove). Where the file system has no locks,
+    a warning, and the block runs unlocked: yields False."""
+    import fcntl
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno not in LOCKS_UNSUPPORTED:
+                raise
+            logging.getLogger(__name__).warning(
+                "%s: the file system does not support locks (%s); going on without the lock: "
+                "run one writer at a time",
+                *(path, exc.strerror),
+            )
+            yield False
+            return
+        held = os.fstat(fd)
+        try:
+            current = os.stat(path)
+        except FileNotFoundError:
+            current = None
+        if current is not None and (current.st_dev, current.st_ino) == (held.st_dev, held.st_ino):
+            break
+        os.close(fd)  # its holder removed it on release: take the file at ``path`` now
+    try:
+        yield True
+    finally:
+        path.unlink(missing_ok=True)  # before letting go: a waiter on it opens a new one
+        os.close(fd)
 
 
 def sha256_file(path: str | Path) -> str:

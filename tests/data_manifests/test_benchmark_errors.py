@@ -442,6 +442,111 @@ def test_a_manifest_build_interrupted_while_writing_leaves_the_old_pair(
     assert sorted(schema.read(output)["domain"].unique()) == ["D1", "D3"]
 
 
+def _pair_of_one_build(output: Path) -> str:
+    """The setting of the build whose record is beside ``output``, after checking that the
+    manifest there is that build's (its rows' domains and fingerprint)."""
+    info, manifest = read_build_info(output), schema.read(output)
+    assert info["fingerprint"] == schema.fingerprint(manifest)
+    setting = info["options"]["setting"]
+    assert sorted(manifest["domain"].unique()) == setting.split("-")
+    return setting
+
+
+def test_two_builds_into_one_output_at_once_leave_one_builds_pair(
+    shared_data, tmp_path, monkeypatch
+):
+    """Two `avda manifest build -o m.csv` at once: each writes its own temporary files and
+    they take turns renaming them (the build lock), so the pair left is one build's. Forced
+    here: the first build to rename its manifest waits (up to 2 s) for the other to rename
+    its own first; before, both wrote the same `.partial-` files (one failed, the pair
+    mixed)."""
+    import threading
+
+    from avda.data_manifests import benchmarks
+
+    output = tmp_path / "m.csv"
+    real = benchmarks.replace_file
+    renamed, first = threading.Event(), threading.Lock()
+
+    def replace(temporary, path, **keywords):
+        if Path(path) == output and first.acquire(blocking=False):
+            renamed.wait(2.0)  # the other build, unless it waits for this one's turn to end
+        real(temporary, path, **keywords)
+        if Path(path) == output:
+            renamed.set()
+
+    monkeypatch.setattr(benchmarks, "replace_file", replace)
+    start, outcome = threading.Barrier(2), {}
+
+    def run(setting: str) -> None:
+        start.wait()
+        try:
+            outcome[setting] = build_manifest(
+                "epic55-mmsada", shared_data / "annotations", output, setting=setting
+            )
+        except Exception as exc:  # noqa: BLE001 - reported by the assertion below
+            outcome[setting] = exc
+
+    threads = [threading.Thread(target=run, args=(s,)) for s in ("D1-D2", "D1-D3")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert all(isinstance(r, ManifestBuild) for r in outcome.values()) and len(outcome) == 2, (
+        outcome
+    )
+    assert _pair_of_one_build(output) in ("D1-D2", "D1-D3")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.csv", "m.csv.build.json"]
+
+
+def test_a_killed_builds_leftovers_are_removed_by_the_next_build(shared_data, tmp_path):
+    """SIGKILL a build half-way through writing its manifest: the old pair stays, with its
+    temporary file and lock file beside it; the next build into the output removes them."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    output = tmp_path / "m.csv"
+    build_manifest("epic55-mmsada", shared_data / "annotations", output, setting="D1-D2")
+    before = output.read_bytes(), read_build_info(output)
+    marker = tmp_path.parent / f"{tmp_path.name}-half-written"
+    script = f"""
+import time
+from pathlib import Path
+import pandas as pd
+from avda.data_manifests import build_manifest
+real = pd.DataFrame.to_csv
+def half(self, path=None, **kwargs):
+    text = real(self, None, **kwargs)
+    if path is None:
+        return text
+    Path(path).write_text(text[: len(text) // 2])
+    Path({str(marker)!r}).touch()
+    time.sleep(600)
+pd.DataFrame.to_csv = half
+build_manifest("epic55-mmsada", {str(shared_data / "annotations")!r}, {str(output)!r},
+               setting="D1-D3")
+"""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    process = subprocess.Popen([sys.executable, "-c", script], env=env)
+    try:
+        deadline = time.monotonic() + 120
+        while not marker.exists() and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert marker.exists(), "the build never reached its write"
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=30)
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert (output.read_bytes(), read_build_info(output)) == before
+    assert ".m.csv.lock" in left and any(n.startswith(".partial-") for n in left), left
+    build_manifest("epic55-mmsada", shared_data / "annotations", output, setting="D1-D3")
+    assert _pair_of_one_build(output) == "D1-D3"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.csv", "m.csv.build.json"]
+
+
 def test_a_written_manifest_replaces_the_old_one_whole(tmp_path, monkeypatch):
     frame = pd.DataFrame(
         {

@@ -52,13 +52,13 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from avda._io import LOCKS_UNSUPPORTED
 from avda.cache.store import remove_kill_leftovers
 from avda.errors import AvdaError, CacheError, RunError
 
 log = logging.getLogger(__name__)
 
 WAIT_ENV = "AVDA_LOCK_WAIT"
-_UNSUPPORTED = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL}
 
 
 class StoreBusyError(CacheError):
@@ -219,7 +219,7 @@ def _flock(
                     raise error(message) from None
                 time.sleep(0.2)
             except OSError as exc:
-                if exc.errno not in _UNSUPPORTED:
+                if exc.errno not in LOCKS_UNSUPPORTED:
                     raise
                 log.warning(
                     "%s: the file system does not support locks (%s); going on without the "

@@ -290,7 +290,9 @@ def build_manifest(
     Writes the manifest (CSV or Parquet by suffix) and ``<output>.build.json`` (class tables,
     dropped-row counts, domains, settings, options), each whole or not at all: a build killed
     half-way leaves the old manifest and record, or no manifest; never a shorter table or a
-    manifest beside another build's record. Returns the build.
+    manifest beside another build's record. Two builds into one output write in turn
+    (:func:`~avda.data_manifests.schema.writing`): the last one's pair stays. Returns the
+    build.
     """
     parsed = parse_options(benchmark, options)
     if setting is not None and "->" not in setting.replace("→", "->"):
@@ -312,19 +314,20 @@ def build_manifest(
     output = Path(output)
     info_text = json.dumps(result.info(), indent=2) + "\n"
     info = build_info_path(output)
-    info_partial = schema.partial_path(info)
-    manifest_partial = schema.write_partial(result.manifest, output)
-    try:
-        info_partial.write_text(info_text, encoding="utf-8")
-        # Both files are whole before either is renamed into place, and the old manifest goes
-        # first: a kill leaves the old pair, or no manifest (rerun the build), never a
-        # manifest beside another build's record (its class tables).
-        output.unlink(missing_ok=True)
-        replace_file(info_partial, info)
-        replace_file(manifest_partial, output)
-    except BaseException:
-        manifest_partial.unlink(missing_ok=True)
-        info_partial.unlink(missing_ok=True)
-        raise
+    with schema.writing(output, info):  # another build into ``output`` waits its turn
+        info_partial = schema.partial_path(info)
+        manifest_partial = schema.write_partial(result.manifest, output)
+        try:
+            info_partial.write_text(info_text, encoding="utf-8")
+            # Both files are whole before either is renamed into place, and the old manifest
+            # goes first: a kill leaves the old pair, or no manifest (rerun the build), never
+            # a manifest beside another build's record (its class tables).
+            output.unlink(missing_ok=True)
+            replace_file(info_partial, info)
+            replace_file(manifest_partial, output)
+        except BaseException:
+            manifest_partial.unlink(missing_ok=True)
+            info_partial.unlink(missing_ok=True)
+            raise
     logger.debug("%s\nwrote %s", result.summary(), output)  # the CLI prints it on stdout
     return result

@@ -10,19 +10,23 @@ number, and raises one :class:`ManifestError` listing them.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import glob
 import hashlib
 import logging
 import numbers
-from collections.abc import Iterable
+import os
+import re
+import secrets
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from avda._io import replace_file
+from avda._io import file_lock, replace_file
 from avda.errors import ConfigError, ManifestError
 from avda.paths import component_problem, relative_path_problem, safe_component
 
@@ -606,19 +610,49 @@ def fix_hint(problems: list[Problem]) -> str:
 
 def write(frame: pd.DataFrame, path: str | Path) -> Path:
     """Write a manifest as CSV or Parquet (by suffix), after validating it: whole or not at
-    all (written as :func:`partial_path` and renamed over ``path``; a write killed half-way
-    leaves ``path`` as it was, never a shorter table that would validate)."""
+    all (written as a :func:`partial_path` and renamed over ``path``, under :func:`writing`;
+    a write killed half-way leaves ``path`` as it was, never a shorter table that would
+    validate)."""
     path = Path(path)
-    replace_file(write_partial(frame, path), path)
+    with writing(path):
+        replace_file(write_partial(frame, path), path)
     return path
 
 
-def partial_path(path: str | Path) -> Path:
-    """Where :func:`write` writes ``path`` before renaming it: ``.partial-<name>`` beside it
-    (same suffix, so CSV compression is inferred as for ``path``). A killed write leaves it;
-    the next write of ``path`` replaces it."""
+@contextlib.contextmanager
+def writing(path: str | Path, *companions: str | Path) -> Iterator[None]:
+    """Hold the write lock of the manifest ``path`` (:func:`avda._io.file_lock` on the hidden
+    file ``.<name>.lock`` beside it, removed when done) while it and its ``companions`` (its
+    ``.build.json``) are written and renamed into place: another writer of ``path`` waits, so
+    two writes never mix their files. Holding it, the :func:`partial_path` files a killed
+    write of them left are removed first (no other write of them is in progress)."""
     path = Path(path)
-    return path.with_name(f".partial-{path.name}")
+    with file_lock(path.with_name(f".{path.name}.lock")) as locked:
+        if locked:
+            for each in (path, *map(Path, companions)):
+                _remove_partials(each)
+        yield
+
+
+def partial_path(path: str | Path) -> Path:
+    """A new temporary name for a write of ``path``: ``.partial-<pid>-<hex>-<name>`` beside it
+    (its own for each write, so two writers never write into one file; the same suffix, so CSV
+    compression is inferred as for ``path``). A killed write leaves it; the next write of
+    ``path`` (:func:`writing`) removes it."""
+    path = Path(path)
+    return path.with_name(f".partial-{os.getpid()}-{secrets.token_hex(4)}-{path.name}")
+
+
+def _remove_partials(path: Path) -> None:
+    """Delete the :func:`partial_path` files of ``path`` (and the one fixed ``.partial-<name>``
+    of avda before 2026-12-07) that killed writes left."""
+    named = re.compile(r"\.partial-(?:\d+-[0-9a-f]{8}-)?" + re.escape(path.name))
+    if not path.parent.is_dir():
+        return
+    for leftover in path.parent.glob(".partial-*"):
+        if named.fullmatch(leftover.name):
+            log.warning("removing %s (a write of %s that was killed)", leftover, path.name)
+            leftover.unlink(missing_ok=True)
 
 
 def write_partial(frame: pd.DataFrame, path: str | Path) -> Path:
