@@ -113,3 +113,38 @@ def make_feature_cache(
         n = len(segments)
         store.write(m, np.arange(n), x, np.full(n, int(Status.DONE)), [""] * n)
     return store
+
+
+def kill_while_writing_csv(code: str, marker: Path) -> None:
+    """Run the Python ``code`` in a new process whose ``DataFrame.to_csv`` into a file writes
+    half its text, creates ``marker`` and waits; SIGKILL it there (a kill half-way through
+    writing a table: no ``finally`` runs)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = f"""
+import time
+from pathlib import Path
+import pandas as pd
+real = pd.DataFrame.to_csv
+def half(self, path=None, **kwargs):
+    text = real(self, None, **kwargs)
+    if path is None:
+        return text
+    Path(path).write_text(text[: len(text) // 2])
+    Path({str(marker)!r}).touch()
+    time.sleep(600)
+pd.DataFrame.to_csv = half
+"""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    process = subprocess.Popen([sys.executable, "-c", script + code], env=env)
+    try:
+        deadline = time.monotonic() + 120
+        while not marker.exists() and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert marker.exists(), f"the process never wrote its table (exit {process.poll()})"
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=30)

@@ -11,6 +11,7 @@ import pytest
 
 from avda import cli, runs
 from avda.demo import HEADS, run_demo
+from tests.conftest import kill_while_writing_csv
 
 
 @pytest.fixture(scope="module")
@@ -96,3 +97,22 @@ def test_weights_note_advises_only_the_backbones_left_random():
     assert "I3D and audio ResNet-18 random init" in both
     assert "fetch piergiaj_rgb_imagenet vggsound_H`" in both and "--weights/--audio-weights" in both
     assert "random" not in weights_note("/w/a.pt", "/w/H.pth.tar")
+
+
+def test_a_demo_killed_while_writing_its_manifest_leaves_none(tmp_path):
+    """SIGKILL the dataset generation half-way through writing manifest.csv: no manifest.csv
+    (a half one made `avda demo` reuse the folder with fewer rows, which validate); the
+    rerun writes it whole."""
+    from avda.data_manifests import demo, schema
+
+    root = tmp_path / "demo"
+    kill_while_writing_csv(
+        "from avda.data_manifests import demo\n"
+        f"demo.generate({str(root)!r}, videos_per_domain=1, test_videos_per_domain=0, "
+        "progress=False)\n",
+        tmp_path / "half-written",
+    )
+    assert (root / "videos").is_dir() and not (root / "manifest.csv").exists()
+    manifest = demo.generate(root, videos_per_domain=1, test_videos_per_domain=0, progress=False)
+    assert len(schema.read(root / "manifest.csv")) == len(manifest) == 6
+    assert sorted(p.name for p in root.iterdir()) == ["manifest.csv", "videos"]

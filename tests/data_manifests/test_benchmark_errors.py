@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from tests.conftest import kill_while_writing_csv
 
 from avda.data_manifests import build, build_manifest, schema
 from avda.data_manifests.benchmarks import ManifestBuild, parse_options, read_build_info
@@ -502,43 +503,15 @@ def test_two_builds_into_one_output_at_once_leave_one_builds_pair(
 def test_a_killed_builds_leftovers_are_removed_by_the_next_build(shared_data, tmp_path):
     """SIGKILL a build half-way through writing its manifest: the old pair stays, with its
     temporary file and lock file beside it; the next build into the output removes them."""
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-
     output = tmp_path / "m.csv"
     build_manifest("epic55-mmsada", shared_data / "annotations", output, setting="D1-D2")
     before = output.read_bytes(), read_build_info(output)
-    marker = tmp_path.parent / f"{tmp_path.name}-half-written"
-    script = f"""
-import time
-from pathlib import Path
-import pandas as pd
-from avda.data_manifests import build_manifest
-real = pd.DataFrame.to_csv
-def half(self, path=None, **kwargs):
-    text = real(self, None, **kwargs)
-    if path is None:
-        return text
-    Path(path).write_text(text[: len(text) // 2])
-    Path({str(marker)!r}).touch()
-    time.sleep(600)
-pd.DataFrame.to_csv = half
-build_manifest("epic55-mmsada", {str(shared_data / "annotations")!r}, {str(output)!r},
-               setting="D1-D3")
-"""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    process = subprocess.Popen([sys.executable, "-c", script], env=env)
-    try:
-        deadline = time.monotonic() + 120
-        while not marker.exists() and process.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert marker.exists(), "the build never reached its write"
-    finally:
-        process.send_signal(signal.SIGKILL)
-        process.wait(timeout=30)
+    kill_while_writing_csv(
+        "from avda.data_manifests import build_manifest\n"
+        f"build_manifest('epic55-mmsada', {str(shared_data / 'annotations')!r}, "
+        f"{str(output)!r}, setting='D1-D3')\n",
+        tmp_path.parent / f"{tmp_path.name}-half-written",
+    )
     left = sorted(p.name for p in tmp_path.iterdir())
     assert (output.read_bytes(), read_build_info(output)) == before
     assert ".m.csv.lock" in left and any(n.startswith(".partial-") for n in left), left

@@ -27,6 +27,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from avda.data_manifests import schema
+
 VERBS = ("slide", "bounce", "spin", "pulse")
 SAMPLE_RATE = 16000
 WIDTH, HEIGHT = 160, 120
@@ -212,5 +214,7 @@ def generate(
         audio = audio + rng.normal(0, style.noise, audio.shape)
         write_video(root / "videos" / f"{video_id}.mp4", np.stack(frames), style.fps, audio)
     manifest = pd.DataFrame(rows)
-    manifest.to_csv(root / "manifest.csv", index=False)
+    # Whole or not at all: `avda demo` reuses a folder whose manifest.csv exists (a half one,
+    # from a kill while it was written, would validate with fewer rows).
+    schema.write(manifest, root / "manifest.csv")
     return manifest
