@@ -6,6 +6,7 @@ import io
 import json
 import math
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -315,6 +316,36 @@ def test_submission_format_and_zip(tmp_path):
         source_narration_ids=["P01_11_0"],
     )
     assert list(with_source["results_source"]) == ["P01_11_0"]
+
+
+@pytest.mark.parametrize("name", ["test.json", "test.zip"])
+def test_a_submission_interrupted_while_written_leaves_the_old_file(tmp_path, monkeypatch, name):
+    """Ctrl-C (or a kill) half-way through writing the challenge file: the old file stays, no
+    half of one (a zip closed on the way out even held half a test.json, a valid archive)."""
+    ids = ["P01_101_0", "P01_101_1"]
+    rng = np.random.default_rng(2)
+    levels = dict(sls_pt=2, sls_tl=3, sls_td=3)
+    old = epic100_uda_submission(rng.random((2, 97)), rng.random((2, 300)), ids, **levels)
+    path = write_submission(old, tmp_path / name)
+    before = path.read_bytes()
+    new = epic100_uda_submission(rng.random((2, 97)), rng.random((2, 300)), ids, **levels)
+    real_text, real_member = Path.write_text, zipfile.ZipFile.writestr
+
+    def half_text(self, text, *args, **kwargs):
+        real_text(self, text[: len(text) // 2], *args, **kwargs)
+        raise KeyboardInterrupt
+
+    def half_member(self, member, data, *args, **kwargs):
+        real_member(self, member, data[: len(data) // 2], *args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Path, "write_text", half_text)
+    monkeypatch.setattr(zipfile.ZipFile, "writestr", half_member)
+    with pytest.raises(KeyboardInterrupt):
+        write_submission(new, path)
+    monkeypatch.undo()
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == [name]
 
 
 def test_submission_errors():

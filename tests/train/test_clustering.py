@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from sklearn.base import clone
@@ -203,3 +205,29 @@ def test_cluster_store_removes_what_a_killed_writer_left(tmp_path, caplog):
     assert not unfinished.exists() and not creation.exists()
     assert "removing 1 unfinished write file of a killed writer" in caplog.text
     assert open_cache(path).verify().attrs.get("notes", []) == []
+
+
+def test_an_elbow_plot_interrupted_while_written_leaves_the_old_one(tmp_path, monkeypatch):
+    """Ctrl-C (or a kill) half-way through writing an elbow plot: the old PNG stays whole (a
+    half one was left in its place, a broken image beside the run's results)."""
+    pytest.importorskip("matplotlib")
+    from matplotlib.figure import Figure
+
+    make_feature_cache(tmp_path / "c.zarr", per_class=8, D=4)
+    plots = tmp_path / "plots"
+    options = dict(source=["source"], max_clusters=3, n_init=1, progress=False, plot_dir=plots)
+    first = cluster_store(tmp_path / "c.zarr", **options).plots[0]
+    before = first.read_bytes()
+    real = Figure.savefig
+
+    def half(self, target, **kwargs):
+        real(self, target, **kwargs)
+        Path(target).write_bytes(Path(target).read_bytes()[:100])
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Figure, "savefig", half)
+    with pytest.raises(KeyboardInterrupt):
+        cluster_store(tmp_path / "c.zarr", **{**options, "max_clusters": 4})
+    monkeypatch.undo()
+    assert first.read_bytes() == before and sorted(plots.iterdir())[0] == first
+    assert not [p for p in plots.iterdir() if p.suffix != ".png"]

@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 from scipy.special import softmax as scipy_softmax
 
+from avda._io import atomic_write
 from avda.errors import ConfigError
 from avda.scoring.metrics import (
     average_scores,
@@ -359,16 +360,22 @@ def epic100_uda_submission(
 
 
 def write_submission(submission: dict[str, Any], path: str | Path) -> Path:
-    """Write the submission as JSON, or as a zip holding ``test.json`` when ``path`` ends .zip."""
+    """Write the submission as JSON, or as a zip holding ``test.json`` when ``path`` ends .zip,
+    whole or not at all (a kill while it is written leaves the old file, never half of one to
+    upload)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps(submission)
-    if path.suffix.lower() == ".zip":
-        with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=5) as zf:
-            zf.writestr("test.json", text)
-    else:
-        path.write_text(text, encoding="utf-8")
-    return path
+
+    def write(temporary: Path) -> None:
+        if path.suffix.lower() == ".zip":
+            with zipfile.ZipFile(
+                temporary, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=5
+            ) as zf:
+                zf.writestr("test.json", text)
+        else:
+            temporary.write_text(text, encoding="utf-8")
+
+    return atomic_write(path, write)
 
 
 def mmsada_clip_scores(clip_logits: np.ndarray) -> np.ndarray:

@@ -44,6 +44,7 @@ from sklearn.base import BaseEstimator, ClusterMixin
 from sklearn.cluster import KMeans
 
 import avda
+from avda._io import atomic_write, progress_bar
 from avda.cache import open_cache
 from avda.cache.lock import store_lock
 from avda.errors import CacheError, ConfigError
@@ -332,7 +333,6 @@ def cluster_store(
     ``--source D1`` then ``--source D2`` leaves both in the store. Provenance (settings, knee
     and inertia curve per class) is stored in the array's ``avda_clusters`` attribute.
     """
-    from avda._io import progress_bar
     from avda.train.data import check_domains, select_rows
 
     if max_clusters < 1:
@@ -465,7 +465,8 @@ def stored_clusters(
 
 # ------------------------------------------------------------------------------ plots
 def plot_elbows(result: ClusterResult, directory: str | Path) -> list[Path]:
-    """One PNG per (source group, class): the inertia curve with the chosen k marked.
+    """One PNG per (source group, class): the inertia curve with the chosen k marked, each
+    written whole or not at all.
 
     Uses matplotlib's Agg canvas directly, so no display and no global backend switch.
     """
@@ -490,7 +491,7 @@ def plot_elbows(result: ClusterResult, directory: str | Path) -> list[Path]:
             figure.tight_layout()
             name = f"elbow_{group.key.replace(',', '+')}_class{class_id:03d}.png"
             path = child(directory, name, "plot name (from the domain names)")
-            figure.savefig(path, dpi=100)
+            atomic_write(path, lambda tmp, f=figure: f.savefig(tmp, format="png", dpi=100))
             paths.append(path)
     return paths
 
