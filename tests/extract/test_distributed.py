@@ -156,6 +156,7 @@ def test_shards_started_together_create_the_store_once(demo_dataset, tmp_path):
             pool.map(lambda i: runner.extract(manifest, out=out, shard=(i, 2), **options), range(2))
         )
     assert sum(r.done for r in results) == len(manifest)
+    assert not (tmp_path / "sharded.zarr.create.lock").exists()  # removed once set up
     single = runner.extract(manifest, out=tmp_path / "single.zarr", **options)
     assert single.ok
     np.testing.assert_array_equal(

@@ -29,7 +29,6 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +38,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from avda import cache as cache_lib
-from avda._io import progress_bar, sha256_file
+from avda._io import file_lock, progress_bar, sha256_file
 from avda.cache import FeatureCache, Status, faults
 from avda.cache.lock import store_lock
 from avda.cache.store import remove_partial_creations
@@ -693,8 +692,9 @@ def extract(
     ``options``: an :class:`ExtractOptions`; ``keywords`` (``recipe=``, ``modalities=``,
     ``videos=``, ``batch_size=``...: its fields, inputs flat) build one, or change the given one.
     ``shard=(i, n)``: only the rows of chunks ``c`` with ``c % n == i``; shard processes started
-    together create the store once (a lock file ``<out>.create.lock`` next to it; on file
-    systems without working locks run ``prepare_only=True`` once first). An unsharded run holds
+    together create the store once (under the lock file ``<out>.create.lock`` next to it,
+    :func:`avda._io.file_lock`; on file systems without working locks run
+    ``prepare_only=True`` once first). An unsharded run holds
     the store's lock (:mod:`avda.cache.lock`) exclusively, shards hold it shared: a second
     unsharded run, an import or ``avda cluster`` on the same store is refused in one line.
     ``prepare_only``: create the store and every modality's arrays, extract nothing.
@@ -727,9 +727,10 @@ def extract(
     built = [_build_model(spec, recipe) for spec in modalities]
     # One writer at a time (avda.cache.lock): an unsharded run holds the store's lock
     # exclusively; the shards of one extraction share it (they write disjoint chunks) and set
-    # the store up once, under <out>.create.lock.
+    # the store up once, one after another, under <out>.create.lock.
+    creation = out.with_name(f"{out.name}.create.lock")
     with store_lock(out, what="avda extract", shared=shard is not None):
-        with _creation_lock(out) if shard is not None else contextlib.nullcontext():
+        with file_lock(creation) if shard is not None else contextlib.nullcontext():
             store = open_or_create_store(
                 out,
                 segments,
@@ -776,21 +777,6 @@ def extract(
                 precision=resolved,
             )
         return summarise(store, [m.modality for m in modalities], began, shard=shard)
-
-
-@contextlib.contextmanager
-def _creation_lock(out: Path) -> Iterator[None]:
-    """An exclusive lock on ``<out>.create.lock`` (POSIX ``flock``, waited for), held while
-    the shards of one extraction set the store up (each also holds the store lock shared)."""
-    import fcntl
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out.with_name(f"{out.name}.create.lock"), "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def summarise(
