@@ -644,8 +644,8 @@ def partial_path(path: str | Path) -> Path:
 
 
 def _remove_partials(path: Path) -> None:
-    """Delete the :func:`partial_path` files of ``path`` (and the one fixed ``.partial-<name>``
-    of avda before 2026-12-07) that killed writes left."""
+    """Delete the :func:`partial_path` files of ``path`` that killed writes left (and the
+    fixed ``.partial-<name>`` that earlier versions wrote)."""
     named = re.compile(r"\.partial-(?:\d+-[0-9a-f]{8}-)?" + re.escape(path.name))
     if not path.parent.is_dir():
         return

@@ -282,7 +282,7 @@ def open_or_create_store(
     if out.is_dir() and not (out / "zarr.json").exists():
         refuse_foreign_folder(out, "-o", "an avda cache", is_ours=False)
         out.rmdir()  # empty: the store is created in its place
-    remove_partial_creations(out)  # shards: under the creation lock (store_lock did, else)
+    remove_partial_creations(out)  # a shard holds the creation lock (store_lock cleans, else)
     if out.exists():
         store = cache_lib.open_cache(out, mode="a")
         prov = store.provenance
