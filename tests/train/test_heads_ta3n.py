@@ -474,6 +474,9 @@ def test_source_only_computes_no_domain_loss():
     losses = head.training_step(_split(_inputs(3, 0.0)), labels, _split(_inputs(4, 1.0)), 0.4)
     assert set(losses) == {"loss", "classification"}
     assert float(losses["loss"].detach()) == float(losses["classification"].detach())
+    # the loop gives it no target batch (it draws none): the same loss of the source rows
+    alone = head.training_step(_split(_inputs(3, 0.0)), labels, None, 0.4)
+    assert float(alone["loss"].detach()) == float(losses["loss"].detach())
     losses["loss"].backward()
     for name, parameter in head.named_parameters():
         if "discriminator" in name:

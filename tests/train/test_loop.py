@@ -456,6 +456,33 @@ def test_a_head_that_never_reads_the_target_does_not_load_it(shifted_cache, tmp_
     assert lean.metrics == full.metrics
 
 
+def test_ta3n_without_target_draws_no_target_batch(shifted_cache, tmp_path, monkeypatch):
+    """TA3N with use_target=false (the protocols' source-only, the authors' --use_target none)
+    trains on source batches alone: the target training set is loaded empty and every step
+    gets no target batch; with use_target (TA3N itself) every step gets one."""
+    from avda.train import setup as setup_lib
+    from avda.train.heads.ta3n import Ta3n
+
+    loaded, targets = {}, []
+    load, step = setup_lib.RunSetup.load, Ta3n.training_step
+
+    def record(self, name, rows, stats=None):
+        loaded[(self.config.use_target, name)] = len(rows)
+        return load(self, name, rows, stats)
+
+    def training_step(self, source, source_labels, target, progress):
+        targets.append((self.config.use_target, target is None))
+        return step(self, source, source_labels, target, progress)
+
+    monkeypatch.setattr(setup_lib.RunSetup, "load", record)
+    monkeypatch.setattr(Ta3n, "training_step", training_step)
+    common = {"epochs": 2, "use_bn": "none", "num_segments": 2}
+    _train(shifted_cache, tmp_path / "off", head="ta3n", use_target=False, **common)
+    _train(shifted_cache, tmp_path / "on", head="ta3n", **common)
+    assert loaded[(False, "target_train")] == 0 and loaded[(True, "target_train")] == 40
+    assert set(targets) == {(False, True), (True, False)}
+
+
 def test_a_run_recorded_before_a_field_existed_is_the_same_run(shifted_cache, tmp_path):
     """A finished run whose config.yaml lacks a head-config field added since (here
     labelled_target_pick) is the run the same settings make now: skipped, not refused; a field

@@ -21,7 +21,8 @@ The EPIC-KITCHENS-100 UDA baseline configuration of the authors' code
     beta  = (0.75, 0.75, 0.5) * (2 / (1 + exp(-1 * p')) - 1), p' = p + 1 / epochs
     gamma = 0.003
 
-    use_target=false (the authors' --use_target none, the protocols' source-only): L = L_y
+    use_target=false (the authors' --use_target none, the protocols' source-only): L = L_y,
+    trained on source batches alone (the loop draws no target batch)
 
 The ICCV 2019 paper was not available to us, so its equation numbers could not be checked;
 the terms keep its names (L_y, L_d, L_ae, domain attention). Every number above is the
@@ -98,6 +99,7 @@ class Ta3nConfig(HeadConfig):
     # domain classifiers' losses nor the attentive entropy, so the discriminators get no
     # gradient from a domain loss and none counts toward grad_clip's norm. The forward is
     # unchanged: with domain_attention the attention still reads the relation discriminators.
+    # The loop then draws no target batch (main.py loads and forwards them for nothing).
     use_target: bool = True
     # runs recorded before use_bn existed were trained without it
     introduced: ClassVar[Mapping[str, Any]] = {"use_bn": "none"}
@@ -108,6 +110,10 @@ class Ta3nConfig(HeadConfig):
     # ta3n-epic100). AdaBN is the default because without it the discriminators' reversed
     # gradients on the concatenated feature collapse the target on shifted sets (docs/methods.md).
     use_bn: Literal["none", "AdaBN"] = "AdaBN"
+
+    def uses_target(self) -> bool:
+        """Whether training reads target batches: not with ``use_target=false``."""
+        return self.use_target
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -157,7 +163,7 @@ def _discriminator(size: int, std: float | None) -> nn.Sequential:
 @register("ta3n")
 class Ta3n(Head):
     Config = Ta3nConfig
-    target_use = "always"
+    target_use = "config"  # use_target=false trains on source batches alone
 
     def __init__(self, config: Ta3nConfig, *, inputs, tasks):
         super().__init__(config, inputs=inputs, tasks=tasks)
@@ -292,6 +298,11 @@ class Ta3n(Head):
     ):
         config = self.config
         beta = self.beta(progress)
+        if not config.use_target:  # main.py with --use_target none: the classification alone
+            # of the source rows (every layer is per-sample without AdaBN, which use_target
+            # false refuses: a target batch beside them would change none of their outputs)
+            classification = self.classification(self.run(source, beta), source_labels)
+            return {"loss": classification, "classification": classification}
         # One forward over source and target together: every layer is per-sample (AdaBN's
         # norms see each domain's rows apart), so this equals the authors' two passes, with
         # larger, faster matmuls.
@@ -301,8 +312,6 @@ class Ta3n(Head):
         )
         source_out, target_out = _split_output(joint, size)
         classification = self.classification(source_out, source_labels)
-        if not config.use_target:  # main.py with --use_target none: the classification alone
-            return {"loss": classification, "classification": classification}
         adversarial = {
             level: domain_adversarial_loss(source_out.extras[key], target_out.extras[key])
             for level, key in (
