@@ -4,6 +4,7 @@ conventions, and the example specs of examples/."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -116,6 +117,10 @@ def test_ta3n_ucf_hmdb_is_the_original_script_in_both_directions(shared_data):
         dann = heads_lib.config_class(head).from_dict(dann)
         assert not dann.domain_attention and dann.attentive_entropy_weight == 0.0
         assert dann.beta == beta and dann.target_batch_size == config.target_batch_size
+        assert dann.frame_aggregation == "trn-m"
+        _, pooling = protocol.resolve("dann-tempooling", None, [source], [target])
+        pooling = heads_lib.config_class(head).from_dict(pooling)
+        assert pooling == dataclasses.replace(dann, frame_aggregation="avgpool")
     assert _script_target_batch(lists, "ucf", "hmdb") == 74  # the script's echo: (128, 74)
     # another pair (or none given: --show-config): the script's defaults, U->H
     assert protocol.resolve("ta3n")[1]["beta"] == (0.75, 0.75, 0.5)
@@ -180,8 +185,6 @@ def test_ta3n_ucf_hmdb_table_reports_the_best_epoch_as_the_authors(tmp_path):
 
 
 def test_per_setting_values_name_the_protocols_settings_and_methods():
-    import dataclasses
-
     base = protocols.get("ta3n-ucf-hmdb")
     for per_setting, message in (
         ({"ucf-olympic": {"ta3n": {}}}, "per_setting names 'ucf-olympic', not one of its"),
@@ -198,8 +201,6 @@ def test_setting_of_ignores_the_order_of_domains_and_refuses_an_unknown_setting(
     benchmark's domains, a pair that is none of the settings of a protocol with per-setting
     values is refused (its defaults are its first setting's values), while off the benchmark
     and without a setting (--show-config) the recipe applies."""
-    import dataclasses
-
     probe = dataclasses.replace(
         protocols.get("rna-dg"),
         name="probe",

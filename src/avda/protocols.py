@@ -557,12 +557,24 @@ register(
                 "ta3n",
                 {**_TA3N_UCF_HMDB, "domain_attention": False, "attentive_entropy_weight": 0.0},
             ),
+            # the paper's DANN + TemPooling (#23: frame_aggregation avgpool, the rest as
+            # dann-temrelation): the frames' mean, the video and frame discriminators
+            "dann-tempooling": HeadRecipe(
+                "ta3n",
+                {
+                    **_TA3N_UCF_HMDB,
+                    "frame_aggregation": "avgpool",
+                    "domain_attention": False,
+                    "attentive_entropy_weight": 0.0,
+                },
+            ),
         },
         per_setting={
             "hmdb-ucf": {
                 "ta3n": {**_TA3N_HMDB_UCF, "target_batch_size": 219},
                 "source-only": {"target_batch_size": 219},
                 "dann-temrelation": {"beta": _TA3N_HMDB_UCF["beta"], "target_batch_size": 219},
+                "dann-tempooling": {"beta": _TA3N_HMDB_UCF["beta"], "target_batch_size": 219},
             },
         },
         # main.py -ef 1 and model_best: the best of the 30 epochs on the target val list

@@ -24,6 +24,13 @@ The EPIC-KITCHENS-100 UDA baseline configuration of the authors' code
     use_target=false (the authors' --use_target none, the protocols' source-only): L = L_y,
     trained on source batches alone (the loop draws no target batch)
 
+    frame_aggregation="avgpool" (the authors' --frame_aggregation avgpool, the paper's
+    TemPooling): v = Dropout(0.5)(mean over the frames of f) (B, 512), no TRN-M and no relation
+    discriminators; with domain_attention the frames are weighted (1 + w_f) by the frame
+    discriminator's attention before the mean. Their models.py fills the relation slot of its
+    domain predictions with the video discriminator's, which --place_adv Y Y Y adds again:
+    L_d = 2 L_d^video + L_d^frame, as there.
+
 The ICCV 2019 paper was not available to us, so its equation numbers could not be checked;
 the terms keep its names (L_y, L_d, L_ae, domain attention). Every number above is the
 authors' EPIC-100 code (see ``docs/methods.md``, section ``ta3n``): the GRL only scales the
@@ -81,6 +88,9 @@ class Ta3nConfig(HeadConfig):
     grad_clip: float = 20.0
     # architecture
     num_segments: int = 5  # snippets used of the K cached (TSN test indices: 2,7,12,17,22 of 25)
+    # the video feature: "trn-m" (TA3N's relations) or "avgpool" (the mean of the frames: the
+    # authors' --frame_aggregation avgpool, the paper's TemPooling baselines)
+    frame_aggregation: Literal["trn-m", "avgpool"] = "trn-m"
     shared_dim: int = 512  # fc_dim (min(fc_dim, input dim) as in the code)
     relation_dim: int = 256  # TRN-M bottleneck
     frame_dropout: float = 0.5  # dropout_i
@@ -167,9 +177,12 @@ class Ta3n(Head):
 
     def __init__(self, config: Ta3nConfig, *, inputs, tasks):
         super().__init__(config, inputs=inputs, tasks=tasks)
-        if config.num_segments < 2:
+        relations = config.frame_aggregation == "trn-m"
+        if config.num_segments < (2 if relations else 1):
             raise ConfigError(
                 f"ta3n: num_segments must be >= 2 for TRN-M relations, got {config.num_segments}"
+                if relations
+                else f"ta3n: num_segments must be >= 1, got {config.num_segments}"
             )
         if len(config.beta) != 3:
             raise ConfigError(
@@ -206,17 +219,21 @@ class Ta3n(Head):
         self.evaluation_domain = "target"
         self.frame_dropout = nn.Dropout(config.frame_dropout)
         self.frame_discriminator = _discriminator(shared, std)
-        self.relation = MultiScaleTemporalRelation(config.num_segments, shared, config.relation_dim)
-        self.relation_discriminators = nn.ModuleList(
-            _discriminator(config.relation_dim, None) for _ in self.relation.scales
+        # TemPooling (avgpool): the video feature is the mean of the shared frame features
+        self.relation = (
+            MultiScaleTemporalRelation(config.num_segments, shared, config.relation_dim)
+            if relations
+            else None
         )
+        self.relation_discriminators = nn.ModuleList(
+            _discriminator(config.relation_dim, None)
+            for _ in (self.relation.scales if self.relation is not None else ())
+        )
+        video_dim = config.relation_dim if relations else shared
         self.video_dropout = nn.Dropout(config.video_dropout)
-        self.video_discriminator = _discriminator(config.relation_dim, std)
+        self.video_discriminator = _discriminator(video_dim, std)
         self.classifiers = nn.ModuleDict(
-            {
-                t.name: _normal_init(nn.Linear(config.relation_dim, t.num_classes), std)
-                for t in tasks
-            }
+            {t.name: _normal_init(nn.Linear(video_dim, t.num_classes), std) for t in tasks}
         )
 
     @classmethod
@@ -265,30 +282,30 @@ class Ta3n(Head):
         shared = self.normalise(self.shared(x), source_size)  # (B, F, S)
         frames = self.frame_dropout(torch.relu(shared))  # (B, F, S)
         frame_domain = self.frame_discriminator(reverse_gradient(frames, beta[2]))  # (B, F, 2)
-        relations = self.relation(frames)  # (B, F-1, R)
-        relation_domain = torch.stack(
-            [
-                discriminator(reverse_gradient(relations[:, scale], beta[0]))
-                for scale, discriminator in enumerate(self.relation_discriminators)
-            ],
-            dim=1,
-        )  # (B, F-1, 2)
-        attention = domain_attention(relation_domain)  # (B, F-1)
-        if self.config.domain_attention:
-            relations = (1.0 + attention).unsqueeze(-1) * relations
-        video = self.video_dropout(relations.sum(dim=1))  # (B, R)
+        extras = {"frame_domain": frame_domain}
+        if self.relation is None:  # avgpool (aggregate_frames): attention from the frames'
+            attention = domain_attention(frame_domain)  # (B, F)
+            if self.config.domain_attention:
+                frames = (1.0 + attention).unsqueeze(-1) * frames
+            video = self.video_dropout(frames.mean(dim=1))  # (B, S)
+        else:
+            relations = self.relation(frames)  # (B, F-1, R)
+            relation_domain = torch.stack(
+                [
+                    discriminator(reverse_gradient(relations[:, scale], beta[0]))
+                    for scale, discriminator in enumerate(self.relation_discriminators)
+                ],
+                dim=1,
+            )  # (B, F-1, 2)
+            extras["relation_domain"] = relation_domain
+            attention = domain_attention(relation_domain)  # (B, F-1)
+            if self.config.domain_attention:
+                relations = (1.0 + attention).unsqueeze(-1) * relations
+            video = self.video_dropout(relations.sum(dim=1))  # (B, R)
         video_domain = self.video_discriminator(reverse_gradient(video, beta[1]))  # (B, 2)
         logits = {name: layer(video) for name, layer in self.classifiers.items()}
-        return HeadOutput(
-            logits=logits,
-            features=video,
-            extras={
-                "frame_domain": frame_domain,
-                "relation_domain": relation_domain,
-                "video_domain": video_domain,
-                "attention": attention,
-            },
-        )
+        extras.update(video_domain=video_domain, attention=attention)
+        return HeadOutput(logits=logits, features=video, extras=extras)
 
     def forward(self, inputs: Batch) -> HeadOutput:
         return self.run(inputs, (0.0, 0.0, 0.0))
@@ -319,6 +336,7 @@ class Ta3n(Head):
                 ("video", "video_domain"),
                 ("frame", "frame_domain"),
             )
+            if key in source_out.extras
         }
         video_domain = torch.cat(
             [source_out.extras["video_domain"], target_out.extras["video_domain"]]
@@ -333,6 +351,8 @@ class Ta3n(Head):
         ]
         entropy = torch.stack(entropy_terms).mean()
         total_adversarial = sum(adversarial.values())
+        if self.relation is None:  # models.py's relation slot holds the video prediction,
+            total_adversarial = total_adversarial + adversarial["video"]  # --place_adv Y Y Y
         # main.py adds the attentive entropy only when the attention is on (use_attn != none)
         entropy_weight = config.attentive_entropy_weight if config.domain_attention else 0.0
         loss = classification + total_adversarial + entropy_weight * entropy
@@ -359,12 +379,17 @@ def _split_output(output: HeadOutput, size: int) -> tuple[HeadOutput, HeadOutput
 
 
 def authors_key_map(
-    num_segments: int, tasks: list[str], use_bn: bool = False, original: bool = False
+    num_segments: int,
+    tasks: list[str],
+    use_bn: bool = False,
+    original: bool = False,
+    relations: bool = True,
 ) -> dict[str, str]:
     """Parameter names of the authors' ``VideoModel`` -> this head's, for the modules TA3N uses
     (``use_bn``: with AdaBN's ``bn_shared_S/T`` and their running statistics; ``original``:
     ``cmhungsteve/TA3N``'s single classifier ``fc_classifier_video_source`` for the one task,
-    instead of the EPIC-100 code's ``fc_classifier_video_<task>_source``).
+    instead of the EPIC-100 code's ``fc_classifier_video_<task>_source``; ``relations=False``:
+    ``frame_aggregation avgpool``, without the TRN-M and relation discriminators).
 
     The authors' model also holds modules the EPIC-100 configuration never uses
     (``fc_feature_source``, ``fc_feature_video_source(_2)``, frame-level classifiers,
@@ -377,7 +402,7 @@ def authors_key_map(
         "fc_feature_domain_video": "video_discriminator.0",
         "fc_classifier_domain_video": "video_discriminator.2",
     }
-    for scale in range(num_segments - 1):
+    for scale in range(num_segments - 1 if relations else 0):
         pairs[f"TRN.fc_fusion_scales.{scale}.1"] = f"relation.fusions.{scale}.1"
         pairs[f"relation_domain_classifier_all.{scale}.0"] = f"relation_discriminators.{scale}.0"
         pairs[f"relation_domain_classifier_all.{scale}.2"] = f"relation_discriminators.{scale}.2"
@@ -417,14 +442,15 @@ def convert_authors_state_dict(
         [t.name for t in head.tasks],
         head.shared_norms is not None,
         original="fc_classifier_video_source.weight" in plain,
+        relations=head.relation is not None,
     )
     converted = {}
     for theirs, name in mapping.items():
         if theirs not in plain:
             raise CheckpointError(
                 f"the TA3N checkpoint has no {theirs!r} (needed for {name!r}); is it a TA3N "
-                "checkpoint with trn-m and add_fc=1 (EPIC-100: verb/noun classifiers; the "
-                "original: one), trained with the head's use_bn?"
+                "checkpoint with add_fc=1 and the head's frame_aggregation (EPIC-100: "
+                "verb/noun classifiers; the original: one), trained with the head's use_bn?"
             )
         if tuple(plain[theirs].shape) != tuple(ours[name].shape):
             raise CheckpointError(
