@@ -40,7 +40,8 @@ class EvaluationRule:
     with ``reduce="max"`` one of them: the checkpoint with the best :meth:`main_metric` (the
     first on a tie, as the authors' strict ``>``), every column of the run from that one epoch
     (the original TA3N's ``model_best``: the epoch with the best target top-1 on the set it
-    reports, a selection on that set).
+    reports, a selection on that set); a table of another ``--metric`` or ``--task`` picks by
+    the one it shows (:func:`avda.evaluate.aggregate.scored_checkpoints`).
     ``metrics``: the numbers of each cell (several: one column per metric and setting);
     ``auto`` is top-1 for single-label tasks and mAP for multi-label ones.
     """
@@ -58,14 +59,17 @@ class EvaluationRule:
             return "action top-1"
         return "top1 or mAP" if self.metrics[0] == "auto" else self.metrics[0]
 
-    def describe(self) -> str:
-        names = ", ".join("top1 or mAP" if m == "auto" else m for m in self.metrics)
+    def describe(self, metric: str | None = None) -> str:
+        """What a table's cells are; ``metric``: the one a table shows instead of the rule's
+        (``avda evaluate --metric``), which then also picks ``reduce="max"``'s checkpoint."""
+        metrics = (metric,) if metric else self.metrics
+        names = ", ".join("top1 or mAP" if m == "auto" else m for m in metrics)
         if self.checkpoints == 1:
             return f"{names} of the final predictions"
         if self.reduce == "max":
             return (
-                f"{names} of the checkpoint with the best {self.main_metric()} of the last "
-                f"{self.checkpoints}, chosen on the scored set"
+                f"{names} of the checkpoint with the best {metric or self.main_metric()} of "
+                f"the last {self.checkpoints}, chosen on the scored set"
             )
         # each checkpoint scored alone, the scores averaged (not the averaged predictions')
         return f"{names} of each of the last {self.checkpoints} checkpoints, averaged"
@@ -627,11 +631,12 @@ def rule_for(name: str | None) -> EvaluationRule:
     return get(name).evaluation if name else EvaluationRule()
 
 
-def describe(name: str | None) -> str:
-    """``protocol mmsada-epic55 (top1 of each of the last 9 checkpoints, averaged)``."""
+def describe(name: str | None, metric: str | None = None) -> str:
+    """``protocol mmsada-epic55 (top1 of each of the last 9 checkpoints, averaged)``
+    (``metric``: the table's instead of the rule's, :meth:`EvaluationRule.describe`)."""
     if not name:
         return "no protocol (each head's defaults; final predictions)"
-    return f"protocol {name} ({rule_for(name).describe()})"
+    return f"protocol {name} ({rule_for(name).describe(metric)})"
 
 
 __all__ = ["EvaluationRule", "HeadRecipe", "PROTOCOLS", "Protocol", "describe", "get", "names"]

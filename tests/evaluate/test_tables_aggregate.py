@@ -962,6 +962,50 @@ def test_best_checkpoint_rule_reports_every_column_from_one_epoch(tmp_path, monk
     assert table.cell("ta3n", "noun top-1")[0] == pytest.approx(100.0)
 
 
+def test_best_checkpoint_follows_the_task_and_metric_the_table_shows(tmp_path, monkeypatch):
+    """reduce="max" under `avda evaluate --metric/--task`: the epoch with the best of what the
+    table shows (--metric top5: epoch 2's top-5; --task noun: noun's best epoch), named in the
+    title; without them the rule's first metric of the first task, as before. The per-class
+    table of a --task picks the paper table's epoch for that task."""
+    import dataclasses
+
+    from avda import protocols
+    from avda.evaluate import per_class
+
+    base = protocols.get("ta3n-ucf-hmdb")
+    rule = protocols.EvaluationRule(checkpoints=3, metrics=("top1",), reduce="max")
+    monkeypatch.setitem(protocols.PROTOCOLS, base.name, dataclasses.replace(base, evaluation=rule))
+    labels = np.arange(10) % 12
+    verb_ranks = {
+        1: [0] * 6 + [11] * 4,  # top-1 0.6 (the best top-1), top-5 0.6
+        2: [0] * 5 + [1] * 5,  # top-1 0.5, top-5 1.0 (the best top-5)
+        3: [0] * 4 + [2] * 3 + [11] * 3,  # top-1 0.4, top-5 0.7
+    }
+    noun_ranks = {1: [0] * 2 + [11] * 8, 2: [0] * 3 + [11] * 7, 3: [0] * 9 + [11]}  # 0.2/0.3/0.9
+    epochs = [
+        {
+            "verb": (labels, _ranked_scores(labels, verb_ranks[e], 12)),
+            "noun": (labels, _ranked_scores(labels, noun_ranks[e], 12)),
+        }
+        for e in (1, 2, 3)
+    ]
+    run = _run_with_epochs(tmp_path / "run", base.name, "ta3n", epochs)
+    table = aggregate.aggregate([run], layout="settings")
+    assert table.cell("ta3n", "ucf→hmdb")[0] == pytest.approx(60.0)  # verb top-1, epoch 1
+    assert "checkpoint with the best top1 of the last 3" in table.title
+    top5 = aggregate.aggregate([run], layout="settings", metric="top5")
+    assert top5.cell("ta3n", "ucf→hmdb")[0] == pytest.approx(100.0)  # epoch 2's, not 1's 60
+    assert "top5 of the checkpoint with the best top5 of the last 3" in top5.title
+    noun = aggregate.aggregate([run], layout="settings", task="noun")
+    assert noun.cell("ta3n", "ucf→hmdb")[0] == pytest.approx(90.0)  # epoch 3's, not 1's 20
+    both = aggregate.aggregate([run], layout="settings", task="noun", metric="top5")
+    assert both.cell("ta3n", "ucf→hmdb")[0] == pytest.approx(90.0)  # noun top-5, epoch 3
+    classes = per_class.per_class([run], task="noun")
+    accuracy = 100 * (epochs[2]["noun"][1].argmax(1) == labels)  # epoch 3's, per class
+    for c in range(10):
+        assert classes.cell("ta3n", "ucf→hmdb", c)[0] == pytest.approx(accuracy[c])
+
+
 def _writes_interrupted_half_way(monkeypatch):
     """Every text file write stops half-way, interrupted (a kill leaves the same on disk)."""
 

@@ -583,7 +583,8 @@ def aggregate(
     else:
         table = _settings_table(infos, eval_set, task, metric, rule)
     table.protocol = chosen
-    table.title = f"{protocols_lib.describe(chosen)}; {table.title}"
+    shown = metric if layout == "settings" else None  # the epic100 layout has its own columns
+    table.title = f"{protocols_lib.describe(chosen, shown)}; {table.title}"
     table.notes.extend(notes)
     left_out = getattr(run_dirs, "left_out", [])
     if left_out:
@@ -706,18 +707,24 @@ def run_task(info: Any, task: str | None) -> tuple[str, bool]:
 
 
 def scored_checkpoints(
-    info: RunInfo, split: str, rule: protocols_lib.EvaluationRule
+    info: RunInfo,
+    split: str,
+    rule: protocols_lib.EvaluationRule,
+    task: str | None = None,
+    metric: str | None = None,
 ) -> list[dict[str, Any]]:
     """The predictions of ``info``'s run that ``rule`` scores on ``split``: its final ones, the
     last ``rule.checkpoints`` (each scored, the scores averaged), or with ``reduce="max"`` the
-    one checkpoint of those with the best main metric (EPIC-100's action top-1 under an
-    epic100 rule for a run with verb and noun, else the first metric of the run's first task),
-    from which every column is scored."""
+    one checkpoint of those with the best main metric, from which every column is scored: the
+    metric the table shows, ``metric`` (default the rule's first) of ``task`` (default the
+    run's first), or without ``metric`` EPIC-100's action top-1 under an epic100 rule for a
+    run with verb and noun (whose table shows every task from one epoch)."""
     checkpoints = rule_predictions(info.path, split, rule.checkpoints, rule.reduce)
     if rule.reduce != "max":
         return checkpoints
     tasks = {t["name"]: t for t in info.tasks}
-    if rule.layout == "epic100" and {"verb", "noun"} <= _single_label(info):
+    epic100 = rule.layout == "epic100" and {"verb", "noun"} <= _single_label(info)
+    if epic100 and metric is None:
         main = []
         for p in checkpoints:
             verb, noun = p["labels"]["verb"], p["labels"]["noun"]
@@ -727,8 +734,8 @@ def scored_checkpoints(
             )
             main.append(accuracies["all_action_accuracy_at_1"])
     else:
-        main_task = next(iter(tasks))
-        main_metric = rule.metrics[0]
+        main_task = task or next(iter(tasks))
+        main_metric = metric or rule.metrics[0]
         if main_metric == "auto":
             main_metric = "mAP" if tasks[main_task].get("multi_label") else "top1"
         main = [
@@ -881,7 +888,7 @@ def _settings_table(
     for info in infos:
         name, multi = run_task(info, task)
         split = choose_set(info.path, eval_set)
-        checkpoints = scored_checkpoints(info, split, rule)
+        shown = {}  # the metric of each wanted one for this task, checked before any scoring
         for wanted_metric in wanted:
             chosen = wanted_metric
             if chosen == "auto":
@@ -898,6 +905,10 @@ def _settings_table(
                     f"metric {chosen} does not apply to task {name!r} of {info.path}, "
                     f"{kind} task ({why}); use {fix}"
                 )
+            shown[wanted_metric] = chosen
+        # reduce="max": the checkpoint with the best of what the table shows (--task, --metric)
+        checkpoints = scored_checkpoints(info, split, rule, task, metric)
+        for wanted_metric, chosen in shown.items():
             value = reduce_checkpoints(
                 [
                     _metric_value(p["scores"][name], p["labels"][name], chosen, p.get("groups"))

@@ -202,7 +202,7 @@ def per_class(
         sets_used[info.path] = split
         if split not in table.sets:
             table.sets.append(split)
-        checkpoints = aggregate_lib.scored_checkpoints(info, split, rule)
+        checkpoints = aggregate_lib.scored_checkpoints(info, split, rule, task)
         per_checkpoint, counts, matrix = [], None, None
         for predictions in checkpoints:
             scores, labels = _scored(predictions, name, multi)
