@@ -140,9 +140,14 @@ def test_golden_dann_tempooling_of_the_original():
     mapping = authors_key_map(5, ["verb"], original=True, relations=False)
     ours = dict(head.named_parameters())
     assert set(mapping.values()) == set(ours)
-    with torch.no_grad():
-        for theirs, name in mapping.items():
-            ours[name].copy_(_value(theirs, ours[name].shape))
+    # their avgpool checkpoint (no TRN keys) loads through the conversion
+    theirs = {f"module.{k}": _value(k, ours[v].shape) for k, v in mapping.items()}
+    head.load_state_dict(convert_authors_state_dict(theirs, head))
+    with pytest.raises(CheckpointError, match=r"has shape \(12, 256\).*\(12, 512\)"):
+        convert_authors_state_dict(  # a trn-m checkpoint: 256-d video features
+            {f"module.{k}": _value(k, (12, 256) if "classifier_video" in k else ours[v].shape)
+             for k, v in mapping.items()}, head,
+        )  # fmt: skip
     head.train()
     label = {"verb": torch.tensor([3, 11, 0])}
     losses = head.training_step(
