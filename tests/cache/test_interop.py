@@ -487,6 +487,55 @@ def test_npy_rows_of_another_rate_or_placement_are_not_appended_to_a_modality(tm
     assert open_cache(out).segments["uid"].tolist() == ["s0", "s1", "t0", "t1"]
 
 
+def test_npy_rows_are_not_appended_to_a_modality_of_a_feature_file_or_an_extraction(uda, tmp_path):
+    """A .npy import's rows were checked against an earlier .npy import's rate and placement
+    only: appended to a modality a pickle import or an extraction made (no feature rate), or a
+    pickle appended to a .npy modality, they went in under a provenance that describes the
+    other rows (and `avda cache verify` named a re-import without --feature-rate). Each is
+    refused in one line naming the store, the modality, both and the fix; nothing written."""
+    from tests.conftest import make_feature_cache
+
+    folder = tmp_path / "npy"
+    folder.mkdir()
+    np.save(folder / "v1.npy", np.ones((40, D), dtype=np.float32))
+    pd.DataFrame({
+        "uid": ["n0", "n1"], "video_id": ["v1", "v1"], "domain": "t", "split": "train",
+        "start_sec": [0.0, 4.0], "stop_sec": [3.0, 8.0],
+    }).to_csv(tmp_path / "n.csv", index=False)  # fmt: skip
+    npy = {"annotations": tmp_path / "n.csv", "feature_rate": 4.0, "modality": "rgb"}
+    ids = safe_pickle.load(uda / "EPIC_100_uda_source_val.pkl").index[:4].tolist()
+    _feature_pickle(tmp_path / "s.pkl", ids, ("RGB",))
+    pickled = tmp_path / "p.zarr"
+    epic = {"annotations": uda / "EPIC_100_uda_source_val.pkl", "domain": "s", "split": "val"}
+    interop.import_features(tmp_path / "s.pkl", out=pickled, **epic)
+    before = (pickled / "zarr.json").read_bytes()
+    with pytest.raises(CacheError) as refused:
+        interop.import_features(folder, out=pickled, backbone="tbn", num_clips=K, **npy)
+    assert str(refused.value) == (
+        f"{pickled} holds rgb features imported from epic-pkl (a segment's clips as the file "
+        f"gives them); {folder} is imported at --feature-rate 4 --placement nearest: the store "
+        "records one rate and placement per modality. Import it into another store"
+    )
+    assert (pickled / "zarr.json").read_bytes() == before
+    extracted = make_feature_cache(tmp_path / "x.zarr", modalities=("rgb",), per_class=2, D=D)
+    with pytest.raises(CacheError, match=(
+        r"x.zarr holds rgb features extracted \(recipe synthetic\); .*npy is imported at "
+        r"--feature-rate 4 --placement nearest: .* Import it into another store$"
+    )):  # fmt: skip
+        interop.import_features(folder, out=extracted.path, backbone="synthetic", num_clips=2,
+                                **npy)  # fmt: skip
+    assert open_cache(extracted.path).num_segments == extracted.num_segments
+    # the other way round: a pickle's rows into a modality of .npy rows
+    rated = tmp_path / "r.zarr"
+    interop.import_features(folder, out=rated, backbone="tbn", num_clips=K, **npy)
+    with pytest.raises(CacheError, match=(
+        r"r.zarr holds rgb features imported at --feature-rate 4 --placement nearest; .*s.pkl "
+        r"is imported from epic-pkl .* Import it into another store$"
+    )):  # fmt: skip
+        interop.import_features(tmp_path / "s.pkl", out=rated, **epic)
+    assert open_cache(rated).num_segments == 2
+
+
 def test_a_modality_added_to_an_extracted_store_keeps_its_segments_and_fingerprint(tmp_path):
     """A store built by extraction (its own manifest fingerprint) gets a modality from
     per-video .npy files: its segments, fingerprint (a later `avda extract` with the same

@@ -298,19 +298,40 @@ def _npy_sampling(info: Mapping[str, Any]) -> tuple[float, str] | None:
 def _check_npy_sampling(
     store: FeatureCache, modality: str, found: Mapping[str, Any], info: Mapping[str, Any], source
 ) -> None:
-    """Refuse .npy rows appended to a modality imported at another --feature-rate or
-    --placement: the store records one of each per modality (its provenance and `avda cache
-    verify`'s re-import command would be wrong for the new rows)."""
+    """Refuse rows appended to a modality sampled another way: .npy rows at another
+    --feature-rate or --placement, or .npy rows with rows of a feature file or of an extraction
+    (which have no feature rate), either way round. The store records one input per modality
+    (its provenance and `avda cache verify`'s re-import command would be wrong for the new
+    rows)."""
     theirs, ours = _npy_sampling(found), _npy_sampling(info)
-    if theirs is None or ours is None or theirs == ours:
+    if theirs == ours:
         return
-    rate, placement = theirs
+    fix = "Import it into another store"
+    if theirs is not None and ours is not None:
+        fix = f"Import it with {_npy_options(theirs)}, or into another store"
     raise CacheError(
-        f"{store.path} holds {modality} features imported at --feature-rate {rate:g} "
-        f"--placement {placement}; {source} is imported at --feature-rate {ours[0]:g} "
-        f"--placement {ours[1]}: the store records one rate and placement per modality. Import "
-        f"it with --feature-rate {rate:g} --placement {placement}, or into another store"
+        f"{store.path} holds {modality} features {_sampling_text(store, found)}; {source} is "
+        f"{_sampling_text(None, info)}: the store records one rate and placement per modality. "
+        f"{fix}"
     )
+
+
+def _sampling_text(store: FeatureCache | None, info: Mapping[str, Any]) -> str:
+    """How a modality's rows were sampled, from its provenance ``info`` (``store``: the store
+    that holds them, for an extraction's recipe): ``imported at --feature-rate 4 --placement
+    nearest``, ``imported from epic-pkl (...)``, ``extracted (recipe ta3n, ...)``."""
+    sampling = _npy_sampling(info)
+    if sampling is not None:
+        return f"imported at {_npy_options(sampling)}"
+    given = info.get("input") or {}
+    if given.get("source") == "import":
+        return f"imported from {given.get('format')} (a segment's clips as the file gives them)"
+    recipe = (store.provenance.get("recipe") or {}).get("name") if store is not None else None
+    return f"extracted (recipe {recipe})" if recipe else "extracted"
+
+
+def _npy_options(sampling: tuple[float, str]) -> str:
+    return f"--feature-rate {sampling[0]:g} --placement {sampling[1]}"
 
 
 def _adds_modalities(
