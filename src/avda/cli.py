@@ -782,8 +782,9 @@ def cache_import(
             for key, value in asked.items()
             if value is not None and value != earlier.get(key)
         ]
+        same = "files and segments" if earlier.get("format") == "npy" else "sha256"
         typer.echo(
-            f"{out}: {source} was already imported{when} (same sha256; "
+            f"{out}: {source} was already imported{when} (same {same}; "
             + (f"as {where}" if where else "domain and split from its annotations")
             + "); nothing to do"
             + (

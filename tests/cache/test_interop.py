@@ -457,7 +457,7 @@ def test_npy_rows_of_another_rate_or_placement_are_not_appended_to_a_modality(tm
     another way are refused in one line naming both values and the fix, before anything is
     written; the same values append."""
     rng = np.random.default_rng(2)
-    for video in ("v1", "v2"):  # one folder per domain (a folder is imported once)
+    for video in ("v1", "v2"):  # one folder per domain
         (tmp_path / video).mkdir()
         np.save(tmp_path / video / f"{video}.npy", rng.normal(size=(40, D)).astype(np.float32))
     first, folder = tmp_path / "v1", tmp_path / "v2"
@@ -485,6 +485,59 @@ def test_npy_rows_of_another_rate_or_placement_are_not_appended_to_a_modality(tm
         assert open_cache(out).num_segments == 2
     interop.import_features(folder, annotations=tmp_path / "t.csv", feature_rate=4.0, **common)
     assert open_cache(out).segments["uid"].tolist() == ["s0", "s1", "t0", "t1"]
+
+
+def test_a_npy_folder_imported_with_other_annotations_is_another_import(tmp_path, capsys):
+    """A folder of .npy files holds no segment ids: its import was recognised by its files
+    alone, so the same folder with another domain's annotation table said "already imported"
+    and imported nothing. The record holds the segments it mapped; a store written before
+    (records without them) is compared by the ids of the rows each import appended."""
+    from avda import cli
+
+    folder = tmp_path / "npy"
+    folder.mkdir()
+    np.save(folder / "v1.npy", np.ones((40, D), dtype=np.float32))
+    for domain in ("s", "t", "u"):
+        pd.DataFrame({
+            "uid": [f"{domain}0", f"{domain}1"], "video_id": "v1", "domain": domain,
+            "split": "train", "start_sec": [0.0, 4.0], "stop_sec": [3.0, 8.0],
+        }).to_csv(tmp_path / f"{domain}.csv", index=False)  # fmt: skip
+    out = tmp_path / "n.zarr"
+
+    def run(domain):
+        return interop.import_features(folder, out=out, annotations=tmp_path / f"{domain}.csv",
+                                       feature_rate=4.0, num_clips=2)  # fmt: skip
+
+    assert not run("s").already_imported
+    second = run("t")
+    assert not second.already_imported and second.rows == 2
+    assert open_cache(out).segments["uid"].tolist() == ["s0", "s1", "t0", "t1"]
+    assert run("s").already_imported and run("t").already_imported
+    code = cli.main(["cache", "import", str(folder), "-a", str(tmp_path / "t.csv"),
+                     "--feature-rate", "4", "--num-clips", "2", "-o", str(out)])  # fmt: skip
+    said = capsys.readouterr().out
+    assert code == 0 and "was already imported" in said and "(same files and segments;" in said
+    # a store an avda before 2026-12-07 wrote: its records do not hold the segments
+    store = open_cache(out, mode="a")
+    provenance = store.provenance
+    for entry in provenance["imports"]:
+        del entry["segments_sha256"]
+    store._set_provenance(provenance)
+    assert run("s").already_imported and run("t").already_imported
+    assert not run("u").already_imported
+    assert open_cache(out).num_segments == 6
+    # one that filled rows in place cannot be compared: the same import, with a warning
+    store = open_cache(out, mode="a")
+    provenance = store.provenance
+    provenance["imports"][-1]["fill"] = True
+    del provenance["imports"][-1]["segments_sha256"]
+    provenance["imports"] = provenance["imports"][-1:]
+    store._set_provenance(provenance)
+    capsys.readouterr()
+    assert run("s").already_imported  # (logged to stderr: cli.main set up avda's logging)
+    assert "does not record its segments (an avda before 2026-12-07 wrote it)" in (
+        capsys.readouterr().err
+    )
 
 
 def test_npy_rows_are_not_appended_to_a_modality_of_a_feature_file_or_an_extraction(uda, tmp_path):

@@ -35,8 +35,9 @@ writer is refused in one line):
 
 Killed before 3, the store is as if the import never started (the next writer's
 :meth:`FeatureCache.repair` removes the traces), and rerunning imports it; killed after, it is
-complete, and rerunning says "already imported" (same sha256). A new store is built under a
-hidden name and renamed into place (:func:`avda.cache.store.create`).
+complete, and rerunning says "already imported" (same sha256; a .npy folder: and the same
+segments, :func:`_already_imported`). A new store is built under a hidden name and renamed
+into place (:func:`avda.cache.store.create`).
 
 Export: :func:`export_h5` streams the store chunk by chunk (a cache larger than memory exports
 in bounded memory); :func:`export_epic_pickle` writes the TA3N pickle layout back.
@@ -50,7 +51,7 @@ import hashlib
 import json
 import logging
 import pickle
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -521,6 +522,7 @@ def _commit_import(
     chunk_rows: int,
     annotations: Path | None = None,
     exported: Mapping[str, Any] | None = None,
+    segments_sha256: str | None = None,
 ) -> ImportResult:
     """Write a checked import and commit it (the caller holds the store's lock exclusively:
     taking it removed what a killed writer left, :func:`avda.cache.lock.store_lock`).
@@ -567,7 +569,8 @@ def _commit_import(
             K, D = int(info["num_clips"]), int(info["num_features"])
             _mark_missing(store, modality, rows, K, D, f"not in {source.name}")
     faults.checkpoint("before-record")
-    _record_import(store, source, sha, fmt, rows, domain, split, total, new_entries, fill=fill)
+    _record_import(store, source, sha, fmt, rows, domain, split, total, new_entries, fill=fill,
+                   segments_sha256=segments_sha256)  # fmt: skip
     faults.checkpoint("after-record")
     not_done = {}
     for modality, block in sorted(blocks.items()):
@@ -624,9 +627,11 @@ def _record_import(
     new_entries: dict[str, dict[str, Any]],
     *,
     fill: bool = False,
+    segments_sha256: str | None = None,
 ) -> None:
     """The commit: one provenance write with ``num_segments``, the new modalities and the
-    import record (``fill``: rows filled in place, the segments and their fingerprint kept)."""
+    import record (``fill``: rows filled in place, the segments and their fingerprint kept;
+    ``segments_sha256``: the segments a .npy folder's import mapped)."""
     from avda.data_manifests import schema as manifest_schema
 
     entry = {
@@ -640,6 +645,8 @@ def _record_import(
     }
     if fill:
         entry["fill"] = True
+    if segments_sha256 is not None:
+        entry["segments_sha256"] = segments_sha256
     provenance = store.provenance
     provenance["num_segments"] = total
     provenance["modalities"] = {**provenance["modalities"], **new_entries}
@@ -652,10 +659,44 @@ def _record_import(
     store._segments = None
 
 
-def _already_imported(store: FeatureCache, sha: str) -> dict[str, Any] | None:
-    """The store's record of the import of a file with this sha256 (None: not imported)."""
+def _already_imported(
+    store: FeatureCache, sha: str, segments_sha256: str | None = None
+) -> dict[str, Any] | None:
+    """The store's record of the import of a file with this sha256 (None: not imported).
+
+    ``segments_sha256`` (a folder of .npy files, which holds no segment ids: the segments
+    come from its annotations): also of these segments (:func:`_segments_sha256`), so that the
+    folder imported with another annotation table is another import. A record written before
+    imports recorded their segments (2026-12-07) is compared by the ids of the rows it
+    appended; one that filled rows in place cannot be, and is taken as this import, with a
+    warning."""
     imports = store.provenance.get("imports", [])
-    return next((entry for entry in imports if entry.get("sha256") == sha), None)
+    for entry in imports:
+        if entry.get("sha256") != sha:
+            continue
+        if segments_sha256 is None or entry.get("segments_sha256") == segments_sha256:
+            return entry
+        if "segments_sha256" in entry:
+            continue  # the folder with other segments
+        if not entry.get("fill"):
+            start, stop = entry["rows"]
+            uids = store.segments["uid"].iloc[start:stop]
+            if _segments_sha256(uids) == segments_sha256:
+                return entry
+            continue
+        log.warning(
+            "%s records an import of %s (on %s) that does not record its segments (an avda "
+            "before 2026-12-07 wrote it): taken as this import, with whatever annotations; to "
+            "import the folder with others, import it into another store",
+            *(store.path, entry.get("file"), entry.get("imported")),
+        )
+        return entry
+    return None
+
+
+def _segments_sha256(uids: Iterable[Any]) -> str:
+    """The SHA-256 of a set of segment ids (their order aside): what a .npy import mapped."""
+    return hashlib.sha256("\n".join(sorted(map(str, uids))).encode()).hexdigest()
 
 
 def _import_info(backbone: str | None, fmt: str, source: Path) -> dict[str, Any]:
@@ -1028,7 +1069,8 @@ def import_npy(
             digest.update(path.name.encode())
             digest.update(sha256_file(path).encode())
         sha = digest.hexdigest()
-        if store is not None and (earlier := _already_imported(store, sha)) is not None:
+        mapped = _segments_sha256(table["uid"])  # the folder's files say nothing of these
+        if store is not None and (earlier := _already_imported(store, sha, mapped)) is not None:
             return ImportResult(out, folder, 0, [], already_imported=True, earlier=earlier)
         segments = table.reset_index(drop=True)
         segments = segments[[c for c in schema.SEGMENT_COLUMNS if c in segments.columns]]
@@ -1056,6 +1098,7 @@ def import_npy(
             split=split,
             chunk_rows=chunk_rows,
             annotations=Path(annotations) if annotations is not None else None,
+            segments_sha256=mapped,
         )
 
 

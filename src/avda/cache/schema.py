@@ -82,7 +82,17 @@ PROVENANCE_KEYS = (
 # absent from stores made before it).
 OPTIONAL_PROVENANCE_KEYS = ("cache_id", "imports", "classes")
 # Keys of each entry of provenance["imports"] (avda cache import).
-IMPORT_KEYS = ("file", "sha256", "format", "rows", "domain", "split", "imported", "fill")
+IMPORT_KEYS = (
+    "file",
+    "sha256",
+    "segments_sha256",
+    "format",
+    "rows",
+    "domain",
+    "split",
+    "imported",
+    "fill",
+)
 # Keys of each entry of provenance["modalities"].
 MODALITY_KEYS = (
     "backbone",
