@@ -696,6 +696,7 @@ def finetune_command(
         config=config,
         device=device,
         progress=not quiet,
+        class_names=schema.build_classes(manifest).get("verb_class"),
     )
     last = result.history[-1] if result.history else {}
     typer.echo(

@@ -225,6 +225,56 @@ def test_segments_whose_inputs_fail_are_listed_and_none_left_is_an_error(demo_da
     assert not (tmp_path / "none.pt").exists() and not (tmp_path / "none.pt.json").exists()
 
 
+def test_class_ids_are_checked_against_the_class_table_and_sparse_ids_warned_of(
+    demo_dataset, tmp_path, monkeypatch, caplog
+):
+    """A verb_class of 99,999 (the largest id a manifest may hold) sized the classifier to
+    100,000 outputs without a word. Outside the manifest's class table (its .build.json) it
+    is refused in one line before the model is built; without a table, ids that leave most
+    outputs without a class are warned of."""
+    from typer.testing import CliRunner
+
+    from avda.cli import app
+    from avda.errors import ManifestError
+
+    class Built(Exception):
+        pass
+
+    def build(*args, **kwargs):
+        raise Built
+
+    monkeypatch.setattr(backbones, "create", build)
+    root, manifest = demo_dataset
+    far = manifest.copy()
+    far.loc[far.index[-1], "verb_class"] = 99_999
+    uid = far["uid"].iloc[-1]
+    with caplog.at_level("WARNING", logger="avda.extract.finetune"), pytest.raises(Built):
+        _run((root, far), tmp_path / "a.pt")
+    assert "the classifier gets 100000 outputs (the largest verb_class + 1) for the 5 " in (
+        caplog.text
+    )
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="avda.extract.finetune"), pytest.raises(Built):
+        _run(demo_dataset, tmp_path / "a.pt")  # ids 0-3: no word
+    assert "outputs" not in caplog.text
+    refused = (
+        f"verb_class 99999 of segment {uid} is outside the manifest's class table of 4 verb "
+        "classes (its .build.json): fix the id, or rebuild the manifest"
+    )
+    names = ["take", "put", "open", "close"]
+    with pytest.raises(ManifestError, match=refused.replace("(", r"\(").replace(")", r"\)")):
+        _run((root, far), tmp_path / "a.pt", class_names=names)
+    far.to_csv(tmp_path / "m.csv", index=False)
+    (tmp_path / "m.csv.build.json").write_text(json.dumps({"classes": {"verb_class": names}}))
+    ran = CliRunner().invoke(app, [
+        "finetune", "--backbone", "audio_resnet18", "--modality", "audio", "-m",
+        str(tmp_path / "m.csv"), "--videos", str(root), "--source", "source", "-o",
+        str(tmp_path / "cli.pt"), "--recipe", "demo", "-q"])  # fmt: skip
+    # (an AvdaError: `avda` prints it as its one error line, tests/test_cli_errors.py)
+    assert isinstance(ran.exception, ManifestError) and refused in str(ran.exception)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.csv", "m.csv.build.json"]
+
+
 def test_a_recipe_the_backbone_cannot_take_is_refused_before_decoding(
     demo_dataset, tmp_path, monkeypatch
 ):

@@ -21,6 +21,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -265,6 +266,37 @@ def _source_rows(manifest: pd.DataFrame, source: list[str]) -> np.ndarray:
     return rows
 
 
+# Without a class table, a classifier of more than this many outputs per class the manifest
+# labels is taken for ids that do not number the classes from 0 (a 99,999 among 8 classes).
+SPARSE_OUTPUTS_PER_CLASS = 10
+
+
+def _num_classes(
+    segments: pd.DataFrame, labels: np.ndarray, class_names: Sequence[str] | None
+) -> int:
+    """The classifier's outputs: the manifest's largest ``verb_class`` + 1. An id outside the
+    manifest's class table (``class_names``) is refused; without one, ids that leave most
+    outputs without a class (:data:`SPARSE_OUTPUTS_PER_CLASS`) are warned of."""
+    labelled = ~np.isnan(labels)
+    count = int(np.nanmax(labels)) + 1
+    if class_names is not None and count > len(class_names):
+        row = int(np.flatnonzero(labelled & (labels >= len(class_names)))[0])
+        raise ManifestError(
+            f"verb_class {int(labels[row])} of segment {segments['uid'].iloc[row]} is outside "
+            f"the manifest's class table of {len(class_names)} verb classes (its .build.json): "
+            "fix the id, or rebuild the manifest with the class table it comes from"
+        )
+    distinct = len(np.unique(labels[labelled]))
+    if class_names is None and count > SPARSE_OUTPUTS_PER_CLASS * distinct:
+        log.warning(
+            "the classifier gets %d outputs (the largest verb_class + 1) for the %d classes "
+            "the manifest labels: ids should number the classes from 0 (renumber them, or "
+            "build the manifest with its class table: `avda manifest build`)",
+            *(count, distinct),
+        )
+    return count
+
+
 def _flip(clips: torch.Tensor, modality: str, generator: torch.Generator) -> torch.Tensor:
     """Random horizontal flip of uint8 clips ``(B, T, H, W, C)``; flow u becomes 255 - u."""
     chosen = torch.rand(clips.shape[0], generator=generator) < 0.5
@@ -308,8 +340,12 @@ def finetune(
     config: FinetuneConfig | None = None,
     device: str | None = None,
     progress: bool = True,
+    class_names: Sequence[str] | None = None,
 ) -> FinetuneResult:
     """Fine-tune ``backbone`` on the labelled ``source`` training segments of ``manifest``.
+
+    ``class_names``: the verb classes in id order (the manifest's class table,
+    ``<manifest>.build.json``); a ``verb_class`` outside it is refused.
 
     One process writes ``out`` at a time: it holds ``<out>.lock`` (:func:`avda.cache.lock.
     output_lock`) while it trains, resumes or checks a finished run; a second one is refused
@@ -327,7 +363,7 @@ def finetune(
             return _finetune(
                 manifest, inputs=inputs, backbone=backbone, modality=modality, source=source,
                 recipe=recipe, out=out, weights=weights, config=config, device=device,
-                progress=progress,
+                progress=progress, class_names=class_names,
             )  # fmt: skip
     except BaseException:
         # refused or stopped before it made a file: leave no lock file behind either
@@ -349,6 +385,7 @@ def _finetune(
     config: FinetuneConfig | None,
     device: str | None,
     progress: bool,
+    class_names: Sequence[str] | None,
 ) -> FinetuneResult:
     began = time.perf_counter()
     config = config or FinetuneConfig()
@@ -357,7 +394,7 @@ def _finetune(
     segments = manifest_schema.normalise(manifest)
     rows = _source_rows(segments, source)
     labels = pd.to_numeric(segments["verb_class"], errors="coerce").to_numpy()
-    num_classes = int(np.nanmax(labels)) + 1
+    num_classes = _num_classes(segments, labels, class_names)
 
     torch.manual_seed(config.seed)
     with advising("finetune"):  # a wrong checkpoint's advice names finetune's options
