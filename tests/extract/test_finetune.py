@@ -435,10 +435,73 @@ def test_a_store_records_the_fine_tuning_and_train_warns_of_target_labels(
         setup.plan(cache=store_path, head="source-only", source=["target"], target=["source"])
     assert "fine-tuned on the labels of target domain(s) source" in caplog.text
     # a record beside other weights (another file's digest) is not taken as theirs
-    from avda.extract import finetune as ft
+    from avda.cache.store import finetuning_record
 
-    assert ft.record_of(result.weights, "0" * 64) is None
-    assert ft.record_of(tmp_path / "nothing.pt", "0" * 64) is None
+    assert finetuning_record(result.weights, "0" * 64) is None
+    assert finetuning_record(tmp_path / "nothing.pt", "0" * 64) is None
+    assert store.verify().attrs["notes"] == []  # recorded: nothing to note
+
+
+def _as_before_the_record(store_path) -> None:
+    """The store as an avda before 2026-12-07 extracted it: no modality records a fine-tuning."""
+    from avda.cache import open_cache
+
+    store = open_cache(store_path, mode="a")
+    provenance = store.provenance
+    for info in provenance["modalities"].values():
+        info.pop("finetuned", None)
+    store._set_provenance(provenance)
+
+
+def test_a_store_extracted_before_the_record_reads_it_beside_its_weights(
+    demo_dataset, tmp_path, caplog
+):
+    """A store extracted before stores recorded fine-tunings named its weights only: `avda
+    train` could not know that they were trained on its target domain's labels, and said
+    nothing. The record beside the weights, where it is there and is theirs (by digest), tells
+    train, `cache info` and `cache verify` (a note, not a problem); elsewhere nothing is said."""
+    import avda
+    from avda.cache import open_cache
+    from avda.train import setup
+
+    root, manifest = demo_dataset
+    result = _run(demo_dataset, tmp_path / "ft.pt", config=CONFIG.replace(epochs=1))
+    store_path = tmp_path / "c.zarr"
+    avda.extract(manifest, store_path, videos=root, modalities=["audio"], recipe="demo",
+                 audio_weights=result.weights, workers=0, progress=False)  # fmt: skip
+    _as_before_the_record(store_path)
+    record = str((tmp_path / "ft.pt.json").absolute())
+
+    def said() -> tuple[str, list[str], str]:
+        store = open_cache(store_path)
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="avda.train.setup"):
+            setup.plan(cache=store_path, head="source-only", source=["target"], target=["source"])
+        found = store.verify()
+        assert found.empty
+        return store.summary(), found.attrs["notes"], caplog.text
+
+    summary, notes, logged = said()
+    assert f"(fine-tuned on source; not recorded here: from {record})" in summary
+    note = (
+        f"the audio weights were fine-tuned by `avda finetune` on the labels of source "
+        f"({record}), which the store, extracted before stores recorded fine-tunings "
+        "(2026-12-07), does not record"
+    )
+    assert len(notes) == 1 and note in notes[0], notes
+    assert "fine-tuned on the labels of target domain(s) source" in logged
+    # a record from before records held the weights' digest: theirs while the file is
+    meta = json.loads((tmp_path / "ft.pt.json").read_text())
+    del meta["weights_sha256"]
+    (tmp_path / "ft.pt.json").write_text(json.dumps(meta))
+    assert "fine-tuned on the labels" in said()[2]
+    # other weights at that path now (fine-tuned again): their record is not the store's
+    weights = torch.load(result.weights, weights_only=True)
+    first = next(iter(weights))
+    weights[first] = weights[first] + 1
+    torch.save(weights, result.weights)
+    summary, notes, logged = said()
+    assert "fine-tuned" not in summary and notes == [] and "fine-tuned" not in logged
 
 
 def test_fine_tuning_without_weights_is_said_to_be_from_scratch(caplog):

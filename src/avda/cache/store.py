@@ -83,6 +83,20 @@ class FeatureCache:
             )
         return dict(infos[modality])
 
+    def finetuning(self, modality: str) -> tuple[dict[str, Any] | None, bool]:
+        """The `avda finetune` run that trained ``modality``'s weights, and whether the store
+        records it (``finetuned``). A store extracted before it did (2026-12-07) has no such
+        entry: the record is then read from beside the weights the store names
+        (:func:`finetuning_record`, the file's digest the store's), while it is there.
+        ``(None, False)``: weights avda did not fine-tune, or whose record is gone."""
+        info = self.modality_info(modality)
+        if isinstance(info.get("finetuned"), dict):
+            return info["finetuned"], True
+        weights, sha256 = info.get("weights"), info.get("weights_sha256")
+        if not weights or not sha256:
+            return None, False
+        return finetuning_record(weights, sha256, current=False), False
+
     @property
     def segments(self) -> pd.DataFrame:
         """The segment table (the committed ``num_segments`` rows), aligned with the features."""
@@ -724,9 +738,10 @@ class FeatureCache:
                 if nonfinite:
                     state += f" ({nonfinite} of them NaN/inf)"
             weights = info.get("weights") or "random init"
-            tuned = info.get("finetuned")
-            if isinstance(tuned, dict):
-                weights += f" (fine-tuned on {','.join(map(str, tuned.get('source') or []))})"
+            tuned, recorded = self.finetuning(modality)
+            if tuned is not None:
+                weights += f" (fine-tuned on {','.join(map(str, tuned.get('source') or []))}"
+                weights += ")" if recorded else f"; not recorded here: from {tuned['record']})"
             source = info.get("input") or {}
             if source.get("source") == "import":
                 weights = f"imported ({source.get('format')})"
@@ -771,6 +786,46 @@ def nonfinite_error(what: str, values: np.ndarray, stored: np.ndarray, hint: str
 def chunk_file(array: zarr.Array, chunk: int) -> str:
     """The file (under the store) of row-chunk ``chunk`` of a row-chunked ``array``."""
     return "/".join([array.path, "c", str(chunk)] + ["0"] * (array.ndim - 1))
+
+
+def finetuning_record(
+    weights: str | Path, sha256: str, *, current: bool = True
+) -> dict[str, Any] | None:
+    """What a store records of the `avda finetune` run that wrote ``weights`` (whose SHA-256
+    is ``sha256``): its source domains, initial weights, epochs, recipe, classes and record
+    file, read from ``<weights>.json``. None for weights avda did not fine-tune (no such
+    record, or one that is not a fine-tuning's) and for a record of another file (its
+    ``weights_sha256`` differs: ``current``, the digest of the file as it is now, warns of it).
+    A record written before 2026-12-07 holds no ``weights_sha256``: it is ``weights``' own
+    (avda never overwrites a finished fine-tuning's ``OUT``) where ``current``, else (a
+    store's digest of weights read long ago) where the file there still has ``sha256``."""
+    from avda._io import sha256_file
+
+    path = Path(weights).with_name(Path(weights).name + ".json")
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    key = meta.get("key") if isinstance(meta, dict) else None
+    if not isinstance(key, dict) or "segments" not in key or "source" not in meta:
+        return None
+    if "weights_sha256" in meta:
+        if meta["weights_sha256"] != sha256:
+            if current:
+                log.warning("%s is not the record of %s (another file's SHA-256): not "
+                            "recorded", path, weights)  # fmt: skip
+            return None
+    elif not current and not (Path(weights).is_file() and sha256_file(weights) == sha256):
+        return None
+    return {
+        "source": list(meta.get("source") or []),
+        "init_weights": meta.get("init_weights"),
+        "init_weights_sha256": key.get("init_weights_sha256"),
+        "epochs": (meta.get("config") or {}).get("epochs"),
+        "recipe": meta.get("recipe"),
+        "num_classes": meta.get("num_classes"),
+        "record": str(path.absolute()),
+    }
 
 
 def _import_command(record: dict[str, Any], modality: str, entry: dict[str, Any]) -> str:

@@ -67,6 +67,16 @@ def verify_store(store: FeatureCache, *, progress: bool = False) -> pd.DataFrame
             "without --scheduler, `avda cache import`, `avda cluster`) removes them, or delete "
             "them"
         )
+    for modality in store.modalities:
+        tuned, recorded = store.finetuning(modality)
+        if tuned is not None and not recorded:  # the record beside its weights says so
+            notes.append(
+                prefix + f"the {modality} weights were fine-tuned by `avda finetune` on the labels "
+                f"of {', '.join(map(str, tuned['source']))} ({tuned['record']}), which the store, "
+                "extracted before stores recorded fine-tunings (2026-12-07), does not record; "
+                "`avda train` and `avda cache info` read it from that file: keep it beside the "
+                "weights"
+            )
     longer = {name: a.shape[0] for name, a in arrays.items() if a.shape[0] > N}
     if longer:
         notes.append(

@@ -535,36 +535,6 @@ def _finetune(
     return FinetuneResult(out, config.epochs, history, time.perf_counter() - began, failed)
 
 
-def record_of(weights: str | Path, sha256: str) -> dict[str, Any] | None:
-    """What a store records of the fine-tuning that wrote ``weights`` (whose SHA-256 is
-    ``sha256``): its source domains, initial weights, epochs, recipe, classes and record file,
-    read from ``<weights>.json``. None for weights avda did not fine-tune (no such record, one
-    that is not a fine-tuning's, or one written for another file: its ``weights_sha256``
-    differs). A record written before 2026-12-07 holds no ``weights_sha256`` and is taken as
-    ``weights``' own (avda never overwrites a finished fine-tuning's ``OUT``)."""
-    path = Path(weights).with_name(Path(weights).name + ".json")
-    try:
-        meta = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    key = meta.get("key") if isinstance(meta, dict) else None
-    if not isinstance(key, dict) or "segments" not in key or "source" not in meta:
-        return None
-    if meta.get("weights_sha256", sha256) != sha256:
-        log.warning("%s is not the record of %s (another file's SHA-256): not recorded", path,
-                    weights)  # fmt: skip
-        return None
-    return {
-        "source": list(meta.get("source") or []),
-        "init_weights": meta.get("init_weights"),
-        "init_weights_sha256": key.get("init_weights_sha256"),
-        "epochs": (meta.get("config") or {}).get("epochs"),
-        "recipe": meta.get("recipe"),
-        "num_classes": meta.get("num_classes"),
-        "record": str(path.absolute()),
-    }
-
-
 def failures_path(out: Path) -> Path:
     """``<out>.failures.csv``: the source segments a fine-tuning trained without."""
     return out.with_name(out.name + ".failures.csv")

@@ -197,7 +197,7 @@ def recipe_differences(stored: dict[str, Any], recipe: Recipe) -> list[str]:
 def _modality_entry(
     spec: ModalitySpec, model: backbones.Backbone, inputs: InputPaths
 ) -> dict[str, Any]:
-    from avda.extract import finetune
+    from avda.cache.store import finetuning_record
 
     sha256 = sha256_file(spec.weights) if spec.weights is not None else None
     entry = {
@@ -211,7 +211,7 @@ def _modality_entry(
         "input": inputs.provenance(spec.modality),
     }
     # weights written by `avda finetune`: on which domains' labels (docs/cache_schema.md)
-    record = finetune.record_of(spec.weights, sha256) if spec.weights and sha256 else None
+    record = finetuning_record(spec.weights, sha256) if spec.weights and sha256 else None
     if record is not None:
         entry["finetuned"] = record
     return entry

@@ -342,10 +342,11 @@ def _check_protocol_run(protocol: str, source, target, config, head: str) -> Non
 
 def _warn_target_labels_in_backbone(store: FeatureCache, modalities, target) -> None:
     """A backbone `avda finetune` trained on a target domain's labels (the store records the
-    fine-tuning's source domains) has seen the labels the run is scored on: say so."""
+    fine-tuning's source domains, or, extracted before it did, the weights' own record does)
+    has seen the labels the run is scored on: say so."""
     for modality in modalities:
-        tuned = store.modality_info(modality).get("finetuned")
-        if not isinstance(tuned, dict):
+        tuned, _ = store.finetuning(modality)
+        if tuned is None:
             continue
         seen = sorted(set(map(str, target)) & set(map(str, tuned.get("source") or [])))
         if seen:
