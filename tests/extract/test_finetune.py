@@ -285,9 +285,21 @@ def test_a_recipe_the_backbone_cannot_take_is_refused_before_decoding(
     monkeypatch.setattr(
         inputs.SegmentDataset, "__getitem__", lambda *a: pytest.fail("decoded first")
     )
-    refused = r"recipe 'mmsada-train' samples 16 rgb frame.*tbn rgb takes 1.*ta3n"
-    with pytest.raises(ConfigError, match=refused):
-        _run(demo_dataset, tmp_path / "t.pt", backbone="tbn", modality="rgb",
+    # TBN with finetune's default recipe was told "use a recipe made for it (e.g. ta3n)" (rgb,
+    # flow) or "use ta3n, rna-net or cia" (audio): not the flag, nor all that fit
+    for modality, refused in (
+        ("rgb", r"samples 16 rgb frame\(s\) per clip, but tbn rgb takes 1 \(a 3-channel stack\)"),
+        ("flow", r"samples 16 flow frame\(s\) per clip, but tbn flow takes 5 \(a 10-channel "),
+    ):
+        with pytest.raises(ConfigError, match=rf"{refused}.*: set --recipe cia or ta3n$"):
+            _run(demo_dataset, tmp_path / "t.pt", backbone="tbn", modality=modality,
+                 recipe=sampling.get("mmsada-train"))  # fmt: skip
+    with pytest.raises(ConfigError, match=(
+        r"tbn audio takes 1.279 s windows \(256 x 256 spectrograms\); recipe 'mmsada-train' "
+        r"cuts 10.0 s: set --recipe cia, rna-net or ta3n, or another audio backbone "
+        r"\(audio_resnet18\)$"
+    )):  # fmt: skip
+        _run(demo_dataset, tmp_path / "t.pt", backbone="tbn", modality="audio",
              recipe=sampling.get("mmsada-train"))  # fmt: skip
     assert not (tmp_path / "t.pt.partial.pt").exists()
     # a modality the backbone lacks is said first (not "flow features need --flow DIR", then,
@@ -295,10 +307,27 @@ def test_a_recipe_the_backbone_cannot_take_is_refused_before_decoding(
     with pytest.raises(ConfigError, match=r"slowfast takes only modality 'rgb', got 'flow'"):
         _run(demo_dataset, tmp_path / "s.pt", backbone="slowfast", modality="flow")
     # SlowFast with finetune's default recipe was told "use another recipe", not which one
-    fits = r"slowfast needs its own input_spec: use another recipe \(--recipe audio-adaptive or "
-    with pytest.raises(ConfigError, match=fits + r"audio-adaptive-224\)$"):
+    fits = r"slowfast needs its own input_spec: set --recipe audio-adaptive or audio-adaptive-224$"
+    with pytest.raises(ConfigError, match=fits):
         _run(demo_dataset, tmp_path / "s.pt", backbone="slowfast", modality="rgb",
              recipe=sampling.get("mmsada-train"))  # fmt: skip
+    fits = r"slowfast needs a multiple of 4 .*: set --recipe audio-adaptive or audio-adaptive-224$"
+    with pytest.raises(ConfigError, match=fits):
+        _run(demo_dataset, tmp_path / "s.pt", backbone="slowfast", modality="rgb",
+             recipe=sampling.get("ta3n"))  # fmt: skip
+
+
+def test_tbn_fine_tunes_with_the_recipe_its_refusal_names(demo_dataset, tmp_path):
+    """The recipe TBN's refusal names trains it, and extraction loads what it wrote."""
+    torch.set_num_threads(1)
+    root, manifest = demo_dataset
+    source = manifest.index[(manifest["domain"] == "source") & (manifest["split"] == "train")]
+    few = manifest.drop(source[2:])  # two source segments: 50 snippets
+    result = _run((root, few), tmp_path / "tbn.pt", backbone="tbn", modality="rgb",
+                  recipe=sampling.get("ta3n"), config=CONFIG.replace(epochs=1))  # fmt: skip
+    assert result.history[0]["failed_segments"] == 0
+    assert json.loads((tmp_path / "tbn.pt.json").read_text())["recipe"] == "ta3n"
+    backbones.create("tbn", modality="rgb", weights=result.weights)
 
 
 def test_a_run_recorded_before_a_recipe_field_existed_is_still_its_own(

@@ -498,26 +498,19 @@ def check_recipe_fits(
     model: backbones.Backbone, modality: str, backbone: str, recipe: Recipe, *, maps: bool = True
 ) -> None:
     """Refuse, before any decoding, a recipe whose clips the backbone cannot take (extraction
-    and fine-tuning; ``maps``: the spatial maps a recipe asks for are stored)."""
-    audio_spec = model.input_spec
-    if modality == "audio" and audio_spec.size and audio_spec.clip_seconds:
-        if abs(recipe.audio_seconds - audio_spec.clip_seconds) > 0.01:
-            raise ConfigError(
-                f"{backbone} audio takes {audio_spec.clip_seconds} s windows "
-                f"({audio_spec.size[0]} x {audio_spec.size[1]} spectrograms); recipe "
-                f"{recipe.name!r} cuts {recipe.audio_seconds} s: use ta3n, rna-net or cia, or "
-                "the audio_resnet18 backbone"
-            )
-    if modality != "audio":
-        frames = recipe.clip_frames[modality]
-        check_clip_frames(model.input_spec, frames, recipe=recipe.name, backbone=backbone)
-        if recipe.pixel_normalisation == "mmsada" and not model.mmsada_pixels:
-            fits = _recipes_that_fit(model, modality, backbone)
-            raise ConfigError(
-                f"recipe {recipe.name!r} normalises pixels the MM-SADA way (x / 128 - 1), which "
-                f"is I3D's; {backbone} needs its own input_spec: use another recipe"
-                + (f" (--recipe {' or '.join(fits)})" if fits else "")
-            )
+    and fine-tuning; ``maps``: the spatial maps a recipe asks for are stored), in one line
+    naming the --recipe values that fit (:func:`_recipes_that_fit`)."""
+    why = _recipe_problem(model, modality, backbone, recipe)
+    if why is not None:
+        fits = _recipes_that_fit(model, modality, backbone)
+        named = " or ".join([", ".join(fits[:-1]), fits[-1]] if len(fits) > 2 else fits)
+        fix = (
+            f"set --recipe {named}"
+            if fits
+            else "set --recipe to one made for it (avda list recipes)"
+        )
+        other = ", or another audio backbone (audio_resnet18)" if modality == "audio" else ""
+        raise ConfigError(f"{why}: {fix}{other}")
     if maps and recipe.spatial and modality != "audio" and not model.spatial_maps:
         raise ConfigError(
             f"recipe {recipe.name!r} stores spatial maps, which avda extracts for "
@@ -525,23 +518,49 @@ def check_recipe_fits(
         )
 
 
+def _recipe_problem(
+    model: backbones.Backbone, modality: str, backbone: str, recipe: Recipe
+) -> str | None:
+    """Why ``recipe``'s clips do not fit ``backbone``'s ``modality`` input (None: they do)."""
+    audio_spec = model.input_spec
+    if modality == "audio":
+        if audio_spec.size and audio_spec.clip_seconds:
+            if abs(recipe.audio_seconds - audio_spec.clip_seconds) > 0.01:
+                return (
+                    f"{backbone} audio takes {audio_spec.clip_seconds} s windows "
+                    f"({audio_spec.size[0]} x {audio_spec.size[1]} spectrograms); recipe "
+                    f"{recipe.name!r} cuts {recipe.audio_seconds} s"
+                )
+        return None
+    frames = recipe.clip_frames[modality]
+    try:
+        check_clip_frames(model.input_spec, frames, recipe=recipe.name, backbone=backbone)
+    except ConfigError as exc:
+        return str(exc)
+    if recipe.pixel_normalisation == "mmsada" and not model.mmsada_pixels:
+        return (
+            f"recipe {recipe.name!r} normalises pixels the MM-SADA way (x / 128 - 1), which "
+            f"is I3D's; {backbone} needs its own input_spec"
+        )
+    return None
+
+
 def _recipes_that_fit(model: backbones.Backbone, modality: str, backbone: str) -> list[str]:
-    """The registered recipes made for ``backbone``'s ``modality`` input: those that pass
-    :func:`check_recipe_fits` and normalise pixels by the backbone's own ``input_spec``;
-    not the v0.1 time-based ones (``mmsada``, ``demo``: placement ``centres``), which fit many
+    """The registered recipes made for ``backbone``'s ``modality`` input: those whose clips it
+    takes and (a visual modality) that normalise pixels by its own ``input_spec``; not the
+    v0.1 time-based ones (``mmsada``, ``demo``: placement ``centres``), which fit many
     backbones and are made for none."""
     from avda.extract import sampling
 
     fits = []
     for name in sampling.names():
         recipe = sampling.get(name)
-        if recipe.pixel_normalisation != "input_spec" or recipe.placement == "centres":
+        if recipe.placement == "centres":
             continue
-        try:
-            check_recipe_fits(model, modality, backbone, recipe, maps=False)
-        except ConfigError:
+        if modality != "audio" and recipe.pixel_normalisation != "input_spec":
             continue
-        fits.append(name)
+        if _recipe_problem(model, modality, backbone, recipe) is None:
+            fits.append(name)
     return fits
 
 

@@ -72,8 +72,9 @@ class InputLayout:
     ``stacked``: the T frames stacked along channels, ``(B, T * C, H, W)`` (TSN / TBN), in
     channels-last memory; else the clip ``(B, C, T, H, W)``, channels-last-3d. ``pack``: applied
     to the normalised tensor (e.g. SlowFast's ``[slow, fast]`` pathways); None: it is the input.
-    ``check_frames(spec, frames, recipe=, backbone=)``: raise :class:`ConfigError` for a clip
-    length the backbone cannot take, before any decoding; None: any length.
+    ``check_frames(spec, frames, recipe=, backbone=)``: raise :class:`ConfigError` saying why
+    a clip length does not fit the backbone, before any decoding (the caller adds the recipes
+    that fit); None: any length.
     """
 
     stacked: bool = False
@@ -117,7 +118,7 @@ def _check_stacked_frames(spec: InputSpec, frames: int, *, recipe: str, backbone
         raise ConfigError(
             f"recipe {recipe!r} samples {frames} {spec.modality} frame(s) per clip, but "
             f"{backbone} {spec.modality} takes {channels // per_frame} (a {channels}-channel "
-            "stack); use a recipe made for it (e.g. ta3n)"
+            "stack)"
         )
 
 

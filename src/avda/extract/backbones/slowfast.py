@@ -405,7 +405,7 @@ def _check_pathway_frames(spec: InputSpec, frames: int, *, recipe: str, backbone
     if frames % ALPHA:
         raise ConfigError(
             f"recipe {recipe!r} samples {frames} frames per clip; {backbone} needs a multiple of "
-            f"{ALPHA} (fast pathway = {ALPHA} x slow); use audio-adaptive (32 frames)"
+            f"{ALPHA} (fast pathway = {ALPHA} x slow)"
         )
 
 

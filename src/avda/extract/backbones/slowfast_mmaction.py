@@ -420,8 +420,7 @@ def _check_frames(spec: InputSpec, frames: int, *, recipe: str, backbone: str) -
     if frames < RESAMPLE_RATE or frames % RESAMPLE_RATE:
         raise ConfigError(
             f"recipe {recipe!r} samples {frames} frames per clip; {backbone} needs a multiple of "
-            f"{RESAMPLE_RATE} (slow pathway = every {RESAMPLE_RATE}th frame); use audio-adaptive "
-            "(32 frames)"
+            f"{RESAMPLE_RATE} (slow pathway = every {RESAMPLE_RATE}th frame)"
         )
 
 
