@@ -1295,7 +1295,7 @@ def sweep_command(
 
     if check:
         checked = sweep.load_spec(spec, open_caches=False)
-        sweep.check_cluster(checked, cluster, queue_timeout=queue_timeout)
+        sweep.check_cluster(checked, cluster, queue_timeout=queue_timeout, scheduler=scheduler)
         problems, unchecked = sweep.task_problems(checked)
         for problem in problems:  # every one, on stdout (the last line says how many)
             typer.echo(problem)

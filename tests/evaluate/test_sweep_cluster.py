@@ -1039,6 +1039,46 @@ def test_the_queue_timeout_flag_is_refused_without_a_queue(tmp_path, cache, caps
     assert not (tmp_path / "runs").exists()
 
 
+def test_a_local_specs_queue_timeout_is_refused_with_a_scheduler(tmp_path, cache, capsys):
+    """A local spec's cluster.queue_timeout with --scheduler ADDRESS (whose workers avda does not
+    submit: no queue is watched) bounded nothing, silently, where a local run refuses it; a
+    SLURM spec's is unused there, as its walltime (it is meant for its own cluster)."""
+    from avda.cli import main
+    from avda.errors import ConfigError
+
+    common = {"out": "runs", "cache": str(cache), "heads": ["source-only"]}
+    path = _spec_file(
+        tmp_path, {"kind": "local", "queue_timeout": 60}, settings=["source->target"], **common
+    )
+    spec = sweep.load_spec(path)
+    for call in (
+        lambda: sweep.check_cluster(spec, scheduler="tcp://127.0.0.1:1"),
+        lambda: sweep.run_sweep(path, scheduler="tcp://127.0.0.1:1"),
+    ):
+        with pytest.raises(ConfigError) as refused:
+            call()
+        assert str(refused.value) == (
+            f"{path}: cluster.queue_timeout: bounds the wait for SLURM/PBS jobs pending in "
+            "their queue; this sweep runs on --scheduler tcp://127.0.0.1:1, whose workers avda "
+            "does not submit, so it would bound nothing: remove it, or run with --cluster "
+            "slurm or pbs"
+        )
+    for extra in ([], ["--check"]):
+        assert main(["sweep", str(path), "--scheduler", "tcp://127.0.0.1:1", *extra]) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "runs on --scheduler tcp://127.0.0.1:1" in err[0], err
+    assert not (tmp_path / "runs").exists()
+    slurm = sweep.load_spec(
+        _spec_file(
+            tmp_path,
+            {"kind": "slurm", "cores": 2, "memory": "4GB", "queue_timeout": 60},
+            settings=["source->target"],
+            **common,
+        )
+    )
+    sweep.check_cluster(slurm, scheduler="tcp://127.0.0.1:1")
+
+
 def test_the_queue_says_which_jobs_left_it(tmp_path, monkeypatch):
     """``squeue`` / ``qstat`` as SLURM and PBS print them: a job not shown (or in an ended
     state) has left the queue; a command that fails otherwise tells nothing."""

@@ -583,21 +583,35 @@ def make_jobqueue_cluster(spec: ClusterSpec, kind: str | None = None):
 
 
 def check_cluster(
-    spec: SweepSpec, cluster: str | None = None, *, queue_timeout: float | None = None
+    spec: SweepSpec,
+    cluster: str | None = None,
+    *,
+    queue_timeout: float | None = None,
+    scheduler: str | None = None,
 ) -> None:
     """Refuse, in one line naming the spec, a cluster ``--cluster KIND`` (default the spec's
     kind) cannot start with the spec's resources (before anything is written), and a
-    ``--queue-timeout`` (``queue_timeout``) for a cluster without a queue."""
+    ``--queue-timeout`` (``queue_timeout``), or a local spec's ``cluster.queue_timeout``, where
+    no queue is watched: a local cluster, or a running scheduler (``--scheduler``)."""
     kind = cluster or spec.cluster.kind
-    check_queue_timeout(queue_timeout, kind)
-    if kind == "local" == spec.cluster.kind and spec.cluster.queue_timeout is not None:
-        # a spec of another kind run with --cluster local leaves it unused, as its walltime;
-        # a local spec's may be meant for --cluster slurm (--cluster wins): refused here
+    check_queue_timeout(queue_timeout, kind, scheduler)
+    no_queue = scheduler is not None or kind == "local"
+    if spec.cluster.kind == "local" and no_queue and spec.cluster.queue_timeout is not None:
+        # a spec of another kind run with --cluster local or --scheduler leaves it unused, as
+        # its walltime; a local spec's may be meant for --cluster slurm (--cluster wins):
+        # refused where it bounds nothing
+        where = (
+            f"--scheduler {scheduler}, whose workers avda does not submit"
+            if scheduler is not None
+            else "a local cluster (the spec's kind), which has no queue"
+        )
         raise ConfigError(
             f"{spec.source}: cluster.queue_timeout: bounds the wait for SLURM/PBS jobs pending "
-            "in their queue; this sweep runs on a local cluster (the spec's kind), which has "
-            "no queue, so it would bound nothing: remove it, or run with --cluster slurm or pbs"
+            f"in their queue; this sweep runs on {where}, so it would bound nothing: remove "
+            "it, or run with --cluster slurm or pbs"
         )
+    if scheduler is not None:
+        return  # its workers run with their own resources, not the spec's
     for key, message in cluster_problems(spec.cluster, kind) if kind in CLUSTER_KINDS else ():
         raise ConfigError(f"{spec.source}: cluster.{key}: {message}")
 
@@ -1630,12 +1644,12 @@ def run_sweep(
     if out_dir is None:
         raise ConfigError(f"{spec.source}: no output folder; give --out DIR or out: in the spec")
     tasks = plan(spec, out_dir)
-    if scheduler is None and any(not runs.is_complete(task.run) for task in tasks):
+    if any(not runs.is_complete(task.run) for task in tasks):
         # before the output folder is made (a finished sweep reruns anywhere)
-        check_cluster(spec, kind)
-        if kind == "local":
+        check_cluster(spec, kind, scheduler=scheduler)
+        if scheduler is None and kind == "local":
             refuse_unguarded_main("a sweep on its own local cluster")
-        else:
+        elif scheduler is None:
             check_submit_command(kind)
     out_dir.mkdir(parents=True, exist_ok=True)
     # One sweep writes an output folder at a time: two would each mark the other's runs
