@@ -187,6 +187,91 @@ def test_a_published_key_that_is_no_setting_of_the_spec_is_a_spec_problem(tmp_pa
     assert set(spec.published["rows"]) == {"dann", "source-only"}
 
 
+def test_a_published_paper_setting_in_place_of_one_the_spec_runs_is_a_spec_problem(
+    tmp_path, three_domain_cache
+):
+    """A paper's setting the spec does not run is kept (it makes the published mean
+    comparable), but typed for one the spec runs (D3-D1 for D1-D3) its number was left out of
+    the table without a word: a row with such a setting that lacks one of the spec's is named,
+    with the spec's settings it could be."""
+    rows = {
+        "dann": {"D1-D2": 40.0, "D3-D1": 41.0},
+        # every setting of the spec and more of the paper's, or the spec's given as null: kept
+        "source-only": {"D1-D2": 30.0, "D1→D3": 31.0, "D2-D1": 33.0, "D3-D2": 34.0},
+        "adabn": {"D1-D2": 20.0, "D2-D3": 21.0, "D1-D3": None},
+        "mmd": {"Mean": 25.0},  # only the paper's mean
+    }
+    data = {
+        "cache": str(three_domain_cache),
+        "heads": ["dann", "source-only", "adabn", "mmd"],
+        "settings": ["D1-D2", "D1-D3"],
+        "published": {"source": "Table 1", "rows": rows},
+    }
+    with pytest.raises(ConfigError) as caught:
+        sweep.load_spec(write_spec(tmp_path, data))
+    message = str(caught.value)
+    assert "1 problem in the sweep spec" in message
+    assert (
+        "published.rows.dann.D3-D1: 'D3-D1' is a setting the spec does not run (its number "
+        "counts only in the published Mean), and row 'dann' has no number for the spec's "
+        "D1-D3: a typo of one of them? (where the paper reports none, write it with null: "
+        "D1-D3: null)"
+    ) in message
+    rows["dann"]["D1-D3"] = None
+    assert sweep.load_spec(write_spec(tmp_path, data)).published["rows"]["dann"]["D3-D1"] == 41.0
+
+
+def test_a_published_metric_column_no_table_of_the_spec_has_is_a_spec_problem(
+    tmp_path, three_domain_cache
+):
+    """The words after a setting (or alone) must name a metric column of the table: EPIC-100's
+    where the table can be epic100, a protocol's metrics where it scores several. A typo
+    (``vreb top-1``) dropped the number from the table without a word."""
+
+    def problems(protocol, cells, cache="nowhere.zarr", heads=("source-only",)):
+        data = {
+            "cache": cache,
+            "heads": list(heads),
+            "published": {"source": "T", "rows": {"x": cells}},
+        }
+        if protocol:
+            data["protocol"] = protocol
+        else:
+            data["settings"] = ["D1-D2"]
+        with pytest.raises(ConfigError) as caught:
+            sweep.load_spec(write_spec(tmp_path, data), open_caches=False)
+        return str(caught.value)
+
+    message = problems("ta3n-epic100", {"verb top-1": 40.0, "vreb top-1": 20.0})
+    assert (
+        "1 problem" in message
+        and (
+            "published.rows.x.vreb top-1: unknown metric column 'vreb top-1'; did you mean "
+            "'verb top-1'? valid: action top-1, action top-5, noun top-1, noun top-5, verb top-1, "
+            "verb top-5 (EPIC-100's columns; row 'x': its number would be left out of the table)"
+        )
+        in message
+    )
+    message = problems(
+        "audio-adaptive-charadesego",
+        {"charades-ego mAP-authors": 26.3, "charades-ego mAP-autors": 26.0, "Mean mAP-presnt": 1},
+    )
+    assert "2 problems" in message
+    assert (
+        "published.rows.x.charades-ego mAP-autors: unknown metric column 'mAP-autors'; did you "
+        "mean 'mAP-authors'? valid: action top-1, action top-5, mAP-authors, mAP-present, noun "
+        "top-1, noun top-5, verb top-1, verb top-5 (EPIC-100's columns and protocol "
+        "audio-adaptive-charadesego's metrics; row 'x'"
+    ) in message
+    assert "unknown metric column 'mAP-presnt'; did you mean 'mAP-present'?" in message
+    # a cache whose segments have no noun labels: its table is never EPIC-100's
+    message = problems(None, {"D1-D2": 30.0, "verb top-1": 30.0}, cache=str(three_domain_cache))
+    assert (
+        "published.rows.x.verb top-1: 'verb top-1' is no metric column: the table has one "
+        "number per setting (write the setting alone; row 'x'"
+    ) in message
+
+
 def test_duplicate_labels_are_rejected(three_domain_cache):
     with pytest.raises(ConfigError, match=r"heads\[1\]\.label: label 'dann' is already used"):
         sweep.parse_spec(

@@ -215,7 +215,8 @@ def parse_spec(
     caches = _parse_caches(data, base, problems)
     # --check (open_caches False): the caches that exist yet still name their domains
     opened = {n: p for n, p in caches.items() if open_caches or Path(p).exists()}
-    domains = _cache_domains(opened, problems)
+    segments = _cache_segments(opened, problems)
+    domains = {name: set(table["domain"].dropna().astype(str)) for name, table in segments.items()}
     protocol = _parse_protocol(data.get("protocol"), problems)
     heads = _parse_heads(data.get("heads"), heads_lib, problems, protocol)
     settings_value = data.get("settings")
@@ -225,7 +226,8 @@ def parse_spec(
     published = _parse_published(data.get("published"), problems)
     if published is not None and settings:
         known = {d for found in domains.values() for d in found}
-        _check_published_keys(published["rows"], settings, known, problems)
+        metrics = _published_metrics(protocol, segments)
+        _check_published_keys(published["rows"], settings, known, metrics, problems)
     out = data.get("out")
     if out is not None and not isinstance(out, str):
         problems.add(("out",), f"expected a folder path, got {out!r}")
@@ -314,13 +316,20 @@ def _parse_published(value: Any, problems: _Problems) -> dict[str, Any] | None:
 
 
 def _check_published_keys(
-    rows: dict[Any, Any], settings: list[Setting], known: set[str], problems: _Problems
+    rows: dict[Any, Any],
+    settings: list[Setting],
+    known: set[str],
+    metrics: dict[str, str],
+    problems: _Problems,
 ) -> None:
     """Each published cell's key names a setting of the spec (as ``settings:`` or its column
-    ``S→T``, optionally followed by a metric: ``charades-ego mAP-authors``), ``Mean``, a metric
-    column (``verb top-1``), or a paper's setting the spec does not run whose domains avda
-    knows (its cells make the published mean comparable). Another key, a typo such as
-    ``sourc->target``, was dropped from the table without a word."""
+    ``S→T``), ``Mean``, or a paper's setting the spec does not run whose domains avda knows
+    (its cells make the published mean comparable); optionally followed by a metric column of
+    the table (``charades-ego mAP-authors``), which may also stand alone (``verb top-1``):
+    ``metrics``, from :func:`_published_metrics`. Another key, a typo such as
+    ``sourc->target`` or ``vreb top-1``, was dropped from the table without a word; so was a
+    typo that made another of the paper's settings of the spec's own (``D3-D1`` for
+    ``D1-D3``): a row with a setting the spec does not run that lacks one the spec runs."""
     runs = {(s.source_domains, s.target_domains) for s in settings}
     # the domains of the caches, of the spec's settings and of every named setting
     known = known | {d for s in (*settings, *NAMED_SETTINGS.values()) for d in s.domains}
@@ -333,23 +342,80 @@ def _check_published_keys(
     for label, cells in rows.items():
         if not isinstance(cells, dict):
             continue
+        given: set[tuple] = set()  # the spec's settings the row has a key of (a null too)
+        others = []  # the keys of paper settings the spec does not run
         for key in cells:
+            path = ("published", "rows", label, key)
             first, _, rest = str(key).partition(" ")
+            shaped, setting = _published_setting(first)
+            if str(key) in metrics:
+                continue  # a metric column alone, e.g. "verb top-1" (EPIC-100, one setting)
+            if rest and rest not in metrics:  # the words after a setting or Mean, or the key
+                word = rest if shaped or first == "Mean" else str(key)
+                problems.add(path, _metric_problem(word, label, metrics))
+                continue
             if first == "Mean":
                 continue
-            shaped, setting = _published_setting(first)
-            if not shaped and rest:
-                continue  # a metric column, e.g. "verb top-1" (EPIC-100)
-            if setting is not None and (
-                (setting.source_domains, setting.target_domains) in runs
-                or all(d in known for d in setting.domains)
-            ):
-                continue
+            if setting is not None:
+                pair = (setting.source_domains, setting.target_domains)
+                if pair in runs:
+                    given.add(pair)
+                    continue
+                if all(d in known for d in setting.domains):
+                    others.append(key)
+                    continue
             problems.add(
-                ("published", "rows", label, key),
+                path,
                 f"{unknown_name_message('setting or column', key, dict.fromkeys(valid))} "
                 f"(row {label!r}: its number would be left out of the table)",
             )
+        lacking = [s for s in settings if (s.source_domains, s.target_domains) not in given]
+        for key in others if lacking else ():
+            problems.add(
+                ("published", "rows", label, key),
+                f"{key!r} is a setting the spec does not run (its number counts only in the "
+                f"published Mean), and row {label!r} has no number for the spec's "
+                f"{', '.join(s.name for s in lacking)}: a typo of one of them? (where the "
+                f"paper reports none, write it with null: {lacking[0].name}: null)",
+            )
+
+
+def _published_metrics(protocol: Any, segments: dict[str, Any]) -> dict[str, str]:
+    """The metric columns a published key may name (after a setting or ``Mean``, or alone)
+    and why: EPIC-100's ``verb top-1`` ... ``action top-5`` where the table may be the epic100
+    layout (the protocol's, or ``--layout auto`` on runs with verb and noun: not where every
+    cache avda opened lacks one), each metric of a protocol whose table scores several
+    (``mAP-present``, ``mAP-authors``)."""
+    from avda.evaluate.aggregate import EPIC100_COLUMNS
+
+    found: dict[str, str] = {}
+    epic100 = protocol is not None and protocol.evaluation.layout == "epic100"
+    labelled = [
+        all(c in table and table[c].notna().any() for c in ("verb_class", "noun_class"))
+        for table in segments.values()
+    ]
+    if epic100 or not labelled or any(labelled):
+        for task, k in EPIC100_COLUMNS:
+            found[f"{task} top-{k}"] = "EPIC-100's columns"
+    metrics = protocol.evaluation.metrics if protocol is not None else ()
+    if len(metrics) > 1 and not epic100:
+        for metric in metrics:
+            found[metric] = f"protocol {protocol.name}'s metrics"
+    return found
+
+
+def _metric_problem(word: str, label: Any, metrics: dict[str, str]) -> str:
+    """The problem of a published key whose metric column ``word`` no table of the spec has."""
+    if not metrics:
+        return (
+            f"{word!r} is no metric column: the table has one number per setting (write the "
+            f"setting alone; row {label!r}: its number would be left out of the table)"
+        )
+    kinds = " and ".join(dict.fromkeys(metrics.values()))
+    return (
+        f"{unknown_name_message('metric column', word, metrics)} ({kinds}; row {label!r}: its "
+        "number would be left out of the table)"
+    )
 
 
 def _published_setting(text: str) -> tuple[bool, Setting | None]:
@@ -392,20 +458,20 @@ def _parse_caches(data: dict, base: Path, problems: _Problems) -> dict[str, Path
     return caches
 
 
-def _cache_domains(caches: dict[str, Path], problems: _Problems) -> dict[str, set[str]]:
+def _cache_segments(caches: dict[str, Path], problems: _Problems) -> dict[str, Any]:
+    """The segment table of each cache that opens (its domains, its label columns)."""
     from avda.cache import open_cache
 
-    domains = {}
+    segments = {}
     for name, path in caches.items():
         key = ("cache",) if name == "cache" else ("caches", name)
         try:
-            store = open_cache(path)
-            domains[name] = set(store.segments["domain"].dropna().astype(str))
+            segments[name] = open_cache(path).segments
         except AvdaError as error:
             problems.add(key, str(error))
         except (OSError, FileNotFoundError) as error:
             problems.add(key, f"cannot open cache {path}: {error}; run `avda extract` first")
-    return domains
+    return segments
 
 
 def _parse_heads(
