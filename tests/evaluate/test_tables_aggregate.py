@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 from pathlib import Path
 
@@ -183,13 +182,13 @@ def test_latex_csv_and_files(sweep_like, tmp_path):
 def test_runs_layout_keeps_the_per_run_table(sweep_like, tmp_path):
     run_dirs = aggregate.find_runs([sweep_like])
     table = tables.results_table(run_dirs)
-    assert len(table) == 8 and list(table.columns[:4]) == ["run", "head", "setting", "seed"]
-    # each run named by its path below the sweep's folder (they were all "seed0", "seed1")
-    assert table["run"].tolist() == [
-        Path(os.path.relpath(run, sweep_like)).as_posix() for run in run_dirs
-    ]
-    assert table["run"].is_unique and all("/" in name for name in table["run"])
-    assert tables.results_table(run_dirs[:1])["run"].tolist() == [run_dirs[0].name]
+    assert len(table) == 8 and list(table.columns[:4]) == ["method", "head", "setting", "seed"]
+    # each run named by its method, as the paper table names it (they were all "seed0",
+    # "seed1", then their paths below the sweep's folder: "seed0" again for one method)
+    assert table["method"].tolist() == ["Source-only"] * 4 + ["DANN_v2"] * 4
+    assert tables.results_table(run_dirs[:1])["method"].tolist() == ["Source-only"]
+    one_method = aggregate.find_runs([sweep_like / "DANN_v2" / "source-target"])
+    assert tables.results_table(one_method)["method"].tolist() == ["DANN_v2", "DANN_v2"]
     text, paths = tables.evaluate_runs([sweep_like], layout="runs", out=tmp_path / "t")
     assert text == tables.to_markdown(table)
     assert [p.suffix for p in paths] == [".md", ".csv"]
@@ -201,10 +200,28 @@ def test_runs_layout_keeps_the_per_run_table(sweep_like, tmp_path):
     header = text.splitlines()[0].split(",")
     scored = [c for c in header if c.count("/") == 2]
     assert scored and all(c.startswith("target_test/") and c.endswith("/top1") for c in scored)
-    assert header[:4] == ["run", "head", "setting", "seed"]
+    assert header[:4] == ["method", "head", "setting", "seed"]
     with pytest.raises(ConfigError, match=r"--set foo: the runs' table has no such column "
                        r"\(it has: source_test, target_test\)"):  # fmt: skip
         tables.evaluate_runs([sweep_like], layout="runs", eval_set="foo")
+
+
+def test_the_runs_layout_names_runs_by_method_and_config_not_by_seed_folder(tmp_path):
+    """A run of one method was named "seed0" (its folder); runs are named as the paper table
+    names them (head, protocol role or sweep label, and the config fields that differ), and
+    two rows that would read the same (a copied run) by their paths too."""
+    cache = make_feature_cache(tmp_path / "f.zarr", shift=1.0).path
+    so = _train_fast(cache, tmp_path / "so" / "seed0")
+    fast = _train_fast(cache, tmp_path / "dann" / "seed0", head="dann", overrides={"lr": 0.01})
+    slow = _train_fast(cache, tmp_path / "dann-slow" / "seed0", head="dann", overrides={"lr": 1e-4})
+    assert tables.results_table([so])["method"].tolist() == ["source-only"]
+    assert tables.results_table([so, fast, slow])["method"].tolist() == [
+        "source-only", "dann (lr=0.01)", "dann (lr=0.0001)"
+    ]  # fmt: skip
+    shutil.copytree(so, tmp_path / "copy" / "seed0")
+    assert tables.results_table([so, tmp_path / "copy" / "seed0"])["method"].tolist() == [
+        "source-only [so/seed0]", "source-only [copy/seed0]"
+    ]  # fmt: skip
 
 
 def test_find_runs_leaves_incomplete_runs_out(sweep_like, tmp_path, caplog):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import decimal
 import json
 import os
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -55,11 +56,15 @@ def _refuse_lost_predictions(run: Path) -> None:
 
 
 def results_table(run_dirs: Sequence[str | Path]) -> pd.DataFrame:
-    """One row per run: head, setting, seed, then ``<set>/<task>/<metric>`` columns (in %).
-    ``run`` names each by its path below the runs' common folder (a sweep's runs are all
-    ``seed0``... in folders of their head and setting), by its folder name when alone."""
-    rows = []
-    for run, label in zip(map(Path, run_dirs), run_labels(run_dirs), strict=True):
+    """One row per run: method, head, setting, seed, then ``<set>/<task>/<metric>`` columns (in
+    %). ``method`` names each run as the paper table does (its sweep's label, its protocol
+    role, or its head told apart by the config fields that differ); runs it does not tell
+    apart on one setting and seed (a copied run) get their path below the runs' common folder
+    too. (It was that path alone: ``seed0`` for a run of one method, or a method's seeds.)"""
+    from avda.evaluate.aggregate import describe_runs
+
+    run_dirs = [Path(run) for run in run_dirs]
+    for run in run_dirs:
         if not runs.is_complete(run):
             from avda.cache.lock import training_holder
 
@@ -74,9 +79,11 @@ def results_table(run_dirs: Sequence[str | Path]) -> pd.DataFrame:
                 f"`avda train --config {run / runs.CONFIG} -o {run}` resumes it (a sweep's run: "
                 "run the same `avda sweep` again)"
             )
+    rows = []
+    for run, method in zip(run_dirs, _method_names(describe_runs(run_dirs)), strict=True):
         config = runs.read_config(run)
         row = {
-            "run": label,
+            "method": method,
             "head": config["head"],
             "setting": f"{','.join(config['source'])}->{','.join(config['target'])}",
             "seed": config["seed"],
@@ -85,12 +92,25 @@ def results_table(run_dirs: Sequence[str | Path]) -> pd.DataFrame:
         row.update({k: 100.0 * v for k, v in run_metrics(run).items()})
         rows.append(row)
     table = pd.DataFrame(rows)
-    fixed = ["run", "head", "setting", "seed", "protocol"]
+    fixed = ["method", "head", "setting", "seed", "protocol"]
     order = sorted(
         (c for c in table.columns if c not in fixed),
         key=lambda c: (SET_ORDER.index(c.split("/")[0]) if c.split("/")[0] in SET_ORDER else 9, c),
     )
     return table[fixed + order]
+
+
+def _method_names(infos: Sequence) -> list[str]:
+    """Each run's method (:class:`~avda.evaluate.aggregate.RunInfo`), with its path below the
+    runs' common folder where another row would read the same: one name, setting (on
+    another cache too: the row does not show it), seed and protocol."""
+    keys = [(i.method, i.source, i.target, i.seed, i.protocol) for i in infos]
+    counts = Counter(keys)
+    paths = run_labels([i.path for i in infos])
+    return [
+        f"{info.method} [{path}]" if counts[key] > 1 else info.method
+        for info, key, path in zip(infos, keys, paths, strict=True)
+    ]
 
 
 def run_labels(run_dirs: Sequence[str | Path]) -> list[str]:
