@@ -835,6 +835,34 @@ def test_a_folder_of_sweeps_keeps_each_sweeps_run_order(tmp_path):
     ]  # fmt: skip
 
 
+def test_runs_outside_a_sweep_come_in_their_protocols_table_order(tmp_path):
+    """Runs of `avda train --protocol` in one folder came out in path order (alphabetical:
+    "a-mm-sada" before "c-source-only"), and so did the paper table's rows; they follow the
+    protocol's table (source-only, adabn, ..., mm-sada), then runs without a protocol's role
+    in path order. Runs given on the command line keep that order."""
+    root = tmp_path / "runs"
+    configs = {
+        "0-plain": "head: dann\n",
+        "a-mm-sada": "head: mm-sada\nprotocol: mmsada-epic55\nprotocol_role: mm-sada\n",
+        "b-adabn": "head: adabn\nprotocol: mmsada-epic55\nprotocol_role: adabn\n",
+        "c-source-only": "head: mm-sada\nprotocol: mmsada-epic55\nprotocol_role: source-only\n",
+        "d-unified": "head: dann\nprotocol: unified\nprotocol_role: dann\n",
+    }
+    for name, text in configs.items():
+        for setting in ("D2-D1", "D1-D2"):
+            (root / name / setting).mkdir(parents=True)
+            (root / name / setting / runs.CONFIG).write_text(text)
+    found = aggregate.find_runs([root], complete_only=False)
+    assert [p.relative_to(root).as_posix() for p in found] == [
+        "c-source-only/D1-D2", "c-source-only/D2-D1", "b-adabn/D1-D2", "b-adabn/D2-D1",
+        "a-mm-sada/D1-D2", "a-mm-sada/D2-D1", "0-plain/D1-D2", "0-plain/D2-D1",
+        "d-unified/D1-D2", "d-unified/D2-D1",
+    ]  # fmt: skip
+    given = [root / "a-mm-sada", root / "0-plain", root / "c-source-only"]
+    found = aggregate.find_runs(given, complete_only=False)
+    assert [p.parent.name for p in found[::2]] == ["a-mm-sada", "0-plain", "c-source-only"]
+
+
 def test_a_sweep_run_that_failed_before_writing_its_folder_is_a_footnote(tmp_path, caplog):
     # A head config refused when the head is built fails before the run writes config.yaml:
     # `avda evaluate OUT --layout auto` lost the whole method without a note or a warning

@@ -209,7 +209,8 @@ def _runs_below(folder: Path) -> list[Path]:
     """The runs below ``folder``, which is not a sweep's: those of each sweep folder below it
     in that sweep's order (a folder holding several sweeps' outputs keeps each table's row
     order, Source-only first, not the path order that put "DANN" before it), then the others
-    in path order."""
+    in the order of their methods in their protocol's table (:func:`_table_position`), and in
+    path order (runs without a protocol's role, and a method's runs)."""
     found = sorted(p.parent for p in folder.rglob(runs.CONFIG))
     below = set(found)
     ordered: list[Path] = []
@@ -218,7 +219,23 @@ def _runs_below(folder: Path) -> list[Path]:
             if run in below and run not in ordered:
                 ordered.append(run)
     taken = set(ordered)
-    return ordered + [run for run in found if run not in taken]
+    return ordered + sorted((run for run in found if run not in taken), key=_table_position)
+
+
+def _table_position(run: Path) -> float:
+    """The place of ``run``'s method (its ``protocol_role``) in the table of the protocol it
+    was trained under (``mmsada-epic55``: source-only, adabn, mmd, mm-sada, ...); after those a
+    run without one (no protocol, a protocol of every head, or a config that cannot be read:
+    its error comes when the table reads it). Runs of ``avda train --protocol`` in one folder
+    came out in path order, "adabn" before "source-only"."""
+    try:
+        config = runs.read_config(run)
+    except RunError:
+        return math.inf
+    protocol = protocols_lib.PROTOCOLS.get(str(config.get("protocol")))
+    methods = list(protocol.heads) if protocol is not None else []
+    role = config.get("protocol_role")
+    return methods.index(role) if role in methods else math.inf
 
 
 def _index_entry(
