@@ -21,7 +21,7 @@ from avda import runs
 from avda.errors import AvdaError
 from avda.evaluate import aggregate, report, tables
 from avda.train.clustering import cluster_store
-from avda.train.embedding import head_embedding
+from avda.train.embedding import _shares, head_embedding
 from avda.train.loop import train
 
 HEADS = ("source-only", "dann")
@@ -251,6 +251,17 @@ def test_after_embedding_is_the_heads_embedding(trained):
     assert embedding.after.shape == (60, 2 * 32)  # late fusion: hidden 32 per modality
     assert embedding.is_target.sum() == 30 and not embedding.after_is_scores
     assert np.isfinite(embedding.after).all()
+
+
+def test_an_embedding_plots_as_many_points_as_asked(trained):
+    """``--max-points 3`` plotted 2 (``max_points // 2`` per side); a side with fewer rows
+    than its half leaves the rest to the other."""
+    for asked in (3, 61):
+        embedding = report.run_embedding(trained[2], max_points=asked, embed=head_embedding)
+        assert len(embedding.after) == len(embedding.before) == asked
+        assert embedding.is_target.sum() in (asked // 2, asked - asked // 2)
+    assert _shares({"source": 100, "target": 20}, 60) == {"source": 40, "target": 20}
+    assert _shares({"source": 5, "target": 20}, 60) == {"source": 5, "target": 20}
 
 
 def test_a_staged_heads_embedding_shows_its_cache_features(tmp_path):

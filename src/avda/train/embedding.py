@@ -55,6 +55,19 @@ def _sample(rows: np.ndarray, limit: int, rng: np.random.Generator) -> np.ndarra
     return np.sort(rng.choice(rows, size=limit, replace=False)) if len(rows) > limit else rows
 
 
+def _shares(counts: dict[str, int], total: int) -> dict[str, int]:
+    """How many rows of each side (``counts``: the rows it has) an embedding of at most
+    ``total`` points samples: an equal share each, the sides with fewer rows than theirs giving
+    the rest to the others; the points add up to ``total`` (``max_points // 2`` per side
+    plotted 2 points for 3, and 50 for 60 where the target had 20 rows)."""
+    shares, left = {}, total
+    ordered = sorted(counts, key=counts.get)  # the smallest first: what it leaves goes on
+    for place, side in enumerate(ordered):
+        shares[side] = min(counts[side], left // (len(ordered) - place))
+        left -= shares[side]
+    return shares
+
+
 def head_embedding(run: Path, max_points: int = 500, seed: int = 0) -> HeadEmbedding:
     """Cache features and the trained head's embedding of source and target segments.
 
@@ -83,8 +96,9 @@ def head_embedding(run: Path, max_points: int = 500, seed: int = 0) -> HeadEmbed
     # unlabelled-only rows (CharadesEgo's whole-video rows) are never source rows in training
     data_rows["source"] = data_rows["source"][~unlabelled_only(store, data_rows["source"])]
     rng = np.random.default_rng(seed)
+    shares = _shares({side: len(rows) for side, rows in data_rows.items()}, max_points)
     sides = {
-        side: setup.load(f"{side}_embedding", _sample(rows, max_points // 2, rng), statistics)
+        side: setup.load(f"{side}_embedding", _sample(rows, shares[side], rng), statistics)
         for side, rows in data_rows.items()
     }
     shapes = {m: tuple(sides["source"].inputs[m].shape[1:]) for m in modalities}
