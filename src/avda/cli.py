@@ -1332,9 +1332,9 @@ def report(
     runs: Annotated[
         list[Path], typer.Argument(help="Run directories, or folders holding runs (a sweep's out).")
     ],
-    out: Annotated[Path, typer.Option("--out", "-o", help="HTML file to write.")] = Path(
-        "report.html"
-    ),
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="HTML file to write (named .html).")
+    ] = Path("report.html"),
     title: Annotated[str, typer.Option(help="Page title.")] = "avda report",
     layout: Annotated[str, typer.Option(help="Results table: auto, settings, epic100.")] = "auto",
     compare: Annotated[
@@ -1346,9 +1346,10 @@ def report(
     quiet: Quiet = False,
 ) -> None:
     """One self-contained HTML page: tables, curves, per-class accuracy, confusion, embeddings."""
-    from avda.evaluate.report import build_report
+    from avda.evaluate.report import build_report, check_output
     from avda.train.embedding import head_embedding
 
+    check_output(out)  # before its folder is made
     output_file(out)
     path = build_report(
         runs,

@@ -331,6 +331,20 @@ def test_report_refuses_a_layout_or_compare_it_cannot_show(trained, tmp_path, op
     assert not out.exists()
 
 
+def test_a_page_named_other_than_html_is_refused_before_any_work(trained, tmp_path, capsys):
+    # `avda report -o x.txt` wrote the HTML page into x.txt without a word
+    from avda.cli import main
+
+    out = tmp_path / "pages" / "report.txt"
+    assert main(["report", str(trained[0]), "-o", str(out)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: -o {out}: avda report writes one HTML page; name it report.html"]
+    assert not (tmp_path / "pages").exists()
+    with pytest.raises(AvdaError, match="name it report.html"):
+        report.build_report(trained[:1], out)
+    assert not out.exists()
+
+
 WIDTH_SCRIPT = """<script>
 window.addEventListener('load', () => {
   const table = document.querySelector('table.results').getBoundingClientRect();

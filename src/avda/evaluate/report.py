@@ -730,6 +730,16 @@ def _figure_html(figure: ReportFigure) -> str:
     )
 
 
+def check_output(out: str | Path) -> None:
+    """Refuse a page named other than ``.html``: it is HTML whatever its name (``-o x.txt``
+    wrote one silently), as ``avda predict -o`` refuses a name other than ``.npz``."""
+    out = Path(out)
+    if out.suffix.lower() not in (".html", ".htm"):
+        raise ConfigError(
+            f"-o {out}: avda report writes one HTML page; name it {out.with_suffix('.html').name}"
+        )
+
+
 def build_report(
     paths: Sequence[str | Path],
     out: str | Path,
@@ -751,6 +761,7 @@ def build_report(
     from avda._io import progress_bar
 
     out = Path(out)
+    check_output(out)
     if layout not in aggregate_lib.LAYOUTS:  # a paper layout: the per-run table is always there
         valid = ", ".join(aggregate_lib.LAYOUTS)
         raise ConfigError(f"unknown --layout {layout!r} for avda report; valid: {valid}")
