@@ -1361,7 +1361,7 @@ def report(
         progress=not quiet,
         embed=head_embedding,
     )
-    typer.echo(f"wrote {path}")
+    typer.echo(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")  # the result: stdout, once
 
 
 @app.command("predict")

@@ -345,6 +345,20 @@ def test_a_page_named_other_than_html_is_refused_before_any_work(trained, tmp_pa
     assert not out.exists()
 
 
+def test_the_page_written_is_said_once_on_stdout(trained, tmp_path, capsys, caplog):
+    # "wrote report.html" was printed on stdout and logged on stderr ("wrote ... (0.4 MB)")
+    from avda.cli import main
+
+    out = tmp_path / "report.html"
+    with caplog.at_level(logging.DEBUG, logger="avda"):
+        assert main(["report", str(trained[0]), "-o", str(out), "-q"]) == 0
+    printed = capsys.readouterr()
+    size = out.stat().st_size / 1e6
+    assert printed.out == f"wrote {out} ({size:.1f} MB)\n"
+    assert "wrote" not in printed.err
+    assert not [r for r in caplog.records if "wrote" in r.getMessage()]
+
+
 WIDTH_SCRIPT = """<script>
 window.addEventListener('load', () => {
   const table = document.querySelector('table.results').getBoundingClientRect();

@@ -848,8 +848,7 @@ def build_report(
         parts.append("</section>")
     parts.append("</body></html>")
     atomic_write_text(out, "\n".join(parts) + "\n")
-    log.info("wrote %s (%.1f MB)", out, out.stat().st_size / 1e6)
-    return out
+    return out  # `avda report` says "wrote" once, on stdout (it was logged on stderr too)
 
 
 def per_class_section(
