@@ -80,16 +80,16 @@ def results_table(run_dirs: Sequence[str | Path]) -> pd.DataFrame:
                 "run the same `avda sweep` again)"
             )
     rows = []
-    for run, method in zip(run_dirs, _method_names(describe_runs(run_dirs)), strict=True):
-        config = runs.read_config(run)
+    infos = describe_runs(run_dirs)
+    for info, method in zip(infos, _method_names(infos), strict=True):
         row = {
             "method": method,
-            "head": config["head"],
-            "setting": f"{','.join(config['source'])}->{','.join(config['target'])}",
-            "seed": config["seed"],
-            "protocol": config.get("protocol") or "none",
+            "head": info.head,
+            "setting": f"{','.join(info.source)}->{','.join(info.target)}",
+            "seed": info.seed,
+            "protocol": info.protocol or "none",
         }
-        row.update({k: 100.0 * v for k, v in run_metrics(run).items()})
+        row.update({k: 100.0 * v for k, v in run_metrics(info.path).items()})
         rows.append(row)
     table = pd.DataFrame(rows)
     fixed = ["method", "head", "setting", "seed", "protocol"]
