@@ -1349,7 +1349,8 @@ def report(
     from avda.evaluate.report import build_report, check_output
     from avda.train.embedding import head_embedding
 
-    check_output(out)  # before its folder is made
+    if not out.is_dir():  # a folder: output_file says so
+        check_output(out)  # before its parent folders are made
     output_file(out)
     path = build_report(
         runs,
