@@ -148,3 +148,14 @@ pd.DataFrame.to_csv = half
     finally:
         process.send_signal(signal.SIGKILL)
         process.wait(timeout=30)
+
+
+def without_audio(store, row: int = 0) -> None:
+    """Segment ``row`` of ``store`` (a cache of :func:`make_feature_cache`; row 0 is a source
+    training segment) without audio input: status missing, zero features, as extraction
+    records a video without an audio track. A run on RGB and audio warns that its audio is
+    zeros."""
+    from avda.cache import Status
+
+    zeros = np.zeros((1, *store.features("audio").shape[1:]), np.float32)
+    store.write("audio", np.array([row]), zeros, np.array([int(Status.MISSING)]), ["no audio"])

@@ -12,7 +12,7 @@ import pytest
 
 import avda
 from avda.errors import ConfigError
-from tests.conftest import make_feature_cache
+from tests.conftest import make_feature_cache, without_audio
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "python_api.md"
 
@@ -449,6 +449,31 @@ def test_extract_failure_records_name_the_keywords_and_the_cli_its_options(tmp_p
     assert code == 3
     listed = pd.read_csv(tmp_path / "d.zarr.failures.csv")
     assert listed["error"].iloc[0].endswith("not found; check --videos / the audio folder")
+
+
+def test_warnings_name_the_keywords_and_the_cli_its_options(tmp_path, caplog, capsys):
+    """A run far shorter than its recipe, on a cache with a segment without audio, warns about
+    both: from Python they said 'leave --epochs unset' and '--set modalities=[rgb] leaves audio
+    out' (the keyword rewrite saw only raised errors); the CLI keeps its options."""
+    from avda import cli
+
+    without_audio(make_feature_cache(tmp_path / "c.zarr", per_class=4))
+    given = {"head": "source-only", "cache": tmp_path / "c.zarr", "source": "source",
+             "target": "target", "epochs": 1}  # fmt: skip
+    with caplog.at_level("WARNING"):
+        avda.train(**given, out=tmp_path / "api", head_config={"hidden_dim": 8}, progress=False)
+    assert "(leave epochs unset to train the recipe's amount)" in caplog.text
+    assert "their audio features are zeros; head_config={'modalities': ['rgb']} leaves" in (
+        caplog.text
+    )
+    assert "--" not in caplog.text
+    capsys.readouterr()
+    code = cli.main(["train", *(f"--{k}={v}" for k, v in given.items()), "-o",
+                     str(tmp_path / "cli"), "--set", "hidden_dim=8", "-q"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert "(leave --epochs unset to train the recipe's amount)" in err
+    assert "their audio features are zeros; --set modalities=[rgb] leaves audio out" in err
 
 
 def test_the_keywords_of_train_and_extract_hints():

@@ -13,8 +13,8 @@
 ``avda.extract``, ``avda.train`` and ``avda.evaluate`` are these functions (the packages of the
 same names are callable); ``avda.open_cache`` is :func:`avda.cache.open_cache`. Errors are
 :class:`avda.errors.AvdaError` subclasses with the one-line message the CLI prints, its
-options named as these functions' keywords (``out``, not ``-o``). See
-``docs/python_api.md``.
+options named as these functions' keywords (``out``, not ``-o``), as are the warnings a call
+logs. See ``docs/python_api.md``.
 """
 
 from __future__ import annotations
@@ -24,11 +24,11 @@ import dataclasses
 import functools
 import logging
 import numbers
-import re
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from avda import wording
 from avda.errors import AvdaError, ConfigError, ManifestError
 
 log = logging.getLogger(__name__)
@@ -54,11 +54,12 @@ def _names(value: str | Sequence[str] | None) -> list[str]:
 
 
 # The command-line options that the code these functions share with the CLI names in its
-# errors, and this API's keywords for them (one table per function). ``"force": "force=True"``:
-# a flag is its keyword set to True; ``"o"`` is ``-o``. A ``--set key=value`` of a table with
-# ``"set="`` becomes ``head_config={'key': value}``; without it, it stays (`avda train`'s option,
-# a hint to train again). A command hint (``avda train --config RUN/config.yaml``, up to
-# ``;``, ``)`` or a backtick) stays as it is: it is a command to run.
+# errors, warnings and records, and this API's keywords for them (one table per function).
+# ``"force": "force=True"``: a flag is its keyword set to True; ``"o"`` is ``-o``. A
+# ``--set key=value`` of a table with ``"set="`` becomes ``head_config={'key': value}``;
+# without it, it stays (`avda train`'s option, a hint to train again). A command hint
+# (``avda train --config RUN/config.yaml``, up to ``;``, ``)`` or a backtick) stays as it is:
+# it is a command to run.
 _EXTRACT_KEYWORDS = {
     "o": "out",
     "out": "out",
@@ -119,68 +120,31 @@ _EVALUATE_KEYWORDS = {
     "compare": "compare",
     "protocol": "protocol",
 }
-_VALUE = r"[\w@.+-]+"
-_SET_VALUE = r"(?:\[[^\]]*\]|[^\s,;)]+)"  # a --set value: a [list] or one word
-_COMMAND = r"\bavda [a-z][\w-]*[^;)`]*"  # `avda extract --recipe cia`: a command, left as is
-# a quoted value (a repr: a path, a manifest's cell, a name): what it holds is not an option
-_QUOTED = r"""(?<![\w'"])(?:'[^'\n]*'|"[^"\n]*")(?!\w)"""
 
 
 def _keywords(message: str, table: Mapping[str, str] = _EVALUATE_KEYWORDS) -> str:
-    """The command-line options ``table`` names in an error of the shared code as this API's
-    keywords: ``--force`` as ``force=True``, ``-o`` as ``out``, ``--split 'x'`` as
-    ``splits='x'``; evaluate's ``--set X`` / ``--metric`` as ``eval_set='X'`` / ``metric``
-    (its options are followed by their values in its messages, the others by words)."""
-    names = sorted((n for n in table if not n.endswith("=")), key=len, reverse=True)
-    value = _VALUE if table is _EVALUATE_KEYWORDS else r"'[^']*'"
-    pair = rf"\w+={_SET_VALUE}"
-    # ``--set a=N --set b=N`` or ``--set a=N, b=N``: one dict of every key
-    assign = rf"|--set (?P<assigned>{pair}(?:(?:,? --set |, ){pair})*)" if "set=" in table else ""
-    pattern = (
-        rf"(?P<command>{_COMMAND}|{_QUOTED}){assign}"
-        rf"|(?<![\w-])--?(?P<name>{'|'.join(re.escape(n) for n in names)})(?![\w-])"
-        rf"(?! ?{_VALUE}=)(?: (?P<value>{value}))?"
-    )
-
-    def keyword(match: re.Match) -> str:
-        if match.group("command") is not None:
-            return match.group(0)
-        if match.groupdict().get("assigned") is not None:
-            pairs = re.findall(rf"(\w+)=({_SET_VALUE})", match.group("assigned"))
-            fields = ", ".join(f"{key!r}: {_literal(value)}" for key, value in pairs)
-            return f"{table['set=']}={{{fields}}}"
-        name, found = table[match.group("name")], match.group("value")
-        if found is None:
-            return name
-        return f"{name}={found}" if found.startswith("'") else f"{name}={found!r}"
-
-    return re.sub(pattern, keyword, message)
-
-
-def _literal(value: str) -> str:
-    """A ``--set`` value as Python: ``true`` -> ``True``, ``[rgb,audio]`` -> ``['rgb', 'audio']``,
-    ``off`` -> ``'off'``; numbers and placeholders (``N``, ``...``) as they are."""
-    if value.startswith("[") and value.endswith("]"):
-        return "[" + ", ".join(_literal(v) for v in value[1:-1].split(",") if v) + "]"
-    if value in ("true", "false"):
-        return value.title()
-    if value == "..." or value.isupper() or re.fullmatch(r"[-+]?[\d.]+(e[-+]?\d+)?", value):
-        return value
-    return repr(value)
+    """The command-line options ``table`` names in a message of the shared code as this API's
+    keywords (:func:`avda.wording.keywords`): ``--force`` as ``force=True``, ``-o`` as ``out``,
+    ``--split 'x'`` as ``splits='x'``; evaluate's ``--set X`` / ``--metric`` as
+    ``eval_set='X'`` / ``metric`` (its options are followed by their values in its messages,
+    the others by words)."""
+    return wording.keywords(message, table, bare_values=table is _EVALUATE_KEYWORDS)
 
 
 def _keyword_errors(
     table: Mapping[str, str], records: Callable[[Any, Mapping[str, str]], Any] | None = None
 ) -> Any:
-    """Decorate an API function: its :class:`AvdaError` messages name ``table``'s keywords,
-    not the CLI's options (the CLI calls ``function.__wrapped__``, whose messages are its own);
+    """Decorate an API function: its :class:`AvdaError` messages and the records it logs
+    (warnings, notes: :func:`avda.wording.spoken`) name ``table``'s keywords, not the CLI's
+    options (the CLI calls ``function.__wrapped__``, whose messages are its own);
     ``records(result, table)``: its result with the failure records it returns so worded."""
 
     def decorate(function: Any) -> Any:
         @functools.wraps(function)
         def call(*args: Any, **kwargs: Any) -> Any:
             try:
-                result = function(*args, **kwargs)
+                with wording.spoken(functools.partial(_keywords, table=table)):
+                    result = function(*args, **kwargs)
                 return result if records is None else records(result, table)
             except AvdaError as exc:
                 message = _keywords(str(exc), table)

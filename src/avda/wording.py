@@ -1,0 +1,117 @@
+"""A message in the caller's words: the command line's options as the Python API's keywords.
+
+The code the commands share writes its errors, warnings and failure records with the command
+line's options (``--epochs``, ``--set lr=...``, ``-o``). :func:`keywords` rewrites one message
+for another caller from a table of option -> name; :func:`spoken` rewrites every log record of
+avda made inside it (the errors a caller catches and the records it returns are rewritten by
+the caller: ``avda.api``). The command line uses none of it: its messages are
+its own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import logging
+import re
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+_VALUE = r"[\w@.+-]+"
+_SET_VALUE = r"(?:\[[^\]]*\]|[^\s,;)]+)"  # a --set value: a [list] or one word
+_COMMAND = r"\bavda [a-z][\w-]*[^;)`]*"  # `avda extract --recipe cia`: a command, left as is
+# a quoted value (a repr: a path, a manifest's cell, a name): what it holds is not an option
+_QUOTED = r"""(?<![\w'"])(?:'[^'\n]*'|"[^"\n]*")(?!\w)"""
+
+
+def keywords(message: str, table: Mapping[str, str], *, bare_values: bool = False) -> str:
+    """The command-line options ``table`` names in ``message`` as the caller's names.
+
+    ``table``: option (``"force"``, ``"o"`` for ``-o``) -> name (``"force=True"``, ``"out"``).
+    With a ``"set="`` entry, ``--set a=N --set b=N`` (or ``--set a=N, b=N``) becomes one
+    assignment of every field: ``NAME={'a': N, 'b': N}``; without it, it stays. An option
+    followed by a quoted value (``--split 'x'``) becomes ``splits='x'``; ``bare_values``:
+    by any word (``--set X`` -> ``eval_set='X'``: evaluate's messages). A command to run
+    (``avda train --config RUN/config.yaml``, up to ``;``, ``)`` or a backtick) and a quoted
+    value stay as they are."""
+    names = sorted((n for n in table if not n.endswith("=")), key=len, reverse=True)
+    value = _VALUE if bare_values else r"'[^']*'"
+    pair = rf"\w+={_SET_VALUE}"
+    assign = rf"|--set (?P<assigned>{pair}(?:(?:,? --set |, ){pair})*)" if "set=" in table else ""
+    pattern = (
+        rf"(?P<command>{_COMMAND}|{_QUOTED}){assign}"
+        rf"|(?<![\w-])--?(?P<name>{'|'.join(re.escape(n) for n in names)})(?![\w-])"
+        rf"(?! ?{_VALUE}=)(?: (?P<value>{value}))?"
+    )
+
+    def keyword(match: re.Match) -> str:
+        if match.group("command") is not None:
+            return match.group(0)
+        if match.groupdict().get("assigned") is not None:
+            pairs = re.findall(rf"(\w+)=({_SET_VALUE})", match.group("assigned"))
+            fields = ", ".join(f"{key!r}: {_literal(value)}" for key, value in pairs)
+            return f"{table['set=']}={{{fields}}}"
+        name, found = table[match.group("name")], match.group("value")
+        if found is None:
+            return name
+        return f"{name}={found}" if found.startswith("'") else f"{name}={found!r}"
+
+    return re.sub(pattern, keyword, message)
+
+
+def _literal(value: str) -> str:
+    """A ``--set`` value as Python: ``true`` -> ``True``, ``[rgb,audio]`` -> ``['rgb', 'audio']``,
+    ``off`` -> ``'off'``; numbers and placeholders (``N``, ``...``) as they are."""
+    if value.startswith("[") and value.endswith("]"):
+        return "[" + ", ".join(_literal(v) for v in value[1:-1].split(",") if v) + "]"
+    if value in ("true", "false"):
+        return value.title()
+    if value == "..." or value.isupper() or re.fullmatch(r"[-+]?[\d.]+(e[-+]?\d+)?", value):
+        return value
+    return repr(value)
+
+
+_SPELLING: contextvars.ContextVar[Callable[[str], str] | None] = contextvars.ContextVar(
+    "avda_spelling", default=None
+)
+_INSTALL = threading.Lock()
+
+
+def _spelling_factory(base: Callable[..., logging.LogRecord]) -> Callable[..., logging.LogRecord]:
+    """``base`` (the log record factory in place), whose records of avda's loggers made under
+    :func:`spoken` carry their message rewritten."""
+
+    def make(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = base(*args, **kwargs)
+        spell = _SPELLING.get()
+        if spell is None or record.name.split(".")[0] != "avda":
+            return record
+        try:
+            message = record.getMessage()
+        except Exception:  # noqa: BLE001 - a bad format: logging reports it when it emits
+            return record
+        record.msg, record.args = spell(message), ()
+        return record
+
+    make.avda_spelling = True  # type: ignore[attr-defined]
+    return make
+
+
+@contextlib.contextmanager
+def spoken(spell: Callable[[str], str]) -> Iterator[None]:
+    """Inside it (this thread or task), every record avda logs (warnings, notes) has its
+    message passed through ``spell`` when it is made, whatever handler shows or keeps it: the
+    user's, pytest's. Records of other libraries are left."""
+    with _INSTALL:  # on each entry: a factory set since (without ours) is wrapped in turn
+        factory = logging.getLogRecordFactory()
+        if not getattr(factory, "avda_spelling", False):
+            logging.setLogRecordFactory(_spelling_factory(factory))
+    token = _SPELLING.set(spell)
+    try:
+        yield
+    finally:
+        _SPELLING.reset(token)
+
+
+__all__ = ["keywords", "spoken"]
