@@ -1,10 +1,11 @@
-"""A message in the caller's words: the command line's options as the Python API's keywords.
+"""A message in the caller's words: the command line's options as the Python API's keywords or
+a sweep spec's keys.
 
 The code the commands share writes its errors, warnings and failure records with the command
 line's options (``--epochs``, ``--set lr=...``, ``-o``). :func:`keywords` rewrites one message
 for another caller from a table of option -> name; :func:`spoken` rewrites every log record of
 avda made inside it (the errors a caller catches and the records it returns are rewritten by
-the caller: ``avda.api``). The command line uses none of it: its messages are
+the caller: ``avda.api``, ``avda.sweep``). The command line uses none of it: its messages are
 its own.
 """
 
@@ -25,13 +26,16 @@ _COMMAND = r"\bavda [a-z][\w-]*[^;)`]*"  # `avda extract --recipe cia`: a comman
 _QUOTED = r"""(?<![\w'"])(?:'[^'\n]*'|"[^"\n]*")(?!\w)"""
 
 
-def keywords(message: str, table: Mapping[str, str], *, bare_values: bool = False) -> str:
+def keywords(
+    message: str, table: Mapping[str, str], *, bare_values: bool = False, yaml: bool = False
+) -> str:
     """The command-line options ``table`` names in ``message`` as the caller's names.
 
     ``table``: option (``"force"``, ``"o"`` for ``-o``) -> name (``"force=True"``, ``"out"``).
     With a ``"set="`` entry, ``--set a=N --set b=N`` (or ``--set a=N, b=N``) becomes one
-    assignment of every field: ``NAME={'a': N, 'b': N}``; without it, it stays. An option
-    followed by a quoted value (``--split 'x'``) becomes ``splits='x'``; ``bare_values``:
+    assignment of every field: ``NAME={'a': N, 'b': N}`` (Python), or ``a: N, b: N`` with
+    ``yaml`` (a spec's keys); without it, it stays. An option followed by a quoted value
+    (``--split 'x'``) becomes ``splits='x'`` (``split: 'x'`` with ``yaml``); ``bare_values``:
     by any word (``--set X`` -> ``eval_set='X'``: evaluate's messages). A command to run
     (``avda train --config RUN/config.yaml``, up to ``;``, ``)`` or a backtick) and a quoted
     value stay as they are."""
@@ -50,11 +54,15 @@ def keywords(message: str, table: Mapping[str, str], *, bare_values: bool = Fals
             return match.group(0)
         if match.groupdict().get("assigned") is not None:
             pairs = re.findall(rf"(\w+)=({_SET_VALUE})", match.group("assigned"))
+            if yaml:
+                return ", ".join(f"{key}: {value}" for key, value in pairs)
             fields = ", ".join(f"{key!r}: {_literal(value)}" for key, value in pairs)
             return f"{table['set=']}={{{fields}}}"
         name, found = table[match.group("name")], match.group("value")
         if found is None:
             return name
+        if yaml:
+            return f"{name}: {found}"
         return f"{name}={found}" if found.startswith("'") else f"{name}={found!r}"
 
     return re.sub(pattern, keyword, message)
@@ -102,7 +110,7 @@ def _spelling_factory(base: Callable[..., logging.LogRecord]) -> Callable[..., l
 def spoken(spell: Callable[[str], str]) -> Iterator[None]:
     """Inside it (this thread or task), every record avda logs (warnings, notes) has its
     message passed through ``spell`` when it is made, whatever handler shows or keeps it: the
-    user's, pytest's. Records of other libraries are left."""
+    user's, pytest's, a sweep worker's collector. Records of other libraries are left."""
     with _INSTALL:  # on each entry: a factory set since (without ours) is wrapped in turn
         factory = logging.getLogRecordFactory()
         if not getattr(factory, "avda_spelling", False):

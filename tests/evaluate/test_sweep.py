@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from tests.conftest import make_feature_cache
+from tests.conftest import make_feature_cache, without_audio
 
 from avda import runs
 from avda.errors import ConfigError
@@ -669,6 +669,43 @@ def test_a_second_spec_keeps_the_first_specs_failures_listed(tmp_path, cache):
     listed = pd.read_csv(tmp_path / "runs" / sweep.FAILURES)
     assert listed["method"].tolist() == ["broken"]
     assert "per-modality" in listed["error"].iloc[0]
+
+
+def test_a_sweeps_warnings_and_failure_records_name_the_specs_keys(tmp_path, caplog):
+    """What the runs of a spec log and record named `avda train`'s options: 'leave --epochs
+    unset' for a head's ``epochs:``, '--set modalities=[rgb]' for its field (the spec's key
+    is ``modalities: [rgb]``), in its warnings, the failure records (summary, sweep.json,
+    sweep-failures.csv) and --check's problems (the CLI's words: tests/test_api.py)."""
+    from avda.sweep.spec import spec_words
+
+    without_audio(make_feature_cache(tmp_path / "c.zarr", per_class=4))
+    spec = sweep.parse_spec({
+        "cache": str(tmp_path / "c.zarr"), "settings": ["source->target"], "seeds": [0],
+        "heads": [{"name": "source-only", "epochs": 1, "hidden_dim": 8},
+                  {"name": "rna", "epochs": 1, "modalities": ["rgb"]}],
+    }, source="spec")  # fmt: skip
+    problems, _ = sweep.task_problems(spec)
+    assert problems == ["rna/source-target: rna needs at least two modalities (it aligns the "
+                        "ratio of their feature norms), got ['rgb']; select more with "
+                        "modalities: [rgb,audio]"]  # fmt: skip
+    with caplog.at_level("WARNING"):
+        summary = sweep.run_serial(spec, out=tmp_path / "runs")
+    assert "(leave epochs unset to train the recipe's amount)" in caplog.text
+    assert "their audio features are zeros; modalities: [rgb] leaves audio out" in caplog.text
+    assert "--" not in caplog.text
+    (failed,) = summary.failed
+    assert failed.error.endswith("select more with modalities: [rgb,audio]"), failed.error
+    listed = pd.read_csv(tmp_path / "runs" / sweep.FAILURES)["error"].tolist()
+    index = json.loads((tmp_path / "runs" / sweep.INDEX).read_text())["runs"]
+    assert listed == [failed.error] == [e["error"] for e in index if e["status"] == "failed"]
+    # on a Dask worker the warnings are kept for sweep-warnings.log, in the same words
+    with sweep.collect_warnings(on=True) as kept:
+        sweep.run_task(dataclasses.replace(summary.tasks[0], run=tmp_path / "again"))
+    assert any("leave epochs unset" in w for w in kept) and not any("--" in w for w in kept)
+    # a hint that sets several fields names each as the head's key
+    hint = "(--set batch_size=N --set target_batch_size=N); remove that --set"
+    assert spec_words(hint) == "(batch_size: N, target_batch_size: N); remove that head field"
+    assert spec_words("device 'tpu' (--device 'tpu')") == "device 'tpu' (device: 'tpu')"
 
 
 _HOLD = """

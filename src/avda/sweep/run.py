@@ -77,7 +77,9 @@ from avda.sweep.spec import (
     parse_spec,
     pbs_memory,
     pbs_walltime,
+    spec_words,
 )
+from avda.wording import spoken
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +145,9 @@ class TaskOutcome:
     worker: str = ""
     warnings: list[str] = dataclasses.field(default_factory=list)  # avda's, on a Dask worker
 
+    def __post_init__(self) -> None:  # every failure record of a sweep in its spec's words
+        self.error = spec_words(self.error)
+
 
 def plan(spec: SweepSpec, out: str | Path) -> list[SweepTask]:
     """Every (cache, head, setting, seed) as a task, in a stable order. Paths are absolute:
@@ -200,7 +205,7 @@ def _worker_device(device: str | None) -> tuple[str | None, str]:
 
 def run_task(task: SweepTask) -> TaskOutcome:
     """Train one run on a worker. AvdaErrors fail the run; anything else raises (Dask retries)."""
-    with collect_warnings() as warnings:
+    with collect_warnings() as warnings, spoken(spec_words):  # its warnings in the spec's words
         outcome = _run_task(task)
     outcome.warnings = list(warnings)
     return outcome
@@ -479,9 +484,10 @@ def task_problems(spec: SweepSpec) -> tuple[list[str], int]:
                 )  # fmt: skip
                 setup.check_head()
         except AvdaError as error:
-            problems.append(f"{task.name.rsplit('/seed', 1)[0]}: {error}")
+            problems.append(f"{task.name.rsplit('/seed', 1)[0]}: {spec_words(str(error))}")
         except (ValueError, TypeError, RuntimeError) as error:  # a head's own refusal
-            problems.append(f"{task.name.rsplit('/seed', 1)[0]}: {type(error).__name__}: {error}")
+            why = spec_words(f"{type(error).__name__}: {error}")
+            problems.append(f"{task.name.rsplit('/seed', 1)[0]}: {why}")
     return problems, unchecked
 
 

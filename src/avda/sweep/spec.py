@@ -16,6 +16,7 @@ from avda.data_manifests.settings import NAMED_SETTINGS, SETTING_GROUPS, Setting
 from avda.errors import AvdaError, ConfigError
 from avda.registry import unknown_name_message
 from avda.safe_yaml import MAX_YAML_BYTES
+from avda.wording import keywords
 
 CLUSTER_KINDS = ("local", "slurm", "pbs")
 
@@ -51,6 +52,23 @@ CLUSTER_KEYS = (
     "worker_timeout",
     "queue_timeout",
 )
+# `avda train`'s options that the training code names in its errors and warnings, and the keys
+# of a spec that set them (:func:`spec_words`): a head's fields (``--set lr=0.1`` is ``lr: 0.1``
+# in its entry, ``--epochs`` its ``epochs``), ``seeds``, ``out``, a setting's ``source`` and
+# ``target``. ``--config`` and a command to run (``avda extract --recipe cia``) stay.
+SPEC_KEYS = {
+    "set": "head field",
+    "set=": "",
+    "epochs": "epochs",
+    "seed": "seeds",
+    "o": "out",
+    "out": "out",
+    "cache": "cache",
+    "source": "source",
+    "target": "target",
+    "device": "device",
+    "protocol": "protocol",
+}
 DEFAULT_WORKER_TIMEOUT = 300.0
 """Seconds ``avda sweep`` waits for the first Dask worker to join before it gives up."""
 MAX_RUNS_ENV = "AVDA_MAX_RUNS"
@@ -62,6 +80,14 @@ MAX_RETRIES = 100
 MAX_PROCESSES = 256
 """Most ``cluster.processes`` (worker processes per cluster job)."""
 _WALLTIME = re.compile(r"^(\d+-)?\d+(:\d{2}){0,2}$")
+
+
+def spec_words(message: str) -> str:
+    """A message of the training code in a spec's words (:data:`SPEC_KEYS`): what a sweep's
+    runs log and record (``sweep-warnings.log``, ``sweep-failures.csv``, ``sweep.json``, the
+    summary) names the keys its spec has, not `avda train`'s options: ``leave epochs unset``,
+    ``modalities: [rgb] leaves audio out``."""
+    return keywords(message, SPEC_KEYS, yaml=True)
 
 
 # ------------------------------------------------------------------------------ the spec
