@@ -442,6 +442,9 @@ def test_sweep_on_its_own_local_cluster_reports_failures_and_skips_finished_runs
     failures = pd.read_csv(tmp_path / "runs" / sweep.FAILURES)
     assert failures["method"].tolist() == ["dann-mid"]
     assert "ConfigError" in failures["error"][0]
+    # the run's warnings came back from its worker in the spec's words (a head's epochs: 2)
+    kept = (tmp_path / "runs" / sweep.WARNINGS).read_text()
+    assert "(leave epochs unset to train the recipe's amount)" in kept and "--" not in kept
 
     # Again: the finished run is skipped without starting a cluster; a changed config is refused.
     spec_data["heads"] = [spec_data["heads"][0]]
