@@ -137,6 +137,40 @@ class InputPaths:
             )
 
 
+# The segment columns a SegmentDataset item reads (besides ``uid``, which only names the segment
+# in messages, and seeds the ``random`` placement): rows equal in them decode to the same input.
+INPUT_COLUMNS = (
+    "video_id",
+    "video_path",
+    "participant_id",
+    "start_sec",
+    "stop_sec",
+    "start_frame",
+    "stop_frame",
+    "fps",
+)
+
+
+def shared_inputs(
+    segments: pd.DataFrame, rows: np.ndarray, recipe: Recipe
+) -> dict[int, np.ndarray]:
+    """``rows`` grouped by the input they read: the first row of each group -> every row of it
+    (in order). Rows equal in :data:`INPUT_COLUMNS` (and in ``uid`` where the recipe's
+    ``random`` placement draws from it) decode to the same clips: extraction reads and encodes
+    the first and writes its result to all (CharadesEgo's 10 test clips of a video shorter than
+    a window are one segment)."""
+    rows = np.asarray(rows, dtype=np.int64)
+    columns = [c for c in INPUT_COLUMNS if c in segments.columns]
+    if recipe.placement == "random":
+        columns.append("uid")
+    table = segments.iloc[rows][columns].astype(object)
+    groups = table.groupby(columns, dropna=False, sort=False).ngroup().to_numpy()
+    order = np.argsort(groups, kind="stable")  # each group's rows, in row order
+    starts = np.flatnonzero(np.r_[True, np.diff(groups[order]) != 0])
+    members = np.split(rows[order], starts[1:])
+    return {int(group[0]): group for group in sorted(members, key=lambda g: int(g[0]))}
+
+
 class SegmentDataset(Dataset):
     """Item = (row, input tensor or None, status, error) for one segment and one modality.
 

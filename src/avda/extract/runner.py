@@ -12,11 +12,12 @@
                                                ─► features (K, D)
 
 Each segment is independent: a bad video fails its own segments (status FAILED with the reason)
-and the run goes on. Results are written chunk by chunk, features first and status last, so a
-killed run resumes exactly at the first segment whose status is not DONE. Inputs: video files
-(decord, else PyAV), EPIC-style RGB frame folders (``frames``), u/v flow JPEG folders
-(``flow``) and audio files (``audio``; else the video's own track); see
-``docs/extraction.md``.
+and the run goes on. Rows that read the same input (``inputs.shared_inputs``: same video, times
+and sampling) are decoded and encoded once, the result written to each. Results are written
+chunk by chunk, features first and status last, so a killed run resumes exactly at the first
+segment whose status is not DONE. Inputs: video files (decord, else PyAV), EPIC-style RGB frame
+folders (``frames``), u/v flow JPEG folders (``flow``) and audio files (``audio``; else the
+video's own track); see ``docs/extraction.md``.
 """
 
 from __future__ import annotations
@@ -55,7 +56,14 @@ from avda.extract.inference import (
     resolve_precision,
     reuse_freed_memory,
 )
-from avda.extract.inputs import InputPaths, Relayed, SegmentDataset, relay, worker_init
+from avda.extract.inputs import (
+    InputPaths,
+    Relayed,
+    SegmentDataset,
+    relay,
+    shared_inputs,
+    worker_init,
+)
 from avda.extract.sampling import Recipe
 from avda.extract.transforms import check_clip_frames, model_input
 from avda.extract.writer import BackgroundWriter, ChunkWriter
@@ -859,9 +867,11 @@ def _extract_modality(
             ", ".join(f"{n} {name}" for name, n in counts.items() if n) or "no segments",
         )
         return
+    shared = shared_inputs(segments, rows, recipe)  # first row -> the rows reading its input
     log.info(
-        "%s: %d segments to extract with %s on %s in %s",
+        "%s: %d segments to extract with %s on %s in %s%s",
         *(spec.modality, len(rows), spec.backbone, device, precision),
+        f" ({len(shared)} distinct inputs)" if len(shared) < len(rows) else "",
     )
     cuda = device.startswith("cuda")
     prepare_model(model, device)  # BN folded, channels-last
@@ -869,7 +879,7 @@ def _extract_modality(
 
     dataset = SegmentDataset(
         segments,
-        rows,
+        np.fromiter(shared, dtype=np.int64, count=len(shared)),
         inputs,
         recipe,
         spec.modality,
@@ -916,8 +926,10 @@ def _extract_modality(
     notes: dict[int, str] = {}  # a done segment's note (e.g. audio lost to damaged packets)
 
     def finished(row: int, features, spatial, state: int, error: str) -> None:
-        background.add(row, features, spatial, state, notes.pop(row, error))
-        bar.update(1)
+        error = notes.pop(row, error)
+        for each in shared[row]:  # every row that reads this input gets its result
+            background.add(int(each), features, spatial, state, error)
+        bar.update(len(shared[row]))
 
     try:
         logged: set = set()
@@ -925,7 +937,9 @@ def _extract_modality(
             relay(records, logged)
             if x is None:
                 if state == Status.FAILED:
-                    log.warning("segment %s failed: %s", segments["uid"].iloc[row], error)
+                    same = len(shared[row]) - 1
+                    also = f" (and {same} rows with the same input)" if same else ""
+                    log.warning("segment %s%s failed: %s", segments["uid"].iloc[row], also, error)
                 finished(row, None, None, state, error)
                 continue
             if error:
