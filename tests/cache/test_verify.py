@@ -221,6 +221,82 @@ def test_an_absent_status_chunk_of_written_rows_is_a_problem(capsys, store_path)
     assert cache_lib.open_cache(store_path).verify().empty
 
 
+def _drop_chunk_1(store_path):
+    """A copy that dropped every file of rows 8-15 of rgb: status and features (the errors of
+    rows without one hold no file)."""
+    for file in ("status/rgb/c/1", "features/rgb/c/1/0/0"):
+        (store_path / file).unlink()
+    assert not (store_path / "errors/rgb/c/1").exists()
+
+
+def test_finished_rows_whose_status_and_features_files_were_lost_are_a_problem(capsys, store_path):
+    """Without a completion record, rows whose every file was lost read as never extracted:
+    a store whose extraction recorded finishing (finished_rows) tells them apart."""
+    store = cache_lib.open_cache(store_path, mode="r+")
+    assert store.record_finished("rgb") and store.finished_rows("rgb") == 48
+    _drop_chunk_1(store_path)
+    problems = cache_lib.open_cache(store_path).verify()
+    assert problems[["kind", "array", "file", "rows"]].values.tolist() == [
+        ["missing", "status/rgb", "status/rgb/c/1", list(range(8, 16))]
+    ]
+    message = problems["message"].iloc[0]
+    assert "status/rgb/c/1 is missing, so rows 8-15 read as pending" in message
+    assert "though the extraction finished its first 48 rows (finished_rows" in message
+    assert "run the same `avda extract` again, which recomputes them" in message
+    assert problems.attrs["notes"] == []
+    code, lines, _ = verify_cli(capsys, store_path, "-q")
+    assert code == 3 and lines[0] == message
+    # no longer finished: the record is not written again
+    assert not cache_lib.open_cache(store_path, mode="r+").record_finished("rgb")
+
+
+def test_a_pending_row_among_finished_ones_in_a_status_file_is_a_problem(store_path):
+    store = cache_lib.open_cache(store_path, mode="r+")
+    store.record_finished("rgb")
+    zarr.open_group(str(store_path), mode="r+")["status/rgb"][9] = 0  # an older status file
+    problems = cache_lib.open_cache(store_path).verify()
+    assert problems[["kind", "file", "rows"]].values.tolist() == [["status", "status/rgb/c/1", [9]]]
+    assert (
+        "row 9 is pending, though the extraction finished its first 48"
+        in (problems["message"].iloc[0])
+    )
+
+
+def test_rows_appended_after_the_record_may_be_pending(store_path):
+    store = cache_lib.open_cache(store_path, mode="r+")
+    store.record_finished("rgb")
+    store.update_modality_info("rgb", finished_rows=12)  # as if rows 12-47 came later
+    group = zarr.open_group(str(store_path), mode="r+")
+    group["status/rgb"][12:16] = 0
+    group["status/rgb"][16:24] = 0  # the whole chunk 2 pending: no status file
+    (store_path / "features/rgb/c/2/0/0").unlink()  # nor features: never extracted
+    assert cache_lib.open_cache(store_path).verify().empty
+    (store_path / "features/rgb/c/1/0/0").unlink()
+    (store_path / "status/rgb/c/1").unlink()  # rows 8-11 finished, 12-15 appended
+    problems = cache_lib.open_cache(store_path).verify()
+    assert problems[["file", "rows"]].values.tolist() == [["status/rgb/c/1", [8, 9, 10, 11]]]
+
+
+def test_a_store_without_the_record_reads_as_before_with_a_note(store_path):
+    """Stores made before finished_rows: lost rows cannot be told from rows never extracted,
+    which is no problem, and a note says so."""
+    _drop_chunk_1(store_path)
+    problems = cache_lib.open_cache(store_path).verify()
+    assert problems.empty
+    (note,) = problems.attrs["notes"]
+    assert "status/rgb: 8 rows pending, and no finished extraction of rgb recorded" in note
+    assert "the same `avda extract` computes them and records it" in note
+
+
+def test_a_new_modalitys_arrays_drop_a_finished_record(store_path):
+    store = cache_lib.open_cache(store_path, mode="r+")
+    store.record_finished("rgb")
+    info = store.modality_info("rgb")
+    store.add_modality("rgb", num_clips=2, num_features=16, info=info)  # --force: all pending
+    assert store.finished_rows("rgb") == 0
+    assert cache_lib.open_cache(store_path).verify().empty
+
+
 @pytest.fixture
 def imported_path(tmp_path):
     """A store made by `avda cache import` of per-video .npy files: 8 segments, 4 per chunk."""

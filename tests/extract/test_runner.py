@@ -254,3 +254,25 @@ def test_a_relative_weights_path_is_recorded_absolute(tmp_path, monkeypatch):
     entry = runner._modality_entry(spec, model, InputPaths(videos=tmp_path))
     assert entry["weights"] == str(tmp_path / "serve" / "w.pt")
     assert entry["weights_sha256"] == hashlib.sha256(b"weights").hexdigest()
+
+
+def test_an_extraction_records_finishing_so_verify_finds_finished_rows_lost(demo_dataset, tmp_path):
+    """A copy that dropped a chunk's status and features files: the rows read as never
+    extracted, unless the store records that its extraction finished every row."""
+    root, manifest = demo_dataset
+    out = tmp_path / "s.zarr"
+    rgb = MODALITIES[:1]
+    assert len(manifest) > 4  # chunks of 4 rows: shard 1 has rows 4-7
+    _extract(manifest, root, out, modalities=rgb, shard=(1, 2))
+    assert open_cache(out).finished_rows("rgb") == 0  # shard 0's rows are pending
+    _extract(manifest, root, out, modalities=rgb, shard=(0, 2))  # the last shard records it
+    assert open_cache(out).finished_rows("rgb") == len(manifest)
+    for file in ("status/rgb/c/1", "features/rgb/c/1/0/0"):
+        (out / file).unlink()
+    problems = open_cache(out).verify()
+    assert problems[["kind", "file", "rows"]].values.tolist() == [
+        ["missing", "status/rgb/c/1", [4, 5, 6, 7]]
+    ]
+    assert "though the extraction finished its first" in problems["message"].iloc[0]
+    result = _extract(manifest, root, out, modalities=rgb)  # the fix: the same extract
+    assert result.done == len(manifest) and open_cache(out).verify().empty

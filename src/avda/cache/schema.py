@@ -112,6 +112,7 @@ OPTIONAL_MODALITY_KEYS = (
     "frame_times",
     "video_timestamps",
     "finetuned",
+    "finished_rows",
 )
 
 

@@ -179,6 +179,7 @@ class FeatureCache:
             modality, shape=(N,), chunks=(chunk,), dtype=str, overwrite=True
         )
         errors[:] = np.full(N, "", dtype=object)
+        info = {k: v for k, v in info.items() if k != FINISHED_ROWS}  # its rows are pending
         entry = {"num_clips": num_clips, "num_features": num_features, **info}
         if register:
             provenance = self.provenance
@@ -192,6 +193,23 @@ class FeatureCache:
         entry = {**self.modality_info(modality), **fields}
         provenance["modalities"] = {**provenance["modalities"], modality: entry}
         self._set_provenance(provenance)
+
+    def finished_rows(self, modality: str) -> int:
+        """How many first rows of ``modality`` an extraction finished (none pending), as it
+        recorded when it had; 0 where none did (not yet, or a store made before the record:
+        docs/cache_schema.md). ``verify`` reports a pending row among them as lost."""
+        value = self.modality_info(modality).get(FINISHED_ROWS)
+        return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+    def record_finished(self, modality: str) -> bool:
+        """Record ``finished_rows`` = N when no row of ``modality`` is pending (the writer holds
+        the store's lock exclusively, or a shard the creation lock); whether it is recorded."""
+        status = self.status(modality)
+        if np.any(status == Status.PENDING):
+            return False
+        if self.finished_rows(modality) != len(status):
+            self.update_modality_info(modality, **{FINISHED_ROWS: len(status)})
+        return True
 
     def status(self, modality: str) -> np.ndarray:
         self.modality_info(modality)
@@ -758,6 +776,9 @@ class FeatureCache:
 
 
 # Start of the error message of a row refused for NaN/inf values (see nonfinite_error).
+# Modality-entry key: the first rows an extraction finished (FeatureCache.finished_rows).
+FINISHED_ROWS = "finished_rows"
+
 NONFINITE_PREFIX = "non-finite "
 # Stored as the failed rows' error, read by command-line and Python users alike: both names.
 NONFINITE_EXTRACT_HINT = (

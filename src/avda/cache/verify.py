@@ -107,6 +107,7 @@ def verify_store(store: FeatureCache, *, progress: bool = False) -> pd.DataFrame
     order = sorted(arrays, key=lambda name: (not name.startswith(schema.STATUS_GROUP + "/"), name))
     total = sum(-(-min(arrays[name].shape[0], N) // int(arrays[name].chunks[0])) for name in order)
     done: dict[str, np.ndarray] = {}  # modality -> done mask (False where unknown)
+    pending: dict[str, int] = {}  # modality -> rows read as pending
     bar = progress_bar(total=total, unit="chunk", desc="verify", disable=not progress)
     try:
         for name in order:
@@ -117,6 +118,7 @@ def verify_store(store: FeatureCache, *, progress: bool = False) -> pd.DataFrame
             length = min(array.shape[0], N)
             if group == schema.STATUS_GROUP:
                 done[modality] = np.zeros(N, dtype=bool)
+                pending[modality] = 0
             for chunk in range(-(-length // step)):
                 lo, hi = chunk * step, min((chunk + 1) * step, length)
                 bar.update(1)
@@ -137,8 +139,9 @@ def verify_store(store: FeatureCache, *, progress: bool = False) -> pd.DataFrame
                     _check_segments_file(store, array, chunk, lo, hi, problem)
                 elif group == schema.STATUS_GROUP:
                     _check_status(store, array, chunk, lo, block, problem)
-                    _check_status_file(store, arrays, array, chunk, lo, hi, problem)
+                    _check_status_file(store, arrays, array, chunk, lo, hi, block, problem)
                     done[modality][lo:hi] = block == Status.DONE
+                    pending[modality] += int(np.sum(block == Status.PENDING))
                 elif group in (schema.FEATURES_GROUP, schema.SPATIAL_GROUP) and modality in done:
                     file = store_lib.chunk_file(array, chunk)
                     rows = np.flatnonzero(done[modality][lo:hi]) + lo
@@ -182,6 +185,10 @@ def verify_store(store: FeatureCache, *, progress: bool = False) -> pd.DataFrame
                         )
     finally:
         bar.close()
+    for modality, count in pending.items():
+        if count and modality in store.modalities and not store.finished_rows(modality):
+            if store._import_fix(modality) is None:
+                notes.append(prefix + _unrecorded_note(modality, count))
     found = pd.DataFrame(problems, columns=COLUMNS)
     found.attrs.update(arrays=len(arrays), chunks=total, notes=notes)
     return found
@@ -313,18 +320,36 @@ def _check_status(store, array: zarr.Array, chunk: int, lo: int, block: np.ndarr
     )
 
 
-def _check_status_file(store, arrays, array: zarr.Array, chunk: int, lo: int, hi: int, problem):
+def _check_status_file(
+    store, arrays, array: zarr.Array, chunk: int, lo: int, hi: int, block, problem
+) -> None:
     """An absent status chunk file reads as 0, pending: rows ``avda train`` leaves out and a
     resume recomputes. Absent is how zarr stores a chunk of pending rows only (it writes no
     chunk that holds the fill value alone), so it is a problem where the rows were written:
-    its features or errors chunk file is there (written before the status), or an import
-    brought them (an import gives every row a status)."""
+    its features or errors chunk file is there (written before the status), an import
+    brought them (an import gives every row a status), or an extraction recorded them finished
+    (``finished_rows``: a copy that dropped all their files). A pending row among the finished
+    ones in a status file that is there is a problem too."""
     from avda.cache import store as store_lib
 
     file = store_lib.chunk_file(array, chunk)
-    if (store.path / file).is_file():
-        return
     modality = array.path.partition("/")[2]
+    finished = min(store.finished_rows(modality), hi)
+    fix = "run the same `avda extract` again, which recomputes them"
+    if (store.path / file).is_file():
+        lost = np.flatnonzero(block[: max(finished - lo, 0)] == Status.PENDING) + lo
+        if len(lost):
+            problem(
+                "status",
+                array.path,
+                file,
+                lost,
+                f"{file}: {_rows_text(lost)} pending, though the extraction finished its first "
+                f"{store.finished_rows(modality)} rows (finished_rows in the provenance): a "
+                f"status file older than the store (a copy mixed from two?); restore the store "
+                f"from a good copy, or {fix}",
+            )
+        return
     imported = store._import_fix(modality, lo, hi)
     written = [
         store_lib.chunk_file(arrays[name], chunk)
@@ -332,7 +357,9 @@ def _check_status_file(store, arrays, array: zarr.Array, chunk: int, lo: int, hi
         if name in arrays and (store.path / store_lib.chunk_file(arrays[name], chunk)).is_file()
     ]
     if not imported and not written:
-        return  # rows never extracted yet
+        if finished <= lo:
+            return  # rows never extracted yet
+        hi = finished  # rows past it came later (an append), pending as they should be
     rows = f"rows {lo}-{hi - 1}" if hi - lo > 1 else f"row {lo}"
     if imported:
         why = (
@@ -340,12 +367,17 @@ def _check_status_file(store, arrays, array: zarr.Array, chunk: int, lo: int, hi
             "interrupted rsync?)"
         )
         fix = imported
-    else:
+    elif written:
         why = (
             f"though {' and '.join(written)} {'are' if len(written) > 1 else 'is'} there: a "
             "copy cut short (or an extraction killed between the two writes)"
         )
-        fix = "run the same `avda extract` again, which recomputes them"
+    else:
+        why = (
+            f"though the extraction finished its first {store.finished_rows(modality)} rows "
+            "(finished_rows in the provenance) and none of their chunk files is left: a copy "
+            "that dropped files (an interrupted rsync?)"
+        )
     problem(
         "missing",
         array.path,
@@ -353,6 +385,16 @@ def _check_status_file(store, arrays, array: zarr.Array, chunk: int, lo: int, hi
         range(lo, hi),
         f"{file} is missing, so {rows} read as pending (`avda train` leaves them out), "
         f"{why}; restore the store from a good copy, or {fix}",
+    )
+
+
+def _unrecorded_note(modality: str, count: int) -> str:
+    return (
+        f"status/{modality}: {count} row{'s' if count > 1 else ''} pending, and no finished "
+        f"extraction of {modality} recorded (finished_rows: a store made before 2026-12-07, or "
+        "an extraction not finished yet), so rows never extracted cannot be told from finished "
+        "rows whose status and features files a copy lost; the same `avda extract` computes "
+        "them and records it"
     )
 
 

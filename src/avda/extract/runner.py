@@ -803,7 +803,20 @@ def extract(
                 progress=options.progress,
                 precision=resolved,
             )
+        _record_finished(out, [m.modality for m in modalities], sharded=shard is not None)
         return summarise(store, [m.modality for m in modalities], began, shard=shard)
+
+
+def _record_finished(out: Path, modalities: list[str], *, sharded: bool) -> None:
+    """Record each modality with no row left pending as finished (its ``finished_rows``), so
+    that ``avda cache verify`` reports finished rows whose files a copy lost. A shard records it
+    under the creation lock (``<out>.create.lock``), from the store as it is on disk: of shards
+    ending together, the last to take the lock sees every row written."""
+    creation = out.with_name(f"{out.name}.create.lock")
+    with file_lock(creation) if sharded else contextlib.nullcontext():
+        store = cache_lib.open_cache(out, mode="a")
+        for modality in modalities:
+            store.record_finished(modality)
 
 
 def summarise(
