@@ -64,7 +64,7 @@ def test_a_writer_waits_when_asked(tmp_path, monkeypatch):
 
 
 def test_a_reader_of_a_missing_store_leaves_no_lock_file(tmp_path):
-    with store_lock(tmp_path / "none.zarr", what="avda cache export", shared=True):
+    with store_lock(tmp_path / "none.zarr", what="avda cache export", reads=True):
         pass
     assert list(tmp_path.iterdir()) == []
 

@@ -166,6 +166,50 @@ def test_shards_started_together_create_the_store_once(demo_dataset, tmp_path):
         runner.extract(manifest, out=out, shard=(0, 2), force=True, **options)
 
 
+def test_a_shard_that_creates_the_store_keeps_exclusive_writers_out(
+    demo_dataset, tmp_path, monkeypatch
+):
+    """A --shard run started before the store exists holds the store's lock shared from the
+    start, as shards of an existing store do: an `avda cluster` or `avda cache import` (an
+    exclusive writer, which deletes Zarr's unfinished writes) is refused while it extracts.
+    It took no lock at all before (the lock of a reader of a missing store)."""
+    import threading
+
+    from avda.cache import faults
+    from avda.cache.lock import StoreBusyError, store_lock
+
+    root, manifest = demo_dataset
+    options = dict(videos=root, recipe=TINY, modalities=MODALITIES, workers=0, chunk_rows=2,
+                   batch_size=TINY.num_clips, progress=False)  # fmt: skip
+    out = tmp_path / "s.zarr"
+    opened, release = threading.Event(), threading.Event()
+    real = faults.checkpoint
+
+    def pause(name: str) -> None:
+        real(name)
+        if name == "extract-opened":
+            opened.set()
+            release.wait(60)
+
+    monkeypatch.setattr(faults, "checkpoint", pause)
+    done = {}
+
+    def run_shard() -> None:
+        done["result"] = runner.extract(manifest, out=out, shard=(0, 2), **options)
+
+    shard = threading.Thread(target=run_shard)
+    shard.start()
+    try:
+        assert opened.wait(120), "the shard never opened the store"
+        with pytest.raises(StoreBusyError, match="avda extract"):
+            with store_lock(out, what="avda cluster"):
+                pass
+    finally:
+        release.set()
+        shard.join(120)
+    assert done["result"].done > 0
+
+
 # Slow: a cluster start and an extraction (~80 s here). Once in four runs on the loaded
 # development machine it failed for a reason not seen (its output was not kept), before the
 # decoding workers died with their Dask worker (tests/extract/test_worker_death.py).

@@ -1176,7 +1176,7 @@ def export_h5(
     """
     import h5py
 
-    with store_lock(store_path, what=EXPORT_LOCK, shared=True):
+    with store_lock(store_path, what=EXPORT_LOCK, reads=True):
         store = open_cache(store_path)
         out = Path(out)
         chosen = list(modalities) if modalities else store.modalities
@@ -1265,7 +1265,7 @@ def export_epic_pickle(
 
     Pickle holds everything in memory: export one split at a time.
     """
-    with store_lock(store_path, what=EXPORT_LOCK, shared=True):
+    with store_lock(store_path, what=EXPORT_LOCK, reads=True):
         store = open_cache(store_path)
         chosen = _chosen_modalities(store, modalities)
         return _export_epic_pickle(store, Path(out), domain, split, chosen)

@@ -87,7 +87,12 @@ def _wait_seconds() -> float:
 
 @contextlib.contextmanager
 def store_lock(
-    store: str | Path, *, what: str, shared: bool = False, wait: float | None = None
+    store: str | Path,
+    *,
+    what: str,
+    shared: bool = False,
+    wait: float | None = None,
+    reads: bool = False,
 ) -> Iterator[None]:
     """Hold the lock of ``store`` (exclusive, or ``shared``) for the ``with`` block.
 
@@ -96,8 +101,15 @@ def store_lock(
     Taken exclusively, it first deletes what a killed writer left in and beside the store
     (:func:`~avda.cache.store.remove_kill_leftovers`): its holder is the store's only writer,
     so nothing of another writer's is in progress.
+    ``reads``: the holder only reads the store (``avda cache export``; shared): a store that
+    does not exist takes no lock (the reader fails on its own; no lock file is left behind). A
+    shard (shared, a writer) locks a store it is about to create, as every writer does.
     """
-    with _flock(Path(store), lock_path(store), what=what, shared=shared, wait=wait):
+    store = Path(store)
+    if reads and not store.exists():
+        yield
+        return
+    with _flock(store, lock_path(store), what=what, shared=shared or reads, wait=wait):
         if not shared:
             remove_kill_leftovers(store)
         yield
@@ -184,9 +196,6 @@ def _flock(
     import fcntl
 
     wait = _wait_seconds() if wait is None else wait
-    if shared and not store.exists():  # the reader fails on its own; leave no lock file behind
-        yield
-        return
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
