@@ -467,7 +467,7 @@ def test_unfinished_zarr_writes_are_a_note_naming_the_file(capsys, store_path):
     assert code == 0 and lines[0] == f"note: {note}"
 
 
-@pytest.mark.parametrize("column", ["domain", "uid", "stop_sec"])
+@pytest.mark.parametrize("column", ["domain", "uid", "split"])
 def test_a_missing_chunk_file_of_the_segment_table_is_a_problem(capsys, store_path, column):
     """zarr reads an absent chunk of segments/<column> as "" (0.0): rows of no domain or
     split, which a run leaves out without a word; every row has a value there, so its chunk
@@ -482,6 +482,22 @@ def test_a_missing_chunk_file_of_the_segment_table_is_a_problem(capsys, store_pa
     assert "re-create it with the command that made it" in message
     code, lines, _ = verify_cli(capsys, store_path, "-q")
     assert code == 3 and lines[0] == message
+
+
+def test_a_store_whose_times_are_zero_in_a_chunk_is_sound(tmp_path):
+    """An import takes the times of its table unchecked (its features are already cut): a
+    chunk whose rows all stop at 0.0 has no file (zarr writes none of the fill value), and
+    verify called it a copy cut short."""
+    segments = pd.DataFrame(
+        {"uid": ["a", "b", "c", "d"], "video_id": "v", "domain": "d", "split": "train",
+         "start_sec": 0.0, "stop_sec": [0.0, 0.0, 1.0, 2.0]}
+    )  # fmt: skip
+    store = cache_lib.create(
+        tmp_path / "s.zarr", segments, manifest_sha256="", recipe={"name": "imported"},
+        chunk_rows=2,
+    )  # fmt: skip
+    assert not (store.path / "segments/stop_sec/c/0").exists()
+    assert store.verify().empty
 
 
 def test_an_absent_chunk_of_an_optional_segment_column_is_no_problem(store_path):

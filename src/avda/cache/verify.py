@@ -195,10 +195,11 @@ def verify_store(store: FeatureCache, *, progress: bool = False) -> pd.DataFrame
 
 
 # Segment columns whose every row holds a value other than the fill value (a non-empty uid,
-# video, domain and split; stop_sec > start_sec >= 0): each of their chunks is a file, and an
-# absent one is a copy cut short. (start_sec, labels, ... may fill a whole chunk with the
-# fill value, which zarr does not write.)
-ALWAYS_WRITTEN = ("uid", "video_id", "domain", "split", "stop_sec")
+# video, domain and split): each of their chunks is a file, and an absent one is a copy cut
+# short. (start_sec, labels, ... may fill a whole chunk with the fill value, which zarr does not
+# write; so may stop_sec, 0.0 in every row of an import whose table gave no times: an import
+# checks no times, as its features are already cut.)
+ALWAYS_WRITTEN = ("uid", "video_id", "domain", "split")
 
 _MODALITY_GROUPS = (
     schema.FEATURES_GROUP,
@@ -271,7 +272,7 @@ def _check_shape(store, array: zarr.Array, name: str, group: str, modality: str,
 
 def _check_segments_file(store, array: zarr.Array, chunk: int, lo: int, hi: int, problem):
     """An absent chunk file of an :data:`ALWAYS_WRITTEN` segment column reads as its fill value
-    (``""``, 0.0): rows without a uid, domain or split, which readers take as they read (a
+    (``""``): rows without a uid, domain or split, which readers take as they read (a
     run selects rows by domain and split, and would train and score without them)."""
     from avda.cache import store as store_lib
 
@@ -280,13 +281,12 @@ def _check_segments_file(store, array: zarr.Array, chunk: int, lo: int, hi: int,
         return
     rows = f"rows {lo}-{hi - 1}" if hi - lo > 1 else f"row {lo}"
     column = array.path.partition("/")[2]
-    read = "0.0" if schema.SEGMENT_COLUMNS[column] == "float" else "''"
     problem(
         "missing",
         array.path,
         file,
         range(lo, hi),
-        f"{file} is missing, so {rows} read {column} {read}, a value no row has (a run would "
+        f"{file} is missing, so {rows} read {column} '', a value no row has (a run would "
         "take them as they read): a copy cut short (an interrupted rsync?); restore the store "
         "from a good copy, or " + store_lib.RECREATE_HINT,
     )
