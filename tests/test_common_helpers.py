@@ -79,6 +79,25 @@ def test_file_lock_holders_take_turns_and_leave_no_lock_file(tmp_path):
     assert list(path.parent.iterdir()) == []
 
 
+def test_file_lock_without_locks_warns_runs_unlocked_and_leaves_no_lock_file(
+    tmp_path, monkeypatch, caplog
+):
+    """A file system without working locks (ENOLCK): a warning, the block runs (False), and
+    the lock file it created is removed as a holder's is (it was left behind)."""
+    import errno
+    import fcntl
+
+    def no_locks(fd, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    path = tmp_path / ".m.csv.lock"
+    with _io.file_lock(path) as locked:
+        assert locked is False
+    assert "does not support locks" in caplog.text and "run one writer at a time" in caplog.text
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_atomic_write_uses_the_temporary_name_given_and_can_fsync(tmp_path):
     target = tmp_path / "pred.npz"
     seen = []

@@ -83,7 +83,7 @@ def file_lock(path: str | Path) -> Iterator[bool]:
     lets go, so none is left behind; a waiter that then gets the lock of the removed file
     opens the one at ``path`` again (the kernel drops a killed holder's lock: its file stays,
     harmless, for the next holder to take and remove). Where the file system has no locks,
-    a warning, and the block runs unlocked: yields False."""
+    a warning, and the block runs unlocked: yields False (the file removed after it, too)."""
     import fcntl
 
     path = Path(path)
@@ -101,7 +101,10 @@ def file_lock(path: str | Path) -> Iterator[bool]:
                 "run one writer at a time",
                 *(path, exc.strerror),
             )
-            yield False
+            try:
+                yield False
+            finally:
+                path.unlink(missing_ok=True)
             return
         held = os.fstat(fd)
         try:
