@@ -520,6 +520,20 @@ def test_a_killed_builds_leftovers_are_removed_by_the_next_build(shared_data, tm
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.csv", "m.csv.build.json"]
 
 
+def test_each_write_of_a_manifest_has_its_own_temporary_file(tmp_path):
+    """Where the build lock is not taken (a file system without locks), two writes of one
+    output still never write into one file (the lock alone kept the two-build test green with
+    one fixed name); the next locked write removes what killed ones left, other files aside."""
+    path = tmp_path / "m.csv"
+    first, second = schema.partial_path(path), schema.partial_path(path)
+    assert first != second and first.parent == tmp_path and first.suffix == ".csv"
+    other = tmp_path / ".partial-1-0a1b2c3d-other.csv"
+    for leftover in (first, second, other):
+        leftover.write_text("half")
+    with schema.writing(path):
+        assert not first.exists() and not second.exists() and other.exists()
+
+
 def test_a_written_manifest_replaces_the_old_one_whole(tmp_path, monkeypatch):
     frame = pd.DataFrame(
         {
