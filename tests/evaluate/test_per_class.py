@@ -312,3 +312,9 @@ def test_runs_scored_on_different_sets_are_named_in_one_warning(sweep, tmp_path,
     assert any(f"target_val: {odd}" in note for note in table.notes)
     alone = per_class.per_class(aggregate.find_runs([sweep]))
     assert not any("different sets" in note for note in alone.notes)
+    # avda report shows the notes too, and has no --set: they name the command that has it
+    from avda.evaluate import report
+
+    page = report.build_report([runs_dir], tmp_path / "r.html", max_detailed_runs=0).read_text()
+    assert page.count("`avda evaluate --set` scores one set for all") == 2  # both tables
+    assert "choose one with --set" not in page
