@@ -40,10 +40,11 @@ def test_flat_keywords_build_the_options():
 @pytest.mark.parametrize("scheduler", [None, "local:1"])
 def test_the_api_hands_one_options_object_to_the_runner(monkeypatch, tmp_path, scheduler):
     seen = {}
+    returned = runner.ExtractResult(tmp_path / "c.zarr", 0, 0, 0, 0.0, pd.DataFrame())
 
     def capture(manifest, options, **keywords):
         seen["options"], seen["keywords"] = options, keywords
-        return "result"
+        return returned
 
     monkeypatch.setattr(runner, "extract", capture)
     monkeypatch.setattr(distributed, "extract_distributed", capture)
@@ -51,7 +52,7 @@ def test_the_api_hands_one_options_object_to_the_runner(monkeypatch, tmp_path, s
         MANIFEST, tmp_path / "c.zarr", videos=tmp_path, modalities="rgb,audio", batch_size=3,
         workers=0, device="cpu", scheduler=scheduler, progress=False,
     )  # fmt: skip
-    assert result == "result"
+    assert result is returned
     options = seen["options"]
     assert isinstance(options, runner.ExtractOptions)
     assert [m.modality for m in options.modalities] == ["rgb", "audio"]
