@@ -720,7 +720,11 @@ def finetune_command(
 @cache_app.command("import")
 def cache_import(
     source: Annotated[
-        Path, typer.Argument(help="Feature file (.pkl, .h5) or a folder of <video_id>.npy.")
+        Path,
+        typer.Argument(
+            help="Feature file (.pkl, .h5), a folder of <video_id>.npy, or TA3N's folder of "
+            "<video_id>/img_NNNNN.t7."
+        ),
     ],
     out: OutPath,
     annotations: Annotated[
@@ -731,30 +735,34 @@ def cache_import(
     ] = None,
     domain: Annotated[str | None, typer.Option(help="Domain of the imported rows.")] = None,
     split: Annotated[str | None, typer.Option(help="Split: train, val or test.")] = None,
-    format_: Annotated[str, typer.Option("--format", help="auto, epic-pkl, h5 or npy.")] = "auto",
+    format_: Annotated[
+        str, typer.Option("--format", help="auto, epic-pkl, h5, npy or ta3n-t7.")
+    ] = "auto",
     backbone: Annotated[
         str | None, typer.Option(help="Backbone that made the features (epic-pkl: tbn).")
     ] = None,
-    modality: Annotated[str, typer.Option(help="npy: the modality of the files.")] = "rgb",
+    modality: Annotated[str, typer.Option(help="npy, ta3n-t7: the files' modality.")] = "rgb",
     feature_rate: Annotated[
         float | None,
         typer.Option(
-            callback=_finite(0, strict=True), help="npy: feature rows per second of video."
+            callback=_finite(0, strict=True),
+            help="npy, ta3n-t7: feature rows (frames) per second of video.",
         ),
     ] = None,
-    num_clips: Annotated[int, typer.Option(min=1, help="npy: clips K per segment.")] = 25,
+    num_clips: Annotated[int, typer.Option(min=1, help="npy, ta3n-t7: clips K per segment.")] = 25,
     placement: Annotated[
         str,
         typer.Option(
-            help="npy: nearest (the rows nearest K uniform times) or tsn (TSN's test indices "
-            "over the segment's rows, as TA3N reads per-frame features)."
+            help="npy, ta3n-t7: nearest (the rows nearest K uniform times) or tsn (TSN's "
+            "test indices over the segment's rows, as TA3N reads per-frame features)."
         ),
     ] = "nearest",
     chunk_rows: Annotated[
         int, typer.Option(min=1, help="Segments per Zarr chunk (new store).")
     ] = 256,
 ) -> None:
-    """Append released / external features to a cache (EPIC-100 UDA pickles, HDF5, .npy)."""
+    """Append released / external features to a cache (EPIC-100 UDA pickles, HDF5, .npy, TA3N
+    .t7 frames)."""
     from avda.cache import interop
 
     result = interop.import_features(
@@ -768,7 +776,7 @@ def cache_import(
         modality=modality,
         feature_rate=feature_rate,
         num_clips=num_clips,
-        placement=placement,  # type: ignore[arg-type]  # checked by import_npy
+        placement=placement,  # type: ignore[arg-type]  # checked by _import_per_video
         chunk_rows=chunk_rows,
     )
     if result.already_imported:

@@ -12,7 +12,12 @@ Import (each appends to the store ``out``, creating it when absent):
   dataset per modality (at the root or under ``features/``), joined with an annotation table.
 - **per-video .npy**: ``<folder>/<video_id>.npy`` holding ``(T, D)`` features at
   ``feature_rate`` rows per second (row i at ``(i + 0.5) / feature_rate`` s); each manifest
-  segment takes the rows nearest to K uniformly spaced times.
+  segment takes the rows nearest to K uniformly spaced times (or TSN's, ``placement="tsn"``).
+- **TA3N's per-frame features** (``ta3n-t7``): ``<folder>/<video_id>/img_00001.t7`` ...,
+  one ``torch.save``d tensor per frame (row i = the file TA3N's ``dataset.py`` names
+  ``img_{i+1:05d}.t7``), sampled as a video's ``.npy`` rows are. Each file is read with
+  ``torch.load(weights_only=True)`` (tensors only; a file whose pickle names any other global
+  is refused before anything runs), and only the K frames a segment takes.
 
 An import, in this order, under the store's exclusive lock (:mod:`avda.cache.lock`; a second
 writer is refused in one line):
@@ -51,6 +56,7 @@ import hashlib
 import json
 import logging
 import pickle
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -79,8 +85,9 @@ H5_FORMAT_VERSION = 1
 RELEASED_MODALITIES: dict[str, str] = {"RGB": "rgb", "Flow": "flow", "Audio": "audio"}
 MODALITIES = tuple(RELEASED_MODALITIES.values())
 ID_DATASETS = ("uid", "uids", "narration_ids", "narration_id", "ids", "names")
-ImportFormat = Literal["auto", "epic-pkl", "h5", "npy"]
-# how a per-video .npy import picks a segment's K rows (import_npy)
+ImportFormat = Literal["auto", "epic-pkl", "h5", "npy", "ta3n-t7"]
+FORMATS = ("auto", "epic-pkl", "h5", "npy", "ta3n-t7")
+# how a per-video import picks a segment's K rows (import_npy, import_ta3n_t7)
 NpyPlacement = Literal["nearest", "tsn"]
 NPY_PLACEMENTS: tuple[str, ...] = ("nearest", "tsn")
 
@@ -288,10 +295,10 @@ def _check_import(
 
 
 def _npy_sampling(info: Mapping[str, Any]) -> tuple[float, str] | None:
-    """``(feature_rate, placement)`` of a modality imported from per-video .npy files (None:
-    not such an import). Records without ``placement`` are nearest's."""
+    """``(feature_rate, placement)`` of a modality imported from per-video features (.npy or
+    TA3N's .t7 frames; None: not such an import). Records without ``placement`` are nearest's."""
     given = info.get("input") or {}
-    if given.get("format") != "npy" or given.get("feature_rate") is None:
+    if given.get("format") not in schema.PER_VIDEO_FORMATS or given.get("feature_rate") is None:
         return None
     return float(given["feature_rate"]), str(given.get("placement", "nearest"))
 
@@ -299,11 +306,11 @@ def _npy_sampling(info: Mapping[str, Any]) -> tuple[float, str] | None:
 def _check_npy_sampling(
     store: FeatureCache, modality: str, found: Mapping[str, Any], info: Mapping[str, Any], source
 ) -> None:
-    """Refuse rows appended to a modality sampled another way: .npy rows at another
-    --feature-rate or --placement, or .npy rows with rows of a feature file or of an extraction
-    (which have no feature rate), either way round. The store records one input per modality
-    (its provenance and `avda cache verify`'s re-import command would be wrong for the new
-    rows)."""
+    """Refuse rows appended to a modality sampled another way: per-video rows (.npy, ta3n-t7)
+    at another --feature-rate or --placement, or per-video rows with rows of a feature file or
+    of an extraction (which have no feature rate), either way round. The store records one input
+    per modality (its provenance and `avda cache verify`'s re-import command would be wrong for
+    the new rows)."""
     theirs, ours = _npy_sampling(found), _npy_sampling(info)
     if theirs == ours:
         return
@@ -755,10 +762,10 @@ def import_features(
             backbone=backbone,
             chunk_rows=chunk_rows,
         )
-    if fmt == "npy":
+    if fmt in schema.PER_VIDEO_FORMATS:
         if feature_rate is None:
-            raise ConfigError("per-video .npy import needs --feature-rate (rows per second)")
-        return import_npy(
+            raise ConfigError(f"a {fmt} import needs --feature-rate (rows per second)")
+        return (import_npy if fmt == "npy" else import_ta3n_t7)(
             source,
             out=out,
             annotations=annotations,
@@ -771,11 +778,13 @@ def import_features(
             backbone=backbone,
             chunk_rows=chunk_rows,
         )
-    raise ConfigError(f"unknown import format {format!r}; valid: auto, epic-pkl, h5, npy")
+    raise ConfigError(f"unknown import format {format!r}; valid: {', '.join(FORMATS)}")
 
 
 def _guess_format(source: Path) -> str:
-    if source.is_dir():
+    if source.is_dir():  # TA3N's features: no .npy, folders of img_NNNNN.t7
+        if next(source.glob("*.npy"), None) is None and next(source.glob(TA3N_FRAMES), None):
+            return "ta3n-t7"
         return "npy"
     suffix = source.suffix.lower()
     if suffix in (".pkl", ".pickle"):
@@ -783,7 +792,8 @@ def _guess_format(source: Path) -> str:
     if suffix in (".h5", ".hdf5", ".hdf"):
         return "h5"
     raise ConfigError(
-        f"cannot tell the format of {source} from its name; pass --format epic-pkl, h5 or npy"
+        f"cannot tell the format of {source} from its name; pass --format epic-pkl, h5, npy "
+        "or ta3n-t7"
     )
 
 
@@ -1051,7 +1061,206 @@ def import_npy(
     ``round(start * rate)``, the frames TA3N reads from its per-frame features. Clamped to the
     array. A video without a file gets status MISSING.
     """
-    folder, out = Path(folder), Path(out)
+    folder = Path(folder)
+    files = sorted(folder.glob("*.npy"))
+    if not files:
+        raise CacheError(f"{folder} holds no .npy files")
+    videos = {path.stem: path for path in files}
+    return _import_per_video(
+        folder,
+        "npy",
+        videos,
+        files,
+        _open_npy,
+        out=out,
+        annotations=annotations,
+        feature_rate=feature_rate,
+        num_clips=num_clips,
+        placement=placement,
+        modality=modality,
+        domain=domain,
+        split=split,
+        backbone=backbone,
+        chunk_rows=chunk_rows,
+    )
+
+
+TA3N_FRAMES = "*/img_*.t7"
+_TA3N_FRAME = re.compile(r"img_(\d+)\.t7")
+
+
+def import_ta3n_t7(
+    folder: str | Path,
+    *,
+    out: str | Path,
+    annotations: str | Path,
+    feature_rate: float,
+    num_clips: int = 25,
+    placement: NpyPlacement = "nearest",
+    modality: str = "rgb",
+    domain: str | None = None,
+    split: str | None = None,
+    backbone: str | None = None,
+    chunk_rows: int = schema.DEFAULT_CHUNK_ROWS,
+) -> ImportResult:
+    """Append TA3N's released per-frame features: ``<folder>/<video_id>/img_00001.t7`` ...
+    (cmhungsteve/TA3N ``video2feature.py``: ``torch.save`` of one frame's tensor), sampled as
+    :func:`import_npy` samples a video's rows, row ``i`` being frame ``i + 1``, the file
+    ``dataset.py`` loads as ``img_{i+1:05d}.t7``. The frames of a video must be numbered
+    1..T without a gap (a gap would shift every later row). Only the frames a segment takes
+    are loaded, each with ``torch.load(weights_only=True)``; every file is hashed (the
+    "already imported" check), none is unpickled otherwise."""
+    folder = Path(folder)
+    videos = _ta3n_videos(folder)
+    files = [path for frames in videos.values() for path in frames]
+    return _import_per_video(
+        folder,
+        "ta3n-t7",
+        videos,
+        files,
+        _Ta3nFrames,
+        out=out,
+        annotations=annotations,
+        feature_rate=feature_rate,
+        num_clips=num_clips,
+        placement=placement,
+        modality=modality,
+        domain=domain,
+        split=split,
+        backbone=backbone,
+        chunk_rows=chunk_rows,
+    )
+
+
+def _ta3n_videos(folder: Path) -> dict[str, list[Path]]:
+    """``video_id`` -> its frame files in frame order (``img_00001.t7`` first), the video
+    folders under ``folder`` that hold any; refused in one line where the numbers have a gap
+    or a repeat, or where ``folder`` is one video's folder itself."""
+    videos: dict[str, list[Path]] = {}
+    for video in sorted(p for p in folder.iterdir() if p.is_dir()):
+        numbered = {}
+        for path in video.iterdir():
+            found = _TA3N_FRAME.fullmatch(path.name)
+            if found is None:
+                continue
+            number = int(found.group(1))
+            if number in numbered:
+                raise CacheError(
+                    f"{video} holds {numbered[number].name} and {path.name}, both frame "
+                    f"{number}: keep one (TA3N names frame n img_{{n:05d}}.t7)"
+                )
+            numbered[number] = path
+        if not numbered:
+            continue
+        gap = next((n for n in range(1, len(numbered) + 1) if n not in numbered), None)
+        if gap is not None:
+            raise CacheError(
+                f"{video} has {len(numbered)} frames up to img_{max(numbered):05d}.t7 but no "
+                f"img_{gap:05d}.t7: TA3N reads frame n from img_{{n:05d}}.t7, so the later "
+                "rows would shift; unpack that video's folder again"
+            )
+        videos[video.name] = [numbered[n] for n in range(1, len(numbered) + 1)]
+    if not videos:
+        itself = next(folder.glob("img_*.t7"), None) is not None
+        raise CacheError(
+            f"{folder} holds no <video>/img_NNNNN.t7 folders"
+            + ("; it is one video's folder: pass the folder above it" if itself else "")
+        )
+    return videos
+
+
+def _open_npy(path: Path) -> np.ndarray:
+    return np.load(path, mmap_mode="r")  # (T, D), read row by row
+
+
+class _Ta3nFrames:
+    """One video's TA3N frame files as a ``(T, D)`` array that loads a row (its file, with
+    ``torch.load(weights_only=True)``) when it is indexed; D is the first frame's size."""
+
+    def __init__(self, frames: list[Path]) -> None:
+        self.frames = frames
+        self.ndim = 2
+        self._loaded: dict[int, np.ndarray] = {}
+        self.shape = (len(frames), self._row(0).size)
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def __getitem__(self, index: np.ndarray) -> np.ndarray:
+        return np.stack([self._row(int(i)) for i in np.asarray(index).reshape(-1)])
+
+    def _row(self, i: int) -> np.ndarray:
+        if i not in self._loaded:
+            path = self.frames[i]
+            row = _load_ta3n_frame(path)
+            if self._loaded and row.size != self.shape[1]:
+                raise CacheError(
+                    f"{path} holds {row.size} values, {self.frames[0].name} {self.shape[1]}: "
+                    "one video's frames have one size; unpack its folder again"
+                )
+            self._loaded[i] = row
+        return self._loaded[i]
+
+
+def _load_ta3n_frame(path: Path) -> np.ndarray:
+    """A TA3N frame file's values (float32, flattened, as ``.numpy().reshape(-1)``); a file
+    that is no ``torch.save``d tensor is refused in one line, one whose pickle names a global
+    beyond tensors before it runs (``weights_only=True``)."""
+    import torch
+
+    from avda._io import refused_global, torch_load
+
+    try:
+        value = torch_load(path)
+    except pickle.UnpicklingError as error:
+        refused = refused_global(str(error))
+        why = (
+            f"its pickle would call {refused}, which avda never runs"
+            if refused
+            else "not a torch.save file"
+        )
+        raise CacheError(
+            f"{path}: torch.load(weights_only=True) refuses it ({why}); a TA3N feature file "
+            "holds one tensor: take the features from TA3N's release (ucf101-feat.zip, "
+            "hmdb51-feat.zip)"
+        ) from None
+    except (RuntimeError, EOFError, ValueError) as error:
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0][:160]
+        raise CacheError(
+            f"{path}: not a readable torch.save file ({first}); a cut-off or damaged copy "
+            "reads so: unpack that video's folder again"
+        ) from None
+    if not isinstance(value, torch.Tensor) or value.numel() == 0:
+        raise CacheError(
+            f"{path} holds an object of type {type(value).__name__}, not a tensor of features; "
+            "a TA3N feature file holds one frame's tensor"
+        )
+    return value.detach().to(torch.float32).numpy().reshape(-1)
+
+
+def _import_per_video(
+    folder: Path,
+    fmt: str,
+    videos: Mapping[str, Any],
+    files: list[Path],
+    open_video,
+    *,
+    out: str | Path,
+    annotations: str | Path,
+    feature_rate: float,
+    num_clips: int,
+    placement: NpyPlacement,
+    modality: str,
+    domain: str | None,
+    split: str | None,
+    backbone: str | None,
+    chunk_rows: int,
+) -> ImportResult:
+    """The import of one folder of per-video features (``fmt`` one of
+    ``schema.PER_VIDEO_FORMATS``): ``videos`` maps a video id to what ``open_video`` opens as
+    its ``(T, D)`` rows; ``files`` are every file of the folder, hashed in this order (with
+    their paths under ``folder``) for the "already imported" check."""
+    out = Path(out)
     if feature_rate <= 0 or num_clips < 1:
         raise ConfigError("--feature-rate must be positive and --num-clips >= 1")
     if placement not in NPY_PLACEMENTS:
@@ -1059,14 +1268,11 @@ def import_npy(
             f"--placement must be one of {', '.join(NPY_PLACEMENTS)}, got {placement!r}"
         )
     table = read_segment_table(annotations, domain=domain, split=split)
-    files = sorted(folder.glob("*.npy"))
-    if not files:
-        raise CacheError(f"{folder} holds no .npy files")
     with store_lock(out, what=IMPORT_LOCK):
         store = _open_existing(out)
         digest = hashlib.sha256()
         for path in files:
-            digest.update(path.name.encode())
+            digest.update(path.relative_to(folder).as_posix().encode())
             digest.update(sha256_file(path).encode())
         sha = digest.hexdigest()
         mapped = _segments_sha256(table["uid"])  # the folder's files say nothing of these
@@ -1074,10 +1280,10 @@ def import_npy(
             return ImportResult(out, folder, 0, [], already_imported=True, earlier=earlier)
         segments = table.reset_index(drop=True)
         segments = segments[[c for c in schema.SEGMENT_COLUMNS if c in segments.columns]]
-        features, statuses, errors = _sample_npy(
-            folder, files, segments, feature_rate, num_clips, placement
+        features, statuses, errors = _sample_videos(
+            folder, fmt, videos, open_video, segments, feature_rate, num_clips, placement
         )
-        info = _import_info(backbone, "npy", folder)
+        info = _import_info(backbone, fmt, folder)
         info["input"]["feature_rate"] = feature_rate
         if placement != "nearest":  # records of earlier imports have no placement: nearest
             info["input"]["placement"] = placement
@@ -1091,7 +1297,7 @@ def import_npy(
             rows,
             source=folder,
             sha=sha,
-            fmt="npy",
+            fmt=fmt,
             segments=segments,
             blocks=blocks,
             domain=domain,
@@ -1112,38 +1318,41 @@ def tsn_rows(count: int, num_clips: int) -> np.ndarray:
     return np.array(list(range(count)) + [count - 1] * (num_clips - count), dtype=np.int64)
 
 
-def _sample_npy(
+def _sample_videos(
     folder: Path,
-    files: list[Path],
+    fmt: str,
+    videos: Mapping[str, Any],
+    open_video,
     segments: pd.DataFrame,
     feature_rate: float,
     num_clips: int,
     placement: NpyPlacement = "nearest",
 ) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """(n, K, D) features of ``segments`` from ``<video_id>.npy``; statuses and errors
-    (MISSING for a video without a file; FAILED for a segment that starts after the file's
-    rows end or lies more than half past them, as extraction fails one past its video)."""
+    """(n, K, D) features of ``segments`` from their videos' rows (``open_video(videos[id])``,
+    a ``(T, D)`` array); statuses and errors (MISSING for a video without features; FAILED
+    for a segment that starts after the video's rows end or lies more than half past them,
+    as extraction fails one past its video)."""
     from avda.data_manifests import schema as manifest_schema
 
-    by_name = {p.stem: p for p in files}
-    dims = {np.load(p, mmap_mode="r").shape[-1] for p in files[:1]}
-    D = dims.pop()
+    D = open_video(next(iter(videos.values()))).shape[1]
     features = np.zeros((len(segments), num_clips, D), dtype=np.float32)
     statuses = np.full(len(segments), int(Status.DONE))
     errors = [""] * len(segments)
     for video_id, positions in segments.groupby("video_id", sort=False).groups.items():
-        path = by_name.get(str(video_id))
-        if path is None:
+        name = f"{video_id}.npy" if fmt == "npy" else f"{video_id}/img_*.t7"
+        found = videos.get(str(video_id))
+        if found is None:
             for i in positions:
-                statuses[i], errors[i] = int(Status.MISSING), f"no {video_id}.npy in {folder}"
+                statuses[i], errors[i] = int(Status.MISSING), f"no {name} in {folder}"
             continue
-        values = np.load(path, mmap_mode="r")  # (T, D), read row by row
+        values = open_video(found)
         if values.ndim != 2 or values.shape[1] != D:
+            path = found if fmt == "npy" else folder / str(video_id)
             raise CacheError(f"{path} has shape {values.shape}; expected (T, {D})")
-        duration = len(values) / feature_rate  # the seconds the file's rows cover
+        duration = len(values) / feature_rate  # the seconds the video's rows cover
         for i in positions:
             start, stop = float(segments.at[i, "start_sec"]), float(segments.at[i, "stop_sec"])
-            why = manifest_schema.outside_video(start, stop, duration, f"{path.name}'s features")
+            why = manifest_schema.outside_video(start, stop, duration, f"{name}'s features")
             if why is not None:  # its clips would all be the last row (a wrong --feature-rate?)
                 statuses[i] = int(Status.FAILED)
                 errors[i] = f"{why} ({len(values)} rows at --feature-rate {feature_rate:g})"

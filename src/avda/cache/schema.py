@@ -93,6 +93,9 @@ IMPORT_KEYS = (
     "imported",
     "fill",
 )
+# Import formats of one folder of per-video features sampled at --feature-rate / --placement
+# (a .npy file per video; TA3N's folder of img_NNNNN.t7 frame tensors per video).
+PER_VIDEO_FORMATS = ("npy", "ta3n-t7")
 # Keys of each entry of provenance["modalities"].
 MODALITY_KEYS = (
     "backbone",

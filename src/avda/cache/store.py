@@ -851,7 +851,7 @@ def finetuning_record(
 
 def _import_command(record: dict[str, Any], modality: str, entry: dict[str, Any]) -> str:
     """The ``avda cache import`` command of a recorded import (its file, format, domain and
-    split; ``modality``'s backbone from its provenance ``entry``, and for per-video .npy files
+    split; ``modality``'s backbone from its provenance ``entry``, and for per-video features
     the modality, its feature rate, clips and placement), in backquotes."""
     file = str(record.get("file"))
     given = entry.get("input") or {}
@@ -859,7 +859,7 @@ def _import_command(record: dict[str, Any], modality: str, entry: dict[str, Any]
     options: dict[str, Any] = {k: record.get(k) for k in ("format", "domain", "split")}
     if entry.get("backbone") not in (None, "unknown"):  # one backbone per modality
         options["backbone"] = entry["backbone"]
-    if record.get("format") == "npy":  # one modality per folder; the rate the modality has
+    if record.get("format") in schema.PER_VIDEO_FORMATS:  # one modality per folder, its rate
         options.update(
             {
                 "modality": modality,

@@ -1,0 +1,191 @@
+"""avda cache import of TA3N's released UCF-HMDB features (``--format ta3n-t7``): one folder
+per video of ``img_NNNNN.t7`` files, each a ``torch.save``d frame tensor (cmhungsteve/TA3N
+``video2feature.py``), in PyTorch 0.4's legacy layout or the zip one. Read only with
+``torch.load(weights_only=True)``; the store equals the one of docs/benchmarks.md's former
+route (a snippet turning each folder into ``<video>.npy``, then the ``.npy`` import)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from avda import cli
+from avda.cache import Status, open_cache
+
+REPO = Path(__file__).resolve().parents[2]
+D = 8
+FRAMES = {"v_a_g01_c01": 23, "v_b_g02_c03": 12, "v_c_g03_c01": 3, "v_d_g04_c02": 40}
+
+
+def _save(value, path: Path, legacy: bool) -> None:
+    with open(path, "wb") as handle:
+        torch.save(value, handle, _use_new_zipfile_serialization=not legacy)
+
+
+def _ta3n_folder(root: Path) -> Path:
+    """TA3N's layout: ``RGB-feature/<video>/img_00001.t7`` ..., frame n's tensor filled with
+    ``100 * video + n`` plus noise; the first two videos in the legacy layout (PyTorch 0.4's,
+    that of the release), the others in the zip one."""
+    folder = root / "RGB-feature"
+    rng = np.random.default_rng(0)
+    for v, (video, count) in enumerate(FRAMES.items()):
+        (folder / video).mkdir(parents=True)
+        for n in range(1, count + 1):
+            values = 100.0 * v + n + rng.normal(size=D).astype(np.float32) / 32
+            # video2feature.py saves features[t].clone(): one (D,) float tensor per frame
+            _save(torch.from_numpy(values), folder / video / f"img_{n:05d}.t7", v < 2)
+    return folder
+
+
+def _snippet(features: Path, out: Path) -> None:
+    """The conversion docs/benchmarks.md gave before the direct import, verbatim."""
+    out.mkdir(exist_ok=True)
+    for video in sorted(features.iterdir()):  # both zips' folders
+        frames = sorted(video.glob("img_*.t7"))
+        x = np.stack([torch.load(f, weights_only=True).numpy().reshape(-1) for f in frames])
+        np.save(out / f"{video.name}.npy", x.astype(np.float32))
+
+
+def _manifest(path: Path, videos=FRAMES) -> Path:
+    """A manifest as `avda manifest build ucf-hmdb` makes it at 25 fps, plus a video without
+    features (stored missing)."""
+    names = [*videos, "v_gone_g05_c01"]
+    counts = [*videos.values(), 30]
+    pd.DataFrame({
+        "uid": names, "video_id": names, "domain": "ucf", "split": "train",
+        "start_sec": 0.0, "stop_sec": [n / 25 for n in counts],
+    }).to_csv(path, index=False)  # fmt: skip
+    return path
+
+
+def _import(source: Path, manifest: Path, out: Path, *extra: str) -> list[str]:
+    return ["cache", "import", str(source), "-a", str(manifest), "--feature-rate", "25",
+            "--num-clips", "5", "--placement", "tsn", "--backbone", "resnet101",
+            "-o", str(out), *extra]  # fmt: skip
+
+
+def test_ta3n_frames_import_as_the_snippet_and_npy_route(tmp_path, capsys):
+    folder = _ta3n_folder(tmp_path)
+    manifest = _manifest(tmp_path / "m.csv")
+    _snippet(folder, tmp_path / "npy")
+    assert cli.main([*_import(tmp_path / "npy", manifest, tmp_path / "npy.zarr")]) == 0
+    # no --format: a folder of video folders of img_*.t7 is TA3N's
+    assert cli.main(_import(folder, manifest, tmp_path / "t7.zarr")) == 0
+    out = capsys.readouterr().out
+    assert "appended 5 segments (rgb); rgb: 1 missing" in out
+    assert "no v_gone_g05_c01/img_*.t7 in" in out
+    via_npy, direct = open_cache(tmp_path / "npy.zarr"), open_cache(tmp_path / "t7.zarr")
+    np.testing.assert_array_equal(direct.load("rgb"), via_npy.load("rgb"))
+    np.testing.assert_array_equal(direct.status("rgb"), via_npy.status("rgb"))
+    pd.testing.assert_frame_equal(direct.segments, via_npy.segments)
+    assert direct.status("rgb").tolist() == [Status.DONE] * 4 + [Status.MISSING]
+    # TA3N's 5 frames (dataset.py _get_test_indices, 1-based file numbers): 23 frames ->
+    # img_00003, 07, 12, 17, 21; 3 frames -> 1, 2, 3, 3, 3 (the last repeated)
+    frames = np.rint(direct.load("rgb")[:, :, 0].astype(np.float32) % 100).astype(int)
+    assert frames[0].tolist() == [3, 7, 12, 17, 21] and frames[2].tolist() == [1, 2, 3, 3, 3]
+    record = direct.provenance["imports"][0]
+    assert record["format"] == "ta3n-t7" and record["file"] == str(folder)
+    info = direct.modality_info("rgb")
+    assert info["backbone"] == "resnet101"
+    assert info["input"] == {
+        "source": "import", "format": "ta3n-t7", "file": "RGB-feature",
+        "feature_rate": 25.0, "placement": "tsn",
+    }  # fmt: skip
+    # imported again: the same files (names and bytes) are "already imported"
+    assert cli.main(_import(folder, manifest, tmp_path / "t7.zarr", "--format", "ta3n-t7")) == 0
+    assert "already imported" in capsys.readouterr().out
+    # a damaged chunk names the import that re-creates its rows, with the sampling options
+    chunk = tmp_path / "t7.zarr" / "features" / "rgb" / "c" / "0" / "0" / "0"
+    chunk.write_bytes(chunk.read_bytes()[:7])
+    message = open_cache(tmp_path / "t7.zarr").verify()["message"].iloc[0]
+    assert (
+        f"`avda cache import {folder} --format ta3n-t7 --backbone resnet101 --modality rgb "
+        "--feature-rate 25 --num-clips 5 --placement tsn`"
+    ) in message
+
+
+def test_a_t7_whose_pickle_would_run_code_is_refused_without_running(tmp_path, capsys):
+    """A frame file that unpickled with plain torch.load / pickle would call os.system: the
+    restricted unpickler refuses it in one line naming the file, nothing runs, no store."""
+    folder = _ta3n_folder(tmp_path)
+    manifest = _manifest(tmp_path / "m.csv")
+    pwned = tmp_path / "pwned"
+
+    class Exploit:
+        def __reduce__(self):
+            return (os.system, (f"touch {pwned}",))
+
+    # frames --placement tsn reads: 3 of 23, 4 of 12
+    for legacy, video, frame in ((True, "v_a_g01_c01", 3), (False, "v_b_g02_c03", 4)):
+        evil = folder / video / f"img_{frame:05d}.t7"
+        original = evil.read_bytes()
+        _save(Exploit(), evil, legacy)
+        code = cli.main(_import(folder, manifest, tmp_path / "x.zarr"))
+        err = capsys.readouterr().err
+        assert code != 0 and len(err.strip().splitlines()) == 1, err
+        assert str(evil) in err and "weights_only=True" in err
+        assert "system" in err and "which avda never runs" in err
+        assert not pwned.exists() and not (tmp_path / "x.zarr").exists()
+        evil.write_bytes(original)
+
+
+def test_damaged_or_incomplete_video_folders_are_refused_in_one_line(tmp_path, capsys):
+    folder = _ta3n_folder(tmp_path)
+    manifest = _manifest(tmp_path / "m.csv")
+    cases = []
+    cut = folder / "v_d_g04_c02" / "img_00005.t7"  # read by tsn (frame 5 of 40)
+    cases.append((cut, lambda: cut.write_bytes(cut.read_bytes()[:100]), "not a readable"))
+    gap = folder / "v_b_g02_c03" / "img_00007.t7"
+    cases.append((gap, gap.unlink, "but no img_00007.t7"))
+    text = folder / "v_a_g01_c01" / "img_00012.t7"
+    cases.append((text, lambda: text.write_text("not a tensor\n"), "refuses it"))
+    for path, damage, said in cases:
+        original = path.read_bytes()
+        damage()
+        code = cli.main(_import(folder, manifest, tmp_path / "x.zarr", "--format", "ta3n-t7"))
+        err = capsys.readouterr().err
+        assert code != 0 and len(err.strip().splitlines()) == 1, err
+        assert said in err and (str(path) in err or str(path.parent) in err), err
+        assert not (tmp_path / "x.zarr").exists()
+        path.write_bytes(original)
+    # one video's folder given instead of the folder of videos
+    code = cli.main(_import(folder / "v_a_g01_c01", manifest, tmp_path / "x.zarr", "--format",
+                            "ta3n-t7"))  # fmt: skip
+    err = capsys.readouterr().err
+    assert code != 0 and "it is one video's folder: pass the folder above it" in err
+
+
+def _avda(*args: str, **env: str) -> subprocess.CompletedProcess:
+    environment = {k: v for k, v in os.environ.items() if k != "AVDA_FAULT"}
+    environment["PYTHONPATH"] = os.pathsep.join([str(REPO / "src"), str(REPO)])
+    return subprocess.run(
+        [sys.executable, "-m", "avda.cli", *args],
+        capture_output=True,
+        text=True,
+        env={**environment, **env},
+        timeout=300,
+    )
+
+
+@pytest.mark.parametrize("phase", ["after-create", "after-features", "before-record"])
+def test_a_ta3n_import_killed_reruns_to_the_clean_import(tmp_path, phase):
+    folder = _ta3n_folder(tmp_path)
+    manifest = _manifest(tmp_path / "m.csv")
+    assert cli.main(_import(folder, manifest, tmp_path / "clean.zarr")) == 0
+    out = tmp_path / "s.zarr"
+    killed = _avda(*_import(folder, manifest, out), AVDA_FAULT=f"exit:{phase}")
+    assert killed.returncode == 75, killed.stderr  # avda.cache.faults.EXIT_CODE
+    rerun = _avda(*_import(folder, manifest, out))
+    assert rerun.returncode == 0 and "appended 5 segments" in rerun.stdout, rerun.stderr
+    clean, store = open_cache(tmp_path / "clean.zarr"), open_cache(out)
+    np.testing.assert_array_equal(store.load("rgb"), clean.load("rgb"))
+    np.testing.assert_array_equal(store.status("rgb"), clean.status("rgb"))
+    assert store.num_segments == 5 and len(store.provenance["imports"]) == 1
+    assert store.verify().attrs["notes"] == []
