@@ -146,6 +146,10 @@ def test_damaged_or_incomplete_video_folders_are_refused_in_one_line(tmp_path, c
     cases.append((gap, gap.unlink, "but no img_00007.t7"))
     text = folder / "v_a_g01_c01" / "img_00012.t7"
     cases.append((text, lambda: text.write_text("not a tensor\n"), "refuses it"))
+    wide = folder / "v_a_g01_c01" / "img_00017.t7"
+    cases.append((wide, lambda: _save(torch.zeros(D + 1), wide, True), "holds 9 values, other"))
+    ints = folder / "v_c_g03_c01" / "img_00002.t7"
+    cases.append((ints, lambda: _save({"x": torch.zeros(D)}, ints, False), "not a tensor"))
     for path, damage, said in cases:
         original = path.read_bytes()
         damage()
@@ -189,3 +193,22 @@ def test_a_ta3n_import_killed_reruns_to_the_clean_import(tmp_path, phase):
     np.testing.assert_array_equal(store.status("rgb"), clean.status("rgb"))
     assert store.num_segments == 5 and len(store.provenance["imports"]) == 1
     assert store.verify().attrs["notes"] == []
+
+
+def test_only_the_frames_a_segment_takes_are_unpickled(tmp_path, monkeypatch):
+    """The snippet unpickled every frame; the import reads the K frames of each segment (frame
+    1 too only where a segment takes it) and hashes the rest."""
+    from avda.cache import interop
+
+    folder = _ta3n_folder(tmp_path)
+    read = []
+    load = interop._load_ta3n_frame
+    monkeypatch.setattr(interop, "_load_ta3n_frame", lambda path: read.append(path) or load(path))
+    interop.import_features(folder, out=tmp_path / "s.zarr", annotations=_manifest(tmp_path /
+                            "m.csv"), feature_rate=25, num_clips=5, placement="tsn")  # fmt: skip
+    taken = {  # TA3N's _get_test_indices, 1-based
+        "v_a_g01_c01": [3, 7, 12, 17, 21], "v_b_g02_c03": [2, 4, 7, 9, 11],
+        "v_c_g03_c01": [1, 2, 3], "v_d_g04_c02": [5, 13, 21, 29, 37],
+    }  # fmt: skip
+    assert sorted(read) == sorted(folder / v / f"img_{n:05d}.t7" for v, ns in taken.items()
+                                  for n in ns)  # fmt: skip

@@ -1175,13 +1175,20 @@ def _open_npy(path: Path) -> np.ndarray:
 
 class _Ta3nFrames:
     """One video's TA3N frame files as a ``(T, D)`` array that loads a row (its file, with
-    ``torch.load(weights_only=True)``) when it is indexed; D is the first frame's size."""
+    ``torch.load(weights_only=True)``) when it is indexed; D is the size of the first frame
+    read (``shape`` reads frame 1 when none was read yet)."""
 
     def __init__(self, frames: list[Path]) -> None:
         self.frames = frames
         self.ndim = 2
         self._loaded: dict[int, np.ndarray] = {}
-        self.shape = (len(frames), self._row(0).size)
+        self._width: int | None = None
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        if self._width is None:
+            self._row(0)
+        return len(self.frames), int(self._width or 0)
 
     def __len__(self) -> int:
         return len(self.frames)
@@ -1193,10 +1200,12 @@ class _Ta3nFrames:
         if i not in self._loaded:
             path = self.frames[i]
             row = _load_ta3n_frame(path)
-            if self._loaded and row.size != self.shape[1]:
+            if self._width is None:
+                self._width = row.size
+            elif row.size != self._width:
                 raise CacheError(
-                    f"{path} holds {row.size} values, {self.frames[0].name} {self.shape[1]}: "
-                    "one video's frames have one size; unpack its folder again"
+                    f"{path} holds {row.size} values, other frames of {path.parent.name} "
+                    f"{self._width}: one video's frames have one size; unpack its folder again"
                 )
             self._loaded[i] = row
         return self._loaded[i]
@@ -1334,8 +1343,8 @@ def _sample_videos(
     as extraction fails one past its video)."""
     from avda.data_manifests import schema as manifest_schema
 
-    D = open_video(next(iter(videos.values()))).shape[1]
-    features = np.zeros((len(segments), num_clips, D), dtype=np.float32)
+    taken: dict[int, np.ndarray] = {}  # segment -> its (K, D) rows
+    D: int | None = None  # the first video read's (TA3N frames tell theirs when read)
     statuses = np.full(len(segments), int(Status.DONE))
     errors = [""] * len(segments)
     for video_id, positions in segments.groupby("video_id", sort=False).groups.items():
@@ -1346,9 +1355,6 @@ def _sample_videos(
                 statuses[i], errors[i] = int(Status.MISSING), f"no {name} in {folder}"
             continue
         values = open_video(found)
-        if values.ndim != 2 or values.shape[1] != D:
-            path = found if fmt == "npy" else folder / str(video_id)
-            raise CacheError(f"{path} has shape {values.shape}; expected (T, {D})")
         duration = len(values) / feature_rate  # the seconds the video's rows cover
         for i in positions:
             start, stop = float(segments.at[i, "start_sec"]), float(segments.at[i, "stop_sec"])
@@ -1365,7 +1371,18 @@ def _sample_videos(
                 times = start + (np.arange(num_clips) + 0.5) * (stop - start) / num_clips
                 index = np.round(times * feature_rate - 0.5).astype(int)
                 index = np.clip(index, 0, len(values) - 1)
-            features[i] = values[index]
+            taken[i] = values[index]
+        # checked after the reads: TA3N frames tell their size when read (a .npy its header)
+        if D is None and values.ndim == 2:
+            D = values.shape[1]
+        if values.ndim != 2 or values.shape[1] != D:
+            path = found if fmt == "npy" else folder / str(video_id)
+            raise CacheError(f"{path} has shape {values.shape}; expected (T, {D or 'D'})")
+    if D is None:  # no segment's video has features: the first video's D
+        D = open_video(next(iter(videos.values()))).shape[1]
+    features = np.zeros((len(segments), num_clips, D), dtype=np.float32)
+    for i, rows in taken.items():
+        features[i] = rows
     return features, statuses, errors
 
 
