@@ -1001,8 +1001,8 @@ def test_queue_timeout_in_a_local_spec_is_refused_in_one_line(tmp_path, kind):
         sweep.check_cluster(spec)
     assert str(refused.value) == (
         f"{path}: cluster.queue_timeout: bounds the wait for SLURM/PBS jobs pending in their "
-        "queue; this sweep runs on a local cluster (the spec's kind), which has no queue, so "
-        "it would bound nothing: remove it, or run with --cluster slurm or pbs"
+        "queue; this sweep runs on a local cluster, which has no queue, so it would bound "
+        "nothing: remove it, or run with --cluster slurm or pbs"
     )
     sweep.check_cluster(spec, "slurm")  # --cluster slurm: it bounds the queue's wait
     assert spec.cluster.queue_timeout == 60
@@ -1031,11 +1031,15 @@ def test_the_queue_timeout_flag_is_refused_without_a_queue(tmp_path, cache, caps
         heads=["source-only"],
         settings=["source->target"],
     )
-    for extra in ([], ["--check"], ["--scheduler", "tcp://127.0.0.1:1"]):
+    for extra in ([], ["--check"], ["--cluster", "local"], ["--scheduler", "tcp://127.0.0.1:1"]):
         assert main(["sweep", str(path), "--queue-timeout", "60", *extra]) == 1
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("error: --queue-timeout bounds the wait"), err
-        assert "leave --queue-timeout out, or run with --cluster slurm or pbs" in err[0]
+        # --cluster cannot go with --scheduler: the fix says to give it instead; a local run
+        # is not told it has no --cluster where it has one
+        fix = "instead of --scheduler" if "--scheduler" in extra else "runs on a local cluster,"
+        assert "leave --queue-timeout out, or run with --cluster slurm or pbs" in err[0], err
+        assert fix in err[0] and "no --cluster" not in err[0], err
     assert not (tmp_path / "runs").exists()
 
 
@@ -1061,12 +1065,17 @@ def test_a_local_specs_queue_timeout_is_refused_with_a_scheduler(tmp_path, cache
             f"{path}: cluster.queue_timeout: bounds the wait for SLURM/PBS jobs pending in "
             "their queue; this sweep runs on --scheduler tcp://127.0.0.1:1, whose workers avda "
             "does not submit, so it would bound nothing: remove it, or run with --cluster "
-            "slurm or pbs"
+            "slurm or pbs instead of --scheduler"
         )
     for extra in ([], ["--check"]):
         assert main(["sweep", str(path), "--scheduler", "tcp://127.0.0.1:1", *extra]) == 1
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and "runs on --scheduler tcp://127.0.0.1:1" in err[0], err
+        # --check refuses --cluster with --scheduler as the sweep does
+        both = ["--scheduler", "tcp://127.0.0.1:1", "--cluster", "slurm", *extra]
+        assert main(["sweep", str(path), *both]) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err == ["error: give either --scheduler ADDRESS or --cluster KIND, not both"], err
     assert not (tmp_path / "runs").exists()
     slurm = sweep.load_spec(
         _spec_file(

@@ -596,48 +596,54 @@ def check_cluster(
     scheduler: str | None = None,
 ) -> None:
     """Refuse, in one line naming the spec, a cluster ``--cluster KIND`` (default the spec's
-    kind) cannot start with the spec's resources (before anything is written), and a
-    ``--queue-timeout`` (``queue_timeout``), or a local spec's ``cluster.queue_timeout``, where
-    no queue is watched: a local cluster, or a running scheduler (``--scheduler``)."""
-    kind = cluster or spec.cluster.kind
+    kind) cannot start with the spec's resources (before anything is written), ``--cluster``
+    with ``--scheduler``, and a ``--queue-timeout`` (``queue_timeout``), or a local spec's
+    ``cluster.queue_timeout``, where no queue is watched (:func:`_unwatched_queue`)."""
+    kind = _cluster_kind(spec, scheduler, cluster)
     check_queue_timeout(queue_timeout, kind, scheduler)
-    no_queue = scheduler is not None or kind == "local"
-    if spec.cluster.kind == "local" and no_queue and spec.cluster.queue_timeout is not None:
+    unwatched = _unwatched_queue(kind, scheduler)
+    if spec.cluster.kind == "local" and unwatched and spec.cluster.queue_timeout is not None:
         # a spec of another kind run with --cluster local or --scheduler leaves it unused, as
         # its walltime; a local spec's may be meant for --cluster slurm (--cluster wins):
         # refused where it bounds nothing
-        where = (
-            f"--scheduler {scheduler}, whose workers avda does not submit"
-            if scheduler is not None
-            else "a local cluster (the spec's kind), which has no queue"
-        )
+        where, fix = unwatched
         raise ConfigError(
             f"{spec.source}: cluster.queue_timeout: bounds the wait for SLURM/PBS jobs pending "
             f"in their queue; this sweep runs on {where}, so it would bound nothing: remove "
-            "it, or run with --cluster slurm or pbs"
+            f"it, or {fix}"
         )
     if scheduler is not None:
         return  # its workers run with their own resources, not the spec's
-    for key, message in cluster_problems(spec.cluster, kind) if kind in CLUSTER_KINDS else ():
+    for key, message in cluster_problems(spec.cluster, kind):
         raise ConfigError(f"{spec.source}: cluster.{key}: {message}")
+
+
+def _unwatched_queue(kind: str, scheduler: str | None) -> tuple[str, str] | None:
+    """Where a sweep watches no SLURM/PBS queue, and how to run it where one is (None: it
+    watches one): a local cluster, or a running scheduler (``--scheduler``, which
+    ``--cluster`` cannot go with)."""
+    if scheduler is not None:
+        return (
+            f"--scheduler {scheduler}, whose workers avda does not submit",
+            "run with --cluster slurm or pbs instead of --scheduler",
+        )
+    if kind == "local":
+        return "a local cluster, which has no queue", "run with --cluster slurm or pbs"
+    return None
 
 
 def check_queue_timeout(
     queue_timeout: float | None, kind: str, scheduler: str | None = None
 ) -> None:
-    """Refuse ``--queue-timeout`` where no SLURM/PBS queue is watched: a local cluster, or a
-    running scheduler (``--scheduler``), whose workers avda does not submit."""
-    if queue_timeout is None:
+    """Refuse ``--queue-timeout`` where no SLURM/PBS queue is watched
+    (:func:`_unwatched_queue`)."""
+    unwatched = _unwatched_queue(kind, scheduler)
+    if queue_timeout is None or unwatched is None:
         return
-    if scheduler is not None:
-        where = f"--scheduler {scheduler}, whose workers avda does not submit"
-    elif kind == "local":
-        where = "a local cluster (no --cluster, and the spec's cluster.kind is local)"
-    else:
-        return
+    where, fix = unwatched
     raise ConfigError(
         "--queue-timeout bounds the wait for SLURM/PBS jobs pending in their queue; this sweep "
-        f"runs on {where}: leave --queue-timeout out, or run with --cluster slurm or pbs"
+        f"runs on {where}: leave --queue-timeout out, or {fix}"
     )
 
 
@@ -1652,7 +1658,7 @@ def run_sweep(
     tasks = plan(spec, out_dir)
     if any(not runs.is_complete(task.run) for task in tasks):
         # before the output folder is made (a finished sweep reruns anywhere)
-        check_cluster(spec, kind, scheduler=scheduler)
+        check_cluster(spec, cluster, scheduler=scheduler)
         if scheduler is None and kind == "local":
             refuse_unguarded_main("a sweep on its own local cluster")
         elif scheduler is None:
