@@ -207,3 +207,52 @@ def test_progress_bars_into_a_log_file_update_every_ten_seconds(monkeypatch):
     assert progress_bar(range(3), file=io.StringIO(), mininterval=1).mininterval == 1
     monkeypatch.setenv("TQDM_MININTERVAL", "2")
     assert progress_bar(range(3), file=io.StringIO()).mininterval != 10
+
+
+def test_spoken_rewrites_while_a_block_runs_and_puts_the_factory_back(caplog):
+    """avda.wording.spoken: the log record factory it installs is in place only while a block
+    runs in some thread (it stayed installed for good after the first API call, over every
+    record of the user's process), the last block to leave puts the one before back, and a
+    block that ends in one thread leaves another's rewriting on."""
+    import logging
+    import threading
+
+    from avda import wording
+
+    before = logging.getLogRecordFactory()
+    log = logging.getLogger("avda.test_spoken")
+    entered, leave = threading.Event(), threading.Event()
+
+    def other() -> None:
+        with wording.spoken(str.upper):
+            entered.set()
+            leave.wait(30)
+
+    with caplog.at_level(logging.WARNING, logger="avda"):
+        with wording.spoken(lambda message: message.replace("--epochs", "epochs")):
+            thread = threading.Thread(target=other)
+            thread.start()
+            assert entered.wait(30)
+            leave.set()
+            thread.join(30)  # the other block has ended: this one still rewrites
+            log.warning("leave %s unset", "--epochs")
+            assert logging.getLogRecordFactory() is not before
+        log.warning("leave --epochs unset, outside")
+    assert [r.getMessage() for r in caplog.records] == [
+        "leave epochs unset",
+        "leave --epochs unset, outside",
+    ]
+    assert logging.getLogRecordFactory() is before
+
+    # a factory set over avda's during a block stays after it (avda's, under it, passes on)
+    def user(*args, **kwargs):
+        return inner(*args, **kwargs)
+
+    try:
+        with wording.spoken(str.upper):
+            inner = logging.getLogRecordFactory()
+            logging.setLogRecordFactory(user)
+        assert logging.getLogRecordFactory() is user
+        assert logging.LogRecord.getMessage(user("avda.x", 30, "", 0, "kept", (), None)) == "kept"
+    finally:
+        logging.setLogRecordFactory(before)

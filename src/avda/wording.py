@@ -83,7 +83,8 @@ def _literal(value: str) -> str:
 _SPELLING: contextvars.ContextVar[Callable[[str], str] | None] = contextvars.ContextVar(
     "avda_spelling", default=None
 )
-_INSTALL = threading.Lock()
+_INSTALL = threading.Lock()  # guards _active and the factory's installing and removal
+_active = 0  # the spoken() blocks running, in every thread
 
 
 def _spelling_factory(base: Callable[..., logging.LogRecord]) -> Callable[..., logging.LogRecord]:
@@ -103,6 +104,7 @@ def _spelling_factory(base: Callable[..., logging.LogRecord]) -> Callable[..., l
         return record
 
     make.avda_spelling = True  # type: ignore[attr-defined]
+    make.avda_base = base  # type: ignore[attr-defined]
     return make
 
 
@@ -110,16 +112,29 @@ def _spelling_factory(base: Callable[..., logging.LogRecord]) -> Callable[..., l
 def spoken(spell: Callable[[str], str]) -> Iterator[None]:
     """Inside it (this thread or task), every record avda logs (warnings, notes) has its
     message passed through ``spell`` when it is made, whatever handler shows or keeps it: the
-    user's, pytest's, a sweep worker's collector. Records of other libraries are left."""
+    user's, pytest's, a sweep worker's collector. Records of other libraries, and of threads
+    outside a block, are left.
+
+    The log record factory that does it is in place while a block runs in any thread: the
+    first to enter installs it over the factory in place, the last to leave puts that one
+    back (unless another was set over it since: it is left, and ours, under it, then passes
+    every record on as made), so that the process's logging is as it was between calls."""
+    global _active
     with _INSTALL:  # on each entry: a factory set since (without ours) is wrapped in turn
         factory = logging.getLogRecordFactory()
         if not getattr(factory, "avda_spelling", False):
             logging.setLogRecordFactory(_spelling_factory(factory))
+        _active += 1
     token = _SPELLING.set(spell)
     try:
         yield
     finally:
         _SPELLING.reset(token)
+        with _INSTALL:
+            _active -= 1
+            factory = logging.getLogRecordFactory()
+            if not _active and getattr(factory, "avda_spelling", False):
+                logging.setLogRecordFactory(factory.avda_base)
 
 
 __all__ = ["keywords", "spoken"]
