@@ -138,3 +138,18 @@ def test_a_run_killed_between_a_shared_inputs_writes_resumes_every_row(
     for group in GROUPS:
         for row in group[1:]:  # a resumed row: recomputed in another batch, float16 rounding
             np.testing.assert_allclose(features[row], features[group[0]], rtol=2e-3, atol=2e-3)
+
+
+def test_the_failure_of_a_shared_input_names_each_rows_own_segment(demo_dataset, tmp_path):
+    """Rows 0, 3 and 5 run past their video: each row's recorded error names its own segment
+    (rows 3 and 5 said "segment '<row 0's uid>' runs to ...: fix its times", whose fix, made
+    on row 0 alone, left them failing), as the failures listed do."""
+    root, manifest = demo_dataset
+    frame = _duplicated(manifest)
+    frame.loc[[0, 3, 5], "stop_sec"] = 10_000.0
+    result = _extract(frame, root, tmp_path / "t.zarr")
+    errors = open_cache(tmp_path / "t.zarr").errors("rgb")
+    for row in (0, 3, 5):
+        assert errors[row].startswith(f"segment {frame['uid'].iloc[row]!r} "), errors[row]
+    listed = result.failures.set_index("uid")["error"]
+    assert all(listed[uid].startswith(f"segment {uid!r} ") for uid in frame["uid"].iloc[[0, 3, 5]])

@@ -938,10 +938,13 @@ def _extract_modality(
     )
     notes: dict[int, str] = {}  # a done segment's note (e.g. audio lost to damaged packets)
 
+    uids = segments["uid"].astype(str).to_numpy()
+
     def finished(row: int, features, spatial, state: int, error: str) -> None:
         error = notes.pop(row, error)
         for each in shared[row]:  # every row that reads this input gets its result
-            background.add(int(each), features, spatial, state, error)
+            own = _of_segment(error, uids[row], uids[each])
+            background.add(int(each), features, spatial, state, own)
         bar.update(len(shared[row]))
 
     try:
@@ -964,6 +967,13 @@ def _extract_modality(
     finally:
         bar.close()
         background.close()
+
+
+def _of_segment(error: str, read: str, uid: str) -> str:
+    """The error (or note) of the segment ``read`` as that of segment ``uid``, which reads the
+    same input: the messages name their segment ``segment 'UID'`` (a copy's fix, "fix its times
+    in the manifest", is its own row's)."""
+    return error.replace(f"segment {read!r}", f"segment {uid!r}") if uid != read else error
 
 
 def _usable_workers(workers: int) -> int:
