@@ -31,6 +31,29 @@ TINY = sampling.Recipe(
 MODALITIES = [runner.ModalitySpec("rgb", "i3d")]
 
 
+def test_a_complete_store_without_the_finished_record_gets_it_from_any_extract(
+    demo_dataset, tmp_path
+):
+    """A store extracted before avda recorded finished_rows: the same `avda extract`, with or
+    without --scheduler, finds nothing to do and records it (as cache verify's note says);
+    --scheduler returned before it without a word, so the note stayed."""
+    root, manifest = demo_dataset
+    manifest = manifest.head(4)
+    options = dict(videos=root, recipe=TINY, modalities=MODALITIES, workers=0, chunk_rows=2,
+                   batch_size=TINY.num_clips, progress=False)  # fmt: skip
+    out = tmp_path / "s.zarr"
+    runner.extract(manifest, out=out, **options)
+    for again in (
+        lambda: distributed.extract_distributed(manifest, out=out, scheduler="local:1", **options),
+        lambda: runner.extract(manifest, out=out, **options),
+    ):
+        store = open_cache(out, mode="r+")
+        store.update_modality_info("rgb", finished_rows=0)  # as a store made before the record
+        assert store.finished_rows("rgb") == 0
+        assert again().ok
+        assert open_cache(out).finished_rows("rgb") == len(manifest)
+
+
 @pytest.mark.parametrize("count", [1, 2, 3, 5])
 def test_shards_are_chunk_disjoint_and_cover_every_row(count):
     chunk_rows, num_rows = 4, 23

@@ -130,6 +130,8 @@ def extract_distributed(
                 retry_failed=options.retry_failed,
             )  # fmt: skip
         work = options.retry_failed or _any_pending(store, modalities)
+        if not work:  # finished: recorded (a store made before finished_rows), as unsharded
+            runner.record_finished(Path(out), [m.modality for m in modalities], sharded=False)
     del built
     if not work:  # a complete store: no cluster to start (nor a script to re-run in it)
         log.info("every segment of every modality is already extracted: nothing to do")

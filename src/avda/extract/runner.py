@@ -803,11 +803,11 @@ def extract(
                 progress=options.progress,
                 precision=resolved,
             )
-        _record_finished(out, [m.modality for m in modalities], sharded=shard is not None)
+        record_finished(out, [m.modality for m in modalities], sharded=shard is not None)
         return summarise(store, [m.modality for m in modalities], began, shard=shard)
 
 
-def _record_finished(out: Path, modalities: list[str], *, sharded: bool) -> None:
+def record_finished(out: Path, modalities: list[str], *, sharded: bool) -> None:
     """Record each modality with no row left pending as finished (its ``finished_rows``), so
     that ``avda cache verify`` reports finished rows whose files a copy lost. A shard records it
     under the creation lock (``<out>.create.lock``), from the store as it is on disk: of shards
@@ -995,5 +995,6 @@ __all__ = [
     "prepare_modality",
     "check_precision",
     "recipe_differences",
+    "record_finished",
     "shard_rows",
 ]
