@@ -692,3 +692,60 @@ def test_annotations_with_a_huge_class_id_are_refused(tmp_path):
     )
     with pytest.raises(ConfigError, match=r"a.csv: verb_class 1000000000 is beyond 99,999"):
         interop.read_segment_table(tmp_path / "a.csv")
+
+
+def test_a_npy_file_that_is_no_numeric_2d_array_is_refused_in_one_line(tmp_path, capsys):
+    """A 0-d, 3-d, object (pickled) or damaged ``<video>.npy`` is refused naming the file,
+    exit 1, no store, nothing unpickled (they were internal errors: len() of an unsized
+    object, a tuple index, an object array that cannot be memory-mapped)."""
+    from avda import cli
+
+    folder = tmp_path / "npy"
+    folder.mkdir()
+    pd.DataFrame({
+        "uid": ["a"], "video_id": ["v"], "domain": "s", "split": "train",
+        "start_sec": 0.0, "stop_sec": 1.0,
+    }).to_csv(tmp_path / "m.csv", index=False)  # fmt: skip
+    path = folder / "v.npy"
+    cases = {
+        "0-d": lambda: np.save(path, np.float32(3)),
+        "3-d": lambda: np.save(path, np.zeros((4, 2, 3), np.float32)),
+        "object": lambda: np.save(path, np.array([{"a": 1}], dtype=object), allow_pickle=True),
+        "text": lambda: path.write_text("not an array\n"),
+        "strings": lambda: np.save(path, np.array([["a", "b"]])),
+    }
+    for case, write in cases.items():
+        write()
+        code = cli.main(["cache", "import", str(folder), "-a", str(tmp_path / "m.csv"),
+                         "--feature-rate", "4", "-o", str(tmp_path / "s.zarr")])  # fmt: skip
+        err = capsys.readouterr().err
+        assert code == 1 and len(err.strip().splitlines()) == 1, (case, err)
+        assert str(path) in err and "internal error" not in err, (case, err)
+        assert not (tmp_path / "s.zarr").exists(), case
+
+
+def test_per_video_sampling_holds_one_copy_of_the_features(tmp_path):
+    """The (n, K, D) features are filled video by video: the sampling's peak memory is one
+    array of them (the rows of every segment held apart until the end doubled it)."""
+    import tracemalloc
+
+    folder = tmp_path / "npy"
+    folder.mkdir()
+    videos = [f"v{i:03d}" for i in range(60)]
+    for video in videos:
+        np.save(folder / f"{video}.npy", np.ones((40, 64), np.float32))
+    segments = pd.DataFrame({
+        "uid": videos, "video_id": videos, "domain": "s", "split": "train",
+        "start_sec": 0.0, "stop_sec": 8.0,
+    })  # fmt: skip
+    found = {v: folder / f"{v}.npy" for v in videos}
+    tracemalloc.start()
+    try:
+        features, _, _ = interop._sample_videos(
+            folder, "npy", found, interop._open_npy, segments, 5.0, 25, "nearest"
+        )
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert features.shape == (60, 25, 64) and (features == 1).all()
+    assert peak < 1.5 * features.nbytes, (peak, features.nbytes)

@@ -1170,7 +1170,23 @@ def _ta3n_videos(folder: Path) -> dict[str, list[Path]]:
 
 
 def _open_npy(path: Path) -> np.ndarray:
-    return np.load(path, mmap_mode="r")  # (T, D), read row by row
+    """A video's ``(T, D)`` rows, memory-mapped (read row by row); a file that is no numeric
+    2-D ``.npy`` array is refused in one line (``allow_pickle`` stays False: nothing of an
+    object array is unpickled)."""
+    try:
+        values = np.load(path, mmap_mode="r")
+    except (ValueError, OSError, EOFError) as error:
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0][:160]
+        raise CacheError(
+            f"{path}: not a readable .npy array of numbers ({first}); save each video's "
+            "features as one (T, D) array with numpy.save"
+        ) from None
+    if values.ndim != 2 or values.dtype.kind not in "fiu":  # as _block checks a file's
+        raise CacheError(
+            f"{path} has shape {values.shape} ({values.dtype}); expected (T, D) numbers: one "
+            "row of D features per time step"
+        )
+    return values
 
 
 class _Ta3nFrames:
@@ -1343,8 +1359,7 @@ def _sample_videos(
     as extraction fails one past its video)."""
     from avda.data_manifests import schema as manifest_schema
 
-    taken: dict[int, np.ndarray] = {}  # segment -> its (K, D) rows
-    D: int | None = None  # the first video read's (TA3N frames tell theirs when read)
+    features: np.ndarray | None = None  # (n, K, D) once a video told D
     statuses = np.full(len(segments), int(Status.DONE))
     errors = [""] * len(segments)
     for video_id, positions in segments.groupby("video_id", sort=False).groups.items():
@@ -1354,7 +1369,8 @@ def _sample_videos(
             for i in positions:
                 statuses[i], errors[i] = int(Status.MISSING), f"no {name} in {folder}"
             continue
-        values = open_video(found)
+        values = open_video(found)  # (T, D)
+        taken: dict[int, np.ndarray] = {}  # the video's segments' (K, D) rows
         duration = len(values) / feature_rate  # the seconds the video's rows cover
         for i in positions:
             start, stop = float(segments.at[i, "start_sec"]), float(segments.at[i, "stop_sec"])
@@ -1373,16 +1389,16 @@ def _sample_videos(
                 index = np.clip(index, 0, len(values) - 1)
             taken[i] = values[index]
         # checked after the reads: TA3N frames tell their size when read (a .npy its header)
-        if D is None and values.ndim == 2:
-            D = values.shape[1]
-        if values.ndim != 2 or values.shape[1] != D:
+        if features is None:  # one (n, K, D) array: the rows go in video by video
+            features = np.zeros((len(segments), num_clips, values.shape[1]), dtype=np.float32)
+        if values.shape[1] != features.shape[2]:
             path = found if fmt == "npy" else folder / str(video_id)
-            raise CacheError(f"{path} has shape {values.shape}; expected (T, {D or 'D'})")
-    if D is None:  # no segment's video has features: the first video's D
+            raise CacheError(f"{path} has shape {values.shape}; expected (T, {features.shape[2]})")
+        for i, rows in taken.items():
+            features[i] = rows
+    if features is None:  # no segment's video has features: the first video's D
         D = open_video(next(iter(videos.values()))).shape[1]
-    features = np.zeros((len(segments), num_clips, D), dtype=np.float32)
-    for i, rows in taken.items():
-        features[i] = rows
+        features = np.zeros((len(segments), num_clips, D), dtype=np.float32)
     return features, statuses, errors
 
 
