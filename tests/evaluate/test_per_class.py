@@ -287,7 +287,7 @@ def test_a_clash_of_confusion_folders_is_refused_before_any_file_is_written(
     assert not [path for path in (tmp_path / "tables").rglob("*") if path.is_file()]
 
 
-def test_runs_scored_on_different_sets_are_named_in_one_warning(sweep, tmp_path, capsys):
+def test_runs_scored_on_different_sets_are_named_in_one_warning(sweep, tmp_path, capsys, caplog):
     # One run whose target_test has no labels is scored on its target_val (--set auto): its
     # cells were averaged with the others' target_test, only the title listing both sets
     import shutil
@@ -307,6 +307,16 @@ def test_runs_scored_on_different_sets_are_named_in_one_warning(sweep, tmp_path,
         assert len(warned) == 1, stderr
         assert f"target_val: {odd}" in warned[0] and "target_test: " in warned[0]
         assert "--set" in warned[0] and "scored on different sets" in stdout  # the table's note
+    # the Python API's warning names its keyword (the note named `avda evaluate --set`, a
+    # command the rewrite leaves as it is)
+    import avda
+
+    with caplog.at_level("WARNING"):
+        avda.evaluate(runs_dir, per_class=True)
+    said = caplog.text + capsys.readouterr().err  # the CLI's handler, set up above, or pytest's
+    warned = [line for line in said.splitlines() if "different sets" in line]
+    assert warned and all("with eval_set (avda evaluate)" in line for line in warned), said
+    assert "--set" not in said
     table = per_class.per_class(aggregate.find_runs([runs_dir]))
     assert table.sets == ["target_test", "target_val"]
     assert any(f"target_val: {odd}" in note for note in table.notes)
@@ -316,5 +326,5 @@ def test_runs_scored_on_different_sets_are_named_in_one_warning(sweep, tmp_path,
     from avda.evaluate import report
 
     page = report.build_report([runs_dir], tmp_path / "r.html", max_detailed_runs=0).read_text()
-    assert page.count("`avda evaluate --set` scores one set for all") == 2  # both tables
+    assert page.count("score one set for all with --set (avda evaluate)") == 2  # both tables
     assert "choose one with --set" not in page

@@ -520,8 +520,8 @@ def warn_mixed_sets(scored: dict[Path, str], notes: list[str]) -> None:
         parts.append(f"{split}: {', '.join(map(str, found[:2]))}{more}")
     note = (
         f"the runs were scored on different sets ({'; '.join(parts)}), which this table "
-        "averages together; `avda evaluate --set` scores one set for all, or pass the runs "
-        "of one set"
+        "averages together; score one set for all with --set (avda evaluate), or pass the "
+        "runs of one set"  # --set outside a command: the Python API says its eval_set
     )
     log.warning("%s", note)
     notes.append(note)
