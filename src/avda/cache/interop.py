@@ -40,9 +40,9 @@ writer is refused in one line):
 
 Killed before 3, the store is as if the import never started (the next writer's
 :meth:`FeatureCache.repair` removes the traces), and rerunning imports it; killed after, it is
-complete, and rerunning says "already imported" (same sha256; a .npy folder: and the same
-segments, :func:`_already_imported`). A new store is built under a hidden name and renamed
-into place (:func:`avda.cache.store.create`).
+complete, and rerunning says "already imported" (same sha256; a folder of per-video
+features: and the same segments, :func:`_already_imported`). A new store is built under a
+hidden name and renamed into place (:func:`avda.cache.store.create`).
 
 Export: :func:`export_h5` streams the store chunk by chunk (a cache larger than memory exports
 in bounded memory); :func:`export_epic_pickle` writes the TA3N pickle layout back.
