@@ -212,3 +212,35 @@ def test_only_the_frames_a_segment_takes_are_unpickled(tmp_path, monkeypatch):
     }  # fmt: skip
     assert sorted(read) == sorted(folder / v / f"img_{n:05d}.t7" for v, ns in taken.items()
                                   for n in ns)  # fmt: skip
+
+
+def test_videos_of_another_feature_size_are_refused_in_one_line(tmp_path, capsys):
+    """A video whose rows have another D than the first video read is refused naming it (its
+    rows, written into the (n, K, D) array, were a numpy broadcast error: internal error)."""
+    folder = _ta3n_folder(tmp_path)
+    manifest = _manifest(tmp_path / "m.csv")
+    _snippet(folder, tmp_path / "npy")
+    video = "v_c_g03_c01"
+    for n in range(1, FRAMES[video] + 1):
+        _save(torch.zeros(D + 2), folder / video / f"img_{n:05d}.t7", False)
+    np.save(tmp_path / "npy" / f"{video}.npy", np.zeros((FRAMES[video], D + 2), np.float32))
+    for source, named in ((folder, folder / video), (tmp_path / "npy", f"{video}.npy")):
+        code = cli.main(_import(source, manifest, tmp_path / "x.zarr"))
+        err = capsys.readouterr().err
+        assert code == 1 and len(err.strip().splitlines()) == 1, err
+        assert f"{named}" in err and f"has shape ({FRAMES[video]}, {D + 2}); expected" in err
+        assert not (tmp_path / "x.zarr").exists()
+
+
+def test_a_renamed_video_folder_is_another_import(tmp_path, capsys):
+    """The folder's sha256 covers each frame's video folder, not its file name alone: a video
+    folder renamed (the same img_NNNNN.t7 names and bytes) is not "already imported" (its
+    segments would now be missing)."""
+    folder = _ta3n_folder(tmp_path)
+    manifest = _manifest(tmp_path / "m.csv")
+    assert cli.main(_import(folder, manifest, tmp_path / "s.zarr")) == 0
+    capsys.readouterr()
+    (folder / "v_d_g04_c02").rename(folder / "v_x_g09_c01")
+    code = cli.main(_import(folder, manifest, tmp_path / "s.zarr"))
+    out, err = capsys.readouterr()
+    assert "already imported" not in out and code == 1 and "already in" in err, (out, err)
