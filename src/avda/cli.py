@@ -763,7 +763,7 @@ def cache_import(
 ) -> None:
     """Append released / external features to a cache (EPIC-100 UDA pickles, HDF5, .npy, TA3N
     .t7 frames)."""
-    from avda.cache import interop
+    from avda.cache import interop, schema
 
     result = interop.import_features(
         source,
@@ -791,7 +791,8 @@ def cache_import(
             for key, value in asked.items()
             if value is not None and value != earlier.get(key)
         ]
-        same = "files and segments" if earlier.get("format") == "npy" else "sha256"
+        per_video = earlier.get("format") in schema.PER_VIDEO_FORMATS  # and segments
+        same = "files and segments" if per_video else "sha256"
         typer.echo(
             f"{out}: {source} was already imported{when} (same {same}; "
             + (f"as {where}" if where else "domain and split from its annotations")

@@ -100,7 +100,9 @@ def test_ta3n_frames_import_as_the_snippet_and_npy_route(tmp_path, capsys):
     }  # fmt: skip
     # imported again: the same files (names and bytes) are "already imported"
     assert cli.main(_import(folder, manifest, tmp_path / "t7.zarr", "--format", "ta3n-t7")) == 0
-    assert "already imported" in capsys.readouterr().out
+    # as a .npy folder's: the same files and the same segments (the annotations' ids)
+    assert "already imported on " in (out := capsys.readouterr().out)
+    assert "(same files and segments; " in out, out
     # a damaged chunk names the import that re-creates its rows, with the sampling options
     chunk = tmp_path / "t7.zarr" / "features" / "rgb" / "c" / "0" / "0" / "0"
     chunk.write_bytes(chunk.read_bytes()[:7])
