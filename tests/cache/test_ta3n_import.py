@@ -246,3 +246,5 @@ def test_a_renamed_video_folder_is_another_import(tmp_path, capsys):
     code = cli.main(_import(folder, manifest, tmp_path / "s.zarr"))
     out, err = capsys.readouterr()
     assert "already imported" not in out and code == 1 and "already in" in err, (out, err)
+    # the refusal's fix names folders of either format (it said "one .npy folder")
+    assert "one folder of per-video features (.npy, TA3N's .t7) with one annotation" in err

@@ -442,8 +442,9 @@ def _rows_for(
         raise CacheError(
             f"the {len(uids)} segments of {source} are already in {store.path}, which has "
             f"{', '.join(held)} features (first: {uids.iloc[0]!r}): a modality is added to a "
-            "store's segments once, by one import (one file, or one .npy folder with one "
-            "annotation table for all its segments); import the modality's features together"
+            "store's segments once, by one import (one file, or one folder of per-video features "
+            "(.npy, TA3N's .t7) with one annotation table for all its segments); import the "
+            "modality's features together"
         )
     raise CacheError(
         f"{int(present.sum())} segments of {source} are already in {store.path} (first: "
