@@ -248,3 +248,28 @@ def test_a_renamed_video_folder_is_another_import(tmp_path, capsys):
     assert "already imported" not in out and code == 1 and "already in" in err, (out, err)
     # the refusal's fix names folders of either format (it said "one .npy folder")
     assert "one folder of per-video features (.npy, TA3N's .t7) with one annotation" in err
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no named pipes")
+def test_a_pipe_or_device_among_the_files_is_refused_not_read_forever(tmp_path):
+    """Every file of a per-video folder is hashed: a named pipe (or a link to /dev/zero) in it,
+    which an unpacked archive can hold, is refused in one line naming it (the hash waited on
+    the pipe, or read zeros, for ever)."""
+    folder = _ta3n_folder(tmp_path)
+    manifest = _manifest(tmp_path / "m.csv")
+    _snippet(folder, tmp_path / "npy")
+    pipe = folder / "v_b_g02_c03" / "img_00013.t7"  # frame 13 of 12: after the last
+    os.mkfifo(pipe)
+    (tmp_path / "npy" / "v_z.npy").symlink_to("/dev/zero")
+    for source, named in ((folder, pipe), (tmp_path / "npy", tmp_path / "npy" / "v_z.npy")):
+        try:
+            done = subprocess.run(
+                [sys.executable, "-m", "avda.cli", *_import(source, manifest, tmp_path / "x.zarr")],
+                capture_output=True, text=True, timeout=90,
+                env={**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO)])},
+            )  # fmt: skip
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"the import of {source} read {named} for 90 s")
+        assert done.returncode == 1 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+        assert f"{named} is not a regular file" in done.stderr
+        assert not (tmp_path / "x.zarr").exists()

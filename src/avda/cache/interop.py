@@ -1294,6 +1294,12 @@ def _import_per_video(
             f"--placement must be one of {', '.join(NPY_PLACEMENTS)}, got {placement!r}"
         )
     table = read_segment_table(annotations, domain=domain, split=split)
+    for path in files:  # each is hashed: a FIFO, or a link to /dev/zero, would be read forever
+        if not path.is_file():
+            raise CacheError(
+                f"{path} is not a regular file (a pipe, a device, a folder or a dangling link); "
+                "a feature folder holds files only: remove it, or unpack the features again"
+            )
     with store_lock(out, what=IMPORT_LOCK):
         store = _open_existing(out)
         digest = hashlib.sha256()
