@@ -1051,6 +1051,45 @@ def test_best_checkpoint_follows_the_task_and_metric_the_table_shows(tmp_path, m
         assert classes.cell("ta3n", "ucf→hmdb", c)[0] == pytest.approx(accuracy[c])
 
 
+def test_published_rows_only_beside_the_protocols_own_numbers(tmp_path, monkeypatch):
+    """A spec's published: rows are the protocol's table (its metric, each run's first task,
+    the set --set auto scores); a table of --metric top5, --task noun or --set source_test
+    printed the paper's top-1 on target_test beside ours as if they compared. They are left
+    out with a note naming the option; --set target_test (what auto scores) and --metric top1
+    keep them."""
+    import dataclasses
+
+    from avda import protocols
+
+    base = protocols.get("ta3n-ucf-hmdb")
+    rule = protocols.EvaluationRule(checkpoints=2, metrics=("top1",), reduce="max")
+    monkeypatch.setitem(protocols.PROTOCOLS, base.name, dataclasses.replace(base, evaluation=rule))
+    labels = np.arange(10) % 12
+    scores = _ranked_scores(labels, [0] * 5 + [1] * 5, 12)  # top-1 50, top-5 100
+    epochs = [{"verb": (labels, scores), "noun": (labels, scores)}] * 2
+    out = tmp_path / "sweep"
+    run = _run_with_epochs(out / "TA3N" / "ucf-hmdb" / "seed0", base.name, "ta3n", epochs)
+    for folder in (run / "epochs" / "0001", run / "epochs" / "0002", run):
+        runs.write_predictions(folder, "source_test", np.array([f"s{i}" for i in range(10)]),
+                               {"verb": labels, "noun": labels},
+                               {"verb": scores, "noun": scores})  # fmt: skip
+    published = {"source": "Chen et al.", "rows": {"TA3N": {"ucf-hmdb": 78.33}}}
+    (out / aggregate.SWEEP_INDEX).write_text(json.dumps({"runs": [], "published": published}))
+    table = aggregate.aggregate([run], layout="settings")
+    assert table.cell("TA3N [published]", "ucf→hmdb")[0] == pytest.approx(78.33)
+    for option, kwargs in (
+        ("--metric top5", {"metric": "top5"}),
+        ("--task noun", {"task": "noun"}),
+        ("--set source_test", {"eval_set": "source_test"}),
+    ):
+        other = aggregate.aggregate([run], layout="settings", **kwargs)
+        assert "TA3N [published]" not in other.methods, option
+        assert any(f"which {option} changes" in note for note in other.notes), other.notes
+    for kwargs in ({"eval_set": "target_test"}, {"metric": "top1"}, {"task": "verb"}):
+        same = aggregate.aggregate([run], layout="settings", **kwargs)
+        assert "TA3N [published]" in same.methods, kwargs
+
+
 def _writes_interrupted_half_way(monkeypatch):
     """Every text file write stops half-way, interrupted (a kill leaves the same on disk)."""
 
