@@ -795,7 +795,8 @@ def build_report(
         opened = table.index(">", table.index("<table")) + 1
         caption = (
             "per method and setting: mean ± std over seeds (sample std), metrics in %, of each "
-            "run's final predictions (a protocol's table above may average its last checkpoints)"
+            "run's final predictions (a protocol's table above may score others: the mean of "
+            "its last ones, or its best)"
         )
         parts.append(f"{table[:opened]}<caption>{caption}</caption>{table[opened:]}")
         figure = seed_curves_figure(infos)
