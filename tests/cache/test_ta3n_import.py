@@ -273,3 +273,29 @@ def test_a_pipe_or_device_among_the_files_is_refused_not_read_forever(tmp_path):
         assert done.returncode == 1 and len(done.stderr.strip().splitlines()) == 1, done.stderr
         assert f"{named} is not a regular file" in done.stderr
         assert not (tmp_path / "x.zarr").exists()
+
+
+def test_a_manifest_counting_seconds_at_another_rate_is_refused(tmp_path, capsys):
+    """Row i is frame i + 1 only where the manifest's seconds count frames at --feature-rate:
+    `avda manifest build ucf-hmdb`'s defaults (HMDB51 at 30 fps) imported at 25 took the
+    tsn frames of HMDB's videos from their first 5/6, silently. Refused in one line, naming
+    the rows and the fix, before any store is made; a manifest at the rate imports."""
+    folder = _ta3n_folder(tmp_path)
+    table = pd.read_csv(_manifest(tmp_path / "m.csv"))
+    table["domain"] = ["ucf", "ucf", "hmdb", "hmdb", "ucf"]
+    table["fps"] = [25.0, 25.0, 30.0, 30.0, 25.0]
+    table.loc[table["fps"] == 30, "stop_sec"] *= 25 / 30  # the frames counted at 30 fps
+    table.to_csv(tmp_path / "mixed.csv", index=False)
+    out = tmp_path / "x.zarr"
+    assert cli.main(_import(folder, tmp_path / "mixed.csv", out)) != 0
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and not out.exists(), err
+    assert "2 rows (hmdb, e.g. 'v_c_g03_c01') count seconds at 30 fps, not --feature-rate 25" in err
+    assert "--option ucf_fps=25 --option hmdb_fps=25" in err
+    table["fps"] = 30.0
+    table.to_csv(tmp_path / "thirty.csv", index=False)
+    assert cli.main(_import(folder, tmp_path / "thirty.csv", out)) != 0
+    assert "give --feature-rate 30" in capsys.readouterr().err
+    table["fps"] = 25.0
+    table.to_csv(tmp_path / "same.csv", index=False)
+    assert cli.main(_import(folder, tmp_path / "same.csv", out, "--format", "ta3n-t7")) == 0

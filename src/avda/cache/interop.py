@@ -1300,6 +1300,8 @@ def _import_per_video(
                 f"{path} is not a regular file (a pipe, a device, a folder or a dangling link); "
                 "a feature folder holds files only: remove it, or unpack the features again"
             )
+    if fmt == "ta3n-t7":
+        _check_frame_rate(table, feature_rate, annotations)
     with store_lock(out, what=IMPORT_LOCK):
         store = _open_existing(out)
         digest = hashlib.sha256()
@@ -1338,6 +1340,35 @@ def _import_per_video(
             annotations=Path(annotations) if annotations is not None else None,
             segments_sha256=mapped,
         )
+
+
+def _check_frame_rate(table: pd.DataFrame, feature_rate: float, annotations) -> None:
+    """TA3N's features are one per frame: row i is frame i + 1 only where the manifest's
+    seconds count frames at ``feature_rate`` (its ``fps``). A manifest of `avda manifest build
+    ucf-hmdb`'s defaults (HMDB51 at 30 fps) imported at 25 took HMDB's frames from the first
+    5/6 of each video, without a word; refused in one line naming the rows and the fix."""
+    if "fps" not in table.columns:
+        return
+    fps = pd.to_numeric(table["fps"], errors="coerce")
+    other = fps.notna() & ~np.isclose(fps.fillna(feature_rate), feature_rate)
+    if not other.any():
+        return
+    rates = ", ".join(f"{r:g}" for r in sorted(fps[other].unique()))
+    rows = table[other]
+    where = ", ".join(sorted(rows["domain"].astype(str).unique())) if "domain" in rows else ""
+    if fps.nunique() == 1:
+        fix = f"give --feature-rate {fps.iloc[0]:g}"
+    else:
+        fix = (
+            "build the manifest with one rate for every dataset (avda manifest build ucf-hmdb "
+            f"--option ucf_fps={feature_rate:g} --option hmdb_fps={feature_rate:g})"
+        )
+    raise ConfigError(
+        f"{annotations}: {len(rows)} rows ({where + ', ' if where else ''}e.g. "
+        f"{rows['uid'].iloc[0]!r}) count seconds at {rates} fps, not --feature-rate "
+        f"{feature_rate:g}: TA3N's features are one per frame, so their frames would be read at "
+        f"the wrong times; {fix}"
+    )
 
 
 def tsn_rows(count: int, num_clips: int) -> np.ndarray:
