@@ -299,3 +299,21 @@ def test_a_manifest_counting_seconds_at_another_rate_is_refused(tmp_path, capsys
     table["fps"] = 25.0
     table.to_csv(tmp_path / "same.csv", index=False)
     assert cli.main(_import(folder, tmp_path / "same.csv", out, "--format", "ta3n-t7")) == 0
+
+
+def test_a_second_folder_for_the_same_segments_says_to_import_them_together(tmp_path, capsys):
+    """TA3N's features come in two zips; imported one by one into a store, the second is
+    refused: the message said 'one .npy folder' (of a folder of video folders) and not where
+    the features go once together."""
+    folder = _ta3n_folder(tmp_path)
+    manifest = _manifest(tmp_path / "m.csv")
+    part = tmp_path / "part"
+    part.mkdir()
+    (folder / "v_a_g01_c01").rename(part / "v_a_g01_c01")
+    out = tmp_path / "x.zarr"
+    assert cli.main(_import(part, manifest, out)) == 0
+    capsys.readouterr()
+    assert cli.main(_import(folder, manifest, out)) != 0
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and ".npy folder" not in err, err
+    assert "TA3N's two zips unpacked into one folder" in err and "into a new store (-o)" in err

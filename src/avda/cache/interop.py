@@ -443,8 +443,9 @@ def _rows_for(
             f"the {len(uids)} segments of {source} are already in {store.path}, which has "
             f"{', '.join(held)} features (first: {uids.iloc[0]!r}): a modality is added to a "
             "store's segments once, by one import (one file, or one folder of per-video features "
-            "(.npy, TA3N's .t7) with one annotation table for all its segments); import the "
-            "modality's features together"
+            "(.npy, TA3N's .t7) with one annotation table for all its segments: TA3N's two zips "
+            "unpacked into one folder); import the modality's features together, into a new "
+            "store (-o)"
         )
     raise CacheError(
         f"{int(present.sum())} segments of {source} are already in {store.path} (first: "
