@@ -26,3 +26,28 @@ def test_design_page_links_resolve():
     links = re.findall(r"\]\(([\w.-]+\.md)(?:#[\w-]+)?\)", text)
     assert {"manifest.md", "cache_schema.md", "methods.md", "sweep.md"} <= set(links)
     assert [link for link in links if not (REPO / "docs" / link).exists()] == []
+
+
+def test_a_cache_the_docs_write_is_where_the_example_spec_they_sweep_reads_it():
+    """docs/benchmarks.md's UCF-HMDB commands and the examples' comments write the cache with
+    `-o ../features/...` from the folder where they run `avda sweep examples/NAME.yaml`, whose
+    `cache: ../features/...` is under the spec's folder (examples/../features = features/):
+    the sweep looked for a cache one folder away from the one made. Each block's `-o *.zarr`
+    resolved from that folder must be the cache of the spec it sweeps."""
+    import yaml
+
+    texts = [(REPO / "docs" / "benchmarks.md").read_text()]
+    for path in sorted((REPO / "examples").glob("*.yaml")):
+        texts.append("\n".join(line.lstrip("# ") for line in path.read_text().splitlines()))
+    blocks = [b for t in texts for b in re.split(r"```|\n\n", t) if "avda sweep examples/" in b]
+    assert len(blocks) >= 4
+    wrong = []
+    for block in blocks:
+        spec = re.search(r"avda sweep (examples/[\w.-]+\.yaml)", block).group(1)
+        data = yaml.safe_load((REPO / spec).read_text())
+        caches = [data["cache"]] if "cache" in data else list(data["caches"].values())
+        expected = {((REPO / spec).parent / c).resolve() for c in caches}
+        for written in re.findall(r"-o (\S+\.zarr)", block):
+            if (REPO / written).resolve() not in expected:
+                wrong.append(f"{spec}: -o {written} is not its cache {caches}")
+    assert not wrong, "\n".join(wrong)

@@ -1314,8 +1314,12 @@ def sweep_command(
                 f"first: {problems[0]})"
             )
         typer.echo(sweep.describe_spec(checked))
-        if unchecked:
-            typer.echo(f"  not checked: {unchecked} run(s) on caches that do not exist yet")
+        if unchecked:  # named as resolved: relative to the spec's folder, not the shell's
+            missing = ", ".join(str(path.resolve()) for path in unchecked)
+            typer.echo(
+                f"  not checked: {sum(unchecked.values())} run(s) on caches that do not exist "
+                f"yet: {missing} (a spec's relative paths are under its folder)"
+            )
         return
     if job_script:
         typer.echo(sweep.job_script(sweep.load_spec(spec), cluster=cluster))

@@ -153,6 +153,21 @@ def test_usage_errors_come_before_any_work(tmp_path, three_domain_cache):
     assert not any(tmp_path.iterdir())
 
 
+def test_check_names_the_caches_not_there_yet_as_resolved_under_the_spec(tmp_path, capsys):
+    """A spec's relative cache is under its folder (examples/../features = features/), not
+    the shell's; --check said only '24 run(s) on caches that do not exist yet', so a cache
+    written to ../features from the spec's parent folder went unnoticed until the sweep."""
+    from avda import cli
+
+    (tmp_path / "examples").mkdir()
+    data = {"cache": "../features/c.zarr", "heads": ["dann"], "settings": ["D1-D2"],
+            "seeds": [0, 1]}  # fmt: skip
+    code = cli.main(["sweep", str(write_spec(tmp_path / "examples", data)), "--check"])
+    out = capsys.readouterr().out
+    where = (tmp_path / "features" / "c.zarr").resolve()
+    assert code == 0 and f"not checked: 2 run(s) on caches that do not exist yet: {where} " in out
+
+
 def test_a_published_key_that_is_no_setting_of_the_spec_is_a_spec_problem(tmp_path, capsys):
     """A typo in a published cell's key (sourc->target) dropped its number from the table
     without a word; the loader and --check name the key, the row and what it could be."""

@@ -458,19 +458,19 @@ def _earlier_entries(out: Path, names: set[str]) -> tuple[list[dict[str, Any]], 
         return [], None
 
 
-def task_problems(spec: SweepSpec) -> tuple[list[str], int]:
+def task_problems(spec: SweepSpec) -> tuple[list[str], dict[Path, int]]:
     """What ``avda sweep --check`` finds wrong with the runs themselves: each (cache, head,
     setting) is set up as ``avda train`` would (the cache's domains, modalities and sizes, the
     head built on two segments' features), so that a head that cannot train on a cache (a
     two-modality head on an RGB-only cache) is found before a cluster starts. Returns the
-    problems (``label/setting: error``) and the number of runs on caches not there yet (not
-    checked)."""
+    problems (``label/setting: error``) and each cache not there yet with its number of runs
+    (not checked)."""
     from avda.train import setup as setup_lib
 
-    problems, unchecked, seen = [], 0, set()
+    problems, unchecked, seen = [], {}, set()
     for task in plan(spec, spec.out or "."):
         if not task.cache.exists():
-            unchecked += 1
+            unchecked[task.cache] = unchecked.get(task.cache, 0) + 1
             continue
         key = (task.cache, task.method, task.setting)
         if key in seen:  # the seeds of one run set up alike
