@@ -323,3 +323,21 @@ def test_every_help_text_is_printed_whole():
         assert shown == text.replace("\\[", "["), f"{where}: {text!r} is shown as {shown!r}"
         checked += 1
     assert checked > 100
+
+
+def test_show_config_under_a_protocol_marks_its_values_and_the_heads_defaults(capsys):
+    """Under --protocol ta3n-ucf-hmdb, --show-config printed target_batch_size: 219 beside its
+    meaning '128 * 26115 / 16115' (EPIC-100's 207) and lr_steps: [] beside 'the authors divide
+    lr by 10 at epochs 10 and 20', nothing saying the protocol set them. A protocol's value
+    says so and names the head's default; the user's --set and untouched fields do not."""
+    code, out, _ = run(
+        capsys, "train", "--protocol", "ta3n-ucf-hmdb", "--head", "ta3n", "--source", "hmdb",
+        "--target", "ucf", "--show-config", "--set", "lr=0.01",
+    )  # fmt: skip
+    assert code == 0
+    line = {ln.split(":")[0].strip(): ln for ln in out.splitlines() if ln.startswith("  ")}
+    assert "set by protocol ta3n-ucf-hmdb (the head's default 207)" in line["target_batch_size"]
+    assert "set by protocol ta3n-ucf-hmdb (the head's default [9, 19])" in line["lr_steps"]
+    assert "protocol" not in line["lr"] and "protocol" not in line["batch_size"]
+    code, out, _ = run(capsys, "train", "--head", "ta3n", "--show-config")
+    assert code == 0 and "set by protocol" not in out

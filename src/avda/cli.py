@@ -1010,7 +1010,7 @@ def train_command(
             runs_head, overrides = protocols_lib.get(protocol).resolve(
                 head, overrides, options["source"], options["target"]
             )
-        typer.echo(show_head_config(runs_head, overrides))
+        typer.echo(show_head_config(runs_head, overrides, protocol, options["overrides"]))
         return
     missing = [f"'--{k}'" for k in ("cache", "source", "target") if options[k] is None]
     if out is None:
@@ -1053,9 +1053,17 @@ def _yaml_value(value: object) -> str:
     return text[: -len("...")].strip() if text.endswith("...") else text
 
 
-def show_head_config(head: str, overrides: dict | None = None) -> str:
+def show_head_config(
+    head: str,
+    overrides: dict | None = None,
+    protocol: str | None = None,
+    given: dict | None = None,
+) -> str:
     """Every field of ``head``'s config as YAML lines ``name: value  # type; meaning``, the
-    values those of ``overrides`` over the head's defaults (``avda train --show-config``)."""
+    values those of ``overrides`` over the head's defaults (``avda train --show-config``).
+    Under ``protocol`` a value it sets (one of ``overrides`` not the user's ``given`` and not
+    the head's default) says so and names the default, which the meaning may describe (TA3N's
+    target_batch_size 219 beside '128 * 26115 / 16115', EPIC-100's 207)."""
     import typing
 
     from avda.catalog import entries
@@ -1063,6 +1071,7 @@ def show_head_config(head: str, overrides: dict | None = None) -> str:
 
     cls = heads.config_class(head)
     values = cls.from_dict(overrides or {}).to_dict()
+    defaults = cls.from_dict({}).to_dict()
     hints = typing.get_type_hints(cls)
     meaning = cls.field_help()
     about = dict(entries("heads")).get(head, "")
@@ -1074,8 +1083,13 @@ def show_head_config(head: str, overrides: dict | None = None) -> str:
         f"head: {head}",
         "head_config:",
     ]
+    if protocol is not None:
+        lines.insert(2, f"# protocol {protocol}: its values say 'set by protocol {protocol}'.")
     for text, name in rows:
         help_text = meaning.get(name) or ""
+        if protocol is not None and name not in (given or {}) and values[name] != defaults[name]:
+            head_default = f"the head's default {_yaml_value(defaults[name])}"
+            help_text = f"set by protocol {protocol} ({head_default}); {help_text}".rstrip("; ")
         comment = (
             f"{_type_name(hints[name])}; {help_text}" if help_text else _type_name(hints[name])
         )
