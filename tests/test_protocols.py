@@ -153,6 +153,10 @@ def test_ta3n_ucf_hmdb_runs_take_their_directions_values(tmp_path):
     with pytest.raises(ConfigError, match="scores the best of the last 30 checkpoints"):
         setup_lib.plan(cache=cache, head="ta3n", source=["hmdb"], target=["ucf"],
                        overrides={"epochs": 5}, protocol="ta3n-ucf-hmdb")  # fmt: skip
+    # the method asked for is named (it said 'this ta3n run' to --head source-only)
+    with pytest.raises(ConfigError, match=r"but this source-only \(head ta3n\) run evaluates 5"):
+        setup_lib.plan(cache=cache, head="source-only", source=["hmdb"], target=["ucf"],
+                       overrides={"epochs": 5}, protocol="ta3n-ucf-hmdb")  # fmt: skip
 
 
 def test_ta3n_ucf_hmdb_table_reports_the_best_epoch_as_the_authors(tmp_path):

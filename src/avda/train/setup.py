@@ -377,6 +377,7 @@ def plan(
     values, and the benchmark's class counts size the tasks when the cache records no class
     table."""
     chosen = None
+    method = head  # what the user named: a protocol's method trains another head
     if protocol is not None:
         from avda import protocols as protocols_lib
 
@@ -404,7 +405,8 @@ def plan(
     checkpoints = chosen.evaluation.checkpoints if chosen is not None else 1
     config = config.for_data(len(source_rows), head, min_evaluations=checkpoints)
     if protocol is not None:
-        _check_protocol_run(protocol, source, target, config, head)
+        named = head if method == head else f"{method} (head {head})"
+        _check_protocol_run(protocol, source, target, config, named)
     known = _benchmark_classes(protocol, source, target) if protocol is not None else {}
     tasks = data_lib.infer_tasks(
         store.segments,
