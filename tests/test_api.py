@@ -451,6 +451,41 @@ def test_extract_failure_records_name_the_keywords_and_the_cli_its_options(tmp_p
     assert listed["error"].iloc[0].endswith("not found; check --videos / the audio folder")
 
 
+def test_the_no_weights_warning_names_the_modality_s_keyword(
+    tmp_path, media, caplog, capsys, monkeypatch
+):
+    """avda.extract of audio without weights said 'give a published checkpoint (avda
+    extract/demo: --weights, or --audio-weights for the audio backbone; Python:
+    weights=PATH)': both spellings inside a Python call, and the wrong keyword for the audio
+    backbone (weights=, not audio_weights=). It names the modality's option, spoken as the
+    keyword; the CLI keeps the option."""
+    import pandas as pd
+
+    from avda import cli
+    from avda.extract import backbones
+
+    manifest = tmp_path / "m.csv"
+    rows = {"uid": ["a"], "video_id": ["clip"], "domain": ["S"], "split": ["train"],
+            "start_sec": [1.0], "stop_sec": [3.0], "video_path": ["v_ZNVhz7ctTq0.mp4"]}  # fmt: skip
+    pd.DataFrame(rows).to_csv(manifest, index=False)
+    given = {"videos": media / "video", "modalities": ["audio"], "recipe": "demo"}
+    monkeypatch.setattr(backbones, "RANDOM_INIT_WARNED", set())
+    with caplog.at_level("WARNING", logger="avda.extract.backbones"):
+        avda.extract(manifest, tmp_path / "c.zarr", progress=False, **given)
+    (warning,) = [r.getMessage() for r in caplog.records if "random init" in r.getMessage()]
+    assert warning.endswith(
+        "give a published checkpoint with audio_weights (a file, or a name of `avda weights list`)"
+    ), warning
+    assert "--" not in warning
+    capsys.readouterr()
+    code = cli.main(["extract", "--manifest", str(manifest), "-o", str(tmp_path / "d.zarr"),
+                     "--videos", str(media / "video"), "--modalities", "audio", "--recipe",
+                     "demo"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert "give a published checkpoint with --audio-weights (a file, or a name of" in err
+
+
 def test_warnings_name_the_keywords_and_the_cli_its_options(tmp_path, caplog, capsys):
     """A run far shorter than its recipe, on a cache with a segment without audio, warns about
     both: from Python they said 'leave --epochs unset' and '--set modalities=[rgb] leaves audio

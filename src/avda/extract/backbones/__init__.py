@@ -103,12 +103,13 @@ def create(
         )
     elif weights is None and (name, modality) not in RANDOM_INIT_WARNED:
         RANDOM_INIT_WARNED.add((name, modality))
+        # avda extract's and avda demo's option (avda.extract's keyword: avda.wording.spoken)
+        option = "--audio-weights" if modality == "audio" else "--weights"
         log.warning(
             "%s (%s): no weights given, random initialisation: features are meaningless "
-            "beyond the architecture; give a published checkpoint (avda extract/demo: "
-            "--weights, or --audio-weights for the audio backbone; Python: weights=PATH)",
-            name,
-            modality,
+            "beyond the architecture; give a published checkpoint with %s (a file, or a "
+            "name of `avda weights list`)",
+            *(name, modality, option),
         )
     return model
 
