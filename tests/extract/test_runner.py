@@ -93,8 +93,24 @@ def test_mismatching_store_is_refused(reference_store, demo_dataset, tmp_path):
     copy = tmp_path / "copy.zarr"
     shutil.copytree(reference_store, copy)
     other = sampling.Recipe.from_dict({**RECIPE.to_dict(), "num_clips": 3, "name": "other"})
-    with pytest.raises(CacheError, match="built differently.*num_clips"):
+    with pytest.raises(CacheError, match="built differently.*num_clips") as info:
         _extract(manifest, root, copy, recipe=other)
+    # A rerun with another recipe than the store's built-in one (the default, mmsada, when left
+    # out) is told to give it, not only to replace the store or write another.
+    assert "Use another -o, --recipe 'demo' to go on with it, or --force" in str(info.value)
+    with pytest.raises(CacheError) as info:
+        _extract(manifest, root, copy, recipe=sampling.get("mmsada"))
+    assert "recipe.name: store has 'demo', this run asks for 'mmsada'" in str(info.value)
+    assert str(info.value).endswith(
+        ". Use another -o, --recipe 'demo' to go on with it, or --force to replace it with a "
+        "new store"
+    )
+    from avda.api import _EXTRACT_KEYWORDS, _keywords
+
+    assert _keywords(str(info.value), _EXTRACT_KEYWORDS).endswith(
+        ". Use another out, recipe='demo' to go on with it, or force=True to replace it with a "
+        "new store"
+    )
     # Another manifest: the refusal says which rows, not only two checksums.
     edited = manifest.drop(index=[1]).copy()
     edited.loc[edited.index[0], "stop_sec"] = float(edited["stop_sec"].iloc[0]) + 0.5
@@ -106,6 +122,9 @@ def test_mismatching_store_is_refused(reference_store, demo_dataset, tmp_path):
     first, gone = manifest["uid"].iloc[0], manifest["uid"].iloc[1]
     assert "the manifest's rows differ: 1 rows added (new-one); " in message
     assert f"1 removed ({gone}); 1 changed ({first} stop_sec " in message
+    with pytest.raises(CacheError) as info:  # the recipe alone would not make it fit
+        _extract(edited, root, copy, recipe=sampling.get("mmsada"))
+    assert str(info.value).endswith(". Use another -o, or --force to replace it with a new store")
     from avda.extract.runner import manifest_difference
 
     same = manifest.copy()

@@ -46,7 +46,7 @@ from avda.cache.store import remove_partial_creations
 from avda.data_manifests import schema as manifest_schema
 from avda.devices import resolve_device
 from avda.errors import CacheError, ConfigError, MediaError
-from avda.extract import backbones
+from avda.extract import backbones, sampling
 from avda.extract.decode import decord_misplaced_frames
 from avda.extract.inference import (
     BatchRunner,
@@ -127,8 +127,6 @@ class ExtractOptions:
 
     def __post_init__(self) -> None:
         if isinstance(self.recipe, str):
-            from avda.extract import sampling
-
             object.__setattr__(self, "recipe", sampling.get(self.recipe))
         names = self.modalities.split(",") if isinstance(self.modalities, str) else self.modalities
         specs = [ModalitySpec.default(m.strip()) if isinstance(m, str) else m for m in names]
@@ -200,6 +198,15 @@ def recipe_differences(stored: dict[str, Any], recipe: Recipe) -> list[str]:
         for key in sorted(set(stored) | set(wanted))
         if stored.get(key) != wanted.get(key)
     ]
+
+
+def _named_recipe(stored: dict[str, Any]) -> str | None:
+    """The name of the built-in recipe (``avda list recipes``) a store's recipe provenance is,
+    unchanged; None for another (a recipe built in Python, or one since changed)."""
+    name = stored.get("name")
+    if name not in sampling.names() or recipe_differences(stored, sampling.get(name)):
+        return None
+    return name
 
 
 def _modality_entry(
@@ -297,14 +304,18 @@ def open_or_create_store(
         diffs = _differences({"manifest_sha256": manifest_sha}, prov, ("manifest_sha256",))
         if diffs:
             diffs.append(manifest_difference(store.segments, segments))
+        built_with = _named_recipe(prov.get("recipe") or {})
+        only_recipe = not diffs and built_with not in (None, recipe.name)
         diffs += recipe_differences(prov.get("recipe") or {}, recipe)
         if not diffs:
             return store
         if not force:
+            # a rerun that left out the store's built-in recipe (the default is mmsada)
+            keep = f"--recipe '{built_with}' to go on with it, " if only_recipe else ""
             raise CacheError(
                 f"store {out} was built differently: "
                 + "; ".join(diffs)
-                + ". Use another -o, or --force to replace it with a new store"
+                + f". Use another -o, {keep}or --force to replace it with a new store"
             )
         backup = out.with_name(f"{out.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
         log.warning("--force: moving the old store %s to %s", out, backup)
@@ -558,8 +569,6 @@ def _recipes_that_fit(model: backbones.Backbone, modality: str, backbone: str) -
     takes and (a visual modality) that normalise pixels by its own ``input_spec``; not the
     v0.1 time-based ones (``mmsada``, ``demo``: placement ``centres``), which fit many
     backbones and are made for none."""
-    from avda.extract import sampling
-
     fits = []
     for name in sampling.names():
         recipe = sampling.get(name)
