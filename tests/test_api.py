@@ -511,6 +511,14 @@ def test_warnings_name_the_keywords_and_the_cli_its_options(tmp_path, caplog, ca
     assert "their audio features are zeros; --set modalities=[rgb] leaves audio out" in err
 
 
+def test_evaluate_of_a_missing_folder_names_no_option(tmp_path):
+    """It said "pass run directories or a sweep's --out folder" from avda.evaluate too."""
+    with pytest.raises(avda.errors.RunError) as raised:
+        avda.evaluate(tmp_path / "gone")
+    assert str(raised.value).endswith("does not exist; pass run folders, or the folder of a "
+                                      "sweep's runs")  # fmt: skip
+
+
 def test_the_keywords_of_train_and_extract_hints():
     """``--set key=value`` is train's ``head_config``; a command to run stays as it is."""
     from avda.api import _EXTRACT_KEYWORDS, _TRAIN_KEYWORDS, _keywords

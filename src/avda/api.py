@@ -113,6 +113,9 @@ _PREDICT_KEYWORDS = {
     "recipe": "recipe",  # avda.extract's, to extract the cache as the run's was
 }
 _EVALUATE_KEYWORDS = {
+    "o": "out",
+    "per-class": "per_class=True",
+    "confusion": "confusion=True",
     "set": "eval_set",
     "task": "task",
     "metric": "metric",

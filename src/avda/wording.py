@@ -36,7 +36,8 @@ def keywords(
     assignment of every field: ``NAME={'a': N, 'b': N}`` (Python), or ``a: N, b: N`` with
     ``yaml`` (a spec's keys); without it, it stays. An option followed by a quoted value
     (``--split 'x'``) becomes ``splits='x'`` (``split: 'x'`` with ``yaml``); ``bare_values``:
-    by any word (``--set X`` -> ``eval_set='X'``: evaluate's messages). A command to run
+    by any word (``--set X`` -> ``eval_set='X'``: evaluate's messages), except after a flag
+    (a name ``NAME=True``: ``--per-class with`` -> ``per_class=True with``). A command to run
     (``avda train --config RUN/config.yaml``, up to ``;``, ``)`` or a backtick) and a quoted
     value stay as they are."""
     names = sorted((n for n in table if not n.endswith("=")), key=len, reverse=True)
@@ -59,6 +60,8 @@ def keywords(
             fields = ", ".join(f"{key!r}: {_literal(value)}" for key, value in pairs)
             return f"{table['set=']}={{{fields}}}"
         name, found = table[match.group("name")], match.group("value")
+        if name.endswith("=True") and found is not None:  # a flag: the word is the message's
+            return f"{name} {found}"
         if found is None:
             return name
         if yaml:

@@ -181,21 +181,40 @@ def test_multi_label_is_ap_per_class_as_sklearn(tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("args", "message"),
+    ("args", "message", "keywords", "spoken"),
     [
-        (["--confusion", "-o", "x"], "add --per-class"),
-        (["--per-class", "--confusion"], "add -o OUT"),
-        (["--per-class", "--layout", "epic100"], "--per-class with --layout epic100"),
-        (["--per-class", "--metric", "top5"], "leave --metric out"),
-        (["--per-class", "--layout", "auto", "--compare", "DANN"], "shows no gains"),
+        (["--confusion", "-o", "x"], "add --per-class", {"confusion": True, "out": "x"},
+         "confusion=True writes the per-class table's matrices: add per_class=True"),
+        (["--per-class", "--confusion"], "add -o OUT", {"per_class": True, "confusion": True},
+         "confusion=True writes CSV files into OUT.confusion/: add out='OUT'"),
+        (["--per-class", "--layout", "epic100"], "--per-class with --layout epic100",
+         {"per_class": True, "layout": "epic100"},
+         "per_class=True with layout='epic100': the per-class table scores one task (leave "
+         "out layout, and choose the task with task='verb' or task='noun')"),
+        (["--per-class", "--metric", "top5"], "leave out --metric",
+         {"per_class": True, "metric": "top5"},
+         "metric='top5' with per_class=True: its cells are each class's accuracy (AP for a "
+         "multi-label task); leave out metric"),
+        (["--per-class", "--layout", "auto", "--compare", "DANN"], "shows no gains",
+         {"per_class": True, "layout": "auto", "compare": "DANN"},
+         "compare='DANN' with per_class=True: the per-class table shows no gains; leave out "
+         "compare"),
     ],
-)
-def test_bad_options_are_refused_in_one_line(sweep, args, message, tmp_path, monkeypatch, capsys):
+)  # fmt: skip
+def test_bad_options_are_refused_in_one_line(
+    sweep, args, message, keywords, spoken, tmp_path, monkeypatch, capsys
+):
+    """The command names its options, avda.evaluate its keywords: it said 'leave
+    layout='out'', "compare='with' --per-class" (an option's next word taken for its value)
+    and kept --confusion, --per-class and -o."""
     monkeypatch.chdir(tmp_path)
     code = cli.main(["evaluate", str(sweep), *args])
     stdout, stderr = capsys.readouterr()
     assert code != 0 and not stdout
     assert message in stderr and len(stderr.strip().splitlines()) == 1
+    with pytest.raises(ConfigError) as raised:
+        avda.evaluate(sweep, **keywords)
+    assert str(raised.value) == spoken
     assert not list(tmp_path.iterdir())
 
 

@@ -115,7 +115,9 @@ def find_runs(
     entries: dict[Path, dict[str, dict[str, Any]]] = {}
     for path in map(Path, paths):
         if not path.exists():
-            raise RunError(f"{path} does not exist; pass run directories or a sweep's --out folder")
+            raise RunError(
+                f"{path} does not exist; pass run folders, or the folder of a sweep's runs"
+            )
         named = (path / runs.CONFIG).exists()
         if named:
             candidates = [path]

@@ -411,7 +411,7 @@ def check_confusion(table: PerClassTable) -> None:
     if not table.confusion:
         raise ConfigError(
             f"--confusion: task {table.task!r} is multi-label ({table.what} per class), which "
-            "has no confusion matrix; leave --confusion out"
+            "has no confusion matrix; leave out --confusion"
         )
 
 

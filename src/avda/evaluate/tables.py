@@ -490,15 +490,18 @@ def check_per_class(
     if layout not in ("runs", "auto", "settings"):
         raise ConfigError(
             f"--per-class with --layout {layout}: the per-class table scores one task (leave "
-            "--layout out, and choose the task with --task verb or --task noun)"
+            "out --layout, and choose the task with --task verb or --task noun)"
         )
     if metric is not None:
         raise ConfigError(
             f"--metric {metric} with --per-class: its cells are each class's accuracy (AP for "
-            "a multi-label task); leave --metric out"
+            "a multi-label task); leave out --metric"
         )
     if baseline:
-        raise ConfigError("--compare with --per-class: the per-class table shows no gains")
+        raise ConfigError(
+            f"--compare {baseline} with --per-class: the per-class table shows no gains; leave "
+            "out --compare"
+        )
 
 
 def evaluate_runs(
