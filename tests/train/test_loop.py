@@ -527,3 +527,27 @@ def test_a_head_with_a_target_term_without_target_training_rows_says_what_to_do(
     assert not (tmp_path / "dann").exists()
     train(head="source-only", out=tmp_path / "so", overrides=options, **kwargs)
     assert runs.is_complete(tmp_path / "so")
+
+
+@pytest.mark.parametrize(("head", "warned"), [("source-only", False), ("dann", True)])
+def test_target_rows_a_head_never_reads_are_not_warned_about(tmp_path, caplog, head, warned):
+    """A target training row without audio: source-only, which never reads those rows (its
+    target set is loaded empty), warned '1 selected segments (target train) have no audio
+    input ... their audio features are zeros'; a head that reads them still warns."""
+    from tests.conftest import without_audio
+
+    from avda.train import setup
+
+    store = make_feature_cache(tmp_path / "c.zarr", per_class=4)
+    first_target_train = int(np.flatnonzero(
+        (store.segments["domain"] == "target") & (store.segments["split"] == "train")
+    )[0])  # fmt: skip
+    without_audio(store, row=first_target_train)
+    with caplog.at_level("WARNING", logger="avda.train.data"):
+        setup.plan(cache=tmp_path / "c.zarr", head=head, source=["source"], target=["target"])
+    assert ("(target train) have no audio input" in caplog.text) is warned
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="avda.train.data"):  # a labelled share is read
+        setup.plan(cache=tmp_path / "c.zarr", head=head, source=["source"], target=["target"],
+                   overrides={"labelled_target": 0.5})  # fmt: skip
+    assert "(target train) have no audio input" in caplog.text

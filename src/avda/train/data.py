@@ -213,14 +213,20 @@ def _labels(segments: pd.DataFrame, rows: np.ndarray, tasks: list[Task]) -> dict
 
 
 def select_rows(
-    cache: FeatureCache, domains: Sequence[str], splits: Sequence[str], modalities: Sequence[str]
+    cache: FeatureCache,
+    domains: Sequence[str],
+    splits: Sequence[str],
+    modalities: Sequence[str],
+    *,
+    quiet: bool = False,
 ) -> np.ndarray:
     """Rows of ``domains`` x ``splits`` whose features are usable in every modality.
 
     Pending and failed rows are left out. A row whose input does not exist in a modality
     (status ``missing``: zero features, e.g. a video without an audio track) is kept with those
     zeros when another modality has its input, and left out when none does (it has nothing to
-    be read from); both are logged with their counts, as the zeros are not features."""
+    be read from); both are logged with their counts, as the zeros are not features (unless
+    ``quiet``: rows the caller's head never reads)."""
     segments = cache.segments
     mask = (
         segments["domain"].isin(list(domains)).to_numpy()
@@ -236,13 +242,13 @@ def select_rows(
         missing[modality] = status == Status.MISSING
     where = f"{'/'.join(map(str, domains))} {'/'.join(map(str, splits))}"
     skipped = int(np.sum(mask & ~usable))
-    if skipped:
+    if skipped and not quiet:
         log.warning(
             "%d selected segments (%s) are not extracted (pending or failed): left out",
             *(skipped, where),
         )
     empty = mask & usable & ~has_input
-    if empty.any():
+    if empty.any() and not quiet:
         log.warning(
             "%d selected segments (%s) have no input in any modality used (%s: status missing, "
             "e.g. %s; %s): left out",
@@ -252,7 +258,7 @@ def select_rows(
     kept = mask & usable & has_input
     for modality, rows in missing.items():
         count = int(np.sum(kept & rows))
-        if count:
+        if count and not quiet:
             others = [m for m in modalities if m != modality]
             log.warning(
                 "%d selected segments (%s) have no %s input (status missing, e.g. %s; %s): "

@@ -146,6 +146,8 @@ def training_rows(
     target: Sequence[str],
     modalities: Sequence[str],
     config: HeadConfig,
+    *,
+    reads_target: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(source_rows, target_rows)`` a run trains on: the labelled rows (the source domains'
     training split, with the labelled share of the target's when ``labelled_target > 0``) and
@@ -157,10 +159,15 @@ def training_rows(
     chosen among the other target rows, and a target video with marked rows contributes to
     the unlabelled target rows its marked rows, and only those, when none of its rows is
     labelled (else nothing): the authors' unlabelled half draws its windows anywhere in the
-    video, not at its annotated actions. Without marked rows, as before."""
+    video, not at its annotated actions. Without marked rows, as before.
+
+    ``reads_target=False`` (a head that reads no unlabelled target row, in training or at
+    evaluation: source-only): what the target rows lack (audio, extraction) is not logged,
+    unless a labelled share of them is read."""
     source_rows = data_lib.select_rows(store, source, ["train"], modalities)
     source_rows = source_rows[~unlabelled_only(store, source_rows)]
-    target_rows = data_lib.select_rows(store, target, ["train"], modalities)
+    quiet = not reads_target and config.labelled_target <= 0
+    target_rows = data_lib.select_rows(store, target, ["train"], modalities, quiet=quiet)
     if len(source_rows) == 0:
         raise CacheError(
             f"no extracted training segments for source domain(s) {list(source)} in {store.path}"
@@ -394,7 +401,13 @@ def plan(
     _warn_target_labels_in_backbone(store, modalities, target)
     device = resolve_device(device)
 
-    source_rows, target_rows = training_rows(store, source, target, modalities, config)
+    cls = heads_lib.HEADS.get(head)
+    # whether the head may read unlabelled target rows (a "config" head decides only once its
+    # config is resolved, below, which needs these rows)
+    reads_target = cls.target_use != "never" or cls.adapts_at_evaluation
+    source_rows, target_rows = training_rows(
+        store, source, target, modalities, config, reads_target=reads_target
+    )
     eval_rows = evaluation_rows(store, source, target, modalities) if evaluation else {}
     if not any(k.startswith("target") for k in eval_rows) and len(target_rows) == 0:
         raise CacheError(
@@ -416,7 +429,6 @@ def plan(
         known=known,
         benchmark=f"protocol {protocol}'s dataset" if protocol else "",
     )
-    cls = heads_lib.HEADS.get(head)
     # e.g. cia's spatial=auto, rna's setting=auto
     config = cls.resolve_config(config, store, modalities, target_segments=len(target_rows))
     if cls.needs_target(config) and len(target_rows) == 0:
