@@ -912,7 +912,8 @@ def recompute_hint(
     array: zarr.Array, chunk: int, lo: int, chunk_rows: int, imported: str | None = None
 ) -> str:
     """How to recompute the rows of chunk ``chunk`` (from row ``lo``) of a modality's array
-    (``features``, ``spatial``, ...): delete its chunk files, then the same ``avda extract``;
+    (``features``, ``spatial``, ...): delete its chunk files (those there are, in a store on
+    disk: a file named that is gone made ``rm`` fail), then the same ``avda extract``;
     ``imported`` (rows an import brought, :meth:`FeatureCache._import_fix`): that text."""
     if imported:
         return imported
@@ -924,6 +925,11 @@ def recompute_hint(
     ]
     if group == schema.SPATIAL_GROUP:
         files.insert(0, chunk_file(array, chunk))
+    root = getattr(array.store, "root", None)  # a LocalStore's folder
+    if root is not None:
+        files = [file for file in files if (Path(root) / file).is_file()]
+    if not files:  # the rows read as pending already
+        return "run the same `avda extract` again to recompute them"
     return (
         f"delete {', '.join(files)} under it (those rows become pending) "
         "and run the same `avda extract` again to recompute them"

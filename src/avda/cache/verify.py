@@ -302,14 +302,8 @@ def _check_status(store, array: zarr.Array, chunk: int, lo: int, block: np.ndarr
     values = ", ".join(str(int(v)) for v in np.unique(block[~known]))
     file = store_lib.chunk_file(array, chunk)
     modality = array.path.partition("/")[2]
-    files = ", ".join(
-        f"{part}/{modality}/c/{chunk}" + ("/0/0" if part == schema.FEATURES_GROUP else "")
-        for part in (schema.FEATURES_GROUP, schema.ERRORS_GROUP, schema.STATUS_GROUP)
-    )
-    fix = store._import_fix(modality, int(rows[0]), int(rows[-1]) + 1) or (
-        f"delete {files} under it (those rows become pending) and run the same `avda extract` "
-        "again to recompute them"
-    )
+    imported = store._import_fix(modality, int(rows[0]), int(rows[-1]) + 1)
+    fix = store_lib.recompute_hint(array, chunk, lo, store.chunk_rows, imported)
     problem(
         "status",
         array.path,
