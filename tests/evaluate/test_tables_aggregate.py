@@ -192,6 +192,19 @@ def test_runs_layout_keeps_the_per_run_table(sweep_like, tmp_path):
     text, paths = tables.evaluate_runs([sweep_like], layout="runs", out=tmp_path / "t")
     assert text == tables.to_markdown(table)
     assert [p.suffix for p in paths] == [".md", ".csv"]
+    # OUT's own suffix is replaced only when it is a table's: -o tab.v1 and -o tab.v2 both
+    # wrote tab.md and tab.csv, the second over the first
+    for out, names in (
+        ("tab.v1", ["tab.v1.md", "tab.v1.csv"]),
+        ("tab.v2", ["tab.v2.md", "tab.v2.csv"]),
+        ("r.md", ["r.md", "r.csv"]),
+        ("r.csv", ["r.md", "r.csv"]),
+    ):
+        _, paths = tables.evaluate_runs([sweep_like], layout="runs", out=tmp_path / out)
+        assert [p.name for p in paths] == names
+    paper = aggregate.aggregate(aggregate.find_runs([sweep_like]))
+    written = tables.write_aggregate(paper, tmp_path / "p.2026.12")
+    assert [p.name for p in written] == ["p.2026.12.md", "p.2026.12.csv", "p.2026.12.tex"]
     with pytest.raises(ConfigError, match="--compare: only a paper layout compares methods"):
         tables.evaluate_runs([sweep_like], baseline="Source-only")
     # --set / --task / --metric choose its columns (they were ignored: every column printed)

@@ -390,7 +390,7 @@ def write(table: PerClassTable, out: str | Path) -> list[Path]:
     out.parent.mkdir(parents=True, exist_ok=True)
     written = []
     for fmt in ("markdown", "csv", "latex"):
-        path = out.with_suffix(tables._SUFFIXES[fmt])
+        path = tables.table_file(out, tables._SUFFIXES[fmt])
         atomic_write_text(path, render(table, fmt).rstrip("\n") + "\n")  # whole or not at all
         written.append(path)
     return written
@@ -402,8 +402,7 @@ def _slug(text: str) -> str:
 
 def confusion_folder(out: str | Path) -> Path:
     """Where ``--confusion`` writes beside ``-o OUT``: ``OUT.confusion/``."""
-    out = Path(out)
-    return out.with_name(out.name.removesuffix(out.suffix) + ".confusion")
+    return tables.table_file(out, ".confusion")
 
 
 def check_confusion(table: PerClassTable) -> None:

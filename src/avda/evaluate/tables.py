@@ -150,8 +150,7 @@ def write_tables(table: pd.DataFrame, out: str | Path) -> list[Path]:
     """Write ``out.md`` and ``out.csv`` (each whole or not at all); returns the paths."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    markdown = out.with_suffix(".md")
-    csv = out.with_suffix(".csv")
+    markdown, csv = table_file(out, ".md"), table_file(out, ".csv")
     # each file whole or not at all: a killed evaluate never leaves a table missing rows
     atomic_write_text(markdown, to_markdown(table) + "\n")
     atomic_write_text(csv, table.to_csv(index=False, float_format="%.4f"))
@@ -165,6 +164,15 @@ def write_tables(table: pd.DataFrame, out: str | Path) -> list[Path]:
 
 FORMATS = ("markdown", "latex", "csv", "html")
 _SUFFIXES = {"markdown": ".md", "latex": ".tex", "csv": ".csv", "html": ".html"}
+
+
+def table_file(out: str | Path, suffix: str) -> Path:
+    """The file ``-o OUT`` writes with ``suffix`` (``.md``...): OUT's own suffix is replaced
+    only when it is a table's (``-o results.md``: results.md, results.csv); another is part of
+    the name (``-o tab.v1``: tab.v1.md; it wrote tab.md, which ``-o tab.v2`` overwrote)."""
+    out = Path(out)
+    stem = out.name.removesuffix(out.suffix) if out.suffix in _SUFFIXES.values() else out.name
+    return out.with_name(stem + suffix)
 
 
 def format_mean_std_cell(mean: float, std: float, *, digits: int = 1, plus_minus: str = "±") -> str:
@@ -422,7 +430,7 @@ def write_aggregate(
     for fmt in formats:
         if fmt not in _SUFFIXES:
             raise ConfigError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
-        path = out.with_suffix(_SUFFIXES[fmt])
+        path = table_file(out, _SUFFIXES[fmt])
         atomic_write_text(path, render_aggregate(table, fmt, baseline=baseline).rstrip("\n") + "\n")
         written.append(path)
     return written
