@@ -296,6 +296,10 @@ def test_a_manifest_counting_seconds_at_another_rate_is_refused(tmp_path, capsys
     table.to_csv(tmp_path / "thirty.csv", index=False)
     assert cli.main(_import(folder, tmp_path / "thirty.csv", out)) != 0
     assert "give --feature-rate 30" in capsys.readouterr().err
+    table.loc[0, "fps"] = None  # a row without its fps: the others' rate, not 'nan'
+    table.to_csv(tmp_path / "unknown.csv", index=False)
+    assert cli.main(_import(folder, tmp_path / "unknown.csv", out)) != 0
+    assert "give --feature-rate 30" in capsys.readouterr().err
     table["fps"] = 25.0
     table.to_csv(tmp_path / "same.csv", index=False)
     assert cli.main(_import(folder, tmp_path / "same.csv", out, "--format", "ta3n-t7")) == 0

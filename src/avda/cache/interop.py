@@ -1357,8 +1357,8 @@ def _check_frame_rate(table: pd.DataFrame, feature_rate: float, annotations) -> 
     rates = ", ".join(f"{r:g}" for r in sorted(fps[other].unique()))
     rows = table[other]
     where = ", ".join(sorted(rows["domain"].astype(str).unique())) if "domain" in rows else ""
-    if fps.nunique() == 1:
-        fix = f"give --feature-rate {fps.iloc[0]:g}"
+    if fps.nunique() == 1:  # rows without an fps (empty cells) say nothing of theirs
+        fix = f"give --feature-rate {fps.dropna().iloc[0]:g}"
     else:
         fix = (
             "build the manifest with one rate for every dataset (avda manifest build ucf-hmdb "
