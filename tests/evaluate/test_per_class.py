@@ -115,6 +115,11 @@ def test_formats_and_the_python_api(sweep, tmp_path):
     table = avda.evaluate(sweep, per_class=True, confusion=True, out=tmp_path / "pc")
     assert isinstance(table, per_class.PerClassTable)
     assert (tmp_path / "pc.confusion" / "Source-only" / "source-to-target" / "sum.csv").exists()
+    # -o OUT keeps a suffix that is not a table's, as the other tables do (pc.v1 wrote pc.md)
+    written = per_class.write(table, tmp_path / "pc.v1")
+    assert [p.name for p in written] == ["pc.v1.md", "pc.v1.csv", "pc.v1.tex"]
+    assert per_class.confusion_folder(tmp_path / "pc.v1").name == "pc.v1.confusion"
+    assert per_class.confusion_folder(tmp_path / "pc.md").name == "pc.confusion"
     latex = per_class.render(table, "latex")
     assert "\\begin{tabular}" in latex and "$\\pm$" in latex
     html = per_class.render(table, "html")
