@@ -713,6 +713,8 @@ def test_a_npy_file_that_is_no_numeric_2d_array_is_refused_in_one_line(tmp_path,
         "object": lambda: np.save(path, np.array([{"a": 1}], dtype=object), allow_pickle=True),
         "text": lambda: path.write_text("not an array\n"),
         "strings": lambda: np.save(path, np.array([["a", "b"]])),
+        # np.load opens a zip by its bytes, whatever the name: an NpzFile, no array
+        "npz": lambda: np.savez(path.open("wb"), np.zeros((4, 2), np.float32)),
     }
     for case, write in cases.items():
         write()

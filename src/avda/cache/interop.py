@@ -1183,6 +1183,12 @@ def _open_npy(path: Path) -> np.ndarray:
             f"{path}: not a readable .npy array of numbers ({first}); save each video's "
             "features as one (T, D) array with numpy.save"
         ) from None
+    if not isinstance(values, np.ndarray):  # a zip (.npz) is opened by its bytes, any name
+        values.close()
+        raise CacheError(
+            f"{path} is a .npz archive, not one array; save each video's features as one "
+            "(T, D) array with numpy.save"
+        )
     if values.ndim != 2 or values.dtype.kind not in "fiu":  # as _block checks a file's
         raise CacheError(
             f"{path} has shape {values.shape} ({values.dtype}); expected (T, D) numbers: one "
