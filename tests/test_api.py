@@ -295,6 +295,11 @@ def test_evaluate_keywords_leave_a_hint_to_train_with_set_as_it_is():
     assert _keywords("--set x has no labels: choose another --set", _EVALUATE_KEYWORDS) == (
         "eval_set='x' has no labels: choose another eval_set"
     )
+    # a flag takes no value, and an option is none: '--per-class --metric top5' kept
+    # '--metric top5' (taken for the flag's next word)
+    assert _keywords("leave out --per-class --metric top5 or -o OUT", _EVALUATE_KEYWORDS) == (
+        "leave out per_class=True metric='top5' or out='OUT'"
+    )
 
 
 def test_evaluate_refuses_what_the_runs_layout_cannot_use_as_the_cli_does(tmp_path):

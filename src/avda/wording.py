@@ -41,12 +41,14 @@ def keywords(
     (``avda train --config RUN/config.yaml``, up to ``;``, ``)`` or a backtick) and a quoted
     value stay as they are."""
     names = sorted((n for n in table if not n.endswith("=")), key=len, reverse=True)
-    value = _VALUE if bare_values else r"'[^']*'"
+    alternatives = "|".join(re.escape(n) for n in names)
+    # an option of the table is no value: --per-class --metric top5 kept --metric top5
+    value = rf"(?!--?(?:{alternatives})(?![\w-])){_VALUE}" if bare_values else r"'[^']*'"
     pair = rf"\w+={_SET_VALUE}"
     assign = rf"|--set (?P<assigned>{pair}(?:(?:,? --set |, ){pair})*)" if "set=" in table else ""
     pattern = (
         rf"(?P<command>{_COMMAND}|{_QUOTED}){assign}"
-        rf"|(?<![\w-])--?(?P<name>{'|'.join(re.escape(n) for n in names)})(?![\w-])"
+        rf"|(?<![\w-])--?(?P<name>{alternatives})(?![\w-])"
         rf"(?! ?{_VALUE}=)(?: (?P<value>{value}))?"
     )
 
