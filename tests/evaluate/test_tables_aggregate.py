@@ -199,6 +199,7 @@ def test_runs_layout_keeps_the_per_run_table(sweep_like, tmp_path):
         ("tab.v2", ["tab.v2.md", "tab.v2.csv"]),
         ("r.md", ["r.md", "r.csv"]),
         ("r.csv", ["r.md", "r.csv"]),
+        ("R.MD", ["R.md", "R.csv"]),
     ):
         _, paths = tables.evaluate_runs([sweep_like], layout="runs", out=tmp_path / out)
         assert [p.name for p in paths] == names

@@ -171,7 +171,8 @@ def table_file(out: str | Path, suffix: str) -> Path:
     only when it is a table's (``-o results.md``: results.md, results.csv); another is part of
     the name (``-o tab.v1``: tab.v1.md; it wrote tab.md, which ``-o tab.v2`` overwrote)."""
     out = Path(out)
-    stem = out.name.removesuffix(out.suffix) if out.suffix in _SUFFIXES.values() else out.name
+    table = out.suffix.lower() in _SUFFIXES.values()  # -o R.MD: R.md, as before, not R.MD.md
+    stem = out.name.removesuffix(out.suffix) if table else out.name
     return out.with_name(stem + suffix)
 
 
