@@ -1102,6 +1102,13 @@ def test_published_rows_only_beside_the_protocols_own_numbers(tmp_path, monkeypa
     for kwargs in ({"eval_set": "target_test"}, {"metric": "top1"}, {"task": "verb"}):
         same = aggregate.aggregate([run], layout="settings", **kwargs)
         assert "TA3N [published]" in same.methods, kwargs
+    # a run with no target predictions scored on --set source_test: its table, the published
+    # rows left out (asking which set --set auto would score refused the whole table)
+    for folder in (run / "epochs" / "0001", run / "epochs" / "0002", run):
+        (folder / runs.PREDICTIONS / "target_test.npz").unlink()
+    other = aggregate.aggregate([run], layout="settings", eval_set="source_test")
+    assert other.methods == ["ta3n"]  # no published row
+    assert any("which --set source_test changes" in note for note in other.notes), other.notes
 
 
 def _writes_interrupted_half_way(monkeypatch):

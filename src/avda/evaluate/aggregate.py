@@ -612,14 +612,15 @@ def aggregate(
         table.notes.append(
             f"{len(left_out)} run(s) found but left out: {'; '.join(left_out[:2])}{more}."
         )
-    changed = _not_the_papers_numbers(infos, layout, eval_set, task, metric, rule)
-    if changed and _published_entries(infos):
-        table.notes.append(
-            f"[published] rows left out: the papers' numbers are the protocol's table, which "
-            f"{changed} changes (run without it to compare)"
-        )
-    elif not changed:
-        _add_published(table, infos)
+    if _published_entries(infos):  # asked only then: it reads each run's predictions
+        changed = _not_the_papers_numbers(infos, layout, eval_set, task, metric, rule)
+        if changed:
+            table.notes.append(
+                f"[published] rows left out: the papers' numbers are the protocol's table, "
+                f"which {changed} changes (run without it to compare)"
+            )
+        else:
+            _add_published(table, infos)
     return table
 
 
@@ -635,7 +636,7 @@ def _not_the_papers_numbers(
     ``published:`` rows, which are the protocol's table (its metric, each run's first task,
     the set ``--set auto`` scores); None where it shows those. A paper's top-1 under a top-5
     or source_test column read as ours against theirs."""
-    if eval_set != "auto" and any(choose_set(i.path, "auto") != eval_set for i in infos):
+    if eval_set != "auto" and any(_auto_set(i.path) != eval_set for i in infos):
         return f"--set {eval_set}"
     if layout != "settings":
         return None  # the epic100 layout's columns name their task and metric
@@ -645,6 +646,15 @@ def _not_the_papers_numbers(
         if not (rule.metrics[0] == "auto" and metric in ("top1", "mAP")):  # auto resolves
             return f"--metric {metric}"
     return None
+
+
+def _auto_set(run: Path) -> str | None:
+    """The set ``--set auto`` scores of ``run``; None where it has no target predictions (a
+    run scored with ``--set source_test`` only: the papers' set is not there)."""
+    try:
+        return choose_set(run, "auto")
+    except RunError:
+        return None
 
 
 def _one_run_per_seed(infos: Sequence[RunInfo]) -> None:
