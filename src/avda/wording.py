@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import logging
 import re
 import threading
@@ -40,17 +41,7 @@ def keywords(
     (a name ``NAME=True``: ``--per-class with`` -> ``per_class=True with``). A command to run
     (``avda train --config RUN/config.yaml``, up to ``;``, ``)`` or a backtick) and a quoted
     value stay as they are."""
-    names = sorted((n for n in table if not n.endswith("=")), key=len, reverse=True)
-    alternatives = "|".join(re.escape(n) for n in names)
-    # an option of the table is no value: --per-class --metric top5 kept --metric top5
-    value = rf"(?!--?(?:{alternatives})(?![\w-])){_VALUE}" if bare_values else r"'[^']*'"
-    pair = rf"\w+={_SET_VALUE}"
-    assign = rf"|--set (?P<assigned>{pair}(?:(?:,? --set |, ){pair})*)" if "set=" in table else ""
-    pattern = (
-        rf"(?P<command>{_COMMAND}|{_QUOTED}){assign}"
-        rf"|(?<![\w-])--?(?P<name>{alternatives})(?![\w-])"
-        rf"(?! ?{_VALUE}=)(?: (?P<value>{value}))?"
-    )
+    pattern = _pattern(frozenset(table), bare_values)
 
     def keyword(match: re.Match) -> str:
         if match.group("command") is not None:
@@ -70,7 +61,24 @@ def keywords(
             return f"{name}: {found}"
         return f"{name}={found}" if found.startswith("'") else f"{name}={found!r}"
 
-    return re.sub(pattern, keyword, message)
+    return pattern.sub(keyword, message)
+
+
+@functools.lru_cache(maxsize=64)
+def _pattern(options: frozenset[str], bare_values: bool) -> re.Pattern[str]:
+    """:func:`keywords`' pattern for a table of ``options`` (built once per table: every avda
+    log record made inside an API call or a sweep run goes through it)."""
+    names = sorted((n for n in options if not n.endswith("=")), key=lambda n: (-len(n), n))
+    alternatives = "|".join(re.escape(n) for n in names)
+    # an option of the table is no value: --per-class --metric top5 kept --metric top5
+    value = rf"(?!--?(?:{alternatives})(?![\w-])){_VALUE}" if bare_values else r"'[^']*'"
+    pair = rf"\w+={_SET_VALUE}"
+    assign = rf"|--set (?P<assigned>{pair}(?:(?:,? --set |, ){pair})*)" if "set=" in options else ""
+    return re.compile(
+        rf"(?P<command>{_COMMAND}|{_QUOTED}){assign}"
+        rf"|(?<![\w-])--?(?P<name>{alternatives})(?![\w-])"
+        rf"(?! ?{_VALUE}=)(?: (?P<value>{value}))?"
+    )
 
 
 def _literal(value: str) -> str:
