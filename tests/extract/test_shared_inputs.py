@@ -153,3 +153,81 @@ def test_the_failure_of_a_shared_input_names_each_rows_own_segment(demo_dataset,
         assert errors[row].startswith(f"segment {frame['uid'].iloc[row]!r} "), errors[row]
     listed = result.failures.set_index("uid")["error"]
     assert all(listed[uid].startswith(f"segment {uid!r} ") for uid in frame["uid"].iloc[[0, 3, 5]])
+
+
+def test_sigkill_between_a_shared_inputs_writes_then_rerun_equals_an_uninterrupted_run(
+    demo_dataset, tmp_path
+):
+    """A real SIGKILL of `avda extract` while rows that share inputs are written (chunks of 2
+    rows split every group): the rerun leaves no row pending, and every row equals an
+    uninterrupted extraction of the same rows, copies included."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    root, manifest = demo_dataset
+    frame = _duplicated(manifest)
+    manifest_path = tmp_path / "manifest.csv"
+    frame.to_csv(manifest_path, index=False)
+    reference = tmp_path / "reference.zarr"
+    assert _extract(frame, root, reference).ok
+    out = tmp_path / "killed.zarr"
+    command = [
+        sys.executable,
+        "-m",
+        "avda.cli",
+        "extract",
+        "--manifest",
+        str(manifest_path),
+        "--videos",
+        str(root),
+        "-o",
+        str(out),
+        "--recipe",
+        "demo",
+        "--modalities",
+        "rgb",
+        "--workers",
+        "0",
+        "--chunk-rows",
+        "2",
+        "--batch-size",
+        "1",  # one input per forward pass: the statuses advance while it runs
+        "--quiet",
+    ]
+    killed_at = None
+    for _ in range(3):  # a fast machine may finish before the kill lands: try again
+        shutil.rmtree(out, ignore_errors=True)
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 120
+        while time.time() < deadline and process.poll() is None:
+            try:
+                done = int(np.sum(open_cache(out).status("rgb") == Status.DONE))
+            except Exception:  # the store or modality is not created yet
+                done = 0
+            if 1 <= done < len(frame):
+                process.send_signal(signal.SIGKILL)
+                process.wait()
+                killed_at = done
+                break
+            time.sleep(0.02)
+        process.kill()
+        process.wait()
+        if killed_at is not None:
+            break
+    assert killed_at is not None, "extraction finished before it could be killed"
+    assert (open_cache(out).status("rgb") == Status.DONE).sum() < len(frame)
+
+    rerun = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    resumed, expected = open_cache(out), open_cache(reference)
+    assert np.all(resumed.status("rgb") == Status.DONE)
+    assert resumed.verify().empty
+    # equal up to float16 rounding: the rerun batches other inputs together
+    np.testing.assert_allclose(resumed.load("rgb"), expected.load("rgb"), rtol=2e-3, atol=2e-3)
+    for group in GROUPS:
+        for row in group[1:]:
+            np.testing.assert_allclose(
+                resumed.load("rgb")[row], resumed.load("rgb")[group[0]], rtol=2e-3, atol=2e-3
+            )
