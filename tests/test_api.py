@@ -583,3 +583,28 @@ def test_keywords_leave_what_a_quoted_value_holds(tmp_path):
         "cache '/data/a -o b.zarr' exists. Use another out, or force=True"
     )
     assert _keywords("unknown --split 'x'", _PREDICT_KEYWORDS) == "unknown splits='x'"
+
+
+def test_evaluate_refuses_an_out_named_as_another_format_as_the_cli_does(tmp_path, capsys):
+    """``avda.evaluate(out="x.pdf")`` wrote x.pdf.md, x.pdf.csv: one error naming the tables'
+    formats and suffixes instead, in the command line and the API, before any run is read."""
+    make_feature_cache(tmp_path / "c.zarr", per_class=4)
+    avda.train(
+        head="source-only", cache=tmp_path / "c.zarr", source="source", target="target",
+        out=tmp_path / "run", epochs=1, progress=False,
+    )  # fmt: skip
+    out = tmp_path / "tables" / "x.pdf"
+    for kwargs, options in (({}, []), ({"layout": "auto"}, ["--layout", "auto"]),
+                            ({"per_class": True}, ["--per-class"])):  # fmt: skip
+        with pytest.raises(ConfigError) as error:
+            avda.evaluate(tmp_path / "run", out=out, **kwargs)
+        message = str(error.value)
+        assert message.startswith(f"out: {out} is named as a .pdf file"), message
+        assert "OUT.md, OUT.csv, OUT.tex" in message and "-o" not in message
+        assert f"name them {out.with_suffix('')}" in message
+        stderr = _cli_error(capsys, "evaluate", str(tmp_path / "run"), *options, "-o", str(out))
+        assert stderr.startswith(f"error: -o: {out} is named as a .pdf file"), stderr
+        assert not list((tmp_path / "tables").glob("x.pdf*"))
+        # a suffix that is no other program's stays part of the name (-o tab.v1: tab.v1.md)
+        avda.evaluate(tmp_path / "run", out=tmp_path / "tables" / "tab.v1", **kwargs)
+        assert (tmp_path / "tables" / "tab.v1.md").exists()

@@ -510,6 +510,7 @@ def _evaluate(
     from avda.evaluate import aggregate, tables
 
     paths = [runs] if isinstance(runs, str | Path) else list(runs)
+    tables.check_out(out)
     tables.check_per_class(
         per_class, confusion, layout=layout, metric=metric, baseline=compare, out=out
     )

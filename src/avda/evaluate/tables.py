@@ -166,6 +166,30 @@ FORMATS = ("markdown", "latex", "csv", "html")
 _SUFFIXES = {"markdown": ".md", "latex": ".tex", "csv": ".csv", "html": ".html"}
 
 
+# formats of other programs: ``-o x.pdf`` is a name the tables cannot have (x.pdf.md was
+# written); ``-o tab.v1`` and ``-o results.2026.12`` keep theirs (:func:`table_file`)
+_OTHER_FORMATS = (
+    ".pdf", ".png", ".jpg", ".jpeg", ".svg", ".eps", ".ps", ".xlsx", ".xls", ".ods", ".doc",
+    ".docx", ".odt", ".rtf", ".pptx", ".json", ".txt",
+)  # fmt: skip
+
+
+def check_out(out: str | Path | None) -> None:
+    """Refuse ``-o OUT`` named as a file of another format (``-o x.pdf``), before any run is
+    read: the tables are OUT.md, OUT.csv and OUT.tex, and x.pdf.md was written without a word
+    (the command line and ``avda.evaluate`` alike)."""
+    if out is None:
+        return
+    out = Path(out)
+    if out.suffix.lower() in _OTHER_FORMATS:
+        raise ConfigError(
+            f"-o: {out} is named as a {out.suffix} file, and the tables are Markdown, CSV and "
+            f"LaTeX (OUT.md, OUT.csv, OUT.tex); name them {out.with_suffix('')} (a suffix "
+            ".md, .csv, .tex or .html is replaced by each table's; another is kept in the name: "
+            "tab.v1.md)"
+        )
+
+
 def table_file(out: str | Path, suffix: str) -> Path:
     """The file ``-o OUT`` writes with ``suffix`` (``.md``...): OUT's own suffix is replaced
     only when it is a table's (``-o results.md``: results.md, results.csv); another is part of
@@ -533,6 +557,7 @@ def evaluate_runs(
     ``confusion`` the confusion matrices as CSV under ``OUT.confusion/``."""
     from avda.evaluate import aggregate as aggregate_lib
 
+    check_out(out)
     check_per_class(per_class, confusion, layout=layout, metric=metric, baseline=baseline, out=out)
     if fmt not in FORMATS:  # before any run is read
         raise ConfigError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
