@@ -1137,3 +1137,45 @@ def test_an_interrupted_table_write_leaves_the_old_tables_whole(sweep_like, tmp_
             tables.write_tables(tables.results_table(run_dirs), tmp_path / "runs")
     assert {path: path.read_bytes() for path in written} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in written)
+
+
+def test_epic100_runs_scored_on_different_sets_are_named_in_a_warning_and_a_note(tmp_path, caplog):
+    """The epic100 layout, as the settings one: a run whose target_test is unlabelled is
+    scored on its target_val (--set auto), the others on target_test; the table averages both,
+    so one warning and a note name each set and its runs."""
+    labels = np.arange(10) % 4
+    scores = _ranked_scores(labels, [0] * 6 + [1] * 4, 5)
+    made = []
+    for seed in (0, 1):
+        run = tmp_path / f"seed{seed}"
+        runs.write_config(run, {
+            "head": "source-only", "source": ["D1"], "target": ["D2"], "seed": seed,
+            "tasks": [{"name": "verb", "num_classes": 5}, {"name": "noun", "num_classes": 5}],
+            "head_config": {},
+        })  # fmt: skip
+        uids = np.array([f"s{i}" for i in range(10)])
+        both = {"verb": labels, "noun": labels}
+        runs.write_predictions(run, "target_test", uids, both, {"verb": scores, "noun": scores})
+        runs.mark_complete(run, {})
+        made.append(run)
+    odd = made[1]
+    unlabelled = {"verb": np.full(10, -1), "noun": np.full(10, -1)}
+    runs.write_predictions(odd, "target_test", np.array([f"s{i}" for i in range(10)]),
+                           unlabelled, {"verb": scores, "noun": scores})  # fmt: skip
+    runs.write_predictions(odd, "target_val", np.array([f"s{i}" for i in range(10)]),
+                           {"verb": labels, "noun": labels},
+                           {"verb": scores, "noun": scores})  # fmt: skip
+    for layout in ("epic100", "auto"):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="avda"):
+            table = aggregate.aggregate(made, layout=layout)
+        assert table.columns[0] == "verb top-1", layout  # the epic100 layout
+        warned = [r.getMessage() for r in caplog.records if "different sets" in r.getMessage()]
+        assert len(warned) == 1, (layout, caplog.text)
+        assert f"target_val: {odd}" in warned[0] and f"target_test: {made[0]}" in warned[0]
+        assert warned[0] in table.notes
+        assert table.title.endswith("target_test, target_val: EPIC-100 verb, noun and action "
+                                    "accuracy (%)"), table.title  # fmt: skip
+    assert table.cell("source-only", "verb top-1")[0] == pytest.approx(60.0)  # both sets'
+    alone = aggregate.aggregate(made[:1], layout="epic100")  # one set: no note
+    assert not any("different sets" in note for note in alone.notes)
