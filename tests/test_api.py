@@ -608,3 +608,53 @@ def test_evaluate_refuses_an_out_named_as_another_format_as_the_cli_does(tmp_pat
         # a suffix that is no other program's stays part of the name (-o tab.v1: tab.v1.md)
         avda.evaluate(tmp_path / "run", out=tmp_path / "tables" / "tab.v1", **kwargs)
         assert (tmp_path / "tables" / "tab.v1.md").exists()
+
+
+def _scored_run(run: Path, seed: int, protocol: str | None, labelled_test: bool = True) -> Path:
+    """A complete run of source-only on D1->D2 with verb predictions (all right but one of
+    eight) on target_test, or on target_val beside an unlabelled target_test."""
+    import numpy as np
+
+    from avda import runs
+
+    labels = np.arange(8) % 4
+    scores = np.eye(4)[np.r_[labels[:-1], (labels[-1] + 1) % 4]]
+    uids = np.array([f"s{i}" for i in range(8)])
+    config = {"head": "source-only", "source": ["D1"], "target": ["D2"], "seed": seed,
+              "tasks": [{"name": "verb", "num_classes": 4}], "head_config": {}}  # fmt: skip
+    if protocol is not None:
+        config.update(protocol=protocol, protocol_role="source-only")
+    runs.write_config(run, config)
+    test = labels if labelled_test else np.full(8, -1)
+    runs.write_predictions(run, "target_test", uids, {"verb": test}, {"verb": scores})
+    if not labelled_test:
+        runs.write_predictions(run, "target_val", uids, {"verb": labels}, {"verb": scores})
+    runs.mark_complete(run, {})
+    return run
+
+
+def test_evaluate_notes_name_the_keywords_as_its_warnings_do(tmp_path, capsys):
+    """A table's notes (runs of another protocol left out, runs scored on different sets) said
+    `--protocol X`, `--set` to a Python caller, whose warnings of the same say protocol='X',
+    eval_set: the paper and per-class tables' notes, and the files ``out`` writes, as the
+    warnings; the command line's keep its options."""
+    _scored_run(tmp_path / "runs" / "a", 0, "cia-ucf-hmdb")
+    _scored_run(tmp_path / "runs" / "b", 1, "cia-ucf-hmdb", labelled_test=False)
+    _scored_run(tmp_path / "runs" / "c", 0, None)
+    paper = avda.evaluate(tmp_path / "runs", layout="auto", out=tmp_path / "paper")
+    per_class = avda.evaluate(tmp_path / "runs", per_class=True, out=tmp_path / "pc")
+    for notes, written in ((paper.notes, tmp_path / "paper.md"), (per_class.notes,
+                           tmp_path / "pc.md")):  # fmt: skip
+        text = "\n".join(notes)
+        assert "train them with protocol='cia-ucf-hmdb' to compare them here" in text, text
+        assert "score one set for all with eval_set (avda evaluate)" in text, text
+        assert "--" not in text, text
+        kept = written.read_text()
+        assert "--set" not in kept and "--protocol" not in kept and "eval_set" in kept, kept
+    from avda import cli
+
+    capsys.readouterr()
+    assert cli.main(["evaluate", str(tmp_path / "runs"), "--layout", "auto"]) == 0
+    printed = capsys.readouterr().out
+    assert "train them with --protocol cia-ucf-hmdb" in printed
+    assert "score one set for all with --set (avda evaluate)" in printed

@@ -4,8 +4,9 @@ a sweep spec's keys.
 The code the commands share writes its errors, warnings and failure records with the command
 line's options (``--epochs``, ``--set lr=...``, ``-o``). :func:`keywords` rewrites one message
 for another caller from a table of option -> name; :func:`spoken` rewrites every log record of
-avda made inside it (the errors a caller catches and the records it returns are rewritten by
-the caller: ``avda.api``, ``avda.sweep``). The command line uses none of it: its messages are
+avda made inside it, and :func:`spelt` a message made there that is no record (a table's
+notes); the errors a caller catches and the records it returns are rewritten by the caller
+(``avda.api``, ``avda.sweep``). The command line uses none of it: its messages are
 its own.
 """
 
@@ -100,20 +101,27 @@ _INSTALL = threading.Lock()  # guards _active and the factory's installing and r
 _active = 0  # the spoken() blocks running, in every thread
 
 
+def spelt(message: str) -> str:
+    """``message`` in the words of the :func:`spoken` block it is made in, as a log record
+    made there is (a table's notes, which the caller keeps beside the warnings); as it is
+    outside one (the command line)."""
+    spell = _SPELLING.get()
+    return message if spell is None else spell(message)
+
+
 def _spelling_factory(base: Callable[..., logging.LogRecord]) -> Callable[..., logging.LogRecord]:
     """``base`` (the log record factory in place), whose records of avda's loggers made under
     :func:`spoken` carry their message rewritten."""
 
     def make(*args: Any, **kwargs: Any) -> logging.LogRecord:
         record = base(*args, **kwargs)
-        spell = _SPELLING.get()
-        if spell is None or record.name.split(".")[0] != "avda":
+        if _SPELLING.get() is None or record.name.split(".")[0] != "avda":
             return record
         try:
             message = record.getMessage()
         except Exception:  # noqa: BLE001 - a bad format: logging reports it when it emits
             return record
-        record.msg, record.args = spell(message), ()
+        record.msg, record.args = spelt(message), ()
         return record
 
     make.avda_spelling = True  # type: ignore[attr-defined]
@@ -150,4 +158,4 @@ def spoken(spell: Callable[[str], str]) -> Iterator[None]:
                 logging.setLogRecordFactory(factory.avda_base)
 
 
-__all__ = ["keywords", "spoken"]
+__all__ = ["keywords", "spelt", "spoken"]

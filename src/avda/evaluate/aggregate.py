@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from avda import protocols as protocols_lib
-from avda import runs
+from avda import runs, wording
 from avda.data_manifests.settings import NAMED_SETTINGS
 from avda.errors import ConfigError, RunError
 from avda.scoring.metrics import (
@@ -621,6 +621,7 @@ def aggregate(
             )
         else:
             _add_published(table, infos)
+    table.notes = [wording.spelt(note) for note in table.notes]  # avda.evaluate: its keywords
     return table
 
 

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from avda import protocols as protocols_lib
-from avda import runs
+from avda import runs, wording
 from avda._io import atomic_write, atomic_write_text
 from avda.errors import ConfigError, RunError
 from avda.evaluate import aggregate as aggregate_lib
@@ -262,6 +262,7 @@ def per_class(
     left_out = getattr(run_dirs, "left_out", [])
     if left_out:
         table.notes.append(f"{len(left_out)} run(s) found but left out: {'; '.join(left_out[:2])}")
+    table.notes = [wording.spelt(note) for note in table.notes]  # avda.evaluate: its keywords
     return table
 
 
