@@ -1179,3 +1179,59 @@ def test_epic100_runs_scored_on_different_sets_are_named_in_a_warning_and_a_note
     assert table.cell("source-only", "verb top-1")[0] == pytest.approx(60.0)  # both sets'
     alone = aggregate.aggregate(made[:1], layout="epic100")  # one set: no note
     assert not any("different sets" in note for note in alone.notes)
+
+
+def test_published_rows_of_a_protocol_of_two_metrics_under_metric_one_of_them(tmp_path):
+    """audio-adaptive-charadesego scores mAP-present and mAP-authors, a column of each;
+    --metric mAP-authors shows one of them, still the protocol's table: its published
+    mAP-authors numbers are kept in that column. Every published row was left out with a note
+    that --metric changes the protocol's table, also a row keyed mAP-authors; a row of
+    mAP-present alone is left out saying so, and none left out, no note."""
+    labels = np.array([[1, 0, 0, 1], [0, 1, 0, 0], [0, 0, 1, 0], [1, 0, 0, 0]] * 2)
+    scores = np.where(labels > 0, 0.6, 0.3) + np.linspace(0, 0.1, 32).reshape(8, 4)
+    scores[0, 0] = 0.1  # one positive ranked last: mAP below 100
+    out = tmp_path / "sweep"
+    run = out / "Source-only" / "seed0"
+    runs.write_config(run, {
+        "head": "source-only", "source": ["third"], "target": ["first"], "seed": 0,
+        "tasks": [{"name": "labels", "num_classes": 4, "multi_label": True}],
+        "head_config": {}, "protocol": "audio-adaptive-charadesego",
+        "protocol_role": "source-only",
+    })  # fmt: skip
+    uids = np.array([f"s{i}" for i in range(8)])
+    runs.write_predictions(run, "target_test", uids, {"labels": labels}, {"labels": scores})
+    runs.mark_complete(run, {})
+
+    def table(rows, **kwargs):
+        published = {"source": "Zhang et al.", "rows": rows}
+        (out / aggregate.SWEEP_INDEX).write_text(json.dumps({"runs": [], "published": published}))
+        return aggregate.aggregate([run], **kwargs)
+
+    rows = {
+        "AA": {"charades-ego mAP-authors": 26.3},
+        "DANN": {"charades-ego mAP-present": 30.0},
+        "Both": {"charades-ego mAP-present": 31.0, "charades-ego mAP-authors": 21.0},
+    }
+    both = table(rows)
+    assert both.columns == ["third→first mAP-present", "third→first mAP-authors"]
+    assert both.cell("Both [published]", "third→first mAP-authors")[0] == pytest.approx(21.0)
+    for metric, kept, out_rows, other in (
+        ("mAP-authors", {"AA": 26.3, "Both": 21.0}, "DANN, Both", "mAP-present"),
+        ("mAP-present", {"DANN": 30.0, "Both": 31.0}, "AA, Both", "mAP-authors"),
+        ("mAP", {"DANN": 30.0, "Both": 31.0}, "AA, Both", "mAP-authors"),  # mAP-present
+    ):
+        one = table(rows, metric=metric)
+        assert one.columns == ["third→first"], metric
+        assert one.methods == ["source-only", *(f"{r} [published]" for r in kept)], metric
+        for row, value in kept.items():
+            assert one.cell(f"{row} [published]", "third→first")[0] == pytest.approx(value)
+        notes = "\n".join(one.notes)
+        assert "changes (run without it to compare)" not in notes, notes
+        assert f"[published] {other} numbers left out ({out_rows}): this table shows" in notes
+        assert "[published]: Zhang et al." in notes
+    # nothing left out by --metric: no note of it
+    alone = table({"AA": {"charades-ego mAP-authors": 26.3}}, metric="mAP-authors")
+    assert alone.methods == ["source-only", "AA [published]"]
+    assert not any("left out" in note for note in alone.notes), alone.notes
+    with pytest.raises(ConfigError, match="metric top1 does not apply"):
+        table(rows, metric="top1")

@@ -620,7 +620,7 @@ def aggregate(
                 f"which {changed} changes (run without it to compare)"
             )
         else:
-            _add_published(table, infos)
+            _add_published(table, infos, _one_of_the_rules(shown, rule))
     table.notes = [wording.spelt(note) for note in table.notes]  # avda.evaluate: its keywords
     return table
 
@@ -645,7 +645,20 @@ def _not_the_papers_numbers(
         return f"--task {task}"
     if metric is not None and metric != rule.metrics[0]:
         if not (rule.metrics[0] == "auto" and metric in ("top1", "mAP")):  # auto resolves
-            return f"--metric {metric}"
+            if _one_of_the_rules(metric, rule) is None:  # one of several: the paper's too
+                return f"--metric {metric}"
+    return None
+
+
+def _one_of_the_rules(metric: str | None, rule: protocols_lib.EvaluationRule) -> str | None:
+    """The metric of ``rule``'s several (``mAP-present``, ``mAP-authors``) that a table of
+    ``--metric metric`` shows alone (``mAP`` is ``mAP-present``); None for a rule of one
+    metric, or another metric."""
+    if metric is None or len(rule.metrics) < 2:
+        return None
+    for name in (metric, "mAP-present" if metric == "mAP" else None):
+        if name in rule.metrics:
+            return name
     return None
 
 
@@ -809,18 +822,34 @@ def scored_checkpoints(
     return [checkpoints[best_checkpoint(main)]]
 
 
-def _add_published(table: AggregateTable, infos: Sequence[RunInfo]) -> None:
-    """Rows of the papers' numbers that the sweep specs of ``infos`` carry (``published:``)."""
+def _add_published(
+    table: AggregateTable, infos: Sequence[RunInfo], alone: str | None = None
+) -> None:
+    """Rows of the papers' numbers that the sweep specs of ``infos`` carry (``published:``).
+
+    ``alone``: the one metric of the protocol's several that the table shows (``--metric
+    mAP-authors``): a cell keyed ``SETTING mAP-authors`` is the column of SETTING, one of
+    another of the protocol's metrics (``SETTING mAP-present``) is left out, with a note."""
+    metrics = protocols_lib.rule_for(table.protocol).metrics if alone else ()
     for published in _published_entries(infos):
         rows = published.get("rows", {})
         added = False
+        other_metric: dict[str, list[str]] = {}  # metric -> the rows whose cells of it are out
         for row, cells in rows.items():
             label = f"{row} [published]"
             if label in table.methods:
                 continue
             others = False  # a setting of the paper's this table does not have
             for key, value in cells.items():
-                column = _published_column(table, str(key))
+                key = str(key)
+                setting, _, cell_metric = key.rpartition(" ")
+                if cell_metric in metrics:
+                    if cell_metric != alone:
+                        if value is not None and str(row) not in other_metric.get(cell_metric, []):
+                            other_metric.setdefault(cell_metric, []).append(str(row))
+                        continue
+                    key = setting
+                column = _published_column(table, key)
                 if column is None and value is not None and not str(key).startswith(MEAN):
                     others = True
                 if column is None or value is None:
@@ -834,6 +863,12 @@ def _add_published(table: AggregateTable, infos: Sequence[RunInfo]) -> None:
                 added = True
         if added and published.get("source"):  # not a source of rows the table does not show
             table.notes.append(f"[published]: {published['source']}")
+        for metric, labels in other_metric.items():
+            table.notes.append(
+                f"[published] {metric} numbers left out ({', '.join(labels)}): this table shows "
+                f"{alone} alone, of the protocol's {', '.join(metrics)} (without --metric, a "
+                "column of each)"
+            )
 
 
 def _published_column(table: AggregateTable, key: str) -> str | None:
