@@ -20,6 +20,7 @@ from tests.train.test_audio_adaptive_pipeline import make_audio_visual_cache
 from avda import runs
 from avda.errors import AvdaError
 from avda.evaluate import aggregate, report, tables
+from avda.scoring.metrics import confusion_matrix, per_class_accuracy
 from avda.train.clustering import cluster_store
 from avda.train.embedding import _shares, head_embedding
 from avda.train.loop import train
@@ -199,19 +200,19 @@ def test_figures_name_classes_and_count_confusions():
     names = ["take", "put", "open", ""]  # class 3 has no name: its id is shown
     labels = np.array([0, 0, 0, 1, 1, 2, 3, 3])
     predicted = np.array([0, 0, 1, 1, 1, 2, 2, 3])
-    scores = np.eye(4)[predicted]
-    figure, caption = report.confusion_plot(scores, labels, "verb", "target_test", names)
+    counts = confusion_matrix(labels, predicted, 4)
+    figure, caption = report.confusion_plot(counts, "verb", "target_test", names)
     axes = figure.axes[0]
     assert [t.get_text() for t in axes.get_xticklabels()] == ["take", "put", "open", "3"]
     assert [t.get_text() for t in axes.get_yticklabels()] == ["take", "put", "open", "3"]
     cells = {(int(t.get_position()[1]), int(t.get_position()[0])): t.get_text() for t in axes.texts}
     assert cells == {(0, 0): "2", (0, 1): "1", (1, 1): "2", (2, 2): "1", (3, 2): "1", (3, 3): "1"}
     assert "most confused: take → put (1), 3 → open (1)" in caption
-    figure, _, caption = report.per_class_plot(scores, labels, "verb", False, "target_test", names)
+    values = per_class_accuracy(np.eye(4)[predicted], labels)
+    figure, _, caption = report.per_class_plot(values, "verb", False, "target_test", names)
     assert [t.get_text() for t in figure.axes[0].get_xticklabels()] == ["take", "put", "open", "3"]
     assert caption.endswith("lowest: 3 50%, take 67%, put 100%")
-    many = np.arange(40)
-    figure, caption = report.confusion_plot(np.eye(40)[many], many, "verb", "t", None, 30)
+    figure, caption = report.confusion_plot(np.diag(np.ones(40, int)), "verb", "t", None, 30)
     assert len(figure.axes[0].get_xticklabels()) == 30 and "30 most frequent of 40" in caption
 
 
@@ -445,3 +446,87 @@ def test_report_shows_the_per_class_table_as_sklearn_counts_it(trained, tmp_path
         mean, std, _ = paper.cell(head, "source→target")  # the Mean row is the table's mca
         assert mean == pytest.approx(recalls.mean(axis=1).mean())
         assert body_rows[-1][column] == tables.format_mean_std_cell(mean, std)
+
+
+def _run_of_epochs(run: Path, protocol: str | None, epochs: list[np.ndarray], labels) -> Path:
+    """A complete run of verb (4 classes) whose last ``len(epochs)`` evaluations scored
+    ``epochs`` on target_test, its final predictions the last of them."""
+    kept = {"keep_last_predictions": len(epochs), "epochs": len(epochs)}
+    config = {"head": "source-only", "source": ["D1"], "target": ["D2"], "seed": 0,
+              "cache": str(run / "absent.zarr"), "tasks": [{"name": "verb", "num_classes": 4}],
+              "head_config": kept}  # fmt: skip
+    if protocol is not None:
+        config.update(protocol=protocol, protocol_role="source-only")
+    runs.write_config(run, config)
+    uids = np.array([f"s{i}" for i in range(len(labels))])
+    for number, scores in enumerate(epochs, 1):
+        for folder in (run / "epochs" / f"{number:04d}", run):
+            runs.write_predictions(folder, "target_test", uids, {"verb": labels},
+                                   {"verb": scores})  # fmt: skip
+    runs.mark_complete(run, {"epochs": len(epochs)})
+    return run
+
+
+def test_per_run_class_figures_score_what_the_protocols_table_scores(tmp_path, monkeypatch):
+    """The per-class and confusion figures of a run scored its final predictions, while the
+    paper and per-class tables follow its protocol's rule (the mean of the last 9 checkpoints,
+    the best of the last 30): each bar is now the run's per-class table cell, scikit-learn's
+    recall of the checkpoints the rule scores, and the captions say which; a run that lacks
+    them shows its final predictions, saying so."""
+    from sklearn.metrics import recall_score
+
+    from avda.evaluate import per_class
+
+    shown: dict[str, list] = {"bars": [], "counts": []}
+    plot_bars, plot_counts = report.per_class_plot, report.confusion_plot
+
+    def bars(values, *args, **kwargs):
+        shown["bars"].append(np.array(values))
+        return plot_bars(values, *args, **kwargs)
+
+    def counts(matrix, *args, **kwargs):
+        shown["counts"].append(np.array(matrix))
+        return plot_counts(matrix, *args, **kwargs)
+
+    monkeypatch.setattr(report, "per_class_plot", bars)
+    monkeypatch.setattr(report, "confusion_plot", counts)
+    rng = np.random.default_rng(0)
+    labels = np.arange(24) % 4
+    epochs = [rng.random((24, 4)) + 0.3 * np.eye(4)[labels] for _ in range(30)]
+    cases = {  # protocol -> the epochs its table scores, what the captions say
+        None: ([29], "of the final predictions"),
+        "mmsada-epic55": (list(range(21, 30)), "of the mean of the last 9 checkpoints as"),
+        "ta3n-ucf-hmdb": (None, "of the checkpoint its protocol's per-class table scores"),
+    }
+    for protocol, (scored, says) in cases.items():
+        run = _run_of_epochs(tmp_path / str(protocol), protocol, epochs, labels)
+        (info,) = aggregate.describe_runs([run])
+        shown["bars"].clear(), shown["counts"].clear()
+        figures = report.run_figures(info, names={})
+        recall = [recall_score(labels, e.argmax(1), average=None, labels=range(4)) for e in epochs]
+        if scored is None:  # the best top-1 of the 30, the first on a tie
+            top1 = [float(np.mean(e.argmax(1) == labels)) for e in epochs]
+            scored = [int(np.argmax(top1))]
+            assert scored != [29], "the best is the last: the test would not tell"
+        expected = np.mean([recall[e] for e in scored], axis=0)
+        assert not np.allclose(expected, recall[29]) or protocol is None
+        (values,) = shown["bars"]
+        for class_id in range(4):  # every cell against scikit-learn's
+            assert values[class_id] == pytest.approx(expected[class_id]), (protocol, class_id)
+        table = per_class.per_class([run])
+        for class_id in range(4):  # and the per-class table's cell of the run
+            cell = table.cell("source-only", "D1→D2", class_id)[0]
+            assert cell == pytest.approx(100 * values[class_id])
+        (matrix,) = shown["counts"]
+        expected_counts = sum(confusion_matrix(labels, epochs[e].argmax(1), 4) for e in scored)
+        assert (matrix == expected_counts).all(), protocol
+        captions = [f.caption for f in figures if "(verb)" in f.title]
+        assert len(captions) == 2 and all(c.startswith(says) for c in captions), captions
+    # a run keeping 1 of the 9 checkpoints its rule scores: its final predictions, said so
+    short = _run_of_epochs(tmp_path / "short", "mmsada-epic55", epochs[-1:], labels)
+    (info,) = aggregate.describe_runs([short])
+    shown["bars"].clear()
+    figures = report.run_figures(info, names={})
+    assert shown["bars"][0] == pytest.approx(recall[29])
+    caption = next(f.caption for f in figures if f.title == "per-class accuracy (verb)")
+    assert caption.startswith("of the final predictions, not the mean of the last 9 checkpoints")

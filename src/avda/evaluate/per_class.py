@@ -163,6 +163,54 @@ def _scored(predictions: dict[str, Any], task: str, multi: bool) -> tuple[np.nda
     return scores[known], labels[known]
 
 
+@dataclasses.dataclass
+class RunClasses:
+    """One run's per-class numbers of one task and set under a protocol's rule: ``values``
+    ``(C,)`` fractions (NaN: no segment of the class), ``counts`` ``(C,)`` segments per class
+    (a multi-label task's: scored samples with it as a positive), ``samples`` (the scored
+    ones), ``matrix`` ``(C, C)`` the confusion counts of a single-label task summed over the
+    checkpoints the rule scores (None for a multi-label task)."""
+
+    values: np.ndarray
+    counts: np.ndarray
+    samples: int
+    matrix: np.ndarray | None
+
+
+def run_classes(
+    info: aggregate_lib.RunInfo,
+    split: str,
+    rule: protocols_lib.EvaluationRule,
+    task: str,
+    multi: bool,
+) -> RunClasses:
+    """``task``'s per-class numbers of ``info``'s run on ``split`` as ``rule``'s table scores
+    it (:func:`avda.evaluate.aggregate.scored_checkpoints`: the final predictions, the last k
+    checkpoints' values averaged, or the best checkpoint by ``task``): the per-class table's
+    cells and the report's per-run figures."""
+    checkpoints = aggregate_lib.scored_checkpoints(info, split, rule, task)
+    per_checkpoint, counts, samples, matrix = [], np.zeros(0, dtype=np.int64), 0, None
+    for predictions in checkpoints:
+        scores, labels = _scored(predictions, task, multi)
+        if multi:  # the samples its AP scores: those with a positive
+            per_checkpoint.append(average_precision_per_class(scores, labels))
+            positives = np.asarray(labels) > 0
+            counts, samples = positives.sum(axis=0), int(positives.any(axis=1).sum())
+        else:
+            per_checkpoint.append(per_class_accuracy(scores, labels))
+            counts, samples = np.bincount(labels, minlength=scores.shape[1]), len(labels)
+            # summed over the checkpoints the rule scores: its row-normalised diagonal is
+            # the mean of their per-class accuracies, the table's cells
+            found = confusion_matrix(labels, scores.argmax(1), scores.shape[1])
+            matrix = found if matrix is None else matrix + found
+    values = per_checkpoint[0]
+    if len(per_checkpoint) > 1:
+        with warnings.catch_warnings():  # a class absent from every checkpoint stays NaN
+            warnings.simplefilter("ignore", RuntimeWarning)
+            values = np.nanmean(np.stack(per_checkpoint), axis=0)
+    return RunClasses(values, counts, samples, matrix)
+
+
 def per_class(
     run_dirs: Sequence[str | Path],
     *,
@@ -202,28 +250,10 @@ def per_class(
         sets_used[info.path] = split
         if split not in table.sets:
             table.sets.append(split)
-        checkpoints = aggregate_lib.scored_checkpoints(info, split, rule, task)
-        per_checkpoint, counts, matrix = [], None, None
-        for predictions in checkpoints:
-            scores, labels = _scored(predictions, name, multi)
-            if multi:  # the samples its AP scores: those with a positive
-                per_checkpoint.append(average_precision_per_class(scores, labels))
-                positives = np.asarray(labels) > 0
-                counts, samples = positives.sum(axis=0), int(positives.any(axis=1).sum())
-            else:
-                per_checkpoint.append(per_class_accuracy(scores, labels))
-                counts, samples = np.bincount(labels, minlength=scores.shape[1]), len(labels)
-                # summed over the checkpoints the rule scores: its row-normalised diagonal is
-                # the mean of their per-class accuracies, the table's cells
-                found = confusion_matrix(labels, scores.argmax(1), scores.shape[1])
-                matrix = found if matrix is None else matrix + found
-        if counts is None or not counts.any():
+        found = run_classes(info, split, rule, name, multi)
+        counts, samples, values, matrix = found.counts, found.samples, found.values, found.matrix
+        if not counts.any():
             raise RunError(f"{info.path}: {split} has no labelled {name} segments to score")
-        values = per_checkpoint[0]
-        if len(per_checkpoint) > 1:
-            with warnings.catch_warnings():  # a class absent from every checkpoint stays NaN
-                warnings.simplefilter("ignore", RuntimeWarning)
-                values = np.nanmean(np.stack(per_checkpoint), axis=0)
         key = (info.method, info.setting)
         table.values.setdefault(key, []).append(values)
         table.seeds.setdefault(key, []).append(info.seed)

@@ -13,8 +13,9 @@ the page can be mailed or attached to an issue. It holds:
 * per run: training curves from ``metrics.jsonl`` (losses; source/target accuracy or mAP per
   epoch; the domain discriminator's loss/accuracy and the GRL coefficient when logged),
   per-class target accuracy (AP for multi-label tasks), confusion matrices (counts in the
-  cells), a 2-D embedding of source vs target features *before* (the cache's clip-averaged
-  features) and *after* adaptation (the head's embedding ``HeadOutput.features``, from
+  cells), both of the predictions its protocol's table scores (the per-class table's), a
+  2-D embedding of source vs target features *before* (the cache's clip-averaged features)
+  and *after* adaptation (the head's embedding ``HeadOutput.features``, from
   ``checkpoints/last.pt``), coloured by domain and by class: PCA, and t-SNE when there are few
   points. When the cache is gone or the head cannot be rebuilt, "after" embeds the stored
   prediction scores instead, and the caption says so;
@@ -61,13 +62,7 @@ from avda.evaluate.classes import (  # noqa: F401 - the report's names, kept imp
     class_label,
     class_names,
 )
-from avda.scoring.metrics import (
-    average_precision_per_class,
-    confusion_matrix,
-    max_over_groups,
-    mean_std,
-    per_class_accuracy,
-)
+from avda.scoring.metrics import mean_std
 
 log = logging.getLogger(__name__)
 
@@ -174,21 +169,18 @@ def _target_set(run: Path) -> str | None:
 
 
 def per_class_plot(
-    scores: np.ndarray,
-    labels: np.ndarray,
+    values: np.ndarray,
     task: str,
     multi_label: bool,
     split: str,
     names: Sequence[str] | None = None,
+    *,
+    shows: str = "",
 ) -> tuple[Figure, str, str]:
-    """The per-class figure, its title and caption (the weakest classes named)."""
-    if multi_label:
-        values = average_precision_per_class(scores, labels)
-        what = "AP"
-    else:
-        known = labels >= 0
-        values = per_class_accuracy(scores[known], labels[known])
-        what = "accuracy"
+    """The per-class figure of ``values`` (``(C,)`` fractions, NaN for a class without an
+    example: :func:`avda.evaluate.per_class.run_classes`), its title and caption (what the
+    values are of, ``shows``, and the weakest classes named)."""
+    what = "AP" if multi_label else "accuracy"
     classes = np.flatnonzero(~np.isnan(values))
     figure = Figure(figsize=(max(4.0, min(14.0, 0.3 * len(classes) + 2)), 3.2))
     axes = figure.add_subplot(1, 1, 1)
@@ -203,7 +195,7 @@ def per_class_plot(
     axes.set_ylim(0, 100)
     axes.set_title(f"{split}: per-class {what}, {task}")
     figure.tight_layout()
-    caption = f"classes without a {split} example are left out"
+    caption = (f"{shows}; " if shows else "") + f"classes without a {split} example are left out"
     if len(classes):
         weakest = classes[np.argsort(values[classes], kind="stable")[:3]]
         caption += "; lowest: " + ", ".join(
@@ -213,32 +205,32 @@ def per_class_plot(
 
 
 def per_class_figure(
-    scores: np.ndarray,
-    labels: np.ndarray,
+    values: np.ndarray,
     task: str,
     multi_label: bool,
     split: str,
     names: Sequence[str] | None = None,
+    *,
+    shows: str = "",
 ) -> ReportFigure:
     """Per-class accuracy (AP for multi-label tasks) as bars, the mean as a line."""
-    figure, title, caption = per_class_plot(scores, labels, task, multi_label, split, names)
+    figure, title, caption = per_class_plot(values, task, multi_label, split, names, shows=shows)
     return ReportFigure(title, _encode(figure), caption)
 
 
 def confusion_plot(
-    scores: np.ndarray,
-    labels: np.ndarray,
+    counts: np.ndarray,
     task: str,
     split: str,
     names: Sequence[str] | None = None,
     max_classes: int = MAX_CONFUSION_CLASSES,
+    *,
+    shows: str = "",
 ) -> tuple[Figure, str]:
-    """The confusion figure (row = true class, colour = row fraction, number = segments) of
-    the classes that occur, at most ``max_classes`` (the most frequent true ones); and its
-    caption, which names the most frequent confusions."""
-    known = labels >= 0
-    num_classes = scores.shape[1]
-    counts = confusion_matrix(labels[known], scores[known].argmax(1), num_classes)
+    """The confusion figure of ``counts`` (``(C, C)``, row = true class; colour = row
+    fraction, number = segments) of the classes that occur, at most ``max_classes`` (the most
+    frequent true ones); and its caption, which says what the counts are of (``shows``) and
+    names the most frequent confusions."""
     shown = np.flatnonzero(counts.sum(axis=1) + counts.sum(axis=0))
     note = ""
     if len(shown) > max_classes:
@@ -277,20 +269,23 @@ def confusion_plot(
         if off[t, p] > 0
     ]
     caption = "rows: true class (colour: fraction of the row); numbers: segments" + note
+    if shows:
+        caption = f"{shows}; {caption}"
     if confused:
         caption += "; most confused: " + ", ".join(confused)
     return figure, caption
 
 
 def confusion_figure(
-    scores: np.ndarray,
-    labels: np.ndarray,
+    counts: np.ndarray,
     task: str,
     split: str,
     names: Sequence[str] | None = None,
+    *,
+    shows: str = "",
 ) -> ReportFigure:
     """Row-normalised confusion matrix (row = true class), counts in the cells."""
-    figure, caption = confusion_plot(scores, labels, task, split, names)
+    figure, caption = confusion_plot(counts, task, split, names, shows=shows)
     return ReportFigure(f"confusion matrix ({task})", _encode(figure), caption)
 
 
@@ -683,7 +678,7 @@ def seed_curves_figure(infos: Sequence[aggregate_lib.RunInfo]) -> ReportFigure |
 
 # ------------------------------------------------------------------------------ the page
 def run_figures(
-    run: Path,
+    info: aggregate_lib.RunInfo,
     *,
     max_points: int = 500,
     tsne_max_points: int = 800,
@@ -691,7 +686,9 @@ def run_figures(
     embed: Embed | None = None,
 ) -> list[ReportFigure]:
     """Every figure of one run's section (``names``: class names per task, by default those
-    of the run's cache; ``embed``: see :func:`run_embedding`)."""
+    of the run's cache; ``embed``: see :func:`run_embedding`). The per-class and confusion
+    figures score the predictions its protocol's table scores (:func:`_rule_classes`)."""
+    run = info.path
     config = runs.read_config(run)
     if names is None:
         names = cache_class_names(config["cache"])
@@ -701,18 +698,17 @@ def run_figures(
         figures.append(curves)
     split = _target_set(run)
     if split:
-        predictions = runs.read_predictions(run, split)
         multi = {t["name"] for t in config.get("tasks", []) if t.get("multi_label")}
-        for task in sorted(predictions["scores"]):
-            scores, labels = predictions["scores"][task], predictions["labels"][task]
-            if task in multi:  # the samples the mAP scores (score_group: max over its rows)
-                scores, labels = max_over_groups(scores, labels, predictions["groups"])
-            if task not in multi and not (labels >= 0).any():
+        for task in sorted(runs.read_predictions(run, split)["scores"]):
+            found, shows = _rule_classes(info, split, task, task in multi)
+            if not found.counts.any():  # no labelled segment of the task
                 continue
             task_names = names.get(task)
-            figures.append(per_class_figure(scores, labels, task, task in multi, split, task_names))
-            if task not in multi:
-                figures.append(confusion_figure(scores, labels, task, split, task_names))
+            figures.append(
+                per_class_figure(found.values, task, task in multi, split, task_names, shows=shows)
+            )
+            if found.matrix is not None:
+                figures.append(confusion_figure(found.matrix, task, split, task_names, shows=shows))
     embedding = run_embedding(run, max_points=max_points, embed=embed)
     figures.append(
         embedding_figure(
@@ -720,6 +716,34 @@ def run_figures(
         )
     )
     return figures
+
+
+def _rule_classes(
+    info: aggregate_lib.RunInfo, split: str, task: str, multi: bool
+) -> tuple[Any, str]:
+    """``task``'s per-class numbers of a run as its protocol's table scores them (the
+    per-class table's cells), and what they are of; the final predictions, said so, where the
+    run lacks the checkpoints the rule scores."""
+    from avda import protocols as protocols_lib
+    from avda.evaluate.per_class import run_classes
+
+    rule = protocols_lib.rule_for(info.protocol)
+    if rule.checkpoints <= 1:
+        return run_classes(info, split, rule, task, multi), "of the final predictions"
+    try:
+        found = run_classes(info, split, rule, task, multi)
+    except RunError:  # too few checkpoints kept: its table refuses the run (the page says)
+        shows = (
+            f"of the final predictions, not {rule.needs()} its protocol's table scores "
+            "(the run does not keep them)"
+        )
+        return run_classes(info, split, protocols_lib.EvaluationRule(), task, multi), shows
+    if rule.reduce == "max":
+        return found, f"of the checkpoint its protocol's per-class table scores ({rule.needs()})"
+    return found, (
+        f"of {rule.needs()} as its protocol's table (per-class values averaged; the confusion "
+        f"counts summed, each segment {rule.checkpoints} times)"
+    )
 
 
 def _figure_html(figure: ReportFigure) -> str:
@@ -830,7 +854,7 @@ def build_report(
         parts.append(f'<section id="run-{index}"><h2>{html.escape(_run_title(info))}</h2>')
         parts.append(f"<p><code>{html.escape(str(info.path))}</code></p>")
         for figure in run_figures(
-            info.path,
+            info,
             max_points=max_points,
             tsne_max_points=tsne_max_points,
             names=names_of[cache],
