@@ -530,3 +530,9 @@ def test_per_run_class_figures_score_what_the_protocols_table_scores(tmp_path, m
     assert shown["bars"][0] == pytest.approx(recall[29])
     caption = next(f.caption for f in figures if f.title == "per-class accuracy (verb)")
     assert caption.startswith("of the final predictions, not the mean of the last 9 checkpoints")
+    # a protocol this avda does not know: no table scores the run, its figures are still there
+    gone = _run_of_epochs(tmp_path / "gone", "gone-protocol", epochs[-1:], labels)
+    (info,) = aggregate.describe_runs([gone])
+    figures = report.run_figures(info, names={})
+    caption = next(f.caption for f in figures if f.title == "per-class accuracy (verb)")
+    assert caption.startswith("of the final predictions (its protocol gone-protocol is unknown")

@@ -723,11 +723,15 @@ def _rule_classes(
 ) -> tuple[Any, str]:
     """``task``'s per-class numbers of a run as its protocol's table scores them (the
     per-class table's cells), and what they are of; the final predictions, said so, where the
-    run lacks the checkpoints the rule scores."""
+    run lacks the checkpoints the rule scores or its protocol is unknown here."""
     from avda import protocols as protocols_lib
     from avda.evaluate.per_class import run_classes
 
-    rule = protocols_lib.rule_for(info.protocol)
+    try:
+        rule = protocols_lib.rule_for(info.protocol)
+    except ConfigError:  # no table of this avda scores it (the page says): the figures do
+        shows = f"of the final predictions (its protocol {info.protocol} is unknown here)"
+        return run_classes(info, split, protocols_lib.EvaluationRule(), task, multi), shows
     if rule.checkpoints <= 1:
         return run_classes(info, split, rule, task, multi), "of the final predictions"
     try:
