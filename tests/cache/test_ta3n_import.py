@@ -6,6 +6,7 @@ route (a snippet turning each folder into ``<video>.npy``, then the ``.npy`` imp
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -291,18 +292,83 @@ def test_a_manifest_counting_seconds_at_another_rate_is_refused(tmp_path, capsys
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and not out.exists(), err
     assert "2 rows (hmdb, e.g. 'v_c_g03_c01') count seconds at 30 fps, not --feature-rate 25" in err
-    assert "--option ucf_fps=25 --option hmdb_fps=25" in err
+    # 40 frames at 30 fps end at 1.333 s: read at 25, 6.67 frames off there
+    assert "frame n would be read for the time n/25 s, 6.67 frames off at 'v_d_g04_c02'" in err
+    # no .build.json: which builder made it is unknown, so no builder's options are named
+    assert "_fps" not in err and "one value in its fps column), and that rate as" in err
     table["fps"] = 30.0
     table.to_csv(tmp_path / "thirty.csv", index=False)
     assert cli.main(_import(folder, tmp_path / "thirty.csv", out)) != 0
-    assert "give --feature-rate 30" in capsys.readouterr().err
+    assert "give the manifest's rate, --feature-rate 30" in capsys.readouterr().err
     table.loc[0, "fps"] = None  # a row without its fps: the others' rate, not 'nan'
     table.to_csv(tmp_path / "unknown.csv", index=False)
     assert cli.main(_import(folder, tmp_path / "unknown.csv", out)) != 0
-    assert "give --feature-rate 30" in capsys.readouterr().err
+    assert "give the manifest's rate, --feature-rate 30" in capsys.readouterr().err
     table["fps"] = 25.0
     table.to_csv(tmp_path / "same.csv", index=False)
     assert cli.main(_import(folder, tmp_path / "same.csv", out, "--format", "ta3n-t7")) == 0
+
+
+def _build_record(manifest: Path, benchmark: str, **options) -> None:
+    """The ``<manifest>.build.json`` `avda manifest build` writes beside a manifest."""
+    record = {"benchmark": benchmark, "options": options, "classes": {}}
+    Path(f"{manifest}.build.json").write_text(json.dumps(record), encoding="utf-8")
+
+
+@pytest.mark.parametrize(
+    ("benchmark", "options", "named"),
+    [
+        ("ucf-hmdb", {"variant": "full", "ucf_fps": 25, "hmdb_fps": 30, "olympic_fps": 30},
+         "avda manifest build ucf-hmdb --option ucf_fps=25 --option hmdb_fps=25, its other"),
+        ("ucf-hmdb", {"variant": "olympic", "ucf_fps": 25, "hmdb_fps": 30, "olympic_fps": 30},
+         "avda manifest build ucf-hmdb --option ucf_fps=25 --option olympic_fps=25, its other"),
+        ("epic55-mmsada", {"fps": 60.0, "video_path_template": "{video_id}.MP4"},
+         "avda manifest build epic55-mmsada --option fps=25, its other options as before"),
+        ("epic100-uda", {"video_path_template": "{video_id}.MP4"}, "one value in its fps column"),
+    ],
+)  # fmt: skip
+def test_the_mixed_rate_fix_is_that_of_the_manifests_builder(tmp_path, capsys, benchmark,
+                                                            options, named):  # fmt: skip
+    """A manifest of several rates is rebuilt with its own builder's frame-rate options (the
+    ones of its domains), read from its .build.json; one whose builder has none (EPIC-100's
+    rates come from its video info) gets the general fix. It named ucf-hmdb's for any."""
+    folder = _ta3n_folder(tmp_path)
+    table = pd.read_csv(_manifest(tmp_path / "m.csv"))
+    second = "olympic" if options.get("variant") == "olympic" else "hmdb"
+    table["domain"] = ["ucf", "ucf", second, second, "ucf"]
+    table["fps"] = [25.0, 25.0, 30.0, 30.0, 25.0]
+    manifest = tmp_path / "mixed.csv"
+    table.to_csv(manifest, index=False)
+    _build_record(manifest, benchmark, **options)
+    assert cli.main(_import(folder, manifest, tmp_path / "x.zarr")) != 0
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and named in err, err
+    assert ("hmdb_fps" in err) == (named.count("hmdb_fps") == 1), err
+
+
+def test_ntsc_rates_are_refused_saying_how_far_off_and_the_true_rate(tmp_path, capsys):
+    """29.97 fps (30000/1001) is not 30: the frames drift by 0.1 % of the time into the video
+    (0.3 frames at 10 s, 108 an hour in), so --feature-rate 30 on a manifest at 29.97 is
+    refused saying how far off and the rate to give, exactly enough that it imports."""
+    folder = _ta3n_folder(tmp_path)
+    table = pd.read_csv(_manifest(tmp_path / "m.csv"))
+    ntsc = 30000 / 1001
+    table["fps"] = ntsc
+    table["stop_sec"] *= 25 / ntsc  # the frames counted at 29.97 fps
+    table.loc[4, "stop_sec"] = 10.0  # the video without features: a 10 s clip
+    table.to_csv(tmp_path / "ntsc.csv", index=False)
+    out = tmp_path / "x.zarr"
+    command = _import(folder, tmp_path / "ntsc.csv", out)
+    command[command.index("--feature-rate") + 1] = "30"
+    assert cli.main(command) != 0
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and not out.exists(), err
+    assert "count seconds at 29.97002997 fps, not --feature-rate 30" in err
+    assert "n/30 s, 0.3 frames off at 'v_gone_g05_c01''s end (10 s)" in err
+    assert err.strip().endswith("give the manifest's rate, --feature-rate 29.97002997"), err
+    command[command.index("--feature-rate") + 1] = "29.97002997"
+    assert cli.main(command) == 0, capsys.readouterr().err
+    assert open_cache(out).modality_info("rgb")["input"]["feature_rate"] == 29.97002997
 
 
 def test_a_second_folder_for_the_same_segments_says_to_import_them_together(tmp_path, capsys):

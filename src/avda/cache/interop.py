@@ -75,7 +75,7 @@ from avda.cache.store import (
     nonfinite_error,
     open_cache,
 )
-from avda.errors import CacheError, ConfigError
+from avda.errors import CacheError, ConfigError, ManifestError
 
 log = logging.getLogger(__name__)
 
@@ -1353,28 +1353,59 @@ def _check_frame_rate(table: pd.DataFrame, feature_rate: float, annotations) -> 
     """TA3N's features are one per frame: row i is frame i + 1 only where the manifest's
     seconds count frames at ``feature_rate`` (its ``fps``). A manifest of `avda manifest build
     ucf-hmdb`'s defaults (HMDB51 at 30 fps) imported at 25 took HMDB's frames from the first
-    5/6 of each video, without a word; refused in one line naming the rows and the fix."""
+    5/6 of each video, without a word; refused in one line naming the rows, how far off their
+    frames would be read and the fix. Rates equal to ``np.isclose``'s 1e-5 pass; 29.97 at 30
+    (0.1 %) does not: the frames drift by the time into the video, not by a clip's length."""
     if "fps" not in table.columns:
         return
     fps = pd.to_numeric(table["fps"], errors="coerce")
     other = fps.notna() & ~np.isclose(fps.fillna(feature_rate), feature_rate)
     if not other.any():
         return
-    rates = ", ".join(f"{r:g}" for r in sorted(fps[other].unique()))
+    rates = ", ".join(f"{r:.10g}" for r in sorted(fps[other].unique()))
     rows = table[other]
     where = ", ".join(sorted(rows["domain"].astype(str).unique())) if "domain" in rows else ""
+    stop = pd.to_numeric(rows["stop_sec"], errors="coerce").fillna(0.0)
+    drift = stop * (fps[other] - feature_rate).abs()
+    latest = int(drift.to_numpy().argmax())
+    off = (
+        f"frame n would be read for the time n/{feature_rate:g} s, {drift.iloc[latest]:.3g} "
+        f"frames off at {rows['uid'].iloc[latest]!r}'s end ({stop.iloc[latest]:g} s)"
+    )
     if fps.nunique() == 1:  # rows without an fps (empty cells) say nothing of theirs
-        fix = f"give --feature-rate {fps.dropna().iloc[0]:g}"
+        fix = f"give the manifest's rate, --feature-rate {fps.dropna().iloc[0]:.10g}"
     else:
-        fix = (
-            "build the manifest with one rate for every dataset (avda manifest build ucf-hmdb "
-            f"--option ucf_fps={feature_rate:g} --option hmdb_fps={feature_rate:g})"
-        )
+        fix = _one_rate_fix(table, feature_rate, annotations)
     raise ConfigError(
         f"{annotations}: {len(rows)} rows ({where + ', ' if where else ''}e.g. "
         f"{rows['uid'].iloc[0]!r}) count seconds at {rates} fps, not --feature-rate "
-        f"{feature_rate:g}: TA3N's features are one per frame, so their frames would be read at "
-        f"the wrong times; {fix}"
+        f"{feature_rate:g}: TA3N's features are one per frame, so {off}; {fix}"
+    )
+
+
+def _one_rate_fix(table: pd.DataFrame, feature_rate: float, annotations) -> str:
+    """How to give a manifest whose rows count seconds at one rate: `avda manifest build`'s
+    frame-rate options of its builder where its ``.build.json`` names one with such options
+    (``ucf-hmdb``'s ``{domain}_fps`` of the manifest's domains, ``epic55-mmsada``'s ``fps``),
+    else in general."""
+    from avda.data_manifests.benchmarks import read_build_info
+
+    try:
+        info = read_build_info(annotations) or {}
+    except ManifestError:  # an unreadable record names no builder
+        info = {}
+    options = [k for k in info.get("options") or {} if k == "fps" or str(k).endswith("_fps")]
+    domains = set(table["domain"].astype(str)) if "domain" in table else set()
+    named = [k for k in options if k.removesuffix("_fps") in domains] or options
+    if info.get("benchmark") and named:
+        given = " ".join(f"--option {k}={feature_rate:.10g}" for k in named)
+        return (
+            f"rebuild it with one rate for every dataset (avda manifest build "
+            f"{info['benchmark']} {given}, its other options as before)"
+        )
+    return (
+        "give a manifest whose rows all count seconds at the rate of the features' frames "
+        "(one value in its fps column), and that rate as --feature-rate"
     )
 
 
