@@ -6,10 +6,14 @@ route (a snippet turning each folder into ``<video>.npy``, then the ``.npy`` imp
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import pickle
+import struct
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -167,6 +171,74 @@ def test_damaged_or_incomplete_video_folders_are_refused_in_one_line(tmp_path, c
                             "ta3n-t7"))  # fmt: skip
     err = capsys.readouterr().err
     assert code != 0 and "it is one video's folder: pass the folder above it" in err
+
+
+def _legacy_tar(path: Path, value: torch.Tensor | None = None, body: bytes | None = None) -> None:
+    """``value`` in PyTorch 0.3's ``torch.save`` layout, a tar of ``sys_info``, ``pickle``,
+    ``tensors`` and ``storages`` (the reader is ``torch.serialization``'s ``legacy_load``);
+    ``body``: another object pickle instead of the tensor's."""
+    values = (value if value is not None else torch.zeros(D)).numpy().astype("<f4")
+    storages = io.BytesIO()
+    for item in (1, (0, "cpu", torch.FloatStorage)):  # one storage: key, location, type
+        pickle.dump(item, storages, protocol=2)
+    storages.write(struct.pack("<q", values.size) + values.tobytes())
+    pickle.dump([], storages, protocol=2)  # no storage views
+    tensors = io.BytesIO()
+    for item in (1, (1, 0, torch.FloatTensor)):  # one tensor: key, storage key, type
+        pickle.dump(item, tensors, protocol=2)
+    tensors.write(struct.pack("<iiqqq", 1, 0, values.size, 1, 0))  # ndim, size, stride, offset
+
+    tensor = object()  # pickled as the persistent id of tensor 1
+
+    class Pickler(pickle.Pickler):
+        def persistent_id(self, obj):
+            return "1" if obj is tensor else None
+
+    pickled = io.BytesIO()
+    Pickler(pickled, protocol=2).dump(tensor)
+    members = {
+        "sys_info": pickle.dumps({"protocol_version": 1001, "little_endian": True}, protocol=2),
+        "pickle": pickled.getvalue() if body is None else body,
+        "tensors": tensors.getvalue(),
+        "storages": storages.getvalue(),
+    }
+    with tarfile.open(path, "w:", format=tarfile.PAX_FORMAT) as archive:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+
+
+def test_a_pytorch_03_tar_frame_is_named_so_and_never_unpickled(tmp_path, capsys):
+    """A frame in PyTorch <= 0.3's tar layout (which TA3N's PyTorch 0.4 never wrote) was
+    refused as a damaged copy ('unpack that video's folder again', which gives it back): it is
+    named for what it is, with the fix (re-save it with a newer torch), and nothing in it runs;
+    re-saved as the message says, the folder imports as the clean one."""
+    folder = _ta3n_folder(tmp_path)
+    manifest = _manifest(tmp_path / "m.csv")
+    assert cli.main(_import(folder, manifest, tmp_path / "clean.zarr")) == 0
+    capsys.readouterr()
+    frame = folder / "v_a_g01_c01" / "img_00003.t7"  # read by tsn
+    original = torch.load(frame, weights_only=True)
+    pwned = tmp_path / "pwned"
+
+    class Exploit:
+        def __reduce__(self):
+            return (os.system, (f"touch {pwned}",))
+
+    for body in (pickle.dumps(Exploit(), protocol=2), None):
+        _legacy_tar(frame, original, body)
+        code = cli.main(_import(folder, manifest, tmp_path / "x.zarr"))
+        err = capsys.readouterr().err
+        assert code != 0 and len(err.strip().splitlines()) == 1, err
+        assert f"{frame} is an old PyTorch tar-format file" in err
+        assert "TA3N's PyTorch 0.4 never wrote one" in err and "re-save it with a newer" in err
+        assert "damaged" not in err and not pwned.exists() and not (tmp_path / "x.zarr").exists()
+    torch.save(torch.load(frame, weights_only=False), frame)  # the fix, on a trusted file
+    assert cli.main(_import(folder, manifest, tmp_path / "x.zarr")) == 0
+    np.testing.assert_array_equal(
+        open_cache(tmp_path / "x.zarr").load("rgb"), open_cache(tmp_path / "clean.zarr").load("rgb")
+    )
 
 
 def _avda(*args: str, **env: str) -> subprocess.CompletedProcess:

@@ -57,6 +57,7 @@ import json
 import logging
 import pickle
 import re
+import tarfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -1258,6 +1259,13 @@ def _load_ta3n_frame(path: Path) -> np.ndarray:
             "hmdb51-feat.zip)"
         ) from None
     except (RuntimeError, EOFError, ValueError) as error:
+        if _legacy_torch_tar(path):  # weights_only refuses the layout before it reads it
+            raise CacheError(
+                f"{path} is an old PyTorch tar-format file (torch.save of PyTorch 0.3 or "
+                "before; TA3N's PyTorch 0.4 never wrote one), which torch.load reads only by "
+                "unpickling it unsafely, so avda does not: re-save it with a newer torch where "
+                "you trust it (torch.save(torch.load(f, weights_only=False), f))"
+            ) from None
         first = (str(error).strip().splitlines() or [type(error).__name__])[0][:160]
         raise CacheError(
             f"{path}: not a readable torch.save file ({first}); a cut-off or damaged copy "
@@ -1269,6 +1277,16 @@ def _load_ta3n_frame(path: Path) -> np.ndarray:
             "a TA3N feature file holds one frame's tensor"
         )
     return value.detach().to(torch.float32).numpy().reshape(-1)
+
+
+def _legacy_torch_tar(path: Path) -> bool:
+    """Whether ``path`` is a tar archive of PyTorch 0.3's ``torch.save`` (its ``storages``,
+    ``tensors`` and ``pickle`` members), read as a tar's index only (nothing unpickled)."""
+    try:
+        with tarfile.open(path, mode="r:") as archive:
+            return {"storages", "tensors", "pickle"} <= set(archive.getnames())
+    except (tarfile.TarError, OSError):
+        return False
 
 
 def _import_per_video(
