@@ -289,6 +289,46 @@ def test_only_the_frames_a_segment_takes_are_unpickled(tmp_path, monkeypatch):
                                   for n in ns)  # fmt: skip
 
 
+def test_the_fingerprint_hashes_the_frames_read_and_sizes_the_others(tmp_path, monkeypatch,
+                                                                   capsys):  # fmt: skip
+    """Every frame file was hashed for the "already imported" check (507,000 files on the real
+    release, more than the import reads: docs/benchmarks.md). The bytes of the frames the
+    import reads (and each video's frame 1) are hashed, the others' names and sizes taken: a
+    changed frame read, or another size of one not read, is another import; new bytes of the
+    same size in a frame no segment reads change nothing the import stores."""
+    from avda.cache import interop
+
+    folder = _ta3n_folder(tmp_path)
+    manifest = _manifest(tmp_path / "m.csv")
+    hashed = []
+    sha256_file = interop.sha256_file
+    monkeypatch.setattr(interop, "sha256_file", lambda path: hashed.append(path) or
+                        sha256_file(path))  # fmt: skip
+    assert cli.main(_import(folder, manifest, tmp_path / "s.zarr")) == 0
+    taken = {  # TA3N's _get_test_indices, 1-based (test_only_the_frames_...), and frame 1
+        "v_a_g01_c01": [1, 3, 7, 12, 17, 21], "v_b_g02_c03": [1, 2, 4, 7, 9, 11],
+        "v_c_g03_c01": [1, 2, 3], "v_d_g04_c02": [1, 5, 13, 21, 29, 37],
+    }  # fmt: skip
+    assert sorted(hashed) == sorted(folder / v / f"img_{n:05d}.t7" for v, ns in taken.items()
+                                    for n in ns)  # fmt: skip
+    capsys.readouterr()
+
+    def again() -> bool:
+        code = cli.main(_import(folder, manifest, tmp_path / "s.zarr"))
+        out, err = capsys.readouterr()
+        assert code == 0 or "already in" in err, err  # not imported: its ids are in the store
+        return "already imported on " in out
+
+    unread, read = folder / "v_d_g04_c02" / "img_00002.t7", folder / "v_d_g04_c02" / "img_00005.t7"
+    for path, layout, counts in ((unread, False, False), (read, False, True), (unread, True, True)):
+        original = path.read_bytes()
+        _save(torch.full((D,), 7.0), path, layout)  # v_d: the zip layout; legacy: another size
+        assert (len(path.read_bytes()) != len(original)) == layout
+        assert again() is not counts, (path, layout)
+        path.write_bytes(original)
+    assert again()
+
+
 def test_videos_of_another_feature_size_are_refused_in_one_line(tmp_path, capsys):
     """A video whose rows have another D than the first video read is refused naming it (its
     rows, written into the (n, K, D) array, were a numpy broadcast error: internal error)."""

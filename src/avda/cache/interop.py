@@ -57,6 +57,7 @@ import json
 import logging
 import pickle
 import re
+import stat
 import tarfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -1111,8 +1112,9 @@ def import_ta3n_t7(
     :func:`import_npy` samples a video's rows, row ``i`` being frame ``i + 1``, the file
     ``dataset.py`` loads as ``img_{i+1:05d}.t7``. The frames of a video must be numbered
     1..T without a gap (a gap would shift every later row). Only the frames a segment takes
-    are loaded, each with ``torch.load(weights_only=True)``; every file is hashed (the
-    "already imported" check), none is unpickled otherwise."""
+    are loaded, each with ``torch.load(weights_only=True)``, and hashed (the "already
+    imported" check, with every other file's name and size: :func:`_folder_sha256`); none is
+    unpickled otherwise."""
     folder = Path(folder)
     videos = _ta3n_videos(folder)
     files = [path for frames in videos.values() for path in frames]
@@ -1309,8 +1311,9 @@ def _import_per_video(
 ) -> ImportResult:
     """The import of one folder of per-video features (``fmt`` one of
     ``schema.PER_VIDEO_FORMATS``): ``videos`` maps a video id to what ``open_video`` opens as
-    its ``(T, D)`` rows; ``files`` are every file of the folder, hashed in this order (with
-    their paths under ``folder``) for the "already imported" check."""
+    its ``(T, D)`` rows; ``files`` are every file of the folder, in the order of the "already
+    imported" fingerprint (:func:`_folder_sha256`: a .npy folder's every file hashed, a TA3N
+    folder's the frames read)."""
     out = Path(out)
     if feature_rate <= 0 or num_clips < 1:
         raise ConfigError("--feature-rate must be positive and --num-clips >= 1")
@@ -1319,26 +1322,19 @@ def _import_per_video(
             f"--placement must be one of {', '.join(NPY_PLACEMENTS)}, got {placement!r}"
         )
     table = read_segment_table(annotations, domain=domain, split=split)
-    for path in files:  # each is hashed: a FIFO, or a link to /dev/zero, would be read forever
-        if not path.is_file():
-            raise CacheError(
-                f"{path} is not a regular file (a pipe, a device, a folder or a dangling link); "
-                "a feature folder holds files only: remove it, or unpack the features again"
-            )
     if fmt == "ta3n-t7":
         _check_frame_rate(table, feature_rate, annotations)
     with store_lock(out, what=IMPORT_LOCK):
         store = _open_existing(out)
-        digest = hashlib.sha256()
-        for path in files:
-            digest.update(path.relative_to(folder).as_posix().encode())
-            digest.update(sha256_file(path).encode())
-        sha = digest.hexdigest()
+        segments = table.reset_index(drop=True)
+        segments = segments[[c for c in schema.SEGMENT_COLUMNS if c in segments.columns]]
+        read = None  # a .npy is read where the segments fall, but its header always
+        if fmt == "ta3n-t7":
+            read = _frames_read(videos, segments, feature_rate, num_clips, placement)
+        sha = _folder_sha256(folder, files, read)
         mapped = _segments_sha256(table["uid"])  # the folder's files say nothing of these
         if store is not None and (earlier := _already_imported(store, sha, mapped)) is not None:
             return ImportResult(out, folder, 0, [], already_imported=True, earlier=earlier)
-        segments = table.reset_index(drop=True)
-        segments = segments[[c for c in schema.SEGMENT_COLUMNS if c in segments.columns]]
         features, statuses, errors = _sample_videos(
             folder, fmt, videos, open_video, segments, feature_rate, num_clips, placement
         )
@@ -1365,6 +1361,53 @@ def _import_per_video(
             annotations=Path(annotations) if annotations is not None else None,
             segments_sha256=mapped,
         )
+
+
+def _folder_sha256(folder: Path, files: list[Path], read: set[Path] | None) -> str:
+    """The "already imported" fingerprint of a folder of per-video features: each file's path
+    under ``folder`` with its bytes' SHA-256 where the import reads it (``read``; None: every
+    file), else its size. A TA3N folder's unread frames change nothing the import stores (their
+    names give the videos' lengths), so hashing them all, which cost more than the import on
+    the real release (docs/benchmarks.md), is not needed to tell a changed folder. A file that
+    is not a regular one is refused before it is read (a FIFO, or a link to /dev/zero, would be
+    read for ever)."""
+    digest = hashlib.sha256()
+    for path in files:
+        try:
+            status = path.stat()
+        except OSError:  # a dangling link
+            status = None
+        if status is None or not stat.S_ISREG(status.st_mode):
+            raise CacheError(
+                f"{path} is not a regular file (a pipe, a device, a folder or a dangling link); "
+                "a feature folder holds files only: remove it, or unpack the features again"
+            )
+        digest.update(path.relative_to(folder).as_posix().encode())
+        if read is None or path in read:
+            digest.update(sha256_file(path).encode())
+        else:
+            digest.update(f"size {status.st_size}".encode())
+    return digest.hexdigest()
+
+
+def _frames_read(
+    videos: Mapping[str, list[Path]],
+    segments: pd.DataFrame,
+    feature_rate: float,
+    num_clips: int,
+    placement: NpyPlacement,
+) -> set[Path]:
+    """The TA3N frame files an import of ``segments`` may load: those their clips take
+    (:func:`_clip_rows`), and frame 1 of every video (what tells a video's feature size where
+    none of its segments takes a frame)."""
+    read = {frames[0] for frames in videos.values()}
+    for video_id, positions in segments.groupby("video_id", sort=False).groups.items():
+        frames = videos.get(str(video_id))
+        for i in positions if frames is not None else ():
+            index = _clip_rows(segments, i, len(frames), feature_rate, num_clips, placement, "")
+            if not isinstance(index, str):
+                read.update(frames[j] for j in index)
+    return read
 
 
 def _check_frame_rate(table: pd.DataFrame, feature_rate: float, annotations) -> None:
@@ -1437,6 +1480,33 @@ def tsn_rows(count: int, num_clips: int) -> np.ndarray:
     return np.array(list(range(count)) + [count - 1] * (num_clips - count), dtype=np.int64)
 
 
+def _clip_rows(
+    segments: pd.DataFrame,
+    i: int,
+    count: int,
+    feature_rate: float,
+    num_clips: int,
+    placement: NpyPlacement,
+    what: str,
+) -> np.ndarray | str:
+    """The K rows (0-based) segment ``i`` takes of its video's ``count`` rows, or why it
+    cannot (it starts after the rows end or lies more than half past them, which ``what``
+    names), as extraction fails a segment past its video."""
+    from avda.data_manifests import schema as manifest_schema
+
+    start, stop = float(segments.at[i, "start_sec"]), float(segments.at[i, "stop_sec"])
+    why = manifest_schema.outside_video(start, stop, count / feature_rate, what)
+    if why is not None:
+        return f"{why} ({count} rows at --feature-rate {feature_rate:g})"
+    if placement == "tsn":
+        first = int(round(start * feature_rate))
+        index = first + tsn_rows(max(1, int(round((stop - start) * feature_rate))), num_clips)
+    else:
+        times = start + (np.arange(num_clips) + 0.5) * (stop - start) / num_clips
+        index = np.round(times * feature_rate - 0.5).astype(int)
+    return np.clip(index, 0, count - 1)
+
+
 def _sample_videos(
     folder: Path,
     fmt: str,
@@ -1451,8 +1521,6 @@ def _sample_videos(
     a ``(T, D)`` array); statuses and errors (MISSING for a video without features; FAILED
     for a segment that starts after the video's rows end or lies more than half past them,
     as extraction fails one past its video)."""
-    from avda.data_manifests import schema as manifest_schema
-
     features: np.ndarray | None = None  # (n, K, D) once a video told D
     statuses = np.full(len(segments), int(Status.DONE))
     errors = [""] * len(segments)
@@ -1465,22 +1533,13 @@ def _sample_videos(
             continue
         values = open_video(found)  # (T, D)
         taken: dict[int, np.ndarray] = {}  # the video's segments' (K, D) rows
-        duration = len(values) / feature_rate  # the seconds the video's rows cover
         for i in positions:
-            start, stop = float(segments.at[i, "start_sec"]), float(segments.at[i, "stop_sec"])
-            why = manifest_schema.outside_video(start, stop, duration, f"{name}'s features")
-            if why is not None:  # its clips would all be the last row (a wrong --feature-rate?)
-                statuses[i] = int(Status.FAILED)
-                errors[i] = f"{why} ({len(values)} rows at --feature-rate {feature_rate:g})"
+            index = _clip_rows(
+                segments, i, len(values), feature_rate, num_clips, placement, f"{name}'s features"
+            )
+            if isinstance(index, str):  # its clips would all be the last row (a wrong rate?)
+                statuses[i], errors[i] = int(Status.FAILED), index
                 continue
-            if placement == "tsn":
-                first = int(round(start * feature_rate))
-                count = max(1, int(round((stop - start) * feature_rate)))
-                index = np.clip(first + tsn_rows(count, num_clips), 0, len(values) - 1)
-            else:
-                times = start + (np.arange(num_clips) + 0.5) * (stop - start) / num_clips
-                index = np.round(times * feature_rate - 0.5).astype(int)
-                index = np.clip(index, 0, len(values) - 1)
             taken[i] = values[index]
         # checked after the reads: TA3N frames tell their size when read (a .npy its header)
         if features is None:  # one (n, K, D) array: the rows go in video by video
