@@ -241,6 +241,23 @@ def test_a_pytorch_03_tar_frame_is_named_so_and_never_unpickled(tmp_path, capsys
     )
 
 
+def test_a_folder_of_flow_x_y_frames_is_refused_saying_they_are_not_read(tmp_path, capsys):
+    """TA3N's dataset.py reads Flow as ``{flow_prefix}{x|y}_NNNNN.t7`` (tsn-pytorch's names),
+    but its release and video2feature.py have RGB frames only and its code does not say how a
+    frame's x and y make one row: such a folder is refused saying so and what to do (it was
+    taken for a .npy folder: 'holds no .npy files')."""
+    folder = tmp_path / "Flow-feature"
+    for video in FRAMES:
+        (folder / video).mkdir(parents=True)
+        for axis in "xy":
+            _save(torch.zeros(D), folder / video / f"{axis}_00001.t7", False)
+    assert cli.main(_import(folder, _manifest(tmp_path / "m.csv"), tmp_path / "x.zarr")) != 0
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "x.zarr").exists(), err
+    assert f"{folder} holds no <video>/img_NNNNN.t7 folders; v_a_g01_c01/x_00001.t7 is named" in err
+    assert "which avda does not import" in err and "import them with --format npy" in err
+
+
 def _avda(*args: str, **env: str) -> subprocess.CompletedProcess:
     environment = {k: v for k, v in os.environ.items() if k != "AVDA_FAULT"}
     environment["PYTHONPATH"] = os.pathsep.join([str(REPO / "src"), str(REPO)])
@@ -272,7 +289,7 @@ def test_a_ta3n_import_killed_reruns_to_the_clean_import(tmp_path, phase):
 
 def test_only_the_frames_a_segment_takes_are_unpickled(tmp_path, monkeypatch):
     """The snippet unpickled every frame; the import reads the K frames of each segment (frame
-    1 too only where a segment takes it) and hashes the rest."""
+    1 too only where a segment takes it)."""
     from avda.cache import interop
 
     folder = _ta3n_folder(tmp_path)

@@ -786,8 +786,8 @@ def import_features(
 
 
 def _guess_format(source: Path) -> str:
-    if source.is_dir():  # TA3N's features: no .npy, folders of img_NNNNN.t7
-        if next(source.glob("*.npy"), None) is None and next(source.glob(TA3N_FRAMES), None):
+    if source.is_dir():  # TA3N's features: no .npy, folders of img_NNNNN.t7 (or flow's .t7)
+        if next(source.glob("*.npy"), None) is None and next(source.glob("*/*.t7"), None):
             return "ta3n-t7"
         return "npy"
     suffix = source.suffix.lower()
@@ -1089,7 +1089,6 @@ def import_npy(
     )
 
 
-TA3N_FRAMES = "*/img_*.t7"
 _TA3N_FRAME = re.compile(r"img_(\d+)\.t7")
 
 
@@ -1167,9 +1166,18 @@ def _ta3n_videos(folder: Path) -> dict[str, list[Path]]:
         videos[video.name] = [numbered[n] for n in range(1, len(numbered) + 1)]
     if not videos:
         itself = next(folder.glob("img_*.t7"), None) is not None
+        flow = min(folder.glob("*/*[xy]_[0-9]*.t7"), default=None)  # the first by name
         raise CacheError(
             f"{folder} holds no <video>/img_NNNNN.t7 folders"
             + ("; it is one video's folder: pass the folder above it" if itself else "")
+            + (
+                f"; {flow.relative_to(folder)} is named as TA3N's Flow reader names a frame's x "
+                "or y features, which avda does not import (TA3N released RGB features only, "
+                "and its code does not say how x and y make one row): save each video's rows "
+                "as <video>.npy and import them with --format npy"
+                if flow is not None and not itself
+                else ""
+            )
         )
     return videos
 
