@@ -1336,7 +1336,7 @@ def _import_per_video(
         store = _open_existing(out)
         segments = table.reset_index(drop=True)
         segments = segments[[c for c in schema.SEGMENT_COLUMNS if c in segments.columns]]
-        read = None  # a .npy is read where the segments fall, but its header always
+        read = None  # a .npy folder: every file hashed (one a video, each opened)
         if fmt == "ta3n-t7":
             read = _frames_read(videos, segments, feature_rate, num_clips, placement)
         sha = _folder_sha256(folder, files, read)
