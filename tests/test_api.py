@@ -360,6 +360,29 @@ def test_train_errors_name_the_keywords_and_the_cli_its_options(tmp_path, capsys
     assert err.rstrip().endswith("; use another -o")
 
 
+def test_head_config_refusals_name_the_keyword_the_caller_typed(tmp_path, capsys):
+    """``avda.train(epochs=0)`` said ``DannConfig.epochs: expected an integer >= 1``, a class
+    attribute the caller never typed; it names ``epochs``, and a ``head_config`` field
+    ``head_config['lr']``. The CLI keeps its words (``--set lr=-1``: ``DannConfig.lr``)."""
+    make_feature_cache(tmp_path / "c.zarr", per_class=4)
+    given = {"head": "dann", "cache": tmp_path / "c.zarr", "source": "source",
+             "target": "target", "out": tmp_path / "run", "progress": False}  # fmt: skip
+    with pytest.raises(ConfigError, match=r"^epochs: expected an integer >= 1, got 0$"):
+        avda.train(**given, epochs=0)
+    with pytest.raises(ConfigError, match=r"^head_config\['epochs'\]: expected an integer >= 1"):
+        avda.train(**given, head_config={"epochs": 0})
+    with pytest.raises(ConfigError, match=r"^head_config\['lr'\]: expected a number > 0, got -1"):
+        avda.train(**given, head_config={"lr": -1, "hidden_dim": 8})
+    with pytest.raises(ConfigError, match=r"^unknown head_config field 'hiden_dim'; did you"):
+        avda.train(**given, head_config={"hiden_dim": 8})
+    assert not (tmp_path / "run").exists()
+    err = _cli_error(
+        capsys, "train", "--head", "dann", "--cache", str(tmp_path / "c.zarr"), "--source",
+        "source", "--target", "target", "-o", str(tmp_path / "run"), "--set", "lr=-1", "-q",
+    )  # fmt: skip
+    assert "DannConfig.lr: expected a number > 0, got -1.0" in err
+
+
 def test_every_set_field_of_a_hint_is_one_head_config_dict(tmp_path, capsys):
     """A hint that names two fields (``--set batch_size=N --set target_batch_size=N``) is one
     ``head_config`` dict of both in the API; the rewrite turned only the first key into it

@@ -24,6 +24,7 @@ import dataclasses
 import functools
 import logging
 import numbers
+import re
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -153,18 +154,45 @@ def _keyword_errors(
                 message = _keywords(str(exc), table)
                 if message == str(exc):
                     raise
-                # one error, as raised (its frames, cause and attributes), not a second one
-                # beside it; a copy, not type(exc)(message): a constructor may take more than
-                # the message (ManifestProblems(path, problems))
-                error = copy.copy(exc)
-                error.args = (message,)
-                if isinstance(error, ImportError):  # its str() is its msg, not its args
-                    error.msg = message
-                raise error.with_traceback(exc.__traceback__) from exc.__cause__
+                raise _reworded(exc, message) from exc.__cause__
 
         return call
 
     return decorate
+
+
+def _reworded(exc: AvdaError, message: str) -> AvdaError:
+    """``exc`` saying ``message``: one error, as raised (its frames, cause and attributes), not
+    a second one beside it; a copy, not ``type(exc)(message)``: a constructor may take more
+    than the message (``ManifestProblems(path, problems)``)."""
+    error = copy.copy(exc)
+    error.args = (message,)
+    if isinstance(error, ImportError):  # its str() is its msg, not its args
+        error.msg = message
+    return error.with_traceback(exc.__traceback__)
+
+
+# ``DannConfig.lr: expected ...``, ``unknown DannConfig field 'x'``: a head config's checks
+_CONFIG_FIELD = re.compile(r"\b[A-Z]\w*Config(?:\.(?P<field>\w+)\b| (?P<unknown>field)\b)")
+
+
+def _config_keywords(message: str, epochs: Any, head_config: Mapping[str, Any] | None) -> str:
+    """A head config's refusal naming what the caller typed: ``epochs`` for ``epochs=0``,
+    ``head_config['lr']`` for ``head_config={'lr': -1}`` (``unknown head_config field 'x'``),
+    where the config's checks name its class (``DannConfig.epochs``, the CLI's words for
+    ``--set epochs=0``). A field the caller did not give (a config file's, a protocol's)
+    keeps the class's name."""
+    given = head_config if isinstance(head_config, Mapping) else {}
+
+    def name(match: re.Match) -> str:
+        field = match.group("field")
+        if field is None:
+            return "head_config field" if given else match.group(0)
+        if field == "epochs" and epochs is not None:  # the keyword wins over head_config's
+            return "epochs"
+        return f"head_config[{field!r}]" if field in given else match.group(0)
+
+    return _CONFIG_FIELD.sub(name, message)
 
 
 def _failure_keywords(result: ExtractResult, table: Mapping[str, str]) -> ExtractResult:
@@ -448,26 +476,32 @@ def train(
     """
     from avda.train.loop import train as train_loop
 
-    options = train_options(
-        head=head,
-        cache=cache,
-        source=source,
-        target=target,
-        seed=seed,
-        epochs=epochs,
-        head_config=head_config,
-        config=config,
-        device=device,
-        protocol=protocol,
-    )
-    missing = [k for k in ("head", "cache", "source", "target") if options.get(k) is None]
-    if out is None:
-        missing.append("out")
-    if missing:
-        raise ConfigError(
-            f"avda.train: missing {', '.join(missing)}; pass them (or a config file with them)"
+    try:
+        options = train_options(
+            head=head,
+            cache=cache,
+            source=source,
+            target=target,
+            seed=seed,
+            epochs=epochs,
+            head_config=head_config,
+            config=config,
+            device=device,
+            protocol=protocol,
         )
-    return train_loop(out=out, progress=progress, log=log, **options)
+        missing = [k for k in ("head", "cache", "source", "target") if options.get(k) is None]
+        if out is None:
+            missing.append("out")
+        if missing:
+            raise ConfigError(
+                f"avda.train: missing {', '.join(missing)}; pass them (or a config file with them)"
+            )
+        return train_loop(out=out, progress=progress, log=log, **options)
+    except ConfigError as exc:
+        message = _config_keywords(str(exc), epochs, head_config)
+        if message == str(exc):
+            raise
+        raise _reworded(exc, message) from exc.__cause__
 
 
 @_keyword_errors(_EVALUATE_KEYWORDS)
