@@ -210,7 +210,7 @@ def test_retry_failed_re_extracts_non_finite_rows_a_clean_rerun_drops_failures_c
     stale.write_text("uid,video_id,modality,error\nold,v,rgb,x\n")
     code, out, err = _run(capsys, *args)  # nothing to extract, no failed row: list is stale
     assert code == 0 and not stale.exists()
-    with pytest.raises(CacheError, match="--retry-failed"):
+    with pytest.raises(CacheError, match=r"--retry-failed` \(Python: avda.extract\(\.\.\., retry"):
         open_cache(store).load("rgb")
 
     code, out, err = _run(capsys, *args, "--retry-failed")

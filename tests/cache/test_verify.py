@@ -81,10 +81,27 @@ def test_nan_in_a_done_row_is_named_with_its_row(capsys, store_path):
     ]
     assert problems["rows"].iloc[0] == [19]
     assert "row 19 is done but NaN/inf" in problems["message"].iloc[0]
-    assert "--retry-failed" in problems["message"].iloc[0]
+    # the command and its Python spelling: open_cache(...).verify() is read in a notebook too
+    message = problems["message"].iloc[0]
+    assert message.endswith(
+        "run the same `avda extract --retry-failed` (Python: avda.extract(..., "
+        "retry_failed=True)), which marks them failed and recomputes them"
+    )
 
     code, lines, _ = verify_cli(capsys, store_path, "-q")
     assert code == 3 and lines[0] == problems["message"].iloc[0] and len(lines) == 2
+
+
+def test_a_lost_modality_array_names_the_command_and_its_python_spelling(store_path):
+    """A fix that names a command's option (``--force``) gives the keyword too: a Python user
+    reading ``verify()`` cannot pass ``--force`` to ``avda.extract``."""
+    zarr.open_group(str(store_path), mode="r+")["features/rgb"].resize((48, 5, 6))
+    shutil.rmtree(store_path / "errors" / "rgb")
+    problems = cache_lib.open_cache(store_path).verify()
+    fix = "run `avda extract --force` (Python: avda.extract(..., force=True)) to recompute"
+    for array in ("errors/rgb", "features/rgb"):
+        message = problems.loc[problems["array"] == array, "message"].iloc[0]
+        assert message.endswith(f"a good copy, or {fix} the modality"), message
 
 
 def test_nan_in_a_failed_row_is_no_problem(store_path):

@@ -664,8 +664,8 @@ class FeatureCache:
         hint = self._nonfinite_hint(modality)
         if hint == NONFINITE_EXTRACT_HINT:
             hint = (
-                "re-extract them with the same `avda extract ... --retry-failed`, which marks "
-                "such rows failed and recomputes them"
+                f"re-extract them with {RETRY_FAILED_COMMAND}, which marks such rows failed "
+                "and recomputes them"
             )
         raise CacheError(
             f"cache {self.path}: {len(bad)} rows of {modality} hold non-finite {what} "
@@ -786,6 +786,12 @@ NONFINITE_EXTRACT_HINT = (
     "--retry-failed`; Python: avda.extract(..., retry_failed=True))"
 )
 NONFINITE_IMPORT_HINT = "fix the imported file and import it into a new store"
+# The commands that recompute rows, in the store's messages (verify's fixes, a read's refusal)
+# that command-line and Python users alike read: both names, as NONFINITE_EXTRACT_HINT.
+RETRY_FAILED_COMMAND = (
+    "the same `avda extract --retry-failed` (Python: avda.extract(..., retry_failed=True))"
+)
+FORCE_COMMAND = "`avda extract --force` (Python: avda.extract(..., force=True))"
 
 
 def nonfinite_error(what: str, values: np.ndarray, stored: np.ndarray, hint: str) -> str:

@@ -97,11 +97,7 @@ def verify_store(store: FeatureCache, *, progress: bool = False) -> pd.DataFrame
                     "",
                     [],
                     f"{group}/{modality} is missing (the provenance lists modality {modality!r}); "
-                    "restore the store from a good copy, or "
-                    + (
-                        store._import_fix(modality)
-                        or "run `avda extract --force` to recompute the modality"
-                    ),
+                    "restore the store from a good copy, or " + _modality_fix(store, modality),
                 )
     # status first: which rows are done, for the NaN/inf check of features and maps
     order = sorted(arrays, key=lambda name: (not name.startswith(schema.STATUS_GROUP + "/"), name))
@@ -173,8 +169,9 @@ def verify_store(store: FeatureCache, *, progress: bool = False) -> pd.DataFrame
                             hint = f"fix the imported file, then {imported}"
                         elif hint == store_lib.NONFINITE_EXTRACT_HINT:
                             hint = (
-                                "check the weights / input, then run the same `avda extract "
-                                "--retry-failed`, which marks them failed and recomputes them"
+                                "check the weights / input, then run "
+                                f"{store_lib.RETRY_FAILED_COMMAND}, which marks them failed "
+                                "and recomputes them"
                             )
                         problem(
                             "nonfinite",
@@ -263,11 +260,16 @@ def _check_shape(store, array: zarr.Array, name: str, group: str, modality: str,
                 [],
                 f"{name} has shape {list(array.shape)}, the provenance says (N, "
                 f"{expected[0]}, {expected[1]}); restore the store from a good copy, or "
-                + (
-                    store._import_fix(modality)
-                    or "run `avda extract --force` to recompute the modality"
-                ),
+                + _modality_fix(store, modality),
             )
+
+
+def _modality_fix(store: FeatureCache, modality: str) -> str:
+    """What re-creates a whole modality of ``store``: the import that brought it, else
+    extracting it again (both spellings: command-line and Python users read verify's fixes)."""
+    from avda.cache import store as store_lib
+
+    return store._import_fix(modality) or f"run {store_lib.FORCE_COMMAND} to recompute the modality"
 
 
 def _check_segments_file(store, array: zarr.Array, chunk: int, lo: int, hi: int, problem):
