@@ -383,6 +383,24 @@ def test_head_config_refusals_name_the_keyword_the_caller_typed(tmp_path, capsys
     assert "DannConfig.lr: expected a number > 0, got -1.0" in err
 
 
+def test_a_command_to_leave_is_one_of_avda_s_commands():
+    """``avda <word>`` is a command to run, left as is, only where the word is one of avda's
+    commands: prose ('whose workers avda does not submit, ...: run with --cluster slurm') kept
+    the options after it up to the next ';'."""
+    from avda import cli, wording
+
+    typed = {c.name or c.callback.__name__ for c in cli.app.registered_commands}
+    assert set(wording.COMMANDS) == typed | {g.name for g in cli.app.registered_groups}
+    table = {"cluster": "cluster", "scheduler": "scheduler"}
+    assert wording.keywords("workers avda does not submit, or run with --cluster slurm", table) == (
+        "workers avda does not submit, or run with cluster slurm"
+    )
+    hint = "`avda sweep SPEC --cluster slurm --job-script`, or --scheduler ADDRESS"
+    assert wording.keywords(hint, table) == (
+        "`avda sweep SPEC --cluster slurm --job-script`, or scheduler ADDRESS"
+    )
+
+
 def test_every_set_field_of_a_hint_is_one_head_config_dict(tmp_path, capsys):
     """A hint that names two fields (``--set batch_size=N --set target_batch_size=N``) is one
     ``head_config`` dict of both in the API; the rewrite turned only the first key into it

@@ -19,7 +19,6 @@ logs. See ``docs/python_api.md``.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import functools
 import logging
@@ -30,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from avda import wording
-from avda.errors import AvdaError, ConfigError, ManifestError
+from avda.errors import ConfigError, ManifestError
 
 log = logging.getLogger(__name__)
 
@@ -138,38 +137,12 @@ def _keywords(message: str, table: Mapping[str, str] = _EVALUATE_KEYWORDS) -> st
 def _keyword_errors(
     table: Mapping[str, str], records: Callable[[Any, Mapping[str, str]], Any] | None = None
 ) -> Any:
-    """Decorate an API function: its :class:`AvdaError` messages and the records it logs
-    (warnings, notes: :func:`avda.wording.spoken`) name ``table``'s keywords, not the CLI's
-    options (the CLI calls ``function.__wrapped__``, whose messages are its own);
-    ``records(result, table)``: its result with the failure records it returns so worded."""
-
-    def decorate(function: Any) -> Any:
-        @functools.wraps(function)
-        def call(*args: Any, **kwargs: Any) -> Any:
-            try:
-                with wording.spoken(functools.partial(_keywords, table=table)):
-                    result = function(*args, **kwargs)
-                return result if records is None else records(result, table)
-            except AvdaError as exc:
-                message = _keywords(str(exc), table)
-                if message == str(exc):
-                    raise
-                raise _reworded(exc, message) from exc.__cause__
-
-        return call
-
-    return decorate
-
-
-def _reworded(exc: AvdaError, message: str) -> AvdaError:
-    """``exc`` saying ``message``: one error, as raised (its frames, cause and attributes), not
-    a second one beside it; a copy, not ``type(exc)(message)``: a constructor may take more
-    than the message (``ManifestProblems(path, problems)``)."""
-    error = copy.copy(exc)
-    error.args = (message,)
-    if isinstance(error, ImportError):  # its str() is its msg, not its args
-        error.msg = message
-    return error.with_traceback(exc.__traceback__)
+    """:func:`avda.wording.keyword_errors` in ``table``'s keywords (:func:`_keywords`):
+    ``records(result, table)``, the result with the failure records it returns so worded."""
+    return wording.keyword_errors(
+        functools.partial(_keywords, table=table),
+        None if records is None else functools.partial(records, table=table),
+    )
 
 
 # ``DannConfig.lr: expected ...``, ``unknown DannConfig field 'x'``: a head config's checks
@@ -501,7 +474,7 @@ def train(
         message = _config_keywords(str(exc), epochs, head_config)
         if message == str(exc):
             raise
-        raise _reworded(exc, message) from exc.__cause__
+        raise wording.reworded(exc, message) from exc.__cause__
 
 
 @_keyword_errors(_EVALUATE_KEYWORDS)

@@ -1339,7 +1339,7 @@ def sweep_command(
         typer.echo(sweep.job_script(sweep.load_spec(spec), cluster=cluster))
         return
     output_dir(out)
-    summary = sweep.run_sweep(
+    summary = sweep.run_sweep.__wrapped__(  # its messages in the command line's words
         spec,
         out=out,
         scheduler=scheduler,

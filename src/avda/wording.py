@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import copy
 import functools
 import logging
 import re
@@ -21,9 +22,16 @@ import threading
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
+from avda.errors import AvdaError
+
 _VALUE = r"[\w@.+-]+"
 _SET_VALUE = r"(?:\[[^\]]*\]|[^\s,;)]+)"  # a --set value: a [list] or one word
-_COMMAND = r"\bavda [a-z][\w-]*[^;)`]*"  # `avda extract --recipe cia`: a command, left as is
+# avda's commands (tests/test_api.py checks them against the CLI's): prose about avda ("whose
+# workers avda does not submit, ...: run with --cluster slurm") is no command
+COMMANDS = ("cache", "cluster", "demo", "evaluate", "extract", "finetune", "flow", "list",
+            "manifest", "predict", "report", "sweep", "train", "weights")  # fmt: skip
+# `avda extract --recipe cia`: a command, left as is
+_COMMAND = rf"\bavda (?:{'|'.join(COMMANDS)})(?![\w-])[^;)`]*"
 # a quoted value (a repr: a path, a manifest's cell, a name): what it holds is not an option
 _QUOTED = r"""(?<![\w'"])(?:'[^'\n]*'|"[^"\n]*")(?!\w)"""
 
@@ -158,4 +166,42 @@ def spoken(spell: Callable[[str], str]) -> Iterator[None]:
                 logging.setLogRecordFactory(factory.avda_base)
 
 
-__all__ = ["keywords", "spelt", "spoken"]
+def keyword_errors(
+    spell: Callable[[str], str], records: Callable[[Any], Any] | None = None
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorate a function that another caller shares with the CLI (the Python API's, a
+    sweep's): its :class:`AvdaError` messages and the records it logs (warnings, notes:
+    :func:`spoken`) pass through ``spell`` (the CLI calls ``function.__wrapped__``, whose
+    messages are its own); ``records(result)``: its result with the failure records it
+    returns so worded."""
+
+    def decorate(function: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(function)
+        def call(*args: Any, **kwargs: Any) -> Any:
+            try:
+                with spoken(spell):
+                    result = function(*args, **kwargs)
+                return result if records is None else records(result)
+            except AvdaError as exc:
+                message = spell(str(exc))
+                if message == str(exc):
+                    raise
+                raise reworded(exc, message) from exc.__cause__
+
+        return call
+
+    return decorate
+
+
+def reworded(exc: AvdaError, message: str) -> AvdaError:
+    """``exc`` saying ``message``: one error, as raised (its frames, cause and attributes), not
+    a second one beside it; a copy, not ``type(exc)(message)``: a constructor may take more
+    than the message (``ManifestProblems(path, problems)``)."""
+    error = copy.copy(exc)
+    error.args = (message,)
+    if isinstance(error, ImportError):  # its str() is its msg, not its args
+        error.msg = message
+    return error.with_traceback(exc.__traceback__)
+
+
+__all__ = ["keyword_errors", "keywords", "reworded", "spelt", "spoken"]

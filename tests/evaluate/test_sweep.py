@@ -141,14 +141,18 @@ def test_plan_expands_groups_heads_and_seeds(tmp_path, three_domain_cache):
 
 
 def test_usage_errors_come_before_any_work(tmp_path, three_domain_cache):
+    """They name run_sweep's keywords: it said --scheduler, --cluster and --queue-timeout,
+    options a Python caller never typed (`avda sweep`'s, tests/test_cli_errors.py)."""
     spec = sweep.parse_spec(
         {"cache": str(three_domain_cache), "heads": ["dann"], "settings": ["D1-D2"]}
     )
-    with pytest.raises(ConfigError, match="either --scheduler ADDRESS or --cluster KIND"):
+    with pytest.raises(ConfigError, match=r"^give either scheduler ADDRESS or cluster KIND, not"):
         sweep.run_sweep(spec, out=tmp_path, scheduler="tcp://127.0.0.1:1", cluster="local")
-    with pytest.raises(ConfigError, match="--cluster must be one of local, slurm, pbs"):
+    with pytest.raises(ConfigError, match=r"^cluster must be one of local, slurm, pbs, got 'k"):
         sweep.run_sweep(spec, out=tmp_path, cluster="kubernetes")
-    with pytest.raises(ConfigError, match="no output folder; give --out DIR"):
+    with pytest.raises(ConfigError, match=r"^queue_timeout bounds .*: leave queue_timeout out, or"):
+        sweep.run_sweep(spec, out=tmp_path, cluster="local", queue_timeout=5)
+    with pytest.raises(ConfigError, match=r"no output folder; give out DIR or out: in the spec$"):
         sweep.run_sweep(spec)
     assert not any(tmp_path.iterdir())
 

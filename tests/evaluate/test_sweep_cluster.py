@@ -970,8 +970,8 @@ def test_jobs_pending_past_queue_timeout_fail_the_sweep_in_one_line(
         )
     else:
         assert (
-            "giving up: --queue-timeout is 4 s (raise it, or leave it out for the spec's "
-            "cluster.queue_timeout, 3600 s)"
+            "giving up: queue_timeout is 4 s (raise it, or leave it out for the spec's "
+            "cluster.queue_timeout, 3600 s)"  # run_sweep's keyword: it said --queue-timeout
         ) in message
     assert f"scancel {job}" in events, events
 
@@ -1055,18 +1055,24 @@ def test_a_local_specs_queue_timeout_is_refused_with_a_scheduler(tmp_path, cache
         tmp_path, {"kind": "local", "queue_timeout": 60}, settings=["source->target"], **common
     )
     spec = sweep.load_spec(path)
-    for call in (
-        lambda: sweep.check_cluster(spec, scheduler="tcp://127.0.0.1:1"),
-        lambda: sweep.run_sweep(path, scheduler="tcp://127.0.0.1:1"),
-    ):
-        with pytest.raises(ConfigError) as refused:
-            call()
-        assert str(refused.value) == (
-            f"{path}: cluster.queue_timeout: bounds the wait for SLURM/PBS jobs pending in "
-            "their queue; this sweep runs on --scheduler tcp://127.0.0.1:1, whose workers avda "
-            "does not submit, so it would bound nothing: remove it, or run with --cluster "
-            "slurm or pbs instead of --scheduler"
-        )
+    with pytest.raises(ConfigError) as refused:
+        sweep.check_cluster(spec, scheduler="tcp://127.0.0.1:1")
+    assert str(refused.value) == (
+        f"{path}: cluster.queue_timeout: bounds the wait for SLURM/PBS jobs pending in "
+        "their queue; this sweep runs on --scheduler tcp://127.0.0.1:1, whose workers avda "
+        "does not submit, so it would bound nothing: remove it, or run with --cluster "
+        "slurm or pbs instead of --scheduler"
+    )
+    # run_sweep names its keywords, all of them: 'whose workers avda does not submit, ...'
+    # was taken for a command to run ('avda does'), and kept --cluster and --scheduler
+    with pytest.raises(ConfigError) as refused:
+        sweep.run_sweep(path, scheduler="tcp://127.0.0.1:1")
+    assert str(refused.value) == (
+        f"{path}: cluster.queue_timeout: bounds the wait for SLURM/PBS jobs pending in "
+        "their queue; this sweep runs on scheduler tcp://127.0.0.1:1, whose workers avda "
+        "does not submit, so it would bound nothing: remove it, or run with cluster "
+        "slurm or pbs instead of scheduler"
+    )
     for extra in ([], ["--check"]):
         assert main(["sweep", str(path), "--scheduler", "tcp://127.0.0.1:1", *extra]) == 1
         err = capsys.readouterr().err.strip().splitlines()

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -79,7 +80,7 @@ from avda.sweep.spec import (
     pbs_walltime,
     spec_words,
 )
-from avda.wording import spoken
+from avda.wording import keyword_errors, keywords, spoken
 
 log = logging.getLogger(__name__)
 
@@ -1626,6 +1627,21 @@ def dashboard_link(client: Any) -> str:
 
 
 # ------------------------------------------------------------------------------ the sweep
+# The options of `avda sweep` that the sweep's refusals and records name, as run_sweep's
+# keywords: a Python caller passed cluster=, not --cluster (the CLI calls run_sweep.__wrapped__,
+# whose messages keep the options; a command to run, `avda sweep SPEC --cluster slurm
+# --job-script`, stays a command).
+RUN_SWEEP_KEYWORDS = {
+    "o": "out",
+    "out": "out",
+    "scheduler": "scheduler",
+    "cluster": "cluster",
+    "worker-timeout": "worker_timeout",
+    "queue-timeout": "queue_timeout",
+}
+
+
+@keyword_errors(functools.partial(keywords, table=RUN_SWEEP_KEYWORDS))
 def run_sweep(
     spec: SweepSpec | Mapping[str, Any] | str | Path,
     *,
