@@ -34,6 +34,9 @@ COMMANDS = ("cache", "cluster", "demo", "evaluate", "extract", "finetune", "flow
 _COMMAND = rf"\bavda (?:{'|'.join(COMMANDS)})(?![\w-])[^;)`]*"
 # a quoted value (a repr: a path, a manifest's cell, a name): what it holds is not an option
 _QUOTED = r"""(?<![\w'"])(?:'[^'\n]*'|"[^"\n]*")(?!\w)"""
+# an unquoted path (a word holding a /, not starting with an option: --domain/--split is two):
+# a folder of it named --set is no option (/data/--set/c.zarr)
+_PATH = r"""(?<![^\s(\[])(?=[^\s(\[`'"-])\S*/\S*"""
 
 
 def keywords(
@@ -48,9 +51,11 @@ def keywords(
     (``--split 'x'``) becomes ``splits='x'`` (``split: 'x'`` with ``yaml``); ``bare_values``:
     by any word (``--set X`` -> ``eval_set='X'``: evaluate's messages), except after a flag
     (a name ``NAME=True``: ``--per-class with`` -> ``per_class=True with``). A command to run
-    (``avda train --config RUN/config.yaml``, up to ``;``, ``)`` or a backtick) and a quoted
-    value stay as they are."""
-    pattern = _pattern(frozenset(table), bare_values)
+    (``avda train --config RUN/config.yaml``, up to ``;``, ``)`` or a backtick), a quoted
+    value and an unquoted path (a word with a ``/``: ``/data/--set/c.zarr``) stay as they
+    are."""
+    # a path is only taken for options where a folder of it starts with - (/data/--set/)
+    pattern = _pattern(frozenset(table), bare_values, "/-" in message)
 
     def keyword(match: re.Match) -> str:
         if match.group("command") is not None:
@@ -74,9 +79,11 @@ def keywords(
 
 
 @functools.lru_cache(maxsize=64)
-def _pattern(options: frozenset[str], bare_values: bool) -> re.Pattern[str]:
+def _pattern(options: frozenset[str], bare_values: bool, paths: bool) -> re.Pattern[str]:
     """:func:`keywords`' pattern for a table of ``options`` (built once per table: every avda
-    log record made inside an API call or a sweep run goes through it)."""
+    log record made inside an API call or a sweep run goes through it); ``paths``: one that
+    leaves unquoted paths (a third slower: only for a message where one may hold a folder
+    named like an option)."""
     names = sorted((n for n in options if not n.endswith("=")), key=lambda n: (-len(n), n))
     alternatives = "|".join(re.escape(n) for n in names)
     # an option of the table is no value: --per-class --metric top5 kept --metric top5
@@ -84,7 +91,7 @@ def _pattern(options: frozenset[str], bare_values: bool) -> re.Pattern[str]:
     pair = rf"\w+={_SET_VALUE}"
     assign = rf"|--set (?P<assigned>{pair}(?:(?:,? --set |, ){pair})*)" if "set=" in options else ""
     return re.compile(
-        rf"(?P<command>{_COMMAND}|{_QUOTED}){assign}"
+        rf"(?P<command>{_COMMAND}|{_QUOTED}{f'|{_PATH}' if paths else ''}){assign}"
         rf"|(?<![\w-])--?(?P<name>{alternatives})(?![\w-])"
         rf"(?! ?{_VALUE}=)(?: (?P<value>{value}))?"
     )

@@ -730,6 +730,24 @@ def test_a_sweeps_warnings_and_failure_records_name_the_specs_keys(tmp_path, cap
     assert spec_words("device 'tpu' (--device 'tpu')") == "device 'tpu' (device: 'tpu')"
 
 
+def test_a_path_in_a_failure_record_is_left_as_it_is():
+    """A folder named like an option in an unquoted path (/data/--set/c.zarr) is no option:
+    the failure record said '/data/head field/c.zarr'; options beside it, and two options
+    joined by a slash (--domain/--split), are still the spec's keys."""
+    from avda.sweep.spec import spec_words
+
+    error = (
+        "cache /data/--set/c.zarr does not exist (runs/--epochs/x, in runs/--o/, "
+        "(/x/--seed)); run with --epochs 3 and --domain/--split"
+    )
+    outcome = sweep.TaskOutcome("dann/a-b/seed0", "failed", error=error)
+    assert outcome.error == (
+        "cache /data/--set/c.zarr does not exist (runs/--epochs/x, in runs/--o/, "
+        "(/x/--seed)); run with epochs 3 and --domain/--split"
+    )
+    assert spec_words("--epochs/--seed, or --device") == "epochs/seeds, or device"
+
+
 _HOLD = """
 import pickle, sys, time
 from avda.cache.lock import run_lock
