@@ -98,6 +98,67 @@ def test_file_lock_without_locks_warns_runs_unlocked_and_leaves_no_lock_file(
     assert list(tmp_path.iterdir()) == []
 
 
+_HOLD_LOCK = """
+import sys, time
+from avda import _io
+with _io.file_lock(sys.argv[1]):
+    print("held", flush=True)
+    time.sleep(60)
+"""
+
+
+def test_a_file_lock_wait_is_said_once_and_bounded_by_avda_lock_wait(tmp_path, monkeypatch, caplog):
+    """Another process holds the lock: the wait was silent, and endless whatever
+    AVDA_LOCK_WAIT said (the store locks honour it). Past LOCK_NOTICE_SECONDS one warning names
+    the lock file and its holder; past AVDA_LOCK_WAIT one error names them and the fix; once
+    the holder is gone, the lock is taken."""
+    import subprocess
+    import sys
+    import time
+
+    from avda.errors import ConfigError, LockWaitError
+
+    path = tmp_path / ".m.csv.lock"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLD_LOCK, str(path)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        monkeypatch.setattr(_io, "LOCK_NOTICE_SECONDS", 0.3)
+        monkeypatch.setenv("AVDA_LOCK_WAIT", "1.5")
+        began = time.monotonic()
+        with caplog.at_level("WARNING", logger="avda._io"):
+            with pytest.raises(LockWaitError) as refused:
+                with _io.file_lock(path):
+                    raise AssertionError("taken while another process holds it")
+        assert 1.5 <= time.monotonic() - began < 10
+        message = str(refused.value)
+        assert "\n" not in message
+        assert message.startswith(f"{path} is held by pid {holder.pid} on host ")
+        assert "(AVDA_LOCK_WAIT=1.5): wait for it to finish, then run the command again, or " in (
+            message
+        )
+        notices = [r.getMessage() for r in caplog.records if "waiting for the lock" in r.message]
+        assert len(notices) == 1, notices
+        assert notices[0].startswith(f"waiting for the lock {path}, held by pid {holder.pid} on")
+        assert notices[0].endswith(
+            " since "
+            + message.split(" since ")[1].split(",")[0]
+            + (" (AVDA_LOCK_WAIT=SECONDS bounds the wait)")
+        )
+        monkeypatch.setenv("AVDA_LOCK_WAIT", "soon")
+        with pytest.raises(ConfigError, match="AVDA_LOCK_WAIT='soon' is not a number of seconds"):
+            with _io.file_lock(path):
+                pass
+    finally:
+        holder.kill()
+        holder.wait()
+    monkeypatch.delenv("AVDA_LOCK_WAIT")
+    with _io.file_lock(path) as locked:  # the kernel dropped the killed holder's lock
+        assert locked
+    assert not path.exists()
+
+
 def test_atomic_write_uses_the_temporary_name_given_and_can_fsync(tmp_path):
     target = tmp_path / "pred.npz"
     seen = []

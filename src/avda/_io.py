@@ -1,8 +1,8 @@
 """Small file helpers shared by every part of avda: atomic writes, file hashes, checkpoint reads.
 
-The lowest layer of the package: it imports only the standard library (torch inside the one
-function that reads checkpoints, tqdm inside the progress bar), so any module can use it
-without an import cycle.
+The lowest layer of the package: it imports only the standard library and :mod:`avda.errors`
+(torch inside the one function that reads checkpoints, tqdm inside the progress bar), so any
+module can use it without an import cycle.
 
 - :func:`atomic_write` (and :func:`atomic_write_text`): a file appears whole or not at all. It
   is written under a temporary name in the same folder and renamed over the target with
@@ -10,7 +10,9 @@ without an import cycle.
 - :func:`replace_file`: the rename at the end of an atomic write, for a temporary file that is
   kept when its writer fails (a resumable download's ``.part``).
 - :func:`file_lock`: an exclusive ``flock`` on a lock file, waited for, the file removed by
-  its holder when done (``avda manifest build``: two builds into one output take turns).
+  its holder when done (``avda manifest build``: two builds into one output take turns); a
+  wait past ``LOCK_NOTICE_SECONDS`` is said once, one past ``$AVDA_LOCK_WAIT`` refused. The
+  store locks (:mod:`avda.cache.lock`) share its holder record, wait limit and warning.
 - :func:`sha256_file`: the SHA-256 hex digest of a file, read 1 MiB at a time.
 - :func:`torch_load`: ``torch.load`` with ``weights_only=True`` (tensors, numbers, strings and
   containers only: a received file cannot run code) onto ``map_location``. Every checkpoint
@@ -22,14 +24,22 @@ without an import cycle.
 from __future__ import annotations
 
 import contextlib
+import datetime as _dt
 import errno
 import hashlib
+import json
 import logging
 import os
 import re
+import socket
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+from avda.errors import ConfigError, LockWaitError
+
+log = logging.getLogger(__name__)
 
 TEMPORARY_SUFFIX = ".tmp"
 """The default temporary name of :func:`atomic_write`: ``PATH.tmp`` next to ``PATH``."""
@@ -74,6 +84,81 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
 
 LOCKS_UNSUPPORTED = frozenset({errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL})
 """``flock``'s errors on a file system without working locks (some Lustre or old NFS mounts)."""
+LOCK_WAIT_ENV = "AVDA_LOCK_WAIT"
+"""Seconds a lock is waited for at most (the store locks: 0 unless set, refused at once;
+:func:`file_lock`: as long as it takes unless set)."""
+LOCK_NOTICE_SECONDS = 2.0
+"""How long :func:`file_lock` waits before it says, once, which lock it waits for."""
+
+
+def lock_wait() -> float | None:
+    """``$AVDA_LOCK_WAIT`` in seconds (>= 0), None where it is unset."""
+    raw = os.environ.get(LOCK_WAIT_ENV, "").strip()
+    if not raw:
+        return None
+    try:
+        return max(0.0, float(raw))
+    except ValueError:
+        raise ConfigError(
+            f"{LOCK_WAIT_ENV}={raw!r} is not a number of seconds; set it to one, or unset it"
+        ) from None
+
+
+def warn_without_locks(path: Path, exc: OSError) -> None:
+    """The warning of a lock taken where the file system has none (:data:`LOCKS_UNSUPPORTED`):
+    the block runs unlocked."""
+    log.warning(
+        "%s: the file system does not support locks (%s); going on without the lock: run one "
+        "writer at a time",
+        *(path, exc.strerror),
+    )
+
+
+def write_lock_holder(fd: int, **fields: Any) -> None:
+    """Record this process (pid, host, since, and ``fields``) in the lock file ``fd`` it
+    holds: a message for the process that waits for it or is refused."""
+    holder = {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "since": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        **fields,
+    }
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps(holder) + "\n").encode(), 0)
+    except OSError as exc:  # the message is a courtesy; the flock is what counts
+        log.debug("cannot record the lock holder: %s", exc)
+
+
+def read_lock_holder(fd: int) -> dict:
+    """The holder recorded in the lock file ``fd`` (:func:`write_lock_holder`; ``{}``: none).
+    A holder writes it just after taking the lock (and a killed one leaves its own behind),
+    so an empty record, or one naming a process that is gone, is read again for up to a
+    second."""
+    holder: dict = {}
+    for _ in range(20):
+        try:
+            holder = json.loads(os.pread(fd, 4096, 0).decode() or "{}")
+        except (OSError, ValueError):
+            holder = {}
+        if not isinstance(holder, dict):
+            holder = {}
+        pid = holder.get("pid")
+        if isinstance(pid, int) and (holder.get("host") != socket.gethostname() or pid_alive(pid)):
+            break
+        time.sleep(0.05)
+    return holder
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` of this host is there."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 @contextlib.contextmanager
@@ -83,29 +168,49 @@ def file_lock(path: str | Path) -> Iterator[bool]:
     lets go, so none is left behind; a waiter that then gets the lock of the removed file
     opens the one at ``path`` again (the kernel drops a killed holder's lock: its file stays,
     harmless, for the next holder to take and remove). Where the file system has no locks,
-    a warning, and the block runs unlocked: yields False (the file removed after it, too)."""
+    a warning, and the block runs unlocked: yields False (the file removed after it, too).
+
+    A wait past :data:`LOCK_NOTICE_SECONDS` is said once (the lock file and its holder, as
+    it recorded itself); one past ``$AVDA_LOCK_WAIT`` seconds, where set, ends with
+    :class:`LockWaitError` naming them and the fix (unset: as long as it takes)."""
     import fcntl
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    limit = lock_wait()
+    began = time.monotonic()
+    said = False
     while True:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    waited = time.monotonic() - began
+                    if limit is not None and waited >= limit:
+                        raise LockWaitError(_lock_wait_message(path, fd, waited)) from None
+                    if not said and waited >= LOCK_NOTICE_SECONDS:
+                        said = True
+                        log.warning(
+                            "waiting for the lock %s, held by %s (%s=SECONDS bounds the wait)",
+                            *(path, _holder_text(read_lock_holder(fd)), LOCK_WAIT_ENV),
+                        )
+                    time.sleep(0.05)
         except OSError as exc:
             os.close(fd)
             if exc.errno not in LOCKS_UNSUPPORTED:
                 raise
-            logging.getLogger(__name__).warning(
-                "%s: the file system does not support locks (%s); going on without the lock: "
-                "run one writer at a time",
-                *(path, exc.strerror),
-            )
+            warn_without_locks(path, exc)
             try:
                 yield False
             finally:
                 path.unlink(missing_ok=True)
             return
+        except BaseException:
+            os.close(fd)
+            raise
         held = os.fstat(fd)
         try:
             current = os.stat(path)
@@ -114,11 +219,33 @@ def file_lock(path: str | Path) -> Iterator[bool]:
         if current is not None and (current.st_dev, current.st_ino) == (held.st_dev, held.st_ino):
             break
         os.close(fd)  # its holder removed it on release: take the file at ``path`` now
+    write_lock_holder(fd)
     try:
         yield True
     finally:
         path.unlink(missing_ok=True)  # before letting go: a waiter on it opens a new one
         os.close(fd)
+
+
+def _holder_text(holder: dict) -> str:
+    """``pid N on host H since T`` of a lock holder's record; another process without one."""
+    if not isinstance(holder.get("pid"), int):
+        return "another process"
+    return f"pid {holder['pid']} on host {holder.get('host', '?')} since {holder.get('since', '?')}"
+
+
+def _lock_wait_message(path: Path, fd: int, waited: float) -> str:
+    holder = read_lock_holder(fd)
+    message = (
+        f"{path} is held by {_holder_text(holder)}, waited {waited:.0f} s "
+        f"({LOCK_WAIT_ENV}={os.environ.get(LOCK_WAIT_ENV, '').strip()}): wait for it to finish, "
+        f"then run the command again, or raise {LOCK_WAIT_ENV} (unset, it waits as long as it "
+        "takes)"
+    )
+    pid = holder.get("pid")
+    if holder.get("host") == socket.gethostname() and isinstance(pid, int) and not pid_alive(pid):
+        message += f" (pid {pid} has exited, but a process it started still holds it: end that)"
+    return message
 
 
 def sha256_file(path: str | Path) -> str:

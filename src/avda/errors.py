@@ -48,5 +48,10 @@ class RunError(AvdaError, ValueError):
     """A run directory is missing, incomplete or inconsistent."""
 
 
+class LockWaitError(AvdaError):
+    """Another process held a lock file longer than ``$AVDA_LOCK_WAIT`` allows (not an OSError:
+    the lock's own errors are)."""
+
+
 class TrainingDiverged(AvdaError, FloatingPointError):
     """A loss became NaN or infinite."""

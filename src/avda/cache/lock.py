@@ -52,13 +52,21 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from avda._io import LOCKS_UNSUPPORTED
+from avda._io import (
+    LOCK_WAIT_ENV,
+    LOCKS_UNSUPPORTED,
+    lock_wait,
+    pid_alive,
+    read_lock_holder,
+    warn_without_locks,
+    write_lock_holder,
+)
 from avda.cache.store import remove_kill_leftovers
 from avda.errors import AvdaError, CacheError, RunError
 
 log = logging.getLogger(__name__)
 
-WAIT_ENV = "AVDA_LOCK_WAIT"
+WAIT_ENV = LOCK_WAIT_ENV
 
 
 class StoreBusyError(CacheError):
@@ -73,16 +81,6 @@ def lock_path(store: str | Path) -> Path:
     """The lock file of ``store``: ``<store>.lock`` next to it."""
     store = Path(store)
     return store.with_name(f"{store.name}.lock")
-
-
-def _wait_seconds() -> float:
-    raw = os.environ.get(WAIT_ENV, "").strip()
-    if not raw:
-        return 0.0
-    try:
-        return max(0.0, float(raw))
-    except ValueError:
-        raise CacheError(f"{WAIT_ENV}={raw!r} is not a number of seconds") from None
 
 
 @contextlib.contextmanager
@@ -195,7 +193,8 @@ def _flock(
     ``error`` is raised, naming the holder, when another process has it."""
     import fcntl
 
-    wait = _wait_seconds() if wait is None else wait
+    if wait is None:  # unset: refused at once
+        wait = lock_wait() or 0.0
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
@@ -230,13 +229,9 @@ def _flock(
             except OSError as exc:
                 if exc.errno not in LOCKS_UNSUPPORTED:
                     raise
-                log.warning(
-                    "%s: the file system does not support locks (%s); going on without the "
-                    "lock: run one writer at a time",
-                    *(path, exc.strerror),
-                )
+                warn_without_locks(path, exc)
                 break
-        _write_holder(fd, what, shared)
+        write_lock_holder(fd, command=what, mode="read" if shared else "write")
         try:
             yield
         finally:
@@ -264,22 +259,6 @@ def _taken_within(fd: int, mode: int, seconds: float) -> bool:
             if time.monotonic() >= deadline:
                 return False
             time.sleep(0.02)
-
-
-def _write_holder(fd: int, what: str, shared: bool) -> None:
-    holder = {
-        "pid": os.getpid(),
-        "host": socket.gethostname(),
-        "since": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-        "command": what,
-        "mode": "read" if shared else "write",
-    }
-    data = (json.dumps(holder) + "\n").encode()
-    try:
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, data, 0)
-    except OSError as exc:  # the message is a courtesy; the flock is what counts
-        log.debug("cannot record the lock holder: %s", exc)
 
 
 def training_holder(run: str | Path) -> str | None:
@@ -320,32 +299,13 @@ def training_holder(run: str | Path) -> str | None:
     if not isinstance(pid, int):
         return "another process" if held else None
     host = holder.get("host", "?")
-    if not held and host == socket.gethostname() and not _alive(pid):
+    if not held and host == socket.gethostname() and not pid_alive(pid):
         return None  # killed while holding it: its record stays, its lock went with it
     return f"pid {pid} on host {host} since {holder.get('since', '?')}"
 
 
-def _read_holder(fd: int) -> dict:
-    """The holder recorded in the lock file. A holder writes it just after taking the lock
-    (and a killed one leaves its own behind), so an empty record, or one naming a process that
-    is gone, is read again for up to a second."""
-    holder: dict = {}
-    for _ in range(20):
-        try:
-            holder = json.loads(os.pread(fd, 4096, 0).decode() or "{}")
-        except (OSError, ValueError):
-            holder = {}
-        if not isinstance(holder, dict):
-            holder = {}
-        pid = holder.get("pid")
-        if isinstance(pid, int) and (holder.get("host") != socket.gethostname() or _alive(pid)):
-            break
-        time.sleep(0.05)
-    return holder
-
-
 def _busy_message(store: Path, path: Path, fd: int, kind: str = "cache") -> str:
-    holder = _read_holder(fd)
+    holder = read_lock_holder(fd)
     fix = "wait for it to finish, then run the command again"
     if kind in ("run", "output"):
         fix = "wait for it to finish (or give this run another -o), then run the command again"
@@ -357,7 +317,7 @@ def _busy_message(store: Path, path: Path, fd: int, kind: str = "cache") -> str:
         f"{kind} {store} is being {doing} by pid {pid} on host {host} since "
         f"{holder.get('since', '?')} ({holder.get('command', 'avda')}); {fix}"
     )
-    if host == socket.gethostname() and isinstance(pid, int) and not _alive(pid):
+    if host == socket.gethostname() and isinstance(pid, int) and not pid_alive(pid):
         message += (
             f" (pid {pid} has exited, but a process it started still holds {path}: end that "
             "process)"
@@ -365,13 +325,3 @@ def _busy_message(store: Path, path: Path, fd: int, kind: str = "cache") -> str:
     else:
         message += f" ({WAIT_ENV}=SECONDS waits for it)"
     return message
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
