@@ -100,3 +100,29 @@ def test_a_writer_in_a_read_only_place_is_told_the_store_not_the_lock_file(
     with pytest.raises(RunError, match=f"cannot write the run {tmp_path / 'run'}: "):
         with lock_module.run_lock(tmp_path / "run", what="avda train"):
             pass
+
+
+def test_a_store_lock_without_locks_warns_as_file_lock_does(tmp_path, monkeypatch, caplog):
+    """A file system without working locks (ENOLCK): the store lock goes on unlocked with the
+    warning file_lock gives (one helper, one text: it was written in both)."""
+    import fcntl
+
+    from avda import _io
+
+    def no_locks(fd, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    store = tmp_path / "s.zarr"
+    with caplog.at_level("WARNING"):
+        with store_lock(store, what="avda cache import"):
+            pass
+        with _io.file_lock(tmp_path / ".m.csv.lock"):
+            pass
+    said = [r.getMessage() for r in caplog.records]
+    assert said == [
+        f"{lock_path(store)}: the file system does not support locks (No locks available); "
+        "going on without the lock: run one writer at a time",
+        f"{tmp_path / '.m.csv.lock'}: the file system does not support locks (No locks "
+        "available); going on without the lock: run one writer at a time",
+    ]
