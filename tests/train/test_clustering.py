@@ -231,3 +231,93 @@ def test_an_elbow_plot_interrupted_while_written_leaves_the_old_one(tmp_path, mo
     monkeypatch.undo()
     assert first.read_bytes() == before and sorted(plots.iterdir())[0] == first
     assert not [p for p in plots.iterdir() if p.suffix != ".png"]
+
+
+_WRITE_CLUSTERS = """
+import sys
+import numpy as np
+from avda.cache import open_cache
+store = open_cache(sys.argv[1], mode="r+")
+store.write_clusters("audio", np.full(store.num_segments, 7), {"groups": {"new": {}}})
+"""
+
+
+def _clustered(tmp_path):
+    """A store whose audio clusters are written once: ids 0..N-1 mod 3, one group 'old'."""
+    store = make_feature_cache(tmp_path / "c.zarr", per_class=4, D=4)
+    store = open_cache(tmp_path / "c.zarr", mode="r+")
+    before = np.arange(store.num_segments) % 3
+    store.write_clusters("audio", before, {"groups": {"old": {}}})
+    return store, before
+
+
+def _assert_clusters(store, ids, groups):
+    found, info = open_cache(store.path).read_clusters("audio")
+    np.testing.assert_array_equal(found, ids)
+    assert sorted(info["groups"]) == groups
+
+
+def test_a_clusters_write_that_fails_midway_leaves_the_previous_clusters_whole(
+    tmp_path, monkeypatch
+):
+    """write_clusters recreated its array before writing it: a failure (or a kill) midway
+    left -1 everywhere and no provenance, the groups written earlier lost. The new array is
+    written beside the store and swapped in; the old one stays until then."""
+    import zarr
+
+    store, before = _clustered(tmp_path)
+    real = zarr.Array.__setitem__
+
+    def fail_midway(self, key, value):
+        real(self, slice(0, 5), np.asarray(value)[:5])  # a first chunk lands, then the fault
+        raise OSError("disk full")
+
+    monkeypatch.setattr(zarr.Array, "__setitem__", fail_midway)
+    with pytest.raises(OSError, match="disk full"):
+        store.write_clusters("audio", np.full(store.num_segments, 7), {"groups": {"new": {}}})
+    monkeypatch.undo()
+    _assert_clusters(store, before, ["old"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.zarr"]  # nothing left beside
+    store.write_clusters("audio", np.full(store.num_segments, 7), {"groups": {"new": {}}})
+    _assert_clusters(store, np.full(store.num_segments, 7), ["new"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.zarr"]
+
+
+@pytest.mark.parametrize("point", ["clusters-written", "clusters-aside", "sigkill"])
+def test_a_killed_clusters_write_leaves_the_previous_clusters_whole(tmp_path, point):
+    """A writer killed with the new array written, or between the two renames (old aside, new
+    not in yet; by os._exit, and by a real SIGKILL while it waits there): readers get the
+    previous clusters, and the next exclusive lock puts them back in place."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from avda.cache import faults
+    from avda.cache.lock import store_lock
+
+    store, before = _clustered(tmp_path)
+    marker = tmp_path / "paused"
+    env = {
+        **os.environ,
+        faults.ENV: "pause:clusters-aside" if point == "sigkill" else f"exit:{point}",
+        faults.MARKER_ENV: str(marker),
+    }
+    writer = subprocess.Popen([sys.executable, "-c", _WRITE_CLUSTERS, str(store.path)], env=env)
+    if point == "sigkill":
+        deadline = time.monotonic() + 60
+        while not marker.exists() and writer.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert marker.exists(), "the writer never reached clusters-aside"
+        os.kill(writer.pid, signal.SIGKILL)
+    code = writer.wait(timeout=60)
+    assert code == (-signal.SIGKILL if point == "sigkill" else faults.EXIT_CODE)
+    _assert_clusters(store, before, ["old"])
+    left = sorted(p.name.rpartition(".")[2] for p in tmp_path.glob(".c.zarr.clusters-audio.*"))
+    assert left == (["new"] if point == "clusters-written" else ["new", "old"])
+    with store_lock(store.path, what="avda cluster"):  # what every writer alone takes
+        pass
+    assert not list(tmp_path.glob(".c.zarr.clusters-audio.*"))
+    assert (store.path / "clusters" / "audio").is_dir()
+    _assert_clusters(store, before, ["old"])

@@ -2,7 +2,9 @@
 
 A writer calls :func:`checkpoint` at named moments (``avda cache import``: ``after-create``,
 ``after-segments``, ``after-features``, ``before-record``, ``after-record``; ``avda extract``:
-``extract-opened``; any new store: ``store-built``, before it is renamed into place). Nothing
+``extract-opened``; any new store: ``store-built``, before it is renamed into place;
+``avda cluster``: ``clusters-written``, ``clusters-aside``, before and between the renames of
+its new array). Nothing
 happens unless the environment variable ``AVDA_FAULT`` names the point:
 
 - ``AVDA_FAULT=exit:<point>``: the process ends at once with ``os._exit(75)`` (no cleanup, no

@@ -573,16 +573,39 @@ class FeatureCache:
         return np.arange(old, new)
 
     def write_clusters(self, modality: str, clusters: np.ndarray, info: dict[str, Any]) -> None:
-        array = self._group.require_group(schema.CLUSTERS_GROUP).create_array(
-            modality,
-            shape=(self.num_segments,),
-            chunks=(min(self.chunk_rows, max(self.num_segments, 1)),),
-            dtype=schema.CLUSTER_DTYPE,
-            fill_value=-1,
-            overwrite=True,
-        )
-        array[:] = clusters.astype(schema.CLUSTER_DTYPE)
-        array.attrs[schema.CLUSTERS_ATTRIBUTE] = info
+        """Replace ``clusters/<modality>`` (ids and provenance ``info``) whole or not at all.
+
+        The new array is written beside the store (:func:`_cluster_swap`'s ``new``), then
+        takes the old one's place by two renames (the old one aside, the new one in, the old
+        one deleted); a kill before them leaves the previous clusters as they were, one
+        between them leaves them whole aside, where :meth:`read_clusters` reads them and the
+        next exclusive lock puts them back (:func:`restore_cluster_swaps`). Until 2026-12-07
+        the array was recreated in place: a kill midway lost the groups written earlier."""
+        current = self.path / schema.CLUSTERS_GROUP / modality
+        new, aside = _cluster_swap(self.path, modality)
+        shutil.rmtree(new, ignore_errors=True)
+        try:
+            array = zarr.create_array(
+                str(new),
+                shape=(self.num_segments,),
+                chunks=(min(self.chunk_rows, max(self.num_segments, 1)),),
+                dtype=schema.CLUSTER_DTYPE,
+                fill_value=-1,
+                zarr_format=3,
+            )
+            array[:] = clusters.astype(schema.CLUSTER_DTYPE)
+            array.attrs[schema.CLUSTERS_ATTRIBUTE] = info
+            self._group.require_group(schema.CLUSTERS_GROUP)
+            faults.checkpoint("clusters-written")
+        except BaseException:
+            shutil.rmtree(new, ignore_errors=True)
+            raise
+        if current.exists():
+            shutil.rmtree(aside, ignore_errors=True)
+            os.replace(current, aside)
+            faults.checkpoint("clusters-aside")
+        os.replace(new, current)
+        shutil.rmtree(aside, ignore_errors=True)
 
     # ----------------------------------------------------------------- reading
     def features(self, modality: str) -> zarr.Array:
@@ -684,12 +707,13 @@ class FeatureCache:
 
         Written by ``avda cluster`` (:func:`avda.train.clustering.cluster_store`).
         """
-        if schema.CLUSTERS_GROUP not in self._group:
+        _, aside = _cluster_swap(self.path, modality)
+        if schema.CLUSTERS_GROUP in self._group and modality in self._group[schema.CLUSTERS_GROUP]:
+            array = self._group[schema.CLUSTERS_GROUP][modality]
+        elif aside.is_dir():  # a write killed between its two renames: the previous, whole
+            array = zarr.open_array(str(aside), mode="r")
+        else:
             return None
-        group = self._group[schema.CLUSTERS_GROUP]
-        if modality not in group:
-            return None
-        array = group[modality]
         ids = array[: self.num_segments].astype(np.int64)
         return ids, dict(array.attrs.get(schema.CLUSTERS_ATTRIBUTE, {}))
 
@@ -1097,18 +1121,49 @@ def remove_unfinished_writes(path: str | Path) -> None:
         leftover.unlink(missing_ok=True)
 
 
+def _cluster_swap(path: Path, modality: str) -> tuple[Path, Path]:
+    """Where :meth:`FeatureCache.write_clusters` writes the new clusters of ``modality``
+    (``.<store>.clusters-<modality>.new``) and puts the old ones aside (``...old``): beside
+    the store, outside its Zarr hierarchy (which would list them as arrays)."""
+    stem = path.with_name(f".{path.name}.clusters-{modality}")
+    return stem.with_name(stem.name + ".new"), stem.with_name(stem.name + ".old")
+
+
+def restore_cluster_swaps(path: str | Path) -> None:
+    """Finish what a :meth:`FeatureCache.write_clusters` killed midway left beside the store
+    ``path``: clusters put aside whose place is empty go back (a kill between its renames),
+    any other aside and an unfinished new array are deleted."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        return
+    stem = f".{path.name}.clusters-"
+    for leftover in sorted(path.parent.glob(f"{glob.escape(stem)}*")):
+        name = leftover.name[len(stem) :]
+        modality, _, kind = name.rpartition(".")
+        current = path / schema.CLUSTERS_GROUP / modality
+        if kind == "old" and not current.exists():
+            log.warning("%s: putting back the %s clusters a killed writer left", path, modality)
+            os.replace(leftover, current)
+        elif kind in ("new", "old"):
+            log.warning("removing %s (clusters a killed writer left)", leftover)
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
 def remove_kill_leftovers(path: str | Path) -> None:
     """Delete what writers killed half-way left beside and inside the store ``path``: a
     creation's hidden folder (:func:`remove_partial_creations`) and, in an avda cache, Zarr's
     unfinished writes (:func:`remove_unfinished_writes`; a path that is no cache is left to
-    its command to refuse). :func:`avda.cache.lock.store_lock` calls it when it takes the lock
-    exclusively, so every command that writes a store alone cleans the same way."""
+    its command to refuse) and a clusters write's arrays (:func:`restore_cluster_swaps`: the
+    previous clusters back in place). :func:`avda.cache.lock.store_lock` calls it when it
+    takes the lock exclusively, so every command that writes a store alone cleans the same
+    way."""
     remove_partial_creations(path)
     try:
         open_cache(path)
     except CacheError:
         return
     remove_unfinished_writes(path)
+    restore_cluster_swaps(path)
 
 
 def _build(
