@@ -5,9 +5,10 @@ The code the commands share writes its errors, warnings and failure records with
 line's options (``--epochs``, ``--set lr=...``, ``-o``). :func:`keywords` rewrites one message
 for another caller from a table of option -> name; :func:`spoken` rewrites every log record of
 avda made inside it, and :func:`spelt` a message made there that is no record (a table's
-notes); the errors a caller catches and the records it returns are rewritten by the caller
-(``avda.api``, ``avda.sweep``). The command line uses none of it: its messages are
-its own.
+notes); :func:`keyword_errors` decorates a function with both, its errors and records too
+(``avda.api``'s functions, ``avda.sweep.run_sweep``; the failure records a sweep returns are
+rewritten by ``avda.sweep``). The command line uses none of it: it calls the functions'
+``__wrapped__``, and its messages are its own.
 """
 
 from __future__ import annotations
