@@ -1065,6 +1065,34 @@ def test_best_checkpoint_follows_the_task_and_metric_the_table_shows(tmp_path, m
         assert classes.cell("ta3n", "ucf→hmdb", c)[0] == pytest.approx(accuracy[c])
 
 
+def test_best_checkpoint_under_set_source_test_is_chosen_on_the_source_set(tmp_path, monkeypatch):
+    """reduce="max" scores the set --set names and picks the epoch on that same set: under
+    --set source_test the best source top-1 (epoch 2), not the epoch that is best on target_test
+    (epoch 1), whose source top-1 is lower (docs/protocols.md, ta3n-ucf-hmdb)."""
+    import dataclasses
+
+    from avda import protocols
+
+    base = protocols.get("ta3n-ucf-hmdb")
+    rule = protocols.EvaluationRule(checkpoints=2, metrics=("top1",), reduce="max")
+    monkeypatch.setitem(protocols.PROTOCOLS, base.name, dataclasses.replace(base, evaluation=rule))
+    labels = np.arange(10) % 12
+    target = {1: [0] * 8 + [11] * 2, 2: [0] * 4 + [11] * 6}  # top-1 0.8 / 0.4
+    source = {1: [0] * 3 + [11] * 7, 2: [0] * 7 + [11] * 3}  # top-1 0.3 / 0.7
+    epochs = [{"verb": (labels, _ranked_scores(labels, target[e], 12))} for e in (1, 2)]
+    run = _run_with_epochs(tmp_path / "run", base.name, "ta3n", epochs)
+    uids = np.array([f"s{i}" for i in range(10)])
+    for number in (1, 2):
+        scores = {"verb": _ranked_scores(labels, source[number], 12)}
+        for folder in (run / "epochs" / f"{number:04d}", run):
+            runs.write_predictions(folder, "source_test", uids, {"verb": labels}, scores)
+    on_target = aggregate.aggregate([run], layout="settings")
+    assert on_target.cell("ta3n", "ucf→hmdb")[0] == pytest.approx(80.0)  # target's epoch 1
+    on_source = aggregate.aggregate([run], layout="settings", eval_set="source_test")
+    assert on_source.cell("ta3n", "ucf→hmdb")[0] == pytest.approx(70.0)  # source's epoch 2
+    assert on_source.title.startswith("protocol ta3n-ucf-hmdb") and "source_test" in on_source.title
+
+
 def test_published_rows_only_beside_the_protocols_own_numbers(tmp_path, monkeypatch):
     """A spec's published: rows are the protocol's table (its metric, each run's first task,
     the set --set auto scores); a table of --metric top5, --task noun or --set source_test
