@@ -51,3 +51,22 @@ def test_a_cache_the_docs_write_is_where_the_example_spec_they_sweep_reads_it():
             if (REPO / written).resolve() not in expected:
                 wrong.append(f"{spec}: -o {written} is not its cache {caches}")
     assert not wrong, "\n".join(wrong)
+
+
+def test_the_manual_states_the_current_behaviour_and_the_changelog_keeps_the_history():
+    """The pages of docs/ say what avda does now: a dated change note ("until 2026-12-07 it
+    ...", "default since 2026-12-05") belongs in CHANGELOG.md, which README links; the
+    measurement log docs/benchmark_history.md is dated by design."""
+    note = re.compile(r"\b(until|since|before) \d{4}-\d{2}-\d{2}\b", re.IGNORECASE)
+    found = [
+        f"{path.relative_to(REPO)}:{number}: {line.strip()[:80]}"
+        for path in sorted((REPO / "docs").glob("*.md"))
+        if path.name != "benchmark_history.md"
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if note.search(line)
+    ]
+    assert not found, "dated change notes (move them to CHANGELOG.md):\n" + "\n".join(found)
+    changelog = (REPO / "CHANGELOG.md").read_text()
+    days = re.findall(r"^## (\d{4}-\d{2}-\d{2})$", changelog, flags=re.MULTILINE)
+    assert days and days == sorted(days, reverse=True), days  # newest first
+    assert "(CHANGELOG.md)" in (REPO / "README.md").read_text()
