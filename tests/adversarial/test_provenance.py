@@ -130,6 +130,29 @@ def test_a_sweep_does_not_skip_a_finished_run_of_a_rebuilt_cache(tmp_path, capsy
     assert outcome.status == "failed" and "was trained on another cache" in outcome.error
 
 
+def test_an_unfinished_run_resumes_after_its_extraction_recorded_it_finished(trained, capsys):
+    """`avda extract` run again on the finished cache (nothing to do) records its
+    ``finished_rows``, the store's bookkeeping, not its features: the interrupted run resumes
+    (it was refused: `started on ... before its rgb features (finished_rows None -> 48)
+    changed`). So does a run that recorded it when it started (until 2026-12-07)."""
+    cache, out = trained
+    store = open_cache(cache, mode="a")
+    for modality in store.modalities:
+        assert store.record_finished(modality)
+    (out / "run.json").unlink()  # interrupted after its last checkpoint
+    code, _, err = run(capsys, *train_args(cache, out))
+    assert code == 0, err
+    assert (out / "run.json").exists()
+    provenance = json.loads((out / "provenance.json").read_text())
+    for modality, info in provenance["run_data"]["modalities"].items():
+        assert "finished_rows" not in info
+        info["finished_rows"] = store.finished_rows(modality)
+    (out / "provenance.json").write_text(json.dumps(provenance))
+    (out / "run.json").unlink()
+    code, _, err = run(capsys, *train_args(cache, out))
+    assert code == 0, err
+
+
 @pytest.mark.parametrize("change", ["append", "recompute", "fail-a-row"])
 def test_an_unfinished_run_refuses_to_resume_on_its_cache_changed_since(trained, capsys, change):
     """The same store (same cache id), changed under an interrupted run: rows appended by

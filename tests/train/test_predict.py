@@ -130,6 +130,26 @@ def test_another_cache_of_the_same_features_is_predicted_with_the_runs_statistic
     assert len(result) == 2 * 4 * 2 + 2 * 4 * 1 and np.isfinite(result.scores["verb"]).all()
 
 
+def test_a_cache_extracted_later_with_other_rows_is_predicted(tmp_path):
+    """``avda extract`` records how many rows it finished (``finished_rows``, the store's
+    bookkeeping, not how its features were made): a cache of other segments extracted the same
+    way differs in it, and was refused (`its audio features differ from those run ... trained
+    on (finished_rows: run 60, cache 13)`), README's `avda predict` on a new cache."""
+
+    def extracted(path):
+        store = cache_lib.open_cache(path, mode="r+")
+        for modality in store.modalities:
+            assert store.record_finished(modality)
+        return store.num_segments
+
+    make_feature_cache(tmp_path / "c.zarr", per_class=4, K=5)
+    trained_rows = extracted(tmp_path / "c.zarr")
+    _train(tmp_path / "c.zarr", tmp_path / "run", "source-only", epochs=1)
+    make_feature_cache(tmp_path / "new.zarr", per_class=2, K=5, seed=3)
+    assert extracted(tmp_path / "new.zarr") != trained_rows
+    assert len(avda.predict(tmp_path / "run", tmp_path / "new.zarr", progress=False)) == 24
+
+
 def test_a_cache_of_other_features_is_refused_in_one_line(trained, tmp_path):
     make_feature_cache(tmp_path / "d8.zarr", D=8, K=5, modalities=MODALITIES)
     with pytest.raises(

@@ -19,7 +19,7 @@ import secrets
 import shlex
 import shutil
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -179,7 +179,7 @@ class FeatureCache:
             modality, shape=(N,), chunks=(chunk,), dtype=str, overwrite=True
         )
         errors[:] = np.full(N, "", dtype=object)
-        info = {k: v for k, v in info.items() if k != FINISHED_ROWS}  # its rows are pending
+        info = features_record(info)  # its rows are pending
         entry = {"num_clips": num_clips, "num_features": num_features, **info}
         if register:
             provenance = self.provenance
@@ -799,10 +799,20 @@ class FeatureCache:
         return "\n".join(lines)
 
 
-# Start of the error message of a row refused for NaN/inf values (see nonfinite_error).
 # Modality-entry key: the first rows an extraction finished (FeatureCache.finished_rows).
 FINISHED_ROWS = "finished_rows"
 
+
+def features_record(info: Mapping[str, Any]) -> dict[str, Any]:
+    """A modality's provenance entry as the record of how its features were made: without the
+    store's extraction bookkeeping (``finished_rows``, a count of the store's own rows), in which
+    a cache of other segments made the same way differs (``avda predict`` refused one, naming
+    ``finished_rows: run 60, cache 13``; a run's resume refused its cache once an extraction
+    recorded it)."""
+    return {k: v for k, v in info.items() if k != FINISHED_ROWS}
+
+
+# Start of the error message of a row refused for NaN/inf values (see nonfinite_error).
 NONFINITE_PREFIX = "non-finite "
 # Stored as the failed rows' error, read by command-line and Python users alike: both names.
 NONFINITE_EXTRACT_HINT = (

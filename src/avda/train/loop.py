@@ -23,6 +23,7 @@ from avda import environment, runs
 from avda._io import atomic_write_text, progress_bar, quiet_logs
 from avda.cache import FeatureCache
 from avda.cache.lock import run_lock
+from avda.cache.store import features_record
 from avda.errors import AvdaError, RunError, TrainingDiverged
 from avda.scoring.protocols import set_metrics
 from avda.train import setup as setup_lib
@@ -524,7 +525,7 @@ def run_data(setup: setup_lib.RunSetup) -> dict[str, Any]:
     return {
         "num_segments": store.num_segments,
         "manifest_sha256": store.provenance.get("manifest_sha256"),
-        "modalities": {m: store.modality_info(m) for m in setup.modalities},
+        "modalities": {m: features_record(store.modality_info(m)) for m in setup.modalities},
         "segments_sha256": digest.hexdigest(),
         # each training set's own digest: `avda predict` checks the rows an adapting head
         # normalises with at evaluation are still the run's (evaluation rows may be added)
@@ -549,6 +550,8 @@ def _data_changes(recorded: dict[str, Any], current: dict[str, Any]) -> list[str
     elif recorded.get("manifest_sha256") != current.get("manifest_sha256"):
         changes.append("its segment table")
     for modality, info in (recorded.get("modalities") or {}).items():
+        # a run recorded before run_data left finished_rows out: not how features were made
+        info = features_record(info)
         now = (current.get("modalities") or {}).get(modality)
         if now != info:
             keys = sorted(k for k in {*info, *(now or {})} if info.get(k) != (now or {}).get(k))

@@ -35,6 +35,7 @@ import pandas as pd
 from avda import runs
 from avda._io import progress_bar
 from avda.cache import FeatureCache, open_cache
+from avda.cache.store import features_record
 from avda.errors import CacheError, ConfigError, RunError
 from avda.scoring.protocols import set_metrics
 from avda.train import data as data_lib
@@ -289,8 +290,9 @@ def _check_labels(run: Path, store: FeatureCache, rows: np.ndarray, tasks) -> No
 def _comparable(info: dict[str, Any]) -> dict[str, Any]:
     """A modality record as extraction's resume compares it: the weights by their checksum
     (the same file fetched to another folder is the same weights), a record from before the
-    input sources were recorded read from videos."""
-    info = {"input": {"source": "video"}, **info}
+    input sources were recorded read from videos, without the store's own bookkeeping
+    (``finished_rows``: a cache of other segments differs in it)."""
+    info = {"input": {"source": "video"}, **features_record(info)}
     if info.get("weights_sha256"):
         info.pop("weights", None)
     return info
