@@ -54,6 +54,19 @@ def test_a_complete_store_without_the_finished_record_gets_it_from_any_extract(
         assert open_cache(out).finished_rows("rgb") == len(manifest)
 
 
+def test_a_manifest_of_other_videos_is_refused_before_the_cluster_starts(demo_dataset, tmp_path):
+    """One line before any Dask worker starts, not one error per shard task (nor a warning
+    per segment): none of the manifest's videos is under --videos."""
+    _, manifest = demo_dataset
+    (tmp_path / "other").mkdir()
+    options = dict(videos=tmp_path / "other", recipe=TINY, modalities=MODALITIES, workers=0,
+                   chunk_rows=2, progress=False)  # fmt: skip
+    with pytest.raises(ConfigError, match=r"^none of the \d+ video file\(s\) the manifest"):
+        distributed.extract_distributed(
+            manifest, out=tmp_path / "s.zarr", scheduler="local:1", **options
+        )
+
+
 @pytest.mark.parametrize("count", [1, 2, 3, 5])
 def test_shards_are_chunk_disjoint_and_cover_every_row(count):
     chunk_rows, num_rows = 4, 23

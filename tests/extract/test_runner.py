@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 
 from avda.cache import Status, open_cache
-from avda.errors import CacheError
+from avda.errors import CacheError, ConfigError
 from avda.extract import runner, sampling
 
 RECIPE = sampling.get("demo")
@@ -86,6 +86,27 @@ def test_corrupt_video_fails_its_segments_only(demo_dataset, tmp_path, media, ca
     assert f"audio: nothing to do ({len(frame) - n - 1} done, 1 missing input, {n} failed" in (
         caplog.text
     )
+
+
+def test_a_manifest_of_other_videos_is_refused_in_one_line(demo_dataset, tmp_path):
+    """None of the manifest's videos under --videos (UCF-HMDB's lists with a folder of other
+    videos): one error before any segment is read, the store's rows left pending for the right
+    folder. It was a warning per segment (3,209 lines) and a store of failed rows. A finished
+    store whose videos were deleted since still has nothing to do."""
+    root, manifest = demo_dataset
+    other = tmp_path / "other"
+    other.mkdir()
+    first = other / manifest["video_path"].iloc[0]
+    with pytest.raises(ConfigError) as refused:
+        _extract(manifest, other, tmp_path / "c.zarr")
+    message = str(refused.value)
+    videos = manifest["video_path"].nunique()
+    assert f"none of the {videos} video file(s) the manifest names is under --videos" in message
+    assert f"(the first: {first})" in message and "\n" not in message
+    store = open_cache(tmp_path / "c.zarr")
+    assert np.all(store.status("rgb") == Status.PENDING)
+    assert _extract(manifest, root, tmp_path / "c.zarr").ok  # the right folder resumes it
+    assert _extract(manifest, other, tmp_path / "c.zarr").done == 2 * len(manifest)
 
 
 def test_mismatching_store_is_refused(reference_store, demo_dataset, tmp_path):

@@ -446,7 +446,7 @@ def find_problems(
         root = Path(videos)
         checked: dict[str, bool] = {}
         durations: dict[str, float | str | None] = {}  # seconds, or why it cannot be opened
-        paths = [_video_path_or_none(row, root) for row in frame.itertuples(index=False)]
+        paths = [video_path_or_none(row, root) for row in frame.itertuples(index=False)]
         for i, p in enumerate(paths):
             if p is None:  # an id or video_path that is not a safe path: reported above
                 continue
@@ -518,7 +518,7 @@ def _declared_duration(path: Path) -> float | str | None:
         return f"{path} cannot be opened as a video: {str(exc).splitlines()[0][:200]}"
 
 
-def _video_path_or_none(row: object, root: Path) -> Path | None:
+def video_path_or_none(row: object, root: Path) -> Path | None:
     try:
         return video_path(row, root)
     except (ConfigError, ManifestError):

@@ -133,6 +133,9 @@ def extract_distributed(
         if not work:  # finished: recorded (a store made before finished_rows), as unsharded
             runner.record_finished(Path(out), [m.modality for m in modalities], sharded=False)
     del built
+    if work:  # one line, not an error per shard task
+        for spec in modalities:
+            inputs.check_videos(segments, spec.modality)
     if not work:  # a complete store: no cluster to start (nor a script to re-run in it)
         log.info("every segment of every modality is already extracted: nothing to do")
         return runner.summarise(

@@ -889,6 +889,7 @@ def _extract_modality(
             ", ".join(f"{n} {name}" for name, n in counts.items() if n) or "no segments",
         )
         return
+    inputs.check_videos(segments, spec.modality)  # rows to read: from videos that exist?
     shared = shared_inputs(segments, rows, recipe)  # first row -> the rows reading its input
     log.info(
         "%s: %d segments to extract with %s on %s in %s%s",
