@@ -380,6 +380,19 @@ def test_missing_annotations_folder_says_how_to_fix(tmp_path):
         build("epic55-mmsada", tmp_path)
 
 
+@pytest.mark.parametrize("benchmark", ["epic55-mmsada", "epic100-uda", "charades-ego", "ucf-hmdb"])
+def test_an_annotation_file_for_a_folder_benchmark_is_named_as_a_file(shared_data, benchmark):
+    """`--annotations` one file (help: "Folder (or table file)") of a benchmark that reads a
+    folder: it was looked into as a folder, 'none of D1_train.pkl found in X.csv,
+    X.csv/epic55_mmsada_splits, ...'."""
+    table = shared_data / "annotations" / "charadesego_v0" / "CharadesEgo_v0_test.csv"
+    with pytest.raises(ManifestError) as refused:
+        build(benchmark, table)
+    message = str(refused.value)
+    assert message.startswith(f"{benchmark}: --annotations {table} is a file, and"), message
+    assert "pass the folder that holds them" in message and f"{table}/" not in message
+
+
 def test_mmsada_pickle_rows_are_named_by_uid(shared_data, tmp_path):
     root = tmp_path / "splits"
     shutil.copytree(shared_data / "annotations" / "epic55_mmsada_splits", root)

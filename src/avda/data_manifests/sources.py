@@ -202,6 +202,13 @@ def check_annotations_folder(annotations: Path, benchmark: str) -> Path:
             f"{benchmark}: annotations path {annotations} does not exist; pass --annotations "
             "the folder that holds the benchmark's annotation files"
         )
+    if not annotations.is_dir():  # it was looked into as a folder: 'none of ... found in FILE/'
+        raise ManifestError(
+            f"{benchmark}: --annotations {annotations} is a file, and {benchmark} reads a "
+            "folder of annotation files: pass the folder that holds them (see "
+            "docs/benchmarks.md); a single table file is read by the generic and actorshift "
+            "benchmarks"
+        )
     return annotations
 
 
