@@ -409,6 +409,30 @@ def test_rebuilding_a_head_does_not_repeat_its_training_warnings(tmp_path, caplo
     assert "one visual modality" not in caplog.text and "consensus over" not in caplog.text
 
 
+def test_rebuilding_a_run_does_not_repeat_its_rows_warnings(tmp_path, caplog):
+    """A target row without audio: `avda report` printed training's warning, with its hint
+    `--set modalities=[rgb] leaves audio out`, again per run (4 lines for 3 runs on the
+    shared media, whose demo.mp4 has no audio track)."""
+    from avda.cache import Status, open_cache
+
+    cache = tmp_path / "features.zarr"
+    make_feature_cache(cache, per_class=3)
+    store = open_cache(cache, mode="r+")
+    rows = np.flatnonzero((store.segments["domain"] == "target").to_numpy())[:2]
+    info = store.modality_info("audio")
+    zeros = np.zeros((len(rows), info["num_clips"], info["num_features"]), dtype=np.float32)
+    store.write("audio", rows, zeros, np.full(len(rows), int(Status.MISSING)), ["no audio"] * 2)
+    run = tmp_path / "dann"
+    with caplog.at_level(logging.INFO, logger="avda"):
+        train(cache=cache, head="dann", source=["source"], target=["target"], out=run,
+              overrides={"epochs": 1}, progress=False)  # fmt: skip
+        assert "have no audio input" in caplog.text  # what training says
+        caplog.clear()
+        embedding = head_embedding(run, 20)
+    assert embedding.after.shape[0] == 20
+    assert "have no audio input" not in caplog.text and "modalities=" not in caplog.text
+
+
 def test_report_shows_the_per_class_table_as_sklearn_counts_it(trained, tmp_path):
     # The report drew per-class bars per run but had no per-class table: a reader could not
     # see each class's accuracy as mean ± std over seeds beside the paper table

@@ -34,21 +34,25 @@ class HeadEmbedding:
 
 
 @contextlib.contextmanager
-def _heads_quiet() -> Iterator[None]:
-    """The head's own records while it is rebuilt (its warnings about its config on this
-    cache, e.g. cia's "one visual modality: add flow"): the run logged them when it trained,
-    and a report repeated them per run as if they were the report's; errors pass, and
+def _as_trained_quiet() -> Iterator[None]:
+    """The records of what the run did when it trained, while the report does it again: the
+    head's warnings about its config on this cache (cia's "one visual modality: add flow"),
+    and the rows' (``avda.train.data``: "12 selected segments (target train/val/test) have no
+    audio input ... --set modalities=[rgb] leaves audio out", a training hint). The run logged
+    them; a report repeated them per run as if they were the report's; errors pass, and
     everything with ``avda -v``."""
-    logger = logging.getLogger("avda.train.heads")
-    if logger.isEnabledFor(logging.DEBUG):
+    loggers = [logging.getLogger(name) for name in ("avda.train.heads", "avda.train.data")]
+    if loggers[0].isEnabledFor(logging.DEBUG):
         yield
         return
-    previous = logger.level
-    logger.setLevel(logging.ERROR)
+    previous = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
     try:
         yield
     finally:
-        logger.setLevel(previous)
+        for logger, level in zip(loggers, previous, strict=True):
+            logger.setLevel(level)
 
 
 def _sample(rows: np.ndarray, limit: int, rng: np.random.Generator) -> np.ndarray:
@@ -89,10 +93,11 @@ def head_embedding(run: Path, max_points: int = 500, seed: int = 0) -> HeadEmbed
     statistics = state.get("standardize") or {}
     store, modalities = setup.store, setup.modalities
     splits = ["train", "val", "test"]
-    data_rows = {
-        side: data_lib.select_rows(store, config[side], splits, modalities)
-        for side in ("source", "target")
-    }
+    with _as_trained_quiet():
+        data_rows = {
+            side: data_lib.select_rows(store, config[side], splits, modalities)
+            for side in ("source", "target")
+        }
     # unlabelled-only rows (CharadesEgo's whole-video rows) are never source rows in training
     data_rows["source"] = data_rows["source"][~unlabelled_only(store, data_rows["source"])]
     rng = np.random.default_rng(seed)
@@ -102,19 +107,20 @@ def head_embedding(run: Path, max_points: int = 500, seed: int = 0) -> HeadEmbed
         for side, rows in data_rows.items()
     }
     shapes = {m: tuple(sides["source"].inputs[m].shape[1:]) for m in modalities}
-    with _heads_quiet():
+    with _as_trained_quiet():
         model = setup.build_head(shapes)
     adaptation = None
     empty = setup.load("source_train", np.zeros(0, np.int64), statistics)
     train_set = empty
     if model.adapts_at_evaluation or staged:  # the rows the run trained with
-        source_train, target_train = training_rows(
-            store, config["source"], config["target"], modalities, setup.config
-        )
+        with _as_trained_quiet():
+            source_train, target_train = training_rows(
+                store, config["source"], config["target"], modalities, setup.config
+            )
         adaptation = setup.load("target_train", target_train, statistics)
         if staged:  # its stages reload from RUN/stages, keyed by these rows (avda predict)
             train_set = setup.load("source_train", source_train, statistics)
-    with _heads_quiet():
+    with _as_trained_quiet():
         model.prepare(
             TrainingContext(
                 run=run,
