@@ -150,6 +150,28 @@ def test_a_cache_extracted_later_with_other_rows_is_predicted(tmp_path):
     assert len(avda.predict(tmp_path / "run", tmp_path / "new.zarr", progress=False)) == 24
 
 
+def test_rows_without_audio_are_named_without_trainings_hint(tmp_path, caplog):
+    """A predicted row without audio is named once per set, without `--set modalities=[...]
+    leaves audio out` (a hint to train without it: the run's modalities are its own; the
+    Python API said it in the command line's words), and the run's training rows that an
+    adapting head re-reads do not repeat training's warning."""
+    cache = tmp_path / "c.zarr"
+    make_feature_cache(cache, per_class=4, K=5)
+    store = cache_lib.open_cache(cache, mode="r+")
+    target = store.segments["domain"] == "target"
+    rows = np.flatnonzero((target & (store.segments["split"] == "train")).to_numpy())[:2]
+    info = store.modality_info("audio")
+    zeros = np.zeros((len(rows), info["num_clips"], info["num_features"]), dtype=np.float32)
+    store.write("audio", rows, zeros, np.full(len(rows), 3), ["no audio track"] * 2)
+    _train(cache, tmp_path / "run", "adabn", epochs=1)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="avda"):
+        avda.predict(tmp_path / "run", progress=False)
+    named = [r.getMessage() for r in caplog.records if "have no audio input" in r.getMessage()]
+    assert len(named) == 1 and "(target train)" in named[0], named
+    assert "modalities" not in named[0] and named[0].endswith("their audio features are zeros")
+
+
 def test_a_cache_of_other_features_is_refused_in_one_line(trained, tmp_path):
     make_feature_cache(tmp_path / "d8.zarr", D=8, K=5, modalities=MODALITIES)
     with pytest.raises(

@@ -219,6 +219,7 @@ def select_rows(
     modalities: Sequence[str],
     *,
     quiet: bool = False,
+    trains: bool = True,
 ) -> np.ndarray:
     """Rows of ``domains`` x ``splits`` whose features are usable in every modality.
 
@@ -226,7 +227,9 @@ def select_rows(
     (status ``missing``: zero features, e.g. a video without an audio track) is kept with those
     zeros when another modality has its input, and left out when none does (it has nothing to
     be read from); both are logged with their counts, as the zeros are not features (unless
-    ``quiet``: rows the caller's head never reads)."""
+    ``quiet``: rows the caller's head never reads), with the ``--set modalities=...`` that
+    trains without a modality where the rows are read to train (``trains``; not a finished
+    run's rows that ``avda predict`` scores: its modalities are its own)."""
     segments = cache.segments
     mask = (
         segments["domain"].isin(list(domains)).to_numpy()
@@ -259,12 +262,13 @@ def select_rows(
     for modality, rows in missing.items():
         count = int(np.sum(kept & rows))
         if count and not quiet:
-            others = [m for m in modalities if m != modality]
+            others = ",".join(m for m in modalities if m != modality)
+            fix = f"; --set modalities=[{others}] leaves {modality} out" if trains else ""
             log.warning(
                 "%d selected segments (%s) have no %s input (status missing, e.g. %s; %s): "
-                "their %s features are zeros; --set modalities=[%s] leaves %s out",
+                "their %s features are zeros%s",
                 *(count, where, modality, _why_missing(cache, [modality], kept & rows)),
-                *(_some_uids(segments, kept & rows), modality, ",".join(others), modality),
+                *(_some_uids(segments, kept & rows), modality, fix),
             )
     return np.flatnonzero(kept)
 

@@ -6,10 +6,7 @@ evaluation does not import training.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import logging
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +14,7 @@ import torch
 
 from avda import runs
 from avda.train import data as data_lib
-from avda.train.setup import RunSetup, training_rows, unlabelled_only
+from avda.train.setup import RunSetup, quiet_as_trained, training_rows, unlabelled_only
 from avda.train.stages import TrainingContext
 
 
@@ -31,28 +28,6 @@ class HeadEmbedding:
     is_target: np.ndarray
     classes: np.ndarray | None
     task: str | None
-
-
-@contextlib.contextmanager
-def _as_trained_quiet() -> Iterator[None]:
-    """The records of what the run did when it trained, while the report does it again: the
-    head's warnings about its config on this cache (cia's "one visual modality: add flow"),
-    and the rows' (``avda.train.data``: "12 selected segments (target train/val/test) have no
-    audio input ... --set modalities=[rgb] leaves audio out", a training hint). The run logged
-    them; a report repeated them per run as if they were the report's; errors pass, and
-    everything with ``avda -v``."""
-    loggers = [logging.getLogger(name) for name in ("avda.train.heads", "avda.train.data")]
-    if loggers[0].isEnabledFor(logging.DEBUG):
-        yield
-        return
-    previous = [logger.level for logger in loggers]
-    for logger in loggers:
-        logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        for logger, level in zip(loggers, previous, strict=True):
-            logger.setLevel(level)
 
 
 def _sample(rows: np.ndarray, limit: int, rng: np.random.Generator) -> np.ndarray:
@@ -93,7 +68,7 @@ def head_embedding(run: Path, max_points: int = 500, seed: int = 0) -> HeadEmbed
     statistics = state.get("standardize") or {}
     store, modalities = setup.store, setup.modalities
     splits = ["train", "val", "test"]
-    with _as_trained_quiet():
+    with quiet_as_trained():
         data_rows = {
             side: data_lib.select_rows(store, config[side], splits, modalities)
             for side in ("source", "target")
@@ -107,20 +82,20 @@ def head_embedding(run: Path, max_points: int = 500, seed: int = 0) -> HeadEmbed
         for side, rows in data_rows.items()
     }
     shapes = {m: tuple(sides["source"].inputs[m].shape[1:]) for m in modalities}
-    with _as_trained_quiet():
+    with quiet_as_trained():
         model = setup.build_head(shapes)
     adaptation = None
     empty = setup.load("source_train", np.zeros(0, np.int64), statistics)
     train_set = empty
     if model.adapts_at_evaluation or staged:  # the rows the run trained with
-        with _as_trained_quiet():
+        with quiet_as_trained():
             source_train, target_train = training_rows(
                 store, config["source"], config["target"], modalities, setup.config
             )
         adaptation = setup.load("target_train", target_train, statistics)
         if staged:  # its stages reload from RUN/stages, keyed by these rows (avda predict)
             train_set = setup.load("source_train", source_train, statistics)
-    with _as_trained_quiet():
+    with quiet_as_trained():
         model.prepare(
             TrainingContext(
                 run=run,

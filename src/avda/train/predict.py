@@ -43,7 +43,7 @@ from avda.train import heads as heads_lib
 from avda.train import loop as loop_lib
 from avda.train.data import FeatureSet
 from avda.train.heads._base import shape_errors
-from avda.train.setup import RunSetup, evaluation_rows, training_rows
+from avda.train.setup import RunSetup, evaluation_rows, quiet_as_trained, training_rows
 from avda.train.stages import TrainingContext
 
 log = logging.getLogger(__name__)
@@ -368,7 +368,7 @@ def prediction_rows(
         if not members:
             continue
         for split in sorted(chosen_splits, key=lambda s: (order.get(s, 3), s)):
-            rows = data_lib.select_rows(store, members, [split], modalities)
+            rows = data_lib.select_rows(store, members, [split], modalities, trains=False)
             if len(rows):
                 name = f"{role}_{split}" + ("_rows" if split == "train" else "")
                 sets[name + suffix] = rows
@@ -415,17 +415,16 @@ def predict_run(
     # the run's own cache: predicted on, or read for the run's training sets (a staged head's
     # stages, an adapting head's target statistics)
     needs_run_cache = own_cache or cls.staged or cls.adapts_at_evaluation
-    run_setup = (
-        RunSetup.from_run(
-            run, device, cache=_open_run_cache(run, config, given if own_cache else None)
+    with quiet_as_trained():  # planning the run again: the rows are named once, below
+        run_setup = (
+            RunSetup.from_run(
+                run, device, cache=_open_run_cache(run, config, given if own_cache else None)
+            )
+            if needs_run_cache
+            else None
         )
-        if needs_run_cache
-        else None
-    )
-    if own_cache:
-        setup = run_setup
-    else:
-        setup = RunSetup.from_run(run, device, cache=given)
+        setup = run_setup if own_cache else RunSetup.from_run(run, device, cache=given)
+    if not own_cache:
         recorded = _recorded_features(run, run_setup.store if run_setup else None)
         _check_same_features(run, recorded, setup.store, setup.modalities)
         _check_same_recipe_and_classes(run, provenance or {}, setup.store)
@@ -458,20 +457,19 @@ def predict_run(
     empty = setup.load("source_train", np.zeros(0, np.int64), statistics)
     train_set, target_set = empty, setup.load("target_train", np.zeros(0, np.int64))
     if run_setup is not None and (cls.staged or cls.adapts_at_evaluation):
-        source_rows, target_rows = training_rows(
-            run_setup.store, config["source"], config["target"], modalities, run_setup.config
-        )
+        with quiet_as_trained():  # the run's rows, as it logged them when it trained
+            source_rows, target_rows = training_rows(
+                run_setup.store, config["source"], config["target"], modalities, run_setup.config
+            )
+            eval_rows = evaluation_rows(
+                run_setup.store, config["source"], config["target"], modalities
+            )
         used = {
             "target_train": target_rows,
             **({"source_train": source_rows} if cls.staged else {}),
         }
         as_trained = dataclasses.replace(  # the rows the run's loop reads now
-            run_setup,
-            source_rows=source_rows,
-            target_rows=target_rows,
-            eval_rows=evaluation_rows(
-                run_setup.store, config["source"], config["target"], modalities
-            ),
+            run_setup, source_rows=source_rows, target_rows=target_rows, eval_rows=eval_rows
         )
         _check_training_rows(run, provenance, run_setup.store, used, as_trained)
         target_set = run_setup.load("target_train", target_rows, statistics)

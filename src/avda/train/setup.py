@@ -10,9 +10,10 @@ sets with the source-train input statistics applied. :func:`avda.train.loop.trai
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -138,6 +139,28 @@ def unlabelled_only(store: FeatureCache, rows: np.ndarray) -> np.ndarray:
         return np.zeros(len(rows), dtype=bool)
     marks = segments[UNLABELLED_ONLY].iloc[rows].fillna("").to_numpy(dtype=str)
     return np.char.strip(marks) == UNLABELLED_ONLY_VALUE
+
+
+@contextlib.contextmanager
+def quiet_as_trained() -> Iterator[None]:
+    """The records of what a finished run logged when it trained, while a report or ``avda
+    predict`` does it again (rebuilding its head, reading its rows): the head's warnings about
+    its config on this cache (cia's "one visual modality: add flow") and the rows' (``N
+    selected segments (target train) have no audio input ... --set modalities=[rgb] leaves
+    audio out``, a training hint). A report repeated them per run as if they were its own;
+    errors pass, and everything with ``avda -v``."""
+    loggers = [logging.getLogger(name) for name in ("avda.train.heads", "avda.train.data")]
+    if loggers[0].isEnabledFor(logging.DEBUG):
+        yield
+        return
+    previous = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, previous, strict=True):
+            logger.setLevel(level)
 
 
 def training_rows(
@@ -467,6 +490,7 @@ __all__ = [
     "input_statistics",
     "labelled_target_rows",
     "plan",
+    "quiet_as_trained",
     "training_rows",
     "unlabelled_only",
 ]
