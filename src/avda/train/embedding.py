@@ -14,7 +14,7 @@ import torch
 
 from avda import runs
 from avda.train import data as data_lib
-from avda.train.setup import RunSetup, quiet_as_trained, training_rows, unlabelled_only
+from avda.train.setup import RunSetup, quiet_repeated, training_rows, unlabelled_only
 from avda.train.stages import TrainingContext
 
 
@@ -68,7 +68,7 @@ def head_embedding(run: Path, max_points: int = 500, seed: int = 0) -> HeadEmbed
     statistics = state.get("standardize") or {}
     store, modalities = setup.store, setup.modalities
     splits = ["train", "val", "test"]
-    with quiet_as_trained():
+    with quiet_repeated():
         data_rows = {
             side: data_lib.select_rows(store, config[side], splits, modalities)
             for side in ("source", "target")
@@ -82,20 +82,20 @@ def head_embedding(run: Path, max_points: int = 500, seed: int = 0) -> HeadEmbed
         for side, rows in data_rows.items()
     }
     shapes = {m: tuple(sides["source"].inputs[m].shape[1:]) for m in modalities}
-    with quiet_as_trained():
+    with quiet_repeated():
         model = setup.build_head(shapes)
     adaptation = None
     empty = setup.load("source_train", np.zeros(0, np.int64), statistics)
     train_set = empty
     if model.adapts_at_evaluation or staged:  # the rows the run trained with
-        with quiet_as_trained():
+        with quiet_repeated():
             source_train, target_train = training_rows(
                 store, config["source"], config["target"], modalities, setup.config
             )
         adaptation = setup.load("target_train", target_train, statistics)
         if staged:  # its stages reload from RUN/stages, keyed by these rows (avda predict)
             train_set = setup.load("source_train", source_train, statistics)
-    with quiet_as_trained():
+    with quiet_repeated():
         model.prepare(
             TrainingContext(
                 run=run,

@@ -43,7 +43,7 @@ from avda.train import heads as heads_lib
 from avda.train import loop as loop_lib
 from avda.train.data import FeatureSet
 from avda.train.heads._base import shape_errors
-from avda.train.setup import RunSetup, evaluation_rows, quiet_as_trained, training_rows
+from avda.train.setup import RunSetup, evaluation_rows, quiet_repeated, training_rows
 from avda.train.stages import TrainingContext
 
 log = logging.getLogger(__name__)
@@ -415,7 +415,7 @@ def predict_run(
     # the run's own cache: predicted on, or read for the run's training sets (a staged head's
     # stages, an adapting head's target statistics)
     needs_run_cache = own_cache or cls.staged or cls.adapts_at_evaluation
-    with quiet_as_trained():  # planning the run again: the rows are named once, below
+    with quiet_repeated():  # planning the run again: the rows are named once, below
         run_setup = (
             RunSetup.from_run(
                 run, device, cache=_open_run_cache(run, config, given if own_cache else None)
@@ -457,7 +457,7 @@ def predict_run(
     empty = setup.load("source_train", np.zeros(0, np.int64), statistics)
     train_set, target_set = empty, setup.load("target_train", np.zeros(0, np.int64))
     if run_setup is not None and (cls.staged or cls.adapts_at_evaluation):
-        with quiet_as_trained():  # the run's rows, as it logged them when it trained
+        with quiet_repeated():  # the run's rows, as it logged them when it trained
             source_rows, target_rows = training_rows(
                 run_setup.store, config["source"], config["target"], modalities, run_setup.config
             )

@@ -142,13 +142,14 @@ def unlabelled_only(store: FeatureCache, rows: np.ndarray) -> np.ndarray:
 
 
 @contextlib.contextmanager
-def quiet_as_trained() -> Iterator[None]:
-    """The records of what a finished run logged when it trained, while a report or ``avda
-    predict`` does it again (rebuilding its head, reading its rows): the head's warnings about
-    its config on this cache (cia's "one visual modality: add flow") and the rows' (``N
-    selected segments (target train) have no audio input ... --set modalities=[rgb] leaves
-    audio out``, a training hint). A report repeated them per run as if they were its own;
-    errors pass, and everything with ``avda -v``."""
+def quiet_repeated() -> Iterator[None]:
+    """The records of a head built or rows read again, which the run logs itself (when it
+    trains, or logged when it trained): the head's warnings about its config on this cache
+    (cia's "one visual modality: add flow", audio-adaptive's "3 classes, so absent_classes=2")
+    and the rows' (``N selected segments (target train) have no audio input ... --set
+    modalities=[rgb] leaves audio out``, a training hint). A report and ``avda predict``
+    repeated them per run as if they were their own, and ``check_head``'s build before the
+    run's said the head's twice; errors pass, and everything with ``avda -v``."""
     loggers = [logging.getLogger(name) for name in ("avda.train.heads", "avda.train.data")]
     if loggers[0].isEnabledFor(logging.DEBUG):
         yield
@@ -293,7 +294,8 @@ class RunSetup:
         (its own ValueError / TypeError, or a ConfigError) is raised before a run folder is
         written or a sweep's cluster starts."""
         sample = self.load("source_train", self.source_rows[:2])
-        self.build_head({m: tuple(sample.inputs[m].shape[1:]) for m in self.modalities})
+        with quiet_repeated():  # the run's own build logs what the head says
+            self.build_head({m: tuple(sample.inputs[m].shape[1:]) for m in self.modalities})
 
     @classmethod
     def from_run(
@@ -490,7 +492,7 @@ __all__ = [
     "input_statistics",
     "labelled_target_rows",
     "plan",
-    "quiet_as_trained",
+    "quiet_repeated",
     "training_rows",
     "unlabelled_only",
 ]
