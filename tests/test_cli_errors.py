@@ -116,7 +116,7 @@ CASES = [
     ("cache import folder --format h5 -o imp.zarr", 1, "is a directory: folder"),
     ("cache export nope.zarr -o x.h5", 1, "cache nope.zarr does not exist"),
     ("cache export c.zarr -o folder", 1, "-o folder is a folder"),
-    ("cache export c.zarr -o x.h5 --modalities nope", 1, "has no 'nope' features"),
+    ("cache export c.zarr -o x.h5 --modalities nope", 1, "unknown modality 'nope'; valid"),
     ("cache export c.zarr -o x.h5 --format csv", 1, "--format 'csv': expected h5 or epic-pkl"),
     ("cache export c.zarr -o a-file.txt/x.h5", 1, "a file of that name exists"),
     ("cache info nope.zarr", 1, "cache nope.zarr does not exist"),
@@ -124,7 +124,7 @@ CASES = [
     ("cache infos c.zarr", 2, "No such command 'infos'"),
     # cluster
     ("cluster nope.zarr", 1, "cache nope.zarr does not exist"),
-    ("cluster c.zarr --modality nope", 1, "has no 'nope' features"),
+    ("cluster c.zarr --modality nope", 1, "unknown modality 'nope'; valid: audio, rgb"),
     ("cluster c.zarr --plot a-file.txt", 1, "--plot a-file.txt is a file"),
     ("cluster c.zarr --max-k 0", 1, "--max-k must be >= 1"),
     # train

@@ -185,3 +185,20 @@ def test_a_damaged_chunk_file_is_one_error_naming_it_and_the_fix(tmp_path, group
     assert f"{group}/rgb/c/1" in message and "rows 8-15" in message
     assert "avda extract" in message
     assert len(store.load("audio")) == store.num_segments  # the other modality still reads
+
+
+def test_a_modality_typo_is_named_as_one_and_a_missing_one_says_how_to_extract_it(tmp_path):
+    """`avda cluster STORE --modality rgbb` was told to `run avda extract with --modalities
+    rgbb`, a modality extraction does not know; a real one the store lacks still is."""
+    store = cache_lib.create(
+        tmp_path / "c.zarr", _segments(), manifest_sha256="ab" * 32, recipe={"name": "r"}
+    )
+    store.add_modality("rgb", num_clips=3, num_features=5, info={"backbone": "i3d"})
+    with pytest.raises(CacheError) as typo:
+        store.modality_info("rgbb")
+    assert str(typo.value) == (
+        f"unknown modality 'rgbb'; did you mean 'rgb'? valid: rgb (the modalities of cache "
+        f"{store.path})"
+    )
+    with pytest.raises(CacheError, match=r"no 'audio' features \(it has: rgb\); run `avda ext"):
+        store.modality_info("audio")

@@ -33,6 +33,7 @@ from avda.cache.schema import Status
 from avda.data_manifests.schema import is_class_tables
 from avda.errors import CacheError
 from avda.paths import check_no_outward_links
+from avda.registry import unknown_name_message
 
 log = logging.getLogger(__name__)
 
@@ -75,13 +76,18 @@ class FeatureCache:
 
     def modality_info(self, modality: str) -> dict[str, Any]:
         infos = self.provenance["modalities"]
-        if modality not in infos:
-            known = ", ".join(sorted(infos)) or "none"
+        if modality in infos:
+            return dict(infos[modality])
+        if modality not in EXTRACTED_MODALITIES and infos:  # a typo: `avda cluster --modality rgbb`
             raise CacheError(
-                f"cache {self.path} has no {modality!r} features (it has: {known}); "
-                f"run `avda extract` with --modalities {modality}"
+                unknown_name_message("modality", modality, infos)
+                + f" (the modalities of cache {self.path})"
             )
-        return dict(infos[modality])
+        known = ", ".join(sorted(infos)) or "none"
+        raise CacheError(
+            f"cache {self.path} has no {modality!r} features (it has: {known}); "
+            f"run `avda extract` with --modalities {modality}"
+        )
 
     def finetuning(self, modality: str) -> tuple[dict[str, Any] | None, bool]:
         """The `avda finetune` run that trained ``modality``'s weights, and whether the store
@@ -799,6 +805,8 @@ class FeatureCache:
         return "\n".join(lines)
 
 
+# What `avda extract --modalities` makes (an import may add others, named after its keys).
+EXTRACTED_MODALITIES = ("rgb", "flow", "audio")
 # Modality-entry key: the first rows an extraction finished (FeatureCache.finished_rows).
 FINISHED_ROWS = "finished_rows"
 
