@@ -101,8 +101,9 @@ def test_a_manifest_of_other_videos_is_refused_in_one_line(demo_dataset, tmp_pat
         _extract(manifest, other, tmp_path / "c.zarr")
     message = str(refused.value)
     videos = manifest["video_path"].nunique()
-    assert f"none of the {videos} video file(s) the manifest names is under --videos" in message
-    assert f"(the first: {first})" in message and "\n" not in message
+    assert f"none of the {videos} video file(s) the manifest names is in {other} " in message
+    assert f"(--videos; the first: {first})" in message and "\n" not in message
+    assert "give --videos the folder they are in" in message
     store = open_cache(tmp_path / "c.zarr")
     assert np.all(store.status("rgb") == Status.PENDING)
     assert _extract(manifest, root, tmp_path / "c.zarr").ok  # the right folder resumes it

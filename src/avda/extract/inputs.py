@@ -152,10 +152,10 @@ class InputPaths:
         if not paths or any(path.exists() for path in paths):
             return
         raise ConfigError(
-            f"none of the {len(paths)} video file(s) the manifest names is under --videos "
-            f"{self.videos} (the first: {paths[0]}{manifest_schema.same_name_hint(paths[0])}): "
-            "a manifest of other videos, or --videos another folder? `avda manifest validate "
-            "MANIFEST --videos DIR` lists every row"
+            f"none of the {len(paths)} video file(s) the manifest names is in {self.videos} "
+            f"(--videos; the first: {paths[0]}{manifest_schema.same_name_hint(paths[0])}): "
+            "give --videos the folder they are in, or a manifest of the videos there (`avda "
+            "manifest validate MANIFEST --videos DIR` lists every row)"
         )
 
 
