@@ -5,6 +5,7 @@ interrupted)."""
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import os
 import re
@@ -284,24 +285,57 @@ def test_keyboard_interrupt_is_one_line_and_130(capsys, in_work, monkeypatch, ar
         assert message == "interrupted"
 
 
-def _epochs_recorded(run: Path) -> bool:
-    """Whether ``run``'s metrics.jsonl holds a whole epoch's record: the loop is in its epochs
-    (config.yaml is written before the data loads and the head is checked)."""
+def _epochs_recorded(run: Path, after: int = 0) -> bool:
+    """Whether ``run``'s metrics.jsonl holds more than ``after`` whole epochs' records: the
+    loop is in its epochs (config.yaml is written before the data loads and the head is
+    checked)."""
     try:
         text = (run / "metrics.jsonl").read_text()
     except FileNotFoundError:
         return False
-    return text.endswith("\n") and bool(text.strip())
+    return text.endswith("\n") and len(text.splitlines()) > after
 
 
-def test_sigint_to_a_running_train_exits_130_with_the_resume_line(work, tmp_path):
-    """A real Ctrl-C: SIGINT to an ``avda train`` subprocess in the middle of its epochs.
+@pytest.mark.parametrize(
+    ("signum", "said"),
+    [
+        (signal.SIGINT, "interrupted"),
+        # SLURM/PBS at a job's time limit, scancel, kill: Python's default ended the process on
+        # the spot without a word (exit -15); it unwinds as from Ctrl-C and says so (exit 143)
+        (signal.SIGTERM, "terminated (SIGTERM)"),
+    ],
+    ids=["SIGINT", "SIGTERM"],
+)
+def test_sigint_to_a_running_train_exits_130_with_the_resume_line(work, tmp_path, signum, said):
+    """A real Ctrl-C: SIGINT to an ``avda train`` subprocess in the middle of its epochs (and
+    SIGTERM, which a batch scheduler sends: exit 143, the same line).
 
     Waits for the first epoch's record, not a fixed time: a loaded machine takes over a minute
     to import torch and load the cache (the 60 s it had to write config.yaml ran out at load
     10), and a fixed sleep after config.yaml sent SIGINT during the set-up at one load and deep
     in the epochs at another."""
     out = tmp_path / "run"
+    err = _train_until_an_epoch_then(signum, work, out)
+    message = one_line(err, logs=True)
+    assert message == f"{said}; avda train resumes where it stopped: run the same command again"
+    if signum == signal.SIGTERM:  # and it does: the same command goes on from where it stopped
+        before = _epochs(out)
+        _train_until_an_epoch_then(signum, work, out, after=len(before))
+        after = _epochs(out)
+        assert after[: len(before)] == before and len(after) > len(before)
+        assert [record["epoch"] for record in after] == list(range(1, len(after) + 1))
+
+
+def _epochs(run: Path) -> list[dict]:
+    """Its epochs' records without their times (an epoch past the last checkpoint is trained
+    again on resume: the same numbers, another time)."""
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in record.items() if k != "seconds"} for record in records]
+
+
+def _train_until_an_epoch_then(signum, work, out: Path, after: int = 0) -> str:
+    """Start ``avda train`` (source-only, 100,000 epochs) into ``out``, send ``signum`` once
+    its metrics.jsonl holds more than ``after`` whole epochs' records, return its stderr."""
     env = {**os.environ, "AVDA_DEBUG": ""}
     process = subprocess.Popen(
         [
@@ -331,30 +365,28 @@ def test_sigint_to_a_running_train_exits_130_with_the_resume_line(work, tmp_path
     try:
         # generous: a hang is caught by the deadlines, a slow machine only waits longer
         deadline = time.monotonic() + 600
-        while not _epochs_recorded(out):
+        while not _epochs_recorded(out, after):
             assert process.poll() is None, process.communicate()
             assert time.monotonic() < deadline, "train recorded no epoch within 600 s"
             time.sleep(0.1)
-        process.send_signal(signal.SIGINT)
+        process.send_signal(signum)
         try:
             _, err = process.communicate(timeout=300)
         except subprocess.TimeoutExpired:
             process.send_signal(signal.SIGABRT)  # faulthandler prints the threads' stacks
             _, err = process.communicate(timeout=60)
-            pytest.fail(f"avda train did not exit within 300 s of SIGINT; its stderr:\n{err}")
+            pytest.fail(f"avda train did not exit within 300 s of {signum!r}; its stderr:\n{err}")
     finally:
         if process.poll() is None:
             process.kill()
-    # 130, or death by SIGINT, which a shell reports as the same 130: under ``python -m``,
-    # CPython re-raises the signal at exit when the interrupt landed while a string was
+    # SIGINT: 130, or death by SIGINT, which a shell reports as the same 130: under ``python
+    # -m``, CPython re-raises the signal at exit when the interrupt landed while a string was
     # exec'd (dataclasses build their methods so, and torch imports some lazily at the first
     # optimiser step), although avda caught it (CPython's pymain_run_module /
-    # unhandled_keyboard_interrupt); the ``avda`` script always exits 130.
-    assert process.returncode in (130, -signal.SIGINT), err
-    message = one_line(err, logs=True)
-    assert message == (
-        "interrupted; avda train resumes where it stopped: run the same command again"
-    )
+    # unhandled_keyboard_interrupt); the ``avda`` script always exits 130. SIGTERM: 143.
+    codes = (130, -signal.SIGINT) if signum == signal.SIGINT else (128 + signal.SIGTERM,)
+    assert process.returncode in codes, err
+    return err
 
 
 def test_demo_with_a_missing_checkpoint_is_refused_before_making_its_dataset(capsys, tmp_path):

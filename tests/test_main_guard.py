@@ -55,11 +55,12 @@ def test_a_complete_store_needs_no_cluster_nor_guard(tmp_path):
     import avda
 
     (tmp_path / "m.csv").write_text(MANIFEST)
+    (tmp_path / "v.mp4").write_bytes(b"not a video")  # there, so not refused; cannot decode
     first = avda.extract(
         tmp_path / "m.csv", tmp_path / "c.zarr", videos=tmp_path, recipe="demo",
         modalities=["rgb"], workers=0, device="cpu", progress=False,
     )  # fmt: skip
-    assert first.failed == 1  # the video is not there: the row failed (not pending)
+    assert first.failed == 1  # the video cannot be decoded: the row failed (not pending)
     script = tmp_path / "top.py"
     script.write_text(
         "import avda\n"

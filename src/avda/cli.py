@@ -2,7 +2,9 @@
 
 Exit codes: 0 ok, 1 error (one line on stderr; ``AVDA_DEBUG=1`` shows the traceback),
 2 usage error (one line), 3 finished with some failed items (listed in a failures file),
-130 interrupted (one line; resumable commands say to run them again).
+130 interrupted (one line; resumable commands say to run them again), 143 terminated by
+SIGTERM (a batch scheduler's time limit or ``scancel``, ``kill``: the same line, the same
+clean-up as an interrupt).
 """
 
 from __future__ import annotations
@@ -11,7 +13,9 @@ import errno
 import logging
 import math
 import os
+import signal
 import sys
+import threading
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,6 +32,21 @@ import avda
 from avda.errors import AvdaError, ConfigError, ManifestError
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_FAILED_ITEMS, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+EXIT_TERMINATED = 128 + signal.SIGTERM  # 143, as a shell reports a process SIGTERM ended
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived (SLURM/PBS at a job's time limit, ``scancel``, ``kill``): raised in the
+    main thread so that the command unwinds as from Ctrl-C (``finally`` blocks close clusters,
+    decoding workers and progress bars; locks are released) and says what to do, where
+    Python's default action ended the process on the spot without a word. A BaseException,
+    not a KeyboardInterrupt: no ``except Exception`` takes it for a failed item, and CPython
+    does not re-raise SIGINT at exit for it."""
+
+
+def _terminated(signum, frame) -> None:
+    raise Terminated
+
 
 app = typer.Typer(
     name="avda",
@@ -1576,11 +1595,11 @@ def _output_of(argv: Sequence[str]) -> str | None:
     return None
 
 
-def _interrupted_message(argv: list[str]) -> str:
+def _interrupted_message(argv: list[str], what: str = "interrupted") -> str:
     command = _command_name(argv)
     if command in RESUMABLE:
-        return f"interrupted; avda {command} resumes where it stopped: run the same command again"
-    return "interrupted"
+        return f"{what}; avda {command} resumes where it stopped: run the same command again"
+    return what
 
 
 def _one_line(text: str) -> str:
@@ -1656,11 +1675,20 @@ def main(argv: list[str] | None = None) -> int:
     backbones = sys.modules.get("avda.extract.backbones")
     if backbones is not None:  # its random-initialisation warning: once per command
         backbones.RANDOM_INIT_WARNED.clear()
+    # SIGTERM unwinds the command as Ctrl-C does (only where nobody set a handler of their own,
+    # and only from the main thread, where signal handlers can be set)
+    on_term = None
+    if threading.current_thread() is threading.main_thread():
+        if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+            on_term = signal.signal(signal.SIGTERM, _terminated)
     try:
         code = app(args=argv, prog_name="avda", standalone_mode=False)
         code = int(code or 0)
     except (typer.Abort, KeyboardInterrupt):
         code = EXIT_INTERRUPTED
+    except Terminated:
+        typer.echo(_interrupted_message(argv, "terminated (SIGTERM)"), err=True)
+        return EXIT_TERMINATED
     except typer.Exit as exc:
         code = int(exc.exit_code)
     except SystemExit as exc:  # click exits 1 itself on a broken pipe
@@ -1687,6 +1715,9 @@ def main(argv: list[str] | None = None) -> int:
             f"internal error: {type(exc).__name__}: {exc}; please report it with the output "
             "of the same command run with AVDA_DEBUG=1"
         )
+    finally:
+        if on_term is not None:
+            signal.signal(signal.SIGTERM, on_term)
     if code == EXIT_INTERRUPTED:  # typer turns KeyboardInterrupt into Exit(130)
         typer.echo(_interrupted_message(argv), err=True)
     return code
