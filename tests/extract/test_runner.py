@@ -110,6 +110,27 @@ def test_a_manifest_of_other_videos_is_refused_in_one_line(demo_dataset, tmp_pat
     assert _extract(manifest, other, tmp_path / "c.zarr").done == 2 * len(manifest)
 
 
+def test_an_audio_folder_without_the_manifests_audio_files_is_refused_in_one_line(
+    demo_dataset, tmp_path
+):
+    """--audio DIR holding none of the videos' audio files: one error before any segment is
+    read, the rows left pending (it was a warning per segment and a store of failed rows);
+    one file there is enough to go on (the others fail their own segments)."""
+    root, manifest = demo_dataset
+    audio = tmp_path / "wavs"
+    audio.mkdir()
+    (audio / "unrelated.wav").write_bytes(b"RIFF")
+    spec = [runner.ModalitySpec("audio", "audio_resnet18")]
+    with pytest.raises(ConfigError) as refused:
+        _extract(manifest, root, tmp_path / "a.zarr", modalities=spec, audio=audio)
+    message = str(refused.value)
+    videos = manifest["video_id"].nunique()
+    assert message.startswith(f"none of the {videos} video(s) the manifest names has an ")
+    assert f"audio file in {audio} (--audio; the first: no audio file for video " in message
+    assert "give --audio the folder they are in" in message and "\n" not in message
+    assert np.all(open_cache(tmp_path / "a.zarr").status("audio") == Status.PENDING)
+
+
 def test_mismatching_store_is_refused(reference_store, demo_dataset, tmp_path):
     root, manifest = demo_dataset
     copy = tmp_path / "copy.zarr"

@@ -136,12 +136,37 @@ class InputPaths:
                 "--videos for their headers"
             )
 
+    def _check_audio_files(self, segments: pd.DataFrame) -> None:
+        """The same for ``--audio DIR``: none of the videos' audio files there (another
+        folder, files named otherwise) is one error, not a warning per segment."""
+        columns = [c for c in ("video_id", "participant_id") if c in segments.columns]
+        pairs = segments[columns].drop_duplicates()
+        first = None
+        for row in pairs.itertuples(index=False):
+            video_id = str(row[0])
+            participant = _text(pd.Series(row, index=columns), "participant_id")
+            try:
+                audio_lib.locate_audio_file(self.audio, video_id, participant)
+                return
+            except MediaError as exc:
+                first = first or str(exc).removesuffix("; check --audio")
+        if first is not None:
+            raise ConfigError(
+                f"none of the {len(pairs)} video(s) the manifest names has an audio file in "
+                f"{self.audio} (--audio; the first: {first}): give --audio the folder they are "
+                "in, or a manifest of the videos there"
+            )
+
     def check_videos(self, segments: pd.DataFrame, modality: str) -> None:
         """A manifest none of whose video files is under ``--videos`` (a manifest of other
         videos, or another folder): one error before ``modality`` is read from them. It was
         each segment failing, one warning a segment (3,209 lines for UCF-HMDB's lists), in a
         store of failed rows. Some videos missing still fail their own segments only."""
-        if self.videos is None or self.source_of(modality) != "video":
+        source = self.source_of(modality)
+        if source == "audio-files":
+            self._check_audio_files(segments)
+            return
+        if self.videos is None or source != "video":
             return
         columns = [c for c in ("video_id", "video_path") if c in segments.columns]
         paths = [
