@@ -1209,6 +1209,7 @@ def evaluate(
     from avda.evaluate import tables
 
     if out is not None:  # OUT.md, OUT.csv: OUT itself may be a folder's name
+        tables.check_out(out)  # before its parent folders are made
         _make_parent(out, "-o")
     output_file(export_submission, "--export-submission")
     if sls is not None and export_submission is None:  # it was ignored: nothing to record it in
