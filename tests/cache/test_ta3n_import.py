@@ -380,6 +380,34 @@ def test_a_renamed_video_folder_is_another_import(tmp_path, capsys):
     assert "one folder of per-video features (.npy, TA3N's .t7) with one annotation" in err
 
 
+@pytest.mark.parametrize("route", ["npy", "ta3n-t7"])
+def test_a_rerun_at_another_sampling_is_refused_not_already_imported(tmp_path, capsys, route):
+    """The same folder and annotations imported again at another --placement, --feature-rate
+    or --num-clips would store other rows: it was "already imported" (nothing done, exit 0)
+    for a .npy folder always, and for a TA3N folder where the frames read were the same (its
+    fingerprint hashes those), refused where they were not. Refused either way, naming the
+    store's sampling; the same options are still "already imported"."""
+    folder = _ta3n_folder(tmp_path)
+    if route == "npy":
+        _snippet(folder, tmp_path / "npy")
+        folder = tmp_path / "npy"
+    manifest = _manifest(tmp_path / "m.csv")
+    store = tmp_path / "s.zarr"
+    assert cli.main(_import(folder, manifest, store)) == 0
+    for option, value, says in (("--placement", "nearest", "--feature-rate 25 --placement tsn"),
+                                ("--feature-rate", "12.5", "--feature-rate 25 --placement tsn"),
+                                ("--num-clips", "3", "K=5")):  # fmt: skip
+        args = _import(folder, manifest, store)
+        args[args.index(option) + 1] = value
+        capsys.readouterr()
+        code = cli.main(args)
+        out, err = capsys.readouterr()
+        assert code == 1 and "already imported" not in out, (option, out, err)
+        assert says in err and len(err.strip().splitlines()) == 1, (option, err)
+    assert cli.main(_import(folder, manifest, store)) == 0
+    assert "already imported on " in capsys.readouterr().out
+
+
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no named pipes")
 def test_a_pipe_or_device_among_the_files_is_refused_not_read_forever(tmp_path):
     """Every file of a per-video folder is hashed: a named pipe (or a link to /dev/zero) in it,

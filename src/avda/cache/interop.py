@@ -1341,15 +1341,16 @@ def _import_per_video(
             read = _frames_read(videos, segments, feature_rate, num_clips, placement)
         sha = _folder_sha256(folder, files, read)
         mapped = _segments_sha256(table["uid"])  # the folder's files say nothing of these
-        if store is not None and (earlier := _already_imported(store, sha, mapped)) is not None:
-            return ImportResult(out, folder, 0, [], already_imported=True, earlier=earlier)
-        features, statuses, errors = _sample_videos(
-            folder, fmt, videos, open_video, segments, feature_rate, num_clips, placement
-        )
         info = _import_info(backbone, fmt, folder)
         info["input"]["feature_rate"] = feature_rate
         if placement != "nearest":  # records of earlier imports have no placement: nearest
             info["input"]["placement"] = placement
+        if store is not None and (earlier := _already_imported(store, sha, mapped)) is not None:
+            _check_rerun_sampling(store, modality, info, num_clips, folder)
+            return ImportResult(out, folder, 0, [], already_imported=True, earlier=earlier)
+        features, statuses, errors = _sample_videos(
+            folder, fmt, videos, open_video, segments, feature_rate, num_clips, placement
+        )
         blocks = {
             modality: _block(folder, modality, features, len(segments), info, statuses, errors)
         }
@@ -1368,6 +1369,27 @@ def _import_per_video(
             chunk_rows=chunk_rows,
             annotations=Path(annotations) if annotations is not None else None,
             segments_sha256=mapped,
+        )
+
+
+def _check_rerun_sampling(
+    store: FeatureCache, modality: str, info: Mapping[str, Any], num_clips: int, source: Path
+) -> None:
+    """A folder of per-video features found imported (the same files and segments) is so only
+    at the store's sampling: at another --feature-rate, --placement or --num-clips it would
+    store other rows, so it is refused as an append would be (:func:`_check_npy_sampling`),
+    not taken as done. The fingerprint does not tell: a .npy folder's is of every file, and a
+    TA3N folder's of the frames read, which other options may read too."""
+    if modality not in store.modalities:
+        return
+    found = store.modality_info(modality)
+    _check_npy_sampling(store, modality, found, info, source)
+    if int(found["num_clips"]) != num_clips:
+        raise CacheError(
+            f"{store.path} holds {modality} features of K={found['num_clips']} imported from "
+            f"{source}; it is imported again with --num-clips {num_clips}: give --num-clips "
+            f"{found['num_clips']} (it is imported: nothing to do), or import it into another "
+            "store"
         )
 
 
