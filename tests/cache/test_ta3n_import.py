@@ -408,6 +408,37 @@ def test_a_rerun_at_another_sampling_is_refused_not_already_imported(tmp_path, c
     assert "already imported on " in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("route", ["npy", "ta3n-t7"])
+def test_a_rerun_with_other_times_or_labels_is_refused_not_already_imported(tmp_path, capsys,
+                                                                          route):  # fmt: skip
+    """The "already imported" fingerprint holds the segments' ids, not their times or labels:
+    the folder imported again with annotations whose labels (or, for a .npy folder, times)
+    were corrected was "already imported" (exit 0), the store keeping the old labels and rows.
+    Refused naming the segment and column; the same annotations are still imported."""
+    folder = _ta3n_folder(tmp_path)
+    if route == "npy":
+        _snippet(folder, tmp_path / "npy")
+        folder = tmp_path / "npy"
+    manifest = _manifest(tmp_path / "m.csv")
+    table = pd.read_csv(manifest).assign(verb_class=[0, 1, 2, 3, 0])
+    table.to_csv(manifest, index=False)
+    store = tmp_path / "s.zarr"
+    assert cli.main(_import(folder, manifest, store)) == 0
+    changes = {"verb_class": 3, "stop_sec": 0.44} if route == "npy" else {"verb_class": 3}
+    for column, value in changes.items():  # v_b: 12 frames at 25 fps, verb 1
+        table.assign(**{column: table[column].where(table.index != 1, value)}).to_csv(
+            manifest, index=False
+        )
+        capsys.readouterr()
+        code = cli.main(_import(folder, manifest, store))
+        out, err = capsys.readouterr()
+        assert code == 1 and "already imported" not in out, (column, out, err)
+        assert f"segment 'v_b_g02_c03' has {column}" in err and "another store" in err, err
+    table.to_csv(manifest, index=False)
+    assert cli.main(_import(folder, manifest, store)) == 0
+    assert "already imported on " in capsys.readouterr().out
+
+
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no named pipes")
 def test_a_pipe_or_device_among_the_files_is_refused_not_read_forever(tmp_path):
     """Every file of a per-video folder is hashed: a named pipe (or a link to /dev/zero) in it,

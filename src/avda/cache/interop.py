@@ -381,12 +381,24 @@ _FILL_COLUMNS = (
 )
 
 
-def _same_segments(store: FeatureCache, segments: pd.DataFrame, source: Path) -> np.ndarray:
+_FILL_FIX = (
+    "import another modality with the annotations (and --domain/--split) the store was built from"
+)
+
+
+def _same_segments(
+    store: FeatureCache,
+    segments: pd.DataFrame,
+    source: Path,
+    fix: str = _FILL_FIX,
+    columns: Sequence[str] = _FILL_COLUMNS,
+) -> np.ndarray:
     """The store's rows of ``segments``, refused when a segment's video, times, domain, split
-    or labels differ from the stored ones (the features would describe another segment)."""
+    or labels (``columns``) differ from the stored ones (the features would describe another
+    segment; ``fix``: what to do then)."""
     stored = store.segments
     rows = pd.Index(stored["uid"].astype(str)).get_indexer(segments["uid"].astype(str))
-    for column in _FILL_COLUMNS:
+    for column in columns:
         if column not in segments.columns or column not in stored.columns:
             continue
         ours = stored[column].iloc[rows].reset_index(drop=True)
@@ -404,9 +416,7 @@ def _same_segments(store: FeatureCache, segments: pd.DataFrame, source: Path) ->
             i = int(np.flatnonzero(differ)[0])
             raise CacheError(
                 f"{source}: segment {segments['uid'].iloc[i]!r} has {column} {show(b[i])}, "
-                f"{store.path} has {show(a[i])} ({int(differ.sum())} segment(s) differ): import "
-                "another modality with the annotations (and --domain/--split) the store was "
-                "built from"
+                f"{store.path} has {show(a[i])} ({int(differ.sum())} segment(s) differ): {fix}"
             )
     return rows
 
@@ -1347,6 +1357,9 @@ def _import_per_video(
             info["input"]["placement"] = placement
         if store is not None and (earlier := _already_imported(store, sha, mapped)) is not None:
             _check_rerun_sampling(store, modality, info, num_clips, folder)
+            # the fingerprint holds the segments' ids, not their times or labels (another
+            # --domain/--split is said not applied: avda cache import's output)
+            _same_segments(store, segments, folder, _RERUN_FIX, _RERUN_COLUMNS)
             return ImportResult(out, folder, 0, [], already_imported=True, earlier=earlier)
         features, statuses, errors = _sample_videos(
             folder, fmt, videos, open_video, segments, feature_rate, num_clips, placement
@@ -1370,6 +1383,13 @@ def _import_per_video(
             annotations=Path(annotations) if annotations is not None else None,
             segments_sha256=mapped,
         )
+
+
+_RERUN_COLUMNS = tuple(c for c in _FILL_COLUMNS if c not in ("domain", "split"))
+_RERUN_FIX = (
+    "the store holds the folder imported with other annotations; import it with these into "
+    "another store (-o)"
+)
 
 
 def _check_rerun_sampling(
