@@ -174,7 +174,7 @@ def test_damaged_or_incomplete_video_folders_are_refused_in_one_line(tmp_path, c
 
 
 def _legacy_tar(path: Path, value: torch.Tensor | None = None, body: bytes | None = None) -> None:
-    """``value`` in PyTorch 0.3's ``torch.save`` layout, a tar of ``sys_info``, ``pickle``,
+    """``value`` in PyTorch 0.1's ``torch.save`` layout, a tar of ``sys_info``, ``pickle``,
     ``tensors`` and ``storages`` (the reader is ``torch.serialization``'s ``legacy_load``);
     ``body``: another object pickle instead of the tensor's."""
     values = (value if value is not None else torch.zeros(D)).numpy().astype("<f4")
@@ -209,8 +209,8 @@ def _legacy_tar(path: Path, value: torch.Tensor | None = None, body: bytes | Non
             archive.addfile(info, io.BytesIO(data))
 
 
-def test_a_pytorch_03_tar_frame_is_named_so_and_never_unpickled(tmp_path, capsys):
-    """A frame in PyTorch <= 0.3's tar layout (which TA3N's PyTorch 0.4 never wrote) was
+def test_a_pytorch_01_tar_frame_is_named_so_and_never_unpickled(tmp_path, capsys):
+    """A frame in PyTorch 0.1's tar layout (which TA3N's PyTorch 0.4 never wrote) was
     refused as a damaged copy ('unpack that video's folder again', which gives it back): it is
     named for what it is, with the fix (re-save it with a newer torch), and nothing in it runs;
     re-saved as the message says, the folder imports as the clean one."""
@@ -232,7 +232,8 @@ def test_a_pytorch_03_tar_frame_is_named_so_and_never_unpickled(tmp_path, capsys
         err = capsys.readouterr().err
         assert code != 0 and len(err.strip().splitlines()) == 1, err
         assert f"{frame} is an old PyTorch tar-format file" in err
-        assert "TA3N's PyTorch 0.4 never wrote one" in err and "re-save it with a newer" in err
+        assert "PyTorch 0.1, before its 2017 format; TA3N's PyTorch 0.4 never wrote" in err
+        assert "re-save it with a newer" in err
         assert "damaged" not in err and not pwned.exists() and not (tmp_path / "x.zarr").exists()
     torch.save(torch.load(frame, weights_only=False), frame)  # the fix, on a trusted file
     assert cli.main(_import(folder, manifest, tmp_path / "x.zarr")) == 0

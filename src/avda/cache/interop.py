@@ -1281,10 +1281,10 @@ def _load_ta3n_frame(path: Path) -> np.ndarray:
     except (RuntimeError, EOFError, ValueError) as error:
         if _legacy_torch_tar(path):  # weights_only refuses the layout before it reads it
             raise CacheError(
-                f"{path} is an old PyTorch tar-format file (torch.save of PyTorch 0.3 or "
-                "before; TA3N's PyTorch 0.4 never wrote one), which torch.load reads only by "
-                "unpickling it unsafely, so avda does not: re-save it with a newer torch where "
-                "you trust it (torch.save(torch.load(f, weights_only=False), f))"
+                f"{path} is an old PyTorch tar-format file (torch.save of PyTorch 0.1, "
+                "before its 2017 format; TA3N's PyTorch 0.4 never wrote one), which torch.load "
+                "reads only by unpickling it unsafely, so avda does not: re-save it with a newer "
+                "torch where you trust it (torch.save(torch.load(f, weights_only=False), f))"
             ) from None
         first = (str(error).strip().splitlines() or [type(error).__name__])[0][:160]
         raise CacheError(
@@ -1300,7 +1300,7 @@ def _load_ta3n_frame(path: Path) -> np.ndarray:
 
 
 def _legacy_torch_tar(path: Path) -> bool:
-    """Whether ``path`` is a tar archive of PyTorch 0.3's ``torch.save`` (its ``storages``,
+    """Whether ``path`` is a tar archive of PyTorch 0.1's ``torch.save`` (its ``storages``,
     ``tensors`` and ``pickle`` members), read as a tar's index only (nothing unpickled)."""
     try:
         with tarfile.open(path, mode="r:") as archive:
