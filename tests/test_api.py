@@ -637,6 +637,8 @@ def test_evaluate_refuses_an_out_named_as_another_format_as_the_cli_does(tmp_pat
     out = tmp_path / "tables" / "x.pdf"
     _cli_error(capsys, "evaluate", str(tmp_path / "run"), "-o", str(out))
     assert not (tmp_path / "tables").exists(), "a refused -o made its folder"
+    with pytest.raises(ConfigError, match="is named as a .PDF file"):  # in any case
+        avda.evaluate(tmp_path / "run", out=tmp_path / "tables" / "X.PDF")
     for kwargs, options in (({}, []), ({"layout": "auto"}, ["--layout", "auto"]),
                             ({"per_class": True}, ["--per-class"])):  # fmt: skip
         with pytest.raises(ConfigError) as error:
