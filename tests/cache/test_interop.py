@@ -82,6 +82,14 @@ def test_epic_pickles_are_joined_by_narration_id_and_appended(uda, tmp_path):
         split="val",
     )
     assert again.already_imported and open_cache(out).num_segments == 17
+    # ... but not with annotations that give one of its segments another label: the file's
+    # sha256 says nothing of them, and the store keeps the old one (it was "already imported")
+    relabelled = target.copy()
+    relabelled.loc[0, "verb_class"] = (relabelled.loc[0, "verb_class"] + 1) % 97
+    relabelled.to_csv(tmp_path / "relabelled.csv", index=False)
+    with pytest.raises(CacheError, match=f"segment '{target_ids[0]}' has verb_class"):
+        interop.import_features(tmp_path / "target_val.pkl", out=out, domain="target",
+                                annotations=tmp_path / "relabelled.csv", split="val")  # fmt: skip
     _feature_pickle(tmp_path / "overlap.pkl", target_ids[:2], seed=5)
     with pytest.raises(CacheError, match="already in"):
         interop.import_features(

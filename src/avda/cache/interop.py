@@ -829,6 +829,7 @@ def import_epic_pickle(
         store = _open_existing(out)
         sha = sha256_file(source)
         if store is not None and (earlier := _already_imported(store, sha)) is not None:
+            _check_rerun_annotations(store, earlier, source, annotations, domain, split)
             log.info("%s is already imported into %s", source, out)
             return ImportResult(out, source, 0, [], already_imported=True, earlier=earlier)
         data = safe_pickle.load(source)
@@ -1387,9 +1388,30 @@ def _import_per_video(
 
 _RERUN_COLUMNS = tuple(c for c in _FILL_COLUMNS if c not in ("domain", "split"))
 _RERUN_FIX = (
-    "the store holds the folder imported with other annotations; import it with these into "
-    "another store (-o)"
+    "the store holds it imported with other annotations; import it with these into another "
+    "store (-o)"
 )
+
+
+def _check_rerun_annotations(
+    store: FeatureCache,
+    earlier: Mapping[str, Any],
+    source: Path,
+    annotations: Path,
+    domain: str | None,
+    split: str | None,
+) -> None:
+    """A feature file found imported (its sha256 in the store's ``imports``) whose segments
+    come from ``annotations`` (an EPIC-100 UDA pickle's ids) is so only where they give its
+    segments the store's video, times and labels, of which the sha256 says nothing: refused
+    otherwise (:func:`_same_segments`). A fill's record names no one range of rows: left."""
+    if earlier.get("fill"):
+        return
+    start, stop = earlier["rows"]
+    uids = store.segments["uid"].astype(str).iloc[start:stop].tolist()
+    table = read_segment_table(annotations, domain=domain, split=split)
+    segments = _join(uids, table, source, annotations)
+    _same_segments(store, segments, source, _RERUN_FIX, _RERUN_COLUMNS)
 
 
 def _check_rerun_sampling(
