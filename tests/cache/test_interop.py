@@ -291,6 +291,14 @@ def test_h5_export_round_trip_and_generic_h5(uda, tmp_path):
     assert loaded.shape == (9, 1, D)
     np.testing.assert_allclose(loaded[:, 0], features["RGB"][:, 0], atol=4e-3)
     assert open_cache(generic.store).modalities == ["rgb"]
+    # again with annotations that relabel one of its segments: refused, not already imported
+    relabelled = safe_pickle.load(uda / "EPIC_100_uda_source_val.pkl").reset_index()
+    row = relabelled.index[relabelled["narration_id"].astype(str) == str(ids[0])][0]
+    relabelled.loc[row, "verb_class"] = (relabelled.loc[row, "verb_class"] + 1) % 97
+    relabelled.to_csv(tmp_path / "relabelled.csv", index=False)
+    with pytest.raises(CacheError, match=f"segment '{ids[0]}' has verb_class"):
+        interop.import_features(tmp_path / "generic.h5", out=tmp_path / "g.zarr", domain="source",
+                                annotations=tmp_path / "relabelled.csv", split="val")  # fmt: skip
     # one dataset called features (of which modality?): one line naming the fix, not an
     # internal TypeError
     with h5py.File(tmp_path / "one.h5", "w") as handle:

@@ -886,6 +886,13 @@ def import_h5(
         store = _open_existing(out)
         sha = sha256_file(source)
         if store is not None and (earlier := _already_imported(store, sha)) is not None:
+            if annotations is not None:  # a generic file's segments are the annotations'
+                with h5py.File(source, "r") as handle:
+                    generic = handle.attrs.get("format") != H5_FORMAT
+                if generic:
+                    _check_rerun_annotations(
+                        store, earlier, source, Path(annotations), domain, split
+                    )
             return ImportResult(out, source, 0, [], already_imported=True, earlier=earlier)
         with h5py.File(source, "r") as handle:
             exported = None
@@ -1402,9 +1409,10 @@ def _check_rerun_annotations(
     split: str | None,
 ) -> None:
     """A feature file found imported (its sha256 in the store's ``imports``) whose segments
-    come from ``annotations`` (an EPIC-100 UDA pickle's ids) is so only where they give its
-    segments the store's video, times and labels, of which the sha256 says nothing: refused
-    otherwise (:func:`_same_segments`). A fill's record names no one range of rows: left."""
+    come from ``annotations`` (an EPIC-100 UDA pickle's ids, a generic HDF5 file's) is so only
+    where they give its segments the store's video, times and labels, of which the sha256 says
+    nothing: refused otherwise (:func:`_same_segments`). A fill's record names no one range of
+    rows: left."""
     if earlier.get("fill"):
         return
     start, stop = earlier["rows"]
