@@ -554,6 +554,17 @@ def test_per_run_class_figures_score_what_the_protocols_table_scores(tmp_path, m
     assert shown["bars"][0] == pytest.approx(recall[29])
     caption = next(f.caption for f in figures if f.title == "per-class accuracy (verb)")
     assert caption.startswith("of the final predictions, not the mean of the last 9 checkpoints")
+    assert "it kept 1 (keep_last_predictions)" in caption, caption
+    # a run keeping the 9 with one damaged: not said to keep too few (it said 'does not keep
+    # them'), the file named
+    damaged = _run_of_epochs(tmp_path / "damaged", "mmsada-epic55", epochs[-9:], labels)
+    broken = damaged / "epochs" / "0004" / "predictions" / "target_test.npz"
+    broken.write_bytes(broken.read_bytes()[:100])
+    (info,) = aggregate.describe_runs([damaged])
+    figures = report.run_figures(info, names={})
+    caption = next(f.caption for f in figures if f.title == "per-class accuracy (verb)")
+    assert caption.startswith("of the final predictions, not the mean of the last 9 checkpoints")
+    assert str(broken) in caption and "kept" not in caption, caption
     # a protocol this avda does not know: no table scores the run, its figures are still there
     gone = _run_of_epochs(tmp_path / "gone", "gone-protocol", epochs[-1:], labels)
     (info,) = aggregate.describe_runs([gone])

@@ -736,10 +736,10 @@ def _rule_classes(
         return run_classes(info, split, rule, task, multi), "of the final predictions"
     try:
         found = run_classes(info, split, rule, task, multi)
-    except RunError:  # too few checkpoints kept: its table refuses the run (the page says)
+    except RunError as error:  # too few kept, or one unreadable: its table refuses the run
         shows = (
-            f"of the final predictions, not {rule.needs()} its protocol's table scores "
-            "(the run does not keep them)"
+            f"of the final predictions, not {rule.needs()} its protocol's table scores, which "
+            f"refuses the run: {error}"
         )
         return run_classes(info, split, protocols_lib.EvaluationRule(), task, multi), shows
     if rule.reduce == "max":
