@@ -162,7 +162,7 @@ def pid_alive(pid: int) -> bool:
 
 
 @contextlib.contextmanager
-def file_lock(path: str | Path) -> Iterator[bool]:
+def file_lock(path: str | Path, *, bounded: bool = True) -> Iterator[bool]:
     """Wait for, and hold for the ``with`` block, an exclusive ``flock`` on the lock file
     ``path`` (created, with its folder); yields True. Its holder removes the file before it
     lets go, so none is left behind; a waiter that then gets the lock of the removed file
@@ -172,12 +172,15 @@ def file_lock(path: str | Path) -> Iterator[bool]:
 
     A wait past :data:`LOCK_NOTICE_SECONDS` is said once (the lock file and its holder, as
     it recorded itself); one past ``$AVDA_LOCK_WAIT`` seconds, where set, ends with
-    :class:`LockWaitError` naming them and the fix (unset: as long as it takes)."""
+    :class:`LockWaitError` naming them and the fix (unset: as long as it takes). Not
+    ``bounded``: as long as it takes whatever it says (the processes of one command taking
+    turns, as the shards of one extraction: ``AVDA_LOCK_WAIT=0``, the store locks' refusal at
+    once, would end every shard but the first)."""
     import fcntl
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    limit = lock_wait()
+    limit = lock_wait() if bounded else None
     began = time.monotonic()
     said = False
     while True:
@@ -193,9 +196,10 @@ def file_lock(path: str | Path) -> Iterator[bool]:
                         raise LockWaitError(_lock_wait_message(path, fd, waited)) from None
                     if not said and waited >= LOCK_NOTICE_SECONDS:
                         said = True
+                        bound = f" ({LOCK_WAIT_ENV}=SECONDS bounds the wait)" if bounded else ""
                         log.warning(
-                            "waiting for the lock %s, held by %s (%s=SECONDS bounds the wait)",
-                            *(path, _holder_text(read_lock_holder(fd)), LOCK_WAIT_ENV),
+                            "waiting for the lock %s, held by %s%s",
+                            *(path, _holder_text(read_lock_holder(fd)), bound),
                         )
                     time.sleep(0.05)
         except OSError as exc:

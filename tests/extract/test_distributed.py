@@ -300,3 +300,39 @@ def test_ctrl_c_on_a_local_cluster_is_one_line(demo_dataset, tmp_path):
     ]
     assert len(lines) == 1 and lines[0].startswith("interrupted; avda extract resumes"), err
     assert (open_cache(out).status("rgb") != Status.DONE).any()  # stopped part way
+
+
+_HOLD_CREATION = """
+import sys, time
+from avda import _io
+with _io.file_lock(sys.argv[1]):
+    print("held", flush=True)
+    time.sleep(float(sys.argv[2]))
+"""
+
+
+@pytest.mark.parametrize("limit", ["0", "0.2"])
+def test_avda_lock_wait_does_not_end_a_shard_waiting_its_turn_at_the_set_up(
+    demo_dataset, tmp_path, monkeypatch, limit
+):
+    """AVDA_LOCK_WAIT bounds waits for another command (refused at once where 0, as the
+    store locks): a shard waiting while another shard of the same extraction sets the store
+    up (a real second process holds <out>.create.lock, as long as a big set-up takes) waited
+    its turn, then stopped with LockWaitError at once under AVDA_LOCK_WAIT=0."""
+    root, manifest = demo_dataset
+    options = dict(videos=root, recipe=TINY, modalities=MODALITIES, workers=0, chunk_rows=2,
+                   batch_size=TINY.num_clips, progress=False)  # fmt: skip
+    out = tmp_path / "s.zarr"
+    creation = tmp_path / "s.zarr.create.lock"
+    monkeypatch.setenv("AVDA_LOCK_WAIT", limit)
+    peer = subprocess.Popen(
+        [sys.executable, "-c", _HOLD_CREATION, str(creation), "1.5"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert peer.stdout.readline().strip() == "held"
+        result = runner.extract(manifest, out=out, shard=(0, 2), **options)
+    finally:
+        peer.wait(60)
+    assert result.done > 0

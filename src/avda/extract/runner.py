@@ -766,7 +766,7 @@ def extract(
     # the store up once, one after another, under <out>.create.lock.
     creation = out.with_name(f"{out.name}.create.lock")
     with store_lock(out, what="avda extract", shared=shard is not None):
-        with file_lock(creation) if shard is not None else contextlib.nullcontext():
+        with file_lock(creation, bounded=False) if shard is not None else contextlib.nullcontext():
             store = open_or_create_store(
                 out,
                 segments,
@@ -822,7 +822,7 @@ def record_finished(out: Path, modalities: list[str], *, sharded: bool) -> None:
     under the creation lock (``<out>.create.lock``), from the store as it is on disk: of shards
     ending together, the last to take the lock sees every row written."""
     creation = out.with_name(f"{out.name}.create.lock")
-    with file_lock(creation) if sharded else contextlib.nullcontext():
+    with file_lock(creation, bounded=False) if sharded else contextlib.nullcontext():
         store = cache_lib.open_cache(out, mode="a")
         for modality in modalities:
             store.record_finished(modality)
