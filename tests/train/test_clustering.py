@@ -321,3 +321,43 @@ def test_a_killed_clusters_write_leaves_the_previous_clusters_whole(tmp_path, po
     assert not list(tmp_path.glob(".c.zarr.clusters-audio.*"))
     assert (store.path / "clusters" / "audio").is_dir()
     _assert_clusters(store, before, ["old"])
+
+
+_REWRITE_CLUSTERS = """
+import sys
+import numpy as np
+from avda.cache import open_cache
+store = open_cache(sys.argv[1], mode="r+")
+print("opened", flush=True)
+for version in range(1, 60):
+    store.write_clusters("audio", np.full(store.num_segments, version), {"v": version})
+"""
+
+
+def test_a_reader_during_clusters_swaps_reads_one_array_whole(tmp_path):
+    """Readers hold no lock (a training reads the clusters while `avda cluster` runs for
+    other domains): a read overlapping a swap read the chunks of the old and the new array
+    mixed, -1 for chunks whose files had gone, and the old provenance with the new ids. Each
+    read is now of one array whole (a real second process swaps 59 times)."""
+    import subprocess
+    import sys
+
+    make_feature_cache(tmp_path / "c.zarr", per_class=12, D=4, chunk_rows=2)
+    store = open_cache(tmp_path / "c.zarr", mode="r+")
+    store.write_clusters("audio", np.zeros(store.num_segments, int), {"v": 0})
+    reader = open_cache(store.path)  # opened before the swaps, as a training's
+    writer = subprocess.Popen(
+        [sys.executable, "-c", _REWRITE_CLUSTERS, str(store.path)], stdout=subprocess.PIPE
+    )
+    reads = []
+    try:
+        assert writer.stdout.readline().strip() == b"opened"
+        while writer.poll() is None:
+            reads.append(reader.read_clusters("audio"))
+    finally:
+        writer.wait(120)
+    assert writer.returncode == 0 and len(reads) >= 10
+    for read in reads:
+        assert read is not None
+        ids, info = read
+        assert set(ids.tolist()) == {info["v"]}, (sorted(set(ids.tolist())), info)

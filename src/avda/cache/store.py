@@ -18,6 +18,7 @@ import re
 import secrets
 import shlex
 import shutil
+import time
 import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -711,17 +712,37 @@ class FeatureCache:
     def read_clusters(self, modality: str) -> tuple[np.ndarray, dict[str, Any]] | None:
         """Cluster ids ``(N,)`` (-1 where none) and their provenance, or None if never clustered.
 
-        Written by ``avda cluster`` (:func:`avda.train.clustering.cluster_store`).
+        Written by ``avda cluster`` (:func:`avda.train.clustering.cluster_store`), which
+        swaps a new array in by two renames (:meth:`write_clusters`) while readers, holding
+        no lock, may read: a read is kept only where the folder it read is still the one in
+        place afterwards (else read again), as Zarr reads a chunk whose file has gone as -1
+        (it read old and new chunks mixed, or -1s, and the old provenance with the new ids).
+        Between the renames (a kill there) the previous array put aside is read.
         """
+        current = self.path / schema.CLUSTERS_GROUP / modality
         _, aside = _cluster_swap(self.path, modality)
-        if schema.CLUSTERS_GROUP in self._group and modality in self._group[schema.CLUSTERS_GROUP]:
-            array = self._group[schema.CLUSTERS_GROUP][modality]
-        elif aside.is_dir():  # a write killed between its two renames: the previous, whole
-            array = zarr.open_array(str(aside), mode="r")
-        else:
-            return None
-        ids = array[: self.num_segments].astype(np.int64)
-        return ids, dict(array.attrs.get(schema.CLUSTERS_ATTRIBUTE, {}))
+        for _ in range(200):
+            where = current if current.is_dir() else aside
+            before = _folder_identity(where)
+            if before is None:
+                if current.is_dir():  # swapped in meanwhile
+                    continue
+                return None
+            try:
+                array = zarr.open_array(str(where), mode="r")
+                ids = array[: self.num_segments].astype(np.int64)
+                info = dict(array.attrs.get(schema.CLUSTERS_ATTRIBUTE, {}))
+            except (OSError, ValueError, KeyError):  # renamed away mid-open: read again
+                continue
+            finally:
+                after = _folder_identity(where)
+            if after == before and (where == current or not current.is_dir()):
+                return ids, info
+            time.sleep(0.01)
+        raise CacheError(
+            f"{current}: its clusters were replaced throughout 200 reads (an `avda cluster` "
+            "looping on this store?); run this again when it has finished"
+        )
 
     def has_spatial(self, modality: str) -> bool:
         """Whether spatial maps ``spatial/<modality>`` (N, K, C, *S) are stored."""
@@ -1137,6 +1158,16 @@ def remove_unfinished_writes(path: str | Path) -> None:
         )
     for leftover in found:
         leftover.unlink(missing_ok=True)
+
+
+def _folder_identity(path: Path) -> tuple[int, int, int] | None:
+    """Device, inode and change time of the folder ``path`` (None: not there): whether a
+    rename put another folder in its place."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return (stat.st_dev, stat.st_ino, stat.st_ctime_ns)
 
 
 def _cluster_swap(path: Path, modality: str) -> tuple[Path, Path]:
