@@ -361,3 +361,37 @@ def test_a_reader_during_clusters_swaps_reads_one_array_whole(tmp_path):
         assert read is not None
         ids, info = read
         assert set(ids.tolist()) == {info["v"]}, (sorted(set(ids.tolist())), info)
+
+
+def test_clusters_of_a_store_reached_by_a_link_to_another_file_system_are_written(tmp_path):
+    """The store is a link to another file system (/dev/shm here; a scratch disk on a
+    cluster): the new clusters were written beside the link and their rename into the store
+    failed (OSError: Invalid cross-device link), the new array left beside the link. They
+    are written, and a killed write put back, beside the store the link leads to."""
+    import os
+    import shutil
+    import uuid
+
+    from avda.cache.store import restore_cluster_swaps
+
+    other = Path("/dev/shm")
+    if not other.is_dir() or os.stat(other).st_dev == os.stat(tmp_path).st_dev:
+        pytest.skip("needs /dev/shm on another file system than the test's folder")
+    real = other / f"avda-test-{uuid.uuid4().hex}"
+    real.mkdir()
+    try:
+        make_feature_cache(real / "c.zarr", per_class=4, D=4)
+        (tmp_path / "c.zarr").symlink_to(real / "c.zarr")
+        store = open_cache(tmp_path / "c.zarr", mode="r+")
+        for version in (1, 2):  # the second puts the first aside
+            store.write_clusters("audio", np.full(store.num_segments, version), {"v": version})
+        ids, info = open_cache(tmp_path / "c.zarr").read_clusters("audio")
+        assert set(ids.tolist()) == {2} and info == {"v": 2}
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["c.zarr"]
+        assert sorted(p.name for p in real.iterdir()) == ["c.zarr"]
+        # a kill between the renames, as it is left beside the store: put back through the link
+        (real / "c.zarr" / "clusters" / "audio").rename(real / ".c.zarr.clusters-audio.old")
+        restore_cluster_swaps(tmp_path / "c.zarr")
+        assert set(open_cache(tmp_path / "c.zarr").read_clusters("audio")[0].tolist()) == {2}
+    finally:
+        shutil.rmtree(real)

@@ -1173,7 +1173,10 @@ def _folder_identity(path: Path) -> tuple[int, int, int] | None:
 def _cluster_swap(path: Path, modality: str) -> tuple[Path, Path]:
     """Where :meth:`FeatureCache.write_clusters` writes the new clusters of ``modality``
     (``.<store>.clusters-<modality>.new``) and puts the old ones aside (``...old``): beside
-    the store, outside its Zarr hierarchy (which would list them as arrays)."""
+    the store, outside its Zarr hierarchy (which would list them as arrays). Beside the store
+    the link ``path`` leads to, where it is one: renamed into it, they must be on its file
+    system."""
+    path = path.resolve()
     stem = path.with_name(f".{path.name}.clusters-{modality}")
     return stem.with_name(stem.name + ".new"), stem.with_name(stem.name + ".old")
 
@@ -1182,7 +1185,7 @@ def restore_cluster_swaps(path: str | Path) -> None:
     """Finish what a :meth:`FeatureCache.write_clusters` killed midway left beside the store
     ``path``: clusters put aside whose place is empty go back (a kill between its renames),
     any other aside and an unfinished new array are deleted."""
-    path = Path(path)
+    path = Path(path).resolve()
     if not path.parent.is_dir():
         return
     stem = f".{path.name}.clusters-"
