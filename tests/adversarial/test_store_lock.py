@@ -126,3 +126,50 @@ def test_a_store_lock_without_locks_warns_as_file_lock_does(tmp_path, monkeypatc
         f"{tmp_path / '.m.csv.lock'}: the file system does not support locks (No locks "
         "available); going on without the lock: run one writer at a time",
     ]
+
+
+_HOLD_SHARED = """
+import sys, time
+from avda.cache.lock import store_lock
+with store_lock(sys.argv[1], what="avda extract", shared=True):
+    print("held", flush=True)
+    time.sleep(float(sys.argv[2]))
+"""
+
+
+def test_a_refusal_behind_shards_does_not_send_the_user_after_the_shard_that_ended(tmp_path):
+    """Two shards hold the lock shared, each recorded itself in turn; the last to record
+    ended: the refusal named it and said 'pid N has exited, but a process it started still
+    holds the lock: end that process' (there is none: the other shard holds it). It says the
+    lock is shared, naming the one that ended as such, and the wait that helps."""
+    import subprocess
+    import sys
+
+    store = tmp_path / "s.zarr"
+    holders = []
+    try:
+        for seconds in ("60", "0.3"):
+            holders.append(
+                subprocess.Popen(
+                    [sys.executable, "-c", _HOLD_SHARED, str(store), seconds],
+                    stdout=subprocess.PIPE,
+                    text=True,
+                )
+            )
+            assert holders[-1].stdout.readline().strip() == "held"
+        ended = holders[1]
+        assert ended.wait(60) == 0
+        with pytest.raises(StoreBusyError) as refused:
+            with store_lock(store, what="avda cluster"):
+                pass
+    finally:
+        holders[0].kill()
+        holders[0].wait()
+    message = str(refused.value)
+    assert "\n" not in message and "end that process" not in message
+    assert message == (
+        f"cache {store} is being read by another process sharing its lock (a shard, an "
+        f"export; the last to record itself, pid {ended.pid} on host {socket.gethostname()} "
+        "(avda extract), has ended); wait for it to finish, then run the command again "
+        "(AVDA_LOCK_WAIT=SECONDS waits for it)"
+    )

@@ -313,11 +313,20 @@ def _busy_message(store: Path, path: Path, fd: int, kind: str = "cache") -> str:
         return f"{kind} {store} is being written by another process (lock {path}); {fix}"
     pid, host = holder.get("pid"), holder.get("host", "?")
     doing = "read" if holder.get("mode") == "read" else "written"
+    gone = host == socket.gethostname() and isinstance(pid, int) and not pid_alive(pid)
+    if gone and holder.get("mode") == "read":
+        # shared holders record themselves in turn: the last one ended, another holds it
+        return (
+            f"{kind} {store} is being read by another process sharing its lock (a shard, an "
+            f"export; the last to record itself, pid {pid} on host {host} "
+            f"({holder.get('command', 'avda')}), has ended); {fix} ({WAIT_ENV}=SECONDS waits "
+            "for it)"
+        )
     message = (
         f"{kind} {store} is being {doing} by pid {pid} on host {host} since "
         f"{holder.get('since', '?')} ({holder.get('command', 'avda')}); {fix}"
     )
-    if host == socket.gethostname() and isinstance(pid, int) and not pid_alive(pid):
+    if gone:
         message += (
             f" (pid {pid} has exited, but a process it started still holds {path}: end that "
             "process)"
