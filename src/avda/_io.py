@@ -11,7 +11,8 @@ module can use it without an import cycle.
   kept when its writer fails (a resumable download's ``.part``).
 - :func:`file_lock`: an exclusive ``flock`` on a lock file, waited for, the file removed by
   its holder when done (``avda manifest build``: two builds into one output take turns); a
-  wait past ``LOCK_NOTICE_SECONDS`` is said once, one past ``$AVDA_LOCK_WAIT`` refused. The
+  wait past ``LOCK_NOTICE_SECONDS`` is said once, one past ``$AVDA_LOCK_WAIT`` refused (not
+  ``bounded``: never). The
   store locks (:mod:`avda.cache.lock`) share its holder record, wait limit and warning.
 - :func:`sha256_file`: the SHA-256 hex digest of a file, read 1 MiB at a time.
 - :func:`torch_load`: ``torch.load`` with ``weights_only=True`` (tensors, numbers, strings and
@@ -86,7 +87,7 @@ LOCKS_UNSUPPORTED = frozenset({errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, err
 """``flock``'s errors on a file system without working locks (some Lustre or old NFS mounts)."""
 LOCK_WAIT_ENV = "AVDA_LOCK_WAIT"
 """Seconds a lock is waited for at most (the store locks: 0 unless set, refused at once;
-:func:`file_lock`: as long as it takes unless set)."""
+:func:`file_lock`: as long as it takes unless set, or not ``bounded``)."""
 LOCK_NOTICE_SECONDS = 2.0
 """How long :func:`file_lock` waits before it says, once, which lock it waits for."""
 
