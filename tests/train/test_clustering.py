@@ -390,8 +390,41 @@ def test_clusters_of_a_store_reached_by_a_link_to_another_file_system_are_writte
         assert sorted(p.name for p in tmp_path.iterdir()) == ["c.zarr"]
         assert sorted(p.name for p in real.iterdir()) == ["c.zarr"]
         # a kill between the renames, as it is left beside the store: put back through the link
-        (real / "c.zarr" / "clusters" / "audio").rename(real / ".c.zarr.clusters-audio.old")
-        restore_cluster_swaps(tmp_path / "c.zarr")
+        owner = store.provenance["cache_id"]
+        aside = real / f".c.zarr.clusters-audio.{owner}.old"
+        (real / "c.zarr" / "clusters" / "audio").rename(aside)
+        restore_cluster_swaps(open_cache(tmp_path / "c.zarr"))
+        assert not aside.exists()
         assert set(open_cache(tmp_path / "c.zarr").read_clusters("audio")[0].tolist()) == {2}
     finally:
         shutil.rmtree(real)
+
+
+def test_clusters_a_kill_left_aside_are_not_those_of_a_store_made_anew_at_the_path(tmp_path):
+    """A write killed between its renames (a real process, os._exit there) left the clusters
+    aside beside the store; the store was then deleted and another made at its path (the
+    aside is a hidden folder beside it): the new store read the deleted store's clusters as
+    its own, and every exclusive writer of it (avda cluster, extract, import) failed with
+    FileNotFoundError putting them back into its missing clusters/ folder. The aside is the
+    old store's (named for its cache_id): the new store reads none, and its first exclusive
+    writer deletes it."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    from avda.cache import faults
+    from avda.cache.lock import store_lock
+
+    store, _ = _clustered(tmp_path)
+    env = {**os.environ, faults.ENV: "exit:clusters-aside"}
+    writer = subprocess.run([sys.executable, "-c", _WRITE_CLUSTERS, str(store.path)], env=env)
+    assert writer.returncode == faults.EXIT_CODE
+    assert sorted(p.suffix for p in tmp_path.glob(".c.zarr.clusters-audio.*")) == [".new", ".old"]
+    shutil.rmtree(store.path)
+    make_feature_cache(tmp_path / "c.zarr", per_class=2, D=4, seed=1)
+    assert open_cache(tmp_path / "c.zarr").read_clusters("audio") is None
+    with store_lock(tmp_path / "c.zarr", what="avda cluster"):
+        pass
+    assert not list(tmp_path.glob(".c.zarr.clusters-*"))
+    assert open_cache(tmp_path / "c.zarr").read_clusters("audio") is None

@@ -589,7 +589,7 @@ class FeatureCache:
         next exclusive lock puts them back (:func:`restore_cluster_swaps`). Until 2026-12-07
         the array was recreated in place: a kill midway lost the groups written earlier."""
         current = self.path / schema.CLUSTERS_GROUP / modality
-        new, aside = _cluster_swap(self.path, modality)
+        new, aside = _cluster_swap(self, modality)
         shutil.rmtree(new, ignore_errors=True)
         try:
             array = zarr.create_array(
@@ -720,7 +720,7 @@ class FeatureCache:
         Between the renames (a kill there) the previous array put aside is read.
         """
         current = self.path / schema.CLUSTERS_GROUP / modality
-        _, aside = _cluster_swap(self.path, modality)
+        _, aside = _cluster_swap(self, modality)
         for _ in range(200):
             where = current if current.is_dir() else aside
             before = _folder_identity(where)
@@ -1170,33 +1170,40 @@ def _folder_identity(path: Path) -> tuple[int, int, int] | None:
     return (stat.st_dev, stat.st_ino, stat.st_ctime_ns)
 
 
-def _cluster_swap(path: Path, modality: str) -> tuple[Path, Path]:
+def _cluster_swap(store: FeatureCache, modality: str) -> tuple[Path, Path]:
     """Where :meth:`FeatureCache.write_clusters` writes the new clusters of ``modality``
-    (``.<store>.clusters-<modality>.new``) and puts the old ones aside (``...old``): beside
-    the store, outside its Zarr hierarchy (which would list them as arrays). Beside the store
-    the link ``path`` leads to, where it is one: renamed into it, they must be on its file
-    system."""
-    path = path.resolve()
-    stem = path.with_name(f".{path.name}.clusters-{modality}")
+    (``.<store>.clusters-<modality>.<cache_id>.new``) and puts the old ones aside
+    (``...old``): beside the store, outside its Zarr hierarchy (which would list them as
+    arrays). Beside the store the link ``store.path`` leads to, where it is one: renamed into
+    it, they must be on its file system. Named for the store's ``cache_id``: a store made
+    anew at the path (the one a kill left them beside deleted) neither reads nor gets them."""
+    path = store.path.resolve()
+    stem = path.with_name(f".{path.name}.clusters-{modality}.{_swap_owner(store)}")
     return stem.with_name(stem.name + ".new"), stem.with_name(stem.name + ".old")
 
 
-def restore_cluster_swaps(path: str | Path) -> None:
-    """Finish what a :meth:`FeatureCache.write_clusters` killed midway left beside the store
-    ``path``: clusters put aside whose place is empty go back (a kill between its renames),
-    any other aside and an unfinished new array are deleted."""
-    path = Path(path).resolve()
-    if not path.parent.is_dir():
-        return
+def _swap_owner(store: FeatureCache) -> str:
+    """The ``cache_id`` of ``store`` (``unidentified``: a store made before it had one)."""
+    return str(store.provenance.get("cache_id") or "unidentified")
+
+
+def restore_cluster_swaps(store: FeatureCache) -> None:
+    """Finish what a :meth:`FeatureCache.write_clusters` killed midway left beside ``store``:
+    clusters put aside whose place is empty go back (a kill between its renames), any other
+    aside, an unfinished new array and those of another store once at its path are deleted."""
+    path = store.path.resolve()
     stem = f".{path.name}.clusters-"
+    owner = _swap_owner(store)
     for leftover in sorted(path.parent.glob(f"{glob.escape(stem)}*")):
-        name = leftover.name[len(stem) :]
-        modality, _, kind = name.rpartition(".")
+        modality, _, rest = leftover.name[len(stem) :].partition(".")
+        written_for, _, kind = rest.rpartition(".")
+        if kind not in ("new", "old"):
+            continue
         current = path / schema.CLUSTERS_GROUP / modality
-        if kind == "old" and not current.exists():
+        if written_for == owner and kind == "old" and not current.exists():
             log.warning("%s: putting back the %s clusters a killed writer left", path, modality)
             os.replace(leftover, current)
-        elif kind in ("new", "old"):
+        else:
             log.warning("removing %s (clusters a killed writer left)", leftover)
             shutil.rmtree(leftover, ignore_errors=True)
 
@@ -1211,11 +1218,11 @@ def remove_kill_leftovers(path: str | Path) -> None:
     way."""
     remove_partial_creations(path)
     try:
-        open_cache(path)
+        store = open_cache(path)
     except CacheError:
         return
     remove_unfinished_writes(path)
-    restore_cluster_swaps(path)
+    restore_cluster_swaps(store)
 
 
 def _build(
