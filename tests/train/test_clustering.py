@@ -428,3 +428,14 @@ def test_clusters_a_kill_left_aside_are_not_those_of_a_store_made_anew_at_the_pa
         pass
     assert not list(tmp_path.glob(".c.zarr.clusters-*"))
     assert open_cache(tmp_path / "c.zarr").read_clusters("audio") is None
+
+
+def test_clusters_that_cannot_be_read_are_refused_as_they_are_not_as_a_looping_writer(tmp_path):
+    """A clusters array whose metadata is damaged (no swap anywhere): dce9e86's read again
+    loop took its error for a rename meanwhile and ended, 200 reads later, saying the clusters
+    were replaced throughout by a looping avda cluster; the array's own error is raised."""
+    store, _ = _clustered(tmp_path)
+    (store.path / "clusters" / "audio" / "zarr.json").write_text("{")
+    with pytest.raises((OSError, ValueError, KeyError)) as refused:
+        open_cache(store.path).read_clusters("audio")
+    assert "replaced throughout" not in str(refused.value)

@@ -732,13 +732,15 @@ class FeatureCache:
                 array = zarr.open_array(str(where), mode="r")
                 ids = array[: self.num_segments].astype(np.int64)
                 info = dict(array.attrs.get(schema.CLUSTERS_ATTRIBUTE, {}))
-            except (OSError, ValueError, KeyError):  # renamed away mid-open: read again
-                continue
-            finally:
-                after = _folder_identity(where)
-            if after == before and (where == current or not current.is_dir()):
+                failed = None
+            except (OSError, ValueError, KeyError) as exc:
+                failed = exc
+            kept = _folder_identity(where) == before and (where == current or not current.is_dir())
+            if kept:
+                if failed is not None:  # not a swap: the array itself cannot be read
+                    raise failed
                 return ids, info
-            time.sleep(0.01)
+            time.sleep(0.01)  # renamed meanwhile: read again
         raise CacheError(
             f"{current}: its clusters were replaced throughout 200 reads (an `avda cluster` "
             "looping on this store?); run this again when it has finished"
