@@ -43,6 +43,7 @@ METRICS = "metrics.jsonl"
 PREDICTIONS = "predictions"
 GROUP_COLUMN = "group"  # a predictions file's column of the rows' score_group ("" = alone)
 STATUS = "run.json"
+EPOCHS = "epochs"  # RUN/epochs/<epoch>/predictions: the last keep_last_predictions evaluations
 
 
 def save_checkpoint(state: Any, path: Path) -> None:
@@ -312,6 +313,17 @@ def read_arrays(path: Path) -> dict[str, np.ndarray]:
 def prediction_sets(run: Path) -> list[str]:
     folder = Path(run) / PREDICTIONS
     return sorted(p.stem for p in folder.glob("*.npz")) if folder.exists() else []
+
+
+def epoch_folders(run: Path) -> list[Path]:
+    """``RUN/epochs/<epoch>`` folders in training order: by number, as the loop names them
+    ``f"{epoch:04d}"``, which a run of over 9999 epochs outgrows (``10000`` sorts before
+    ``9999`` as text); a name not a number after them, by name."""
+    folder = Path(run) / EPOCHS
+    if not folder.exists():
+        return []
+    found = [p for p in folder.iterdir() if p.is_dir()]
+    return sorted(found, key=lambda p: (0, int(p.name), "") if p.name.isdigit() else (1, 0, p.name))
 
 
 def mark_complete(run: Path, summary: dict[str, Any]) -> None:

@@ -1263,3 +1263,17 @@ def test_published_rows_of_a_protocol_of_two_metrics_under_metric_one_of_them(tm
     assert not any("left out" in note for note in alone.notes), alone.notes
     with pytest.raises(ConfigError, match="metric top1 does not apply"):
         table(rows, metric="top1")
+
+
+def test_a_protocols_last_checkpoints_are_the_last_epochs_past_9999(tmp_path):
+    """The loop names RUN/epochs/<epoch> f"{epoch:04d}", which a run of over 9999 epochs
+    outgrows: sorted as text, 10000 came before 9998 and a protocol's last 2 checkpoints were
+    9998 and 9999. They are taken by number: 9999 and 10000."""
+    uids = np.array(["s0", "s1"])
+    for epoch in (9998, 9999, 10000):
+        scores = np.full((2, 3), float(epoch))
+        runs.write_predictions(tmp_path / "epochs" / f"{epoch:04d}", "target_test", uids,
+                               {"verb": np.array([0, 1])}, {"verb": scores})  # fmt: skip
+    taken = aggregate.rule_predictions(tmp_path, "target_test", 2)
+    assert [p["scores"]["verb"][0, 0] for p in taken] == [9999.0, 10000.0]
+    assert [p.name for p in runs.epoch_folders(tmp_path)] == ["9998", "9999", "10000"]

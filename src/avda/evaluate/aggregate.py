@@ -744,9 +744,8 @@ def rule_predictions(
     of the last ``checkpoints`` evaluations (``RUN/epochs/<epoch>/predictions``)."""
     if checkpoints <= 1:
         return [runs.read_predictions(run, split)]
-    folder = Path(run) / "epochs"
-    epochs = sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.exists() else []
-    epochs = [e for e in epochs if split in runs.prediction_sets(folder / e)]
+    folder = Path(run) / runs.EPOCHS
+    epochs = [e for e in runs.epoch_folders(run) if split in runs.prediction_sets(e)]
     if len(epochs) < checkpoints:
         head_config = runs.read_config(run).get("head_config") or {}
         kept = int(head_config.get("keep_last_predictions") or 0)
@@ -765,7 +764,7 @@ def rule_predictions(
             f"last {checkpoints} ({why}); train it again under "
             f"the protocol with at least {checkpoints} evaluations, or leave it out"
         )
-    return [runs.read_predictions(folder / e, split) for e in epochs[-checkpoints:]]
+    return [runs.read_predictions(e, split) for e in epochs[-checkpoints:]]
 
 
 def run_task(info: Any, task: str | None) -> tuple[str, bool]:

@@ -20,8 +20,8 @@ def checkpoint_accuracy(
     ``keep_last_predictions``) and returns :func:`mmsada_checkpoint_accuracy`'s ``top1_mean``,
     ``top1_std`` and ``top1_of_mean_scores`` (an ensemble, not the paper's number).
     """
-    folder = Path(run) / "epochs"
-    epochs = sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.exists() else []
+    folder = Path(run) / runs.EPOCHS
+    epochs = runs.epoch_folders(run)
     if len(epochs) < last:
         raise RunError(
             f"{run} has predictions of {len(epochs)} epoch(s) under {folder}, {last} needed; "
@@ -29,7 +29,7 @@ def checkpoint_accuracy(
         )
     scores, labels = [], None
     for epoch in epochs[-last:]:
-        prediction = runs.read_predictions(folder / epoch, set_name)
+        prediction = runs.read_predictions(epoch, set_name)
         if task not in prediction["scores"]:
             tasks = ", ".join(repr(t) for t in prediction["scores"]) or "none"
             multi = any(v.ndim == 2 for v in prediction["labels"].values())
@@ -40,7 +40,7 @@ def checkpoint_accuracy(
                 else ""
             )
             raise RunError(
-                f"{run}: epoch {epoch} has no {task!r} scores for {set_name!r} (its tasks: "
+                f"{run}: epoch {epoch.name} has no {task!r} scores for {set_name!r} (its tasks: "
                 f"{tasks}){hint}"
             )
         # Scores are already clip-averaged probabilities: one "clip" whose softmax they are.

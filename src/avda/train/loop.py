@@ -433,7 +433,7 @@ def _train(
                 for name, feature_set in eval_sets.items():
                     labels = {t: y.numpy() for t, y in feature_set.labels.items()}
                     runs.write_predictions(
-                        out / "epochs" / f"{epoch:04d}",
+                        out / runs.EPOCHS / f"{epoch:04d}",
                         name,
                         feature_set.uids,
                         labels,
