@@ -387,7 +387,8 @@ def test_a_rerun_at_another_sampling_is_refused_not_already_imported(tmp_path, c
     or --num-clips would store other rows: it was "already imported" (nothing done, exit 0)
     for a .npy folder always, and for a TA3N folder where the frames read were the same (its
     fingerprint hashes those), refused where they were not. Refused either way, naming the
-    store's sampling; the same options are still "already imported"."""
+    store's sampling; the same options are still "already imported". Another --backbone (or
+    none) was "already imported" though the store keeps its own label: refused naming it."""
     folder = _ta3n_folder(tmp_path)
     if route == "npy":
         _snippet(folder, tmp_path / "npy")
@@ -397,9 +398,12 @@ def test_a_rerun_at_another_sampling_is_refused_not_already_imported(tmp_path, c
     assert cli.main(_import(folder, manifest, store)) == 0
     for option, value, says in (("--placement", "nearest", "--feature-rate 25 --placement tsn"),
                                 ("--feature-rate", "12.5", "--feature-rate 25 --placement tsn"),
-                                ("--num-clips", "3", "K=5")):  # fmt: skip
+                                ("--num-clips", "3", "K=5"),
+                                ("--backbone", "i3d", "give --backbone resnet101"),
+                                ("--backbone", None, "no --backbone, which would")):  # fmt: skip
         args = _import(folder, manifest, store)
-        args[args.index(option) + 1] = value
+        at = args.index(option)
+        args[at : at + 2] = [option, value] if value else []
         capsys.readouterr()
         code = cli.main(args)
         out, err = capsys.readouterr()

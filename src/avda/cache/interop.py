@@ -281,19 +281,40 @@ def _check_import(
                     f"D={found['num_features']}; {source} has K={K}, D={D}: import it into "
                     "another store"
                 )
-            theirs, ours = found.get("backbone", "unknown"), block.info.get("backbone", "unknown")
-            if theirs != ours:  # rows of two backbones under one modality's provenance
-                said = "no --backbone" if ours == "unknown" else f"--backbone {ours}"
-                raise CacheError(
-                    f"{store.path} holds {modality} features of backbone {theirs}; {source} is "
-                    f"imported with {said}: features of one modality come from one backbone. "
-                    f"If they are {theirs}'s, import with --backbone {theirs}; else import "
-                    "them into another store"
-                )
+            _check_backbone(store, modality, found, block.info, source)
             _check_npy_sampling(store, modality, found, block.info, source)
     if _adds_modalities(store, segments, blocks):
         return _same_segments(store, segments, source)
     return _rows_for(store, segments, source, sorted(blocks))
+
+
+def _check_backbone(
+    store: FeatureCache,
+    modality: str,
+    found: Mapping[str, Any],
+    info: Mapping[str, Any],
+    source: Path,
+    rerun: bool = False,
+) -> None:
+    """Refuse rows of another backbone than the modality's (``found``): its provenance names
+    one. ``rerun``: ``source`` is the import that stored them, run again with another
+    --backbone, which would only relabel them: refused too, naming the recorded one."""
+    theirs, ours = found.get("backbone", "unknown"), info.get("backbone", "unknown")
+    if theirs == ours:
+        return
+    said = "no --backbone" if ours == "unknown" else f"--backbone {ours}"
+    if rerun:
+        given = "leave --backbone out" if theirs == "unknown" else f"give --backbone {theirs}"
+        raise CacheError(
+            f"{store.path} holds {modality} features of backbone {theirs} imported from "
+            f"{source}; it is imported again with {said}, which would only relabel them: "
+            f"{given} (it is imported: nothing to do), or import it into another store"
+        )
+    raise CacheError(
+        f"{store.path} holds {modality} features of backbone {theirs}; {source} is imported "
+        f"with {said}: features of one modality come from one backbone. If they are "
+        f"{theirs}'s, import with --backbone {theirs}; else import them into another store"
+    )
 
 
 def _npy_sampling(info: Mapping[str, Any]) -> tuple[float, str] | None:
@@ -1429,10 +1450,12 @@ def _check_rerun_sampling(
     at the store's sampling: at another --feature-rate, --placement or --num-clips it would
     store other rows, so it is refused as an append would be (:func:`_check_npy_sampling`),
     not taken as done. The fingerprint does not tell: a .npy folder's is of every file, and a
-    TA3N folder's of the frames read, which other options may read too."""
+    TA3N folder's of the frames read, which other options may read too. Another --backbone
+    would store the same rows under another name: refused too, as the store keeps its own."""
     if modality not in store.modalities:
         return
     found = store.modality_info(modality)
+    _check_backbone(store, modality, found, info, source, rerun=True)
     _check_npy_sampling(store, modality, found, info, source)
     if int(found["num_clips"]) != num_clips:
         raise CacheError(
