@@ -1375,7 +1375,7 @@ def _import_per_video(
         store = _open_existing(out)
         segments = table.reset_index(drop=True)
         segments = segments[[c for c in schema.SEGMENT_COLUMNS if c in segments.columns]]
-        read = None  # a .npy folder: every file hashed (one a video, each opened)
+        read = None  # a .npy folder: every file hashed; a video opened only if it has segments
         if fmt == "ta3n-t7":
             read = _frames_read(videos, segments, feature_rate, num_clips, placement)
         sha = _folder_sha256(folder, files, read)
