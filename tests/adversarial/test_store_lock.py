@@ -38,9 +38,13 @@ def test_shared_holders_share_and_keep_writers_out(tmp_path):
     store.mkdir()
     with store_lock(store, what="avda cache export", shared=True):
         with store_lock(store, what="shard", shared=True):
-            with pytest.raises(StoreBusyError, match="is being read by pid"):
+            with pytest.raises(StoreBusyError) as refused:
                 with store_lock(store, what="avda cluster"):
                     pass
+    # shards hold it shared while they write their rows: not "being read"
+    message = str(refused.value)
+    assert f"cache {store} is in use by pid {os.getpid()}" in message
+    assert "(shard; a shared lock: a shard, a reader); wait for it" in message
 
 
 def test_a_writer_waits_when_asked(tmp_path, monkeypatch):
@@ -168,8 +172,8 @@ def test_a_refusal_behind_shards_does_not_send_the_user_after_the_shard_that_end
     message = str(refused.value)
     assert "\n" not in message and "end that process" not in message
     assert message == (
-        f"cache {store} is being read by another process sharing its lock (a shard, an "
-        f"export; the last to record itself, pid {ended.pid} on host {socket.gethostname()} "
+        f"cache {store} is in use by another process sharing its lock (a shard, a "
+        f"reader; the last to record itself, pid {ended.pid} on host {socket.gethostname()} "
         "(avda extract), has ended); wait for it to finish, then run the command again "
         "(AVDA_LOCK_WAIT=SECONDS waits for it)"
     )

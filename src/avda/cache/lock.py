@@ -312,19 +312,22 @@ def _busy_message(store: Path, path: Path, fd: int, kind: str = "cache") -> str:
     if "pid" not in holder:
         return f"{kind} {store} is being written by another process (lock {path}); {fix}"
     pid, host = holder.get("pid"), holder.get("host", "?")
-    doing = "read" if holder.get("mode") == "read" else "written"
+    # a shared holder ("mode": "read" in its record) is a shard writing its rows or a reader
+    shared = holder.get("mode") == "read"
+    command = holder.get("command", "avda")
     gone = host == socket.gethostname() and isinstance(pid, int) and not pid_alive(pid)
-    if gone and holder.get("mode") == "read":
+    if gone and shared:
         # shared holders record themselves in turn: the last one ended, another holds it
         return (
-            f"{kind} {store} is being read by another process sharing its lock (a shard, an "
-            f"export; the last to record itself, pid {pid} on host {host} "
-            f"({holder.get('command', 'avda')}), has ended); {fix} ({WAIT_ENV}=SECONDS waits "
-            "for it)"
+            f"{kind} {store} is in use by another process sharing its lock (a shard, a "
+            f"reader; the last to record itself, pid {pid} on host {host} ({command}), has "
+            f"ended); {fix} ({WAIT_ENV}=SECONDS waits for it)"
         )
+    doing = "in use" if shared else "being written"
+    holds = f"{command}; a shared lock: a shard, a reader" if shared else command
     message = (
-        f"{kind} {store} is being {doing} by pid {pid} on host {host} since "
-        f"{holder.get('since', '?')} ({holder.get('command', 'avda')}); {fix}"
+        f"{kind} {store} is {doing} by pid {pid} on host {host} since "
+        f"{holder.get('since', '?')} ({holds}); {fix}"
     )
     if gone:
         message += (
