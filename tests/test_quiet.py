@@ -171,6 +171,50 @@ def test_extraction_shard_warnings_are_one_line_without_verbose(caplog):
     assert lines == messages
 
 
+@pytest.mark.parametrize("caller", ["api.extract", "run_sweep"])
+def test_warning_summaries_tell_a_python_caller_what_to_set_not_avda_v(tmp_path, caplog, caller):
+    """Inside an API call or ``run_sweep`` the summaries of the shard tasks' and the runs'
+    warnings said "(avda -v prints them)", an option a Python caller has not got: they name
+    avda's logger at DEBUG, what -v sets, and that logger so set prints each warning (the
+    summaries checked the root logger, which it leaves at INFO). The CLI's words stay."""
+    import functools
+
+    from avda import api, wording
+    from avda.extract import distributed
+    from avda.sweep import run as sweep
+
+    if caller == "api.extract":
+        python_words = api._keyword_errors(api._EXTRACT_KEYWORDS)
+        report = functools.partial(distributed._report_warnings, ["segment s0 failed", "s1"])
+        name, each = "avda.extract.distributed", ["segment s0 failed", "s1"]
+    else:
+        python_words = wording.keyword_errors(
+            functools.partial(wording.keywords, table=sweep.RUN_SWEEP_KEYWORDS)
+        )
+        outcome = sweep.TaskOutcome("a/s/seed0", "complete", warnings=["w1", "w2"])
+        task = type("T", (), {"name": "a/s/seed0"})
+        report = functools.partial(sweep._report_warnings, tmp_path, [task], {task.name: outcome})
+        name, each = "avda.sweep.run", ["a/s/seed0: w1", "a/s/seed0: w2"]
+
+    def said(function) -> list[str]:
+        caplog.clear()
+        with caplog.at_level(logging.INFO):
+            function()
+        return [r.getMessage() for r in caplog.records if r.name == name]
+
+    (python,) = said(python_words(report))
+    assert "(logging.getLogger('avda').setLevel(logging.DEBUG) prints them" in python, python
+    assert "avda -v" not in python
+    (command_line,) = said(report)
+    assert "(avda -v prints them" in command_line, command_line
+    avda = logging.getLogger("avda")
+    avda.setLevel(logging.DEBUG)  # what the Python caller is told to do, root left at INFO
+    try:
+        assert said(python_words(report)) == each
+    finally:
+        avda.setLevel(logging.NOTSET)
+
+
 def test_other_libraries_info_records_only_with_verbose(capsys):
     """A first `avda report` printed matplotlib's "generated new fontManager" before its own
     line: INFO records of other libraries show with -v only; avda's and every warning stay."""

@@ -174,24 +174,34 @@ def spoken(spell: Callable[[str], str]) -> Iterator[None]:
                 logging.setLogRecordFactory(factory.avda_base)
 
 
+# How a summary of warnings has each printed: on the command line ``avda -v``, which sets the
+# root logger to DEBUG (the summaries check avda's logger, which inherits it); from Python,
+# avda's logger so set.
+VERBOSE = "avda -v"
+_PYTHON_VERBOSE = "logging.getLogger('avda').setLevel(logging.DEBUG)"
+
+
 def keyword_errors(
     spell: Callable[[str], str], records: Callable[[Any], Any] | None = None
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Decorate a function that another caller shares with the CLI (the Python API's, a
-    sweep's): its :class:`AvdaError` messages and the records it logs (warnings, notes:
-    :func:`spoken`) pass through ``spell`` (the CLI calls ``function.__wrapped__``, whose
-    messages are its own); ``records(result)``: its result with the failure records it
-    returns so worded."""
+    """Decorate a function a Python caller shares with the CLI (the Python API's,
+    ``run_sweep``): its :class:`AvdaError` messages and the records it logs (warnings, notes:
+    :func:`spoken`) pass through ``spell``, and name what a Python caller does for
+    :data:`VERBOSE` (the CLI calls ``function.__wrapped__``, whose messages are its own);
+    ``records(result)``: its result with the failure records it returns so worded."""
+
+    def in_python(message: str) -> str:
+        return spell(message.replace(VERBOSE, _PYTHON_VERBOSE))
 
     def decorate(function: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(function)
         def call(*args: Any, **kwargs: Any) -> Any:
             try:
-                with spoken(spell):
+                with spoken(in_python):
                     result = function(*args, **kwargs)
                 return result if records is None else records(result)
             except AvdaError as exc:
-                message = spell(str(exc))
+                message = in_python(str(exc))
                 if message == str(exc):
                     raise
                 raise reworded(exc, message) from exc.__cause__
@@ -212,4 +222,4 @@ def reworded(exc: AvdaError, message: str) -> AvdaError:
     return error.with_traceback(exc.__traceback__)
 
 
-__all__ = ["keyword_errors", "keywords", "reworded", "spelt", "spoken"]
+__all__ = ["VERBOSE", "keyword_errors", "keywords", "reworded", "spelt", "spoken"]

@@ -50,6 +50,7 @@ from avda.devices import gpu_count
 from avda.errors import AvdaError, ConfigError
 from avda.extract import backbones, runner
 from avda.extract.runner import ExtractOptions, ExtractResult
+from avda.wording import VERBOSE
 
 log = logging.getLogger(__name__)
 
@@ -244,18 +245,19 @@ def _any_pending(store: Any, modalities: Any) -> bool:
 
 
 def _report_warnings(warnings: list[str]) -> None:
-    """The shard tasks' warnings: each with ``avda -v``, else one line (failed segments are
-    also in the store and in ``STORE.failures.csv``)."""
+    """The shard tasks' warnings: each with avda's logger at DEBUG (``avda -v``), else one
+    line (failed segments are also in the store and in ``STORE.failures.csv``)."""
     if not warnings:
         return
-    if logging.getLogger().isEnabledFor(logging.DEBUG):
+    if log.isEnabledFor(logging.DEBUG):
         for message in warnings:
             log.warning("%s", message)
         return
     log.warning(
-        "%d warning(s) from the shard tasks, e.g. %s (avda -v prints them all)",
+        "%d warning(s) from the shard tasks, e.g. %s (%s prints them all)",
         len(warnings),
         warnings[0],
+        VERBOSE,
     )
 
 

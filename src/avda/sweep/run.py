@@ -80,7 +80,7 @@ from avda.sweep.spec import (
     pbs_walltime,
     spec_words,
 )
-from avda.wording import keyword_errors, keywords, spoken
+from avda.wording import VERBOSE, keyword_errors, keywords, spoken
 
 log = logging.getLogger(__name__)
 
@@ -1794,7 +1794,7 @@ def _sweep_in(
 
 def _report_warnings(out: Path, tasks: list[SweepTask], outcomes: dict) -> None:
     """The runs' warnings (kept on the workers): all in ``OUT/sweep-warnings.log``; printed
-    each with ``avda -v``, else one line that says where they are."""
+    each with avda's logger at DEBUG (``avda -v``), else one line that says where they are."""
     path = out / WARNINGS
     lines = [
         f"{task.name}: {message}"
@@ -1818,14 +1818,14 @@ def _report_warnings(out: Path, tasks: list[SweepTask], outcomes: dict) -> None:
     atomic_write_text(path, "\n".join(previous + lines) + "\n")
     if not lines:  # nothing new to say about
         return
-    if logging.getLogger().isEnabledFor(logging.DEBUG):
+    if log.isEnabledFor(logging.DEBUG):
         for line in lines:
             log.warning("%s", line)
         return
     count = len({line.split(": ", 1)[0] for line in lines})
     log.warning(
-        "%d warning(s) from %d run(s), e.g. %s; all are in %s (avda -v prints them)",
-        *(len(lines), count, lines[0], path),
+        "%d warning(s) from %d run(s), e.g. %s; all are in %s (%s prints them)",
+        *(len(lines), count, lines[0], path, VERBOSE),
     )
 
 
