@@ -72,3 +72,59 @@ def test_a_killed_parent_takes_its_decoding_worker_along(tmp_path, parent_dies):
             parent.kill()
         if started.exists() and started.read_text() and _alive(int(started.read_text())):
             os.kill(int(started.read_text()), signal.SIGKILL)
+
+
+def _group(pgid: int) -> list[int]:
+    """The live processes of process group ``pgid``."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as handle:
+                    fields = handle.read().split(")")[-1].split()
+            except OSError:
+                continue
+            if int(fields[2]) == pgid and fields[0] != "Z":
+                found.append(int(entry))
+    return found
+
+
+def test_sigterm_to_the_process_group_ends_avda_extract_with_its_one_line(demo_dataset, tmp_path):
+    """SLURM at a time limit (and a shell's kill of a job) sends SIGTERM to every process of the
+    job: the decoding workers too. PyTorch's worker handler died by it and the parent's SIGCHLD
+    handler raised 'DataLoader worker ... is killed by signal: Terminated', an internal error
+    (exit 1) or a traceback before the 'terminated' line; the workers leave it to the parent."""
+    root, _ = demo_dataset
+    command = [
+        sys.executable, "-m", "avda.cli", "extract", "--manifest", str(root / "manifest.csv"),
+        "--videos", str(root), "-o", str(tmp_path / "c.zarr"), "--recipe", "demo",
+        "--workers", "2", "--device", "cpu", "--quiet",
+    ]  # fmt: skip
+    env = {**os.environ, "AVDA_DEBUG": ""}
+    process = subprocess.Popen(
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 300
+        while len(_group(process.pid)) < 3:  # the command and its two decoding workers
+            assert process.poll() is None, process.communicate()
+            assert time.monotonic() < deadline, "no decoding workers within 300 s"
+            time.sleep(0.05)
+        time.sleep(0.5)  # decoding
+        os.killpg(process.pid, signal.SIGTERM)
+        _, err = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert process.returncode == 128 + signal.SIGTERM, err
+    assert "Error" not in err and "Traceback" not in err, err
+    assert err.strip().splitlines()[-1] == (
+        "terminated (SIGTERM); avda extract resumes where it stopped: run the same command again"
+    )
+    deadline = time.monotonic() + 20
+    while _group(process.pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _group(process.pid)  # no decoding worker left behind
+    rerun = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0 and ", 0 failed" in rerun.stdout, rerun.stderr

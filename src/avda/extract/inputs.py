@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -618,6 +619,12 @@ def _text(segment: pd.Series, column: str) -> str | None:
 def worker_init(_: int) -> None:
     # Decoding workers do no heavy math; one thread each leaves the cores to the backbone.
     torch.set_num_threads(1)
+    # A SIGTERM to the whole process group (SLURM at a time limit, a shell's kill of a job)
+    # reaches the workers too: PyTorch's worker handler dies by it, and the parent's SIGCHLD
+    # handler then raised "DataLoader worker ... is killed by signal" (exit 1 as an internal
+    # error, or a traceback before the CLI's 'terminated' line). The parent decides: it
+    # unwinds (avda.cli) and ends its workers, which die with it in any case (below).
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     die_with_parent()
     _keep_logs()
 
@@ -689,7 +696,6 @@ def die_with_parent() -> None:
         return
     import ctypes
     import multiprocessing
-    import signal
 
     parent = multiprocessing.parent_process()
     try:
