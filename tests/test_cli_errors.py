@@ -326,6 +326,27 @@ def test_sigint_to_a_running_train_exits_130_with_the_resume_line(work, tmp_path
         assert [record["epoch"] for record in after] == list(range(1, len(after) + 1))
 
 
+def test_the_terminated_line_comes_after_the_bars_left_open(capsys, monkeypatch, tmp_path):
+    """A command's bar not closed in a ``finally`` (``avda extract --scheduler``'s shards) is
+    closed as the unwound frames go: the 'terminated' line was said before, so a bar's last
+    state ended stderr, where Ctrl-C's 'interrupted' line comes after it."""
+    from avda._io import progress_bar
+    from avda.cache.store import FeatureCache
+
+    make_feature_cache(tmp_path / "c.zarr", per_class=2)
+
+    def verify(self, progress=True):
+        bar = progress_bar(total=3, desc="verify", unit="chunk", disable=False)
+        bar.update(1)
+        raise cli.Terminated
+
+    monkeypatch.setattr(FeatureCache, "verify", verify)
+    code, _, err = run(capsys, "cache", "verify", str(tmp_path / "c.zarr"))
+    assert code == 128 + signal.SIGTERM
+    assert err.strip().splitlines()[-1] == "terminated (SIGTERM)", err
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # main's handler undone
+
+
 def _epochs(run: Path) -> list[dict]:
     """Its epochs' records without their times (an epoch past the last checkpoint is trained
     again on resume: the same numbers, another time)."""

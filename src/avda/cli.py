@@ -1687,9 +1687,8 @@ def main(argv: list[str] | None = None) -> int:
         code = int(code or 0)
     except (typer.Abort, KeyboardInterrupt):
         code = EXIT_INTERRUPTED
-    except Terminated:
-        typer.echo(_interrupted_message(argv, "terminated (SIGTERM)"), err=True)
-        return EXIT_TERMINATED
+    except Terminated:  # said below, as an interrupt: after the bars its frames held closed
+        code = EXIT_TERMINATED
     except typer.Exit as exc:
         code = int(exc.exit_code)
     except SystemExit as exc:  # click exits 1 itself on a broken pipe
@@ -1721,6 +1720,8 @@ def main(argv: list[str] | None = None) -> int:
             signal.signal(signal.SIGTERM, on_term)
     if code == EXIT_INTERRUPTED:  # typer turns KeyboardInterrupt into Exit(130)
         typer.echo(_interrupted_message(argv), err=True)
+    elif code == EXIT_TERMINATED:
+        typer.echo(_interrupted_message(argv, "terminated (SIGTERM)"), err=True)
     return code
 
 
