@@ -165,6 +165,36 @@ def test_missing_folders_and_inputs_are_reported(epic_folders, tmp_path):
     assert x is None and status == Status.FAILED and "holds no frame images" in error
 
 
+@pytest.mark.parametrize("kind", ["rgb", "flow"])
+def test_frame_folders_of_other_videos_are_refused_in_one_line(epic_folders, tmp_path, kind):
+    """--frames/--flow DIR holding none of the manifest's videos' folders: one error before any
+    segment is read, the rows left pending, as a --videos or --audio folder of other videos (it
+    was a warning per segment and a store of failed rows); one video there is enough to go on
+    (the others fail their own segments)."""
+    rgb_root, flow_root, manifest = epic_folders
+    extra = manifest.iloc[:1].assign(uid="P01_02_0", video_id="P01_02")  # none anywhere
+    manifest = pd.concat([manifest, extra], ignore_index=True)
+    other = tmp_path / "other"
+    (other / "P99_01").mkdir(parents=True)
+    roots = {"frames": rgb_root, "flow": flow_root}
+    roots["frames" if kind == "rgb" else "flow"] = other
+    specs = [runner.ModalitySpec(kind, "tbn")]
+    options = dict(recipe=tiny("ta3n"), modalities=specs, workers=0, progress=False, **roots)
+    with pytest.raises(ConfigError) as refused:
+        runner.extract(manifest, out=tmp_path / "c.zarr", **options)
+    option = "--frames" if kind == "rgb" else "--flow"
+    message = str(refused.value)
+    videos = manifest["video_id"].nunique()
+    assert message.startswith(f"none of the {videos} video(s) the manifest names has a")
+    assert f"{kind} frame folder in {other} ({option}; the first: no {kind} frame " in message
+    assert f"give {option} the folder they are in" in message and "\n" not in message
+    assert np.all(open_cache(tmp_path / "c.zarr").status(kind) == Status.PENDING)
+    found = frames_lib.locate(rgb_root if kind == "rgb" else flow_root, "P01_01", "P01", kind)
+    shutil.copytree(found, other / "P01_01")
+    result = runner.extract(manifest, out=tmp_path / "c.zarr", **options)  # one is enough
+    assert (result.done, result.failed) == (2, 1)  # P01_02's row fails on its own
+
+
 def test_segment_without_frame_columns_uses_seconds_and_fps():
     segment = SegmentFrames.from_seconds("u", 0.5, 1.0, 30.0)
     assert (segment.start_frame, segment.stop_frame) == (16, 31)

@@ -137,9 +137,22 @@ class InputPaths:
                 "--videos for their headers"
             )
 
-    def _check_audio_files(self, segments: pd.DataFrame) -> None:
-        """The same for ``--audio DIR``: none of the videos' audio files there (another
-        folder, files named otherwise) is one error, not a warning per segment."""
+    def _check_located(self, segments: pd.DataFrame, modality: str) -> None:
+        """The same for ``--audio DIR`` and the ``--frames``/``--flow`` folders: none of the
+        videos' audio files or frame folders there (another folder, named otherwise) is one
+        error, not a warning per segment."""
+        if modality == "audio":
+            option, root, what = "--audio", self.audio, "an audio file"
+            locate = audio_lib.locate_audio_file
+        else:
+            kind = "rgb" if modality == "rgb" else "flow"
+            option = "--frames" if kind == "rgb" else "--flow"
+            root = self.frames if kind == "rgb" else self.flow
+            what = "an rgb frame folder" if kind == "rgb" else "a flow frame folder"
+
+            def locate(root: Path, video_id: str, participant: str | None) -> Path:
+                return frames_lib.locate(root, video_id, participant, kind)
+
         columns = [c for c in ("video_id", "participant_id") if c in segments.columns]
         pairs = segments[columns].drop_duplicates()
         first = None
@@ -147,14 +160,14 @@ class InputPaths:
             video_id = str(row[0])
             participant = _text(pd.Series(row, index=columns), "participant_id")
             try:
-                audio_lib.locate_audio_file(self.audio, video_id, participant)
+                locate(Path(root), video_id, participant)
                 return
             except MediaError as exc:
-                first = first or str(exc).removesuffix("; check --audio")
+                first = first or str(exc).removesuffix(f"; check {option}")
         if first is not None:
             raise ConfigError(
-                f"none of the {len(pairs)} video(s) the manifest names has an audio file in "
-                f"{self.audio} (--audio; the first: {first}): give --audio the folder they are "
+                f"none of the {len(pairs)} video(s) the manifest names has {what} in "
+                f"{root} ({option}; the first: {first}): give {option} the folder they are "
                 "in, or a manifest of the videos there"
             )
 
@@ -164,8 +177,8 @@ class InputPaths:
         each segment failing, one warning a segment (3,209 lines for UCF-HMDB's lists), in a
         store of failed rows. Some videos missing still fail their own segments only."""
         source = self.source_of(modality)
-        if source == "audio-files":
-            self._check_audio_files(segments)
+        if source in ("audio-files", "frames", "flow-frames"):
+            self._check_located(segments, modality)
             return
         if self.videos is None or source != "video":
             return
