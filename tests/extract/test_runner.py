@@ -108,6 +108,14 @@ def test_a_manifest_of_other_videos_is_refused_in_one_line(demo_dataset, tmp_pat
     assert np.all(store.status("rgb") == Status.PENDING)
     assert _extract(manifest, root, tmp_path / "c.zarr").ok  # the right folder resumes it
     assert _extract(manifest, other, tmp_path / "c.zarr").done == 2 * len(manifest)
+    # one video there is enough to go on: the others' rows fail on their own
+    some = tmp_path / "some"
+    (some / first.relative_to(other)).parent.mkdir(parents=True)
+    shutil.copy(root / first.relative_to(other), some / first.relative_to(other))
+    _extract(manifest, some, tmp_path / "d.zarr")
+    status = open_cache(tmp_path / "d.zarr").status("rgb")
+    own = (manifest["video_path"] == manifest["video_path"].iloc[0]).to_numpy()
+    assert np.all(status[own] == Status.DONE) and np.all(status[~own] == Status.FAILED)
 
 
 def test_an_audio_folder_without_the_manifests_audio_files_is_refused_in_one_line(
