@@ -347,6 +347,31 @@ def test_the_terminated_line_comes_after_the_bars_left_open(capsys, monkeypatch,
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # main's handler undone
 
 
+def test_a_second_sigterm_does_not_cut_the_clean_up_short(capsys, monkeypatch, tmp_path):
+    """A job's SIGTERM can come twice (a wrapper forwarding it, a repeated kill): the second,
+    raised inside the first's clean-up, cut it short (a cluster half closed) or, after it,
+    ended the command with a traceback; the clean-up runs to its end and the line is said."""
+    from avda.cache.store import FeatureCache
+
+    make_feature_cache(tmp_path / "c.zarr", per_class=2)
+    cleaned = []
+
+    def verify(self, progress=True):
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # the handler raises before this ends
+        finally:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.05)
+            cleaned.append(True)
+
+    monkeypatch.setattr(FeatureCache, "verify", verify)
+    code, _, err = run(capsys, "cache", "verify", str(tmp_path / "c.zarr"))
+    assert code == 128 + signal.SIGTERM and cleaned == [True]
+    assert one_line(err) == "terminated (SIGTERM)"
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+
+
 def _epochs(run: Path) -> list[dict]:
     """Its epochs' records without their times (an epoch past the last checkpoint is trained
     again on resume: the same numbers, another time)."""

@@ -45,6 +45,9 @@ class Terminated(BaseException):
 
 
 def _terminated(signum, frame) -> None:
+    # once: a second SIGTERM (a wrapper forwarding the job's, a repeated kill) raised in the
+    # clean-up cut it short; main() puts the previous handler back when the command has unwound
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise Terminated
 
 
