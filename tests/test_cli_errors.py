@@ -435,6 +435,45 @@ def _train_until_an_epoch_then(signum, work, out: Path, after: int = 0) -> str:
     return err
 
 
+HELD_BAR = """
+import asyncio, os, signal, sys, threading
+from tqdm import tqdm
+from zarr.core.sync import sync
+from avda import cli
+
+@cli.app.command("hold")
+def hold():
+    bar = tqdm(total=2, desc="held")  # closed when collected, as avda extract --scheduler's
+    bar.update(1)
+
+    async def writes():  # Zarr's, as avda cache import's writing chunks
+        await asyncio.gather(*(asyncio.sleep(30) for _ in range(3)))
+
+    threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGTERM)).start()
+    sync(writes())
+
+sys.exit(cli.main(["hold"]))
+"""
+
+
+def test_sigterm_says_its_line_last_after_the_bars_the_unwinding_closes(tmp_path):
+    """The line was printed while the exception still held the command's frames: a progress
+    bar closed only when collected (``avda extract --scheduler local:2``'s shards) drew itself
+    again under it, so the job log's last line was the bar, not what to do. Zarr's writes left
+    pending on its event loop (``avda cache import``) were logged at exit, each 'Task was
+    destroyed but it is pending!' with its coroutine."""
+    script = tmp_path / "held.py"
+    script.write_text(HELD_BAR)
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=120,
+        env={**os.environ, "AVDA_DEBUG": ""},
+    )  # fmt: skip
+    assert done.returncode == 128 + signal.SIGTERM, done.stderr
+    assert "Traceback" not in done.stderr and "held: " in done.stderr
+    assert "destroyed but it is pending" not in done.stderr, done.stderr
+    assert done.stderr.strip().splitlines()[-1] == "terminated (SIGTERM)", done.stderr
+
+
 def test_demo_with_a_missing_checkpoint_is_refused_before_making_its_dataset(capsys, tmp_path):
     for option in ("--weights", "--audio-weights"):
         code, _, err = run(capsys, "demo", "-o", str(tmp_path / "d"), option, "nope.pt")

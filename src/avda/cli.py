@@ -1721,11 +1721,26 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if on_term is not None:
             signal.signal(signal.SIGTERM, on_term)
+    if code in (EXIT_INTERRUPTED, EXIT_TERMINATED):
+        _quiet_abandoned_tasks()
     if code == EXIT_INTERRUPTED:  # typer turns KeyboardInterrupt into Exit(130)
         typer.echo(_interrupted_message(argv), err=True)
     elif code == EXIT_TERMINATED:
         typer.echo(_interrupted_message(argv, "terminated (SIGTERM)"), err=True)
     return code
+
+
+def _abandoned(record: logging.LogRecord) -> bool:
+    return "Task was destroyed but it is pending" not in record.getMessage()
+
+
+def _quiet_abandoned_tasks() -> None:
+    """An interrupted command leaves Zarr's reads and writes pending on its event loop (their
+    rows stay pending to resume): asyncio logged each as 'Task was destroyed but it is
+    pending!' with its coroutine when the process ended, under the command's one line."""
+    asyncio_log = logging.getLogger("asyncio")
+    if _abandoned not in asyncio_log.filters:
+        asyncio_log.addFilter(_abandoned)
 
 
 def entry() -> None:
