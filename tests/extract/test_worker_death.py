@@ -128,3 +128,40 @@ def test_sigterm_to_the_process_group_ends_avda_extract_with_its_one_line(demo_d
     assert not _group(process.pid)  # no decoding worker left behind
     rerun = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0 and ", 0 failed" in rerun.stdout, rerun.stderr
+
+
+STARTING = """
+import os, signal, sys
+import torch.utils.data.dataloader as dataloader
+from avda import cli
+from avda.extract.inputs import DecodingLoader, worker_init
+
+started = dataloader._utils.signal_handling._set_SIGCHLD_handler
+
+def started_then_signalled():  # the workers run; the iterator is not yet whole
+    started()
+    os.kill(os.getpid(), getattr(signal, sys.argv[1]))
+
+dataloader._utils.signal_handling._set_SIGCHLD_handler = started_then_signalled
+signal.signal(signal.SIGTERM, cli._terminated)
+try:
+    for _ in DecodingLoader(range(4), batch_size=None, num_workers=2, worker_init_fn=worker_init):
+        pass
+except (cli.Terminated, KeyboardInterrupt):
+    print("unwound")
+"""
+
+
+def test_a_signal_while_the_decoding_workers_start_unwinds_without_a_traceback(tmp_path):
+    """``avda finetune`` starts its decoding workers anew each epoch: a SIGTERM (or Ctrl-C)
+    while PyTorch's iterator was being made left it half made, and collecting it printed
+    'Exception ignored in: ... _MultiProcessingDataLoaderIter.__del__ ... AttributeError: ...
+    no attribute _workers_status' above the terminated line. The signal waits until it is
+    whole, then unwinds the command."""
+    script = tmp_path / "starting.py"
+    script.write_text(STARTING)
+    done = subprocess.run(
+        [sys.executable, str(script), "SIGTERM"], capture_output=True, text=True, timeout=120
+    )
+    assert done.stdout.split() == ["unwound"], done.stderr
+    assert "Traceback" not in done.stderr and "Exception ignored" not in done.stderr, done.stderr

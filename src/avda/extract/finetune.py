@@ -30,7 +30,6 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader
 
 from avda import runs
 from avda._io import atomic_write_text, progress_bar
@@ -41,7 +40,14 @@ from avda.errors import ConfigError, ManifestError, MediaError
 from avda.extract import backbones, runner
 from avda.extract.backbones.weights import advising
 from avda.extract.inference import memory_format
-from avda.extract.inputs import InputPaths, Relayed, SegmentDataset, relay, worker_init
+from avda.extract.inputs import (
+    DecodingLoader,
+    InputPaths,
+    Relayed,
+    SegmentDataset,
+    relay,
+    worker_init,
+)
 from avda.extract.sampling import Recipe
 from avda.extract.transforms import model_input
 
@@ -449,7 +455,7 @@ def _finetune(
         dataset = SegmentDataset(
             segments, order, inputs, epoch_recipe, modality, model.input_spec, audio_recipe
         )
-        loader = DataLoader(
+        loader = DecodingLoader(
             Relayed(dataset),  # the workers' warnings, logged once for the whole fine-tuning
             batch_size=None,
             num_workers=config.workers,

@@ -9,11 +9,14 @@ A :class:`SegmentDataset` item is one segment of one modality: ``(row, x, status
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
 import signal
 import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +24,7 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
 from avda.cache import Status
 from avda.data_manifests import schema as manifest_schema
@@ -627,6 +630,40 @@ def _text(segment: pd.Series, column: str) -> str | None:
     if column not in segment.index or pd.isna(segment[column]):
         return None
     return str(segment[column]) or None
+
+
+class DecodingLoader(DataLoader):
+    """A DataLoader whose worker processes start with SIGTERM and SIGINT held back: PyTorch
+    builds its iterator in steps (workers started, then their states), and a signal between
+    them (``avda finetune`` starts workers each epoch) left it half made, its collection
+    printing 'Exception ignored in: ... __del__ ... AttributeError' above the command's one
+    line. A signal that arrives meanwhile is raised once the iterator is whole."""
+
+    def __iter__(self):
+        with _signals_held():
+            return super().__iter__()
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    import signal
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    arrived: list[int] = []
+
+    def hold(signum: int, _: Any) -> None:
+        arrived.append(signum)
+
+    previous = {each: signal.signal(each, hold) for each in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for each, handler in previous.items():
+            signal.signal(each, handler)
+        if arrived:
+            signal.raise_signal(arrived[0])
 
 
 def worker_init(_: int) -> None:

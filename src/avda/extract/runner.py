@@ -36,7 +36,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader
 
 from avda import cache as cache_lib
 from avda._io import file_lock, progress_bar, sha256_file
@@ -57,6 +56,7 @@ from avda.extract.inference import (
     reuse_freed_memory,
 )
 from avda.extract.inputs import (
+    DecodingLoader,
     InputPaths,
     Relayed,
     SegmentDataset,
@@ -910,7 +910,7 @@ def _extract_modality(
         model.spectrogram_recipe,
     )
     workers = _usable_workers(workers)
-    loader = DataLoader(
+    loader = DecodingLoader(
         Relayed(dataset),  # the workers' warnings come back with the items, each logged once
         batch_size=None,  # one segment per item; clips of several segments are batched below
         shuffle=False,
