@@ -125,6 +125,24 @@ def test_actorshift_maps_columns_and_class_names(tmp_path):
     assert result.settings["actorshift"].source_domains == ("human",)
 
 
+def test_actorshift_reads_the_class_names_other_projects_spell_without_the_article(tmp_path):
+    """The tables written for ActorShift's videos outside the paper spell class 6 "opening
+    door" (pritamqu/OOD-VSSL's ``actor_shift.py`` class_dict, the HAC dataset card); the
+    paper's "opening a door" was the only spelling read, so such a table failed with "class
+    name(s) opening door are not in ..."."""
+    path = tmp_path / "actorshift.csv"
+    path.write_text(
+        "clip,actor,subset,start,end,label\n"
+        "door_1,animal,train,0,5,opening door\n"
+        "tv_1,animal,test,0,5,watching tv\n"
+        "x,human,train,0,10,Opening_the_door\n"
+    )
+    columns = {"uid": "clip", "video_id": "clip", "domain": "actor", "split": "subset",
+               "start_sec": "start", "stop_sec": "end", "verb": "label"}  # fmt: skip
+    manifest = build("actorshift", path, columns=columns).manifest
+    assert manifest["verb_class"].tolist() == [6, 1, 6]
+
+
 def test_actorshift_rejects_unknown_domains_and_classes(tmp_path):
     path = tmp_path / "actorshift.csv"
     path.write_text(ACTORSHIFT_CSV.replace("animal", "animals").replace("eating", "flying"))
