@@ -644,3 +644,68 @@ def test_the_protocols_stages_mark_absent_classes_on_the_whole_video_rows(ego_ro
         [stored["probabilities"][videos == v] for v in order], stored["frequencies"], 0.5
     )
     np.testing.assert_array_equal(absent, authors[[order.index(v) for v in videos]])
+
+
+# --- the v1 release's one-view files, which the authors' code reads -------------------------
+
+V1_EXTRA = ["egocentric", "charades_video"]  # v1's last two columns: `actions` is row[-4]
+
+
+def authors_view_list(rows: list[list[str]]) -> list[str]:
+    """The videos of a one-view file the authors' loaders keep, in the file's order: those
+    whose ``actions`` (``row[-4]``) is not empty (``dataloader_recognizer.py`` l. 67-84,
+    ``test_recognizer.py`` l. 33-45)."""
+    kept = []
+    for row in rows:
+        class_list1 = row[-4].split(";")
+        if len(class_list1[0]) > 0:
+            kept.append(row[0])
+    return kept
+
+
+def test_the_v1_one_view_files_build_the_authors_lists(real_rows, tmp_path):
+    """``version=v1-only`` reads the four ``CharadesEgo_v1_*_only{3rd,1st}.csv`` files of the
+    authors' README; the first-person training videos keep the file's order, so the
+    protocol's labelled half is the authors' ``target_video_list[:num_target_videos]``
+    (``dataloader_recognizer.py`` l. 86-90). Before, only the mixed ``CharadesEgo_v1_train.csv``
+    / ``_test.csv`` were read, the first-person order there taken to be the one-view file's,
+    unchecked."""
+    from avda.cache.store import create
+    from avda.train.setup import labelled_target_rows
+
+    header, rows = real_rows
+    rows = [r for r in rows if r[10].strip()][:120]  # a video without length has no action
+    v1 = [[*r, "No", ""] for r in rows]
+    ego = [[f"{r[0]}EGO", *r[1:-2], "Yes", r[0]] for r in reversed(v1[40:100])]
+    files = {
+        "CharadesEgo_v1_train_only3rd.csv": v1[:40],
+        "CharadesEgo_v1_train_only1st.csv": ego[:40],
+        "CharadesEgo_v1_test_only3rd.csv": v1[100:],
+        "CharadesEgo_v1_test_only1st.csv": ego[40:],
+    }
+    folder = tmp_path / "CharadesEgo"
+    folder.mkdir()
+    source = Path(os.environ.get("AVDA_SHARED_DATA", "")) / "annotations" / "charadesego_v0"
+    (folder / "Charades_v1_classes.txt").write_text((source / CLASS_FILES[0]).read_text())
+    for name, file_rows in files.items():
+        with open(folder / name, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow([*header, *V1_EXTRA])
+            writer.writerows(file_rows)
+    manifest = build("charades-ego", folder, unit="windows", version="v1-only").manifest
+    first = manifest[(manifest["domain"] == "first") & (manifest["split"] == "train")]
+    target = authors_view_list(files["CharadesEgo_v1_train_only1st.csv"])
+    assert list(pd.unique(first["video_id"])) == target
+    third = manifest[(manifest["domain"] == "third") & (manifest["split"] == "train")]
+    assert list(pd.unique(third["video_id"])) == authors_view_list(v1[:40])
+    tested = manifest[(manifest["domain"] == "first") & (manifest["split"] == "test")]
+    assert list(pd.unique(tested["score_group"])) == authors_view_list(ego[40:])
+
+    store = create(tmp_path / "c.zarr", manifest, manifest_sha256="0" * 64, recipe={})
+    rows_first = np.flatnonzero(
+        (store.segments["domain"] == "first").to_numpy()
+        & (store.segments["split"] == "train").to_numpy()
+    )
+    labelled, _ = labelled_target_rows(store, rows_first, 0.5, "first")
+    labelled_videos = set(store.segments["video_id"].to_numpy()[labelled])
+    assert labelled_videos == set(target[: int(len(target) / 2)])

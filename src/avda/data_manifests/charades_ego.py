@@ -5,7 +5,8 @@ third-person videos), ``CharadesEgo_v0_test.csv`` (2,043 third-person videos),
 ``CharadesEgo_v0_egocentric_test.csv`` (103 first-person videos), ``charades_v1_classes.txt``
 (157 classes, ``c000 Holding some clothes``). The v1 release (``CharadesEgo_v1_train.csv``,
 ``CharadesEgo_v1_test.csv``, first- and third-person videos mixed) is read with
-``version=v1``.
+``version=v1``; its one-view files ``CharadesEgo_v1_{train,test}_only{3rd,1st}.csv``, the ones
+the Audio-Adaptive code reads, with ``version=v1-only``.
 
 First-person videos are marked by the suffix ``EGO`` of their ``id`` (``BHP3HEGO`` is the
 egocentric recording of ``BHP3H``); the README does not say more, and the Charades authors'
@@ -95,6 +96,15 @@ FILES: dict[str, tuple[tuple[str, str], ...]] = {
         ("CharadesEgo_v0_egocentric_test.csv", "test"),
     ),
     "v1": (("CharadesEgo_v1_train.csv", "train"), ("CharadesEgo_v1_test.csv", "test")),
+    # the one-view files of the v1 release, which the Audio-Adaptive code reads (its README's
+    # layout; dataloader_recognizer.py l. 52, 67, test_recognizer.py l. 33): the first-person
+    # training file's row order is the one the authors' labelled half is taken in
+    "v1-only": (
+        ("CharadesEgo_v1_train_only3rd.csv", "train"),
+        ("CharadesEgo_v1_train_only1st.csv", "train"),
+        ("CharadesEgo_v1_test_only3rd.csv", "test"),
+        ("CharadesEgo_v1_test_only1st.csv", "test"),
+    ),
 }
 CLASS_FILES = ("charades_v1_classes.txt", "Charades_v1_classes.txt")
 SUBFOLDERS = ("charadesego_v0", "CharadesEgo", "charadesego")
@@ -179,7 +189,7 @@ def build(
     annotations: Path,
     *,
     unit: Literal["segments", "videos", "windows"] = "segments",
-    version: Literal["v0", "v1"] = "v0",
+    version: Literal["v0", "v1", "v1-only"] = "v0",
     video_path_template: str = "{video_id}.mp4",
 ) -> ManifestBuild:
     """Manifest of CharadesEgo action segments (or videos with multi-labels).
@@ -187,7 +197,9 @@ def build(
     ``unit``: ``segments`` (one row per action), ``videos`` (one row per video, ``labels``) or
     ``windows`` (training: the Audio-Adaptive authors' action windows; test: their 10 clips
     per video, ``score_group`` = the video).
-    ``version``: ``v0`` (Actor-Observer files) or ``v1`` (CharadesEgo release).
+    ``version``: ``v0`` (Actor-Observer files), ``v1`` (CharadesEgo release, both views in one
+    file) or ``v1-only`` (the release's one-view files ``CharadesEgo_v1_{train,test}_only{3rd,
+    1st}.csv``, which the Audio-Adaptive code reads).
     ``video_path_template``: ``video_path`` of a row, formatted from its columns ("" = none).
     """
     for name, value, valid in (("unit", unit, UNITS), ("version", version, tuple(FILES))):

@@ -461,8 +461,9 @@ def plan(
         if tuple(target) == CHARADES_EGO.target_domains:
             why = (
                 " (CharadesEgo's v0 files, the Actor-Observer release, have no first-person "
-                "training video: build the manifest from the v1 release, `--option version=v1`; "
-                "docs/benchmarks.md)"
+                "training video: build the manifest from the v1 release, `--option version=v1`, "
+                "or from its one-view files as the Audio-Adaptive code, `--option "
+                "version=v1-only`; docs/benchmarks.md)"
             )
         raise CacheError(
             f"head {head!r} needs unlabelled target training segments, but target domain(s) "
