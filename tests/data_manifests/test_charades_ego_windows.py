@@ -20,6 +20,7 @@ import pytest
 
 from avda.data_manifests import build
 from avda.data_manifests.charades_ego import CLASS_FILES
+from avda.errors import ManifestError
 
 
 def authors_labels_files(row: list[str], num_frames: int) -> dict[str, list[list[str]]]:
@@ -462,7 +463,6 @@ def test_a_manifest_without_first_person_training_videos_is_as_before(windows_ma
 
 def test_the_marked_manifest_validates_and_a_misused_mark_is_refused(ego_rows, tmp_path):
     from avda.data_manifests import schema
-    from avda.errors import ManifestError
 
     header, rows = ego_rows
     folder = write_annotations(tmp_path / "ann", [*rows[:20], *ego_copies(rows[:20])], header)
@@ -709,3 +709,15 @@ def test_the_v1_one_view_files_build_the_authors_lists(real_rows, tmp_path):
     labelled, _ = labelled_target_rows(store, rows_first, 0.5, "first")
     labelled_videos = set(store.segments["video_id"].to_numpy()[labelled])
     assert labelled_videos == set(target[: int(len(target) / 2)])
+
+    # the authors' folder built as v0 (the default) or v1: the refusal names the option; it
+    # said "none of CharadesEgo_v0_train.csv found ...; pass --annotations the folder that
+    # holds the benchmark's annotation files", the folder it was given
+    for version in ("v0", "v1"):
+        with pytest.raises(ManifestError) as caught:
+            build("charades-ego", folder, unit="windows", version=version)
+        assert str(caught.value).endswith(
+            "holds the version=v1-only files (CharadesEgo_v1_train_only3rd.csv, "
+            "CharadesEgo_v1_train_only1st.csv, CharadesEgo_v1_test_only3rd.csv, "
+            "CharadesEgo_v1_test_only1st.csv): pass `--option version=v1-only`"
+        )

@@ -82,7 +82,7 @@ from avda.data_manifests.sources import (
     read_csv_table,
     read_text_lines,
 )
-from avda.errors import ConfigError
+from avda.errors import ConfigError, ManifestError
 
 NAME = "charades-ego"
 NUM_CLASSES = 157
@@ -220,7 +220,7 @@ def build(
     frames: list[pd.DataFrame] = []
     sources = [str(class_path)]
     for file_name, split in FILES[version]:
-        path = locate(annotations, [file_name], NAME, SUBFOLDERS)
+        path = _locate_file(annotations, file_name, version)
         sources.append(str(path))
         table = read_csv_table(path, REQUIRED_COLUMNS, problems)
         if table is None:
@@ -281,6 +281,32 @@ def build(
         options={"unit": unit, "version": version, "video_path_template": video_path_template},
         sources=tuple(sources),
     )
+
+
+def _locate_file(annotations: Path, file_name: str, version: str) -> Path:
+    """``file_name`` of ``version`` in the annotations folder; where it is missing and the
+    folder holds every file of another version, the refusal names that version's option."""
+
+    def holds(names: list[str]) -> bool:
+        try:
+            for name in names:
+                locate(annotations, [name], NAME, SUBFOLDERS)
+        except ManifestError:
+            return False
+        return True
+
+    try:
+        return locate(annotations, [file_name], NAME, SUBFOLDERS)
+    except ManifestError:
+        for other, files in FILES.items():
+            names = [name for name, _ in files]
+            if other != version and holds(names):
+                raise ManifestError(
+                    f"{NAME}: {file_name} (version={version}) is not in {annotations}, which "
+                    f"holds the version={other} files ({', '.join(names)}): pass `--option "
+                    f"version={other}`"
+                ) from None
+        raise
 
 
 def _segments(
