@@ -65,6 +65,7 @@ def work(tmp_path_factory) -> Path:
         "cluster": {"kind": "local", "workers": 1, "cores": 1, "memory": "1GB"},
     }
     (root / "sweep.yaml").write_text(yaml.safe_dump(spec))
+    (root / "no-out.yaml").write_text(yaml.safe_dump({k: v for k, v in spec.items() if k != "out"}))
     return root
 
 
@@ -167,6 +168,11 @@ CASES = [
     ("sweep sweep.yaml --cluster slurm --scheduler tcp://x:1", 1, "not both"),
     ("sweep sweep.yaml --worker-timeout -1", 2, "'--worker-timeout'"),
     ("sweep sweep.yaml --job-script", 1, "--job-script needs --cluster slurm or pbs"),
+    (
+        "sweep no-out.yaml",
+        1,
+        "error: no output folder: give --out=DIR or put 'out: DIR' in no-out.yaml",
+    ),
     # demo and the root
     ("demo --epochs x", 2, "Invalid value for '--epochs'"),
     ("demo -o a-file.txt", 1, "-o a-file.txt is a file"),

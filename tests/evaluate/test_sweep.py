@@ -152,9 +152,18 @@ def test_usage_errors_come_before_any_work(tmp_path, three_domain_cache):
         sweep.run_sweep(spec, out=tmp_path, cluster="kubernetes")
     with pytest.raises(ConfigError, match=r"^queue_timeout bounds .*: leave queue_timeout out, or"):
         sweep.run_sweep(spec, out=tmp_path, cluster="local", queue_timeout=5)
-    with pytest.raises(ConfigError, match=r"no output folder; give out DIR or out: in the spec$"):
+    with pytest.raises(ConfigError) as caught:
         sweep.run_sweep(spec)
+    # the spec made in Python: its key, and run_sweep's keyword (it said "give out DIR or out:
+    # in the spec")
+    assert str(caught.value) == "no output folder: give out=DIR or put 'out: DIR' in the spec"
     assert not any(tmp_path.iterdir())
+    path = write_spec(tmp_path, {"cache": str(three_domain_cache), "heads": ["dann"],
+                                 "settings": ["D1-D2"]})  # fmt: skip
+    with pytest.raises(ConfigError) as caught:
+        sweep.run_sweep(path)  # the spec's file named (`avda sweep`'s words: test_cli_errors)
+    assert str(caught.value) == f"no output folder: give out=DIR or put 'out: DIR' in {path}"
+    assert [p.name for p in tmp_path.iterdir()] == ["sweep.yaml"]
 
 
 def test_check_names_the_caches_not_there_yet_as_resolved_under_the_spec(tmp_path, capsys):

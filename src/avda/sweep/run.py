@@ -1670,7 +1670,9 @@ def run_sweep(
     out_dir = Path(out) if out is not None else spec.out
     out_dir = Path(os.path.abspath(out_dir)) if out_dir is not None else None  # no ".."
     if out_dir is None:
-        raise ConfigError(f"{spec.source}: no output folder; give --out DIR or out: in the spec")
+        where = "the spec" if spec.source in ("spec", "<spec>") else spec.source  # or a dict
+        # --out=DIR is out=DIR in a Python caller's words (wording.keywords)
+        raise ConfigError(f"no output folder: give --out=DIR or put 'out: DIR' in {where}")
     tasks = plan(spec, out_dir)
     if any(not runs.is_complete(task.run) for task in tasks):
         # before the output folder is made (a finished sweep reruns anywhere)
