@@ -4,12 +4,18 @@ and tiny recipes (small crops) that keep the backbones fast on a 2-core CPU."""
 from __future__ import annotations
 
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
 
+from avda.cache import Status, open_cache
 from avda.extract import sampling
 
 
@@ -27,6 +33,38 @@ def tiny(name: str, **changes) -> sampling.Recipe:
     values = {**sampling.get(name).to_dict(), "resize_shorter": 64, "crop_size": 64, **changes}
     values["name"] = f"{name}-tiny"
     return sampling.Recipe.from_dict(values)
+
+
+def sigkill_mid_extraction(
+    manifest: Path, videos: Path, out: Path, *, modalities: str, batch_size: int, least: int
+) -> list[str]:
+    """A real SIGKILL of `avda extract` (the demo recipe, no decoding workers, chunks of 2 rows)
+    of ``manifest`` into ``out`` once ``least`` rgb rows and not all are done; a run that ends
+    first (a fast machine) is started again, 3 tries. The command, to run it again."""
+    total = len(pd.read_csv(manifest))
+    command = [sys.executable, "-m", "avda.cli", "extract", "--manifest", str(manifest),
+               "--videos", str(videos), "-o", str(out), "--recipe", "demo",
+               "--modalities", modalities, "--workers", "0", "--chunk-rows", "2",
+               "--batch-size", str(batch_size), "--quiet"]  # fmt: skip
+    for _ in range(3):
+        shutil.rmtree(out, ignore_errors=True)
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 120
+        try:
+            while time.time() < deadline and process.poll() is None:
+                try:
+                    done = int(np.sum(open_cache(out).status("rgb") == Status.DONE))
+                except Exception:  # the store or modality is not created yet
+                    done = 0
+                if least <= done < total:
+                    process.send_signal(signal.SIGKILL)
+                    process.wait()
+                    return command
+                time.sleep(0.02)
+        finally:
+            process.kill()
+            process.wait()
+    raise AssertionError("extraction finished before it could be killed (3 tries)")
 
 
 @pytest.fixture

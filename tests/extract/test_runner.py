@@ -5,15 +5,13 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from tests.extract.conftest import sigkill_mid_extraction
 
 from avda.cache import Status, open_cache
 from avda.errors import CacheError, ConfigError
@@ -256,46 +254,11 @@ def test_sigkill_then_rerun_equals_an_uninterrupted_run(reference_store, demo_da
     manifest_path = tmp_path / "manifest.csv"
     manifest.to_csv(manifest_path, index=False)
     out = tmp_path / "killed.zarr"
-    command = [
-        sys.executable,
-        "-m",
-        "avda.cli",
-        "extract",
-        "--manifest",
-        str(manifest_path),
-        "--videos",
-        str(root),
-        "-o",
-        str(out),
-        "--recipe",
-        "demo",
-        "--modalities",
-        "rgb,audio",
-        "--workers",
-        "0",
-        "--chunk-rows",
-        "2",
-        # One segment per forward pass: statuses advance chunk by chunk, so the kill lands
-        # mid-run even on a fast machine (and batches differ from the reference run's).
-        "--batch-size",
-        "2",
-        "--quiet",
-    ]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    killed_at = None
-    deadline = time.time() + 120
-    while time.time() < deadline and process.poll() is None:
-        try:
-            done = int(np.sum(open_cache(out).status("rgb") == Status.DONE))
-        except Exception:  # the store or modality is not created yet
-            done = 0
-        if 2 <= done < len(manifest):
-            process.send_signal(signal.SIGKILL)
-            process.wait()
-            killed_at = done
-            break
-        time.sleep(0.05)
-    assert killed_at is not None, "extraction finished before it could be killed"
+    # One segment per forward pass: statuses advance chunk by chunk, so the kill lands mid-run
+    # even on a fast machine (and batches differ from the reference run's).
+    command = sigkill_mid_extraction(
+        manifest_path, root, out, modalities="rgb,audio", batch_size=2, least=2
+    )
     assert open_cache(out).status("rgb").sum() < len(manifest)
 
     rerun = subprocess.run(command, capture_output=True, text=True, timeout=300)

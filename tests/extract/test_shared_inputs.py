@@ -9,6 +9,7 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
+from tests.extract.conftest import sigkill_mid_extraction
 
 from avda.cache import FeatureCache, Status, open_cache
 from avda.extract import inference, inputs, runner, sampling
@@ -161,10 +162,7 @@ def test_sigkill_between_a_shared_inputs_writes_then_rerun_equals_an_uninterrupt
     """A real SIGKILL of `avda extract` while rows that share inputs are written (chunks of 2
     rows split every group): the rerun leaves no row pending, and every row equals an
     uninterrupted extraction of the same rows, copies included."""
-    import signal
     import subprocess
-    import sys
-    import time
 
     root, manifest = demo_dataset
     frame = _duplicated(manifest)
@@ -173,50 +171,10 @@ def test_sigkill_between_a_shared_inputs_writes_then_rerun_equals_an_uninterrupt
     reference = tmp_path / "reference.zarr"
     assert _extract(frame, root, reference).ok
     out = tmp_path / "killed.zarr"
-    command = [
-        sys.executable,
-        "-m",
-        "avda.cli",
-        "extract",
-        "--manifest",
-        str(manifest_path),
-        "--videos",
-        str(root),
-        "-o",
-        str(out),
-        "--recipe",
-        "demo",
-        "--modalities",
-        "rgb",
-        "--workers",
-        "0",
-        "--chunk-rows",
-        "2",
-        "--batch-size",
-        "1",  # one input per forward pass: the statuses advance while it runs
-        "--quiet",
-    ]
-    killed_at = None
-    for _ in range(3):  # a fast machine may finish before the kill lands: try again
-        shutil.rmtree(out, ignore_errors=True)
-        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.time() + 120
-        while time.time() < deadline and process.poll() is None:
-            try:
-                done = int(np.sum(open_cache(out).status("rgb") == Status.DONE))
-            except Exception:  # the store or modality is not created yet
-                done = 0
-            if 1 <= done < len(frame):
-                process.send_signal(signal.SIGKILL)
-                process.wait()
-                killed_at = done
-                break
-            time.sleep(0.02)
-        process.kill()
-        process.wait()
-        if killed_at is not None:
-            break
-    assert killed_at is not None, "extraction finished before it could be killed"
+    # one input per forward pass: the statuses advance while it runs
+    command = sigkill_mid_extraction(
+        manifest_path, root, out, modalities="rgb", batch_size=1, least=1
+    )
     done = open_cache(out).status("rgb") == Status.DONE
     assert done.sum() < len(frame)
     # the state the test is about: a group of rows sharing an input half written (inputs of
