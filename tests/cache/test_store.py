@@ -202,3 +202,24 @@ def test_a_modality_typo_is_named_as_one_and_a_missing_one_says_how_to_extract_i
     )
     with pytest.raises(CacheError, match=r"no 'audio' features \(it has: rgb\); run `avda ext"):
         store.modality_info("audio")
+
+
+def test_a_modality_typo_on_a_store_of_no_modality_yet_is_named_as_one(tmp_path):
+    """A store made (its segment table) but not extracted yet: `--modality rgbb` was told to
+    `run avda extract with --modalities rgbb`; it is named unknown among the modalities avda
+    extracts, and a real one still gets the fix."""
+    store = cache_lib.create(
+        tmp_path / "c.zarr", _segments(), manifest_sha256="ab" * 32, recipe={"name": "r"}
+    )
+    with pytest.raises(CacheError) as typo:
+        store.modality_info("rgbb")
+    assert str(typo.value) == (
+        f"unknown modality 'rgbb'; did you mean 'rgb'? valid: audio, flow, rgb (the modalities "
+        f"avda extracts; {store.path} has none)"
+    )
+    with pytest.raises(CacheError) as missing:
+        store.modality_info("flow")
+    assert str(missing.value) == (
+        f"cache {store.path} has no 'flow' features (it has: none); run `avda extract` with "
+        "--modalities flow"
+    )

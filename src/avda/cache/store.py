@@ -79,10 +79,12 @@ class FeatureCache:
         infos = self.provenance["modalities"]
         if modality in infos:
             return dict(infos[modality])
-        if modality not in EXTRACTED_MODALITIES and infos:  # a typo: `avda cluster --modality rgbb`
+        if modality not in EXTRACTED_MODALITIES:  # a typo: `avda cluster --modality rgbb`
+            # a store of no modality yet: the ones avda extracts (it was told to extract rgbb)
+            whose = f"of cache {self.path}" if infos else f"avda extracts; {self.path} has none"
             raise CacheError(
-                unknown_name_message("modality", modality, infos)
-                + f" (the modalities of cache {self.path})"
+                unknown_name_message("modality", modality, infos or EXTRACTED_MODALITIES)
+                + f" (the modalities {whose})"
             )
         known = ", ".join(sorted(infos)) or "none"
         raise CacheError(
