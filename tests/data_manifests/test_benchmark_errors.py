@@ -390,7 +390,31 @@ def test_an_annotation_file_for_a_folder_benchmark_is_named_as_a_file(shared_dat
         build(benchmark, table)
     message = str(refused.value)
     assert message.startswith(f"{benchmark}: --annotations {table} is a file, and"), message
-    assert "pass the folder that holds them" in message and f"{table}/" not in message
+    assert f"{table}/" not in message
+    if benchmark != "charades-ego":  # the file's folder holds none of its files
+        assert "pass the folder that holds them" in message and "its folder" not in message
+
+
+@pytest.mark.parametrize(
+    ("benchmark", "folder", "held"),
+    [
+        ("charades-ego", "charadesego_v0", "charades_v1_classes.txt"),
+        ("ucf-hmdb", "ucf_hmdb_lists", "ta3n_class_lists/classInd_hmdb_ucf.txt"),
+    ],
+)
+def test_an_annotation_file_of_the_benchmarks_folder_is_refused_naming_that_folder(
+    shared_data, benchmark, folder, held
+):
+    """`--annotations CharadesEgo_v0_test.csv`, a file of the folder the benchmark reads: the
+    refusal said to pass a folder without naming the one beside the user's file."""
+    annotations = shared_data / "annotations" / folder
+    table = next(p for p in sorted(annotations.iterdir()) if p.is_file() and p.suffix != ".md")
+    with pytest.raises(ManifestError) as refused:
+        build(benchmark, table)
+    assert str(refused.value) == (
+        f"{benchmark}: --annotations {table} is a file, and {benchmark} reads a folder of "
+        f"annotation files: pass its folder, --annotations {annotations} (it holds {held})"
+    )
 
 
 def test_mmsada_pickle_rows_are_named_by_uid(shared_data, tmp_path):

@@ -205,7 +205,7 @@ def build(
     for name, value, valid in (("unit", unit, UNITS), ("version", version, tuple(FILES))):
         if value not in valid:  # a typo would build another manifest (windows) without a word
             raise ConfigError(f"{NAME} {name}: expected one of {', '.join(valid)}, got {value!r}")
-    check_annotations_folder(annotations, NAME)
+    check_annotations_folder(annotations, NAME, CLASS_FILES, SUBFOLDERS)
     problems = SourceProblems(NAME)
     drops = Drops()
     class_path = locate(annotations, CLASS_FILES, NAME, SUBFOLDERS)

@@ -109,7 +109,7 @@ def build(
     ``file_format``: read the CSV files or the pickles (``auto``: CSV where present).
     ``video_path_template``: ``video_path`` of a row, formatted from its columns ("" = none).
     """
-    check_annotations_folder(annotations, NAME)
+    check_annotations_folder(annotations, NAME, ["EPIC_100_video_info.csv"], SUBFOLDERS)
     problems = SourceProblems(NAME)
     drops = Drops()
     info_path = locate(annotations, ["EPIC_100_video_info.csv"], NAME, SUBFOLDERS)

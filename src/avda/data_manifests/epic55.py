@@ -66,7 +66,7 @@ def build(
     ``participants``: kitchens to keep (e.g. ``P01,P08,P22``); empty keeps all 28.
     ``video_path_template``: ``video_path`` of a row, formatted from its columns ("" = none).
     """
-    check_annotations_folder(annotations, NAME)
+    check_annotations_folder(annotations, NAME, ["EPIC_train_action_labels.csv"], SUBFOLDERS)
     problems = SourceProblems(NAME)
     drops = Drops()
     labels_path = locate(annotations, ["EPIC_train_action_labels.csv"], NAME, SUBFOLDERS)

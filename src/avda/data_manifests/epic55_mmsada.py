@@ -50,7 +50,7 @@ def build(
     at 59.94 fps, and their frame numbers count at 60, as all of EPIC-55's).
     ``video_path_template``: ``video_path`` of a row, formatted from its columns ("" = none).
     """
-    check_annotations_folder(annotations, NAME)
+    check_annotations_folder(annotations, NAME, ["D1_train.pkl"], SUBFOLDERS)
     problems = SourceProblems(NAME)
     drops = Drops()
     frames: list[pd.DataFrame] = []

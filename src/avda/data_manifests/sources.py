@@ -195,7 +195,11 @@ def locate(
     )
 
 
-def check_annotations_folder(annotations: Path, benchmark: str) -> Path:
+def check_annotations_folder(
+    annotations: Path, benchmark: str, reads: Iterable[str] = (), subfolders: Iterable[str] = ()
+) -> Path:
+    """``annotations`` where it is a folder; refused otherwise, a file of a folder holding one of
+    ``reads`` (in it or its ``subfolders``, as :func:`locate` finds them) with that folder."""
     annotations = Path(annotations)
     if not annotations.exists():
         raise ManifestError(
@@ -203,6 +207,16 @@ def check_annotations_folder(annotations: Path, benchmark: str) -> Path:
             "the folder that holds the benchmark's annotation files"
         )
     if not annotations.is_dir():  # it was looked into as a folder: 'none of ... found in FILE/'
+        try:  # a file of the benchmark's folder (CharadesEgo_v0_test.csv): that folder
+            found = locate(annotations.parent, reads, benchmark, subfolders) if reads else None
+        except ManifestError:
+            found = None
+        if found is not None:
+            raise ManifestError(
+                f"{benchmark}: --annotations {annotations} is a file, and {benchmark} reads a "
+                f"folder of annotation files: pass its folder, --annotations "
+                f"{annotations.parent} (it holds {found.relative_to(annotations.parent)})"
+            )
         raise ManifestError(
             f"{benchmark}: --annotations {annotations} is a file, and {benchmark} reads a "
             "folder of annotation files: pass the folder that holds them (see "

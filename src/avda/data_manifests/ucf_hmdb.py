@@ -145,7 +145,8 @@ def build(
     ``ucf_fps``/``hmdb_fps``/``olympic_fps``: frame rates that turn frame counts into seconds.
     ``video_path_template``: ``video_path`` of a row, formatted from its columns ("" = none).
     """
-    check_annotations_folder(annotations, NAME)
+    class_file, lists, ucf_class_file = VARIANTS["olympic" if variant == "olympic" else "full"]
+    check_annotations_folder(annotations, NAME, [class_file], SUBFOLDERS)
     for option, value in (
         ("ucf_fps", ucf_fps),
         ("hmdb_fps", hmdb_fps),
@@ -156,7 +157,6 @@ def build(
     fps = {"ucf": ucf_fps, "hmdb": hmdb_fps, "olympic": olympic_fps}
     problems = SourceProblems(NAME)
     drops = Drops()
-    class_file, lists, ucf_class_file = VARIANTS["olympic" if variant == "olympic" else "full"]
     class_path = locate(annotations, [class_file], NAME, SUBFOLDERS)
     class_ids = read_class_list(class_path, problems, unique_ids=True)
     sources = [str(class_path)]
