@@ -655,6 +655,24 @@ def test_evaluate_refuses_an_out_named_as_another_format_as_the_cli_does(tmp_pat
         # a suffix that is no other program's stays part of the name (-o tab.v1: tab.v1.md)
         avda.evaluate(tmp_path / "run", out=tmp_path / "tables" / "tab.v1", **kwargs)
         assert (tmp_path / "tables" / "tab.v1.md").exists()
+    # the rule is the tables' suffixes, not a list of other programs' (x.zip, x.rst wrote
+    # x.zip.md): a suffix of letters alone that is no table's is refused, naming the tables'
+    for name in ("x.zip", "x.rst"):
+        out = tmp_path / "tables" / name
+        expected = (
+            f"{out} is named as a {out.suffix} file, and the tables are Markdown, CSV and LaTeX "
+            f"(OUT.md, OUT.csv, OUT.tex); name them {out.with_suffix('')} (a suffix .csv, .html, "
+            ".md, .tex is replaced by each table's; one with a digit is kept in the name: "
+            "tab.v1.md)"
+        )
+        with pytest.raises(ConfigError) as error:
+            avda.evaluate(tmp_path / "run", out=out)
+        assert str(error.value) == f"out: {expected}"
+        stderr = _cli_error(capsys, "evaluate", str(tmp_path / "run"), "-o", str(out))
+        assert stderr == f"error: -o: {expected}\n"
+    assert not list((tmp_path / "tables").glob("x.*"))
+    avda.evaluate(tmp_path / "run", out=tmp_path / "tables" / "x.md")  # a table's: x.md, x.csv
+    assert sorted(p.name for p in (tmp_path / "tables").glob("x.*")) == ["x.csv", "x.md"]
 
 
 def _scored_run(run: Path, seed: int, protocol: str | None, labelled_test: bool = True) -> Path:

@@ -166,26 +166,21 @@ FORMATS = ("markdown", "latex", "csv", "html")
 _SUFFIXES = {"markdown": ".md", "latex": ".tex", "csv": ".csv", "html": ".html"}
 
 
-# formats of other programs: ``-o x.pdf`` is a name the tables cannot have (x.pdf.md was
-# written); ``-o tab.v1`` and ``-o results.2026.12`` keep theirs (:func:`table_file`)
-_OTHER_FORMATS = (
-    ".pdf", ".png", ".jpg", ".jpeg", ".svg", ".eps", ".ps", ".xlsx", ".xls", ".ods", ".doc",
-    ".docx", ".odt", ".rtf", ".pptx", ".json", ".txt",
-)  # fmt: skip
-
-
 def check_out(out: str | Path | None) -> None:
-    """Refuse ``-o OUT`` named as a file of another format (``-o x.pdf``), before any run is
-    read: the tables are OUT.md, OUT.csv and OUT.tex, and x.pdf.md was written without a word
-    (the command line and ``avda.evaluate`` alike)."""
+    """Refuse ``-o OUT`` named as a file of another format (``-o x.pdf``, ``x.zip``), before any
+    run is read: the tables are OUT.md, OUT.csv and OUT.tex, and x.pdf.md was written without a
+    word (the command line and ``avda.evaluate`` alike). A suffix of letters alone is a file
+    type, refused unless a table's (:data:`_SUFFIXES`); one with a digit (``tab.v1``,
+    ``results.2026.12``) is part of the name (:func:`table_file`)."""
     if out is None:
         return
     out = Path(out)
-    if out.suffix.lower() in _OTHER_FORMATS:
+    if out.suffix[1:].isalpha() and out.suffix.lower() not in _SUFFIXES.values():
+        replaced = ", ".join(sorted(_SUFFIXES.values()))
         raise ConfigError(
             f"-o: {out} is named as a {out.suffix} file, and the tables are Markdown, CSV and "
             f"LaTeX (OUT.md, OUT.csv, OUT.tex); name them {out.with_suffix('')} (a suffix "
-            ".md, .csv, .tex or .html is replaced by each table's; another is kept in the name: "
+            f"{replaced} is replaced by each table's; one with a digit is kept in the name: "
             "tab.v1.md)"
         )
 
