@@ -571,3 +571,74 @@ def test_per_run_class_figures_score_what_the_protocols_table_scores(tmp_path, m
     figures = report.run_figures(info, names={})
     caption = next(f.caption for f in figures if f.title == "per-class accuracy (verb)")
     assert caption.startswith("of the final predictions (its protocol gone-protocol is unknown")
+
+
+def test_a_multi_label_report_shows_the_ap_scikit_learn_gives(tmp_path, monkeypatch):
+    """A CharadesEgo-style run (multi-label, 3 clips a video scored as their maximum): the
+    report's results row, per-run mAP, per-class table and per-run AP bars against scikit-learn's
+    ``average_precision_score`` over the videos with a positive; no confusion matrix (there
+    was no multi-label ``avda report`` test)."""
+    from sklearn.metrics import average_precision_score
+    from tests.evaluate.test_max_over_clips import grouped_cache
+
+    shown: list[np.ndarray] = []
+    plot_bars = report.per_class_plot
+
+    def bars(values, *args, **kwargs):
+        shown.append(np.array(values))
+        return plot_bars(values, *args, **kwargs)
+
+    monkeypatch.setattr(report, "per_class_plot", bars)
+    cache = grouped_cache(tmp_path / "charades.zarr")
+    run_dirs, aps = [], []
+    for seed in SEEDS:
+        run = tmp_path / "runs" / f"so-{seed}"
+        train(cache=cache, head="source-only", source=["third"], target=["first"], out=run,
+              seed=seed, overrides={"epochs": 2, "hidden_dim": 16}, progress=False)  # fmt: skip
+        run_dirs.append(run)
+        predictions = runs.read_predictions(run, "target_test")
+        videos: dict[str, list[int]] = {}
+        for row, group in enumerate(predictions["groups"]):
+            videos.setdefault(str(group), []).append(row)
+        scores = np.stack([predictions["scores"]["labels"][r].max(axis=0) for r in videos.values()])
+        truth = np.stack([predictions["labels"]["labels"][r[0]] for r in videos.values()])
+        # every video has a positive and every class a video: none left out, none NaN
+        assert (truth.sum(axis=1) > 0).all() and (truth.sum(axis=0) > 0).all()
+        aps.append([average_precision_score(truth[:, c], scores[:, c]) for c in range(4)])
+    aps = 100 * np.array(aps)  # (seeds, classes)
+    page = report.build_report(run_dirs, tmp_path / "report.html", progress=False).read_text()
+
+    def rows(table: str) -> list[list[str]]:
+        return [
+            [html.unescape(c) for c in re.findall(r"<t[hd][^>]*>(.*?)</t[hd]>", row, re.S)]
+            for row in re.findall(r"<tr[^>]*>(.*?)</tr>", table, re.S)
+        ]
+
+    maps = aps.mean(axis=1)  # each seed's mAP over the classes with a positive
+    results = re.search(r'<table class="results"><caption>(.*?)</caption>(.*?)</table>', page)
+    assert "target_test: labels mAP (%); mean ± std over seeds" in html.unescape(results[1])
+    cell = tables.format_mean_std_cell(maps.mean(), maps.std(ddof=1))
+    assert rows(results[2]) == [["Method", "third→first"], ["source-only", f"<b>{cell}</b>"]]
+    per_run = rows(re.search(r'<table class="dataframe runs">(.*?)</table>', page, re.S)[1])
+    assert per_run[0][-1] == "target_test/labels/mAP"
+    assert [r[-1] for r in per_run[1:]] == [tables.decimal_text(m, 1) for m in maps]
+    per_class = re.search(r'<table class="per-class"><caption>(.*?)</caption>(.*?)</table>', page)
+    assert "per-class labels AP (%); mean ± std over seeds" in html.unescape(per_class[1])
+    body = rows(per_class[2])
+    assert body[0] == ["Setting", "Class", "Name", "Segments", "source-only"]
+    positives = [str(int(n)) for n in truth.sum(axis=0)]
+    expected = [
+        [str(c), "", positives[c], tables.format_mean_std_cell(*_mean_std(aps[:, c]))]
+        for c in range(4)
+    ]
+    assert [body[1][1:], *body[2:]] == [*expected, ["Mean", "", str(len(truth)), cell]]
+    assert len(shown) == len(SEEDS)  # each run's AP bars, fractions
+    for values, seed_aps in zip(shown, aps, strict=True):
+        np.testing.assert_allclose(100 * values, seed_aps)
+    alts = re.findall(r'<img alt="([^"]*)"', page)
+    assert alts.count("per-class AP (labels)") == len(SEEDS)
+    assert not any(alt.startswith("confusion") for alt in alts)
+
+
+def _mean_std(values: np.ndarray) -> tuple[float, float]:
+    return float(np.mean(values)), float(np.std(values, ddof=1))
