@@ -637,6 +637,9 @@ def test_a_multi_label_report_shows_the_ap_scikit_learn_gives(tmp_path, monkeypa
         np.testing.assert_allclose(100 * values, seed_aps)
     alts = re.findall(r'<img alt="([^"]*)"', page)
     assert alts.count("per-class AP (labels)") == len(SEEDS)
+    # its curves' panel is named for its mAP (it said "accuracy (%)")
+    curves = "training curves: per epoch, from metrics.jsonl: training losses, mAP (%)"
+    assert re.findall(r"<figcaption>(training curves: .*?)</figcaption>", page) == [curves] * 2
     assert not any(alt.startswith("confusion") for alt in alts)
 
 

@@ -110,7 +110,15 @@ def curves_figure(records: list[dict[str, Any]]) -> ReportFigure | None:
     scores = [
         k for k in keys if k.startswith(("source_", "target_")) and k.endswith(("/top1", "/mAP"))
     ]
-    panels = [(p, t) for p, t in ((losses, "training losses"), (scores, "accuracy (%)")) if p]
+    # a multi-label task's curve is its mAP: the panel said "accuracy (%)" of CharadesEgo's
+    metrics = [
+        m
+        for end, m in (("/top1", "accuracy"), ("/mAP", "mAP"))
+        if any(k.endswith(end) for k in scores)
+    ]
+    panels = [
+        (p, t) for p, t in ((losses, "training losses"), (scores, f"{', '.join(metrics)} (%)")) if p
+    ]
     if domain:
         panels.append((domain, "domain discriminator"))
     if not panels:
