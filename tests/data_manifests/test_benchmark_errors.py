@@ -413,7 +413,8 @@ def test_an_annotation_file_of_the_benchmarks_folder_is_refused_naming_that_fold
         build(benchmark, table)
     assert str(refused.value) == (
         f"{benchmark}: --annotations {table} is a file, and {benchmark} reads a folder of "
-        f"annotation files: pass its folder, --annotations {annotations} (it holds {held})"
+        f"annotation files: pass its folder, --annotations {annotations} (avda finds {held} "
+        "from there)"
     )
 
 

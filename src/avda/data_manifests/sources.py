@@ -212,10 +212,11 @@ def check_annotations_folder(
         except ManifestError:
             found = None
         if found is not None:
+            held = found.relative_to(annotations.parent)
             raise ManifestError(
                 f"{benchmark}: --annotations {annotations} is a file, and {benchmark} reads a "
                 f"folder of annotation files: pass its folder, --annotations "
-                f"{annotations.parent} (it holds {found.relative_to(annotations.parent)})"
+                f"{annotations.parent} (avda finds {held} from there)"
             )
         raise ManifestError(
             f"{benchmark}: --annotations {annotations} is a file, and {benchmark} reads a "
