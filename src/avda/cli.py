@@ -1290,7 +1290,8 @@ def evaluate(
 def sweep_command(
     spec: Annotated[Path, typer.Argument(help="Sweep spec (YAML, see docs/sweep.md).")],
     scheduler: Annotated[
-        str | None, typer.Option(help="A running Dask scheduler, e.g. tcp://host:8786.")
+        str | None,
+        typer.Option(help="A running Dask scheduler, e.g. tcp://host:8786 (not local:N)."),
     ] = None,
     cluster: Annotated[
         str | None, typer.Option(help="local, slurm or pbs (default: the spec's cluster.kind).")

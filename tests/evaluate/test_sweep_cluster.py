@@ -1094,6 +1094,37 @@ def test_a_local_specs_queue_timeout_is_refused_with_a_scheduler(tmp_path, cache
     sweep.check_cluster(slurm, scheduler="tcp://127.0.0.1:1")
 
 
+def test_scheduler_local_is_refused_at_once_naming_the_local_cluster(tmp_path, cache, capsys):
+    """``--scheduler local:2`` (avda extract's way to start a local cluster) was read by Dask as
+    the host 'local', port 2: the sweep made its output folder and waited 30 s to connect to
+    tcp://local:2. It is refused in one line before anything, naming the sweep's local cluster."""
+    from avda.cli import main
+    from avda.errors import ConfigError
+
+    path = _spec_file(
+        tmp_path,
+        {"kind": "local", "workers": 2},
+        settings=["source->target"],
+        out="runs",
+        cache=str(cache),
+        heads=["source-only"],
+    )
+    for value in ("local", "local:2"):
+        for extra in ([], ["--check"]):
+            began = time.monotonic()
+            assert main(["sweep", str(path), "--scheduler", value, *extra]) == 1
+            assert time.monotonic() - began < 10
+            err = capsys.readouterr().err.strip().splitlines()
+            assert err == [
+                f"error: --scheduler {value}: avda sweep takes a running scheduler's address "
+                "here (tcp://HOST:8786); for a local cluster leave --scheduler out (or give "
+                "--cluster local) and set its worker processes with cluster.workers in the spec"
+            ], err
+    with pytest.raises(ConfigError, match="^scheduler local:2: avda sweep takes"):
+        sweep.run_sweep(path, scheduler="local:2")
+    assert not (tmp_path / "runs").exists()
+
+
 def test_the_queue_says_which_jobs_left_it(tmp_path, monkeypatch):
     """``squeue`` / ``qstat`` as SLURM and PBS print them: a job not shown (or in an ended
     state) has left the queue; a command that fails otherwise tells nothing."""

@@ -1586,6 +1586,14 @@ def connect(
 def _cluster_kind(spec: SweepSpec, scheduler: str | None, cluster: str | None) -> str:
     if scheduler is not None and cluster is not None:
         raise ConfigError("give either --scheduler ADDRESS or --cluster KIND, not both")
+    if scheduler is not None and scheduler.split(":", 1)[0] == "local":
+        # avda extract's local / local:N; Dask read it as the host 'local' and the sweep
+        # waited 30 s to connect to tcp://local:N
+        raise ConfigError(
+            f"--scheduler {scheduler}: avda sweep takes a running scheduler's address here "
+            "(tcp://HOST:8786); for a local cluster leave --scheduler out (or give --cluster "
+            "local) and set its worker processes with cluster.workers in the spec"
+        )
     kind = cluster or spec.cluster.kind
     if kind not in CLUSTER_KINDS:
         raise ConfigError(f"--cluster must be one of {', '.join(CLUSTER_KINDS)}, got {kind!r}")
