@@ -299,6 +299,43 @@ def test_jobs_that_never_start_name_the_spec_and_the_log_folder(
     assert "4242" in cancelled.read_text()
 
 
+def test_jobs_and_local_workers_are_no_more_than_the_runs_need(
+    tmp_path, cache, monkeypatch, capsys
+):
+    """3 runs on ``workers: 4`` jobs of ``processes: 2``: 2 jobs are submitted, not 4 (two held
+    their cores, GPUs and hours in the queue and idled); a local cluster for 1 run of
+    ``workers: 2`` starts 1 worker, which gets all the cores' PyTorch threads."""
+    from avda.cli import main
+    from avda.dask_support import threads_per_worker
+
+    submitted = tmp_path / "submitted"
+    path = _slurm_sweep(
+        tmp_path,
+        monkeypatch,
+        cache,
+        f'echo job >> {submitted}; echo "Submitted batch job $(wc -l < {submitted})"',
+        "true",
+        {"workers": 4, "processes": 2, "cores": 2, "worker_timeout": 2},
+    )
+    spec = path.read_text().replace("heads:", "seeds: 3\nheads:")
+    path.write_text(spec)
+    capsys.readouterr()
+    assert main(["sweep", str(path), "-q"]) == 1  # no job starts: given up after 2 s
+    assert "3 runs, 0 already complete, 3 to train" in capsys.readouterr().err
+    assert submitted.read_text().splitlines() == ["job", "job"]
+    local = sweep.parse_spec(
+        {
+            "cache": str(cache),
+            "heads": ["source-only"],
+            "settings": ["source->target"],
+            "cluster": {"kind": "local", "workers": 2},
+        }
+    )
+    with sweep.connect(local, runs=1) as (client, options):
+        assert len(client.scheduler_info()["workers"]) == 1
+        assert options["torch_threads"] == threads_per_worker(1)
+
+
 @pytest.mark.parametrize("kind", ["slurm", "pbs"])
 def test_job_script_creates_nothing_on_disk(tmp_path, cache, monkeypatch, capsys, kind):
     """``--job-script`` is a dry print: dask-jobqueue makes ``log_directory`` when its cluster

@@ -546,6 +546,16 @@ def local_workers(spec: ClusterSpec) -> int:
     return gpu_count() or available_cores()
 
 
+def cluster_size(spec: ClusterSpec, kind: str, runs: int | None = None) -> int:
+    """The local worker processes (:func:`local_workers`) or SLURM/PBS jobs (``workers``,
+    default 1) a sweep starts: no more than its ``runs`` need (jobs of ``processes`` workers
+    each), so that none idles holding cores, GPUs or a job's hours."""
+    size = local_workers(spec) if kind == "local" else spec.workers or 1
+    if runs is not None:
+        size = min(size, max(1, -(-runs // (1 if kind == "local" else spec.processes))))
+    return size
+
+
 def make_jobqueue_cluster(spec: ClusterSpec, kind: str | None = None):
     """A dask-jobqueue ``SLURMCluster`` or ``PBSCluster`` with the spec's resources (not scaled).
 
@@ -1496,12 +1506,15 @@ def connect(
     cluster: str | None = None,
     worker_timeout: float | None = None,
     queue_timeout: float | None = None,
+    runs: int | None = None,
 ) -> Iterator[tuple[Any, dict[str, Any]]]:
     """A Dask client with at least one worker, and the submit options for this spec; closes
     what it started. ``worker_timeout`` (default: the spec's ``cluster.worker_timeout``): the
     seconds to wait for the first worker before giving up with an error; ``queue_timeout``
     (SLURM/PBS; default: the spec's ``cluster.queue_timeout``): the seconds, in all, to wait
-    while the queue shows the jobs pending."""
+    while the queue shows the jobs pending. ``runs``: the runs to train; a cluster it starts
+    has no more worker processes than those (local workers, or SLURM/PBS jobs of
+    ``cluster.processes`` each), so that none idles holding cores, GPUs or a job's hours."""
     from distributed import Client, LocalCluster
 
     quiet_dask_logs()
@@ -1528,24 +1541,23 @@ def connect(
         finally:
             client.close()
         return
+    count = cluster_size(spec.cluster, kind, runs)  # local workers, or jobs
     if kind == "local":
-        workers = local_workers(spec.cluster)
         with workers_ignore_interrupt():  # Ctrl-C is this process's to report
             local = LocalCluster(
-                n_workers=workers,
+                n_workers=count,
                 threads_per_worker=1,
                 processes=True,
                 memory_limit=spec.cluster.memory or "auto",
                 dashboard_address=":0",
                 local_directory=spec.cluster.local_directory,
             )
-        options = {"torch_threads": threads_per_worker(workers), "resources": None}
+        options = {"torch_threads": threads_per_worker(count), "resources": None}
     else:
         check_submit_command(kind)
         local = make_jobqueue_cluster(spec.cluster, kind)
         cores_per_worker = max(1, (spec.cluster.cores or 1) // spec.cluster.processes)
         options = {"torch_threads": cores_per_worker, "resources": {"train": 1}}
-    count = workers if kind == "local" else spec.cluster.workers or 1
     try:
         restart: Any = lambda: restart_workers(local, count, kind, _spec_name(spec))  # noqa: E731
         if kind != "local":
@@ -1743,6 +1755,7 @@ def _sweep_in(
             cluster=cluster,
             worker_timeout=worker_timeout,
             queue_timeout=queue_timeout,
+            runs=len(pending),
         )
         with connection as (client, options):
             _write_index(out_dir, spec, tasks, outcomes)  # once a worker can train them
