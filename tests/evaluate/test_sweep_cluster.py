@@ -336,6 +336,26 @@ def test_jobs_and_local_workers_are_no_more_than_the_runs_need(
         assert options["torch_threads"] == threads_per_worker(1)
 
 
+def test_a_busy_dashboard_port_is_no_warning(tmp_path):
+    """The SLURM/PBS cluster's scheduler finds 8787 taken (another user's Dask on a login
+    node): Distributed's 'Port 8787 is already in use. Perhaps you already have a cluster
+    running?' was printed above --job-script's script and the sweep's lines; the sweep logs
+    the dashboard it got."""
+    import socket
+    import warnings
+
+    path = _spec_file(tmp_path, {"kind": "slurm", "cores": 2, "memory": "4GB"})
+    spec = sweep.load_spec(path, open_caches=False)
+    with contextlib.closing(socket.socket()) as holder:
+        with contextlib.suppress(OSError):  # else another process holds it
+            holder.bind(("", 8787))
+            holder.listen()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            assert "#SBATCH --cpus-per-task=2" in sweep.job_script(spec)
+    assert not [str(w.message) for w in caught if "already in use" in str(w.message)]
+
+
 @pytest.mark.parametrize("kind", ["slurm", "pbs"])
 def test_job_script_creates_nothing_on_disk(tmp_path, cache, monkeypatch, capsys, kind):
     """``--job-script`` is a dry print: dask-jobqueue makes ``log_directory`` when its cluster

@@ -44,6 +44,7 @@ import shutil
 import tempfile
 import threading
 import time
+import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -596,7 +597,12 @@ def make_jobqueue_cluster(spec: ClusterSpec, kind: str | None = None):
         raise ConfigError(f"cluster kind must be slurm or pbs here, got {kind!r}")
     options["job_extra_directives"] = directives
     options = {k: v for k, v in options.items() if v is not None}
-    return cluster_class(**options)
+    with warnings.catch_warnings():
+        # its scheduler's dashboard on a busy 8787 (another user's Dask on a login node) takes
+        # another port, and Distributed said so as 'Perhaps you already have a cluster
+        # running?' above the sweep's lines; the sweep logs the dashboard's address
+        warnings.filterwarnings("ignore", "Port .* is already in use", UserWarning)
+        return cluster_class(**options)
 
 
 def check_cluster(
