@@ -899,6 +899,28 @@ def test_a_sweep_run_that_failed_before_writing_its_folder_is_a_footnote(tmp_pat
         aggregate.find_runs([out])
 
 
+def test_a_sweep_run_not_started_is_a_footnote(tmp_path, caplog):
+    # A sweep killed half way (SIGTERM, Ctrl-C; a SIGKILL leaves every entry pending) lists
+    # the runs it had not started as pending, without a folder: `avda evaluate OUT` lost a
+    # method none of whose runs had started (DANN of a killed 3-head sweep) without a word
+    out = tmp_path / "sweep"
+    (out / "so" / "s-t" / "seed0").mkdir(parents=True)
+    (out / "so" / "s-t" / "seed0" / runs.CONFIG).write_text("head: source-only\n")
+    entries = [
+        {"run": "so/s-t/seed0", "method": "so", "status": "complete"},
+        {"run": "dann/s-t/seed0", "method": "dann", "status": "pending", "error": ""},
+    ]
+    (out / aggregate.SWEEP_INDEX).write_text(json.dumps({"runs": entries}))
+    for path in (out, tmp_path):  # the sweep's folder, or a folder above it
+        found = aggregate.find_runs([path], complete_only=False)
+        assert found == [out / "so" / "s-t" / "seed0"]
+        assert found.left_out == [f"{out / 'dann' / 's-t' / 'seed0'} (not trained yet)"]
+    assert (
+        f"dann/s-t/seed0 is not trained yet (pending in its sweep {out / 'sweep.json'}): left "
+        "out; run the sweep again to train it"
+    ) in caplog.text
+
+
 def test_a_folder_without_runs_is_refused_after_a_sweep_with_a_failed_run(tmp_path):
     # the count of runs failed before their folder was the whole call's: a folder holding no
     # run passed after a sweep with one such run was taken silently (before it: refused)

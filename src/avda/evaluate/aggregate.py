@@ -126,10 +126,12 @@ def find_runs(
             if candidates is None:
                 candidates = _runs_below(path)
             failed_here = False  # this path's: another path's failed runs are not its own
-            for run, folder in _failed_before_a_folder(path):  # no folder: counted here
-                failed_here = True
-                if run.resolve() not in seen:
-                    seen.add(run.resolve())
+            for run, folder, status in _listed_without_a_folder(path):  # counted here
+                failed_here = failed_here or status == "failed"
+                if run.resolve() in seen:
+                    continue
+                seen.add(run.resolve())
+                if status == "failed":
                     log.warning(
                         "%s failed in its sweep before it wrote its folder: left out (its "
                         "error: %s)",
@@ -137,6 +139,13 @@ def find_runs(
                     )
                     failed += 1
                     found.left_out.append(f"{run} (failed in its sweep)")
+                else:  # an interrupted sweep's run not started: its method may be all gone
+                    log.warning(
+                        "%s is not trained yet (%s in its sweep %s): left out; run the "
+                        "sweep again to train it",
+                        *(run, status, folder / SWEEP_INDEX),
+                    )
+                    found.left_out.append(f"{run} (not trained yet)")
             if not candidates and not failed_here:
                 raise RunError(f"{path} holds no avda run (no {runs.CONFIG} below it)")
         for run in candidates:
@@ -194,17 +203,20 @@ def _index_runs(index: Path) -> list[dict[str, Any]] | None:
     return None
 
 
-def _failed_before_a_folder(folder: Path) -> list[tuple[Path, Path]]:
-    """(run, its sweep folder) for each run that a sweep index at or below ``folder`` marks
-    failed and that has no run folder (a config the head refused fails before it writes one):
-    a table without them would lose a whole method without a word."""
-    failed = []
+def _listed_without_a_folder(folder: Path) -> list[tuple[Path, Path, str]]:
+    """(run, its sweep folder, status) for each run that a sweep index at or below ``folder``
+    lists as not done and that has no run folder: ``failed`` (a config the head refused fails
+    before it writes one) or ``pending`` (a sweep interrupted, SIGTERM or Ctrl-C, before the
+    run started; a SIGKILL leaves every run pending in the index, and those done have their
+    folders): a table without them would lose a whole method without a word."""
+    listed = []
     for index in sorted(folder.rglob(SWEEP_INDEX)):
         for entry in _index_runs(index) or []:  # _sweep_order and _index_entry warn of one
             run = index.parent / entry["run"]
-            if entry.get("status") == "failed" and not (run / runs.CONFIG).exists():
-                failed.append((run, index.parent))
-    return failed
+            status = str(entry.get("status"))
+            if status in ("failed", "pending") and not (run / runs.CONFIG).exists():
+                listed.append((run, index.parent, status))
+    return listed
 
 
 def _runs_below(folder: Path) -> list[Path]:
