@@ -9,6 +9,8 @@ module can use it without an import cycle.
   ``os.replace``; a write that fails removes the temporary file and leaves the target as it was.
 - :func:`replace_file`: the rename at the end of an atomic write, for a temporary file that is
   kept when its writer fails (a resumable download's ``.part``).
+- :func:`lock_file_of`: the lock file named for a file or folder, beside the one a link to it
+  leads to (one lock whichever way it is reached).
 - :func:`file_lock`: an exclusive ``flock`` on a lock file, waited for, the file removed by
   its holder when done (``avda manifest build``: two builds into one output take turns); a
   wait past ``LOCK_NOTICE_SECONDS`` is said once, one past ``$AVDA_LOCK_WAIT`` refused (not
@@ -160,6 +162,16 @@ def pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def lock_file_of(target: str | Path, pattern: str) -> Path:
+    """The lock file of ``target`` (a store, an output, a manifest): ``pattern`` with
+    ``{name}`` its name (``"{name}.lock"``), beside it, named from its resolved path. Two
+    processes reaching one store by a link and by its real path (``/data/link.zarr``,
+    ``/data/real.zarr``), or through a linked folder, lock the same file: named from the path
+    given, each held its own and both wrote the store "exclusively"."""
+    real = Path(target).resolve()
+    return real.with_name(pattern.format(name=real.name))
 
 
 @contextlib.contextmanager

@@ -177,3 +177,59 @@ def test_a_refusal_behind_shards_does_not_send_the_user_after_the_shard_that_end
         "(avda extract), has ended); wait for it to finish, then run the command again "
         "(AVDA_LOCK_WAIT=SECONDS waits for it)"
     )
+
+
+_HOLD_THROUGH = """
+import sys, time
+from avda.cache.lock import store_lock
+from avda.data_manifests.schema import writing
+kind, path = sys.argv[1], sys.argv[2]
+lock = store_lock(path, what="avda cluster") if kind == "store" else writing(path)
+with lock:
+    print("held", flush=True)
+    sys.stdin.read()
+"""
+
+
+@pytest.mark.parametrize("kind", ["store", "manifest"])
+def test_a_link_and_the_real_path_take_one_lock(tmp_path, monkeypatch, kind):
+    """A real process holds the lock of a store (a manifest's write lock) reached by a link:
+    a second one reaching it by its real path is refused (the manifest's write waits, here
+    bounded by AVDA_LOCK_WAIT=0) as by the same path. The lock file was named from the path
+    given, so each held its own and both wrote the store 'exclusively'."""
+    import subprocess
+    import sys
+
+    from avda.data_manifests.schema import writing
+    from avda.errors import LockWaitError
+
+    real = tmp_path / "data" / ("real.zarr" if kind == "store" else "m.csv")
+    real.parent.mkdir()
+    if kind == "store":
+        real.mkdir()
+    else:
+        real.write_text("")
+    (tmp_path / "linked").symlink_to(real.parent)  # a linked folder, then a link to the store
+    link = tmp_path / "linked" / ("link.zarr" if kind == "store" else "link.csv")
+    link.symlink_to(real)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLD_THROUGH, kind, str(link)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        if kind == "store":
+            with pytest.raises(StoreBusyError, match=f"cache {real} is being written by pid"):
+                with store_lock(real, what="avda cache import"):
+                    pass
+        else:
+            monkeypatch.setenv("AVDA_LOCK_WAIT", "0")
+            with pytest.raises(LockWaitError, match=f"is held by pid {holder.pid} "):
+                with writing(real):
+                    pass
+    finally:
+        holder.stdin.close()
+        assert holder.wait(60) == 0
+    assert lock_path(link) == lock_path(real) == real.with_name(f"{real.name}.lock")

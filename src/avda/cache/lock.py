@@ -2,7 +2,8 @@
 half-written).
 
 The lock is an advisory ``flock`` on the file ``<store>.lock`` next to the store (a sibling,
-not inside it: an import that creates the store must hold the lock before the store exists):
+not inside it: an import that creates the store must hold the lock before the store exists),
+the store a link leads to: reached by a link and by its real path, a store has one lock:
 
 - **exclusive** (``shared=False``): ``avda cache import``, ``avda cluster``, an unsharded
   ``avda extract`` (and ``--force``, which moves the store aside), ``avda extract
@@ -55,6 +56,7 @@ from pathlib import Path
 from avda._io import (
     LOCK_WAIT_ENV,
     LOCKS_UNSUPPORTED,
+    lock_file_of,
     lock_wait,
     pid_alive,
     read_lock_holder,
@@ -78,9 +80,9 @@ class RunBusyError(RunError):
 
 
 def lock_path(store: str | Path) -> Path:
-    """The lock file of ``store``: ``<store>.lock`` next to it."""
-    store = Path(store)
-    return store.with_name(f"{store.name}.lock")
+    """The lock file of ``store``: ``<store>.lock`` next to it, where a link to it leads
+    (:func:`~avda._io.lock_file_of`: the same lock by the link and by the real path)."""
+    return lock_file_of(store, "{name}.lock")
 
 
 @contextlib.contextmanager

@@ -38,7 +38,7 @@ import pandas as pd
 import torch
 
 from avda import cache as cache_lib
-from avda._io import file_lock, progress_bar, sha256_file
+from avda._io import file_lock, lock_file_of, progress_bar, sha256_file
 from avda.cache import FeatureCache, Status, faults
 from avda.cache.lock import store_lock
 from avda.cache.store import remove_partial_creations
@@ -764,7 +764,7 @@ def extract(
     # One writer at a time (avda.cache.lock): an unsharded run holds the store's lock
     # exclusively; the shards of one extraction share it (they write disjoint chunks) and set
     # the store up once, one after another, under <out>.create.lock.
-    creation = out.with_name(f"{out.name}.create.lock")
+    creation = lock_file_of(out, "{name}.create.lock")
     with store_lock(out, what="avda extract", shared=shard is not None):
         with file_lock(creation, bounded=False) if shard is not None else contextlib.nullcontext():
             store = open_or_create_store(
@@ -821,7 +821,7 @@ def record_finished(out: Path, modalities: list[str], *, sharded: bool) -> None:
     that ``avda cache verify`` reports finished rows whose files a copy lost. A shard records it
     under the creation lock (``<out>.create.lock``), from the store as it is on disk: of shards
     ending together, the last to take the lock sees every row written."""
-    creation = out.with_name(f"{out.name}.create.lock")
+    creation = lock_file_of(out, "{name}.create.lock")
     with file_lock(creation, bounded=False) if sharded else contextlib.nullcontext():
         store = cache_lib.open_cache(out, mode="a")
         for modality in modalities:
