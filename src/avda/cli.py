@@ -895,6 +895,9 @@ def cache_verify(
             f"({files} file{'s' if files != 1 else ''}; {read})"
         )
         raise typer.Exit(EXIT_FAILED_ITEMS)
+    notes = len(problems.attrs.get("notes", []))
+    if notes:  # not called clean: a note is what a killed writer left or what it lacks
+        read += f"; {notes} note{'s' if notes > 1 else ''} above"
     typer.echo(f"cache {store}: no problems ({read})")
 
 

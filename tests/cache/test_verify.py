@@ -217,7 +217,7 @@ def test_rows_past_the_segment_count_are_a_note_not_a_problem(capsys, store_path
     code, lines, _ = verify_cli(capsys, store_path, "-q")
     assert code == 0
     assert lines == [f"note: {note}" for note in notes] + [
-        f"cache {store_path}: no problems (13 arrays, 78 chunks read)"
+        f"cache {store_path}: no problems (13 arrays, 78 chunks read; 2 notes above)"
     ]
 
 

@@ -287,7 +287,8 @@ def test_a_clusters_write_that_fails_midway_leaves_the_previous_clusters_whole(
 def test_a_killed_clusters_write_leaves_the_previous_clusters_whole(tmp_path, point):
     """A writer killed with the new array written, or between the two renames (old aside, new
     not in yet; by os._exit, and by a real SIGKILL while it waits there): readers get the
-    previous clusters, and the next exclusive lock puts them back in place."""
+    previous clusters, and the next exclusive lock puts them back in place. The swap's arrays
+    are inside the store (they were beside it: a copy of the store lost clusters put aside)."""
     import os
     import signal
     import subprocess
@@ -314,12 +315,64 @@ def test_a_killed_clusters_write_leaves_the_previous_clusters_whole(tmp_path, po
     code = writer.wait(timeout=60)
     assert code == (-signal.SIGKILL if point == "sigkill" else faults.EXIT_CODE)
     _assert_clusters(store, before, ["old"])
-    left = sorted(p.name.rpartition(".")[2] for p in tmp_path.glob(".c.zarr.clusters-audio.*"))
-    assert left == (["new"] if point == "clusters-written" else ["new", "old"])
+    swap = store.path / ".avda-clusters-swap"  # inside the store: a copy of it takes them along
+    left = sorted(p.name for p in swap.iterdir())
+    assert left == (["audio.new"] if point == "clusters-written" else ["audio.new", "audio.old"])
+    assert not list(tmp_path.glob(".*"))  # nothing beside it
     with store_lock(store.path, what="avda cluster"):  # what every writer alone takes
         pass
-    assert not list(tmp_path.glob(".c.zarr.clusters-audio.*"))
+    assert not swap.exists()
     assert (store.path / "clusters" / "audio").is_dir()
+    _assert_clusters(store, before, ["old"])
+
+
+@pytest.mark.parametrize("layout", ["inside", "beside (an older avda's)"])
+def test_clusters_a_kill_left_aside_are_named_by_verify_and_copied_with_the_store(
+    tmp_path, capsys, layout
+):
+    """A write killed between its renames (a real process, os._exit there): `avda cache
+    verify` said 'no problems' and nothing of the clusters out of place, and a copy of the
+    store (without the hidden folder beside it) lost them. Verify names them aside and what
+    puts them back, and a copy of the store alone keeps them; an aside an older avda left
+    beside the store is read, named and put back too."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    from avda import cli
+    from avda.cache import faults
+    from avda.cache.lock import store_lock
+
+    store, before = _clustered(tmp_path)
+    env = {**os.environ, faults.ENV: "exit:clusters-aside"}
+    writer = subprocess.run([sys.executable, "-c", _WRITE_CLUSTERS, str(store.path)], env=env)
+    assert writer.returncode == faults.EXIT_CODE
+    if layout != "inside":
+        _as_an_older_avda_left_them(store)
+    problems = open_cache(store.path).verify()
+    assert problems.empty
+    aside = [note for note in problems.attrs["notes"] if "clusters/audio is not in place" in note]
+    assert len(aside) == 1 and "killed between the two renames" in aside[0]
+    assert "where readers read them; the next command that writes the store alone" in aside[0]
+    assert ("avda-clusters-swap/audio.old" if layout == "inside" else ".old)") in aside[0]
+    assert cli.main(["cache", "verify", "-q", str(store.path)]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert f"note: {aside[0]}" in out
+    assert out[-1].endswith("chunks read; 2 notes above)")  # the aside and the unfinished new
+    if layout == "inside":
+        copy = tmp_path / "copy" / "c.zarr"
+        shutil.copytree(store.path, copy, symlinks=True)  # the store alone
+        _assert_clusters(open_cache(copy), before, ["old"])
+        with store_lock(copy, what="avda cluster"):
+            pass
+        assert (copy / "clusters" / "audio").is_dir()
+        _assert_clusters(open_cache(copy), before, ["old"])
+    _assert_clusters(store, before, ["old"])
+    with store_lock(store.path, what="avda cluster"):
+        pass
+    assert open_cache(store.path).verify().attrs["notes"] == []
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
     _assert_clusters(store, before, ["old"])
 
 
@@ -389,7 +442,8 @@ def test_clusters_of_a_store_reached_by_a_link_to_another_file_system_are_writte
         assert set(ids.tolist()) == {2} and info == {"v": 2}
         assert sorted(p.name for p in tmp_path.iterdir()) == ["c.zarr"]
         assert sorted(p.name for p in real.iterdir()) == ["c.zarr"]
-        # a kill between the renames, as it is left beside the store: put back through the link
+        # a kill between the renames, as an avda before 2026-12-07 left it beside the store:
+        # put back through the link
         owner = store.provenance["cache_id"]
         aside = real / f".c.zarr.clusters-audio.{owner}.old"
         (real / "c.zarr" / "clusters" / "audio").rename(aside)
@@ -400,14 +454,24 @@ def test_clusters_of_a_store_reached_by_a_link_to_another_file_system_are_writte
         shutil.rmtree(real)
 
 
+def _as_an_older_avda_left_them(store):
+    """Move the swap's arrays a kill left in the store to where an avda before 2026-12-07
+    wrote them: beside the store, named for its cache_id."""
+    swap, owner = store.path / ".avda-clusters-swap", store.provenance["cache_id"]
+    for array in swap.iterdir():
+        modality, _, kind = array.name.rpartition(".")
+        array.rename(store.path.with_name(f".c.zarr.clusters-{modality}.{owner}.{kind}"))
+    swap.rmdir()
+
+
 def test_clusters_a_kill_left_aside_are_not_those_of_a_store_made_anew_at_the_path(tmp_path):
     """A write killed between its renames (a real process, os._exit there) left the clusters
-    aside beside the store; the store was then deleted and another made at its path (the
-    aside is a hidden folder beside it): the new store read the deleted store's clusters as
-    its own, and every exclusive writer of it (avda cluster, extract, import) failed with
-    FileNotFoundError putting them back into its missing clusters/ folder. The aside is the
-    old store's (named for its cache_id): the new store reads none, and its first exclusive
-    writer deletes it."""
+    aside beside the store (where an avda before 2026-12-07 put them); the store was then
+    deleted and another made at its path (the aside is a hidden folder beside it): the new
+    store read the deleted store's clusters as its own, and every exclusive writer of it (avda
+    cluster, extract, import) failed with FileNotFoundError putting them back into its missing
+    clusters/ folder. The aside is the old store's (named for its cache_id): the new store
+    reads none, and its first exclusive writer deletes it."""
     import os
     import shutil
     import subprocess
@@ -420,6 +484,7 @@ def test_clusters_a_kill_left_aside_are_not_those_of_a_store_made_anew_at_the_pa
     env = {**os.environ, faults.ENV: "exit:clusters-aside"}
     writer = subprocess.run([sys.executable, "-c", _WRITE_CLUSTERS, str(store.path)], env=env)
     assert writer.returncode == faults.EXIT_CODE
+    _as_an_older_avda_left_them(store)
     assert sorted(p.suffix for p in tmp_path.glob(".c.zarr.clusters-audio.*")) == [".new", ".old"]
     shutil.rmtree(store.path)
     make_feature_cache(tmp_path / "c.zarr", per_class=2, D=4, seed=1)

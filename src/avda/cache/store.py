@@ -9,6 +9,7 @@ invisible until that commit, and :meth:`FeatureCache.repair` removes its traces.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import glob
 import json
@@ -584,12 +585,13 @@ class FeatureCache:
     def write_clusters(self, modality: str, clusters: np.ndarray, info: dict[str, Any]) -> None:
         """Replace ``clusters/<modality>`` (ids and provenance ``info``) whole or not at all.
 
-        The new array is written beside the store (:func:`_cluster_swap`'s ``new``), then
-        takes the old one's place by two renames (the old one aside, the new one in, the old
-        one deleted); a kill before them leaves the previous clusters as they were, one
-        between them leaves them whole aside, where :meth:`read_clusters` reads them and the
-        next exclusive lock puts them back (:func:`restore_cluster_swaps`). Until 2026-12-07
-        the array was recreated in place: a kill midway lost the groups written earlier."""
+        The new array is written in the store's swap folder (:func:`_cluster_swap`'s
+        ``new``), then takes the old one's place by two renames (the old one aside, the new one
+        in, the old one deleted); a kill before them leaves the previous clusters as they were,
+        one between them leaves them whole aside, where :meth:`read_clusters` reads them, the
+        next exclusive lock puts them back (:func:`restore_cluster_swaps`) and ``avda cache
+        verify`` names them. Until 2026-12-07 the array was recreated in place: a kill midway
+        lost the groups written earlier."""
         current = self.path / schema.CLUSTERS_GROUP / modality
         new, aside = _cluster_swap(self, modality)
         shutil.rmtree(new, ignore_errors=True)
@@ -615,6 +617,8 @@ class FeatureCache:
             faults.checkpoint("clusters-aside")
         os.replace(new, current)
         shutil.rmtree(aside, ignore_errors=True)
+        with contextlib.suppress(OSError):  # a store without a swap under way has no folder
+            new.parent.rmdir()
 
     # ----------------------------------------------------------------- reading
     def features(self, modality: str) -> zarr.Array:
@@ -722,9 +726,9 @@ class FeatureCache:
         Between the renames (a kill there) the previous array put aside is read.
         """
         current = self.path / schema.CLUSTERS_GROUP / modality
-        _, aside = _cluster_swap(self, modality)
+        asides = (_cluster_swap(self, modality)[1], _legacy_aside(self, modality))
         for _ in range(200):
-            where = current if current.is_dir() else aside
+            where = next((p for p in (current, *asides) if p.is_dir()), current)
             before = _folder_identity(where)
             if before is None:
                 if current.is_dir():  # swapped in meanwhile
@@ -1174,16 +1178,33 @@ def _folder_identity(path: Path) -> tuple[int, int, int] | None:
     return (stat.st_dev, stat.st_ino, stat.st_ctime_ns)
 
 
+CLUSTERS_SWAP = ".avda-clusters-swap"
+"""The folder inside a store where :meth:`FeatureCache.write_clusters` writes a new clusters
+array and puts the old one aside: not a Zarr group (no ``zarr.json``; avda lists only its
+groups' arrays), inside the store so that a copy of it takes clusters a kill left aside along."""
+
+
 def _cluster_swap(store: FeatureCache, modality: str) -> tuple[Path, Path]:
     """Where :meth:`FeatureCache.write_clusters` writes the new clusters of ``modality``
-    (``.<store>.clusters-<modality>.<cache_id>.new``) and puts the old ones aside
-    (``...old``): beside the store, outside its Zarr hierarchy (which would list them as
-    arrays). Beside the store the link ``store.path`` leads to, where it is one: renamed into
-    it, they must be on its file system. Named for the store's ``cache_id``: a store made
-    anew at the path (the one a kill left them beside deleted) neither reads nor gets them."""
+    (``<store>/.avda-clusters-swap/<modality>.new``) and puts the old ones aside (``.old``):
+    inside the store, outside its Zarr groups, on its file system (renamed into it, they
+    must be), and copied with it."""
+    folder = store.path / CLUSTERS_SWAP
+    return folder / f"{modality}.new", folder / f"{modality}.old"
+
+
+def _legacy_stem(store: FeatureCache) -> Path:
+    """The name's start of the swap arrays an avda before 2026-12-07 wrote *beside* the store
+    (the one a link leads to): ``.<store>.clusters-``, then ``<modality>.<cache_id>.new|old``
+    (named for the store's ``cache_id``: a store made anew at the path neither reads nor gets
+    them)."""
     path = store.path.resolve()
-    stem = path.with_name(f".{path.name}.clusters-{modality}.{_swap_owner(store)}")
-    return stem.with_name(stem.name + ".new"), stem.with_name(stem.name + ".old")
+    return path.with_name(f".{path.name}.clusters-")
+
+
+def _legacy_aside(store: FeatureCache, modality: str) -> Path:
+    stem = _legacy_stem(store)
+    return stem.with_name(f"{stem.name}{modality}.{_swap_owner(store)}.old")
 
 
 def _swap_owner(store: FeatureCache) -> str:
@@ -1191,25 +1212,43 @@ def _swap_owner(store: FeatureCache) -> str:
     return str(store.provenance.get("cache_id") or "unidentified")
 
 
-def restore_cluster_swaps(store: FeatureCache) -> None:
-    """Finish what a :meth:`FeatureCache.write_clusters` killed midway left beside ``store``:
-    clusters put aside whose place is empty go back (a kill between its renames), any other
-    aside, an unfinished new array and those of another store once at its path are deleted."""
-    path = store.path.resolve()
-    stem = f".{path.name}.clusters-"
-    owner = _swap_owner(store)
-    for leftover in sorted(path.parent.glob(f"{glob.escape(stem)}*")):
-        modality, _, rest = leftover.name[len(stem) :].partition(".")
+def cluster_swap_leftovers(store: FeatureCache) -> list[tuple[Path, str, bool]]:
+    """What :meth:`FeatureCache.write_clusters` killed midway left, in the store's swap folder
+    or beside the store (an older avda's): ``(folder, modality, aside)``, ``aside`` where it
+    is this store's previous clusters put aside (a kill between the renames), which go back
+    where ``clusters/<modality>`` is empty; the rest (an unfinished new array, another
+    store's) is deleted."""
+    found = []
+    inside = store.path / CLUSTERS_SWAP
+    if inside.is_dir():
+        for leftover in sorted(inside.iterdir()):
+            modality, _, kind = leftover.name.rpartition(".")
+            found.append((leftover, modality, kind == "old"))
+    stem = _legacy_stem(store)
+    for leftover in sorted(stem.parent.glob(f"{glob.escape(stem.name)}*")):
+        modality, _, rest = leftover.name[len(stem.name) :].partition(".")
         written_for, _, kind = rest.rpartition(".")
-        if kind not in ("new", "old"):
-            continue
-        current = path / schema.CLUSTERS_GROUP / modality
-        if written_for == owner and kind == "old" and not current.exists():
-            log.warning("%s: putting back the %s clusters a killed writer left", path, modality)
+        if kind in ("new", "old"):
+            found.append((leftover, modality, written_for == _swap_owner(store) and kind == "old"))
+    return found
+
+
+def restore_cluster_swaps(store: FeatureCache) -> None:
+    """Finish what a :meth:`FeatureCache.write_clusters` killed midway left
+    (:func:`cluster_swap_leftovers`): clusters put aside whose place is empty go back (a kill
+    between its renames), the rest is deleted."""
+    for leftover, modality, aside in cluster_swap_leftovers(store):
+        current = store.path / schema.CLUSTERS_GROUP / modality
+        if aside and not current.exists():
+            log.warning(
+                "%s: putting back the %s clusters a killed writer left", *(store.path, modality)
+            )
             os.replace(leftover, current)
         else:
             log.warning("removing %s (clusters a killed writer left)", leftover)
             shutil.rmtree(leftover, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        (store.path / CLUSTERS_SWAP).rmdir()
 
 
 def remove_kill_leftovers(path: str | Path) -> None:

@@ -67,6 +67,7 @@ def verify_store(store: FeatureCache, *, progress: bool = False) -> pd.DataFrame
             "without --scheduler, `avda cache import`, `avda cluster`) removes them, or delete "
             "them"
         )
+    notes += [prefix + note for note in _swap_notes(store)]
     for modality in store.modalities:
         tuned, recorded = store.finetuning(modality)
         if tuned is not None and not recorded:  # the record beside its weights says so
@@ -189,6 +190,36 @@ def verify_store(store: FeatureCache, *, progress: bool = False) -> pd.DataFrame
     found = pd.DataFrame(problems, columns=COLUMNS)
     found.attrs.update(arrays=len(arrays), chunks=total, notes=notes)
     return found
+
+
+_ALONE = (
+    "the next command that writes the store alone (`avda cluster`, `avda extract` without "
+    "--shard, `avda cache import`)"
+)
+
+
+def _swap_notes(store: FeatureCache) -> list[str]:
+    """What an `avda cluster` killed midway left (:func:`~avda.cache.store.
+    cluster_swap_leftovers`): clusters put aside, which readers read there, and the rest."""
+    from avda.cache import store as store_lib
+
+    notes = []
+    for leftover, modality, aside in store_lib.cluster_swap_leftovers(store):
+        inside = leftover.is_relative_to(store.path)  # else beside it, an older avda's
+        where = leftover.relative_to(store.path) if inside else leftover
+        if aside and not (store.path / schema.CLUSTERS_GROUP / modality).exists():
+            notes.append(
+                f"{schema.CLUSTERS_GROUP}/{modality} is not in place: an `avda cluster` killed "
+                f"between the two renames of its swap left those clusters aside ({where}), "
+                f"where readers read them; {_ALONE} puts them back (or run `avda cluster` "
+                "again)"
+            )
+        else:
+            notes.append(
+                f"{where}: a clusters array an `avda cluster` killed midway left; not part of "
+                f"the store (nothing reads it), {_ALONE} removes it"
+            )
+    return notes
 
 
 # Segment columns whose every row holds a value other than the fill value (a non-empty uid,
