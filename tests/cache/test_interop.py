@@ -143,6 +143,60 @@ class _Exploit:
         return (os.system, ("touch pwned",))
 
 
+def test_a_feature_file_imported_again_with_another_backbone_is_refused(uda, tmp_path):
+    """An EPIC-100 UDA pickle or a generic HDF5 file run again with another --backbone (or
+    none where the store recorded one; a pickle's is tbn unless given): 'already imported'
+    while the store kept its own label. Refused naming the store's backbone, as a folder of
+    per-video features is; with its own, already imported."""
+    ids = pd.read_csv(uda / "EPIC_100_uda_target_val.csv")["narration_id"].tolist()[:6]
+    features = _feature_pickle(tmp_path / "a.pkl", ids)
+    with h5py.File(tmp_path / "g.h5", "w") as handle:
+        handle["narration_ids"] = np.array(ids, dtype=object).astype("S")
+        handle["RGB"] = features["RGB"][:, 0]
+    common = {"annotations": uda / "EPIC_100_uda_target_val.csv", "domain": "target",
+              "split": "val"}  # fmt: skip
+    for source, recorded, others in (("a.pkl", "i3d", ["tsm", None]), ("g.h5", "tsm", ["i3d"])):
+        out = tmp_path / f"{source}.zarr"
+        interop.import_features(tmp_path / source, out=out, backbone=recorded, **common)
+        for other in others:
+            said = "no --backbone" if other is None and source == "g.h5" else "--backbone"
+            with pytest.raises(CacheError, match=(
+                rf"holds rgb features of backbone {recorded} imported from .*{source}; it is "
+                rf"imported again with {said}.*which would only relabel them: give --backbone "
+                rf"{recorded} \(it is imported: nothing to do\)"
+            )):  # fmt: skip
+                interop.import_features(tmp_path / source, out=out, backbone=other, **common)
+        again = interop.import_features(tmp_path / source, out=out, backbone=recorded, **common)
+        assert again.already_imported
+        assert open_cache(out).modality_info("rgb")["backbone"] == recorded
+    interop.import_features(tmp_path / "g.h5", out=tmp_path / "u.zarr", **common)  # unknown
+    with pytest.raises(CacheError, match=r"backbone unknown .*leave --backbone out"):
+        interop.import_features(tmp_path / "g.h5", out=tmp_path / "u.zarr", backbone="x", **common)
+
+
+def test_a_fill_imported_again_with_other_annotations_is_refused(uda, tmp_path):
+    """A file whose modality filled the rows of segments the store held (a second pickle of
+    the same ids, another modality) run again with annotations that give a segment another
+    label: said imported, as only appended rows were compared. Refused as for an append."""
+    target = pd.read_csv(uda / "EPIC_100_uda_target_val.csv")
+    ids = target["narration_id"].tolist()[:6]
+    _feature_pickle(tmp_path / "rgb.pkl", ids, ("RGB",))
+    _feature_pickle(tmp_path / "audio.pkl", ids, ("Audio",), seed=1)
+    out, where = tmp_path / "s.zarr", uda / "EPIC_100_uda_target_val.csv"
+    common = {"domain": "target", "split": "val"}
+    for name in ("rgb.pkl", "audio.pkl"):
+        interop.import_features(tmp_path / name, out=out, annotations=where, **common)
+    assert open_cache(out).provenance["imports"][1].get("fill") is True
+    relabelled = target.copy()
+    relabelled.loc[2, "verb_class"] = (relabelled.loc[2, "verb_class"] + 1) % 97
+    relabelled.to_csv(tmp_path / "relabelled.csv", index=False)
+    with pytest.raises(CacheError, match=f"segment '{ids[2]}' has verb_class"):
+        interop.import_features(tmp_path / "audio.pkl", out=out,
+                                annotations=tmp_path / "relabelled.csv", **common)  # fmt: skip
+    again = interop.import_features(tmp_path / "audio.pkl", out=out, annotations=where, **common)
+    assert again.already_imported
+
+
 def test_a_crafted_pickle_is_refused_before_it_runs(uda, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with open(tmp_path / "evil.pkl", "wb") as handle:

@@ -843,29 +843,21 @@ def import_epic_pickle(
     chunk_rows: int = schema.DEFAULT_CHUNK_ROWS,
 ) -> ImportResult:
     """Append an EPIC-100 UDA feature pickle, its segments taken from ``annotations``."""
-    from avda.data_manifests import safe_pickle
-
     source, out, annotations = Path(source), Path(out), Path(annotations)
     with store_lock(out, what=IMPORT_LOCK):
         store = _open_existing(out)
         sha = sha256_file(source)
-        if store is not None and (earlier := _already_imported(store, sha)) is not None:
-            _check_rerun_annotations(store, earlier, source, annotations, domain, split)
+        earlier = _already_imported(store, sha) if store is not None else None
+        ids, features = _read_epic_pickle(source)
+        info = _import_info(backbone, "epic-pkl", source)
+        if earlier is not None:
+            modalities = [RELEASED_MODALITIES.get(str(k), str(k).lower()) for k in features]
+            _check_rerun(store, source, ids, dict.fromkeys(modalities, info), annotations,
+                         domain, split)  # fmt: skip
             log.info("%s is already imported into %s", source, out)
             return ImportResult(out, source, 0, [], already_imported=True, earlier=earlier)
-        data = safe_pickle.load(source)
-        if not isinstance(data, dict) or "features" not in data or "narration_ids" not in data:
-            raise CacheError(
-                f"{source} is not an EPIC-100 UDA feature pickle (expected a dict with "
-                "'features' and 'narration_ids')"
-            )
-        features = data["features"]
-        ids = [_text_id(i) for i in list(data["narration_ids"])]
-        if not isinstance(features, dict) or not features:
-            raise CacheError(f"{source}: 'features' must be a dict of modality -> [N, K, D] arrays")
         table = read_segment_table(annotations, domain=domain, split=split)
         segments = _join(ids, table, source, annotations)
-        info = _import_info(backbone, "epic-pkl", source)
         blocks = {
             RELEASED_MODALITIES.get(str(key), str(key).lower()): _block(
                 source, str(key), values, len(ids), info
@@ -889,6 +881,23 @@ def import_epic_pickle(
         )
 
 
+def _read_epic_pickle(source: Path) -> tuple[list[str], dict]:
+    """The narration ids and the modality -> ``(N, K, D)`` features of an EPIC-100 UDA
+    feature pickle; another file is one line."""
+    from avda.data_manifests import safe_pickle
+
+    data = safe_pickle.load(source)
+    if not isinstance(data, dict) or "features" not in data or "narration_ids" not in data:
+        raise CacheError(
+            f"{source} is not an EPIC-100 UDA feature pickle (expected a dict with "
+            "'features' and 'narration_ids')"
+        )
+    features = data["features"]
+    if not isinstance(features, dict) or not features:
+        raise CacheError(f"{source}: 'features' must be a dict of modality -> [N, K, D] arrays")
+    return [_text_id(i) for i in list(data["narration_ids"])], features
+
+
 def import_h5(
     source: str | Path,
     *,
@@ -906,16 +915,21 @@ def import_h5(
     with store_lock(out, what=IMPORT_LOCK):
         store = _open_existing(out)
         sha = sha256_file(source)
-        if store is not None and (earlier := _already_imported(store, sha)) is not None:
-            if annotations is not None:  # a generic file's segments are the annotations'
-                with h5py.File(source, "r") as handle:
-                    generic = handle.attrs.get("format") != H5_FORMAT
-                if generic:
-                    _check_rerun_annotations(
-                        store, earlier, source, Path(annotations), domain, split
-                    )
-            return ImportResult(out, source, 0, [], already_imported=True, earlier=earlier)
+        earlier = _already_imported(store, sha) if store is not None else None
         with h5py.File(source, "r") as handle:
+            if earlier is not None:  # read no features: what the rows were imported with
+                if handle.attrs.get("format") == H5_FORMAT:  # its segments are its own
+                    _, arrays, _, _, infos = _read_avda_h5(handle, source)
+                    ids, given = [], None
+                else:  # a generic file's segments are the annotations'
+                    ids, arrays = _read_generic_h5(handle, source)
+                    infos, given = {}, annotations
+                _check_rerun(
+                    store, source, ids,
+                    {m: _h5_info(infos.get(m), backbone, source) for m in arrays},
+                    given, domain, split,
+                )  # fmt: skip
+                return ImportResult(out, source, 0, [], already_imported=True, earlier=earlier)
             exported = None
             if handle.attrs.get("format") == H5_FORMAT:
                 segments, arrays, statuses, errors, infos = _read_avda_h5(handle, source)
@@ -1421,26 +1435,40 @@ _RERUN_FIX = (
 )
 
 
-def _check_rerun_annotations(
+def _check_rerun(
     store: FeatureCache,
-    earlier: Mapping[str, Any],
     source: Path,
-    annotations: Path,
+    ids: Sequence[str],
+    infos: Mapping[str, Mapping[str, Any]],
+    annotations: str | Path | None,
     domain: str | None,
     split: str | None,
 ) -> None:
-    """A feature file found imported (its sha256 in the store's ``imports``) whose segments
-    come from ``annotations`` (an EPIC-100 UDA pickle's ids, a generic HDF5 file's) is so only
-    where they give its segments the store's video, times and labels, of which the sha256 says
-    nothing: refused otherwise (:func:`_same_segments`). A fill's record names no one range of
-    rows: left."""
-    if earlier.get("fill"):
+    """A feature file found imported (its sha256 in the store's ``imports``: an EPIC-100 UDA
+    pickle, an HDF5 file) is so only with what it was imported with, of which the sha256 says
+    nothing: its modalities' backbone (``infos``: what this run would record;
+    :func:`_check_rerun_backbone`) and, where its segments come from ``annotations`` (its
+    ``ids`` joined to them), the store's video, times and labels of those segments, whether
+    the import appended them or filled their rows in place (:func:`_same_segments`). Refused
+    otherwise, as the import would be."""
+    _check_rerun_backbone(store, infos, source)
+    if annotations is None:
         return
-    start, stop = earlier["rows"]
-    uids = store.segments["uid"].astype(str).iloc[start:stop].tolist()
     table = read_segment_table(annotations, domain=domain, split=split)
-    segments = _join(uids, table, source, annotations)
+    segments = _join(list(ids), table, source, Path(annotations))
     _same_segments(store, segments, source, _RERUN_FIX, _RERUN_COLUMNS)
+
+
+def _check_rerun_backbone(
+    store: FeatureCache, infos: Mapping[str, Mapping[str, Any]], source: Path
+) -> None:
+    """An import found done, run again with another --backbone (or none where the store
+    recorded one): it would only relabel the rows, so it is refused naming the store's
+    (:func:`_check_backbone`), not said imported while the store keeps its own label."""
+    for modality, info in infos.items():
+        if modality in store.modalities:
+            found = store.modality_info(modality)
+            _check_backbone(store, modality, found, info, source, rerun=True)
 
 
 def _check_rerun_sampling(
@@ -1454,8 +1482,8 @@ def _check_rerun_sampling(
     would store the same rows under another name: refused too, as the store keeps its own."""
     if modality not in store.modalities:
         return
+    _check_rerun_backbone(store, {modality: info}, source)
     found = store.modality_info(modality)
-    _check_backbone(store, modality, found, info, source, rerun=True)
     _check_npy_sampling(store, modality, found, info, source)
     if int(found["num_clips"]) != num_clips:
         raise CacheError(
