@@ -233,3 +233,58 @@ def test_a_link_and_the_real_path_take_one_lock(tmp_path, monkeypatch, kind):
         holder.stdin.close()
         assert holder.wait(60) == 0
     assert lock_path(link) == lock_path(real) == real.with_name(f"{real.name}.lock")
+
+
+def test_a_writer_that_made_no_store_leaves_no_lock_file(shared_data, tmp_path):
+    """An `avda cache import` refused before it made the store left `STORE.zarr.lock` beside
+    a store that does not exist; it deletes it as it lets go (still holding it). Beside a
+    store, the file stays."""
+    import pickle
+
+    import numpy as np
+
+    from avda.cache import interop
+    from avda.errors import CacheError
+
+    with open(tmp_path / "wrong.pkl", "wb") as handle:
+        features = {"RGB": np.zeros((1, 2, 3), dtype=np.float32)}
+        pickle.dump({"features": features, "narration_ids": ["P99_99_0"]}, handle)
+    out = tmp_path / "w.zarr"
+    annotations = shared_data / "annotations/epic100/UDA_annotations/EPIC_100_uda_target_val.csv"
+    with pytest.raises(CacheError, match="not in"):
+        interop.import_features(
+            tmp_path / "wrong.pkl", out=out, annotations=annotations, domain="target", split="val"
+        )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["wrong.pkl"]
+    store = tmp_path / "s.zarr"
+    store.mkdir()
+    with store_lock(store, what="avda cluster"):
+        pass
+    assert lock_path(store).exists()
+
+
+def test_holders_of_a_lock_file_deleted_as_it_is_let_go_take_turns(tmp_path):
+    """Exclusive holders of the lock of a store that does not exist delete its file as they
+    let go: a waiter then holding the deleted file's lock must take the file now at the path
+    instead (without that check, two holders at once). Threads: one open file each, as
+    processes."""
+    store = tmp_path / "absent.zarr"
+    inside, most, guard = [0], [0], threading.Lock()
+
+    def hold() -> None:
+        for _ in range(3):
+            with store_lock(store, what="avda cache import", wait=60):
+                with guard:
+                    inside[0] += 1
+                    most[0] = max(most[0], inside[0])
+                time.sleep(0.25)  # a waiter polls every 0.2 s
+                with guard:
+                    inside[0] -= 1
+
+    threads = [threading.Thread(target=hold) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert most[0] == 1
+    assert not lock_path(store).exists()

@@ -31,10 +31,13 @@ moment an interrupted import is rerun. ``flock`` also has a shared mode, which s
 Linux NFS clients ``flock`` is carried by the NFS lock protocol (NLM / NFSv4 locks) and holds
 across hosts; a file system without working locks (some Lustre or old NFS mounts) makes
 ``flock`` fail with ENOLCK / EOPNOTSUPP: avda then warns and goes on unlocked (the protection of
-this module is off there; run one writer at a time). The file ``<store>.lock`` is never
-deleted: its content (holder pid, host, time, command) is only a message for the next
+this module is off there; run one writer at a time). The file ``<store>.lock`` stays beside
+a store: its content (holder pid, host, time, command) is only a message for the next
 process; whether the store is locked is the ``flock`` alone, so a leftover file is harmless.
-Deleting it while a writer runs would let a second writer in: don't.
+Deleting it while a writer runs would let a second writer in: don't. (An exclusive holder
+that leaves no store behind, a refused import into a new path, deletes it itself while it
+still holds it; every holder, once it has the lock, checks that the file it locked is still
+the one at the path, and takes that one otherwise.)
 
 Locks are per open file: two threads (or two nested calls) of one process taking the same
 store's lock conflict like two processes.
@@ -50,7 +53,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from avda._io import (
@@ -109,7 +112,10 @@ def store_lock(
     if reads and not store.exists():
         yield
         return
-    with _flock(store, lock_path(store), what=what, shared=shared or reads, wait=wait):
+    with _flock(
+        store, lock_path(store), what=what, shared=shared or reads, wait=wait,
+        remove=None if shared or reads else lambda: not store.exists(),
+    ):  # fmt: skip
         if not shared:
             remove_kill_leftovers(store)
         yield
@@ -190,49 +196,46 @@ def _flock(
     wait: float | None,
     kind: str = "cache",
     error: type[AvdaError] = StoreBusyError,
+    remove: Callable[[], bool] | None = None,
 ) -> Iterator[None]:
     """The ``flock`` on ``path`` that guards ``store`` (a cache, or a run folder: ``kind``);
-    ``error`` is raised, naming the holder, when another process has it."""
-    import fcntl
+    ``error`` is raised, naming the holder, when another process has it.
 
+    ``remove`` (an exclusive holder): whether to delete the lock file as it lets go, still
+    holding it (a refused command that made no store leaves none beside the path). A waiter
+    that then gets the lock of the deleted file opens the one at ``path`` again, as every
+    holder checks that the file it locked is still the one there
+    (:func:`avda._io.file_lock`'s rule)."""
     if wait is None:  # unset: refused at once
         wait = lock_wait() or 0.0
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-    except OSError as exc:
-        if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as exc:
+            if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+                raise
+            if shared:  # a store in a read-only place: nobody can write it, reading needs no lock
+                log.debug("cannot create %s (%s): reading %s unlocked", path, exc, store)
+                yield
+                return
+            # a writer: name what the user asked to write, not the lock file they never heard of
+            base = CacheError if kind == "cache" else RunError
+            raise base(
+                f"cannot write the {kind} {store}: {path.parent} is not writable "
+                f"({exc.strerror}; {what} keeps its lock file {path.name} there); "
+                "write it to a writable place"
+            ) from None
+        try:
+            locked = _acquire(store, path, fd, shared, deadline, kind, error)
+        except BaseException:
+            os.close(fd)
             raise
-        if shared:  # a store in a read-only place: nobody can write it, reading needs no lock
-            log.debug("cannot create %s (%s): reading %s unlocked", path, exc, store)
-            yield
-            return
-        # a writer: name what the user asked to write, not the lock file they never heard of
-        base = CacheError if kind == "cache" else RunError
-        raise base(
-            f"cannot write the {kind} {store}: {path.parent} is not writable "
-            f"({exc.strerror}; {what} keeps its lock file {path.name} there); "
-            "write it to a writable place"
-        ) from None
+        if not locked or _same_file(fd, path):
+            break
+        os.close(fd)  # its holder deleted it as it let go: take the file at ``path`` now
     try:
-        mode = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
-        deadline = time.monotonic() + wait
-        while True:
-            try:
-                fcntl.flock(fd, mode | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    message = _busy_message(store, path, fd, kind)
-                    if _taken_within(fd, mode, PROBE_GRACE):  # a probe let go meanwhile
-                        break
-                    raise error(message) from None
-                time.sleep(0.2)
-            except OSError as exc:
-                if exc.errno not in LOCKS_UNSUPPORTED:
-                    raise
-                warn_without_locks(path, exc)
-                break
         write_lock_holder(fd, command=what, mode="read" if shared else "write")
         try:
             yield
@@ -240,8 +243,52 @@ def _flock(
             if not shared:  # the record names the holder only while it holds the lock
                 with contextlib.suppress(OSError):
                     os.ftruncate(fd, 0)
+                if locked and remove is not None and remove():
+                    path.unlink(missing_ok=True)  # before letting go: see the docstring
     finally:
         os.close(fd)  # releases the flock
+
+
+def _acquire(
+    store: Path,
+    path: Path,
+    fd: int,
+    shared: bool,
+    deadline: float,
+    kind: str,
+    error: type[AvdaError],
+) -> bool:
+    """Take the ``flock`` of the open lock file ``fd`` (waiting until ``deadline``, then
+    ``error``); False where the file system has no locks (warned, unlocked)."""
+    import fcntl
+
+    mode = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
+    while True:
+        try:
+            fcntl.flock(fd, mode | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                message = _busy_message(store, path, fd, kind)
+                if _taken_within(fd, mode, PROBE_GRACE):  # a probe let go meanwhile
+                    return True
+                raise error(message) from None
+            time.sleep(0.2)
+        except OSError as exc:
+            if exc.errno not in LOCKS_UNSUPPORTED:
+                raise
+            warn_without_locks(path, exc)
+            return False
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    """Whether the open file ``fd`` is still the one at ``path`` (not deleted or replaced)."""
+    held = os.fstat(fd)
+    try:
+        current = os.stat(path)
+    except FileNotFoundError:
+        return False
+    return (current.st_dev, current.st_ino) == (held.st_dev, held.st_ino)
 
 
 # Seconds a refused lock is tried again for before its holder is named: ``training_holder``
