@@ -546,6 +546,45 @@ def test_fine_tuning_without_weights_is_said_to_be_from_scratch(caplog):
     assert "meaningless" not in caplog.text and "extract/demo" not in caplog.text
 
 
+def test_a_stopped_finetune_deletes_its_lock_file_while_it_still_holds_it(
+    demo_dataset, tmp_path, monkeypatch
+):
+    # A run stopped before it made a file deleted the OUT.lock it created after letting go
+    # of its flock: a process waiting for it (AVDA_LOCK_WAIT) could lock the file meanwhile,
+    # and, the file deleted, a third lock a new one: two trainers. It deletes it still held.
+    import fcntl
+    import os
+    from pathlib import Path
+
+    from avda.cache.lock import lock_path
+
+    out = tmp_path / "stopped.pt"
+    lock, held_then = lock_path(out), []
+    real_unlink = Path.unlink
+
+    def unlink(self, *args, **kwargs):
+        if self == lock:  # is it still locked? another open file cannot take it then
+            fd = os.open(self, os.O_RDWR)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                held_then.append(False)
+            except BlockingIOError:
+                held_then.append(True)
+            finally:
+                os.close(fd)
+        return real_unlink(self, *args, **kwargs)
+
+    def stop(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Path, "unlink", unlink)
+    monkeypatch.setattr(finetune, "_finetune", stop)
+    with pytest.raises(KeyboardInterrupt):
+        _run(demo_dataset, out)
+    monkeypatch.undo()
+    assert held_then == [True] and not lock.exists()
+
+
 def test_a_refused_finetune_never_deletes_the_lock_file_of_the_holder(
     demo_dataset, tmp_path, monkeypatch
 ):

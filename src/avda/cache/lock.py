@@ -147,15 +147,22 @@ def sweep_lock(out: str | Path, *, wait: float | None = None) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def output_lock(out: str | Path, *, what: str, wait: float | None = None) -> Iterator[None]:
+def output_lock(
+    out: str | Path,
+    *,
+    what: str,
+    wait: float | None = None,
+    remove: Callable[[], bool] | None = None,
+) -> Iterator[None]:
     """Hold the exclusive lock of an output file ``out`` (``avda finetune -o``: its partial
     checkpoint and results), the file ``<out>.lock`` beside it: a second process writing the
     same output (a script started twice) stops at once with :class:`RunBusyError` naming the
-    holder, instead of interleaving two trainings' checkpoints."""
+    holder, instead of interleaving two trainings' checkpoints. ``remove``: whether to delete
+    the lock file as the holder lets go (asked while it still holds it, see ``_flock``)."""
     out = Path(out)
     with _flock(
         out, lock_path(out), what=what, shared=False, wait=wait, kind="output",
-        error=RunBusyError,
+        error=RunBusyError, remove=remove,
     ):  # fmt: skip
         yield
 

@@ -362,20 +362,20 @@ def finetune(
     out.parent.mkdir(parents=True, exist_ok=True)
     lock, partial = lock_path(out), out.with_name(out.name + ".partial.pt")
     created, there = not lock.exists(), (out.exists(), partial.exists())
-    held = False  # whether this process got the lock: a refused one never deletes the file
-    try:
-        with output_lock(out, what="avda finetune"):
-            held = True
-            return _finetune(
-                manifest, inputs=inputs, backbone=backbone, modality=modality, source=source,
-                recipe=recipe, out=out, weights=weights, config=config, device=device,
-                progress=progress, class_names=class_names,
-            )  # fmt: skip
-    except BaseException:
-        # refused or stopped before it made a file: leave no lock file behind either
-        if held and created and (out.exists(), partial.exists()) == there:
-            lock.unlink(missing_ok=True)
-        raise
+    finished = False
+
+    def made_nothing() -> bool:  # stopped before it made a file: leave no lock file either
+        return not finished and created and (out.exists(), partial.exists()) == there
+
+    # deleted by the holder while it holds it (a refused process holds nothing, deletes none)
+    with output_lock(out, what="avda finetune", remove=made_nothing):
+        result = _finetune(
+            manifest, inputs=inputs, backbone=backbone, modality=modality, source=source,
+            recipe=recipe, out=out, weights=weights, config=config, device=device,
+            progress=progress, class_names=class_names,
+        )  # fmt: skip
+        finished = True
+        return result
 
 
 def _finetune(
