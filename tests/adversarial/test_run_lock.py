@@ -93,6 +93,27 @@ def test_a_refused_run_leaves_no_folder(tmp_path):
     assert not out.exists()
 
 
+def test_a_refused_run_never_deletes_the_lock_file_of_the_holder(tmp_path, monkeypatch):
+    """Two trainers of a new folder started together both saw no folder; the refused one
+    deleted the lock file the other held (a third then locked a new one and trained beside
+    it). Only a holder deletes it, while it holds it."""
+    from avda.cache import lock as lock_module
+
+    run = tmp_path / "new"
+    with run_lock(run, what="avda train"):  # the holder (locks are per open file)
+
+        class Unseen(type(run)):
+            def exists(self, **kwargs):  # as it was when the refused process looked
+                return False if self == run else super().exists(**kwargs)
+
+        monkeypatch.setattr(lock_module, "Path", Unseen)
+        with pytest.raises(RunBusyError):
+            with run_lock(run, what="avda train"):
+                pass
+        monkeypatch.undo()
+        assert (run / RUN_LOCK).exists()  # the holder's lock file is still there
+
+
 def test_a_record_left_by_a_killed_trainer_on_another_host_is_not_believed(tmp_path, capsys):
     """Whether a run is training is its lock, not the record in the lock file: a trainer killed
     on another host (a cluster node) leaves its record, and the run is then not "still

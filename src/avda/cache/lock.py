@@ -175,20 +175,28 @@ def run_lock(run: str | Path, *, what: str, wait: float | None = None) -> Iterat
     run = Path(run)
     created = not run.exists()
     run.mkdir(parents=True, exist_ok=True)
+    stopped = True
+
+    def made_nothing() -> bool:  # stopped before it wrote anything: its lock file goes too
+        return stopped and created and [p.name for p in run.iterdir()] == [RUN_LOCK]
+
     try:
+        # deleted by the holder while it holds it: a refused process (which may have seen no
+        # folder too, started at the same moment) holds nothing and deletes none
         with _flock(
-            run, run / RUN_LOCK, what=what, shared=False, wait=wait, kind="run", error=RunBusyError
-        ):
+            run, run / RUN_LOCK, what=what, shared=False, wait=wait, kind="run",
+            error=RunBusyError, remove=made_nothing,
+        ):  # fmt: skip
             key = run.resolve()
             _HELD_RUNS[key] = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
             try:
                 yield
+                stopped = False
             finally:
                 _HELD_RUNS.pop(key, None)
     except BaseException:
-        if created:  # refused before it wrote anything: leave no empty folder behind
+        if created:  # refused or stopped before it wrote anything: leave no empty folder
             with contextlib.suppress(OSError):
-                (run / RUN_LOCK).unlink()
                 run.rmdir()
         raise
 
