@@ -94,6 +94,20 @@ def test_manifest_validate(capsys, tmp_path):
     assert "row 3 [stop_sec]" in out
 
 
+def test_manifest_validate_with_a_videos_folder_that_is_not_there_says_so_once(capsys, tmp_path):
+    """A mistyped --videos is one line, as avda extract says it: validate listed every row's
+    video as not found under it (10,094 lines for the MM-SADA manifest)."""
+    path = tmp_path / "m.csv"
+    path.write_text(
+        "uid,video_id,domain,split,start_sec,stop_sec\na,v,D1,train,0,1\nb,w,D1,train,0,1\n"
+    )
+    code, out, err = run(
+        capsys, "manifest", "validate", str(path), "--videos", str(tmp_path / "nope")
+    )
+    assert code == 1 and out == ""
+    assert err.strip() == f"error: --videos {tmp_path / 'nope'}: no such folder"
+
+
 def test_train_evaluate_and_cache_info(capsys, tmp_path):
     make_feature_cache(tmp_path / "c.zarr")
     code, out, _ = run(capsys, "cache", "info", str(tmp_path / "c.zarr"))

@@ -278,6 +278,8 @@ def manifest_validate(
     """Check a manifest; list every problem with its row number (stdout, one a line)."""
     from avda.data_manifests import schema
 
+    if videos is not None and not videos.is_dir():  # as avda extract says it, not once a row
+        raise ConfigError(f"--videos {videos}: no such folder")
     try:
         frame = schema.read(file, videos=videos)
     except schema.ManifestProblems as exc:
