@@ -28,6 +28,18 @@ def test_import_avda_loads_no_heavy_module():
     assert out[0] == "[]" and out[1] == "True"
 
 
+def test_avda_modules_are_reached_from_import_avda_as_the_docs_write_them():
+    """docs/weights.md's `avda.weights.resolve(...)`, docs/python_api.md's
+    `avda.sweep.run_sweep(...)` after `import avda`: AttributeError ('module avda has no
+    attribute weights') unless the module had been imported."""
+    code = (
+        "import avda; print(callable(avda.weights.resolve), callable(avda.sweep.run_sweep), "
+        "callable(avda.runs.read_predictions), hasattr(avda, 'nonexistent'))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["True", "True", "True", "False"]
+
+
 def test_the_api_names_stay_functions_after_their_packages_are_imported():
     import avda.evaluate.tables  # noqa: F401
     import avda.extract.runner  # noqa: F401

@@ -16,6 +16,7 @@ The Python API (``docs/python_api.md``; imported on first use, so ``import avda`
 from __future__ import annotations
 
 import importlib
+import importlib.util
 
 __version__ = "0.1.0"
 
@@ -32,6 +33,10 @@ def __getattr__(name: str) -> object:
 
         return predict
     if name in ("extract", "train", "evaluate"):  # callable packages (avda._callable)
+        return importlib.import_module(f"avda.{name}")
+    # the other modules on first use too, as the docs write them after `import avda`
+    # (avda.weights.resolve, avda.sweep.run_sweep, avda.runs.read_predictions)
+    if not name.startswith("_") and importlib.util.find_spec(f"avda.{name}") is not None:
         return importlib.import_module(f"avda.{name}")
     raise AttributeError(f"module 'avda' has no attribute {name!r}")
 
