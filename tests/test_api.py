@@ -29,15 +29,16 @@ def test_import_avda_loads_no_heavy_module():
 
 
 def test_avda_modules_are_reached_from_import_avda_as_the_docs_write_them():
-    """docs/weights.md's `avda.weights.resolve(...)`, docs/python_api.md's
-    `avda.sweep.run_sweep(...)` after `import avda`: AttributeError ('module avda has no
-    attribute weights') unless the module had been imported."""
+    """docs/weights.md's `avda.weights.resolve(...)` and `avda.extract.backbones.create`,
+    docs/python_api.md's `avda.sweep.run_sweep(...)` after `import avda`: AttributeError
+    ('module avda has no attribute weights') unless the module had been imported."""
     code = (
         "import avda; print(callable(avda.weights.resolve), callable(avda.sweep.run_sweep), "
-        "callable(avda.runs.read_predictions), hasattr(avda, 'nonexistent'))"
+        "callable(avda.runs.read_predictions), callable(avda.extract.backbones.create), "
+        "hasattr(avda, 'nonexistent'), hasattr(avda.train, 'nonexistent'))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.split() == ["True", "True", "True", "False"]
+    assert out.stdout.split() == ["True"] * 4 + ["False"] * 2
 
 
 def test_the_api_names_stay_functions_after_their_packages_are_imported():

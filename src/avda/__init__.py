@@ -15,9 +15,6 @@ The Python API (``docs/python_api.md``; imported on first use, so ``import avda`
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
-
 __version__ = "0.1.0"
 
 __all__ = ["__version__", "evaluate", "extract", "open_cache", "predict", "train"]
@@ -32,13 +29,10 @@ def __getattr__(name: str) -> object:
         from avda.api import predict
 
         return predict
-    if name in ("extract", "train", "evaluate"):  # callable packages (avda._callable)
-        return importlib.import_module(f"avda.{name}")
-    # the other modules on first use too, as the docs write them after `import avda`
-    # (avda.weights.resolve, avda.sweep.run_sweep, avda.runs.read_predictions)
-    if not name.startswith("_") and importlib.util.find_spec(f"avda.{name}") is not None:
-        return importlib.import_module(f"avda.{name}")
-    raise AttributeError(f"module 'avda' has no attribute {name!r}")
+    # avda.extract, avda.train, avda.evaluate (callable packages), avda.weights... on first use
+    from avda._callable import submodule
+
+    return submodule(__name__, name)
 
 
 def __dir__() -> list[str]:

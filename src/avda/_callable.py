@@ -8,10 +8,20 @@ replaced by it. So the packages themselves are callable and call the API functio
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import inspect
 import sys
 import types
 from typing import Any
+
+
+def submodule(package: str, name: str) -> types.ModuleType:
+    """``package.name`` imported on first use, as the docs write avda's modules after ``import
+    avda`` (``avda.weights.resolve``, ``avda.extract.backbones.create``): a package's module is
+    its attribute only once imported. AttributeError where there is no such module."""
+    if not name.startswith("_") and importlib.util.find_spec(f"{package}.{name}") is not None:
+        return importlib.import_module(f"{package}.{name}")
+    raise AttributeError(f"module {package!r} has no attribute {name!r}")
 
 
 def make_callable(module_name: str, function: str) -> None:
@@ -20,6 +30,9 @@ def make_callable(module_name: str, function: str) -> None:
     class CallableModule(types.ModuleType):
         def __call__(self, *args: Any, **kwargs: Any) -> Any:
             return getattr(importlib.import_module("avda.api"), function)(*args, **kwargs)
+
+        def __getattr__(self, name: str) -> types.ModuleType:
+            return submodule(module_name, name)
 
         @property
         def __signature__(self) -> inspect.Signature:
