@@ -117,3 +117,16 @@ def test_the_readme_python_example_is_its_commands_said_in_python():
             if str(python) != str(value):
                 differ.append(f"avda.{name}: {key}={python!r}, the command's {value!r}")
     assert not differ, "\n".join(differ)
+
+
+def test_the_show_config_excerpt_in_docs_cli_is_what_the_command_prints(capsys):
+    """docs/cli.md's `avda train --head dann --show-config` block: its lines are lines of the
+    output, in order ('...' elides the rest); it left out a field between two it showed, and
+    aligned the comments one column off."""
+    from avda import cli
+
+    text = (REPO / "docs" / "cli.md").read_text()
+    shown = re.search(r"```\n(# head dann:.*?)```", text, re.DOTALL).group(1).splitlines()
+    assert cli.main(["train", "--head", "dann", "--show-config"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[: len(shown) - 1] == shown[:-1] and shown[-1].strip() == "..."
