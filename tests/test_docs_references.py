@@ -130,3 +130,32 @@ def test_the_show_config_excerpt_in_docs_cli_is_what_the_command_prints(capsys):
     assert cli.main(["train", "--head", "dann", "--show-config"]) == 0
     printed = capsys.readouterr().out.splitlines()
     assert printed[: len(shown) - 1] == shown[:-1] and shown[-1].strip() == "..."
+
+
+def test_every_option_the_docs_give_an_avda_command_is_one_of_its_options():
+    """A command copied from README.md or docs/ (a code block, or `avda ...` inline, wrapped
+    lines joined) uses only options its command has: `--opt` of `avda <command> [<sub>]`."""
+    import typer.main
+
+    from avda import cli
+
+    root = typer.main.get_command(cli.app)
+    wrong = []
+    for path in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]:
+        text = path.read_text()
+        commands = list(re.finditer(r"`(avda [^`]*)`", text))
+        commands += list(re.finditer(r"^\s*(avda (?:[^\n]*\\\n)*[^\n]*)", text, re.MULTILINE))
+        for match in commands:
+            words = match.group(1).replace("\\\n", " ").split("#")[0].split()[1:]
+            command, names = root, []
+            for word in [w for w in words if not w.startswith("-")][:2]:
+                if word not in getattr(command, "commands", {}):
+                    break
+                command = command.commands[word]
+                names.append(word)
+            valid = {o for p in [*command.params, *root.params] for o in p.opts + p.secondary_opts}
+            for option in re.findall(r"(?<![\w./-])(--?[a-zA-Z][\w-]*)", " ".join(words)):
+                if names and option not in valid | {"--help"}:
+                    line = text.count("\n", 0, match.start()) + 1
+                    wrong.append(f"{path.name}:{line}: avda {' '.join(names)} {option}")
+    assert not wrong, "options the commands do not have:\n" + "\n".join(wrong)
