@@ -396,26 +396,42 @@ def test_an_annotation_file_for_a_folder_benchmark_is_named_as_a_file(shared_dat
 
 
 @pytest.mark.parametrize(
-    ("benchmark", "folder", "held"),
+    ("benchmark", "file", "folder", "held"),
     [
-        ("charades-ego", "charadesego_v0", "charades_v1_classes.txt"),
-        ("ucf-hmdb", "ucf_hmdb_lists", "ta3n_class_lists/classInd_hmdb_ucf.txt"),
+        ("charades-ego", "CharadesEgo_v0_egocentric_test.csv", "charadesego_v0", None),
+        ("ucf-hmdb", "list_hmdb51_train_ucf101-feature.txt", "ucf_hmdb_lists", None),
+        # a file of a subfolder: the folder above it, which the builder reads (it named
+        # ta3n_class_lists/, where the lists are not: `none of list_ucf101_train... found`)
+        ("ucf-hmdb", "ta3n_class_lists/classInd_hmdb_ucf.txt", "ucf_hmdb_lists", "above"),
+        # ... unless its folder holds them (UDA_annotations/ finds the rest in ..)
+        ("epic100-uda", "UDA_annotations/EPIC_100_uda_source_train.pkl", "epic100", "uda"),
     ],
 )
 def test_an_annotation_file_of_the_benchmarks_folder_is_refused_naming_that_folder(
-    shared_data, benchmark, folder, held
+    shared_data, benchmark, file, folder, held
 ):
     """`--annotations CharadesEgo_v0_test.csv`, a file of the folder the benchmark reads: the
-    refusal said to pass a folder without naming the one beside the user's file."""
+    refusal said to pass a folder without naming the one beside the user's file; the folder it
+    names builds the manifest."""
     annotations = shared_data / "annotations" / folder
-    table = next(p for p in sorted(annotations.iterdir()) if p.is_file() and p.suffix != ".md")
+    table = annotations / file
+    if held == "uda":
+        annotations = table.parent
+    first = {
+        "charades-ego": "charades_v1_classes.txt",
+        "ucf-hmdb": "list_ucf101_train_hmdb51-feature.txt",
+        "epic100-uda": "../EPIC_100_video_info.csv",
+    }[benchmark]
+    whose = "the folder above it" if held == "above" else "its folder"
     with pytest.raises(ManifestError) as refused:
         build(benchmark, table)
     assert str(refused.value) == (
         f"{benchmark}: --annotations {table} is a file, and {benchmark} reads a folder of "
-        f"annotation files: pass its folder, --annotations {annotations} (avda finds {held} "
+        f"annotation files: pass {whose}, --annotations {annotations} (avda finds {first} "
         "from there)"
     )
+    if benchmark == "ucf-hmdb":  # the folder named is one avda builds from
+        assert len(build(benchmark, annotations).manifest)
 
 
 def test_mmsada_pickle_rows_are_named_by_uid(shared_data, tmp_path):

@@ -198,8 +198,10 @@ def locate(
 def check_annotations_folder(
     annotations: Path, benchmark: str, reads: Iterable[str] = (), subfolders: Iterable[str] = ()
 ) -> Path:
-    """``annotations`` where it is a folder; refused otherwise, a file of a folder holding one of
-    ``reads`` (in it or its ``subfolders``, as :func:`locate` finds them) with that folder."""
+    """``annotations`` where it is a folder; refused otherwise, a file of a folder from which one
+    of ``reads`` (a file of the benchmark's own folder) is found (in it or its ``subfolders``,
+    as :func:`locate` finds them) with that folder: the file's, or the one the file's folder is
+    a subfolder of (``ucf_hmdb_lists/ta3n_class_lists/classInd_hmdb_ucf.txt``)."""
     annotations = Path(annotations)
     if not annotations.exists():
         raise ManifestError(
@@ -207,16 +209,26 @@ def check_annotations_folder(
             "the folder that holds the benchmark's annotation files"
         )
     if not annotations.is_dir():  # it was looked into as a folder: 'none of ... found in FILE/'
-        try:  # a file of the benchmark's folder (CharadesEgo_v0_test.csv): that folder
-            found = locate(annotations.parent, reads, benchmark, subfolders) if reads else None
-        except ManifestError:
-            found = None
-        if found is not None:
-            held = found.relative_to(annotations.parent)
+        reads, subfolders = list(reads), list(subfolders)
+        parent = annotations.parent
+        folders = (
+            [parent]
+            + [
+                Path(*parent.parts[: -len(sub)])  # Path() is "." (-a ta3n_class_lists/FILE)
+                for sub in (Path(name).parts for name in subfolders)
+                if ".." not in sub and parent.parts[-len(sub) :] == sub
+            ]
+        )
+        for folder in folders if reads else ():
+            try:  # a file of the benchmark's folder (CharadesEgo_v0_test.csv): that folder
+                found = locate(folder, reads, benchmark, subfolders)
+            except ManifestError:
+                continue
+            whose = "its folder" if folder == parent else "the folder above it"
             raise ManifestError(
                 f"{benchmark}: --annotations {annotations} is a file, and {benchmark} reads a "
-                f"folder of annotation files: pass its folder, --annotations "
-                f"{annotations.parent} (avda finds {held} from there)"
+                f"folder of annotation files: pass {whose}, --annotations {folder} (avda finds "
+                f"{found.relative_to(folder)} from there)"
             )
         raise ManifestError(
             f"{benchmark}: --annotations {annotations} is a file, and {benchmark} reads a "

@@ -146,7 +146,8 @@ def build(
     ``video_path_template``: ``video_path`` of a row, formatted from its columns ("" = none).
     """
     class_file, lists, ucf_class_file = VARIANTS["olympic" if variant == "olympic" else "full"]
-    check_annotations_folder(annotations, NAME, [class_file], SUBFOLDERS)
+    # the lists lie in the benchmark's folder, the class lists in ta3n_class_lists/ or there
+    check_annotations_folder(annotations, NAME, [lists[0][1]], SUBFOLDERS)
     for option, value in (
         ("ucf_fps", ucf_fps),
         ("hmdb_fps", hmdb_fps),
