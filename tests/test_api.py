@@ -639,7 +639,9 @@ def test_keywords_leave_what_a_quoted_value_holds(tmp_path):
     assert _keywords("unknown --split 'x'", _PREDICT_KEYWORDS) == "unknown splits='x'"
 
 
-def test_evaluate_refuses_an_out_named_as_another_format_as_the_cli_does(tmp_path, capsys):
+def test_evaluate_refuses_an_out_named_as_another_format_as_the_cli_does(
+    tmp_path, capsys, monkeypatch
+):
     """``avda.evaluate(out="x.pdf")`` wrote x.pdf.md, x.pdf.csv: one error naming the tables'
     formats and suffixes instead, in the command line and the API, before any run is read."""
     make_feature_cache(tmp_path / "c.zarr", per_class=4)
@@ -686,6 +688,23 @@ def test_evaluate_refuses_an_out_named_as_another_format_as_the_cli_does(tmp_pat
     assert not list((tmp_path / "tables").glob("x.*"))
     avda.evaluate(tmp_path / "run", out=tmp_path / "tables" / "x.md")  # a table's: x.md, x.csv
     assert sorted(p.name for p in (tmp_path / "tables").glob("x.*")) == ["x.csv", "x.md"]
+    # the name offered is one the tables may have (x.tar.gz was told x.tar, refused in turn)
+    with pytest.raises(ConfigError, match=r"is named as a \.gz file, .*; name them \S+/x \("):
+        avda.evaluate(tmp_path / "run", out=tmp_path / "tables" / "x.tar.gz")
+    # a folder or a table's suffix alone names no table: `-o .` was an internal error once the
+    # runs were read, `-o .md` wrote the hidden .md.md, .md.csv
+    monkeypatch.chdir(tmp_path)
+    for out, named in ((".", "results"), (".md", "results"), ("tables/.CSV", "tables/results")):
+        expected = (
+            f"{out} names no table (the tables are OUT.md, OUT.csv and OUT.tex); give them a "
+            f"name: {named}"
+        )
+        with pytest.raises(ConfigError) as error:
+            avda.evaluate(tmp_path / "run", out=out)
+        assert str(error.value) == f"out: {expected}"
+        stderr = _cli_error(capsys, "evaluate", str(tmp_path / "run"), "-o", out)
+        assert stderr == f"error: -o: {expected}\n"
+    assert not list(tmp_path.glob(".*")) and not list((tmp_path / "tables").glob(".*"))
 
 
 def _scored_run(run: Path, seed: int, protocol: str | None, labelled_test: bool = True) -> Path:

@@ -166,20 +166,36 @@ FORMATS = ("markdown", "latex", "csv", "html")
 _SUFFIXES = {"markdown": ".md", "latex": ".tex", "csv": ".csv", "html": ".html"}
 
 
+def _other_format(suffix: str) -> bool:
+    """Whether ``suffix`` (``.zip``) is a file type that is no table's (:func:`check_out`)."""
+    return suffix[1:].isalpha() and suffix.lower() not in _SUFFIXES.values()
+
+
 def check_out(out: str | Path | None) -> None:
     """Refuse ``-o OUT`` named as a file of another format (``-o x.pdf``, ``x.zip``), before any
     run is read: the tables are OUT.md, OUT.csv and OUT.tex, and x.pdf.md was written without a
     word (the command line and ``avda.evaluate`` alike). A suffix of letters alone is a file
     type, refused unless a table's (:data:`_SUFFIXES`); one with a digit (``tab.v1``,
-    ``results.2026.12``) is part of the name (:func:`table_file`)."""
+    ``results.2026.12``) is part of the name (:func:`table_file`). An OUT that names no table,
+    a folder (``-o .``: an internal error once the runs were read) or a table's suffix alone
+    (``-o .md`` wrote the hidden .md.md, .md.csv), is refused too."""
     if out is None:
         return
     out = Path(out)
-    if out.suffix[1:].isalpha() and out.suffix.lower() not in _SUFFIXES.values():
+    if out.name in ("", ".", "..") or out.name.lower() in _SUFFIXES.values():
+        named = out / "results" if out.name in ("", ".", "..") else out.parent / "results"
+        raise ConfigError(
+            f"-o: {out} names no table (the tables are OUT.md, OUT.csv and OUT.tex); give them "
+            f"a name: {named}"
+        )
+    if _other_format(out.suffix):
+        name = out.with_suffix("")
+        while _other_format(name.suffix):  # x.tar.gz: x, not x.tar (refused in turn)
+            name = name.with_suffix("")
         replaced = ", ".join(sorted(_SUFFIXES.values()))
         raise ConfigError(
             f"-o: {out} is named as a {out.suffix} file, and the tables are Markdown, CSV and "
-            f"LaTeX (OUT.md, OUT.csv, OUT.tex); name them {out.with_suffix('')} (a suffix "
+            f"LaTeX (OUT.md, OUT.csv, OUT.tex); name them {name} (a suffix "
             f"{replaced} is replaced by each table's; one with a digit is kept in the name: "
             "tab.v1.md)"
         )
