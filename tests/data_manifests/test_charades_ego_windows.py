@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -721,3 +722,17 @@ def test_the_v1_one_view_files_build_the_authors_lists(real_rows, tmp_path):
             "CharadesEgo_v1_train_only1st.csv, CharadesEgo_v1_test_only3rd.csv, "
             "CharadesEgo_v1_test_only1st.csv): pass `--option version=v1-only`"
         )
+    # the v1 release holds its mixed files beside the one-view ones: both versions are named
+    # (the mixed files' version=v1 alone was, whose first-person order is not the authors')
+    for name in ("CharadesEgo_v1_train.csv", "CharadesEgo_v1_test.csv"):
+        shutil.copy(folder / "CharadesEgo_v1_train_only3rd.csv", folder / name)
+    with pytest.raises(ManifestError) as caught:
+        build("charades-ego", folder, unit="windows")
+    assert str(caught.value) == (
+        f"charades-ego: CharadesEgo_v0_train.csv (version=v0) is not in {folder}, which holds "
+        "the version=v1 files (CharadesEgo_v1_train.csv, CharadesEgo_v1_test.csv) and the "
+        "version=v1-only files (CharadesEgo_v1_train_only3rd.csv, "
+        "CharadesEgo_v1_train_only1st.csv, CharadesEgo_v1_test_only3rd.csv, "
+        "CharadesEgo_v1_test_only1st.csv): pass `--option version=v1` or `--option "
+        "version=v1-only`"
+    )

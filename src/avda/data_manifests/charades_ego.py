@@ -285,7 +285,7 @@ def build(
 
 def _locate_file(annotations: Path, file_name: str, version: str) -> Path:
     """``file_name`` of ``version`` in the annotations folder; where it is missing and the
-    folder holds every file of another version, the refusal names that version's option."""
+    folder holds every file of other versions, the refusal names their options."""
 
     def holds(names: list[str]) -> bool:
         try:
@@ -298,14 +298,21 @@ def _locate_file(annotations: Path, file_name: str, version: str) -> Path:
     try:
         return locate(annotations, [file_name], NAME, SUBFOLDERS)
     except ManifestError:
-        for other, files in FILES.items():
-            names = [name for name, _ in files]
-            if other != version and holds(names):
-                raise ManifestError(
-                    f"{NAME}: {file_name} (version={version}) is not in {annotations}, which "
-                    f"holds the version={other} files ({', '.join(names)}): pass `--option "
-                    f"version={other}`"
-                ) from None
+        # every version held is named: the v1 release holds the mixed files and the one-view
+        # ones, and the first alone named version=v1, not the authors' v1-only
+        held = {
+            other: names
+            for other, names in ((o, [name for name, _ in files]) for o, files in FILES.items())
+            if other != version and holds(names)
+        }
+        if held:
+            raise ManifestError(
+                f"{NAME}: {file_name} (version={version}) is not in {annotations}, which "
+                "holds the "
+                + " and the ".join(f"version={o} files ({', '.join(n)})" for o, n in held.items())
+                + ": pass "
+                + " or ".join(f"`--option version={other}`" for other in held)
+            ) from None
         raise
 
 
