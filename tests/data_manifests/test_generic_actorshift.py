@@ -141,6 +141,15 @@ def test_actorshift_reads_the_class_names_other_projects_spell_without_the_artic
                "start_sec": "start", "stop_sec": "end", "verb": "label"}  # fmt: skip
     manifest = build("actorshift", path, columns=columns).manifest
     assert manifest["verb_class"].tolist() == [6, 1, 6]
+    # an unknown name is named as the file spells it ("Opening a dooor", not the key it is
+    # looked up by, "opening dooor"), and one of articles alone ("The") is unknown, not an
+    # empty name (an unlabelled row) once its articles are left out
+    path.write_text(
+        path.read_text() + "y,animal,train,0,5,Opening a dooor\nz,animal,test,0,5,The\n"
+    )
+    with pytest.raises(ManifestError) as caught:
+        build("actorshift", path, columns=columns)
+    assert "[verb]: class name(s) Opening a dooor, The are not in sleeping," in str(caught.value)
 
 
 def test_actorshift_rejects_unknown_domains_and_classes(tmp_path):

@@ -58,7 +58,8 @@ ARTICLES = frozenset({"a", "an", "the"})
 def _key(name: object) -> str:
     """A class name as it is looked up: case, ``_``, spaces and articles ignored."""
     words = str(name).replace("_", " ").lower().split()
-    return " ".join(word for word in words if word not in ARTICLES)
+    # a name of articles alone is kept: "the" is an unknown class, not an empty (unlabelled) one
+    return " ".join([word for word in words if word not in ARTICLES] or words)
 
 
 @register(NAME)
@@ -96,12 +97,13 @@ def build(
         elif "verb" in frame.columns:
             keys = frame["verb"].map(_key, na_action="ignore")
             unknown = keys.notna() & (keys != "") & ~keys.isin(list(lookup))
+            written = frame["verb"].astype("string").str.strip()  # as the file spells them
             if unknown.any():
                 problems.add(
                     table.name,
                     table.rows_label(unknown),
                     "verb",
-                    f"class name(s) {', '.join(sorted(set(keys[unknown])))} are not in "
+                    f"class name(s) {', '.join(sorted(set(written[unknown])))} are not in "
                     f"{', '.join(class_names)}; pass class_names with the dataset's class list",
                 )
 
