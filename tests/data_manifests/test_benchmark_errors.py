@@ -399,6 +399,8 @@ def test_an_annotation_file_for_a_folder_benchmark_is_named_as_a_file(shared_dat
     ("benchmark", "file", "folder", "held"),
     [
         ("charades-ego", "CharadesEgo_v0_egocentric_test.csv", "charadesego_v0", None),
+        ("epic55", "EPIC_noun_classes.csv", "epic55", None),
+        ("epic55-mmsada", "D2_test.pkl", "epic55_mmsada_splits", None),
         ("ucf-hmdb", "list_hmdb51_train_ucf101-feature.txt", "ucf_hmdb_lists", None),
         # a file of a subfolder: the folder above it, which the builder reads (it named
         # ta3n_class_lists/, where the lists are not: `none of list_ucf101_train... found`)
@@ -419,6 +421,8 @@ def test_an_annotation_file_of_the_benchmarks_folder_is_refused_naming_that_fold
         annotations = table.parent
     first = {
         "charades-ego": "charades_v1_classes.txt",
+        "epic55": "EPIC_train_action_labels.csv",
+        "epic55-mmsada": "D1_train.pkl",
         "ucf-hmdb": "list_ucf101_train_hmdb51-feature.txt",
         "epic100-uda": "../EPIC_100_video_info.csv",
     }[benchmark]
