@@ -639,3 +639,84 @@ def test_a_bad_scheduler_address_is_one_line(capsys, in_work):
     code, _, err = run(capsys, "sweep", "sweep.yaml", "--scheduler", "nonsense")
     assert code == 1
     assert "expected an address such as tcp://host:8786" in one_line(err, logs=True)
+
+
+# typer, as the command line's imports reach it: says so, then takes its time (as torch's
+# and Zarr's imports do on a loaded node) while the test sends SIGTERM
+SLOW_TYPER = """
+import os, time
+open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "importing"), "w").close()
+time.sleep(60)
+"""
+
+
+def _sigterm_caught(pid: int) -> bool:
+    with open(f"/proc/{pid}/status") as status:
+        caught = next(line for line in status if line.startswith("SigCgt:"))
+    return bool(int(caught.split()[1], 16) & 1 << (signal.SIGTERM - 1))
+
+
+def _avda_until(ready, tmp_path: Path, *args: str, env=None) -> subprocess.Popen:
+    """``python -m avda ARGS`` (the console script's entry) once ``ready(process)`` holds."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "avda", *args], cwd=tmp_path, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True, env={**os.environ, "AVDA_DEBUG": "", **(env or {})},
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while not ready(process):
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, "avda did not get there within 60 s"
+        time.sleep(0.005)
+    return process
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_a_sigterm_while_avda_starts_is_one_line_and_143(tmp_path):
+    """A job's time limit can come while Python imports the command line, before main() sets
+    its handler (avda.cli's imports: a few tenths of a second, more on a loaded node): the
+    process ended on the spot, exit -15 without a word. The console script's entry handles
+    SIGTERM before those imports: one line, nothing started, 143."""
+    shadow = tmp_path / "shadow"
+    shadow.mkdir()
+    (shadow / "typer.py").write_text(SLOW_TYPER)
+    path = os.pathsep.join([str(shadow), os.environ.get("PYTHONPATH", "")])
+    process = _avda_until(
+        lambda _: (shadow / "importing").exists(), tmp_path, "cache", "info", "c.zarr",
+        env={"PYTHONPATH": path},
+    )  # fmt: skip
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 128 + signal.SIGTERM, err
+    assert err == (
+        "terminated (SIGTERM) while avda was starting: nothing was started; run it again\n"
+    )
+
+    # unslowed, the SIGTERM as soon as the process handles it: either line, never -15
+    process = _avda_until(lambda p: _sigterm_caught(p.pid), tmp_path, "cache", "info", "c.zarr")
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 128 + signal.SIGTERM, err
+    assert one_line(err).startswith("terminated (SIGTERM)"), err
+
+
+EXITING = """
+import atexit, os, signal, sys, time
+from avda._entry import entry
+
+# after main() has returned: the process is exiting (its interpreter shutting down)
+atexit.register(lambda: (os.kill(os.getpid(), signal.SIGTERM), time.sleep(1)))
+entry()
+"""
+
+
+def test_a_sigterm_once_the_command_has_ended_leaves_its_exit_code(tmp_path):
+    """A SIGTERM after main() returned (the interpreter's shutdown: about a second once torch
+    and Zarr are loaded) ended the process with -15, the command's code and line lost."""
+    script = tmp_path / "exiting.py"
+    script.write_text(EXITING)
+    done = subprocess.run(
+        [sys.executable, str(script), "cache", "info", "nope.zarr"], cwd=tmp_path,
+        capture_output=True, text=True, timeout=120, env={**os.environ, "AVDA_DEBUG": ""},
+    )  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    assert "nope.zarr does not exist" in one_line(done.stderr)

@@ -29,6 +29,7 @@ except ImportError:  # pragma: no cover - older typer on top of click
     from click import exceptions as click_exceptions
 
 import avda
+from avda import _entry
 from avda.errors import AvdaError, ConfigError, ManifestError
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_FAILED_ITEMS, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
@@ -1686,10 +1687,11 @@ def main(argv: list[str] | None = None) -> int:
     if backbones is not None:  # its random-initialisation warning: once per command
         backbones.RANDOM_INIT_WARNED.clear()
     # SIGTERM unwinds the command as Ctrl-C does (only where nobody set a handler of their own,
-    # and only from the main thread, where signal handlers can be set)
+    # and only from the main thread, where signal handlers can be set); the console script's
+    # start-up handler (avda._entry) hands over to it
     on_term = None
     if threading.current_thread() is threading.main_thread():
-        if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+        if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, _entry.starting):
             on_term = signal.signal(signal.SIGTERM, _terminated)
     try:
         code = app(args=argv, prog_name="avda", standalone_mode=False)
@@ -1725,7 +1727,9 @@ def main(argv: list[str] | None = None) -> int:
             "of the same command run with AVDA_DEBUG=1"
         )
     finally:
-        if on_term is not None:
+        if on_term is _entry.starting:  # the console script's process only exits now: its code
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        elif on_term is not None:
             signal.signal(signal.SIGTERM, on_term)
     if code in (EXIT_INTERRUPTED, EXIT_TERMINATED):
         _quiet_abandoned_tasks()
@@ -1750,8 +1754,9 @@ def _quiet_abandoned_tasks() -> None:
 
 
 def entry() -> None:
-    sys.exit(main())
+    """The console script of an install made before the script became ``avda._entry:entry``."""
+    _entry.entry()
 
 
 if __name__ == "__main__":
-    entry()
+    _entry.entry()
