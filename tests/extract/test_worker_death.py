@@ -3,6 +3,7 @@ whose parent is gone before the worker starts (a Dask worker killed as its shard
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -165,3 +166,58 @@ def test_a_signal_while_the_decoding_workers_start_unwinds_without_a_traceback(t
     )
     assert done.stdout.split() == ["unwound"], done.stderr
     assert "Traceback" not in done.stderr and "Exception ignored" not in done.stderr, done.stderr
+
+
+def _parent(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return int(handle.read().split(")")[-1].split()[1])
+    except FileNotFoundError:
+        return 0
+
+
+def _workers(command: int) -> set[int]:
+    """The Dask worker processes (and the resource tracker) ``command`` started."""
+    return {p for p in _group(command) if _parent(p) == command}
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signalled_local_cluster_leaves_no_semaphore_to_report(demo_dataset, tmp_path, signum):
+    """``avda extract --scheduler local:2`` stopped by its job's SIGTERM (or a terminal's
+    Ctrl-C) while a shard's decoding workers run: each Dask worker, spawned, spawned its
+    decoding workers too, their loader's queues holding semaphores registered with the
+    command's resource tracker; the Dask worker killed, the tracker printed 'There appear to be
+    N leaked semaphore objects to clean up at shutdown' under the one line."""
+    root, _ = demo_dataset
+    command = [
+        sys.executable, "-m", "avda", "extract", "--manifest", str(root / "manifest.csv"),
+        "--videos", str(root), "-o", str(tmp_path / "c.zarr"), "--recipe", "demo",
+        "--scheduler", "local:2", "--chunk-rows", "2", "--device", "cpu", "--quiet",
+    ]  # fmt: skip
+    # stderr to a file: the tracker, the last of the group to end, writes there after the command
+    with open(tmp_path / "stderr", "w") as stderr:
+        process = subprocess.Popen(
+            command, stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True,
+            env={**os.environ, "AVDA_DEBUG": ""},
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 300
+        # a shard's decoding workers: the group's processes that a Dask worker started
+        while not [p for p in _group(process.pid) if _parent(p) in _workers(process.pid)]:
+            assert process.poll() is None, (tmp_path / "stderr").read_text()
+            assert time.monotonic() < deadline, "no decoding workers within 300 s"
+            time.sleep(0.02)
+        os.killpg(process.pid, signum)
+        process.wait(timeout=120)
+        while _group(process.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+    err = (tmp_path / "stderr").read_text()
+    codes = (128 + signal.SIGTERM,) if signum == signal.SIGTERM else (130, -signal.SIGINT)
+    assert process.returncode in codes, err
+    assert "leaked" not in err and "Traceback" not in err, err
+    said = "avda extract resumes where it stopped: run the same command again"
+    assert err.strip().splitlines()[-1].endswith(said), err

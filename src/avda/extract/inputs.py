@@ -637,7 +637,22 @@ class DecodingLoader(DataLoader):
     builds its iterator in steps (workers started, then their states), and a signal between
     them (``avda finetune`` starts workers each epoch) left it half made, its collection
     printing 'Exception ignored in: ... __del__ ... AttributeError' above the command's one
-    line. A signal that arrives meanwhile is raised once the iterator is whole."""
+    line. A signal that arrives meanwhile is raised once the iterator is whole.
+
+    Its workers are forked on Linux, wherever it runs. A Dask worker (``avda extract
+    --scheduler``) is itself spawned, which makes ``spawn`` its default start method: its
+    loader's queues and events then held named semaphores registered with the resource
+    tracker it shares with the command, and a Dask worker killed mid-shard (a SIGTERM to the
+    job, the cluster closing on Ctrl-C) never unregistered them, so the command's tracker
+    printed "There appear to be N leaked semaphore objects to clean up at shutdown" under the
+    one line. Forked, the semaphores are unlinked at once and never registered (as in the
+    command's own process, where fork is the default), and the workers start without seconds
+    of imports."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        if kwargs.get("num_workers") and sys.platform.startswith("linux"):
+            kwargs.setdefault("multiprocessing_context", "fork")
+        super().__init__(*args, **kwargs)
 
     def __iter__(self):
         with _signals_held():
@@ -736,8 +751,8 @@ def die_with_parent() -> None:
     """End this worker process when the process that started it ends, however (Linux only).
 
     A Dask worker that extracts starts decoding workers for each shard; when the cluster closes
-    (Ctrl-C) while a shard has just begun, the Dask worker is killed before its new decoding
-    workers (spawned: seconds of imports) have even recorded their parent, so PyTorch's own
+    (Ctrl-C) while a shard has just begun, the Dask worker can be killed before its new decoding
+    workers have even recorded their parent, so PyTorch's own
     watchdog never notices, and they waited forever on their queue, holding the command's
     stderr. ``PR_SET_PDEATHSIG`` has the kernel send SIGKILL when the parent ends; a parent
     already gone by then (``multiprocessing.parent_process``) ends the worker at once.
