@@ -221,3 +221,46 @@ def test_a_signalled_local_cluster_leaves_no_semaphore_to_report(demo_dataset, t
     assert "leaked" not in err and "Traceback" not in err, err
     said = "avda extract resumes where it stopped: run the same command again"
     assert err.strip().splitlines()[-1].endswith(said), err
+
+
+LONG_ITEM = """
+import multiprocessing, os, signal, sys, time
+from torch.utils.data import Dataset
+from avda import cli
+from avda.extract.inputs import DecodingLoader, worker_init
+
+class Slow(Dataset):  # every item but the first is long (a long segment, a slow file system)
+    def __len__(self):
+        return 8
+
+    def __getitem__(self, index):
+        time.sleep(60 if index else 0)
+        return index
+
+signal.signal(signal.SIGTERM, cli._terminated)
+try:
+    for _ in DecodingLoader(Slow(), batch_size=None, num_workers=2, worker_init_fn=worker_init):
+        print(" ".join(str(p.pid) for p in multiprocessing.active_children()), flush=True)
+        if sys.argv[1] == "SIGTERM":
+            os.kill(os.getpid(), signal.SIGTERM)
+        raise RuntimeError("the command failed")
+except (RuntimeError, cli.Terminated):
+    print(time.monotonic(), flush=True)
+"""
+
+
+@pytest.mark.parametrize("stop", ["error", "SIGTERM"])
+def test_a_stopped_command_does_not_wait_for_its_decoding_workers_items(tmp_path, stop):
+    """A command stopped by an error (or by SIGTERM) while its decoding workers were on long
+    items: PyTorch ends the workers still busy after its 5 s wait with terminate(), a SIGTERM
+    they ignore, so the process's exit waited for each item (here 60 s)."""
+    script = tmp_path / "long.py"
+    script.write_text(LONG_ITEM)
+    done = subprocess.run(
+        [sys.executable, str(script), stop], capture_output=True, text=True, timeout=300
+    )
+    ended = time.monotonic()
+    workers, stopped = done.stdout.split("\n")[:2]
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    assert ended - float(stopped) < 20, f"exited {ended - float(stopped):.0f} s after stopping"
+    assert not [pid for pid in map(int, workers.split()) if _alive(pid)]

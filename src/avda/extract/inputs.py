@@ -656,7 +656,14 @@ class DecodingLoader(DataLoader):
 
     def __iter__(self):
         with _signals_held():
-            return super().__iter__()
+            iterator = super().__iter__()
+            # A worker still busy when the loader shuts down (the command stopped on an error,
+            # or SIGTERM) is given PyTorch's wait, 5 s, then ended with terminate(): SIGTERM,
+            # which decoding workers ignore (worker_init), so the command's exit waited for its
+            # item, however long (a long segment, a slow file system). SIGKILL ends it.
+            for worker in getattr(iterator, "_workers", ()):
+                worker.terminate = worker.kill
+        return iterator
 
 
 @contextlib.contextmanager
