@@ -264,3 +264,38 @@ def test_a_stopped_command_does_not_wait_for_its_decoding_workers_items(tmp_path
     assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
     assert ended - float(stopped) < 20, f"exited {ended - float(stopped):.0f} s after stopping"
     assert not [pid for pid in map(int, workers.split()) if _alive(pid)]
+
+
+BEFORE_INIT = """
+import os, signal, threading
+import torch.utils.data._utils.worker as worker
+from avda.extract.inputs import DecodingLoader, worker_init
+
+loop = worker._worker_loop
+
+def signalled_before_its_init(*args, **kwargs):  # a job's SIGTERM as the worker has just started
+    os.kill(os.getpid(), signal.SIGTERM)
+    loop(*args, **kwargs)
+
+worker._worker_loop = signalled_before_its_init
+loader = DecodingLoader(range(6), batch_size=None, num_workers=2, worker_init_fn=worker_init)
+# off the main thread, as a Dask worker's shard: no handler of the parent's is inherited there
+thread = threading.Thread(target=lambda: print(sorted(loader)))
+thread.start()
+thread.join()
+"""
+
+
+def test_a_sigterm_before_a_decoding_worker_ignores_it_is_discarded(tmp_path):
+    """A decoding worker ignores SIGTERM from its worker_init on; one that came between its
+    start and that call (a job's SIGTERM to the group as a shard's workers start in a Dask
+    worker's thread, where no handler of the parent's is inherited) killed it, and the command
+    raised 'DataLoader worker ... is killed by signal: Terminated'. The workers start with
+    SIGTERM blocked until they ignore it."""
+    script = tmp_path / "before_init.py"
+    script.write_text(BEFORE_INIT)
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0 and done.stdout.split("\n")[0] == "[0, 1, 2, 3, 4, 5]", done.stderr
+    assert "Traceback" not in done.stderr, done.stderr

@@ -655,7 +655,12 @@ class DecodingLoader(DataLoader):
         super().__init__(*args, **kwargs)
 
     def __iter__(self):
-        with _signals_held():
+        # The workers start with SIGTERM blocked (the mask of the thread that forks or spawns
+        # them), until worker_init ignores it: a job's SIGTERM in between killed a worker the
+        # old way, and the parent's SIGCHLD handler raised 'DataLoader worker ... is killed
+        # by signal: Terminated'. This process gets one sent meanwhile once they have started.
+        ours = bool(self.num_workers) and self.worker_init_fn is worker_init
+        with _signals_held(), _blocked(signal.SIGTERM) if ours else contextlib.nullcontext():
             iterator = super().__iter__()
             # A worker still busy when the loader shuts down (the command stopped on an error,
             # or SIGTERM) is given PyTorch's wait, 5 s, then ended with terminate(): SIGTERM,
@@ -688,6 +693,17 @@ def _signals_held() -> Iterator[None]:
             signal.raise_signal(arrived[0])
 
 
+@contextlib.contextmanager
+def _blocked(signum: int) -> Iterator[None]:
+    """``signum`` blocked in this thread, and in the processes it starts meanwhile, which
+    inherit its signal mask; one that came is delivered as the block ends."""
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signum})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
 def worker_init(_: int) -> None:
     # Decoding workers do no heavy math; one thread each leaves the cores to the backbone.
     torch.set_num_threads(1)
@@ -697,6 +713,8 @@ def worker_init(_: int) -> None:
     # error, or a traceback before the CLI's 'terminated' line). The parent decides: it
     # unwinds (avda.cli) and ends its workers, which die with it in any case (below).
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # started with it blocked (DecodingLoader): one sent since is discarded, being ignored
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
     die_with_parent()
     _keep_logs()
 
