@@ -169,8 +169,15 @@ def lock_file_of(target: str | Path, pattern: str) -> Path:
     ``{name}`` its name (``"{name}.lock"``), beside it, named from its resolved path. Two
     processes reaching one store by a link and by its real path (``/data/link.zarr``,
     ``/data/real.zarr``), or through a linked folder, lock the same file: named from the path
-    given, each held its own and both wrote the store "exclusively"."""
-    real = Path(target).resolve()
+    given, each held its own and both wrote the store "exclusively". A loop of links is
+    refused in one line (:class:`ConfigError`): it leads to no file to lock or write."""
+    try:
+        real = Path(target).resolve()
+    except (RuntimeError, OSError) as exc:  # a loop: RuntimeError (3.11-3.12), ELOOP (3.13)
+        raise ConfigError(
+            f"{target} is a loop of symbolic links ({exc}): point the link at a real folder or "
+            "file, or remove it"
+        ) from None
     return real.with_name(pattern.format(name=real.name))
 
 

@@ -288,3 +288,34 @@ def test_holders_of_a_lock_file_deleted_as_it_is_let_go_take_turns(tmp_path):
         thread.join()
     assert most[0] == 1
     assert not lock_path(store).exists()
+
+
+@pytest.mark.parametrize("kind", ["store", "manifest"])
+def test_a_loop_of_links_is_one_line(tmp_path, capsys, kind):
+    """A store (a manifest) path that is a loop of links: naming its lock from the resolved
+    path ended `avda cache import` with 'internal error: RuntimeError: Symlink loop' (and a
+    manifest write with a traceback); it is one line naming the path and the fix."""
+    from avda.errors import ConfigError
+
+    from ._cli import one_line, run
+    from ._helpers import files
+
+    suffix = ".zarr" if kind == "store" else ".csv"
+    (tmp_path / f"a{suffix}").symlink_to(f"b{suffix}")
+    (tmp_path / f"b{suffix}").symlink_to(f"a{suffix}")
+    loop = tmp_path / f"a{suffix}"
+    if kind == "manifest":
+        from avda.data_manifests.schema import writing
+
+        with pytest.raises(ConfigError, match=f"{loop} is a loop of symbolic links"):
+            with writing(loop):
+                pass
+        return
+    given = files(tmp_path)
+    code, _, err = run(
+        capsys, "cache", "import", given["base"], "-o", loop, "-a", given["ann"],
+        "--domain", "source", "--split", "train",
+    )  # fmt: skip
+    assert code != 0
+    line = one_line(err)
+    assert f"{loop} is a loop of symbolic links" in line and "point the link at" in line
