@@ -319,3 +319,44 @@ def test_a_loop_of_links_is_one_line(tmp_path, capsys, kind):
     assert code != 0
     line = one_line(err)
     assert f"{loop} is a loop of symbolic links" in line and "point the link at" in line
+
+
+@pytest.mark.parametrize("kind", ["store", "run"])
+def test_a_lock_file_is_deleted_while_its_holder_still_holds_it(tmp_path, monkeypatch, kind):
+    """The lock of a store that does not exist (a refused import), or of a run folder a
+    training stopped in before it wrote anything, is deleted by its holder as it lets go:
+    before it lets go, else a waiter locks the file then deleted while a third locks a new
+    one (two holders). The holders' turns (above) do not catch a delete just after the
+    release: the file is probed as it is deleted."""
+    import fcntl
+    from pathlib import Path
+
+    from avda.cache.lock import RUN_LOCK, run_lock
+
+    target = tmp_path / ("absent.zarr" if kind == "store" else "new-run")
+    lock = lock_path(target) if kind == "store" else target / RUN_LOCK
+    held_then = []
+    real_unlink = Path.unlink
+
+    def unlink(self, *args, **kwargs):
+        if self == lock:  # is it still locked? another open file cannot take it then
+            fd = os.open(self, os.O_RDWR)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                held_then.append(False)
+            except BlockingIOError:
+                held_then.append(True)
+            finally:
+                os.close(fd)
+        return real_unlink(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "unlink", unlink)
+    with pytest.raises(KeyboardInterrupt):
+        with (
+            store_lock(target, what="avda cache import")
+            if kind == "store"
+            else run_lock(target, what="avda train")
+        ):
+            raise KeyboardInterrupt  # stopped before it wrote anything
+    monkeypatch.undo()
+    assert held_then == [True] and not lock.exists() and not target.exists()
