@@ -164,15 +164,21 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-def lock_file_of(target: str | Path, pattern: str) -> Path:
+def lock_file_of(target: str | Path, pattern: str, *, replaced: bool = False) -> Path:
     """The lock file of ``target`` (a store, an output, a manifest): ``pattern`` with
     ``{name}`` its name (``"{name}.lock"``), beside it, named from its resolved path. Two
     processes reaching one store by a link and by its real path (``/data/link.zarr``,
     ``/data/real.zarr``), or through a linked folder, lock the same file: named from the path
-    given, each held its own and both wrote the store "exclusively". A loop of links is
-    refused in one line (:class:`ConfigError`): it leads to no file to lock or write."""
+    given, each held its own and both wrote the store "exclusively". ``replaced``: ``target``
+    is a file written by a rename over it (a manifest, a fine-tuning's weights), which
+    replaces a link ``target`` itself, not the file it leads to: its folder is resolved, not
+    its name (named for the link's target, the lock moved once the first write had replaced
+    the link, and writers started before and after it held two locks of one file). A loop of
+    links is refused in one line (:class:`ConfigError`): it leads to no file to lock or
+    write."""
+    target = Path(target)
     try:
-        real = Path(target).resolve()
+        real = target.parent.resolve() / target.name if replaced else target.resolve()
     except (RuntimeError, OSError) as exc:  # a loop: RuntimeError (3.11-3.12), ELOOP (3.13)
         raise ConfigError(
             f"{target} is a loop of symbolic links ({exc}): point the link at a real folder or "

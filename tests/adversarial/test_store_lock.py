@@ -210,8 +210,10 @@ def test_a_link_and_the_real_path_take_one_lock(tmp_path, monkeypatch, kind):
     else:
         real.write_text("")
     (tmp_path / "linked").symlink_to(real.parent)  # a linked folder, then a link to the store
-    link = tmp_path / "linked" / ("link.zarr" if kind == "store" else "link.csv")
-    link.symlink_to(real)
+    # (a manifest is written by a rename, which replaces a link to it: the linked folder only)
+    link = tmp_path / "linked" / ("link.zarr" if kind == "store" else "m.csv")
+    if kind == "store":
+        link.symlink_to(real)
     holder = subprocess.Popen(
         [sys.executable, "-c", _HOLD_THROUGH, kind, str(link)],
         stdin=subprocess.PIPE,
@@ -290,27 +292,16 @@ def test_holders_of_a_lock_file_deleted_as_it_is_let_go_take_turns(tmp_path):
     assert not lock_path(store).exists()
 
 
-@pytest.mark.parametrize("kind", ["store", "manifest"])
-def test_a_loop_of_links_is_one_line(tmp_path, capsys, kind):
-    """A store (a manifest) path that is a loop of links: naming its lock from the resolved
-    path ended `avda cache import` with 'internal error: RuntimeError: Symlink loop' (and a
-    manifest write with a traceback); it is one line naming the path and the fix."""
-    from avda.errors import ConfigError
-
+def test_a_loop_of_links_is_one_line(tmp_path, capsys):
+    """A store path that is a loop of links: naming its lock from the resolved path ended
+    `avda cache import` with 'internal error: RuntimeError: Symlink loop'; it is one line
+    naming the path and the fix."""
     from ._cli import one_line, run
     from ._helpers import files
 
-    suffix = ".zarr" if kind == "store" else ".csv"
-    (tmp_path / f"a{suffix}").symlink_to(f"b{suffix}")
-    (tmp_path / f"b{suffix}").symlink_to(f"a{suffix}")
-    loop = tmp_path / f"a{suffix}"
-    if kind == "manifest":
-        from avda.data_manifests.schema import writing
-
-        with pytest.raises(ConfigError, match=f"{loop} is a loop of symbolic links"):
-            with writing(loop):
-                pass
-        return
+    (tmp_path / "a.zarr").symlink_to("b.zarr")
+    (tmp_path / "b.zarr").symlink_to("a.zarr")
+    loop = tmp_path / "a.zarr"
     given = files(tmp_path)
     code, _, err = run(
         capsys, "cache", "import", given["base"], "-o", loop, "-a", given["ann"],
@@ -360,3 +351,38 @@ def test_a_lock_file_is_deleted_while_its_holder_still_holds_it(tmp_path, monkey
             raise KeyboardInterrupt  # stopped before it wrote anything
     monkeypatch.undo()
     assert held_then == [True] and not lock.exists() and not target.exists()
+
+
+def test_a_file_written_by_a_rename_through_a_link_is_locked_beside_the_link(tmp_path, monkeypatch):
+    """A manifest (a fine-tuning's weights) is written by a rename over its path, which
+    replaces a link there, not the file it leads to. Its lock was named for the link's target:
+    the first write through the link made it a file, and the next writer of the same path
+    locked another file (`.link.csv.lock`) than one that had started before (`real/.m.csv.lock`):
+    two writers of one manifest at once. The lock is beside the path written, every time."""
+    import pandas as pd
+
+    from avda.cache.lock import output_lock
+    from avda.data_manifests import schema
+
+    from ._helpers import annotations
+
+    frame = pd.read_csv(annotations(tmp_path / "ann.csv", ["a", "b"])).assign(video_path="v.mp4")
+    (tmp_path / "real").mkdir()
+    schema.write(frame, tmp_path / "real" / "m.csv")
+    link = tmp_path / "link.csv"
+    link.symlink_to(tmp_path / "real" / "m.csv")
+    locked, file_lock = [], schema.file_lock
+
+    def recording(path, **kwargs):
+        locked.append(path)
+        return file_lock(path, **kwargs)
+
+    monkeypatch.setattr(schema, "file_lock", recording)
+    schema.write(frame, link)
+    assert not link.is_symlink()  # the rename replaced the link
+    schema.write(frame, link)
+    assert locked == [tmp_path / ".link.csv.lock"] * 2
+    weights = tmp_path / "w.pt"
+    weights.symlink_to(tmp_path / "real" / "w.pt")
+    with output_lock(weights, what="avda finetune"):
+        assert (tmp_path / "w.pt.lock").exists() and not (tmp_path / "real" / "w.pt.lock").exists()

@@ -602,7 +602,7 @@ def test_a_refused_finetune_never_deletes_the_lock_file_of_the_holder(
             def exists(self, **kwargs):  # as it was when the refused process looked
                 return False
 
-        monkeypatch.setattr(lock_module, "lock_path", lambda path: Unseen(real(path)))
+        monkeypatch.setattr(lock_module, "lock_path", lambda path, **kw: Unseen(real(path, **kw)))
         with pytest.raises(RunBusyError):
             _run(demo_dataset, out)
         monkeypatch.undo()

@@ -82,10 +82,11 @@ class RunBusyError(RunError):
     """Another process is training into the run folder."""
 
 
-def lock_path(store: str | Path) -> Path:
+def lock_path(store: str | Path, *, replaced: bool = False) -> Path:
     """The lock file of ``store``: ``<store>.lock`` next to it, where a link to it leads
-    (:func:`~avda._io.lock_file_of`: the same lock by the link and by the real path)."""
-    return lock_file_of(store, "{name}.lock")
+    (:func:`~avda._io.lock_file_of`: the same lock by the link and by the real path);
+    ``replaced``: an output file written by a rename over it, beside the path given."""
+    return lock_file_of(store, "{name}.lock", replaced=replaced)
 
 
 @contextlib.contextmanager
@@ -161,7 +162,7 @@ def output_lock(
     the lock file as the holder lets go (asked while it still holds it, see ``_flock``)."""
     out = Path(out)
     with _flock(
-        out, lock_path(out), what=what, shared=False, wait=wait, kind="output",
+        out, lock_path(out, replaced=True), what=what, shared=False, wait=wait, kind="output",
         error=RunBusyError, remove=remove,
     ):  # fmt: skip
         yield

@@ -622,13 +622,14 @@ def write(frame: pd.DataFrame, path: str | Path) -> Path:
 @contextlib.contextmanager
 def writing(path: str | Path, *companions: str | Path) -> Iterator[None]:
     """Hold the write lock of the manifest ``path`` (:func:`avda._io.file_lock` on the hidden
-    file ``.<name>.lock`` beside it, or beside the file a link ``path`` leads to, removed
-    when done) while it and its ``companions`` (its
-    ``.build.json``) are written and renamed into place: another writer of ``path`` waits, so
-    two writes never mix their files. Holding it, the :func:`partial_path` files a killed
-    write of them left are removed first (no other write of them is in progress)."""
+    file ``.<name>.lock`` beside it, in the folder a linked folder leads to, removed when done;
+    a link ``path`` itself, which the rename replaces, :func:`avda._io.lock_file_of`) while
+    it and its ``companions`` (its ``.build.json``) are written and renamed into place:
+    another writer of ``path`` waits, so two writes never mix their files. Holding it, the
+    :func:`partial_path` files a killed write of them left are removed first (no other write
+    of them is in progress)."""
     path = Path(path)
-    with file_lock(lock_file_of(path, ".{name}.lock")) as locked:
+    with file_lock(lock_file_of(path, ".{name}.lock", replaced=True)) as locked:
         if locked:
             for each in (path, *map(Path, companions)):
                 _remove_partials(each)

@@ -360,7 +360,7 @@ def finetune(
 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    lock, partial = lock_path(out), out.with_name(out.name + ".partial.pt")
+    lock, partial = lock_path(out, replaced=True), out.with_name(out.name + ".partial.pt")
     created, there = not lock.exists(), (out.exists(), partial.exists())
     finished = False
 
