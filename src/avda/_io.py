@@ -175,7 +175,8 @@ def lock_file_of(target: str | Path, pattern: str, *, replaced: bool = False) ->
     its name (named for the link's target, the lock moved once the first write had replaced
     the link, and writers started before and after it held two locks of one file). A loop of
     links is refused in one line (:class:`ConfigError`): it leads to no file to lock or
-    write."""
+    write; so is a link (``target``, or its folder) to nothing: the lock's folder would be
+    made where it leads, and the store could not be made through it."""
     target = Path(target)
     try:
         real = target.parent.resolve() / target.name if replaced else target.resolve()
@@ -184,6 +185,12 @@ def lock_file_of(target: str | Path, pattern: str, *, replaced: bool = False) ->
             f"{target} is a loop of symbolic links ({exc}): point the link at a real folder or "
             "file, or remove it"
         ) from None
+    for link in (target.parent,) if replaced else (target, target.parent):
+        if link.is_symlink() and not link.exists():
+            raise ConfigError(
+                f"{link} is a link to {os.readlink(link)}, which does not exist: create it, "
+                "or remove the link"
+            )
     return real.with_name(pattern.format(name=real.name))
 
 

@@ -386,3 +386,35 @@ def test_a_file_written_by_a_rename_through_a_link_is_locked_beside_the_link(tmp
     weights.symlink_to(tmp_path / "real" / "w.pt")
     with output_lock(weights, what="avda finetune"):
         assert (tmp_path / "w.pt.lock").exists() and not (tmp_path / "real" / "w.pt.lock").exists()
+
+
+@pytest.mark.parametrize("where", ["store", "folder"])
+def test_a_link_to_nothing_is_one_line_and_makes_no_folder(tmp_path, capsys, where):
+    """`avda cache import -o dang.zarr`, a link to a store (or in a linked folder) that does
+    not exist: naming the lock from the link's target made the target's folders
+    (`nowhere/deep/`) and left them, then said 'dang.zarr already exists'. It is one line
+    naming the link and where it leads, and nothing is made."""
+    from ._cli import one_line, run
+    from ._helpers import files
+
+    given = files(tmp_path)
+    link = tmp_path / ("dang.zarr" if where == "store" else "dang")
+    link.symlink_to(tmp_path / "nowhere" / "deep" / "x.zarr")
+    out = link if where == "store" else link / "s.zarr"
+    before = sorted(p.name for p in tmp_path.iterdir())
+    if where == "store":
+        code, _, err = run(
+            capsys, "cache", "import", given["base"], "-o", out, "-a", given["ann"],
+            "--domain", "source", "--split", "train",
+        )  # fmt: skip
+        assert code != 0
+        line = one_line(err)
+    else:  # the command line refuses it before (a file of that name); a Python caller
+        from avda.errors import ConfigError
+
+        with pytest.raises(ConfigError) as caught:
+            with store_lock(out, what="avda cache import"):
+                pass
+        line = str(caught.value)
+    assert f"{link} is a link to {tmp_path / 'nowhere'}" in line and "does not exist" in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # no nowhere/, no lock file
