@@ -188,8 +188,8 @@ def lock_file_of(target: str | Path, pattern: str, *, replaced: bool = False) ->
     for link in (target.parent,) if replaced else (target, target.parent):
         if link.is_symlink() and not link.exists():
             raise ConfigError(
-                f"{link} is a link to {os.readlink(link)}, which does not exist: create it, "
-                "or remove the link"
+                f"{link} is a link to {os.readlink(link)}, which does not exist: give the path "
+                "it leads to instead, or remove the link"
             )
     return real.with_name(pattern.format(name=real.name))
 

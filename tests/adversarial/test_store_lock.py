@@ -416,5 +416,6 @@ def test_a_link_to_nothing_is_one_line_and_makes_no_folder(tmp_path, capsys, whe
             with store_lock(out, what="avda cache import"):
                 pass
         line = str(caught.value)
-    assert f"{link} is a link to {tmp_path / 'nowhere'}" in line and "does not exist" in line
+    assert f"{link} is a link to {tmp_path / 'nowhere'}" in line
+    assert "which does not exist: give the path it leads to instead" in line
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # no nowhere/, no lock file
