@@ -194,3 +194,25 @@ def test_the_holder_is_found_by_the_lock_of_another_process_and_never_probed_by_
         assert training_holder(out).endswith("(this process)")
         monkeypatch.undo()
     assert training_holder(out) is None
+
+
+def test_a_run_folder_removed_as_its_lock_file_is_opened_is_made_again(tmp_path, monkeypatch):
+    """A trainer waiting for a new run folder (AVDA_LOCK_WAIT, a sweep's worker) whose holder
+    stopped before it wrote anything: the holder deletes the lock file, lets go and removes
+    the empty folder; removed between the waiter's making it again and opening the lock file
+    in it, the waiter ended with FileNotFoundError. It makes the folder again and locks."""
+    from pathlib import Path
+
+    run = tmp_path / "new"
+    opened, real_open = [], os.open
+
+    def racing(path, *args, **kwargs):
+        if Path(path) == run / RUN_LOCK and not opened:
+            opened.append(path)
+            run.rmdir()  # the holder's removal lands between the mkdir and the open
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", racing)
+    with run_lock(run, what="avda train"):
+        monkeypatch.undo()
+        assert opened and (run / RUN_LOCK).exists()

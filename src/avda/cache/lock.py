@@ -229,6 +229,8 @@ def _flock(
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        except FileNotFoundError:  # its folder removed meanwhile (a run folder its holder
+            continue  # stopped in, empty, removed as it let go): make it again
         except OSError as exc:
             if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
                 raise
