@@ -229,8 +229,11 @@ def _flock(
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-        except FileNotFoundError:  # its folder removed meanwhile (a run folder its holder
-            continue  # stopped in, empty, removed as it let go): make it again
+        except FileNotFoundError:
+            if path.parent.is_dir():  # not its folder gone (a link to nowhere): said as it is
+                raise
+            continue  # its folder removed meanwhile (a run folder its holder stopped in,
+            # empty, removed as it let go): make it again
         except OSError as exc:
             if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
                 raise
