@@ -419,3 +419,25 @@ def test_a_link_to_nothing_is_one_line_and_makes_no_folder(tmp_path, capsys, whe
     assert f"{link} is a link to {tmp_path / 'nowhere'}" in line
     assert "which does not exist: give the path it leads to instead" in line
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # no nowhere/, no lock file
+
+
+def test_a_lock_file_that_is_a_link_to_nowhere_is_no_endless_retry(tmp_path, monkeypatch):
+    """A lock whose folder was removed as it was opened is opened again (a run folder its
+    holder removed empty); a lock file that is a link to nowhere, its folder there, raises
+    what the open raised instead of retrying for ever."""
+    store = tmp_path / "s.zarr"
+    store.mkdir()
+    lock_path(store).symlink_to(tmp_path / "nowhere" / "x")
+    opened, real_open = [], os.open
+
+    def counting(path, *args, **kwargs):
+        opened.append(path)
+        if len(opened) > 50:
+            raise RuntimeError("retried for ever")
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", counting)
+    with pytest.raises(FileNotFoundError):
+        with store_lock(store, what="avda cluster"):
+            pass
+    assert len(opened) == 1
