@@ -607,3 +607,43 @@ def test_a_refused_finetune_never_deletes_the_lock_file_of_the_holder(
             _run(demo_dataset, out)
         monkeypatch.undo()
         assert real(out).exists()  # the holder's lock file is still there
+
+
+def test_the_bar_counts_clips_as_they_train(demo_dataset, tmp_path, monkeypatch):
+    # The bar counted segments as decoded: with fewer segments than --batch-size every step
+    # came after it read 100% (minutes of silence on a CPU). It now moves with each step and
+    # ends at the clips trained.
+    torch.set_num_threads(1)
+    events: list = []
+    bars: list = []
+    make_bar = finetune.progress_bar
+
+    def recording_bar(*args, **kwargs):
+        bar = make_bar(*args, **kwargs)
+        update = bar.update
+
+        def recorded(n=1):
+            events.append(("bar", n))
+            return update(n)
+
+        bar.update = recorded
+        bars.append(bar)
+        return bar
+
+    step = finetune._step
+
+    def recorded_step(model, classifier, optimizer, clips, target, *args):
+        events.append(("step", len(target)))
+        return step(model, classifier, optimizer, clips, target, *args)
+
+    monkeypatch.setattr(finetune, "progress_bar", recording_bar)
+    monkeypatch.setattr(finetune, "_step", recorded_step)
+    root, manifest = demo_dataset
+    sources = int((manifest["domain"] == "source").sum())
+    big = CONFIG.replace(epochs=1, batch_size=sources + 5)  # every segment in one batch
+    _run(demo_dataset, tmp_path / "bar.pt", config=big, progress=True)
+    steps = [n for kind, n in events if kind == "step"]
+    assert steps and len(bars) == 1
+    # each step is followed by the bar's update of its clips, none before the first step
+    assert events == [e for n in steps for e in (("step", n), ("bar", n))]
+    assert bars[0].n == sum(steps) == bars[0].total

@@ -464,30 +464,48 @@ def _finetune(
         )
         totals = {"loss": 0.0, "correct": 0.0, "clips": 0.0}
 
-        def train_on(items: list, step: int, totals: dict[str, float] = totals) -> int:
+        # The bar counts clips trained, not segments decoded: a batch's segments are decoded
+        # before it trains, and with fewer segments than --batch-size every step came after
+        # a bar of decoded segments read 100% (minutes of silence on a CPU).
+        per_segment = recipe.num_clips if visual else recipe.num_audio_windows
+        bar = progress_bar(
+            total=len(order) * per_segment,
+            desc=f"finetune epoch {epoch}",
+            unit="clip",
+            disable=not progress,
+        )
+
+        def train_on(
+            items: list, step: int, totals: dict[str, float] = totals, bar: Any = bar
+        ) -> int:
             for clips, target in _batches(items, config.batch_size):
                 step = _step(model, classifier, optimizer, clips, target, totals, step, config,
                              modality, visual, device, generator, recipe)  # fmt: skip
+                bar.update(len(target))
             return step
 
         failed = []
         pending: list[tuple[torch.Tensor, int]] = []
         step = 0
-        bar = progress_bar(loader, desc=f"finetune epoch {epoch}", unit="seg", disable=not progress)
         optimizer.zero_grad(set_to_none=True)
-        for (row, x, _, error), records in bar:
-            relay(records, logged)
-            if x is None:
-                uid = str(segments["uid"].iloc[row])
-                failed.append((uid, str(segments["video_id"].iloc[row]), error))
-                log.warning("segment %s skipped: %s", uid, error)
-                continue
-            pending.append((x, int(labels[row])))
-            if len(pending) < config.batch_size:  # a batch's clips from batch_size segments
-                continue
+        with bar:
+            for (row, x, _, error), records in loader:
+                relay(records, logged)
+                if x is None:
+                    uid = str(segments["uid"].iloc[row])
+                    failed.append((uid, str(segments["video_id"].iloc[row]), error))
+                    log.warning("segment %s skipped: %s", uid, error)
+                    bar.total -= per_segment  # no clip of it will train
+                    bar.refresh()
+                    continue
+                # a segment's clips as decoded (a short video can give fewer)
+                bar.total += len(x) - per_segment
+                pending.append((x, int(labels[row])))
+                if len(pending) < config.batch_size:  # a batch's clips from batch_size segments
+                    continue
+                step = train_on(pending, step)
+                pending = []
             step = train_on(pending, step)
-            pending = []
-        step = train_on(pending, step)
         if step % config.accumulate:
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
