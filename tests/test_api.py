@@ -670,15 +670,13 @@ def test_evaluate_refuses_an_out_named_as_another_format_as_the_cli_does(
         # a suffix that is no other program's stays part of the name (-o tab.v1: tab.v1.md)
         avda.evaluate(tmp_path / "run", out=tmp_path / "tables" / "tab.v1", **kwargs)
         assert (tmp_path / "tables" / "tab.v1.md").exists()
-    # the rule is the tables' suffixes, not a list of other programs' (x.zip, x.rst wrote
-    # x.zip.md): a suffix of letters alone that is no table's is refused, naming the tables'
-    for name in ("x.zip", "x.rst"):
+    # other programs' file types (x.zip, x.rst wrote x.zip.md) are refused, naming the tables'
+    for name in ("x.zip", "x.rst", "x.Json"):
         out = tmp_path / "tables" / name
         expected = (
             f"{out} is named as a {out.suffix} file, and the tables are Markdown, CSV and LaTeX "
             f"(OUT.md, OUT.csv, OUT.tex); name them {out.with_suffix('')} (a suffix .csv, .html, "
-            ".md, .tex is replaced by each table's; one with a digit is kept in the name: "
-            "tab.v1.md)"
+            ".md, .tex is replaced by each table's; another is kept in the name: tab.v1.md)"
         )
         with pytest.raises(ConfigError) as error:
             avda.evaluate(tmp_path / "run", out=out)
@@ -688,6 +686,9 @@ def test_evaluate_refuses_an_out_named_as_another_format_as_the_cli_does(
     assert not list((tmp_path / "tables").glob("x.*"))
     avda.evaluate(tmp_path / "run", out=tmp_path / "tables" / "x.md")  # a table's: x.md, x.csv
     assert sorted(p.name for p in (tmp_path / "tables").glob("x.*")) == ["x.csv", "x.md"]
+    # a suffix that is no file type is part of the name, as a user naming a run writes it
+    avda.evaluate(tmp_path / "run", out=tmp_path / "tables" / "results.final")
+    assert (tmp_path / "tables" / "results.final.md").exists()
     # the name offered is one the tables may have (x.tar.gz was told x.tar, refused in turn)
     with pytest.raises(ConfigError, match=r"is named as a \.gz file, .*; name them \S+/x \("):
         avda.evaluate(tmp_path / "run", out=tmp_path / "tables" / "x.tar.gz")

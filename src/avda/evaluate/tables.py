@@ -166,16 +166,27 @@ FORMATS = ("markdown", "latex", "csv", "html")
 _SUFFIXES = {"markdown": ".md", "latex": ".tex", "csv": ".csv", "html": ".html"}
 
 
+# Other programs' file types (documents, figures, spreadsheets, archives, data): -o x.pdf
+# wrote x.pdf.md without a word. A suffix not listed is part of the name (-o results.final:
+# results.final.md; tab.v1, results.2026.12), as a user naming runs writes them.
+_OTHER_FORMATS = frozenset(
+    """pdf png jpg jpeg gif svg eps ps tif tiff bmp webp xlsx xls xlsm ods numbers doc docx odt
+    rtf ppt pptx odp key txt log json jsonl xml yaml yml toml rst tsv ipynb zip gz tgz tar bz2
+    xz zst 7z rar h5 hdf5 npz npy pkl pickle pt pth parquet feather zarr mat mp4 avi wav""".split()
+)
+
+
 def _other_format(suffix: str) -> bool:
-    """Whether ``suffix`` (``.zip``) is a file type that is no table's (:func:`check_out`)."""
-    return suffix[1:].isalpha() and suffix.lower() not in _SUFFIXES.values()
+    """Whether ``suffix`` (``.zip``, any case) is another program's file type, no table's
+    (:func:`check_out`)."""
+    return suffix[1:].lower() in _OTHER_FORMATS
 
 
 def check_out(out: str | Path | None) -> None:
     """Refuse ``-o OUT`` named as a file of another format (``-o x.pdf``, ``x.zip``), before any
     run is read: the tables are OUT.md, OUT.csv and OUT.tex, and x.pdf.md was written without a
-    word (the command line and ``avda.evaluate`` alike). A suffix of letters alone is a file
-    type, refused unless a table's (:data:`_SUFFIXES`); one with a digit (``tab.v1``,
+    word (the command line and ``avda.evaluate`` alike). Another program's file type
+    (:data:`_OTHER_FORMATS`) is refused; any other suffix (``results.final``, ``tab.v1``,
     ``results.2026.12``) is part of the name (:func:`table_file`). An OUT that names no table,
     a folder (``-o .``: an internal error once the runs were read) or a table's suffix alone
     (``-o .md`` wrote the hidden .md.md, .md.csv), is refused too."""
@@ -196,8 +207,7 @@ def check_out(out: str | Path | None) -> None:
         raise ConfigError(
             f"-o: {out} is named as a {out.suffix} file, and the tables are Markdown, CSV and "
             f"LaTeX (OUT.md, OUT.csv, OUT.tex); name them {name} (a suffix "
-            f"{replaced} is replaced by each table's; one with a digit is kept in the name: "
-            "tab.v1.md)"
+            f"{replaced} is replaced by each table's; another is kept in the name: tab.v1.md)"
         )
 
 
