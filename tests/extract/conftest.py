@@ -48,7 +48,9 @@ def sigkill_mid_extraction(
                "--batch-size", str(batch_size), "--quiet"]  # fmt: skip
     for _ in range(3):
         shutil.rmtree(out, ignore_errors=True)
-        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        errors = out.with_name(out.name + ".stderr")  # what a run that ended first said
+        with open(errors, "wb") as stderr:
+            process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr)
         deadline = time.time() + 120
         try:
             while time.time() < deadline and process.poll() is None:
@@ -64,7 +66,11 @@ def sigkill_mid_extraction(
         finally:
             process.kill()
             process.wait()
-    raise AssertionError("extraction finished before it could be killed (3 tries)")
+    said = errors.read_text(errors="replace").strip().splitlines()[-5:]
+    raise AssertionError(
+        f"extraction ended (exit {process.returncode}) before it could be killed (3 tries); "
+        "its last lines:\n" + "\n".join(said)
+    )
 
 
 @pytest.fixture
