@@ -202,6 +202,13 @@ def test_a_modality_typo_is_named_as_one_and_a_missing_one_says_how_to_extract_i
     )
     with pytest.raises(CacheError, match=r"no 'audio' features \(it has: rgb\); run `avda ext"):
         store.modality_info("audio")
+    # the typo of a modality the store lacks: named, with the fix (it said only "valid: rgb")
+    with pytest.raises(CacheError) as lacking:
+        store.modality_info("audoi")
+    assert str(lacking.value) == (
+        f"unknown modality 'audoi'; did you mean 'audio'? cache {store.path} has no 'audio' "
+        "features (it has: rgb); run `avda extract` with --modalities audio"
+    )
 
 
 def test_a_modality_typo_on_a_store_of_no_modality_yet_is_named_as_one(tmp_path):

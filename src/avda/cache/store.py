@@ -80,14 +80,24 @@ class FeatureCache:
         infos = self.provenance["modalities"]
         if modality in infos:
             return dict(infos[modality])
+        known = ", ".join(sorted(infos)) or "none"
         if modality not in EXTRACTED_MODALITIES:  # a typo: `avda cluster --modality rgbb`
+            import difflib
+
+            meant = difflib.get_close_matches(modality, sorted(EXTRACTED_MODALITIES), n=1)
+            if infos and meant and not difflib.get_close_matches(modality, sorted(infos), n=1):
+                # `audoi` on a store of rgb: the typo of a modality the store lacks
+                raise CacheError(
+                    f"unknown modality {modality!r}; did you mean {meant[0]!r}? cache "
+                    f"{self.path} has no {meant[0]!r} features (it has: {known}); run `avda "
+                    f"extract` with --modalities {meant[0]}"
+                )
             # a store of no modality yet: the ones avda extracts (it was told to extract rgbb)
             whose = f"of cache {self.path}" if infos else f"avda extracts; {self.path} has none"
             raise CacheError(
                 unknown_name_message("modality", modality, infos or EXTRACTED_MODALITIES)
                 + f" (the modalities {whose})"
             )
-        known = ", ".join(sorted(infos)) or "none"
         raise CacheError(
             f"cache {self.path} has no {modality!r} features (it has: {known}); "
             f"run `avda extract` with --modalities {modality}"
