@@ -15,7 +15,9 @@ module can use it without an import cycle.
   its holder when done (``avda manifest build``: two builds into one output take turns); a
   wait past ``LOCK_NOTICE_SECONDS`` is said once, one past ``$AVDA_LOCK_WAIT`` refused (not
   ``bounded``: never). The
-  store locks (:mod:`avda.cache.lock`) share its holder record, wait limit and warning.
+  store locks (:mod:`avda.cache.lock`) share its holder record, wait limit and warning, and
+  its check that the file locked is the one at the path (:func:`same_lock_file`, an NFS
+  handle gone stale opened again: :func:`reopen_stale`).
 - :func:`sha256_file`: the SHA-256 hex digest of a file, read 1 MiB at a time.
 - :func:`torch_load`: ``torch.load`` with ``weights_only=True`` (tensors, numbers, strings and
   containers only: a received file cannot run code) onto ``map_location``. Every checkpoint
@@ -164,6 +166,42 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+STALE_TRIES = 20
+"""Times a lock file is opened again after ``ESTALE`` (:func:`reopen_stale`) before it stands."""
+
+
+def same_lock_file(fd: int, path: Path) -> bool:
+    """Whether the open lock file ``fd`` is still the one at ``path``, not deleted (or
+    replaced) by its holder as it let go: where not, the caller opens ``path`` again. Decided
+    by ``stat``, which an NFS client may answer from its attribute cache (docs/security.md);
+    opening ``path`` to ask would drop this process's lock where ``flock`` is emulated by
+    POSIX locks (NFS), which any close of the file releases. ``ESTALE`` is raised
+    (:func:`reopen_stale`)."""
+    held = os.fstat(fd)
+    try:
+        current = os.stat(path)
+    except FileNotFoundError:
+        return False
+    return (current.st_dev, current.st_ino) == (held.st_dev, held.st_ino)
+
+
+def reopen_stale(path: Path, exc: OSError, tries: int) -> int:
+    """``tries`` + 1, where ``exc`` (raised locking the lock file ``path``, or asking
+    :func:`same_lock_file`) is ``ESTALE``: an NFS client's handle of a lock file its holder
+    deleted as it let go, to be opened again; past :data:`STALE_TRIES` a
+    :class:`LockWaitError` naming it and the fix. Any other error is raised."""
+    if exc.errno != errno.ESTALE:
+        raise exc
+    if tries >= STALE_TRIES:
+        raise LockWaitError(
+            f"{path}: the lock file went stale ({exc.strerror}) each of the {tries + 1} times "
+            "it was opened (an NFS folder where other avda commands make and delete it as fast): "
+            "run the command again once they have ended"
+        ) from exc
+    time.sleep(0.05)
+    return tries + 1
+
+
 def lock_file_of(target: str | Path, pattern: str, *, replaced: bool = False) -> Path:
     """The lock file of ``target`` (a store, an output, a manifest): ``pattern`` with
     ``{name}`` its name (``"{name}.lock"``), beside it, named from its resolved path. Two
@@ -200,7 +238,9 @@ def file_lock(path: str | Path, *, bounded: bool = True) -> Iterator[bool]:
     ``path`` (created, with its folder); yields True. Its holder removes the file before it
     lets go, so none is left behind; a waiter that then gets the lock of the removed file
     opens the one at ``path`` again (the kernel drops a killed holder's lock: its file stays,
-    harmless, for the next holder to take and remove). Where the file system has no locks,
+    harmless, for the next holder to take and remove; ``ESTALE``, an NFS client's handle of
+    the removed file: the same, :func:`reopen_stale`). Where the file system has no locks (and
+    the file is still the one at ``path``: an NFS waiter on the removed one gets ``ENOLCK``),
     a warning, and the block runs unlocked: yields False (the file removed after it, too).
 
     A wait past :data:`LOCK_NOTICE_SECONDS` is said once (the lock file and its holder, as
@@ -216,8 +256,10 @@ def file_lock(path: str | Path, *, bounded: bool = True) -> Iterator[bool]:
     limit = lock_wait() if bounded else None
     began = time.monotonic()
     said = False
+    stale = 0
     while True:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        unsupported = None
         try:
             while True:
                 try:
@@ -235,27 +277,29 @@ def file_lock(path: str | Path, *, bounded: bool = True) -> Iterator[bool]:
                             *(path, _holder_text(read_lock_holder(fd)), bound),
                         )
                     time.sleep(0.05)
+                except OSError as exc:
+                    if exc.errno not in LOCKS_UNSUPPORTED:
+                        raise
+                    unsupported = exc
+                    break
+            if same_lock_file(fd, path):
+                break
         except OSError as exc:
             os.close(fd)
-            if exc.errno not in LOCKS_UNSUPPORTED:
-                raise
-            warn_without_locks(path, exc)
-            try:
-                yield False
-            finally:
-                path.unlink(missing_ok=True)
-            return
+            stale = reopen_stale(path, exc, stale)
+            continue
         except BaseException:
             os.close(fd)
             raise
-        held = os.fstat(fd)
-        try:
-            current = os.stat(path)
-        except FileNotFoundError:
-            current = None
-        if current is not None and (current.st_dev, current.st_ino) == (held.st_dev, held.st_ino):
-            break
         os.close(fd)  # its holder removed it on release: take the file at ``path`` now
+    if unsupported is not None:
+        os.close(fd)
+        warn_without_locks(path, unsupported)
+        try:
+            yield False
+        finally:
+            path.unlink(missing_ok=True)
+        return
     write_lock_holder(fd)
     try:
         yield True

@@ -441,3 +441,107 @@ def test_a_lock_file_that_is_a_link_to_nowhere_is_no_endless_retry(tmp_path, mon
         with store_lock(store, what="avda cluster"):
             pass
     assert len(opened) == 1
+
+
+# -- NFS: a lock file its holder deleted, seen through a client's handle (no NFS here: the
+# errnos an NFSv3 client gives are raised by monkeypatched calls) --
+
+
+def _nfs_lockers(tmp_path):
+    """(lock file, a factory of its lock's context) for a store lock and a file_lock."""
+    from avda import _io
+
+    store = tmp_path / "s.zarr"
+    return [
+        (lock_path(store), lambda: store_lock(store, what="avda cache import")),
+        (tmp_path / ".m.csv.lock", lambda: _io.file_lock(tmp_path / ".m.csv.lock")),
+    ]
+
+
+@pytest.mark.parametrize("which", [0, 1], ids=["store_lock", "file_lock"])
+@pytest.mark.parametrize("call", ["flock", "stat"])
+def test_a_stale_nfs_handle_opens_the_lock_file_again(tmp_path, monkeypatch, which, call):
+    """ESTALE from flock or from the same-file stat (an NFS client polling a lock file its
+    holder deleted): the path is opened again and locked; it was an internal error (OSError)."""
+    import fcntl
+
+    path, locker = _nfs_lockers(tmp_path)[which]
+    real = {"flock": fcntl.flock, "stat": os.stat}[call]
+    calls = []
+
+    def stale_once(target, *args, **kwargs):
+        if call == "flock" or os.fspath(target) == os.fspath(path):
+            calls.append(target)
+            if len(calls) == 1:
+                raise OSError(errno.ESTALE, "Stale file handle")
+        return real(target, *args, **kwargs)
+
+    monkeypatch.setattr(fcntl if call == "flock" else os, call, stale_once)
+    with locker():
+        held = os.fstat(_held_fd(path))
+        assert (held.st_dev, held.st_ino) == (path.stat().st_dev, path.stat().st_ino)
+    assert len(calls) >= 2  # opened and asked again
+
+
+def _held_fd(path):
+    """The descriptor of this process that has ``path`` open (the lock's)."""
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink(f"/proc/self/fd/{name}") == str(path):
+                return int(name)
+        except OSError:
+            continue
+    raise AssertionError(f"{path} is not open")
+
+
+@pytest.mark.parametrize("which", [0, 1], ids=["store_lock", "file_lock"])
+def test_a_lock_file_stale_every_time_is_one_line_not_an_endless_retry(
+    tmp_path, monkeypatch, which
+):
+    import fcntl
+
+    from avda import _io
+    from avda.errors import LockWaitError
+
+    def always_stale(fd, operation):
+        raise OSError(errno.ESTALE, "Stale file handle")
+
+    monkeypatch.setattr(fcntl, "flock", always_stale)
+    monkeypatch.setattr(_io, "STALE_TRIES", 3)
+    path, locker = _nfs_lockers(tmp_path)[which]
+    with pytest.raises(LockWaitError) as caught:
+        with locker():
+            pass
+    assert str(caught.value) == (
+        f"{path}: the lock file went stale (Stale file handle) each of the 4 times it was "
+        "opened (an NFS folder where other avda commands make and delete it as fast): run the "
+        "command again once they have ended"
+    )
+
+
+@pytest.mark.parametrize("which", [0, 1], ids=["store_lock", "file_lock"])
+def test_enolck_on_a_deleted_lock_file_takes_the_one_at_the_path(
+    tmp_path, monkeypatch, caplog, which
+):
+    """ENOLCK from the lock of a file its holder deleted meanwhile (an NFSv3 waiter) is not
+    'locks unsupported': the file at the path is opened and locked, no warning; avda went on
+    unlocked."""
+    import fcntl
+
+    path, locker = _nfs_lockers(tmp_path)[which]
+    real = fcntl.flock
+    deleted = []
+
+    def enolck_on_the_deleted(fd, operation):
+        if not deleted:  # its holder deletes it as it lets go; the lock of it fails
+            path.unlink()
+            deleted.append(fd)
+        if os.fstat(fd).st_nlink == 0:
+            raise OSError(errno.ENOLCK, "No locks available")
+        return real(fd, operation)
+
+    monkeypatch.setattr(fcntl, "flock", enolck_on_the_deleted)
+    with caplog.at_level("WARNING"):
+        with locker():
+            assert os.fstat(_held_fd(path)).st_nlink == 1
+    assert deleted and "does not support locks" not in caplog.text

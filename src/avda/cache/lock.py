@@ -31,9 +31,12 @@ moment an interrupted import is rerun. ``flock`` also has a shared mode, which s
 Linux NFS clients ``flock`` is carried by the NFS lock protocol (NLM / NFSv4 locks) and holds
 across hosts; a file system without working locks (some Lustre or old NFS mounts) makes
 ``flock`` fail with ENOLCK / EOPNOTSUPP: avda then warns and goes on unlocked (the protection of
-this module is off there; run one writer at a time). The file ``<store>.lock`` stays beside
-a store: its content (holder pid, host, time, command) is only a message for the next
-process; whether the store is locked is the ``flock`` alone, so a leftover file is harmless.
+this module is off there; run one writer at a time), once the file it tried is still the one at
+the path: an NFS waiter on a lock file its holder deleted gets ENOLCK or ESTALE, and opens the
+path again (:func:`avda._io.same_lock_file`, :func:`avda._io.reopen_stale`). The file
+``<store>.lock`` stays beside a store: its content (holder pid, host, time, command) is only a
+message for the next process; whether the store is locked is the ``flock`` alone, so a leftover
+file is harmless.
 Deleting it while a writer runs would let a second writer in: don't. (An exclusive holder
 that leaves no store behind, a refused import into a new path, deletes it itself while it
 still holds it; every holder, once it has the lock, checks that the file it locked is still
@@ -63,6 +66,8 @@ from avda._io import (
     lock_wait,
     pid_alive,
     read_lock_holder,
+    reopen_stale,
+    same_lock_file,
     warn_without_locks,
     write_lock_holder,
 )
@@ -225,6 +230,7 @@ def _flock(
     if wait is None:  # unset: refused at once
         wait = lock_wait() or 0.0
     deadline = time.monotonic() + wait
+    stale = 0
     while True:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -249,13 +255,20 @@ def _flock(
                 "write it to a writable place"
             ) from None
         try:
-            locked = _acquire(store, path, fd, shared, deadline, kind, error)
+            unsupported = _acquire(store, path, fd, shared, deadline, kind, error)
+            if same_lock_file(fd, path):  # locked or not (ENOLCK may be the deleted file's)
+                break
+        except OSError as exc:  # ESTALE: an NFS handle of a deleted lock file, open it again
+            os.close(fd)
+            stale = reopen_stale(path, exc, stale)
+            continue
         except BaseException:
             os.close(fd)
             raise
-        if not locked or _same_file(fd, path):
-            break
         os.close(fd)  # its holder deleted it as it let go: take the file at ``path`` now
+    locked = unsupported is None
+    if not locked:
+        warn_without_locks(path, unsupported)
     try:
         write_lock_holder(fd, command=what, mode="read" if shared else "write")
         try:
@@ -278,38 +291,28 @@ def _acquire(
     deadline: float,
     kind: str,
     error: type[AvdaError],
-) -> bool:
+) -> OSError | None:
     """Take the ``flock`` of the open lock file ``fd`` (waiting until ``deadline``, then
-    ``error``); False where the file system has no locks (warned, unlocked)."""
+    ``error``); None, or the error of a file system without locks (unlocked, the caller
+    warns once it knows the file is still the one at its path)."""
     import fcntl
 
     mode = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
     while True:
         try:
             fcntl.flock(fd, mode | fcntl.LOCK_NB)
-            return True
+            return None
         except BlockingIOError:
             if time.monotonic() >= deadline:
                 message = _busy_message(store, path, fd, kind)
                 if _taken_within(fd, mode, PROBE_GRACE):  # a probe let go meanwhile
-                    return True
+                    return None
                 raise error(message) from None
             time.sleep(0.2)
         except OSError as exc:
             if exc.errno not in LOCKS_UNSUPPORTED:
                 raise
-            warn_without_locks(path, exc)
-            return False
-
-
-def _same_file(fd: int, path: Path) -> bool:
-    """Whether the open file ``fd`` is still the one at ``path`` (not deleted or replaced)."""
-    held = os.fstat(fd)
-    try:
-        current = os.stat(path)
-    except FileNotFoundError:
-        return False
-    return (current.st_dev, current.st_ino) == (held.st_dev, held.st_ino)
+            return exc
 
 
 # Seconds a refused lock is tried again for before its holder is named: ``training_holder``
