@@ -843,3 +843,39 @@ def test_a_sweep_summary_shows_its_one_line_not_every_task(tmp_path):
     assert repr(summary) == (
         f"SweepSummary(1 runs in {tmp_path}: 1 trained, 0 already complete, 0 failed (2.0 s))"
     )
+
+
+def test_evaluate_of_a_sweep_stopped_before_any_run_is_one_line(
+    tmp_path, cache, monkeypatch, capsys
+):
+    # A sweep killed before any run made its folder (its index lists every run pending):
+    # `avda evaluate OUT` warned 'not trained yet' for each and then said 'holds no avda run'
+    from avda import cli
+
+    spec_data = {
+        "cache": str(cache),
+        "heads": [{"name": "source-only", "epochs": 1, "hidden_dim": 8}],
+        "settings": ["source->target"],
+        "seeds": [0, 1],
+        "out": "runs",
+        "cluster": {"kind": "local", "workers": 1},
+    }
+    spec = write_spec(tmp_path, spec_data)
+
+    def stopped(client):  # Ctrl-C once the index is written, before any run is submitted
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sweep, "dashboard_link", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        sweep.run_sweep(sweep.load_spec(spec), progress=False)
+    out = tmp_path / "runs"
+    index = json.loads((out / sweep.INDEX).read_text())
+    assert [e["status"] for e in index["runs"]] == ["pending", "pending"]
+    assert not (out / "source-only").exists()
+    capsys.readouterr()
+    assert cli.main(["evaluate", str(out)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        f"error: {out}: its sweep has no finished run yet (2 pending, none started): run the "
+        f"same sweep again to train them (avda sweep {spec} --out {out}), then evaluate"
+    ]

@@ -126,7 +126,10 @@ def find_runs(
             if candidates is None:
                 candidates = _runs_below(path)
             failed_here = False  # this path's: another path's failed runs are not its own
-            for run, folder, status in _listed_without_a_folder(path):  # counted here
+            listed = _listed_without_a_folder(path)
+            if not candidates and listed and all(s == "pending" for _, _, s in listed):
+                raise RunError(_no_run_yet(path, listed))  # one line, not one warning a run
+            for run, folder, status in listed:  # counted here
                 failed_here = failed_here or status == "failed"
                 if run.resolve() in seen:
                     continue
@@ -217,6 +220,25 @@ def _listed_without_a_folder(folder: Path) -> list[tuple[Path, Path, str]]:
             if status in ("failed", "pending") and not (run / runs.CONFIG).exists():
                 listed.append((run, index.parent, status))
     return listed
+
+
+def _no_run_yet(path: Path, listed: list[tuple[Path, Path, str]]) -> str:
+    """The refusal of ``path`` whose sweeps (``listed``: :func:`_listed_without_a_folder`,
+    all pending) were stopped before any of their runs made its folder."""
+    sweeps = sorted({folder for _, folder, _ in listed})
+    again = []
+    for folder in sweeps:
+        try:
+            spec = json.loads((folder / SWEEP_INDEX).read_text()).get("spec")
+        except (OSError, ValueError, AttributeError):
+            spec = None
+        named = isinstance(spec, str) and spec not in ("spec", "<spec>")  # not a Python dict
+        again.append(f"avda sweep {spec} --out {folder}" if named else f"its spec, out {folder}")
+    return (
+        f"{path}: {'its sweep has' if len(sweeps) == 1 else 'its sweeps have'} no finished run "
+        f"yet ({len(listed)} pending, none started): run the same sweep again to train them "
+        f"({'; '.join(again)}), then evaluate"
+    )
 
 
 def _runs_below(folder: Path) -> list[Path]:
