@@ -299,3 +299,22 @@ def test_a_sigterm_before_a_decoding_worker_ignores_it_is_discarded(tmp_path):
     )
     assert done.returncode == 0 and done.stdout.split("\n")[0] == "[0, 1, 2, 3, 4, 5]", done.stderr
     assert "Traceback" not in done.stderr, done.stderr
+
+
+def test_decoding_workers_start_where_signal_masks_are_unknown(tmp_path):
+    """Windows has no pthread_sigmask: DecodingLoader's workers start there without blocking
+    SIGTERM (Windows has no process-group SIGTERM to hold back), where the block of 49a9671
+    raised AttributeError as the first shard's workers started (and in each worker_init)."""
+    script = tmp_path / "no_sigmask.py"
+    script.write_text(
+        "import signal\n"
+        "del signal.pthread_sigmask  # as on Windows\n"
+        "from avda.extract.inputs import DecodingLoader, worker_init\n"
+        "loader = DecodingLoader(range(4), batch_size=None, num_workers=2,"
+        " worker_init_fn=worker_init)\n"
+        "print(sorted(loader))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0 and done.stdout.split("\n")[0] == "[0, 1, 2, 3]", done.stderr

@@ -659,7 +659,8 @@ class DecodingLoader(DataLoader):
         # them), until worker_init ignores it: a job's SIGTERM in between killed a worker the
         # old way, and the parent's SIGCHLD handler raised 'DataLoader worker ... is killed
         # by signal: Terminated'. This process gets one sent meanwhile once they have started.
-        ours = bool(self.num_workers) and self.worker_init_fn is worker_init
+        # (Windows has no signal masks, nor a process group's SIGTERM to hold back.)
+        ours = bool(self.num_workers) and self.worker_init_fn is worker_init and _MASKS
         with _signals_held(), _blocked(signal.SIGTERM) if ours else contextlib.nullcontext():
             iterator = super().__iter__()
             # A worker still busy when the loader shuts down (the command stopped on an error,
@@ -693,6 +694,10 @@ def _signals_held() -> Iterator[None]:
             signal.raise_signal(arrived[0])
 
 
+# signal masks: POSIX's (not Windows')
+_MASKS = hasattr(signal, "pthread_sigmask")
+
+
 @contextlib.contextmanager
 def _blocked(signum: int) -> Iterator[None]:
     """``signum`` blocked in this thread, and in the processes it starts meanwhile, which
@@ -714,7 +719,8 @@ def worker_init(_: int) -> None:
     # unwinds (avda.cli) and ends its workers, which die with it in any case (below).
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     # started with it blocked (DecodingLoader): one sent since is discarded, being ignored
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+    if _MASKS:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
     die_with_parent()
     _keep_logs()
 
