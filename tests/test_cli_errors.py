@@ -720,3 +720,21 @@ def test_a_sigterm_once_the_command_has_ended_leaves_its_exit_code(tmp_path):
     )  # fmt: skip
     assert done.returncode == 1, done.stderr
     assert "nope.zarr does not exist" in one_line(done.stderr)
+
+
+def test_a_ctrl_c_while_avda_starts_is_one_line_and_130(tmp_path):
+    """Ctrl-C while Python imports the command line, before main() catches it, printed a
+    KeyboardInterrupt traceback through the imports (exit -2); the console script's entry
+    says one line, as for SIGTERM, and 130, as Ctrl-C in a command."""
+    shadow = tmp_path / "shadow"
+    shadow.mkdir()
+    (shadow / "typer.py").write_text(SLOW_TYPER)
+    path = os.pathsep.join([str(shadow), os.environ.get("PYTHONPATH", "")])
+    process = _avda_until(
+        lambda _: (shadow / "importing").exists(), tmp_path, "cache", "info", "c.zarr",
+        env={"PYTHONPATH": path},
+    )  # fmt: skip
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err
+    assert err == "interrupted while avda was starting: nothing was started; run it again\n"

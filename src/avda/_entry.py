@@ -14,6 +14,8 @@ import sys
 
 # said by the console script when a SIGTERM comes before the command has begun
 STARTING_LINE = b"terminated (SIGTERM) while avda was starting: nothing was started; run it again\n"
+# said for Ctrl-C (SIGINT) before the command has begun
+INTERRUPTED_LINE = b"interrupted while avda was starting: nothing was started; run it again\n"
 
 
 def starting(signum, frame) -> None:
@@ -29,6 +31,10 @@ def entry() -> None:
     code stands."""
     if _signal.getsignal(_signal.SIGTERM) == _signal.SIG_DFL:
         _signal.signal(_signal.SIGTERM, starting)
-    from avda.cli import main
+    try:
+        from avda.cli import main
+    except KeyboardInterrupt:  # Ctrl-C in the command line's imports: a traceback, exit -2
+        os.write(2, INTERRUPTED_LINE)
+        os._exit(130)
 
     sys.exit(main())
