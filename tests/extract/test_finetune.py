@@ -609,10 +609,11 @@ def test_a_refused_finetune_never_deletes_the_lock_file_of_the_holder(
         assert real(out).exists()  # the holder's lock file is still there
 
 
-def test_the_bar_counts_clips_as_they_train(demo_dataset, tmp_path, monkeypatch):
+@pytest.mark.parametrize("lose", [False, True], ids=["whole", "a-segment-fails"])
+def test_the_bar_counts_clips_as_they_train(demo_dataset, tmp_path, monkeypatch, lose):
     # The bar counted segments as decoded: with fewer segments than --batch-size every step
     # came after it read 100% (minutes of silence on a CPU). It now moves with each step and
-    # ends at the clips trained.
+    # ends at the clips trained, its total less a failed segment's clips.
     torch.set_num_threads(1)
     events: list = []
     bars: list = []
@@ -640,8 +641,13 @@ def test_the_bar_counts_clips_as_they_train(demo_dataset, tmp_path, monkeypatch)
     monkeypatch.setattr(finetune, "_step", recorded_step)
     root, manifest = demo_dataset
     sources = int((manifest["domain"] == "source").sum())
+    if lose:  # a source segment whose video is missing: its clips never train
+        manifest = manifest.copy()
+        first = manifest.index[manifest["domain"] == "source"][0]
+        manifest.loc[first, "video_path"] = "nosuch.mp4"
     big = CONFIG.replace(epochs=1, batch_size=sources + 5)  # every segment in one batch
-    _run(demo_dataset, tmp_path / "bar.pt", config=big, progress=True)
+    result = _run((root, manifest), tmp_path / "bar.pt", config=big, progress=True)
+    assert result.skipped == int(lose)
     steps = [n for kind, n in events if kind == "step"]
     assert steps and len(bars) == 1
     # each step is followed by the bar's update of its clips, none before the first step
