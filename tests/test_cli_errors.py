@@ -670,23 +670,31 @@ def _avda_until(ready, tmp_path: Path, *args: str, env=None) -> subprocess.Popen
     return process
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
-def test_a_sigterm_while_avda_starts_is_one_line_and_143(tmp_path):
-    """A job's time limit can come while Python imports the command line, before main() sets
-    its handler (avda.cli's imports: a few tenths of a second, more on a loaded node): the
-    process ended on the spot, exit -15 without a word. The console script's entry handles
-    SIGTERM before those imports: one line, nothing started, 143."""
+def _signalled_while_importing(tmp_path: Path, signum: int) -> tuple[int, str]:
+    """``avda cache info`` given ``signum`` while Python imports the command line (typer made
+    slow): its exit code and stderr."""
     shadow = tmp_path / "shadow"
-    shadow.mkdir()
+    shadow.mkdir(exist_ok=True)
+    (shadow / "importing").unlink(missing_ok=True)
     (shadow / "typer.py").write_text(SLOW_TYPER)
     path = os.pathsep.join([str(shadow), os.environ.get("PYTHONPATH", "")])
     process = _avda_until(
         lambda _: (shadow / "importing").exists(), tmp_path, "cache", "info", "c.zarr",
         env={"PYTHONPATH": path},
     )  # fmt: skip
-    process.send_signal(signal.SIGTERM)
+    process.send_signal(signum)
     _, err = process.communicate(timeout=60)
-    assert process.returncode == 128 + signal.SIGTERM, err
+    return process.returncode, err
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_a_sigterm_while_avda_starts_is_one_line_and_143(tmp_path):
+    """A job's time limit can come while Python imports the command line, before main() sets
+    its handler (avda.cli's imports: a few tenths of a second, more on a loaded node): the
+    process ended on the spot, exit -15 without a word. The console script's entry handles
+    SIGTERM before those imports: one line, nothing started, 143."""
+    code, err = _signalled_while_importing(tmp_path, signal.SIGTERM)
+    assert code == 128 + signal.SIGTERM, err
     assert err == (
         "terminated (SIGTERM) while avda was starting: nothing was started; run it again\n"
     )
@@ -726,15 +734,6 @@ def test_a_ctrl_c_while_avda_starts_is_one_line_and_130(tmp_path):
     """Ctrl-C while Python imports the command line, before main() catches it, printed a
     KeyboardInterrupt traceback through the imports (exit -2); the console script's entry
     says one line, as for SIGTERM, and 130, as Ctrl-C in a command."""
-    shadow = tmp_path / "shadow"
-    shadow.mkdir()
-    (shadow / "typer.py").write_text(SLOW_TYPER)
-    path = os.pathsep.join([str(shadow), os.environ.get("PYTHONPATH", "")])
-    process = _avda_until(
-        lambda _: (shadow / "importing").exists(), tmp_path, "cache", "info", "c.zarr",
-        env={"PYTHONPATH": path},
-    )  # fmt: skip
-    process.send_signal(signal.SIGINT)
-    _, err = process.communicate(timeout=60)
-    assert process.returncode == 130, err
+    code, err = _signalled_while_importing(tmp_path, signal.SIGINT)
+    assert code == 130, err
     assert err == "interrupted while avda was starting: nothing was started; run it again\n"

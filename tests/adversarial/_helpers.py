@@ -90,3 +90,29 @@ def fingerprint(path: Path, *, physical: bool = True) -> dict:
 
 def differences(a: dict, b: dict) -> list[str]:
     return [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+
+
+def probe_held_when_deleted(monkeypatch, lock: Path) -> list[bool]:
+    """Record, each time ``lock`` is deleted (``Path.unlink``), whether a lock was still held
+    on it then (another open file cannot take it): a holder must delete its lock file before it
+    lets go, else a waiter locks the file then deleted while a third locks a new one."""
+    import fcntl
+    import os
+
+    held_then: list[bool] = []
+    real_unlink = Path.unlink
+
+    def unlink(self, *args, **kwargs):
+        if self == lock:
+            fd = os.open(self, os.O_RDWR)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                held_then.append(False)
+            except BlockingIOError:
+                held_then.append(True)
+            finally:
+                os.close(fd)
+        return real_unlink(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "unlink", unlink)
+    return held_then

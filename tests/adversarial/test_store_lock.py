@@ -319,29 +319,13 @@ def test_a_lock_file_is_deleted_while_its_holder_still_holds_it(tmp_path, monkey
     before it lets go, else a waiter locks the file then deleted while a third locks a new
     one (two holders). The holders' turns (above) do not catch a delete just after the
     release: the file is probed as it is deleted."""
-    import fcntl
-    from pathlib import Path
-
     from avda.cache.lock import RUN_LOCK, run_lock
+
+    from ._helpers import probe_held_when_deleted
 
     target = tmp_path / ("absent.zarr" if kind == "store" else "new-run")
     lock = lock_path(target) if kind == "store" else target / RUN_LOCK
-    held_then = []
-    real_unlink = Path.unlink
-
-    def unlink(self, *args, **kwargs):
-        if self == lock:  # is it still locked? another open file cannot take it then
-            fd = os.open(self, os.O_RDWR)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                held_then.append(False)
-            except BlockingIOError:
-                held_then.append(True)
-            finally:
-                os.close(fd)
-        return real_unlink(self, *args, **kwargs)
-
-    monkeypatch.setattr(Path, "unlink", unlink)
+    held_then = probe_held_when_deleted(monkeypatch, lock)
     with pytest.raises(KeyboardInterrupt):
         with (
             store_lock(target, what="avda cache import")

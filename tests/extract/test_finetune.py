@@ -552,32 +552,17 @@ def test_a_stopped_finetune_deletes_its_lock_file_while_it_still_holds_it(
     # A run stopped before it made a file deleted the OUT.lock it created after letting go
     # of its flock: a process waiting for it (AVDA_LOCK_WAIT) could lock the file meanwhile,
     # and, the file deleted, a third lock a new one: two trainers. It deletes it still held.
-    import fcntl
-    import os
-    from pathlib import Path
+    from tests.adversarial._helpers import probe_held_when_deleted
 
     from avda.cache.lock import lock_path
 
     out = tmp_path / "stopped.pt"
-    lock, held_then = lock_path(out), []
-    real_unlink = Path.unlink
-
-    def unlink(self, *args, **kwargs):
-        if self == lock:  # is it still locked? another open file cannot take it then
-            fd = os.open(self, os.O_RDWR)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                held_then.append(False)
-            except BlockingIOError:
-                held_then.append(True)
-            finally:
-                os.close(fd)
-        return real_unlink(self, *args, **kwargs)
+    lock = lock_path(out)
+    held_then = probe_held_when_deleted(monkeypatch, lock)
 
     def stop(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(Path, "unlink", unlink)
     monkeypatch.setattr(finetune, "_finetune", stop)
     with pytest.raises(KeyboardInterrupt):
         _run(demo_dataset, out)
