@@ -1224,10 +1224,10 @@ def _swap_owner(store: FeatureCache) -> str:
 
 def cluster_swap_leftovers(store: FeatureCache) -> list[tuple[Path, str, bool]]:
     """What :meth:`FeatureCache.write_clusters` killed midway left, in the store's swap folder
-    or beside the store (an older avda's): ``(folder, modality, aside)``, ``aside`` where it
-    is this store's previous clusters put aside (a kill between the renames), which go back
-    where ``clusters/<modality>`` is empty; the rest (an unfinished new array, another
-    store's) is deleted."""
+    or beside the store (an older avda's): ``(folder, modality, goes_back)``, ``goes_back``
+    where it is this store's previous clusters put aside (a kill between the renames) and
+    ``clusters/<modality>`` is empty; the rest (an unfinished new array, another store's, an
+    aside whose place was filled since) is deleted."""
     found = []
     inside = store.path / CLUSTERS_SWAP
     if inside.is_dir():
@@ -1240,20 +1240,20 @@ def cluster_swap_leftovers(store: FeatureCache) -> list[tuple[Path, str, bool]]:
         written_for, _, kind = rest.rpartition(".")
         if kind in ("new", "old"):
             found.append((leftover, modality, written_for == _swap_owner(store) and kind == "old"))
-    return found
+    clusters = store.path / schema.CLUSTERS_GROUP
+    return [(p, m, aside and not (clusters / m).exists()) for p, m, aside in found]
 
 
 def restore_cluster_swaps(store: FeatureCache) -> None:
     """Finish what a :meth:`FeatureCache.write_clusters` killed midway left
     (:func:`cluster_swap_leftovers`): clusters put aside whose place is empty go back (a kill
     between its renames), the rest is deleted."""
-    for leftover, modality, aside in cluster_swap_leftovers(store):
-        current = store.path / schema.CLUSTERS_GROUP / modality
-        if aside and not current.exists():
+    for leftover, modality, goes_back in cluster_swap_leftovers(store):
+        if goes_back:
             log.warning(
                 "%s: putting back the %s clusters a killed writer left", *(store.path, modality)
             )
-            os.replace(leftover, current)
+            os.replace(leftover, store.path / schema.CLUSTERS_GROUP / modality)
         else:
             log.warning("removing %s (clusters a killed writer left)", leftover)
             shutil.rmtree(leftover, ignore_errors=True)

@@ -204,10 +204,10 @@ def _swap_notes(store: FeatureCache) -> list[str]:
     from avda.cache import store as store_lib
 
     notes = []
-    for leftover, modality, aside in store_lib.cluster_swap_leftovers(store):
+    for leftover, modality, goes_back in store_lib.cluster_swap_leftovers(store):
         inside = leftover.is_relative_to(store.path)  # else beside it, an older avda's
         where = leftover.relative_to(store.path) if inside else leftover
-        if aside and not (store.path / schema.CLUSTERS_GROUP / modality).exists():
+        if goes_back:
             notes.append(
                 f"{schema.CLUSTERS_GROUP}/{modality} is not in place: an `avda cluster` killed "
                 f"between the two renames of its swap left those clusters aside ({where}), "
