@@ -692,10 +692,19 @@ def test_evaluate_refuses_an_out_named_as_another_format_as_the_cli_does(
     # the name offered is one the tables may have (x.tar.gz was told x.tar, refused in turn)
     with pytest.raises(ConfigError, match=r"is named as a \.gz file, .*; name them \S+/x \("):
         avda.evaluate(tmp_path / "run", out=tmp_path / "tables" / "x.tar.gz")
-    # a folder or a table's suffix alone names no table: `-o .` was an internal error once the
-    # runs were read, `-o .md` wrote the hidden .md.md, .md.csv
+    # a folder or a file type alone names no table: `-o .` was an internal error once the runs
+    # were read, `-o .md` wrote the hidden .md.md, .md.csv, `-o .pdf` .pdf.md (its refusal
+    # offered the hidden .tar for .tar.gz), `-o sub/` (the slash dropped) sub.md
     monkeypatch.chdir(tmp_path)
-    for out, named in ((".", "results"), (".md", "results"), ("tables/.CSV", "tables/results")):
+    for out, named in (
+        (".", "results"),
+        (".md", "results"),
+        ("tables/.CSV", "tables/results"),
+        (".pdf", "results"),
+        ("tables/.tar.gz", "tables/results"),
+        ("sub/", "sub/results"),
+        ("tables/", "tables/results"),
+    ):
         expected = (
             f"{out} names no table (the tables are OUT.md, OUT.csv and OUT.tex); give them a "
             f"name: {named}"
@@ -706,6 +715,7 @@ def test_evaluate_refuses_an_out_named_as_another_format_as_the_cli_does(
         stderr = _cli_error(capsys, "evaluate", str(tmp_path / "run"), "-o", out)
         assert stderr == f"error: -o: {expected}\n"
     assert not list(tmp_path.glob(".*")) and not list((tmp_path / "tables").glob(".*"))
+    assert not list(tmp_path.glob("sub*")) and not (tmp_path / "tables.md").exists()
 
 
 def _scored_run(run: Path, seed: int, protocol: str | None, labelled_test: bool = True) -> Path:

@@ -1132,7 +1132,7 @@ def evaluate(
         list[Path], typer.Argument(help="Run directories, or folders holding runs (a sweep's out).")
     ],
     out: Annotated[
-        Path | None,
+        str | None,  # not Path: its trailing slash (-o sub/, a folder) is refused, not dropped
         typer.Option(
             "--out", "-o", help="Write OUT.md and OUT.csv (and OUT.tex for paper layouts)."
         ),
@@ -1219,7 +1219,7 @@ def evaluate(
 
     if out is not None:  # OUT.md, OUT.csv: OUT itself may be a folder's name
         tables.check_out(out)  # before its parent folders are made
-        _make_parent(out, "-o")
+        _make_parent(Path(out), "-o")
     output_file(export_submission, "--export-submission")
     if sls is not None and export_submission is None:  # it was ignored: nothing to record it in
         raise ConfigError(

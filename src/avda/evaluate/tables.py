@@ -182,23 +182,38 @@ def _other_format(suffix: str) -> bool:
     return suffix[1:].lower() in _OTHER_FORMATS
 
 
+def _file_type_alone(name: str) -> bool:
+    """Whether ``name`` is file types with no name before them (``.md``, ``.pdf``, ``.tar.gz``:
+    a hidden file's name, which no table of :func:`check_out` should have)."""
+    kinds = name.lower().split(".")
+    return (
+        kinds[0] == ""
+        and len(kinds) > 1
+        and all(k in _OTHER_FORMATS or f".{k}" in _SUFFIXES.values() for k in kinds[1:])
+    )
+
+
 def check_out(out: str | Path | None) -> None:
     """Refuse ``-o OUT`` named as a file of another format (``-o x.pdf``, ``x.zip``), before any
     run is read: the tables are OUT.md, OUT.csv and OUT.tex, and x.pdf.md was written without a
     word (the command line and ``avda.evaluate`` alike). Another program's file type
     (:data:`_OTHER_FORMATS`) is refused; any other suffix (``results.final``, ``tab.v1``,
     ``results.2026.12``) is part of the name (:func:`table_file`). An OUT that names no table,
-    a folder (``-o .``: an internal error once the runs were read) or a table's suffix alone
-    (``-o .md`` wrote the hidden .md.md, .md.csv), is refused too."""
+    a folder (``-o .``: an internal error once the runs were read; ``-o sub/``, whose slash
+    Path drops: it wrote sub.md) or a file type alone (``-o .md`` wrote the hidden .md.md,
+    ``-o .pdf`` .pdf.md), is refused too, offering a visible name (results) in that folder;
+    an existing folder named without a slash (``-o tables``) is the tables' name, tables.md."""
     if out is None:
         return
-    out = Path(out)
-    if out.name in ("", ".", "..") or out.name.lower() in _SUFFIXES.values():
-        named = out / "results" if out.name in ("", ".", "..") else out.parent / "results"
+    path = Path(out)  # drops a trailing slash, which means a folder
+    folder = str(out).endswith(("/", os.sep)) or path.name in ("", ".", "..")
+    if folder or _file_type_alone(path.name):
+        named = (path if folder else path.parent) / "results"
         raise ConfigError(
             f"-o: {out} names no table (the tables are OUT.md, OUT.csv and OUT.tex); give them "
             f"a name: {named}"
         )
+    out = path
     if _other_format(out.suffix):
         name = out.with_suffix("")
         while _other_format(name.suffix):  # x.tar.gz: x, not x.tar (refused in turn)
