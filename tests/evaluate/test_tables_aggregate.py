@@ -192,6 +192,11 @@ def test_runs_layout_keeps_the_per_run_table(sweep_like, tmp_path):
     text, paths = tables.evaluate_runs([sweep_like], layout="runs", out=tmp_path / "t")
     assert text == tables.to_markdown(table)
     assert [p.suffix for p in paths] == [".md", ".csv"]
+    # a setting spelled as the paper tables spell it, in each file (it was source->target)
+    settings = {"source→target", "target→source"}
+    assert set(table["setting"]) == settings and "| source→target |" in text
+    assert set(pd.read_csv(paths[1])["setting"]) == settings
+    assert "->" not in paths[0].read_text() + paths[1].read_text()
     # OUT's own suffix is replaced only when it is a table's: -o tab.v1 and -o tab.v2 both
     # wrote tab.md and tab.csv, the second over the first
     for out, names in (

@@ -61,7 +61,7 @@ def results_table(run_dirs: Sequence[str | Path]) -> pd.DataFrame:
     role, or its head told apart by the config fields that differ); runs it does not tell
     apart on one setting and seed (a copied run) get their path below the runs' common folder
     too. (It was that path alone: ``seed0`` for a run of one method, or a method's seeds.)"""
-    from avda.evaluate.aggregate import describe_runs
+    from avda.evaluate.aggregate import describe_runs, setting_label
 
     run_dirs = [Path(run) for run in run_dirs]
     for run in run_dirs:
@@ -85,7 +85,7 @@ def results_table(run_dirs: Sequence[str | Path]) -> pd.DataFrame:
         row = {
             "method": method,
             "head": info.head,
-            "setting": f"{','.join(info.source)}->{','.join(info.target)}",
+            "setting": setting_label(info.source, info.target),  # the paper tables' D1→D2
             "seed": info.seed,
             "protocol": info.protocol or "none",
         }
