@@ -1031,6 +1031,47 @@ def test_jobs_pending_past_queue_timeout_fail_the_sweep_in_one_line(
             "cluster.queue_timeout, 3600 s)"  # run_sweep's keyword: it said --queue-timeout
         ) in message
     assert f"scancel {job}" in events, events
+    # it wrote nothing: its output folder goes, with its lock (it left runs/.sweep.lock alone)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_sweep_terminated_while_its_jobs_wait_leaves_no_output_folder(
+    tmp_path, cache, monkeypatch
+):
+    """SIGTERM (a login node's session closed, a kill) to ``avda sweep`` while its SLURM job
+    waits in the queue: the terminated line and 143, the job cancelled, and no output folder
+    holding only ``.sweep.lock``, which ``avda evaluate`` read as a folder without runs."""
+    queue = _queue_shims(tmp_path, monkeypatch, str(NEVER), pending=True)
+    spec = _spec_file(
+        tmp_path,
+        {"kind": "slurm", "workers": 1, "cores": 1, "memory": "2GB", "worker_timeout": 1},
+        cache=str(cache), heads=["source-only"], settings=["source->target"], out="runs",
+    )  # fmt: skip
+    log = tmp_path / "sweep.err"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    with log.open("w") as err:
+        sweep_process = subprocess.Popen(
+            [sys.executable, "-m", "avda", "sweep", str(spec)], cwd=tmp_path, env=env,
+            stdout=subprocess.DEVNULL, stderr=err,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 240
+        while "waiting on while the queue says" not in log.read_text():
+            assert sweep_process.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
+        assert (tmp_path / "runs" / ".sweep.lock").exists()  # held while it waits
+        sweep_process.send_signal(signal.SIGTERM)
+        assert sweep_process.wait(timeout=120) == 128 + signal.SIGTERM, log.read_text()
+    finally:
+        if sweep_process.poll() is None:
+            sweep_process.kill()
+        for pid in queue.glob("*.pid"):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(int(pid.read_text()), signal.SIGKILL)
+    assert "terminated (SIGTERM)" in log.read_text()
+    assert "scancel" in (queue / "events").read_text()
+    assert not (tmp_path / "runs").exists()
 
 
 def test_queue_timeout_is_seconds_or_none(tmp_path):

@@ -143,11 +143,12 @@ class SweepBusyError(RunError):
 
 @contextlib.contextmanager
 def sweep_lock(out: str | Path, *, wait: float | None = None) -> Iterator[None]:
-    """Hold the exclusive lock of a sweep's output folder ``out`` for the ``with`` block."""
-    out = Path(out)
-    with _flock(
-        out, out / SWEEP_LOCK, what="avda sweep", shared=False, wait=wait,
-        kind="sweep output", error=SweepBusyError,
+    """Hold the exclusive lock of a sweep's output folder ``out`` (created if missing) for the
+    ``with`` block; a sweep stopped before it wrote anything there (its queue timed out, a
+    SIGTERM while its jobs waited) leaves neither the lock file nor a folder it made."""
+    with _folder_lock(
+        Path(out), SWEEP_LOCK, what="avda sweep", wait=wait, kind="sweep output",
+        error=SweepBusyError,
     ):  # fmt: skip
         yield
 
@@ -179,31 +180,42 @@ def run_lock(run: str | Path, *, what: str, wait: float | None = None) -> Iterat
     block: one process trains into a folder at a time (two would overwrite each other's
     checkpoints). Another process gets :class:`RunBusyError` naming the holder."""
     run = Path(run)
-    created = not run.exists()
-    run.mkdir(parents=True, exist_ok=True)
+    with _folder_lock(run, RUN_LOCK, what=what, wait=wait, kind="run", error=RunBusyError):
+        key = run.resolve()
+        _HELD_RUNS[key] = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+        try:
+            yield
+        finally:
+            _HELD_RUNS.pop(key, None)
+
+
+@contextlib.contextmanager
+def _folder_lock(
+    folder: Path, name: str, *, what: str, wait: float | None, kind: str, error: type
+) -> Iterator[None]:
+    """Hold the exclusive lock file ``folder/name`` (the folder created if missing) for the
+    ``with`` block: a run's, a sweep's output folder. A holder stopped (an exception) before it
+    wrote anything in a folder it made removes its lock file and the folder as it lets go."""
+    created = not folder.exists()
+    folder.mkdir(parents=True, exist_ok=True)
     stopped = True
 
     def made_nothing() -> bool:  # stopped before it wrote anything: its lock file goes too
-        return stopped and created and [p.name for p in run.iterdir()] == [RUN_LOCK]
+        return stopped and created and [p.name for p in folder.iterdir()] == [name]
 
     try:
         # deleted by the holder while it holds it: a refused process (which may have seen no
         # folder too, started at the same moment) holds nothing and deletes none
         with _flock(
-            run, run / RUN_LOCK, what=what, shared=False, wait=wait, kind="run",
-            error=RunBusyError, remove=made_nothing,
+            folder, folder / name, what=what, shared=False, wait=wait, kind=kind, error=error,
+            remove=made_nothing,
         ):  # fmt: skip
-            key = run.resolve()
-            _HELD_RUNS[key] = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
-            try:
-                yield
-                stopped = False
-            finally:
-                _HELD_RUNS.pop(key, None)
+            yield
+            stopped = False
     except BaseException:
         if created:  # refused or stopped before it wrote anything: leave no empty folder
             with contextlib.suppress(OSError):
-                run.rmdir()
+                folder.rmdir()
         raise
 
 

@@ -1707,9 +1707,9 @@ def run_sweep(
             refuse_unguarded_main("a sweep on its own local cluster")
         elif scheduler is None:
             check_submit_command(kind)
-    out_dir.mkdir(parents=True, exist_ok=True)
     # One sweep writes an output folder at a time: two would each mark the other's runs
-    # failed (busy) in the index they write last.
+    # failed (busy) in the index they write last. It makes the folder, and removes it where
+    # the sweep stopped before writing anything (a queue timeout, a SIGTERM while jobs wait).
     with sweep_lock(out_dir):
         outcomes = _sweep_in(
             out_dir, spec, tasks, scheduler, cluster, worker_timeout, progress, queue_timeout
