@@ -10,6 +10,7 @@ import torch
 
 from avda.errors import ConfigError, MediaError
 from avda.extract import backbones, finetune, sampling
+from avda.extract.decode import probe
 from avda.extract.inputs import InputPaths
 
 CONFIG = finetune.FinetuneConfig(epochs=2, batch_size=4, workers=0, lr=0.01)
@@ -594,11 +595,13 @@ def test_a_refused_finetune_never_deletes_the_lock_file_of_the_holder(
         assert real(out).exists()  # the holder's lock file is still there
 
 
-@pytest.mark.parametrize("lose", [False, True], ids=["whole", "a-segment-fails"])
-def test_the_bar_counts_clips_as_they_train(demo_dataset, tmp_path, monkeypatch, lose):
+@pytest.mark.parametrize("case", ["whole", "a-segment-fails", "short-segments"])
+def test_the_bar_counts_clips_as_they_train(demo_dataset, tmp_path, monkeypatch, case):
     # The bar counted segments as decoded: with fewer segments than --batch-size every step
     # came after it read 100% (minutes of silence on a CPU). It now moves with each step and
-    # ends at the clips trained, its total less a failed segment's clips.
+    # ends at the clips trained, its total less a failed segment's clips. A segment shorter
+    # than a clip (1 ms; 2 ms at its video's end) still gives every clip of the recipe (its
+    # windows reach past it), so the total set at the start holds: K clips per segment.
     torch.set_num_threads(1)
     events: list = []
     bars: list = []
@@ -613,7 +616,7 @@ def test_the_bar_counts_clips_as_they_train(demo_dataset, tmp_path, monkeypatch,
             return update(n)
 
         bar.update = recorded
-        bars.append(bar)
+        bars.append((bar, bar.total))
         return bar
 
     step = finetune._step
@@ -625,16 +628,26 @@ def test_the_bar_counts_clips_as_they_train(demo_dataset, tmp_path, monkeypatch,
     monkeypatch.setattr(finetune, "progress_bar", recording_bar)
     monkeypatch.setattr(finetune, "_step", recorded_step)
     root, manifest = demo_dataset
-    sources = int((manifest["domain"] == "source").sum())
-    if lose:  # a source segment whose video is missing: its clips never train
-        manifest = manifest.copy()
-        first = manifest.index[manifest["domain"] == "source"][0]
-        manifest.loc[first, "video_path"] = "nosuch.mp4"
-    big = CONFIG.replace(epochs=1, batch_size=sources + 5)  # every segment in one batch
-    result = _run((root, manifest), tmp_path / "bar.pt", config=big, progress=True)
-    assert result.skipped == int(lose)
+    manifest = manifest.copy()
+    source = manifest.index[(manifest["domain"] == "source") & (manifest["split"] == "train")]
+    recipe = sampling.get("demo")
+    if case == "a-segment-fails":  # a source segment whose video is missing: its clips never train
+        manifest.loc[source[0], "video_path"] = "nosuch.mp4"
+    if case == "short-segments":  # 2 audio windows per segment, of segments shorter than one
+        recipe = recipe.replace(audio_windows="clips")
+        manifest.loc[source[0], "stop_sec"] = manifest.loc[source[0], "start_sec"] + 0.001
+        last = manifest.loc[source[1:], "stop_sec"].idxmax()  # its video's last segment
+        end = probe(root / manifest.loc[last, "video_path"]).duration
+        manifest.loc[last, ["start_sec", "stop_sec"]] = [end - 0.002, end]
+    per_segment = recipe.num_audio_windows
+    big = CONFIG.replace(epochs=1, batch_size=len(source) + 5)  # every segment in one batch
+    result = _run((root, manifest), tmp_path / "bar.pt", config=big, recipe=recipe, progress=True)
+    trained = len(source) - result.skipped
+    assert result.skipped == int(case == "a-segment-fails")
     steps = [n for kind, n in events if kind == "step"]
     assert steps and len(bars) == 1
     # each step is followed by the bar's update of its clips, none before the first step
     assert events == [e for n in steps for e in (("step", n), ("bar", n))]
-    assert bars[0].n == sum(steps) == bars[0].total
+    bar, first_total = bars[0]
+    assert bar.n == sum(steps) == bar.total == trained * per_segment
+    assert first_total == len(source) * per_segment

@@ -466,7 +466,9 @@ def _finetune(
 
         # The bar counts clips trained, not segments decoded: a batch's segments are decoded
         # before it trains, and with fewer segments than --batch-size every step came after
-        # a bar of decoded segments read 100% (minutes of silence on a CPU).
+        # a bar of decoded segments read 100% (minutes of silence on a CPU). Every decoded
+        # segment gives the recipe's K clips, however short (its clips reach past it, as the
+        # store's (N, K, D) rows need); a failed one gives none.
         per_segment = recipe.num_clips if visual else recipe.num_audio_windows
         bar = progress_bar(
             total=len(order) * per_segment,
@@ -498,8 +500,6 @@ def _finetune(
                     bar.total -= per_segment  # no clip of it will train
                     bar.refresh()
                     continue
-                # a segment's clips as decoded (a short video can give fewer)
-                bar.total += len(x) - per_segment
                 pending.append((x, int(labels[row])))
                 if len(pending) < config.batch_size:  # a batch's clips from batch_size segments
                     continue
