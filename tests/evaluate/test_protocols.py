@@ -250,6 +250,34 @@ def test_a_runs_set_metrics_add_epic100_action_when_it_predicts_verb_and_noun():
     assert sorted(unlabelled) == ["s/verb/mca", "s/verb/top1"]
 
 
+def test_a_runs_verb_and_noun_top1_rank_ties_as_the_official_scorer():
+    """A run with verb and noun: its verb and noun top-1 (and mca, from the same prediction)
+    rank tied scores as the official scorer does, highest class id first, as its top-5 and
+    ``avda evaluate --layout epic100`` do. Ranked lowest id first (argmax), a collapsed model's
+    uniform rows gave verb top-1 0.5 beside a verb top-5 of 0.25 in one summary."""
+    verb = np.full((4, 97), 1 / 97, np.float32)  # every class tied
+    noun = np.full((4, 300), 1 / 300, np.float32)
+    verb_labels, noun_labels = np.array([0, 0, 96, 5]), np.array([0, 1, 299, 3])
+    metrics = set_metrics(
+        "t", {"verb": verb, "noun": noun}, {"verb": verb_labels, "noun": noun_labels}
+    )
+    official = epic100_accuracies(verb, noun, verb_labels, noun_labels)
+    for task, labels, scores in (("verb", verb_labels, verb), ("noun", noun_labels, noun)):
+        assert metrics[f"t/{task}/top1"] == official_topk(scores, labels, (1,))[0] == 0.25
+        assert metrics[f"t/{task}/top1"] == official[f"all_{task}_accuracy_at_1"]
+        assert metrics[f"t/{task}/top1"] <= metrics[f"t/{task}/top5"]
+    # one class of three right (the last id), the others never predicted
+    assert metrics["t/verb/mca"] == pytest.approx(1 / 3)
+    assert metrics["t/noun/mca"] == pytest.approx(1 / 4)
+    # mca from the same prediction: the last id, which no segment here is (argmax: class 0)
+    lowest = set_metrics(
+        "t", {"verb": verb, "noun": noun}, {"verb": np.array([0, 0, 5, 5]), "noun": noun_labels}
+    )
+    assert lowest["t/verb/mca"] == lowest["t/verb/top1"] == 0.0
+    # a run of one task keeps avda's rule (ties lowest id first)
+    assert set_metrics("s", {"verb": verb}, {"verb": verb_labels})["s/verb/top1"] == 0.5
+
+
 def test_tail_and_unseen_subsets():
     verb_scores = np.eye(3)[[0, 1, 2]]  # predicts verb 0, 1, 2
     noun_scores = np.eye(3)[[0, 0, 2]]  # predicts noun 0, 0, 2

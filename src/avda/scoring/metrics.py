@@ -66,15 +66,20 @@ def top1_accuracy(scores: np.ndarray, labels: np.ndarray) -> float:
     return float(np.mean(scores.argmax(axis=1) == labels))
 
 
-def mean_class_accuracy(scores: np.ndarray, labels: np.ndarray) -> float:
+def mean_class_accuracy(
+    scores: np.ndarray, labels: np.ndarray, predictions: np.ndarray | None = None
+) -> float:
     """Mean over the classes present in ``labels`` of the per-class recall.
 
     Classes absent from ``labels`` are left out of the mean (they have no recall).
+    ``predictions``: each row's predicted class where ties are ranked otherwise (EPIC-100's
+    official scorer, :func:`avda.scoring.protocols.epic100_rank`); default the arg-max.
     """
     scores, labels = check_scores_and_labels(scores, labels)
     if len(labels) == 0:
         return float("nan")
-    predictions = scores.argmax(axis=1)
+    if predictions is None:
+        predictions = scores.argmax(axis=1)
     classes = np.unique(labels)
     return float(np.mean([np.mean(predictions[labels == c] == c) for c in classes]))
 

@@ -18,9 +18,9 @@ TA3N's in-code "action" accuracy (``multitask_accuracy``) counts a top-k hit whe
 the top-k verbs **and** the noun in the top-k nouns. Top-1 agrees with the official one; top-5
 does not, so it is reported separately as ``ta3n_action_accuracy_at_k``.
 
-Ties: rankings put the lower index first among equal scores (the official code uses numpy's
-default, unstable, ``argsort`` reversed, whose tie order is unspecified); with float scores ties
-are rare.
+Ties: ranked as the official code ranks them, numpy's ``argsort`` reversed (highest class id
+first, :func:`epic100_rank`), for the verb, noun and action columns and a run's verb and noun
+top-1 (:func:`set_metrics`); avda's other metrics put the lowest index first.
 """
 
 from __future__ import annotations
@@ -236,12 +236,14 @@ def set_metrics(
     Per task of ``scores``: a multi-label task ``<name>/<task>/mAP`` (by ``groups``, a row's
     ``score_group``: :func:`avda.scoring.metrics.multilabel_map`); a single-label task
     ``<name>/<task>/top1`` and ``/mca`` over its labelled rows (label >= 0; none: nothing).
-    With single-label ``verb`` and ``noun`` tasks, also EPIC-100's other columns as ``avda
+    With single-label ``verb`` and ``noun`` tasks, their top-1 and mca rank tied scores as the
+    official scorer does (:func:`epic100_rank`), and EPIC-100's other columns as ``avda
     evaluate --layout epic100`` computes them (the official scorer,
     :func:`epic100_accuracies`) over the rows labelled with both: ``<name>/verb/top5``,
     ``<name>/noun/top5``, ``<name>/action/top1`` and ``<name>/action/top5``.
     """
     multi = set(multi_label)
+    epic100 = {"verb", "noun"} <= set(scores) - multi
     metrics: dict[str, float] = {}
     for task, task_scores in scores.items():
         task_labels = np.asarray(labels[task])
@@ -251,9 +253,18 @@ def set_metrics(
         known = task_labels >= 0
         if not known.any():
             continue
-        metrics[f"{name}/{task}/top1"] = top1_accuracy(task_scores[known], task_labels[known])
-        metrics[f"{name}/{task}/mca"] = mean_class_accuracy(task_scores[known], task_labels[known])
-    if {"verb", "noun"} <= set(scores) - multi:
+        known_scores, known_labels = check_scores_and_labels(task_scores[known], task_labels[known])
+        # EPIC-100's verb and noun: the official scorer's top-1 (ties highest id first), as
+        # their top-5 and ``avda evaluate --layout epic100``; argmax could exceed the top-5
+        official = epic100 and task in ("verb", "noun")
+        predicted = epic100_rank(known_scores, 1)[:, 0] if official else None
+        metrics[f"{name}/{task}/top1"] = (
+            float(np.mean(predicted == known_labels))
+            if official
+            else top1_accuracy(known_scores, known_labels)
+        )
+        metrics[f"{name}/{task}/mca"] = mean_class_accuracy(known_scores, known_labels, predicted)
+    if epic100:
         verbs, nouns = np.asarray(labels["verb"]), np.asarray(labels["noun"])
         both = (verbs >= 0) & (nouns >= 0)
         if both.any():
