@@ -28,6 +28,9 @@ from avda.scoring.protocols import (
     write_submission,
 )
 
+# The official EPIC-KITCHENS-100 scorer, transcribed from epic-kitchens/C1-Action-Recognition
+# at c90b6f925634ec434a5353d3d2fba04e2bb49d1d (utils/scoring.py, utils/metrics.py, evaluate.py).
+
 
 def official_compute_action_scores(verb_scores, noun_scores, top_n=100):
     """``C1-Action-Recognition/utils/scoring.py::compute_action_scores``, transcribed."""
@@ -51,9 +54,9 @@ def official_compute_action_scores(verb_scores, noun_scores, top_n=100):
     )
 
 
-def official_action_accuracy(verb_scores, noun_scores, verb_labels, noun_labels, k):
+def official_action_ranks(verb_scores, noun_scores):
     """``evaluate.py``: action scores as one {action id: score} dict per segment, ranked by
-    ``utils/scoring.py::_scores_dict_to_ranks`` (transcribed), then ``topk_accuracy``."""
+    ``utils/scoring.py::_scores_dict_to_ranks`` (transcribed)."""
     (verbs, nouns), scores = official_compute_action_scores(verb_scores, noun_scores)
     dicts = [
         {int(a): s for a, s in zip(row_ids, row_scores, strict=True)}
@@ -64,7 +67,12 @@ def official_action_accuracy(verb_scores, noun_scores, verb_labels, noun_labels,
         class_ids = np.array(list(score.keys()))
         score_array = np.array([score[class_id] for class_id in class_ids])
         ranks.append(class_ids[np.argsort(score_array)[::-1]])
-    ranks = np.array(ranks)
+    return np.array(ranks)
+
+
+def official_action_accuracy(verb_scores, noun_scores, verb_labels, noun_labels, k):
+    """The official action top-``k`` (``topk_accuracy`` of :func:`official_action_ranks`)."""
+    ranks = official_action_ranks(verb_scores, noun_scores)
     labels = action_ids(verb_labels, noun_labels)
     return float((ranks[:, :k] == labels[:, None]).any(axis=1).mean())
 
@@ -276,6 +284,80 @@ def test_a_runs_verb_and_noun_top1_rank_ties_as_the_official_scorer():
     assert lowest["t/verb/mca"] == lowest["t/verb/top1"] == 0.0
     # a run of one task keeps avda's rule (ties lowest id first)
     assert set_metrics("s", {"verb": verb}, {"verb": verb_labels})["s/verb/top1"] == 0.5
+
+
+def official_compute_metrics(labels, verb_scores, noun_scores, tail_verbs, tail_nouns, unseen):
+    """``utils/metrics.py::compute_metrics`` as ``evaluate.py`` prints it (fractions), keyed
+    ``{all,tail,unseen}_{task}_accuracy_at_{k}``: transcribed, the ranks of each task
+    subset by boolean masks, ``topk_accuracy`` as :func:`official_topk`."""
+    verbs, nouns = labels["verb_class"].to_numpy(), labels["noun_class"].to_numpy()
+    ranks = {
+        "verb": verb_scores.argsort(axis=-1)[:, ::-1],
+        "noun": noun_scores.argsort(axis=-1)[:, ::-1],
+        "action": official_action_ranks(verb_scores, noun_scores),
+    }
+    truth = {"verb": verbs, "noun": nouns, "action": action_ids(verbs, nouns)}
+    tail_verb, tail_noun = np.isin(verbs, tail_verbs), np.isin(nouns, tail_nouns)
+    subsets = {
+        "tail": {"verb": tail_verb, "noun": tail_noun, "action": tail_verb | tail_noun},
+        "unseen": dict.fromkeys(truth, labels["participant_id"].isin(unseen).to_numpy()),
+    }
+    out = {}
+    for task in truth:
+        tp = ranks[task][:, :5] == truth[task].reshape(-1, 1)
+        for k in (1, 5):
+            out[f"all_{task}_accuracy_at_{k}"] = tp[:, :k].max(1).mean()
+        for split, masks in subsets.items():
+            if masks[task].any():  # the official code warns (unseen) or raises (tail) on none
+                out[f"{split}_{task}_accuracy_at_1"] = tp[masks[task], :1].max(1).mean()
+    return out
+
+
+@pytest.mark.parametrize(
+    "annotations",
+    ["EPIC_100_validation.csv", "UDA_annotations/EPIC_100_uda_target_val.csv"],
+)
+def test_epic100_accuracies_equal_the_official_scorer_on_real_annotations(shared_data, annotations):
+    """Every number ``epic100_accuracies`` shares with the official ``evaluate.py`` (all, tail,
+    unseen participants), on a real EPIC-100 label file with its tail-class and unseen-
+    participant lists: sparse probabilities (most classes tied at exactly 0, the label often
+    among none of the few non-zero ones), some segments labelled with verb/noun pairs that are
+    never ranked, verbs never predicted at all. C1-Action-Recognition@c90b6f9."""
+    root = shared_data / "annotations" / "epic100"
+    labels = pd.read_csv(root / annotations).iloc[::7].reset_index(drop=True)
+    tail_verbs = pd.read_csv(root / "EPIC_100_tail_verbs.csv")["verb"].to_numpy()
+    tail_nouns = pd.read_csv(root / "EPIC_100_tail_nouns.csv")["noun"].to_numpy()
+    unseen = pd.read_csv(root / "EPIC_100_unseen_participant_ids_validation.csv")
+    unseen = unseen["participant_id"].to_numpy()
+    rng = np.random.default_rng(7)
+    count = len(labels)
+    verb_scores = np.zeros((count, 97), np.float32)
+    noun_scores = np.zeros((count, 300), np.float32)
+    for row in range(count):
+        for scores, label in (
+            (verb_scores, labels["verb_class"][row]),
+            (noun_scores, labels["noun_class"][row]),
+        ):
+            classes = rng.choice(scores.shape[1] // 2, rng.integers(1, 4), replace=False)
+            if rng.random() < 0.4:
+                classes[0] = label
+            scores[row, classes] = rng.dirichlet(np.ones(len(classes)))
+    ours = epic100_accuracies(
+        verb_scores,
+        noun_scores,
+        labels["verb_class"].to_numpy(),
+        labels["noun_class"].to_numpy(),
+        participant_ids=list(labels["participant_id"]),
+        unseen_participants=unseen,
+        tail_verbs=tail_verbs,
+        tail_nouns=tail_nouns,
+    )
+    official = official_compute_metrics(
+        labels, verb_scores, noun_scores, tail_verbs, tail_nouns, unseen
+    )
+    assert {k: v for k, v in ours.items() if not k.startswith("ta3n")} == official
+    assert ("unseen_verb_accuracy_at_1" in official) == (annotations == "EPIC_100_validation.csv")
+    assert "tail_action_accuracy_at_1" in official and 0 < official["all_action_accuracy_at_5"]
 
 
 def test_tail_and_unseen_subsets():
