@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -191,6 +192,51 @@ def test_train_reports_epic100_action_accuracy_as_the_official_scorer(
         assert predicted.top1("action", split) == pytest.approx(recorded[key])
     with pytest.raises(ConfigError, match=r"no task 'act'; its tasks: verb, noun \(and action"):
         predicted.top1("act")
+
+
+def official_submission_results(verb_scores, noun_scores, narration_ids):
+    """``make_action_recognition_submission_scores_dict`` of epic-kitchens/C1-Action-Recognition
+    @c90b6f925634ec434a5353d3d2fba04e2bb49d1d, utils/challenge.py (transcribed)."""
+    return {
+        str(narration_id): {
+            "verb": {str(i): float(s) for i, s in enumerate(verb)},
+            "noun": {str(i): float(s) for i, s in enumerate(noun)},
+        }
+        for verb, noun, narration_id in zip(verb_scores, noun_scores, narration_ids, strict=True)
+    }
+
+
+def test_the_challenge_file_is_the_official_format(epic100_cache, tmp_path, capsys):
+    """``avda evaluate RUN --export-submission test.zip``: the file C1-Action-Recognition's
+    ``create_submission.py`` writes (utils/challenge.py: a deflated zip holding ``test.json``,
+    version 0.2, the three supervision levels, the scores of every segment as ``{"0": s, ...}``)
+    with the UDA challenge's name and ``results_target`` key, as the EPIC-100 UDA TA3N code's
+    ``test_models.py`` writes them, of the run's stored target_test probabilities."""
+    run = tmp_path / "ta3n"
+    code = cli.main(
+        ["train", "--protocol", "ta3n-epic100", "--head", "ta3n", "--cache", str(epic100_cache),
+         "--source", "source", "--target", "target", "-o", str(run), "--epochs", "1", "--quiet"]
+    )  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    out = tmp_path / "submission.zip"
+    code = cli.main(["evaluate", str(run), "--export-submission", str(out), "--sls", "2,3,4"])
+    assert code == 0, capsys.readouterr().err
+    with zipfile.ZipFile(out) as archive:
+        assert archive.namelist() == ["test.json"]
+        assert archive.getinfo("test.json").compress_type == zipfile.ZIP_DEFLATED
+        submission = json.loads(archive.read("test.json"))
+    test = runs.read_predictions(run, "target_test")
+    assert len(test["uids"]) == 8
+    assert submission == {
+        "version": "0.2",
+        "challenge": "domain_adaptation",
+        "sls_pt": 2,
+        "sls_tl": 3,
+        "sls_td": 4,
+        "results_target": official_submission_results(
+            test["scores"]["verb"], test["scores"]["noun"], test["uids"]
+        ),
+    }
 
 
 def test_a_verb_only_run_reports_no_action(epic100_cache, tmp_path, capsys):
