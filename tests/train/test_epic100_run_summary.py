@@ -217,7 +217,14 @@ def test_the_challenge_file_is_the_official_format(epic100_cache, tmp_path, caps
         ["train", "--protocol", "ta3n-epic100", "--head", "ta3n", "--cache", str(epic100_cache),
          "--source", "source", "--target", "target", "-o", str(run), "--epochs", "1", "--quiet"]
     )  # fmt: skip
-    assert code == 0, capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert code == 0, err
+    # target_test is not scored here: its labels are the server's, and the refusal says how
+    code = cli.main(["evaluate", str(run), "--layout", "epic100", "--set", "target_test"])
+    err = capsys.readouterr().err
+    assert code == 1 and err.count("\n") == 1, err
+    assert "target_test has no labelled segments to score: choose another --set (it has " in err
+    assert "source_val, target_test, target_val" in err and "--export-submission FILE" in err
     out = tmp_path / "submission.zip"
     code = cli.main(["evaluate", str(run), "--export-submission", str(out), "--sls", "2,3,4"])
     assert code == 0, capsys.readouterr().err
