@@ -223,3 +223,39 @@ def test_retry_failed_re_extracts_non_finite_rows_a_clean_rerun_drops_failures_c
     # Row 2 was recomputed in a batch of one: CPU kernels may pick another algorithm for
     # another batch size, which moves the float16 result by an ulp on some machines (seen in CI).
     np.testing.assert_allclose(recomputed[2], reference[2], rtol=2e-3, atol=1e-3)
+
+
+def test_all_finite_float16_bit_test_agrees_with_isfinite_on_every_value(monkeypatch):
+    """The float16 fast test of loaded features (exponent bits, block by block) decides as
+    np.isfinite does for each of the 65,536 float16 bit patterns (+-inf, every NaN, the largest
+    finite +-65504, subnormals), wherever in the array and in which block the value lies."""
+    from avda.cache import store as store_lib
+
+    monkeypatch.setattr(store_lib, "_FINITE_BLOCK", 7)  # several blocks, a partial last one
+    patterns = np.arange(2**16, dtype=np.uint32).astype(np.uint16).view(np.float16)
+    finite = np.isfinite(patterns)
+    assert (~finite).sum() == 2 * 1024  # 2 x 1024 patterns with every exponent bit set
+    base = np.ones((3, 2, 5), dtype=np.float16)
+    for position, value, expected in zip(
+        np.arange(len(patterns)) % base.size, patterns, finite, strict=True
+    ):
+        values = base.copy()
+        values.reshape(-1)[position] = value
+        assert store_lib._all_finite(values) == expected, (hex(value.view(np.uint16)), position)
+    assert store_lib._all_finite(np.zeros((0, 2, 5), np.float16))
+    assert not store_lib._all_finite(base.astype(np.float32) * np.float32("inf"))
+
+
+def test_load_refuses_negative_inf_and_negative_nan_past_the_first_block(tmp_path, monkeypatch):
+    from avda.cache import store as store_lib
+
+    monkeypatch.setattr(store_lib, "_FINITE_BLOCK", 5)
+    path = tmp_path / "c.zarr"
+    store = make_feature_cache(path, per_class=6)
+    _poison(path, "audio", [7], -np.inf)
+    _poison(path, "rgb", [5], np.float16(-np.nan))
+    for modality, row in (("audio", 7), ("rgb", 5)):
+        with pytest.raises(CacheError, match=f"1 rows of {modality} hold non-finite"):
+            open_cache(path).load(modality, dtype=None)  # float16, as training loads
+        assert store.load(modality, [0, 1], dtype=None).shape[0] == 2  # the rows before it
+        assert row > 1

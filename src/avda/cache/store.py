@@ -697,9 +697,7 @@ class FeatureCache:
     def _refuse_nonfinite(
         self, modality: str, values: np.ndarray, rows: np.ndarray | None, *, spatial: bool
     ) -> None:
-        # Loaded values come from float16 (|x| <= 65504): their float64 sum overflows never,
-        # and is finite exactly when every value is; no (n, K, D) boolean temporary.
-        if np.isfinite(values.sum(dtype=np.float64)):
+        if _all_finite(values):
             return
         bad = self.nonfinite_rows(modality, spatial=spatial)  # every such row of the store
         if len(bad) == 0:  # not DONE rows (they should hold zeros): name the loaded ones
@@ -1021,6 +1019,27 @@ def recompute_hint(
         f"delete {', '.join(files)} under it (those rows become pending) "
         "and run the same `avda extract` again to recompute them"
     )
+
+
+def _all_finite(values: np.ndarray) -> bool:
+    """Whether every value of ``values`` is finite, without an ``(n, K, D)`` boolean temporary.
+
+    float16 (how features are stored): a value is NaN or inf exactly when its 5 exponent bits
+    are all set, i.e. when its 16 bits shifted left by one (the sign dropped) are at least
+    0xF800; the largest shifted value of each block of a million, 12x faster than the float64
+    sum below (0.9 against 10 ns a value: 13 of the 57 s that loading EPIC-100's source set
+    took). Other dtypes: their float64 sum, finite exactly when every value is (loaded values
+    come from float16, |x| <= 65504, so it never overflows)."""
+    if values.dtype == np.float16:
+        bits = np.ascontiguousarray(values).view(np.uint16).reshape(-1)
+        return all(
+            int(np.left_shift(bits[i : i + _FINITE_BLOCK], 1).max()) < 0xF800
+            for i in range(0, bits.size, _FINITE_BLOCK)
+        )
+    return bool(np.isfinite(values.sum(dtype=np.float64)))
+
+
+_FINITE_BLOCK = 2**20  # values per block of _all_finite's float16 test (2 MB of shifted bits)
 
 
 def _finite_rows(values: np.ndarray) -> np.ndarray:
