@@ -551,3 +551,72 @@ def test_target_rows_a_head_never_reads_are_not_warned_about(tmp_path, caplog, h
         setup.plan(cache=tmp_path / "c.zarr", head=head, source=["source"], target=["target"],
                    overrides={"labelled_target": 0.5})  # fmt: skip
     assert "(target train) have no audio input" in caplog.text
+
+
+def _batch_by_indexing(feature_set, index, clips=None):
+    """What FeatureSet.batch gave before 2026-12-07: ``x[index]``, converted, statistics
+    applied, then one clip per row picked from the prepared batch (the loop's random clips)."""
+    inputs = {}
+    for m, x in feature_set.inputs.items():
+        x = x[index].float()
+        if m in feature_set.stats:
+            shift, scale = feature_set.stats[m]
+            x = (x - shift) / scale
+        if clips is not None and m in clips:
+            x = x[torch.arange(len(x)), clips[m]][:, None]
+        inputs[m] = x
+    return inputs, {t: y[index] for t, y in feature_set.labels.items()}
+
+
+def test_batch_gathers_rows_and_clips_as_indexing_the_prepared_set():
+    """FeatureSet.batch gathers with index_select and picks a random clip before converting:
+    the same values, bit for bit, as indexing the set and picking from the prepared batch, for
+    float16 features with statistics, float32 spatial maps without, and labels."""
+    from avda.train.data import FeatureSet
+
+    g = torch.Generator().manual_seed(0)
+    n, k = 11, 5
+    feature_set = FeatureSet(
+        name="source_train",
+        rows=np.arange(n),
+        uids=np.array([f"u{i}" for i in range(n)]),
+        inputs={
+            "rgb": (torch.randn(n, k, 7, generator=g) * 3).half(),
+            "maps": torch.randn(n, k, 3, 2, 2, generator=g),
+        },
+        labels={"verb": torch.arange(n) * 7 % 5},
+        domains=np.array(["source"] * n),
+        stats={"rgb": (torch.randn(7, generator=g), torch.rand(7, generator=g) + 0.1)},
+    )
+    index = torch.randperm(n, generator=g)[:6]
+    clips = {m: torch.randint(0, k, (6,), generator=g) for m in ("rgb", "maps")}
+    for chosen in (None, clips, {"rgb": clips["rgb"]}):
+        got, labels = feature_set.batch(index, clips=chosen)
+        want, want_labels = _batch_by_indexing(feature_set, index, chosen)
+        assert got.keys() == want.keys()
+        for m in want:
+            assert got[m].dtype == torch.float32 and got[m].shape == want[m].shape, m
+            assert torch.equal(got[m], want[m]), (m, chosen is None)
+        assert torch.equal(labels["verb"], want_labels["verb"])
+
+
+def test_random_training_clips_train_as_picking_from_the_whole_batch(
+    shifted_cache, tmp_path, monkeypatch
+):
+    """training_clips=random (MM-SADA's sampling) with standardised features: a run whose
+    batches pick each row's clip before the conversion gives the same predictions, bit for bit,
+    as one whose batches prepare every clip and pick afterwards (as before 2026-12-07)."""
+    from avda.train.data import FeatureSet
+
+    options = {"training_clips": "random", "standardize": True, "epochs": 2}
+    _train(shifted_cache, tmp_path / "now", head="dann", **options)
+    monkeypatch.setattr(
+        FeatureSet,
+        "batch",
+        lambda self, index, device="cpu", clips=None: _batch_by_indexing(self, index, clips),
+    )
+    _train(shifted_cache, tmp_path / "before", head="dann", **options)
+    for name in ("source_test", "target_test"):
+        now = runs.read_predictions(tmp_path / "now", name)["scores"]["verb"]
+        before = runs.read_predictions(tmp_path / "before", name)["scores"]["verb"]
+        np.testing.assert_array_equal(now, before)

@@ -109,14 +109,16 @@ def single_clip_view(feature_set: FeatureSet) -> FeatureSet:
     )
 
 
-def random_clips(inputs: dict[str, torch.Tensor], generator: torch.Generator):
-    """One random clip per modality and segment: ``(B, K, D)`` -> ``(B, 1, D)`` (MM-SADA's
-    training sampling; modalities drawn independently, as the code draws RGB and flow)."""
-    chosen = {}
-    for modality, x in inputs.items():
-        clip = torch.randint(0, x.shape[1], (x.shape[0],), generator=generator).to(x.device)
-        chosen[modality] = x[torch.arange(x.shape[0], device=x.device), clip][:, None]
-    return chosen
+def random_clips(
+    feature_set: FeatureSet, rows: int, generator: torch.Generator
+) -> dict[str, torch.Tensor]:
+    """One random clip number per modality and segment of a batch of ``rows`` segments of
+    ``feature_set`` (MM-SADA's training sampling; modalities drawn independently, as the code
+    draws RGB and flow), for :meth:`FeatureSet.batch`'s ``clips``."""
+    return {
+        m: torch.randint(0, x.shape[1], (rows,), generator=generator)
+        for m, x in feature_set.inputs.items()
+    }
 
 
 def _mean_scores(config: HeadConfig) -> bool:
@@ -387,14 +389,16 @@ def _train(
             train_set.batches(config.batch_size, shuffle=True, generator=generator)
         ):
             progress_fraction = ((epoch - 1) * steps_per_epoch + step) / total_steps
-            source_inputs, source_labels = train_set.batch(index, device)
-            target_inputs = None
-            if target_batches is not None:
-                target_inputs, _ = target_set.batch(next(target_batches), device)
+            target_index = next(target_batches) if target_batches is not None else None
+            source_clips = target_clips = None
             if random_clip:  # one random clip per modality and segment (MM-SADA's sampling)
-                source_inputs = random_clips(source_inputs, generator)
-                if target_inputs is not None:
-                    target_inputs = random_clips(target_inputs, generator)
+                source_clips = random_clips(train_set, len(index), generator)
+                if target_index is not None:
+                    target_clips = random_clips(target_set, len(target_index), generator)
+            source_inputs, source_labels = train_set.batch(index, device, source_clips)
+            target_inputs = None
+            if target_index is not None:
+                target_inputs, _ = target_set.batch(target_index, device, target_clips)
             with autocast, shape_errors(head, shapes, "train"):
                 losses = model.training_step(
                     source_inputs, source_labels, target_inputs, progress_fraction
