@@ -620,3 +620,28 @@ def test_random_training_clips_train_as_picking_from_the_whole_batch(
         now = runs.read_predictions(tmp_path / "now", name)["scores"]["verb"]
         before = runs.read_predictions(tmp_path / "before", name)["scores"]["verb"]
         np.testing.assert_array_equal(now, before)
+
+
+def test_single_clip_view_is_a_view_where_a_modality_has_every_clip():
+    """MM-SADA's mean-scores test views each clip as a row: a modality with the most clips is
+    viewed in place (no copy of the set at each evaluation), one with fewer (a segment-long
+    audio window) is repeated at each position, with the same values as indexing both."""
+    from avda.train.data import FeatureSet
+    from avda.train.loop import single_clip_view
+
+    n = 3
+    rgb, audio = torch.randn(n, 4, 5).half(), torch.randn(n, 1, 2)
+    feature_set = FeatureSet(
+        name="target_test",
+        rows=np.arange(n),
+        uids=np.array(["a", "b", "c"]),
+        inputs={"rgb": rgb, "audio": audio},
+        labels={"verb": torch.arange(n)},
+        domains=np.array(["target"] * n),
+    )
+    view = single_clip_view(feature_set)
+    assert torch.equal(view.inputs["rgb"], rgb[:, torch.arange(4)].reshape(-1, 1, 5))
+    assert view.inputs["rgb"].data_ptr() == rgb.data_ptr()  # no copy
+    assert torch.equal(view.inputs["audio"], audio[:, [0, 0, 0, 0]].reshape(-1, 1, 2))
+    assert view.uids.tolist() == ["a"] * 4 + ["b"] * 4 + ["c"] * 4
+    assert view.labels["verb"].tolist() == [0] * 4 + [1] * 4 + [2] * 4
