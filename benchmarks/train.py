@@ -30,6 +30,16 @@ loop: loading, evaluation, checkpoints) as a Markdown table::
 its own process, beside one that only imports the training code::
 
     python benchmarks/train.py --heads source-only,dann,ta3n --memory --sizes 1611,2611,512
+
+``--batching`` (with ``--heads``) times the hot spots outside the model's math that 2026-12-07
+removed, before and after side by side in this one process (the "before" code is kept here):
+each head trained ``--epochs`` (default 1) with the old batch gathering and NaN/inf check of
+loading and with today's,
+alternately ``--repeats`` times (``--random-clips``: MM-SADA's one random clip a step), every
+score asserted equal bit for bit; one source-only batch both ways (every clip, one random
+clip; 40 alternating steps); and the NaN/inf check of loading the source set both ways::
+
+    python benchmarks/train.py --heads source-only --batching --sizes 16115,26115,512 --threads 1
 """
 
 from __future__ import annotations
@@ -344,6 +354,191 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _batch_before(self, index, device="cpu", clips=None):
+    """``FeatureSet.batch`` as it was before 2026-12-07 (the "before" of ``--batching``):
+    advanced indexing ``x[index]``, ``(x - shift) / scale`` with two temporaries, and a random
+    clip (``clips``) picked from the whole prepared batch, as the loop's ``random_clips`` did."""
+    inputs = {}
+    for m, x in self.inputs.items():
+        x = x[index].to(device, non_blocking=True)
+        if x.dtype in (torch.float16, torch.bfloat16):
+            x = x.float()
+        if m in self.stats:
+            shift, scale = self.stats[m]
+            x = (x - shift.to(x.device)) / scale.to(x.device)
+        if clips is not None and m in clips:
+            x = x[torch.arange(x.shape[0], device=x.device), clips[m].to(x.device)][:, None]
+        inputs[m] = x
+    labels = {t: y[index].to(device, non_blocking=True) for t, y in self.labels.items()}
+    return inputs, labels
+
+
+def _all_finite_before(values: np.ndarray) -> bool:
+    """The NaN/inf check of loading before 2026-12-07: the float64 sum of the values."""
+    return bool(np.isfinite(values.sum(dtype=np.float64)))
+
+
+def _scores(run: Path) -> dict[str, np.ndarray]:
+    """Every score array of every prediction file of ``run`` (final and per epoch)."""
+    out = {}
+    for path in sorted(run.rglob("*.npz")):
+        with np.load(path) as data:
+            for key in data.files:
+                if key.startswith("score_"):
+                    out[f"{path.relative_to(run)}:{key}"] = data[key]
+    return out
+
+
+def compare_batching(
+    names: list[str],
+    sizes: dict[str, int],
+    cache_dir: Path,
+    device: str,
+    epochs: int = 1,
+    repeats: int = 3,
+    overrides: dict | None = None,
+) -> list[dict]:
+    """Each head in ``names`` trained ``epochs`` epochs with the batch gathering of before
+    2026-12-07 (:func:`_batch_before`) and with today's ``FeatureSet.batch``, alternately in
+    this one process (``repeats`` runs of each), on one cache of ``sizes``: the median seconds
+    of each, their ratio, and whether every score of every run is the same bit for bit."""
+    from avda.cache import store as store_lib
+    from avda.train import data as data_lib
+    from avda.train import heads as heads_lib
+
+    if names == ["all"]:
+        names = heads_lib.names()
+    cache = sized_cache(sizes, cache_dir)
+    after_batch, after_check = data_lib.FeatureSet.batch, store_lib._all_finite
+    rows = []
+    for name in names:
+        seconds: dict[str, list[float]] = {"before": [], "after": []}
+        epochs_seconds: dict[str, list[float]] = {"before": [], "after": []}
+        reference, same = None, True
+        for repeat in range(repeats):
+            variants = [
+                ("before", _batch_before, _all_finite_before),
+                ("after", after_batch, after_check),
+            ]
+            for variant, batch, check in variants[:: 1 if repeat % 2 == 0 else -1]:  # ABBA
+                run = Path(tempfile.mkdtemp(prefix=f"avda-bench-{name}-{variant}-"))
+                data_lib.FeatureSet.batch, store_lib._all_finite = batch, check
+                print(f"training {name} ({variant}) ...", file=sys.stderr, flush=True)
+                began = time.perf_counter()
+                try:
+                    train(
+                        cache=cache,
+                        head=name,
+                        source=["source"],
+                        target=["target"],
+                        out=run,
+                        seed=0,
+                        overrides={"epochs": epochs, **(overrides or {})},
+                        device=device,
+                        progress=False,
+                    )
+                    seconds[variant].append(time.perf_counter() - began)
+                    records = runs.read_metrics(run)
+                    epochs_seconds[variant].append(float(sum(r["seconds"] for r in records)))
+                    scores = _scores(run)
+                finally:
+                    data_lib.FeatureSet.batch, store_lib._all_finite = after_batch, after_check
+                    shutil.rmtree(run, ignore_errors=True)
+                if reference is None:
+                    reference = scores
+                same = same and reference.keys() == scores.keys()
+                same = same and all(np.array_equal(reference[k], scores[k]) for k in reference)
+        before, after = (float(np.median(seconds[v])) for v in ("before", "after"))
+        train_before, train_after = (
+            float(np.median(epochs_seconds[v])) for v in ("before", "after")
+        )
+        rows.append(
+            {"head": name, "before": before, "after": after, "ratio": before / after,
+             "train_before": train_before, "train_after": train_after,
+             "train_ratio": train_before / train_after, "runs": seconds,
+             "epoch_seconds": epochs_seconds, "identical": same}
+        )  # fmt: skip
+        print(
+            f"  {name}: {before:.1f} s -> {after:.1f} s (epochs {train_before:.1f} -> "
+            f"{train_after:.1f} s), identical: {same}, load {os.getloadavg()}",
+            file=sys.stderr,
+            flush=True,
+        )
+    return rows
+
+
+def compare_batch_steps(cache: Path, batch_size: int = 64, steps: int = 40) -> list[dict]:
+    """Seconds of one training batch of the source-train set of ``cache`` as source-only loads
+    it (3 x 25 x 1024 float16 a segment; ``batch_size``: its default batch), gathered by
+    :func:`_batch_before` and by today's ``FeatureSet.batch``, alternately ``steps`` times each
+    (the same shuffled rows for both), with every clip and with one random clip a segment; the
+    batches are asserted equal bit for bit."""
+    from avda.train import setup as setup_lib
+    from avda.train.data import FeatureSet
+
+    setup = setup_lib.plan(
+        cache=cache, head="source-only", source=["source"], target=["target"], evaluation=False
+    )
+    feature_set = setup.load("source_train", setup.source_rows)
+    generator = torch.Generator().manual_seed(0)
+    rows = []
+    for label, random in (("every clip", False), ("one random clip", True)):
+        seconds: dict[str, list[float]] = {"before": [], "after": []}
+        for _ in range(steps):
+            index = torch.randperm(len(feature_set), generator=generator)[:batch_size]
+            clips = None
+            if random:
+                clips = {m: torch.randint(0, x.shape[1], (batch_size,), generator=generator)
+                         for m, x in feature_set.inputs.items()}  # fmt: skip
+            batches = {}
+            for variant, batch in (("before", _batch_before), ("after", FeatureSet.batch)):
+                began = time.perf_counter()
+                batches[variant] = batch(feature_set, index, "cpu", clips)
+                seconds[variant].append(time.perf_counter() - began)
+            for m, x in batches["before"][0].items():
+                assert torch.equal(x, batches["after"][0][m]), m
+        before, after = (float(np.median(seconds[v])) for v in ("before", "after"))
+        rows.append({"batch": label, "before": before, "after": after, "ratio": before / after})
+    return rows
+
+
+def compare_finite_check(cache: Path, repeats: int = 3) -> dict:
+    """Seconds of the NaN/inf check of loading one modality's source-train features (float16,
+    as training loads them): the float64 sum avda made before 2026-12-07 and today's exponent-bit
+    test (``avda.cache.store._all_finite``), alternately, the median of ``repeats`` each."""
+    from avda.cache.store import _all_finite
+
+    store = cache_lib.open_cache(cache)
+    rows = np.flatnonzero((store.segments["domain"] == "source").to_numpy())
+    values = store.load(MODALITIES[0], rows, check_finite=False, dtype=None)
+    seconds: dict[str, list[float]] = {"before": [], "after": []}
+    for _ in range(repeats):
+        for variant, check in (
+            ("before", lambda: _all_finite_before(values)),
+            ("after", lambda: _all_finite(values)),
+        ):
+            began = time.perf_counter()
+            assert check()
+            seconds[variant].append(time.perf_counter() - began)
+    before, after = (float(np.median(seconds[v])) for v in ("before", "after"))
+    return {"values": int(values.size), "before": before, "after": after, "ratio": before / after}
+
+
+def format_batching(rows: list[dict]) -> str:
+    lines = [
+        "| head | run before (s) | run after (s) | ratio | epochs before (s) | epochs after (s) "
+        "| ratio | scores identical |",
+        "|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for row in rows:
+        lines.append(
+            f"| {row['head']} | {row['before']:.1f} | {row['after']:.1f} | "
+            f"{row['ratio']:.2f}x | {row['train_before']:.1f} | {row['train_after']:.1f} | "
+            f"{row['train_ratio']:.2f}x | {'yes' if row['identical'] else 'NO'} |"
+        )
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a tenth of the data, 2 epochs")
@@ -371,9 +566,59 @@ def main(argv: list[str] | None = None) -> dict:
         action="store_true",
         help="with --heads: the peak RSS of each run (its own process; --epochs, default 1)",
     )
+    parser.add_argument(
+        "--batching",
+        action="store_true",
+        help="with --heads: before/after of the batch gathering, alternately in this process "
+        "(--epochs, default 1; --repeats)",
+    )
+    parser.add_argument("--repeats", type=int, default=3, help="with --batching: runs of each")
+    parser.add_argument(
+        "--random-clips",
+        action="store_true",
+        help="with --batching: one random clip per segment and step (training_clips=random, "
+        "MM-SADA's sampling; heads with that setting: source-only, dann, rna, ...)",
+    )
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.heads and args.batching:
+        source, target, test = (int(v) for v in args.sizes.split(","))
+        sizes = {"source": source, "target": target, "test": test}
+        load_before = os.getloadavg()
+        rows = compare_batching(
+            args.heads.split(","),
+            sizes,
+            args.cache_dir,
+            args.device,
+            args.epochs or 1,
+            args.repeats,
+            {"training_clips": "random"} if args.random_clips else None,
+        )
+        print(
+            f"{sizes['source']} source, {sizes['target']} target train, {sizes['test']} "
+            f"target test segments; {SNIPPETS} x {FEATURES} per modality {MODALITIES}; "
+            f"cpu x{torch.get_num_threads()} threads; seed 0; {args.epochs or 1} epoch(s); "
+            f"{'one random clip per step; ' if args.random_clips else ''}"
+            f"{args.repeats} runs of each, alternating; load average (1, 5, 15 min) "
+            f"{load_before} at the start, {os.getloadavg()} at the end"
+        )
+        print(format_batching(rows))
+        for row in compare_batch_steps(sized_cache(sizes, args.cache_dir)):
+            print(
+                f"one source-only batch of 64 ({row['batch']}): {1e3 * row['before']:.1f} ms "
+                f"-> {1e3 * row['after']:.1f} ms, {row['ratio']:.2f}x (median of 40, "
+                f"alternating); load average {os.getloadavg()}"
+            )
+        check = compare_finite_check(sized_cache(sizes, args.cache_dir), args.repeats)
+        print(
+            f"NaN/inf check of {check['values']:,} float16 values ({MODALITIES[0]}, source "
+            f"train) on loading: {check['before']:.2f} s -> {check['after']:.2f} s, "
+            f"{check['ratio']:.1f}x; load average {os.getloadavg()}"
+        )
+        if args.json:
+            args.json.write_text(json.dumps({"heads": rows, "finite_check": check}, indent=2))
+        return {"batching": rows, "finite_check": check}
     if args.heads and args.memory:
         source, target, test = (int(v) for v in args.sizes.split(","))
         sizes = {"source": source, "target": target, "test": test}
