@@ -380,6 +380,22 @@ def test_missing_annotations_folder_says_how_to_fix(tmp_path):
         build("epic55-mmsada", tmp_path)
 
 
+def test_mmsada_folder_with_some_splits_names_the_missing_files(shared_data, tmp_path):
+    """A new user's folder of D1 and D2 only (for --setting D1-D2): the folder is right, a file
+    is missing; it said 'none of D3_train.pkl found in ...; pass --annotations the folder that
+    holds the benchmark's annotation files', the folder given."""
+    root = tmp_path / "splits"
+    root.mkdir()
+    for name in ("D1_train.pkl", "D1_test.pkl", "D2_train.pkl", "D2_test.pkl"):
+        shutil.copy(shared_data / "annotations" / "epic55_mmsada_splits" / name, root / name)
+    with pytest.raises(ManifestError) as raised:
+        build_manifest("epic55-mmsada", root, tmp_path / "m.csv", setting="D1-D2")
+    message = str(raised.value)
+    assert f"{root} lacks D3_train.pkl, D3_test.pkl: the build reads all six" in message
+    assert "pass --annotations" not in message
+    assert not (tmp_path / "m.csv").exists()
+
+
 @pytest.mark.parametrize("benchmark", ["epic55-mmsada", "epic100-uda", "charades-ego", "ucf-hmdb"])
 def test_an_annotation_file_for_a_folder_benchmark_is_named_as_a_file(shared_data, benchmark):
     """`--annotations` one file (help: "Folder (or table file)") of a benchmark that reads a

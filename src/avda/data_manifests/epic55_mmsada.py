@@ -32,12 +32,41 @@ from avda.data_manifests.sources import (
     locate,
     read_pickle_table,
 )
+from avda.errors import ManifestError
 
 NAME = "epic55-mmsada"
 PARTICIPANTS: dict[str, str] = {"D1": "P08", "D2": "P01", "D3": "P22"}
 VERB_CLASSES: tuple[str, ...] = ("take", "put", "open", "close", "wash", "cut", "mix", "pour")
 REQUIRED_COLUMNS = ("uid", *SEGMENT_COLUMNS, "narration", "verb", "verb_class")
 SUBFOLDERS = ("epic55_mmsada_splits", "Annotations")
+
+
+def split_files(annotations: Path) -> dict[tuple[str, str], Path]:
+    """The six ``D{1,2,3}_{train,test}.pkl``; where some are found and others not, one error
+    naming the missing ones (the folder is right: a file is missing), not locate's 'pass
+    --annotations the folder that holds ...', which names the folder that holds them."""
+    found: dict[tuple[str, str], Path] = {}
+    missing: list[ManifestError] = []
+    for domain in PARTICIPANTS:
+        for split in ("train", "test"):
+            try:
+                found[domain, split] = locate(
+                    annotations, [f"{domain}_{split}.pkl"], NAME, SUBFOLDERS
+                )
+            except ManifestError as error:
+                missing.append(error)
+    if missing and not found:
+        raise missing[0]
+    if missing:
+        names = [f"{d}_{s}.pkl" for d in PARTICIPANTS for s in ("train", "test")]
+        lacking = [name for name in names if not any(p.name == name for p in found.values())]
+        folders = sorted({str(path.parent) for path in found.values()})
+        raise ManifestError(
+            f"{NAME}: {', '.join(folders)} lacks {', '.join(lacking)}: the build reads all six "
+            f"{', '.join(names)} (with --setting too, keeping its domains' rows afterwards); "
+            "put the missing files beside the others (jonmun/MM-SADA_Domain_Adaptation_Splits)"
+        )
+    return found
 
 
 @register(NAME)
@@ -51,13 +80,14 @@ def build(
     ``video_path_template``: ``video_path`` of a row, formatted from its columns ("" = none).
     """
     check_annotations_folder(annotations, NAME, ["D1_train.pkl"], SUBFOLDERS)
+    paths = split_files(annotations)
     problems = SourceProblems(NAME)
     drops = Drops()
     frames: list[pd.DataFrame] = []
     sources: list[str] = []
     for domain, participant in PARTICIPANTS.items():
         for split in ("train", "test"):
-            path = locate(annotations, [f"{domain}_{split}.pkl"], NAME, SUBFOLDERS)
+            path = paths[domain, split]
             sources.append(str(path))
             table = read_pickle_table(path, REQUIRED_COLUMNS, problems, label_column="uid")
             if table is None:
