@@ -492,6 +492,22 @@ def test_flow_checkpoint_for_rgb_says_so(piergiaj_flow, tmp_path: Path) -> None:
     assert "flow checkpoint" in message and "modality='flow'" in message
 
 
+def test_rgb_checkpoint_for_flow_says_how_to_extract_flow(
+    shared_data: Path, tmp_path: Path
+) -> None:
+    """`avda extract --modalities rgb,flow --weights rgb_imagenet.pt` (a new user reproducing
+    MM-SADA): the hint said to extract the file as rgb and nothing of the flow it was asked for;
+    I3D's two streams are two files, extracted in two runs into one store."""
+    rgb = manifest_tensors(shared_data / "checkpoint_keys" / "i3d_piergiaj_rgb.json")
+    path = write_checkpoint(rgb, tmp_path / "rgb_imagenet.pt")
+    with pytest.raises(CheckpointError) as error:
+        backbones.create("i3d", modality="flow", weights=path)
+    message = str(error.value)
+    assert "it is a rgb checkpoint: extract it as rgb (--modalities rgb" in message
+    assert "and flow with a flow checkpoint in a run of its own into the same store" in message
+    assert "--modalities flow --weights FLOW_FILE, the same -o" in message
+
+
 @pytest.mark.parametrize(("name", "modality"), [("i3d", "rgb"), ("audio_resnet18", "audio")])
 def test_a_raft_state_dict_given_to_a_backbone_is_named_as_flow_weights(
     name: str, modality: str, shared_data: Path, tmp_path: Path

@@ -493,10 +493,13 @@ def input_channels_hint(key: str, channels_to_modality: Mapping[int, str]) -> Hi
         file_modality = channels_to_modality.get(file_shape[1])
         if file_modality is None or file_shape[1] == model_shape[1]:
             return None
+        wanted = channels_to_modality.get(model_shape[1], "this modality")
         return (
             f"The file's first conv takes {file_shape[1]} input channels: it is a "
             f"{file_modality} checkpoint: extract it as {file_modality} (--modalities "
-            f"{file_modality}; Python: modality={file_modality!r})"
+            f"{file_modality}; Python: modality={file_modality!r}), and {wanted} with a "
+            f"{wanted} checkpoint in a run of its own into the same store (--modalities "
+            f"{wanted} --weights {wanted.upper()}_FILE, the same -o)"
         )
 
     return hint
