@@ -6,13 +6,15 @@ import json
 import logging
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from tests.conftest import make_feature_cache
 
-from avda import runs
+from avda import protocols, runs
 from avda.errors import ConfigError, RunError
 from avda.evaluate import aggregate, tables
 from avda.scoring.metrics import mean_average_precision
@@ -1304,3 +1306,28 @@ def test_a_protocols_last_checkpoints_are_the_last_epochs_past_9999(tmp_path):
     taken = aggregate.rule_predictions(tmp_path, "target_test", 2)
     assert [p["scores"]["verb"][0, 0] for p in taken] == [9999.0, 10000.0]
     assert [p.name for p in runs.epoch_folders(tmp_path)] == ["9998", "9999", "10000"]
+
+
+def test_fields_a_protocol_sets_by_setting_do_not_split_a_method(tmp_path):
+    """ta3n-ucf-hmdb trains hmdb->ucf with the script's H->U beta, gamma and target batch: the
+    two directions of one command were two rows, 'ta3n (attentive_entropy_weight=0.003,
+    beta=[0.75, 0.75, 0.5], target_batch_size=74)' with ucf->hmdb alone and its H->U twin,
+    and no Mean (a new user's U->H and H->U runs). A value the user set stays a method."""
+    protocol = protocols.get("ta3n-ucf-hmdb")
+    base = dict(protocol.heads["ta3n"].values)
+
+    def run(name: str, source: str, target: str, **values: Any) -> Path:
+        folder = tmp_path / name
+        folder.mkdir()
+        setting = protocol.per_setting.get(f"{source}-{target}", {}).get("ta3n", {})
+        config = {"head": "ta3n", "head_config": {**base, **setting, **values},
+                  "source": [source], "target": [target], "seed": 0,
+                  "protocol": protocol.name, "protocol_role": "ta3n"}  # fmt: skip
+        (folder / runs.CONFIG).write_text(yaml.safe_dump(config))
+        return folder
+
+    u_h, h_u = run("uh", "ucf", "hmdb"), run("hu", "hmdb", "ucf")
+    assert {info.method for info in aggregate.describe_runs([u_h, h_u])} == {"ta3n"}
+    lr = run("hu-lr", "hmdb", "ucf", lr=0.1)
+    methods = {info.path.name: info.method for info in aggregate.describe_runs([u_h, lr])}
+    assert methods == {"uh": "ta3n (lr=0.03)", "hu-lr": "ta3n (lr=0.1)"}

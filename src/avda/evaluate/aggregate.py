@@ -15,7 +15,8 @@ setting. Std is the sample std (``ddof=1``): one seed gives a mean only.
 A run's *method* (its row) is the label a sweep gave it (``OUT/sweep.json``), else its
 protocol role, else its head name; unlabelled runs whose configs differ from others of that
 name are told apart by the fields that differ (not those a schedule derives from a setting's
-data size). Two runs of one method, setting and seed are refused.
+data size, nor those a protocol sets by setting). Two runs of one method, setting and seed are
+refused.
 """
 
 from __future__ import annotations
@@ -310,7 +311,8 @@ def describe_runs(run_dirs: Sequence[str | Path]) -> list[RunInfo]:
     # without a sweep's label also by the head-config fields in which the runs of its name
     # (labelled ones too) differ: within a setting, any field; between settings, any field
     # but those a schedule derives from a setting's data size (epochs, eval_every, stage
-    # lengths). Runs of another protocol make another table: compared within their own.
+    # lengths) and those the protocol sets by setting (ta3n-ucf-hmdb's H->U beta). Runs of
+    # another protocol make another table: compared within their own.
     base = {
         run: labels[run] or config.get("protocol_role") or config["head"] for run, config in configs
     }
@@ -340,7 +342,10 @@ def describe_runs(run_dirs: Sequence[str | Path]) -> list[RunInfo]:
         differing.setdefault((protocol, name), set()).update(_differing_fields(group))
         across.setdefault((protocol, name), []).extend(group)
     for (protocol, name), group in across.items():
-        kept = {k for k in _differing_fields(group) if not _is_derived(k)}
+        by_setting_fields = _set_by_setting(protocol, name)
+        kept = {
+            k for k in _differing_fields(group) if not _is_derived(k) and k not in by_setting_fields
+        }
         differing[(protocol, name)].update(kept)
     infos = []
     for run, config in configs:
@@ -382,6 +387,16 @@ def _is_derived(field: str) -> bool:
     the evaluation interval, the lr steps and the stage lengths (every head's ``stage_fields``
     are ``lr_steps`` or ``*_epochs``; tests/evaluate checks it)."""
     return field in {"epochs", "eval_every", "schedule", "lr_steps"} or field.endswith("_epochs")
+
+
+def _set_by_setting(protocol: Any, method: str) -> set[str]:
+    """The head-config fields ``protocol`` sets by setting for ``method`` (TA3N's U->H / H->U
+    beta, gamma and target batch under ``ta3n-ucf-hmdb``): between settings they differ by the
+    protocol's design, not the user's, as the fields a schedule derives do."""
+    found = protocols_lib.PROTOCOLS.get(str(protocol))
+    if found is None:
+        return set()
+    return {field for methods in found.per_setting.values() for field in methods.get(method, {})}
 
 
 def _differing_fields(group: list[dict[str, Any]]) -> set[str]:
