@@ -9,6 +9,7 @@ clean-up as an interrupt).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import math
@@ -17,7 +18,7 @@ import signal
 import sys
 import threading
 import traceback
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Annotated
 
@@ -927,15 +928,16 @@ def cluster(
     from avda.train.clustering import cluster_store
 
     output_dir(plot, "--plot")
-    result = cluster_store(
-        store,
-        modality=modality,
-        source=_split_list(source) if source else None,
-        max_clusters=max_k,
-        random_state=seed,
-        plot_dir=plot,
-        progress=not quiet,
-    )
+    with _naming(store):
+        result = cluster_store(
+            store,
+            modality=modality,
+            source=_split_list(source) if source else None,
+            max_clusters=max_k,
+            random_state=seed,
+            plot_dir=plot,
+            progress=not quiet,
+        )
     typer.echo(result.summary())
 
 
@@ -1604,6 +1606,18 @@ def _output_of(argv: Sequence[str]) -> str | None:
             if arg.startswith(flag):
                 return arg[len(flag) :]
     return None
+
+
+@contextlib.contextmanager
+def _naming(path: Path) -> Iterator[None]:
+    """An OS error that names no file (a Zarr chunk written by a library: a full disk) names
+    ``path``, the output of a command that has no ``-o`` (:func:`os_error_message`)."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename is None:
+            exc.filename = str(path)
+        raise
 
 
 def _interrupted_message(argv: list[str], what: str = "interrupted") -> str:

@@ -3,8 +3,15 @@ time: ``kill_every_write.py`` forks after importing this)."""
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
+import os
 import pickle
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -116,3 +123,74 @@ def probe_held_when_deleted(monkeypatch, lock: Path) -> list[bool]:
 
     monkeypatch.setattr(Path, "unlink", unlink)
     return held_then
+
+
+# ------------------------------------------------------------------ a truly full disk (ENOSPC)
+MOUNT = ["mount", "-t", "tmpfs", "-o"]
+
+
+@functools.cache
+def can_mount_tmpfs() -> bool:
+    """Whether this process may mount a tmpfs (root on Linux; CI often may not): probed once."""
+    probe = Path(tempfile.mkdtemp(prefix="avda-tmpfs-probe-"))
+    try:
+        if subprocess.run(
+            MOUNT + ["size=64k", "tmpfs", str(probe)], capture_output=True
+        ).returncode:
+            return False
+        subprocess.run(["umount", str(probe)], check=True)
+        return True
+    except OSError:  # no mount program
+        return False
+    finally:
+        probe.rmdir()
+
+
+@contextlib.contextmanager
+def small_disk(folder: Path, size: str) -> Iterator[Path]:
+    """``folder`` as a tmpfs of ``size`` (``"300k"``): writes past it fail with ``ENOSPC`` as a
+    full disk's do; unmounted (its files gone) on the way out, whatever happened. Skips the
+    test where tmpfs cannot be mounted (:func:`can_mount_tmpfs`)."""
+    import pytest
+
+    if not can_mount_tmpfs():
+        pytest.skip("mounting a tmpfs needs root (a full disk is simulated with one)")
+    folder.mkdir(parents=True, exist_ok=True)
+    subprocess.run(MOUNT + [f"size={size}", "tmpfs", str(folder)], check=True)
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=True)
+
+
+def grow_disk(folder: Path, size: str) -> None:
+    """Free space on a :func:`small_disk`: ``folder``'s tmpfs grows to ``size``, files kept."""
+    subprocess.run(MOUNT + [f"remount,size={size}", str(folder)], check=True)
+
+
+def avda(args: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess:
+    """``avda ARGS`` run in ``cwd`` as a separate process (its own file-size limits, exit)."""
+    command = [sys.executable, "-c", "from avda.cli import entry; entry()", *args]
+    environ = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), **env}
+    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, env=environ)
+
+
+def disk_full_line(result: subprocess.CompletedProcess, names: str) -> str:
+    """The one line a command that filled the disk ended with: exit 1, no traceback, the disk
+    named full, and ``names`` (a file or folder) in it."""
+    last = result.stderr.strip().splitlines()[-1] if result.stderr.strip() else ""
+    assert result.returncode == 1, (result.returncode, result.stderr[-1500:])
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert last.startswith("error: no space left on device"), result.stderr[-1500:]
+    assert names in last, last
+    return last
+
+
+def fill_disk(folder: Path, leave: int) -> Path:
+    """Fill ``folder``'s disk (a :func:`small_disk`) but ``leave`` bytes with a file of zeros,
+    ``FILLER``, whose removal is the user freeing space."""
+    filler = folder / "FILLER"
+    free = os.statvfs(folder).f_bavail * os.statvfs(folder).f_frsize
+    with open(filler, "wb") as stream:
+        stream.write(b"\0" * max(0, free - leave))
+    return filler

@@ -1,0 +1,44 @@
+"""A truly full disk (``ENOSPC``, a small tmpfs; skipped where it cannot be mounted) for each
+command that writes: one line naming the file or store and saying the disk is full, exit 1, no
+traceback; nothing half-written recorded as done; the same command run again once space is
+freed finishes as an uninterrupted run does. ``test_disk_full.py`` keeps the file-size limit
+(``EFBIG``) way for ``avda train``, where a mount is not allowed."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+
+from tests.adversarial._helpers import avda, disk_full_line, fill_disk, small_disk
+from tests.conftest import make_feature_cache
+
+
+@pytest.mark.slow
+def test_cluster_on_a_full_disk_names_its_store_and_runs_again(tmp_path):
+    make_feature_cache(tmp_path / "c.zarr", per_class=8)
+    command = ["cluster", "c.zarr", "--modality", "rgb", "--source", "source", "-q"]
+    whole = avda(command, tmp_path)
+    assert whole.returncode == 0, whole.stderr[-800:]
+    with small_disk(tmp_path / "disk", "2m") as disk:
+        shutil.copytree(
+            tmp_path / "c.zarr", disk / "c.zarr", ignore=shutil.ignore_patterns("clusters")
+        )
+        filler = fill_disk(disk, 4096)
+        disk_full_line(avda(command, disk), "c.zarr")
+        verify = avda(["cache", "verify", "c.zarr"], disk)
+        assert verify.returncode == 0, verify.stderr[-800:]
+        filler.unlink()
+        again = avda(command, disk)
+        assert again.returncode == 0, again.stderr[-800:]
+        clusters = _clusters(disk / "c.zarr")
+    assert np.array_equal(clusters, _clusters(tmp_path / "c.zarr"))
+
+
+def _clusters(store) -> np.ndarray:
+    from avda.cache import open_cache
+
+    found = open_cache(store).read_clusters("rgb")
+    assert found is not None
+    return found[0]
