@@ -69,15 +69,19 @@ def atomic_write(
     """Write ``path`` whole or not at all: ``write(tmp)`` fills the temporary file ``tmp``
     (``temporary``, default ``PATH.tmp``; give one in ``path``'s folder), which then replaces
     ``path``. ``path``'s folder is created. When ``write`` (or the rename) raises, ``tmp`` is
-    removed and ``path`` is as it was. ``fsync``: flush ``tmp`` to the disk before the rename."""
+    removed and ``path`` is as it was; an OS error naming no file or ``tmp`` (a full disk: a
+    write's ``ENOSPC`` names none) names ``path``. ``fsync``: flush ``tmp`` to the disk before
+    the rename."""
     path = Path(path)
     tmp = Path(temporary) if temporary is not None else path.with_name(path.name + TEMPORARY_SUFFIX)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         write(tmp)
         replace_file(tmp, path, fsync=fsync)
-    except BaseException:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.filename in (None, str(tmp)):
+            exc.filename = str(path)
         raise
     return path
 

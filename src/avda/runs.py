@@ -59,16 +59,7 @@ def save_checkpoint(state: Any, path: Path) -> None:
 
     buffer = io.BytesIO()
     torch.save(state, buffer)
-    path = Path(path)
-
-    def write(tmp: Path) -> None:
-        try:
-            with open(tmp, "wb") as handle:
-                handle.write(buffer.getbuffer())
-        except OSError as exc:
-            raise OSError(exc.errno, exc.strerror, str(path)) from None
-
-    atomic_write(path, write)
+    atomic_write(path, lambda tmp: tmp.write_bytes(buffer.getbuffer()))
 
 
 def write_config(run: Path, config: dict[str, Any]) -> None:
