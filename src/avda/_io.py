@@ -7,6 +7,7 @@ module can use it without an import cycle.
 - :func:`atomic_write` (and :func:`atomic_write_text`): a file appears whole or not at all. It
   is written under a temporary name in the same folder and renamed over the target with
   ``os.replace``; a write that fails removes the temporary file and leaves the target as it was.
+- :func:`name_written`: an OS error of such a write (a full disk) names the file written.
 - :func:`replace_file`: the rename at the end of an atomic write, for a temporary file that is
   kept when its writer fails (a resumable download's ``.part``).
 - :func:`lock_file_of`: the lock file named for a file or folder, beside the one a link to it
@@ -80,10 +81,16 @@ def atomic_write(
         replace_file(tmp, path, fsync=fsync)
     except BaseException as exc:
         tmp.unlink(missing_ok=True)
-        if isinstance(exc, OSError) and exc.filename in (None, str(tmp)):
-            exc.filename = str(path)
+        name_written(exc, path, tmp)
         raise
     return path
+
+
+def name_written(exc: BaseException, path: str | Path, temporary: str | Path) -> None:
+    """An OS error naming no file or the ``temporary`` one ``path`` is written through (a full
+    disk: a write's ``ENOSPC`` names none) names ``path``, so its one line says which file."""
+    if isinstance(exc, OSError) and exc.filename in (None, str(temporary)):
+        exc.filename = str(path)
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:

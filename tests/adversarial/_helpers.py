@@ -177,12 +177,12 @@ def avda(args: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess:
 
 def disk_full_line(result: subprocess.CompletedProcess, names: str) -> str:
     """The one line a command that filled the disk ended with: exit 1, no traceback, the disk
-    named full, and ``names`` (a file or folder) in it."""
+    named full, and the file or folder ``names`` named as the one written."""
     last = result.stderr.strip().splitlines()[-1] if result.stderr.strip() else ""
     assert result.returncode == 1, (result.returncode, result.stderr[-1500:])
     assert "Traceback" not in result.stderr, result.stderr[-3000:]
     assert last.startswith("error: no space left on device"), result.stderr[-1500:]
-    assert names in last, last
+    assert f": {names};" in last, last
     return last
 
 

@@ -60,3 +60,24 @@ def test_evaluate_out_on_a_full_disk_names_the_table_it_could_not_write(tmp_path
         written = (disk / "res.csv").read_text()
     assert avda([*command[:2], "-o", "whole"], tmp_path).returncode == 0
     assert written == (tmp_path / "whole.csv").read_text()
+
+
+def test_manifest_build_on_a_full_disk_names_the_file_and_leaves_no_half(tmp_path, shared_data):
+    annotations = shared_data / "annotations" / "epic55_mmsada_splits"
+    command = ["manifest", "build", "epic55-mmsada", "-a", str(annotations), "--setting", "D1-D2"]
+    assert avda([*command, "-o", "whole.csv"], tmp_path).returncode == 0
+    size = (tmp_path / "whole.csv").stat().st_size
+    with small_disk(tmp_path / "disk", "1m") as disk:
+        # the manifest does not fit, then it and its lock file fit to the page, its record not
+        for leave, names in (
+            (100_000, "m.csv"),
+            (-(-size // 4096) * 4096 + 4096, "m.csv.build.json"),
+        ):
+            filler = fill_disk(disk, leave)
+            disk_full_line(avda([*command, "-o", "m.csv"], disk), names)
+            assert sorted(p.name for p in disk.iterdir()) == ["FILLER"]  # no half manifest
+            filler.unlink()
+        again = avda([*command, "-o", "m.csv"], disk)
+        assert again.returncode == 0, again.stderr[-800:]
+        written = (disk / "m.csv").read_bytes()
+    assert written == (tmp_path / "whole.csv").read_bytes()

@@ -26,7 +26,7 @@ from typing import Any
 
 import pandas as pd
 
-from avda._io import replace_file
+from avda._io import name_written, replace_file
 from avda.data_manifests import schema
 from avda.data_manifests.settings import Setting, resolve_setting
 from avda.errors import ConfigError, ManifestError
@@ -325,9 +325,10 @@ def build_manifest(
             output.unlink(missing_ok=True)
             replace_file(info_partial, info)
             replace_file(manifest_partial, output)
-        except BaseException:
+        except BaseException as exc:
             manifest_partial.unlink(missing_ok=True)
             info_partial.unlink(missing_ok=True)
+            name_written(exc, info, info_partial)
             raise
     logger.debug("%s\nwrote %s", result.summary(), output)  # the CLI prints it on stdout
     return result
