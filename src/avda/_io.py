@@ -7,6 +7,7 @@ module can use it without an import cycle.
 - :func:`atomic_write` (and :func:`atomic_write_text`): a file appears whole or not at all. It
   is written under a temporary name in the same folder and renamed over the target with
   ``os.replace``; a write that fails removes the temporary file and leaves the target as it was.
+- :func:`os_error_line`: an OS error (a full disk: :data:`DISK_FULL`) as one line with its fix.
 - :func:`name_written`: an OS error of such a write (a full disk) names the file written.
 - :func:`replace_file`: the rename at the end of an atomic write, for a temporary file that is
   kept when its writer fails (a resumable download's ``.part``).
@@ -84,6 +85,35 @@ def atomic_write(
         name_written(exc, path, tmp)
         raise
     return path
+
+
+DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+"""A full disk, a quota or a file-size limit: running again cannot help until space is freed."""
+
+
+def os_error_line(exc: OSError, output: str | None = None) -> str:
+    """One line for an OS-level error: what failed, on which path, and what to do. A full disk
+    whose error names no file (a Zarr chunk written by a library) names ``output``."""
+    paths = " -> ".join(str(p) for p in (exc.filename, exc.filename2) if p is not None)
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    where = f": {paths}" if paths else ""
+    if not paths and output and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+        where = f" writing {output}"
+    if exc.errno == errno.ENOSPC:
+        return f"no space left on device{where}; free some space and run the command again"
+    if exc.errno == errno.EFBIG:
+        return f"file too large{where} (a file-size limit, ulimit -f); raise it and run again"
+    if exc.errno == errno.EDQUOT:
+        return f"disk quota exceeded{where}; free some space and run the command again"
+    if isinstance(exc, PermissionError):
+        return f"permission denied{where}; check the path's owner and permissions"
+    if isinstance(exc, IsADirectoryError):
+        return f"is a directory{where}; give a file path"
+    if isinstance(exc, NotADirectoryError):
+        return f"not a directory{where}; a part of the path is a file"
+    if isinstance(exc, FileNotFoundError):
+        return f"no such file or directory{where}"
+    return f"{reason[:1].lower()}{reason[1:]}{where}"
 
 
 def name_written(exc: BaseException, path: str | Path, temporary: str | Path) -> None:

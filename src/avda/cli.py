@@ -10,7 +10,6 @@ clean-up as an interrupt).
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
 import math
 import os
@@ -31,6 +30,7 @@ except ImportError:  # pragma: no cover - older typer on top of click
 
 import avda
 from avda import _entry
+from avda._io import os_error_line
 from avda.errors import AvdaError, ConfigError, ManifestError
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_FAILED_ITEMS, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
@@ -1637,29 +1637,9 @@ def _one_line(text: str) -> str:
 
 
 def os_error_message(exc: OSError, argv: Sequence[str] = ()) -> str:
-    """One line for an OS-level error: what failed, on which path, and what to do. An error
-    that names no file (a Zarr chunk written by a library) names the command's output."""
-    paths = " -> ".join(str(p) for p in (exc.filename, exc.filename2) if p is not None)
-    reason = exc.strerror or str(exc) or type(exc).__name__
-    where = f": {paths}" if paths else ""
-    output = _output_of(argv)
-    if not paths and output and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
-        where = f" writing {output}"
-    if exc.errno == errno.ENOSPC:
-        return f"no space left on device{where}; free some space and run the command again"
-    if exc.errno == errno.EFBIG:
-        return f"file too large{where} (a file-size limit, ulimit -f); raise it and run again"
-    if exc.errno == errno.EDQUOT:
-        return f"disk quota exceeded{where}; free some space and run the command again"
-    if isinstance(exc, PermissionError):
-        return f"permission denied{where}; check the path's owner and permissions"
-    if isinstance(exc, IsADirectoryError):
-        return f"is a directory{where}; give a file path"
-    if isinstance(exc, NotADirectoryError):
-        return f"not a directory{where}; a part of the path is a file"
-    if isinstance(exc, FileNotFoundError):
-        return f"no such file or directory{where}"
-    return f"{reason[:1].lower()}{reason[1:]}{where}"
+    """One line for an OS-level error (:func:`avda._io.os_error_line`); an error that names no
+    file (a Zarr chunk written by a library) names the command's output."""
+    return os_error_line(exc, _output_of(argv))
 
 
 def _setting_hint(exc: Exception, ctx: typer.Context, argv: list[str]) -> str:

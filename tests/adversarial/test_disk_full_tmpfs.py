@@ -81,3 +81,28 @@ def test_manifest_build_on_a_full_disk_names_the_file_and_leaves_no_half(tmp_pat
         assert again.returncode == 0, again.stderr[-800:]
         written = (disk / "m.csv").read_bytes()
     assert written == (tmp_path / "whole.csv").read_bytes()
+
+
+@pytest.mark.slow
+def test_a_sweep_run_that_fills_the_disk_fails_in_one_line_not_retried(tmp_path):
+    make_feature_cache(tmp_path / "c.zarr", per_class=8)
+    spec = tmp_path / "sweep.yaml"
+    spec.write_text(
+        f"cache: {tmp_path / 'c.zarr'}\nheads:\n  - name: source-only\n    epochs: 1\n"
+        "settings: ['source->target']\nseeds: 1\nretries: 2\ncluster:\n  workers: 1\n"
+    )
+    command = ["sweep", str(spec), "--out", "sweep", "-q"]
+    with small_disk(tmp_path / "disk", "1m") as disk:
+        filler = fill_disk(disk, 60_000)  # the index fits, the run's checkpoint does not
+        full = avda(command, disk)
+        assert full.returncode == 3, full.stderr[-1500:]
+        assert "Traceback" not in full.stderr and "Compute Failed" not in full.stderr
+        failures = (disk / "sweep" / "sweep-failures.csv").read_text()
+        assert "no space left on device: " in failures and "last.pt; free some space" in failures
+        assert not (
+            disk / "sweep" / "source-only" / "source-target" / "seed0" / "run.json"
+        ).exists()
+        filler.unlink()
+        again = avda(command, disk)
+        assert again.returncode == 0, again.stderr[-800:]
+        assert "1 trained" in again.stdout

@@ -52,7 +52,7 @@ from typing import Any
 import pandas as pd
 
 from avda import dask_support, runs
-from avda._io import atomic_write_text, quiet_logs
+from avda._io import DISK_FULL, atomic_write_text, os_error_line, quiet_logs
 from avda.cache.lock import sweep_lock
 from avda.dask_support import (
     CONNECT_SECONDS,
@@ -206,7 +206,8 @@ def _worker_device(device: str | None) -> tuple[str | None, str]:
 
 
 def run_task(task: SweepTask) -> TaskOutcome:
-    """Train one run on a worker. AvdaErrors fail the run; anything else raises (Dask retries)."""
+    """Train one run on a worker. AvdaErrors and a full disk fail the run; anything else
+    raises (Dask retries)."""
     with collect_warnings() as warnings, spoken(spec_words):  # its warnings in the spec's words
         outcome = _run_task(task)
     outcome.warnings = list(warnings)
@@ -288,13 +289,18 @@ def _run_task(task: SweepTask) -> TaskOutcome:
                 seconds=time.perf_counter() - began,
                 worker=worker,
             )
-        except AvdaError as error:  # retrying cannot fix a bad config, missing data or divergence
+        except (AvdaError, OSError) as error:
+            # retrying cannot fix a bad config, missing data, divergence or a full disk
+            if isinstance(error, OSError) and error.errno not in DISK_FULL:
+                raise
             # Resumed only if it trained on (a refused resume trained nothing: its epochs stand).
             trained_on = resumed_from and _last_epoch(task.run) > logged
             return TaskOutcome(
                 task.name,
                 "failed",
-                error=f"{type(error).__name__}: {error}",
+                error=os_error_line(error)
+                if isinstance(error, OSError)
+                else f"{type(error).__name__}: {error}",
                 seconds=time.perf_counter() - began,
                 resumed_from_epoch=resumed_from if trained_on else 0,
                 worker=worker,
