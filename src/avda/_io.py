@@ -8,6 +8,7 @@ module can use it without an import cycle.
   is written under a temporary name in the same folder and renamed over the target with
   ``os.replace``; a write that fails removes the temporary file and leaves the target as it was.
 - :func:`os_error_line`: an OS error (a full disk: :data:`DISK_FULL`) as one line with its fix.
+- :func:`atomic_write_texts`: several files so, renamed only once all are written.
 - :func:`name_written`: an OS error of such a write (a full disk) names the file written.
 - :func:`replace_file`: the rename at the end of an atomic write, for a temporary file that is
   kept when its writer fails (a resumable download's ``.part``).
@@ -126,6 +127,28 @@ def name_written(exc: BaseException, path: str | Path, temporary: str | Path) ->
 def atomic_write_text(path: str | Path, text: str) -> Path:
     """``text`` to ``path`` atomically (:func:`atomic_write`)."""
     return atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+def atomic_write_texts(texts: dict[Path, str]) -> None:
+    """Several files whole or not at all, together: each text to its temporary file, and only
+    once all are written are they renamed into place; a write that fails (a full disk) removes
+    them all and leaves every file as it was, not a new one beside an old one."""
+    written: list[tuple[Path, Path]] = []
+    try:
+        for path, text in texts.items():
+            tmp = path.with_name(path.name + TEMPORARY_SUFFIX)
+            written.append((tmp, path))
+            try:
+                tmp.write_text(text)
+            except OSError as exc:
+                name_written(exc, path, tmp)
+                raise
+        for tmp, path in written:
+            replace_file(tmp, path)
+    except BaseException:
+        for tmp, _ in written:
+            tmp.unlink(missing_ok=True)
+        raise
 
 
 LOCKS_UNSUPPORTED = frozenset({errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL})

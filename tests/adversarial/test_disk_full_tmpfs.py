@@ -44,16 +44,18 @@ def _clusters(store) -> np.ndarray:
     return found[0]
 
 
-def test_evaluate_out_on_a_full_disk_names_the_table_it_could_not_write(tmp_path):
+def test_evaluate_out_on_a_full_disk_names_the_table_and_keeps_the_pair(tmp_path):
     make_feature_cache(tmp_path / "c.zarr", per_class=8)
     train = ["train", "--cache", "c.zarr", "--head", "source-only", "--source", "source"]
     trained = avda([*train, "--target", "target", "-o", "so", "--epochs", "1", "-q"], tmp_path)
     assert trained.returncode == 0, trained.stderr[-800:]
     command = ["evaluate", str(tmp_path / "so"), "-o", "res"]
     with small_disk(tmp_path / "disk", "1m") as disk:
+        (disk / "res.csv").write_text("an earlier table")  # an earlier evaluate's
         filler = fill_disk(disk, 4096)  # res.md fits, res.csv does not
         disk_full_line(avda(command, disk), "res.csv")
-        assert not (disk / "res.csv.tmp").exists()
+        assert sorted(p.name for p in disk.iterdir()) == ["FILLER", "res.csv"]  # no new .md
+        assert (disk / "res.csv").read_text() == "an earlier table"  # beside the old .csv
         filler.unlink()
         again = avda(command, disk)
         assert again.returncode == 0, again.stderr[-800:]

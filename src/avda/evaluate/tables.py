@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from avda import runs
-from avda._io import atomic_write_text
+from avda._io import atomic_write_text, atomic_write_texts
 from avda.errors import ConfigError, RunError
 from avda.scoring.protocols import set_metrics
 
@@ -147,13 +147,18 @@ def to_markdown(table: pd.DataFrame, *, digits: int = 1) -> str:
 
 
 def write_tables(table: pd.DataFrame, out: str | Path) -> list[Path]:
-    """Write ``out.md`` and ``out.csv`` (each whole or not at all); returns the paths."""
+    """Write ``out.md`` and ``out.csv`` (both whole or neither); returns the paths."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     markdown, csv = table_file(out, ".md"), table_file(out, ".csv")
-    # each file whole or not at all: a killed evaluate never leaves a table missing rows
-    atomic_write_text(markdown, to_markdown(table) + "\n")
-    atomic_write_text(csv, table.to_csv(index=False, float_format="%.4f"))
+    # a killed evaluate or a full disk never leaves a table missing rows, nor a new .md beside
+    # the .csv of an earlier evaluate
+    atomic_write_texts(
+        {
+            markdown: to_markdown(table) + "\n",
+            csv: table.to_csv(index=False, float_format="%.4f"),
+        }
+    )
     return [markdown, csv]
 
 
