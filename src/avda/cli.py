@@ -1712,6 +1712,7 @@ def main(argv: list[str] | None = None) -> int:
     except AvdaError as exc:
         return fail(f"error: {exc}")
     except OSError as exc:
+        _quiet_abandoned_tasks()  # a full disk: Zarr's other writes of the store left pending
         return fail(f"error: {os_error_message(exc, argv)}")
     except MemoryError:
         return fail("error: out of memory; use a smaller --batch-size or fewer --workers")
@@ -1739,9 +1740,10 @@ def _abandoned(record: logging.LogRecord) -> bool:
 
 
 def _quiet_abandoned_tasks() -> None:
-    """An interrupted command leaves Zarr's reads and writes pending on its event loop (their
-    rows stay pending to resume): asyncio logged each as 'Task was destroyed but it is
-    pending!' with its coroutine when the process ended, under the command's one line."""
+    """An interrupted command, or one whose write failed (a full disk), leaves Zarr's reads
+    and writes pending on its event loop (their rows stay pending to resume): asyncio logged
+    each as 'Task was destroyed but it is pending!' with its coroutine when the process ended,
+    under the command's one line."""
     asyncio_log = logging.getLogger("asyncio")
     if _abandoned not in asyncio_log.filters:
         asyncio_log.addFilter(_abandoned)
