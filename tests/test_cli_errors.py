@@ -737,3 +737,40 @@ def test_a_ctrl_c_while_avda_starts_is_one_line_and_130(tmp_path):
     code, err = _signalled_while_importing(tmp_path, signal.SIGINT)
     assert code == 130, err
     assert err == "interrupted while avda was starting: nothing was started; run it again\n"
+
+
+# ------------------------------------------------------------------------------ output paths
+FILE_OUTPUTS = [  # each command writing one file, and the name it offers (docs/cli.md)
+    (["report", "folder", "-o"], "-o", "report.html"),
+    (["predict", "folder", "-o"], "-o", "predictions.npz"),
+    (["manifest", "build", "generic", "-a", "empty.csv", "-o"], "-o", "manifest.csv"),
+    (["cache", "export", "c.zarr", "-o"], "-o", "features.h5"),
+    ([*FINETUNE, "-m", "empty.csv", "-o"], "-o", "finetuned.pt"),
+    (["evaluate", "folder", "--export-submission"], "--export-submission", "test.json"),
+]
+
+
+@pytest.mark.parametrize(("args", "option", "name"), FILE_OUTPUTS, ids=lambda v: str(v)[:30])
+@pytest.mark.parametrize(
+    ("out", "what", "offered"),
+    [
+        # the trailing slash was dropped: the file was written as `sub`, or told `sub.html`
+        ("sub/", "names a folder", "sub/{}"),
+        ("folder/", "is a folder", "folder/{}"),
+        ("folder", "is a folder", "folder/{}"),
+        (".", "is a folder", "{}"),
+        ("..", "is a folder", "../{}"),
+        # a hidden file named as its type: told `.npz.npz`, `.html.html`, or written so
+        (".npz", "is a file type alone", "{}"),
+        ("sub/.html", "is a file type alone", "sub/{}"),
+        (".tar.gz", "is a file type alone", "{}"),
+    ],
+)
+def test_a_file_output_naming_a_folder_or_only_a_type_is_refused_offering_a_name(
+    capsys, in_work, args, option, name, out, what, offered
+):
+    before = sorted(p.name for p in in_work.iterdir())
+    code, _, err = run(capsys, *args, out)
+    expected = f"{option} {out} {what}; give the path of the file to write: {offered}"
+    assert (code, one_line(err)) == (1, "error: " + expected.format(name)), err
+    assert sorted(p.name for p in in_work.iterdir()) == before  # nothing made

@@ -17,7 +17,7 @@ import signal
 import sys
 import threading
 import traceback
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Annotated
 
@@ -32,6 +32,7 @@ import avda
 from avda import _entry
 from avda._io import os_error_line
 from avda.errors import AvdaError, ConfigError, ManifestError
+from avda.paths import file_type_alone, names_a_folder
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_FAILED_ITEMS, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 EXIT_TERMINATED = 128 + signal.SIGTERM  # 143, as a shell reports a process SIGTERM ended
@@ -88,12 +89,33 @@ def _make_parent(path: Path, option: str) -> None:
         ) from None
 
 
-def output_file(path: Path | None, option: str = "-o") -> Path | None:
-    """An output that is one file: not an existing folder; its parent folders are created."""
+def output_file(
+    path: str | Path | None,
+    option: str,
+    name: str,
+    check: Callable[[Path], object] | None = None,
+) -> Path | None:
+    """An output that is one file, read as typed (docs/cli.md, "Output paths"): a folder (an
+    existing one, a trailing slash ``sub/``, ``.``, ``..``) or a file type alone (``.npz``, a
+    hidden file named as its type) names no file and is refused, offering ``name`` (the
+    command's usual file) in that folder; then ``check(path)`` (the command's own rule: its
+    suffix), before its parent folders are created."""
     if path is None:
         return None
-    if path.is_dir():
-        raise ConfigError(f"{option} {path} is a folder; give the path of the file to write")
+    typed, path = str(path), Path(path)  # Path drops the trailing slash: the option is a str
+    folder = names_a_folder(typed) or path.is_dir()
+    if folder or file_type_alone(path.name):
+        what = (
+            "is a folder"
+            if path.is_dir()
+            else "names a folder"
+            if folder
+            else "is a file type alone"
+        )
+        offered = (path if folder else path.parent) / name
+        raise ConfigError(f"{option} {typed} {what}; give the path of the file to write: {offered}")
+    if check is not None:
+        check(path)
     _make_parent(path, option)
     return path
 
@@ -118,7 +140,8 @@ def _output_dir_callback(ctx: typer.Context, param: typer.CallbackParam, value: 
 OutPath = Annotated[
     Path, typer.Option("--out", "-o", help="Output path.", callback=_output_dir_callback)
 ]
-OutFile = Annotated[Path, typer.Option("--out", "-o", help="Output file.")]
+# A file output: a str, not a Path, which drops the trailing slash of -o sub/ (a folder).
+OutFile = Annotated[str, typer.Option("--out", "-o", help="Output file.")]
 Seed = Annotated[int, typer.Option("--seed", min=0, help="Random seed.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
 OptionalVideosDir = Annotated[
@@ -332,7 +355,7 @@ def manifest_build(
     """Turn a benchmark's annotation files into a manifest (and FILE.build.json)."""
     from avda.data_manifests import build_manifest
 
-    output_file(out)
+    out = output_file(out, "-o", "manifest.csv")
     options = list(option or [])
     if unit is not None:
         options.append(f"unit={unit}")
@@ -701,7 +724,7 @@ def finetune_command(
     from avda.extract import finetune, sampling
     from avda.extract.inputs import InputPaths
 
-    output_file(out)
+    out = output_file(out, "-o", "finetuned.pt")
     config = finetune.FinetuneConfig(
         epochs=epochs,
         batch_size=batch_size,
@@ -856,7 +879,7 @@ def cache_export(
 
     if format_ not in ("h5", "epic-pkl"):
         raise ConfigError(f"--format {format_!r}: expected h5 or epic-pkl")
-    output_file(out)
+    out = output_file(out, "-o", "features.h5" if format_ == "h5" else "features.pkl")
     chosen = _split_list(modalities) if modalities else None
     if format_ == "h5":
         path = interop.export_h5(store, out, modalities=chosen)
@@ -1173,7 +1196,7 @@ def evaluate(
         ),
     ] = None,
     export_submission: Annotated[
-        Path | None,
+        str | None,  # not Path: its trailing slash (a folder) is refused, not dropped
         typer.Option(help="EPIC-100 UDA: write the challenge JSON (or .zip) of the one run given."),
     ] = None,
     sls: Annotated[
@@ -1222,7 +1245,7 @@ def evaluate(
     if out is not None:  # OUT.md, OUT.csv: OUT itself may be a folder's name
         tables.check_out(out)  # before its parent folders are made
         _make_parent(Path(out), "-o")
-    output_file(export_submission, "--export-submission")
+    export_submission = output_file(export_submission, "--export-submission", "test.json")
     if sls is not None and export_submission is None:  # it was ignored: nothing to record it in
         raise ConfigError(
             "--sls describes the model of a challenge file: add --export-submission test.json "
@@ -1392,8 +1415,8 @@ def report(
         list[Path], typer.Argument(help="Run directories, or folders holding runs (a sweep's out).")
     ],
     out: Annotated[
-        Path, typer.Option("--out", "-o", help="HTML file to write (named .html).")
-    ] = Path("report.html"),
+        str, typer.Option("--out", "-o", help="HTML file to write (named .html).")
+    ] = "report.html",
     title: Annotated[str, typer.Option(help="Page title.")] = "avda report",
     layout: Annotated[str, typer.Option(help="Results table: auto, settings, epic100.")] = "auto",
     compare: Annotated[
@@ -1408,9 +1431,7 @@ def report(
     from avda.evaluate.report import build_report, check_output
     from avda.train.embedding import head_embedding
 
-    if not out.is_dir():  # a folder: output_file says so
-        check_output(out)  # before its parent folders are made
-    output_file(out)
+    out = output_file(out, "-o", "report.html", check_output)
     path = build_report(
         runs,
         out,
@@ -1428,7 +1449,7 @@ def report(
 def predict_command(
     run: Annotated[Path, typer.Argument(help="A finished run folder (avda train -o RUN).")],
     out: Annotated[
-        Path,
+        str,  # not Path: its trailing slash (-o sub/, a folder) is refused, not dropped
         typer.Option(
             "--out", "-o", help="Predictions file to write (.npz, with a .csv beside it)."
         ),
@@ -1458,13 +1479,15 @@ def predict_command(
     from avda.api import predict
     from avda.train.predict import check_output
 
-    output_file(out)
-    check_output(run, out)  # before any work
-    if out.suffix != ".npz":
-        raise ConfigError(
-            f"-o {out}: avda predict writes a .npz (and its .csv beside it); name it "
-            f"{out.with_suffix('.npz').name}"
-        )
+    def check(path: Path) -> None:  # before any work
+        check_output(run, path)
+        if path.suffix != ".npz":
+            raise ConfigError(
+                f"-o {path}: avda predict writes a .npz (and its .csv beside it); name it "
+                f"{path.with_suffix('.npz').name}"
+            )
+
+    out = output_file(out, "-o", "predictions.npz", check)
     result = predict.__wrapped__(  # its messages name these options, not its keywords
         run,
         cache=cache,

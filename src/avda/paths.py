@@ -6,7 +6,8 @@ that builds a path from such a name goes through :func:`child`, which refuses a 
 not one plain path component (``..``, ``a/b``, an absolute path, a NUL byte) and a path that a
 symbolic link leads out of the output folder. :func:`component_problem` is the same rule for
 validators that collect problems instead of raising (the manifest check). See
-docs/security.md.
+docs/security.md. :func:`names_a_folder` and :func:`file_type_alone` read an output path as the
+user typed it (a trailing slash, ``.``, a file type with no name: docs/cli.md, "Output paths").
 """
 
 from __future__ import annotations
@@ -18,6 +19,28 @@ from avda.errors import ConfigError
 
 # Characters that make a name more than one path component on some system (or end it early).
 _SEPARATORS = ("/", "\\", "\x00")
+
+# File types avda or another program writes (documents, figures, tables, archives, data): a
+# name that is only these (``.pdf``, ``.npz``, ``.tar.gz``) is a hidden file named as its type.
+FILE_TYPES = frozenset(
+    """pdf png jpg jpeg gif svg eps ps tif tiff bmp webp xlsx xls xlsm ods numbers doc docx odt
+    rtf ppt pptx odp key txt log json jsonl xml yaml yml toml rst tsv ipynb zip gz tgz tar bz2
+    xz zst 7z rar h5 hdf5 npz npy pkl pickle pt pth parquet feather zarr mat mp4 avi wav md csv
+    tex html""".split()
+)
+
+
+def names_a_folder(out: str | Path) -> bool:
+    """Whether an output path as typed names a folder: a trailing slash (``sub/``, which
+    ``Path`` drops), ``.``, ``..``; an existing folder named without a slash is the caller's."""
+    return str(out).endswith(("/", os.sep)) or Path(out).name in ("", ".", "..")
+
+
+def file_type_alone(name: str) -> bool:
+    """Whether ``name`` is file types with no name before them (``.md``, ``.npz``, ``.tar.gz``:
+    a hidden file's name, which no output of avda is meant to have; ``.x`` is a name)."""
+    kinds = name.lower().split(".")
+    return kinds[0] == "" and len(kinds) > 1 and all(k in FILE_TYPES for k in kinds[1:])
 
 
 def component_problem(name: object) -> str | None:

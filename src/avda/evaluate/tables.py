@@ -15,6 +15,7 @@ import pandas as pd
 from avda import runs
 from avda._io import atomic_write_text, atomic_write_texts
 from avda.errors import ConfigError, RunError
+from avda.paths import FILE_TYPES, file_type_alone, names_a_folder
 from avda.scoring.protocols import set_metrics
 
 SET_ORDER = ("source_val", "source_test", "target_val", "target_test")
@@ -171,31 +172,16 @@ FORMATS = ("markdown", "latex", "csv", "html")
 _SUFFIXES = {"markdown": ".md", "latex": ".tex", "csv": ".csv", "html": ".html"}
 
 
-# Other programs' file types (documents, figures, spreadsheets, archives, data): -o x.pdf
+# Other programs' file types (every known type but the tables' own): -o x.pdf
 # wrote x.pdf.md without a word. A suffix not listed is part of the name (-o results.final:
 # results.final.md; tab.v1, results.2026.12), as a user naming runs writes them.
-_OTHER_FORMATS = frozenset(
-    """pdf png jpg jpeg gif svg eps ps tif tiff bmp webp xlsx xls xlsm ods numbers doc docx odt
-    rtf ppt pptx odp key txt log json jsonl xml yaml yml toml rst tsv ipynb zip gz tgz tar bz2
-    xz zst 7z rar h5 hdf5 npz npy pkl pickle pt pth parquet feather zarr mat mp4 avi wav""".split()
-)
+_OTHER_FORMATS = FILE_TYPES - {suffix[1:] for suffix in _SUFFIXES.values()}
 
 
 def _other_format(suffix: str) -> bool:
     """Whether ``suffix`` (``.zip``, any case) is another program's file type, no table's
     (:func:`check_out`)."""
     return suffix[1:].lower() in _OTHER_FORMATS
-
-
-def _file_type_alone(name: str) -> bool:
-    """Whether ``name`` is file types with no name before them (``.md``, ``.pdf``, ``.tar.gz``:
-    a hidden file's name, which no table of :func:`check_out` should have)."""
-    kinds = name.lower().split(".")
-    return (
-        kinds[0] == ""
-        and len(kinds) > 1
-        and all(k in _OTHER_FORMATS or f".{k}" in _SUFFIXES.values() for k in kinds[1:])
-    )
 
 
 def check_out(out: str | Path | None) -> None:
@@ -211,8 +197,8 @@ def check_out(out: str | Path | None) -> None:
     if out is None:
         return
     path = Path(out)  # drops a trailing slash, which means a folder
-    folder = str(out).endswith(("/", os.sep)) or path.name in ("", ".", "..")
-    if folder or _file_type_alone(path.name):
+    folder = names_a_folder(out)
+    if folder or file_type_alone(path.name):
         named = (path if folder else path.parent) / "results"
         raise ConfigError(
             f"-o: {out} names no table (the tables are OUT.md, OUT.csv and OUT.tex); give them "
