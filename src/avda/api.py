@@ -570,8 +570,10 @@ def predict(
     (one set's; ``"action"``: EPIC-100's, for a run with verb and noun); ``out``: also write
     OUT.npz and OUT.csv (``.save(path)`` does it later).
     """
-    from avda.train.predict import predict_run
+    from avda.train.predict import check_output, predict_run
 
+    if out is not None:  # before any work
+        check_output(run, out)
     result = predict_run(
         run,
         cache,

@@ -32,7 +32,7 @@ import avda
 from avda import _entry
 from avda._io import os_error_line
 from avda.errors import AvdaError, ConfigError, ManifestError
-from avda.paths import file_type_alone, names_a_folder
+from avda.paths import check_output_file
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_FAILED_ITEMS, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 EXIT_TERMINATED = 128 + signal.SIGTERM  # 143, as a shell reports a process SIGTERM ended
@@ -95,25 +95,12 @@ def output_file(
     name: str,
     check: Callable[[Path], object] | None = None,
 ) -> Path | None:
-    """An output that is one file, read as typed (docs/cli.md, "Output paths"): a folder (an
-    existing one, a trailing slash ``sub/``, ``.``, ``..``) or a file type alone (``.npz``, a
-    hidden file named as its type) names no file and is refused, offering ``name`` (the
-    command's usual file) in that folder; then ``check(path)`` (the command's own rule: its
-    suffix), before its parent folders are created."""
+    """An output that is one file, read as typed (:func:`avda.paths.check_output_file`: a folder
+    or a file type alone is refused, offering ``name`` in that folder), then ``check(path)``
+    (the command's own rule: its suffix), before its parent folders are created."""
     if path is None:
         return None
-    typed, path = str(path), Path(path)  # Path drops the trailing slash: the option is a str
-    folder = names_a_folder(typed) or path.is_dir()
-    if folder or file_type_alone(path.name):
-        what = (
-            "is a folder"
-            if path.is_dir()
-            else "names a folder"
-            if folder
-            else "is a file type alone"
-        )
-        offered = (path if folder else path.parent) / name
-        raise ConfigError(f"{option} {typed} {what}; give the path of the file to write: {offered}")
+    path = check_output_file(path, option, name)
     if check is not None:
         check(path)
     _make_parent(path, option)
@@ -1479,15 +1466,7 @@ def predict_command(
     from avda.api import predict
     from avda.train.predict import check_output
 
-    def check(path: Path) -> None:  # before any work
-        check_output(run, path)
-        if path.suffix != ".npz":
-            raise ConfigError(
-                f"-o {path}: avda predict writes a .npz (and its .csv beside it); name it "
-                f"{path.with_suffix('.npz').name}"
-            )
-
-    out = output_file(out, "-o", "predictions.npz", check)
+    out = output_file(out, "-o", "predictions.npz", lambda path: check_output(run, path))
     result = predict.__wrapped__(  # its messages name these options, not its keywords
         run,
         cache=cache,

@@ -43,6 +43,25 @@ def file_type_alone(name: str) -> bool:
     return kinds[0] == "" and len(kinds) > 1 and all(k in FILE_TYPES for k in kinds[1:])
 
 
+def check_output_file(out: str | Path, option: str, name: str) -> Path:
+    """``out`` as a path of one file to write (docs/cli.md, "Output paths"): a folder (an
+    existing one, a trailing slash ``sub/``, ``.``, ``..``) or a file type alone (``.npz``)
+    names no file and is refused, offering ``name`` (the usual file) in that folder."""
+    typed, path = str(out), Path(out)  # Path drops the trailing slash: read it from the text
+    folder = names_a_folder(typed) or path.is_dir()
+    if folder or file_type_alone(path.name):
+        what = (
+            "is a folder"
+            if path.is_dir()
+            else "names a folder"
+            if folder
+            else "is a file type alone"
+        )
+        offered = (path if folder else path.parent) / name
+        raise ConfigError(f"{option} {typed} {what}; give the path of the file to write: {offered}")
+    return path
+
+
 def component_problem(name: object) -> str | None:
     """Why ``name`` is not usable as one file or folder name, or None when it is."""
     text = str(name)

@@ -4,6 +4,7 @@ run's own final evaluation predicted them."""
 from __future__ import annotations
 
 import dataclasses
+import re
 import shutil
 from pathlib import Path
 
@@ -493,3 +494,28 @@ def test_an_interrupted_predictions_write_leaves_no_table_cut_short(tmp_path, mo
     assert (tmp_path / "p.csv").read_bytes() == before
     assert len(runs.load_predictions(tmp_path / "p.npz")["uids"]) == 50
     assert sorted(p.name for p in tmp_path.iterdir()) == ["p.csv", "p.npz"]
+
+
+def test_avda_predict_refuses_an_out_naming_a_folder_before_any_work(
+    trained, tmp_path, monkeypatch
+):
+    """``avda.predict(run, out="sub/")`` predicted every row, then was told ``name it sub.npz``
+    (the slash dropped) and the predictions were lost; ``out=".npz"`` was told ``.npz.npz``.
+    Refused before any work now, as ``avda predict -o`` (docs/cli.md, "Output paths"), in the
+    keyword's words."""
+    from avda.train import predict as predict_lib
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("predicted before out was checked")
+
+    monkeypatch.setattr(predict_lib, "predict_run", no_work)
+    monkeypatch.chdir(tmp_path)
+    write = "give the path of the file to write"
+    for out, expected in (
+        ("sub/", f"out sub/ names a folder; {write}: sub/predictions.npz"),
+        (".npz", f"out .npz is a file type alone; {write}: predictions.npz"),
+        ("p.csv", "out p.csv: avda predict writes a .npz (and its .csv beside it); name it p.npz"),
+    ):
+        with pytest.raises(ConfigError, match=f"^{re.escape(expected)}$"):
+            avda.predict(trained / "dann", out=out, progress=False)
+    assert not list(tmp_path.iterdir())

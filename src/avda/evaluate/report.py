@@ -62,6 +62,7 @@ from avda.evaluate.classes import (  # noqa: F401 - the report's names, kept imp
     class_label,
     class_names,
 )
+from avda.paths import check_output_file
 from avda.scoring.metrics import mean_std
 
 log = logging.getLogger(__name__)
@@ -768,8 +769,9 @@ def _figure_html(figure: ReportFigure) -> str:
 
 def check_output(out: str | Path) -> None:
     """Refuse a page named other than ``.html``: it is HTML whatever its name (``-o x.txt``
-    wrote one silently), as ``avda predict -o`` refuses a name other than ``.npz``."""
-    out = Path(out)
+    wrote one silently), as ``avda predict -o`` refuses a name other than ``.npz``; a folder or
+    ``.html`` alone names no page (:func:`check_output_file`)."""
+    out = check_output_file(out, "-o", "report.html")
     if out.suffix.lower() not in (".html", ".htm"):
         raise ConfigError(
             f"-o {out}: avda report writes one HTML page; name it {out.with_suffix('.html').name}"
@@ -796,8 +798,8 @@ def build_report(
     embedding plots show the stored prediction scores."""
     from avda._io import progress_bar
 
-    out = Path(out)
     check_output(out)
+    out = Path(out)
     if layout not in aggregate_lib.LAYOUTS:  # a paper layout: the per-run table is always there
         valid = ", ".join(aggregate_lib.LAYOUTS)
         raise ConfigError(f"unknown --layout {layout!r} for avda report; valid: {valid}")

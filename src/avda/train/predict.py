@@ -37,6 +37,7 @@ from avda._io import progress_bar
 from avda.cache import FeatureCache, open_cache
 from avda.cache.store import features_record
 from avda.errors import CacheError, ConfigError, RunError
+from avda.paths import check_output_file
 from avda.scoring.protocols import set_metrics
 from avda.train import data as data_lib
 from avda.train import heads as heads_lib
@@ -137,11 +138,6 @@ class Predictions:
         """Write ``path`` (a ``.npz``) and its .csv as a run writes its predictions, with each
         row's ``set`` (and its ``score_group`` as ``group``, where the cache has one)."""
         path = check_output(self.run, path)
-        if path.suffix != ".npz":
-            raise ConfigError(
-                f"{path}: predictions are written as a .npz (and its .csv beside it); name it "
-                f"{path.with_suffix('.npz').name}"
-            )
         return runs.save_predictions(
             path, self.uids, self.labels, self.scores, columns=self._columns()
         )
@@ -173,12 +169,18 @@ def _check_same_features(run: Path, recorded: dict[str, Any], store: FeatureCach
 
 
 def check_output(run: str | Path | None, out: str | Path) -> Path:
-    """``out``, refused inside ``run`` (whose predictions avda evaluate reads back)."""
-    out = Path(out)
+    """``out``, a .npz file (a folder or ``.npz`` alone, :func:`check_output_file`, and another
+    suffix are refused), refused inside ``run`` (whose predictions avda evaluate reads back)."""
+    out = check_output_file(out, "-o", "predictions.npz")
     if run is not None and out.resolve().is_relative_to(Path(run).resolve()):
         raise ConfigError(
             f"-o {out} is inside run {run}, whose files avda reads back (evaluate, report): "
             "write the predictions elsewhere"
+        )
+    if out.suffix != ".npz":
+        raise ConfigError(
+            f"-o {out}: avda predict writes a .npz (and its .csv beside it); name it "
+            f"{out.with_suffix('.npz').name}"
         )
     return out
 
