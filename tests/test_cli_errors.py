@@ -774,3 +774,16 @@ def test_a_file_output_naming_a_folder_or_only_a_type_is_refused_offering_a_name
     expected = f"{option} {out} {what}; give the path of the file to write: {offered}"
     assert (code, one_line(err)) == (1, "error: " + expected.format(name)), err
     assert sorted(p.name for p in in_work.iterdir()) == before  # nothing made
+
+
+def test_train_refuses_a_folder_of_other_files(capsys, in_work):
+    # `avda train -o .` (or `-o ..`) wrote config.yaml, checkpoints/ and predictions/ among the
+    # files of the folder it was run in; an empty folder, a new path or a run's own (to resume)
+    # are still trained into
+    before = sorted(p.name for p in in_work.iterdir())
+    for out in (".", "./"):
+        code, _, err = run(capsys, *TRAIN, "--head", "source-only", "-o", out, "-q")
+        assert (code, one_line(err)) == (1, f"error: -o {out.rstrip('/') or out} is a folder "
+            "that is not an avda run and is not empty; avda does not write into it: give a new "
+            "path (it is created) or an empty folder"), err  # fmt: skip
+    assert sorted(p.name for p in in_work.iterdir()) == before

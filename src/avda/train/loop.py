@@ -22,9 +22,10 @@ import avda
 from avda import environment, runs
 from avda._io import atomic_write_text, progress_bar, quiet_logs
 from avda.cache import FeatureCache
-from avda.cache.lock import run_lock
+from avda.cache.lock import RUN_LOCK, run_lock
 from avda.cache.store import features_record
 from avda.errors import AvdaError, RunError, TrainingDiverged
+from avda.paths import refuse_foreign_folder
 from avda.scoring.protocols import set_metrics
 from avda.train import setup as setup_lib
 from avda.train import sinks as sinks_lib
@@ -220,6 +221,10 @@ def train(
     """
     names = sinks_lib.parse_names(log)
     sinks_lib.check_available(names)  # a missing package: one line before any work
+    # -o . or -o ~/Documents: a folder of other files is no run's (it was trained into)
+    run = Path(out)
+    ours = any((run / name).exists() for name in (runs.CONFIG, runs.STATUS, RUN_LOCK))
+    refuse_foreign_folder(run, "-o", "an avda run", is_ours=ours)
     sinks = sinks_lib.MetricSinks(names)
     try:
         # One process trains into a folder at a time (a second one stops with RunBusyError).
