@@ -19,6 +19,7 @@ from avda.scoring.protocols import (
     charades_map,
     epic100_accuracies,
     epic100_action_scores,
+    epic100_rank,
     epic100_uda_submission,
     mmsada_checkpoint_accuracy,
     mmsada_clip_scores,
@@ -30,13 +31,21 @@ from avda.scoring.protocols import (
 
 # The official EPIC-KITCHENS-100 scorer, transcribed from epic-kitchens/C1-Action-Recognition
 # at c90b6f925634ec434a5353d3d2fba04e2bb49d1d (utils/scoring.py, utils/metrics.py, evaluate.py).
+# Its ``argsort`` is numpy's default, whose order of tied scores numpy leaves open (2.x's SIMD
+# sort shuffles them); transcribed as ``official_argsort``, that order in index order, the one
+# avda documents (highest id first once reversed), so the comparison holds on any machine.
+
+
+def official_argsort(scores, axis=-1):
+    """The official code's ``argsort``, ties kept in index order (see above)."""
+    return np.argsort(scores, axis=axis, kind="stable")
 
 
 def official_compute_action_scores(verb_scores, noun_scores, top_n=100):
     """``C1-Action-Recognition/utils/scoring.py::compute_action_scores``, transcribed."""
 
     def top_scores(scores):
-        index = np.argsort(scores)[:, ::-1][:, :top_n]
+        index = official_argsort(scores)[:, ::-1][:, :top_n]
         return index, scores[np.arange(len(scores)).reshape(-1, 1), index]
 
     top_verbs, top_verb_scores = top_scores(verb_scores)
@@ -45,7 +54,7 @@ def official_compute_action_scores(verb_scores, noun_scores, top_n=100):
     noun_probs = scipy_softmax(top_noun_scores)
     matrix = verb_probs[:, :, np.newaxis] * noun_probs[:, np.newaxis, :]
     count = matrix.shape[0]
-    ranks = matrix.reshape(count, -1).argsort(axis=-1)[:, ::-1]
+    ranks = official_argsort(matrix.reshape(count, -1))[:, ::-1]
     verb_index, noun_index = np.unravel_index(ranks[:, :top_n], shape=matrix.shape[1:])
     segments = np.arange(0, count).reshape(-1, 1)
     return (
@@ -66,7 +75,7 @@ def official_action_ranks(verb_scores, noun_scores):
     for score in dicts:
         class_ids = np.array(list(score.keys()))
         score_array = np.array([score[class_id] for class_id in class_ids])
-        ranks.append(class_ids[np.argsort(score_array)[::-1]])
+        ranks.append(class_ids[official_argsort(score_array)[::-1]])
     return np.array(ranks)
 
 
@@ -139,7 +148,7 @@ def test_official_and_ta3n_accuracies(epic_like):
 
 def official_topk(scores, labels, ks):
     """``C1-Action-Recognition``'s ``topk_accuracy``, transcribed."""
-    rankings = scores.argsort()[:, ::-1]
+    rankings = official_argsort(scores)[:, ::-1]
     tp = rankings[:, : max(ks)] == labels.reshape(-1, 1)
     return [tp[:, :k].max(1).mean() for k in ks]
 
@@ -169,6 +178,30 @@ def test_tied_scores_are_ranked_as_the_official_scorer_ranks_them():
         assert results[f"all_action_accuracy_at_{k}"] == pytest.approx(
             official_action_accuracy(verb, noun, verb_labels, noun_labels, k)
         )
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_tied_scores_rank_highest_id_first_whatever_numpy_sorts(dtype):
+    """Ties rank highest class id first, as documented, on every row width and dtype: the
+    official ``argsort()[:, ::-1]`` leaves their order to numpy's unstable sort, which (numpy
+    2.x's SIMD sort) shuffled tied zeros of 8 and more classes and ranked a float16 copy of
+    the same scores otherwise, so a run's verb top-1 depended on the machine and the dtype."""
+    rng = np.random.default_rng(3)
+    count, classes = 200, 97
+    verb = np.zeros((count, classes), dtype)
+    tied = np.array([np.sort(rng.choice(classes, 3, replace=False)) for _ in range(count)])
+    verb[np.arange(count)[:, None], tied] = 0.5  # three classes tied best, the rest tied at 0
+    expected = np.concatenate(
+        [tied[:, ::-1], np.array([[c for c in range(classes)[::-1] if c not in t] for t in tied])],
+        axis=1,
+    )
+    np.testing.assert_array_equal(epic100_rank(verb), expected)
+    labels = tied[:, 2]  # the highest tied id: every top-1 right
+    metrics = set_metrics("s", {"verb": verb, "noun": verb}, {"verb": labels, "noun": labels})
+    assert metrics["s/verb/top1"] == metrics["s/noun/top1"] == 1.0
+    # the pairs' products: float32 (float16's, ~1e-9, underflow to 0, the official code's too)
+    verb = verb.astype(np.float32)
+    assert epic100_accuracies(verb, verb, labels, labels)["all_action_accuracy_at_1"] == 1.0
 
 
 def test_tied_action_scores_are_ranked_twice_as_evaluate_py_does():
@@ -292,8 +325,8 @@ def official_compute_metrics(labels, verb_scores, noun_scores, tail_verbs, tail_
     subset by boolean masks, ``topk_accuracy`` as :func:`official_topk`."""
     verbs, nouns = labels["verb_class"].to_numpy(), labels["noun_class"].to_numpy()
     ranks = {
-        "verb": verb_scores.argsort(axis=-1)[:, ::-1],
-        "noun": noun_scores.argsort(axis=-1)[:, ::-1],
+        "verb": official_argsort(verb_scores)[:, ::-1],
+        "noun": official_argsort(noun_scores)[:, ::-1],
         "action": official_action_ranks(verb_scores, noun_scores),
     }
     truth = {"verb": verbs, "noun": nouns, "action": action_ids(verbs, nouns)}

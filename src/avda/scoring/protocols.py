@@ -18,8 +18,9 @@ TA3N's in-code "action" accuracy (``multitask_accuracy``) counts a top-k hit whe
 the top-k verbs **and** the noun in the top-k nouns. Top-1 agrees with the official one; top-5
 does not, so it is reported separately as ``ta3n_action_accuracy_at_k``.
 
-Ties: ranked as the official code ranks them, numpy's ``argsort`` reversed (highest class id
-first, :func:`epic100_rank`), for the verb, noun and action columns and a run's verb and noun
+Ties: ranked highest class id first (:func:`epic100_rank`), the official code's ``argsort``
+reversed with numpy's sort keeping ties in index order (its default sort does not promise it:
+numpy 2.x shuffles them), for the verb, noun and action columns and a run's verb and noun
 top-1 (:func:`set_metrics`); avda's other metrics put the lowest index first.
 """
 
@@ -70,8 +71,10 @@ def epic100_rank(scores: np.ndarray, k: int | None = None) -> np.ndarray:
     """Class indices per row by decreasing score as the official EPIC-100 scorer ranks them,
     ``scores.argsort()[:, ::-1]``: tied classes (probabilities that underflowed to 0) come
     highest index first, where :func:`avda.scoring.metrics.rank_classes` puts the lowest first.
-    A top-5 of a segment with fewer than 5 non-zero scores differs between the two."""
-    order = np.argsort(np.asarray(scores), axis=1)[:, ::-1]
+    A top-5 of a segment with fewer than 5 non-zero scores differs between the two. The sort is
+    stable: numpy's default one (the official code's) leaves tied classes in an order of its
+    CPU, version and dtype (numpy 2.4's SIMD sort shuffled tied zeros of 8 or more classes)."""
+    order = np.argsort(np.asarray(scores), axis=1, kind="stable")[:, ::-1]
     return order if k is None else order[:, :k]
 
 
@@ -132,7 +135,7 @@ def _action_top_k(
     # again (utils/scoring.py, _scores_dict_to_ranks: ``argsort(scores)[::-1]`` of the row
     # already sorted), which reverses the order of tied pairs a second time.
     rows = np.arange(len(scores))[:, None]
-    again = np.argsort(scores, axis=1)[:, ::-1]
+    again = epic100_rank(scores)
     verbs, nouns = verbs[rows, again], nouns[rows, again]
     hits = (verbs == verb_labels[:, None]) & (nouns == noun_labels[:, None])
     return [hits[:, :k].any(axis=1) for k in ks]
