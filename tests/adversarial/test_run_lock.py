@@ -16,7 +16,14 @@ import pytest
 
 from avda import runs
 from avda.cache import lock as lock_module
-from avda.cache.lock import RUN_LOCK, RunBusyError, run_lock, training_holder
+from avda.cache.lock import (
+    RUN_LOCK,
+    SWEEP_LOCK,
+    RunBusyError,
+    run_lock,
+    sweep_lock,
+    training_holder,
+)
 from avda.train.loop import train
 from tests.adversarial._cli import one_line, run
 from tests.conftest import make_feature_cache
@@ -91,6 +98,32 @@ def test_a_refused_run_leaves_no_folder(tmp_path):
     with pytest.raises(Exception, match="no-such-head"):
         train(cache=cache, head="no-such-head", source=["source"], target=["target"], out=out)
     assert not out.exists()
+
+
+@pytest.mark.parametrize("holder", ["run", "sweep"])
+def test_a_stopped_holder_removes_only_a_folder_it_made(tmp_path, holder):
+    """A run's or a sweep's lock holder stopped before it wrote anything removes its lock file
+    and the folder only where it made that folder: one the user made (empty, or holding only
+    a lock file an earlier holder left) stays, lock file and all."""
+
+    def stopped(folder):
+        hold = run_lock(folder, what="avda train") if holder == "run" else sweep_lock(folder)
+        with pytest.raises(KeyboardInterrupt), hold:
+            raise KeyboardInterrupt
+
+    name = RUN_LOCK if holder == "run" else SWEEP_LOCK
+    made = tmp_path / "made"
+    stopped(made)
+    assert not made.exists()  # made here, nothing written: gone with its lock
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    stopped(empty)
+    assert empty.is_dir()
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    (locked / name).write_text("")
+    stopped(locked)
+    assert [p.name for p in locked.iterdir()] == [name]
 
 
 def test_a_refused_run_never_deletes_the_lock_file_of_the_holder(tmp_path, monkeypatch):
