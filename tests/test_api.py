@@ -704,6 +704,8 @@ def test_evaluate_refuses_an_out_named_as_another_format_as_the_cli_does(
         ("tables/.tar.gz", "tables/results"),
         ("sub/", "sub/results"),
         ("tables/", "tables/results"),
+        ("sub/.", "sub/results"),  # Path drops the '.' too: it wrote sub.md
+        ("sub//", "sub/results"),
     ):
         expected = (
             f"{out} names no table (the tables are OUT.md, OUT.csv and OUT.tex); give them a "

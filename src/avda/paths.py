@@ -32,8 +32,9 @@ FILE_TYPES = frozenset(
 
 def names_a_folder(out: str | Path) -> bool:
     """Whether an output path as typed names a folder: a trailing slash (``sub/``, which
-    ``Path`` drops), ``.``, ``..``; an existing folder named without a slash is the caller's."""
-    return str(out).endswith(("/", os.sep)) or Path(out).name in ("", ".", "..")
+    ``Path`` drops), ``.``, ``..``, ``sub/.`` (``Path`` drops the dot too: the text's last part
+    is read); an existing folder named without a slash is the caller's."""
+    return os.path.basename(str(out)) in ("", ".", "..")
 
 
 def file_type_alone(name: str) -> bool:

@@ -190,13 +190,13 @@ def check_out(out: str | Path | None) -> None:
     word (the command line and ``avda.evaluate`` alike). Another program's file type
     (:data:`_OTHER_FORMATS`) is refused; any other suffix (``results.final``, ``tab.v1``,
     ``results.2026.12``) is part of the name (:func:`table_file`). An OUT that names no table,
-    a folder (``-o .``: an internal error once the runs were read; ``-o sub/``, whose slash
-    Path drops: it wrote sub.md) or a file type alone (``-o .md`` wrote the hidden .md.md,
-    ``-o .pdf`` .pdf.md), is refused too, offering a visible name (results) in that folder;
+    a folder (``-o .``: an internal error once the runs were read; ``-o sub/`` or ``sub/.``,
+    which Path drops: it wrote sub.md) or a file type alone (``-o .md`` wrote the hidden
+    .md.md, ``-o .pdf`` .pdf.md), is refused too, offering a visible name (results) in that folder;
     an existing folder named without a slash (``-o tables``) is the tables' name, tables.md."""
     if out is None:
         return
-    path = Path(out)  # drops a trailing slash, which means a folder
+    path = Path(out)  # drops a trailing slash or '/.', which mean a folder
     folder = names_a_folder(out)
     if folder or file_type_alone(path.name):
         named = (path if folder else path.parent) / "results"
