@@ -224,7 +224,8 @@ def test_the_challenge_file_is_the_official_format(epic100_cache, tmp_path, caps
     err = capsys.readouterr().err
     assert code == 1 and err.count("\n") == 1, err
     assert "target_test has no labelled segments to score: choose another --set (it has " in err
-    assert "source_val, target_test, target_val" in err and "--export-submission FILE" in err
+    # the other sets, not target_test itself among the ones to choose
+    assert "(it has source_val, target_val);" in err and "--export-submission FILE" in err
     out = tmp_path / "submission.zip"
     code = cli.main(["evaluate", str(run), "--export-submission", str(out), "--sls", "2,3,4"])
     assert code == 0, capsys.readouterr().err

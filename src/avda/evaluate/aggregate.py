@@ -1120,9 +1120,10 @@ def _epic100_table(
             verb, noun = predictions["labels"]["verb"], predictions["labels"]["noun"]
             known = (verb >= 0) & (noun >= 0)
             if not known.any():
+                others = [s for s in runs.prediction_sets(info.path) if s != split]
                 raise RunError(
                     f"{info.path}: {split} has no labelled segments to score: choose another "
-                    f"--set (it has {', '.join(runs.prediction_sets(info.path))}); EPIC-100's "
+                    f"--set (it has {', '.join(others) or 'no other'}); EPIC-100's "
                     "target_test labels are the challenge server's (avda evaluate RUN "
                     "--export-submission FILE --sls PT,TL,TD writes its file)"
                 )
