@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -204,3 +208,74 @@ def test_the_cli_computes_every_video_of_a_folder_without_a_manifest(
     err = capsys.readouterr().err
     assert code != 0 and "needs --manifest FILE, or --videos DIR" in err, err
     assert "Traceback" not in err
+
+
+def _killed_flow(out: Path, videos: Path, when, sign: signal.Signals, *extra: str) -> list[str]:
+    """A real ``avda flow`` of ``videos`` (test.avi: 20 flow frames at stride 8) into ``out``,
+    sent ``sign`` once ``when(folder)`` holds for the video's folder (3 tries: a run that ends
+    first is started again). The command's options, to run it again in the process."""
+    options = ["flow", "--videos", str(videos), "-o", str(out), "--size", "48",
+               "--stride", "8", "-q", *extra]  # fmt: skip
+    folder = out / "test"
+    for _ in range(3):
+        shutil.rmtree(out, ignore_errors=True)
+        command = [sys.executable, "-m", "avda.cli", *options]
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.time() + 120
+        try:
+            while time.time() < deadline and process.poll() is None:
+                if (folder / "flow.json").exists() and when(folder):
+                    process.send_signal(sign)
+                    process.wait(timeout=60)
+                    return options
+                time.sleep(0.005)
+        finally:
+            process.kill()
+            process.wait()
+    raise AssertionError(f"avda flow ended before it could be stopped: {process.stderr.read()}")
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {f"{c}/{p.name}": p.read_bytes() for c in ("u", "v") for p in (folder / c).iterdir()}
+
+
+@pytest.mark.slow
+def test_a_killed_run_resumes_to_the_same_files_and_a_folder_without_a_finished_frame_is_free(
+    tmp_path, shared_data, capsys
+):
+    """A real SIGKILL part-way: a rerun with other settings is refused naming the folder and
+    --force, the same settings finish it with the files of an uninterrupted run. A SIGTERM
+    before the first pair is written whole leaves flow.json and no frame: other settings start
+    it, without --force (it was refused, though nothing was finished there)."""
+    pytest.importorskip("cv2", reason="TV-L1 needs opencv-contrib-python-headless")
+    from avda import cli
+
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    (videos / "test.avi").symlink_to(shared_data / "media" / "video" / "test.avi")
+    whole = tmp_path / "whole"
+    options = ["flow", "--videos", str(videos), "-o", str(whole), "--size", "48",
+               "--stride", "8", "-q"]  # fmt: skip
+    assert cli.main(options) == 0, capsys.readouterr().err
+    reference = _files(whole / "test")
+    assert len(reference) == 2 * 21  # 165 frames (test.avi's first repeats), stride 8
+
+    out = tmp_path / "out"
+    some = lambda folder: 2 <= len(list((folder / "v").glob("*.jpg"))) < 21  # noqa: E731
+    options = _killed_flow(out, videos, some, signal.SIGKILL, "--batch-size", "1")
+    capsys.readouterr()
+    assert cli.main([*options, "--bound", "8"]) == cli.EXIT_FAILED_ITEMS
+    said = (out / "flow.failures.csv").read_text()
+    assert str(out / "test") in said and "--force" in said and "made differently" in said
+    assert json.loads((out / "test" / "flow.json").read_text())["bound"] == 20.0
+    assert cli.main(options) == 0, capsys.readouterr().err
+    assert "flow frames computed" in capsys.readouterr().out
+    assert _files(out / "test") == reference  # bit for bit, no file left from the kill
+    assert not list((out / "test").rglob("*.partial"))
+
+    none = lambda folder: not list((folder / "v").glob("*.jpg"))  # noqa: E731
+    options = _killed_flow(out, videos, none, signal.SIGTERM, "--batch-size", "64")
+    assert not list((out / "test" / "v").glob("*.jpg"))
+    assert cli.main([*options, "--bound", "8"]) == 0, capsys.readouterr().err
+    assert json.loads((out / "test" / "flow.json").read_text())["bound"] == 8.0
+    assert len(_files(out / "test")) == 2 * 21

@@ -31,8 +31,12 @@ Methods:
 - ``raft``: torchvision RAFT (``raft_large`` or ``raft_small``, chosen from the ``--weights``
   state dict), on the GPU when there is one; fast, but its flow statistics differ from TV-L1.
 
-Resuming: a flow frame whose u and v files both exist is skipped; files are written to a
-temporary name and renamed, so a killed run never leaves half a JPEG under the final name.
+Resuming: ``flow.json`` is written before the video's first flow frame, and each u and v JPEG
+is written to a temporary name and renamed, so a killed run never leaves half a JPEG under the
+final name nor a frame its record does not describe. A flow frame whose u and v files both
+exist is finished and skipped (a rerun with the same settings finishes a folder with the same
+files). A folder recorded with other settings is refused where it holds a finished frame
+(unless ``force``) and taken over where it holds none.
 """
 
 from __future__ import annotations
@@ -218,7 +222,8 @@ def compute_flow(
             wanted = np.arange(1, len(pairs) + 1)
             if segments_only:
                 wanted = _near_segments(wanted, pairs, rows, source.fps, margin)
-            todo = [j for j in wanted if not _done(folder, int(j))]
+            finished = _finished(folder)
+            todo = [j for j in wanted if FLOW_TEMPLATE.format(int(j)) not in finished]
             result.skipped += len(wanted) - len(todo)
             bar.total += len(todo)
             bar.refresh()
@@ -340,8 +345,11 @@ def _near_segments(
 
 # --------------------------------------------------------------------------- output
 def _claim_folder(folder: Path, out: Path, metadata: dict[str, Any], force: bool) -> None:
-    """Create the video's folder and flow.json; refuse one made with other settings, and one
-    that a symbolic link leads out of ``out`` (nothing is written or deleted outside it)."""
+    """Create the video's folder and flow.json; refuse one that holds finished flow frames
+    made with other settings (unless ``force``), and one that a symbolic link leads out of
+    ``out`` (nothing is written or deleted outside it). A folder of other settings without a
+    finished frame (a run killed before its first pair was written whole) is taken over: its
+    u or v files of unfinished pairs are deleted, then the record says this run's settings."""
     path = folder / frames_lib.FLOW_METADATA
     for part in (folder, folder / "u", folder / "v", path):
         if part.exists() or part.is_symlink():
@@ -363,17 +371,19 @@ def _claim_folder(folder: Path, out: Path, metadata: dict[str, Any], force: bool
             for k in COMPARED_KEYS
             if found.get(k) != metadata.get(k)
         ]
-        if diffs and not force:
+        finished = len(_finished(folder)) if diffs else 0
+        if finished and not force:
             raise ConfigError(
-                f"{folder} holds flow made differently ({'; '.join(diffs)}); use another "
-                "--out, or --force to recompute it"
+                f"{folder} holds {finished} flow frame(s) made differently "
+                f"({'; '.join(diffs)}); use another --out, or --force to recompute it"
             )
-        if diffs:
+        if diffs:  # the record goes last: it never names settings its frames were not made with
             for component in ("u", "v"):
-                for old in (folder / component).glob("*.jpg"):
-                    if not old.is_symlink():  # a link's target is not ours to delete
-                        check_inside(old, out)
-                    old.unlink()
+                for pattern in ("*.jpg", "*.partial"):
+                    for old in (folder / component).glob(pattern):
+                        if not old.is_symlink():  # a link's target is not ours to delete
+                            check_inside(old, out)
+                        old.unlink()
     for component in ("u", "v"):
         (folder / component).mkdir(parents=True, exist_ok=True)
     text = json.dumps(metadata, indent=2)
@@ -382,9 +392,10 @@ def _claim_folder(folder: Path, out: Path, metadata: dict[str, Any], force: bool
     )
 
 
-def _done(folder: Path, number: int) -> bool:
-    name = FLOW_TEMPLATE.format(number)
-    return (folder / "u" / name).exists() and (folder / "v" / name).exists()
+def _finished(folder: Path) -> set[str]:
+    """Names of the flow frames whose u and v files are both there (each written whole)."""
+    u, v = ({p.name for p in (folder / c).glob("frame_*.jpg")} for c in ("u", "v"))
+    return u & v
 
 
 def _write_pair(folder: Path, number: int, flow: np.ndarray, bound: float) -> None:
