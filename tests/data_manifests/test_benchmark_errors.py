@@ -380,20 +380,45 @@ def test_missing_annotations_folder_says_how_to_fix(tmp_path):
         build("epic55-mmsada", tmp_path)
 
 
-def test_mmsada_folder_with_some_splits_names_the_missing_files(shared_data, tmp_path):
-    """A new user's folder of D1 and D2 only (for --setting D1-D2): the folder is right, a file
-    is missing; it said 'none of D3_train.pkl found in ...; pass --annotations the folder that
-    holds the benchmark's annotation files', the folder given."""
+def test_mmsada_setting_reads_only_its_domains_pickles(shared_data, tmp_path):
+    """A new user's folder of D1 and D2 only, for --setting D1-D2: it needed all six pickles.
+    The setting's build reads its four and gives the rows of the full build that the setting
+    keeps; a file it needs missing is named alone, the folder being right (not locate's 'pass
+    --annotations the folder that holds ...'); the full build still names D3's."""
+    splits = shared_data / "annotations" / "epic55_mmsada_splits"
     root = tmp_path / "splits"
     root.mkdir()
     for name in ("D1_train.pkl", "D1_test.pkl", "D2_train.pkl", "D2_test.pkl"):
-        shutil.copy(shared_data / "annotations" / "epic55_mmsada_splits" / name, root / name)
+        shutil.copy(splits / name, root / name)
+    part = build_manifest("epic55-mmsada", root, tmp_path / "d1d2.csv", setting="D1-D2")
+    full = build_manifest("epic55-mmsada", splits, tmp_path / "all.csv")
+    kept = full.restrict(part.settings["D1-D2"])
+    pd.testing.assert_frame_equal(part.manifest, kept.manifest)
+    assert len(part.manifest) == 1543 + 435 + 2495 + 750
+    assert [Path(p).name for p in part.sources] == [
+        "D1_train.pkl", "D1_test.pkl", "D2_train.pkl", "D2_test.pkl"
+    ]  # fmt: skip
+    assert (part.domains, part.settings, part.classes) == (
+        kept.domains, kept.settings, kept.classes
+    )  # fmt: skip
+    again = build_manifest("epic55-mmsada", root, tmp_path / "d21.csv", source="D2", target="D1")
+    pd.testing.assert_frame_equal(again.manifest, part.manifest)
+
+    (root / "D2_test.pkl").unlink()
     with pytest.raises(ManifestError) as raised:
         build_manifest("epic55-mmsada", root, tmp_path / "m.csv", setting="D1-D2")
     message = str(raised.value)
-    assert f"{root} lacks D3_train.pkl, D3_test.pkl: the build reads all six" in message
-    assert "pass --annotations" not in message
+    assert f"{root} lacks D2_test.pkl: the build reads D1_train.pkl, D1_test.pkl, " in message
+    assert "D3" not in message and "pass --annotations" not in message
     assert not (tmp_path / "m.csv").exists()
+    with pytest.raises(
+        ManifestError,
+        match=r"lacks D2_test\.pkl, D3_train\.pkl, D3_test\.pkl: the build reads all six",
+    ):
+        build_manifest("epic55-mmsada", root, tmp_path / "m.csv")
+    # D4 is not a domain of the benchmark: all are read, and the setting is refused naming them
+    with pytest.raises(ConfigError, match="D4.; valid: D1, D2, D3"):
+        build_manifest("epic55-mmsada", splits, tmp_path / "m.csv", setting="D1->D4")
 
 
 @pytest.mark.parametrize("benchmark", ["epic55-mmsada", "epic100-uda", "charades-ego", "ucf-hmdb"])

@@ -14,6 +14,7 @@ behind ``avda manifest build``.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import inspect
 import json
@@ -154,13 +155,25 @@ def read_build_info(manifest_path: str | Path) -> dict[str, Any] | None:
         ) from exc
 
 
-def option_names(benchmark: str) -> list[str]:
+SETTING_DOMAINS = "domains"
+"""A builder's keyword-only parameter that is no ``--option``: :func:`build_manifest` gives it
+the domains of the setting asked for (``--setting``, ``--source``/``--target``), and a builder
+that takes it reads only those domains' files (epic55-mmsada: 4 of its 6 pickles for D1-D2),
+with the checks and rows a full build has for them."""
+
+
+def _parameters(benchmark: str) -> list[str]:
     builder = BENCHMARKS.get(benchmark)
     return [
         p.name
         for p in inspect.signature(builder).parameters.values()
         if p.kind is inspect.Parameter.KEYWORD_ONLY
     ]
+
+
+def option_names(benchmark: str) -> list[str]:
+    """The builder's ``--option`` names."""
+    return [name for name in _parameters(benchmark) if name != SETTING_DOMAINS]
 
 
 def parse_options(benchmark: str, assignments: Iterable[str]) -> dict[str, Any]:
@@ -248,7 +261,7 @@ def build(benchmark: str, annotations: str | Path, **options: Any) -> ManifestBu
     """Build ``benchmark`` from the annotation files in ``annotations``."""
     builder = BENCHMARKS.get(benchmark)
     valid = option_names(benchmark)
-    unknown = [key for key in options if key not in valid]
+    unknown = [key for key in options if key not in _parameters(benchmark)]
     if unknown:
         raise ConfigError(
             "; ".join(unknown_name_message(f"{benchmark} option", key, valid) for key in unknown)
@@ -297,8 +310,13 @@ def build_manifest(
     parsed = parse_options(benchmark, options)
     if setting is not None and "->" not in setting.replace("→", "->"):
         resolve_setting(setting=setting)  # a name no benchmark has: said before the parse
+    asked = source is not None or target is not None or setting is not None
+    if asked and SETTING_DOMAINS in _parameters(benchmark):
+        with contextlib.suppress(ConfigError):  # said after the build, naming its domains
+            chosen = resolve_setting(source=source, target=target, setting=setting)
+            parsed[SETTING_DOMAINS] = chosen.domains
     result = build(benchmark, annotations, **parsed)
-    if source is not None or target is not None or setting is not None:
+    if asked:
         try:
             chosen = resolve_setting(
                 source=source,

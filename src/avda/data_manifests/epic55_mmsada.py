@@ -11,6 +11,7 @@ numbers count at 60.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 import pandas as pd
@@ -41,13 +42,15 @@ REQUIRED_COLUMNS = ("uid", *SEGMENT_COLUMNS, "narration", "verb", "verb_class")
 SUBFOLDERS = ("epic55_mmsada_splits", "Annotations")
 
 
-def split_files(annotations: Path) -> dict[tuple[str, str], Path]:
-    """The six ``D{1,2,3}_{train,test}.pkl``; where some are found and others not, one error
-    naming the missing ones (the folder is right: a file is missing), not locate's 'pass
-    --annotations the folder that holds ...', which names the folder that holds them."""
+def split_files(annotations: Path, domains: Iterable[str]) -> dict[tuple[str, str], Path]:
+    """``{domain}_{train,test}.pkl`` of each of ``domains``; where some are found and others
+    not, one error naming the missing ones (the folder is right: a file is missing), not
+    locate's 'pass --annotations the folder that holds ...', which names the folder that holds
+    them."""
+    domains = list(domains)
     found: dict[tuple[str, str], Path] = {}
     missing: list[ManifestError] = []
-    for domain in PARTICIPANTS:
+    for domain in domains:
         for split in ("train", "test"):
             try:
                 found[domain, split] = locate(
@@ -58,12 +61,16 @@ def split_files(annotations: Path) -> dict[tuple[str, str], Path]:
     if missing and not found:
         raise missing[0]
     if missing:
-        names = [f"{d}_{s}.pkl" for d in PARTICIPANTS for s in ("train", "test")]
+        names = [f"{d}_{s}.pkl" for d in domains for s in ("train", "test")]
         lacking = [name for name in names if not any(p.name == name for p in found.values())]
         folders = sorted({str(path.parent) for path in found.values()})
+        reads = (
+            f"all six {', '.join(names)}"
+            if len(domains) == len(PARTICIPANTS)
+            else f"{', '.join(names)} (the setting's domains {', '.join(domains)})"
+        )
         raise ManifestError(
-            f"{NAME}: {', '.join(folders)} lacks {', '.join(lacking)}: the build reads all six "
-            f"{', '.join(names)} (with --setting too, keeping its domains' rows afterwards); "
+            f"{NAME}: {', '.join(folders)} lacks {', '.join(lacking)}: the build reads {reads}; "
             "put the missing files beside the others (jonmun/MM-SADA_Domain_Adaptation_Splits)"
         )
     return found
@@ -71,21 +78,31 @@ def split_files(annotations: Path) -> dict[tuple[str, str], Path]:
 
 @register(NAME)
 def build(
-    annotations: Path, *, fps: float = EPIC_FRAME_RATE, video_path_template: str = EPIC_VIDEO_PATH
+    annotations: Path,
+    *,
+    fps: float = EPIC_FRAME_RATE,
+    video_path_template: str = EPIC_VIDEO_PATH,
+    domains: tuple[str, ...] | None = None,
 ) -> ManifestBuild:
     """Manifest of D1/D2/D3 train and test segments.
 
     ``fps``: the rate every video's frame numbers count at (60: P08, P01 and P22 were recorded
     at 59.94 fps, and their frame numbers count at 60, as all of EPIC-55's).
     ``video_path_template``: ``video_path`` of a row, formatted from its columns ("" = none).
+    ``domains``: read only these domains' pickles (``avda manifest build --setting``: the
+    setting's; benchmarks.SETTING_DOMAINS); all three where none is given or one is not D1, D2
+    or D3 (the setting is then refused naming the benchmark's domains).
     """
-    check_annotations_folder(annotations, NAME, ["D1_train.pkl"], SUBFOLDERS)
-    paths = split_files(annotations)
+    ours = bool(domains) and set(domains) <= set(PARTICIPANTS)
+    read = [d for d in PARTICIPANTS if d in domains] if ours else list(PARTICIPANTS)
+    check_annotations_folder(annotations, NAME, [f"{read[0]}_train.pkl"], SUBFOLDERS)
+    paths = split_files(annotations, read)
     problems = SourceProblems(NAME)
     drops = Drops()
     frames: list[pd.DataFrame] = []
     sources: list[str] = []
-    for domain, participant in PARTICIPANTS.items():
+    for domain in read:
+        participant = PARTICIPANTS[domain]
         for split in ("train", "test"):
             path = paths[domain, split]
             sources.append(str(path))
