@@ -88,6 +88,30 @@ def test_tvl1_recovers_a_known_shift_and_resumes(shifted_video, tmp_path):
         manifest, out=out, videos=shifted_video, options=other, progress=False
     )
     assert not refused.ok and "bound: folder has 20.0" in refused.failures[0][1]
+    # Without a finished pair (u files only, as a run killed between u and v leaves them)
+    # other settings take the folder over: the halves of unfinished pairs go.
+    for path in (folder / "v").iterdir():
+        path.unlink()
+    (folder / "u" / "frame_0000000009.jpg").write_bytes(b"a half of another run's pair")
+    taken = flow.compute_flow(
+        manifest, out=out, videos=shifted_video, options=other, progress=False
+    )
+    assert taken.ok and taken.computed == 2
+    assert json.loads((folder / "flow.json").read_text())["bound"] == 8.0
+    assert sorted(p.name for p in (folder / "u").iterdir()) == [
+        "frame_0000000001.jpg",
+        "frame_0000000002.jpg",
+    ]
+    # Finished frames without a flow.json are not avda flow's: refused, as other settings.
+    (folder / "flow.json").unlink()
+    refused = flow.compute_flow(
+        manifest, out=out, videos=shifted_video, options=options, progress=False
+    )
+    assert not refused.ok and "holds 2 flow frame(s) and no flow.json" in refused.failures[0][1]
+    forced = flow.compute_flow(
+        manifest, out=out, videos=shifted_video, options=options, force=True, progress=False
+    )
+    assert forced.ok and (forced.computed, forced.skipped) == (2, 0)
     # The folder is an input of `avda extract --flow`: stride and bound come from flow.json.
     convention = frames_lib.flow_convention(folder, "shifted")
     assert (convention.stride, convention.bound, convention.source) == (1, 20.0, "flow.json")

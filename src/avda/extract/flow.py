@@ -347,9 +347,11 @@ def _near_segments(
 def _claim_folder(folder: Path, out: Path, metadata: dict[str, Any], force: bool) -> None:
     """Create the video's folder and flow.json; refuse one that holds finished flow frames
     made with other settings (unless ``force``), and one that a symbolic link leads out of
-    ``out`` (nothing is written or deleted outside it). A folder of other settings without a
-    finished frame (a run killed before its first pair was written whole) is taken over: its
-    u or v files of unfinished pairs are deleted, then the record says this run's settings."""
+    ``out`` (nothing is written or deleted outside it); frames without a flow.json are not
+    avda flow's (it writes the record first) and refused the same way. A folder of other
+    settings without a finished frame (a run killed before its first pair was written whole)
+    is taken over: its u or v files of unfinished pairs are deleted, then the record says this
+    run's settings."""
     path = folder / frames_lib.FLOW_METADATA
     for part in (folder, folder / "u", folder / "v", path):
         if part.exists() or part.is_symlink():
@@ -371,19 +373,22 @@ def _claim_folder(folder: Path, out: Path, metadata: dict[str, Any], force: bool
             for k in COMPARED_KEYS
             if found.get(k) != metadata.get(k)
         ]
-        finished = len(_finished(folder)) if diffs else 0
-        if finished and not force:
-            raise ConfigError(
-                f"{folder} holds {finished} flow frame(s) made differently "
-                f"({'; '.join(diffs)}); use another --out, or --force to recompute it"
-            )
-        if diffs:  # the record goes last: it never names settings its frames were not made with
-            for component in ("u", "v"):
-                for pattern in ("*.jpg", "*.partial"):
-                    for old in (folder / component).glob(pattern):
-                        if not old.is_symlink():  # a link's target is not ours to delete
-                            check_inside(old, out)
-                        old.unlink()
+        how = f"made differently ({'; '.join(diffs)})"
+    else:  # avda flow writes the record first: frames without one are not its (or it was lost)
+        diffs, how = ["no flow.json"], "and no flow.json (another tool's, or it was deleted)"
+    finished = len(_finished(folder)) if diffs else 0
+    if finished and not force:
+        raise ConfigError(
+            f"{folder} holds {finished} flow frame(s) {how}; use another --out, or --force to "
+            "recompute it"
+        )
+    if diffs:  # the record goes last: it never names settings its frames were not made with
+        for component in ("u", "v"):
+            for pattern in ("*.jpg", "*.partial"):
+                for old in (folder / component).glob(pattern):
+                    if not old.is_symlink():  # a link's target is not ours to delete
+                        check_inside(old, out)
+                    old.unlink()
     for component in ("u", "v"):
         (folder / component).mkdir(parents=True, exist_ok=True)
     text = json.dumps(metadata, indent=2)
