@@ -292,8 +292,14 @@ def test_a_killed_run_resumes_to_the_same_files_and_a_folder_without_a_finished_
     said = (out / "flow.failures.csv").read_text()
     assert str(out / "test") in said and "--force" in said and "made differently" in said
     assert json.loads((out / "test" / "flow.json").read_text())["bound"] == 20.0
+    with open(out / "flow.failures.csv", "a") as listed:  # another video's, of another run
+        listed.write("elsewhere,its decoder failed\n")
     assert cli.main(options) == 0, capsys.readouterr().err
     assert "flow frames computed" in capsys.readouterr().out
+    # the refusal's row is stale now; the other video's stays
+    assert (
+        out / "flow.failures.csv"
+    ).read_text() == "video_id,error\nelsewhere,its decoder failed\n"
     assert _files(out / "test") == reference  # bit for bit, no file left from the kill
     assert not list((out / "test").rglob("*.partial"))
 
