@@ -787,3 +787,16 @@ def test_train_refuses_a_folder_of_other_files(capsys, in_work):
             "that is not an avda run and is not empty; avda does not write into it: give a new "
             "path (it is created) or an empty folder"), err  # fmt: skip
     assert sorted(p.name for p in in_work.iterdir()) == before
+
+
+def test_an_option_given_as_equals_tilde_is_read_in_the_home_folder(capsys, in_work, monkeypatch):
+    # `--out=~/x`: the shell leaves a `~` after `=`, and avda made a folder named `~` in the
+    # working folder (which `rm -rf ~` then deletes with the user's home); read as `--out ~/x`
+    home = in_work / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    code, _, err = run(capsys, "cache", "export", "c.zarr", "--out=~/sub/f.h5")
+    assert code == 0, err
+    assert (home / "sub" / "f.h5").is_file() and not (in_work / "~").exists()
+    assert cli._home_expanded(["--set", "x=~/y", "-o~/z", "--name=~"]) == [
+        "--set", "x=~/y", "-o~/z", f"--name={home}"]  # fmt: skip

@@ -13,6 +13,7 @@ import contextlib
 import logging
 import math
 import os
+import re
 import signal
 import sys
 import threading
@@ -1672,6 +1673,23 @@ def _setting_hint(exc: Exception, ctx: typer.Context, argv: list[str]) -> str:
     return f"; this command takes a setting's domains: --source {source} --target {target}"
 
 
+# `--out=~/x`: the shell expands a `~` that starts a word (`-o ~/x`), not one after `=`
+_HOME_AFTER_EQUALS = re.compile(r"(--[A-Za-z][\w-]*=)(~[^/]*(?:/.*)?)", re.S)
+
+
+def _home_expanded(argv: list[str]) -> list[str]:
+    """``--option=~/path`` as the shell expands ``--option ~/path``: a `~` after `=` is left
+    to the program, and was read as a folder named `~` made in the working folder (a user
+    then deleting it with `rm -rf ~` deletes their home)."""
+    expanded = []
+    for arg in argv:
+        match = _HOME_AFTER_EQUALS.fullmatch(arg)
+        if match is not None:
+            arg = match.group(1) + os.path.expanduser(match.group(2))
+        expanded.append(arg)
+    return expanded
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: maps errors to exit codes and one-line messages.
 
@@ -1680,7 +1698,7 @@ def main(argv: list[str] | None = None) -> int:
     disk full), ``internal error: ...`` (exit 1) for anything unexpected, ``usage error: ...``
     (exit 2) and ``interrupted ...`` (exit 130).
     """
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = _home_expanded(list(sys.argv[1:] if argv is None else argv))
     debug = os.environ.get("AVDA_DEBUG", "") not in ("", "0")
 
     def fail(message: str) -> int:
