@@ -418,10 +418,10 @@ def _check_status_file(
 def _unrecorded_note(modality: str, count: int) -> str:
     return (
         f"status/{modality}: {count} row{'s' if count > 1 else ''} pending, and no finished "
-        f"extraction of {modality} recorded (finished_rows: a store made before 2026-12-07, or "
-        "an extraction not finished yet), so rows never extracted cannot be told from finished "
-        "rows whose status and features files a copy lost; the same `avda extract` computes "
-        "them and records it"
+        f"extraction of {modality} recorded (finished_rows: an extraction not finished yet, "
+        "stopped by an error, a full disk or a kill, or a store an older avda made), so rows "
+        "never extracted cannot be told from finished rows whose status and features files a "
+        "copy lost; the same `avda extract` computes them and records it"
     )
 
 
