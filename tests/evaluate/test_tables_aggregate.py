@@ -1331,3 +1331,8 @@ def test_fields_a_protocol_sets_by_setting_do_not_split_a_method(tmp_path):
     lr = run("hu-lr", "hmdb", "ucf", lr=0.1)
     methods = {info.path.name: info.method for info in aggregate.describe_runs([u_h, lr])}
     assert methods == {"uh": "ta3n (lr=0.03)", "hu-lr": "ta3n (lr=0.1)"}
+    # a beta the user set in one direction is another method, not the protocol's H->U beta
+    beta = run("hu-beta", "hmdb", "ucf", beta=[0.5, 0.5, 0.5])
+    methods = {info.path.name: info.method for info in aggregate.describe_runs([u_h, beta])}
+    assert methods["uh"] != methods["hu-beta"]
+    assert methods["hu-beta"] == "ta3n (beta=[0.5, 0.5, 0.5])"

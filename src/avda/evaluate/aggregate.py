@@ -333,19 +333,16 @@ def describe_runs(run_dirs: Sequence[str | Path]) -> list[RunInfo]:
             setting = f"{setting} ({names[str(config.get('cache', ''))]})"
         settings[run] = setting
     by_setting: dict[tuple[Any, str, str], list[dict[str, Any]]] = {}
+    across: dict[tuple[Any, str], list[dict[str, Any]]] = {}
     for run, config in configs:
         key = (config.get("protocol"), base[run], settings[run])
         by_setting.setdefault(key, []).append(config.get("head_config", {}))
+        across.setdefault(key[:2], []).append(_protocol_setting_marked(config))
     differing: dict[tuple[Any, str], set[str]] = {}
-    across: dict[tuple[Any, str], list[dict[str, Any]]] = {}
     for (protocol, name, _), group in by_setting.items():
         differing.setdefault((protocol, name), set()).update(_differing_fields(group))
-        across.setdefault((protocol, name), []).extend(group)
     for (protocol, name), group in across.items():
-        by_setting_fields = _set_by_setting(protocol, name)
-        kept = {
-            k for k in _differing_fields(group) if not _is_derived(k) and k not in by_setting_fields
-        }
+        kept = {k for k in _differing_fields(group) if not _is_derived(k)}
         differing[(protocol, name)].update(kept)
     infos = []
     for run, config in configs:
@@ -389,14 +386,36 @@ def _is_derived(field: str) -> bool:
     return field in {"epochs", "eval_every", "schedule", "lr_steps"} or field.endswith("_epochs")
 
 
-def _set_by_setting(protocol: Any, method: str) -> set[str]:
-    """The head-config fields ``protocol`` sets by setting for ``method`` (TA3N's U->H / H->U
-    beta, gamma and target batch under ``ta3n-ucf-hmdb``): between settings they differ by the
-    protocol's design, not the user's, as the fields a schedule derives do."""
-    found = protocols_lib.PROTOCOLS.get(str(protocol))
-    if found is None:
-        return set()
-    return {field for methods in found.per_setting.values() for field in methods.get(method, {})}
+_BY_SETTING = "<the protocol's value for the run's setting>"
+
+
+def _protocol_setting_marked(config: dict[str, Any]) -> dict[str, Any]:
+    """``config``'s head config with each field its protocol sets by setting (TA3N's U->H /
+    H->U beta, gamma and target batch under ``ta3n-ucf-hmdb``) replaced by one mark where it
+    holds the protocol's value for the run's setting: between settings those differ by the
+    protocol's design, not the user's; a value the user set (--set beta=...) stays itself."""
+    head_config = config.get("head_config", {})
+    protocol = protocols_lib.PROTOCOLS.get(str(config.get("protocol")))
+    role = config.get("protocol_role")
+    if protocol is None or role is None:
+        return head_config
+    fields = {f for methods in protocol.per_setting.values() for f in methods.get(role, {})}
+    if not fields:
+        return head_config
+    try:
+        _, values = protocol.resolve(role, None, config.get("source"), config.get("target"))
+    except (ConfigError, KeyError):  # a method or setting this avda's protocol does not know
+        return head_config
+    marked = dict(head_config)
+    for field in fields & values.keys():
+        if _plain(head_config.get(field)) == _plain(values[field]):
+            marked[field] = _BY_SETTING
+    return marked
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as its YAML record reads back (a tuple as a list)."""
+    return json.loads(json.dumps(value, default=str))
 
 
 def _differing_fields(group: list[dict[str, Any]]) -> set[str]:
