@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from avda import cli
+from avda import cli, paths, runs
+from avda.errors import ConfigError
 from tests.conftest import make_feature_cache
 
 # Log records (``avda -v`` style) may precede the error line; they are not error output.
@@ -800,3 +801,21 @@ def test_an_option_given_as_equals_tilde_is_read_in_the_home_folder(capsys, in_w
     assert (home / "sub" / "f.h5").is_file() and not (in_work / "~").exists()
     assert cli._home_expanded(["--set", "x=~/y", "-o~/z", "--name=~"]) == [
         "--set", "x=~/y", "-o~/z", f"--name={home}"]  # fmt: skip
+
+
+def test_train_and_extract_take_a_folder_holding_only_a_desktops_file(capsys, in_work, tmp_path):
+    # a folder made and opened in Finder holds a .DS_Store: empty to its user, it was refused
+    # as 'not empty' by avda train -o and avda extract -o (one rule, paths.refuse_foreign_folder)
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    code, _, err = run(capsys, *TRAIN, "--head", "source-only", "-o", folder, "-q")
+    assert code == 0, err
+    assert (folder / runs.CONFIG).exists()
+    store = tmp_path / "store.zarr"
+    store.mkdir()
+    (store / ".DS_Store").write_bytes(b"\0")
+    paths.refuse_foreign_folder(store, "-o", "an avda cache", is_ours=False)
+    (store / "notes.txt").write_text("mine\n")
+    with pytest.raises(ConfigError, match="is not empty"):
+        paths.refuse_foreign_folder(store, "-o", "an avda cache", is_ours=False)

@@ -133,12 +133,18 @@ def check_inside(path: Path, root: Path) -> Path:
     return path
 
 
+# Files a desktop puts in a folder the user made and opened (macOS Finder, Windows Explorer):
+# such a folder is empty to its user.
+DESKTOP_FILES = frozenset({".DS_Store", "Thumbs.db", "desktop.ini"})
+
+
 def refuse_foreign_folder(path: Path, option: str, kind: str, is_ours: bool) -> None:
     """Refuse to write into ``path`` when it is an existing, non-empty folder that is not
-    ``kind`` (``is_ours`` says whether it is); an empty folder is fine."""
+    ``kind`` (``is_ours`` says whether it is); an empty folder (or one holding only a
+    desktop's ``.DS_Store``) is fine."""
     if not path.is_dir() or is_ours:
         return
-    if any(path.iterdir()):
+    if any(entry.name not in DESKTOP_FILES for entry in path.iterdir()):
         raise ConfigError(
             f"{option} {path} is a folder that is not {kind} and is not empty; avda does not "
             "write into it: give a new path (it is created) or an empty folder"
