@@ -218,6 +218,10 @@ def test_missing_parent_folders_of_outputs_are_created(capsys, in_work):
         (OSError(errno.EIO, "Input/output error", "x.h5"), "input/output error: x.h5"),
         # a library's write that names no file (a Zarr chunk): the command's output is named
         (OSError(errno.ENOSPC, "No space left on device"), "no space left on device writing x.h5"),
+        # so does every full disk's (DISK_FULL): a quota, a file-size limit named no file
+        (OSError(errno.EDQUOT, "Disk quota exceeded"), "disk quota exceeded writing x.h5"),
+        (OSError(errno.EFBIG, "File too large"), "file too large writing x.h5 (a file-size"),
+        (OSError(errno.EROFS, "Read-only file system"), "read-only file system writing x.h5"),
         (MemoryError(), "out of memory"),
     ],
 )

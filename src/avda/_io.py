@@ -98,7 +98,7 @@ def os_error_line(exc: OSError, output: str | None = None) -> str:
     paths = " -> ".join(str(p) for p in (exc.filename, exc.filename2) if p is not None)
     reason = exc.strerror or str(exc) or type(exc).__name__
     where = f": {paths}" if paths else ""
-    if not paths and output and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+    if not paths and output and exc.errno in DISK_FULL | {errno.EROFS}:
         where = f" writing {output}"
     if exc.errno == errno.ENOSPC:
         return f"no space left on device{where}; free some space and run the command again"

@@ -879,3 +879,26 @@ def test_evaluate_of_a_sweep_stopped_before_any_run_is_one_line(
         f"error: {out}: its sweep has no finished run yet (2 pending, none started): run the "
         f"same sweep again to train them (avda sweep {spec} --out {out}), then evaluate"
     ]
+
+
+def test_a_run_whose_full_disk_names_no_file_names_its_run_folder(tmp_path, monkeypatch):
+    # a write's ENOSPC (a Zarr chunk, a library's file) names no file: the failure said only
+    # 'no space left on device; free some space ...', not which run's folder filled the disk
+    import errno
+
+    from avda.train import loop
+
+    def full(**kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(loop, "train", full)
+    task = sweep.SweepTask(
+        name="so/s-t/seed0", run=tmp_path / "so" / "s-t" / "seed0", cache=tmp_path / "c.zarr",
+        cache_name="c", head="source-only", method="so", setting="s-t", source=("s",),
+        target=("t",), seed=0, overrides={},
+    )  # fmt: skip
+    outcome = sweep._run_task(task)
+    assert (outcome.status, outcome.error) == (
+        "failed",
+        f"no space left on device writing {task.run}; free some space and run the command again",
+    )

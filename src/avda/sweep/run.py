@@ -298,7 +298,7 @@ def _run_task(task: SweepTask) -> TaskOutcome:
             return TaskOutcome(
                 task.name,
                 "failed",
-                error=os_error_line(error)
+                error=os_error_line(error, str(task.run))
                 if isinstance(error, OSError)
                 else f"{type(error).__name__}: {error}",
                 seconds=time.perf_counter() - began,
