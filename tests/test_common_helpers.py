@@ -317,3 +317,32 @@ def test_spoken_rewrites_while_a_block_runs_and_puts_the_factory_back(caplog):
         assert logging.LogRecord.getMessage(user("avda.x", 30, "", 0, "kept", (), None)) == "kept"
     finally:
         logging.setLogRecordFactory(before)
+
+
+def test_predictions_npz_and_csv_are_written_both_or_neither(tmp_path, monkeypatch):
+    # avda predict -o p.npz (and a run's predictions) on a full disk: the .npz was renamed
+    # into place before its .csv was written, leaving new scores beside an earlier .csv
+    import errno
+    from pathlib import Path
+
+    import numpy as np
+
+    from avda import runs
+
+    out = tmp_path / "p.npz"
+    uids, labels = np.array(["a", "b"]), {"verb": np.array([0, 1])}
+    runs.save_predictions(out, uids, labels, {"verb": np.eye(2)})
+    before = out.read_bytes(), out.with_suffix(".csv").read_text()
+    write_text = Path.write_text
+
+    def full(self, *args, **kwargs):
+        if self.name.startswith("p.csv"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return write_text(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", full)
+    with pytest.raises(OSError) as raised:
+        runs.save_predictions(out, uids, labels, {"verb": np.eye(2)[::-1]})
+    assert raised.value.filename == str(out.with_suffix(".csv"))
+    assert (out.read_bytes(), out.with_suffix(".csv").read_text()) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.csv", "p.npz"]

@@ -8,7 +8,8 @@ module can use it without an import cycle.
   is written under a temporary name in the same folder and renamed over the target with
   ``os.replace``; a write that fails removes the temporary file and leaves the target as it was.
 - :func:`os_error_line`: an OS error (a full disk: :data:`DISK_FULL`) as one line with its fix.
-- :func:`atomic_write_texts`: several files so, renamed only once all are written.
+- :func:`atomic_write_together` (:func:`atomic_write_texts`): several files so, renamed only
+  once all are written.
 - :func:`name_written`: an OS error of such a write (a full disk) names the file written.
 - :func:`replace_file`: the rename at the end of an atomic write, for a temporary file that is
   kept when its writer fails (a resumable download's ``.part``).
@@ -130,16 +131,29 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
 
 
 def atomic_write_texts(texts: dict[Path, str]) -> None:
-    """Several files whole or not at all, together: each text to its temporary file, and only
-    once all are written are they renamed into place; a write that fails (a full disk) removes
-    them all and leaves every file as it was, not a new one beside an old one."""
+    """Several text files whole or not at all, together (:func:`atomic_write_together`)."""
+    atomic_write_together({path: _text_writer(text) for path, text in texts.items()})
+
+
+def _text_writer(text: str) -> Callable[[Path], Any]:
+    return lambda tmp: tmp.write_text(text)
+
+
+def atomic_write_together(
+    writes: dict[Path, Callable[[Path], Any]], temporaries: dict[Path, Path] | None = None
+) -> None:
+    """Several files whole or not at all, together: ``writes[path](tmp)`` fills each file's
+    temporary (``temporaries[path]``, default ``PATH.tmp``), and only once all are written are
+    they renamed into place; a write that fails (a full disk) removes them all and leaves every
+    file as it was, not a new one beside an old one (OUT.md and OUT.csv, a predictions .npz
+    and its .csv)."""
     written: list[tuple[Path, Path]] = []
     try:
-        for path, text in texts.items():
-            tmp = path.with_name(path.name + TEMPORARY_SUFFIX)
+        for path, write in writes.items():
+            tmp = (temporaries or {}).get(path) or path.with_name(path.name + TEMPORARY_SUFFIX)
             written.append((tmp, path))
             try:
-                tmp.write_text(text)
+                write(tmp)
             except OSError as exc:
                 name_written(exc, path, tmp)
                 raise

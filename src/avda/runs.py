@@ -31,7 +31,13 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from avda._io import atomic_write, atomic_write_text, refused_global, torch_load
+from avda._io import (
+    atomic_write,
+    atomic_write_text,
+    atomic_write_together,
+    refused_global,
+    torch_load,
+)
 from avda.errors import RunError
 
 log = logging.getLogger(__name__)
@@ -180,13 +186,16 @@ def save_predictions(
     for task in scores:
         arrays[f"label_{task}"] = labels[task]
         arrays[f"score_{task}"] = scores[task].astype(np.float32)
-    atomic_write(
-        folder / f"{name}.npz",
-        lambda tmp: np.savez_compressed(tmp, **arrays),
-        temporary=folder / f"{name}.tmp.npz",  # savez adds .npz to a name without it
+    table = predictions_table(arrays["uids"], labels, scores, columns).to_csv(index=False)
+    npz, csv = folder / f"{name}.npz", folder / f"{name}.csv"
+    # both or neither: a full disk between them left a new .npz beside an earlier .csv
+    atomic_write_together(
+        {
+            npz: lambda tmp: np.savez_compressed(tmp, **arrays),
+            csv: lambda tmp: tmp.write_text(table),
+        },
+        temporaries={npz: folder / f"{name}.tmp.npz"},  # savez adds .npz to a name without it
     )
-    table = predictions_table(arrays["uids"], labels, scores, columns)
-    atomic_write_text(folder / f"{name}.csv", table.to_csv(index=False))
     return folder / f"{name}.npz"
 
 
