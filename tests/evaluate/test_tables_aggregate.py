@@ -1196,6 +1196,42 @@ def test_an_interrupted_table_write_leaves_the_old_tables_whole(sweep_like, tmp_
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in written)
 
 
+def test_a_full_disk_writing_the_paper_tables_leaves_the_earlier_ones(
+    sweep_like, tmp_path, monkeypatch
+):
+    """`avda evaluate --layout auto -o` (and --per-class) on a full disk: OUT.md was renamed
+    into place before OUT.csv failed, a new .md beside an earlier .csv and .tex."""
+    import errno
+
+    from avda.evaluate import per_class
+
+    table = aggregate.aggregate(aggregate.find_runs([sweep_like]))
+    written = tables.write_aggregate(table, tmp_path / "paper")
+    before = {path: path.read_bytes() for path in written}
+    write_text = Path.write_text
+
+    def full(self, *args, **kwargs):
+        if ".csv" in self.name:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return write_text(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", full)
+    with pytest.raises(OSError):
+        tables.write_aggregate(table, tmp_path / "paper", baseline=table.methods[0])
+    assert {path: path.read_bytes() for path in written} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in written)
+    monkeypatch.setattr(Path, "write_text", write_text)
+    classes = per_class.evaluate([sweep_like])[0]
+    written = per_class.write(classes, tmp_path / "pc")
+    for path in written:  # an earlier evaluate's
+        path.write_bytes(b"earlier")
+    before = {path: path.read_bytes() for path in written}
+    monkeypatch.setattr(Path, "write_text", full)
+    with pytest.raises(OSError):
+        per_class.write(classes, tmp_path / "pc")
+    assert {path: path.read_bytes() for path in written} == before
+
+
 def test_epic100_runs_scored_on_different_sets_are_named_in_a_warning_and_a_note(tmp_path, caplog):
     """The epic100 layout, as the settings one: a run whose target_test is unlabelled is
     scored on its target_val (--set auto), the others on target_test; the table averages both,

@@ -28,7 +28,7 @@ import numpy as np
 
 from avda import protocols as protocols_lib
 from avda import runs, wording
-from avda._io import atomic_write, atomic_write_text
+from avda._io import atomic_write, atomic_write_texts
 from avda.errors import ConfigError, RunError
 from avda.evaluate import aggregate as aggregate_lib
 from avda.evaluate import tables
@@ -416,15 +416,15 @@ def render(table: PerClassTable, fmt: str = "markdown") -> str:
 
 
 def write(table: PerClassTable, out: str | Path) -> list[Path]:
-    """Write ``out.md``, ``out.csv`` and ``out.tex``; returns the paths."""
+    """Write ``out.md``, ``out.csv`` and ``out.tex``, all whole or none; returns the paths."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    written = []
-    for fmt in ("markdown", "csv", "latex"):
-        path = tables.table_file(out, tables._SUFFIXES[fmt])
-        atomic_write_text(path, render(table, fmt).rstrip("\n") + "\n")  # whole or not at all
-        written.append(path)
-    return written
+    texts = {
+        tables.table_file(out, tables._SUFFIXES[fmt]): render(table, fmt).rstrip("\n") + "\n"
+        for fmt in ("markdown", "csv", "latex")
+    }
+    atomic_write_texts(texts)  # a full disk never leaves a new .md beside an earlier .csv
+    return list(texts)
 
 
 def _slug(text: str) -> str:

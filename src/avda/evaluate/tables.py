@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from avda import runs
-from avda._io import atomic_write_text, atomic_write_texts
+from avda._io import atomic_write_texts
 from avda.errors import ConfigError, RunError
 from avda.paths import FILE_TYPES, file_type_alone, names_a_folder
 from avda.scoring.protocols import set_metrics
@@ -474,18 +474,19 @@ def write_aggregate(
     formats: Sequence[str] = ("markdown", "csv", "latex"),
     baseline: str | None = None,
 ) -> list[Path]:
-    """Write ``out.md``, ``out.csv``, ``out.tex`` (those in ``formats``; each whole or not at
-    all); returns the paths."""
+    """Write ``out.md``, ``out.csv``, ``out.tex`` (those in ``formats``; all whole or none, as
+    :func:`write_tables`); returns the paths."""
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    written = []
+    texts = {}
     for fmt in formats:
         if fmt not in _SUFFIXES:
             raise ConfigError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
-        path = table_file(out, _SUFFIXES[fmt])
-        atomic_write_text(path, render_aggregate(table, fmt, baseline=baseline).rstrip("\n") + "\n")
-        written.append(path)
-    return written
+        texts[table_file(out, _SUFFIXES[fmt])] = (
+            render_aggregate(table, fmt, baseline=baseline).rstrip("\n") + "\n"
+        )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_texts(texts)  # a full disk never leaves a new .md beside an earlier .csv
+    return list(texts)
 
 
 def choose_columns(
