@@ -151,6 +151,14 @@ def refuse_foreign_folder(path: Path, option: str, kind: str, is_ours: bool) -> 
         )
 
 
+def remove_empty_folder(path: Path) -> None:
+    """Remove ``path``, a folder :func:`refuse_foreign_folder` found empty (a desktop's
+    ``.DS_Store`` in it removed too), for a store to be created in its place."""
+    for name in DESKTOP_FILES:
+        (path / name).unlink(missing_ok=True)
+    path.rmdir()
+
+
 def check_no_outward_links(root: Path) -> None:
     """Refuse a folder tree (a cache opened for writing) holding a symbolic link that leads
     out of it: writes through it would land elsewhere."""

@@ -262,6 +262,14 @@ def test_extract_into_an_empty_folder_makes_a_cache_there(capsys, tmp_path):
                        "--prepare-only", "--device", "cpu", "--quiet")  # fmt: skip
     assert code == 0, err
     assert open_cache(folder).num_segments == 1
+    # one that only a desktop's .DS_Store is in is empty too (it was 'directory not empty')
+    folder = tmp_path / "finder.zarr"
+    folder.mkdir()
+    (folder / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    code, _, err = run(capsys, "extract", "-m", manifest, "-o", folder, "--videos", tmp_path,
+                       "--prepare-only", "--device", "cpu", "--quiet")  # fmt: skip
+    assert code == 0, err
+    assert open_cache(folder).num_segments == 1
 
 
 def test_the_path_helper():

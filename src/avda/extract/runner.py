@@ -67,7 +67,7 @@ from avda.extract.inputs import (
 from avda.extract.sampling import Recipe
 from avda.extract.transforms import check_clip_frames, model_input
 from avda.extract.writer import BackgroundWriter, ChunkWriter
-from avda.paths import refuse_foreign_folder
+from avda.paths import refuse_foreign_folder, remove_empty_folder
 
 log = logging.getLogger(__name__)
 
@@ -296,7 +296,7 @@ def open_or_create_store(
     unless it is empty: then the store is created there."""
     if out.is_dir() and not (out / "zarr.json").exists():
         refuse_foreign_folder(out, "-o", "an avda cache", is_ours=False)
-        out.rmdir()  # empty: the store is created in its place
+        remove_empty_folder(out)  # empty: the store is created in its place
     remove_partial_creations(out)  # a shard holds the creation lock (store_lock cleans, else)
     if out.exists():
         store = cache_lib.open_cache(out, mode="a")
