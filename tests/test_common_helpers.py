@@ -346,3 +346,28 @@ def test_predictions_npz_and_csv_are_written_both_or_neither(tmp_path, monkeypat
     assert raised.value.filename == str(out.with_suffix(".csv"))
     assert (out.read_bytes(), out.with_suffix(".csv").read_text()) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["p.csv", "p.npz"]
+
+
+def test_files_written_together_never_leave_a_new_one_beside_an_old_one(tmp_path, monkeypatch):
+    # a kill between the renames of atomic_write_together (OUT.md and OUT.csv, a manifest and
+    # its .build.json) left the first file new beside the second's old one; the old files go
+    # first, so the rest are missing (the rerun writes them), never mismatched
+    first, second = tmp_path / "t.csv", tmp_path / "t.md"
+    first.write_text("old csv")
+    second.write_text("old md")
+    renamed = []
+    replace = _io.replace_file
+
+    def killed_after_one(tmp, path):
+        if renamed:
+            raise KeyboardInterrupt  # a kill between the renames
+        renamed.append(path)
+        replace(tmp, path)
+
+    monkeypatch.setattr(_io, "replace_file", killed_after_one)
+    with pytest.raises(KeyboardInterrupt):
+        _io.atomic_write_together(
+            {first: lambda tmp: tmp.write_text("y"), second: lambda tmp: tmp.write_text("x")}
+        )
+    assert second.read_text() == "x" and not first.exists()  # renamed last to first
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.md"]  # no temporary left

@@ -143,10 +143,13 @@ def atomic_write_together(
     writes: dict[Path, Callable[[Path], Any]], temporaries: dict[Path, Path] | None = None
 ) -> None:
     """Several files whole or not at all, together: ``writes[path](tmp)`` fills each file's
-    temporary (``temporaries[path]``, default ``PATH.tmp``), and only once all are written are
-    they renamed into place; a write that fails (a full disk) removes them all and leaves every
-    file as it was, not a new one beside an old one (OUT.md and OUT.csv, a predictions .npz
-    and its .csv)."""
+    temporary (``temporaries[path]``, default ``PATH.tmp``) in ``writes``' order, and only
+    once all are written are they renamed into place, in the reverse order (the first, the
+    main file, goes last), after every old file is deleted: a write that fails (a full disk)
+    removes them all
+    and leaves every file as it was, and a kill between the renames leaves some files missing
+    (the rerun writes them), never a new one beside an old one (OUT.md and OUT.csv, a
+    predictions .npz and its .csv, a manifest and its .build.json)."""
     written: list[tuple[Path, Path]] = []
     try:
         for path, write in writes.items():
@@ -157,7 +160,9 @@ def atomic_write_together(
             except OSError as exc:
                 name_written(exc, path, tmp)
                 raise
-        for tmp, path in written:
+        for _, path in written:
+            path.unlink(missing_ok=True)
+        for tmp, path in reversed(written):
             replace_file(tmp, path)
     except BaseException:
         for tmp, _ in written:

@@ -562,10 +562,10 @@ def test_two_builds_into_one_output_at_once_leave_one_builds_pair(
     mixed)."""
     import threading
 
-    from avda.data_manifests import benchmarks
+    from avda import _io
 
     output = tmp_path / "m.csv"
-    real = benchmarks.replace_file
+    real = _io.replace_file
     renamed, first = threading.Event(), threading.Lock()
 
     def replace(temporary, path, **keywords):
@@ -575,7 +575,7 @@ def test_two_builds_into_one_output_at_once_leave_one_builds_pair(
         if Path(path) == output:
             renamed.set()
 
-    monkeypatch.setattr(benchmarks, "replace_file", replace)
+    monkeypatch.setattr(_io, "replace_file", replace)
     start, outcome = threading.Barrier(2), {}
 
     def run(setting: str) -> None:

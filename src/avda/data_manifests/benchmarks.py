@@ -27,7 +27,7 @@ from typing import Any
 
 import pandas as pd
 
-from avda._io import name_written, replace_file
+from avda._io import atomic_write_together
 from avda.data_manifests import schema
 from avda.data_manifests.settings import Setting, resolve_setting
 from avda.errors import ConfigError, ManifestError
@@ -333,20 +333,15 @@ def build_manifest(
     info_text = json.dumps(result.info(), indent=2) + "\n"
     info = build_info_path(output)
     with schema.writing(output, info):  # another build into ``output`` waits its turn
-        info_partial = schema.partial_path(info)
-        manifest_partial = schema.write_partial(result.manifest, output)
-        try:
-            info_partial.write_text(info_text, encoding="utf-8")
-            # Both files are whole before either is renamed into place, and the old manifest
-            # goes first: a kill leaves the old pair, or no manifest (rerun the build), never
-            # a manifest beside another build's record (its class tables).
-            output.unlink(missing_ok=True)
-            replace_file(info_partial, info)
-            replace_file(manifest_partial, output)
-        except BaseException as exc:
-            manifest_partial.unlink(missing_ok=True)
-            info_partial.unlink(missing_ok=True)
-            name_written(exc, info, info_partial)
-            raise
+        # both whole before either is renamed into place, the manifest last: a kill leaves
+        # the old pair, or no manifest (rerun the build), never a manifest beside another
+        # build's record (its class tables)
+        atomic_write_together(
+            {
+                output: lambda tmp: schema.write_partial(result.manifest, output, tmp),
+                info: lambda tmp: tmp.write_text(info_text, encoding="utf-8"),
+            },
+            {info: schema.partial_path(info), output: schema.partial_path(output)},
+        )
     logger.debug("%s\nwrote %s", result.summary(), output)  # the CLI prints it on stdout
     return result

@@ -657,10 +657,10 @@ def _remove_partials(path: Path) -> None:
             leftover.unlink(missing_ok=True)
 
 
-def write_partial(frame: pd.DataFrame, path: str | Path) -> Path:
-    """Validate ``frame`` and write it as :func:`partial_path` of ``path`` (CSV or Parquet by
-    ``path``'s suffix); returns that file, for the caller to rename over ``path``. A write
-    that raises removes it."""
+def write_partial(frame: pd.DataFrame, path: str | Path, temporary: Path | None = None) -> Path:
+    """Validate ``frame`` and write it as ``temporary`` (default :func:`partial_path` of
+    ``path``; CSV or Parquet by ``path``'s suffix); returns that file, for the caller to rename
+    over ``path``. A write that raises removes it."""
     path = Path(path)
     problems = find_problems(frame)
     if problems:
@@ -674,7 +674,7 @@ def write_partial(frame: pd.DataFrame, path: str | Path) -> Path:
         values = pd.to_numeric(shown[column], errors="coerce")
         if values.notna().any() and (values.dropna() % 1 == 0).all():
             shown[column] = values.astype("Int64")
-    temporary = partial_path(path)
+    temporary = temporary or partial_path(path)
     try:
         if path.suffix.lower() in (".parquet", ".pq"):
             shown.to_parquet(temporary, index=False)
