@@ -250,3 +250,26 @@ def test_worker_progress_bars_hold_no_semaphore(monkeypatch, verbose):
     plugin.setup(worker=None)  # what each worker runs as it starts
     lock = tqdm.get_lock()
     assert not isinstance(lock, TqdmDefaultWriteLock) or lock.mp_lock is None
+
+
+@pytest.mark.parametrize("local", [True, False])
+def test_a_local_worker_orphaned_by_an_interrupt_says_nothing(caplog, monkeypatch, local):
+    """A group Ctrl-C under load: the command closed its scheduler and said its one line,
+    then a worker of its LocalCluster logged 'Failed to communicate with scheduler during
+    heartbeat' with a traceback below it. A remote cluster's workers keep that error (their
+    scheduler is not this command's)."""
+    worker = logging.getLogger("distributed.worker")
+    monkeypatch.setattr(worker, "filters", [])
+    plugins = []
+
+    class Client:
+        register_plugin = staticmethod(plugins.append)
+
+    dask_support.quiet_worker_logs(Client(), local=local)
+    plugins[0].setup(worker=None)
+    with caplog.at_level(logging.ERROR, logger="distributed.worker"):
+        worker.error("Failed to communicate with scheduler during heartbeat.")
+        worker.error("Compute Failed")
+    said = [r.getMessage() for r in caplog.records if r.name == "distributed.worker"]
+    orphaned = [] if local else ["Failed to communicate with scheduler during heartbeat."]
+    assert said == [*orphaned, "Compute Failed"]

@@ -186,6 +186,19 @@ def _quiet_cancellations() -> None:
         state_machine.addFilter(_not_cancelled)
 
 
+def _not_orphaned(record: logging.LogRecord) -> bool:
+    """False for a local worker's heartbeat error once its scheduler, in the command's own
+    process, has gone: the command was interrupted and says so in its one line (under load the
+    worker's traceback landed below that line)."""
+    return "Failed to communicate with scheduler during heartbeat" not in record.getMessage()
+
+
+def _quiet_orphaned() -> None:
+    worker = logging.getLogger("distributed.worker")
+    if _not_orphaned not in worker.filters:
+        worker.addFilter(_not_orphaned)
+
+
 def _bars_without_semaphore() -> None:
     """tqdm's default lock holds a ``multiprocessing`` RLock: a semaphore the resource tracker,
     shared with the parent, counts. A worker killed as its cluster closes on Ctrl-C (busy in a
@@ -197,10 +210,12 @@ def _bars_without_semaphore() -> None:
     tqdm.set_lock(threading.RLock())
 
 
-def quiet_worker_logs(client: Any) -> None:
+def quiet_worker_logs(client: Any, local: bool = True) -> None:
     """Without ``avda -v``: the workers of ``client`` (and any that join later) drop their
-    warnings about tasks cancelled by an interrupt or a closing run. Always: their progress
-    bars take a thread lock, no semaphore (:func:`_bars_without_semaphore`)."""
+    warnings about tasks cancelled by an interrupt or a closing run, and ``local`` workers
+    (a ``LocalCluster`` of this command) their heartbeat errors once the command has gone.
+    Always: their progress bars take a thread lock, no semaphore
+    (:func:`_bars_without_semaphore`)."""
     quiet = not logging.getLogger().isEnabledFor(logging.DEBUG)
     from distributed.diagnostics.plugin import WorkerPlugin
 
@@ -211,6 +226,8 @@ def quiet_worker_logs(client: Any) -> None:
             _bars_without_semaphore()
             if quiet:
                 _quiet_cancellations()
+            if quiet and local:
+                _quiet_orphaned()
 
     client.register_plugin(QuietCancellations())
 

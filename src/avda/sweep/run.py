@@ -1576,7 +1576,7 @@ def connect(
             restart = JobRestart(local, count, kind, _spec_name(spec))
             restart.start()
         client = Client(local)
-        quiet_worker_logs(client)
+        quiet_worker_logs(client, local=kind == "local")
         try:
             where = "the local cluster" if kind == "local" else f"the {kind.upper()} cluster"
             watch = WorkerWatch(
