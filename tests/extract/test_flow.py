@@ -88,11 +88,19 @@ def test_tvl1_recovers_a_known_shift_and_resumes(shifted_video, tmp_path):
         manifest, out=out, videos=shifted_video, options=other, progress=False
     )
     assert not refused.ok and "bound: folder has 20.0" in refused.failures[0][1]
-    # Without a finished pair (u files only, as a run killed between u and v leaves them)
-    # other settings take the folder over: the halves of unfinished pairs go.
-    for path in (folder / "v").iterdir():
+    # Without a finished pair other settings take the folder over where a run killed before
+    # its first pair left it (one u half, temporaries): those go. More is not a stop's: kept.
+    for path in [*(folder / "v").iterdir(), *(folder / "u").iterdir()]:
         path.unlink()
     (folder / "u" / "frame_0000000009.jpg").write_bytes(b"a half of another run's pair")
+    (folder / "v" / "frame_0000000003.jpg").write_bytes(b"no u: not a stopped run's")
+    refused = flow.compute_flow(
+        manifest, out=out, videos=shifted_video, options=other, progress=False
+    )
+    assert not refused.ok and "holds 2 JPEG(s) in u/ and v/" in refused.failures[0][1]
+    assert (folder / "v" / "frame_0000000003.jpg").exists()
+    (folder / "v" / "frame_0000000003.jpg").unlink()
+    (folder / "u" / ".frame_0000000010.jpg.partial").write_bytes(b"a killed write")
     taken = flow.compute_flow(
         manifest, out=out, videos=shifted_video, options=other, progress=False
     )
@@ -108,6 +116,23 @@ def test_tvl1_recovers_a_known_shift_and_resumes(shifted_video, tmp_path):
         manifest, out=out, videos=shifted_video, options=options, progress=False
     )
     assert not refused.ok and "holds 2 flow frame(s) and no flow.json" in refused.failures[0][1]
+    # ...as are a user's own frames of another naming, or u frames without their v: kept.
+    held = {"named": ["u/img_00001.jpg"], "halves": ["u/frame_0000000001.jpg",
+            "u/frame_0000000002.jpg"], "lone_v": ["v/frame_0000000001.jpg"]}  # fmt: skip
+    for video_id, names in held.items():
+        for name in names:
+            (out / video_id / name).parent.mkdir(parents=True, exist_ok=True)
+            (out / video_id / name).write_bytes(b"the user's")
+    mine = flow.compute_flow(
+        pd.concat([_manifest(video_id, video_path="shifted.mkv") for video_id in held]),
+        out=out, videos=shifted_video, options=options, progress=False,
+    )  # fmt: skip
+    assert [(video_id, " ".join(error.split()[1:5])) for video_id, error in mine.failures] == [
+        (video_id, f"holds {len(names)} JPEG(s) in") for video_id, names in held.items()
+    ]
+    for video_id, names in held.items():
+        kept = (out / video_id).rglob("*.*")  # nothing deleted, no flow.json written
+        assert sorted(str(p.relative_to(out / video_id)) for p in kept) == names, video_id
     forced = flow.compute_flow(
         manifest, out=out, videos=shifted_video, options=options, force=True, progress=False
     )

@@ -45,6 +45,7 @@ import dataclasses
 import json
 import logging
 import math
+import re
 import time
 from pathlib import Path
 from typing import Any, Literal
@@ -67,6 +68,7 @@ log = logging.getLogger(__name__)
 FlowMethod = Literal["tvl1", "raft"]
 JPEG_QUALITY = 95
 FLOW_TEMPLATE = "frame_{:010d}.jpg"
+_FLOW_NAME = re.compile(r"frame_\d{10}\.jpg")
 RAFT_MIN_SIDE = 128
 COMPARED_KEYS = (
     "method",
@@ -376,12 +378,13 @@ def _claim_folder(folder: Path, out: Path, metadata: dict[str, Any], force: bool
         how = f"made differently ({'; '.join(diffs)})"
     else:  # avda flow writes the record first: frames without one are not its (or it was lost)
         diffs, how = ["no flow.json"], "and no flow.json (another tool's, or it was deleted)"
-    finished = len(_finished(folder)) if diffs else 0
-    if finished and not force:
-        raise ConfigError(
-            f"{folder} holds {finished} flow frame(s) {how}; use another --out, or --force to "
-            "recompute it"
-        )
+    if diffs and not force:
+        finished, kept = len(_finished(folder)), _not_left_by_a_stop(folder)
+        held = f"{finished} flow frame(s)" if finished else f"{kept} JPEG(s) in u/ and v/"
+        if finished or kept:
+            raise ConfigError(
+                f"{folder} holds {held} {how}; use another --out, or --force to recompute it"
+            )
     if diffs:  # the record goes last: it never names settings its frames were not made with
         for component in ("u", "v"):
             for pattern in ("*.jpg", "*.partial"):
@@ -401,6 +404,17 @@ def _finished(folder: Path) -> set[str]:
     """Names of the flow frames whose u and v files are both there (each written whole)."""
     u, v = ({p.name for p in (folder / c).glob("frame_*.jpg")} for c in ("u", "v"))
     return u & v
+
+
+def _not_left_by_a_stop(folder: Path) -> int:
+    """How many u and v JPEGs of ``folder`` a run stopped before its first finished pair
+    cannot have left (0 where it can): it writes u then v, one pair at a time, so it leaves at
+    most one u file of avda flow's naming and no v file. Others (a user's frames, another
+    naming, a u half per frame) are not deleted without ``force``."""
+    u, v = ({p.name for p in (folder / c).glob("*.jpg")} for c in ("u", "v"))
+    if not v and len(u) <= 1 and all(_FLOW_NAME.fullmatch(name) for name in u):
+        return 0
+    return len(u) + len(v)
 
 
 def _write_pair(folder: Path, number: int, flow: np.ndarray, bound: float) -> None:
