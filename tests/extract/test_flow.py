@@ -161,6 +161,26 @@ def test_tvl1_recovers_a_known_shift_and_resumes(shifted_video, tmp_path):
     assert store.status("flow").tolist() == [Status.DONE], store.errors("flow")
 
 
+def test_a_second_run_into_a_flow_folder_stops_naming_the_first(shifted_video, tmp_path):
+    """Two runs into one --out (other settings, or a script started twice) would take over a
+    video folder the other is writing (its record rewritten, its temporaries deleted) or share
+    its temporary files: the second stops at once, nothing of the first's touched."""
+    from avda.cache.lock import RunBusyError, flow_lock
+
+    out = tmp_path / "flow"
+    (out / "shifted" / "u").mkdir(parents=True)
+    (out / "shifted" / "u" / ".frame_0000000001.jpg.partial").write_bytes(b"being written")
+    with flow_lock(out), pytest.raises(RunBusyError, match=r"flow output .* \(avda flow\); wait"):
+        flow.compute_flow(
+            _manifest("shifted", video_path="shifted.mkv"), out=out, videos=shifted_video,
+            options=flow.FlowOptions(shorter_side=96, bound=8.0), progress=False,
+        )  # fmt: skip
+    assert sorted(p.name for p in (out / "shifted").rglob("*")) == [
+        ".frame_0000000001.jpg.partial",
+        "u",
+    ]
+
+
 def test_real_pair_from_a_frame_folder_with_stride(tmp_path, shared_data):
     pytest.importorskip("cv2", reason="TV-L1 needs opencv-contrib-python-headless")
     folder = tmp_path / "frames" / "whale"

@@ -18,6 +18,9 @@ A run folder has the same kind of lock (:func:`run_lock`, the file ``<run>/.lock
 ``avda train -o`` of the same folder (a script started twice, a sweep and a hand-run) stops at
 once with one line (:class:`RunBusyError`) instead of interleaving two writers' checkpoints.
 
+An ``avda flow`` output folder has one too (:func:`flow_lock`, ``<out>/.flow.lock``,
+exclusive), so two runs never write one video folder together.
+
 A command that cannot get the lock stops at once with one line (:class:`StoreBusyError`, exit
 1) naming the holder: ``cache X is being written by pid N on host H since T (avda cache import);
 wait for it to finish, then run the command again``. ``AVDA_LOCK_WAIT=<seconds>`` makes it wait
@@ -149,6 +152,23 @@ def sweep_lock(out: str | Path, *, wait: float | None = None) -> Iterator[None]:
     with _folder_lock(
         Path(out), SWEEP_LOCK, what="avda sweep", wait=wait, kind="sweep output",
         error=SweepBusyError,
+    ):  # fmt: skip
+        yield
+
+
+# The lock file of an `avda flow` output folder.
+FLOW_LOCK = ".flow.lock"
+
+
+@contextlib.contextmanager
+def flow_lock(out: str | Path, *, wait: float | None = None) -> Iterator[None]:
+    """Hold the exclusive lock of an ``avda flow`` output folder ``out`` (created if missing)
+    for the ``with`` block: a second run into it (other settings, or the same ones started
+    twice) stops at once with :class:`RunBusyError` naming the holder, instead of taking over a
+    video folder the first one is writing or sharing its temporary files."""
+    with _folder_lock(
+        Path(out), FLOW_LOCK, what="avda flow", wait=wait, kind="flow output",
+        error=RunBusyError,
     ):  # fmt: skip
         yield
 

@@ -56,6 +56,7 @@ import torch
 
 import avda
 from avda._io import atomic_write, progress_bar, sha256_file
+from avda.cache.lock import flow_lock
 from avda.data_manifests import schema as manifest_schema
 from avda.devices import resolve_device
 from avda.errors import AvdaError, CheckpointError, ConfigError
@@ -199,50 +200,50 @@ def compute_flow(
     out = Path(out)
     device = resolve_device(device)
     estimator = _estimator(options, device)  # refused weights leave no --out folder behind
-    out.mkdir(parents=True, exist_ok=True)
-    metadata = options.metadata()
-    segments = manifest_schema.normalise(manifest)
-    result = FlowResult(videos=0, computed=0, skipped=0, failures=[], seconds=0.0)
-    groups = list(segments.groupby("video_id", sort=False))
-    bar = progress_bar(total=0, desc="flow", unit="pair", disable=not progress)
-    for video_id, rows in groups:
-        video_id = str(video_id)
-        try:
-            folder = child(out, video_id, "video_id")  # one name: never outside --out
-            source = _open_source(rows.iloc[0], root, videos is not None, options)
-            # the video's rate: `avda extract --flow` maps a segment's seconds to flow frames
-            # with it when the manifest has no fps column
-            pairs = pair_frames(source.count, options.stride, options.dilation)
-            # and its flow frames, held or not: a --segments-only folder that ends early is
-            # then read as part of the video (a frame past its last file fails, not repeats)
-            about = {
-                "fps": source.fps or None,
-                "frames": len(pairs),
-                "first_frame_repeats": source.repeats,
-            }
-            _claim_folder(folder, out, {**metadata, **about}, force)
-            wanted = np.arange(1, len(pairs) + 1)
-            if segments_only:
-                wanted = _near_segments(wanted, pairs, rows, source.fps, margin)
-            finished = _finished(folder)
-            todo = [j for j in wanted if FLOW_TEMPLATE.format(int(j)) not in finished]
-            result.skipped += len(wanted) - len(todo)
-            bar.total += len(todo)
-            bar.refresh()
-            for start in range(0, len(todo), batch_size):
-                block = np.asarray(todo[start : start + batch_size], dtype=np.int64)
-                first, second = pairs[block - 1, 0], pairs[block - 1, 1]
-                images = source.read(np.concatenate([first, second]))  # (2n, H, W, 3)
-                flows = estimator(images[: len(block)], images[len(block) :])  # (n, H, W, 2)
-                for j, flow in zip(block, flows, strict=True):
-                    _write_pair(folder, int(j), flow, options.bound)
-                result.computed += len(block)
-                bar.update(len(block))
-            result.videos += 1
-        except (AvdaError, OSError, RuntimeError, ValueError) as exc:
-            log.warning("flow for video %s failed: %s", video_id, exc)
-            result.failures.append((video_id, str(exc)))
-    bar.close()
+    with flow_lock(out):  # one run writes a folder at a time (another stops, naming it)
+        metadata = options.metadata()
+        segments = manifest_schema.normalise(manifest)
+        result = FlowResult(videos=0, computed=0, skipped=0, failures=[], seconds=0.0)
+        groups = list(segments.groupby("video_id", sort=False))
+        bar = progress_bar(total=0, desc="flow", unit="pair", disable=not progress)
+        for video_id, rows in groups:
+            video_id = str(video_id)
+            try:
+                folder = child(out, video_id, "video_id")  # one name: never outside --out
+                source = _open_source(rows.iloc[0], root, videos is not None, options)
+                # the video's rate: `avda extract --flow` maps a segment's seconds to flow frames
+                # with it when the manifest has no fps column
+                pairs = pair_frames(source.count, options.stride, options.dilation)
+                # and its flow frames, held or not: a --segments-only folder that ends early is
+                # then read as part of the video (a frame past its last file fails, not repeats)
+                about = {
+                    "fps": source.fps or None,
+                    "frames": len(pairs),
+                    "first_frame_repeats": source.repeats,
+                }
+                _claim_folder(folder, out, {**metadata, **about}, force)
+                wanted = np.arange(1, len(pairs) + 1)
+                if segments_only:
+                    wanted = _near_segments(wanted, pairs, rows, source.fps, margin)
+                finished = _finished(folder)
+                todo = [j for j in wanted if FLOW_TEMPLATE.format(int(j)) not in finished]
+                result.skipped += len(wanted) - len(todo)
+                bar.total += len(todo)
+                bar.refresh()
+                for start in range(0, len(todo), batch_size):
+                    block = np.asarray(todo[start : start + batch_size], dtype=np.int64)
+                    first, second = pairs[block - 1, 0], pairs[block - 1, 1]
+                    images = source.read(np.concatenate([first, second]))  # (2n, H, W, 3)
+                    flows = estimator(images[: len(block)], images[len(block) :])  # (n, H, W, 2)
+                    for j, flow in zip(block, flows, strict=True):
+                        _write_pair(folder, int(j), flow, options.bound)
+                    result.computed += len(block)
+                    bar.update(len(block))
+                result.videos += 1
+            except (AvdaError, OSError, RuntimeError, ValueError) as exc:
+                log.warning("flow for video %s failed: %s", video_id, exc)
+                result.failures.append((video_id, str(exc)))
+        bar.close()
     result.seconds = time.perf_counter() - began
     return result
 
