@@ -137,6 +137,20 @@ def test_tvl1_recovers_a_known_shift_and_resumes(shifted_video, tmp_path):
         manifest, out=out, videos=shifted_video, options=options, force=True, progress=False
     )
     assert forced.ok and (forced.computed, forced.skipped) == (2, 0)
+    # An unreadable record (avda flow writes it whole) is refused naming it; --force replaces
+    # it (it failed in one line naming neither, or crashed the run on a list, even with --force)
+    for text, why in (('{"method": "tv', "not JSON"), ("[1]", "a JSON list, not an object")):
+        (folder / "flow.json").write_text(text)
+        refused = flow.compute_flow(
+            manifest, out=out, videos=shifted_video, options=options, progress=False
+        )
+        said = refused.failures[0][1] if refused.failures else ""
+        assert f"2 flow frame(s) and {folder / 'flow.json'} unreadable ({why}" in said
+        assert "--force" in said
+        forced = flow.compute_flow(
+            manifest, out=out, videos=shifted_video, options=options, force=True, progress=False
+        )
+        assert forced.ok and forced.computed == 2
     # The folder is an input of `avda extract --flow`: stride and bound come from flow.json.
     convention = frames_lib.flow_convention(folder, "shifted")
     assert (convention.stride, convention.bound, convention.source) == (1, 20.0, "flow.json")

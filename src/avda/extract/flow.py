@@ -359,8 +359,8 @@ def _claim_folder(folder: Path, out: Path, metadata: dict[str, Any], force: bool
     for part in (folder, folder / "u", folder / "v", path):
         if part.exists() or part.is_symlink():
             check_inside(part, out)
-    if path.exists():
-        found = json.loads(path.read_text())
+    found = _read_record(path)
+    if isinstance(found, dict):
         if metadata.get("fps") is None and found.get("fps"):  # this run knows no rate
             metadata = {**metadata, "fps": found["fps"]}
         absent = {k for k in ABSENT_MEANS if k not in found}
@@ -377,8 +377,10 @@ def _claim_folder(folder: Path, out: Path, metadata: dict[str, Any], force: bool
             if found.get(k) != metadata.get(k)
         ]
         how = f"made differently ({'; '.join(diffs)})"
-    else:  # avda flow writes the record first: frames without one are not its (or it was lost)
+    elif found is None:  # avda flow writes the record first: frames without one are not its
         diffs, how = ["no flow.json"], "and no flow.json (another tool's, or it was deleted)"
+    else:  # not avda's record (written whole by it): settings unknown, as without one
+        diffs, how = ["unreadable flow.json"], f"and {path} unreadable ({found})"
     if diffs and not force:
         finished, kept = len(_finished(folder)), _not_left_by_a_stop(folder)
         held = f"{finished} flow frame(s)" if finished else f"{kept} JPEG(s) in u/ and v/"
@@ -399,6 +401,18 @@ def _claim_folder(folder: Path, out: Path, metadata: dict[str, Any], force: bool
     atomic_write(
         path, lambda tmp: tmp.write_text(text), temporary=path.with_suffix(".json.partial")
     )
+
+
+def _read_record(path: Path) -> dict[str, Any] | str | None:
+    """The flow.json at ``path``: its settings, None where there is none, or why it cannot be
+    read (not JSON, not an object)."""
+    if not path.exists():
+        return None
+    try:
+        found = json.loads(path.read_text())
+    except ValueError as exc:  # UnicodeDecodeError too
+        return f"not JSON: {exc}"
+    return found if isinstance(found, dict) else f"a JSON {type(found).__name__}, not an object"
 
 
 def _finished(folder: Path) -> set[str]:
