@@ -616,8 +616,6 @@ def flow_command(
     quiet: Quiet = False,
 ) -> None:
     """Optical flow as EPIC-style u/v JPEGs (resumable), the input of `avda extract --flow`."""
-    import pandas as pd
-
     from avda.data_manifests import schema
     from avda.extract import flow
 
@@ -658,21 +656,7 @@ def flow_command(
         f"{result.skipped} already there, {len(result.failures)} videos failed "
         f"in {result.seconds:.1f} s"
     )
-    failures = out / "flow.failures.csv"
-    frame = pd.DataFrame(result.failures, columns=["video_id", "error"])
-    if failures.exists():  # an earlier run's list: its rows of this run's videos are stale
-        try:
-            earlier = pd.read_csv(failures, dtype=str, keep_default_na=False)
-            ran = set(segments["video_id"].astype(str))
-            frame = pd.concat([earlier[~earlier["video_id"].isin(ran)], frame])
-        except (ValueError, KeyError):  # not a list of ours: this run's replaces it
-            pass
-    if frame.empty:
-        failures.unlink(missing_ok=True)
-    else:
-        from avda._io import atomic_write_text
-
-        atomic_write_text(failures, frame.to_csv(index=False))  # whole or not at all
+    failures = out / flow.FAILURES_LIST  # written by the run, under its lock
     if not result.ok:
         typer.echo(f"failed videos are listed in {failures}", err=True)
         raise typer.Exit(EXIT_FAILED_ITEMS)

@@ -195,6 +195,35 @@ def test_a_second_run_into_a_flow_folder_stops_naming_the_first(shifted_video, t
     ]
 
 
+def test_the_failures_list_is_the_runs_written_under_its_lock(tmp_path, monkeypatch):
+    """OUT/flow.failures.csv keeps other videos' rows and replaces this run's; it was written
+    by the CLI after the run let go of OUT's lock, so a second run could rewrite it between
+    (read, then replace: one run's rows lost)."""
+    pytest.importorskip("cv2", reason="TV-L1 needs opencv-contrib-python-headless")
+    from avda.cache.lock import RunBusyError, flow_lock
+
+    out = tmp_path / "flow"
+    out.mkdir()
+    listed = out / flow.FAILURES_LIST
+    listed.write_text("video_id,error\nelsewhere,its decoder failed\ngone,an earlier error\n")
+    real, held = flow.atomic_write_text, []
+
+    def write(path, text):
+        with pytest.raises(RunBusyError), flow_lock(out):
+            pass
+        held.append(path)
+        return real(path, text)
+
+    monkeypatch.setattr(flow, "atomic_write_text", write)
+    result = flow.compute_flow(
+        _manifest("gone", video_path="gone.mkv"), out=out, videos=tmp_path, progress=False
+    )
+    assert not result.ok and held == [listed]
+    rows = pd.read_csv(listed, dtype=str)
+    assert rows["video_id"].tolist() == ["elsewhere", "gone"]
+    assert rows["error"].iloc[1] != "an earlier error"
+
+
 def test_real_pair_from_a_frame_folder_with_stride(tmp_path, shared_data):
     pytest.importorskip("cv2", reason="TV-L1 needs opencv-contrib-python-headless")
     folder = tmp_path / "frames" / "whale"

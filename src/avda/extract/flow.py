@@ -55,7 +55,7 @@ import pandas as pd
 import torch
 
 import avda
-from avda._io import atomic_write, progress_bar, sha256_file
+from avda._io import atomic_write, atomic_write_text, progress_bar, sha256_file
 from avda.cache.lock import flow_lock
 from avda.data_manifests import schema as manifest_schema
 from avda.devices import resolve_device
@@ -69,6 +69,7 @@ log = logging.getLogger(__name__)
 FlowMethod = Literal["tvl1", "raft"]
 JPEG_QUALITY = 95
 FLOW_TEMPLATE = "frame_{:010d}.jpg"
+FAILURES_LIST = "flow.failures.csv"  # in --out: the videos that failed, and why
 _FLOW_NAME = re.compile(r"frame_\d{10}\.jpg")
 RAFT_MIN_SIDE = 128
 COMPARED_KEYS = (
@@ -244,8 +245,27 @@ def compute_flow(
                 log.warning("flow for video %s failed: %s", video_id, exc)
                 result.failures.append((video_id, str(exc)))
         bar.close()
+        _list_failures(out, set(segments["video_id"].astype(str)), result.failures)
     result.seconds = time.perf_counter() - began
     return result
+
+
+def _list_failures(out: Path, ran: set[str], failures: list[tuple[str, str]]) -> None:
+    """``OUT/flow.failures.csv``: this run's failed videos, and an earlier run's rows of videos
+    it did not run (those of ``ran`` are stale); deleted once empty. Written whole, while the
+    run holds ``out``'s lock, so two runs' lists never overwrite each other's rows."""
+    path = out / FAILURES_LIST
+    frame = pd.DataFrame(failures, columns=["video_id", "error"])
+    if path.exists():  # an earlier run's list: its rows of this run's videos are stale
+        try:
+            earlier = pd.read_csv(path, dtype=str, keep_default_na=False)
+            frame = pd.concat([earlier[~earlier["video_id"].isin(ran)], frame])
+        except (ValueError, KeyError):  # not a list of ours: this run's replaces it
+            pass
+    if frame.empty:
+        path.unlink(missing_ok=True)
+    else:
+        atomic_write_text(path, frame.to_csv(index=False))
 
 
 # --------------------------------------------------------------------------- sources
