@@ -519,3 +519,20 @@ def test_avda_predict_refuses_an_out_naming_a_folder_before_any_work(
         with pytest.raises(ConfigError, match=f"^{re.escape(expected)}$"):
             avda.predict(trained / "dann", out=out, progress=False)
     assert not list(tmp_path.iterdir())
+
+
+def test_training_predicting_and_evaluating_do_not_import_scipy_or_sklearn():
+    """scipy and scikit-learn (4 s of a 12 s `avda predict`) are imported only by what uses
+    them: the audio-adaptive head's clustering, EPIC-100's action scores, report plots."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, avda.cli, avda.api, avda.train.loop, avda.train.predict, avda.train.heads, "
+        "avda.evaluate, avda.scoring.protocols\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'scipy', 'sklearn'}))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300
+    )
+    assert done.stdout.strip() == "[]", done.stdout + done.stderr

@@ -64,7 +64,6 @@ from avda.train.audio_adaptive.losses import (
     multilabel_audio_balanced_weights,
     multilabel_encoder_loss,
 )
-from avda.train.clustering import cluster_per_class, cluster_settings, stored_clusters
 from avda.train.data import FeatureSet, evaluation_domain, split_batches
 from avda.train.layers import per_domain, set_norm_domain
 from avda.train.optim import make_optimizer
@@ -349,6 +348,9 @@ class AudioAdaptiveStages:
     # ------------------------------------------------------------------ stage 2
     def clusters(self) -> np.ndarray:
         """Per-class audio cluster id of every source training segment."""
+        # scipy and scikit-learn (4 s of importing): only the heads that cluster load them
+        from avda.train.clustering import cluster_per_class, cluster_settings, stored_clusters
+
         name = "clusters"
         if name in self._done:
             return self._done[name]
@@ -415,6 +417,8 @@ class AudioAdaptiveStages:
         """``(N, C)`` cluster id of every source-domain segment in each of its present classes
         (-1 elsewhere, and on labelled target rows): one k-means + Elbow per class on the audio
         features of the source segments that contain it."""
+        from avda.train.clustering import cluster_per_class
+
         config = self.config
         rows = self.context.train_set.rows
         source = np.flatnonzero(self.source_mask)
