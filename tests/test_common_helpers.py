@@ -371,3 +371,16 @@ def test_files_written_together_never_leave_a_new_one_beside_an_old_one(tmp_path
         )
     assert second.read_text() == "x" and not first.exists()  # renamed last to first
     assert sorted(p.name for p in tmp_path.iterdir()) == ["t.md"]  # no temporary left
+
+
+def test_atomic_write_together_keeps_old_files_when_a_target_is_a_folder(tmp_path):
+    # the old files are deleted before the renames: a later path that is a folder (its unlink
+    # or rename fails) deleted the first one's finished file with nothing in its place
+    first, second = tmp_path / "OUT.md", tmp_path / "OUT.csv"
+    first.write_text("old md")
+    second.mkdir()
+    with pytest.raises(IsADirectoryError) as raised:
+        _io.atomic_write_texts({first: "new md", second: "new csv"})
+    assert raised.value.filename == str(second)
+    assert first.read_text() == "old md" and second.is_dir()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["OUT.csv", "OUT.md"]  # no temporary

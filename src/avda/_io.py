@@ -146,10 +146,13 @@ def atomic_write_together(
     temporary (``temporaries[path]``, default ``PATH.tmp``) in ``writes``' order, and only
     once all are written are they renamed into place, in the reverse order (the first, the
     main file, goes last), after every old file is deleted: a write that fails (a full disk)
-    removes them all
-    and leaves every file as it was, and a kill between the renames leaves some files missing
+    removes them all and leaves every file as it was, a path that is a folder is refused
+    before any old file is deleted, and a kill between the renames leaves some files missing
     (the rerun writes them), never a new one beside an old one (OUT.md and OUT.csv, a
     predictions .npz and its .csv, a manifest and its .build.json)."""
+    for path in writes:  # refused before the old files go: the renames would fail on it
+        if path.is_dir() and not path.is_symlink():
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
     written: list[tuple[Path, Path]] = []
     try:
         for path, write in writes.items():
