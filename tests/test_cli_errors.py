@@ -794,6 +794,20 @@ def test_train_refuses_a_folder_of_other_files(capsys, in_work):
     assert sorted(p.name for p in in_work.iterdir()) == before
 
 
+def test_train_refuses_a_folder_of_other_files_holding_a_users_stages_folder(capsys, in_work):
+    # stages run alone make RUN/stages/ (their records), a run train -o reuses; a user's own
+    # folder named stages (notes, a non-record .json) made a folder of other files a run's
+    (in_work / "stages").mkdir()
+    (in_work / "stages" / "notes.txt").write_text("act 1")
+    (in_work / "stages" / "cast.json").write_text('{"stage": "left"}')
+    before = sorted(p.name for p in in_work.iterdir())
+    code, _, err = run(capsys, *TRAIN, "--head", "source-only", "-o", ".", "-q")
+    assert (code, one_line(err)) == (1, "error: -o . is a folder that is not an avda run and is "
+        "not empty; avda does not write into it: give a new path (it is created) or an empty "
+        "folder"), err  # fmt: skip
+    assert sorted(p.name for p in in_work.iterdir()) == before
+
+
 def test_an_option_given_as_equals_tilde_is_read_in_the_home_folder(capsys, in_work, monkeypatch):
     # `--out=~/x`: the shell leaves a `~` after `=`, and avda made a folder named `~` in the
     # working folder (which `rm -rf ~` then deletes with the user's home); read as `--out ~/x`

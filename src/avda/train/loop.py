@@ -33,7 +33,7 @@ from avda.train.data import FeatureSet, Task, batch_count
 from avda.train.heads._base import Head, HeadConfig, shape_errors
 from avda.train.layers import dann_annealing
 from avda.train.optim import make_optimizer
-from avda.train.stages import STAGES_FOLDER, TrainingContext
+from avda.train.stages import TrainingContext, holds_stages
 
 log = logging.getLogger(__name__)
 
@@ -224,8 +224,8 @@ def train(
     # -o . or -o ~/Documents: a folder of other files is no run's (it was trained into); a
     # folder of stages run alone (audio-adaptive's run_stages) is the run they are reused in
     run = Path(out)
-    mine = (runs.CONFIG, runs.STATUS, RUN_LOCK, STAGES_FOLDER)
-    ours = any((run / name).exists() for name in mine)
+    mine = (runs.CONFIG, runs.STATUS, RUN_LOCK)
+    ours = any((run / name).exists() for name in mine) or holds_stages(run)
     refuse_foreign_folder(run, "-o", "an avda run", is_ours=ours)
     sinks = sinks_lib.MetricSinks(names)
     try:

@@ -183,6 +183,25 @@ class StageStore:
 PARTIAL_SECONDS = 30.0
 
 
+def holds_stages(run: str | Path) -> bool:
+    """Whether ``RUN/stages/`` holds a stage's files (a record, or a partial checkpoint): the
+    stages run alone (audio-adaptive's ``run_stages``), not a user's folder named ``stages``."""
+    folder = Path(run) / STAGES_FOLDER
+    if not folder.is_dir():
+        return False
+    for path in folder.iterdir():
+        if path.name.endswith(".partial.pt"):
+            return True
+        if path.suffix == ".json":
+            try:
+                record = json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue
+            if isinstance(record, dict) and {"stage", "key"} <= record.keys():
+                return True
+    return False
+
+
 @contextmanager
 def stage_random_state(seed: int, device: str) -> Iterator[None]:
     """Seed torch for one stage and restore the caller's random state afterwards.
