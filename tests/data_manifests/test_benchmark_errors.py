@@ -650,3 +650,27 @@ def test_a_written_manifest_replaces_the_old_one_whole(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         schema.write(frame.assign(uid=["c", "d"]), path)
     assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["m.csv"]
+
+
+def test_a_build_killed_between_its_renames_leaves_no_manifest(shared_data, tmp_path, monkeypatch):
+    """The manifest is renamed last, after the old pair is deleted: a kill after the first
+    rename leaves no manifest (rerun the build), never a new manifest without its record or
+    beside the earlier build's (the order of build_manifest's files, not only the helper's)."""
+    from avda import _io
+
+    output = tmp_path / "m.csv"
+    annotations = shared_data / "annotations"
+    build_manifest("epic55-mmsada", annotations, output, setting="D1-D2")
+    real, renamed = _io.replace_file, []
+
+    def killed_after_one(temporary, path, **keywords):
+        if renamed:
+            raise KeyboardInterrupt  # a kill between the renames
+        renamed.append(Path(path))
+        real(temporary, path, **keywords)
+
+    monkeypatch.setattr(_io, "replace_file", killed_after_one)
+    with pytest.raises(KeyboardInterrupt):
+        build_manifest("epic55-mmsada", annotations, output, setting="D1-D3")
+    assert renamed == [Path(f"{output}.build.json")] and not output.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.csv.build.json"]
