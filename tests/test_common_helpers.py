@@ -384,3 +384,27 @@ def test_atomic_write_together_keeps_old_files_when_a_target_is_a_folder(tmp_pat
     assert raised.value.filename == str(second)
     assert first.read_text() == "old md" and second.is_dir()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["OUT.csv", "OUT.md"]  # no temporary
+
+
+def test_predictions_killed_between_their_renames_leave_no_npz(tmp_path, monkeypatch):
+    # the .npz (what evaluate and predict read) is renamed last: a kill after the .csv's
+    # rename leaves no .npz (the rerun writes it), never new scores beside an earlier .csv
+    import numpy as np
+
+    from avda import runs
+
+    out = tmp_path / "p.npz"
+    uids, labels = np.array(["a", "b"]), {"verb": np.array([0, 1])}
+    runs.save_predictions(out, uids, labels, {"verb": np.eye(2)})
+    replace, renamed = _io.replace_file, []
+
+    def killed_after_one(tmp, path, **keywords):
+        if renamed:
+            raise KeyboardInterrupt  # a kill between the renames
+        renamed.append(path.name)
+        replace(tmp, path, **keywords)
+
+    monkeypatch.setattr(_io, "replace_file", killed_after_one)
+    with pytest.raises(KeyboardInterrupt):
+        runs.save_predictions(out, uids, labels, {"verb": np.eye(2)[::-1]})
+    assert renamed == ["p.csv"] and sorted(p.name for p in tmp_path.iterdir()) == ["p.csv"]
