@@ -187,9 +187,11 @@ def _quiet_cancellations() -> None:
 
 
 def _not_orphaned(record: logging.LogRecord) -> bool:
-    """False for a local worker's heartbeat error once its scheduler, in the command's own
-    process, has gone: the command was interrupted and says so in its one line (under load the
-    worker's traceback landed below that line)."""
+    """False for every heartbeat error of a local worker, whether its scheduler (in the
+    command's own process) has gone or is alive but blocked past the heartbeat's timeout (the
+    two raise the same ``OSError``): an interrupted command says so in its one line (under load
+    the worker's traceback landed below it); a blocked scheduler is named by its own
+    'event loop was unresponsive' warning, and ``avda -v`` keeps the workers' errors."""
     return "Failed to communicate with scheduler during heartbeat" not in record.getMessage()
 
 
@@ -213,7 +215,7 @@ def _bars_without_semaphore() -> None:
 def quiet_worker_logs(client: Any, local: bool = True) -> None:
     """Without ``avda -v``: the workers of ``client`` (and any that join later) drop their
     warnings about tasks cancelled by an interrupt or a closing run, and ``local`` workers
-    (a ``LocalCluster`` of this command) their heartbeat errors once the command has gone.
+    (a ``LocalCluster`` of this command) their heartbeat errors (:func:`_not_orphaned`).
     Always: their progress bars take a thread lock, no semaphore
     (:func:`_bars_without_semaphore`)."""
     quiet = not logging.getLogger().isEnabledFor(logging.DEBUG)
