@@ -273,3 +273,22 @@ def test_a_local_worker_orphaned_by_an_interrupt_says_nothing(caplog, monkeypatc
     said = [r.getMessage() for r in caplog.records if r.name == "distributed.worker"]
     orphaned = [] if local else ["Failed to communicate with scheduler during heartbeat."]
     assert said == [*orphaned, "Compute Failed"]
+
+
+def test_a_local_workers_heartbeat_error_is_kept_with_verbose(caplog, monkeypatch):
+    # avda -v keeps every worker's words: the filter (a blocked scheduler's heartbeat errors
+    # too) applies only without it
+    worker = logging.getLogger("distributed.worker")
+    monkeypatch.setattr(worker, "filters", [])
+    monkeypatch.setattr(dask_support, "_bars_without_semaphore", lambda: None)
+    plugins = []
+
+    class Client:
+        register_plugin = staticmethod(plugins.append)
+
+    caplog.set_level(logging.DEBUG)  # the root logger, as avda -v sets it
+    dask_support.quiet_worker_logs(Client(), local=True)
+    plugins[0].setup(worker=None)
+    worker.error("Failed to communicate with scheduler during heartbeat.")
+    said = [r.getMessage() for r in caplog.records if r.name == "distributed.worker"]
+    assert said == ["Failed to communicate with scheduler during heartbeat."]
