@@ -819,6 +819,8 @@ def test_an_option_given_as_equals_tilde_is_read_in_the_home_folder(capsys, in_w
     assert (home / "sub" / "f.h5").is_file() and not (in_work / "~").exists()
     assert cli._home_expanded(["--set", "x=~/y", "-o~/z", "--name=~"]) == [
         "--set", "x=~/y", "-o~/z", f"--name={home}"]  # fmt: skip
+    # a script's main([..., Path]) (a path object, not a word to expand) is passed on as is
+    assert cli._home_expanded(["-o", Path("~x")]) == ["-o", Path("~x")]
 
 
 def test_train_and_extract_take_a_folder_holding_only_a_desktops_file(capsys, in_work, tmp_path):

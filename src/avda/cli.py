@@ -1667,8 +1667,8 @@ def _home_expanded(argv: list[str]) -> list[str]:
     then deleting it with `rm -rf ~` deletes their home)."""
     expanded = []
     for arg in argv:
-        match = _HOME_AFTER_EQUALS.fullmatch(arg)
-        if match is not None:
+        match = _HOME_AFTER_EQUALS.fullmatch(arg) if isinstance(arg, str) else None
+        if match is not None:  # a Path given to main() by a script is a word already
             arg = match.group(1) + os.path.expanduser(match.group(2))
         expanded.append(arg)
     return expanded
