@@ -245,7 +245,7 @@ def test_worker_progress_bars_hold_no_semaphore(monkeypatch, verbose):
     class Client:
         register_plugin = staticmethod(plugins.append)
 
-    dask_support.quiet_worker_logs(Client())
+    dask_support.quiet_worker_logs(Client(), local=True)
     (plugin,) = plugins
     plugin.setup(worker=None)  # what each worker runs as it starts
     lock = tqdm.get_lock()

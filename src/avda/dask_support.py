@@ -212,7 +212,7 @@ def _bars_without_semaphore() -> None:
     tqdm.set_lock(threading.RLock())
 
 
-def quiet_worker_logs(client: Any, local: bool = True) -> None:
+def quiet_worker_logs(client: Any, *, local: bool) -> None:
     """Without ``avda -v``: the workers of ``client`` (and any that join later) drop their
     warnings about tasks cancelled by an interrupt or a closing run, and ``local`` workers
     (a ``LocalCluster`` of this command) their heartbeat errors (:func:`_not_orphaned`).

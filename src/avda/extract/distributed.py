@@ -166,7 +166,7 @@ def extract_distributed(
                     )
                 )
             client = stack.enter_context(Client(cluster))
-            quiet_worker_logs(client)
+            quiet_worker_logs(client, local=True)
             threads = threads_per_worker(count)
         else:
             client = stack.enter_context(
