@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import signal
 import subprocess
@@ -175,24 +176,37 @@ def test_tvl1_recovers_a_known_shift_and_resumes(shifted_video, tmp_path):
     assert store.status("flow").tolist() == [Status.DONE], store.errors("flow")
 
 
-def test_a_second_run_into_a_flow_folder_stops_naming_the_first(shifted_video, tmp_path):
-    """Two runs into one --out (other settings, or a script started twice) would take over a
-    video folder the other is writing (its record rewritten, its temporaries deleted) or share
-    its temporary files: the second stops at once, nothing of the first's touched."""
-    from avda.cache.lock import RunBusyError, flow_lock
+def test_a_second_run_on_a_video_fails_it_and_runs_on_other_videos_write_beside(
+    shifted_video, tmp_path
+):
+    """Two runs into one --out on one video (other settings, or a script started twice)
+    would take over the folder the other is writing (its record rewritten, its temporaries
+    deleted) or share its temporary files: the second fails that video at once, naming the
+    first, nothing of the first's touched. Runs on other videos (an array of jobs split by
+    video) are not held up by it, as they were not before the lock."""
+    from avda.cache.lock import flow_lock
 
     out = tmp_path / "flow"
     (out / "shifted" / "u").mkdir(parents=True)
     (out / "shifted" / "u" / ".frame_0000000001.jpg.partial").write_bytes(b"being written")
-    with flow_lock(out), pytest.raises(RunBusyError, match=r"flow output .* \(avda flow\); wait"):
-        flow.compute_flow(
+    options = flow.FlowOptions(shorter_side=96, bound=8.0)
+    with flow_lock(out, "shifted"):
+        held = flow.compute_flow(
             _manifest("shifted", video_path="shifted.mkv"), out=out, videos=shifted_video,
-            options=flow.FlowOptions(shorter_side=96, bound=8.0), progress=False,
+            options=options, progress=False,
         )  # fmt: skip
+        beside = flow.compute_flow(
+            _manifest("other", video_path="shifted.mkv"), out=out, videos=shifted_video,
+            options=options, progress=False,
+        )  # fmt: skip
+    ((video, said),) = held.failures
+    assert video == "shifted" and re.search(r"flow folder .*shifted is being written by pid", said)
     assert sorted(p.name for p in (out / "shifted").rglob("*")) == [
         ".frame_0000000001.jpg.partial",
         "u",
     ]
+    assert beside.ok and beside.computed > 0
+    assert not list(out.glob(".flow*.lock"))  # the lock files go with their holders
 
 
 def test_the_failures_list_is_the_runs_written_under_its_lock(tmp_path, monkeypatch):
@@ -200,8 +214,10 @@ def test_the_failures_list_is_the_runs_written_under_its_lock(tmp_path, monkeypa
     by the CLI after the run let go of OUT's lock, so a second run could rewrite it between
     (read, then replace: one run's rows lost)."""
     pytest.importorskip("cv2", reason="TV-L1 needs opencv-contrib-python-headless")
-    from avda.cache.lock import RunBusyError, flow_lock
+    from avda._io import file_lock
+    from avda.errors import LockWaitError
 
+    monkeypatch.setenv("AVDA_LOCK_WAIT", "0")  # a lock held elsewhere: refused at once
     out = tmp_path / "flow"
     out.mkdir()
     listed = out / flow.FAILURES_LIST
@@ -209,7 +225,7 @@ def test_the_failures_list_is_the_runs_written_under_its_lock(tmp_path, monkeypa
     real, held = flow.atomic_write_text, []
 
     def write(path, text):
-        with pytest.raises(RunBusyError), flow_lock(out):
+        with pytest.raises(LockWaitError), file_lock(out / flow.FAILURES_LOCK):
             pass
         held.append(path)
         return real(path, text)

@@ -18,8 +18,8 @@ A run folder has the same kind of lock (:func:`run_lock`, the file ``<run>/.lock
 ``avda train -o`` of the same folder (a script started twice, a sweep and a hand-run) stops at
 once with one line (:class:`RunBusyError`) instead of interleaving two writers' checkpoints.
 
-An ``avda flow`` output folder has one too (:func:`flow_lock`, ``<out>/.flow.lock``,
-exclusive), so two runs never write one video folder together.
+Each video folder of an ``avda flow`` output has one too (:func:`flow_lock`,
+``<out>/.flow.<video>.lock``, exclusive), so two runs never write one video folder together.
 
 A command that cannot get the lock stops at once with one line (:class:`StoreBusyError`, exit
 1) naming the holder: ``cache X is being written by pid N on host H since T (avda cache import);
@@ -156,19 +156,18 @@ def sweep_lock(out: str | Path, *, wait: float | None = None) -> Iterator[None]:
         yield
 
 
-# The lock file of an `avda flow` output folder.
-FLOW_LOCK = ".flow.lock"
-
-
 @contextlib.contextmanager
-def flow_lock(out: str | Path, *, wait: float | None = None) -> Iterator[None]:
-    """Hold the exclusive lock of an ``avda flow`` output folder ``out`` (created if missing)
-    for the ``with`` block: a second run into it (other settings, or the same ones started
-    twice) stops at once with :class:`RunBusyError` naming the holder, instead of taking over a
-    video folder the first one is writing or sharing its temporary files."""
-    with _folder_lock(
-        Path(out), FLOW_LOCK, what="avda flow", wait=wait, kind="flow output",
-        error=RunBusyError,
+def flow_lock(out: str | Path, video_id: str, *, wait: float | None = None) -> Iterator[None]:
+    """Hold the exclusive lock of one video's folder of an ``avda flow`` output ``out`` for the
+    ``with`` block (the file ``OUT/.flow.<video_id>.lock``, deleted as it lets go): a second
+    run on that video (other settings, or the same command started twice) fails it at once
+    with :class:`RunBusyError` naming the holder, instead of taking over the folder the first
+    is writing or sharing its temporary files; runs on other videos (the jobs of an array
+    split by video) write beside it."""
+    out = Path(out)
+    with _flock(
+        out / video_id, out / f".flow.{video_id}.lock", what="avda flow", shared=False,
+        wait=wait, kind="flow folder", error=RunBusyError, remove=lambda: True,
     ):  # fmt: skip
         yield
 

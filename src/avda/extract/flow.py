@@ -55,7 +55,7 @@ import pandas as pd
 import torch
 
 import avda
-from avda._io import atomic_write, atomic_write_text, progress_bar, sha256_file
+from avda._io import atomic_write, atomic_write_text, file_lock, progress_bar, sha256_file
 from avda.cache.lock import flow_lock
 from avda.data_manifests import schema as manifest_schema
 from avda.devices import resolve_device
@@ -70,6 +70,7 @@ FlowMethod = Literal["tvl1", "raft"]
 JPEG_QUALITY = 95
 FLOW_TEMPLATE = "frame_{:010d}.jpg"
 FAILURES_LIST = "flow.failures.csv"  # in --out: the videos that failed, and why
+FAILURES_LOCK = ".flow.failures.lock"  # held while a run rewrites that list
 _FLOW_NAME = re.compile(r"frame_\d{10}\.jpg")
 RAFT_MIN_SIDE = 128
 COMPARED_KEYS = (
@@ -201,16 +202,19 @@ def compute_flow(
     out = Path(out)
     device = resolve_device(device)
     estimator = _estimator(options, device)  # refused weights leave no --out folder behind
-    with flow_lock(out):  # one run writes a folder at a time (another stops, naming it)
-        metadata = options.metadata()
-        segments = manifest_schema.normalise(manifest)
-        result = FlowResult(videos=0, computed=0, skipped=0, failures=[], seconds=0.0)
-        groups = list(segments.groupby("video_id", sort=False))
-        bar = progress_bar(total=0, desc="flow", unit="pair", disable=not progress)
-        for video_id, rows in groups:
-            video_id = str(video_id)
-            try:
-                folder = child(out, video_id, "video_id")  # one name: never outside --out
+    out.mkdir(parents=True, exist_ok=True)
+    metadata = options.metadata()
+    segments = manifest_schema.normalise(manifest)
+    result = FlowResult(videos=0, computed=0, skipped=0, failures=[], seconds=0.0)
+    groups = list(segments.groupby("video_id", sort=False))
+    bar = progress_bar(total=0, desc="flow", unit="pair", disable=not progress)
+    for video_id, rows in groups:
+        video_id = str(video_id)
+        try:
+            folder = child(out, video_id, "video_id")  # one name: never outside --out
+            # one run writes a video folder at a time (another run on it fails that video,
+            # naming the first; runs on other videos, an array split by video, write beside)
+            with flow_lock(out, video_id):
                 source = _open_source(rows.iloc[0], root, videos is not None, options)
                 # the video's rate: `avda extract --flow` maps a segment's seconds to flow frames
                 # with it when the manifest has no fps column
@@ -241,10 +245,11 @@ def compute_flow(
                     result.computed += len(block)
                     bar.update(len(block))
                 result.videos += 1
-            except (AvdaError, OSError, RuntimeError, ValueError) as exc:
-                log.warning("flow for video %s failed: %s", video_id, exc)
-                result.failures.append((video_id, str(exc)))
-        bar.close()
+        except (AvdaError, OSError, RuntimeError, ValueError) as exc:
+            log.warning("flow for video %s failed: %s", video_id, exc)
+            result.failures.append((video_id, str(exc)))
+    bar.close()
+    with file_lock(out / FAILURES_LOCK, bounded=False):  # read, then replace: in turn
         _list_failures(out, set(segments["video_id"].astype(str)), result.failures)
     result.seconds = time.perf_counter() - began
     return result
@@ -253,7 +258,7 @@ def compute_flow(
 def _list_failures(out: Path, ran: set[str], failures: list[tuple[str, str]]) -> None:
     """``OUT/flow.failures.csv``: this run's failed videos, and an earlier run's rows of videos
     it did not run (those of ``ran`` are stale); deleted once empty. Written whole, while the
-    run holds ``out``'s lock, so two runs' lists never overwrite each other's rows."""
+    run holds :data:`FAILURES_LOCK`, so two runs' lists never overwrite each other's rows."""
     path = out / FAILURES_LIST
     frame = pd.DataFrame(failures, columns=["video_id", "error"])
     if path.exists():  # an earlier run's list: its rows of this run's videos are stale
