@@ -367,7 +367,7 @@ def test_multilabel_head_trains_end_to_end(ml_cache, tmp_path):
     assert absent["absent"].shape == (32, 4) and absent["absent"].sum() > 0
     # one row a video: the rows are ranked, under the key of a stage made before videos were
     assert "videos" not in absent
-    assert set(stages.record("absent-labels")["key"]) == {"absent_gamma", "upstream"}
+    assert set(stages.record("absent-labels")["key"]) == {"absent_gamma", "upstream", "cache"}
     # sigmoid probabilities (rows need not sum to 1) and alpha from the 32 source segments
     assert not np.allclose(absent["probabilities"].sum(1), 1.0)
     clusters = stages.load_arrays("clusters")["clusters"]

@@ -14,6 +14,7 @@ import pytest
 import torch
 import zarr
 
+import avda
 from avda import cache as cache_lib
 from avda import runs
 from avda.cache import Status
@@ -202,7 +203,11 @@ def test_pipeline_runs_every_stage_and_stores_its_outputs(av_cache, tmp_path):
     np.testing.assert_array_equal(
         absent["absent"], pipeline.pseudo_absent_labels(absent["probabilities"], 3)
     )
-    assert set(stages.record("absent-labels")["key"]) == {"absent_classes", "upstream"}
+    assert set(stages.record("absent-labels")["key"]) == {"absent_classes", "upstream", "cache"}
+    # the key names the store and how the audio it read was made, not the rgb and flow
+    cache = stages.record("absent-labels")["key"]["cache"]
+    assert cache["store"] == store.provenance["cache_id"] and list(cache["features"]) == ["audio"]
+    assert set(stages.record("encoder-rgb")["key"]["cache"]["features"]) == {"audio", "rgb"}
     clusters = stages.load_arrays("clusters")
     assert (clusters["clusters"] >= 0).all()
     record = stages.record("pseudo-labels-rgb")
@@ -455,6 +460,111 @@ def test_stages_run_alone_and_refuse_other_settings(av_cache, tmp_path):
     # The full run in the same folder picks the finished stages up and adds the rest.
     _train(av_cache, tmp_path / "run", visual_modalities=["rgb"])
     assert StageStore(tmp_path / "run").record("pseudo-labels-rgb") is not None
+
+
+def _stages_alone(cache, out, until="encoder", **overrides):
+    return run_stages(
+        cache=cache, source=["source"], target=["target"], out=out, until=until,
+        overrides={**TINY, "visual_modalities": ["rgb"], **overrides}, progress=False,
+        device="cpu",
+    )  # fmt: skip
+
+
+def _written(run) -> dict[str, int]:
+    """The write time of every stage file of ``run``: unchanged when no stage is recomputed."""
+    return {p.name: p.stat().st_mtime_ns for p in sorted((Path(run) / "stages").iterdir())}
+
+
+def test_stages_of_another_cache_are_refused_not_reused(av_cache, tmp_path):
+    # the same segments extracted again (other features), in another store
+    other = tmp_path / "other.zarr"
+    make_audio_visual_cache(
+        other, seed=1, source_counts=(12, 10, 8, 6), num_classes=4, target_per_class=8,
+        visual=("rgb", "flow"),
+    )  # fmt: skip
+    _stages_alone(av_cache, tmp_path / "run")
+    written = _written(tmp_path / "run")
+    refused = r"stage 'audio-classifier' .* computed from another cache's features \(store "
+    with pytest.raises(RunError, match=refused):
+        _stages_alone(other, tmp_path / "run")
+    with pytest.raises(RunError, match=refused):  # the run trained into the stages' folder
+        _train(other, tmp_path / "run", visual_modalities=["rgb"])
+    assert _written(tmp_path / "run") == written  # the stages are kept as they were
+    # the same store, its rgb extracted again with other weights: the encoder is refused, and
+    # named for the features that changed (the audio stages before it are the same)
+    copy = tmp_path / "copy.zarr"
+    shutil.copytree(av_cache, copy)
+    shutil.copytree(tmp_path / "run", tmp_path / "copied")
+    cache_lib.open_cache(copy, mode="r+").update_modality_info("rgb", weights_sha256="f" * 64)
+    with pytest.raises(RunError, match=r"'encoder-rgb' .* \(rgb features: weights_sha256 None "):
+        _stages_alone(copy, tmp_path / "copied")
+
+
+def test_a_modality_added_to_the_store_keeps_the_stages_that_do_not_read_it(
+    av_cache, tmp_path, monkeypatch
+):
+    copy = tmp_path / "copy.zarr"
+    shutil.copytree(av_cache, copy)
+    store = cache_lib.open_cache(copy, mode="r+")
+    _stages_alone(copy, tmp_path / "run", visual_modalities=["flow"])
+    written = _written(tmp_path / "run")
+    add_features(store, "rgb2", store.load("rgb"))  # a later extraction adds a modality
+
+    def refuse(**kwargs):
+        raise AssertionError(f"stage {kwargs['name']} was trained again")
+
+    monkeypatch.setattr(pipeline, "fit_epochs", refuse)
+    _stages_alone(copy, tmp_path / "run", visual_modalities=["flow"])
+    assert _written(tmp_path / "run") == written
+
+
+def test_an_interrupted_run_reuses_every_finished_stage_on_its_cache(
+    av_cache, tmp_path, monkeypatch
+):
+    _stages_alone(av_cache, tmp_path / "run")  # a run stopped after stage 5
+    written = _written(tmp_path / "run")
+    assert {"audio-classifier.pt", "clusters.npz", "encoder-rgb.pt"} <= set(written)
+
+    def refuse(**kwargs):
+        raise AssertionError(f"stage {kwargs['name']} was trained again")
+
+    monkeypatch.setattr(pipeline, "fit_epochs", refuse)
+    _train(av_cache, tmp_path / "run", visual_modalities=["rgb"])
+    now = _written(tmp_path / "run")
+    assert {name: now[name] for name in written} == written  # not one recomputed
+    assert runs.is_complete(tmp_path / "run")
+
+
+def test_stages_recorded_without_their_cache_are_recomputed_once(av_cache, tmp_path, caplog):
+    _train(av_cache, tmp_path / "run", visual_modalities=["rgb"])
+    stages = StageStore(tmp_path / "run")
+    names = ("clusters", "absent-labels", "pseudo-labels-rgb")
+    finished = {name: stages.load_arrays(name) for name in names}
+    for path in stages.folder.glob("*.json"):  # as an avda before 2026-12-07 wrote them
+        record = json.loads(path.read_text())
+        record["key"].pop("cache", None)
+        path.write_text(json.dumps(record))
+    # avda predict reloads the finished run's stages as they are (it writes nothing)
+    before = _written(tmp_path / "run")
+    predicted = avda.predict(tmp_path / "run", splits="test", progress=False)
+    assert _written(tmp_path / "run") == before
+    top1 = runs.read_metrics(tmp_path / "run")[-1]["target_test/verb/top1"]
+    assert predicted.metrics["target_test/verb/top1"] == top1
+    # a new training run in the folder recomputes each of them, saying why, once
+    (tmp_path / "run" / runs.STATUS).unlink()
+    (tmp_path / "run" / runs.CHECKPOINT).unlink()
+    with caplog.at_level(logging.WARNING, logger="avda.train.stages"):
+        _train(av_cache, tmp_path / "run", visual_modalities=["rgb"])
+    recomputed = [r.getMessage() for r in caplog.records if "did not record the cache" in r.message]
+    assert len(recomputed) == len([*STAGES, "encoder-rgb", "pseudo-labels-rgb"])
+    assert all("cache" in record["key"] for record in map(stages.record, STAGES))
+    for name, arrays in finished.items():  # the same cache: the same results
+        for key, value in arrays.items():
+            np.testing.assert_array_equal(value, stages.load_arrays(name)[key])
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="avda.train.stages"):
+        _train(av_cache, tmp_path / "run2", visual_modalities=["rgb"])
+    assert "did not record the cache" not in caplog.text
 
 
 def test_the_absent_activity_term_lowers_the_targets_absent_class_probabilities(av_cache, tmp_path):

@@ -14,7 +14,9 @@ unfinished stage (and inside it, at the last finished epoch)::
     RUN/stages/<name>.partial.pt  per-epoch checkpoint while the stage trains (removed when done)
 
 A record whose key differs from the settings asked for is refused (:class:`RunError`), as the
-loop refuses a run directory with another configuration.
+loop refuses a run directory with another configuration. Every key holds the identity of the
+cache its features came from (:func:`cache_identity`), so a stage is never reused on another
+cache's features; a record written before keys held it is recomputed (:meth:`StageStore.is_done`).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ import avda
 from avda import runs
 from avda._io import atomic_write, atomic_write_text
 from avda.cache import FeatureCache
+from avda.cache.store import features_record
 from avda.errors import RunError
 from avda.train.data import FeatureSet
 from avda.train.sinks import MetricSinks
@@ -45,6 +48,8 @@ from avda.train.sinks import MetricSinks
 log = logging.getLogger(__name__)
 
 STAGES_FOLDER = "stages"
+# The key's entry naming the cache a stage's features came from (:func:`cache_identity`).
+CACHE_KEY = "cache"
 
 
 @dataclasses.dataclass
@@ -77,6 +82,41 @@ def fingerprint(values: Sequence[Any] | np.ndarray) -> str:
     return digest.hexdigest()[:16]
 
 
+def cache_identity(store: FeatureCache, modalities: Sequence[str]) -> dict[str, Any]:
+    """The cache a stage read ``modalities`` of, for its key: the store (its ``cache_id``,
+    written once when it was made, or for a store made before that its creation time) and how
+    each modality's features were made (backbone, weights and their sha256, clips, precision,
+    the file an import read: :func:`~avda.cache.store.features_record`). Read from the store's
+    provenance, no feature is read; a modality added to the store later is in no key of a
+    stage that does not read it."""
+    provenance = store.provenance
+    ident = provenance.get("cache_id")
+    return {
+        "store": str(ident) if ident else f"created {provenance.get('created')}",
+        "features": {m: features_record(store.modality_info(m)) for m in sorted(set(modalities))},
+    }
+
+
+def _cache_difference(recorded: dict[str, Any], wanted: dict[str, Any]) -> str:
+    """How two :func:`cache_identity` entries differ, in words."""
+    parts = []
+    if recorded.get("store") != wanted.get("store"):
+        parts.append(f"store {recorded.get('store')} -> {wanted.get('store')}")
+    old, new = recorded.get("features") or {}, wanted.get("features") or {}
+    for modality in sorted({*old, *new}):
+        before, now = old.get(modality) or {}, new.get(modality) or {}
+        keys = sorted(k for k in {*before, *now} if before.get(k) != now.get(k))
+        shown = ", ".join(f"{k} {before.get(k)!r} -> {now.get(k)!r}" for k in keys[:2])
+        if keys:
+            parts.append(f"{modality} features: {shown}")
+    return "; ".join(parts) or "its record"
+
+
+def _own_settings(key: dict[str, Any]) -> dict[str, Any]:
+    """A key without its cache and its upstream stages' digests (which hold their caches)."""
+    return {k: v for k, v in key.items() if k not in (CACHE_KEY, "upstream")}
+
+
 class StageStore:
     """The ``RUN/stages/`` folder: finished outputs with their records, partial checkpoints."""
 
@@ -97,7 +137,11 @@ class StageStore:
         return json.loads(path.read_text())
 
     def is_done(self, name: str, key: dict[str, Any]) -> bool:
-        """True when ``name`` finished with ``key``; refuses a record made with another key."""
+        """True when ``name`` finished with ``key``; refuses a record made with another key.
+
+        A record of an avda before stage keys named their cache (no ``cache`` in it, with the
+        same settings otherwise) may hold another cache's work: it is recomputed, with one
+        warning (read-only, ``avda predict``: reused, it is the finished run's own stage)."""
         record = self.record(name)
         if record is None and self.read_only:
             raise RunError(
@@ -106,18 +150,34 @@ class StageStore:
             )
         if record is None:
             return False
-        if record["key"] != json.loads(json.dumps(key)):
-            changed = sorted(
-                k
-                for k in set(record["key"]) | set(key)
-                if record["key"].get(k) != json.loads(json.dumps(key.get(k)))
-            )
+        stored, wanted = record["key"], json.loads(json.dumps(key))
+        if stored == wanted:
+            return True
+        if CACHE_KEY in wanted and CACHE_KEY not in stored:
+            if _own_settings(stored) == _own_settings(wanted):
+                if self.read_only:
+                    return True
+                log.warning(
+                    "stage %s in %s was recorded by avda %s, which did not record the cache "
+                    "its features came from: recomputing it",
+                    name,
+                    self.folder,
+                    record.get("avda_version", "(unknown)"),
+                )
+                return False
+        changed = sorted(k for k in set(stored) | set(wanted) if stored.get(k) != wanted.get(k))
+        if changed == [CACHE_KEY]:
             raise RunError(
-                f"stage {name!r} in {self.folder} was made with other settings "
-                f"({', '.join(changed)}); use another run directory, or delete that stage's "
-                "files to recompute it"
+                f"stage {name!r} in {self.folder} was computed from another cache's features "
+                f"({_cache_difference(stored[CACHE_KEY], wanted[CACHE_KEY])}); use another run "
+                "directory, pass the cache it was computed from, or delete that stage's files "
+                "to recompute it"
             )
-        return True
+        raise RunError(
+            f"stage {name!r} in {self.folder} was made with other settings "
+            f"({', '.join(changed)}); use another run directory, or delete that stage's "
+            "files to recompute it"
+        )
 
     def _write_record(self, name: str, key: dict[str, Any], summary: dict[str, Any]) -> None:
         record = {
@@ -288,4 +348,11 @@ def fit_epochs(
     return history
 
 
-__all__ = ["StageStore", "TrainingContext", "fingerprint", "fit_epochs", "stage_random_state"]
+__all__ = [
+    "StageStore",
+    "TrainingContext",
+    "cache_identity",
+    "fingerprint",
+    "fit_epochs",
+    "stage_random_state",
+]

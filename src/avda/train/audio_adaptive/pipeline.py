@@ -28,8 +28,10 @@ stage 5 with the labelled target rows (those ``labelled_target`` moved into the 
 as an extra unweighted term, and no stage 6a: the CharadesEgo recognizer learns from the
 labelled target half instead of pseudo labels.
 
-A stage's key holds its settings and the keys of the stages it depends on, so a finished stage
-is reused only for the same inputs and settings. The last two are what stage 6b and evaluation
+A stage's key holds its settings, the keys of the stages it depends on and the identity of the
+cache whose features it read (:func:`avda.train.stages.cache_identity`: the store and how each
+modality it reads was made), so a finished stage is reused only for the same inputs and
+settings. The last two are what stage 6b and evaluation
 read in place of running the frozen audio classifier and encoders on every batch
 (:meth:`AudioAdaptiveStages.attach_frozen_outputs`): the frozen modules run in eval mode on
 whole segments, so their output is a fixed function of the segment; they are remade (not
@@ -68,8 +70,10 @@ from avda.train.data import FeatureSet, evaluation_domain, split_batches
 from avda.train.layers import per_domain, set_norm_domain
 from avda.train.optim import make_optimizer
 from avda.train.stages import (
+    CACHE_KEY,
     StageStore,
     TrainingContext,
+    cache_identity,
     fingerprint,
     fit_epochs,
     stage_random_state,
@@ -215,9 +219,11 @@ class AudioAdaptiveStages:
                 labels = torch.from_numpy(self.pseudo_labels(visual))
                 self.context.target_set.inputs[PSEUDO_LABEL_KEY.format(visual)] = labels
 
-    def base_key(self) -> dict[str, Any]:
+    def base_key(self, *modalities: str) -> dict[str, Any]:
+        """The data a stage reads: its segments, labels, and ``modalities`` of the cache."""
         context = self.context
         return {
+            **self.cache_key(*modalities),
             "seed": context.seed,
             "task": self.task.name,
             "num_classes": self.num_classes,
@@ -228,6 +234,12 @@ class AudioAdaptiveStages:
             **({"feature_scale": self.config.feature_scale} if self.config.feature_scale else {}),
             "audio_modality": self.config.audio_modality,
         }
+
+    def cache_key(self, *modalities: str) -> dict[str, Any]:
+        """The key's entry naming the cache a stage's features come from: the audio and
+        ``modalities`` (every stage reads the audio, or a stage that did)."""
+        modalities = (self.config.audio_modality, *modalities)
+        return {CACHE_KEY: cache_identity(self.context.store, modalities)}
 
     def _settings(self, *names: str) -> dict[str, Any]:
         values = self.config.to_dict()
@@ -462,7 +474,11 @@ class AudioAdaptiveStages:
         if name in self._done:
             return self._done[name]
         clusters = self.clusters()
-        key = {**self._settings("balance_beta"), "upstream": self._upstream("clusters")}
+        key = {
+            **self._settings("balance_beta"),
+            "upstream": self._upstream("clusters"),
+            **self.cache_key(),
+        }
         self.keys[name] = key
         if self.stages.is_done(name, key):
             self._done[name] = self.stages.load_arrays(name)["weights"]
@@ -496,6 +512,7 @@ class AudioAdaptiveStages:
         key = {
             **self._settings("absent_gamma" if self.multi_label else "absent_classes"),
             "upstream": self._upstream("audio-classifier"),
+            **self.cache_key(),
             # multi-label, a video of several rows: videos ranked (a stage stored before
             # ranked its rows alone; with one row a video the two agree, and the key is as was)
             **(
@@ -597,7 +614,7 @@ class AudioAdaptiveStages:
         absent = torch.from_numpy(self.absent_labels())
         stream = self.head.stream_settings(visual)  # the flow stream has its own lr, length
         key = {
-            **self.base_key(),
+            **self.base_key(visual),
             "visual": visual,
             "encoder_epochs": stream.encoder_epochs,
             "encoder_lr": stream.encoder_lr,
@@ -831,6 +848,7 @@ class AudioAdaptiveStages:
         refine = self.config.pseudo_label_refine
         if refine != "none":  # keys of the stages stored before refinement stay valid
             key["refine"] = {"method": refine, "prior": self.config.pseudo_label_prior}
+        key.update(self.cache_key(*streams))
         self.keys[name] = key
         if self.stages.is_done(name, key):
             self._done[name] = self.stages.load_arrays(name)["labels"]
