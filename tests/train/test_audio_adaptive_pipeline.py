@@ -500,15 +500,17 @@ def test_stages_of_another_cache_are_refused_not_reused(av_cache, tmp_path):
         _stages_alone(copy, tmp_path / "copied")
 
 
-def test_a_modality_added_to_the_store_keeps_the_stages_that_do_not_read_it(
-    av_cache, tmp_path, monkeypatch
-):
+def test_a_modality_added_or_weights_moved_keep_the_stages(av_cache, tmp_path, monkeypatch):
     copy = tmp_path / "copy.zarr"
     shutil.copytree(av_cache, copy)
     store = cache_lib.open_cache(copy, mode="r+")
+    for modality in ("audio", "flow"):
+        store.update_modality_info(modality, weights="/old/w.pt", weights_sha256="e" * 64)
     _stages_alone(copy, tmp_path / "run", visual_modalities=["flow"])
     written = _written(tmp_path / "run")
     add_features(store, "rgb2", store.load("rgb"))  # a later extraction adds a modality
+    for modality in ("audio", "flow"):  # the same weights file, fetched to another folder
+        store.update_modality_info(modality, weights="/new/w.pt")
 
     def refuse(**kwargs):
         raise AssertionError(f"stage {kwargs['name']} was trained again")

@@ -857,6 +857,16 @@ def features_record(info: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in info.items() if k != FINISHED_ROWS}
 
 
+def comparable_record(info: Mapping[str, Any]) -> dict[str, Any]:
+    """A modality's record as extraction's resume compares it (:func:`features_record`): the
+    weights by their checksum (the same file fetched to another folder is the same weights),
+    a record from before the input sources were recorded read from videos."""
+    record = {"input": {"source": "video"}, **features_record(info)}
+    if record.get("weights_sha256"):
+        record.pop("weights", None)
+    return record
+
+
 # Start of the error message of a row refused for NaN/inf values (see nonfinite_error).
 NONFINITE_PREFIX = "non-finite "
 # Stored as the failed rows' error, read by command-line and Python users alike: both names.

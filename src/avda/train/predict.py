@@ -35,7 +35,7 @@ import pandas as pd
 from avda import runs
 from avda._io import progress_bar
 from avda.cache import FeatureCache, open_cache
-from avda.cache.store import features_record
+from avda.cache.store import comparable_record
 from avda.errors import CacheError, ConfigError, RunError
 from avda.paths import check_output_file
 from avda.scoring.protocols import set_metrics
@@ -157,7 +157,7 @@ def _check_same_features(run: Path, recorded: dict[str, Any], store: FeatureCach
         want = recorded.get(modality)
         if not isinstance(want, dict):
             continue  # a run recorded before it: nothing to compare with
-        want, have = _comparable(want), _comparable(dict(infos[modality]))
+        want, have = comparable_record(want), comparable_record(dict(infos[modality]))
         keys = sorted(k for k in {*want, *have} if want.get(k) != have.get(k))
         if keys:
             raise CacheError(
@@ -287,17 +287,6 @@ def _check_labels(run: Path, store: FeatureCache, rows: np.ndarray, tasks) -> No
                 "labels follow another class table; predict rows of the run's classes (--domain "
                 "/ --split) or a cache built with the run's class table"
             )
-
-
-def _comparable(info: dict[str, Any]) -> dict[str, Any]:
-    """A modality record as extraction's resume compares it: the weights by their checksum
-    (the same file fetched to another folder is the same weights), a record from before the
-    input sources were recorded read from videos, without the store's own bookkeeping
-    (``finished_rows``: a cache of other segments differs in it)."""
-    info = {"input": {"source": "video"}, **features_record(info)}
-    if info.get("weights_sha256"):
-        info.pop("weights", None)
-    return info
 
 
 def _recorded_features(run: Path, run_store: FeatureCache | None) -> dict[str, Any]:

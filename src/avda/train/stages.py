@@ -40,7 +40,7 @@ import avda
 from avda import runs
 from avda._io import atomic_write, atomic_write_text
 from avda.cache import FeatureCache
-from avda.cache.store import features_record
+from avda.cache.store import comparable_record
 from avda.errors import RunError
 from avda.train.data import FeatureSet
 from avda.train.sinks import MetricSinks
@@ -85,15 +85,15 @@ def fingerprint(values: Sequence[Any] | np.ndarray) -> str:
 def cache_identity(store: FeatureCache, modalities: Sequence[str]) -> dict[str, Any]:
     """The cache a stage read ``modalities`` of, for its key: the store (its ``cache_id``,
     written once when it was made, or for a store made before that its creation time) and how
-    each modality's features were made (backbone, weights and their sha256, clips, precision,
-    the file an import read: :func:`~avda.cache.store.features_record`). Read from the store's
+    each modality's features were made (backbone, weights by their sha256, clips, precision,
+    the file an import read: :func:`~avda.cache.store.comparable_record`). Read from the store's
     provenance, no feature is read; a modality added to the store later is in no key of a
     stage that does not read it."""
     provenance = store.provenance
     ident = provenance.get("cache_id")
     return {
         "store": str(ident) if ident else f"created {provenance.get('created')}",
-        "features": {m: features_record(store.modality_info(m)) for m in sorted(set(modalities))},
+        "features": {m: comparable_record(store.modality_info(m)) for m in sorted(set(modalities))},
     }
 
 
