@@ -537,6 +537,24 @@ def test_an_interrupted_run_reuses_every_finished_stage_on_its_cache(
     assert runs.is_complete(tmp_path / "run")
 
 
+def test_a_partial_stage_recorded_without_its_cache_is_discarded(av_cache, tmp_path, caplog):
+    _stages_alone(av_cache, tmp_path / "run", until="clusters")
+    stages = StageStore(tmp_path / "run")
+    record = stages.record("audio-classifier")
+    key = {k: v for k, v in record["key"].items() if k != "cache"}  # as an older avda wrote it
+    partial = {"key": key, "module": {}, "epoch": 1}
+    for path in stages.folder.iterdir():
+        path.unlink()
+    runs.save_checkpoint(partial, stages.partial_path("audio-classifier"))
+    with caplog.at_level(logging.WARNING, logger="avda.train.stages"):
+        _stages_alone(av_cache, tmp_path / "run", until="audio-classifier")
+    assert "stage audio-classifier: discarding a partial checkpoint of an avda that did not " in (
+        caplog.text
+    )
+    assert not stages.partial_path("audio-classifier").exists()
+    assert stages.record("audio-classifier")["key"] == record["key"]  # recomputed, named
+
+
 def test_stages_recorded_without_their_cache_are_recomputed_once(av_cache, tmp_path, caplog):
     _train(av_cache, tmp_path / "run", visual_modalities=["rgb"])
     stages = StageStore(tmp_path / "run")

@@ -311,6 +311,12 @@ def fit_epochs(
             start = state["epoch"] + 1
             history = list(state.get("history", []))
             log.info("stage %s: resuming from epoch %d", name, start)
+        elif CACHE_KEY in key and CACHE_KEY not in (state.get("key") or {}):
+            log.warning(
+                "stage %s: discarding a partial checkpoint of an avda that did not record the "
+                "cache its features came from",
+                name,
+            )
         else:
             log.warning("stage %s: discarding a partial checkpoint made with other settings", name)
     bar = progress_bar(
