@@ -1139,7 +1139,11 @@ def _epic100_table(
             verb, noun = predictions["labels"]["verb"], predictions["labels"]["noun"]
             known = (verb >= 0) & (noun >= 0)
             if not known.any():
-                others = [s for s in runs.prediction_sets(info.path) if s != split]
+                others = [  # labelled ones: EPIC-100's source_test has no labels either
+                    s
+                    for s in runs.prediction_sets(info.path)
+                    if s != split and _has_labels(runs.read_predictions(info.path, s)["labels"])
+                ]
                 raise RunError(
                     f"{info.path}: {split} has no labelled segments to score: choose another "
                     f"--set (it has {', '.join(others) or 'no other'}); EPIC-100's "

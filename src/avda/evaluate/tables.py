@@ -8,6 +8,7 @@ import os
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -620,16 +621,17 @@ def export_submission(
     run: str | Path, path: str | Path, *, sls_pt: int, sls_tl: int, sls_td: int
 ) -> Path:
     """The EPIC-100 UDA challenge file of ``run`` (:func:`avda.scoring.protocols.
-    export_run_submission`), checked against every target test segment of the run's cache:
-    one stored ``failed`` or ``missing`` has no prediction, and the file would lack it."""
+    export_run_submission`), checked against every target test segment of the run's cache
+    (and its source test segments, for ``results_source``): one stored ``failed`` or
+    ``missing`` has no prediction, and the file would lack it."""
     import logging
 
-    from avda.cache import Status, open_cache
+    from avda.cache import open_cache
     from avda.scoring import protocols
 
     run = Path(run)
     config = runs.read_config(run)
-    expected: list[str] | None = None
+    expected: dict[str, list[str]] = {}
     reasons: dict[str, str] = {}
     try:
         store = open_cache(config["cache"])
@@ -639,18 +641,29 @@ def export_submission(
             *(run, error),
         )
     else:
-        segments = store.segments
-        chosen = segments["domain"].isin(config["target"]) & (segments["split"] == "test")
-        rows = np.flatnonzero(chosen.to_numpy())
-        expected = segments["uid"].astype(str).to_numpy()[rows].tolist()
         used = [m for m in config.get("modalities", store.modalities) if m in store.modalities]
-        for modality in used:
-            statuses, errors = store.status(modality), store.errors(modality)
-            for row in rows[statuses[rows] != int(Status.DONE)]:
-                uid = str(segments["uid"].iloc[row])
-                state = Status(int(statuses[row])).name.lower()
-                reasons.setdefault(uid, f"{modality} {state}: {errors[row]}")
+        for side in ("target", "source"):
+            expected[side] = _test_segments(store, config.get(side, []), used, reasons)
     return protocols.export_run_submission(
-        run, path, sls_pt=sls_pt, sls_tl=sls_tl, sls_td=sls_td, target_test=expected,
-        reasons=reasons,
+        run, path, sls_pt=sls_pt, sls_tl=sls_tl, sls_td=sls_td,
+        target_test=expected.get("target"), source_test=expected.get("source"), reasons=reasons,
     )  # fmt: skip
+
+
+def _test_segments(
+    store: Any, domains: Sequence[str], modalities: Sequence[str], reasons: dict[str, str]
+) -> list[str]:
+    """The ids of the test segments of ``domains`` in the cache ``store``; why each one not
+    stored ``done`` in one of ``modalities`` has no prediction goes into ``reasons``."""
+    from avda.cache import Status
+
+    segments = store.segments
+    chosen = segments["domain"].isin(domains) & (segments["split"] == "test")
+    rows = np.flatnonzero(chosen.to_numpy())
+    for modality in modalities:
+        statuses, errors = store.status(modality), store.errors(modality)
+        for row in rows[statuses[rows] != int(Status.DONE)]:
+            uid = str(segments["uid"].iloc[row])
+            state = Status(int(statuses[row])).name.lower()
+            reasons.setdefault(uid, f"{modality} {state}: {errors[row]}")
+    return segments["uid"].astype(str).to_numpy()[rows].tolist()

@@ -326,7 +326,9 @@ def epic100_uda_submission(
 ) -> dict[str, Any]:
     """The EPIC-100 UDA challenge JSON for ``target_test`` (optionally ``source_test`` too).
 
-    Format (as ``EPIC-KITCHENS-100_UDA_TA3N/test_models.py`` writes it)::
+    Format (the UDA challenge's page, ``competitions.codalab.org/competitions/26096``,
+    "Submission format"; ``results_target`` as ``jonmun/EPIC-KITCHENS-100_UDA_TA3N@7f13e69``,
+    ``test_models.py``, writes it, which leaves out the optional ``results_source``)::
 
         {"version": "0.2", "challenge": "domain_adaptation",
          "sls_pt": 2, "sls_tl": 3, "sls_td": 3,
@@ -479,6 +481,7 @@ def export_run_submission(
     sls_tl: int,
     sls_td: int,
     target_test: Sequence[str] | None = None,
+    source_test: Sequence[str] | None = None,
     reasons: Mapping[str, str] | None = None,
 ) -> Path:
     """Write the EPIC-100 UDA challenge file of a finished run's ``target_test`` predictions
@@ -487,7 +490,11 @@ def export_run_submission(
     ``target_test``: the ids of every target test segment of the run's cache; a submission
     without one of them is refused (the server needs every id), naming it with its
     ``reasons`` entry (why it has no prediction), and a split that is not EPIC-100's 5,909
-    segments is warned about (:func:`avda.evaluate.tables.export_submission` reads them)."""
+    segments is warned about (:func:`avda.evaluate.tables.export_submission` reads them).
+    ``source_test``: those of its source test segments; ``results_source`` is optional for the
+    server, which refuses a file whose ``results_source`` lacks one of the split's ids
+    (``epic-kitchens-100-annotations#9``), so where the run does not predict all of them it is
+    left out, with a warning naming one and why."""
     from avda import runs
 
     run = Path(run)
@@ -504,17 +511,29 @@ def export_run_submission(
                 "and noun scores: train a head that predicts both (--set tasks=[verb,noun]; "
                 "audio-adaptive predicts verbs only)"
             )
-    source: dict[str, Any] = {}
-    if "source_test" in runs.prediction_sets(run):
-        theirs = runs.read_predictions(run, "source_test")
-        source = {
-            "source_verb_scores": theirs["scores"]["verb"],
-            "source_noun_scores": theirs["scores"]["noun"],
-            "source_narration_ids": [str(u) for u in theirs["uids"]],
-        }
     predicted = [str(u) for u in target["uids"]]
     if target_test is not None:
         _check_complete(run, predicted, [str(u) for u in target_test], reasons or {})
+    source: dict[str, Any] = {}
+    if "source_test" in runs.prediction_sets(run):
+        theirs = runs.read_predictions(run, "source_test")
+        ids = [str(u) for u in theirs["uids"]]
+        have = set(ids)
+        left_out = [u for u in source_test or () if u not in have]
+        if left_out:
+            log.warning(
+                "%s predicts %d of the %d source test segments of its cache (%d left out, e.g. "
+                "%r, %s): the file has no results_source (optional; the server refuses one "
+                "that lacks an id), only results_target",
+                *(run, len(ids), len(source_test or ()), len(left_out), left_out[0]),
+                (reasons or {}).get(left_out[0], "not predicted"),
+            )
+        else:
+            source = {
+                "source_verb_scores": theirs["scores"]["verb"],
+                "source_noun_scores": theirs["scores"]["noun"],
+                "source_narration_ids": ids,
+            }
     submission = epic100_uda_submission(
         target["scores"]["verb"],
         target["scores"]["noun"],
