@@ -39,6 +39,7 @@ from avda._io import (
     torch_load,
 )
 from avda.errors import RunError
+from avda.scoring.metrics import predicted_classes, rank_classes, task_ties
 
 log = logging.getLogger(__name__)
 
@@ -209,13 +210,14 @@ def predictions_table(
     ``<task>_label`` and ``<task>_prediction`` (multi-label: ``<task>_labels``, ``_top5``)."""
     table = {"uid": np.asarray(uids, dtype=str)}
     table.update({k: np.asarray(v, dtype=str) for k, v in (columns or {}).items()})
+    single = [t for t in scores if scores[t].ndim == 2 and labels[t].ndim == 1]
     for task in scores:
-        if scores[task].ndim == 2 and labels[task].ndim == 1:
+        if task in single:
             table[f"{task}_label"] = labels[task]
-            table[f"{task}_prediction"] = scores[task].argmax(1)
+            table[f"{task}_prediction"] = predicted_classes(scores[task], task_ties(task, single))
         elif scores[task].ndim == 2 and labels[task].shape == scores[task].shape:
             # multi-label: the true ids as the manifest writes them, the five best-scored
-            top = np.argsort(-scores[task], axis=1, kind="stable")[:, :5]
+            top = rank_classes(scores[task], 5)
             table[f"{task}_labels"] = [";".join(map(str, np.flatnonzero(r))) for r in labels[task]]
             table[f"{task}_top5"] = [";".join(map(str, r)) for r in top]
     return pd.DataFrame(table)

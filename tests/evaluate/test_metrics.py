@@ -19,8 +19,10 @@ from avda.scoring.metrics import (
     mean_class_accuracy,
     mean_std,
     per_class_accuracy,
+    predicted_classes,
     rank_classes,
     softmax,
+    task_ties,
     top1_accuracy,
     top_k_accuracy,
 )
@@ -41,6 +43,26 @@ def test_rank_and_top_k_with_ties():
     assert top_k_accuracy(scores, np.array([3]), k=2) == 0.0
     assert top_k_accuracy(scores, np.array([3]), k=3) == 1.0
     assert top_k_accuracy(scores, np.array([0]), k=10) == 1.0  # k beyond C: every class
+
+
+def test_the_tie_rules_and_the_prediction_of_each():
+    """``ties="highest"``: EPIC-100's official ``argsort()[:, ::-1]`` (tied classes highest id
+    first), for verb and noun of a run with both; the prediction is each rule's first class."""
+    scores = np.array([[0.1, 0.3, 0.3, 0.2]])
+    np.testing.assert_array_equal(rank_classes(scores, ties="highest"), [[2, 1, 3, 0]])
+    assert top_k_accuracy(scores, np.array([2]), k=1, ties="highest") == 1.0
+    rng = np.random.default_rng(0)
+    tied = rng.integers(0, 3, (200, 7)).astype(np.float32)  # many ties
+    for ties in ("lowest", "highest"):
+        np.testing.assert_array_equal(
+            predicted_classes(tied, ties), rank_classes(tied, 1, ties)[:, 0]
+        )
+    assert task_ties("verb", ["verb", "noun"]) == task_ties("noun", ["noun", "verb"]) == "highest"
+    assert (
+        task_ties("verb", ["verb"]) == task_ties("labels", ["verb", "noun", "labels"]) == "lowest"
+    )
+    with pytest.raises(ConfigError, match="ties must be one of lowest, highest"):
+        rank_classes(scores, ties="first")
 
 
 def test_top_k_over_several_rows():

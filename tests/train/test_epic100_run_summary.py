@@ -362,3 +362,53 @@ def test_a_complete_verb_noun_run_with_a_multi_label_task_gets_its_action_column
     assert "target_val/action/top1" in metrics
     assert metrics["target_val/verb/top1"] == 0.5  # what it recorded stays
     assert "target_val/labels/top1" not in metrics
+
+
+def test_tied_scores_are_ranked_by_one_rule_everywhere(epic100_cache, tmp_path):
+    """A run with verb and noun ranks tied verb scores as the official EPIC-100 scorer, highest
+    id first (``epic100_rank``), in every place that picks its predictions: its top-1 and mca,
+    the per-class table and its Mean, the confusion matrix, the settings table and the
+    predictions ``.csv``. Those ranked ties lowest id first (``argmax``), so a per-class table
+    disagreed with the run's own verb mca wherever two classes tied."""
+    from sklearn.metrics import confusion_matrix
+
+    from avda.evaluate import per_class
+    from avda.scoring.protocols import epic100_rank, set_metrics
+
+    run = tmp_path / "run"
+    code = cli.main(
+        ["train", "--head", "source-only", "--cache", str(epic100_cache), "--source", "source",
+         "--target", "target", "-o", str(run), "--epochs", "1", "--quiet"]
+    )  # fmt: skip
+    assert code == 0
+    found = runs.read_predictions(run, "target_val")
+    labels = found["labels"]
+    verb_labels = labels["verb"]
+    assert found["scores"]["verb"].shape[1] == 97 and (verb_labels < 96).all()
+    # the even rows tie their label with class 96; the odd ones score their label alone
+    verbs = np.zeros((len(verb_labels), 97), dtype=np.float32)
+    rows = np.arange(len(verb_labels))
+    verbs[rows, verb_labels] = 1.0
+    verbs[rows[::2], 96] = 1.0
+    scores = {"verb": verbs, "noun": found["scores"]["noun"]}
+    runs.write_predictions(run, "target_val", found["uids"], labels, scores)
+    predicted = epic100_rank(verbs, 1)[:, 0]
+    assert (predicted == np.where(rows % 2 == 0, 96, verb_labels)).all()  # the official rule
+    metrics = set_metrics("s", scores, labels)
+    assert metrics["s/verb/top1"] == pytest.approx(np.mean(predicted == verb_labels))
+
+    setting = "source→target"
+    table = per_class.per_class(aggregate.find_runs([run]), eval_set="target_val", task="verb")
+    assert table.cell("source-only", setting, None)[0] == pytest.approx(100 * metrics["s/verb/mca"])
+    for c in np.unique(verb_labels):
+        recall = np.mean(predicted[verb_labels == c] == c)
+        assert table.cell("source-only", setting, int(c))[0] == pytest.approx(100 * recall)
+    expected = confusion_matrix(verb_labels, predicted, labels=np.arange(97))
+    np.testing.assert_array_equal(table.confusion[("source-only", setting)][0], expected)
+
+    paper = aggregate.aggregate(
+        [run], layout="settings", eval_set="target_val", task="verb", metric="top1"
+    )
+    assert paper.cell("source-only", setting)[0] == pytest.approx(100 * metrics["s/verb/top1"])
+    csv = pd.read_csv(run / runs.PREDICTIONS / "target_val.csv")
+    np.testing.assert_array_equal(csv["verb_prediction"], predicted)

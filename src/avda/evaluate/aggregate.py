@@ -40,6 +40,7 @@ from avda.scoring.metrics import (
     mean_class_accuracy,
     mean_std,
     multilabel_map,
+    task_ties,
     top1_accuracy,
     top_k_accuracy,
 )
@@ -606,10 +607,15 @@ def _has_labels(labels: dict[str, np.ndarray]) -> bool:
 
 
 def _metric_value(
-    scores: np.ndarray, labels: np.ndarray, metric: str, groups: np.ndarray | None = None
+    scores: np.ndarray,
+    labels: np.ndarray,
+    metric: str,
+    groups: np.ndarray | None = None,
+    ties: str = "lowest",
 ) -> float:
     """``metric`` of one predictions file; an mAP over its ``groups`` (``score_group``: the
-    maximum over each group's rows) where it records them."""
+    maximum over each group's rows) where it records them. ``ties``: the task's tie rule
+    (:func:`avda.scoring.metrics.task_ties`)."""
     if metric in MAP_CONVENTIONS:
         return multilabel_map(scores, labels, groups, metric)
     known = labels >= 0
@@ -617,10 +623,10 @@ def _metric_value(
         return float("nan")
     scores, labels = scores[known], labels[known]
     if metric == "top1":
-        return top1_accuracy(scores, labels)
+        return top1_accuracy(scores, labels, ties)
     if metric == "top5":
-        return top_k_accuracy(scores, labels, 5)
-    return mean_class_accuracy(scores, labels)
+        return top_k_accuracy(scores, labels, 5, ties)
+    return mean_class_accuracy(scores, labels, ties)
 
 
 def _single_label(info: RunInfo) -> set[str]:
@@ -880,9 +886,10 @@ def scored_checkpoints(
         main_metric = metric or rule.metrics[0]
         if main_metric == "auto":
             main_metric = "mAP" if tasks[main_task].get("multi_label") else "top1"
+        ties = task_ties(main_task, _single_label(info))
         main = [
             _metric_value(
-                p["scores"][main_task], p["labels"][main_task], main_metric, p.get("groups")
+                p["scores"][main_task], p["labels"][main_task], main_metric, p.get("groups"), ties
             )
             for p in checkpoints
         ]
@@ -1072,10 +1079,13 @@ def _settings_table(
             shown[wanted_metric] = chosen
         # reduce="max": the checkpoint with the best of what the table shows (--task, --metric)
         checkpoints = scored_checkpoints(info, split, rule, task, metric)
+        ties = task_ties(name, _single_label(info))
         for wanted_metric, chosen in shown.items():
             value = reduce_checkpoints(
                 [
-                    _metric_value(p["scores"][name], p["labels"][name], chosen, p.get("groups"))
+                    _metric_value(
+                        p["scores"][name], p["labels"][name], chosen, p.get("groups"), ties
+                    )
                     for p in checkpoints
                 ],
                 rule,

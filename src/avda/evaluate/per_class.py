@@ -39,6 +39,8 @@ from avda.scoring.metrics import (
     max_over_groups,
     mean_std,
     per_class_accuracy,
+    predicted_classes,
+    task_ties,
 )
 
 if TYPE_CHECKING:
@@ -189,6 +191,7 @@ def run_classes(
     checkpoints' values averaged, or the best checkpoint by ``task``): the per-class table's
     cells and the report's per-run figures."""
     checkpoints = aggregate_lib.scored_checkpoints(info, split, rule, task)
+    ties = task_ties(task, aggregate_lib._single_label(info))  # as the run's top-1 and mca
     per_checkpoint, counts, samples, matrix = [], np.zeros(0, dtype=np.int64), 0, None
     for predictions in checkpoints:
         scores, labels = _scored(predictions, task, multi)
@@ -197,11 +200,11 @@ def run_classes(
             positives = np.asarray(labels) > 0
             counts, samples = positives.sum(axis=0), int(positives.any(axis=1).sum())
         else:
-            per_checkpoint.append(per_class_accuracy(scores, labels))
+            per_checkpoint.append(per_class_accuracy(scores, labels, ties=ties))
             counts, samples = np.bincount(labels, minlength=scores.shape[1]), len(labels)
             # summed over the checkpoints the rule scores: its row-normalised diagonal is
             # the mean of their per-class accuracies, the table's cells
-            found = confusion_matrix(labels, scores.argmax(1), scores.shape[1])
+            found = confusion_matrix(labels, predicted_classes(scores, ties), scores.shape[1])
             matrix = found if matrix is None else matrix + found
     values = per_checkpoint[0]
     if len(per_checkpoint) > 1:

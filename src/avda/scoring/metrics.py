@@ -4,8 +4,11 @@ Conventions shared by every function here:
 
 * ``scores`` is ``(N, C)`` (logits or probabilities: only their order matters), ``labels`` is
   ``(N,)`` integer class ids; fractions are returned in [0, 1], not percent.
-* **Ties**: a ranking puts the lower class index first among equal scores, so ``argmax`` picks
-  the lowest index and top-k takes tied classes in index order (numpy's stable sort).
+* **Ties**: one rule for every ranking, prediction, top-k and per-class number of a task
+  (:func:`task_ties`, :func:`rank_classes`): the lower class index first among equal scores
+  (``argmax``; top-k takes tied classes in index order, numpy's stable sort), except EPIC-100's
+  verb and noun (a run with both), ranked as the official scorer ranks them, highest index
+  first (``argsort()[:, ::-1]`` with a stable sort).
 * Classes absent from ``labels`` have no recall: they are left out of means and reported as NaN
   per class; in mAP, classes without a positive are left out. Charades' official script
   (``Charades_v1_classify.m``, and gsig's Python ``charades_map``) averages every class and
@@ -15,7 +18,7 @@ Conventions shared by every function here:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
@@ -49,62 +52,95 @@ def check_scores_and_labels(
     return scores, labels
 
 
-def rank_classes(scores: np.ndarray, k: int | None = None) -> np.ndarray:
-    """Class indices per row by decreasing score, ties lowest index first: ``(N, k)``."""
+TIES = ("lowest", "highest")
+
+
+def task_ties(task: str, single_label_tasks: Iterable[str]) -> str:
+    """The tie rule of ``task`` among a run's ``single_label_tasks``: ``"highest"`` (the
+    official EPIC-100 scorer's) for ``verb`` and ``noun`` where both are single-label tasks,
+    which the EPIC-100 columns score, else ``"lowest"``; what a run's top-1 and mca, its
+    predictions' ``<task>_prediction``, the per-class tables and confusion matrices use."""
+    epic100 = {"verb", "noun"} <= set(single_label_tasks)
+    return "highest" if epic100 and task in ("verb", "noun") else "lowest"
+
+
+def rank_classes(scores: np.ndarray, k: int | None = None, ties: str = "lowest") -> np.ndarray:
+    """Class indices per row by decreasing score: ``(N, k)``. ``ties``: ``"lowest"`` index
+    first among equal scores, or ``"highest"`` first, as EPIC-100's official scorer
+    (``scores.argsort()[:, ::-1]``, its sort stable: numpy's default one leaves tied classes
+    in an order of its CPU, version and dtype)."""
     scores = np.asarray(scores)
     if scores.ndim != 2:
         raise ConfigError(f"scores must be (N, C), got shape {scores.shape}")
-    order = np.argsort(-scores, axis=1, kind="stable")
+    if _checked(ties) == "highest":
+        order = np.argsort(scores, axis=1, kind="stable")[:, ::-1]
+    else:
+        order = np.argsort(-scores, axis=1, kind="stable")
     return order if k is None else order[:, :k]
 
 
-def top1_accuracy(scores: np.ndarray, labels: np.ndarray) -> float:
-    """Fraction of rows whose arg-max score equals the label. ``scores`` is (N, C)."""
+def predicted_classes(scores: np.ndarray, ties: str = "lowest") -> np.ndarray:
+    """Each row's predicted class ``(N,)``: the first of :func:`rank_classes`."""
+    scores = np.asarray(scores)
+    if scores.ndim != 2:
+        raise ConfigError(f"scores must be (N, C), got shape {scores.shape}")
+    if _checked(ties) == "highest":  # the last maximum: rank_classes' first, without sorting
+        return scores.shape[1] - 1 - scores[:, ::-1].argmax(axis=1)
+    return scores.argmax(axis=1)
+
+
+def _checked(ties: str) -> str:
+    if ties not in TIES:
+        raise ConfigError(f"ties must be one of {', '.join(TIES)}, got {ties!r}")
+    return ties
+
+
+def top1_accuracy(scores: np.ndarray, labels: np.ndarray, ties: str = "lowest") -> float:
+    """Fraction of rows whose predicted class (:func:`predicted_classes`) equals the label."""
     scores, labels = check_scores_and_labels(scores, labels)
     if len(labels) == 0:
         return float("nan")
-    return float(np.mean(scores.argmax(axis=1) == labels))
+    return float(np.mean(predicted_classes(scores, ties) == labels))
 
 
-def mean_class_accuracy(
-    scores: np.ndarray, labels: np.ndarray, predictions: np.ndarray | None = None
-) -> float:
+def mean_class_accuracy(scores: np.ndarray, labels: np.ndarray, ties: str = "lowest") -> float:
     """Mean over the classes present in ``labels`` of the per-class recall.
 
     Classes absent from ``labels`` are left out of the mean (they have no recall).
-    ``predictions``: each row's predicted class where ties are ranked otherwise (EPIC-100's
-    official scorer, :func:`avda.scoring.protocols.epic100_rank`); default the arg-max.
     """
     scores, labels = check_scores_and_labels(scores, labels)
     if len(labels) == 0:
         return float("nan")
-    if predictions is None:
-        predictions = scores.argmax(axis=1)
+    predictions = predicted_classes(scores, ties)
     classes = np.unique(labels)
     return float(np.mean([np.mean(predictions[labels == c] == c) for c in classes]))
 
 
-def top_k_correct(scores: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
-    """Per row: is the label among the ``k`` best-scored classes (ties lowest index first)?"""
+def top_k_correct(
+    scores: np.ndarray, labels: np.ndarray, k: int, ties: str = "lowest"
+) -> np.ndarray:
+    """Per row: is the label among the ``k`` best-scored classes (:func:`rank_classes`)?"""
     scores, labels = check_scores_and_labels(scores, labels)
     if k < 1:
         raise ConfigError(f"k must be at least 1, got {k}")
-    return (rank_classes(scores, k) == labels[:, None]).any(axis=1)
+    return (rank_classes(scores, k, ties) == labels[:, None]).any(axis=1)
 
 
-def top_k_accuracy(scores: np.ndarray, labels: np.ndarray, k: int = 5) -> float:
+def top_k_accuracy(
+    scores: np.ndarray, labels: np.ndarray, k: int = 5, ties: str = "lowest"
+) -> float:
     """Fraction of rows whose label is among the ``k`` best-scored classes; NaN when empty."""
-    correct = top_k_correct(scores, labels, k)
+    correct = top_k_correct(scores, labels, k, ties)
     return float(correct.mean()) if len(correct) else float("nan")
 
 
 def per_class_accuracy(
-    scores: np.ndarray, labels: np.ndarray, num_classes: int | None = None
+    scores: np.ndarray, labels: np.ndarray, num_classes: int | None = None, ties: str = "lowest"
 ) -> np.ndarray:
     """Recall of each class ``(C,)``: NaN for classes with no row in ``labels``."""
     scores, labels = check_scores_and_labels(scores, labels)
     num_classes = scores.shape[1] if num_classes is None else int(num_classes)
-    predictions = scores.argmax(axis=1)
+    predictions = predicted_classes(scores, ties)
     support = np.bincount(labels, minlength=num_classes).astype(np.float64)
     hits = np.bincount(labels[predictions == labels], minlength=num_classes).astype(np.float64)
     with np.errstate(invalid="ignore", divide="ignore"):

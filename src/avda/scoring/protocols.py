@@ -20,8 +20,10 @@ does not, so it is reported separately as ``ta3n_action_accuracy_at_k``.
 
 Ties: ranked highest class id first (:func:`epic100_rank`), the official code's ``argsort``
 reversed with numpy's sort keeping ties in index order (its default sort does not promise it:
-numpy 2.x shuffles them), for the verb, noun and action columns and a run's verb and noun
-top-1 (:func:`set_metrics`); avda's other metrics put the lowest index first.
+numpy 2.x shuffles them), for the verb, noun and action columns and, by the same rule
+(:func:`avda.scoring.metrics.task_ties`), everywhere a run with verb and noun is ranked: its
+verb and noun top-1 and mca (:func:`set_metrics`), predictions, per-class tables and confusion
+matrices; avda's other tasks put the lowest index first.
 """
 
 from __future__ import annotations
@@ -45,7 +47,9 @@ from avda.scoring.metrics import (
     mean_class_accuracy,
     mean_std,
     multilabel_map,
+    rank_classes,
     softmax,
+    task_ties,
     top1_accuracy,
     top_k_correct,
 )
@@ -69,12 +73,12 @@ def action_ids(verbs: np.ndarray | int, nouns: np.ndarray | int) -> np.ndarray |
 def epic100_rank(scores: np.ndarray, k: int | None = None) -> np.ndarray:
     """Class indices per row by decreasing score as the official EPIC-100 scorer ranks them,
     ``scores.argsort()[:, ::-1]``: tied classes (probabilities that underflowed to 0) come
-    highest index first, where :func:`avda.scoring.metrics.rank_classes` puts the lowest first.
-    A top-5 of a segment with fewer than 5 non-zero scores differs between the two. The sort is
-    stable: numpy's default one (the official code's) leaves tied classes in an order of its
-    CPU, version and dtype (numpy 2.4's SIMD sort shuffled tied zeros of 8 or more classes)."""
-    order = np.argsort(np.asarray(scores), axis=1, kind="stable")[:, ::-1]
-    return order if k is None else order[:, :k]
+    highest index first (:func:`avda.scoring.metrics.rank_classes` with ``ties="highest"``).
+    A top-5 of a segment with fewer than 5 non-zero scores differs from the lowest-first one.
+    The sort is stable: numpy's default one (the official code's) leaves tied classes in an
+    order of its CPU, version and dtype (numpy 2.4's SIMD sort shuffled tied zeros of 8 or
+    more classes)."""
+    return rank_classes(scores, k, ties="highest")
 
 
 def _epic100_top_k(scores: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
@@ -260,14 +264,9 @@ def set_metrics(
         known_scores, known_labels = check_scores_and_labels(task_scores[known], task_labels[known])
         # EPIC-100's verb and noun: the official scorer's top-1 (ties highest id first), as
         # their top-5 and ``avda evaluate --layout epic100``; argmax could exceed the top-5
-        official = epic100 and task in ("verb", "noun")
-        predicted = epic100_rank(known_scores, 1)[:, 0] if official else None
-        metrics[f"{name}/{task}/top1"] = (
-            float(np.mean(predicted == known_labels))
-            if official
-            else top1_accuracy(known_scores, known_labels)
-        )
-        metrics[f"{name}/{task}/mca"] = mean_class_accuracy(known_scores, known_labels, predicted)
+        ties = task_ties(task, set(scores) - multi)
+        metrics[f"{name}/{task}/top1"] = top1_accuracy(known_scores, known_labels, ties)
+        metrics[f"{name}/{task}/mca"] = mean_class_accuracy(known_scores, known_labels, ties)
     if epic100:
         verbs, nouns = np.asarray(labels["verb"]), np.asarray(labels["noun"])
         both = (verbs >= 0) & (nouns >= 0)

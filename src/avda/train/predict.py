@@ -38,6 +38,7 @@ from avda.cache import FeatureCache, open_cache
 from avda.cache.store import comparable_record
 from avda.errors import CacheError, ConfigError, RunError
 from avda.paths import check_output_file
+from avda.scoring.metrics import task_ties, top1_accuracy
 from avda.scoring.protocols import set_metrics
 from avda.train import data as data_lib
 from avda.train import heads as heads_lib
@@ -118,7 +119,8 @@ class Predictions:
         known = labels >= 0
         if not known.any():
             return None
-        return float((scores[known].argmax(1) == labels[known]).mean())
+        single = [t for t in self.scores if self.labels[t].ndim == 1]
+        return top1_accuracy(scores[known], labels[known], task_ties(task, single))
 
     def to_frame(self) -> pd.DataFrame:
         """One row per segment, the table ``save`` writes as .csv: ``uid``, ``set`` (and
