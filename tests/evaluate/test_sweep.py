@@ -213,6 +213,14 @@ def test_a_published_key_that_is_no_setting_of_the_spec_is_a_spec_problem(tmp_pa
     del rows["dann"]["sourc->target"], rows["adabn"]
     spec = sweep.load_spec(write_spec(tmp_path, data), open_caches=False)
     assert set(spec.published["rows"]) == {"dann", "source-only"}
+    # the set the numbers were measured on: one of avda's evaluation sets
+    data["published"]["set"] = "target_tset"
+    with pytest.raises(ConfigError, match="published.set: unknown set 'target_tset'; did you "
+                       "mean 'target_test'"):  # fmt: skip
+        sweep.load_spec(write_spec(tmp_path, data), open_caches=False)
+    data["published"]["set"] = "target_test"
+    spec = sweep.load_spec(write_spec(tmp_path, data), open_caches=False)
+    assert spec.published["set"] == "target_test"
 
 
 def test_a_published_paper_setting_in_place_of_one_the_spec_runs_is_a_spec_problem(

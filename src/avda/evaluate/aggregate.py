@@ -445,6 +445,7 @@ class AggregateTable:
     protocol: str | None = None  # the protocol whose evaluation rule every row follows
     notes: list[str] = dataclasses.field(default_factory=list)  # footnotes (runs left out...)
     published: set[str] = dataclasses.field(default_factory=set)  # rows of published numbers
+    sets: list[str] = dataclasses.field(default_factory=list)  # the sets its runs were scored on
 
     def cell(self, method: str, column: str) -> tuple[float, float, int]:
         """Mean, std (NaN for one seed) and number of seeds; NaNs when the cell is empty.
@@ -909,8 +910,11 @@ def _add_published(
         rows = published.get("rows", {})
         added = False
         other_metric: dict[str, list[str]] = {}  # metric -> the rows whose cells of it are out
+        measured = published.get("set")  # None: the set --set auto scores (the papers')
+        elsewhere = measured is not None and table.sets != [measured]
+        tag = f"[published, {measured}]" if elsewhere else "[published]"
         for row, cells in rows.items():
-            label = f"{row} [published]"
+            label = f"{row} {tag}"
             if label in table.methods:
                 continue
             others = False  # a setting of the paper's this table does not have
@@ -936,7 +940,14 @@ def _add_published(
                 table.published.add(label)
                 added = True
         if added and published.get("source"):  # not a source of rows the table does not show
-            table.notes.append(f"[published]: {published['source']}")
+            on = f" (measured on {measured})" if measured else ""
+            table.notes.append(f"[published]: {published['source']}{on}")
+        if added and elsewhere:
+            table.notes.append(
+                f"{tag} rows were measured on {measured}, which this table does not score (it "
+                f"scores {', '.join(table.sets)}): other segments, a reference and not a "
+                "comparison"
+            )
         for metric, labels in other_metric.items():
             table.notes.append(
                 f"[published] {metric} numbers left out ({', '.join(labels)}): this table shows "
@@ -1110,7 +1121,8 @@ def _settings_table(
             for method in table.methods:
                 _add_mean(table, method, group, mean_column)
     warn_mixed_sets(sets_used, table.notes)
-    table.title = f"{', '.join(sorted(set(sets_used.values())))}: {', '.join(names_used)} (%)"
+    table.sets = sorted(set(sets_used.values()))
+    table.title = f"{', '.join(table.sets)}: {', '.join(names_used)} (%)"
     return table
 
 
@@ -1176,6 +1188,7 @@ def _epic100_table(
             key = f"all_{task}_accuracy_at_{k}"
             _add(table, info, column, reduce_checkpoints([a[key] for a in per_checkpoint], rule))
     warn_mixed_sets(sets_used, table.notes)
-    sets = ", ".join(sorted(set(sets_used.values())))
+    table.sets = sorted(set(sets_used.values()))
+    sets = ", ".join(table.sets)
     table.title = f"{sets}: EPIC-100 verb, noun and action accuracy (%)"
     return table

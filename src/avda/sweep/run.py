@@ -515,8 +515,10 @@ def describe_spec(spec: SweepSpec) -> str:
         f"  settings: {', '.join(_arrow(s) for s in spec.settings)}",
     ]
     if spec.published:
+        measured = spec.published.get("set")
         lines.append(
             f"  published: {len(spec.published['rows'])} row(s) from {spec.published['source']}"
+            + (f" (measured on {measured})" if measured else "")
         )
     return "\n".join(lines)
 

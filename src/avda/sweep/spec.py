@@ -311,17 +311,25 @@ def _parse_protocol(value: Any, problems: _Problems):
 
 
 def _parse_published(value: Any, problems: _Problems) -> dict[str, Any] | None:
-    """``published: {source: "Table 1 of ...", rows: {label: {setting or column: number}}}``."""
+    """``published: {source: "Table 1 of ...", set: target_test, rows: {label: {setting or
+    column: number}}}``; ``set`` (optional): the evaluation set the numbers were measured on,
+    where it is not the one ``avda evaluate --set auto`` scores."""
+    from avda.evaluate.tables import SET_ORDER
+
     if value is None:
         return None
     if not isinstance(value, dict):
         problems.add(("published",), "expected a mapping with source: and rows:")
         return None
+    keys = ("source", "set", "rows")
     for key in value:
-        if key not in ("source", "rows"):
-            problems.add(("published", key), unknown_name_message("key", key, ("source", "rows")))
+        if key not in keys:
+            problems.add(("published", key), unknown_name_message("key", key, keys))
     if not isinstance(value.get("source"), str) or not value.get("source"):
         problems.add(("published", "source"), "expected where the numbers come from (a table)")
+    measured = value.get("set")
+    if measured is not None and measured not in SET_ORDER:
+        problems.add(("published", "set"), unknown_name_message("set", measured, SET_ORDER))
     rows = value.get("rows")
     if not isinstance(rows, dict) or not rows:
         problems.add(("published", "rows"), "expected a mapping of row label: {column: number}")
@@ -338,7 +346,11 @@ def _parse_published(value: Any, problems: _Problems) -> dict[str, Any] | None:
                 problems.add((*path, column), f"expected a number in %, got {_short(number)}")
             elif not 0 <= number <= 100:
                 problems.add((*path, column), f"expected a percentage in [0, 100], got {number}")
-    return {"source": value.get("source"), "rows": rows}
+    return {
+        "source": value.get("source"),
+        **({"set": measured} if measured is not None else {}),
+        "rows": rows,
+    }
 
 
 def _check_published_keys(
