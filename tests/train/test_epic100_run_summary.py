@@ -412,6 +412,10 @@ def test_tied_scores_are_ranked_by_one_rule_everywhere(epic100_cache, tmp_path):
     assert paper.cell("source-only", setting)[0] == pytest.approx(100 * metrics["s/verb/top1"])
     csv = pd.read_csv(run / runs.PREDICTIONS / "target_val.csv")
     np.testing.assert_array_equal(csv["verb_prediction"], predicted)
+    from avda.train.predict import Predictions
+
+    mine = Predictions(found["uids"], labels, scores, {"target_val": len(rows)}, {})
+    assert mine.top1("verb") == pytest.approx(metrics["s/verb/top1"])  # avda.predict's
 
 
 def test_the_published_ta3n_row_says_it_is_target_test_beside_target_val(epic100_cache, tmp_path):
