@@ -245,6 +245,12 @@ def test_ta3n_action_at_5_differs_from_the_official_one():
     assert results["ta3n_action_accuracy_at_5"] == 1.0
     assert results["all_action_accuracy_at_5"] == 0.0  # pair (3, 3) ranks far below 5th
     assert results["all_verb_accuracy_at_5"] == 1.0 and results["all_verb_accuracy_at_1"] == 0.0
+    # tied scores: ranked as the official columns beside it, highest id first
+    tied = np.zeros((1, 6))
+    last = np.array([5])
+    assert ta3n_action_correct(tied, tied, last, last, 1).tolist() == [True]
+    results = epic100_accuracies(tied, tied, last, last)
+    assert results["all_verb_accuracy_at_1"] == results["ta3n_action_accuracy_at_1"] == 1.0
 
 
 def test_a_runs_set_metrics_add_epic100_action_when_it_predicts_verb_and_noun():

@@ -153,8 +153,13 @@ def ta3n_action_correct(
     noun_labels: np.ndarray,
     k: int,
 ) -> np.ndarray:
-    """TA3N's ``multitask_accuracy``: verb in the top-k verbs and noun in the top-k nouns."""
-    return top_k_correct(verb_scores, verb_labels, k) & top_k_correct(noun_scores, noun_labels, k)
+    """TA3N's ``multitask_accuracy``: verb in the top-k verbs and noun in the top-k nouns,
+    ranked by the rule of a run's verb and noun (tied scores highest id first, as the official
+    columns beside it; TA3N's ``torch.topk`` promises no order of ties)."""
+    ties = task_ties("verb", ("verb", "noun"))
+    return top_k_correct(verb_scores, verb_labels, k, ties) & top_k_correct(
+        noun_scores, noun_labels, k, ties
+    )
 
 
 def epic100_accuracies(
