@@ -55,7 +55,14 @@ import pandas as pd
 import torch
 
 import avda
-from avda._io import atomic_write, atomic_write_text, file_lock, progress_bar, sha256_file
+from avda._io import (
+    DISK_FULL,
+    atomic_write,
+    atomic_write_text,
+    file_lock,
+    progress_bar,
+    sha256_file,
+)
 from avda.cache.lock import flow_lock
 from avda.data_manifests import schema as manifest_schema
 from avda.devices import resolve_device
@@ -246,6 +253,9 @@ def compute_flow(
                     bar.update(len(block))
                 result.videos += 1
         except (AvdaError, OSError, RuntimeError, ValueError) as exc:
+            if isinstance(exc, OSError) and exc.errno in DISK_FULL:
+                bar.close()  # every later video (and the failures list) would fail the same:
+                raise  # the run stops, its one line naming the file that did not fit
             log.warning("flow for video %s failed: %s", video_id, exc)
             result.failures.append((video_id, str(exc)))
     bar.close()
