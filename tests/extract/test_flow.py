@@ -128,16 +128,22 @@ def test_tvl1_recovers_a_known_shift_and_resumes(shifted_video, tmp_path):
         pd.concat([_manifest(video_id, video_path="shifted.mkv") for video_id in held]),
         out=out, videos=shifted_video, options=options, progress=False,
     )  # fmt: skip
-    assert [(video_id, " ".join(error.split()[1:5])) for video_id, error in mine.failures] == [
-        (video_id, f"holds {len(names)} JPEG(s) in") for video_id, names in held.items()
-    ]
+    said = {video_id: " ".join(error.split()[1:5]) for video_id, error in mine.failures}
+    assert said == {  # another naming: not avda flow's, whatever its record (below)
+        "named": "holds 1 file(s) avda",
+        "halves": "holds 2 JPEG(s) in",
+        "lone_v": "holds 1 JPEG(s) in",
+    }
     for video_id, names in held.items():
         kept = (out / video_id).rglob("*.*")  # nothing deleted, no flow.json written
         assert sorted(str(p.relative_to(out / video_id)) for p in kept) == names, video_id
+    # --force recomputes frames a flow.json records, not ones without (another tool's: EPIC's
+    # download is named as avda's): kept, refused
     forced = flow.compute_flow(
         manifest, out=out, videos=shifted_video, options=options, force=True, progress=False
     )
-    assert forced.ok and (forced.computed, forced.skipped) == (2, 0)
+    assert "(--force deletes only frames a flow.json records)" in forced.failures[0][1]
+    assert len(list(folder.rglob("frame_*.jpg"))) == 4
     # An unreadable record (avda flow writes it whole) is refused naming it; --force replaces
     # it (it failed in one line naming neither, or crashed the run on a list, even with --force)
     for text, why in (('{"method": "tv', "not JSON"), ("[1]", "a JSON list, not an object")):
@@ -174,6 +180,51 @@ def test_tvl1_recovers_a_known_shift_and_resumes(shifted_video, tmp_path):
     )
     store = open_cache(tmp_path / "c.zarr")
     assert store.status("flow").tolist() == [Status.DONE], store.errors("flow")
+
+
+def test_other_tools_frames_are_neither_written_beside_nor_deleted(
+    shifted_video, tmp_path, shared_data
+):
+    """A video folder holding files avda flow does not write is refused, --force or not, and
+    kept whole: mmaction2's flat x_/y_ folder (taken over: u/ and v/ made beside it, which
+    extract then read instead), a user's file in u/ beside frames of the same settings
+    (written beside), a .png in a folder of other settings (--force deleted every .jpg of
+    u/ and v/ and wrote beside the .png). A desktop's .DS_Store is no one's frames."""
+    pytest.importorskip("cv2", reason="TV-L1 needs opencv-contrib-python-headless")
+    options = flow.FlowOptions(shorter_side=96, bound=20.0)
+    out = tmp_path / "flow"
+    shutil.copytree(shared_data / "media" / "frames" / "mmaction2_imgs", out / "mm")
+    done = flow.compute_flow(
+        _manifest("mine", video_path="shifted.mkv"), out=out, videos=shifted_video,
+        options=options, progress=False,
+    )  # fmt: skip
+    assert done.ok
+    (out / "mine" / "u" / "notes.txt").write_text("the user's")
+    (out / "mine" / "v" / ".DS_Store").write_bytes(b"")
+    shutil.copytree(out / "mine", out / "other")
+    (out / "other" / "u" / "notes.txt").unlink()
+    (out / "other" / "u" / "frame_0000000001.png").write_bytes(b"another tool's")
+    before = {video: _tree(out / video) for video in ("mm", "mine", "other")}
+    manifest = pd.concat([_manifest(v, video_path="shifted.mkv") for v in before])
+    for settings, force in ((options, False), (flow.FlowOptions(shorter_side=96), True)):
+        result = flow.compute_flow(
+            manifest, out=out, videos=shifted_video, options=settings, force=force,
+            progress=False,
+        )  # fmt: skip
+        said = dict(result.failures)
+        assert set(said) == set(before), said
+        assert "holds 20 file(s) avda flow does not write (img_00001.jpg" in said["mm"]
+        assert "holds 1 file(s) avda flow does not write (u/notes.txt)" in said["mine"]
+        assert "(u/frame_0000000001.png)" in said["other"]
+        assert "move them out of it" in said["other"]
+        assert {video: _tree(out / video) for video in before} == before
+    # the .DS_Store alone: the folder is avda's again, resumed
+    (out / "mine" / "u" / "notes.txt").unlink()
+    again = flow.compute_flow(
+        _manifest("mine", video_path="shifted.mkv"), out=out, videos=shifted_video,
+        options=options, progress=False,
+    )  # fmt: skip
+    assert again.ok and (again.computed, again.skipped) == (0, 2)
 
 
 def test_a_second_run_on_a_video_fails_it_and_runs_on_other_videos_write_beside(
@@ -361,6 +412,10 @@ def _killed_flow(out: Path, videos: Path, when, sign: signal.Signals, *extra: st
             process.kill()
             process.wait()
     raise AssertionError(f"avda flow ended before it could be stopped: {process.stderr.read()}")
+
+
+def _tree(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
 
 
 def _files(folder: Path) -> dict[str, bytes]:

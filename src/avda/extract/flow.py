@@ -36,7 +36,8 @@ is written to a temporary name and renamed, so a killed run never leaves half a 
 final name nor a frame its record does not describe. A flow frame whose u and v files both
 exist is finished and skipped (a rerun with the same settings finishes a folder with the same
 files). A folder recorded with other settings is refused where it holds a finished frame
-(unless ``force``) and taken over where it holds none.
+(unless ``force``) and taken over where it holds none. A folder holding files avda flow does
+not write (another tool's frames, a user's) is refused, ``force`` or not, and never deleted.
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ from avda.devices import resolve_device
 from avda.errors import AvdaError, CheckpointError, ConfigError
 from avda.extract import frames as frames_lib
 from avda.extract.decode import VideoDecoder, probe, resized_size, video_backend
-from avda.paths import check_inside, child
+from avda.paths import DESKTOP_FILES, check_inside, child
 
 log = logging.getLogger(__name__)
 
@@ -385,15 +386,26 @@ def _near_segments(
 def _claim_folder(folder: Path, out: Path, metadata: dict[str, Any], force: bool) -> None:
     """Create the video's folder and flow.json; refuse one that holds finished flow frames
     made with other settings (unless ``force``), and one that a symbolic link leads out of
-    ``out`` (nothing is written or deleted outside it); frames without a flow.json are not
-    avda flow's (it writes the record first) and refused the same way. A folder of other
-    settings without a finished frame (a run killed before its first pair was written whole)
-    is taken over: its u or v files of unfinished pairs are deleted, then the record says this
-    run's settings."""
+    ``out`` (nothing is written or deleted outside it). Files avda flow does not write (another
+    tool's or a user's: :func:`_foreign`) are refused, ``force`` or not: never mixed with avda's
+    frames nor deleted. Frames without a flow.json are not avda flow's (it writes the record
+    first): refused the same way, ``force`` or not. A folder of other settings without a
+    finished frame (a run killed before its first pair was written whole) is taken over: its
+    u or v files of unfinished pairs are deleted, then the record says this run's settings."""
     path = folder / frames_lib.FLOW_METADATA
     for part in (folder, folder / "u", folder / "v", path):
         if part.exists() or part.is_symlink():
             check_inside(part, out)
+    foreign = _foreign(folder)
+    if foreign:
+        named = ", ".join(foreign[:3]) + (
+            f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
+        )
+        raise ConfigError(
+            f"{folder} holds {len(foreign)} file(s) avda flow does not write ({named}): "
+            "another tool's or a user's, neither written beside nor deleted (--force "
+            "included); move them out of it, or use another --out"
+        )
     found = _read_record(path)
     if isinstance(found, dict):
         if metadata.get("fps") is None and found.get("fps"):  # this run knows no rate
@@ -416,26 +428,61 @@ def _claim_folder(folder: Path, out: Path, metadata: dict[str, Any], force: bool
         diffs, how = ["no flow.json"], "and no flow.json (another tool's, or it was deleted)"
     else:  # not avda's record (written whole by it): settings unknown, as without one
         diffs, how = ["unreadable flow.json"], f"and {path} unreadable ({found})"
-    if diffs and not force:
+    if diffs and (not force or found is None):
         finished, kept = len(_finished(folder)), _not_left_by_a_stop(folder)
         held = f"{finished} flow frame(s)" if finished else f"{kept} JPEG(s) in u/ and v/"
+        fix = (
+            "use another --out, or --force to recompute it"
+            if found is not None
+            else "move them out of it (--force deletes only frames a flow.json records), or "
+            "use another --out"
+        )
         if finished or kept:
-            raise ConfigError(
-                f"{folder} holds {held} {how}; use another --out, or --force to recompute it"
-            )
+            raise ConfigError(f"{folder} holds {held} {how}; {fix}")
     if diffs:  # the record goes last: it never names settings its frames were not made with
         for component in ("u", "v"):
-            for pattern in ("*.jpg", "*.partial"):
-                for old in (folder / component).glob(pattern):
-                    if not old.is_symlink():  # a link's target is not ours to delete
-                        check_inside(old, out)
-                    old.unlink()
+            for old in _own(folder / component):
+                if not old.is_symlink():  # a link's target is not ours to delete
+                    check_inside(old, out)
+                old.unlink()
     for component in ("u", "v"):
         (folder / component).mkdir(parents=True, exist_ok=True)
     text = json.dumps(metadata, indent=2)
     atomic_write(
         path, lambda tmp: tmp.write_text(text), temporary=path.with_suffix(".json.partial")
     )
+
+
+# what avda flow writes in a video's folder, and in its u/ and v/ (frames, their temporaries)
+_OWN_TOP = frozenset({frames_lib.FLOW_METADATA, f"{frames_lib.FLOW_METADATA}.partial", "u", "v"})
+_OWN_FRAME = re.compile(r"(frame_\d{10}\.jpg)|\.(frame_\d{10}\.jpg)\.partial")
+
+
+def _foreign(folder: Path) -> list[str]:
+    """The files of ``folder`` (and of its u/ and v/) that avda flow does not write, as paths
+    relative to it (sorted): another tool's frames (mmaction2's ``x_00001.jpg``, ``.png``),
+    a user's files. A desktop's ``.DS_Store`` (and the like) is left alone."""
+    names = [
+        entry.name
+        for entry in _entries(folder)
+        if entry.name not in _OWN_TOP or (entry.name in ("u", "v") and not entry.is_dir())
+    ]
+    for component in ("u", "v"):
+        names += [
+            f"{component}/{entry.name}"
+            for entry in _entries(folder / component)
+            if not _OWN_FRAME.fullmatch(entry.name)
+        ]
+    return sorted(name for name in names if Path(name).name not in DESKTOP_FILES)
+
+
+def _entries(folder: Path) -> list[Path]:
+    return list(folder.iterdir()) if folder.is_dir() else []
+
+
+def _own(folder: Path) -> list[Path]:
+    """The flow frames and temporaries of avda flow's naming in ``folder`` (a u/ or v/)."""
+    return [entry for entry in _entries(folder) if _OWN_FRAME.fullmatch(entry.name)]
 
 
 def _read_record(path: Path) -> dict[str, Any] | str | None:
@@ -452,17 +499,17 @@ def _read_record(path: Path) -> dict[str, Any] | str | None:
 
 def _finished(folder: Path) -> set[str]:
     """Names of the flow frames whose u and v files are both there (each written whole)."""
-    u, v = ({p.name for p in (folder / c).glob("frame_*.jpg")} for c in ("u", "v"))
+    u, v = ({p.name for p in _own(folder / c) if _FLOW_NAME.fullmatch(p.name)} for c in "uv")
     return u & v
 
 
 def _not_left_by_a_stop(folder: Path) -> int:
-    """How many u and v JPEGs of ``folder`` a run stopped before its first finished pair
-    cannot have left (0 where it can): it writes u then v, one pair at a time, so it leaves at
-    most one u file of avda flow's naming and no v file. Others (a user's frames, another
-    naming, a u half per frame) are not deleted without ``force``."""
-    u, v = ({p.name for p in (folder / c).glob("*.jpg")} for c in ("u", "v"))
-    if not v and len(u) <= 1 and all(_FLOW_NAME.fullmatch(name) for name in u):
+    """How many u and v JPEGs of avda flow's naming ``folder`` holds that a run stopped
+    before its first finished pair cannot have left (0 where it can): it writes u then v, one
+    pair at a time, so it leaves at most one u file and no v file. Others (a u half per frame)
+    are not deleted without ``force``."""
+    u, v = ({p.name for p in _own(folder / c) if _FLOW_NAME.fullmatch(p.name)} for c in "uv")
+    if not v and len(u) <= 1:
         return 0
     return len(u) + len(v)
 
