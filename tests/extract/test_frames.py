@@ -62,6 +62,33 @@ def test_real_tsn_named_folders_are_read(media):
     assert abs(float(x.mean()) - 128) < 10  # 128 = no motion
 
 
+def test_a_folder_of_two_tools_frames_is_refused_not_read_as_one(media, tmp_path):
+    """Frames of two namings in one folder (a tool's .png beside avda's .jpg of the same
+    numbers, flow_x_ beside x_, TSN's flat x_/y_ beside u/ and v/) are refused naming both:
+    one set was read, which one depending on the order the folder listed its files."""
+    tsn = media / "frames" / "mmaction2_imgs"
+    convention = frames_lib.FlowConvention(stride=1, bound=20)
+    both = tmp_path / "both"  # avda's u/ v/ beside TSN's x_ y_
+    shutil.copytree(tsn, both)
+    for component, prefix in (("u", "x_"), ("v", "y_")):
+        (both / component).mkdir()
+        for j in range(1, 6):
+            shutil.copy(tsn / f"{prefix}{j:05d}.jpg", both / component / f"frame_{j:010d}.jpg")
+    with pytest.raises(MediaError, match=r"holds u/ and v/ and 10 flow frame\(s\) beside"):
+        frames_lib.FlowFrames(both, convention)
+    for name in (f"{p}{j:05d}.jpg" for p in ("x_", "y_") for j in range(1, 6)):
+        (both / name).unlink()
+    assert frames_lib.FlowFrames(both, convention).count == 5  # u/ and v/ alone: read
+    (both / "u" / "frame_0000000002.png").write_bytes(b"another tool's")
+    with pytest.raises(MediaError, match=r"two files of frame number 2 \(frame_0000000002\.j"):
+        frames_lib.FlowFrames(both, convention)
+    named = tmp_path / "named"  # x_ beside flow_x_ (other numbers)
+    shutil.copytree(tsn, named)
+    (named / "x_00003.jpg").rename(named / "flow_x_00003.jpg")
+    with pytest.raises(MediaError, match=r"named in 2 ways \(flow_x_00003\.jpg, x_00001\.jpg"):
+        frames_lib.FlowFrames(named, convention)
+
+
 def _raw(path):
     from PIL import Image
 

@@ -162,24 +162,36 @@ class ImageSequence:
     ) -> None:
         self.directory = directory
         self.jpeg_dct = check_jpeg_dct(jpeg_dct)
-        numbers: list[int] = []
-        prefix = suffix = ""
-        digits = 0
+        names: dict[int, str] = {}  # file number -> its file's name
+        namings: dict[tuple[str, str], str] = {}  # (prefix, extension) -> a file of it
         try:
-            entries = list(os.scandir(directory))
+            entries = sorted(entry.name for entry in os.scandir(directory))
         except OSError as exc:
             raise MediaError(f"frame folder {directory} cannot be listed: {exc}") from exc
-        for entry in entries:
-            match = pattern.match(entry.name)
+        for name in entries:
+            match = pattern.match(name)
             if match:
-                numbers.append(int(match.group(2)))
-                if not prefix:
-                    prefix, digits, suffix = match.group(1), len(match.group(2)), match.group(3)
-        if not numbers:
+                number = int(match.group(2))
+                if number in names:  # frame_0000000001.jpg and .png, img_1 and img_00001
+                    raise MediaError(
+                        f"{directory} holds two files of frame number {number} "
+                        f"({names[number]}, {name}): frames of two tools or runs in one "
+                        "folder; keep one set of frames per folder"
+                    )
+                names[number] = name
+                namings.setdefault((match.group(1), match.group(3)), name)
+        if not names:
             raise MediaError(
                 f"{directory} holds no frame images (expected names like frame_0000000001.jpg "
                 "or img_00001.jpg)"
             )
+        if len(namings) > 1:  # x_00001.jpg beside flow_x_00001.jpg: whose is which frame?
+            raise MediaError(
+                f"{directory} holds frames named in {len(namings)} ways "
+                f"({', '.join(sorted(namings.values()))}): frames of two tools or runs in one "
+                "folder are not read as one sequence; keep one naming per folder"
+            )
+        numbers = list(names)
         self._offset = 1 if min(numbers) == 0 else 0  # frame n is file n - offset
         self._held = frozenset(n + self._offset for n in numbers)
         self.first = min(self._held)  # 1-based frame numbers of the first and last files
@@ -194,7 +206,7 @@ class ImageSequence:
                 self.first,
                 self.last,
             )
-        self._prefix, self._digits, self._suffix = prefix, digits, suffix
+        self._names = names
 
     @property
     def partial(self) -> bool:
@@ -202,11 +214,8 @@ class ImageSequence:
         return len(self._held) != self.count
 
     def path(self, number: int) -> Path:
-        """File of 1-based frame ``number``."""
-        return (
-            self.directory
-            / f"{self._prefix}{number - self._offset:0{self._digits}d}.{self._suffix}"
-        )
+        """File of 1-based frame ``number`` (one the folder holds)."""
+        return self.directory / self._names[number - self._offset]
 
     def clamp(self, numbers: np.ndarray) -> np.ndarray:
         return np.clip(np.asarray(numbers, dtype=np.int64), 1, self.count)
@@ -371,6 +380,16 @@ class FlowFrames:
         self.convention = convention
         total = convention.frames
         if (directory / "u").is_dir() and (directory / "v").is_dir():
+            flat = sorted(
+                entry.name
+                for entry in os.scandir(directory)
+                if any(p.match(entry.name) for p in FLOW_PATTERNS.values())
+            )
+            if flat:  # TSN's x_/y_ files beside u/ and v/: two flows, one would go unread
+                raise MediaError(
+                    f"{directory} holds u/ and v/ and {len(flat)} flow frame(s) beside them "
+                    f"({flat[0]}...): two tools' flow in one folder; move one of them out"
+                )
             self.u = ImageSequence(directory / "u", EPIC_FLOW_PATTERN, total, jpeg_dct)
             self.v = ImageSequence(directory / "v", EPIC_FLOW_PATTERN, total, jpeg_dct)
         else:
