@@ -227,6 +227,54 @@ def test_other_tools_frames_are_neither_written_beside_nor_deleted(
     assert again.ok and (again.computed, again.skipped) == (0, 2)
 
 
+def test_extract_reads_no_flow_folder_being_written_or_left_unfinished(shifted_video, tmp_path):
+    """`avda extract --flow` read a video folder an `avda flow` run was writing (or taking
+    over, or deleting with --force), and one a stopped run left (.partial temporaries), as
+    finished flow: it now fails the video naming the run, or the unfinished write."""
+    pytest.importorskip("cv2", reason="TV-L1 needs opencv-contrib-python-headless")
+    from tests.extract.conftest import tiny
+
+    from avda.cache import Status, open_cache
+    from avda.cache.lock import flow_lock, flow_read_lock
+    from avda.extract import runner
+
+    out = tmp_path / "flow"
+    done = flow.compute_flow(
+        _manifest("shifted", video_path="shifted.mkv"), out=out, videos=shifted_video,
+        options=flow.FlowOptions(shorter_side=96), progress=False,
+    )  # fmt: skip
+    assert done.ok
+
+    def extract(name: str) -> tuple[list[int], str]:
+        runner.extract(
+            _manifest("shifted"), flow=out, out=tmp_path / name, workers=0, progress=False,
+            recipe=tiny("demo", resize_shorter=32, crop_size=32),
+            modalities=[runner.ModalitySpec("flow", "i3d")],
+        )  # fmt: skip
+        store = open_cache(tmp_path / name)
+        return store.status("flow").tolist(), str(store.errors("flow"))
+
+    with flow_lock(out, "shifted"):
+        status, errors = extract("held.zarr")
+    assert status == [Status.FAILED] and "flow folder" in errors, errors
+    assert "is being written by pid" in errors and "(avda flow)" in errors
+    partial = out / "shifted" / "v" / ".frame_0000000002.jpg.partial"
+    partial.write_bytes(b"a write a stop cut short")
+    status, errors = extract("stopped.zarr")
+    assert status == [Status.FAILED], errors
+    assert "1 unfinished write(s) (.frame_0000000002.jpg.partial)" in errors
+    partial.unlink()
+    assert extract("read.zarr")[0] == [Status.DONE]
+    with flow_read_lock(out / "shifted"):  # and a run started while extract reads: refused
+        refused = flow.compute_flow(
+            _manifest("shifted", video_path="shifted.mkv"), out=out, videos=shifted_video,
+            options=flow.FlowOptions(shorter_side=96, bound=8.0), force=True, progress=False,
+        )  # fmt: skip
+    assert "is in use by pid" in refused.failures[0][1]
+    assert "(avda extract --flow; a shared lock" in refused.failures[0][1]
+    assert json.loads((out / "shifted" / "flow.json").read_text())["bound"] == 20.0
+
+
 def test_a_second_run_on_a_video_fails_it_and_runs_on_other_videos_write_beside(
     shifted_video, tmp_path
 ):

@@ -19,7 +19,9 @@ A run folder has the same kind of lock (:func:`run_lock`, the file ``<run>/.lock
 once with one line (:class:`RunBusyError`) instead of interleaving two writers' checkpoints.
 
 Each video folder of an ``avda flow`` output has one too (:func:`flow_lock`,
-``<out>/.flow.<video>.lock``, exclusive), so two runs never write one video folder together.
+``<out>/.flow.<video>.lock``, exclusive), so two runs never write one video folder together;
+``avda extract --flow`` holds it shared while it reads (:func:`flow_read_lock`), so it never
+reads frames a run is writing or deleting.
 
 A command that cannot get the lock stops at once with one line (:class:`StoreBusyError`, exit
 1) naming the holder: ``cache X is being written by pid N on host H since T (avda cache import);
@@ -166,8 +168,33 @@ def flow_lock(out: str | Path, video_id: str, *, wait: float | None = None) -> I
     split by video) write beside it."""
     out = Path(out)
     with _flock(
-        out / video_id, out / f".flow.{video_id}.lock", what="avda flow", shared=False,
+        out / video_id, flow_lock_file(out / video_id), what="avda flow", shared=False,
         wait=wait, kind="flow folder", error=RunBusyError, remove=lambda: True,
+    ):  # fmt: skip
+        yield
+
+
+def flow_lock_file(folder: Path) -> Path:
+    """The lock file of an ``avda flow`` video folder: ``OUT/.flow.<video_id>.lock``."""
+    return folder.parent / f".flow.{folder.name}.lock"
+
+
+@contextlib.contextmanager
+def flow_read_lock(folder: str | Path, *, wait: float | None = None) -> Iterator[None]:
+    """Hold the lock of the video folder ``folder`` of an ``avda flow`` output shared for the
+    ``with`` block (``avda extract --flow`` reading it): a run writing it (or taking it over
+    with other settings, or ``--force``) makes the reader fail at once naming it, or wait
+    ``$AVDA_LOCK_WAIT`` seconds; readers share it, and a run started while one reads fails
+    that video naming the reader. A folder without a ``flow.json`` nor a lock file is not
+    avda flow's (EPIC's download): read unlocked, and no lock file is made beside it."""
+    folder = Path(folder)
+    path = flow_lock_file(folder)
+    if not (folder / "flow.json").exists() and not path.exists():
+        yield
+        return
+    with _flock(
+        folder, path, what="avda extract --flow", shared=True, wait=wait, kind="flow folder",
+        error=RunBusyError,
     ):  # fmt: skip
         yield
 

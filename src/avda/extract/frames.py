@@ -168,6 +168,8 @@ class ImageSequence:
             entries = sorted(entry.name for entry in os.scandir(directory))
         except OSError as exc:
             raise MediaError(f"frame folder {directory} cannot be listed: {exc}") from exc
+        # temporaries of writes that did not finish (avda flow's .frame_%010d.jpg.partial)
+        self.unfinished = [name for name in entries if name.endswith(".partial")]
         for name in entries:
             match = pattern.match(name)
             if match:
@@ -395,6 +397,13 @@ class FlowFrames:
         else:
             self.u = ImageSequence(directory, FLOW_PATTERNS["u"], total, jpeg_dct)
             self.v = ImageSequence(directory, FLOW_PATTERNS["v"], total, jpeg_dct)
+        unfinished = [*self.u.unfinished, *self.v.unfinished]
+        if unfinished:  # a run stopped there: its frames are not all written
+            raise MediaError(
+                f"{directory} holds {len(unfinished)} unfinished write(s) ({unfinished[0]}): "
+                "an avda flow run on it stopped before it finished; run the same avda flow "
+                "again to finish it, then extract"
+            )
         if self.u.count != self.v.count:
             log.warning(
                 "%s: %d u frames but %d v frames; using the first %d",

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from avda.cache import Status
+from avda.cache.lock import flow_read_lock
 from avda.data_manifests import schema as manifest_schema
 from avda.errors import AvdaError, ConfigError, MediaError
 from avda.extract import audio as audio_lib
@@ -422,7 +423,14 @@ class SegmentDataset(Dataset):
             convention = frames_lib.flow_convention(folder, video_id, self.inputs.flow_stride)
             return frames_lib.FlowFrames(folder, convention, self.inputs.jpeg_dct)
 
-        reader = self._reader("flow", folder, make)
+        # never frames an `avda flow` run is writing (or deleting: --force, other settings)
+        with flow_read_lock(folder):
+            return self._read_flow(segment, folder, self._reader("flow", folder, make))
+
+    def _read_flow(
+        self, segment: pd.Series, folder: Path, reader: frames_lib.FlowFrames
+    ) -> torch.Tensor:
+        """The segment's flow frames from ``reader``, its folder's lock held."""
         self._check_flow_numbering(segment, folder, reader.convention)
         # the rate of the video it came from: the video's header, else what `avda flow` recorded
         fallback = self._frames_fps(segment) or reader.convention.fps
