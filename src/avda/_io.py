@@ -13,6 +13,7 @@ module can use it without an import cycle.
 - :func:`name_written`: an OS error of such a write (a full disk) names the file written.
 - :func:`replace_file`: the rename at the end of an atomic write, for a temporary file that is
   kept when its writer fails (a resumable download's ``.part``).
+- :func:`path_identity`: whether a file or folder was replaced or rewritten since it was seen.
 - :func:`lock_file_of`: the lock file named for a file or folder, beside the one a link to it
   leads to (one lock whichever way it is reached).
 - :func:`file_lock`: an exclusive ``flock`` on a lock file, waited for, the file removed by
@@ -490,3 +491,13 @@ def _isatty(stream: Any) -> bool:
         return bool(stream.isatty())
     except (AttributeError, ValueError, OSError):
         return False
+
+
+def path_identity(path: str | Path) -> tuple[int, int, int] | None:
+    """Device, inode and change time of the file or folder ``path`` (None: not there): whether
+    a rename put another in its place, or it was rewritten."""
+    try:
+        stat = Path(path).stat()
+    except OSError:
+        return None
+    return (stat.st_dev, stat.st_ino, stat.st_ctime_ns)

@@ -273,6 +273,23 @@ def test_extract_reads_no_flow_folder_being_written_or_left_unfinished(shifted_v
     assert "is in use by pid" in refused.failures[0][1]
     assert "(avda extract --flow; a shared lock" in refused.failures[0][1]
     assert json.loads((out / "shifted" / "flow.json").read_text())["bound"] == 20.0
+    # A folder recomputed between two segments (other settings) is read by its new record:
+    # the reader kept for the video's next segment read its frames with the old bound.
+    from avda.extract import backbones
+    from avda.extract.inputs import InputPaths, SegmentDataset
+
+    spec = backbones.create("tbn", modality="flow").input_spec
+    dataset = SegmentDataset(
+        pd.concat([_manifest("shifted")] * 2), np.array([0, 1]), InputPaths(flow=out),
+        tiny("demo", resize_shorter=32, crop_size=32), "flow", spec, None,
+    )  # fmt: skip
+    assert dataset[0][2] == Status.DONE
+    again = flow.compute_flow(
+        _manifest("shifted", video_path="shifted.mkv"), out=out, videos=shifted_video,
+        options=flow.FlowOptions(shorter_side=96, bound=8.0), force=True, progress=False,
+    )  # fmt: skip
+    assert again.ok and dataset[1][2] == Status.DONE
+    assert dataset._open_readers["flow"][1].convention.bound == 8.0
 
 
 def test_a_second_run_on_a_video_fails_it_and_runs_on_other_videos_write_beside(

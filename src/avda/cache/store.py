@@ -30,6 +30,7 @@ import pandas as pd
 import zarr
 
 import avda
+from avda._io import path_identity
 from avda.cache import faults, schema
 from avda.cache.schema import Status
 from avda.data_manifests.schema import is_class_tables
@@ -737,7 +738,7 @@ class FeatureCache:
         asides = (_cluster_swap(self, modality)[1], _legacy_aside(self, modality))
         for _ in range(200):
             where = next((p for p in (current, *asides) if p.is_dir()), current)
-            before = _folder_identity(where)
+            before = path_identity(where)
             if before is None:
                 if current.is_dir():  # swapped in meanwhile
                     continue
@@ -749,7 +750,7 @@ class FeatureCache:
                 failed = None
             except (OSError, ValueError, KeyError) as exc:
                 failed = exc
-            kept = _folder_identity(where) == before and (where == current or not current.is_dir())
+            kept = path_identity(where) == before and (where == current or not current.is_dir())
             if kept:
                 if failed is not None:  # not a swap: the array itself cannot be read
                     raise failed
@@ -1205,16 +1206,6 @@ def remove_unfinished_writes(path: str | Path) -> None:
         )
     for leftover in found:
         leftover.unlink(missing_ok=True)
-
-
-def _folder_identity(path: Path) -> tuple[int, int, int] | None:
-    """Device, inode and change time of the folder ``path`` (None: not there): whether a
-    rename put another folder in its place."""
-    try:
-        stat = path.stat()
-    except OSError:
-        return None
-    return (stat.st_dev, stat.st_ino, stat.st_ctime_ns)
 
 
 CLUSTERS_SWAP = ".avda-clusters-swap"

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
+from avda._io import path_identity
 from avda.cache import Status
 from avda.cache.lock import flow_read_lock
 from avda.data_manifests import schema as manifest_schema
@@ -425,7 +426,9 @@ class SegmentDataset(Dataset):
 
         # never frames an `avda flow` run is writing (or deleting: --force, other settings)
         with flow_read_lock(folder):
-            return self._read_flow(segment, folder, self._reader("flow", folder, make))
+            # a record a run replaced since the reader was made (other settings): made again
+            key = (folder, path_identity(folder / frames_lib.FLOW_METADATA))
+            return self._read_flow(segment, folder, self._reader("flow", key, make))
 
     def _read_flow(
         self, segment: pd.Series, folder: Path, reader: frames_lib.FlowFrames
