@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -227,7 +228,9 @@ def test_other_tools_frames_are_neither_written_beside_nor_deleted(
     assert again.ok and (again.computed, again.skipped) == (0, 2)
 
 
-def test_extract_reads_no_flow_folder_being_written_or_left_unfinished(shifted_video, tmp_path):
+def test_extract_reads_no_flow_folder_being_written_or_left_unfinished(
+    shifted_video, tmp_path, monkeypatch
+):
     """`avda extract --flow` read a video folder an `avda flow` run was writing (or taking
     over, or deleting with --force), and one a stopped run left (.partial temporaries), as
     finished flow: it now fails the video naming the run, or the unfinished write."""
@@ -290,6 +293,19 @@ def test_extract_reads_no_flow_folder_being_written_or_left_unfinished(shifted_v
     )  # fmt: skip
     assert again.ok and dataset[1][2] == Status.DONE
     assert dataset._open_readers["flow"][1].convention.bound == 8.0
+    monkeypatch.setenv("AVDA_LOCK_WAIT", "60")  # or waits for the run, then reads
+    held = threading.Event()
+
+    def run_for_a_second() -> None:
+        with flow_lock(out, "shifted"):
+            held.set()
+            time.sleep(1.0)
+
+    running = threading.Thread(target=run_for_a_second)
+    running.start()
+    held.wait()
+    assert dataset[0][2] == Status.DONE
+    running.join()
 
 
 def test_a_second_run_on_a_video_fails_it_and_runs_on_other_videos_write_beside(
