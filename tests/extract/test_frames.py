@@ -108,6 +108,8 @@ def test_ta3n_items_read_the_frames_tbn_would(epic_folders):
         )
         row, x, status, error = dataset[0]
         assert status == Status.DONE, error
+        # EPIC's flow (no flow.json): not avda flow's, read without its lock, none made
+        assert not list(flow_root.rglob(".flow.*"))
         if modality == "rgb":
             numbers = reference_tbn_test(2, 10, new_length=1, ratio=1.0)
             expected = [
