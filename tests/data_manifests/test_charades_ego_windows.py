@@ -736,3 +736,74 @@ def test_the_v1_one_view_files_build_the_authors_lists(real_rows, tmp_path):
         "CharadesEgo_v1_test_only1st.csv): pass `--option version=v1` or `--option "
         "version=v1-only`"
     )
+
+
+def write_v1(folder: Path, header: list[str], files: dict[str, list[list[str]]]) -> Path:
+    folder.mkdir()
+    source = Path(os.environ.get("AVDA_SHARED_DATA", "")) / "annotations" / "charadesego_v0"
+    (folder / "Charades_v1_classes.txt").write_text((source / CLASS_FILES[0]).read_text())
+    for name, file_rows in files.items():
+        with open(folder / name, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow([*header, *V1_EXTRA])
+            writer.writerows(file_rows)
+    return folder
+
+
+def test_a_first_person_video_is_the_files_and_its_egocentric_column_says_so(real_rows, tmp_path):
+    """The v1 release's README: "This id contains 'EGO' at the end for first person videos",
+    and its ``egocentric`` column is 'Yes' for them; the authors' loaders take the view from
+    the one-view file read. A row where the id's suffix disagrees with either was put in the
+    domain of its suffix without a word; it is refused, each such row named."""
+    header, rows = real_rows
+    rows = [r for r in rows if r[10].strip()][:8]
+    third = [[*r, "No", ""] for r in rows]
+    first = [[f"{r[0]}EGO", *r[1:], "Yes", r[0]] for r in rows]
+    good = {
+        "CharadesEgo_v1_train_only3rd.csv": third[:4],
+        "CharadesEgo_v1_train_only1st.csv": first[:4],
+        "CharadesEgo_v1_test_only3rd.csv": third[4:],
+        "CharadesEgo_v1_test_only1st.csv": first[4:],
+    }
+    manifest = build("charades-ego", write_v1(tmp_path / "good", header, good), version="v1-only")
+    domains = manifest.manifest.drop_duplicates("video_id").set_index("video_id")["domain"]
+    assert (domains[[r[0] for r in first]] == "first").all()
+    assert (domains[[r[0] for r in third]] == "third").all()
+
+    bad = dict(good)
+    bad["CharadesEgo_v1_train_only1st.csv"] = [third[0], *first[1:4]]  # no EGO, No
+    bad["CharadesEgo_v1_test_only3rd.csv"] = [
+        [f"{rows[4][0]}EGO", *rows[4][1:], "No", ""],  # EGO in the third-person file, No
+        *third[5:],
+    ]
+    with pytest.raises(ManifestError) as caught:
+        build("charades-ego", write_v1(tmp_path / "bad", header, bad), version="v1-only")
+    message = str(caught.value)
+    assert "have 3 problem(s)" in message
+    assert (
+        f"CharadesEgo_v1_train_only1st.csv row 2 [id]: id '{rows[0][0]}' does not end "
+        "in EGO, in the first-person file: fix the id or move the row"
+    ) in message
+    assert (
+        f"CharadesEgo_v1_test_only3rd.csv row 2 [id]: id '{rows[4][0]}EGO' ends in "
+        "EGO, in the third-person file: fix the id or move the row"
+    ) in message
+    assert (
+        f"CharadesEgo_v1_test_only3rd.csv row 2 [egocentric]: egocentric is 'No' but "
+        f"id '{rows[4][0]}EGO' ends in EGO: fix the id or the column"
+    ) in message
+
+    # the mixed files of version=v1: the egocentric column only
+    mixed = {
+        "CharadesEgo_v1_train.csv": [*third[:4], *first[:3], [*first[3][:-2], "No", ""]],
+        "CharadesEgo_v1_test.csv": [*third[4:], *first[4:]],
+    }
+    with pytest.raises(ManifestError, match=r"have 1 problem\(s\)") as caught:
+        build("charades-ego", write_v1(tmp_path / "mixed", header, mixed), version="v1")
+    assert (
+        f"CharadesEgo_v1_train.csv row 9 [egocentric]: egocentric is 'No' but id "
+        f"'{rows[3][0]}EGO' ends in EGO"
+    ) in str(caught.value)
+    mixed["CharadesEgo_v1_train.csv"][-1] = first[3]
+    write_v1(tmp_path / "fixed", header, mixed)
+    assert len(build("charades-ego", tmp_path / "fixed", version="v1").manifest)

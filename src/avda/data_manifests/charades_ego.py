@@ -9,8 +9,10 @@ third-person videos), ``CharadesEgo_v0_test.csv`` (2,043 third-person videos),
 the Audio-Adaptive code reads, with ``version=v1-only``.
 
 First-person videos are marked by the suffix ``EGO`` of their ``id`` (``BHP3HEGO`` is the
-egocentric recording of ``BHP3H``); the README does not say more, and the Charades authors'
-loaders (``PyVideoResearch``) use the same rule. Domains: ``third`` and ``first``.
+egocentric recording of ``BHP3H``): the v0 README does not say more; the v1 release's README
+states the rule and marks the rows in ``egocentric`` (``Yes``), and its one-view files hold one
+view each. A row whose suffix disagrees with either is a problem (:func:`_check_views`).
+Domains: ``third`` and ``first``.
 
 Each row's ``actions`` is ``cNNN start end;cNNN start end;...`` (seconds). Two units:
 
@@ -106,6 +108,15 @@ FILES: dict[str, tuple[tuple[str, str], ...]] = {
         ("CharadesEgo_v1_test_only1st.csv", "test"),
     ),
 }
+# The view a one-view file of the v1 release holds (the authors' loaders take it from the file);
+# the mixed v1 files mark each row's in ``egocentric`` (``Yes`` / ``No``, the release's README).
+ONE_VIEW_FILES = {
+    "CharadesEgo_v1_train_only3rd.csv": "third",
+    "CharadesEgo_v1_train_only1st.csv": "first",
+    "CharadesEgo_v1_test_only3rd.csv": "third",
+    "CharadesEgo_v1_test_only1st.csv": "first",
+}
+EGOCENTRIC = "egocentric"
 CLASS_FILES = ("charades_v1_classes.txt", "Charades_v1_classes.txt")
 SUBFOLDERS = ("charadesego_v0", "CharadesEgo", "charadesego")
 REQUIRED_COLUMNS = ("id", "actions", "length")
@@ -237,6 +248,7 @@ def build(
             lambda i, t=table: f"length {t.frame['length'].iloc[i]!r} is not a number",
         )
         domain = np.where(video_ids.str.endswith(EGO_SUFFIX), "first", "third")
+        _check_views(table, video_ids, domain, problems)
         if not usable:
             continue
         if unit == "segments":
@@ -281,6 +293,39 @@ def build(
         options={"unit": unit, "version": version, "video_path_template": video_path_template},
         sources=tuple(sources),
     )
+
+
+def _check_views(
+    table: SourceTable, video_ids: pd.Series, domain: np.ndarray, problems: SourceProblems
+) -> None:
+    """The README's rule (an ``id`` ending in ``EGO`` is first person) against what the file
+    says: the view of a one-view file (:data:`ONE_VIEW_FILES`) and a row's ``egocentric``;
+    a row where they disagree is a problem, not put in either domain by the suffix alone."""
+
+    def suffix(i: int) -> str:
+        ends = "ends" if domain[i] == "first" else "does not end"
+        return f"id {video_ids.iloc[i]!r} {ends} in {EGO_SUFFIX}"
+
+    view = ONE_VIEW_FILES.get(table.name)
+    if view is not None:
+        problems.add_rows(
+            table,
+            domain != view,
+            "id",
+            lambda i: f"{suffix(i)}, in the {view}-person file: fix the id or move the row",
+        )
+    if EGOCENTRIC in table.frame:
+        marked = table.frame[EGOCENTRIC].str.strip().str.lower().to_numpy()
+        wrong = np.isin(marked, ("yes", "no")) & ((marked == "yes") != (domain == "first"))
+        problems.add_rows(
+            table,
+            wrong,
+            EGOCENTRIC,
+            lambda i: (
+                f"{EGOCENTRIC} is {table.frame[EGOCENTRIC].iloc[i]!r} but {suffix(i)}: "
+                "fix the id or the column"
+            ),
+        )
 
 
 def _locate_file(annotations: Path, file_name: str, version: str) -> Path:
