@@ -529,6 +529,27 @@ def test_a_head_with_a_target_term_without_target_training_rows_says_what_to_do(
     assert runs.is_complete(tmp_path / "so")
 
 
+def test_a_labelled_target_share_without_target_training_rows_says_why(tmp_path):
+    """Under audio-adaptive-charadesego (labelled_target 0.5) on a v0 cache, every head was
+    refused with 'no labelled target training segment ... or set labelled_target=0': DANN
+    then failed again for the target rows that v0 lacks, which the first refusal never said."""
+    cache = tmp_path / "c.zarr"
+    make_feature_cache(cache, per_class=4, domains=("third", "first"), target_train=False)
+    kwargs = {"cache": cache, "source": ["third"], "target": ["first"], "progress": False}
+    options = {"epochs": 1, "batch_size": 8, "labelled_target": 0.5}
+    with pytest.raises(CacheError) as caught:
+        train(head="dann", out=tmp_path / "dann", overrides=options, **kwargs)
+    message = str(caught.value)
+    assert message.startswith(
+        "labelled_target=0.5: target domain(s) ['first'] have no 'train' split segments in "
+    )
+    assert "CharadesEgo's v0 files, the Actor-Observer release, have no first-person" in message
+    assert message.endswith(
+        "extract or import the target's training segments into the cache, or set labelled_target=0"
+    )
+    assert not (tmp_path / "dann").exists()
+
+
 @pytest.mark.parametrize(("head", "warned"), [("source-only", False), ("dann", True)])
 def test_target_rows_a_head_never_reads_are_not_warned_about(tmp_path, caplog, head, warned):
     """A target training row without audio: source-only, which never reads those rows (its

@@ -164,6 +164,20 @@ def quiet_repeated() -> Iterator[None]:
             logger.setLevel(level)
 
 
+def _no_target_training(store: FeatureCache, target: Sequence[str]) -> str:
+    """'target domain(s) [...] have no 'train' split segments in STORE', and why where the
+    target is CharadesEgo's first person (a cache of the v0 files)."""
+    why = ""
+    if tuple(target) == CHARADES_EGO.target_domains:
+        why = (
+            " (CharadesEgo's v0 files, the Actor-Observer release, have no first-person "
+            "training video: build the manifest from the v1 release, `--option version=v1`, "
+            "or from its one-view files as the Audio-Adaptive code, `--option "
+            "version=v1-only`; docs/benchmarks.md)"
+        )
+    return f"target domain(s) {list(target)} have no 'train' split segments in {store.path}{why}"
+
+
 def training_rows(
     store: FeatureCache,
     source: Sequence[str],
@@ -200,6 +214,12 @@ def training_rows(
     whole, target_rows = target_rows[marked], target_rows[~marked]
     labelled = target_rows[:0]
     if config.labelled_target > 0:  # semi-supervised: part of the target is labelled
+        if len(target_rows) == 0 and not len(whole):  # not 'set labelled_target=0' alone
+            raise CacheError(
+                f"labelled_target={config.labelled_target}: "
+                f"{_no_target_training(store, target)}; extract or import the target's "
+                "training segments into the cache, or set labelled_target=0"
+            )
         labelled, target_rows = labelled_target_rows(
             store, target_rows, config.labelled_target, config.labelled_target_pick
         )
@@ -457,19 +477,10 @@ def plan(
     # e.g. cia's spatial=auto, rna's setting=auto
     config = cls.resolve_config(config, store, modalities, target_segments=len(target_rows))
     if cls.needs_target(config) and len(target_rows) == 0:
-        why = ""
-        if tuple(target) == CHARADES_EGO.target_domains:
-            why = (
-                " (CharadesEgo's v0 files, the Actor-Observer release, have no first-person "
-                "training video: build the manifest from the v1 release, `--option version=v1`, "
-                "or from its one-view files as the Audio-Adaptive code, `--option "
-                "version=v1-only`; docs/benchmarks.md)"
-            )
         raise CacheError(
-            f"head {head!r} needs unlabelled target training segments, but target domain(s) "
-            f"{list(target)} have no 'train' split segments in {store.path}{why}; extract or "
-            "import the target's training segments into the cache, or train a head without a "
-            "target term (source-only, adabn)"
+            f"head {head!r} needs unlabelled target training segments, but "
+            f"{_no_target_training(store, target)}; extract or import the target's training "
+            "segments into the cache, or train a head without a target term (source-only, adabn)"
         )
     return RunSetup(
         store=store,
