@@ -7,6 +7,7 @@ computed here straight from the files (pandas / plain parsing), and with data/RE
 from __future__ import annotations
 
 import collections
+import csv
 from pathlib import Path
 
 import numpy as np
@@ -272,6 +273,40 @@ def test_charades_videos_unit_has_multi_labels(annotations):
     assert len(no_actions) == 1786 - 1612
     assert (manifest.loc[no_actions, "labels"] == "").all()
     assert set(result.classes) == {"labels"}
+
+
+def test_charades_videos_labels_are_the_official_scorers_per_video(annotations):
+    """Every video's ``labels`` against the class ids the official ``Charades_v1_classify.m``
+    reads from ``actions`` (its ``load_charades``: split on ';', then on ' ', class =
+    ``str2double(class(2:end))``), read here with the csv module: each file's videos in order,
+    their domain by file (the egocentric test file: first person), ids within 0..156."""
+    result = build("charades-ego", annotations, unit="videos")
+    manifest = result.manifest
+    expected = []
+    for file_name, (domain, split) in CHARADES.items():
+        with open(annotations / "charadesego_v0" / file_name, newline="") as f:
+            for row in csv.DictReader(f):
+                if not row["length"]:
+                    continue  # dropped: 'video without length'
+                classes = set()
+                for action in filter(None, row["actions"].split(";")):
+                    classes.add(int(action.split(" ")[0][1:]))
+                labels = ";".join(str(c) for c in sorted(classes))
+                expected.append((row["id"], domain, split, labels, float(row["length"])))
+    got = list(
+        zip(
+            manifest["video_id"],
+            manifest["domain"],
+            manifest["split"],
+            manifest["labels"],
+            manifest["stop_sec"],
+            strict=True,
+        )
+    )
+    assert got == expected
+    ids = {int(c) for labels in manifest["labels"] if labels for c in labels.split(";")}
+    assert ids == set(range(157))  # every class present somewhere, none outside 0..156
+    assert (manifest["start_sec"] == 0).all()
 
 
 # --- UCF / HMDB / Olympic -------------------------------------------------------------------
