@@ -183,8 +183,9 @@ def average_precision(scores: np.ndarray, positives: np.ndarray) -> float:
 def average_precision_per_class(scores: np.ndarray, targets: np.ndarray) -> np.ndarray:
     """AP of each class ``(C,)`` for multi-label ``targets`` (N, C) in {0, 1}.
 
-    As in Charades' evaluation, rows without any positive label are removed first; classes
-    without a positive get NaN.
+    As in Charades' evaluation, rows without any positive label are removed first (the
+    official script gives them ``-inf`` scores, ranked below every other row: the same APs);
+    classes without a positive get NaN.
     """
     scores = np.asarray(scores, dtype=np.float64)
     targets = np.asarray(targets)
