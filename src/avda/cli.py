@@ -1174,7 +1174,8 @@ def evaluate(
         str | None,
         typer.Option(
             help="top1, top5, mca or mAP (paper layouts; default top1/mAP); the runs layout: "
-            "top1, mca or mAP, and top5 of runs with verb and noun (default: every one)."
+            "top1, mca, mAP or mAP-authors, and top5 of runs with verb and noun (default: "
+            "every one)."
         ),
     ] = None,
     export_submission: Annotated[

@@ -10,6 +10,7 @@ metric (Table 2: "CharadesEgo mAP (%)", published 26.3 taken in the authors' con
 from __future__ import annotations
 
 import csv
+import json
 import math
 import os
 from pathlib import Path
@@ -103,3 +104,24 @@ def test_the_table_is_the_papers_metric_recomputed_by_the_reference_scorers(day)
     cells = {column: table.cell(method, column)[0] for column in table.columns}
     assert cells["third→first mAP-authors"] == pytest.approx(100 * authors, abs=1e-4)
     assert cells["third→first mAP-present"] == pytest.approx(100 * official, abs=1e-4)
+
+
+def test_the_runs_summary_and_table_show_the_authors_convention_too(day):
+    """``avda train``'s summary, ``run.json`` and ``avda evaluate``'s default (runs) table
+    showed ``target_test/labels/mAP`` alone, the ``mAP-present`` convention, while the paper's
+    26.3 is read in the authors' (only ``--layout settings`` showed it)."""
+    from avda.evaluate.tables import choose_columns, results_table
+
+    manifest, run = day
+    stored = runs.read_predictions(run, "target_test")
+    scores, labels = stored["scores"]["labels"], stored["labels"]["labels"]
+    videos = list(pd.unique(stored["groups"]))
+    per_video = np.stack([scores[stored["groups"] == v].max(axis=0) for v in videos])
+    video_labels = np.stack([labels[stored["groups"] == v][0] for v in videos])
+    authors = authors_meter_map(per_video, video_labels)
+    recorded = json.loads((run / runs.STATUS).read_text())["metrics"]
+    assert recorded["target_test/labels/mAP-authors"] == pytest.approx(authors, abs=1e-6)
+    assert recorded["target_test/labels/mAP"] > recorded["target_test/labels/mAP-authors"]
+    table = choose_columns(results_table([run]), "target_test", None, "mAP-authors")
+    assert list(table.columns[-1:]) == ["target_test/labels/mAP-authors"]
+    assert table.iloc[0, -1] == pytest.approx(100 * authors, abs=1e-4)

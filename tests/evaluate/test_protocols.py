@@ -289,7 +289,7 @@ def test_a_runs_set_metrics_add_epic100_action_when_it_predicts_verb_and_noun():
         {"verb": verb_labels, "noun": (noun > 0.35).astype(np.int8)},
         multi_label=["noun"],
     )
-    assert sorted(multi) == ["s/noun/mAP", "s/verb/mca", "s/verb/top1"]
+    assert sorted(multi) == ["s/noun/mAP", "s/noun/mAP-authors", "s/verb/mca", "s/verb/top1"]
     # no segment labelled with both: nothing for the action
     unlabelled = set_metrics(
         "s", {"verb": verb, "noun": noun}, {"verb": verb_labels, "noun": np.full(4, -1)}

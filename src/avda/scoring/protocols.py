@@ -246,8 +246,9 @@ def set_metrics(
     prints them and writes them to ``metrics.jsonl`` and ``run.json``, ``avda evaluate
     --layout runs`` recomputes them and ``avda predict`` reports them.
 
-    Per task of ``scores``: a multi-label task ``<name>/<task>/mAP`` (by ``groups``, a row's
-    ``score_group``: :func:`avda.scoring.metrics.multilabel_map`); a single-label task
+    Per task of ``scores``: a multi-label task ``<name>/<task>/mAP`` (``mAP-present``) and
+    ``<name>/<task>/mAP-authors`` (by ``groups``, a row's ``score_group``:
+    :func:`avda.scoring.metrics.multilabel_map`); a single-label task
     ``<name>/<task>/top1`` and ``/mca`` over its labelled rows (label >= 0; none: nothing).
     With single-label ``verb`` and ``noun`` tasks, their top-1 and mca rank tied scores as the
     official scorer does (:func:`epic100_rank`), and EPIC-100's other columns as ``avda
@@ -260,8 +261,11 @@ def set_metrics(
     metrics: dict[str, float] = {}
     for task, task_scores in scores.items():
         task_labels = np.asarray(labels[task])
-        if task in multi:
-            metrics[f"{name}/{task}/mAP"] = multilabel_map(task_scores, task_labels, groups)
+        if task in multi:  # mAP is mAP-present; mAP-authors: the Audio-Adaptive code's
+            for metric in ("mAP", "mAP-authors"):
+                metrics[f"{name}/{task}/{metric}"] = multilabel_map(
+                    task_scores, task_labels, groups, metric
+                )
             continue
         known = task_labels >= 0
         if not known.any():
