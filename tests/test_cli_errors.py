@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -779,6 +780,63 @@ def test_a_file_output_naming_a_folder_or_only_a_type_is_refused_offering_a_name
     expected = f"{option} {out} {what}; give the path of the file to write: {offered}"
     assert (code, one_line(err)) == (1, "error: " + expected.format(name)), err
     assert sorted(p.name for p in in_work.iterdir()) == before  # nothing made
+
+
+# Every command's output options, each with a command line that fails on bad input once its
+# output's folders are made (OUT: a path below a folder that does not exist yet)
+OUTPUTS = {
+    ("report", "--out"): ["report", "no-runs", "-o", "OUT/report.html"],
+    ("predict", "--out"): ["predict", "no-run", "-o", "OUT/predictions.npz"],
+    ("evaluate", "--out"): ["evaluate", "no-runs", "-o", "OUT/results"],
+    ("evaluate", "--export-submission"): ["evaluate", "folder", "--export-submission",
+                                          "OUT/test.json"],  # without --sls
+    ("manifest build", "--out"): ["manifest", "build", "generic", "-a", "no.csv", "-o",
+                                  "OUT/manifest.csv"],
+    ("cache export", "--out"): ["cache", "export", "no.zarr", "-o", "OUT/features.h5"],
+    ("cache import", "--out"): ["cache", "import", "no.pkl", "--out", "OUT/c.zarr"],
+    ("finetune", "--out"): [*FINETUNE, "-m", "no.csv", "-o", "OUT/finetuned.pt"],
+    ("cluster", "--plot"): ["cluster", "no.zarr", "--plot", "OUT/plots"],
+    ("extract", "--out"): ["extract", "-m", "no.csv", "-o", "OUT/c.zarr"],
+    ("train", "--out"): ["train", "--cache", "c.zarr", "--source", "no", "--target", "target",
+                         "--head", "source-only", "-o", "OUT/run"],
+    ("sweep", "--out"): ["sweep", "no.yaml", "--out", "OUT/runs"],
+    ("flow", "--out"): ["flow", "--videos", "no-videos", "--out", "OUT/flow"],
+    ("demo", "--out"): ["demo", "-o", "OUT/demo", "--weights", "no.pt"],
+    ("weights fetch", "--dir"): ["weights", "fetch", "no-such-name", "--dir", "OUT/weights"],
+}  # fmt: skip
+OUTPUT_OPTIONS = {"--out", "--plot", "--export-submission", "--dir"}
+
+
+def test_every_output_option_of_every_command_is_in_the_output_table():
+    """A new command (or output option) joins OUTPUTS, and with it the checks below."""
+    import typer.main
+
+    def options(command, name):
+        for param in command.params:
+            for opt in set(getattr(param, "opts", [])) & OUTPUT_OPTIONS:
+                yield name, opt
+        for word, sub in getattr(command, "commands", {}).items():
+            yield from options(sub, f"{name} {word}".strip())
+
+    assert set(options(typer.main.get_command(cli.app), "")) == set(OUTPUTS)
+
+
+@pytest.mark.parametrize("args", OUTPUTS.values(), ids=[" ".join(k) for k in OUTPUTS])
+@pytest.mark.parametrize("out", ["new/deeper", "folder/new"])
+def test_a_command_refused_on_bad_input_leaves_no_folder_it_made(capsys, in_work, args, out):
+    # avda report -o miss/x.html NO_SUCH_RUNS made miss/ (the outputs' folders are made before
+    # the inputs are read) and left it; the folders a failed command made are removed while
+    # empty, and a folder that was there (folder/) is kept
+    before = sorted(p.name for p in in_work.iterdir())
+    try:
+        code, _, err = run(capsys, *[arg.replace("OUT", out) for arg in args])
+        assert code in (1, 2), err
+        one_line(err, logs=True)
+        assert sorted(p.name for p in in_work.iterdir()) == before
+        assert not any((in_work / "folder").iterdir())
+    finally:  # the next test's folder as it was (the module's work folder is shared)
+        shutil.rmtree(in_work / "new", ignore_errors=True)
+        shutil.rmtree(in_work / "folder" / "new", ignore_errors=True)
 
 
 def test_train_refuses_a_folder_of_other_files(capsys, in_work):

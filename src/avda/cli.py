@@ -76,8 +76,32 @@ VideosDir = Annotated[
 ]
 
 
+# The folders this command made for its outputs (:func:`_make_parent`, :func:`output_dir`): a
+# command that fails removes those still empty (:func:`main`), so that bad input, refused once
+# they were made (a missing run, a bad option), leaves nothing new on disk.
+_MADE_FOLDERS: list[Path] = []
+
+
+def _record_missing(folder: Path) -> None:
+    """Record ``folder`` and the folders above it that do not exist yet (made by this command)."""
+    while not (folder.exists() or folder.is_symlink()) and folder != folder.parent:
+        _MADE_FOLDERS.append(folder)
+        folder = folder.parent
+
+
+def _remove_made_folders() -> None:
+    """Remove the folders this command made that are still empty, deepest first; a folder
+    holding anything (finished work, a failures list, another process's files) is kept."""
+    for folder in sorted(set(_MADE_FOLDERS), key=lambda f: len(f.absolute().parts), reverse=True):
+        with contextlib.suppress(OSError):  # not empty, gone, or not ours to remove
+            folder.rmdir()
+    _MADE_FOLDERS.clear()
+
+
 def _make_parent(path: Path, option: str) -> None:
-    """Create the folders ``path`` will be written in."""
+    """Create the folders ``path`` will be written in (recorded: removed if the command fails
+    while they are still empty)."""
+    _record_missing(path.parent)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except FileExistsError:
@@ -114,6 +138,7 @@ def output_dir(path: Path | None, option: str = "-o") -> Path | None:
         return None
     if path.exists() and not path.is_dir():
         raise ConfigError(f"{option} {path} is a file; give a folder (it is created if missing)")
+    _record_missing(path)  # made by the command itself, later
     _make_parent(path, option)
     return path
 
@@ -1683,7 +1708,15 @@ def main(argv: list[str] | None = None) -> int:
     disk full), ``internal error: ...`` (exit 1) for anything unexpected, ``usage error: ...``
     (exit 2) and ``interrupted ...`` (exit 130).
     """
-    argv = _home_expanded(list(sys.argv[1:] if argv is None else argv))
+    _MADE_FOLDERS.clear()
+    code = _main(_home_expanded(list(sys.argv[1:] if argv is None else argv)))
+    if code != EXIT_OK:
+        _remove_made_folders()
+    return code
+
+
+def _main(argv: list[str]) -> int:
+    """:func:`main` once ``argv`` is read: the command, its exit code and its one line."""
     debug = os.environ.get("AVDA_DEBUG", "") not in ("", "0")
 
     def fail(message: str) -> int:
