@@ -839,6 +839,111 @@ def test_a_command_refused_on_bad_input_leaves_no_folder_it_made(capsys, in_work
         shutil.rmtree(in_work / "folder" / "new", ignore_errors=True)
 
 
+# Each command writing a folder: what it writes there and the folder it offers (docs/cli.md)
+FOLDER_OUTPUTS = {
+    ("train", "--out"): ([*TRAIN, "--head", "source-only", "-o"], "-o", "a run folder", "run"),
+    ("extract", "--out"): (["extract", "-m", "empty.csv", "-o"], "-o",
+                           "a Zarr cache (a folder)", "features.zarr"),
+    ("cache import", "--out"): (["cache", "import", "no.pkl", "--out"], "-o",
+                                "a Zarr cache (a folder)", "features.zarr"),
+    ("flow", "--out"): (["flow", "-m", "empty.csv", "--out"], "-o", "flow frame folders",
+                        "flow"),
+    ("cluster", "--plot"): (["cluster", "c.zarr", "--plot"], "--plot",
+                            "elbow plots (one PNG per class)", "elbows"),
+    ("sweep", "--out"): (["sweep", "sweep.yaml", "--out"], "--out", "a folder of runs", "runs"),
+    ("demo", "--out"): (["demo", "-o"], "-o", "its working folder", "avda-demo"),
+    ("weights fetch", "--dir"): (["weights", "fetch", "bninception_imagenet_rgb", "--dir"], "--dir",
+                                 "published weights files", "weights"),
+}  # fmt: skip
+
+
+def test_every_output_option_follows_the_rule_of_its_kind():
+    """Each output option of OUTPUTS (every one of the CLI's) is one file (FILE_OUTPUTS), a
+    folder (FOLDER_OUTPUTS) or the tables' name (avda evaluate -o: tables.check_out)."""
+    files = {
+        (" ".join(args[:2]) if args[0] in ("manifest", "cache") else args[0],
+         "--out" if option == "-o" else option)
+        for args, option, _ in FILE_OUTPUTS
+    }  # fmt: skip
+    assert files | set(FOLDER_OUTPUTS) | {("evaluate", "--out")} == set(OUTPUTS)
+
+
+@pytest.mark.parametrize("command", FOLDER_OUTPUTS, ids=" ".join)
+@pytest.mark.parametrize(
+    ("out", "what", "offered"),
+    [
+        # a cache's path given as a run's (train -o x.zarr), a file's as a store's: a folder of
+        # that name was made, or a hidden one (-o .zarr)
+        (".zarr", "is a file type alone", "{name}"),
+        ("sub/.npz", "is a file type alone", "sub/{name}"),
+        ("x.zarr", "is named as a Zarr cache", "x{suffix}"),
+        ("sub/x.tar.gz", "is named as a .tar.gz file", "sub/x{suffix}"),
+        ("x.PNG", "is named as a .png file", "x{suffix}"),
+    ],
+)
+def test_a_folder_output_named_as_a_file_is_refused_offering_a_folder(
+    capsys, in_work, command, out, what, offered
+):
+    args, option, writes, name = FOLDER_OUTPUTS[command]
+    suffix = Path(name).suffix
+    if suffix and out.endswith(suffix):  # x.zarr is a store's own name
+        return
+    before = sorted(p.name for p in in_work.iterdir())
+    code, _, err = run(capsys, *args, out)
+    offered = offered.format(name=name, suffix=suffix)
+    assert (code, one_line(err)) == (1, f"error: {option} {out} {what}; avda writes {writes} "
+        f"there: give the folder's path: {offered}"), err  # fmt: skip
+    assert sorted(p.name for p in in_work.iterdir()) == before
+
+
+def test_a_folder_output_keeps_ordinary_names(tmp_path):
+    for out in ("runs/dann", "v1.5", "dann.seed0", "sub/", ".", "..", ".x", "c.zarr"):
+        assert paths.check_output_folder(out, "-o", "a run", "run" if out != "c.zarr" else
+                                         "features.zarr") == Path(out)  # fmt: skip
+
+
+def test_train_refuses_a_cache_and_extract_a_run(capsys, in_work, tmp_path):
+    # a cache named without .zarr given as train -o (it must never be written into), a run
+    # given as extract -o: refused naming what the folder is, a folder beside it offered
+    cache = tmp_path / "features"
+    shutil.copytree(in_work / "c.zarr", cache)
+    before = sorted(str(p.relative_to(cache)) for p in cache.rglob("*"))
+    code, _, err = run(capsys, *TRAIN, "--head", "source-only", "-o", str(cache), "-q")
+    assert (code, one_line(err)) == (1, f"error: -o {cache} is an avda cache, not an avda run; "
+        "avda does not write into it: give a new path (it is created) or an empty folder: "
+        f"{tmp_path / 'run'}"), err  # fmt: skip
+    assert sorted(str(p.relative_to(cache)) for p in cache.rglob("*")) == before
+    trained = tmp_path / "dann"
+    assert run(capsys, *TRAIN, "--head", "source-only", "-o", str(trained), "-q")[0] == 0
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("uid,video_id,domain,split,start_sec,stop_sec\na,v,D1,train,0,1\n")
+    code, _, err = run(capsys, "extract", "-m", str(manifest), "--videos", str(tmp_path), "-o",
+                       str(trained), "--device", "cpu", "-q")  # fmt: skip
+    assert (code, one_line(err, logs=True)) == (1, f"error: -o {trained} is an avda run, not an "
+        "avda cache; avda does not write into it: give a new path (it is created) or an empty "
+        f"folder: {tmp_path / 'features.zarr'}"), err  # fmt: skip
+
+
+def test_cluster_plots_into_a_folder_of_its_own(capsys, in_work, tmp_path):
+    # --plot . or .. wrote one PNG per class among the user's files; a folder of earlier plots
+    # (a killed write's temporary too) is written again, a new or empty one is made
+    before = sorted(p.name for p in in_work.iterdir())
+    for out, offered in ((".", "elbows"), ("..", "../elbows")):
+        code, _, err = run(capsys, "cluster", "c.zarr", "--plot", out, "-q")
+        assert (code, one_line(err)) == (1, f"error: --plot {out} is a folder that is not avda "
+            "cluster's plot folder and is not empty; avda does not write into it: give a new "
+            f"path (it is created) or an empty folder: {offered}"), err  # fmt: skip
+    assert sorted(p.name for p in in_work.iterdir()) == before
+    store = tmp_path / "c.zarr"
+    shutil.copytree(in_work / "c.zarr", store)
+    plots = tmp_path / "sub"
+    code, _, err = run(capsys, "cluster", str(store), "--plot", f"{plots}/", "-q")
+    assert code == 0, err
+    written = sorted(plots.iterdir())
+    (plots / f"{written[0].name}.tmp").write_bytes(b"")
+    assert run(capsys, "cluster", str(store), "--plot", str(plots), "-q")[0] == 0
+
+
 def test_train_refuses_a_folder_of_other_files(capsys, in_work):
     # `avda train -o .` (or `-o ..`) wrote config.yaml, checkpoints/ and predictions/ among the
     # files of the folder it was run in; an empty folder, a new path or a run's own (to resume)
@@ -848,7 +953,7 @@ def test_train_refuses_a_folder_of_other_files(capsys, in_work):
         code, _, err = run(capsys, *TRAIN, "--head", "source-only", "-o", out, "-q")
         assert (code, one_line(err)) == (1, f"error: -o {out.rstrip('/') or out} is a folder "
             "that is not an avda run and is not empty; avda does not write into it: give a new "
-            "path (it is created) or an empty folder"), err  # fmt: skip
+            "path (it is created) or an empty folder: run"), err  # fmt: skip
     assert sorted(p.name for p in in_work.iterdir()) == before
 
 
@@ -862,7 +967,7 @@ def test_train_refuses_a_folder_of_other_files_holding_a_users_stages_folder(cap
     code, _, err = run(capsys, *TRAIN, "--head", "source-only", "-o", ".", "-q")
     assert (code, one_line(err)) == (1, "error: -o . is a folder that is not an avda run and is "
         "not empty; avda does not write into it: give a new path (it is created) or an empty "
-        "folder"), err  # fmt: skip
+        "folder: run"), err  # fmt: skip
     assert sorted(p.name for p in in_work.iterdir()) == before
 
 

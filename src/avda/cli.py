@@ -33,7 +33,7 @@ import avda
 from avda import _entry
 from avda._io import os_error_line
 from avda.errors import AvdaError, ConfigError, ManifestError
-from avda.paths import check_output_file
+from avda.paths import check_output_file, check_output_folder
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_FAILED_ITEMS, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 EXIT_TERMINATED = 128 + signal.SIGTERM  # 143, as a shell reports a process SIGTERM ended
@@ -132,27 +132,32 @@ def output_file(
     return path
 
 
-def output_dir(path: Path | None, option: str = "-o") -> Path | None:
-    """An output that is a folder (a store, a run): not an existing file; parents are created."""
+def output_dir(path: Path | None, option: str, what: str, name: str) -> Path | None:
+    """An output that is a folder (``what``: a store, a run), read as typed
+    (:func:`avda.paths.check_output_folder`: not an existing file, nor named as one, offering
+    ``name``); its parents are created."""
     if path is None:
         return None
-    if path.exists() and not path.is_dir():
-        raise ConfigError(f"{option} {path} is a file; give a folder (it is created if missing)")
+    path = check_output_folder(path, option, what, name)
     _record_missing(path)  # made by the command itself, later
     _make_parent(path, option)
     return path
 
 
-def _output_dir_callback(ctx: typer.Context, param: typer.CallbackParam, value: Path | None):
-    if ctx.resilient_parsing:
-        return value
-    return output_dir(value, "-o" if "-o" in param.opts else param.opts[0])
+def _out_folder(what: str, name: str, help: str = "Output path.") -> typer.models.OptionInfo:
+    """``--out``/``-o``, a folder output (``what``, usually ``name``): checked and its parents
+    created while parsing (:func:`output_dir`)."""
+
+    def callback(ctx: typer.Context, param: typer.CallbackParam, value: Path | None):
+        if ctx.resilient_parsing:
+            return value
+        return output_dir(value, "-o" if "-o" in param.opts else param.opts[0], what, name)
+
+    return typer.Option("--out", "-o", help=help, callback=callback)
 
 
-# A folder output (store, run, flow frames): checked and its parents created while parsing.
-OutPath = Annotated[
-    Path, typer.Option("--out", "-o", help="Output path.", callback=_output_dir_callback)
-]
+# The folder outputs' kinds and usual names (offered where a path names a file instead).
+STORE = ("a Zarr cache (a folder)", "features.zarr")
 # A file output: a str, not a Path, which drops the trailing slash of -o sub/ (a folder).
 OutFile = Annotated[str, typer.Option("--out", "-o", help="Output file.")]
 Seed = Annotated[int, typer.Option("--seed", min=0, help="Random seed.")]
@@ -273,7 +278,7 @@ def demo(
     """Run the whole pipeline on a built-in two-domain audio-visual dataset and print a table."""
     from avda.demo import run_demo
 
-    output_dir(out)
+    output_dir(out, "-o", "its working folder", "avda-demo")
 
     result = run_demo(
         out,
@@ -396,8 +401,7 @@ def extract(
         Path | None, typer.Option("--manifest", "-m", help="Manifest CSV or Parquet.")
     ] = None,
     out: Annotated[
-        Path | None,
-        typer.Option("--out", "-o", help="Output path.", callback=_output_dir_callback),
+        Path | None, _out_folder(*STORE, help="Cache to write (a .zarr folder).")
     ] = None,
     videos: ExtractVideos = None,
     domain: Annotated[
@@ -597,7 +601,9 @@ def flow_command(
             help="Manifest CSV or Parquet (default: every video of --videos, whole).",
         ),
     ] = None,
-    out: OutPath = ...,
+    out: Annotated[
+        Path, _out_folder("flow frame folders", "flow", help="Folder of u/v JPEG folders.")
+    ] = ...,
     videos: OptionalVideosDir = None,
     frames: FramesDir = None,
     method: Annotated[
@@ -782,7 +788,7 @@ def cache_import(
             "<video_id>/img_NNNNN.t7."
         ),
     ],
-    out: OutPath,
+    out: Annotated[Path, _out_folder(*STORE, help="Cache to append to or create (.zarr).")],
     annotations: Annotated[
         Path | None,
         typer.Option(
@@ -941,7 +947,8 @@ def cluster(
     store: Annotated[Path, typer.Argument(help="Feature cache (.zarr).")],
     modality: Annotated[str, typer.Option(help="Features to cluster.")] = "audio",
     plot: Annotated[
-        Path | None, typer.Option(help="Save each class's elbow curve (PNG) in this folder.")
+        Path | None,
+        typer.Option(help="Save each class's elbow curve (PNG) in this folder (a new one)."),
     ] = None,
     max_k: Annotated[int, typer.Option("--max-k", help="Largest k tried per class.")] = 20,
     source: Annotated[
@@ -957,7 +964,7 @@ def cluster(
     """K-means per class for k = 1..max-k, k by the Elbow; cluster ids written into STORE."""
     from avda.train.clustering import cluster_store
 
-    output_dir(plot, "--plot")
+    output_dir(plot, "--plot", "elbow plots (one PNG per class)", "elbows")
     with _naming(store):
         result = cluster_store(
             store,
@@ -983,7 +990,7 @@ def train_command(
     target: Annotated[str | None, typer.Option(help="Target domain(s), comma separated.")] = None,
     out: Annotated[
         Path | None,
-        typer.Option("--out", "-o", help="Run folder to write.", callback=_output_dir_callback),
+        _out_folder("a run folder", "run", help="Run folder to write."),
     ] = None,
     seed: Annotated[int | None, typer.Option("--seed", min=0, help="Random seed [0].")] = None,
     epochs: Annotated[
@@ -1401,7 +1408,7 @@ def sweep_command(
     if job_script:
         typer.echo(sweep.job_script(sweep.load_spec(spec), cluster=cluster))
         return
-    output_dir(out)
+    output_dir(out, "--out", "a folder of runs", "runs")
     summary = sweep.run_sweep.__wrapped__(  # its messages in the command line's words
         spec,
         out=out,
@@ -1556,6 +1563,7 @@ def weights_fetch(
     from avda import weights as published
 
     entries = [published.get(name) for name in names]  # every name checked before any download
+    output_dir(directory, "--dir", "published weights files", "weights")
     for entry in entries:
         result = published.fetch(entry, directory, progress=not quiet, mirror=mirror)
         state = "downloaded" if result.downloaded else "already there"

@@ -63,6 +63,32 @@ def check_output_file(out: str | Path, option: str, name: str) -> Path:
     return path
 
 
+def check_output_folder(out: str | Path, option: str, what: str, name: str) -> Path:
+    """``out`` as a folder to write (``what``: "a run folder") read as typed (docs/cli.md,
+    "Output paths"): a file type alone (``-o .zarr``) or a name ending in a file type other
+    than ``name``'s (``avda train -o x.zarr``: the cache given as the output; ``--plot x.png``)
+    names a file, refused offering ``name`` in its folder or the name without its types
+    (``x``, or ``x.zarr`` for a store); an existing file is refused too."""
+    typed, path = str(out), Path(out)
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{option} {typed} is a file; give a folder (it is created if missing)")
+    wanted = Path(name).suffix.lower()  # .zarr: a store is a folder named so
+    if file_type_alone(path.name):
+        offered, why = path.parent / name, "is a file type alone"
+    else:
+        stem = path.name
+        while (kind := Path(stem).suffix.lower()) != wanted and kind[1:] in FILE_TYPES:
+            stem = Path(stem).stem
+        if stem == path.name:
+            return path
+        offered = path.parent / (stem if Path(stem).suffix.lower() == wanted else stem + wanted)
+        kind = path.name[len(stem) :].lower()  # .tar.gz: every type taken off
+        why = "is named as a Zarr cache" if kind == ".zarr" else f"is named as a {kind} file"
+    raise ConfigError(
+        f"{option} {typed} {why}; avda writes {what} there: give the folder's path: {offered}"
+    )
+
+
 def component_problem(name: object) -> str | None:
     """Why ``name`` is not usable as one file or folder name, or None when it is."""
     text = str(name)
@@ -138,16 +164,29 @@ def check_inside(path: Path, root: Path) -> Path:
 DESKTOP_FILES = frozenset({".DS_Store", "Thumbs.db", "desktop.ini"})
 
 
-def refuse_foreign_folder(path: Path, option: str, kind: str, is_ours: bool) -> None:
+def refuse_foreign_folder(
+    path: Path, option: str, kind: str, is_ours: bool, name: str | None = None
+) -> None:
     """Refuse to write into ``path`` when it is an existing, non-empty folder that is not
-    ``kind`` (``is_ours`` says whether it is); an empty folder (or one holding only a
-    desktop's ``.DS_Store``) is fine."""
+    ``kind`` (``is_ours`` says whether it is), offering ``name`` (the usual folder) in it; an
+    empty folder (or one holding only a desktop's ``.DS_Store``) is fine. An avda run given
+    where a cache is written, or a cache where a run is, is named as such."""
     if not path.is_dir() or is_ours:
         return
     if any(entry.name not in DESKTOP_FILES for entry in path.iterdir()):
+        from avda.runs import CONFIG, STATUS
+
+        within = path.parent  # a new folder beside a cache or a run, not in it
+        if (path / "zarr.json").is_file():  # the cache a run reads, given as its -o
+            held = f"is an avda cache, not {kind}"
+        elif (path / CONFIG).is_file() and (path / STATUS).is_file():
+            held = f"is an avda run, not {kind}"
+        else:
+            held, within = f"is a folder that is not {kind} and is not empty", path
+        offered = f": {within / name}" if name else ""
         raise ConfigError(
-            f"{option} {path} is a folder that is not {kind} and is not empty; avda does not "
-            "write into it: give a new path (it is created) or an empty folder"
+            f"{option} {path} {held}; avda does not write into it: give a new path (it is "
+            f"created) or an empty folder{offered}"
         )
 
 

@@ -295,7 +295,7 @@ def open_or_create_store(
     An existing folder that is not an avda cache is refused (nothing is written into it)
     unless it is empty: then the store is created there."""
     if out.is_dir() and not (out / "zarr.json").exists():
-        refuse_foreign_folder(out, "-o", "an avda cache", is_ours=False)
+        refuse_foreign_folder(out, "-o", "an avda cache", is_ours=False, name="features.zarr")
         remove_empty_folder(out)  # empty: the store is created in its place
     remove_partial_creations(out)  # a shard holds the creation lock (store_lock cleans, else)
     if out.exists():

@@ -44,11 +44,11 @@ from sklearn.base import BaseEstimator, ClusterMixin
 from sklearn.cluster import KMeans
 
 import avda
-from avda._io import atomic_write, progress_bar
+from avda._io import TEMPORARY_SUFFIX, atomic_write, progress_bar
 from avda.cache import open_cache
 from avda.cache.lock import store_lock
 from avda.errors import CacheError, ConfigError
-from avda.paths import child
+from avda.paths import DESKTOP_FILES, child, refuse_foreign_folder
 
 log = logging.getLogger(__name__)
 
@@ -341,6 +341,10 @@ def cluster_store(
         from avda.optional import require
 
         require("matplotlib", package="matplotlib", extra="report", feature="elbow plots")
+        # --plot . among a user's files: refused, as train -o; a folder of earlier plots is ours
+        plots = Path(plot_dir)
+        ours = plots.is_dir() and all(_is_elbow_plot(p.name) for p in plots.iterdir())
+        refuse_foreign_folder(plots, "--plot", "avda cluster's plot folder", ours, "elbows")
     open_cache(path)  # a missing / foreign store is refused before a lock file is made
     with store_lock(path, what="avda cluster"):
         store = open_cache(path, mode="r+")
@@ -464,6 +468,13 @@ def stored_clusters(
 
 
 # ------------------------------------------------------------------------------ plots
+def _is_elbow_plot(name: str) -> bool:
+    """Whether a file named ``name`` is one :func:`plot_elbows` writes (its temporary, left by
+    a killed run, too) or a desktop's."""
+    ends = (".png", ".png" + TEMPORARY_SUFFIX)
+    return name in DESKTOP_FILES or (name.startswith("elbow_") and name.endswith(ends))
+
+
 def plot_elbows(result: ClusterResult, directory: str | Path) -> list[Path]:
     """One PNG per (source group, class): the inertia curve with the chosen k marked, each
     written whole or not at all.

@@ -226,7 +226,7 @@ def train(
     run = Path(out)
     mine = (runs.CONFIG, runs.STATUS, RUN_LOCK)
     ours = any((run / name).exists() for name in mine) or holds_stages(run)
-    refuse_foreign_folder(run, "-o", "an avda run", is_ours=ours)
+    refuse_foreign_folder(run, "-o", "an avda run", is_ours=ours, name="run")
     sinks = sinks_lib.MetricSinks(names)
     try:
         # One process trains into a folder at a time (a second one stops with RunBusyError).
