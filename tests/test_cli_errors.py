@@ -922,6 +922,7 @@ def test_train_refuses_a_cache_and_extract_a_run(capsys, in_work, tmp_path):
     assert (code, one_line(err, logs=True)) == (1, f"error: -o {trained} is an avda run, not an "
         "avda cache; avda does not write into it: give a new path (it is created) or an empty "
         f"folder: {tmp_path / 'features.zarr'}"), err  # fmt: skip
+    assert list(tmp_path.glob("dann*")) == [trained]  # no dann.lock made beside the run
 
 
 def test_cluster_plots_into_a_folder_of_its_own(capsys, in_work, tmp_path):

@@ -279,6 +279,15 @@ def manifest_difference(stored: pd.DataFrame, wanted: pd.DataFrame, shown: int =
     return "the manifest's rows differ: " + ("; ".join(parts) or "in columns the store lacks")
 
 
+def refuse_foreign_store(out: Path) -> bool:
+    """Refuse ``out`` when it is a folder of other files (a run, ``-o .``), not an avda cache;
+    whether it is a folder to create the store in (an empty one)."""
+    if out.is_dir() and not (out / "zarr.json").exists():
+        refuse_foreign_folder(out, "-o", "an avda cache", is_ours=False, name="features.zarr")
+        return True
+    return False
+
+
 def open_or_create_store(
     out: Path,
     segments: pd.DataFrame,
@@ -294,8 +303,7 @@ def open_or_create_store(
 
     An existing folder that is not an avda cache is refused (nothing is written into it)
     unless it is empty: then the store is created there."""
-    if out.is_dir() and not (out / "zarr.json").exists():
-        refuse_foreign_folder(out, "-o", "an avda cache", is_ours=False, name="features.zarr")
+    if refuse_foreign_store(out):
         remove_empty_folder(out)  # empty: the store is created in its place
     remove_partial_creations(out)  # a shard holds the creation lock (store_lock cleans, else)
     if out.exists():
@@ -743,6 +751,7 @@ def extract(
     options = resolve_options(options, keywords)
     began = time.perf_counter()
     out = Path(out)
+    refuse_foreign_store(out)  # before any work, and before its lock file is made beside it
     options.check()
     inputs, recipe, modalities, force = (
         options.inputs,
