@@ -896,6 +896,19 @@ def test_a_folder_output_named_as_a_file_is_refused_offering_a_folder(
     assert sorted(p.name for p in in_work.iterdir()) == before
 
 
+def test_a_sweep_specs_out_named_as_a_file_is_a_spec_problem(capsys, in_work, tmp_path):
+    # out: runs.zarr in the spec: the runs' folder named as a cache (--out is refused so)
+    spec = yaml.safe_load((in_work / "sweep.yaml").read_text())
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump({**spec, "cache": str(in_work / "c.zarr"), "out": "r.zarr"}))
+    for check in (["--check"], []):
+        code, _, err = run(capsys, "sweep", str(path), *check)
+        assert code == 1 and one_line(err).endswith(
+            f"out: is named as a Zarr cache; avda writes a folder of runs there: give the "
+            f"folder's path: {tmp_path / 'r'}"), err  # fmt: skip
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["spec.yaml"]
+
+
 def test_a_folder_output_keeps_ordinary_names(tmp_path):
     for out in ("runs/dann", "v1.5", "dann.seed0", "sub/", ".", "..", ".x", "c.zarr"):
         assert paths.check_output_folder(out, "-o", "a run", "run" if out != "c.zarr" else
