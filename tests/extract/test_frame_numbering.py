@@ -64,8 +64,7 @@ def test_flow_from_a_video_numbers_frames_as_ffmpeg_and_extract(media, name, mon
     facts = FACTS["videos"][name]
     source = flow._VideoSource(media / "video" / name, 64)
     assert source.count == facts["default"]["count"]
-    # which decoded frames it reads (not their pixels: decord's random access to the last
-    # frames of test.avi differs by a few grey levels from run to run)
+    # which decoded frames it reads (not their pixels)
     monkeypatch.setattr(source.decoder, "frames", lambda indices: np.asarray(indices))
     numbers = np.array([int(n) for n in facts["default"]["files"]])
     assert source.read(numbers).tolist() == list(facts["default"]["files"].values())

@@ -12,8 +12,10 @@ time_base`` of the video packets, sorted), so seconds map to the right frame for
 (29.97, 19.62) and variable frame rates alike. A stream without packet timestamps falls back to
 ``index / fps``. decord's timestamps are checked (:func:`timestamps_problem`): where they cannot
 be the frames' times (packets without a pts: about -3.7e17 s; a stream without a start time, as
-Matroska files written by PyAV: about 9.2e15 s for every frame), PyAV's are used; so are they
-where decord's first frame time differs from PyAV's (by more than 0.1 ms)
+Matroska files written by PyAV: about 9.2e15 s for every frame), PyAV decodes the whole file
+(decord finds frames by these timestamps: it returned frame 162 of test.avi for its last frame
+now and then). PyAV's timestamps, with decord's frames, are used where decord's first frame time
+differs from PyAV's (by more than 0.1 ms)
 (:func:`first_frame_times`: a short Matroska stream with AAC audio, whose start decord's FFmpeg 4
 takes from the audio's priming, put every frame 1024 samples late).
 
@@ -375,39 +377,45 @@ class DecordVideoDecoder(VideoDecoder):
             # decord opens a file only when it can read it to the end; a truncated file (an
             # interrupted download or copy) still has its frames up to the cut, which PyAV
             # reads: the whole file is then PyAV's, as with AVDA_VIDEO_DECODER=pyav.
-            self._open_with_pyav(exc)
+            self._open_with_pyav(f"decord cannot read it ({_short(exc)})", exc)
             return
         if self.num_frames == 0:
             raise MediaError(f"{path} has no decodable frames")
-        self._reader = reader
         problem = timestamps_problem(self.timestamps, self.fps, self.info.duration)
-        if problem is None:
-            first = float(self.timestamps.min())
-            pyav = first_frame_times(path).pyav
-            if shifted_first_frame(first, pyav):
-                problem = f"first frame at {first:.4g} s, PyAV's at {pyav:.4g} s"
         if problem is not None:
-            self.timestamps = self._repaired_timestamps(problem)
+            # decord finds a frame by its packet's pts: where those cannot be the frames' times
+            # (packets without a pts: B-frames of MPEG-4 in AVI as its FFmpeg 4 demuxes them;
+            # a stream without a start time), its frames cannot be trusted either (the last
+            # frame of test.avi: frame 162 for 163 in about 1 fresh call in 5).
+            self._open_with_pyav(f"decord's frame timestamps are invalid ({problem})")
+            return
+        self._reader = reader
+        first = float(self.timestamps.min())
+        pyav = first_frame_times(path).pyav
+        if shifted_first_frame(first, pyav):
+            self.timestamps = self._shifted_timestamps(
+                f"first frame at {first:.4g} s, PyAV's at {pyav:.4g} s"
+            )
 
-    def _open_with_pyav(self, error: BaseException) -> None:
+    def _open_with_pyav(self, reason: str, error: BaseException | None = None) -> None:
+        """Make the whole file PyAV's (its frame count, timestamps and frames), as with
+        ``AVDA_VIDEO_DECODER=pyav``: decord cannot open it (``error``, logged as a warning) or
+        its frames cannot be trusted (logged at INFO); ``reason`` says which."""
         try:
             stream = self._pyav_stream()
         except MediaError as exc:
             raise MediaError(
-                f"{self.path} cannot be decoded: {_short(error)} (PyAV: {_short(exc)})"
-            ) from error
-        log.warning(
-            "%s: decord cannot read it (%s); PyAV decodes its %d frames",
-            *(self.path, _short(error), stream.num_frames),
-        )
+                f"{self.path} cannot be decoded: {reason} (PyAV: {_short(exc)})"
+            ) from (error or exc)
+        level = logging.INFO if error is None else logging.WARNING
+        log.log(level, "%s: %s; PyAV decodes its %d frames", self.path, reason, stream.num_frames)
         self.num_frames, self.fps = stream.num_frames, stream.fps
         self.timestamps = stream.timestamps
 
-    def _repaired_timestamps(self, problem: str) -> np.ndarray:
-        """PyAV's timestamps where decord's cannot be right (:func:`timestamps_problem`: packets
-        without a pts, B-frames of MPEG-4 in AVI as its FFmpeg 4 demuxes them, about -3.7e17 s;
-        a stream without a start time, about 9.2e15 s); ``index / fps`` where PyAV counts
-        other frames."""
+    def _shifted_timestamps(self, problem: str) -> np.ndarray:
+        """PyAV's timestamps where decord's first frame time is off PyAV's (a short Matroska
+        stream with AAC audio, :func:`first_frame_times`); decord's frames are right there.
+        ``index / fps`` where PyAV counts other frames."""
         stream = self._pyav_stream()
         if stream.num_frames == self.num_frames:
             log.info(
