@@ -343,7 +343,8 @@ class VideoDecoder:
 
 
 class DecordVideoDecoder(VideoDecoder):
-    """decord's ``VideoReader``; damaged batches fall back to PyAV frame by frame."""
+    """decord's ``VideoReader``; damaged batches fall back to PyAV frame by frame, and a file
+    decord cannot open or whose decord timestamps are invalid is PyAV's whole."""
 
     backend = "decord"
 
