@@ -537,6 +537,35 @@ def test_an_interrupted_run_reuses_every_finished_stage_on_its_cache(
     assert runs.is_complete(tmp_path / "run")
 
 
+def test_what_avda_extract_records_later_on_the_same_features_keeps_the_stages(
+    av_cache, tmp_path, monkeypatch
+):
+    # a store of an older avda: no precision, no video_timestamps; stages trained on it
+    copy = tmp_path / "copy.zarr"
+    shutil.copytree(av_cache, copy)
+    _stages_alone(copy, tmp_path / "run")
+    written = _written(tmp_path / "run")
+    # `avda extract` run on the store again (a modality added, failures retried) records, for
+    # the features it keeps, the precision and the checked video timestamps
+    store = cache_lib.open_cache(copy, mode="r+")
+    store.update_modality_info("audio", precision="fp32")
+    store.update_modality_info("rgb", precision="fp32", video_timestamps="checked-2026-12-07")
+
+    def refuse(**kwargs):
+        raise AssertionError(f"stage {kwargs['name']} was trained again")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(pipeline, "fit_epochs", refuse)
+        _stages_alone(copy, tmp_path / "run", until="pseudo-labels")
+    now = _written(tmp_path / "run")
+    assert {name: now[name] for name in written} == written  # not one recomputed
+    # stages that recorded a precision are refused for features recorded in another
+    _stages_alone(copy, tmp_path / "run2", until="encoder")
+    store.update_modality_info("rgb", precision="bf16")
+    with pytest.raises(RunError, match=r"'encoder-rgb' .* \(rgb features: precision 'fp32' "):
+        _stages_alone(copy, tmp_path / "run2", until="encoder")
+
+
 def test_a_partial_stage_recorded_without_its_cache_is_discarded(av_cache, tmp_path, caplog):
     _stages_alone(av_cache, tmp_path / "run", until="clusters")
     stages = StageStore(tmp_path / "run")

@@ -97,6 +97,24 @@ def cache_identity(store: FeatureCache, modalities: Sequence[str]) -> dict[str, 
     }
 
 
+# Fields `avda extract` adds to a modality's record of features it keeps, not recomputes (a
+# store made before they were recorded: the precision over none, the video timestamps it
+# checked): a stage recorded without them read the same features.
+RECORDED_LATER = ("precision", "video_timestamps")
+
+
+def _recorded_later(recorded: dict[str, Any], wanted: dict[str, Any]) -> bool:
+    """Whether two :func:`cache_identity` entries name the same store and features, ``wanted``
+    only adding :data:`RECORDED_LATER` fields ``recorded`` lacks."""
+    old, new = recorded.get("features") or {}, wanted.get("features") or {}
+    if recorded.get("store") != wanted.get("store") or set(old) != set(new):
+        return False
+    return all(
+        {k: v for k, v in new[m].items() if k in old[m] or k not in RECORDED_LATER} == old[m]
+        for m in new
+    )
+
+
 def _cache_difference(recorded: dict[str, Any], wanted: dict[str, Any]) -> str:
     """How two :func:`cache_identity` entries differ, in words."""
     parts = []
@@ -141,7 +159,9 @@ class StageStore:
 
         A record of an avda before stage keys named their cache (no ``cache`` in it, with the
         same settings otherwise) may hold another cache's work: it is recomputed, with one
-        warning (read-only, ``avda predict``: reused, it is the finished run's own stage)."""
+        warning (read-only, ``avda predict``: reused, it is the finished run's own stage). A
+        record without a :data:`RECORDED_LATER` field the store has since recorded for the
+        same features is reused, ``key`` given its recorded cache entry."""
         record = self.record(name)
         if record is None and self.read_only:
             raise RunError(
@@ -151,6 +171,10 @@ class StageStore:
         if record is None:
             return False
         stored, wanted = record["key"], json.loads(json.dumps(key))
+        if CACHE_KEY in stored and CACHE_KEY in wanted:
+            if _recorded_later(stored[CACHE_KEY], wanted[CACHE_KEY]):
+                # the stage's key as recorded: the later stages' upstream digests are of it
+                key[CACHE_KEY] = wanted[CACHE_KEY] = stored[CACHE_KEY]
         if stored == wanted:
             return True
         if CACHE_KEY in wanted and CACHE_KEY not in stored:
