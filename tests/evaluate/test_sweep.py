@@ -910,3 +910,24 @@ def test_a_run_whose_full_disk_names_no_file_names_its_run_folder(tmp_path, monk
         "failed",
         f"no space left on device writing {task.run}; free some space and run the command again",
     )
+
+
+def test_published_rows_of_a_set_a_mixed_table_scores_for_some_runs_say_so(tmp_path, monkeypatch):
+    """A table whose runs were scored on target_test and target_val (a mix, warned about)
+    scores the published set for some of its runs: the note said it did not score it."""
+    from avda.evaluate import aggregate
+
+    published = {"source": "Table 1", "set": "target_test", "rows": {"ta3n": {"D1->D2": 40.0}}}
+    monkeypatch.setattr(aggregate, "_published_entries", lambda infos: [published])
+    table = aggregate.AggregateTable(
+        title="t", methods=["dann"], columns=["D1→D2"], values={("dann", "D1→D2"): [30.0]},
+        seeds={("dann", "D1→D2"): [0]}, sets=["target_test", "target_val"],
+    )  # fmt: skip
+    aggregate._add_published(table, [])
+    assert table.methods == ["dann", "ta3n [published, target_test]"]
+    measured = [note for note in table.notes if "rows were measured on" in note]
+    assert measured == [
+        "[published, target_test] rows were measured on target_test, on which this table scores "
+        "only some of its runs (it scores target_test, target_val): a reference for those, not "
+        "a comparison with the others"
+    ], table.notes

@@ -943,11 +943,15 @@ def _add_published(
             on = f" (measured on {measured})" if measured else ""
             table.notes.append(f"[published]: {published['source']}{on}")
         if added and elsewhere:
+            mixed = measured in table.sets  # some of its runs scored on it (warned)
             table.notes.append(
-                f"{tag} rows were measured on {measured}, which this table does not score (it "
-                f"scores {', '.join(table.sets)}): other segments, a reference and not a "
-                "comparison"
-            )
+                f"{tag} rows were measured on {measured}, "
+                + ("on which this table scores only some of its runs" if mixed else
+                   "which this table does not score")
+                + f" (it scores {', '.join(table.sets)}): "
+                + ("a reference for those, not a comparison with the others" if mixed else
+                   "other segments, a reference and not a comparison")
+            )  # fmt: skip
         for metric, labels in other_metric.items():
             table.notes.append(
                 f"[published] {metric} numbers left out ({', '.join(labels)}): this table shows "
