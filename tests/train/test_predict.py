@@ -151,6 +151,28 @@ def test_a_cache_extracted_later_with_other_rows_is_predicted(tmp_path):
     assert len(avda.predict(tmp_path / "run", tmp_path / "new.zarr", progress=False)) == 24
 
 
+def test_what_extraction_records_later_is_not_compared_with_a_run_made_before(tmp_path):
+    """A run trained on a store made before avda recorded a modality's video timestamps (or
+    its precision) predicts a cache that records them: its record holds nothing to compare
+    with (it was refused, `video_timestamps: run None, cache 'checked-2026-12-07'`); a
+    precision both record, differing, is refused."""
+    make_feature_cache(tmp_path / "c.zarr", per_class=4, K=5)
+    store = cache_lib.open_cache(tmp_path / "c.zarr", mode="r+")
+    for modality in store.modalities:
+        store.update_modality_info(modality, precision="fp32")
+    _train(tmp_path / "c.zarr", tmp_path / "run", "source-only", epochs=1)
+    make_feature_cache(tmp_path / "new.zarr", per_class=2, K=5, seed=3)
+    store = cache_lib.open_cache(tmp_path / "new.zarr", mode="r+")
+    for modality in store.modalities:
+        store.update_modality_info(
+            modality, precision="fp32", video_timestamps="checked-2026-12-07"
+        )
+    assert len(avda.predict(tmp_path / "run", tmp_path / "new.zarr", progress=False)) == 24
+    store.update_modality_info(store.modalities[0], precision="bf16")
+    with pytest.raises(CacheError, match=r"precision: run 'fp32', cache 'bf16'"):
+        avda.predict(tmp_path / "run", tmp_path / "new.zarr", progress=False)
+
+
 def test_rows_without_audio_are_named_without_trainings_hint(tmp_path, caplog):
     """A predicted row without audio is named once per set, without `--set modalities=[...]
     leaves audio out` (a hint to train without it: the run's modalities are its own; the

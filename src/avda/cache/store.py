@@ -868,6 +868,18 @@ def comparable_record(info: Mapping[str, Any]) -> dict[str, Any]:
     return record
 
 
+# Fields `avda extract` adds to a modality's record of features it keeps, not recomputes, in a
+# store made before avda recorded them (the precision where none was named, the video
+# timestamps it checked): a record made without them holds nothing to compare them with.
+RECORDED_LATER = ("precision", "video_timestamps")
+
+
+def as_recorded(record: Mapping[str, Any], recorded: Mapping[str, Any]) -> dict[str, Any]:
+    """``record`` without the :data:`RECORDED_LATER` fields ``recorded`` (the same modality's
+    record, made before) lacks: what to compare with ``recorded``."""
+    return {k: v for k, v in record.items() if k in recorded or k not in RECORDED_LATER}
+
+
 # Start of the error message of a row refused for NaN/inf values (see nonfinite_error).
 NONFINITE_PREFIX = "non-finite "
 # Stored as the failed rows' error, read by command-line and Python users alike: both names.

@@ -35,7 +35,7 @@ import pandas as pd
 from avda import runs
 from avda._io import progress_bar
 from avda.cache import FeatureCache, open_cache
-from avda.cache.store import comparable_record
+from avda.cache.store import as_recorded, comparable_record
 from avda.errors import CacheError, ConfigError, RunError
 from avda.paths import check_output_file
 from avda.scoring.metrics import task_ties, top1_accuracy
@@ -159,7 +159,8 @@ def _check_same_features(run: Path, recorded: dict[str, Any], store: FeatureCach
         want = recorded.get(modality)
         if not isinstance(want, dict):
             continue  # a run recorded before it: nothing to compare with
-        want, have = comparable_record(want), comparable_record(dict(infos[modality]))
+        want = comparable_record(want)  # what the run's older record lacks is not compared
+        have = as_recorded(comparable_record(dict(infos[modality])), want)
         keys = sorted(k for k in {*want, *have} if want.get(k) != have.get(k))
         if keys:
             raise CacheError(

@@ -40,7 +40,7 @@ import avda
 from avda import runs
 from avda._io import atomic_write, atomic_write_text
 from avda.cache import FeatureCache
-from avda.cache.store import comparable_record
+from avda.cache.store import as_recorded, comparable_record
 from avda.errors import RunError
 from avda.train.data import FeatureSet
 from avda.train.sinks import MetricSinks
@@ -97,22 +97,14 @@ def cache_identity(store: FeatureCache, modalities: Sequence[str]) -> dict[str, 
     }
 
 
-# Fields `avda extract` adds to a modality's record of features it keeps, not recomputes (a
-# store made before they were recorded: the precision over none, the video timestamps it
-# checked): a stage recorded without them read the same features.
-RECORDED_LATER = ("precision", "video_timestamps")
-
-
 def _recorded_later(recorded: dict[str, Any], wanted: dict[str, Any]) -> bool:
     """Whether two :func:`cache_identity` entries name the same store and features, ``wanted``
-    only adding :data:`RECORDED_LATER` fields ``recorded`` lacks."""
+    only adding fields ``recorded`` lacks that :func:`~avda.cache.store.as_recorded` leaves
+    out."""
     old, new = recorded.get("features") or {}, wanted.get("features") or {}
     if recorded.get("store") != wanted.get("store") or set(old) != set(new):
         return False
-    return all(
-        {k: v for k, v in new[m].items() if k in old[m] or k not in RECORDED_LATER} == old[m]
-        for m in new
-    )
+    return all(as_recorded(new[m], old[m]) == old[m] for m in new)
 
 
 def _cache_difference(recorded: dict[str, Any], wanted: dict[str, Any]) -> str:
@@ -160,8 +152,9 @@ class StageStore:
         A record of an avda before stage keys named their cache (no ``cache`` in it, with the
         same settings otherwise) may hold another cache's work: it is recomputed, with one
         warning (read-only, ``avda predict``: reused, it is the finished run's own stage). A
-        record without a :data:`RECORDED_LATER` field the store has since recorded for the
-        same features is reused, ``key`` given its recorded cache entry."""
+        record without a field the store has recorded since for the same features
+        (:data:`~avda.cache.store.RECORDED_LATER`) is reused, ``key`` given its recorded
+        cache entry."""
         record = self.record(name)
         if record is None and self.read_only:
             raise RunError(
