@@ -566,6 +566,33 @@ def test_what_avda_extract_records_later_on_the_same_features_keeps_the_stages(
         _stages_alone(copy, tmp_path / "run2", until="encoder")
 
 
+def test_a_partial_stage_resumes_after_avda_extract_records_more_of_its_features(
+    av_cache, tmp_path, monkeypatch, caplog
+):
+    from avda.train import stages as stages_module
+
+    copy = tmp_path / "copy.zarr"
+    shutil.copytree(av_cache, copy)
+    save = runs.save_checkpoint
+
+    def save_then_die(state, path):
+        save(state, path)
+        if Path(path).name == "encoder-rgb.partial.pt":
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(stages_module, "PARTIAL_SECONDS", 0.0)
+    monkeypatch.setattr(stages_module.runs, "save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        _stages_alone(copy, tmp_path / "run")
+    monkeypatch.setattr(stages_module.runs, "save_checkpoint", save)
+    store = cache_lib.open_cache(copy, mode="r+")
+    store.update_modality_info("rgb", precision="fp32", video_timestamps="checked-2026-12-07")
+    with caplog.at_level(logging.INFO, logger="avda.train.stages"):
+        _stages_alone(copy, tmp_path / "run", until="pseudo-labels")
+    assert "stage encoder-rgb: resuming from epoch 2" in caplog.text
+    assert "discarding" not in caplog.text
+
+
 def test_a_partial_stage_recorded_without_its_cache_is_discarded(av_cache, tmp_path, caplog):
     _stages_alone(av_cache, tmp_path / "run", until="clusters")
     stages = StageStore(tmp_path / "run")

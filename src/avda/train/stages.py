@@ -107,6 +107,18 @@ def _recorded_later(recorded: dict[str, Any], wanted: dict[str, Any]) -> bool:
     return all(as_recorded(new[m], old[m]) == old[m] for m in new)
 
 
+def _as_stored(stored: dict[str, Any], key: dict[str, Any]) -> dict[str, Any]:
+    """``key`` as stored (JSON) to compare with ``stored`` (a record's or a partial
+    checkpoint's key); where the two name the same cache but for fields recorded since
+    (:func:`_recorded_later`), ``key`` takes the stored cache entry (the stages after it
+    digest the key as recorded)."""
+    wanted = json.loads(json.dumps(key))
+    if CACHE_KEY in stored and CACHE_KEY in wanted:
+        if _recorded_later(stored[CACHE_KEY], wanted[CACHE_KEY]):
+            key[CACHE_KEY] = wanted[CACHE_KEY] = stored[CACHE_KEY]
+    return wanted
+
+
 def _cache_difference(recorded: dict[str, Any], wanted: dict[str, Any]) -> str:
     """How two :func:`cache_identity` entries differ, in words."""
     parts = []
@@ -163,11 +175,8 @@ class StageStore:
             )
         if record is None:
             return False
-        stored, wanted = record["key"], json.loads(json.dumps(key))
-        if CACHE_KEY in stored and CACHE_KEY in wanted:
-            if _recorded_later(stored[CACHE_KEY], wanted[CACHE_KEY]):
-                # the stage's key as recorded: the later stages' upstream digests are of it
-                key[CACHE_KEY] = wanted[CACHE_KEY] = stored[CACHE_KEY]
+        stored = record["key"]
+        wanted = _as_stored(stored, key)
         if stored == wanted:
             return True
         if CACHE_KEY in wanted and CACHE_KEY not in stored:
@@ -320,7 +329,8 @@ def fit_epochs(
     history: list[dict[str, float]] = []
     if partial.exists():
         state = runs.load_checkpoint(partial)
-        if state.get("key") == json.loads(json.dumps(key)):
+        stored = state.get("key") or {}
+        if stored == _as_stored(stored, key):
             module.load_state_dict(state["module"])
             optimizer.load_state_dict(state["optimizer"])
             generator.set_state(state["generator"])
@@ -328,7 +338,7 @@ def fit_epochs(
             start = state["epoch"] + 1
             history = list(state.get("history", []))
             log.info("stage %s: resuming from epoch %d", name, start)
-        elif CACHE_KEY in key and CACHE_KEY not in (state.get("key") or {}):
+        elif CACHE_KEY in key and CACHE_KEY not in stored:
             log.warning(
                 "stage %s: discarding a partial checkpoint of an avda that did not record the "
                 "cache its features came from",
