@@ -858,6 +858,14 @@ def features_record(info: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in info.items() if k != FINISHED_ROWS}
 
 
+def store_identity(provenance: Mapping[str, Any]) -> str:
+    """A store's identity from its provenance: its ``cache_id`` (written once when it was
+    made, kept by a copy or a move), or for a store made before it had one, its creation
+    time (``created ...``)."""
+    ident = provenance.get("cache_id")
+    return str(ident) if ident else f"created {provenance.get('created')}"
+
+
 def comparable_record(info: Mapping[str, Any]) -> dict[str, Any]:
     """A modality's record as extraction's resume compares it (:func:`features_record`): the
     weights by their checksum (the same file fetched to another folder is the same weights),

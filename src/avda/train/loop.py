@@ -23,7 +23,7 @@ from avda import environment, runs
 from avda._io import atomic_write_text, progress_bar, quiet_logs
 from avda.cache import FeatureCache
 from avda.cache.lock import RUN_LOCK, run_lock
-from avda.cache.store import features_record
+from avda.cache.store import features_record, store_identity
 from avda.errors import AvdaError, RunError, TrainingDiverged
 from avda.paths import refuse_foreign_folder
 from avda.scoring.protocols import set_metrics
@@ -722,9 +722,7 @@ def _unset_meaning(config: dict[str, Any], key: str, value: Any) -> str | None:
 def same_cache(recorded: dict[str, Any], current: dict[str, Any]) -> bool:
     """Whether two cache provenances describe the same store: the same ``cache_id`` (written
     once at creation), or for stores made before it, the same creation time."""
-    if recorded.get("cache_id") or current.get("cache_id"):
-        return recorded.get("cache_id") == current.get("cache_id")
-    return recorded.get("created") == current.get("created")
+    return store_identity(recorded) == store_identity(current)
 
 
 def _describe(provenance: dict[str, Any]) -> str:

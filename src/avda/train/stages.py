@@ -40,7 +40,7 @@ import avda
 from avda import runs
 from avda._io import atomic_write, atomic_write_text
 from avda.cache import FeatureCache
-from avda.cache.store import as_recorded, comparable_record
+from avda.cache.store import as_recorded, comparable_record, store_identity
 from avda.errors import RunError
 from avda.train.data import FeatureSet
 from avda.train.sinks import MetricSinks
@@ -89,10 +89,8 @@ def cache_identity(store: FeatureCache, modalities: Sequence[str]) -> dict[str, 
     the file an import read: :func:`~avda.cache.store.comparable_record`). Read from the store's
     provenance, no feature is read; a modality added to the store later is in no key of a
     stage that does not read it."""
-    provenance = store.provenance
-    ident = provenance.get("cache_id")
     return {
-        "store": str(ident) if ident else f"created {provenance.get('created')}",
+        "store": store_identity(store.provenance),
         "features": {m: comparable_record(store.modality_info(m)) for m in sorted(set(modalities))},
     }
 
