@@ -24,6 +24,7 @@ import avda
 from avda import cli, runs
 from avda.errors import ConfigError
 from avda.evaluate import aggregate
+from avda.scoring import protocols
 
 EPIC100_COLUMNS = ("/action/top1", "/action/top5", "/verb/top5", "/noun/top5")
 SPLITS = (  # domain, split, segments, labelled
@@ -243,7 +244,7 @@ def stored(run: Path, split: str) -> tuple[list, list, list[str]]:
     )
 
 
-def test_the_challenge_file_is_the_official_format(epic100_cache, tmp_path, capsys):
+def test_the_challenge_file_is_the_official_format(epic100_cache, tmp_path, capsys, monkeypatch):
     """``avda evaluate RUN --export-submission test.zip``: the file C1-Action-Recognition's
     ``create_submission.py`` writes (utils/challenge.py: a deflated zip holding ``test.json``,
     version 0.2, the three supervision levels, the scores of every segment as ``{"0": s, ...}``)
@@ -263,6 +264,14 @@ def test_the_challenge_file_is_the_official_format(epic100_cache, tmp_path, caps
     assert "target_test has no labelled segments to score: choose another --set (it has " in err
     # the other sets, not target_test itself among the ones to choose
     assert "(it has source_val, target_val);" in err and "--export-submission FILE" in err
+    # a cache of 6 of the split's 4,298 source test segments: results_source would lack ids
+    out = tmp_path / "part.json"
+    code = cli.main(["evaluate", str(run), "--export-submission", str(out), "--sls", "2,3,4"])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert "results_source" not in json.loads(out.read_text())
+    assert "6 source test segments; the EPIC-100 UDA source_test split has 4298" in err
+    monkeypatch.setattr(protocols, "EPIC100_SOURCE_TEST", 6)  # the cache's as the whole split
     out = tmp_path / "submission.zip"
     code = cli.main(["evaluate", str(run), "--export-submission", str(out), "--sls", "2,3,4"])
     assert code == 0, capsys.readouterr().err

@@ -501,8 +501,8 @@ def export_run_submission(
     segments is warned about (:func:`avda.evaluate.tables.export_submission` reads them).
     ``source_test``: those of its source test segments; ``results_source`` is optional for the
     server, which refuses a file whose ``results_source`` lacks one of the split's ids
-    (``epic-kitchens-100-annotations#9``), so where the run does not predict all of them it is
-    left out, with a warning naming one and why."""
+    (``epic-kitchens-100-annotations#9``), so where the run does not predict all of them, or
+    they are not the split's 4,298, it is left out, with a warning naming one and why."""
     from avda import runs
 
     run = Path(run)
@@ -536,6 +536,13 @@ def export_run_submission(
                 *(run, len(ids), len(source_test or ()), len(left_out), left_out[0]),
                 (reasons or {}).get(left_out[0], "not predicted"),
             )
+        elif len(have) != EPIC100_SOURCE_TEST:  # a cache of part of the split
+            log.warning(
+                "%s predicts %d source test segments; the EPIC-100 UDA source_test split has %d: "
+                "the file has no results_source (optional; the server refuses one that lacks an "
+                "id), only results_target",
+                *(run, len(have), EPIC100_SOURCE_TEST),
+            )
         else:
             source = {
                 "source_verb_scores": theirs["scores"]["verb"],
@@ -555,6 +562,7 @@ def export_run_submission(
 
 
 EPIC100_TARGET_TEST = 5909  # segments of the EPIC-100 UDA target_test split
+EPIC100_SOURCE_TEST = 4298  # and of its source_test split (EPIC_100_uda_source_test_timestamps)
 
 
 def _check_complete(
