@@ -7,7 +7,8 @@ module can use it without an import cycle.
 - :func:`atomic_write` (and :func:`atomic_write_text`): a file appears whole or not at all. It
   is written under a temporary name in the same folder and renamed over the target with
   ``os.replace``; a write that fails removes the temporary file and leaves the target as it was.
-- :func:`os_error_line`: an OS error (a full disk: :data:`DISK_FULL`) as one line with its fix.
+- :func:`os_error_line`: an OS error (a full disk: :data:`DISK_FULL`; a read-only one:
+  :data:`NOT_WRITABLE`) as one line with its fix.
 - :func:`atomic_write_together` (:func:`atomic_write_texts`): several files so, renamed only
   once all are written.
 - :func:`name_written`: an OS error of such a write (a full disk) names the file written.
@@ -84,14 +85,25 @@ def atomic_write(
         write(tmp)
         replace_file(tmp, path, fsync=fsync)
     except BaseException as exc:
-        tmp.unlink(missing_ok=True)
+        remove_temporary(tmp)
         name_written(exc, path, tmp)
         raise
     return path
 
 
+def remove_temporary(tmp: Path) -> None:
+    """Remove the temporary file of a write that failed; one that cannot be removed (a
+    read-only folder, where it was never made) is left: the write's own error is the one to
+    say, not the removal's (``EROFS`` naming ``PATH.tmp``)."""
+    with contextlib.suppress(OSError):
+        tmp.unlink(missing_ok=True)
+
+
 DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 """A full disk, a quota or a file-size limit: running again cannot help until space is freed."""
+NOT_WRITABLE = frozenset({errno.EROFS, errno.EACCES, errno.EPERM})
+"""A read-only file system or a folder this user may not write: running again cannot help
+until the output is moved or its permissions changed."""
 
 
 def os_error_line(exc: OSError, output: str | None = None) -> str:
@@ -102,6 +114,11 @@ def os_error_line(exc: OSError, output: str | None = None) -> str:
     where = f": {paths}" if paths else ""
     if not paths and output and exc.errno in DISK_FULL | {errno.EROFS}:
         where = f" writing {output}"
+    if exc.errno == errno.EROFS:
+        return (
+            f"read-only file system{where}; write the output to a writable folder (or mount it "
+            "read-write) and run the command again"
+        )
     if exc.errno == errno.ENOSPC:
         return f"no space left on device{where}; free some space and run the command again"
     if exc.errno == errno.EFBIG:
@@ -170,7 +187,7 @@ def atomic_write_together(
             replace_file(tmp, path)
     except BaseException:
         for tmp, _ in written:
-            tmp.unlink(missing_ok=True)
+            remove_temporary(tmp)
         raise
 
 

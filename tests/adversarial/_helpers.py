@@ -194,3 +194,22 @@ def fill_disk(folder: Path, leave: int) -> Path:
     with open(filler, "wb") as stream:
         stream.write(b"\0" * max(0, free - leave))
     return filler
+
+
+def read_only(folder: Path) -> None:
+    """``folder``'s :func:`small_disk` remounted read-only, its files kept: every write and
+    every file made fails with ``EROFS`` (root's too, which ``chmod`` does not stop)."""
+    subprocess.run(MOUNT + ["remount,ro", str(folder)], check=True)
+
+
+def read_only_line(result: subprocess.CompletedProcess, names: str) -> str:
+    """The one line a command writing to a :func:`read_only` folder ended with: exit 1, no
+    traceback, the file system named read-only (not full), and ``names`` named in it."""
+    last = result.stderr.strip().splitlines()[-1] if result.stderr.strip() else ""
+    assert result.returncode == 1, (result.returncode, result.stderr[-1500:])
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert last.startswith("error: "), result.stderr[-1500:]
+    assert "read-only file system" in last.lower() and "no space" not in last, last
+    assert "writable" in last, last  # the fix: write elsewhere
+    assert names in last and f"{names}.tmp" not in last, last
+    return last

@@ -1,0 +1,92 @@
+"""A read-only output (a small tmpfs remounted read-only, ``EROFS`` even for root; skipped
+where it cannot be mounted) for each command that writes: one line naming the path and saying
+the file system is read-only, not full; exit 1, no traceback; every file already there kept
+byte for byte (an earlier output, a store the command would add to)."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from tests.adversarial._helpers import (
+    annotations,
+    avda,
+    feature_pickle,
+    read_only,
+    read_only_line,
+    small_disk,
+    snapshot,
+)
+from tests.conftest import make_feature_cache
+
+ANNOTATIONS = "annotations/epic55_mmsada_splits"
+
+COMMANDS = {  # the command (run in the folder holding disk/), what its line names
+    "extract": (
+        ["extract", "--manifest", "m.csv", "-o", "disk/new.zarr", "--videos", "{videos}"]
+        + ["--modalities", "audio", "--recipe", "demo", "-q"],
+        "disk/new.zarr",
+    ),
+    "train": (
+        ["train", "--cache", "c.zarr", "--head", "source-only", "--source", "source"]
+        + ["--target", "target", "-o", "disk/so", "--epochs", "1", "-q"],
+        "disk/so",
+    ),
+    "evaluate -o": (["evaluate", "so", "-o", "disk/res"], "disk/res.md"),
+    "report": (["report", "so", "-o", "disk/rep.html"], "disk/rep.html"),
+    "manifest build": (
+        ["manifest", "build", "epic55-mmsada", "-a", "{shared}/" + ANNOTATIONS]
+        + ["--setting", "D1-D2", "-o", "disk/m.csv"],
+        "m.csv",
+    ),
+    "cluster": (
+        ["cluster", "disk/c.zarr", "--modality", "rgb", "--source", "source", "-q"],
+        "disk/c.zarr",
+    ),
+    "cache import": (
+        ["cache", "import", "f.pkl", "-a", "ann.csv", "--domain", "source", "--split", "train"]
+        + ["-o", "disk/c.zarr"],
+        "disk/c.zarr",
+    ),
+    "sweep": (["sweep", "sweep.yaml", "--out", "disk/sweep", "-q"], "disk/sweep"),
+}
+
+
+@pytest.fixture(scope="module")
+def read_only_disk(tmp_path_factory):
+    """A folder holding a cache, a trained run and the commands' inputs, and ``disk/``: a
+    read-only tmpfs holding a store and earlier outputs (their snapshot taken)."""
+    folder = tmp_path_factory.mktemp("read-only")
+    make_feature_cache(folder / "c.zarr", per_class=8)
+    trained = avda(COMMANDS["train"][0][:-5] + ["-o", "so", "--epochs", "1", "-q"], folder)
+    assert trained.returncode == 0, trained.stderr[-800:]
+    ids = [f"n{i}" for i in range(4)]
+    annotations(folder / "ann.csv", ids)
+    feature_pickle(folder / "f.pkl", ids, ("RGB",))
+    (folder / "m.csv").write_text(
+        "uid,video_id,domain,split,start_sec,stop_sec,video_path\n"
+        "a,clip,S,train,1.0,3.0,v_ZNVhz7ctTq0.mp4\n"
+    )
+    (folder / "sweep.yaml").write_text(
+        f"cache: {folder / 'c.zarr'}\nheads:\n  - name: source-only\n    epochs: 1\n"
+        "settings: ['source->target']\nseeds: 1\nretries: 2\ncluster:\n  workers: 1\n"
+    )
+    with small_disk(folder / "disk", "2m") as disk:
+        shutil.copytree(folder / "c.zarr", disk / "c.zarr")
+        for name in ("res.md", "res.csv", "rep.html", "m.csv"):
+            (disk / name).write_text(f"an earlier {name}")
+        read_only(disk)
+        yield folder, snapshot(disk)
+
+
+@pytest.mark.parametrize("command", list(COMMANDS))
+def test_a_command_writing_to_a_read_only_disk_says_so_and_keeps_its_files(
+    read_only_disk, command, shared_data
+):
+    folder, before = read_only_disk
+    args, names = COMMANDS[command]
+    videos = shared_data / "media" / "video"
+    args = [a.format(videos=videos, shared=shared_data) for a in args]
+    read_only_line(avda(args, folder), names)
+    assert snapshot(folder / "disk") == before
