@@ -170,9 +170,21 @@ def grow_disk(folder: Path, size: str) -> None:
 
 def avda(args: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess:
     """``avda ARGS`` run in ``cwd`` as a separate process (its own file-size limits, exit)."""
+    return subprocess.run(**_avda_process(args, cwd, env), capture_output=True)
+
+
+def start_avda(args: list[str], cwd: Path, **env: str) -> subprocess.Popen:
+    """``avda ARGS`` started in ``cwd`` as :func:`avda` runs it, not waited for (its output
+    piped: ``communicate()``)."""
+    return subprocess.Popen(
+        **_avda_process(args, cwd, env), stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+
+
+def _avda_process(args: list[str], cwd: Path, env: dict[str, str]) -> dict:
     command = [sys.executable, "-c", "from avda.cli import entry; entry()", *args]
     environ = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), **env}
-    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, env=environ)
+    return {"args": command, "cwd": cwd, "text": True, "env": environ}
 
 
 def disk_full_line(result: subprocess.CompletedProcess, names: str) -> str:
@@ -200,6 +212,15 @@ def read_only(folder: Path) -> None:
     """``folder``'s :func:`small_disk` remounted read-only, its files kept: every write and
     every file made fails with ``EROFS`` (root's too, which ``chmod`` does not stop)."""
     subprocess.run(MOUNT + ["remount,ro", str(folder)], check=True)
+
+
+def turn_read_only(folder: Path) -> None:
+    """``folder``'s :func:`small_disk` replaced, under a process writing to it, by an empty
+    read-only tmpfs: each file it opens next fails with ``EROFS``, as on a disk the kernel
+    remounted read-only after an error (a remount is refused while a file is open for writing
+    on it: a run's lock); the :func:`small_disk` context unmounts it."""
+    subprocess.run(["umount", "-l", str(folder)], check=True)
+    subprocess.run(MOUNT + ["ro,size=64k", "tmpfs", str(folder)], check=True)
 
 
 def read_only_line(result: subprocess.CompletedProcess, names: str) -> str:

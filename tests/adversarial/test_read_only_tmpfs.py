@@ -6,6 +6,7 @@ byte for byte (an earlier output, a store the command would add to)."""
 from __future__ import annotations
 
 import shutil
+import time
 
 import pytest
 
@@ -17,6 +18,8 @@ from tests.adversarial._helpers import (
     read_only_line,
     small_disk,
     snapshot,
+    start_avda,
+    turn_read_only,
 )
 from tests.conftest import make_feature_cache
 
@@ -90,3 +93,31 @@ def test_a_command_writing_to_a_read_only_disk_says_so_and_keeps_its_files(
     args = [a.format(videos=videos, shared=shared_data) for a in args]
     read_only_line(avda(args, folder), names)
     assert snapshot(folder / "disk") == before
+
+
+@pytest.mark.slow
+def test_a_sweep_run_whose_disk_turns_read_only_fails_in_one_line_not_retried(tmp_path):
+    # a read-only file system cannot be retried away: the run was raised for Dask to retry,
+    # and its retry failed on its lock (RunError), never naming the file or the read-only disk
+    make_feature_cache(tmp_path / "c.zarr", per_class=8)
+    (tmp_path / "sweep.yaml").write_text(
+        f"cache: {tmp_path / 'c.zarr'}\nheads:\n  - name: source-only\n    epochs: 300\n"
+        "settings: ['source->target']\nseeds: 1\nretries: 2\ncluster:\n  workers: 1\n"
+    )
+    run = tmp_path / "sweep" / "source-only" / "source-target" / "seed0"
+    with small_disk(run, "4m"):
+        sweep = start_avda(["sweep", "sweep.yaml", "--out", "sweep", "-q"], tmp_path)
+        try:
+            began = time.monotonic()
+            while not (run / "metrics.jsonl").exists():  # its first epoch written
+                assert sweep.poll() is None and time.monotonic() - began < 120, sweep.poll()
+                time.sleep(0.05)
+            turn_read_only(run)
+            _, err = sweep.communicate(timeout=300)
+        finally:
+            sweep.kill()
+    assert sweep.returncode == 3, err[-1500:]  # a run failed, listed
+    assert "Traceback" not in err and "Compute Failed" not in err, err[-3000:]
+    failures = (tmp_path / "sweep" / "sweep-failures.csv").read_text()
+    assert f"read-only file system: {run}/" in failures, failures
+    assert "write the output to a writable folder" in failures and "RunError" not in failures

@@ -931,3 +931,35 @@ def test_published_rows_of_a_set_a_mixed_table_scores_for_some_runs_say_so(tmp_p
         "only some of its runs (it scores target_test, target_val): a reference for those, not "
         "a comparison with the others"
     ], table.notes
+
+
+@pytest.mark.parametrize(
+    ("code", "line"),
+    [
+        ("EROFS", "read-only file system: {file}; write the output to a writable folder"),
+        ("EACCES", "permission denied: {file}; check the path's owner and permissions"),
+        ("EPERM", "permission denied: {file}; check the path's owner and permissions"),
+        ("EDQUOT", "disk quota exceeded: {file}; free some space and run the command again"),
+    ],
+)
+def test_a_run_it_may_not_write_fails_at_once_not_retried(tmp_path, monkeypatch, code, line):
+    # a read-only file system or a folder this user may not write: retrying cannot help, and
+    # EROFS / EACCES were raised for Dask to retry as if transient
+    import errno
+
+    from avda.train import loop
+
+    file = tmp_path / "so" / "s-t" / "seed0" / "metrics.jsonl"
+
+    def refused(**kwargs):
+        raise OSError(getattr(errno, code), os.strerror(getattr(errno, code)), str(file))
+
+    monkeypatch.setattr(loop, "train", refused)
+    task = sweep.SweepTask(
+        name="so/s-t/seed0", run=file.parent, cache=tmp_path / "c.zarr", cache_name="c",
+        head="source-only", method="so", setting="s-t", source=("s",), target=("t",), seed=0,
+        overrides={},
+    )  # fmt: skip
+    outcome = sweep._run_task(task)
+    assert outcome.status == "failed"
+    assert outcome.error.startswith(line.format(file=file)), outcome.error

@@ -28,7 +28,8 @@ rescheduled by the Dask scheduler (``distributed.scheduler.allowed-failures``), 
 is retried ``retries`` times, and :func:`avda.train.loop.train` resumes a run from
 ``checkpoints/last.pt``, so a retried task continues where the killed one stopped. Errors that
 retrying cannot fix (an :class:`~avda.errors.AvdaError`: bad config, diverged loss, missing
-data) fail the run at once; the other runs go on.
+data; a full disk, a read-only file system, permission denied) fail the run at once; the other
+runs go on.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ from typing import Any
 import pandas as pd
 
 from avda import dask_support, runs
-from avda._io import DISK_FULL, atomic_write_text, os_error_line, quiet_logs
+from avda._io import DISK_FULL, NOT_WRITABLE, atomic_write_text, os_error_line, quiet_logs
 from avda.cache.lock import sweep_lock
 from avda.dask_support import (
     CONNECT_SECONDS,
@@ -206,8 +207,8 @@ def _worker_device(device: str | None) -> tuple[str | None, str]:
 
 
 def run_task(task: SweepTask) -> TaskOutcome:
-    """Train one run on a worker. AvdaErrors and a full disk fail the run; anything else
-    raises (Dask retries)."""
+    """Train one run on a worker. AvdaErrors, a full disk and a folder it may not write
+    (read-only, permission denied) fail the run; anything else raises (Dask retries)."""
     with collect_warnings() as warnings, spoken(spec_words):  # its warnings in the spec's words
         outcome = _run_task(task)
     outcome.warnings = list(warnings)
@@ -290,8 +291,9 @@ def _run_task(task: SweepTask) -> TaskOutcome:
                 worker=worker,
             )
         except (AvdaError, OSError) as error:
-            # retrying cannot fix a bad config, missing data, divergence or a full disk
-            if isinstance(error, OSError) and error.errno not in DISK_FULL:
+            # retrying cannot fix a bad config, missing data, divergence, a full disk or a
+            # folder it may not write (read-only, permission denied)
+            if isinstance(error, OSError) and error.errno not in DISK_FULL | NOT_WRITABLE:
                 raise
             # Resumed only if it trained on (a refused resume trained nothing: its epochs stand).
             trained_on = resumed_from and _last_epoch(task.run) > logged
