@@ -150,3 +150,21 @@ def test_flow_on_a_full_disk_stops_naming_the_frame_and_resumes_to_the_same_file
 
 def _tree(folder) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def test_report_on_a_full_disk_names_the_page_and_keeps_the_earlier_one(tmp_path):
+    make_feature_cache(tmp_path / "c.zarr", per_class=8)
+    train = ["train", "--cache", "c.zarr", "--head", "source-only", "--source", "source"]
+    trained = avda([*train, "--target", "target", "-o", "so", "--epochs", "1", "-q"], tmp_path)
+    assert trained.returncode == 0, trained.stderr[-800:]
+    command = ["report", str(tmp_path / "so"), "-o", "rep.html"]
+    with small_disk(tmp_path / "disk", "1m") as disk:
+        (disk / "rep.html").write_text("an earlier report")
+        filler = fill_disk(disk, 4096)  # the page does not fit
+        disk_full_line(avda(command, disk), "rep.html")
+        assert sorted(p.name for p in disk.iterdir()) == ["FILLER", "rep.html"]  # no .tmp
+        assert (disk / "rep.html").read_text() == "an earlier report"
+        filler.unlink()
+        again = avda(command, disk)
+        assert again.returncode == 0, again.stderr[-800:]
+        assert "</html>" in (disk / "rep.html").read_text()
