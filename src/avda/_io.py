@@ -11,7 +11,9 @@ module can use it without an import cycle.
   :data:`NOT_WRITABLE`) as one line with its fix.
 - :func:`atomic_write_together` (:func:`atomic_write_texts`): several files so, renamed only
   once all are written.
-- :func:`name_written`: an OS error of such a write (a full disk) names the file written.
+- :func:`name_written`: an OS error of such a write (a full disk) names the file written;
+  :func:`naming_writes`: one of a library's write (a Zarr chunk) names the store and what of
+  it was written.
 - :func:`replace_file`: the rename at the end of an atomic write, for a temporary file that is
   kept when its writer fails (a resumable download's ``.part``).
 - :func:`path_identity`: whether a file or folder was replaced or rewritten since it was seen.
@@ -112,6 +114,8 @@ def os_error_line(exc: OSError, output: str | None = None) -> str:
     paths = " -> ".join(str(p) for p in (exc.filename, exc.filename2) if p is not None)
     reason = exc.strerror or str(exc) or type(exc).__name__
     where = f": {paths}" if paths else ""
+    if paths and getattr(exc, WRITING, None):
+        where += f" (writing {getattr(exc, WRITING)})"
     if not paths and output and exc.errno in DISK_FULL | {errno.EROFS}:
         where = f" writing {output}"
     if exc.errno == errno.EROFS:
@@ -134,6 +138,25 @@ def os_error_line(exc: OSError, output: str | None = None) -> str:
     if isinstance(exc, FileNotFoundError):
         return f"no such file or directory{where}"
     return f"{reason[:1].lower()}{reason[1:]}{where}"
+
+
+WRITING = "avda_writing"
+"""The attribute :func:`naming_writes` gives an OS error: what of its file was written."""
+
+
+@contextlib.contextmanager
+def naming_writes(path: str | Path, what: str) -> Iterator[None]:
+    """An OS error of the block that names no file (a library's write: a Zarr chunk, whose
+    ``ENOSPC`` names none) names ``path`` (a store) and says ``what`` of it was written
+    (``the rgb features of rows 0-7``): :func:`os_error_line` writes ``PATH (writing WHAT)``.
+    The innermost block names it."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename is None:
+            exc.filename = str(path)
+            setattr(exc, WRITING, what)
+        raise
 
 
 def name_written(exc: BaseException, path: str | Path, temporary: str | Path) -> None:

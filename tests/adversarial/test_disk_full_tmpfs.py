@@ -10,8 +10,10 @@ import re
 import shutil
 
 import numpy as np
+import pandas as pd
 import pytest
 
+from avda._io import os_error_line
 from tests.adversarial._helpers import avda, disk_full_line, fill_disk, small_disk
 from tests.conftest import make_feature_cache
 
@@ -27,7 +29,7 @@ def test_cluster_on_a_full_disk_names_its_store_and_runs_again(tmp_path):
             tmp_path / "c.zarr", disk / "c.zarr", ignore=shutil.ignore_patterns("clusters")
         )
         filler = fill_disk(disk, 4096)
-        disk_full_line(avda(command, disk), "c.zarr")
+        disk_full_line(avda(command, disk), "c.zarr (writing the rgb clusters)")
         verify = avda(["cache", "verify", "c.zarr"], disk)
         assert verify.returncode == 0, verify.stderr[-800:]
         filler.unlink()
@@ -168,3 +170,33 @@ def test_report_on_a_full_disk_names_the_page_and_keeps_the_earlier_one(tmp_path
         again = avda(command, disk)
         assert again.returncode == 0, again.stderr[-800:]
         assert "</html>" in (disk / "rep.html").read_text()
+
+
+STORE_WRITES = {  # a store's write (a Zarr chunk, ENOSPC naming no file): what its line says
+    "the rgb features of rows 0-7": lambda store: store.write(
+        "rgb", np.arange(8), np.ones((8, 2, 64)), np.ones(8), [""] * 8
+    ),
+    "the new flow arrays": lambda store: store.add_modality(
+        "flow", num_clips=2, num_features=64, info={}
+    ),
+    "the appended rows 48-55": lambda store: store.append_segments(
+        pd.DataFrame({"uid": [f"new{i}" for i in range(8)], "video_id": ["v"] * 8})
+    ),
+    "the rgb clusters": lambda store: store.write_clusters("rgb", np.zeros(48), {"k": 1}),
+}
+
+
+@pytest.mark.parametrize("what", list(STORE_WRITES))
+def test_a_store_write_on_a_full_disk_names_the_store_and_what_it_wrote(tmp_path, what):
+    # Zarr raises the write's OSError(ENOSPC) naming no file: the line named the command's
+    # output alone (or nothing: 'no space left on device; free ...'), not what was written
+    from avda.cache import open_cache
+
+    with small_disk(tmp_path / "disk", "2m") as disk:
+        make_feature_cache(disk / "c.zarr", per_class=4, D=64, chunk_rows=8)
+        store = open_cache(disk / "c.zarr", mode="r+")
+        fill_disk(disk, 0)
+        with pytest.raises(OSError) as raised:
+            STORE_WRITES[what](store)
+    line = os_error_line(raised.value)
+    assert line.startswith(f"no space left on device: {disk / 'c.zarr'} (writing {what}); free")

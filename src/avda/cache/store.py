@@ -30,7 +30,7 @@ import pandas as pd
 import zarr
 
 import avda
-from avda._io import path_identity
+from avda._io import naming_writes, path_identity
 from avda.cache import faults, schema
 from avda.cache.schema import Status
 from avda.data_manifests.schema import is_class_tables
@@ -63,7 +63,8 @@ class FeatureCache:
         return dict(self._group.attrs[schema.ROOT_ATTRIBUTE])
 
     def _set_provenance(self, provenance: dict[str, Any]) -> None:
-        self._group.attrs[schema.ROOT_ATTRIBUTE] = provenance
+        with naming_writes(self.path, "its provenance (zarr.json)"):
+            self._group.attrs[schema.ROOT_ATTRIBUTE] = provenance
 
     @property
     def num_segments(self) -> int:
@@ -165,41 +166,42 @@ class FeatureCache:
         """
         N = self.num_segments if rows is None else rows
         chunk = self.chunk_rows  # min(chunk_rows, N) at creation, unless the store grows
-        if spatial_shape is not None:
-            spatial_shape = tuple(int(s) for s in spatial_shape)
-            clip_bytes = num_clips * int(np.prod(spatial_shape)) * 2
-            rows = _divisor_rows(chunk, clip_bytes)
-            self._group.require_group(schema.SPATIAL_GROUP).create_array(
+        with naming_writes(self.path, f"the new {modality} arrays"):
+            if spatial_shape is not None:
+                spatial_shape = tuple(int(s) for s in spatial_shape)
+                clip_bytes = num_clips * int(np.prod(spatial_shape)) * 2
+                rows = _divisor_rows(chunk, clip_bytes)
+                self._group.require_group(schema.SPATIAL_GROUP).create_array(
+                    modality,
+                    shape=(N, num_clips, *spatial_shape),
+                    chunks=(rows, num_clips, *spatial_shape),
+                    dtype=schema.SPATIAL_DTYPE,
+                    fill_value=0,
+                    overwrite=True,
+                )
+                info = {**info, "spatial_shape": list(spatial_shape)}
+            elif self.has_spatial(modality):
+                del self._group[schema.SPATIAL_GROUP][modality]  # recomputed without maps
+            self._group.require_group(schema.FEATURES_GROUP).create_array(
                 modality,
-                shape=(N, num_clips, *spatial_shape),
-                chunks=(rows, num_clips, *spatial_shape),
-                dtype=schema.SPATIAL_DTYPE,
+                shape=(N, num_clips, num_features),
+                chunks=(chunk, num_clips, num_features),
+                dtype=schema.FEATURE_DTYPE,
                 fill_value=0,
                 overwrite=True,
             )
-            info = {**info, "spatial_shape": list(spatial_shape)}
-        elif self.has_spatial(modality):
-            del self._group[schema.SPATIAL_GROUP][modality]  # recomputed without maps
-        self._group.require_group(schema.FEATURES_GROUP).create_array(
-            modality,
-            shape=(N, num_clips, num_features),
-            chunks=(chunk, num_clips, num_features),
-            dtype=schema.FEATURE_DTYPE,
-            fill_value=0,
-            overwrite=True,
-        )
-        self._group.require_group(schema.STATUS_GROUP).create_array(
-            modality,
-            shape=(N,),
-            chunks=(chunk,),
-            dtype=schema.STATUS_DTYPE,
-            fill_value=0,
-            overwrite=True,
-        )
-        errors = self._group.require_group(schema.ERRORS_GROUP).create_array(
-            modality, shape=(N,), chunks=(chunk,), dtype=str, overwrite=True
-        )
-        errors[:] = np.full(N, "", dtype=object)
+            self._group.require_group(schema.STATUS_GROUP).create_array(
+                modality,
+                shape=(N,),
+                chunks=(chunk,),
+                dtype=schema.STATUS_DTYPE,
+                fill_value=0,
+                overwrite=True,
+            )
+            errors = self._group.require_group(schema.ERRORS_GROUP).create_array(
+                modality, shape=(N,), chunks=(chunk,), dtype=str, overwrite=True
+            )
+            errors[:] = np.full(N, "", dtype=object)
         info = features_record(info)  # its rows are pending
         entry = {"num_clips": num_clips, "num_features": num_features, **info}
         if register:
@@ -369,9 +371,11 @@ class FeatureCache:
                 log.warning("segment %s (%s): %s", uid, modality, errors[i])
             stored[bad] = 0
             statuses[bad] = Status.FAILED
-        self._group[schema.FEATURES_GROUP][modality][start:stop] = stored
-        self._group[schema.ERRORS_GROUP][modality][start:stop] = np.asarray(errors, dtype=object)
-        self._group[schema.STATUS_GROUP][modality][start:stop] = statuses
+        with naming_writes(self.path, f"the {modality} features of rows {start}-{stop - 1}"):
+            self._group[schema.FEATURES_GROUP][modality][start:stop] = stored
+            errors = np.asarray(errors, dtype=object)
+            self._group[schema.ERRORS_GROUP][modality][start:stop] = errors
+            self._group[schema.STATUS_GROUP][modality][start:stop] = statuses
 
     def _import_fix(self, modality: str, lo: int = 0, hi: int | None = None) -> str | None:
         """How to get back rows ``lo``..``hi - 1`` of ``modality`` when they came from
@@ -461,15 +465,16 @@ class FeatureCache:
             "%s: %d done %s rows hold NaN/inf (first uids %s): marked failed",
             *(self.path, len(bad), modality, ", ".join(uids)),
         )
-        for run in _contiguous(bad):
-            start, stop = int(run[0]), int(run[-1]) + 1
-            self._group[schema.STATUS_GROUP][modality][start:stop] = int(Status.FAILED)
-            self._group[schema.ERRORS_GROUP][modality][start:stop] = np.full(
-                len(run), message, dtype=object
-            )
-            self._group[schema.FEATURES_GROUP][modality][start:stop] = 0
-            if self.has_spatial(modality):
-                self.spatial(modality)[start:stop] = 0
+        with naming_writes(self.path, f"the {modality} rows marked failed"):
+            for run in _contiguous(bad):
+                start, stop = int(run[0]), int(run[-1]) + 1
+                self._group[schema.STATUS_GROUP][modality][start:stop] = int(Status.FAILED)
+                self._group[schema.ERRORS_GROUP][modality][start:stop] = np.full(
+                    len(run), message, dtype=object
+                )
+                self._group[schema.FEATURES_GROUP][modality][start:stop] = 0
+                if self.has_spatial(modality):
+                    self.spatial(modality)[start:stop] = 0
         return bad
 
     def write_spatial(self, modality: str, rows: np.ndarray, maps: np.ndarray) -> None:
@@ -481,7 +486,8 @@ class FeatureCache:
         start, stop = int(rows[0]), int(rows[-1]) + 1
         if stop - start != len(rows):
             raise CacheError(f"internal: rows to write must be contiguous, got {rows[:5]}...")
-        self.spatial(modality)[start:stop] = maps.astype(schema.SPATIAL_DTYPE)
+        with naming_writes(self.path, f"the {modality} spatial maps of rows {start}-{stop - 1}"):
+            self.spatial(modality)[start:stop] = maps.astype(schema.SPATIAL_DTYPE)
 
     def spatial_chunk_rows(self, modality: str) -> int:
         """Rows per chunk of ``spatial/<modality>`` (a divisor of ``chunk_rows``)."""
@@ -556,36 +562,37 @@ class FeatureCache:
                 f"cache {self.path} already has segments {clash[:5]} "
                 f"({len(clash)} in all); appended uids must be new"
             )
-        seg_group = self._group[schema.SEGMENTS_GROUP]
-        for name, kind in schema.SEGMENT_COLUMNS.items():
-            present = name in seg_group
-            if not present and name not in segments.columns:
-                continue
-            if not present:  # a column the store did not have: earlier rows get the fill value
-                dtype = {"str": str, "int": "int64", "float": "float64"}[kind]
-                array = seg_group.create_array(
-                    name, shape=(old,), chunks=(self.chunk_rows,), dtype=dtype
+        with naming_writes(self.path, f"the appended rows {old}-{new - 1}"):
+            seg_group = self._group[schema.SEGMENTS_GROUP]
+            for name, kind in schema.SEGMENT_COLUMNS.items():
+                present = name in seg_group
+                if not present and name not in segments.columns:
+                    continue
+                if not present:  # a column the store did not have: earlier rows get the fill value
+                    dtype = {"str": str, "int": "int64", "float": "float64"}[kind]
+                    array = seg_group.create_array(
+                        name, shape=(old,), chunks=(self.chunk_rows,), dtype=dtype
+                    )
+                    array[:] = _segment_values(pd.DataFrame({name: [None] * old}), name, kind)
+                array = seg_group[name]
+                array.resize((new,))
+                source = (
+                    segments
+                    if name in segments.columns
+                    else pd.DataFrame({name: [None] * len(segments)})
                 )
-                array[:] = _segment_values(pd.DataFrame({name: [None] * old}), name, kind)
-            array = seg_group[name]
-            array.resize((new,))
-            source = (
-                segments
-                if name in segments.columns
-                else pd.DataFrame({name: [None] * len(segments)})
-            )
-            array[old:new] = _segment_values(source, name, kind)
-        for name, array in self.arrays().items():
-            group_name = name.split("/", 1)[0]
-            if group_name == schema.SEGMENTS_GROUP:
-                continue
-            array.resize((new, *array.shape[1:]))
-            if group_name == schema.ERRORS_GROUP:
-                array[old:new] = np.full(new - old, "", dtype=object)
-            elif group_name == schema.CLUSTERS_GROUP:
-                array[old:new] = -1
-            else:
-                array[old:new] = 0
+                array[old:new] = _segment_values(source, name, kind)
+            for name, array in self.arrays().items():
+                group_name = name.split("/", 1)[0]
+                if group_name == schema.SEGMENTS_GROUP:
+                    continue
+                array.resize((new, *array.shape[1:]))
+                if group_name == schema.ERRORS_GROUP:
+                    array[old:new] = np.full(new - old, "", dtype=object)
+                elif group_name == schema.CLUSTERS_GROUP:
+                    array[old:new] = -1
+                else:
+                    array[old:new] = 0
         if commit:
             provenance = self.provenance
             provenance["num_segments"] = new
@@ -607,18 +614,19 @@ class FeatureCache:
         new, aside = _cluster_swap(self, modality)
         shutil.rmtree(new, ignore_errors=True)
         try:
-            array = zarr.create_array(
-                str(new),
-                shape=(self.num_segments,),
-                chunks=(min(self.chunk_rows, max(self.num_segments, 1)),),
-                dtype=schema.CLUSTER_DTYPE,
-                fill_value=-1,
-                zarr_format=3,
-            )
-            array[:] = clusters.astype(schema.CLUSTER_DTYPE)
-            array.attrs[schema.CLUSTERS_ATTRIBUTE] = info
-            self._group.require_group(schema.CLUSTERS_GROUP)
-            faults.checkpoint("clusters-written")
+            with naming_writes(self.path, f"the {modality} clusters"):
+                array = zarr.create_array(
+                    str(new),
+                    shape=(self.num_segments,),
+                    chunks=(min(self.chunk_rows, max(self.num_segments, 1)),),
+                    dtype=schema.CLUSTER_DTYPE,
+                    fill_value=-1,
+                    zarr_format=3,
+                )
+                array[:] = clusters.astype(schema.CLUSTER_DTYPE)
+                array.attrs[schema.CLUSTERS_ATTRIBUTE] = info
+                self._group.require_group(schema.CLUSTERS_GROUP)
+                faults.checkpoint("clusters-written")
         except BaseException:
             shutil.rmtree(new, ignore_errors=True)
             raise
@@ -1167,7 +1175,8 @@ def create(
     partial = path.with_name(f"{_CREATING_PREFIX.format(name=path.name)}{os.getpid()}-")
     partial = partial.with_name(partial.name + secrets.token_hex(4))
     try:
-        _build(partial, segments, manifest_sha256, recipe, chunk_rows, shrink_chunks, classes)
+        with naming_writes(path, "a new store"):
+            _build(partial, segments, manifest_sha256, recipe, chunk_rows, shrink_chunks, classes)
         faults.checkpoint("store-built")
         try:
             os.rename(partial, path)
