@@ -36,7 +36,12 @@ COMMANDS = {  # the command (run in the folder holding disk/), what its line nam
         + ["--target", "target", "-o", "disk/so", "--epochs", "1", "-q"],
         "disk/so",
     ),
+    "flow": (
+        ["flow", "--manifest", "m.csv", "--videos", "{videos}", "-o", "disk/flow", "-q"],
+        "disk/flow",
+    ),
     "evaluate -o": (["evaluate", "so", "-o", "disk/res"], "disk/res.md"),
+    "predict -o": (["predict", "so", "--cache", "c.zarr", "-o", "disk/p.npz"], "disk/p.npz"),
     "report": (["report", "so", "-o", "disk/rep.html"], "disk/rep.html"),
     "manifest build": (
         ["manifest", "build", "epic55-mmsada", "-a", "{shared}/" + ANNOTATIONS]
