@@ -360,7 +360,9 @@ def lock_file_of(target: str | Path, pattern: str, *, replaced: bool = False) ->
 
 
 @contextlib.contextmanager
-def file_lock(path: str | Path, *, bounded: bool = True) -> Iterator[bool]:
+def file_lock(
+    path: str | Path, *, bounded: bool = True, guards: str | Path | None = None
+) -> Iterator[bool]:
     """Wait for, and hold for the ``with`` block, an exclusive ``flock`` on the lock file
     ``path`` (created, with its folder); yields True. Its holder removes the file before it
     lets go, so none is left behind; a waiter that then gets the lock of the removed file
@@ -375,7 +377,9 @@ def file_lock(path: str | Path, *, bounded: bool = True) -> Iterator[bool]:
     :class:`LockWaitError` naming them and the fix (unset: as long as it takes). Not
     ``bounded``: as long as it takes whatever it says (the processes of one command taking
     turns, as the shards of one extraction: ``AVDA_LOCK_WAIT=0``, the store locks' refusal at
-    once, would end every shard but the first)."""
+    once, would end every shard but the first). ``guards``: the file the lock is for, named
+    by the error of a lock file that cannot be made (a read-only folder, :data:`NOT_WRITABLE`)
+    in its place: the user asked for it, not for the hidden lock file."""
     import fcntl
 
     path = Path(path)
@@ -385,7 +389,12 @@ def file_lock(path: str | Path, *, bounded: bool = True) -> Iterator[bool]:
     said = False
     stale = 0
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as exc:
+            if guards is not None and exc.errno in NOT_WRITABLE:
+                exc.filename = str(guards)
+            raise
         unsupported = None
         try:
             while True:

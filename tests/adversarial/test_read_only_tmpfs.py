@@ -46,7 +46,7 @@ COMMANDS = {  # the command (run in the folder holding disk/), what its line nam
     "manifest build": (
         ["manifest", "build", "epic55-mmsada", "-a", "{shared}/" + ANNOTATIONS]
         + ["--setting", "D1-D2", "-o", "disk/m.csv"],
-        "m.csv",
+        "disk/m.csv;",  # not its lock file, disk/.m.csv.lock
     ),
     "cluster": (
         ["cluster", "disk/c.zarr", "--modality", "rgb", "--source", "source", "-q"],

@@ -629,7 +629,8 @@ def writing(path: str | Path, *companions: str | Path) -> Iterator[None]:
     :func:`partial_path` files a killed write of them left are removed first (no other write
     of them is in progress)."""
     path = Path(path)
-    with file_lock(lock_file_of(path, ".{name}.lock", replaced=True)) as locked:
+    lock = lock_file_of(path, ".{name}.lock", replaced=True)
+    with file_lock(lock, guards=path) as locked:
         if locked:
             for each in (path, *map(Path, companions)):
                 _remove_partials(each)
