@@ -154,6 +154,7 @@ def _tree(folder) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
 
 
+@pytest.mark.slow
 def test_report_on_a_full_disk_names_the_page_and_keeps_the_earlier_one(tmp_path):
     make_feature_cache(tmp_path / "c.zarr", per_class=8)
     train = ["train", "--cache", "c.zarr", "--head", "source-only", "--source", "source"]

@@ -88,7 +88,13 @@ def read_only_disk(tmp_path_factory):
         yield folder, snapshot(disk)
 
 
-@pytest.mark.parametrize("command", list(COMMANDS))
+SLOW = {"extract", "report"}  # over 10 s each on a loaded machine (torch's backbones; a report)
+
+
+@pytest.mark.parametrize(
+    "command",
+    [pytest.param(c, marks=pytest.mark.slow) if c in SLOW else c for c in COMMANDS],
+)
 def test_a_command_writing_to_a_read_only_disk_says_so_and_keeps_its_files(
     read_only_disk, command, shared_data
 ):
