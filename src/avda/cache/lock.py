@@ -55,7 +55,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
-import errno
 import json
 import logging
 import os
@@ -67,6 +66,7 @@ from pathlib import Path
 from avda._io import (
     LOCK_WAIT_ENV,
     LOCKS_UNSUPPORTED,
+    NOT_WRITABLE,
     lock_file_of,
     lock_wait,
     pid_alive,
@@ -299,7 +299,7 @@ def _flock(
             continue  # its folder removed meanwhile (a run folder its holder stopped in,
             # empty, removed as it let go): make it again
         except OSError as exc:
-            if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+            if exc.errno not in NOT_WRITABLE:
                 raise
             if shared:  # a store in a read-only place: nobody can write it, reading needs no lock
                 log.debug("cannot create %s (%s): reading %s unlocked", path, exc, store)
