@@ -14,6 +14,7 @@ module can use it without an import cycle.
 - :func:`name_written`: an OS error of such a write (a full disk) names the file written;
   :func:`naming_writes`: one of a library's write (a Zarr chunk) names the store and what of
   it was written.
+- :func:`check_writable`: a folder that cannot be written said before the work done for it.
 - :func:`replace_file`: the rename at the end of an atomic write, for a temporary file that is
   kept when its writer fails (a resumable download's ``.part``).
 - :func:`path_identity`: whether a file or folder was replaced or rewritten since it was seen.
@@ -164,6 +165,25 @@ def name_written(exc: BaseException, path: str | Path, temporary: str | Path) ->
     disk: a write's ``ENOSPC`` names none) names ``path``, so its one line says which file."""
     if isinstance(exc, OSError) and exc.filename in (None, str(temporary)):
         exc.filename = str(path)
+
+
+def check_writable(path: str | Path) -> None:
+    """Make ``path``'s folder and an empty file beside it (a hidden probe, removed), so that a
+    folder that cannot be written (read-only, permission denied) is said before the work
+    whose result goes to ``path`` (a report of many runs), in the line its write would end
+    with, naming ``path``."""
+    import tempfile
+
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=path.parent)
+    except OSError as exc:
+        if exc.filename is None or str(exc.filename).endswith(".probe"):  # not a folder made
+            exc.filename = str(path)
+        raise
+    os.close(fd)
+    remove_temporary(Path(probe))
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:

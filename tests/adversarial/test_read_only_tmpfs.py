@@ -132,3 +132,18 @@ def test_a_sweep_run_whose_disk_turns_read_only_fails_in_one_line_not_retried(tm
     failures = (tmp_path / "sweep" / "sweep-failures.csv").read_text()
     assert f"read-only file system: {run}/" in failures, failures
     assert "write the output to a writable folder" in failures and "RunError" not in failures
+
+
+def test_report_says_a_read_only_output_before_it_reads_the_runs(read_only_disk, monkeypatch):
+    # the page was refused only once every run had been read and drawn (minutes for a sweep)
+    import errno
+
+    from avda.evaluate import aggregate, report
+
+    folder, before = read_only_disk
+    monkeypatch.setattr(aggregate, "find_runs", lambda paths: pytest.fail("read the runs"))
+    with pytest.raises(OSError) as raised:
+        report.build_report([folder / "so"], folder / "disk" / "new.html")
+    assert raised.value.errno == errno.EROFS
+    assert raised.value.filename == str(folder / "disk" / "new.html")
+    assert snapshot(folder / "disk") == before

@@ -52,7 +52,7 @@ except ImportError:  # the [report] extra is not installed
 
 import avda
 from avda import runs
-from avda._io import atomic_write_text
+from avda._io import atomic_write_text, check_writable
 from avda.errors import AvdaError, ConfigError, RunError
 from avda.evaluate import aggregate as aggregate_lib
 from avda.evaluate import tables
@@ -803,6 +803,7 @@ def build_report(
     if layout not in aggregate_lib.LAYOUTS:  # a paper layout: the per-run table is always there
         valid = ", ".join(aggregate_lib.LAYOUTS)
         raise ConfigError(f"unknown --layout {layout!r} for avda report; valid: {valid}")
+    check_writable(out)  # a read-only folder said before the runs are read, not after
     run_dirs = aggregate_lib.find_runs(paths)
     infos = aggregate_lib.describe_runs(run_dirs)
     parts = [
