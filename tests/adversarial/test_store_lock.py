@@ -529,3 +529,27 @@ def test_enolck_on_a_deleted_lock_file_takes_the_one_at_the_path(
         with locker():
             assert os.fstat(_held_fd(path)).st_nlink == 1
     assert deleted and "does not support locks" not in caplog.text
+
+
+def test_flow_readers_leave_no_lock_file_behind_and_keep_it_while_one_reads(tmp_path):
+    """`avda extract --flow` holds a video folder's lock shared while it reads: the last
+    reader deletes the lock file as it lets go (one was left per video read, and a file of
+    one user's made another's `avda flow` fail that folder as not writable), never while
+    another reader holds it (a run would then take a new file's lock and write under it)."""
+    from avda.cache.lock import RunBusyError, flow_lock, flow_lock_file, flow_read_lock
+
+    folder = tmp_path / "flow" / "P01_01"
+    folder.mkdir(parents=True)
+    (folder / "flow.json").write_text("{}")
+    lock = flow_lock_file(folder)
+    with flow_read_lock(folder):
+        with flow_read_lock(folder):  # a second reader (a DataLoader worker)
+            assert lock.exists()
+        assert lock.exists()  # the first still reads
+        with pytest.raises(RunBusyError, match="avda extract --flow"):
+            with flow_lock(folder.parent, folder.name):
+                pass
+    assert not lock.exists()
+    with flow_lock(folder.parent, folder.name):  # and a run takes it after them
+        assert lock.exists()
+    assert not lock.exists()

@@ -185,8 +185,9 @@ def flow_read_lock(folder: str | Path, *, wait: float | None = None) -> Iterator
     ``with`` block (``avda extract --flow`` reading it): a run writing it (or taking it over
     with other settings, or ``--force``) makes the reader fail at once naming it, or wait
     ``$AVDA_LOCK_WAIT`` seconds; readers share it, and a run started while one reads fails
-    that video naming the reader. A folder without a ``flow.json`` nor a lock file is not
-    avda flow's (EPIC's download): read unlocked, and no lock file is made beside it."""
+    that video naming the reader; the last reader deletes the lock file as it lets go. A
+    folder without a ``flow.json`` nor a lock file is not avda flow's (EPIC's download): read
+    unlocked, and no lock file is made beside it."""
     folder = Path(folder)
     path = flow_lock_file(folder)
     if not (folder / "flow.json").exists() and not path.exists():
@@ -194,7 +195,7 @@ def flow_read_lock(folder: str | Path, *, wait: float | None = None) -> Iterator
         return
     with _flock(
         folder, path, what="avda extract --flow", shared=True, wait=wait, kind="flow folder",
-        error=RunBusyError,
+        error=RunBusyError, remove=lambda: True,
     ):  # fmt: skip
         yield
 
@@ -280,8 +281,9 @@ def _flock(
     """The ``flock`` on ``path`` that guards ``store`` (a cache, or a run folder: ``kind``);
     ``error`` is raised, naming the holder, when another process has it.
 
-    ``remove`` (an exclusive holder): whether to delete the lock file as it lets go, still
-    holding it (a refused command that made no store leaves none beside the path). A waiter
+    ``remove``: whether to delete the lock file as it lets go, still holding it (a refused
+    command that made no store leaves none beside the path); a shared holder deletes it only
+    where it is the last (:func:`_alone`), never under another reader's lock. A waiter
     that then gets the lock of the deleted file opens the one at ``path`` again, as every
     holder checks that the file it locked is still the one there
     (:func:`avda._io.file_lock`'s rule)."""
@@ -335,10 +337,23 @@ def _flock(
             if not shared:  # the record names the holder only while it holds the lock
                 with contextlib.suppress(OSError):
                     os.ftruncate(fd, 0)
-                if locked and remove is not None and remove():
-                    path.unlink(missing_ok=True)  # before letting go: see the docstring
+            if locked and remove is not None and (not shared or _alone(fd)) and remove():
+                path.unlink(missing_ok=True)  # before letting go: see the docstring
     finally:
         os.close(fd)  # releases the flock
+
+
+def _alone(fd: int) -> bool:
+    """Whether the shared holder of the open lock file ``fd`` is its only holder: its lock
+    made exclusive, not waited for (where that fails it may have been let go meanwhile, as
+    Linux converts a lock by releasing it first: its holder is letting go anyway)."""
+    import fcntl
+
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return False
+    return True
 
 
 def _acquire(
