@@ -256,10 +256,18 @@ def lock_wait() -> float | None:
         ) from None
 
 
+# lock files this process warned were taken unlocked (:func:`warn_without_locks`)
+_UNLOCKED: set[Path] = set()
+
+
 def warn_without_locks(path: Path, exc: OSError) -> None:
     """The warning of a lock taken where the file system has none (:data:`LOCKS_UNSUPPORTED`):
-    the block runs unlocked."""
-    log.warning(
+    the block runs unlocked. Said once per lock file in a process (``avda extract --flow``
+    takes a video folder's for each segment it reads), then at debug level."""
+    said = path in _UNLOCKED
+    _UNLOCKED.add(path)
+    log.log(
+        logging.DEBUG if said else logging.WARNING,
         "%s: the file system does not support locks (%s); going on without the lock: run one "
         "writer at a time",
         *(path, exc.strerror),

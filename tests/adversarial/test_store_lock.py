@@ -553,3 +553,32 @@ def test_flow_readers_leave_no_lock_file_behind_and_keep_it_while_one_reads(tmp_
     with flow_lock(folder.parent, folder.name):  # and a run takes it after them
         assert lock.exists()
     assert not lock.exists()
+
+
+def test_flow_reads_without_locks_warn_once_per_folder_not_per_segment(
+    tmp_path, monkeypatch, caplog
+):
+    """On a file system without locks (ENOLCK: some NFS or Lustre mounts) `avda extract
+    --flow` takes a video folder's lock for each segment it reads: the warning that it goes
+    on unlocked is said once per lock file, not once per segment (70,000 lines for EPIC-100),
+    and the frames are still read."""
+    import fcntl
+
+    from avda.cache.lock import flow_read_lock
+
+    def no_locks(fd, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    folders = [tmp_path / "flow" / video for video in ("P01_01", "P01_02")]
+    for folder in folders:
+        folder.mkdir(parents=True)
+        (folder / "flow.json").write_text("{}")
+    read = 0
+    with caplog.at_level("WARNING"):
+        for folder in [*folders] * 3:  # three segments of each video
+            with flow_read_lock(folder):
+                read += 1
+    said = [r.getMessage() for r in caplog.records if "does not support locks" in r.getMessage()]
+    assert read == 6 and len(said) == 2, said
+    assert ".flow.P01_01.lock" in said[0] and ".flow.P01_02.lock" in said[1]
