@@ -582,3 +582,31 @@ def test_flow_reads_without_locks_warn_once_per_folder_not_per_segment(
     said = [r.getMessage() for r in caplog.records if "does not support locks" in r.getMessage()]
     assert read == 6 and len(said) == 2, said
     assert ".flow.P01_01.lock" in said[0] and ".flow.P01_02.lock" in said[1]
+
+
+@pytest.mark.parametrize("code", [errno.EROFS, errno.EACCES])
+def test_flow_is_read_from_a_read_only_mount_without_its_lock(tmp_path, monkeypatch, code):
+    """An `avda flow` output on a read-only dataset mount (or a folder of another user's):
+    `avda extract --flow` cannot make the video folder's lock file there, and reads it
+    unlocked (nobody can write it there either), while a run into it is refused naming the
+    folder. (Run as root here: the refusal of a read-only mount is simulated.)"""
+    from avda.cache import lock as lock_module
+    from avda.errors import RunError
+
+    folder = tmp_path / "flow" / "P01_01"
+    folder.mkdir(parents=True)
+    (folder / "flow.json").write_text("{}")
+    real_open = os.open
+
+    def refuse_lock_files(path, *args, **kwargs):
+        if str(path).endswith(".lock"):
+            raise OSError(code, os.strerror(code), str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(lock_module.os, "open", refuse_lock_files)
+    with lock_module.flow_read_lock(folder):
+        read = True
+    assert read and not lock_module.flow_lock_file(folder).exists()
+    with pytest.raises(RunError, match=f"cannot write the flow folder {folder}: "):
+        with lock_module.flow_lock(folder.parent, folder.name):
+            pass
