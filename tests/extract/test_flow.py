@@ -226,6 +226,12 @@ def test_other_tools_frames_are_neither_written_beside_nor_deleted(
         options=options, progress=False,
     )  # fmt: skip
     assert again.ok and (again.computed, again.skipped) == (0, 2)
+    # --force with other settings deletes avda's frames only, not the desktop's file
+    forced = flow.compute_flow(
+        _manifest("mine", video_path="shifted.mkv"), out=out, videos=shifted_video,
+        options=flow.FlowOptions(shorter_side=96, bound=8.0), force=True, progress=False,
+    )  # fmt: skip
+    assert forced.ok and forced.computed == 2 and (out / "mine" / "v" / ".DS_Store").exists()
 
 
 def test_extract_reads_no_flow_folder_being_written_or_left_unfinished(

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -95,9 +97,17 @@ def _raw(path):
     return np.asarray(Image.open(path).convert("L"))
 
 
-def test_ta3n_items_read_the_frames_tbn_would(epic_folders):
+def test_ta3n_items_read_the_frames_tbn_would(epic_folders, monkeypatch):
     """RGB snippet frames and 5-frame flow stacks (EPIC-55 half-rate flow) of a segment."""
     rgb_root, flow_root, manifest = epic_folders
+    real_open, written = os.open, []
+
+    def open_recorded(path, flags, *args, **kwargs):  # a lock file made, even if deleted after
+        if flags & (os.O_CREAT | os.O_WRONLY | os.O_RDWR) and Path(path).is_relative_to(flow_root):
+            written.append(path)
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", open_recorded)
     recipe = tiny("ta3n")
     inputs = InputPaths(frames=rgb_root, flow=flow_root)
     segments = manifest.iloc[[0]]
@@ -109,7 +119,7 @@ def test_ta3n_items_read_the_frames_tbn_would(epic_folders):
         row, x, status, error = dataset[0]
         assert status == Status.DONE, error
         # EPIC's flow (no flow.json): not avda flow's, read without its lock, none made
-        assert not list(flow_root.rglob(".flow.*"))
+        assert not written and not list(flow_root.rglob(".flow.*"))
         if modality == "rgb":
             numbers = reference_tbn_test(2, 10, new_length=1, ratio=1.0)
             expected = [
