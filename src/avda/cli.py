@@ -1508,7 +1508,11 @@ def predict_command(
     for name, count in result.sets.items():
         parts = [f"{name}: {count} segments"]
         for task in [*result.scores, "action"]:  # action: a run with verb and noun (EPIC-100)
-            for metric, label in (("top1", "top-1"), ("mAP", "mAP")):
+            for metric, label in (
+                ("top1", "top-1"),
+                ("mAP", "mAP (mAP-present)"),  # a multi-label task: both conventions
+                ("mAP-authors", "mAP-authors"),
+            ):
                 value = result.metrics.get(f"{name}/{task}/{metric}")
                 if value is not None and value == value:  # a multi-label set without labels: NaN
                     parts.append(f"{task} {label} {100 * value:.1f}%")
