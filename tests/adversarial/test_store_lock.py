@@ -610,3 +610,25 @@ def test_flow_is_read_from_a_read_only_mount_without_its_lock(tmp_path, monkeypa
     with pytest.raises(RunError, match=f"cannot write the flow folder {folder}: "):
         with lock_module.flow_lock(folder.parent, folder.name):
             pass
+
+
+def test_a_flow_folder_reached_by_a_link_is_read_under_the_runs_lock(tmp_path):
+    """A video folder of an `avda flow` output reached by a link (an EPIC-style tree,
+    ``P01/flow_frames/P01_01 -> OUT/P01_01``) is read holding the lock the run writes it
+    under (``OUT/.flow.P01_01.lock``); the reader locked a file beside the link, which no run
+    takes, and read frames a run was writing."""
+    from avda.cache.lock import RunBusyError, flow_lock, flow_read_lock
+
+    out = tmp_path / "out"
+    (out / "P01_01").mkdir(parents=True)
+    (out / "P01_01" / "flow.json").write_text("{}")
+    tree = tmp_path / "epic" / "P01" / "flow_frames"
+    tree.mkdir(parents=True)
+    (tree / "P01_01").symlink_to(out / "P01_01")
+    with flow_lock(out, "P01_01"):
+        with pytest.raises(RunBusyError, match="avda flow"):
+            with flow_read_lock(tree / "P01_01"):
+                pass
+    with flow_read_lock(tree / "P01_01"):
+        assert (out / ".flow.P01_01.lock").exists()
+    assert sorted(p.name for p in tree.iterdir()) == ["P01_01"]  # nothing made beside it

@@ -175,8 +175,10 @@ def flow_lock(out: str | Path, video_id: str, *, wait: float | None = None) -> I
 
 
 def flow_lock_file(folder: Path) -> Path:
-    """The lock file of an ``avda flow`` video folder: ``OUT/.flow.<video_id>.lock``."""
-    return folder.parent / f".flow.{folder.name}.lock"
+    """The lock file of an ``avda flow`` video folder: ``OUT/.flow.<video_id>.lock``, beside
+    the folder a link to it leads to (:func:`~avda._io.lock_file_of`: a reader reaching it by
+    a link and a run by its real path take one lock)."""
+    return lock_file_of(folder, ".flow.{name}.lock")
 
 
 @contextlib.contextmanager
