@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import re
 from pathlib import Path
 
@@ -217,3 +218,22 @@ def test_a_written_parquet_keeps_integer_classes_with_unlabelled_rows(tmp_path):
     assert str(stored["verb_class"].dtype) == "Int64"
     assert stored["verb_class"].iloc[:2].tolist() == [0, 1] and pd.isna(stored["verb_class"][2])
     assert schema.fingerprint(schema.read(path)) == schema.fingerprint(frame)
+
+
+def test_a_failed_write_whose_partial_cannot_be_removed_names_the_manifest(tmp_path, monkeypatch):
+    # a disk full, then turned read-only: the partial cannot be removed (EROFS), and that
+    # removal's error, naming .partial-<pid>-<hex>-m.csv, was said instead of the write's
+    frame = pd.read_csv(pd.io.common.StringIO(GOOD))
+
+    def full(self, target, **kwargs):
+        Path(target).write_text("uid,vid")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def read_only(self, missing_ok=False):
+        raise OSError(errno.EROFS, "Read-only file system", str(self))
+
+    monkeypatch.setattr(pd.DataFrame, "to_csv", full)
+    monkeypatch.setattr(Path, "unlink", read_only)
+    with pytest.raises(OSError) as raised:
+        schema.write_partial(frame, tmp_path / "m.csv")
+    assert (raised.value.errno, raised.value.filename) == (errno.ENOSPC, str(tmp_path / "m.csv"))

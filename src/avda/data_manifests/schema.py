@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from avda._io import file_lock, lock_file_of, name_written, replace_file
+from avda._io import file_lock, lock_file_of, name_written, remove_temporary, replace_file
 from avda.errors import ConfigError, ManifestError
 from avda.paths import component_problem, relative_path_problem, safe_component
 
@@ -682,7 +682,7 @@ def write_partial(frame: pd.DataFrame, path: str | Path, temporary: Path | None 
         else:
             shown.to_csv(temporary, index=False)
     except BaseException as exc:
-        temporary.unlink(missing_ok=True)
+        remove_temporary(temporary)
         name_written(exc, path, temporary)
         raise
     return temporary
