@@ -408,3 +408,38 @@ def test_predictions_killed_between_their_renames_leave_no_npz(tmp_path, monkeyp
     with pytest.raises(KeyboardInterrupt):
         runs.save_predictions(out, uids, labels, {"verb": np.eye(2)[::-1]})
     assert renamed == ["p.csv"] and sorted(p.name for p in tmp_path.iterdir()) == ["p.csv"]
+
+
+def test_naming_writes_names_the_store_only_for_an_os_error_naming_no_file():
+    # a Zarr chunk's ENOSPC names no file: the store and what was written are named; an error
+    # naming its file, or not an OS error (a Zarr ValueError, Ctrl-C), is raised as it was
+    import errno
+
+    with pytest.raises(OSError) as raised, _io.naming_writes("c.zarr", "the rgb features"):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    assert _io.os_error_line(raised.value).startswith(
+        "no space left on device: c.zarr (writing the rgb features); free"
+    )
+    with pytest.raises(OSError) as raised, _io.naming_writes("c.zarr", "the rgb features"):
+        raise OSError(errno.EIO, "Input/output error", "c.zarr/features/rgb/c/0/0/0")
+    assert _io.os_error_line(raised.value) == "input/output error: c.zarr/features/rgb/c/0/0/0"
+    for error in (ValueError("bad shape"), KeyboardInterrupt()):
+        with pytest.raises(type(error)) as raised, _io.naming_writes("c.zarr", "the rgb features"):
+            raise error
+        assert raised.value is error and vars(error) == {}, vars(error)
+
+
+def test_naming_writes_nested_the_innermost_names_the_write():
+    import errno
+
+    with pytest.raises(OSError) as raised, _io.naming_writes("c.zarr", "a new store"):
+        with _io.naming_writes("c.zarr", "its provenance (zarr.json)"):
+            raise OSError(errno.EDQUOT, "Disk quota exceeded")
+    assert _io.os_error_line(raised.value).startswith(
+        "disk quota exceeded: c.zarr (writing its provenance (zarr.json)); free"
+    )
+
+
+def test_check_writable_makes_the_folder_and_leaves_no_probe(tmp_path):
+    _io.check_writable(tmp_path / "new" / "rep.html")
+    assert [p.name for p in tmp_path.rglob("*")] == ["new"]
