@@ -8,6 +8,7 @@ import functools
 import hashlib
 import os
 import pickle
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -181,8 +182,36 @@ def start_avda(args: list[str], cwd: Path, **env: str) -> subprocess.Popen:
     )
 
 
+NOBODY = ["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups"]
+"""The command prefix running a program as the user nobody (:func:`opened_to_nobody`)."""
+
+
+@contextlib.contextmanager
+def opened_to_nobody(folder: Path) -> Iterator[None]:
+    """``folder`` and the folders above it readable by the user ``nobody`` for the block (a
+    test's temporary folders are root's alone), their modes restored after: ``avda`` run as
+    ``nobody`` (``NOBODY=1``, :func:`avda`) meets a real ``EACCES`` on a folder of root's,
+    which root itself writes whatever its mode. Skips the test where this process is not root
+    or has no ``setpriv``."""
+    import pytest
+
+    if os.geteuid() != 0 or shutil.which(NOBODY[0]) is None:
+        pytest.skip("running avda as nobody needs root and setpriv")
+    modes = {p: p.stat().st_mode & 0o7777 for p in (folder, *folder.parents)}
+    modes = {path: mode for path, mode in modes.items() if mode | 0o555 != mode}
+    try:
+        for path, mode in modes.items():
+            path.chmod(mode | 0o555)
+        yield
+    finally:
+        for path, mode in modes.items():
+            path.chmod(mode)
+
+
 def _avda_process(args: list[str], cwd: Path, env: dict[str, str]) -> dict:
     command = [sys.executable, "-c", "from avda.cli import entry; entry()", *args]
+    if env.pop("NOBODY", None):
+        command = NOBODY + command
     environ = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), **env}
     return {"args": command, "cwd": cwd, "text": True, "env": environ}
 

@@ -14,6 +14,7 @@ from tests.adversarial._helpers import (
     annotations,
     avda,
     feature_pickle,
+    opened_to_nobody,
     read_only,
     read_only_line,
     small_disk,
@@ -147,3 +148,32 @@ def test_report_says_a_read_only_output_before_it_reads_the_runs(read_only_disk,
     assert raised.value.errno == errno.EROFS
     assert raised.value.filename == str(folder / "disk" / "new.html")
     assert snapshot(folder / "disk") == before
+
+
+PERMISSION_DENIED = {  # the command, as nobody, writing into a folder of root's: what it names
+    "evaluate -o": "evaluate -o",
+    "manifest build": "manifest build",  # its lock file (EACCES) named the manifest (guards=)
+    "report": "report",  # the probe beside the page (EACCES) names the page
+}
+
+
+@pytest.mark.parametrize(
+    "command",
+    [pytest.param(c, marks=pytest.mark.slow) if c in SLOW else c for c in PERMISSION_DENIED],
+)
+def test_a_command_writing_where_it_may_not_says_permission_denied_naming_its_output(
+    read_only_disk, command, shared_data
+):
+    # a real EACCES (avda run as nobody, a folder of root's, mode 755): the tests run as root,
+    # which writes whatever the mode, so the permission-denied cases were simulated in-process
+    folder, _ = read_only_disk
+    (folder / "roots").mkdir(exist_ok=True)
+    args, names = COMMANDS[PERMISSION_DENIED[command]]
+    args = [a.format(shared=shared_data).replace("disk/", "roots/") for a in args]
+    output = names.rstrip(";").replace("disk/", "roots/")
+    with opened_to_nobody(folder):
+        result = avda(args, folder, NOBODY="1")
+    last = result.stderr.strip().splitlines()[-1]
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-1500:]
+    assert last == f"error: permission denied: {output}; check the path's owner and permissions"
+    assert list((folder / "roots").iterdir()) == []
