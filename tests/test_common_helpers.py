@@ -443,3 +443,35 @@ def test_naming_writes_nested_the_innermost_names_the_write():
 def test_check_writable_makes_the_folder_and_leaves_no_probe(tmp_path):
     _io.check_writable(tmp_path / "new" / "rep.html")
     assert [p.name for p in tmp_path.rglob("*")] == ["new"]
+
+
+def test_a_failed_writes_temporary_that_cannot_be_removed_is_left_and_said(
+    tmp_path, monkeypatch, caplog
+):
+    # a disk turned read-only mid-write: the half-written PATH.tmp stays; it was left unsaid
+    import errno
+    from pathlib import Path
+
+    def read_only(self, missing_ok=False):
+        raise OSError(errno.EROFS, "Read-only file system", str(self))
+
+    def half_then_fail(tmp):
+        tmp.write_bytes(b"half a fi")
+        monkeypatch.setattr(Path, "unlink", read_only)
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    with pytest.raises(OSError) as raised:
+        _io.atomic_write(tmp_path / "out.bin", half_then_fail)
+    assert raised.value.filename == str(tmp_path / "out.bin")
+    assert caplog.messages == [
+        f"{tmp_path / 'out.bin.tmp'}, a failed write's temporary file, is left "
+        "(Read-only file system)"
+    ]
+    caplog.clear()  # one that was never made (a read-only folder): nothing to say
+    with pytest.raises(OSError):
+        _io.atomic_write(tmp_path / "new.bin", _fail)
+    assert caplog.messages == []
+
+
+def _fail(tmp):
+    raise OSError(30, "Read-only file system")

@@ -97,9 +97,13 @@ def atomic_write(
 def remove_temporary(tmp: Path) -> None:
     """Remove the temporary file of a write that failed; one that cannot be removed (a
     read-only folder, where it was never made) is left: the write's own error is the one to
-    say, not the removal's (``EROFS`` naming ``PATH.tmp``)."""
-    with contextlib.suppress(OSError):
+    say, not the removal's (``EROFS`` naming ``PATH.tmp``). One left that is there (a disk
+    turned read-only mid-write) is said in a warning naming it."""
+    try:
         tmp.unlink(missing_ok=True)
+    except OSError as exc:
+        if os.path.lexists(tmp):
+            log.warning("%s, a failed write's temporary file, is left (%s)", tmp, exc.strerror)
 
 
 DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
