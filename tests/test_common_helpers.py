@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
@@ -440,8 +441,13 @@ def test_naming_writes_nested_the_innermost_names_the_write():
     )
 
 
-def test_check_writable_makes_the_folder_and_leaves_no_probe(tmp_path):
+def test_check_writable_makes_the_folder_and_leaves_no_probe(tmp_path, monkeypatch):
     _io.check_writable(tmp_path / "new" / "rep.html")
+    assert [p.name for p in tmp_path.rglob("*")] == ["new"]
+    # killed before the probe is removed: one with a name (.rep.html.*.probe) was left behind
+    monkeypatch.setattr(os, "unlink", lambda *args, **kwargs: _interrupt())
+    with contextlib.suppress(KeyboardInterrupt):
+        _io.check_writable(tmp_path / "new" / "rep.html")
     assert [p.name for p in tmp_path.rglob("*")] == ["new"]
 
 

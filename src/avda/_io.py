@@ -172,22 +172,22 @@ def name_written(exc: BaseException, path: str | Path, temporary: str | Path) ->
 
 
 def check_writable(path: str | Path) -> None:
-    """Make ``path``'s folder and an empty file beside it (a hidden probe, removed), so that a
-    folder that cannot be written (read-only, permission denied) is said before the work
-    whose result goes to ``path`` (a report of many runs), in the line its write would end
-    with, naming ``path``."""
+    """Make ``path``'s folder and an empty file in it, so that a folder that cannot be written
+    (read-only, permission denied) is said before the work whose result goes to ``path`` (a
+    report of many runs), in the line its write would end with, naming ``path``. The file has
+    no name where the file system allows (Linux's ``O_TMPFILE``, :class:`tempfile.TemporaryFile`):
+    a kill leaves nothing; elsewhere a hidden ``.NAME.*.probe``, removed at once."""
     import tempfile
 
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=path.parent)
+        with tempfile.TemporaryFile(prefix=f".{path.name}.", suffix=".probe", dir=path.parent):
+            pass
     except OSError as exc:
         if exc.filename is None or str(exc.filename).endswith(".probe"):  # not a folder made
             exc.filename = str(path)
         raise
-    os.close(fd)
-    remove_temporary(Path(probe))
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
