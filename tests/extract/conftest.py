@@ -28,6 +28,14 @@ def one_thread():
     torch.set_num_threads(previous)
 
 
+def every_frame_in_order(path: Path) -> np.ndarray:
+    """The reference: PyAV (not avda) decoding every frame of ``path`` in order, rgb24."""
+    import av
+
+    with av.open(str(path)) as container:
+        return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+
+
 def tiny(name: str, **changes) -> sampling.Recipe:
     """A registered recipe with small frames (64 px), same placement and clip layout."""
     values = {**sampling.get(name).to_dict(), "resize_shorter": 64, "crop_size": 64, **changes}

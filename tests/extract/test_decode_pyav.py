@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from tests.conftest import shared_data_dir
-from tests.extract.conftest import tiny
+from tests.extract.conftest import every_frame_in_order, tiny
 
 from avda import cli
 from avda.cache import Status, open_cache
@@ -122,14 +122,6 @@ def test_every_frame_of_the_avi_in_display_order(media):
     np.testing.assert_allclose(ours.timestamps, (everything + 1) / 25, atol=1e-9)
 
 
-def _every_frame_in_order(path: Path) -> np.ndarray:
-    """The reference: PyAV (not avda) decoding every frame of ``path`` in order, rgb24."""
-    import av
-
-    with av.open(str(path)) as container:
-        return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
-
-
 @needs_decord
 def test_the_last_frames_of_the_avi_are_the_same_on_every_call(media):
     """decord 0.6.0 returned frame 162 of test.avi for its last frame (163) in about 1 fresh
@@ -137,7 +129,7 @@ def test_the_last_frames_of_the_avi_are_the_same_on_every_call(media):
     B-frames): such a file is decoded with PyAV. 30 fresh decoders: a 1-in-20 fault would be
     missed with probability 0.95**30 = 0.2, a 1-in-5 one 0.001."""
     path = media / "video" / "test.avi"
-    reference = _every_frame_in_order(path)
+    reference = every_frame_in_order(path)
     last = np.arange(len(reference) - 3, len(reference))
     for _ in range(30):
         decoder = VideoDecoder(path, backend="decord")

@@ -10,7 +10,8 @@ files: PyAV and ffmpeg both report no start time for the video stream (ffmpeg pr
 1/1000 s; decord gives (pts + 2**63) / 1000 = 9.223372e15 s as float32 for every frame. The
 shared videos (4 mp4, test.avi), and .mp4 / .webm / .ts / libx264 .mkv / mpeg4 .avi files
 written by PyAV or remuxed by ffmpeg, have a start time and timestamps decord gets right
-(test.avi's B-frames aside: -3.7e17 s, repaired since earlier).
+(B-frames of MPEG-4 in AVI aside, test.avi's and those PyAV writes: -3.7e17 s, and wrong frames
+found by them: such files are PyAV's whole).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from tests.conftest import shared_data_dir
-from tests.extract.conftest import tiny
+from tests.extract.conftest import every_frame_in_order, tiny
 
 from avda.cache import Status, open_cache
 from avda.data_manifests.demo import write_video
@@ -126,6 +127,50 @@ def test_decord_reads_a_short_matroska_stream_with_aac_as_pyav_does(written, rat
     np.testing.assert_array_equal(ours.indices_at(times), [0, 1, 2, 4, 5])
     np.testing.assert_array_equal(_grey(ours.frames(ours.indices_at(times))), [0, 1, 2, 4, 5])
     np.testing.assert_array_equal(_grey(pyav.frames(pyav.indices_at(times))), [0, 1, 2, 4, 5])
+
+
+def _write_b_frames_avi(path: Path, frames: np.ndarray) -> None:
+    """MPEG-4 part 2 with B-frames in AVI (as UCF/HMDB's xvid files): decord's FFmpeg 4 gives
+    every frame -3.7e17 s and, finding frames by those times, returned other frames for the
+    last ones on every call (40 of 40 on a 40-frame file, measured 2026-12-07)."""
+    import av
+
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream("mpeg4", rate=FPS)
+        stream.height, stream.width = frames.shape[1:3]
+        stream.pix_fmt = "yuv420p"
+        stream.codec_context.max_b_frames = 2
+        stream.codec_context.gop_size = 12
+        for frame in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())
+
+
+@needs_decord
+@pytest.mark.parametrize("name", ["bframes.avi", "nostart.mkv"])
+def test_a_file_with_invalid_decord_timestamps_is_decoded_by_pyav_whole(
+    written, tmp_path, name, caplog
+):
+    """The decision, not only test.avi's seldom wrong last frame: a file whose decord
+    timestamps are invalid (B-frames without pts; no stream start time) has PyAV's frame
+    count, timestamps and frames, whatever order they are asked in."""
+    path = written / name
+    if name == "bframes.avi":
+        path = tmp_path / name
+        _write_b_frames_avi(path, _frames(30))
+    decord = pytest.importorskip("decord")
+    raw = decord.VideoReader(str(path)).get_frame_timestamp(np.arange(2))[:, 0]
+    assert timestamps_problem(raw, FPS, decode.probe(path).duration) is not None  # the fact
+    reference = every_frame_in_order(path)
+    with caplog.at_level(logging.INFO, logger="avda.extract.decode"):
+        ours = VideoDecoder(path, backend="decord")
+    assert f"PyAV decodes its {len(reference)} frames" in caplog.text
+    pyav = VideoDecoder(path, backend="pyav")
+    assert ours.num_frames == pyav.num_frames == len(reference)
+    np.testing.assert_array_equal(ours.timestamps, pyav.timestamps)
+    last = np.arange(len(reference) - 3, len(reference))
+    for indices in (last[-1:], last, np.arange(len(reference))[::-1]):
+        np.testing.assert_array_equal(ours.frames(indices), reference[indices])
 
 
 @needs_decord
