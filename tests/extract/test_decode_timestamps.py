@@ -44,6 +44,23 @@ def _frames(count: int, size: tuple[int, int] = (48, 32)) -> np.ndarray:
     return np.broadcast_to(values[:, None, None, None], (count, height, width, 3)).copy()
 
 
+def _write_b_frames_avi(path: Path, frames: np.ndarray) -> None:
+    """MPEG-4 part 2 with B-frames in AVI (as UCF/HMDB's xvid files): decord's FFmpeg 4 gives
+    every frame -3.7e17 s and, finding frames by those times, returned other frames for the
+    last ones on every call (40 of 40 on a 40-frame file, measured 2026-12-07)."""
+    import av
+
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream("mpeg4", rate=FPS)
+        stream.height, stream.width = frames.shape[1:3]
+        stream.pix_fmt = "yuv420p"
+        stream.codec_context.max_b_frames = 2
+        stream.codec_context.gop_size = 12
+        for frame in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())
+
+
 @pytest.fixture(scope="module")
 def written(tmp_path_factory) -> Path:
     """Lossless files written by avda's own helper: the .mkv has no video start time."""
@@ -53,6 +70,7 @@ def written(tmp_path_factory) -> Path:
     write_video(root / "nostart.mkv", frames[:6], fps=FPS, codec="libx264rgb", crf=0)
     write_video(root / "fine.mp4", frames, fps=FPS, codec="libx264rgb", crf=0)
     write_video(root / "fine.avi", frames, fps=FPS, codec="mpeg4")
+    _write_b_frames_avi(root / "bframes.avi", frames)
     # with AAC audio (1024 priming samples, first audio packet at -1024 / rate s): decord's
     # FFmpeg 4 starts the short stream there, the longer one has a video start of its own
     for rate in (16000, 44100):
@@ -129,35 +147,13 @@ def test_decord_reads_a_short_matroska_stream_with_aac_as_pyav_does(written, rat
     np.testing.assert_array_equal(_grey(pyav.frames(pyav.indices_at(times))), [0, 1, 2, 4, 5])
 
 
-def _write_b_frames_avi(path: Path, frames: np.ndarray) -> None:
-    """MPEG-4 part 2 with B-frames in AVI (as UCF/HMDB's xvid files): decord's FFmpeg 4 gives
-    every frame -3.7e17 s and, finding frames by those times, returned other frames for the
-    last ones on every call (40 of 40 on a 40-frame file, measured 2026-12-07)."""
-    import av
-
-    with av.open(str(path), mode="w") as container:
-        stream = container.add_stream("mpeg4", rate=FPS)
-        stream.height, stream.width = frames.shape[1:3]
-        stream.pix_fmt = "yuv420p"
-        stream.codec_context.max_b_frames = 2
-        stream.codec_context.gop_size = 12
-        for frame in frames:
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
-        container.mux(stream.encode())
-
-
 @needs_decord
 @pytest.mark.parametrize("name", ["bframes.avi", "nostart.mkv"])
-def test_a_file_with_invalid_decord_timestamps_is_decoded_by_pyav_whole(
-    written, tmp_path, name, caplog
-):
+def test_a_file_with_invalid_decord_timestamps_is_decoded_by_pyav_whole(written, name, caplog):
     """The decision, not only test.avi's seldom wrong last frame: a file whose decord
     timestamps are invalid (B-frames without pts; no stream start time) has PyAV's frame
     count, timestamps and frames, whatever order they are asked in."""
     path = written / name
-    if name == "bframes.avi":
-        path = tmp_path / name
-        _write_b_frames_avi(path, _frames(30))
     decord = pytest.importorskip("decord")
     raw = decord.VideoReader(str(path)).get_frame_timestamp(np.arange(2))[:, 0]
     assert timestamps_problem(raw, FPS, decode.probe(path).duration) is not None  # the fact
@@ -195,7 +191,8 @@ def test_real_videos_are_not_repaired_beyond_what_was(media, name, caplog):
     pyav = VideoDecoder(path, shorter_side=32, backend="pyav")
     repaired = "timestamps are invalid" in caplog.text
     assert repaired == (name == "test.avi"), caplog.text
-    assert not decord_misplaced_frames(path)
+    # its store made by an older avda (decord's frames) is not resumed into a mix
+    assert decord_misplaced_frames(path) == (name == "test.avi")
     first = decode.first_frame_times(path)
     assert first.decord == first.pyav == pytest.approx(pyav.timestamps[0])
     times = np.arange(0, pyav.duration, 0.037)
@@ -228,12 +225,13 @@ def _options(written: Path) -> runner.ExtractOptions:
 
 
 @pytest.mark.usefixtures("one_thread")
-@pytest.mark.parametrize("misplaced", ["nostart.mkv", "late16000.mkv"])
+@pytest.mark.parametrize("misplaced", ["nostart.mkv", "late16000.mkv", "bframes.avi"])
 def test_a_store_read_before_the_check_is_not_resumed_into_a_mix(
     written, tmp_path, caplog, misplaced
 ):
     """A store without ``video_timestamps`` (an avda before 2026-12-07) whose done segments
-    include a video decord misplaced (no stream start time; every frame late): a warning when
+    include a video decord misplaced (no stream start time; every frame late; B-frames without
+    pts, whose decord frames were wrong): a warning when
     it is complete, refused in one line while rows remain, recomputed with --force; the
     convention is recorded."""
     manifest = _manifest(misplaced, "fine.mp4")
@@ -242,11 +240,13 @@ def test_a_store_read_before_the_check_is_not_resumed_into_a_mix(
     assert runner.extract(manifest, options, out=out).done == 4
     store = open_cache(out, mode="r+")
     assert store.modality_info("rgb")["video_timestamps"] == runner.VIDEO_TIMESTAMPS
-    store.update_modality_info("rgb", video_timestamps=None)  # as an earlier avda left it
+    # as an earlier avda left it: none, or decord's frames of B-frames without pts kept
+    earlier = "checked-2026-12-07" if misplaced == "bframes.avi" else None
+    store.update_modality_info("rgb", video_timestamps=earlier)
     with caplog.at_level("WARNING"):
         assert runner.extract(manifest, options, out=out).done == 4  # done: nothing to mix
     assert "1 video(s) whose frames" in caplog.text and f"({misplaced}: " in caplog.text
-    assert open_cache(out).modality_info("rgb").get("video_timestamps") is None
+    assert open_cache(out).modality_info("rgb").get("video_timestamps") == earlier
     store.status_array("rgb")[3] = int(Status.FAILED)  # left failed: a rerun adds nothing
     assert runner.extract(manifest, options, out=out).done == 3
     with pytest.raises(CacheError, match="--force to recompute rgb"):

@@ -205,11 +205,15 @@ def shifted_first_frame(decord: float, pyav: float | None) -> bool:
 
 
 def decord_misplaced_frames(path: str | Path) -> bool:
-    """Whether avda before 2026-12-07 read this video's frames with decord at wrong times: a
-    video stream without a start time (decord put every frame at about 9.2e15 s, so every clip
-    time was read as frame 0), or one whose first frame decord put elsewhere than PyAV
-    (:func:`first_frame_times`: short Matroska with AAC, every frame late). Reads
-    the header and a few packets (cheap); False for unreadable files."""
+    """Whether avda before 2026-12-07 read this video's frames with decord at wrong times or
+    from wrong places: a video stream without a start time (decord put every frame at about
+    9.2e15 s, so every clip time was read as frame 0), one whose first frame decord put
+    elsewhere than PyAV (:func:`first_frame_times`: short Matroska with AAC, every frame late),
+    or, where decord is installed, one whose decord timestamps are invalid
+    (:func:`timestamps_problem`: B-frames of MPEG-4 in AVI without pts; decord finds frames by
+    them and returned wrong ones: test.avi's last frame at times, most frames of such an AVI
+    written by PyAV). Reads the header and a few packets, and decord's packet index;
+    False for unreadable files."""
     try:
         info = probe(path)
     except MediaError:
@@ -217,7 +221,24 @@ def decord_misplaced_frames(path: str | Path) -> bool:
     if not info.has_start_time:
         return True
     times = first_frame_times(path)
-    return times.decord is not None and shifted_first_frame(times.decord, times.pyav)
+    if times.decord is not None and shifted_first_frame(times.decord, times.pyav):
+        return True
+    return decord_available() and _decord_timestamps_problem(path, info) is not None
+
+
+def _decord_timestamps_problem(path: str | Path, info: VideoInfo) -> str | None:
+    """:func:`timestamps_problem` of decord's frame timestamps of ``path`` (None: it cannot
+    open it, as :class:`DecordVideoDecoder` then decodes with PyAV)."""
+    import decord
+
+    _quiet_decord(decord)
+    try:
+        reader = decord.VideoReader(str(path), num_threads=1)
+        timestamps = reader.get_frame_timestamp(np.arange(len(reader)))[:, 0]
+        fps = float(reader.get_avg_fps())
+    except Exception:  # noqa: BLE001 - decord raises DECORDError / RuntimeError
+        return None
+    return timestamps_problem(timestamps, fps, info.duration)
 
 
 def indexed_frames(path: str | Path) -> int:

@@ -594,8 +594,11 @@ def _recipes_that_fit(model: backbones.Backbone, modality: str, backbone: str) -
 # stream without a start time (Matroska written by PyAV) at about 9.2e15 s, so every clip of
 # such a video was read from its first frame (decode.timestamps_problem), and
 # a short Matroska stream with AAC audio every frame 1024 audio samples late (its first frame
-# checked against PyAV's: decode.first_frame_times); absent: before then.
-VIDEO_TIMESTAMPS = "checked-2026-12-07"
+# checked against PyAV's: decode.first_frame_times); absent: before then. "checked-2026-12-07"
+# (also absent) kept decord's frames of a video whose decord timestamps are invalid (B-frames
+# of MPEG-4 in AVI), which decord finds by those timestamps: wrong ones at times; such a video
+# is PyAV's whole now (decode.DecordVideoDecoder).
+VIDEO_TIMESTAMPS = "checked-2026-12-07-pyav-frames"
 
 
 def _reads_video_files(spec: ModalitySpec, inputs: InputPaths) -> bool:
@@ -611,8 +614,9 @@ def _check_video_timestamps(
     retry_failed: bool = False,
 ) -> bool:
     """False (recompute it) when ``modality`` was read from videos before 2026-12-07, some of
-    whose done segments come from a video decord misplaced (a stream without a start time, or
-    one whose first frame decord put elsewhere than PyAV: decode.decord_misplaced_frames) and
+    whose done segments come from a video decord misplaced (a stream without a start time,
+    one whose first frame decord put elsewhere than PyAV, or one whose decord timestamps are
+    invalid: decode.decord_misplaced_frames) and
     ``force``; without it, refuse to add to them (a resumed store would mix wrong and right
     features) and warn where they are all done. Where no done segment comes from such a video
     (the header and a few packets read per video, once), or nothing is done, record the
@@ -644,8 +648,9 @@ def _check_video_timestamps(
     )
     what = (
         f"store {store.path} holds {modality} features of {len(affected)} video(s) whose "
-        f"frames an avda before 2026-12-07 may have read with decord at wrong times ({named}: "
-        "no stream start time, or a first frame off PyAV's; docs/extraction.md)"
+        f"frames an avda before 2026-12-07 may have read with decord at wrong times or places "
+        f"({named}: no stream start time, a first frame off PyAV's, or invalid decord "
+        "timestamps; docs/extraction.md)"
     )
     return _read_another_way(
         store,
