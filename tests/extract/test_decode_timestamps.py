@@ -46,8 +46,9 @@ def _frames(count: int, size: tuple[int, int] = (48, 32)) -> np.ndarray:
 
 def _write_b_frames_avi(path: Path, frames: np.ndarray) -> None:
     """MPEG-4 part 2 with B-frames in AVI (as UCF/HMDB's xvid files): decord's FFmpeg 4 gives
-    every frame -3.7e17 s and, finding frames by those times, returned other frames for the
-    last ones on every call (40 of 40 on a 40-frame file, measured 2026-12-07)."""
+    every frame -3.7e17 s, and returned other frames for the last ones on every call (40 of 40
+    on a 40-frame file, measured 2026-12-07; the same stream in MP4 has valid timestamps and
+    wrong decord frames too, which avda does not detect: docs/extraction.md)."""
     import av
 
     with av.open(str(path), mode="w") as container:
