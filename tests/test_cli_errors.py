@@ -910,9 +910,27 @@ def test_a_sweep_specs_out_named_as_a_file_is_a_spec_problem(capsys, in_work, tm
 
 
 def test_a_folder_output_keeps_ordinary_names(tmp_path):
-    for out in ("runs/dann", "v1.5", "dann.seed0", "sub/", ".", "..", ".x", "c.zarr"):
+    for out in ("runs/dann", "v1.5", "dann.seed0", "lr1e-3", "exp.2026-12-07", "i3d.rgb",
+                "runs.v2", "sub/", ".", "..", ".x", "c.zarr"):  # fmt: skip
         assert paths.check_output_folder(out, "-o", "a run", "run" if out != "c.zarr" else
                                          "features.zarr") == Path(out)  # fmt: skip
+
+
+def test_an_existing_folder_named_as_a_file_is_still_its_folder(capsys, in_work, tmp_path):
+    # a run an older avda wrote as -o old.json (or a sweep's out: results.json) could no longer
+    # be trained into again or resumed: the name rule refused the folder it had made itself
+    old = tmp_path / "old.json"
+    assert run(capsys, *TRAIN, "--head", "source-only", "-o", str(old), "-q")[2].startswith(
+        f"error: -o {old} is named as a .json file")  # fmt: skip
+    old.mkdir()  # as an older avda made it (here: empty, so trained into whole)
+    code, _, err = run(capsys, *TRAIN, "--head", "source-only", "-o", str(old), "-q")
+    assert code == 0 and (old / "config.yaml").is_file(), err
+    assert run(capsys, *TRAIN, "--head", "source-only", "-o", str(old), "-q")[0] == 0  # again
+    spec = yaml.safe_load((in_work / "sweep.yaml").read_text())
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump({**spec, "cache": str(in_work / "c.zarr"), "out": "old.json"}))
+    code, _, err = run(capsys, "sweep", str(path), "--check")
+    assert code == 0, err
 
 
 def test_train_refuses_a_cache_and_extract_a_run(capsys, in_work, tmp_path):
