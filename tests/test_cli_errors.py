@@ -839,6 +839,31 @@ def test_a_command_refused_on_bad_input_leaves_no_folder_it_made(capsys, in_work
         shutil.rmtree(in_work / "folder" / "new", ignore_errors=True)
 
 
+def test_a_command_failing_after_work_keeps_the_folders_it_made_and_filled(
+    capsys, tmp_path, media, monkeypatch
+):
+    # exit 3 after partial work (one video missing): the folders made for the store (new/,
+    # new/deeper/) hold the store and its failures list, kept with every finished row; only
+    # an empty folder a failed command made is removed (rmdir, never a tree)
+    import pandas as pd
+
+    monkeypatch.chdir(tmp_path)
+    rows = {"uid": ["a", "b"], "video_id": ["clip", "gone"], "domain": ["S", "S"],
+            "split": ["train", "train"], "start_sec": [1.0, 1.0], "stop_sec": [3.0, 3.0],
+            "video_path": ["v_ZNVhz7ctTq0.mp4", "gone.mp4"]}  # fmt: skip
+    pd.DataFrame(rows).to_csv("m.csv", index=False)
+    code, _, err = run(capsys, "extract", "-m", "m.csv", "-o", "new/deeper/d.zarr", "--videos",
+                       str(media / "video"), "--modalities", "audio", "--recipe", "demo",
+                       "-q")  # fmt: skip
+    assert code == 3, err
+    kept = {p.name for p in (tmp_path / "new" / "deeper").iterdir()}
+    assert {"d.zarr", "d.zarr.failures.csv"} <= kept, kept
+    from avda.cache import open_cache
+
+    # the finished row kept, the failed one listed
+    assert open_cache(tmp_path / "new" / "deeper" / "d.zarr").status("audio").tolist() == [1, 2]
+
+
 # Each command writing a folder: what it writes there and the folder it offers (docs/cli.md)
 FOLDER_OUTPUTS = {
     ("train", "--out"): ([*TRAIN, "--head", "source-only", "-o"], "-o", "a run folder", "run"),
