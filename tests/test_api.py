@@ -768,3 +768,27 @@ def test_evaluate_notes_name_the_keywords_as_its_warnings_do(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "train them with --protocol cia-ucf-hmdb" in printed
     assert "score one set for all with --set (avda evaluate)" in printed
+
+
+def test_a_folder_output_named_as_a_file_is_refused_as_the_cli_refuses_it(tmp_path, media):
+    """avda.train(out="x.zarr") made a run folder named as a cache, avda.extract(out="x.h5") a
+    store named as an HDF5 file, where avda train -o / avda extract -o refuse the name: the
+    library refuses it too, in its keywords, nothing made."""
+    make_feature_cache(tmp_path / "c.zarr", per_class=4)
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(
+        "uid,video_id,domain,split,start_sec,stop_sec,video_path\n"
+        "a,clip,S,train,1,3,v_ZNVhz7ctTq0.mp4\n"
+    )
+    new = tmp_path / "new"
+    with pytest.raises(ConfigError) as caught:
+        avda.train("source-only", tmp_path / "c.zarr", "source", "target", new / "x.zarr",
+                   epochs=1, progress=False)  # fmt: skip
+    assert str(caught.value) == (f"out {new / 'x.zarr'} is named as a Zarr cache; avda writes "
+        f"a run folder there: give the folder's path: {new / 'x'}")  # fmt: skip
+    with pytest.raises(ConfigError) as caught:
+        avda.extract(manifest, new / "x.h5", videos=media / "video", modalities=["audio"],
+                     recipe="demo", progress=False)  # fmt: skip
+    assert str(caught.value) == (f"out {new / 'x.h5'} is named as a .h5 file; avda writes a "
+        f"Zarr cache (a folder) there: give the folder's path: {new / 'x.zarr'}")  # fmt: skip
+    assert not new.exists()

@@ -33,7 +33,7 @@ import avda
 from avda import _entry
 from avda._io import os_error_line
 from avda.errors import AvdaError, ConfigError, ManifestError
-from avda.paths import check_output_file, check_output_folder
+from avda.paths import RUN_OUTPUT, STORE_OUTPUT, check_output_file, check_output_folder
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_FAILED_ITEMS, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 EXIT_TERMINATED = 128 + signal.SIGTERM  # 143, as a shell reports a process SIGTERM ended
@@ -156,8 +156,6 @@ def _out_folder(what: str, name: str, help: str = "Output path.") -> typer.model
     return typer.Option("--out", "-o", help=help, callback=callback)
 
 
-# The folder outputs' kinds and usual names (offered where a path names a file instead).
-STORE = ("a Zarr cache (a folder)", "features.zarr")
 # A file output: a str, not a Path, which drops the trailing slash of -o sub/ (a folder).
 OutFile = Annotated[str, typer.Option("--out", "-o", help="Output file.")]
 Seed = Annotated[int, typer.Option("--seed", min=0, help="Random seed.")]
@@ -401,7 +399,7 @@ def extract(
         Path | None, typer.Option("--manifest", "-m", help="Manifest CSV or Parquet.")
     ] = None,
     out: Annotated[
-        Path | None, _out_folder(*STORE, help="Cache to write (a .zarr folder).")
+        Path | None, _out_folder(*STORE_OUTPUT, help="Cache to write (a .zarr folder).")
     ] = None,
     videos: ExtractVideos = None,
     domain: Annotated[
@@ -788,7 +786,7 @@ def cache_import(
             "<video_id>/img_NNNNN.t7."
         ),
     ],
-    out: Annotated[Path, _out_folder(*STORE, help="Cache to append to or create (.zarr).")],
+    out: Annotated[Path, _out_folder(*STORE_OUTPUT, help="Cache to append to or create (.zarr).")],
     annotations: Annotated[
         Path | None,
         typer.Option(
@@ -990,7 +988,7 @@ def train_command(
     target: Annotated[str | None, typer.Option(help="Target domain(s), comma separated.")] = None,
     out: Annotated[
         Path | None,
-        _out_folder("a run folder", "run", help="Run folder to write."),
+        _out_folder(*RUN_OUTPUT, help="Run folder to write."),
     ] = None,
     seed: Annotated[int | None, typer.Option("--seed", min=0, help="Random seed [0].")] = None,
     epochs: Annotated[

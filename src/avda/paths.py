@@ -63,6 +63,12 @@ def check_output_file(out: str | Path, option: str, name: str) -> Path:
     return path
 
 
+# What a store's and a run's folder output is, and the name offered for it
+# (:func:`check_output_folder`'s ``what`` and ``name``): the CLI and the library say the same.
+STORE_OUTPUT = ("a Zarr cache (a folder)", "features.zarr")
+RUN_OUTPUT = ("a run folder", "run")
+
+
 def check_output_folder(out: str | Path, option: str, what: str, name: str) -> Path:
     """``out`` as a folder to write (``what``: "a run folder") read as typed (docs/cli.md,
     "Output paths"): a file type alone (``-o .zarr``) or a name ending in a file type other

@@ -67,7 +67,7 @@ from avda.extract.inputs import (
 from avda.extract.sampling import Recipe
 from avda.extract.transforms import check_clip_frames, model_input
 from avda.extract.writer import BackgroundWriter, ChunkWriter
-from avda.paths import refuse_foreign_folder, remove_empty_folder
+from avda.paths import STORE_OUTPUT, check_output_folder, refuse_foreign_folder, remove_empty_folder
 
 log = logging.getLogger(__name__)
 
@@ -755,7 +755,7 @@ def extract(
     """
     options = resolve_options(options, keywords)
     began = time.perf_counter()
-    out = Path(out)
+    out = check_output_folder(out, "-o", *STORE_OUTPUT)  # as the CLI
     refuse_foreign_store(out)  # before any work, and before its lock file is made beside it
     options.check()
     inputs, recipe, modalities, force = (

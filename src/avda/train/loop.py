@@ -25,7 +25,7 @@ from avda.cache import FeatureCache
 from avda.cache.lock import RUN_LOCK, run_lock
 from avda.cache.store import features_record, store_identity
 from avda.errors import AvdaError, RunError, TrainingDiverged
-from avda.paths import refuse_foreign_folder
+from avda.paths import RUN_OUTPUT, check_output_folder, refuse_foreign_folder
 from avda.scoring.protocols import set_metrics
 from avda.train import setup as setup_lib
 from avda.train import sinks as sinks_lib
@@ -223,7 +223,7 @@ def train(
     sinks_lib.check_available(names)  # a missing package: one line before any work
     # -o . or -o ~/Documents: a folder of other files is no run's (it was trained into); a
     # folder of stages run alone (audio-adaptive's run_stages) is the run they are reused in
-    run = Path(out)
+    run = check_output_folder(out, "-o", *RUN_OUTPUT)  # -o x.zarr: as the CLI
     mine = (runs.CONFIG, runs.STATUS, RUN_LOCK)
     ours = any((run / name).exists() for name in mine) or holds_stages(run)
     refuse_foreign_folder(run, "-o", "an avda run", is_ours=ours, name="run")
