@@ -839,6 +839,21 @@ def test_a_command_refused_on_bad_input_leaves_no_folder_it_made(capsys, in_work
         shutil.rmtree(in_work / "folder" / "new", ignore_errors=True)
 
 
+def test_a_command_failing_after_making_its_output_folder_removes_it_while_empty(
+    capsys, tmp_path, monkeypatch
+):
+    # the output folder itself, made by the command (weights fetch --dir: before the download
+    # that fails), is removed with its new parent; the bad-input cases fail before it is made
+    monkeypatch.chdir(tmp_path)
+    with socket.socket() as closed:  # a port nothing listens on: the connection is refused
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    code, _, err = run(capsys, "weights", "fetch", "bninception_imagenet_rgb", "--dir", "new/w",
+                       "--mirror", f"http://127.0.0.1:{port}/x", "-q")  # fmt: skip
+    assert code == 1 and "cannot reach" in one_line(err), err
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
 def test_a_command_failing_after_work_keeps_the_folders_it_made_and_filled(
     capsys, tmp_path, media, monkeypatch
 ):
