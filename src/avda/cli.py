@@ -33,7 +33,7 @@ import avda
 from avda import _entry
 from avda._io import os_error_line
 from avda.errors import AvdaError, ConfigError, ManifestError
-from avda.paths import RUN_OUTPUT, STORE_OUTPUT, check_output_file, check_output_folder
+from avda.paths import RUN_OUTPUT, RUNS_OUTPUT, STORE_OUTPUT, check_output_file, check_output_folder
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_FAILED_ITEMS, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 EXIT_TERMINATED = 128 + signal.SIGTERM  # 143, as a shell reports a process SIGTERM ended
@@ -1406,7 +1406,7 @@ def sweep_command(
     if job_script:
         typer.echo(sweep.job_script(sweep.load_spec(spec), cluster=cluster))
         return
-    output_dir(out, "--out", "a folder of runs", "runs")
+    output_dir(out, "--out", *RUNS_OUTPUT)
     summary = sweep.run_sweep.__wrapped__(  # its messages in the command line's words
         spec,
         out=out,

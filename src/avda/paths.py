@@ -67,6 +67,7 @@ def check_output_file(out: str | Path, option: str, name: str) -> Path:
 # (:func:`check_output_folder`'s ``what`` and ``name``): the CLI and the library say the same.
 STORE_OUTPUT = ("a Zarr cache (a folder)", "features.zarr")
 RUN_OUTPUT = ("a run folder", "run")
+RUNS_OUTPUT = ("a folder of runs", "runs")  # a sweep's
 
 
 def check_output_folder(out: str | Path, option: str, what: str, name: str) -> Path:

@@ -152,6 +152,11 @@ def test_usage_errors_come_before_any_work(tmp_path, three_domain_cache):
         sweep.run_sweep(spec, out=tmp_path, cluster="kubernetes")
     with pytest.raises(ConfigError, match=r"^queue_timeout bounds .*: leave queue_timeout out, or"):
         sweep.run_sweep(spec, out=tmp_path, cluster="local", queue_timeout=5)
+    # out="r.zarr": refused as avda sweep --out r.zarr is (it made a folder of runs so named)
+    with pytest.raises(ConfigError) as caught:
+        sweep.run_sweep(spec, out=tmp_path / "r.zarr", cluster="kubernetes")
+    assert str(caught.value) == (f"out {tmp_path / 'r.zarr'} is named as a Zarr cache; avda "
+        f"writes a folder of runs there: give the folder's path: {tmp_path / 'r'}")  # fmt: skip
     with pytest.raises(ConfigError) as caught:
         sweep.run_sweep(spec)
     # the spec made in Python: its key, and run_sweep's keyword (it said "give out DIR or out:

@@ -69,6 +69,7 @@ from avda.dask_support import (
 from avda.dask_support import connect as connect_scheduler
 from avda.devices import gpu_count
 from avda.errors import AvdaError, ConfigError
+from avda.paths import RUNS_OUTPUT, check_output_folder
 from avda.sweep.spec import (
     CLUSTER_KINDS,
     DEFAULT_WORKER_TIMEOUT,
@@ -1701,9 +1702,9 @@ def run_sweep(
         spec = parse_spec(dict(spec), source="spec")
     elif not isinstance(spec, SweepSpec):
         spec = load_spec(spec)
+    out_dir = check_output_folder(out, "--out", *RUNS_OUTPUT) if out is not None else spec.out
     kind = _cluster_kind(spec, scheduler, cluster)  # usage errors before any work
     check_queue_timeout(queue_timeout, kind, scheduler)
-    out_dir = Path(out) if out is not None else spec.out
     out_dir = Path(os.path.abspath(out_dir)) if out_dir is not None else None  # no ".."
     if out_dir is None:
         where = "the spec" if spec.source in ("spec", "<spec>") else spec.source  # or a dict

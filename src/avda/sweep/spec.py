@@ -14,7 +14,7 @@ import yaml
 from avda import safe_yaml
 from avda.data_manifests.settings import NAMED_SETTINGS, SETTING_GROUPS, Setting
 from avda.errors import AvdaError, ConfigError
-from avda.paths import check_output_folder
+from avda.paths import RUNS_OUTPUT, check_output_folder
 from avda.registry import unknown_name_message
 from avda.safe_yaml import MAX_YAML_BYTES
 from avda.wording import keywords
@@ -260,7 +260,7 @@ def parse_spec(
         problems.add(("out",), f"expected a folder path, got {out!r}")
     elif out is not None:  # out: runs.zarr, a file's name (docs/cli.md, "Output paths")
         try:
-            check_output_folder(base / out, "out:", "a folder of runs", "runs")
+            check_output_folder(base / out, "out:", *RUNS_OUTPUT)
         except ConfigError as exc:
             problems.add(("out",), str(exc).removeprefix(f"out: {base / out} "))
     device = data.get("device", "auto")
