@@ -154,11 +154,12 @@ def naming_writes(path: str | Path, what: str) -> Iterator[None]:
     """An OS error of the block that names no file (a library's write: a Zarr chunk, whose
     ``ENOSPC`` names none) names ``path`` (a store) and says ``what`` of it was written
     (``the rgb features of rows 0-7``): :func:`os_error_line` writes ``PATH (writing WHAT)``.
-    The innermost block names it."""
+    The innermost block names it. An error without an errno (``OSError("message")`` from
+    Python code) is raised as it was: naming a file would print it as ``[Errno None] None``."""
     try:
         yield
     except OSError as exc:
-        if exc.filename is None:
+        if exc.filename is None and exc.errno is not None:
             exc.filename = str(path)
             setattr(exc, WRITING, what)
         raise
@@ -166,8 +167,13 @@ def naming_writes(path: str | Path, what: str) -> Iterator[None]:
 
 def name_written(exc: BaseException, path: str | Path, temporary: str | Path) -> None:
     """An OS error naming no file or the ``temporary`` one ``path`` is written through (a full
-    disk: a write's ``ENOSPC`` names none) names ``path``, so its one line says which file."""
-    if isinstance(exc, OSError) and exc.filename in (None, str(temporary)):
+    disk: a write's ``ENOSPC`` names none) names ``path``, so its one line says which file;
+    one without an errno keeps its message (see :func:`naming_writes`)."""
+    if (
+        isinstance(exc, OSError)
+        and exc.errno is not None
+        and exc.filename in (None, str(temporary))
+    ):
         exc.filename = str(path)
 
 
