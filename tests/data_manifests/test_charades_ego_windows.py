@@ -684,15 +684,7 @@ def test_the_v1_one_view_files_build_the_authors_lists(real_rows, tmp_path):
         "CharadesEgo_v1_test_only3rd.csv": v1[100:],
         "CharadesEgo_v1_test_only1st.csv": ego[40:],
     }
-    folder = tmp_path / "CharadesEgo"
-    folder.mkdir()
-    source = Path(os.environ.get("AVDA_SHARED_DATA", "")) / "annotations" / "charadesego_v0"
-    (folder / "Charades_v1_classes.txt").write_text((source / CLASS_FILES[0]).read_text())
-    for name, file_rows in files.items():
-        with open(folder / name, "w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow([*header, *V1_EXTRA])
-            writer.writerows(file_rows)
+    folder = write_v1(tmp_path / "CharadesEgo", header, files)
     manifest = build("charades-ego", folder, unit="windows", version="v1-only").manifest
     first = manifest[(manifest["domain"] == "first") & (manifest["split"] == "train")]
     target = authors_view_list(files["CharadesEgo_v1_train_only1st.csv"])
