@@ -44,15 +44,16 @@ def _frames(count: int, size: tuple[int, int] = (48, 32)) -> np.ndarray:
     return np.broadcast_to(values[:, None, None, None], (count, height, width, 3)).copy()
 
 
-def _write_b_frames_avi(path: Path, frames: np.ndarray) -> None:
-    """MPEG-4 part 2 with B-frames in AVI (as UCF/HMDB's xvid files): decord's FFmpeg 4 gives
-    every frame -3.7e17 s, and returned other frames for the last ones on every call (40 of 40
-    on a 40-frame file, measured 2026-12-07; the same stream in MP4 has valid timestamps and
-    wrong decord frames too, which avda does not detect: docs/extraction.md)."""
+def _write_b_frames(path: Path, frames: np.ndarray, codec: str = "mpeg4") -> None:
+    """MPEG-4 part 2 (or ``codec``) with B-frames (as UCF/HMDB's xvid files). In AVI decord's
+    FFmpeg 4 gives every frame -3.7e17 s, and returned other frames for the last ones on every
+    call (40 of 40 on a 40-frame file, measured 2026-12-07); in MP4, MOV and Matroska its
+    timestamps are valid and its frames wrong at most random positions all the same
+    (docs/extraction.md)."""
     import av
 
     with av.open(str(path), mode="w") as container:
-        stream = container.add_stream("mpeg4", rate=FPS)
+        stream = container.add_stream(codec, rate=FPS)
         stream.height, stream.width = frames.shape[1:3]
         stream.pix_fmt = "yuv420p"
         stream.codec_context.max_b_frames = 2
@@ -71,7 +72,12 @@ def written(tmp_path_factory) -> Path:
     write_video(root / "nostart.mkv", frames[:6], fps=FPS, codec="libx264rgb", crf=0)
     write_video(root / "fine.mp4", frames, fps=FPS, codec="libx264rgb", crf=0)
     write_video(root / "fine.avi", frames, fps=FPS, codec="mpeg4")
-    _write_b_frames_avi(root / "bframes.avi", frames)
+    # 64 px wide: decord's FFmpeg 4 fails on these 48 px frames (a size check), so avda's
+    # PyAV fallback would hide its wrong frames
+    wide = _frames(30, (64, 48))
+    for ext in ("avi", "mp4", "mkv", "mov"):
+        _write_b_frames(root / f"bframes.{ext}", wide)
+    _write_b_frames(root / "mpeg2.mp4", wide, codec="mpeg2video")
     # with AAC audio (1024 priming samples, first audio packet at -1024 / rate s): decord's
     # FFmpeg 4 starts the short stream there, the longer one has a video start of its own
     for rate in (16000, 44100):
@@ -115,7 +121,7 @@ def test_decord_reads_a_matroska_stream_without_start_time_as_pyav_does(written)
     raw = decord.VideoReader(str(path)).get_frame_timestamp(np.arange(6))[:, 0]
     np.testing.assert_allclose(raw, 2**63 / 1000, rtol=1e-6)  # the fact behind the bug
     ours, pyav = VideoDecoder(path, backend="decord"), VideoDecoder(path, backend="pyav")
-    assert ours.backend == "decord"
+    assert ours.backend == "pyav"  # the file is PyAV's whole
     np.testing.assert_allclose(ours.timestamps, np.arange(6) / FPS, atol=1e-9)
     np.testing.assert_array_equal(ours.timestamps, pyav.timestamps)
     times = np.array([0.05, 0.15, 0.25, 0.41, 0.59])
@@ -171,6 +177,26 @@ def test_a_file_with_invalid_decord_timestamps_is_decoded_by_pyav_whole(written,
 
 
 @needs_decord
+@pytest.mark.parametrize("name", ["bframes.mp4", "bframes.mkv", "bframes.mov", "mpeg2.mp4"])
+def test_b_frames_decord_gets_wrong_are_decoded_by_pyav_whole(written, name, caplog):
+    """MPEG-4 Part 2 / MPEG-2 with B-frames: decord's timestamps are valid, yet a fresh reader
+    returned another frame for most single frames asked (20 of 20 in MP4 and MOV, 12 of 20 in
+    Matroska, measured 2026-12-07); the header decides, and PyAV decodes the file whole."""
+    decord = pytest.importorskip("decord")
+    path = written / name
+    raw = decord.VideoReader(str(path)).get_frame_timestamp(np.arange(30))[:, 0]
+    assert timestamps_problem(raw, FPS, decode.probe(path).duration) is None  # looks valid
+    assert decode.probe(path).b_frames and decord_misplaced_frames(path)
+    reference = every_frame_in_order(path)
+    with caplog.at_level(logging.INFO, logger="avda.extract.decode"):
+        assert VideoDecoder(path, backend="decord").backend == "pyav"
+    assert "with B-frames; PyAV decodes its 30 frames" in caplog.text
+    for index in range(1, len(reference), 3):  # a fresh decoder per frame, as decord failed
+        ours = VideoDecoder(path, backend="decord")
+        np.testing.assert_array_equal(ours.frames(np.array([index])), reference[[index]])
+
+
+@needs_decord
 @pytest.mark.parametrize("name", ["fine.mp4", "fine.avi", "fine_aac.mkv", "fine_aac.mp4"])
 def test_written_files_with_a_start_time_keep_decords_timestamps(written, name):
     path = written / name
@@ -185,13 +211,15 @@ def test_written_files_with_a_start_time_keep_decords_timestamps(written, name):
 @needs_decord
 @pytest.mark.parametrize("name", VIDEOS)
 def test_real_videos_are_not_repaired_beyond_what_was(media, name, caplog):
-    """Only test.avi (B-frames without pts) was repaired before; nothing else is now."""
+    """Only test.avi (MPEG-4 B-frames) is PyAV's; the H.264 files (some with B-frames) keep
+    decord and its frames are PyAV's."""
     path = media / "video" / name
     with caplog.at_level(logging.INFO, logger="avda.extract.decode"):
         ours = VideoDecoder(path, shorter_side=32, backend="decord")
     pyav = VideoDecoder(path, shorter_side=32, backend="pyav")
-    repaired = "timestamps are invalid" in caplog.text
+    repaired = "PyAV decodes its" in caplog.text
     assert repaired == (name == "test.avi"), caplog.text
+    assert ours.backend == ("pyav" if name == "test.avi" else "decord")
     # its store made by an older avda (decord's frames) is not resumed into a mix
     assert decord_misplaced_frames(path) == (name == "test.avi")
     first = decode.first_frame_times(path)
@@ -226,13 +254,16 @@ def _options(written: Path) -> runner.ExtractOptions:
 
 
 @pytest.mark.usefixtures("one_thread")
-@pytest.mark.parametrize("misplaced", ["nostart.mkv", "late16000.mkv", "bframes.avi"])
+@pytest.mark.parametrize(
+    "misplaced", ["nostart.mkv", "late16000.mkv", "bframes.avi", "bframes.mp4"]
+)
 def test_a_store_read_before_the_check_is_not_resumed_into_a_mix(
     written, tmp_path, caplog, misplaced
 ):
     """A store without ``video_timestamps`` (an avda before 2026-12-07) whose done segments
     include a video decord misplaced (no stream start time; every frame late; B-frames without
-    pts, whose decord frames were wrong): a warning when
+    pts, whose decord frames were wrong; MPEG-4 B-frames in MP4, valid timestamps and wrong
+    frames): a warning when
     it is complete, refused in one line while rows remain, recomputed with --force; the
     convention is recorded."""
     manifest = _manifest(misplaced, "fine.mp4")
@@ -241,8 +272,10 @@ def test_a_store_read_before_the_check_is_not_resumed_into_a_mix(
     assert runner.extract(manifest, options, out=out).done == 4
     store = open_cache(out, mode="r+")
     assert store.modality_info("rgb")["video_timestamps"] == runner.VIDEO_TIMESTAMPS
-    # as an earlier avda left it: none, or decord's frames of B-frames without pts kept
-    earlier = "checked-2026-12-07" if misplaced == "bframes.avi" else None
+    # as an earlier avda left it: none, decord's frames of B-frames without pts kept, or
+    # decord's frames of MPEG-4 B-frames with valid timestamps kept
+    earlier = {"bframes.avi": "checked-2026-12-07", "bframes.mp4": "checked-2026-12-07-pyav-frames"}
+    earlier = earlier.get(misplaced)
     store.update_modality_info("rgb", video_timestamps=earlier)
     with caplog.at_level("WARNING"):
         assert runner.extract(manifest, options, out=out).done == 4  # done: nothing to mix

@@ -67,6 +67,9 @@ class VideoInfo:
     # whether it has a start time (decord misplaces every frame of a stream without one)
     duration: float | None = None
     has_start_time: bool = True
+    # the video codec's FFmpeg name and whether its stream reorders frames (B-frames)
+    codec: str = ""
+    b_frames: bool = False
 
 
 def probe(path: str | Path) -> VideoInfo:
@@ -93,6 +96,7 @@ def probe(path: str | Path) -> VideoInfo:
             rates = tuple(int(a.codec_context.sample_rate or 0) for a in audio)
             duration = _header_duration(container, stream)
             has_start_time = stream.start_time is not None
+            codec, b_frames = stream.codec_context.name, bool(stream.codec_context.has_b_frames)
     except MediaError:
         raise
     except Exception as exc:  # PyAV raises many error types for damaged files
@@ -100,7 +104,9 @@ def probe(path: str | Path) -> VideoInfo:
     if not width or not height:
         raise MediaError(f"{path}: video stream has no frame size (damaged header?)")
     return VideoInfo(
-        path, int(width), int(height), float(rate), channels, rates, duration, has_start_time
+        *(path, int(width), int(height), float(rate), channels, rates, duration, has_start_time),
+        codec,
+        b_frames,
     )
 
 
@@ -204,11 +210,28 @@ def shifted_first_frame(decord: float, pyav: float | None) -> bool:
     return pyav is not None and abs(decord - pyav) > _FIRST_FRAME_TOLERANCE
 
 
+# Codecs whose B-frames decord's random access gets wrong in every container (its seek lands
+# on another frame): measured against PyAV's in-order decode, docs/extraction.md.
+_DECORD_WRONG_B_FRAMES = ("mpeg4", "mpeg1video", "mpeg2video")
+
+
+def decord_wrong_frames(info: VideoInfo) -> str | None:
+    """Why decord's frames of the video ``info`` describes cannot be trusted, from its header
+    alone (None: they can): MPEG-4 Part 2 (xvid/divx) or MPEG-1/2 with B-frames, whose frames
+    decord returned wrong at most random positions in MP4, MOV, AVI and Matroska alike while
+    its timestamps looked valid (docs/extraction.md, "decord")."""
+    if info.b_frames and info.codec in _DECORD_WRONG_B_FRAMES:
+        return f"decord returns wrong frames of {info.codec} with B-frames"
+    return None
+
+
 def decord_misplaced_frames(path: str | Path) -> bool:
     """Whether avda before 2026-12-07 read this video's frames with decord at wrong times or
     from wrong places: a video stream without a start time (decord put every frame at about
     9.2e15 s, so every clip time was read as frame 0), one whose first frame decord put
     elsewhere than PyAV (:func:`first_frame_times`: short Matroska with AAC, every frame late),
+    one of a codec whose B-frames decord returns wrong (:func:`decord_wrong_frames`: MPEG-4
+    Part 2 or MPEG-1/2 with B-frames, in any container),
     or, where decord is installed, one whose decord timestamps are invalid
     (:func:`timestamps_problem`: B-frames of MPEG-4 in AVI without pts; decord finds frames by
     them and returned wrong ones: test.avi's last frame at times, most frames of such an AVI
@@ -218,7 +241,7 @@ def decord_misplaced_frames(path: str | Path) -> bool:
         info = probe(path)
     except MediaError:
         return False
-    if not info.has_start_time:
+    if not info.has_start_time or decord_wrong_frames(info) is not None:
         return True
     times = first_frame_times(path)
     if times.decord is not None and shifted_first_frame(times.decord, times.pyav):
@@ -365,7 +388,8 @@ class VideoDecoder:
 
 class DecordVideoDecoder(VideoDecoder):
     """decord's ``VideoReader``; damaged batches fall back to PyAV frame by frame, and a file
-    decord cannot open or whose decord timestamps are invalid is PyAV's whole."""
+    decord cannot open, whose decord timestamps are invalid, or whose codec's B-frames decord
+    returns wrong (:func:`decord_wrong_frames`) is PyAV's whole (``backend`` then "pyav")."""
 
     backend = "decord"
 
@@ -389,6 +413,10 @@ class DecordVideoDecoder(VideoDecoder):
         width, height = self.size
         self._pyav: _PyAVStream | None = None
         self._reader: Any = None
+        wrong = decord_wrong_frames(self.info)
+        if wrong is not None:
+            self._open_with_pyav(wrong)
+            return
         try:
             reader = decord.VideoReader(str(path), width=width, height=height, num_threads=threads)
             self.num_frames = len(reader)
@@ -431,6 +459,7 @@ class DecordVideoDecoder(VideoDecoder):
             ) from (error or exc)
         level = logging.INFO if error is None else logging.WARNING
         log.log(level, "%s: %s; PyAV decodes its %d frames", self.path, reason, stream.num_frames)
+        self.backend = "pyav"  # what reads its frames and timestamps (flow's messages name it)
         self.num_frames, self.fps = stream.num_frames, stream.fps
         self.timestamps = stream.timestamps
 

@@ -597,8 +597,11 @@ def _recipes_that_fit(model: backbones.Backbone, modality: str, backbone: str) -
 # checked against PyAV's: decode.first_frame_times); absent: before then. "checked-2026-12-07"
 # (also absent) kept decord's frames of a video whose decord timestamps are invalid (B-frames
 # of MPEG-4 in AVI), which decord finds by those timestamps: wrong ones at times; such a video
-# is PyAV's whole now (decode.DecordVideoDecoder).
-VIDEO_TIMESTAMPS = "checked-2026-12-07-pyav-frames"
+# is PyAV's whole now (decode.DecordVideoDecoder). "checked-2026-12-07-pyav-frames" (also
+# absent) kept decord's frames of MPEG-4 Part 2 / MPEG-1/2 with B-frames in other containers,
+# whose timestamps are valid and frames wrong at most random positions: PyAV's whole now too
+# (decode.decord_wrong_frames).
+VIDEO_TIMESTAMPS = "checked-2026-12-07-pyav-b-frames"
 
 
 def _reads_video_files(spec: ModalitySpec, inputs: InputPaths) -> bool:
