@@ -12,6 +12,7 @@ ffmpeg's ``-fps_mode passthrough``), one frame ahead of both on such files.
 from __future__ import annotations
 
 import json
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -68,6 +69,34 @@ def test_flow_from_a_video_numbers_frames_as_ffmpeg_and_extract(media, name, mon
     monkeypatch.setattr(source.decoder, "frames", lambda indices: np.asarray(indices))
     numbers = np.array([int(n) for n in facts["default"]["files"]])
     assert source.read(numbers).tolist() == list(facts["default"]["files"].values())
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_flow_names_the_decoder_that_read_a_late_first_frame(
+    tmp_path, backend, caplog, monkeypatch
+):
+    """6 frames from 3 s (MPEG-4 B-frames in AVI: PyAV's whole under decord too): the warning
+    names PyAV, whose timestamps these are, and no decoder switch that would change nothing."""
+    import av
+
+    path = tmp_path / "late.avi"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        stream.codec_context.max_b_frames = 2
+        for i in range(6):
+            frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), 8 * i, np.uint8), "rgb24")
+            frame.pts, frame.time_base = 30 + i, Fraction(1, 10)
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    monkeypatch.setenv("AVDA_VIDEO_DECODER", backend)
+    with caplog.at_level("WARNING", logger="avda.extract.flow"):
+        source = flow._VideoSource(path, 48)
+    assert source.decoder.timestamps[0] == pytest.approx(3.0) and source.count == 6
+    assert "first frame is at 3 s (pyav's timestamps), past the video's end (6 frames" in (
+        caplog.text
+    )
+    assert "AVDA_VIDEO_DECODER" not in caplog.text
 
 
 def test_first_frame_repeats():

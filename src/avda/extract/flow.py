@@ -324,11 +324,14 @@ class _VideoSource:
         self.repeats = video_first_frame_repeats(self.decoder)
         self.count = self.decoder.num_frames + self.repeats
         if self.decoder.timestamps[0] * self.fps > self.decoder.num_frames:
+            # the decoder that read the times: decord keeps only times PyAV agrees with
+            # (decode.DecordVideoDecoder), so the other decoder reads the same
             log.warning(
-                "%s: the %s decoder puts its first frame at %.3g s, past the video's end; flow "
-                "numbers its decoded frames (avda extract --videos cannot place frames by such "
-                "times: AVDA_VIDEO_DECODER=pyav)",
-                *(path, self.decoder.backend, float(self.decoder.timestamps[0])),
+                "%s: its first frame is at %.3g s (%s's timestamps), past the video's end (%d "
+                "frames at %.3g fps); flow numbers its decoded frames, avda extract --videos "
+                "cannot place frames by such times",
+                *(path, float(self.decoder.timestamps[0]), self.decoder.backend),
+                *(self.decoder.num_frames, self.fps),
             )
 
     def read(self, numbers: np.ndarray) -> np.ndarray:
