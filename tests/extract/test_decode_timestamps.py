@@ -196,6 +196,22 @@ def test_b_frames_decord_gets_wrong_are_decoded_by_pyav_whole(written, name, cap
         np.testing.assert_array_equal(ours.frames(np.array([index])), reference[[index]])
 
 
+def test_the_resume_check_reads_decords_index_of_avi_files_only(written, monkeypatch):
+    """decord's index is a demux of the whole file (28 ms of a 5 s 720p mp4, seconds of a long
+    one): read for AVI files only, whose packets decord's FFmpeg 4 leaves without pts."""
+    opened: list[str] = []
+
+    def index(path, info):
+        opened.append(Path(path).name)
+        return "invalid" if Path(path).suffix == ".avi" else None
+
+    monkeypatch.setattr(decode, "_decord_timestamps_problem", index)
+    monkeypatch.setattr(decode, "decord_available", lambda: True)
+    names = ["fine.mp4", "fine_aac.mkv", "fine_aac.mp4", "bframes.mp4", "fine.avi"]
+    assert [decord_misplaced_frames(written / name) for name in names] == [0, 0, 0, 1, 1]
+    assert opened == ["fine.avi"]  # bframes.mp4: its header decides
+
+
 @needs_decord
 @pytest.mark.parametrize("name", ["fine.mp4", "fine.avi", "fine_aac.mkv", "fine_aac.mp4"])
 def test_written_files_with_a_start_time_keep_decords_timestamps(written, name):

@@ -67,9 +67,11 @@ class VideoInfo:
     # whether it has a start time (decord misplaces every frame of a stream without one)
     duration: float | None = None
     has_start_time: bool = True
-    # the video codec's FFmpeg name and whether its stream reorders frames (B-frames)
+    # the video codec's FFmpeg name and whether its stream reorders frames (B-frames); the
+    # container's FFmpeg name ("avi", "mov,mp4,m4a,3gp,3g2,mj2", "matroska,webm", ...)
     codec: str = ""
     b_frames: bool = False
+    container: str = ""
 
 
 def probe(path: str | Path) -> VideoInfo:
@@ -97,6 +99,7 @@ def probe(path: str | Path) -> VideoInfo:
             duration = _header_duration(container, stream)
             has_start_time = stream.start_time is not None
             codec, b_frames = stream.codec_context.name, bool(stream.codec_context.has_b_frames)
+            container_name = str(container.format.name)
     except MediaError:
         raise
     except Exception as exc:  # PyAV raises many error types for damaged files
@@ -105,8 +108,7 @@ def probe(path: str | Path) -> VideoInfo:
         raise MediaError(f"{path}: video stream has no frame size (damaged header?)")
     return VideoInfo(
         *(path, int(width), int(height), float(rate), channels, rates, duration, has_start_time),
-        codec,
-        b_frames,
+        *(codec, b_frames, container_name),
     )
 
 
@@ -235,8 +237,10 @@ def decord_misplaced_frames(path: str | Path) -> bool:
     or, where decord is installed, one whose decord timestamps are invalid
     (:func:`timestamps_problem`: B-frames of MPEG-4 in AVI without pts; decord finds frames by
     them and returned wrong ones: test.avi's last frame at times, most frames of such an AVI
-    written by PyAV). Reads the header and a few packets, and decord's packet index;
-    False for unreadable files."""
+    written by PyAV; decord's FFmpeg 4 gives no pts to AVI packets that PyAV's reorders, and
+    its timestamps of MP4, MOV, Matroska, WebM and MPEG-TS files with a start time were valid).
+    Reads the header and a few packets, and for an AVI file decord's packet index (a demux of
+    the whole file); False for unreadable files."""
     try:
         info = probe(path)
     except MediaError:
@@ -246,7 +250,11 @@ def decord_misplaced_frames(path: str | Path) -> bool:
     times = first_frame_times(path)
     if times.decord is not None and shifted_first_frame(times.decord, times.pyav):
         return True
-    return decord_available() and _decord_timestamps_problem(path, info) is not None
+    return (
+        info.container == "avi"
+        and decord_available()
+        and _decord_timestamps_problem(path, info) is not None
+    )
 
 
 def _decord_timestamps_problem(path: str | Path, info: VideoInfo) -> str | None:
