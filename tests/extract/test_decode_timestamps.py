@@ -44,7 +44,9 @@ def _frames(count: int, size: tuple[int, int] = (48, 32)) -> np.ndarray:
     return np.broadcast_to(values[:, None, None, None], (count, height, width, 3)).copy()
 
 
-def _write_b_frames(path: Path, frames: np.ndarray, codec: str = "mpeg4") -> None:
+def _write_b_frames(
+    path: Path, frames: np.ndarray, codec: str = "mpeg4", options: dict | None = None
+) -> None:
     """MPEG-4 part 2 (or ``codec``) with B-frames (as UCF/HMDB's xvid files). In AVI decord's
     FFmpeg 4 gives every frame -3.7e17 s, and returned other frames for the last ones on every
     call (40 of 40 on a 40-frame file, measured 2026-12-07); in MP4, MOV and Matroska its
@@ -56,8 +58,10 @@ def _write_b_frames(path: Path, frames: np.ndarray, codec: str = "mpeg4") -> Non
         stream = container.add_stream(codec, rate=FPS)
         stream.height, stream.width = frames.shape[1:3]
         stream.pix_fmt = "yuv420p"
-        stream.codec_context.max_b_frames = 2
+        if codec in ("mpeg4", "mpeg2video"):
+            stream.codec_context.max_b_frames = 2
         stream.codec_context.gop_size = 12
+        stream.codec_context.options = options or {}
         for frame in frames:
             container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
         container.mux(stream.encode())
@@ -78,6 +82,12 @@ def written(tmp_path_factory) -> Path:
     for ext in ("avi", "mp4", "mkv", "mov"):
         _write_b_frames(root / f"bframes.{ext}", wide)
     _write_b_frames(root / "mpeg2.mp4", wide, codec="mpeg2video")
+    # x264 with B-frames, open and closed GOP; x265's default is an open GOP
+    for gop in ("open", "closed"):
+        flag = {"x264-params": f"open-gop={int(gop == 'open')}"}
+        _write_b_frames(root / f"h264_{gop}.mp4", wide, "libx264", flag)
+        flag = {"x265-params": f"open-gop={int(gop == 'open')}:log-level=error"}
+        _write_b_frames(root / f"hevc_{gop}.mkv", wide, "libx265", flag)
     # with AAC audio (1024 priming samples, first audio packet at -1024 / rate s): decord's
     # FFmpeg 4 starts the short stream there, the longer one has a video start of its own
     for rate in (16000, 44100):
@@ -177,11 +187,15 @@ def test_a_file_with_invalid_decord_timestamps_is_decoded_by_pyav_whole(written,
 
 
 @needs_decord
-@pytest.mark.parametrize("name", ["bframes.mp4", "bframes.mkv", "bframes.mov", "mpeg2.mp4"])
+@pytest.mark.parametrize(
+    "name",
+    ["bframes.mp4", "bframes.mkv", "bframes.mov", "mpeg2.mp4", "h264_open.mp4", "hevc_open.mkv"],
+)
 def test_b_frames_decord_gets_wrong_are_decoded_by_pyav_whole(written, name, caplog):
-    """MPEG-4 Part 2 / MPEG-2 with B-frames: decord's timestamps are valid, yet a fresh reader
-    returned another frame for most single frames asked (20 of 20 in MP4 and MOV, 12 of 20 in
-    Matroska, measured 2026-12-07); the header decides, and PyAV decodes the file whole."""
+    """MPEG-4 Part 2 / MPEG-2 with B-frames, open-GOP H.264 / HEVC: decord's timestamps are
+    valid, yet a fresh reader returned another frame for many single frames asked (MPEG-4: 20
+    of 20 in MP4 and MOV, 12 of 20 in Matroska; open-GOP H.264 9-10 of 20, HEVC 2 of 20,
+    measured 2026-12-07); the header (and first packets) decide, PyAV decodes the file whole."""
     decord = pytest.importorskip("decord")
     path = written / name
     raw = decord.VideoReader(str(path)).get_frame_timestamp(np.arange(30))[:, 0]
@@ -190,9 +204,23 @@ def test_b_frames_decord_gets_wrong_are_decoded_by_pyav_whole(written, name, cap
     reference = every_frame_in_order(path)
     with caplog.at_level(logging.INFO, logger="avda.extract.decode"):
         assert VideoDecoder(path, backend="decord").backend == "pyav"
-    assert "with B-frames; PyAV decodes its 30 frames" in caplog.text
+    assert "decord returns wrong frames of" in caplog.text
+    assert "PyAV decodes its 30 frames" in caplog.text
     for index in range(1, len(reference), 3):  # a fresh decoder per frame, as decord failed
         ours = VideoDecoder(path, backend="decord")
+        np.testing.assert_array_equal(ours.frames(np.array([index])), reference[[index]])
+
+
+@needs_decord
+@pytest.mark.parametrize("name", ["h264_closed.mp4", "hevc_closed.mkv"])
+def test_closed_gop_b_frames_keep_decord_and_its_frames_are_right(written, name):
+    path = written / name
+    assert decode.probe(path).b_frames and not decode.open_gop(path)
+    assert not decord_misplaced_frames(path)
+    reference = every_frame_in_order(path)
+    for index in range(1, len(reference), 3):
+        ours = VideoDecoder(path, backend="decord")
+        assert ours.backend == "decord"
         np.testing.assert_array_equal(ours.frames(np.array([index])), reference[[index]])
 
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import heapq
+import itertools
 import logging
 import os
 import re
@@ -215,16 +216,43 @@ def shifted_first_frame(decord: float, pyav: float | None) -> bool:
 # Codecs whose B-frames decord's random access gets wrong in every container (its seek lands
 # on another frame): measured against PyAV's in-order decode, docs/extraction.md.
 _DECORD_WRONG_B_FRAMES = ("mpeg4", "mpeg1video", "mpeg2video")
+# Video packets read to find an open GOP: x264's default keyframe interval is 250 frames.
+_OPEN_GOP_PACKETS = 600
 
 
 def decord_wrong_frames(info: VideoInfo) -> str | None:
-    """Why decord's frames of the video ``info`` describes cannot be trusted, from its header
-    alone (None: they can): MPEG-4 Part 2 (xvid/divx) or MPEG-1/2 with B-frames, whose frames
-    decord returned wrong at most random positions in MP4, MOV, AVI and Matroska alike while
-    its timestamps looked valid (docs/extraction.md, "decord")."""
+    """Why decord's frames of the video ``info`` describes cannot be trusted (None: they can),
+    though its timestamps look valid (docs/extraction.md, "Codecs whose frames decord gets
+    wrong"): MPEG-4 Part 2 (xvid/divx) or MPEG-1/2 with B-frames, from the header (wrong at
+    most random positions in MP4, MOV, AVI and Matroska alike), or H.264 / HEVC with an open
+    GOP (:func:`open_gop`, the first packets read: H.264 about half, HEVC 1 in 10)."""
     if info.b_frames and info.codec in _DECORD_WRONG_B_FRAMES:
         return f"decord returns wrong frames of {info.codec} with B-frames"
+    if info.b_frames and info.codec in ("h264", "hevc") and open_gop(info.path):
+        return f"decord returns wrong frames of open-GOP {info.codec}"
     return None
+
+
+def open_gop(path: str | Path, packets: int = _OPEN_GOP_PACKETS) -> bool:
+    """Whether a keyframe after the first is followed, before the next, by a frame shown
+    before it (leading B-frames: an open GOP), in the first ``packets`` video packets (read,
+    not decoded); False for unreadable files."""
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            keyframes, key_pts = 0, None
+            for packet in itertools.islice(container.demux(stream), packets):
+                if packet.pts is None:
+                    continue
+                if packet.is_keyframe:
+                    keyframes, key_pts = keyframes + 1, packet.pts
+                elif keyframes > 1 and packet.pts < key_pts:
+                    return True
+    except Exception:  # noqa: BLE001 - unreadable: decord's own checks decide
+        return False
+    return False
 
 
 def decord_misplaced_frames(path: str | Path) -> bool:
@@ -232,8 +260,8 @@ def decord_misplaced_frames(path: str | Path) -> bool:
     from wrong places: a video stream without a start time (decord put every frame at about
     9.2e15 s, so every clip time was read as frame 0), one whose first frame decord put
     elsewhere than PyAV (:func:`first_frame_times`: short Matroska with AAC, every frame late),
-    one of a codec whose B-frames decord returns wrong (:func:`decord_wrong_frames`: MPEG-4
-    Part 2 or MPEG-1/2 with B-frames, in any container),
+    one whose frames decord returns wrong (:func:`decord_wrong_frames`: MPEG-4 Part 2 or
+    MPEG-1/2 with B-frames in any container, open-GOP H.264 / HEVC),
     or, where decord is installed, one whose decord timestamps are invalid
     (:func:`timestamps_problem`: B-frames of MPEG-4 in AVI without pts; decord finds frames by
     them and returned wrong ones: test.avi's last frame at times, most frames of such an AVI

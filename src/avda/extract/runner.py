@@ -598,9 +598,9 @@ def _recipes_that_fit(model: backbones.Backbone, modality: str, backbone: str) -
 # (also absent) kept decord's frames of a video whose decord timestamps are invalid (B-frames
 # of MPEG-4 in AVI), which decord finds by those timestamps: wrong ones at times; such a video
 # is PyAV's whole now (decode.DecordVideoDecoder). "checked-2026-12-07-pyav-frames" (also
-# absent) kept decord's frames of MPEG-4 Part 2 / MPEG-1/2 with B-frames in other containers,
-# whose timestamps are valid and frames wrong at most random positions: PyAV's whole now too
-# (decode.decord_wrong_frames).
+# absent) kept decord's frames of MPEG-4 Part 2 / MPEG-1/2 with B-frames in other containers
+# and of open-GOP H.264 / HEVC, whose timestamps are valid and frames wrong at many random
+# positions: PyAV's whole now too (decode.decord_wrong_frames).
 VIDEO_TIMESTAMPS = "checked-2026-12-07-pyav-b-frames"
 
 
