@@ -949,6 +949,45 @@ def test_a_sweep_specs_out_named_as_a_file_is_a_spec_problem(capsys, in_work, tm
     assert sorted(p.name for p in tmp_path.iterdir()) == ["spec.yaml"]
 
 
+def test_a_folder_made_by_another_process_meanwhile_is_not_removed(tmp_path, monkeypatch):
+    # a folder missing at the existence check and made by a parallel command before this
+    # one's mkdir (exist_ok) was recorded as made, and removed when this command failed
+    theirs, real_mkdir = tmp_path / "theirs", Path.mkdir
+
+    def mkdir(self, *args, **kwargs):
+        if self == theirs and not theirs.exists():
+            real_mkdir(theirs)  # the other process, between the check and this mkdir
+        return real_mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", mkdir)
+    cli._MADE_FOLDERS.clear()
+    cli._make_parent(theirs / "ours" / "x.h5", "-o")
+    cli._remove_made_folders()
+    assert [p.name for p in tmp_path.iterdir()] == ["theirs"]
+    assert not any(theirs.iterdir())  # ours/, made here, removed
+
+
+@pytest.mark.parametrize("command", FOLDER_OUTPUTS, ids=" ".join)
+def test_a_folder_output_with_a_trailing_slash_is_a_folder_whatever_its_name(
+    capsys, in_work, command
+):
+    # -o x.json/ said a folder, but Typer's Path dropped the slash: the name rule refused it
+    args, option, writes, name = FOLDER_OUTPUTS[command]
+    try:
+        code, _, err = run(capsys, *args, "x.json/")
+        assert "is named as" not in err and "type alone" not in err, err
+        assert not (in_work / "x.json").exists() or code == 0  # made, removed as it failed
+    finally:
+        shutil.rmtree(in_work / "x.json", ignore_errors=True)
+    assert paths.check_output_folder("x.h5/", "-o", *paths.STORE_OUTPUT) == Path("x.h5")
+
+
+def test_train_into_a_folder_named_with_a_trailing_slash(capsys, in_work, tmp_path):
+    out = tmp_path / "run.json"
+    code, _, err = run(capsys, *TRAIN, "--head", "source-only", "-o", f"{out}/", "-q")
+    assert code == 0 and (out / "config.yaml").is_file(), err
+
+
 def test_a_folder_output_keeps_ordinary_names(tmp_path):
     for out in ("runs/dann", "v1.5", "dann.seed0", "lr1e-3", "exp.2026-12-07", "i3d.rgb",
                 "runs.v2", "sub/", ".", "..", ".x", "c.zarr"):  # fmt: skip

@@ -33,7 +33,14 @@ import avda
 from avda import _entry
 from avda._io import os_error_line
 from avda.errors import AvdaError, ConfigError, ManifestError
-from avda.paths import RUN_OUTPUT, RUNS_OUTPUT, STORE_OUTPUT, check_output_file, check_output_folder
+from avda.paths import (
+    RUN_OUTPUT,
+    RUNS_OUTPUT,
+    STORE_OUTPUT,
+    check_output_file,
+    check_output_folder,
+    names_a_folder,
+)
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_FAILED_ITEMS, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 EXIT_TERMINATED = 128 + signal.SIGTERM  # 143, as a shell reports a process SIGTERM ended
@@ -82,11 +89,24 @@ VideosDir = Annotated[
 _MADE_FOLDERS: list[Path] = []
 
 
-def _record_missing(folder: Path) -> None:
-    """Record ``folder`` and the folders above it that do not exist yet (made by this command)."""
+def _make_folders(folder: Path) -> None:
+    """Create ``folder`` and the folders above it that are missing, one level at a time,
+    recording only those this process's own mkdir created: one that another process (a
+    parallel command) made in the meantime is theirs, never removed by this one's failure."""
+    missing = []
     while not (folder.exists() or folder.is_symlink()) and folder != folder.parent:
-        _MADE_FOLDERS.append(folder)
+        missing.append(folder)
         folder = folder.parent
+    if not missing and not folder.is_dir():
+        raise FileExistsError(folder)  # a file of that name (one above: mkdir says so)
+    for made in reversed(missing):
+        try:
+            made.mkdir()
+        except FileExistsError:
+            if not made.is_dir():  # a file of that name
+                raise
+        else:
+            _MADE_FOLDERS.append(made)
 
 
 def _remove_made_folders() -> None:
@@ -98,12 +118,11 @@ def _remove_made_folders() -> None:
     _MADE_FOLDERS.clear()
 
 
-def _make_parent(path: Path, option: str) -> None:
-    """Create the folders ``path`` will be written in (recorded: removed if the command fails
-    while they are still empty)."""
-    _record_missing(path.parent)
+def _make_parent(path: Path, option: str, itself: bool = False) -> None:
+    """Create the folders ``path`` will be written in, and ``path`` itself when ``itself``
+    (recorded: removed if the command fails while they are still empty)."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        _make_folders(path if itself else path.parent)
     except FileExistsError:
         raise ConfigError(
             f"{option} {path}: cannot create its folder {path.parent}: a file of that name exists"
@@ -132,15 +151,17 @@ def output_file(
     return path
 
 
-def output_dir(path: Path | None, option: str, what: str, name: str) -> Path | None:
+def output_dir(path: str | Path | None, option: str, what: str, name: str) -> Path | None:
     """An output that is a folder (``what``: a store, a run), read as typed
     (:func:`avda.paths.check_output_folder`: not an existing file, nor named as one, offering
     ``name``); its parents are created."""
     if path is None:
         return None
-    path = check_output_folder(path, option, what, name)
-    _record_missing(path)  # made by the command itself, later
-    _make_parent(path, option)
+    typed, path = path, check_output_folder(path, option, what, name)
+    itself = names_a_folder(typed)  # -o x.json/: the folder the user named, made now
+    if not itself and not (path.exists() or path.is_symlink()):
+        _MADE_FOLDERS.append(path)  # made by the command itself, later: removed if still empty
+    _make_parent(path, option, itself=itself)
     return path
 
 
@@ -148,12 +169,13 @@ def _out_folder(what: str, name: str, help: str = "Output path.") -> typer.model
     """``--out``/``-o``, a folder output (``what``, usually ``name``): checked and its parents
     created while parsing (:func:`output_dir`)."""
 
-    def callback(ctx: typer.Context, param: typer.CallbackParam, value: Path | None):
+    def callback(ctx: typer.Context, param: typer.CallbackParam, value: str | None):
         if ctx.resilient_parsing:
             return value
         return output_dir(value, "-o" if "-o" in param.opts else param.opts[0], what, name)
 
-    return typer.Option("--out", "-o", help=help, callback=callback)
+    # read as text (a str, not a Path, which drops the trailing slash of -o x.json/: a folder)
+    return typer.Option("--out", "-o", help=help, callback=callback, path_type=str)
 
 
 # A file output: a str, not a Path, which drops the trailing slash of -o sub/ (a folder).
@@ -248,7 +270,7 @@ def _split_list(value: str) -> list[str]:
 # ------------------------------------------------------------------------------ demo
 @app.command()
 def demo(
-    out: Annotated[Path, typer.Option("--out", "-o", help="Working folder.")] = Path("avda-demo"),
+    out: Annotated[str, typer.Option("--out", "-o", help="Working folder.")] = "avda-demo",
     seed: Seed = 0,
     epochs: Annotated[
         int | None,
@@ -276,10 +298,8 @@ def demo(
     """Run the whole pipeline on a built-in two-domain audio-visual dataset and print a table."""
     from avda.demo import run_demo
 
-    output_dir(out, "-o", "its working folder", "avda-demo")
-
     result = run_demo(
-        out,
+        output_dir(out, "-o", "its working folder", "avda-demo"),
         seed=seed,
         epochs=epochs,
         weights=weights,
@@ -945,7 +965,7 @@ def cluster(
     store: Annotated[Path, typer.Argument(help="Feature cache (.zarr).")],
     modality: Annotated[str, typer.Option(help="Features to cluster.")] = "audio",
     plot: Annotated[
-        Path | None,
+        str | None,
         typer.Option(help="Save each class's elbow curve (PNG) in this folder (a new one)."),
     ] = None,
     max_k: Annotated[int, typer.Option("--max-k", help="Largest k tried per class.")] = 20,
@@ -962,7 +982,7 @@ def cluster(
     """K-means per class for k = 1..max-k, k by the Elbow; cluster ids written into STORE."""
     from avda.train.clustering import cluster_store
 
-    output_dir(plot, "--plot", "elbow plots (one PNG per class)", "elbows")
+    plot_dir = output_dir(plot, "--plot", "elbow plots (one PNG per class)", "elbows")
     with _naming(store):
         result = cluster_store(
             store,
@@ -970,7 +990,7 @@ def cluster(
             source=_split_list(source) if source else None,
             max_clusters=max_k,
             random_state=seed,
-            plot_dir=plot,
+            plot_dir=plot_dir,
             progress=not quiet,
         )
     typer.echo(result.summary())
@@ -1341,7 +1361,7 @@ def sweep_command(
         str | None, typer.Option(help="local, slurm or pbs (default: the spec's cluster.kind).")
     ] = None,
     out: Annotated[
-        Path | None,
+        str | None,
         typer.Option("--out", "-o", help="Folder of the runs (default: the spec's out)."),
     ] = None,
     worker_timeout: Annotated[
@@ -1545,7 +1565,7 @@ def weights_list() -> None:
 def weights_fetch(
     names: Annotated[list[str], typer.Argument(help="Published names (`avda weights list`).")],
     directory: Annotated[
-        Path | None,
+        str | None,
         typer.Option(
             "--dir",
             help="Folder to save in (default: $AVDA_WEIGHTS_DIR, "
@@ -1565,9 +1585,9 @@ def weights_fetch(
     from avda import weights as published
 
     entries = [published.get(name) for name in names]  # every name checked before any download
-    output_dir(directory, "--dir", "published weights files", "weights")
+    folder = output_dir(directory, "--dir", "published weights files", "weights")
     for entry in entries:
-        result = published.fetch(entry, directory, progress=not quiet, mirror=mirror)
+        result = published.fetch(entry, folder, progress=not quiet, mirror=mirror)
         state = "downloaded" if result.downloaded else "already there"
         check = (
             f"{entry.checksum_text()} matches"

@@ -75,13 +75,14 @@ def check_output_folder(out: str | Path, option: str, what: str, name: str) -> P
     "Output paths"): a file type alone (``-o .zarr``) or a name ending in a file type other
     than ``name``'s (``avda train -o x.zarr``: the cache given as the output; ``--plot x.png``)
     names a file, refused offering ``name`` in its folder or the name without its types
-    (``x``, or ``x.zarr`` for a store); an existing file is refused too. An existing folder is
-    a folder whatever its name (a run or cache an older avda wrote as ``x.json``, to resume or
+    (``x``, or ``x.zarr`` for a store); an existing file is refused too. A trailing slash
+    (``-o x.json/``, :func:`names_a_folder`) says a folder is meant, and an existing folder is
+    a folder, whatever its name (a run or cache an older avda wrote as ``x.json``, to resume or
     add to): what it holds is the command's to judge (:func:`refuse_foreign_folder`)."""
     typed, path = str(out), Path(out)
     if path.exists() and not path.is_dir():
         raise ConfigError(f"{option} {typed} is a file; give a folder (it is created if missing)")
-    if path.is_dir():
+    if path.is_dir() or names_a_folder(typed):
         return path
     wanted = Path(name).suffix.lower()  # .zarr: a store is a folder named so
     if file_type_alone(path.name):
