@@ -947,6 +947,15 @@ def test_a_sweep_specs_out_named_as_a_file_is_a_spec_problem(capsys, in_work, tm
             f"out: is named as a Zarr cache; avda writes a folder of runs there: give the "
             f"folder's path: {tmp_path / 'r'}"), err  # fmt: skip
     assert sorted(p.name for p in tmp_path.iterdir()) == ["spec.yaml"]
+    # --out replaces out:, which is not used: it was refused all the same, --check too
+    runs_dir = str(tmp_path / "runs")
+    code, _, err = run(capsys, "sweep", str(path), "--check", "--out", runs_dir)
+    assert code == 0, err
+    code, _, err = run(capsys, "sweep", str(path), "--out", runs_dir, "--cluster", "nope")
+    assert (code, one_line(err)) == (1, "error: --cluster must be one of local, slurm, pbs, "
+                                     "got 'nope'"), err  # fmt: skip
+    path.write_text(yaml.safe_dump({**spec, "cache": str(in_work / "c.zarr"), "out": "r.json/"}))
+    assert run(capsys, "sweep", str(path), "--check")[0] == 0  # a trailing slash: a folder
 
 
 def test_a_folder_made_by_another_process_meanwhile_is_not_removed(tmp_path, monkeypatch):

@@ -1405,7 +1405,7 @@ def sweep_command(
     from avda import sweep
 
     if check:
-        checked = sweep.load_spec(spec, open_caches=False)
+        checked = sweep.load_spec(spec, open_caches=False, out_given=out is not None)
         sweep.check_cluster(checked, cluster, queue_timeout=queue_timeout, scheduler=scheduler)
         problems, unchecked = sweep.task_problems(checked)
         for problem in problems:  # every one, on stdout (the last line says how many)

@@ -1699,9 +1699,9 @@ def run_sweep(
     ``scheduler``."""
     began = time.perf_counter()
     if isinstance(spec, Mapping):  # a dict was refused with a TypeError of os.fspath
-        spec = parse_spec(dict(spec), source="spec")
+        spec = parse_spec(dict(spec), source="spec", out_given=out is not None)
     elif not isinstance(spec, SweepSpec):
-        spec = load_spec(spec)
+        spec = load_spec(spec, out_given=out is not None)  # its out: replaced: not checked
     out_dir = check_output_folder(out, "--out", *RUNS_OUTPUT) if out is not None else spec.out
     kind = _cluster_kind(spec, scheduler, cluster)  # usage errors before any work
     check_queue_timeout(queue_timeout, kind, scheduler)

@@ -190,12 +190,13 @@ def _node_lines(node: yaml.Node | None, path: tuple = ()) -> dict[tuple, int]:
     return lines
 
 
-def load_spec(path: str | Path, *, open_caches: bool = True) -> SweepSpec:
+def load_spec(path: str | Path, *, open_caches: bool = True, out_given: bool = False) -> SweepSpec:
     """Read and validate a sweep spec; every problem is reported at once, with its path.
 
     ``open_caches=False`` (``avda sweep --check``) checks everything but the caches that do not
     exist (they need not yet: an example spec before its features are extracted); the settings'
-    domains are checked against those that do."""
+    domains are checked against those that do. ``out_given`` (``--out``): the spec's ``out:``
+    is replaced, so not checked as a folder to write."""
     path = Path(path)
     if path.is_dir():
         raise ConfigError(f"sweep spec {path} is a folder; give the spec's YAML file")
@@ -213,7 +214,12 @@ def load_spec(path: str | Path, *, open_caches: bool = True) -> SweepSpec:
     data, node = safe_yaml.load_document(text, source=str(path))
     lines = _node_lines(node)
     return parse_spec(
-        data, source=str(path), base=path.parent, lines=lines, open_caches=open_caches
+        data,
+        source=str(path),
+        base=path.parent,
+        lines=lines,
+        open_caches=open_caches,
+        out_given=out_given,
     )
 
 
@@ -224,8 +230,10 @@ def parse_spec(
     base: str | Path = ".",
     lines: dict[tuple, int] | None = None,
     open_caches: bool = True,
+    out_given: bool = False,
 ) -> SweepSpec:
-    """Validate a spec given as plain data (what YAML loads); relative paths are under ``base``."""
+    """Validate a spec given as plain data (what YAML loads); relative paths are under ``base``;
+    ``out_given``: as :func:`load_spec`."""
     from avda.train import heads as heads_lib
 
     problems = _Problems(source, lines or {})
@@ -258,11 +266,12 @@ def parse_spec(
     out = data.get("out")
     if out is not None and not isinstance(out, str):
         problems.add(("out",), f"expected a folder path, got {out!r}")
-    elif out is not None:  # out: runs.zarr, a file's name (docs/cli.md, "Output paths")
+    elif out is not None and not out_given:  # out: runs.zarr (docs/cli.md, "Output paths")
+        typed = os.path.join(base, out)  # out: x.json/ keeps its slash, a folder
         try:
-            check_output_folder(base / out, "out:", *RUNS_OUTPUT)
+            check_output_folder(typed, "out:", *RUNS_OUTPUT)
         except ConfigError as exc:
-            problems.add(("out",), str(exc).removeprefix(f"out: {base / out} "))
+            problems.add(("out",), str(exc).removeprefix(f"out: {typed} "))
     device = data.get("device", "auto")
     if not isinstance(device, str) or not re.fullmatch(r"auto|cpu|cuda(:\d+)?", device):
         problems.add(("device",), f"expected auto, cpu, cuda or cuda:N, got {device!r}")
