@@ -342,6 +342,27 @@ def test_a_store_read_before_the_check_is_not_resumed_into_a_mix(
 
 
 @pytest.mark.usefixtures("one_thread")
+def test_a_store_whose_avda_read_b_frames_in_avi_with_pyav_resumes(written, tmp_path, caplog):
+    """A store recording ``checked-2026-12-07-pyav-frames`` read an MPEG-4 AVI with B-frames
+    (invalid decord timestamps: UCF/HMDB's xvid files) with PyAV whole, as avda does now: it
+    resumes, where a refusal would make the whole dataset be extracted again for nothing."""
+    manifest = _manifest("bframes.avi", "fine.mp4")
+    options = _options(written)
+    out = tmp_path / "c.zarr"
+    assert runner.extract(manifest, options, out=out).done == 4
+    store = open_cache(out, mode="r+")
+    before = np.asarray(store.load("rgb"))
+    store.update_modality_info("rgb", video_timestamps="checked-2026-12-07-pyav-frames")
+    store.status_array("rgb")[3] = int(Status.PENDING)
+    with caplog.at_level("WARNING"):
+        assert runner.extract(manifest, options, out=out).done == 4
+    assert "whose frames" not in caplog.text
+    assert open_cache(out).modality_info("rgb")["video_timestamps"] == runner.VIDEO_TIMESTAMPS
+    np.testing.assert_array_equal(np.asarray(open_cache(out).load("rgb")), before)
+    assert decord_misplaced_frames(written / "bframes.avi")  # an older store: refused
+
+
+@pytest.mark.usefixtures("one_thread")
 def test_a_store_of_videos_with_start_times_resumes_unchanged(written, tmp_path):
     manifest = _manifest("fine.mp4", "fine.avi", "fine_aac.mkv")
     options = _options(written)

@@ -278,6 +278,29 @@ def decord_misplaced_frames(path: str | Path) -> bool:
     times = first_frame_times(path)
     if times.decord is not None and shifted_first_frame(times.decord, times.pyav):
         return True
+    return _invalid_decord_avi_timestamps(path, info)
+
+
+def decord_kept_wrong_frames(path: str | Path) -> bool:
+    """Whether an avda recording ``checked-2026-12-07-pyav-frames`` read this video's frames
+    with decord where :func:`decord_wrong_frames` now gives them to PyAV: that avda already
+    decoded with PyAV whole a stream without a start time and one with invalid decord
+    timestamps (MPEG-4 / MPEG-2 B-frames in AVI, as UCF/HMDB's xvid files), whose features are
+    PyAV's now too. Reads what :func:`decord_misplaced_frames` reads; False for unreadable
+    files."""
+    try:
+        info = probe(path)
+    except MediaError:
+        return False
+    if not info.has_start_time or decord_wrong_frames(info) is None:
+        return False
+    return not _invalid_decord_avi_timestamps(path, info)
+
+
+def _invalid_decord_avi_timestamps(path: str | Path, info: VideoInfo) -> bool:
+    """Whether ``path`` is an AVI file whose decord timestamps are invalid, where decord is
+    installed (decord's index, a demux of the whole file, is read for AVI files only: its
+    FFmpeg 4 leaves their reordered packets without pts)."""
     return (
         info.container == "avi"
         and decord_available()

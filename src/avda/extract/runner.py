@@ -46,7 +46,7 @@ from avda.data_manifests import schema as manifest_schema
 from avda.devices import resolve_device
 from avda.errors import CacheError, ConfigError, MediaError
 from avda.extract import backbones, sampling
-from avda.extract.decode import decord_misplaced_frames
+from avda.extract.decode import decord_kept_wrong_frames, decord_misplaced_frames
 from avda.extract.inference import (
     BatchRunner,
     Precision,
@@ -602,6 +602,9 @@ def _recipes_that_fit(model: backbones.Backbone, modality: str, backbone: str) -
 # and of open-GOP H.264 / HEVC, whose timestamps are valid and frames wrong at many random
 # positions: PyAV's whole now too (decode.decord_wrong_frames).
 VIDEO_TIMESTAMPS = "checked-2026-12-07-pyav-b-frames"
+# The key before it: a store recording it kept decord's frames only of the videos
+# decode.decord_kept_wrong_frames finds (its other fixes are the same now).
+_PYAV_FRAMES = "checked-2026-12-07-pyav-frames"
 
 
 def _reads_video_files(spec: ModalitySpec, inputs: InputPaths) -> bool:
@@ -619,15 +622,19 @@ def _check_video_timestamps(
     """False (recompute it) when ``modality`` was read from videos before 2026-12-07, some of
     whose done segments come from a video decord misplaced (a stream without a start time,
     one whose first frame decord put elsewhere than PyAV, or one whose decord timestamps are
-    invalid: decode.decord_misplaced_frames) and
+    invalid, or one whose frames decord returns wrong: decode.decord_misplaced_frames; for a
+    store recording ``checked-2026-12-07-pyav-frames``, only the last where that avda read it
+    with decord: decode.decord_kept_wrong_frames) and
     ``force``; without it, refuse to add to them (a resumed store would mix wrong and right
     features) and warn where they are all done. Where no done segment comes from such a video
     (the header and a few packets read per video, once), or nothing is done, record the
     convention and resume.
     ``segments``: the store's rows as the manifest gives them (with ``video_path``, which the
     store does not keep); else the store's own."""
-    if store.modality_info(modality).get("video_timestamps") == VIDEO_TIMESTAMPS:
+    recorded = store.modality_info(modality).get("video_timestamps")
+    if recorded == VIDEO_TIMESTAMPS:
         return True
+    misplaced = decord_kept_wrong_frames if recorded == _PYAV_FRAMES else decord_misplaced_frames
     done = store.status(modality) == Status.DONE
     affected: list[str] = []
     if done.any() and videos is not None:
@@ -641,7 +648,7 @@ def _check_video_timestamps(
                 continue
             if path not in seen:
                 seen.add(path)
-                if path.exists() and decord_misplaced_frames(path):
+                if path.exists() and misplaced(path):
                     affected.append(path.name)
     if not affected:
         store.update_modality_info(modality, video_timestamps=VIDEO_TIMESTAMPS)
