@@ -659,8 +659,9 @@ def _check_video_timestamps(
     what = (
         f"store {store.path} holds {modality} features of {len(affected)} video(s) whose "
         f"frames an avda before 2026-12-07 may have read with decord at wrong times or places "
-        f"({named}: no stream start time, a first frame off PyAV's, or invalid decord "
-        "timestamps; docs/extraction.md)"
+        f"({named}: no stream start time, a first frame off PyAV's, invalid decord "
+        "timestamps, or a stream whose frames decord returns wrong: MPEG-4 / MPEG-1/2 with "
+        "B-frames, open-GOP H.264 / HEVC; docs/extraction.md)"
     )
     return _read_another_way(
         store,
