@@ -58,7 +58,7 @@ def _write_b_frames(
         stream = container.add_stream(codec, rate=FPS)
         stream.height, stream.width = frames.shape[1:3]
         stream.pix_fmt = "yuv420p"
-        if codec in ("mpeg4", "mpeg2video"):
+        if codec in ("mpeg4", "mpeg1video", "mpeg2video"):
             stream.codec_context.max_b_frames = 2
         stream.codec_context.gop_size = 12
         stream.codec_context.options = options or {}
@@ -82,6 +82,7 @@ def written(tmp_path_factory) -> Path:
     for ext in ("avi", "mp4", "mkv", "mov"):
         _write_b_frames(root / f"bframes.{ext}", wide)
     _write_b_frames(root / "mpeg2.mp4", wide, codec="mpeg2video")
+    _write_b_frames(root / "mpeg1.mkv", wide, "mpeg1video", {"strict": "-2"})  # 10 fps
     # x264 with B-frames, open and closed GOP; x265's default is an open GOP
     for gop in ("open", "closed"):
         flag = {"x264-params": f"open-gop={int(gop == 'open')}"}
@@ -189,7 +190,10 @@ def test_a_file_with_invalid_decord_timestamps_is_decoded_by_pyav_whole(written,
 @needs_decord
 @pytest.mark.parametrize(
     "name",
-    ["bframes.mp4", "bframes.mkv", "bframes.mov", "mpeg2.mp4", "h264_open.mp4", "hevc_open.mkv"],
+    [
+        *("bframes.mp4", "bframes.mkv", "bframes.mov", "mpeg2.mp4", "mpeg1.mkv"),
+        *("h264_open.mp4", "hevc_open.mkv"),
+    ],
 )
 def test_b_frames_decord_gets_wrong_are_decoded_by_pyav_whole(written, name, caplog):
     """MPEG-4 Part 2 / MPEG-2 with B-frames, open-GOP H.264 / HEVC: decord's timestamps are
