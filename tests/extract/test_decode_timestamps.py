@@ -82,6 +82,7 @@ def written(tmp_path_factory) -> Path:
     for ext in ("avi", "mp4", "mkv", "mov"):
         _write_b_frames(root / f"bframes.{ext}", wide)
     _write_b_frames(root / "mpeg2.mp4", wide, codec="mpeg2video")
+    _write_b_frames(root / "h264.mpg", wide, "libx264")  # MPEG-PS: decord's times at -1e14 s
     _write_b_frames(root / "mpeg1.mkv", wide, "mpeg1video", {"strict": "-2"})  # 10 fps
     # x264 with B-frames, open and closed GOP; x265's default is an open GOP
     for gop in ("open", "closed"):
@@ -228,20 +229,32 @@ def test_closed_gop_b_frames_keep_decord_and_its_frames_are_right(written, name)
         np.testing.assert_array_equal(ours.frames(np.array([index])), reference[[index]])
 
 
-def test_the_resume_check_reads_decords_index_of_avi_files_only(written, monkeypatch):
+def test_the_resume_check_reads_decords_index_outside_mp4_and_matroska(written, monkeypatch):
     """decord's index is a demux of the whole file (28 ms of a 5 s 720p mp4, seconds of a long
-    one): read for AVI files only, whose packets decord's FFmpeg 4 leaves without pts."""
+    one): not read for MP4 / Matroska, whose decord timestamps were valid; read for AVI and
+    MPEG-PS, whose reordered packets decord's FFmpeg 4 leaves without pts."""
     opened: list[str] = []
 
     def index(path, info):
         opened.append(Path(path).name)
-        return "invalid" if Path(path).suffix == ".avi" else None
+        return "invalid" if Path(path).suffix in (".avi", ".mpg") else None
 
     monkeypatch.setattr(decode, "_decord_timestamps_problem", index)
     monkeypatch.setattr(decode, "decord_available", lambda: True)
-    names = ["fine.mp4", "fine_aac.mkv", "fine_aac.mp4", "bframes.mp4", "fine.avi"]
-    assert [decord_misplaced_frames(written / name) for name in names] == [0, 0, 0, 1, 1]
-    assert opened == ["fine.avi"]  # bframes.mp4: its header decides
+    names = ["fine.mp4", "fine_aac.mkv", "fine_aac.mp4", "bframes.mp4", "fine.avi", "h264.mpg"]
+    assert [decord_misplaced_frames(written / name) for name in names] == [0, 0, 0, 1, 1, 1]
+    assert opened == ["fine.avi", "h264.mpg"]  # bframes.mp4: its header decides
+
+
+@needs_decord
+def test_h264_b_frames_in_mpeg_ps_are_pyavs_and_found_on_resume(written):
+    """decord's FFmpeg 4 puts H.264 B-frames in MPEG-PS at about -1e14 s: PyAV decodes the
+    file whole, and a store an older avda read with decord's frames is not resumed into a mix
+    (the resume check read decord's index of AVI files only)."""
+    path = written / "h264.mpg"
+    assert decode.probe(path).container == "mpeg" and decode.probe(path).b_frames
+    assert VideoDecoder(path, backend="decord").backend == "pyav"
+    assert decord_misplaced_frames(path)
 
 
 @needs_decord

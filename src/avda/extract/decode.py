@@ -266,9 +266,11 @@ def decord_misplaced_frames(path: str | Path) -> bool:
     (:func:`timestamps_problem`: B-frames of MPEG-4 in AVI without pts; decord finds frames by
     them and returned wrong ones: test.avi's last frame at times, most frames of such an AVI
     written by PyAV; decord's FFmpeg 4 gives no pts to AVI packets that PyAV's reorders, and
-    its timestamps of MP4, MOV, Matroska, WebM and MPEG-TS files with a start time were valid).
-    Reads the header and a few packets, and for an AVI file decord's packet index (a demux of
-    the whole file); False for unreadable files."""
+    H.264 B-frames in MPEG-PS at -1e14 s; its timestamps of MP4, MOV, Matroska, WebM and
+    MPEG-TS files with a start time were valid).
+    Reads the header and a few packets, and outside MP4/MOV, Matroska/WebM and MPEG-TS
+    decord's packet index (a demux of the whole file: AVI, MPEG-PS, ...); False for unreadable
+    files."""
     try:
         info = probe(path)
     except MediaError:
@@ -278,7 +280,7 @@ def decord_misplaced_frames(path: str | Path) -> bool:
     times = first_frame_times(path)
     if times.decord is not None and shifted_first_frame(times.decord, times.pyav):
         return True
-    return _invalid_decord_avi_timestamps(path, info)
+    return _invalid_decord_timestamps(path, info)
 
 
 def decord_kept_wrong_frames(path: str | Path) -> bool:
@@ -294,15 +296,21 @@ def decord_kept_wrong_frames(path: str | Path) -> bool:
         return False
     if not info.has_start_time or decord_wrong_frames(info) is None:
         return False
-    return not _invalid_decord_avi_timestamps(path, info)
+    return not _invalid_decord_timestamps(path, info)
 
 
-def _invalid_decord_avi_timestamps(path: str | Path, info: VideoInfo) -> bool:
-    """Whether ``path`` is an AVI file whose decord timestamps are invalid, where decord is
-    installed (decord's index, a demux of the whole file, is read for AVI files only: its
-    FFmpeg 4 leaves their reordered packets without pts)."""
+# Containers (FFmpeg's names) whose decord timestamps were valid for streams with a start time,
+# B-frames included (measured 2026-12-07): the resume check does not read decord's index of
+# them. Not AVI (reordered packets without pts) nor MPEG-PS (H.264 B-frames at -1e14 s).
+_DECORD_VALID_TIMESTAMPS = ("mov,mp4,m4a,3gp,3g2,mj2", "matroska,webm", "mpegts")
+
+
+def _invalid_decord_timestamps(path: str | Path, info: VideoInfo) -> bool:
+    """Whether decord's timestamps of ``path`` are invalid (as :class:`DecordVideoDecoder`
+    finds them), where decord is installed; decord's index, a demux of the whole file, is not
+    read for a container in :data:`_DECORD_VALID_TIMESTAMPS` (False)."""
     return (
-        info.container == "avi"
+        info.container not in _DECORD_VALID_TIMESTAMPS
         and decord_available()
         and _decord_timestamps_problem(path, info) is not None
     )
