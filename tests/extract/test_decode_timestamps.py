@@ -216,6 +216,17 @@ def test_b_frames_decord_gets_wrong_are_decoded_by_pyav_whole(written, name, cap
         np.testing.assert_array_equal(ours.frames(np.array([index])), reference[[index]])
 
 
+def test_the_open_gop_scan_reads_h264_and_hevc_with_b_frames_only(written, media, monkeypatch):
+    """The scan reads up to 600 packets (30-160 ms of a 1080p60 file): not of a stream without
+    B-frames (no frame is shown before a keyframe) nor of another codec."""
+    scanned: list[str] = []
+    monkeypatch.setattr(decode, "open_gop", lambda path: scanned.append(Path(path).name))
+    for path in (media / "video" / "bigbuckbunny.mp4", written / "fine.avi", written / "fine.mp4"):
+        assert decode.decord_wrong_frames(decode.probe(path)) is None
+    assert decode.decord_wrong_frames(decode.probe(written / "h264_closed.mp4")) is None
+    assert scanned == ["h264_closed.mp4"]
+
+
 @needs_decord
 @pytest.mark.parametrize("name", ["h264_closed.mp4", "hevc_closed.mkv"])
 def test_closed_gop_b_frames_keep_decord_and_its_frames_are_right(written, name):
