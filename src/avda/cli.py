@@ -1424,7 +1424,8 @@ def sweep_command(
             )
         return
     if job_script:
-        typer.echo(sweep.job_script(sweep.load_spec(spec), cluster=cluster))
+        # the script runs workers, not the runs' folder: the spec's out: is not used
+        typer.echo(sweep.job_script(sweep.load_spec(spec, out_given=True), cluster=cluster))
         return
     output_dir(out, "--out", *RUNS_OUTPUT)
     summary = sweep.run_sweep.__wrapped__(  # its messages in the command line's words
