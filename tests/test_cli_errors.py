@@ -959,6 +959,13 @@ def test_a_sweep_specs_out_named_as_a_file_is_a_spec_problem(capsys, in_work, tm
     code, _, err = run(capsys, "sweep", str(path), "--out", runs_dir, "--cluster", "nope")
     assert (code, one_line(err)) == (1, "error: --cluster must be one of local, slurm, pbs, "
                                      "got 'nope'"), err  # fmt: skip
+    # the library too, the spec given as a dict (parse_spec), as a file (load_spec)
+    from avda import sweep
+
+    as_dict = {**spec, "cache": str(in_work / "c.zarr"), "out": "r.zarr"}
+    for given in (as_dict, path):
+        with pytest.raises(ConfigError, match="^cluster must be one of"):
+            sweep.run_sweep(given, out=tmp_path / "runs", cluster="nope")
     path.write_text(yaml.safe_dump({**spec, "cache": str(in_work / "c.zarr"), "out": "r.json/"}))
     assert run(capsys, "sweep", str(path), "--check")[0] == 0  # a trailing slash: a folder
 
