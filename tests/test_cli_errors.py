@@ -970,6 +970,18 @@ def test_a_sweep_specs_out_named_as_a_file_is_a_spec_problem(capsys, in_work, tm
     assert run(capsys, "sweep", str(path), "--check")[0] == 0  # a trailing slash: a folder
 
 
+def test_a_sweep_specs_home_folder_paths_are_expanded(in_work, tmp_path, monkeypatch):
+    # out: ~/runs and cache: ~/c.zarr were a folder named ~ in the spec's folder
+    from avda import sweep
+
+    monkeypatch.setenv("HOME", str(in_work))
+    spec = yaml.safe_load((in_work / "sweep.yaml").read_text())
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump({**spec, "cache": "~/c.zarr", "out": "~/runs"}))
+    loaded = sweep.load_spec(path)
+    assert (loaded.out, loaded.caches["cache"]) == (in_work / "runs", in_work / "c.zarr")
+
+
 def test_a_folder_made_by_another_process_meanwhile_is_not_removed(tmp_path, monkeypatch):
     # a folder missing at the existence check and made by a parallel command before this
     # one's mkdir (exist_ok) was recorded as made, and removed when this command failed

@@ -264,6 +264,8 @@ def parse_spec(
         metrics = _published_metrics(protocol, segments)
         _check_published_keys(published["rows"], settings, known, metrics, problems)
     out = data.get("out")
+    if isinstance(out, str):  # out: ~/runs is in the home folder, not a folder named ~ here
+        out = os.path.expanduser(out)
     if out is not None and not isinstance(out, str):
         problems.add(("out",), f"expected a folder path, got {out!r}")
     elif out is not None and not out_given:  # out: runs.zarr (docs/cli.md, "Output paths")
@@ -507,7 +509,7 @@ def _parse_caches(data: dict, base: Path, problems: _Problems) -> dict[str, Path
         elif not re.fullmatch(r"[A-Za-z0-9_.+-]+", str(name)):
             problems.add(paths[name], "cache names may use letters, digits and _.+- only")
         else:
-            caches[str(name)] = base / value
+            caches[str(name)] = base / os.path.expanduser(value)  # ~/c.zarr: the home's
     return caches
 
 
