@@ -1015,6 +1015,18 @@ def test_a_folder_output_with_a_trailing_slash_is_a_folder_whatever_its_name(
     assert paths.check_output_folder("x.h5/", "-o", *paths.STORE_OUTPUT) == Path("x.h5")
 
 
+def test_a_folder_output_in_a_file_is_refused_alike_with_a_trailing_slash(capsys, in_work):
+    # -o notes.txt/x.json/ (made itself) said "part of it is a file", -o notes.txt/x not
+    (in_work / "notes.txt").write_text("mine")
+    for out in ("notes.txt/x", "notes.txt/x.json/", "notes.txt/d/x/"):
+        parent = "notes.txt/d" if "/d/" in out else "notes.txt"
+        why = "part of it is a file" if "/d/" in out else "a file of that name exists"
+        code, _, err = run(capsys, "cluster", "c.zarr", "--plot", out)
+        assert (code, one_line(err)) == (1, f"error: --plot {out.rstrip('/')}: cannot create "
+                                         f"its folder {parent}: {why}"), err  # fmt: skip
+    assert (in_work / "notes.txt").read_text() == "mine"
+
+
 def test_train_into_a_folder_named_with_a_trailing_slash(capsys, in_work, tmp_path):
     out = tmp_path / "run.json"
     code, _, err = run(capsys, *TRAIN, "--head", "source-only", "-o", f"{out}/", "-q")

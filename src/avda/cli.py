@@ -123,14 +123,10 @@ def _make_parent(path: Path, option: str, itself: bool = False) -> None:
     (recorded: removed if the command fails while they are still empty)."""
     try:
         _make_folders(path if itself else path.parent)
-    except FileExistsError:
-        raise ConfigError(
-            f"{option} {path}: cannot create its folder {path.parent}: a file of that name exists"
-        ) from None
-    except NotADirectoryError:
-        raise ConfigError(
-            f"{option} {path}: cannot create its folder {path.parent}: part of it is a file"
-        ) from None
+    except (FileExistsError, NotADirectoryError):  # mkdir says either, by the level made
+        why = "a file of that name exists" if path.parent.is_file() else "part of it is a file"
+        message = f"{option} {path}: cannot create its folder {path.parent}: {why}"
+        raise ConfigError(message) from None
 
 
 def output_file(
