@@ -956,6 +956,9 @@ def test_a_sweep_specs_out_named_as_a_file_is_a_spec_problem(capsys, in_work, tm
     runs_dir = str(tmp_path / "runs")
     code, _, err = run(capsys, "sweep", str(path), "--check", "--out", runs_dir)
     assert code == 0, err
+    code, _, err = run(capsys, "sweep", str(path), "--check", "--out", f"{runs_dir}.zarr")
+    assert (code, one_line(err)) == (1, f"error: --out {runs_dir}.zarr is named as a Zarr cache; "
+        f"avda writes a folder of runs there: give the folder's path: {runs_dir}"), err  # fmt: skip
     code, _, err = run(capsys, "sweep", str(path), "--out", runs_dir, "--cluster", "nope")
     assert (code, one_line(err)) == (1, "error: --cluster must be one of local, slurm, pbs, "
                                      "got 'nope'"), err  # fmt: skip

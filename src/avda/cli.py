@@ -1401,6 +1401,8 @@ def sweep_command(
     from avda import sweep
 
     if check:
+        if out is not None:  # what replaces out:, by its rule (made by the run, not --check)
+            check_output_folder(out, "--out", *RUNS_OUTPUT)
         checked = sweep.load_spec(spec, open_caches=False, out_given=out is not None)
         sweep.check_cluster(checked, cluster, queue_timeout=queue_timeout, scheduler=scheduler)
         problems, unchecked = sweep.task_problems(checked)
