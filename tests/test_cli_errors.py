@@ -603,8 +603,9 @@ def test_sweep_job_script_needs_no_sbatch(capsys, in_work, monkeypatch, tmp_path
     assert out.startswith("#!/usr/bin/env bash") and "#SBATCH -J avda-sweep" in out
     # the spec's out: is not used by the script: one named as a file was refused all the same
     spec = yaml.safe_load((in_work / "sweep.yaml").read_text())
-    (in_work / "sweep.yaml").write_text(yaml.safe_dump({**spec, "out": "r.zarr"}))
-    code, out, err = run(capsys, "sweep", "sweep.yaml", "--cluster", "slurm", "--job-script")
+    # (a spec of its own: sweep.yaml is the module's, which later tests run)
+    (in_work / "zarr-out.yaml").write_text(yaml.safe_dump({**spec, "out": "r.zarr"}))
+    code, out, err = run(capsys, "sweep", "zarr-out.yaml", "--cluster", "slurm", "--job-script")
     assert code == 0 and "#SBATCH -J avda-sweep" in out, err
 
 
